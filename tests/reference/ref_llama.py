@@ -105,8 +105,15 @@ class KVCache:
 
 class RefLlama:
     def __init__(self, model_path: str, dtype=np.float32,
-                 reader: Optional[gguf.GGUFReader] = None):
+                 reader: Optional[gguf.GGUFReader] = None,
+                 emulate_llama_cpp: bool = False):
+        """emulate_llama_cpp=True is ONLY for the cross-check (crosscheck.py):
+        it mimics llama.cpp's CPU rounding (8-bit activation blocks in the
+        quantized matmuls, f16 Q/K/V/probabilities in attention) to show that
+        the remaining reference-vs-llama.cpp gap is rounding, not a bug.  The
+        fixtures never use it."""
         self.dtype = np.dtype(dtype)
+        self.emulate = emulate_llama_cpp
         r = reader if reader is not None else gguf.GGUFReader(model_path)
         self.reader = r
         hp = self.hp = HParams(r)
@@ -136,10 +143,12 @@ class RefLlama:
         out = get("output.weight", (n_vocab, E), required=False)
         self.tied = out is None
         self.output = self.tok_embd if out is None else out
+        self.output_type = self.tensor_types["token_embd.weight" if out is None else "output.weight"]
         self.layers: List[Dict[str, np.ndarray]] = []
         for i in range(hp.n_layer):
             b = f"blk.{i}."
             L = {
+                "type": self.tensor_types[b + "attn_q.weight"],
                 "attn_norm": get(b + "attn_norm.weight", (E,)),
                 "wq": get(b + "attn_q.weight", (H * D, E)),
                 "wk": get(b + "attn_k.weight", (Hkv * D, E)),
@@ -160,6 +169,12 @@ class RefLlama:
     # ------------------------------------------------------------------
     def new_cache(self, n_ctx: int) -> KVCache:
         return KVCache(self.hp, n_ctx, self.dtype)
+
+    def _mm(self, x: np.ndarray, w: np.ndarray, wtype: str) -> np.ndarray:
+        """x [T, K] @ w[N, K]^T."""
+        if self.emulate and wtype not in ("F32", "F16", "BF16"):
+            x = _q8_roundtrip(x, with_sum=wtype in ("Q4_1", "Q5_1"))
+        return x @ w.T
 
     def _rmsnorm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         ms = np.mean(x * x, axis=-1, keepdims=True)
@@ -202,9 +217,9 @@ class RefLlama:
         x = self.tok_embd[ids].astype(dt)                       # [T, E]
         for li, L in enumerate(self.layers):
             h = self._rmsnorm(x, L["attn_norm"])
-            q = h @ L["wq"].T
-            k = h @ L["wk"].T
-            v = h @ L["wv"].T
+            q = self._mm(h, L["wq"], L["type"])
+            k = self._mm(h, L["wk"], L["type"])
+            v = self._mm(h, L["wv"], L["type"])
             if L["bq"] is not None:
                 q = q + L["bq"]
             if L["bk"] is not None:
@@ -214,6 +229,10 @@ class RefLlama:
             q = self._rope(q.reshape(T, H, D), pos)
             k = self._rope(k.reshape(T, Hkv, D), pos)
             v = v.reshape(T, Hkv, Dv)
+            if self.emulate:   # f16 KV cache, f16 query
+                k = k.astype(np.float16).astype(dt)
+                v = v.astype(np.float16).astype(dt)
+                q = q.astype(np.float16).astype(dt)
             cache.k[li][p0:p0 + T] = k
             cache.v[li][p0:p0 + T] = v
             K = cache.k[li][:n_kv]                              # [n_kv, Hkv, D]
@@ -225,23 +244,39 @@ class RefLlama:
             s = s - np.max(s, axis=-1, keepdims=True)
             p = np.exp(s)
             p = p / np.sum(p, axis=-1, keepdims=True)
+            if self.emulate:
+                p = p.astype(np.float16).astype(dt)
             a = np.matmul(p.reshape(Hkv, g * T, n_kv), V.transpose(1, 0, 2))  # [Hkv, g*T, Dv]
             a = a.reshape(Hkv, g, T, Dv).transpose(2, 0, 1, 3).reshape(T, H * Dv)
-            o = a @ L["wo"].T
+            o = self._mm(a, L["wo"], L["type"])
             if L["bo"] is not None:
                 o = o + L["bo"]
             x = x + o
             h = self._rmsnorm(x, L["ffn_norm"])
-            gt = h @ L["w_gate"].T
-            up = h @ L["w_up"].T
+            gt = self._mm(h, L["w_gate"], L["type"])
+            up = self._mm(h, L["w_up"], L["type"])
             act = gt / (dt.type(1) + np.exp(-gt))               # silu
-            x = x + (act * up) @ L["w_down"].T
+            x = x + self._mm(act * up, L["w_down"], L["type"])
         cache.n = n_kv
         if not all_logits:
             x = x[-1:]
         h = self._rmsnorm(x, self.output_norm)
-        logits = h @ self.output.T
+        logits = self._mm(h, self.output, self.output_type)
         return logits if all_logits else logits[0]
+
+
+def _q8_roundtrip(x: np.ndarray, with_sum: bool) -> np.ndarray:
+    """Cross-check only: value of x after llama.cpp's Q8_0/Q8_1 activation
+    quantization (blocks of 32 along the last axis, d = amax/127 stored as
+    f16, q = round(x/d)).  The Q8_1 block sum term is not modelled."""
+    shp = x.shape
+    xb = x.reshape(-1, 32).astype(np.float32)
+    amax = np.max(np.abs(xb), axis=1, keepdims=True)
+    d = amax / np.float32(127)
+    idv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    q = np.round(xb * idv)
+    d16 = d.astype(np.float16).astype(np.float32)
+    return (q * d16).reshape(shp).astype(x.dtype)
 
 
 def log_softmax64(logits: np.ndarray) -> np.ndarray:

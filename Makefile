@@ -1,0 +1,100 @@
+# sqserve - build, set-up, tests and benchmarks.
+#
+#   make run        set up what is missing, build, generate from a default prompt
+#   make test       set up, build, C unit tests (cmocka) + pytest
+#   make sanitize   ASan/UBSan build in build/sanitize/
+#   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
+#   make fixtures   regenerate golden fixtures with the independent reference
+
+CC      ?= gcc
+PKGS    := libmicrohttpd jansson libuv libpcre2-8 libxxhash
+BUILD   ?= build
+OPT     ?= -O2
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-psabi
+CFLAGS  := -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -pthread -MMD -MP \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(EXTRA_CFLAGS)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+LDFLAGS := -pthread $(EXTRA_LDFLAGS)
+
+# ISA-specific kernels: compiled with their own flags, chosen at run time.
+ISA_avx2   := -mavx2 -mfma -mf16c -ffp-contract=fast
+ISA_avx512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c \
+              -ffp-contract=fast -mprefer-vector-width=512
+
+MODEL   := models/SmolLM2-135M-Instruct.Q4_1.gguf
+VENV    := .venv
+PY      := $(VENV)/bin/python
+THREADS ?= $(shell nproc)
+
+LIB_SRC := $(wildcard engine/*.c) $(wildcard kernels/cpu/*.c) \
+           $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+MAIN_OBJ:= $(BUILD)/obj/server/main.o
+UNIT_SRC:= $(wildcard tests/unit/test_*.c)
+UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps model run test unit pytest sanitize bench-cpu fixtures clean
+
+all: $(BUILD)/sqserve
+
+$(BUILD)/sqserve: $(MAIN_OBJ) $(BUILD)/libsqserve.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libsqserve.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/obj/%_avx2.o: %_avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ISA_avx2) -c -o $@ $<
+
+$(BUILD)/obj/%_avx512.o: %_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(ISA_avx512) -c -o $@ $<
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsqserve.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcmocka
+
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
+
+# ---- set-up ---------------------------------------------------------------
+deps:
+	@deploy/install-deps.sh
+
+model: $(MODEL)
+$(MODEL):
+	@models/fetch-model.sh
+
+# ---- main job -------------------------------------------------------------
+run: deps model
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/sqserve generate -m $(MODEL) --chat -p "What is the capital of France?" -n 64
+
+# ---- tests ----------------------------------------------------------------
+test: deps model
+	@$(MAKE) --no-print-directory all unit-bins
+	@$(MAKE) --no-print-directory sanitize
+	@tests/run-tests.sh $(BUILD)
+
+unit-bins: $(UNIT_BIN)
+
+sanitize:
+	@$(MAKE) --no-print-directory BUILD=build/sanitize OPT=-O1 \
+	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" build/sanitize/sqserve
+
+# ---- benchmarks and fixtures ----------------------------------------------
+bench-cpu: deps model
+	@$(MAKE) --no-print-directory all
+	@tests/bench/bench-cpu.sh $(BUILD)/sqserve $(MODEL) docs/perf.md
+
+fixtures: model
+	@tests/reference/make_fixtures.sh $(MODEL)
+
+clean:
+	rm -rf build

@@ -1,0 +1,167 @@
+/* gen.c - one sequence: prompt, sample, stream; and perplexity. */
+#include "gen.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double gen_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Feeds ids[0..n) at positions start.. of slot 0, in chunks of the batch
+ * size; the last chunk leaves the final row's logits in `logits`. */
+static int feed(fwd_t *f, const int32_t *ids, int n, int start, float *logits, char *err,
+                size_t errlen) {
+    int32_t *pos = malloc((size_t)f->n_max * sizeof *pos);
+    int32_t *slot = calloc((size_t)f->n_max, sizeof *slot);
+    int rc = -1;
+    if (!pos || !slot) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int done = 0; done < n;) {
+        int c = n - done < f->n_max ? n - done : f->n_max;
+        for (int i = 0; i < c; i++) pos[i] = start + done + i;
+        batch_t b = {c, ids + done, pos, slot, NULL};
+        if (fwd_run(f, &b, logits, err, errlen) != 0) goto out;
+        done += c;
+    }
+    rc = 0;
+out:
+    free(pos);
+    free(slot);
+    return rc;
+}
+
+int gen_run(fwd_t *f, const int32_t *prompt, int n_prompt, const gen_opts_t *o,
+            gen_sink_fn sink, void *ud, gen_stats_t *st, char *err, size_t errlen) {
+    const model_t *m = f->m;
+    memset(st, 0, sizeof *st);
+    st->finish = "length";
+    if (n_prompt < 1) {
+        snprintf(err, errlen, "the prompt is empty");
+        return -1;
+    }
+    if (n_prompt + o->max_tokens > f->kv->n_ctx) {
+        snprintf(err, errlen, "prompt (%d tokens) + max tokens (%d) exceeds the context (%d)",
+                 n_prompt, o->max_tokens, f->kv->n_ctx);
+        return -1;
+    }
+    float *logits = malloc((size_t)m->hp.n_vocab * sizeof(float));
+    sampler_t smp;
+    stop_t stop;
+    tok_stream_t ts = {0};
+    char piece[1024];
+    int rc = -1, stopped = 0;
+    int have_sampler = 0, have_stop = 0;
+    if (!logits || sampler_init(&smp, &o->sp, m->hp.n_vocab) != 0) goto oom;
+    have_sampler = 1;
+    if (stop_init(&stop, o->stops, o->n_stops) != 0) goto oom;
+    have_stop = 1;
+    for (int i = 0; i < n_prompt; i++) sampler_accept(&smp, prompt[i]);
+
+    double t0 = gen_now();
+    if (feed(f, prompt, n_prompt, 0, logits, err, errlen) != 0) goto out;
+    st->n_prompt = n_prompt;
+    st->t_prompt_s = gen_now() - t0;
+
+    t0 = gen_now();
+    for (int pos = n_prompt; st->n_gen < o->max_tokens && !stopped; pos++) {
+        int32_t id = sampler_next(&smp, logits);
+        st->n_gen++;
+        sampler_accept(&smp, id);
+        if (!o->ignore_eos && tok_is_eog(m->tok, id)) {
+            st->finish = "stop";
+            break;
+        }
+        size_t n = tok_stream_push(m->tok, &ts, id, 0, piece, sizeof piece);
+        const char *out;
+        size_t out_len;
+        int hit = stop_feed(&stop, piece, n, &out, &out_len);
+        if (hit < 0) goto oom;
+        if (out_len && sink(ud, out, out_len)) { stopped = 1; break; }
+        if (hit) {
+            st->finish = "stop";
+            stopped = 1;
+            break;
+        }
+        if (st->n_gen == o->max_tokens) break;
+        if (feed(f, &id, 1, pos, logits, err, errlen) != 0) goto out;
+    }
+    st->t_gen_s = gen_now() - t0;
+    if (!stopped) { /* release what was held back for stop strings */
+        size_t n = tok_stream_flush(&ts, piece, sizeof piece);
+        const char *out;
+        size_t out_len;
+        if (stop_feed(&stop, piece, n, &out, &out_len) < 0) goto oom;
+        if (out_len) sink(ud, out, out_len);
+        stop_flush(&stop, &out, &out_len);
+        if (out_len) sink(ud, out, out_len);
+    }
+    rc = 0;
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory");
+out:
+    if (have_sampler) sampler_free(&smp);
+    if (have_stop) stop_free(&stop);
+    free(logits);
+    return rc;
+}
+
+int eval_ppl(fwd_t *f, const int32_t *ids, long n_ids, int ctx, ppl_result_t *r,
+             void (*cb)(void *ud, int window, double nll, long n), void *ud,
+             char *err, size_t errlen) {
+    memset(r, 0, sizeof *r);
+    if (ctx < 2 || ctx > f->n_max || ctx > f->kv->n_ctx) {
+        snprintf(err, errlen, "ctx %d must be in [2, %d]", ctx, f->n_max);
+        return -1;
+    }
+    if (n_ids < ctx) {
+        snprintf(err, errlen, "%ld tokens are fewer than one window of %d", n_ids, ctx);
+        return -1;
+    }
+    int nv = f->m->hp.n_vocab;
+    float *logits = malloc((size_t)ctx * nv * sizeof(float));
+    int32_t *pos = malloc((size_t)ctx * sizeof *pos), *slot = calloc((size_t)ctx, sizeof *slot);
+    uint8_t *want = malloc((size_t)ctx);
+    int rc = -1;
+    if (!logits || !pos || !slot || !want) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < ctx; i++) pos[i] = i, want[i] = i < ctx - 1;
+    double t0 = gen_now();
+    for (long w = 0; (w + 1) * ctx <= n_ids; w++) {
+        const int32_t *win = ids + w * ctx;
+        batch_t b = {ctx, win, pos, slot, want};
+        if (fwd_run(f, &b, logits, err, errlen) != 0) goto out;
+        double nll = 0;
+        for (int i = 0; i < ctx - 1; i++) {
+            const float *l = logits + (size_t)i * nv;
+            float mx = l[0];
+            for (int j = 1; j < nv; j++) mx = l[j] > mx ? l[j] : mx;
+            double sum = 0;
+            for (int j = 0; j < nv; j++) sum += exp((double)l[j] - mx);
+            nll += mx + log(sum) - l[win[i + 1]];
+        }
+        r->nll += nll;
+        r->n_pred += ctx - 1;
+        r->n_windows++;
+        if (cb) cb(ud, (int)w, nll, ctx - 1);
+    }
+    r->ppl = exp(r->nll / (double)r->n_pred);
+    r->seconds = gen_now() - t0;
+    rc = 0;
+out:
+    free(logits);
+    free(pos);
+    free(slot);
+    free(want);
+    return rc;
+}

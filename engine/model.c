@@ -1,0 +1,251 @@
+/* model.c - builds a model_t from GGUF metadata and tensors. */
+#include "model.h"
+
+#include "../kernels/k_quant.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int errf(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int get_int(const gguf_t *g, const char *arch, const char *suffix, int *out,
+                   int required, int lo, int hi, char *err, size_t errlen) {
+    char key[128];
+    uint64_t v;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (gguf_get_u64(g, key, &v) != 0) {
+        if (!gguf_get(g, key) && !required) return 0;
+        return errf(err, errlen, "metadata '%s' is %s", key,
+                    gguf_get(g, key) ? "not a non-negative integer" : "missing");
+    }
+    if (v < (uint64_t)lo || v > (uint64_t)hi)
+        return errf(err, errlen, "metadata '%s' = %llu is out of range [%d, %d]", key,
+                    (unsigned long long)v, lo, hi);
+    *out = (int)v;
+    return 0;
+}
+
+static int get_float(const gguf_t *g, const char *arch, const char *suffix, float *out,
+                     double lo, double hi, char *err, size_t errlen) {
+    char key[128];
+    double v;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (gguf_get_f64(g, key, &v) != 0) {
+        if (!gguf_get(g, key)) return 0; /* optional: keep the default */
+        return errf(err, errlen, "metadata '%s' is not a number", key);
+    }
+    if (!(v >= lo && v <= hi))
+        return errf(err, errlen, "metadata '%s' = %g is out of range", key, v);
+    *out = (float)v;
+    return 0;
+}
+
+static int load_hparams(model_t *m, char *err, size_t errlen) {
+    const gguf_t *g = &m->gguf;
+    gguf_str_t arch_s;
+    if (gguf_get_str(g, "general.architecture", &arch_s) != 0)
+        return errf(err, errlen, "general.architecture is missing");
+    if (!gguf_str_eq(arch_s, "llama"))
+        return errf(err, errlen, "architecture '%.*s' is not supported (only 'llama')",
+                    (int)(arch_s.len > 40 ? 40 : arch_s.len), arch_s.ptr);
+    const char *a = "llama";
+    hparams_t *hp = &m->hp;
+    hp->rope_base = 10000.0f;
+    hp->rope_scale = 1.0f;
+    hp->rms_eps = 1e-5f;
+    if (get_int(g, a, "block_count", &hp->n_layer, 1, 1, 1024, err, errlen) ||
+        get_int(g, a, "embedding_length", &hp->dim, 1, 1, 1 << 16, err, errlen) ||
+        get_int(g, a, "feed_forward_length", &hp->ffn_dim, 1, 1, 1 << 18, err, errlen) ||
+        get_int(g, a, "attention.head_count", &hp->n_head, 1, 1, 1024, err, errlen) ||
+        get_int(g, a, "context_length", &hp->n_ctx_train, 1, 1, 1 << 24, err, errlen))
+        return -1;
+    hp->n_head_kv = hp->n_head;
+    hp->n_vocab = 0;
+    if (get_int(g, a, "attention.head_count_kv", &hp->n_head_kv, 0, 1, 1024, err, errlen) ||
+        get_int(g, a, "vocab_size", &hp->n_vocab, 0, 1, 1 << 24, err, errlen) ||
+        get_float(g, a, "rope.freq_base", &hp->rope_base, 1.0, 1e12, err, errlen) ||
+        get_float(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 0.0, 1.0, err, errlen))
+        return -1;
+    if (hp->dim % hp->n_head != 0)
+        return errf(err, errlen, "embedding_length %d is not divisible by head_count %d",
+                    hp->dim, hp->n_head);
+    if (hp->n_head % hp->n_head_kv != 0)
+        return errf(err, errlen, "head_count %d is not a multiple of head_count_kv %d",
+                    hp->n_head, hp->n_head_kv);
+    hp->head_dim = hp->dim / hp->n_head;
+    hp->rope_dim = hp->head_dim;
+    if (get_int(g, a, "rope.dimension_count", &hp->rope_dim, 0, 2, hp->head_dim, err, errlen))
+        return -1;
+    if (hp->rope_dim % 2 != 0) return errf(err, errlen, "rope.dimension_count must be even");
+
+    gguf_str_t st;
+    if (gguf_get_str(g, "llama.rope.scaling.type", &st) == 0 && !gguf_str_eq(st, "none")) {
+        if (!gguf_str_eq(st, "linear"))
+            return errf(err, errlen, "rope scaling type '%.*s' is not supported (none, linear)",
+                        (int)(st.len > 20 ? 20 : st.len), st.ptr);
+        float f = 1.0f;
+        if (get_float(g, a, "rope.scaling.factor", &f, 1e-3, 1e3, err, errlen)) return -1;
+        hp->rope_scale = f;
+    }
+    return 0;
+}
+
+/* Finds a tensor and checks its type and shape [k, n] (ne order). */
+static int want_tensor(model_t *m, const char *name, long k, long n, int optional,
+                       const gguf_tensor_t **out, char *err, size_t errlen) {
+    const gguf_tensor_t *t = gguf_tensor(&m->gguf, name);
+    *out = t;
+    if (!t) return optional ? 0 : errf(err, errlen, "tensor '%s' is missing", name);
+    const k_type_info_t *ti = k_type_info(t->type);
+    if (!ti->dequant)
+        return errf(err, errlen, "tensor '%s' has type %s, which sqserve cannot compute with",
+                    name, ti->name);
+    int dims = n > 0 ? 2 : 1;
+    if ((int)t->n_dims != dims || (long)t->ne[0] != k || (dims == 2 && (long)t->ne[1] != n))
+        return errf(err, errlen, "tensor '%s' has shape [%llu, %llu], expected [%ld, %ld]", name,
+                    (unsigned long long)t->ne[0],
+                    (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), k, n > 0 ? n : 1);
+    return 0;
+}
+
+static int load_mat(model_t *m, const char *name, long k, long n, k_mat_t *w, char *err,
+                    size_t errlen) {
+    const gguf_tensor_t *t;
+    if (want_tensor(m, name, k, n, 0, &t, err, errlen)) return -1;
+    *w = (k_mat_t){t->type, t->data, n, k, k_row_bytes(t->type, (size_t)k)};
+    return 0;
+}
+
+static int load_vec(model_t *m, const char *name, long n, const float **out, char *err,
+                    size_t errlen) {
+    const gguf_tensor_t *t;
+    if (want_tensor(m, name, n, 0, 0, &t, err, errlen)) return -1;
+    if (t->type == K_F32) {
+        *out = t->data;
+        return 0;
+    }
+    float *v = malloc((size_t)n * sizeof(float));
+    float **o = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *o);
+    if (!v || !o) {
+        free(v);
+        if (o) m->owned = o;
+        return errf(err, errlen, "out of memory");
+    }
+    m->owned = o;
+    m->owned[m->n_owned++] = v;
+    k_dequant_row(t->type, t->data, v, (size_t)n);
+    *out = v;
+    return 0;
+}
+
+static int load_weights(model_t *m, char *err, size_t errlen) {
+    hparams_t *hp = &m->hp;
+    const gguf_tensor_t *emb = gguf_tensor(&m->gguf, "token_embd.weight");
+    if (!emb) return errf(err, errlen, "tensor 'token_embd.weight' is missing");
+    if (emb->n_dims == 2 && hp->n_vocab == 0) hp->n_vocab = (int)emb->ne[1];
+    long dim = hp->dim, kv_dim = (long)hp->head_dim * hp->n_head_kv, ffn = hp->ffn_dim;
+    if (load_mat(m, "token_embd.weight", dim, hp->n_vocab, &m->tok_embd, err, errlen) ||
+        load_vec(m, "output_norm.weight", dim, &m->output_norm, err, errlen))
+        return -1;
+    const gguf_tensor_t *out;
+    if (want_tensor(m, "output.weight", dim, hp->n_vocab, 1, &out, err, errlen)) return -1;
+    m->output = out ? (k_mat_t){out->type, out->data, hp->n_vocab, dim,
+                                k_row_bytes(out->type, (size_t)dim)}
+                    : m->tok_embd; /* tied embeddings */
+    m->layers = calloc((size_t)hp->n_layer, sizeof(layer_t));
+    if (!m->layers) return errf(err, errlen, "out of memory");
+    for (int l = 0; l < hp->n_layer; l++) {
+        layer_t *L = &m->layers[l];
+        char n[9][64];
+        static const char *parts[9] = {"attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v",
+                                       "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+        for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, parts[i]);
+        if (load_vec(m, n[0], dim, &L->attn_norm, err, errlen) ||
+            load_vec(m, n[1], dim, &L->ffn_norm, err, errlen) ||
+            load_mat(m, n[2], dim, dim, &L->wq, err, errlen) ||
+            load_mat(m, n[3], dim, kv_dim, &L->wk, err, errlen) ||
+            load_mat(m, n[4], dim, kv_dim, &L->wv, err, errlen) ||
+            load_mat(m, n[5], dim, dim, &L->wo, err, errlen) ||
+            load_mat(m, n[6], dim, ffn, &L->w_gate, err, errlen) ||
+            load_mat(m, n[7], dim, ffn, &L->w_up, err, errlen) ||
+            load_mat(m, n[8], ffn, dim, &L->w_down, err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+/* inv_freq[i] = base^(-2i/rope_dim) / scale, divided by the optional
+ * per-dimension factors of rope_freqs.weight (Llama 3.1 style). */
+static int load_rope(model_t *m, char *err, size_t errlen) {
+    hparams_t *hp = &m->hp;
+    int half = hp->rope_dim / 2;
+    const float *factors = NULL;
+    if (gguf_tensor(&m->gguf, "rope_freqs.weight") &&
+        load_vec(m, "rope_freqs.weight", half, &factors, err, errlen))
+        return -1;
+    m->rope_inv_freq = malloc((size_t)half * sizeof(float));
+    if (!m->rope_inv_freq) return errf(err, errlen, "out of memory");
+    for (int i = 0; i < half; i++) {
+        double f = pow((double)hp->rope_base, -2.0 * i / hp->rope_dim) / hp->rope_scale;
+        if (factors) f /= factors[i];
+        m->rope_inv_freq[i] = (float)f;
+    }
+    return 0;
+}
+
+int model_load(model_t *m, const char *path, char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    if (gguf_open(&m->gguf, path, err, errlen) != 0) return -1;
+    char msg[384];
+    int rc = -1;
+    if (load_hparams(m, msg, sizeof msg) || load_weights(m, msg, sizeof msg) ||
+        load_rope(m, msg, sizeof msg))
+        goto fail;
+    if (!(m->tok = tok_load(&m->gguf, msg, sizeof msg))) goto fail;
+    if (tok_n_vocab(m->tok) != m->hp.n_vocab) {
+        snprintf(msg, sizeof msg, "vocabulary has %d tokens but the model %d",
+                 tok_n_vocab(m->tok), m->hp.n_vocab);
+        goto fail;
+    }
+    gguf_str_t tmpl = {NULL, 0};
+    gguf_get_str(&m->gguf, "tokenizer.chat_template", &tmpl);
+    if (chat_tmpl_init(&m->chat, tmpl.ptr, tmpl.len, msg, sizeof msg)) goto fail;
+    gguf_str_t name;
+    if (gguf_get_str(&m->gguf, "general.name", &name) == 0)
+        snprintf(m->name, sizeof m->name, "%.*s", (int)(name.len > 120 ? 120 : name.len), name.ptr);
+    return 0;
+fail:
+    snprintf(err, errlen, "%s: %s", path, msg);
+    model_free(m);
+    return rc;
+}
+
+void model_free(model_t *m) {
+    tok_free(m->tok);
+    chat_tmpl_free(&m->chat);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    free(m->rope_inv_freq);
+    gguf_close(&m->gguf);
+    memset(m, 0, sizeof *m);
+}
+
+size_t model_weight_bytes(const model_t *m) {
+    size_t b = m->output.row_bytes * (size_t)m->output.n;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const layer_t *L = &m->layers[l];
+        const k_mat_t *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) b += w[i]->row_bytes * (size_t)w[i]->n;
+    }
+    return b;
+}

@@ -1,0 +1,47 @@
+/* model.h - one loaded Llama-family model: hyperparameters, weights, vocab.
+ *
+ * Weights are views into the GGUF mapping (k_mat_t): nothing is copied
+ * except 1-D norm vectors stored in a non-F32 type. Every tensor's type
+ * and shape is checked against the hyperparameters at load, so the
+ * forward pass can trust them.
+ */
+#ifndef MODEL_H
+#define MODEL_H
+
+#include "../kernels/k_ops.h"
+#include "chat.h"
+#include "gguf.h"
+#include "tok.h"
+
+typedef struct {
+    int n_layer, dim, n_head, n_head_kv, head_dim, ffn_dim, n_vocab, n_ctx_train, rope_dim;
+    float rope_base, rope_scale, rms_eps;
+} hparams_t;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    k_mat_t wq, wk, wv, wo, w_gate, w_up, w_down;
+} layer_t;
+
+typedef struct {
+    gguf_t gguf;
+    hparams_t hp;
+    char name[128];
+    k_mat_t tok_embd, output;    /* output == tok_embd when tied */
+    const float *output_norm;
+    layer_t *layers;
+    float *rope_inv_freq;        /* rope_dim / 2 */
+    tok_t *tok;
+    chat_tmpl_t chat;
+    float **owned;               /* vectors converted to F32 at load */
+    int n_owned;
+} model_t;
+
+/* Returns 0, or -1 with one line in err. */
+int model_load(model_t *m, const char *path, char *err, size_t errlen);
+void model_free(model_t *m);
+
+/* Weight bytes (for bandwidth estimates). */
+size_t model_weight_bytes(const model_t *m);
+
+#endif

@@ -1,0 +1,161 @@
+/* k_ops.c - ISA dispatch, the threaded matmul driver and small vector ops.
+ *
+ * Matmul strategy, by batch size m:
+ * - m <= FUSED_MAX_M with a fused type (F32, Q4_0, Q4_1, Q8_0): stream each
+ *   weight row once through a dequantizing dot product per x row. Decode
+ *   is bound by weight bytes, so the weights stay in their 4/8-bit form.
+ * - otherwise: dequantize 4 weight rows at a time into a per-thread
+ *   buffer and run the 4x4 FMA tile over all x rows, so the dequant cost
+ *   is paid once per weight row for the whole batch (prompt processing).
+ * Rows of W are split across threads in multiples of 4.
+ */
+#include "../k_ops.h"
+#include "../k_quant.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const k_isa_t k_isa_generic, k_isa_avx2, k_isa_avx512;
+
+static const k_isa_t *isa = &k_isa_generic;
+
+void k_init(void) {
+    const char *want = getenv("SQSERVE_ISA");
+    __builtin_cpu_init();
+    int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                 __builtin_cpu_supports("avx512vnni");
+    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    isa = has512 ? &k_isa_avx512 : has2 ? &k_isa_avx2 : &k_isa_generic;
+    /* a request can only lower the level: asking for avx512 on an AVX2
+     * machine must not execute illegal instructions */
+    if (want && strcmp(want, "portable") == 0) isa = &k_isa_generic;
+    else if (want && strcmp(want, "avx2") == 0 && has2) isa = &k_isa_avx2;
+    else if (want && strcmp(want, "avx512") == 0 && has512) isa = &k_isa_avx512;
+}
+
+const char *k_isa_name(void) { return isa->name; }
+const k_isa_t *k_isa(void) { return isa; }
+
+#define FUSED_MAX_M 4
+
+typedef struct {
+    const k_mat_t *w;
+    const float *x;
+    long m;
+    float *y;
+    const float *xsum32; /* per-32 sums of each x row (Q4_1) */
+    int fused, failed;
+} mm_ctx_t;
+
+static int has_fused(uint32_t type) {
+    return type == K_F32 || type == K_Q4_0 || type == K_Q4_1 || type == K_Q8_0;
+}
+
+static float fused_dot(const mm_ctx_t *c, long r, long i) {
+    const k_mat_t *w = c->w;
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+    const float *x = c->x + i * w->k;
+    switch (w->type) {
+    case K_F32: return isa->dot_f32((const float *)row, x, w->k);
+    case K_Q4_0: return isa->dot_q4_0(row, x, w->k);
+    case K_Q4_1: return isa->dot_q4_1(row, x, c->xsum32 + i * (w->k / 32), w->k);
+    default: return isa->dot_q8_0(row, x, w->k);
+    }
+}
+
+static void mm_task(void *arg, int ith, int nth) {
+    mm_ctx_t *c = arg;
+    const k_mat_t *w = c->w;
+    long b, e, k = w->k;
+    k_split(w->n, ith, nth, 4, &b, &e);
+    if (b >= e) return;
+    if (c->fused) {
+        for (long i = 0; i < c->m; i++)
+            for (long r = b; r < e; r++) c->y[i * w->n + r] = fused_dot(c, r, i);
+        return;
+    }
+    float *buf = NULL;
+    if (w->type != K_F32 && !(buf = malloc((size_t)(4 * k) * sizeof(float)))) {
+        c->failed = 1;
+        return;
+    }
+    for (long r = b; r < e; r += 4) {
+        int nw = e - r < 4 ? (int)(e - r) : 4;
+        const float *wrows;
+        if (w->type == K_F32) {
+            wrows = (const float *)w->data + r * k;
+        } else {
+            for (int j = 0; j < nw; j++)
+                k_dequant_row(w->type, (const uint8_t *)w->data + (size_t)(r + j) * w->row_bytes,
+                              buf + j * k, (size_t)k);
+            wrows = buf;
+        }
+        for (long i = 0; i < c->m; i += 4) {
+            int nx = c->m - i < 4 ? (int)(c->m - i) : 4;
+            isa->tile(wrows, k, nw, c->x + i * k, k, nx, k, c->y + i * w->n + r, w->n);
+        }
+    }
+    free(buf);
+}
+
+int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y) {
+    const k_type_info_t *ti = k_type_info(w->type);
+    if (!ti || !ti->dequant) return -1;
+    mm_ctx_t c = {w, x, m, y, NULL, m <= FUSED_MAX_M && has_fused(w->type), 0};
+    float *xsum = NULL;
+    if (c.fused && w->type == K_Q4_1) {
+        long nb = w->k / 32;
+        if (!(xsum = malloc((size_t)(m * nb) * sizeof(float)))) return -1;
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < nb; j++) {
+                float s = 0;
+                for (int t = 0; t < 32; t++) s += x[i * w->k + j * 32 + t];
+                xsum[i * nb + j] = s;
+            }
+        c.xsum32 = xsum;
+    }
+    k_pool_run(pool, mm_task, &c);
+    free(xsum);
+    return c.failed ? -1 : 0;
+}
+
+void k_mat_row(const k_mat_t *w, long r, float *out) {
+    k_dequant_row(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, out, (size_t)w->k);
+}
+
+void k_rmsnorm(float *out, const float *x, const float *w, long n, float eps) {
+    double ss = 0;
+    for (long i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (long i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+void k_rope(float *x, long rot_dim, float pos, const float *inv_freq) {
+    for (long i = 0; i < rot_dim / 2; i++) {
+        double theta = (double)pos * inv_freq[i];
+        float c = (float)cos(theta), s = (float)sin(theta);
+        float a = x[2 * i], b = x[2 * i + 1];
+        x[2 * i] = a * c - b * s;
+        x[2 * i + 1] = a * s + b * c;
+    }
+}
+
+void k_silu_mul(float *g, const float *u, long n) {
+    for (long i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void k_add(float *y, const float *x, long n) {
+    for (long i = 0; i < n; i++) y[i] += x[i];
+}
+
+void k_softmax(float *x, long n) {
+    float mx = x[0];
+    for (long i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    double sum = 0;
+    for (long i = 0; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    float inv = (float)(1.0 / sum);
+    for (long i = 0; i < n; i++) x[i] *= inv;
+}

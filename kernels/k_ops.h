@@ -1,0 +1,56 @@
+/* k_ops.h - the CPU compute kernels the forward pass is written against.
+ *
+ * Everything works on plain float arrays and weight views; nothing here
+ * knows about requests, sequences or files. Hot loops exist once, in
+ * k_simd.inc, compiled for each ISA (portable, AVX2, AVX-512) and chosen
+ * at run time by k_init() (override with SQSERVE_ISA=portable|avx2|avx512).
+ */
+#ifndef K_OPS_H
+#define K_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "k_pool.h"
+
+/* A weight matrix W[n][k] (row = one output feature) in a GGML type. */
+typedef struct {
+    uint32_t type;       /* enum k_type */
+    const void *data;
+    long n, k;
+    size_t row_bytes;
+} k_mat_t;
+
+/* Per-ISA hot loops (k_simd.inc). */
+typedef struct {
+    const char *name;
+    float (*dot_f32)(const float *a, const float *b, long n);
+    /* fused dequantizing dot products of one weight row with x */
+    float (*dot_q4_0)(const void *row, const float *x, long k);
+    float (*dot_q4_1)(const void *row, const float *x, const float *xsum32, long k);
+    float (*dot_q8_0)(const void *row, const float *x, long k);
+    /* y[i][j] = w[j] . x[i] for a tile of up to 4 x-rows by 4 w-rows */
+    void (*tile)(const float *w, long ldw, int nw, const float *x, long ldx, int nx,
+                 long k, float *y, long ldy);
+} k_isa_t;
+
+void k_init(void);
+const char *k_isa_name(void);
+const k_isa_t *k_isa(void);
+
+/* y[m][n] = x[m][k] . W^T, split across the pool. Returns 0, or -1 on out
+ * of memory or an unsupported weight type. */
+int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y);
+/* Row r of W as floats (embedding lookup). */
+void k_mat_row(const k_mat_t *w, long r, float *out);
+
+void k_rmsnorm(float *out, const float *x, const float *w, long n, float eps);
+/* In-place llama.cpp "normal" RoPE on one head: rotates pairs (2i, 2i+1)
+ * of the first rot_dim values by pos * inv_freq[i]. */
+void k_rope(float *x, long rot_dim, float pos, const float *inv_freq);
+void k_silu_mul(float *g, const float *u, long n);
+void k_add(float *y, const float *x, long n);
+/* Softmax in place; returns the max. */
+void k_softmax(float *x, long n);
+
+#endif

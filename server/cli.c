@@ -1,0 +1,332 @@
+/* cli.c - the offline subcommands: generate, eval, inspect, tokenize, bench.
+ *
+ * Each command loads the model, does one job, and reports errors as a
+ * single "error: ..." line on stderr with exit status 1 (usage errors 2).
+ */
+#include "cli.h"
+
+#include "../engine/gen.h"
+#include "../kernels/k_quant.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_GEN_CTX 4096
+
+static int die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+/* The runtime shared by the commands: model, pool, cache, forward state. */
+typedef struct {
+    model_t m;
+    k_pool_t *pool;
+    kv_cache_t kv;
+    fwd_t f;
+    int loaded, kv_ready, fwd_ready;
+} rt_t;
+
+static void rt_free(rt_t *r) {
+    if (r->fwd_ready) fwd_free(&r->f);
+    if (r->kv_ready) kv_free(&r->kv);
+    k_pool_free(r->pool);
+    if (r->loaded) model_free(&r->m);
+}
+
+static int rt_threads(const config_t *c) {
+    long t = cfg_int(c, "threads");
+    if (t > 0) return (int)t;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static int rt_open(rt_t *r, const config_t *c) {
+    char err[512];
+    memset(r, 0, sizeof *r);
+    k_init();
+    if (model_load(&r->m, cfg_str(c, "model"), err, sizeof err) != 0) return die("%s", err);
+    r->loaded = 1;
+    return 0;
+}
+
+static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
+    if (!(r->pool = k_pool_new(rt_threads(c)))) return die("cannot start threads");
+    if (kv_init(&r->kv, &r->m.hp, 1, n_ctx) != 0)
+        return die("out of memory for a %d-token KV cache", n_ctx);
+    r->kv_ready = 1;
+    int batch = (int)cfg_int(c, "batch");
+    if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx) != 0)
+        return die("out of memory for the forward pass");
+    r->fwd_ready = 1;
+    return 0;
+}
+
+/* Tokenizes text; *out is malloc'd. */
+static int encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out,
+                  long *n) {
+    size_t cap = len + 16;
+    for (;;) {
+        int32_t *ids = malloc(cap * sizeof *ids);
+        if (!ids) return die("out of memory tokenizing");
+        long k = tok_encode(t, text, len, special, ids, cap);
+        if (k < 0) { free(ids); return die("out of memory tokenizing"); }
+        if ((size_t)k <= cap) { *out = ids; *n = k; return 0; }
+        free(ids);
+        cap = (size_t)k;
+    }
+}
+
+static int write_all(void *ud, const char *s, size_t n) {
+    (void)ud;
+    fwrite(s, 1, n, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+int cmd_generate(const config_t *c) {
+    const char *prompt = cfg_str(c, "prompt");
+    if (!prompt) return die("generate needs a prompt (-p TEXT)");
+    rt_t r;
+    int rc = 1;
+    if (rt_open(&r, c)) return 1;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    long n_ids = 0;
+    if (cfg_bool(c, "chat")) {
+        chat_msg_t msgs[2];
+        int n = 0;
+        if (cfg_str(c, "system")) msgs[n++] = (chat_msg_t){"system", cfg_str(c, "system")};
+        msgs[n++] = (chat_msg_t){"user", prompt};
+        if (!(text = chat_render(&r.m.chat, msgs, (size_t)n, 1))) { die("out of memory"); goto out; }
+    } else if (!(text = strdup(prompt))) { die("out of memory"); goto out; }
+    if (encode(r.m.tok, text, strlen(text), 1, &ids, &n_ids)) goto out;
+    if (tok_add_bos(r.m.tok)) { /* room was left by encode's +16 */
+        memmove(ids + 1, ids, (size_t)n_ids * sizeof *ids);
+        ids[0] = tok_bos(r.m.tok);
+        n_ids++;
+    }
+    gen_opts_t o = {.max_tokens = (int)cfg_int(c, "n-predict"), .sp = sample_defaults()};
+    o.sp.temperature = (float)cfg_float(c, "temp");
+    o.sp.top_k = (int)cfg_int(c, "top-k");
+    o.sp.top_p = (float)cfg_float(c, "top-p");
+    o.sp.min_p = (float)cfg_float(c, "min-p");
+    o.sp.repeat_penalty = (float)cfg_float(c, "repeat-penalty");
+    o.sp.presence_penalty = (float)cfg_float(c, "presence-penalty");
+    o.sp.frequency_penalty = (float)cfg_float(c, "frequency-penalty");
+    o.sp.penalty_last_n = (int)cfg_int(c, "repeat-last-n");
+    long seed = cfg_int(c, "seed");
+    o.sp.seed = seed >= 0 ? (uint64_t)seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    o.n_stops = cfg_list(c, "stop", &o.stops);
+    o.ignore_eos = cfg_bool(c, "ignore-eos");
+    const char *bad = sample_validate(&o.sp);
+    if (bad) { die("%s", bad); goto out; }
+    int n_ctx = (int)cfg_int(c, "ctx");
+    if (n_ctx == 0) n_ctx = DEFAULT_GEN_CTX < r.m.hp.n_ctx_train ? DEFAULT_GEN_CTX : r.m.hp.n_ctx_train;
+    if (n_ids + o.max_tokens > n_ctx) {
+        die("prompt (%ld tokens) + n-predict (%d) exceeds the context of %d (raise --ctx)", n_ids,
+            o.max_tokens, n_ctx);
+        goto out;
+    }
+    if (rt_compute(&r, c, n_ctx)) goto out;
+    gen_stats_t st;
+    char err[256];
+    if (gen_run(&r.f, ids, (int)n_ids, &o, write_all, NULL, &st, err, sizeof err) != 0) {
+        die("%s", err);
+        goto out;
+    }
+    printf("\n");
+    fflush(stdout);
+    fprintf(stderr, "prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.1f tokens/s "
+            "| %d threads, %s | finish: %s\n", st.n_prompt,
+            st.t_prompt_s > 0 ? st.n_prompt / st.t_prompt_s : 0.0, st.n_gen,
+            st.t_gen_s > 0 ? st.n_gen / st.t_gen_s : 0.0, k_pool_size(r.pool), k_isa_name(),
+            st.finish);
+    rc = 0;
+out:
+    free(text);
+    free(ids);
+    rt_free(&r);
+    return rc;
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 65536 + 1 > cap) {
+            char *nb = realloc(buf, cap = (n + 65536 + 1) * 2);
+            if (!nb) { free(buf); fclose(fp); return NULL; }
+            buf = nb;
+        }
+        size_t k = fread(buf + n, 1, 65536, fp);
+        n += k;
+        if (k == 0) break;
+    }
+    int bad = ferror(fp);
+    fclose(fp);
+    if (bad) { free(buf); return NULL; }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static void print_window(void *ud, int w, double nll, long n) {
+    (void)ud;
+    fprintf(stderr, "window %d: nll %.4f ppl %.4f\n", w, nll, exp(nll / n));
+}
+
+int cmd_eval(const config_t *c) {
+    const char *path = cfg_str(c, "ppl");
+    if (!path) return die("eval needs --ppl FILE");
+    size_t len;
+    char *text = read_file(path, &len);
+    if (!text) return die("cannot read '%s'", path);
+    rt_t r;
+    int rc = 1;
+    int32_t *ids = NULL;
+    long n_ids;
+    if (rt_open(&r, c)) { free(text); return 1; }
+    double t0 = gen_now();
+    if (encode(r.m.tok, text, len, 0, &ids, &n_ids)) goto out;
+    double t_tok = gen_now() - t0;
+    long max = cfg_int(c, "max-tokens");
+    if (max > 0 && n_ids > max) n_ids = max;
+    int ctx = (int)cfg_int(c, "ctx");
+    if (ctx == 0) ctx = 512;
+    if (ctx > r.m.hp.n_ctx_train) { die("--ctx %d exceeds the model's %d", ctx, r.m.hp.n_ctx_train); goto out; }
+    config_t cc = *c;
+    char batch[16];
+    snprintf(batch, sizeof batch, "%d", ctx); /* a window is one forward pass */
+    for (int i = 0; i < N_OPTIONS; i++)
+        if (strcmp(OPTIONS[i].name, "batch") == 0) cc.val[i] = batch;
+    if (rt_compute(&r, &cc, ctx)) goto out;
+    ppl_result_t pr;
+    char err[256];
+    if (eval_ppl(&r.f, ids, n_ids, ctx, &pr, print_window, NULL, err, sizeof err) != 0) {
+        die("%s", err);
+        goto out;
+    }
+    printf("file: %s\ntokens: %ld (tokenized in %.2f s)\nctx: %d\nwindows: %d\npredictions: %ld\n"
+           "nll: %.6f\nppl: %.6f\nseconds: %.2f\ntokens_per_s: %.1f\n",
+           path, n_ids, t_tok, ctx, pr.n_windows, pr.n_pred, pr.nll, pr.ppl, pr.seconds,
+           pr.n_windows * (double)ctx / pr.seconds);
+    rc = 0;
+out:
+    free(text);
+    free(ids);
+    rt_free(&r);
+    return rc;
+}
+
+int cmd_inspect(const config_t *c) {
+    rt_t r;
+    if (rt_open(&r, c)) return 1;
+    const hparams_t *hp = &r.m.hp;
+    const gguf_t *g = &r.m.gguf;
+    printf("name: %s\ngguf_version: %u\ntensors: %llu\nmetadata: %llu\n", r.m.name, g->version,
+           (unsigned long long)g->n_tensors, (unsigned long long)g->n_kv);
+    printf("n_layer: %d\ndim: %d\nn_head: %d\nn_head_kv: %d\nhead_dim: %d\nffn_dim: %d\n"
+           "n_vocab: %d\nn_ctx_train: %d\nrope_dim: %d\nrope_base: %g\nrms_eps: %g\n",
+           hp->n_layer, hp->dim, hp->n_head, hp->n_head_kv, hp->head_dim, hp->ffn_dim, hp->n_vocab,
+           hp->n_ctx_train, hp->rope_dim, hp->rope_base, hp->rms_eps);
+    printf("tied_output: %s\nweight_bytes: %zu\nchat_template: %s\nbos: %d\neos: %d\n",
+           r.m.output.data == r.m.tok_embd.data ? "yes" : "no", model_weight_bytes(&r.m),
+           r.m.chat.kind == CHAT_LLAMA3 ? "llama3" : "chatml", tok_bos(r.m.tok), tok_eos(r.m.tok));
+    rt_free(&r);
+    return 0;
+}
+
+int cmd_tokenize(const config_t *c) {
+    const char *p = cfg_str(c, "prompt");
+    size_t len = 0;
+    char *text = NULL;
+    if (p) {
+        text = strdup(p);
+        len = text ? strlen(text) : 0;
+    } else {
+        text = read_file("/dev/stdin", &len);
+    }
+    if (!text) return die("cannot read the input");
+    rt_t r;
+    if (rt_open(&r, c)) { free(text); return 1; }
+    int32_t *ids;
+    long n;
+    int rc = 1;
+    if (encode(r.m.tok, text, len, !cfg_bool(c, "no-special"), &ids, &n) == 0) {
+        printf("[");
+        for (long i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
+        printf("]\n");
+        free(ids);
+        rc = 0;
+    }
+    free(text);
+    rt_free(&r);
+    return rc;
+}
+
+/* llama-bench style: pp = one prompt of N tokens, tg = N single-token
+ * steps; median of reps; fixed token ids so runs are comparable. */
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int cmd_bench(const config_t *c) {
+    rt_t r;
+    int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
+    if (rt_open(&r, c)) return 1;
+    int rc = 1, n_ctx = pp + tg + 1;
+    int32_t *ids = malloc((size_t)(pp + tg + 1) * sizeof *ids);
+    float *logits = malloc((size_t)r.m.hp.n_vocab * sizeof(float));
+    double *t = malloc((size_t)reps * 2 * sizeof(double));
+    if (!ids || !logits || !t) { die("out of memory"); goto out; }
+    if (rt_compute(&r, c, n_ctx)) goto out;
+    for (int i = 0; i < pp + tg + 1; i++) ids[i] = (int32_t)((i * 7919 + 13) % r.m.hp.n_vocab);
+    char err[256];
+    for (int rep = 0; rep < reps; rep++) {
+        int32_t slot0 = 0;
+        double t0 = gen_now();
+        for (int done = 0; done < pp;) { /* prompt in batch-size chunks */
+            int n = pp - done < r.f.n_max ? pp - done : r.f.n_max;
+            int32_t pos[8192], slot[8192] = {0};
+            for (int i = 0; i < n; i++) pos[i] = done + i;
+            batch_t b = {n, ids + done, pos, slot, NULL};
+            if (fwd_run(&r.f, &b, logits, err, sizeof err)) { die("%s", err); goto out; }
+            done += n;
+        }
+        t[2 * rep] = pp ? pp / (gen_now() - t0) : 0;
+        t0 = gen_now();
+        for (int i = 0; i < tg; i++) {
+            int32_t pos = i; /* decode from position 0 so contexts match llama-bench's tg */
+            batch_t b = {1, ids + pp + i, &pos, &slot0, NULL};
+            if (fwd_run(&r.f, &b, logits, err, sizeof err)) { die("%s", err); goto out; }
+        }
+        t[2 * rep + 1] = tg ? tg / (gen_now() - t0) : 0;
+    }
+    double pps[1000], tgs[1000];
+    for (int i = 0; i < reps; i++) pps[i] = t[2 * i], tgs[i] = t[2 * i + 1];
+    qsort(pps, (size_t)reps, sizeof(double), cmp_double);
+    qsort(tgs, (size_t)reps, sizeof(double), cmp_double);
+    printf("threads=%d isa=%s pp%d=%.1f tg%d=%.1f (tokens/s, median of %d)\n", k_pool_size(r.pool),
+           k_isa_name(), pp, pps[reps / 2], tg, tgs[reps / 2], reps);
+    rc = 0;
+out:
+    free(ids);
+    free(logits);
+    free(t);
+    rt_free(&r);
+    return rc;
+}

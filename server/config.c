@@ -1,0 +1,175 @@
+/* config.c - the option table and its parser (see config.h). */
+#include "config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define G CMD_GENERATE
+#define E CMD_EVAL
+#define B CMD_BENCH
+
+const opt_t OPTIONS[] = {
+    {"model", 'm', "SQSERVE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf", OPT_STR, CMD_ALL, 0, 0,
+     "model file (GGUF)"},
+    {"threads", 't', "SQSERVE_THREADS", "0", OPT_INT, G | E | B, 0, 1024,
+     "compute threads (0 = all cores)"},
+    {"prompt", 'p', NULL, NULL, OPT_STR, G | CMD_TOKENIZE, 0, 0,
+     "prompt text (tokenize: reads stdin when absent)"},
+    {"n-predict", 'n', NULL, "128", OPT_INT, G, 0, 1 << 20, "tokens to generate at most"},
+    {"chat", 0, NULL, NULL, OPT_BOOL, G, 0, 0, "wrap the prompt as a user turn in the chat template"},
+    {"system", 0, NULL, NULL, OPT_STR, G, 0, 0, "system message for --chat"},
+    {"ctx", 'c', "SQSERVE_CTX", "0", OPT_INT, G | E, 0, 1 << 20,
+     "context length (0: generate 4096 capped by the model, eval 512)"},
+    {"batch", 'b', "SQSERVE_BATCH", "512", OPT_INT, G | E | B, 1, 8192,
+     "rows per forward pass while processing prompts"},
+    {"temp", 0, NULL, "0.8", OPT_FLOAT, G, 0, 100, "temperature (0 = greedy)"},
+    {"top-k", 0, NULL, "40", OPT_INT, G, 0, 1 << 24, "top-k cut (0 = off)"},
+    {"top-p", 0, NULL, "0.95", OPT_FLOAT, G, 1e-9, 1, "nucleus cut (1 = off)"},
+    {"min-p", 0, NULL, "0.05", OPT_FLOAT, G, 0, 1, "min-p cut relative to the best token (0 = off)"},
+    {"repeat-penalty", 0, NULL, "1.0", OPT_FLOAT, G, 1e-3, 10, "repetition penalty (1 = off)"},
+    {"presence-penalty", 0, NULL, "0", OPT_FLOAT, G, -2, 2, "presence penalty"},
+    {"frequency-penalty", 0, NULL, "0", OPT_FLOAT, G, -2, 2, "frequency penalty"},
+    {"repeat-last-n", 0, NULL, "64", OPT_INT, G, 0, 1 << 20, "tokens the penalties look back at"},
+    {"seed", 's', NULL, "-1", OPT_INT, G, -1, 9.007199254740992e15, "sampling seed (-1 = random)"},
+    {"stop", 0, NULL, NULL, OPT_LIST, G, 0, 0, "stop string (repeatable, up to 8)"},
+    {"ignore-eos", 0, NULL, NULL, OPT_BOOL, G, 0, 0, "keep generating past end-of-generation tokens"},
+    {"ppl", 0, NULL, NULL, OPT_STR, E, 0, 0, "text file to measure perplexity on"},
+    {"max-tokens", 0, NULL, "0", OPT_INT, E, 0, 1e12, "use only the first N tokens of the file (0 = all)"},
+    {"no-special", 0, NULL, NULL, OPT_BOOL, CMD_TOKENIZE, 0, 0, "do not parse special tokens in text"},
+    {"pp", 0, NULL, "512", OPT_INT, B, 0, 1 << 16, "bench: prompt tokens"},
+    {"tg", 0, NULL, "128", OPT_INT, B, 0, 1 << 16, "bench: generated tokens"},
+    {"reps", 'r', NULL, "3", OPT_INT, B, 1, 1000, "bench: repetitions"},
+};
+const int N_OPTIONS = (int)(sizeof OPTIONS / sizeof OPTIONS[0]);
+
+static int find(const char *name) {
+    for (int i = 0; i < N_OPTIONS; i++)
+        if (strcmp(OPTIONS[i].name, name) == 0) return i;
+    return -1;
+}
+
+static int check_value(const opt_t *o, const char *v, char *err, size_t errlen) {
+    if (o->type != OPT_INT && o->type != OPT_FLOAT) return 0;
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end || !isfinite(d) ||
+        (o->type == OPT_INT && d != floor(d)) || d < o->lo || d > o->hi) {
+        snprintf(err, errlen, "--%s: '%s' is not %s in [%g, %g]", o->name, v,
+                 o->type == OPT_INT ? "an integer" : "a number", o->lo, o->hi);
+        return -1;
+    }
+    return 0;
+}
+
+static int set(config_t *c, int i, const char *v, char *err, size_t errlen) {
+    const opt_t *o = &OPTIONS[i];
+    if (check_value(o, v, err, errlen) != 0) return -1;
+    if (o->type == OPT_LIST) {
+        if (c->n_list[i] == CFG_LIST_MAX) {
+            snprintf(err, errlen, "--%s given more than %d times", o->name, CFG_LIST_MAX);
+            return -1;
+        }
+        c->list[i][c->n_list[i]++] = v;
+    }
+    c->val[i] = v;
+    return 0;
+}
+
+int cfg_parse(config_t *c, unsigned cmd, int argc, char **argv, char *err, size_t errlen) {
+    memset(c, 0, sizeof *c);
+    c->cmd = cmd;
+    for (int a = 0; a < argc; a++) {
+        const char *arg = argv[a], *val = NULL;
+        char name[64];
+        int i = -1;
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) { c->help = 1; continue; }
+        if (arg[0] == '-' && arg[1] == '-') {
+            const char *eq = strchr(arg + 2, '=');
+            size_t n = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+            if (n < sizeof name) {
+                memcpy(name, arg + 2, n);
+                name[n] = 0;
+                i = find(name);
+            }
+            if (eq) val = eq + 1;
+        } else if (arg[0] == '-' && arg[1] && !arg[2]) {
+            for (int k = 0; k < N_OPTIONS; k++)
+                if (OPTIONS[k].short_name == arg[1]) i = k;
+        }
+        if (i < 0 || !(OPTIONS[i].cmds & cmd)) {
+            snprintf(err, errlen, "unknown option '%s' (see --help)", arg);
+            return -1;
+        }
+        if (OPTIONS[i].type == OPT_BOOL) {
+            if (val) {
+                snprintf(err, errlen, "--%s takes no value", OPTIONS[i].name);
+                return -1;
+            }
+            c->val[i] = "1";
+            continue;
+        }
+        if (!val) {
+            if (a + 1 >= argc) {
+                snprintf(err, errlen, "option '%s' needs a value", arg);
+                return -1;
+            }
+            val = argv[++a];
+        }
+        if (set(c, i, val, err, errlen) != 0) return -1;
+    }
+    for (int i = 0; i < N_OPTIONS; i++) { /* environment, then defaults */
+        if (c->val[i]) continue;
+        const char *v = OPTIONS[i].env ? getenv(OPTIONS[i].env) : NULL;
+        if (v && *v) {
+            if (check_value(&OPTIONS[i], v, err, errlen) != 0) return -1;
+            c->val[i] = v;
+        } else {
+            c->val[i] = OPTIONS[i].def;
+        }
+    }
+    return 0;
+}
+
+void cfg_usage(unsigned cmd, const char *cmd_name) {
+    printf("usage: sqserve %s [options]\n\noptions:\n", cmd_name);
+    for (int i = 0; i < N_OPTIONS; i++) {
+        const opt_t *o = &OPTIONS[i];
+        if (!(o->cmds & cmd)) continue;
+        char flag[48];
+        snprintf(flag, sizeof flag, "%s%c%s--%s%s", o->short_name ? "-" : "",
+                 o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ", o->name,
+                 o->type == OPT_BOOL ? "" : " X");
+        printf("  %-28s %s", o->short_name ? flag : flag + 2, o->help);
+        if (o->def) printf(" [%s]", o->def);
+        if (o->env) printf(" (env %s)", o->env);
+        printf("\n");
+    }
+}
+
+const char *cfg_str(const config_t *c, const char *name) {
+    int i = find(name);
+    return i >= 0 ? c->val[i] : NULL;
+}
+
+long cfg_int(const config_t *c, const char *name) {
+    const char *v = cfg_str(c, name);
+    return v ? (long)strtod(v, NULL) : 0;
+}
+
+double cfg_float(const config_t *c, const char *name) {
+    const char *v = cfg_str(c, name);
+    return v ? strtod(v, NULL) : 0;
+}
+
+int cfg_bool(const config_t *c, const char *name) { return cfg_str(c, name) != NULL; }
+
+int cfg_list(const config_t *c, const char *name, const char *const **out) {
+    int i = find(name);
+    if (i < 0) return 0;
+    *out = c->list[i];
+    return c->n_list[i];
+}
