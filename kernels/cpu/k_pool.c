@@ -2,6 +2,7 @@
 #include "../k_pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -13,6 +14,7 @@
 #endif
 
 #define SPIN_ITERS 200000 /* ~100-200 us of polling before sleeping */
+#define YIELD_AFTER 2000  /* then let a descheduled peer run (shared CPUs) */
 
 struct k_pool {
     int n;
@@ -39,7 +41,11 @@ static void *worker(void *arg) {
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
                !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
-            if (++spins < SPIN_ITERS) { CPU_RELAX(); continue; }
+            if (++spins < SPIN_ITERS) {
+                if (spins > YIELD_AFTER) sched_yield();
+                else CPU_RELAX();
+                continue;
+            }
             pthread_mutex_lock(&p->mu);
             while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
@@ -100,7 +106,12 @@ void k_pool_run(k_pool_t *p, k_task_fn fn, void *ctx) {
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     fn(ctx, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) CPU_RELAX();
+    /* with more threads than free cores a worker may be descheduled:
+     * spinning would then burn its time slice, so yield after a while */
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins > YIELD_AFTER) sched_yield();
+        else CPU_RELAX();
+    }
 }
 
 void k_split(long n, int ith, int nth, long align, long *begin, long *end) {
