@@ -1,0 +1,208 @@
+/* test_quant.c - dequantizers against fixtures from the PyPI gguf package,
+ * and every ISA's fused dot products and matmul paths against the scalar
+ * dequantizer (which the fixtures pin down). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../kernels/k_ops.h"
+#include "../../kernels/k_quant.h"
+
+static const char *TYPES[] = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1",
+                              "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"};
+static const uint32_t TYPE_IDS[] = {K_F32, K_F16, K_BF16, K_Q8_0, K_Q4_0, K_Q4_1,
+                                    K_Q5_0, K_Q5_1, K_Q4_K, K_Q5_K, K_Q6_K};
+#define N_TYPES 11
+
+static void *slurp(const char *path, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    void *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, fp) != (size_t)n) { free(buf); buf = NULL; }
+    fclose(fp);
+    *len = (size_t)n;
+    return buf;
+}
+
+typedef struct { uint8_t *raw; float *want; size_t n_raw, n; } fixture_t;
+
+static fixture_t load_fixture(int t) {
+    char path[256];
+    fixture_t f;
+    snprintf(path, sizeof path, "tests/fixtures/dequant/%s.bin", TYPES[t]);
+    f.raw = slurp(path, &f.n_raw);
+    snprintf(path, sizeof path, "tests/fixtures/dequant/%s.f32", TYPES[t]);
+    size_t nb;
+    f.want = slurp(path, &nb);
+    assert_non_null(f.raw);
+    assert_non_null(f.want);
+    f.n = nb / 4;
+    return f;
+}
+
+static void test_dequant_matches_gguf_package(void **state) {
+    (void)state;
+    for (int t = 0; t < N_TYPES; t++) {
+        fixture_t f = load_fixture(t);
+        assert_int_equal(k_row_bytes(TYPE_IDS[t], f.n), f.n_raw);
+        float *got = malloc(f.n * sizeof(float));
+        k_dequant_row(TYPE_IDS[t], f.raw, got, f.n);
+        for (size_t i = 0; i < f.n; i++) {
+            float w = f.want[i], g = got[i];
+            if (fabsf(g - w) > 1e-6f * fmaxf(1.0f, fabsf(w))) {
+                print_error("%s element %zu: got %g want %g\n", TYPES[t], i, g, w);
+                fail();
+            }
+        }
+        free(got);
+        free(f.raw);
+        free(f.want);
+    }
+}
+
+static void test_f16_round_trip(void **state) {
+    (void)state;
+    for (uint32_t h = 0; h < 65536; h++) {
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue; /* NaN payloads */
+        assert_int_equal(k_f32_to_f16(k_f16_to_f32((uint16_t)h)), h);
+    }
+    assert_int_equal(k_f32_to_f16(1e6f), 0x7c00);      /* overflow -> inf */
+    assert_int_equal(k_f32_to_f16(65520.0f), 0x7c00);  /* rounds up to inf */
+    assert_int_equal(k_f32_to_f16(65519.0f), 0x7bff);
+}
+
+static void test_type_table(void **state) {
+    (void)state;
+    assert_null(k_type_info(4));  /* removed Q4_2 */
+    assert_null(k_type_info(999));
+    assert_false(k_type_info(K_Q2_K)->dequant);
+    assert_int_equal(k_row_bytes(K_Q4_K, 512), 288);
+}
+
+/* Builds an n x k weight matrix by rotating through the fixture blocks, so
+ * every row is different and every value is a reference-checked one. */
+static uint8_t *make_matrix(int t, long n, long k, size_t *row_bytes) {
+    fixture_t f = load_fixture(t);
+    const k_type_info_t *ti = k_type_info(TYPE_IDS[t]);
+    size_t nblk = f.n_raw / ti->block_bytes, per_row = (size_t)k / ti->block_elems;
+    *row_bytes = per_row * ti->block_bytes;
+    uint8_t *w = malloc((size_t)n * *row_bytes);
+    for (long r = 0; r < n; r++)
+        for (size_t j = 0; j < per_row; j++)
+            memcpy(w + r * *row_bytes + j * ti->block_bytes,
+                   f.raw + ((r + j) % nblk) * ti->block_bytes, ti->block_bytes);
+    free(f.raw);
+    free(f.want);
+    return w;
+}
+
+static const char *ISAS[] = {"portable", "avx2", "avx512"};
+
+static void check_matmul(int t, long n, long k, long m) {
+    size_t rb;
+    uint8_t *w = make_matrix(t, n, k, &rb);
+    k_mat_t mat = {TYPE_IDS[t], w, n, k, rb};
+    float *x = malloc((size_t)(m * k) * sizeof(float)), *y = malloc((size_t)(m * n) * sizeof(float));
+    float *row = malloc((size_t)k * sizeof(float));
+    srand(1234);
+    for (long i = 0; i < m * k; i++) x[i] = (float)rand() / RAND_MAX * 2 - 1;
+    k_pool_t *pool = k_pool_new(3); /* more threads than cores on purpose */
+    assert_int_equal(k_matmul(pool, &mat, x, m, y), 0);
+    for (long r = 0; r < n; r++) {
+        k_dequant_row(TYPE_IDS[t], w + r * rb, row, (size_t)k);
+        for (long i = 0; i < m; i++) {
+            double want = 0, mag = 0;
+            for (long j = 0; j < k; j++) {
+                want += (double)row[j] * x[i * k + j];
+                mag += fabs((double)row[j] * x[i * k + j]);
+            }
+            double got = y[i * n + r];
+            if (mag > 1e30) continue; /* the F32/F16 fixtures hold extreme values on purpose */
+            if (fabs(got - want) > 1e-5 * mag + 1e-6) {
+                print_error("%s isa=%s n=%ld k=%ld m=%ld row %ld x %ld: got %.7g want %.7g\n",
+                            TYPES[t], k_isa_name(), n, k, m, r, i, got, want);
+                fail();
+            }
+        }
+    }
+    k_pool_free(pool);
+    free(w); free(x); free(y); free(row);
+}
+
+static void test_matmul_all_isas_types_shapes(void **state) {
+    (void)state;
+    for (int s = 0; s < 3; s++) {
+        setenv("SQSERVE_ISA", ISAS[s], 1);
+        k_init();
+        if (strcmp(k_isa_name(), ISAS[s]) != 0) continue; /* CPU lacks it */
+        for (int t = 0; t < N_TYPES; t++) {
+            long k = k_type_info(TYPE_IDS[t])->block_elems == 256 ? 512 : 96;
+            /* m = 1..4 use the fused path where the type has one, 5+ the
+             * dequant + tile path; n = 7 leaves ragged 4-row groups */
+            long ms[] = {1, 2, 4, 5, 9};
+            for (int i = 0; i < 5; i++) check_matmul(t, 7, k, ms[i]);
+        }
+    }
+    unsetenv("SQSERVE_ISA");
+    k_init();
+}
+
+static void test_split_covers_range(void **state) {
+    (void)state;
+    for (long n = 0; n < 50; n++)
+        for (int nth = 1; nth < 6; nth++) {
+            long next = 0;
+            for (int i = 0; i < nth; i++) {
+                long b, e;
+                k_split(n, i, nth, 4, &b, &e);
+                assert_int_equal(b, next);
+                assert_true(e >= b);
+                assert_true(b % 4 == 0 || b == n);
+                next = e;
+            }
+            assert_int_equal(next, n);
+        }
+}
+
+static void test_small_ops(void **state) {
+    (void)state;
+    float x[4] = {1, 2, 3, 4}, w[4] = {1, 1, 1, 2}, out[4];
+    k_rmsnorm(out, x, w, 4, 0.0f);
+    float inv = 1.0f / sqrtf(7.5f);
+    assert_float_equal(out[0], 1 * inv, 1e-6);
+    assert_float_equal(out[3], 8 * inv, 1e-6);
+    float s[3] = {1, 2, 3};
+    k_softmax(s, 3);
+    assert_float_equal(s[0] + s[1] + s[2], 1.0f, 1e-6);
+    assert_true(s[2] > s[1] && s[1] > s[0]);
+    /* RoPE at position 0 is the identity; at any position it keeps norms */
+    float q[4] = {1, 2, 3, 4}, inv_freq[2] = {1.0f, 0.01f};
+    k_rope(q, 4, 0.0f, inv_freq);
+    assert_float_equal(q[1], 2.0f, 0);
+    k_rope(q, 4, 7.0f, inv_freq);
+    assert_float_equal(q[0] * q[0] + q[1] * q[1], 5.0f, 1e-5);
+    assert_float_equal(q[0], cosf(7.0f) - 2 * sinf(7.0f), 1e-5);
+}
+
+int main(void) {
+    k_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dequant_matches_gguf_package),
+        cmocka_unit_test(test_f16_round_trip),
+        cmocka_unit_test(test_type_table),
+        cmocka_unit_test(test_matmul_all_isas_types_shapes),
+        cmocka_unit_test(test_split_covers_range),
+        cmocka_unit_test(test_small_ops),
+    };
+    return cmocka_run_group_tests_name("quant", tests, NULL, NULL);
+}
