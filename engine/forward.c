@@ -96,17 +96,10 @@ static void attn_task(void *arg, int ith, int nth) {
     for (long u = begin; u < end; u++) {
         int i = (int)(u / hp->n_head), h = (int)(u % hp->n_head), g = h / group;
         int pos = c->b->pos[i], slot = c->b->slot[i];
-        const float *q = f->q + (size_t)i * hp->dim + (size_t)h * hd;
-        float *out = f->att + (size_t)i * hp->dim + (size_t)h * hd;
-        for (int t = 0; t <= pos; t++)
-            sc[t] = isa->dot_f32(q, kv_at(kv, kv->k, c->layer, slot, t) + g * hd, hd) * scale;
-        k_softmax(sc, pos + 1);
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int t = 0; t <= pos; t++) {
-            const float *vt = kv_at(kv, kv->v, c->layer, slot, t) + g * hd;
-            float w = sc[t];
-            for (int e = 0; e < hd; e++) out[e] += w * vt[e];
-        }
+        isa->attn_head(f->q + (size_t)i * hp->dim + (size_t)h * hd,
+                       kv_at(kv, kv->k, c->layer, slot, 0) + g * hd,
+                       kv_at(kv, kv->v, c->layer, slot, 0) + g * hd, kv->kv_dim, pos + 1, hd,
+                       scale, sc, f->att + (size_t)i * hp->dim + (size_t)h * hd);
     }
 }
 

@@ -29,9 +29,13 @@ typedef struct {
     float (*dot_q4_0)(const void *row, const float *x, long k);
     float (*dot_q4_1)(const void *row, const float *x, const float *xsum32, long k);
     float (*dot_q8_0)(const void *row, const float *x, long k);
-    /* y[i][j] = w[j] . x[i] for a tile of up to 4 x-rows by 4 w-rows */
-    void (*tile)(const float *w, long ldw, int nw, const float *x, long ldx, int nx,
-                 long k, float *y, long ldy);
+    /* y[i][j] = sum_p x[i][p] P[p][j] for i < nx <= 6, j < nw <= 32, with P a
+     * transposed panel of 32 weight rows (k_matmul packs it) */
+    void (*gemm_panel)(const float *P, long k, const float *x, long ldx, int nx,
+                       float *y, long ldy, int nw);
+    /* softmax(q . K^T * scale) . V for one head over n positions */
+    void (*attn_head)(const float *q, const float *K, const float *V, long stride, int n,
+                      int hd, float scale, float *scores, float *out);
 } k_isa_t;
 
 void k_init(void);

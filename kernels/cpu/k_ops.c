@@ -4,10 +4,11 @@
  * - m <= FUSED_MAX_M with a fused type (F32, Q4_0, Q4_1, Q8_0): stream each
  *   weight row once through a dequantizing dot product per x row. Decode
  *   is bound by weight bytes, so the weights stay in their 4/8-bit form.
- * - otherwise: dequantize 4 weight rows at a time into a per-thread
- *   buffer and run the 4x4 FMA tile over all x rows, so the dequant cost
- *   is paid once per weight row for the whole batch (prompt processing).
- * Rows of W are split across threads in multiples of 4.
+ * - otherwise: dequantize 32 weight rows at a time into a transposed
+ *   per-thread panel and run the 6x32 outer-product micro-kernel over all
+ *   x rows, so the dequant cost is paid once per weight row for the whole
+ *   batch (prompt processing) and no horizontal sums are needed.
+ * Rows of W are split across threads in multiples of 32 (4 when fused).
  */
 #include "../k_ops.h"
 #include "../k_quant.h"
@@ -40,6 +41,7 @@ const char *k_isa_name(void) { return isa->name; }
 const k_isa_t *k_isa(void) { return isa; }
 
 #define FUSED_MAX_M 4
+#define PANEL 32 /* weight rows per packed panel (two 16-lane vectors) */
 
 typedef struct {
     const k_mat_t *w;
@@ -70,35 +72,37 @@ static void mm_task(void *arg, int ith, int nth) {
     mm_ctx_t *c = arg;
     const k_mat_t *w = c->w;
     long b, e, k = w->k;
-    k_split(w->n, ith, nth, 4, &b, &e);
+    k_split(w->n, ith, nth, c->fused ? 4 : PANEL, &b, &e);
     if (b >= e) return;
     if (c->fused) {
         for (long i = 0; i < c->m; i++)
             for (long r = b; r < e; r++) c->y[i * w->n + r] = fused_dot(c, r, i);
         return;
     }
-    float *buf = NULL;
-    if (w->type != K_F32 && !(buf = malloc((size_t)(4 * k) * sizeof(float)))) {
+    float *rows = malloc((size_t)k * PANEL * sizeof(float));
+    float *panel = aligned_alloc(64, (size_t)k * PANEL * sizeof(float));
+    if (!rows || !panel) {
+        free(rows);
+        free(panel);
         c->failed = 1;
         return;
     }
-    for (long r = b; r < e; r += 4) {
-        int nw = e - r < 4 ? (int)(e - r) : 4;
-        const float *wrows;
-        if (w->type == K_F32) {
-            wrows = (const float *)w->data + r * k;
-        } else {
-            for (int j = 0; j < nw; j++)
-                k_dequant_row(w->type, (const uint8_t *)w->data + (size_t)(r + j) * w->row_bytes,
-                              buf + j * k, (size_t)k);
-            wrows = buf;
+    for (long r = b; r < e; r += PANEL) {
+        int nw = e - r < PANEL ? (int)(e - r) : PANEL;
+        for (int j = 0; j < nw; j++)
+            k_dequant_row(w->type, (const uint8_t *)w->data + (size_t)(r + j) * w->row_bytes,
+                          rows + j * k, (size_t)k);
+        for (long p = 0; p < k; p++) { /* transpose; zero-pad ragged panels */
+            for (int j = 0; j < nw; j++) panel[p * PANEL + j] = rows[j * k + p];
+            for (int j = nw; j < PANEL; j++) panel[p * PANEL + j] = 0;
         }
-        for (long i = 0; i < c->m; i += 4) {
-            int nx = c->m - i < 4 ? (int)(c->m - i) : 4;
-            isa->tile(wrows, k, nw, c->x + i * k, k, nx, k, c->y + i * w->n + r, w->n);
+        for (long i = 0; i < c->m; i += 6) {
+            int nx = c->m - i < 6 ? (int)(c->m - i) : 6;
+            isa->gemm_panel(panel, k, c->x + i * k, k, nx, c->y + i * w->n + r, w->n, nw);
         }
     }
-    free(buf);
+    free(rows);
+    free(panel);
 }
 
 int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y) {

@@ -1,0 +1,280 @@
+/* test_engine.c - sampler, stop strings and the GGUF reader's metadata
+ * handling on files written here byte by byte (no model needed). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../../engine/gguf.h"
+#include "../../engine/sample.h"
+#include "../../engine/stop.h"
+#include "../../engine/chat.h"
+
+/* ---- sampler --------------------------------------------------------------- */
+
+#define NV 16
+
+static void fill(float *l) {
+    for (int i = 0; i < NV; i++) l[i] = (float)(i % 5) * 0.5f - (float)i * 0.01f;
+}
+
+static int draw(sample_params_t p, int steps, int *out) {
+    sampler_t s;
+    assert_int_equal(sampler_init(&s, &p, NV), 0);
+    float l[NV];
+    for (int i = 0; i < steps; i++) {
+        fill(l);
+        out[i] = sampler_next(&s, l);
+        sampler_accept(&s, out[i]);
+    }
+    sampler_free(&s);
+    return steps;
+}
+
+static void test_greedy_and_seeded_sampling(void **state) {
+    (void)state;
+    sample_params_t p = sample_defaults();
+    p.temperature = 0;
+    int a[50], b[50];
+    draw(p, 50, a);
+    for (int i = 0; i < 50; i++) assert_int_equal(a[i], 4); /* argmax of fill() */
+    p = sample_defaults();
+    p.top_k = 0, p.top_p = 1, p.min_p = 0, p.temperature = 1.5f, p.seed = 7;
+    draw(p, 50, a);
+    draw(p, 50, b);
+    assert_memory_equal(a, b, sizeof a); /* same seed, same tokens */
+    p.seed = 8;
+    draw(p, 50, b);
+    assert_true(memcmp(a, b, sizeof a) != 0);
+    int seen[NV] = {0};
+    for (int i = 0; i < 50; i++) seen[a[i]] = 1;
+    int distinct = 0;
+    for (int i = 0; i < NV; i++) distinct += seen[i];
+    assert_true(distinct > 3); /* temperature 1.5 actually samples */
+}
+
+static void test_cuts(void **state) {
+    (void)state;
+    sample_params_t p = sample_defaults();
+    p.temperature = 5, p.top_p = 1, p.min_p = 0, p.top_k = 2, p.seed = 1;
+    int a[200];
+    draw(p, 200, a);
+    /* the two best logits of fill(): ids 4 and 9 */
+    for (int i = 0; i < 200; i++) assert_true(a[i] == 4 || a[i] == 9);
+    p.top_k = 0, p.min_p = 0.99f;
+    draw(p, 100, a);
+    for (int i = 0; i < 100; i++) assert_int_equal(a[i], 4);
+    p.min_p = 0, p.top_p = 0.01f;
+    draw(p, 100, a);
+    for (int i = 0; i < 100; i++) assert_int_equal(a[i], 4);
+}
+
+static void test_penalties(void **state) {
+    (void)state;
+    sample_params_t p = sample_defaults();
+    p.temperature = 0, p.presence_penalty = 2.0f, p.penalty_last_n = 8;
+    int a[6];
+    draw(p, 6, a);
+    /* the favourite gets penalised after its first use */
+    assert_int_equal(a[0], 4);
+    assert_true(a[1] != 4);
+    sampler_t s;
+    p = sample_defaults();
+    p.repeat_penalty = 2.0f, p.frequency_penalty = 0.5f, p.penalty_last_n = 2;
+    assert_int_equal(sampler_init(&s, &p, NV), 0);
+    sampler_accept(&s, 3);
+    sampler_accept(&s, 3);
+    sampler_accept(&s, 5); /* window of 2: one 3 left, one 5 */
+    assert_int_equal(s.count[3], 1);
+    assert_int_equal(s.count[5], 1);
+    sampler_free(&s);
+    p = sample_defaults();
+    p.top_p = 0;
+    assert_non_null(sample_validate(&p));
+    p = sample_defaults();
+    p.temperature = NAN;
+    assert_non_null(sample_validate(&p));
+    p = sample_defaults();
+    assert_null(sample_validate(&p));
+}
+
+/* ---- stop strings ------------------------------------------------------------- */
+
+static void feed_all(stop_t *s, const char *const *pieces, int n, char *out, int *stopped) {
+    out[0] = 0;
+    *stopped = 0;
+    for (int i = 0; i < n && !*stopped; i++) {
+        const char *o;
+        size_t ol;
+        int r = stop_feed(s, pieces[i], strlen(pieces[i]), &o, &ol);
+        assert_true(r >= 0);
+        strncat(out, o, ol);
+        *stopped = r;
+    }
+    if (!*stopped) {
+        const char *o;
+        size_t ol;
+        stop_flush(s, &o, &ol);
+        strncat(out, o, ol);
+    }
+}
+
+static void test_stop_strings(void **state) {
+    (void)state;
+    const char *stops[] = {"END", "\n\n"};
+    stop_t s;
+    char out[256];
+    int stopped;
+    assert_int_equal(stop_init(&s, stops, 2), 0);
+    const char *p1[] = {"hello E", "N", "D world"};
+    feed_all(&s, p1, 3, out, &stopped);
+    assert_true(stopped);
+    assert_string_equal(out, "hello ");
+    stop_free(&s);
+    assert_int_equal(stop_init(&s, stops, 2), 0);
+    const char *p2[] = {"an E", "nd", " EN"}; /* prefixes that never complete */
+    feed_all(&s, p2, 3, out, &stopped);
+    assert_false(stopped);
+    assert_string_equal(out, "an End EN");
+    stop_free(&s);
+    assert_int_equal(stop_init(&s, stops, 2), 0);
+    const char *p3[] = {"a\n", "\nb"};
+    feed_all(&s, p3, 2, out, &stopped);
+    assert_true(stopped);
+    assert_string_equal(out, "a");
+    stop_free(&s);
+    assert_int_equal(stop_init(&s, NULL, 0), 0); /* no stops: pass-through */
+    const char *p4[] = {"x", "y"};
+    feed_all(&s, p4, 2, out, &stopped);
+    assert_string_equal(out, "xy");
+    stop_free(&s);
+    const char *many[STOP_MAX + 1] = {"a", "b", "c", "d", "e", "f", "g", "h", "i"};
+    assert_int_equal(stop_init(&s, many, STOP_MAX + 1), -1);
+}
+
+/* ---- chat templates --------------------------------------------------------- */
+
+static void test_chat_templates(void **state) {
+    (void)state;
+    chat_tmpl_t ct;
+    char err[128];
+    const char *src = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nBe kind.<|im_end|>\\n' }}{% endif %}<|im_start|>";
+    assert_int_equal(chat_tmpl_init(&ct, src, strlen(src), err, sizeof err), 0);
+    assert_string_equal(ct.default_system, "Be kind.");
+    chat_msg_t m[2] = {{"user", "hi"}, {"assistant", "yo"}};
+    char *r = chat_render(&ct, m, 2, 1);
+    assert_string_equal(r, "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                           "<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>assistant\n");
+    free(r);
+    chat_msg_t sys[1] = {{"system", "S"}};
+    r = chat_render(&ct, sys, 1, 0);
+    assert_string_equal(r, "<|im_start|>system\nS<|im_end|>\n");
+    free(r);
+    chat_tmpl_free(&ct);
+    const char *l3 = "{{ '<|start_header_id|>' + message['role'] }}";
+    assert_int_equal(chat_tmpl_init(&ct, l3, strlen(l3), err, sizeof err), 0);
+    r = chat_render(&ct, m, 1, 1);
+    assert_string_equal(r, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    free(r);
+    chat_tmpl_free(&ct);
+    assert_int_equal(chat_tmpl_init(&ct, "{{ [INST] }}", 12, err, sizeof err), -1);
+    assert_non_null(strstr(err, "unsupported"));
+}
+
+/* ---- GGUF metadata ------------------------------------------------------------ */
+
+typedef struct { uint8_t *b; size_t n, cap; } buf_t;
+
+static void put(buf_t *b, const void *p, size_t n) {
+    if (b->n + n > b->cap) b->b = realloc(b->b, b->cap = (b->n + n) * 2 + 64);
+    memcpy(b->b + b->n, p, n);
+    b->n += n;
+}
+static void put_u32(buf_t *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(buf_t *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(buf_t *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
+
+static const char *write_tmp(buf_t *b) {
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/sqserve-test-%d.gguf", (int)getpid());
+    FILE *fp = fopen(path, "wb");
+    fwrite(b->b, 1, b->n, fp);
+    fclose(fp);
+    return path;
+}
+
+static void test_gguf_metadata_types(void **state) {
+    (void)state;
+    for (uint32_t version = 2; version <= 3; version++) {
+        buf_t b = {0};
+        put(&b, "GGUF", 4);
+        put_u32(&b, version);
+        put_u64(&b, 1); /* tensors */
+        put_u64(&b, 6); /* kvs */
+        put_str(&b, "a.u8"); put_u32(&b, GGUF_U8); put(&b, "\xff", 1);
+        put_str(&b, "a.i16"); put_u32(&b, GGUF_I16); put(&b, "\xfe\xff", 2);
+        put_str(&b, "a.f64"); put_u32(&b, GGUF_F64);
+        double d = 2.5;
+        put(&b, &d, 8);
+        put_str(&b, "a.str"); put_u32(&b, GGUF_STRING); put_str(&b, "hello");
+        /* [[1, 2], [3]] as nested i32 arrays */
+        put_str(&b, "a.nested"); put_u32(&b, GGUF_ARRAY); put_u32(&b, GGUF_ARRAY); put_u64(&b, 2);
+        put_u32(&b, GGUF_I32); put_u64(&b, 2); put_u32(&b, 1); put_u32(&b, 2);
+        put_u32(&b, GGUF_I32); put_u64(&b, 1); put_u32(&b, 3);
+        put_str(&b, "a.strs"); put_u32(&b, GGUF_ARRAY); put_u32(&b, GGUF_STRING); put_u64(&b, 2);
+        put_str(&b, "x"); put_str(&b, "yz");
+        put_str(&b, "t"); put_u32(&b, 2); put_u64(&b, 4); put_u64(&b, 2);
+        put_u32(&b, 0 /* F32 */); put_u64(&b, 0);
+        while (b.n % 32) put(&b, "\0", 1);
+        float data[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        put(&b, data, sizeof data);
+        gguf_t g;
+        char err[256];
+        const char *path = write_tmp(&b);
+        assert_int_equal(gguf_open(&g, path, err, sizeof err), 0);
+        uint64_t u;
+        double f;
+        gguf_str_t s;
+        assert_int_equal(gguf_get_u64(&g, "a.u8", &u), 0);
+        assert_int_equal(u, 255);
+        assert_int_equal(gguf_get_u64(&g, "a.i16", &u), -1); /* -2 is not unsigned */
+        assert_int_equal(gguf_get(&g, "a.i16")->v.i, -2);
+        assert_int_equal(gguf_get_f64(&g, "a.f64", &f), 0);
+        assert_true(f == 2.5);
+        assert_int_equal(gguf_get_str(&g, "a.str", &s), 0);
+        assert_true(gguf_str_eq(s, "hello"));
+        const gguf_value_t *n = gguf_get(&g, "a.nested");
+        assert_int_equal(n->v.arr.n, 2);
+        assert_int_equal(gguf_arr_i64(&n->v.arr.items[0], 1), 2);
+        assert_int_equal(gguf_arr_i64(&n->v.arr.items[1], 0), 3);
+        assert_true(gguf_str_eq(gguf_get(&g, "a.strs")->v.arr.items[1].v.s, "yz"));
+        const gguf_tensor_t *t = gguf_tensor(&g, "t");
+        assert_non_null(t);
+        assert_int_equal(t->n_elems, 8);
+        assert_true(((const float *)t->data)[7] == 8.0f);
+        assert_null(gguf_tensor(&g, "missing"));
+        gguf_close(&g);
+        unlink(path);
+        free(b.b);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_and_seeded_sampling),
+        cmocka_unit_test(test_cuts),
+        cmocka_unit_test(test_penalties),
+        cmocka_unit_test(test_stop_strings),
+        cmocka_unit_test(test_chat_templates),
+        cmocka_unit_test(test_gguf_metadata_types),
+    };
+    return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
+}
