@@ -206,7 +206,10 @@ int cmd_eval(const config_t *c) {
     if (max > 0 && n_ids > max) n_ids = max;
     int ctx = (int)cfg_int(c, "ctx");
     if (ctx == 0) ctx = 512;
-    if (ctx > r.m.hp.n_ctx_train) { die("--ctx %d exceeds the model's %d", ctx, r.m.hp.n_ctx_train); goto out; }
+    if (ctx < 2 || ctx > r.m.hp.n_ctx_train) {
+        die("--ctx %d is outside [2, %d] (the model's context)", ctx, r.m.hp.n_ctx_train);
+        goto out;
+    }
     config_t cc = *c;
     char batch[16];
     snprintf(batch, sizeof batch, "%d", ctx); /* a window is one forward pass */
