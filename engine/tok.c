@@ -168,6 +168,7 @@ static uint64_t pow2_at_least(uint64_t n) {
 
 /* Unicode White_Space, as \s means in the reference implementations. */
 #define WS "\\t\\n\\x{0B}\\f\\r\\x{85}\\p{Z}"
+const char TOK_WS_CLASS[] = "[" WS "]";
 #define GPT2_PATTERN "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+" \
                      "|[" WS "]+(?![^" WS "])|[" WS "]+"
 #define LLAMA3_PATTERN "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+" \

@@ -51,6 +51,10 @@ size_t tok_stream_push(const tok_t *t, tok_stream_t *s, int id, int render_speci
                        char *out, size_t cap);
 size_t tok_stream_flush(tok_stream_t *s, char *out, size_t cap);
 
+/* The PCRE2 character class the pre-tokenizers use for whitespace
+ * (Unicode White_Space); exposed so a test can check it against PropList. */
+extern const char TOK_WS_CLASS[];
+
 /* Replaces invalid UTF-8 with U+FFFD (maximal subparts). Returns a new
  * malloc'd buffer, length in *out_len; NULL on out of memory. */
 char *tok_utf8_sanitize(const char *s, size_t len, size_t *out_len);
