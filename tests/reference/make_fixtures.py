@@ -495,6 +495,13 @@ def make_ppl(args, tok: RefTokenizer, meta: dict, model) -> None:
     if lc is not None:
         obj["llama_cpp_ppl"] = math.exp(sum(lc_window_nll) / n_pred)
         obj["llama_cpp_window_nll"] = lc_window_nll
+        lids = llama_cpp_tokenize_isolated(args.model, [data])[0]
+        obj["llama_cpp_tokenization"] = {
+            "file_ids_identical": lids == all_ids,
+            "first_ids_identical": (lids[:PPL_MAX_TOKENS] == ids) if isinstance(lids, list) else False,
+            "n_ids": len(lids) if isinstance(lids, list) else lids,
+        }
+        log(f"ppl: llama.cpp tokenization of the file: {obj['llama_cpp_tokenization']}")
     log(f"ppl = {ppl:.6f}" + (f" (llama.cpp {obj['llama_cpp_ppl']:.6f})" if lc is not None else ""))
     write_json(os.path.join(args.out, "ppl.json"), obj)
 
