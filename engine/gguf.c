@@ -122,6 +122,11 @@ static int rd_array(cursor_t *c, gguf_value_t *v, int depth, const char *key) {
     v->v.arr.raw = c->p;
     v->v.arr.items = NULL;
     if (et != GGUF_STRING && et != GGUF_ARRAY) {
+        if (et == GGUF_BOOL)
+            for (uint64_t i = 0; i < n; i++)
+                if (c->p[i] > 1)
+                    return fail(c, "key '%s': bool array element %llu is %u, not 0 or 1", key,
+                                (unsigned long long)i, c->p[i]);
         c->p += n * min_elem;
         return 0;
     }
@@ -163,8 +168,9 @@ int gguf_str_eq(gguf_str_t s, const char *c) {
     return s.len == n && memcmp(s.ptr, c, n) == 0;
 }
 
-/* Printable copy of a file string for error messages. */
-static const char *show(gguf_str_t s, char *buf, size_t n) {
+/* Printable copy of a file string for error messages: control bytes and
+ * non-ASCII become '?' so a hostile string cannot forge extra lines. */
+const char *gguf_str_show(gguf_str_t s, char *buf, size_t n) {
     size_t k = s.len < n - 1 ? (size_t)s.len : n - 1;
     for (size_t i = 0; i < k; i++) {
         unsigned char ch = (unsigned char)s.ptr[i];
@@ -196,7 +202,7 @@ static int check_unique_keys(gguf_t *g, cursor_t *c) {
     for (uint64_t i = 1; i < g->n_kv && rc == 0; i++)
         if (cmp_str(idx[i - 1]->key, idx[i]->key) == 0) {
             char name[80];
-            rc = fail(c, "duplicate metadata key '%s'", show(idx[i]->key, name, sizeof name));
+            rc = fail(c, "duplicate metadata key '%s'", gguf_str_show(idx[i]->key, name, sizeof name));
         }
     free(idx);
     return rc;
@@ -214,7 +220,7 @@ static int rd_kvs(gguf_t *g, cursor_t *c) {
         uint32_t type = 0;
         char name[80];
         if (rd_str(c, &kv->key, "metadata key") != 0) return -1;
-        show(kv->key, name, sizeof name);
+        gguf_str_show(kv->key, name, sizeof name);
         if (kv->key.len == 0) return fail(c, "metadata entry %llu has an empty key",
                                           (unsigned long long)i);
         if (rd(c, &type, 4, "metadata value type") != 0) return -1;
@@ -230,7 +236,7 @@ static int cmp_tensor_name(const void *a, const void *b) {
 static int rd_tensor_info(cursor_t *c, gguf_tensor_t *t) {
     char name[80];
     if (rd_str(c, &t->name, "tensor name") != 0) return -1;
-    show(t->name, name, sizeof name);
+    gguf_str_show(t->name, name, sizeof name);
     if (t->name.len == 0 || t->name.len > GGUF_MAX_NAME)
         return fail(c, "tensor name of length %llu (must be 1..%d)",
                     (unsigned long long)t->name.len, GGUF_MAX_NAME);
@@ -277,7 +283,7 @@ static int rd_tensors(gguf_t *g, cursor_t *c) {
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         gguf_tensor_t *t = &g->tensors[i];
         char name[80];
-        show(t->name, name, sizeof name);
+        gguf_str_show(t->name, name, sizeof name);
         if (t->offset % g->alignment != 0)
             return fail(c, "tensor '%s' offset %llu is not aligned to %u", name,
                         (unsigned long long)t->offset, g->alignment);
@@ -291,7 +297,7 @@ static int rd_tensors(gguf_t *g, cursor_t *c) {
     for (uint64_t i = 1; i < g->n_tensors; i++)
         if (cmp_tensor_name(&g->tensors[i - 1], &g->tensors[i]) == 0) {
             char name[80];
-            return fail(c, "duplicate tensor name '%s'", show(g->tensors[i].name, name, sizeof name));
+            return fail(c, "duplicate tensor name '%s'", gguf_str_show(g->tensors[i].name, name, sizeof name));
         }
     return 0;
 }
@@ -313,8 +319,10 @@ static int parse(gguf_t *g, cursor_t *c) {
     if (al) {
         if (al->type != GGUF_U32)
             return fail(c, "general.alignment has type %s, expected u32", gguf_vtype_name(al->type));
-        if (al->v.u == 0 || (al->v.u & (al->v.u - 1)) != 0 || al->v.u > 65536)
-            return fail(c, "general.alignment %llu is not a power of two up to 65536",
+        /* the spec wants a multiple of 8; sqserve reads F32 tensors in
+         * place, so anything smaller would mean misaligned loads */
+        if (al->v.u < 8 || (al->v.u & (al->v.u - 1)) != 0 || al->v.u > 65536)
+            return fail(c, "general.alignment %llu is not a power of two in [8, 65536]",
                         (unsigned long long)al->v.u);
         g->alignment = (uint32_t)al->v.u;
     }
@@ -325,7 +333,7 @@ int gguf_open(gguf_t *g, const char *path, char *err, size_t errlen) {
     memset(g, 0, sizeof *g);
     g->fd = -1;
     struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
     if (fd < 0) {
         snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         return -1;
@@ -418,7 +426,8 @@ int64_t gguf_arr_i64(const gguf_value_t *v, uint64_t i) {
     load_scalar(v->v.arr.type, v->v.arr.raw + i * scalar_size[v->v.arr.type], &e);
     switch (e.type) {
     case GGUF_I8: case GGUF_I16: case GGUF_I32: case GGUF_I64: return e.v.i;
-    case GGUF_F32: case GGUF_F64: return (int64_t)e.v.f;
+    case GGUF_F32: case GGUF_F64: /* out of range (or NaN) saturates to 0 */
+        return e.v.f >= -9.2e18 && e.v.f <= 9.2e18 ? (int64_t)e.v.f : 0;
     default: return (int64_t)e.v.u;
     }
 }

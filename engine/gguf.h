@@ -82,6 +82,8 @@ int64_t gguf_arr_i64(const gguf_value_t *v, uint64_t i);
 double gguf_arr_f64(const gguf_value_t *v, uint64_t i);
 
 int gguf_str_eq(gguf_str_t s, const char *c);
+/* Printable, single-line copy of s for messages (truncated to n-1). */
+const char *gguf_str_show(gguf_str_t s, char *buf, size_t n);
 const char *gguf_vtype_name(uint32_t t);
 
 #endif

@@ -54,9 +54,10 @@ static int load_hparams(model_t *m, char *err, size_t errlen) {
     gguf_str_t arch_s;
     if (gguf_get_str(g, "general.architecture", &arch_s) != 0)
         return errf(err, errlen, "general.architecture is missing");
+    char shown[48];
     if (!gguf_str_eq(arch_s, "llama"))
-        return errf(err, errlen, "architecture '%.*s' is not supported (only 'llama')",
-                    (int)(arch_s.len > 40 ? 40 : arch_s.len), arch_s.ptr);
+        return errf(err, errlen, "architecture '%s' is not supported (only 'llama')",
+                    gguf_str_show(arch_s, shown, sizeof shown));
     const char *a = "llama";
     hparams_t *hp = &m->hp;
     hp->rope_base = 10000.0f;
@@ -90,8 +91,8 @@ static int load_hparams(model_t *m, char *err, size_t errlen) {
     gguf_str_t st;
     if (gguf_get_str(g, "llama.rope.scaling.type", &st) == 0 && !gguf_str_eq(st, "none")) {
         if (!gguf_str_eq(st, "linear"))
-            return errf(err, errlen, "rope scaling type '%.*s' is not supported (none, linear)",
-                        (int)(st.len > 20 ? 20 : st.len), st.ptr);
+            return errf(err, errlen, "rope scaling type '%s' is not supported (none, linear)",
+                        gguf_str_show(st, shown, sizeof shown));
         float f = 1.0f;
         if (get_float(g, a, "rope.scaling.factor", &f, 1e-3, 1e3, err, errlen)) return -1;
         hp->rope_scale = f;
@@ -110,10 +111,15 @@ static int want_tensor(model_t *m, const char *name, long k, long n, int optiona
         return errf(err, errlen, "tensor '%s' has type %s, which sqserve cannot compute with",
                     name, ti->name);
     int dims = n > 0 ? 2 : 1;
-    if ((int)t->n_dims != dims || (long)t->ne[0] != k || (dims == 2 && (long)t->ne[1] != n))
-        return errf(err, errlen, "tensor '%s' has shape [%llu, %llu], expected [%ld, %ld]", name,
-                    (unsigned long long)t->ne[0],
-                    (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), k, n > 0 ? n : 1);
+    if ((int)t->n_dims != dims || (long)t->ne[0] != k || (dims == 2 && (long)t->ne[1] != n)) {
+        char have[96] = "", want[48];
+        for (uint32_t d = 0; d < t->n_dims; d++)
+            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%llu", d ? ", " : "",
+                     (unsigned long long)t->ne[d]);
+        if (dims == 2) snprintf(want, sizeof want, "%ld, %ld", k, n);
+        else snprintf(want, sizeof want, "%ld", k);
+        return errf(err, errlen, "tensor '%s' has shape [%s], expected [%s]", name, have, want);
+    }
     return 0;
 }
 

@@ -99,6 +99,9 @@ static int cmp_cand(const void *a, const void *b) {
 int32_t sampler_next(sampler_t *s, float *logits) {
     const sample_params_t *p = &s->p;
     int n = s->n_vocab;
+    /* NaN (from broken weights) would make every comparison below lie */
+    for (int i = 0; i < n; i++)
+        if (logits[i] != logits[i]) logits[i] = -INFINITY;
     apply_penalties(s, logits);
     if (p->temperature <= 0) {
         int32_t best = 0;

@@ -365,14 +365,14 @@ tok_t *tok_load(const gguf_t *g, char *err, size_t errlen) {
         snprintf(err, errlen, "tokenizer.ggml.model is missing");
         return NULL;
     }
+    char shown[48];
     if (!gguf_str_eq(model, "gpt2")) {
-        snprintf(err, errlen, "tokenizer model '%.*s' is not supported (only byte-level BPE, 'gpt2')",
-                 (int)(model.len > 32 ? 32 : model.len), model.ptr);
+        snprintf(err, errlen, "tokenizer model '%s' is not supported (only byte-level BPE, 'gpt2')",
+                 gguf_str_show(model, shown, sizeof shown));
         return NULL;
     }
     char pre_name[64] = "default";
-    if (gguf_get_str(g, "tokenizer.ggml.pre", &pre) == 0)
-        snprintf(pre_name, sizeof pre_name, "%.*s", (int)(pre.len > 60 ? 60 : pre.len), pre.ptr);
+    if (gguf_get_str(g, "tokenizer.ggml.pre", &pre) == 0) gguf_str_show(pre, pre_name, sizeof pre_name);
     tok_t *t = calloc(1, sizeof *t);
     if (!t) { snprintf(err, errlen, "out of memory"); return NULL; }
     if (load_vocab(t, g, err, errlen) != 0 || load_merges(t, g, err, errlen) != 0 ||
