@@ -58,7 +58,7 @@ $(BUILD)/obj/%.o: %.c
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsqserve.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcmocka
 
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
 
@@ -83,10 +83,12 @@ test: deps model
 
 unit-bins: $(UNIT_BIN)
 
-sanitize:
-	@$(MAKE) --no-print-directory BUILD=build/sanitize OPT=-O1 \
+SAN_FLAGS := BUILD=build/sanitize OPT=-O1 \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	  EXTRA_LDFLAGS="-fsanitize=address,undefined" build/sanitize/sqserve
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined"
+
+sanitize:
+	@$(MAKE) --no-print-directory $(SAN_FLAGS) build/sanitize/sqserve unit-bins
 
 # ---- benchmarks and fixtures ----------------------------------------------
 bench-cpu: deps model

@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 status=0
 
-echo "== C unit tests (cmocka) =="
+echo "== C unit tests (cmocka), release and ASan/UBSan builds =="
 passed=0; failed=0
-for t in "$BUILD"/tests/test_*; do
+for t in "$BUILD"/tests/test_* build/sanitize/tests/test_*; do
   [ -x "$t" ] || continue
+  echo "-- $t"
   if "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 done
 echo "cmocka suites: $passed passed, $failed failed"
