@@ -16,40 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-int kv_init(kv_cache_t *kv, const hparams_t *hp, int n_slot, int n_ctx) {
-    memset(kv, 0, sizeof *kv);
-    kv->n_layer = hp->n_layer;
-    kv->n_slot = n_slot;
-    kv->n_ctx = n_ctx;
-    kv->kv_dim = hp->head_dim * hp->n_head_kv;
-    size_t n = (size_t)kv->n_layer * n_slot * n_ctx * kv->kv_dim;
-    kv->k = malloc(n * sizeof(float));
-    kv->v = malloc(n * sizeof(float));
-    if (!kv->k || !kv->v) {
-        kv_free(kv);
-        return -1;
-    }
-    return 0;
-}
-
-void kv_free(kv_cache_t *kv) {
-    free(kv->k);
-    free(kv->v);
-    kv->k = kv->v = NULL;
-}
-
-static float *kv_at(const kv_cache_t *kv, float *base, int layer, int slot, int pos) {
-    return base + (((size_t)layer * kv->n_slot + slot) * kv->n_ctx + pos) * kv->kv_dim;
-}
-
-int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_max) {
+int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_max, int n_ctx) {
     memset(f, 0, sizeof *f);
     const hparams_t *hp = &m->hp;
     f->m = m;
     f->kv = kv;
     f->pool = pool;
     f->n_max = n_max;
+    f->n_ctx = n_ctx;
     size_t n = (size_t)n_max, d = (size_t)hp->dim, kvd = (size_t)kv->kv_dim;
+    size_t nth = (size_t)k_pool_size(pool), max_blocks = (size_t)(n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     f->x = malloc(n * d * sizeof(float));
     f->xb = malloc(n * d * sizeof(float));
     f->q = malloc(n * d * sizeof(float));
@@ -59,9 +35,10 @@ int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_m
     f->hb = malloc(n * (size_t)hp->ffn_dim * sizeof(float));
     f->hb2 = malloc(n * (size_t)hp->ffn_dim * sizeof(float));
     f->sel = malloc(n * d * sizeof(float));
-    f->scores = malloc((size_t)k_pool_size(pool) * (size_t)kv->n_ctx * sizeof(float));
+    f->scores = malloc(nth * (size_t)n_ctx * sizeof(float));
+    f->blk_ptrs = malloc(nth * 2 * max_blocks * sizeof(float *));
     if (!f->x || !f->xb || !f->q || !f->att || !f->k || !f->v || !f->hb || !f->hb2 ||
-        !f->sel || !f->scores) {
+        !f->sel || !f->scores || !f->blk_ptrs) {
         fwd_free(f);
         return -1;
     }
@@ -70,7 +47,7 @@ int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_m
 
 void fwd_free(fwd_t *f) {
     free(f->x); free(f->xb); free(f->q); free(f->att); free(f->k); free(f->v);
-    free(f->hb); free(f->hb2); free(f->sel); free(f->scores);
+    free(f->hb); free(f->hb2); free(f->sel); free(f->scores); free(f->blk_ptrs);
     memset(f, 0, sizeof *f);
 }
 
@@ -90,16 +67,21 @@ static void attn_task(void *arg, int ith, int nth) {
     const k_isa_t *isa = k_isa();
     int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = f->scores + (size_t)ith * kv->n_ctx;
+    float *sc = f->scores + (size_t)ith * f->n_ctx;
+    int max_blocks = (f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
+    const float **kb = f->blk_ptrs + (size_t)ith * 2 * max_blocks, **vb = kb + max_blocks;
     long begin, end;
     k_split((long)c->b->n * hp->n_head, ith, nth, 1, &begin, &end);
     for (long u = begin; u < end; u++) {
         int i = (int)(u / hp->n_head), h = (int)(u % hp->n_head), g = h / group;
         int pos = c->b->pos[i], slot = c->b->slot[i];
-        isa->attn_head(f->q + (size_t)i * hp->dim + (size_t)h * hd,
-                       kv_at(kv, kv->k, c->layer, slot, 0) + g * hd,
-                       kv_at(kv, kv->v, c->layer, slot, 0) + g * hd, kv->kv_dim, pos + 1, hd,
-                       scale, sc, f->att + (size_t)i * hp->dim + (size_t)h * hd);
+        for (int blk = 0; blk <= pos / KV_BLOCK; blk++) {
+            kb[blk] = kv_k_row(kv, c->layer, slot, blk * KV_BLOCK) + g * hd;
+            vb[blk] = kv_v_row(kv, c->layer, slot, blk * KV_BLOCK) + g * hd;
+        }
+        isa->attn_head(f->q + (size_t)i * hp->dim + (size_t)h * hd, kb, vb, KV_BLOCK,
+                       kv->kv_dim, pos + 1, hd, scale, sc,
+                       f->att + (size_t)i * hp->dim + (size_t)h * hd);
     }
 }
 
@@ -114,10 +96,11 @@ static int check_batch(const fwd_t *f, const batch_t *b, char *err, size_t errle
                      f->m->hp.n_vocab - 1);
             return -1;
         }
-        if (b->pos[i] < 0 || b->pos[i] >= f->kv->n_ctx || b->slot[i] < 0 ||
-            b->slot[i] >= f->kv->n_slot) {
-            snprintf(err, errlen, "position %d / slot %d is outside the KV cache (%d x %d)",
-                     b->pos[i], b->slot[i], f->kv->n_ctx, f->kv->n_slot);
+        int slot = b->slot[i], pos = b->pos[i];
+        if (slot < 0 || slot >= f->kv->max_seqs || pos < 0 || pos >= f->n_ctx ||
+            pos >= f->kv->seqs[slot].n_blocks * KV_BLOCK) {
+            snprintf(err, errlen, "position %d of slot %d has no reserved KV block (context %d)",
+                     pos, slot, f->n_ctx);
             return -1;
         }
     }
@@ -148,9 +131,9 @@ int fwd_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen)
                 k_rope(f->q + i * dim + h * hd, hp->rope_dim, (float)b->pos[i], m->rope_inv_freq);
             for (int h = 0; h < hp->n_head_kv; h++)
                 k_rope(f->k + i * kvd + h * hd, hp->rope_dim, (float)b->pos[i], m->rope_inv_freq);
-            memcpy(kv_at(f->kv, f->kv->k, l, b->slot[i], b->pos[i]), f->k + i * kvd,
+            memcpy(kv_k_row(f->kv, l, b->slot[i], b->pos[i]), f->k + i * kvd,
                    (size_t)kvd * sizeof(float));
-            memcpy(kv_at(f->kv, f->kv->v, l, b->slot[i], b->pos[i]), f->v + i * kvd,
+            memcpy(kv_v_row(f->kv, l, b->slot[i], b->pos[i]), f->v + i * kvd,
                    (size_t)kvd * sizeof(float));
         }
         attn_ctx_t ac = {f, b, l};

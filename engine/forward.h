@@ -7,23 +7,17 @@
  * must come in increasing position order; a row attends to positions
  * 0..pos of its slot, including rows earlier in the same batch.
  *
- * The KV cache here is contiguous per slot ([layer][slot][pos][kv_dim],
- * FP32): simple and exact.
+ * K/V rows live in the paged cache (kv.h): the caller reserves blocks for
+ * every position a batch writes (kv_seq_reserve) and commits them after
+ * (kv_seq_commit), which is where prefix blocks become shareable.
  */
 #ifndef FORWARD_H
 #define FORWARD_H
 
 #include <stdint.h>
 
+#include "kv.h"
 #include "model.h"
-
-typedef struct {
-    int n_layer, n_slot, n_ctx, kv_dim;
-    float *k, *v;
-} kv_cache_t;
-
-int kv_init(kv_cache_t *kv, const hparams_t *hp, int n_slot, int n_ctx);
-void kv_free(kv_cache_t *kv);
 
 typedef struct {
     int n;
@@ -35,12 +29,14 @@ typedef struct {
     const model_t *m;
     kv_cache_t *kv;
     k_pool_t *pool;
-    int n_max;
+    int n_max, n_ctx;
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *sel;
-    float *scores; /* per thread, n_ctx each */
+    float *scores;          /* per thread, n_ctx each */
+    const float **blk_ptrs; /* per thread, 2 x blocks per context */
 } fwd_t;
 
-int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_max);
+/* n_max: rows per batch; n_ctx: longest sequence (positions) it will see. */
+int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_max, int n_ctx);
 void fwd_free(fwd_t *f);
 
 /* Runs the batch; writes n_vocab logits for each row that wants them, in

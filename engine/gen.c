@@ -27,6 +27,10 @@ static int feed(fwd_t *f, const int32_t *ids, int n, int start, float *logits, c
     for (int done = 0; done < n;) {
         int c = n - done < f->n_max ? n - done : f->n_max;
         for (int i = 0; i < c; i++) pos[i] = start + done + i;
+        if (kv_seq_reserve(f->kv, 0, start + done + c) != 0) {
+            snprintf(err, errlen, "the KV cache is full");
+            goto out;
+        }
         batch_t b = {c, ids + done, pos, slot, NULL};
         if (fwd_run(f, &b, logits, err, errlen) != 0) goto out;
         done += c;
@@ -47,11 +51,12 @@ int gen_run(fwd_t *f, const int32_t *prompt, int n_prompt, const gen_opts_t *o,
         snprintf(err, errlen, "the prompt is empty");
         return -1;
     }
-    if (n_prompt + o->max_tokens > f->kv->n_ctx) {
+    if (n_prompt + o->max_tokens > f->n_ctx) {
         snprintf(err, errlen, "prompt (%d tokens) + max tokens (%d) exceeds the context (%d)",
-                 n_prompt, o->max_tokens, f->kv->n_ctx);
+                 n_prompt, o->max_tokens, f->n_ctx);
         return -1;
     }
+    kv_seq_release(f->kv, 0);
     float *logits = malloc((size_t)m->hp.n_vocab * sizeof(float));
     sampler_t smp;
     stop_t stop;
@@ -118,7 +123,7 @@ int eval_ppl(fwd_t *f, const int32_t *ids, long n_ids, int ctx, ppl_result_t *r,
              void (*cb)(void *ud, int window, double nll, long n), void *ud,
              char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
-    if (ctx < 2 || ctx > f->n_max || ctx > f->kv->n_ctx) {
+    if (ctx < 2 || ctx > f->n_max || ctx > f->n_ctx) {
         snprintf(err, errlen, "ctx %d must be in [2, %d]", ctx, f->n_max);
         return -1;
     }
@@ -139,6 +144,11 @@ int eval_ppl(fwd_t *f, const int32_t *ids, long n_ids, int ctx, ppl_result_t *r,
     double t0 = gen_now();
     for (long w = 0; (w + 1) * ctx <= n_ids; w++) {
         const int32_t *win = ids + w * ctx;
+        kv_seq_release(f->kv, 0);
+        if (kv_seq_reserve(f->kv, 0, ctx) != 0) {
+            snprintf(err, errlen, "the KV cache is too small for a window of %d", ctx);
+            goto out;
+        }
         batch_t b = {ctx, win, pos, slot, want};
         if (fwd_run(f, &b, logits, err, errlen) != 0) goto out;
         double nll = 0;

@@ -33,9 +33,10 @@ typedef struct {
      * transposed panel of 32 weight rows (k_matmul packs it) */
     void (*gemm_panel)(const float *P, long k, const float *x, long ldx, int nx,
                        float *y, long ldy, int nw);
-    /* softmax(q . K^T * scale) . V for one head over n positions */
-    void (*attn_head)(const float *q, const float *K, const float *V, long stride, int n,
-                      int hd, float scale, float *scores, float *out);
+    /* softmax(q . K^T * scale) . V for one head over n positions stored in
+     * blocks of bt rows (row t at Kb[t / bt] + (t % bt) * stride) */
+    void (*attn_head)(const float *q, const float *const *Kb, const float *const *Vb, int bt,
+                      long stride, int n, int hd, float scale, float *scores, float *out);
 } k_isa_t;
 
 void k_init(void);

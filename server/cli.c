@@ -62,11 +62,13 @@ static int rt_open(rt_t *r, const config_t *c) {
 
 static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     if (!(r->pool = k_pool_new(rt_threads(c)))) return die("cannot start threads");
-    if (kv_init(&r->kv, &r->m.hp, 1, n_ctx) != 0)
+    const hparams_t *hp = &r->m.hp;
+    if (kv_init(&r->kv, hp->n_layer, hp->head_dim * hp->n_head_kv,
+                (n_ctx + KV_BLOCK - 1) / KV_BLOCK, 1) != 0)
         return die("out of memory for a %d-token KV cache", n_ctx);
     r->kv_ready = 1;
     int batch = (int)cfg_int(c, "batch");
-    if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx) != 0)
+    if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx, n_ctx) != 0)
         return die("out of memory for the forward pass");
     r->fwd_ready = 1;
     return 0;
@@ -301,6 +303,8 @@ int cmd_bench(const config_t *c) {
     char err[256];
     for (int rep = 0; rep < reps; rep++) {
         int32_t slot0 = 0;
+        kv_seq_release(&r.kv, 0);
+        if (kv_seq_reserve(&r.kv, 0, n_ctx) != 0) { die("KV cache too small"); goto out; }
         double t0 = gen_now();
         for (int done = 0; done < pp;) { /* prompt in batch-size chunks */
             int n = pp - done < r.f.n_max ? pp - done : r.f.n_max;

@@ -81,8 +81,11 @@ static void run_prompt(json_t *p, double *worst) {
     int nv = M.hp.n_vocab;
     kv_cache_t kv;
     fwd_t f;
-    assert_int_equal(kv_init(&kv, &M.hp, 1, (int)(n_prompt + n_steps + 1)), 0);
-    assert_int_equal(fwd_init(&f, &M, &kv, POOL, (int)n_prompt), 0);
+    int n_ctx = (int)(n_prompt + n_steps + 1);
+    assert_int_equal(kv_init(&kv, M.hp.n_layer, M.hp.head_dim * M.hp.n_head_kv,
+                             (n_ctx + KV_BLOCK - 1) / KV_BLOCK, 1), 0);
+    assert_int_equal(kv_seq_reserve(&kv, 0, n_ctx), 0);
+    assert_int_equal(fwd_init(&f, &M, &kv, POOL, (int)n_prompt, n_ctx), 0);
     float *logits = malloc((size_t)nv * sizeof(float));
     int32_t *pos = malloc(n_prompt * sizeof *pos), *slot = calloc(n_prompt, sizeof *slot);
     for (size_t i = 0; i < n_prompt; i++) pos[i] = (int32_t)i;
@@ -139,8 +142,13 @@ static void test_batching_is_consistent(void **state) {
     kv_cache_t kv;
     fwd_t f;
     char err[256];
-    assert_int_equal(kv_init(&kv, &M.hp, 2, 32), 0);
-    assert_int_equal(fwd_init(&f, &M, &kv, POOL, 2 * n), 0);
+    /* blocks deliberately interleaved between the two slots */
+    assert_int_equal(kv_init(&kv, M.hp.n_layer, M.hp.head_dim * M.hp.n_head_kv, 8, 2), 0);
+    for (int p = KV_BLOCK; p <= 32; p += KV_BLOCK) {
+        assert_int_equal(kv_seq_reserve(&kv, 1, p), 0);
+        assert_int_equal(kv_seq_reserve(&kv, 0, p), 0);
+    }
+    assert_int_equal(fwd_init(&f, &M, &kv, POOL, 2 * n, 32), 0);
     float *all = malloc((size_t)n * nv * sizeof(float)), *one = malloc((size_t)nv * sizeof(float));
     int32_t pos[24], slot[24];
     uint8_t want[24];
@@ -175,8 +183,9 @@ static void test_bad_batches_are_refused(void **state) {
     fwd_t f;
     char err[256];
     float *logits = malloc((size_t)M.hp.n_vocab * sizeof(float));
-    assert_int_equal(kv_init(&kv, &M.hp, 1, 8), 0);
-    assert_int_equal(fwd_init(&f, &M, &kv, POOL, 4), 0);
+    assert_int_equal(kv_init(&kv, M.hp.n_layer, M.hp.head_dim * M.hp.n_head_kv, 1, 1), 0);
+    assert_int_equal(kv_seq_reserve(&kv, 0, 8), 0);
+    assert_int_equal(fwd_init(&f, &M, &kv, POOL, 4, 8), 0);
     int32_t tok = 1, bad_tok = M.hp.n_vocab, pos = 0, bad_pos = 8, slot = 0, bad_slot = 1;
     batch_t cases[] = {
         {1, &bad_tok, &pos, &slot, NULL}, {1, &tok, &bad_pos, &slot, NULL},
