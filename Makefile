@@ -28,7 +28,7 @@ THREADS ?= $(shell nproc)
 
 LIB_SRC := $(wildcard engine/*.c) $(wildcard kernels/cpu/*.c) \
            $(filter-out server/main.c,$(wildcard server/*.c))
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi.o
 MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -53,6 +53,15 @@ $(BUILD)/obj/%_avx512.o: %_avx512.c
 	$(CC) $(CFLAGS) $(ISA_avx512) -c -o $@ $<
 
 $(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# /openapi.json is served from the binary: embed server/openapi.json as bytes
+$(BUILD)/gen/openapi.c: server/openapi.json
+	@mkdir -p $(dir $@)
+	{ echo 'const char OPENAPI_JSON[] = {'; od -An -v -tx1 $< | sed 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0};'; } > $@
+
+$(BUILD)/obj/gen/openapi.o: $(BUILD)/gen/openapi.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 

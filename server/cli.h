@@ -9,5 +9,6 @@ int cmd_eval(const config_t *c);
 int cmd_inspect(const config_t *c);
 int cmd_tokenize(const config_t *c);
 int cmd_bench(const config_t *c);
+int cmd_serve(const config_t *c);
 
 #endif

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 enum { CMD_GENERATE = 1, CMD_EVAL = 2, CMD_INSPECT = 4, CMD_TOKENIZE = 8, CMD_BENCH = 16,
-       CMD_ALL = 31 };
+       CMD_SERVE = 32, CMD_ALL = 63 };
 
 typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_BOOL, OPT_LIST } opt_type_t;
 
@@ -36,7 +36,7 @@ typedef struct {
     unsigned cmd;
     const char *val[64];                /* per option; NULL = unset */
     const char *list[64][CFG_LIST_MAX]; /* OPT_LIST values */
-    int n_list[64];
+    int n_list[64];                     /* (OPTIONS has fewer than 64 entries) */
     int help;
 } config_t;
 

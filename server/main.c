@@ -16,6 +16,7 @@ static const struct {
     {"inspect", CMD_INSPECT, cmd_inspect, "load a model and print its hyperparameters"},
     {"tokenize", CMD_TOKENIZE, cmd_tokenize, "print the token ids of a text"},
     {"bench", CMD_BENCH, cmd_bench, "prompt and generation tokens/s (llama-bench style)"},
+    {"serve", CMD_SERVE, cmd_serve, "OpenAI-compatible HTTP service with continuous batching"},
 };
 
 static void usage(FILE *fp) {

@@ -2,8 +2,9 @@
  *
  * Matmul strategy, by batch size m:
  * - m <= FUSED_MAX_M with a fused type (F32, Q4_0, Q4_1, Q8_0): stream each
- *   weight row once through a dequantizing dot product per x row. Decode
- *   is bound by weight bytes, so the weights stay in their 4/8-bit form.
+ *   weight row once, unpacking each block once for up to 8 x rows at a
+ *   time. Decode is bound by weight bytes, so the weights stay in their
+ *   4/8-bit form, and batched decode reuses every unpacked block.
  * - otherwise: dequantize 32 weight rows at a time into a transposed
  *   per-thread panel and run the 6x32 outer-product micro-kernel over all
  *   x rows, so the dequant cost is paid once per weight row for the whole
@@ -40,7 +41,7 @@ void k_init(void) {
 const char *k_isa_name(void) { return isa->name; }
 const k_isa_t *k_isa(void) { return isa; }
 
-#define FUSED_MAX_M 4
+#define FUSED_MAX_M 32 /* beyond this, dequantize once into panels */
 #define PANEL 32 /* weight rows per packed panel (two 16-lane vectors) */
 
 typedef struct {
@@ -74,9 +75,21 @@ static void mm_task(void *arg, int ith, int nth) {
     long b, e, k = w->k;
     k_split(w->n, ith, nth, c->fused ? 4 : PANEL, &b, &e);
     if (b >= e) return;
+    if (c->fused && c->m == 1) {
+        for (long r = b; r < e; r++) c->y[r] = fused_dot(c, r, 0);
+        return;
+    }
     if (c->fused) {
-        for (long i = 0; i < c->m; i++)
-            for (long r = b; r < e; r++) c->y[i * w->n + r] = fused_dot(c, r, i);
+        float out[8];
+        for (long r = b; r < e; r++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+            for (long i = 0; i < c->m; i += 8) {
+                int nx = c->m - i < 8 ? (int)(c->m - i) : 8;
+                isa->multi_dot(w->type, row, c->x + i * k, k, nx,
+                               c->xsum32 ? c->xsum32 + i * (k / 32) : NULL, k, out);
+                for (int j = 0; j < nx; j++) c->y[(i + j) * w->n + r] = out[j];
+            }
+        }
         return;
     }
     float *rows = malloc((size_t)k * PANEL * sizeof(float));

@@ -147,10 +147,12 @@ static void test_matmul_all_isas_types_shapes(void **state) {
         if (strcmp(k_isa_name(), ISAS[s]) != 0) continue; /* CPU lacks it */
         for (int t = 0; t < N_TYPES; t++) {
             long k = k_type_info(TYPE_IDS[t])->block_elems == 256 ? 512 : 96;
-            /* m = 1..4 use the fused path where the type has one, 5+ the
-             * dequant + tile path; n = 7 leaves ragged 4-row groups */
-            long ms[] = {1, 2, 4, 5, 9};
-            for (int i = 0; i < 5; i++) check_matmul(t, 7, k, ms[i]);
+            /* fused types: m = 1 single-row kernel, 2..32 the multi-row
+             * kernels (4- and 8-row variants, ragged), 40 the panel path;
+             * other types always take the panel path. n = 37 leaves a
+             * ragged 32-row panel and uneven thread splits. */
+            long ms[] = {1, 2, 4, 5, 9, 40};
+            for (int i = 0; i < 6; i++) check_matmul(t, 37, k, ms[i]);
         }
     }
     unsetenv("SQSERVE_ISA");

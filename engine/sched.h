@@ -1,0 +1,93 @@
+/* sched.h - the scheduler: continuous batching on its own libuv loop.
+ *
+ * Requests arrive from any thread (sched_submit) through a mutex-guarded
+ * inbox and uv_async; cancellations the same way, by id. The loop thread
+ * owns everything else: the waiting FIFO, the running set, the paged KV
+ * cache and the forward pass. Each step:
+ *   1. admits waiting sequences while a slot and their prompt's blocks are
+ *      free, reusing cached prefix blocks;
+ *   2. packs a batch under --max-batch-tokens: one token for every
+ *      decoding sequence first (latency), then prompt chunks (prefill);
+ *   3. when the pool runs out, preempts the youngest running sequence
+ *      (frees its blocks, requeues it at the front to be recomputed);
+ *   4. runs one forward pass for the whole batch, samples, and reports
+ *      tokens to each request's sink.
+ * Sinks run on the loop thread and must only copy data and return.
+ */
+#ifndef SCHED_H
+#define SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "sample.h"
+#include "stats.h"
+
+#define SCHED_MAX_STOPS 4
+#define SCHED_MAX_LOGPROBS 20
+
+typedef enum { SCHED_TOKEN, SCHED_DONE } sched_ev_type_t;
+
+typedef struct {
+    sched_ev_type_t type;
+    /* SCHED_TOKEN: text released by this token (may be empty while a
+     * stop string or a UTF-8 character is incomplete) and its logprobs */
+    const char *text;
+    size_t len;
+    int32_t token;
+    float logprob;
+    int n_top;
+    const int32_t *top_ids;
+    const float *top_logprobs;
+    /* SCHED_DONE: "stop", "length", "cancelled", "timeout" or "error" */
+    const char *finish;
+    const char *error;
+    int n_prompt, n_gen;
+} sched_event_t;
+
+typedef void (*sched_sink_fn)(void *ud, const sched_event_t *ev);
+
+typedef struct {
+    const int32_t *prompt; /* copied by sched_submit */
+    int n_prompt;
+    int max_tokens;
+    sample_params_t sp;
+    const char *stops[SCHED_MAX_STOPS]; /* copied */
+    int n_stops;
+    int ignore_eos;
+    int n_logprobs;        /* -1: none; 0..20: chosen token (+ top-n) */
+    double timeout_s;      /* <= 0: none */
+    sched_sink_fn sink;
+    void *ud;
+} sched_params_t;
+
+typedef struct {
+    int max_seqs, max_queue, max_batch_tokens, n_ctx, threads;
+    size_t kv_mem;
+    double drain_timeout_s;
+} sched_config_t;
+
+typedef struct sched sched_t;
+
+enum { SCHED_OK = 0, SCHED_EINVAL = -1, SCHED_EFULL = -2, SCHED_EDRAIN = -3, SCHED_ENOMEM = -4 };
+
+sched_t *sched_new(model_t *m, const sched_config_t *cfg, char *err, size_t errlen);
+/* Starts the loop thread (which also handles SIGTERM/SIGINT: drain). */
+int sched_start(sched_t *s);
+/* Blocks until the loop has drained and stopped. */
+void sched_join(sched_t *s);
+void sched_free(sched_t *s);
+
+/* Returns SCHED_OK with *id set, or an error code with a message. Every
+ * accepted request gets exactly one SCHED_DONE event, even if cancelled. */
+int sched_submit(sched_t *s, const sched_params_t *p, uint64_t *id, char *err, size_t errlen);
+void sched_cancel(sched_t *s, uint64_t id);
+/* Begins draining (what SIGTERM does). */
+void sched_drain(sched_t *s);
+int sched_draining(const sched_t *s);
+
+stats_t *sched_stats(sched_t *s);
+const sched_config_t *sched_config(const sched_t *s);
+
+#endif

@@ -1,0 +1,37 @@
+/* api.h - OpenAI request model shared by api_req.c (validation) and
+ * api.c (execution and responses). */
+#ifndef API_H
+#define API_H
+
+#include "server.h"
+
+#define API_MAX_PROMPTS 16
+#define API_MAX_N 16
+#define API_MAX_CHOICES 64
+
+typedef struct {
+    int chat, stream, echo, include_usage, ignore_eos;
+    int n;                     /* choices per prompt */
+    int n_logprobs;            /* -1: none */
+    int n_prompts;
+    int32_t *prompts[API_MAX_PROMPTS];
+    int prompt_len[API_MAX_PROMPTS];
+    char *echo_text[API_MAX_PROMPTS];
+    int max_tokens[API_MAX_PROMPTS];
+    const char *stops[SCHED_MAX_STOPS]; /* point into the request JSON */
+    int n_stops;
+    sample_params_t sp;
+    uint64_t seed;
+    int has_seed;
+} api_req_t;
+
+int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err);
+void api_req_free(api_req_t *r);
+int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err);
+
+/* Tokenizes with special tokens recognised; malloc'd ids or NULL. */
+int32_t *api_encode(const tok_t *t, const char *text, size_t len, long *n);
+/* Decodes ids to a malloc'd UTF-8 string (special tokens rendered). */
+char *api_decode(const tok_t *t, const int32_t *ids, long n);
+
+#endif

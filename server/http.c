@@ -1,0 +1,246 @@
+/* http.c - libmicrohttpd plumbing: bodies, routing, auth, errors, logs. */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    char *body;
+    size_t len, cap;
+    int too_big;
+    int ep;
+    unsigned status;
+    struct timespec t0;
+    char method[8];
+    char path[96];
+} conn_t;
+
+static const unsigned SLOT_STATUS[STATUS_SLOTS] = {200, 400, 401, 404, 405, 413, 429, 500};
+
+int http_status_slot(unsigned status) {
+    for (int i = 0; i < STATUS_SLOTS - 1; i++)
+        if (SLOT_STATUS[i] == status) return i;
+    return STATUS_SLOTS - 1; /* 5xx and anything unusual */
+}
+
+unsigned http_status_of_slot(int slot) { return SLOT_STATUS[slot]; }
+
+const char *http_endpoint_name(int ep) {
+    static const char *names[EP_COUNT] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
+                                          "/health", "/metrics", "/tokenize", "/detokenize",
+                                          "/openapi.json", "other"};
+    return names[ep];
+}
+
+reply_t http_json(unsigned status, json_t *body) {
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!text) return (reply_t){500, NULL};
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(text);
+        return (reply_t){500, NULL};
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    return (reply_t){status, r};
+}
+
+reply_t http_error(unsigned status, const char *type, const char *param, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *e = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", msg, "type", type, "param",
+                          param ? json_string(param) : json_null(), "code",
+                          json_integer(status));
+    return http_json(status, e);
+}
+
+static reply_t text_reply(unsigned status, const char *type, const char *text) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text,
+                                                             MHD_RESPMEM_MUST_COPY);
+    if (r) MHD_add_response_header(r, "Content-Type", type);
+    return (reply_t){status, r};
+}
+
+static int route_of(const char *url) {
+    static const struct { const char *path; int ep; } routes[] = {
+        {"/v1/completions", EP_COMPLETIONS}, {"/v1/chat/completions", EP_CHAT},
+        {"/v1/models", EP_MODELS}, {"/health", EP_HEALTH}, {"/metrics", EP_METRICS},
+        {"/tokenize", EP_TOKENIZE}, {"/detokenize", EP_DETOKENIZE}, {"/openapi.json", EP_OPENAPI}};
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (!strcmp(url, routes[i].path)) return routes[i].ep;
+    if (!strncmp(url, "/v1/models/", 11)) return EP_MODELS;
+    return EP_OTHER;
+}
+
+static int authorized(srv_t *s, struct MHD_Connection *c) {
+    if (!s->api_key) return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncmp(h, "Bearer ", 7) != 0) return 0;
+    /* compare without an early exit so timing does not leak the key */
+    const char *a = h + 7, *b = s->api_key;
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned diff = (unsigned)(la != lb);
+    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+static json_t *parse_body(conn_t *cn, reply_t *err) {
+    json_error_t je;
+    if (cn->len == 0) {
+        *err = http_error(400, "invalid_request_error", NULL, "the request body is empty");
+        return NULL;
+    }
+    json_t *j = json_loadb(cn->body, cn->len, JSON_REJECT_DUPLICATES, &je);
+    if (!j) {
+        *err = http_error(400, "invalid_request_error", NULL, "invalid JSON: %s (line %d column %d)",
+                          je.text, je.line, je.column);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        *err = http_error(400, "invalid_request_error", NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const char *url,
+                        const char *method) {
+    int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    int ep = cn->ep;
+    if (ep == EP_OTHER) return http_error(404, "not_found_error", NULL, "no route for %s", url);
+    int want_post = ep == EP_COMPLETIONS || ep == EP_CHAT || ep == EP_TOKENIZE || ep == EP_DETOKENIZE;
+    if ((want_post && !post) || (!want_post && !get)) {
+        reply_t r = http_error(405, "invalid_request_error", NULL, "%s does not accept %s", url, method);
+        if (r.resp) MHD_add_response_header(r.resp, "Allow", want_post ? "POST" : "GET");
+        return r;
+    }
+    if (!strncmp(url, "/v1/", 4) && !authorized(s, c))
+        return http_error(401, "authentication_error", NULL, "a valid API key is required (Authorization: Bearer)");
+    if (ep == EP_HEALTH) {
+        int draining = sched_draining(s->sched);
+        return text_reply(draining ? 503 : 200, "application/json",
+                          draining ? "{\"status\":\"draining\"}" : "{\"status\":\"ok\"}");
+    }
+    if (ep == EP_METRICS) return metrics_reply(s);
+    if (ep == EP_OPENAPI) return text_reply(200, "application/json", OPENAPI_JSON);
+    if (ep == EP_MODELS) return api_models(s, strlen(url) > 11 ? url + 11 : NULL);
+    if (cn->too_big)
+        return http_error(413, "invalid_request_error", NULL, "the body exceeds %zu bytes", s->max_body);
+    reply_t err;
+    json_t *req = parse_body(cn, &err);
+    if (!req) return err;
+    reply_t r;
+    if (ep == EP_TOKENIZE) r = api_tokenize(s, req);
+    else if (ep == EP_DETOKENIZE) r = api_detokenize(s, req);
+    else if (sched_draining(s->sched))
+        r = http_error(503, "server_error", NULL, "the server is shutting down");
+    else r = api_completions(s, c, req, ep == EP_CHAT);
+    json_decref(req);
+    return r;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls) {
+    (void)version;
+    srv_t *s = cls;
+    conn_t *cn = *con_cls;
+    if (!cn) {
+        if (!(cn = calloc(1, sizeof *cn))) return MHD_NO;
+        clock_gettime(CLOCK_MONOTONIC, &cn->t0);
+        cn->ep = route_of(url);
+        snprintf(cn->method, sizeof cn->method, "%s", method);
+        snprintf(cn->path, sizeof cn->path, "%s", url);
+        *con_cls = cn;
+        return MHD_YES;
+    }
+    if (*upload_size) { /* keep reading an oversized body, but not storing it */
+        if (cn->len + *upload_size > s->max_body) cn->too_big = 1;
+        if (!cn->too_big) {
+            if (cn->len + *upload_size + 1 > cn->cap) {
+                size_t cap = (cn->len + *upload_size + 1) * 2;
+                if (cap > s->max_body + 1) cap = s->max_body + 1;
+                char *nb = realloc(cn->body, cap);
+                if (!nb) return MHD_NO;
+                cn->body = nb;
+                cn->cap = cap;
+            }
+            memcpy(cn->body + cn->len, upload, *upload_size);
+            cn->len += *upload_size;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    reply_t r = dispatch(s, c, cn, url, method);
+    if (!r.resp) r = http_error(500, "server_error", NULL, "out of memory");
+    if (!r.resp) return MHD_NO;
+    cn->status = r.status;
+    if (r.status == 429) MHD_add_response_header(r.resp, "Retry-After", "1");
+    enum MHD_Result ok = MHD_queue_response(c, r.status, r.resp);
+    MHD_destroy_response(r.resp);
+    return ok;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)c;
+    srv_t *s = cls;
+    conn_t *cn = *con_cls;
+    if (!cn) return;
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (t1.tv_sec - cn->t0.tv_sec) * 1e3 + (t1.tv_nsec - cn->t0.tv_nsec) / 1e6;
+    unsigned status = cn->status ? cn->status : 499; /* client went away first */
+    pthread_mutex_lock(&s->mu);
+    s->requests[cn->ep][http_status_slot(status)]++;
+    pthread_mutex_unlock(&s->mu);
+    const char *how = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted";
+    if (s->log_json)
+        fprintf(stderr, "{\"event\":\"access\",\"method\":\"%s\",\"path\":\"%s\",\"status\":%u,"
+                        "\"ms\":%.1f,\"end\":\"%s\"}\n", cn->method, http_endpoint_name(cn->ep),
+                status, ms, how);
+    else
+        fprintf(stderr, "access %s %s %u %.1fms %s\n", cn->method, http_endpoint_name(cn->ep),
+                status, ms, how);
+    free(cn->body);
+    free(cn);
+    *con_cls = NULL;
+}
+
+int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err, size_t errlen) {
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        snprintf(err, errlen, "--host '%s' is not an IPv4 address", host);
+        return -1;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                                 MHD_USE_ERROR_LOG,
+                                 (uint16_t)port, NULL, NULL, on_request, s,
+                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
+                                 MHD_OPTION_END);
+    if (!s->daemon) {
+        snprintf(err, errlen, "cannot listen on %s:%d (in use?)", host, port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    *bound_port = info ? info->port : port;
+    return 0;
+}
+
+void http_stop(srv_t *s) {
+    if (s->daemon) MHD_stop_daemon(s->daemon);
+    s->daemon = NULL;
+}

@@ -1,0 +1,118 @@
+/* metrics.c - Prometheus text exposition (format 0.0.4).
+ *
+ * Reads the engine's stats snapshot and the HTTP counters; computes
+ * nothing itself beyond the cumulative bucket sums the format wants.
+ */
+#include "server.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct { char *buf; size_t len, cap; int oom; } out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out_t *o, const char *fmt, ...) {
+    for (;;) {
+        if (o->oom) return;
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap * 2 + (size_t)(n > 0 ? n : 0) + 256;
+        char *nb = realloc(o->buf, cap);
+        if (!nb) { o->oom = 1; return; }
+        o->buf = nb;
+        o->cap = cap;
+    }
+}
+
+static void counter(out_t *o, const char *name, const char *help, uint64_t v) {
+    put(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
+}
+
+static void gauge(out_t *o, const char *name, const char *help, double v) {
+    put(o, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, v);
+}
+
+static void histogram(out_t *o, const char *name, const char *help, const hist_t *h) {
+    put(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < h->n; i++) {
+        cum += h->count[i];
+        put(o, "%s_bucket{le=\"%.17g\"} %llu\n", name, h->le[i], (unsigned long long)cum);
+    }
+    put(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.17g\n%s_count %llu\n", name,
+        (unsigned long long)h->total, name, h->sum, name, (unsigned long long)h->total);
+}
+
+/* Label values may hold any byte; escape as the format requires. */
+static void label_value(out_t *o, const char *v) {
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"') put(o, "\\%c", *v);
+        else if (*v == '\n') put(o, "\\n");
+        else put(o, "%c", *v);
+    }
+}
+
+reply_t metrics_reply(srv_t *s) {
+    stats_data_t d;
+    stats_snapshot(sched_stats(s->sched), &d);
+    out_t o = {malloc(8192), 0, 8192, 0};
+    if (!o.buf) return http_error(500, "server_error", NULL, "out of memory");
+
+    put(&o, "# HELP sqserve_requests_total HTTP requests by endpoint and status code.\n"
+            "# TYPE sqserve_requests_total counter\n");
+    pthread_mutex_lock(&s->mu);
+    for (int e = 0; e < EP_COUNT; e++)
+        for (int k = 0; k < STATUS_SLOTS; k++)
+            if (s->requests[e][k])
+                put(&o, "sqserve_requests_total{endpoint=\"%s\",code=\"%u\"} %llu\n",
+                    http_endpoint_name(e), http_status_of_slot(k), (unsigned long long)s->requests[e][k]);
+    pthread_mutex_unlock(&s->mu);
+
+    counter(&o, "sqserve_prompt_tokens_total", "Prompt tokens computed (prefix-cache hits excluded).", d.prompt_tokens);
+    counter(&o, "sqserve_generation_tokens_total", "Tokens generated.", d.gen_tokens);
+    counter(&o, "sqserve_preemptions_total", "Sequences preempted for KV blocks (recomputed later).", d.preemptions);
+    counter(&o, "sqserve_cancellations_total", "Sequences cancelled (client gone or timeout).", d.cancellations);
+    counter(&o, "sqserve_prefix_cache_hit_tokens_total", "Prompt tokens served from shared KV blocks.", d.prefix_hit_tokens);
+    counter(&o, "sqserve_engine_steps_total", "Forward passes run by the scheduler.", d.steps);
+    gauge(&o, "sqserve_running_sequences", "Sequences in the running batch.", d.running);
+    gauge(&o, "sqserve_waiting_sequences", "Sequences waiting for a slot or KV blocks.", d.waiting);
+    gauge(&o, "sqserve_kv_blocks_used", "KV cache blocks in use.", d.kv_used);
+    gauge(&o, "sqserve_kv_blocks_total", "KV cache blocks in the pool.", d.kv_total);
+    put(&o, "# HELP sqserve_model_info The served model (value is always 1).\n"
+            "# TYPE sqserve_model_info gauge\nsqserve_model_info{model=\"");
+    label_value(&o, s->model_id);
+    double bits = 8.0 * (double)model_weight_bytes(s->m);
+    long params = 0;
+    const hparams_t *hp = &s->m->hp;
+    params = (long)hp->n_vocab * hp->dim +
+             (long)hp->n_layer * ((long)hp->dim * hp->dim * 2 + 2L * hp->dim * hp->head_dim * hp->n_head_kv +
+                                  3L * hp->dim * hp->ffn_dim);
+    put(&o, "\",recipe=\"gguf\",bits_per_weight=\"%.2f\"} 1\n", bits / (double)params);
+    histogram(&o, "sqserve_time_to_first_token_seconds", "Time from arrival to the first token.", &d.ttft);
+    histogram(&o, "sqserve_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", &d.itl);
+    histogram(&o, "sqserve_e2e_latency_seconds", "Time from arrival to the end of a sequence.", &d.e2e);
+    histogram(&o, "sqserve_queue_time_seconds", "Time from arrival to admission.", &d.queue);
+    histogram(&o, "sqserve_step_sequences", "Sequences per engine step.", &d.step_seqs);
+    histogram(&o, "sqserve_step_tokens", "Tokens per engine step.", &d.step_tokens);
+    histogram(&o, "sqserve_prompt_length_tokens", "Prompt length per sequence.", &d.prompt_len);
+    histogram(&o, "sqserve_output_length_tokens", "Generated tokens per sequence.", &d.output_len);
+    if (o.oom) {
+        free(o.buf);
+        return http_error(500, "server_error", NULL, "out of memory");
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(o.len, o.buf, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(o.buf);
+        return (reply_t){500, NULL};
+    }
+    MHD_add_response_header(r, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    return (reply_t){200, r};
+}

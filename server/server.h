@@ -1,0 +1,66 @@
+/* server.h - the HTTP edge shared state and the pieces between files.
+ *
+ * Threads: libmicrohttpd runs one thread per connection. A handler parses
+ * and validates the request, hands sequences to the scheduler, then
+ * blocks (non-streaming) or feeds a streaming response from what the
+ * scheduler's sink appends; it never runs model compute. So a slow client
+ * holds only its own thread, and the engine never waits on a socket.
+ */
+#ifndef SERVER_H
+#define SERVER_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "../engine/model.h"
+#include "../engine/sched.h"
+
+enum { EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_HEALTH, EP_METRICS, EP_TOKENIZE, EP_DETOKENIZE,
+       EP_OPENAPI, EP_OTHER, EP_COUNT };
+#define STATUS_SLOTS 8 /* 200 400 401 404 405 413 429 5xx */
+
+typedef struct {
+    model_t *m;
+    sched_t *sched;
+    const char *model_id;
+    const char *api_key;   /* NULL: no auth */
+    size_t max_body;
+    double request_timeout_s;
+    int log_json;
+    struct MHD_Daemon *daemon;
+    pthread_mutex_t mu;    /* guards the request counters */
+    uint64_t requests[EP_COUNT][STATUS_SLOTS];
+} srv_t;
+
+/* What a handler produces: a status and a finished MHD response. */
+typedef struct {
+    unsigned status;
+    struct MHD_Response *resp;
+} reply_t;
+
+/* http.c */
+int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err, size_t errlen);
+void http_stop(srv_t *s);
+reply_t http_json(unsigned status, json_t *body); /* steals body */
+reply_t http_error(unsigned status, const char *type, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+const char *http_endpoint_name(int ep);
+int http_status_slot(unsigned status);
+unsigned http_status_of_slot(int slot);
+
+/* api.c: the OpenAI endpoints; conn gives access to the socket for
+ * disconnect detection. */
+reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int chat);
+reply_t api_models(srv_t *s, const char *id);
+reply_t api_tokenize(srv_t *s, json_t *req);
+reply_t api_detokenize(srv_t *s, json_t *req);
+
+/* metrics.c */
+reply_t metrics_reply(srv_t *s);
+
+/* openapi.c (generated from server/openapi.json) */
+extern const char OPENAPI_JSON[];
+
+#endif
