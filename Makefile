@@ -1,9 +1,10 @@
 # sqserve - build, set-up, tests and benchmarks.
 #
-#   make run        set up what is missing, build, generate from a default prompt
+#   make run        set up what is missing, build, serve the default model on :8080
 #   make test       set up, build, C unit tests (cmocka) + pytest
 #   make sanitize   ASan/UBSan build in build/sanitize/
 #   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
+#   make bench-serve  HTTP load at concurrency 1/4/16/64 -> docs/perf.md
 #   make fixtures   regenerate golden fixtures with the independent reference
 
 CC      ?= gcc
@@ -33,7 +34,7 @@ MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps model run test unit pytest sanitize bench-cpu fixtures clean
+.PHONY: all deps model run test unit pytest sanitize bench-cpu bench-serve fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -82,7 +83,7 @@ $(MODEL):
 # ---- main job -------------------------------------------------------------
 run: deps model
 	@$(MAKE) --no-print-directory all
-	$(BUILD)/sqserve generate -m $(MODEL) --chat -p "What is the capital of France?" -n 64
+	$(BUILD)/sqserve serve -m $(MODEL) --host 127.0.0.1 --port 8080
 
 # ---- tests ----------------------------------------------------------------
 test: deps model
@@ -103,6 +104,10 @@ sanitize:
 bench-cpu: deps model
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench-cpu.sh $(BUILD)/sqserve $(MODEL) docs/perf.md
+
+bench-serve: deps model
+	@$(MAKE) --no-print-directory all
+	@tests/bench/bench-serve.sh $(BUILD)/sqserve $(MODEL) docs/perf.md
 
 fixtures: model
 	@tests/reference/make_fixtures.sh $(MODEL)
