@@ -16,6 +16,7 @@
 #include "../../engine/sample.h"
 #include "../../engine/stop.h"
 #include "../../engine/chat.h"
+#include "../../engine/kv.h"
 
 /* ---- sampler --------------------------------------------------------------- */
 
@@ -267,8 +268,56 @@ static void test_gguf_metadata_types(void **state) {
     }
 }
 
+/* ---- paged KV cache ------------------------------------------------------------ */
+
+static void test_kv_blocks_and_prefix_sharing(void **state) {
+    (void)state;
+    kv_cache_t kv;
+    assert_int_equal(kv_init(&kv, 2, 8, 6, 3), 0);
+    int32_t toks[64];
+    for (int i = 0; i < 64; i++) toks[i] = 100 + i;
+    /* slot 0: 40 positions = 3 blocks, two of them full */
+    assert_int_equal(kv_seq_reserve(&kv, 0, 40), 0);
+    assert_int_equal(kv_blocks_used(&kv), 3);
+    kv_seq_commit(&kv, 0, toks, 40);
+    assert_int_equal(kv.seqs[0].n_hashed, 2);
+    /* distinct rows for distinct positions, same row for the same one */
+    assert_ptr_not_equal(kv_k_row(&kv, 0, 0, 3), kv_k_row(&kv, 0, 0, 4));
+    assert_ptr_not_equal(kv_k_row(&kv, 1, 0, 3), kv_k_row(&kv, 0, 0, 3));
+    /* slot 1 with the same 36-token prefix shares the two full blocks */
+    int hit = kv_seq_match_prefix(&kv, 1, toks, 36, 35);
+    assert_int_equal(hit, 32);
+    assert_ptr_equal(kv_k_row(&kv, 0, 1, 20), kv_k_row(&kv, 0, 0, 20));
+    assert_int_equal(kv_blocks_used(&kv), 3);
+    assert_int_equal(kv_seq_reserve(&kv, 1, 36), 0); /* its own third block */
+    assert_int_equal(kv_blocks_used(&kv), 4);
+    assert_ptr_not_equal(kv_k_row(&kv, 0, 1, 33), kv_k_row(&kv, 0, 0, 33));
+    /* a different prefix shares nothing; max_tokens caps the match */
+    int32_t other[32];
+    for (int i = 0; i < 32; i++) other[i] = 7;
+    assert_int_equal(kv_seq_match_prefix(&kv, 2, other, 32, 31), 0);
+    assert_int_equal(kv_seq_match_prefix(&kv, 2, toks, 40, 15), 0);
+    /* exhaustion: 2 free blocks left, 3 needed -> refused, nothing taken */
+    assert_int_equal(kv_seq_blocks_needed(&kv, 2, 48), 3);
+    assert_int_equal(kv_seq_reserve(&kv, 2, 48), -1);
+    assert_int_equal(kv_blocks_used(&kv), 4);
+    /* releasing both users frees everything; the registered blocks stay
+     * findable until reused */
+    kv_seq_release(&kv, 0);
+    kv_seq_release(&kv, 1);
+    assert_int_equal(kv_blocks_used(&kv), 0);
+    assert_int_equal(kv_seq_match_prefix(&kv, 0, toks, 40, 39), 32);
+    kv_seq_release(&kv, 0);
+    /* filling the pool with other data evicts them */
+    assert_int_equal(kv_seq_reserve(&kv, 1, 6 * KV_BLOCK), 0);
+    kv_seq_release(&kv, 1);
+    assert_int_equal(kv_seq_match_prefix(&kv, 0, toks, 40, 39), 0);
+    kv_free(&kv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kv_blocks_and_prefix_sharing),
         cmocka_unit_test(test_greedy_and_seeded_sampling),
         cmocka_unit_test(test_cuts),
         cmocka_unit_test(test_penalties),
