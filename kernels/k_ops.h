@@ -29,10 +29,9 @@ typedef struct {
     float (*dot_q4_0)(const void *row, const float *x, long k);
     float (*dot_q4_1)(const void *row, const float *x, const float *xsum32, long k);
     float (*dot_q8_0)(const void *row, const float *x, long k);
-    /* out[i] = row . x[i] for i < nx <= 8 (F32, Q4_0, Q4_1, Q8_0); xsum32
-     * holds per-32 sums of each x row (used by Q4_1) */
-    void (*multi_dot)(uint32_t type, const void *row, const float *x, long ldx, int nx,
-                      const float *xsum32, long k, float *out);
+    /* out[i] = row . x[i] for i < nx <= 8 (F32, Q4_0, Q4_1, Q8_0) */
+    void (*multi_dot)(uint32_t type, const void *row, const float *x, long ldx, int nx, long k,
+                      float *out);
     /* y[i][j] = sum_p x[i][p] P[p][j] for i < nx <= 6, j < nw <= 32, with P a
      * transposed panel of 32 weight rows (k_matmul packs it) */
     void (*gemm_panel)(const float *P, long k, const float *x, long ldx, int nx,

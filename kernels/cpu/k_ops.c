@@ -85,8 +85,7 @@ static void mm_task(void *arg, int ith, int nth) {
             const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
             for (long i = 0; i < c->m; i += 8) {
                 int nx = c->m - i < 8 ? (int)(c->m - i) : 8;
-                isa->multi_dot(w->type, row, c->x + i * k, k, nx,
-                               c->xsum32 ? c->xsum32 + i * (k / 32) : NULL, k, out);
+                isa->multi_dot(w->type, row, c->x + i * k, k, nx, k, out);
                 for (int j = 0; j < nx; j++) c->y[(i + j) * w->n + r] = out[j];
             }
         }
@@ -123,7 +122,7 @@ int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y)
     if (!ti || !ti->dequant) return -1;
     mm_ctx_t c = {w, x, m, y, NULL, m <= FUSED_MAX_M && has_fused(w->type), 0};
     float *xsum = NULL;
-    if (c.fused && w->type == K_Q4_1) {
+    if (c.fused && m == 1 && w->type == K_Q4_1) { /* the single-row kernel's min term */
         long nb = w->k / 32;
         if (!(xsum = malloc((size_t)(m * nb) * sizeof(float)))) return -1;
         for (long i = 0; i < m; i++)
