@@ -8,7 +8,7 @@
 #   make fixtures   regenerate golden fixtures with the independent reference
 
 CC      ?= gcc
-PKGS    := libmicrohttpd jansson libuv libpcre2-8 libxxhash
+PKGS    := libmicrohttpd jansson libuv libpcre2-8 libxxhash openblas lapacke
 BUILD   ?= build
 OPT     ?= -O2
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-psabi

@@ -107,6 +107,9 @@ static int check_batch(const fwd_t *f, const batch_t *b, char *err, size_t errle
     return 0;
 }
 
+#define HOOK(site, x, dim) \
+    do { if (f->hook) f->hook(f->hook_ud, l, (site), (x), n, (dim)); } while (0)
+
 #define MATMUL(w, in, out) \
     do { if (k_matmul(f->pool, (w), (in), n, (out)) != 0) goto oom; } while (0)
 
@@ -123,6 +126,7 @@ int fwd_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen)
         const layer_t *L = &m->layers[l];
         for (long i = 0; i < n; i++)
             k_rmsnorm(f->xb + i * dim, f->x + i * dim, L->attn_norm, dim, hp->rms_eps);
+        HOOK(SITE_QKV, f->xb, dim);
         MATMUL(&L->wq, f->xb, f->q);
         MATMUL(&L->wk, f->xb, f->k);
         MATMUL(&L->wv, f->xb, f->v);
@@ -138,14 +142,17 @@ int fwd_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen)
         }
         attn_ctx_t ac = {f, b, l};
         k_pool_run(f->pool, attn_task, &ac);
+        HOOK(SITE_O, f->att, dim);
         MATMUL(&L->wo, f->att, f->xb);
         k_add(f->x, f->xb, n * dim);
 
         for (long i = 0; i < n; i++)
             k_rmsnorm(f->xb + i * dim, f->x + i * dim, L->ffn_norm, dim, hp->rms_eps);
+        HOOK(SITE_UPGATE, f->xb, dim);
         MATMUL(&L->w_gate, f->xb, f->hb);
         MATMUL(&L->w_up, f->xb, f->hb2);
         k_silu_mul(f->hb, f->hb2, n * ffn);
+        HOOK(SITE_DOWN, f->hb, ffn);
         MATMUL(&L->w_down, f->hb, f->xb);
         k_add(f->x, f->xb, n * dim);
     }

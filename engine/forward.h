@@ -25,9 +25,16 @@ typedef struct {
     const uint8_t *want_logits; /* NULL: logits for the last row only */
 } batch_t;
 
+/* Matmul input sites of a layer: the hook sees (and may rewrite in place,
+ * e.g. fake-quantize) each one before its matmuls run. */
+enum { SITE_QKV = 0, SITE_O = 1, SITE_UPGATE = 2, SITE_DOWN = 3, N_SITES = 4 };
+typedef void (*fwd_hook_fn)(void *ud, int layer, int site, float *x, long n, long dim);
+
 typedef struct {
     const model_t *m;
     kv_cache_t *kv;
+    fwd_hook_fn hook;  /* NULL: none */
+    void *hook_ud;
     k_pool_t *pool;
     int n_max, n_ctx;
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *sel;

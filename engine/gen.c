@@ -175,3 +175,84 @@ out:
     free(want);
     return rc;
 }
+
+/* log-softmax statistics of one logits row: max and log-sum-exp */
+static double row_lse(const float *l, int nv, int *argmax) {
+    float mx = l[0];
+    int am = 0;
+    for (int j = 1; j < nv; j++)
+        if (l[j] > mx) mx = l[j], am = j;
+    double sum = 0;
+    for (int j = 0; j < nv; j++) sum += exp((double)l[j] - mx);
+    *argmax = am;
+    return mx + log(sum);
+}
+
+int eval_compare(fwd_t *fq, fwd_t *fref, const int32_t *ids, long n_ids, int ctx, cmp_result_t *r,
+                 void (*cb)(void *ud, int window, const cmp_result_t *sofar), void *ud,
+                 char *err, size_t errlen) {
+    memset(r, 0, sizeof *r);
+    if (ctx < 2 || ctx > fq->n_max || ctx > fref->n_max || ctx > fq->n_ctx || ctx > fref->n_ctx) {
+        snprintf(err, errlen, "ctx %d does not fit the forward states", ctx);
+        return -1;
+    }
+    if (n_ids < ctx) {
+        snprintf(err, errlen, "%ld tokens are fewer than one window of %d", n_ids, ctx);
+        return -1;
+    }
+    int nv = fq->m->hp.n_vocab;
+    float *lq = malloc((size_t)ctx * nv * sizeof(float)), *lr = malloc((size_t)ctx * nv * sizeof(float));
+    int32_t *pos = malloc((size_t)ctx * sizeof *pos), *slot = calloc((size_t)ctx, sizeof *slot);
+    uint8_t *want = malloc((size_t)ctx);
+    int rc = -1;
+    double kl = 0;
+    long agree = 0;
+    if (!lq || !lr || !pos || !slot || !want) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < ctx; i++) pos[i] = i, want[i] = i < ctx - 1;
+    double t0 = gen_now();
+    for (long w = 0; (w + 1) * ctx <= n_ids; w++) {
+        const int32_t *win = ids + w * ctx;
+        batch_t b = {ctx, win, pos, slot, want};
+        fwd_t *fs[2] = {fq, fref};
+        float *ls[2] = {lq, lr};
+        for (int k = 0; k < 2; k++) {
+            kv_seq_release(fs[k]->kv, 0);
+            if (kv_seq_reserve(fs[k]->kv, 0, ctx) != 0) {
+                snprintf(err, errlen, "the KV cache is too small for a window of %d", ctx);
+                goto out;
+            }
+            if (fwd_run(fs[k], &b, ls[k], err, errlen) != 0) goto out;
+        }
+        for (int i = 0; i < ctx - 1; i++) {
+            const float *a = lq + (size_t)i * nv, *c = lr + (size_t)i * nv;
+            int am_q, am_r;
+            double lse_q = row_lse(a, nv, &am_q), lse_r = row_lse(c, nv, &am_r);
+            r->q.nll += lse_q - a[win[i + 1]];
+            r->ref.nll += lse_r - c[win[i + 1]];
+            double k_i = 0;
+            for (int j = 0; j < nv; j++) {
+                double lpr = c[j] - lse_r, lpq = a[j] - lse_q;
+                k_i += exp(lpr) * (lpr - lpq);
+            }
+            kl += k_i;
+            agree += am_q == am_r;
+        }
+        r->q.n_pred += ctx - 1;
+        r->q.n_windows++;
+        r->q.ppl = exp(r->q.nll / (double)r->q.n_pred);
+        r->ref.n_pred = r->q.n_pred;
+        r->ref.n_windows = r->q.n_windows;
+        r->ref.ppl = exp(r->ref.nll / (double)r->ref.n_pred);
+        r->kl = kl / (double)r->q.n_pred;
+        r->top1 = (double)agree / (double)r->q.n_pred;
+        if (cb) cb(ud, (int)w, r);
+    }
+    r->q.seconds = r->ref.seconds = gen_now() - t0;
+    rc = 0;
+out:
+    free(lq); free(lr); free(pos); free(slot); free(want);
+    return rc;
+}

@@ -51,6 +51,18 @@ int eval_ppl(fwd_t *f, const int32_t *ids, long n_ids, int ctx, ppl_result_t *r,
              void (*cb)(void *ud, int window, double nll, long n), void *ud,
              char *err, size_t errlen);
 
+typedef struct {
+    ppl_result_t q, ref;
+    double kl;        /* mean KL(P_ref || P_q) per prediction, nats */
+    double top1;      /* fraction of predictions with the same argmax */
+} cmp_result_t;
+
+/* eval_ppl for two forward states over the same windows (each with its
+ * own model and cache), comparing their next-token distributions. */
+int eval_compare(fwd_t *fq, fwd_t *fref, const int32_t *ids, long n_ids, int ctx, cmp_result_t *r,
+                 void (*cb)(void *ud, int window, const cmp_result_t *sofar), void *ud,
+                 char *err, size_t errlen);
+
 double gen_now(void);
 
 #endif

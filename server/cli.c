@@ -6,6 +6,7 @@
 #include "cli.h"
 
 #include "../engine/gen.h"
+#include "../engine/quant.h"
 #include "../kernels/k_quant.h"
 
 #include <math.h>
@@ -34,13 +35,15 @@ typedef struct {
     k_pool_t *pool;
     kv_cache_t kv;
     fwd_t f;
-    int loaded, kv_ready, fwd_ready;
+    quant_state_t qs;
+    int loaded, kv_ready, fwd_ready, quantized, own_pool;
 } rt_t;
 
 static void rt_free(rt_t *r) {
     if (r->fwd_ready) fwd_free(&r->f);
     if (r->kv_ready) kv_free(&r->kv);
-    k_pool_free(r->pool);
+    if (r->own_pool) k_pool_free(r->pool);
+    if (r->quantized) quant_free(&r->qs);
     if (r->loaded) model_free(&r->m);
 }
 
@@ -57,11 +60,12 @@ static int rt_open(rt_t *r, const config_t *c) {
     k_init();
     if (model_load(&r->m, cfg_str(c, "model"), err, sizeof err) != 0) return die("%s", err);
     r->loaded = 1;
+    if (!(r->pool = k_pool_new(rt_threads(c)))) return die("cannot start threads");
+    r->own_pool = 1;
     return 0;
 }
 
 static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
-    if (!(r->pool = k_pool_new(rt_threads(c)))) return die("cannot start threads");
     const hparams_t *hp = &r->m.hp;
     if (kv_init(&r->kv, hp->n_layer, hp->head_dim * hp->n_head_kv,
                 (n_ctx + KV_BLOCK - 1) / KV_BLOCK, 1) != 0)
@@ -71,6 +75,79 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx, n_ctx) != 0)
         return die("out of memory for the forward pass");
     r->fwd_ready = 1;
+    if (r->quantized && r->qs.a.kind != AQ_NONE) {
+        r->f.hook = quant_act_hook;
+        r->f.hook_ud = &r->qs;
+    }
+    return 0;
+}
+
+static char *read_file(const char *path, size_t *len);
+static int encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out, long *n);
+
+/* Terminal: a progress bar with ETA; otherwise plain log lines. */
+typedef struct { const char *what; double t0; } progress_t;
+
+static void progress(void *ud, int done, int total) {
+    progress_t *p = ud;
+    double el = gen_now() - p->t0, eta = done ? el / done * (total - done) : 0;
+    if (isatty(2)) {
+        char bar[31];
+        int fill = total ? done * 30 / total : 30;
+        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+        bar[30] = 0;
+        fprintf(stderr, "\r%s [%s] %d/%d  %.0fs elapsed, ETA %.0fs ", p->what, bar, done, total, el, eta);
+        if (done == total) fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "%s: %d/%d (%.1fs elapsed, ETA %.0fs)\n", p->what, done, total, el, eta);
+    }
+}
+
+/* Applies --weights/--acts: calibration when the recipe needs it, then
+ * quantization of the loaded model in place. */
+static int rt_quantize(rt_t *r, const config_t *c) {
+    wrecipe_t w;
+    arecipe_t a;
+    char err[512];
+    if (recipe_parse_w(cfg_str(c, "weights"), &w, err, sizeof err) ||
+        recipe_parse_a(cfg_str(c, "acts"), &a, err, sizeof err))
+        return die("%s", err);
+    if (w.kind == WQ_NONE && a.kind == AQ_NONE) return 0;
+    calib_t cal;
+    int need = w.gptq || a.kind == AQ_SQ_STATIC, have = 0;
+    if (need) {
+        const char *src = cfg_str(c, "calib");
+        long want = cfg_int(c, "calib-tokens"), n = 0;
+        int32_t *ids = NULL;
+        double t0 = gen_now();
+        if (!strcmp(src, "self")) {
+            int len = 128;
+            if (calib_self_text(&r->m, r->pool, (int)((want + len - 1) / len), len, &ids, &n, err, sizeof err))
+                return die("%s", err);
+        } else {
+            size_t len;
+            char *text = read_file(src, &len);
+            if (!text) return die("cannot read calibration file '%s'", src);
+            int bad = encode(r->m.tok, text, len, 0, &ids, &n);
+            free(text);
+            if (bad) return 1;
+        }
+        if (n > want) n = want;
+        if (n < 64) { free(ids); return die("calibration needs at least 64 tokens, got %ld", n); }
+        int bad = calib_run(&r->m, r->pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq, &cal, err, sizeof err);
+        free(ids);
+        if (bad) return die("%s", err);
+        have = 1;
+        fprintf(stderr, "calibration: %ld tokens from %s in %.1fs\n", cal.n_tokens, src, gen_now() - t0);
+    }
+    progress_t pg = {"quantize", gen_now()};
+    int bad = quant_apply(&r->m, have ? &cal : NULL, &w, &a, &r->qs, progress, &pg, err, sizeof err);
+    if (have) calib_free(&cal);
+    if (bad) return die("%s", err);
+    r->quantized = 1;
+    fprintf(stderr, "quantized: weights %s (%.2f bits/weight), activations %s (%.2f bits) in %.1fs\n",
+            cfg_str(c, "weights"), r->qs.w_bits, cfg_str(c, "acts"), recipe_a_bits(&a),
+            gen_now() - pg.t0);
     return 0;
 }
 
@@ -105,6 +182,7 @@ int cmd_generate(const config_t *c) {
     char *text = NULL;
     int32_t *ids = NULL;
     long n_ids = 0;
+    if (rt_quantize(&r, c)) goto out;
     if (cfg_bool(c, "chat")) {
         chat_msg_t msgs[2];
         int n = 0;
@@ -185,6 +263,12 @@ static char *read_file(const char *path, size_t *len) {
     return buf;
 }
 
+static void print_cmp(void *ud, int w, const cmp_result_t *r) {
+    (void)ud;
+    fprintf(stderr, "window %d: ppl %.4f (ref %.4f) kl %.5f top1 %.4f\n", w, r->q.ppl, r->ref.ppl,
+            r->kl, r->top1);
+}
+
 static void print_window(void *ud, int w, double nll, long n) {
     (void)ud;
     fprintf(stderr, "window %d: nll %.4f ppl %.4f\n", w, nll, exp(nll / n));
@@ -217,9 +301,30 @@ int cmd_eval(const config_t *c) {
     snprintf(batch, sizeof batch, "%d", ctx); /* a window is one forward pass */
     for (int i = 0; i < N_OPTIONS; i++)
         if (strcmp(OPTIONS[i].name, "batch") == 0) cc.val[i] = batch;
-    if (rt_compute(&r, &cc, ctx)) goto out;
-    ppl_result_t pr;
+    if (rt_quantize(&r, c) || rt_compute(&r, &cc, ctx)) goto out;
     char err[256];
+    if (cfg_bool(c, "ref")) { /* the same tokens through the unquantized model */
+        rt_t ref;
+        memset(&ref, 0, sizeof ref);
+        if (model_load(&ref.m, cfg_str(c, "model"), err, sizeof err) != 0) { die("%s", err); goto out; }
+        ref.loaded = 1;
+        ref.pool = r.pool; /* shared, not owned */
+        cmp_result_t cr;
+        int bad = rt_compute(&ref, &cc, ctx) ||
+                  eval_compare(&r.f, &ref.f, ids, n_ids, ctx, &cr, print_cmp, NULL, err, sizeof err);
+        if (bad && !ref.fwd_ready) { rt_free(&ref); goto out; }
+        rt_free(&ref);
+        if (bad) { die("%s", err); goto out; }
+        printf("file: %s\ntokens: %ld\nctx: %d\nwindows: %d\npredictions: %ld\nweights: %s\n"
+               "acts: %s\nw_bits: %.3f\nppl: %.6f\nppl_ref: %.6f\ndelta_ppl_pct: %.4f\n"
+               "kl: %.6f\ntop1: %.6f\nseconds: %.2f\n",
+               path, n_ids, ctx, cr.q.n_windows, cr.q.n_pred, cfg_str(c, "weights"), cfg_str(c, "acts"),
+               r.quantized ? r.qs.w_bits : 32.0, cr.q.ppl, cr.ref.ppl,
+               100.0 * (cr.q.ppl - cr.ref.ppl) / cr.ref.ppl, cr.kl, cr.top1, cr.q.seconds);
+        rc = 0;
+        goto out;
+    }
+    ppl_result_t pr;
     if (eval_ppl(&r.f, ids, n_ids, ctx, &pr, print_window, NULL, err, sizeof err) != 0) {
         die("%s", err);
         goto out;

@@ -1,0 +1,63 @@
+/* quant.h - quantizing a loaded model by recipe, with calibration.
+ *
+ * calib_*: runs the FP32 model over calibration tokens and gathers, for
+ * every matmul input site of every layer, H = sum x x^T (for GPTQ and the
+ * Hessian-aware importance) and the per-channel mean of x (for the static
+ * SQ activation importance |mean(A_j) * sum_i W_ij|, Algorithm 2).
+ *
+ * quant_apply: replaces each layer's weights by the dequantized values of
+ * the recipe's integer codes (SQ-format tensors are built and validated on
+ * the way) and prepares the activation quantizer, which the forward pass
+ * runs on every matmul input through its hook. The integer kernels
+ * compute exactly these products (integer arithmetic is exact; only the
+ * float scaling order differs), so accuracy measured this way is the
+ * accuracy of the deployed format.
+ *
+ * Simplification, stated: H is collected once from the FP32 model for all
+ * layers (not sequentially through already-quantized layers as in the
+ * GPTQ paper), and the lm head and embeddings keep their GGUF types.
+ */
+#ifndef QUANT_H
+#define QUANT_H
+
+#include "forward.h"
+#include "recipe.h"
+
+typedef struct {
+    int n_layer;
+    long dim[N_SITES];
+    float *H[N_SITES];       /* [layer] dim x dim, NULL when not gathered */
+    double *sum[N_SITES];    /* [layer] dim */
+    long n_tokens;
+} calib_t;
+
+/* want_H = 0 gathers only the channel means (cheap). */
+int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, int window,
+              int want_H, calib_t *c, char *err, size_t errlen);
+void calib_free(calib_t *c);
+/* Tokens the model generates itself from short seeds (the --calib self
+ * default): n sequences of len tokens, fixed seed. *out is malloc'd. */
+int calib_self_text(const model_t *m, k_pool_t *pool, int n_seqs, int len, int32_t **out,
+                    long *n_out, char *err, size_t errlen);
+
+typedef struct {
+    arecipe_t a;
+    int n_layer;
+    long dim[N_SITES];
+    uint8_t *hi_mask[N_SITES]; /* [layer] dim: static SQ high channels */
+    float **owned;             /* dequantized weight buffers */
+    int n_owned;
+    double w_bits;             /* average effective bits per weight */
+} quant_state_t;
+
+/* Quantizes m's layer weights in place (m then owns F32 copies through
+ * qs) and prepares activation quantization. c may be NULL for RTN
+ * weights without static SQ activations. */
+int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a,
+                quant_state_t *qs, void (*progress)(void *ud, int done, int total), void *ud,
+                char *err, size_t errlen);
+void quant_free(quant_state_t *qs);
+/* The forward hook that quantizes activations (fwd_t.hook, hook_ud = qs). */
+void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim);
+
+#endif

@@ -1,0 +1,39 @@
+/* recipe.h - quantization recipes as strings (the convert/eval flags).
+ *
+ *   weights: fp32 | int8 | int4 | int4:g64 | int4:g64:gptq | sq:8/4:b64:s0.875[:gptq]
+ *   acts:    fp32 | a16 | int8 | int4 | sq:8/4:b64:s0.875:static | ...:dynamic
+ * int<bits> alone is per output channel; :g<N> groups N inputs per scale.
+ * "fp32" weights keep the GGUF tensors as loaded; "fp32"/"a16" activations
+ * stay FP32 (sqserve computes in FP32, so A16 is represented by FP32).
+ */
+#ifndef RECIPE_H
+#define RECIPE_H
+
+#include <stddef.h>
+
+#include "sq.h"
+
+typedef enum { WQ_NONE, WQ_INT, WQ_SQ } wq_kind_t;
+typedef enum { AQ_NONE, AQ_INT, AQ_SQ_STATIC, AQ_SQ_DYNAMIC } aq_kind_t;
+
+typedef struct {
+    wq_kind_t kind;
+    int bits;      /* WQ_INT */
+    long group;    /* WQ_INT: 0 = per channel */
+    sq_cfg_t sq;   /* WQ_SQ */
+    int gptq;
+} wrecipe_t;
+
+typedef struct {
+    aq_kind_t kind;
+    int bits;      /* AQ_INT */
+    sq_cfg_t sq;   /* AQ_SQ_* */
+} arecipe_t;
+
+int recipe_parse_w(const char *s, wrecipe_t *r, char *err, size_t errlen);
+int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen);
+/* Effective bits per element (storage, scales included); 32 for none. */
+double recipe_w_bits(const wrecipe_t *r, long k);
+double recipe_a_bits(const arecipe_t *r);
+
+#endif

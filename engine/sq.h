@@ -1,0 +1,79 @@
+/* sq.h - the SQ-format weight tensor and its quantizers.
+ *
+ * SQ(W) for W[n][k]: the reduction dimension k is cut into banks of b
+ * elements; in every bank of every row exactly h = (1-s)*b elements are
+ * "high" (h_high-bit integers) and the rest "low" (h_low-bit integers).
+ *
+ * Memory layout (per row, kernel-first):
+ *   lo    [k]          low codes for ALL positions, packed (h_low bits each,
+ *                      two's complement), 0 at high positions. Dense, so
+ *                      the low product is a plain int4/int2 dot product.
+ *   hi    [k/b][h]     high codes (int8 storage; h_high <= 8), bank order
+ *   idx   [k/b][h]     in-bank positions of the high codes (uint8, sorted)
+ *   s_lo  [k/G]        symmetric scales of the low part, per group of G
+ *   s_hi  [k/G]        symmetric scales of the high part, per group of G
+ * with G = max(b, 64) so a scale group always holds whole banks.
+ *
+ *   w[r][j] = s_lo[r][j/G] * lo[r][j] + (j high ? s_hi[r][j/G] * hi : 0)
+ *
+ * Why explicit positions rather than a reserved code in the low part (the
+ * paper's vmask): a fixed count per bank gives fixed strides, so a kernel
+ * finds bank i's highs at hi + i*h without scanning; and a reserved code
+ * would cost the low part one of its 16 (int4) or 4 (int2) levels.
+ *
+ * Effective bits per element, as stored:
+ *   h_low + (1-s)*(h_high_storage + 8) + 2*16/G
+ * e.g. 8/4 b64 s0.875: 4 + 0.125*16 + 0.5 = 6.5; 8/2 b64 s0.875: 4.5.
+ * (The paper's nominal (1-s)*h_high + s*h_low = 4.5 for 8/4 s0.875 leaves
+ * out positions, scales and the dense low part's zeros.)
+ */
+#ifndef SQ_H
+#define SQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int h_high, h_low;   /* bits: 8/4, 8/3, 8/2, 4/2 */
+    int b;               /* bank size: 4..128, power of two */
+    double s;            /* sparsity of the high part: h = (1-s)*b per bank */
+} sq_cfg_t;
+
+typedef struct {
+    sq_cfg_t cfg;
+    long n, k;
+    int h, G;            /* highs per bank, scale group */
+    uint8_t *lo;         /* n * k * h_low / 8 bytes */
+    int8_t *hi;          /* n * (k/b) * h */
+    uint8_t *idx;        /* n * (k/b) * h */
+    float *s_lo, *s_hi;  /* n * (k/G) each */
+} sq_tensor_t;
+
+/* Checks a configuration; NULL if valid, else why not. */
+const char *sq_cfg_check(const sq_cfg_t *c, long k);
+int sq_highs_per_bank(const sq_cfg_t *c);
+double sq_bits_per_element(const sq_cfg_t *c);
+
+int sq_alloc(sq_tensor_t *t, const sq_cfg_t *c, long n, long k);
+void sq_free(sq_tensor_t *t);
+/* Format invariants: exactly h sorted, distinct, in-range positions per
+ * bank, low code 0 at every high position, codes within their ranges,
+ * finite non-negative scales. NULL if all hold. */
+const char *sq_validate(const sq_tensor_t *t);
+
+/* Row r back to floats. */
+void sq_dequant_row(const sq_tensor_t *t, long r, float *out);
+
+/* Quantizes W[n][k] (float, row-major). With hinv_diag (k values of
+ * [H^-1]_ii) the high elements of each bank are chosen by the paper's
+ * importance w^2 / [H^-1]_ii^2, else by magnitude (RTN). With hinv_chol
+ * (the upper Cholesky factor of H^-1, k x k row-major) quantization error
+ * is compensated GPTQ-style, column by column; W is modified then. */
+int sq_quantize(sq_tensor_t *t, float *W, const double *hinv_diag, const double *hinv_chol);
+
+/* Uniform symmetric integer quantization of W[n][k] in place (fake-quant:
+ * W receives the dequantized values), bits 2..8, groups of g (g = k for
+ * per-channel). With hinv_chol, GPTQ error compensation. */
+void uq_quantize(float *W, long n, long k, int bits, long g, const double *hinv_chol);
+
+#endif
