@@ -79,7 +79,7 @@ def _doc_metrics():
     for kind, typ in (("Counters", "counter"), ("Gauges", "gauge"), ("Histograms", "histogram")):
         part = sec.split(kind + ":", 1)[1]
         part = re.split(r"\n(?:Counters|Gauges|Histograms):", part, maxsplit=1)[0]
-        for name in re.findall(r"`(sqserve_[a-z_]+)", part):
+        for name in re.findall(r"`(sqserve_[a-z0-9_]+)", part):
             out[name] = typ
     assert len(out) >= 19, out
     return out

@@ -236,10 +236,11 @@ def test_completion_logprobs_zero(client):
 
 def test_chat_logprobs(client):
     r = client.chat.completions.create(model=MODEL_ID, messages=FRANCE, temperature=0,
-                                       max_tokens=8, logprobs=True, top_logprobs=2)
+                                       max_tokens=6, logprobs=True, top_logprobs=2)
     c = r.choices[0]
+    assert c.finish_reason == "length"
     content = c.logprobs.content
-    assert len(content) == r.usage.completion_tokens
+    assert len(content) == r.usage.completion_tokens == 6
     assert "".join(t.token for t in content) == c.message.content
     for t in content:
         assert t.logprob <= 0
@@ -247,6 +248,19 @@ def test_chat_logprobs(client):
         assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
         assert t.logprob == pytest.approx(t.top_logprobs[0].logprob, abs=1e-4)
         assert bytes(t.bytes).decode("utf-8") == t.token, t  # ASCII answer: bytes are the token
+
+
+def test_chat_logprobs_at_eos(client):
+    """Stopped by the end-of-turn token: the token itself is not shown, so the
+    logprobs list the visible tokens; usage may count the end token too
+    (vLLM does, OpenAI does not document it): one more at most."""
+    r = client.chat.completions.create(model=MODEL_ID, messages=FRANCE, temperature=0,
+                                       max_tokens=32, logprobs=True, top_logprobs=2)
+    c = r.choices[0]
+    assert c.finish_reason == "stop"
+    content = c.logprobs.content
+    assert "".join(t.token for t in content) == c.message.content
+    assert r.usage.completion_tokens in (len(content), len(content) + 1)
 
 
 def test_chat_no_logprobs_by_default(client):

@@ -153,6 +153,12 @@ def test_drain_timeout_bounds_shutdown():
         t.join(10)
         assert t.finished.is_set(), "the client's stream hangs after the server exited"
         print(f"\nexit status {rc} after {took:.1f} s; stream done={t.done} "
-              f"finish={t.finish_reasons()} error={t.error!r}")
+              f"finish={t.finish_reasons()} usage={t.usage()} error={t.error!r}")
+        # a cut-off stream may end any way, but must not claim it hit max_tokens
+        if "length" in t.finish_reasons():
+            u = t.usage()
+            assert u is not None and u["completion_tokens"] == 3000, \
+                (f"stream cut by the drain timeout reports finish_reason 'length' after "
+                 f"{u and u['completion_tokens']} of max_tokens 3000 tokens")
     finally:
         s.stop()
