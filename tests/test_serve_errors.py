@@ -147,6 +147,8 @@ def test_malformed_request(server, case):
     _id, method, path, body, status, param = case
     r = _send(server, method, path, body)
     check_error_shape(r, status, param)
+    if status == 405:  # RFC 9110: a 405 names the allowed methods
+        assert r.headers.get("allow"), f"405 without an Allow header: {dict(r.headers)}"
 
 
 def test_body_over_max_body_is_413(server):

@@ -7,7 +7,9 @@ Contract: docs/api.md (metrics), engine/kv.h (16-token blocks).
 
 from __future__ import annotations
 
+import json
 import random
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,11 +41,10 @@ def _read_then_close_raw(server, n_chunks=3):
     with httpx.Client(timeout=60) as c:
         with c.stream("POST", server.url("/v1/completions"), json=body) as r:
             assert r.status_code == 200, r.read()
-            for ev in sse_events(r):
-                assert ev != "[DONE]"
+            events = sse_events(r)  # kept referenced: a dropped generator closes the response
+            for _ in range(n_chunks):
+                assert next(events) != "[DONE]"
                 got += 1
-                if got == n_chunks:
-                    break
             during = server.metrics()
         # leaving both `with` blocks closes the response and the connection
     return got, during
@@ -56,18 +57,34 @@ def _read_then_close_openai(server, n_chunks=3):
         messages=[{"role": "user", "content": "Write a very long story about a dragon."}],
         extra_body={"ignore_eos": True})
     got = 0
-    for _ in s:
+    chunks = iter(s)  # kept referenced: a dropped generator closes the response
+    for _ in range(n_chunks):
+        next(chunks)
         got += 1
-        if got == n_chunks:
-            break
     during = server.metrics()
     s.close()
     client.close()
     return got, during
 
 
-@pytest.mark.parametrize("how", [_read_then_close_raw, _read_then_close_openai],
-                         ids=["httpx-completions", "openai-chat"])
+def _nonstream_then_close(server, n_chunks=3):
+    """A non-streaming request whose client goes away before the answer."""
+    body = json.dumps({"model": MODEL_ID, "prompt": "Write a very long story about a dragon.",
+                       "max_tokens": 400, "temperature": 0, "ignore_eos": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert wait_until(lambda: server.metrics().value("sqserve_generation_tokens_total") > 0
+                      and server.metrics().value("sqserve_running_sequences") >= 1, 10, 0.05)
+    time.sleep(0.3)
+    during = server.metrics()
+    sock.close()
+    return n_chunks, during
+
+
+@pytest.mark.parametrize("how", [_read_then_close_raw, _read_then_close_openai,
+                                 _nonstream_then_close],
+                         ids=["httpx-completions", "openai-chat", "non-streaming"])
 def test_client_disconnect_frees_kv(server, how):
     before = server.metrics()
     base_used = before.value("sqserve_kv_blocks_used")

@@ -228,6 +228,61 @@ def test_completion_logprobs(client):
         assert c.text[off:off + len(tok)] == tok
 
 
+def test_completion_logprobs_text_offset_non_ascii(client):
+    """text_offset are character offsets into `text` (OpenAI; vLLM the same),
+    also when tokens hold non-ASCII characters."""
+    prompt = "Le café est très chaud et la crème brûlée est délicieuse. Le café"
+    r = greedy(client, prompt=prompt, max_tokens=12, logprobs=1, extra_body={})
+    c = r.choices[0]
+    lp = c.logprobs
+    assert "".join(lp.tokens) == c.text and any(ord(ch) > 127 for ch in c.text), c.text
+    bad = [(t, o) for t, o in zip(lp.tokens, lp.text_offset) if c.text[o:o + len(t)] != t]
+    assert not bad, (f"text_offset does not index the text {c.text!r}: tokens {lp.tokens} "
+                     f"offsets {lp.text_offset} (UTF-8 byte offsets? characters expected)")
+    e = greedy(client, prompt="Le café", max_tokens=4, logprobs=1, echo=True, extra_body={})
+    ec = e.choices[0]
+    for t, o in zip(ec.logprobs.tokens, ec.logprobs.text_offset):
+        assert ec.text[o:o + len(t)] == t, (ec.text, ec.logprobs.tokens, ec.logprobs.text_offset)
+
+
+def test_multibyte_streaming(client):
+    """Emoji take several tokens each: the stream must never split a character
+    (a lone U+FFFD may only end an output cut by max_tokens), and equal the
+    non-streamed text; logprob bytes add up to the text."""
+    msgs = [{"role": "user", "content": "Reply with only emojis: 🎉🎉🎉"}]
+    full = client.chat.completions.create(model=MODEL_ID, messages=msgs, max_tokens=16,
+                                          temperature=0, logprobs=True)
+    c = full.choices[0]
+    assert "🎉" in c.message.content, c.message.content
+    raw = b"".join(bytes(t.bytes) for t in c.logprobs.content)
+    assert raw.decode("utf-8", "replace") == c.message.content
+    deltas = [ch.choices[0].delta.content for ch in client.chat.completions.create(
+        model=MODEL_ID, messages=msgs, max_tokens=16, temperature=0, stream=True)
+        if ch.choices and ch.choices[0].delta.content]
+    assert "".join(deltas) == c.message.content
+    for i, d in enumerate(deltas):
+        if "\ufffd" in d:
+            assert i == len(deltas) - 1 and c.finish_reason == "length" and d.endswith("\ufffd"), \
+                f"delta {i} of {len(deltas)} splits a character: {deltas}"
+
+
+def test_sampling_extensions(client):
+    greedy_text = greedy(client, max_tokens=16, extra_body={}).choices[0].text
+    k1 = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=16, temperature=1.0,
+                                   seed=3, extra_body={"top_k": 1}).choices[0].text
+    assert k1 == greedy_text, "top_k=1 at temperature 1 must be greedy"
+    rep = "one one one one one one one one"
+    base = greedy(client, prompt=rep, max_tokens=16, extra_body={}).choices[0].text
+    for kw in ({"extra_body": {"repetition_penalty": 1.5}},
+               {"extra_body": {}, "frequency_penalty": 2.0},
+               {"extra_body": {}, "presence_penalty": 2.0}):
+        t = greedy(client, prompt=rep, max_tokens=16, **kw).choices[0].text
+        assert t != base, f"{kw} did not change the greedy text {base!r}"
+    r = client.completions.create(model=MODEL_ID, prompt=PROMPT, max_tokens=4, top_p=0.9,
+                                  user="someone", extra_body={"min_p": 0.05})
+    assert r.choices[0].text
+
+
 def test_completion_logprobs_zero(client):
     r = greedy(client, max_tokens=4, logprobs=0)
     lp = r.choices[0].logprobs
