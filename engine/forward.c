@@ -127,9 +127,11 @@ int fwd_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen)
         for (long i = 0; i < n; i++)
             k_rmsnorm(f->xb + i * dim, f->x + i * dim, L->attn_norm, dim, hp->rms_eps);
         HOOK(SITE_QKV, f->xb, dim);
-        MATMUL(&L->wq, f->xb, f->q);
-        MATMUL(&L->wk, f->xb, f->k);
-        MATMUL(&L->wv, f->xb, f->v);
+        {
+            const k_mat_t *w3[3] = {&L->wq, &L->wk, &L->wv};
+            float *y3[3] = {f->q, f->k, f->v};
+            if (k_matmul_group(f->pool, w3, y3, 3, f->xb, n) != 0) goto oom;
+        }
         for (long i = 0; i < n; i++) {
             for (int h = 0; h < hp->n_head; h++)
                 k_rope(f->q + i * dim + h * hd, hp->rope_dim, (float)b->pos[i], m->rope_inv_freq);
@@ -149,8 +151,11 @@ int fwd_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen)
         for (long i = 0; i < n; i++)
             k_rmsnorm(f->xb + i * dim, f->x + i * dim, L->ffn_norm, dim, hp->rms_eps);
         HOOK(SITE_UPGATE, f->xb, dim);
-        MATMUL(&L->w_gate, f->xb, f->hb);
-        MATMUL(&L->w_up, f->xb, f->hb2);
+        {
+            const k_mat_t *w2[2] = {&L->w_gate, &L->w_up};
+            float *y2[2] = {f->hb, f->hb2};
+            if (k_matmul_group(f->pool, w2, y2, 2, f->xb, n) != 0) goto oom;
+        }
         k_silu_mul(f->hb, f->hb2, n * ffn);
         HOOK(SITE_DOWN, f->hb, ffn);
         MATMUL(&L->w_down, f->hb, f->xb);

@@ -255,3 +255,13 @@ size_t model_weight_bytes(const model_t *m) {
     }
     return b;
 }
+
+size_t model_weight_elems(const model_t *m) {
+    size_t e = (size_t)m->output.n * (size_t)m->output.k;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const layer_t *L = &m->layers[l];
+        const k_mat_t *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) e += (size_t)w[i]->n * (size_t)w[i]->k;
+    }
+    return e;
+}

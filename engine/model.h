@@ -41,7 +41,8 @@ typedef struct {
 int model_load(model_t *m, const char *path, char *err, size_t errlen);
 void model_free(model_t *m);
 
-/* Weight bytes (for bandwidth estimates). */
+/* Bytes and element count of the matmul weights (lm head included). */
 size_t model_weight_bytes(const model_t *m);
+size_t model_weight_elems(const model_t *m);
 
 #endif

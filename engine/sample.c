@@ -109,9 +109,18 @@ int32_t sampler_next(sampler_t *s, float *logits) {
             if (logits[i] > logits[best]) best = i;
         return best;
     }
+    /* Candidates more than 28 nats below the best have relative probability
+     * < 7e-13 even at temperature 1: dropping them changes no cut by more
+     * than float rounding, and spares sorting the whole vocabulary. */
+    float best = logits[0];
+    for (int i = 1; i < n; i++) best = logits[i] > best ? logits[i] : best;
+    float floor_keep = best - 28.0f * (p->temperature > 1 ? p->temperature : 1.0f);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (logits[i] >= floor_keep) s->cand[m++] = (struct sample_cand){logits[i], i};
+    n = m;
     /* keep only the top_k candidates (partial selection, then sort those) */
     int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
-    for (int i = 0; i < n; i++) s->cand[i] = (struct sample_cand){logits[i], i};
     if (k < n) {
         /* quickselect the k largest into cand[0..k) */
         int lo = 0, hi = n - 1;

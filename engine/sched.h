@@ -66,6 +66,15 @@ typedef struct {
     int max_seqs, max_queue, max_batch_tokens, n_ctx, threads;
     size_t kv_mem;
     double drain_timeout_s;
+    /* the served format's activation quantizer (fwd_t.hook), or NULL */
+    void (*act_hook)(void *ud, int layer, int site, float *x, long n, long dim);
+    void *act_hook_ud;
+    /* shadow evaluation: with probability shadow_rate a finished request's
+     * prompt is replayed in idle time through the served path and through
+     * ref (the unquantized model) and their next-token distributions are
+     * compared. ref NULL or rate 0: off. */
+    const model_t *ref;
+    double shadow_rate;
 } sched_config_t;
 
 typedef struct sched sched_t;

@@ -23,6 +23,9 @@ typedef struct {
 typedef struct {
     uint64_t prompt_tokens, gen_tokens, preemptions, cancellations, prefix_hit_tokens;
     uint64_t finished, steps;
+    /* shadow evaluation: served format vs the FP32 reference on traffic */
+    uint64_t shadow_requests, shadow_tokens;
+    double shadow_kl_sum, shadow_top1_sum;
     int running, waiting, kv_used, kv_total;
     hist_t ttft, itl, e2e, queue, step_seqs, step_tokens, prompt_len, output_len;
 } stats_data_t;

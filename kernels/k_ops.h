@@ -49,6 +49,10 @@ const k_isa_t *k_isa(void);
 /* y[m][n] = x[m][k] . W^T, split across the pool. Returns 0, or -1 on out
  * of memory or an unsupported weight type. */
 int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y);
+/* Several matrices reading the same x (q/k/v, gate/up) in one dispatch:
+ * y[i] = x . W[i]^T. Saves a fork-join per matrix on the decode path. */
+int k_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, int count,
+                   const float *x, long m);
 /* Row r of W as floats (embedding lookup). */
 void k_mat_row(const k_mat_t *w, long r, float *out);
 

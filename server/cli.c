@@ -104,8 +104,10 @@ static void progress(void *ud, int done, int total) {
 }
 
 /* Applies --weights/--acts: calibration when the recipe needs it, then
- * quantization of the loaded model in place. */
-static int rt_quantize(rt_t *r, const config_t *c) {
+ * quantization of the loaded model in place. Returns 0 (with *done set
+ * when something was quantized) or 1 after printing the error. */
+int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *qs, int *done) {
+    *done = 0;
     wrecipe_t w;
     arecipe_t a;
     char err[512];
@@ -122,33 +124,37 @@ static int rt_quantize(rt_t *r, const config_t *c) {
         double t0 = gen_now();
         if (!strcmp(src, "self")) {
             int len = 128;
-            if (calib_self_text(&r->m, r->pool, (int)((want + len - 1) / len), len, &ids, &n, err, sizeof err))
+            if (calib_self_text(m, pool, (int)((want + len - 1) / len), len, &ids, &n, err, sizeof err))
                 return die("%s", err);
         } else {
             size_t len;
             char *text = read_file(src, &len);
             if (!text) return die("cannot read calibration file '%s'", src);
-            int bad = encode(r->m.tok, text, len, 0, &ids, &n);
+            int bad = encode(m->tok, text, len, 0, &ids, &n);
             free(text);
             if (bad) return 1;
         }
         if (n > want) n = want;
         if (n < 64) { free(ids); return die("calibration needs at least 64 tokens, got %ld", n); }
-        int bad = calib_run(&r->m, r->pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq, &cal, err, sizeof err);
+        int bad = calib_run(m, pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq, &cal, err, sizeof err);
         free(ids);
         if (bad) return die("%s", err);
         have = 1;
         fprintf(stderr, "calibration: %ld tokens from %s in %.1fs\n", cal.n_tokens, src, gen_now() - t0);
     }
     progress_t pg = {"quantize", gen_now()};
-    int bad = quant_apply(&r->m, have ? &cal : NULL, &w, &a, &r->qs, progress, &pg, err, sizeof err);
+    int bad = quant_apply(m, have ? &cal : NULL, &w, &a, qs, progress, &pg, err, sizeof err);
     if (have) calib_free(&cal);
     if (bad) return die("%s", err);
-    r->quantized = 1;
+    *done = 1;
     fprintf(stderr, "quantized: weights %s (%.2f bits/weight), activations %s (%.2f bits) in %.1fs\n",
-            cfg_str(c, "weights"), r->qs.w_bits, cfg_str(c, "acts"), recipe_a_bits(&a),
+            cfg_str(c, "weights"), qs->w_bits, cfg_str(c, "acts"), recipe_a_bits(&a),
             gen_now() - pg.t0);
     return 0;
+}
+
+static int rt_quantize(rt_t *r, const config_t *c) {
+    return cli_quantize(&r->m, r->pool, c, &r->qs, &r->quantized);
 }
 
 /* Tokenizes text; *out is malloc'd. */

@@ -89,13 +89,26 @@ reply_t metrics_reply(srv_t *s) {
     put(&o, "# HELP sqserve_model_info The served model (value is always 1).\n"
             "# TYPE sqserve_model_info gauge\nsqserve_model_info{model=\"");
     label_value(&o, s->model_id);
-    double bits = 8.0 * (double)model_weight_bytes(s->m);
-    long params = 0;
-    const hparams_t *hp = &s->m->hp;
-    params = (long)hp->n_vocab * hp->dim +
-             (long)hp->n_layer * ((long)hp->dim * hp->dim * 2 + 2L * hp->dim * hp->head_dim * hp->n_head_kv +
-                                  3L * hp->dim * hp->ffn_dim);
-    put(&o, "\",recipe=\"gguf\",bits_per_weight=\"%.2f\"} 1\n", bits / (double)params);
+    put(&o, "\",recipe=\"");
+    label_value(&o, s->recipe ? s->recipe : "gguf");
+    put(&o, "\",bits_per_weight=\"%.2f\"} 1\n", s->w_bits);
+    if (s->have_eval) { /* measured at start against the FP32 path */
+        put(&o, "# HELP sqserve_model_eval Startup evaluation of the served format against FP32 "
+                "on self-generated text.\n# TYPE sqserve_model_eval gauge\n");
+        const char *names[] = {"ppl", "ppl_fp32", "kl", "top1", "tokens"};
+        double vals[] = {s->eval_ppl, s->eval_ppl_ref, s->eval_kl, s->eval_top1, (double)s->eval_tokens};
+        for (int i = 0; i < 5; i++) {
+            put(&o, "sqserve_model_eval{recipe=\"");
+            label_value(&o, s->recipe);
+            put(&o, "\",metric=\"%s\"} %.17g\n", names[i], vals[i]);
+        }
+    }
+    counter(&o, "sqserve_shadow_requests_total", "Requests replayed through the FP32 reference.", d.shadow_requests);
+    counter(&o, "sqserve_shadow_tokens_total", "Positions compared by shadow evaluation.", d.shadow_tokens);
+    gauge(&o, "sqserve_shadow_kl", "Mean KL(FP32 || served) per position over shadow traffic (nats).",
+          d.shadow_tokens ? d.shadow_kl_sum / (double)d.shadow_tokens : 0);
+    gauge(&o, "sqserve_shadow_top1_agreement", "Fraction of shadow positions where served and FP32 argmax agree.",
+          d.shadow_tokens ? d.shadow_top1_sum / (double)d.shadow_tokens : 1);
     histogram(&o, "sqserve_time_to_first_token_seconds", "Time from arrival to the first token.", &d.ttft);
     histogram(&o, "sqserve_inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", &d.itl);
     histogram(&o, "sqserve_e2e_latency_seconds", "Time from arrival to the end of a sequence.", &d.e2e);

@@ -31,6 +31,53 @@ static void model_id_of(const char *path, char *out, size_t n) {
     free(copy);
 }
 
+/* Measures the served format against FP32 on text the model writes itself,
+ * so the numbers exist without any external data; exported as
+ * sqserve_model_eval. */
+static void startup_eval(model_t *m, model_t *ref, quant_state_t *qs, k_pool_t *pool, int tokens,
+                         srv_t *srv) {
+    if (tokens < 128) return;
+    int32_t *ids;
+    long n;
+    char err[256];
+    double t0 = gen_now();
+    if (calib_self_text(ref, pool, tokens / 128, 128, &ids, &n, err, sizeof err) != 0) return;
+    kv_cache_t kv[2];
+    fwd_t f[2];
+    model_t *ms[2] = {m, ref};
+    int ok = 1, made = 0; /* environments fully built */
+    for (int k = 0; k < 2 && ok; k++) {
+        ok = kv_init(&kv[k], m->hp.n_layer, m->hp.head_dim * m->hp.n_head_kv, 128 / KV_BLOCK, 1) == 0;
+        if (ok && fwd_init(&f[k], ms[k], &kv[k], pool, 128, 128) != 0) {
+            kv_free(&kv[k]);
+            ok = 0;
+        }
+        if (ok) made++;
+    }
+    cmp_result_t r;
+    if (ok) {
+        if (qs->a.kind != AQ_NONE) {
+            f[0].hook = quant_act_hook;
+            f[0].hook_ud = qs;
+        }
+        if (eval_compare(&f[0], &f[1], ids, n, 128, &r, NULL, NULL, err, sizeof err) == 0) {
+            srv->have_eval = 1;
+            srv->eval_ppl = r.q.ppl;
+            srv->eval_ppl_ref = r.ref.ppl;
+            srv->eval_kl = r.kl;
+            srv->eval_top1 = r.top1;
+            srv->eval_tokens = r.q.n_pred;
+            fprintf(stderr, "startup eval (%ld self-generated tokens, %.1fs): ppl %.4f vs FP32 %.4f, "
+                    "KL %.5f, top-1 %.4f\n", r.q.n_pred, gen_now() - t0, r.q.ppl, r.ref.ppl, r.kl, r.top1);
+        }
+    }
+    for (int k = 0; k < made; k++) {
+        fwd_free(&f[k]);
+        kv_free(&kv[k]);
+    }
+    free(ids);
+}
+
 int cmd_serve(const config_t *c) {
     const char *fmt = cfg_str(c, "log-format");
     if (strcmp(fmt, "text") && strcmp(fmt, "json")) return fail("--log-format must be text or json");
@@ -38,6 +85,7 @@ int cmd_serve(const config_t *c) {
     k_init();
     static model_t m;
     char err[512];
+    err[0] = 0;
     double t0 = gen_now();
     if (model_load(&m, cfg_str(c, "model"), err, sizeof err) != 0) return fail(err);
     char id[256];
@@ -46,6 +94,33 @@ int cmd_serve(const config_t *c) {
 
     long threads = cfg_int(c, "threads");
     if (threads <= 0) threads = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
+
+    /* convert at load time when recipes are given; keep the FP32 model as
+     * the reference for the startup evaluation and shadow evaluation */
+    static quant_state_t qs;
+    static model_t ref;
+    static srv_t srv;
+    int quantized = 0, have_ref = 0;
+    char recipe[160] = "gguf";
+    k_pool_t *tmp_pool = k_pool_new((int)threads);
+    if (!tmp_pool) { model_free(&m); return fail("cannot start threads"); }
+    if (cli_quantize(&m, tmp_pool, c, &qs, &quantized) != 0) {
+        k_pool_free(tmp_pool);
+        model_free(&m);
+        return 1;
+    }
+    if (quantized) {
+        snprintf(recipe, sizeof recipe, "weights=%s acts=%s", cfg_str(c, "weights"), cfg_str(c, "acts"));
+        if (model_load(&ref, cfg_str(c, "model"), err, sizeof err) != 0) {
+            k_pool_free(tmp_pool);
+            quant_free(&qs);
+            model_free(&m);
+            return fail(err);
+        }
+        have_ref = 1;
+        startup_eval(&m, &ref, &qs, tmp_pool, (int)cfg_int(c, "startup-eval"), &srv);
+    }
+    k_pool_free(tmp_pool);
     int n_ctx = (int)cfg_int(c, "ctx");
     if (n_ctx <= 0) n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
     if (n_ctx > m.hp.n_ctx_train) {
@@ -57,17 +132,26 @@ int cmd_serve(const config_t *c) {
                          .max_batch_tokens = (int)cfg_int(c, "max-batch-tokens"), .n_ctx = n_ctx,
                          .threads = (int)threads,
                          .kv_mem = (size_t)(cfg_float(c, "kv-cache-mem") * 1024 * 1024),
-                         .drain_timeout_s = cfg_float(c, "drain-timeout")};
+                         .drain_timeout_s = cfg_float(c, "drain-timeout"),
+                         .act_hook = quantized && qs.a.kind != AQ_NONE ? quant_act_hook : NULL,
+                         .act_hook_ud = &qs, .ref = have_ref ? &ref : NULL,
+                         .shadow_rate = cfg_float(c, "shadow-rate")};
     sched_t *sched = sched_new(&m, &sc, err, sizeof err);
     if (!sched) {
+        if (have_ref) model_free(&ref);
+        if (quantized) quant_free(&qs);
         model_free(&m);
         return fail(err);
     }
-    static srv_t srv;
-    srv = (srv_t){.m = &m, .sched = sched, .model_id = id, .api_key = cfg_str(c, "api-key"),
-                  .max_body = (size_t)cfg_int(c, "max-body"),
-                  .request_timeout_s = cfg_float(c, "request-timeout"),
-                  .log_json = !strcmp(fmt, "json")};
+    srv.m = &m;
+    srv.sched = sched;
+    srv.model_id = id;
+    srv.api_key = cfg_str(c, "api-key");
+    srv.max_body = (size_t)cfg_int(c, "max-body");
+    srv.request_timeout_s = cfg_float(c, "request-timeout");
+    srv.log_json = !strcmp(fmt, "json");
+    srv.recipe = recipe;
+    srv.w_bits = quantized ? qs.w_bits : 8.0 * (double)model_weight_bytes(&m) / (double)model_weight_elems(&m);
     int port;
     if (sched_start(sched) != 0 ||
         http_start(&srv, cfg_str(c, "host"), (int)cfg_int(c, "port"), &port, err, sizeof err) != 0) {
@@ -79,10 +163,10 @@ int cmd_serve(const config_t *c) {
     }
     stats_data_t d;
     stats_snapshot(sched_stats(sched), &d);
-    fprintf(stderr, "sqserve: serving %s on http://%s:%d (%d threads, %s kernels, ctx %d, "
-            "%d KV blocks of %d tokens, max %d seqs; loaded in %.2f s)\n", id, cfg_str(c, "host"),
-            port, (int)threads, k_isa_name(), n_ctx, d.kv_total, KV_BLOCK, sc.max_seqs,
-            gen_now() - t0);
+    fprintf(stderr, "sqserve: serving %s (%s, %.2f bits/weight) on http://%s:%d (%d threads, %s kernels, "
+            "ctx %d, %d KV blocks of %d tokens, max %d seqs; ready in %.2f s)\n", id, recipe, srv.w_bits,
+            cfg_str(c, "host"), port, (int)threads, k_isa_name(), n_ctx, d.kv_total, KV_BLOCK,
+            sc.max_seqs, gen_now() - t0);
     sched_join(sched); /* returns once drained (SIGTERM/SIGINT) */
     for (int i = 0; i < 100; i++) { /* let the last response bytes leave */
         const union MHD_DaemonInfo *info =
@@ -92,6 +176,8 @@ int cmd_serve(const config_t *c) {
     }
     http_stop(&srv);
     sched_free(sched);
+    if (have_ref) model_free(&ref);
+    if (quantized) quant_free(&qs);
     model_free(&m);
     fprintf(stderr, "sqserve: drained, exiting\n");
     return 0;

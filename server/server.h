@@ -30,6 +30,11 @@ typedef struct {
     double request_timeout_s;
     int log_json;
     struct MHD_Daemon *daemon;
+    const char *recipe;    /* "weights=... acts=..." or "gguf" */
+    double w_bits;
+    int have_eval;         /* startup evaluation against FP32 */
+    double eval_ppl, eval_ppl_ref, eval_kl, eval_top1;
+    long eval_tokens;
     pthread_mutex_t mu;    /* guards the request counters */
     uint64_t requests[EP_COUNT][STATUS_SLOTS];
 } srv_t;

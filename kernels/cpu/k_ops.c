@@ -138,6 +138,50 @@ int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y)
     return c.failed ? -1 : 0;
 }
 
+typedef struct {
+    mm_ctx_t ctx[4];
+    int count;
+} mm_group_t;
+
+static void mm_group_task(void *arg, int ith, int nth) {
+    mm_group_t *g = arg;
+    for (int i = 0; i < g->count; i++) mm_task(&g->ctx[i], ith, nth);
+}
+
+int k_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, int count,
+                   const float *x, long m) {
+    /* only the fused single-row path is grouped: it is the one whose
+     * per-matrix work is small enough for the fork-join to matter */
+    int simple = count <= 4 && m == 1;
+    for (int i = 0; simple && i < count; i++)
+        simple = has_fused(w[i]->type);
+    if (!simple) {
+        for (int i = 0; i < count; i++)
+            if (k_matmul(pool, w[i], x, m, y[i]) != 0) return -1;
+        return 0;
+    }
+    mm_group_t g = {.count = count};
+    float *xsum = NULL;
+    for (int i = 0; i < count; i++) {
+        g.ctx[i] = (mm_ctx_t){w[i], x, m, y[i], NULL, 1, 0};
+        if (w[i]->type == K_Q4_1) {
+            if (!xsum) {
+                long nb = w[i]->k / 32;
+                if (!(xsum = malloc((size_t)nb * sizeof(float)))) return -1;
+                for (long j = 0; j < nb; j++) {
+                    float t = 0;
+                    for (int u = 0; u < 32; u++) t += x[j * 32 + u];
+                    xsum[j] = t;
+                }
+            }
+            g.ctx[i].xsum32 = xsum;
+        }
+    }
+    k_pool_run(pool, mm_group_task, &g);
+    free(xsum);
+    return 0;
+}
+
 void k_mat_row(const k_mat_t *w, long r, float *out) {
     k_dequant_row(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, out, (size_t)w->k);
 }
