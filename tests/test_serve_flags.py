@@ -13,7 +13,7 @@ import time
 import pytest
 
 from serve_util import (MODEL_ID, REPO_ROOT, binary_path, check_error_shape, model_path,
-                        start_server, stream_raw)
+                        start_server, stream_raw, wait_until)
 
 NAME = "tiny-llm"
 CTX = 256
@@ -88,22 +88,42 @@ def test_max_body(server):
     check_error_shape(server.post("/v1/completions", big), 413)
 
 
-def test_json_access_log(server):
-    server.post("/v1/completions", {"model": NAME, "prompt": "Hi", "max_tokens": 1})
-    server.get("/no/such/path")
-    time.sleep(0.3)
-    lines = [l for l in server.lines if l != server.startup_line and l.strip()]
-    assert lines, "no access log lines"
+def _json_lines(lines):
     recs = []
     for l in lines:
         try:
             recs.append(json.loads(l))
         except ValueError:
             pytest.fail(f"--log-format json, but this stderr line is not JSON: {l!r}")
+    return recs
+
+
+def test_json_access_log(server):
+    server.post("/v1/completions", {"model": NAME, "prompt": "Hi", "max_tokens": 1})
+    server.get("/no/such/path")
+    time.sleep(0.3)
+    lines = [l for l in server.lines if l != server.startup_line and l.strip()]
+    assert lines, "no access log lines"
+    recs = _json_lines(lines)
     seen = {(r.get("method"), r.get("path"), r.get("status")) for r in recs}
     assert ("POST", "/v1/completions", 200) in seen, recs[-5:]
     # unknown paths may be logged as "other" (what the metrics' endpoint label uses)
     assert (("GET", "/no/such/path", 404) in seen or ("GET", "other", 404) in seen), recs[-5:]
+
+
+def test_json_log_when_client_disconnects(server):
+    """Every stderr line stays JSON when a client goes away mid-stream: nothing
+    else (e.g. the HTTP library's own error messages) writes plain text."""
+    start = len(server.lines)
+    st = server.openai().completions.create(model=NAME, prompt="Hi", max_tokens=100,
+                                            stream=True, extra_body={"ignore_eos": True})
+    chunks = iter(st)
+    next(chunks), next(chunks)
+    st.close()
+    wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0, 5)
+    time.sleep(0.3)
+    recs = _json_lines([l for l in server.lines[start:] if l.strip()])
+    assert any(r.get("path") == "/v1/completions" for r in recs), recs
 
 
 @pytest.fixture(scope="module")

@@ -158,6 +158,55 @@ def test_stop_string_streaming(client):
     assert reasons == ["stop"]
 
 
+def test_stop_string_across_tokens_streaming(client):
+    """A stop string that starts inside one token and ends inside another:
+    the stream must hold back the partial match and never emit any of it."""
+    full = greedy(client, max_tokens=24).choices[0].text
+    words = full.split(" ")
+    i = next(i for i in range(2, len(words) - 1) if len(words[i]) >= 3 and len(words[i + 1]) >= 2)
+    stop = words[i][1:] + " " + words[i + 1][:2]
+    want = full[:full.index(stop)]
+    a = greedy(client, max_tokens=24, stop=[stop])
+    assert a.choices[0].text == want and a.choices[0].finish_reason == "stop", (stop, a)
+    parts = [ch.choices[0].text for ch in greedy(client, max_tokens=24, stop=[stop], stream=True)]
+    assert "".join(parts) == want, f"stop {stop!r}: streamed {parts}, want {want!r}"
+
+
+def test_two_prompts_streaming(client):
+    s = greedy(client, prompt=[PROMPT, "The capital of Italy is"], max_tokens=5, stream=True,
+               stream_options={"include_usage": True})
+    texts, reasons, usage = {0: "", 1: ""}, {0: [], 1: []}, None
+    for ch in s:
+        if not ch.choices:
+            usage = ch.usage
+            continue
+        c = ch.choices[0]
+        texts[c.index] += c.text
+        if c.finish_reason:
+            reasons[c.index].append(c.finish_reason)
+    assert reasons == {0: ["length"], 1: ["length"]}
+    assert texts[0] == greedy(client, max_tokens=5).choices[0].text
+    assert usage is not None and usage.completion_tokens == 10
+
+
+def test_completion_logprobs_streaming(client):
+    """Streamed logprobs: text_offset keeps counting across chunks (it is an
+    offset into the whole completion text, as without streaming)."""
+    plain = greedy(client, max_tokens=8, logprobs=2)
+    text, tokens, offsets = "", [], []
+    for ch in greedy(client, max_tokens=8, logprobs=2, stream=True):
+        c = ch.choices[0]
+        if c.logprobs is not None:
+            tokens += c.logprobs.tokens
+            offsets += c.logprobs.text_offset
+            assert all(len(t) == 2 for t in c.logprobs.top_logprobs)
+        text += c.text
+    assert text == plain.choices[0].text
+    assert tokens == plain.choices[0].logprobs.tokens
+    assert offsets == plain.choices[0].logprobs.text_offset, \
+        f"streamed text_offset {offsets}, non-streamed {plain.choices[0].logprobs.text_offset}"
+
+
 def test_completion_stream_equals_nonstream(client):
     full = greedy(client, max_tokens=20).choices[0].text
     s = greedy(client, max_tokens=20, stream=True)
@@ -330,6 +379,7 @@ def test_n_two_choices(client):
                                   extra_body={"ignore_eos": True})
     assert sorted(c.index for c in r.choices) == [0, 1]
     assert all(c.text and c.finish_reason == "length" for c in r.choices), r.choices
+    assert r.choices[0].text != r.choices[1].text, "n=2 sampled the same text twice"
     assert all(len(c.logprobs.tokens) == 8 for c in r.choices)
     assert r.usage.completion_tokens == 16, r.usage
     assert r.usage.prompt_tokens == r.usage.total_tokens - 16
