@@ -23,6 +23,7 @@
 typedef struct {
     char *text;
     size_t len, cap;
+    long char_off;       /* characters of text sent so far (logprob text_offset) */
     int32_t *tok;
     float *lp;
     int32_t *top_ids;
@@ -166,15 +167,23 @@ static const char *finish_reason(const choice_t *ch) {
     return !strcmp(ch->finish, "stop") ? "stop" : "length"; /* timeout/cancel end a stream as cut */
 }
 
-/* Completions-style logprobs for tokens [from, to) of a choice. */
-static json_t *legacy_logprobs(call_t *c, choice_t *ch, int from, int to, size_t offset0) {
+/* Characters (code points) in UTF-8 text: OpenAI's offsets index str. */
+static long utf8_chars(const char *s, size_t n) {
+    long c = 0;
+    for (size_t i = 0; i < n; i++) c += ((unsigned char)s[i] & 0xc0) != 0x80;
+    return c;
+}
+
+/* Completions-style logprobs for tokens [from, to) of a choice; offsets
+ * count characters from offset0. */
+static json_t *legacy_logprobs(call_t *c, choice_t *ch, int from, int to, long offset0) {
     const tok_t *t = c->srv->m->tok;
     json_t *toks = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
-    size_t off = offset0;
+    long off = offset0;
     for (int i = from; i < to; i++) {
         json_t *tj = token_json(t, ch->tok[i]);
         json_array_append_new(offs, json_integer((json_int_t)off));
-        off += json_string_length(tj);
+        off += utf8_chars(json_string_value(tj), json_string_length(tj));
         json_array_append_new(toks, tj);
         json_array_append_new(lps, json_real(ch->lp[i]));
         json_t *top = json_object();
@@ -243,7 +252,9 @@ static void sse_chunk(call_t *c, int idx, const char *text, size_t len, int lp_f
     json_t *choice;
     json_t *lp = json_null();
     if (c->req.n_logprobs >= 0 && lp_to > lp_from)
-        lp = c->req.chat ? chat_logprobs(c, ch, lp_from, lp_to) : legacy_logprobs(c, ch, lp_from, lp_to, 0);
+        lp = c->req.chat ? chat_logprobs(c, ch, lp_from, lp_to)
+                         : legacy_logprobs(c, ch, lp_from, lp_to, ch->char_off);
+    ch->char_off += utf8_chars(text, len);
     if (c->req.chat) {
         json_t *delta = json_object();
         if (!ch->role_sent) {
@@ -309,7 +320,16 @@ static void on_event(void *arg, const sched_event_t *ev) {
         ch->n_gen = ev->n_gen;
         c->n_done++;
         if (c->req.stream) {
-            sse_chunk(c, u->idx, "", 0, 0, 0, finish_reason(ch));
+            if (!strcmp(ch->finish, "stop") || !strcmp(ch->finish, "length")) {
+                sse_chunk(c, u->idx, "", 0, 0, 0, finish_reason(ch));
+            } else { /* cut short: say why rather than claim a finish reason */
+                int timeout = !strcmp(ch->finish, "timeout"), err = !strcmp(ch->finish, "error");
+                sse_frame(c, json_pack("{s:{s:s, s:s, s:o, s:i, s:i}}", "error", "message",
+                                       timeout ? "the request exceeded --request-timeout"
+                                       : err ? "generation failed" : "the request was cancelled (server shutting down or client gone)",
+                                       "type", timeout ? "timeout_error" : "server_error", "param", json_null(),
+                                       "code", timeout ? 504 : err ? 500 : 503, "index", u->idx));
+            }
             if (c->n_done == c->n_choices) {
                 if (c->req.include_usage) {
                     json_t *env = envelope(c, 1);
@@ -376,7 +396,8 @@ static reply_t full_response(call_t *c) {
         size_t echo_len = echo ? strlen(echo) : 0;
         json_t *lp = json_null();
         if (c->req.n_logprobs >= 0)
-            lp = c->req.chat ? chat_logprobs(c, ch, 0, ch->n_tok) : legacy_logprobs(c, ch, 0, ch->n_tok, echo_len);
+            lp = c->req.chat ? chat_logprobs(c, ch, 0, ch->n_tok)
+                             : legacy_logprobs(c, ch, 0, ch->n_tok, utf8_chars(echo ? echo : "", echo_len));
         json_t *choice;
         if (c->req.chat) {
             choice = json_pack("{s:i, s:{s:s, s:s%}, s:o, s:s}", "index", i, "message", "role",
@@ -401,6 +422,11 @@ static reply_t full_response(call_t *c) {
         json_decref(choices);
         return http_error(504, "timeout_error", NULL, "the request exceeded --request-timeout");
     }
+    for (int i = 0; i < c->n_choices; i++)
+        if (!strcmp(c->ch[i].finish, "cancelled")) {
+            json_decref(choices);
+            return http_error(503, "server_error", NULL, "the request was cancelled: the server is shutting down");
+        }
     json_t *env = envelope(c, 0);
     json_object_set_new(env, "choices", choices);
     json_object_set_new(env, "usage", usage_json(c));

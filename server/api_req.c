@@ -163,7 +163,12 @@ int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err) {
             BAD("messages", "messages[%zu].role '%s' is not system, developer, user or assistant", i, rs);
             goto out;
         }
-        if (!(texts[i] = message_text(json_object_get(msg, "content"), i, err))) goto out;
+        json_t *content = json_object_get(msg, "content");
+        if (!content || (json_is_null(content) && strcmp(rs, "assistant"))) {
+            BAD("messages", "messages[%zu].content is required", i);
+            goto out;
+        }
+        if (!(texts[i] = message_text(content, i, err))) goto out;
         m[i].role = strcmp(rs, "developer") ? rs : "system";
         m[i].content = texts[i];
     }

@@ -216,6 +216,25 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* libmicrohttpd's own messages (e.g. a client that vanished mid-stream)
+ * go through the access log's format, so JSON logs stay JSON. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    srv_t *s = cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
+    if (!s->log_json) {
+        fprintf(stderr, "http: %s\n", msg);
+        return;
+    }
+    json_t *j = json_pack("{s:s, s:s}", "event", "http", "message", msg);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (text) fprintf(stderr, "%s\n", text);
+    free(text);
+    json_decref(j);
+}
+
 int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err, size_t errlen) {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
@@ -230,6 +249,7 @@ int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
+                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
                                  MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%d (in use?)", host, port);

@@ -85,7 +85,7 @@ reply_t metrics_reply(srv_t *s) {
     gauge(&o, "sqserve_running_sequences", "Sequences in the running batch.", d.running);
     gauge(&o, "sqserve_waiting_sequences", "Sequences waiting for a slot or KV blocks.", d.waiting);
     gauge(&o, "sqserve_kv_blocks_used", "KV cache blocks in use.", d.kv_used);
-    gauge(&o, "sqserve_kv_blocks_total", "KV cache blocks in the pool.", d.kv_total);
+    gauge(&o, "sqserve_kv_blocks_capacity", "KV cache blocks in the pool.", d.kv_total);
     put(&o, "# HELP sqserve_model_info The served model (value is always 1).\n"
             "# TYPE sqserve_model_info gauge\nsqserve_model_info{model=\"");
     label_value(&o, s->model_id);

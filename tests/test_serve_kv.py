@@ -140,11 +140,11 @@ def test_small_kv_pool_preempts_and_stays_correct():
     36-token prompt + 40 new tokens fits, 8 running at once cannot."""
     with start_server("--kv-cache-mem", 4, "--max-seqs", 8) as s:
         m0 = s.metrics()
-        blocks = m0.value("sqserve_kv_blocks_total")
+        blocks = m0.value("sqserve_kv_blocks_capacity")
         prompts = [_prompt(s, i) for i in range(16)]
         plen = max(len(s.tokenize(p)) for p in prompts)
         need = -(-(plen + 40) // KV_BLOCK)
-        print(f"\nkv_blocks_total {blocks:.0f}; a request needs <= {need} blocks")
+        print(f"\nkv_blocks_capacity {blocks:.0f}; a request needs <= {need} blocks")
         assert need <= blocks < 2 * need, \
             f"pool of {blocks} blocks: the test expects room for one request, not two"
         client = s.openai(timeout=240)

@@ -133,7 +133,7 @@ def test_every_documented_metric_is_exported(server):
     assert reqs and all("endpoint" in l and "code" in l for l, _ in reqs), reqs
     codes = {l["code"] for l, _ in reqs}
     assert {"200", "400", "404"} <= codes, codes
-    assert m.value("sqserve_kv_blocks_total") > 0
+    assert m.value("sqserve_kv_blocks_capacity") > 0
 
 
 def test_histograms_are_consistent(server):
