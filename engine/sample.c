@@ -140,23 +140,24 @@ int32_t sampler_next(sampler_t *s, float *logits) {
             else break;
         }
     }
-    qsort(s->cand, (size_t)k, sizeof *s->cand, cmp_cand);
-    /* probabilities at temperature 1 for the top_p / min_p cuts */
-    double mx = s->cand[0].logit, sum = 0;
-    for (int i = 0; i < k; i++) sum += exp(s->cand[i].logit - mx);
+    /* only nucleus sampling needs the candidates in order */
+    double mx = best;
     int keep = k;
     if (p->top_p < 1.0f) {
-        double cum = 0;
+        qsort(s->cand, (size_t)k, sizeof *s->cand, cmp_cand);
+        double sum = 0, cum = 0;
+        for (int i = 0; i < k; i++) sum += exp(s->cand[i].logit - mx);
         for (int i = 0; i < k; i++) {
             cum += exp(s->cand[i].logit - mx) / sum;
             if (cum >= p->top_p) { keep = i + 1; break; }
         }
     }
-    if (p->min_p > 0) {
-        double floor_logit = mx + log(p->min_p); /* p_i >= min_p * p_max */
-        int i = 1;
-        while (i < keep && s->cand[i].logit >= floor_logit) i++;
-        keep = i;
+    if (p->min_p > 0) { /* p_i >= min_p * p_max, in any order */
+        double floor_logit = mx + log(p->min_p);
+        int m2 = 0;
+        for (int i = 0; i < keep; i++)
+            if (s->cand[i].logit >= floor_logit) s->cand[m2++] = s->cand[i];
+        keep = m2;
     }
     double z = 0;
     for (int i = 0; i < keep; i++) z += exp((s->cand[i].logit - mx) / p->temperature);

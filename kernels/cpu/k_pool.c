@@ -13,7 +13,7 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ITERS 200000 /* ~100-200 us of polling before sleeping */
+#define SPIN_ITERS 30000  /* polling (mostly yielding) for a few ms, then sleep */
 #define YIELD_AFTER 2000  /* then let a descheduled peer run (shared CPUs) */
 
 struct k_pool {
