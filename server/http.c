@@ -125,6 +125,10 @@ static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const ch
     }
     if (!strncmp(url, "/v1/", 4) && !authorized(s, c))
         return http_error(401, "authentication_error", NULL, "a valid API key is required (Authorization: Bearer)");
+    if (!atomic_load_explicit(&s->ready, memory_order_acquire)) {
+        if (ep == EP_HEALTH) return text_reply(503, "application/json", "{\"status\":\"loading\"}");
+        return http_error(503, "server_error", NULL, "the model is still loading");
+    }
     if (ep == EP_HEALTH) {
         int draining = sched_draining(s->sched);
         return text_reply(draining ? 503 : 200, "application/json",
@@ -245,11 +249,11 @@ int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err,
     s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                                  MHD_USE_ERROR_LOG,
                                  (uint16_t)port, NULL, NULL, on_request, s,
+                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* must come first */
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
-                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
                                  MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%d (in use?)", host, port);

@@ -11,6 +11,7 @@
 #include "../engine/gen.h"
 
 #include <libgen.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,26 @@
 static int fail(const char *msg) {
     fprintf(stderr, "error: %s\n", msg);
     return 1;
+}
+
+/* Lifecycle lines: "sqserve: ..." in text mode, one JSON object in json
+ * mode, so a JSON log never carries a plain line. */
+static void slog(int json, const char *event, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void slog(int json, const char *event, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (!json) {
+        fprintf(stderr, "sqserve: %s\n", msg);
+        return;
+    }
+    json_t *j = json_pack("{s:s, s:s}", "event", event, "message", msg);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (text) fprintf(stderr, "%s\n", text);
+    free(text);
+    json_decref(j);
 }
 
 static void model_id_of(const char *path, char *out, size_t n) {
@@ -95,17 +116,34 @@ int cmd_serve(const config_t *c) {
     long threads = cfg_int(c, "threads");
     if (threads <= 0) threads = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1;
 
+    /* listen first: while the engine is prepared (quantization and the
+     * startup evaluation can take a while) /health answers 503 loading */
+    static srv_t srv;
+    srv.m = &m;
+    srv.model_id = id;
+    srv.api_key = cfg_str(c, "api-key");
+    srv.max_body = (size_t)cfg_int(c, "max-body");
+    srv.request_timeout_s = cfg_float(c, "request-timeout");
+    srv.log_json = !strcmp(fmt, "json");
+    srv.recipe = "gguf";
+    int port;
+    if (http_start(&srv, cfg_str(c, "host"), (int)cfg_int(c, "port"), &port, err, sizeof err) != 0) {
+        model_free(&m);
+        return fail(err);
+    }
+    slog(srv.log_json, "listening", "listening on http://%s:%d, loading %s", cfg_str(c, "host"), port, id);
+
     /* convert at load time when recipes are given; keep the FP32 model as
      * the reference for the startup evaluation and shadow evaluation */
     static quant_state_t qs;
     static model_t ref;
-    static srv_t srv;
     int quantized = 0, have_ref = 0;
     char recipe[160] = "gguf";
     k_pool_t *tmp_pool = k_pool_new((int)threads);
-    if (!tmp_pool) { model_free(&m); return fail("cannot start threads"); }
+    if (!tmp_pool) { http_stop(&srv); model_free(&m); return fail("cannot start threads"); }
     if (cli_quantize(&m, tmp_pool, c, &qs, &quantized) != 0) {
         k_pool_free(tmp_pool);
+        http_stop(&srv);
         model_free(&m);
         return 1;
     }
@@ -114,6 +152,7 @@ int cmd_serve(const config_t *c) {
         if (model_load(&ref, cfg_str(c, "model"), err, sizeof err) != 0) {
             k_pool_free(tmp_pool);
             quant_free(&qs);
+            http_stop(&srv);
             model_free(&m);
             return fail(err);
         }
@@ -138,33 +177,28 @@ int cmd_serve(const config_t *c) {
                          .shadow_rate = cfg_float(c, "shadow-rate")};
     sched_t *sched = sched_new(&m, &sc, err, sizeof err);
     if (!sched) {
+        http_stop(&srv);
         if (have_ref) model_free(&ref);
         if (quantized) quant_free(&qs);
         model_free(&m);
         return fail(err);
     }
-    srv.m = &m;
     srv.sched = sched;
-    srv.model_id = id;
-    srv.api_key = cfg_str(c, "api-key");
-    srv.max_body = (size_t)cfg_int(c, "max-body");
-    srv.request_timeout_s = cfg_float(c, "request-timeout");
-    srv.log_json = !strcmp(fmt, "json");
     srv.recipe = recipe;
     srv.w_bits = quantized ? qs.w_bits : 8.0 * (double)model_weight_bytes(&m) / (double)model_weight_elems(&m);
-    int port;
-    if (sched_start(sched) != 0 ||
-        http_start(&srv, cfg_str(c, "host"), (int)cfg_int(c, "port"), &port, err, sizeof err) != 0) {
-        sched_drain(sched);
-        sched_join(sched);
+    if (sched_start(sched) != 0) {
+        http_stop(&srv);
         sched_free(sched);
+        if (have_ref) model_free(&ref);
+        if (quantized) quant_free(&qs);
         model_free(&m);
-        return fail(err[0] ? err : "cannot start the engine thread");
+        return fail("cannot start the engine thread");
     }
+    atomic_store_explicit(&srv.ready, 1, memory_order_release);
     stats_data_t d;
     stats_snapshot(sched_stats(sched), &d);
-    fprintf(stderr, "sqserve: serving %s (%s, %.2f bits/weight) on http://%s:%d (%d threads, %s kernels, "
-            "ctx %d, %d KV blocks of %d tokens, max %d seqs; ready in %.2f s)\n", id, recipe, srv.w_bits,
+    slog(srv.log_json, "serving", "serving %s (%s, %.2f bits/weight) on http://%s:%d (%d threads, %s kernels, "
+            "ctx %d, %d KV blocks of %d tokens, max %d seqs; ready in %.2f s)", id, recipe, srv.w_bits,
             cfg_str(c, "host"), port, (int)threads, k_isa_name(), n_ctx, d.kv_total, KV_BLOCK,
             sc.max_seqs, gen_now() - t0);
     sched_join(sched); /* returns once drained (SIGTERM/SIGINT) */
@@ -179,6 +213,6 @@ int cmd_serve(const config_t *c) {
     if (have_ref) model_free(&ref);
     if (quantized) quant_free(&qs);
     model_free(&m);
-    fprintf(stderr, "sqserve: drained, exiting\n");
+    slog(srv.log_json, "exit", "drained, exiting");
     return 0;
 }

@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "../engine/model.h"
@@ -23,7 +24,8 @@ enum { EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_HEALTH, EP_METRICS, EP_TOKENIZE, E
 
 typedef struct {
     model_t *m;
-    sched_t *sched;
+    sched_t *sched;        /* valid once ready is set */
+    atomic_int ready;      /* 0 while loading: every route answers 503 */
     const char *model_id;
     const char *api_key;   /* NULL: no auth */
     size_t max_body;
