@@ -312,7 +312,9 @@ static int parse(gguf_t *g, cursor_t *c) {
         return fail(c, "unsupported GGUF version %u (a big-endian file?)", g->version);
     if (rd(c, &g->n_tensors, 8, "tensor count") != 0 || rd(c, &g->n_kv, 8, "metadata count") != 0)
         return -1;
+    g->kv_begin = (uint64_t)(c->p - g->map);
     if (rd_kvs(g, c) != 0) return -1;
+    g->kv_end = (uint64_t)(c->p - g->map);
 
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
     const gguf_value_t *al = gguf_get(g, "general.alignment");
@@ -358,6 +360,7 @@ int gguf_open(gguf_t *g, const char *path, char *err, size_t errlen) {
     g->fd = fd;
     g->map = m;
     g->size = (size_t)st.st_size;
+    g->owns_map = 1;
     char msg[320];
     cursor_t c = {g->map, g->map + g->size, msg, sizeof msg};
     if (parse(g, &c) != 0) {
@@ -373,12 +376,28 @@ void gguf_close(gguf_t *g) {
         for (uint64_t i = 0; i < g->n_kv; i++) free_value(&g->kv[i].val);
     free(g->kv);
     free(g->tensors);
-    if (g->map) { /* map and fd are set together; a zeroed gguf_t owns neither */
+    if (g->map && g->owns_map) { /* map and fd are set together */
         munmap((void *)g->map, g->size);
         close(g->fd);
     }
     memset(g, 0, sizeof *g);
     g->fd = -1;
+}
+
+int gguf_open_mem(gguf_t *g, const void *base, size_t size, const char *what, char *err,
+                  size_t errlen) {
+    memset(g, 0, sizeof *g);
+    g->fd = -1;
+    g->map = base;
+    g->size = size;
+    char msg[320];
+    cursor_t c = {g->map, g->map + g->size, msg, sizeof msg};
+    if (size < 24 || parse(g, &c) != 0) {
+        snprintf(err, errlen, "%s: %s", what, size < 24 ? "embedded GGUF too small" : msg);
+        gguf_close(g);
+        return -1;
+    }
+    return 0;
 }
 
 const gguf_value_t *gguf_get(const gguf_t *g, const char *key) {

@@ -63,11 +63,17 @@ typedef struct {
     gguf_tensor_t *tensors;
     uint32_t alignment;
     uint64_t data_offset;
+    uint64_t kv_begin, kv_end;  /* byte range of the metadata section */
+    int owns_map;               /* 0 for gguf_open_mem */
 } gguf_t;
 
 /* Returns 0, or -1 with a one-line message in err. */
 int gguf_open(gguf_t *g, const char *path, char *err, size_t errlen);
 void gguf_close(gguf_t *g);
+/* Parses a GGUF image already in memory (e.g. embedded in a .sqm); the
+ * memory must outlive g and is not unmapped by gguf_close. */
+int gguf_open_mem(gguf_t *g, const void *base, size_t size, const char *what, char *err,
+                  size_t errlen);
 
 const gguf_value_t *gguf_get(const gguf_t *g, const char *key);
 const gguf_tensor_t *gguf_tensor(const gguf_t *g, const char *name);

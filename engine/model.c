@@ -4,6 +4,7 @@
 #include "../kernels/k_quant.h"
 
 #include <math.h>
+#include <sys/mman.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,8 +177,10 @@ static int load_weights(model_t *m, char *err, size_t errlen) {
                                        "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
         for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, parts[i]);
         if (load_vec(m, n[0], dim, &L->attn_norm, err, errlen) ||
-            load_vec(m, n[1], dim, &L->ffn_norm, err, errlen) ||
-            load_mat(m, n[2], dim, dim, &L->wq, err, errlen) ||
+            load_vec(m, n[1], dim, &L->ffn_norm, err, errlen))
+            return -1;
+        if (m->external_layers) continue; /* matrices supplied by the caller */
+        if (load_mat(m, n[2], dim, dim, &L->wq, err, errlen) ||
             load_mat(m, n[3], dim, kv_dim, &L->wk, err, errlen) ||
             load_mat(m, n[4], dim, kv_dim, &L->wv, err, errlen) ||
             load_mat(m, n[5], dim, dim, &L->wo, err, errlen) ||
@@ -208,9 +211,22 @@ static int load_rope(model_t *m, char *err, size_t errlen) {
     return 0;
 }
 
+int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen); /* sqm.c */
+
 int model_load(model_t *m, const char *path, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
+    char magic[4] = {0};
+    FILE *fp = fopen(path, "rb");
+    if (fp) {
+        size_t got = fread(magic, 1, 4, fp);
+        fclose(fp);
+        if (got == 4 && memcmp(magic, "SQM1", 4) == 0) return sqm_load_model(m, path, err, errlen);
+    }
     if (gguf_open(&m->gguf, path, err, errlen) != 0) return -1;
+    return model_init(m, path, err, errlen);
+}
+
+int model_init(model_t *m, const char *path, char *err, size_t errlen) {
     char msg[384];
     int rc = -1;
     if (load_hparams(m, msg, sizeof msg) || load_weights(m, msg, sizeof msg) ||
@@ -243,6 +259,8 @@ void model_free(model_t *m) {
     free(m->layers);
     free(m->rope_inv_freq);
     gguf_close(&m->gguf);
+    if (m->act_free) m->act_free(m->act_state);
+    if (m->file_map) munmap(m->file_map, m->file_size);
     memset(m, 0, sizeof *m);
 }
 

@@ -35,10 +35,19 @@ typedef struct {
     chat_tmpl_t chat;
     float **owned;               /* vectors converted to F32 at load */
     int n_owned;
+    int external_layers;         /* layer matrices come from the caller (.sqm) */
+    void *file_map;              /* a .sqm mapping the gguf points into */
+    size_t file_size;
+    void *act_state;             /* a .sqm's activation quantizer (sqm.h) */
+    void (*act_free)(void *);
 } model_t;
 
-/* Returns 0, or -1 with one line in err. */
+/* Returns 0, or -1 with one line in err. A .sqm file is recognised by its
+ * magic and loaded through sqm_load (sqm.h). */
 int model_load(model_t *m, const char *path, char *err, size_t errlen);
+/* Builds m from an opened GGUF (m->gguf set, m->external_layers chosen by
+ * the caller); on failure frees m and returns -1 with what in the message. */
+int model_init(model_t *m, const char *what, char *err, size_t errlen);
 void model_free(model_t *m);
 
 /* Bytes and element count of the matmul weights (lm head included). */

@@ -204,9 +204,25 @@ static void static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats,
     free(imp);
 }
 
-static int quant_matrix(k_mat_t *w, const wrecipe_t *r, const double *diag, const double *U,
-                        quant_state_t *qs, char *err, size_t errlen) {
+static qtensor_t *new_qt(quant_state_t *qs) {
+    qtensor_t *q = realloc(qs->qt, (size_t)(qs->n_qt + 1) * sizeof *q);
+    if (!q) return NULL;
+    qs->qt = q;
+    memset(&q[qs->n_qt], 0, sizeof *q);
+    return &q[qs->n_qt++];
+}
+
+static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const double *diag,
+                        const double *U, int keep, quant_state_t *qs, char *err, size_t errlen) {
     long n = w->n, k = w->k;
+    qtensor_t *qt = NULL;
+    if (keep) {
+        if (!(qt = new_qt(qs))) goto oom_noW;
+        snprintf(qt->name, sizeof qt->name, "%s", name);
+        qt->kind = r->kind;
+        qt->n = n;
+        qt->k = k;
+    }
     float *W = malloc((size_t)(n * k) * sizeof(float));
     if (!W) goto oom;
     for (long i = 0; i < n; i++) k_mat_row(w, i, W + i * k);
@@ -232,7 +248,8 @@ static int quant_matrix(k_mat_t *w, const wrecipe_t *r, const double *diag, cons
             return -1;
         }
         for (long i = 0; i < n; i++) sq_dequant_row(&t, i, W + i * k); /* exactly what is stored */
-        sq_free(&t);
+        if (qt) qt->sq = t;
+        else sq_free(&t);
     } else {
         long g = r->group ? r->group : k;
         if (k % g) {
@@ -240,22 +257,41 @@ static int quant_matrix(k_mat_t *w, const wrecipe_t *r, const double *diag, cons
             free(W);
             return -1;
         }
-        uq_quantize(W, n, k, r->bits, g, r->gptq ? U : NULL);
+        if (qt) {
+            qt->bits = r->bits;
+            qt->group = g;
+            qt->codes = malloc((size_t)(n * k));
+            qt->scales = malloc((size_t)(n * (k / g)) * sizeof(float));
+            if (!qt->codes || !qt->scales) goto oom;
+        }
+        uq_quantize_codes(W, n, k, r->bits, g, r->gptq ? U : NULL, qt ? qt->codes : NULL,
+                          qt ? qt->scales : NULL);
     }
     if (own(qs, W) != 0) goto oom;
     *w = (k_mat_t){0 /* K_F32 */, W, n, k, (size_t)k * sizeof(float)};
     return 0;
 oom:
     free(W);
+oom_noW:
     snprintf(err, errlen, "out of memory quantizing a %ld x %ld matrix", n, k);
     return -1;
 }
 
-int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a,
+k_mat_t *quant_layer_mat(model_t *m, int l, int i, char *name, size_t n) {
+    static const char *parts[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+                                   "ffn_up", "ffn_down"};
+    layer_t *L = &m->layers[l];
+    k_mat_t *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    if (name) snprintf(name, n, "blk.%d.%s.weight", l, parts[i]);
+    return mats[i];
+}
+
+int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a, int keep_codes,
                 quant_state_t *qs, void (*progress)(void *ud, int done, int total), void *ud,
                 char *err, size_t errlen) {
     memset(qs, 0, sizeof *qs);
     qs->a = *a;
+    qs->w = *w;
     const hparams_t *hp = &m->hp;
     qs->n_layer = hp->n_layer;
     long dims[N_SITES] = {hp->dim, hp->dim, hp->dim, hp->ffn_dim};
@@ -302,9 +338,12 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
             }
             for (int i = 0; i < n_mats[s]; i++) {
                 k_mat_t *mt = site_mats[s][i];
+                char name[48];
+                static const int file_index[N_SITES][3] = {{0, 1, 2}, {3}, {4, 5}, {6}};
+                quant_layer_mat(m, l, file_index[s][i], name, sizeof name);
                 bits += recipe_w_bits(w, mt->k) * (double)(mt->n * mt->k);
                 elems += (double)(mt->n * mt->k);
-                if (quant_matrix(mt, w, diag, U, qs, err, errlen) != 0) {
+                if (quant_matrix(mt, name, w, diag, U, keep_codes, qs, err, errlen) != 0) {
                     free(diag); free(U); free(row);
                     return -1;
                 }
@@ -320,6 +359,12 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
 }
 
 void quant_free(quant_state_t *qs) {
+    for (int i = 0; i < qs->n_qt; i++) {
+        sq_free(&qs->qt[i].sq);
+        free(qs->qt[i].codes);
+        free(qs->qt[i].scales);
+    }
+    free(qs->qt);
     for (int i = 0; i < qs->n_owned; i++) free(qs->owned[i]);
     free(qs->owned);
     for (int s = 0; s < N_SITES; s++) free(qs->hi_mask[s]);

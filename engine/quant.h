@@ -40,8 +40,23 @@ void calib_free(calib_t *c);
 int calib_self_text(const model_t *m, k_pool_t *pool, int n_seqs, int len, int32_t **out,
                     long *n_out, char *err, size_t errlen);
 
+/* A layer matrix as integer codes (kept for writing a .sqm). */
+typedef struct {
+    char name[48];
+    wq_kind_t kind;
+    long n, k;
+    sq_tensor_t sq;        /* WQ_SQ */
+    int bits;              /* WQ_INT */
+    long group;
+    int8_t *codes;         /* WQ_INT: n*k */
+    float *scales;         /* WQ_INT: n*(k/group) */
+} qtensor_t;
+
 typedef struct {
     arecipe_t a;
+    wrecipe_t w;
+    qtensor_t *qt;         /* when quant_apply was asked to keep codes */
+    int n_qt;
     int n_layer;
     long dim[N_SITES];
     uint8_t *hi_mask[N_SITES]; /* [layer] dim: static SQ high channels */
@@ -53,9 +68,12 @@ typedef struct {
 /* Quantizes m's layer weights in place (m then owns F32 copies through
  * qs) and prepares activation quantization. c may be NULL for RTN
  * weights without static SQ activations. */
-int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a,
+int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a, int keep_codes,
                 quant_state_t *qs, void (*progress)(void *ud, int done, int total), void *ud,
                 char *err, size_t errlen);
+/* The 7 matrices of layer l in file order (q, k, v, o, gate, up, down) and
+ * their GGUF names. */
+k_mat_t *quant_layer_mat(model_t *m, int l, int i, char *name, size_t n);
 void quant_free(quant_state_t *qs);
 /* The forward hook that quantizes activations (fwd_t.hook, hook_ud = qs). */
 void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim);

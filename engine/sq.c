@@ -202,7 +202,7 @@ int sq_quantize(sq_tensor_t *t, float *W, const double *hinv_diag, const double 
 
 /* ---- uniform symmetric baselines ---------------------------------------------------- */
 
-typedef struct { float *scale; long n, k, g; int bits; } uqq_t;
+typedef struct { float *scale; long n, k, g; int bits; int8_t *codes; float *scales_out; } uqq_t;
 
 static void uqq_group(void *ctx, const float *W, long n, long k, long j0, long j1) {
     uqq_t *c = ctx;
@@ -210,18 +210,25 @@ static void uqq_group(void *ctx, const float *W, long n, long k, long j0, long j
         float m = 0;
         for (long j = j0; j < j1; j++) m = fabsf(W[r * k + j]) > m ? fabsf(W[r * k + j]) : m;
         c->scale[r] = m / (float)qmax(c->bits);
+        if (c->scales_out) c->scales_out[r * (k / c->g) + j0 / c->g] = c->scale[r];
     }
 }
 
 static float uqq_quant(void *ctx, long r, long j, float w) {
-    (void)j;
     uqq_t *c = ctx;
     float s = c->scale[r];
-    return s > 0 ? round_clamp(w / s, qmax(c->bits)) * s : 0;
+    float q = s > 0 ? round_clamp(w / s, qmax(c->bits)) : 0;
+    if (c->codes) c->codes[r * c->k + j] = (int8_t)q;
+    return q * s;
 }
 
 void uq_quantize(float *W, long n, long k, int bits, long g, const double *hinv_chol) {
-    uqq_t c = {malloc((size_t)n * sizeof(float)), n, k, g, bits};
+    uq_quantize_codes(W, n, k, bits, g, hinv_chol, NULL, NULL);
+}
+
+void uq_quantize_codes(float *W, long n, long k, int bits, long g, const double *hinv_chol,
+                       int8_t *codes, float *scales) {
+    uqq_t c = {malloc((size_t)n * sizeof(float)), n, k, g, bits, codes, scales};
     if (!c.scale) return;
     colq_t q = {uqq_group, uqq_quant, &c, g};
     gptq_run(W, n, k, &q, hinv_chol);

@@ -75,5 +75,9 @@ int sq_quantize(sq_tensor_t *t, float *W, const double *hinv_diag, const double 
  * W receives the dequantized values), bits 2..8, groups of g (g = k for
  * per-channel). With hinv_chol, GPTQ error compensation. */
 void uq_quantize(float *W, long n, long k, int bits, long g, const double *hinv_chol);
+/* The same, also recording the integer codes (n*k, one per byte) and the
+ * scales (n * k/g) when those are non-NULL. */
+void uq_quantize_codes(float *W, long n, long k, int bits, long g, const double *hinv_chol,
+                       int8_t *codes, float *scales);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include "../engine/gen.h"
 #include "../engine/quant.h"
+#include "../engine/sqm.h"
 #include "../kernels/k_quant.h"
 
 #include <math.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_GEN_CTX 4096
@@ -78,6 +80,9 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     if (r->quantized && r->qs.a.kind != AQ_NONE) {
         r->f.hook = quant_act_hook;
         r->f.hook_ud = &r->qs;
+    } else if (sqm_act_state(&r->m)) { /* a .sqm carries its activation recipe */
+        r->f.hook = quant_act_hook;
+        r->f.hook_ud = sqm_act_state(&r->m);
     }
     return 0;
 }
@@ -106,7 +111,8 @@ static void progress(void *ud, int done, int total) {
 /* Applies --weights/--acts: calibration when the recipe needs it, then
  * quantization of the loaded model in place. Returns 0 (with *done set
  * when something was quantized) or 1 after printing the error. */
-int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *qs, int *done) {
+int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *qs, int *done,
+                 int keep_codes) {
     *done = 0;
     wrecipe_t w;
     arecipe_t a;
@@ -115,6 +121,8 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
         recipe_parse_a(cfg_str(c, "acts"), &a, err, sizeof err))
         return die("%s", err);
     if (w.kind == WQ_NONE && a.kind == AQ_NONE) return 0;
+    if (m->external_layers || m->act_state)
+        return die("this model is a .sqm, already quantized: drop --weights/--acts");
     calib_t cal;
     int need = w.gptq || a.kind == AQ_SQ_STATIC, have = 0;
     if (need) {
@@ -143,7 +151,7 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
         fprintf(stderr, "calibration: %ld tokens from %s in %.1fs\n", cal.n_tokens, src, gen_now() - t0);
     }
     progress_t pg = {"quantize", gen_now()};
-    int bad = quant_apply(m, have ? &cal : NULL, &w, &a, qs, progress, &pg, err, sizeof err);
+    int bad = quant_apply(m, have ? &cal : NULL, &w, &a, keep_codes, qs, progress, &pg, err, sizeof err);
     if (have) calib_free(&cal);
     if (bad) return die("%s", err);
     *done = 1;
@@ -154,7 +162,7 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
 }
 
 static int rt_quantize(rt_t *r, const config_t *c) {
-    return cli_quantize(&r->m, r->pool, c, &r->qs, &r->quantized);
+    return cli_quantize(&r->m, r->pool, c, &r->qs, &r->quantized, 0);
 }
 
 /* Tokenizes text; *out is malloc'd. */
@@ -445,6 +453,42 @@ out:
     free(ids);
     free(logits);
     free(t);
+    rt_free(&r);
+    return rc;
+}
+
+int cmd_convert(const config_t *c) {
+    const char *out = cfg_str(c, "output");
+    if (!out) return die("convert needs -o OUT.sqm");
+    rt_t r;
+    if (rt_open(&r, c)) return 1;
+    int rc = 1;
+    if (r.m.file_map) {
+        die("'%s' is already a .sqm; convert reads a GGUF", cfg_str(c, "model"));
+        goto out;
+    }
+    double t0 = gen_now();
+    int done;
+    if (cli_quantize(&r.m, r.pool, c, &r.qs, &done, 1) != 0) goto out;
+    r.quantized = done;
+    if (!done) {
+        die("nothing to convert: give --weights and/or --acts recipes");
+        goto out;
+    }
+    int calibrated = r.qs.w.gptq || r.qs.a.kind == AQ_SQ_STATIC;
+    sqm_meta_t meta = {cfg_str(c, "weights"), cfg_str(c, "acts"), calibrated ? cfg_str(c, "calib") : "none",
+                       calibrated ? cfg_int(c, "calib-tokens") : 0, cfg_str(c, "model")};
+    char err[512];
+    if (sqm_write(out, &r.m, &r.qs, &meta, err, sizeof err) != 0) {
+        die("%s", err);
+        goto out;
+    }
+    struct stat st;
+    long long bytes = stat(out, &st) == 0 ? (long long)st.st_size : -1;
+    fprintf(stderr, "wrote %s: %lld bytes, weights %s (%.2f bits/weight), activations %s, in %.1f s\n", out,
+            bytes, meta.weights, r.qs.w_bits, meta.acts, gen_now() - t0);
+    rc = 0;
+out:
     rt_free(&r);
     return rc;
 }

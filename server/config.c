@@ -11,11 +11,12 @@
 #define E CMD_EVAL
 #define B CMD_BENCH
 #define S CMD_SERVE
+#define C CMD_CONVERT
 
 const opt_t OPTIONS[] = {
     {"model", 'm', "SQSERVE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf", OPT_STR, CMD_ALL, 0, 0,
      "model file (GGUF)"},
-    {"threads", 't', "SQSERVE_THREADS", "0", OPT_INT, G | E | B | S, 0, 1024,
+    {"threads", 't', "SQSERVE_THREADS", "0", OPT_INT, G | E | B | S | C, 0, 1024,
      "compute threads (0 = all cores)"},
     {"prompt", 'p', NULL, NULL, OPT_STR, G | CMD_TOKENIZE, 0, 0,
      "prompt text (tokenize: reads stdin when absent)"},
@@ -40,13 +41,14 @@ const opt_t OPTIONS[] = {
     {"ppl", 0, NULL, NULL, OPT_STR, E, 0, 0, "text file to measure perplexity on"},
     {"max-tokens", 0, NULL, "0", OPT_INT, E, 0, 1e12, "use only the first N tokens of the file (0 = all)"},
     {"no-special", 0, NULL, NULL, OPT_BOOL, CMD_TOKENIZE, 0, 0, "do not parse special tokens in text"},
-    {"weights", 0, "SQSERVE_WEIGHTS", "fp32", OPT_STR, G | E | S, 0, 0,
+    {"output", 'o', NULL, NULL, OPT_STR, C, 0, 0, "convert: the .sqm file to write"},
+    {"weights", 0, "SQSERVE_WEIGHTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
      "weight recipe: fp32 (as loaded), int8, int4[:gN][:gptq], sq:8/4:b64:s0.875[:gptq]"},
-    {"acts", 0, "SQSERVE_ACTS", "fp32", OPT_STR, G | E | S, 0, 0,
+    {"acts", 0, "SQSERVE_ACTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
      "activation recipe: fp32, int8, int4, sq:8/4:b64:s0.875:static|dynamic"},
-    {"calib", 0, "SQSERVE_CALIB", "self", OPT_STR, G | E | S, 0, 0,
+    {"calib", 0, "SQSERVE_CALIB", "self", OPT_STR, G | E | S | C, 0, 0,
      "calibration text: self (the model's own generations) or a file"},
-    {"calib-tokens", 0, "SQSERVE_CALIB_TOKENS", "2048", OPT_INT, G | E | S, 64, 1 << 20, "calibration tokens"},
+    {"calib-tokens", 0, "SQSERVE_CALIB_TOKENS", "2048", OPT_INT, G | E | S | C, 64, 1 << 20, "calibration tokens"},
     {"ref", 0, NULL, NULL, OPT_BOOL, E, 0, 0,
      "eval: also run the FP32 path on the same tokens and report KL and top-1 agreement"},
     {"host", 0, "SQSERVE_HOST", "127.0.0.1", OPT_STR, S, 0, 0, "listen address (IPv4)"},

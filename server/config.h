@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 enum { CMD_GENERATE = 1, CMD_EVAL = 2, CMD_INSPECT = 4, CMD_TOKENIZE = 8, CMD_BENCH = 16,
-       CMD_SERVE = 32, CMD_ALL = 63 };
+       CMD_SERVE = 32, CMD_CONVERT = 64, CMD_ALL = 127 };
 
 typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_BOOL, OPT_LIST } opt_type_t;
 

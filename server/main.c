@@ -17,6 +17,7 @@ static const struct {
     {"tokenize", CMD_TOKENIZE, cmd_tokenize, "print the token ids of a text"},
     {"bench", CMD_BENCH, cmd_bench, "prompt and generation tokens/s (llama-bench style)"},
     {"serve", CMD_SERVE, cmd_serve, "OpenAI-compatible HTTP service with continuous batching"},
+    {"convert", CMD_CONVERT, cmd_convert, "quantize a GGUF by recipe into a .sqm file"},
 };
 
 static void usage(FILE *fp) {

@@ -9,6 +9,7 @@
 #include "server.h"
 
 #include "../engine/gen.h"
+#include "../engine/sqm.h"
 
 #include <libgen.h>
 #include <stdarg.h>
@@ -141,7 +142,7 @@ int cmd_serve(const config_t *c) {
     char recipe[160] = "gguf";
     k_pool_t *tmp_pool = k_pool_new((int)threads);
     if (!tmp_pool) { http_stop(&srv); model_free(&m); return fail("cannot start threads"); }
-    if (cli_quantize(&m, tmp_pool, c, &qs, &quantized) != 0) {
+    if (cli_quantize(&m, tmp_pool, c, &qs, &quantized, 0) != 0) {
         k_pool_free(tmp_pool);
         http_stop(&srv);
         model_free(&m);
@@ -172,8 +173,9 @@ int cmd_serve(const config_t *c) {
                          .threads = (int)threads,
                          .kv_mem = (size_t)(cfg_float(c, "kv-cache-mem") * 1024 * 1024),
                          .drain_timeout_s = cfg_float(c, "drain-timeout"),
-                         .act_hook = quantized && qs.a.kind != AQ_NONE ? quant_act_hook : NULL,
-                         .act_hook_ud = &qs, .ref = have_ref ? &ref : NULL,
+                         .act_hook = (quantized && qs.a.kind != AQ_NONE) || sqm_act_state(&m) ? quant_act_hook : NULL,
+                         .act_hook_ud = quantized ? (void *)&qs : (void *)sqm_act_state(&m),
+                         .ref = have_ref ? &ref : NULL,
                          .shadow_rate = cfg_float(c, "shadow-rate")};
     sched_t *sched = sched_new(&m, &sc, err, sizeof err);
     if (!sched) {
