@@ -5,6 +5,7 @@
 #   make sanitize   ASan/UBSan build in build/sanitize/
 #   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
 #   make bench-serve  HTTP load at concurrency 1/4/16/64 -> docs/perf.md
+#   make accuracy   SQ-format vs baselines accuracy grid -> docs/accuracy.md
 #   make fixtures   regenerate golden fixtures with the independent reference
 
 CC      ?= gcc
@@ -34,7 +35,7 @@ MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps model run test unit pytest sanitize bench-cpu bench-serve fixtures clean
+.PHONY: all deps model run test unit pytest sanitize bench-cpu bench-serve accuracy fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -108,6 +109,10 @@ bench-cpu: deps model
 bench-serve: deps model
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench-serve.sh $(BUILD)/sqserve $(MODEL) docs/perf.md
+
+accuracy: deps model
+	@$(MAKE) --no-print-directory all
+	@tests/bench/accuracy.sh $(BUILD)/sqserve $(MODEL) docs/accuracy.md
 
 fixtures: model
 	@tests/reference/make_fixtures.sh $(MODEL)
