@@ -119,6 +119,50 @@ out:
     return rc;
 }
 
+/* Buffers for evaluating ctx-token windows: positions 0..ctx-1 of slot 0,
+ * logits for every row but the last (it predicts nothing in the window). */
+typedef struct { int32_t *pos, *slot; uint8_t *want; } window_t;
+
+static int window_init(window_t *w, int ctx) {
+    w->pos = malloc((size_t)ctx * sizeof *w->pos);
+    w->slot = calloc((size_t)ctx, sizeof *w->slot);
+    w->want = malloc((size_t)ctx);
+    if (!w->pos || !w->slot || !w->want) return -1;
+    for (int i = 0; i < ctx; i++) w->pos[i] = i, w->want[i] = i < ctx - 1;
+    return 0;
+}
+
+static void window_free(window_t *w) {
+    free(w->pos);
+    free(w->slot);
+    free(w->want);
+}
+
+/* Runs one window from an empty cache. */
+static int window_run(fwd_t *f, const window_t *w, const int32_t *win, int ctx, float *logits,
+                      char *err, size_t errlen) {
+    kv_seq_release(f->kv, 0);
+    if (kv_seq_reserve(f->kv, 0, ctx) != 0) {
+        snprintf(err, errlen, "the KV cache is too small for a window of %d", ctx);
+        return -1;
+    }
+    batch_t b = {ctx, win, w->pos, w->slot, w->want};
+    return fwd_run(f, &b, logits, err, errlen);
+}
+
+static double row_lse(const float *l, int nv, int *argmax);
+
+void logits_compare(const float *q, const float *ref, int n_vocab, pos_cmp_t *o) {
+    o->lse_q = row_lse(q, n_vocab, &o->argmax_q);
+    o->lse_ref = row_lse(ref, n_vocab, &o->argmax_ref);
+    double kl = 0;
+    for (int j = 0; j < n_vocab; j++) {
+        double lpr = ref[j] - o->lse_ref, lpq = q[j] - o->lse_q;
+        kl += exp(lpr) * (lpr - lpq);
+    }
+    o->kl = kl;
+}
+
 int eval_ppl(fwd_t *f, const int32_t *ids, long n_ids, int ctx, ppl_result_t *r,
              void (*cb)(void *ud, int window, double nll, long n), void *ud,
              char *err, size_t errlen) {
@@ -133,32 +177,21 @@ int eval_ppl(fwd_t *f, const int32_t *ids, long n_ids, int ctx, ppl_result_t *r,
     }
     int nv = f->m->hp.n_vocab;
     float *logits = malloc((size_t)ctx * nv * sizeof(float));
-    int32_t *pos = malloc((size_t)ctx * sizeof *pos), *slot = calloc((size_t)ctx, sizeof *slot);
-    uint8_t *want = malloc((size_t)ctx);
+    window_t wb;
     int rc = -1;
-    if (!logits || !pos || !slot || !want) {
+    if (window_init(&wb, ctx) != 0 || !logits) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    for (int i = 0; i < ctx; i++) pos[i] = i, want[i] = i < ctx - 1;
     double t0 = gen_now();
     for (long w = 0; (w + 1) * ctx <= n_ids; w++) {
         const int32_t *win = ids + w * ctx;
-        kv_seq_release(f->kv, 0);
-        if (kv_seq_reserve(f->kv, 0, ctx) != 0) {
-            snprintf(err, errlen, "the KV cache is too small for a window of %d", ctx);
-            goto out;
-        }
-        batch_t b = {ctx, win, pos, slot, want};
-        if (fwd_run(f, &b, logits, err, errlen) != 0) goto out;
+        if (window_run(f, &wb, win, ctx, logits, err, errlen) != 0) goto out;
         double nll = 0;
         for (int i = 0; i < ctx - 1; i++) {
+            int am;
             const float *l = logits + (size_t)i * nv;
-            float mx = l[0];
-            for (int j = 1; j < nv; j++) mx = l[j] > mx ? l[j] : mx;
-            double sum = 0;
-            for (int j = 0; j < nv; j++) sum += exp((double)l[j] - mx);
-            nll += mx + log(sum) - l[win[i + 1]];
+            nll += row_lse(l, nv, &am) - l[win[i + 1]];
         }
         r->nll += nll;
         r->n_pred += ctx - 1;
@@ -170,9 +203,7 @@ int eval_ppl(fwd_t *f, const int32_t *ids, long n_ids, int ctx, ppl_result_t *r,
     rc = 0;
 out:
     free(logits);
-    free(pos);
-    free(slot);
-    free(want);
+    window_free(&wb);
     return rc;
 }
 
@@ -202,43 +233,28 @@ int eval_compare(fwd_t *fq, fwd_t *fref, const int32_t *ids, long n_ids, int ctx
     }
     int nv = fq->m->hp.n_vocab;
     float *lq = malloc((size_t)ctx * nv * sizeof(float)), *lr = malloc((size_t)ctx * nv * sizeof(float));
-    int32_t *pos = malloc((size_t)ctx * sizeof *pos), *slot = calloc((size_t)ctx, sizeof *slot);
-    uint8_t *want = malloc((size_t)ctx);
+    window_t wb;
     int rc = -1;
     double kl = 0;
     long agree = 0;
-    if (!lq || !lr || !pos || !slot || !want) {
+    if (window_init(&wb, ctx) != 0 || !lq || !lr) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    for (int i = 0; i < ctx; i++) pos[i] = i, want[i] = i < ctx - 1;
     double t0 = gen_now();
     for (long w = 0; (w + 1) * ctx <= n_ids; w++) {
         const int32_t *win = ids + w * ctx;
-        batch_t b = {ctx, win, pos, slot, want};
-        fwd_t *fs[2] = {fq, fref};
-        float *ls[2] = {lq, lr};
-        for (int k = 0; k < 2; k++) {
-            kv_seq_release(fs[k]->kv, 0);
-            if (kv_seq_reserve(fs[k]->kv, 0, ctx) != 0) {
-                snprintf(err, errlen, "the KV cache is too small for a window of %d", ctx);
-                goto out;
-            }
-            if (fwd_run(fs[k], &b, ls[k], err, errlen) != 0) goto out;
-        }
+        if (window_run(fq, &wb, win, ctx, lq, err, errlen) != 0 ||
+            window_run(fref, &wb, win, ctx, lr, err, errlen) != 0)
+            goto out;
         for (int i = 0; i < ctx - 1; i++) {
             const float *a = lq + (size_t)i * nv, *c = lr + (size_t)i * nv;
-            int am_q, am_r;
-            double lse_q = row_lse(a, nv, &am_q), lse_r = row_lse(c, nv, &am_r);
-            r->q.nll += lse_q - a[win[i + 1]];
-            r->ref.nll += lse_r - c[win[i + 1]];
-            double k_i = 0;
-            for (int j = 0; j < nv; j++) {
-                double lpr = c[j] - lse_r, lpq = a[j] - lse_q;
-                k_i += exp(lpr) * (lpr - lpq);
-            }
-            kl += k_i;
-            agree += am_q == am_r;
+            pos_cmp_t pc;
+            logits_compare(a, c, nv, &pc);
+            r->q.nll += pc.lse_q - a[win[i + 1]];
+            r->ref.nll += pc.lse_ref - c[win[i + 1]];
+            kl += pc.kl;
+            agree += pc.argmax_q == pc.argmax_ref;
         }
         r->q.n_pred += ctx - 1;
         r->q.n_windows++;
@@ -253,6 +269,8 @@ int eval_compare(fwd_t *fq, fwd_t *fref, const int32_t *ids, long n_ids, int ctx
     r->q.seconds = r->ref.seconds = gen_now() - t0;
     rc = 0;
 out:
-    free(lq); free(lr); free(pos); free(slot); free(want);
+    free(lq);
+    free(lr);
+    window_free(&wb);
     return rc;
 }

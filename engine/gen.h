@@ -63,6 +63,11 @@ int eval_compare(fwd_t *fq, fwd_t *fref, const int32_t *ids, long n_ids, int ctx
                  void (*cb)(void *ud, int window, const cmp_result_t *sofar), void *ud,
                  char *err, size_t errlen);
 
+/* One next-token position: log-sum-exp and argmax of each logits row and
+ * KL(P_ref || P_q) in nats. Shared by eval --ref and shadow evaluation. */
+typedef struct { double kl, lse_q, lse_ref; int argmax_q, argmax_ref; } pos_cmp_t;
+void logits_compare(const float *q, const float *ref, int n_vocab, pos_cmp_t *out);
+
 double gen_now(void);
 
 #endif

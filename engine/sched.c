@@ -168,23 +168,11 @@ static void shadow_step(sched_t *s) {
     int rows = 0;
     for (int i = 0; ok && i < n; i++) {
         if (!want[i]) continue;
-        const float *a = sh->logits[0] + (size_t)rows * nv, *r = sh->logits[1] + (size_t)rows * nv;
+        pos_cmp_t pc; /* the same comparison eval --ref reports */
+        logits_compare(sh->logits[0] + (size_t)rows * nv, sh->logits[1] + (size_t)rows * nv, nv, &pc);
         rows++;
-        float ma = a[0], mr = r[0];
-        int aa = 0, ar = 0;
-        for (int j = 1; j < nv; j++) {
-            if (a[j] > ma) ma = a[j], aa = j;
-            if (r[j] > mr) mr = r[j], ar = j;
-        }
-        double za = 0, zr = 0;
-        for (int j = 0; j < nv; j++) za += exp((double)a[j] - ma), zr += exp((double)r[j] - mr);
-        double la = ma + log(za), lr = mr + log(zr), k_i = 0;
-        for (int j = 0; j < nv; j++) {
-            double pr = r[j] - lr;
-            k_i += exp(pr) * (pr - (a[j] - la));
-        }
-        kl += k_i;
-        top1 += aa == ar;
+        kl += pc.kl;
+        top1 += pc.argmax_q == pc.argmax_ref;
     }
     stats_lock(&s->stats);
     s->stats.d.shadow_tokens += (uint64_t)rows;
