@@ -39,6 +39,10 @@ typedef struct {
     void *file_map;              /* a .sqm mapping the gguf points into */
     size_t file_size;
     void *act_state;             /* a .sqm's activation quantizer (sqm.h) */
+    /* evaluation recorded by convert in a .sqm: ppl, ppl_fp32, kl, top1, tokens */
+    int have_eval;
+    double eval[5];
+    char recipe[160];
     void (*act_free)(void *);
 } model_t;
 

@@ -146,11 +146,16 @@ int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const
                                                    "mask", blob(&data, qs->hi_mask[s],
                                                                 (size_t)(qs->n_layer * qs->dim[s]))));
     if (data.oom) goto oom;
-    json_t *man = json_pack("{s:s, s:i, s:s, s:{s:s, s:s, s:f}, s:{s:s, s:I}, s:o, s:o}",
+    json_t *ev = meta->have_eval
+                     ? json_pack("{s:f, s:f, s:f, s:f, s:I}", "ppl", meta->eval_ppl, "ppl_fp32",
+                                 meta->eval_ppl_ref, "kl", meta->eval_kl, "top1", meta->eval_top1,
+                                 "tokens", (json_int_t)meta->eval_tokens)
+                     : json_null();
+    json_t *man = json_pack("{s:s, s:i, s:s, s:{s:s, s:s, s:f}, s:{s:s, s:I}, s:o, s:o, s:o}",
                             "format", "sqm", "version", SQM_VERSION, "source", meta->source,
                             "recipe", "weights", meta->weights, "acts", meta->acts, "w_bits", qs->w_bits,
                             "calibration", "source", meta->calib, "tokens", (json_int_t)meta->calib_tokens,
-                            "tensors", tensors, "act_masks", masks);
+                            "tensors", tensors, "act_masks", masks, "eval", ev);
     tensors = masks = NULL; /* owned by man */
     manifest = man ? json_dumps(man, JSON_COMPACT) : NULL;
     json_decref(man);
@@ -411,6 +416,14 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     if (a.kind == AQ_SQ_STATIC)
         for (int s = 0; s < N_SITES; s++)
             if (!qs->hi_mask[s]) goto bad_mask;
+    snprintf(m->recipe, sizeof m->recipe, "weights=%s acts=%s",
+             json_string_value(json_object_get(recipe, "weights")), acts);
+    json_t *ev = json_object_get(man, "eval");
+    if (json_is_object(ev)) {
+        const char *keys[5] = {"ppl", "ppl_fp32", "kl", "top1", "tokens"};
+        m->have_eval = 1;
+        for (int j = 0; j < 5; j++) m->eval[j] = json_number_value(json_object_get(ev, keys[j]));
+    }
     free(seen);
     json_decref(man);
     return 0;

@@ -30,6 +30,9 @@ typedef struct {
     const char *calib;            /* "self", a file name, or "none" */
     long calib_tokens;
     const char *source;           /* the input file name */
+    int have_eval;                /* measured against FP32 at convert time */
+    double eval_ppl, eval_ppl_ref, eval_kl, eval_top1;
+    long eval_tokens;
 } sqm_meta_t;
 
 /* Writes m (quantized by quant_apply with keep_codes) to path atomically. */

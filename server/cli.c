@@ -161,6 +161,43 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
     return 0;
 }
 
+/* The quantized model m against the unquantized file at path, on tokens
+ * the FP32 model writes itself (no external data needed). */
+int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *path, int tokens,
+                     cmp_result_t *out) {
+    model_t ref;
+    char err[256];
+    if (tokens < 128 || model_load(&ref, path, err, sizeof err) != 0) return -1;
+    int32_t *ids = NULL;
+    long n = 0;
+    kv_cache_t kv[2];
+    fwd_t f[2];
+    model_t *ms[2] = {m, &ref};
+    int made = 0, rc = -1;
+    if (calib_self_text(&ref, pool, tokens / 128, 128, &ids, &n, err, sizeof err) != 0) goto out;
+    for (int k = 0; k < 2; k++) {
+        if (kv_init(&kv[k], m->hp.n_layer, m->hp.head_dim * m->hp.n_head_kv, 128 / KV_BLOCK, 1) != 0) goto out;
+        if (fwd_init(&f[k], ms[k], &kv[k], pool, 128, 128) != 0) {
+            kv_free(&kv[k]);
+            goto out;
+        }
+        made++;
+    }
+    if (qs && qs->a.kind != AQ_NONE) {
+        f[0].hook = quant_act_hook;
+        f[0].hook_ud = qs;
+    }
+    rc = eval_compare(&f[0], &f[1], ids, n, 128, out, NULL, NULL, err, sizeof err);
+out:
+    for (int k = 0; k < made; k++) {
+        fwd_free(&f[k]);
+        kv_free(&kv[k]);
+    }
+    free(ids);
+    model_free(&ref);
+    return rc;
+}
+
 static int rt_quantize(rt_t *r, const config_t *c) {
     return cli_quantize(&r->m, r->pool, c, &r->qs, &r->quantized, 0);
 }
@@ -477,8 +514,21 @@ int cmd_convert(const config_t *c) {
     }
     int calibrated = r.qs.w.gptq || r.qs.a.kind == AQ_SQ_STATIC;
     sqm_meta_t meta = {cfg_str(c, "weights"), cfg_str(c, "acts"), calibrated ? cfg_str(c, "calib") : "none",
-                       calibrated ? cfg_int(c, "calib-tokens") : 0, cfg_str(c, "model")};
+                       calibrated ? cfg_int(c, "calib-tokens") : 0, cfg_str(c, "model"), 0, 0, 0, 0, 0, 0};
     char err[512];
+    { /* record the converted model's accuracy against FP32 in the file */
+        cmp_result_t cr;
+        if (cli_eval_vs_fp32(&r.m, &r.qs, r.pool, cfg_str(c, "model"), 512, &cr) == 0) {
+            meta.have_eval = 1;
+            meta.eval_ppl = cr.q.ppl;
+            meta.eval_ppl_ref = cr.ref.ppl;
+            meta.eval_kl = cr.kl;
+            meta.eval_top1 = cr.top1;
+            meta.eval_tokens = cr.q.n_pred;
+            fprintf(stderr, "eval vs FP32 on %ld self-generated tokens: ppl %.4f (FP32 %.4f), KL %.5f, top-1 %.4f\n",
+                    cr.q.n_pred, cr.q.ppl, cr.ref.ppl, cr.kl, cr.top1);
+        }
+    }
     if (sqm_write(out, &r.m, &r.qs, &meta, err, sizeof err) != 0) {
         die("%s", err);
         goto out;

@@ -14,6 +14,12 @@ int cmd_bench(const config_t *c);
 int cmd_serve(const config_t *c);
 int cmd_convert(const config_t *c);
 
+#include "../engine/gen.h"
+
+/* The quantized model against the FP32 file on self-generated text. */
+int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *path, int tokens,
+                     cmp_result_t *out);
+
 /* --weights/--acts on a loaded model (shared by the subcommands). */
 int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *qs, int *done,
                  int keep_codes);

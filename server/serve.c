@@ -56,48 +56,19 @@ static void model_id_of(const char *path, char *out, size_t n) {
 /* Measures the served format against FP32 on text the model writes itself,
  * so the numbers exist without any external data; exported as
  * sqserve_model_eval. */
-static void startup_eval(model_t *m, model_t *ref, quant_state_t *qs, k_pool_t *pool, int tokens,
+static void startup_eval(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *path, int tokens,
                          srv_t *srv) {
-    if (tokens < 128) return;
-    int32_t *ids;
-    long n;
-    char err[256];
-    double t0 = gen_now();
-    if (calib_self_text(ref, pool, tokens / 128, 128, &ids, &n, err, sizeof err) != 0) return;
-    kv_cache_t kv[2];
-    fwd_t f[2];
-    model_t *ms[2] = {m, ref};
-    int ok = 1, made = 0; /* environments fully built */
-    for (int k = 0; k < 2 && ok; k++) {
-        ok = kv_init(&kv[k], m->hp.n_layer, m->hp.head_dim * m->hp.n_head_kv, 128 / KV_BLOCK, 1) == 0;
-        if (ok && fwd_init(&f[k], ms[k], &kv[k], pool, 128, 128) != 0) {
-            kv_free(&kv[k]);
-            ok = 0;
-        }
-        if (ok) made++;
-    }
     cmp_result_t r;
-    if (ok) {
-        if (qs->a.kind != AQ_NONE) {
-            f[0].hook = quant_act_hook;
-            f[0].hook_ud = qs;
-        }
-        if (eval_compare(&f[0], &f[1], ids, n, 128, &r, NULL, NULL, err, sizeof err) == 0) {
-            srv->have_eval = 1;
-            srv->eval_ppl = r.q.ppl;
-            srv->eval_ppl_ref = r.ref.ppl;
-            srv->eval_kl = r.kl;
-            srv->eval_top1 = r.top1;
-            srv->eval_tokens = r.q.n_pred;
-            fprintf(stderr, "startup eval (%ld self-generated tokens, %.1fs): ppl %.4f vs FP32 %.4f, "
-                    "KL %.5f, top-1 %.4f\n", r.q.n_pred, gen_now() - t0, r.q.ppl, r.ref.ppl, r.kl, r.top1);
-        }
-    }
-    for (int k = 0; k < made; k++) {
-        fwd_free(&f[k]);
-        kv_free(&kv[k]);
-    }
-    free(ids);
+    double t0 = gen_now();
+    if (tokens < 128 || cli_eval_vs_fp32(m, qs, pool, path, tokens, &r) != 0) return;
+    srv->have_eval = 1;
+    srv->eval_ppl = r.q.ppl;
+    srv->eval_ppl_ref = r.ref.ppl;
+    srv->eval_kl = r.kl;
+    srv->eval_top1 = r.top1;
+    srv->eval_tokens = r.q.n_pred;
+    fprintf(stderr, "startup eval (%ld self-generated tokens, %.1fs): ppl %.4f vs FP32 %.4f, "
+            "KL %.5f, top-1 %.4f\n", r.q.n_pred, gen_now() - t0, r.q.ppl, r.ref.ppl, r.kl, r.top1);
 }
 
 int cmd_serve(const config_t *c) {
@@ -158,7 +129,17 @@ int cmd_serve(const config_t *c) {
             return fail(err);
         }
         have_ref = 1;
-        startup_eval(&m, &ref, &qs, tmp_pool, (int)cfg_int(c, "startup-eval"), &srv);
+        startup_eval(&m, &qs, tmp_pool, cfg_str(c, "model"), (int)cfg_int(c, "startup-eval"), &srv);
+    } else if (m.have_eval) { /* recorded by convert in the .sqm */
+        snprintf(recipe, sizeof recipe, "%s", m.recipe);
+        srv.have_eval = 1;
+        srv.eval_ppl = m.eval[0];
+        srv.eval_ppl_ref = m.eval[1];
+        srv.eval_kl = m.eval[2];
+        srv.eval_top1 = m.eval[3];
+        srv.eval_tokens = (long)m.eval[4];
+    } else if (m.file_map) {
+        snprintf(recipe, sizeof recipe, "%s", m.recipe);
     }
     k_pool_free(tmp_pool);
     int n_ctx = (int)cfg_int(c, "ctx");
@@ -187,7 +168,10 @@ int cmd_serve(const config_t *c) {
     }
     srv.sched = sched;
     srv.recipe = recipe;
-    srv.w_bits = quantized ? qs.w_bits : 8.0 * (double)model_weight_bytes(&m) / (double)model_weight_elems(&m);
+    /* recipes that leave the weights alone report their GGUF bits */
+    double gguf_bits = 8.0 * (double)model_weight_bytes(&m) / (double)model_weight_elems(&m);
+    double q_bits = quantized ? qs.w_bits : m.act_state ? ((quant_state_t *)m.act_state)->w_bits : 32;
+    srv.w_bits = q_bits < 32 ? q_bits : gguf_bits;
     if (sched_start(sched) != 0) {
         http_stop(&srv);
         sched_free(sched);
