@@ -4,7 +4,10 @@
 #include "../kernels/k_quant.h"
 
 #include <math.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -215,12 +218,15 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen); /* s
 
 int model_load(model_t *m, const char *path, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
+    /* sniff the magic without ever blocking (a FIFO must not hang us) */
     char magic[4] = {0};
-    FILE *fp = fopen(path, "rb");
-    if (fp) {
-        size_t got = fread(magic, 1, 4, fp);
-        fclose(fp);
-        if (got == 4 && memcmp(magic, "SQM1", 4) == 0) return sqm_load_model(m, path, err, errlen);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) {
+        struct stat st;
+        int is_sqm = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && read(fd, magic, 4) == 4 &&
+                     memcmp(magic, "SQM1", 4) == 0;
+        close(fd);
+        if (is_sqm) return sqm_load_model(m, path, err, errlen);
     }
     if (gguf_open(&m->gguf, path, err, errlen) != 0) return -1;
     return model_init(m, path, err, errlen);
