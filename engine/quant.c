@@ -4,6 +4,9 @@
 #include "gptq.h"
 #include "sample.h"
 
+#include "../kernels/k_quant.h"
+#include "../kernels/k_sq.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -212,10 +215,25 @@ static qtensor_t *new_qt(quant_state_t *qs) {
     return &q[qs->n_qt++];
 }
 
+/* An SQ tensor as the INT8 kernel's weight (k_mat_t of type K_SQ); the
+ * tensor itself stays owned by qs. */
+static int sq_kernel_mat(k_mat_t *w, const sq_tensor_t *t, quant_state_t *qs) {
+    k_sq_t *v = malloc(sizeof *v);
+    if (!v || own(qs, (float *)v) != 0) {
+        free(v);
+        return -1;
+    }
+    *v = (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi};
+    *w = (k_mat_t){K_SQ, v, t->n, t->k, (size_t)((double)t->k * sq_bits_per_element(&t->cfg) / 8)};
+    return 0;
+}
+
 static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const double *diag,
-                        const double *U, int keep, quant_state_t *qs, char *err, size_t errlen) {
+                        const double *U, int keep, int sq_kernel, quant_state_t *qs, char *err,
+                        size_t errlen) {
     long n = w->n, k = w->k;
     qtensor_t *qt = NULL;
+    keep = keep || (sq_kernel && r->kind == WQ_SQ); /* the kernel reads the codes */
     if (keep) {
         if (!(qt = new_qt(qs))) goto oom_noW;
         snprintf(qt->name, sizeof qt->name, "%s", name);
@@ -246,6 +264,11 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
             sq_free(&t);
             free(W);
             return -1;
+        }
+        if (sq_kernel) { /* INT8 activations: run the codes themselves */
+            qt->sq = t;
+            free(W);
+            return sq_kernel_mat(w, &qt->sq, qs) == 0 ? 0 : (snprintf(err, errlen, "out of memory"), -1);
         }
         for (long i = 0; i < n; i++) sq_dequant_row(&t, i, W + i * k); /* exactly what is stored */
         if (qt) qt->sq = t;
@@ -343,7 +366,8 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
                 quant_layer_mat(m, l, file_index[s][i], name, sizeof name);
                 bits += recipe_w_bits(w, mt->k) * (double)(mt->n * mt->k);
                 elems += (double)(mt->n * mt->k);
-                if (quant_matrix(mt, name, w, diag, U, keep_codes, qs, err, errlen) != 0) {
+                int sq_kernel = w->kind == WQ_SQ && a->kind == AQ_INT && a->bits == 8;
+                if (quant_matrix(mt, name, w, diag, U, keep_codes, sq_kernel, qs, err, errlen) != 0) {
                     free(diag); free(U); free(row);
                     return -1;
                 }

@@ -2,6 +2,7 @@
 #include "sqm.h"
 
 #include "../kernels/k_quant.h"
+#include "../kernels/k_sq.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -238,7 +239,7 @@ static const uint8_t *array_at(const uint8_t *data, uint64_t data_len, json_t *o
 }
 
 static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data_len, int *seen,
-                       char *msg, size_t msglen) {
+                       int sq_kernel, char *msg, size_t msglen) {
     const char *name = json_string_value(json_object_get(e, "name"));
     const char *kind = json_string_value(json_object_get(e, "kind"));
     long n = (long)json_integer_value(json_object_get(e, "n")), k = (long)json_integer_value(json_object_get(e, "k"));
@@ -296,6 +297,19 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
         if ((why = sq_validate(&t))) { /* the format's invariants, on load */
             snprintf(msg, msglen, "tensor '%s' breaks the SQ-format: %s", name, why);
             return -1;
+        }
+        if (sq_kernel) { /* INT8 activations: the kernel reads the mapped codes in place */
+            k_sq_t *v = realloc(W, sizeof *v); /* the float rows are not needed */
+            if (!v) {
+                snprintf(msg, msglen, "out of memory");
+                return -1;
+            }
+            m->owned[m->n_owned - 1] = (float *)v;
+            *v = (k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi};
+            *quant_layer_mat(m, layer, part, NULL, 0) =
+                (k_mat_t){K_SQ, v, n, k, (size_t)((double)k * sq_bits_per_element(&cfg) / 8)};
+            seen[layer * 7 + part] = 1;
+            return 0;
         }
         for (long r = 0; r < n; r++) sq_dequant_row(&t, r, W + r * k);
     } else if (!strcmp(kind, "int")) {
@@ -382,20 +396,22 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     }
     const uint8_t *data = base + h.data_off;
     uint64_t data_len = size - h.data_off;
+    arecipe_t a;
+    const char *acts = json_string_value(json_object_get(recipe, "acts"));
+    if (!acts || recipe_parse_a(acts, &a, msg, sizeof msg) != 0) goto fail_model;
+    int sq_kernel = a.kind == AQ_INT && a.bits == 8;
     seen = calloc((size_t)m->hp.n_layer * 7, sizeof *seen);
     if (!seen) goto fail_model;
     size_t i;
     json_t *e;
-    json_array_foreach(tensors, i, e) if (load_tensor(m, e, data, data_len, seen, msg, sizeof msg)) goto fail_model;
+    json_array_foreach(tensors, i, e)
+        if (load_tensor(m, e, data, data_len, seen, sq_kernel, msg, sizeof msg)) goto fail_model;
     for (int j = 0; m->external_layers && j < m->hp.n_layer * 7; j++)
         if (!seen[j]) {
             snprintf(msg, sizeof msg, "layer %d matrix %d is missing from the tensor table", j / 7, j % 7);
             goto fail_model;
         }
     /* the activation recipe and its static masks */
-    arecipe_t a;
-    const char *acts = json_string_value(json_object_get(recipe, "acts"));
-    if (!acts || recipe_parse_a(acts, &a, msg, sizeof msg) != 0) goto fail_model;
     quant_state_t *qs = calloc(1, sizeof *qs);
     if (!qs) goto fail_model;
     m->act_state = qs;

@@ -17,6 +17,7 @@ enum k_type {
     K_Q8_0 = 8, K_Q8_1 = 9, K_Q2_K = 10, K_Q3_K = 11, K_Q4_K = 12,
     K_Q5_K = 13, K_Q6_K = 14, K_Q8_K = 15, K_I8 = 24, K_I16 = 25,
     K_I32 = 26, K_I64 = 27, K_F64 = 28, K_BF16 = 30,
+    K_SQ = 63, /* sqserve's own: k_mat_t.data is a k_sq_t (k_sq.h), not a GGUF type */
     K_TYPE_MAX = 64
 };
 
