@@ -76,6 +76,8 @@ cli_cpu=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["clie
 other=$(python3 -c 'import sys; b0, b1, s, c, hz, t0, t1 = map(float, sys.argv[1:]); print(f"{max(0.0, ((b1 - b0 - s) / hz - c) / (t1 - t0)):.2f}")' \
   "$busy0" "$busy1" "$srv_cpu" "$cli_cpu" "$hz" "$t0" "$t1")
 echo "bench-serve: other processes used $other cores on average during the run" >&2
+python3 -c 'import sys; sys.exit(float(sys.argv[1]) <= 0.1)' "$other" &&
+  echo "bench-serve: WARNING: the machine was not quiet; these figures understate the server" >&2
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 jget() { python3 -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(f"{v:.1f}" if isinstance(v, float) else v)' "$tmp/result.json" "$1"; }
 levels_line=$(jget levels_desc)
