@@ -134,7 +134,7 @@ typedef struct {
 static void sq_task(void *arg, int ith, int nth) {
     sq_ctx_t *c = arg;
     const k_sq_t *w = c->w;
-    long b, e, ng = w->k / w->G;
+    long b, e;
     int32_t lo[SQ_MAX_GROUPS], hi[SQ_MAX_GROUPS];
     k_split(w->n, ith, nth, 4, &b, &e);
     for (long r = b; r < e; r++)
@@ -142,7 +142,6 @@ static void sq_task(void *arg, int ith, int nth) {
             k_sq_group_sums(w, r, c->qx + i * w->k, c->xsum + i * (w->k / 64), lo, hi);
             c->y[i * w->n + r] = k_sq_combine(w, r, c->sx[i], lo, hi);
         }
-    (void)ng;
 }
 
 static int sq_matmul(k_pool_t *pool, const k_sq_t *w, const float *x, long m, float *y) {
@@ -200,7 +199,7 @@ int k_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, int
                    const float *x, long m) {
     /* only the fused single-row path is grouped: it is the one whose
      * per-matrix work is small enough for the fork-join to matter */
-    int simple = count <= 4 && m == 1 && w[0]->type != K_SQ;
+    int simple = count <= 4 && m == 1; /* has_fused() is false for K_SQ */
     for (int i = 0; simple && i < count; i++)
         simple = has_fused(w[i]->type);
     if (!simple) {
