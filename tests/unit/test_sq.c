@@ -177,17 +177,18 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
     sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 4, 64, 0.75}, {8, 4, 64, 0.9375}, {8, 4, 16, 0.75},
                        {8, 2, 64, 0.875}, {4, 2, 128, 0.9375}};
     int simd_seen = 0;
-    for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
-        long n = 37, k = 320; /* odd row count; 5 groups of 64 */
-        if (cfgs[c].b == 128) k = 384;
+    for (size_t c = 0; c < 2 * sizeof cfgs / sizeof cfgs[0]; c++) {
+        /* odd row counts; 5 and 25 groups of 64 (the SIMD path works in 8s) */
+        long n = 37, k = c % 2 ? 1600 : 320;
+        if (cfgs[c / 2].b == 128) k = c % 2 ? 1664 : 384;
         float *w = make_w(n, k), *x = malloc((size_t)k * sizeof *x), *row = malloc((size_t)k * sizeof *row);
         sq_tensor_t t;
-        assert_int_equal(sq_alloc(&t, &cfgs[c], n, k), 0);
+        assert_int_equal(sq_alloc(&t, &cfgs[c / 2], n, k), 0);
         assert_int_equal(sq_quantize(&t, w, NULL, NULL), 0);
         for (int trial = 0; trial < 3; trial++) {
             for (long j = 0; j < k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
             int8_t *qx = malloc((size_t)k);
-            int32_t xs[8], lo1[8], hi1[8], lo2[8], hi2[8];
+            int32_t xs[32], lo1[32], hi1[32], lo2[32], hi2[32];
             float sx = k_quant_row_i8(x, k, qx, xs);
             k_sq_t v = view(&t);
             simd_seen |= k_sq_simd(&v);
