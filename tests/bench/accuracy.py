@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""Accuracy grid: quantization recipes (baselines and SQ-format) vs FP32.
+
+    accuracy.py BIN MODEL OUT.md          (run through tests/bench/accuracy.sh)
+
+Every configuration is one `BIN eval --ref` run on the first ACCURACY_TOKENS
+tokens of WikiText-2 test at ctx 512: the quantized model and the FP32 path
+on the same tokens (perplexity, KL, top-1 agreement). Results are cached as
+JSON under models/.cache/accuracy/ (key: model file name, weights recipe,
+acts recipe, calibration, tokens, ctx) and configurations already measured
+are skipped, so the grid is resumable. The table, the goal checks (computed
+from the numbers) and the plot are rewritten from the cache at the end.
+"""
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CTX = 512
+CALIB_TOKENS = 2048
+BEGIN = "<!-- accuracy-grid:begin"
+END = "<!-- accuracy-grid:end -->"
+
+# ---- configurations -----------------------------------------------------------------
+
+VALID, SELF, NONE = "wikitext-2-valid", "self", "none"
+
+
+def needs_calib(weights, acts):
+    return weights.endswith(":gptq") or acts.endswith(":static")
+
+
+def sq_tag(h, b, s):
+    return f"SQ{h} b{b} s{s:g}"
+
+
+class Config:
+    def __init__(self, name, family, weights, acts, calib=VALID, headline=False):
+        self.name, self.family, self.weights, self.acts = name, family, weights, acts
+        self.calib = calib if needs_calib(weights, acts) else NONE
+        self.headline = headline
+
+    @property
+    def key(self):
+        return (self.weights, self.acts, self.calib)
+
+
+# Families, in table order. "sq" families are drawn as SQ-format in the plot.
+FAMILIES = [
+    ("base", "baseline"),
+    ("sq-w", "SQ weights"),
+    ("sq-a", "SQ activations"),
+    ("sq-wa", "SQ weights and activations"),
+]
+
+
+def grid(which):
+    """The configurations of ACCURACY_SET=full or headline, in table order."""
+    full = which == "full"
+    cfgs = []
+
+    def add(*a, **k):
+        c = Config(*a, **k)
+        if full or c.headline:
+            cfgs.append(c)
+
+    # baselines: RTN, GPTQ calibrated on wikitext-2-valid, GPTQ calibrated on self
+    base = [("W8A8", "int8", "int8"), ("W4A8", "int4:g64", "int8"),
+            ("W4A4", "int4:g64", "int4"), ("W4A16", "int4:g64", "fp32")]
+    head_base = {("W8A8", "RTN"), ("W4A8", "RTN"), ("W4A8", "GPTQ"), ("W4A4", "RTN"),
+                 ("W4A4", "GPTQ"), ("W4A16", "GPTQ")}
+    for name, w, a in base:
+        add(f"{name} RTN", "base", w, a, headline=(name, "RTN") in head_base)
+        add(f"{name} GPTQ", "base", w + ":gptq", a, VALID, headline=(name, "GPTQ") in head_base)
+        add(f"{name} GPTQ", "base", w + ":gptq", a, SELF)
+        if name == "W4A8":
+            add("W4(per-channel)A8 RTN", "base", "int4", "int8")
+
+    B, S = [16, 64, 128], [0.75, 0.875, 0.9375]
+    HB, HS = 64, 0.875
+
+    def sq(h, b, s):
+        return f"sq:{h}:b{b}:s{s:g}"
+
+    def each(fn):
+        for b in B:
+            for s in S:
+                fn(b, s, VALID)
+                if (b, s) == (HB, HS):
+                    fn(b, s, SELF)
+
+    # SQ on weights (GPTQ inside, Algorithm 1), uniform activations
+    each(lambda b, s, cal: add(f"W({sq_tag('8/4', b, s)})A8 GPTQ", "sq-w", sq("8/4", b, s) + ":gptq",
+                               "int8", cal, headline=(b, s, cal) == (HB, HS, VALID)))
+    for h in ("8/2", "4/2"):
+        for cal in (VALID, SELF):
+            if h == "4/2" and cal == SELF:
+                continue
+            add(f"W({sq_tag(h, HB, HS)})A8 GPTQ", "sq-w", sq(h, HB, HS) + ":gptq", "int8", cal,
+                headline=(h, cal) == ("8/2", VALID))
+    add(f"W({sq_tag('8/4', HB, HS)})A8 RTN", "sq-w", sq("8/4", HB, HS), "int8")
+    each(lambda b, s, cal: add(f"W({sq_tag('8/4', b, s)})A16 GPTQ", "sq-w", sq("8/4", b, s) + ":gptq",
+                               "fp32", cal, headline=(b, s, cal) == (HB, HS, VALID)))
+    # SQ on activations (static channel mask, Algorithm 2; dynamic per-token top-k), GPTQ W4
+    each(lambda b, s, cal: add(f"W4A({sq_tag('8/4', b, s)} static) GPTQ", "sq-a", "int4:g64:gptq",
+                               sq("8/4", b, s) + ":static", cal,
+                               headline=(b, s, cal) == (HB, HS, VALID)))
+    each(lambda b, s, cal: add(f"W4A({sq_tag('8/4', b, s)} dynamic) GPTQ", "sq-a", "int4:g64:gptq",
+                               sq("8/4", b, s) + ":dynamic", cal,
+                               headline=(b, s, cal) == (HB, HS, VALID)))
+    # SQ on both operands
+    each(lambda b, s, cal: add(f"W(SQ)A(SQ static) {sq_tag('8/4', b, s)} GPTQ", "sq-wa",
+                               sq("8/4", b, s) + ":gptq", sq("8/4", b, s) + ":static", cal,
+                               headline=(b, s, cal) == (HB, HS, VALID)))
+    seen, out = set(), []
+    for c in cfgs:  # a configuration listed twice is run once
+        if c.key not in seen:
+            seen.add(c.key)
+            out.append(c)
+    return out
+
+
+def a_bits(acts):
+    """Activation bits per element from the recipe (fp32 is reported as A16)."""
+    if acts in ("fp32", "none", "a16"):
+        return 16.0
+    m = re.fullmatch(r"int(\d+)", acts)
+    if m:
+        return float(m.group(1))
+    m = re.fullmatch(r"sq:(\d+)/(\d+):b(\d+):s([0-9.]+):(static|dynamic)", acts)
+    if m:
+        hh, hl, s = int(m.group(1)), int(m.group(2)), float(m.group(4))
+        bits = (1 - s) * hh + s * hl
+        return bits + (1 - s) * 8 if m.group(5) == "dynamic" else bits
+    raise ValueError(f"cannot derive activation bits of '{acts}'")
+
+
+# ---- running --------------------------------------------------------------------------
+
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def cpu_desc():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_path(cache_dir, model, cfg, tokens):
+    stem = os.path.basename(model)
+    if stem.endswith(".gguf"):
+        stem = stem[:-5]
+    key = f"{stem}__w={cfg.weights}__a={cfg.acts}__calib={cfg.calib}__tok={tokens}__ctx={CTX}"
+    return os.path.join(cache_dir, re.sub(r"[^A-Za-z0-9._=-]", "_", key) + ".json")
+
+
+def parse_kv(text):
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if not sep:
+            continue
+        v = v.strip()
+        try:
+            out[k.strip()] = float(v) if re.fullmatch(r"[-+0-9.eEinfa]+", v) else v
+        except ValueError:
+            out[k.strip()] = v
+    return out
+
+
+def run_one(binary, model, data, cfg, tokens, threads, tag):
+    cmd = [binary, "eval", "-m", model, "--ppl", os.path.join(data, "wikitext-2-test.txt"),
+           "--ctx", str(CTX), "--max-tokens", str(tokens), "--ref",
+           "--weights", cfg.weights, "--acts", cfg.acts]
+    if cfg.calib == SELF:
+        cmd += ["--calib", "self", "--calib-tokens", str(CALIB_TOKENS)]
+    elif cfg.calib == VALID:
+        cmd += ["--calib", os.path.join(data, "wikitext-2-valid.txt"), "--calib-tokens", str(CALIB_TOKENS)]
+    if threads:
+        cmd += ["-t", str(threads)]
+    t0 = time.time()
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         bufsize=1)
+    log = []
+    n_win = max(1, tokens // CTX)
+    try:
+        for line in p.stderr:  # progress: calibration, quantization summary, windows
+            line = line.rstrip("\n")
+            log.append(line)
+            if line.startswith(("calibration:", "quantized:")):
+                print(f"  {tag} {line}", flush=True)
+            else:
+                m = re.match(r"window (\d+): (.*)", line)
+                if m and (int(m.group(1)) % 8 == 7 or int(m.group(1)) + 1 == n_win):
+                    print(f"  {tag} window {int(m.group(1)) + 1}/{n_win}: {m.group(2)}", flush=True)
+        out = p.stdout.read()
+        rc = p.wait()
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    wall = time.time() - t0
+    if rc != 0:
+        return None, "\n".join(log[-5:]) or f"exit status {rc}"
+    kv = parse_kv(out)
+    miss = [k for k in ("w_bits", "ppl", "ppl_ref", "delta_ppl_pct", "kl", "top1", "seconds") if k not in kv]
+    if miss:
+        return None, f"missing {', '.join(miss)} in the output"
+    return {"eval": kv, "wall_s": round(wall, 2), "cmd": " ".join(cmd)}, None
+
+
+# ---- rendering ------------------------------------------------------------------------
+
+def fmt_bits(x):
+    return f"{x:.2f}".rstrip("0").rstrip(".") if abs(x - round(x)) < 1e-9 else f"{x:.3g}"
+
+
+def goals_text(res, ref_ppl):
+    """The goal checks, from the measured numbers only."""
+    def get(w, a, cal=VALID):
+        return res.get((w, a, cal if needs_calib(w, a) else NONE))
+
+    sq_a8 = get("sq:8/4:b64:s0.875:gptq", "int8")
+    sq82_a8 = get("sq:8/2:b64:s0.875:gptq", "int8")
+    w4a8 = get("int4:g64:gptq", "int8")
+    w4a4 = get("int4:g64:gptq", "int4")
+    st = get("int4:g64:gptq", "sq:8/4:b64:s0.875:static")
+    dy = get("int4:g64:gptq", "sq:8/4:b64:s0.875:dynamic")
+    verdict = lambda ok: "**HELD**" if ok else "**NOT HELD**"
+    na = "NOT MEASURED (a configuration it needs has no result)"
+    P = lambda r: r["eval"]["ppl"]
+    W = lambda r: r["eval"]["w_bits"]
+    lines = []
+
+    # (1)
+    if sq_a8:
+        d = sq_a8["eval"]["delta_ppl_pct"]
+        lines.append(f"1. *W(SQ8/4 b64 s0.875, GPTQ)A8 within 1% of FP32 perplexity*: {verdict(d <= 1.0)} - "
+                     f"ppl {P(sq_a8):.4f} vs FP32 {ref_ppl:.4f} ({d:+.2f}%).")
+    else:
+        lines.append(f"1. *W(SQ8/4 b64 s0.875, GPTQ)A8 within 1% of FP32 perplexity*: {na}.")
+    if sq_a8 and w4a8:
+        better, cheaper = P(sq_a8) < P(w4a8), W(sq_a8) <= W(w4a8) + 1e-9
+        extra = ""
+        if sq82_a8:
+            extra = (f" (The SQ weight format closest in bits, 8/2 b64 s0.875 GPTQ at "
+                     f"{W(sq82_a8):.3g} bits, has ppl {P(sq82_a8):.4f}.)")
+        lines.append(
+            f"   *... and better than W4A8 (GPTQ) at no more weight bits*: {verdict(better and cheaper)} - "
+            f"ppl {P(sq_a8):.4f} vs {P(w4a8):.4f} ({'better' if better else 'not better'}), "
+            f"{W(sq_a8):.3g} vs {W(w4a8):.3g} bits per weight "
+            f"({'no more' if cheaper else 'more'} bits).{extra}")
+    else:
+        lines.append(f"   *... and better than W4A8 (GPTQ) at no more weight bits*: {na}.")
+    # (2)
+    if st and w4a8:
+        d = 100 * (P(st) - P(w4a8)) / P(w4a8)
+        lines.append(f"2. *W4A(SQ8/4 b64 s0.875 static) within 1% of W4A8 (GPTQ) perplexity*: "
+                     f"{verdict(d <= 1.0)} - ppl {P(st):.4f} vs {P(w4a8):.4f} ({d:+.2f}%).")
+    else:
+        lines.append(f"2. *W4A(SQ8/4 b64 s0.875 static) within 1% of W4A8 (GPTQ) perplexity*: {na}.")
+    if st and w4a4 and w4a8:
+        gap = P(w4a4) - P(w4a8)
+        rec = (P(w4a4) - P(st)) / gap if gap > 0 else float("nan")
+        ok = P(st) < P(w4a4) and gap > 0 and rec >= 0.5
+        lines.append(
+            f"   *... and clearly better than W4A4 (GPTQ)* (taken as: lower ppl, recovering at least half "
+            f"of the W4A4 -> W4A8 perplexity gap): {verdict(ok)} - ppl {P(st):.4f} vs W4A4 {P(w4a4):.4f}, "
+            f"recovers {100 * rec:.1f}% of the gap ({P(w4a4):.4f} -> {P(w4a8):.4f}) at "
+            f"{a_bits(st['acts']):.3g} activation bits.")
+    else:
+        lines.append(f"   *... and clearly better than W4A4 (GPTQ)*: {na}.")
+    # (3)
+    if st and dy:
+        d = 100 * (P(st) - P(dy)) / P(dy)
+        lines.append(f"3. *static within 1% of dynamic (W4A(SQ8/4 b64 s0.875))*: {verdict(abs(d) <= 1.0)} - "
+                     f"ppl {P(st):.4f} static vs {P(dy):.4f} dynamic ({d:+.2f}%); "
+                     f"{a_bits(st['acts']):.3g} vs {a_bits(dy['acts']):.3g} activation bits.")
+    else:
+        lines.append(f"3. *static within 1% of dynamic (W4A(SQ8/4 b64 s0.875))*: {na}.")
+    return "\n".join(lines)
+
+
+def pareto(points):
+    """Points (x, y, ...) not dominated by one with x <= and y <= (one strict)."""
+    front, best = [], float("inf")
+    for p in sorted(points, key=lambda p: (p[0], p[1])):
+        if p[1] < best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def plot(path, rows, which, model):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = []
+    for r in rows:
+        if r["family"] == "ref":
+            continue
+        x = (r["w_bits"] + r["a_bits"]) / 2
+        pts.append((x, r["delta"], r))
+    fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
+    style = {
+        "base": dict(c="#4a6fa5", marker="o", label="baseline (uniform INT)"),
+        "sq-w": dict(c="#d9822b", marker="^", label="SQ weights"),
+        "sq-a": dict(c="#2f9e44", marker="s", label="SQ activations"),
+        "sq-wa": dict(c="#c92a2a", marker="D", label="SQ weights + activations"),
+    }
+    labelled = set()
+    for fam, st in style.items():
+        for cal, fill in ((NONE, False), (VALID, True), (SELF, True)):
+            sel = [p for p in pts if p[2]["family"] == fam and p[2]["calib"] == cal]
+            if not sel:
+                continue
+            kw = dict(marker=st["marker"], s=46, zorder=3, linewidths=1.2,
+                      edgecolors=st["c"] if cal != SELF else "black",
+                      facecolors=st["c"] if fill else "none")
+            lab = st["label"] if fam not in labelled else None
+            labelled.add(fam)
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=lab, **kw)
+    front = pareto(pts)
+    if front:
+        xs, ys = [front[0][0]], [front[0][1]]
+        for p in front[1:]:
+            xs += [p[0], p[0]]
+            ys += [ys[-1], p[1]]
+        ax.plot(xs, ys, color="black", lw=1, ls="--", zorder=2, label="Pareto frontier")
+    on_front = {id(p[2]) for p in front}
+    ys = [p[1] for p in pts] or [1.0]
+    lo, hi = min(ys), max(ys)
+    if lo > 0:  # log axis when every point lost accuracy, symlog when some gained
+        ax.set_yscale("log")
+        ax.set_ylim(min(lo, 1.0) / 2, hi * 3)
+    else:
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(min(lo * 3, -0.05), hi * 3)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":", zorder=1)
+    ax.text(ax.get_xlim()[1], 1.0, " +1% ", fontsize=7, color="grey", va="bottom", ha="right")
+    # labels: the first offset around the point whose text box overlaps no label placed so far
+    # and no other marker (measured with the renderer)
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    marks = [ax.transData.transform((x, y)) for x, y, _ in pts]
+    placed = []
+
+    def free(bb, own):
+        if any(bb.x0 < q.x1 and q.x0 < bb.x1 and bb.y0 < q.y1 and q.y0 < bb.y1 for q in placed):
+            return False
+        return not any(bb.x0 - 9 < mx < bb.x1 + 9 and bb.y0 - 6 < my < bb.y1 + 6
+                       for k, (mx, my) in enumerate(marks) if k != own)
+
+    todo = [(k, x, y, r) for k, (x, y, r) in enumerate(pts)
+            if which != "full" or r["headline"] or id(r) in on_front]
+    for k, x, y, r in sorted(todo, key=lambda p: (p[1], -p[2])):
+        lab = r["name"] + (" [self]" if r["calib"] == SELF else "")
+        cands = [(5, 2, "left"), (-5, 2, "right"), (5, 12, "left"), (-5, 12, "right"), (5, -9, "left"),
+                 (-5, -9, "right"), (5, 23, "left"), (-5, 23, "right"), (5, -20, "left"),
+                 (-5, -20, "right"), (5, 34, "left"), (5, -31, "left")]
+        for n, (dx, dy, ha) in enumerate(cands):
+            kw = dict(xytext=(dx, dy), textcoords="offset points", fontsize=6.5, color="#222", ha=ha)
+            t = ax.annotate(lab, (x, y), **kw)
+            bb = t.get_window_extent(renderer)  # the text alone, before any leader line
+            if free(bb, k) or n == len(cands) - 1:
+                placed.append(bb)
+                if n:  # moved away from the point: draw a leader line
+                    t.remove()
+                    ax.annotate(lab, (x, y), arrowprops=dict(arrowstyle="-", lw=0.5, color="#666",
+                                                             shrinkA=0, shrinkB=3), **kw)
+                break
+            t.remove()
+    ax.set_xlabel("average effective bits per element, (W + A) / 2  (FP32 activations counted as 16)")
+    ax.set_ylabel("perplexity increase over FP32, %  (" + ax.get_yscale() + " axis)")
+    ref = next((r for r in rows if r["family"] == "ref"), None)
+    ax.set_title(f"{model}, WikiText-2 test, {rows[0]['tokens'] if rows else '?'} tokens, ctx {CTX}"
+                 + (f": FP32 ppl {ref['ppl']:.3f}" if ref else "")
+                 + "\nfilled = calibrated (GPTQ / static mask), hollow = RTN, black edge = self-calibration",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def render(out_md, results, configs, tokens, which, meta):
+    rows = []
+    res = {}
+    refs = []
+    for c in configs:
+        r = results.get(c.key)
+        if not r:
+            continue
+        ev = r["eval"]
+        res[c.key] = r
+        refs.append(ev["ppl_ref"])
+        rows.append(dict(name=c.name, family=c.family, weights=c.weights, acts=c.acts, calib=c.calib,
+                         headline=c.headline, w_bits=ev["w_bits"], a_bits=a_bits(c.acts),
+                         ppl=ev["ppl"], delta=ev["delta_ppl_pct"], kl=ev["kl"], top1=ev["top1"],
+                         seconds=ev["seconds"], tokens=tokens, commit=r.get("commit", "?")))
+    ref_ppl = refs[0] if refs else float("nan")
+    spread = (max(refs) - min(refs)) / ref_ppl if refs else 0.0
+    if refs:  # every run scores the FP32 path too: that is the reference line
+        rows.insert(0, dict(name="FP32 (reference)", family="ref", weights="fp32", acts="fp32", calib=NONE,
+                            headline=True, w_bits=32.0, a_bits=32.0, ppl=ref_ppl, delta=0.0, kl=0.0,
+                            top1=1.0, seconds=None, tokens=tokens, commit=""))
+    fam_name = dict(FAMILIES, ref="reference")
+    table = ["| config | family | weights | acts | calib | W bits | A bits | ppl | Δppl % | KL | top-1 % | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = r["family"] == "ref"
+        name = f"**{r['name']}**" if r["headline"] and which == "full" and not ref else r["name"]
+        secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
+        table.append(
+            f"| {name} | {fam_name[r['family']]} | `{r['weights']}` | `{r['acts']}` | "
+            f"{'-' if r['calib'] == NONE else r['calib']} | "
+            f"{'FP32' if ref else fmt_bits(r['w_bits'])} | {'FP32' if ref else fmt_bits(r['a_bits'])} | "
+            f"{r['ppl']:.4f} | {r['delta']:+.2f} | {r['kl']:.4f} | {100 * r['top1']:.2f} | {secs} |")
+    missing = [c for c in configs if c.key not in results]
+    commits = sorted({r["commit"] for r in rows if r["commit"]})
+    days = sorted({results[c.key].get("measured", "?")[:10] for c in configs if c.key in results})
+    measured = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    machines = sorted({results[c.key].get("machine", "?") for c in configs if c.key in results})
+    half = "" if tokens >= 16384 else (f" **Reduced token count: ACCURACY_TOKENS={tokens}, below the default "
+                                       f"16384, so the numbers are noisier.**")
+    header = (
+        f"Written {meta['date']}; sqserve built from commit {', '.join(commits) or '-'}, measured "
+        f"{measured} on {', '.join(machines) or meta['machine']}. "
+        f"Set: `ACCURACY_SET={which}`, {len(rows) - (1 if refs else 0)} of {len(configs)} configurations "
+        f"measured; "
+        f"WikiText-2 test, first {tokens} tokens, ctx {CTX} "
+        f"({tokens // CTX} windows from an empty cache, {tokens // CTX * (CTX - 1)} predictions), "
+        f"model {meta['model']}.{half}")
+    notes = (
+        f"Each row is `sqserve eval --ref`: the quantized model and the FP32 path over the same tokens. "
+        f"*Δppl %* is against that FP32 perplexity ({ref_ppl:.4f}; the same in every run"
+        f"{'' if spread < 1e-9 else f' to {spread:.1e} relative'}), *KL* the mean KL(FP32 ‖ quantized) per "
+        f"predicted token (nats), *top-1* the share of positions where both pick the same argmax. "
+        f"*W bits* is sqserve's `w_bits` (storage bits per weight over the quantized matrices, scales, "
+        f"SQ high values and their in-bank positions included); *A bits* is derived from the recipe: "
+        f"int8 = 8, int4 = 4, FP32 activations counted as a 16-bit baseline (A16), SQ static = "
+        f"(1-s)·h_high + s·h_low, SQ dynamic adds (1-s)·8 bits of positions. The FP32 row is the reference "
+        f"path (the GGUF weights dequantized to FP32, FP32 activations). *calib*: GPTQ Hessians and the "
+        f"static SQ channel mask from {CALIB_TOKENS} tokens of wikitext-2-valid, or of the model's own "
+        f"generations (`self`); RTN rows need none. *s* is sqserve's `seconds` for the two passes "
+        f"(calibration and quantization not included) on a machine other work shared, so it is only a "
+        f"rough cost.")
+    plot_note = (
+        "Plot `docs/accuracy.png`: Δppl % ("
+        + ("log" if all(r["delta"] > 0 for r in rows if r["family"] != "ref") else "symlog")
+        + " axis) against the average effective bits (W + A) / 2 of "
+        "each configuration, FP32 activations counted as 16 bits; baselines and the SQ families in "
+        "separate colours and markers, the Pareto frontier (no configuration both cheaper and more "
+        "accurate) dashed"
+        + ("; only the headline configurations (bold) and the frontier are labelled." if which == "full" else "."))
+    parts = [f"{BEGIN} (generated by make accuracy: tests/bench/accuracy.sh; do not edit by hand) -->",
+             "## Quantization grid: baselines and SQ-format", "", header, "", "\n".join(table), "",
+             notes, "", "### Goals (computed from the table)", "", goals_text(res, ref_ppl), ""]
+    if missing:
+        parts += [f"Not measured ({len(missing)}): " + "; ".join(
+            f"{c.name} `{c.weights}` / `{c.acts}` ({c.calib})" for c in missing), ""]
+    parts += [plot_note, "", "![accuracy plot](accuracy.png)", END]
+    block = "\n".join(parts)
+    text = open(out_md).read() if os.path.exists(out_md) else "# Accuracy\n"
+    if BEGIN in text and END in text:
+        i, j = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:i] + block + text[j:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(out_md + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(out_md + ".tmp", out_md)
+    png = os.path.join(os.path.dirname(os.path.abspath(out_md)), "accuracy.png")
+    plot(png, rows, which, meta["model"].removesuffix(".gguf"))
+    return rows, png
+
+
+# ---- main -----------------------------------------------------------------------------
+
+def main():
+    if len(sys.argv) != 4:
+        print(__doc__, file=sys.stderr)
+        return 2
+    binary, model, out_md = sys.argv[1:]
+    binary, model, out_md = (os.path.abspath(p) for p in (binary, model, out_md))
+    which = os.environ.get("ACCURACY_SET", "full")
+    if which not in ("full", "headline"):
+        print(f"ACCURACY_SET must be full or headline, not '{which}'", file=sys.stderr)
+        return 2
+    tokens = int(os.environ.get("ACCURACY_TOKENS", "16384"))
+    threads = int(os.environ.get("ACCURACY_THREADS", "0"))
+    fresh = os.environ.get("ACCURACY_FRESH") == "1"
+    render_only = os.environ.get("ACCURACY_RENDER_ONLY") == "1"
+    data = os.path.abspath(os.environ.get("ACCURACY_DATA", os.path.join(ROOT, "..", "shared", "data")))
+    for f in ("wikitext-2-test.txt", "wikitext-2-valid.txt"):
+        if not os.path.exists(os.path.join(data, f)):
+            print(f"accuracy: {os.path.join(data, f)} is missing (set ACCURACY_DATA)", file=sys.stderr)
+            return 1
+    for p in (model,) + (() if render_only else (binary,)):
+        if not os.path.exists(p):
+            print(f"accuracy: {p} is missing", file=sys.stderr)
+            return 1
+    cache_dir = os.path.join(ROOT, "models", ".cache", "accuracy")
+    os.makedirs(cache_dir, exist_ok=True)
+    configs = grid(which)
+    # the commit BIN was built from: the work tree's (-dirty when it has uncommitted changes), or
+    # ACCURACY_COMMIT when BIN was built elsewhere
+    commit = os.environ.get("ACCURACY_COMMIT") or sh("git", "describe", "--always", "--dirty", "--abbrev=7") \
+        or "unknown"
+    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), commit=commit,
+                machine=cpu_desc(), model=os.path.basename(model))
+
+    results, todo = {}, []
+    for c in configs:
+        path = cache_path(cache_dir, model, c, tokens)
+        if not fresh and os.path.exists(path):
+            with open(path) as f:
+                results[c.key] = json.load(f)
+        else:
+            todo.append(c)
+    print(f"accuracy: ACCURACY_SET={which}, {tokens} tokens, ctx {CTX}: {len(configs)} configurations, "
+          f"{len(configs) - len(todo)} cached in {os.path.relpath(cache_dir, ROOT)}, "
+          f"{0 if render_only else len(todo)} to run", flush=True)
+    failed = []
+    if todo and not render_only:
+        # run a private copy: a rebuild of BIN during the hours of the grid must not change it midway
+        tmpdir = tempfile.mkdtemp(prefix="sqserve-accuracy-")
+        run_bin = os.path.join(tmpdir, "sqserve")
+        shutil.copy2(binary, run_bin)
+        bin_sha = sha256(run_bin)
+        bin_built = datetime.datetime.fromtimestamp(os.path.getmtime(binary), datetime.timezone.utc) \
+            .isoformat(timespec="seconds")
+        t_start = time.time()
+        try:
+            for i, c in enumerate(todo):
+                tag = f"[{i + 1}/{len(todo)}]"
+                print(f"{tag} {c.name}: weights {c.weights}, acts {c.acts}, calib {c.calib}", flush=True)
+                r, err = run_one(run_bin, model, data, c, tokens, threads, tag)
+                if r is None:
+                    print(f"{tag} FAILED: {err}", flush=True)
+                    failed.append((c, err))
+                    continue
+                r.update(name=c.name, weights=c.weights, acts=c.acts, calib=c.calib, tokens=tokens, ctx=CTX,
+                         calib_tokens=CALIB_TOKENS, model=os.path.basename(model), commit=commit,
+                         binary_sha256=bin_sha, binary_built=bin_built, machine=meta["machine"],
+                         measured=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                path = cache_path(cache_dir, model, c, tokens)
+                with open(path + ".tmp", "w") as f:
+                    json.dump(r, f, indent=1, sort_keys=True)
+                os.replace(path + ".tmp", path)
+                results[c.key] = r
+                ev = r["eval"]
+                el = time.time() - t_start
+                eta = el / (i + 1) * (len(todo) - i - 1)
+                print(f"{tag} {c.name}: ppl {ev['ppl']:.4f} ({ev['delta_ppl_pct']:+.2f}%), kl {ev['kl']:.4f}, "
+                      f"top1 {100 * ev['top1']:.2f}%, {r['wall_s']:.0f}s; elapsed {el / 60:.1f} min, "
+                      f"ETA {eta / 60:.0f} min", flush=True)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    if not results:
+        print("accuracy: no results to write", file=sys.stderr)
+        return 1
+    rows, png = render(out_md, results, configs, tokens, which, meta)
+    print(f"accuracy: wrote {os.path.relpath(out_md)} ({len(rows)} rows) and {os.path.relpath(png)}")
+    if failed:
+        print(f"accuracy: {len(failed)} configuration(s) failed: " + "; ".join(c.name for c, _ in failed),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
