@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -506,6 +507,11 @@ def render(out_md, results, configs, tokens, which, meta):
 # ---- main -----------------------------------------------------------------------------
 
 def main():
+    # SIGTERM (and SIGHUP unless ignored, as under nohup) unwind like Ctrl-C: the running eval is
+    # killed and the private binary removed; finished configurations stay cached
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, lambda n, _f: sys.exit(128 + n))
     if len(sys.argv) != 4:
         print(__doc__, file=sys.stderr)
         return 2
