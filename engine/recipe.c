@@ -32,7 +32,8 @@ int recipe_parse_w(const char *s, wrecipe_t *r, char *err, size_t errlen) {
         r->kind = WQ_INT;
         if (sscanf(s + 3, "%d%n", &r->bits, &n) != 1 || r->bits < 2 || r->bits > 8) goto bad;
         tail = s + 3 + n;
-        if (!strncmp(tail, ":g", 2)) {
+        /* ":g64" is a group size; ":gptq" is the tail below */
+        if (!strncmp(tail, ":g", 2) && tail[2] >= '0' && tail[2] <= '9') {
             int m = 0;
             if (sscanf(tail + 2, "%ld%n", &r->group, &m) != 1 || r->group < 8 || r->group % 8) goto bad;
             tail += 2 + m;

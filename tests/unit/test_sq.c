@@ -95,10 +95,13 @@ static void test_bits_and_recipes(void **state) {
     assert_true(w.gptq && w.sq.b == 64 && w.sq.h_low == 4);
     assert_int_equal(recipe_parse_w("int4:g64", &w, err, sizeof err), 0);
     assert_true(w.kind == WQ_INT && w.bits == 4 && w.group == 64 && !w.gptq);
+    /* per-channel GPTQ: ":gptq" must not be read as a group size (a bug the grid found) */
+    assert_int_equal(recipe_parse_w("int8:gptq", &w, err, sizeof err), 0);
+    assert_true(w.kind == WQ_INT && w.bits == 8 && w.group == 0 && w.gptq);
     assert_int_equal(recipe_parse_a("sq:8/4:b16:s0.75:dynamic", &a, err, sizeof err), 0);
     assert_int_equal(a.kind, AQ_SQ_DYNAMIC);
     const char *bad[] = {"sq:8/4:b63:s0.875", "sq:8/5:b64:s0.875", "sq:8/4:b64:s0.3", "int9",
-                         "int4:g0", "int4:g64:foo", "sq:8/4:b16:s0.9", "float"};
+                         "int4:g0", "int4:g64:foo", "int4:gx", "int8:gptqq", "sq:8/4:b16:s0.9", "float"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = 0;
         assert_int_equal(recipe_parse_w(bad[i], &w, err, sizeof err), -1);
