@@ -35,7 +35,31 @@ MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps model run test unit pytest sanitize bench-cpu bench-serve accuracy fixtures clean
+# ---- CUDA: on when nvcc is found (make CUDA=0 to leave it out) -------------
+# kernels/cuda/*.cu go into the library for sm_90a (wgmma, Hopper) plus
+# compute_90 PTX; cudart is linked statically so the binary starts on
+# machines without a GPU (--device cuda then fails with a clear message).
+NVCC    ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA    ?= $(if $(NVCC),1,0)
+CU_ARCH := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
+NVFLAGS := -O3 -std=c++17 -g -lineinfo $(CU_ARCH) -Werror all-warnings -MMD -MP \
+           -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $(EXTRA_NVFLAGS)
+GPU_BIN :=
+ifeq ($(CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CFLAGS  += -DSQ_CUDA
+CU_LIBS := -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
+LDLIBS  += $(CU_LIBS)
+CU_SRC  := $(wildcard kernels/cuda/*.cu)
+LIB_OBJ += $(CU_SRC:%.cu=$(BUILD)/obj/%.o)
+GPU_SRC := $(wildcard tests/gpu/*.c tests/gpu/*.cu)
+GPU_BIN := $(patsubst tests/gpu/%,$(BUILD)/gpu/%,$(basename $(GPU_SRC)))
+endif
+# objects built with and without CUDA differ (-DSQ_CUDA): rebuild on a switch
+BUILD_CONF := $(BUILD)/.config
+$(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
+
+.PHONY: all deps model run test unit pytest sanitize gpu-bins bench-cpu bench-serve accuracy fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -45,6 +69,23 @@ $(BUILD)/sqserve: $(MAIN_OBJ) $(BUILD)/libsqserve.a
 $(BUILD)/libsqserve.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+
+$(LIB_OBJ) $(MAIN_OBJ): $(BUILD_CONF)
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+# GPU tests and benchmarks (tests/gpu/run.sh runs them on a GPU machine)
+gpu-bins: $(GPU_BIN)
+
+$(BUILD)/gpu/%: tests/gpu/%.c $(BUILD)/libsqserve.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcublasLt
+
+$(BUILD)/gpu/%: tests/gpu/%.cu $(BUILD)/libsqserve.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcublasLt
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
@@ -71,7 +112,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsqserve.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcmocka
 
--include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(GPU_BIN:=.d)
 
 # ---- set-up ---------------------------------------------------------------
 deps:
@@ -88,13 +129,13 @@ run: deps model
 
 # ---- tests ----------------------------------------------------------------
 test: deps model
-	@$(MAKE) --no-print-directory all unit-bins
+	@$(MAKE) --no-print-directory all unit-bins gpu-bins
 	@$(MAKE) --no-print-directory sanitize
 	@tests/run-tests.sh $(BUILD)
 
 unit-bins: $(UNIT_BIN)
 
-SAN_FLAGS := BUILD=build/sanitize OPT=-O1 \
+SAN_FLAGS := BUILD=build/sanitize OPT=-O1 CUDA=0 \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	  EXTRA_LDFLAGS="-fsanitize=address,undefined"
 

@@ -1,0 +1,109 @@
+/* kc.h - the CUDA kernels the GPU forward pass is written against.
+ *
+ * A C interface (the .cu files implement it with C linkage) so that the
+ * engine, written in C, never includes a CUDA header. Pointers named d_*
+ * are device memory. Everything runs in order on one CUDA stream that
+ * kc_init creates, so a caller that needs results on the host only has
+ * to call kc_download (which synchronises).
+ *
+ * Errors: every CUDA call and every kernel launch is checked. A failing
+ * function returns -1 (or NULL) and leaves one line in kc_error(); the
+ * first error sticks until kc_clear_error(), so a sequence of launches can
+ * be checked once at the end without losing the cause.
+ *
+ * Nothing here knows about requests, sequences or files: shapes, device
+ * pointers and a paged K/V layout described by plain integers.
+ */
+#ifndef KC_H
+#define KC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../k_sq.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- device, memory, errors (kc_core.cu) ---------------------------------- */
+
+/* Selects device `ordinal`, creates the stream and the cuBLAS handle.
+ * Fails with a clear message when there is no driver, no device, or the
+ * device is older than the code this binary carries (sm_90). */
+int kc_init(int ordinal);
+void kc_shutdown(void);
+const char *kc_device_name(void);       /* "NVIDIA H100 80GB HBM3" */
+double kc_mem_bandwidth_gbs(void);      /* theoretical peak from the device attributes */
+const char *kc_error(void);
+void kc_clear_error(void);
+
+void *kc_malloc(size_t bytes);          /* NULL on failure (kc_error says why) */
+void kc_free(void *d);
+int kc_upload(void *d_dst, const void *src, size_t bytes);
+int kc_download(void *dst, const void *d_src, size_t bytes); /* synchronises */
+int kc_memset(void *d, int byte, size_t bytes);
+int kc_sync(void);                      /* waits for the stream; reports async errors */
+void *kc_stream(void);                  /* the cudaStream_t, for the .cu files */
+
+/* Wall time of the stream between two markers (CUDA events), for benchmarks. */
+typedef struct kc_timer kc_timer_t;
+kc_timer_t *kc_timer_start(void);
+double kc_timer_stop_ms(kc_timer_t *t); /* synchronises, frees t; < 0 on error */
+
+/* ---- dense FP32 matmul through cuBLAS (kc_core.cu) ------------------------ */
+
+/* d_y[m][n] = d_x[m][k] . d_w[n][k]^T in FP32 (TF32 off: same math as the
+ * CPU path up to summation order). */
+int kc_gemm_f32(const float *d_w, long n, long k, const float *d_x, long m, float *d_y);
+
+/* ---- transformer ops (kc_ops.cu) ------------------------------------------ */
+
+/* out[i] = table[tok[i]] for i < n; table is [n_vocab][dim] FP32. */
+int kc_embed(float *d_out, const float *d_table, const int32_t *d_tok, int n, int dim);
+/* out[i] = x[i] / rms(x[i]) * w, rows of dim. */
+int kc_rmsnorm(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps);
+/* llama.cpp "normal" RoPE in place on n rows of n_heads heads (row stride
+ * n_heads * head_dim): pairs (2i, 2i+1) of the first rot_dim values. */
+int kc_rope(float *d_x, const int32_t *d_pos, int n, int n_heads, int head_dim, int rot_dim,
+            const float *d_inv_freq);
+int kc_silu_mul(float *d_g, const float *d_u, long count);  /* g = silu(g) * u */
+int kc_add(float *d_y, const float *d_x, long count);       /* y += x */
+
+/* Paged K/V: the cache is [block][layer][block_size][kv_dim] floats. Row i
+ * of a batch has position pos[i] and reads its sequence's block ids from
+ * blk[blk_off[i] ...]. kc_kv_store writes row i's k/v at pos[i]. */
+typedef struct {
+    float *d_k, *d_v;
+    int n_layer, kv_dim, block_size;
+} kc_kv_t;
+int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const float *d_v, int n,
+                const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off);
+/* out[i][h] = softmax(q[i][h] . K[0..pos[i]]^T * scale) . V over row i's
+ * sequence, grouped-query (n_head / n_head_kv query heads per kv head). */
+int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
+                 const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
+                 int n_head, int n_head_kv, int head_dim, int max_pos);
+
+/* ---- SQ-format weights (kc_sq.cu) ----------------------------------------- */
+
+/* An SQ matrix in device memory, repacked from the host layout (k_sq.h)
+ * into the layout the GPU kernels read (kc_sq.cu documents it). */
+typedef struct kc_sq kc_sq_t;
+kc_sq_t *kc_sq_upload(const k_sq_t *w);
+/* A valid random SQ matrix generated on the device (synthetic benchmarks). */
+kc_sq_t *kc_sq_random(long n, long k, int h_low, int b, int h, uint64_t seed);
+void kc_sq_free(kc_sq_t *w);
+size_t kc_sq_bytes(const kc_sq_t *w);   /* device bytes one matmul must read */
+/* Per-token INT8 quantization, identical to k_quant_row_i8 (sx = max|x| /
+ * 127, q = round-half-even(x / sx) clamped to +-127): d_qx[m][k], d_sx[m]. */
+int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float *d_sx);
+/* d_y[i][r] = sx[i] * sum_g (s_lo[r][g] * lo_g + s_hi[r][g] * hi_g), the
+ * k_sq.h contract, with exact integer group sums. */
+int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,199 @@
+/* kc_core.cu - device selection, memory, errors, timers and the cuBLAS
+ * FP32 GEMM (see kc.h).
+ *
+ * One stream and one cuBLAS handle per process: the engine drives the GPU
+ * from a single thread (the scheduler's loop), so nothing here needs a
+ * lock except the sticky error, which HTTP threads may read.
+ *
+ * The first error sticks (later failures are usually consequences of it)
+ * until kc_clear_error; kc_sync turns asynchronous kernel faults into that
+ * error rather than letting them surface at some unrelated later call.
+ */
+#include "kc.h"
+#include "kc_internal.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char g_err[512];
+static pthread_mutex_t g_err_lock = PTHREAD_MUTEX_INITIALIZER;
+static cudaStream_t g_stream;
+static cublasHandle_t g_blas;
+static cudaDeviceProp g_prop;
+static int g_ready;
+
+extern "C" void kc_set_error(const char *fmt, ...) {
+    pthread_mutex_lock(&g_err_lock);
+    if (!g_err[0]) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(g_err, sizeof g_err, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&g_err_lock);
+}
+
+extern "C" int kc_check(int cuda_err, const char *what) {
+    if (cuda_err == cudaSuccess) return 0;
+    kc_set_error("CUDA error in %s: %s (%s)", what, cudaGetErrorString((cudaError_t)cuda_err),
+                 cudaGetErrorName((cudaError_t)cuda_err));
+    return -1;
+}
+
+extern "C" int kc_check_launch(const char *kernel) {
+    return kc_check((int)cudaGetLastError(), kernel);
+}
+
+extern "C" const char *kc_error(void) { return g_err[0] ? g_err : "no CUDA error recorded"; }
+
+extern "C" void kc_clear_error(void) {
+    pthread_mutex_lock(&g_err_lock);
+    g_err[0] = 0;
+    pthread_mutex_unlock(&g_err_lock);
+}
+
+extern "C" void *kc_stream(void) { return (void *)g_stream; }
+
+extern "C" int kc_init(int ordinal) {
+    if (g_ready) return 0;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        kc_set_error("no usable CUDA device: %s", cudaGetErrorString(e));
+        return -1;
+    }
+    if (n == 0) {
+        kc_set_error("no CUDA device found");
+        return -1;
+    }
+    if (ordinal < 0 || ordinal >= n) {
+        kc_set_error("CUDA device %d does not exist (%d found)", ordinal, n);
+        return -1;
+    }
+    if (kc_check(cudaGetDeviceProperties(&g_prop, ordinal), "cudaGetDeviceProperties") ||
+        kc_check(cudaSetDevice(ordinal), "cudaSetDevice"))
+        return -1;
+    if (g_prop.major < 9) {
+        kc_set_error("%s is compute capability %d.%d; this build carries code for 9.0 (Hopper) "
+                     "and newer", g_prop.name, g_prop.major, g_prop.minor);
+        return -1;
+    }
+    if (kc_check(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate"))
+        return -1;
+    cublasStatus_t s = cublasCreate(&g_blas);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cublasCreate failed: %s", cublasGetStatusString(s));
+        return -1;
+    }
+    /* FP32 means FP32: no TF32 shortcut, so GPU and CPU answers agree */
+    if (cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetStream(g_blas, g_stream) != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cuBLAS set-up failed");
+        return -1;
+    }
+    g_ready = 1;
+    return 0;
+}
+
+extern "C" void kc_shutdown(void) {
+    if (!g_ready) return;
+    cudaStreamSynchronize(g_stream);
+    cublasDestroy(g_blas);
+    cudaStreamDestroy(g_stream);
+    g_ready = 0;
+}
+
+extern "C" const char *kc_device_name(void) { return g_ready ? g_prop.name : "none"; }
+
+extern "C" double kc_mem_bandwidth_gbs(void) {
+    if (!g_ready) return 0;
+    int clock_khz = 0, bus_bits = 0, dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, dev);
+    cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev);
+    return 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9; /* DDR: two transfers per clock */
+}
+
+extern "C" void *kc_malloc(size_t bytes) {
+    void *p = NULL;
+    if (kc_check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc")) {
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        kc_clear_error();
+        kc_set_error("out of GPU memory: %zu bytes requested, %zu of %zu free", bytes, fr, tot);
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void kc_free(void *d) {
+    if (d) cudaFree(d);
+}
+
+extern "C" int kc_upload(void *d_dst, const void *src, size_t bytes) {
+    return kc_check(cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, g_stream),
+                    "upload");
+}
+
+extern "C" int kc_download(void *dst, const void *d_src, size_t bytes) {
+    if (kc_check(cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, g_stream), "download"))
+        return -1;
+    return kc_sync();
+}
+
+extern "C" int kc_memset(void *d, int byte, size_t bytes) {
+    return kc_check(cudaMemsetAsync(d, byte, bytes, g_stream), "memset");
+}
+
+extern "C" int kc_sync(void) {
+    return kc_check(cudaStreamSynchronize(g_stream), "a kernel (reported at synchronisation)");
+}
+
+struct kc_timer {
+    cudaEvent_t a, b;
+};
+
+extern "C" kc_timer_t *kc_timer_start(void) {
+    kc_timer_t *t = (kc_timer_t *)calloc(1, sizeof *t);
+    if (!t) {
+        kc_set_error("out of host memory");
+        return NULL;
+    }
+    if (kc_check(cudaEventCreate(&t->a), "cudaEventCreate") ||
+        kc_check(cudaEventCreate(&t->b), "cudaEventCreate") ||
+        kc_check(cudaEventRecord(t->a, g_stream), "cudaEventRecord")) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+extern "C" double kc_timer_stop_ms(kc_timer_t *t) {
+    if (!t) return -1;
+    float ms = -1;
+    if (kc_check(cudaEventRecord(t->b, g_stream), "cudaEventRecord") ||
+        kc_check(cudaEventSynchronize(t->b), "cudaEventSynchronize") ||
+        kc_check(cudaEventElapsedTime(&ms, t->a, t->b), "cudaEventElapsedTime"))
+        ms = -1;
+    cudaEventDestroy(t->a);
+    cudaEventDestroy(t->b);
+    free(t);
+    return ms;
+}
+
+extern "C" int kc_gemm_f32(const float *d_w, long n, long k, const float *d_x, long m, float *d_y) {
+    /* column-major view: y^T[n][m] = W[n][k] . x^T[k][m] */
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s = cublasSgemm(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one,
+                                   d_w, (int)k, d_x, (int)k, &zero, d_y, (int)n);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cublasSgemm (%ld x %ld x %ld) failed: %s", m, n, k, cublasGetStatusString(s));
+        return -1;
+    }
+    return 0;
+}
