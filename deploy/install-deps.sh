@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEBS=(build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev
       libpcre2-dev libcmocka-dev libxxhash-dev libopenblas-dev liblapacke-dev
-      unicode-data python3-venv unzip prometheus)
+      unicode-data python3-venv unzip prometheus shellcheck)
 
 missing=()
 for p in "${DEBS[@]}"; do

@@ -4,7 +4,7 @@
 # Each runner prints its own summary line; the exit status is nonzero if
 # any suite failed.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 BUILD=${1:-build}
 status=0
 

@@ -19,6 +19,7 @@ busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 proc_cpu() { awk '{sub(/^.*\) /, ""); print $12+$13}' "/proc/$1/stat"; }
 tmp=$(mktemp -d)
 pid=""
+# shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
