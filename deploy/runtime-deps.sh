@@ -17,21 +17,29 @@
 # so a CUDA runtime image keeps the cuBLAS it was released with.
 set -euo pipefail
 
-owner_of() { # the package that owns a library file; usrmerge: try /lib and /usr/lib
-  local f=$1 p cand
-  for cand in "$f" "$(realpath "$f")"; do
-    for p in "$cand" "${cand#/usr}" "/usr${cand#/usr}"; do
-      dpkg-query -S "$p" 2>/dev/null | grep -v '^diversion' | sed -n '1s/[:,].*//p' | grep . && return 0
-    done
+candidates() { # a library's path, its target, and both with and without /usr (usrmerge)
+  local p
+  for p in "$1" "$(realpath "$1")"; do
+    printf '%s\n' "$p" "${p#/usr}" "/usr${p#/usr}"
   done
-  return 1
 }
 
 list() {
-  local bin=$1 lib
+  local bin=$1 lib c pkg owners
   [ -x "$bin" ] || { echo "runtime-deps: $bin is not an executable" >&2; exit 1; }
-  ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | while read -r lib; do
-    owner_of "$lib" || echo "runtime-deps: no package owns $lib; left out" >&2
+  local libs=()
+  mapfile -t libs < <(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3}')
+  [ ${#libs[@]} -gt 0 ] || { echo "runtime-deps: ldd found no libraries in $bin" >&2; exit 1; }
+  # one dpkg query for every candidate path: lines "pkg[:arch][, pkg...]: /path"
+  owners=$(for lib in "${libs[@]}"; do candidates "$lib"; done | sort -u \
+           | xargs dpkg-query -S 2>/dev/null | grep -v '^diversion' || true)
+  for lib in "${libs[@]}"; do
+    pkg=""
+    while read -r c; do
+      pkg=$(awk -F': ' -v f="$c" '$2 == f {sub(/[:,].*/, "", $1); print $1; exit}' <<<"$owners")
+      [ -z "$pkg" ] || break
+    done < <(candidates "$lib")
+    if [ -n "$pkg" ]; then echo "$pkg"; else echo "runtime-deps: no package owns $lib; left out" >&2; fi
   done | sort -u
 }
 

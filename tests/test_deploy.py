@@ -1023,6 +1023,35 @@ def test_runtime_deps_script():
     assert bad.returncode != 0 and "runtime-deps:" in bad.stderr
 
 
+def test_runtime_deps_script_skips_unowned_libraries_and_installs_nothing_present(tmp_path):
+    """A library no package owns (as the CUDA driver, injected at run time) is
+    left out with a note; `install` with everything present does nothing."""
+    require_serve()
+    ldd = subprocess.run(["ldd", str(binary_path())], capture_output=True, text=True).stdout
+    jansson = re.search(r"libjansson\.so\.\d+ => (\S+)", ldd).group(1)
+    shutil.copy(jansson, tmp_path / Path(jansson).name)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path))
+    p = subprocess.run([str(DEPLOY / "runtime-deps.sh"), "list", str(binary_path())],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "libjansson" not in p.stdout and "libmicrohttpd" in p.stdout, p.stdout
+    assert f"no package owns {tmp_path}" in p.stderr, p.stderr
+    (tmp_path / "debs.txt").write_text(p.stdout)
+    stub = tmp_path / "bin" / "apt-get"  # must not be called: everything is installed
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\necho apt-get called >&2\nexit 1\n")
+    stub.chmod(0o755)
+    p = subprocess.run([str(DEPLOY / "runtime-deps.sh"), "install", str(tmp_path / "debs.txt"),
+                        "bash"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PATH=f"{stub.parent}:{os.environ['PATH']}"))
+    assert p.returncode == 0 and not p.stdout and not p.stderr, (p.stdout, p.stderr)
+    (tmp_path / "more.txt").write_text("no-such-package-sqserve\n")
+    p = subprocess.run([str(DEPLOY / "runtime-deps.sh"), "install", str(tmp_path / "more.txt")],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PATH=f"{stub.parent}:{os.environ['PATH']}"))
+    assert p.returncode != 0 and "apt-get called" in p.stderr, "a missing package is not installed"
+
+
 # ---- shell scripts ---------------------------------------------------------------------
 
 SKIP_DIRS = {".git", "build", "__pycache__", ".pytest_cache", "node_modules"}
