@@ -80,6 +80,7 @@ class Help:
     flags: Set[str]
     env: Dict[str, str]        # SQSERVE_X -> flag name
     defaults: Dict[str, str]   # flag name -> default
+    lines: Dict[str, str]      # flag name -> its help line
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +89,13 @@ def serve_help() -> Help:
     p = subprocess.run([str(binary_path()), "serve", "--help"], capture_output=True, text=True,
                        timeout=30, stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
-    flags, env, defaults = set(), {}, {}
+    flags, env, defaults, lines = set(), {}, {}, {}
     for line in p.stdout.splitlines():
         m = re.match(r"\s*(?:-\w, )?--([a-z0-9-]+)", line)
         if not m:
             continue
         flags.add(m.group(1))
+        lines[m.group(1)] = line
         e = re.search(r"\(env (SQSERVE_[A-Z0-9_]+)\)", line)
         if e:
             env[e.group(1)] = m.group(1)
@@ -102,7 +104,11 @@ def serve_help() -> Help:
             defaults[m.group(1)] = d.group(1)
     assert {"host", "port", "model", "api-key", "drain-timeout"} <= flags, p.stdout
     assert env.get("SQSERVE_PORT") == "port" and env.get("SQSERVE_HOST") == "host", p.stdout
-    return Help(flags, env, defaults)
+    return Help(flags, env, defaults, lines)
+
+
+# variables for the libraries under sqserve, not for sqserve itself
+OTHER_ENV = re.compile(r"(CUDA|NVIDIA|OPENBLAS|OMP)_[A-Z0-9_]+")
 
 
 def _check_env_names(names, help_: Help, where: str) -> None:
@@ -110,7 +116,8 @@ def _check_env_names(names, help_: Help, where: str) -> None:
     unknown = sorted(set(sq) - set(help_.env))
     assert not unknown, (f"{where}: {unknown} are not environment variables of `sqserve serve` "
                          f"(it knows {sorted(help_.env)})")
-    assert len(sq) == len(list(names)), f"{where}: non-SQSERVE_ variables {sorted(set(names) - set(sq))}"
+    other = sorted(n for n in set(names) - set(sq) if not OTHER_ENV.fullmatch(n))
+    assert not other, f"{where}: {other} are no sqserve variables (misspelt?)"
 
 
 # ---- a server exporting every metric family --------------------------------------------
@@ -679,6 +686,10 @@ def test_configuration_starts_server(source, serve_help):
     model = env.get("SQSERVE_MODEL", serve_help.defaults["model"])
     assert model.startswith("/models/") and Path(model).name == model_path().name, \
         f"{source}: SQSERVE_MODEL={model}: not the model `make model` bakes in at /models"
+    dev = env.get("SQSERVE_DEVICE", "cpu")
+    if dev != "cpu":  # no GPU here: the value must be one --device names; start on the CPU
+        assert re.match(r"cuda(:\d+)?$", dev) and "cuda" in serve_help.lines["device"], dev
+        env["SQSERVE_DEVICE"] = "cpu"
     key = "test-key-123" if "SQSERVE_API_KEY" in env else None
     env.update(SQSERVE_HOST="127.0.0.1", SQSERVE_PORT="0", SQSERVE_MODEL=str(model_path()))
     if key:
@@ -702,6 +713,19 @@ def test_configuration_starts_server(source, serve_help):
     finally:
         rc = s.stop()
     assert rc == 0, f"{source}: sqserve exited {rc} on SIGTERM\n{s.describe()}"
+
+
+def test_gpu_configurations_select_the_gpu(serve_help):
+    """The CUDA image, the compose GPU service and the base Kubernetes
+    Deployment run the model on the GPU; the CPU ones on the CPU."""
+    src = _config_sources()
+    gpu = ("Dockerfile", "compose:sqserve-gpu", "k8s")
+    if "device" not in serve_help.flags:  # a binary from before `serve --device`
+        assert not [k for k, e in src.items() if "SQSERVE_DEVICE" in e]
+        return
+    for k, e in src.items():
+        dev = e.get("SQSERVE_DEVICE", serve_help.defaults.get("device", "cpu"))
+        assert dev.startswith("cuda") == (k in gpu), f"{k}: SQSERVE_DEVICE={dev}"
 
 
 # ---- Dockerfiles -----------------------------------------------------------------------
