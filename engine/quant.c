@@ -218,12 +218,12 @@ static qtensor_t *new_qt(quant_state_t *qs) {
 /* An SQ tensor as the INT8 kernel's weight (k_mat_t of type K_SQ); the
  * tensor itself stays owned by qs. */
 static int sq_kernel_mat(k_mat_t *w, const sq_tensor_t *t, quant_state_t *qs) {
-    k_sq_t *v = malloc(sizeof *v);
+    k_sq_t *v = k_sq_new(&(k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx,
+                                   t->s_lo, t->s_hi, NULL, 0, 0});
     if (!v || own(qs, (float *)v) != 0) {
         free(v);
         return -1;
     }
-    *v = (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi};
     *w = (k_mat_t){K_SQ, v, t->n, t->k, (size_t)((double)t->k * sq_bits_per_element(&t->cfg) / 8)};
     return 0;
 }

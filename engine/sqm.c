@@ -238,6 +238,14 @@ static const uint8_t *array_at(const uint8_t *data, uint64_t data_len, json_t *o
     return data + off;
 }
 
+/* Releases the whole pages inside [p, p + n) of the read-only file
+ * mapping; they are read from the file again if anything touches them. */
+static void drop_pages(const void *p, size_t n) {
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), b = ((uintptr_t)p + pg - 1) / pg * pg,
+              e = ((uintptr_t)p + n) / pg * pg;
+    if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
 static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data_len, int *seen,
                        int sq_kernel, char *msg, size_t msglen) {
     const char *name = json_string_value(json_object_get(e, "name"));
@@ -299,13 +307,22 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
             return -1;
         }
         if (sq_kernel) { /* INT8 activations: the kernel reads the mapped codes in place */
-            k_sq_t *v = realloc(W, sizeof *v); /* the float rows are not needed */
+            k_sq_t *v = k_sq_new(&(k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi,
+                                           NULL, 0, 0});
+            free(W); /* the float rows are not needed */
+            m->owned[m->n_owned - 1] = (float *)v;
             if (!v) {
+                m->n_owned--;
                 snprintf(msg, msglen, "out of memory");
                 return -1;
             }
-            m->owned[m->n_owned - 1] = (float *)v;
-            *v = (k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi};
+            if (v->pack) { /* the kernel reads its own panels: let the mapped copy go */
+                drop_pages(t.lo, lo);
+                drop_pages(t.hi, banks);
+                drop_pages(t.idx, banks);
+                drop_pages(t.s_lo, groups);
+                drop_pages(t.s_hi, groups);
+            }
             *quant_layer_mat(m, layer, part, NULL, 0) =
                 (k_mat_t){K_SQ, v, n, k, (size_t)((double)k * sq_bits_per_element(&cfg) / 8)};
             seen[layer * 7 + part] = 1;

@@ -7,18 +7,29 @@
  *     hi[g] = sum_{high j in g} hi_code[j] * qx[j]
  * and combined in float in one fixed order, shared by every ISA:
  *     y = sx * sum_g (s_lo[g] * lo[g] + s_hi[g] * hi[g])
- * so each SIMD path is bit-exact against the scalar reference.
+ * (k_sq_combine is the definition), so every path is bit-exact against
+ * the scalar reference, not merely close.
  *
- * SIMD: AVX-512 VNNI + VBMI for h_low = 4 and b = 64 (the dense nibbles
- * through vpdpbusd, the high elements gathered with vpermb and multiplied
- * with vpdpwssd); every other shape, and CPUs without those extensions,
- * take the portable path.
+ * Three paths, chosen at run time (SQSERVE_ISA=portable|avx2|avx512 can
+ * only lower the level the CPU supports):
+ * - avx512 (VNNI + VBMI), h_low = 4 and G = 64: k_sq_new() repacks the
+ *   tensor once into 16-row panels (see k_sq_avx512.c) so that vpdpbusd
+ *   lanes are weight rows: group sums come out per lane with no horizontal
+ *   reductions, the combine runs 16 rows wide, and several activation rows
+ *   (prefill, batched decode) share every unpacked weight vector. The
+ *   repack costs one copy of the tensor in memory (the file mapping is not
+ *   read again), which buys a 2-4x faster decode than the stored layout.
+ * - avx2 (maddubs/madd), h_low = 4 and G = 64: group sums on the stored
+ *   layout, one weight row and one activation row at a time.
+ * - portable C for every shape.
  */
 #ifndef K_SQ_H
 #define K_SQ_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "k_pool.h"
 
 typedef struct {
     int h_low, b, h, G;
@@ -27,7 +38,24 @@ typedef struct {
     const int8_t *hi;     /* [n][k/b][h] */
     const uint8_t *idx;   /* [n][k/b][h] */
     const float *s_lo, *s_hi; /* [n][k/G] */
+    /* kernel-private, set by k_sq_new: the AVX-512 panels, or NULL */
+    const uint8_t *pack;
+    int pack_hq;          /* 4-high chunks per group in a panel */
+    size_t pack_gbytes;   /* bytes per (panel, group) */
 } k_sq_t;
+
+/* A view for the kernels: a copy of *src plus, when the AVX-512 path
+ * applies, its repacked panels, all in ONE allocation (free() releases
+ * it). The arrays src points to must outlive the view. NULL on OOM. */
+k_sq_t *k_sq_new(const k_sq_t *src);
+
+/* y[m][n] = x[m][k] . W^T: each x row quantized to int8 once, then rows
+ * of W split across the pool. 0, or -1 on out of memory. */
+int k_sq_matmul(k_pool_t *pool, const k_sq_t *w, const float *x, long m, float *y);
+/* Several SQ matrices reading the same x (q/k/v, gate/up): one
+ * quantization of x and one fork-join for all of them. */
+int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count,
+                      const float *x, long m);
 
 /* Per-token int8 quantization: qx = round(x / sx), sx = max|x| / 127,
  * and (when xsum64 is non-NULL) the sums of each 64 codes, which the
@@ -36,13 +64,14 @@ float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64);
 
 /* Integer group sums of row r against qx (nb groups = k/G). */
 void k_sq_group_sums_ref(const k_sq_t *w, long r, const int8_t *qx, int32_t *lo, int32_t *hi);
-void k_sq_group_sums(const k_sq_t *w, long r, const int8_t *qx, const int32_t *xsum64, int32_t *lo,
-                     int32_t *hi);
 
 /* The shared float combination. */
 float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const int32_t *hi);
 
-/* 1 when the fast path applies to this tensor on this CPU. */
-int k_sq_simd(const k_sq_t *w);
+/* The path a view runs on: "avx512", "avx2" or "portable". */
+const char *k_sq_path(const k_sq_t *w);
+/* Tests: run as if SQSERVE_ISA were `name` (never above what the CPU has).
+ * Views made before keep their panels; k_sq_new after this decides anew. */
+void k_sq_force_isa(const char *name);
 
 #endif

@@ -10,6 +10,7 @@
  *   x rows, so the dequant cost is paid once per weight row for the whole
  *   batch (prompt processing) and no horizontal sums are needed.
  * Rows of W are split across threads in multiples of 32 (4 when fused).
+ * SQ weights (K_SQ) go to k_sq_matmul (k_sq.h), which has its own driver.
  */
 #include "../k_ops.h"
 #include "../k_quant.h"
@@ -118,53 +119,8 @@ static void mm_task(void *arg, int ith, int nth) {
     free(panel);
 }
 
-/* SQ weights x INT8 activations: every x row is quantized once per call,
- * then rows of W are split across threads. */
-typedef struct {
-    const k_sq_t *w;
-    const int8_t *qx;
-    const int32_t *xsum;
-    const float *sx;
-    long m;
-    float *y;
-} sq_ctx_t;
-
-#define SQ_MAX_GROUPS 512
-
-static void sq_task(void *arg, int ith, int nth) {
-    sq_ctx_t *c = arg;
-    const k_sq_t *w = c->w;
-    long b, e;
-    int32_t lo[SQ_MAX_GROUPS], hi[SQ_MAX_GROUPS];
-    k_split(w->n, ith, nth, 4, &b, &e);
-    for (long r = b; r < e; r++)
-        for (long i = 0; i < c->m; i++) {
-            k_sq_group_sums(w, r, c->qx + i * w->k, c->xsum + i * (w->k / 64), lo, hi);
-            c->y[i * w->n + r] = k_sq_combine(w, r, c->sx[i], lo, hi);
-        }
-}
-
-static int sq_matmul(k_pool_t *pool, const k_sq_t *w, const float *x, long m, float *y) {
-    if (w->k / w->G > SQ_MAX_GROUPS) return -1;
-    int8_t *qx = malloc((size_t)(m * w->k));
-    int32_t *xsum = malloc((size_t)(m * (w->k / 64 + 1)) * sizeof *xsum);
-    float *sx = malloc((size_t)m * sizeof *sx);
-    int rc = -1;
-    if (qx && xsum && sx) {
-        for (long i = 0; i < m; i++)
-            sx[i] = k_quant_row_i8(x + i * w->k, w->k, qx + i * w->k, w->k % 64 ? NULL : xsum + i * (w->k / 64));
-        sq_ctx_t c = {w, qx, xsum, sx, m, y};
-        k_pool_run(pool, sq_task, &c);
-        rc = 0;
-    }
-    free(qx);
-    free(xsum);
-    free(sx);
-    return rc;
-}
-
 int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y) {
-    if (w->type == K_SQ) return sq_matmul(pool, w->data, x, m, y);
+    if (w->type == K_SQ) return k_sq_matmul(pool, w->data, x, m, y);
     const k_type_info_t *ti = k_type_info(w->type);
     if (!ti || !ti->dequant) return -1;
     mm_ctx_t c = {w, x, m, y, NULL, m <= FUSED_MAX_M && has_fused(w->type), 0};
@@ -199,9 +155,16 @@ int k_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, int
                    const float *x, long m) {
     /* only the fused single-row path is grouped: it is the one whose
      * per-matrix work is small enough for the fork-join to matter */
-    int simple = count <= 4 && m == 1; /* has_fused() is false for K_SQ */
-    for (int i = 0; simple && i < count; i++)
-        simple = has_fused(w[i]->type);
+    int simple = count <= 4 && m == 1, sq = count <= 4; /* has_fused() is false for K_SQ */
+    for (int i = 0; i < count; i++) {
+        simple = simple && has_fused(w[i]->type);
+        sq = sq && w[i]->type == K_SQ && w[i]->k == w[0]->k;
+    }
+    if (sq) { /* INT8 activations: quantize x once for all of them */
+        const k_sq_t *v[4];
+        for (int i = 0; i < count; i++) v[i] = w[i]->data;
+        return k_sq_matmul_group(pool, v, y, count, x, m);
+    }
     if (!simple) {
         for (int i = 0; i < count; i++)
             if (k_matmul(pool, w[i], x, m, y[i]) != 0) return -1;

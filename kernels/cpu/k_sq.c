@@ -1,14 +1,84 @@
-/* k_sq.c - portable SQ x INT8 kernels and dispatch (see k_sq.h). */
+/* k_sq.c - SQ x INT8: the portable reference, ISA dispatch and the
+ * threaded matmul driver (see k_sq.h).
+ *
+ * The driver quantizes every activation row once per call (shared by all
+ * matrices of a group), then splits the weight rows across the pool: in
+ * 16-row panels for the AVX-512 kernel (which takes up to 8 activation
+ * rows per pass over a panel), in rows of 4 otherwise.
+ */
 #include "../k_sq.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-void k_sq_group_sums_avx512(const k_sq_t *w, long r, const int8_t *qx, const int32_t *xsum64,
-                            int32_t *lo, int32_t *hi);
+/* k_sq_avx512.c */
+size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes);
+void k_sq_pack_avx512(const k_sq_t *w, uint8_t *dst);
+void k_sq_panels_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
+                        const float *sx, long m, float *y);
+float k_quant_row_i8_avx512(const float *x, long k, int8_t *qx, int32_t *xsum64);
+/* k_sq_avx2.c */
+void k_sq_group_sums_avx2(const k_sq_t *w, long r, const int8_t *qx, const int32_t *xsum64,
+                          int32_t *lo, int32_t *hi);
 
-float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64) {
+enum { ISA_PORTABLE, ISA_AVX2, ISA_AVX512 };
+
+static int cpu_level(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512vbmi"))
+        return ISA_AVX512;
+    return __builtin_cpu_supports("avx2") ? ISA_AVX2 : ISA_PORTABLE;
+}
+
+static int level_of(const char *want, int cpu) {
+    int w = !want ? cpu : !strcmp(want, "portable") ? ISA_PORTABLE : !strcmp(want, "avx2") ? ISA_AVX2 : cpu;
+    return w < cpu ? w : cpu; /* a request only lowers the level */
+}
+
+static int isa_level = -1;
+
+static int sq_isa(void) {
+    if (isa_level < 0) isa_level = level_of(getenv("SQSERVE_ISA"), cpu_level());
+    return isa_level;
+}
+
+void k_sq_force_isa(const char *name) { isa_level = level_of(name, cpu_level()); }
+
+static int shape_fast(const k_sq_t *w) { return w->h_low == 4 && w->G == 64 && w->b <= 64 && w->k % 64 == 0; }
+
+const char *k_sq_path(const k_sq_t *w) {
+    if (w->pack && sq_isa() == ISA_AVX512) return "avx512";
+    if (shape_fast(w) && sq_isa() >= ISA_AVX2) return "avx2";
+    return "portable";
+}
+
+k_sq_t *k_sq_new(const k_sq_t *src) {
+    int hq = 0;
+    size_t gbytes = 0, bytes = 0;
+    if (shape_fast(src) && sq_isa() == ISA_AVX512) bytes = k_sq_pack_bytes_avx512(src, &hq, &gbytes);
+    size_t head = (sizeof(k_sq_t) + 63) / 64 * 64;
+    uint8_t *blk = malloc(head + (bytes ? bytes + 64 : 0));
+    if (!blk) return NULL;
+    k_sq_t *v = (k_sq_t *)blk;
+    *v = *src;
+    v->pack = NULL;
+    if (bytes) { /* the panels start 64-aligned inside the block */
+        uint8_t *p = blk + head;
+        p += (64 - (uintptr_t)p % 64) % 64;
+        k_sq_pack_avx512(src, p);
+        v->pack = p;
+        v->pack_hq = hq;
+        v->pack_gbytes = gbytes;
+    }
+    return v;
+}
+
+/* ---- the portable reference ------------------------------------------------------------- */
+
+static float quant_row_ref(const float *x, long k, int8_t *qx, int32_t *xsum64) {
     float mx = 0;
     for (long j = 0; j < k; j++) mx = fabsf(x[j]) > mx ? fabsf(x[j]) : mx;
     float sx = mx / 127.0f;
@@ -22,6 +92,13 @@ float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64) {
         xsum64[g] = t;
     }
     return sx;
+}
+
+/* The AVX-512 version divides and rounds exactly as this one does (IEEE
+ * division, round-to-nearest-even), so both give the same codes. */
+float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64) {
+    if (sq_isa() == ISA_AVX512 && k % 16 == 0) return k_quant_row_i8_avx512(x, k, qx, xsum64);
+    return quant_row_ref(x, k, qx, xsum64);
 }
 
 static int lo_code(const k_sq_t *w, size_t e) {
@@ -57,24 +134,70 @@ float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const i
     return acc * sx;
 }
 
-static int cpu_has_fast(void) {
-    static int v = -1;
-    if (v < 0) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
-        const char *want = getenv("SQSERVE_ISA"); /* portable/avx2 force the portable path */
-        if (want && (!strcmp(want, "portable") || !strcmp(want, "avx2"))) v = 0;
+/* ---- the driver ------------------------------------------------------------------------ */
+
+#define SQ_MAX_GROUPS 512
+
+typedef struct {
+    const k_sq_t *const *w;
+    float *const *y;
+    int count;
+    const int8_t *qx;
+    const int32_t *xsum;
+    const float *sx;
+    long m;
+} sq_ctx_t;
+
+/* One row of W against every activation row, on the stored layout. */
+static void rows_stored(const k_sq_t *w, long b, long e, const sq_ctx_t *c, float *y) {
+    int32_t lo[SQ_MAX_GROUPS], hi[SQ_MAX_GROUPS];
+    int avx2 = shape_fast(w) && sq_isa() >= ISA_AVX2;
+    for (long r = b; r < e; r++)
+        for (long i = 0; i < c->m; i++) {
+            const int8_t *q = c->qx + i * w->k;
+            if (avx2) k_sq_group_sums_avx2(w, r, q, c->xsum + i * (w->k / 64), lo, hi);
+            else k_sq_group_sums_ref(w, r, q, lo, hi);
+            y[i * w->n + r] = k_sq_combine(w, r, c->sx[i], lo, hi);
+        }
+}
+
+static void sq_task(void *arg, int ith, int nth) {
+    const sq_ctx_t *c = arg;
+    for (int i = 0; i < c->count; i++) {
+        const k_sq_t *w = c->w[i];
+        long b, e;
+        if (w->pack && sq_isa() == ISA_AVX512) {
+            k_split((w->n + 15) / 16, ith, nth, 1, &b, &e);
+            if (b < e) k_sq_panels_avx512(w, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
+        } else {
+            k_split(w->n, ith, nth, 4, &b, &e);
+            rows_stored(w, b, e, c, c->y[i]);
+        }
     }
-    return v;
 }
 
-int k_sq_simd(const k_sq_t *w) {
-    return w->h_low == 4 && w->b == 64 && w->G == 64 && w->h <= 32 && cpu_has_fast();
+int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count,
+                      const float *x, long m) {
+    long k = w[0]->k;
+    for (int i = 0; i < count; i++)
+        if (w[i]->k != k || w[i]->k / w[i]->G > SQ_MAX_GROUPS) return -1;
+    int8_t *qx = malloc((size_t)(m * k));
+    int32_t *xsum = malloc((size_t)(m * (k / 64 + 1)) * sizeof *xsum);
+    float *sx = malloc((size_t)m * sizeof *sx);
+    int rc = -1;
+    if (qx && xsum && sx) {
+        for (long i = 0; i < m; i++)
+            sx[i] = k_quant_row_i8(x + i * k, k, qx + i * k, k % 64 ? NULL : xsum + i * (k / 64));
+        sq_ctx_t c = {w, y, count, qx, xsum, sx, m};
+        k_pool_run(pool, sq_task, &c);
+        rc = 0;
+    }
+    free(qx);
+    free(xsum);
+    free(sx);
+    return rc;
 }
 
-void k_sq_group_sums(const k_sq_t *w, long r, const int8_t *qx, const int32_t *xsum64, int32_t *lo,
-                     int32_t *hi) {
-    if (k_sq_simd(w)) k_sq_group_sums_avx512(w, r, qx, xsum64, lo, hi);
-    else k_sq_group_sums_ref(w, r, qx, lo, hi);
+int k_sq_matmul(k_pool_t *pool, const k_sq_t *w, const float *x, long m, float *y) {
+    return k_sq_matmul_group(pool, &w, &y, 1, x, m);
 }

@@ -1,41 +1,211 @@
-/* k_sq_avx512.c - SQ 8/4 (b = G = 64) x INT8 group sums with AVX-512
- * VNNI + VBMI (see k_sq.h). One 64-element group per step:
- *   low:  32 packed bytes -> 64 nibbles in element order (zero-extend to
- *         16 bits, split, shift) -> offset binary (xor 8, 0..15) ->
- *         vpdpbusd against the 64 int8 activations; the +8 offset is
- *         removed with the group's activation sum.
- *   high: vpermb gathers the activations at the h in-bank positions,
- *         both sides widen to int16, vpdpwssd multiplies and adds.
- * Lanes past h are masked to zero on the weight side, so the garbage the
- * gather puts there contributes nothing. Integer results equal the
- * portable path exactly. */
+/* k_sq_avx512.c - SQ (h_low = 4, G = 64) x INT8 with AVX-512 VNNI + VBMI.
+ *
+ * The stored layout (engine/sq.h) keeps one row's codes together, which
+ * makes a kernel reduce each group's 16 vpdpbusd lanes horizontally: two
+ * reductions per row and group, the main cost of the first version. So a
+ * tensor is repacked once, at load (k_sq_new), into panels of 16 rows in
+ * which a vector lane IS a row. Per (panel, group), 64-aligned:
+ *
+ *   lo   8 x 64 B   chunk c, byte 4i+q: row i's elements 8c+q (low nibble)
+ *                   and 8c+4+q (high nibble), offset binary (code + 8)
+ *   idx  hq x 64 B  chunk j, byte 4i+q: in-group position of row i's
+ *                   high 4j+q (banks of b < 64 are merged per group)
+ *   hi   hq x 64 B  the matching high codes (int8); padding has code 0
+ *   s    2 x 16 f   s_lo and s_hi of the 16 rows
+ *
+ * Then a group is: 16 vpdpbusd of unpacked nibbles against broadcast
+ * activation quads (lane i accumulates row i), hq vpermb gathers of the
+ * activations at the high positions (lane = row again) multiplied with
+ * vpdpbusd via the sign trick (|hi| unsigned, sign moved onto x), and the
+ * float combine done 16 rows wide in k_sq_combine's exact order, so the
+ * results are bit-identical to the portable path. Activation rows (tokens)
+ * are processed T = 8/4/2/1 per pass, sharing every unpacked weight vector.
+ *
+ * Trade-off: the panels are a second copy of the codes (~7 bits per
+ * weight); the mapped file is not read after load. Rows past n are zero
+ * padding and masked off on store.
+ */
 #include "../k_sq.h"
 
 #include <immintrin.h>
+#include <string.h>
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
-void k_sq_group_sums_avx512(const k_sq_t *w, long r, const int8_t *qx, const int32_t *xsum64,
-                            int32_t *lo, int32_t *hi) {
-    long ng = w->k / 64;
-    int h = w->h;
-    const uint8_t *lp = w->lo + (size_t)r * (size_t)w->k / 2;
-    const int8_t *hp = w->hi + (size_t)r * (size_t)ng * (size_t)h;
-    const uint8_t *ip = w->idx + (size_t)r * (size_t)ng * (size_t)h;
-    const __mmask64 hm = (h >= 64) ? ~0ULL : ((1ULL << h) - 1);
-    const __m512i low4 = _mm512_set1_epi16(0x000f), high4 = _mm512_set1_epi16(0x00f0);
-    const __m512i offset = _mm512_set1_epi8(8);
-    for (long g = 0; g < ng; g++) {
-        __m512i x = _mm512_loadu_si512((const void *)(qx + g * 64));
-        __m512i t = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(lp + g * 32)));
-        __m512i u = _mm512_or_si512(_mm512_and_si512(t, low4),
-                                    _mm512_slli_epi16(_mm512_and_si512(t, high4), 4));
-        u = _mm512_xor_si512(u, offset); /* two's complement nibble -> value + 8 */
-        __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
-        lo[g] = _mm512_reduce_add_epi32(acc) - 8 * xsum64[g];
-        __m512i iv = _mm512_maskz_loadu_epi8(hm, ip + g * h);
-        __m512i xg = _mm512_permutexvar_epi8(iv, x);
-        __m512i x16 = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(xg));
-        __m512i h16 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8((__mmask32)hm, hp + g * h));
-        hi[g] = _mm512_reduce_add_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), h16, x16));
+#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
+#define PR 16 /* rows per panel = int32 lanes */
+
+size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes) {
+    int hg = w->h * (64 / w->b); /* highs per 64-element group */
+    *hq = (hg + 3) / 4;
+    *gbytes = 512 + 128 * (size_t)*hq + 2 * PR * sizeof(float);
+    return (size_t)((w->n + PR - 1) / PR) * (size_t)(w->k / 64) * *gbytes;
+}
+
+static unsigned nib_ob(const k_sq_t *w, long r, long j) { /* offset-binary low code */
+    size_t e = (size_t)(r * w->k + j);
+    return ((w->lo[e / 2] >> (4 * (e % 2))) & 15u) ^ 8u;
+}
+
+static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P) {
+    long nb = w->k / w->b, bpg = 64 / w->b, ng = w->k / 64;
+    for (int c = 0; c < 8; c++)
+        for (int q = 0; q < 4; q++) {
+            long j = g * 64 + 8 * c + q;
+            P[64 * c + 4 * i + q] = (uint8_t)(nib_ob(w, r, j) | nib_ob(w, r, j + 4) << 4);
+        }
+    for (int u = 0; u < w->h * bpg; u++) {
+        long bank = g * bpg + u / w->h;
+        size_t at = (size_t)((r * nb + bank) * w->h + u % w->h);
+        size_t o = (size_t)(64 * (u / 4) + 4 * i + u % 4);
+        P[512 + o] = (uint8_t)((u / w->h) * w->b + w->idx[at]);
+        P[512 + 64 * hq + o] = (uint8_t)w->hi[at];
     }
+    float *S = (float *)(P + 512 + 128 * hq);
+    S[i] = w->s_lo[r * ng + g];
+    S[PR + i] = w->s_hi[r * ng + g];
+}
+
+void k_sq_pack_avx512(const k_sq_t *w, uint8_t *dst) {
+    int hq;
+    size_t gb;
+    k_sq_pack_bytes_avx512(w, &hq, &gb);
+    long ng = w->k / 64, np = (w->n + PR - 1) / PR;
+    for (long p = 0; p < np; p++)
+        for (long g = 0; g < ng; g++) {
+            uint8_t *P = dst + (size_t)(p * ng + g) * gb;
+            memset(P, 0, gb);
+            for (int i = 0; i < PR && p * PR + i < w->n; i++) pack_row(w, p * PR + i, g, i, hq, P);
+        }
+}
+
+/* A register barrier: keeps -ffp-contract=fast (this file's flags) from
+ * fusing the combine's multiply and add into an FMA, which would round
+ * differently from k_sq_combine. */
+TGT static inline __m512 opaque(__m512 v) {
+    __asm__("" : "+v"(v));
+    return v;
+}
+
+TGT static inline __m512i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* One panel (16 rows) against T activation rows: xq[t], xs[t] (group
+ * sums), sx[t], results to yo[t][0..15] under the row mask. With T = 1
+ * the low product uses four accumulators so the vpdpbusd chains overlap. */
+TGT static inline __attribute__((always_inline)) void
+panel_pass(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
+           const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm, const int T) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
+    __m512 accf[8];
+    for (int t = 0; t < T; t++) accf[t] = _mm512_setzero_ps();
+    for (long g = 0; g < ng; g++, P += gb) {
+        __m512i lo[8], hi[8];
+        for (int t = 0; t < (T == 1 ? 4 : T); t++) lo[t] = zero;
+        for (int t = 0; t < T; t++) hi[t] = zero;
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            __m512i W = _mm512_load_si512((const void *)(P + 64 * c));
+            __m512i A = _mm512_and_si512(W, m4), B = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
+            for (int t = 0; t < T; t++) {
+                const int8_t *x = xq[t] + g * 64 + 8 * c;
+                int a = T == 1 ? 2 * (c & 1) : t, b = T == 1 ? a + 1 : t;
+                lo[a] = _mm512_dpbusd_epi32(lo[a], A, bcast4(x));
+                lo[b] = _mm512_dpbusd_epi32(lo[b], B, bcast4(x + 4));
+            }
+        }
+        if (T == 1) lo[0] = _mm512_add_epi32(_mm512_add_epi32(lo[0], lo[1]), _mm512_add_epi32(lo[2], lo[3]));
+        const uint8_t *I = P + 512, *H = I + 64 * hq;
+        for (int j = 0; j < hq; j++) {
+            __m512i iv = _mm512_load_si512((const void *)(I + 64 * j));
+            __m512i hv = _mm512_load_si512((const void *)(H + 64 * j));
+            __mmask64 neg = _mm512_movepi8_mask(hv);
+            __m512i ha = _mm512_abs_epi8(hv);
+            for (int t = 0; t < T; t++) {
+                __m512i x = _mm512_permutexvar_epi8(iv, _mm512_loadu_si512((const void *)(xq[t] + g * 64)));
+                x = _mm512_mask_sub_epi8(x, neg, zero, x); /* hi * x = |hi| * (sign(hi) x) */
+                hi[t] = _mm512_dpbusd_epi32(hi[t], ha, x);
+            }
+        }
+        const float *S = (const float *)(H + 64 * hq);
+        __m512 sl = _mm512_load_ps(S), sh = _mm512_load_ps(S + PR);
+        for (int t = 0; t < T; t++) { /* acc += sl * lo + sh * hi, as k_sq_combine */
+            __m512i l = _mm512_sub_epi32(lo[t], _mm512_set1_epi32(8 * xs[t][g]));
+            __m512 a = opaque(_mm512_mul_ps(sl, _mm512_cvtepi32_ps(l)));
+            __m512 b = opaque(_mm512_mul_ps(sh, _mm512_cvtepi32_ps(hi[t])));
+            accf[t] = _mm512_add_ps(accf[t], _mm512_add_ps(a, b));
+        }
+    }
+    for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yo[t], rm, _mm512_mul_ps(accf[t], _mm512_set1_ps(sx[t])));
+}
+
+TGT static void pass8(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
+                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
+    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 8);
+}
+TGT static void pass4(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
+                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
+    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 4);
+}
+TGT static void pass2(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
+                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
+    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 2);
+}
+TGT static void pass1(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
+                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
+    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 1);
+}
+
+/* Panels [p0, p1) against all m activation rows: y[i][r] for r in the
+ * panels' rows. Tokens go 8 at a time, then 4, 2, 1. */
+TGT void k_sq_panels_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
+                            const float *sx, long m, float *y) {
+    long ng = w->k / 64;
+    for (long p = p0; p < p1; p++) {
+        const uint8_t *P = w->pack + (size_t)(p * ng) * w->pack_gbytes;
+        long rows = w->n - p * PR < PR ? w->n - p * PR : PR;
+        __mmask16 rm = (__mmask16)((1u << rows) - 1);
+        for (long t0 = 0; t0 < m;) {
+            long nt = m - t0 >= 8 ? 8 : m - t0 >= 4 ? 4 : m - t0 >= 2 ? 2 : 1;
+            const int8_t *xq[8];
+            const int32_t *xs[8];
+            float *yo[8];
+            for (long t = 0; t < nt; t++) {
+                xq[t] = qx + (t0 + t) * w->k;
+                xs[t] = xsum + (t0 + t) * ng;
+                yo[t] = y + (t0 + t) * w->n + p * PR;
+            }
+            if (nt == 8) pass8(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
+            else if (nt == 4) pass4(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
+            else if (nt == 2) pass2(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
+            else pass1(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
+            t0 += nt;
+        }
+    }
+}
+
+/* k_quant_row_i8 for k % 16 == 0: the same IEEE division and
+ * round-to-nearest-even as the scalar code, so the same codes. */
+TGT float k_quant_row_i8_avx512(const float *x, long k, int8_t *qx, int32_t *xsum64) {
+    __m512 mv = _mm512_setzero_ps();
+    for (long j = 0; j < k; j += 16) mv = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + j)), mv);
+    float sx = _mm512_reduce_max_ps(mv) / 127.0f;
+    __m512 s = _mm512_set1_ps(sx), lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
+    __m512i gsum = _mm512_setzero_si512();
+    for (long j = 0; j < k; j += 16) {
+        __m512i q = _mm512_setzero_si512();
+        if (sx > 0) {
+            __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + j), s),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, nlim), lim));
+        }
+        _mm_storeu_si128((__m128i *)(qx + j), _mm512_cvtsepi32_epi8(q));
+        gsum = _mm512_add_epi32(gsum, q);
+        if (xsum64 && j % 64 == 48) {
+            xsum64[j / 64] = _mm512_reduce_add_epi32(gsum);
+            gsum = _mm512_setzero_si512();
+        }
+    }
+    return sx;
 }

@@ -13,6 +13,7 @@
 #include "../../engine/gptq.h"
 #include "../../engine/recipe.h"
 #include "../../engine/sq.h"
+#include "../../kernels/k_pool.h"
 #include "../../kernels/k_sq.h"
 
 static uint64_t rng = 88172645463325252ull;
@@ -169,57 +170,132 @@ static void test_gptq_beats_rtn(void **state) {
 }
 
 static k_sq_t view(const sq_tensor_t *t) {
-    return (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi};
+    return (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi,
+                    NULL, 0, 0};
 }
 
-/* Every SIMD path gives the portable path's integers exactly, on fresh
- * random inputs of odd sizes; the float result matches the dequantized
- * product. */
+/* The scalar reference for y[m][n]: portable quantizer, integer group
+ * sums, k_sq_combine. */
+static void ref_matmul(const k_sq_t *v, const float *x, long m, float *y) {
+    int8_t *qx = malloc((size_t)v->k);
+    int32_t lo[64], hi[64];
+    k_sq_force_isa("portable");
+    for (long i = 0; i < m; i++) {
+        float sx = k_quant_row_i8(x + i * v->k, v->k, qx, NULL);
+        for (long r = 0; r < v->n; r++) {
+            k_sq_group_sums_ref(v, r, qx, lo, hi);
+            y[i * v->n + r] = k_sq_combine(v, r, sx, lo, hi);
+        }
+    }
+    free(qx);
+}
+
+/* Every path this CPU has (AVX-512 panels, AVX2, portable) gives the
+ * reference's floats bit for bit, on fresh random tensors of odd sizes:
+ * 37 rows (a ragged 16-row panel), 5/25 groups (3/13 at b128), every
+ * supported h, and m = 1, 2, 3, 8, 13 activation rows (every token block
+ * of the multi-row kernel), through one matrix and a group of two. */
 static void test_sq_int8_kernel_bit_exact(void **state) {
     (void)state;
-    sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 4, 64, 0.75}, {8, 4, 64, 0.9375}, {8, 4, 16, 0.75},
-                       {8, 2, 64, 0.875}, {4, 2, 128, 0.9375}};
-    int simd_seen = 0;
+    sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 4, 64, 0.75}, {8, 4, 64, 0.9375}, {8, 4, 64, 0.5},
+                       {8, 4, 16, 0.75},  {8, 4, 32, 0.875}, {8, 4, 16, 0.9375}, {8, 2, 64, 0.875},
+                       {8, 3, 64, 0.875}, {4, 2, 128, 0.9375}, {8, 4, 128, 0.875}};
+    const char *isas[] = {"avx512", "avx2", "portable"};
+    long ms[] = {1, 2, 3, 8, 13};
+    k_pool_t *pool = k_pool_new(2);
+    assert_non_null(pool);
+    int seen[3] = {0};
     for (size_t c = 0; c < 2 * sizeof cfgs / sizeof cfgs[0]; c++) {
-        /* odd row counts; 5 and 25 groups of 64 (the SIMD path works in 8s) */
         long n = 37, k = c % 2 ? 1600 : 320;
         if (cfgs[c / 2].b == 128) k = c % 2 ? 1664 : 384;
-        float *w = make_w(n, k), *x = malloc((size_t)k * sizeof *x), *row = malloc((size_t)k * sizeof *row);
-        sq_tensor_t t;
-        assert_int_equal(sq_alloc(&t, &cfgs[c / 2], n, k), 0);
-        assert_int_equal(sq_quantize(&t, w, NULL, NULL), 0);
-        for (int trial = 0; trial < 3; trial++) {
-            for (long j = 0; j < k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
-            int8_t *qx = malloc((size_t)k);
-            int32_t xs[32], lo1[32], hi1[32], lo2[32], hi2[32];
-            float sx = k_quant_row_i8(x, k, qx, xs);
-            k_sq_t v = view(&t);
-            simd_seen |= k_sq_simd(&v);
-            for (long r = 0; r < n; r++) {
-                k_sq_group_sums_ref(&v, r, qx, lo1, hi1);
-                k_sq_group_sums(&v, r, qx, xs, lo2, hi2);
-                assert_memory_equal(lo1, lo2, (size_t)(k / t.G) * sizeof(int32_t));
-                assert_memory_equal(hi1, hi2, (size_t)(k / t.G) * sizeof(int32_t));
-                float y = k_sq_combine(&v, r, sx, lo2, hi2);
-                sq_dequant_row(&t, r, row);
-                double want = 0, mag = 0;
-                for (long j = 0; j < k; j++) {
-                    want += (double)row[j] * qx[j] * sx;
-                    mag += fabs((double)row[j] * qx[j] * sx);
-                }
-                assert_true(fabs(y - want) <= 1e-5 * mag + 1e-6);
-            }
-            free(qx);
+        float *w = make_w(2 * n, k), *x = malloc((size_t)(13 * k) * sizeof *x);
+        float *y = malloc((size_t)(2 * 13 * n) * sizeof *y), *want = malloc((size_t)(2 * 13 * n) * sizeof *want);
+        sq_tensor_t t[2];
+        for (int j = 0; j < 2; j++) {
+            assert_int_equal(sq_alloc(&t[j], &cfgs[c / 2], n, k), 0);
+            assert_int_equal(sq_quantize(&t[j], w + j * n * k, NULL, NULL), 0);
         }
-        sq_free(&t);
-        free(w); free(x); free(row);
+        k_sq_t v0 = view(&t[0]), v1 = view(&t[1]);
+        for (size_t p = 0; p < 3; p++) {
+            k_sq_force_isa(isas[p]);
+            k_sq_t *kv[2] = {k_sq_new(&v0), k_sq_new(&v1)};
+            assert_true(kv[0] && kv[1]);
+            if (strcmp(k_sq_path(kv[0]), isas[p]) != 0) { /* not on this CPU, or not this shape */
+                free(kv[0]); free(kv[1]);
+                continue;
+            }
+            seen[p] = 1;
+            for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                long m = ms[mi];
+                for (long j = 0; j < m * k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
+                ref_matmul(&v0, x, m, want);
+                ref_matmul(&v1, x, m, want + m * n);
+                k_sq_force_isa(isas[p]);
+                assert_int_equal(k_sq_matmul(pool, kv[0], x, m, y), 0);
+                assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
+                float *ys[2] = {y, y + m * n};
+                memset(y, 0, (size_t)(2 * m * n) * sizeof *y);
+                assert_int_equal(k_sq_matmul_group(pool, (const k_sq_t *const *)kv, ys, 2, x, m), 0);
+                assert_memory_equal(y, want, (size_t)(2 * m * n) * sizeof *y);
+            }
+            free(kv[0]);
+            free(kv[1]);
+        }
+        /* and the reference itself is the dequantized product */
+        float *row = malloc((size_t)k * sizeof *row);
+        int8_t *qx = malloc((size_t)k);
+        k_sq_force_isa("portable");
+        float sx = k_quant_row_i8(x, k, qx, NULL);
+        ref_matmul(&v0, x, 1, want);
+        for (long r = 0; r < n; r++) {
+            sq_dequant_row(&t[0], r, row);
+            double d = 0, mag = 0;
+            for (long j = 0; j < k; j++) {
+                d += (double)row[j] * qx[j] * sx;
+                mag += fabs((double)row[j] * qx[j] * sx);
+            }
+            assert_true(fabs(want[r] - d) <= 1e-5 * mag + 1e-6);
+        }
+        free(row); free(qx);
+        sq_free(&t[0]); sq_free(&t[1]);
+        free(w); free(x); free(y); free(want);
     }
-    printf("SQ x INT8 kernel: SIMD path %s on this CPU\n", simd_seen ? "exercised" : "not available");
+    k_sq_force_isa(NULL);
+    k_pool_free(pool);
+    printf("SQ x INT8 kernel, paths exercised on this CPU: avx512 %s, avx2 %s, portable %s\n",
+           seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
+    assert_true(seen[2]);
+}
+
+/* The AVX-512 quantizer gives the portable one's codes, scale and group
+ * sums exactly. */
+static void test_quant_row_i8_paths(void **state) {
+    (void)state;
+    long ks[] = {64, 576, 1600, 48};
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+        long k = ks[i];
+        float *x = malloc((size_t)k * sizeof *x);
+        int8_t *q1 = malloc((size_t)k), *q2 = malloc((size_t)k);
+        int32_t s1[32] = {0}, s2[32] = {0};
+        for (int trial = 0; trial < 20; trial++) {
+            for (long j = 0; j < k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
+            if (trial == 0) memset(x, 0, (size_t)k * sizeof *x);
+            k_sq_force_isa("portable");
+            float a = k_quant_row_i8(x, k, q1, k % 64 ? NULL : s1);
+            k_sq_force_isa(NULL);
+            float b = k_quant_row_i8(x, k, q2, k % 64 ? NULL : s2);
+            assert_memory_equal(&a, &b, sizeof a);
+            assert_memory_equal(q1, q2, (size_t)k);
+            assert_memory_equal(s1, s2, sizeof s1);
+        }
+        free(x); free(q1); free(q2);
+    }
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sq_int8_kernel_bit_exact),
+        cmocka_unit_test(test_quant_row_i8_paths),
         cmocka_unit_test(test_format_invariants),
         cmocka_unit_test(test_bits_and_recipes),
         cmocka_unit_test(test_gptq_beats_rtn),
