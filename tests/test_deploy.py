@@ -31,14 +31,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Set
 
 import pytest
 import yaml
 
 from promql import Exported, PromQLError, parse, problems
-from serve_util import (MODEL_ID, REPO_ROOT, Metrics, Server, binary_path, free_port, httpx,
-                        model_path, require_serve, start_server, wait_until)
+from serve_util import (MODEL_ID, REPO_ROOT, Server, binary_path, free_port, httpx,
+                        model_path, require_serve, wait_until)
 
 DEPLOY = REPO_ROOT / "deploy"
 PROM_DIR = DEPLOY / "prometheus"
@@ -126,9 +126,21 @@ def _check_env_names(names, help_: Help, where: str) -> None:
 def recipe_server():
     """A recipe (int8 weights) with a startup evaluation, so sqserve_model_eval
     is exported too, and every request shadowed."""
-    s = start_server("--weights", "int8", "--startup-eval", 128, "--shadow-rate", 1,
-                     timeout=120)
+    require_serve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQSERVE_")}
+    s = Server([str(binary_path()), "serve", "-m", str(model_path()), "--port", "0",
+                "--threads", "2", "--weights", "int8", "--startup-eval", "128",
+                "--shadow-rate", "1"], env)
     try:
+        assert s._port_found.wait(60) and s.port, s.describe()
+
+        def healthy():  # conversion and evaluation take ~10 s, more on a busy machine
+            assert s.alive(), f"server exited while loading\n{s.describe()}"
+            try:
+                return s.get("/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+        assert wait_until(healthy, 300, 0.2), f"not ready in 300 s\n{s.describe()}"
         _traffic(s)
         yield s
     finally:
@@ -506,7 +518,7 @@ def test_compose_services(serve_help):
 
 # ---- Kubernetes ------------------------------------------------------------------------
 
-def _k8s_objects(base: Path = K8S) -> Dict[str, dict]:
+def _k8s_objects(base: Path = K8S / "gpu") -> Dict[str, dict]:
     """kind/name -> object, for the resources the kustomization lists."""
     kust = yaml.safe_load((base / "kustomization.yaml").read_text())
     out = {}
@@ -539,11 +551,11 @@ def _json_patch(doc, ops) -> None:
 
 def _cpu_overlay() -> Dict[str, dict]:
     kust = yaml.safe_load((K8S / "cpu" / "kustomization.yaml").read_text())
-    assert kust["resources"] == [".."], kust["resources"]
+    assert kust["resources"] == ["../gpu"], kust["resources"]
     objs = _k8s_objects()
     for p in kust["patches"]:
         key = f"{p['target']['kind']}/{p['target']['name']}"
-        assert key in objs, f"the CPU overlay patches {key}, which the base lacks"
+        assert key in objs, f"the CPU overlay patches {key}, which deploy/k8s/gpu lacks"
         _json_patch(objs[key], yaml.safe_load(p["patch"]))
     return objs
 
@@ -1118,7 +1130,8 @@ def test_readme_deploying_section():
     m = re.search(r"^## Deploying\n(.*?)(?=^## |\Z)", text, re.S | re.M)
     assert m, 'README.md has no "## Deploying" section'
     sec = m.group(1)
-    for want in ("--profile gpu", "--profile cpu", "kubectl apply -k deploy/k8s", "make test"):
+    for want in ("--profile gpu", "--profile cpu", "kubectl apply -k deploy/k8s/gpu",
+                 "kubectl apply -k deploy/k8s/cpu", "make test"):
         assert want in sec, f"README Deploying section does not mention {want!r}"
     assert re.search(r"Docker cannot (build|run)", sec), "say that the images are untested here"
     for path in set(re.findall(r"\b((?:deploy|tests)/[\w./-]*\w)", sec)):
