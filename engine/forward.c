@@ -11,6 +11,8 @@
  */
 #include "forward.h"
 
+#include "fwd_cuda.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,7 @@ int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_m
     f->pool = pool;
     f->n_max = n_max;
     f->n_ctx = n_ctx;
+    if (m->gpu) return fwd_cuda_init(f); /* buffers live on the device */
     size_t n = (size_t)n_max, d = (size_t)hp->dim, kvd = (size_t)kv->kv_dim;
     size_t nth = (size_t)k_pool_size(pool), max_blocks = (size_t)(n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     f->x = malloc(n * d * sizeof(float));
@@ -46,6 +49,7 @@ int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_m
 }
 
 void fwd_free(fwd_t *f) {
+    fwd_cuda_free(f);
     free(f->x); free(f->xb); free(f->q); free(f->att); free(f->k); free(f->v);
     free(f->hb); free(f->hb2); free(f->sel); free(f->scores); free(f->blk_ptrs);
     memset(f, 0, sizeof *f);
@@ -115,6 +119,7 @@ static int check_batch(const fwd_t *f, const batch_t *b, char *err, size_t errle
 
 int fwd_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
     if (check_batch(f, b, err, errlen) != 0) return -1;
+    if (f->gpu) return fwd_cuda_run(f, b, logits, err, errlen);
     const model_t *m = f->m;
     const hparams_t *hp = &m->hp;
     const long n = b->n, dim = hp->dim, kvd = f->kv->kv_dim, ffn = hp->ffn_dim;

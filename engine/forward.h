@@ -40,6 +40,7 @@ typedef struct {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *sel;
     float *scores;          /* per thread, n_ctx each */
     const float **blk_ptrs; /* per thread, 2 x blocks per context */
+    void *gpu;              /* the GPU pass's buffers when the model is on a device */
 } fwd_t;
 
 /* n_max: rows per batch; n_ctx: longest sequence (positions) it will see. */

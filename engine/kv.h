@@ -33,6 +33,7 @@ typedef struct {
 typedef struct {
     int n_layer, kv_dim, n_blocks, max_seqs;
     float *k, *v;           /* [block][layer][KV_BLOCK][kv_dim] */
+    void (*release)(void *); /* frees k and v: free, or the GPU's when on a device */
     int32_t *ref;           /* refcount per block */
     uint64_t *hash;         /* registered chain hash, 0 = none */
     int32_t *lru_prev, *lru_next; /* free list, oldest first */
@@ -46,6 +47,10 @@ typedef struct {
 /* n_blocks total; 0 < max_seqs. Returns 0 or -1 (out of memory). */
 int kv_init(kv_cache_t *kv, int n_layer, int kv_dim, int n_blocks, int max_seqs);
 void kv_free(kv_cache_t *kv);
+/* Moves the K/V storage to memory from alloc/release (e.g. the GPU's):
+ * the host arrays are freed; contents are not copied (call before use).
+ * Returns 0 or -1 (alloc failed; the cache keeps its host storage). */
+int kv_set_storage(kv_cache_t *kv, void *(*alloc)(size_t), void (*release)(void *));
 /* Bytes one block takes (to size the pool from a memory budget). */
 size_t kv_block_bytes(int n_layer, int kv_dim);
 

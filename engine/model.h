@@ -44,6 +44,7 @@ typedef struct {
     double eval[5];
     char recipe[160];
     void (*act_free)(void *);
+    void *gpu;                   /* device copies of the weights (fwd_cuda.h), or NULL */
 } model_t;
 
 /* Returns 0, or -1 with one line in err. A .sqm file is recognised by its

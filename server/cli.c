@@ -5,6 +5,7 @@
  */
 #include "cli.h"
 
+#include "../engine/fwd_cuda.h"
 #include "../engine/gen.h"
 #include "../engine/quant.h"
 #include "../engine/sqm.h"
@@ -67,15 +68,25 @@ static int rt_open(rt_t *r, const config_t *c) {
     return 0;
 }
 
+/* Moves the model to the --device (a no-op for cpu or when already there). */
+static int rt_device(rt_t *r, const config_t *c) {
+    int ord;
+    char err[512];
+    if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0) return die("%s", err);
+    if (ord >= 0 && !r->m.gpu && model_to_gpu(&r->m, ord, err, sizeof err) != 0) return die("%s", err);
+    return 0;
+}
+
 static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     const hparams_t *hp = &r->m.hp;
+    if (rt_device(r, c)) return 1;
     if (kv_init(&r->kv, hp->n_layer, hp->head_dim * hp->n_head_kv,
                 (n_ctx + KV_BLOCK - 1) / KV_BLOCK, 1) != 0)
         return die("out of memory for a %d-token KV cache", n_ctx);
     r->kv_ready = 1;
     int batch = (int)cfg_int(c, "batch");
     if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx, n_ctx) != 0)
-        return die("out of memory for the forward pass");
+        return die("out of %s memory for the forward pass", r->m.gpu ? "GPU" : "host");
     r->fwd_ready = 1;
     if (r->quantized && r->qs.a.kind != AQ_NONE) {
         r->f.hook = quant_act_hook;
@@ -446,6 +457,7 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 int cmd_bench(const config_t *c) {
+    if (cfg_str(c, "synthetic")) return cli_bench_synthetic(c);
     rt_t r;
     int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
     if (rt_open(&r, c)) return 1;
@@ -484,7 +496,7 @@ int cmd_bench(const config_t *c) {
     qsort(pps, (size_t)reps, sizeof(double), cmp_double);
     qsort(tgs, (size_t)reps, sizeof(double), cmp_double);
     printf("threads=%d isa=%s pp%d=%.1f tg%d=%.1f (tokens/s, median of %d)\n", k_pool_size(r.pool),
-           k_isa_name(), pp, pps[reps / 2], tg, tgs[reps / 2], reps);
+           r.m.gpu ? model_gpu_name(&r.m) : k_isa_name(), pp, pps[reps / 2], tg, tgs[reps / 2], reps);
     rc = 0;
 out:
     free(ids);

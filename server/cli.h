@@ -13,6 +13,8 @@ int cmd_tokenize(const config_t *c);
 int cmd_bench(const config_t *c);
 int cmd_serve(const config_t *c);
 int cmd_convert(const config_t *c);
+/* bench --synthetic NAME --device cuda (bench_synth.c) */
+int cli_bench_synthetic(const config_t *c);
 
 #include "../engine/gen.h"
 

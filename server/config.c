@@ -72,6 +72,13 @@ const opt_t OPTIONS[] = {
      "fraction of requests replayed through the FP32 reference in idle time (KL, top-1 metrics)"},
     {"startup-eval", 0, "SQSERVE_STARTUP_EVAL", "512", OPT_INT, S, 0, 1 << 16,
      "tokens of self-generated text to measure a quantized model against FP32 at start (0 = skip)"},
+    {"device", 0, "SQSERVE_DEVICE", "cpu", OPT_STR, G | E | B | S, 0, 0,
+     "compute device: cpu, cuda or cuda:N (a CUDA build on an sm_90 GPU)"},
+    {"synthetic", 0, NULL, NULL, OPT_STR, B, 0, 0,
+     "bench: random SQ 8/4 b64 s0.875 weights of these shapes on the GPU instead of -m "
+     "(llama3-8b, llama3-70b, smollm2-135m)"},
+    {"decode-batches", 0, NULL, "1,8,32,128", OPT_STR, B, 0, 0,
+     "bench --synthetic: decode batch sizes (sequences advanced per step)"},
     {"pp", 0, NULL, "512", OPT_INT, B, 0, 1 << 16, "bench: prompt tokens"},
     {"tg", 0, NULL, "128", OPT_INT, B, 0, 1 << 16, "bench: generated tokens"},
     {"reps", 'r', NULL, "3", OPT_INT, B, 1, 1000, "bench: repetitions"},

@@ -91,6 +91,8 @@ reply_t metrics_reply(srv_t *s) {
     label_value(&o, s->model_id);
     put(&o, "\",recipe=\"");
     label_value(&o, s->recipe ? s->recipe : "gguf");
+    put(&o, "\",device=\"");
+    label_value(&o, s->device ? s->device : "cpu");
     put(&o, "\",bits_per_weight=\"%.2f\"} 1\n", s->w_bits);
     if (s->have_eval) { /* measured at start against the FP32 path */
         put(&o, "# HELP sqserve_model_eval Startup evaluation of the served format against FP32 "

@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "server.h"
 
+#include "../engine/fwd_cuda.h"
 #include "../engine/gen.h"
 #include "../engine/sqm.h"
 
@@ -149,6 +150,15 @@ int cmd_serve(const config_t *c) {
         snprintf(err, sizeof err, "--ctx %d exceeds the model's context of %d", n_ctx, m.hp.n_ctx_train);
         return fail(err);
     }
+    int ord; /* the served model moves to the GPU; the FP32 reference stays on the CPU */
+    if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0 ||
+        (ord >= 0 && model_to_gpu(&m, ord, err, sizeof err) != 0)) {
+        http_stop(&srv);
+        if (have_ref) model_free(&ref);
+        if (quantized) quant_free(&qs);
+        model_free(&m);
+        return fail(err);
+    }
     sched_config_t sc = {.max_seqs = (int)cfg_int(c, "max-seqs"), .max_queue = (int)cfg_int(c, "max-queue"),
                          .max_batch_tokens = (int)cfg_int(c, "max-batch-tokens"), .n_ctx = n_ctx,
                          .threads = (int)threads,
@@ -168,6 +178,7 @@ int cmd_serve(const config_t *c) {
     }
     srv.sched = sched;
     srv.recipe = recipe;
+    srv.device = m.gpu ? model_gpu_name(&m) : "cpu";
     /* recipes that leave the weights alone report their GGUF bits */
     double gguf_bits = 8.0 * (double)model_weight_bytes(&m) / (double)model_weight_elems(&m);
     double q_bits = quantized ? qs.w_bits : m.act_state ? ((quant_state_t *)m.act_state)->w_bits : 32;
@@ -185,7 +196,7 @@ int cmd_serve(const config_t *c) {
     stats_snapshot(sched_stats(sched), &d);
     slog(srv.log_json, "serving", "serving %s (%s, %.2f bits/weight) on http://%s:%d (%d threads, %s kernels, "
             "ctx %d, %d KV blocks of %d tokens, max %d seqs; ready in %.2f s)", id, recipe, srv.w_bits,
-            cfg_str(c, "host"), port, (int)threads, k_isa_name(), n_ctx, d.kv_total, KV_BLOCK,
+            cfg_str(c, "host"), port, (int)threads, m.gpu ? model_gpu_name(&m) : k_isa_name(), n_ctx, d.kv_total, KV_BLOCK,
             sc.max_seqs, gen_now() - t0);
     sched_join(sched); /* returns once drained (SIGTERM/SIGINT) */
     for (int i = 0; i < 100; i++) { /* let the last response bytes leave */

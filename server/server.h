@@ -33,6 +33,7 @@ typedef struct {
     int log_json;
     struct MHD_Daemon *daemon;
     const char *recipe;    /* "weights=... acts=..." or "gguf" */
+    const char *device;    /* "cpu" or the GPU's name */
     double w_bits;
     int have_eval;         /* startup evaluation against FP32 */
     double eval_ppl, eval_ppl_ref, eval_kl, eval_top1;

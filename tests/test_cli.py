@@ -282,3 +282,31 @@ def test_tokenize_stdin_and_special(sq):
 
 def test_tokenize_empty(sq):
     assert parse_ids(ok(sq("tokenize", "-p", ""))) == []
+
+
+# ---- --device (no GPU on the CI machines: the GPU path itself runs in tests/gpu/run.sh) ----
+
+@pytest.mark.parametrize("cmd", [["generate", "-p", "Hi", "-n", "2"], ["eval", "--ppl", "/dev/null"],
+                                 ["bench", "--pp", "8", "--tg", "2", "-r", "1"]])
+def test_bad_device_is_refused(sq, cmd):
+    line = one_error(sq(*cmd, "--device", "tpu", *THREADS), 1)
+    assert "bad device 'tpu'" in line
+
+
+def test_cuda_without_gpu_is_a_clear_error(sq):
+    """A CUDA build on a machine without a usable GPU, or a build without
+    CUDA, refuses --device cuda with one line saying which; never a crash."""
+    line = one_error(sq("generate", "-p", "Hi", "-n", "2", "--device", "cuda", *THREADS), 1)
+    assert re.search(r"built without CUDA|no usable CUDA device|no CUDA device|compute capability", line), line
+
+
+def test_synthetic_bench_needs_a_gpu(sq):
+    line = one_error(sq("bench", "--synthetic", "llama3-8b", *THREADS, model=False), 1)
+    assert "--device cuda" in line
+    line = one_error(sq("bench", "--synthetic", "llama3-8b", "--device", "cuda", *THREADS, model=False), 1)
+    assert re.search(r"built without CUDA|no usable CUDA device|no CUDA device|compute capability", line), line
+
+
+def test_device_env_variable(sq):
+    r = sq("generate", "-p", "Hi", "-n", "2", *THREADS, env={"SQSERVE_DEVICE": "tpu"})
+    assert "bad device 'tpu'" in one_error(r, 1)

@@ -128,6 +128,7 @@ def test_every_documented_metric_is_exported(server):
     labels = info[0][0]
     assert labels.get("model") == MODEL_ID, labels
     assert labels.get("recipe") and labels.get("bits_per_weight"), labels
+    assert labels.get("device") == "cpu", labels
     float(labels["bits_per_weight"])
     reqs = m.find("sqserve_requests_total")
     assert reqs and all("endpoint" in l and "code" in l for l, _ in reqs), reqs

@@ -70,6 +70,15 @@ int kc_rope(float *d_x, const int32_t *d_pos, int n, int n_heads, int head_dim, 
 int kc_silu_mul(float *d_g, const float *d_u, long count);  /* g = silu(g) * u */
 int kc_add(float *d_y, const float *d_x, long count);       /* y += x */
 
+/* Per-token symmetric fake quantization in place, as the CPU activation
+ * hook does it: with d_mask NULL every element at `bits`; with a mask
+ * ([dim] bytes) the elements where mask = 1 at bits_hi and the others at
+ * bits (each class with its own scale max|x| / (2^(bits-1) - 1)). */
+int kc_fake_quant(float *d_x, int n, int dim, const uint8_t *d_mask, int bits_hi, int bits);
+/* Fills count floats with value, or (scale > 0) with uniform values in
+ * [-scale, scale) from a counter hash of seed (synthetic models). */
+int kc_fill(float *d_x, size_t count, float value, float scale, uint64_t seed);
+
 /* Paged K/V: the cache is [block][layer][block_size][kv_dim] floats. Row i
  * of a batch has position pos[i] and reads its sequence's block ids from
  * blk[blk_off[i] ...]. kc_kv_store writes row i's k/v at pos[i]. */
@@ -101,6 +110,20 @@ int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float *d_sx);
 /* d_y[i][r] = sx[i] * sum_g (s_lo[r][g] * lo_g + s_hi[r][g] * hi_g), the
  * k_sq.h contract, with exact integer group sums. */
 int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
+/* Added with kc_sq.cu: */
+/* kc_sq_random with flags; KC_SQ_F16_SCALES draws scales that are exact
+ * halves, so the 16-bit-scale layout applies (6.5 instead of 7 bits per
+ * weight at 8/4 b64 s0.875). kc_sq_random is flags 0 (float scales, like
+ * sq_quantize's). */
+#define KC_SQ_F16_SCALES 1
+kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uint64_t seed, int flags);
+/* The same matrix as kc_sq_random_ex(n, k, h_low, b, h, seed, flags), made
+ * on the host in the k_sq.h layout (arrays sized as sq_alloc sizes them;
+ * lo is overwritten whole). For tests. */
+int kc_sq_random_host(long n, long k, int h_low, int b, int h, uint64_t seed, int flags, uint8_t *lo,
+                      int8_t *hi, uint8_t *idx, float *s_lo, float *s_hi);
+/* One line on the layout chosen: path (fast/generic), scale width, bits per weight. */
+const char *kc_sq_describe(const kc_sq_t *w);
 
 #ifdef __cplusplus
 }

@@ -64,7 +64,8 @@ extern "C" int kc_init(int ordinal) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
-        kc_set_error("no usable CUDA device: %s", cudaGetErrorString(e));
+        kc_set_error("no usable CUDA device (%s; is an NVIDIA driver installed and a GPU visible?)",
+                     cudaGetErrorString(e));
         return -1;
     }
     if (n == 0) {

@@ -1,0 +1,287 @@
+/* kc_ops.cu - the transformer's small ops on the GPU (see kc.h).
+ *
+ * Each op follows the CPU kernel's arithmetic (kernels/cpu/k_ops.c) where
+ * that is cheap: RMSNorm sums squares in double, RoPE takes cos/sin of a
+ * double angle, SiLU uses expf. So FP32 GPU and CPU runs differ only by
+ * summation order in the matmuls and attention, which keeps greedy
+ * decoding on the same tokens.
+ *
+ * Attention: one block per (batch row, query head), its warps splitting
+ * the row's positions; each warp keeps an online-softmax state (running
+ * max, running sum, and the weighted V sum spread over its lanes), and the
+ * warps merge their states at the end. One pass over K and V, no score
+ * buffer, so the context length is not limited by shared memory. Decode
+ * and chunked prefill are the same kernel: a prefill row simply has more
+ * positions (its own and the earlier rows of its chunk, already stored).
+ */
+#include "kc.h"
+#include "kc_internal.h"
+
+#include <float.h>
+#include <math.h>
+
+#define ATT_WARPS 4
+#define MAX_HD_PER_LANE 8 /* head_dim <= 256 */
+
+__global__ void embed_kernel(float *out, const float *table, const int32_t *tok, int dim) {
+    const float *src = table + (size_t)tok[blockIdx.x] * dim;
+    float *dst = out + (size_t)blockIdx.x * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = src[j];
+}
+
+extern "C" int kc_embed(float *d_out, const float *d_table, const int32_t *d_tok, int n, int dim) {
+    if (n <= 0) return 0;
+    embed_kernel<<<n, 256, 0, KC_STREAM>>>(d_out, d_table, d_tok, dim);
+    return kc_check_launch("embed");
+}
+
+__global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int dim, float eps) {
+    __shared__ double part[32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *o = out + (size_t)blockIdx.x * dim;
+    double ss = 0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += part[i];
+        part[0] = t;
+    }
+    __syncthreads();
+    float scale = (float)(1.0 / sqrt(part[0] / dim + eps));
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
+}
+
+extern "C" int kc_rmsnorm(float *d_out, const float *d_x, const float *d_w, int n, int dim,
+                          float eps) {
+    if (n <= 0) return 0;
+    rmsnorm_kernel<<<n, 256, 0, KC_STREAM>>>(d_out, d_x, d_w, dim, eps);
+    return kc_check_launch("rmsnorm");
+}
+
+__global__ void rope_kernel(float *x, const int32_t *pos, int n_heads, int head_dim, int rot_half,
+                            const float *inv_freq) {
+    int row = blockIdx.x;
+    float *xr = x + (size_t)row * n_heads * head_dim;
+    double p = (double)(float)pos[row];
+    for (int u = threadIdx.x; u < n_heads * rot_half; u += blockDim.x) {
+        int h = u / rot_half, i = u % rot_half;
+        double theta = p * inv_freq[i];
+        float c = (float)cos(theta), s = (float)sin(theta);
+        float *v = xr + (size_t)h * head_dim + 2 * i;
+        float a = v[0], b = v[1];
+        v[0] = a * c - b * s;
+        v[1] = a * s + b * c;
+    }
+}
+
+extern "C" int kc_rope(float *d_x, const int32_t *d_pos, int n, int n_heads, int head_dim,
+                       int rot_dim, const float *d_inv_freq) {
+    if (n <= 0) return 0;
+    rope_kernel<<<n, 128, 0, KC_STREAM>>>(d_x, d_pos, n_heads, head_dim, rot_dim / 2, d_inv_freq);
+    return kc_check_launch("rope");
+}
+
+__global__ void silu_mul_kernel(float *g, const float *u, long count) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count;
+         i += (long)gridDim.x * blockDim.x)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+__global__ void add_kernel(float *y, const float *x, long count) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count;
+         i += (long)gridDim.x * blockDim.x)
+        y[i] += x[i];
+}
+
+static unsigned grid_for(long count) {
+    long b = (count + 255) / 256;
+    return (unsigned)(b < 65535 ? (b > 0 ? b : 1) : 65535);
+}
+
+extern "C" int kc_silu_mul(float *d_g, const float *d_u, long count) {
+    if (count <= 0) return 0;
+    silu_mul_kernel<<<grid_for(count), 256, 0, KC_STREAM>>>(d_g, d_u, count);
+    return kc_check_launch("silu_mul");
+}
+
+extern "C" int kc_add(float *d_y, const float *d_x, long count) {
+    if (count <= 0) return 0;
+    add_kernel<<<grid_for(count), 256, 0, KC_STREAM>>>(d_y, d_x, count);
+    return kc_check_launch("add");
+}
+
+/* ---- activation fake quantization ---------------------------------------- */
+
+__device__ float block_absmax(const float *x, int dim, const uint8_t *mask, int want, float *red) {
+    float mx = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        if (!mask || mask[j] == want) mx = fmaxf(mx, fabsf(x[j]));
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    __syncthreads(); /* red may still be read from the previous call */
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    float t = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) t = fmaxf(t, red[i]);
+    return t;
+}
+
+__device__ void fake_quant_class(float *x, int dim, const uint8_t *mask, int want, int bits,
+                                 float *red) {
+    float mx = block_absmax(x, dim, mask, want, red);
+    float q = (float)((1 << (bits - 1)) - 1), s = mx / q;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        if (mask && mask[j] != want) continue;
+        float v = s > 0.0f ? rintf(x[j] / s) : 0.0f;
+        v = v > q ? q : v < -q ? -q : v;
+        x[j] = v * s;
+    }
+}
+
+__global__ void fake_quant_kernel(float *x, int dim, const uint8_t *mask, int bits_hi, int bits) {
+    __shared__ float red[32];
+    float *xr = x + (size_t)blockIdx.x * dim;
+    if (mask) fake_quant_class(xr, dim, mask, 1, bits_hi, red);
+    fake_quant_class(xr, dim, mask, 0, bits, red);
+}
+
+extern "C" int kc_fake_quant(float *d_x, int n, int dim, const uint8_t *d_mask, int bits_hi,
+                             int bits) {
+    if (n <= 0) return 0;
+    fake_quant_kernel<<<n, 256, 0, KC_STREAM>>>(d_x, dim, d_mask, bits_hi, bits);
+    return kc_check_launch("fake_quant");
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__global__ void fill_kernel(float *x, size_t count, float value, float scale, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x) {
+        if (scale > 0.0f) {
+            uint64_t r = mix64(seed * 0x9e3779b97f4a7c15ull + i);
+            x[i] = scale * (2.0f * (float)(r >> 40) / (float)(1ull << 24) - 1.0f);
+        } else {
+            x[i] = value;
+        }
+    }
+}
+
+extern "C" int kc_fill(float *d_x, size_t count, float value, float scale, uint64_t seed) {
+    if (!count) return 0;
+    fill_kernel<<<grid_for((long)(count < (1ul << 40) ? count : 1ul << 40)), 256, 0, KC_STREAM>>>(
+        d_x, count, value, scale, seed);
+    return kc_check_launch("fill");
+}
+
+/* ---- paged K/V ------------------------------------------------------------ */
+
+__device__ __forceinline__ size_t kv_row(const kc_kv_t kv, int layer, const int32_t *blk,
+                                         int off, int t) {
+    int b = blk[off + t / kv.block_size];
+    return (((size_t)b * kv.n_layer + layer) * kv.block_size + t % kv.block_size) * kv.kv_dim;
+}
+
+__global__ void kv_store_kernel(kc_kv_t kv, int layer, const float *k, const float *v,
+                                const int32_t *pos, const int32_t *blk, const int32_t *blk_off) {
+    int i = blockIdx.x;
+    size_t at = kv_row(kv, layer, blk, blk_off[i], pos[i]);
+    for (int j = threadIdx.x; j < kv.kv_dim; j += blockDim.x) {
+        kv.d_k[at + j] = k[(size_t)i * kv.kv_dim + j];
+        kv.d_v[at + j] = v[(size_t)i * kv.kv_dim + j];
+    }
+}
+
+extern "C" int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const float *d_v, int n,
+                           const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off) {
+    if (n <= 0) return 0;
+    kv_store_kernel<<<n, 128, 0, KC_STREAM>>>(*kv, layer, d_k, d_v, d_pos, d_blk, d_blk_off);
+    return kc_check_launch("kv_store");
+}
+
+/* Online softmax state of one warp: m (max score), l (sum of exp), and
+ * acc[j] for the lane's head dimensions j = lane + 32 * jj. */
+__global__ void attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
+                                 const int32_t *pos, const int32_t *blk, const int32_t *blk_off,
+                                 int n_head, int group, int hd, float scale) {
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][32 * MAX_HD_PER_LANE];
+    const int i = blockIdx.x / n_head, h = blockIdx.x % n_head, g = h / group;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, per_lane = (hd + 31) / 32;
+    const float *qh = q + ((size_t)i * n_head + h) * hd;
+    float qv[MAX_HD_PER_LANE], acc[MAX_HD_PER_LANE];
+#pragma unroll
+    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
+        int j = lane + 32 * jj;
+        qv[jj] = (jj < per_lane && j < hd) ? qh[j] : 0.0f;
+        acc[jj] = 0.0f;
+    }
+    float m = -FLT_MAX, l = 0.0f;
+    const int n_pos = pos[i] + 1, off = blk_off[i];
+    for (int t = warp; t < n_pos; t += ATT_WARPS) {
+        size_t at = kv_row(kv, layer, blk, off, t) + (size_t)g * hd;
+        const float *kr = kv.d_k + at, *vr = kv.d_v + at;
+        float s = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
+            int j = lane + 32 * jj;
+            if (jj < per_lane && j < hd) s += qv[jj] * kr[j];
+        }
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        s *= scale;
+        float m_new = fmaxf(m, s), corr = expf(m - m_new), p = expf(s - m_new);
+        l = l * corr + p;
+#pragma unroll
+        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
+            int j = lane + 32 * jj;
+            if (jj < per_lane) acc[jj] = acc[jj] * corr + (j < hd ? p * vr[j] : 0.0f);
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++)
+        if (jj < per_lane) s_acc[warp][lane + 32 * jj] = acc[jj];
+    __syncthreads();
+    if (warp == 0) {
+        float M = -FLT_MAX;
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+        float L = 0.0f, cw[ATT_WARPS];
+        for (int w = 0; w < ATT_WARPS; w++) {
+            cw[w] = s_l[w] > 0.0f ? expf(s_m[w] - M) : 0.0f; /* a warp with no positions */
+            L += s_l[w] * cw[w];
+        }
+        float *o = out + ((size_t)i * n_head + h) * hd;
+        for (int jj = 0; jj < per_lane; jj++) {
+            int j = lane + 32 * jj;
+            if (j >= hd) continue;
+            float a = 0.0f;
+            for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][j] * cw[w];
+            o[j] = a / L;
+        }
+    }
+}
+
+extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
+                            const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
+                            int n_head, int n_head_kv, int head_dim, int max_pos) {
+    (void)max_pos; /* one pass, no per-position buffer: any context length */
+    if (n <= 0) return 0;
+    if (head_dim > 32 * MAX_HD_PER_LANE || n_head % n_head_kv) {
+        kc_set_error("attention: head_dim %d / heads %d:%d not supported on the GPU", head_dim,
+                     n_head, n_head_kv);
+        return -1;
+    }
+    attention_kernel<<<(unsigned)n * n_head, 32 * ATT_WARPS, 0, KC_STREAM>>>(
+        d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, n_head / n_head_kv, head_dim,
+        1.0f / sqrtf((float)head_dim));
+    return kc_check_launch("attention");
+}

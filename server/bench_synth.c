@@ -1,0 +1,186 @@
+/* bench_synth.c - `sqserve bench --synthetic NAME --device cuda`: end-to-end
+ * speed of a model of a real architecture's shapes (e.g. Llama-3-8B) with
+ * random SQ 8/4 b64 s0.875 weights, through the same engine path as a
+ * loaded model (fwd_run, paged KV cache), without needing the model file.
+ *
+ * Prefill: one sequence of --pp tokens in --batch-row chunks. Decode: B
+ * sequences advanced one token per step for --tg steps (from position 0,
+ * as llama-bench's tg), for each B of --decode-batches. Every step is timed
+ * twice over: with each row's logits copied to the host (what serving
+ * does) and with the logits left on the device, so the cost of the copy
+ * is visible. The weight bytes a step reads over the device's peak memory
+ * bandwidth give the bound a batch-1 step cannot beat.
+ */
+#include "cli.h"
+
+#include "../engine/fwd_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(const char *what, const char *why) {
+    fprintf(stderr, "error: %s%s%s\n", what, why ? ": " : "", why ? why : "");
+    return 1;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median seconds per step of `steps` decode steps for B sequences. */
+static int time_decode(fwd_t *f, kv_cache_t *kv, int B, int steps, int reps, int to_host, float *logits,
+                       double *sec_per_step, char *err, size_t errlen) {
+    int32_t *tok = malloc((size_t)B * 3 * sizeof(int32_t)), *pos = tok + B, *slot = pos + B;
+    double *t = malloc((size_t)reps * sizeof(double));
+    uint8_t *want = malloc((size_t)B);
+    int rc = -1;
+    if (!tok || !t || !want) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    memset(want, 1, (size_t)B);
+    for (int rep = 0; rep < reps; rep++) {
+        for (int s = 0; s < B; s++) {
+            kv_seq_release(kv, s);
+            if (kv_seq_reserve(kv, s, steps) != 0) {
+                snprintf(err, errlen, "KV cache too small for %d x %d tokens", B, steps);
+                goto out;
+            }
+            slot[s] = s;
+        }
+        double t0 = 0;
+        for (int i = 0; i <= steps; i++) {
+            if (i == 1) t0 = gen_now(); /* step 0 warms up */
+            for (int s = 0; s < B; s++) {
+                tok[s] = (int32_t)((i * 7919 + s * 104729 + 13) % f->m->hp.n_vocab);
+                pos[s] = i < steps ? i : steps - 1;
+            }
+            batch_t b = {B, tok, pos, slot, want};
+            if (fwd_run(f, &b, to_host ? logits : NULL, err, errlen) != 0) goto out;
+        }
+        t[rep] = (gen_now() - t0) / steps;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_d);
+    *sec_per_step = t[reps / 2];
+    rc = 0;
+out:
+    for (int s = 0; s < B; s++) kv_seq_release(kv, s);
+    free(tok);
+    free(t);
+    free(want);
+    return rc;
+}
+
+static int time_prefill(fwd_t *f, kv_cache_t *kv, int pp, int reps, float *logits, double *tok_per_s,
+                        char *err, size_t errlen) {
+    int32_t *tok = malloc((size_t)pp * 3 * sizeof(int32_t)), *pos = tok + pp, *slot = pos + pp;
+    double *t = malloc((size_t)reps * sizeof(double));
+    int rc = -1;
+    if (!tok || !t) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < pp; i++) {
+        tok[i] = (int32_t)((i * 7919 + 13) % f->m->hp.n_vocab);
+        pos[i] = i;
+        slot[i] = 0;
+    }
+    for (int rep = 0; rep <= reps; rep++) { /* rep 0 warms up */
+        kv_seq_release(kv, 0);
+        if (kv_seq_reserve(kv, 0, pp) != 0) {
+            snprintf(err, errlen, "KV cache too small for %d tokens", pp);
+            goto out;
+        }
+        double t0 = gen_now();
+        for (int done = 0; done < pp;) {
+            int n = pp - done < f->n_max ? pp - done : f->n_max;
+            batch_t b = {n, tok + done, pos + done, slot + done, NULL};
+            if (fwd_run(f, &b, logits, err, errlen) != 0) goto out;
+            done += n;
+        }
+        if (rep > 0) t[rep - 1] = pp / (gen_now() - t0);
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_d);
+    *tok_per_s = t[reps / 2];
+    rc = 0;
+out:
+    kv_seq_release(kv, 0);
+    free(tok);
+    free(t);
+    return rc;
+}
+
+int cli_bench_synthetic(const config_t *c) {
+    char err[512];
+    int ord, batches[16], n_b = 0, max_b = 1;
+    if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0) return fail(err, NULL);
+    if (ord < 0) return fail("bench --synthetic runs on the GPU", "add --device cuda");
+    for (const char *p = cfg_str(c, "decode-batches"); *p;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 1024 || n_b == 16 || (*end && *end != ','))
+            return fail("--decode-batches", "expected up to 16 comma-separated sizes in 1..1024");
+        batches[n_b++] = (int)v;
+        max_b = v > max_b ? (int)v : max_b;
+        p = *end ? end + 1 : end;
+    }
+    int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
+    int chunk = (int)cfg_int(c, "batch");
+    if (tg < 1) return fail("--tg", "bench --synthetic needs at least one decode step");
+    model_t m;
+    if (model_synthetic(&m, cfg_str(c, "synthetic"), ord, err, sizeof err) != 0) return fail(err, NULL);
+    const hparams_t *hp = &m.hp;
+    int n_max = chunk > max_b ? chunk : max_b, n_ctx = pp > tg ? pp : tg;
+    int seqs_blocks = max_b * ((tg + KV_BLOCK - 1) / KV_BLOCK), pp_blocks = (pp + KV_BLOCK - 1) / KV_BLOCK;
+    int n_blocks = seqs_blocks > pp_blocks ? seqs_blocks : pp_blocks;
+    k_pool_t *pool = k_pool_new(1);
+    kv_cache_t kv;
+    fwd_t f;
+    float *logits = malloc((size_t)n_max * (size_t)hp->n_vocab * sizeof(float));
+    int rc = 1, kv_ok = 0, f_ok = 0;
+    if (!pool || !logits) { fail("out of memory", NULL); goto out; }
+    if (kv_init(&kv, hp->n_layer, hp->head_dim * hp->n_head_kv, n_blocks, max_b) != 0) {
+        fail("out of memory for the KV cache bookkeeping", NULL);
+        goto out;
+    }
+    kv_ok = 1;
+    if (fwd_init(&f, &m, &kv, pool, n_max, n_ctx) != 0) {
+        fail("out of GPU memory for the forward pass and KV cache", NULL);
+        goto out;
+    }
+    f_ok = 1;
+    double bytes = (double)model_gpu_weight_bytes(&m), bw = model_gpu_bandwidth(&m) * 1e9;
+    printf("device: %s (peak %.0f GB/s)\nmodel: %s, %d layers, dim %d, ffn %d, vocab %d\n"
+           "weight bytes per step: %.3f GB (SQ 8/4 b64 s0.875, lm head included)\n"
+           "bound at batch 1 (bytes / peak bandwidth): %.1f tokens/s\n",
+           model_gpu_name(&m), bw / 1e9, m.name, hp->n_layer, hp->dim, hp->ffn_dim, hp->n_vocab,
+           bytes / 1e9, bw / bytes);
+    double pps;
+    if (pp > 0) {
+        if (time_prefill(&f, &kv, pp, reps, logits, &pps, err, sizeof err) != 0) { fail(err, NULL); goto out; }
+        printf("prefill pp%d (chunks of %d): %.1f tokens/s\n", pp, f.n_max, pps);
+    }
+    printf("| decode batch | tokens/s (logits to host) | tokens/s (logits on GPU) | step ms | "
+           "%% of batch-1 bytes bound |\n|---|---|---|---|---|\n");
+    for (int i = 0; i < n_b; i++) {
+        int B = batches[i];
+        double s_host, s_dev;
+        if (time_decode(&f, &kv, B, tg, reps, 1, logits, &s_host, err, sizeof err) != 0 ||
+            time_decode(&f, &kv, B, tg, reps, 0, logits, &s_dev, err, sizeof err) != 0) {
+            fail(err, NULL);
+            goto out;
+        }
+        printf("| %d | %.1f | %.1f | %.3f | %.1f |\n", B, B / s_host, B / s_dev, s_dev * 1e3,
+               100.0 * (bytes / bw) / s_dev);
+    }
+    rc = 0;
+out:
+    if (f_ok) fwd_free(&f);
+    if (kv_ok) kv_free(&kv);
+    if (pool) k_pool_free(pool);
+    free(logits);
+    model_free(&m);
+    return rc;
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# tests/gpu/bundle.sh - packs what tests/gpu/run.sh needs on a bare GPU
+# machine that has the CUDA toolkit but none of the Debian -dev packages
+# (the lent device machines): the binaries built here with CUDA=1, the
+# non-system shared libraries they load (as one tar.xz), the WikiText-2
+# test text, and the model split in two parts (a device call carries at
+# most 64 MiB). Everything goes under git-ignored .gpu*/ folders:
+#
+#   .gpu/     bin/ lib.tar.xz data/wikitext-2-test.txt   (~16 MB)
+#   .gpu-m1/  model.part1                                 (first 46 MB)
+#   .gpu-m2/  model.part2 model.sha256                    (the rest)
+#
+# On the device: unpack into /tmp/sq (see docs/perf-gpu.md, "Running on a
+# lent GPU"), then SQSERVE_BIN=/tmp/sq/bin/sqserve GPU_BIN_DIR=/tmp/sq/bin
+# MODEL=/tmp/sq/model.gguf DATA=/tmp/sq/data/wikitext-2-test.txt tests/gpu/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+DATA=${DATA:-../shared/data/wikitext-2-test.txt}
+make -j"$(nproc)" CUDA=1 all gpu-bins >/dev/null
+rm -rf .gpu .gpu-m1 .gpu-m2
+mkdir -p .gpu/bin .gpu/data .gpu-m1 .gpu-m2 /tmp/sq-bundle/lib
+cp build/sqserve build/gpu/* .gpu/bin/
+rm -f .gpu/bin/*.d
+cp "$DATA" .gpu/data/
+# every shared library the binaries load, except the C library's own
+rm -rf /tmp/sq-bundle/lib/*
+for b in .gpu/bin/*; do
+  ldd "$b" | awk '$3 ~ /^\// {print $3}'
+done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcublas|libcublasLt|libcudart)\.so' |
+  while read -r lib; do cp -L "$lib" /tmp/sq-bundle/lib/; done
+tar cJf .gpu/lib.tar.xz -C /tmp/sq-bundle lib
+split -b 46M "$MODEL" /tmp/sq-bundle/model.part
+mv /tmp/sq-bundle/model.partaa .gpu-m1/model.part1
+mv /tmp/sq-bundle/model.partab .gpu-m2/model.part2
+sha256sum "$MODEL" | cut -d' ' -f1 > .gpu-m2/model.sha256
+du -sh .gpu .gpu-m1 .gpu-m2

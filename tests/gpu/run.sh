@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh - the GPU checks and benchmarks in one go (one device call).
+#
+#   tests/gpu/run.sh [RESULTS_FILE]          (default gpu-results.txt)
+#
+# 1. build: make CUDA=1 all gpu-bins where the build dependencies are
+#    installed; otherwise (a bare GPU box) the binaries already built in
+#    $SQSERVE_BIN and $GPU_BIN_DIR are used (tests/gpu/bundle.sh makes them)
+# 2. kernel tests: test_kc_ops, test_kc_sq, then compute-sanitizer memcheck
+#    on both at --quick sizes
+# 3. model tests: test_gpu_model (greedy ids vs the reference, SQ GPU vs
+#    CPU, batching), perplexity GPU vs CPU (FP32 and SQ 8/4 A8) on
+#    WikiText-2, and `serve --device cuda` answering a completion
+# 4. benchmarks: bench_gemm (SQ vs cuBLAS BF16/FP8/INT8), then
+#    `bench --synthetic llama3-8b` end to end
+# A summary table is printed last; everything goes to RESULTS_FILE too.
+#
+# Env: MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf), DATA (a
+# wikitext-2-test.txt), SQSERVE_BIN, GPU_BIN_DIR, SKIP_BENCH=1,
+# SKIP_SANITIZER=1, PPL_TOKENS (default 16384).
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+RESULTS=${1:-gpu-results.txt}
+MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+DATA=${DATA:-../shared/data/wikitext-2-test.txt}
+BIN=${SQSERVE_BIN:-build/sqserve}
+GBIN=${GPU_BIN_DIR:-build/gpu}
+PPL_TOKENS=${PPL_TOKENS:-16384}
+: > "$RESULTS"
+summary=()
+
+log() { echo "$@" | tee -a "$RESULTS"; }
+# step NAME CMD...: runs CMD with its output into the log; records PASS/FAIL
+step() {
+  local name=$1
+  shift
+  log "===== $name: $*"
+  local t0=$SECONDS
+  "$@" 2>&1 | tee -a "$RESULTS"
+  local rc=${PIPESTATUS[0]}
+  local verdict=PASS
+  [ "$rc" -ne 0 ] && verdict="FAIL (exit $rc)"
+  summary+=("| $name | $verdict | $((SECONDS - t0)) s |")
+  return "$rc"
+}
+
+log "gpu run: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$RESULTS"
+
+if pkg-config --exists libmicrohttpd jansson libuv libpcre2-8 libxxhash 2>/dev/null; then
+  step build make -j"$(nproc)" CUDA=1 all gpu-bins
+else
+  log "build dependencies absent here: using the prebuilt $BIN and $GBIN/"
+  summary+=("| build | prebuilt (no -dev packages on this machine) | 0 s |")
+fi
+
+step test_kc_ops "$GBIN/test_kc_ops"
+[ -x "$GBIN/test_kc_sq" ] && step test_kc_sq "$GBIN/test_kc_sq"
+if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
+  step memcheck_kc_ops compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_ops" --quick
+  [ -x "$GBIN/test_kc_sq" ] &&
+    step memcheck_kc_sq compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_sq" --quick
+fi
+
+step test_gpu_model "$GBIN/test_gpu_model" "$MODEL" tests/fixtures/generate.json
+
+# perplexity: the same recipe on CPU and GPU must agree within 0.5 %
+ppl_of() { sed -n 's/^ppl: *\([0-9.]*\).*/\1/p'; }
+ppl_pair() {
+  local name=$1
+  shift
+  local c g
+  c=$("$BIN" eval -m "$MODEL" --ppl "$DATA" --ctx 512 --max-tokens "$PPL_TOKENS" "$@" --device cpu | ppl_of)
+  g=$("$BIN" eval -m "$MODEL" --ppl "$DATA" --ctx 512 --max-tokens "$PPL_TOKENS" "$@" --device cuda | ppl_of)
+  python3 - "$name" "$c" "$g" <<'PY'
+import sys
+name, c, g = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+d = 100 * (g - c) / c
+print(f"{name}: ppl CPU {c:.6f}  GPU {g:.6f}  delta {d:+.4f} % (bound 0.5 %)")
+sys.exit(0 if abs(d) <= 0.5 else 1)
+PY
+}
+if [ -f "$DATA" ]; then
+  step ppl_fp32 ppl_pair "FP32" --weights fp32 --acts fp32
+  step ppl_sq_a8 ppl_pair "W(SQ 8/4 b64 s0.875)A8" --weights sq:8/4:b64:s0.875 --acts int8
+else
+  log "no $DATA: perplexity comparison skipped"
+  summary+=("| ppl | SKIPPED (no data) | 0 s |")
+fi
+
+serve_check() {
+  local port=18089 pid ok=1
+  "$BIN" serve -m "$MODEL" --device cuda --port $port --startup-eval 0 &
+  pid=$!
+  for _ in $(seq 1 120); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  out=$(curl -sf "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}') || ok=0
+  echo "completion: $out"
+  echo "$out" | grep -q '"text"' || ok=0
+  curl -sf "http://127.0.0.1:$port/metrics" | grep -E '^sqserve_(generation_tokens_total|requests_total)' | head -5
+  kill -TERM "$pid"
+  wait "$pid" || ok=0
+  [ "$ok" = 1 ]
+}
+step serve_cuda serve_check
+
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm "$GBIN/bench_gemm"
+  step bench_synthetic "$BIN" bench --synthetic llama3-8b --device cuda --pp 2048 --batch 1024 --tg 32 -r 3 \
+    --decode-batches 1,8,32,128
+  step bench_smollm2 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
+fi
+
+{
+  echo
+  echo "| step | result | time |"
+  echo "|---|---|---|"
+  printf '%s\n' "${summary[@]}"
+} | tee -a "$RESULTS"
+! printf '%s\n' "${summary[@]}" | grep -q FAIL
