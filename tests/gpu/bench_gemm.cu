@@ -1,0 +1,343 @@
+/* bench_gemm.cu - sqserve's SQ-format matmul against cuBLAS(Lt) BF16, FP8
+ * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
+ * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
+ *
+ *   build/gpu/bench_gemm [--quick] [--reps N]
+ *
+ * Method: every kernel is timed alone with CUDA events, after an L2 flush
+ * (a 256 MB memset, so weights are never L2-resident: 50 MB L2), median of
+ * N runs (default 9) after 3 warm-up runs. The same random weights are used
+ * for all runs of a kernel (values do not change the timing of these
+ * kernels, but zeros are avoided). SQ is 8/4 b64 s0.875 (h = 8 highs per
+ * 64) from kc_sq_random: "SQ" with float scales (the layout sq_quantize's
+ * scales get, 7 bits/weight), "SQh" with scales that are exact halves
+ * (6.5 bits/weight). SQ times are kc_sq_matmul alone (activations already
+ * INT8, as for cuBLAS INT8); kc_quant_i8 is timed separately.
+ * Bytes are the compulsory traffic: weights + activations read, outputs
+ * written (SQ float, BF16/FP8 bf16, INT8 int32). TB/s = bytes / time.
+ * "bound" = SQ bytes / measured copy bandwidth; "4-bit" = N*K/2 bytes / the
+ * same. The copy bandwidth is measured here (device-to-device memcpy,
+ * read + write counted).
+ * cuBLASLt constraints: FP8 and INT8 need the TN layout (used for all) and
+ * may refuse small M; where no algorithm is found for M, M is padded to the
+ * next of 4, 8, 16 and the row is footnoted.
+ */
+#include "../../kernels/cuda/kc.h"
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <string>
+#include <vector>
+
+#define CK(x)                                                                                         \
+    do {                                                                                              \
+        cudaError_t e_ = (x);                                                                         \
+        if (e_ != cudaSuccess) {                                                                      \
+            fprintf(stderr, "bench_gemm: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__); \
+            exit(2);                                                                                  \
+        }                                                                                             \
+    } while (0)
+#define KC(x)                                                                  \
+    do {                                                                       \
+        if ((x) != 0) {                                                        \
+            fprintf(stderr, "bench_gemm: %s: %s\n", #x, kc_error());           \
+            exit(2);                                                           \
+        }                                                                      \
+    } while (0)
+
+static cudaStream_t st;
+static cublasLtHandle_t lt;
+static void *wksp;
+static const size_t WKSP = 64u << 20;
+static void *flushbuf;
+static const size_t FLUSH = 256u << 20;
+static int reps = 9;
+
+__device__ __forceinline__ uint64_t hmix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ float hrand(uint64_t i, uint64_t seed) { /* [-1, 1), never exactly 0 */
+    return ((float)(hmix(i ^ seed) >> 40) + 0.5f) / 8388608.0f - 1.0f;
+}
+__global__ void fill_bf16(__nv_bfloat16 *p, size_t n, float sc, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = __float2bfloat16(hrand(i, seed) * sc);
+}
+__global__ void fill_fp8(__nv_fp8_e4m3 *p, size_t n, float sc, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = __nv_fp8_e4m3(hrand(i, seed) * sc);
+}
+__global__ void fill_i8(int8_t *p, size_t n, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = (int8_t)((int)(hmix(i ^ seed) % 255) - 127);
+}
+__global__ void fill_f32(float *p, size_t n, float sc, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = hrand(i, seed) * sc;
+}
+
+template <typename F>
+static double time_us(F &&launch) {
+    std::vector<cudaEvent_t> ev(2 * (reps + 3));
+    for (auto &e : ev) CK(cudaEventCreate(&e));
+    for (int r = 0; r < reps + 3; r++) {
+        CK(cudaMemsetAsync(flushbuf, r & 0xFF, FLUSH, st));
+        CK(cudaEventRecord(ev[2 * r], st));
+        launch();
+        CK(cudaEventRecord(ev[2 * r + 1], st));
+    }
+    CK(cudaStreamSynchronize(st));
+    if (kc_sync() != 0) {
+        fprintf(stderr, "bench_gemm: %s\n", kc_error());
+        exit(2);
+    }
+    std::vector<double> t;
+    for (int r = 3; r < reps + 3; r++) {
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, ev[2 * r], ev[2 * r + 1]));
+        t.push_back(ms * 1e3);
+    }
+    for (auto &e : ev) cudaEventDestroy(e);
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+/* one cuBLASLt GEMM: D[N][M] (column-major, = y[M][N]) = W[N][K] . X[M][K]^T */
+struct LtGemm {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo;
+    bool ok = false;
+    ~LtGemm() {
+        if (op) cublasLtMatmulDescDestroy(op);
+        if (a) cublasLtMatrixLayoutDestroy(a);
+        if (b) cublasLtMatrixLayoutDestroy(b);
+        if (c) cublasLtMatrixLayoutDestroy(c);
+    }
+};
+
+enum Kind { BF16, FP8, INT8 };
+
+static bool lt_setup(LtGemm &g, Kind kind, long N, long M, long K, const float *d_one) {
+    cudaDataType_t ab = kind == BF16 ? CUDA_R_16BF : kind == FP8 ? CUDA_R_8F_E4M3 : CUDA_R_8I;
+    cudaDataType_t cd = kind == INT8 ? CUDA_R_32I : CUDA_R_16BF;
+    cublasComputeType_t ct = kind == INT8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F;
+    cudaDataType_t sc = kind == INT8 ? CUDA_R_32I : CUDA_R_32F;
+    if (cublasLtMatmulDescCreate(&g.op, ct, sc) != CUBLAS_STATUS_SUCCESS) return false;
+    cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof tA);
+    cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof tB);
+    if (kind == FP8) {
+        cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &d_one, sizeof d_one);
+        cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &d_one, sizeof d_one);
+    }
+    if (cublasLtMatrixLayoutCreate(&g.a, ab, K, N, K) || cublasLtMatrixLayoutCreate(&g.b, ab, K, M, K) ||
+        cublasLtMatrixLayoutCreate(&g.c, cd, N, M, N))
+        return false;
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &WKSP, sizeof WKSP);
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, g.op, g.a, g.b, g.c, g.c, pref, 1, &res, &nres);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS || nres == 0) return false;
+    g.algo = res.algo;
+    g.ok = true;
+    return true;
+}
+
+static void lt_run(LtGemm &g, Kind kind, const void *W, const void *X, void *D) {
+    float one = 1.0f, zero = 0.0f;
+    int32_t ione = 1, izero = 0;
+    const void *al = kind == INT8 ? (const void *)&ione : (const void *)&one;
+    const void *be = kind == INT8 ? (const void *)&izero : (const void *)&zero;
+    cublasStatus_t s = cublasLtMatmul(lt, g.op, al, W, g.a, X, g.b, be, D, g.c, D, g.c, &g.algo, wksp, WKSP, st);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "bench_gemm: cublasLtMatmul failed: %s\n", cublasGetStatusString(s));
+        exit(2);
+    }
+}
+
+/* times one cuBLASLt kind at M (padding M to 4, 8, 16 when refused); *used gets the M run */
+static double lt_time(Kind kind, long N, long M, long K, const void *W, const void *X, void *D, const float *d_one,
+                      long *used) {
+    static const long pads[] = {1, 4, 8, 16};
+    for (long p : pads) {
+        long Mp = (M + p - 1) / p * p;
+        if (p > 1 && Mp == M) continue;
+        LtGemm g;
+        if (!lt_setup(g, kind, N, Mp, K, d_one)) continue;
+        *used = Mp;
+        return time_us([&] { lt_run(g, kind, W, X, D); });
+    }
+    *used = -1;
+    return NAN;
+}
+
+struct Shape {
+    const char *name;
+    long N, K;
+};
+
+int main(int argc, char **argv) {
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+    }
+    KC(kc_init(0));
+    st = (cudaStream_t)kc_stream();
+    if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "bench_gemm: cublasLtCreate failed\n");
+        return 2;
+    }
+    CK(cudaMalloc(&wksp, WKSP));
+    CK(cudaMalloc(&flushbuf, FLUSH));
+    int cuv = 0, ltv = (int)cublasLtGetVersion();
+    cudaRuntimeGetVersion(&cuv);
+
+    /* measured copy bandwidth (read + write) */
+    const size_t CB = 1u << 30;
+    void *ca, *cb;
+    CK(cudaMalloc(&ca, CB));
+    CK(cudaMalloc(&cb, CB));
+    CK(cudaMemsetAsync(ca, 1, CB, st));
+    double copy_us = time_us([&] { CK(cudaMemcpyAsync(cb, ca, CB, cudaMemcpyDeviceToDevice, st)); });
+    double bw = 2.0 * CB / (copy_us * 1e-6) / 1e12; /* TB/s */
+    CK(cudaFree(ca));
+    CK(cudaFree(cb));
+    printf("bench_gemm on %s (CUDA runtime %d, cuBLASLt %d): copy bandwidth %.2f TB/s (read+write), "
+           "peak from attributes %.2f TB/s; median of %d runs after an L2 flush\n\n",
+           kc_device_name(), cuv, ltv, bw, kc_mem_bandwidth_gbs() / 1e3, reps);
+
+    const Shape shapes[] = {{"8B qkv", 6144, 4096},      {"8B o", 4096, 4096},       {"8B gate_up", 28672, 4096},
+                            {"8B down", 4096, 14336},    {"70B qkv", 10240, 8192},   {"70B o", 8192, 8192},
+                            {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
+    const long Ms[] = {1, 16, 128, 1024, 4096};
+    const int nshape = quick ? 4 : 8, nM = 5;
+    const long MMAX = 4096;
+
+    float *d_one;
+    CK(cudaMalloc(&d_one, 4));
+    float one = 1.0f;
+    CK(cudaMemcpy(d_one, &one, 4, cudaMemcpyHostToDevice));
+
+    struct Row {
+        const char *name;
+        long N, K, M;
+        double sq, sqh, bf, f8, i8, sq_bytes, sqh_bytes;
+        long m_f8, m_i8;
+    };
+    std::vector<Row> rows;
+    std::string footnotes;
+    double quant_us[2] = {0, 0};
+
+    for (int s = 0; s < nshape; s++) {
+        const long N = shapes[s].N, K = shapes[s].K;
+        kc_sq_t *sq = kc_sq_random(N, K, 4, 64, 8, 1000 + s);
+        kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 2000 + s, KC_SQ_F16_SCALES);
+        if (!sq || !sqh) {
+            fprintf(stderr, "bench_gemm: %s\n", kc_error());
+            return 2;
+        }
+        if (s == 0) printf("SQ layouts: %s; %s\n\n", kc_sq_describe(sq), kc_sq_describe(sqh));
+        __nv_bfloat16 *wb, *xb, *ob;
+        __nv_fp8_e4m3 *wf, *xf;
+        int8_t *wi, *xi;
+        int32_t *oi;
+        float *xs, *sx, *ys;
+        CK(cudaMalloc(&wb, (size_t)N * K * 2));
+        CK(cudaMalloc(&wf, (size_t)N * K));
+        CK(cudaMalloc(&wi, (size_t)N * K));
+        CK(cudaMalloc(&xb, (size_t)MMAX * K * 2));
+        CK(cudaMalloc(&xf, (size_t)MMAX * K));
+        CK(cudaMalloc(&xi, (size_t)MMAX * K));
+        CK(cudaMalloc(&xs, (size_t)MMAX * K * 4));
+        CK(cudaMalloc(&sx, (size_t)MMAX * 4));
+        CK(cudaMalloc(&ob, (size_t)MMAX * N * 2));
+        CK(cudaMalloc(&oi, (size_t)MMAX * N * 4));
+        CK(cudaMalloc(&ys, (size_t)MMAX * N * 4));
+        fill_bf16<<<2048, 256, 0, st>>>(wb, (size_t)N * K, 0.02f, 11 + s);
+        fill_fp8<<<2048, 256, 0, st>>>(wf, (size_t)N * K, 200.0f, 12 + s);
+        fill_i8<<<2048, 256, 0, st>>>(wi, (size_t)N * K, 13 + s);
+        fill_bf16<<<2048, 256, 0, st>>>(xb, (size_t)MMAX * K, 1.0f, 14 + s);
+        fill_fp8<<<2048, 256, 0, st>>>(xf, (size_t)MMAX * K, 200.0f, 15 + s);
+        fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, 16 + s);
+        CK(cudaGetLastError());
+        KC(kc_quant_i8(xs, MMAX, K, xi, sx));
+        CK(cudaStreamSynchronize(st));
+        if (s == 0) {
+            quant_us[0] = time_us([&] { KC(kc_quant_i8(xs, 1, K, xi, sx)); });
+            quant_us[1] = time_us([&] { KC(kc_quant_i8(xs, MMAX, K, xi, sx)); });
+        }
+        for (int mi = 0; mi < nM; mi++) {
+            const long M = Ms[mi];
+            Row r;
+            r.name = shapes[s].name, r.N = N, r.K = K, r.M = M;
+            r.sq = time_us([&] { KC(kc_sq_matmul(sq, xi, sx, M, ys)); });
+            r.sqh = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
+            r.sq_bytes = (double)kc_sq_bytes(sq), r.sqh_bytes = (double)kc_sq_bytes(sqh);
+            long mbf = 0;
+            r.bf = lt_time(BF16, N, M, K, wb, xb, ob, d_one, &mbf);
+            r.f8 = lt_time(FP8, N, M, K, wf, xf, ob, d_one, &r.m_f8);
+            r.i8 = lt_time(INT8, N, M, K, wi, xi, oi, d_one, &r.m_i8);
+            char fn[160];
+            if (mbf != M) snprintf(fn, sizeof fn, "- %s M=%ld: cuBLASLt BF16 ran M=%ld\n", r.name, M, mbf), footnotes += fn;
+            if (r.m_f8 != M) snprintf(fn, sizeof fn, "- %s M=%ld: cuBLASLt FP8 %s\n", r.name, M, r.m_f8 < 0 ? "found no algorithm" : (std::string("ran M=") + std::to_string(r.m_f8) + " (padded)").c_str()), footnotes += fn;
+            if (r.m_i8 != M) snprintf(fn, sizeof fn, "- %s M=%ld: cuBLASLt INT8 %s\n", r.name, M, r.m_i8 < 0 ? "found no algorithm" : (std::string("ran M=") + std::to_string(r.m_i8) + " (padded)").c_str()), footnotes += fn;
+            rows.push_back(r);
+            fprintf(stderr, "  %s M=%ld: SQ %.1f SQh %.1f BF16 %.1f FP8 %.1f INT8 %.1f us\n", r.name, M, r.sq, r.sqh,
+                    r.bf, r.f8, r.i8);
+        }
+        kc_sq_free(sq), kc_sq_free(sqh);
+        cudaFree(wb), cudaFree(wf), cudaFree(wi), cudaFree(xb), cudaFree(xf), cudaFree(xi), cudaFree(xs);
+        cudaFree(sx), cudaFree(ob), cudaFree(oi), cudaFree(ys);
+    }
+
+    /* the table */
+    printf("| shape (N x K) | M | SQ us | SQh us | BF16 us | FP8 us | INT8 us | SQ TB/s | SQh TB/s | SQ %%BW | SQ TOPS | "
+           "BF16 TF/s | FP8 TF/s | INT8 TOPS | SQ/BF16 | SQ/INT8 | SQh/BF16 | SQh/INT8 | SQ bound us | 4-bit us |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (auto &r : rows) {
+        double N = r.N, K = r.K, M = r.M, fl = 2 * M * N * K;
+        double bsq = r.sq_bytes + M * K + M * 4 + M * N * 4, bsqh = r.sqh_bytes + M * K + M * 4 + M * N * 4;
+        printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.0f%% | %.0f | %.0f | %.0f | %.0f "
+               "| %.2fx | %.2fx | %.2fx | %.2fx | %.1f | %.1f |\n",
+               r.name, r.N, r.K, r.M, r.sq, r.sqh, r.bf, r.f8, r.i8, bsq / r.sq * 1e-6, bsqh / r.sqh * 1e-6,
+               100 * bsq / r.sq * 1e-6 / bw, fl / r.sq * 1e-6, fl / r.bf * 1e-6, fl / r.f8 * 1e-6, fl / r.i8 * 1e-6,
+               r.bf / r.sq, r.i8 / r.sq, r.bf / r.sqh, r.i8 / r.sqh, bsq / (bw * 1e12) * 1e6,
+               N * K / 2 / (bw * 1e12) * 1e6);
+    }
+    if (!footnotes.empty()) printf("\n%s", footnotes.c_str());
+    printf("\nkc_quant_i8 (K=4096): M=1 %.1f us, M=4096 %.1f us (not included above)\n", quant_us[0], quant_us[1]);
+
+    /* goals (issue 5, section 5) */
+    printf("\nGoals:\n");
+    for (auto &r : rows) {
+        if (!strcmp(r.name, "8B gate_up") && r.M == 1) {
+            printf("- M=1 8B gate_up: SQ %.2fx BF16 (goal 3x) %s, %.2fx INT8 (goal 1.8x) %s; SQh %.2fx BF16 %s, %.2fx INT8 %s\n",
+                   r.bf / r.sq, r.bf / r.sq >= 3 ? "MET" : "not met", r.i8 / r.sq, r.i8 / r.sq >= 1.8 ? "MET" : "not met",
+                   r.bf / r.sqh, r.bf / r.sqh >= 3 ? "MET" : "not met", r.i8 / r.sqh, r.i8 / r.sqh >= 1.8 ? "MET" : "not met");
+            double b1 = r.sq_bytes + r.K + 4 + r.N * 4, b2 = r.sqh_bytes + r.K + 4 + r.N * 4;
+            printf("- M=1 8B gate_up bandwidth: SQ %.2f TB/s = %.0f%% of copy bandwidth, SQh %.2f TB/s = %.0f%% (goal 80%%)\n",
+                   b1 / r.sq * 1e-6, 100 * b1 / r.sq * 1e-6 / bw, b2 / r.sqh * 1e-6, 100 * b2 / r.sqh * 1e-6 / bw);
+        }
+        if (r.M == 4096 && (!strcmp(r.name, "8B gate_up") || !strcmp(r.name, "70B gate_up")))
+            printf("- M=4096 %s: SQ %.2fx BF16 (goal 1.5x) %s\n", r.name, r.bf / r.sq, r.bf / r.sq >= 1.5 ? "MET" : "not met");
+    }
+    cublasLtDestroy(lt);
+    kc_shutdown();
+    return 0;
+}

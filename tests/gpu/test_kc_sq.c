@@ -1,0 +1,302 @@
+/* test_kc_sq.c - the SQ-format GPU kernels (kernels/cuda/kc_sq.cu) against
+ * the CPU reference (kernels/k_sq.h) on fresh random inputs.
+ *
+ * - kc_quant_i8 against k_quant_row_i8: codes and scales bit-exact (odd
+ *   row lengths, a zero row, exact .5 ties, tiny and large magnitudes).
+ * - kc_sq_matmul on every supported shape: h_low 4, 3, 2 (h_high 8) and
+ *   4/2, b = 4..128, h from 1 to b/2, matrices from sq_quantize on random
+ *   weights (uploaded with kc_sq_upload), odd row counts, odd group counts,
+ *   m in {1, 3, 8, 17, 64, 130, 512} on the headline shape (8/4 b64 h8,
+ *   fast path, float and half scales) and {1, 17, 130} on the others.
+ *   Expected: k_sq_group_sums_ref + k_sq_combine per (token, row) on the
+ *   codes kc_quant_i8 produced. The integer group sums are exact on both
+ *   sides, so the only difference is float summation order:
+ *       |y_gpu - y_cpu| <= (2 * n_groups + 4) * 2^-23 * sx * sum_g (|s_lo lo_g| + |s_hi hi_g|)
+ *   Outputs are poisoned (0xFF bytes, NaN) before every run, and a poisoned
+ *   guard past the output must stay untouched.
+ * - kc_sq_random(_ex): the device generator's matrix equals
+ *   kc_sq_random_host's (validated with sq_validate), through the matmul.
+ *
+ *   build/gpu/test_kc_sq [--quick]   (--quick: fewer shapes, for compute-sanitizer)
+ * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
+ */
+#include "../../engine/sq.h"
+#include "../../kernels/cuda/kc.h"
+#include "../../kernels/k_sq.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int n_pass, n_fail, quick;
+static uint64_t rng = 0x243F6A8885A308D3ull;
+
+static uint64_t next(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float frand(void) { return (float)((next() >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f; }
+
+#define OK(call)                                                  \
+    do {                                                          \
+        if ((call) != 0) {                                        \
+            fprintf(stderr, "GPU: %s (%s)\n", kc_error(), #call); \
+            exit(2);                                              \
+        }                                                         \
+    } while (0)
+
+static void *dmalloc(size_t bytes) {
+    void *d = kc_malloc(bytes);
+    if (!d) {
+        fprintf(stderr, "GPU: %s\n", kc_error());
+        exit(2);
+    }
+    return d;
+}
+
+static void verdict(int ok, const char *what) {
+    printf("%s %s%s\n", ok ? "PASS" : "FAIL", what, ok ? "" : " <--");
+    ok ? n_pass++ : n_fail++;
+}
+
+static k_sq_t view(const sq_tensor_t *t) {
+    k_sq_t w = {.h_low = t->cfg.h_low, .b = t->cfg.b, .h = t->h, .G = t->G, .n = t->n, .k = t->k,
+                .lo = t->lo, .hi = t->hi, .idx = t->idx, .s_lo = t->s_lo, .s_hi = t->s_hi};
+    return w;
+}
+
+/* activations: per-row magnitudes over many decades, a zero row when m > 2 */
+static void fill_x(float *x, long m, long k) {
+    for (long i = 0; i < m; i++) {
+        float sc = (i == 1 && m > 2) ? 0.0f : ldexpf(1.0f, (int)(next() % 40) - 20);
+        for (long j = 0; j < k; j++) x[i * k + j] = frand() * sc;
+    }
+}
+
+/* ---- kc_quant_i8 ------------------------------------------------------------------- */
+
+static void test_quant(long m, long k, int ties) {
+    size_t nx = (size_t)(m * k);
+    float *x = malloc(nx * 4), *sx = malloc((size_t)m * 4), *gsx = malloc((size_t)m * 4);
+    int8_t *q = malloc(nx), *gq = malloc(nx);
+    fill_x(x, m, k);
+    if (ties) /* sx = 1 exactly: x / sx lands on .5 ties */
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < k; j++) x[i * k + j] = j == 0 ? 127.0f : (float)((long)(next() % 255) - 127) + 0.5f * (float)(j & 1);
+    for (long i = 0; i < m; i++) sx[i] = k_quant_row_i8(x + i * k, k, q + i * k, NULL);
+    float *dx = dmalloc(nx * 4), *dsx = dmalloc((size_t)m * 4);
+    int8_t *dq = dmalloc(nx);
+    OK(kc_upload(dx, x, nx * 4));
+    OK(kc_memset(dq, 0xFF, nx));
+    OK(kc_memset(dsx, 0xFF, (size_t)m * 4));
+    OK(kc_quant_i8(dx, m, k, dq, dsx));
+    OK(kc_download(gq, dq, nx));
+    OK(kc_download(gsx, dsx, (size_t)m * 4));
+    long bad = 0;
+    for (size_t i = 0; i < nx; i++) bad += gq[i] != q[i];
+    for (long i = 0; i < m; i++) bad += memcmp(&gsx[i], &sx[i], 4) != 0;
+    char what[96];
+    snprintf(what, sizeof what, "quant_i8 m=%ld k=%ld%s: bit-exact (%ld mismatches)", m, k, ties ? " (ties)" : "", bad);
+    verdict(bad == 0, what);
+    kc_free(dx), kc_free(dsx), kc_free(dq);
+    free(x), free(sx), free(gsx), free(q), free(gq);
+}
+
+/* ---- kc_sq_matmul ------------------------------------------------------------------ */
+
+/* runs the matmul of dw (the device copy of t) on m fresh random tokens and
+ * compares with the CPU reference */
+static void test_mm(const char *label, const sq_tensor_t *t, kc_sq_t *dw, long m) {
+    const long n = t->n, k = t->k, ng = k / t->G;
+    const size_t guard = 256;
+    k_sq_t w = view(t);
+    float *x = malloc((size_t)(m * k) * 4), *sx = malloc((size_t)m * 4);
+    int8_t *qx = malloc((size_t)(m * k));
+    float *got = malloc(((size_t)(m * n) + guard) * 4);
+    int32_t *lo = malloc((size_t)ng * 4), *hi = malloc((size_t)ng * 4);
+    fill_x(x, m, k);
+    for (long i = 0; i < m; i++) sx[i] = k_quant_row_i8(x + i * k, k, qx + i * k, NULL);
+    float *dx = dmalloc((size_t)(m * k) * 4), *dsx = dmalloc((size_t)m * 4), *dy = dmalloc(((size_t)(m * n) + guard) * 4);
+    int8_t *dq = dmalloc((size_t)(m * k));
+    OK(kc_upload(dx, x, (size_t)(m * k) * 4));
+    OK(kc_quant_i8(dx, m, k, dq, dsx));
+    OK(kc_memset(dy, 0xFF, ((size_t)(m * n) + guard) * 4));
+    OK(kc_sq_matmul(dw, dq, dsx, m, dy));
+    OK(kc_download(got, dy, ((size_t)(m * n) + guard) * 4));
+    /* the codes the GPU used must be the CPU's (checked bit-exact in test_quant too) */
+    int8_t *gq = malloc((size_t)(m * k));
+    OK(kc_download(gq, dq, (size_t)(m * k)));
+    long qbad = memcmp(gq, qx, (size_t)(m * k)) != 0;
+    free(gq);
+    double worst = 0;
+    long bad = 0, at_i = -1, at_r = -1;
+    float want_at = 0, got_at = 0;
+    for (long i = 0; i < m; i++)
+        for (long r = 0; r < n; r++) {
+            k_sq_group_sums_ref(&w, r, qx + i * k, lo, hi);
+            float want = k_sq_combine(&w, r, sx[i], lo, hi);
+            double mag = 0;
+            for (long g = 0; g < ng; g++)
+                mag += fabs((double)t->s_lo[r * ng + g] * lo[g]) + fabs((double)t->s_hi[r * ng + g] * hi[g]);
+            double bound = (2.0 * ng + 4) * ldexp(1.0, -23) * sx[i] * mag + 1e-37;
+            float gv = got[i * n + r];
+            double e = isfinite(gv) ? fabs((double)gv - want) / bound : INFINITY;
+            if (!(e <= 1)) bad++;
+            if (!(e <= worst)) worst = e, at_i = i, at_r = r, want_at = want, got_at = gv;
+        }
+    long gbad = 0;
+    for (size_t i = 0; i < guard; i++) {
+        uint32_t u;
+        memcpy(&u, &got[(size_t)(m * n) + i], 4);
+        gbad += u != 0xFFFFFFFFu;
+    }
+    char what[200];
+    snprintf(what, sizeof what, "%s n=%ld k=%ld m=%ld: worst err/bound %.3g%s%s", label, n, k, m, worst,
+             gbad ? ", WROTE PAST THE OUTPUT" : "", qbad ? ", quant codes differ" : "");
+    int ok = bad == 0 && gbad == 0 && qbad == 0;
+    verdict(ok, what);
+    if (!ok && at_i >= 0)
+        printf("     %ld bad; worst at token %ld row %ld: got %.9g want %.9g\n", bad, at_i, at_r, got_at, want_at);
+    kc_free(dx), kc_free(dsx), kc_free(dy), kc_free(dq);
+    free(x), free(sx), free(qx), free(got), free(lo), free(hi);
+}
+
+static int make_sq(sq_tensor_t *t, int h_high, int h_low, int b, int h, long n, long k) {
+    sq_cfg_t c = {h_high, h_low, b, 1.0 - (double)h / b};
+    const char *why = sq_cfg_check(&c, k);
+    if (why) {
+        printf("SKIP %d/%d b%d h%d: %s\n", h_high, h_low, b, h, why);
+        return -1;
+    }
+    if (sq_alloc(t, &c, n, k)) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    float *W = malloc((size_t)(n * k) * 4);
+    for (long i = 0; i < n * k; i++) W[i] = frand() * (next() % 16 == 0 ? 4.0f : 0.5f); /* some outliers */
+    int rc = sq_quantize(t, W, NULL, NULL);
+    free(W);
+    const char *bad = rc ? "sq_quantize failed" : sq_validate(t);
+    if (bad) {
+        printf("FAIL making %d/%d b%d h%d: %s\n", h_high, h_low, b, h, bad);
+        n_fail++;
+        sq_free(t);
+        return -1;
+    }
+    return 0;
+}
+
+static void test_shape(int h_high, int h_low, int b, int h, long n, long groups, const long *ms, int nm) {
+    sq_tensor_t t;
+    long G = b > 64 ? b : 64;
+    if (make_sq(&t, h_high, h_low, b, h, n, G * groups)) return;
+    k_sq_t w = view(&t);
+    kc_sq_t *dw = kc_sq_upload(&w);
+    if (!dw) {
+        printf("FAIL kc_sq_upload %d/%d b%d h%d: %s\n", h_high, h_low, b, h, kc_error());
+        n_fail++;
+        kc_clear_error();
+        sq_free(&t);
+        return;
+    }
+    char label[160];
+    snprintf(label, sizeof label, "sq_matmul %d/%d b%d h%d [%s]", h_high, h_low, b, h, kc_sq_describe(dw));
+    for (int i = 0; i < nm; i++) test_mm(label, &t, dw, ms[i]);
+    kc_sq_free(dw);
+    sq_free(&t);
+}
+
+/* the device generator against the host one, through sq_validate and the matmul;
+ * with `via_upload` the host copy is also uploaded (half-scale detection) */
+static void test_random(int h_low, int b, int h, long n, long k, int flags, const long *ms, int nm) {
+    sq_cfg_t c = {8, h_low, b, 1.0 - (double)h / b};
+    sq_tensor_t t;
+    if (sq_alloc(&t, &c, n, k)) exit(2);
+    uint64_t seed = next();
+    OK(kc_sq_random_host(n, k, h_low, b, h, seed, flags, t.lo, t.hi, t.idx, t.s_lo, t.s_hi));
+    const char *why = sq_validate(&t);
+    char what[200];
+    snprintf(what, sizeof what, "kc_sq_random_host %d-bit b%d h%d n=%ld k=%ld flags=%d: sq_validate %s", h_low, b, h,
+             n, k, flags, why ? why : "ok");
+    verdict(why == NULL, what);
+    kc_sq_t *dw = kc_sq_random_ex(n, k, h_low, b, h, seed, flags);
+    if (!dw) {
+        printf("FAIL kc_sq_random_ex: %s\n", kc_error());
+        n_fail++;
+        kc_clear_error();
+        sq_free(&t);
+        return;
+    }
+    char label[160];
+    snprintf(label, sizeof label, "sq_random %d-bit b%d h%d [%s]", h_low, b, h, kc_sq_describe(dw));
+    for (int i = 0; i < nm; i++) test_mm(label, &t, dw, ms[i]);
+    kc_sq_free(dw);
+    k_sq_t w = view(&t);
+    if ((dw = kc_sq_upload(&w))) {
+        snprintf(label, sizeof label, "sq_upload(random) %d-bit b%d h%d [%s]", h_low, b, h, kc_sq_describe(dw));
+        test_mm(label, &t, dw, ms[0]);
+        kc_sq_free(dw);
+    } else {
+        printf("FAIL kc_sq_upload: %s\n", kc_error());
+        n_fail++;
+        kc_clear_error();
+    }
+    sq_free(&t);
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) quick |= !strcmp(argv[i], "--quick");
+    if (kc_init(0)) {
+        fprintf(stderr, "test_kc_sq: %s\n", kc_error());
+        return 2;
+    }
+    printf("test_kc_sq on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
+
+    /* quantization */
+    test_quant(1, 1, 0);
+    test_quant(3, 7, 0);
+    test_quant(5, 576, 0);
+    test_quant(4, 1000, 1);
+    if (!quick) test_quant(17, 4096, 0), test_quant(130, 1536, 0);
+
+    /* the headline shape: fast path (decode and prefill kernels), float scales
+     * from sq_quantize, half scales through the random matrices */
+    static const long m_full[] = {1, 3, 8, 17, 64, 130, 512}, m_quick[] = {1, 17, 130};
+    const long *ms = quick ? m_quick : m_full;
+    int nm = quick ? 3 : 7;
+    test_shape(8, 4, 64, 8, quick ? 37 : 1001, quick ? 3 : 27, ms, nm);
+    test_random(4, 64, 8, quick ? 40 : 523, 64 * (quick ? 3 : 21), KC_SQ_F16_SCALES, ms, nm);
+    test_random(4, 64, 8, quick ? 21 : 300, 64 * 5, 0, ms, quick ? 1 : 3);
+
+    /* every supported shape */
+    static const long m_some[] = {1, 17, 130}, m_one[] = {3};
+    static const int pairs[][2] = {{8, 4}, {8, 3}, {8, 2}, {4, 2}};
+    for (int p = 0; p < 4; p++)
+        for (int b = 4; b <= 128; b *= 2) {
+            int hs[4] = {1, b / 8, b / 4, b / 2}, last = 0;
+            for (int i = 0; i < 4; i++) {
+                int h = hs[i];
+                if (h < 1 || h <= last) continue;
+                last = h;
+                if (p == 0 && b == 64 && h == 8) continue; /* above */
+                int thorough = !quick && (i == 1 || i == 3 || b == 128);
+                if (quick && !(i == 3 || (p == 2 && b == 128))) continue;
+                test_shape(pairs[p][0], pairs[p][1], b, h, 37, b > 64 ? 3 : 5, thorough ? m_some : m_one,
+                           thorough ? 3 : 1);
+            }
+        }
+    if (!quick) test_random(2, 128, 32, 50, 128 * 3, 0, m_some, 3);
+
+    /* errors are reported, not crashed on */
+    kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
+    verdict(bad == NULL && strstr(kc_error(), "not supported") != NULL, "unsupported shape is refused with a message");
+    kc_clear_error();
+    kc_sq_free(bad);
+
+    printf("test_kc_sq: %d passed, %d failed\n", n_pass, n_fail);
+    kc_shutdown();
+    return n_fail ? 1 : 0;
+}
