@@ -1010,7 +1010,9 @@ def test_dockerfile(name, serve_help):
     assert entry[0] == copied[binary] and entry[1:] == ["serve"], entry
     assert not [i for i in instrs if i.cmd == "CMD" and not i.args.startswith("[")]
     hc = [i.args for i in instrs if i.cmd == "HEALTHCHECK"]
-    assert hc and "/health" in hc[0] and "${SQSERVE_PORT}" in hc[0], hc
+    assert hc and re.search(r"127\.0\.0\.1:\$\{SQSERVE_PORT(:-(\d+))?\}/health\b", hc[0]), hc
+    fallback = re.search(r"\$\{SQSERVE_PORT:-(\d+)\}", hc[0])
+    assert not fallback or fallback.group(1) == serve_help.defaults["port"], hc
     env = _image_env(path)
     _check_env_names(env, serve_help, name)
     assert env["SQSERVE_HOST"] == "0.0.0.0"
