@@ -922,12 +922,16 @@ def _dockerignore() -> List[str]:
 def test_dockerignore():
     pats = _dockerignore()
     for out in ("models/SmolLM2-135M-Instruct.Q4_1.gguf", "models/x.sqm", "build/sqserve",
-                "build/obj/engine/model.o", ".venv/bin/python", ".git/HEAD",
+                "build/obj/engine/model.o", ".venv/bin/python", ".git/HEAD", ".gpu/bin.tar.xz",
                 "tests/__pycache__/serve_util.cpython-311.pyc", "engine/model.o"):
         assert _dockerignored(out, pats), f"{out} would be sent in the build context"
+    # what the build and `make test` (RUN_TESTS=1) read, this suite included
     for src in ("Makefile", "server/main.c", "engine/model.c", "kernels/cpu/k_ops.c",
-                "models/fetch-model.sh", "deploy/install-deps.sh", "deploy/runtime-deps.sh",
-                "tests/requirements.txt", "tests/run-tests.sh", "server/openapi.json"):
+                "kernels/cuda/kc.h", "models/fetch-model.sh", "deploy/install-deps.sh",
+                "deploy/runtime-deps.sh", "tests/requirements.txt", "tests/run-tests.sh",
+                "server/openapi.json", ".ci/run", ".dockerignore", "deploy/docker-compose.yml",
+                "deploy/prometheus/prometheus.yml", "deploy/grafana/dashboards/sqserve.json",
+                "deploy/k8s/gpu/deployment.yaml", "tests/fixtures/tokenizer.json", "docs/api.md"):
         assert not _dockerignored(src, pats), f"{src} is kept out of the build context"
 
 
@@ -1092,25 +1096,40 @@ def test_runtime_deps_script_skips_unowned_libraries_and_installs_nothing_presen
 
 # ---- shell scripts ---------------------------------------------------------------------
 
-SKIP_DIRS = {".git", "build", "__pycache__", ".pytest_cache", "node_modules"}
+def _repo_files() -> List[Path]:
+    """The repository's files: tracked, plus new ones git does not ignore
+    (build outputs, venvs, models and device bundles stay out)."""
+    try:
+        p = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO_ROOT, capture_output=True, timeout=60)
+        if p.returncode == 0:
+            return [REPO_ROOT / f for f in sorted(set(p.stdout.decode().split("\0"))) if f]
+    except OSError:
+        pass
+    # no git (a Docker build context has no .git): every file but outputs and environments
+    out = []
+    for root, dirs, files in os.walk(REPO_ROOT):
+        dirs[:] = sorted(d for d in dirs if d not in {".git", "build", "models", "__pycache__"}
+                         and not d.startswith((".venv", ".gpu", ".pytest")))
+        out += [Path(root, f) for f in sorted(files)]
+    return out + sorted((REPO_ROOT / "models").glob("*.sh"))
 
 
 def _shell_scripts() -> List[Path]:
     out = []
-    for root, dirs, files in os.walk(REPO_ROOT):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith(".venv"))
-        for f in sorted(files):
-            p = Path(root, f)
-            if f.endswith(".sh"):
-                out.append(p)
-                continue
-            try:
-                with open(p, "rb") as fh:
-                    head = fh.read(64).split(b"\n", 1)[0]
-            except OSError:
-                continue
-            if re.match(rb"#!\s*(/usr)?/bin/(env\s+)?(ba|da)?sh\b", head):
-                out.append(p)
+    for p in _repo_files():
+        if not p.is_file():  # deleted in the work tree
+            continue
+        if p.name.endswith(".sh"):
+            out.append(p)
+            continue
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(64).split(b"\n", 1)[0]
+        except OSError:
+            continue
+        if re.match(rb"#!\s*(/usr)?/bin/(env\s+)?(ba|da)?sh\b", head):
+            out.append(p)
     return out
 
 
