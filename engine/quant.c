@@ -378,6 +378,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         if (progress) progress(ud, l + 1, hp->n_layer);
     }
     qs->w_bits = elems > 0 ? bits / elems : 32;
+    qs->kernel_acts = w->kind == WQ_SQ && a->kind == AQ_INT && a->bits == 8;
     free(row);
     return 0;
 }
@@ -416,7 +417,7 @@ static void fake_quant(float *x, long n, const uint8_t *mask, int want, int bits
 void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim) {
     quant_state_t *qs = ud;
     const arecipe_t *a = &qs->a;
-    if (a->kind == AQ_NONE) return;
+    if (a->kind == AQ_NONE || qs->kernel_acts) return;
     uint8_t dyn[8192];
     for (long i = 0; i < n; i++) {
         float *r = x + i * dim;

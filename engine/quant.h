@@ -63,6 +63,9 @@ typedef struct {
     float **owned;             /* dequantized weight buffers */
     int n_owned;
     double w_bits;             /* average effective bits per weight */
+    int kernel_acts;           /* every layer matmul runs on an integer kernel that
+                                  quantizes its own input exactly as the hook would:
+                                  the hook then has nothing to do */
 } quant_state_t;
 
 /* Quantizes m's layer weights in place (m then owns F32 copies through

@@ -436,6 +436,9 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     qs->a = a;
     qs->n_layer = m->hp.n_layer;
     qs->w_bits = json_real_value(json_object_get(recipe, "w_bits"));
+    qs->kernel_acts = m->external_layers && sq_kernel;
+    for (int l = 0; qs->kernel_acts && l < m->hp.n_layer; l++)
+        for (int j = 0; j < 7; j++) qs->kernel_acts &= quant_layer_mat(m, l, j, NULL, 0)->type == K_SQ;
     long dims[N_SITES] = {m->hp.dim, m->hp.dim, m->hp.dim, m->hp.ffn_dim};
     for (int s = 0; s < N_SITES; s++) qs->dim[s] = dims[s];
     json_array_foreach(json_object_get(man, "act_masks"), i, e) {

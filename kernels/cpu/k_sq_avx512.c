@@ -91,71 +91,18 @@ TGT static inline __m512i bcast4(const int8_t *p) {
     return _mm512_set1_epi32(v);
 }
 
-/* One panel (16 rows) against T activation rows: xq[t], xs[t] (group
- * sums), sx[t], results to yo[t][0..15] under the row mask. With T = 1
- * the low product uses four accumulators so the vpdpbusd chains overlap. */
-TGT static inline __attribute__((always_inline)) void
-panel_pass(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
-           const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm, const int T) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
-    __m512 accf[8];
-    for (int t = 0; t < T; t++) accf[t] = _mm512_setzero_ps();
-    for (long g = 0; g < ng; g++, P += gb) {
-        __m512i lo[8], hi[8];
-        for (int t = 0; t < (T == 1 ? 4 : T); t++) lo[t] = zero;
-        for (int t = 0; t < T; t++) hi[t] = zero;
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; c++) {
-            __m512i W = _mm512_load_si512((const void *)(P + 64 * c));
-            __m512i A = _mm512_and_si512(W, m4), B = _mm512_and_si512(_mm512_srli_epi16(W, 4), m4);
-            for (int t = 0; t < T; t++) {
-                const int8_t *x = xq[t] + g * 64 + 8 * c;
-                int a = T == 1 ? 2 * (c & 1) : t, b = T == 1 ? a + 1 : t;
-                lo[a] = _mm512_dpbusd_epi32(lo[a], A, bcast4(x));
-                lo[b] = _mm512_dpbusd_epi32(lo[b], B, bcast4(x + 4));
-            }
-        }
-        if (T == 1) lo[0] = _mm512_add_epi32(_mm512_add_epi32(lo[0], lo[1]), _mm512_add_epi32(lo[2], lo[3]));
-        const uint8_t *I = P + 512, *H = I + 64 * hq;
-        for (int j = 0; j < hq; j++) {
-            __m512i iv = _mm512_load_si512((const void *)(I + 64 * j));
-            __m512i hv = _mm512_load_si512((const void *)(H + 64 * j));
-            __mmask64 neg = _mm512_movepi8_mask(hv);
-            __m512i ha = _mm512_abs_epi8(hv);
-            for (int t = 0; t < T; t++) {
-                __m512i x = _mm512_permutexvar_epi8(iv, _mm512_loadu_si512((const void *)(xq[t] + g * 64)));
-                x = _mm512_mask_sub_epi8(x, neg, zero, x); /* hi * x = |hi| * (sign(hi) x) */
-                hi[t] = _mm512_dpbusd_epi32(hi[t], ha, x);
-            }
-        }
-        const float *S = (const float *)(H + 64 * hq);
-        __m512 sl = _mm512_load_ps(S), sh = _mm512_load_ps(S + PR);
-        for (int t = 0; t < T; t++) { /* acc += sl * lo + sh * hi, as k_sq_combine */
-            __m512i l = _mm512_sub_epi32(lo[t], _mm512_set1_epi32(8 * xs[t][g]));
-            __m512 a = opaque(_mm512_mul_ps(sl, _mm512_cvtepi32_ps(l)));
-            __m512 b = opaque(_mm512_mul_ps(sh, _mm512_cvtepi32_ps(hi[t])));
-            accf[t] = _mm512_add_ps(accf[t], _mm512_add_ps(a, b));
-        }
-    }
-    for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(yo[t], rm, _mm512_mul_ps(accf[t], _mm512_set1_ps(sx[t])));
-}
-
-TGT static void pass8(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
-                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
-    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 8);
-}
-TGT static void pass4(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
-                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
-    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 4);
-}
-TGT static void pass2(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
-                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
-    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 2);
-}
-TGT static void pass1(const uint8_t *P, long ng, int hq, size_t gb, const int8_t *const *xq,
-                      const int32_t *const *xs, const float *sx, float *const *yo, __mmask16 rm) {
-    panel_pass(P, ng, hq, gb, xq, xs, sx, yo, rm, 1);
-}
+#define SQ_T 8
+#define SQ_PASS pass8
+#include "k_sq_panel.inc"
+#define SQ_T 4
+#define SQ_PASS pass4
+#include "k_sq_panel.inc"
+#define SQ_T 2
+#define SQ_PASS pass2
+#include "k_sq_panel.inc"
+#define SQ_T 1
+#define SQ_PASS pass1
+#include "k_sq_panel.inc"
 
 /* Panels [p0, p1) against all m activation rows: y[i][r] for r in the
  * panels' rows. Tokens go 8 at a time, then 4, 2, 1. */
