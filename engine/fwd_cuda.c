@@ -291,6 +291,8 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
 
 /* ---- the forward pass ------------------------------------------------------- */
 
+#define GRAPH_MAX 256
+
 typedef struct {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *sel, *logits;
     int8_t *qx;
@@ -301,7 +303,14 @@ typedef struct {
     kc_kv_t kv;
     const void *mask_src;     /* the quant_state_t the masks were copied from */
     uint8_t *masks[N_SITES];  /* [layer][dim] static SQ high channels */
+    kc_graph_t *graph[GRAPH_MAX + 1]; /* decode steps by batch size */
+    int no_graphs, graph_acts;        /* graphs off; the activation recipe they were made for */
 } gfwd_t;
+
+static int graphs_wanted(void) {
+    const char *v = getenv("SQSERVE_CUDA_GRAPHS");
+    return !v || strcmp(v, "0") != 0;
+}
 
 static void *kv_dev_alloc(size_t bytes) { return kc_malloc(bytes); }
 
@@ -313,6 +322,7 @@ void fwd_cuda_free(fwd_t *f) {
     kc_free(g->qx);
     kc_free(g->d_ints);
     for (int s = 0; s < N_SITES; s++) kc_free(g->masks[s]);
+    for (int i = 0; i <= GRAPH_MAX; i++) kc_graph_free(g->graph[i]);
     free(g->h_ints);
     free(g->slot_seen);
     free(g);
@@ -345,6 +355,7 @@ int fwd_cuda_init(fwd_t *f) {
         return -1;
     }
     g->kv = (kc_kv_t){f->kv->k, f->kv->v, f->kv->n_layer, f->kv->kv_dim, KV_BLOCK};
+    g->no_graphs = !graphs_wanted();
     for (int s = 0; s < f->kv->max_seqs; s++) g->slot_seen[s] = -1;
     return 0;
 }
@@ -363,6 +374,7 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
         return -1;
     }
     const quant_state_t *qs = f->hook_ud;
+    if (qs->kernel_acts) return 0; /* the SQ kernels quantize their own inputs, as on the CPU */
     a->kind = qs->a.kind;
     switch (qs->a.kind) {
     case AQ_NONE: return 0;
@@ -373,6 +385,10 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
         return -1;
     }
     if (g->mask_src == qs) return 0;
+    for (int i = 0; i <= GRAPH_MAX; i++) { /* they hold the old mask pointers */
+        kc_graph_free(g->graph[i]);
+        g->graph[i] = NULL;
+    }
     for (int s = 0; s < N_SITES; s++) {
         size_t bytes = (size_t)qs->n_layer * (size_t)qs->dim[s];
         kc_free(g->masks[s]);
@@ -432,31 +448,22 @@ static int pack_batch(fwd_t *f, gfwd_t *g, const batch_t *b) {
     return n_out;
 }
 
-#define K(call) do { if ((call) != 0) goto fail; } while (0)
+#define K(call) do { if ((call) != 0) return -1; } while (0)
 
-int fwd_cuda_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
-    gfwd_t *g = f->gpu;
+/* The whole pass after the batch description is on the device: every
+ * kernel, no transfer, so it can also be captured into a CUDA graph. */
+static int enqueue(fwd_t *f, gfwd_t *g, const gact_t *acts, int n, int n_out) {
     const gpu_model_t *gm = f->m->gpu;
     const hparams_t *hp = &f->m->hp;
-    const int n = b->n, dim = hp->dim, kvd = f->kv->kv_dim, ffn = hp->ffn_dim, hd = hp->head_dim;
-    gact_t acts;
-    if (resolve_acts(f, g, &acts, err, errlen) != 0) return -1;
-    kc_clear_error();
-    int n_out = pack_batch(f, g, b);
-    if (n_out < 0) {
-        snprintf(err, errlen, "the batch's block tables exceed what context %d needs", f->n_ctx);
-        return -1;
-    }
+    const int dim = hp->dim, ffn = hp->ffn_dim, hd = hp->head_dim;
     const int32_t *d_tok = g->d_ints, *d_pos = d_tok + f->n_max, *d_off = d_pos + f->n_max,
                   *d_sel = d_off + f->n_max, *d_blk = d_sel + f->n_max;
-    K(kc_upload(g->d_ints, g->h_ints, (size_t)g->n_ints * sizeof(int32_t)));
     K(kc_embed(g->x, gm->embd, d_tok, n, dim));
-
     for (int l = 0; l < hp->n_layer; l++) {
         const glayer_t *L = &gm->layers[l];
         int qd = 0;
         K(kc_rmsnorm(g->xb, g->x, L->attn_norm, n, dim, hp->rms_eps));
-        K(act_quant(g, &acts, l, SITE_QKV, g->xb, n, dim));
+        K(act_quant(g, acts, l, SITE_QKV, g->xb, n, dim));
         K(gmatmul(g, &L->w[0], g->xb, n, g->q, &qd));
         K(gmatmul(g, &L->w[1], g->xb, n, g->k, &qd));
         K(gmatmul(g, &L->w[2], g->xb, n, g->v, &qd));
@@ -465,37 +472,85 @@ int fwd_cuda_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t er
         K(kc_kv_store(&g->kv, l, g->k, g->v, n, d_pos, d_blk, d_off));
         K(kc_attention(g->att, g->q, &g->kv, l, n, d_pos, d_blk, d_off, hp->n_head, hp->n_head_kv,
                        hd, f->n_ctx));
-        K(act_quant(g, &acts, l, SITE_O, g->att, n, dim));
+        K(act_quant(g, acts, l, SITE_O, g->att, n, dim));
         qd = 0;
         K(gmatmul(g, &L->w[3], g->att, n, g->xb, &qd));
         K(kc_add(g->x, g->xb, (long)n * dim));
 
         K(kc_rmsnorm(g->xb, g->x, L->ffn_norm, n, dim, hp->rms_eps));
-        K(act_quant(g, &acts, l, SITE_UPGATE, g->xb, n, dim));
+        K(act_quant(g, acts, l, SITE_UPGATE, g->xb, n, dim));
         qd = 0;
         K(gmatmul(g, &L->w[4], g->xb, n, g->hb, &qd));
         K(gmatmul(g, &L->w[5], g->xb, n, g->hb2, &qd));
         K(kc_silu_mul(g->hb, g->hb2, (long)n * ffn));
-        K(act_quant(g, &acts, l, SITE_DOWN, g->hb, n, ffn));
+        K(act_quant(g, acts, l, SITE_DOWN, g->hb, n, ffn));
         qd = 0;
         K(gmatmul(g, &L->w[6], g->hb, n, g->xb, &qd));
         K(kc_add(g->x, g->xb, (long)n * dim));
     }
-    (void)kvd;
     if (n_out > 0) {
         int qd = 0;
         K(kc_embed(g->sel, g->x, d_sel, n_out, dim)); /* a gather of the rows that want logits */
         K(kc_rmsnorm(g->sel, g->sel, gm->out_norm, n_out, dim, hp->rms_eps));
         K(gmatmul(g, &gm->out, g->sel, n_out, g->logits, &qd));
-        if (logits) K(kc_download(logits, g->logits, (size_t)n_out * (size_t)hp->n_vocab * sizeof(float)));
-        else K(kc_sync()); /* benchmarks: logits left on the device */
-    } else {
-        K(kc_sync());
     }
     return 0;
-fail:
-    snprintf(err, errlen, "GPU: %s", kc_error());
-    return -1;
+}
+
+/* Decode steps (every row wants logits, n <= GRAPH_MAX) replay a CUDA
+ * graph per batch size: the same kernels with the same pointers every
+ * step, only the device-side batch description changes. That removes
+ * the per-launch host overhead (~20 launches a layer). Off with
+ * SQSERVE_CUDA_GRAPHS=0; a capture that fails disables graphs for good
+ * and the step runs launch by launch. */
+static int run_graph(fwd_t *f, gfwd_t *g, const gact_t *acts, int n) {
+    int key = acts->kind * 64 + acts->bits * 8 + acts->bits_hi;
+    if (key != g->graph_acts) { /* another recipe: other kernels */
+        for (int i = 0; i <= GRAPH_MAX; i++) {
+            kc_graph_free(g->graph[i]);
+            g->graph[i] = NULL;
+        }
+        g->graph_acts = key;
+    }
+    if (!g->graph[n]) {
+        if (kc_graph_begin() != 0) return -1;
+        int rc = enqueue(f, g, acts, n, n);
+        kc_graph_t *gr = kc_graph_end();
+        if (rc != 0 || !gr) {
+            kc_graph_free(gr);
+            g->no_graphs = 1;
+            kc_clear_error();
+            return enqueue(f, g, acts, n, n);
+        }
+        g->graph[n] = gr;
+    }
+    return kc_graph_launch(g->graph[n]);
+}
+
+int fwd_cuda_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
+    gfwd_t *g = f->gpu;
+    const hparams_t *hp = &f->m->hp;
+    const int n = b->n;
+    gact_t acts;
+    if (resolve_acts(f, g, &acts, err, errlen) != 0) return -1;
+    kc_clear_error();
+    int n_out = pack_batch(f, g, b);
+    if (n_out < 0) {
+        snprintf(err, errlen, "the batch's block tables exceed what context %d needs", f->n_ctx);
+        return -1;
+    }
+    int rc = kc_upload(g->d_ints, g->h_ints, (size_t)g->n_ints * sizeof(int32_t));
+    if (rc == 0 && n_out == n && n <= GRAPH_MAX && !g->no_graphs) rc = run_graph(f, g, &acts, n);
+    else if (rc == 0) rc = enqueue(f, g, &acts, n, n_out);
+    if (rc == 0 && n_out > 0 && logits)
+        rc = kc_download(logits, g->logits, (size_t)n_out * (size_t)hp->n_vocab * sizeof(float));
+    else if (rc == 0)
+        rc = kc_sync(); /* no logits wanted, or left on the device (benchmarks) */
+    if (rc != 0) {
+        snprintf(err, errlen, "GPU: %s", kc_error());
+        return -1;
+    }
+    return 0;
 }
 
 #endif

@@ -51,6 +51,17 @@ typedef struct kc_timer kc_timer_t;
 kc_timer_t *kc_timer_start(void);
 double kc_timer_stop_ms(kc_timer_t *t); /* synchronises, frees t; < 0 on error */
 
+/* CUDA graphs: the work issued on the stream between kc_graph_begin and
+ * kc_graph_end is recorded, not run, and kc_graph_launch replays it. Only
+ * kernels whose inputs sit in device buffers belong inside (no transfers,
+ * no synchronisation, no allocation). kc_graph_end returns NULL when the
+ * capture failed (kc_error says why); the stream is usable again then. */
+typedef struct kc_graph kc_graph_t;
+int kc_graph_begin(void);
+kc_graph_t *kc_graph_end(void);
+int kc_graph_launch(kc_graph_t *g);
+void kc_graph_free(kc_graph_t *g);
+
 /* ---- dense FP32 matmul through cuBLAS (kc_core.cu) ------------------------ */
 
 /* d_y[m][n] = d_x[m][k] . d_w[n][k]^T in FP32 (TF32 off: same math as the

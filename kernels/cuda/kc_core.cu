@@ -26,6 +26,8 @@ static cudaStream_t g_stream;
 static cublasHandle_t g_blas;
 static cudaDeviceProp g_prop;
 static int g_ready;
+static void *g_blas_ws;
+#define BLAS_WS_BYTES (32u << 20)
 
 extern "C" void kc_set_error(const char *fmt, ...) {
     pthread_mutex_lock(&g_err_lock);
@@ -91,6 +93,12 @@ extern "C" int kc_init(int ordinal) {
         kc_set_error("cublasCreate failed: %s", cublasGetStatusString(s));
         return -1;
     }
+    /* a fixed workspace: a GEMM captured into a CUDA graph must not allocate */
+    if (kc_check(cudaMalloc(&g_blas_ws, BLAS_WS_BYTES), "cuBLAS workspace") ||
+        cublasSetWorkspace(g_blas, g_blas_ws, BLAS_WS_BYTES) != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cuBLAS workspace set-up failed");
+        return -1;
+    }
     /* FP32 means FP32: no TF32 shortcut, so GPU and CPU answers agree */
     if (cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS ||
         cublasSetStream(g_blas, g_stream) != CUBLAS_STATUS_SUCCESS) {
@@ -105,6 +113,7 @@ extern "C" void kc_shutdown(void) {
     if (!g_ready) return;
     cudaStreamSynchronize(g_stream);
     cublasDestroy(g_blas);
+    cudaFree(g_blas_ws);
     cudaStreamDestroy(g_stream);
     g_ready = 0;
 }
@@ -185,6 +194,47 @@ extern "C" double kc_timer_stop_ms(kc_timer_t *t) {
     cudaEventDestroy(t->b);
     free(t);
     return ms;
+}
+
+struct kc_graph {
+    cudaGraphExec_t exec;
+};
+
+extern "C" int kc_graph_begin(void) {
+    return kc_check(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal), "graph capture");
+}
+
+extern "C" kc_graph_t *kc_graph_end(void) {
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(g_stream, &graph);
+    if (kc_check(e, "graph capture") != 0) {
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError(); /* the capture's error is recorded; the stream works again */
+        return NULL;
+    }
+    kc_graph_t *g = (kc_graph_t *)calloc(1, sizeof *g);
+    if (!g) {
+        cudaGraphDestroy(graph);
+        kc_set_error("out of host memory");
+        return NULL;
+    }
+    e = cudaGraphInstantiate(&g->exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (kc_check(e, "graph instantiation") != 0) {
+        free(g);
+        return NULL;
+    }
+    return g;
+}
+
+extern "C" int kc_graph_launch(kc_graph_t *g) {
+    return kc_check(cudaGraphLaunch(g->exec, g_stream), "graph launch");
+}
+
+extern "C" void kc_graph_free(kc_graph_t *g) {
+    if (!g) return;
+    cudaGraphExecDestroy(g->exec);
+    free(g);
 }
 
 extern "C" int kc_gemm_f32(const float *d_w, long n, long k, const float *d_x, long m, float *d_y) {

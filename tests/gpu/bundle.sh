@@ -6,8 +6,9 @@
 # test text, and the model split in two parts (a device call carries at
 # most 64 MiB). Everything goes under git-ignored .gpu*/ folders:
 #
-#   .gpu/     bin/ lib.tar.xz data/wikitext-2-test.txt   (~16 MB)
-#   .gpu-m1/  model.part1                                 (first 46 MB)
+#   .gpu/     bin.tar.xz (stripped binaries and their libraries)
+#             data/wikitext-2-test.txt                   (~12 MB)
+#   .gpu-m1/  model.part1                                 (first 48 MiB)
 #   .gpu-m2/  model.part2 model.sha256                    (the rest)
 #
 # On the device: unpack into /tmp/sq (see docs/perf-gpu.md, "Running on a
@@ -19,18 +20,21 @@ MODEL=${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 DATA=${DATA:-../shared/data/wikitext-2-test.txt}
 make -j"$(nproc)" CUDA=1 all gpu-bins >/dev/null
 rm -rf .gpu .gpu-m1 .gpu-m2
-mkdir -p .gpu/bin .gpu/data .gpu-m1 .gpu-m2 /tmp/sq-bundle/lib
-cp build/sqserve build/gpu/* .gpu/bin/
-rm -f .gpu/bin/*.d
+rm -rf /tmp/sq-bundle
+mkdir -p .gpu/data .gpu-m1 .gpu-m2 /tmp/sq-bundle/bin /tmp/sq-bundle/lib
+cp build/sqserve build/gpu/* /tmp/sq-bundle/bin/
+rm -f /tmp/sq-bundle/bin/*.d
+strip --strip-debug /tmp/sq-bundle/bin/*
 cp "$DATA" .gpu/data/
-# every shared library the binaries load, except the C library's own
-rm -rf /tmp/sq-bundle/lib/*
-for b in .gpu/bin/*; do
+# every shared library the binaries load, except the C and C++ runtimes and
+# CUDA's (the GPU machine has its own, as new or newer)
+for b in /tmp/sq-bundle/bin/*; do
   ldd "$b" | awk '$3 ~ /^\// {print $3}'
-done | sort -u | grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcublas|libcublasLt|libcudart)\.so' |
+done | sort -u |
+  grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcublas|libcublasLt|libcudart)\.so' |
   while read -r lib; do cp -L "$lib" /tmp/sq-bundle/lib/; done
-tar cJf .gpu/lib.tar.xz -C /tmp/sq-bundle lib
-split -b 46M "$MODEL" /tmp/sq-bundle/model.part
+tar cJf .gpu/bin.tar.xz -C /tmp/sq-bundle bin lib
+split -b 48M "$MODEL" /tmp/sq-bundle/model.part
 mv /tmp/sq-bundle/model.partaa .gpu-m1/model.part1
 mv /tmp/sq-bundle/model.partab .gpu-m2/model.part2
 sha256sum "$MODEL" | cut -d' ' -f1 > .gpu-m2/model.sha256

@@ -90,14 +90,14 @@ fi
 
 serve_check() {
   local port=18089 pid ok=1
-  "$BIN" serve -m "$MODEL" --device cuda --port $port --startup-eval 0 &
+  "$BIN" serve -m "$MODEL" --model-name gpu-check --device cuda --port $port --startup-eval 0 &
   pid=$!
   for _ in $(seq 1 120); do
     curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
     sleep 0.5
   done
   out=$(curl -sf "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
-    -d '{"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}') || ok=0
+    -d '{"model": "gpu-check", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}') || ok=0
   echo "completion: $out"
   echo "$out" | grep -q '"text"' || ok=0
   curl -sf "http://127.0.0.1:$port/metrics" | grep -E '^sqserve_(generation_tokens_total|requests_total)' | head -5
@@ -111,7 +111,10 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm "$GBIN/bench_gemm"
   step bench_synthetic "$BIN" bench --synthetic llama3-8b --device cuda --pp 2048 --batch 1024 --tg 32 -r 3 \
     --decode-batches 1,8,32,128
+  step bench_synthetic_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench --synthetic llama3-8b --device cuda \
+    --pp 0 --tg 32 -r 3 --decode-batches 1,8
   step bench_smollm2 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
+  step bench_smollm2_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
 fi
 
 {
