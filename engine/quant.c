@@ -233,7 +233,7 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
                         size_t errlen) {
     long n = w->n, k = w->k;
     qtensor_t *qt = NULL;
-    keep = keep || (sq_kernel && r->kind == WQ_SQ); /* the kernel reads the codes */
+    keep = keep || sq_kernel; /* the kernel reads the codes */
     if (keep) {
         if (!(qt = new_qt(qs))) goto oom_noW;
         snprintf(qt->name, sizeof qt->name, "%s", name);
@@ -289,6 +289,17 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
         }
         uq_quantize_codes(W, n, k, r->bits, g, r->gptq ? U : NULL, qt ? qt->codes : NULL,
                           qt ? qt->scales : NULL);
+        if (sq_kernel) { /* INT8 activations: the integer kernel reads the codes */
+            k_sq_t *v = k_sq_new_int(qt->codes, qt->scales, n, k, r->bits, g);
+            free(W);
+            if (!v || own(qs, (float *)v) != 0) {
+                free(v);
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+            *w = (k_mat_t){K_SQ, v, n, k, (size_t)((double)k * (r->bits + 32.0 / (double)g) / 8)};
+            return 0;
+        }
     }
     if (own(qs, W) != 0) goto oom;
     *w = (k_mat_t){0 /* K_F32 */, W, n, k, (size_t)k * sizeof(float)};
@@ -366,7 +377,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
                 quant_layer_mat(m, l, file_index[s][i], name, sizeof name);
                 bits += recipe_w_bits(w, mt->k) * (double)(mt->n * mt->k);
                 elems += (double)(mt->n * mt->k);
-                int sq_kernel = w->kind == WQ_SQ && a->kind == AQ_INT && a->bits == 8;
+                int sq_kernel = w->kind != WQ_NONE && a->kind == AQ_INT && a->bits == 8;
                 if (quant_matrix(mt, name, w, diag, U, keep_codes, sq_kernel, qs, err, errlen) != 0) {
                     free(diag); free(U); free(row);
                     return -1;
@@ -378,7 +389,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         if (progress) progress(ud, l + 1, hp->n_layer);
     }
     qs->w_bits = elems > 0 ? bits / elems : 32;
-    qs->kernel_acts = w->kind == WQ_SQ && a->kind == AQ_INT && a->bits == 8;
+    qs->kernel_acts = w->kind != WQ_NONE && a->kind == AQ_INT && a->bits == 8;
     free(row);
     return 0;
 }

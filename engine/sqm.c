@@ -246,6 +246,22 @@ static void drop_pages(const void *p, size_t n) {
     if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
 }
 
+/* Installs a kernel view as the layer matrix in place of the float rows
+ * load_tensor allocated (the last owned buffer). */
+static int use_view(model_t *m, int layer, int part, k_sq_t *v, double bits, int *seen, char *msg,
+                    size_t msglen) {
+    free(m->owned[m->n_owned - 1]);
+    m->owned[m->n_owned - 1] = (float *)v;
+    if (!v) {
+        m->n_owned--;
+        snprintf(msg, msglen, "out of memory");
+        return -1;
+    }
+    *quant_layer_mat(m, layer, part, NULL, 0) = (k_mat_t){K_SQ, v, v->n, v->k, (size_t)((double)v->k * bits / 8)};
+    seen[layer * 7 + part] = 1;
+    return 0;
+}
+
 static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data_len, int *seen,
                        int sq_kernel, char *msg, size_t msglen) {
     const char *name = json_string_value(json_object_get(e, "name"));
@@ -309,24 +325,14 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
         if (sq_kernel) { /* INT8 activations: the kernel reads the mapped codes in place */
             k_sq_t *v = k_sq_new(&(k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi,
                                            NULL, 0, 0});
-            free(W); /* the float rows are not needed */
-            m->owned[m->n_owned - 1] = (float *)v;
-            if (!v) {
-                m->n_owned--;
-                snprintf(msg, msglen, "out of memory");
-                return -1;
-            }
-            if (v->pack) { /* the kernel reads its own panels: let the mapped copy go */
+            if (v && v->pack) { /* the kernel reads its own panels: let the mapped copy go */
                 drop_pages(t.lo, lo);
                 drop_pages(t.hi, banks);
                 drop_pages(t.idx, banks);
                 drop_pages(t.s_lo, groups);
                 drop_pages(t.s_hi, groups);
             }
-            *quant_layer_mat(m, layer, part, NULL, 0) =
-                (k_mat_t){K_SQ, v, n, k, (size_t)((double)k * sq_bits_per_element(&cfg) / 8)};
-            seen[layer * 7 + part] = 1;
-            return 0;
+            return use_view(m, layer, part, v, sq_bits_per_element(&cfg), seen, msg, msglen);
         }
         for (long r = 0; r < n; r++) sq_dequant_row(&t, r, W + r * k);
     } else if (!strcmp(kind, "int")) {
@@ -344,13 +350,20 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
             return -1;
         }
         int q = (1 << (bits - 1)) - 1;
-        for (long i = 0; i < n * k; i++) {
+        for (long i = 0; i < n * k; i++)
             if (codes[i] > q || codes[i] < -q) {
                 snprintf(msg, msglen, "tensor '%s': a code is out of range", name);
                 return -1;
             }
-            W[i] = codes[i] * sc[(i / k) * (k / g) + (i % k) / g];
+        if (sq_kernel) { /* INT8 activations: the integer kernel (no highs) */
+            k_sq_t *v = k_sq_new_int(codes, sc, n, k, bits, g);
+            if (v && v->pack) {
+                drop_pages(codes, (size_t)(n * k));
+                drop_pages(sc, (size_t)(n * (k / g)) * sizeof(float));
+            }
+            return use_view(m, layer, part, v, bits + 32.0 / (double)g, seen, msg, msglen);
         }
+        for (long i = 0; i < n * k; i++) W[i] = codes[i] * sc[(i / k) * (k / g) + (i % k) / g];
     } else {
         snprintf(msg, msglen, "tensor '%s' has unknown kind '%s'", name, kind);
         return -1;

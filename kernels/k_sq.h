@@ -32,7 +32,7 @@
 #include "k_pool.h"
 
 typedef struct {
-    int h_low, b, h, G;
+    int h_low, b, h, G;   /* h_low 2/3/4 (SQ) or 8 (uniform int8 codes); h = 0: no highs */
     long n, k;
     const uint8_t *lo;    /* packed low codes, row-major */
     const int8_t *hi;     /* [n][k/b][h] */
@@ -48,6 +48,13 @@ typedef struct {
  * applies, its repacked panels, all in ONE allocation (free() releases
  * it). The arrays src points to must outlive the view. NULL on OOM. */
 k_sq_t *k_sq_new(const k_sq_t *src);
+/* Uniform integer weights (the W8A8 / W4A8 baselines) as a view with no
+ * highs: codes[n][k] int8 with |code| <= 2^(bits-1) - 1, scales[n][k/g],
+ * bits 2..8, g dividing k. Codes of <= 4 bits are packed into the view's
+ * block; wider ones are read in place (they must outlive the view). The
+ * same kernels run it (AVX-512 panels for g a multiple of 64, AVX2 for
+ * 4-bit g = 64, else portable), bit-exact against k_sq_combine. */
+k_sq_t *k_sq_new_int(const int8_t *codes, const float *scales, long n, long k, int bits, long g);
 
 /* y[m][n] = x[m][k] . W^T: each x row quantized to int8 once, then rows
  * of W split across the pool. 0, or -1 on out of memory. */

@@ -47,33 +47,60 @@ static int sq_isa(void) {
 
 void k_sq_force_isa(const char *name) { isa_level = level_of(name, cpu_level()); }
 
-static int shape_fast(const k_sq_t *w) { return w->h_low == 4 && w->G == 64 && w->b <= 64 && w->k % 64 == 0; }
+/* AVX-512 panels: 4- or 8-bit low codes in scale groups of 64k, highs
+ * (if any) in 64-element groups; AVX2: 4-bit codes, G = 64. */
+static int shape_avx512(const k_sq_t *w) {
+    return (w->h_low == 4 || w->h_low == 8) && w->G % 64 == 0 && w->k % w->G == 0 &&
+           (w->h == 0 || (w->h_low == 4 && w->G == 64 && w->b <= 64));
+}
+static int shape_avx2(const k_sq_t *w) { return w->h_low == 4 && w->G == 64 && w->b <= 64 && w->k % 64 == 0; }
 
 const char *k_sq_path(const k_sq_t *w) {
     if (w->pack && sq_isa() == ISA_AVX512) return "avx512";
-    if (shape_fast(w) && sq_isa() >= ISA_AVX2) return "avx2";
+    if (shape_avx2(w) && sq_isa() >= ISA_AVX2) return "avx2";
     return "portable";
 }
 
-k_sq_t *k_sq_new(const k_sq_t *src) {
+/* One block: the view, then `nib` bytes of 4-bit codes packed from
+ * `codes` (uniform int4 weights) when nib > 0, then the 64-aligned panels
+ * when the AVX-512 path applies. */
+static k_sq_t *view_new(const k_sq_t *src, const int8_t *codes, size_t nib) {
     int hq = 0;
     size_t gbytes = 0, bytes = 0;
-    if (shape_fast(src) && sq_isa() == ISA_AVX512) bytes = k_sq_pack_bytes_avx512(src, &hq, &gbytes);
+    if (shape_avx512(src) && sq_isa() == ISA_AVX512) bytes = k_sq_pack_bytes_avx512(src, &hq, &gbytes);
     size_t head = (sizeof(k_sq_t) + 63) / 64 * 64;
-    uint8_t *blk = malloc(head + (bytes ? bytes + 64 : 0));
+    uint8_t *blk = malloc(head + nib + (bytes ? bytes + 64 : 0));
     if (!blk) return NULL;
     k_sq_t *v = (k_sq_t *)blk;
     *v = *src;
     v->pack = NULL;
+    if (nib) { /* two's complement nibbles, element e at byte e/2 (low nibble first) */
+        uint8_t *lo = blk + head;
+        memset(lo, 0, nib);
+        for (size_t e = 0; e < (size_t)(src->n * src->k); e++) lo[e / 2] |= (uint8_t)((codes[e] & 15) << (4 * (e % 2)));
+        v->lo = lo;
+    }
     if (bytes) { /* the panels start 64-aligned inside the block */
-        uint8_t *p = blk + head;
+        uint8_t *p = blk + head + nib;
         p += (64 - (uintptr_t)p % 64) % 64;
-        k_sq_pack_avx512(src, p);
+        k_sq_pack_avx512(v, p);
         v->pack = p;
         v->pack_hq = hq;
         v->pack_gbytes = gbytes;
     }
     return v;
+}
+
+k_sq_t *k_sq_new(const k_sq_t *src) { return view_new(src, NULL, 0); }
+
+k_sq_t *k_sq_new_int(const int8_t *codes, const float *scales, long n, long k, int bits, long g) {
+    static const uint8_t none[1]; /* h = 0: the high arrays are never read */
+    if (bits < 2 || bits > 8 || g < 1 || k % g || g > 1L << 30) return NULL;
+    /* s_hi = s_lo: every high sum is 0 and s * 0 adds +0, which leaves the
+     * combine's result bit for bit what a combine without highs gives */
+    k_sq_t src = {bits <= 4 ? 4 : 8, (int)g, 0, (int)g, n, k, (const uint8_t *)codes, (const int8_t *)none,
+                  none, scales, scales, NULL, 0, 0};
+    return view_new(&src, codes, bits <= 4 ? (size_t)(n * k + 1) / 2 : 0);
 }
 
 /* ---- the portable reference ------------------------------------------------------------- */
@@ -102,6 +129,7 @@ float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64) {
 }
 
 static int lo_code(const k_sq_t *w, size_t e) {
+    if (w->h_low == 8) return (int8_t)w->lo[e];
     if (w->h_low > 2) {
         int v = (w->lo[e / 2] >> (4 * (e % 2))) & 15;
         return v >= 8 ? v - 16 : v;
@@ -151,7 +179,7 @@ typedef struct {
 /* One row of W against every activation row, on the stored layout. */
 static void rows_stored(const k_sq_t *w, long b, long e, const sq_ctx_t *c, float *y) {
     int32_t lo[SQ_MAX_GROUPS], hi[SQ_MAX_GROUPS];
-    int avx2 = shape_fast(w) && sq_isa() >= ISA_AVX2;
+    int avx2 = shape_avx2(w) && sq_isa() >= ISA_AVX2;
     for (long r = b; r < e; r++)
         for (long i = 0; i < c->m; i++) {
             const int8_t *q = c->qx + i * w->k;

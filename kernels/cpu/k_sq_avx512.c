@@ -33,33 +33,42 @@
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
 #define PR 16 /* rows per panel = int32 lanes */
 
+/* Bytes of one 64-element block of low codes in a panel (16 rows). */
+static size_t lo_block(const k_sq_t *w) { return w->h_low == 8 ? 1024 : 512; }
+
 size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes) {
-    int hg = w->h * (64 / w->b); /* highs per 64-element group */
+    int hg = w->h ? w->h * (w->G / w->b) : 0; /* highs per scale group (G = 64 when h > 0) */
     *hq = (hg + 3) / 4;
-    *gbytes = 512 + 128 * (size_t)*hq + 2 * PR * sizeof(float);
-    return (size_t)((w->n + PR - 1) / PR) * (size_t)(w->k / 64) * *gbytes;
+    *gbytes = (size_t)(w->G / 64) * lo_block(w) + 128 * (size_t)*hq + 2 * PR * sizeof(float);
+    return (size_t)((w->n + PR - 1) / PR) * (size_t)(w->k / w->G) * *gbytes;
 }
 
-static unsigned nib_ob(const k_sq_t *w, long r, long j) { /* offset-binary low code */
+static unsigned code_ob(const k_sq_t *w, long r, long j) { /* offset-binary low code */
     size_t e = (size_t)(r * w->k + j);
+    if (w->h_low == 8) return w->lo[e] ^ 0x80u;
     return ((w->lo[e / 2] >> (4 * (e % 2))) & 15u) ^ 8u;
 }
 
 static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P) {
-    long nb = w->k / w->b, bpg = 64 / w->b, ng = w->k / 64;
-    for (int c = 0; c < 8; c++)
-        for (int q = 0; q < 4; q++) {
-            long j = g * 64 + 8 * c + q;
-            P[64 * c + 4 * i + q] = (uint8_t)(nib_ob(w, r, j) | nib_ob(w, r, j + 4) << 4);
-        }
-    for (int u = 0; u < w->h * bpg; u++) {
+    long nb = w->k / w->b, ng = w->k / w->G, nsub = w->G / 64;
+    for (long u = 0; u < nsub; u++) {
+        uint8_t *L = P + (size_t)u * lo_block(w);
+        long j0 = g * w->G + 64 * u;
+        for (int c = 0; c < (w->h_low == 8 ? 16 : 8); c++)
+            for (int q = 0; q < 4; q++)
+                L[64 * c + 4 * i + q] = (uint8_t)(w->h_low == 8 ? code_ob(w, r, j0 + 4 * c + q)
+                                                               : code_ob(w, r, j0 + 8 * c + q) |
+                                                                     code_ob(w, r, j0 + 8 * c + 4 + q) << 4);
+    }
+    uint8_t *I = P + (size_t)nsub * lo_block(w);
+    for (int u = 0, bpg = w->G / w->b; u < w->h * bpg; u++) {
         long bank = g * bpg + u / w->h;
         size_t at = (size_t)((r * nb + bank) * w->h + u % w->h);
         size_t o = (size_t)(64 * (u / 4) + 4 * i + u % 4);
-        P[512 + o] = (uint8_t)((u / w->h) * w->b + w->idx[at]);
-        P[512 + 64 * hq + o] = (uint8_t)w->hi[at];
+        I[o] = (uint8_t)((u / w->h) * w->b + w->idx[at]);
+        I[64 * hq + o] = (uint8_t)w->hi[at];
     }
-    float *S = (float *)(P + 512 + 128 * hq);
+    float *S = (float *)(I + 128 * hq);
     S[i] = w->s_lo[r * ng + g];
     S[PR + i] = w->s_hi[r * ng + g];
 }
@@ -68,7 +77,7 @@ void k_sq_pack_avx512(const k_sq_t *w, uint8_t *dst) {
     int hq;
     size_t gb;
     k_sq_pack_bytes_avx512(w, &hq, &gb);
-    long ng = w->k / 64, np = (w->n + PR - 1) / PR;
+    long ng = w->k / w->G, np = (w->n + PR - 1) / PR;
     for (long p = 0; p < np; p++)
         for (long g = 0; g < ng; g++) {
             uint8_t *P = dst + (size_t)(p * ng + g) * gb;
@@ -92,41 +101,64 @@ TGT static inline __m512i bcast4(const int8_t *p) {
 }
 
 #define SQ_T 8
+#define SQ_LO8 0
 #define SQ_PASS pass8
 #include "k_sq_panel.inc"
 #define SQ_T 4
+#define SQ_LO8 0
 #define SQ_PASS pass4
 #include "k_sq_panel.inc"
 #define SQ_T 2
+#define SQ_LO8 0
 #define SQ_PASS pass2
 #include "k_sq_panel.inc"
 #define SQ_T 1
+#define SQ_LO8 0
 #define SQ_PASS pass1
 #include "k_sq_panel.inc"
+#define SQ_T 8
+#define SQ_LO8 1
+#define SQ_PASS pass8_8
+#include "k_sq_panel.inc"
+#define SQ_T 4
+#define SQ_LO8 1
+#define SQ_PASS pass4_8
+#include "k_sq_panel.inc"
+#define SQ_T 2
+#define SQ_LO8 1
+#define SQ_PASS pass2_8
+#include "k_sq_panel.inc"
+#define SQ_T 1
+#define SQ_LO8 1
+#define SQ_PASS pass1_8
+#include "k_sq_panel.inc"
+
+typedef void (*pass_fn)(const uint8_t *, long, long, int, size_t, const int8_t *const *, const int32_t *const *,
+                        const float *, float *const *, __mmask16);
 
 /* Panels [p0, p1) against all m activation rows: y[i][r] for r in the
  * panels' rows. Tokens go 8 at a time, then 4, 2, 1. */
 TGT void k_sq_panels_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
                             const float *sx, long m, float *y) {
-    long ng = w->k / 64;
+    static const pass_fn passes[2][4] = {{pass8, pass4, pass2, pass1}, {pass8_8, pass4_8, pass2_8, pass1_8}};
+    const pass_fn *pf = passes[w->h_low == 8];
+    long ng = w->k / w->G, nsub = w->G / 64;
     for (long p = p0; p < p1; p++) {
         const uint8_t *P = w->pack + (size_t)(p * ng) * w->pack_gbytes;
         long rows = w->n - p * PR < PR ? w->n - p * PR : PR;
         __mmask16 rm = (__mmask16)((1u << rows) - 1);
         for (long t0 = 0; t0 < m;) {
-            long nt = m - t0 >= 8 ? 8 : m - t0 >= 4 ? 4 : m - t0 >= 2 ? 2 : 1;
+            int v = m - t0 >= 8 ? 0 : m - t0 >= 4 ? 1 : m - t0 >= 2 ? 2 : 3;
+            long nt = 8 >> v;
             const int8_t *xq[8];
             const int32_t *xs[8];
             float *yo[8];
             for (long t = 0; t < nt; t++) {
                 xq[t] = qx + (t0 + t) * w->k;
-                xs[t] = xsum + (t0 + t) * ng;
+                xs[t] = xsum + (t0 + t) * (w->k / 64);
                 yo[t] = y + (t0 + t) * w->n + p * PR;
             }
-            if (nt == 8) pass8(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
-            else if (nt == 4) pass4(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
-            else if (nt == 2) pass2(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
-            else pass1(P, ng, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
+            pf[v](P, ng, nsub, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
             t0 += nt;
         }
     }

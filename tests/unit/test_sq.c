@@ -267,6 +267,77 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
     assert_true(seen[2]);
 }
 
+/* Uniform integer weights (W8A8, W4A8 baselines) through the same
+ * kernels: every path bit for bit against the reference, and the reference
+ * against the plain combine y = sx * sum_g (s[g] * isum[g]). Sizes as
+ * above; per-group (32: portable only, 64, 128) and per-channel. */
+static void test_int_weights_int8_kernel_bit_exact(void **state) {
+    (void)state;
+    const char *isas[] = {"avx512", "avx2", "portable"};
+    int bits_list[] = {4, 8, 3};
+    long ms[] = {1, 3, 8, 13};
+    k_pool_t *pool = k_pool_new(2);
+    assert_non_null(pool);
+    int seen[3] = {0};
+    for (size_t bi = 0; bi < 3; bi++)
+        for (int kk = 0; kk < 2; kk++) {
+            long n = 37, k = kk ? 1600 : 320, gs[] = {64, 128, k, 32};
+            int q = (1 << (bits_list[bi] - 1)) - 1;
+            for (size_t gi = 0; gi < 4; gi++) {
+                long g = gs[gi];
+                if (k % g) continue;
+                int8_t *codes = malloc((size_t)(n * k)), *qx = malloc((size_t)k);
+                float *sc = malloc((size_t)(n * (k / g)) * sizeof *sc), *x = malloc((size_t)(13 * k) * sizeof *x);
+                float *y = malloc((size_t)(13 * n) * sizeof *y), *want = malloc((size_t)(13 * n) * sizeof *want);
+                for (long j = 0; j < n * k; j++) codes[j] = (int8_t)((long)(urand() * (2 * q + 1)) - q);
+                for (long j = 0; j < n * (k / g); j++) sc[j] = (float)(urand() * 0.01);
+                k_sq_force_isa("portable");
+                k_sq_t *ref = k_sq_new_int(codes, sc, n, k, bits_list[bi], g);
+                assert_non_null(ref);
+                for (long j = 0; j < 13 * k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
+                /* the reference is the combine without highs */
+                int32_t lo[64], hi[64];
+                float sx = k_quant_row_i8(x, k, qx, NULL);
+                for (long r = 0; r < n; r++) {
+                    k_sq_group_sums_ref(ref, r, qx, lo, hi);
+                    float acc = 0;
+                    for (long gg = 0; gg < k / g; gg++) {
+                        int32_t t = 0;
+                        for (long j = gg * g; j < (gg + 1) * g; j++) t += codes[r * k + j] * qx[j];
+                        assert_int_equal(t, lo[gg]);
+                        assert_int_equal(hi[gg], 0);
+                        acc += sc[r * (k / g) + gg] * (float)t;
+                    }
+                    float got = k_sq_combine(ref, r, sx, lo, hi), plain = acc * sx;
+                    assert_memory_equal(&got, &plain, sizeof got);
+                }
+                for (size_t p = 0; p < 3; p++) {
+                    k_sq_force_isa(isas[p]);
+                    k_sq_t *v = k_sq_new_int(codes, sc, n, k, bits_list[bi], g);
+                    assert_non_null(v);
+                    if (strcmp(k_sq_path(v), isas[p]) != 0) {
+                        free(v);
+                        continue;
+                    }
+                    seen[p] = 1;
+                    for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                        long m = ms[mi];
+                        ref_matmul(ref, x, m, want);
+                        k_sq_force_isa(isas[p]);
+                        assert_int_equal(k_sq_matmul(pool, v, x, m, y), 0);
+                        assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
+                    }
+                    free(v);
+                }
+                free(ref); free(codes); free(qx); free(sc); free(x); free(y); free(want);
+            }
+        }
+    k_sq_force_isa(NULL);
+    k_pool_free(pool);
+    printf("int weights x INT8 kernel, paths exercised: avx512 %s, avx2 %s, portable %s\n",
+           seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
+}
+
 /* The AVX-512 quantizer gives the portable one's codes, scale and group
  * sums exactly. */
 static void test_quant_row_i8_paths(void **state) {
@@ -295,6 +366,7 @@ static void test_quant_row_i8_paths(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sq_int8_kernel_bit_exact),
+        cmocka_unit_test(test_int_weights_int8_kernel_bit_exact),
         cmocka_unit_test(test_quant_row_i8_paths),
         cmocka_unit_test(test_format_invariants),
         cmocka_unit_test(test_bits_and_recipes),
