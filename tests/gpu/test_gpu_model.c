@@ -8,7 +8,8 @@
  * 2. SQ path: the same model quantized at load to SQ 8/4 b64 s0.875 (RTN)
  *    with INT8 activations, once on the CPU (integer SQ kernels) and once
  *    on the GPU (SQ kernels); per-position top-1 and log-softmax compared
- *    teacher-forced (see sq_gpu_vs_cpu for why not free-running).
+ *    teacher-forced against a CPU-vs-CPU control (see sq_gpu_vs_cpu for why
+ *    not free-running greedy).
  * 3. Batching: a prompt as one batch and token by token, and two
  *    sequences interleaved in one batch, agree on the GPU.
  *
@@ -142,20 +143,51 @@ static void fp32_vs_reference(runner_t *g, json_t *prompts) {
 }
 
 /* Teacher-forced: the CPU's greedy continuation of each prompt is run as
- * one batch through both, with logits at every position. INT8 activation
- * quantization makes the SQ path chaotic under 1-ulp float differences (a
- * code flips when x/sx lands near .5): two CPU ISAs (AVX-512 vs portable,
- * bit-exact SQ kernels, float ops differing in the last bit) already leave
- * each other's greedy path within ~10 tokens. So free-running greedy
- * sequences are not comparable; per-position decisions are. Bounds: top-1
- * identical at >= 99% of the positions whose CPU top-2 gap exceeds 0.1
- * nats, mean |delta log-softmax| of the CPU top-1 <= 0.02. */
+ * one batch through the CPU and the GPU, with logits at every position.
+ * INT8 activation quantization makes the SQ path chaotic under 1-ulp float
+ * differences (a code flips when x/sx lands near .5, and the flip travels
+ * through 30 layers): two CPU ISAs (AVX-512 vs portable float kernels,
+ * bit-exact SQ kernels) already leave each other's greedy path within ~10
+ * tokens. So the GPU is held to what the CPU does against itself: the
+ * same sequences also run on the CPU with the portable float kernels
+ * (the control), and the GPU's disagreement with the CPU (top-1 changes
+ * where the CPU's top-2 gap exceeds 0.1 nats; mean |delta log-softmax| of
+ * the CPU top-1) may be at most twice the control's, with floors of 1 %
+ * and 0.02 nats. */
+typedef struct { int n, clear, clear_same, same; double sum, worst; } cmp_t;
+
+static void compare_rows(const float *a, const float *q, int rows, int nv, cmp_t *c) {
+    for (int s = 0; s < rows; s++, a += nv, q += nv) {
+        int ta = argmax(a, nv), tb = argmax(q, nv), second = ta == 0 ? 1 : 0;
+        for (int j = 0; j < nv; j++)
+            if (j != ta && a[j] > a[second]) second = j;
+        double d = fabs((a[ta] - logsumexp(a, nv)) - (q[ta] - logsumexp(q, nv)));
+        c->worst = d > c->worst ? d : c->worst;
+        c->sum += d;
+        c->n++;
+        c->same += ta == tb;
+        if (a[ta] - a[second] > 0.1f) {
+            c->clear++;
+            c->clear_same += ta == tb;
+        }
+    }
+}
+
+static int forced(runner_t *r, const batch_t *b, float *out) {
+    char err[256];
+    kv_seq_release(&r->kv, 0);
+    if (kv_seq_reserve(&r->kv, 0, b->n) || fwd_run(&r->f, b, out, err, sizeof err)) {
+        fprintf(stderr, "forward: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
 static void sq_gpu_vs_cpu(runner_t *c, runner_t *g, json_t *prompts) {
     size_t i;
     json_t *p;
-    int nv = c->m->hp.n_vocab, total = 0, same = 0, clear = 0, clear_same = 0;
-    double worst = 0, sum = 0;
-    char err[256];
+    int nv = c->m->hp.n_vocab;
+    cmp_t gpu = {0}, ctl = {0};
     json_array_foreach(prompts, i, p) {
         int np, ns;
         int32_t *prompt = ids_of(json_object_get(p, "prompt_ids"), &np);
@@ -163,50 +195,34 @@ static void sq_gpu_vs_cpu(runner_t *c, runner_t *g, json_t *prompts) {
         int n = np + ns - 1;
         int32_t *seq = malloc((size_t)(np + ns) * 4), *pos = malloc((size_t)n * 4), *slot = calloc((size_t)n, 4);
         uint8_t *want = malloc((size_t)n);
+        float *lc = malloc((size_t)ns * nv * 4), *lg = malloc((size_t)ns * nv * 4), *lp = malloc((size_t)ns * nv * 4);
         memcpy(seq, prompt, (size_t)np * 4);
-        if (greedy(c, prompt, np, ns, seq + np, 0)) { n_fail++; return; }
         for (int t = 0; t < n; t++) pos[t] = t, want[t] = t >= np - 1;
         batch_t b = {n, seq, pos, slot, want};
-        float *lc = malloc((size_t)(ns) * nv * 4), *lg = malloc((size_t)(ns) * nv * 4);
-        runner_t *rs[2] = {c, g};
-        float *outs[2] = {lc, lg};
-        for (int k = 0; k < 2; k++) {
-            kv_seq_release(&rs[k]->kv, 0);
-            if (kv_seq_reserve(&rs[k]->kv, 0, n) || fwd_run(&rs[k]->f, &b, outs[k], err, sizeof err)) {
-                fprintf(stderr, "forward: %s\n", err);
-                n_fail++;
-                return;
-            }
-        }
-        int agree = 0;
-        for (int s = 0; s < ns; s++) {
-            const float *a = lc + (size_t)s * nv, *q = lg + (size_t)s * nv;
-            int ta = argmax(a, nv), tb = argmax(q, nv), second = ta == 0 ? 1 : 0;
-            for (int j = 0; j < nv; j++)
-                if (j != ta && a[j] > a[second]) second = j;
-            double d = fabs((a[ta] - logsumexp(a, nv)) - (q[ta] - logsumexp(q, nv)));
-            worst = d > worst ? d : worst;
-            sum += d;
-            agree += ta == tb;
-            if (a[ta] - a[second] > 0.1f) {
-                clear++;
-                clear_same += ta == tb;
-            }
-        }
-        same += agree;
-        total += ns;
-        printf("     %-12s SQ top-1 GPU = CPU at %d / %d teacher-forced positions\n",
-               json_string_value(json_object_get(p, "name")), agree, ns);
-        free(prompt), free(seq), free(pos), free(slot), free(want), free(lc), free(lg);
+        int ok = greedy(c, prompt, np, ns, seq + np, 0) == 0 && forced(c, &b, lc) == 0 && forced(g, &b, lg) == 0;
+        setenv("SQSERVE_ISA", "portable", 1); /* the control: the CPU with other float kernels */
+        k_init();
+        ok = ok && forced(c, &b, lp) == 0;
+        unsetenv("SQSERVE_ISA");
+        k_init();
+        if (!ok) { n_fail++; return; }
+        int g0 = gpu.same, c0 = ctl.same;
+        compare_rows(lc, lg, ns, nv, &gpu);
+        compare_rows(lc, lp, ns, nv, &ctl);
+        printf("     %-12s top-1 vs the CPU, teacher-forced: GPU %d / %d, CPU portable %d / %d\n",
+               json_string_value(json_object_get(p, "name")), gpu.same - g0, ns, ctl.same - c0, ns);
+        free(prompt), free(seq), free(pos), free(slot), free(want), free(lc), free(lg), free(lp);
     }
-    char what[128];
-    snprintf(what, sizeof what, "SQ 8/4 A8 GPU vs CPU top-1: %.1f%% of all positions (%d / %d), ", 100.0 * same / total,
-             same, total);
-    result(clear_same * 100 >= clear * 99, "%s%.2f%% where the CPU top-2 gap > 0.1 (bound 99%%)", what,
-           100.0 * clear_same / clear);
-    result(sum / total <= 0.02, "%s %.2e (bound 2e-2)", "SQ GPU vs CPU mean |delta log-softmax| of the CPU top-1:",
-           sum / total);
-    printf("     max |delta log-softmax| of the CPU top-1: %.3f\n", worst);
+    double gr = 100.0 * (gpu.clear - gpu.clear_same) / gpu.clear, cr = 100.0 * (ctl.clear - ctl.clear_same) / ctl.clear;
+    printf("     top-1 agreement, all positions: GPU %.1f%%, control %.1f%% (of %d)\n", 100.0 * gpu.same / gpu.n,
+           100.0 * ctl.same / ctl.n, gpu.n);
+    printf("     max |delta log-softmax| of the CPU top-1: GPU %.3f, control %.3f\n", gpu.worst, ctl.worst);
+    char what[160];
+    snprintf(what, sizeof what, "SQ 8/4 A8 top-1 changes where the CPU gap > 0.1: GPU %.2f%%, control %.2f%%", gr, cr);
+    result(gr <= fmax(2 * cr, 1.0), "%s (bound max(2 x control, 1%%))%.0f", what, 0);
+    snprintf(what, sizeof what, "SQ 8/4 A8 mean |delta log-softmax| of the CPU top-1: GPU %.4f, control %.4f",
+             gpu.sum / gpu.n, ctl.sum / ctl.n);
+    result(gpu.sum / gpu.n <= fmax(2 * ctl.sum / ctl.n, 0.02), "%s (bound max(2 x control, 0.02))%.0f", what, 0);
 }
 
 static void batching(runner_t *g) {
