@@ -78,7 +78,11 @@ int dev_cuda_built(void) { return 1; }
 
 /* ---- weights on the device -------------------------------------------------- */
 
-enum { GM_F32 = 1, GM_SQ = 2 };
+/* GM_F32_A8: an integer-kernel matrix (K_SQ view) whose shape the GPU SQ
+ * kernels do not take (e.g. the int8 codes of W8A8): FP32 weights, and
+ * its input quantized to INT8 per token first, which is what the CPU
+ * kernel computes up to float rounding. */
+enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3 };
 
 typedef struct {
     int kind;
@@ -122,12 +126,50 @@ static int upload_rows_f32(float *d, const k_mat_t *w, float *stage, long stage_
     return 0;
 }
 
+/* Row r of an integer-kernel view (k_sq.h layout) as floats. */
+static void view_row(const k_sq_t *v, long r, float *out) {
+    long ng = v->k / v->G, nb = v->h ? v->k / v->b : 0;
+    for (long j = 0; j < v->k; j++) {
+        size_t e = (size_t)r * (size_t)v->k + (size_t)j;
+        int c;
+        if (v->h_low == 8) {
+            c = (int8_t)v->lo[e];
+        } else if (v->h_low > 2) {
+            c = (v->lo[e / 2] >> (4 * (e % 2))) & 15;
+            c = c >= 8 ? c - 16 : c;
+        } else {
+            c = (v->lo[e / 4] >> (2 * (e % 4))) & 3;
+            c = c >= 2 ? c - 4 : c;
+        }
+        out[j] = v->s_lo[r * ng + j / v->G] * (float)c;
+    }
+    for (long bk = 0; bk < nb; bk++) /* the low code is 0 at a high position */
+        for (int i = 0; i < v->h; i++) {
+            size_t at = ((size_t)r * (size_t)nb + (size_t)bk) * (size_t)v->h + (size_t)i;
+            long j = bk * v->b + v->idx[at];
+            out[j] = v->s_hi[r * ng + j / v->G] * (float)v->hi[at];
+        }
+}
+
 static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_rows) {
     g->n = w->n;
     g->k = w->k;
     if (w->type == K_SQ) {
-        g->kind = GM_SQ;
-        return (g->sq = kc_sq_upload((const k_sq_t *)w->data)) ? 0 : -1;
+        const k_sq_t *v = w->data;
+        if ((g->sq = kc_sq_upload(v))) {
+            g->kind = GM_SQ;
+            return 0;
+        }
+        kc_clear_error(); /* a shape the SQ kernels do not take: FP32 with INT8 inputs */
+        g->kind = GM_F32_A8;
+        if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
+        for (long r0 = 0; r0 < w->n; r0 += stage_rows) {
+            long cnt = w->n - r0 < stage_rows ? w->n - r0 : stage_rows;
+            for (long r = 0; r < cnt; r++) view_row(v, r0 + r, stage + r * w->k);
+            if (kc_upload(g->f32 + r0 * w->k, stage, (size_t)(cnt * w->k) * sizeof(float)) || kc_sync())
+                return -1;
+        }
+        return 0;
     }
     g->kind = GM_F32;
     if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
@@ -412,6 +454,11 @@ static int act_quant(gfwd_t *g, const gact_t *a, int layer, int site, float *x, 
  * says this x already is (q/k/v and gate/up share one input). */
 static int gmatmul(gfwd_t *g, const gmat_t *w, const float *x, int m, float *y, int *quantized) {
     if (w->kind == GM_F32) return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
+    if (w->kind == GM_F32_A8) { /* x is a scratch input (norm output, attention, SwiGLU) */
+        if (!*quantized && kc_fake_quant((float *)x, m, (int)w->k, NULL, 0, 8) != 0) return -1;
+        *quantized = 1;
+        return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
+    }
     if (!*quantized) {
         if (kc_quant_i8(x, m, w->k, g->qx, g->sx) != 0) return -1;
         *quantized = 1;

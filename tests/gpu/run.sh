@@ -83,6 +83,9 @@ PY
 if [ -f "$DATA" ]; then
   step ppl_fp32 ppl_pair "FP32" --weights fp32 --acts fp32
   step ppl_sq_a8 ppl_pair "W(SQ 8/4 b64 s0.875)A8" --weights sq:8/4:b64:s0.875 --acts int8
+  step ppl_w8a8 ppl_pair "W8A8 (integer-kernel views as FP32 + INT8 inputs)" --weights int8 --acts int8
+  step ppl_w4a_sq_static ppl_pair "W4A(SQ 8/4 static), self-calibrated" --weights int4:g64 \
+    --acts sq:8/4:b64:s0.875:static --calib self --calib-tokens 256
 else
   log "no $DATA: perplexity comparison skipped"
   summary+=("| ppl | SKIPPED (no data) | 0 s |")
