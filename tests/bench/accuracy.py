@@ -196,10 +196,15 @@ def parse_kv(text):
     return out
 
 
-def run_one(binary, model, data, cfg, tokens, threads, tag):
+def device_for(cfg, device):
+    """--device for a configuration: dynamic SQ activations are CPU-only."""
+    return "cpu" if cfg.acts.endswith(":dynamic") else device
+
+
+def run_one(binary, model, data, cfg, tokens, threads, tag, device="cpu"):
     cmd = [binary, "eval", "-m", model, "--ppl", os.path.join(data, "wikitext-2-test.txt"),
            "--ctx", str(CTX), "--max-tokens", str(tokens), "--ref",
-           "--weights", cfg.weights, "--acts", cfg.acts]
+           "--weights", cfg.weights, "--acts", cfg.acts, "--device", device_for(cfg, device)]
     if cfg.calib == SELF:
         cmd += ["--calib", "self", "--calib-tokens", str(CALIB_TOKENS)]
     elif cfg.calib == VALID:
@@ -426,16 +431,17 @@ def render(out_md, results, configs, tokens, which, meta):
         rows.append(dict(name=c.name, family=c.family, weights=c.weights, acts=c.acts, calib=c.calib,
                          headline=c.headline, w_bits=ev["w_bits"], a_bits=a_bits(c.acts),
                          ppl=ev["ppl"], delta=ev["delta_ppl_pct"], kl=ev["kl"], top1=ev["top1"],
-                         seconds=ev["seconds"], tokens=tokens, commit=r.get("commit", "?")))
+                         seconds=ev["seconds"], tokens=tokens, commit=r.get("commit", "?"),
+                         device="CPU" if r.get("device", "cpu") == "cpu" else "GPU"))
     ref_ppl = refs[0] if refs else float("nan")
     spread = (max(refs) - min(refs)) / ref_ppl if refs else 0.0
     if refs:  # every run scores the FP32 path too: that is the reference line
         rows.insert(0, dict(name="FP32 (reference)", family="ref", weights="fp32", acts="fp32", calib=NONE,
                             headline=True, w_bits=32.0, a_bits=32.0, ppl=ref_ppl, delta=0.0, kl=0.0,
-                            top1=1.0, seconds=None, tokens=tokens, commit=""))
+                            top1=1.0, seconds=None, tokens=tokens, commit="", device="-"))
     fam_name = dict(FAMILIES, ref="reference")
-    table = ["| config | family | weights | acts | calib | W bits | A bits | ppl | Δppl % | KL | top-1 % | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| config | family | weights | acts | calib | W bits | A bits | ppl | Δppl % | KL | top-1 % | s | on |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = r["family"] == "ref"
         name = f"**{r['name']}**" if r["headline"] and which == "full" and not ref else r["name"]
@@ -444,7 +450,8 @@ def render(out_md, results, configs, tokens, which, meta):
             f"| {name} | {fam_name[r['family']]} | `{r['weights']}` | `{r['acts']}` | "
             f"{'-' if r['calib'] == NONE else r['calib']} | "
             f"{'FP32' if ref else fmt_bits(r['w_bits'])} | {'FP32' if ref else fmt_bits(r['a_bits'])} | "
-            f"{r['ppl']:.4f} | {r['delta']:+.2f} | {r['kl']:.4f} | {100 * r['top1']:.2f} | {secs} |")
+            f"{r['ppl']:.4f} | {r['delta']:+.2f} | {r['kl']:.4f} | {100 * r['top1']:.2f} | {secs} | "
+            f"{r['device']} |")
     missing = [c for c in configs if c.key not in results]
     commits = sorted({r["commit"] for r in rows if r["commit"]})
     days = sorted({results[c.key].get("measured", "?")[:10] for c in configs if c.key in results})
@@ -473,7 +480,9 @@ def render(out_md, results, configs, tokens, which, meta):
         f"static SQ channel mask from {CALIB_TOKENS} tokens of wikitext-2-valid, or of the model's own "
         f"generations (`self`); RTN rows need none. *s* is sqserve's `seconds` for the two passes "
         f"(calibration and quantization not included) on a machine other work shared, so it is only a "
-        f"rough cost.")
+        f"rough cost. *on*: where the two passes ran, the CPU or `--device cuda` (calibration and "
+        f"quantization always run on the CPU; dynamic SQ activations are CPU-only); tests/gpu/run.sh "
+        f"holds the GPU path to the CPU's perplexity within 0.5 % (docs/perf-gpu.md).")
     plot_note = (
         "Plot `docs/accuracy.png`: Δppl % ("
         + ("log" if all(r["delta"] > 0 for r in rows if r["family"] != "ref") else "symlog")
@@ -523,6 +532,12 @@ def main():
         return 2
     tokens = int(os.environ.get("ACCURACY_TOKENS", "16384"))
     threads = int(os.environ.get("ACCURACY_THREADS", "0"))
+    # ACCURACY_DEVICE=cuda runs the evaluations on the GPU (calibration and quantization stay on
+    # the CPU; dynamic SQ activations too); ACCURACY_ONLY / ACCURACY_SKIP (regular expressions on
+    # the configuration's name, weights and acts) split one grid over several runners
+    device = os.environ.get("ACCURACY_DEVICE", "cpu")
+    only, skip = os.environ.get("ACCURACY_ONLY"), os.environ.get("ACCURACY_SKIP")
+    no_render = os.environ.get("ACCURACY_NO_RENDER") == "1"
     fresh = os.environ.get("ACCURACY_FRESH") == "1"
     render_only = os.environ.get("ACCURACY_RENDER_ONLY") == "1"
     data = os.path.abspath(os.environ.get("ACCURACY_DATA", os.path.join(ROOT, "..", "shared", "data")))
@@ -551,7 +566,9 @@ def main():
             with open(path) as f:
                 results[c.key] = json.load(f)
         else:
-            todo.append(c)
+            what = f"{c.name} {c.weights} {c.acts}"
+            if (not only or re.search(only, what)) and not (skip and re.search(skip, what)):
+                todo.append(c)
     print(f"accuracy: ACCURACY_SET={which}, {tokens} tokens, ctx {CTX}: {len(configs)} configurations, "
           f"{len(configs) - len(todo)} cached in {os.path.relpath(cache_dir, ROOT)}, "
           f"{0 if render_only else len(todo)} to run", flush=True)
@@ -569,7 +586,7 @@ def main():
             for i, c in enumerate(todo):
                 tag = f"[{i + 1}/{len(todo)}]"
                 print(f"{tag} {c.name}: weights {c.weights}, acts {c.acts}, calib {c.calib}", flush=True)
-                r, err = run_one(run_bin, model, data, c, tokens, threads, tag)
+                r, err = run_one(run_bin, model, data, c, tokens, threads, tag, device)
                 if r is None:
                     print(f"{tag} FAILED: {err}", flush=True)
                     failed.append((c, err))
@@ -577,6 +594,7 @@ def main():
                 r.update(name=c.name, weights=c.weights, acts=c.acts, calib=c.calib, tokens=tokens, ctx=CTX,
                          calib_tokens=CALIB_TOKENS, model=os.path.basename(model), commit=commit,
                          binary_sha256=bin_sha, binary_built=bin_built, machine=meta["machine"],
+                         device=device_for(c, device),
                          measured=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
                 path = cache_path(cache_dir, model, c, tokens)
                 with open(path + ".tmp", "w") as f:
@@ -594,6 +612,8 @@ def main():
     if not results:
         print("accuracy: no results to write", file=sys.stderr)
         return 1
+    if no_render:
+        return 1 if failed else 0
     rows, png = render(out_md, results, configs, tokens, which, meta)
     print(f"accuracy: wrote {os.path.relpath(out_md)} ({len(rows)} rows) and {os.path.relpath(png)}")
     if failed:

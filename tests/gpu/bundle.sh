@@ -9,7 +9,7 @@
 #   .gpu/     bin.tar.xz (stripped binaries and their libraries)
 #             data/wikitext-2-test.txt                   (~12 MB)
 #   .gpu-m1/  model.part1                                 (first 48 MiB)
-#   .gpu-m2/  model.part2 model.sha256                    (the rest)
+#   .gpu-m2/  model.part2 model.sha256 wikitext-2-valid.txt (the rest)
 #
 # On the device: unpack into /tmp/sq (see docs/perf-gpu.md, "Running on a
 # lent GPU"), then SQSERVE_BIN=/tmp/sq/bin/sqserve GPU_BIN_DIR=/tmp/sq/bin
@@ -38,4 +38,6 @@ split -b 48M "$MODEL" /tmp/sq-bundle/model.part
 mv /tmp/sq-bundle/model.partaa .gpu-m1/model.part1
 mv /tmp/sq-bundle/model.partab .gpu-m2/model.part2
 sha256sum "$MODEL" | cut -d' ' -f1 > .gpu-m2/model.sha256
+# the calibration text, for an accuracy grid run there (tests/bench/accuracy.py)
+cp "$(dirname "$DATA")/wikitext-2-valid.txt" .gpu-m2/
 du -sh .gpu .gpu-m1 .gpu-m2
