@@ -262,8 +262,19 @@ static int use_view(model_t *m, int layer, int part, k_sq_t *v, double bits, int
     return 0;
 }
 
+/* Which activations a layer matrix's integer kernel takes: 1 for int8 per
+ * token, 2 for static SQ (then *mask is its site's mask), 0 for none (the
+ * FP32 expansion with the hook's fake-quant). */
+static int kernel_acts_of(const quant_state_t *qs, int layer, int part, long k, const uint8_t **mask) {
+    static const int site_of[7] = {SITE_QKV, SITE_QKV, SITE_QKV, SITE_O, SITE_UPGATE, SITE_UPGATE, SITE_DOWN};
+    if (qs->a.kind == AQ_INT && qs->a.bits == 8) return 1;
+    if (qs->a.kind != AQ_SQ_STATIC || qs->a.sq.h_high > 8 || qs->a.sq.h_low > 8) return 0;
+    *mask = qs->hi_mask[site_of[part]] + (size_t)layer * (size_t)k;
+    return 2;
+}
+
 static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data_len, int *seen,
-                       int sq_kernel, char *msg, size_t msglen) {
+                       const quant_state_t *qs, char *msg, size_t msglen) {
     const char *name = json_string_value(json_object_get(e, "name"));
     const char *kind = json_string_value(json_object_get(e, "kind"));
     long n = (long)json_integer_value(json_object_get(e, "n")), k = (long)json_integer_value(json_object_get(e, "k"));
@@ -296,6 +307,8 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
         return -1;
     }
     m->owned[m->n_owned++] = W;
+    const uint8_t *amask = NULL;
+    int sq_kernel = kernel_acts_of(qs, layer, part, k, &amask);
     if (!strcmp(kind, "sq")) {
         sq_cfg_t cfg = {(int)json_integer_value(json_object_get(e, "h_high")),
                         (int)json_integer_value(json_object_get(e, "h_low")),
@@ -322,9 +335,9 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
             snprintf(msg, msglen, "tensor '%s' breaks the SQ-format: %s", name, why);
             return -1;
         }
-        if (sq_kernel) { /* INT8 activations: the kernel reads the mapped codes in place */
+        if (sq_kernel) { /* integer activations: the kernel reads the mapped codes in place */
             k_sq_t *v = k_sq_new(&(k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi,
-                                           NULL, 0, 0});
+                                           NULL, 0, 0, NULL, 0, 0});
             if (v && v->pack) { /* the kernel reads its own panels: let the mapped copy go */
                 drop_pages(t.lo, lo);
                 drop_pages(t.hi, banks);
@@ -332,6 +345,7 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
                 drop_pages(t.s_lo, groups);
                 drop_pages(t.s_hi, groups);
             }
+            if (v && amask) k_sq_static_acts(v, amask, qs->a.sq.h_high, qs->a.sq.h_low);
             return use_view(m, layer, part, v, sq_bits_per_element(&cfg), seen, msg, msglen);
         }
         for (long r = 0; r < n; r++) sq_dequant_row(&t, r, W + r * k);
@@ -355,12 +369,13 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
                 snprintf(msg, msglen, "tensor '%s': a code is out of range", name);
                 return -1;
             }
-        if (sq_kernel) { /* INT8 activations: the integer kernel (no highs) */
+        if (sq_kernel) { /* integer activations: the integer kernel (no highs) */
             k_sq_t *v = k_sq_new_int(codes, sc, n, k, bits, g);
             if (v && v->pack) {
                 drop_pages(codes, (size_t)(n * k));
                 drop_pages(sc, (size_t)(n * (k / g)) * sizeof(float));
             }
+            if (v && amask) k_sq_static_acts(v, amask, qs->a.sq.h_high, qs->a.sq.h_low);
             return use_view(m, layer, part, v, bits + 32.0 / (double)g, seen, msg, msglen);
         }
         for (long i = 0; i < n * k; i++) W[i] = codes[i] * sc[(i / k) * (k / g) + (i % k) / g];
@@ -429,19 +444,10 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     arecipe_t a;
     const char *acts = json_string_value(json_object_get(recipe, "acts"));
     if (!acts || recipe_parse_a(acts, &a, msg, sizeof msg) != 0) goto fail_model;
-    int sq_kernel = a.kind == AQ_INT && a.bits == 8;
-    seen = calloc((size_t)m->hp.n_layer * 7, sizeof *seen);
-    if (!seen) goto fail_model;
     size_t i;
     json_t *e;
-    json_array_foreach(tensors, i, e)
-        if (load_tensor(m, e, data, data_len, seen, sq_kernel, msg, sizeof msg)) goto fail_model;
-    for (int j = 0; m->external_layers && j < m->hp.n_layer * 7; j++)
-        if (!seen[j]) {
-            snprintf(msg, sizeof msg, "layer %d matrix %d is missing from the tensor table", j / 7, j % 7);
-            goto fail_model;
-        }
-    /* the activation recipe and its static masks */
+    /* the activation recipe and its static masks (before the tensors: the
+     * static-activation kernels take their site's mask) */
     quant_state_t *qs = calloc(1, sizeof *qs);
     if (!qs) goto fail_model;
     m->act_state = qs;
@@ -449,9 +455,6 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     qs->a = a;
     qs->n_layer = m->hp.n_layer;
     qs->w_bits = json_real_value(json_object_get(recipe, "w_bits"));
-    qs->kernel_acts = m->external_layers && sq_kernel;
-    for (int l = 0; qs->kernel_acts && l < m->hp.n_layer; l++)
-        for (int j = 0; j < 7; j++) qs->kernel_acts &= quant_layer_mat(m, l, j, NULL, 0)->type == K_SQ;
     long dims[N_SITES] = {m->hp.dim, m->hp.dim, m->hp.dim, m->hp.ffn_dim};
     for (int s = 0; s < N_SITES; s++) qs->dim[s] = dims[s];
     json_array_foreach(json_object_get(man, "act_masks"), i, e) {
@@ -465,6 +468,21 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     if (a.kind == AQ_SQ_STATIC)
         for (int s = 0; s < N_SITES; s++)
             if (!qs->hi_mask[s]) goto bad_mask;
+    seen = calloc((size_t)m->hp.n_layer * 7, sizeof *seen);
+    if (!seen) goto fail_model;
+    json_array_foreach(tensors, i, e)
+        if (load_tensor(m, e, data, data_len, seen, qs, msg, sizeof msg)) goto fail_model;
+    for (int j = 0; m->external_layers && j < m->hp.n_layer * 7; j++)
+        if (!seen[j]) {
+            snprintf(msg, sizeof msg, "layer %d matrix %d is missing from the tensor table", j / 7, j % 7);
+            goto fail_model;
+        }
+    /* int8 activations on the kernels: the hook has nothing left to do. (Static
+     * SQ activations keep the hook: its fake-quant is idempotent under the
+     * kernel's quantization, and other devices read the hook's output.) */
+    qs->kernel_acts = m->external_layers && a.kind == AQ_INT && a.bits == 8;
+    for (int l = 0; qs->kernel_acts && l < m->hp.n_layer; l++)
+        for (int j = 0; j < 7; j++) qs->kernel_acts &= quant_layer_mat(m, l, j, NULL, 0)->type == K_SQ;
     snprintf(m->recipe, sizeof m->recipe, "weights=%s acts=%s",
              json_string_value(json_object_get(recipe, "weights")), acts);
     json_t *ev = json_object_get(man, "eval");

@@ -42,6 +42,9 @@ typedef struct {
     const uint8_t *pack;
     int pack_hq;          /* 4-high chunks per group in a panel */
     size_t pack_gbytes;   /* bytes per (panel, group) */
+    /* static SQ activations (k_sq_static_acts), or NULL: per-token int8 */
+    const uint8_t *amask; /* [k]: 1 = high channel */
+    int a_hi, a_lo;       /* bits of the high and low channels */
 } k_sq_t;
 
 /* A view for the kernels: a copy of *src plus, when the AVX-512 path
@@ -56,11 +59,30 @@ k_sq_t *k_sq_new(const k_sq_t *src);
  * 4-bit g = 64, else portable), bit-exact against k_sq_combine. */
 k_sq_t *k_sq_new_int(const int8_t *codes, const float *scales, long n, long k, int bits, long g);
 
+/* Static SQ activations for this view (the paper's Algorithm 2): channel
+ * j is high when mask[j], and each token is quantized to a_hi bits over
+ * its high channels and a_lo bits over its low ones, one scale each. The
+ * kernels run such a token as TWO int8 rows (the high codes with zeros at
+ * low channels, and the reverse) through the same multi-row passes, so
+ * every weight vector is read once for both and
+ *     y = k_sq_combine(H, sx_hi) + k_sq_combine(L, sx_lo).
+ * Trade-off: twice the integer work of int8 activations, no permuted
+ * weight copy, and every ISA path for free; decode stays one pass over
+ * the weights. mask (k bytes) must outlive the view. */
+void k_sq_static_acts(k_sq_t *w, const uint8_t *mask, int hi_bits, int lo_bits);
+/* One token's static quantization: qh (high codes, 0 at low channels),
+ * ql (the reverse); sx[0], sx[1] the scales. Exactly the fake-quant of
+ * engine/quant.c: s = max|x| / (2^(bits-1) - 1) over the class,
+ * q = nearbyint(x / s) clamped. */
+void k_quant_row_static(const float *x, long k, const uint8_t *mask, int hi_bits, int lo_bits, int8_t *qh,
+                        int8_t *ql, float *sx);
+
 /* y[m][n] = x[m][k] . W^T: each x row quantized to int8 once, then rows
  * of W split across the pool. 0, or -1 on out of memory. */
 int k_sq_matmul(k_pool_t *pool, const k_sq_t *w, const float *x, long m, float *y);
 /* Several SQ matrices reading the same x (q/k/v, gate/up): one
- * quantization of x and one fork-join for all of them. */
+ * quantization of x and one fork-join for all of them (static SQ
+ * activations: only when they share one mask). */
 int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count,
                       const float *x, long m);
 

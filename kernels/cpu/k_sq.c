@@ -99,7 +99,7 @@ k_sq_t *k_sq_new_int(const int8_t *codes, const float *scales, long n, long k, i
     /* s_hi = s_lo: every high sum is 0 and s * 0 adds +0, which leaves the
      * combine's result bit for bit what a combine without highs gives */
     k_sq_t src = {bits <= 4 ? 4 : 8, (int)g, 0, (int)g, n, k, (const uint8_t *)codes, (const int8_t *)none,
-                  none, scales, scales, NULL, 0, 0};
+                  none, scales, scales, NULL, 0, 0, NULL, 0, 0};
     return view_new(&src, codes, bits <= 4 ? (size_t)(n * k + 1) / 2 : 0);
 }
 
@@ -162,6 +162,39 @@ float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const i
     return acc * sx;
 }
 
+void k_sq_static_acts(k_sq_t *w, const uint8_t *mask, int hi_bits, int lo_bits) {
+    w->amask = mask;
+    w->a_hi = hi_bits;
+    w->a_lo = lo_bits;
+}
+
+static float quant_class(const float *x, long k, const uint8_t *mask, int want, int bits, int8_t *q) {
+    float mx = 0;
+    for (long j = 0; j < k; j++)
+        if (mask[j] == want) mx = fabsf(x[j]) > mx ? fabsf(x[j]) : mx;
+    int qm = (1 << (bits - 1)) - 1;
+    float s = mx / (float)qm;
+    for (long j = 0; j < k; j++) {
+        float v = mask[j] == want && s > 0 ? nearbyintf(x[j] / s) : 0;
+        q[j] = (int8_t)(v > qm ? qm : v < -qm ? -qm : v);
+    }
+    return s;
+}
+
+void k_quant_row_static(const float *x, long k, const uint8_t *mask, int hi_bits, int lo_bits, int8_t *qh,
+                        int8_t *ql, float *sx) {
+    sx[0] = quant_class(x, k, mask, 1, hi_bits, qh);
+    sx[1] = quant_class(x, k, mask, 0, lo_bits, ql);
+}
+
+static void group_sums64(const int8_t *q, long k, int32_t *xsum64) {
+    for (long g = 0; g < k / 64; g++) {
+        int32_t t = 0;
+        for (int j = 0; j < 64; j++) t += q[g * 64 + j];
+        xsum64[g] = t;
+    }
+}
+
 /* ---- the driver ------------------------------------------------------------------------ */
 
 #define SQ_MAX_GROUPS 512
@@ -204,22 +237,52 @@ static void sq_task(void *arg, int ith, int nth) {
     }
 }
 
+/* Static SQ activations: token i becomes rows 2i (high codes) and 2i+1
+ * (low codes); the pairs are summed into y afterwards. */
+static void quant_static(const k_sq_t *w, const float *x, long m, int8_t *qx, int32_t *xsum, float *sx) {
+    long k = w->k;
+    for (long i = 0; i < m; i++) {
+        int8_t *qh = qx + 2 * i * k, *ql = qh + k;
+        k_quant_row_static(x + i * k, k, w->amask, w->a_hi, w->a_lo, qh, ql, sx + 2 * i);
+        if (k % 64 == 0) {
+            group_sums64(qh, k, xsum + 2 * i * (k / 64));
+            group_sums64(ql, k, xsum + (2 * i + 1) * (k / 64));
+        }
+    }
+}
+
 int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count,
                       const float *x, long m) {
     long k = w[0]->k;
     for (int i = 0; i < count; i++)
         if (w[i]->k != k || w[i]->k / w[i]->G > SQ_MAX_GROUPS) return -1;
-    int8_t *qx = malloc((size_t)(m * k));
-    int32_t *xsum = malloc((size_t)(m * (k / 64 + 1)) * sizeof *xsum);
-    float *sx = malloc((size_t)m * sizeof *sx);
-    int rc = -1;
-    if (qx && xsum && sx) {
-        for (long i = 0; i < m; i++)
-            sx[i] = k_quant_row_i8(x + i * k, k, qx + i * k, k % 64 ? NULL : xsum + i * (k / 64));
-        sq_ctx_t c = {w, y, count, qx, xsum, sx, m};
+    for (int i = 1; i < count; i++)
+        if (w[i]->amask != w[0]->amask) { /* different activation recipes: one at a time */
+            for (int j = 0; j < count; j++)
+                if (k_sq_matmul_group(pool, &w[j], &y[j], 1, x, m) != 0) return -1;
+            return 0;
+        }
+    int st = w[0]->amask != NULL, rows = st ? 2 : 1;
+    long mr = m * rows;
+    int8_t *qx = malloc((size_t)(mr * k));
+    int32_t *xsum = malloc((size_t)(mr * (k / 64 + 1)) * sizeof *xsum);
+    float *sx = malloc((size_t)mr * sizeof *sx), *ys[4] = {0};
+    int rc = -1, ok = qx && xsum && sx && count <= 4;
+    for (int i = 0; ok && st && i < count; i++) ok = (ys[i] = malloc((size_t)(mr * w[i]->n) * sizeof(float))) != NULL;
+    if (ok) {
+        if (st) quant_static(w[0], x, m, qx, xsum, sx);
+        else
+            for (long i = 0; i < m; i++)
+                sx[i] = k_quant_row_i8(x + i * k, k, qx + i * k, k % 64 ? NULL : xsum + i * (k / 64));
+        sq_ctx_t c = {w, st ? ys : y, count, qx, xsum, sx, mr};
         k_pool_run(pool, sq_task, &c);
+        for (int i = 0; st && i < count; i++) /* y = (high part) + (low part) */
+            for (long t = 0; t < m; t++)
+                for (long r = 0; r < w[i]->n; r++)
+                    y[i][t * w[i]->n + r] = ys[i][2 * t * w[i]->n + r] + ys[i][(2 * t + 1) * w[i]->n + r];
         rc = 0;
     }
+    for (int i = 0; i < 4; i++) free(ys[i]);
     free(qx);
     free(xsum);
     free(sx);

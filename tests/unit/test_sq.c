@@ -171,7 +171,7 @@ static void test_gptq_beats_rtn(void **state) {
 
 static k_sq_t view(const sq_tensor_t *t) {
     return (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi,
-                    NULL, 0, 0};
+                    NULL, 0, 0, NULL, 0, 0};
 }
 
 /* The scalar reference for y[m][n]: portable quantizer, integer group
@@ -338,6 +338,100 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
            seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
 }
 
+/* Static SQ activations (high channels 8-bit, low 4-bit, one scale each)
+ * on int4 g64 and SQ 8/4 weights: every path bit for bit against
+ *     y = combine(H, sx_hi) + combine(L, sx_lo)
+ * with H, L the reference group sums of the high-only and low-only codes,
+ * single and grouped; the quantizer against the fake-quant formula of
+ * engine/quant.c. */
+static void test_static_sq_acts_bit_exact(void **state) {
+    (void)state;
+    const char *isas[] = {"avx512", "avx2", "portable"};
+    long ms[] = {1, 3, 8};
+    sq_cfg_t acfgs[] = {{8, 4, 64, 0.875}, {8, 4, 16, 0.75}};
+    k_pool_t *pool = k_pool_new(2);
+    assert_non_null(pool);
+    int seen[3] = {0};
+    for (int wk = 0; wk < 2; wk++)
+        for (size_t ac = 0; ac < 2; ac++) {
+            long n = 37, k = 320;
+            int hpb = sq_highs_per_bank(&acfgs[ac]), b = acfgs[ac].b;
+            uint8_t *mask = calloc((size_t)k, 1);
+            for (long j0 = 0; j0 < k; j0 += b) /* h distinct random channels per bank */
+                for (int c = 0; c < hpb;) {
+                    long j = j0 + (long)(urand() * b);
+                    if (!mask[j]) { mask[j] = 1; c++; }
+                }
+            float *w = make_w(2 * n, k), *x = malloc((size_t)(8 * k) * sizeof *x);
+            float *y = malloc((size_t)(2 * 8 * n) * sizeof *y), *want = malloc((size_t)(2 * 8 * n) * sizeof *want);
+            sq_tensor_t t[2];
+            int8_t *codes = malloc((size_t)(2 * n * k));
+            float *sc = malloc((size_t)(2 * n * (k / 64)) * sizeof *sc);
+            k_sq_t views[2];
+            for (int j = 0; j < 2; j++) {
+                if (wk) {
+                    sq_cfg_t c = {8, 4, 64, 0.875};
+                    assert_int_equal(sq_alloc(&t[j], &c, n, k), 0);
+                    assert_int_equal(sq_quantize(&t[j], w + j * n * k, NULL, NULL), 0);
+                    views[j] = view(&t[j]);
+                } else {
+                    uq_quantize_codes(w + j * n * k, n, k, 4, 64, NULL, codes + j * n * k, sc + j * n * (k / 64));
+                }
+            }
+            int8_t *qh = malloc((size_t)k), *ql = malloc((size_t)k);
+            for (size_t p = 0; p < 3; p++) {
+                k_sq_force_isa(isas[p]);
+                k_sq_t *kv[2];
+                for (int j = 0; j < 2; j++) {
+                    kv[j] = wk ? k_sq_new(&views[j]) : k_sq_new_int(codes + j * n * k, sc + j * n * (k / 64), n, k, 4, 64);
+                    assert_non_null(kv[j]);
+                    k_sq_static_acts(kv[j], mask, 8, 4);
+                }
+                if (strcmp(k_sq_path(kv[0]), isas[p]) != 0) {
+                    free(kv[0]); free(kv[1]);
+                    continue;
+                }
+                seen[p] = 1;
+                for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                    long m = ms[mi];
+                    for (long j = 0; j < m * k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
+                    for (int v = 0; v < 2; v++)
+                        for (long i = 0; i < m; i++) {
+                            float sx[2];
+                            int32_t lo[8], hi[8];
+                            k_quant_row_static(x + i * k, k, mask, 8, 4, qh, ql, sx);
+                            for (long j = 0; j < k; j++) { /* the fake-quant of engine/quant.c */
+                                float s = mask[j] ? sx[0] : sx[1], q = mask[j] ? 127.0f : 7.0f;
+                                float e = s > 0 ? fminf(fmaxf(nearbyintf(x[i * k + j] / s), -q), q) : 0;
+                                assert_true((float)(mask[j] ? qh[j] : ql[j]) == e);
+                                assert_int_equal(mask[j] ? ql[j] : qh[j], 0);
+                            }
+                            for (long r = 0; r < n; r++) {
+                                k_sq_group_sums_ref(kv[v], r, qh, lo, hi);
+                                float yh = k_sq_combine(kv[v], r, sx[0], lo, hi);
+                                k_sq_group_sums_ref(kv[v], r, ql, lo, hi);
+                                want[(v * m + i) * n + r] = yh + k_sq_combine(kv[v], r, sx[1], lo, hi);
+                            }
+                        }
+                    k_sq_force_isa(isas[p]);
+                    assert_int_equal(k_sq_matmul(pool, kv[0], x, m, y), 0);
+                    assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
+                    float *ys[2] = {y, y + m * n};
+                    memset(y, 0, (size_t)(2 * m * n) * sizeof *y);
+                    assert_int_equal(k_sq_matmul_group(pool, (const k_sq_t *const *)kv, ys, 2, x, m), 0);
+                    assert_memory_equal(y, want, (size_t)(2 * m * n) * sizeof *y);
+                }
+                free(kv[0]); free(kv[1]);
+            }
+            if (wk) { sq_free(&t[0]); sq_free(&t[1]); }
+            free(mask); free(w); free(x); free(y); free(want); free(codes); free(sc); free(qh); free(ql);
+        }
+    k_sq_force_isa(NULL);
+    k_pool_free(pool);
+    printf("static SQ activations, paths exercised: avx512 %s, avx2 %s, portable %s\n",
+           seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
+}
+
 /* The AVX-512 quantizer gives the portable one's codes, scale and group
  * sums exactly. */
 static void test_quant_row_i8_paths(void **state) {
@@ -367,6 +461,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sq_int8_kernel_bit_exact),
         cmocka_unit_test(test_int_weights_int8_kernel_bit_exact),
+        cmocka_unit_test(test_static_sq_acts_bit_exact),
         cmocka_unit_test(test_quant_row_i8_paths),
         cmocka_unit_test(test_format_invariants),
         cmocka_unit_test(test_bits_and_recipes),
