@@ -4,8 +4,8 @@
 #   - the GGUF itself (weights in their GGUF types, FP32 activations),
 #   - .sqm models converted from it in this run (cached under
 #     models/.cache/bench-cpu/, git-ignored): W8A8, W4A8 (int4 g64),
-#     W(SQ 8/4 b64 s0.875)A8 on the integer kernels, W(SQ 8/4 b64 s0.875)A16
-#     (codes expanded to FP32 rows at load),
+#     W(SQ 8/4 b64 s0.875)A8 and W4A(SQ 8/4 b64 s0.875 static) on the integer
+#     kernels, W(SQ 8/4 b64 s0.875)A16 (codes expanded to FP32 rows at load),
 #   - llama.cpp on the same GGUF: LLAMA_CPP=/path/to/llama-bench (a local
 #     build, never committed), else LLAMA_CPP_PY=/path/to/python with
 #     llama-cpp-python (tests/bench/llama_cpp_bench.py); skipped if neither.
@@ -15,8 +15,9 @@
 # against llama.cpp, goes into docs/perf.md between the bench-cpu markers
 # (the rest of that file is prose and is left alone).
 #
-# Conversions use RTN (no calibration): kernel speed does not depend on
-# how the codes were chosen, and RTN converts in seconds.
+# Weights use RTN (no calibration): kernel speed does not depend on how
+# the codes were chosen, and RTN converts in seconds; the static activation
+# masks calibrate on 1024 self-generated tokens.
 set -euo pipefail
 BIN=$1 MODEL=$2 OUT=$3
 REPS=${BENCH_REPS:-3}
@@ -33,6 +34,7 @@ RECIPES=(
   "W4A8|--weights int4:g64 --acts int8|int4 g64 x int8 per-token, integer kernel"
   "W(SQ 8/4 b64 s0.875)A8|--weights sq:8/4:b64:s0.875 --acts int8|SQ codes x int8 per-token, integer kernel"
   "W(SQ 8/4 b64 s0.875)A16|--weights sq:8/4:b64:s0.875|SQ codes expanded to FP32 rows at load"
+  "W4A(SQ 8/4 b64 s0.875 static)|--weights int4:g64 --acts sq:8/4:b64:s0.875:static --calib-tokens 1024|int4 g64 x static SQ (int8 high / int4 low channels), integer kernel"
 )
 
 model_for() { # recipe index -> model path (converting on a cache miss)
@@ -132,7 +134,7 @@ block=$(cat <<MD
 Measured $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD) on: $cpu,
 $(nproc) cores ($isa), from $(basename "$MODEL"): \`sqserve bench --pp 512 --tg 128\`, all rows
 side by side in one run, round-robin, median of $REPS rounds; tokens/s; $ratio_note.
-.sqm models converted with RTN (speed does not depend on the quantizer).
+.sqm weights converted with RTN (speed does not depend on the quantizer); static masks from 1024 self-generated tokens.
 
 | model | executes as | 1 thread pp512 | 1 thread tg128 | 2 threads pp512 | 2 threads tg128 |
 |---|---|---|---|---|---|
