@@ -337,7 +337,7 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
         }
         if (sq_kernel) { /* integer activations: the kernel reads the mapped codes in place */
             k_sq_t *v = k_sq_new(&(k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi,
-                                           NULL, 0, 0, NULL, 0, 0});
+                                           NULL, 0, 0, NULL, 0, 0, NULL, 0});
             if (v && v->pack) { /* the kernel reads its own panels: let the mapped copy go */
                 drop_pages(t.lo, lo);
                 drop_pages(t.hi, banks);

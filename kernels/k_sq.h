@@ -45,6 +45,11 @@ typedef struct {
     /* static SQ activations (k_sq_static_acts), or NULL: per-token int8 */
     const uint8_t *amask; /* [k]: 1 = high channel */
     int a_hi, a_lo;       /* bits of the high and low channels */
+    /* kernel-private: room for a column permutation (k entries, in the
+     * view's block) and, once the AVX-512 panels are permuted so that each
+     * 64-block's high channels come first, their count per block (else 0) */
+    uint16_t *perm;
+    int split;
 } k_sq_t;
 
 /* A view for the kernels: a copy of *src plus, when the AVX-512 path

@@ -17,6 +17,9 @@ size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes);
 void k_sq_pack_avx512(const k_sq_t *w, uint8_t *dst);
 void k_sq_panels_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
                         const float *sx, long m, float *y);
+void k_sq_panels_split_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
+                              const float *sx, long m, float *y);
+void k_sq_permute_avx512(const k_sq_t *w, const uint16_t *perm);
 float k_quant_row_i8_avx512(const float *x, long k, int8_t *qx, int32_t *xsum64);
 /* k_sq_avx2.c */
 void k_sq_group_sums_avx2(const k_sq_t *w, long r, const int8_t *qx, const int32_t *xsum64,
@@ -69,11 +72,16 @@ static k_sq_t *view_new(const k_sq_t *src, const int8_t *codes, size_t nib) {
     size_t gbytes = 0, bytes = 0;
     if (shape_avx512(src) && sq_isa() == ISA_AVX512) bytes = k_sq_pack_bytes_avx512(src, &hq, &gbytes);
     size_t head = (sizeof(k_sq_t) + 63) / 64 * 64;
-    uint8_t *blk = malloc(head + nib + (bytes ? bytes + 64 : 0));
+    /* panels without weight highs may be permuted for static activations */
+    size_t perm = bytes && src->h == 0 && src->k <= 65536 ? (size_t)src->k * sizeof(uint16_t) : 0;
+    uint8_t *blk = malloc(head + perm + nib + (bytes ? bytes + 64 : 0));
     if (!blk) return NULL;
     k_sq_t *v = (k_sq_t *)blk;
     *v = *src;
     v->pack = NULL;
+    v->perm = perm ? (uint16_t *)(blk + head) : NULL;
+    v->split = 0;
+    head += perm;
     if (nib) { /* two's complement nibbles, element e at byte e/2 (low nibble first) */
         uint8_t *lo = blk + head;
         memset(lo, 0, nib);
@@ -99,7 +107,7 @@ k_sq_t *k_sq_new_int(const int8_t *codes, const float *scales, long n, long k, i
     /* s_hi = s_lo: every high sum is 0 and s * 0 adds +0, which leaves the
      * combine's result bit for bit what a combine without highs gives */
     k_sq_t src = {bits <= 4 ? 4 : 8, (int)g, 0, (int)g, n, k, (const uint8_t *)codes, (const int8_t *)none,
-                  none, scales, scales, NULL, 0, 0, NULL, 0, 0};
+                  none, scales, scales, NULL, 0, 0, NULL, 0, 0, NULL, 0};
     return view_new(&src, codes, bits <= 4 ? (size_t)(n * k + 1) / 2 : 0);
 }
 
@@ -162,10 +170,30 @@ float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const i
     return acc * sx;
 }
 
+/* With room for a permutation and the same number hb (a multiple of 4)
+ * of high channels in every 64-block, the AVX-512 panels are permuted so
+ * each block's high channels come first: one dense pass per token then
+ * gives both sums, split by chunk (k_sq_split.inc). */
 void k_sq_static_acts(k_sq_t *w, const uint8_t *mask, int hi_bits, int lo_bits) {
     w->amask = mask;
     w->a_hi = hi_bits;
     w->a_lo = lo_bits;
+    if (!w->perm || !w->pack || w->split || w->k % 64) return;
+    int hb = -1;
+    for (long j0 = 0; j0 < w->k; j0 += 64) {
+        int c = 0;
+        for (int e = 0; e < 64; e++) c += mask[j0 + e] != 0;
+        if ((hb >= 0 && c != hb) || c % 4) return;
+        hb = c;
+    }
+    for (long j0 = 0; j0 < w->k; j0 += 64) {
+        int at = 0;
+        for (int want = 1; want >= 0; want--) /* the highs, then the lows, in order */
+            for (int e = 0; e < 64; e++)
+                if ((mask[j0 + e] != 0) == want) w->perm[j0 + at++] = (uint16_t)(j0 + e);
+    }
+    k_sq_permute_avx512(w, w->perm);
+    w->split = hb > 0 ? hb : 0;
 }
 
 static float quant_class(const float *x, long k, const uint8_t *mask, int want, int bits, int8_t *q) {
@@ -207,6 +235,7 @@ typedef struct {
     const int32_t *xsum;
     const float *sx;
     long m;
+    int split; /* permuted panels, static SQ activations */
 } sq_ctx_t;
 
 /* One row of W against every activation row, on the stored layout. */
@@ -229,7 +258,8 @@ static void sq_task(void *arg, int ith, int nth) {
         long b, e;
         if (w->pack && sq_isa() == ISA_AVX512) {
             k_split((w->n + 15) / 16, ith, nth, 1, &b, &e);
-            if (b < e) k_sq_panels_avx512(w, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
+            if (b < e && c->split) k_sq_panels_split_avx512(w, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
+            else if (b < e) k_sq_panels_avx512(w, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
         } else {
             k_split(w->n, ith, nth, 4, &b, &e);
             rows_stored(w, b, e, c, c->y[i]);
@@ -251,17 +281,53 @@ static void quant_static(const k_sq_t *w, const float *x, long m, int8_t *qx, in
     }
 }
 
+/* Static SQ activations on permuted panels: one row per token, the codes
+ * in panel order, (high, low) sums per 64-block, (sx_hi, sx_lo) pairs. */
+static int quant_split(const k_sq_t *w, const float *x, long m, int8_t *qx, int32_t *xsum, float *sx) {
+    long k = w->k;
+    int8_t *qh = malloc((size_t)k), *ql = malloc((size_t)k);
+    if (!qh || !ql) {
+        free(qh);
+        free(ql);
+        return -1;
+    }
+    for (long i = 0; i < m; i++) {
+        k_quant_row_static(x + i * k, k, w->amask, w->a_hi, w->a_lo, qh, ql, sx + 2 * i);
+        int8_t *q = qx + i * k;
+        for (long j = 0; j < k; j++) q[j] = w->amask[w->perm[j]] ? qh[w->perm[j]] : ql[w->perm[j]];
+        for (long b = 0; b < k / 64; b++) {
+            int32_t th = 0, tl = 0;
+            for (int e = 0; e < 64; e++) {
+                long j = b * 64 + e;
+                th += e < w->split ? q[j] : 0;
+                tl += e < w->split ? 0 : q[j];
+            }
+            xsum[(i * (k / 64) + b) * 2] = th;
+            xsum[(i * (k / 64) + b) * 2 + 1] = tl;
+        }
+    }
+    free(qh);
+    free(ql);
+    return 0;
+}
+
+static int split_matmul(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count, const float *x,
+                        long m);
+
 int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count,
                       const float *x, long m) {
     long k = w[0]->k;
     for (int i = 0; i < count; i++)
         if (w[i]->k != k || w[i]->k / w[i]->G > SQ_MAX_GROUPS) return -1;
+    int split = w[0]->split > 0 && sq_isa() == ISA_AVX512;
     for (int i = 1; i < count; i++)
-        if (w[i]->amask != w[0]->amask) { /* different activation recipes: one at a time */
+        if (w[i]->amask != w[0]->amask || (w[i]->split > 0 && sq_isa() == ISA_AVX512) != split ||
+            w[i]->split != w[0]->split) { /* different activation layouts: one at a time */
             for (int j = 0; j < count; j++)
                 if (k_sq_matmul_group(pool, &w[j], &y[j], 1, x, m) != 0) return -1;
             return 0;
         }
+    if (split) return split_matmul(pool, w, y, count, x, m);
     int st = w[0]->amask != NULL, rows = st ? 2 : 1;
     long mr = m * rows;
     int8_t *qx = malloc((size_t)(mr * k));
@@ -274,7 +340,7 @@ int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, i
         else
             for (long i = 0; i < m; i++)
                 sx[i] = k_quant_row_i8(x + i * k, k, qx + i * k, k % 64 ? NULL : xsum + i * (k / 64));
-        sq_ctx_t c = {w, st ? ys : y, count, qx, xsum, sx, mr};
+        sq_ctx_t c = {w, st ? ys : y, count, qx, xsum, sx, mr, 0};
         k_pool_run(pool, sq_task, &c);
         for (int i = 0; st && i < count; i++) /* y = (high part) + (low part) */
             for (long t = 0; t < m; t++)
@@ -283,6 +349,24 @@ int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, i
         rc = 0;
     }
     for (int i = 0; i < 4; i++) free(ys[i]);
+    free(qx);
+    free(xsum);
+    free(sx);
+    return rc;
+}
+
+static int split_matmul(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count, const float *x,
+                        long m) {
+    long k = w[0]->k;
+    int8_t *qx = malloc((size_t)(m * k));
+    int32_t *xsum = malloc((size_t)(m * (k / 64) * 2) * sizeof *xsum);
+    float *sx = malloc((size_t)(2 * m) * sizeof *sx);
+    int rc = -1;
+    if (qx && xsum && sx && quant_split(w[0], x, m, qx, xsum, sx) == 0) {
+        sq_ctx_t c = {w, y, count, qx, xsum, sx, m, 1};
+        k_pool_run(pool, sq_task, &c);
+        rc = 0;
+    }
     free(qx);
     free(xsum);
     free(sx);

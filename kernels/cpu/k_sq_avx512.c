@@ -1,15 +1,17 @@
-/* k_sq_avx512.c - SQ (h_low = 4, G = 64) x INT8 with AVX-512 VNNI + VBMI.
+/* k_sq_avx512.c - SQ (and uniform int) weights x INT8 with AVX-512 VNNI + VBMI.
  *
  * The stored layout (engine/sq.h) keeps one row's codes together, which
  * makes a kernel reduce each group's 16 vpdpbusd lanes horizontally: two
  * reductions per row and group, the main cost of the first version. So a
  * tensor is repacked once, at load (k_sq_new), into panels of 16 rows in
- * which a vector lane IS a row. Per (panel, group), 64-aligned:
+ * which a vector lane IS a row. Per (panel, scale group), 64-aligned:
  *
- *   lo   8 x 64 B   chunk c, byte 4i+q: row i's elements 8c+q (low nibble)
- *                   and 8c+4+q (high nibble), offset binary (code + 8)
+ *   lo   per 64-element block of the group (G/64 blocks):
+ *        4-bit codes: 8 x 64 B, chunk c, byte 4i+q: row i's elements 8c+q
+ *        (low nibble) and 8c+4+q (high nibble), offset binary (code + 8);
+ *        8-bit codes: 16 x 64 B, chunk c, byte 4i+q: element 4c+q, code + 128
  *   idx  hq x 64 B  chunk j, byte 4i+q: in-group position of row i's
- *                   high 4j+q (banks of b < 64 are merged per group)
+ *                   high 4j+q (banks of b < 64 are merged; highs need G = 64)
  *   hi   hq x 64 B  the matching high codes (int8); padding has code 0
  *   s    2 x 16 f   s_lo and s_hi of the 16 rows
  *
@@ -135,6 +137,90 @@ TGT static inline __m512i bcast4(const int8_t *p) {
 
 typedef void (*pass_fn)(const uint8_t *, long, long, int, size_t, const int8_t *const *, const int32_t *const *,
                         const float *, float *const *, __mmask16);
+
+#define SQ_T 4
+#define SQ_LO8 0
+#define SQ_PASS split4
+#include "k_sq_split.inc"
+#define SQ_T 2
+#define SQ_LO8 0
+#define SQ_PASS split2
+#include "k_sq_split.inc"
+#define SQ_T 1
+#define SQ_LO8 0
+#define SQ_PASS split1
+#include "k_sq_split.inc"
+#define SQ_T 4
+#define SQ_LO8 1
+#define SQ_PASS split4_8
+#include "k_sq_split.inc"
+#define SQ_T 2
+#define SQ_LO8 1
+#define SQ_PASS split2_8
+#include "k_sq_split.inc"
+#define SQ_T 1
+#define SQ_LO8 1
+#define SQ_PASS split1_8
+#include "k_sq_split.inc"
+
+/* Static SQ activations on permuted panels (w->split highs first in
+ * every 64-block): qx rows hold each token's permuted codes, xsum pairs
+ * (high, low) per 64-block, sx pairs (sx_hi, sx_lo). Tokens 4, 2, 1 at a
+ * time. */
+TGT void k_sq_panels_split_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
+                                  const float *sx, long m, float *y) {
+    static const pass_fn passes[2][3] = {{split4, split2, split1}, {split4_8, split2_8, split1_8}};
+    const pass_fn *pf = passes[w->h_low == 8];
+    long ng = w->k / w->G, nsub = w->G / 64;
+    for (long p = p0; p < p1; p++) {
+        const uint8_t *P = w->pack + (size_t)(p * ng) * w->pack_gbytes;
+        long rows = w->n - p * PR < PR ? w->n - p * PR : PR;
+        __mmask16 rm = (__mmask16)((1u << rows) - 1);
+        for (long t0 = 0; t0 < m;) {
+            int v = m - t0 >= 4 ? 0 : m - t0 >= 2 ? 1 : 2;
+            long nt = 4 >> v;
+            const int8_t *xq[4];
+            const int32_t *xs[4];
+            float *yo[4];
+            for (long t = 0; t < nt; t++) {
+                xq[t] = qx + (t0 + t) * w->k;
+                xs[t] = xsum + (t0 + t) * 2 * (w->k / 64);
+                yo[t] = y + (t0 + t) * w->n + p * PR;
+            }
+            pf[v](P, ng, nsub, w->split, w->pack_gbytes, xq, xs, sx + 2 * t0, yo, rm);
+            t0 += nt;
+        }
+    }
+}
+
+/* Permutes the low codes of every panel row in place: new position q of
+ * each 64-block holds old position perm[q] (absolute column indices). */
+void k_sq_permute_avx512(const k_sq_t *w, const uint16_t *perm) {
+    long ng = w->k / w->G, nsub = w->G / 64, np = (w->n + PR - 1) / PR;
+    uint8_t *base = (uint8_t *)(uintptr_t)w->pack;
+    for (long p = 0; p < np; p++)
+        for (long g = 0; g < ng; g++)
+            for (long u = 0; u < nsub; u++) {
+                uint8_t *L = base + (size_t)(p * ng + g) * w->pack_gbytes + (size_t)u * lo_block(w);
+                long j0 = g * w->G + 64 * u;
+                for (int i = 0; i < PR; i++) {
+                    uint8_t old[64], nw[64];
+                    for (int e = 0; e < 64; e++) /* position e of row i in this block */
+                        old[e] = w->h_low == 8 ? L[64 * (e / 4) + 4 * i + e % 4]
+                                               : (L[64 * (e / 8) + 4 * i + e % 4] >> (e % 8 >= 4 ? 4 : 0)) & 15;
+                    for (int e = 0; e < 64; e++) nw[e] = old[perm[j0 + e] - j0];
+                    for (int e = 0; e < 64; e++) {
+                        if (w->h_low == 8) {
+                            L[64 * (e / 4) + 4 * i + e % 4] = nw[e];
+                        } else {
+                            uint8_t *b = &L[64 * (e / 8) + 4 * i + e % 4];
+                            int sh = e % 8 >= 4 ? 4 : 0;
+                            *b = (uint8_t)((*b & ~(15 << sh)) | nw[e] << sh);
+                        }
+                    }
+                }
+            }
+}
 
 /* Panels [p0, p1) against all m activation rows: y[i][r] for r in the
  * panels' rows. Tokens go 8 at a time, then 4, 2, 1. */

@@ -171,7 +171,7 @@ static void test_gptq_beats_rtn(void **state) {
 
 static k_sq_t view(const sq_tensor_t *t) {
     return (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi,
-                    NULL, 0, 0, NULL, 0, 0};
+                    NULL, 0, 0, NULL, 0, 0, NULL, 0};
 }
 
 /* The scalar reference for y[m][n]: portable quantizer, integer group
@@ -339,7 +339,8 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
 }
 
 /* Static SQ activations (high channels 8-bit, low 4-bit, one scale each)
- * on int4 g64 and SQ 8/4 weights: every path bit for bit against
+ * on int4 g64, int8 g64 (AVX-512: permuted panels, one pass per token)
+ * and SQ 8/4 weights (two rows per token): every path bit for bit against
  *     y = combine(H, sx_hi) + combine(L, sx_lo)
  * with H, L the reference group sums of the high-only and low-only codes,
  * single and grouped; the quantizer against the fake-quant formula of
@@ -352,7 +353,7 @@ static void test_static_sq_acts_bit_exact(void **state) {
     k_pool_t *pool = k_pool_new(2);
     assert_non_null(pool);
     int seen[3] = {0};
-    for (int wk = 0; wk < 2; wk++)
+    for (int wk = 0; wk < 3; wk++) /* int4 g64, SQ 8/4, int8 g64 weights */
         for (size_t ac = 0; ac < 2; ac++) {
             long n = 37, k = 320;
             int hpb = sq_highs_per_bank(&acfgs[ac]), b = acfgs[ac].b;
@@ -369,13 +370,14 @@ static void test_static_sq_acts_bit_exact(void **state) {
             float *sc = malloc((size_t)(2 * n * (k / 64)) * sizeof *sc);
             k_sq_t views[2];
             for (int j = 0; j < 2; j++) {
-                if (wk) {
+                if (wk == 1) {
                     sq_cfg_t c = {8, 4, 64, 0.875};
                     assert_int_equal(sq_alloc(&t[j], &c, n, k), 0);
                     assert_int_equal(sq_quantize(&t[j], w + j * n * k, NULL, NULL), 0);
                     views[j] = view(&t[j]);
                 } else {
-                    uq_quantize_codes(w + j * n * k, n, k, 4, 64, NULL, codes + j * n * k, sc + j * n * (k / 64));
+                    uq_quantize_codes(w + j * n * k, n, k, wk ? 8 : 4, 64, NULL, codes + j * n * k,
+                                      sc + j * n * (k / 64));
                 }
             }
             int8_t *qh = malloc((size_t)k), *ql = malloc((size_t)k);
@@ -383,9 +385,12 @@ static void test_static_sq_acts_bit_exact(void **state) {
                 k_sq_force_isa(isas[p]);
                 k_sq_t *kv[2];
                 for (int j = 0; j < 2; j++) {
-                    kv[j] = wk ? k_sq_new(&views[j]) : k_sq_new_int(codes + j * n * k, sc + j * n * (k / 64), n, k, 4, 64);
+                    kv[j] = wk == 1 ? k_sq_new(&views[j])
+                                    : k_sq_new_int(codes + j * n * k, sc + j * n * (k / 64), n, k, wk ? 8 : 4, 64);
                     assert_non_null(kv[j]);
                     k_sq_static_acts(kv[j], mask, 8, 4);
+                    /* int weights on AVX-512: the permuted single-pass kernel */
+                    if (p == 0 && wk != 1 && !strcmp(k_sq_path(kv[j]), "avx512")) assert_true(kv[j]->split > 0);
                 }
                 if (strcmp(k_sq_path(kv[0]), isas[p]) != 0) {
                     free(kv[0]); free(kv[1]);
@@ -423,7 +428,7 @@ static void test_static_sq_acts_bit_exact(void **state) {
                 }
                 free(kv[0]); free(kv[1]);
             }
-            if (wk) { sq_free(&t[0]); sq_free(&t[1]); }
+            if (wk == 1) { sq_free(&t[0]); sq_free(&t[1]); }
             free(mask); free(w); free(x); free(y); free(want); free(codes); free(sc); free(qh); free(ql);
         }
     k_sq_force_isa(NULL);
