@@ -20,42 +20,52 @@
  * GPU layout. Rows are cut into tiles of 16 (the M side of the mma; the
  * last tile is padded with zero rows) and k into 64-column subgroups. A
  * "unit" (one tile x one subgroup) is stored contiguously, tile-major, so a
- * warp streams its units with 16-byte coalesced loads:
+ * warp streams its units with coalesced 16-byte loads:
  *   lo     512 B for 4-bit storage (h_low 4 or 3), 256 B for 2-bit: lane L's
- *          16 (8) bytes are exactly the codes of its A-fragment registers.
- *          4-bit: word q holds (row g + 8(q&1), k-chunk q>>1): its low
- *          nibbles are the fragment register for columns 4t..4t+3, its high
- *          nibbles the one for columns 16+4t..; sign extension of 4 codes is
- *          one AND and one IMAD ((v & 0x08080808) * 0x1E + v).
+ *          16 (8) bytes are exactly the codes of its A-fragment registers,
+ *          offset-binary (c + 8, c + 2 for 2-bit). 4-bit: word q holds
+ *          (row g + 8 (q & 1), k-chunk q >> 1); its low nibbles are one
+ *          fragment register, its high nibbles the next, so unpacking is one
+ *          AND (and a shift) per register. Within a subgroup the k order is
+ *          permuted (k-slot 16 j + 4 t + i holds column 16 t + 4 j + i) so
+ *          that a lane's B fragment is one 16-byte load of 16 consecutive
+ *          activation bytes.
  *   slots  32 lanes x (S2 codes, S2 offsets): the subgroup's high codes, row
- *          r's in lanes 2r and 2r+1, each with its byte offset in the
- *          warp's 1 KB scatter tile (which is laid out in fragment order),
- *          padded with zero codes aimed at a low position of the same row.
- *          A warp scatters them into shared memory (4 byte stores a lane for
- *          8 highs per row), reads its 32 bytes back as the hi fragments and
- *          clears them (double-buffered: one __syncwarp per subgroup).
+ *          r's in lanes 2r and 2r+1, each with its byte offset in the row's
+ *          part of the warp's scatter tile, padded with zero codes aimed at a
+ *          low position of the same row. A warp scatters them into shared
+ *          memory (4 byte stores a lane for 8 highs per row), and each lane
+ *          reads its two hi A operands back as 16-byte vectors in operand
+ *          order and clears them (one __syncwarp per subgroup; a tile is
+ *          reused two or three subgroups later).
  *   scales 16 rows x (s_lo, s_hi): float, or half when every scale of the
- *          matrix is exactly a half (then the layout reads 6.5 bits per
- *          weight for 8/4 b64 s0.875 instead of 7).
- * A group of 128 (b = 128) is two subgroups whose integer sums are added
- * before the float combination; each subgroup then carries up to
- * min(h, 64) slots (the bank's highs fall unevenly into its halves).
+ *          matrix is exactly a half (then 6.5 bits per weight for 8/4 b64
+ *          s0.875 instead of 7).
+ * The offset of the low codes comes back out with one more mma per k-chunk
+ * (A = -8 in every byte) in the decode kernels, or by an XOR and a sign
+ * extension (AND + IMAD) in the prefill kernel, where the unpacking is
+ * shared by 16 n-tiles. A group of 128 (b = 128) is two subgroups whose
+ * integer sums are added before the float combination; each subgroup then
+ * carries up to min(h, 64) slots (the bank's highs fall unevenly into its
+ * halves).
  *
  * Kernels.
- *   decode (m <= 64): one warp per (tile, k-range); a block holds the
- *     k-split warps of one or more tiles and reduces them in shared memory
- *     in a fixed order (deterministic). Up to 64 tokens (8 n-tiles of the
- *     mma) reuse each unpacked weight fragment; activations come through L1.
- *     Weight units are loaded one group ahead, bypassing L1.
- *   prefill (m > 64, fast layout): the same warp code with 128 tokens per
- *     warp, 8 warps (128 rows) a block, the block's token chunk read from
- *     an activation copy repacked in fragment order (one 16-byte load per
- *     lane per n-tile and subgroup, shared by the block's warps through L1);
- *     blocks walk the token chunks of a row block consecutively so the
- *     weights are re-read from L2.
- *   Other shapes (2-bit storage, b = 128, other high counts) take the same
- *     code with run-time slot counts and float scales; beyond 64 tokens they
- *     run in chunks of 64.
+ *   decode (m <= 64): stream-k. The (tile, group) items of the matrix are
+ *     split evenly over one full wave of warps (4 a block); each warp walks
+ *     its contiguous range, weight units (and for m <= 8 the activations)
+ *     loaded one or two groups ahead into registers, bypassing L1. A tile
+ *     split between warps is finished by the last of them to arrive (an
+ *     atomic counter per tile), which adds the parts in warp order: results
+ *     are deterministic. No tail wave, no partial-tile waste.
+ *   prefill (m > 64, fast layout): one warp per 16-row tile x 128 tokens
+ *     (16 n-tiles reuse each unpacked weight fragment), 4 or 8 warps a block
+ *     sharing the token chunk's activations (first copied into fragment
+ *     order: one contiguous 512-byte warp load per n-tile and subgroup)
+ *     through L1; blocks walk the token chunks of a row block consecutively
+ *     so weights are re-read from L2.
+ *   Other shapes (2-bit storage, b = 128, other high counts, no highs) take
+ *     the decode kernel with run-time slot counts and float scales; beyond
+ *     64 tokens, in chunks of 64.
  */
 #include "kc.h"
 #include "kc_internal.h"
@@ -103,7 +113,7 @@ static int is_fast(const kc_sq *w) { return w->lobits == 4 && w->spg == 1 && w->
 static const char *geo_init(kc_sq *w, long n, long k, int h_low, int b, int h, int s16) {
     if (h_low != 2 && h_low != 3 && h_low != 4) return "h_low must be 2, 3 or 4";
     if (b < 4 || b > 128 || (b & (b - 1))) return "the bank size must be a power of two in [4, 128]";
-    if (h < 1 || h > b / 2) return "the high count per bank must be in [1, b/2]";
+    if (h < 0 || h > b / 2) return "the high count per bank must be in [0, b/2]";
     int G = b > 64 ? b : 64;
     if (n < 1 || k < G || k % G) return "k must be a positive multiple of the scale group";
     if (k / 64 > (1L << 24) || n > (1L << 30)) return "matrix too large";
@@ -111,7 +121,7 @@ static const char *geo_init(kc_sq *w, long n, long k, int h_low, int b, int h, i
     w->n = n, w->k = k, w->h_low = h_low, w->lobits = h_low == 2 ? 2 : 4;
     w->b = b, w->h = h, w->G = G, w->spg = G / 64;
     w->S = b <= 64 ? h * (64 / b) : (h < 64 ? h : 64);
-    w->s2 = ((w->S + 1) / 2 + 3) / 4 * 4;
+    w->s2 = ((w->S + 1) / 2 + 3) / 4 * 4; /* 0 when there are no highs */
     w->ntiles = (n + 15) / 16, w->nsub = k / 64, w->ngroups = k / G;
     w->lo_bytes = 16 * 64 * w->lobits / 8;
     w->slot_bytes = 32 * 2 * w->s2;
@@ -143,8 +153,30 @@ HD int raw_lo_bits(const RawView &v, const Geo &g, long r, long j) { /* stored b
     return (v.lo[e >> 2] >> (2 * (e & 3))) & 3;
 }
 
-/* byte offset of column c (0..63) within a row's part of the scatter tile */
-HD int slot_off(int c) { return ((c >> 2) & 3) * 32 + ((c >> 4) << 2) + (c & 3); }
+/* The warp's scatter tile (per buffer 8 x 320 bytes): lane (g, t) finds its
+ * two hi A operands as 16-byte vectors at g * 320 + t * 16 (+ 128 for the
+ * second k-chunk), words in operand order (row g, row g + 8, row g, row g
+ * + 8 for k-slots j = 2kc, 2kc, 2kc + 1, 2kc + 1); the 320-byte row stride
+ * keeps every quarter-warp's 16-byte accesses on distinct banks.
+ * Byte offset of column c (0..63; k-slot j = (c >> 2) & 3 of lane t = c >> 4)
+ * within a row's part of the tile, and the row's base: */
+HD int slot_off(int c) { return ((c >> 3) & 1) * 128 + (c >> 4) * 16 + ((c >> 2) & 1) * 8 + (c & 3); }
+HD int scatter_rowbase(int lane) { int r = lane >> 1; return (r & 7) * 320 + (r >> 3) * 4; }
+#define SQ_TILE 2560 /* bytes of one scatter tile */
+
+/* The half with the same value as x, which must be one (kc_sq_upload checks,
+ * gen_scales makes them so), by integer arithmetic: CUDA 13.0's ptxas turned
+ * a byte store of a cvt.rn.f16.f32 result into a float -> u8 conversion
+ * (F2I.U8.F16), which zeroed the scales' low mantissa bytes on the device. */
+HD uint32_t half_bits(float x) {
+    uint32_t f;
+    memcpy(&f, &x, 4);
+    const uint32_t sign = (f >> 16) & 0x8000u, m = f & 0x7FFFFFu;
+    const int e = (int)((f >> 23) & 255) - 127 + 15; /* half exponent field */
+    if ((f & 0x7FFFFFFFu) == 0) return sign;
+    if (e >= 1) return sign | (uint32_t)e << 10 | m >> 13;
+    return sign | (m | 0x800000u) >> (14 - e); /* subnormal half */
+}
 
 HD void put32(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
@@ -155,18 +187,18 @@ HD void put32(uint8_t *p, uint32_t v) {
 HD void repack_lane(const RawView &v, const Geo &g, long tile, long sub, int lane, uint8_t *unit) {
     const int gi = lane >> 2, tig = lane & 3;
     const long j0 = sub * 64;
-    if (g.lobits == 4) {
+    if (g.lobits == 4) { /* codes stored offset-binary: c + 8 (c + 2 for 2-bit), so 0 is 0x8 */
         for (int q = 0; q < 4; q++) {
             int kc = q >> 1, rh = q & 1;
             long r = tile * 16 + gi + 8 * rh;
             uint32_t w = 0;
             if (r < g.n)
-                for (int i = 0; i < 4; i++) {
-                    int c0 = 32 * kc + 4 * tig + i;
+                for (int i = 0; i < 4; i++) { /* k-slots j = 2kc, 2kc+1 hold columns 16t + 4j + i */
+                    int c0 = 16 * tig + 8 * kc + i;
                     w |= (uint32_t)raw_lo_bits(v, g, r, j0 + c0) << (8 * i);
-                    w |= (uint32_t)raw_lo_bits(v, g, r, j0 + c0 + 16) << (8 * i + 4);
+                    w |= (uint32_t)raw_lo_bits(v, g, r, j0 + c0 + 4) << (8 * i + 4);
                 }
-            put32(unit + lane * 16 + q * 4, w);
+            put32(unit + lane * 16 + q * 4, w ^ 0x88888888u);
         }
     } else {
         for (int p = 0; p < 2; p++) {
@@ -175,8 +207,8 @@ HD void repack_lane(const RawView &v, const Geo &g, long tile, long sub, int lan
             if (r < g.n)
                 for (int c = 0; c < 4; c++)
                     for (int i = 0; i < 4; i++)
-                        w |= (uint32_t)raw_lo_bits(v, g, r, j0 + 16 * c + 4 * tig + i) << (8 * i + 2 * c);
-            put32(unit + lane * 8 + p * 4, w);
+                        w |= (uint32_t)raw_lo_bits(v, g, r, j0 + 16 * tig + 4 * c + i) << (8 * i + 2 * c);
+            put32(unit + lane * 8 + p * 4, w ^ 0xAAAAAAAAu);
         }
     }
     /* slots: the row's highs in this subgroup in position order; this lane
@@ -222,10 +254,7 @@ HD void repack_lane(const RawView &v, const Geo &g, long tile, long sub, int lan
         float sh = rr < g.n ? v.s_hi[rr * g.ngroups + grp] : 0.0f;
         uint8_t *sc = unit + g.lo_bytes + g.slot_bytes;
         if (g.s16) {
-            __half a = __float2half_rn(sl), b = __float2half_rn(sh);
-            uint16_t ua, ub;
-            memcpy(&ua, &a, 2), memcpy(&ub, &b, 2);
-            put32(sc + lane * 4, (uint32_t)ua | (uint32_t)ub << 16);
+            put32(sc + lane * 4, half_bits(sl) | half_bits(sh) << 16);
         } else {
             uint32_t ua, ub;
             memcpy(&ua, &sl, 4), memcpy(&ub, &sh, 4);
@@ -348,32 +377,44 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, ui
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/* A fragments (index kc * 4 + reg) of the low codes from the lane's raw words */
-template <int LOBITS>
+/* d = a . b + c (c: the bit pattern of 1.5 * 2^23, starting a chain) */
+__device__ __forceinline__ void mma_s8c(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1, const int (&c)[4]) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
+}
+
+/* A fragments (index kc * 4 + reg) of the low codes from the lane's raw
+ * words: as stored (offset-binary, c + 8 / c + 2; the caller subtracts
+ * 8 / 2 times the activation sums with one more mma) or, SIGNED, as
+ * two's complement bytes (xor the offset away, sign-extend with a
+ * multiply-add: no carries cross bytes). */
+template <int LOBITS, bool SIGNED>
 HD void unpack_lo(const uint32_t *raw, uint32_t *A) {
     if (LOBITS == 4) {
         for (int q = 0; q < 4; q++) {
             const int kc = q >> 1, rh = q & 1;
-            uint32_t w = raw[q], w4 = w >> 4;
-            A[kc * 4 + rh] = (w & 0x08080808u) * 0x1Eu + (w & 0x0F0F0F0Fu);
-            A[kc * 4 + 2 + rh] = (w4 & 0x08080808u) * 0x1Eu + (w4 & 0x0F0F0F0Fu);
+            uint32_t v0 = raw[q] & 0x0F0F0F0Fu, v1 = (raw[q] >> 4) & 0x0F0F0F0Fu;
+            if (SIGNED) {
+                v0 ^= 0x08080808u, v1 ^= 0x08080808u;
+                v0 = (v0 & 0x08080808u) * 0x1Eu + v0, v1 = (v1 & 0x08080808u) * 0x1Eu + v1;
+            }
+            A[kc * 4 + rh] = v0, A[kc * 4 + 2 + rh] = v1;
         }
     } else {
         for (int p = 0; p < 2; p++)
             for (int c = 0; c < 4; c++) {
-                uint32_t v = raw[p] >> (2 * c);
-                A[(c >> 1) * 4 + (c & 1) * 2 + p] = (v & 0x02020202u) * 0x7Eu + (v & 0x03030303u);
+                uint32_t v = (raw[p] >> (2 * c)) & 0x03030303u;
+                if (SIGNED) v ^= 0x02020202u, v = (v & 0x02020202u) * 0x7Eu + v;
+                A[(c >> 1) * 4 + (c & 1) * 2 + p] = v;
             }
     }
 }
 
-/* the lane's 32 bytes of the scatter tile as hi A fragments */
-HD void hi_frags(const uint32_t *w8, uint32_t *A) {
-    A[0] = w8[0], A[2] = w8[1], A[4] = w8[2], A[6] = w8[3];
-    A[1] = w8[4], A[3] = w8[5], A[5] = w8[6], A[7] = w8[7];
-}
-
-HD int scatter_rowbase(int lane) { int r = lane >> 1; return (r & 7) * 128 + (r >> 3) * 16; }
+/* the lane's hi A operands (index kc * 4 + reg) in the scatter tile */
+HD int hi_off(int lane, int kc) { return (lane >> 2) * 320 + kc * 128 + (lane & 3) * 16; }
 
 HD void scatter4(uint8_t *tile, int rowbase, uint32_t vals, uint32_t pos) {
     for (int i = 0; i < 4; i++) tile[rowbase + ((pos >> (8 * i)) & 255)] = (uint8_t)(vals >> (8 * i));
@@ -390,182 +431,320 @@ struct Raw {
 struct MmArgs {
     const uint8_t *w;
     long n, ntiles, nsub, ngroups, m, k;
-    int unit_bytes, lo_bytes, slot_bytes, s2, ks, tpb;
+    int unit_bytes, lo_bytes, slot_bytes, s2, tpb;
     const int8_t *qx;
-    const uint4 *xf; /* activations in fragment order (prefill) */
+    const uint4 *xf; /* prefill: the activations in fragment order */
     const float *sx;
     float *y;
+    float *part;     /* decode: stream-k partial sums, [warp][2][NT * 4][32] */
+    int *cnt;        /* decode: per-tile arrival counters, zero between launches */
+    long nw;         /* decode: warps in the grid */
+    long tok0;       /* first token of this launch */
+};
+
+/* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
+template <int LOBITS, int S2C, bool S16>
+struct UG {
+    static constexpr bool fixed = LOBITS == 4 && S2C == 4;
+    static constexpr int lo = 512, sl = 256, ub = 512 + 256 + (S16 ? 64 : 128);
+};
+
+/* the lane's addresses in unit 0 (lo, slots, scales of rows g and g + 8) */
+struct LanePtr {
+    const uint8_t *lo, *sl, *sc0, *sc1;
 };
 
 template <int LOBITS, int S2C, bool S16>
-__device__ __forceinline__ void load_unit(Raw<LOBITS, S2C, S16> &r, const uint8_t *u, const MmArgs &a,
-                                          int lane) {
+__device__ __forceinline__ LanePtr lane_ptrs(const MmArgs &a, int lane) {
+    typedef UG<LOBITS, S2C, S16> G;
+    const int lob = G::fixed ? G::lo : a.lo_bytes, slb = G::fixed ? G::sl : a.slot_bytes, g = lane >> 2;
+    LanePtr p;
+    p.lo = a.w + lane * (LOBITS == 4 ? 16 : 8);
+    p.sl = a.w + lob + lane * 8;
+    p.sc0 = a.w + lob + slb + g * (S16 ? 4 : 8);
+    p.sc1 = p.sc0 + 8 * (S16 ? 4 : 8);
+    return p;
+}
+
+/* unit number u's words for this lane */
+template <int LOBITS, int S2C, bool S16>
+__device__ __forceinline__ void load_unit(Raw<LOBITS, S2C, S16> &r, const LanePtr &p, unsigned u, unsigned ub) {
+    const size_t o = (size_t)u * ub;
     if (LOBITS == 4) {
-        uint4 v = ld_stream4(u + lane * 16);
+        uint4 v = ld_stream4(p.lo + o);
         r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w;
     } else {
-        uint2 v = ld_stream2(u + lane * 8);
+        uint2 v = ld_stream2(p.lo + o);
         r.lo[0] = v.x, r.lo[1] = v.y;
     }
     if (S2C == 4) {
-        uint2 v = ld_stream2(u + a.lo_bytes + lane * 8);
+        uint2 v = ld_stream2(p.sl + o);
         r.sl[0] = v.x, r.sl[1] = v.y;
     }
-    const uint8_t *sc = u + a.lo_bytes + a.slot_bytes;
-    const int g = lane >> 2;
     if (S16) {
-        r.sc[0] = ld_stream1(sc + g * 4), r.sc[1] = ld_stream1(sc + (g + 8) * 4);
+        r.sc[0] = ld_stream1(p.sc0 + o), r.sc[1] = ld_stream1(p.sc1 + o);
     } else {
-        uint2 v0 = ld_stream2(sc + g * 8), v1 = ld_stream2(sc + (g + 8) * 8);
+        uint2 v0 = ld_stream2(p.sc0 + o), v1 = ld_stream2(p.sc1 + o);
         r.sc[0] = v0.x, r.sc[1] = v0.y, r.sc[2] = v1.x, r.sc[3] = v1.y;
     }
 }
 
-template <bool BFRAG, int NT>
-__host__ __device__ constexpr int warp_smem() {
-    return BFRAG ? 2048 : (NT * 512 > 2048 ? NT * 512 : 2048);
+/* the SPG units of scale group `item` (= tile * ngroups + group) */
+template <int LOBITS, int SPG, int S2C, bool S16>
+__device__ __forceinline__ void load_group(Raw<LOBITS, S2C, S16> (&r)[SPG], unsigned item, const MmArgs &a,
+                                           const LanePtr &p) {
+    typedef UG<LOBITS, S2C, S16> G;
+    const unsigned ub = G::fixed ? (unsigned)G::ub : (unsigned)a.unit_bytes;
+#pragma unroll
+    for (int s = 0; s < SPG; s++) load_unit(r[s], p, item * SPG + s, ub);
 }
 
-template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool BFRAG>
-__global__ void __launch_bounds__(BFRAG ? 256 : 512, 1) k_sq_mm(MmArgs a) {
-    extern __shared__ uint4 smem_u4[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, tig = lane & 3;
-    const int KS = BFRAG ? 1 : a.ks;
-    const int ks = warp % KS, tl = warp / KS;
-    const long tile = (BFRAG ? (long)blockIdx.y : (long)blockIdx.x) * a.tpb + tl;
-    const long tok0 = (BFRAG ? (long)blockIdx.x : (long)blockIdx.y) * (NT * 8);
-    constexpr int PW = warp_smem<BFRAG, NT>();
-    uint8_t *wsm = (uint8_t *)smem_u4 + warp * PW;
-    const bool valid = tile < a.ntiles;
-    const int ngr = (int)a.ngroups; /* < 2^24: 32-bit division */
-    const long g0 = valid ? ks * ngr / KS : 0, g1 = valid ? (ks + 1) * ngr / KS : 0;
+__device__ __forceinline__ float half_lo(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w & 0xFFFFu))); }
+__device__ __forceinline__ float half_hi(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w >> 16))); }
+
+/* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
+ * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
+ * lane's B fragment of n-tile t, subgroup s is bsrc[t * bst + s * bss]
+ * (16 bytes), zero where bit t of tvalid is clear. */
+template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool OFFS, bool BPRE>
+__device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, S2C, S16> (&cur)[SPG], unsigned item,
+                                         uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
+                                         int bss, uint32_t tvalid, const uint4 *bpre, int lane) {
     const int rowbase = scatter_rowbase(lane);
-    { /* the scatter tiles start (and are kept) zero; each lane owns 32 B of each */
-        const uint4 z = make_uint4(0, 0, 0, 0);
-        uint4 *own = (uint4 *)(wsm + lane * 32);
-        own[0] = z, own[1] = z, own[64] = z, own[65] = z;
+    const uint32_t NEG = LOBITS == 4 ? 0xF8F8F8F8u : 0xFEFEFEFEu; /* -8 / -2 in every byte */
+    uint32_t Alo[SPG][8], Ahi[SPG][8];
+#pragma unroll
+    for (int s = 0; s < SPG; s++) {
+        unpack_lo<LOBITS, !OFFS>(cur[s].lo, Alo[s]);
+        uint8_t *tileb = tiles + s * SQ_TILE; /* (reused by the same lanes only after another __syncwarp) */
+        if (S2C == 4) {
+            scatter4(tileb, rowbase, cur[s].sl[0], cur[s].sl[1]);
+        } else {
+            const uint8_t *sp = a.w + (size_t)(item * SPG + s) * a.unit_bytes + a.lo_bytes + lane * 2 * a.s2;
+            for (int q = 0; q < a.s2; q += 4) scatter4(tileb, rowbase, ld_stream1(sp + q), ld_stream1(sp + a.s2 + q));
+        }
         __syncwarp();
+        uint4 *h0p = (uint4 *)(tileb + hi_off(lane, 0)), *h1p = (uint4 *)(tileb + hi_off(lane, 1));
+        const uint4 h0 = *h0p, h1 = *h1p, z = make_uint4(0, 0, 0, 0);
+        *h0p = z, *h1p = z; /* own bytes back to zero (next used two subgroups later) */
+        Ahi[s][0] = h0.x, Ahi[s][1] = h0.y, Ahi[s][2] = h0.z, Ahi[s][3] = h0.w;
+        Ahi[s][4] = h1.x, Ahi[s][5] = h1.y, Ahi[s][6] = h1.z, Ahi[s][7] = h1.w;
     }
-
-    float acc[NT][4];
+    float sl0, sh0, sl1, sh1;
+    if (S16) {
+        sl0 = half_lo(cur[0].sc[0]), sh0 = half_hi(cur[0].sc[0]);
+        sl1 = half_lo(cur[0].sc[1]), sh1 = half_hi(cur[0].sc[1]);
+    } else {
+        sl0 = __uint_as_float(cur[0].sc[0]), sh0 = __uint_as_float(cur[0].sc[1]);
+        sl1 = __uint_as_float(cur[0].sc[2]), sh1 = __uint_as_float(cur[0].sc[3]);
+    }
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-
-    const uint8_t *tbase = a.w + (size_t)(valid ? tile : 0) * a.nsub * a.unit_bytes;
-    Raw<LOBITS, S2C, S16> cur[SPG], nxt[SPG];
-    if (g0 < g1)
-#pragma unroll
-        for (int s = 0; s < SPG; s++) load_unit(cur[s], tbase + (size_t)(g0 * SPG + s) * a.unit_bytes, a, lane);
-    int buf = 0;
-    for (long grp = g0; grp < g1; grp++) {
-        if (grp + 1 < g1)
-#pragma unroll
-            for (int s = 0; s < SPG; s++)
-                load_unit(nxt[s], tbase + (size_t)((grp + 1) * SPG + s) * a.unit_bytes, a, lane);
-        uint32_t Alo[SPG][8], Ahi[SPG][8];
+    for (int t = 0; t < NT; t++) {
+        const int mg[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
+        int ilo[4], ihi[4];
 #pragma unroll
         for (int s = 0; s < SPG; s++) {
-            unpack_lo<LOBITS>(cur[s].lo, Alo[s]);
-            uint8_t *tileb = wsm + (buf & 1) * 1024;
-            buf++;
-            if (S2C == 4) {
-                scatter4(tileb, rowbase, cur[s].sl[0], cur[s].sl[1]);
-            } else {
-                const uint8_t *sp = tbase + (size_t)(grp * SPG + s) * a.unit_bytes + a.lo_bytes + lane * 2 * a.s2;
-                for (int q = 0; q < a.s2; q += 4)
-                    scatter4(tileb, rowbase, ld_stream1(sp + q), ld_stream1(sp + a.s2 + q));
+            const uint4 bv = BPRE ? bpre[s]
+                                  : (tvalid >> t) & 1 ? __ldg(bsrc + t * bst + s * bss) : make_uint4(0, 0, 0, 0);
+            if (s == 0) mma_s8c(ilo, Alo[s][0], Alo[s][1], Alo[s][2], Alo[s][3], bv.x, bv.y, mg);
+            else mma_s8(ilo, Alo[s][0], Alo[s][1], Alo[s][2], Alo[s][3], bv.x, bv.y);
+            mma_s8(ilo, Alo[s][4], Alo[s][5], Alo[s][6], Alo[s][7], bv.z, bv.w);
+            if (OFFS) { /* remove the code offset: - 8 (2) x the activation sum */
+                mma_s8(ilo, NEG, NEG, NEG, NEG, bv.x, bv.y);
+                mma_s8(ilo, NEG, NEG, NEG, NEG, bv.z, bv.w);
             }
-            __syncwarp();
-            uint4 h0 = *(const uint4 *)(tileb + lane * 32), h1 = *(const uint4 *)(tileb + lane * 32 + 16);
-            const uint4 z = make_uint4(0, 0, 0, 0);
-            *(uint4 *)(tileb + lane * 32) = z, *(uint4 *)(tileb + lane * 32 + 16) = z;
-            const uint32_t w8[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-            hi_frags(w8, Ahi[s]);
-        }
-        float sl0, sh0, sl1, sh1;
-        if (S16) {
-            float2 f0 = __half22float2(*(const __half2 *)&cur[0].sc[0]);
-            float2 f1 = __half22float2(*(const __half2 *)&cur[0].sc[1]);
-            sl0 = f0.x, sh0 = f0.y, sl1 = f1.x, sh1 = f1.y;
-        } else {
-            sl0 = __uint_as_float(cur[0].sc[0]), sh0 = __uint_as_float(cur[0].sc[1]);
-            sl1 = __uint_as_float(cur[0].sc[2]), sh1 = __uint_as_float(cur[0].sc[3]);
+            if (s == 0) mma_s8c(ihi, Ahi[s][0], Ahi[s][1], Ahi[s][2], Ahi[s][3], bv.x, bv.y, mg);
+            else mma_s8(ihi, Ahi[s][0], Ahi[s][1], Ahi[s][2], Ahi[s][3], bv.x, bv.y);
+            mma_s8(ihi, Ahi[s][4], Ahi[s][5], Ahi[s][6], Ahi[s][7], bv.z, bv.w);
         }
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            int ilo[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I}, ihi[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
-#pragma unroll
-            for (int s = 0; s < SPG; s++) {
-                const long sub = grp * SPG + s;
-                uint32_t b[4];
-                if (BFRAG) {
-                    uint4 v = __ldg(a.xf + (((tok0 >> 3) + t) * a.nsub + sub) * 32 + lane);
-                    b[0] = v.x, b[1] = v.y, b[2] = v.z, b[3] = v.w;
-                } else {
-                    const long tok = tok0 + t * 8 + g;
-                    if (tok < a.m) {
-                        const uint32_t *p = (const uint32_t *)(a.qx + tok * a.k + sub * 64 + 4 * tig);
-                        b[0] = __ldg(p), b[1] = __ldg(p + 4), b[2] = __ldg(p + 8), b[3] = __ldg(p + 12);
-                    } else {
-                        b[0] = b[1] = b[2] = b[3] = 0;
-                    }
-                }
-                mma_s8(ilo, Alo[s][0], Alo[s][1], Alo[s][2], Alo[s][3], b[0], b[1]);
-                mma_s8(ilo, Alo[s][4], Alo[s][5], Alo[s][6], Alo[s][7], b[2], b[3]);
-                mma_s8(ihi, Ahi[s][0], Ahi[s][1], Ahi[s][2], Ahi[s][3], b[0], b[1]);
-                mma_s8(ihi, Ahi[s][4], Ahi[s][5], Ahi[s][6], Ahi[s][7], b[2], b[3]);
-            }
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float sl = e < 2 ? sl0 : sl1, sh = e < 2 ? sh0 : sh1;
-                acc[t][e] = fmaf(sl, __int_as_float(ilo[e]) - MAGIC_F, acc[t][e]);
-                acc[t][e] = fmaf(sh, __int_as_float(ihi[e]) - MAGIC_F, acc[t][e]);
-            }
+        for (int e = 0; e < 4; e++) {
+            const float sl = e < 2 ? sl0 : sl1, sh = e < 2 ? sh0 : sh1;
+            acc[t][e] = fmaf(sl, __int_as_float(ilo[e]) - MAGIC_F, acc[t][e]);
+            acc[t][e] = fmaf(sh, __int_as_float(ihi[e]) - MAGIC_F, acc[t][e]);
         }
-#pragma unroll
-        for (int s = 0; s < SPG; s++) cur[s] = nxt[s];
     }
+}
 
-    if (KS > 1) { /* deterministic split-k reduction: k-split 0 adds 1, 2, ... in order */
-        __syncwarp();
-        float *red = (float *)wsm;
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) red[(t * 4 + e) * 32 + lane] = acc[t][e];
-        __syncthreads();
-        if (ks != 0 || !valid) return;
-        for (int q = 1; q < KS; q++) {
-            const float *o = (const float *)((const uint8_t *)smem_u4 + (warp + q) * PW);
-#pragma unroll
-            for (int t = 0; t < NT; t++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[t][e] += o[(t * 4 + e) * 32 + lane];
-        }
-    }
-    if (!valid) return;
+template <int NT>
+__device__ __forceinline__ void store_y(const float (&v)[NT][4], const MmArgs &a, long tile, long tok0, int lane) {
+    const int g = lane >> 2, tig = lane & 3;
 #pragma unroll
     for (int t = 0; t < NT; t++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const long row = tile * 16 + g + 8 * (e >> 1), tok = tok0 + t * 8 + 2 * tig + (e & 1);
-            if (row < a.n && tok < a.m) a.y[tok * a.n + row] = acc[t][e] * __ldg(a.sx + tok);
+            if (row < a.n && tok < a.m) a.y[tok * a.n + row] = v[t][e] * __ldg(a.sx + tok);
         }
 }
 
-/* activations [m][k] -> fragment order [m_pad/8][k/64][32 lanes] x 16 B, zero past m */
+/* stream-k bookkeeping: warp w owns items [w U / W, (w+1) U / W) */
+__device__ __forceinline__ long sk_owner(long x, long W, long U) { return ((x + 1) * W - 1) / U; }
+__device__ __forceinline__ long sk_slot(long w, long tile, long W, long U, long ng) {
+    return 2 * w + ((w * U / W) / ng == tile ? 0 : 1);
+}
+
+/* A warp finished its part [ts, te) of `tile`: a whole tile is stored; a
+ * part goes to the warp's partial slot, and the last of the tile's
+ * contributors to arrive adds all parts in warp order (deterministic) and
+ * stores the tile. */
+template <int NT>
+__device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, long tile, long ts, long te, long w,
+                                         int lane) {
+    const long ng = a.ngroups, U = a.ntiles * ng, W = a.nw;
+    if (ts == tile * ng && te == (tile + 1) * ng) {
+        store_y(acc, a, tile, a.tok0, lane);
+        return;
+    }
+    float *p = a.part + (size_t)sk_slot(w, tile, W, U, ng) * (NT * 128);
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) __stcg(p + (t * 4 + e) * 32 + lane, acc[t][e]);
+    __threadfence();
+    __syncwarp();
+    const long wf = sk_owner(tile * ng, W, U), wl = sk_owner((tile + 1) * ng - 1, W, U);
+    int last = 0;
+    if (lane == 0) last = atomicAdd(a.cnt + tile, 1) == (int)(wl - wf);
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (long q = wf; q <= wl; q++) { /* own part included, read back: the same order whoever is last */
+        const float *o = a.part + (size_t)sk_slot(q, tile, W, U, ng) * (NT * 128);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[t][e] += __ldcg(o + (t * 4 + e) * 32 + lane);
+    }
+    if (lane == 0) a.cnt[tile] = 0; /* ready for the next launch */
+    store_y(acc, a, tile, a.tok0, lane);
+}
+
+__device__ __forceinline__ void zero_tiles(uint8_t *wsm, int ntiles, int lane) { /* tiles start zero, padding too */
+    for (int i = lane; i < ntiles * SQ_TILE / 16; i += 32) ((uint4 *)wsm)[i] = make_uint4(0, 0, 0, 0);
+    __syncwarp();
+}
+
+/* decode: stream-k over (tile, group) items, 4 warps a block, weight units
+ * loaded D groups ahead (D + 1 register sets, the loop unrolled by D + 1) */
+template <int NT, int LOBITS, int SPG, int S2C, bool S16>
+__global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
+    constexpr unsigned D = NT <= 2 && SPG == 1 ? 2 : 1; /* units in flight ahead (registers allowing) */
+    constexpr int NTL = (D + 1) * SPG;                   /* scatter tiles: one set per unrolled step */
+    __shared__ __align__(16) uint8_t sm[4 * NTL * SQ_TILE];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint8_t *wsm = sm + warp * NTL * SQ_TILE;
+    zero_tiles(wsm, NTL, lane);
+    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
+    if (w >= W) return;
+    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
+    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
+    if (i0 >= i1) return;
+    /* the lane's activation row (token tok0 + g of n-tile 0), columns 16 tig.. */
+    const int g = lane >> 2, tig = lane & 3;
+    uint32_t tvalid = 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
+    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    const long xst = a.k / 2; /* 8 tokens, in 16-byte units */
+    const LanePtr lp = lane_ptrs<LOBITS, S2C, S16>(a, lane);
+    constexpr bool OFFS = NT <= 2;          /* offset codes + 2 more mma beat sign extension */
+    constexpr bool BPRE = NT == 1;          /* activations loaded with the weights, ahead */
+    Raw<LOBITS, S2C, S16> c0[SPG], c1[SPG], c2[SPG];
+    uint4 b0[SPG], b1[SPG], b2[SPG];
+    const bool xv = tvalid & 1;
+#define SQ_LOADB(B, grp_)                                                                              \
+    if (BPRE)                                                                                          \
+        _Pragma("unroll") for (int s_ = 0; s_ < SPG; s_++) B[s_] = xv ? __ldg(xrow + ((grp_) * SPG + s_) * 4) \
+                                                                      : make_uint4(0, 0, 0, 0);
+    unsigned lgrp = i0 % ng; /* group of the next item to load */
+    load_group<LOBITS, SPG, S2C, S16>(c0, i0, a, lp);
+    SQ_LOADB(b0, lgrp)
+    if (++lgrp == ng) lgrp = 0;
+    if (D == 2 && i0 + 1 < i1) {
+        load_group<LOBITS, SPG, S2C, S16>(c1, i0 + 1, a, lp);
+        SQ_LOADB(b1, lgrp)
+    }
+    if (D == 2 && ++lgrp == ng) lgrp = 0;
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
+#define SQ_STEP(C, L, BC, BL, TL)                                                                              \
+    {                                                                                                      \
+        if (it + D < i1) {                                                                                 \
+            load_group<LOBITS, SPG, S2C, S16>(L, it + D, a, lp);                                         \
+            SQ_LOADB(BL, lgrp)                                                                             \
+        }                                                                                                  \
+        if (++lgrp == ng) lgrp = 0;                                                                        \
+        do_group<NT, LOBITS, SPG, S2C, S16, OFFS, BPRE>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a,             \
+                                                        xrow + grp * (SPG * 4), xst, 4,                    \
+                                                        tvalid, BC, lane);                                 \
+        it++;                                                                                              \
+        if (++grp == ng || it == i1) {                                                                     \
+            sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                   \
+            _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
+            tile++, grp = 0, ts = it;                                                                      \
+        }                                                                                                  \
+        if (it == i1) break;                                                                               \
+    }
+    if constexpr (D == 2) {
+        for (;;) {
+            SQ_STEP(c0, c2, b0, b2, 0)
+            SQ_STEP(c1, c0, b1, b0, 1)
+            SQ_STEP(c2, c1, b2, b1, 2)
+        }
+    } else {
+        for (;;) {
+            SQ_STEP(c0, c1, b0, b1, 0)
+            SQ_STEP(c1, c0, b1, b0, 1)
+        }
+    }
+#undef SQ_STEP
+#undef SQ_LOADB
+}
+
+/* prefill (fast layout): one warp per 16-row tile x 128 tokens, tpb warps a
+ * block sharing the token chunk's fragment-order activations through L1 */
+template <bool S16>
+__global__ void __launch_bounds__(256, 1) k_sq_pre(MmArgs a) {
+    __shared__ __align__(16) uint8_t sm[8 * 2 * SQ_TILE];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint8_t *wsm = sm + warp * 2 * SQ_TILE;
+    zero_tiles(wsm, 2, lane);
+    const long tile = (long)blockIdx.y * a.tpb + warp, tok0 = (long)blockIdx.x * 128;
+    const unsigned ng = (unsigned)a.ngroups;
+    if (tile >= a.ntiles) return;
+    /* the lane's B fragments, n-tile t, subgroup s: xb[t * xst + s * 32] */
+    const uint4 *xb = a.xf + (tok0 >> 3) * a.nsub * 32 + lane;
+    const long xst = a.nsub * 32;
+    Raw<4, 4, S16> c0[1], c1[1];
+    const LanePtr lp = lane_ptrs<4, 4, S16>(a, lane);
+    const unsigned i0 = (unsigned)(tile * ng);
+    load_group<4, 1, 4, S16>(c0, i0, a, lp);
+    float acc[16][4];
+#pragma unroll
+    for (int t = 0; t < 16; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (unsigned grp = 0; grp < ng; grp++) {
+        if (grp + 1 < ng) load_group<4, 1, 4, S16>(c1, i0 + grp + 1, a, lp);
+        do_group<16, 4, 1, 4, S16, false, false>(acc, c0, i0 + grp, wsm + (grp & 1) * SQ_TILE, a, xb + grp * 32, xst, 32, 0xFFFFu,
+                                                 nullptr, lane);
+        c0[0] = c1[0];
+    }
+    store_y(acc, a, tile, tok0, lane);
+}
+
+/* activations [m][k] -> [token tile of 8][subgroup][lane] x 16 B, zero past m:
+ * lane (g, t) gets token 8 tt + g, columns 16 t .. 16 t + 15 of the subgroup,
+ * so a warp's B fragments for one n-tile and subgroup are 512 contiguous bytes */
 __global__ void k_frag_x(const int8_t *qx, long m, long k, long ntt, uint4 *xf) {
     long t = (long)blockIdx.x * blockDim.x + threadIdx.x, nsub = k / 64;
     if (t >= ntt * nsub * 32) return;
     int lane = (int)(t & 31);
     long sub = (t >> 5) % nsub, tt = (t >> 5) / nsub, tok = tt * 8 + (lane >> 2);
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (tok < m) {
-        const uint32_t *p = (const uint32_t *)(qx + tok * k + sub * 64 + 4 * (lane & 3));
-        v = make_uint4(__ldg(p), __ldg(p + 4), __ldg(p + 8), __ldg(p + 12));
-    }
-    xf[t] = v;
+    xf[t] = tok < m ? __ldg((const uint4 *)(qx + tok * k + sub * 64 + 16 * (lane & 3))) : make_uint4(0, 0, 0, 0);
 }
 
 /* ---- per-token INT8 quantization (bit-identical to k_quant_row_i8) ----------------- */
@@ -753,30 +932,50 @@ extern "C" int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float
     return kc_check_launch("k_quant_i8");
 }
 
-/* scratch for the prefill path's fragment-order activations */
-static uint4 *g_xf;
-static size_t g_xf_bytes;
+/* stream-k scratch (decode): partial sums and per-tile counters. Grown on
+ * demand and never freed while the process runs: CUDA graphs captured
+ * earlier keep pointing at the old buffers, which therefore stay valid
+ * (the counters reset themselves at the end of every launch). */
+static float *g_part;
+static size_t g_part_bytes;
+static int *g_cnt;
+static long g_cnt_n;
 
-template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool BFRAG>
-static int launch(const MmArgs &a, dim3 grid, int wpb) {
-    size_t smem = (size_t)wpb * warp_smem<BFRAG, NT>();
-    k_sq_mm<NT, LOBITS, SPG, S2C, S16, BFRAG><<<grid, wpb * 32, smem, KC_STREAM>>>(a);
-    return kc_check_launch("k_sq_mm");
+static int scratch(size_t part_bytes, long ntiles) {
+    if (part_bytes > g_part_bytes) {
+        size_t want = part_bytes < (4u << 20) ? (4u << 20) : part_bytes;
+        float *p = (float *)kc_malloc(want);
+        if (!p) return -1;
+        g_part = p, g_part_bytes = want; /* the old one stays allocated (see above) */
+    }
+    if (ntiles > g_cnt_n) {
+        long want = ntiles < 65536 ? 65536 : ntiles;
+        int *c = (int *)kc_malloc((size_t)want * sizeof(int));
+        if (!c || kc_memset(c, 0, (size_t)want * sizeof(int))) return -1;
+        g_cnt = c, g_cnt_n = want;
+    }
+    return 0;
 }
 
 template <int NT, int LOBITS, int SPG, int S2C, bool S16>
 static int launch_decode(const kc_sq *w, MmArgs a) {
-    /* enough warps to keep the memory system busy: split k (within a block,
-     * in powers of two, never below one group a warp) when there are few
-     * row tiles; shared memory caps the block at 32 KB */
-    const long target = (long)n_sm() * 32;
-    const int kmax = NT >= 8 ? 8 : 16;
-    int ks = 1;
-    while (ks < kmax && w->ntiles * ks < target && ks * 2 <= w->ngroups) ks *= 2;
-    const int tpb = ks >= 8 ? 1 : 8 / ks;
-    a.ks = ks, a.tpb = tpb;
-    dim3 grid((unsigned)((w->ntiles + tpb - 1) / tpb), (unsigned)((a.m + NT * 8 - 1) / (NT * 8)));
-    return launch<NT, LOBITS, SPG, S2C, S16, false>(a, grid, tpb * ks);
+    static int occ; /* resident blocks per SM for this instance */
+    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sq_dec<NT, LOBITS, SPG, S2C, S16>, 128, 0),
+                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
+        return -1;
+    /* one full wave of warps, each at least 4 groups long */
+    const long U = w->ntiles * w->ngroups;
+    long W = (long)n_sm() * occ * 4;
+    if (W > (U + 3) / 4) W = (U + 3) / 4;
+    if (W < 1) W = 1;
+    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
+    a.part = g_part, a.cnt = g_cnt, a.nw = W;
+    for (long t0 = 0; t0 < a.m; t0 += NT * 8) { /* beyond 64 tokens (generic shapes): chunks */
+        a.tok0 = t0;
+        k_sq_dec<NT, LOBITS, SPG, S2C, S16><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        if (kc_check_launch("k_sq_dec")) return -1;
+    }
+    return 0;
 }
 
 template <int LOBITS, int SPG, int S2C, bool S16>
@@ -784,25 +983,30 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     if (a.m <= 8) return launch_decode<1, LOBITS, SPG, S2C, S16>(w, a);
     if (S2C == 4 && a.m <= 16) return launch_decode<2, LOBITS, SPG, S2C, S16>(w, a);
     if (S2C == 4 && a.m <= 32) return launch_decode<4, LOBITS, SPG, S2C, S16>(w, a);
-    return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a); /* beyond 64 tokens: chunks of 64 */
+    return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a);
 }
+
+/* prefill scratch: the fragment-order activations (same growth policy) */
+static uint4 *g_xf;
+static size_t g_xf_bytes;
 
 template <bool S16>
 static int launch_prefill(const kc_sq *w, MmArgs a) {
-    const long ntt = (a.m + 127) / 128 * 16; /* token tiles of 8, padded to chunks of 128 */
-    size_t need = (size_t)ntt * w->nsub * 32 * sizeof(uint4);
+    const long chunks = (a.m + 127) / 128, ntt = chunks * 16; /* token tiles of 8, whole chunks of 128 */
+    const size_t need = (size_t)ntt * w->nsub * 32 * sizeof(uint4);
     if (need > g_xf_bytes) {
-        kc_free(g_xf);
-        g_xf_bytes = 0;
-        if (!(g_xf = (uint4 *)kc_malloc(need))) return -1;
-        g_xf_bytes = need;
+        uint4 *p = (uint4 *)kc_malloc(need);
+        if (!p) return -1;
+        g_xf = p, g_xf_bytes = need; /* the old one stays allocated (graphs may hold it) */
     }
-    long th = ntt * w->nsub * 32;
+    const long th = ntt * w->nsub * 32;
     k_frag_x<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, ntt, g_xf);
     if (kc_check_launch("k_frag_x")) return -1;
-    a.xf = g_xf, a.ks = 1, a.tpb = 8;
-    dim3 grid((unsigned)(ntt / 16), (unsigned)((w->ntiles + 7) / 8));
-    return launch<16, 4, 1, 4, S16, true>(a, grid, 8);
+    /* 8 tiles a block, or 4 when that leaves the GPU short of blocks */
+    a.xf = g_xf, a.tok0 = 0, a.tpb = (w->ntiles + 7) / 8 * chunks >= 2L * n_sm() ? 8 : 4;
+    dim3 grid((unsigned)chunks, (unsigned)((w->ntiles + a.tpb - 1) / a.tpb));
+    k_sq_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
+    return kc_check_launch("k_sq_pre");
 }
 
 extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
@@ -811,7 +1015,7 @@ extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d
         return -1;
     }
     if (m == 0) return 0;
-    if ((m + 127) / 128 > 65535L * 1024) {
+    if ((m + 127) / 128 > 0x7fffffffL) {
         kc_set_error("kc_sq_matmul: too many tokens (%ld)", m);
         return -1;
     }
@@ -827,4 +1031,32 @@ extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d
     if (w->lobits == 4)
         return w->spg == 1 ? dispatch_nt<4, 1, 0, false>(w, a) : dispatch_nt<4, 2, 0, false>(w, a);
     return w->spg == 1 ? dispatch_nt<2, 1, 0, false>(w, a) : dispatch_nt<2, 2, 0, false>(w, a);
+}
+
+/* Test hook (declared in tests/gpu/test_kc_sq.c, not in kc.h): repacks the
+ * host tensor t on the host into w's layout and compares it with w's device
+ * bytes. Returns the number of differing bytes (first offset in *first), or
+ * -1 on error. */
+extern "C" long kc_sq_debug_compare(const kc_sq_t *w, const k_sq_t *t, long *first) {
+    if (!w || !t || t->n != w->n || t->k != w->k) return -1;
+    uint8_t *host = (uint8_t *)malloc(w->bytes), *dev = (uint8_t *)malloc(w->bytes);
+    if (!host || !dev || kc_download(dev, w->d, w->bytes)) {
+        free(host), free(dev);
+        return -1;
+    }
+    RawView v = {t->lo, t->hi, t->idx, t->s_lo, t->s_hi};
+    Geo g = geo_of(w);
+    for (long u = 0; u < w->ntiles * w->nsub; u++)
+        for (int l = 0; l < 32; l++) repack_lane(v, g, u / w->nsub, u % w->nsub, l, host + (size_t)u * w->unit_bytes);
+    long diff = 0;
+    *first = -1;
+    for (size_t i = 0; i < w->bytes; i++)
+        if (host[i] != dev[i]) {
+            if (*first < 0) *first = (long)i;
+            if (diff < 8) printf("     byte %zu (unit %zu, offset %zu): host %02x device %02x\n", i, i / w->unit_bytes,
+                                 i % w->unit_bytes, host[i], dev[i]);
+            diff++;
+        }
+    free(host), free(dev);
+    return diff;
 }

@@ -2,7 +2,8 @@
  * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
- *   build/gpu/bench_gemm [--quick] [--reps N]
+ *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M]
+ * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
  * Method: every kernel is timed alone with CUDA events, after an L2 flush
  * (a 256 MB memset, so weights are never L2-resident: 50 MB L2), median of
@@ -193,9 +194,13 @@ struct Shape {
 
 int main(int argc, char **argv) {
     int quick = 0;
+    const char *only_shape = NULL;
+    long only_m = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only_shape = argv[++i];
+        else if (!strcmp(argv[i], "--m") && i + 1 < argc) only_m = atol(argv[++i]);
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -226,7 +231,7 @@ int main(int argc, char **argv) {
                             {"8B down", 4096, 14336},    {"70B qkv", 10240, 8192},   {"70B o", 8192, 8192},
                             {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
     const long Ms[] = {1, 16, 128, 1024, 4096};
-    const int nshape = quick ? 4 : 8, nM = 5;
+    const int nshape = quick && !only_shape ? 4 : 8, nM = 5;
     const long MMAX = 4096;
 
     float *d_one;
@@ -246,6 +251,7 @@ int main(int argc, char **argv) {
 
     for (int s = 0; s < nshape; s++) {
         const long N = shapes[s].N, K = shapes[s].K;
+        if (only_shape && strcmp(only_shape, shapes[s].name)) continue;
         kc_sq_t *sq = kc_sq_random(N, K, 4, 64, 8, 1000 + s);
         kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 2000 + s, KC_SQ_F16_SCALES);
         if (!sq || !sqh) {
@@ -284,6 +290,7 @@ int main(int argc, char **argv) {
         }
         for (int mi = 0; mi < nM; mi++) {
             const long M = Ms[mi];
+            if (only_m && M != only_m) continue;
             Row r;
             r.name = shapes[s].name, r.N = N, r.K = K, r.M = M;
             r.sq = time_us([&] { KC(kc_sq_matmul(sq, xi, sx, M, ys)); });

@@ -4,7 +4,8 @@
  * - kc_quant_i8 against k_quant_row_i8: codes and scales bit-exact (odd
  *   row lengths, a zero row, exact .5 ties, tiny and large magnitudes).
  * - kc_sq_matmul on every supported shape: h_low 4, 3, 2 (h_high 8) and
- *   4/2, b = 4..128, h from 1 to b/2, matrices from sq_quantize on random
+ *   4/2, b = 4..128, h from 1 to b/2 (and views with no highs, h = 0, as the
+ *   uniform INT4/INT2 baselines make), matrices from sq_quantize on random
  *   weights (uploaded with kc_sq_upload), odd row counts, odd group counts,
  *   m in {1, 3, 8, 17, 64, 130, 512} on the headline shape (8/4 b64 h8,
  *   fast path, float and half scales) and {1, 17, 130} on the others.
@@ -30,6 +31,9 @@
 #include <string.h>
 
 static int n_pass, n_fail, quick;
+
+/* test hook in kc_sq.cu: device layout vs a host repack of t */
+long kc_sq_debug_compare(const kc_sq_t *w, const k_sq_t *t, long *first);
 static uint64_t rng = 0x243F6A8885A308D3ull;
 
 static uint64_t next(void) {
@@ -109,10 +113,10 @@ static void test_quant(long m, long k, int ties) {
 
 /* runs the matmul of dw (the device copy of t) on m fresh random tokens and
  * compares with the CPU reference */
-static void test_mm(const char *label, const sq_tensor_t *t, kc_sq_t *dw, long m) {
+static void test_mm(const char *label, const k_sq_t *t, kc_sq_t *dw, long m) {
     const long n = t->n, k = t->k, ng = k / t->G;
     const size_t guard = 256;
-    k_sq_t w = view(t);
+    k_sq_t w = *t;
     float *x = malloc((size_t)(m * k) * 4), *sx = malloc((size_t)m * 4);
     int8_t *qx = malloc((size_t)(m * k));
     float *got = malloc(((size_t)(m * n) + guard) * 4);
@@ -158,10 +162,48 @@ static void test_mm(const char *label, const sq_tensor_t *t, kc_sq_t *dw, long m
              gbad ? ", WROTE PAST THE OUTPUT" : "", qbad ? ", quant codes differ" : "");
     int ok = bad == 0 && gbad == 0 && qbad == 0;
     verdict(ok, what);
-    if (!ok && at_i >= 0)
-        printf("     %ld bad; worst at token %ld row %ld: got %.9g want %.9g\n", bad, at_i, at_r, got_at, want_at);
+    if (!ok && at_i >= 0) {
+        k_sq_group_sums_ref(&w, at_r, qx + at_i * k, lo, hi);
+        double pl = 0, ph = 0;
+        for (long g = 0; g < ng; g++)
+            pl += (double)t->s_lo[at_r * ng + g] * lo[g] * sx[at_i], ph += (double)t->s_hi[at_r * ng + g] * hi[g] * sx[at_i];
+        printf("     %ld bad; worst at token %ld row %ld: got %.9g want %.9g (low part %.6g, high part %.6g)\n", bad,
+               at_i, at_r, got_at, want_at, pl, ph);
+    }
     kc_free(dx), kc_free(dsx), kc_free(dy), kc_free(dq);
     free(x), free(sx), free(qx), free(got), free(lo), free(hi);
+}
+
+/* the device layout equals the host repacking of the same tensor */
+static void check_layout(const char *label, const kc_sq_t *dw, const k_sq_t *w) {
+    long first = -1, d = kc_sq_debug_compare(dw, w, &first);
+    char what[220];
+    snprintf(what, sizeof what, "%s layout: %ld bytes differ from the host repack%s", label, d, d ? "" : "");
+    verdict(d == 0, what);
+    if (d) printf("     first at byte %ld; row 0 scales %.9g %.9g\n", first, w->s_lo[0], w->s_hi[0]);
+}
+
+static int make_sq(sq_tensor_t *t, int h_high, int h_low, int b, int h, long n, long k);
+
+/* a view without highs (the uniform INT4 / INT2 baselines: k_sq_new_int's h = 0) */
+static void test_no_highs(int h_low, int b, long n, long groups, const long *ms, int nm) {
+    sq_tensor_t t;
+    long G = b > 64 ? b : 64;
+    if (make_sq(&t, 8, h_low, b, b / 8, n, G * groups)) return;
+    k_sq_t w = view(&t);
+    w.h = 0; /* the low codes alone (0 where the highs were): a valid uniform tensor */
+    kc_sq_t *dw = kc_sq_upload(&w);
+    char label[160];
+    snprintf(label, sizeof label, "sq_matmul %d-bit b%d h0 (no highs) [%s]", h_low, b, dw ? kc_sq_describe(dw) : "refused");
+    if (!dw) {
+        printf("FAIL %s: %s\n", label, kc_error());
+        n_fail++;
+        kc_clear_error();
+    } else {
+        for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
+        kc_sq_free(dw);
+    }
+    sq_free(&t);
 }
 
 static int make_sq(sq_tensor_t *t, int h_high, int h_low, int b, int h, long n, long k) {
@@ -204,7 +246,8 @@ static void test_shape(int h_high, int h_low, int b, int h, long n, long groups,
     }
     char label[160];
     snprintf(label, sizeof label, "sq_matmul %d/%d b%d h%d [%s]", h_high, h_low, b, h, kc_sq_describe(dw));
-    for (int i = 0; i < nm; i++) test_mm(label, &t, dw, ms[i]);
+    check_layout(label, dw, &w);
+    for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
     kc_sq_free(dw);
     sq_free(&t);
 }
@@ -232,12 +275,15 @@ static void test_random(int h_low, int b, int h, long n, long k, int flags, cons
     }
     char label[160];
     snprintf(label, sizeof label, "sq_random %d-bit b%d h%d [%s]", h_low, b, h, kc_sq_describe(dw));
-    for (int i = 0; i < nm; i++) test_mm(label, &t, dw, ms[i]);
+    k_sq_t wv = view(&t);
+    check_layout(label, dw, &wv);
+    for (int i = 0; i < nm; i++) test_mm(label, &wv, dw, ms[i]);
     kc_sq_free(dw);
     k_sq_t w = view(&t);
     if ((dw = kc_sq_upload(&w))) {
         snprintf(label, sizeof label, "sq_upload(random) %d-bit b%d h%d [%s]", h_low, b, h, kc_sq_describe(dw));
-        test_mm(label, &t, dw, ms[0]);
+        check_layout(label, dw, &w);
+        test_mm(label, &w, dw, ms[0]);
         kc_sq_free(dw);
     } else {
         printf("FAIL kc_sq_upload: %s\n", kc_error());
@@ -289,6 +335,8 @@ int main(int argc, char **argv) {
             }
         }
     if (!quick) test_random(2, 128, 32, 50, 128 * 3, 0, m_some, 3);
+    test_no_highs(4, 64, 37, 3, m_some, quick ? 1 : 3);
+    test_no_highs(2, 128, 37, 3, m_one, 1);
 
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
