@@ -346,6 +346,7 @@ typedef struct {
     const void *mask_src;     /* the quant_state_t the masks were copied from */
     uint8_t *masks[N_SITES];  /* [layer][dim] static SQ high channels */
     kc_graph_t *graph[GRAPH_MAX + 1]; /* decode steps by batch size */
+    uint8_t graph_state[GRAPH_MAX + 1]; /* 0 unseen, 1 ran once eagerly, 2 capture failed */
     int no_graphs, graph_acts;        /* graphs off; the activation recipe they were made for */
 } gfwd_t;
 
@@ -547,25 +548,31 @@ static int enqueue(fwd_t *f, gfwd_t *g, const gact_t *acts, int n, int n_out) {
 /* Decode steps (every row wants logits, n <= GRAPH_MAX) replay a CUDA
  * graph per batch size: the same kernels with the same pointers every
  * step, only the device-side batch description changes. That removes
- * the per-launch host overhead (~20 launches a layer). Off with
- * SQSERVE_CUDA_GRAPHS=0; a capture that fails disables graphs for good
- * and the step runs launch by launch. */
+ * the per-launch host overhead (~20 launches a layer). A batch size runs
+ * eagerly once first, so kernels that size their scratch buffers on first
+ * use do it outside the capture; a size whose capture fails keeps running
+ * launch by launch. Off with SQSERVE_CUDA_GRAPHS=0. */
 static int run_graph(fwd_t *f, gfwd_t *g, const gact_t *acts, int n) {
     int key = acts->kind * 64 + acts->bits * 8 + acts->bits_hi;
     if (key != g->graph_acts) { /* another recipe: other kernels */
         for (int i = 0; i <= GRAPH_MAX; i++) {
             kc_graph_free(g->graph[i]);
             g->graph[i] = NULL;
+            g->graph_state[i] = 0;
         }
         g->graph_acts = key;
     }
     if (!g->graph[n]) {
+        if (g->graph_state[n] != 1) { /* first sight (warm-up), or a failed capture */
+            if (g->graph_state[n] == 0) g->graph_state[n] = 1;
+            return enqueue(f, g, acts, n, n);
+        }
         if (kc_graph_begin() != 0) return -1;
         int rc = enqueue(f, g, acts, n, n);
         kc_graph_t *gr = kc_graph_end();
         if (rc != 0 || !gr) {
             kc_graph_free(gr);
-            g->no_graphs = 1;
+            g->graph_state[n] = 2;
             kc_clear_error();
             return enqueue(f, g, acts, n, n);
         }
