@@ -156,12 +156,16 @@ static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_row
     g->k = w->k;
     if (w->type == K_SQ) {
         const k_sq_t *v = w->data;
-        if ((g->sq = kc_sq_upload(v))) {
+        /* the GPU SQ kernels quantize activations per token; a view with a
+         * static SQ activation mask runs as FP32 behind the hook's masked
+         * fake quantization (which runs for such models), one the SQ kernels
+         * do not take as FP32 with INT8 inputs */
+        if (!v->amask && (g->sq = kc_sq_upload(v))) {
             g->kind = GM_SQ;
             return 0;
         }
-        kc_clear_error(); /* a shape the SQ kernels do not take: FP32 with INT8 inputs */
-        g->kind = GM_F32_A8;
+        kc_clear_error();
+        g->kind = v->amask ? GM_F32 : GM_F32_A8;
         if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
         for (long r0 = 0; r0 < w->n; r0 += stage_rows) {
             long cnt = w->n - r0 < stage_rows ? w->n - r0 : stage_rows;
