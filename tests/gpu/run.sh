@@ -70,8 +70,9 @@ ppl_pair() {
   local name=$1
   shift
   local c g
-  c=$("$BIN" eval -m "$MODEL" --ppl "$DATA" --ctx 512 --max-tokens "$PPL_TOKENS" "$@" --device cpu | ppl_of)
-  g=$("$BIN" eval -m "$MODEL" --ppl "$DATA" --ctx 512 --max-tokens "$PPL_TOKENS" "$@" --device cuda | ppl_of)
+  local m=${PPL_MODEL:-$MODEL}
+  c=$("$BIN" eval -m "$m" --ppl "$DATA" --ctx 512 --max-tokens "$PPL_TOKENS" "$@" --device cpu | ppl_of)
+  g=$("$BIN" eval -m "$m" --ppl "$DATA" --ctx 512 --max-tokens "$PPL_TOKENS" "$@" --device cuda | ppl_of)
   python3 - "$name" "$c" "$g" <<'PY'
 import sys
 name, c, g = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
@@ -86,6 +87,13 @@ if [ -f "$DATA" ]; then
   step ppl_w8a8 ppl_pair "W8A8 (integer-kernel views as FP32 + INT8 inputs)" --weights int8 --acts int8
   step ppl_w4a_sq_static ppl_pair "W4A(SQ 8/4 static), self-calibrated" --weights int4:g64 \
     --acts sq:8/4:b64:s0.875:static --calib self --calib-tokens 256
+  # a .sqm with static SQ activations (integer-kernel views with an activation mask)
+  sqm_static() {
+    local out=${TMPDIR:-/tmp}/gpu-check-static.sqm
+    "$BIN" convert -m "$MODEL" -o "$out" --weights int4:g64 --acts sq:8/4:b64:s0.875:static \
+      --calib self --calib-tokens 256 && PPL_MODEL=$out ppl_pair "W4A(SQ 8/4 static) from a .sqm"
+  }
+  step ppl_sqm_static sqm_static
 else
   log "no $DATA: perplexity comparison skipped"
   summary+=("| ppl | SKIPPED (no data) | 0 s |")
