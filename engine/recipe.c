@@ -76,7 +76,7 @@ int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen) {
 
 double recipe_w_bits(const wrecipe_t *r, long k) {
     switch (r->kind) {
-    case WQ_INT: return r->bits + 16.0 / (double)(r->group ? r->group : k);
+    case WQ_INT: return r->bits + 32.0 / (double)(r->group ? r->group : k); /* float scales */
     case WQ_SQ: return sq_bits_per_element(&r->sq);
     default: return 32;
     }

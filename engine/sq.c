@@ -30,7 +30,7 @@ const char *sq_cfg_check(const sq_cfg_t *c, long k) {
 }
 
 double sq_bits_per_element(const sq_cfg_t *c) {
-    return lo_storage_bits(c->h_low) + (1.0 - c->s) * (8 + 8) + 2.0 * 16 / group_of(c);
+    return lo_storage_bits(c->h_low) + (1.0 - c->s) * (8 + 8) + 2.0 * 32 / group_of(c); /* float scales */
 }
 
 int sq_alloc(sq_tensor_t *t, const sq_cfg_t *c, long n, long k) {

@@ -21,9 +21,9 @@
  * finds bank i's highs at hi + i*h without scanning; and a reserved code
  * would cost the low part one of its 16 (int4) or 4 (int2) levels.
  *
- * Effective bits per element, as stored:
- *   h_low + (1-s)*(h_high_storage + 8) + 2*16/G
- * e.g. 8/4 b64 s0.875: 4 + 0.125*16 + 0.5 = 6.5; 8/2 b64 s0.875: 4.5.
+ * Effective bits per element, as stored (scales are float32):
+ *   h_low + (1-s)*(h_high_storage + 8) + 2*32/G
+ * e.g. 8/4 b64 s0.875: 4 + 0.125*16 + 1 = 7.0; 8/2 b64 s0.875: 5.0.
  * (The paper's nominal (1-s)*h_high + s*h_low = 4.5 for 8/4 s0.875 leaves
  * out positions, scales and the dense low part's zeros.)
  */

@@ -262,7 +262,7 @@ def goals_text(res, ref_ppl):
     verdict = lambda ok: "**HELD**" if ok else "**NOT HELD**"
     na = "NOT MEASURED (a configuration it needs has no result)"
     P = lambda r: r["eval"]["ppl"]
-    W = lambda r: r["eval"]["w_bits"]
+    W = lambda r: w_bits_of(r.get("weights", ""), r)
     lines = []
 
     # (1)
@@ -417,6 +417,24 @@ def plot(path, rows, which, model):
     plt.close(fig)
 
 
+def w_bits_of(weights, r):
+    """Stored bits per weight. Results written before sqserve counted its float32 scales as
+    32 bits (they carry no scale_bits) reported 16-bit scales: corrected here by the recipe."""
+    b = r["eval"]["w_bits"]
+    if r.get("scale_bits") == 32 or weights in ("fp32", "none"):
+        return b
+    m = re.match(r"sq:\d+/\d+:b(\d+):", weights)
+    if m:
+        return b + 32.0 / max(int(m.group(1)), 64)  # two scales per group
+    m = re.match(r"int(\d+):g(\d+)", weights)
+    if m:
+        return b + 16.0 / int(m.group(2))
+    m = re.match(r"int(\d+)", weights)
+    if m:  # per channel: the scale share doubles
+        return b + (b - int(m.group(1)))
+    return b
+
+
 def render(out_md, results, configs, tokens, which, meta):
     rows = []
     res = {}
@@ -429,7 +447,7 @@ def render(out_md, results, configs, tokens, which, meta):
         res[c.key] = r
         refs.append(ev["ppl_ref"])
         rows.append(dict(name=c.name, family=c.family, weights=c.weights, acts=c.acts, calib=c.calib,
-                         headline=c.headline, w_bits=ev["w_bits"], a_bits=a_bits(c.acts),
+                         headline=c.headline, w_bits=w_bits_of(c.weights, r), a_bits=a_bits(c.acts),
                          ppl=ev["ppl"], delta=ev["delta_ppl_pct"], kl=ev["kl"], top1=ev["top1"],
                          seconds=ev["seconds"], tokens=tokens, commit=r.get("commit", "?"),
                          device="CPU" if r.get("device", "cpu") == "cpu" else "GPU"))
@@ -472,7 +490,7 @@ def render(out_md, results, configs, tokens, which, meta):
         f"*Δppl %* is against that FP32 perplexity ({ref_ppl:.4f}; the same in every run"
         f"{'' if spread < 1e-9 else f' to {spread:.1e} relative'}), *KL* the mean KL(FP32 ‖ quantized) per "
         f"predicted token (nats), *top-1* the share of positions where both pick the same argmax. "
-        f"*W bits* is sqserve's `w_bits` (storage bits per weight over the quantized matrices, scales, "
+        f"*W bits* is sqserve's `w_bits` (storage bits per weight over the quantized matrices, float32 scales, "
         f"SQ high values and their in-bank positions included); *A bits* is derived from the recipe: "
         f"int8 = 8, int4 = 4, FP32 activations counted as a 16-bit baseline (A16), SQ static = "
         f"(1-s)·h_high + s·h_low, SQ dynamic adds (1-s)·8 bits of positions. The FP32 row is the reference "
@@ -594,7 +612,7 @@ def main():
                 r.update(name=c.name, weights=c.weights, acts=c.acts, calib=c.calib, tokens=tokens, ctx=CTX,
                          calib_tokens=CALIB_TOKENS, model=os.path.basename(model), commit=commit,
                          binary_sha256=bin_sha, binary_built=bin_built, machine=meta["machine"],
-                         device=device_for(c, device),
+                         device=device_for(c, device), scale_bits=32,
                          measured=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
                 path = cache_path(cache_dir, model, c, tokens)
                 with open(path + ".tmp", "w") as f:
