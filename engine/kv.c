@@ -76,6 +76,12 @@ int kv_init(kv_cache_t *kv, int n_layer, int kv_dim, int n_blocks, int max_seqs)
     return 0;
 }
 
+static void release_storage(kv_cache_t *kv) {
+    void (*rel)(void *) = kv->release ? kv->release : free;
+    rel(kv->k);
+    rel(kv->v);
+}
+
 int kv_set_storage(kv_cache_t *kv, void *(*alloc)(size_t), void (*release)(void *)) {
     size_t bytes = (size_t)kv->n_blocks * kv->n_layer * KV_BLOCK * kv->kv_dim * sizeof(float);
     float *k = alloc(bytes), *v = k ? alloc(bytes) : NULL;
@@ -83,13 +89,7 @@ int kv_set_storage(kv_cache_t *kv, void *(*alloc)(size_t), void (*release)(void 
         if (k) release(k);
         return -1;
     }
-    if (kv->release) {
-        kv->release(kv->k);
-        kv->release(kv->v);
-    } else {
-        free(kv->k);
-        free(kv->v);
-    }
+    release_storage(kv);
     kv->k = k;
     kv->v = v;
     kv->release = release;
@@ -99,13 +99,7 @@ int kv_set_storage(kv_cache_t *kv, void *(*alloc)(size_t), void (*release)(void 
 void kv_free(kv_cache_t *kv) {
     if (kv->seqs)
         for (int i = 0; i < kv->max_seqs; i++) free(kv->seqs[i].blocks);
-    if (kv->release) {
-        kv->release(kv->k);
-        kv->release(kv->v);
-    } else {
-        free(kv->k);
-        free(kv->v);
-    }
+    release_storage(kv);
     free(kv->ref); free(kv->hash); free(kv->lru_prev);
     free(kv->lru_next); free(kv->chain); free(kv->bucket); free(kv->seqs);
     memset(kv, 0, sizeof *kv);
