@@ -270,6 +270,34 @@ static void test_gguf_metadata_types(void **state) {
 
 /* ---- paged KV cache ------------------------------------------------------------ */
 
+/* kv_set_storage (how the GPU path moves K/V rows to the device): the new
+ * storage is used for rows and released through the given function, the
+ * old one freed; a failing allocator leaves the cache as it was. */
+static int n_alloc, n_release;
+static void *count_alloc(size_t b) { n_alloc++; return malloc(b); }
+static void count_release(void *p) { n_release++; free(p); }
+static void *no_alloc(size_t b) { (void)b; return NULL; }
+
+static void test_kv_storage_moves(void **state) {
+    (void)state;
+    kv_cache_t kv;
+    assert_int_equal(kv_init(&kv, 2, 8, 4, 2), 0);
+    float *old_k = kv.k;
+    assert_int_equal(kv_set_storage(&kv, no_alloc, count_release), -1);
+    assert_ptr_equal(kv.k, old_k);
+    assert_null(kv.release);
+    n_alloc = n_release = 0;
+    assert_int_equal(kv_set_storage(&kv, count_alloc, count_release), 0);
+    assert_int_equal(n_alloc, 2);
+    assert_non_null(kv.k);
+    assert_int_equal(kv_seq_reserve(&kv, 1, 20), 0);
+    float *row = kv_k_row(&kv, 1, 1, 19);
+    assert_true(row >= kv.k && row + 8 <= kv.k + (size_t)4 * 2 * KV_BLOCK * 8);
+    row[7] = 1.5f; /* inside the new allocation (ASan would catch otherwise) */
+    kv_free(&kv);
+    assert_int_equal(n_release, 2);
+}
+
 static void test_kv_blocks_and_prefix_sharing(void **state) {
     (void)state;
     kv_cache_t kv;
@@ -324,6 +352,7 @@ int main(void) {
         cmocka_unit_test(test_stop_strings),
         cmocka_unit_test(test_chat_templates),
         cmocka_unit_test(test_gguf_metadata_types),
+        cmocka_unit_test(test_kv_storage_moves),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }
