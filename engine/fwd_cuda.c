@@ -116,39 +116,18 @@ static size_t gmat_bytes(const gmat_t *g) {
     return g->kind == GM_SQ ? kc_sq_bytes(g->sq) : (size_t)g->n * (size_t)g->k * sizeof(float);
 }
 
+/* Rows of an integer-kernel view as floats (GGUF types: k_mat_row). */
+static void view_row(const k_mat_t *w, long r, float *out) { k_sq_dequant_row(w->data, r, out); }
+
 /* Rows dequantized into a host staging buffer, uploaded in chunks. */
-static int upload_rows_f32(float *d, const k_mat_t *w, float *stage, long stage_rows) {
+static int upload_rows_f32(float *d, const k_mat_t *w, void (*row)(const k_mat_t *, long, float *),
+                           float *stage, long stage_rows) {
     for (long r0 = 0; r0 < w->n; r0 += stage_rows) {
         long cnt = w->n - r0 < stage_rows ? w->n - r0 : stage_rows;
-        for (long r = 0; r < cnt; r++) k_mat_row(w, r0 + r, stage + r * w->k);
+        for (long r = 0; r < cnt; r++) row(w, r0 + r, stage + r * w->k);
         if (kc_upload(d + r0 * w->k, stage, (size_t)(cnt * w->k) * sizeof(float)) || kc_sync()) return -1;
     }
     return 0;
-}
-
-/* Row r of an integer-kernel view (k_sq.h layout) as floats. */
-static void view_row(const k_sq_t *v, long r, float *out) {
-    long ng = v->k / v->G, nb = v->h ? v->k / v->b : 0;
-    for (long j = 0; j < v->k; j++) {
-        size_t e = (size_t)r * (size_t)v->k + (size_t)j;
-        int c;
-        if (v->h_low == 8) {
-            c = (int8_t)v->lo[e];
-        } else if (v->h_low > 2) {
-            c = (v->lo[e / 2] >> (4 * (e % 2))) & 15;
-            c = c >= 8 ? c - 16 : c;
-        } else {
-            c = (v->lo[e / 4] >> (2 * (e % 4))) & 3;
-            c = c >= 2 ? c - 4 : c;
-        }
-        out[j] = v->s_lo[r * ng + j / v->G] * (float)c;
-    }
-    for (long bk = 0; bk < nb; bk++) /* the low code is 0 at a high position */
-        for (int i = 0; i < v->h; i++) {
-            size_t at = ((size_t)r * (size_t)nb + (size_t)bk) * (size_t)v->h + (size_t)i;
-            long j = bk * v->b + v->idx[at];
-            out[j] = v->s_hi[r * ng + j / v->G] * (float)v->hi[at];
-        }
 }
 
 static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_rows) {
@@ -167,17 +146,11 @@ static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_row
         kc_clear_error();
         g->kind = v->amask ? GM_F32 : GM_F32_A8;
         if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
-        for (long r0 = 0; r0 < w->n; r0 += stage_rows) {
-            long cnt = w->n - r0 < stage_rows ? w->n - r0 : stage_rows;
-            for (long r = 0; r < cnt; r++) view_row(v, r0 + r, stage + r * w->k);
-            if (kc_upload(g->f32 + r0 * w->k, stage, (size_t)(cnt * w->k) * sizeof(float)) || kc_sync())
-                return -1;
-        }
-        return 0;
+        return upload_rows_f32(g->f32, w, view_row, stage, stage_rows);
     }
     g->kind = GM_F32;
     if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
-    return upload_rows_f32(g->f32, w, stage, stage_rows);
+    return upload_rows_f32(g->f32, w, k_mat_row, stage, stage_rows);
 }
 
 static float *upload_vec(const float *v, long n) {
@@ -228,7 +201,7 @@ int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
     }
     g->n_layer = hp->n_layer;
     int ok = (g->embd = kc_malloc((size_t)hp->n_vocab * (size_t)hp->dim * sizeof(float))) &&
-             upload_rows_f32(g->embd, &m->tok_embd, stage, stage_rows) == 0;
+             upload_rows_f32(g->embd, &m->tok_embd, k_mat_row, stage, stage_rows) == 0;
     g->tied = m->output.data == m->tok_embd.data && m->output.type == m->tok_embd.type;
     if (ok && g->tied) g->out = (gmat_t){GM_F32, m->output.n, m->output.k, g->embd, NULL};
     else if (ok) ok = gmat_upload(&g->out, &m->output, stage, stage_rows) == 0;

@@ -99,6 +99,10 @@ float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64);
 /* Integer group sums of row r against qx (nb groups = k/G). */
 void k_sq_group_sums_ref(const k_sq_t *w, long r, const int8_t *qx, int32_t *lo, int32_t *hi);
 
+/* Row r of the view as floats (s_lo * lo code, s_hi * high code): the
+ * weights the integer kernels multiply by (e.g. for a device without them). */
+void k_sq_dequant_row(const k_sq_t *w, long r, float *out);
+
 /* The shared float combination. */
 float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const int32_t *hi);
 

@@ -146,6 +146,20 @@ static int lo_code(const k_sq_t *w, size_t e) {
     return v >= 2 ? v - 4 : v;
 }
 
+void k_sq_dequant_row(const k_sq_t *w, long r, float *out) {
+    long ng = w->k / w->G, nb = w->h ? w->k / w->b : 0;
+    for (long j = 0; j < w->k; j++)
+        out[j] = w->s_lo[r * ng + j / w->G] * (float)lo_code(w, (size_t)(r * w->k + j));
+    for (long bk = 0; bk < nb; bk++) { /* the low code is 0 at a high position */
+        const int8_t *hv = w->hi + (r * nb + bk) * w->h;
+        const uint8_t *ix = w->idx + (r * nb + bk) * w->h;
+        for (int i = 0; i < w->h; i++) {
+            long j = bk * w->b + ix[i];
+            out[j] = w->s_hi[r * ng + j / w->G] * (float)hv[i];
+        }
+    }
+}
+
 void k_sq_group_sums_ref(const k_sq_t *w, long r, const int8_t *qx, int32_t *lo, int32_t *hi) {
     long ng = w->k / w->G, nb = w->k / w->b;
     for (long g = 0; g < ng; g++) {

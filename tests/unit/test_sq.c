@@ -174,6 +174,29 @@ static k_sq_t view(const sq_tensor_t *t) {
                     NULL, 0, 0, NULL, 0, 0, NULL, 0};
 }
 
+/* The kernels' view dequantizes to exactly the tensor's own values (the
+ * GPU path uploads these rows for views its SQ kernels do not take). */
+static void test_view_dequant_matches_tensor(void **state) {
+    (void)state;
+    const sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 2, 16, 0.75}, {4, 2, 128, 0.9375}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
+        long n = 7, k = 384;
+        float *W = malloc((size_t)(n * k) * sizeof(float)), *a = malloc((size_t)k * 4), *b = malloc((size_t)k * 4);
+        for (long i = 0; i < n * k; i++) W[i] = (float)((i * 7919 % 1000) - 500) / 250.0f;
+        sq_tensor_t t;
+        assert_int_equal(sq_alloc(&t, &cfgs[c], n, k), 0);
+        assert_int_equal(sq_quantize(&t, W, NULL, NULL), 0);
+        k_sq_t v = view(&t);
+        for (long r = 0; r < n; r++) {
+            sq_dequant_row(&t, r, a);
+            k_sq_dequant_row(&v, r, b);
+            assert_memory_equal(a, b, (size_t)k * sizeof(float));
+        }
+        sq_free(&t);
+        free(W), free(a), free(b);
+    }
+}
+
 /* The scalar reference for y[m][n]: portable quantizer, integer group
  * sums, k_sq_combine. */
 static void ref_matmul(const k_sq_t *v, const float *x, long m, float *y) {
@@ -469,6 +492,7 @@ int main(void) {
         cmocka_unit_test(test_static_sq_acts_bit_exact),
         cmocka_unit_test(test_quant_row_i8_paths),
         cmocka_unit_test(test_format_invariants),
+        cmocka_unit_test(test_view_dequant_matches_tensor),
         cmocka_unit_test(test_bits_and_recipes),
         cmocka_unit_test(test_gptq_beats_rtn),
     };
