@@ -195,12 +195,14 @@ static void static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats,
         }
     for (long j = 0; j < dim; j++)
         imp[j] = fabs(imp[j] * c->sum[site][(size_t)l * dim + j] / (double)c->n_tokens);
-    int h = sq_highs_per_bank(sq);
+    sq_cfg_t fit = *sq; /* the site's bank: quant_apply checked that one fits */
+    sq_cfg_fit(sq, dim, &fit);
+    int h = sq_highs_per_bank(&fit), b = fit.b;
     memset(mask, 0, (size_t)dim);
-    for (long j0 = 0; j0 + sq->b <= dim; j0 += sq->b)
+    for (long j0 = 0; j0 + b <= dim; j0 += b)
         for (int pick = 0; pick < h; pick++) {
             long best = -1;
-            for (long j = j0; j < j0 + sq->b; j++)
+            for (long j = j0; j < j0 + b; j++)
                 if (!mask[j] && (best < 0 || imp[j] > imp[best])) best = j;
             mask[best] = 1;
         }
@@ -246,14 +248,15 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
     for (long i = 0; i < n; i++) k_mat_row(w, i, W + i * k);
     if (r->kind == WQ_SQ) {
         sq_tensor_t t;
-        const char *why = sq_cfg_check(&r->sq, k);
+        sq_cfg_t cfg;
+        const char *why = sq_cfg_fit(&r->sq, k, &cfg);
         if (why) {
             snprintf(err, errlen, "SQ %d/%d b%d s%g on a %ld-wide matrix: %s", r->sq.h_high,
                      r->sq.h_low, r->sq.b, r->sq.s, k, why);
             free(W);
             return -1;
         }
-        if (sq_alloc(&t, &r->sq, n, k) != 0) goto oom;
+        if (sq_alloc(&t, &cfg, n, k) != 0) goto oom;
         if (sq_quantize(&t, W, r->gptq ? diag : NULL, r->gptq ? U : NULL) != 0) {
             sq_free(&t);
             goto oom;
@@ -334,6 +337,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         snprintf(err, errlen, "this recipe needs calibration statistics");
         return -1;
     }
+    if (quant_check_acts(a, hp, err, errlen)) return -1;
     float *row = malloc((size_t)hp->ffn_dim * sizeof(float) + (size_t)hp->dim * sizeof(float));
     if (!row) { snprintf(err, errlen, "out of memory"); return -1; }
     for (int s = 0; s < N_SITES; s++) {
@@ -425,33 +429,78 @@ static void fake_quant(float *x, long n, const uint8_t *mask, int want, int bits
     }
 }
 
+/* The h largest |x| of one bank (ties to the lower index). */
+static void bank_top(const float *x, int b, int h, uint8_t *sel) {
+    memset(sel, 0, (size_t)b);
+    for (int pick = 0; pick < h; pick++) {
+        int best = -1;
+        for (int i = 0; i < b; i++)
+            if (!sel[i] && (best < 0 || fabsf(x[i]) > fabsf(x[best]))) best = i;
+        sel[best] = 1;
+    }
+}
+
+/* Dynamic SQ activations of one token: the bank maxima are chosen twice
+ * (once for the two scales, once to quantize) so that no row-sized mask is
+ * needed, whatever the width. Channels past the last whole bank count as
+ * low (quant_check_acts keeps them from existing). */
+static void fake_quant_dynamic(float *x, long dim, const sq_cfg_t *sq) {
+    uint8_t sel[128];
+    int h = sq_highs_per_bank(sq), b = sq->b, q[2] = {qmax_of(sq->h_low), qmax_of(sq->h_high)};
+    long whole = dim / b * b;
+    float mx[2] = {0, 0}, s[2];
+    for (long j0 = 0; j0 < dim; j0 += b) {
+        int w = j0 < whole ? b : (int)(dim - j0);
+        if (j0 < whole) bank_top(x + j0, b, h, sel);
+        else memset(sel, 0, (size_t)w);
+        for (int i = 0; i < w; i++) mx[sel[i]] = fabsf(x[j0 + i]) > mx[sel[i]] ? fabsf(x[j0 + i]) : mx[sel[i]];
+    }
+    s[0] = mx[0] / (float)q[0];
+    s[1] = mx[1] / (float)q[1];
+    for (long j0 = 0; j0 < dim; j0 += b) {
+        int w = j0 < whole ? b : (int)(dim - j0);
+        if (j0 < whole) bank_top(x + j0, b, h, sel);
+        else memset(sel, 0, (size_t)w);
+        for (int i = 0; i < w; i++) {
+            int c = sel[i];
+            float v = s[c] > 0 ? nearbyintf(x[j0 + i] / s[c]) : 0;
+            v = v > q[c] ? (float)q[c] : v < -q[c] ? (float)-q[c] : v;
+            x[j0 + i] = v * s[c];
+        }
+    }
+}
+
+int quant_check_acts(const arecipe_t *a, const hparams_t *hp, char *err, size_t errlen) {
+    if (a->kind != AQ_SQ_STATIC && a->kind != AQ_SQ_DYNAMIC) return 0;
+    long dims[2] = {hp->dim, hp->ffn_dim};
+    for (int i = 0; i < 2; i++) {
+        sq_cfg_t fit;
+        const char *why = sq_cfg_fit(&a->sq, dims[i], &fit);
+        if (why) {
+            snprintf(err, errlen, "SQ activations %d/%d b%d s%g on %ld channels: %s", a->sq.h_high, a->sq.h_low,
+                     a->sq.b, a->sq.s, dims[i], why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim) {
     quant_state_t *qs = ud;
     const arecipe_t *a = &qs->a;
     if (a->kind == AQ_NONE || qs->kernel_acts) return;
-    uint8_t dyn[8192];
+    sq_cfg_t fit = a->sq; /* the bank this width takes (quant_check_acts: one fits) */
+    if (a->kind != AQ_INT) sq_cfg_fit(&a->sq, dim, &fit);
     for (long i = 0; i < n; i++) {
         float *r = x + i * dim;
         if (a->kind == AQ_INT) {
             fake_quant(r, dim, NULL, 0, a->bits);
-            continue;
+        } else if (a->kind == AQ_SQ_DYNAMIC) {
+            fake_quant_dynamic(r, dim, &fit);
+        } else {
+            const uint8_t *mask = qs->hi_mask[site] + (size_t)layer * dim;
+            fake_quant(r, dim, mask, 1, a->sq.h_high);
+            fake_quant(r, dim, mask, 0, a->sq.h_low);
         }
-        const uint8_t *mask = NULL;
-        if (a->kind == AQ_SQ_STATIC) {
-            mask = qs->hi_mask[site] + (size_t)layer * dim;
-        } else { /* dynamic: the largest |x| of each bank of this token */
-            int h = sq_highs_per_bank(&a->sq), b = a->sq.b;
-            memset(dyn, 0, (size_t)dim);
-            for (long j0 = 0; j0 + b <= dim; j0 += b)
-                for (int pick = 0; pick < h; pick++) {
-                    long best = -1;
-                    for (long j = j0; j < j0 + b; j++)
-                        if (!dyn[j] && (best < 0 || fabsf(r[j]) > fabsf(r[best]))) best = j;
-                    dyn[best] = 1;
-                }
-            mask = dyn;
-        }
-        fake_quant(r, dim, mask, 1, a->sq.h_high);
-        fake_quant(r, dim, mask, 0, a->sq.h_low);
     }
 }

@@ -78,6 +78,9 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
  * their GGUF names. */
 k_mat_t *quant_layer_mat(model_t *m, int l, int i, char *name, size_t n);
 void quant_free(quant_state_t *qs);
+/* 0 if SQ activations (static or dynamic) fit both activation widths of
+ * the model (sq_cfg_fit), else -1 with why in err. */
+int quant_check_acts(const arecipe_t *a, const hparams_t *hp, char *err, size_t errlen);
 /* The forward hook that quantizes activations (fwd_t.hook, hook_ud = qs). */
 void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim);
 

@@ -29,6 +29,19 @@ const char *sq_cfg_check(const sq_cfg_t *c, long k) {
     return NULL;
 }
 
+const char *sq_cfg_fit(const sq_cfg_t *c, long k, sq_cfg_t *out) {
+    const char *why = sq_cfg_check(c, k);
+    for (sq_cfg_t t = *c; why && t.b > 4;) {
+        t.b /= 2;
+        if (!sq_cfg_check(&t, k)) {
+            *out = t;
+            return NULL;
+        }
+    }
+    if (!why) *out = *c;
+    return why;
+}
+
 double sq_bits_per_element(const sq_cfg_t *c) {
     return lo_storage_bits(c->h_low) + (1.0 - c->s) * (8 + 8) + 2.0 * 32 / group_of(c); /* float scales */
 }

@@ -51,6 +51,15 @@ typedef struct {
 
 /* Checks a configuration; NULL if valid, else why not. */
 const char *sq_cfg_check(const sq_cfg_t *c, long k);
+/* The configuration a row of k elements gets: c itself when valid for k,
+ * else the largest smaller power-of-two bank (same precisions and s) that
+ * divides the row, so b128 still applies to a model whose width is 576 =
+ * 4.5 x 128 (its 1536-wide rows keep b128, the 576-wide ones get b64).
+ * llama.cpp does the same when a row is not a whole number of its block
+ * type; refusing instead would rule b128 out for such models entirely, and
+ * each tensor records its own b, so nothing is hidden. NULL and *out set
+ * on success, else why no bank fits. */
+const char *sq_cfg_fit(const sq_cfg_t *c, long k, sq_cfg_t *out);
 int sq_highs_per_bank(const sq_cfg_t *c);
 double sq_bits_per_element(const sq_cfg_t *c);
 

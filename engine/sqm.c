@@ -443,7 +443,8 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     uint64_t data_len = size - h.data_off;
     arecipe_t a;
     const char *acts = json_string_value(json_object_get(recipe, "acts"));
-    if (!acts || recipe_parse_a(acts, &a, msg, sizeof msg) != 0) goto fail_model;
+    if (!acts || recipe_parse_a(acts, &a, msg, sizeof msg) != 0 || quant_check_acts(&a, &m->hp, msg, sizeof msg))
+        goto fail_model;
     size_t i;
     json_t *e;
     /* the activation recipe and its static masks (before the tensors: the

@@ -1,13 +1,17 @@
 """sqserve convert and the .sqm file: round trip, refusal of damaged files,
 atomic writes, and a convert + eval accuracy bound on the default model."""
+import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+import gguf_craft as gc
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = os.environ.get("SQSERVE_BIN", str(ROOT / "build" / "sqserve"))
@@ -119,3 +123,47 @@ def test_sq_weights_kl_bound():
     print(f"\nW(SQ 8/4 b64 s0.875)A16 on 511 predictions: KL {f['kl']}, top-1 {f['top1']}, "
           f"ppl {f['ppl']} vs {f['ppl_ref']}")
     assert float(f["kl"]) < 0.3 and float(f["top1"]) > 0.7
+
+
+def test_bank_falls_back_where_it_does_not_divide(tmp_path):
+    """SmolLM2's 576-wide rows are 4.5 banks of 128: with b128 they take
+    b64 (said on stderr), its 1536-wide rows keep b128, and the static
+    activation mask has exactly (1-s)*b high channels in every bank, the
+    last 64 channels of a 576-wide site included (once left without any)."""
+    out = tmp_path / "b128.sqm"
+    r = run("convert", "-m", MODEL, "-o", out, "--weights", "sq:8/4:b128:s0.875",
+            "--acts", "sq:8/4:b128:s0.875:static", "--calib-tokens", 64)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "weights bank b128 does not divide 576-wide rows: those take b64" in r.stderr
+    assert "activations bank b128 does not divide 576-wide rows: those take b64" in r.stderr
+    assert "1536-wide" not in r.stderr
+    raw = out.read_bytes()
+    _, _, _, _, json_off, json_len, _, _, data_off = struct.unpack("<4sIQQQQQQQ", raw[:64])
+    man = json.loads(raw[json_off:json_off + json_len])
+    banks = {t["k"]: t["b"] for t in man["tensors"]}
+    assert banks == {576: 64, 1536: 128}
+    for site in man["act_masks"]:
+        off, n = site["mask"]
+        dim, b = site["dim"], banks[site["dim"]]
+        mask = raw[data_off + off:data_off + off + n]
+        assert n % dim == 0
+        for j0 in range(0, n, b):
+            assert sum(mask[j0:j0 + b]) == b // 8, (site["site"], j0)
+    # and it runs: a few tokens of generation
+    g = run("generate", "-m", out, "-p", "The capital of France is", "-n", 4, "--temp", 0)
+    assert g.returncode == 0 and g.stdout.strip(), g.stderr[-1000:]
+
+
+@pytest.mark.parametrize("flags,what", [
+    (["--acts", "sq:8/4:b64:s0.875:dynamic"], "SQ activations"),
+    (["--acts", "sq:8/4:b16:s0.875:static"], "SQ activations"),
+    (["--weights", "sq:8/4:b128:s0.875"], "96-wide matrix"),
+])
+def test_bank_that_fits_nowhere_is_refused(tmp_path, flags, what):
+    """A width that is not a whole number of 64-element scale groups (a
+    tiny Llama with a 96-wide FFN) takes no bank at all: a clear error,
+    never a silently partial mask or a crash."""
+    tiny = tmp_path / "tiny.gguf"
+    gc.tiny_llama_file(dim=64, ffn=96).write(tiny)
+    line = one_error_line(run("generate", "-m", tiny, "-p", "hi", "-n", 2, "--calib-tokens", 64, *flags))
+    assert what in line and "scale group" in line, line

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../../engine/gptq.h"
+#include "../../engine/quant.h"
 #include "../../engine/recipe.h"
 #include "../../engine/sq.h"
 #include "../../kernels/k_pool.h"
@@ -109,6 +110,81 @@ static void test_bits_and_recipes(void **state) {
         assert_true(strlen(err) > 0);
     }
     assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:sometimes", &a, err, sizeof err), -1);
+}
+
+/* A bank that does not divide a row falls back to the largest smaller one
+ * that does (SmolLM2's 576 = 4.5 x 128), never to one breaking (1-s)*b. */
+static void test_bank_fit(void **state) {
+    (void)state;
+    struct { int b; double s; long k; int want; } cases[] = {
+        {128, 0.875, 576, 64}, {128, 0.875, 1536, 128}, {128, 0.9375, 576, 64}, {64, 0.875, 576, 64},
+        {16, 0.9375, 576, 16}, {128, 0.75, 192, 64}, {128, 0.875, 100, 0}, {64, 0.875, 96, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sq_cfg_t c = {8, 4, cases[i].b, cases[i].s}, fit = {0, 0, 0, 0};
+        const char *why = sq_cfg_fit(&c, cases[i].k, &fit);
+        if (!cases[i].want) {
+            assert_non_null(why);
+            continue;
+        }
+        assert_null(why);
+        assert_int_equal(fit.b, cases[i].want);
+        assert_true(fit.h_high == 8 && fit.h_low == 4 && fit.s == cases[i].s);
+        assert_null(sq_cfg_check(&fit, cases[i].k));
+    }
+    /* bits follow the bank each row takes: b64 on 576 rows, b128 on 1536 */
+    wrecipe_t w = {.kind = WQ_SQ, .sq = {8, 4, 128, 0.875}};
+    sq_cfg_t b64 = {8, 4, 64, 0.875}, b128 = w.sq;
+    assert_float_equal(recipe_w_bits(&w, 576), sq_bits_per_element(&b64), 1e-12);
+    assert_float_equal(recipe_w_bits(&w, 1536), sq_bits_per_element(&b128), 1e-12);
+}
+
+static int by_abs_desc(const void *a, const void *b) {
+    float x = fabsf(**(const float *const *)a), y = fabsf(**(const float *const *)b);
+    if (x != y) return x < y ? 1 : -1;
+    return *(const float *const *)a < *(const float *const *)b ? -1 : 1; /* ties: lower index */
+}
+
+/* Dynamic SQ activations through the forward hook, against a reference by
+ * sorting: per bank the h largest |x| take h_high bits, the rest h_low,
+ * one absmax scale per class per token. Widths beyond 8192 (Llama-3-8B's
+ * FFN is 14336) once overflowed a fixed mask buffer. */
+static void test_dynamic_act_hook(void **state) {
+    (void)state;
+    struct { long dim; int b; double s; int fit_b; } cases[] = {
+        {576, 128, 0.875, 64}, {1536, 128, 0.9375, 128}, {576, 16, 0.75, 16}, {14336, 64, 0.875, 64},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        long dim = cases[ci].dim, n = 3;
+        int b = cases[ci].fit_b;
+        quant_state_t qs;
+        memset(&qs, 0, sizeof qs);
+        qs.a = (arecipe_t){.kind = AQ_SQ_DYNAMIC, .sq = {8, 4, cases[ci].b, cases[ci].s}};
+        float *x = malloc((size_t)(n * dim) * sizeof *x), *want = malloc((size_t)(n * dim) * sizeof *want);
+        const float **ord = malloc((size_t)b * sizeof *ord);
+        uint8_t *hi = malloc((size_t)dim);
+        for (long i = 0; i < n * dim; i++) x[i] = (float)(nrand() * (urand() < 0.03 ? 30 : 1));
+        int h = (int)lround((1 - cases[ci].s) * b);
+        for (long t = 0; t < n; t++) {
+            const float *r = x + t * dim;
+            memset(hi, 0, (size_t)dim);
+            for (long j0 = 0; j0 < dim; j0 += b) {
+                for (int i = 0; i < b; i++) ord[i] = r + j0 + i;
+                qsort(ord, (size_t)b, sizeof *ord, by_abs_desc);
+                for (int i = 0; i < h; i++) hi[ord[i] - r] = 1;
+            }
+            float mx[2] = {0, 0};
+            for (long j = 0; j < dim; j++) mx[hi[j]] = fmaxf(mx[hi[j]], fabsf(r[j]));
+            float sc[2] = {mx[0] / 7.0f, mx[1] / 127.0f};
+            for (long j = 0; j < dim; j++) {
+                float q = hi[j] ? 127.0f : 7.0f, v = nearbyintf(r[j] / sc[hi[j]]);
+                want[t * dim + j] = fminf(fmaxf(v, -q), q) * sc[hi[j]];
+            }
+        }
+        quant_act_hook(&qs, 0, 0, x, n, dim);
+        assert_memory_equal(x, want, (size_t)(n * dim) * sizeof *x);
+        free(x); free(want); free(ord); free(hi);
+    }
 }
 
 /* ||X (W - Wq)^T||^2 over calibration rows X[m][k]. */
@@ -494,6 +570,8 @@ int main(void) {
         cmocka_unit_test(test_format_invariants),
         cmocka_unit_test(test_view_dequant_matches_tensor),
         cmocka_unit_test(test_bits_and_recipes),
+        cmocka_unit_test(test_bank_fit),
+        cmocka_unit_test(test_dynamic_act_hook),
         cmocka_unit_test(test_gptq_beats_rtn),
     };
     return cmocka_run_group_tests_name("sq", tests, NULL, NULL);
