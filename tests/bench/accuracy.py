@@ -500,7 +500,12 @@ def render(out_md, results, configs, tokens, which, meta):
         f"(calibration and quantization not included) on a machine other work shared, so it is only a "
         f"rough cost. *on*: where the two passes ran, the CPU or `--device cuda` (calibration and "
         f"quantization always run on the CPU; dynamic SQ activations are CPU-only); tests/gpu/run.sh "
-        f"holds the GPU path to the CPU's perplexity within 0.5 % (docs/perf-gpu.md).")
+        f"holds the GPU path to the CPU's perplexity within 0.5 % (docs/perf-gpu.md)."
+        + (" A bank that does not divide a row falls back to the largest smaller power-of-two bank that "
+           "does (a `note:` line on stderr says which): on a model whose hidden size is not a multiple of "
+           "128 (SmolLM2: 576), the b128 rows use b128 only on the wider rows (the FFN down projection and "
+           "its input) and b64 elsewhere, as their *W bits* show." if any(":b128:" in c.weights + c.acts + ":"
+                                                                         for c in configs) else ""))
     plot_note = (
         "Plot `docs/accuracy.png`: Δppl % ("
         + ("log" if all(r["delta"] > 0 for r in rows if r["family"] != "ref") else "symlog")
