@@ -21,8 +21,12 @@ static void calib_hook(void *ud, int layer, int site, float *x, long n, long dim
     calib_ctx_t *cc = ud;
     calib_t *c = cc->c;
     double *sum = c->sum[site] + (size_t)layer * dim;
+    float *amax = c->amax[site] + (size_t)layer * dim;
     for (long i = 0; i < n; i++)
-        for (long j = 0; j < dim; j++) sum[j] += x[i * dim + j];
+        for (long j = 0; j < dim; j++) {
+            sum[j] += x[i * dim + j];
+            amax[j] = fabsf(x[i * dim + j]) > amax[j] ? fabsf(x[i * dim + j]) : amax[j];
+        }
     if (cc->want_H) /* H += x^T x over the batch rows (upper triangle) */
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)dim, (int)n, 1.0f, x, (int)dim, 1.0f,
                     c->H[site] + (size_t)layer * dim * dim, (int)dim);
@@ -32,6 +36,7 @@ void calib_free(calib_t *c) {
     for (int s = 0; s < N_SITES; s++) {
         free(c->H[s]);
         free(c->sum[s]);
+        free(c->amax[s]);
     }
     memset(c, 0, sizeof *c);
 }
@@ -64,8 +69,9 @@ int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, 
     for (int s = 0; s < N_SITES; s++) {
         c->dim[s] = dims[s];
         c->sum[s] = calloc((size_t)(hp->n_layer * dims[s]), sizeof(double));
+        c->amax[s] = calloc((size_t)(hp->n_layer * dims[s]), sizeof(float));
         if (want_H) c->H[s] = calloc((size_t)hp->n_layer * dims[s] * dims[s], sizeof(float));
-        if (!c->sum[s] || (want_H && !c->H[s])) goto oom;
+        if (!c->sum[s] || !c->amax[s] || (want_H && !c->H[s])) goto oom;
     }
     env_t e;
     if (env_open(&e, m, pool, window) != 0) {
@@ -182,19 +188,25 @@ static int own(quant_state_t *qs, float *buf) {
 }
 
 /* Static SQ activations: per bank, the channels with the largest
- * |mean(A_j) * sum_i W_ij| over every matrix that reads this site. */
-static void static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats, int n_mats,
-                        const sq_cfg_t *sq, uint8_t *mask, float *row) {
+ * |mean(A_j) * sum_i W_ij| over every matrix that reads this site (the
+ * paper's Algorithm 2), or with by_max the largest |A_j| seen in
+ * calibration. The paper's score can rank a channel with huge activations
+ * low when its weight column sums cancel; left in the low part, such a
+ * channel sets the per-token low scale and flattens every other low
+ * channel to zero (docs/accuracy.md measures both). */
+static int static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats, int n_mats,
+                       const sq_cfg_t *sq, int by_max, uint8_t *mask, float *row) {
     long dim = c->dim[site];
     double *imp = calloc((size_t)dim, sizeof *imp);
-    if (!imp) return;
-    for (int m = 0; m < n_mats; m++)
+    if (!imp) return -1;
+    for (int m = 0; m < n_mats && !by_max; m++)
         for (long r = 0; r < mats[m]->n; r++) {
             k_mat_row(mats[m], r, row);
             for (long j = 0; j < dim; j++) imp[j] += row[j];
         }
     for (long j = 0; j < dim; j++)
-        imp[j] = fabs(imp[j] * c->sum[site][(size_t)l * dim + j] / (double)c->n_tokens);
+        imp[j] = by_max ? c->amax[site][(size_t)l * dim + j]
+                        : fabs(imp[j] * c->sum[site][(size_t)l * dim + j] / (double)c->n_tokens);
     sq_cfg_t fit = *sq; /* the site's bank: quant_apply checked that one fits */
     sq_cfg_fit(sq, dim, &fit);
     int h = sq_highs_per_bank(&fit), b = fit.b;
@@ -207,6 +219,7 @@ static void static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats,
             mask[best] = 1;
         }
     free(imp);
+    return 0;
 }
 
 static qtensor_t *new_qt(quant_state_t *qs) {
@@ -355,9 +368,12 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
                                           {&L->w_down}};
         int n_mats[N_SITES] = {3, 1, 2, 1};
         for (int s = 0; s < N_SITES; s++) {
-            if (need_mean)
-                static_mask(c, l, s, site_mats[s], n_mats[s], &a->sq,
-                            qs->hi_mask[s] + (size_t)l * dims[s], row);
+            if (need_mean && static_mask(c, l, s, site_mats[s], n_mats[s], &a->sq, a->by_max,
+                                         qs->hi_mask[s] + (size_t)l * dims[s], row) != 0) {
+                free(row);
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
             if (w->kind == WQ_NONE) continue;
             double *diag = NULL, *U = NULL;
             if (need_H) {

@@ -28,6 +28,7 @@ typedef struct {
     long dim[N_SITES];
     float *H[N_SITES];       /* [layer] dim x dim, NULL when not gathered */
     double *sum[N_SITES];    /* [layer] dim */
+    float *amax[N_SITES];    /* [layer] dim: largest |x| seen */
     long n_tokens;
 } calib_t;
 

@@ -60,6 +60,7 @@ int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen) {
             return -1;
         }
         if (!strcmp(tail, ":static") || !*tail) { r->kind = AQ_SQ_STATIC; return 0; }
+        if (!strcmp(tail, ":static-max")) { r->kind = AQ_SQ_STATIC; r->by_max = 1; return 0; }
         if (!strcmp(tail, ":dynamic")) { r->kind = AQ_SQ_DYNAMIC; return 0; }
     } else if (!strncmp(s, "int", 3)) {
         char *end;
@@ -70,7 +71,7 @@ int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen) {
             return 0;
         }
     }
-    snprintf(err, errlen, "bad activations recipe '%s' (e.g. fp32, int8, int4, sq:8/4:b64:s0.875:static|dynamic)", s);
+    snprintf(err, errlen, "bad activations recipe '%s' (e.g. fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic)", s);
     return -1;
 }
 

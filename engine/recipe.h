@@ -28,6 +28,8 @@ typedef struct {
     aq_kind_t kind;
     int bits;      /* AQ_INT */
     sq_cfg_t sq;   /* AQ_SQ_* */
+    int by_max;    /* AQ_SQ_STATIC ":static-max": channels ranked by their largest
+                      |A_j| in calibration instead of the paper's |mean(A_j) sum_i W_ij| */
 } arecipe_t;
 
 int recipe_parse_w(const char *s, wrecipe_t *r, char *err, size_t errlen);

@@ -125,14 +125,15 @@ def test_sq_weights_kl_bound():
     assert float(f["kl"]) < 0.3 and float(f["top1"]) > 0.7
 
 
-def test_bank_falls_back_where_it_does_not_divide(tmp_path):
+@pytest.mark.parametrize("mode", ["static", "static-max"])
+def test_bank_falls_back_where_it_does_not_divide(tmp_path, mode):
     """SmolLM2's 576-wide rows are 4.5 banks of 128: with b128 they take
     b64 (said on stderr), its 1536-wide rows keep b128, and the static
     activation mask has exactly (1-s)*b high channels in every bank, the
     last 64 channels of a 576-wide site included (once left without any)."""
     out = tmp_path / "b128.sqm"
     r = run("convert", "-m", MODEL, "-o", out, "--weights", "sq:8/4:b128:s0.875",
-            "--acts", "sq:8/4:b128:s0.875:static", "--calib-tokens", 64)
+            "--acts", f"sq:8/4:b128:s0.875:{mode}", "--calib-tokens", 64)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "weights bank b128 does not divide 576-wide rows: those take b64" in r.stderr
     assert "activations bank b128 does not divide 576-wide rows: those take b64" in r.stderr
@@ -140,6 +141,7 @@ def test_bank_falls_back_where_it_does_not_divide(tmp_path):
     raw = out.read_bytes()
     _, _, _, _, json_off, json_len, _, _, data_off = struct.unpack("<4sIQQQQQQQ", raw[:64])
     man = json.loads(raw[json_off:json_off + json_len])
+    assert man["recipe"]["acts"] == f"sq:8/4:b128:s0.875:{mode}"
     banks = {t["k"]: t["b"] for t in man["tensors"]}
     assert banks == {576: 64, 1536: 128}
     for site in man["act_masks"]:

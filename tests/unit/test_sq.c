@@ -109,7 +109,13 @@ static void test_bits_and_recipes(void **state) {
         assert_int_equal(recipe_parse_w(bad[i], &w, err, sizeof err), -1);
         assert_true(strlen(err) > 0);
     }
+    assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:static", &a, err, sizeof err), 0);
+    assert_true(a.kind == AQ_SQ_STATIC && !a.by_max);
+    assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:static-max", &a, err, sizeof err), 0);
+    assert_true(a.kind == AQ_SQ_STATIC && a.by_max);
     assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:sometimes", &a, err, sizeof err), -1);
+    assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:static-maxx", &a, err, sizeof err), -1);
+    assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:dynamic-max", &a, err, sizeof err), -1);
 }
 
 /* A bank that does not divide a row falls back to the largest smaller one
