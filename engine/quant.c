@@ -24,8 +24,9 @@ static void calib_hook(void *ud, int layer, int site, float *x, long n, long dim
     float *amax = c->amax[site] + (size_t)layer * dim;
     for (long i = 0; i < n; i++)
         for (long j = 0; j < dim; j++) {
-            sum[j] += x[i * dim + j];
-            amax[j] = fabsf(x[i * dim + j]) > amax[j] ? fabsf(x[i * dim + j]) : amax[j];
+            float v = x[i * dim + j];
+            sum[j] += v;
+            amax[j] = fabsf(v) > amax[j] ? fabsf(v) : amax[j];
         }
     if (cc->want_H) /* H += x^T x over the batch rows (upper triangle) */
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)dim, (int)n, 1.0f, x, (int)dim, 1.0f,
@@ -199,16 +200,17 @@ static int static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats, 
     long dim = c->dim[site];
     double *imp = calloc((size_t)dim, sizeof *imp);
     if (!imp) return -1;
-    for (int m = 0; m < n_mats && !by_max; m++)
-        for (long r = 0; r < mats[m]->n; r++) {
-            k_mat_row(mats[m], r, row);
-            for (long j = 0; j < dim; j++) imp[j] += row[j];
-        }
+    if (!by_max) /* sum_i W_ij over every matrix reading the site */
+        for (int m = 0; m < n_mats; m++)
+            for (long r = 0; r < mats[m]->n; r++) {
+                k_mat_row(mats[m], r, row);
+                for (long j = 0; j < dim; j++) imp[j] += row[j];
+            }
     for (long j = 0; j < dim; j++)
         imp[j] = by_max ? c->amax[site][(size_t)l * dim + j]
                         : fabs(imp[j] * c->sum[site][(size_t)l * dim + j] / (double)c->n_tokens);
     sq_cfg_t fit = *sq; /* the site's bank: quant_apply checked that one fits */
-    sq_cfg_fit(sq, dim, &fit);
+    sq_cfg_fit(sq, dim, 0, &fit);
     int h = sq_highs_per_bank(&fit), b = fit.b;
     memset(mask, 0, (size_t)dim);
     for (long j0 = 0; j0 + b <= dim; j0 += b)
@@ -262,7 +264,7 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
     if (r->kind == WQ_SQ) {
         sq_tensor_t t;
         sq_cfg_t cfg;
-        const char *why = sq_cfg_fit(&r->sq, k, &cfg);
+        const char *why = sq_cfg_fit(&r->sq, k, 1, &cfg);
         if (why) {
             snprintf(err, errlen, "SQ %d/%d b%d s%g on a %ld-wide matrix: %s", r->sq.h_high,
                      r->sq.h_low, r->sq.b, r->sq.s, k, why);
@@ -491,7 +493,7 @@ int quant_check_acts(const arecipe_t *a, const hparams_t *hp, char *err, size_t 
     long dims[2] = {hp->dim, hp->ffn_dim};
     for (int i = 0; i < 2; i++) {
         sq_cfg_t fit;
-        const char *why = sq_cfg_fit(&a->sq, dims[i], &fit);
+        const char *why = sq_cfg_fit(&a->sq, dims[i], 0, &fit);
         if (why) {
             snprintf(err, errlen, "SQ activations %d/%d b%d s%g on %ld channels: %s", a->sq.h_high, a->sq.h_low,
                      a->sq.b, a->sq.s, dims[i], why);
@@ -506,7 +508,7 @@ void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim) {
     const arecipe_t *a = &qs->a;
     if (a->kind == AQ_NONE || qs->kernel_acts) return;
     sq_cfg_t fit = a->sq; /* the bank this width takes (quant_check_acts: one fits) */
-    if (a->kind != AQ_INT) sq_cfg_fit(&a->sq, dim, &fit);
+    if (a->kind == AQ_SQ_DYNAMIC) sq_cfg_fit(&a->sq, dim, 0, &fit);
     for (long i = 0; i < n; i++) {
         float *r = x + i * dim;
         if (a->kind == AQ_INT) {

@@ -80,7 +80,7 @@ double recipe_w_bits(const wrecipe_t *r, long k) {
     case WQ_INT: return r->bits + 32.0 / (double)(r->group ? r->group : k); /* float scales */
     case WQ_SQ: {
         sq_cfg_t fit = r->sq; /* the bank a k-wide row takes */
-        sq_cfg_fit(&r->sq, k, &fit);
+        sq_cfg_fit(&r->sq, k, 1, &fit);
         return sq_bits_per_element(&fit);
     }
     default: return 32;

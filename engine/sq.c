@@ -29,17 +29,16 @@ const char *sq_cfg_check(const sq_cfg_t *c, long k) {
     return NULL;
 }
 
-const char *sq_cfg_fit(const sq_cfg_t *c, long k, sq_cfg_t *out) {
-    const char *why = sq_cfg_check(c, k);
-    for (sq_cfg_t t = *c; why && t.b > 4;) {
-        t.b /= 2;
-        if (!sq_cfg_check(&t, k)) {
+const char *sq_cfg_fit(const sq_cfg_t *c, long k, int grouped, sq_cfg_t *out) {
+    const char *why = sq_cfg_check(c, 0);
+    if (why) return why;
+    for (sq_cfg_t t = *c; t.b >= 4; t.b /= 2)
+        if (!sq_cfg_check(&t, 0) && k % (grouped ? group_of(&t) : t.b) == 0) {
             *out = t;
             return NULL;
         }
-    }
-    if (!why) *out = *c;
-    return why;
+    return grouped ? "the row length is not a multiple of the scale group of any bank that keeps (1-s)*b whole"
+                   : "the width is not a multiple of any bank that keeps (1-s)*b whole";
 }
 
 double sq_bits_per_element(const sq_cfg_t *c) {

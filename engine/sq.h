@@ -57,9 +57,11 @@ const char *sq_cfg_check(const sq_cfg_t *c, long k);
  * 4.5 x 128 (its 1536-wide rows keep b128, the 576-wide ones get b64).
  * llama.cpp does the same when a row is not a whole number of its block
  * type; refusing instead would rule b128 out for such models entirely, and
- * each tensor records its own b, so nothing is hidden. NULL and *out set
- * on success, else why no bank fits. */
-const char *sq_cfg_fit(const sq_cfg_t *c, long k, sq_cfg_t *out);
+ * each tensor records its own b, so nothing is hidden. grouped: the row
+ * must also hold whole scale groups (weights; activations have one scale
+ * per token and class, so only whole banks). NULL and *out set on success,
+ * else why no bank fits (or why c itself is invalid). */
+const char *sq_cfg_fit(const sq_cfg_t *c, long k, int grouped, sq_cfg_t *out);
 int sq_highs_per_bank(const sq_cfg_t *c);
 double sq_bits_per_element(const sq_cfg_t *c);
 

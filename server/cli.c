@@ -120,11 +120,11 @@ static void progress(void *ud, int done, int total) {
 }
 
 /* Says which rows take a smaller bank than the recipe's (sq_cfg_fit). */
-static void note_bank_fit(const char *what, const sq_cfg_t *c, const hparams_t *hp) {
+static void note_bank_fit(const char *what, const sq_cfg_t *c, int grouped, const hparams_t *hp) {
     long ks[2] = {hp->dim, hp->ffn_dim};
     for (int i = 0; i < 2; i++) {
         sq_cfg_t fit;
-        if (!sq_cfg_fit(c, ks[i], &fit) && fit.b != c->b)
+        if (!sq_cfg_fit(c, ks[i], grouped, &fit) && fit.b != c->b)
             fprintf(stderr, "note: SQ %s bank b%d does not divide %ld-wide rows: those take b%d\n", what, c->b,
                     ks[i], fit.b);
     }
@@ -180,8 +180,8 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
     fprintf(stderr, "quantized: weights %s (%.2f bits/weight), activations %s (%.2f bits) in %.1fs\n",
             cfg_str(c, "weights"), qs->w_bits, cfg_str(c, "acts"), recipe_a_bits(&a),
             gen_now() - pg.t0);
-    if (w.kind == WQ_SQ) note_bank_fit("weights", &w.sq, &m->hp);
-    if (a.kind == AQ_SQ_STATIC || a.kind == AQ_SQ_DYNAMIC) note_bank_fit("activations", &a.sq, &m->hp);
+    if (w.kind == WQ_SQ) note_bank_fit("weights", &w.sq, 1, &m->hp);
+    if (a.kind == AQ_SQ_STATIC || a.kind == AQ_SQ_DYNAMIC) note_bank_fit("activations", &a.sq, 0, &m->hp);
     return 0;
 }
 

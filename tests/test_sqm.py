@@ -138,9 +138,7 @@ def test_bank_falls_back_where_it_does_not_divide(tmp_path, mode):
     assert "weights bank b128 does not divide 576-wide rows: those take b64" in r.stderr
     assert "activations bank b128 does not divide 576-wide rows: those take b64" in r.stderr
     assert "1536-wide" not in r.stderr
-    raw = out.read_bytes()
-    _, _, _, _, json_off, json_len, _, _, data_off = struct.unpack("<4sIQQQQQQQ", raw[:64])
-    man = json.loads(raw[json_off:json_off + json_len])
+    man, raw, data_off = sqm_parts(out)
     assert man["recipe"]["acts"] == f"sq:8/4:b128:s0.875:{mode}"
     banks = {t["k"]: t["b"] for t in man["tensors"]}
     assert banks == {576: 64, 1536: 128}
@@ -156,16 +154,43 @@ def test_bank_falls_back_where_it_does_not_divide(tmp_path, mode):
     assert g.returncode == 0 and g.stdout.strip(), g.stderr[-1000:]
 
 
-@pytest.mark.parametrize("flags,what", [
-    (["--acts", "sq:8/4:b64:s0.875:dynamic"], "SQ activations"),
-    (["--acts", "sq:8/4:b16:s0.875:static"], "SQ activations"),
-    (["--weights", "sq:8/4:b128:s0.875"], "96-wide matrix"),
-])
-def test_bank_that_fits_nowhere_is_refused(tmp_path, flags, what):
-    """A width that is not a whole number of 64-element scale groups (a
-    tiny Llama with a 96-wide FFN) takes no bank at all: a clear error,
-    never a silently partial mask or a crash."""
+def sqm_parts(path):
+    """(manifest, raw bytes, data offset) of a .sqm (header: engine/sqm.c)."""
+    raw = path.read_bytes()
+    _, _, _, _, json_off, json_len, _, _, data_off = struct.unpack("<4sIQQQQQQQ", raw[:64])
+    return json.loads(raw[json_off:json_off + json_len]), raw, data_off
+
+
+def test_weights_bank_that_fits_nowhere_is_refused(tmp_path):
+    """A row that is not a whole number of 64-wide scale groups (a tiny
+    Llama with a 96-wide FFN) takes no weight bank: a clear error."""
     tiny = tmp_path / "tiny.gguf"
     gc.tiny_llama_file(dim=64, ffn=96).write(tiny)
-    line = one_error_line(run("generate", "-m", tiny, "-p", "hi", "-n", 2, "--calib-tokens", 64, *flags))
-    assert what in line and "scale group" in line, line
+    line = one_error_line(run("generate", "-m", tiny, "-p", "hi", "-n", 2, "--weights", "sq:8/4:b128:s0.875"))
+    assert "96-wide matrix" in line and "scale group" in line, line
+
+
+def test_activation_banks_need_whole_banks_only(tmp_path):
+    """Activations have one scale per token and class, so a 96-wide FFN
+    input takes b32 under a b64 recipe (said on stderr) and runs."""
+    tiny = tmp_path / "tiny.gguf"
+    gc.tiny_llama_file(dim=64, ffn=96).write(tiny)
+    r = run("generate", "-m", tiny, "-p", "hi", "-n", 2, "--acts", "sq:8/4:b64:s0.875:dynamic")
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert "activations bank b64 does not divide 96-wide rows: those take b32" in r.stderr
+
+
+def test_static_max_ranks_channels_differently(tmp_path):
+    """':static-max' is a different ranking, not an alias: on the same
+    calibration its masks differ from the paper's score."""
+    tiny = tmp_path / "tiny.gguf"
+    gc.tiny_llama_file(dim=128, ffn=256, n_layer=2).write(tiny)
+    masks = {}
+    for mode in ("static", "static-max"):
+        out = tmp_path / f"{mode}.sqm"
+        r = run("convert", "-m", tiny, "-o", out, "--acts", f"sq:8/4:b64:s0.875:{mode}", "--calib-tokens", 64)
+        assert r.returncode == 0, r.stderr[-1000:]
+        man, raw, data_off = sqm_parts(out)
+        masks[mode] = b"".join(raw[data_off + e["mask"][0]:data_off + sum(e["mask"])] for e in man["act_masks"])
+        assert sum(masks[mode]) == len(masks[mode]) // 8
+    assert masks["static"] != masks["static-max"]

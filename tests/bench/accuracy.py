@@ -318,7 +318,7 @@ def goals_text(res, ref_ppl):
                      f"{a_bits(st['acts']):.3g} vs {a_bits(dy['acts']):.3g} activation bits.")
     else:
         lines.append(f"3. *static within 1% of dynamic (W4A(SQ8/4 b64 s0.875))*: {na}.")
-    if stm and w4a8 and dy:
+    if stm and st and w4a8 and dy:
         d8, dd = 100 * (P(stm) - P(w4a8)) / P(w4a8), 100 * (P(stm) - P(dy)) / P(dy)
         lines.append(f"\nWith the static mask ranked by each channel's largest |A_j| in calibration "
                      f"(`static-max`, sqserve's variant, not the paper's score): ppl {P(stm):.4f}, "

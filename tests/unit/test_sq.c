@@ -122,13 +122,16 @@ static void test_bits_and_recipes(void **state) {
  * that does (SmolLM2's 576 = 4.5 x 128), never to one breaking (1-s)*b. */
 static void test_bank_fit(void **state) {
     (void)state;
-    struct { int b; double s; long k; int want; } cases[] = {
-        {128, 0.875, 576, 64}, {128, 0.875, 1536, 128}, {128, 0.9375, 576, 64}, {64, 0.875, 576, 64},
-        {16, 0.9375, 576, 16}, {128, 0.75, 192, 64}, {128, 0.875, 100, 0}, {64, 0.875, 96, 0},
+    struct { int b; double s; long k; int grouped, want; } cases[] = {
+        {128, 0.875, 576, 1, 64}, {128, 0.875, 1536, 1, 128}, {128, 0.9375, 576, 1, 64}, {64, 0.875, 576, 1, 64},
+        {16, 0.9375, 576, 1, 16}, {128, 0.75, 192, 1, 64}, {128, 0.875, 100, 1, 0}, {64, 0.875, 96, 1, 0},
+        /* activations need whole banks only, not whole 64-wide scale groups */
+        {64, 0.875, 96, 0, 32}, {16, 0.875, 96, 0, 16}, {128, 0.875, 100, 0, 0}, {16, 0.9375, 48, 0, 16},
+        {16, 0.9375, 40, 0, 0}, /* b8 would divide 40 but hold half a high element */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         sq_cfg_t c = {8, 4, cases[i].b, cases[i].s}, fit = {0, 0, 0, 0};
-        const char *why = sq_cfg_fit(&c, cases[i].k, &fit);
+        const char *why = sq_cfg_fit(&c, cases[i].k, cases[i].grouped, &fit);
         if (!cases[i].want) {
             assert_non_null(why);
             continue;
@@ -136,8 +139,19 @@ static void test_bank_fit(void **state) {
         assert_null(why);
         assert_int_equal(fit.b, cases[i].want);
         assert_true(fit.h_high == 8 && fit.h_low == 4 && fit.s == cases[i].s);
-        assert_null(sq_cfg_check(&fit, cases[i].k));
+        assert_null(sq_cfg_check(&fit, cases[i].grouped ? cases[i].k : 0));
+        assert_int_equal(cases[i].k % fit.b, 0);
     }
+    sq_cfg_t bad = {8, 4, 256, 0.875}, out;
+    assert_non_null(sq_cfg_fit(&bad, 1024, 1, &out)); /* an invalid recipe never shrinks into a valid one */
+    /* the model-level check: both activation widths must take a bank */
+    hparams_t hp = {.dim = 64, .ffn_dim = 96};
+    arecipe_t a = {.kind = AQ_SQ_DYNAMIC, .sq = {8, 4, 64, 0.875}};
+    char err[256];
+    assert_int_equal(quant_check_acts(&a, &hp, err, sizeof err), 0);
+    hp.ffn_dim = 100;
+    assert_int_equal(quant_check_acts(&a, &hp, err, sizeof err), -1);
+    assert_non_null(strstr(err, "100 channels"));
     /* bits follow the bank each row takes: b64 on 576 rows, b128 on 1536 */
     wrecipe_t w = {.kind = WQ_SQ, .sq = {8, 4, 128, 0.875}};
     sq_cfg_t b64 = {8, 4, 64, 0.875}, b128 = w.sq;
