@@ -33,7 +33,9 @@ for b in /tmp/sq-bundle/bin/*; do
 done | sort -u |
   grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcublas|libcublasLt|libcudart)\.so' |
   while read -r lib; do cp -L "$lib" /tmp/sq-bundle/lib/; done
-tar cJf .gpu/bin.tar.xz -C /tmp/sq-bundle bin lib
+# which commit the binaries are (the device's checkout may be older)
+git describe --always --dirty --abbrev=7 > /tmp/sq-bundle/COMMIT
+tar cJf .gpu/bin.tar.xz -C /tmp/sq-bundle bin lib COMMIT
 split -b 48M "$MODEL" /tmp/sq-bundle/model.part
 mv /tmp/sq-bundle/model.partaa .gpu-m1/model.part1
 mv /tmp/sq-bundle/model.partab .gpu-m2/model.part2

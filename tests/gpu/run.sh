@@ -44,7 +44,9 @@ step() {
   return "$rc"
 }
 
-log "gpu run: $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+# the binaries' own commit when bundle.sh packed them (COMMIT beside bin/)
+built=$(cat "$(dirname "$BIN")/../COMMIT" 2>/dev/null || echo "this checkout")
+log "gpu run: $(date -u +%FT%TZ) checkout $(git rev-parse --short HEAD 2>/dev/null || echo '?'), binaries from $built"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$RESULTS"
 
 if pkg-config --exists libmicrohttpd jansson libuv libpcre2-8 libxxhash 2>/dev/null; then
