@@ -1,0 +1,586 @@
+/* kc_sq_mm.cu - the SQ x INT8 matmul on the GPU and the per-token INT8
+ * quantization of its activations (kc.h; the weight layout is kc_sq.cuh).
+ *
+ * Kernels.
+ *   decode (m <= 64): stream-k. The (tile, group) items of the matrix are
+ *     split evenly over one full wave of warps (4 a block); each warp walks
+ *     its contiguous range, weight units (and for m <= 8 the activations)
+ *     loaded one or two groups ahead into registers, bypassing L1. A tile
+ *     split between warps is finished by the last of them to arrive (an
+ *     atomic counter per tile), which adds the parts in warp order: results
+ *     are deterministic. No tail wave, no partial-tile waste.
+ *   prefill (m > 64, fast layout): one warp per 16-row tile x 128 tokens
+ *     (16 n-tiles reuse each unpacked weight fragment), 4 or 8 warps a block
+ *     sharing the token chunk's activations (first copied into fragment
+ *     order: one contiguous 512-byte warp load per n-tile and subgroup)
+ *     through L1; blocks walk the token chunks of a row block consecutively
+ *     so weights are re-read from L2.
+ *   Other shapes (2-bit storage, b = 128, other high counts, no highs) take
+ *     the decode kernel with run-time slot counts and float scales; beyond
+ *     64 tokens, in chunks of 64.
+ */
+#include "kc_sq.cuh"
+
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdio.h>
+
+/* ---- the matmul --------------------------------------------------------------------------- */
+
+#define MAGIC_I 0x4B400000 /* bit pattern of 1.5 * 2^23 */
+#define MAGIC_F 12582912.0f
+
+__device__ __forceinline__ uint4 ld_stream4(const void *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint2 ld_stream2(const void *p) {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint32_t ld_stream1(const void *p) {
+    uint32_t v;
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* d = a . b + c (c: the bit pattern of 1.5 * 2^23, starting a chain) */
+__device__ __forceinline__ void mma_s8c(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1, const int (&c)[4]) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
+}
+
+/* A fragments (index kc * 4 + reg) of the low codes from the lane's raw
+ * words: as stored (offset-binary, c + 8 / c + 2; the caller subtracts
+ * 8 / 2 times the activation sums with one more mma) or, SIGNED, as
+ * two's complement bytes (xor the offset away, sign-extend with a
+ * multiply-add: no carries cross bytes). */
+template <int LOBITS, bool SIGNED>
+HD void unpack_lo(const uint32_t *raw, uint32_t *A) {
+    if (LOBITS == 4) {
+        for (int q = 0; q < 4; q++) {
+            const int kc = q >> 1, rh = q & 1;
+            uint32_t v0 = raw[q] & 0x0F0F0F0Fu, v1 = (raw[q] >> 4) & 0x0F0F0F0Fu;
+            if (SIGNED) {
+                v0 ^= 0x08080808u, v1 ^= 0x08080808u;
+                v0 = (v0 & 0x08080808u) * 0x1Eu + v0, v1 = (v1 & 0x08080808u) * 0x1Eu + v1;
+            }
+            A[kc * 4 + rh] = v0, A[kc * 4 + 2 + rh] = v1;
+        }
+    } else {
+        for (int p = 0; p < 2; p++)
+            for (int c = 0; c < 4; c++) {
+                uint32_t v = (raw[p] >> (2 * c)) & 0x03030303u;
+                if (SIGNED) v ^= 0x02020202u, v = (v & 0x02020202u) * 0x7Eu + v;
+                A[(c >> 1) * 4 + (c & 1) * 2 + p] = v;
+            }
+    }
+}
+
+/* the lane's hi A operands (index kc * 4 + reg) in the scatter tile */
+HD int hi_off(int lane, int kc) { return (lane >> 2) * 320 + kc * 128 + (lane & 3) * 16; }
+
+HD void scatter4(uint8_t *tile, int rowbase, uint32_t vals, uint32_t pos) {
+    for (int i = 0; i < 4; i++) tile[rowbase + ((pos >> (8 * i)) & 255)] = (uint8_t)(vals >> (8 * i));
+}
+
+/* raw per-lane words of one unit, loaded ahead of their use */
+template <int LOBITS, int S2C, bool S16>
+struct Raw {
+    uint32_t lo[LOBITS == 4 ? 4 : 2];
+    uint32_t sl[S2C == 4 ? 2 : 1];
+    uint32_t sc[S16 ? 2 : 4];
+};
+
+struct MmArgs {
+    const uint8_t *w;
+    long n, ntiles, nsub, ngroups, m, k;
+    int unit_bytes, lo_bytes, slot_bytes, s2, tpb;
+    const int8_t *qx;
+    const uint4 *xf; /* prefill: the activations in fragment order */
+    const float *sx;
+    float *y;
+    float *part;     /* decode: stream-k partial sums, [warp][2][NT * 4][32] */
+    int *cnt;        /* decode: per-tile arrival counters, zero between launches */
+    long nw;         /* decode: warps in the grid */
+    long tok0;       /* first token of this launch */
+};
+
+/* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
+template <int LOBITS, int S2C, bool S16>
+struct UG {
+    static constexpr bool fixed = LOBITS == 4 && S2C == 4;
+    static constexpr int lo = 512, sl = 256, ub = 512 + 256 + (S16 ? 64 : 128);
+};
+
+/* the lane's addresses in unit 0 (lo, slots, scales of rows g and g + 8) */
+struct LanePtr {
+    const uint8_t *lo, *sl, *sc0, *sc1;
+};
+
+template <int LOBITS, int S2C, bool S16>
+__device__ __forceinline__ LanePtr lane_ptrs(const MmArgs &a, int lane) {
+    typedef UG<LOBITS, S2C, S16> G;
+    const int lob = G::fixed ? G::lo : a.lo_bytes, slb = G::fixed ? G::sl : a.slot_bytes, g = lane >> 2;
+    LanePtr p;
+    p.lo = a.w + lane * (LOBITS == 4 ? 16 : 8);
+    p.sl = a.w + lob + lane * 8;
+    p.sc0 = a.w + lob + slb + g * (S16 ? 4 : 8);
+    p.sc1 = p.sc0 + 8 * (S16 ? 4 : 8);
+    return p;
+}
+
+/* unit number u's words for this lane */
+template <int LOBITS, int S2C, bool S16>
+__device__ __forceinline__ void load_unit(Raw<LOBITS, S2C, S16> &r, const LanePtr &p, unsigned u, unsigned ub) {
+    const size_t o = (size_t)u * ub;
+    if (LOBITS == 4) {
+        uint4 v = ld_stream4(p.lo + o);
+        r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w;
+    } else {
+        uint2 v = ld_stream2(p.lo + o);
+        r.lo[0] = v.x, r.lo[1] = v.y;
+    }
+    if (S2C == 4) {
+        uint2 v = ld_stream2(p.sl + o);
+        r.sl[0] = v.x, r.sl[1] = v.y;
+    }
+    if (S16) {
+        r.sc[0] = ld_stream1(p.sc0 + o), r.sc[1] = ld_stream1(p.sc1 + o);
+    } else {
+        uint2 v0 = ld_stream2(p.sc0 + o), v1 = ld_stream2(p.sc1 + o);
+        r.sc[0] = v0.x, r.sc[1] = v0.y, r.sc[2] = v1.x, r.sc[3] = v1.y;
+    }
+}
+
+/* the SPG units of scale group `item` (= tile * ngroups + group) */
+template <int LOBITS, int SPG, int S2C, bool S16>
+__device__ __forceinline__ void load_group(Raw<LOBITS, S2C, S16> (&r)[SPG], unsigned item, const MmArgs &a,
+                                           const LanePtr &p) {
+    typedef UG<LOBITS, S2C, S16> G;
+    const unsigned ub = G::fixed ? (unsigned)G::ub : (unsigned)a.unit_bytes;
+#pragma unroll
+    for (int s = 0; s < SPG; s++) load_unit(r[s], p, item * SPG + s, ub);
+}
+
+__device__ __forceinline__ float half_lo(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w & 0xFFFFu))); }
+__device__ __forceinline__ float half_hi(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w >> 16))); }
+
+/* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
+ * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
+ * lane's B fragment of n-tile t, subgroup s is bsrc[t * bst + s * bss]
+ * (16 bytes), zero where bit t of tvalid is clear. */
+template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool OFFS, bool BPRE>
+__device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, S2C, S16> (&cur)[SPG], unsigned item,
+                                         uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
+                                         int bss, uint32_t tvalid, const uint4 *bpre, int lane) {
+    const int rowbase = scatter_rowbase(lane);
+    const uint32_t NEG = LOBITS == 4 ? 0xF8F8F8F8u : 0xFEFEFEFEu; /* -8 / -2 in every byte */
+    uint32_t Alo[SPG][8], Ahi[SPG][8];
+#pragma unroll
+    for (int s = 0; s < SPG; s++) {
+        unpack_lo<LOBITS, !OFFS>(cur[s].lo, Alo[s]);
+        uint8_t *tileb = tiles + s * SQ_TILE; /* (reused by the same lanes only after another __syncwarp) */
+        if (S2C == 4) {
+            scatter4(tileb, rowbase, cur[s].sl[0], cur[s].sl[1]);
+        } else {
+            const uint8_t *sp = a.w + (size_t)(item * SPG + s) * a.unit_bytes + a.lo_bytes + lane * 2 * a.s2;
+            for (int q = 0; q < a.s2; q += 4) scatter4(tileb, rowbase, ld_stream1(sp + q), ld_stream1(sp + a.s2 + q));
+        }
+        __syncwarp();
+        uint4 *h0p = (uint4 *)(tileb + hi_off(lane, 0)), *h1p = (uint4 *)(tileb + hi_off(lane, 1));
+        const uint4 h0 = *h0p, h1 = *h1p, z = make_uint4(0, 0, 0, 0);
+        *h0p = z, *h1p = z; /* own bytes back to zero (next used two subgroups later) */
+        Ahi[s][0] = h0.x, Ahi[s][1] = h0.y, Ahi[s][2] = h0.z, Ahi[s][3] = h0.w;
+        Ahi[s][4] = h1.x, Ahi[s][5] = h1.y, Ahi[s][6] = h1.z, Ahi[s][7] = h1.w;
+    }
+    float sl0, sh0, sl1, sh1;
+    if (S16) {
+        sl0 = half_lo(cur[0].sc[0]), sh0 = half_hi(cur[0].sc[0]);
+        sl1 = half_lo(cur[0].sc[1]), sh1 = half_hi(cur[0].sc[1]);
+    } else {
+        sl0 = __uint_as_float(cur[0].sc[0]), sh0 = __uint_as_float(cur[0].sc[1]);
+        sl1 = __uint_as_float(cur[0].sc[2]), sh1 = __uint_as_float(cur[0].sc[3]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const int mg[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
+        int ilo[4], ihi[4];
+#pragma unroll
+        for (int s = 0; s < SPG; s++) {
+            const uint4 bv = BPRE ? bpre[s]
+                                  : (tvalid >> t) & 1 ? __ldg(bsrc + t * bst + s * bss) : make_uint4(0, 0, 0, 0);
+            if (s == 0) mma_s8c(ilo, Alo[s][0], Alo[s][1], Alo[s][2], Alo[s][3], bv.x, bv.y, mg);
+            else mma_s8(ilo, Alo[s][0], Alo[s][1], Alo[s][2], Alo[s][3], bv.x, bv.y);
+            mma_s8(ilo, Alo[s][4], Alo[s][5], Alo[s][6], Alo[s][7], bv.z, bv.w);
+            if (OFFS) { /* remove the code offset: - 8 (2) x the activation sum */
+                mma_s8(ilo, NEG, NEG, NEG, NEG, bv.x, bv.y);
+                mma_s8(ilo, NEG, NEG, NEG, NEG, bv.z, bv.w);
+            }
+            if (s == 0) mma_s8c(ihi, Ahi[s][0], Ahi[s][1], Ahi[s][2], Ahi[s][3], bv.x, bv.y, mg);
+            else mma_s8(ihi, Ahi[s][0], Ahi[s][1], Ahi[s][2], Ahi[s][3], bv.x, bv.y);
+            mma_s8(ihi, Ahi[s][4], Ahi[s][5], Ahi[s][6], Ahi[s][7], bv.z, bv.w);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float sl = e < 2 ? sl0 : sl1, sh = e < 2 ? sh0 : sh1;
+            acc[t][e] = fmaf(sl, __int_as_float(ilo[e]) - MAGIC_F, acc[t][e]);
+            acc[t][e] = fmaf(sh, __int_as_float(ihi[e]) - MAGIC_F, acc[t][e]);
+        }
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void store_y(const float (&v)[NT][4], const MmArgs &a, long tile, long tok0, int lane) {
+    const int g = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const long row = tile * 16 + g + 8 * (e >> 1), tok = tok0 + t * 8 + 2 * tig + (e & 1);
+            if (row < a.n && tok < a.m) a.y[tok * a.n + row] = v[t][e] * __ldg(a.sx + tok);
+        }
+}
+
+/* stream-k bookkeeping: warp w owns items [w U / W, (w+1) U / W) */
+__device__ __forceinline__ long sk_owner(long x, long W, long U) { return ((x + 1) * W - 1) / U; }
+__device__ __forceinline__ long sk_slot(long w, long tile, long W, long U, long ng) {
+    return 2 * w + ((w * U / W) / ng == tile ? 0 : 1);
+}
+
+/* A warp finished its part [ts, te) of `tile`: a whole tile is stored; a
+ * part goes to the warp's partial slot, and the last of the tile's
+ * contributors to arrive adds all parts in warp order (deterministic) and
+ * stores the tile. */
+template <int NT>
+__device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, long tile, long ts, long te, long w,
+                                         int lane) {
+    const long ng = a.ngroups, U = a.ntiles * ng, W = a.nw;
+    if (ts == tile * ng && te == (tile + 1) * ng) {
+        store_y(acc, a, tile, a.tok0, lane);
+        return;
+    }
+    float *p = a.part + (size_t)sk_slot(w, tile, W, U, ng) * (NT * 128);
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) __stcg(p + (t * 4 + e) * 32 + lane, acc[t][e]);
+    __threadfence();
+    __syncwarp();
+    const long wf = sk_owner(tile * ng, W, U), wl = sk_owner((tile + 1) * ng - 1, W, U);
+    int last = 0;
+    if (lane == 0) last = atomicAdd(a.cnt + tile, 1) == (int)(wl - wf);
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (long q = wf; q <= wl; q++) { /* own part included, read back: the same order whoever is last */
+        const float *o = a.part + (size_t)sk_slot(q, tile, W, U, ng) * (NT * 128);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[t][e] += __ldcg(o + (t * 4 + e) * 32 + lane);
+    }
+    if (lane == 0) a.cnt[tile] = 0; /* ready for the next launch */
+    store_y(acc, a, tile, a.tok0, lane);
+}
+
+__device__ __forceinline__ void zero_tiles(uint8_t *wsm, int ntiles, int lane) { /* tiles start zero, padding too */
+    for (int i = lane; i < ntiles * SQ_TILE / 16; i += 32) ((uint4 *)wsm)[i] = make_uint4(0, 0, 0, 0);
+    __syncwarp();
+}
+
+/* decode: stream-k over (tile, group) items, 4 warps a block, weight units
+ * loaded D groups ahead (D + 1 register sets, the loop unrolled by D + 1) */
+template <int NT, int LOBITS, int SPG, int S2C, bool S16>
+__global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
+    constexpr unsigned D = NT <= 2 && SPG == 1 ? 2 : 1; /* units in flight ahead (registers allowing) */
+    constexpr int NTL = (D + 1) * SPG;                   /* scatter tiles: one set per unrolled step */
+    __shared__ __align__(16) uint8_t sm[4 * NTL * SQ_TILE];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint8_t *wsm = sm + warp * NTL * SQ_TILE;
+    zero_tiles(wsm, NTL, lane);
+    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
+    if (w >= W) return;
+    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
+    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
+    if (i0 >= i1) return;
+    /* the lane's activation row (token tok0 + g of n-tile 0), columns 16 tig.. */
+    const int g = lane >> 2, tig = lane & 3;
+    uint32_t tvalid = 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
+    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    const long xst = a.k / 2; /* 8 tokens, in 16-byte units */
+    const LanePtr lp = lane_ptrs<LOBITS, S2C, S16>(a, lane);
+    constexpr bool OFFS = NT <= 2;          /* offset codes + 2 more mma beat sign extension */
+    constexpr bool BPRE = NT == 1;          /* activations loaded with the weights, ahead */
+    Raw<LOBITS, S2C, S16> c0[SPG], c1[SPG], c2[SPG];
+    uint4 b0[SPG], b1[SPG], b2[SPG];
+    const bool xv = tvalid & 1;
+#define SQ_LOADB(B, grp_)                                                                              \
+    if (BPRE)                                                                                          \
+        _Pragma("unroll") for (int s_ = 0; s_ < SPG; s_++) B[s_] = xv ? __ldg(xrow + ((grp_) * SPG + s_) * 4) \
+                                                                      : make_uint4(0, 0, 0, 0);
+    unsigned lgrp = i0 % ng; /* group of the next item to load */
+    load_group<LOBITS, SPG, S2C, S16>(c0, i0, a, lp);
+    SQ_LOADB(b0, lgrp)
+    if (++lgrp == ng) lgrp = 0;
+    if (D == 2 && i0 + 1 < i1) {
+        load_group<LOBITS, SPG, S2C, S16>(c1, i0 + 1, a, lp);
+        SQ_LOADB(b1, lgrp)
+    }
+    if (D == 2 && ++lgrp == ng) lgrp = 0;
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
+#define SQ_STEP(C, L, BC, BL, TL)                                                                              \
+    {                                                                                                      \
+        if (it + D < i1) {                                                                                 \
+            load_group<LOBITS, SPG, S2C, S16>(L, it + D, a, lp);                                         \
+            SQ_LOADB(BL, lgrp)                                                                             \
+        }                                                                                                  \
+        if (++lgrp == ng) lgrp = 0;                                                                        \
+        do_group<NT, LOBITS, SPG, S2C, S16, OFFS, BPRE>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a,             \
+                                                        xrow + grp * (SPG * 4), xst, 4,                    \
+                                                        tvalid, BC, lane);                                 \
+        it++;                                                                                              \
+        if (++grp == ng || it == i1) {                                                                     \
+            sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                   \
+            _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
+            tile++, grp = 0, ts = it;                                                                      \
+        }                                                                                                  \
+        if (it == i1) break;                                                                               \
+    }
+    if constexpr (D == 2) {
+        for (;;) {
+            SQ_STEP(c0, c2, b0, b2, 0)
+            SQ_STEP(c1, c0, b1, b0, 1)
+            SQ_STEP(c2, c1, b2, b1, 2)
+        }
+    } else {
+        for (;;) {
+            SQ_STEP(c0, c1, b0, b1, 0)
+            SQ_STEP(c1, c0, b1, b0, 1)
+        }
+    }
+#undef SQ_STEP
+#undef SQ_LOADB
+}
+
+/* prefill (fast layout): one warp per 16-row tile x 128 tokens, tpb warps a
+ * block sharing the token chunk's fragment-order activations through L1 */
+template <bool S16>
+__global__ void __launch_bounds__(256, 1) k_sq_pre(MmArgs a) {
+    __shared__ __align__(16) uint8_t sm[8 * 2 * SQ_TILE];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint8_t *wsm = sm + warp * 2 * SQ_TILE;
+    zero_tiles(wsm, 2, lane);
+    const long tile = (long)blockIdx.y * a.tpb + warp, tok0 = (long)blockIdx.x * 128;
+    const unsigned ng = (unsigned)a.ngroups;
+    if (tile >= a.ntiles) return;
+    /* the lane's B fragments, n-tile t, subgroup s: xb[t * xst + s * 32] */
+    const uint4 *xb = a.xf + (tok0 >> 3) * a.nsub * 32 + lane;
+    const long xst = a.nsub * 32;
+    Raw<4, 4, S16> c0[1], c1[1];
+    const LanePtr lp = lane_ptrs<4, 4, S16>(a, lane);
+    const unsigned i0 = (unsigned)(tile * ng);
+    load_group<4, 1, 4, S16>(c0, i0, a, lp);
+    float acc[16][4];
+#pragma unroll
+    for (int t = 0; t < 16; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (unsigned grp = 0; grp < ng; grp++) {
+        if (grp + 1 < ng) load_group<4, 1, 4, S16>(c1, i0 + grp + 1, a, lp);
+        do_group<16, 4, 1, 4, S16, false, false>(acc, c0, i0 + grp, wsm + (grp & 1) * SQ_TILE, a, xb + grp * 32, xst, 32, 0xFFFFu,
+                                                 nullptr, lane);
+        c0[0] = c1[0];
+    }
+    store_y(acc, a, tile, tok0, lane);
+}
+
+/* activations [m][k] -> [token tile of 8][subgroup][lane] x 16 B, zero past m:
+ * lane (g, t) gets token 8 tt + g, columns 16 t .. 16 t + 15 of the subgroup,
+ * so a warp's B fragments for one n-tile and subgroup are 512 contiguous bytes */
+__global__ void k_frag_x(const int8_t *qx, long m, long k, long ntt, uint4 *xf) {
+    long t = (long)blockIdx.x * blockDim.x + threadIdx.x, nsub = k / 64;
+    if (t >= ntt * nsub * 32) return;
+    int lane = (int)(t & 31);
+    long sub = (t >> 5) % nsub, tt = (t >> 5) / nsub, tok = tt * 8 + (lane >> 2);
+    xf[t] = tok < m ? __ldg((const uint4 *)(qx + tok * k + sub * 64 + 16 * (lane & 3))) : make_uint4(0, 0, 0, 0);
+}
+
+/* ---- per-token INT8 quantization (bit-identical to k_quant_row_i8) ----------------- */
+
+__global__ void k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
+    const float *xr = x + (size_t)blockIdx.x * k;
+    int8_t *qr = q + (size_t)blockIdx.x * k;
+    const bool vec = (k & 3) == 0;
+    float mx = 0.0f;
+    if (vec)
+        for (long j = threadIdx.x; j < k / 4; j += blockDim.x) {
+            float4 v = __ldg((const float4 *)xr + j);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+        }
+    else
+        for (long j = threadIdx.x; j < k; j += blockDim.x) mx = fmaxf(mx, fabsf(xr[j]));
+    __shared__ float red[32];
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
+    const float s = __fdiv_rn(mx, 127.0f);
+    if (threadIdx.x == 0) sx[blockIdx.x] = s;
+#define QV(xv) ((int8_t)(s > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn((xv), s)), -127.0f), 127.0f) : 0.0f))
+    if (vec)
+        for (long j = threadIdx.x; j < k / 4; j += blockDim.x) {
+            float4 v = __ldg((const float4 *)xr + j);
+            char4 o;
+            o.x = QV(v.x), o.y = QV(v.y), o.z = QV(v.z), o.w = QV(v.w);
+            ((char4 *)qr)[j] = o;
+        }
+    else
+        for (long j = threadIdx.x; j < k; j += blockDim.x) qr[j] = QV(xr[j]);
+#undef QV
+}
+
+extern "C" int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float *d_sx) {
+    if (m <= 0 || k <= 0) return 0;
+    if (m > 0x7fffffffL) {
+        kc_set_error("kc_quant_i8: too many rows (%ld)", m);
+        return -1;
+    }
+    k_quant_i8<<<(unsigned)m, 256, 0, KC_STREAM>>>(d_x, k, d_qx, d_sx);
+    return kc_check_launch("k_quant_i8");
+}
+
+/* ---- host side ------------------------------------------------------------------------- */
+
+static int g_nsm;
+
+static int n_sm(void) {
+    if (!g_nsm) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            g_nsm = 132;
+    }
+    return g_nsm;
+}
+
+/* stream-k scratch (decode): partial sums and per-tile counters. Grown on
+ * demand and never freed while the process runs: CUDA graphs captured
+ * earlier keep pointing at the old buffers, which therefore stay valid
+ * (the counters reset themselves at the end of every launch). */
+static float *g_part;
+static size_t g_part_bytes;
+static int *g_cnt;
+static long g_cnt_n;
+
+static int scratch(size_t part_bytes, long ntiles) {
+    if (part_bytes > g_part_bytes) {
+        size_t want = part_bytes < (4u << 20) ? (4u << 20) : part_bytes;
+        float *p = (float *)kc_malloc(want);
+        if (!p) return -1;
+        g_part = p, g_part_bytes = want; /* the old one stays allocated (see above) */
+    }
+    if (ntiles > g_cnt_n) {
+        long want = ntiles < 65536 ? 65536 : ntiles;
+        int *c = (int *)kc_malloc((size_t)want * sizeof(int));
+        if (!c || kc_memset(c, 0, (size_t)want * sizeof(int))) return -1;
+        g_cnt = c, g_cnt_n = want;
+    }
+    return 0;
+}
+
+template <int NT, int LOBITS, int SPG, int S2C, bool S16>
+static int launch_decode(const kc_sq *w, MmArgs a) {
+    static int occ; /* resident blocks per SM for this instance */
+    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sq_dec<NT, LOBITS, SPG, S2C, S16>, 128, 0),
+                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
+        return -1;
+    /* one full wave of warps, each at least 4 groups long */
+    const long U = w->ntiles * w->ngroups;
+    long W = (long)n_sm() * occ * 4;
+    if (W > (U + 3) / 4) W = (U + 3) / 4;
+    if (W < 1) W = 1;
+    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
+    a.part = g_part, a.cnt = g_cnt, a.nw = W;
+    for (long t0 = 0; t0 < a.m; t0 += NT * 8) { /* beyond 64 tokens (generic shapes): chunks */
+        a.tok0 = t0;
+        k_sq_dec<NT, LOBITS, SPG, S2C, S16><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        if (kc_check_launch("k_sq_dec")) return -1;
+    }
+    return 0;
+}
+
+template <int LOBITS, int SPG, int S2C, bool S16>
+static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
+    if (a.m <= 8) return launch_decode<1, LOBITS, SPG, S2C, S16>(w, a);
+    if (S2C == 4 && a.m <= 16) return launch_decode<2, LOBITS, SPG, S2C, S16>(w, a);
+    if (S2C == 4 && a.m <= 32) return launch_decode<4, LOBITS, SPG, S2C, S16>(w, a);
+    return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a);
+}
+
+/* prefill scratch: the fragment-order activations (same growth policy) */
+static uint4 *g_xf;
+static size_t g_xf_bytes;
+
+template <bool S16>
+static int launch_prefill(const kc_sq *w, MmArgs a) {
+    const long chunks = (a.m + 127) / 128, ntt = chunks * 16; /* token tiles of 8, whole chunks of 128 */
+    const size_t need = (size_t)ntt * w->nsub * 32 * sizeof(uint4);
+    if (need > g_xf_bytes) {
+        uint4 *p = (uint4 *)kc_malloc(need);
+        if (!p) return -1;
+        g_xf = p, g_xf_bytes = need; /* the old one stays allocated (graphs may hold it) */
+    }
+    const long th = ntt * w->nsub * 32;
+    k_frag_x<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, ntt, g_xf);
+    if (kc_check_launch("k_frag_x")) return -1;
+    /* 8 tiles a block, or 4 when that leaves the GPU short of blocks */
+    a.xf = g_xf, a.tok0 = 0, a.tpb = (w->ntiles + 7) / 8 * chunks >= 2L * n_sm() ? 8 : 4;
+    dim3 grid((unsigned)chunks, (unsigned)((w->ntiles + a.tpb - 1) / a.tpb));
+    k_sq_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
+    return kc_check_launch("k_sq_pre");
+}
+
+extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
+    if (!w || !d_qx || !d_sx || !d_y || m < 0) {
+        kc_set_error("kc_sq_matmul: bad arguments");
+        return -1;
+    }
+    if (m == 0) return 0;
+    if ((m + 127) / 128 > 0x7fffffffL) {
+        kc_set_error("kc_sq_matmul: too many tokens (%ld)", m);
+        return -1;
+    }
+    MmArgs a;
+    memset(&a, 0, sizeof a);
+    a.w = w->d, a.n = w->n, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
+    a.m = m, a.k = w->k, a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes;
+    a.slot_bytes = w->slot_bytes, a.s2 = w->s2, a.qx = d_qx, a.sx = d_sx, a.y = d_y;
+    if (is_fast(w)) {
+        if (m > 64) return w->s16 ? launch_prefill<true>(w, a) : launch_prefill<false>(w, a);
+        return w->s16 ? dispatch_nt<4, 1, 4, true>(w, a) : dispatch_nt<4, 1, 4, false>(w, a);
+    }
+    if (w->lobits == 4)
+        return w->spg == 1 ? dispatch_nt<4, 1, 0, false>(w, a) : dispatch_nt<4, 2, 0, false>(w, a);
+    return w->spg == 1 ? dispatch_nt<2, 1, 0, false>(w, a) : dispatch_nt<2, 2, 0, false>(w, a);
+}
