@@ -105,10 +105,10 @@ int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, i
                  const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
                  int n_head, int n_head_kv, int head_dim, int max_pos);
 
-/* ---- SQ-format weights (kc_sq.cu) ----------------------------------------- */
+/* ---- SQ-format weights (kc_sq.cu, kc_sq_mm.cu) ----------------------------------------- */
 
 /* An SQ matrix in device memory, repacked from the host layout (k_sq.h)
- * into the layout the GPU kernels read (kc_sq.cu documents it). */
+ * into the layout the GPU kernels read (kc_sq.cuh documents it). */
 typedef struct kc_sq kc_sq_t;
 kc_sq_t *kc_sq_upload(const k_sq_t *w);
 /* A valid random SQ matrix generated on the device (synthetic benchmarks). */
@@ -121,7 +121,7 @@ int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float *d_sx);
 /* d_y[i][r] = sx[i] * sum_g (s_lo[r][g] * lo_g + s_hi[r][g] * hi_g), the
  * k_sq.h contract, with exact integer group sums. */
 int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
-/* Added with kc_sq.cu: */
+/* Added with the SQ kernels: */
 /* kc_sq_random with flags; KC_SQ_F16_SCALES draws scales that are exact
  * halves, so the 16-bit-scale layout applies (6.5 instead of 7 bits per
  * weight at 8/4 b64 s0.875). kc_sq_random is flags 0 (float scales, like

@@ -1,4 +1,4 @@
-/* test_kc_sq.c - the SQ-format GPU kernels (kernels/cuda/kc_sq.cu) against
+/* test_kc_sq.c - the SQ-format GPU kernels (kernels/cuda/kc_sq.cu, kc_sq_mm.cu) against
  * the CPU reference (kernels/k_sq.h) on fresh random inputs.
  *
  * - kc_quant_i8 against k_quant_row_i8: codes and scales bit-exact (odd
