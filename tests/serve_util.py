@@ -15,6 +15,7 @@ Binary: $SQSERVE_BIN (default build/sqserve); model: $SQSERVE_TEST_MODEL
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -395,6 +396,42 @@ def wait_until(pred, timeout: float = 10, interval: float = 0.1):
         time.sleep(interval)
         v = pred()
     return v
+
+
+@contextlib.contextmanager
+def running_prometheus(binary: str, config: Path, workdir: Path, timeout: float):
+    """A Prometheus server on a free port reading `config` (TSDB and log in
+    workdir), ready to answer. Yields (API URL, a function giving the tail of
+    its log); stopped (TERM, then KILL) on exit."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    log = open(workdir / "prometheus.log", "w")
+    prom = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def prom_log() -> str:
+        log.flush()
+        return (workdir / "prometheus.log").read_text()[-3000:]
+
+    try:
+        def ready():
+            if prom.poll() is not None:
+                pytest.fail(f"prometheus exited {prom.returncode}\n{prom_log()}")
+            try:
+                return httpx.get(api + "/-/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        assert wait_until(ready, timeout, 0.2), f"prometheus not ready in {timeout} s\n{prom_log()}"
+        yield api, prom_log
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(15)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait(5)
+        log.close()
 
 
 def check_error_shape(r, status: int, param: object = ...) -> dict:

@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from promql import Exported, PromQLError, parse, problems
-from serve_util import (MODEL_ID, REPO_ROOT, Server, binary_path, free_port, httpx,
+from serve_util import (MODEL_ID, REPO_ROOT, Server, binary_path, httpx, running_prometheus,
                         model_path, require_serve, wait_until)
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -377,30 +377,10 @@ def test_real_prometheus_runs_dashboard_and_rules(recipe_server, tmp_path: Path)
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     for f in cfg.get("rule_files", []):
         shutil.copy(PROM_DIR / f, tmp_path / f)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "prometheus.log", "w")
-    prom = subprocess.Popen([prom_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    with running_prometheus(prom_bin, tmp_path / "prometheus.yml", tmp_path, WAIT) as (api, prom_log):
+        def query(q: str) -> dict:
+            return httpx.get(api + "/api/v1/query", params={"query": q}, timeout=5).json()
 
-    def prom_log() -> str:
-        log.flush()
-        return (tmp_path / "prometheus.log").read_text()[-3000:]
-
-    def query(q: str) -> dict:
-        return httpx.get(api + "/api/v1/query", params={"query": q}, timeout=5).json()
-
-    try:
-        def ready():
-            assert prom.poll() is None, f"prometheus exited {prom.returncode}\n{prom_log()}"
-            try:
-                return httpx.get(api + "/-/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        assert wait_until(ready, WAIT, 0.2), f"prometheus not ready in {WAIT} s\n{prom_log()}"
         _traffic(recipe_server)  # counters move while Prometheus watches
 
         def scraped():
@@ -431,14 +411,6 @@ def test_real_prometheus_runs_dashboard_and_rules(recipe_server, tmp_path: Path)
         assert rules and len(rules) == len(_rule_exprs()), f"rules not evaluated: {rules}"
         bad = [(r["name"], r.get("lastError")) for r in rules if r.get("health") != "ok"]
         assert not bad, f"rules failing in Prometheus: {bad}"
-    finally:
-        prom.terminate()
-        try:
-            prom.wait(15)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait(5)
-        log.close()
 
 
 # ---- compose ---------------------------------------------------------------------------

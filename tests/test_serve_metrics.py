@@ -13,12 +13,11 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from serve_util import (MODEL_ID, REPO_ROOT, Metrics, free_port, httpx, start_server,
+from serve_util import (MODEL_ID, REPO_ROOT, Metrics, httpx, running_prometheus, start_server,
                         wait_until)
 
 WAIT = 30  # every wait on Prometheus is bounded by this many seconds
@@ -184,7 +183,6 @@ def test_counters_add_up(server):
 
 def test_prometheus_scrapes(server, tmp_path: Path):
     _ensure_prometheus()
-    port = free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(f"""global:
   scrape_interval: 1s
@@ -195,26 +193,7 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{server.port}"]
 """)
-    log = open(tmp_path / "prometheus.log", "w")
-    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{port}"
-
-    def prom_log():
-        log.flush()
-        return (tmp_path / "prometheus.log").read_text()[-3000:]
-    try:
-        def ready():
-            if prom.poll() is not None:
-                pytest.fail(f"prometheus exited {prom.returncode}\n{prom_log()}")
-            try:
-                return httpx.get(api + "/-/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        assert wait_until(ready, WAIT, 0.2), f"prometheus not ready in {WAIT} s\n{prom_log()}"
+    with running_prometheus("prometheus", cfg, tmp_path, WAIT) as (api, prom_log):
         _traffic(server, 3)
 
         def target_up():
@@ -239,11 +218,3 @@ scrape_configs:
         q = httpx.get(api + "/api/v1/query", timeout=5, params={
             "query": "sqserve_e2e_latency_seconds_count"}).json()
         assert q["status"] == "success" and float(q["data"]["result"][0]["value"][1]) > 0, q
-    finally:
-        prom.terminate()
-        try:
-            prom.wait(15)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait(5)
-        log.close()
