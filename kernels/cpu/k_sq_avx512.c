@@ -163,6 +163,36 @@ typedef void (*pass_fn)(const uint8_t *, long, long, int, size_t, const int8_t *
 #define SQ_PASS split1_8
 #include "k_sq_split.inc"
 
+/* Walks panels [p0, p1) over the m activation rows, largest pass first:
+ * passes[v] takes 2^(n_pass-1-v) tokens at a time. Each token has xs_per
+ * sums per 64-block (2 with static SQ activations: high, low) and sx_per
+ * scales; iarg is the pass's per-panel count (pack_hq, or the split). */
+TGT static void drive_panels(const k_sq_t *w, long p0, long p1, const pass_fn *passes, int n_pass, int iarg,
+                             const int8_t *qx, const int32_t *xsum, int xs_per, const float *sx, int sx_per,
+                             long m, float *y) {
+    long ng = w->k / w->G, nsub = w->G / 64;
+    for (long p = p0; p < p1; p++) {
+        const uint8_t *P = w->pack + (size_t)(p * ng) * w->pack_gbytes;
+        long rows = w->n - p * PR < PR ? w->n - p * PR : PR;
+        __mmask16 rm = (__mmask16)((1u << rows) - 1);
+        for (long t0 = 0; t0 < m;) {
+            int v = 0;
+            while ((1L << (n_pass - 1 - v)) > m - t0) v++;
+            long nt = 1L << (n_pass - 1 - v);
+            const int8_t *xq[8];
+            const int32_t *xs[8];
+            float *yo[8];
+            for (long t = 0; t < nt; t++) {
+                xq[t] = qx + (t0 + t) * w->k;
+                xs[t] = xsum + (t0 + t) * xs_per * (w->k / 64);
+                yo[t] = y + (t0 + t) * w->n + p * PR;
+            }
+            passes[v](P, ng, nsub, iarg, w->pack_gbytes, xq, xs, sx + sx_per * t0, yo, rm);
+            t0 += nt;
+        }
+    }
+}
+
 /* Static SQ activations on permuted panels (w->split highs first in
  * every 64-block): qx rows hold each token's permuted codes, xsum pairs
  * (high, low) per 64-block, sx pairs (sx_hi, sx_lo). Tokens 4, 2, 1 at a
@@ -170,27 +200,7 @@ typedef void (*pass_fn)(const uint8_t *, long, long, int, size_t, const int8_t *
 TGT void k_sq_panels_split_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
                                   const float *sx, long m, float *y) {
     static const pass_fn passes[2][3] = {{split4, split2, split1}, {split4_8, split2_8, split1_8}};
-    const pass_fn *pf = passes[w->h_low == 8];
-    long ng = w->k / w->G, nsub = w->G / 64;
-    for (long p = p0; p < p1; p++) {
-        const uint8_t *P = w->pack + (size_t)(p * ng) * w->pack_gbytes;
-        long rows = w->n - p * PR < PR ? w->n - p * PR : PR;
-        __mmask16 rm = (__mmask16)((1u << rows) - 1);
-        for (long t0 = 0; t0 < m;) {
-            int v = m - t0 >= 4 ? 0 : m - t0 >= 2 ? 1 : 2;
-            long nt = 4 >> v;
-            const int8_t *xq[4];
-            const int32_t *xs[4];
-            float *yo[4];
-            for (long t = 0; t < nt; t++) {
-                xq[t] = qx + (t0 + t) * w->k;
-                xs[t] = xsum + (t0 + t) * 2 * (w->k / 64);
-                yo[t] = y + (t0 + t) * w->n + p * PR;
-            }
-            pf[v](P, ng, nsub, w->split, w->pack_gbytes, xq, xs, sx + 2 * t0, yo, rm);
-            t0 += nt;
-        }
-    }
+    drive_panels(w, p0, p1, passes[w->h_low == 8], 3, w->split, qx, xsum, 2, sx, 2, m, y);
 }
 
 /* Permutes the low codes of every panel row in place: new position q of
@@ -227,27 +237,7 @@ void k_sq_permute_avx512(const k_sq_t *w, const uint16_t *perm) {
 TGT void k_sq_panels_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
                             const float *sx, long m, float *y) {
     static const pass_fn passes[2][4] = {{pass8, pass4, pass2, pass1}, {pass8_8, pass4_8, pass2_8, pass1_8}};
-    const pass_fn *pf = passes[w->h_low == 8];
-    long ng = w->k / w->G, nsub = w->G / 64;
-    for (long p = p0; p < p1; p++) {
-        const uint8_t *P = w->pack + (size_t)(p * ng) * w->pack_gbytes;
-        long rows = w->n - p * PR < PR ? w->n - p * PR : PR;
-        __mmask16 rm = (__mmask16)((1u << rows) - 1);
-        for (long t0 = 0; t0 < m;) {
-            int v = m - t0 >= 8 ? 0 : m - t0 >= 4 ? 1 : m - t0 >= 2 ? 2 : 3;
-            long nt = 8 >> v;
-            const int8_t *xq[8];
-            const int32_t *xs[8];
-            float *yo[8];
-            for (long t = 0; t < nt; t++) {
-                xq[t] = qx + (t0 + t) * w->k;
-                xs[t] = xsum + (t0 + t) * (w->k / 64);
-                yo[t] = y + (t0 + t) * w->n + p * PR;
-            }
-            pf[v](P, ng, nsub, w->pack_hq, w->pack_gbytes, xq, xs, sx + t0, yo, rm);
-            t0 += nt;
-        }
-    }
+    drive_panels(w, p0, p1, passes[w->h_low == 8], 4, w->pack_hq, qx, xsum, 1, sx, 1, m, y);
 }
 
 /* k_quant_row_i8 for k % 16 == 0: the same IEEE division and

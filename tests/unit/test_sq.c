@@ -265,6 +265,14 @@ static void test_gptq_beats_rtn(void **state) {
     free(X); free(H); free(diag); free(U); free(W); free(Wr); free(Wg);
 }
 
+/* Which kernel paths (avx512, avx2, portable) a test reached on this CPU;
+ * the portable one always runs. */
+static void report_paths(const char *what, const int seen[3]) {
+    printf("%s, paths exercised on this CPU: avx512 %s, avx2 %s, portable %s\n", what, seen[0] ? "yes" : "no",
+           seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
+    assert_true(seen[2]);
+}
+
 static k_sq_t view(const sq_tensor_t *t) {
     return (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi,
                     NULL, 0, 0, NULL, 0, 0, NULL, 0};
@@ -381,9 +389,7 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
     }
     k_sq_force_isa(NULL);
     k_pool_free(pool);
-    printf("SQ x INT8 kernel, paths exercised on this CPU: avx512 %s, avx2 %s, portable %s\n",
-           seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
-    assert_true(seen[2]);
+    report_paths("SQ x INT8 kernel", seen);
 }
 
 /* Uniform integer weights (W8A8, W4A8 baselines) through the same
@@ -453,8 +459,7 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
         }
     k_sq_force_isa(NULL);
     k_pool_free(pool);
-    printf("int weights x INT8 kernel, paths exercised: avx512 %s, avx2 %s, portable %s\n",
-           seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
+    report_paths("int weights x INT8 kernel", seen);
 }
 
 /* Static SQ activations (high channels 8-bit, low 4-bit, one scale each)
@@ -552,8 +557,7 @@ static void test_static_sq_acts_bit_exact(void **state) {
         }
     k_sq_force_isa(NULL);
     k_pool_free(pool);
-    printf("static SQ activations, paths exercised: avx512 %s, avx2 %s, portable %s\n",
-           seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
+    report_paths("static SQ activations", seen);
 }
 
 /* The AVX-512 quantizer gives the portable one's codes, scale and group
