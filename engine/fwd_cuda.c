@@ -68,7 +68,6 @@ void fwd_cuda_free(fwd_t *f) { (void)f; }
 
 #else
 
-#include <math.h>
 
 #include "../kernels/cuda/kc.h"
 #include "../kernels/k_quant.h"
@@ -183,23 +182,43 @@ static int gpu_fail(gpu_model_t *g, char *err, size_t errlen, const char *what) 
     return -1;
 }
 
-int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
-    const hparams_t *hp = &m->hp;
+/* The device and an empty model of hp's shape, or NULL with err set. */
+static gpu_model_t *gpu_model_new(const hparams_t *hp, int ordinal, char *err, size_t errlen) {
     kc_clear_error();
     if (kc_init(ordinal) != 0) {
         snprintf(err, errlen, "--device cuda: %s", kc_error());
-        return -1;
+        return NULL;
     }
     gpu_model_t *g = calloc(1, sizeof *g);
+    if (!g || !(g->layers = calloc((size_t)hp->n_layer, sizeof *g->layers))) {
+        free(g);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    g->n_layer = hp->n_layer;
+    return g;
+}
+
+/* Weight bytes a decode step reads: the layer matrices and the lm head
+ * (the embedding table when tied). */
+static size_t gpu_weight_bytes(const gpu_model_t *g, const hparams_t *hp) {
+    size_t b = g->tied ? (size_t)hp->n_vocab * hp->dim * sizeof(float) : gmat_bytes(&g->out);
+    for (int l = 0; l < g->n_layer; l++)
+        for (int i = 0; i < 7; i++) b += gmat_bytes(&g->layers[l].w[i]);
+    return b;
+}
+
+int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
+    const hparams_t *hp = &m->hp;
+    gpu_model_t *g = gpu_model_new(hp, ordinal, err, errlen);
+    if (!g) return -1;
     long widest = hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim, stage_rows = 1024;
     float *stage = malloc((size_t)(stage_rows * widest) * sizeof(float));
-    if (!g || !stage || !(g->layers = calloc((size_t)hp->n_layer, sizeof *g->layers))) {
-        free(stage);
-        free(g);
+    if (!stage) {
+        gpu_model_free(g);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    g->n_layer = hp->n_layer;
     int ok = (g->embd = kc_malloc((size_t)hp->n_vocab * (size_t)hp->dim * sizeof(float))) &&
              upload_rows_f32(g->embd, &m->tok_embd, k_mat_row, stage, stage_rows) == 0;
     g->tied = m->output.data == m->tok_embd.data && m->output.type == m->tok_embd.type;
@@ -217,9 +236,7 @@ int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
     }
     free(stage);
     if (!ok || kc_sync() != 0) return gpu_fail(g, err, errlen, "copying the weights");
-    g->bytes = g->tied ? (size_t)hp->n_vocab * hp->dim * sizeof(float) : gmat_bytes(&g->out);
-    for (int l = 0; l < hp->n_layer; l++)
-        for (int i = 0; i < 7; i++) g->bytes += gmat_bytes(&g->layers[l].w[i]);
+    g->bytes = gpu_weight_bytes(g, hp);
     m->gpu = g;
     return 0;
 }
@@ -257,23 +274,16 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
     memset(m, 0, sizeof *m);
     m->hp = s->hp;
     snprintf(m->name, sizeof m->name, "synthetic-%s-sq8/4-b64-s0.875", name);
-    kc_clear_error();
-    if (kc_init(ordinal) != 0) {
-        snprintf(err, errlen, "--device cuda: %s", kc_error());
-        return -1;
-    }
     const hparams_t *hp = &m->hp;
-    gpu_model_t *g = calloc(1, sizeof *g);
+    gpu_model_t *g = gpu_model_new(hp, ordinal, err, errlen);
+    if (!g) return -1;
     float *inv = malloc((size_t)(hp->rope_dim / 2) * sizeof(float));
-    if (!g || !inv || !(g->layers = calloc((size_t)hp->n_layer, sizeof *g->layers))) {
-        free(inv);
-        free(g);
+    if (!inv) {
+        gpu_model_free(g);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    g->n_layer = hp->n_layer;
-    for (int i = 0; i < hp->rope_dim / 2; i++)
-        inv[i] = (float)pow((double)hp->rope_base, -2.0 * i / hp->rope_dim);
+    model_rope_inv_freq(hp, NULL, inv);
     size_t ne = (size_t)hp->n_vocab * hp->dim;
     int ok = (g->embd = kc_malloc(ne * sizeof(float))) && kc_fill(g->embd, ne, 0, 0.05f, 1) == 0 &&
              (g->out_norm = kc_malloc((size_t)hp->dim * sizeof(float))) &&
@@ -301,9 +311,7 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
         }
     }
     if (!ok || kc_sync() != 0) return gpu_fail(g, err, errlen, "building the synthetic model");
-    g->bytes = gmat_bytes(&g->out);
-    for (int l = 0; l < hp->n_layer; l++)
-        for (int i = 0; i < 7; i++) g->bytes += gmat_bytes(&g->layers[l].w[i]);
+    g->bytes = gpu_weight_bytes(g, hp);
     m->gpu = g;
     return 0;
 }

@@ -197,8 +197,13 @@ static int load_weights(model_t *m, char *err, size_t errlen) {
     return 0;
 }
 
-/* inv_freq[i] = base^(-2i/rope_dim) / scale, divided by the optional
- * per-dimension factors of rope_freqs.weight (Llama 3.1 style). */
+void model_rope_inv_freq(const hparams_t *hp, const float *factors, float *out) {
+    for (int i = 0; i < hp->rope_dim / 2; i++) {
+        double f = pow((double)hp->rope_base, -2.0 * i / hp->rope_dim) / hp->rope_scale;
+        out[i] = (float)(factors ? f / factors[i] : f);
+    }
+}
+
 static int load_rope(model_t *m, char *err, size_t errlen) {
     hparams_t *hp = &m->hp;
     int half = hp->rope_dim / 2;
@@ -208,11 +213,7 @@ static int load_rope(model_t *m, char *err, size_t errlen) {
         return -1;
     m->rope_inv_freq = malloc((size_t)half * sizeof(float));
     if (!m->rope_inv_freq) return errf(err, errlen, "out of memory");
-    for (int i = 0; i < half; i++) {
-        double f = pow((double)hp->rope_base, -2.0 * i / hp->rope_dim) / hp->rope_scale;
-        if (factors) f /= factors[i];
-        m->rope_inv_freq[i] = (float)f;
-    }
+    model_rope_inv_freq(hp, factors, m->rope_inv_freq);
     return 0;
 }
 

@@ -54,6 +54,10 @@ int model_load(model_t *m, const char *path, char *err, size_t errlen);
  * the caller); on failure frees m and returns -1 with what in the message. */
 int model_init(model_t *m, const char *what, char *err, size_t errlen);
 void model_free(model_t *m);
+/* RoPE frequencies, rope_dim / 2 of them: base^(-2i/rope_dim) / scale,
+ * divided by the optional per-dimension factors of rope_freqs.weight
+ * (Llama 3.1 style; NULL for none). */
+void model_rope_inv_freq(const hparams_t *hp, const float *factors, float *out);
 
 /* Bytes and element count of the matmul weights (lm head included). */
 size_t model_weight_bytes(const model_t *m);
