@@ -325,7 +325,7 @@ typedef struct {
     int8_t *qx;
     float *sx;
     int32_t *d_ints, *h_ints; /* tok, pos, blk_off, sel, then block ids */
-    long n_ints;
+    long n_ints, n_used;       /* capacity; ints the current batch fills (uploaded) */
     int *slot_seen;           /* per kv slot: offset of its table in this batch, or -1 */
     kc_kv_t kv;
     const void *mask_src;     /* the quant_state_t the masks were copied from */
@@ -478,6 +478,7 @@ static int pack_batch(fwd_t *f, gfwd_t *g, const batch_t *b) {
         if (b->want_logits ? b->want_logits[i] : i == b->n - 1) sel[n_out++] = i;
     }
     for (int i = 0; i < b->n; i++) g->slot_seen[b->slot[i]] = -1;
+    g->n_used = 4L * f->n_max + used;
     return n_out;
 }
 
@@ -578,7 +579,7 @@ int fwd_cuda_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t er
         snprintf(err, errlen, "the batch's block tables exceed what context %d needs", f->n_ctx);
         return -1;
     }
-    int rc = kc_upload(g->d_ints, g->h_ints, (size_t)g->n_ints * sizeof(int32_t));
+    int rc = kc_upload(g->d_ints, g->h_ints, (size_t)g->n_used * sizeof(int32_t));
     if (rc == 0 && n_out == n && n <= GRAPH_MAX && !g->no_graphs) rc = run_graph(f, g, &acts, n);
     else if (rc == 0) rc = enqueue(f, g, &acts, n, n_out);
     if (rc == 0 && n_out > 0 && logits)
