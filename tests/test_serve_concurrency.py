@@ -1,5 +1,5 @@
 """Continuous batching under concurrent load: 32 streams at once, the
-sqserve_step_sequences histogram, throughput of 8 concurrent requests vs one,
+sqserve_step_sequences histogram, 8 concurrent requests sharing engine steps,
 and batch invariance of greedy outputs. Contract: docs/api.md.
 """
 
@@ -89,26 +89,32 @@ def _greedy(client, prompt, max_tokens=32, logprobs=None):
     return r
 
 
-def test_throughput_8_concurrent_vs_1(server):
+def test_8_concurrent_requests_share_engine_steps(server):
+    """Decoding is batched: 8 requests at once take far fewer engine steps
+    than the tokens they produce (one step per token without batching).
+    Counted from /metrics, not timed: the machines are shared, so a
+    throughput ratio here would fail on load rather than on the engine
+    (once it did: 0.57x while a compiler ran beside the suite). The
+    throughput is printed for information; `make bench-serve` measures it."""
     client = server.openai()
     _greedy(client, "Warm up", max_tokens=4)
-    single = []
-    for _ in range(2):  # best of two for the lone request
-        t0 = time.monotonic()
-        r = _greedy(client, PROMPTS8[0])
-        single.append(r.usage.completion_tokens / (time.monotonic() - t0))
-    one = max(single)
+    t0 = time.monotonic()
+    one = _greedy(client, PROMPTS8[0])
+    alone = one.usage.completion_tokens / (time.monotonic() - t0)
 
+    before = server.metrics()
     t0 = time.monotonic()
     with ThreadPoolExecutor(8) as ex:
         rs = list(ex.map(lambda p: _greedy(client, p), PROMPTS8))
     wall = time.monotonic() - t0
-    many = sum(r.usage.completion_tokens for r in rs) / wall
-    ratio = many / one
-    print(f"\nthroughput: 1 request {one:.1f} tok/s, 8 concurrent {many:.1f} tok/s "
-          f"(total), ratio {ratio:.2f}")
-    assert ratio > 1.3, (f"8 concurrent requests give {many:.1f} output tok/s vs {one:.1f} for "
-                         f"one alone (ratio {ratio:.2f} <= 1.3): decoding is not batched")
+    after = server.metrics()
+    tokens = sum(r.usage.completion_tokens for r in rs)
+    steps = after.value("sqserve_engine_steps_total") - before.value("sqserve_engine_steps_total")
+    print(f"\n8 concurrent requests: {tokens} tokens in {steps:.0f} engine steps; "
+          f"{tokens / wall:.1f} tok/s total vs {alone:.1f} alone (information only)")
+    assert tokens == 8 * 32
+    assert 0 < steps <= 0.5 * tokens, (f"{tokens} tokens took {steps:.0f} engine steps: the 8 requests "
+                                        f"were not decoded together")
 
 
 def test_greedy_is_batch_invariant(server):
