@@ -30,17 +30,20 @@ typedef struct {
 enum { SITE_QKV = 0, SITE_O = 1, SITE_UPGATE = 2, SITE_DOWN = 3, N_SITES = 4 };
 typedef void (*fwd_hook_fn)(void *ud, int layer, int site, float *x, long n, long dim);
 
-typedef struct {
+typedef struct fwd_backend fwd_backend_t;
+
+typedef struct fwd {
     const model_t *m;
     kv_cache_t *kv;
     fwd_hook_fn hook;  /* NULL: none */
     void *hook_ud;
     k_pool_t *pool;
     int n_max, n_ctx;
-    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *sel;
-    float *scores;          /* per thread, n_ctx each */
-    const float **blk_ptrs; /* per thread, 2 x blocks per context */
-    void *gpu;              /* the GPU pass's buffers when the model is on a device */
+    const fwd_backend_t *be; /* the CPU's, or the device's when the model is on one */
+    void *be_state;          /* the backend's own buffers and bookkeeping */
+    /* activations, in the backend's memory (device pointers on a GPU) */
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *sel, *logits;
+    const batch_t *b;        /* the batch being run */
 } fwd_t;
 
 /* n_max: rows per batch; n_ctx: longest sequence (positions) it will see. */

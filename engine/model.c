@@ -1,7 +1,6 @@
 /* model.c - builds a model_t from GGUF metadata and tensors. */
 #include "model.h"
 
-#include "fwd_cuda.h"
 
 #include "../kernels/k_quant.h"
 
@@ -270,7 +269,7 @@ void model_free(model_t *m) {
     gguf_close(&m->gguf);
     if (m->act_free) m->act_free(m->act_state);
     if (m->file_map) munmap(m->file_map, m->file_size);
-    model_gpu_free(m);
+    if (m->dev_free) m->dev_free(m->dev);
     memset(m, 0, sizeof *m);
 }
 

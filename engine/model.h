@@ -44,7 +44,11 @@ typedef struct {
     double eval[5];
     char recipe[160];
     void (*act_free)(void *);
-    void *gpu;                   /* device copies of the weights (fwd_cuda.h), or NULL */
+    /* a device backend's copy of the weights (backend_cuda.h), or NULL:
+     * the forward pass then runs on that backend */
+    void *dev;
+    const struct fwd_backend *dev_be;
+    void (*dev_free)(void *);
 } model_t;
 
 /* Returns 0, or -1 with one line in err. A .sqm file is recognised by its

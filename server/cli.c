@@ -5,7 +5,7 @@
  */
 #include "cli.h"
 
-#include "../engine/fwd_cuda.h"
+#include "../engine/backend_cuda.h"
 #include "../engine/gen.h"
 #include "../engine/quant.h"
 #include "../engine/sqm.h"
@@ -73,7 +73,7 @@ static int rt_device(rt_t *r, const config_t *c) {
     int ord;
     char err[512];
     if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0) return die("%s", err);
-    if (ord >= 0 && !r->m.gpu && model_to_gpu(&r->m, ord, err, sizeof err) != 0) return die("%s", err);
+    if (ord >= 0 && !r->m.dev && model_to_gpu(&r->m, ord, err, sizeof err) != 0) return die("%s", err);
     return 0;
 }
 
@@ -86,7 +86,7 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     r->kv_ready = 1;
     int batch = (int)cfg_int(c, "batch");
     if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx, n_ctx) != 0)
-        return die("out of %s memory for the forward pass", r->m.gpu ? "GPU" : "host");
+        return die("out of %s memory for the forward pass", r->m.dev ? "GPU" : "host");
     r->fwd_ready = 1;
     if (r->quantized && r->qs.a.kind != AQ_NONE) {
         r->f.hook = quant_act_hook;
@@ -509,7 +509,7 @@ int cmd_bench(const config_t *c) {
     qsort(pps, (size_t)reps, sizeof(double), cmp_double);
     qsort(tgs, (size_t)reps, sizeof(double), cmp_double);
     printf("threads=%d isa=%s pp%d=%.1f tg%d=%.1f (tokens/s, median of %d)\n", k_pool_size(r.pool),
-           r.m.gpu ? model_gpu_name(&r.m) : k_isa_name(), pp, pps[reps / 2], tg, tgs[reps / 2], reps);
+           r.m.dev ? model_gpu_name(&r.m) : k_isa_name(), pp, pps[reps / 2], tg, tgs[reps / 2], reps);
     rc = 0;
 out:
     free(ids);

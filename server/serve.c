@@ -8,7 +8,7 @@
 #include "cli.h"
 #include "server.h"
 
-#include "../engine/fwd_cuda.h"
+#include "../engine/backend_cuda.h"
 #include "../engine/gen.h"
 #include "../engine/sqm.h"
 
@@ -178,7 +178,7 @@ int cmd_serve(const config_t *c) {
     }
     srv.sched = sched;
     srv.recipe = recipe;
-    srv.device = m.gpu ? model_gpu_name(&m) : "cpu";
+    srv.device = m.dev ? model_gpu_name(&m) : "cpu";
     /* recipes that leave the weights alone report their GGUF bits */
     double gguf_bits = 8.0 * (double)model_weight_bytes(&m) / (double)model_weight_elems(&m);
     double q_bits = quantized ? qs.w_bits : m.act_state ? ((quant_state_t *)m.act_state)->w_bits : 32;
@@ -196,7 +196,7 @@ int cmd_serve(const config_t *c) {
     stats_snapshot(sched_stats(sched), &d);
     slog(srv.log_json, "serving", "serving %s (%s, %.2f bits/weight) on http://%s:%d (%d threads, %s kernels, "
             "ctx %d, %d KV blocks of %d tokens, max %d seqs; ready in %.2f s)", id, recipe, srv.w_bits,
-            cfg_str(c, "host"), port, (int)threads, m.gpu ? model_gpu_name(&m) : k_isa_name(), n_ctx, d.kv_total, KV_BLOCK,
+            cfg_str(c, "host"), port, (int)threads, m.dev ? model_gpu_name(&m) : k_isa_name(), n_ctx, d.kv_total, KV_BLOCK,
             sc.max_seqs, gen_now() - t0);
     sched_join(sched); /* returns once drained (SIGTERM/SIGINT) */
     for (int i = 0; i < 100; i++) { /* let the last response bytes leave */

@@ -16,7 +16,7 @@
  *   build/gpu/test_gpu_model MODEL [FIXTURES]   (exit 0 when all pass)
  */
 #include "../../engine/forward.h"
-#include "../../engine/fwd_cuda.h"
+#include "../../engine/backend_cuda.h"
 #include "../../engine/quant.h"
 #include "../../engine/recipe.h"
 

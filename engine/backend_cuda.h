@@ -1,13 +1,14 @@
-/* fwd_cuda.h - the model and its forward pass on a CUDA GPU.
+/* backend_cuda.h - the model on a CUDA GPU, and the backend that runs it.
  *
  * model_to_gpu copies a loaded model's weights to the device: SQ-format
  * matrices that the CPU runs with INT8 activations (k_mat_t of type K_SQ)
  * stay SQ-format and run on the SQ kernels; every other matrix (GGUF
  * types, FP32 expansions of a recipe) becomes FP32 for cuBLAS, so the GPU
- * computes what the CPU computes. From then on fwd_init/fwd_run
- * (forward.h) take the GPU path for that model: same batch contract, same
- * paged KV cache bookkeeping (kv.h), with the K/V storage moved to the
- * device.
+ * computes what the CPU computes. The copy is the model's device view
+ * (model_t.dev) and names its backend, so from then on fwd_init/fwd_run
+ * (forward.h) run the same forward pass on the GPU's operations
+ * (backend_cuda.c): same batch contract, same paged KV cache bookkeeping
+ * (kv.h), with the K/V storage moved to the device.
  *
  * Activation recipes run on the GPU as they do on the CPU through
  * quant_act_hook: per-token integer fake quantization and static SQ
@@ -18,8 +19,8 @@
  * Built without CUDA (make CUDA=0), every entry point fails with a clear
  * message and the CPU path is untouched.
  */
-#ifndef FWD_CUDA_H
-#define FWD_CUDA_H
+#ifndef BACKEND_CUDA_H
+#define BACKEND_CUDA_H
 
 #include <stddef.h>
 
@@ -32,8 +33,9 @@ int dev_parse(const char *s, int *ordinal, char *err, size_t errlen);
 int dev_cuda_built(void);
 
 int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen);
-void model_gpu_free(model_t *m);
-/* "NVIDIA H100 80GB HBM3", device weight bytes, peak bandwidth (GB/s). */
+/* "NVIDIA H100 80GB HBM3", device weight bytes, peak bandwidth (GB/s);
+ * "none", 0, 0 for a model that is not on a GPU. On a GPU, fwd_run takes
+ * logits = NULL: computed but left on the device (benchmarks). */
 const char *model_gpu_name(const model_t *m);
 size_t model_gpu_weight_bytes(const model_t *m);
 double model_gpu_bandwidth(const model_t *m);
@@ -42,10 +44,5 @@ double model_gpu_bandwidth(const model_t *m);
  * weights, on the device only (no tokenizer): `bench --synthetic`.
  * names: "llama3-8b", "llama3-70b" (if it fits), "smollm2-135m". */
 int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t errlen);
-
-int fwd_cuda_init(fwd_t *f);
-/* logits NULL: computed but left on the device (benchmarks). */
-int fwd_cuda_run(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen);
-void fwd_cuda_free(fwd_t *f);
 
 #endif

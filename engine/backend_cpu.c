@@ -1,0 +1,213 @@
+/* backend_cpu.c - the forward pass's operations on the host (backend.h).
+ *
+ * Weights are the model's own views (k_mat_t): GGUF blocks through the
+ * fused dequantizing kernels, integer-kernel views (SQ, W4A8, W8A8) from a
+ * .sqm or a recipe, or FP32 expansions. Matmuls and attention run on the
+ * thread pool; the small per-row steps (norms, RoPE, K/V copies) run on the
+ * calling thread, where they cost a few percent of a step.
+ *
+ * Attention splits into (batch row, query head) units, each reading its
+ * slot's K/V blocks through a per-thread table of block pointers, so the
+ * paged cache costs one pointer lookup per block, not per position.
+ */
+#include "backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    float *scores;          /* per thread, n_ctx each */
+    const float **blk_ptrs; /* per thread, 2 x blocks per context */
+} cpu_state_t;
+
+static void cpu_free(fwd_t *f) {
+    cpu_state_t *c = f->be_state;
+    float *bufs[] = {f->x, f->xb, f->q, f->att, f->k, f->v, f->hb, f->hb2, f->sel};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    if (c) {
+        free(c->scores);
+        free(c->blk_ptrs);
+        free(c);
+    }
+    f->be_state = NULL;
+}
+
+static int cpu_init(fwd_t *f) {
+    const hparams_t *hp = &f->m->hp;
+    size_t n = (size_t)f->n_max, d = (size_t)hp->dim, kvd = (size_t)f->kv->kv_dim;
+    size_t nth = (size_t)k_pool_size(f->pool), max_blocks = (size_t)(f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
+    cpu_state_t *c = calloc(1, sizeof *c);
+    f->be_state = c;
+    f->x = malloc(n * d * sizeof(float));
+    f->xb = malloc(n * d * sizeof(float));
+    f->q = malloc(n * d * sizeof(float));
+    f->att = malloc(n * d * sizeof(float));
+    f->k = malloc(n * kvd * sizeof(float));
+    f->v = malloc(n * kvd * sizeof(float));
+    f->hb = malloc(n * (size_t)hp->ffn_dim * sizeof(float));
+    f->hb2 = malloc(n * (size_t)hp->ffn_dim * sizeof(float));
+    f->sel = malloc(n * d * sizeof(float));
+    if (!c || !f->x || !f->xb || !f->q || !f->att || !f->k || !f->v || !f->hb || !f->hb2 || !f->sel)
+        return -1;
+    c->scores = malloc(nth * (size_t)f->n_ctx * sizeof(float));
+    c->blk_ptrs = malloc(nth * 2 * max_blocks * sizeof(float *));
+    return c->scores && c->blk_ptrs ? 0 : -1;
+}
+
+static int cpu_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
+    (void)err; (void)errlen;
+    f->b = b;
+    f->logits = logits;
+    int n_out = 0;
+    for (int i = 0; i < b->n; i++) n_out += b->want_logits ? b->want_logits[i] != 0 : i == b->n - 1;
+    return n_out;
+}
+
+static int cpu_launch(fwd_t *f, int n, int n_out, fwd_pass_fn pass) { return pass(f, n, n_out); }
+
+static int cpu_end(fwd_t *f, int n_out) {
+    (void)f; (void)n_out;
+    return 0;
+}
+
+/* The only way a host operation fails is an allocation in the matmul. */
+static void cpu_error(fwd_t *f, char *err, size_t errlen) {
+    (void)f;
+    snprintf(err, errlen, "out of memory in the forward pass");
+}
+
+static int cpu_embed(fwd_t *f, float *x, int n) {
+    for (int i = 0; i < n; i++) k_mat_row(&f->m->tok_embd, f->b->tok[i], x + (size_t)i * f->m->hp.dim);
+    return 0;
+}
+
+static int cpu_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm, int n) {
+    const hparams_t *hp = &f->m->hp;
+    const float *w = norm == NORM_OUT    ? f->m->output_norm
+                     : norm == NORM_ATTN ? f->m->layers[layer].attn_norm
+                                         : f->m->layers[layer].ffn_norm;
+    for (long i = 0; i < n; i++) k_rmsnorm(y + i * hp->dim, x + i * hp->dim, w, hp->dim, hp->rms_eps);
+    return 0;
+}
+
+/* The CPU runs any hook: activation recipes and calibration alike. */
+static int cpu_act_quant(fwd_t *f, int layer, int site, float *x, int n, int dim) {
+    if (f->hook) f->hook(f->hook_ud, layer, site, x, n, dim);
+    return 0;
+}
+
+static const k_mat_t *cpu_weight(const model_t *m, int layer, int id) {
+    if (id == W_OUT) return &m->output;
+    const layer_t *L = &m->layers[layer];
+    const k_mat_t *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return w[id];
+}
+
+static int cpu_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
+    if (count == 1) return k_matmul(f->pool, cpu_weight(f->m, layer, ids[0]), x, n, y[0]);
+    const k_mat_t *w[8];
+    if (count > 8) return -1;
+    for (int i = 0; i < count; i++) w[i] = cpu_weight(f->m, layer, ids[i]);
+    return k_matmul_group(f->pool, w, y, count, x, n);
+}
+
+static int cpu_rope(fwd_t *f, float *x, int n_heads, int n) {
+    const hparams_t *hp = &f->m->hp;
+    long stride = (long)n_heads * hp->head_dim;
+    for (long i = 0; i < n; i++)
+        for (int h = 0; h < n_heads; h++)
+            k_rope(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, (float)f->b->pos[i],
+                   f->m->rope_inv_freq);
+    return 0;
+}
+
+static int cpu_kv_store(fwd_t *f, int layer, int n) {
+    long kvd = f->kv->kv_dim;
+    for (long i = 0; i < n; i++) {
+        memcpy(kv_k_row(f->kv, layer, f->b->slot[i], f->b->pos[i]), f->k + i * kvd, (size_t)kvd * sizeof(float));
+        memcpy(kv_v_row(f->kv, layer, f->b->slot[i], f->b->pos[i]), f->v + i * kvd, (size_t)kvd * sizeof(float));
+    }
+    return 0;
+}
+
+typedef struct {
+    fwd_t *f;
+    int layer;
+} attn_ctx_t;
+
+/* One task unit = (batch row, query head). */
+static void attn_task(void *arg, int ith, int nth) {
+    attn_ctx_t *a = arg;
+    fwd_t *f = a->f;
+    cpu_state_t *c = f->be_state;
+    const hparams_t *hp = &f->m->hp;
+    const kv_cache_t *kv = f->kv;
+    const k_isa_t *isa = k_isa();
+    int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *sc = c->scores + (size_t)ith * f->n_ctx;
+    int max_blocks = (f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
+    const float **kb = c->blk_ptrs + (size_t)ith * 2 * max_blocks, **vb = kb + max_blocks;
+    long begin, end;
+    k_split((long)f->b->n * hp->n_head, ith, nth, 1, &begin, &end);
+    for (long u = begin; u < end; u++) {
+        int i = (int)(u / hp->n_head), h = (int)(u % hp->n_head), g = h / group;
+        int pos = f->b->pos[i], slot = f->b->slot[i];
+        for (int blk = 0; blk <= pos / KV_BLOCK; blk++) {
+            kb[blk] = kv_k_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
+            vb[blk] = kv_v_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
+        }
+        isa->attn_head(f->q + (size_t)i * hp->dim + (size_t)h * hd, kb, vb, KV_BLOCK, kv->kv_dim, pos + 1,
+                       hd, scale, sc, f->att + (size_t)i * hp->dim + (size_t)h * hd);
+    }
+}
+
+static int cpu_attention(fwd_t *f, int layer, int n) {
+    (void)n; /* the tasks read the batch */
+    attn_ctx_t a = {f, layer};
+    k_pool_run(f->pool, attn_task, &a);
+    return 0;
+}
+
+static int cpu_add(fwd_t *f, float *y, const float *x, long count) {
+    (void)f;
+    k_add(y, x, count);
+    return 0;
+}
+
+static int cpu_silu_mul(fwd_t *f, float *g, const float *u, long count) {
+    (void)f;
+    k_silu_mul(g, u, count);
+    return 0;
+}
+
+static int cpu_gather(fwd_t *f, float *y, const float *x, int n_out) {
+    const batch_t *b = f->b;
+    long dim = f->m->hp.dim, j = 0;
+    for (long i = 0; i < b->n && j < n_out; i++)
+        if (b->want_logits ? b->want_logits[i] : i == b->n - 1)
+            memcpy(y + j++ * dim, x + i * dim, (size_t)dim * sizeof(float));
+    return 0;
+}
+
+const fwd_backend_t fwd_backend_cpu = {
+    .name = "cpu",
+    .init = cpu_init,
+    .free = cpu_free,
+    .begin = cpu_begin,
+    .launch = cpu_launch,
+    .end = cpu_end,
+    .error = cpu_error,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .act_quant = cpu_act_quant,
+    .matmul = cpu_matmul,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .add = cpu_add,
+    .silu_mul = cpu_silu_mul,
+    .gather = cpu_gather,
+};

@@ -1,0 +1,348 @@
+/* backend_cuda.c - the forward pass's operations on a CUDA GPU (backend.h).
+ *
+ * Every operation is a kernel from kernels/cuda/kc.h on one stream, on the
+ * device view of the weights (cuda_model.c); the host only prepares the
+ * batch description (token ids, positions, block tables) in begin() and
+ * reads the logits back in end(). Per step that is one small upload and
+ * one download, so a decode step costs the kernels plus two transfers.
+ *
+ * Activation recipes run as they do on the CPU through act_quant_hook:
+ * per-token integer fake quantization and static SQ activations (the
+ * high-channel masks are copied to the device). Dynamic SQ activations and
+ * other hooks (calibration) are CPU-only and refused with a message.
+ */
+#include "backend_cuda.h"
+
+#ifdef SQ_CUDA
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_model.h"
+#include "quant.h"
+
+#define GRAPH_MAX 256
+
+/* The activation recipe the hook stands for, as GPU work. */
+typedef struct {
+    int kind; /* AQ_* */
+    int bits, bits_hi;
+} gact_t;
+
+typedef struct {
+    int8_t *qx;
+    float *sx;
+    int32_t *d_ints, *h_ints; /* tok, pos, blk_off, sel, then block ids */
+    long n_ints, n_used;       /* capacity; ints the current batch fills (uploaded) */
+    int *slot_seen;           /* per kv slot: offset of its table in this batch, or -1 */
+    kc_kv_t kv;
+    gact_t acts;              /* this batch's activation recipe */
+    float *logits_host;       /* where end() delivers the logits, or NULL */
+    const void *mask_src;     /* the quant_state_t the masks were copied from */
+    uint8_t *masks[N_SITES];  /* [layer][dim] static SQ high channels */
+    kc_graph_t *graph[GRAPH_MAX + 1]; /* decode steps by batch size */
+    uint8_t graph_state[GRAPH_MAX + 1]; /* 0 unseen, 1 ran once eagerly, 2 capture failed */
+    int no_graphs, graph_acts;        /* graphs off; the activation recipe they were made for */
+} gfwd_t;
+
+static int graphs_wanted(void) {
+    const char *v = getenv("SQSERVE_CUDA_GRAPHS");
+    return !v || strcmp(v, "0") != 0;
+}
+
+static void *kv_dev_alloc(size_t bytes) { return kc_malloc(bytes); }
+
+static void cuda_free(fwd_t *f) {
+    gfwd_t *g = f->be_state;
+    float *fb[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->hb, f->hb2, f->sel, f->logits};
+    for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++) kc_free(fb[i]);
+    if (!g) return;
+    kc_free(g->sx);
+    kc_free(g->qx);
+    kc_free(g->d_ints);
+    for (int s = 0; s < N_SITES; s++) kc_free(g->masks[s]);
+    for (int i = 0; i <= GRAPH_MAX; i++) kc_graph_free(g->graph[i]);
+    free(g->h_ints);
+    free(g->slot_seen);
+    free(g);
+    f->be_state = NULL;
+}
+
+static int cuda_init(fwd_t *f) {
+    const hparams_t *hp = &f->m->hp;
+    gfwd_t *g = calloc(1, sizeof *g);
+    if (!g) return -1;
+    f->be_state = g;
+    size_t n = (size_t)f->n_max, d = (size_t)hp->dim, kvd = (size_t)f->kv->kv_dim,
+           ffn = (size_t)hp->ffn_dim, wide = ffn > d ? ffn : d;
+    long max_blocks = (f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
+    long seqs = f->kv->max_seqs < f->n_max ? f->kv->max_seqs : f->n_max;
+    g->n_ints = 4 * (long)n + seqs * max_blocks;
+    int ok = (f->x = kc_malloc(n * d * 4)) && (f->xb = kc_malloc(n * d * 4)) &&
+             (f->q = kc_malloc(n * d * 4)) && (f->att = kc_malloc(n * d * 4)) &&
+             (f->k = kc_malloc(n * kvd * 4)) && (f->v = kc_malloc(n * kvd * 4)) &&
+             (f->hb = kc_malloc(n * ffn * 4)) && (f->hb2 = kc_malloc(n * ffn * 4)) &&
+             (f->sel = kc_malloc(n * d * 4)) &&
+             (f->logits = kc_malloc(n * (size_t)hp->n_vocab * 4)) && (g->qx = kc_malloc(n * wide)) &&
+             (g->sx = kc_malloc(n * 4)) && (g->d_ints = kc_malloc((size_t)g->n_ints * 4)) &&
+             (g->h_ints = malloc((size_t)g->n_ints * 4)) &&
+             (g->slot_seen = malloc((size_t)f->kv->max_seqs * sizeof(int)));
+    /* the cache's K/V rows move to the device; its bookkeeping stays on the host */
+    if (ok && f->kv->release != kc_free) ok = kv_set_storage(f->kv, kv_dev_alloc, kc_free) == 0;
+    if (!ok) return -1;
+    g->kv = (kc_kv_t){f->kv->k, f->kv->v, f->kv->n_layer, f->kv->kv_dim, KV_BLOCK};
+    g->no_graphs = !graphs_wanted();
+    for (int s = 0; s < f->kv->max_seqs; s++) g->slot_seen[s] = -1;
+    return 0;
+}
+
+static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen) {
+    memset(a, 0, sizeof *a);
+    if (!f->hook) return 0;
+    if (f->hook != quant_act_hook) {
+        snprintf(err, errlen, "this forward hook (calibration) runs on the CPU only");
+        return -1;
+    }
+    const quant_state_t *qs = f->hook_ud;
+    if (qs->kernel_acts) return 0; /* the SQ kernels quantize their own inputs, as on the CPU */
+    a->kind = qs->a.kind;
+    switch (qs->a.kind) {
+    case AQ_NONE: return 0;
+    case AQ_INT: a->bits = qs->a.bits; return 0;
+    case AQ_SQ_STATIC: a->bits = qs->a.sq.h_low; a->bits_hi = qs->a.sq.h_high; break;
+    default:
+        snprintf(err, errlen, "dynamic SQ activations run on the CPU only (use static, int8 or fp32 on the GPU)");
+        return -1;
+    }
+    if (g->mask_src == qs) return 0;
+    for (int i = 0; i <= GRAPH_MAX; i++) { /* they hold the old mask pointers */
+        kc_graph_free(g->graph[i]);
+        g->graph[i] = NULL;
+    }
+    for (int s = 0; s < N_SITES; s++) {
+        size_t bytes = (size_t)qs->n_layer * (size_t)qs->dim[s];
+        kc_free(g->masks[s]);
+        if (!(g->masks[s] = kc_malloc(bytes)) || kc_upload(g->masks[s], qs->hi_mask[s], bytes) != 0) {
+            snprintf(err, errlen, "GPU: copying the activation masks: %s", kc_error());
+            return -1;
+        }
+    }
+    g->mask_src = qs;
+    return 0;
+}
+
+static int act_quant(gfwd_t *g, const gact_t *a, int layer, int site, float *x, int n, int dim) {
+    if (a->kind == AQ_INT) return kc_fake_quant(x, n, dim, NULL, 0, a->bits);
+    if (a->kind == AQ_SQ_STATIC)
+        return kc_fake_quant(x, n, dim, g->masks[site] + (size_t)layer * dim, a->bits_hi, a->bits);
+    return 0;
+}
+
+/* y = x . W^T; for SQ, x is quantized to INT8 first unless `quantized`
+ * says this x already is (q/k/v and gate/up share one input). */
+static int gmatmul(gfwd_t *g, const gmat_t *w, const float *x, int m, float *y, int *quantized) {
+    if (w->kind == GM_F32) return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
+    if (w->kind == GM_F32_A8) { /* x is a scratch input (norm output, attention, SwiGLU) */
+        if (!*quantized && kc_fake_quant((float *)x, m, (int)w->k, NULL, 0, 8) != 0) return -1;
+        *quantized = 1;
+        return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
+    }
+    if (!*quantized) {
+        if (kc_quant_i8(x, m, w->k, g->qx, g->sx) != 0) return -1;
+        *quantized = 1;
+    }
+    return kc_sq_matmul(w->sq, g->qx, g->sx, m, y);
+}
+
+/* tok, pos, blk_off, sel (rows wanting logits) and the block tables of the
+ * batch's slots, each once. Returns the number of logit rows, or -1 when
+ * the tables outgrow the buffer (more blocks than n_ctx needs). */
+static int pack_batch(fwd_t *f, gfwd_t *g, const batch_t *b) {
+    int32_t *tok = g->h_ints, *pos = tok + f->n_max, *off = pos + f->n_max, *sel = off + f->n_max;
+    int32_t *blk = sel + f->n_max;
+    long used = 0;
+    int n_out = 0;
+    for (int i = 0; i < b->n; i++) {
+        int s = b->slot[i];
+        if (g->slot_seen[s] < 0) {
+            const kv_seq_t *q = &f->kv->seqs[s];
+            if (4L * f->n_max + used + q->n_blocks > g->n_ints) {
+                for (int j = 0; j < i; j++) g->slot_seen[b->slot[j]] = -1;
+                return -1;
+            }
+            g->slot_seen[s] = (int)used;
+            memcpy(blk + used, q->blocks, (size_t)q->n_blocks * sizeof(int32_t));
+            used += q->n_blocks;
+        }
+        tok[i] = b->tok[i];
+        pos[i] = b->pos[i];
+        off[i] = g->slot_seen[s];
+        if (b->want_logits ? b->want_logits[i] : i == b->n - 1) sel[n_out++] = i;
+    }
+    for (int i = 0; i < b->n; i++) g->slot_seen[b->slot[i]] = -1;
+    g->n_used = 4L * f->n_max + used;
+    return n_out;
+}
+
+
+/* The device-side batch description, in d_ints. */
+#define D_TOK(f, g) ((g)->d_ints)
+#define D_POS(f, g) ((g)->d_ints + (f)->n_max)
+#define D_OFF(f, g) ((g)->d_ints + 2 * (f)->n_max)
+#define D_SEL(f, g) ((g)->d_ints + 3 * (f)->n_max)
+#define D_BLK(f, g) ((g)->d_ints + 4 * (f)->n_max)
+
+static int cuda_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
+    gfwd_t *g = f->be_state;
+    f->b = b;
+    g->logits_host = logits;
+    if (resolve_acts(f, g, &g->acts, err, errlen) != 0) return -1;
+    kc_clear_error();
+    int n_out = pack_batch(f, g, b);
+    if (n_out < 0) {
+        snprintf(err, errlen, "the batch's block tables exceed what context %d needs", f->n_ctx);
+        return -1;
+    }
+    if (kc_upload(g->d_ints, g->h_ints, (size_t)g->n_used * sizeof(int32_t)) != 0) {
+        snprintf(err, errlen, "GPU: %s", kc_error());
+        return -1;
+    }
+    return n_out;
+}
+
+/* Decode steps (every row wants logits, n <= GRAPH_MAX) replay a CUDA
+ * graph per batch size: the same kernels with the same pointers every
+ * step, only the device-side batch description changes. That removes
+ * the per-launch host overhead (~20 launches a layer). A batch size runs
+ * eagerly once first, so kernels that size their scratch buffers on first
+ * use do it outside the capture; a size whose capture fails keeps running
+ * launch by launch. Off with SQSERVE_CUDA_GRAPHS=0. */
+static int cuda_launch(fwd_t *f, int n, int n_out, fwd_pass_fn pass) {
+    gfwd_t *g = f->be_state;
+    if (n_out != n || n > GRAPH_MAX || g->no_graphs) return pass(f, n, n_out);
+    const gact_t *acts = &g->acts;
+    int key = acts->kind * 64 + acts->bits * 8 + acts->bits_hi;
+    if (key != g->graph_acts) { /* another recipe: other kernels */
+        for (int i = 0; i <= GRAPH_MAX; i++) {
+            kc_graph_free(g->graph[i]);
+            g->graph[i] = NULL;
+            g->graph_state[i] = 0;
+        }
+        g->graph_acts = key;
+    }
+    if (!g->graph[n]) {
+        if (g->graph_state[n] != 1) { /* first sight (warm-up), or a failed capture */
+            if (g->graph_state[n] == 0) g->graph_state[n] = 1;
+            return pass(f, n, n);
+        }
+        if (kc_graph_begin() != 0) return -1;
+        int rc = pass(f, n, n);
+        kc_graph_t *gr = kc_graph_end();
+        if (rc != 0 || !gr) {
+            kc_graph_free(gr);
+            g->graph_state[n] = 2;
+            kc_clear_error();
+            return pass(f, n, n);
+        }
+        g->graph[n] = gr;
+    }
+    return kc_graph_launch(g->graph[n]);
+}
+
+static int cuda_end(fwd_t *f, int n_out) {
+    gfwd_t *g = f->be_state;
+    if (n_out > 0 && g->logits_host)
+        return kc_download(g->logits_host, f->logits, (size_t)n_out * (size_t)f->m->hp.n_vocab * sizeof(float));
+    return kc_sync(); /* no logits wanted, or left on the device (benchmarks) */
+}
+
+static void cuda_error(fwd_t *f, char *err, size_t errlen) {
+    (void)f;
+    snprintf(err, errlen, "GPU: %s", kc_error());
+}
+
+static const gpu_model_t *gpu_model(const fwd_t *f) { return f->m->dev; }
+
+static int cuda_embed(fwd_t *f, float *x, int n) {
+    return kc_embed(x, gpu_model(f)->embd, D_TOK(f, (gfwd_t *)f->be_state), n, f->m->hp.dim);
+}
+
+static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm, int n) {
+    const gpu_model_t *gm = gpu_model(f);
+    const float *w = norm == NORM_OUT    ? gm->out_norm
+                     : norm == NORM_ATTN ? gm->layers[layer].attn_norm
+                                         : gm->layers[layer].ffn_norm;
+    return kc_rmsnorm(y, x, w, n, f->m->hp.dim, f->m->hp.rms_eps);
+}
+
+static int cuda_act_quant(fwd_t *f, int layer, int site, float *x, int n, int dim) {
+    gfwd_t *g = f->be_state;
+    return act_quant(g, &g->acts, layer, site, x, n, dim);
+}
+
+/* Matrices sharing an input quantize it to INT8 once (q/k/v, gate/up). */
+static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
+    const gpu_model_t *gm = gpu_model(f);
+    int quantized = 0;
+    for (int i = 0; i < count; i++) {
+        const gmat_t *w = ids[i] == W_OUT ? &gm->out : &gm->layers[layer].w[ids[i]];
+        if (gmatmul(f->be_state, w, x, n, y[i], &quantized) != 0) return -1;
+    }
+    return 0;
+}
+
+static int cuda_rope(fwd_t *f, float *x, int n_heads, int n) {
+    const hparams_t *hp = &f->m->hp;
+    return kc_rope(x, D_POS(f, (gfwd_t *)f->be_state), n, n_heads, hp->head_dim, hp->rope_dim,
+                   gpu_model(f)->inv_freq);
+}
+
+static int cuda_kv_store(fwd_t *f, int layer, int n) {
+    gfwd_t *g = f->be_state;
+    return kc_kv_store(&g->kv, layer, f->k, f->v, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g));
+}
+
+static int cuda_attention(fwd_t *f, int layer, int n) {
+    gfwd_t *g = f->be_state;
+    const hparams_t *hp = &f->m->hp;
+    return kc_attention(f->att, f->q, &g->kv, layer, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g), hp->n_head,
+                        hp->n_head_kv, hp->head_dim, f->n_ctx);
+}
+
+static int cuda_add(fwd_t *f, float *y, const float *x, long count) {
+    (void)f;
+    return kc_add(y, x, count);
+}
+
+static int cuda_silu_mul(fwd_t *f, float *g, const float *u, long count) {
+    (void)f;
+    return kc_silu_mul(g, u, count);
+}
+
+/* a gather of the rows that want logits, by the embedding kernel */
+static int cuda_gather(fwd_t *f, float *y, const float *x, int n_out) {
+    return kc_embed(y, x, D_SEL(f, (gfwd_t *)f->be_state), n_out, f->m->hp.dim);
+}
+
+const fwd_backend_t fwd_backend_cuda = {
+    .name = "cuda",
+    .init = cuda_init,
+    .free = cuda_free,
+    .begin = cuda_begin,
+    .launch = cuda_launch,
+    .end = cuda_end,
+    .error = cuda_error,
+    .embed = cuda_embed,
+    .rmsnorm = cuda_rmsnorm,
+    .act_quant = cuda_act_quant,
+    .matmul = cuda_matmul,
+    .rope = cuda_rope,
+    .kv_store = cuda_kv_store,
+    .attention = cuda_attention,
+    .add = cuda_add,
+    .silu_mul = cuda_silu_mul,
+    .gather = cuda_gather,
+};
+
+#endif

@@ -1,0 +1,283 @@
+/* cuda_model.c - a model's weights on a CUDA GPU (backend_cuda.h).
+ *
+ * Weights: K_SQ matrices go to the SQ kernels' tile layout (INT8
+ * activations quantized per token on the device, exactly as
+ * k_quant_row_i8 does); everything else is expanded to FP32 once at load
+ * and multiplied by cuBLAS SGEMM with TF32 off. The embedding table is
+ * FP32 on the device; a tied output projection reads the same copy.
+ * Synthetic models (random SQ weights in a real architecture's shapes) are
+ * built here too, on the device only.
+ */
+#include "backend_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int dev_parse(const char *s, int *ordinal, char *err, size_t errlen) {
+    char *end;
+    if (!strcmp(s, "cpu")) {
+        *ordinal = -1;
+        return 0;
+    }
+    if (!strcmp(s, "cuda")) {
+        *ordinal = 0;
+        return 0;
+    }
+    if (!strncmp(s, "cuda:", 5)) {
+        long v = strtol(s + 5, &end, 10);
+        if (end != s + 5 && !*end && v >= 0 && v < 64) {
+            *ordinal = (int)v;
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "bad device '%s' (cpu, cuda or cuda:N)", s);
+    return -1;
+}
+
+#ifndef SQ_CUDA
+
+#define NO_CUDA "this sqserve was built without CUDA (rebuild with make CUDA=1 where nvcc is installed)"
+
+int dev_cuda_built(void) { return 0; }
+int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
+    (void)m; (void)ordinal;
+    snprintf(err, errlen, NO_CUDA);
+    return -1;
+}
+int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t errlen) {
+    (void)m; (void)name; (void)ordinal;
+    snprintf(err, errlen, NO_CUDA);
+    return -1;
+}
+const char *model_gpu_name(const model_t *m) { (void)m; return "none"; }
+size_t model_gpu_weight_bytes(const model_t *m) { (void)m; return 0; }
+double model_gpu_bandwidth(const model_t *m) { (void)m; return 0; }
+#else
+
+#include "../kernels/k_quant.h"
+#include "cuda_model.h"
+
+int dev_cuda_built(void) { return 1; }
+
+/* ---- weights on the device -------------------------------------------------- */
+
+static void gmat_free(gmat_t *g) {
+    kc_free(g->f32);
+    kc_sq_free(g->sq);
+    memset(g, 0, sizeof *g);
+}
+
+static size_t gmat_bytes(const gmat_t *g) {
+    return g->kind == GM_SQ ? kc_sq_bytes(g->sq) : (size_t)g->n * (size_t)g->k * sizeof(float);
+}
+
+/* Rows of an integer-kernel view as floats (GGUF types: k_mat_row). */
+static void view_row(const k_mat_t *w, long r, float *out) { k_sq_dequant_row(w->data, r, out); }
+
+/* Rows dequantized into a host staging buffer, uploaded in chunks. */
+static int upload_rows_f32(float *d, const k_mat_t *w, void (*row)(const k_mat_t *, long, float *),
+                           float *stage, long stage_rows) {
+    for (long r0 = 0; r0 < w->n; r0 += stage_rows) {
+        long cnt = w->n - r0 < stage_rows ? w->n - r0 : stage_rows;
+        for (long r = 0; r < cnt; r++) row(w, r0 + r, stage + r * w->k);
+        if (kc_upload(d + r0 * w->k, stage, (size_t)(cnt * w->k) * sizeof(float)) || kc_sync()) return -1;
+    }
+    return 0;
+}
+
+static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_rows) {
+    g->n = w->n;
+    g->k = w->k;
+    if (w->type == K_SQ) {
+        const k_sq_t *v = w->data;
+        /* the GPU SQ kernels quantize activations per token; a view with a
+         * static SQ activation mask runs as FP32 behind the hook's masked
+         * fake quantization (which runs for such models), one the SQ kernels
+         * do not take as FP32 with INT8 inputs */
+        if (!v->amask && (g->sq = kc_sq_upload(v))) {
+            g->kind = GM_SQ;
+            return 0;
+        }
+        kc_clear_error();
+        g->kind = v->amask ? GM_F32 : GM_F32_A8;
+        if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
+        return upload_rows_f32(g->f32, w, view_row, stage, stage_rows);
+    }
+    g->kind = GM_F32;
+    if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
+    return upload_rows_f32(g->f32, w, k_mat_row, stage, stage_rows);
+}
+
+static float *upload_vec(const float *v, long n) {
+    float *d = kc_malloc((size_t)n * sizeof(float));
+    if (d && kc_upload(d, v, (size_t)n * sizeof(float)) != 0) {
+        kc_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+static void gpu_model_free(gpu_model_t *g) {
+    if (!g) return;
+    if (!g->tied) gmat_free(&g->out);
+    kc_free(g->embd);
+    kc_free(g->out_norm);
+    kc_free(g->inv_freq);
+    for (int l = 0; g->layers && l < g->n_layer; l++) {
+        kc_free(g->layers[l].attn_norm);
+        kc_free(g->layers[l].ffn_norm);
+        for (int i = 0; i < 7; i++) gmat_free(&g->layers[l].w[i]);
+    }
+    free(g->layers);
+    free(g);
+}
+
+static int gpu_fail(gpu_model_t *g, char *err, size_t errlen, const char *what) {
+    snprintf(err, errlen, "GPU: %s: %s", what, kc_error());
+    gpu_model_free(g);
+    return -1;
+}
+
+/* The device and an empty model of hp's shape, or NULL with err set. */
+static gpu_model_t *gpu_model_new(const hparams_t *hp, int ordinal, char *err, size_t errlen) {
+    kc_clear_error();
+    if (kc_init(ordinal) != 0) {
+        snprintf(err, errlen, "--device cuda: %s", kc_error());
+        return NULL;
+    }
+    gpu_model_t *g = calloc(1, sizeof *g);
+    if (!g || !(g->layers = calloc((size_t)hp->n_layer, sizeof *g->layers))) {
+        free(g);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    g->n_layer = hp->n_layer;
+    return g;
+}
+
+static void dev_free(void *g) { gpu_model_free(g); }
+
+/* The model now runs on the CUDA backend; model_free frees the copy. */
+static void attach(model_t *m, gpu_model_t *g) {
+    m->dev = g;
+    m->dev_be = &fwd_backend_cuda;
+    m->dev_free = dev_free;
+}
+
+/* Weight bytes a decode step reads: the layer matrices and the lm head
+ * (the embedding table when tied). */
+static size_t gpu_weight_bytes(const gpu_model_t *g, const hparams_t *hp) {
+    size_t b = g->tied ? (size_t)hp->n_vocab * hp->dim * sizeof(float) : gmat_bytes(&g->out);
+    for (int l = 0; l < g->n_layer; l++)
+        for (int i = 0; i < 7; i++) b += gmat_bytes(&g->layers[l].w[i]);
+    return b;
+}
+
+int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
+    const hparams_t *hp = &m->hp;
+    gpu_model_t *g = gpu_model_new(hp, ordinal, err, errlen);
+    if (!g) return -1;
+    long widest = hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim, stage_rows = 1024;
+    float *stage = malloc((size_t)(stage_rows * widest) * sizeof(float));
+    if (!stage) {
+        gpu_model_free(g);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int ok = (g->embd = kc_malloc((size_t)hp->n_vocab * (size_t)hp->dim * sizeof(float))) &&
+             upload_rows_f32(g->embd, &m->tok_embd, k_mat_row, stage, stage_rows) == 0;
+    g->tied = m->output.data == m->tok_embd.data && m->output.type == m->tok_embd.type;
+    if (ok && g->tied) g->out = (gmat_t){GM_F32, m->output.n, m->output.k, g->embd, NULL};
+    else if (ok) ok = gmat_upload(&g->out, &m->output, stage, stage_rows) == 0;
+    ok = ok && (g->out_norm = upload_vec(m->output_norm, hp->dim)) &&
+         (g->inv_freq = upload_vec(m->rope_inv_freq, hp->rope_dim / 2));
+    for (int l = 0; ok && l < hp->n_layer; l++) {
+        const layer_t *L = &m->layers[l];
+        const k_mat_t *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        glayer_t *G = &g->layers[l];
+        ok = (G->attn_norm = upload_vec(L->attn_norm, hp->dim)) &&
+             (G->ffn_norm = upload_vec(L->ffn_norm, hp->dim));
+        for (int i = 0; ok && i < 7; i++) ok = gmat_upload(&G->w[i], w[i], stage, stage_rows) == 0;
+    }
+    free(stage);
+    if (!ok || kc_sync() != 0) return gpu_fail(g, err, errlen, "copying the weights");
+    g->bytes = gpu_weight_bytes(g, hp);
+    attach(m, g);
+    return 0;
+}
+
+
+const char *model_gpu_name(const model_t *m) { return m->dev_be == &fwd_backend_cuda ? kc_device_name() : "none"; }
+size_t model_gpu_weight_bytes(const model_t *m) {
+    return m->dev_be == &fwd_backend_cuda ? ((const gpu_model_t *)m->dev)->bytes : 0;
+}
+double model_gpu_bandwidth(const model_t *m) { return m->dev_be == &fwd_backend_cuda ? kc_mem_bandwidth_gbs() : 0; }
+
+/* ---- synthetic models (benchmarks) ------------------------------------------ */
+
+typedef struct {
+    const char *name;
+    hparams_t hp;
+} synth_t;
+
+static const synth_t SYNTH[] = {
+    {"llama3-8b", {32, 4096, 32, 8, 128, 14336, 128256, 8192, 128, 500000.0f, 1.0f, 1e-5f}},
+    {"llama3-70b", {80, 8192, 64, 8, 128, 28672, 128256, 8192, 128, 500000.0f, 1.0f, 1e-5f}},
+    {"smollm2-135m", {30, 576, 9, 3, 64, 1536, 49152, 8192, 64, 100000.0f, 1.0f, 1e-5f}},
+};
+
+int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t errlen) {
+    const synth_t *s = NULL;
+    for (size_t i = 0; i < sizeof SYNTH / sizeof SYNTH[0]; i++)
+        if (!strcmp(SYNTH[i].name, name)) s = &SYNTH[i];
+    if (!s) {
+        snprintf(err, errlen, "unknown synthetic model '%s' (llama3-8b, llama3-70b, smollm2-135m)", name);
+        return -1;
+    }
+    memset(m, 0, sizeof *m);
+    m->hp = s->hp;
+    snprintf(m->name, sizeof m->name, "synthetic-%s-sq8/4-b64-s0.875", name);
+    const hparams_t *hp = &m->hp;
+    gpu_model_t *g = gpu_model_new(hp, ordinal, err, errlen);
+    if (!g) return -1;
+    float *inv = malloc((size_t)(hp->rope_dim / 2) * sizeof(float));
+    if (!inv) {
+        gpu_model_free(g);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    model_rope_inv_freq(hp, NULL, inv);
+    size_t ne = (size_t)hp->n_vocab * hp->dim;
+    int ok = (g->embd = kc_malloc(ne * sizeof(float))) && kc_fill(g->embd, ne, 0, 0.05f, 1) == 0 &&
+             (g->out_norm = kc_malloc((size_t)hp->dim * sizeof(float))) &&
+             kc_fill(g->out_norm, (size_t)hp->dim, 1.0f, 0, 0) == 0 &&
+             (g->inv_freq = upload_vec(inv, hp->rope_dim / 2));
+    free(inv);
+    long kvd = (long)hp->n_head_kv * hp->head_dim;
+    long shape[7][2] = {{hp->dim, hp->dim}, {kvd, hp->dim}, {kvd, hp->dim}, {hp->dim, hp->dim},
+                        {hp->ffn_dim, hp->dim}, {hp->ffn_dim, hp->dim}, {hp->dim, hp->ffn_dim}};
+    uint64_t seed = 100;
+    if (ok) {
+        g->out = (gmat_t){GM_SQ, hp->n_vocab, hp->dim, NULL, kc_sq_random(hp->n_vocab, hp->dim, 4, 64, 8, seed++)};
+        ok = g->out.sq != NULL;
+    }
+    for (int l = 0; ok && l < hp->n_layer; l++) {
+        glayer_t *G = &g->layers[l];
+        ok = (G->attn_norm = kc_malloc((size_t)hp->dim * sizeof(float))) &&
+             (G->ffn_norm = kc_malloc((size_t)hp->dim * sizeof(float))) &&
+             kc_fill(G->attn_norm, (size_t)hp->dim, 1.0f, 0, 0) == 0 &&
+             kc_fill(G->ffn_norm, (size_t)hp->dim, 1.0f, 0, 0) == 0;
+        for (int i = 0; ok && i < 7; i++) {
+            G->w[i] = (gmat_t){GM_SQ, shape[i][0], shape[i][1], NULL,
+                               kc_sq_random(shape[i][0], shape[i][1], 4, 64, 8, seed++)};
+            ok = G->w[i].sq != NULL;
+        }
+    }
+    if (!ok || kc_sync() != 0) return gpu_fail(g, err, errlen, "building the synthetic model");
+    g->bytes = gpu_weight_bytes(g, hp);
+    attach(m, g);
+    return 0;
+}
+
+#endif

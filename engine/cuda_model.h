@@ -1,0 +1,41 @@
+/* cuda_model.h - the GPU's view of a model's weights, shared by
+ * cuda_model.c (upload, synthetic models) and backend_cuda.c (the forward
+ * pass's operations). Only built with CUDA. */
+#ifndef CUDA_MODEL_H
+#define CUDA_MODEL_H
+
+#include "../kernels/cuda/kc.h"
+#include "backend.h"
+
+/* GM_F32_A8: an integer-kernel matrix (K_SQ view) whose shape the GPU SQ
+ * kernels do not take (e.g. the int8 codes of W8A8): FP32 weights, and
+ * its input quantized to INT8 per token first, which is what the CPU
+ * kernel computes up to float rounding. */
+enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3 };
+
+typedef struct {
+    int kind;
+    long n, k;
+    float *f32;
+    kc_sq_t *sq;
+} gmat_t;
+
+typedef struct {
+    float *attn_norm, *ffn_norm;
+    gmat_t w[7]; /* q k v o gate up down */
+} glayer_t;
+
+typedef struct {
+    float *embd; /* [n_vocab][dim] */
+    gmat_t out;  /* out.f32 == embd when tied */
+    int tied;
+    float *out_norm, *inv_freq;
+    glayer_t *layers;
+    int n_layer;
+    size_t bytes; /* weight bytes a forward pass reads (embedding excluded) */
+} gpu_model_t;
+
+
+extern const fwd_backend_t fwd_backend_cuda;
+
+#endif
