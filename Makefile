@@ -28,7 +28,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 THREADS ?= $(shell nproc)
 
-LIB_SRC := $(wildcard engine/*.c) $(wildcard kernels/cpu/*.c) \
+LIB_SRC := $(wildcard engine/*/*.c) $(wildcard kernels/cpu/*.c) \
            $(filter-out server/main.c,$(wildcard server/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi.o
 MAIN_OBJ:= $(BUILD)/obj/server/main.o

@@ -894,11 +894,11 @@ def _dockerignore() -> List[str]:
 def test_dockerignore():
     pats = _dockerignore()
     for out in ("models/SmolLM2-135M-Instruct.Q4_1.gguf", "models/x.sqm", "build/sqserve",
-                "build/obj/engine/model.o", ".venv/bin/python", ".git/HEAD", ".gpu/bin.tar.xz",
+                "build/obj/engine/model/model.o", ".venv/bin/python", ".git/HEAD", ".gpu/bin.tar.xz",
                 "tests/__pycache__/serve_util.cpython-311.pyc", "engine/model.o"):
         assert _dockerignored(out, pats), f"{out} would be sent in the build context"
     # what the build and `make test` (RUN_TESTS=1) read, this suite included
-    for src in ("Makefile", "server/main.c", "engine/model.c", "kernels/cpu/k_ops.c",
+    for src in ("Makefile", "server/main.c", "engine/model/model.c", "kernels/cpu/k_ops.c",
                 "kernels/cuda/kc.h", "models/fetch-model.sh", "deploy/install-deps.sh",
                 "deploy/runtime-deps.sh", "tests/requirements.txt", "tests/run-tests.sh",
                 "server/openapi.json", ".ci/run", ".dockerignore", "deploy/docker-compose.yml",

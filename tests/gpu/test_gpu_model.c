@@ -15,10 +15,10 @@
  *
  *   build/gpu/test_gpu_model MODEL [FIXTURES]   (exit 0 when all pass)
  */
-#include "../../engine/forward.h"
-#include "../../engine/backend_cuda.h"
-#include "../../engine/quant.h"
-#include "../../engine/recipe.h"
+#include "../../engine/compute/forward.h"
+#include "../../engine/compute/backend_cuda.h"
+#include "../../engine/quant/quant.h"
+#include "../../engine/model/recipe.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -21,7 +21,7 @@
  *   build/gpu/test_kc_sq [--quick]   (--quick: fewer shapes, for compute-sanitizer)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
-#include "../../engine/sq.h"
+#include "../../engine/model/sq.h"
 #include "../../kernels/cuda/kc.h"
 #include "../../kernels/k_sq.h"
 

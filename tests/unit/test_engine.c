@@ -12,11 +12,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../engine/gguf.h"
-#include "../../engine/sample.h"
-#include "../../engine/stop.h"
-#include "../../engine/chat.h"
-#include "../../engine/kv.h"
+#include "../../engine/model/gguf.h"
+#include "../../engine/runtime/sample.h"
+#include "../../engine/runtime/stop.h"
+#include "../../engine/model/chat.h"
+#include "../../engine/compute/kv.h"
 
 /* ---- sampler --------------------------------------------------------------- */
 

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/forward.h"
+#include "../../engine/compute/forward.h"
 
 #define MODEL_DEFAULT "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define LOGPROB_TOL 2e-3

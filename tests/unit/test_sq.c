@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/gptq.h"
-#include "../../engine/quant.h"
-#include "../../engine/recipe.h"
-#include "../../engine/sq.h"
+#include "../../engine/quant/gptq.h"
+#include "../../engine/quant/quant.h"
+#include "../../engine/model/recipe.h"
+#include "../../engine/model/sq.h"
 #include "../../kernels/k_pool.h"
 #include "../../kernels/k_sq.h"
 

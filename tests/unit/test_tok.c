@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../engine/model.h"
+#include "../../engine/model/model.h"
 
 #define MODEL_DEFAULT "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 

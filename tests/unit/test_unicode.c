@@ -20,7 +20,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "../../engine/tok.h"
+#include "../../engine/model/tok.h"
 
 #define UCD "/usr/share/unicode/"
 #define NCP 0x110000

@@ -9,7 +9,7 @@
 
 #include "gguf.h"
 
-#include "../kernels/k_quant.h"
+#include "../../kernels/k_quant.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -20,8 +20,8 @@
 #ifndef QUANT_H
 #define QUANT_H
 
-#include "forward.h"
-#include "recipe.h"
+#include "../compute/forward.h"
+#include "../model/recipe.h"
 
 typedef struct {
     int n_layer;

@@ -55,7 +55,7 @@ size_t model_gpu_weight_bytes(const model_t *m) { (void)m; return 0; }
 double model_gpu_bandwidth(const model_t *m) { (void)m; return 0; }
 #else
 
-#include "../kernels/k_quant.h"
+#include "../../kernels/k_quant.h"
 #include "cuda_model.h"
 
 int dev_cuda_built(void) { return 1; }

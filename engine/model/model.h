@@ -8,7 +8,7 @@
 #ifndef MODEL_H
 #define MODEL_H
 
-#include "../kernels/k_ops.h"
+#include "../../kernels/k_ops.h"
 #include "chat.h"
 #include "gguf.h"
 #include "tok.h"

@@ -1,7 +1,7 @@
 /* sq.c - SQ-format tensors and the SQ / uniform quantizers (see sq.h). */
 #include "sq.h"
 
-#include "gptq.h"
+#include "../quant/gptq.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #include "kv.h"
-#include "model.h"
+#include "../model/model.h"
 
 typedef struct {
     int n;

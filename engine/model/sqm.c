@@ -1,8 +1,8 @@
 /* sqm.c - .sqm writer and loader (see sqm.h for the layout). */
 #include "sqm.h"
 
-#include "../kernels/k_quant.h"
-#include "../kernels/k_sq.h"
+#include "../../kernels/k_quant.h"
+#include "../../kernels/k_sq.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,7 +1,7 @@
 /* sched.c - continuous batching (see sched.h for the step). */
 #include "sched.h"
 
-#include "forward.h"
+#include "../compute/forward.h"
 #include "gen.h"
 #include "stop.h"
 

@@ -23,7 +23,7 @@
 #ifndef SQM_H
 #define SQM_H
 
-#include "quant.h"
+#include "../quant/quant.h"
 
 typedef struct {
     const char *weights, *acts;   /* recipe strings as given */

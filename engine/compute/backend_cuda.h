@@ -25,7 +25,7 @@
 #include <stddef.h>
 
 #include "forward.h"
-#include "model.h"
+#include "../model/model.h"
 
 /* "cpu" -> -1, "cuda" -> 0, "cuda:N" -> N; -1 with a message otherwise. */
 int dev_parse(const char *s, int *ordinal, char *err, size_t errlen);

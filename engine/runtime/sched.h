@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
+#include "../model/model.h"
 #include "sample.h"
 #include "stats.h"
 

@@ -2,7 +2,7 @@
 #include "model.h"
 
 
-#include "../kernels/k_quant.h"
+#include "../../kernels/k_quant.h"
 
 #include <math.h>
 #include <fcntl.h>

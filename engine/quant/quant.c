@@ -2,10 +2,10 @@
 #include "quant.h"
 
 #include "gptq.h"
-#include "sample.h"
+#include "../runtime/sample.h"
 
-#include "../kernels/k_quant.h"
-#include "../kernels/k_sq.h"
+#include "../../kernels/k_quant.h"
+#include "../../kernels/k_sq.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -4,7 +4,7 @@
 #ifndef CUDA_MODEL_H
 #define CUDA_MODEL_H
 
-#include "../kernels/cuda/kc.h"
+#include "../../kernels/cuda/kc.h"
 #include "backend.h"
 
 /* GM_F32_A8: an integer-kernel matrix (K_SQ view) whose shape the GPU SQ

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "forward.h"
+#include "../compute/forward.h"
 #include "sample.h"
 #include "stop.h"
 

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "cuda_model.h"
-#include "quant.h"
+#include "../quant/quant.h"
 
 #define GRAPH_MAX 256
 
