@@ -13,7 +13,7 @@
  */
 #include "cli.h"
 
-#include "../engine/backend_cuda.h"
+#include "../engine/compute/backend_cuda.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,10 +5,12 @@
  */
 #include "cli.h"
 
-#include "../engine/backend_cuda.h"
-#include "../engine/gen.h"
-#include "../engine/quant.h"
-#include "../engine/sqm.h"
+#include "../engine/compute/backend_cuda.h"
+#include "../engine/runtime/gen.h"
+#include "../engine/quant/quant.h"
+#include "../engine/compute/act_quant.h"
+#include "../engine/model/sqm.h"
+#include "../engine/quant/sqm_write.h"
 #include "../kernels/k_quant.h"
 
 #include <math.h>
@@ -88,11 +90,11 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx, n_ctx) != 0)
         return die("out of %s memory for the forward pass", r->m.dev ? "GPU" : "host");
     r->fwd_ready = 1;
-    if (r->quantized && r->qs.a.kind != AQ_NONE) {
-        r->f.hook = quant_act_hook;
-        r->f.hook_ud = &r->qs;
+    if (r->quantized && r->qs.acts.a.kind != AQ_NONE) {
+        r->f.hook = act_quant_hook;
+        r->f.hook_ud = &r->qs.acts;
     } else if (sqm_act_state(&r->m)) { /* a .sqm carries its activation recipe */
-        r->f.hook = quant_act_hook;
+        r->f.hook = act_quant_hook;
         r->f.hook_ud = sqm_act_state(&r->m);
     }
     return 0;
@@ -143,7 +145,7 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
         recipe_parse_a(cfg_str(c, "acts"), &a, err, sizeof err))
         return die("%s", err);
     if (w.kind == WQ_NONE && a.kind == AQ_NONE) return 0;
-    if (m->external_layers || m->act_state)
+    if (m->external_layers || m->acts)
         return die("this model is a .sqm, already quantized: drop --weights/--acts");
     calib_t cal;
     int need = w.gptq || a.kind == AQ_SQ_STATIC, have = 0;
@@ -207,9 +209,9 @@ int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *
         }
         made++;
     }
-    if (qs && qs->a.kind != AQ_NONE) {
-        f[0].hook = quant_act_hook;
-        f[0].hook_ud = qs;
+    if (qs && qs->acts.a.kind != AQ_NONE) {
+        f[0].hook = act_quant_hook;
+        f[0].hook_ud = &qs->acts;
     }
     rc = eval_compare(&f[0], &f[1], ids, n, 128, out, NULL, NULL, err, sizeof err);
 out:
@@ -537,7 +539,7 @@ int cmd_convert(const config_t *c) {
         die("nothing to convert: give --weights and/or --acts recipes");
         goto out;
     }
-    int calibrated = r.qs.w.gptq || r.qs.a.kind == AQ_SQ_STATIC;
+    int calibrated = r.qs.w.gptq || r.qs.acts.a.kind == AQ_SQ_STATIC;
     sqm_meta_t meta = {cfg_str(c, "weights"), cfg_str(c, "acts"), calibrated ? cfg_str(c, "calib") : "none",
                        calibrated ? cfg_int(c, "calib-tokens") : 0, cfg_str(c, "model"), 0, 0, 0, 0, 0, 0};
     char err[512];

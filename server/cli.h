@@ -4,7 +4,7 @@
 
 #include "config.h"
 
-#include "../engine/quant.h"
+#include "../engine/quant/quant.h"
 
 int cmd_generate(const config_t *c);
 int cmd_eval(const config_t *c);
@@ -16,7 +16,7 @@ int cmd_convert(const config_t *c);
 /* bench --synthetic NAME --device cuda (bench_synth.c) */
 int cli_bench_synthetic(const config_t *c);
 
-#include "../engine/gen.h"
+#include "../engine/runtime/gen.h"
 
 /* The quantized model against the FP32 file on self-generated text. */
 int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *path, int tokens,

@@ -8,9 +8,10 @@
 #include "cli.h"
 #include "server.h"
 
-#include "../engine/backend_cuda.h"
-#include "../engine/gen.h"
-#include "../engine/sqm.h"
+#include "../engine/compute/backend_cuda.h"
+#include "../engine/runtime/gen.h"
+#include "../engine/compute/act_quant.h"
+#include "../engine/model/sqm.h"
 
 #include <libgen.h>
 #include <stdarg.h>
@@ -164,8 +165,8 @@ int cmd_serve(const config_t *c) {
                          .threads = (int)threads,
                          .kv_mem = (size_t)(cfg_float(c, "kv-cache-mem") * 1024 * 1024),
                          .drain_timeout_s = cfg_float(c, "drain-timeout"),
-                         .act_hook = (quantized && qs.a.kind != AQ_NONE) || sqm_act_state(&m) ? quant_act_hook : NULL,
-                         .act_hook_ud = quantized ? (void *)&qs : (void *)sqm_act_state(&m),
+                         .act_hook = (quantized && qs.acts.a.kind != AQ_NONE) || sqm_act_state(&m) ? act_quant_hook : NULL,
+                         .act_hook_ud = quantized ? (void *)&qs.acts : (void *)sqm_act_state(&m),
                          .ref = have_ref ? &ref : NULL,
                          .shadow_rate = cfg_float(c, "shadow-rate")};
     sched_t *sched = sched_new(&m, &sc, err, sizeof err);
@@ -181,7 +182,7 @@ int cmd_serve(const config_t *c) {
     srv.device = m.dev ? model_gpu_name(&m) : "cpu";
     /* recipes that leave the weights alone report their GGUF bits */
     double gguf_bits = 8.0 * (double)model_weight_bytes(&m) / (double)model_weight_elems(&m);
-    double q_bits = quantized ? qs.w_bits : m.act_state ? ((quant_state_t *)m.act_state)->w_bits : 32;
+    double q_bits = quantized ? qs.w_bits : m.w_bits > 0 ? m.w_bits : 32;
     srv.w_bits = q_bits < 32 ? q_bits : gguf_bits;
     if (sched_start(sched) != 0) {
         http_stop(&srv);

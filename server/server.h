@@ -15,8 +15,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "../engine/model.h"
-#include "../engine/sched.h"
+#include "../engine/model/model.h"
+#include "../engine/runtime/sched.h"
 
 enum { EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_HEALTH, EP_METRICS, EP_TOKENIZE, EP_DETOKENIZE,
        EP_OPENAPI, EP_OTHER, EP_COUNT };

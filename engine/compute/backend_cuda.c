@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "cuda_model.h"
-#include "../quant/quant.h"
+#include "act_quant.h"
 
 #define GRAPH_MAX 256
 
@@ -39,7 +39,7 @@ typedef struct {
     kc_kv_t kv;
     gact_t acts;              /* this batch's activation recipe */
     float *logits_host;       /* where end() delivers the logits, or NULL */
-    const void *mask_src;     /* the quant_state_t the masks were copied from */
+    const void *mask_src;     /* the act_quant_t the masks were copied from */
     uint8_t *masks[N_SITES];  /* [layer][dim] static SQ high channels */
     kc_graph_t *graph[GRAPH_MAX + 1]; /* decode steps by batch size */
     uint8_t graph_state[GRAPH_MAX + 1]; /* 0 unseen, 1 ran once eagerly, 2 capture failed */
@@ -100,11 +100,11 @@ static int cuda_init(fwd_t *f) {
 static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen) {
     memset(a, 0, sizeof *a);
     if (!f->hook) return 0;
-    if (f->hook != quant_act_hook) {
+    if (f->hook != act_quant_hook) {
         snprintf(err, errlen, "this forward hook (calibration) runs on the CPU only");
         return -1;
     }
-    const quant_state_t *qs = f->hook_ud;
+    const act_quant_t *qs = f->hook_ud;
     if (qs->kernel_acts) return 0; /* the SQ kernels quantize their own inputs, as on the CPU */
     a->kind = qs->a.kind;
     switch (qs->a.kind) {

@@ -25,9 +25,8 @@ typedef struct {
     const uint8_t *want_logits; /* NULL: logits for the last row only */
 } batch_t;
 
-/* Matmul input sites of a layer: the hook sees (and may rewrite in place,
- * e.g. fake-quantize) each one before its matmuls run. */
-enum { SITE_QKV = 0, SITE_O = 1, SITE_UPGATE = 2, SITE_DOWN = 3, N_SITES = 4 };
+/* The hook sees (and may rewrite in place, e.g. fake-quantize) each matmul
+ * input site of a layer (SITE_*, model/recipe.h) before its matmuls run. */
 typedef void (*fwd_hook_fn)(void *ud, int layer, int site, float *x, long n, long dim);
 
 typedef struct fwd_backend fwd_backend_t;

@@ -216,24 +216,6 @@ static int load_rope(model_t *m, char *err, size_t errlen) {
     return 0;
 }
 
-int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen); /* sqm.c */
-
-int model_load(model_t *m, const char *path, char *err, size_t errlen) {
-    memset(m, 0, sizeof *m);
-    /* sniff the magic without ever blocking (a FIFO must not hang us) */
-    char magic[4] = {0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd >= 0) {
-        struct stat st;
-        int is_sqm = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && read(fd, magic, 4) == 4 &&
-                     memcmp(magic, "SQM1", 4) == 0;
-        close(fd);
-        if (is_sqm) return sqm_load_model(m, path, err, errlen);
-    }
-    if (gguf_open(&m->gguf, path, err, errlen) != 0) return -1;
-    return model_init(m, path, err, errlen);
-}
-
 int model_init(model_t *m, const char *path, char *err, size_t errlen) {
     char msg[384];
     int rc = -1;
@@ -267,10 +249,22 @@ void model_free(model_t *m) {
     free(m->layers);
     free(m->rope_inv_freq);
     gguf_close(&m->gguf);
-    if (m->act_free) m->act_free(m->act_state);
+    if (m->acts) {
+        act_quant_release(m->acts);
+        free(m->acts);
+    }
     if (m->file_map) munmap(m->file_map, m->file_size);
     if (m->dev_free) m->dev_free(m->dev);
     memset(m, 0, sizeof *m);
+}
+
+k_mat_t *model_layer_mat(model_t *m, int l, int i, char *name, size_t n) {
+    static const char *parts[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+                                   "ffn_up", "ffn_down"};
+    layer_t *L = &m->layers[l];
+    k_mat_t *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    if (name) snprintf(name, n, "blk.%d.%s.weight", l, parts[i]);
+    return mats[i];
 }
 
 size_t model_weight_bytes(const model_t *m) {

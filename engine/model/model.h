@@ -11,6 +11,7 @@
 #include "../../kernels/k_ops.h"
 #include "chat.h"
 #include "gguf.h"
+#include "recipe.h"
 #include "tok.h"
 
 typedef struct {
@@ -38,12 +39,12 @@ typedef struct {
     int external_layers;         /* layer matrices come from the caller (.sqm) */
     void *file_map;              /* a .sqm mapping the gguf points into */
     size_t file_size;
-    void *act_state;             /* a .sqm's activation quantizer (sqm.h) */
+    act_quant_t *acts;           /* a .sqm's activation quantizer, or NULL */
+    double w_bits;               /* a .sqm's stored bits per weight (0: not quantized) */
     /* evaluation recorded by convert in a .sqm: ppl, ppl_fp32, kl, top1, tokens */
     int have_eval;
     double eval[5];
     char recipe[160];
-    void (*act_free)(void *);
     /* a device backend's copy of the weights (backend_cuda.h), or NULL:
      * the forward pass then runs on that backend */
     void *dev;
@@ -62,6 +63,10 @@ void model_free(model_t *m);
  * divided by the optional per-dimension factors of rope_freqs.weight
  * (Llama 3.1 style; NULL for none). */
 void model_rope_inv_freq(const hparams_t *hp, const float *factors, float *out);
+
+/* The 7 matrices of layer l in file order (q, k, v, o, gate, up, down);
+ * name (if non-NULL) receives the GGUF tensor name. */
+k_mat_t *model_layer_mat(model_t *m, int l, int i, char *name, size_t n);
 
 /* Bytes and element count of the matmul weights (lm head included). */
 size_t model_weight_bytes(const model_t *m);

@@ -97,3 +97,23 @@ double recipe_a_bits(const arecipe_t *r) {
     default: return 32;
     }
 }
+
+int recipe_check_acts(const arecipe_t *a, long dim, long ffn_dim, char *err, size_t errlen) {
+    if (a->kind != AQ_SQ_STATIC && a->kind != AQ_SQ_DYNAMIC) return 0;
+    long dims[2] = {dim, ffn_dim};
+    for (int i = 0; i < 2; i++) {
+        sq_cfg_t fit;
+        const char *why = sq_cfg_fit(&a->sq, dims[i], 0, &fit);
+        if (why) {
+            snprintf(err, errlen, "SQ activations %d/%d b%d s%g on %ld channels: %s", a->sq.h_high, a->sq.h_low,
+                     a->sq.b, a->sq.s, dims[i], why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void act_quant_release(act_quant_t *q) {
+    for (int s = 0; s < N_SITES; s++) free(q->hi_mask[s]);
+    memset(q, 0, sizeof *q);
+}

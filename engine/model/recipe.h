@@ -10,6 +10,7 @@
 #define RECIPE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "sq.h"
 
@@ -37,5 +38,28 @@ int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen);
 /* Effective bits per element (storage, scales included); 32 for none. */
 double recipe_w_bits(const wrecipe_t *r, long k);
 double recipe_a_bits(const arecipe_t *r);
+/* 0 if SQ activations (static or dynamic) fit both activation widths
+ * (dim and ffn_dim, sq_cfg_fit), else -1 with why in err. */
+int recipe_check_acts(const arecipe_t *a, long dim, long ffn_dim, char *err, size_t errlen);
+
+/* Matmul input sites of a Llama layer: where activations are quantized. */
+enum { SITE_QKV = 0, SITE_O = 1, SITE_UPGATE = 2, SITE_DOWN = 3, N_SITES = 4 };
+
+/* A model's activation quantizer, as data: the recipe and, for static SQ
+ * activations, the high channels of every site of every layer (chosen by
+ * calibration, or read from a .sqm). The forward pass runs it through
+ * act_quant_hook (compute/act_quant.h). */
+typedef struct {
+    arecipe_t a;
+    int n_layer;
+    long dim[N_SITES];
+    uint8_t *hi_mask[N_SITES]; /* [layer] dim: static SQ high channels */
+    int kernel_acts;           /* every layer matmul runs on an integer kernel that
+                                  quantizes its own input exactly as the hook would:
+                                  the hook then has nothing to do */
+} act_quant_t;
+
+/* Frees the masks and zeroes *q. */
+void act_quant_release(act_quant_t *q);
 
 #endif

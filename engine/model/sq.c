@@ -1,14 +1,12 @@
 /* sq.c - SQ-format tensors and the SQ / uniform quantizers (see sq.h). */
 #include "sq.h"
 
-#include "../quant/gptq.h"
-
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int qmax(int bits) { return (1 << (bits - 1)) - 1; } /* symmetric: -qmax..qmax */
+int sq_qmax(int bits) { return (1 << (bits - 1)) - 1; } /* symmetric: -qmax..qmax */
 static int lo_storage_bits(int h_low) { return h_low <= 2 ? 2 : 4; }
 
 int sq_highs_per_bank(const sq_cfg_t *c) { return (int)lround((1.0 - c->s) * c->b); }
@@ -80,7 +78,7 @@ static int get_lo(const sq_tensor_t *t, long r, long j) {
     return v >= 2 ? v - 4 : v;
 }
 
-static void set_lo(sq_tensor_t *t, long r, long j, int v) {
+void sq_set_lo(sq_tensor_t *t, long r, long j, int v) {
     size_t e = (size_t)(r * t->k + j);
     if (lo_storage_bits(t->cfg.h_low) == 4) {
         int sh = 4 * (int)(e % 2);
@@ -105,7 +103,7 @@ void sq_dequant_row(const sq_tensor_t *t, long r, float *out) {
 const char *sq_validate(const sq_tensor_t *t) {
     if (sq_cfg_check(&t->cfg, t->k)) return sq_cfg_check(&t->cfg, t->k);
     long nb = t->k / t->cfg.b, ng = t->k / t->G;
-    int ql = qmax(t->cfg.h_low), qh = qmax(t->cfg.h_high);
+    int ql = sq_qmax(t->cfg.h_low), qh = sq_qmax(t->cfg.h_high);
     for (long r = 0; r < t->n; r++) {
         for (long g = 0; g < ng; g++)
             if (!(t->s_lo[r * ng + g] >= 0) || !(t->s_hi[r * ng + g] >= 0) ||
@@ -127,122 +125,3 @@ const char *sq_validate(const sq_tensor_t *t) {
     return NULL;
 }
 
-/* ---- the SQ column quantizer ------------------------------------------------------ */
-
-typedef struct {
-    sq_tensor_t *t;
-    uint8_t *mask;  /* n * k: 1 where high */
-    int *slot;      /* n * k: index of a high element within its bank */
-} sqq_t;
-
-static float round_clamp(float x, int q) {
-    float v = nearbyintf(x);
-    return v > q ? (float)q : v < -q ? (float)-q : v;
-}
-
-static void sqq_group(void *ctx, const float *W, long n, long k, long j0, long j1) {
-    sqq_t *c = ctx;
-    sq_tensor_t *t = c->t;
-    long ng = k / t->G, g = j0 / t->G;
-    for (long r = 0; r < n; r++) {
-        float mlo = 0, mhi = 0;
-        for (long j = j0; j < j1; j++) {
-            float a = fabsf(W[r * k + j]);
-            if (c->mask[r * k + j]) mhi = a > mhi ? a : mhi;
-            else mlo = a > mlo ? a : mlo;
-        }
-        t->s_lo[r * ng + g] = mlo / (float)qmax(t->cfg.h_low);
-        t->s_hi[r * ng + g] = mhi / (float)qmax(t->cfg.h_high);
-    }
-}
-
-static float sqq_quant(void *ctx, long r, long j, float w) {
-    sqq_t *c = ctx;
-    sq_tensor_t *t = c->t;
-    long ng = t->k / t->G, nb = t->k / t->cfg.b;
-    if (c->mask[r * t->k + j]) {
-        float s = t->s_hi[r * ng + j / t->G];
-        float q = s > 0 ? round_clamp(w / s, qmax(t->cfg.h_high)) : 0;
-        long bk = j / t->cfg.b;
-        size_t e = (size_t)((r * nb + bk) * t->h + c->slot[r * t->k + j]);
-        t->hi[e] = (int8_t)q;
-        t->idx[e] = (uint8_t)(j % t->cfg.b);
-        set_lo(t, r, j, 0);
-        return q * s;
-    }
-    float s = t->s_lo[r * ng + j / t->G];
-    float q = s > 0 ? round_clamp(w / s, qmax(t->cfg.h_low)) : 0;
-    set_lo(t, r, j, (int)q);
-    return q * s;
-}
-
-/* Picks the h most important elements of every bank of every row. */
-static void choose_highs(sqq_t *c, const float *W, const double *hinv_diag) {
-    sq_tensor_t *t = c->t;
-    int b = t->cfg.b, h = t->h;
-    for (long r = 0; r < t->n; r++)
-        for (long j0 = 0; j0 < t->k; j0 += b) {
-            double score[128];
-            for (int i = 0; i < b; i++) {
-                double w = W[r * t->k + j0 + i];
-                score[i] = hinv_diag ? w * w / (hinv_diag[j0 + i] * hinv_diag[j0 + i]) : fabs(w);
-            }
-            for (int pick = 0; pick < h; pick++) { /* h is small: selection by scans */
-                int best = -1;
-                for (int i = 0; i < b; i++)
-                    if (!c->mask[r * t->k + j0 + i] && (best < 0 || score[i] > score[best])) best = i;
-                c->mask[r * t->k + j0 + best] = 1;
-            }
-            int s = 0; /* slots in position order keep idx sorted */
-            for (int i = 0; i < b; i++)
-                if (c->mask[r * t->k + j0 + i]) c->slot[r * t->k + j0 + i] = s++;
-        }
-}
-
-int sq_quantize(sq_tensor_t *t, float *W, const double *hinv_diag, const double *hinv_chol) {
-    sqq_t c = {t, calloc((size_t)(t->n * t->k), 1), malloc((size_t)(t->n * t->k) * sizeof(int))};
-    int rc = -1;
-    if (c.mask && c.slot) {
-        choose_highs(&c, W, hinv_diag);
-        colq_t q = {sqq_group, sqq_quant, &c, t->G};
-        rc = gptq_run(W, t->n, t->k, &q, hinv_chol);
-    }
-    free(c.mask);
-    free(c.slot);
-    return rc;
-}
-
-/* ---- uniform symmetric baselines ---------------------------------------------------- */
-
-typedef struct { float *scale; long n, k, g; int bits; int8_t *codes; float *scales_out; } uqq_t;
-
-static void uqq_group(void *ctx, const float *W, long n, long k, long j0, long j1) {
-    uqq_t *c = ctx;
-    for (long r = 0; r < n; r++) {
-        float m = 0;
-        for (long j = j0; j < j1; j++) m = fabsf(W[r * k + j]) > m ? fabsf(W[r * k + j]) : m;
-        c->scale[r] = m / (float)qmax(c->bits);
-        if (c->scales_out) c->scales_out[r * (k / c->g) + j0 / c->g] = c->scale[r];
-    }
-}
-
-static float uqq_quant(void *ctx, long r, long j, float w) {
-    uqq_t *c = ctx;
-    float s = c->scale[r];
-    float q = s > 0 ? round_clamp(w / s, qmax(c->bits)) : 0;
-    if (c->codes) c->codes[r * c->k + j] = (int8_t)q;
-    return q * s;
-}
-
-void uq_quantize(float *W, long n, long k, int bits, long g, const double *hinv_chol) {
-    uq_quantize_codes(W, n, k, bits, g, hinv_chol, NULL, NULL);
-}
-
-void uq_quantize_codes(float *W, long n, long k, int bits, long g, const double *hinv_chol,
-                       int8_t *codes, float *scales) {
-    uqq_t c = {malloc((size_t)n * sizeof(float)), n, k, g, bits, codes, scales};
-    if (!c.scale) return;
-    colq_t q = {uqq_group, uqq_quant, &c, g};
-    gptq_run(W, n, k, &q, hinv_chol);
-    free(c.scale);
-}

@@ -75,20 +75,10 @@ const char *sq_validate(const sq_tensor_t *t);
 /* Row r back to floats. */
 void sq_dequant_row(const sq_tensor_t *t, long r, float *out);
 
-/* Quantizes W[n][k] (float, row-major). With hinv_diag (k values of
- * [H^-1]_ii) the high elements of each bank are chosen by the paper's
- * importance w^2 / [H^-1]_ii^2, else by magnitude (RTN). With hinv_chol
- * (the upper Cholesky factor of H^-1, k x k row-major) quantization error
- * is compensated GPTQ-style, column by column; W is modified then. */
-int sq_quantize(sq_tensor_t *t, float *W, const double *hinv_diag, const double *hinv_chol);
-
-/* Uniform symmetric integer quantization of W[n][k] in place (fake-quant:
- * W receives the dequantized values), bits 2..8, groups of g (g = k for
- * per-channel). With hinv_chol, GPTQ error compensation. */
-void uq_quantize(float *W, long n, long k, int bits, long g, const double *hinv_chol);
-/* The same, also recording the integer codes (n*k, one per byte) and the
- * scales (n * k/g) when those are non-NULL. */
-void uq_quantize_codes(float *W, long n, long k, int bits, long g, const double *hinv_chol,
-                       int8_t *codes, float *scales);
+/* Largest code of a symmetric signed integer of `bits` bits: codes are
+ * -qmax..qmax. */
+int sq_qmax(int bits);
+/* Stores low code v at (r, j) (the quantizers write the format through it). */
+void sq_set_lo(sq_tensor_t *t, long r, long j, int v);
 
 #endif

@@ -14,36 +14,39 @@
  *               sq.h (lo, hi, idx, s_lo, s_hi), uniform ones as int8
  *               codes + float scales; activation masks (uint8 per channel)
  *
- * Writing goes to "<out>.tmp.<pid>", is fsync'd and renamed, so an
- * interrupted convert never leaves a partial file under the output name.
- * Loading maps the file, verifies size and checksum before trusting any
- * offset, checks every SQ tensor's invariants, and builds the model. Until
- * the integer SQ kernels land, layer matrices are expanded to FP32 at load.
+ * Writing (quant/sqm_write.c) goes to "<out>.tmp.<pid>", is fsync'd and
+ * renamed, so an interrupted convert never leaves a partial file under the
+ * output name. Loading (sqm.c) maps the file, verifies size and checksum
+ * before trusting any offset, checks every SQ tensor's invariants, and
+ * builds the model: layer matrices become integer-kernel views where the
+ * activation recipe has a kernel (k_sq.h), FP32 rows otherwise. Loading
+ * needs no quantizer: the activation recipe and its masks become the
+ * model's act_quant_t (recipe.h).
  */
 #ifndef SQM_H
 #define SQM_H
 
-#include "../quant/quant.h"
+#include <stdint.h>
+
+#include "model.h"
+
+#define SQM_VERSION 1
+#define SQM_ALIGN 64
 
 typedef struct {
-    const char *weights, *acts;   /* recipe strings as given */
-    const char *calib;            /* "self", a file name, or "none" */
-    long calib_tokens;
-    const char *source;           /* the input file name */
-    int have_eval;                /* measured against FP32 at convert time */
-    double eval_ppl, eval_ppl_ref, eval_kl, eval_top1;
-    long eval_tokens;
-} sqm_meta_t;
+    char magic[4];
+    uint32_t version;
+    uint64_t file_size, checksum;
+    uint64_t json_off, json_len, gguf_off, gguf_len, data_off;
+} sqm_header_t; /* 64 bytes */
 
-/* Writes m (quantized by quant_apply with keep_codes) to path atomically. */
-int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const sqm_meta_t *meta,
-              char *err, size_t errlen);
+_Static_assert(sizeof(sqm_header_t) == 64, "the header is 64 bytes");
 
 /* Loads a .sqm into m (called by model_load when the magic matches). */
 int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen);
 
 /* The activation quantizer a .sqm carries (NULL when its acts are FP32):
- * install as fwd_t.hook = quant_act_hook with this as hook_ud. */
-quant_state_t *sqm_act_state(const model_t *m);
+ * install as fwd_t.hook = act_quant_hook with this as hook_ud. */
+act_quant_t *sqm_act_state(const model_t *m);
 
 #endif

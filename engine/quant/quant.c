@@ -2,6 +2,7 @@
 #include "quant.h"
 
 #include "gptq.h"
+#include "sq_quant.h"
 #include "../runtime/sample.h"
 
 #include "../../kernels/k_quant.h"
@@ -329,35 +330,26 @@ oom_noW:
     return -1;
 }
 
-k_mat_t *quant_layer_mat(model_t *m, int l, int i, char *name, size_t n) {
-    static const char *parts[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
-                                   "ffn_up", "ffn_down"};
-    layer_t *L = &m->layers[l];
-    k_mat_t *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-    if (name) snprintf(name, n, "blk.%d.%s.weight", l, parts[i]);
-    return mats[i];
-}
-
 int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a, int keep_codes,
                 quant_state_t *qs, void (*progress)(void *ud, int done, int total), void *ud,
                 char *err, size_t errlen) {
     memset(qs, 0, sizeof *qs);
-    qs->a = *a;
+    qs->acts.a = *a;
     qs->w = *w;
     const hparams_t *hp = &m->hp;
-    qs->n_layer = hp->n_layer;
+    qs->acts.n_layer = hp->n_layer;
     long dims[N_SITES] = {hp->dim, hp->dim, hp->dim, hp->ffn_dim};
     int need_H = w->gptq, need_mean = a->kind == AQ_SQ_STATIC;
     if ((need_H && (!c || !c->H[0])) || (need_mean && !c)) {
         snprintf(err, errlen, "this recipe needs calibration statistics");
         return -1;
     }
-    if (quant_check_acts(a, hp, err, errlen)) return -1;
+    if (recipe_check_acts(a, hp->dim, hp->ffn_dim, err, errlen)) return -1;
     float *row = malloc((size_t)hp->ffn_dim * sizeof(float) + (size_t)hp->dim * sizeof(float));
     if (!row) { snprintf(err, errlen, "out of memory"); return -1; }
     for (int s = 0; s < N_SITES; s++) {
-        qs->dim[s] = dims[s];
-        if (need_mean && !(qs->hi_mask[s] = calloc((size_t)(hp->n_layer * dims[s]), 1))) {
+        qs->acts.dim[s] = dims[s];
+        if (need_mean && !(qs->acts.hi_mask[s] = calloc((size_t)(hp->n_layer * dims[s]), 1))) {
             free(row);
             snprintf(err, errlen, "out of memory");
             return -1;
@@ -371,7 +363,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         int n_mats[N_SITES] = {3, 1, 2, 1};
         for (int s = 0; s < N_SITES; s++) {
             if (need_mean && static_mask(c, l, s, site_mats[s], n_mats[s], &a->sq, a->by_max,
-                                         qs->hi_mask[s] + (size_t)l * dims[s], row) != 0) {
+                                         qs->acts.hi_mask[s] + (size_t)l * dims[s], row) != 0) {
                 free(row);
                 snprintf(err, errlen, "out of memory");
                 return -1;
@@ -396,7 +388,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
                 k_mat_t *mt = site_mats[s][i];
                 char name[48];
                 static const int file_index[N_SITES][3] = {{0, 1, 2}, {3}, {4, 5}, {6}};
-                quant_layer_mat(m, l, file_index[s][i], name, sizeof name);
+                model_layer_mat(m, l, file_index[s][i], name, sizeof name);
                 bits += recipe_w_bits(w, mt->k) * (double)(mt->n * mt->k);
                 elems += (double)(mt->n * mt->k);
                 int sq_kernel = w->kind != WQ_NONE && a->kind == AQ_INT && a->bits == 8;
@@ -411,7 +403,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         if (progress) progress(ud, l + 1, hp->n_layer);
     }
     qs->w_bits = elems > 0 ? bits / elems : 32;
-    qs->kernel_acts = w->kind != WQ_NONE && a->kind == AQ_INT && a->bits == 8;
+    qs->acts.kernel_acts = w->kind != WQ_NONE && a->kind == AQ_INT && a->bits == 8;
     free(row);
     return 0;
 }
@@ -425,100 +417,7 @@ void quant_free(quant_state_t *qs) {
     free(qs->qt);
     for (int i = 0; i < qs->n_owned; i++) free(qs->owned[i]);
     free(qs->owned);
-    for (int s = 0; s < N_SITES; s++) free(qs->hi_mask[s]);
+    act_quant_release(&qs->acts);
     memset(qs, 0, sizeof *qs);
 }
 
-/* ---- activations ------------------------------------------------------------------------------ */
-
-static int qmax_of(int bits) { return (1 << (bits - 1)) - 1; }
-
-static void fake_quant(float *x, long n, const uint8_t *mask, int want, int bits) {
-    float mx = 0;
-    for (long j = 0; j < n; j++)
-        if (!mask || mask[j] == want) mx = fabsf(x[j]) > mx ? fabsf(x[j]) : mx;
-    int q = qmax_of(bits);
-    float s = mx / (float)q;
-    for (long j = 0; j < n; j++) {
-        if (mask && mask[j] != want) continue;
-        float v = s > 0 ? nearbyintf(x[j] / s) : 0;
-        v = v > q ? (float)q : v < -q ? (float)-q : v;
-        x[j] = v * s;
-    }
-}
-
-/* The h largest |x| of one bank (ties to the lower index). */
-static void bank_top(const float *x, int b, int h, uint8_t *sel) {
-    memset(sel, 0, (size_t)b);
-    for (int pick = 0; pick < h; pick++) {
-        int best = -1;
-        for (int i = 0; i < b; i++)
-            if (!sel[i] && (best < 0 || fabsf(x[i]) > fabsf(x[best]))) best = i;
-        sel[best] = 1;
-    }
-}
-
-/* Dynamic SQ activations of one token: the bank maxima are chosen twice
- * (once for the two scales, once to quantize) so that no row-sized mask is
- * needed, whatever the width. Channels past the last whole bank count as
- * low (quant_check_acts keeps them from existing). */
-static void fake_quant_dynamic(float *x, long dim, const sq_cfg_t *sq) {
-    uint8_t sel[128];
-    int h = sq_highs_per_bank(sq), b = sq->b, q[2] = {qmax_of(sq->h_low), qmax_of(sq->h_high)};
-    long whole = dim / b * b;
-    float mx[2] = {0, 0}, s[2];
-    for (long j0 = 0; j0 < dim; j0 += b) {
-        int w = j0 < whole ? b : (int)(dim - j0);
-        if (j0 < whole) bank_top(x + j0, b, h, sel);
-        else memset(sel, 0, (size_t)w);
-        for (int i = 0; i < w; i++) mx[sel[i]] = fabsf(x[j0 + i]) > mx[sel[i]] ? fabsf(x[j0 + i]) : mx[sel[i]];
-    }
-    s[0] = mx[0] / (float)q[0];
-    s[1] = mx[1] / (float)q[1];
-    for (long j0 = 0; j0 < dim; j0 += b) {
-        int w = j0 < whole ? b : (int)(dim - j0);
-        if (j0 < whole) bank_top(x + j0, b, h, sel);
-        else memset(sel, 0, (size_t)w);
-        for (int i = 0; i < w; i++) {
-            int c = sel[i];
-            float v = s[c] > 0 ? nearbyintf(x[j0 + i] / s[c]) : 0;
-            v = v > q[c] ? (float)q[c] : v < -q[c] ? (float)-q[c] : v;
-            x[j0 + i] = v * s[c];
-        }
-    }
-}
-
-int quant_check_acts(const arecipe_t *a, const hparams_t *hp, char *err, size_t errlen) {
-    if (a->kind != AQ_SQ_STATIC && a->kind != AQ_SQ_DYNAMIC) return 0;
-    long dims[2] = {hp->dim, hp->ffn_dim};
-    for (int i = 0; i < 2; i++) {
-        sq_cfg_t fit;
-        const char *why = sq_cfg_fit(&a->sq, dims[i], 0, &fit);
-        if (why) {
-            snprintf(err, errlen, "SQ activations %d/%d b%d s%g on %ld channels: %s", a->sq.h_high, a->sq.h_low,
-                     a->sq.b, a->sq.s, dims[i], why);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim) {
-    quant_state_t *qs = ud;
-    const arecipe_t *a = &qs->a;
-    if (a->kind == AQ_NONE || qs->kernel_acts) return;
-    sq_cfg_t fit = a->sq; /* the bank this width takes (quant_check_acts: one fits) */
-    if (a->kind == AQ_SQ_DYNAMIC) sq_cfg_fit(&a->sq, dim, 0, &fit);
-    for (long i = 0; i < n; i++) {
-        float *r = x + i * dim;
-        if (a->kind == AQ_INT) {
-            fake_quant(r, dim, NULL, 0, a->bits);
-        } else if (a->kind == AQ_SQ_DYNAMIC) {
-            fake_quant_dynamic(r, dim, &fit);
-        } else {
-            const uint8_t *mask = qs->hi_mask[site] + (size_t)layer * dim;
-            fake_quant(r, dim, mask, 1, a->sq.h_high);
-            fake_quant(r, dim, mask, 0, a->sq.h_low);
-        }
-    }
-}

@@ -54,19 +54,13 @@ typedef struct {
 } qtensor_t;
 
 typedef struct {
-    arecipe_t a;
+    act_quant_t acts;      /* the activation quantizer (compute/act_quant.h runs it) */
     wrecipe_t w;
     qtensor_t *qt;         /* when quant_apply was asked to keep codes */
     int n_qt;
-    int n_layer;
-    long dim[N_SITES];
-    uint8_t *hi_mask[N_SITES]; /* [layer] dim: static SQ high channels */
-    float **owned;             /* dequantized weight buffers */
+    float **owned;         /* dequantized weight buffers */
     int n_owned;
-    double w_bits;             /* average effective bits per weight */
-    int kernel_acts;           /* every layer matmul runs on an integer kernel that
-                                  quantizes its own input exactly as the hook would:
-                                  the hook then has nothing to do */
+    double w_bits;         /* average effective bits per weight */
 } quant_state_t;
 
 /* Quantizes m's layer weights in place (m then owns F32 copies through
@@ -75,14 +69,5 @@ typedef struct {
 int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a, int keep_codes,
                 quant_state_t *qs, void (*progress)(void *ud, int done, int total), void *ud,
                 char *err, size_t errlen);
-/* The 7 matrices of layer l in file order (q, k, v, o, gate, up, down) and
- * their GGUF names. */
-k_mat_t *quant_layer_mat(model_t *m, int l, int i, char *name, size_t n);
 void quant_free(quant_state_t *qs);
-/* 0 if SQ activations (static or dynamic) fit both activation widths of
- * the model (sq_cfg_fit), else -1 with why in err. */
-int quant_check_acts(const arecipe_t *a, const hparams_t *hp, char *err, size_t errlen);
-/* The forward hook that quantizes activations (fwd_t.hook, hook_ud = qs). */
-void quant_act_hook(void *ud, int layer, int site, float *x, long n, long dim);
-
 #endif

@@ -17,6 +17,7 @@
  */
 #include "../../engine/compute/forward.h"
 #include "../../engine/compute/backend_cuda.h"
+#include "../../engine/compute/act_quant.h"
 #include "../../engine/quant/quant.h"
 #include "../../engine/model/recipe.h"
 
@@ -61,9 +62,9 @@ static int runner_init(runner_t *r, model_t *m, k_pool_t *pool, int n_ctx, const
     if (kv_init(&r->kv, m->hp.n_layer, m->hp.head_dim * m->hp.n_head_kv, (n_ctx + KV_BLOCK - 1) / KV_BLOCK, 2) ||
         fwd_init(&r->f, m, &r->kv, pool, n_ctx, n_ctx))
         return -1;
-    if (qs && qs->a.kind != AQ_NONE) {
-        r->f.hook = quant_act_hook;
-        r->f.hook_ud = (void *)qs;
+    if (qs && qs->acts.a.kind != AQ_NONE) {
+        r->f.hook = act_quant_hook;
+        r->f.hook_ud = (void *)&qs->acts;
     }
     r->logits = malloc((size_t)n_ctx * m->hp.n_vocab * sizeof(float));
     return r->logits ? 0 : -1;

@@ -22,6 +22,7 @@
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
 #include "../../engine/model/sq.h"
+#include "../../engine/quant/sq_quant.h"
 #include "../../kernels/cuda/kc.h"
 #include "../../kernels/k_sq.h"
 

@@ -11,9 +11,11 @@
 #include <string.h>
 
 #include "../../engine/quant/gptq.h"
+#include "../../engine/compute/act_quant.h"
 #include "../../engine/quant/quant.h"
 #include "../../engine/model/recipe.h"
 #include "../../engine/model/sq.h"
+#include "../../engine/quant/sq_quant.h"
 #include "../../kernels/k_pool.h"
 #include "../../kernels/k_sq.h"
 
@@ -148,9 +150,9 @@ static void test_bank_fit(void **state) {
     hparams_t hp = {.dim = 64, .ffn_dim = 96};
     arecipe_t a = {.kind = AQ_SQ_DYNAMIC, .sq = {8, 4, 64, 0.875}};
     char err[256];
-    assert_int_equal(quant_check_acts(&a, &hp, err, sizeof err), 0);
+    assert_int_equal(recipe_check_acts(&a, hp.dim, hp.ffn_dim, err, sizeof err), 0);
     hp.ffn_dim = 100;
-    assert_int_equal(quant_check_acts(&a, &hp, err, sizeof err), -1);
+    assert_int_equal(recipe_check_acts(&a, hp.dim, hp.ffn_dim, err, sizeof err), -1);
     assert_non_null(strstr(err, "100 channels"));
     /* bits follow the bank each row takes: b64 on 576 rows, b128 on 1536 */
     wrecipe_t w = {.kind = WQ_SQ, .sq = {8, 4, 128, 0.875}};
@@ -177,7 +179,7 @@ static void test_dynamic_act_hook(void **state) {
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         long dim = cases[ci].dim, n = 3;
         int b = cases[ci].fit_b;
-        quant_state_t qs;
+        act_quant_t qs;
         memset(&qs, 0, sizeof qs);
         qs.a = (arecipe_t){.kind = AQ_SQ_DYNAMIC, .sq = {8, 4, cases[ci].b, cases[ci].s}};
         float *x = malloc((size_t)(n * dim) * sizeof *x), *want = malloc((size_t)(n * dim) * sizeof *want);
@@ -201,7 +203,7 @@ static void test_dynamic_act_hook(void **state) {
                 want[t * dim + j] = fminf(fmaxf(v, -q), q) * sc[hi[j]];
             }
         }
-        quant_act_hook(&qs, 0, 0, x, n, dim);
+        act_quant_hook(&qs, 0, 0, x, n, dim);
         assert_memory_equal(x, want, (size_t)(n * dim) * sizeof *x);
         free(x); free(want); free(ord); free(hi);
     }
