@@ -58,39 +58,6 @@ struct call {
 
 /* ---- small helpers ------------------------------------------------------------- */
 
-int32_t *api_encode(const tok_t *t, const char *text, size_t len, long *n) {
-    size_t cap = len + 16;
-    for (;;) {
-        int32_t *ids = malloc(cap * sizeof *ids);
-        if (!ids) return NULL;
-        long k = tok_encode(t, text, len, 1, ids, cap);
-        if (k < 0) { free(ids); return NULL; }
-        if ((size_t)k <= cap) { *n = k; return ids; }
-        free(ids);
-        cap = (size_t)k;
-    }
-}
-
-char *api_decode(const tok_t *t, const int32_t *ids, long n) {
-    size_t cap = 64, len = 0;
-    char *out = malloc(cap);
-    tok_stream_t ts = {0};
-    char piece[2048];
-    for (long i = 0; out && i <= n; i++) {
-        size_t k = i < n ? tok_stream_push(t, &ts, ids[i], 1, piece, sizeof piece)
-                         : tok_stream_flush(&ts, piece, sizeof piece);
-        if (len + k + 1 > cap) {
-            char *nb = realloc(out, cap = (len + k + 1) * 2);
-            if (!nb) { free(out); return NULL; }
-            out = nb;
-        }
-        memcpy(out + len, piece, k);
-        len += k;
-    }
-    if (out) out[len] = 0;
-    return out;
-}
-
 /* A token's text as valid UTF-8 (a lone byte of a split character shows
  * as U+FFFD) for logprob entries. */
 static json_t *token_json(const tok_t *t, int32_t id) {
@@ -416,21 +383,21 @@ static reply_t full_response(call_t *c) {
     }
     if (err) {
         json_decref(choices);
-        return http_error(500, "server_error", NULL, "%s", err);
+        return reply_error(500, "server_error", NULL, "%s", err);
     }
     if (timed_out) {
         json_decref(choices);
-        return http_error(504, "timeout_error", NULL, "the request exceeded --request-timeout");
+        return reply_error(504, "timeout_error", NULL, "the request exceeded --request-timeout");
     }
     for (int i = 0; i < c->n_choices; i++)
         if (!strcmp(c->ch[i].finish, "cancelled")) {
             json_decref(choices);
-            return http_error(503, "server_error", NULL, "the request was cancelled: the server is shutting down");
+            return reply_error(503, "server_error", NULL, "the request was cancelled: the server is shutting down");
         }
     json_t *env = envelope(c, 0);
     json_object_set_new(env, "choices", choices);
     json_object_set_new(env, "usage", usage_json(c));
-    return http_json(200, env);
+    return reply_json(200, env);
 }
 
 /* ---- the endpoint ------------------------------------------------------------------------ */
@@ -479,10 +446,10 @@ static reply_t submit_all(call_t *c) {
             c->n_choices = c->n_submitted; /* only these will report */
             cancel_all(c);
             pthread_mutex_unlock(&c->mu);
-            if (rc == SCHED_EFULL) return http_error(429, "rate_limit_error", NULL, "%s", err);
-            if (rc == SCHED_EDRAIN) return http_error(503, "server_error", NULL, "%s", err);
-            if (rc == SCHED_ENOMEM) return http_error(500, "server_error", NULL, "%s", err);
-            return http_error(400, "invalid_request_error", NULL, "%s", err);
+            if (rc == SCHED_EFULL) return reply_error(429, "rate_limit_error", NULL, "%s", err);
+            if (rc == SCHED_EDRAIN) return reply_error(503, "server_error", NULL, "%s", err);
+            if (rc == SCHED_ENOMEM) return reply_error(500, "server_error", NULL, "%s", err);
+            return reply_error(400, "invalid_request_error", NULL, "%s", err);
         }
     }
     return (reply_t){0, NULL};
@@ -490,7 +457,7 @@ static reply_t submit_all(call_t *c) {
 
 reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int chat) {
     call_t *c = call_new(s, conn, chat);
-    if (!c) return http_error(500, "server_error", NULL, "out of memory");
+    if (!c) return reply_error(500, "server_error", NULL, "out of memory");
     reply_t err;
     if (api_parse(s, req, chat, &c->req, &err) != 0) {
         pthread_mutex_lock(&c->mu);
@@ -505,7 +472,7 @@ reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int 
     if (!c->ch || !c->ud || !c->ids) {
         pthread_mutex_lock(&c->mu);
         call_unref_locked(c);
-        return http_error(500, "server_error", NULL, "out of memory");
+        return reply_error(500, "server_error", NULL, "out of memory");
     }
     for (int i = 0; i < c->n_choices; i++) c->ch[i].finish = "length";
     reply_t r = submit_all(c);
@@ -529,7 +496,7 @@ reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int 
             pthread_mutex_lock(&c->mu);
             cancel_all(c);
             call_unref_locked(c);
-            return http_error(500, "server_error", NULL, "out of memory");
+            return reply_error(500, "server_error", NULL, "out of memory");
         }
         MHD_add_response_header(resp, "Content-Type", "text/event-stream");
         MHD_add_response_header(resp, "Cache-Control", "no-cache");
@@ -554,10 +521,10 @@ static json_t *model_json(srv_t *s) {
 }
 
 reply_t api_models(srv_t *s, const char *id) {
-    if (!id) return http_json(200, json_pack("{s:s, s:[o]}", "object", "list", "data", model_json(s)));
+    if (!id) return reply_json(200, json_pack("{s:s, s:[o]}", "object", "list", "data", model_json(s)));
     if (strcmp(id, s->model_id) != 0)
-        return http_error(404, "not_found_error", "model", "model '%s' does not exist", id);
-    return http_json(200, model_json(s));
+        return reply_error(404, "not_found_error", "model", "model '%s' does not exist", id);
+    return reply_json(200, model_json(s));
 }
 
 reply_t api_tokenize(srv_t *s, json_t *req) {
@@ -569,41 +536,41 @@ reply_t api_tokenize(srv_t *s, json_t *req) {
     } else if (json_is_string(p)) {
         text = strndup(json_string_value(p), json_string_length(p));
     } else {
-        return http_error(400, "invalid_request_error", "prompt", "'prompt' (a string) or 'messages' is required");
+        return reply_error(400, "invalid_request_error", "prompt", "'prompt' (a string) or 'messages' is required");
     }
-    if (!text) return http_error(500, "server_error", NULL, "out of memory");
+    if (!text) return reply_error(500, "server_error", NULL, "out of memory");
     long n;
     int32_t *ids = api_encode(s->m->tok, text, strlen(text), &n);
     free(text);
-    if (!ids) return http_error(500, "server_error", NULL, "out of memory");
+    if (!ids) return reply_error(500, "server_error", NULL, "out of memory");
     json_t *arr = json_array();
     for (long i = 0; i < n; i++) json_array_append_new(arr, json_integer(ids[i]));
     free(ids);
-    return http_json(200, json_pack("{s:o, s:I, s:i}", "tokens", arr, "count", (json_int_t)n,
+    return reply_json(200, json_pack("{s:o, s:I, s:i}", "tokens", arr, "count", (json_int_t)n,
                                     "max_model_len", sched_config(s->sched)->n_ctx));
 }
 
 reply_t api_detokenize(srv_t *s, json_t *req) {
     json_t *toks = json_object_get(req, "tokens");
     if (!json_is_array(toks))
-        return http_error(400, "invalid_request_error", "tokens", "'tokens' must be a list of token ids");
+        return reply_error(400, "invalid_request_error", "tokens", "'tokens' must be a list of token ids");
     size_t n = json_array_size(toks), i;
     int32_t *ids = malloc((n + 1) * sizeof *ids);
-    if (!ids) return http_error(500, "server_error", NULL, "out of memory");
+    if (!ids) return reply_error(500, "server_error", NULL, "out of memory");
     json_t *v;
     json_array_foreach(toks, i, v) {
         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
             json_integer_value(v) >= s->m->hp.n_vocab) {
             free(ids);
-            return http_error(400, "invalid_request_error", "tokens",
+            return reply_error(400, "invalid_request_error", "tokens",
                               "tokens[%zu] is not an id in [0, %d)", i, s->m->hp.n_vocab);
         }
         ids[i] = (int32_t)json_integer_value(v);
     }
     char *text = api_decode(s->m->tok, ids, (long)n);
     free(ids);
-    if (!text) return http_error(500, "server_error", NULL, "out of memory");
+    if (!text) return reply_error(500, "server_error", NULL, "out of memory");
     json_t *out = json_pack("{s:s}", "prompt", text);
     free(text);
-    return http_json(200, out);
+    return reply_json(200, out);
 }

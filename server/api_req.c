@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 /* sets *err to a 400 naming param; evaluates to -1 (GNU statement expression) */
-#define BAD(param, ...) ({ *err = http_error(400, "invalid_request_error", param, __VA_ARGS__); -1; })
+#define BAD(param, ...) ({ *err = reply_error(400, "invalid_request_error", param, __VA_ARGS__); -1; })
 
 static int get_num(json_t *req, const char *key, double lo, double hi, double *out, reply_t *err) {
     json_t *v = json_object_get(req, key);
@@ -58,7 +58,7 @@ static int add_prompt(api_req_t *r, int32_t *ids, long n, char *echo) {
 static int tokenize_into(srv_t *s, api_req_t *r, const char *text, size_t len, reply_t *err) {
     long n;
     int32_t *ids = api_encode(s->m->tok, text, len, &n);
-    if (!ids) return (*err = http_error(500, "server_error", NULL, "out of memory"), -1);
+    if (!ids) return (*err = reply_error(500, "server_error", NULL, "out of memory"), -1);
     if (n == 0) {
         free(ids);
         return BAD("prompt", "the prompt tokenizes to nothing");
@@ -72,7 +72,7 @@ static int token_array(srv_t *s, api_req_t *r, json_t *arr, reply_t *err) {
     size_t n = json_array_size(arr), i;
     if (n == 0) return BAD("prompt", "a token list must not be empty");
     int32_t *ids = malloc(n * sizeof *ids);
-    if (!ids) return (*err = http_error(500, "server_error", NULL, "out of memory"), -1);
+    if (!ids) return (*err = reply_error(500, "server_error", NULL, "out of memory"), -1);
     json_t *v;
     json_array_foreach(arr, i, v) {
         json_int_t t = json_is_integer(v) ? json_integer_value(v) : -1;
@@ -147,7 +147,7 @@ int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err) {
     char **texts = calloc(n, sizeof *texts);
     int rc = -1;
     if (!m || !texts) {
-        *err = http_error(500, "server_error", NULL, "out of memory");
+        *err = reply_error(500, "server_error", NULL, "out of memory");
         goto out;
     }
     json_t *msg;
@@ -173,7 +173,7 @@ int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err) {
         m[i].content = texts[i];
     }
     *out = chat_render(&s->m->chat, m, n, 1);
-    if (!*out) *err = http_error(500, "server_error", NULL, "out of memory");
+    if (!*out) *err = reply_error(500, "server_error", NULL, "out of memory");
     else rc = 0;
 out:
     if (texts)
@@ -241,7 +241,7 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     json_t *model = json_object_get(req, "model");
     if (!json_is_string(model)) return BAD("model", "'model' is required and must be a string");
     if (strcmp(json_string_value(model), s->model_id) != 0) {
-        *err = http_error(404, "not_found_error", "model", "model '%s' does not exist (serving '%s')",
+        *err = reply_error(404, "not_found_error", "model", "model '%s' does not exist (serving '%s')",
                           json_string_value(model), s->model_id);
         return -1;
     }
@@ -308,4 +308,39 @@ void api_req_free(api_req_t *r) {
         free(r->echo_text[i]);
     }
     r->n_prompts = 0;
+}
+
+/* ---- token helpers shared with api.c ------------------------------------------ */
+
+int32_t *api_encode(const tok_t *t, const char *text, size_t len, long *n) {
+    size_t cap = len + 16;
+    for (;;) {
+        int32_t *ids = malloc(cap * sizeof *ids);
+        if (!ids) return NULL;
+        long k = tok_encode(t, text, len, 1, ids, cap);
+        if (k < 0) { free(ids); return NULL; }
+        if ((size_t)k <= cap) { *n = k; return ids; }
+        free(ids);
+        cap = (size_t)k;
+    }
+}
+
+char *api_decode(const tok_t *t, const int32_t *ids, long n) {
+    size_t cap = 64, len = 0;
+    char *out = malloc(cap);
+    tok_stream_t ts = {0};
+    char piece[2048];
+    for (long i = 0; out && i <= n; i++) {
+        size_t k = i < n ? tok_stream_push(t, &ts, ids[i], 1, piece, sizeof piece)
+                         : tok_stream_flush(&ts, piece, sizeof piece);
+        if (len + k + 1 > cap) {
+            char *nb = realloc(out, cap = (len + k + 1) * 2);
+            if (!nb) { free(out); return NULL; }
+            out = nb;
+        }
+        memcpy(out + len, piece, k);
+        len += k;
+    }
+    if (out) out[len] = 0;
+    return out;
 }

@@ -13,7 +13,7 @@ int cmd_tokenize(const config_t *c);
 int cmd_bench(const config_t *c);
 int cmd_serve(const config_t *c);
 int cmd_convert(const config_t *c);
-/* bench --synthetic NAME --device cuda (bench_synth.c) */
+/* bench --synthetic NAME --device cuda (cli_bench.c) */
 int cli_bench_synthetic(const config_t *c);
 
 #include "../engine/runtime/gen.h"

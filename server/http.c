@@ -1,4 +1,6 @@
-/* http.c - libmicrohttpd plumbing: bodies, routing, auth, errors, logs. */
+/* http.c - the libmicrohttpd edge: request bodies, the route table, auth,
+ * the access log. Handlers (api.c, metrics.c) produce replies through
+ * reply.c; nothing below this file calls back into it. */
 #include "server.h"
 
 #include <arpa/inet.h>
@@ -18,56 +20,6 @@ typedef struct {
     char method[8];
     char path[96];
 } conn_t;
-
-static const unsigned SLOT_STATUS[STATUS_SLOTS] = {200, 400, 401, 404, 405, 413, 429, 500};
-
-int http_status_slot(unsigned status) {
-    for (int i = 0; i < STATUS_SLOTS - 1; i++)
-        if (SLOT_STATUS[i] == status) return i;
-    return STATUS_SLOTS - 1; /* 5xx and anything unusual */
-}
-
-unsigned http_status_of_slot(int slot) { return SLOT_STATUS[slot]; }
-
-const char *http_endpoint_name(int ep) {
-    static const char *names[EP_COUNT] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
-                                          "/health", "/metrics", "/tokenize", "/detokenize",
-                                          "/openapi.json", "other"};
-    return names[ep];
-}
-
-reply_t http_json(unsigned status, json_t *body) {
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    if (!text) return (reply_t){500, NULL};
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-    if (!r) {
-        free(text);
-        return (reply_t){500, NULL};
-    }
-    MHD_add_response_header(r, "Content-Type", "application/json");
-    return (reply_t){status, r};
-}
-
-reply_t http_error(unsigned status, const char *type, const char *param, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    json_t *e = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", msg, "type", type, "param",
-                          param ? json_string(param) : json_null(), "code",
-                          json_integer(status));
-    return http_json(status, e);
-}
-
-static reply_t text_reply(unsigned status, const char *type, const char *text) {
-    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text,
-                                                             MHD_RESPMEM_MUST_COPY);
-    if (r) MHD_add_response_header(r, "Content-Type", type);
-    return (reply_t){status, r};
-}
 
 static int route_of(const char *url) {
     static const struct { const char *path; int ep; } routes[] = {
@@ -95,18 +47,18 @@ static int authorized(srv_t *s, struct MHD_Connection *c) {
 static json_t *parse_body(conn_t *cn, reply_t *err) {
     json_error_t je;
     if (cn->len == 0) {
-        *err = http_error(400, "invalid_request_error", NULL, "the request body is empty");
+        *err = reply_error(400, "invalid_request_error", NULL, "the request body is empty");
         return NULL;
     }
     json_t *j = json_loadb(cn->body, cn->len, JSON_REJECT_DUPLICATES, &je);
     if (!j) {
-        *err = http_error(400, "invalid_request_error", NULL, "invalid JSON: %s (line %d column %d)",
+        *err = reply_error(400, "invalid_request_error", NULL, "invalid JSON: %s (line %d column %d)",
                           je.text, je.line, je.column);
         return NULL;
     }
     if (!json_is_object(j)) {
         json_decref(j);
-        *err = http_error(400, "invalid_request_error", NULL, "the request body must be a JSON object");
+        *err = reply_error(400, "invalid_request_error", NULL, "the request body must be a JSON object");
         return NULL;
     }
     return j;
@@ -116,29 +68,29 @@ static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const ch
                         const char *method) {
     int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
     int ep = cn->ep;
-    if (ep == EP_OTHER) return http_error(404, "not_found_error", NULL, "no route for %s", url);
+    if (ep == EP_OTHER) return reply_error(404, "not_found_error", NULL, "no route for %s", url);
     int want_post = ep == EP_COMPLETIONS || ep == EP_CHAT || ep == EP_TOKENIZE || ep == EP_DETOKENIZE;
     if ((want_post && !post) || (!want_post && !get)) {
-        reply_t r = http_error(405, "invalid_request_error", NULL, "%s does not accept %s", url, method);
+        reply_t r = reply_error(405, "invalid_request_error", NULL, "%s does not accept %s", url, method);
         if (r.resp) MHD_add_response_header(r.resp, "Allow", want_post ? "POST" : "GET");
         return r;
     }
     if (!strncmp(url, "/v1/", 4) && !authorized(s, c))
-        return http_error(401, "authentication_error", NULL, "a valid API key is required (Authorization: Bearer)");
+        return reply_error(401, "authentication_error", NULL, "a valid API key is required (Authorization: Bearer)");
     if (!atomic_load_explicit(&s->ready, memory_order_acquire)) {
-        if (ep == EP_HEALTH) return text_reply(503, "application/json", "{\"status\":\"loading\"}");
-        return http_error(503, "server_error", NULL, "the model is still loading");
+        if (ep == EP_HEALTH) return reply_text(503, "application/json", "{\"status\":\"loading\"}");
+        return reply_error(503, "server_error", NULL, "the model is still loading");
     }
     if (ep == EP_HEALTH) {
         int draining = sched_draining(s->sched);
-        return text_reply(draining ? 503 : 200, "application/json",
+        return reply_text(draining ? 503 : 200, "application/json",
                           draining ? "{\"status\":\"draining\"}" : "{\"status\":\"ok\"}");
     }
     if (ep == EP_METRICS) return metrics_reply(s);
-    if (ep == EP_OPENAPI) return text_reply(200, "application/json", OPENAPI_JSON);
+    if (ep == EP_OPENAPI) return reply_text(200, "application/json", OPENAPI_JSON);
     if (ep == EP_MODELS) return api_models(s, strlen(url) > 11 ? url + 11 : NULL);
     if (cn->too_big)
-        return http_error(413, "invalid_request_error", NULL, "the body exceeds %zu bytes", s->max_body);
+        return reply_error(413, "invalid_request_error", NULL, "the body exceeds %zu bytes", s->max_body);
     reply_t err;
     json_t *req = parse_body(cn, &err);
     if (!req) return err;
@@ -146,7 +98,7 @@ static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const ch
     if (ep == EP_TOKENIZE) r = api_tokenize(s, req);
     else if (ep == EP_DETOKENIZE) r = api_detokenize(s, req);
     else if (sched_draining(s->sched))
-        r = http_error(503, "server_error", NULL, "the server is shutting down");
+        r = reply_error(503, "server_error", NULL, "the server is shutting down");
     else r = api_completions(s, c, req, ep == EP_CHAT);
     json_decref(req);
     return r;
@@ -185,7 +137,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     reply_t r = dispatch(s, c, cn, url, method);
-    if (!r.resp) r = http_error(500, "server_error", NULL, "out of memory");
+    if (!r.resp) r = reply_error(500, "server_error", NULL, "out of memory");
     if (!r.resp) return MHD_NO;
     cn->status = r.status;
     if (r.status == 429) MHD_add_response_header(r.resp, "Retry-After", "1");
@@ -205,15 +157,15 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     double ms = (t1.tv_sec - cn->t0.tv_sec) * 1e3 + (t1.tv_nsec - cn->t0.tv_nsec) / 1e6;
     unsigned status = cn->status ? cn->status : 499; /* client went away first */
     pthread_mutex_lock(&s->mu);
-    s->requests[cn->ep][http_status_slot(status)]++;
+    s->requests[cn->ep][reply_status_slot(status)]++;
     pthread_mutex_unlock(&s->mu);
     const char *how = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted";
     if (s->log_json)
         fprintf(stderr, "{\"event\":\"access\",\"method\":\"%s\",\"path\":\"%s\",\"status\":%u,"
-                        "\"ms\":%.1f,\"end\":\"%s\"}\n", cn->method, http_endpoint_name(cn->ep),
+                        "\"ms\":%.1f,\"end\":\"%s\"}\n", cn->method, reply_endpoint_name(cn->ep),
                 status, ms, how);
     else
-        fprintf(stderr, "access %s %s %u %.1fms %s\n", cn->method, http_endpoint_name(cn->ep),
+        fprintf(stderr, "access %s %s %u %.1fms %s\n", cn->method, reply_endpoint_name(cn->ep),
                 status, ms, how);
     free(cn->body);
     free(cn);

@@ -64,7 +64,7 @@ reply_t metrics_reply(srv_t *s) {
     stats_data_t d;
     stats_snapshot(sched_stats(s->sched), &d);
     out_t o = {malloc(8192), 0, 8192, 0};
-    if (!o.buf) return http_error(500, "server_error", NULL, "out of memory");
+    if (!o.buf) return reply_error(500, "server_error", NULL, "out of memory");
 
     put(&o, "# HELP sqserve_requests_total HTTP requests by endpoint and status code.\n"
             "# TYPE sqserve_requests_total counter\n");
@@ -73,7 +73,7 @@ reply_t metrics_reply(srv_t *s) {
         for (int k = 0; k < STATUS_SLOTS; k++)
             if (s->requests[e][k])
                 put(&o, "sqserve_requests_total{endpoint=\"%s\",code=\"%u\"} %llu\n",
-                    http_endpoint_name(e), http_status_of_slot(k), (unsigned long long)s->requests[e][k]);
+                    reply_endpoint_name(e), reply_status_of_slot(k), (unsigned long long)s->requests[e][k]);
     pthread_mutex_unlock(&s->mu);
 
     counter(&o, "sqserve_prompt_tokens_total", "Prompt tokens computed (prefix-cache hits excluded).", d.prompt_tokens);
@@ -121,7 +121,7 @@ reply_t metrics_reply(srv_t *s) {
     histogram(&o, "sqserve_output_length_tokens", "Generated tokens per sequence.", &d.output_len);
     if (o.oom) {
         free(o.buf);
-        return http_error(500, "server_error", NULL, "out of memory");
+        return reply_error(500, "server_error", NULL, "out of memory");
     }
     struct MHD_Response *r = MHD_create_response_from_buffer(o.len, o.buf, MHD_RESPMEM_MUST_FREE);
     if (!r) {

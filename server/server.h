@@ -51,12 +51,15 @@ typedef struct {
 /* http.c */
 int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err, size_t errlen);
 void http_stop(srv_t *s);
-reply_t http_json(unsigned status, json_t *body); /* steals body */
-reply_t http_error(unsigned status, const char *type, const char *param, const char *fmt, ...)
+
+/* reply.c */
+reply_t reply_json(unsigned status, json_t *body); /* steals body */
+reply_t reply_error(unsigned status, const char *type, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-const char *http_endpoint_name(int ep);
-int http_status_slot(unsigned status);
-unsigned http_status_of_slot(int slot);
+const char *reply_endpoint_name(int ep);
+int reply_status_slot(unsigned status);
+unsigned reply_status_of_slot(int slot);
+reply_t reply_text(unsigned status, const char *type, const char *text); /* copies text */
 
 /* api.c: the OpenAI endpoints; conn gives access to the socket for
  * disconnect detection. */
