@@ -8,6 +8,11 @@
  *     xb  = RMSNorm(x) * w_ffn_norm
  *     x  += (silu(xb Wgate) * (xb Wup)) Wdown        (SwiGLU)
  *   logits = RMSNorm(x) * w_out_norm  Wout
+ *
+ * Written once for every device: each step is an operation of the model's
+ * backend (backend.h; backend_cpu.c, backend_cuda.c), on buffers that
+ * backend allocated. The activation hook runs at the four matmul input
+ * sites (recipe.h's SITE_*), where quantized recipes round activations.
  */
 #include "backend.h"
 
