@@ -52,6 +52,12 @@ static void rt_free(rt_t *r) {
     if (r->loaded) model_free(&r->m);
 }
 
+/* The file name of a path (what the .sqm and the metrics call a reference). */
+static const char *base_name(const char *path) {
+    const char *b = strrchr(path, '/');
+    return b ? b + 1 : path;
+}
+
 static int rt_threads(const config_t *c) {
     long t = cfg_int(c, "threads");
     if (t > 0) return (int)t;
@@ -351,6 +357,58 @@ static void print_window(void *ud, int w, double nll, long n) {
     fprintf(stderr, "window %d: nll %.4f ppl %.4f\n", w, nll, exp(nll / n));
 }
 
+/* What the evaluated model is: its weight and activation recipes and the
+ * bits per weight its layer matrices are stored in. */
+typedef struct { char weights[96], acts[96]; double w_bits; } model_desc_t;
+
+static void describe(const rt_t *r, const config_t *c, model_desc_t *d) {
+    if (r->m.file_map) { /* a .sqm: what convert stored */
+        snprintf(d->weights, sizeof d->weights, "%s", r->m.w_recipe);
+        snprintf(d->acts, sizeof d->acts, "%s", r->m.a_recipe);
+        d->w_bits = r->m.w_bits;
+    } else if (r->quantized) { /* a GGUF quantized at load */
+        snprintf(d->weights, sizeof d->weights, "%s", cfg_str(c, "weights"));
+        snprintf(d->acts, sizeof d->acts, "%s", cfg_str(c, "acts"));
+        d->w_bits = r->qs.w_bits;
+    } else { /* a GGUF as stored, FP32 activations */
+        snprintf(d->weights, sizeof d->weights, "gguf");
+        snprintf(d->acts, sizeof d->acts, "fp32");
+        d->w_bits = model_file_bits_total(&r->m);
+    }
+}
+
+/* The reference eval --ref compares with: --ref-model, or the GGUF itself
+ * on its FP32 path when -m is a GGUF quantized by --weights/--acts. A .sqm
+ * has no FP32 path of its own, and a plain GGUF compared with itself says
+ * nothing: both need --ref-model. */
+static int open_ref(const rt_t *r, const config_t *c, rt_t *ref) {
+    char err[512];
+    const char *path = cfg_str(c, "ref-model");
+    memset(ref, 0, sizeof *ref);
+    if (!path && r->m.file_map)
+        return die("eval --ref on a .sqm needs --ref-model ORIGINAL.gguf (the model it was converted from): "
+                   "a .sqm has no unquantized path to compare with");
+    if (!path && !r->quantized)
+        return die("eval --ref compares a quantized model with its reference: give --weights/--acts, "
+                   "or --ref-model FILE");
+    if (!path) {
+        path = cfg_str(c, "model");
+    } else {
+        struct stat a, b;
+        if (stat(path, &b) == 0 && stat(cfg_str(c, "model"), &a) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+            return die("--ref-model %s is the model being evaluated: a model compared with itself says nothing", path);
+    }
+    if (model_load(&ref->m, path, err, sizeof err) != 0) return die("%s", err);
+    ref->loaded = 1;
+    if (model_check_same_vocab(&r->m, &ref->m, err, sizeof err) != 0) {
+        model_free(&ref->m);
+        ref->loaded = 0;
+        return die("--ref-model %s cannot be the reference of %s: %s", path, cfg_str(c, "model"), err);
+    }
+    ref->pool = r->pool; /* shared, not owned */
+    return 0;
+}
+
 int cmd_eval(const config_t *c) {
     const char *path = cfg_str(c, "ppl");
     if (!path) return die("eval needs --ppl FILE");
@@ -380,23 +438,34 @@ int cmd_eval(const config_t *c) {
         if (strcmp(OPTIONS[i].name, "batch") == 0) cc.val[i] = batch;
     if (rt_quantize(&r, c) || rt_compute(&r, &cc, ctx)) goto out;
     char err[256];
-    if (cfg_bool(c, "ref")) { /* the same tokens through the unquantized model */
+    model_desc_t d;
+    describe(&r, c, &d);
+    if (cfg_str(c, "ref-model") && !cfg_bool(c, "ref")) {
+        die("--ref-model is the reference of eval --ref: add --ref");
+        goto out;
+    }
+    if (cfg_bool(c, "ref")) { /* the same tokens through the reference model */
         rt_t ref;
-        memset(&ref, 0, sizeof ref);
-        if (model_load(&ref.m, cfg_str(c, "model"), err, sizeof err) != 0) { die("%s", err); goto out; }
-        ref.loaded = 1;
-        ref.pool = r.pool; /* shared, not owned */
+        if (open_ref(&r, c, &ref) != 0) goto out;
+        model_desc_t rd;
+        describe(&ref, c, &rd);
+        if (!cfg_str(c, "ref-model")) { /* the GGUF itself: its FP32 path */
+            snprintf(rd.weights, sizeof rd.weights, "gguf");
+            snprintf(rd.acts, sizeof rd.acts, "fp32");
+            rd.w_bits = model_file_bits_total(&ref.m);
+        }
         cmp_result_t cr;
         int bad = rt_compute(&ref, &cc, ctx) ||
                   eval_compare(&r.f, &ref.f, ids, n_ids, ctx, &cr, print_cmp, NULL, err, sizeof err);
         if (bad && !ref.fwd_ready) { rt_free(&ref); goto out; }
+        const char *ref_path = cfg_str(c, "ref-model") ? cfg_str(c, "ref-model") : cfg_str(c, "model");
         rt_free(&ref);
         if (bad) { die("%s", err); goto out; }
-        printf("file: %s\ntokens: %ld\nctx: %d\nwindows: %d\npredictions: %ld\nweights: %s\n"
-               "acts: %s\nw_bits: %.3f\nppl: %.6f\nppl_ref: %.6f\ndelta_ppl_pct: %.4f\n"
-               "kl: %.6f\ntop1: %.6f\nseconds: %.2f\n",
-               path, n_ids, ctx, cr.q.n_windows, cr.q.n_pred, cfg_str(c, "weights"), cfg_str(c, "acts"),
-               r.quantized ? r.qs.w_bits : 32.0, cr.q.ppl, cr.ref.ppl,
+        printf("file: %s\ntokens: %ld\nctx: %d\nwindows: %d\npredictions: %ld\nmodel: %s\nweights: %s\n"
+               "acts: %s\nw_bits: %.3f\nref_model: %s\nref_weights: %s\nref_acts: %s\nref_w_bits: %.3f\n"
+               "ppl: %.6f\nppl_ref: %.6f\ndelta_ppl_pct: %.4f\nkl: %.6f\ntop1: %.6f\nseconds: %.2f\n",
+               path, n_ids, ctx, cr.q.n_windows, cr.q.n_pred, cfg_str(c, "model"), d.weights, d.acts, d.w_bits,
+               ref_path, rd.weights, rd.acts, rd.w_bits, cr.q.ppl, cr.ref.ppl,
                100.0 * (cr.q.ppl - cr.ref.ppl) / cr.ref.ppl, cr.kl, cr.top1, cr.q.seconds);
         rc = 0;
         goto out;
@@ -407,8 +476,9 @@ int cmd_eval(const config_t *c) {
         goto out;
     }
     printf("file: %s\ntokens: %ld (tokenized in %.2f s)\nctx: %d\nwindows: %d\npredictions: %ld\n"
-           "nll: %.6f\nppl: %.6f\nseconds: %.2f\ntokens_per_s: %.1f\n",
-           path, n_ids, t_tok, ctx, pr.n_windows, pr.n_pred, pr.nll, pr.ppl, pr.seconds,
+           "model: %s\nweights: %s\nacts: %s\nw_bits: %.3f\nnll: %.6f\nppl: %.6f\nseconds: %.2f\ntokens_per_s: %.1f\n",
+           path, n_ids, t_tok, ctx, pr.n_windows, pr.n_pred, cfg_str(c, "model"), d.weights, d.acts, d.w_bits,
+           pr.nll, pr.ppl, pr.seconds,
            pr.n_windows * (double)ctx / pr.seconds);
     rc = 0;
 out:
@@ -432,6 +502,22 @@ int cmd_inspect(const config_t *c) {
     printf("tied_output: %s\nweight_bytes: %zu\nchat_template: %s\nbos: %d\neos: %d\n",
            r.m.output.data == r.m.tok_embd.data ? "yes" : "no", model_weight_bytes(&r.m),
            r.m.chat.kind == CHAT_LLAMA3 ? "llama3" : "chatml", tok_bos(r.m.tok), tok_eos(r.m.tok));
+    if (r.m.file_map) {
+        printf("recipe: weights=%s acts=%s\nstated_bits_per_weight: %.3f\n", r.m.w_recipe, r.m.a_recipe, r.m.w_bits);
+        if (r.m.have_eval)
+            printf("eval: ppl %.4f, reference ppl %.4f, kl %.5f, top1 %.4f on %.0f self-generated tokens; "
+                   "reference %s (GGUF weights, FP32 activations)\n",
+                   r.m.eval[0], r.m.eval[1], r.m.eval[2], r.m.eval[3], r.m.eval[4], r.m.eval_ref);
+    }
+    /* what every layer matrix takes in the file (codes, positions and scales) */
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int i = 0; i < 7; i++) {
+            char name[48];
+            const k_mat_t *w = model_layer_mat(&r.m, l, i, name, sizeof name);
+            printf("tensor: %s %ldx%ld %zu bytes %.3f bits/weight\n", name, w->n, w->k, r.m.file_bytes[l * 7 + i],
+                   model_file_bits(&r.m, l, i));
+        }
+    printf("layer_bits_per_weight: %.3f\n", model_file_bits_total(&r.m));
     rt_free(&r);
     return 0;
 }
@@ -541,9 +627,11 @@ int cmd_convert(const config_t *c) {
     }
     int calibrated = r.qs.w.gptq || r.qs.acts.a.kind == AQ_SQ_STATIC;
     sqm_meta_t meta = {cfg_str(c, "weights"), cfg_str(c, "acts"), calibrated ? cfg_str(c, "calib") : "none",
-                       calibrated ? cfg_int(c, "calib-tokens") : 0, cfg_str(c, "model"), 0, 0, 0, 0, 0, 0};
+                       calibrated ? cfg_int(c, "calib-tokens") : 0, cfg_str(c, "model"), 0, 0, 0, 0, 0, 0, NULL};
     char err[512];
-    { /* record the converted model's accuracy against FP32 in the file */
+    char ref_name[160];
+    snprintf(ref_name, sizeof ref_name, "%s", base_name(cfg_str(c, "model")));
+    { /* record the converted model's accuracy against its source GGUF (FP32 activations) */
         cmp_result_t cr;
         if (cli_eval_vs_fp32(&r.m, &r.qs, r.pool, cfg_str(c, "model"), 512, &cr) == 0) {
             meta.have_eval = 1;
@@ -552,6 +640,7 @@ int cmd_convert(const config_t *c) {
             meta.eval_kl = cr.kl;
             meta.eval_top1 = cr.top1;
             meta.eval_tokens = cr.q.n_pred;
+            meta.eval_ref = ref_name;
             fprintf(stderr, "eval vs FP32 on %ld self-generated tokens: ppl %.4f (FP32 %.4f), KL %.5f, top-1 %.4f\n",
                     cr.q.n_pred, cr.q.ppl, cr.ref.ppl, cr.kl, cr.top1);
         }

@@ -95,13 +95,16 @@ reply_t metrics_reply(srv_t *s) {
     label_value(&o, s->device ? s->device : "cpu");
     put(&o, "\",bits_per_weight=\"%.2f\"} 1\n", s->w_bits);
     if (s->have_eval) { /* measured at start against the FP32 path */
-        put(&o, "# HELP sqserve_model_eval Startup evaluation of the served format against FP32 "
-                "on self-generated text.\n# TYPE sqserve_model_eval gauge\n");
+        put(&o, "# HELP sqserve_model_eval Evaluation of the served format (at start, or recorded by convert) "
+                "against the reference model named in the label (its GGUF weights, FP32 activations) on "
+                "self-generated text.\n# TYPE sqserve_model_eval gauge\n");
         const char *names[] = {"ppl", "ppl_fp32", "kl", "top1", "tokens"};
         double vals[] = {s->eval_ppl, s->eval_ppl_ref, s->eval_kl, s->eval_top1, (double)s->eval_tokens};
         for (int i = 0; i < 5; i++) {
             put(&o, "sqserve_model_eval{recipe=\"");
             label_value(&o, s->recipe);
+            put(&o, "\",reference=\"");
+            label_value(&o, s->eval_ref);
             put(&o, "\",metric=\"%s\"} %.17g\n", names[i], vals[i]);
         }
     }

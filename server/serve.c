@@ -69,6 +69,8 @@ static void startup_eval(model_t *m, quant_state_t *qs, k_pool_t *pool, const ch
     srv->eval_kl = r.kl;
     srv->eval_top1 = r.top1;
     srv->eval_tokens = r.q.n_pred;
+    const char *slash = strrchr(path, '/');
+    snprintf(srv->eval_ref, sizeof srv->eval_ref, "%s", slash ? slash + 1 : path);
     fprintf(stderr, "startup eval (%ld self-generated tokens, %.1fs): ppl %.4f vs FP32 %.4f, "
             "KL %.5f, top-1 %.4f\n", r.q.n_pred, gen_now() - t0, r.q.ppl, r.ref.ppl, r.kl, r.top1);
 }
@@ -140,6 +142,7 @@ int cmd_serve(const config_t *c) {
         srv.eval_kl = m.eval[2];
         srv.eval_top1 = m.eval[3];
         srv.eval_tokens = (long)m.eval[4];
+        snprintf(srv.eval_ref, sizeof srv.eval_ref, "%s", m.eval_ref);
     } else if (m.file_map) {
         snprintf(recipe, sizeof recipe, "%s", m.recipe);
     }

@@ -38,6 +38,7 @@ typedef struct {
     int have_eval;         /* startup evaluation against FP32 */
     double eval_ppl, eval_ppl_ref, eval_kl, eval_top1;
     long eval_tokens;
+    char eval_ref[160];    /* the reference model's file name */
     pthread_mutex_t mu;    /* guards the request counters */
     uint64_t requests[EP_COUNT][STATUS_SLOTS];
 } srv_t;

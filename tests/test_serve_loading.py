@@ -42,6 +42,7 @@ def test_health_503_while_loading_then_200():
                                                       "prompt": "Hello", "max_tokens": 4}, timeout=60)
         assert r.status_code == 200, r.text
         mt = httpx.get(base + "/metrics", timeout=5).text
-        assert 'sqserve_model_eval{recipe="weights=int8 acts=fp32",metric="kl"}' in mt
+        assert ('sqserve_model_eval{recipe="weights=int8 acts=fp32",'
+                'reference="SmolLM2-135M-Instruct.Q4_1.gguf",metric="kl"}') in mt
     finally:
         s.stop(10)

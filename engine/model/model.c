@@ -222,6 +222,15 @@ int model_init(model_t *m, const char *path, char *err, size_t errlen) {
     if (load_hparams(m, msg, sizeof msg) || load_weights(m, msg, sizeof msg) ||
         load_rope(m, msg, sizeof msg))
         goto fail;
+    if (!(m->file_bytes = calloc((size_t)m->hp.n_layer * 7, sizeof *m->file_bytes))) {
+        snprintf(msg, sizeof msg, "out of memory");
+        goto fail;
+    }
+    for (int l = 0; !m->external_layers && l < m->hp.n_layer; l++)
+        for (int i = 0; i < 7; i++) {
+            const k_mat_t *w = model_layer_mat(m, l, i, NULL, 0);
+            m->file_bytes[l * 7 + i] = w->row_bytes * (size_t)w->n;
+        }
     if (!(m->tok = tok_load(&m->gguf, msg, sizeof msg))) goto fail;
     if (tok_n_vocab(m->tok) != m->hp.n_vocab) {
         snprintf(msg, sizeof msg, "vocabulary has %d tokens but the model %d",
@@ -247,6 +256,7 @@ void model_free(model_t *m) {
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);
+    free(m->file_bytes);
     free(m->rope_inv_freq);
     gguf_close(&m->gguf);
     if (m->acts) {
@@ -265,6 +275,45 @@ k_mat_t *model_layer_mat(model_t *m, int l, int i, char *name, size_t n) {
     k_mat_t *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
     if (name) snprintf(name, n, "blk.%d.%s.weight", l, parts[i]);
     return mats[i];
+}
+
+double model_file_bits(const model_t *m, int l, int i) {
+    k_mat_t *w = model_layer_mat((model_t *)m, l, i, NULL, 0);
+    return 8.0 * (double)m->file_bytes[l * 7 + i] / ((double)w->n * (double)w->k);
+}
+
+double model_file_bits_total(const model_t *m) {
+    double bytes = 0, elems = 0;
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (int i = 0; i < 7; i++) {
+            k_mat_t *w = model_layer_mat((model_t *)m, l, i, NULL, 0);
+            bytes += (double)m->file_bytes[l * 7 + i];
+            elems += (double)w->n * (double)w->k;
+        }
+    return elems > 0 ? 8.0 * bytes / elems : 0;
+}
+
+int model_check_same_vocab(const model_t *m, const model_t *ref, char *err, size_t errlen) {
+    const hparams_t *a = &m->hp, *b = &ref->hp;
+    if (a->n_layer != b->n_layer || a->dim != b->dim || a->n_head != b->n_head || a->n_head_kv != b->n_head_kv ||
+        a->head_dim != b->head_dim || a->ffn_dim != b->ffn_dim || a->n_vocab != b->n_vocab) {
+        snprintf(err, errlen, "not the same architecture (layers %d/%d, dim %d/%d, ffn %d/%d, vocabulary %d/%d)",
+                 a->n_layer, b->n_layer, a->dim, b->dim, a->ffn_dim, b->ffn_dim, a->n_vocab, b->n_vocab);
+        return -1;
+    }
+    for (int id = 0; id < a->n_vocab; id++) {
+        size_t la, lb;
+        const char *pa = tok_piece(m->tok, id, &la), *pb = tok_piece(ref->tok, id, &lb);
+        if (la != lb || memcmp(pa, pb, la) != 0) {
+            snprintf(err, errlen, "not the same vocabulary (token %d differs)", id);
+            return -1;
+        }
+    }
+    if (tok_bos(m->tok) != tok_bos(ref->tok) || tok_eos(m->tok) != tok_eos(ref->tok)) {
+        snprintf(err, errlen, "not the same special tokens (bos/eos)");
+        return -1;
+    }
+    return 0;
 }
 
 size_t model_weight_bytes(const model_t *m) {

@@ -40,11 +40,15 @@ typedef struct {
     void *file_map;              /* a .sqm mapping the gguf points into */
     size_t file_size;
     act_quant_t *acts;           /* a .sqm's activation quantizer, or NULL */
-    double w_bits;               /* a .sqm's stored bits per weight (0: not quantized) */
-    /* evaluation recorded by convert in a .sqm: ppl, ppl_fp32, kl, top1, tokens */
+    double w_bits;               /* a .sqm's stated bits per weight (0: not quantized) */
+    /* evaluation recorded by convert in a .sqm: ppl, ppl_fp32, kl, top1, tokens,
+     * against the reference model named in eval_ref */
     int have_eval;
     double eval[5];
-    char recipe[160];
+    char eval_ref[160];
+    char recipe[160];            /* "weights=W acts=A" of a .sqm */
+    char w_recipe[80], a_recipe[80]; /* the same, apart */
+    size_t *file_bytes;          /* [n_layer * 7]: bytes each layer matrix takes in its file */
     /* a device backend's copy of the weights (backend_cuda.h), or NULL:
      * the forward pass then runs on that backend */
     void *dev;
@@ -67,6 +71,16 @@ void model_rope_inv_freq(const hparams_t *hp, const float *factors, float *out);
 /* The 7 matrices of layer l in file order (q, k, v, o, gate, up, down);
  * name (if non-NULL) receives the GGUF tensor name. */
 k_mat_t *model_layer_mat(model_t *m, int l, int i, char *name, size_t n);
+
+/* Stored bits per weight of layer matrix (l, i) in the file it came from,
+ * and over all layer matrices (file_bytes * 8 / elements). */
+double model_file_bits(const model_t *m, int l, int i);
+double model_file_bits_total(const model_t *m);
+
+/* 0 when ref can serve as m's reference: the same architecture (every
+ * hyperparameter that shapes a tensor) and the same vocabulary, token by
+ * token; else -1 with the first difference in err. */
+int model_check_same_vocab(const model_t *m, const model_t *ref, char *err, size_t errlen);
 
 /* Bytes and element count of the matmul weights (lm head included). */
 size_t model_weight_bytes(const model_t *m);

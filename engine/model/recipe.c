@@ -77,7 +77,8 @@ int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen) {
 
 double recipe_w_bits(const wrecipe_t *r, long k) {
     switch (r->kind) {
-    case WQ_INT: return r->bits + 32.0 / (double)(r->group ? r->group : k); /* float scales */
+    /* as stored: codes in 2/4/8-bit fields (sq_code_bits), float scales */
+    case WQ_INT: return sq_code_bits(r->bits) + 32.0 / (double)(r->group ? r->group : k);
     case WQ_SQ: {
         sq_cfg_t fit = r->sq; /* the bank a k-wide row takes */
         sq_cfg_fit(&r->sq, k, 1, &fit);

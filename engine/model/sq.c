@@ -125,3 +125,23 @@ const char *sq_validate(const sq_tensor_t *t) {
     return NULL;
 }
 
+
+int sq_code_bits(int bits) { return bits <= 2 ? 2 : bits <= 4 ? 4 : 8; }
+
+void sq_pack_codes(const int8_t *codes, int code_bits, size_t n, uint8_t *out) {
+    int per = 8 / code_bits;
+    unsigned mask = (1u << code_bits) - 1;
+    for (size_t i = 0; i < n / (size_t)per; i++) {
+        unsigned b = 0;
+        for (int j = 0; j < per; j++) b |= ((unsigned)(uint8_t)codes[i * per + j] & mask) << (j * code_bits);
+        out[i] = (uint8_t)b;
+    }
+}
+
+void sq_unpack_codes(const uint8_t *in, int code_bits, size_t n, int8_t *codes) {
+    int per = 8 / code_bits, shift = 8 - code_bits;
+    for (size_t i = 0; i < n; i++) {
+        unsigned field = (in[i / (size_t)per] >> ((int)(i % (size_t)per) * code_bits)) & ((1u << code_bits) - 1);
+        codes[i] = (int8_t)((int8_t)(uint8_t)(field << shift) >> shift); /* sign-extend the field */
+    }
+}

@@ -75,6 +75,14 @@ const char *sq_validate(const sq_tensor_t *t);
 /* Row r back to floats. */
 void sq_dequant_row(const sq_tensor_t *t, long r, float *out);
 
+/* Bits a stored integer code of `bits` bits takes: 2, 4 or 8 (fields
+ * that tile a byte, so rows stay byte-addressable; 3-bit codes take 4). */
+int sq_code_bits(int bits);
+/* n signed codes <-> n * code_bits / 8 bytes, two's complement fields,
+ * lowest bits first (n a multiple of 8 / code_bits). */
+void sq_pack_codes(const int8_t *codes, int code_bits, size_t n, uint8_t *out);
+void sq_unpack_codes(const uint8_t *in, int code_bits, size_t n, int8_t *codes);
+
 /* Largest code of a symmetric signed integer of `bits` bits: codes are
  * -qmax..qmax. */
 int sq_qmax(int bits);

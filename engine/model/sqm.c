@@ -124,6 +124,7 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
             snprintf(msg, msglen, "tensor '%s': an array is missing, misplaced or of the wrong size", name);
             return -1;
         }
+        m->file_bytes[layer * 7 + part] = lo + 2 * banks + 2 * groups;
         if ((why = sq_validate(&t))) { /* the format's invariants, on load */
             snprintf(msg, msglen, "tensor '%s' breaks the SQ-format: %s", name, why);
             return -1;
@@ -149,13 +150,20 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
             snprintf(msg, msglen, "tensor '%s': bad bits %d or group %ld", name, bits, g);
             return -1;
         }
-        const int8_t *codes = (const int8_t *)array_at(data, data_len, json_object_get(e, "codes"), (size_t)(n * k));
-        const float *sc = (const float *)array_at(data, data_len, json_object_get(e, "scales"),
-                                                  (size_t)(n * (k / g)) * sizeof(float));
-        if (!codes || !sc) {
+        int cbits = sq_code_bits(bits);
+        size_t packed = (size_t)(n * k) * (size_t)cbits / 8, scale_bytes = (size_t)(n * (k / g)) * sizeof(float);
+        const uint8_t *pk = array_at(data, data_len, json_object_get(e, "codes"), packed);
+        const float *sc = (const float *)array_at(data, data_len, json_object_get(e, "scales"), scale_bytes);
+        if (!pk || !sc || (int)json_integer_value(json_object_get(e, "code_bits")) != cbits || (n * k) % (8 / cbits)) {
             snprintf(msg, msglen, "tensor '%s': an array is missing, misplaced or of the wrong size", name);
             return -1;
         }
+        m->file_bytes[layer * 7 + part] = packed + scale_bytes;
+        /* 8-bit codes are used where they lie in the mapping; narrower ones are
+         * unpacked one per byte into W's buffer (the kernel view packs its own
+         * copy; the FP32 path expands them in place, back to front) */
+        int8_t *codes = cbits == 8 ? (int8_t *)pk : (int8_t *)W;
+        if (cbits < 8) sq_unpack_codes(pk, cbits, (size_t)(n * k), codes);
         int q = (1 << (bits - 1)) - 1;
         for (long i = 0; i < n * k; i++)
             if (codes[i] > q || codes[i] < -q) {
@@ -164,14 +172,14 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
             }
         if (sq_kernel) { /* integer activations: the integer kernel (no highs) */
             k_sq_t *v = k_sq_new_int(codes, sc, n, k, bits, g);
-            if (v && v->pack) {
-                drop_pages(codes, (size_t)(n * k));
-                drop_pages(sc, (size_t)(n * (k / g)) * sizeof(float));
+            if (v && v->pack) { /* the kernel reads its own panels: let the mapped copy go */
+                drop_pages(pk, packed);
+                drop_pages(sc, scale_bytes);
             }
             if (v && amask) k_sq_static_acts(v, amask, qs->a.sq.h_high, qs->a.sq.h_low);
-            return use_view(m, layer, part, v, bits + 32.0 / (double)g, seen, msg, msglen);
+            return use_view(m, layer, part, v, cbits + 32.0 / (double)g, seen, msg, msglen);
         }
-        for (long i = 0; i < n * k; i++) W[i] = codes[i] * sc[(i / k) * (k / g) + (i % k) / g];
+        for (long i = n * k - 1; i >= 0; i--) W[i] = codes[i] * sc[(i / k) * (k / g) + (i % k) / g];
     } else {
         snprintf(msg, msglen, "tensor '%s' has unknown kind '%s'", name, kind);
         return -1;
@@ -204,7 +212,13 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     json_t *man = NULL;
     int *seen = NULL;
     if (memcmp(h.magic, "SQM1", 4) || h.version != SQM_VERSION) {
-        snprintf(msg, sizeof msg, "unsupported .sqm version %u", h.version);
+        if (h.version < SQM_VERSION)
+            snprintf(msg, sizeof msg, ".sqm format version %u is no longer read (this sqserve reads version %d: "
+                     "integer codes are now stored packed); re-run sqserve convert on the original GGUF",
+                     h.version, SQM_VERSION);
+        else
+            snprintf(msg, sizeof msg, "unsupported .sqm version %u (this sqserve reads version %d)", h.version,
+                     SQM_VERSION);
         goto fail;
     }
     if (h.file_size != size || h.json_off > size || h.json_len > size - h.json_off ||
@@ -276,13 +290,17 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     qs->kernel_acts = m->external_layers && a.kind == AQ_INT && a.bits == 8;
     for (int l = 0; qs->kernel_acts && l < m->hp.n_layer; l++)
         for (int j = 0; j < 7; j++) qs->kernel_acts &= model_layer_mat(m, l, j, NULL, 0)->type == K_SQ;
-    snprintf(m->recipe, sizeof m->recipe, "weights=%s acts=%s",
-             json_string_value(json_object_get(recipe, "weights")), acts);
+    const char *wr = json_string_value(json_object_get(recipe, "weights"));
+    snprintf(m->w_recipe, sizeof m->w_recipe, "%s", wr ? wr : "?");
+    snprintf(m->a_recipe, sizeof m->a_recipe, "%s", acts);
+    snprintf(m->recipe, sizeof m->recipe, "weights=%s acts=%s", m->w_recipe, acts);
     json_t *ev = json_object_get(man, "eval");
-    if (json_is_object(ev)) {
+    const char *ev_ref = json_string_value(json_object_get(ev, "reference"));
+    if (json_is_object(ev) && ev_ref) {
         const char *keys[5] = {"ppl", "ppl_fp32", "kl", "top1", "tokens"};
         m->have_eval = 1;
         for (int j = 0; j < 5; j++) m->eval[j] = json_number_value(json_object_get(ev, keys[j]));
+        snprintf(m->eval_ref, sizeof m->eval_ref, "%s", ev_ref);
     }
     free(seen);
     json_decref(man);

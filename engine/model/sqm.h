@@ -11,8 +11,9 @@
  *               (config, tokenizer, chat template) and the tensors that
  *               stay in their GGUF type (embeddings, norms, lm head)
  *   data        the quantized layer matrices: SQ tensors as laid out in
- *               sq.h (lo, hi, idx, s_lo, s_hi), uniform ones as int8
- *               codes + float scales; activation masks (uint8 per channel)
+ *               sq.h (lo, hi, idx, s_lo, s_hi), uniform ones as codes
+ *               packed in 2/4/8-bit fields (sq_pack_codes) + float
+ *               scales; activation masks (uint8 per channel)
  *
  * Writing (quant/sqm_write.c) goes to "<out>.tmp.<pid>", is fsync'd and
  * renamed, so an interrupted convert never leaves a partial file under the
@@ -30,7 +31,9 @@
 
 #include "model.h"
 
-#define SQM_VERSION 1
+/* 2: integer codes packed (sq_code_bits: 2, 4 or 8 bits a code), the
+ * recorded evaluation names its reference */
+#define SQM_VERSION 2
 #define SQM_ALIGN 64
 
 typedef struct {

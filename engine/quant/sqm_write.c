@@ -97,10 +97,17 @@ static json_t *tensor_entry(const qtensor_t *q, bbuf_t *data) {
                          "idx", blob(data, t->idx, banks), "s_lo", blob(data, t->s_lo, groups),
                          "s_hi", blob(data, t->s_hi, groups));
     }
-    return json_pack("{s:s, s:s, s:I, s:I, s:i, s:I, s:o, s:o}", "name", q->name, "kind", "int",
-                     "n", (json_int_t)q->n, "k", (json_int_t)q->k, "bits", q->bits, "group",
-                     (json_int_t)q->group, "codes", blob(data, q->codes, (size_t)(q->n * q->k)),
-                     "scales", blob(data, q->scales, (size_t)(q->n * (q->k / q->group)) * sizeof(float)));
+    int cbits = sq_code_bits(q->bits);
+    size_t n = (size_t)(q->n * q->k), packed = n * (size_t)cbits / 8;
+    uint8_t *pk = n % (size_t)(8 / cbits) == 0 ? malloc(packed) : NULL;
+    if (!pk) return NULL;
+    sq_pack_codes(q->codes, cbits, n, pk);
+    json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:o, s:o}", "name", q->name, "kind", "int",
+                          "n", (json_int_t)q->n, "k", (json_int_t)q->k, "bits", q->bits, "code_bits", cbits,
+                          "group", (json_int_t)q->group, "codes", blob(data, pk, packed),
+                          "scales", blob(data, q->scales, (size_t)(q->n * (q->k / q->group)) * sizeof(float)));
+    free(pk);
+    return j;
 }
 
 static int write_all(int fd, const void *p, size_t n, XXH3_state_t *h) {
@@ -124,7 +131,8 @@ int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const
     int fd = -1, rc = -1;
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
     if (build_gguf(&m->gguf, qs, &gg) != 0) goto oom;
-    for (int i = 0; i < qs->n_qt; i++) json_array_append_new(tensors, tensor_entry(&qs->qt[i], &data));
+    for (int i = 0; i < qs->n_qt; i++)
+        if (json_array_append_new(tensors, tensor_entry(&qs->qt[i], &data)) != 0) goto oom;
     for (int s = 0; s < N_SITES; s++)
         if (qs->acts.hi_mask[s])
             json_array_append_new(masks, json_pack("{s:i, s:I, s:o}", "site", s, "dim", (json_int_t)qs->acts.dim[s],
@@ -132,9 +140,9 @@ int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const
                                                                 (size_t)(qs->acts.n_layer * qs->acts.dim[s]))));
     if (data.oom) goto oom;
     json_t *ev = meta->have_eval
-                     ? json_pack("{s:f, s:f, s:f, s:f, s:I}", "ppl", meta->eval_ppl, "ppl_fp32",
+                     ? json_pack("{s:f, s:f, s:f, s:f, s:I, s:s}", "ppl", meta->eval_ppl, "ppl_fp32",
                                  meta->eval_ppl_ref, "kl", meta->eval_kl, "top1", meta->eval_top1,
-                                 "tokens", (json_int_t)meta->eval_tokens)
+                                 "tokens", (json_int_t)meta->eval_tokens, "reference", meta->eval_ref)
                      : json_null();
     json_t *man = json_pack("{s:s, s:i, s:s, s:{s:s, s:s, s:f}, s:{s:s, s:I}, s:o, s:o, s:o}",
                             "format", "sqm", "version", SQM_VERSION, "source", meta->source,

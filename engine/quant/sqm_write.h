@@ -13,6 +13,7 @@ typedef struct {
     int have_eval;                /* measured against FP32 at convert time */
     double eval_ppl, eval_ppl_ref, eval_kl, eval_top1;
     long eval_tokens;
+    const char *eval_ref;         /* the reference it was measured against */
 } sqm_meta_t;
 
 /* Writes m (quantized by quant_apply with keep_codes) to path atomically. */
