@@ -1,6 +1,8 @@
 /* sq.c - SQ-format tensors and the SQ / uniform quantizers (see sq.h). */
 #include "sq.h"
 
+#include "../../kernels/k_quant.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,8 +41,14 @@ const char *sq_cfg_fit(const sq_cfg_t *c, long k, int grouped, sq_cfg_t *out) {
                    : "the width is not a multiple of any bank that keeps (1-s)*b whole";
 }
 
-double sq_bits_per_element(const sq_cfg_t *c) {
-    return lo_storage_bits(c->h_low) + (1.0 - c->s) * (8 + 8) + 2.0 * 32 / group_of(c); /* float scales */
+static int hi_storage_bits(int h_high) { return h_high <= 4 ? 4 : 8; }
+
+double sq_bits_per_element(const sq_cfg_t *c) { /* the stored (compact) layout, half scales */
+    return lo_storage_bits(c->h_low) + (1.0 - c->s) * hi_storage_bits(c->h_high) + 2.0 * 16 / group_of(c);
+}
+
+double sq_bits_in_memory(const sq_cfg_t *c) { /* the explicit layout: int8 highs, positions, float scales */
+    return lo_storage_bits(c->h_low) + (1.0 - c->s) * (8 + 8) + 2.0 * 32 / group_of(c);
 }
 
 int sq_alloc(sq_tensor_t *t, const sq_cfg_t *c, long n, long k) {
@@ -144,4 +152,90 @@ void sq_unpack_codes(const uint8_t *in, int code_bits, size_t n, int8_t *codes) 
         unsigned field = (in[i / (size_t)per] >> ((int)(i % (size_t)per) * code_bits)) & ((1u << code_bits) - 1);
         codes[i] = (int8_t)((int8_t)(uint8_t)(field << shift) >> shift); /* sign-extend the field */
     }
+}
+
+/* ---- the stored (compact) layout -------------------------------------------------- */
+
+/* The low-code field value that marks a high position: the most negative
+ * value of the field, which symmetric quantization (-qmax..qmax) never
+ * produces. */
+static int marker(const sq_cfg_t *c) { return -(1 << (lo_storage_bits(c->h_low) - 1)); }
+
+float sq_scale_up_to_half(float s) {
+    if (!(s > 0)) return s;
+    float h = k_f16_to_f32(k_f32_to_f16(s));
+    if (h >= s) return h;
+    uint16_t bits = k_f32_to_f16(s); /* rounded down: the next half up */
+    return k_f16_to_f32((uint16_t)(bits + 1));
+}
+
+sq_file_sizes_t sq_file_sizes(const sq_cfg_t *c, long n, long k) {
+    sq_file_sizes_t z;
+    int h = sq_highs_per_bank(c);
+    z.codes = (size_t)(n * k) * (size_t)lo_storage_bits(c->h_low) / 8;
+    z.hi = (size_t)(n * (k / c->b)) * (size_t)h * (size_t)hi_storage_bits(c->h_high) / 8;
+    z.scales = (size_t)(n * (k / group_of(c))) * 2; /* each of s_lo, s_hi, as halves */
+    return z;
+}
+
+int sq_encode(const sq_tensor_t *t, uint8_t *codes, uint8_t *hi, uint16_t *s_lo, uint16_t *s_hi) {
+    long ng = t->n * (t->k / t->G);
+    for (long g = 0; g < ng; g++)
+        if (k_f16_to_f32(s_lo[g] = k_f32_to_f16(t->s_lo[g])) != t->s_lo[g] ||
+            k_f16_to_f32(s_hi[g] = k_f32_to_f16(t->s_hi[g])) != t->s_hi[g])
+            return -1;
+    int lob = lo_storage_bits(t->cfg.h_low), hib = hi_storage_bits(t->cfg.h_high), mk = marker(&t->cfg);
+    int per_lo = 8 / lob, per_hi = 8 / hib;
+    long nb = t->k / t->cfg.b;
+    memset(codes, 0, (size_t)(t->n * t->k) / (size_t)per_lo);
+    memset(hi, 0, (size_t)(t->n * nb * t->h) / (size_t)per_hi);
+    for (long r = 0; r < t->n; r++)
+        for (long bk = 0; bk < nb; bk++) {
+            size_t e = (size_t)((r * nb + bk) * t->h);
+            for (long i = 0, slot = 0; i < t->cfg.b; i++) {
+                long j = bk * t->cfg.b + i;
+                int v = slot < t->h && t->idx[e + (size_t)slot] == i ? (slot++, mk) : get_lo(t, r, j);
+                size_t at = (size_t)(r * t->k + j);
+                codes[at / (size_t)per_lo] |= (uint8_t)(((unsigned)v & ((1u << lob) - 1)) << (at % (size_t)per_lo * (size_t)lob));
+            }
+            for (int q = 0; q < t->h; q++) { /* highs in position order, as idx is sorted */
+                size_t at = e + (size_t)q;
+                hi[at / (size_t)per_hi] |= (uint8_t)(((unsigned)(uint8_t)t->hi[at] & ((1u << hib) - 1)) << (at % (size_t)per_hi * (size_t)hib));
+            }
+        }
+    return 0;
+}
+
+const char *sq_decode(sq_tensor_t *t, const uint8_t *codes, const uint8_t *hi, const uint16_t *s_lo,
+                      const uint16_t *s_hi) {
+    int lob = lo_storage_bits(t->cfg.h_low), hib = hi_storage_bits(t->cfg.h_high), mk = marker(&t->cfg);
+    int per_lo = 8 / lob, per_hi = 8 / hib;
+    long nb = t->k / t->cfg.b, ng = t->n * (t->k / t->G);
+    for (long g = 0; g < ng; g++) {
+        t->s_lo[g] = k_f16_to_f32(s_lo[g]);
+        t->s_hi[g] = k_f16_to_f32(s_hi[g]);
+    }
+    for (long r = 0; r < t->n; r++)
+        for (long bk = 0; bk < nb; bk++) {
+            size_t e = (size_t)((r * nb + bk) * t->h);
+            int slot = 0;
+            for (int i = 0; i < t->cfg.b; i++) {
+                size_t at = (size_t)(r * t->k + bk * t->cfg.b + i);
+                unsigned f = (codes[at / (size_t)per_lo] >> (at % (size_t)per_lo * (size_t)lob)) & ((1u << lob) - 1);
+                int v = (int)(int8_t)(uint8_t)(f << (8 - lob)) >> (8 - lob);
+                if (v == mk) {
+                    if (slot == t->h) return "a bank has more high positions than the configuration allows";
+                    t->idx[e + (size_t)slot++] = (uint8_t)i;
+                    v = 0;
+                }
+                sq_set_lo(t, r, bk * t->cfg.b + i, v);
+            }
+            if (slot != t->h) return "a bank has fewer high positions than the configuration requires";
+            for (int q = 0; q < t->h; q++) {
+                size_t at = e + (size_t)q;
+                unsigned f = (hi[at / (size_t)per_hi] >> (at % (size_t)per_hi * (size_t)hib)) & ((1u << hib) - 1);
+                t->hi[at] = (int8_t)((int)(int8_t)(uint8_t)(f << (8 - hib)) >> (8 - hib));
+            }
+        }
+    return NULL;
 }

@@ -16,16 +16,17 @@
  *
  *   w[r][j] = s_lo[r][j/G] * lo[r][j] + (j high ? s_hi[r][j/G] * hi : 0)
  *
- * Why explicit positions rather than a reserved code in the low part (the
- * paper's vmask): a fixed count per bank gives fixed strides, so a kernel
- * finds bank i's highs at hi + i*h without scanning; and a reserved code
- * would cost the low part one of its 16 (int4) or 4 (int2) levels.
+ * Why explicit positions in memory rather than a reserved code in the
+ * low part (the paper's vmask, which the file uses): a fixed count per
+ * bank gives fixed strides, so a kernel finds bank i's highs at hi + i*h
+ * without scanning the bank's codes.
  *
- * Effective bits per element, as stored (scales are float32):
- *   h_low + (1-s)*(h_high_storage + 8) + 2*32/G
- * e.g. 8/4 b64 s0.875: 4 + 0.125*16 + 1 = 7.0; 8/2 b64 s0.875: 5.0.
- * (The paper's nominal (1-s)*h_high + s*h_low = 4.5 for 8/4 s0.875 leaves
- * out positions, scales and the dense low part's zeros.)
+ * This explicit layout is what the kernels read, in memory:
+ *   h_low + (1-s)*(h_high_storage + 8) + 2*32/G bits per element
+ * e.g. 8/4 b64 s0.875: 4 + 0.125*16 + 1 = 7.0. Files store the compact
+ * layout below instead (5.5 bits for 8/4 b64 s0.875). (The paper's nominal
+ * (1-s)*h_high + s*h_low = 4.5 for 8/4 s0.875 leaves out scales and the
+ * dense low part's slots under the highs.)
  */
 #ifndef SQ_H
 #define SQ_H
@@ -63,7 +64,35 @@ const char *sq_cfg_check(const sq_cfg_t *c, long k);
  * else why no bank fits (or why c itself is invalid). */
 const char *sq_cfg_fit(const sq_cfg_t *c, long k, int grouped, sq_cfg_t *out);
 int sq_highs_per_bank(const sq_cfg_t *c);
+/* Bits per element as stored in a .sqm (the compact layout below, half
+ * scales), and as the explicit layout above takes in memory. */
 double sq_bits_per_element(const sq_cfg_t *c);
+double sq_bits_in_memory(const sq_cfg_t *c);
+
+/* The stored (compact) layout, the paper's implicit mask ("vmask"):
+ *   codes  [n][k]        the low-code field of EVERY position, h_low
+ *                        storage bits, two's complement; a high position
+ *                        holds the field's most negative value (-8 in a
+ *                        4-bit field, -2 in a 2-bit one), which symmetric
+ *                        quantization never emits, so no level is lost
+ *   hi     [n][k/b][h]   the high codes in position order (8 bits; 4 for
+ *                        h_high 4, two per byte)
+ *   s_lo, s_hi [n][k/G]  IEEE half scales (the quantizer rounds scales up
+ *                        to halves, so nothing is rounded here)
+ * 8/4 b64 s0.875: 4 + 0.125*8 + 2*16/64 = 5.5 bits per weight (the
+ * explicit layout: 7.0). Loading decodes it into the explicit layout the
+ * kernels read; positions follow from counting markers, so a bank with
+ * any other number of them is refused. */
+typedef struct { size_t codes, hi, scales; } sq_file_sizes_t; /* bytes; scales: each of s_lo, s_hi */
+sq_file_sizes_t sq_file_sizes(const sq_cfg_t *c, long n, long k);
+/* -1 if a scale is not exactly a half (the quantizer rounds them). */
+int sq_encode(const sq_tensor_t *t, uint8_t *codes, uint8_t *hi, uint16_t *s_lo, uint16_t *s_hi);
+/* Into an sq_alloc'd t of the same shape; NULL, or why the input is not
+ * a valid compact tensor. */
+const char *sq_decode(sq_tensor_t *t, const uint8_t *codes, const uint8_t *hi, const uint16_t *s_lo,
+                      const uint16_t *s_hi);
+/* The smallest half-precision value >= s (s >= 0, within half's range). */
+float sq_scale_up_to_half(float s);
 
 int sq_alloc(sq_tensor_t *t, const sq_cfg_t *c, long n, long k);
 void sq_free(sq_tensor_t *t);

@@ -66,6 +66,24 @@ static int kernel_acts_of(const act_quant_t *qs, int layer, int part, long k, co
     return 2;
 }
 
+/* Hands t's five arrays to the model (model_free frees m->owned). On
+ * failure t is freed. */
+static int own_sq(model_t *m, sq_tensor_t *t) {
+    void *arrays[5] = {t->lo, t->hi, t->idx, t->s_lo, t->s_hi};
+    float **o = realloc(m->owned, (size_t)(m->n_owned + 5) * sizeof *o);
+    if (!o) {
+        sq_free(t);
+        return -1;
+    }
+    m->owned = o;
+    /* below the float buffer load_tensor pushed last, which use_view replaces */
+    float *W = m->owned[m->n_owned - 1];
+    for (int i = 0; i < 5; i++) m->owned[m->n_owned - 1 + i] = arrays[i];
+    m->n_owned += 5;
+    m->owned[m->n_owned - 1] = W;
+    return 0;
+}
+
 static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data_len, int *seen,
                        const act_quant_t *qs, char *msg, size_t msglen) {
     const char *name = json_string_value(json_object_get(e, "name"));
@@ -112,37 +130,40 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
             snprintf(msg, msglen, "tensor '%s': %s", name, why);
             return -1;
         }
-        sq_tensor_t t = {.cfg = cfg, .n = n, .k = k, .h = sq_highs_per_bank(&cfg), .G = cfg.b > 64 ? cfg.b : 64};
-        size_t lo = (size_t)(n * k) * (cfg.h_low <= 2 ? 2 : 4) / 8, banks = (size_t)(n * (k / cfg.b)) * (size_t)t.h;
-        size_t groups = (size_t)(n * (k / t.G)) * sizeof(float);
-        t.lo = (uint8_t *)array_at(data, data_len, json_object_get(e, "lo"), lo);
-        t.hi = (int8_t *)array_at(data, data_len, json_object_get(e, "hi"), banks);
-        t.idx = (uint8_t *)array_at(data, data_len, json_object_get(e, "idx"), banks);
-        t.s_lo = (float *)array_at(data, data_len, json_object_get(e, "s_lo"), groups);
-        t.s_hi = (float *)array_at(data, data_len, json_object_get(e, "s_hi"), groups);
-        if (!t.lo || !t.hi || !t.idx || !t.s_lo || !t.s_hi) {
+        sq_file_sizes_t z = sq_file_sizes(&cfg, n, k);
+        const uint8_t *codes = array_at(data, data_len, json_object_get(e, "codes"), z.codes);
+        const uint8_t *hi = array_at(data, data_len, json_object_get(e, "hi"), z.hi);
+        const uint16_t *s_lo = (const uint16_t *)array_at(data, data_len, json_object_get(e, "s_lo"), z.scales);
+        const uint16_t *s_hi = (const uint16_t *)array_at(data, data_len, json_object_get(e, "s_hi"), z.scales);
+        const char *layout = json_string_value(json_object_get(e, "layout"));
+        if (!codes || !hi || !s_lo || !s_hi || !layout || strcmp(layout, "compact")) {
             snprintf(msg, msglen, "tensor '%s': an array is missing, misplaced or of the wrong size", name);
             return -1;
         }
-        m->file_bytes[layer * 7 + part] = lo + 2 * banks + 2 * groups;
-        if ((why = sq_validate(&t))) { /* the format's invariants, on load */
-            snprintf(msg, msglen, "tensor '%s' breaks the SQ-format: %s", name, why);
+        m->file_bytes[layer * 7 + part] = z.codes + z.hi + 2 * z.scales;
+        /* into the explicit layout the kernels read */
+        sq_tensor_t t;
+        if (sq_alloc(&t, &cfg, n, k) != 0) {
+            snprintf(msg, msglen, "out of memory");
             return -1;
         }
-        if (sq_kernel) { /* integer activations: the kernel reads the mapped codes in place */
+        if ((why = sq_decode(&t, codes, hi, s_lo, s_hi)) || (why = sq_validate(&t))) {
+            snprintf(msg, msglen, "tensor '%s' breaks the SQ-format: %s", name, why);
+            sq_free(&t);
+            return -1;
+        }
+        if (sq_kernel) { /* integer activations: the kernel view reads t, which the model keeps */
+            if (own_sq(m, &t) != 0) {
+                snprintf(msg, msglen, "out of memory");
+                return -1;
+            }
             k_sq_t *v = k_sq_new(&(k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi,
                                            NULL, 0, 0, NULL, 0, 0, NULL, 0});
-            if (v && v->pack) { /* the kernel reads its own panels: let the mapped copy go */
-                drop_pages(t.lo, lo);
-                drop_pages(t.hi, banks);
-                drop_pages(t.idx, banks);
-                drop_pages(t.s_lo, groups);
-                drop_pages(t.s_hi, groups);
-            }
             if (v && amask) k_sq_static_acts(v, amask, qs->a.sq.h_high, qs->a.sq.h_low);
-            return use_view(m, layer, part, v, sq_bits_per_element(&cfg), seen, msg, msglen);
+            return use_view(m, layer, part, v, sq_bits_in_memory(&cfg), seen, msg, msglen);
         }
         for (long r = 0; r < n; r++) sq_dequant_row(&t, r, W + r * k);
+        sq_free(&t);
     } else if (!strcmp(kind, "int")) {
         int bits = (int)json_integer_value(json_object_get(e, "bits"));
         long g = (long)json_integer_value(json_object_get(e, "group"));

@@ -242,7 +242,7 @@ static int sq_kernel_mat(k_mat_t *w, const sq_tensor_t *t, quant_state_t *qs) {
         free(v);
         return -1;
     }
-    *w = (k_mat_t){K_SQ, v, t->n, t->k, (size_t)((double)t->k * sq_bits_per_element(&t->cfg) / 8)};
+    *w = (k_mat_t){K_SQ, v, t->n, t->k, (size_t)((double)t->k * sq_bits_in_memory(&t->cfg) / 8)};
     return 0;
 }
 

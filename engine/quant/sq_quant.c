@@ -31,8 +31,9 @@ static void sqq_group(void *ctx, const float *W, long n, long k, long j0, long j
             if (c->mask[r * k + j]) mhi = a > mhi ? a : mhi;
             else mlo = a > mlo ? a : mlo;
         }
-        t->s_lo[r * ng + g] = mlo / (float)sq_qmax(t->cfg.h_low);
-        t->s_hi[r * ng + g] = mhi / (float)sq_qmax(t->cfg.h_high);
+        /* halves, rounded up (no code clips): the file stores them exactly */
+        t->s_lo[r * ng + g] = sq_scale_up_to_half(mlo / (float)sq_qmax(t->cfg.h_low));
+        t->s_hi[r * ng + g] = sq_scale_up_to_half(mhi / (float)sq_qmax(t->cfg.h_high));
     }
 }
 

@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "../../kernels/k_quant.h"
+
 static uint64_t align_up(uint64_t x) { return (x + SQM_ALIGN - 1) / SQM_ALIGN * SQM_ALIGN; }
 
 /* ---- growable byte buffer ------------------------------------------------------------- */
@@ -84,18 +86,26 @@ static json_t *blob(bbuf_t *data, const void *p, size_t n) {
     return j;
 }
 
+/* A layer matrix's manifest entry, its arrays appended to data; NULL on
+ * failure (out of memory, or an SQ scale that is not a half). */
 static json_t *tensor_entry(const qtensor_t *q, bbuf_t *data) {
     if (q->kind == WQ_SQ) {
         const sq_tensor_t *t = &q->sq;
-        size_t lo_bytes = (size_t)(t->n * t->k) * (t->cfg.h_low <= 2 ? 2 : 4) / 8;
-        size_t banks = (size_t)(t->n * (t->k / t->cfg.b)) * (size_t)t->h;
-        size_t groups = (size_t)(t->n * (t->k / t->G)) * sizeof(float);
-        return json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:f, s:o, s:o, s:o, s:o, s:o}",
-                         "name", q->name, "kind", "sq", "n", (json_int_t)q->n, "k", (json_int_t)q->k,
-                         "h_high", t->cfg.h_high, "h_low", t->cfg.h_low, "b", t->cfg.b, "s", t->cfg.s,
-                         "lo", blob(data, t->lo, lo_bytes), "hi", blob(data, t->hi, banks),
-                         "idx", blob(data, t->idx, banks), "s_lo", blob(data, t->s_lo, groups),
-                         "s_hi", blob(data, t->s_hi, groups));
+        sq_file_sizes_t z = sq_file_sizes(&t->cfg, t->n, t->k);
+        uint8_t *buf = malloc(z.codes + z.hi + 2 * z.scales), *codes = buf, *hi = buf + z.codes;
+        uint16_t *s_lo = (uint16_t *)(hi + z.hi), *s_hi = s_lo + z.scales / 2;
+        if (!buf || sq_encode(t, codes, hi, s_lo, s_hi) != 0) {
+            free(buf);
+            return NULL;
+        }
+        json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:i, s:f, s:o, s:o, s:o, s:o}",
+                              "name", q->name, "kind", "sq", "layout", "compact", "n", (json_int_t)q->n,
+                              "k", (json_int_t)q->k, "h_high", t->cfg.h_high, "h_low", t->cfg.h_low, "b",
+                              t->cfg.b, "s", t->cfg.s, "codes", blob(data, codes, z.codes),
+                              "hi", blob(data, hi, z.hi), "s_lo", blob(data, s_lo, z.scales),
+                              "s_hi", blob(data, s_hi, z.scales));
+        free(buf);
+        return j;
     }
     int cbits = sq_code_bits(q->bits);
     size_t n = (size_t)(q->n * q->k), packed = n * (size_t)cbits / 8;
@@ -130,6 +140,16 @@ int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const
     char *manifest = NULL, tmp[4096];
     int fd = -1, rc = -1;
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    for (int i = 0; i < qs->n_qt; i++) { /* the compact layout stores SQ scales as halves */
+        const sq_tensor_t *t = &qs->qt[i].sq;
+        for (long g = 0; qs->qt[i].kind == WQ_SQ && g < t->n * (t->k / t->G); g++)
+            if (k_f16_to_f32(k_f32_to_f16(t->s_lo[g])) != t->s_lo[g] ||
+                k_f16_to_f32(k_f32_to_f16(t->s_hi[g])) != t->s_hi[g]) {
+                snprintf(err, errlen, "tensor %s: scale %g is not a half-precision value", qs->qt[i].name,
+                         (double)t->s_lo[g]);
+                goto out;
+            }
+    }
     if (build_gguf(&m->gguf, qs, &gg) != 0) goto oom;
     for (int i = 0; i < qs->n_qt; i++)
         if (json_array_append_new(tensors, tensor_entry(&qs->qt[i], &data)) != 0) goto oom;

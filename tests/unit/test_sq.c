@@ -85,12 +85,76 @@ static void test_format_invariants(void **state) {
     }
 }
 
+/* The stored (compact) layout: every configuration round-trips exactly
+ * through its bytes (sizes as sq_file_sizes says), scales are halves, and
+ * a bank with a marker too many or too few is refused. */
+static void test_compact_layout_round_trip(void **state) {
+    (void)state;
+    sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 2, 16, 0.75}, {4, 2, 128, 0.9375}, {8, 4, 32, 0.5},
+                       {8, 3, 64, 0.875}, {4, 2, 32, 0.75}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
+        long n = 5, k = 256;
+        float *w = make_w(n, k);
+        sq_tensor_t t, u;
+        assert_int_equal(sq_alloc(&t, &cfgs[c], n, k), 0);
+        assert_int_equal(sq_quantize(&t, w, NULL, NULL), 0);
+        sq_file_sizes_t z = sq_file_sizes(&cfgs[c], n, k);
+        assert_float_equal(8.0 * (double)(z.codes + z.hi + 2 * z.scales) / (double)(n * k),
+                           sq_bits_per_element(&cfgs[c]), 1e-12);
+        uint8_t *codes = malloc(z.codes), *hi = malloc(z.hi);
+        uint16_t *s_lo = malloc(z.scales), *s_hi = malloc(z.scales);
+        assert_int_equal(sq_encode(&t, codes, hi, s_lo, s_hi), 0);
+        assert_int_equal(sq_alloc(&u, &cfgs[c], n, k), 0);
+        assert_null(sq_decode(&u, codes, hi, s_lo, s_hi));
+        assert_null(sq_validate(&u));
+        size_t lo_bytes = (size_t)(n * k) * (cfgs[c].h_low <= 2 ? 2 : 4) / 8;
+        size_t banks = (size_t)(n * (k / cfgs[c].b) * t.h), groups = (size_t)(n * (k / t.G));
+        assert_memory_equal(u.lo, t.lo, lo_bytes);
+        assert_memory_equal(u.hi, t.hi, banks);
+        assert_memory_equal(u.idx, t.idx, banks);
+        assert_memory_equal(u.s_lo, t.s_lo, groups * sizeof(float));
+        assert_memory_equal(u.s_hi, t.s_hi, groups * sizeof(float));
+        /* a low code at a low position turned into the marker: one high too many */
+        int lob = cfgs[c].h_low <= 2 ? 2 : 4, at = 0;
+        for (int q = 0; q < t.h; q++) /* a low position of bank 0 (idx is sorted) */
+            if (t.idx[q] == at) at++;
+        uint8_t save = codes[at * lob / 8];
+        codes[at * lob / 8] = (uint8_t)((codes[at * lob / 8] & ~(((1u << lob) - 1) << (at * lob % 8))) |
+                                        ((1u << (lob - 1)) << (at * lob % 8)));
+        assert_non_null(sq_decode(&u, codes, hi, s_lo, s_hi));
+        codes[at * lob / 8] = save;
+        /* a marker cleared: one high too few */
+        int hp = t.idx[0];
+        codes[hp * lob / 8] &= (uint8_t)~(((1u << lob) - 1) << (hp * lob % 8));
+        assert_non_null(sq_decode(&u, codes, hi, s_lo, s_hi));
+        /* a float scale that is not a half cannot be stored */
+        t.s_lo[0] = nextafterf(t.s_lo[0] > 0 ? t.s_lo[0] : 1.0f, 10.0f);
+        assert_int_equal(sq_encode(&t, codes, hi, s_lo, s_hi), -1);
+        free(codes); free(hi); free(s_lo); free(s_hi);
+        sq_free(&t);
+        sq_free(&u);
+        free(w);
+    }
+    /* rounding up to a half never lowers a scale and lands on a half */
+    float xs[] = {1e-3f, 0.0123456f, 1.0f, 3.14159f, 6e-8f, 0};
+    for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++) {
+        float h = sq_scale_up_to_half(xs[i]);
+        assert_true(h >= xs[i] && h <= xs[i] * 1.001f + 6e-8f);
+    }
+}
+
 static void test_bits_and_recipes(void **state) {
     (void)state;
     sq_cfg_t c = {8, 4, 64, 0.875};
-    assert_float_equal(sq_bits_per_element(&c), 7.0, 1e-12); /* scales stored as float32 */
+    assert_float_equal(sq_bits_per_element(&c), 5.5, 1e-12);   /* stored: implicit mask, half scales */
+    assert_float_equal(sq_bits_in_memory(&c), 7.0, 1e-12);     /* explicit positions, float scales */
     c = (sq_cfg_t){8, 2, 64, 0.875};
-    assert_float_equal(sq_bits_per_element(&c), 5.0, 1e-12);
+    assert_float_equal(sq_bits_per_element(&c), 3.5, 1e-12);
+    assert_float_equal(sq_bits_in_memory(&c), 5.0, 1e-12);
+    c = (sq_cfg_t){4, 2, 32, 0.75}; /* 4-bit highs two per byte, G = 64 */
+    assert_float_equal(sq_bits_per_element(&c), 2 + 0.25 * 4 + 0.5, 1e-12);
+    c = (sq_cfg_t){8, 4, 128, 0.875}; /* G = 128 */
+    assert_float_equal(sq_bits_per_element(&c), 5.25, 1e-12);
     wrecipe_t w;
     arecipe_t a;
     char err[256];
@@ -595,6 +659,7 @@ int main(void) {
         cmocka_unit_test(test_quant_row_i8_paths),
         cmocka_unit_test(test_format_invariants),
         cmocka_unit_test(test_view_dequant_matches_tensor),
+        cmocka_unit_test(test_compact_layout_round_trip),
         cmocka_unit_test(test_bits_and_recipes),
         cmocka_unit_test(test_bank_fit),
         cmocka_unit_test(test_dynamic_act_hook),
