@@ -63,6 +63,9 @@ const opt_t OPTIONS[] = {
      "sequences waiting beyond --max-seqs; more get 429"},
     {"max-batch-tokens", 0, "SQSERVE_MAX_BATCH_TOKENS", "512", OPT_INT, S, 1, 1 << 16,
      "tokens per engine step (prompt chunks + decodes)"},
+    {"step-budget-ms", 0, "SQSERVE_STEP_BUDGET_MS", "200", OPT_FLOAT, S, 0, 1e6,
+     "while sequences decode, cut prompt chunks so a step is predicted to take at most this long "
+     "(at least 16 prompt tokens a step; 0 = no cut)"},
     {"kv-cache-mem", 0, "SQSERVE_KV_CACHE_MEM", "256", OPT_FLOAT, S, 0.01, 1 << 20, "KV cache pool in MiB"},
     {"request-timeout", 0, "SQSERVE_REQUEST_TIMEOUT", "600", OPT_FLOAT, S, 0, 1e7,
      "seconds before a request is cancelled (0 = never)"},

@@ -168,6 +168,7 @@ int cmd_serve(const config_t *c) {
                          .threads = (int)threads,
                          .kv_mem = (size_t)(cfg_float(c, "kv-cache-mem") * 1024 * 1024),
                          .drain_timeout_s = cfg_float(c, "drain-timeout"),
+                         .step_budget_s = cfg_float(c, "step-budget-ms") / 1000.0,
                          .act_hook = (quantized && qs.acts.a.kind != AQ_NONE) || sqm_act_state(&m) ? act_quant_hook : NULL,
                          .act_hook_ud = quantized ? (void *)&qs.acts : (void *)sqm_act_state(&m),
                          .ref = have_ref ? &ref : NULL,

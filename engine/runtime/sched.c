@@ -60,6 +60,9 @@ struct sched {
     int loop_ready, drain_armed;
 
     /* loop thread only */
+    /* step cost model t = a + b * rows: exponentially weighted least squares
+     * over the steps run (weights, rows, seconds, rows^2, rows*seconds) */
+    double cw, cx, cy, cxx, cxy;
     seq_t *wait_head, *wait_tail;
     seq_t **running;           /* admission order, oldest first */
     int n_running;
@@ -405,14 +408,50 @@ static void admit(sched_t *s, double now) {
     }
 }
 
-/* Chooses rows: decodes first, then prefill chunks, reserving blocks;
- * preempts the youngest sequence when the pool is exhausted. Returns the
- * number of rows. */
+/* The step cost model: fold in one measured step. */
+static void cost_observe(sched_t *s, int rows, double seconds) {
+    const double keep = 0.9; /* about the last 10 steps */
+    s->cw = keep * s->cw + 1;
+    s->cx = keep * s->cx + rows;
+    s->cy = keep * s->cy + seconds;
+    s->cxx = keep * s->cxx + (double)rows * rows;
+    s->cxy = keep * s->cxy + rows * seconds;
+}
+
+/* Prompt tokens a step that already holds n_decode decode rows may add
+ * within the latency budget: (budget - a) / b - n_decode for the fitted
+ * t = a + b * rows. With too little spread in the steps seen so far, the
+ * mean cost per row stands in for b (a = 0), which overestimates large
+ * steps: the safe side for latency. */
+static int prefill_cap(const sched_t *s, int n_decode) {
+    if (s->cfg.step_budget_s <= 0 || n_decode == 0) return s->cfg.max_batch_tokens;
+    if (s->cw < 1 || s->cx <= 0) return SCHED_MIN_PREFILL; /* nothing measured yet */
+    double det = s->cw * s->cxx - s->cx * s->cx, a = 0, b = s->cy / s->cx;
+    if (det > 1e-9 * s->cw * s->cxx) {
+        double bb = (s->cw * s->cxy - s->cx * s->cy) / det;
+        if (bb > 0) {
+            b = bb;
+            a = (s->cy - b * s->cx) / s->cw;
+            if (a < 0) a = 0;
+        }
+    }
+    double rows = (s->cfg.step_budget_s - a) / b - n_decode;
+    int cap = rows > s->cfg.max_batch_tokens ? s->cfg.max_batch_tokens : (int)rows;
+    return cap > SCHED_MIN_PREFILL ? cap : SCHED_MIN_PREFILL;
+}
+
+/* Chooses rows: decodes first, then prefill chunks (within the latency
+ * budget while decodes wait on the step), reserving blocks; preempts the
+ * youngest sequence when the pool is exhausted. Returns the number of rows. */
 static int plan_batch(sched_t *s) {
     for (;;) {
         int budget = s->cfg.max_batch_tokens, ok = 1;
         for (int i = 0; i < s->n_running; i++) s->running[i]->take = 0;
         for (int pass = 0; pass < 2 && ok; pass++) {
+            if (pass == 1) { /* prompt chunks: bounded so that the decodes above do not stall */
+                int n_decode = s->cfg.max_batch_tokens - budget, cap = prefill_cap(s, n_decode);
+                budget = budget < cap ? budget : cap;
+            }
             for (int i = 0; i < s->n_running && budget > 0; i++) {
                 seq_t *q = s->running[i];
                 int want = q->n_tokens - q->n_done;
@@ -482,11 +521,13 @@ static void step(sched_t *s) {
     if (n == 0) return;
     char err[256];
     batch_t b = {n, s->b_tok, s->b_pos, s->b_slot, s->b_want};
+    double t0 = gen_now();
     if (fwd_run(&s->f, &b, s->logits, err, sizeof err) != 0) {
         while (s->n_running > 0) finish_running(s, 0, "error", err);
         return;
     }
     now = gen_now();
+    cost_observe(s, n, now - t0);
     int n_seqs = 0, row = 0;
     uint64_t prompt_rows = 0;
     for (int i = 0; i < s->n_running; i++) {

@@ -66,6 +66,11 @@ typedef struct {
     int max_seqs, max_queue, max_batch_tokens, n_ctx, threads;
     size_t kv_mem;
     double drain_timeout_s;
+    /* Latency budget of a step that carries decodes (seconds, 0 = none):
+     * prompt chunks are cut so that such a step is predicted to take at most
+     * this long (never below SCHED_MIN_PREFILL tokens, so prompts progress);
+     * a step without decodes takes max_batch_tokens. */
+    double step_budget_s;
     /* the served format's activation quantizer (fwd_t.hook), or NULL */
     void (*act_hook)(void *ud, int layer, int site, float *x, long n, long dim);
     void *act_hook_ud;
@@ -76,6 +81,9 @@ typedef struct {
     const model_t *ref;
     double shadow_rate;
 } sched_config_t;
+
+/* Prompt tokens a step with decodes takes at least, whatever the budget. */
+#define SCHED_MIN_PREFILL 16
 
 typedef struct sched sched_t;
 

@@ -1,0 +1,67 @@
+"""--step-budget-ms: a long prompt arriving while another stream decodes is
+cut into chunks, so the decoding stream never waits on a whole prompt's
+prefill in one step. Counted in engine steps and rows per step (the
+sqserve_step_tokens histogram), never in seconds: with a budget no step can
+meet (1 us), every step that carries a decode row takes the minimum chunk of
+16 prompt tokens, on any machine; with the cut off, the whole prompt goes
+into one step. Contract: docs/api.md (--step-budget-ms).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from serve_util import MODEL_ID, httpx, sse_events, start_server
+
+LONG_PROMPT = "the cat sat on the mat and " * 45  # ~315 tokens
+
+
+def _decoding_stream(server, started: threading.Event, result: dict) -> None:
+    body = {"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True,
+            "temperature": 0, "stream": True}
+    n = 0
+    with httpx.stream("POST", server.url("/v1/completions"), json=body, timeout=600) as r:
+        result["status"] = r.status_code
+        for ev in sse_events(r):
+            if ev == "[DONE]":
+                break
+            if json.loads(ev)["choices"][0].get("text"):
+                n += 1
+                started.set()
+    result["frames"] = n
+    started.set()
+
+
+def _rows_per_step_during_prompt(budget_ms: str):
+    with start_server("--step-budget-ms", budget_ms, "--max-batch-tokens", "512") as s:
+        n_prompt = len(s.tokenize(LONG_PROMPT))
+        assert n_prompt > 256
+        started, result = threading.Event(), {}
+        t = threading.Thread(target=_decoding_stream, args=(s, started, result))
+        t.start()
+        assert started.wait(300), "the decoding stream produced nothing"
+        m0 = s.metrics()
+        r = s.post("/v1/completions", {"model": MODEL_ID, "prompt": LONG_PROMPT, "max_tokens": 1,
+                                       "temperature": 0}, timeout=600)
+        assert r.status_code == 200, r.text
+        m1 = s.metrics()
+        t.join(600)
+        assert result.get("status") == 200 and result.get("frames", 0) > 0
+        steps = m1.value("sqserve_engine_steps_total") - m0.value("sqserve_engine_steps_total")
+        big = lambda m: m.bucket("sqserve_step_tokens", "+Inf") - m.bucket("sqserve_step_tokens", "32")
+        return n_prompt, steps, big(m1) - big(m0)
+
+
+def test_long_prompt_is_chunked_while_a_stream_decodes():
+    n_prompt, steps, big_steps = _rows_per_step_during_prompt("0.001")
+    # 400 decode steps outlast the prompt: every step of the prompt carries a
+    # decode row, so each takes 16 prompt tokens + 1 decode row
+    assert big_steps == 0, f"{big_steps} steps of more than 32 rows while a stream decoded"
+    assert steps >= n_prompt // 16, f"the {n_prompt}-token prompt took only {steps} steps"
+
+
+def test_without_a_budget_the_prompt_goes_in_one_step():
+    """The control: the cut is what splits the prompt."""
+    n_prompt, steps, big_steps = _rows_per_step_during_prompt("0")
+    assert big_steps >= 1
