@@ -337,6 +337,16 @@ static int has_reserved_code(const k_sq_t *t) {
     return 0;
 }
 
+/* KC_SQ_COMPACT=0 in the environment: the explicit-slot layout everywhere (A/B runs) */
+static int compact_default(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("KC_SQ_COMPACT");
+        v = e ? atoi(e) != 0 : 1;
+    }
+    return v;
+}
+
 extern "C" kc_sq_t *kc_sq_upload(const k_sq_t *t) { return kc_sq_upload_ex(t, 0); }
 
 extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
@@ -352,7 +362,7 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
     int s16 = half_exact(t->s_lo, ng) && half_exact(t->s_hi, ng);
     /* the compact layout reserves the low code -8; a tensor that has one at
      * a low position (no valid SQ tensor does) keeps the explicit slots */
-    int compact_ok = !(flags & KC_SQ_NO_COMPACT) && !has_reserved_code(t);
+    int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !has_reserved_code(t);
     kc_sq *w = sq_new(t->n, t->k, t->h_low, t->b, t->h, s16, compact_ok);
     if (!w) return NULL;
     size_t lob = (size_t)t->n * t->k * w->lobits / 8, hib = (size_t)t->n * (t->k / t->b) * t->h;
@@ -383,7 +393,7 @@ static GenP gen_params(long n, long k, int h_low, int b, int h, uint64_t seed, i
 
 extern "C" kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uint64_t seed, int flags) {
     GenP p = gen_params(n, k, h_low, b, h, seed, flags);
-    kc_sq *w = sq_new(n, k, h_low, b, h, p.f16, !(flags & KC_SQ_NO_COMPACT));
+    kc_sq *w = sq_new(n, k, h_low, b, h, p.f16, compact_default() && !(flags & KC_SQ_NO_COMPACT));
     if (!w) return NULL;
     size_t lob = (size_t)n * k * w->lobits / 8, hib = (size_t)n * (k / b) * h, ng = (size_t)n * (k / w->G);
     uint8_t *lo = (uint8_t *)kc_malloc(lob), *idx = (uint8_t *)kc_malloc(hib);

@@ -204,19 +204,27 @@ HD uint32_t frag_flags(const uint32_t (&lo)[4], uint32_t (&hn)[4], uint32_t (&w)
  * 64-bit multiply of the flag nibbles (an exclusive prefix sum; no nibble
  * exceeds 8, so no carries). */
 HD void frag_highs(const uint32_t (&hn)[4], const uint32_t (&cd)[4], uint32_t e, uint32_t (&Ahi)[8]) {
+#ifdef __CUDA_ARCH__
+#define KC_POPC __popc
+#else
+#define KC_POPC __builtin_popcount
+#endif
     for (int rh = 0; rh < 2; rh++) {
-        const uint64_t E = rh ? e >> 16 : e & 0xFFFFu;
-        const uint64_t H = (uint64_t)hn[2 + rh] << 32 | hn[rh];
-        const uint64_t S = H * 0x0222222222222222ull + E * 0x1111111111111111ull;
+        /* word kc0: e + prefix in the word; word kc1: e + highs of word kc0 + prefix
+         * (F * 0x11111110 with F the flag nibbles = hn * 0x02222222) */
+        const uint32_t E = rh ? e >> 16 : e & 0xFFFFu;
+        const uint32_t S0 = hn[rh] * 0x02222222u + E * 0x11111111u;
+        const uint32_t S1 = hn[2 + rh] * 0x02222222u + (E + (uint32_t)KC_POPC(hn[rh])) * 0x11111111u;
         const uint32_t ca = cd[2 * rh], cb = cd[2 * rh + 1];
         for (int kc = 0; kc < 2; kc++) {
-            const uint32_t s = kc ? (uint32_t)(S >> 32) : (uint32_t)S, h = hn[kc * 2 + rh];
+            const uint32_t s = kc ? S1 : S0, h = hn[kc * 2 + rh];
             const uint32_t g0 = prmt(ca, cb, s), g1 = prmt(ca, cb, s >> 16); /* nibbles 0-3, 4-7 */
             /* low nibbles (columns 0-3 of the word), high nibbles (4-7); zero where low */
             Ahi[kc * 4 + rh] = prmt(g0, g1, 0x6420) & prmt(h << 4, 0, 0xBA98);
             Ahi[kc * 4 + 2 + rh] = prmt(g0, g1, 0x7531) & prmt(h, 0, 0xBA98);
         }
     }
+#undef KC_POPC
 }
 
 #endif

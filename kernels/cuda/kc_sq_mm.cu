@@ -519,8 +519,12 @@ __global__ void __launch_bounds__(128, MINB) k_sqc_dec(MmArgs a) {
     }                                                                          \
     if (++lgrp == ng) lgrp = 0;
     SQC_LOAD(r0, x0, i0)
-    if (DEPTH >= 2 && i0 + 1 < i1) SQC_LOAD(r1, x1, i0 + 1)
-    if (DEPTH >= 3 && i0 + 2 < i1) SQC_LOAD(r2, x2, i0 + 2)
+    if constexpr (DEPTH >= 2) {
+        if (i0 + 1 < i1) SQC_LOAD(r1, x1, i0 + 1)
+    }
+    if constexpr (DEPTH >= 3) {
+        if (i0 + 2 < i1) SQC_LOAD(r2, x2, i0 + 2)
+    }
     float acc[NT][4];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
@@ -558,6 +562,138 @@ __global__ void __launch_bounds__(128, MINB) k_sqc_dec(MmArgs a) {
     }
 #undef SQC_STEP
 #undef SQC_LOAD
+}
+
+/* The mma part of one compact unit: exact int32 sums (low, high) per n-tile,
+ * as bit patterns biased by 1.5 * 2^23 (see MAGIC_I). */
+template <int NT, bool OFFS>
+__device__ __forceinline__ void mma_unit(int (&ilo)[NT][4], int (&ihi)[NT][4], const uint32_t (&Alo)[8],
+                                         const uint32_t (&Ahi)[8], const uint4 (&bv)[NT]) {
+    const uint32_t NEG = 0xF8F8F8F8u;
+    const int mg[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        mma_s8c(ilo[t], Alo[0], Alo[1], Alo[2], Alo[3], bv[t].x, bv[t].y, mg);
+        mma_s8(ilo[t], Alo[4], Alo[5], Alo[6], Alo[7], bv[t].z, bv[t].w);
+        if (OFFS) {
+            mma_s8(ilo[t], NEG, NEG, NEG, NEG, bv[t].x, bv[t].y);
+            mma_s8(ilo[t], NEG, NEG, NEG, NEG, bv[t].z, bv[t].w);
+        }
+        mma_s8c(ihi[t], Ahi[0], Ahi[1], Ahi[2], Ahi[3], bv[t].x, bv[t].y, mg);
+        mma_s8(ihi[t], Ahi[4], Ahi[5], Ahi[6], Ahi[7], bv[t].z, bv[t].w);
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void combine_unit(float (&acc)[NT][4], const int (&ilo)[NT][4], const int (&ihi)[NT][4],
+                                             const float (&sc)[4]) {
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float sl = e < 2 ? sc[0] : sc[2], sh = e < 2 ? sc[1] : sc[3];
+            acc[t][e] = fmaf(sl, __int_as_float(ilo[t][e]) - MAGIC_F, acc[t][e]);
+            acc[t][e] = fmaf(sh, __int_as_float(ihi[t][e]) - MAGIC_F, acc[t][e]);
+        }
+}
+
+template <bool S16>
+__device__ __forceinline__ void scales_c(const RawC<S16> &r, float (&sc)[4]) {
+    if (S16) {
+        sc[0] = half_lo(r.sc[0]), sc[1] = half_hi(r.sc[0]), sc[2] = half_lo(r.sc[1]), sc[3] = half_hi(r.sc[1]);
+    } else {
+        sc[0] = __uint_as_float(r.sc[0]), sc[1] = __uint_as_float(r.sc[1]);
+        sc[2] = __uint_as_float(r.sc[2]), sc[3] = __uint_as_float(r.sc[3]);
+    }
+}
+
+/* decode on the compact layout, two units (consecutive items) per step: both
+ * decoded and multiplied in one basic block (twice the independent work in
+ * flight per warp), then combined in item order, so the float sums are the
+ * same as k_sqc_dec's. Units are loaded one pair ahead (after a pair is
+ * decoded, its registers take the pair after next). */
+template <int NT, bool S16, int MINB>
+__global__ void __launch_bounds__(128, MINB) k_sqc_dec2(MmArgs a) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
+    if (w >= W) return;
+    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
+    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
+    if (i0 >= i1) return;
+    const int g = lane >> 2, tig = lane & 3;
+    uint32_t tvalid = 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
+    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    const long xst = a.k / 2;
+    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
+    constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    const bool xv = tvalid & 1;
+    const unsigned last = i1 - 1;
+    unsigned lg = i0 % ng; /* group of the next item to load */
+    RawC<S16> xa, xb, ya, yb;
+    uint4 bxa = z, bxb = z, bya = z, byb = z;
+#define SQC2_LOAD(RA, RB, XA, XB, item)                                                   \
+    {                                                                                     \
+        const unsigned ua_ = (item) < i1 ? (item) : last, ub_ = (item) + 1 < i1 ? (item) + 1 : last; \
+        load_unit_c<S16>(RA, lp, ua_);                                                    \
+        load_unit_c<S16>(RB, lp, ub_);                                                    \
+        const unsigned g2_ = lg + 1 == ng ? 0 : lg + 1;                                   \
+        if (BPRE) {                                                                       \
+            XA = xv ? __ldg(xrow + lg * 4) : z;                                           \
+            XB = xv ? __ldg(xrow + g2_ * 4) : z;                                          \
+        }                                                                                 \
+        lg = g2_ + 1 == ng ? 0 : g2_ + 1;                                                 \
+    }
+    SQC2_LOAD(xa, xb, bxa, bxb, i0)
+    if (i0 + 2 < i1) SQC2_LOAD(ya, yb, bya, byb, i0 + 2)
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
+#define SQC2_END_ITEM                                                                                   \
+    it++;                                                                                               \
+    if (++grp == ng || it == i1) {                                                                      \
+        sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                    \
+        _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
+        tile++, grp = 0, ts = it;                                                                       \
+    }                                                                                                   \
+    if (it == i1) return;
+#define SQC2_STEP(RA, RB, XA, XB)                                                                       \
+    {                                                                                                   \
+        uint32_t Alo0[8], Ahi0[8], Alo1[8], Ahi1[8];                                                    \
+        float s0[4], s1[4];                                                                             \
+        uint4 b0[NT], b1[NT];                                                                           \
+        frag_compact<!OFFS, S16>(RA, Alo0, Ahi0, tig);                                                  \
+        frag_compact<!OFFS, S16>(RB, Alo1, Ahi1, tig);                                                  \
+        scales_c<S16>(RA, s0);                                                                          \
+        scales_c<S16>(RB, s1);                                                                          \
+        const unsigned gb_ = grp + 1 == ng ? 0 : grp + 1;                                               \
+        if (BPRE) {                                                                                     \
+            b0[0] = XA, b1[0] = XB;                                                                     \
+        } else {                                                                                        \
+            _Pragma("unroll") for (int t = 0; t < NT; t++) {                                            \
+                b0[t] = (tvalid >> t) & 1 ? __ldg(xrow + grp * 4 + t * xst) : z;                        \
+                b1[t] = (tvalid >> t) & 1 ? __ldg(xrow + gb_ * 4 + t * xst) : z;                        \
+            }                                                                                           \
+        }                                                                                               \
+        if (it + 4 < i1) SQC2_LOAD(RA, RB, XA, XB, it + 4)                                              \
+        int l0[NT][4], h0[NT][4], l1[NT][4], h1[NT][4];                                                 \
+        mma_unit<NT, OFFS>(l0, h0, Alo0, Ahi0, b0);                                                     \
+        mma_unit<NT, OFFS>(l1, h1, Alo1, Ahi1, b1);                                                     \
+        combine_unit<NT>(acc, l0, h0, s0);                                                              \
+        SQC2_END_ITEM                                                                                   \
+        combine_unit<NT>(acc, l1, h1, s1);                                                              \
+        SQC2_END_ITEM                                                                                   \
+    }
+    for (;;) {
+        SQC2_STEP(xa, xb, bxa, bxb)
+        SQC2_STEP(ya, yb, bya, byb)
+    }
+#undef SQC2_STEP
+#undef SQC2_END_ITEM
+#undef SQC2_LOAD
 }
 
 /* prefill on the compact layout: as k_sq_pre */
@@ -754,11 +890,36 @@ static int launch_decode_c(const kc_sq *w, MmArgs a) {
 /* decode variants for M <= 8 (KC_SQ_DEC: 0 default, 1 and 2 others, for benchmarks) */
 static int g_dec_variant = -1;
 
+template <int NT, bool S16, int MINB>
+static int launch_decode_c2(const kc_sq *w, MmArgs a) {
+    static int occ;
+    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sqc_dec2<NT, S16, MINB>, 128, 0),
+                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
+        return -1;
+    const long U = w->ntiles * w->ngroups;
+    long W = (long)n_sm() * occ * 4;
+    if (W > (U + 3) / 4) W = (U + 3) / 4;
+    if (W < 1) W = 1;
+    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
+    a.part = g_part, a.cnt = g_cnt, a.nw = W;
+    for (long t0 = 0; t0 < a.m; t0 += NT * 8) {
+        a.tok0 = t0;
+        k_sqc_dec2<NT, S16, MINB><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        if (kc_check_launch("k_sqc_dec2")) return -1;
+    }
+    return 0;
+}
+
 template <bool S16>
 static int dispatch_c(const kc_sq *w, const MmArgs &a) {
     if (g_dec_variant < 0) {
         const char *e = getenv("KC_SQ_DEC");
         g_dec_variant = e ? atoi(e) : 0;
+    }
+    if (g_dec_variant == 3 || g_dec_variant == 4) { /* two units per step */
+        if (a.m <= 8)
+            return g_dec_variant == 3 ? launch_decode_c2<1, S16, 3>(w, a) : launch_decode_c2<1, S16, 4>(w, a);
+        if (a.m <= 16) return launch_decode_c2<2, S16, 3>(w, a);
     }
     if (a.m <= 8) {
         if (g_dec_variant == 1) return launch_decode_c<1, S16, 3, 4>(w, a);
