@@ -133,8 +133,30 @@ kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uint64_t seed,
  * lo is overwritten whole). For tests. */
 int kc_sq_random_host(long n, long k, int h_low, int b, int h, uint64_t seed, int flags, uint8_t *lo,
                       int8_t *hi, uint8_t *idx, float *s_lo, float *s_hi);
-/* One line on the layout chosen: path (fast/generic), scale width, bits per weight. */
+/* One line on the layout chosen: path (compact/fast/generic), scale width, bits per weight. */
 const char *kc_sq_describe(const kc_sq_t *w);
+/* Added with the compact layout (kc_sq.cuh documents it; 5.5 bits per weight
+ * at 8/4 b64 s0.875 with half scales, 6.0 with float ones): kc_sq_upload and
+ * kc_sq_random(_ex) take it by themselves where it applies. Flags: */
+#define KC_SQ_NO_COMPACT 2 /* kc_sq_random_ex: the older explicit-slot layout (benchmarks, tests) */
+/* kc_sq_upload with flags (KC_SQ_NO_COMPACT); kc_sq_upload is flags 0. */
+kc_sq_t *kc_sq_upload_ex(const k_sq_t *w, int flags);
+
+/* Fused matrices: several SQ matrices that read the same activations
+ * (q/k/v, gate/up) as ONE device matrix holding their rows one after the
+ * other, so that one launch (one stream-k pass over all their bytes) computes
+ * all of them. The parts must have the same k, h_low, b, h and device layout
+ * (kc_sq_describe), and every part but the last a multiple of 16 rows. The
+ * parts are copied (device to device): free them afterwards if they are no
+ * longer needed. NULL (kc_error says why) if they do not fit together. */
+#define KC_SQ_MAX_PARTS 4
+kc_sq_t *kc_sq_fuse(const kc_sq_t *const *parts, int count);
+int kc_sq_parts(const kc_sq_t *w);                  /* 1 for an ordinary matrix */
+long kc_sq_part_rows(const kc_sq_t *w, int part);
+/* The fused matmul: part p's rows go to d_y[p] ([m][n_p], as kc_sq_matmul
+ * writes them), with the same numbers as kc_sq_matmul on each part alone.
+ * kc_sq_matmul on a fused matrix writes [m][n_total] (all parts side by side). */
+int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y);
 
 #ifdef __cplusplus
 }

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 
 /* Fills the geometry; NULL if the shape is supported, else why not. */
-static const char *geo_init(kc_sq *w, long n, long k, int h_low, int b, int h, int s16) {
+static const char *geo_init(kc_sq *w, long n, long k, int h_low, int b, int h, int s16, int compact_ok) {
     if (h_low != 2 && h_low != 3 && h_low != 4) return "h_low must be 2, 3 or 4";
     if (b < 4 || b > 128 || (b & (b - 1))) return "the bank size must be a power of two in [4, 128]";
     if (h < 0 || h > b / 2) return "the high count per bank must be in [0, b/2]";
@@ -23,15 +23,17 @@ static const char *geo_init(kc_sq *w, long n, long k, int h_low, int b, int h, i
     w->S = b <= 64 ? h * (64 / b) : (h < 64 ? h : 64);
     w->s2 = ((w->S + 1) / 2 + 3) / 4 * 4; /* 0 when there are no highs */
     w->ntiles = (n + 15) / 16, w->nsub = k / 64, w->ngroups = k / G;
+    w->nparts = 1, w->part_n[0] = n;
+    w->compact = compact_ok && compact_fits(w->lobits, b, h);
     w->lo_bytes = 16 * 64 * w->lobits / 8;
-    w->slot_bytes = 32 * 2 * w->s2;
-    w->s16 = s16 && is_fast(w);
+    w->slot_bytes = w->compact ? SQC_CODES : 32 * 2 * w->s2;
+    w->s16 = s16 && (w->compact || is_fast(w));
     w->scale_bytes = 16 * (w->s16 ? 4 : 8);
     w->unit_bytes = w->lo_bytes + w->slot_bytes + w->scale_bytes;
     w->bytes = (size_t)w->ntiles * w->nsub * w->unit_bytes;
-    snprintf(w->desc, sizeof w->desc, "SQ %d-bit b%d h%d: %s path, %s scales, %.3f bits/weight",
-             h_low, b, h, is_fast(w) ? "fast" : "generic", w->s16 ? "half" : "float",
-             8.0 * w->bytes / ((double)n * k));
+    snprintf(w->desc, sizeof w->desc, "SQ %d-bit b%d h%d: %s, %s scales, %.3f bits/weight", h_low, b, h,
+             w->compact ? "compact (implicit mask)" : is_fast(w) ? "fast path" : "generic path",
+             w->s16 ? "half" : "float", 8.0 * w->bytes / ((double)n * k));
     return NULL;
 }
 
@@ -55,9 +57,81 @@ HD void put32(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
 }
 
+/* the high positions of row r in subgroup sub (bit c = column 64 sub + c) and
+ * their codes by column; (b <= 64 only) */
+HD uint64_t row_highs(const RawView &v, const Geo &g, long r, long sub, int8_t *code) {
+    uint64_t m = 0;
+    if (r >= g.n) return 0;
+    const long nbk = g.k / g.b;
+    const int per = 64 / g.b;
+    for (int bi = 0; bi < per; bi++) {
+        size_t e0 = ((size_t)r * nbk + (size_t)(sub * per + bi)) * g.h;
+        for (int e = 0; e < g.h; e++) {
+            int c = bi * g.b + v.idx[e0 + e];
+            m |= 1ull << c;
+            code[c] = v.hi[e0 + e];
+        }
+    }
+    return m;
+}
+
+/* column of nibble j of lane t's raw word for k-chunk kc (lane order) */
+HD int lane_col(int t, int kc, int j) { return 16 * t + 8 * kc + (j >> 1) + 4 * (j & 1); }
+
+/* the compact layout (kc_sq.cuh): lane `lane`'s 16 lo bytes, and (lanes with
+ * t < 2) row g + 8 t's code list and scales */
+HD void repack_lane_c(const RawView &v, const Geo &g, long tile, long sub, int lane, uint8_t *unit) {
+    const int gi = lane >> 2, tig = lane & 3;
+    const long j0 = sub * 64;
+    int8_t code[2][64];
+    uint64_t hm[2];
+    for (int rh = 0; rh < 2; rh++) hm[rh] = row_highs(v, g, tile * 16 + gi + 8 * rh, sub, code[rh]);
+    for (int q = 0; q < 4; q++) {
+        int kc = q >> 1, rh = q & 1;
+        long r = tile * 16 + gi + 8 * rh;
+        uint32_t w = 0;
+        if (r < g.n)
+            for (int i = 0; i < 4; i++) {
+                int c0 = 16 * tig + 8 * kc + i;
+                uint32_t a = (hm[rh] >> c0) & 1 ? 8u : (uint32_t)raw_lo_bits(v, g, r, j0 + c0);
+                uint32_t b = (hm[rh] >> (c0 + 4)) & 1 ? 8u : (uint32_t)raw_lo_bits(v, g, r, j0 + c0 + 4);
+                w |= a << (8 * i) | b << (8 * i + 4);
+            }
+        put32(unit + lane * 16 + q * 4, w ^ 0x88888888u); /* -8 (the reserved code) is stored as 0 */
+    }
+    if (tig >= 2) return;
+    const int rh = tig;
+    const long r = tile * 16 + gi + 8 * rh;
+    uint8_t list[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int cnt = 0;
+    for (int t = 0; t < 4; t++)
+        for (int kc = 0; kc < 2; kc++)
+            for (int j = 0; j < 8; j++) {
+                int c = lane_col(t, kc, j);
+                if ((hm[rh] >> c) & 1) list[cnt++ & 7] = (uint8_t)code[rh][c];
+            }
+    uint8_t *cp = unit + SQC_LO + gi * 16 + rh * 8;
+    for (int i = 0; i < 8; i++) cp[i] = list[i];
+    long grp = sub / g.spg;
+    float sl = r < g.n ? v.s_lo[r * g.ngroups + grp] : 0.0f;
+    float sh = r < g.n ? v.s_hi[r * g.ngroups + grp] : 0.0f;
+    uint8_t *sc = unit + SQC_LO + SQC_CODES;
+    if (g.s16) {
+        put32(sc + gi * 8 + rh * 4, half_bits(sl) | half_bits(sh) << 16);
+    } else {
+        uint32_t ua, ub;
+        memcpy(&ua, &sl, 4), memcpy(&ub, &sh, 4);
+        put32(sc + gi * 16 + rh * 8, ua), put32(sc + gi * 16 + rh * 8 + 4, ub);
+    }
+}
+
 /* Writes lane `lane`'s share of unit (tile, sub): its lo bytes, its slots and
  * (lanes 0..15) row `lane`'s scales. */
 HD void repack_lane(const RawView &v, const Geo &g, long tile, long sub, int lane, uint8_t *unit) {
+    if (g.compact) {
+        repack_lane_c(v, g, tile, sub, lane, unit);
+        return;
+    }
     const int gi = lane >> 2, tig = lane & 3;
     const long j0 = sub * 64;
     if (g.lobits == 4) { /* codes stored offset-binary: c + 8 (c + 2 for 2-bit), so 0 is 0x8 */
@@ -222,13 +296,13 @@ __global__ void k_repack(RawView v, Geo g, uint8_t *d) {
 
 /* ---- host side ------------------------------------------------------------------------- */
 
-static kc_sq *sq_new(long n, long k, int h_low, int b, int h, int s16) {
+static kc_sq *sq_new(long n, long k, int h_low, int b, int h, int s16, int compact_ok) {
     kc_sq *w = (kc_sq *)calloc(1, sizeof *w);
     if (!w) {
         kc_set_error("out of host memory");
         return NULL;
     }
-    const char *why = geo_init(w, n, k, h_low, b, h, s16);
+    const char *why = geo_init(w, n, k, h_low, b, h, s16, compact_ok);
     if (why) {
         kc_set_error("SQ matrix %ld x %ld (h_low %d, b %d, h %d) not supported: %s", n, k, h_low, b, h, why);
         free(w);
@@ -254,7 +328,28 @@ static int half_exact(const float *s, size_t count) {
     return 1;
 }
 
-extern "C" kc_sq_t *kc_sq_upload(const k_sq_t *t) {
+/* the reserved code -8 (bit pattern 8) at some low position of a 4-bit tensor */
+static int has_reserved_code(const k_sq_t *t) {
+    if (t->h_low == 2) return 0;
+    size_t nb = (size_t)t->n * t->k / 2;
+    for (size_t i = 0; i < nb; i++)
+        if ((t->lo[i] & 0x0F) == 8 || (t->lo[i] & 0xF0) == 0x80) return 1;
+    return 0;
+}
+
+/* KC_SQ_COMPACT=0 in the environment: the explicit-slot layout everywhere (A/B runs) */
+static int compact_default(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("KC_SQ_COMPACT");
+        v = e ? atoi(e) != 0 : 1;
+    }
+    return v;
+}
+
+extern "C" kc_sq_t *kc_sq_upload(const k_sq_t *t) { return kc_sq_upload_ex(t, 0); }
+
+extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
     if (!t || !t->lo || !t->hi || !t->idx || !t->s_lo || !t->s_hi) {
         kc_set_error("kc_sq_upload: incomplete SQ tensor");
         return NULL;
@@ -265,7 +360,10 @@ extern "C" kc_sq_t *kc_sq_upload(const k_sq_t *t) {
     }
     size_t ng = (size_t)t->n * (t->k / t->G);
     int s16 = half_exact(t->s_lo, ng) && half_exact(t->s_hi, ng);
-    kc_sq *w = sq_new(t->n, t->k, t->h_low, t->b, t->h, s16);
+    /* the compact layout reserves the low code -8; a tensor that has one at
+     * a low position (no valid SQ tensor does) keeps the explicit slots */
+    int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !has_reserved_code(t);
+    kc_sq *w = sq_new(t->n, t->k, t->h_low, t->b, t->h, s16, compact_ok);
     if (!w) return NULL;
     size_t lob = (size_t)t->n * t->k * w->lobits / 8, hib = (size_t)t->n * (t->k / t->b) * t->h;
     uint8_t *lo = (uint8_t *)kc_malloc(lob), *idx = (uint8_t *)kc_malloc(hib);
@@ -295,7 +393,7 @@ static GenP gen_params(long n, long k, int h_low, int b, int h, uint64_t seed, i
 
 extern "C" kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uint64_t seed, int flags) {
     GenP p = gen_params(n, k, h_low, b, h, seed, flags);
-    kc_sq *w = sq_new(n, k, h_low, b, h, p.f16);
+    kc_sq *w = sq_new(n, k, h_low, b, h, p.f16, compact_default() && !(flags & KC_SQ_NO_COMPACT));
     if (!w) return NULL;
     size_t lob = (size_t)n * k * w->lobits / 8, hib = (size_t)n * (k / b) * h, ng = (size_t)n * (k / w->G);
     uint8_t *lo = (uint8_t *)kc_malloc(lob), *idx = (uint8_t *)kc_malloc(hib);
@@ -324,7 +422,7 @@ extern "C" kc_sq_t *kc_sq_random(long n, long k, int h_low, int b, int h, uint64
 extern "C" int kc_sq_random_host(long n, long k, int h_low, int b, int h, uint64_t seed, int flags, uint8_t *lo,
                                  int8_t *hi, uint8_t *idx, float *s_lo, float *s_hi) {
     kc_sq tmp;
-    const char *why = geo_init(&tmp, n, k, h_low, b, h, 0);
+    const char *why = geo_init(&tmp, n, k, h_low, b, h, 0, 0);
     if (why) {
         kc_set_error("kc_sq_random_host: %s", why);
         return -1;
@@ -345,6 +443,59 @@ extern "C" void kc_sq_free(kc_sq_t *w) {
 }
 
 extern "C" size_t kc_sq_bytes(const kc_sq_t *w) { return w ? w->bytes : 0; }
+
+extern "C" kc_sq_t *kc_sq_fuse(const kc_sq_t *const *parts, int count) {
+    if (!parts || count < 1 || count > KC_SQ_MAX_PARTS) {
+        kc_set_error("kc_sq_fuse: 1 to %d parts", KC_SQ_MAX_PARTS);
+        return NULL;
+    }
+    const kc_sq *a = parts[0];
+    long n = 0;
+    for (int i = 0; i < count; i++) {
+        const kc_sq *p = parts[i];
+        if (!p || p->nparts != 1 || p->k != a->k || p->h_low != a->h_low || p->b != a->b || p->h != a->h ||
+            p->compact != a->compact || p->s16 != a->s16 || p->unit_bytes != a->unit_bytes) {
+            kc_set_error("kc_sq_fuse: part %d differs from part 0 in shape or layout (%s vs %s)", i,
+                         p ? p->desc : "none", a->desc);
+            return NULL;
+        }
+        if (i < count - 1 && p->n % 16) {
+            kc_set_error("kc_sq_fuse: part %d has %ld rows, not a multiple of 16", i, p->n);
+            return NULL;
+        }
+        n += p->n;
+    }
+    kc_sq *w = (kc_sq *)calloc(1, sizeof *w);
+    if (!w) {
+        kc_set_error("out of host memory");
+        return NULL;
+    }
+    *w = *a;
+    w->n = n, w->ntiles = (n + 15) / 16, w->bytes = (size_t)w->ntiles * w->nsub * w->unit_bytes;
+    w->nparts = count;
+    for (int i = 0; i < count; i++) w->part_n[i] = parts[i]->n;
+    if (!(w->d = (uint8_t *)kc_malloc(w->bytes))) {
+        free(w);
+        return NULL;
+    }
+    size_t off = 0;
+    for (int i = 0; i < count; i++) {
+        if (kc_check(cudaMemcpyAsync(w->d + off, parts[i]->d, parts[i]->bytes, cudaMemcpyDeviceToDevice, KC_STREAM),
+                     "kc_sq_fuse copy")) {
+            kc_sq_free(w);
+            return NULL;
+        }
+        off += parts[i]->bytes;
+    }
+    size_t dl = strlen(w->desc);
+    snprintf(w->desc + dl, sizeof w->desc - dl, ", %d parts", count);
+    return w;
+}
+
+extern "C" int kc_sq_parts(const kc_sq_t *w) { return w ? w->nparts : 0; }
+extern "C" long kc_sq_part_rows(const kc_sq_t *w, int part) {
+    return w && part >= 0 && part < w->nparts ? w->part_n[part] : 0;
+}
 
 extern "C" const char *kc_sq_describe(const kc_sq_t *w) { return w ? w->desc : "none"; }
 

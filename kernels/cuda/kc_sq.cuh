@@ -50,6 +50,30 @@
  * carries up to min(h, 64) slots (the bank's highs fall unevenly into its
  * halves).
  *
+ * COMPACT layout (the default where it applies: 4-bit storage, h_low 4 or
+ * 3, b <= 64 and at most 8 highs per row and 64 columns, so 8/4 and 8/3 at
+ * b64 h8, b32 h4, b16 h2, b8 h1 and fewer highs): the mask is implicit.
+ * A unit (16 rows x 64 columns) is
+ *   lo     512 B, as above (offset-binary, fragment order), except that a
+ *          high position holds the RESERVED nibble 0 (the code -8, which
+ *          no valid SQ tensor has at a low position: symmetric codes are
+ *          -7..7, -3..3 for h_low 3; kc_sq_upload checks every code and
+ *          takes the layout above if a -8 ever appears).
+ *   codes  128 B: rows g and g + 8 (16 bytes at 16 g), each row's high codes
+ *          (int8) in "lane order": lane t (columns 16t..16t+15), then its
+ *          k-chunk kc, then nibble j of the lane's raw word, i.e. column
+ *          16t + 8kc + (j >> 1) + 4 (j & 1); unused bytes 0.
+ *   scales rows g and g + 8 at 8 g (half s_lo | s_hi << 16 each: 64 B) or
+ *          at 16 g (float s_lo, s_hi each: 128 B).
+ * Bits per weight: 4 + 8 * 8 / 64 + 2 * 16 / 64 = 5.5 with half scales,
+ * 6.0 with float scales (used unless every scale of the matrix is exactly
+ * a half; the numbers are never changed).
+ * Decoding (kc_sq_mm.cu, frag_compact): a lane finds its high nibbles in
+ * its raw words with three integer ops a word, the count of highs in the
+ * quad's lower lanes with two shuffles, and gathers each high code with one
+ * PRMT whose selector nibbles (the code's index in the row's list) come out
+ * of one 64-bit multiply of the flag nibbles (an exclusive prefix sum).
+ *
  * The kernels that read this layout are described in kc_sq_mm.cu.
  */
 #ifndef KC_SQ_CUH
@@ -70,17 +94,20 @@ struct kc_sq {
     int S;          /* slots per row per subgroup (highest possible high count) */
     int s2;         /* slots per lane, a multiple of 4 */
     int s16;        /* scales stored as half */
+    int compact;    /* the compact layout (implicit mask, see above) */
+    int nparts;     /* > 1: rows fused from several matrices (kc_sq_fuse) */
+    long part_n[KC_SQ_MAX_PARTS];
     long ntiles, nsub, ngroups;
     int lo_bytes, slot_bytes, scale_bytes, unit_bytes;
     uint8_t *d;
     size_t bytes;
-    char desc[96];
+    char desc[128];
 };
 
 /* the parts of the geometry the kernels and the repacking need */
 struct Geo {
     long n, k, ntiles, nsub, ngroups;
-    int lobits, b, h, G, spg, s2, s16, lo_bytes, slot_bytes, unit_bytes;
+    int lobits, b, h, G, spg, s2, s16, lo_bytes, slot_bytes, unit_bytes, compact;
 };
 
 static inline Geo geo_of(const kc_sq *w) {
@@ -88,11 +115,17 @@ static inline Geo geo_of(const kc_sq *w) {
     g.n = w->n, g.k = w->k, g.ntiles = w->ntiles, g.nsub = w->nsub, g.ngroups = w->ngroups;
     g.lobits = w->lobits, g.b = w->b, g.h = w->h, g.G = w->G, g.spg = w->spg, g.s2 = w->s2;
     g.s16 = w->s16, g.lo_bytes = w->lo_bytes, g.slot_bytes = w->slot_bytes;
-    g.unit_bytes = w->unit_bytes;
+    g.unit_bytes = w->unit_bytes, g.compact = w->compact;
     return g;
 }
 
-static inline int is_fast(const kc_sq *w) { return w->lobits == 4 && w->spg == 1 && w->s2 == 4; }
+static inline int is_fast(const kc_sq *w) { return !w->compact && w->lobits == 4 && w->spg == 1 && w->s2 == 4; }
+/* the compact layout can hold this shape (4-bit storage, <= 8 highs per 64) */
+static inline int compact_fits(int lobits, int b, int h) {
+    return lobits == 4 && b <= 64 && h >= 1 && h * (64 / b) <= 8;
+}
+#define SQC_LO 512
+#define SQC_CODES 128
 
 /* ---- shared host/device pieces -------------------------------------------------------- */
 
@@ -122,5 +155,76 @@ HD int raw_lo_bits(const RawView &v, const Geo &g, long r, long j) { /* stored b
 HD int slot_off(int c) { return ((c >> 3) & 1) * 128 + (c >> 4) * 16 + ((c >> 2) & 1) * 8 + (c & 3); }
 HD int scatter_rowbase(int lane) { int r = lane >> 1; return (r & 7) * 320 + (r >> 3) * 4; }
 #define SQ_TILE 2560 /* bytes of one scatter tile */
+
+/* ---- compact-layout decoding (kc_sq_mm.cu; host too, for tests) ----------------------- */
+
+/* PTX prmt.b32, default mode: byte n of the result is byte (s >> 4n) & 7 of
+ * {b:a}, or that byte's sign replicated when bit 3 of the nibble is set */
+HD uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+#ifdef __CUDA_ARCH__
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+#else
+    const uint64_t src = (uint64_t)b << 32 | a;
+    uint32_t d = 0;
+    for (int n = 0; n < 4; n++) {
+        const int q = (sel >> (4 * n)) & 15;
+        uint32_t v = (uint32_t)(src >> (8 * (q & 7))) & 255;
+        if (q & 8) v = v & 128 ? 255 : 0;
+        d |= v << (8 * n);
+    }
+    return d;
+#endif
+}
+
+/* A lane's four raw lo words: hn[q] gets bit 3 of every nibble that is the
+ * reserved 0 (a high position), w[q] the words with those nibbles turned into
+ * 8 (code 0). Returns the lane's high counts: row g in bits 0-15, row g + 8
+ * in bits 16-31 (for the quad's exclusive prefix sum). */
+HD uint32_t frag_flags(const uint32_t (&lo)[4], uint32_t (&hn)[4], uint32_t (&w)[4]) {
+    for (int q = 0; q < 4; q++) {
+        const uint32_t x = lo[q], t = (x & 0x77777777u) + 0x77777777u;
+        hn[q] = ~(t | x) & 0x88888888u;
+        w[q] = x | hn[q];
+    }
+#ifdef __CUDA_ARCH__
+#define KC_POPC __popc
+#else
+#define KC_POPC __builtin_popcount
+#endif
+    return (uint32_t)(KC_POPC(hn[0]) + KC_POPC(hn[2])) | (uint32_t)(KC_POPC(hn[1]) + KC_POPC(hn[3])) << 16;
+#undef KC_POPC
+}
+
+/* The high A fragments (index kc * 4 + reg, as unpack_lo's) from the flags,
+ * the rows' code lists (cd[0..1] row g, cd[2..3] row g + 8) and the quad's
+ * exclusive prefix e (as frag_flags packs it). Selector nibble j of word kc
+ * = the code's index in the row list = e + highs before it in this lane: one
+ * 64-bit multiply of the flag nibbles (an exclusive prefix sum; no nibble
+ * exceeds 8, so no carries). */
+HD void frag_highs(const uint32_t (&hn)[4], const uint32_t (&cd)[4], uint32_t e, uint32_t (&Ahi)[8]) {
+#ifdef __CUDA_ARCH__
+#define KC_POPC __popc
+#else
+#define KC_POPC __builtin_popcount
+#endif
+    for (int rh = 0; rh < 2; rh++) {
+        /* word kc0: e + prefix in the word; word kc1: e + highs of word kc0 + prefix
+         * (F * 0x11111110 with F the flag nibbles = hn * 0x02222222) */
+        const uint32_t E = rh ? e >> 16 : e & 0xFFFFu;
+        const uint32_t S0 = hn[rh] * 0x02222222u + E * 0x11111111u;
+        const uint32_t S1 = hn[2 + rh] * 0x02222222u + (E + (uint32_t)KC_POPC(hn[rh])) * 0x11111111u;
+        const uint32_t ca = cd[2 * rh], cb = cd[2 * rh + 1];
+        for (int kc = 0; kc < 2; kc++) {
+            const uint32_t s = kc ? S1 : S0, h = hn[kc * 2 + rh];
+            const uint32_t g0 = prmt(ca, cb, s), g1 = prmt(ca, cb, s >> 16); /* nibbles 0-3, 4-7 */
+            /* low nibbles (columns 0-3 of the word), high nibbles (4-7); zero where low */
+            Ahi[kc * 4 + rh] = prmt(g0, g1, 0x6420) & prmt(h << 4, 0, 0xBA98);
+            Ahi[kc * 4 + 2 + rh] = prmt(g0, g1, 0x7531) & prmt(h, 0, 0xBA98);
+        }
+    }
+#undef KC_POPC
+}
 
 #endif

@@ -24,6 +24,7 @@
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 /* ---- the matmul --------------------------------------------------------------------------- */
 
@@ -118,6 +119,9 @@ struct MmArgs {
     int *cnt;        /* decode: per-tile arrival counters, zero between launches */
     long nw;         /* decode: warps in the grid */
     long tok0;       /* first token of this launch */
+    int np;          /* > 1: fused parts, part p's rows [pstart[p], pstart[p+1]) go to py[p] */
+    long pstart[KC_SQ_MAX_PARTS + 1];
+    float *py[KC_SQ_MAX_PARTS];
 };
 
 /* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
@@ -247,12 +251,19 @@ __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, 
 template <int NT>
 __device__ __forceinline__ void store_y(const float (&v)[NT][4], const MmArgs &a, long tile, long tok0, int lane) {
     const int g = lane >> 2, tig = lane & 3;
+    float *y = a.y;
+    long n = a.n, r0 = tile * 16, nvalid = a.n - r0;
+    if (a.np > 1) { /* the tile lies in one part (parts but the last are whole tiles) */
+        int p = 0;
+        while (p + 1 < a.np && r0 >= a.pstart[p + 1]) p++;
+        y = a.py[p], n = a.pstart[p + 1] - a.pstart[p], r0 -= a.pstart[p], nvalid = a.pstart[p + 1] - tile * 16;
+    }
 #pragma unroll
     for (int t = 0; t < NT; t++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            const long row = tile * 16 + g + 8 * (e >> 1), tok = tok0 + t * 8 + 2 * tig + (e & 1);
-            if (row < a.n && tok < a.m) a.y[tok * a.n + row] = v[t][e] * __ldg(a.sx + tok);
+            const long rr = g + 8 * (e >> 1), tok = tok0 + t * 8 + 2 * tig + (e & 1);
+            if (rr < nvalid && tok < a.m) y[tok * n + r0 + rr] = v[t][e] * __ldg(a.sx + tok);
         }
 }
 
@@ -382,6 +393,332 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     }
 #undef SQ_STEP
 #undef SQ_LOADB
+}
+
+/* ---- the compact layout (kc_sq.cuh) ------------------------------------------------------- */
+
+template <bool S16>
+struct RawC {
+    uint32_t lo[4]; /* the lane's 16 lo bytes */
+    uint32_t cd[4]; /* code lists of rows g (cd[0..1]) and g + 8 (cd[2..3]) */
+    uint32_t sc[S16 ? 2 : 4];
+};
+
+template <bool S16>
+struct UGC {
+    static constexpr int ub = SQC_LO + SQC_CODES + (S16 ? 64 : 128);
+};
+
+struct LanePtrC {
+    const uint8_t *lo, *cd, *sc;
+};
+
+template <bool S16>
+__device__ __forceinline__ LanePtrC lane_ptrs_c(const uint8_t *w, int lane) {
+    LanePtrC p;
+    p.lo = w + lane * 16;
+    p.cd = w + SQC_LO + (lane >> 2) * 16;
+    p.sc = w + SQC_LO + SQC_CODES + (lane >> 2) * (S16 ? 8 : 16);
+    return p;
+}
+
+template <bool S16>
+__device__ __forceinline__ void load_unit_c(RawC<S16> &r, const LanePtrC &p, unsigned u) {
+    const size_t o = (size_t)u * UGC<S16>::ub;
+    const uint4 v = ld_stream4(p.lo + o), c = ld_stream4(p.cd + o);
+    r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w;
+    r.cd[0] = c.x, r.cd[1] = c.y, r.cd[2] = c.z, r.cd[3] = c.w;
+    if (S16) {
+        const uint2 sv = ld_stream2(p.sc + o);
+        r.sc[0] = sv.x, r.sc[1] = sv.y;
+    } else {
+        const uint4 sv = ld_stream4(p.sc + o);
+        r.sc[0] = sv.x, r.sc[1] = sv.y, r.sc[2] = sv.z, r.sc[3] = sv.w;
+    }
+}
+
+/* The A fragments of one compact unit (frag_flags / frag_highs in kc_sq.cuh,
+ * with the quad's prefix sum in between). All 32 lanes must take part. */
+template <bool SIGNED, bool S16>
+__device__ __forceinline__ void frag_compact(const RawC<S16> &r, uint32_t (&Alo)[8], uint32_t (&Ahi)[8], int tig) {
+    uint32_t hn[4], w[4];
+    const uint32_t c = frag_flags(r.lo, hn, w);
+    unpack_lo<4, SIGNED>(w, Alo);
+    uint32_t x = c, y;
+    y = __shfl_up_sync(0xffffffffu, x, 1, 4);
+    if (tig >= 1) x += y;
+    y = __shfl_up_sync(0xffffffffu, x, 2, 4);
+    if (tig >= 2) x += y;
+    frag_highs(hn, r.cd, x - c, Ahi);
+}
+
+/* One compact unit (16 rows x 64 columns, one scale group) against NT x 8
+ * tokens; B fragments as in do_group. */
+template <int NT, bool S16, bool OFFS, bool BPRE>
+__device__ __forceinline__ void do_group_c(float (&acc)[NT][4], const RawC<S16> &cur, const uint4 *bsrc, long bst,
+                                           uint32_t tvalid, const uint4 &bpre, int lane) {
+    const uint32_t NEG = 0xF8F8F8F8u;
+    uint32_t Alo[8], Ahi[8];
+    frag_compact<!OFFS, S16>(cur, Alo, Ahi, lane & 3);
+    float sl0, sh0, sl1, sh1;
+    if (S16) {
+        sl0 = half_lo(cur.sc[0]), sh0 = half_hi(cur.sc[0]);
+        sl1 = half_lo(cur.sc[1]), sh1 = half_hi(cur.sc[1]);
+    } else {
+        sl0 = __uint_as_float(cur.sc[0]), sh0 = __uint_as_float(cur.sc[1]);
+        sl1 = __uint_as_float(cur.sc[2]), sh1 = __uint_as_float(cur.sc[3]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const int mg[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
+        int ilo[4], ihi[4];
+        const uint4 bv = BPRE ? bpre : (tvalid >> t) & 1 ? __ldg(bsrc + t * bst) : make_uint4(0, 0, 0, 0);
+        mma_s8c(ilo, Alo[0], Alo[1], Alo[2], Alo[3], bv.x, bv.y, mg);
+        mma_s8(ilo, Alo[4], Alo[5], Alo[6], Alo[7], bv.z, bv.w);
+        if (OFFS) {
+            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.x, bv.y);
+            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.z, bv.w);
+        }
+        mma_s8c(ihi, Ahi[0], Ahi[1], Ahi[2], Ahi[3], bv.x, bv.y, mg);
+        mma_s8(ihi, Ahi[4], Ahi[5], Ahi[6], Ahi[7], bv.z, bv.w);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float sl = e < 2 ? sl0 : sl1, sh = e < 2 ? sh0 : sh1;
+            acc[t][e] = fmaf(sl, __int_as_float(ilo[e]) - MAGIC_F, acc[t][e]);
+            acc[t][e] = fmaf(sh, __int_as_float(ihi[e]) - MAGIC_F, acc[t][e]);
+        }
+    }
+}
+
+/* decode on the compact layout: stream-k over (tile, group) items as
+ * k_sq_dec, DEPTH units loaded ahead (DEPTH + 1 register sets) */
+template <int NT, bool S16, int DEPTH, int MINB>
+__global__ void __launch_bounds__(128, MINB) k_sqc_dec(MmArgs a) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
+    if (w >= W) return;
+    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
+    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
+    if (i0 >= i1) return;
+    const int g = lane >> 2, tig = lane & 3;
+    uint32_t tvalid = 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
+    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    const long xst = a.k / 2;
+    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
+    constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
+    RawC<S16> r0, r1, r2, r3;
+    uint4 x0, x1, x2, x3;
+    const bool xv = tvalid & 1;
+    unsigned lgrp = i0 % ng; /* group of the next unit to load */
+#define SQC_LOAD(R, X, item)                                                   \
+    {                                                                          \
+        load_unit_c<S16>(R, lp, item);                                         \
+        if (BPRE) X = xv ? __ldg(xrow + lgrp * 4) : make_uint4(0, 0, 0, 0);    \
+    }                                                                          \
+    if (++lgrp == ng) lgrp = 0;
+    SQC_LOAD(r0, x0, i0)
+    if constexpr (DEPTH >= 2) {
+        if (i0 + 1 < i1) SQC_LOAD(r1, x1, i0 + 1)
+    }
+    if constexpr (DEPTH >= 3) {
+        if (i0 + 2 < i1) SQC_LOAD(r2, x2, i0 + 2)
+    }
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
+#define SQC_STEP(C, XC, L, XL)                                                                          \
+    {                                                                                                   \
+        if (it + DEPTH < i1) SQC_LOAD(L, XL, it + DEPTH)                                                \
+        do_group_c<NT, S16, OFFS, BPRE>(acc, C, xrow + grp * 4, xst, tvalid, XC, lane);                 \
+        it++;                                                                                           \
+        if (++grp == ng || it == i1) {                                                                  \
+            sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                \
+            _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
+            tile++, grp = 0, ts = it;                                                                   \
+        }                                                                                               \
+        if (it == i1) return;                                                                           \
+    }
+    if constexpr (DEPTH == 1) {
+        for (;;) {
+            SQC_STEP(r0, x0, r1, x1)
+            SQC_STEP(r1, x1, r0, x0)
+        }
+    } else if constexpr (DEPTH == 2) {
+        for (;;) {
+            SQC_STEP(r0, x0, r2, x2)
+            SQC_STEP(r1, x1, r0, x0)
+            SQC_STEP(r2, x2, r1, x1)
+        }
+    } else {
+        for (;;) {
+            SQC_STEP(r0, x0, r3, x3)
+            SQC_STEP(r1, x1, r0, x0)
+            SQC_STEP(r2, x2, r1, x1)
+            SQC_STEP(r3, x3, r2, x2)
+        }
+    }
+#undef SQC_STEP
+#undef SQC_LOAD
+}
+
+/* The mma part of one compact unit: exact int32 sums (low, high) per n-tile,
+ * as bit patterns biased by 1.5 * 2^23 (see MAGIC_I). */
+template <int NT, bool OFFS>
+__device__ __forceinline__ void mma_unit(int (&ilo)[NT][4], int (&ihi)[NT][4], const uint32_t (&Alo)[8],
+                                         const uint32_t (&Ahi)[8], const uint4 (&bv)[NT]) {
+    const uint32_t NEG = 0xF8F8F8F8u;
+    const int mg[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        mma_s8c(ilo[t], Alo[0], Alo[1], Alo[2], Alo[3], bv[t].x, bv[t].y, mg);
+        mma_s8(ilo[t], Alo[4], Alo[5], Alo[6], Alo[7], bv[t].z, bv[t].w);
+        if (OFFS) {
+            mma_s8(ilo[t], NEG, NEG, NEG, NEG, bv[t].x, bv[t].y);
+            mma_s8(ilo[t], NEG, NEG, NEG, NEG, bv[t].z, bv[t].w);
+        }
+        mma_s8c(ihi[t], Ahi[0], Ahi[1], Ahi[2], Ahi[3], bv[t].x, bv[t].y, mg);
+        mma_s8(ihi[t], Ahi[4], Ahi[5], Ahi[6], Ahi[7], bv[t].z, bv[t].w);
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void combine_unit(float (&acc)[NT][4], const int (&ilo)[NT][4], const int (&ihi)[NT][4],
+                                             const float (&sc)[4]) {
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float sl = e < 2 ? sc[0] : sc[2], sh = e < 2 ? sc[1] : sc[3];
+            acc[t][e] = fmaf(sl, __int_as_float(ilo[t][e]) - MAGIC_F, acc[t][e]);
+            acc[t][e] = fmaf(sh, __int_as_float(ihi[t][e]) - MAGIC_F, acc[t][e]);
+        }
+}
+
+template <bool S16>
+__device__ __forceinline__ void scales_c(const RawC<S16> &r, float (&sc)[4]) {
+    if (S16) {
+        sc[0] = half_lo(r.sc[0]), sc[1] = half_hi(r.sc[0]), sc[2] = half_lo(r.sc[1]), sc[3] = half_hi(r.sc[1]);
+    } else {
+        sc[0] = __uint_as_float(r.sc[0]), sc[1] = __uint_as_float(r.sc[1]);
+        sc[2] = __uint_as_float(r.sc[2]), sc[3] = __uint_as_float(r.sc[3]);
+    }
+}
+
+/* decode on the compact layout, two units (consecutive items) per step: both
+ * decoded and multiplied in one basic block (twice the independent work in
+ * flight per warp), then combined in item order, so the float sums are the
+ * same as k_sqc_dec's. Units are loaded one pair ahead (after a pair is
+ * decoded, its registers take the pair after next). */
+template <int NT, bool S16, int MINB>
+__global__ void __launch_bounds__(128, MINB) k_sqc_dec2(MmArgs a) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
+    if (w >= W) return;
+    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
+    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
+    if (i0 >= i1) return;
+    const int g = lane >> 2, tig = lane & 3;
+    uint32_t tvalid = 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
+    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    const long xst = a.k / 2;
+    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
+    constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    const bool xv = tvalid & 1;
+    const unsigned last = i1 - 1;
+    unsigned lg = i0 % ng; /* group of the next item to load */
+    RawC<S16> xa, xb, ya, yb;
+    uint4 bxa = z, bxb = z, bya = z, byb = z;
+#define SQC2_LOAD(RA, RB, XA, XB, item)                                                   \
+    {                                                                                     \
+        const unsigned ua_ = (item) < i1 ? (item) : last, ub_ = (item) + 1 < i1 ? (item) + 1 : last; \
+        load_unit_c<S16>(RA, lp, ua_);                                                    \
+        load_unit_c<S16>(RB, lp, ub_);                                                    \
+        const unsigned g2_ = lg + 1 == ng ? 0 : lg + 1;                                   \
+        if (BPRE) {                                                                       \
+            XA = xv ? __ldg(xrow + lg * 4) : z;                                           \
+            XB = xv ? __ldg(xrow + g2_ * 4) : z;                                          \
+        }                                                                                 \
+        lg = g2_ + 1 == ng ? 0 : g2_ + 1;                                                 \
+    }
+    SQC2_LOAD(xa, xb, bxa, bxb, i0)
+    if (i0 + 2 < i1) SQC2_LOAD(ya, yb, bya, byb, i0 + 2)
+    float acc[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
+#define SQC2_END_ITEM                                                                                   \
+    it++;                                                                                               \
+    if (++grp == ng || it == i1) {                                                                      \
+        sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                    \
+        _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
+        tile++, grp = 0, ts = it;                                                                       \
+    }                                                                                                   \
+    if (it == i1) return;
+#define SQC2_STEP(RA, RB, XA, XB)                                                                       \
+    {                                                                                                   \
+        uint32_t Alo0[8], Ahi0[8], Alo1[8], Ahi1[8];                                                    \
+        float s0[4], s1[4];                                                                             \
+        uint4 b0[NT], b1[NT];                                                                           \
+        frag_compact<!OFFS, S16>(RA, Alo0, Ahi0, tig);                                                  \
+        frag_compact<!OFFS, S16>(RB, Alo1, Ahi1, tig);                                                  \
+        scales_c<S16>(RA, s0);                                                                          \
+        scales_c<S16>(RB, s1);                                                                          \
+        const unsigned gb_ = grp + 1 == ng ? 0 : grp + 1;                                               \
+        if (BPRE) {                                                                                     \
+            b0[0] = XA, b1[0] = XB;                                                                     \
+        } else {                                                                                        \
+            _Pragma("unroll") for (int t = 0; t < NT; t++) {                                            \
+                b0[t] = (tvalid >> t) & 1 ? __ldg(xrow + grp * 4 + t * xst) : z;                        \
+                b1[t] = (tvalid >> t) & 1 ? __ldg(xrow + gb_ * 4 + t * xst) : z;                        \
+            }                                                                                           \
+        }                                                                                               \
+        if (it + 4 < i1) SQC2_LOAD(RA, RB, XA, XB, it + 4)                                              \
+        int l0[NT][4], h0[NT][4], l1[NT][4], h1[NT][4];                                                 \
+        mma_unit<NT, OFFS>(l0, h0, Alo0, Ahi0, b0);                                                     \
+        mma_unit<NT, OFFS>(l1, h1, Alo1, Ahi1, b1);                                                     \
+        combine_unit<NT>(acc, l0, h0, s0);                                                              \
+        SQC2_END_ITEM                                                                                   \
+        combine_unit<NT>(acc, l1, h1, s1);                                                              \
+        SQC2_END_ITEM                                                                                   \
+    }
+    for (;;) {
+        SQC2_STEP(xa, xb, bxa, bxb)
+        SQC2_STEP(ya, yb, bya, byb)
+    }
+#undef SQC2_STEP
+#undef SQC2_END_ITEM
+#undef SQC2_LOAD
+}
+
+/* prefill on the compact layout: as k_sq_pre */
+template <bool S16>
+__global__ void __launch_bounds__(256, 1) k_sqc_pre(MmArgs a) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long tile = (long)blockIdx.y * a.tpb + warp, tok0 = (long)blockIdx.x * 128;
+    const unsigned ng = (unsigned)a.ngroups;
+    if (tile >= a.ntiles) return;
+    const uint4 *xb = a.xf + (tok0 >> 3) * a.nsub * 32 + lane;
+    const long xst = a.nsub * 32;
+    RawC<S16> c0, c1;
+    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
+    const unsigned i0 = (unsigned)(tile * ng);
+    load_unit_c<S16>(c0, lp, i0);
+    float acc[16][4];
+#pragma unroll
+    for (int t = 0; t < 16; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    const uint4 z = make_uint4(0, 0, 0, 0);
+    for (unsigned grp = 0; grp < ng; grp++) {
+        if (grp + 1 < ng) load_unit_c<S16>(c1, lp, i0 + grp + 1);
+        do_group_c<16, S16, false, false>(acc, c0, xb + grp * 32, xst, 0xFFFFu, z, lane);
+        c0 = c1;
+    }
+    store_y(acc, a, tile, tok0, lane);
 }
 
 /* prefill (fast layout): one warp per 16-row tile x 128 tokens, tpb warps a
@@ -530,6 +867,70 @@ static int launch_decode(const kc_sq *w, MmArgs a) {
     return 0;
 }
 
+template <int NT, bool S16, int DEPTH, int MINB>
+static int launch_decode_c(const kc_sq *w, MmArgs a) {
+    static int occ;
+    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sqc_dec<NT, S16, DEPTH, MINB>, 128, 0),
+                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
+        return -1;
+    const long U = w->ntiles * w->ngroups;
+    long W = (long)n_sm() * occ * 4;
+    if (W > (U + 3) / 4) W = (U + 3) / 4;
+    if (W < 1) W = 1;
+    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
+    a.part = g_part, a.cnt = g_cnt, a.nw = W;
+    for (long t0 = 0; t0 < a.m; t0 += NT * 8) {
+        a.tok0 = t0;
+        k_sqc_dec<NT, S16, DEPTH, MINB><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        if (kc_check_launch("k_sqc_dec")) return -1;
+    }
+    return 0;
+}
+
+/* decode variants for M <= 8 (KC_SQ_DEC: 0 default, 1 and 2 others, for benchmarks) */
+static int g_dec_variant = -1;
+
+template <int NT, bool S16, int MINB>
+static int launch_decode_c2(const kc_sq *w, MmArgs a) {
+    static int occ;
+    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sqc_dec2<NT, S16, MINB>, 128, 0),
+                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
+        return -1;
+    const long U = w->ntiles * w->ngroups;
+    long W = (long)n_sm() * occ * 4;
+    if (W > (U + 3) / 4) W = (U + 3) / 4;
+    if (W < 1) W = 1;
+    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
+    a.part = g_part, a.cnt = g_cnt, a.nw = W;
+    for (long t0 = 0; t0 < a.m; t0 += NT * 8) {
+        a.tok0 = t0;
+        k_sqc_dec2<NT, S16, MINB><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        if (kc_check_launch("k_sqc_dec2")) return -1;
+    }
+    return 0;
+}
+
+template <bool S16>
+static int dispatch_c(const kc_sq *w, const MmArgs &a) {
+    if (g_dec_variant < 0) {
+        const char *e = getenv("KC_SQ_DEC");
+        g_dec_variant = e ? atoi(e) : 0;
+    }
+    if (g_dec_variant == 3 || g_dec_variant == 4) { /* two units per step */
+        if (a.m <= 8)
+            return g_dec_variant == 3 ? launch_decode_c2<1, S16, 3>(w, a) : launch_decode_c2<1, S16, 4>(w, a);
+        if (a.m <= 16) return launch_decode_c2<2, S16, 3>(w, a);
+    }
+    if (a.m <= 8) {
+        if (g_dec_variant == 1) return launch_decode_c<1, S16, 3, 4>(w, a);
+        if (g_dec_variant == 2) return launch_decode_c<1, S16, 1, 5>(w, a);
+        return launch_decode_c<1, S16, 2, 4>(w, a);
+    }
+    if (a.m <= 16) return launch_decode_c<2, S16, 2, 4>(w, a);
+    if (a.m <= 32) return launch_decode_c<4, S16, 1, 3>(w, a);
+    return launch_decode_c<8, S16, 1, 2>(w, a);
+}
+
 template <int LOBITS, int SPG, int S2C, bool S16>
 static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     if (a.m <= 8) return launch_decode<1, LOBITS, SPG, S2C, S16>(w, a);
@@ -542,7 +943,7 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
 static uint4 *g_xf;
 static size_t g_xf_bytes;
 
-template <bool S16>
+template <bool S16, bool COMPACT>
 static int launch_prefill(const kc_sq *w, MmArgs a) {
     const long chunks = (a.m + 127) / 128, ntt = chunks * 16; /* token tiles of 8, whole chunks of 128 */
     const size_t need = (size_t)ntt * w->nsub * 32 * sizeof(uint4);
@@ -557,15 +958,12 @@ static int launch_prefill(const kc_sq *w, MmArgs a) {
     /* 8 tiles a block, or 4 when that leaves the GPU short of blocks */
     a.xf = g_xf, a.tok0 = 0, a.tpb = (w->ntiles + 7) / 8 * chunks >= 2L * n_sm() ? 8 : 4;
     dim3 grid((unsigned)chunks, (unsigned)((w->ntiles + a.tpb - 1) / a.tpb));
-    k_sq_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
+    if (COMPACT) k_sqc_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
+    else k_sq_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
     return kc_check_launch("k_sq_pre");
 }
 
-extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
-    if (!w || !d_qx || !d_sx || !d_y || m < 0) {
-        kc_set_error("kc_sq_matmul: bad arguments");
-        return -1;
-    }
+static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y, float *const *parts) {
     if (m == 0) return 0;
     if ((m + 127) / 128 > 0x7fffffffL) {
         kc_set_error("kc_sq_matmul: too many tokens (%ld)", m);
@@ -576,11 +974,41 @@ extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d
     a.w = w->d, a.n = w->n, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.m = m, a.k = w->k, a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes;
     a.slot_bytes = w->slot_bytes, a.s2 = w->s2, a.qx = d_qx, a.sx = d_sx, a.y = d_y;
+    a.np = 1;
+    if (parts) {
+        a.np = w->nparts, a.pstart[0] = 0;
+        for (int p = 0; p < w->nparts; p++) a.py[p] = parts[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
+    }
+    if (w->compact) {
+        if (m > 64) return w->s16 ? launch_prefill<true, true>(w, a) : launch_prefill<false, true>(w, a);
+        return w->s16 ? dispatch_c<true>(w, a) : dispatch_c<false>(w, a);
+    }
     if (is_fast(w)) {
-        if (m > 64) return w->s16 ? launch_prefill<true>(w, a) : launch_prefill<false>(w, a);
+        if (m > 64) return w->s16 ? launch_prefill<true, false>(w, a) : launch_prefill<false, false>(w, a);
         return w->s16 ? dispatch_nt<4, 1, 4, true>(w, a) : dispatch_nt<4, 1, 4, false>(w, a);
     }
     if (w->lobits == 4)
         return w->spg == 1 ? dispatch_nt<4, 1, 0, false>(w, a) : dispatch_nt<4, 2, 0, false>(w, a);
     return w->spg == 1 ? dispatch_nt<2, 1, 0, false>(w, a) : dispatch_nt<2, 2, 0, false>(w, a);
+}
+
+extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
+    if (!w || !d_qx || !d_sx || !d_y || m < 0) {
+        kc_set_error("kc_sq_matmul: bad arguments");
+        return -1;
+    }
+    return sq_matmul(w, d_qx, d_sx, m, d_y, NULL);
+}
+
+extern "C" int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y) {
+    if (!w || !d_qx || !d_sx || !d_y || m < 0) {
+        kc_set_error("kc_sq_matmul_parts: bad arguments");
+        return -1;
+    }
+    for (int p = 0; p < w->nparts; p++)
+        if (!d_y[p]) {
+            kc_set_error("kc_sq_matmul_parts: no output for part %d", p);
+            return -1;
+        }
+    return sq_matmul(w, d_qx, d_sx, m, d_y[0], d_y);
 }

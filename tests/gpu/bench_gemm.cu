@@ -192,8 +192,76 @@ struct Shape {
     long N, K;
 };
 
+/* --decode: the SQ decode kernels alone at M = 1..16 on every shape: SQh
+ * (half scales, the compact layout's 5.5 bits/weight), SQ (float scales,
+ * 6.0) and, for q/k/v and gate/up, the parts fused into one launch
+ * (kc_sq_fuse + kc_sq_matmul_parts) against one launch per part. */
+struct DShape {
+    const char *name;
+    long N, K;
+    int np;
+    long parts[3];
+};
+
+static int decode_table(double bw, const char *only_shape) {
+    const DShape shapes[] = {{"8B qkv", 6144, 4096, 3, {4096, 1024, 1024}}, {"8B o", 4096, 4096, 1, {4096}},
+                             {"8B gate_up", 28672, 4096, 2, {14336, 14336}}, {"8B down", 4096, 14336, 1, {4096}},
+                             {"70B qkv", 10240, 8192, 3, {8192, 1024, 1024}}, {"70B o", 8192, 8192, 1, {8192}},
+                             {"70B gate_up", 57344, 8192, 2, {28672, 28672}}, {"70B down", 8192, 28672, 1, {8192}}};
+    const long Ms[] = {1, 2, 4, 8, 16};
+    printf("| shape (N x K) | M | SQh us | SQh TB/s | SQh %%copy | SQ us | SQ %%copy | fused parts us | %%copy | "
+           "one launch per part us | %%copy |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const DShape &sh : shapes) {
+        if (only_shape && strcmp(only_shape, sh.name)) continue;
+        const long N = sh.N, K = sh.K, MMAX = 16;
+        kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 2000, KC_SQ_F16_SCALES), *sq = kc_sq_random(N, K, 4, 64, 8, 1000);
+        kc_sq_t *part[3] = {NULL, NULL, NULL}, *fused = NULL;
+        for (int p = 0; p < sh.np && sh.np > 1; p++)
+            part[p] = kc_sq_random_ex(sh.parts[p], K, 4, 64, 8, 3000 + p, KC_SQ_F16_SCALES);
+        if (sh.np > 1) fused = kc_sq_fuse((const kc_sq_t *const *)part, sh.np);
+        if (!sqh || !sq || (sh.np > 1 && !fused)) {
+            fprintf(stderr, "bench_gemm: %s\n", kc_error());
+            return 2;
+        }
+        if (sh.name == shapes[0].name) printf("(layouts: %s; %s; %s)\n\n", kc_sq_describe(sqh), kc_sq_describe(sq), kc_sq_describe(fused));
+        int8_t *xi;
+        float *xs, *sx, *ys, *yp[3];
+        CK(cudaMalloc(&xi, (size_t)MMAX * K));
+        CK(cudaMalloc(&xs, (size_t)MMAX * K * 4));
+        CK(cudaMalloc(&sx, (size_t)MMAX * 4));
+        CK(cudaMalloc(&ys, (size_t)MMAX * N * 4));
+        for (int p = 0; p < 3; p++) CK(cudaMalloc(&yp[p], (size_t)MMAX * N * 4));
+        fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, 16);
+        KC(kc_quant_i8(xs, MMAX, K, xi, sx));
+        for (long M : Ms) {
+            double th = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
+            double tf = time_us([&] { KC(kc_sq_matmul(sq, xi, sx, M, ys)); });
+            double io = (double)M * K + M * 4 + (double)M * N * 4;
+            double bh = kc_sq_bytes(sqh) + io, bf = kc_sq_bytes(sq) + io;
+            printf("| %s %ldx%ld | %ld | %.1f | %.2f | %.0f%% | %.1f | %.0f%% |", sh.name, N, K, M, th, bh / th * 1e-6,
+                   100 * bh / th * 1e-6 / bw, tf, 100 * bf / tf * 1e-6 / bw);
+            if (fused) {
+                double tu = time_us([&] { KC(kc_sq_matmul_parts(fused, xi, sx, M, yp)); });
+                double ts = time_us([&] {
+                    for (int p = 0; p < sh.np; p++) KC(kc_sq_matmul(part[p], xi, sx, M, yp[p]));
+                });
+                double bu = kc_sq_bytes(fused) + io;
+                printf(" %.1f | %.0f%% | %.1f | %.0f%% |\n", tu, 100 * bu / tu * 1e-6 / bw, ts, 100 * bu / ts * 1e-6 / bw);
+            } else {
+                printf(" - | - | - | - |\n");
+            }
+            fflush(stdout);
+        }
+        kc_sq_free(sqh), kc_sq_free(sq), kc_sq_free(fused);
+        for (int p = 0; p < 3; p++) kc_sq_free(part[p]), cudaFree(yp[p]);
+        cudaFree(xi), cudaFree(xs), cudaFree(sx), cudaFree(ys);
+    }
+    kc_shutdown();
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    int quick = 0;
+    int quick = 0, decode = 0;
     const char *only_shape = NULL;
     long only_m = 0;
     for (int i = 1; i < argc; i++) {
@@ -201,6 +269,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only_shape = argv[++i];
         else if (!strcmp(argv[i], "--m") && i + 1 < argc) only_m = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--decode")) decode = 1;
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -231,6 +300,7 @@ int main(int argc, char **argv) {
                             {"8B down", 4096, 14336},    {"70B qkv", 10240, 8192},   {"70B o", 8192, 8192},
                             {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
     const long Ms[] = {1, 16, 128, 1024, 4096};
+    if (decode) return decode_table(bw, only_shape);
     const int nshape = quick && !only_shape ? 4 : 8, nM = 5;
     const long MMAX = 4096;
 

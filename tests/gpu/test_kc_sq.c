@@ -232,12 +232,13 @@ static int make_sq(sq_tensor_t *t, int h_high, int h_low, int b, int h, long n, 
     return 0;
 }
 
-static void test_shape(int h_high, int h_low, int b, int h, long n, long groups, const long *ms, int nm) {
+static void test_shape_ex(int h_high, int h_low, int b, int h, long n, long groups, const long *ms, int nm,
+                          int flags) {
     sq_tensor_t t;
     long G = b > 64 ? b : 64;
     if (make_sq(&t, h_high, h_low, b, h, n, G * groups)) return;
     k_sq_t w = view(&t);
-    kc_sq_t *dw = kc_sq_upload(&w);
+    kc_sq_t *dw = kc_sq_upload_ex(&w, flags);
     if (!dw) {
         printf("FAIL kc_sq_upload %d/%d b%d h%d: %s\n", h_high, h_low, b, h, kc_error());
         n_fail++;
@@ -248,6 +249,170 @@ static void test_shape(int h_high, int h_low, int b, int h, long n, long groups,
     char label[160];
     snprintf(label, sizeof label, "sq_matmul %d/%d b%d h%d [%s]", h_high, h_low, b, h, kc_sq_describe(dw));
     check_layout(label, dw, &w);
+    for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
+    kc_sq_free(dw);
+    sq_free(&t);
+}
+
+static void test_shape(int h_high, int h_low, int b, int h, long n, long groups, const long *ms, int nm) {
+    test_shape_ex(h_high, h_low, b, h, n, groups, ms, nm, 0);
+}
+
+/* the compact layout is chosen exactly where it applies (kc_sq.cuh) */
+static void test_layout_choice(void) {
+    static const int cfg[][3] = {{4, 64, 8}, {3, 64, 8}, {4, 32, 4}, {4, 16, 2}, {4, 8, 1}, {4, 64, 4}, {4, 64, 1},
+                                 {4, 64, 16}, {4, 128, 16}, {2, 64, 8}, {4, 4, 2}};
+    static const int want[] = {1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
+    for (int i = 0; i < (int)(sizeof want / sizeof *want); i++) {
+        kc_sq_t *w = kc_sq_random_ex(20, 256, cfg[i][0], cfg[i][1], cfg[i][2], 7, KC_SQ_F16_SCALES);
+        int got = w && strstr(kc_sq_describe(w), "compact") != NULL;
+        char what[200];
+        snprintf(what, sizeof what, "layout of %d-bit b%d h%d: %s (%s expected)", cfg[i][0], cfg[i][1], cfg[i][2],
+                 w ? kc_sq_describe(w) : kc_error(), want[i] ? "compact" : "explicit slots");
+        verdict(w && got == want[i], what);
+        kc_sq_free(w);
+    }
+    kc_sq_t *w = kc_sq_random_ex(20, 256, 4, 64, 8, 7, KC_SQ_F16_SCALES);
+    double bits = w ? 8.0 * (double)kc_sq_bytes(w) / (20.0 * 256) : 0; /* 20 rows: 2 tiles of 16 */
+    double want_bits = 5.5 * 32 / 20;
+    char what[160];
+    snprintf(what, sizeof what, "8/4 b64 h8 half scales: %.3f bits per stored weight (5.5 per padded row)", bits * 20 / 32);
+    verdict(w && fabs(bits - want_bits) < 1e-9, what);
+    kc_sq_free(w);
+}
+
+/* a low code -8 (the compact layout's reserved code; no valid SQ tensor has
+ * one) makes kc_sq_upload keep the explicit-slot layout, with exact results */
+static void test_reserved_code(void) {
+    sq_tensor_t t;
+    if (make_sq(&t, 8, 4, 64, 8, 37, 64 * 3)) return;
+    long hits = 0;
+    for (long e = 0; e < t.n * t.k && hits < 5; e += 97) { /* a few low positions of nonzero code */
+        int v = (t.lo[e >> 1] >> (4 * (e & 1))) & 15;
+        if (v == 0) continue;
+        t.lo[e >> 1] = (uint8_t)((t.lo[e >> 1] & ~(15 << (4 * (e & 1)))) | (8 << (4 * (e & 1))));
+        hits++;
+    }
+    k_sq_t w = view(&t);
+    kc_sq_t *dw = kc_sq_upload(&w);
+    char what[200];
+    snprintf(what, sizeof what, "a low code -8 (%ld of them) keeps the explicit layout: %s", hits,
+             dw ? kc_sq_describe(dw) : kc_error());
+    verdict(dw && !strstr(kc_sq_describe(dw), "compact"), what);
+    if (dw) {
+        static const long ms[] = {1, 5, 130};
+        for (int i = 0; i < 3; i++) test_mm("sq_matmul with -8 codes", &w, dw, ms[i]);
+        kc_sq_free(dw);
+    }
+    sq_free(&t);
+}
+
+/* kc_sq_fuse + kc_sq_matmul_parts: each part's output equals its own reference */
+static void test_fuse(const long *ns, int count, int f16, const long *ms, int nm) {
+    const long k = 64 * 7;
+    sq_cfg_t c = {8, 4, 64, 1.0 - 8.0 / 64};
+    sq_tensor_t t[KC_SQ_MAX_PARTS];
+    kc_sq_t *d[KC_SQ_MAX_PARTS];
+    k_sq_t v[KC_SQ_MAX_PARTS];
+    for (int p = 0; p < count; p++) {
+        if (sq_alloc(&t[p], &c, ns[p], k)) exit(2);
+        OK(kc_sq_random_host(ns[p], k, 4, 64, 8, next(), f16 ? KC_SQ_F16_SCALES : 0, t[p].lo, t[p].hi, t[p].idx,
+                             t[p].s_lo, t[p].s_hi));
+        v[p] = view(&t[p]);
+        d[p] = kc_sq_upload(&v[p]);
+        if (!d[p]) {
+            fprintf(stderr, "GPU: %s\n", kc_error());
+            exit(2);
+        }
+    }
+    kc_sq_t *f = kc_sq_fuse((const kc_sq_t *const *)d, count);
+    char what[240];
+    snprintf(what, sizeof what, "kc_sq_fuse of %d parts (%ld, %ld, ...): %s", count, ns[0], count > 1 ? ns[1] : 0L,
+             f ? kc_sq_describe(f) : kc_error());
+    verdict(f != NULL && kc_sq_parts(f) == count, what);
+    for (int i = 0; f && i < nm; i++) {
+        long m = ms[i], ntot = 0;
+        for (int p = 0; p < count; p++) ntot += ns[p];
+        const size_t guard = 64;
+        float *x = malloc((size_t)(m * k) * 4), *sx = malloc((size_t)m * 4);
+        int8_t *qx = malloc((size_t)(m * k));
+        fill_x(x, m, k);
+        for (long r = 0; r < m; r++) sx[r] = k_quant_row_i8(x + r * k, k, qx + r * k, NULL);
+        float *dsx = dmalloc((size_t)m * 4), *dy[KC_SQ_MAX_PARTS], *dall = dmalloc(((size_t)(m * ntot)) * 4);
+        int8_t *dq = dmalloc((size_t)(m * k));
+        OK(kc_upload(dq, qx, (size_t)(m * k)));
+        OK(kc_upload(dsx, sx, (size_t)m * 4));
+        for (int p = 0; p < count; p++) {
+            dy[p] = dmalloc(((size_t)(m * ns[p]) + guard) * 4);
+            OK(kc_memset(dy[p], 0xFF, ((size_t)(m * ns[p]) + guard) * 4));
+        }
+        OK(kc_memset(dall, 0xFF, (size_t)(m * ntot) * 4));
+        OK(kc_sq_matmul_parts(f, dq, dsx, m, dy));
+        OK(kc_sq_matmul(f, dq, dsx, m, dall));
+        float *all = malloc((size_t)(m * ntot) * 4);
+        OK(kc_download(all, dall, (size_t)(m * ntot) * 4));
+        long bad = 0, gbad = 0, off = 0;
+        double worst = 0;
+        for (int p = 0; p < count; p++) {
+            const long n = ns[p], ng = k / 64;
+            float *got = malloc(((size_t)(m * n) + guard) * 4);
+            int32_t lo[64], hi[64];
+            OK(kc_download(got, dy[p], ((size_t)(m * n) + guard) * 4));
+            for (long r = 0; r < m; r++)
+                for (long row = 0; row < n; row++) {
+                    k_sq_group_sums_ref(&v[p], row, qx + r * k, lo, hi);
+                    float want = k_sq_combine(&v[p], row, sx[r], lo, hi);
+                    double mag = 0;
+                    for (long g = 0; g < ng; g++)
+                        mag += fabs((double)t[p].s_lo[row * ng + g] * lo[g]) + fabs((double)t[p].s_hi[row * ng + g] * hi[g]);
+                    double bound = (2.0 * ng + 4) * ldexp(1.0, -23) * sx[r] * mag + 1e-37;
+                    float gv = got[r * n + row], av = all[r * ntot + off + row];
+                    double e = isfinite(gv) ? fabs((double)gv - want) / bound : INFINITY;
+                    if (!(e <= 1) || memcmp(&gv, &av, 4)) bad++;
+                    if (e > worst) worst = e;
+                }
+            for (size_t i2 = 0; i2 < guard; i2++) {
+                uint32_t u;
+                memcpy(&u, &got[(size_t)(m * n) + i2], 4);
+                gbad += u != 0xFFFFFFFFu;
+            }
+            off += n;
+            free(got);
+            kc_free(dy[p]);
+        }
+        snprintf(what, sizeof what, "kc_sq_matmul_parts %d parts m=%ld: worst err/bound %.3g, %ld bad, equal to the "
+                 "[m][n_total] matmul%s", count, m, worst, bad, gbad ? ", WROTE PAST AN OUTPUT" : "");
+        verdict(bad == 0 && gbad == 0, what);
+        kc_free(dsx), kc_free(dq), kc_free(dall);
+        free(x), free(sx), free(qx), free(all);
+    }
+    kc_sq_free(f);
+    /* a middle part that is not whole tiles is refused */
+    if (count >= 2 && ns[0] % 16 == 0) {
+        kc_sq_t *odd = kc_sq_random_ex(17, k, 4, 64, 8, 3, f16 ? KC_SQ_F16_SCALES : 0);
+        const kc_sq_t *pp[2] = {odd, d[0]};
+        kc_sq_t *bad = kc_sq_fuse(pp, 2);
+        verdict(bad == NULL && strstr(kc_error(), "multiple of 16") != NULL, "kc_sq_fuse refuses a middle part of 17 rows");
+        kc_clear_error();
+        kc_sq_free(bad), kc_sq_free(odd);
+    }
+    for (int p = 0; p < count; p++) kc_sq_free(d[p]), sq_free(&t[p]);
+}
+
+/* the benchmark's shapes (real Llama-3 sizes), random matrices with half scales */
+static void test_big(long n, long k, const long *ms, int nm) {
+    sq_cfg_t c = {8, 4, 64, 1.0 - 8.0 / 64};
+    sq_tensor_t t;
+    if (sq_alloc(&t, &c, n, k)) exit(2);
+    OK(kc_sq_random_host(n, k, 4, 64, 8, next(), KC_SQ_F16_SCALES, t.lo, t.hi, t.idx, t.s_lo, t.s_hi));
+    k_sq_t w = view(&t);
+    kc_sq_t *dw = kc_sq_upload(&w);
+    if (!dw) {
+        fprintf(stderr, "GPU: %s\n", kc_error());
+        exit(2);
+    }
+    char label[160];
+    snprintf(label, sizeof label, "sq_matmul big [%s]", kc_sq_describe(dw));
     for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
     kc_sq_free(dw);
     sq_free(&t);
@@ -314,9 +479,43 @@ int main(int argc, char **argv) {
     static const long m_full[] = {1, 3, 8, 17, 64, 130, 512}, m_quick[] = {1, 17, 130};
     const long *ms = quick ? m_quick : m_full;
     int nm = quick ? 3 : 7;
+    test_layout_choice();
     test_shape(8, 4, 64, 8, quick ? 37 : 1001, quick ? 3 : 27, ms, nm);
     test_random(4, 64, 8, quick ? 40 : 523, 64 * (quick ? 3 : 21), KC_SQ_F16_SCALES, ms, nm);
     test_random(4, 64, 8, quick ? 21 : 300, 64 * 5, 0, ms, quick ? 1 : 3);
+    /* every decode M (1..16) and the kernel boundaries, compact layout (float
+     * scales from sq_quantize, half scales from the generator), and the
+     * explicit-slot layout the same way */
+    {
+        long mdec[24];
+        int nd = 0;
+        for (long m = 1; m <= 16; m++) mdec[nd++] = m;
+        mdec[nd++] = 24, mdec[nd++] = 32, mdec[nd++] = 33, mdec[nd++] = 64, mdec[nd++] = 65;
+        static const long mq[] = {1, 2, 9, 16, 65};
+        test_shape(8, 4, 64, 8, quick ? 45 : 333, quick ? 2 : 13, quick ? mq : mdec, quick ? 5 : nd);
+        test_random(4, 64, 8, quick ? 45 : 301, 64 * (quick ? 2 : 11), KC_SQ_F16_SCALES, quick ? mq : mdec,
+                    quick ? 5 : nd);
+        test_shape_ex(8, 4, 64, 8, quick ? 37 : 301, quick ? 3 : 9, quick ? m_quick : m_full, quick ? 3 : 7,
+                      KC_SQ_NO_COMPACT);
+        test_shape(8, 3, 64, 8, 53, 5, quick ? mq : mdec, quick ? 5 : nd);
+        test_shape(8, 4, 32, 4, 53, 5, mq, 5);
+        test_shape(8, 4, 64, 4, 53, 5, mq, 5);
+    }
+    test_reserved_code();
+    {
+        static const long qkv[] = {64, 32, 37}, gu[] = {48, 48}, mf[] = {1, 7, 16, 40, 130}, mfq[] = {1, 16};
+        test_fuse(qkv, 3, 1, quick ? mfq : mf, quick ? 2 : 5);
+        test_fuse(gu, 2, 0, quick ? mfq : mf, quick ? 2 : 5);
+    }
+    if (!quick) { /* Llama-3 8B's q/k/v, o, gate/up, down and a 70B row block at full K */
+        static const long mb[] = {1, 16}, mb1[] = {3};
+        test_big(6144, 4096, mb, 2);
+        test_big(4096, 4096, mb1, 1);
+        test_big(28672, 4096, mb1, 1);
+        test_big(4096, 14336, mb, 2);
+        test_big(1024, 28672, mb1, 1);
+        test_big(2048, 8192, mb, 2);
+    }
 
     /* every supported shape */
     static const long m_some[] = {1, 17, 130}, m_one[] = {3};
