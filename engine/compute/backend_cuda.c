@@ -139,19 +139,25 @@ static int act_quant(gfwd_t *g, const gact_t *a, int layer, int site, float *x, 
     return 0;
 }
 
-/* y = x . W^T; for SQ, x is quantized to INT8 first unless `quantized`
- * says this x already is (q/k/v and gate/up share one input). */
+/* x to INT8 per token (g->qx, g->sx) unless `quantized` says this x already
+ * is (q/k/v and gate/up share one input). */
+static int quant_input(gfwd_t *g, const float *x, int m, long k, int *quantized) {
+    if (*quantized) return 0;
+    if (kc_quant_i8(x, m, k, g->qx, g->sx) != 0) return -1;
+    *quantized = 1;
+    return 0;
+}
+
+/* y = x . W^T. */
 static int gmatmul(gfwd_t *g, const gmat_t *w, const float *x, int m, float *y, int *quantized) {
+    if (w->kind == GM_FUSED) return -1; /* only with its whole set (forward.c never splits one) */
     if (w->kind == GM_F32) return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
     if (w->kind == GM_F32_A8) { /* x is a scratch input (norm output, attention, SwiGLU) */
         if (!*quantized && kc_fake_quant((float *)x, m, (int)w->k, NULL, 0, 8) != 0) return -1;
         *quantized = 1;
         return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
     }
-    if (!*quantized) {
-        if (kc_quant_i8(x, m, w->k, g->qx, g->sx) != 0) return -1;
-        *quantized = 1;
-    }
+    if (quant_input(g, x, m, w->k, quantized) != 0) return -1;
     return kc_sq_matmul(w->sq, g->qx, g->sx, m, y);
 }
 
@@ -281,10 +287,22 @@ static int cuda_act_quant(fwd_t *f, int layer, int site, float *x, int n, int di
     return act_quant(g, &g->acts, layer, site, x, n, dim);
 }
 
-/* Matrices sharing an input quantize it to INT8 once (q/k/v, gate/up). */
+/* Matrices sharing an input quantize it to INT8 once; q/k/v and gate/up
+ * run as one launch over their fused matrix when the layer has one. */
 static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
     int quantized = 0;
+    if (layer >= 0) {
+        const glayer_t *L = &gm->layers[layer];
+        const kc_sq_t *fused = count == 3 && ids[0] == W_Q && ids[1] == W_K && ids[2] == W_V ? L->qkv
+                               : count == 2 && ids[0] == W_GATE && ids[1] == W_UP      ? L->gate_up
+                                                                                       : NULL;
+        if (fused) {
+            if (quant_input(f->be_state, x, n, L->w[ids[0]].k, &quantized) != 0) return -1;
+            gfwd_t *g = f->be_state;
+            return kc_sq_matmul_parts(fused, g->qx, g->sx, n, y);
+        }
+    }
     for (int i = 0; i < count; i++) {
         const gmat_t *w = ids[i] == W_OUT ? &gm->out : &gm->layers[layer].w[ids[i]];
         if (gmatmul(f->be_state, w, x, n, y[i], &quantized) != 0) return -1;

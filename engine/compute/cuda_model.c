@@ -69,6 +69,7 @@ static void gmat_free(gmat_t *g) {
 }
 
 static size_t gmat_bytes(const gmat_t *g) {
+    if (g->kind == GM_FUSED) return 0; /* counted with its fused matrix */
     return g->kind == GM_SQ ? kc_sq_bytes(g->sq) : (size_t)g->n * (size_t)g->k * sizeof(float);
 }
 
@@ -128,6 +129,8 @@ static void gpu_model_free(gpu_model_t *g) {
         kc_free(g->layers[l].attn_norm);
         kc_free(g->layers[l].ffn_norm);
         for (int i = 0; i < 7; i++) gmat_free(&g->layers[l].w[i]);
+        kc_sq_free(g->layers[l].qkv);
+        kc_sq_free(g->layers[l].gate_up);
     }
     free(g->layers);
     free(g);
@@ -169,9 +172,49 @@ static void attach(model_t *m, gpu_model_t *g) {
  * (the embedding table when tied). */
 static size_t gpu_weight_bytes(const gpu_model_t *g, const hparams_t *hp) {
     size_t b = g->tied ? (size_t)hp->n_vocab * hp->dim * sizeof(float) : gmat_bytes(&g->out);
-    for (int l = 0; l < g->n_layer; l++)
-        for (int i = 0; i < 7; i++) b += gmat_bytes(&g->layers[l].w[i]);
+    for (int l = 0; l < g->n_layer; l++) {
+        const glayer_t *G = &g->layers[l];
+        for (int i = 0; i < 7; i++) b += gmat_bytes(&G->w[i]);
+        if (G->qkv) b += kc_sq_bytes(G->qkv);
+        if (G->gate_up) b += kc_sq_bytes(G->gate_up);
+    }
     return b;
+}
+
+static int fusing_wanted(void) {
+    const char *v = getenv("SQSERVE_CUDA_FUSE");
+    return !v || strcmp(v, "0") != 0;
+}
+
+/* Matrices [first, first + count) of a layer as one fused device matrix
+ * when all are SQ matrices of one layout; the parts' own copies are freed.
+ * A set that does not fuse keeps running part by part. Off with
+ * SQSERVE_CUDA_FUSE=0 (A/B measurements). */
+static kc_sq_t *fuse(glayer_t *G, int first, int count) {
+    const kc_sq_t *parts[KC_SQ_MAX_PARTS];
+    for (int i = 0; i < count; i++) {
+        if (G->w[first + i].kind != GM_SQ) return NULL;
+        parts[i] = G->w[first + i].sq;
+    }
+    kc_sq_t *f = fusing_wanted() ? kc_sq_fuse(parts, count) : NULL;
+    if (!f) {
+        kc_clear_error();
+        return NULL;
+    }
+    for (int i = 0; i < count; i++) {
+        kc_sq_free(G->w[first + i].sq);
+        G->w[first + i].sq = NULL;
+        G->w[first + i].kind = GM_FUSED;
+    }
+    return f;
+}
+
+static void fuse_layers(gpu_model_t *g) {
+    for (int l = 0; l < g->n_layer; l++) {
+        glayer_t *G = &g->layers[l];
+        G->qkv = fuse(G, 0, 3);
+        G->gate_up = fuse(G, 4, 2);
+    }
 }
 
 int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
@@ -202,6 +245,7 @@ int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
     }
     free(stage);
     if (!ok || kc_sync() != 0) return gpu_fail(g, err, errlen, "copying the weights");
+    fuse_layers(g);
     g->bytes = gpu_weight_bytes(g, hp);
     attach(m, g);
     return 0;
@@ -275,6 +319,7 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
         }
     }
     if (!ok || kc_sync() != 0) return gpu_fail(g, err, errlen, "building the synthetic model");
+    fuse_layers(g);
     g->bytes = gpu_weight_bytes(g, hp);
     attach(m, g);
     return 0;

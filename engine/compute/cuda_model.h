@@ -11,7 +11,9 @@
  * kernels do not take (e.g. the int8 codes of W8A8): FP32 weights, and
  * its input quantized to INT8 per token first, which is what the CPU
  * kernel computes up to float rounding. */
-enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3 };
+/* GM_FUSED: an SQ matrix whose rows live in its layer's fused matrix
+ * (qkv or gate_up): no storage of its own. */
+enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3, GM_FUSED = 4 };
 
 typedef struct {
     int kind;
@@ -23,6 +25,10 @@ typedef struct {
 typedef struct {
     float *attn_norm, *ffn_norm;
     gmat_t w[7]; /* q k v o gate up down */
+    /* q/k/v and gate/up as one device matrix each (kc_sq_fuse: one launch
+     * reads all their bytes), or NULL where they are not all SQ matrices
+     * of one layout (then w[] runs them one by one) */
+    kc_sq_t *qkv, *gate_up;
 } glayer_t;
 
 typedef struct {

@@ -16,7 +16,7 @@
 # A summary table is printed last; everything goes to RESULTS_FILE too.
 #
 # Env: MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf), DATA (a
-# wikitext-2-test.txt), SQSERVE_BIN, GPU_BIN_DIR, SKIP_BENCH=1,
+# wikitext-2-test.txt), SQSERVE_BIN, GPU_BIN_DIR, SKIP_BENCH=1, BENCH_70B=0,
 # SKIP_SANITIZER=1, PPL_TOKENS (default 16384).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -129,6 +129,10 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --decode-batches 1,8,32,128
   step bench_synthetic_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench --synthetic llama3-8b --device cuda \
     --pp 0 --tg 32 -r 3 --decode-batches 1,8
+  step bench_synthetic_no_fuse env SQSERVE_CUDA_FUSE=0 "$BIN" bench --synthetic llama3-8b --device cuda \
+    --pp 0 --tg 32 -r 3 --decode-batches 1,8
+  [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b "$BIN" bench --synthetic llama3-70b --device cuda \
+    --pp 512 --batch 512 --tg 16 -r 2 --decode-batches 1,8,32
   step bench_smollm2 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
   step bench_smollm2_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
 fi
