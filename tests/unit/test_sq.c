@@ -479,12 +479,13 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
 static void test_static_sq_acts_bit_exact(void **state) {
     (void)state;
     long ms[] = {1, 3, 8};
-    sq_cfg_t acfgs[] = {{8, 4, 64, 0.875}, {8, 4, 16, 0.75}};
+    /* 8, 16 and 4 high channels per 64: hb = 4 splits a 4-bit chunk (A high, B low) */
+    sq_cfg_t acfgs[] = {{8, 4, 64, 0.875}, {8, 4, 16, 0.75}, {8, 4, 64, 0.9375}};
     k_pool_t *pool = k_pool_new(2);
     assert_non_null(pool);
     int seen[N_ISAS] = {0};
     for (int wk = 0; wk < 3; wk++) /* int4 g64, SQ 8/4, int8 g64 weights */
-        for (size_t ac = 0; ac < 2; ac++) {
+        for (size_t ac = 0; ac < sizeof acfgs / sizeof acfgs[0]; ac++) {
             long n = 37, k = 320;
             int hpb = sq_highs_per_bank(&acfgs[ac]), b = acfgs[ac].b;
             uint8_t *mask = calloc((size_t)k, 1);
