@@ -120,7 +120,10 @@ void k_sq_permute_avx2(const k_sq_t *w, const uint16_t *perm) {
                 for (int i = 0; i < PR; i++) {
                     uint8_t old[64];
                     int sh;
-                    for (int e = 0; e < 64; e++) old[e] = (uint8_t)(L[elem_at(w, i, e, &sh)] >> sh) & mask;
+                    for (int e = 0; e < 64; e++) {
+                        size_t o = elem_at(w, i, e, &sh); /* sets sh: a separate statement */
+                        old[e] = (uint8_t)(L[o] >> sh) & mask;
+                    }
                     for (int e = 0; e < 64; e++) {
                         uint8_t *b = &L[elem_at(w, i, e, &sh)];
                         *b = (uint8_t)((*b & ~(mask << sh)) | old[perm[j0 + e] - j0] << sh);
