@@ -295,20 +295,18 @@ static const pass_fn split_passes[2][2][3] = {
     {{vsplit4, vsplit2, vsplit1}, {vsplit4_8, vsplit2_8, vsplit1_8}},
 };
 
-/* Walks panels [p0, p1) over the m activation rows, 4 tokens per pass,
- * then 2, 1. Each token has xs_per sums per 64-block (2 with static SQ
- * activations: high, low) and sx_per scales; iarg is the pass's
- * per-panel count (pack_hq, or the split). */
-TGT_AVX2 static void drive_panels(const k_sq_t *w, long p0, long p1, const pass_fn *passes, int iarg,
-                                  const int8_t *qx, const int32_t *xsum, int xs_per, const float *sx, int sx_per,
-                                  long m, float *y) {
+/* Panels [p0, p1) against tokens [t_begin, t_end). */
+TGT_AVX2 static void drive_block(const k_sq_t *w, long p0, long p1, const pass_fn *passes, int iarg,
+                                 const int8_t *qx, const int32_t *xsum, int xs_per, const float *sx, int sx_per,
+                                 long t_begin, long t_end, float *y) {
     long ng = w->k / w->G, nsub = w->G / 64;
     for (long p = p0; p < p1; p++) {
         const uint8_t *P = w->pack + (size_t)(p * ng) * w->pack_gbytes;
         long rows = w->n - p * PR < PR ? w->n - p * PR : PR;
         __m256i rm = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rows), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        for (long t0 = 0; t0 < m;) {
-            int v = m - t0 >= 4 ? 0 : m - t0 >= 2 ? 1 : 2;
+        for (long t0 = t_begin; t0 < t_end;) {
+            long left = t_end - t0;
+            int v = left >= 4 ? 0 : left >= 2 ? 1 : 2;
             long nt = 4 >> v;
             const int8_t *xq[4];
             const int32_t *xs[4];
@@ -321,6 +319,24 @@ TGT_AVX2 static void drive_panels(const k_sq_t *w, long p0, long p1, const pass_
             passes[v](P, ng, nsub, iarg, w->pack_gbytes, xq, xs, sx + sx_per * t0, yo, rm);
             t0 += nt;
         }
+    }
+}
+
+/* Walks panels [p0, p1) over the m activation rows, 4 tokens per pass,
+ * then 2, 1. Each token has xs_per sums per 64-block (2 with static SQ
+ * activations: high, low) and sx_per scales; iarg is the pass's
+ * per-panel count (pack_hq, or the split). Prefill goes in blocks of
+ * tokens whose codes fit in half of L1 (16 KB), all panels per block:
+ * a pass re-reads its tokens' codes once per panel, which then come from
+ * L1, not L2 (the panels, read once per block, stream well). */
+TGT_AVX2 static void drive_panels(const k_sq_t *w, long p0, long p1, const pass_fn *passes, int iarg,
+                                  const int8_t *qx, const int32_t *xsum, int xs_per, const float *sx, int sx_per,
+                                  long m, float *y) {
+    long tb = 16384 / w->k / 4 * 4;
+    tb = tb < 4 ? 4 : tb;
+    for (long b0 = 0; b0 < m; b0 += tb) {
+        long b1 = m - b0 < tb ? m : b0 + tb;
+        drive_block(w, p0, p1, passes, iarg, qx, xsum, xs_per, sx, sx_per, b0, b1, y);
     }
 }
 
