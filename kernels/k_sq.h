@@ -10,8 +10,8 @@
  * (k_sq_combine is the definition), so every path is bit-exact against
  * the scalar reference, not merely close.
  *
- * Three paths, chosen at run time (SQSERVE_ISA=portable|avx2|avx512 can
- * only lower the level the CPU supports):
+ * Four paths, chosen at run time (SQSERVE_ISA=portable|avx2|avxvnni|avx512
+ * can only lower the level the CPU supports):
  * - avx512 (VNNI + VBMI), h_low = 4 and G = 64: k_sq_new() repacks the
  *   tensor once into 16-row panels (see k_sq_avx512.c) so that vpdpbusd
  *   lanes are weight rows: group sums come out per lane with no horizontal
@@ -19,8 +19,9 @@
  *   (prefill, batched decode) share every unpacked weight vector. The
  *   repack costs one copy of the tensor in memory (the file mapping is not
  *   read again), which buys a 2-4x faster decode than the stored layout.
- * - avx2 (maddubs/madd), h_low = 4 and G = 64: group sums on the stored
- *   layout, one weight row and one activation row at a time.
+ * - avx2 (maddubs/madd) and avxvnni (VEX vpdpbusd, where cpuid has it),
+ *   same shapes: the same panel design at half the width (8-row panels,
+ *   up to 4 activation rows per pass; see k_sq_avx2.c).
  * - portable C for every shape.
  */
 #ifndef K_SQ_H
@@ -38,7 +39,7 @@ typedef struct {
     const int8_t *hi;     /* [n][k/b][h] */
     const uint8_t *idx;   /* [n][k/b][h] */
     const float *s_lo, *s_hi; /* [n][k/G] */
-    /* kernel-private, set by k_sq_new: the AVX-512 panels, or NULL */
+    /* kernel-private, set by k_sq_new: the AVX-512 or AVX2 panels, or NULL */
     const uint8_t *pack;
     int pack_hq;          /* 4-high chunks per group in a panel */
     size_t pack_gbytes;   /* bytes per (panel, group) */
@@ -46,7 +47,7 @@ typedef struct {
     const uint8_t *amask; /* [k]: 1 = high channel */
     int a_hi, a_lo;       /* bits of the high and low channels */
     /* kernel-private: room for a column permutation (k entries, in the
-     * view's block) and, once the AVX-512 panels are permuted so that each
+     * view's block) and, once the panels are permuted so that each
      * 64-block's high channels come first, their count per block (else 0) */
     uint16_t *perm;
     int split;

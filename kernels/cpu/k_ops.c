@@ -36,7 +36,8 @@ void k_init(void) {
     /* a request can only lower the level: asking for avx512 on an AVX2
      * machine must not execute illegal instructions */
     if (want && strcmp(want, "portable") == 0) isa = &k_isa_generic;
-    else if (want && strcmp(want, "avx2") == 0 && has2) isa = &k_isa_avx2;
+    /* avxvnni only changes the SQ kernels' multiply (k_sq.c): AVX2 here */
+    else if (want && (strcmp(want, "avx2") == 0 || strcmp(want, "avxvnni") == 0) && has2) isa = &k_isa_avx2;
     else if (want && strcmp(want, "avx512") == 0 && has512) isa = &k_isa_avx512;
 }
 

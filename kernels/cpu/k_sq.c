@@ -3,11 +3,18 @@
  *
  * The driver quantizes every activation row once per call (shared by all
  * matrices of a group), then splits the weight rows across the pool: in
- * 16-row panels for the AVX-512 kernel (which takes up to 8 activation
- * rows per pass over a panel), in rows of 4 otherwise.
+ * 16-row panels for the AVX-512 kernel (up to 8 activation rows per pass
+ * over a panel), in 8-row panels for the AVX2 / AVX-VNNI one (up to 4),
+ * in rows of 4 on the stored layout otherwise.
+ *
+ * A view's panels belong to the ISA level in effect when k_sq_new made
+ * them; the kind is kept in a private header around the public k_sq_t
+ * (view_blk_t), so the public struct, and every caller's initializer of
+ * it, stays as it was.
  */
 #include "../k_sq.h"
 
+#include <cpuid.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +29,24 @@ void k_sq_panels_split_avx512(const k_sq_t *w, long p0, long p1, const int8_t *q
 void k_sq_permute_avx512(const k_sq_t *w, const uint16_t *perm);
 float k_quant_row_i8_avx512(const float *x, long k, int8_t *qx, int32_t *xsum64);
 /* k_sq_avx2.c */
-void k_sq_group_sums_avx2(const k_sq_t *w, long r, const int8_t *qx, const int32_t *xsum64,
-                          int32_t *lo, int32_t *hi);
+size_t k_sq_pack_bytes_avx2(const k_sq_t *w, int *hq, size_t *gbytes);
+void k_sq_pack_avx2(const k_sq_t *w, uint8_t *dst);
+void k_sq_panels_avx2(const k_sq_t *w, int vnni, long p0, long p1, const int8_t *qx, const int32_t *xsum,
+                      const float *sx, long m, float *y);
+void k_sq_panels_split_avx2(const k_sq_t *w, int vnni, long p0, long p1, const int8_t *qx, const int32_t *xsum,
+                            const float *sx, long m, float *y);
+void k_sq_permute_avx2(const k_sq_t *w, const uint16_t *perm);
+float k_quant_row_i8_avx2(const float *x, long k, int8_t *qx, int32_t *xsum64);
 
-enum { ISA_PORTABLE, ISA_AVX2, ISA_AVX512 };
+/* Levels in order; "avxvnni" is AVX2 plus the VEX-encoded vpdpbusd
+ * (Alder Lake, Zen 4), which AVX-512 VNNI does not imply. */
+enum { ISA_PORTABLE, ISA_AVX2, ISA_AVXVNNI, ISA_AVX512 };
+
+static int has_avxvnni(void) { /* cpuid leaf 7 sub-leaf 1, EAX bit 4 (GCC 12's builtin misses it on AMD) */
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+}
 
 static int cpu_level(void) {
     __builtin_cpu_init();
@@ -33,11 +54,16 @@ static int cpu_level(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
         __builtin_cpu_supports("avx512vbmi"))
         return ISA_AVX512;
+    if (has_avxvnni()) return ISA_AVXVNNI;
     return __builtin_cpu_supports("avx2") ? ISA_AVX2 : ISA_PORTABLE;
 }
 
 static int level_of(const char *want, int cpu) {
-    int w = !want ? cpu : !strcmp(want, "portable") ? ISA_PORTABLE : !strcmp(want, "avx2") ? ISA_AVX2 : cpu;
+    int w = !want                     ? cpu
+            : !strcmp(want, "portable") ? ISA_PORTABLE
+            : !strcmp(want, "avx2")     ? ISA_AVX2
+            : !strcmp(want, "avxvnni")  ? (has_avxvnni() ? ISA_AVXVNNI : ISA_AVX2)
+                                        : cpu;
     return w < cpu ? w : cpu; /* a request only lowers the level */
 }
 
@@ -50,34 +76,64 @@ static int sq_isa(void) {
 
 void k_sq_force_isa(const char *name) { isa_level = level_of(name, cpu_level()); }
 
-/* AVX-512 panels: 4- or 8-bit low codes in scale groups of 64k, highs
- * (if any) in 64-element groups; AVX2: 4-bit codes, G = 64. */
-static int shape_avx512(const k_sq_t *w) {
+/* Panels (either ISA): 4- or 8-bit low codes in scale groups of 64k,
+ * highs (if any) in 64-element groups. */
+static int shape_panels(const k_sq_t *w) {
     return (w->h_low == 4 || w->h_low == 8) && w->G % 64 == 0 && w->k % w->G == 0 &&
            (w->h == 0 || (w->h_low == 4 && w->G == 64 && w->b <= 64));
 }
-static int shape_avx2(const k_sq_t *w) { return w->h_low == 4 && w->G == 64 && w->b <= 64 && w->k % 64 == 0; }
+
+enum { PACK_NONE, PACK_AVX2, PACK_AVX512 };
+
+/* Every view with panels comes from view_new, which allocates this. */
+typedef struct {
+    k_sq_t v; /* first: a k_sq_t * to it is the view */
+    int pack_kind;
+} view_blk_t;
+
+/* The panels the current level can run: PACK_AVX512 and PACK_AVX2 need
+ * their ISA (a view packed for AVX-512 under a lowered level runs on the
+ * stored layout). */
+static int panels(const k_sq_t *w) {
+    if (!w->pack) return PACK_NONE;
+    int kind = ((const view_blk_t *)w)->pack_kind;
+    if (kind == PACK_AVX512) return sq_isa() == ISA_AVX512 ? kind : PACK_NONE;
+    return sq_isa() >= ISA_AVX2 ? kind : PACK_NONE;
+}
+
+/* The AVX2 panels' multiply: vpdpbusd where the level allows AVX-VNNI. */
+static int use_vnni(void) { return sq_isa() == ISA_AVXVNNI || (sq_isa() == ISA_AVX512 && has_avxvnni()); }
 
 const char *k_sq_path(const k_sq_t *w) {
-    if (w->pack && sq_isa() == ISA_AVX512) return "avx512";
-    if (shape_avx2(w) && sq_isa() >= ISA_AVX2) return "avx2";
-    return "portable";
+    switch (panels(w)) {
+    case PACK_AVX512: return "avx512";
+    case PACK_AVX2: return use_vnni() ? "avxvnni" : "avx2";
+    default: return "portable";
+    }
 }
 
 /* One block: the view, then `nib` bytes of 4-bit codes packed from
  * `codes` (uniform int4 weights) when nib > 0, then the 64-aligned panels
- * when the AVX-512 path applies. */
+ * of the current level's ISA when the shape has a panel kernel. */
 static k_sq_t *view_new(const k_sq_t *src, const int8_t *codes, size_t nib) {
-    int hq = 0;
+    int hq = 0, kind = PACK_NONE;
     size_t gbytes = 0, bytes = 0;
-    if (shape_avx512(src) && sq_isa() == ISA_AVX512) bytes = k_sq_pack_bytes_avx512(src, &hq, &gbytes);
-    size_t head = (sizeof(k_sq_t) + 63) / 64 * 64;
+    if (shape_panels(src) && sq_isa() == ISA_AVX512) {
+        bytes = k_sq_pack_bytes_avx512(src, &hq, &gbytes);
+        kind = PACK_AVX512;
+    } else if (shape_panels(src) && sq_isa() >= ISA_AVX2) {
+        bytes = k_sq_pack_bytes_avx2(src, &hq, &gbytes);
+        kind = PACK_AVX2;
+    }
+    size_t head = (sizeof(view_blk_t) + 63) / 64 * 64;
     /* panels without weight highs may be permuted for static activations */
     size_t perm = bytes && src->h == 0 && src->k <= 65536 ? (size_t)src->k * sizeof(uint16_t) : 0;
     uint8_t *blk = malloc(head + perm + nib + (bytes ? bytes + 64 : 0));
     if (!blk) return NULL;
-    k_sq_t *v = (k_sq_t *)blk;
+    view_blk_t *vb = (view_blk_t *)blk;
+    k_sq_t *v = &vb->v;
     *v = *src;
+    vb->pack_kind = bytes ? kind : PACK_NONE;
     v->pack = NULL;
     v->perm = perm ? (uint16_t *)(blk + head) : NULL;
     v->split = 0;
@@ -91,7 +147,8 @@ static k_sq_t *view_new(const k_sq_t *src, const int8_t *codes, size_t nib) {
     if (bytes) { /* the panels start 64-aligned inside the block */
         uint8_t *p = blk + head + nib;
         p += (64 - (uintptr_t)p % 64) % 64;
-        k_sq_pack_avx512(v, p);
+        if (kind == PACK_AVX512) k_sq_pack_avx512(v, p);
+        else k_sq_pack_avx2(v, p);
         v->pack = p;
         v->pack_hq = hq;
         v->pack_gbytes = gbytes;
@@ -133,6 +190,7 @@ static float quant_row_ref(const float *x, long k, int8_t *qx, int32_t *xsum64) 
  * division, round-to-nearest-even), so both give the same codes. */
 float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64) {
     if (sq_isa() == ISA_AVX512 && k % 16 == 0) return k_quant_row_i8_avx512(x, k, qx, xsum64);
+    if (sq_isa() >= ISA_AVX2 && k % 32 == 0) return k_quant_row_i8_avx2(x, k, qx, xsum64);
     return quant_row_ref(x, k, qx, xsum64);
 }
 
@@ -185,7 +243,7 @@ float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const i
 }
 
 /* With room for a permutation and the same number hb (a multiple of 4)
- * of high channels in every 64-block, the AVX-512 panels are permuted so
+ * of high channels in every 64-block, the panels (either ISA) are permuted so
  * each block's high channels come first: one dense pass per token then
  * gives both sums, split by chunk (k_sq_split.inc). */
 void k_sq_static_acts(k_sq_t *w, const uint8_t *mask, int hi_bits, int lo_bits) {
@@ -206,7 +264,8 @@ void k_sq_static_acts(k_sq_t *w, const uint8_t *mask, int hi_bits, int lo_bits) 
             for (int e = 0; e < 64; e++)
                 if ((mask[j0 + e] != 0) == want) w->perm[j0 + at++] = (uint16_t)(j0 + e);
     }
-    k_sq_permute_avx512(w, w->perm);
+    if (((const view_blk_t *)w)->pack_kind == PACK_AVX512) k_sq_permute_avx512(w, w->perm);
+    else k_sq_permute_avx2(w, w->perm);
     w->split = hb > 0 ? hb : 0;
 }
 
@@ -255,12 +314,9 @@ typedef struct {
 /* One row of W against every activation row, on the stored layout. */
 static void rows_stored(const k_sq_t *w, long b, long e, const sq_ctx_t *c, float *y) {
     int32_t lo[SQ_MAX_GROUPS], hi[SQ_MAX_GROUPS];
-    int avx2 = shape_avx2(w) && sq_isa() >= ISA_AVX2;
     for (long r = b; r < e; r++)
         for (long i = 0; i < c->m; i++) {
-            const int8_t *q = c->qx + i * w->k;
-            if (avx2) k_sq_group_sums_avx2(w, r, q, c->xsum + i * (w->k / 64), lo, hi);
-            else k_sq_group_sums_ref(w, r, q, lo, hi);
+            k_sq_group_sums_ref(w, r, c->qx + i * w->k, lo, hi);
             y[i * w->n + r] = k_sq_combine(w, r, c->sx[i], lo, hi);
         }
 }
@@ -270,10 +326,15 @@ static void sq_task(void *arg, int ith, int nth) {
     for (int i = 0; i < c->count; i++) {
         const k_sq_t *w = c->w[i];
         long b, e;
-        if (w->pack && sq_isa() == ISA_AVX512) {
+        int kind = panels(w), vnni = use_vnni();
+        if (kind == PACK_AVX512) {
             k_split((w->n + 15) / 16, ith, nth, 1, &b, &e);
             if (b < e && c->split) k_sq_panels_split_avx512(w, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
             else if (b < e) k_sq_panels_avx512(w, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
+        } else if (kind == PACK_AVX2) {
+            k_split((w->n + 7) / 8, ith, nth, 1, &b, &e);
+            if (b < e && c->split) k_sq_panels_split_avx2(w, vnni, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
+            else if (b < e) k_sq_panels_avx2(w, vnni, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
         } else {
             k_split(w->n, ith, nth, 4, &b, &e);
             rows_stored(w, b, e, c, c->y[i]);
@@ -333,9 +394,9 @@ int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, i
     long k = w[0]->k;
     for (int i = 0; i < count; i++)
         if (w[i]->k != k || w[i]->k / w[i]->G > SQ_MAX_GROUPS) return -1;
-    int split = w[0]->split > 0 && sq_isa() == ISA_AVX512;
+    int split = w[0]->split > 0 && panels(w[0]) != PACK_NONE;
     for (int i = 1; i < count; i++)
-        if (w[i]->amask != w[0]->amask || (w[i]->split > 0 && sq_isa() == ISA_AVX512) != split ||
+        if (w[i]->amask != w[0]->amask || (w[i]->split > 0 && panels(w[i]) != PACK_NONE) != split ||
             w[i]->split != w[0]->split) { /* different activation layouts: one at a time */
             for (int j = 0; j < count; j++)
                 if (k_sq_matmul_group(pool, &w[j], &y[j], 1, x, m) != 0) return -1;

@@ -331,12 +331,21 @@ static void test_gptq_beats_rtn(void **state) {
     free(X); free(H); free(diag); free(U); free(W); free(Wr); free(Wg);
 }
 
-/* Which kernel paths (avx512, avx2, portable) a test reached on this CPU;
- * the portable one always runs. */
-static void report_paths(const char *what, const int seen[3]) {
-    printf("%s, paths exercised on this CPU: avx512 %s, avx2 %s, portable %s\n", what, seen[0] ? "yes" : "no",
-           seen[1] ? "yes" : "no", seen[2] ? "yes" : "no");
-    assert_true(seen[2]);
+/* Every kernel path, best first: AVX-512 panels, AVX2 panels with
+ * AVX-VNNI vpdpbusd, AVX2 panels with maddubs, portable. Each test runs
+ * the ones this CPU has (SQSERVE_ISA names; k_sq_path says which ran). */
+static const char *ISAS[] = {"avx512", "avxvnni", "avx2", "portable"};
+#define N_ISAS 4
+
+/* Which kernel paths a test reached on this CPU; the portable one always
+ * runs, and so does AVX2 on any CPU that has it (every x86 server this
+ * project targets), so a shape that silently left the AVX2 panels fails. */
+static void report_paths(const char *what, const int seen[N_ISAS]) {
+    printf("%s, paths exercised on this CPU: avx512 %s, avxvnni %s, avx2 %s, portable %s\n", what,
+           seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no", seen[3] ? "yes" : "no");
+    assert_true(seen[3]);
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) assert_true(seen[2]);
 }
 
 static k_sq_t view(const sq_tensor_t *t) {
@@ -393,11 +402,10 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
     sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 4, 64, 0.75}, {8, 4, 64, 0.9375}, {8, 4, 64, 0.5},
                        {8, 4, 16, 0.75},  {8, 4, 32, 0.875}, {8, 4, 16, 0.9375}, {8, 2, 64, 0.875},
                        {8, 3, 64, 0.875}, {4, 2, 128, 0.9375}, {8, 4, 128, 0.875}};
-    const char *isas[] = {"avx512", "avx2", "portable"};
     long ms[] = {1, 2, 3, 8, 13};
     k_pool_t *pool = k_pool_new(2);
     assert_non_null(pool);
-    int seen[3] = {0};
+    int seen[N_ISAS] = {0};
     for (size_t c = 0; c < 2 * sizeof cfgs / sizeof cfgs[0]; c++) {
         long n = 37, k = c % 2 ? 1600 : 320;
         if (cfgs[c / 2].b == 128) k = c % 2 ? 1664 : 384;
@@ -409,11 +417,11 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
             assert_int_equal(sq_quantize(&t[j], w + j * n * k, NULL, NULL), 0);
         }
         k_sq_t v0 = view(&t[0]), v1 = view(&t[1]);
-        for (size_t p = 0; p < 3; p++) {
-            k_sq_force_isa(isas[p]);
+        for (size_t p = 0; p < N_ISAS; p++) {
+            k_sq_force_isa(ISAS[p]);
             k_sq_t *kv[2] = {k_sq_new(&v0), k_sq_new(&v1)};
             assert_true(kv[0] && kv[1]);
-            if (strcmp(k_sq_path(kv[0]), isas[p]) != 0) { /* not on this CPU, or not this shape */
+            if (strcmp(k_sq_path(kv[0]), ISAS[p]) != 0) { /* not on this CPU, or not this shape */
                 free(kv[0]); free(kv[1]);
                 continue;
             }
@@ -423,7 +431,7 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
                 for (long j = 0; j < m * k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
                 ref_matmul(&v0, x, m, want);
                 ref_matmul(&v1, x, m, want + m * n);
-                k_sq_force_isa(isas[p]);
+                k_sq_force_isa(ISAS[p]);
                 assert_int_equal(k_sq_matmul(pool, kv[0], x, m, y), 0);
                 assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
                 float *ys[2] = {y, y + m * n};
@@ -464,12 +472,11 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
  * above; per-group (32: portable only, 64, 128) and per-channel. */
 static void test_int_weights_int8_kernel_bit_exact(void **state) {
     (void)state;
-    const char *isas[] = {"avx512", "avx2", "portable"};
     int bits_list[] = {4, 8, 3};
     long ms[] = {1, 3, 8, 13};
     k_pool_t *pool = k_pool_new(2);
     assert_non_null(pool);
-    int seen[3] = {0};
+    int seen[N_ISAS] = {0};
     for (size_t bi = 0; bi < 3; bi++)
         for (int kk = 0; kk < 2; kk++) {
             long n = 37, k = kk ? 1600 : 320, gs[] = {64, 128, k, 32};
@@ -502,11 +509,11 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
                     float got = k_sq_combine(ref, r, sx, lo, hi), plain = acc * sx;
                     assert_memory_equal(&got, &plain, sizeof got);
                 }
-                for (size_t p = 0; p < 3; p++) {
-                    k_sq_force_isa(isas[p]);
+                for (size_t p = 0; p < N_ISAS; p++) {
+                    k_sq_force_isa(ISAS[p]);
                     k_sq_t *v = k_sq_new_int(codes, sc, n, k, bits_list[bi], g);
                     assert_non_null(v);
-                    if (strcmp(k_sq_path(v), isas[p]) != 0) {
+                    if (strcmp(k_sq_path(v), ISAS[p]) != 0) {
                         free(v);
                         continue;
                     }
@@ -514,7 +521,7 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
                     for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
                         long m = ms[mi];
                         ref_matmul(ref, x, m, want);
-                        k_sq_force_isa(isas[p]);
+                        k_sq_force_isa(ISAS[p]);
                         assert_int_equal(k_sq_matmul(pool, v, x, m, y), 0);
                         assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
                     }
@@ -537,14 +544,14 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
  * engine/quant.c. */
 static void test_static_sq_acts_bit_exact(void **state) {
     (void)state;
-    const char *isas[] = {"avx512", "avx2", "portable"};
     long ms[] = {1, 3, 8};
-    sq_cfg_t acfgs[] = {{8, 4, 64, 0.875}, {8, 4, 16, 0.75}};
+    /* 8, 16 and 4 high channels per 64: hb = 4 splits a 4-bit chunk (A high, B low) */
+    sq_cfg_t acfgs[] = {{8, 4, 64, 0.875}, {8, 4, 16, 0.75}, {8, 4, 64, 0.9375}};
     k_pool_t *pool = k_pool_new(2);
     assert_non_null(pool);
-    int seen[3] = {0};
+    int seen[N_ISAS] = {0};
     for (int wk = 0; wk < 3; wk++) /* int4 g64, SQ 8/4, int8 g64 weights */
-        for (size_t ac = 0; ac < 2; ac++) {
+        for (size_t ac = 0; ac < sizeof acfgs / sizeof acfgs[0]; ac++) {
             long n = 37, k = 320;
             int hpb = sq_highs_per_bank(&acfgs[ac]), b = acfgs[ac].b;
             uint8_t *mask = calloc((size_t)k, 1);
@@ -571,18 +578,18 @@ static void test_static_sq_acts_bit_exact(void **state) {
                 }
             }
             int8_t *qh = malloc((size_t)k), *ql = malloc((size_t)k);
-            for (size_t p = 0; p < 3; p++) {
-                k_sq_force_isa(isas[p]);
+            for (size_t p = 0; p < N_ISAS; p++) {
+                k_sq_force_isa(ISAS[p]);
                 k_sq_t *kv[2];
                 for (int j = 0; j < 2; j++) {
                     kv[j] = wk == 1 ? k_sq_new(&views[j])
                                     : k_sq_new_int(codes + j * n * k, sc + j * n * (k / 64), n, k, wk ? 8 : 4, 64);
                     assert_non_null(kv[j]);
                     k_sq_static_acts(kv[j], mask, 8, 4);
-                    /* int weights on AVX-512: the permuted single-pass kernel */
-                    if (p == 0 && wk != 1 && !strcmp(k_sq_path(kv[j]), "avx512")) assert_true(kv[j]->split > 0);
+                    /* int weights on panels (either ISA): the permuted single-pass kernel */
+                    if (wk != 1 && !strcmp(k_sq_path(kv[j]), ISAS[p]) && p < 3) assert_true(kv[j]->split > 0);
                 }
-                if (strcmp(k_sq_path(kv[0]), isas[p]) != 0) {
+                if (strcmp(k_sq_path(kv[0]), ISAS[p]) != 0) {
                     free(kv[0]); free(kv[1]);
                     continue;
                 }
@@ -608,7 +615,7 @@ static void test_static_sq_acts_bit_exact(void **state) {
                                 want[(v * m + i) * n + r] = yh + k_sq_combine(kv[v], r, sx[1], lo, hi);
                             }
                         }
-                    k_sq_force_isa(isas[p]);
+                    k_sq_force_isa(ISAS[p]);
                     assert_int_equal(k_sq_matmul(pool, kv[0], x, m, y), 0);
                     assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
                     float *ys[2] = {y, y + m * n};
@@ -626,11 +633,12 @@ static void test_static_sq_acts_bit_exact(void **state) {
     report_paths("static SQ activations", seen);
 }
 
-/* The AVX-512 quantizer gives the portable one's codes, scale and group
- * sums exactly. */
+/* The AVX-512 and AVX2 quantizers give the portable one's codes, scale
+ * and group sums exactly (k = 96: AVX2 with no 64-sums, k = 48: portable
+ * on AVX2). */
 static void test_quant_row_i8_paths(void **state) {
     (void)state;
-    long ks[] = {64, 576, 1600, 48};
+    long ks[] = {64, 576, 1600, 48, 96};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
         long k = ks[i];
         float *x = malloc((size_t)k * sizeof *x);
@@ -641,12 +649,16 @@ static void test_quant_row_i8_paths(void **state) {
             if (trial == 0) memset(x, 0, (size_t)k * sizeof *x);
             k_sq_force_isa("portable");
             float a = k_quant_row_i8(x, k, q1, k % 64 ? NULL : s1);
-            k_sq_force_isa(NULL);
-            float b = k_quant_row_i8(x, k, q2, k % 64 ? NULL : s2);
-            assert_memory_equal(&a, &b, sizeof a);
-            assert_memory_equal(q1, q2, (size_t)k);
-            assert_memory_equal(s1, s2, sizeof s1);
+            for (int p = 0; p < 2; p++) {
+                k_sq_force_isa(p ? "avx2" : NULL);
+                memset(s2, 0, sizeof s2);
+                float b = k_quant_row_i8(x, k, q2, k % 64 ? NULL : s2);
+                assert_memory_equal(&a, &b, sizeof a);
+                assert_memory_equal(q1, q2, (size_t)k);
+                assert_memory_equal(s1, s2, sizeof s1);
+            }
         }
+        k_sq_force_isa(NULL);
         free(x); free(q1); free(q2);
     }
 }
