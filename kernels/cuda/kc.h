@@ -123,9 +123,9 @@ int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float *d_sx);
 int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
 /* Added with the SQ kernels: */
 /* kc_sq_random with flags; KC_SQ_F16_SCALES draws scales that are exact
- * halves, so the 16-bit-scale layout applies (6.5 instead of 7 bits per
- * weight at 8/4 b64 s0.875). kc_sq_random is flags 0 (float scales, like
- * sq_quantize's). */
+ * halves, so the 16-bit-scale layout applies (5.5 instead of 6.0 bits per
+ * weight at 8/4 b64 s0.875 in the compact layout, 6.5 instead of 7 in the
+ * explicit one). kc_sq_random is flags 0 (float scales, like sq_quantize's). */
 #define KC_SQ_F16_SCALES 1
 kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uint64_t seed, int flags);
 /* The same matrix as kc_sq_random_ex(n, k, h_low, b, h, seed, flags), made

@@ -18,6 +18,21 @@
  *   Other shapes (2-bit storage, b = 128, other high counts, no highs) take
  *     the decode kernel with run-time slot counts and float scales; beyond
  *     64 tokens, in chunks of 64.
+ * The compact layout (kc_sq.cuh; the default where it applies) has its own
+ * kernels with the same structure: k_sqc_dec (stream-k decode, one unit a
+ * step), k_sqc_dec2 (two units a step: both decoded and multiplied in one
+ * basic block, for instruction-level parallelism) and k_sqc_pre (prefill).
+ * Their unit decoding (frag_compact) needs no shared memory: the reserved
+ * nibble gives the high flags (3 integer ops a word), two quad shuffles the
+ * count of highs in the lanes before, one multiply per word the PRMT
+ * selectors, and 6 PRMT + 2 AND per word the high A fragments. It costs
+ * more instructions than the explicit layout's slot scatter: on the H200 the
+ * compact decode kernels issue ~1.4x the instructions of the explicit ones
+ * for the same matrix and are issue/latency bound at ~14 resident warps per
+ * SM (docs/perf-gpu.md has the profile).
+ * Several matrices that share the input (q/k/v, gate/up) run as one launch
+ * over a fused matrix (kc_sq_fuse, kc_sq_matmul_parts): store_y sends each
+ * 16-row tile to its part's output.
  */
 #include "kc_sq.cuh"
 
@@ -887,8 +902,12 @@ static int launch_decode_c(const kc_sq *w, MmArgs a) {
     return 0;
 }
 
-/* decode variants for M <= 8 (KC_SQ_DEC: 0 default, 1 and 2 others, for benchmarks) */
-static int g_dec_variant = -1;
+/* decode variants for M <= 16, for measurements (KC_SQ_DEC in the environment):
+ * 0 one unit a step, 2 ahead; 1 the same, 3 ahead; 2 one ahead at 5 blocks/SM;
+ * 3 two units a step (k_sqc_dec2), 3 blocks/SM; 4 the same at 4 (spills).
+ * Unset: 3 for half scales, 0 for float scales (the faster of each on the
+ * H200, 2026-12-02: docs/perf-gpu.md). */
+static int g_dec_variant = -2;
 
 template <int NT, bool S16, int MINB>
 static int launch_decode_c2(const kc_sq *w, MmArgs a) {
@@ -912,18 +931,18 @@ static int launch_decode_c2(const kc_sq *w, MmArgs a) {
 
 template <bool S16>
 static int dispatch_c(const kc_sq *w, const MmArgs &a) {
-    if (g_dec_variant < 0) {
+    if (g_dec_variant == -2) {
         const char *e = getenv("KC_SQ_DEC");
-        g_dec_variant = e ? atoi(e) : 0;
+        g_dec_variant = e ? atoi(e) : -1;
     }
-    if (g_dec_variant == 3 || g_dec_variant == 4) { /* two units per step */
-        if (a.m <= 8)
-            return g_dec_variant == 3 ? launch_decode_c2<1, S16, 3>(w, a) : launch_decode_c2<1, S16, 4>(w, a);
+    const int v = g_dec_variant >= 0 ? g_dec_variant : S16 ? 3 : 0;
+    if (v == 3 || v == 4) { /* two units per step */
+        if (a.m <= 8) return v == 3 ? launch_decode_c2<1, S16, 3>(w, a) : launch_decode_c2<1, S16, 4>(w, a);
         if (a.m <= 16) return launch_decode_c2<2, S16, 3>(w, a);
     }
     if (a.m <= 8) {
-        if (g_dec_variant == 1) return launch_decode_c<1, S16, 3, 4>(w, a);
-        if (g_dec_variant == 2) return launch_decode_c<1, S16, 1, 5>(w, a);
+        if (v == 1) return launch_decode_c<1, S16, 3, 4>(w, a);
+        if (v == 2) return launch_decode_c<1, S16, 1, 5>(w, a);
         return launch_decode_c<1, S16, 2, 4>(w, a);
     }
     if (a.m <= 16) return launch_decode_c<2, S16, 2, 4>(w, a);

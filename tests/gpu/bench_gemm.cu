@@ -2,7 +2,7 @@
  * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
- *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M]
+ *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode]
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
  * Method: every kernel is timed alone with CUDA events, after an L2 flush
@@ -11,8 +11,11 @@
  * for all runs of a kernel (values do not change the timing of these
  * kernels, but zeros are avoided). SQ is 8/4 b64 s0.875 (h = 8 highs per
  * 64) from kc_sq_random: "SQ" with float scales (the layout sq_quantize's
- * scales get, 7 bits/weight), "SQh" with scales that are exact halves
- * (6.5 bits/weight). SQ times are kc_sq_matmul alone (activations already
+ * scales get: 6.0 bits/weight in the compact layout, 7.0 in the explicit
+ * one), "SQh" with scales that are exact halves (5.5 / 6.5 bits/weight).
+ * --decode: M = 1..16, SQ kernels only, plus q/k/v and gate/up fused into
+ * one launch (kc_sq_fuse) against one launch per part.
+ * SQ times are kc_sq_matmul alone (activations already
  * INT8, as for cuBLAS INT8); kc_quant_i8 is timed separately.
  * Bytes are the compulsory traffic: weights + activations read, outputs
  * written (SQ float, BF16/FP8 bf16, INT8 int32). TB/s = bytes / time.

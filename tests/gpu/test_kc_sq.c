@@ -17,6 +17,14 @@
  *   guard past the output must stay untouched.
  * - kc_sq_random(_ex): the device generator's matrix equals
  *   kc_sq_random_host's (validated with sq_validate), through the matmul.
+ * - The compact layout (kc_sq.cuh): chosen exactly where it applies, 5.5
+ *   bits at 8/4 b64 h8 with half scales; every decode M 1..16 (and 24, 32,
+ *   33, 64, 65) with float and half scales, 8/3 and other banks; a tensor
+ *   with the reserved low code -8 keeps the explicit layout, exactly; the
+ *   explicit layout itself through KC_SQ_NO_COMPACT; kc_sq_fuse +
+ *   kc_sq_matmul_parts (each part against its own reference, and equal to
+ *   the unfused [m][n_total] output); the Llama-3 8B/70B shapes at full K.
+ *   KC_SQ_DEC=0..4 in the environment selects the decode kernel variant.
  *
  *   build/gpu/test_kc_sq [--quick]   (--quick: fewer shapes, for compute-sanitizer)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
