@@ -469,6 +469,9 @@ static void test_random(int h_low, int b, int h, long n, long k, int flags, cons
 
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) quick |= !strcmp(argv[i], "--quick");
+    /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
+     * applies, and the explicit layout through KC_SQ_NO_COMPACT */
+    setenv("KC_SQ_COMPACT", "1", 0);
     if (kc_init(0)) {
         fprintf(stderr, "test_kc_sq: %s\n", kc_error());
         return 2;
