@@ -42,10 +42,17 @@ float k_quant_row_i8_avx2(const float *x, long k, int8_t *qx, int32_t *xsum64);
  * (Alder Lake, Zen 4), which AVX-512 VNNI does not imply. */
 enum { ISA_PORTABLE, ISA_AVX2, ISA_AVXVNNI, ISA_AVX512 };
 
-static int has_avxvnni(void) { /* cpuid leaf 7 sub-leaf 1, EAX bit 4 (GCC 12's builtin misses it on AMD) */
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+/* cpuid leaf 7 sub-leaf 1, EAX bit 4 (GCC 12's builtin misses it on AMD);
+ * asked once (in a VM every cpuid traps to the hypervisor), from the
+ * calling thread, never from the pool's. */
+static int has_avxvnni(void) {
+    static int known = -1;
+    if (known < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+    }
+    return known;
 }
 
 static int cpu_level(void) {
@@ -309,6 +316,7 @@ typedef struct {
     const float *sx;
     long m;
     int split; /* permuted panels, static SQ activations */
+    int vnni;  /* AVX2 panels: the vpdpbusd flavour (decided here, not in the pool's threads) */
 } sq_ctx_t;
 
 /* One row of W against every activation row, on the stored layout. */
@@ -326,7 +334,7 @@ static void sq_task(void *arg, int ith, int nth) {
     for (int i = 0; i < c->count; i++) {
         const k_sq_t *w = c->w[i];
         long b, e;
-        int kind = panels(w), vnni = use_vnni();
+        int kind = panels(w), vnni = c->vnni;
         if (kind == PACK_AVX512) {
             k_split((w->n + 15) / 16, ith, nth, 1, &b, &e);
             if (b < e && c->split) k_sq_panels_split_avx512(w, b, e, c->qx, c->xsum, c->sx, c->m, c->y[i]);
@@ -415,7 +423,7 @@ int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, i
         else
             for (long i = 0; i < m; i++)
                 sx[i] = k_quant_row_i8(x + i * k, k, qx + i * k, k % 64 ? NULL : xsum + i * (k / 64));
-        sq_ctx_t c = {w, st ? ys : y, count, qx, xsum, sx, mr, 0};
+        sq_ctx_t c = {w, st ? ys : y, count, qx, xsum, sx, mr, 0, use_vnni()};
         k_pool_run(pool, sq_task, &c);
         for (int i = 0; st && i < count; i++) /* y = (high part) + (low part) */
             for (long t = 0; t < m; t++)
@@ -438,7 +446,7 @@ static int split_matmul(k_pool_t *pool, const k_sq_t *const *w, float *const *y,
     float *sx = malloc((size_t)(2 * m) * sizeof *sx);
     int rc = -1;
     if (qx && xsum && sx && quant_split(w[0], x, m, qx, xsum, sx) == 0) {
-        sq_ctx_t c = {w, y, count, qx, xsum, sx, m, 1};
+        sq_ctx_t c = {w, y, count, qx, xsum, sx, m, 1, use_vnni()};
         k_pool_run(pool, sq_task, &c);
         rc = 0;
     }
