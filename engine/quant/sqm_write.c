@@ -1,6 +1,7 @@
 /* sqm_write.c - writes a quantized model as a .sqm (model/sqm.h has the
  * layout), atomically: "<out>.tmp.<pid>", fsync'd, then renamed. */
 #include "sqm_write.h"
+#include "../model/finite.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -123,6 +124,15 @@ int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const
     char *manifest = NULL, tmp[4096];
     int fd = -1, rc = -1;
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    for (int i = 0; i < qs->n_qt; i++) { /* never write what the loader would refuse */
+        const qtensor_t *q = &qs->qt[i];
+        if (q->kind != WQ_SQ && finite_first_bad_f32(q->scales, (size_t)(q->n * (q->k / q->group))) >= 0) {
+            snprintf(err, errlen, "tensor '%s': a quantization scale is not finite (NaN or Inf)", q->name);
+            json_decref(tensors);
+            json_decref(masks);
+            return -1;
+        }
+    }
     if (build_gguf(&m->gguf, qs, &gg) != 0) goto oom;
     for (int i = 0; i < qs->n_qt; i++) json_array_append_new(tensors, tensor_entry(&qs->qt[i], &data));
     for (int s = 0; s < N_SITES; s++)
