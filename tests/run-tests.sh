@@ -26,18 +26,19 @@ rc=$?
 
 # The server under ASan/UBSan: a representative part of the API suites
 # (hostile requests, the OpenAI surface with streaming/logprobs/n/echo/stop,
-# disconnects and KV accounting, drain and signals).
+# disconnects and KV accounting, drain and signals, idle and trickling connections).
 # serve_util.py turns on the sanitizer options and fails a test whose server
 # printed a report or did not exit 0 (LeakSanitizer runs at exit). The
 # preemption test is left out: it takes minutes at -O1 with ASan and the
 # release run above covers it. About 3 minutes on 2 shared cores.
-SAN_SERVE_TESTS=${SAN_SERVE_TESTS:-"tests/test_serve_errors.py tests/test_serve_openai.py tests/test_serve_kv.py tests/test_serve_signals.py"}
+SAN_SERVE_TESTS=${SAN_SERVE_TESTS:-"tests/test_serve_errors.py tests/test_serve_openai.py tests/test_serve_kv.py tests/test_serve_signals.py tests/test_serve_conns.py"}
 if [ -x build/sanitize/sqserve ]; then
   echo "== pytest: API suites against the ASan/UBSan server (build/sanitize/sqserve) =="
   # shellcheck disable=SC2086 # the list is split on purpose
-  SQSERVE_BIN=build/sanitize/sqserve SQSERVE_TEST_SANITIZE=1 .venv/bin/python -m pytest \
-    $SAN_SERVE_TESTS -q -p no:cacheprovider -k "not test_small_kv_pool_preempts"
-  [ $? -eq 0 ] || status=1
+  if ! SQSERVE_BIN=build/sanitize/sqserve SQSERVE_TEST_SANITIZE=1 .venv/bin/python -m pytest \
+      $SAN_SERVE_TESTS -q -p no:cacheprovider -k "not test_small_kv_pool_preempts"; then
+    status=1
+  fi
 else
   echo "build/sanitize/sqserve is missing (make sanitize): the sanitized server run failed"
   status=1

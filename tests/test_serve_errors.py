@@ -202,6 +202,85 @@ def test_api_key():
             s.openai(api_key="nope").completions.create(model=MODEL_ID, prompt="Hi", max_tokens=2)
 
 
+@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Bearer secre", "Bearer secretsecret",
+                                    "Bearer SECRET", "Bearer  secret", "Basic c2VjcmV0", "Bearer s\u00e9cret",
+                                    "Bearer secret\t"])
+def test_api_key_variants_refused(key_server, header):
+    """Prefixes, repetitions, case and whitespace of the key: all refused
+    (the comparison runs over what the client sent, in constant time).
+    Sent raw: httpx refuses some of these header values itself."""
+    import socket
+    req = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    if header is not None:
+        req += b"Authorization: " + header.encode("utf-8") + b"\r\n"
+    with socket.create_connection(("127.0.0.1", key_server.port), timeout=120) as c:
+        c.sendall(req + b"\r\n")
+        data = b""
+        while chunk := c.recv(65536):
+            data += chunk
+    status = data.split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 401"), (header, data[:300])
+    assert b'"authentication_error"' in data, data[:500]
+
+
+def test_api_key_scheme_is_case_insensitive(key_server):
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        r = _send(key_server, "GET", "/v1/models", None, {"Authorization": f"{scheme} secret"})
+        assert r.status_code == 200, (scheme, r.text)
+
+
+def test_open_endpoints_with_api_key(key_server):
+    """docs/api.md: with --api-key, /health, /metrics, /openapi.json,
+    /tokenize and /detokenize stay open by default."""
+    s = key_server
+    assert s.get("/health").status_code == 200
+    assert s.get("/metrics").status_code == 200
+    assert s.get("/openapi.json").status_code == 200
+    assert s.post("/tokenize", {"prompt": "hi"}).status_code == 200
+    assert s.post("/detokenize", {"tokens": [1]}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def key_server():
+    with start_server("--api-key", "secret") as s:
+        yield s
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_protect_metrics(how):
+    flags = ["--api-key", "secret"] + (["--protect-metrics"] if how == "flag" else [])
+    env = {"SQSERVE_PROTECT_METRICS": "true"} if how == "env" else None
+    with start_server(*flags, env=env) as s:
+        check_error_shape(s.get("/metrics"), 401)
+        check_error_shape(s.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401)
+        r = s.get("/metrics", headers={"Authorization": "Bearer secret"})
+        assert r.status_code == 200 and "sqserve_requests_total" in r.text, r.text[:300]
+        assert s.get("/health").status_code == 200  # probes never need the key
+
+
+@pytest.mark.parametrize("args,env,msg", [
+    (["--protect-metrics"], {}, "--protect-metrics needs --api-key"),
+    (["--api-key", "k"], {"SQSERVE_PROTECT_METRICS": "maybe"}, "SQSERVE_PROTECT_METRICS: 'maybe' is not a boolean"),
+])
+def test_protect_metrics_misuse_is_refused(args, env, msg):
+    import os
+    import subprocess
+    from serve_util import REPO_ROOT, binary_path, model_path, require_serve
+    require_serve()
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SQSERVE_")}
+    e.update(env)
+    p = subprocess.run([str(binary_path()), "serve", "-m", str(model_path()), "--port", "0", *args],
+                       cwd=REPO_ROOT, env=e, capture_output=True, text=True, timeout=600,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode != 0 and msg in p.stderr, p.stderr[-2000:]
+
+
+def test_protect_metrics_off_by_env():
+    """SQSERVE_PROTECT_METRICS=0 means off (not 'set, so on')."""
+    with start_server("--api-key", "secret", env={"SQSERVE_PROTECT_METRICS": "0"}) as s:
+        assert s.get("/metrics").status_code == 200
+
+
 # ---- queue full -----------------------------------------------------------------------
 
 
