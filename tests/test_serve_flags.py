@@ -70,7 +70,7 @@ def test_chunked_prefill_gives_the_same_text(server):
                                            temperature=0, extra_body={"ignore_eos": True})
     p = subprocess.run([str(binary_path()), "generate", "-m", str(model_path()), "-t", "2",
                         "-p", LONG, "-n", "24", "--temp", "0", "--ignore-eos"],
-                       capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+                       capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert p.returncode == 0, p.stderr
     cli = p.stdout[:-1] if p.stdout.endswith("\n") else p.stdout
     assert r.choices[0].text == cli, f"chunked prefill {r.choices[0].text!r}\nCLI {cli!r}"
@@ -120,7 +120,7 @@ def test_json_log_when_client_disconnects(server):
     chunks = iter(st)
     next(chunks), next(chunks)
     st.close()
-    wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0, 5)
+    assert wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0, 600)
     time.sleep(0.3)
     recs = _json_lines([l for l in server.lines[start:] if l.strip()])
     assert any(r.get("path") == "/v1/completions" for r in recs), recs
