@@ -292,7 +292,7 @@ def test_queue_full_gives_429():
     cannot finish while the others are sent."""
     from serve_util import tokens_for_seconds, wait_until
     with start_server("--max-seqs", 1, "--max-queue", 1) as s:
-        n = tokens_for_seconds(s, 10)
+        n = tokens_for_seconds(s, 5)
         results = [None] * 2
 
         def slow(i):

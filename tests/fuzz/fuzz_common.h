@@ -1,4 +1,4 @@
-/* fuzz_common.h - shared by the libFuzzer harnesses (tests/fuzz/README.md).
+/* fuzz_common.h - shared by the libFuzzer harnesses (docs/fuzzing.md).
  * Header-only: each harness is one translation unit linked with
  * build/fuzz/libsqserve.a. */
 #ifndef FUZZ_COMMON_H
