@@ -6,6 +6,7 @@
 #   make fuzz       libFuzzer targets (FUZZ_SECONDS=N each) -> build/fuzz/
 #   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
 #   make bench-serve  HTTP load at concurrency 1/4/16/64 -> docs/perf.md
+#   make soak       64 streaming clients x 5 min on the GGUF and the .sqm -> docs/soak.md
 #   make accuracy   SQ-format vs baselines accuracy grid -> docs/accuracy.md
 #   make fixtures   regenerate golden fixtures with the independent reference
 
@@ -60,7 +61,7 @@ endif
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
 
-.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve accuracy fixtures clean
+.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve soak accuracy fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -182,6 +183,10 @@ bench-cpu: deps model
 bench-serve: deps model
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench-serve.sh $(BUILD)/sqserve $(MODEL) docs/perf.md
+
+soak: deps model
+	@$(MAKE) --no-print-directory all
+	@tests/bench/soak.sh $(BUILD)/sqserve $(MODEL) docs/soak.md
 
 accuracy: deps model
 	@$(MAKE) --no-print-directory all
