@@ -3,8 +3,10 @@
 #   make run        set up what is missing, build, serve the default model on :8080
 #   make test       set up, build, C unit tests (cmocka) + pytest
 #   make sanitize   ASan/UBSan build in build/sanitize/
+#   make fuzz       libFuzzer targets (FUZZ_SECONDS=N each) -> build/fuzz/
 #   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
 #   make bench-serve  HTTP load at concurrency 1/4/16/64 -> docs/perf.md
+#   make soak       64 streaming clients x 5 min on the GGUF and the .sqm -> docs/soak.md
 #   make accuracy   SQ-format vs baselines accuracy grid -> docs/accuracy.md
 #   make fixtures   regenerate golden fixtures with the independent reference
 
@@ -59,7 +61,7 @@ endif
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
 
-.PHONY: all deps model run test unit pytest sanitize gpu-bins bench-cpu bench-serve accuracy fixtures clean
+.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve soak accuracy fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -142,6 +144,37 @@ SAN_FLAGS := BUILD=build/sanitize OPT=-O1 CUDA=0 \
 sanitize:
 	@$(MAKE) --no-print-directory $(SAN_FLAGS) build/sanitize/sqserve unit-bins
 
+# ---- fuzzing (libFuzzer: clang from Debian) --------------------------------
+# tests/fuzz/fuzz_*.c against build/fuzz/libsqserve.a, everything built with
+# -fsanitize=fuzzer-no-link,address,undefined except k_ops.c (its run-time
+# ISA probe uses a __builtin_cpu_supports feature clang 14 does not know:
+# built by gcc, uninstrumented). `make fuzz FUZZ_SECONDS=N` runs each
+# target N seconds on a copy of its committed seed corpus and prints the
+# executions and coverage; crashes land in build/fuzz/crashes/. The
+# regression inputs (tests/fuzz/regressions/) run in `make test`.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := gguf sqm tok chat request
+FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+FUZZ_MAKE := BUILD=build/fuzz FUZZ=1 OPT=-O1 CUDA=0 WARN=-Wall \
+	  EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  EXTRA_LDFLAGS="-fsanitize=fuzzer,address,undefined"
+ifeq ($(FUZZ),1)
+CC := clang
+$(BUILD)/obj/kernels/cpu/k_ops.o: CC := gcc
+$(BUILD)/obj/kernels/cpu/k_ops.o: CFLAGS := $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS))
+endif
+
+fuzz-bins:
+	@$(MAKE) --no-print-directory $(FUZZ_MAKE) $(FUZZ_BINS)
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(BUILD)/libsqserve.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS)
+
+fuzz: model
+	@$(MAKE) --no-print-directory fuzz-bins
+	@tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 # ---- benchmarks and fixtures ----------------------------------------------
 bench-cpu: deps model
 	@$(MAKE) --no-print-directory all
@@ -150,6 +183,10 @@ bench-cpu: deps model
 bench-serve: deps model
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench-serve.sh $(BUILD)/sqserve $(MODEL) docs/perf.md
+
+soak: deps model
+	@$(MAKE) --no-print-directory all
+	@tests/bench/soak.sh $(BUILD)/sqserve $(MODEL) docs/soak.md
 
 accuracy: deps model
 	@$(MAKE) --no-print-directory all

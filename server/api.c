@@ -19,6 +19,9 @@
 #include <time.h>
 
 #define WAIT_SLICE_MS 200
+/* A sequence is cancelled by the drain timer or by its own client leaving;
+ * only the first can still be read, so that is what a cut request says. */
+#define CUT_BY_DRAIN "the server is shutting down: --drain-timeout expired before the request finished"
 
 typedef struct {
     char *text;
@@ -293,7 +296,7 @@ static void on_event(void *arg, const sched_event_t *ev) {
                 int timeout = !strcmp(ch->finish, "timeout"), err = !strcmp(ch->finish, "error");
                 sse_frame(c, json_pack("{s:{s:s, s:s, s:o, s:i, s:i}}", "error", "message",
                                        timeout ? "the request exceeded --request-timeout"
-                                       : err ? "generation failed" : "the request was cancelled (server shutting down or client gone)",
+                                       : err ? (ev->error ? ev->error : "generation failed") : CUT_BY_DRAIN,
                                        "type", timeout ? "timeout_error" : "server_error", "param", json_null(),
                                        "code", timeout ? 504 : err ? 500 : 503, "index", u->idx));
             }
@@ -392,7 +395,7 @@ static reply_t full_response(call_t *c) {
     for (int i = 0; i < c->n_choices; i++)
         if (!strcmp(c->ch[i].finish, "cancelled")) {
             json_decref(choices);
-            return reply_error(503, "server_error", NULL, "the request was cancelled: the server is shutting down");
+            return reply_error(503, "server_error", NULL, "%s", CUT_BY_DRAIN);
         }
     json_t *env = envelope(c, 0);
     json_object_set_new(env, "choices", choices);

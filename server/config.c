@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define G CMD_GENERATE
 #define E CMD_EVAL
@@ -57,7 +58,14 @@ const opt_t OPTIONS[] = {
     {"port", 0, "SQSERVE_PORT", "8080", OPT_INT, S, 0, 65535, "listen port (0 = any free port)"},
     {"model-name", 0, "SQSERVE_MODEL_NAME", NULL, OPT_STR, S, 0, 0,
      "model id clients use (default: file name without extension)"},
-    {"api-key", 0, "SQSERVE_API_KEY", NULL, OPT_STR, S, 0, 0, "require 'Authorization: Bearer KEY' on /v1/*"},
+    {"api-key", 0, "SQSERVE_API_KEY", NULL, OPT_STR, S, 0, 0,
+     "require 'Authorization: Bearer KEY' on /v1/* (and /metrics with --protect-metrics)"},
+    {"protect-metrics", 0, "SQSERVE_PROTECT_METRICS", NULL, OPT_BOOL, S, 0, 0,
+     "with --api-key, /metrics needs the key too (/health stays open)"},
+    {"max-connections", 0, "SQSERVE_MAX_CONNECTIONS", "1024", OPT_INT, S, 16, 1 << 16,
+     "open HTTP connections at most (one thread each); more are refused"},
+    {"receive-timeout", 0, "SQSERVE_RECEIVE_TIMEOUT", "30", OPT_FLOAT, S, 0, 1e6,
+     "seconds a connection may take to send a whole request, or sit idle between requests (0 = no limit)"},
     {"max-seqs", 0, "SQSERVE_MAX_SEQS", "16", OPT_INT, S, 1, 1024, "sequences running at once"},
     {"max-queue", 0, "SQSERVE_MAX_QUEUE", "64", OPT_INT, S, 0, 1 << 20,
      "sequences waiting beyond --max-seqs; more get 429"},
@@ -169,7 +177,19 @@ int cfg_parse(config_t *c, unsigned cmd, int argc, char **argv, char *err, size_
     for (int i = 0; i < N_OPTIONS; i++) { /* environment, then defaults */
         if (c->val[i]) continue;
         const char *v = OPTIONS[i].env ? getenv(OPTIONS[i].env) : NULL;
-        if (v && *v) {
+        if (v && *v && OPTIONS[i].type == OPT_BOOL) { /* a flag: on or off, said plainly */
+            static const char *on[] = {"1", "true", "yes", "on"}, *off[] = {"0", "false", "no", "off"};
+            int known = 0;
+            for (int k = 0; k < 4; k++) {
+                if (!strcasecmp(v, on[k])) { c->val[i] = "1"; known = 1; }
+                if (!strcasecmp(v, off[k])) known = 1; /* stays unset */
+            }
+            if (!known) {
+                snprintf(err, errlen, "%s: '%s' is not a boolean (1/0, true/false, yes/no, on/off)",
+                         OPTIONS[i].env, v);
+                return -1;
+            }
+        } else if (v && *v) {
             if (check_value(&OPTIONS[i], v, err, errlen) != 0) return -1;
             c->val[i] = v;
         } else {

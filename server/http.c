@@ -1,5 +1,6 @@
-/* http.c - the libmicrohttpd edge: request bodies, the route table, auth,
- * the access log. Handlers (api.c, metrics.c) produce replies through
+/* http.c - the libmicrohttpd edge: request bodies, the route table, auth
+ * (which routes need the key: needs_key), the access log; connection
+ * bookkeeping and the receive deadline live in conns.c. Handlers (api.c, metrics.c) produce replies through
  * reply.c; nothing below this file calls back into it. */
 #include "server.h"
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 typedef struct {
@@ -32,16 +34,30 @@ static int route_of(const char *url) {
     return EP_OTHER;
 }
 
+/* Constant-time: the work depends only on the length of what the client
+ * sent, never on the key or on where the first difference is, so timing
+ * tells an attacker nothing about the key (not even its length). */
+static int key_equal(const char *given, const char *key) {
+    size_t lg = strlen(given), lk = strlen(key);
+    volatile unsigned diff = (unsigned)(lg != lk);
+    for (size_t i = 0; i < lg; i++)
+        diff |= (unsigned)((unsigned char)given[i] ^ (unsigned char)key[lk ? i % lk : 0]);
+    return diff == 0;
+}
+
 static int authorized(srv_t *s, struct MHD_Connection *c) {
     if (!s->api_key) return 1;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    if (!h || strncmp(h, "Bearer ", 7) != 0) return 0;
-    /* compare without an early exit so timing does not leak the key */
-    const char *a = h + 7, *b = s->api_key;
-    size_t la = strlen(a), lb = strlen(b);
-    unsigned diff = (unsigned)(la != lb);
-    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned)(a[i] ^ b[i]);
-    return diff == 0;
+    /* the scheme is case-insensitive (RFC 9110 11.1); the token is not */
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
+    return key_equal(h + 7, s->api_key);
+}
+
+/* Which routes need the key: every /v1/ route; /metrics too with
+ * --protect-metrics. /health (load balancers, probes), /openapi.json and
+ * /tokenize, /detokenize (no model compute, no data) stay open. */
+static int needs_key(const srv_t *s, int ep, const char *url) {
+    return !strncmp(url, "/v1/", 4) || (ep == EP_METRICS && s->metrics_need_key);
 }
 
 static json_t *parse_body(conn_t *cn, reply_t *err) {
@@ -75,7 +91,7 @@ static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const ch
         if (r.resp) MHD_add_response_header(r.resp, "Allow", want_post ? "POST" : "GET");
         return r;
     }
-    if (!strncmp(url, "/v1/", 4) && !authorized(s, c))
+    if (needs_key(s, ep, url) && !authorized(s, c))
         return reply_error(401, "authentication_error", NULL, "a valid API key is required (Authorization: Bearer)");
     if (!atomic_load_explicit(&s->ready, memory_order_acquire)) {
         if (ep == EP_HEALTH) return reply_text(503, "application/json", "{\"status\":\"loading\"}");
@@ -136,6 +152,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
+    conns_request_received(s, c); /* the whole request is in: no receive deadline now */
     reply_t r = dispatch(s, c, cn, url, method);
     if (!r.resp) r = reply_error(500, "server_error", NULL, "out of memory");
     if (!r.resp) return MHD_NO;
@@ -148,8 +165,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)c;
     srv_t *s = cls;
+    conns_request_done(s, c); /* idle or the next request: the deadline runs again */
     conn_t *cn = *con_cls;
     if (!cn) return;
     struct timespec t1;
@@ -198,17 +215,31 @@ int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err,
         return -1;
     }
     pthread_mutex_init(&s->mu, NULL);
+    if (conns_init(s) != 0) {
+        snprintf(err, errlen, "cannot set up the connection table");
+        return -1;
+    }
+    /* No MHD inactivity timeout: it cannot tell a trickling client from a
+     * handler waiting on the engine. conns.c's receive deadline does that. */
     s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                                  MHD_USE_ERROR_LOG,
                                  (uint16_t)port, NULL, NULL, on_request, s,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, /* must come first */
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                 MHD_OPTION_NOTIFY_CONNECTION, conns_notify, s,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
+                                 MHD_OPTION_CONNECTION_LIMIT, s->max_connections,
+                                 MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                                  MHD_OPTION_END);
     if (!s->daemon) {
+        conns_stop(s);
         snprintf(err, errlen, "cannot listen on %s:%d (in use?)", host, port);
+        return -1;
+    }
+    if (conns_start_reaper(s) != 0) {
+        http_stop(s);
+        snprintf(err, errlen, "cannot start the connection reaper thread");
         return -1;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
@@ -219,4 +250,11 @@ int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err,
 void http_stop(srv_t *s) {
     if (s->daemon) MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
+    conns_stop(s);
+}
+
+unsigned http_connections(srv_t *s) {
+    const union MHD_DaemonInfo *info =
+        s->daemon ? MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
+    return info ? info->num_connections : 0;
 }

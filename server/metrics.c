@@ -82,6 +82,10 @@ reply_t metrics_reply(srv_t *s) {
     counter(&o, "sqserve_cancellations_total", "Sequences cancelled (client gone or timeout).", d.cancellations);
     counter(&o, "sqserve_prefix_cache_hit_tokens_total", "Prompt tokens served from shared KV blocks.", d.prefix_hit_tokens);
     counter(&o, "sqserve_engine_steps_total", "Forward passes run by the scheduler.", d.steps);
+    gauge(&o, "sqserve_http_connections", "Open HTTP connections.", (double)http_connections(s));
+    counter(&o, "sqserve_http_receive_timeouts_total",
+            "Connections closed for not sending a whole request within --receive-timeout.",
+            conns_receive_timeouts(s));
     gauge(&o, "sqserve_running_sequences", "Sequences in the running batch.", d.running);
     gauge(&o, "sqserve_waiting_sequences", "Sequences waiting for a slot or KV blocks.", d.waiting);
     gauge(&o, "sqserve_kv_blocks_used", "KV cache blocks in use.", d.kv_used);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static int fail(const char *msg) {
@@ -75,6 +76,25 @@ static void startup_eval(model_t *m, quant_state_t *qs, k_pool_t *pool, const ch
             "KL %.5f, top-1 %.4f\n", r.q.n_pred, gen_now() - t0, r.q.ppl, r.ref.ppl, r.kl, r.top1);
 }
 
+/* Every connection holds a socket: make sure --max-connections of them
+ * fit under the open-file limit (raising the soft limit as far as the hard
+ * one allows), so a full table is refused by sqserve, not by accept(). */
+static int raise_fd_limit(rlim_t want, char *err, size_t errlen) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0; /* unknown: leave it */
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rlim_t cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+        rl.rlim_cur = cur;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || cur < want) {
+            snprintf(err, errlen, "--max-connections %llu needs %llu open files, but the limit is %llu "
+                     "(raise ulimit -n or lower --max-connections)", (unsigned long long)(want - 64),
+                     (unsigned long long)want, (unsigned long long)cur);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int cmd_serve(const config_t *c) {
     const char *fmt = cfg_str(c, "log-format");
     if (strcmp(fmt, "text") && strcmp(fmt, "json")) return fail("--log-format must be text or json");
@@ -101,6 +121,17 @@ int cmd_serve(const config_t *c) {
     srv.max_body = (size_t)cfg_int(c, "max-body");
     srv.request_timeout_s = cfg_float(c, "request-timeout");
     srv.log_json = !strcmp(fmt, "json");
+    srv.max_connections = (unsigned)cfg_int(c, "max-connections");
+    srv.receive_timeout_s = cfg_float(c, "receive-timeout");
+    srv.metrics_need_key = cfg_bool(c, "protect-metrics");
+    if (srv.metrics_need_key && !srv.api_key) {
+        model_free(&m);
+        return fail("--protect-metrics needs --api-key");
+    }
+    if (raise_fd_limit(srv.max_connections + 64, err, sizeof err) != 0) {
+        model_free(&m);
+        return fail(err);
+    }
     srv.recipe = "gguf";
     int port;
     if (http_start(&srv, cfg_str(c, "host"), (int)cfg_int(c, "port"), &port, err, sizeof err) != 0) {

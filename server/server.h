@@ -4,7 +4,8 @@
  * and validates the request, hands sequences to the scheduler, then
  * blocks (non-streaming) or feeds a streaming response from what the
  * scheduler's sink appends; it never runs model compute. So a slow client
- * holds only its own thread, and the engine never waits on a socket.
+ * holds only its own thread, and the engine never waits on a socket; a
+ * client slow to send its request is cut by --receive-timeout (conns.c).
  */
 #ifndef SERVER_H
 #define SERVER_H
@@ -41,7 +42,19 @@ typedef struct {
     char eval_ref[160];    /* the reference model's file name */
     pthread_mutex_t mu;    /* guards the request counters */
     uint64_t requests[EP_COUNT][STATUS_SLOTS];
+    /* connections (conns.c): the table, the receive deadline's reaper */
+    unsigned max_connections;
+    double receive_timeout_s;  /* <= 0: no deadline */
+    int metrics_need_key;      /* --protect-metrics: /metrics wants the API key too */
+    pthread_mutex_t conns_mu;  /* guards the fields below */
+    pthread_cond_t conns_cv;
+    struct conn_slot *conns;
+    uint64_t receive_timeouts;
+    pthread_t reaper;
+    int conns_ready, reaper_on, conns_stop;
 } srv_t;
+
+typedef struct conn_slot conn_slot_t;
 
 /* What a handler produces: a status and a finished MHD response. */
 typedef struct {
@@ -52,6 +65,17 @@ typedef struct {
 /* http.c */
 int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err, size_t errlen);
 void http_stop(srv_t *s);
+unsigned http_connections(srv_t *s); /* open connections now */
+
+/* conns.c: the connection table and the receive deadline (slowloris) */
+int conns_init(srv_t *s);
+int conns_start_reaper(srv_t *s);
+void conns_stop(srv_t *s);
+void conns_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                  enum MHD_ConnectionNotificationCode code);
+void conns_request_received(srv_t *s, struct MHD_Connection *c); /* the last byte arrived */
+void conns_request_done(srv_t *s, struct MHD_Connection *c);     /* receiving (idle) again */
+uint64_t conns_receive_timeouts(srv_t *s);
 
 /* reply.c */
 reply_t reply_json(unsigned status, json_t *body); /* steals body */

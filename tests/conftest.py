@@ -56,7 +56,7 @@ class Result:
                 f"--- stderr (tail) ---\n{self.stderr[-4000:]}")
 
 
-def run_sqserve(binary: Path, args: Sequence[str], timeout: float = 60,
+def run_sqserve(binary: Path, args: Sequence[str], timeout: float = 600,
                 sanitizer: bool = False, env: Optional[dict] = None,
                 input: Optional[str] = None) -> Result:
     """Runs the binary from the repo root; never raises on a hang."""

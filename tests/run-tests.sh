@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every suite: the C unit tests (cmocka), then pytest (which drives
-# the sqserve binary, including the ASan/UBSan build on hostile inputs).
+# the sqserve binary, including the ASan/UBSan build on hostile inputs),
+# then the API suites once more against the ASan/UBSan server.
 # Each runner prints its own summary line; the exit status is nonzero if
 # any suite failed.
 set -u
@@ -22,4 +23,28 @@ SQSERVE_BIN="$BUILD/sqserve" .venv/bin/python -m pytest tests -q -p no:cacheprov
 rc=$?
 # exit 5 = no tests collected: a broken suite, not a pass
 [ $rc -eq 0 ] || status=1
+
+# The server under ASan/UBSan: a representative part of the API suites
+# (hostile requests, the OpenAI surface with streaming/logprobs/n/echo/stop,
+# disconnects and KV accounting, drain and signals, idle and trickling connections).
+# serve_util.py turns on the sanitizer options and fails a test whose server
+# printed a report or did not exit 0 (LeakSanitizer runs at exit). Left
+# out, as the release run above covers them and they cost the most under
+# ASan without reaching other code: preemption (minutes at -O1), the
+# seed-reproducibility tests (sampling at temperature over the whole
+# vocabulary) and the long request under --receive-timeout (its length is
+# calibrated, so it only measures time). About 3 minutes on 2 quiet cores.
+SAN_SERVE_TESTS=${SAN_SERVE_TESTS:-"tests/test_serve_errors.py tests/test_serve_openai.py tests/test_serve_kv.py tests/test_serve_signals.py tests/test_serve_conns.py"}
+SAN_SKIP="not test_small_kv_pool_preempts and not test_seed_reproducible and not test_long_requests_are_not_cut"
+if [ -x build/sanitize/sqserve ]; then
+  echo "== pytest: API suites against the ASan/UBSan server (build/sanitize/sqserve) =="
+  # shellcheck disable=SC2086 # the list is split on purpose
+  if ! SQSERVE_BIN=build/sanitize/sqserve SQSERVE_TEST_SANITIZE=1 .venv/bin/python -m pytest \
+      $SAN_SERVE_TESTS -q -p no:cacheprovider -k "$SAN_SKIP"; then
+    status=1
+  fi
+else
+  echo "build/sanitize/sqserve is missing (make sanitize): the sanitized server run failed"
+  status=1
+fi
 exit $status

@@ -11,6 +11,13 @@ the server) and keeps the lines for failure messages.
 
 Binary: $SQSERVE_BIN (default build/sqserve); model: $SQSERVE_TEST_MODEL
 (default models/SmolLM2-135M-Instruct.Q4_1.gguf), as in conftest.py.
+
+Sanitized runs: with $SQSERVE_TEST_SANITIZE=1 (tests/run-tests.sh sets it
+when it runs API suites against build/sanitize/sqserve) every server gets
+conftest.SAN_ENV (the first report aborts the process, leaks are errors),
+and stop() fails the test when the server's stderr holds a sanitizer report
+or the process did not exit 0 after SIGTERM - so a report anywhere in a
+server's life, including LeakSanitizer's at exit, fails the run.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
+from conftest import SAN_ENV, sanitizer_report
+
 try:  # openai>=3 ships its HTTP client as `httpx2` (same API as httpx)
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - older openai releases use httpx
@@ -36,8 +45,11 @@ except ImportError:  # pragma: no cover - older openai releases use httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-STARTUP_TIMEOUT = 60.0
-HEALTH_TIMEOUT = 60.0
+# Hang guards, not deadlines: a loaded 2-core machine (or the ASan build) may be
+# many times slower than a quiet one; these only end a wait that is really stuck.
+HANG_S = 600.0
+STARTUP_TIMEOUT = HANG_S
+HEALTH_TIMEOUT = HANG_S
 THREADS = 2
 
 _URL_RE = re.compile(r"http://127\.0\.0\.1:(\d+)")
@@ -50,6 +62,11 @@ def _resolve(env_var: str, default: str) -> Path:
 
 def binary_path() -> Path:
     return _resolve("SQSERVE_BIN", "build/sqserve")
+
+
+def sanitized() -> bool:
+    """True when the suite drives the ASan/UBSan server (see the module doc)."""
+    return os.environ.get("SQSERVE_TEST_SANITIZE") == "1"
 
 
 def model_path() -> Path:
@@ -79,7 +96,7 @@ def require_serve() -> None:
             _serve_checked = f"model {m} not found (fetch it with `make model`)"
         else:
             p = subprocess.run([str(b), "serve", "--help"], capture_output=True, text=True,
-                               timeout=30, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+                               timeout=HANG_S, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
             if p.returncode != 0 and "unknown command" in (p.stderr + p.stdout):
                 _serve_checked = f"{b} has no `serve` command yet"
             else:
@@ -103,6 +120,9 @@ class Server:
 
     def __init__(self, argv: List[str], env: Dict[str, str]):
         self.argv = argv
+        self.sanitized = sanitized()
+        if self.sanitized:
+            env = {**env, **SAN_ENV}
         self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.lines: List[str] = []
@@ -149,7 +169,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited during start-up\n{self.describe()}")
             try:
-                r = httpx.get(self.url("/health"), timeout=2)
+                r = httpx.get(self.url("/health"), timeout=HANG_S)
                 if r.status_code == 200:
                     return
                 last = f"{r.status_code} {r.text[:200]}"
@@ -176,25 +196,25 @@ class Server:
         import openai
         kw.setdefault("api_key", "x")
         kw.setdefault("max_retries", 0)  # a retry would hide the server's first answer
-        kw.setdefault("timeout", 120)
+        kw.setdefault("timeout", HANG_S)
         return openai.OpenAI(base_url=self.v1, **kw)
 
     def async_openai(self, **kw):
         import openai
         kw.setdefault("api_key", "x")
         kw.setdefault("max_retries", 0)
-        kw.setdefault("timeout", 120)
+        kw.setdefault("timeout", HANG_S)
         return openai.AsyncOpenAI(base_url=self.v1, **kw)
 
-    def http(self, timeout: float = 120) -> "httpx.Client":
+    def http(self, timeout: float = HANG_S) -> "httpx.Client":
         return httpx.Client(base_url=self.base_url, timeout=timeout)
 
-    def post(self, path: str, body=None, timeout: float = 120, **kw):
+    def post(self, path: str, body=None, timeout: float = HANG_S, **kw):
         if body is not None:
             kw["json"] = body
         return httpx.post(self.url(path), timeout=timeout, **kw)
 
-    def get(self, path: str, timeout: float = 30, **kw):
+    def get(self, path: str, timeout: float = HANG_S, **kw):
         return httpx.get(self.url(path), timeout=timeout, **kw)
 
     # -- helpers on the API ------------------------------------------------------
@@ -232,8 +252,13 @@ class Server:
             self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 15) -> Optional[int]:
-        """SIGTERM, wait, then SIGKILL. Returns the exit status."""
-        if self.proc.poll() is None:
+        """SIGTERM, wait, then SIGKILL. Returns the exit status. A sanitized
+        server must also exit 0 with no sanitizer report (LeakSanitizer
+        runs at exit, so the check comes after the wait)."""
+        if self.sanitized:
+            timeout = max(timeout, 60)  # LeakSanitizer's scan at exit takes a while
+        was_running = self.proc.poll() is None
+        if was_running:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -241,7 +266,23 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(10)
         self._reader.join(5)
+        if self.sanitized and not getattr(self, "_san_checked", False):
+            self._san_checked = True
+            rep = sanitizer_report(self.stderr_text(tail=1 << 30))
+            if rep:
+                raise AssertionError(f"sanitizer report ({rep}) from the server\n"
+                                     f"{self.describe_full()}")
+            if was_running and self.proc.returncode != 0:
+                raise AssertionError(f"sanitized server exited {self.proc.returncode} after "
+                                     f"SIGTERM\n{self.describe_full()}")
         return self.proc.returncode
+
+    def describe_full(self) -> str:
+        """describe() with the sanitizer report (which can be long) in full."""
+        text = self.stderr_text(tail=1 << 30)
+        i = min((text.find(m) for m in ("==ERROR", "runtime error:", "LeakSanitizer")
+                 if m in text), default=-1)
+        return self.describe() + ("" if i < 0 else "\n--- from the report ---\n" + text[max(0, i - 2000):i + 12000])
 
     def __enter__(self) -> "Server":
         return self
@@ -291,7 +332,7 @@ def sse_events(response) -> Iterator[str]:
         yield "\n".join(data)
 
 
-def stream_raw(server: Server, path: str, body: dict, timeout: float = 120) -> Tuple[List[dict], bool, "httpx.Response"]:
+def stream_raw(server: Server, path: str, body: dict, timeout: float = HANG_S) -> Tuple[List[dict], bool, "httpx.Response"]:
     """POSTs a streaming request, reads it to the end. Returns (chunks, saw_done, response)."""
     chunks: List[dict] = []
     done = False
@@ -386,6 +427,23 @@ def explain_greedy_diff(prompt, alone, batched) -> str:
             f"alone top-2 {top_a[:2]} (gap {gap:.2e}), batched top-2 {top_b[:2]}; max |logprob "
             f"drift| over the {k} equal tokens before it: {drift:.2e} -> {kind}\n"
             f"  alone   {a.text!r}\n  batched {b.text!r}")
+
+
+def tokens_for_seconds(server: "Server", seconds: float, cap: int = 3800) -> int:
+    """Calibration for tests that need a request to still be running while
+    they do something else: measures this machine's decode speed now (one
+    greedy 32-token request) and returns how many tokens take about
+    `seconds` at that speed (at least 64, at most `cap`). A slow or loaded
+    machine gets fewer tokens, a fast one more, so the test's window does not
+    depend on the machine."""
+    t0 = time.monotonic()
+    r = server.post("/v1/completions", {"model": MODEL_ID, "prompt": "Count: one, two,",
+                                        "max_tokens": 32, "temperature": 0, "ignore_eos": True},
+                    timeout=None)
+    took = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    n = int(r.json()["usage"]["completion_tokens"] / max(took, 1e-3) * seconds)
+    return max(64, min(cap, n))
 
 
 def wait_until(pred, timeout: float = 10, interval: float = 0.1):

@@ -132,15 +132,15 @@ def recipe_server():
                 "--threads", "2", "--weights", "int8", "--startup-eval", "128",
                 "--shadow-rate", "1"], env)
     try:
-        assert s._port_found.wait(60) and s.port, s.describe()
+        assert s._port_found.wait(600) and s.port, s.describe()
 
         def healthy():  # conversion and evaluation take ~10 s, more on a busy machine
             assert s.alive(), f"server exited while loading\n{s.describe()}"
             try:
-                return s.get("/health", timeout=5).status_code == 200
+                return s.get("/health", timeout=60).status_code == 200
             except httpx.HTTPError:
                 return False
-        assert wait_until(healthy, 300, 0.2), f"not ready in 300 s\n{s.describe()}"
+        assert wait_until(healthy, 1800, 0.2), f"not ready in 1800 s (a hang guard)\n{s.describe()}"
         _traffic(s)
         yield s
     finally:

@@ -52,7 +52,7 @@ def test_32_concurrent_streams(server):
         return text, reasons, first_role
 
     async def main():
-        client = server.async_openai(timeout=180)
+        client = server.async_openai(timeout=600)
         try:
             return await asyncio.gather(*(one(client, i) for i in range(32)),
                                         return_exceptions=True)

@@ -70,7 +70,7 @@ def test_chunked_prefill_gives_the_same_text(server):
                                            temperature=0, extra_body={"ignore_eos": True})
     p = subprocess.run([str(binary_path()), "generate", "-m", str(model_path()), "-t", "2",
                         "-p", LONG, "-n", "24", "--temp", "0", "--ignore-eos"],
-                       capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+                       capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert p.returncode == 0, p.stderr
     cli = p.stdout[:-1] if p.stdout.endswith("\n") else p.stdout
     assert r.choices[0].text == cli, f"chunked prefill {r.choices[0].text!r}\nCLI {cli!r}"
@@ -120,7 +120,7 @@ def test_json_log_when_client_disconnects(server):
     chunks = iter(st)
     next(chunks), next(chunks)
     st.close()
-    wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0, 5)
+    assert wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0, 600)
     time.sleep(0.3)
     recs = _json_lines([l for l in server.lines[start:] if l.strip()])
     assert any(r.get("path") == "/v1/completions" for r in recs), recs
@@ -133,35 +133,43 @@ def timeout_server():
     s.stop()
 
 
+# Far more tokens than any CPU generates in TIMEOUT seconds with this model,
+# so the timeout, not max_tokens, ends the request on any machine; the
+# assertions count tokens and check only lower bounds on time.
+MANY = 3800
+
+
 def test_request_timeout(timeout_server):
     server = timeout_server
     t0 = time.monotonic()
-    r = server.post("/v1/completions", {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 1000,
-                                        "ignore_eos": True}, timeout=60)
+    r = server.post("/v1/completions", {"model": MODEL_ID, "prompt": "Hi", "max_tokens": MANY,
+                                        "ignore_eos": True}, timeout=600)
     took = time.monotonic() - t0
-    assert TIMEOUT - 0.2 < took < TIMEOUT + 3, f"answered after {took:.1f} s"
-    assert r.status_code >= 500, r.text  # cancelled: no 200 with half a completion
-    check_error_shape(r, r.status_code)
-    m = server.metrics()
-    assert m.value("sqserve_running_sequences") == 0
+    assert took > TIMEOUT - 0.2, f"answered after {took:.1f} s, before --request-timeout {TIMEOUT}"
+    e = check_error_shape(r, 504)  # cancelled: no 200 with half a completion
+    assert e["type"] == "timeout_error" and "request-timeout" in e["message"], e
+    assert wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0, 600)
 
 
 def test_request_timeout_streaming(timeout_server):
-    """A stream cut by --request-timeout ends (with [DONE] or an error event)
-    within the timeout; it must not claim finish_reason 'length'."""
+    """A stream cut by --request-timeout says so: an error event (code 504)
+    before [DONE], and no finish_reason (it neither stopped nor reached
+    max_tokens)."""
     server = timeout_server
     t0 = time.monotonic()
     chunks, done, r = stream_raw(server, "/v1/completions", {
-        "model": MODEL_ID, "prompt": "Hi", "max_tokens": 1000, "ignore_eos": True, "stream": True,
-        "stream_options": {"include_usage": True}}, timeout=60)
+        "model": MODEL_ID, "prompt": "Hi", "max_tokens": MANY, "ignore_eos": True, "stream": True,
+        "stream_options": {"include_usage": True}}, timeout=600)
     took = time.monotonic() - t0
     assert r.status_code == 200
-    assert took < TIMEOUT + 3, f"stream ran {took:.1f} s with --request-timeout {TIMEOUT}"
+    assert took > TIMEOUT - 0.2, f"stream ended after {took:.1f} s, before the timeout"
+    assert done, "no [DONE] after the cut"
     reasons = [c["finish_reason"] for ch in chunks for c in ch.get("choices", [])
                if c.get("finish_reason")]
     usage = next((ch["usage"] for ch in chunks if ch.get("usage")), None)
-    assert chunks, "no chunk before the timeout"
-    if "length" in reasons:
-        assert usage and usage["completion_tokens"] == 1000, \
-            (f"stream cut by --request-timeout after {usage and usage['completion_tokens']} "
-             f"tokens reports finish_reason 'length' (max_tokens 1000)")
+    assert usage and usage["completion_tokens"] < MANY, usage
+    assert reasons == [], f"a stream cut by --request-timeout claims {reasons}"
+    errs = [ch["error"] for ch in chunks if "error" in ch]
+    assert len(errs) == 1, chunks[-3:]
+    assert errs[0]["code"] == 504 and errs[0]["type"] == "timeout_error", errs
+    assert chunks[-1].get("usage") and "error" in chunks[-2], "the error event comes last, before usage"

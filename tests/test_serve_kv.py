@@ -38,7 +38,7 @@ def _read_then_close_raw(server, n_chunks=3):
     body = {"model": MODEL_ID, "prompt": "Write a very long story about a dragon.",
             "max_tokens": 400, "temperature": 0, "stream": True, "ignore_eos": True}
     got = 0
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=600) as c:
         with c.stream("POST", server.url("/v1/completions"), json=body) as r:
             assert r.status_code == 200, r.read()
             events = sse_events(r)  # kept referenced: a dropped generator closes the response
@@ -71,11 +71,11 @@ def _nonstream_then_close(server, n_chunks=3):
     """A non-streaming request whose client goes away before the answer."""
     body = json.dumps({"model": MODEL_ID, "prompt": "Write a very long story about a dragon.",
                        "max_tokens": 400, "temperature": 0, "ignore_eos": True}).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=600)
     sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     assert wait_until(lambda: server.metrics().value("sqserve_generation_tokens_total") > 0
-                      and server.metrics().value("sqserve_running_sequences") >= 1, 10, 0.05)
+                      and server.metrics().value("sqserve_running_sequences") >= 1, 600, 0.05)
     time.sleep(0.3)
     during = server.metrics()
     sock.close()
@@ -95,19 +95,17 @@ def test_client_disconnect_frees_kv(server, how):
         "sqserve_kv_blocks_used did not grow while a sequence was running"
     assert during.value("sqserve_running_sequences") >= 1
 
-    def settled():
-        m = server.metrics()
-        return (m.value("sqserve_kv_blocks_used") == base_used
-                and m.value("sqserve_cancellations_total") >= base_cancel + 1
-                and m.value("sqserve_running_sequences") == 0) and m
-    m = wait_until(settled, timeout=5)
-    if not m:
-        now = server.metrics()
-        pytest.fail(f"5 s after the client closed its stream: kv_blocks_used "
-                    f"{now.value('sqserve_kv_blocks_used')} (baseline {base_used}), "
-                    f"cancellations_total {now.value('sqserve_cancellations_total')} "
-                    f"(was {base_cancel}), running_sequences "
-                    f"{now.value('sqserve_running_sequences')}\n{server.describe()}")
+    # The event: the engine holds no sequence any more, whether it was
+    # cancelled (right) or ran to its 400 tokens (wrong). No deadline: a
+    # loaded machine takes longer to notice, never the wrong way.
+    m = wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0
+                   and server.metrics(), timeout=600, interval=0.05)
+    assert m, f"the sequence still runs 600 s after its client left\n{server.describe()}"
+    gen = m.value("sqserve_generation_tokens_total") - before.value("sqserve_generation_tokens_total")
+    assert m.value("sqserve_cancellations_total") >= base_cancel + 1, \
+        f"not cancelled: it ended after {gen:.0f} generated tokens\n{server.describe()}"
+    assert m.value("sqserve_kv_blocks_used") == base_used, \
+        f"kv_blocks_used {m.value('sqserve_kv_blocks_used')} (baseline {base_used}) after the cancel"
     # and the sequence really stopped generating (it asked for 400 tokens)
     g1 = m.value("sqserve_generation_tokens_total")
     time.sleep(0.5)
@@ -147,7 +145,7 @@ def test_small_kv_pool_preempts_and_stays_correct():
         print(f"\nkv_blocks_capacity {blocks:.0f}; a request needs <= {need} blocks")
         assert need <= blocks < 2 * need, \
             f"pool of {blocks} blocks: the test expects room for one request, not two"
-        client = s.openai(timeout=240)
+        client = s.openai(timeout=600)
 
         def run(p, logprobs=2):
             return client.completions.create(model=MODEL_ID, prompt=p, max_tokens=40,
@@ -219,7 +217,7 @@ def test_repeated_system_prompt_hits_prefix_cache(server):
     # a prefix hit must not change the answer: compare with a fresh CLI run
     p = subprocess.run([str(binary_path()), "generate", "-m", str(model_path()), "-t", "2",
                         "--chat", "--system", system, "-p", msgs2[1]["content"], "-n", "16",
-                        "--temp", "0"], capture_output=True, text=True, timeout=120,
+                        "--temp", "0"], capture_output=True, text=True, timeout=600,
                        cwd=REPO_ROOT)
     assert p.returncode == 0, p.stderr
     assert r2.choices[0].message.content == _cli_text(p.stdout), \

@@ -90,7 +90,7 @@ def test_completion_matches_cli_greedy(client):
     r = greedy(client, max_tokens=24)
     p = subprocess.run([str(binary_path()), "generate", "-m", str(model_path()), "-t", "2",
                         "-p", PROMPT, "-n", "24", "--temp", "0", "--ignore-eos"],
-                       capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+                       capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert p.returncode == 0, p.stderr
     assert r.choices[0].text == _cli_text(p.stdout), \
         f"server {r.choices[0].text!r}\ncli    {p.stdout!r}"
@@ -551,7 +551,7 @@ def test_tokenize_detokenize_roundtrip(server, text):
 
 def test_tokenize_matches_cli(server):
     p = subprocess.run([str(binary_path()), "tokenize", "-m", str(model_path()), "-p",
-                        "The quick brown fox"], capture_output=True, text=True, timeout=60,
+                        "The quick brown fox"], capture_output=True, text=True, timeout=600,
                        cwd=REPO_ROOT)
     assert p.returncode == 0, p.stderr
     assert server.tokenize("The quick brown fox") == json.loads(p.stdout)

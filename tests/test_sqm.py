@@ -194,3 +194,38 @@ def test_static_max_ranks_channels_differently(tmp_path):
         masks[mode] = b"".join(raw[data_off + e["mask"][0]:data_off + sum(e["mask"])] for e in man["act_masks"])
         assert sum(masks[mode]) == len(masks[mode]) // 8
     assert masks["static"] != masks["static-max"]
+
+
+def _xxh3_64(data: bytes) -> int:
+    """XXH3-64 of data through the system libxxhash (the library sqserve links)."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("xxhash") or "libxxhash.so.0")
+    lib.XXH3_64bits.restype = ctypes.c_uint64
+    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return lib.XXH3_64bits(data, len(data))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_scale_in_sqm_is_refused(tmp_path, value):
+    """A .sqm whose uniform-quantized tensor has a NaN/Inf scale (checksum
+    made valid again, so only the value is wrong) is refused with the tensor
+    named, before anything computes with it."""
+    src = tmp_path / "tiny.gguf"
+    gc.tiny_llama(src)
+    out = tmp_path / "tiny.sqm"
+    r = run("convert", "-m", src, "-o", out, "--weights", "int8", "-t", 1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    man, raw, data_off = sqm_parts(out)
+    t = next(e for e in man["tensors"] if e["kind"] == "int")
+    off, length = t["scales"]
+    n_scales = length // 4
+    raw = bytearray(raw)
+    struct.pack_into("<f", raw, data_off + off + 4 * (n_scales - 1), value)
+    struct.pack_into("<Q", raw, 16, _xxh3_64(bytes(raw[64:])))  # header: magic, version, size, checksum
+    bad = tmp_path / "bad.sqm"
+    bad.write_bytes(bytes(raw))
+    line = one_error_line(run("inspect", "-m", bad))
+    assert f"tensor '{t['name']}': scale {n_scales - 1}" in line and "not finite" in line, line
+    g = run("generate", "-m", bad, "-p", "hi", "-n", 2)
+    assert "not finite" in one_error_line(g)

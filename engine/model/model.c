@@ -1,5 +1,6 @@
 /* model.c - builds a model_t from GGUF metadata and tensors. */
 #include "model.h"
+#include "finite.h"
 
 
 #include "../../kernels/k_quant.h"
@@ -128,6 +129,22 @@ static int want_tensor(model_t *m, const char *name, long k, long n, int optiona
     return 0;
 }
 
+/* Refuses NaN/Inf in any tensor the model could compute with (finite.h).
+ * Runs after every structural check, so a malformed file is reported as
+ * malformed rather than by whatever its misread bytes happen to hold. */
+static int check_finite(model_t *m, char *err, size_t errlen) {
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
+        const gguf_tensor_t *t = &m->gguf.tensors[i];
+        long bad = finite_first_bad(t->type, t->data, (size_t)t->n_elems);
+        if (bad < 0) continue;
+        long k = t->n_dims ? (long)t->ne[0] : 1;
+        return errf(err, errlen, "tensor '%.*s' holds a non-finite value (NaN or Inf) at element %ld "
+                    "(row %ld, column %ld): refusing non-finite weights", (int)t->name.len, t->name.ptr,
+                    bad, bad / k, bad % k);
+    }
+    return 0;
+}
+
 static int load_mat(model_t *m, const char *name, long k, long n, k_mat_t *w, char *err,
                     size_t errlen) {
     const gguf_tensor_t *t;
@@ -220,7 +237,7 @@ int model_init(model_t *m, const char *path, char *err, size_t errlen) {
     char msg[384];
     int rc = -1;
     if (load_hparams(m, msg, sizeof msg) || load_weights(m, msg, sizeof msg) ||
-        load_rope(m, msg, sizeof msg))
+        load_rope(m, msg, sizeof msg) || check_finite(m, msg, sizeof msg))
         goto fail;
     if (!(m->file_bytes = calloc((size_t)m->hp.n_layer * 7, sizeof *m->file_bytes))) {
         snprintf(msg, sizeof msg, "out of memory");

@@ -1,6 +1,8 @@
 /* sqm.c - the .sqm loader (sqm.h has the layout; quant/sqm_write.c writes it). */
 #include "sqm.h"
 
+#include "finite.h"
+
 #include "../../kernels/k_quant.h"
 #include "../../kernels/k_sq.h"
 
@@ -177,6 +179,12 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
         const float *sc = (const float *)array_at(data, data_len, json_object_get(e, "scales"), scale_bytes);
         if (!pk || !sc || (int)json_integer_value(json_object_get(e, "code_bits")) != cbits || (n * k) % (8 / cbits)) {
             snprintf(msg, msglen, "tensor '%s': an array is missing, misplaced or of the wrong size", name);
+            return -1;
+        }
+        long bad = finite_first_bad_f32(sc, (size_t)(n * (k / g)));
+        if (bad >= 0) {
+            snprintf(msg, msglen, "tensor '%s': scale %ld (row %ld) is not finite (NaN or Inf): "
+                     "refusing non-finite weights", name, bad, bad / (k / g));
             return -1;
         }
         m->file_bytes[layer * 7 + part] = packed + scale_bytes;

@@ -1,6 +1,7 @@
 /* sqm_write.c - writes a quantized model as a .sqm (model/sqm.h has the
  * layout), atomically: "<out>.tmp.<pid>", fsync'd, then renamed. */
 #include "sqm_write.h"
+#include "../model/finite.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -140,12 +141,17 @@ int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const
     char *manifest = NULL, tmp[4096];
     int fd = -1, rc = -1;
     snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    for (int i = 0; i < qs->n_qt; i++) { /* the compact layout stores SQ scales as halves */
-        const sq_tensor_t *t = &qs->qt[i].sq;
-        for (long g = 0; qs->qt[i].kind == WQ_SQ && g < t->n * (t->k / t->G); g++)
+    for (int i = 0; i < qs->n_qt; i++) { /* never write what the loader would refuse */
+        const qtensor_t *q = &qs->qt[i];
+        const sq_tensor_t *t = &q->sq;
+        if (q->kind != WQ_SQ && finite_first_bad_f32(q->scales, (size_t)(q->n * (q->k / q->group))) >= 0) {
+            snprintf(err, errlen, "tensor '%s': a quantization scale is not finite (NaN or Inf)", q->name);
+            goto out;
+        }
+        for (long g = 0; q->kind == WQ_SQ && g < t->n * (t->k / t->G); g++) /* stored as halves */
             if (k_f16_to_f32(k_f32_to_f16(t->s_lo[g])) != t->s_lo[g] ||
                 k_f16_to_f32(k_f32_to_f16(t->s_hi[g])) != t->s_hi[g]) {
-                snprintf(err, errlen, "tensor %s: scale %g is not a half-precision value", qs->qt[i].name,
+                snprintf(err, errlen, "tensor '%s': scale %g is not finite or not a half-precision value", q->name,
                          (double)t->s_lo[g]);
                 goto out;
             }

@@ -260,9 +260,11 @@ static void take_inbox(sched_t *s) {
     int n = s->n_cancels;
     uint64_t ids[64];
     if (n > 64) n = 64;
-    memcpy(ids, s->cancels, (size_t)n * sizeof *ids);
-    memmove(s->cancels, s->cancels + n, (size_t)(s->n_cancels - n) * sizeof *ids);
-    s->n_cancels -= n;
+    if (n > 0) { /* cancels is NULL until the first sched_cancel: no memcpy from NULL */
+        memcpy(ids, s->cancels, (size_t)n * sizeof *ids);
+        memmove(s->cancels, s->cancels + n, (size_t)(s->n_cancels - n) * sizeof *ids);
+        s->n_cancels -= n;
+    }
     int more = s->n_cancels > 0;
     pthread_mutex_unlock(&s->mu);
     while (in) {

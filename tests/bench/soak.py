@@ -1,0 +1,195 @@
+"""make soak: a long mixed streaming load against one `sqserve serve`.
+
+    .venv/bin/python tests/bench/soak.py --bin build/sqserve --model M [--label L]
+        [--clients 64] [--seconds 300] [--warmup 30] [--disconnect 0.1] [--out docs/soak.md]
+
+CLIENTS coroutines stream /v1/completions back to back for SECONDS, each
+request with a random prompt and a max_tokens drawn from a mix (8 to 256);
+a fraction DISCONNECT of them close their stream after a few chunks. Checked
+(exit status 1 when any fails): no request fails except those we cut (a
+failure is a non-200 answer, a transport error, a stream without [DONE], or
+a finished stream without finish_reason "stop"/"length"); the server's RSS
+grows less than 5 % from the end of the warm-up to the end; the running,
+waiting and KV-block gauges return to idle afterwards. Reported: requests,
+tokens, p50/p99 time to first token and inter-token latency, the RSS curve
+(one sample every 10 s). A section per label is written into OUT between
+<!-- soak:LABEL --> markers (the rest of the file is left alone).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+LENGTHS = [8, 16, 32, 64, 128, 256]
+PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how rain forms.",
+           "List ten fruits and their colours.", "What is the capital of France?",
+           "Describe a busy market in the morning.", "Give me a recipe for pancakes.",
+           "Summarise the history of printing.", "Why is the sky blue?"]
+
+
+def pct(xs, p):
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        m = re.search(r"^VmRSS:\s+(\d+)", f.read(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+async def client(i, url, model_id, stop_at, args, st, httpx):
+    rnd = random.Random(i)
+    async with httpx.AsyncClient(timeout=600) as c:
+        while time.monotonic() < stop_at:
+            cut = rnd.random() < args.disconnect
+            body = {"model": model_id, "prompt": f"{rnd.choice(PROMPTS)} ({i}-{st['sent']})",
+                    "max_tokens": rnd.choice(LENGTHS), "temperature": 0.7, "stream": True,
+                    "seed": rnd.randrange(1 << 30)}
+            st["sent"] += 1
+            t0 = time.monotonic()
+            last, chunks, done, finish = None, 0, False, None
+            try:
+                async with c.stream("POST", url + "/v1/completions", json=body) as r:
+                    if r.status_code != 200:
+                        st["failed"].append(f"status {r.status_code}: {(await r.aread())[:200]!r}")
+                        continue
+                    async for line in r.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        data = line[6:]
+                        if data == "[DONE]":
+                            done = True
+                            break
+                        ev = json.loads(data)
+                        if "error" in ev:
+                            st["failed"].append(f"error event: {ev['error']}")
+                            continue
+                        now = time.monotonic()
+                        ch = ev["choices"][0]
+                        if ch.get("finish_reason"):
+                            finish = ch["finish_reason"]
+                        if ch.get("text"):
+                            if last is None:
+                                st["ttft"].append(now - t0)
+                            else:
+                                st["itl"].append(now - last)
+                            last = now
+                            chunks += 1
+                            st["tokens"] += 1
+                        if cut and chunks >= 1 + rnd.randrange(5):
+                            break  # leaving the block closes the stream: a disconnect
+            except Exception as e:  # noqa: BLE001 - counted as a failure
+                st["failed"].append(repr(e))
+                continue
+            if cut and not done:
+                st["cut"] += 1
+            elif not done or finish not in ("stop", "length"):
+                st["failed"].append(f"stream ended done={done} finish={finish}")
+            else:
+                st["ok"] += 1
+
+
+async def run(args, server, httpx):
+    st = {"sent": 0, "ok": 0, "cut": 0, "tokens": 0, "failed": [], "ttft": [], "itl": []}
+    t_start = time.monotonic()
+    stop_at = t_start + args.seconds
+    rss = []
+
+    async def sampler():
+        while time.monotonic() < stop_at:
+            rss.append((time.monotonic() - t_start, rss_kib(server.proc.pid)))
+            await asyncio.sleep(10)
+    tasks = [asyncio.create_task(client(i, server.base_url, server_model(server), stop_at, args, st, httpx))
+             for i in range(args.clients)]
+    await asyncio.gather(sampler(), *tasks)
+    rss.append((time.monotonic() - t_start, rss_kib(server.proc.pid)))
+    return st, rss
+
+
+def server_model(server):
+    return server.get("/v1/models").json()["data"][0]["id"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--label", default=None)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=300)
+    ap.add_argument("--warmup", type=float, default=30)
+    ap.add_argument("--disconnect", type=float, default=0.1)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    os.environ["SQSERVE_BIN"] = str(Path(args.bin).resolve())
+    os.environ["SQSERVE_TEST_MODEL"] = str(Path(args.model).resolve())
+    from serve_util import httpx, start_server, wait_until  # after the environment is set
+    label = args.label or Path(args.model).name
+    server = start_server("--max-seqs", 64, "--max-queue", 256, "--kv-cache-mem", 512)
+    problems = []
+    try:
+        idle_kv = server.metrics().value("sqserve_kv_blocks_used")
+        st, rss = asyncio.run(run(args, server, httpx))
+
+        def idle():
+            m = server.metrics()
+            return (m.value("sqserve_running_sequences") == 0 and m.value("sqserve_waiting_sequences") == 0
+                    and m.value("sqserve_kv_blocks_used") == idle_kv) and m
+        m = wait_until(idle, 600, 0.5)
+        if not m:
+            problems.append("the gauges did not return to idle (running, waiting, KV blocks)")
+        warm = [k for t, k in rss if t >= args.warmup] or [rss[-1][1]]
+        growth = (rss[-1][1] - warm[0]) / warm[0] * 100
+        if growth >= 5:
+            problems.append(f"RSS grew {growth:.1f} % after the warm-up")
+        if st["failed"]:
+            problems.append(f"{len(st['failed'])} failed requests, e.g. {st['failed'][:3]}")
+    finally:
+        rc = server.stop()
+    if rc != 0:
+        problems.append(f"the server exited {rc} after SIGTERM")
+    lines = [f"### {label}: {args.clients} clients, {args.seconds:.0f} s, "
+             f"{args.disconnect:.0%} disconnecting mid-stream",
+             "",
+             "| requests | completed | cut by the client | failed | tokens streamed | TTFT p50 / p99 | ITL p50 / p99 | RSS after warm-up -> end |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| {st['sent']} | {st['ok']} | {st['cut']} | {len(st['failed'])} | {st['tokens']} | "
+             f"{pct(st['ttft'], 50) * 1e3:.0f} / {pct(st['ttft'], 99) * 1e3:.0f} ms | "
+             f"{pct(st['itl'], 50) * 1e3:.0f} / {pct(st['itl'], 99) * 1e3:.0f} ms | "
+             f"{warm[0] / 1024:.1f} -> {rss[-1][1] / 1024:.1f} MiB ({growth:+.2f} %) |",
+             "",
+             "RSS (MiB) every 10 s: " + ", ".join(f"{k / 1024:.1f}" for _, k in rss),
+             "",
+             f"Gauges back to idle after the run: {'yes' if m else 'NO'}. "
+             f"Result: {'pass' if not problems else 'FAIL: ' + '; '.join(problems)}.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        doc = out.read_text() if out.exists() else "# Soak runs (make soak)\n\n"
+        begin, end = f"<!-- soak:{label} -->", f"<!-- /soak:{label} -->"
+        block = f"{begin}\n{text}\n{end}"
+        if begin in doc and end in doc:
+            doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        else:
+            doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+        out.write_text(doc)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()
