@@ -173,9 +173,30 @@ sq_file_sizes_t sq_file_sizes(const sq_cfg_t *c, long n, long k) {
     sq_file_sizes_t z;
     int h = sq_highs_per_bank(c);
     z.codes = (size_t)(n * k) * (size_t)lo_storage_bits(c->h_low) / 8;
-    z.hi = (size_t)(n * (k / c->b)) * (size_t)h * (size_t)hi_storage_bits(c->h_high) / 8;
+    z.hi = ((size_t)(n * (k / c->b)) * (size_t)h * (size_t)hi_storage_bits(c->h_high) + 7) / 8;
     z.scales = (size_t)(n * (k / group_of(c))) * 2; /* each of s_lo, s_hi, as halves */
     return z;
+}
+
+/* The codes array is the explicit layout's lo with markers in place of the
+ * zeros under the highs (both pack fields lowest bits first), so both ways
+ * are a copy plus one pass over each bank's bytes. */
+static void hi_pack(const int8_t *src, size_t n, int hib, uint8_t *dst) {
+    if (hib == 8) {
+        memcpy(dst, src, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i += 2) /* an odd count leaves the last high nibble 0 */
+        dst[i / 2] = (uint8_t)(((unsigned)src[i] & 15) | (i + 1 < n ? ((unsigned)src[i + 1] & 15) << 4 : 0));
+}
+
+static void hi_unpack(const uint8_t *src, size_t n, int hib, int8_t *dst) {
+    if (hib == 8) {
+        memcpy(dst, src, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (int8_t)((int8_t)(uint8_t)((src[i / 2] >> (4 * (i % 2))) << 4) >> 4);
 }
 
 int sq_encode(const sq_tensor_t *t, uint8_t *codes, uint8_t *hi, uint16_t *s_lo, uint16_t *s_hi) {
@@ -184,58 +205,44 @@ int sq_encode(const sq_tensor_t *t, uint8_t *codes, uint8_t *hi, uint16_t *s_lo,
         if (k_f16_to_f32(s_lo[g] = k_f32_to_f16(t->s_lo[g])) != t->s_lo[g] ||
             k_f16_to_f32(s_hi[g] = k_f32_to_f16(t->s_hi[g])) != t->s_hi[g])
             return -1;
-    int lob = lo_storage_bits(t->cfg.h_low), hib = hi_storage_bits(t->cfg.h_high), mk = marker(&t->cfg);
-    int per_lo = 8 / lob, per_hi = 8 / hib;
-    long nb = t->k / t->cfg.b;
-    memset(codes, 0, (size_t)(t->n * t->k) / (size_t)per_lo);
-    memset(hi, 0, (size_t)(t->n * nb * t->h) / (size_t)per_hi);
-    for (long r = 0; r < t->n; r++)
-        for (long bk = 0; bk < nb; bk++) {
-            size_t e = (size_t)((r * nb + bk) * t->h);
-            for (long i = 0, slot = 0; i < t->cfg.b; i++) {
-                long j = bk * t->cfg.b + i;
-                int v = slot < t->h && t->idx[e + (size_t)slot] == i ? (slot++, mk) : get_lo(t, r, j);
-                size_t at = (size_t)(r * t->k + j);
-                codes[at / (size_t)per_lo] |= (uint8_t)(((unsigned)v & ((1u << lob) - 1)) << (at % (size_t)per_lo * (size_t)lob));
-            }
-            for (int q = 0; q < t->h; q++) { /* highs in position order, as idx is sorted */
-                size_t at = e + (size_t)q;
-                hi[at / (size_t)per_hi] |= (uint8_t)(((unsigned)(uint8_t)t->hi[at] & ((1u << hib) - 1)) << (at % (size_t)per_hi * (size_t)hib));
-            }
+    int lob = lo_storage_bits(t->cfg.h_low), per = 8 / lob;
+    unsigned mk = (unsigned)marker(&t->cfg) & ((1u << lob) - 1);
+    size_t nb = (size_t)(t->n * (t->k / t->cfg.b)), h = (size_t)t->h;
+    memcpy(codes, t->lo, (size_t)(t->n * t->k) / (size_t)per);
+    for (size_t bank = 0; bank < nb; bank++)
+        for (size_t q = 0; q < h; q++) { /* the low field under a high holds 0: set the marker */
+            size_t at = bank * (size_t)t->cfg.b + t->idx[bank * h + q];
+            codes[at / (size_t)per] |= (uint8_t)(mk << (at % (size_t)per * (size_t)lob));
         }
+    hi_pack(t->hi, nb * h, hi_storage_bits(t->cfg.h_high), hi);
     return 0;
 }
 
 const char *sq_decode(sq_tensor_t *t, const uint8_t *codes, const uint8_t *hi, const uint16_t *s_lo,
                       const uint16_t *s_hi) {
-    int lob = lo_storage_bits(t->cfg.h_low), hib = hi_storage_bits(t->cfg.h_high), mk = marker(&t->cfg);
-    int per_lo = 8 / lob, per_hi = 8 / hib;
-    long nb = t->k / t->cfg.b, ng = t->n * (t->k / t->G);
+    int lob = lo_storage_bits(t->cfg.h_low), per = 8 / lob, b = t->cfg.b;
+    unsigned fmask = (1u << lob) - 1, mk = (unsigned)marker(&t->cfg) & fmask;
+    size_t nb = (size_t)(t->n * (t->k / b)), h = (size_t)t->h, bank_bytes = (size_t)(b / per);
+    long ng = t->n * (t->k / t->G);
     for (long g = 0; g < ng; g++) {
         t->s_lo[g] = k_f16_to_f32(s_lo[g]);
         t->s_hi[g] = k_f16_to_f32(s_hi[g]);
     }
-    for (long r = 0; r < t->n; r++)
-        for (long bk = 0; bk < nb; bk++) {
-            size_t e = (size_t)((r * nb + bk) * t->h);
-            int slot = 0;
-            for (int i = 0; i < t->cfg.b; i++) {
-                size_t at = (size_t)(r * t->k + bk * t->cfg.b + i);
-                unsigned f = (codes[at / (size_t)per_lo] >> (at % (size_t)per_lo * (size_t)lob)) & ((1u << lob) - 1);
-                int v = (int)(int8_t)(uint8_t)(f << (8 - lob)) >> (8 - lob);
-                if (v == mk) {
-                    if (slot == t->h) return "a bank has more high positions than the configuration allows";
-                    t->idx[e + (size_t)slot++] = (uint8_t)i;
-                    v = 0;
+    memcpy(t->lo, codes, nb * bank_bytes);
+    for (size_t bank = 0; bank < nb; bank++) {
+        uint8_t *p = t->lo + bank * bank_bytes, *idx = t->idx + bank * h;
+        size_t slot = 0;
+        for (size_t i = 0; i < bank_bytes; i++) {
+            if (!p[i]) continue; /* all fields 0: no marker (the marker is never 0) */
+            for (int f = 0; f < per; f++)
+                if (((p[i] >> (f * lob)) & fmask) == mk) {
+                    if (slot == h) return "a bank has more high positions than the configuration allows";
+                    idx[slot++] = (uint8_t)(i * (size_t)per + (size_t)f);
+                    p[i] &= (uint8_t)~(fmask << (f * lob)); /* the explicit layout holds 0 there */
                 }
-                sq_set_lo(t, r, bk * t->cfg.b + i, v);
-            }
-            if (slot != t->h) return "a bank has fewer high positions than the configuration requires";
-            for (int q = 0; q < t->h; q++) {
-                size_t at = e + (size_t)q;
-                unsigned f = (hi[at / (size_t)per_hi] >> (at % (size_t)per_hi * (size_t)hib)) & ((1u << hib) - 1);
-                t->hi[at] = (int8_t)((int)(int8_t)(uint8_t)(f << (8 - hib)) >> (8 - hib));
-            }
         }
+        if (slot != h) return "a bank has fewer high positions than the configuration requires";
+    }
+    hi_unpack(hi, nb * h, hi_storage_bits(t->cfg.h_high), t->hi);
     return NULL;
 }

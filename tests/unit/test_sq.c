@@ -91,16 +91,17 @@ static void test_format_invariants(void **state) {
 static void test_compact_layout_round_trip(void **state) {
     (void)state;
     sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 2, 16, 0.75}, {4, 2, 128, 0.9375}, {8, 4, 32, 0.5},
-                       {8, 3, 64, 0.875}, {4, 2, 32, 0.75}};
+                       {8, 3, 64, 0.875}, {4, 2, 32, 0.75}, {4, 2, 64, 0.984375}};
     for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
-        long n = 5, k = 256;
+        /* {4, 2, 64, 0.984375} on 5 x 192: 15 banks of one 4-bit high, an odd nibble count */
+        long n = 5, k = cfgs[c].b == 128 ? 256 : 192;
         float *w = make_w(n, k);
         sq_tensor_t t, u;
         assert_int_equal(sq_alloc(&t, &cfgs[c], n, k), 0);
         assert_int_equal(sq_quantize(&t, w, NULL, NULL), 0);
         sq_file_sizes_t z = sq_file_sizes(&cfgs[c], n, k);
-        assert_float_equal(8.0 * (double)(z.codes + z.hi + 2 * z.scales) / (double)(n * k),
-                           sq_bits_per_element(&cfgs[c]), 1e-12);
+        assert_true(fabs(8.0 * (double)(z.codes + z.hi + 2 * z.scales) / (double)(n * k) -
+                         sq_bits_per_element(&cfgs[c])) <= 8.0 / (double)(n * k)); /* a padding byte at most */
         uint8_t *codes = malloc(z.codes), *hi = malloc(z.hi);
         uint16_t *s_lo = malloc(z.scales), *s_hi = malloc(z.scales);
         assert_int_equal(sq_encode(&t, codes, hi, s_lo, s_hi), 0);
