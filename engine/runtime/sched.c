@@ -3,6 +3,7 @@
 
 #include "../compute/forward.h"
 #include "gen.h"
+#include "shadow.h"
 #include "stop.h"
 
 #include <math.h>
@@ -13,9 +14,6 @@
 #include <string.h>
 #include <uv.h>
 
-#define SHADOW_QUEUE 8     /* prompts waiting for replay; more are dropped */
-#define SHADOW_MAX_TOKENS 256
-#define SHADOW_CHUNK 32     /* tokens per idle tick, so new work waits little */
 
 typedef struct seq {
     uint64_t id;
@@ -73,18 +71,7 @@ struct sched {
     int32_t top_ids[SCHED_MAX_LOGPROBS];
     float top_lp[SCHED_MAX_LOGPROBS];
 
-    /* shadow evaluation (loop thread only) */
-    struct shadow {
-        kv_cache_t kv[2];      /* served, reference */
-        fwd_t f[2];
-        int ready;
-        int32_t *queue[SHADOW_QUEUE];
-        int qlen[SHADOW_QUEUE], n_queued;
-        int32_t *cur;          /* prompt being replayed */
-        int cur_len, cur_done;
-        float *logits[2];      /* SHADOW_CHUNK rows each */
-        uint64_t rng;
-    } sh;
+    shadow_t sh;               /* shadow evaluation (loop thread only) */
 };
 
 /* ---- helpers ----------------------------------------------------------------- */
@@ -126,76 +113,11 @@ static void remove_running(sched_t *s, int i) {
     s->n_running--;
 }
 
-/* Maybe keeps the prompt of a finished sequence for shadow replay. */
-static void shadow_offer(sched_t *s, const seq_t *q) {
-    struct shadow *sh = &s->sh;
-    if (!sh->ready || sh->n_queued == SHADOW_QUEUE || q->n_prompt < 2) return;
-    sh->rng ^= sh->rng << 13; sh->rng ^= sh->rng >> 7; sh->rng ^= sh->rng << 17;
-    if ((double)(sh->rng >> 11) / 9007199254740992.0 >= s->cfg.shadow_rate) return;
-    int n = q->n_prompt < SHADOW_MAX_TOKENS ? q->n_prompt : SHADOW_MAX_TOKENS;
-    int32_t *copy = malloc((size_t)n * sizeof *copy);
-    if (!copy) return;
-    memcpy(copy, q->tokens, (size_t)n * sizeof *copy);
-    sh->queue[sh->n_queued] = copy;
-    sh->qlen[sh->n_queued++] = n;
-}
-
-/* One chunk of a shadow replay through both models; KL(P_ref || P_served)
- * and top-1 agreement for every predicted position. */
-static void shadow_step(sched_t *s) {
-    struct shadow *sh = &s->sh;
-    if (!sh->cur) {
-        if (sh->n_queued == 0) return;
-        sh->cur = sh->queue[0];
-        sh->cur_len = sh->qlen[0];
-        sh->cur_done = 0;
-        memmove(sh->queue, sh->queue + 1, (size_t)(--sh->n_queued) * sizeof sh->queue[0]);
-        memmove(sh->qlen, sh->qlen + 1, (size_t)sh->n_queued * sizeof sh->qlen[0]);
-        for (int k = 0; k < 2; k++) {
-            kv_seq_release(&sh->kv[k], 0);
-            kv_seq_reserve(&sh->kv[k], 0, SHADOW_MAX_TOKENS);
-        }
-    }
-    int n = sh->cur_len - sh->cur_done < SHADOW_CHUNK ? sh->cur_len - sh->cur_done : SHADOW_CHUNK;
-    int32_t pos[SHADOW_CHUNK], slot[SHADOW_CHUNK] = {0};
-    uint8_t want[SHADOW_CHUNK];
-    for (int i = 0; i < n; i++) {
-        pos[i] = sh->cur_done + i;
-        want[i] = sh->cur_done + i + 1 < sh->cur_len; /* positions with a next token */
-    }
-    batch_t b = {n, sh->cur + sh->cur_done, pos, slot, want};
-    char err[128];
-    int nv = s->m->hp.n_vocab, ok = 1;
-    for (int k = 0; k < 2 && ok; k++) ok = fwd_run(&sh->f[k], &b, sh->logits[k], err, sizeof err) == 0;
-    double kl = 0, top1 = 0;
-    int rows = 0;
-    for (int i = 0; ok && i < n; i++) {
-        if (!want[i]) continue;
-        pos_cmp_t pc; /* the same comparison eval --ref reports */
-        logits_compare(sh->logits[0] + (size_t)rows * nv, sh->logits[1] + (size_t)rows * nv, nv, &pc);
-        rows++;
-        kl += pc.kl;
-        top1 += pc.argmax_q == pc.argmax_ref;
-    }
-    stats_lock(&s->stats);
-    s->stats.d.shadow_tokens += (uint64_t)rows;
-    s->stats.d.shadow_kl_sum += kl;
-    s->stats.d.shadow_top1_sum += top1;
-    sh->cur_done += n;
-    if (!ok || sh->cur_done >= sh->cur_len) {
-        s->stats.d.shadow_requests++;
-        free(sh->cur);
-        sh->cur = NULL;
-    }
-    stats_unlock(&s->stats);
-}
-
-static int shadow_pending(const sched_t *s) { return s->sh.cur || s->sh.n_queued > 0; }
 
 /* Ends a running sequence: frees its blocks and its slot, reports DONE. */
 static void finish_running(sched_t *s, int i, const char *finish, const char *error) {
     seq_t *q = s->running[i];
-    if (!strcmp(finish, "stop") || !strcmp(finish, "length")) shadow_offer(s, q);
+    if (!strcmp(finish, "stop") || !strcmp(finish, "length")) shadow_offer(&s->sh, q->tokens, q->n_prompt);
     remove_running(s, i);
     release_slot(s, q);
     emit_done(s, q, finish, error);
@@ -581,8 +503,8 @@ static void maybe_stop(sched_t *s) {
 static void on_idle(uv_idle_t *h) {
     sched_t *s = h->data;
     if (has_work(s)) step(s);
-    else if (shadow_pending(s) && !atomic_load(&s->draining)) shadow_step(s); /* idle time only */
-    if (!has_work(s) && (!shadow_pending(s) || atomic_load(&s->draining))) {
+    else if (shadow_pending(&s->sh) && !atomic_load(&s->draining)) shadow_step(&s->sh, &s->stats); /* idle time only */
+    if (!has_work(s) && (!shadow_pending(&s->sh) || atomic_load(&s->draining))) {
         uv_idle_stop(&s->idle);
         s->idle_on = 0;
     }
@@ -590,7 +512,7 @@ static void on_idle(uv_idle_t *h) {
 }
 
 static void kick(sched_t *s) {
-    if ((has_work(s) || shadow_pending(s)) && !s->idle_on) {
+    if ((has_work(s) || shadow_pending(&s->sh)) && !s->idle_on) {
         uv_idle_start(&s->idle, on_idle);
         s->idle_on = 1;
     }
@@ -673,24 +595,11 @@ sched_t *sched_new(model_t *m, const sched_config_t *cfg, char *err, size_t errl
     }
     s->f.hook = cfg->act_hook;
     s->f.hook_ud = cfg->act_hook_ud;
-    if (cfg->ref && cfg->shadow_rate > 0) {
-        struct shadow *sh = &s->sh;
-        const model_t *ms[2] = {m, cfg->ref};
-        int ok = 1;
-        for (int k = 0; k < 2 && ok; k++) {
-            ok = kv_init(&sh->kv[k], hp->n_layer, kv_dim, SHADOW_MAX_TOKENS / KV_BLOCK, 1) == 0 &&
-                 fwd_init(&sh->f[k], ms[k], &sh->kv[k], s->pool, SHADOW_CHUNK, SHADOW_MAX_TOKENS) == 0 &&
-                 (sh->logits[k] = malloc((size_t)SHADOW_CHUNK * hp->n_vocab * sizeof(float))) != NULL;
-        }
-        if (!ok) {
-            snprintf(err, errlen, "out of memory for shadow evaluation");
-            sched_free(s);
-            return NULL;
-        }
-        sh->f[0].hook = cfg->act_hook; /* the served path, activations quantized too */
-        sh->f[0].hook_ud = cfg->act_hook_ud;
-        sh->rng = 0x9e3779b97f4a7c15ull;
-        sh->ready = 1;
+    if (cfg->ref && cfg->shadow_rate > 0 &&
+        shadow_init(&s->sh, m, cfg->ref, s->pool, cfg->shadow_rate, cfg->act_hook, cfg->act_hook_ud) != 0) {
+        snprintf(err, errlen, "out of memory for shadow evaluation");
+        sched_free(s);
+        return NULL;
     }
     for (int i = 0; i < cfg->max_seqs; i++) s->free_slots[i] = cfg->max_seqs - 1 - i;
     s->n_free_slots = cfg->max_seqs;
@@ -747,13 +656,7 @@ void sched_free(sched_t *s) {
     for (seq_t *q = s->inbox_head, *n; q; q = n) { n = q->next; seq_free(q); }
     fwd_free(&s->f);
     kv_free(&s->kv);
-    for (int k = 0; k < 2; k++) {
-        if (s->sh.f[k].m) fwd_free(&s->sh.f[k]);
-        if (s->sh.kv[k].k) kv_free(&s->sh.kv[k]);
-        free(s->sh.logits[k]);
-    }
-    for (int i = 0; i < s->sh.n_queued; i++) free(s->sh.queue[i]);
-    free(s->sh.cur);
+    shadow_free(&s->sh);
     k_pool_free(s->pool);
     free(s->running); free(s->free_slots); free(s->b_tok); free(s->b_pos); free(s->b_slot);
     free(s->b_want); free(s->logits); free(s->cancels);
