@@ -34,6 +34,9 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi.o
 MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# helpers the pytest suites drive (tests/tools/*.c), not test suites themselves
+TOOL_SRC:= $(wildcard tests/tools/*.c)
+TOOL_BIN:= $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
 # ---- CUDA: on when nvcc is found (make CUDA=0 to leave it out) -------------
 # kernels/cuda/*.cu go into the library for sm_90a (wgmma, Hopper) plus
@@ -112,6 +115,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsqserve.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcmocka
 
+$(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libsqserve.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS)
+
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(GPU_BIN:=.d)
 
 # ---- set-up ---------------------------------------------------------------
@@ -133,7 +140,7 @@ test: deps model
 	@$(MAKE) --no-print-directory sanitize
 	@tests/run-tests.sh $(BUILD)
 
-unit-bins: $(UNIT_BIN)
+unit-bins: $(UNIT_BIN) $(TOOL_BIN)
 
 SAN_FLAGS := BUILD=build/sanitize OPT=-O1 CUDA=0 \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
