@@ -6,6 +6,7 @@
 #   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
 #   make bench-serve  HTTP load at concurrency 1/4/16/64 -> docs/perf.md
 #   make accuracy   SQ-format vs baselines accuracy grid -> docs/accuracy.md
+#   make accuracy-compare  issue 15's GPTQ / SmoothQuant / static-mask rows -> docs/accuracy.md
 #   make fixtures   regenerate golden fixtures with the independent reference
 
 CC      ?= gcc
@@ -62,7 +63,7 @@ endif
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
 
-.PHONY: all deps model run test unit pytest sanitize gpu-bins bench-cpu bench-serve accuracy fixtures clean
+.PHONY: all deps model run test unit pytest sanitize gpu-bins bench-cpu bench-serve accuracy accuracy-compare fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -161,6 +162,10 @@ bench-serve: deps model
 accuracy: deps model
 	@$(MAKE) --no-print-directory all
 	@tests/bench/accuracy.sh $(BUILD)/sqserve $(MODEL) docs/accuracy.md
+
+accuracy-compare: deps model
+	@$(MAKE) --no-print-directory all
+	@.venv/bin/python tests/bench/quant_compare.py $(BUILD)/sqserve $(MODEL) docs/accuracy.md
 
 fixtures: model
 	@tests/reference/make_fixtures.sh $(MODEL)
