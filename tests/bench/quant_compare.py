@@ -111,14 +111,16 @@ def render(out_md, results, tokens):
     commits = sorted({r["commit"] for r in results.values()})
     machines = sorted({r["machine"] for r in results.values()})
     dates = sorted({r["measured"][:10] for r in results.values()})
-    lines.append(f"Measured {', '.join(dates)} on {'; '.join(machines)}, sqserve commit "
-                 f"{', '.join(commits)} (per row in the cache). First {tokens} tokens of each corpus, ctx 512, "
+    lines.append(f"Measured {', '.join(dates)} on {'; '.join(machines)}, sqserve commits "
+                 f"{', '.join(commits)} (each row's commit and command are in its cache file). "
+                 f"First {tokens} tokens of each corpus, ctx 512, "
                  "`sqserve eval` without `--ref` (the FP32 row is the reference); calibration on "
                  "wikitext-2-valid, as many tokens as the *calib* column says.")
     lines.append("")
     lines.append("| config | weights | acts | calib | WikiText-2 ppl | vs FP32 | Vim manual ppl | vs FP32 |")
     lines.append("|---|---|---|---|---|---|---|---|")
     fp = {c: results.get(("fp32", "fp32", 0, c)) for c in ("wikitext-2", "vim-manual")}
+    notes = []
     for name, w, a, cal, corpora in ROWS:
         cells = []
         for c in ("wikitext-2", "vim-manual"):
@@ -127,11 +129,20 @@ def render(out_md, results, tokens):
                 cells += ["-", "-"]
                 continue
             d = f"{100 * (r['ppl'] / fp[c]['ppl'] - 1):+.2f} %" if fp[c] and name != "FP32" else "-"
-            cells += [f"{r['ppl']:.4f}", d]
+            mark = ""
+            if r.get("note"):
+                if r["note"] not in notes:
+                    notes.append(r["note"])
+                mark = " " + "¹²³⁴⁵"[notes.index(r["note"])]
+            cells += [f"{r['ppl']:.4f}{mark}", d]
         if cells == ["-"] * 4:
             continue
         lines.append(f"| {name} | `{w}` | `{a}` | {cal or '-'} | " + " | ".join(cells) + " |")
     lines.append("")
+    for i, n in enumerate(notes):
+        lines.append(f"{'¹²³⁴⁵'[i]} {n}.  ")
+    if notes:
+        lines.append("")
     smooth = [(n, results.get((w, a, cal, "wikitext-2"))) for n, w, a, cal, _ in ROWS if "smooth" in a]
     for n, r in smooth:
         if r:
