@@ -286,6 +286,10 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         snprintf(err, errlen, "the weights and the activations ask for different smoothing");
         return -1;
     }
+    if (smooth && w->gptq && w->oneshot) { /* its H is the unsmoothed model's */
+        snprintf(err, errlen, "one-shot GPTQ (:oneshot) does not combine with smoothing: drop one");
+        return -1;
+    }
     if (smooth && keep_codes) {
         snprintf(err, errlen, "smoothing rewrites the RMSNorm weights, which a .sqm does not store yet "
                               "(it copies them from the source GGUF): evaluate with --weights/--acts instead");
