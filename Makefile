@@ -8,6 +8,7 @@
 #   make bench-serve  HTTP load at concurrency 1/4/16/64 -> docs/perf.md
 #   make soak       64 streaming clients x 5 min on the GGUF and the .sqm -> docs/soak.md
 #   make accuracy   SQ-format vs baselines accuracy grid -> docs/accuracy.md
+#   make accuracy-compare  issue 15's GPTQ / SmoothQuant / static-mask rows -> docs/accuracy.md
 #   make fixtures   regenerate golden fixtures with the independent reference
 
 CC      ?= gcc
@@ -36,6 +37,9 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi.o
 MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# helpers the pytest suites drive (tests/tools/*.c), not test suites themselves
+TOOL_SRC:= $(wildcard tests/tools/*.c)
+TOOL_BIN:= $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
 # ---- CUDA: on when nvcc is found (make CUDA=0 to leave it out) -------------
 # kernels/cuda/*.cu go into the library for sm_90a (wgmma, Hopper) plus
@@ -61,7 +65,7 @@ endif
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
 
-.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve soak accuracy fixtures clean
+.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve soak accuracy accuracy-compare fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -114,6 +118,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsqserve.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS) -lcmocka
 
+$(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libsqserve.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS)
+
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(GPU_BIN:=.d)
 
 # ---- set-up ---------------------------------------------------------------
@@ -135,7 +143,7 @@ test: deps model
 	@$(MAKE) --no-print-directory sanitize
 	@tests/run-tests.sh $(BUILD)
 
-unit-bins: $(UNIT_BIN)
+unit-bins: $(UNIT_BIN) $(TOOL_BIN)
 
 SAN_FLAGS := BUILD=build/sanitize OPT=-O1 CUDA=0 \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
@@ -191,6 +199,10 @@ soak: deps model
 accuracy: deps model
 	@$(MAKE) --no-print-directory all
 	@tests/bench/accuracy.sh $(BUILD)/sqserve $(MODEL) docs/accuracy.md
+
+accuracy-compare: deps model
+	@$(MAKE) --no-print-directory all
+	@.venv/bin/python tests/bench/quant_compare.py $(BUILD)/sqserve $(MODEL) docs/accuracy.md
 
 fixtures: model
 	@tests/reference/make_fixtures.sh $(MODEL)

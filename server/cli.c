@@ -154,7 +154,7 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
     if (m->external_layers || m->acts)
         return die("this model is a .sqm, already quantized: drop --weights/--acts");
     calib_t cal;
-    int need = w.gptq || a.kind == AQ_SQ_STATIC, have = 0;
+    int need = w.gptq || w.smooth || a.smooth || a.kind == AQ_SQ_STATIC, have = 0;
     if (need) {
         const char *src = cfg_str(c, "calib");
         long want = cfg_int(c, "calib-tokens"), n = 0;
@@ -174,7 +174,8 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
         }
         if (n > want) n = want;
         if (n < 64) { free(ids); return die("calibration needs at least 64 tokens, got %ld", n); }
-        int bad = calib_run(m, pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq, &cal, err, sizeof err);
+        int bad = calib_run(m, pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq && w.oneshot, &cal, err,
+                            sizeof err);
         free(ids);
         if (bad) return die("%s", err);
         have = 1;
@@ -188,6 +189,12 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
     fprintf(stderr, "quantized: weights %s (%.2f bits/weight), activations %s (%.2f bits) in %.1fs\n",
             cfg_str(c, "weights"), qs->w_bits, cfg_str(c, "acts"), recipe_a_bits(&a),
             gen_now() - pg.t0);
+    if (qs->smoothed)
+        fprintf(stderr, "smoothed: mean alpha qkv %.2f o %.2f gate/up %.2f down %.2f; layers left unsmoothed "
+                "%d %d %d %d of %d\n", qs->alpha_sum[SITE_QKV] / qs->smoothed, qs->alpha_sum[SITE_O] / qs->smoothed,
+                qs->alpha_sum[SITE_UPGATE] / qs->smoothed, qs->alpha_sum[SITE_DOWN] / qs->smoothed,
+                qs->n_unsmoothed[SITE_QKV], qs->n_unsmoothed[SITE_O], qs->n_unsmoothed[SITE_UPGATE],
+                qs->n_unsmoothed[SITE_DOWN], qs->smoothed);
     if (w.kind == WQ_SQ) note_bank_fit("weights", &w.sq, 1, &m->hp);
     if (a.kind == AQ_SQ_STATIC || a.kind == AQ_SQ_DYNAMIC) note_bank_fit("activations", &a.sq, 0, &m->hp);
     return 0;

@@ -15,8 +15,51 @@ static int parse_sq(const char *s, sq_cfg_t *c, const char **tail) {
     return 0;
 }
 
+/* ":smooth" or ":smooth<alpha>" at *p: 1 (and *p moved past it), 0 if
+ * something else is there, -1 for a bad alpha. */
+static int parse_smooth(const char **p, int *smooth, double *alpha) {
+    if (strncmp(*p, ":smooth", 7)) return 0;
+    const char *q = *p + 7;
+    *alpha = 0;
+    if (*q && *q != ':') {
+        char *end;
+        *alpha = strtod(q, &end);
+        if (end == q || (*end && *end != ':') || !(*alpha > 0 && *alpha < 1)) return -1;
+        q = end;
+    }
+    *smooth = 1;
+    *p = q;
+    return 1;
+}
+
+/* The weights options after the base recipe: ":gptq", ":act", ":damp<f>",
+ * ":oneshot", ":smooth[<alpha>]", each at most once, in any order. */
+static int parse_w_opts(const char *p, wrecipe_t *r) {
+    int seen_act = 0, seen_damp = 0, seen_one = 0;
+    r->damp = 0.01;
+    while (*p) {
+        int sm = r->smooth ? 0 : parse_smooth(&p, &r->smooth, &r->alpha);
+        if (sm < 0) return -1;
+        if (sm) continue;
+        const char *e = strchr(p + 1, ':');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == 5 && !strncmp(p, ":gptq", 5) && !r->gptq) r->gptq = 1;
+        else if (len == 4 && !strncmp(p, ":act", 4) && !seen_act++) r->act_order = 1;
+        else if (len == 8 && !strncmp(p, ":oneshot", 8) && !seen_one++) r->oneshot = 1;
+        else if (len > 5 && !strncmp(p, ":damp", 5) && !seen_damp++) {
+            char *end;
+            r->damp = strtod(p + 5, &end);
+            if (end != p + len || !(r->damp > 0 && r->damp <= 1)) return -1;
+        } else return -1;
+        p += len;
+    }
+    /* act-order, damping and one-shot Hessians are GPTQ's */
+    return (r->act_order || seen_damp || r->oneshot) && !r->gptq ? -1 : 0;
+}
+
 int recipe_parse_w(const char *s, wrecipe_t *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
+    r->damp = 0.01;
     const char *tail = "";
     if (!strcmp(s, "fp32") || !strcmp(s, "none")) return 0;
     if (!strncmp(s, "sq:", 3)) {
@@ -41,17 +84,30 @@ int recipe_parse_w(const char *s, wrecipe_t *r, char *err, size_t errlen) {
     } else {
         goto bad;
     }
-    if (!strcmp(tail, ":gptq")) r->gptq = 1;
-    else if (*tail) goto bad;
+    if (parse_w_opts(tail, r) != 0) goto bad;
     return 0;
 bad:
-    snprintf(err, errlen, "bad weights recipe '%s' (e.g. fp32, int8, int4:g64[:gptq], sq:8/4:b64:s0.875[:gptq])", s);
+    snprintf(err, errlen,
+             "bad weights recipe '%s' (e.g. fp32, int8, int4:g64[:gptq], sq:8/4:b64:s0.875[:gptq]; "
+             "options :act :damp<f> :oneshot with :gptq, :smooth[<alpha>], alpha in (0, 1))", s);
     return -1;
 }
 
-int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen) {
+int recipe_parse_a(const char *s_in, arecipe_t *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
-    if (!strcmp(s, "fp32") || !strcmp(s, "none") || !strcmp(s, "a16")) return 0;
+    /* a trailing ":smooth[<alpha>]" first, then the recipe before it */
+    char s[128];
+    snprintf(s, sizeof s, "%s", s_in);
+    char *sm = strstr(s, ":smooth");
+    if (sm) {
+        const char *p = sm;
+        if (parse_smooth(&p, &r->smooth, &r->alpha) != 1 || *p) goto bad;
+        *sm = 0;
+    }
+    if (!strcmp(s, "fp32") || !strcmp(s, "none") || !strcmp(s, "a16")) {
+        if (r->smooth) goto bad; /* nothing to smooth for */
+        return 0;
+    }
     const char *tail;
     if (!strncmp(s, "sq:", 3) && parse_sq(s + 3, &r->sq, &tail) == 0) {
         const char *why = sq_cfg_check(&r->sq, 0);
@@ -71,7 +127,10 @@ int recipe_parse_a(const char *s, arecipe_t *r, char *err, size_t errlen) {
             return 0;
         }
     }
-    snprintf(err, errlen, "bad activations recipe '%s' (e.g. fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic)", s);
+bad:
+    snprintf(err, errlen,
+             "bad activations recipe '%s' (e.g. fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic, "
+             "then optionally :smooth[<alpha>])", s_in);
     return -1;
 }
 

@@ -1,8 +1,19 @@
 /* recipe.h - quantization recipes as strings (the convert/eval flags).
  *
  *   weights: fp32 | int8 | int4 | int4:g64 | int4:g64:gptq | sq:8/4:b64:s0.875[:gptq]
+ *            then options, in any order: [:act] [:damp<f>] [:oneshot] [:smooth[<alpha>]]
  *   acts:    fp32 | a16 | int8 | int4 | sq:8/4:b64:s0.875:static | ...:dynamic
+ *            [:smooth[<alpha>]]
  * int<bits> alone is per output channel; :g<N> groups N inputs per scale.
+ * GPTQ options: ":act" quantizes columns by descending diag(H) (act-order,
+ * with the group scales fixed before the pass, so the stored layout is
+ * unchanged); ":damp<f>" adds f * mean(diag H) to the diagonal (default
+ * 0.01); ":oneshot" gathers every layer's H from the FP32 model at once
+ * (the old behaviour, kept for comparison) instead of layer by layer
+ * through the already quantized layers. ":smooth" is SmoothQuant's
+ * migration (quant/smooth.h) with alpha chosen per site on calibration
+ * data, ":smooth0.5" with a fixed alpha; on either recipe it smooths the
+ * model once, for the weights and the activation masks alike.
  * "fp32" weights keep the GGUF tensors as loaded; "fp32"/"a16" activations
  * stay FP32 (sqserve computes in FP32, so A16 is represented by FP32).
  */
@@ -23,6 +34,11 @@ typedef struct {
     long group;    /* WQ_INT: 0 = per channel */
     sq_cfg_t sq;   /* WQ_SQ */
     int gptq;
+    int act_order; /* GPTQ: columns by descending diag(H) */
+    int oneshot;   /* GPTQ: H from the FP32 model for every layer at once */
+    double damp;   /* GPTQ: fraction of mean(diag H) added to the diagonal */
+    int smooth;    /* SmoothQuant migration before quantizing */
+    double alpha;  /* its migration strength; 0 = chosen per site on calibration data */
 } wrecipe_t;
 
 typedef struct {
@@ -31,6 +47,8 @@ typedef struct {
     sq_cfg_t sq;   /* AQ_SQ_* */
     int by_max;    /* AQ_SQ_STATIC ":static-max": channels ranked by their largest
                       |A_j| in calibration instead of the paper's |mean(A_j) sum_i W_ij| */
+    int smooth;    /* as wrecipe_t's */
+    double alpha;
 } arecipe_t;
 
 int recipe_parse_w(const char *s, wrecipe_t *r, char *err, size_t errlen);

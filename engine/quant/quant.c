@@ -1,9 +1,12 @@
-/* quant.c - calibration, model quantization, activation quantization. */
+/* quant.c - model quantization by recipe (quant.h): per layer, the
+ * sequential calibration pass (calib.h), SmoothQuant folding (smooth.h),
+ * the static activation masks and the weights, RTN or GPTQ. */
 #include "quant.h"
 
+#include "calib.h"
 #include "gptq.h"
+#include "smooth.h"
 #include "sq_quant.h"
-#include "../runtime/sample.h"
 
 #include "../../kernels/k_quant.h"
 #include "../../kernels/k_sq.h"
@@ -13,171 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- calibration -------------------------------------------------------------------- */
-
-typedef struct { calib_t *c; int want_H; } calib_ctx_t;
-
-static void calib_hook(void *ud, int layer, int site, float *x, long n, long dim) {
-    calib_ctx_t *cc = ud;
-    calib_t *c = cc->c;
-    double *sum = c->sum[site] + (size_t)layer * dim;
-    float *amax = c->amax[site] + (size_t)layer * dim;
-    for (long i = 0; i < n; i++)
-        for (long j = 0; j < dim; j++) {
-            float v = x[i * dim + j];
-            sum[j] += v;
-            amax[j] = fabsf(v) > amax[j] ? fabsf(v) : amax[j];
-        }
-    if (cc->want_H) /* H += x^T x over the batch rows (upper triangle) */
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)dim, (int)n, 1.0f, x, (int)dim, 1.0f,
-                    c->H[site] + (size_t)layer * dim * dim, (int)dim);
-}
-
-void calib_free(calib_t *c) {
-    for (int s = 0; s < N_SITES; s++) {
-        free(c->H[s]);
-        free(c->sum[s]);
-        free(c->amax[s]);
-    }
-    memset(c, 0, sizeof *c);
-}
-
-/* One forward "environment" for a single sequence of up to n_ctx tokens. */
-typedef struct { kv_cache_t kv; fwd_t f; int ok_kv, ok_f; } env_t;
-
-static int env_open(env_t *e, const model_t *m, k_pool_t *pool, int n_ctx) {
-    memset(e, 0, sizeof *e);
-    const hparams_t *hp = &m->hp;
-    if (kv_init(&e->kv, hp->n_layer, hp->head_dim * hp->n_head_kv, (n_ctx + KV_BLOCK - 1) / KV_BLOCK, 1))
-        return -1;
-    e->ok_kv = 1;
-    if (fwd_init(&e->f, m, &e->kv, pool, n_ctx, n_ctx)) return -1;
-    e->ok_f = 1;
-    return 0;
-}
-
-static void env_close(env_t *e) {
-    if (e->ok_f) fwd_free(&e->f);
-    if (e->ok_kv) kv_free(&e->kv);
-}
-
-int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, int window,
-              int want_H, calib_t *c, char *err, size_t errlen) {
-    memset(c, 0, sizeof *c);
-    const hparams_t *hp = &m->hp;
-    c->n_layer = hp->n_layer;
-    long dims[N_SITES] = {hp->dim, hp->dim, hp->dim, hp->ffn_dim};
-    for (int s = 0; s < N_SITES; s++) {
-        c->dim[s] = dims[s];
-        c->sum[s] = calloc((size_t)(hp->n_layer * dims[s]), sizeof(double));
-        c->amax[s] = calloc((size_t)(hp->n_layer * dims[s]), sizeof(float));
-        if (want_H) c->H[s] = calloc((size_t)hp->n_layer * dims[s] * dims[s], sizeof(float));
-        if (!c->sum[s] || !c->amax[s] || (want_H && !c->H[s])) goto oom;
-    }
-    env_t e;
-    if (env_open(&e, m, pool, window) != 0) {
-        env_close(&e);
-        goto oom;
-    }
-    calib_ctx_t cc = {c, want_H};
-    e.f.hook = calib_hook;
-    e.f.hook_ud = &cc;
-    int32_t *pos = malloc((size_t)window * sizeof *pos), *slot = calloc((size_t)window, sizeof *slot);
-    float *logits = malloc((size_t)hp->n_vocab * sizeof(float));
-    int rc = -1;
-    if (!pos || !slot || !logits) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    for (long w0 = 0; w0 < n_ids; w0 += window) {
-        int n = n_ids - w0 < window ? (int)(n_ids - w0) : window;
-        for (int i = 0; i < n; i++) pos[i] = i;
-        kv_seq_release(&e.kv, 0);
-        if (kv_seq_reserve(&e.kv, 0, n) != 0) { snprintf(err, errlen, "KV reserve failed"); goto out; }
-        batch_t b = {n, ids + w0, pos, slot, NULL};
-        if (fwd_run(&e.f, &b, logits, err, errlen) != 0) goto out;
-        c->n_tokens += n;
-    }
-    for (int s = 0; s < N_SITES && want_H; s++) /* mirror the upper triangles */
-        for (int l = 0; l < c->n_layer; l++) {
-            float *H = c->H[s] + (size_t)l * c->dim[s] * c->dim[s];
-            for (long i = 0; i < c->dim[s]; i++)
-                for (long j = 0; j < i; j++) H[i * c->dim[s] + j] = H[j * c->dim[s] + i];
-        }
-    rc = 0;
-out:
-    free(pos);
-    free(slot);
-    free(logits);
-    env_close(&e);
-    if (rc) calib_free(c);
-    return rc;
-oom:
-    calib_free(c);
-    snprintf(err, errlen, "out of memory for calibration statistics");
-    return -1;
-}
-
-int calib_self_text(const model_t *m, k_pool_t *pool, int n_seqs, int len, int32_t **out,
-                    long *n_out, char *err, size_t errlen) {
-    static const char *seeds[] = {"The", "In", "Once upon a time", "Scientists", "The history of",
-                                  "def ", "Today", "A recipe for", "The city", "Dear",
-                                  "In mathematics,", "The weather", "My favourite", "Water", "When",
-                                  "Research shows"};
-    int n_seeds = (int)(sizeof seeds / sizeof seeds[0]);
-    int nv = m->hp.n_vocab;
-    *out = malloc((size_t)n_seqs * len * sizeof(int32_t));
-    float *logits = malloc((size_t)nv * sizeof(float));
-    env_t e;
-    int rc = -1;
-    *n_out = 0;
-    if (!*out || !logits || env_open(&e, m, pool, len) != 0) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    sample_params_t sp = sample_defaults();
-    sp.temperature = 0.8f;
-    sp.top_k = 0;
-    sp.top_p = 0.95f;
-    sp.min_p = 0;
-    for (int q = 0; q < n_seqs; q++) {
-        int32_t *seq = *out + *n_out, n = 0;
-        const char *seed = seeds[q % n_seeds];
-        long k = tok_encode(m->tok, seed, strlen(seed), 0, seq, (size_t)len);
-        if (k < 1 || k >= len) continue;
-        n = (int32_t)k;
-        sampler_t smp;
-        sp.seed = 1000 + (uint64_t)q;
-        if (sampler_init(&smp, &sp, nv) != 0) goto out;
-        kv_seq_release(&e.kv, 0);
-        int ok = kv_seq_reserve(&e.kv, 0, len) == 0;
-        int32_t pos[4096], slot[4096] = {0};
-        for (int i = 0; i < n; i++) pos[i] = i;
-        batch_t b = {n, seq, pos, slot, NULL};
-        ok = ok && fwd_run(&e.f, &b, logits, err, errlen) == 0;
-        while (ok && n < len) {
-            int32_t id = sampler_next(&smp, logits);
-            sampler_accept(&smp, id);
-            seq[n] = id;
-            int32_t p = n++;
-            batch_t one = {1, &seq[p], &p, slot, NULL};
-            if (n < len) ok = fwd_run(&e.f, &one, logits, err, errlen) == 0;
-        }
-        sampler_free(&smp);
-        if (!ok) goto out;
-        *n_out += n;
-    }
-    rc = 0;
-out:
-    free(logits);
-    env_close(&e);
-    if (rc) {
-        free(*out);
-        *out = NULL;
-    }
-    return rc;
-}
 
 /* ---- weights ----------------------------------------------------------------------------- */
 
@@ -189,16 +27,28 @@ static int own(quant_state_t *qs, float *buf) {
     return 0;
 }
 
+/* Frees buf and drops it from qs's owned list (a smoothed copy that the
+ * quantized matrix replaced). */
+static void disown(quant_state_t *qs, float *buf) {
+    for (int i = qs->n_owned - 1; i >= 0; i--)
+        if (qs->owned[i] == buf) {
+            qs->owned[i] = qs->owned[--qs->n_owned];
+            free(buf);
+            return;
+        }
+}
+
 /* Static SQ activations: per bank, the channels with the largest
  * |mean(A_j) * sum_i W_ij| over every matrix that reads this site (the
- * paper's Algorithm 2), or with by_max the largest |A_j| seen in
- * calibration. The paper's score can rank a channel with huge activations
- * low when its weight column sums cancel; left in the low part, such a
- * channel sets the per-token low scale and flattens every other low
- * channel to zero (docs/accuracy.md measures both). */
-static int static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats, int n_mats,
-                       const sq_cfg_t *sq, int by_max, uint8_t *mask, float *row) {
-    long dim = c->dim[site];
+ * paper's Algorithm 2, signed mean and signed column sums, on the
+ * smoothed A' and W' when smoothing is on), or with by_max the largest
+ * |A_j| seen in calibration. The paper's score can rank a channel with
+ * huge activations low when its weight column sums cancel; left in the
+ * low part, such a channel sets the per-token low scale and flattens
+ * every other low channel to zero (docs/accuracy.md measures both).
+ * sum/amax: the site's k channel statistics over n_tokens. */
+static int static_mask(const double *sum, const float *amax, long n_tokens, long dim, k_mat_t *const *mats,
+                       int n_mats, const sq_cfg_t *sq, int by_max, uint8_t *mask, float *row) {
     double *imp = calloc((size_t)dim, sizeof *imp);
     if (!imp) return -1;
     if (!by_max) /* sum_i W_ij over every matrix reading the site */
@@ -208,19 +58,8 @@ static int static_mask(const calib_t *c, int l, int site, k_mat_t *const *mats, 
                 for (long j = 0; j < dim; j++) imp[j] += row[j];
             }
     for (long j = 0; j < dim; j++)
-        imp[j] = by_max ? c->amax[site][(size_t)l * dim + j]
-                        : fabs(imp[j] * c->sum[site][(size_t)l * dim + j] / (double)c->n_tokens);
-    sq_cfg_t fit = *sq; /* the site's bank: quant_apply checked that one fits */
-    sq_cfg_fit(sq, dim, 0, &fit);
-    int h = sq_highs_per_bank(&fit), b = fit.b;
-    memset(mask, 0, (size_t)dim);
-    for (long j0 = 0; j0 + b <= dim; j0 += b)
-        for (int pick = 0; pick < h; pick++) {
-            long best = -1;
-            for (long j = j0; j < j0 + b; j++)
-                if (!mask[j] && (best < 0 || imp[j] > imp[best])) best = j;
-            mask[best] = 1;
-        }
+        imp[j] = by_max ? amax[j] : fabs(imp[j] * sum[j] / (double)n_tokens);
+    smooth_mask_from_importance(imp, dim, sq, mask);
     free(imp);
     return 0;
 }
@@ -247,8 +86,8 @@ static int sq_kernel_mat(k_mat_t *w, const sq_tensor_t *t, quant_state_t *qs) {
 }
 
 static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const double *diag,
-                        const double *U, int keep, int sq_kernel, quant_state_t *qs, char *err,
-                        size_t errlen) {
+                        const double *U, const long *perm, int keep, int sq_kernel, quant_state_t *qs,
+                        char *err, size_t errlen) {
     long n = w->n, k = w->k;
     qtensor_t *qt = NULL;
     keep = keep || sq_kernel; /* the kernel reads the codes */
@@ -273,7 +112,7 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
             return -1;
         }
         if (sq_alloc(&t, &cfg, n, k) != 0) goto oom;
-        if (sq_quantize(&t, W, r->gptq ? diag : NULL, r->gptq ? U : NULL) != 0) {
+        if (sq_quantize_perm(&t, W, r->gptq ? diag : NULL, r->gptq ? U : NULL, perm) != 0) {
             sq_free(&t);
             goto oom;
         }
@@ -306,8 +145,9 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
             qt->scales = malloc((size_t)(n * (k / g)) * sizeof(float));
             if (!qt->codes || !qt->scales) goto oom;
         }
-        uq_quantize_codes(W, n, k, r->bits, g, r->gptq ? U : NULL, qt ? qt->codes : NULL,
-                          qt ? qt->scales : NULL);
+        if (uq_quantize_perm(W, n, k, r->bits, g, r->gptq ? U : NULL, perm, qt ? qt->codes : NULL,
+                             qt ? qt->scales : NULL) != 0)
+            goto oom;
         if (sq_kernel) { /* INT8 activations: the integer kernel reads the codes */
             k_sq_t *v = k_sq_new_int(qt->codes, qt->scales, n, k, r->bits, g);
             free(W);
@@ -330,6 +170,106 @@ oom_noW:
     return -1;
 }
 
+/* Replaces a layer matrix by an F32 copy that qs owns (to be smoothed). */
+static float *f32_copy(k_mat_t *mt, quant_state_t *qs) {
+    float *W = malloc((size_t)(mt->n * mt->k) * sizeof *W);
+    if (!W || own(qs, W) != 0) {
+        free(W);
+        return NULL;
+    }
+    for (long i = 0; i < mt->n; i++) k_mat_row(mt, i, W + i * mt->k);
+    *mt = (k_mat_t){0 /* K_F32 */, W, mt->n, mt->k, (size_t)mt->k * sizeof(float)};
+    return W;
+}
+
+/* The scaled statistics after channel j of a site was divided by s_j. */
+static void stats_scale(layer_stats_t *ls, int site, const float *s) {
+    long k = ls->dim[site];
+    for (long j = 0; j < k; j++) {
+        ls->sum[site][j] /= s[j];
+        ls->amax[site][j] /= s[j];
+    }
+    for (int i = 0; i < ls->n_x[site]; i++)
+        for (long j = 0; j < k; j++) ls->X[site][(size_t)i * k + j] /= s[j];
+    if (ls->Hf[site])
+        for (long i = 0; i < k; i++)
+            for (long j = 0; j < k; j++) ls->Hf[site][i * k + j] /= s[i] * s[j];
+}
+
+/* SmoothQuant on layer l (smooth.h): F32 copies of its seven matrices
+ * (f32[], qs-owned) and of its two norm vectors (the model's may be views
+ * into the GGUF mapping), scales chosen per site and folded, ls rescaled
+ * to the smoothed inputs. o and down first: their scales go into rows of
+ * W_v and W_up, which the q/k/v and gate/up scales then see. */
+static int smooth_layer(model_t *m, int l, layer_stats_t *ls, const wrecipe_t *w, const arecipe_t *a,
+                        double alpha_fixed, quant_state_t *qs, float *f32[7], char *err, size_t errlen) {
+    const hparams_t *hp = &m->hp;
+    layer_t *L = &m->layers[l];
+    k_mat_t *mt[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    long dim = hp->dim, kv_dim = (long)hp->n_head_kv * hp->head_dim, tie = hp->n_head / hp->n_head_kv;
+    float *norms[2] = {malloc((size_t)dim * sizeof(float)), malloc((size_t)dim * sizeof(float))};
+    float *s = malloc((size_t)hp->ffn_dim * sizeof *s);
+    long *grp = malloc((size_t)dim * sizeof *grp);
+    int rc = -1;
+    for (int i = 0; i < 2; i++)
+        if (norms[i] && own(qs, norms[i]) != 0) {
+            free(norms[i]);
+            norms[i] = NULL;
+        }
+    if (!norms[0] || !norms[1] || !s || !grp) goto oom;
+    memcpy(norms[0], L->attn_norm, (size_t)dim * sizeof(float));
+    memcpy(norms[1], L->ffn_norm, (size_t)dim * sizeof(float));
+    L->attn_norm = norms[0];
+    L->ffn_norm = norms[1];
+    for (int i = 0; i < 7; i++)
+        if (!(f32[i] = f32_copy(mt[i], qs))) goto oom;
+    for (long c = 0; c < dim; c++) /* attention channel -> the V channel it reads */
+        grp[c] = (c / (hp->head_dim * tie)) * hp->head_dim + c % hp->head_dim;
+    static const int order[N_SITES] = {SITE_O, SITE_DOWN, SITE_QKV, SITE_UPGATE};
+    static const int first[N_SITES] = {0, 3, 4, 6}, count[N_SITES] = {3, 1, 2, 1};
+    for (int oi = 0; oi < N_SITES; oi++) {
+        int site = order[oi];
+        long k = ls->dim[site], rows[3];
+        float *ms[3];
+        for (int i = 0; i < count[site]; i++) {
+            ms[i] = f32[first[site] + i];
+            rows[i] = mt[first[site] + i]->n;
+        }
+        double alpha = 0;
+        if (smooth_choose(ls->X[site], ls->n_x[site], ls->amax[site], ls->sum[site], ls->n_tokens, k, ms, rows,
+                          count[site], site == SITE_O ? grp : NULL, kv_dim, w, a, site, alpha_fixed, s,
+                          &alpha) != 0)
+            goto oom;
+        qs->alpha_sum[site] += alpha;
+        qs->n_unsmoothed[site] += alpha == 0;
+        for (int i = 0; i < count[site]; i++) /* W' = W diag(s) */
+            for (long r = 0; r < rows[i]; r++)
+                for (long j = 0; j < k; j++) ms[i][r * k + j] *= s[j];
+        if (site == SITE_QKV || site == SITE_UPGATE) /* the RMSNorm weight takes 1/s */
+            for (long j = 0; j < k; j++) norms[site == SITE_UPGATE][j] /= s[j];
+        else if (site == SITE_O) /* the rows of W_v (tied scales: any member will do) */
+            for (long c = 0; c < dim; c++)
+                for (long j = 0; j < dim; j++) {
+                    if (c % (hp->head_dim * tie) >= hp->head_dim) break; /* first head of a group only */
+                    f32[2][grp[c] * dim + j] /= s[c];
+                }
+        else /* SITE_DOWN: the rows of W_up */
+            for (long c = 0; c < k; c++)
+                for (long j = 0; j < dim; j++) f32[5][c * dim + j] /= s[c];
+        stats_scale(ls, site, s);
+    }
+    qs->smoothed++;
+    (void)kv_dim;
+    rc = 0;
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory smoothing layer %d", l);
+out:
+    free(s);
+    free(grp);
+    return rc;
+}
+
 int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_t *a, int keep_codes,
                 quant_state_t *qs, void (*progress)(void *ud, int done, int total), void *ud,
                 char *err, size_t errlen) {
@@ -339,9 +279,29 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
     const hparams_t *hp = &m->hp;
     qs->acts.n_layer = hp->n_layer;
     long dims[N_SITES] = {hp->dim, hp->dim, hp->dim, hp->ffn_dim};
-    int need_H = w->gptq, need_mean = a->kind == AQ_SQ_STATIC;
-    if ((need_H && (!c || !c->H[0])) || (need_mean && !c)) {
+    int seq = w->gptq && !w->oneshot, smooth = w->smooth || a->smooth;
+    int need_mean = a->kind == AQ_SQ_STATIC;
+    double alpha_fixed = w->smooth ? w->alpha : a->alpha;
+    if (w->smooth && a->smooth && w->alpha != a->alpha) {
+        snprintf(err, errlen, "the weights and the activations ask for different smoothing");
+        return -1;
+    }
+    if (smooth && w->gptq && w->oneshot) { /* its H is the unsmoothed model's */
+        snprintf(err, errlen, "one-shot GPTQ (:oneshot) does not combine with smoothing: drop one");
+        return -1;
+    }
+    if (smooth && keep_codes) {
+        snprintf(err, errlen, "smoothing rewrites the RMSNorm weights, which a .sqm does not store yet "
+                              "(it copies them from the source GGUF): evaluate with --weights/--acts instead");
+        return -1;
+    }
+    if ((w->gptq && w->oneshot && (!c || !c->H[0])) || ((seq || smooth) && (!c || !c->ids)) ||
+        (need_mean && !c)) {
         snprintf(err, errlen, "this recipe needs calibration statistics");
+        return -1;
+    }
+    if (smooth && hp->n_head % hp->n_head_kv) {
+        snprintf(err, errlen, "smoothing needs whole groups of query heads per KV head");
         return -1;
     }
     if (recipe_check_acts(a, hp->dim, hp->ffn_dim, err, errlen)) return -1;
@@ -356,32 +316,42 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         }
     }
     double bits = 0, elems = 0;
+    int rc = -1;
     for (int l = 0; l < hp->n_layer; l++) {
         layer_t *L = &m->layers[l];
+        layer_stats_t ls = {0};
+        float *f32[7] = {0};
+        int have_ls = seq || smooth;
+        /* layer l's inputs through the layers quantized so far */
+        if (have_ls && calib_layer(m, c, l, &qs->acts, seq, smooth ? 256 : 0, &ls, err, errlen) != 0) goto out;
+        if (smooth && smooth_layer(m, l, &ls, w, a, alpha_fixed, qs, f32, err, errlen) != 0) goto fail_layer;
         k_mat_t *site_mats[N_SITES][3] = {{&L->wq, &L->wk, &L->wv}, {&L->wo}, {&L->w_gate, &L->w_up},
                                           {&L->w_down}};
         int n_mats[N_SITES] = {3, 1, 2, 1};
         for (int s = 0; s < N_SITES; s++) {
-            if (need_mean && static_mask(c, l, s, site_mats[s], n_mats[s], &a->sq, a->by_max,
-                                         qs->acts.hi_mask[s] + (size_t)l * dims[s], row) != 0) {
-                free(row);
-                snprintf(err, errlen, "out of memory");
-                return -1;
+            long k = dims[s];
+            if (need_mean) {
+                const double *sum = have_ls ? ls.sum[s] : c->sum[s] + (size_t)l * k;
+                const float *amax = have_ls ? ls.amax[s] : c->amax[s] + (size_t)l * k;
+                if (static_mask(sum, amax, have_ls ? ls.n_tokens : c->n_tokens, k, site_mats[s], n_mats[s],
+                                &a->sq, a->by_max, qs->acts.hi_mask[s] + (size_t)l * k, row) != 0) {
+                    snprintf(err, errlen, "out of memory");
+                    goto fail_layer;
+                }
             }
             if (w->kind == WQ_NONE) continue;
             double *diag = NULL, *U = NULL;
-            if (need_H) {
-                long k = dims[s];
+            long *perm = NULL;
+            if (w->gptq) {
                 double *H = malloc((size_t)(k * k) * sizeof *H);
-                if (!H) { free(row); snprintf(err, errlen, "out of memory"); return -1; }
-                const float *Hf = c->H[s] + (size_t)l * k * k;
+                if (!H) { snprintf(err, errlen, "out of memory"); goto fail_layer; }
+                const float *Hf = seq ? ls.Hf[s] : c->H[s] + (size_t)l * k * k;
                 for (long i = 0; i < k * k; i++) H[i] = Hf[i];
-                int bad = gptq_prepare(H, k, 0.01, &diag, &U);
+                int bad = gptq_prepare_ordered(H, k, w->damp, w->act_order, &diag, &U, &perm);
                 free(H);
                 if (bad) {
-                    free(row);
                     snprintf(err, errlen, "layer %d: the calibration Hessian is not positive definite", l);
-                    return -1;
+                    goto fail_layer;
                 }
             }
             for (int i = 0; i < n_mats[s]; i++) {
@@ -392,20 +362,31 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
                 bits += recipe_w_bits(w, mt->k) * (double)(mt->n * mt->k);
                 elems += (double)(mt->n * mt->k);
                 int sq_kernel = w->kind != WQ_NONE && a->kind == AQ_INT && a->bits == 8;
-                if (quant_matrix(mt, name, w, diag, U, keep_codes, sq_kernel, qs, err, errlen) != 0) {
-                    free(diag); free(U); free(row);
-                    return -1;
+                if (quant_matrix(mt, name, w, diag, U, perm, keep_codes, sq_kernel, qs, err, errlen) != 0) {
+                    free(diag); free(U); free(perm);
+                    goto fail_layer;
                 }
             }
             free(diag);
             free(U);
+            free(perm);
         }
+        if (w->kind != WQ_NONE) /* the quantized matrices replaced the smoothed copies */
+            for (int i = 0; i < 7; i++)
+                if (f32[i]) disown(qs, f32[i]);
+        layer_stats_free(&ls);
         if (progress) progress(ud, l + 1, hp->n_layer);
+        continue;
+fail_layer:
+        layer_stats_free(&ls);
+        goto out;
     }
     qs->w_bits = elems > 0 ? bits / elems : 32;
     qs->acts.kernel_acts = w->kind != WQ_NONE && a->kind == AQ_INT && a->bits == 8;
+    rc = 0;
+out:
     free(row);
-    return 0;
+    return rc;
 }
 
 void quant_free(quant_state_t *qs) {

@@ -13,9 +13,11 @@
  * float scaling order differs), so accuracy measured this way is the
  * accuracy of the deployed format.
  *
- * Simplification, stated: H is collected once from the FP32 model for all
- * layers (not sequentially through already-quantized layers as in the
- * GPTQ paper), and the lm head and embeddings keep their GGUF types.
+ * GPTQ is sequential (calib.h): layer l's Hessians come from the inputs
+ * the already quantized layers 0..l-1 produce, as in the GPTQ paper;
+ * ":oneshot" keeps the old shortcut (every H from the FP32 model at once)
+ * for comparison. ":smooth" migrates activation outliers into the weights
+ * first (smooth.h). The lm head and embeddings keep their GGUF types.
  */
 #ifndef QUANT_H
 #define QUANT_H
@@ -30,9 +32,17 @@ typedef struct {
     double *sum[N_SITES];    /* [layer] dim */
     float *amax[N_SITES];    /* [layer] dim: largest |x| seen */
     long n_tokens;
+    /* the tokens themselves, for the sequential passes of quant_apply */
+    int32_t *ids;
+    long n_ids;
+    int window;
+    k_pool_t *pool;
 } calib_t;
 
-/* want_H = 0 gathers only the channel means (cheap). */
+/* Gathers the FP32 model's channel means and maxima and keeps a copy of
+ * the tokens (and of pool and window) for quant_apply's sequential passes;
+ * want_H also gathers every layer's H at once, which only one-shot GPTQ
+ * (":gptq:oneshot") reads. */
 int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, int window,
               int want_H, calib_t *c, char *err, size_t errlen);
 void calib_free(calib_t *c);
@@ -61,6 +71,11 @@ typedef struct {
     float **owned;         /* dequantized weight buffers */
     int n_owned;
     double w_bits;         /* average effective bits per weight */
+    /* ":smooth": the alpha chosen per site (summed over layers, for the
+       mean), and how many layer sites kept s = 1 */
+    int smoothed;
+    double alpha_sum[N_SITES];
+    int n_unsmoothed[N_SITES];
 } quant_state_t;
 
 /* Quantizes m's layer weights in place (m then owns F32 copies through

@@ -81,12 +81,17 @@ static void choose_highs(sqq_t *c, const float *W, const double *hinv_diag) {
 }
 
 int sq_quantize(sq_tensor_t *t, float *W, const double *hinv_diag, const double *hinv_chol) {
+    return sq_quantize_perm(t, W, hinv_diag, hinv_chol, NULL);
+}
+
+int sq_quantize_perm(sq_tensor_t *t, float *W, const double *hinv_diag, const double *hinv_chol,
+                     const long *perm) {
     sqq_t c = {t, calloc((size_t)(t->n * t->k), 1), malloc((size_t)(t->n * t->k) * sizeof(int))};
     int rc = -1;
     if (c.mask && c.slot) {
         choose_highs(&c, W, hinv_diag);
         colq_t q = {sqq_group, sqq_quant, &c, t->G};
-        rc = gptq_run(W, t->n, t->k, &q, hinv_chol);
+        rc = gptq_run(W, t->n, t->k, &q, hinv_chol, perm);
     }
     free(c.mask);
     free(c.slot);
@@ -102,14 +107,14 @@ static void uqq_group(void *ctx, const float *W, long n, long k, long j0, long j
     for (long r = 0; r < n; r++) {
         float m = 0;
         for (long j = j0; j < j1; j++) m = fabsf(W[r * k + j]) > m ? fabsf(W[r * k + j]) : m;
-        c->scale[r] = m / (float)sq_qmax(c->bits);
-        if (c->scales_out) c->scales_out[r * (k / c->g) + j0 / c->g] = c->scale[r];
+        c->scale[r * (k / c->g) + j0 / c->g] = m / (float)sq_qmax(c->bits);
+        if (c->scales_out) c->scales_out[r * (k / c->g) + j0 / c->g] = m / (float)sq_qmax(c->bits);
     }
 }
 
 static float uqq_quant(void *ctx, long r, long j, float w) {
     uqq_t *c = ctx;
-    float s = c->scale[r];
+    float s = c->scale[r * (c->k / c->g) + j / c->g];
     float q = s > 0 ? round_clamp(w / s, sq_qmax(c->bits)) : 0;
     if (c->codes) c->codes[r * c->k + j] = (int8_t)q;
     return q * s;
@@ -119,11 +124,19 @@ void uq_quantize(float *W, long n, long k, int bits, long g, const double *hinv_
     uq_quantize_codes(W, n, k, bits, g, hinv_chol, NULL, NULL);
 }
 
-void uq_quantize_codes(float *W, long n, long k, int bits, long g, const double *hinv_chol,
-                       int8_t *codes, float *scales) {
-    uqq_t c = {malloc((size_t)n * sizeof(float)), n, k, g, bits, codes, scales};
-    if (!c.scale) return;
+int uq_quantize_codes(float *W, long n, long k, int bits, long g, const double *hinv_chol,
+                      int8_t *codes, float *scales) {
+    return uq_quantize_perm(W, n, k, bits, g, hinv_chol, NULL, codes, scales);
+}
+
+int uq_quantize_perm(float *W, long n, long k, int bits, long g, const double *hinv_chol,
+                     const long *perm, int8_t *codes, float *scales) {
+    /* one scale per row and group: act-order (perm) fixes them all first */
+    long ng = k / g;
+    uqq_t c = {malloc((size_t)(n * ng) * sizeof(float)), n, k, g, bits, codes, scales};
+    if (!c.scale) return -1;
     colq_t q = {uqq_group, uqq_quant, &c, g};
-    gptq_run(W, n, k, &q, hinv_chol);
+    int rc = gptq_run(W, n, k, &q, hinv_chol, perm);
     free(c.scale);
+    return rc;
 }

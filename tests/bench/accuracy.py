@@ -36,7 +36,8 @@ VALID, SELF, NONE = "wikitext-2-valid", "self", "none"
 
 
 def needs_calib(weights, acts):
-    return weights.endswith(":gptq") or acts.endswith((":static", ":static-max"))
+    return (":gptq" in weights or ":smooth" in weights + acts
+            or re.search(r":static(-max)?(:|$)", acts) is not None)
 
 
 def sq_tag(h, b, s):

@@ -574,7 +574,7 @@ static void test_static_sq_acts_bit_exact(void **state) {
                     assert_int_equal(sq_quantize(&t[j], w + j * n * k, NULL, NULL), 0);
                     views[j] = view(&t[j]);
                 } else {
-                    uq_quantize_codes(w + j * n * k, n, k, wk ? 8 : 4, 64, NULL, codes + j * n * k,
+                    (void)uq_quantize_codes(w + j * n * k, n, k, wk ? 8 : 4, 64, NULL, codes + j * n * k,
                                       sc + j * n * (k / 64));
                 }
             }
