@@ -166,3 +166,9 @@ uint64_t conns_receive_timeouts(srv_t *s) {
     pthread_mutex_unlock(&s->conns_mu);
     return n;
 }
+
+unsigned conns_open(srv_t *s) {
+    const union MHD_DaemonInfo *info =
+        s->daemon ? MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
+    return info ? info->num_connections : 0;
+}

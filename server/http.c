@@ -252,9 +252,3 @@ void http_stop(srv_t *s) {
     s->daemon = NULL;
     conns_stop(s);
 }
-
-unsigned http_connections(srv_t *s) {
-    const union MHD_DaemonInfo *info =
-        s->daemon ? MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
-    return info ? info->num_connections : 0;
-}

@@ -82,7 +82,7 @@ reply_t metrics_reply(srv_t *s) {
     counter(&o, "sqserve_cancellations_total", "Sequences cancelled (client gone or timeout).", d.cancellations);
     counter(&o, "sqserve_prefix_cache_hit_tokens_total", "Prompt tokens served from shared KV blocks.", d.prefix_hit_tokens);
     counter(&o, "sqserve_engine_steps_total", "Forward passes run by the scheduler.", d.steps);
-    gauge(&o, "sqserve_http_connections", "Open HTTP connections.", (double)http_connections(s));
+    gauge(&o, "sqserve_http_connections", "Open HTTP connections.", (double)conns_open(s));
     counter(&o, "sqserve_http_receive_timeouts_total",
             "Connections closed for not sending a whole request within --receive-timeout.",
             conns_receive_timeouts(s));

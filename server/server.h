@@ -65,7 +65,6 @@ typedef struct {
 /* http.c */
 int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err, size_t errlen);
 void http_stop(srv_t *s);
-unsigned http_connections(srv_t *s); /* open connections now */
 
 /* conns.c: the connection table and the receive deadline (slowloris) */
 int conns_init(srv_t *s);
@@ -76,6 +75,7 @@ void conns_notify(void *cls, struct MHD_Connection *c, void **socket_context,
 void conns_request_received(srv_t *s, struct MHD_Connection *c); /* the last byte arrived */
 void conns_request_done(srv_t *s, struct MHD_Connection *c);     /* receiving (idle) again */
 uint64_t conns_receive_timeouts(srv_t *s);
+unsigned conns_open(srv_t *s); /* open connections now */
 
 /* reply.c */
 reply_t reply_json(unsigned status, json_t *body); /* steals body */
