@@ -157,9 +157,10 @@ sanitize:
 # -fsanitize=fuzzer-no-link,address,undefined except k_ops.c (its run-time
 # ISA probe uses a __builtin_cpu_supports feature clang 14 does not know:
 # built by gcc, uninstrumented). `make fuzz FUZZ_SECONDS=N` runs each
-# target N seconds on a copy of its committed seed corpus and prints the
+# target N seconds on its seed corpus (the hand-written seeds committed, the
+# model files written by tests/fuzz/make_seeds.py) and prints the
 # executions and coverage; crashes land in build/fuzz/crashes/. The
-# regression inputs (tests/fuzz/regressions/) run in `make test`.
+# regression inputs (built by tests/fuzz/regressions.py) run in `make test`.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := gguf sqm tok chat request
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
@@ -179,9 +180,10 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(BUILD)/libsqse
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS)
 
-fuzz: model
-	@$(MAKE) --no-print-directory fuzz-bins
-	@tests/fuzz/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+fuzz: deps model
+	@$(MAKE) --no-print-directory all fuzz-bins
+	@PYTHONPATH=tests $(PY) tests/fuzz/make_seeds.py $(BUILD)/sqserve
+	@tests/fuzz/run-fuzz.sh build/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # ---- benchmarks and fixtures ----------------------------------------------
 bench-cpu: deps model

@@ -1,4 +1,4 @@
-"""Every input a fuzzer crashed on stays a test (tests/fuzz/regressions/T/).
+"""Every input a fuzzer crashed on stays a test (built by tests/fuzz/regressions.py).
 
 Each file is loaded with `sqserve generate` by the release and the ASan/UBSan
 builds, on the portable kernels (SQSERVE_ISA=portable: their plain C
@@ -11,19 +11,28 @@ input is also replayed through its harness (build/fuzz/fuzz_T FILE).
 """
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT, run_sqserve, sanitizer_report
 
-REG = REPO_ROOT / "tests" / "fuzz" / "regressions"
-INPUTS = sorted(p for p in REG.glob("*/*") if p.is_file())
+sys.path.insert(0, str(REPO_ROOT / "tests" / "fuzz"))
+import regressions  # noqa: E402
+
+INPUTS = [Path(n) for n in regressions.NAMES]
 HANG = 600
 
 
-def test_there_are_regressions():
-    assert {p.parent.name for p in INPUTS} >= {"gguf", "sqm"}, INPUTS
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, sqserve_bin):
+    return regressions.build(tmp_path_factory.mktemp("regressions"), str(sqserve_bin))
+
+
+def test_there_are_regressions(built):
+    assert {p.parent.name for p in INPUTS} >= {"gguf", "sqm"}
+    assert all(p.is_file() for p in built.values())
 
 
 @pytest.fixture(params=["release", "sanitize"])
@@ -35,8 +44,9 @@ def sq(request):
 
 @pytest.mark.parametrize("path", [p for p in INPUTS if p.parent.name in ("gguf", "sqm")],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_model_regression_is_clean(sq, path):
+def test_model_regression_is_clean(sq, built, path):
     binary, sanitized = sq
+    path = built[str(path)]
     r = run_sqserve(binary, ["generate", "-m", path, "-p", "hello", "-n", "2", "--temp", "0", "-t", "1"],
                     timeout=HANG, sanitizer=sanitized, env={"SQSERVE_ISA": "portable"})
     assert not r.timed_out, r.describe()
@@ -50,7 +60,8 @@ def test_model_regression_is_clean(sq, path):
 
 
 @pytest.mark.parametrize("path", INPUTS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_harness_replays_regression(path):
+def test_harness_replays_regression(built, path):
+    path = built[str(path)]
     harness = REPO_ROOT / "build" / "fuzz" / f"fuzz_{path.parent.name}"
     if not harness.is_file():
         pytest.skip(f"{harness} not built (make fuzz-bins needs clang)")

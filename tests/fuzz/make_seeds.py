@@ -1,4 +1,5 @@
-"""Writes the libFuzzer seed corpora (tests/fuzz/corpus/<target>/), committed.
+"""Writes the libFuzzer seed corpora (tests/fuzz/corpus/<target>/): the text seeds are
+committed, the model files (gguf/, sqm/) are git-ignored and written by `make fuzz`.
 
     .venv/bin/python tests/fuzz/make_seeds.py [build/sqserve]
 

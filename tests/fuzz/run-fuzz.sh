@@ -1,32 +1,33 @@
 #!/usr/bin/env bash
 # Runs each libFuzzer target for SECONDS on its seed corpus (tests/fuzz/corpus/T,
-# read only) plus a work corpus (build/fuzz/work/T, where new inputs go), from
+# read only) plus a work corpus (OUT/work/T, where new inputs go), from
 # the repository root (the tok and request targets load the default model).
 # Prints one line per target: executions, coverage (edges), corpus size,
-# crashes. Crashing inputs are kept as build/fuzz/crashes/T-*; the exit status
+# crashes. Crashing inputs are kept as OUT/crashes/T-*; the exit status
 # is nonzero if any target crashed. The kernels run their portable C paths
 # (SQSERVE_ISA=portable unless set): UBSan sees their float-to-int
 # conversions, which the SIMD paths do without a check. Usage:
-# run-fuzz.sh SECONDS TARGET...
+# run-fuzz.sh OUT SECONDS TARGET...   (OUT: the folder holding the fuzz_T binaries)
 set -u
 cd "$(dirname "$0")/../.." || exit 1
-secs=${1:?seconds}
-shift
+out=${1:?output folder}
+secs=${2:?seconds}
+shift 2
 status=0
-mkdir -p build/fuzz/crashes
+mkdir -p "$out/crashes"
 printf '%-8s %12s %8s %8s %8s\n' target execs cov corpus crashes
 for t in "$@"; do
-  bin=build/fuzz/fuzz_$t
+  bin=$out/fuzz_$t
   [ -x "$bin" ] || { echo "$bin is missing (make fuzz-bins)"; status=1; continue; }
-  mkdir -p "build/fuzz/work/$t"
-  log=build/fuzz/$t.log
-  before=$(find build/fuzz/crashes -name "$t-*" | wc -l)
+  mkdir -p "$out/work/$t"
+  log=$out/$t.log
+  before=$(find "$out/crashes" -name "$t-*" | wc -l)
   SQSERVE_ISA=${SQSERVE_ISA:-portable} \
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 \
     "$bin" -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=4096 -timeout=30 \
-    -artifact_prefix="build/fuzz/crashes/$t-" "build/fuzz/work/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1
+    -artifact_prefix="$out/crashes/$t-" "$out/work/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1
   rc=$?
-  after=$(find build/fuzz/crashes -name "$t-*" | wc -l)
+  after=$(find "$out/crashes" -name "$t-*" | wc -l)
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   corp=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
