@@ -44,6 +44,7 @@ typedef struct {
     kc_graph_t *graph[GRAPH_MAX + 1]; /* decode steps by batch size */
     uint8_t graph_state[GRAPH_MAX + 1]; /* 0 unseen, 1 ran once eagerly, 2 capture failed */
     int no_graphs, graph_acts;        /* graphs off; the activation recipe they were made for */
+    int n_seqs;                       /* sequences in the current batch */
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -55,6 +56,7 @@ static void *kv_dev_alloc(size_t bytes) { return kc_malloc(bytes); }
 
 static void cuda_free(fwd_t *f) {
     gfwd_t *g = f->be_state;
+    kc_prof_report(stderr);
     float *fb[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->hb, f->hb2, f->sel, f->logits};
     for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++) kc_free(fb[i]);
     if (!g) return;
@@ -92,7 +94,7 @@ static int cuda_init(fwd_t *f) {
     if (ok && f->kv->release != kc_free) ok = kv_set_storage(f->kv, kv_dev_alloc, kc_free) == 0;
     if (!ok) return -1;
     g->kv = (kc_kv_t){f->kv->k, f->kv->v, f->kv->n_layer, f->kv->kv_dim, KV_BLOCK};
-    g->no_graphs = !graphs_wanted();
+    g->no_graphs = !graphs_wanted() || kc_prof_enabled(); /* events cannot be read per replay */
     for (int s = 0; s < f->kv->max_seqs; s++) g->slot_seen[s] = -1;
     return 0;
 }
@@ -168,7 +170,7 @@ static int pack_batch(fwd_t *f, gfwd_t *g, const batch_t *b) {
     int32_t *tok = g->h_ints, *pos = tok + f->n_max, *off = pos + f->n_max, *sel = off + f->n_max;
     int32_t *blk = sel + f->n_max;
     long used = 0;
-    int n_out = 0;
+    int n_out = 0, n_seqs = 0;
     for (int i = 0; i < b->n; i++) {
         int s = b->slot[i];
         if (g->slot_seen[s] < 0) {
@@ -178,6 +180,7 @@ static int pack_batch(fwd_t *f, gfwd_t *g, const batch_t *b) {
                 return -1;
             }
             g->slot_seen[s] = (int)used;
+            n_seqs++;
             memcpy(blk + used, q->blocks, (size_t)q->n_blocks * sizeof(int32_t));
             used += q->n_blocks;
         }
@@ -188,6 +191,7 @@ static int pack_batch(fwd_t *f, gfwd_t *g, const batch_t *b) {
     }
     for (int i = 0; i < b->n; i++) g->slot_seen[b->slot[i]] = -1;
     g->n_used = 4L * f->n_max + used;
+    g->n_seqs = n_seqs;
     return n_out;
 }
 
@@ -270,8 +274,26 @@ static void cuda_error(fwd_t *f, char *err, size_t errlen) {
 
 static const gpu_model_t *gpu_model(const fwd_t *f) { return f->m->dev; }
 
+/* SQSERVE_CUDA_PROFILE: each operation bracketed for kc_prof (kc_prof.cu) */
+static inline int prof_end(int rc) {
+    kc_prof_pop();
+    return rc;
+}
+#define PROFILED(name, call) (kc_prof_push(name), prof_end(call))
+
+static const char *matmul_name(const int *ids, int count) {
+    if (count == 3) return "matmul q/k/v";
+    switch (ids[0]) {
+    case W_O: return "matmul o";
+    case W_GATE: return "matmul gate/up";
+    case W_DOWN: return "matmul down";
+    case W_OUT: return "matmul output";
+    default: return "matmul";
+    }
+}
+
 static int cuda_embed(fwd_t *f, float *x, int n) {
-    return kc_embed(x, gpu_model(f)->embd, D_TOK(f, (gfwd_t *)f->be_state), n, f->m->hp.dim);
+    return PROFILED("embed", kc_embed(x, gpu_model(f)->embd, D_TOK(f, (gfwd_t *)f->be_state), n, f->m->hp.dim));
 }
 
 static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm, int n) {
@@ -279,17 +301,17 @@ static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm,
     const float *w = norm == NORM_OUT    ? gm->out_norm
                      : norm == NORM_ATTN ? gm->layers[layer].attn_norm
                                          : gm->layers[layer].ffn_norm;
-    return kc_rmsnorm(y, x, w, n, f->m->hp.dim, f->m->hp.rms_eps);
+    return PROFILED("rmsnorm", kc_rmsnorm(y, x, w, n, f->m->hp.dim, f->m->hp.rms_eps));
 }
 
 static int cuda_act_quant(fwd_t *f, int layer, int site, float *x, int n, int dim) {
     gfwd_t *g = f->be_state;
-    return act_quant(g, &g->acts, layer, site, x, n, dim);
+    return PROFILED("act_quant", act_quant(g, &g->acts, layer, site, x, n, dim));
 }
 
 /* Matrices sharing an input quantize it to INT8 once; q/k/v and gate/up
  * run as one launch over their fused matrix when the layer has one. */
-static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
+static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
     int quantized = 0;
     if (layer >= 0) {
@@ -310,37 +332,44 @@ static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int
     return 0;
 }
 
+static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
+    return PROFILED(matmul_name(ids, count), matmul_do(f, layer, ids, y, count, x, n));
+}
+
 static int cuda_rope(fwd_t *f, float *x, int n_heads, int n) {
     const hparams_t *hp = &f->m->hp;
-    return kc_rope(x, D_POS(f, (gfwd_t *)f->be_state), n, n_heads, hp->head_dim, hp->rope_dim,
-                   gpu_model(f)->inv_freq);
+    return PROFILED("rope", kc_rope(x, D_POS(f, (gfwd_t *)f->be_state), n, n_heads, hp->head_dim, hp->rope_dim,
+                   gpu_model(f)->inv_freq));
 }
 
 static int cuda_kv_store(fwd_t *f, int layer, int n) {
     gfwd_t *g = f->be_state;
-    return kc_kv_store(&g->kv, layer, f->k, f->v, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g));
+    return PROFILED("kv_store", kc_kv_store(&g->kv, layer, f->k, f->v, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g)));
 }
 
 static int cuda_attention(fwd_t *f, int layer, int n) {
     gfwd_t *g = f->be_state;
     const hparams_t *hp = &f->m->hp;
-    return kc_attention(f->att, f->q, &g->kv, layer, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g), hp->n_head,
-                        hp->n_head_kv, hp->head_dim, f->n_ctx);
+    /* the tiled kernel when rows share sequences (prompt chunks): 8 rows a sequence on average */
+    const int prefill = n >= 8 * g->n_seqs;
+    return PROFILED(prefill ? "attention tiles" : "attention rows",
+                    kc_attention(f->att, f->q, &g->kv, layer, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g), hp->n_head,
+                                 hp->n_head_kv, hp->head_dim, f->n_ctx, prefill));
 }
 
 static int cuda_add(fwd_t *f, float *y, const float *x, long count) {
     (void)f;
-    return kc_add(y, x, count);
+    return PROFILED("add", kc_add(y, x, count));
 }
 
 static int cuda_silu_mul(fwd_t *f, float *g, const float *u, long count) {
     (void)f;
-    return kc_silu_mul(g, u, count);
+    return PROFILED("silu_mul", kc_silu_mul(g, u, count));
 }
 
 /* a gather of the rows that want logits, by the embedding kernel */
 static int cuda_gather(fwd_t *f, float *y, const float *x, int n_out) {
-    return kc_embed(y, x, D_SEL(f, (gfwd_t *)f->be_state), n_out, f->m->hp.dim);
+    return PROFILED("gather", kc_embed(y, x, D_SEL(f, (gfwd_t *)f->be_state), n_out, f->m->hp.dim));
 }
 
 const fwd_backend_t fwd_backend_cuda = {

@@ -18,6 +18,7 @@
 #define KC_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "../k_sq.h"
@@ -100,10 +101,13 @@ typedef struct {
 int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const float *d_v, int n,
                 const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off);
 /* out[i][h] = softmax(q[i][h] . K[0..pos[i]]^T * scale) . V over row i's
- * sequence, grouped-query (n_head / n_head_kv query heads per kv head). */
+ * sequence, grouped-query (n_head / n_head_kv query heads per kv head).
+ * prefill != 0 asks for the tiled kernel (kc_attn.cu), worth it when the
+ * batch holds runs of rows of the same sequence (prompt chunks); the
+ * result is the same up to float summation order either way. */
 int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
                  const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
-                 int n_head, int n_head_kv, int head_dim, int max_pos);
+                 int n_head, int n_head_kv, int head_dim, int max_pos, int prefill);
 
 /* ---- SQ-format weights (kc_sq.cu, kc_sq_mm.cu) ----------------------------------------- */
 
@@ -157,6 +161,27 @@ long kc_sq_part_rows(const kc_sq_t *w, int part);
  * writes them), with the same numbers as kc_sq_matmul on each part alone.
  * kc_sq_matmul on a fused matrix writes [m][n_total] (all parts side by side). */
 int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y);
+
+/* ---- profile (kc_prof.cu) ----------------------------------------------------- */
+
+/* Device time per named operation, on when SQSERVE_CUDA_PROFILE is set:
+ * push/pop bracket an operation (not nested; `name` must outlive the
+ * report), kc_prof_report prints the table (largest first) and resets it. */
+int kc_prof_enabled(void);
+void kc_prof_push(const char *name);
+void kc_prof_pop(void);
+int kc_prof_report(FILE *out);
+
+/* Many tokens: from M = kc_sq_twostep_min() on, kc_sq_matmul(_parts)
+ * expands the weights into FP16 and runs cuBLAS's tensor-core GEMM
+ * (kc_sq_gemm.cu: FP16 rounding of weights and scaled activations, FP32
+ * sums). Default from the measured crossover, KC_SQ_TWOSTEP_M in the
+ * environment or kc_sq_set_twostep_min overrides it; 0 turns it off. */
+long kc_sq_twostep_min(void);
+void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
+/* tokens whose activations exceeded the FP16 range on that path (saturated);
+ * synchronises; -1 on error */
+long kc_sq_twostep_saturated(void);
 
 #ifdef __cplusplus
 }

@@ -51,6 +51,8 @@ extern "C" int kc_check_launch(const char *kernel) {
     return kc_check((int)cudaGetLastError(), kernel);
 }
 
+extern "C" void *kc_blas_handle(void) { return (void *)g_blas; }
+
 extern "C" const char *kc_error(void) { return g_err[0] ? g_err : "no CUDA error recorded"; }
 
 extern "C" void kc_clear_error(void) {

@@ -5,14 +5,7 @@
  * double angle, SiLU uses expf. So FP32 GPU and CPU runs differ only by
  * summation order in the matmuls and attention, which keeps greedy
  * decoding on the same tokens.
- *
- * Attention: one block per (batch row, query head), its warps splitting
- * the row's positions; each warp keeps an online-softmax state (running
- * max, running sum, and the weighted V sum spread over its lanes), and the
- * warps merge their states at the end. One pass over K and V, no score
- * buffer, so the context length is not limited by shared memory. Decode
- * and chunked prefill are the same kernel: a prefill row simply has more
- * positions (its own and the earlier rows of its chunk, already stored).
+ * Attention is in kc_attn.cu.
  */
 #include "kc.h"
 #include "kc_internal.h"
@@ -20,8 +13,6 @@
 #include <float.h>
 #include <math.h>
 
-#define ATT_WARPS 4
-#define MAX_HD_PER_LANE 8 /* head_dim <= 256 */
 
 __global__ void embed_kernel(float *out, const float *table, const int32_t *tok, int dim) {
     const float *src = table + (size_t)tok[blockIdx.x] * dim;
@@ -181,11 +172,6 @@ extern "C" int kc_fill(float *d_x, size_t count, float value, float scale, uint6
 
 /* ---- paged K/V ------------------------------------------------------------ */
 
-__device__ __forceinline__ size_t kv_row(const kc_kv_t kv, int layer, const int32_t *blk,
-                                         int off, int t) {
-    int b = blk[off + t / kv.block_size];
-    return (((size_t)b * kv.n_layer + layer) * kv.block_size + t % kv.block_size) * kv.kv_dim;
-}
 
 __global__ void kv_store_kernel(kc_kv_t kv, int layer, const float *k, const float *v,
                                 const int32_t *pos, const int32_t *blk, const int32_t *blk_off) {
@@ -204,84 +190,3 @@ extern "C" int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const
     return kc_check_launch("kv_store");
 }
 
-/* Online softmax state of one warp: m (max score), l (sum of exp), and
- * acc[j] for the lane's head dimensions j = lane + 32 * jj. */
-__global__ void attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
-                                 const int32_t *pos, const int32_t *blk, const int32_t *blk_off,
-                                 int n_head, int group, int hd, float scale) {
-    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
-    __shared__ float s_acc[ATT_WARPS][32 * MAX_HD_PER_LANE];
-    const int i = blockIdx.x / n_head, h = blockIdx.x % n_head, g = h / group;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, per_lane = (hd + 31) / 32;
-    const float *qh = q + ((size_t)i * n_head + h) * hd;
-    float qv[MAX_HD_PER_LANE], acc[MAX_HD_PER_LANE];
-#pragma unroll
-    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
-        int j = lane + 32 * jj;
-        qv[jj] = (jj < per_lane && j < hd) ? qh[j] : 0.0f;
-        acc[jj] = 0.0f;
-    }
-    float m = -FLT_MAX, l = 0.0f;
-    const int n_pos = pos[i] + 1, off = blk_off[i];
-    for (int t = warp; t < n_pos; t += ATT_WARPS) {
-        size_t at = kv_row(kv, layer, blk, off, t) + (size_t)g * hd;
-        const float *kr = kv.d_k + at, *vr = kv.d_v + at;
-        float s = 0.0f;
-#pragma unroll
-        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
-            int j = lane + 32 * jj;
-            if (jj < per_lane && j < hd) s += qv[jj] * kr[j];
-        }
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        s *= scale;
-        float m_new = fmaxf(m, s), corr = expf(m - m_new), p = expf(s - m_new);
-        l = l * corr + p;
-#pragma unroll
-        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
-            int j = lane + 32 * jj;
-            if (jj < per_lane) acc[jj] = acc[jj] * corr + (j < hd ? p * vr[j] : 0.0f);
-        }
-        m = m_new;
-    }
-    if (lane == 0) {
-        s_m[warp] = m;
-        s_l[warp] = l;
-    }
-#pragma unroll
-    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++)
-        if (jj < per_lane) s_acc[warp][lane + 32 * jj] = acc[jj];
-    __syncthreads();
-    if (warp == 0) {
-        float M = -FLT_MAX;
-        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
-        float L = 0.0f, cw[ATT_WARPS];
-        for (int w = 0; w < ATT_WARPS; w++) {
-            cw[w] = s_l[w] > 0.0f ? expf(s_m[w] - M) : 0.0f; /* a warp with no positions */
-            L += s_l[w] * cw[w];
-        }
-        float *o = out + ((size_t)i * n_head + h) * hd;
-        for (int jj = 0; jj < per_lane; jj++) {
-            int j = lane + 32 * jj;
-            if (j >= hd) continue;
-            float a = 0.0f;
-            for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][j] * cw[w];
-            o[j] = a / L;
-        }
-    }
-}
-
-extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
-                            const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
-                            int n_head, int n_head_kv, int head_dim, int max_pos) {
-    (void)max_pos; /* one pass, no per-position buffer: any context length */
-    if (n <= 0) return 0;
-    if (head_dim > 32 * MAX_HD_PER_LANE || n_head % n_head_kv) {
-        kc_set_error("attention: head_dim %d / heads %d:%d not supported on the GPU", head_dim,
-                     n_head, n_head_kv);
-        return -1;
-    }
-    attention_kernel<<<(unsigned)n * n_head, 32 * ATT_WARPS, 0, KC_STREAM>>>(
-        d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, n_head / n_head_kv, head_dim,
-        1.0f / sqrtf((float)head_dim));
-    return kc_check_launch("attention");
-}

@@ -127,6 +127,11 @@ static inline int compact_fits(int lobits, int b, int h) {
 #define SQC_LO 512
 #define SQC_CODES 128
 
+/* the tensor-core two-step path for many tokens (kc_sq_gemm.cu) */
+extern "C" int kc_sq_twostep_applies(const kc_sq *w, long m);
+extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
+                             float *const *parts);
+
 /* ---- shared host/device pieces -------------------------------------------------------- */
 
 #define HD __host__ __device__ __forceinline__

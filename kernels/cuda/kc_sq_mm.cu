@@ -34,170 +34,13 @@
  * over a fused matrix (kc_sq_fuse, kc_sq_matmul_parts): store_y sends each
  * 16-row tile to its part's output.
  */
-#include "kc_sq.cuh"
+#include "kc_sq_frag.cuh"
 
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-/* ---- the matmul --------------------------------------------------------------------------- */
-
-#define MAGIC_I 0x4B400000 /* bit pattern of 1.5 * 2^23 */
-#define MAGIC_F 12582912.0f
-
-__device__ __forceinline__ uint4 ld_stream4(const void *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ uint2 ld_stream2(const void *p) {
-    uint2 v;
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ uint32_t ld_stream1(const void *p) {
-    uint32_t v;
-    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                       uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* d = a . b + c (c: the bit pattern of 1.5 * 2^23, starting a chain) */
-__device__ __forceinline__ void mma_s8c(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                        uint32_t b1, const int (&c)[4]) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%10,%11,%12,%13};"
-        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
-}
-
-/* A fragments (index kc * 4 + reg) of the low codes from the lane's raw
- * words: as stored (offset-binary, c + 8 / c + 2; the caller subtracts
- * 8 / 2 times the activation sums with one more mma) or, SIGNED, as
- * two's complement bytes (xor the offset away, sign-extend with a
- * multiply-add: no carries cross bytes). */
-template <int LOBITS, bool SIGNED>
-HD void unpack_lo(const uint32_t *raw, uint32_t *A) {
-    if (LOBITS == 4) {
-        for (int q = 0; q < 4; q++) {
-            const int kc = q >> 1, rh = q & 1;
-            uint32_t v0 = raw[q] & 0x0F0F0F0Fu, v1 = (raw[q] >> 4) & 0x0F0F0F0Fu;
-            if (SIGNED) {
-                v0 ^= 0x08080808u, v1 ^= 0x08080808u;
-                v0 = (v0 & 0x08080808u) * 0x1Eu + v0, v1 = (v1 & 0x08080808u) * 0x1Eu + v1;
-            }
-            A[kc * 4 + rh] = v0, A[kc * 4 + 2 + rh] = v1;
-        }
-    } else {
-        for (int p = 0; p < 2; p++)
-            for (int c = 0; c < 4; c++) {
-                uint32_t v = (raw[p] >> (2 * c)) & 0x03030303u;
-                if (SIGNED) v ^= 0x02020202u, v = (v & 0x02020202u) * 0x7Eu + v;
-                A[(c >> 1) * 4 + (c & 1) * 2 + p] = v;
-            }
-    }
-}
-
-/* the lane's hi A operands (index kc * 4 + reg) in the scatter tile */
-HD int hi_off(int lane, int kc) { return (lane >> 2) * 320 + kc * 128 + (lane & 3) * 16; }
-
-HD void scatter4(uint8_t *tile, int rowbase, uint32_t vals, uint32_t pos) {
-    for (int i = 0; i < 4; i++) tile[rowbase + ((pos >> (8 * i)) & 255)] = (uint8_t)(vals >> (8 * i));
-}
-
-/* raw per-lane words of one unit, loaded ahead of their use */
-template <int LOBITS, int S2C, bool S16>
-struct Raw {
-    uint32_t lo[LOBITS == 4 ? 4 : 2];
-    uint32_t sl[S2C == 4 ? 2 : 1];
-    uint32_t sc[S16 ? 2 : 4];
-};
-
-struct MmArgs {
-    const uint8_t *w;
-    long n, ntiles, nsub, ngroups, m, k;
-    int unit_bytes, lo_bytes, slot_bytes, s2, tpb;
-    const int8_t *qx;
-    const uint4 *xf; /* prefill: the activations in fragment order */
-    const float *sx;
-    float *y;
-    float *part;     /* decode: stream-k partial sums, [warp][2][NT * 4][32] */
-    int *cnt;        /* decode: per-tile arrival counters, zero between launches */
-    long nw;         /* decode: warps in the grid */
-    long tok0;       /* first token of this launch */
-    int np;          /* > 1: fused parts, part p's rows [pstart[p], pstart[p+1]) go to py[p] */
-    long pstart[KC_SQ_MAX_PARTS + 1];
-    float *py[KC_SQ_MAX_PARTS];
-};
-
-/* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
-template <int LOBITS, int S2C, bool S16>
-struct UG {
-    static constexpr bool fixed = LOBITS == 4 && S2C == 4;
-    static constexpr int lo = 512, sl = 256, ub = 512 + 256 + (S16 ? 64 : 128);
-};
-
-/* the lane's addresses in unit 0 (lo, slots, scales of rows g and g + 8) */
-struct LanePtr {
-    const uint8_t *lo, *sl, *sc0, *sc1;
-};
-
-template <int LOBITS, int S2C, bool S16>
-__device__ __forceinline__ LanePtr lane_ptrs(const MmArgs &a, int lane) {
-    typedef UG<LOBITS, S2C, S16> G;
-    const int lob = G::fixed ? G::lo : a.lo_bytes, slb = G::fixed ? G::sl : a.slot_bytes, g = lane >> 2;
-    LanePtr p;
-    p.lo = a.w + lane * (LOBITS == 4 ? 16 : 8);
-    p.sl = a.w + lob + lane * 8;
-    p.sc0 = a.w + lob + slb + g * (S16 ? 4 : 8);
-    p.sc1 = p.sc0 + 8 * (S16 ? 4 : 8);
-    return p;
-}
-
-/* unit number u's words for this lane */
-template <int LOBITS, int S2C, bool S16>
-__device__ __forceinline__ void load_unit(Raw<LOBITS, S2C, S16> &r, const LanePtr &p, unsigned u, unsigned ub) {
-    const size_t o = (size_t)u * ub;
-    if (LOBITS == 4) {
-        uint4 v = ld_stream4(p.lo + o);
-        r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w;
-    } else {
-        uint2 v = ld_stream2(p.lo + o);
-        r.lo[0] = v.x, r.lo[1] = v.y;
-    }
-    if (S2C == 4) {
-        uint2 v = ld_stream2(p.sl + o);
-        r.sl[0] = v.x, r.sl[1] = v.y;
-    }
-    if (S16) {
-        r.sc[0] = ld_stream1(p.sc0 + o), r.sc[1] = ld_stream1(p.sc1 + o);
-    } else {
-        uint2 v0 = ld_stream2(p.sc0 + o), v1 = ld_stream2(p.sc1 + o);
-        r.sc[0] = v0.x, r.sc[1] = v0.y, r.sc[2] = v1.x, r.sc[3] = v1.y;
-    }
-}
-
-/* the SPG units of scale group `item` (= tile * ngroups + group) */
-template <int LOBITS, int SPG, int S2C, bool S16>
-__device__ __forceinline__ void load_group(Raw<LOBITS, S2C, S16> (&r)[SPG], unsigned item, const MmArgs &a,
-                                           const LanePtr &p) {
-    typedef UG<LOBITS, S2C, S16> G;
-    const unsigned ub = G::fixed ? (unsigned)G::ub : (unsigned)a.unit_bytes;
-#pragma unroll
-    for (int s = 0; s < SPG; s++) load_unit(r[s], p, item * SPG + s, ub);
-}
-
-__device__ __forceinline__ float half_lo(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w & 0xFFFFu))); }
-__device__ __forceinline__ float half_hi(uint32_t w) { return __half2float(__ushort_as_half((unsigned short)(w >> 16))); }
 
 /* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
  * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
@@ -326,10 +169,6 @@ __device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, l
     store_y(acc, a, tile, a.tok0, lane);
 }
 
-__device__ __forceinline__ void zero_tiles(uint8_t *wsm, int ntiles, int lane) { /* tiles start zero, padding too */
-    for (int i = lane; i < ntiles * SQ_TILE / 16; i += 32) ((uint4 *)wsm)[i] = make_uint4(0, 0, 0, 0);
-    __syncwarp();
-}
 
 /* decode: stream-k over (tile, group) items, 4 warps a block, weight units
  * loaded D groups ahead (D + 1 register sets, the loop unrolled by D + 1) */
@@ -408,63 +247,6 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     }
 #undef SQ_STEP
 #undef SQ_LOADB
-}
-
-/* ---- the compact layout (kc_sq.cuh) ------------------------------------------------------- */
-
-template <bool S16>
-struct RawC {
-    uint32_t lo[4]; /* the lane's 16 lo bytes */
-    uint32_t cd[4]; /* code lists of rows g (cd[0..1]) and g + 8 (cd[2..3]) */
-    uint32_t sc[S16 ? 2 : 4];
-};
-
-template <bool S16>
-struct UGC {
-    static constexpr int ub = SQC_LO + SQC_CODES + (S16 ? 64 : 128);
-};
-
-struct LanePtrC {
-    const uint8_t *lo, *cd, *sc;
-};
-
-template <bool S16>
-__device__ __forceinline__ LanePtrC lane_ptrs_c(const uint8_t *w, int lane) {
-    LanePtrC p;
-    p.lo = w + lane * 16;
-    p.cd = w + SQC_LO + (lane >> 2) * 16;
-    p.sc = w + SQC_LO + SQC_CODES + (lane >> 2) * (S16 ? 8 : 16);
-    return p;
-}
-
-template <bool S16>
-__device__ __forceinline__ void load_unit_c(RawC<S16> &r, const LanePtrC &p, unsigned u) {
-    const size_t o = (size_t)u * UGC<S16>::ub;
-    const uint4 v = ld_stream4(p.lo + o), c = ld_stream4(p.cd + o);
-    r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w;
-    r.cd[0] = c.x, r.cd[1] = c.y, r.cd[2] = c.z, r.cd[3] = c.w;
-    if (S16) {
-        const uint2 sv = ld_stream2(p.sc + o);
-        r.sc[0] = sv.x, r.sc[1] = sv.y;
-    } else {
-        const uint4 sv = ld_stream4(p.sc + o);
-        r.sc[0] = sv.x, r.sc[1] = sv.y, r.sc[2] = sv.z, r.sc[3] = sv.w;
-    }
-}
-
-/* The A fragments of one compact unit (frag_flags / frag_highs in kc_sq.cuh,
- * with the quad's prefix sum in between). All 32 lanes must take part. */
-template <bool SIGNED, bool S16>
-__device__ __forceinline__ void frag_compact(const RawC<S16> &r, uint32_t (&Alo)[8], uint32_t (&Ahi)[8], int tig) {
-    uint32_t hn[4], w[4];
-    const uint32_t c = frag_flags(r.lo, hn, w);
-    unpack_lo<4, SIGNED>(w, Alo);
-    uint32_t x = c, y;
-    y = __shfl_up_sync(0xffffffffu, x, 1, 4);
-    if (tig >= 1) x += y;
-    y = __shfl_up_sync(0xffffffffu, x, 2, 4);
-    if (tig >= 2) x += y;
-    frag_highs(hn, r.cd, x - c, Ahi);
 }
 
 /* One compact unit (16 rows x 64 columns, one scale group) against NT x 8
@@ -984,6 +766,7 @@ static int launch_prefill(const kc_sq *w, MmArgs a) {
 
 static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y, float *const *parts) {
     if (m == 0) return 0;
+    if (kc_sq_twostep_applies(w, m)) return kc_sq_twostep(w, d_qx, d_sx, m, d_y, parts); /* kc_sq_gemm.cu */
     if ((m + 127) / 128 > 0x7fffffffL) {
         kc_set_error("kc_sq_matmul: too many tokens (%ld)", m);
         return -1;

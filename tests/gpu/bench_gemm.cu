@@ -263,8 +263,65 @@ static int decode_table(double bw, const char *only_shape) {
     return 0;
 }
 
+/* --twostep: the fused SQ x INT8 kernels against the two-step path (FP16
+ * expansion + cuBLAS, kc_sq_gemm.cu) and cuBLASLt BF16, by M: the table the
+ * default crossover (kc_sq_twostep_min) comes from. */
+static int twostep_table(const char *only_shape, const float *d_one) {
+    const struct {
+        const char *name;
+        long N, K;
+    } shapes[] = {{"8B qkv", 6144, 4096},  {"8B o", 4096, 4096},  {"8B gate_up", 28672, 4096}, {"8B down", 4096, 14336},
+                  {"70B qkv", 10240, 8192}, {"70B o", 8192, 8192}, {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
+    const long Ms[] = {16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
+    const long MMAX = 4096;
+    printf("| shape (N x K) | M | fused us | two-step us | BF16 us | fused/BF16 | two-step/BF16 | faster |\n");
+    printf("|---|---|---|---|---|---|---|---|\n");
+    for (const auto &sh : shapes) {
+        if (only_shape && strcmp(only_shape, sh.name)) continue;
+        const long N = sh.N, K = sh.K;
+        kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 77, KC_SQ_F16_SCALES);
+        if (!sqh) {
+            fprintf(stderr, "bench_gemm: %s\n", kc_error());
+            return 2;
+        }
+        if (sh.name == shapes[0].name) printf("(layout: %s)\n", kc_sq_describe(sqh));
+        __nv_bfloat16 *wb, *xb, *ob;
+        int8_t *xi;
+        float *xs, *sx, *ys;
+        CK(cudaMalloc(&wb, (size_t)N * K * 2));
+        CK(cudaMalloc(&xb, (size_t)MMAX * K * 2));
+        CK(cudaMalloc(&ob, (size_t)MMAX * N * 2));
+        CK(cudaMalloc(&xi, (size_t)MMAX * K));
+        CK(cudaMalloc(&xs, (size_t)MMAX * K * 4));
+        CK(cudaMalloc(&sx, (size_t)MMAX * 4));
+        CK(cudaMalloc(&ys, (size_t)MMAX * N * 4));
+        fill_bf16<<<2048, 256, 0, st>>>(wb, (size_t)N * K, 0.02f, 31);
+        fill_bf16<<<2048, 256, 0, st>>>(xb, (size_t)MMAX * K, 1.0f, 32);
+        fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, 33);
+        CK(cudaGetLastError());
+        KC(kc_quant_i8(xs, MMAX, K, xi, sx));
+        for (long M : Ms) {
+            kc_sq_set_twostep_min(0);
+            const double fu = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
+            kc_sq_set_twostep_min(1);
+            const double ts = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
+            long mbf = 0;
+            const double bf = lt_time(BF16, N, M, K, wb, xb, ob, d_one, &mbf);
+            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.2fx | %.2fx | %s |\n", sh.name, N, K, M, fu, ts, bf,
+                   bf / fu, bf / ts, ts < fu ? "two-step" : "fused");
+            fflush(stdout);
+        }
+        kc_sq_set_twostep_min(-1); /* back to the default (environment or built-in) */
+        kc_sq_free(sqh);
+        cudaFree(wb), cudaFree(xb), cudaFree(ob), cudaFree(xi), cudaFree(xs), cudaFree(sx), cudaFree(ys);
+    }
+    printf("\ndefault crossover (kc_sq_twostep_min): M >= %ld; saturated tokens: %ld\n", kc_sq_twostep_min(),
+           kc_sq_twostep_saturated());
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    int quick = 0, decode = 0;
+    int quick = 0, decode = 0, twostep = 0;
     const char *only_shape = NULL;
     long only_m = 0;
     for (int i = 1; i < argc; i++) {
@@ -273,6 +330,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) only_shape = argv[++i];
         else if (!strcmp(argv[i], "--m") && i + 1 < argc) only_m = atol(argv[++i]);
         else if (!strcmp(argv[i], "--decode")) decode = 1;
+        else if (!strcmp(argv[i], "--twostep")) twostep = 1;
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -311,6 +369,8 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&d_one, 4));
     float one = 1.0f;
     CK(cudaMemcpy(d_one, &one, 4, cudaMemcpyHostToDevice));
+    if (twostep) return twostep_table(only_shape, d_one);
+    kc_sq_set_twostep_min(0); /* the tables below are about the fused kernels; --twostep compares the paths */
 
     struct Row {
         const char *name;

@@ -259,12 +259,15 @@ static void test_attention(int n_seq, int len, int rows, int n_head, int n_kv, i
     float *dq = dup_to(q, (size_t)n * n_head * hd * 4), *dout = poisoned((size_t)n * n_head * hd * 4);
     int32_t *dpos = dup_to(pos, (size_t)n * 4), *doff = dup_to(off, (size_t)n * 4),
             *dblk = dup_to(blk, (size_t)n_seq * bps * 4);
-    OK(kc_attention(dout, dq, &kv, layer, n, dpos, dblk, doff, n_head, n_kv, hd, len));
-    back(got, dout, (size_t)n * n_head * hd * 4);
-    char what[80];
-    snprintf(what, sizeof what, "attention seqs=%d len=%d rows=%d heads=%d/%d hd=%d", n_seq, len, rows,
-             n_head, n_kv, hd);
-    check(what, got, want, (size_t)n * n_head * hd, 1e-5);
+    char what[96];
+    for (int tiled = 0; tiled < 2; tiled++) { /* both kernels, on the same data */
+        OK(kc_memset(dout, 0xFF, (size_t)n * n_head * hd * 4));
+        OK(kc_attention(dout, dq, &kv, layer, n, dpos, dblk, doff, n_head, n_kv, hd, len, tiled));
+        back(got, dout, (size_t)n * n_head * hd * 4);
+        snprintf(what, sizeof what, "attention (%s) seqs=%d len=%d rows=%d heads=%d/%d hd=%d",
+                 tiled ? "tiles" : "rows", n_seq, len, rows, n_head, n_kv, hd);
+        check(what, got, want, (size_t)n * n_head * hd, 1e-5);
+    }
 
     /* kv_store: rows written at their positions, read back through the table */
     float *nk = malloc((size_t)n * kvd * 4), *nv = malloc((size_t)n * kvd * 4);
@@ -307,7 +310,9 @@ int main(int argc, char **argv) {
     test_attention(3, 37, 1, 9, 3, 64);    /* decode, odd length, several sequences */
     test_attention(2, 100, 23, 8, 2, 128); /* chunked prefill rows */
     test_attention(1, 130, 7, 4, 4, 80);   /* hd not a multiple of 32, no grouping */
-    if (!quick) test_attention(2, 2000, 3, 32, 8, 128);
+    test_attention(3, 50, 50, 9, 3, 64);   /* whole prompts: tiles straddle sequences (group 3) */
+    test_attention(2, 75, 40, 32, 8, 128); /* Llama-3 heads, chunks not multiples of the tile */
+    if (!quick) test_attention(2, 2000, 3, 32, 8, 128), test_attention(1, 1100, 1100, 32, 8, 128);
     printf("test_kc_ops: %d passed, %d failed\n", n_pass, n_fail);
     kc_shutdown();
     return n_fail ? 1 : 0;

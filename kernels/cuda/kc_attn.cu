@@ -1,0 +1,263 @@
+/* kc_attn.cu - attention over the paged K/V cache (kc.h).
+ *
+ * Two kernels, one result (up to float summation order):
+ *
+ * Rows (decode). One block per (batch row, query head), its warps splitting
+ * the row's positions; each warp keeps an online-softmax state (running
+ * max, running sum, and the weighted V sum spread over its lanes), and the
+ * warps merge their states at the end. One pass over K and V, no score
+ * buffer, any context length. Right when every row is its own sequence:
+ * there is nothing to share between rows.
+ *
+ * Tiles (prefill). When a batch holds runs of rows of one sequence (a
+ * prompt chunk), the rows kernel reads every K/V row once per query row
+ * and head: at 2048 prompt tokens that is ~70 GB of L2 traffic per layer of
+ * an 8B model. The tiled kernel gives a block up to 64 query vectors (R
+ * consecutive rows x the `group` query heads that share one K/V head) and
+ * streams the sequence's K/V through shared memory 32 positions at a time,
+ * FlashAttention style: scores, a causal mask by position, the online
+ * softmax and the V sum per tile, so each K/V row is read once per block.
+ * Four threads serve one query vector: for the scores each takes 8 of the
+ * tile's 32 positions over the whole head, for the V sum a quarter of the
+ * head's dimensions; the probabilities travel between them by shuffles.
+ * FP32 on the CUDA cores (the K/V cache is FP32). A block whose rows
+ * belong to several sequences (a chunk boundary) runs one segment per
+ * sequence. The caller picks the kernel (kc_attention's `prefill`).
+ */
+#include "kc.h"
+#include "kc_internal.h"
+
+#include <float.h>
+#include <math.h>
+
+#define ATT_WARPS 4
+#define MAX_HD_PER_LANE 8 /* head_dim <= 256 */
+
+/* Online softmax state of one warp: m (max score), l (sum of exp), and
+ * acc[j] for the lane's head dimensions j = lane + 32 * jj. */
+__global__ void attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
+                                 const int32_t *pos, const int32_t *blk, const int32_t *blk_off,
+                                 int n_head, int group, int hd, float scale) {
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][32 * MAX_HD_PER_LANE];
+    const int i = blockIdx.x / n_head, h = blockIdx.x % n_head, g = h / group;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, per_lane = (hd + 31) / 32;
+    const float *qh = q + ((size_t)i * n_head + h) * hd;
+    float qv[MAX_HD_PER_LANE], acc[MAX_HD_PER_LANE];
+#pragma unroll
+    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
+        int j = lane + 32 * jj;
+        qv[jj] = (jj < per_lane && j < hd) ? qh[j] : 0.0f;
+        acc[jj] = 0.0f;
+    }
+    float m = -FLT_MAX, l = 0.0f;
+    const int n_pos = pos[i] + 1, off = blk_off[i];
+    for (int t = warp; t < n_pos; t += ATT_WARPS) {
+        size_t at = kv_row(kv, layer, blk, off, t) + (size_t)g * hd;
+        const float *kr = kv.d_k + at, *vr = kv.d_v + at;
+        float s = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
+            int j = lane + 32 * jj;
+            if (jj < per_lane && j < hd) s += qv[jj] * kr[j];
+        }
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        s *= scale;
+        float m_new = fmaxf(m, s), corr = expf(m - m_new), p = expf(s - m_new);
+        l = l * corr + p;
+#pragma unroll
+        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
+            int j = lane + 32 * jj;
+            if (jj < per_lane) acc[jj] = acc[jj] * corr + (j < hd ? p * vr[j] : 0.0f);
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++)
+        if (jj < per_lane) s_acc[warp][lane + 32 * jj] = acc[jj];
+    __syncthreads();
+    if (warp == 0) {
+        float M = -FLT_MAX;
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+        float L = 0.0f, cw[ATT_WARPS];
+        for (int w = 0; w < ATT_WARPS; w++) {
+            cw[w] = s_l[w] > 0.0f ? expf(s_m[w] - M) : 0.0f; /* a warp with no positions */
+            L += s_l[w] * cw[w];
+        }
+        float *o = out + ((size_t)i * n_head + h) * hd;
+        for (int jj = 0; jj < per_lane; jj++) {
+            int j = lane + 32 * jj;
+            if (j >= hd) continue;
+            float a = 0.0f;
+            for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][j] * cw[w];
+            o[j] = a / L;
+        }
+    }
+}
+
+static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
+                            const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
+                            int n_head, int n_head_kv, int head_dim, int max_pos) {
+    (void)max_pos; /* one pass, no per-position buffer: any context length */
+    if (n <= 0) return 0;
+    if (head_dim > 32 * MAX_HD_PER_LANE || n_head % n_head_kv) {
+        kc_set_error("attention: head_dim %d / heads %d:%d not supported on the GPU", head_dim,
+                     n_head, n_head_kv);
+        return -1;
+    }
+    attention_kernel<<<(unsigned)n * n_head, 32 * ATT_WARPS, 0, KC_STREAM>>>(
+        d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, n_head / n_head_kv, head_dim,
+        1.0f / sqrtf((float)head_dim));
+    return kc_check_launch("attention");
+}
+
+/* ---- tiles (prefill) ------------------------------------------------------ */
+
+#define PA_Q 64   /* query vectors a block */
+#define PA_KT 32  /* positions a K/V tile */
+
+/* DPT = head_dim / 4: the dimensions each of a query's four threads owns */
+template <int DPT>
+__global__ void __launch_bounds__(256) attention_tiles_kernel(float *out, const float *q, kc_kv_t kv, int layer,
+                                                              int n, const int32_t *pos, const int32_t *blk,
+                                                              const int32_t *blk_off, int n_head, int group,
+                                                              int rows, float scale) {
+    constexpr int HD = 4 * DPT, QS = HD + 4; /* padded Q/K row stride (floats): conflict-free float4 reads */
+    extern __shared__ __align__(16) float sm[];
+    float *Qs = sm, *Ks = Qs + PA_Q * QS, *Vs = Ks + PA_KT * QS;
+    const int tid = threadIdx.x, qi = tid >> 2, quarter = tid & 3, lane = tid & 31;
+    const int g = blockIdx.y, r0 = blockIdx.x * rows, rend = min(n, r0 + rows);
+    const int my_row = r0 + qi / group, h = g * group + qi % group;
+    const bool mine = qi < rows * group && my_row < rend;
+    /* the block's query vectors, pre-scaled */
+    for (int e = tid; e < PA_Q * (HD / 4); e += 256) {
+        const int v = e / (HD / 4), d4 = e % (HD / 4), row = r0 + v / group, hh = g * group + v % group;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (v < rows * group && row < rend) {
+            x = *(const float4 *)(q + ((size_t)row * n_head + hh) * HD + 4 * d4);
+            x.x *= scale, x.y *= scale, x.z *= scale, x.w *= scale;
+        }
+        *(float4 *)(Qs + v * QS + 4 * d4) = x;
+    }
+    const int my_pos = mine ? pos[my_row] : -1;
+    for (int s0 = r0; s0 < rend;) { /* one segment per sequence */
+        const int off = blk_off[s0];
+        int s1 = s0 + 1, max_pos = pos[s0];
+        while (s1 < rend && blk_off[s1] == off) max_pos = max(max_pos, pos[s1]), s1++;
+        const bool act = mine && my_row >= s0 && my_row < s1;
+        float m = -FLT_MAX, l = 0.f, acc[DPT];
+#pragma unroll
+        for (int d = 0; d < DPT; d++) acc[d] = 0.f;
+        for (int t0 = 0; t0 <= max_pos; t0 += PA_KT) {
+            __syncthreads(); /* the previous tile (and the Q load) is done with */
+            for (int e = tid; e < PA_KT * (HD / 4); e += 256) {
+                const int kk = e / (HD / 4), d4 = e % (HD / 4), t = t0 + kk;
+                float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
+                if (t <= max_pos) {
+                    const size_t at = kv_row(kv, layer, blk, off, t) + (size_t)g * HD + 4 * d4;
+                    kx = __ldg((const float4 *)(kv.d_k + at));
+                    vx = __ldg((const float4 *)(kv.d_v + at));
+                }
+                *(float4 *)(Ks + kk * QS + 4 * d4) = kx;
+                *(float4 *)(Vs + kk * HD + 4 * d4) = vx;
+            }
+            __syncthreads();
+            if (!act || t0 > my_pos) continue; /* (whole quads: the four threads of a query agree) */
+            float s[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) s[j] = 0.f;
+            const float *qr = Qs + qi * QS;
+#pragma unroll 4
+            for (int d = 0; d < HD; d += 4) {
+                const float4 a = *(const float4 *)(qr + d);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const float4 b = *(const float4 *)(Ks + (quarter + 4 * j) * QS + d);
+                    s[j] = fmaf(a.x, b.x, fmaf(a.y, b.y, fmaf(a.z, b.z, fmaf(a.w, b.w, s[j]))));
+                }
+            }
+            float mt = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                if (t0 + quarter + 4 * j > my_pos) s[j] = -INFINITY;
+                mt = fmaxf(mt, s[j]);
+            }
+            const unsigned qm = 0xFu << (lane & ~3);
+            mt = fmaxf(mt, __shfl_xor_sync(qm, mt, 1));
+            mt = fmaxf(mt, __shfl_xor_sync(qm, mt, 2));
+            const float mn = fmaxf(m, mt), corr = expf(m - mn);
+            float p[8], ps = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) p[j] = expf(s[j] - mn), ps += p[j];
+            l = l * corr + ps;
+            m = mn;
+#pragma unroll
+            for (int d = 0; d < DPT; d++) acc[d] *= corr;
+            const float *vq = Vs + quarter * DPT;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int o = 0; o < 4; o++) {
+                    const float pv = __shfl_sync(qm, p[j], (lane & ~3) | o);
+                    const float *vr = vq + (o + 4 * j) * HD;
+#pragma unroll
+                    for (int d = 0; d < DPT; d += 4) {
+                        const float4 v = *(const float4 *)(vr + d);
+                        acc[d] = fmaf(pv, v.x, acc[d]), acc[d + 1] = fmaf(pv, v.y, acc[d + 1]);
+                        acc[d + 2] = fmaf(pv, v.z, acc[d + 2]), acc[d + 3] = fmaf(pv, v.w, acc[d + 3]);
+                    }
+                }
+        }
+        if (act) {
+            const unsigned qm = 0xFu << (lane & ~3);
+            float L = l + __shfl_xor_sync(qm, l, 1);
+            L += __shfl_xor_sync(qm, L, 2);
+            float *o = out + ((size_t)my_row * n_head + h) * HD + quarter * DPT;
+#pragma unroll
+            for (int d = 0; d < DPT; d += 4)
+                *(float4 *)(o + d) = make_float4(acc[d] / L, acc[d + 1] / L, acc[d + 2] / L, acc[d + 3] / L);
+        }
+        s0 = s1;
+    }
+}
+
+template <int DPT>
+static int launch_tiles(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n, const int32_t *d_pos,
+                        const int32_t *d_blk, const int32_t *d_blk_off, int n_head, int group, float scale) {
+    const int rows = min(16, PA_Q / group);
+    const size_t smem = (size_t)(PA_Q + PA_KT) * (4 * DPT + 4) * 4 + (size_t)PA_KT * 4 * DPT * 4;
+    static int attr_set;
+    if (!attr_set) {
+        if (kc_check(cudaFuncSetAttribute(attention_tiles_kernel<DPT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem),
+                     "cudaFuncSetAttribute(attention_tiles)"))
+            return -1;
+        attr_set = 1;
+    }
+    dim3 grid((unsigned)((n + rows - 1) / rows), (unsigned)(n_head / group));
+    attention_tiles_kernel<DPT><<<grid, 256, smem, KC_STREAM>>>(d_out, d_q, *kv, layer, n, d_pos, d_blk, d_blk_off,
+                                                                n_head, group, rows, scale);
+    return kc_check_launch("attention_tiles");
+}
+
+extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
+                            const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
+                            int n_head, int n_head_kv, int head_dim, int max_pos, int prefill) {
+    if (n <= 0) return 0;
+    if (head_dim > 32 * MAX_HD_PER_LANE || n_head % n_head_kv) {
+        kc_set_error("attention: head_dim %d / heads %d:%d not supported on the GPU", head_dim,
+                     n_head, n_head_kv);
+        return -1;
+    }
+    const int group = n_head / n_head_kv;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    if (prefill && group <= PA_Q) {
+        if (head_dim == 64) return launch_tiles<16>(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, scale);
+        if (head_dim == 128) return launch_tiles<32>(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, scale);
+    }
+    return attention_rows(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, n_head_kv, head_dim, max_pos);
+}

@@ -1,0 +1,229 @@
+/* kc_sq_gemm.cu - the SQ matmul for many tokens in two steps: the weights
+ * expanded into an FP16 matrix, then cuBLAS's tensor-core GEMM.
+ *
+ * Why. The fused SQ x INT8 kernels of kc_sq_mm.cu decode every weight unit
+ * for every 128 tokens with mma.sync and reach ~200 TOPS from M = 1024 on:
+ * a quarter of cuBLAS BF16 on the H200. Expanding the layer's weights once
+ * (read 5.5-7 bits, write 16 bits per weight) and handing the product to
+ * cuBLAS costs one extra pass over ~2 bytes per weight, which at M >= ~128
+ * is small beside the GEMM itself. It is the issue's "honest two-step path":
+ * the baseline a Hopper wgmma SQ kernel has to beat, and today the fastest
+ * way this code base has for prefill and large decode batches.
+ *
+ * Numbers. The expansion decodes each unit with the same fragment code as
+ * the fused kernels (kc_sq_frag.cuh) and stores w = s_lo * lo + s_hi * hi
+ * rounded to FP16 (11 significant bits); the activations go in as
+ * fp16(q * sx), the INT8 codes with their per-token scale folded in (the
+ * scale would otherwise need a pass over the FP32 output). cuBLAS sums in
+ * FP32. So the result differs from the exact integer path by about 2^-10
+ * relative per term: test_kc_sq checks that bound, tests/gpu/run.sh the
+ * perplexity. A token whose largest activation exceeds the FP16 range
+ * (65504) saturates there; the count of such tokens is kept
+ * (kc_sq_twostep_saturated) and printed by the benchmarks.
+ *
+ * When. kc_sq_matmul takes this path from M = kc_sq_twostep_min() tokens on,
+ * for the layouts the prefill kernels read (the explicit fast layout and the
+ * compact one); other shapes keep the fused kernels. The crossover comes
+ * from bench_gemm on the H200 (docs/perf-gpu.md); KC_SQ_TWOSTEP_M overrides
+ * it (0 turns the path off).
+ *
+ * Scratch. One FP16 weight buffer (the largest matrix seen) and one FP16
+ * activation buffer, grown on demand and never freed while the process runs
+ * (CUDA graphs captured earlier keep their addresses, as in kc_sq_mm.cu).
+ */
+#include "kc_sq_frag.cuh"
+
+#include <cublas_v2.h>
+#include <stdlib.h>
+
+/* ---- expansion ---------------------------------------------------------------------------- */
+
+/* Stores one decoded unit: lane (g, t) owns columns 16 t .. 16 t + 15 of
+ * rows g and g + 8 (the fragment map in kc_sq_frag.cuh). */
+__device__ __forceinline__ void write_unit(const uint32_t (&Alo)[8], const uint32_t (&Ahi)[8], const float (&sc)[4],
+                                           __half *out, long n, long k, long tile, long grp, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int rh = 0; rh < 2; rh++) {
+        const long row = tile * 16 + g + 8 * rh;
+        if (row >= n) continue;
+        const float sl = sc[2 * rh], sh = sc[2 * rh + 1];
+        __half2 v[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int reg = (j >> 1) * 4 + (j & 1) * 2 + rh;
+            const uint32_t lo = Alo[reg], hi = Ahi[reg];
+            float f[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                f[i] = fmaf(sh, (float)(int8_t)(hi >> (8 * i)), sl * (float)(int8_t)(lo >> (8 * i)));
+            v[2 * j] = __floats2half2_rn(f[0], f[1]);
+            v[2 * j + 1] = __floats2half2_rn(f[2], f[3]);
+        }
+        uint4 *dst = (uint4 *)(out + row * k + grp * 64 + 16 * t);
+        dst[0] = *(const uint4 *)&v[0];
+        dst[1] = *(const uint4 *)&v[4];
+    }
+}
+
+/* the explicit fast layout (4-bit lo, one subgroup a group, 4 slots a lane):
+ * one warp a unit, the highs scattered through shared memory as do_group does */
+template <bool S16>
+__global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, __half *out) {
+    __shared__ __align__(16) uint8_t sm[8 * SQ_TILE];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint8_t *tl = sm + warp * SQ_TILE;
+    zero_tiles(tl, 1, lane);
+    const LanePtr lp = lane_ptrs<4, 4, S16>(a, lane);
+    const long U = a.ntiles * a.ngroups;
+    for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
+        Raw<4, 4, S16> c[1];
+        load_group<4, 1, 4, S16>(c, (unsigned)u, a, lp);
+        uint32_t Alo[8], Ahi[8];
+        unpack_lo<4, true>(c[0].lo, Alo);
+        scatter4(tl, scatter_rowbase(lane), c[0].sl[0], c[0].sl[1]);
+        __syncwarp();
+        uint4 *h0p = (uint4 *)(tl + hi_off(lane, 0)), *h1p = (uint4 *)(tl + hi_off(lane, 1));
+        const uint4 h0 = *h0p, h1 = *h1p, z = make_uint4(0, 0, 0, 0);
+        *h0p = z, *h1p = z;
+        __syncwarp(); /* every lane has read its operands before the next scatter */
+        Ahi[0] = h0.x, Ahi[1] = h0.y, Ahi[2] = h0.z, Ahi[3] = h0.w;
+        Ahi[4] = h1.x, Ahi[5] = h1.y, Ahi[6] = h1.z, Ahi[7] = h1.w;
+        float sc[4];
+        if (S16) {
+            sc[0] = half_lo(c[0].sc[0]), sc[1] = half_hi(c[0].sc[0]);
+            sc[2] = half_lo(c[0].sc[1]), sc[3] = half_hi(c[0].sc[1]);
+        } else {
+            for (int i = 0; i < 4; i++) sc[i] = __uint_as_float(c[0].sc[i]);
+        }
+        write_unit(Alo, Ahi, sc, out, a.n, a.k, u / a.ngroups, u % a.ngroups, lane);
+    }
+}
+
+/* the compact layout: one warp a unit, frag_compact */
+template <bool S16>
+__global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, __half *out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
+    const long U = a.ntiles * a.ngroups;
+    for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
+        RawC<S16> r;
+        load_unit_c<S16>(r, lp, (unsigned)u);
+        uint32_t Alo[8], Ahi[8];
+        frag_compact<true, S16>(r, Alo, Ahi, lane & 3);
+        float sc[4];
+        if (S16) {
+            sc[0] = half_lo(r.sc[0]), sc[1] = half_hi(r.sc[0]);
+            sc[2] = half_lo(r.sc[1]), sc[3] = half_hi(r.sc[1]);
+        } else {
+            for (int i = 0; i < 4; i++) sc[i] = __uint_as_float(r.sc[i]);
+        }
+        write_unit(Alo, Ahi, sc, out, a.n, a.k, u / a.ngroups, u % a.ngroups, lane);
+    }
+}
+
+/* a[i][j] = fp16(q[i][j] * sx[i]), 8 values a thread (k is a multiple of
+ * 64); a token whose scale puts 127 * sx past the FP16 range saturates and
+ * is counted once */
+__global__ void k_act_f16(const int8_t *qx, const float *sx, long m, long k, __half *a, unsigned *sat) {
+    const long per_row = k / 8, i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * per_row) return;
+    const long row = i / per_row;
+    const float s = __ldg(sx + row);
+    const uint2 q = __ldg((const uint2 *)(qx + i * 8));
+    __half2 v[4];
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        const uint32_t w = p < 2 ? q.x : q.y;
+        const int sh = 16 * (p & 1);
+        const float f0 = fminf(fmaxf((float)(int8_t)(w >> sh) * s, -65504.0f), 65504.0f);
+        const float f1 = fminf(fmaxf((float)(int8_t)(w >> (sh + 8)) * s, -65504.0f), 65504.0f);
+        v[p] = __floats2half2_rn(f0, f1);
+    }
+    *(uint4 *)(a + i * 8) = *(const uint4 *)v;
+    if (i % per_row == 0 && 127.0f * s > 65504.0f) atomicAdd(sat, 1u);
+}
+
+/* ---- host side ------------------------------------------------------------------------- */
+
+static __half *g_w16, *g_a16;
+static size_t g_w16_n, g_a16_n;
+static unsigned *g_sat;
+static long g_min_m = -1;
+
+extern "C" void kc_sq_set_twostep_min(long m) { g_min_m = m; }
+
+extern "C" long kc_sq_twostep_min(void) {
+    if (g_min_m < 0) {
+        const char *e = getenv("KC_SQ_TWOSTEP_M");
+        /* the crossover on the H200 (bench_gemm, docs/perf-gpu.md) */
+        g_min_m = e && *e ? atol(e) : 128;
+        if (g_min_m < 0) g_min_m = 0;
+    }
+    return g_min_m;
+}
+
+extern "C" long kc_sq_twostep_saturated(void) {
+    unsigned v = 0;
+    if (g_sat && kc_download(&v, g_sat, sizeof v)) return -1;
+    return (long)v;
+}
+
+static int grow(__half **buf, size_t *have, size_t need) {
+    if (need <= *have) return 0;
+    __half *p = (__half *)kc_malloc(need * sizeof(__half));
+    if (!p) return -1;
+    *buf = p, *have = need; /* the old buffer stays allocated: graphs may hold it */
+    return 0;
+}
+
+/* y (ldy) = A16 [m][k] . W16 [n][k]^T, FP32 out, FP32 sums */
+static int gemm_f16(const __half *w16, long n, long k, const __half *a16, long m, float *y, long ldy) {
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
+                                    &one, w16, CUDA_R_16F, (int)k, a16, CUDA_R_16F, (int)k, &zero, y, CUDA_R_32F,
+                                    (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cublasGemmEx FP16 (%ld x %ld x %ld) failed: %s", m, n, k, cublasGetStatusString(s));
+        return -1;
+    }
+    return 0;
+}
+
+extern "C" int kc_sq_twostep_applies(const kc_sq *w, long m) {
+    const long min_m = kc_sq_twostep_min();
+    return min_m > 0 && m >= min_m && (w->compact || is_fast(w)) && w->n <= 0x7fffffffL && w->k <= 0x7fffffffL &&
+           m <= 0x7fffffffL;
+}
+
+extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
+                             float *const *parts) {
+    if (grow(&g_w16, &g_w16_n, (size_t)w->n * w->k) || grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
+    if (!g_sat) {
+        if (!(g_sat = (unsigned *)kc_malloc(sizeof(unsigned))) || kc_memset(g_sat, 0, sizeof(unsigned))) return -1;
+    }
+    MmArgs a;
+    memset(&a, 0, sizeof a);
+    a.w = w->d, a.n = w->n, a.k = w->k, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
+    a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes, a.slot_bytes = w->slot_bytes, a.s2 = w->s2;
+    const long units = w->ntiles * w->ngroups;
+    const unsigned blocks = (unsigned)((units + 7) / 8 < 4096 ? (units + 7) / 8 : 4096); /* grid-stride */
+    if (w->compact) {
+        if (w->s16) k_sqc_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
+        else k_sqc_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
+    } else {
+        if (w->s16) k_sq_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
+        else k_sq_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
+    }
+    if (kc_check_launch("k_sq_expand")) return -1;
+    const long th = m * (w->k / 8);
+    k_act_f16<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(d_qx, d_sx, m, w->k, g_a16, g_sat);
+    if (kc_check_launch("k_act_f16")) return -1;
+    if (!parts || w->nparts <= 1) return gemm_f16(g_w16, w->n, w->k, g_a16, m, d_y, w->n);
+    long r0 = 0;
+    for (int p = 0; p < w->nparts; p++) {
+        if (gemm_f16(g_w16 + (size_t)r0 * w->k, w->part_n[p], w->k, g_a16, m, parts[p], w->part_n[p])) return -1;
+        r0 += w->part_n[p];
+    }
+    return 0;
+}
