@@ -22,13 +22,16 @@
  * head's dimensions; the probabilities travel between them by shuffles.
  * FP32 on the CUDA cores (the K/V cache is FP32). A block whose rows
  * belong to several sequences (a chunk boundary) runs one segment per
- * sequence. The caller picks the kernel (kc_attention's `prefill`).
+ * sequence. The caller picks the kernel (kc_attention's `prefill`);
+ * KC_ATTN_TILES=0 in the environment keeps the rows kernel (measurements).
  */
 #include "kc.h"
 #include "kc_internal.h"
 
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define ATT_WARPS 4
 #define MAX_HD_PER_LANE 8 /* head_dim <= 256 */
@@ -255,7 +258,12 @@ extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, i
     }
     const int group = n_head / n_head_kv;
     const float scale = 1.0f / sqrtf((float)head_dim);
-    if (prefill && group <= PA_Q) {
+    static int tiles_ok = -1; /* KC_ATTN_TILES=0: the rows kernel always (measurements) */
+    if (tiles_ok < 0) {
+        const char *e = getenv("KC_ATTN_TILES");
+        tiles_ok = !e || strcmp(e, "0") != 0;
+    }
+    if (prefill && tiles_ok && group <= PA_Q) {
         if (head_dim == 64) return launch_tiles<16>(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, scale);
         if (head_dim == 128) return launch_tiles<32>(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, scale);
     }
