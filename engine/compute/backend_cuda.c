@@ -45,6 +45,11 @@ typedef struct {
     uint8_t graph_state[GRAPH_MAX + 1]; /* 0 unseen, 1 ran once eagerly, 2 capture failed */
     int no_graphs, graph_acts;        /* graphs off; the activation recipe they were made for */
     int n_seqs;                       /* sequences in the current batch */
+    /* qx/sx already hold the INT8 form of q_of[q_m][q_k]: set by the fused
+     * norm/SwiGLU + quantization kernels, used (and cleared) by the next
+     * matmul, cleared by anything that changes the activations between */
+    const float *q_of;
+    long q_m, q_k;
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -135,6 +140,7 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
 }
 
 static int act_quant(gfwd_t *g, const gact_t *a, int layer, int site, float *x, int n, int dim) {
+    if (a->kind == AQ_INT || a->kind == AQ_SQ_STATIC) g->q_of = NULL; /* x changes */
     if (a->kind == AQ_INT) return kc_fake_quant(x, n, dim, NULL, 0, a->bits);
     if (a->kind == AQ_SQ_STATIC)
         return kc_fake_quant(x, n, dim, g->masks[site] + (size_t)layer * dim, a->bits_hi, a->bits);
@@ -145,6 +151,10 @@ static int act_quant(gfwd_t *g, const gact_t *a, int layer, int site, float *x, 
  * is (q/k/v and gate/up share one input). */
 static int quant_input(gfwd_t *g, const float *x, int m, long k, int *quantized) {
     if (*quantized) return 0;
+    if (x == g->q_of && m == g->q_m && k == g->q_k) { /* a fused kernel did it */
+        *quantized = 1;
+        return 0;
+    }
     if (kc_quant_i8(x, m, k, g->qx, g->sx) != 0) return -1;
     *quantized = 1;
     return 0;
@@ -274,6 +284,13 @@ static void cuda_error(fwd_t *f, char *err, size_t errlen) {
 
 static const gpu_model_t *gpu_model(const fwd_t *f) { return f->m->dev; }
 
+/* whether the matmul that reads this layer's norm / SwiGLU output quantizes
+ * it to INT8 (an SQ matrix): then the fused kernel produces both */
+static int reads_int8(const glayer_t *L, int id) {
+    const int kind = L->w[id].kind;
+    return kind == GM_SQ || kind == GM_FUSED;
+}
+
 /* SQSERVE_CUDA_PROFILE: each operation bracketed for kc_prof (kc_prof.cu) */
 static inline int prof_end(int rc) {
     kc_prof_pop();
@@ -301,6 +318,11 @@ static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm,
     const float *w = norm == NORM_OUT    ? gm->out_norm
                      : norm == NORM_ATTN ? gm->layers[layer].attn_norm
                                          : gm->layers[layer].ffn_norm;
+    if (norm != NORM_OUT && reads_int8(&gm->layers[layer], norm == NORM_ATTN ? W_Q : W_GATE)) {
+        gfwd_t *g = f->be_state;
+        g->q_of = y, g->q_m = n, g->q_k = f->m->hp.dim;
+        return PROFILED("rmsnorm+q8", kc_rmsnorm_q8(y, x, w, n, f->m->hp.dim, f->m->hp.rms_eps, g->qx, g->sx));
+    }
     return PROFILED("rmsnorm", kc_rmsnorm(y, x, w, n, f->m->hp.dim, f->m->hp.rms_eps));
 }
 
@@ -333,8 +355,12 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
 }
 
 static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
-    return PROFILED(matmul_name(ids, count), matmul_do(f, layer, ids, y, count, x, n));
+    gfwd_t *g = f->be_state;
+    int rc = PROFILED(matmul_name(ids, count), matmul_do(f, layer, ids, y, count, x, n));
+    g->q_of = NULL; /* good for one matmul call only */
+    return rc;
 }
+
 
 static int cuda_rope(fwd_t *f, float *x, int n_heads, int n) {
     const hparams_t *hp = &f->m->hp;
@@ -363,7 +389,13 @@ static int cuda_add(fwd_t *f, float *y, const float *x, long count) {
 }
 
 static int cuda_silu_mul(fwd_t *f, float *g, const float *u, long count) {
-    (void)f;
+    const gpu_model_t *gm = gpu_model(f);
+    const long ffn = f->m->hp.ffn_dim;
+    if (gm->n_layer > 0 && reads_int8(&gm->layers[0], W_DOWN) && count % ffn == 0) {
+        gfwd_t *gs = f->be_state;
+        gs->q_of = g, gs->q_m = count / ffn, gs->q_k = ffn;
+        return PROFILED("silu_mul+q8", kc_silu_mul_q8(g, u, (int)(count / ffn), (int)ffn, gs->qx, gs->sx));
+    }
     return PROFILED("silu_mul", kc_silu_mul(g, u, count));
 }
 

@@ -80,6 +80,12 @@ int kc_rmsnorm(float *d_out, const float *d_x, const float *d_w, int n, int dim,
 int kc_rope(float *d_x, const int32_t *d_pos, int n, int n_heads, int head_dim, int rot_dim,
             const float *d_inv_freq);
 int kc_silu_mul(float *d_g, const float *d_u, long count);  /* g = silu(g) * u */
+/* The same two ops, each followed by the per-token INT8 quantization of
+ * its output rows into d_qx [n][dim] / d_sx [n], bit-identical to running
+ * kc_quant_i8 after them: one launch instead of two before an SQ matmul. */
+int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
+                  int8_t *d_qx, float *d_sx);
+int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8_t *d_qx, float *d_sx);
 int kc_add(float *d_y, const float *d_x, long count);       /* y += x */
 
 /* Per-token symmetric fake quantization in place, as the CPU activation

@@ -29,6 +29,17 @@ static inline unsigned kc_blocks(long n, int per_block) {
     return (unsigned)((n + per_block - 1) / per_block);
 }
 
+/* The INT8 code of v at per-token scale s, as k_quant_row_i8 computes it
+ * (round half to even, clamped to +-127; s = max|x| / 127 rounded). Every
+ * kernel that quantizes activations uses this one expression, so they agree
+ * bit for bit. */
+#ifdef __CUDACC__
+__device__ __forceinline__ int8_t kc_q8(float v, float s) {
+    return (int8_t)(s > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn(v, s)), -127.0f), 127.0f) : 0.0f);
+}
+__device__ __forceinline__ float kc_q8_scale(float max_abs) { return __fdiv_rn(max_abs, 127.0f); }
+#endif
+
 /* the paged K/V row of position t of a sequence whose block ids start at blk[off] */
 #ifdef __CUDACC__
 __device__ __forceinline__ size_t kv_row(const kc_kv_t kv, int layer, const int32_t *blk,

@@ -52,6 +52,66 @@ extern "C" int kc_rmsnorm(float *d_out, const float *d_x, const float *d_w, int 
     return kc_check_launch("rmsnorm");
 }
 
+/* Row max |out| over the block, then out quantized as k_quant_i8 does (the
+ * row was written by this block: __syncthreads makes it visible). */
+__device__ void quant_row_q8(const float *o, int dim, int8_t *q, float *sx) {
+    __shared__ float red[32];
+    float mx = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) mx = fmaxf(mx, fabsf(o[j]));
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
+    const float s = kc_q8_scale(mx);
+    if (threadIdx.x == 0) sx[blockIdx.x] = s;
+    int8_t *qr = q + (size_t)blockIdx.x * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) qr[j] = kc_q8(o[j], s);
+}
+
+__global__ void rmsnorm_q8_kernel(float *out, const float *x, const float *w, int dim, float eps, int8_t *q,
+                                  float *sx) {
+    __shared__ double part[32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *o = out + (size_t)blockIdx.x * dim;
+    double ss = 0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += part[i];
+        part[0] = t;
+    }
+    __syncthreads();
+    float scale = (float)(1.0 / sqrt(part[0] / dim + eps));
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
+    __syncthreads();
+    quant_row_q8(o, dim, q, sx);
+}
+
+extern "C" int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
+                             int8_t *d_qx, float *d_sx) {
+    if (n <= 0) return 0;
+    rmsnorm_q8_kernel<<<n, 256, 0, KC_STREAM>>>(d_out, d_x, d_w, dim, eps, d_qx, d_sx);
+    return kc_check_launch("rmsnorm_q8");
+}
+
+__global__ void silu_mul_q8_kernel(float *g, const float *u, int dim, int8_t *q, float *sx) {
+    float *gr = g + (size_t)blockIdx.x * dim;
+    const float *ur = u + (size_t)blockIdx.x * dim;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) gr[j] = gr[j] / (1.0f + expf(-gr[j])) * ur[j];
+    __syncthreads();
+    quant_row_q8(gr, dim, q, sx);
+}
+
+extern "C" int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8_t *d_qx, float *d_sx) {
+    if (n <= 0) return 0;
+    silu_mul_q8_kernel<<<n, 256, 0, KC_STREAM>>>(d_g, d_u, dim, d_qx, d_sx);
+    return kc_check_launch("silu_mul_q8");
+}
+
 __global__ void rope_kernel(float *x, const int32_t *pos, int n_heads, int head_dim, int rot_half,
                             const float *inv_freq) {
     int row = blockIdx.x;

@@ -579,9 +579,9 @@ __global__ void k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
     __syncthreads();
     mx = 0.0f;
     for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
-    const float s = __fdiv_rn(mx, 127.0f);
+    const float s = kc_q8_scale(mx);
     if (threadIdx.x == 0) sx[blockIdx.x] = s;
-#define QV(xv) ((int8_t)(s > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn((xv), s)), -127.0f), 127.0f) : 0.0f))
+#define QV(xv) kc_q8((xv), s)
     if (vec)
         for (long j = threadIdx.x; j < k / 4; j += blockDim.x) {
             float4 v = __ldg((const float4 *)xr + j);

@@ -83,6 +83,42 @@ static void test_rmsnorm(int n, int dim) {
     free(x), free(w), free(want), free(got);
 }
 
+/* The fused norm / SwiGLU + INT8 kernels equal the two-launch sequence bit
+ * for bit: the float output and the codes and scales of kc_quant_i8. */
+static void test_fused_q8(int n, int dim) {
+    size_t cnt = (size_t)n * dim, sz = cnt * 4;
+    float *x = malloc(sz), *u = malloc(sz), *w = malloc((size_t)dim * 4);
+    float *y1 = malloc(sz), *y2 = malloc(sz), *s1 = malloc((size_t)n * 4), *s2 = malloc((size_t)n * 4);
+    int8_t *q1 = malloc(cnt), *q2 = malloc(cnt);
+    fill(x, cnt, 3), fill(u, cnt, 2), fill(w, (size_t)dim, 1);
+    float *dx = dup_to(x, sz), *du = dup_to(u, sz), *dw = dup_to(w, (size_t)dim * 4);
+    float *da = poisoned(sz), *db = poisoned(sz), *dsa = poisoned((size_t)n * 4), *dsb = poisoned((size_t)n * 4);
+    int8_t *dqa = poisoned(cnt), *dqb = poisoned(cnt);
+    for (int op = 0; op < 2; op++) {
+        if (op == 0) {
+            OK(kc_rmsnorm(da, dx, dw, n, dim, 1e-5f));
+            OK(kc_rmsnorm_q8(db, dx, dw, n, dim, 1e-5f, dqb, dsb));
+        } else {
+            OK(kc_upload(da, x, sz));
+            OK(kc_upload(db, x, sz));
+            OK(kc_silu_mul(da, du, (long)cnt));
+            OK(kc_silu_mul_q8(db, du, n, dim, dqb, dsb));
+        }
+        OK(kc_quant_i8(da, n, dim, dqa, dsa));
+        back(y1, da, sz), back(y2, db, sz), back(q1, dqa, cnt), back(q2, dqb, cnt);
+        back(s1, dsa, (size_t)n * 4), back(s2, dsb, (size_t)n * 4);
+        int same = !memcmp(y1, y2, sz) && !memcmp(q1, q2, cnt) && !memcmp(s1, s2, (size_t)n * 4);
+        char what[80];
+        snprintf(what, sizeof what, "%s fused with INT8 quantization n=%d dim=%d: bit-identical",
+                 op ? "silu_mul" : "rmsnorm", n, dim);
+        if (same) n_pass++, printf("PASS %s\n", what);
+        else n_fail++, printf("FAIL %s\n", what);
+    }
+    kc_free(dx), kc_free(du), kc_free(dw), kc_free(da), kc_free(db), kc_free(dsa), kc_free(dsb);
+    kc_free(dqa), kc_free(dqb);
+    free(x), free(u), free(w), free(y1), free(y2), free(s1), free(s2), free(q1), free(q2);
+}
+
 static void test_rope(int n, int heads, int hd, int rot) {
     size_t cnt = (size_t)n * heads * hd, sz = cnt * 4;
     float *x = malloc(sz), *want = malloc(sz), *got = malloc(sz), *inv = malloc((size_t)rot / 2 * 4);
@@ -300,6 +336,7 @@ int main(int argc, char **argv) {
     }
     printf("device: %s\n", kc_device_name());
     test_rmsnorm(3, 576), test_rmsnorm(5, 577), test_rmsnorm(1, 4096);
+    test_fused_q8(3, 576), test_fused_q8(5, 1537), test_fused_q8(2, 14336);
     test_rope(3, 9, 64, 64), test_rope(2, 8, 128, 128), test_rope(4, 3, 64, 32);
     test_elementwise(1001), test_elementwise(1 << 16);
     test_embed(1000, 576, 17), test_embed(333, 77, 5);
