@@ -222,7 +222,7 @@ int api_render_chat(srv_t *s, json_t *msgs, const tools_t *tools, char **out, re
             BAD("messages", "messages[%zu].tool_calls is only for role 'assistant'", i);
             goto out;
         }
-        if (!content || (json_is_null(content) && strcmp(rs, "assistant"))) {
+        if ((!content && !has_calls) || (content && json_is_null(content) && strcmp(rs, "assistant"))) {
             BAD("messages", "messages[%zu].content is required", i);
             goto out;
         }
