@@ -361,8 +361,11 @@ static int feed_chatml(tools_stream_t *s, int final, tools_content_fn content, t
     for (;;) {
         if (!s->in_call) {
             const char *o = find(s->buf, s->len, OPEN);
-            if (o) {
-                emit_content(s, (size_t)(o - s->buf), 1, content, ud);
+            if (o) { /* content up to the call, less the whitespace before the tag */
+                size_t n = (size_t)(o - s->buf), k = n;
+                while (k > 0 && isspace((unsigned char)s->buf[k - 1])) k--;
+                emit_content(s, k, 1, content, ud);
+                drop(s, n - k);
                 drop(s, sizeof OPEN - 1);
                 s->in_call = 1;
                 continue;

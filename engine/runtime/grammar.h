@@ -52,7 +52,8 @@ gvocab_t *gvocab_new(const tok_t *t);
 void gvocab_free(gvocab_t *v);
 int gvocab_n_vocab(const gvocab_t *v);
 
-/* A matcher at the grammar's start. NULL on out of memory. */
+/* A matcher at the grammar's start. NULL on out of memory. v may be NULL
+ * when only gmatch_accept_bytes and gmatch_can_end / gmatch_done are used. */
 gmatch_t *gmatch_new(grammar_t *g, const gvocab_t *v);
 void gmatch_free(gmatch_t *m);
 
