@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static const char SCHEMA[] =
     "{\"type\":\"object\",\"properties\":{"
@@ -38,7 +39,17 @@ static const char SCHEMA[] =
     "\"required\":[\"name\",\"age\",\"weight\",\"kind\",\"tags\",\"notes\",\"indoor\"],"
     "\"additionalProperties\":false}";
 
-typedef struct { double fwd, sample, grammar; long misses, objects; } times_t;
+typedef struct { double fwd, sample, grammar; } part_t;
+typedef struct { part_t wall, cpu; long misses, objects; } times_t;
+
+/* This thread's CPU time: unlike wall time it does not count the time other
+ * processes hold the cores (with THREADS=1 the forward pass runs on this
+ * thread too, so every part is measured this way). */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static int die(const char *msg) {
     fprintf(stderr, "bench_grammar: %s\n", msg);
@@ -75,11 +86,11 @@ static int run(fwd_t *f, const int32_t *prompt, int n_prompt, int steps, grammar
         done += c;
     }
     for (int s = 0; s < steps; s++) {
-        double t0 = gen_now();
+        double t0 = gen_now(), c0 = cpu_now();
         if (gm && gmatch_apply(gm, logits) <= 0) { snprintf(err, errlen, "the grammar allows nothing"); goto out_s; }
-        double t1 = gen_now();
+        double t1 = gen_now(), c1 = cpu_now();
         int32_t id = sampler_next(&smp, logits);
-        double t2 = gen_now();
+        double t2 = gen_now(), c2 = cpu_now();
         if (gm) {
             if (gmatch_accept_token(gm, id) != 0) { snprintf(err, errlen, "token outside the grammar"); goto out_s; }
             if (gmatch_done(gm)) { /* an object is complete: start another */
@@ -91,21 +102,25 @@ static int run(fwd_t *f, const int32_t *prompt, int n_prompt, int steps, grammar
                 if (!(gm = gmatch_new(g, v))) { snprintf(err, errlen, "out of memory"); goto out_s; }
             }
         }
-        double t3 = gen_now();
+        double t3 = gen_now(), c3 = cpu_now();
         int32_t p = n_prompt + s, zero = 0;
         batch_t b = {1, &id, &p, &zero, NULL};
         if (fwd_run(f, &b, logits, err, errlen) != 0) goto out_s;
-        double t4 = gen_now();
-        t->grammar += (t1 - t0) + (t3 - t2);
-        t->sample += t2 - t1;
-        t->fwd += t4 - t3;
+        double t4 = gen_now(), c4 = cpu_now();
+        t->wall.grammar += (t1 - t0) + (t3 - t2);
+        t->wall.sample += t2 - t1;
+        t->wall.fwd += t4 - t3;
+        t->cpu.grammar += (c1 - c0) + (c3 - c2);
+        t->cpu.sample += c2 - c1;
+        t->cpu.fwd += c4 - c3;
     }
     if (gm) {
         long c, h;
         gmatch_counts(gm, &c, &h);
         t->misses += c;
     }
-    t->fwd /= steps; t->sample /= steps; t->grammar /= steps;
+    part_t *ps[2] = {&t->wall, &t->cpu};
+    for (int k = 0; k < 2; k++) { ps[k]->fwd /= steps; ps[k]->sample /= steps; ps[k]->grammar /= steps; }
     rc = 0;
 out_s:
     sampler_free(&smp);
@@ -116,11 +131,21 @@ out:
     return rc;
 }
 
-static void row(const char *name, const times_t *t, const times_t *base) {
+static void row(const char *name, const part_t *t, const part_t *base, const times_t *tt) {
     double step = t->fwd + t->sample + t->grammar, bstep = base->fwd + base->sample;
-    printf("| %-5s | %8.3f | %8.3f | %8.3f | %8.3f | %+7.1f %% | %+7.1f %% | %6ld | %5ld |\n", name, t->fwd * 1e3,
+    printf("| %-5s | %8.3f | %8.3f | %8.3f | %8.3f | %+7.1f %% | %+10.1f %% | %6ld | %5ld |\n", name, t->fwd * 1e3,
            t->sample * 1e3, t->grammar * 1e3, step * 1e3, 100.0 * t->grammar / bstep,
-           100.0 * (step - bstep) / bstep, t->misses, t->objects);
+           100.0 * (step - bstep) / bstep, tt->misses, tt->objects);
+}
+
+static void table(const char *title, const times_t *fr, const times_t *cold, const times_t *warm, int cpu) {
+    printf("%s\n\n", title);
+    printf("| run   | fwd ms   | samp ms  | gram ms  | step ms  | grammar   | step vs free | masks  | objs  |\n");
+    printf("|-------|----------|----------|----------|----------|-----------|--------------|--------|-------|\n");
+    row("free", cpu ? &fr->cpu : &fr->wall, cpu ? &fr->cpu : &fr->wall, fr);
+    row("cold", cpu ? &cold->cpu : &cold->wall, cpu ? &fr->cpu : &fr->wall, cold);
+    row("warm", cpu ? &warm->cpu : &warm->wall, cpu ? &fr->cpu : &fr->wall, warm);
+    printf("\n");
 }
 
 int main(int argc, char **argv) {
@@ -164,12 +189,11 @@ int main(int argc, char **argv) {
     printf("model %s, %d-token vocabulary, %d threads, %d decode steps after a %ld-token prompt\n",
            argv[1], hp->n_vocab, threads, steps, n_prompt);
     printf("token trie built in %.1f ms (once per model)\n\n", t_trie * 1e3);
-    printf("| run   | fwd ms   | samp ms  | gram ms  | step ms  | grammar   | step vs free | masks  | objs  |\n");
-    printf("|-------|----------|----------|----------|----------|-----------|--------------|--------|-------|\n");
-    row("free", &free_t, &free_t);
-    row("cold", &cold, &free_t);
-    row("warm", &warm, &free_t);
-    printf("\ngrammar: mask + advance per step, over the free run's step (forward + sampling);\n"
+    table("wall time per step:", &free_t, &cold, &warm, 0);
+    if (threads == 1)
+        table("CPU time of the one thread per step (not inflated by other processes on the machine):", &free_t,
+              &cold, &warm, 1);
+    printf("grammar: mask + advance per step, over the free run's step (forward + sampling);\n"
            "step vs free: the whole constrained step over the free step (includes the forward pass's noise);\n"
            "masks: masks computed by walking the trie (cache misses); objs: JSON objects completed.\n");
     gvocab_free(v);
