@@ -223,6 +223,23 @@ char *tools_result_text(chat_kind_t kind, const char *content) {
     return sb_take(&b);
 }
 
+json_t *tools_template_messages(json_t *messages) {
+    json_t *copy = json_deep_copy(messages);
+    size_t i, j;
+    json_t *msg, *call;
+    json_array_foreach(copy, i, msg) {
+        json_array_foreach(json_object_get(msg, "tool_calls"), j, call) {
+            json_t *fn = json_object_get(call, "function"), *args = json_object_get(fn, "arguments");
+            json_t *parsed = json_is_string(args) ? json_loads(json_string_value(args), JSON_DECODE_ANY, NULL) : NULL;
+            if (parsed && json_object_set_new(fn, "arguments", parsed) != 0) {
+                json_decref(copy);
+                return NULL;
+            }
+        }
+    }
+    return copy;
+}
+
 /* ---- the forcing grammar ------------------------------------------------------------------------ */
 
 char *tools_grammar(const tools_t *t, char *err, size_t errlen, int *oom) {

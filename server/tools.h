@@ -49,6 +49,14 @@ char *tools_calls_text(chat_kind_t kind, const char *content, json_t *calls, siz
 const char *tools_result_role(chat_kind_t kind);
 char *tools_result_text(chat_kind_t kind, const char *content);
 
+/* For a Jinja chat template (HF templates such as Qwen 2.5's and Llama
+ * 3.1's): a deep copy of the request's messages in which each assistant
+ * tool call's function.arguments, JSON text in the OpenAI API, is the parsed
+ * JSON value, as the templates expect (they write `arguments | tojson`).
+ * Render with it and with `tools` = t->tools when tools_active(t), else no
+ * tools. NULL on out of memory. */
+json_t *tools_template_messages(json_t *messages);
+
 /* ---- the grammar for "required" / a named function (GBNF text) ---- */
 char *tools_grammar(const tools_t *t, char *err, size_t errlen, int *oom);
 

@@ -209,12 +209,32 @@ static void test_forcing_grammar(void **state) {
     tools_free(&t);
 }
 
+static void test_template_messages(void **state) {
+    (void)state;
+    json_t *msgs = json_loads("[{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", "
+                              "\"content\": null, \"tool_calls\": [{\"id\": \"c1\", \"type\": \"function\", "
+                              "\"function\": {\"name\": \"now\", \"arguments\": \"{\\\"tz\\\": 1}\"}}]}]", 0, NULL);
+    assert_non_null(msgs);
+    json_t *t = tools_template_messages(msgs);
+    json_t *args = json_object_get(json_object_get(json_array_get(json_object_get(json_array_get(t, 1), "tool_calls"), 0),
+                                                   "function"), "arguments");
+    assert_true(json_is_object(args));
+    assert_int_equal(json_integer_value(json_object_get(args, "tz")), 1);
+    /* the request itself is untouched */
+    json_t *orig = json_object_get(json_object_get(json_array_get(json_object_get(json_array_get(msgs, 1), "tool_calls"), 0),
+                                                   "function"), "arguments");
+    assert_true(json_is_string(orig));
+    json_decref(t);
+    json_decref(msgs);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chatml_reply),
         cmocka_unit_test(test_llama3_reply),
         cmocka_unit_test(test_prompt_text),
         cmocka_unit_test(test_forcing_grammar),
+        cmocka_unit_test(test_template_messages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
