@@ -163,7 +163,7 @@ sanitize:
 # executions and coverage; crashes land in build/fuzz/crashes/. The
 # regression inputs (built by tests/fuzz/regressions.py) run in `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := gguf sqm tok chat request
+FUZZ_TARGETS := gguf sqm tok chat request grammar
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 FUZZ_MAKE := BUILD=build/fuzz FUZZ=1 OPT=-O1 CUDA=0 WARN=-Wall \
 	  EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
