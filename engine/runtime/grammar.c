@@ -33,6 +33,18 @@
 
 typedef struct { uint32_t pos, parent; } gnode_t;
 
+/* A step remembered during one trie walk: the same stack set meets the same
+ * byte at many trie nodes (inside a JSON string, every ASCII byte but the
+ * quote and the backslash leads back to the same set). */
+typedef struct {
+    uint64_t h;
+    uint32_t gen, key, n_in, out, n_out;
+    gutf8_t u, u_out;
+    uint8_t b;
+} gmemo_t;
+
+#define MEMO_MAX_IDS (1u << 22) /* ids kept per walk (16 MiB) */
+
 struct gmatch {
     grammar_t *g;
     const gvocab_t *v;
@@ -50,6 +62,9 @@ struct gmatch {
     uint32_t *key;
     uint32_t cap_key;
     uint64_t *own_mask;          /* when the cache is full */
+    gmemo_t *memo;               /* steps of the current walk (stamped with gen) */
+    uint32_t memo_cap, memo_n;
+    uint32_t *marena, marena_n, marena_cap;
     long computed, cached;
 };
 
@@ -155,8 +170,11 @@ static uint32_t intern(gmatch_t *m, uint32_t pos, uint32_t parent) {
 void gmatch_walk_begin(gmatch_t *m) {
     m->walking = 1;
     m->st_n = 0;
+    m->memo_n = 0;
+    m->marena_n = 0;
     if (++m->gen == 0) { /* wrapped: stamps from 2^32 walks ago would look current */
         if (m->st_gen) memset(m->st_gen, 0, (size_t)m->st_cap * sizeof *m->st_gen);
+        for (uint32_t i = 0; i < m->memo_cap; i++) m->memo[i].gen = 0;
         m->gen = 1;
     }
 }
@@ -207,7 +225,7 @@ static int utf8_ok(uint32_t cp, int len) {
     return cp >= min[len] && cp <= 0x10FFFF && (cp < 0xD800 || cp > 0xDFFF);
 }
 
-int gmatch_step_byte(gmatch_t *m, uint32_t in_off, int n, gutf8_t u, uint8_t b, gutf8_t *u_out) {
+static int step_byte(gmatch_t *m, uint32_t in_off, int n, gutf8_t u, uint8_t b, gutf8_t *u_out) {
     const grammar_t *g = m->g;
     uint32_t off = m->n_buf;
     gutf8_t nu = {0, 0, 0};
@@ -250,6 +268,64 @@ partial: { /* keep the stacks whose class can still match what the bytes may bec
     }
 }
 
+static uint64_t memo_hash(const uint32_t *ids, int n, gutf8_t u, uint8_t b) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)u.val << 16 | (uint64_t)u.rem << 8 | b);
+    for (int i = 0; i < n; i++) h = (h ^ ids[i]) * 0x100000001B3ull;
+    return h ^ (h >> 29);
+}
+
+static int memo_grow(gmatch_t *m) {
+    uint32_t cap = m->memo_cap ? m->memo_cap * 2 : 4096;
+    gmemo_t *t = calloc(cap, sizeof *t);
+    if (!t) return -1;
+    for (uint32_t i = 0; i < m->memo_cap; i++) {
+        if (m->memo[i].gen != m->gen) continue;
+        uint32_t j = (uint32_t)m->memo[i].h & (cap - 1);
+        while (t[j].gen == m->gen) j = (j + 1) & (cap - 1);
+        t[j] = m->memo[i];
+    }
+    free(m->memo);
+    m->memo = t;
+    m->memo_cap = cap;
+    return 0;
+}
+
+/* step_byte, remembered per walk (outside a walk the frames made are
+ * persistent and few: no memo). */
+int gmatch_step_byte(gmatch_t *m, uint32_t in_off, int n, gutf8_t u, uint8_t b, gutf8_t *u_out) {
+    if (!m->walking) return step_byte(m, in_off, n, u, b, u_out);
+    uint64_t h = memo_hash(m->buf + in_off, n, u, b);
+    uint32_t i = 0;
+    if (m->memo_cap) {
+        for (i = (uint32_t)h & (m->memo_cap - 1); m->memo[i].gen == m->gen; i = (i + 1) & (m->memo_cap - 1)) {
+            gmemo_t *e = &m->memo[i];
+            if (e->h != h || e->n_in != (uint32_t)n || e->b != b || e->u.val != u.val || e->u.rem != u.rem ||
+                e->u.len != u.len || memcmp(m->marena + e->key, m->buf + in_off, (size_t)n * sizeof(uint32_t)))
+                continue;
+            if (grow_u32(&m->buf, &m->cap_buf, (uint64_t)m->n_buf + e->n_out)) return -1;
+            memcpy(m->buf + m->n_buf, m->marena + e->out, (size_t)e->n_out * sizeof(uint32_t));
+            m->n_buf += e->n_out;
+            *u_out = e->u_out;
+            return (int)e->n_out;
+        }
+    }
+    uint32_t off = m->n_buf;
+    int k = step_byte(m, in_off, n, u, b, u_out);
+    if (k < 0 || (uint64_t)m->marena_n + (uint64_t)n + (uint64_t)k > MEMO_MAX_IDS) return k;
+    if ((m->memo_n + 1) * 2 > m->memo_cap) {
+        if (memo_grow(m)) return k; /* no memo: still correct */
+        for (i = (uint32_t)h & (m->memo_cap - 1); m->memo[i].gen == m->gen; i = (i + 1) & (m->memo_cap - 1)) {}
+    }
+    if (grow_u32(&m->marena, &m->marena_cap, (uint64_t)m->marena_n + (uint64_t)n + (uint64_t)k)) return k;
+    gmemo_t *e = &m->memo[i];
+    *e = (gmemo_t){h, m->gen, m->marena_n, (uint32_t)n, m->marena_n + (uint32_t)n, (uint32_t)k, u, *u_out, b};
+    memcpy(m->marena + e->key, m->buf + in_off, (size_t)n * sizeof(uint32_t));
+    memcpy(m->marena + e->out, m->buf + off, (size_t)k * sizeof(uint32_t));
+    m->marena_n += (uint32_t)(n + k);
+    m->memo_n++;
+    return k;
+}
+
 /* ---- the matcher ------------------------------------------------------------------------------- */
 
 gmatch_t *gmatch_new(grammar_t *g, const gvocab_t *v) {
@@ -276,7 +352,7 @@ void gmatch_free(gmatch_t *m) {
     if (!m) return;
     grammar_unref(m->g);
     free(m->nodes); free(m->pt); free(m->st); free(m->st_gen); free(m->set); free(m->buf);
-    free(m->key); free(m->own_mask);
+    free(m->key); free(m->own_mask); free(m->memo); free(m->marena);
     free(m);
 }
 

@@ -546,7 +546,8 @@ static grammar_t *flatten(bld_t *b) {
         g->rule_alt[r] = k;
         for (uint32_t a = 0; a < b->rules[r].n_alts; a++) {
             g->alt[k++] = e;
-            memcpy(g->el + e, b->rules[r].alts[a].e, (size_t)b->rules[r].alts[a].n * sizeof *g->el);
+            if (b->rules[r].alts[a].n) /* an empty alternative has no elements (and e may be NULL) */
+                memcpy(g->el + e, b->rules[r].alts[a].e, (size_t)b->rules[r].alts[a].n * sizeof *g->el);
             e += b->rules[r].alts[a].n;
             g->el[e++] = (gel_t){GE_END, 0};
         }
