@@ -191,3 +191,48 @@ def test_bad_tools_are_400(client):
 def test_tools_on_completions_is_400(server):
     r = server.post("/v1/completions", {"model": MODEL_ID, "prompt": "x", "tools": TOOLS})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+
+# ---- the Llama-3.1 format, end to end on a tiny random model --------------------------
+
+LLAMA3_TEMPLATE = ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+                   "'<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}{% endfor %}")
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    """A random 2-layer model whose template is Llama-3's: its output means
+    nothing, so whatever call comes back is the grammar's doing."""
+    from gguf_craft import tiny_llama
+    path = tmp_path_factory.mktemp("llama3") / "tiny-llama3.gguf"
+    tiny_llama(path, chat_template=LLAMA3_TEMPLATE, ctx=4096)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SQSERVE_TEST_MODEL", str(path))
+    try:
+        s = start_server()
+    finally:
+        mp.undo()
+    yield s, path.stem
+    s.stop()
+
+
+def test_llama3_forced_call(llama3):
+    server, model = llama3
+    body = {"model": model, "messages": ASK, "tools": [CLOCK], "tool_choice": "required", "max_tokens": 300,
+            "temperature": 0}
+    r = server.post("/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    c = r.json()["choices"][0]
+    assert c["finish_reason"] == "tool_calls", c
+    (tc,) = c["message"]["tool_calls"]
+    assert tc["function"]["name"] == "get_time" and tc["id"].startswith("call_")
+    assert problems(json.loads(tc["function"]["arguments"]), PARAMS["get_time"]) == []
+    # the tools are listed at the top of the first user turn, in Llama-3.1's words
+    plain = server.post("/v1/chat/completions", dict(body, tools=None, tool_choice=None, max_tokens=1)).json()
+    assert r.json()["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 100
+    # a second turn: the call and an ipython result are rendered
+    hist = ASK + [c["message"], {"role": "tool", "tool_call_id": tc["id"], "content": "12:00"}]
+    tok = server.post("/tokenize", {"messages": hist}).json()["tokens"]
+    text = server.post("/detokenize", {"tokens": tok}).json()["prompt"]
+    assert '<|start_header_id|>assistant<|end_header_id|>\n\n{"name":"get_time","parameters":' in text, text
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\n12:00<|eot_id|>" in text, text
