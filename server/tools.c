@@ -401,7 +401,8 @@ static int feed_chatml(tools_stream_t *s, int final, tools_content_fn content, t
             return 0;
         }
         size_t body = (size_t)(c - s->buf);
-        json_t *call = make_call(s->t, s->buf, body);
+        /* parallel_tool_calls false: a second call is not a call (kept as text) */
+        json_t *call = s->t->parallel || s->n_calls == 0 ? make_call(s->t, s->buf, body) : NULL;
         if (call) {
             callfn(ud, s->n_calls++, call);
             json_decref(call);

@@ -107,6 +107,14 @@ static void test_chatml_reply(void **state) {
     assert_string_equal(g.text, "<tool_call>\n{\"name\": \"get_wea");
     json_decref(g.calls);
     tools_free(&t);
+    /* parallel_tool_calls false: the first call only; a second stays text */
+    load(&t, CHAT_CHATML, ", \"parallel_tool_calls\": false");
+    stream_matches_whole(&t, "<tool_call>{\"name\": \"now\", \"arguments\": {}}</tool_call>"
+                             "<tool_call>{\"name\": \"now\", \"arguments\": {}}</tool_call>", &g);
+    assert_int_equal(json_array_size(g.calls), 1);
+    assert_string_equal(g.text, "<tool_call>{\"name\": \"now\", \"arguments\": {}}</tool_call>");
+    json_decref(g.calls);
+    tools_free(&t);
 }
 
 static void test_llama3_reply(void **state) {
