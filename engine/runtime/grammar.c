@@ -28,7 +28,11 @@
 
 #define MAX_STACKS 4096          /* stacks in one state: beyond, the grammar is too ambiguous */
 #define MAX_EXPAND_DEPTH 2048    /* nested references expanded without consuming a byte */
-#define CACHE_BYTES (32u << 20)  /* masks kept per grammar */
+#define CACHE_BYTES (8u << 20)   /* masks kept per grammar (1365 of SmolLM2's 6 KiB) */
+#define WORK_BUDGET 50000000L    /* expansions + set comparisons in one mask walk or one
+                                  * advance (a JSON string state's walk takes a few million):
+                                  * past it the grammar is too ambiguous to serve, not a
+                                  * reason to hold the scheduler's thread for seconds */
 #define NONE UINT32_MAX
 
 typedef struct { uint32_t pos, parent; } gnode_t;
@@ -65,6 +69,7 @@ struct gmatch {
     gmemo_t *memo;               /* steps of the current walk (stamped with gen) */
     uint32_t memo_cap, memo_n;
     uint32_t *marena, marena_n, marena_cap;
+    long work;                   /* work done by the current walk or advance */
     long computed, cached;
 };
 
@@ -172,6 +177,7 @@ void gmatch_walk_begin(gmatch_t *m) {
     m->st_n = 0;
     m->memo_n = 0;
     m->marena_n = 0;
+    m->work = 0;
     if (++m->gen == 0) { /* wrapped: stamps from 2^32 walks ago would look current */
         if (m->st_gen) memset(m->st_gen, 0, (size_t)m->st_cap * sizeof *m->st_gen);
         for (uint32_t i = 0; i < m->memo_cap; i++) m->memo[i].gen = 0;
@@ -188,6 +194,7 @@ void gmatch_walk_end(gmatch_t *m) {
 
 /* Appends id to the set being built at buf[off..n_buf) unless present. */
 static int add_unique(gmatch_t *m, uint32_t off, uint32_t id) {
+    if ((m->work += m->n_buf - off + 1) > WORK_BUDGET) return -1;
     for (uint32_t i = off; i < m->n_buf; i++)
         if (m->buf[i] == id) return 0;
     if (m->n_buf - off >= MAX_STACKS || grow_u32(&m->buf, &m->cap_buf, (uint64_t)m->n_buf + 1)) return -1;
@@ -199,7 +206,7 @@ static int add_unique(gmatch_t *m, uint32_t off, uint32_t id) {
  * is a class, adding the stacks to the set at buf[off..). */
 static int expand(gmatch_t *m, uint32_t pos, uint32_t parent, uint32_t off, int depth) {
     const grammar_t *g = m->g;
-    if (depth > MAX_EXPAND_DEPTH) return -1;
+    if (depth > MAX_EXPAND_DEPTH || ++m->work > WORK_BUDGET) return -1;
     for (;;) {
         gel_t e = g->el[pos];
         if (e.type == GE_CLASS) {
@@ -367,6 +374,7 @@ int gmatch_done(const gmatch_t *m) { return m->ended || (m->n_set == 1 && m->set
 
 int gmatch_accept_bytes(gmatch_t *m, const char *s, size_t len) {
     if (m->ended) return -1;
+    m->work = 0;
     if (grow_u32(&m->buf, &m->cap_buf, (uint64_t)m->n_set)) return -1;
     memcpy(m->buf, m->set, (size_t)m->n_set * sizeof *m->buf);
     m->n_buf = (uint32_t)m->n_set;

@@ -58,11 +58,12 @@ gmatch_t *gmatch_new(grammar_t *g, const gvocab_t *v);
 void gmatch_free(gmatch_t *m);
 
 /* The allowed-token bitset for the current state (bit i of word i/64),
- * from the cache or computed and cached. NULL on out of memory. Valid until
+ * from the cache or computed and cached. NULL on out of memory or when the
+ * state is too ambiguous to walk within a fixed budget of work. Valid until
  * the matcher's next call. */
 const uint64_t *gmatch_mask(gmatch_t *m);
 /* Sets the logits of disallowed tokens to -INFINITY. Returns the number of
- * allowed tokens, or -1 on out of memory. */
+ * allowed tokens, or -1 when gmatch_mask fails. */
 int gmatch_apply(gmatch_t *m, float *logits);
 /* Advances by one token (an end-of-generation token only where the grammar
  * can end). 0, or -1 when the grammar does not allow it (state unchanged). */

@@ -258,7 +258,7 @@ static int next_token(sched_t *s, int i, float *l, double now) {
     }
     if (q->gm && gmatch_apply(q->gm, l) <= 0) {
         free(raw);
-        finish_running(s, i, "error", "the grammar allows no next token (or out of memory)");
+        finish_running(s, i, "error", "the grammar allows no next token (or is too ambiguous, or out of memory)");
         return 1;
     }
     int32_t id = sampler_next(&q->smp, l);

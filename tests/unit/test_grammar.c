@@ -268,6 +268,24 @@ static void test_apply_and_tokens(void **state) {
     grammar_unref(g);
 }
 
+/* A grammar so ambiguous that a mask would take too long: refused by the
+ * walk's work budget instead of holding the scheduler's thread. */
+static void test_ambiguity_budget(void **state) {
+    (void)state;
+    size_t cap = 64 + 2000 * 8;
+    char *text = malloc(cap);
+    strcpy(text, "root ::=");
+    for (int i = 0; i < 2000; i++) strcat(text, " [a-z]*");
+    strcat(text, " \"!\"\n");
+    grammar_t *g = compile(text);
+    free(text);
+    gmatch_t *m = gmatch_new(g, V);
+    assert_non_null(m);
+    assert_null(gmatch_mask(m));
+    gmatch_free(m);
+    grammar_unref(g);
+}
+
 /* ---- JSON Schema ------------------------------------------------------------------------------------- */
 
 static grammar_t *from_schema(const char *schema_json) {
@@ -360,6 +378,7 @@ int main(void) {
         cmocka_unit_test(test_bad_grammars),
         cmocka_unit_test(test_masks_match_brute_force),
         cmocka_unit_test(test_apply_and_tokens),
+        cmocka_unit_test(test_ambiguity_budget),
         cmocka_unit_test(test_schema_object),
         cmocka_unit_test(test_schema_refs_anyof),
         cmocka_unit_test(test_schema_refusals),
