@@ -29,8 +29,8 @@
 #define MAX_STACKS 4096          /* stacks in one state: beyond, the grammar is too ambiguous */
 #define MAX_EXPAND_DEPTH 2048    /* nested references expanded without consuming a byte */
 #define CACHE_BYTES (8u << 20)   /* masks kept per grammar (1365 of SmolLM2's 6 KiB) */
-#define WORK_BUDGET 50000000L    /* expansions + set comparisons in one mask walk or one
-                                  * advance (a JSON string state's walk takes a few million):
+#define WORK_BUDGET 5000000L     /* expansions + set comparisons in one mask walk or one
+                                  * advance (a JSON string state's walk takes about 5000):
                                   * past it the grammar is too ambiguous to serve, not a
                                   * reason to hold the scheduler's thread for seconds */
 #define NONE UINT32_MAX
