@@ -21,7 +21,11 @@
  * the ones that recur, so masks are kept per grammar, keyed by the state's
  * structure (positions, not ids), and shared by every sequence using the
  * grammar. A cached step costs a hash of the state and one pass over the
- * logits; see `make bench-grammar`.
+ * logits; see `make bench-grammar`. Within one walk, steps are remembered by
+ * (stack set, byte): inside a JSON string nearly every trie node repeats the
+ * same step, so a walk expands a few thousand stacks, not one per node. A
+ * walk or an advance that needs more than a fixed budget of work (an
+ * ambiguous grammar) fails rather than hold the scheduler's thread.
  *
  * Threads: a grammar_t is immutable once built except its mask cache, which
  * has its own lock; a gmatch_t belongs to one sequence (one thread at a time).
