@@ -6,6 +6,7 @@
 #   make fuzz       libFuzzer targets (FUZZ_SECONDS=N each) -> build/fuzz/
 #   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
 #   make bench-serve  HTTP load at concurrency 1/4/16/64 -> docs/perf.md
+#   make bench-grammar  constrained vs unconstrained decode step (JSON Schema grammar)
 #   make soak       64 streaming clients x 5 min on the GGUF and the .sqm -> docs/soak.md
 #   make accuracy   SQ-format vs baselines accuracy grid -> docs/accuracy.md
 #   make accuracy-compare  issue 15's GPTQ / SmoothQuant / static-mask rows -> docs/accuracy.md
@@ -65,7 +66,7 @@ endif
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
 
-.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve soak accuracy accuracy-compare fixtures clean
+.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve bench-grammar soak accuracy accuracy-compare fixtures clean
 
 all: $(BUILD)/sqserve
 
@@ -162,7 +163,7 @@ sanitize:
 # executions and coverage; crashes land in build/fuzz/crashes/. The
 # regression inputs (built by tests/fuzz/regressions.py) run in `make test`.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := gguf sqm tok chat request
+FUZZ_TARGETS := gguf sqm tok chat request grammar
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 FUZZ_MAKE := BUILD=build/fuzz FUZZ=1 OPT=-O1 CUDA=0 WARN=-Wall \
 	  EXTRA_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
@@ -193,6 +194,16 @@ bench-cpu: deps model
 bench-serve: deps model
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench-serve.sh $(BUILD)/sqserve $(MODEL) docs/perf.md
+
+# STEPS decode steps, THREADS threads (default: all cores); prints a table
+STEPS ?= 256
+bench-grammar: deps model
+	@$(MAKE) --no-print-directory $(BUILD)/bench/bench_grammar
+	@$(BUILD)/bench/bench_grammar $(MODEL) $(STEPS) $(THREADS)
+
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libsqserve.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS)
 
 soak: deps model
 	@$(MAKE) --no-print-directory all

@@ -35,6 +35,7 @@ typedef struct {
     const char *finish;
     const char *error;
     int n_gen, done, role_sent;
+    tools_stream_t tstream;  /* streamed replies with tools: calls parsed as they complete */
 } choice_t;
 
 typedef struct call call_t;
@@ -103,6 +104,7 @@ static void call_unref_locked(call_t *c) { /* called with c->mu held; may free c
     for (int i = 0; i < c->n_choices; i++) {
         choice_t *ch = &c->ch[i];
         free(ch->text); free(ch->tok); free(ch->lp); free(ch->top_ids); free(ch->top_lp);
+        tools_stream_free(&ch->tstream);
     }
     api_req_free(&c->req);
     free(c->ch); free(c->ud); free(c->ids); free(c->out);
@@ -133,8 +135,9 @@ static void wait_slice(call_t *c) {
 
 /* ---- response pieces ------------------------------------------------------------ */
 
-static const char *finish_reason(const choice_t *ch) {
-    return !strcmp(ch->finish, "stop") ? "stop" : "length"; /* timeout/cancel end a stream as cut */
+static const char *finish_reason(const choice_t *ch, int n_calls) {
+    if (!strcmp(ch->finish, "stop")) return n_calls > 0 ? "tool_calls" : "stop";
+    return "length"; /* timeout/cancel end a stream as cut */
 }
 
 /* Characters (code points) in UTF-8 text: OpenAI's offsets index str. */
@@ -244,6 +247,40 @@ static void sse_chunk(call_t *c, int idx, const char *text, size_t len, int lp_f
     sse_frame(c, env);
 }
 
+/* A streamed tool call as OpenAI sends it: one chunk opening the call (id,
+ * name, empty arguments), one carrying the arguments. Called with c->mu held. */
+static void sse_tool_call(call_t *c, int idx, int index, json_t *call) {
+    choice_t *ch = &c->ch[idx];
+    json_t *fn = json_object_get(call, "function");
+    for (int part = 0; part < 2; part++) {
+        json_t *tc = part == 0 ? json_pack("{s:i, s:O, s:s, s:{s:O, s:s}}", "index", index, "id",
+                                           json_object_get(call, "id"), "type", "function", "function", "name",
+                                           json_object_get(fn, "name"), "arguments", "")
+                               : json_pack("{s:i, s:{s:O}}", "index", index, "function", "arguments",
+                                           json_object_get(fn, "arguments"));
+        json_t *delta = json_pack("{s:o}", "tool_calls", json_pack("[o]", tc));
+        if (!ch->role_sent) {
+            json_object_set_new(delta, "role", json_string("assistant"));
+            ch->role_sent = 1;
+        }
+        json_t *env = envelope(c, 1);
+        json_object_set_new(env, "choices", json_pack("[{s:i, s:o, s:n, s:n}]", "index", idx, "delta", delta,
+                                                      "logprobs", "finish_reason"));
+        if (c->req.include_usage) json_object_set_new(env, "usage", json_null());
+        sse_frame(c, env);
+    }
+}
+
+static void tool_content_cb(void *ud, const char *text, size_t len) {
+    sink_ud_t *u = ud;
+    sse_chunk(u->call, u->idx, text, len, 0, 0, NULL);
+}
+
+static void tool_call_cb(void *ud, int index, json_t *call) {
+    sink_ud_t *u = ud;
+    sse_tool_call(u->call, u->idx, index, call);
+}
+
 /* ---- the engine's sink ------------------------------------------------------------ */
 
 static int record_token(call_t *c, choice_t *ch, const sched_event_t *ev) {
@@ -278,7 +315,9 @@ static void on_event(void *arg, const sched_event_t *ev) {
     if (ev->type == SCHED_TOKEN) {
         int from = ch->n_tok;
         if (c->req.n_logprobs >= 0 && ev->token >= 0) record_token(c, ch, ev);
-        if (c->req.stream) {
+        if (c->req.stream && tools_active(&c->req.tools)) {
+            tools_stream_feed(&ch->tstream, ev->text, ev->len, 0, tool_content_cb, tool_call_cb, u);
+        } else if (c->req.stream) {
             if (ev->len || ch->n_tok > from) sse_chunk(c, u->idx, ev->text, ev->len, from, ch->n_tok, NULL);
         } else {
             buf_add(&ch->text, &ch->len, &ch->cap, ev->text, ev->len);
@@ -290,8 +329,9 @@ static void on_event(void *arg, const sched_event_t *ev) {
         ch->n_gen = ev->n_gen;
         c->n_done++;
         if (c->req.stream) {
+            if (tools_active(&c->req.tools)) tools_stream_feed(&ch->tstream, "", 0, 1, tool_content_cb, tool_call_cb, u);
             if (!strcmp(ch->finish, "stop") || !strcmp(ch->finish, "length")) {
-                sse_chunk(c, u->idx, "", 0, 0, 0, finish_reason(ch));
+                sse_chunk(c, u->idx, "", 0, 0, 0, finish_reason(ch, ch->tstream.n_calls));
             } else { /* cut short: say why rather than claim a finish reason */
                 int timeout = !strcmp(ch->finish, "timeout"), err = !strcmp(ch->finish, "error");
                 sse_frame(c, json_pack("{s:{s:s, s:s, s:o, s:i, s:i}}", "error", "message",
@@ -369,17 +409,26 @@ static reply_t full_response(call_t *c) {
             lp = c->req.chat ? chat_logprobs(c, ch, 0, ch->n_tok)
                              : legacy_logprobs(c, ch, 0, ch->n_tok, utf8_chars(echo ? echo : "", echo_len));
         json_t *choice;
-        if (c->req.chat) {
+        if (c->req.chat && tools_active(&c->req.tools)) {
+            char *content = NULL;
+            json_t *calls = tools_extract(&c->req.tools, ch->text ? ch->text : "", ch->len, &content);
+            json_t *msg = json_pack("{s:s, s:o}", "role", "assistant", "content",
+                                    content ? json_string(content) : json_null());
+            if (calls) json_object_set_new(msg, "tool_calls", calls);
+            choice = json_pack("{s:i, s:o, s:o, s:s}", "index", i, "message", msg, "logprobs", lp,
+                               "finish_reason", finish_reason(ch, (int)json_array_size(calls)));
+            free(content);
+        } else if (c->req.chat) {
             choice = json_pack("{s:i, s:{s:s, s:s%}, s:o, s:s}", "index", i, "message", "role",
                                "assistant", "content", ch->text ? ch->text : "", ch->len, "logprobs",
-                               lp, "finish_reason", finish_reason(ch));
+                               lp, "finish_reason", finish_reason(ch, 0));
         } else {
             char *text = malloc(echo_len + ch->len + 1);
             if (!text) { json_decref(lp); continue; }
             if (echo_len) memcpy(text, echo, echo_len);
             if (ch->len) memcpy(text + echo_len, ch->text, ch->len);
             choice = json_pack("{s:s%, s:i, s:o, s:s}", "text", text, echo_len + ch->len, "index", i,
-                               "logprobs", lp, "finish_reason", finish_reason(ch));
+                               "logprobs", lp, "finish_reason", finish_reason(ch, 0));
             free(text);
         }
         json_array_append_new(choices, choice);
@@ -431,7 +480,8 @@ static reply_t submit_all(call_t *c) {
             sched_params_t sp = {.prompt = r->prompts[p], .n_prompt = r->prompt_len[p],
                                  .max_tokens = r->max_tokens[p], .sp = r->sp, .n_stops = r->n_stops,
                                  .ignore_eos = r->ignore_eos, .n_logprobs = r->n_logprobs,
-                                 .timeout_s = c->srv->request_timeout_s, .sink = on_event,
+                                 .timeout_s = c->srv->request_timeout_s, .grammar = r->grammar,
+                                 .sink = on_event,
                                  .ud = &c->ud[idx]};
             sp.sp.seed = r->seed + (uint64_t)idx; /* distinct, reproducible choices */
             for (int k = 0; k < r->n_stops; k++) sp.stops[k] = r->stops[k];
@@ -477,7 +527,10 @@ reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int 
         call_unref_locked(c);
         return reply_error(500, "server_error", NULL, "out of memory");
     }
-    for (int i = 0; i < c->n_choices; i++) c->ch[i].finish = "length";
+    for (int i = 0; i < c->n_choices; i++) {
+        c->ch[i].finish = "length";
+        tools_stream_init(&c->ch[i].tstream, &c->req.tools);
+    }
     reply_t r = submit_all(c);
     if (r.resp) { /* refused: wait for the DONEs of what was accepted, then go */
         pthread_mutex_lock(&c->mu);
@@ -535,7 +588,7 @@ reply_t api_tokenize(srv_t *s, json_t *req) {
     char *text = NULL;
     reply_t err;
     if (msgs) {
-        if (api_render_chat(s, msgs, &text, &err) != 0) return err;
+        if (api_render_chat(s, msgs, NULL, &text, &err) != 0) return err;
     } else if (json_is_string(p)) {
         text = strndup(json_string_value(p), json_string_length(p));
     } else {

@@ -4,6 +4,7 @@
 #define API_H
 
 #include "server.h"
+#include "tools.h"
 
 #define API_MAX_PROMPTS 16
 #define API_MAX_N 16
@@ -23,11 +24,17 @@ typedef struct {
     sample_params_t sp;
     uint64_t seed;
     int has_seed;
+    tools_t tools;             /* tools / tool_choice / parallel_tool_calls */
+    grammar_t *grammar;        /* the output constraint (a reference), or NULL */
 } api_req_t;
 
 int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err);
 void api_req_free(api_req_t *r);
-int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err);
+/* Renders messages (with the tools listed when tools is active; tools may be NULL). */
+int api_render_chat(srv_t *s, json_t *msgs, const tools_t *tools, char **out, reply_t *err);
+/* structured.c: response_format, grammar and the forced tool call -> r->grammar
+ * (after r->tools is parsed). 0, or -1 with a 400. */
+int structured_parse(json_t *req, api_req_t *r, reply_t *err);
 
 /* Tokenizes with special tokens recognised; malloc'd ids or NULL. */
 int32_t *api_encode(const tok_t *t, const char *text, size_t len, long *n);

@@ -138,13 +138,66 @@ static char *message_text(json_t *content, size_t idx, reply_t *err) {
     return out;
 }
 
-int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err) {
+/* A role "tool" message or an assistant message carrying tool_calls, as the
+ * template family writes it (tools.c); NULL with *err set. */
+static char *tool_turn(srv_t *s, json_t *msg, const char *role, char *text, size_t idx, const char **out_role,
+                       reply_t *err) {
+    chat_kind_t kind = s->m->chat.kind;
+    if (!strcmp(role, "tool")) {
+        if (!json_is_string(json_object_get(msg, "tool_call_id"))) {
+            BAD("messages", "messages[%zu].tool_call_id (a string) is required for role 'tool'", idx);
+            return NULL;
+        }
+        *out_role = tools_result_role(kind);
+        char *t = tools_result_text(kind, text);
+        if (!t) *err = reply_error(500, "server_error", NULL, "out of memory");
+        return t;
+    }
+    *out_role = role;
+    return tools_calls_text(kind, text, json_object_get(msg, "tool_calls"), idx, err);
+}
+
+/* Lists the tools where the template family expects them: the system turn
+ * (ChatML, after the model's default system prompt when none is given) or
+ * the top of the first user turn (Llama-3). m and texts have room for one more. */
+static int add_tools(srv_t *s, const tools_t *tools, chat_msg_t *m, char **texts, size_t *n) {
+    char *pre = tools_preamble(tools);
+    if (!pre) return -1;
+    size_t at = 0;
+    int llama = s->m->chat.kind == CHAT_LLAMA3, insert = 0;
+    if (llama) {
+        while (at < *n && strcmp(m[at].role, "user")) at++;
+        insert = at == *n;
+    } else {
+        insert = *n == 0 || strcmp(m[0].role, "system");
+    }
+    const char *head = insert ? (llama ? NULL : s->m->chat.default_system) : texts[at];
+    size_t len = (head ? strlen(head) + 2 : 0) + strlen(pre) + 1;
+    char *t = malloc(len);
+    if (!t) { free(pre); return -1; }
+    if (llama) snprintf(t, len, "%s%s", pre, head ? head : "");
+    else snprintf(t, len, "%s%s%s", head ? head : "", head && *head ? "\n\n" : "", pre);
+    free(pre);
+    if (insert) {
+        memmove(m + at + 1, m + at, (*n - at) * sizeof *m);
+        memmove(texts + at + 1, texts + at, (*n - at) * sizeof *texts);
+        (*n)++;
+        m[at].role = llama ? "user" : "system";
+    } else {
+        free(texts[at]);
+    }
+    texts[at] = t;
+    m[at].content = t;
+    return 0;
+}
+
+int api_render_chat(srv_t *s, json_t *msgs, const tools_t *tools, char **out, reply_t *err) {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0)
         return BAD("messages", "'messages' must be a non-empty list");
-    size_t n = json_array_size(msgs), i;
+    size_t n = json_array_size(msgs), i, n_out;
     if (n > 4096) return BAD("messages", "at most 4096 messages");
-    chat_msg_t *m = calloc(n, sizeof *m);
-    char **texts = calloc(n, sizeof *texts);
+    chat_msg_t *m = calloc(n + 1, sizeof *m);
+    char **texts = calloc(n + 1, sizeof *texts);
     int rc = -1;
     if (!m || !texts) {
         *err = reply_error(500, "server_error", NULL, "out of memory");
@@ -159,25 +212,41 @@ int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err) {
         }
         const char *rs = json_string_value(role);
         if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
-            strcmp(rs, "developer")) {
-            BAD("messages", "messages[%zu].role '%s' is not system, developer, user or assistant", i, rs);
+            strcmp(rs, "developer") && strcmp(rs, "tool")) {
+            BAD("messages", "messages[%zu].role '%s' is not system, developer, user, assistant or tool", i, rs);
             goto out;
         }
-        json_t *content = json_object_get(msg, "content");
-        if (!content || (json_is_null(content) && strcmp(rs, "assistant"))) {
+        json_t *content = json_object_get(msg, "content"), *calls = json_object_get(msg, "tool_calls");
+        int has_calls = calls && !json_is_null(calls);
+        if (has_calls && strcmp(rs, "assistant")) {
+            BAD("messages", "messages[%zu].tool_calls is only for role 'assistant'", i);
+            goto out;
+        }
+        if ((!content && !has_calls) || (content && json_is_null(content) && strcmp(rs, "assistant"))) {
             BAD("messages", "messages[%zu].content is required", i);
             goto out;
         }
         if (!(texts[i] = message_text(content, i, err))) goto out;
         m[i].role = strcmp(rs, "developer") ? rs : "system";
+        if (!strcmp(rs, "tool") || has_calls) {
+            char *t = tool_turn(s, msg, rs, texts[i], i, &m[i].role, err);
+            if (!t) goto out;
+            free(texts[i]);
+            texts[i] = t;
+        }
         m[i].content = texts[i];
     }
-    *out = chat_render(&s->m->chat, m, n, 1);
+    n_out = n;
+    if (tools && tools_active(tools) && add_tools(s, tools, m, texts, &n_out)) {
+        *err = reply_error(500, "server_error", NULL, "out of memory");
+        goto out;
+    }
+    *out = chat_render(&s->m->chat, m, n_out, 1);
     if (!*out) *err = reply_error(500, "server_error", NULL, "out of memory");
     else rc = 0;
 out:
     if (texts)
-        for (i = 0; i < n; i++) free(texts[i]);
+        for (i = 0; i <= n; i++) free(texts[i]);
     free(texts);
     free(m);
     return rc;
@@ -247,7 +316,9 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     }
     if (chat) {
         char *text;
-        if (api_render_chat(s, json_object_get(req, "messages"), &text, err)) return -1;
+        if (tools_parse(req, s->m->chat.kind, &r->tools, err) ||
+            api_render_chat(s, json_object_get(req, "messages"), &r->tools, &text, err))
+            return -1;
         int rc = tokenize_into(s, r, text, strlen(text), err);
         free(r->echo_text[0]);
         r->echo_text[0] = NULL;
@@ -275,6 +346,11 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
         return -1;
     }
     r->n_logprobs = (int)logprobs;
+    if (!chat && json_object_get(req, "tools") && !json_is_null(json_object_get(req, "tools")))
+        return BAD("tools", "'tools' is for /v1/chat/completions");
+    if (r->stream && r->n_logprobs >= 0 && tools_active(&r->tools))
+        return BAD("logprobs", "'logprobs' with tools in a streamed request is not supported");
+    if (structured_parse(req, r, err)) return -1;
     json_t *so = json_object_get(req, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) return BAD("stream_options", "'stream_options' must be an object");
@@ -308,6 +384,9 @@ void api_req_free(api_req_t *r) {
         free(r->echo_text[i]);
     }
     r->n_prompts = 0;
+    tools_free(&r->tools);
+    grammar_unref(r->grammar);
+    r->grammar = NULL;
 }
 
 /* ---- token helpers shared with api.c ------------------------------------------ */

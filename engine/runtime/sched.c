@@ -24,6 +24,7 @@ typedef struct seq {
     int n_done;               /* positions whose K/V are in the cache */
     int slot;                 /* -1 while waiting */
     sampler_t smp;
+    gmatch_t *gm;             /* grammar state, or NULL */
     stop_t stop;
     tok_stream_t ts;
     double t_submit, t_admit, t_first, t_last;
@@ -72,6 +73,7 @@ struct sched {
     float top_lp[SCHED_MAX_LOGPROBS];
 
     shadow_t sh;               /* shadow evaluation (loop thread only) */
+    gvocab_t *gv;              /* the token trie for grammars (built at start) */
 };
 
 /* ---- helpers ----------------------------------------------------------------- */
@@ -81,6 +83,7 @@ static void seq_free(seq_t *q) {
     for (int i = 0; i < SCHED_MAX_STOPS; i++) free(q->stops[i]);
     free(q->tokens);
     sampler_free(&q->smp);
+    gmatch_free(q->gm);
     stop_free(&q->stop);
     free(q);
 }
@@ -224,6 +227,26 @@ static float logprobs(sched_t *s, const float *l, int32_t chosen, int n_top) {
     return l[chosen] - lse;
 }
 
+/* Releases text held back for stop strings or incomplete UTF-8 (the
+ * sequence is ending without a stop string). */
+static void flush_tail(seq_t *q) {
+    char piece[1024];
+    const char *out = "";
+    size_t out_len = 0;
+    size_t n = tok_stream_flush(&q->ts, piece, sizeof piece);
+    if (stop_feed(&q->stop, piece, n, &out, &out_len) != 0) return;
+    char *tail = malloc(out_len + q->stop.held_len + 1);
+    if (!tail) return;
+    memcpy(tail, out, out_len);
+    const char *h;
+    size_t hl;
+    stop_flush(&q->stop, &h, &hl);
+    memcpy(tail + out_len, h, hl);
+    sched_event_t t = {.type = SCHED_TOKEN, .text = tail, .len = out_len + hl, .token = -1};
+    if (t.len) q->p.sink(q->p.ud, &t);
+    free(tail);
+}
+
 /* Samples the next token of running[i]; returns 1 if the sequence ended. */
 static int next_token(sched_t *s, int i, float *l, double now) {
     seq_t *q = s->running[i];
@@ -233,9 +256,18 @@ static int next_token(sched_t *s, int i, float *l, double now) {
         raw = malloc((size_t)s->m->hp.n_vocab * sizeof(float));
         if (raw) memcpy(raw, l, (size_t)s->m->hp.n_vocab * sizeof(float));
     }
+    if (q->gm && gmatch_apply(q->gm, l) <= 0) {
+        free(raw);
+        finish_running(s, i, "error", "the grammar allows no next token (or is too ambiguous, or out of memory)");
+        return 1;
+    }
     int32_t id = sampler_next(&q->smp, l);
     float lp = raw ? logprobs(s, raw, id, n_top) : 0.0f;
     free(raw);
+    if (q->gm && gmatch_accept_token(q->gm, id) != 0) {
+        finish_running(s, i, "error", "the sampled token does not fit the grammar");
+        return 1;
+    }
     sampler_accept(&q->smp, id);
     q->tokens[q->n_tokens++] = id;
     q->n_gen++;
@@ -247,7 +279,8 @@ static int next_token(sched_t *s, int i, float *l, double now) {
     if (q->n_gen == 1) q->t_first = now;
     q->t_last = now;
 
-    if (!q->p.ignore_eos && tok_is_eog(s->m->tok, id)) {
+    /* with a grammar, an end token is allowed only where the grammar ends */
+    if ((!q->p.ignore_eos || q->gm) && tok_is_eog(s->m->tok, id)) {
         finish_running(s, i, "stop", NULL);
         return 1;
     }
@@ -268,24 +301,10 @@ static int next_token(sched_t *s, int i, float *l, double now) {
         finish_running(s, i, "stop", NULL);
         return 1;
     }
-    if (q->n_gen >= q->p.max_tokens) {
-        /* release text held back for stop strings or incomplete UTF-8 */
-        n = tok_stream_flush(&q->ts, piece, sizeof piece);
-        if (stop_feed(&q->stop, piece, n, &out, &out_len) == 0) {
-            char *tail = malloc(out_len + q->stop.held_len + 1);
-            if (tail) {
-                memcpy(tail, out, out_len);
-                const char *h;
-                size_t hl;
-                stop_flush(&q->stop, &h, &hl);
-                memcpy(tail + out_len, h, hl);
-                sched_event_t t = {.type = SCHED_TOKEN, .text = tail, .len = out_len + hl,
-                                   .token = -1};
-                if (t.len) q->p.sink(q->p.ud, &t);
-                free(tail);
-            }
-        }
-        finish_running(s, i, "length", NULL);
+    int done = q->gm && gmatch_done(q->gm); /* the grammar is complete: nothing may follow */
+    if (done || q->n_gen >= q->p.max_tokens) {
+        flush_tail(q);
+        finish_running(s, i, done ? "stop" : "length", NULL);
         return 1;
     }
     return 0;
@@ -593,6 +612,11 @@ sched_t *sched_new(model_t *m, const sched_config_t *cfg, char *err, size_t errl
         sched_free(s);
         return NULL;
     }
+    if (!(s->gv = gvocab_new(m->tok))) {
+        snprintf(err, errlen, "out of memory for the grammar token trie");
+        sched_free(s);
+        return NULL;
+    }
     s->f.hook = cfg->act_hook;
     s->f.hook_ud = cfg->act_hook_ud;
     if (cfg->ref && cfg->shadow_rate > 0 &&
@@ -657,6 +681,7 @@ void sched_free(sched_t *s) {
     fwd_free(&s->f);
     kv_free(&s->kv);
     shadow_free(&s->sh);
+    gvocab_free(s->gv);
     k_pool_free(s->pool);
     free(s->running); free(s->free_slots); free(s->b_tok); free(s->b_pos); free(s->b_slot);
     free(s->b_want); free(s->logits); free(s->cancels);
@@ -694,6 +719,8 @@ int sched_submit(sched_t *s, const sched_params_t *p, uint64_t *id, char *err, s
     q->n_prompt = q->n_tokens = p->n_prompt;
     q->tokens = malloc((size_t)(p->n_prompt + p->max_tokens) * sizeof(int32_t));
     if (!q->tokens || sampler_init(&q->smp, &p->sp, s->m->hp.n_vocab) != 0) goto oom_q;
+    if (p->grammar && !(q->gm = gmatch_new(p->grammar, s->gv))) goto oom_q;
+    q->p.grammar = NULL; /* the matcher holds the grammar */
     memcpy(q->tokens, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
     for (int i = 0; i < p->n_prompt; i++) sampler_accept(&q->smp, p->prompt[i]);
     for (int i = 0; i < p->n_stops && i < SCHED_MAX_STOPS; i++)

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "../model/model.h"
+#include "grammar.h"
 #include "sample.h"
 #include "stats.h"
 
@@ -58,6 +59,11 @@ typedef struct {
     int ignore_eos;
     int n_logprobs;        /* -1: none; 0..20: chosen token (+ top-n) */
     double timeout_s;      /* <= 0: none */
+    /* constrained decoding (NULL: none): each step's logits are masked to the
+     * tokens the grammar allows; an end-of-generation token only where it can
+     * end, and the sequence stops ("stop") once nothing may follow. The
+     * scheduler takes its own reference. */
+    grammar_t *grammar;
     sched_sink_fn sink;
     void *ud;
 } sched_params_t;

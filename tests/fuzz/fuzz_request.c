@@ -2,7 +2,8 @@
  * (server/http.c parses it with JSON_REJECT_DUPLICATES) through request
  * validation into an engine request: api_parse for /v1/completions and
  * /v1/chat/completions (prompt forms, token ids, messages, sampling
- * fields, stop lists, n, logprobs, echo), and /tokenize, /detokenize.
+ * fields, stop lists, n, logprobs, echo, response_format, grammar, tools and
+ * tool messages), and /tokenize, /detokenize.
  * Nothing is submitted: the target is the validation and tokenization a
  * client controls. The real model (or $SQSERVE_FUZZ_MODEL) and a scheduler
  * (for its context limit) are set up once. First byte: which endpoint.
