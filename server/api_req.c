@@ -138,49 +138,65 @@ static char *message_text(json_t *content, size_t idx, reply_t *err) {
     return out;
 }
 
-int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err) {
-    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
-        return BAD("messages", "'messages' must be a non-empty list");
-    size_t n = json_array_size(msgs), i;
-    if (n > 4096) return BAD("messages", "at most 4096 messages");
-    chat_msg_t *m = calloc(n, sizeof *m);
-    char **texts = calloc(n, sizeof *texts);
-    int rc = -1;
-    if (!m || !texts) {
-        *err = reply_error(500, "server_error", NULL, "out of memory");
-        goto out;
-    }
-    json_t *msg;
+/* The messages as the template sees them: each object as sent, with the
+ * content flattened to a string and "developer" read as "system". */
+static json_t *normalize_messages(json_t *msgs, reply_t *err) {
+    json_t *norm = json_array(), *msg;
+    size_t i;
+    if (!norm) goto oom;
     json_array_foreach(msgs, i, msg) {
         json_t *role = json_object_get(msg, "role");
         if (!json_is_object(msg) || !json_is_string(role)) {
             BAD("messages", "messages[%zu] must be an object with a string 'role'", i);
-            goto out;
+            goto fail;
         }
         const char *rs = json_string_value(role);
         if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
             strcmp(rs, "developer")) {
             BAD("messages", "messages[%zu].role '%s' is not system, developer, user or assistant", i, rs);
-            goto out;
+            goto fail;
         }
         json_t *content = json_object_get(msg, "content");
         if (!content || (json_is_null(content) && strcmp(rs, "assistant"))) {
             BAD("messages", "messages[%zu].content is required", i);
-            goto out;
+            goto fail;
         }
-        if (!(texts[i] = message_text(content, i, err))) goto out;
-        m[i].role = strcmp(rs, "developer") ? rs : "system";
-        m[i].content = texts[i];
+        char *text = message_text(content, i, err);
+        if (!text) {
+            if (err->status) goto fail;  /* message_text said what is wrong */
+            goto oom;
+        }
+        json_t *m = json_copy(msg);
+        int bad = !m || json_array_append_new(norm, m) ||
+                  json_object_set_new(m, "content", json_string_nocheck(text)) ||
+                  (!strcmp(rs, "developer") && json_object_set_new(m, "role", json_string("system")));
+        free(text);
+        if (bad) goto oom;
     }
-    *out = chat_render(&s->m->chat, m, n, 1);
-    if (!*out) *err = reply_error(500, "server_error", NULL, "out of memory");
-    else rc = 0;
-out:
-    if (texts)
-        for (i = 0; i < n; i++) free(texts[i]);
-    free(texts);
-    free(m);
-    return rc;
+    return norm;
+oom:
+    *err = reply_error(500, "server_error", NULL, "out of memory");
+fail:
+    json_decref(norm);
+    return NULL;
+}
+
+int api_render_chat(srv_t *s, json_t *msgs, char **out, reply_t *err) {
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+        return BAD("messages", "'messages' must be a non-empty list");
+    if (json_array_size(msgs) > 4096) return BAD("messages", "at most 4096 messages");
+    memset(err, 0, sizeof *err);
+    json_t *norm = normalize_messages(msgs, err);
+    if (!norm) return -1;
+    char msg[1024];
+    int rc = chat_render_json(&s->m->chat, norm, NULL, 1, out, msg, sizeof msg);
+    json_decref(norm);
+    if (rc == 1) return BAD("messages", "%s", msg);
+    if (rc != 0) {
+        *err = reply_error(500, "server_error", NULL, "%s", msg);
+        return -1;
+    }
+    return 0;
 }
 
 static int parse_stop(api_req_t *r, json_t *req, reply_t *err) {
