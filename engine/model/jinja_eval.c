@@ -380,6 +380,7 @@ static jv_t eval_inner(jctx_t *c, jframe_t *f, const jnode_t *n) {
     }
     case JN_LIST: {
         jv_t l = jv_list(c->a, (size_t)n->args.n);
+        l.u.l->tuple = n->neg;
         for (int i = 0; i < n->args.n; i++) jl_push(c->a, l.u.l, jeval(c, f, n->args.v[i]));
         return l;
     }

@@ -356,6 +356,7 @@ jv_t jlib_filter(jctx_t *c, jframe_t *f, const char *name, jv_t v, jargs_t *a, i
     if (v.k != JV_DICT) jctx_fail(c, line, "items: expected a mapping, got %s", jv_type_name(v));
     for (size_t i = 0; i < v.u.d->n; i++) {
         jv_t pair = jv_list(c->a, 2);
+        pair.u.l->tuple = 1;
         jl_push(c->a, pair.u.l, v.u.d->key[i]);
         jl_push(c->a, pair.u.l, v.u.d->val[i]);
         jl_push(c->a, out.u.l, pair);

@@ -65,7 +65,7 @@ typedef struct {
     const char *undef_name; /* JV_UNDEF: what was missing, for messages */
 } jv_t;
 
-struct jlist { jv_t *v; size_t n, cap; };
+struct jlist { jv_t *v; size_t n, cap; int tuple; /* prints as (a, b) */ };
 struct jdict { jv_t *key, *val; size_t n, cap; };
 
 jv_t jv_undef(const char *name);
@@ -163,7 +163,7 @@ struct jnode {
     jnlist_t body, orelse;
     const char **ops;     /* COMPARE: the operators, one per args entry */
     jv_t lit;
-    int neg;              /* TEST: is not */
+    int neg;              /* TEST: is not; LIST: a tuple; MACRO: parameter count */
 };
 
 void jnl_push(jarena_t *a, jnlist_t *l, jnode_t *n);

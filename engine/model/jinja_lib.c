@@ -278,6 +278,7 @@ int jlib_method(jctx_t *c, jv_t obj, const char *m, jargs_t *a, jv_t *out, int l
                 else if (m[0] == 'v') jl_push(c->a, l.u.l, d->val[i]);
                 else {
                     jv_t pair = jv_list(c->a, 2);
+                    pair.u.l->tuple = 1;
                     jl_push(c->a, pair.u.l, d->key[i]);
                     jl_push(c->a, pair.u.l, d->val[i]);
                     jl_push(c->a, l.u.l, pair);

@@ -158,11 +158,13 @@ static jnode_t *parse_primary(parser_t *P) {
             if (is_op(cur(P), ")")) {  /* empty tuple */
                 next(P);
                 n = node(P, JN_LIST, t->line);
+                n->neg = 1;  /* a tuple */
                 break;
             }
             n = parse_expr(P);
             if (is_op(cur(P), ",")) {  /* a tuple: a list to us */
                 jnode_t *tup = node(P, JN_LIST, t->line);
+                tup->neg = 1;
                 jnl_push(P->a, &tup->args, n);
                 while (is_op(cur(P), ",")) {
                     next(P);

@@ -336,12 +336,12 @@ void jv_write_str(jbuf_t *b, jv_t v) {
     case JV_FLOAT: jv_write_float(b, v.u.f); return;
     case JV_STR: jb_add(b, v.u.s.p, v.u.s.n); return;
     case JV_LIST:
-        jb_addc(b, "[");
+        jb_addc(b, v.u.l->tuple ? "(" : "[");
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) jb_addc(b, ", ");
             jv_write_repr(b, v.u.l->v[i]);
         }
-        jb_addc(b, "]");
+        jb_addc(b, v.u.l->tuple ? (v.u.l->n == 1 ? ",)" : ")") : "]");
         return;
     case JV_DICT:
         jb_addc(b, "{");
