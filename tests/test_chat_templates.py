@@ -32,7 +32,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
 from conftest import REPO_ROOT  # noqa: E402
 
 BIN = os.environ.get("SQSERVE_BIN") or "build/sqserve"
-TOOL = (REPO_ROOT / BIN).resolve().parent / "tools" / "jinja_render"
+# $SQSERVE_JINJA_RENDER runs the suite on another build of the tool (e.g. ASan's)
+TOOL = Path(os.environ.get("SQSERVE_JINJA_RENDER") or (REPO_ROOT / BIN).resolve().parent / "tools" / "jinja_render")
 TEMPLATES = REPO_ROOT / "tests" / "data" / "templates"
 MODEL = REPO_ROOT / (os.environ.get("SQSERVE_TEST_MODEL") or "models/SmolLM2-135M-Instruct.Q4_1.gguf")
 

@@ -607,10 +607,12 @@ static const char *parse_body(parser_t *P, jnlist_t *out, const char *const *sto
     for (;;) {
         const jtok_t *t = next(P);
         switch (t->k) {
-        case TK_EOF:
+        case TK_EOF: {
             if (!stop) { P->depth--; return NULL; }
-            PFAIL(P, open_line, "unexpected end of template: '%s' is not closed by '%s'", open_tag,
-                  stop[0][0] == 'e' && stop[1] ? stop[1] : stop[0]);
+            int last = 0;  /* the closing tag ends every stop list */
+            while (stop[last + 1]) last++;
+            PFAIL(P, open_line, "unexpected end of template: '%s' is not closed by '%s'", open_tag, stop[last]);
+        }
         case TK_DATA: {
             jnode_t *n = node(P, JN_DATA, t->line);
             n->lit = jv_str(t->p, t->n);
