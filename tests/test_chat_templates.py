@@ -29,7 +29,7 @@ jinja2 = pytest.importorskip("jinja2")
 from jinja2.ext import loopcontrols  # noqa: E402
 from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: E402
 
-from conftest import REPO_ROOT  # noqa: E402
+from conftest import REPO_ROOT, sanitizer_report  # noqa: E402
 
 BIN = os.environ.get("SQSERVE_BIN") or "build/sqserve"
 # $SQSERVE_JINJA_RENDER runs the suite on another build of the tool (e.g. ASan's)
@@ -76,6 +76,7 @@ def c_render(tmp_path: Path, src: str, variables: dict, *limits: int):
     t.write_bytes(src.encode())
     v.write_text(json.dumps(variables))
     p = subprocess.run([str(TOOL), str(t), str(v), *map(str, limits)], capture_output=True, timeout=600)
+    assert sanitizer_report(p.stderr.decode("utf-8", "replace")) is None, p.stderr.decode("utf-8", "replace")
     assert p.returncode in (0, 1, 3), f"jinja_render crashed: rc {p.returncode}\n{p.stderr.decode()}"
     if p.returncode == 0:
         return "ok", p.stdout.decode()
