@@ -161,14 +161,17 @@ static json_t *normalize_messages(json_t *msgs, reply_t *err) {
             BAD("messages", "messages[%zu].content is required", i);
             goto fail;
         }
+        json_t *m = json_copy(msg);
+        if (!m || json_array_append_new(norm, m)) goto oom;
+        /* an assistant turn without text: None to a template beside tool calls
+         * (templates test for it), else the empty string it means */
+        if (json_is_null(content) && json_object_get(msg, "tool_calls")) continue;
         char *text = message_text(content, i, err);
         if (!text) {
             if (err->status) goto fail;  /* message_text said what is wrong */
             goto oom;
         }
-        json_t *m = json_copy(msg);
-        int bad = !m || json_array_append_new(norm, m) ||
-                  json_object_set_new(m, "content", json_string_nocheck(text)) ||
+        int bad = json_object_set_new(m, "content", json_string_nocheck(text)) ||
                   (!strcmp(rs, "developer") && json_object_set_new(m, "role", json_string("system")));
         free(text);
         if (bad) goto oom;

@@ -78,6 +78,9 @@ def test_server_prompt_is_the_jinja2_rendering():
         want = rendered_ids(s, src, [{"role": "system", "content": "Be brief."},
                                      {"role": "user", "content": "Hi there"}])
         assert s.tokenize(messages=dev) == want
+        # an assistant turn with null content (and no tool calls) is the empty string
+        u, a = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}
+        assert s.tokenize(messages=[u, a, u]) == rendered_ids(s, src, [u, dict(a, content=""), u])
 
 
 def test_override_file_and_env():
