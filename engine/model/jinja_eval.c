@@ -37,6 +37,11 @@ void jctx_step(jctx_t *c, int line) {
         jctx_fail(c, line, "template ran more than %ld steps (a loop too long?)", c->lim.max_steps);
 }
 
+void jctx_work(jctx_t *c, size_t bytes, int line) {
+    c->steps += (long)(bytes >> 12);  /* scanning 4 KiB counts as a step */
+    jctx_step(c, line);
+}
+
 static void enter(jctx_t *c, int line) {
     if (++c->depth > c->lim.max_depth)
         jctx_fail(c, line, "template nested more than %d deep (recursion?)", c->lim.max_depth);
@@ -184,9 +189,7 @@ static int contains(jctx_t *c, jv_t item, jv_t cont, int line) {
         if (item.k != JV_STR)
             jctx_fail(c, line, "'in <string>' requires string as left operand, not %s", jv_type_name(item));
         if (item.u.s.n == 0) return 1;
-        for (size_t i = 0; i + item.u.s.n <= cont.u.s.n; i++)
-            if (memcmp(cont.u.s.p + i, item.u.s.p, item.u.s.n) == 0) return 1;
-        return 0;
+        return memmem(cont.u.s.p, cont.u.s.n, item.u.s.p, item.u.s.n) != NULL;  /* linear time */
     case JV_LIST:
         for (size_t i = 0; i < cont.u.l->n; i++)
             if (jv_equal(item, cont.u.l->v[i])) return 1;
@@ -258,6 +261,12 @@ static jv_t do_slice(jctx_t *c, jv_t obj, jv_t start, jv_t stop, jv_t step, int 
     long long n = obj.k == JV_LIST ? (long long)obj.u.l->n : (long long)ju_len(obj.u.s.p, obj.u.s.n);
     long long s, e, st;
     slice_bounds(c, start, stop, step, n, &s, &e, &st, line);
+    if (obj.k == JV_STR) jctx_work(c, obj.u.s.n, line);
+    if (obj.k == JV_STR && st == 1) {  /* a substring, no copy */
+        if (e <= s) return jv_str("", 0);
+        size_t bo = ju_offset(obj.u.s.p, obj.u.s.n, (size_t)s), eo = ju_offset(obj.u.s.p, obj.u.s.n, (size_t)e);
+        return jv_str(obj.u.s.p + bo, eo - bo);
+    }
     jlist_t *items = jv_iter(c, obj, line);
     jv_t l = jv_list(c->a, 0);
     for (long long i = s; st > 0 ? i < e : i > e; i += st) jl_push(c->a, l.u.l, items->v[i]);
@@ -278,6 +287,7 @@ static jv_t get_item(jctx_t *c, jv_t obj, jv_t key, int line) {
     }
     case JV_LIST: case JV_STR: {
         if (key.k != JV_INT && key.k != JV_BOOL) return jv_undef("item");
+        if (obj.k == JV_STR) jctx_work(c, obj.u.s.n, line);
         long long n = obj.k == JV_LIST ? (long long)obj.u.l->n : (long long)ju_len(obj.u.s.p, obj.u.s.n);
         long long i = inum(key);
         if (i < 0) i += n;
@@ -500,9 +510,9 @@ static void exec_for(jctx_t *c, jframe_t *f, const jnode_t *n, jbuf_t *out) {
         exec_body(c, f, &n->orelse, out);
         return;
     }
+    jv_t loop = jv_dict(c->a, 10);  /* one object, updated in place (as jinja2's) */
     for (size_t i = 0; i < len; i++) {
         jctx_step(c, n->line);
-        jv_t loop = jv_dict(c->a, 10);
         jd_setc(c->a, loop.u.d, "index", jv_int((long long)i + 1));
         jd_setc(c->a, loop.u.d, "index0", jv_int((long long)i));
         jd_setc(c->a, loop.u.d, "revindex", jv_int((long long)(len - i)));

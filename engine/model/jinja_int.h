@@ -193,6 +193,7 @@ typedef struct {
 _Noreturn void jctx_fail(jctx_t *c, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void jctx_step(jctx_t *c, int line);
+void jctx_work(jctx_t *c, size_t bytes, int line);  /* a step per 4 KiB scanned */
 
 jv_t jeval(jctx_t *c, jframe_t *f, const jnode_t *n);
 /* Calls a macro value with evaluated arguments. */
