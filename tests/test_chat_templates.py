@@ -334,3 +334,48 @@ def test_hostile_templates_are_bounded(tmp_path, idx):
     src, limits, needle = HOSTILE[idx]
     kind, msg = c_render(tmp_path, src, {}, *limits)
     assert kind == "error" and needle in msg, msg
+
+
+def _random_template(rng) -> str:
+    """Text runs of spaces/newlines around nested tags with every
+    whitespace-control variant: the lexer rules' hardest cases."""
+    text = ["", " ", "  ", "\n", "\n  ", "a", " b ", "\t", "x\n", "\n\n", "  \n  "]
+
+    def sign(plus=True):
+        return rng.choice(["", "-", "+"] if plus else ["", "-"])
+
+    def tag():
+        k = rng.random()
+        if k < 0.3:
+            return f"{{%{sign()} if true {sign()}%}}", f"{{%{sign()} endif {sign()}%}}"
+        if k < 0.5:
+            return f"{{%{sign()} for i in [1, 2] {sign()}%}}", f"{{%{sign(False)} endfor {sign(False)}%}}"
+        if k < 0.7:
+            return f"{{#{sign()} c {sign()}#}}", None
+        if k < 0.85:
+            return f"{{{{{sign(False)} 'v' {sign(False)}}}}}", None
+        return f"{{%{sign()} set z = 1 {sign()}%}}", None
+
+    def body(depth):
+        out = []
+        for _ in range(rng.randint(1, 5)):
+            out.append(rng.choice(text))
+            open_, close = tag()
+            out.append(open_)
+            if close:
+                out += [body(depth + 1) if depth < 2 else rng.choice(text), rng.choice(text), close]
+        out.append(rng.choice(text))
+        return "".join(out)
+
+    return body(0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_whitespace_matches_jinja2(tmp_path, seed):
+    import random
+    rng = random.Random(seed)
+    for _ in range(50):
+        src = _random_template(rng)
+        want = reference(src, {})
+        assert want[0] == "ok", (src, want)
+        assert c_render(tmp_path, src, {}) == want, src
