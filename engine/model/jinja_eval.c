@@ -200,9 +200,25 @@ static int contains(jctx_t *c, jv_t item, jv_t cont, int line) {
     }
 }
 
+static int order(jctx_t *c, const char *op, jv_t a, jv_t b, int line);
+
+/* Python's list ordering: the first unequal pair decides, else the length. */
+static int list_cmp(jctx_t *c, jv_t a, jv_t b, int line) {
+    for (size_t i = 0; i < a.u.l->n && i < b.u.l->n; i++) {
+        jctx_step(c, line);
+        if (jv_equal(a.u.l->v[i], b.u.l->v[i])) continue;
+        return order(c, "<", a.u.l->v[i], b.u.l->v[i], line) ? -1 : 1;
+    }
+    return (a.u.l->n > b.u.l->n) - (a.u.l->n < b.u.l->n);
+}
+
 static int order(jctx_t *c, const char *op, jv_t a, jv_t b, int line) {
     int cmp;
-    if (is_num(a) && is_num(b)) {
+    if (a.k == JV_LIST && b.k == JV_LIST) {
+        enter(c, line);
+        cmp = list_cmp(c, a, b, line);
+        c->depth--;
+    } else if (is_num(a) && is_num(b)) {
         if (a.k != JV_FLOAT && b.k != JV_FLOAT) cmp = (inum(a) > inum(b)) - (inum(a) < inum(b));
         else cmp = (num(a) > num(b)) - (num(a) < num(b));
     } else if (a.k == JV_STR && b.k == JV_STR) {
@@ -256,7 +272,7 @@ static void slice_bounds(jctx_t *c, jv_t start, jv_t stop, jv_t step, long long 
 
 static jv_t do_slice(jctx_t *c, jv_t obj, jv_t start, jv_t stop, jv_t step, int line) {
     if (obj.k == JV_UNDEF) undefined_use(c, obj, line);
-    if (obj.k != JV_LIST && obj.k != JV_STR)
+    if (obj.k != JV_LIST && obj.k != JV_STR)  /* jinja2 slices with Python's [] directly */
         jctx_fail(c, line, "'%s' object is not subscriptable", jv_type_name(obj));
     long long n = obj.k == JV_LIST ? (long long)obj.u.l->n : (long long)ju_len(obj.u.s.p, obj.u.s.n);
     long long s, e, st;

@@ -142,6 +142,19 @@ static jv_t do_round(jctx_t *c, jv_t v, jargs_t *a, int line) {
         if (jv_is_str(*m, "floor")) return jv_float(floor(x * scale) / scale);
         jctx_fail(c, line, "round: method must be common, ceil or floor");
     }
+    if (v.k != JV_FLOAT) {  /* Python's round(int, n) stays an int */
+        long long i = v.k == JV_INT ? v.u.i : v.u.b;
+        if (p >= 0) return jv_int(i);
+        if (p < -18) return jv_int(0);
+        long long unit = 1;
+        for (long long k = 0; k < -p; k++) unit *= 10;
+        long long q = i / unit, r = i % unit;
+        if (r < 0) { q--; r += unit; }
+        if (2 * r > unit || (2 * r == unit && (q & 1))) q++;  /* half to even */
+        long long out;
+        if (__builtin_mul_overflow(q, unit, &out)) jctx_fail(c, line, "integer overflow");
+        return jv_int(out);
+    }
     if (!isfinite(x) || p > 300 || p < -300) return jv_float(x);
     char tmp[400];
     if (p >= 0) {
@@ -194,6 +207,7 @@ static jv_t to_int(jctx_t *c, jv_t v, jargs_t *a, int line) {
     jl_check_args(c, a, "int", 2, "default,base", line);
     jv_t *def = jl_arg(a, 0, "default");
     long long base = jl_need_int(c, jl_arg(a, 1, "base"), 10, "int", line);
+    if (v.k == JV_UNDEF) jctx_fail(c, line, "'%s' is undefined", v.undef_name ? v.undef_name : "value");
     if (v.k == JV_INT) return v;
     if (v.k == JV_BOOL) return jv_int(v.u.b);
     if (v.k == JV_FLOAT && isfinite(v.u.f) && fabs(v.u.f) < 9.2e18) return jv_int((long long)v.u.f);
@@ -289,6 +303,7 @@ jv_t jlib_filter(jctx_t *c, jframe_t *f, const char *name, jv_t v, jargs_t *a, i
     if (!strcmp(n, "indent")) return indent(c, jv_to_str(c->a, v), a, line);
     if (!strcmp(n, "float")) {
         jl_check_args(c, a, n, 1, "default", line);
+        if (v.k == JV_UNDEF) jctx_fail(c, line, "'%s' is undefined", v.undef_name ? v.undef_name : "value");
         if (v.k == JV_FLOAT) return v;
         if (v.k == JV_INT || v.k == JV_BOOL) return jv_float(v.k == JV_INT ? (double)v.u.i : v.u.b);
         if (v.k == JV_STR) {
@@ -310,7 +325,7 @@ jv_t jlib_filter(jctx_t *c, jframe_t *f, const char *name, jv_t v, jargs_t *a, i
     if (!strcmp(n, "safe")) return v;
     if (!strcmp(n, "string")) return jv_to_str(c->a, v);
     if (!strcmp(n, "upper") || !strcmp(n, "lower") || !strcmp(n, "title") || !strcmp(n, "capitalize"))
-        return jl_recase(c, jv_to_str(c->a, v), n[0] == 'u' ? 'u' : n[0] == 'l' ? 'l' : n[0] == 't' ? 't' : 'c');
+        return jl_recase(c, jv_to_str(c->a, v), n[0] == 'u' ? 'u' : n[0] == 'l' ? 'l' : n[0] == 't' ? 'T' : 'c');
     if (!strcmp(n, "length") || !strcmp(n, "count")) {
         switch (v.k) {
         case JV_STR: return jv_int((long long)ju_len(v.u.s.p, v.u.s.n));

@@ -225,7 +225,7 @@ void jl_check_args(jctx_t *c, jargs_t *a, const char *what, int maxpos, const ch
 jv_t jl_need_str(jctx_t *c, jv_t v, const char *what, int line);
 long long jl_need_int(jctx_t *c, jv_t *v, long long def, const char *what, int line);
 jv_t jl_strip(jv_t s, jv_t *chars, int which);       /* 1 left, 2 right, 3 both */
-jv_t jl_recase(jctx_t *c, jv_t s, char mode);         /* 'u', 'l', 't'itle, 'c'apitalize */
+jv_t jl_recase(jctx_t *c, jv_t s, char mode);         /* 'u', 'l', 'c', 't' str.title, 'T' |title */
 jv_t jl_replace(jctx_t *c, jv_t s, jv_t old, jv_t new_, long long count, int line);
 jv_t jl_join(jctx_t *c, jv_t seq, jv_t sep, const char *attr, int line);
 

@@ -105,18 +105,24 @@ static char up(char c) { return c >= 'a' && c <= 'z' ? (char)(c - 32) : c; }
 static char low(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c; }
 static int alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
-/* mode: 'u' upper, 'l' lower, 't' title, 'c' capitalize */
+static int word_sep(char c) { return strchr("-({[< \t\n\r\v\f", c) != NULL && c; }
+
+/* mode: 'u' upper, 'l' lower, 'c' capitalize, 't' str.title() (a letter
+ * after a letter is lowered), 'T' the title filter (jinja2: each run
+ * after - ( { [ < or whitespace starts upper, the rest lowered) */
 jv_t jl_recase(jctx_t *c, jv_t s, char mode) {
     char *o = ja_strdup(c->a, s.u.s.p, s.u.s.n);
-    int prev_cased = 0;
+    int prev = 0;
     for (size_t i = 0; i < s.u.s.n; i++) {
         char ch = o[i];
         if (mode == 'u') o[i] = up(ch);
         else if (mode == 'l') o[i] = low(ch);
         else if (mode == 'c') o[i] = i == 0 ? up(ch) : low(ch);
-        else {
-            o[i] = prev_cased ? low(ch) : up(ch);
-            prev_cased = alpha(ch);
+        else if (mode == 't') {
+            o[i] = prev ? low(ch) : up(ch);
+            prev = alpha(ch);
+        } else {
+            o[i] = i == 0 || word_sep(s.u.s.p[i - 1]) ? up(ch) : low(ch);
         }
     }
     return jv_str(o, s.u.s.n);
@@ -357,13 +363,23 @@ int jlib_test(jctx_t *c, jframe_t *f, const char *t, jv_t v, jargs_t *a, int lin
         return !memcmp(r.u.s.p, v.u.s.p, v.u.s.n);
     }
     if (!strcmp(t, "odd") || !strcmp(t, "even") || !strcmp(t, "divisibleby")) {
-        if (v.k != JV_INT && v.k != JV_BOOL) jctx_fail(c, line, "test '%s' needs an integer", t);
-        long long i = v.k == JV_INT ? v.u.i : v.u.b;
-        if (t[0] == 'o') return (i & 1) != 0;
-        if (t[0] == 'e') return (i & 1) == 0;
-        long long d = jl_need_int(c, x, 0, t, line);
-        if (!d) jctx_fail(c, line, "divisibleby 0");
-        return i % d == 0;
+        /* value % 2 == 1, value % 2 == 0, value % num == 0, as numbers */
+        if (v.k != JV_INT && v.k != JV_BOOL && v.k != JV_FLOAT) jctx_fail(c, line, "test '%s' needs a number", t);
+        jv_t d = t[0] == 'd' ? other : jv_int(2);
+        if (t[0] == 'd' && !x) jctx_fail(c, line, "test 'divisibleby' needs an argument");
+        if (d.k != JV_INT && d.k != JV_BOOL && d.k != JV_FLOAT) jctx_fail(c, line, "divisibleby needs a number");
+        double dv = d.k == JV_FLOAT ? d.u.f : d.k == JV_INT ? (double)d.u.i : d.u.b;
+        if (dv == 0) jctx_fail(c, line, "divisibleby 0");
+        if (v.k != JV_FLOAT && d.k != JV_FLOAT) {
+            long long i = v.k == JV_INT ? v.u.i : v.u.b, di = d.k == JV_INT ? d.u.i : d.u.b;
+            long long m = di == -1 ? 0 : i % di;
+            if (m != 0 && ((m < 0) != (di < 0))) m += di;
+            return t[0] == 'o' ? m == 1 : m == 0;
+        }
+        double fv = v.k == JV_FLOAT ? v.u.f : v.k == JV_INT ? (double)v.u.i : v.u.b;
+        double m = fmod(fv, dv);
+        if (m != 0 && ((m < 0) != (dv < 0))) m += dv;
+        return t[0] == 'o' ? m == 1 : m == 0;
     }
     if (!x) jctx_fail(c, line, "test '%s' needs an argument", t);
     if (!strcmp(t, "sameas")) return v.k == other.k && jv_equal(v, other);

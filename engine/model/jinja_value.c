@@ -324,6 +324,7 @@ static void write_str_repr(jbuf_t *b, const char *s, size_t n) {
 
 void jv_write_repr(jbuf_t *b, jv_t v) {
     if (v.k == JV_STR) write_str_repr(b, v.u.s.p, v.u.s.n);
+    else if (v.k == JV_UNDEF) jb_addc(b, "Undefined");
     else jv_write_str(b, v);
 }
 
