@@ -10,6 +10,26 @@
  * What it does not know (a tag, filter, test or method) is a parse or
  * render error naming it and its line, never a guess.
  *
+ * Supported: {{ }}, {% %}, {# #}, -/+ whitespace control; if/elif/else,
+ * for (one or two targets, an `if` filter, else, loop.index/index0/
+ * revindex/revindex0/first/last/length/previtem/nextitem), set (name,
+ * ns.attr, block), macro (positional, keyword and default arguments),
+ * break/continue, generation; literals incl. tuples, dicts, adjacent
+ * strings; and/or/not, in/not in, chained comparisons, + - * / // % ** ~,
+ * x if c else y, subscripts and slices (by code point on strings); tests
+ * defined/undefined/none/string/number/integer/float/boolean/true/false/
+ * mapping/iterable/sequence/callable/odd/even/divisibleby/eq/ne/lt/le/gt/
+ * ge/in/sameas/lower/upper; filters trim, tojson, length/count, first,
+ * last, join, default/d, upper, lower, title, capitalize, select(attr),
+ * reject(attr), map, list, string, int, float, safe, replace, indent,
+ * round, abs, reverse, items, unique, sort, sum, min, max, attr; methods
+ * str.strip/lstrip/rstrip/split/startswith/endswith/upper/lower/title/
+ * capitalize/replace/find/join, dict.items/keys/values/get, list.append;
+ * globals range, namespace, dict, raise_exception, strftime_now.
+ * Not supported (an error): include/extends/import/block, call and filter
+ * blocks, raw, recursive loops, loop.cycle/depth, tuple assignment,
+ * Python's str % formatting and str.format; case mapping is ASCII-only.
+ *
  * A template is data from a model file, so rendering is bounded: the
  * output size, the memory the values take, the loop iterations and the
  * call depth all have limits (jinja_limits_t); past one the render stops
