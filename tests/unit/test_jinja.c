@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../engine/model/jinja.h"
 
@@ -178,6 +179,20 @@ static void test_limits(void **state) {
     expect_error("{{ range(1000000) }}", NULL, NULL, "range too big");
 }
 
+static void test_strftime_now(void **state) {
+    (void)state;  /* HF's global: the local time formatted; compared by its date part */
+    jinja_error_t err;
+    char *got = render_lim("{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now is defined }}", NULL, NULL, &err);
+    assert_non_null(got);
+    char want[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(want, sizeof want, "%Y-%m-%d|True", &tm);
+    assert_string_equal(got, want);
+    free(got);
+}
+
 static void test_render_is_reentrant(void **state) {
     (void)state;  /* one parsed template, many renders with different variables */
     jinja_error_t err;
@@ -207,6 +222,7 @@ int main(void) {
         cmocka_unit_test(test_parse_errors),
         cmocka_unit_test(test_runtime_errors),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_strftime_now),
         cmocka_unit_test(test_render_is_reentrant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
