@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REPO_ROOT, run_sqserve
+from conftest import REPO_ROOT, run_sqserve as _run, sanitizer_report
 from serve_util import model_id, start_server
 from test_chat_templates import CONVERSATIONS, TEMPLATES, reference, smollm2_template
 
@@ -24,6 +24,13 @@ def rendered_ids(server, src: str, msgs, bos="<|im_start|>", eos="<|im_end|>"):
                                  "bos_token": bos, "eos_token": eos})
     assert kind == "ok", text
     return server.tokenize(prompt=text)
+
+
+def run_sqserve(binary, args, **kw):
+    r = _run(binary, args, **kw)
+    assert not r.timed_out and sanitizer_report(r.stdout + r.stderr) is None, r.describe()
+    assert r.returncode is not None and r.returncode >= 0, r.describe()  # not killed by a signal
+    return r
 
 
 def chat(server, msgs):
