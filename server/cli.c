@@ -74,7 +74,7 @@ static int rt_open(rt_t *r, const config_t *c) {
     /* --chat-template: a bad one is reported here and fails chats only */
     const char *tmpl = (c->cmd & (CMD_GENERATE | CMD_SERVE | CMD_INSPECT)) ? cfg_str(c, "chat-template") : NULL;
     if (tmpl && chat_tmpl_override(&r->m.chat, tmpl, err, sizeof err) != 0)
-        fprintf(stderr, "warning: %s; chat requests will fail\n", err);
+        fprintf(stderr, "warning: %s; chat prompts cannot be rendered\n", err);
     if (!(r->pool = k_pool_new(rt_threads(c)))) return die("cannot start threads");
     r->own_pool = 1;
     return 0;
