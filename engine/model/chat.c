@@ -20,9 +20,16 @@ static int set_error(chat_tmpl_t *ct, const char *msg) {
     return ct->error ? 0 : -1;
 }
 
+static int contains(const char *src, size_t len, const char *needle) {
+    return memmem(src, len, needle, strlen(needle)) != NULL;
+}
+
 /* Parses src as the template; a syntax error is kept in ct->error. */
 static int use_jinja(chat_tmpl_t *ct, const char *src, size_t len) {
     jinja_error_t je;
+    ct->family = contains(src, len, "<|im_start|>")          ? CHAT_CHATML
+               : contains(src, len, "<|start_header_id|>") ? CHAT_LLAMA3
+                                                            : CHAT_NONE;
     jinja_free(ct->jinja);
     ct->jinja = jinja_parse(src, len, &je);
     ct->kind = CHAT_JINJA;
@@ -41,7 +48,7 @@ int chat_tmpl_init(chat_tmpl_t *ct, const char *src, size_t len, const char *bos
     }
     ct->strip_bos = add_bos && bos && *bos;
     if (!src || len == 0) {
-        ct->kind = CHAT_CHATML;
+        ct->kind = ct->family = CHAT_CHATML;
         snprintf(ct->origin, sizeof ct->origin, "built-in chatml (the GGUF has no chat template)");
         return 0;
     }
@@ -90,11 +97,12 @@ int chat_tmpl_override(chat_tmpl_t *ct, const char *spec, char *err, size_t errl
     ct->jinja = NULL;
     for (int i = 0; BUILTINS[i]; i++)
         if (!strcmp(spec, BUILTINS[i])) {
-            ct->kind = i == 0 ? CHAT_CHATML : CHAT_LLAMA3;
+            ct->kind = ct->family = i == 0 ? CHAT_CHATML : CHAT_LLAMA3;
             snprintf(ct->origin, sizeof ct->origin, "built-in %s (--chat-template)", spec);
             return 0;
         }
     ct->kind = CHAT_JINJA;
+    ct->family = CHAT_NONE;
     snprintf(ct->origin, sizeof ct->origin, "Jinja file %.256s (--chat-template)", spec);
     size_t len;
     char *src = read_small_file(spec, &len, err, errlen);

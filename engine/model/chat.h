@@ -34,6 +34,9 @@ typedef enum { CHAT_NONE = 0, CHAT_CHATML, CHAT_LLAMA3, CHAT_JINJA } chat_kind_t
 
 typedef struct {
     chat_kind_t kind;
+    chat_kind_t family;   /* the turn format written: CHAT_CHATML or CHAT_LLAMA3 (a built-in,
+                             or a Jinja template using its markers), else CHAT_NONE; what
+                             reading a model's reply in that format (tool calls) keys on */
     jinja_tmpl_t *jinja;  /* CHAT_JINJA */
     char *error;          /* set: the template is unusable and chat renders fail with this */
     char origin[320];     /* what is used, for inspect and messages */

@@ -173,6 +173,7 @@ static void test_chat_templates(void **state) {
                       "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
     assert_int_equal(chat_tmpl_init(&ct, src, strlen(src), "<s>", "</s>", 0), 0);
     assert_int_equal(ct.kind, CHAT_JINJA);
+    assert_int_equal(ct.family, CHAT_CHATML);
     assert_null(ct.error);
     chat_msg_t m[2] = {{"user", "hi"}, {"assistant", "yo"}};
     assert_int_equal(chat_render(&ct, m, 2, 1, &r, err, sizeof err), 0);
@@ -185,6 +186,7 @@ static void test_chat_templates(void **state) {
     free(r);
     /* the built-in Llama-3 by name */
     assert_int_equal(chat_tmpl_override(&ct, "llama3", err, sizeof err), 0);
+    assert_int_equal(ct.family, CHAT_LLAMA3);
     assert_int_equal(chat_render(&ct, m, 1, 1, &r, err, sizeof err), 0);
     assert_string_equal(r, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                            "<|start_header_id|>assistant<|end_header_id|>\n\n");
