@@ -138,118 +138,169 @@ static char *message_text(json_t *content, size_t idx, reply_t *err) {
     return out;
 }
 
-/* A role "tool" message or an assistant message carrying tool_calls, as the
- * template family writes it (tools.c); NULL with *err set. */
-static char *tool_turn(srv_t *s, json_t *msg, const char *role, char *text, size_t idx, const char **out_role,
-                       reply_t *err) {
-    chat_kind_t kind = s->m->chat.kind;
+/* A role "tool" message or an assistant message carrying tool_calls, made
+ * into the text turn the template family writes (tools.c), for templates
+ * that do not render tool turns themselves. m is the message's copy. */
+static int tool_turn_as_text(chat_kind_t family, json_t *m, const char *role, const char *text, size_t idx,
+                             reply_t *err) {
+    char *t;
     if (!strcmp(role, "tool")) {
-        if (!json_is_string(json_object_get(msg, "tool_call_id"))) {
-            BAD("messages", "messages[%zu].tool_call_id (a string) is required for role 'tool'", idx);
-            return NULL;
-        }
-        *out_role = tools_result_role(kind);
-        char *t = tools_result_text(kind, text);
-        if (!t) *err = reply_error(500, "server_error", NULL, "out of memory");
-        return t;
-    }
-    *out_role = role;
-    return tools_calls_text(kind, text, json_object_get(msg, "tool_calls"), idx, err);
-}
-
-/* Lists the tools where the template family expects them: the system turn
- * (ChatML, after the model's default system prompt when none is given) or
- * the top of the first user turn (Llama-3). m and texts have room for one more. */
-static int add_tools(srv_t *s, const tools_t *tools, chat_msg_t *m, char **texts, size_t *n) {
-    char *pre = tools_preamble(tools);
-    if (!pre) return -1;
-    size_t at = 0;
-    int llama = s->m->chat.kind == CHAT_LLAMA3, insert = 0;
-    if (llama) {
-        while (at < *n && strcmp(m[at].role, "user")) at++;
-        insert = at == *n;
+        if (json_object_set_new(m, "role", json_string(tools_result_role(family)))) goto oom;
+        if (!(t = tools_result_text(family, text))) goto oom;
+        json_object_del(m, "tool_call_id");
     } else {
-        insert = *n == 0 || strcmp(m[0].role, "system");
+        if (!(t = tools_calls_text(family, text, json_object_get(m, "tool_calls"), idx, err)))
+            return err->status ? -1 : (*err = reply_error(500, "server_error", NULL, "out of memory"), -1);
+        json_object_del(m, "tool_calls");
     }
-    const char *head = insert ? (llama ? NULL : s->m->chat.default_system) : texts[at];
-    size_t len = (head ? strlen(head) + 2 : 0) + strlen(pre) + 1;
-    char *t = malloc(len);
-    if (!t) { free(pre); return -1; }
-    if (llama) snprintf(t, len, "%s%s", pre, head ? head : "");
-    else snprintf(t, len, "%s%s%s", head ? head : "", head && *head ? "\n\n" : "", pre);
-    free(pre);
-    if (insert) {
-        memmove(m + at + 1, m + at, (*n - at) * sizeof *m);
-        memmove(texts + at + 1, texts + at, (*n - at) * sizeof *texts);
-        (*n)++;
-        m[at].role = llama ? "user" : "system";
-    } else {
-        free(texts[at]);
-    }
-    texts[at] = t;
-    m[at].content = t;
+    int bad = json_object_set_new(m, "content", json_string_nocheck(t)) != 0;
+    free(t);
+    if (bad) goto oom;
     return 0;
+oom:
+    *err = reply_error(500, "server_error", NULL, "out of memory");
+    return -1;
 }
 
-int api_render_chat(srv_t *s, json_t *msgs, const tools_t *tools, char **out, reply_t *err) {
-    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
-        return BAD("messages", "'messages' must be a non-empty list");
-    size_t n = json_array_size(msgs), i, n_out;
-    if (n > 4096) return BAD("messages", "at most 4096 messages");
-    chat_msg_t *m = calloc(n + 1, sizeof *m);
-    char **texts = calloc(n + 1, sizeof *texts);
-    int rc = -1;
-    if (!m || !texts) {
-        *err = reply_error(500, "server_error", NULL, "out of memory");
-        goto out;
-    }
-    json_t *msg;
+/* The messages as the template sees them: each object as sent, with the
+ * content flattened to a string and "developer" read as "system". With
+ * `textify` (a template that does not render tools), tool results and
+ * assistant tool calls become text turns in the template family's format. */
+static json_t *normalize_messages(const chat_tmpl_t *ct, json_t *msgs, int textify, reply_t *err) {
+    json_t *norm = json_array(), *msg;
+    size_t i;
+    if (!norm) goto oom;
     json_array_foreach(msgs, i, msg) {
         json_t *role = json_object_get(msg, "role");
         if (!json_is_object(msg) || !json_is_string(role)) {
             BAD("messages", "messages[%zu] must be an object with a string 'role'", i);
-            goto out;
+            goto fail;
         }
         const char *rs = json_string_value(role);
         if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
             strcmp(rs, "developer") && strcmp(rs, "tool")) {
             BAD("messages", "messages[%zu].role '%s' is not system, developer, user, assistant or tool", i, rs);
-            goto out;
+            goto fail;
         }
         json_t *content = json_object_get(msg, "content"), *calls = json_object_get(msg, "tool_calls");
-        int has_calls = calls && !json_is_null(calls);
+        int has_calls = calls && !json_is_null(calls), is_tool = !strcmp(rs, "tool");
         if (has_calls && strcmp(rs, "assistant")) {
             BAD("messages", "messages[%zu].tool_calls is only for role 'assistant'", i);
-            goto out;
+            goto fail;
         }
         if ((!content && !has_calls) || (content && json_is_null(content) && strcmp(rs, "assistant"))) {
             BAD("messages", "messages[%zu].content is required", i);
-            goto out;
+            goto fail;
         }
-        if (!(texts[i] = message_text(content, i, err))) goto out;
-        m[i].role = strcmp(rs, "developer") ? rs : "system";
-        if (!strcmp(rs, "tool") || has_calls) {
-            char *t = tool_turn(s, msg, rs, texts[i], i, &m[i].role, err);
-            if (!t) goto out;
-            free(texts[i]);
-            texts[i] = t;
+        if (is_tool && !json_is_string(json_object_get(msg, "tool_call_id"))) {
+            BAD("messages", "messages[%zu].tool_call_id (a string) is required for role 'tool'", i);
+            goto fail;
         }
-        m[i].content = texts[i];
+        if (textify && (is_tool || has_calls) && ct->family == CHAT_NONE) {
+            BAD("messages", "messages[%zu]: this model's chat template (%s) renders no tool turns and has no "
+                "known tool-call format", i, ct->origin);
+            goto fail;
+        }
+        json_t *m = json_copy(msg);
+        if (!m || json_array_append_new(norm, m)) goto oom;
+        /* an assistant turn without text: None to a template beside tool calls
+         * (templates test for it), else the empty string it means */
+        if (json_is_null(content) && has_calls && !textify) continue;
+        char *text = message_text(content, i, err);
+        if (!text) {
+            if (err->status) goto fail; /* message_text said what is wrong */
+            goto oom;
+        }
+        int bad = json_object_set_new(m, "content", json_string_nocheck(text)) ||
+                  (!strcmp(rs, "developer") && json_object_set_new(m, "role", json_string("system")));
+        if (!bad && textify && (is_tool || has_calls) && tool_turn_as_text(ct->family, m, rs, text, i, err)) {
+            free(text);
+            goto fail;
+        }
+        free(text);
+        if (bad) goto oom;
     }
-    n_out = n;
-    if (tools && tools_active(tools) && add_tools(s, tools, m, texts, &n_out)) {
-        *err = reply_error(500, "server_error", NULL, "out of memory");
-        goto out;
+    return norm;
+oom:
+    *err = reply_error(500, "server_error", NULL, "out of memory");
+fail:
+    json_decref(norm);
+    return NULL;
+}
+
+/* Lists the tools where the template family expects them, for templates that
+ * do not render `tools`: the system turn (ChatML; a system message is added
+ * when none leads) or the top of the first user turn (Llama-3). */
+static int add_tools(const chat_tmpl_t *ct, const tools_t *tools, json_t *norm, reply_t *err) {
+    if (ct->family == CHAT_NONE)
+        return BAD("tools", "this model's chat template (%s) does not render tools and has no known tool-call "
+                   "format; use --chat-template chatml or llama3, or a template that renders tools", ct->origin);
+    char *pre = tools_preamble(tools);
+    if (!pre) goto oom;
+    int llama = ct->family == CHAT_LLAMA3;
+    size_t at = 0, n = json_array_size(norm);
+    if (llama)
+        while (at < n && strcmp(json_string_value(json_object_get(json_array_get(norm, at), "role")), "user")) at++;
+    json_t *m = at < n ? json_array_get(norm, at) : NULL;
+    if (m && !llama && strcmp(json_string_value(json_object_get(m, "role")), "system")) m = NULL;
+    const char *head = m ? json_string_value(json_object_get(m, "content")) : NULL;
+    size_t len = (head ? strlen(head) + 2 : 0) + strlen(pre) + 1;
+    char *t = malloc(len);
+    if (!t) {
+        free(pre);
+        goto oom;
     }
-    *out = chat_render(&s->m->chat, m, n_out, 1);
-    if (!*out) *err = reply_error(500, "server_error", NULL, "out of memory");
-    else rc = 0;
-out:
-    if (texts)
-        for (i = 0; i <= n; i++) free(texts[i]);
-    free(texts);
-    free(m);
-    return rc;
+    if (llama) snprintf(t, len, "%s%s", pre, head ? head : "");
+    else snprintf(t, len, "%s%s%s", head ? head : "", head && *head ? "\n\n" : "", pre);
+    free(pre);
+    int bad;
+    if (m) {
+        bad = json_object_set_new(m, "content", json_string_nocheck(t)) != 0;
+    } else {
+        json_t *nm = json_pack("{s:s, s:s}", "role", llama ? "user" : "system", "content", t);
+        bad = !nm || json_array_insert_new(norm, llama ? n : 0, nm) != 0;
+    }
+    free(t);
+    if (bad) goto oom;
+    return 0;
+oom:
+    *err = reply_error(500, "server_error", NULL, "out of memory");
+    return -1;
+}
+
+int api_render_chat(srv_t *s, json_t *msgs, const tools_t *tools, char **out, reply_t *err) {
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+        return BAD("messages", "'messages' must be a non-empty list");
+    if (json_array_size(msgs) > 4096) return BAD("messages", "at most 4096 messages");
+    memset(err, 0, sizeof *err);
+    const chat_tmpl_t *ct = &s->m->chat;
+    const int own = ct->renders_tools; /* the Jinja template writes tools and tool turns itself */
+    json_t *norm = normalize_messages(ct, msgs, !own, err), *tv = NULL;
+    if (!norm) return -1;
+    if (tools && tools_active(tools)) {
+        if (own) tv = tools->tools;
+        else if (add_tools(ct, tools, norm, err)) {
+            json_decref(norm);
+            return -1;
+        }
+    }
+    if (own) { /* tool-call arguments as JSON values, as HF templates expect */
+        json_t *tm = tools_template_messages(norm);
+        json_decref(norm);
+        if (!(norm = tm)) {
+            *err = reply_error(500, "server_error", NULL, "out of memory");
+            return -1;
+        }
+    }
+    char msg[1024];
+    int rc = chat_render_json(ct, norm, tv, 1, out, msg, sizeof msg);
+    json_decref(norm);
+    if (rc == 1) return BAD("messages", "%s", msg);
+    if (rc != 0) {
+        *err = reply_error(500, "server_error", NULL, "%s", msg);
+        return -1;
+    }
+    return 0;
 }
 
 static int parse_stop(api_req_t *r, json_t *req, reply_t *err) {
@@ -316,7 +367,7 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     }
     if (chat) {
         char *text;
-        if (tools_parse(req, s->m->chat.kind, &r->tools, err) ||
+        if (tools_parse(req, s->m->chat.family, &r->tools, err) ||
             api_render_chat(s, json_object_get(req, "messages"), &r->tools, &text, err))
             return -1;
         int rc = tokenize_into(s, r, text, strlen(text), err);

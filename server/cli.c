@@ -71,6 +71,10 @@ static int rt_open(rt_t *r, const config_t *c) {
     k_init();
     if (model_load(&r->m, cfg_str(c, "model"), err, sizeof err) != 0) return die("%s", err);
     r->loaded = 1;
+    /* --chat-template: a bad one is reported here and fails chats only */
+    const char *tmpl = (c->cmd & (CMD_GENERATE | CMD_SERVE | CMD_INSPECT)) ? cfg_str(c, "chat-template") : NULL;
+    if (tmpl && chat_tmpl_override(&r->m.chat, tmpl, err, sizeof err) != 0)
+        fprintf(stderr, "warning: %s; chat prompts cannot be rendered\n", err);
     if (!(r->pool = k_pool_new(rt_threads(c)))) return die("cannot start threads");
     r->own_pool = 1;
     return 0;
@@ -278,7 +282,8 @@ int cmd_generate(const config_t *c) {
         int n = 0;
         if (cfg_str(c, "system")) msgs[n++] = (chat_msg_t){"system", cfg_str(c, "system")};
         msgs[n++] = (chat_msg_t){"user", prompt};
-        if (!(text = chat_render(&r.m.chat, msgs, (size_t)n, 1))) { die("out of memory"); goto out; }
+        char msg[1024];
+        if (chat_render(&r.m.chat, msgs, (size_t)n, 1, &text, msg, sizeof msg)) { die("%s", msg); goto out; }
     } else if (!(text = strdup(prompt))) { die("out of memory"); goto out; }
     if (encode(r.m.tok, text, strlen(text), 1, &ids, &n_ids)) goto out;
     if (tok_add_bos(r.m.tok)) { /* room was left by encode's +16 */
@@ -508,7 +513,8 @@ int cmd_inspect(const config_t *c) {
            hp->n_ctx_train, hp->rope_dim, hp->rope_base, hp->rms_eps);
     printf("tied_output: %s\nweight_bytes: %zu\nchat_template: %s\nbos: %d\neos: %d\n",
            r.m.output.data == r.m.tok_embd.data ? "yes" : "no", model_weight_bytes(&r.m),
-           r.m.chat.kind == CHAT_LLAMA3 ? "llama3" : "chatml", tok_bos(r.m.tok), tok_eos(r.m.tok));
+           r.m.chat.origin, tok_bos(r.m.tok), tok_eos(r.m.tok));
+    if (r.m.chat.error) printf("chat_template_error: %s\n", r.m.chat.error);
     if (r.m.file_map) {
         printf("recipe: weights=%s acts=%s\nstated_bits_per_weight: %.3f\n", r.m.w_recipe, r.m.a_recipe, r.m.w_bits);
         if (r.m.have_eval)

@@ -24,6 +24,8 @@ const opt_t OPTIONS[] = {
     {"n-predict", 'n', NULL, "128", OPT_INT, G, 0, 1 << 20, "tokens to generate at most"},
     {"chat", 0, NULL, NULL, OPT_BOOL, G, 0, 0, "wrap the prompt as a user turn in the chat template"},
     {"system", 0, NULL, NULL, OPT_STR, G, 0, 0, "system message for --chat"},
+    {"chat-template", 0, "SQSERVE_CHAT_TEMPLATE", NULL, OPT_STR, G | S | CMD_INSPECT, 0, 0,
+     "chat template instead of the GGUF's: a built-in (chatml, llama3) or a Jinja file"},
     {"ctx", 'c', "SQSERVE_CTX", "0", OPT_INT, G | E | S, 0, 1 << 20,
      "context length per sequence (0: 4096 capped by the model; eval 512)"},
     {"batch", 'b', "SQSERVE_BATCH", "512", OPT_INT, G | E | B, 1, 8192,

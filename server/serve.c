@@ -105,6 +105,11 @@ int cmd_serve(const config_t *c) {
     err[0] = 0;
     double t0 = gen_now();
     if (model_load(&m, cfg_str(c, "model"), err, sizeof err) != 0) return fail(err);
+    int log_json = !strcmp(fmt, "json");
+    if (cfg_str(c, "chat-template") && chat_tmpl_override(&m.chat, cfg_str(c, "chat-template"), err, sizeof err))
+        err[0] = 0; /* kept in m.chat.error, logged below: chat requests fail, the rest serves */
+    if (m.chat.error) slog(log_json, "chat_template", "warning: %s; chat requests will fail", m.chat.error);
+    else slog(log_json, "chat_template", "chat template: %s", m.chat.origin);
     char id[256];
     if (cfg_str(c, "model-name")) snprintf(id, sizeof id, "%s", cfg_str(c, "model-name"));
     else model_id_of(cfg_str(c, "model"), id, sizeof id);

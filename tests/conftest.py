@@ -61,7 +61,8 @@ def run_sqserve(binary: Path, args: Sequence[str], timeout: float = 600,
                 input: Optional[str] = None) -> Result:
     """Runs the binary from the repo root; never raises on a hang."""
     e = dict(os.environ)
-    for k in ("SQSERVE_MODEL", "SQSERVE_THREADS", "SQSERVE_CTX", "SQSERVE_BATCH", "SQSERVE_DEVICE"):
+    for k in ("SQSERVE_MODEL", "SQSERVE_THREADS", "SQSERVE_CTX", "SQSERVE_BATCH", "SQSERVE_DEVICE",
+              "SQSERVE_CHAT_TEMPLATE"):
         e.pop(k, None)  # the CLI reads these; tests must not inherit them
     if sanitizer:
         e.update(SAN_ENV)

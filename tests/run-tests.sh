@@ -47,4 +47,17 @@ else
   echo "build/sanitize/sqserve is missing (make sanitize): the sanitized server run failed"
   status=1
 fi
+
+# The Jinja interpreter under ASan/UBSan on every template, conversation,
+# malformed and hostile template of the comparison with jinja2 (~2 minutes).
+if [ -x build/sanitize/tools/jinja_render ]; then
+  echo "== pytest: chat templates through the ASan/UBSan interpreter (build/sanitize/tools/jinja_render) =="
+  if ! SQSERVE_JINJA_RENDER=build/sanitize/tools/jinja_render .venv/bin/python -m pytest \
+      tests/test_chat_templates.py -q -p no:cacheprovider; then
+    status=1
+  fi
+else
+  echo "build/sanitize/tools/jinja_render is missing (make sanitize): the sanitized template run failed"
+  status=1
+fi
 exit $status

@@ -71,7 +71,7 @@ def test_inspect_prints_metadata(sq, model_path):
     want = {"n_layer": "30", "dim": "576", "n_head": "9", "n_head_kv": "3", "head_dim": "64",
             "ffn_dim": "1536", "n_vocab": "49152", "n_ctx_train": "8192", "rope_dim": "64",
             "rope_base": "100000", "gguf_version": "3", "tied_output": "yes",
-            "chat_template": "chatml", "bos": "1", "eos": "2"}
+            "chat_template": "GGUF Jinja (tokenizer.chat_template, 368 bytes)", "bos": "1", "eos": "2"}
     for k, v in want.items():
         assert info.get(k) == v, f"{k}: got {info.get(k)!r}, want {v!r}\n{r.describe()}"
     # and the same numbers as an independent reader finds in the metadata

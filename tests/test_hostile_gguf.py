@@ -173,7 +173,10 @@ def test_valid_model_loads(sq, tmp_path, variant):
             "n_vocab": "273", "n_ctx_train": "256", "rope_dim": "16",
             "tensors": str(len(g.tensors)), "metadata": str(len(g.kvs)),
             "tied_output": "yes" if variant == "tied_output" else "no",
-            "chat_template": "chatml", "bos": "271", "eos": "272"}
+            "bos": "271", "eos": "272",
+            "chat_template": "built-in chatml (the GGUF has no chat template)"
+            if variant == "no_chat_template_no_vocab_size" else
+            f"GGUF Jinja (tokenizer.chat_template, {len(gc.CHATML_TEMPLATE)} bytes)"}
     for k, v in want.items():
         assert info.get(k) == v, f"{k}: got {info.get(k)!r}, want {v!r}\n{r.describe()}"
 
@@ -192,6 +195,29 @@ def test_valid_tiny_generate(sq, tmp_path):
                      timeout=TIMEOUT * 2, sanitizer=sanitized)
     assert_clean(r2)
     assert r2.returncode == 0, r2.describe()
+
+
+@pytest.mark.parametrize("template", ["{% if %}", "{{ messages[0]['content'] }}{% for %}",
+                                      "{{ raise_exception('no') }}", "{{ '{' * 99999999999 }}"])
+def test_unusable_chat_template_still_loads(sq, tmp_path, template):
+    """A template that does not parse or render blocks chats only (issue 18):
+    inspect and plain generate work, generate --chat fails with its error."""
+    path = tmp_path / "tmpl.gguf"
+    base(chat_template=template).write(path)
+    binary, sanitized = sq
+    r = run_inspect(sq, path)
+    assert_clean(r)
+    assert r.returncode == 0 and "chat_template: GGUF Jinja" in r.stdout, r.describe()
+    parses = "%}" not in template
+    assert ("chat_template_error: " in r.stdout) != parses, r.describe()
+    r = run_sqserve(binary, ["generate", "-m", path, "-p", "hello", "-n", "2", "-t", "1"],
+                    timeout=TIMEOUT, sanitizer=sanitized)
+    assert_clean(r)
+    assert r.returncode == 0, r.describe()
+    r = run_sqserve(binary, ["generate", "-m", path, "--chat", "-p", "hello", "-n", "2", "-t", "1"],
+                    timeout=TIMEOUT, sanitizer=sanitized)
+    assert_clean(r)
+    assert r.returncode != 0 and "chat template" in r.stderr and "\n" not in r.stderr.strip(), r.describe()
 
 
 def test_valid_tiny_tokenize(sq, tmp_path):
@@ -980,11 +1006,6 @@ def _():
 @case("pre_tokenizer_unknown", r"pre-tokenizer|tokenizer\.ggml\.pre")
 def _():
     return base(meta={"tokenizer.ggml.pre": (gc.STRING, "no-such-pre")})
-
-
-@case("chat_template_unsupported", r"chat template")
-def _():
-    return base(chat_template="{{ messages[0]['content'] }}")
 
 
 # -- strings from the file echoed in the error: the error must stay one line

@@ -233,6 +233,22 @@ static int load_rope(model_t *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* The chat template with the BOS/EOS token texts it may print. */
+static int chat_init(model_t *m, const char *src, size_t len) {
+    char *txt[2] = {NULL, NULL};
+    int ids[2] = {tok_bos(m->tok), tok_eos(m->tok)}, rc = -1;
+    for (int i = 0; i < 2; i++) {
+        size_t n;
+        const char *p = ids[i] >= 0 ? tok_piece(m->tok, ids[i], &n) : NULL;
+        if (p && !(txt[i] = strndup(p, n))) goto out;
+    }
+    rc = chat_tmpl_init(&m->chat, src, len, txt[0], txt[1], tok_add_bos(m->tok));
+out:
+    free(txt[0]);
+    free(txt[1]);
+    return rc;
+}
+
 int model_init(model_t *m, const char *path, char *err, size_t errlen) {
     char msg[384];
     int rc = -1;
@@ -256,7 +272,10 @@ int model_init(model_t *m, const char *path, char *err, size_t errlen) {
     }
     gguf_str_t tmpl = {NULL, 0};
     gguf_get_str(&m->gguf, "tokenizer.chat_template", &tmpl);
-    if (chat_tmpl_init(&m->chat, tmpl.ptr, tmpl.len, msg, sizeof msg)) goto fail;
+    if (chat_init(m, tmpl.ptr, tmpl.len)) {
+        snprintf(msg, sizeof msg, "out of memory");
+        goto fail;
+    }
     gguf_str_t name;
     if (gguf_get_str(&m->gguf, "general.name", &name) == 0)
         snprintf(m->name, sizeof m->name, "%.*s", (int)(name.len > 120 ? 120 : name.len), name.ptr);

@@ -165,29 +165,65 @@ static void test_stop_strings(void **state) {
 static void test_chat_templates(void **state) {
     (void)state;
     chat_tmpl_t ct;
-    char err[128];
-    const char *src = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nBe kind.<|im_end|>\\n' }}{% endif %}<|im_start|>";
-    assert_int_equal(chat_tmpl_init(&ct, src, strlen(src), err, sizeof err), 0);
-    assert_string_equal(ct.default_system, "Be kind.");
+    char err[1024], *r;
+    /* a GGUF template is rendered by the Jinja interpreter */
+    const char *src = "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+                      "{{ '<|im_start|>system\\nBe kind.<|im_end|>\\n' }}{% endif %}"
+                      "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+                      "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    assert_int_equal(chat_tmpl_init(&ct, src, strlen(src), "<s>", "</s>", 0), 0);
+    assert_int_equal(ct.kind, CHAT_JINJA);
+    assert_int_equal(ct.family, CHAT_CHATML);
+    assert_null(ct.error);
     chat_msg_t m[2] = {{"user", "hi"}, {"assistant", "yo"}};
-    char *r = chat_render(&ct, m, 2, 1);
+    assert_int_equal(chat_render(&ct, m, 2, 1, &r, err, sizeof err), 0);
     assert_string_equal(r, "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
                            "<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>assistant\n");
     free(r);
     chat_msg_t sys[1] = {{"system", "S"}};
-    r = chat_render(&ct, sys, 1, 0);
+    assert_int_equal(chat_render(&ct, sys, 1, 0, &r, err, sizeof err), 0);
     assert_string_equal(r, "<|im_start|>system\nS<|im_end|>\n");
     free(r);
-    chat_tmpl_free(&ct);
-    const char *l3 = "{{ '<|start_header_id|>' + message['role'] }}";
-    assert_int_equal(chat_tmpl_init(&ct, l3, strlen(l3), err, sizeof err), 0);
-    r = chat_render(&ct, m, 1, 1);
+    /* the built-in Llama-3 by name */
+    assert_int_equal(chat_tmpl_override(&ct, "llama3", err, sizeof err), 0);
+    assert_int_equal(ct.family, CHAT_LLAMA3);
+    assert_int_equal(chat_render(&ct, m, 1, 1, &r, err, sizeof err), 0);
     assert_string_equal(r, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                            "<|start_header_id|>assistant<|end_header_id|>\n\n");
     free(r);
+    /* an unknown name (and no such file): kept as the error chats report */
+    assert_int_equal(chat_tmpl_override(&ct, "no-such-template", err, sizeof err), -1);
+    assert_non_null(strstr(err, "chatml, llama3"));
+    assert_int_equal(chat_render(&ct, m, 1, 1, &r, err, sizeof err), -1);
+    assert_non_null(strstr(err, "no-such-template"));
     chat_tmpl_free(&ct);
-    assert_int_equal(chat_tmpl_init(&ct, "{{ [INST] }}", 12, err, sizeof err), -1);
-    assert_non_null(strstr(err, "unsupported"));
+    /* a template that does not parse does not fail the init, only renders */
+    assert_int_equal(chat_tmpl_init(&ct, "{{ [INST] ", 10, NULL, NULL, 0), 0);
+    assert_non_null(ct.error);
+    assert_int_equal(chat_render(&ct, m, 1, 1, &r, err, sizeof err), -1);
+    assert_non_null(strstr(err, "does not parse"));
+    chat_tmpl_free(&ct);
+    /* raise_exception is the client's error (1); BOS text dropped when the tokenizer adds it */
+    const char *strict = "{{ bos_token }}{% if messages[0].role != 'user' %}{{ raise_exception('user first') }}"
+                         "{% endif %}{{ messages[0].content }}";
+    assert_int_equal(chat_tmpl_init(&ct, strict, strlen(strict), "<s>", "</s>", 1), 0);
+    assert_int_equal(chat_render(&ct, m + 1, 1, 0, &r, err, sizeof err), 1);
+    assert_non_null(strstr(err, "user first"));
+    assert_int_equal(chat_render(&ct, m, 1, 0, &r, err, sizeof err), 0);
+    assert_string_equal(r, "hi");
+    free(r);
+    chat_tmpl_free(&ct);
+    /* no template: the built-in ChatML, which refuses tools rather than dropping them */
+    assert_int_equal(chat_tmpl_init(&ct, NULL, 0, NULL, NULL, 0), 0);
+    assert_int_equal(ct.kind, CHAT_CHATML);
+    json_t *msgs = json_pack("[{s:s, s:s}]", "role", "user", "content", "x"), *tools = json_pack("[{}]");
+    assert_int_equal(chat_render_json(&ct, msgs, tools, 1, &r, err, sizeof err), 1);
+    assert_int_equal(chat_render_json(&ct, msgs, NULL, 1, &r, err, sizeof err), 0);
+    assert_string_equal(r, "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+    free(r);
+    json_decref(msgs);
+    json_decref(tools);
+    chat_tmpl_free(&ct);
 }
 
 /* ---- GGUF metadata ------------------------------------------------------------ */

@@ -220,7 +220,8 @@ static void test_chat_template_matches_jinja(void **state) {
             m[j].role = json_string_value(json_object_get(msg, "role"));
             m[j].content = json_string_value(json_object_get(msg, "content"));
         }
-        char *got = chat_render(&M.chat, m, n, 1);
+        char *got, err[1024];
+        assert_int_equal(chat_render(&M.chat, m, n, 1, &got, err, sizeof err), 0);
         assert_string_equal(got, json_string_value(json_object_get(p, "text")));
         /* and the rendered prompt tokenizes to the reference ids */
         int32_t *ids;
