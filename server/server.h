@@ -32,6 +32,13 @@ typedef struct {
     size_t max_body;
     double request_timeout_s;
     int log_json;
+    /* request defaults (--temp/--top-k/--top-p/--min-p, --default-max-tokens) */
+    sample_params_t sp_default;
+    int default_max_tokens;    /* chat, when the request does not say */
+    int max_tokens_limit;      /* 0: the context */
+    int progress_every;        /* generated tokens between progress lines; 0: none */
+    const char *cors_origin;   /* NULL: no CORS headers */
+    int metrics_vllm;          /* --metrics-compat vllm */
     struct MHD_Daemon *daemon;
     const char *recipe;    /* "weights=... acts=..." or "gguf" */
     const char *device;    /* "cpu" or the GPU's name */
