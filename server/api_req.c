@@ -334,7 +334,7 @@ static int parse_sampling(srv_t *s, api_req_t *r, json_t *req, reply_t *err) {
 static int set_max_tokens(srv_t *s, api_req_t *r, long max_tokens, int from_mct, reply_t *err) {
     int chat = r->chat, n_ctx = sched_config(s->sched)->n_ctx;
     const char *field = from_mct ? "max_completion_tokens" : "max_tokens";
-    if (max_tokens > 0 && s->max_tokens_limit > 0 && max_tokens > s->max_tokens_limit)
+    if (s->max_tokens_limit > 0 && max_tokens > s->max_tokens_limit)
         return BAD(field, "%s (%ld) exceeds this server's limit of %d (--max-tokens-limit)", field, max_tokens,
                    s->max_tokens_limit);
     for (int i = 0; i < r->n_prompts; i++) {
@@ -342,7 +342,7 @@ static int set_max_tokens(srv_t *s, api_req_t *r, long max_tokens, int from_mct,
         if (room < 1) return BAD(chat ? "messages" : "prompt", "the prompt (%d tokens) fills the context of %d",
                                  r->prompt_len[i], n_ctx);
         long mt = max_tokens;
-        if (mt <= 0) {
+        if (mt < 0) {
             mt = chat ? s->default_max_tokens : 16;
             if (s->max_tokens_limit > 0 && mt > s->max_tokens_limit) mt = s->max_tokens_limit;
             if (mt > room) mt = room;
@@ -381,7 +381,7 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     long n = 1, max_tokens = -1, mct = -1, logprobs = -1, top_lp = -1;
     int want_lp = 0;
     if (get_int(req, "n", 1, API_MAX_N, &n, err) ||
-        get_int(req, "max_tokens", 1, 1L << 30, &max_tokens, err) ||
+        get_int(req, "max_tokens", 0, 1L << 30, &max_tokens, err) ||
         get_int(req, "max_completion_tokens", 1, 1L << 30, &mct, err) ||
         get_bool(req, "stream", &r->stream, err) || get_bool(req, "echo", &r->echo, err) ||
         get_bool(req, "ignore_eos", &r->ignore_eos, err) || parse_stop(r, req, err) ||
@@ -399,6 +399,10 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     }
     r->n_logprobs = (int)logprobs;
     r->prompt_logprobs = !chat && r->echo && logprobs >= 0;
+    if (r->prompt_logprobs && r->stream)
+        return BAD("echo", "'echo' with 'logprobs' (prompt logprobs) is not available with 'stream'");
+    if (max_tokens == 0 && !r->prompt_logprobs)
+        return BAD("max_tokens", "'max_tokens' must be at least 1 (0 only with echo and logprobs: prompt scoring)");
     json_t *so = json_object_get(req, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) return BAD("stream_options", "'stream_options' must be an object");

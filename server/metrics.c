@@ -70,10 +70,10 @@ reply_t metrics_reply(srv_t *s) {
             "# TYPE sqserve_requests_total counter\n");
     pthread_mutex_lock(&s->mu);
     for (int e = 0; e < EP_COUNT; e++)
-        for (int k = 0; k < STATUS_SLOTS; k++)
+        for (int k = 100; k < STATUS_CODES; k++)
             if (s->requests[e][k])
-                put(&o, "sqserve_requests_total{endpoint=\"%s\",code=\"%u\"} %llu\n",
-                    reply_endpoint_name(e), reply_status_of_slot(k), (unsigned long long)s->requests[e][k]);
+                put(&o, "sqserve_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n",
+                    reply_endpoint_name(e), k, (unsigned long long)s->requests[e][k]);
     pthread_mutex_unlock(&s->mu);
 
     counter(&o, "sqserve_prompt_tokens_total", "Prompt tokens computed (prefix-cache hits excluded).", d.prompt_tokens);

@@ -550,6 +550,7 @@ static void step(sched_t *s) {
         for (int i = 0; i < s->n_running; i++) {
             if (s->running[i] != q) continue;
             if (q->p.embed) finish_embedding(s, i);
+            else if (q->p.max_tokens == 0) finish_running(s, i, "length", NULL); /* prompt scoring only */
             else next_token(s, i, l, now);
             break;
         }
@@ -744,7 +745,7 @@ int sched_submit(sched_t *s, const sched_params_t *p, uint64_t *id, char *err, s
     const char *bad = sample_validate(&p->sp);
     if (bad) { snprintf(err, errlen, "%s", bad); return SCHED_EINVAL; }
     if (p->n_prompt < 1) { snprintf(err, errlen, "the prompt is empty"); return SCHED_EINVAL; }
-    if (p->embed ? p->max_tokens != 0 : p->max_tokens < 1) {
+    if (p->embed ? p->max_tokens != 0 : p->max_tokens < (p->prompt_logprobs ? 0 : 1)) {
         snprintf(err, errlen, p->embed ? "an embedding generates no tokens" : "max_tokens must be at least 1");
         return SCHED_EINVAL;
     }

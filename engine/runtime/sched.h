@@ -66,7 +66,8 @@ typedef struct {
     int n_stops;
     int ignore_eos;
     int n_logprobs;        /* -1: none; 0..20: chosen token (+ top-n) */
-    int prompt_logprobs;   /* also SCHED_PROMPT events for prompt tokens 1.. (needs n_logprobs >= 0) */
+    int prompt_logprobs;   /* also SCHED_PROMPT events for prompt tokens 1.. (needs n_logprobs >= 0);
+                              max_tokens may then be 0: the prompt is scored, nothing generated */
     /* logit_bias (copied): added to these tokens' logits before sampling;
      * -100 or below bans the token. Logprobs stay the model's. */
     const int32_t *bias_ids;
