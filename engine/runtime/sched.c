@@ -100,6 +100,8 @@ static void emit_done(sched_t *s, seq_t *q, const char *finish, const char *erro
     stats_lock(&s->stats);
     stats_data_t *d = &s->stats.d;
     d->finished++;
+    if (!strcmp(finish, "stop")) d->finished_stop++;
+    else if (!strcmp(finish, "length")) d->finished_length++;
     if (!strcmp(finish, "cancelled") || !strcmp(finish, "timeout")) d->cancellations++;
     hist_observe(&d->e2e, now - q->t_submit);
     hist_observe(&d->prompt_len, q->n_prompt);
