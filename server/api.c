@@ -543,9 +543,11 @@ static reply_t submit_all(call_t *c) {
     return (reply_t){0, NULL};
 }
 
-/* The request's "user" for the access log: printable ASCII, cut to fit. */
+/* The request's "user" (or "safety_identifier", its successor) for the
+ * access log: printable ASCII, cut to fit. */
 static void copy_user(req_info_t *info, json_t *req) {
     json_t *u = json_object_get(req, "user");
+    if (!json_is_string(u)) u = json_object_get(req, "safety_identifier");
     if (!info || !json_is_string(u)) return;
     const char *v = json_string_value(u);
     size_t k = 0;

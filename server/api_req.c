@@ -219,7 +219,8 @@ static const struct { const char *name; int eps; } FIELDS[] = {
     {"model", CMPL | CHAT}, {"stream", CMPL | CHAT}, {"stream_options", CMPL | CHAT},
     {"temperature", CMPL | CHAT}, {"top_p", CMPL | CHAT}, {"n", CMPL | CHAT}, {"stop", CMPL | CHAT},
     {"max_tokens", CMPL | CHAT}, {"presence_penalty", CMPL | CHAT}, {"frequency_penalty", CMPL | CHAT},
-    {"logit_bias", CMPL | CHAT}, {"seed", CMPL | CHAT}, {"user", CMPL | CHAT}, {"logprobs", CMPL | CHAT},
+    {"logit_bias", CMPL | CHAT}, {"seed", CMPL | CHAT}, {"user", CMPL | CHAT},
+    {"safety_identifier", CMPL | CHAT}, {"logprobs", CMPL | CHAT},
     {"service_tier", CMPL | CHAT}, {"store", CMPL | CHAT}, {"metadata", CMPL | CHAT},
     {"top_k", CMPL | CHAT}, {"min_p", CMPL | CHAT}, {"repetition_penalty", CMPL | CHAT},
     {"ignore_eos", CMPL | CHAT}, {"prompt", CMPL}, {"echo", CMPL | CHAT}, {"best_of", CMPL},
@@ -416,8 +417,10 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
         if (!r->stream) return BAD("stream_options", "'stream_options' needs 'stream': true");
         r->include_usage = json_is_true(iu);
     }
-    json_t *user = json_object_get(req, "user");
+    json_t *user = json_object_get(req, "user"), *sid = json_object_get(req, "safety_identifier");
     if (user && !json_is_null(user) && !json_is_string(user)) return BAD("user", "'user' must be a string");
+    if (sid && !json_is_null(sid) && !json_is_string(sid))
+        return BAD("safety_identifier", "'safety_identifier' must be a string");
     r->n = (int)n;
     if (r->n_prompts * r->n > API_MAX_CHOICES)
         return BAD("n", "at most %d choices per request (prompts x n)", API_MAX_CHOICES);
