@@ -82,7 +82,7 @@ const opt_t OPTIONS[] = {
     {"request-timeout", 0, "SQSERVE_REQUEST_TIMEOUT", "300", OPT_FLOAT, S, 0, 1e7,
      "seconds before a request is cancelled with a 504 (0 = never; keep it below the client's "
      "timeout, 600 s for the openai client)"},
-    {"default-max-tokens", 0, "SQSERVE_DEFAULT_MAX_TOKENS", "1024", OPT_INT, S, 1, 1 << 24,
+    {"default-max-tokens", 0, "SQSERVE_DEFAULT_MAX_TOKENS", "512", OPT_INT, S, 1, 1 << 24,
      "chat completions: max_tokens when a request does not say (completions: 16, as OpenAI)"},
     {"max-tokens-limit", 0, "SQSERVE_MAX_TOKENS_LIMIT", "0", OPT_INT, S, 0, 1 << 24,
      "largest max_tokens a request may ask for (0 = the context)"},

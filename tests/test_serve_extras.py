@@ -91,7 +91,7 @@ def test_serve_help_lists_defaults():
     for flag, default, env in (("--temp", "0.8", "SQSERVE_TEMP"), ("--top-k", "40", "SQSERVE_TOP_K"),
                                ("--top-p", "0.95", "SQSERVE_TOP_P"), ("--min-p", "0.05", "SQSERVE_MIN_P"),
                                ("--request-timeout", "300", "SQSERVE_REQUEST_TIMEOUT"),
-                               ("--default-max-tokens", "1024", "SQSERVE_DEFAULT_MAX_TOKENS")):
+                               ("--default-max-tokens", "512", "SQSERVE_DEFAULT_MAX_TOKENS")):
         line = next(x for x in out.splitlines() if flag + " " in x)
         assert f"[{default}]" in line and env in line, line
 
