@@ -4,6 +4,7 @@
 #include "../compute/forward.h"
 #include "gen.h"
 #include "shadow.h"
+#include "stepcost.h"
 #include "stop.h"
 
 #include <math.h>
@@ -64,9 +65,7 @@ struct sched {
     int loop_ready, drain_armed;
 
     /* loop thread only */
-    /* step cost model t = a + b * rows: exponentially weighted least squares
-     * over the steps run (weights, rows, seconds, rows^2, rows*seconds) */
-    double cw, cx, cy, cxx, cxy;
+    stepcost_t cost;           /* step time against rows (stepcost.h) */
     seq_t *wait_head, *wait_tail;
     seq_t **running;           /* admission order, oldest first */
     int n_running;
@@ -218,26 +217,7 @@ static void take_inbox(sched_t *s) {
 
 /* Log-softmax of the raw logits: the chosen token's logprob and the top-n. */
 static float logprobs(sched_t *s, const float *l, int32_t chosen, int n_top) {
-    int nv = s->m->hp.n_vocab;
-    float mx = l[0];
-    for (int i = 1; i < nv; i++) mx = l[i] > mx ? l[i] : mx;
-    double sum = 0;
-    for (int i = 0; i < nv; i++) sum += exp((double)l[i] - mx);
-    float lse = mx + (float)log(sum);
-    for (int k = 0; k < n_top; k++) s->top_ids[k] = -1;
-    for (int i = 0; i < nv; i++) { /* insertion into a small sorted list */
-        if (n_top == 0 || (s->top_ids[n_top - 1] >= 0 && l[i] <= s->top_lp[n_top - 1])) continue;
-        int k = n_top - 1;
-        while (k > 0 && (s->top_ids[k - 1] < 0 || l[i] > s->top_lp[k - 1])) {
-            s->top_ids[k] = s->top_ids[k - 1];
-            s->top_lp[k] = s->top_lp[k - 1];
-            k--;
-        }
-        s->top_ids[k] = i;
-        s->top_lp[k] = l[i];
-    }
-    for (int k = 0; k < n_top; k++) s->top_lp[k] -= lse;
-    return l[chosen] - lse;
+    return sample_logprobs(l, s->m->hp.n_vocab, chosen, n_top, s->top_ids, s->top_lp);
 }
 
 /* Samples the next token of running[i]; returns 1 if the sequence ended. */
@@ -382,36 +362,12 @@ static void admit(sched_t *s, double now) {
     }
 }
 
-/* The step cost model: fold in one measured step. */
-static void cost_observe(sched_t *s, int rows, double seconds) {
-    const double keep = 0.9; /* about the last 10 steps */
-    s->cw = keep * s->cw + 1;
-    s->cx = keep * s->cx + rows;
-    s->cy = keep * s->cy + seconds;
-    s->cxx = keep * s->cxx + (double)rows * rows;
-    s->cxy = keep * s->cxy + rows * seconds;
-}
-
 /* Prompt tokens a step that already holds n_decode decode rows may add
- * within the latency budget: (budget - a) / b - n_decode for the fitted
- * t = a + b * rows. With too little spread in the steps seen so far, the
- * mean cost per row stands in for b (a = 0), which overestimates large
- * steps: the safe side for latency. */
+ * within the latency budget (stepcost.h); all it may take without decodes. */
 static int prefill_cap(const sched_t *s, int n_decode) {
     if (s->cfg.step_budget_s <= 0 || n_decode == 0) return s->cfg.max_batch_tokens;
-    if (s->cw < 1 || s->cx <= 0) return SCHED_MIN_PREFILL; /* nothing measured yet */
-    double det = s->cw * s->cxx - s->cx * s->cx, a = 0, b = s->cy / s->cx;
-    if (det > 1e-9 * s->cw * s->cxx) {
-        double bb = (s->cw * s->cxy - s->cx * s->cy) / det;
-        if (bb > 0) {
-            b = bb;
-            a = (s->cy - b * s->cx) / s->cw;
-            if (a < 0) a = 0;
-        }
-    }
-    double rows = (s->cfg.step_budget_s - a) / b - n_decode;
-    int cap = rows > s->cfg.max_batch_tokens ? s->cfg.max_batch_tokens : (int)rows;
-    return cap > SCHED_MIN_PREFILL ? cap : SCHED_MIN_PREFILL;
+    return stepcost_prefill_cap(&s->cost, s->cfg.step_budget_s, n_decode, SCHED_MIN_PREFILL,
+                                s->cfg.max_batch_tokens);
 }
 
 /* Chooses rows: decodes first, then prefill chunks (within the latency
@@ -513,7 +469,7 @@ static void step(sched_t *s) {
         return;
     }
     now = gen_now();
-    cost_observe(s, n, now - t0);
+    stepcost_observe(&s->cost, n, now - t0);
     int n_seqs = 0, row = 0;
     uint64_t prompt_rows = 0;
     for (int i = 0; i < s->n_running; i++) {
