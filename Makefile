@@ -35,8 +35,9 @@ LIB_SRC := $(wildcard engine/*/*.c) $(wildcard kernels/cpu/*.c) \
            $(filter-out server/main.c,$(wildcard server/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi.o $(BUILD)/obj/gen/version.o
 # `sqserve --version`, /health, /version: git describe at build time; a tree
-# without git history (a source tarball) says so (make SQSERVE_VERSION=... to set it)
-SQSERVE_VERSION ?= $(or $(shell git describe --tags --always --dirty 2>/dev/null),0.1.0-nogit)
+# without git history (a source tarball, a Docker build context) says so;
+# make SQSERVE_VERSION=... (or the Dockerfiles' build argument) sets it
+SQSERVE_VERSION := $(or $(SQSERVE_VERSION),$(shell git describe --tags --always --dirty 2>/dev/null),0.1.0-nogit)
 MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)

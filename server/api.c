@@ -407,6 +407,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         }
     }
     if (c->out_pos < c->out_len) {
+        progress(c); /* also while frames keep coming without a wait */
         size_t n = c->out_len - c->out_pos < max ? c->out_len - c->out_pos : max;
         memcpy(buf, c->out + c->out_pos, n);
         c->out_pos += n;
