@@ -107,6 +107,17 @@ def test_progress_lines(client, server):
         assert 4 <= p["tokens"] <= 12 and p["tokens_per_s"] > 0 and RFC3339.match(p["ts"]), p
 
 
+def test_progress_lines_streaming(client, server):
+    with client.chat.completions.with_streaming_response.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": "Count"}], max_tokens=10, stream=True,
+            extra_body={"ignore_eos": True}) as r:
+        rid = r.headers["x-request-id"]
+        chunks = list(r.iter_lines())
+    assert chunks and access_line(server, rid)["status"] == 200
+    prog = [x for x in log_lines(server) if x.get("event") == "progress" and x.get("request_id") == rid]
+    assert prog and all(4 <= p["tokens"] <= 10 for p in prog), prog
+
+
 # ---- version -------------------------------------------------------------------------
 
 
@@ -156,7 +167,10 @@ def test_cors_off_by_default_and_star():
         r = httpx.options(s.url("/v1/completions"), headers={"Origin": ORIGIN}, timeout=HANG_S)
         assert r.status_code == 204 and r.headers["allow"] == "POST, OPTIONS"
         assert "access-control-allow-origin" not in r.headers
-        assert "access-control-allow-origin" not in s.get("/health", headers={"Origin": ORIGIN}).headers
+        h = s.get("/health", headers={"Origin": ORIGIN, "X-Request-Id": "text-log-17"})
+        assert "access-control-allow-origin" not in h.headers
+        text_line = re.compile(r"^access \d{4}-\d\d-\d\dT[\d:.]+Z text-log-17 GET /health 200 [\d.]+ms ok$", re.M)
+        assert wait_until(lambda: text_line.search(s.stderr_text(100000)), HANG_S), s.stderr_text(2000)
     with start_server("--cors-origin", "*") as s:
         assert s.get("/health", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == "*"
 
