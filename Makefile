@@ -34,7 +34,11 @@ THREADS ?= $(shell nproc)
 
 LIB_SRC := $(wildcard engine/*/*.c) $(wildcard kernels/cpu/*.c) \
            $(filter-out server/main.c,$(wildcard server/*.c))
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi.o
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/openapi.o $(BUILD)/obj/gen/version.o
+# `sqserve --version`, /health, /version: git describe at build time; a tree
+# without git history (a source tarball, a Docker build context) says so;
+# make SQSERVE_VERSION=... (or the Dockerfiles' build argument) sets it
+SQSERVE_VERSION := $(or $(SQSERVE_VERSION),$(shell git describe --tags --always --dirty 2>/dev/null),0.1.0-nogit)
 MAIN_OBJ:= $(BUILD)/obj/server/main.o
 UNIT_SRC:= $(wildcard tests/unit/test_*.c)
 UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -114,6 +118,18 @@ $(BUILD)/gen/openapi.c: server/openapi.json
 $(BUILD)/obj/gen/openapi.o: $(BUILD)/gen/openapi.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# rewritten only when the version changes, so a build with nothing new relinks nothing
+$(BUILD)/gen/version.c: FORCE
+	@mkdir -p $(dir $@)
+	@printf 'const char SQSERVE_VERSION[] = "%s";\n' '$(subst ','',$(SQSERVE_VERSION))' > $@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+
+$(BUILD)/obj/gen/version.o: $(BUILD)/gen/version.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+FORCE:
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsqserve.a
 	@mkdir -p $(dir $@)

@@ -6,11 +6,19 @@
  * guarantees exactly one DONE per sequence, so the count always reaches 0.
  * Streaming responses are fed from an output queue the sink appends SSE
  * frames to; a waiting reader polls its socket so a vanished client
- * cancels its sequences within ~200 ms.
+ * cancels its sequences within ~200 ms. The same waits print a progress
+ * line every --progress-every generated tokens, and fill the request's
+ * access-log record (req_info_t) on the connection's thread.
+ *
+ * Prompt logprobs (completions with echo and logprobs) come from the
+ * engine as SCHED_PROMPT events and are stored ahead of the generated
+ * tokens' entries, the first prompt token with a null logprob (NAN), as
+ * OpenAI reports it.
  */
 #include "api.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +42,7 @@ typedef struct {
     int n_tok, cap_tok;
     const char *finish;
     const char *error;
-    int n_gen, done, role_sent;
+    int n_gen, done, role_sent, n_cached;
     tools_stream_t tstream;  /* streamed replies with tools: calls parsed as they complete */
 } choice_t;
 
@@ -58,6 +66,11 @@ struct call {
     size_t out_len, out_cap, out_pos;
     int closed;              /* [DONE] queued */
     int fd;
+    req_info_t *info;        /* the access log's record: connection thread only */
+    int client_left;         /* the client closed its connection before the reply */
+    long gen_seen;           /* tokens generated so far, all choices */
+    long next_progress;      /* log a progress line when gen_seen reaches this */
+    double t_start;
 };
 
 /* ---- small helpers ------------------------------------------------------------- */
@@ -125,6 +138,43 @@ static int client_gone(int fd) {
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
+static int cached_tokens(const call_t *c);
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A progress line every --progress-every generated tokens (c->mu held). */
+static void progress(call_t *c) {
+    int every = c->srv->progress_every;
+    if (every <= 0 || c->gen_seen < c->next_progress || !c->info) return;
+    headers_log_progress(c->srv, c->info->id, c->gen_seen, now_s() - c->t_start);
+    c->next_progress = (c->gen_seen / every + 1) * every;
+}
+
+/* The access log's record (c->mu held, on the connection's thread). */
+static void fill_info(call_t *c) {
+    req_info_t *in = c->info;
+    if (!in) return;
+    int gen = 0;
+    for (int i = 0; i < c->n_choices; i++) gen += c->ch[i].n_gen;
+    in->prompt_tokens = c->prompt_tokens;
+    in->completion_tokens = gen;
+    in->cached_tokens = cached_tokens(c);
+    if (c->client_left) {
+        in->cause = "client_disconnect";
+        return;
+    }
+    for (int i = 0; i < c->n_choices; i++) {
+        const char *f = c->ch[i].finish;
+        if (!strcmp(f, "timeout")) in->cause = "timeout";
+        else if (!strcmp(f, "cancelled")) in->cause = "drain";
+        else if (!strcmp(f, "error")) in->cause = "error";
+    }
+}
+
 static void wait_slice(call_t *c) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -158,6 +208,11 @@ static json_t *legacy_logprobs(call_t *c, choice_t *ch, int from, int to, long o
         json_array_append_new(offs, json_integer((json_int_t)off));
         off += utf8_chars(json_string_value(tj), json_string_length(tj));
         json_array_append_new(toks, tj);
+        if (isnan(ch->lp[i])) { /* the first prompt token: nothing predicts it */
+            json_array_append_new(lps, json_null());
+            json_array_append_new(tops, json_null());
+            continue;
+        }
         json_array_append_new(lps, json_real(ch->lp[i]));
         json_t *top = json_object();
         for (int k = 0; k < c->n_top; k++) {
@@ -194,18 +249,29 @@ static json_t *chat_logprobs(call_t *c, choice_t *ch, int from, int to) {
     return json_pack("{s:o}", "content", content);
 }
 
+/* Prompt tokens served from the prefix cache: per prompt, its first
+ * choice's count (usage counts each prompt once, whatever n is). */
+static int cached_tokens(const call_t *c) {
+    int n = 0;
+    for (int p = 0; p < c->req.n_prompts; p++) n += c->ch[p * c->req.n].n_cached;
+    return n;
+}
+
 static json_t *usage_json(call_t *c) {
     int gen = 0;
     for (int i = 0; i < c->n_choices; i++) gen += c->ch[i].n_gen;
-    return json_pack("{s:i, s:i, s:i}", "prompt_tokens", c->prompt_tokens, "completion_tokens", gen,
-                     "total_tokens", c->prompt_tokens + gen);
+    return json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", c->prompt_tokens, "completion_tokens", gen,
+                     "total_tokens", c->prompt_tokens + gen, "prompt_tokens_details", "cached_tokens",
+                     cached_tokens(c));
 }
 
 static json_t *envelope(call_t *c, int chunk) {
     const char *obj = c->req.chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
                                   : "text_completion";
-    return json_pack("{s:s, s:s, s:I, s:s}", "id", c->id, "object", obj, "created",
-                     (json_int_t)c->created, "model", c->srv->model_id);
+    json_t *e = json_pack("{s:s, s:s, s:I, s:s}", "id", c->id, "object", obj, "created",
+                          (json_int_t)c->created, "model", c->srv->model_id);
+    if (e && c->req.service_tier) json_object_set_new(e, "service_tier", json_string(c->req.service_tier));
+    return e;
 }
 
 /* Appends one SSE frame; called with c->mu held. */
@@ -312,7 +378,10 @@ static void on_event(void *arg, const sched_event_t *ev) {
     call_t *c = u->call;
     choice_t *ch = &c->ch[u->idx];
     pthread_mutex_lock(&c->mu);
-    if (ev->type == SCHED_TOKEN) {
+    if (ev->type == SCHED_PROMPT) {
+        record_token(c, ch, ev);
+    } else if (ev->type == SCHED_TOKEN) {
+        if (ev->token >= 0) c->gen_seen++;
         int from = ch->n_tok;
         if (c->req.n_logprobs >= 0 && ev->token >= 0) record_token(c, ch, ev);
         if (c->req.stream && tools_active(&c->req.tools)) {
@@ -327,6 +396,7 @@ static void on_event(void *arg, const sched_event_t *ev) {
         ch->finish = ev->finish;
         ch->error = ev->error ? "generation failed" : NULL;
         ch->n_gen = ev->n_gen;
+        ch->n_cached = ev->n_cached;
         c->n_done++;
         if (c->req.stream) {
             if (tools_active(&c->req.tools)) tools_stream_feed(&ch->tstream, "", 0, 1, tool_content_cb, tool_call_cb, u);
@@ -367,13 +437,17 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     pthread_mutex_lock(&c->mu);
     while (c->out_pos == c->out_len && !c->closed) {
         wait_slice(c);
+        progress(c);
         if (c->out_pos == c->out_len && !c->closed && client_gone(c->fd)) {
+            c->client_left = 1;
             cancel_all(c);
+            fill_info(c);
             pthread_mutex_unlock(&c->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
     }
     if (c->out_pos < c->out_len) {
+        progress(c); /* also while frames keep coming without a wait */
         size_t n = c->out_len - c->out_pos < max ? c->out_len - c->out_pos : max;
         memcpy(buf, c->out + c->out_pos, n);
         c->out_pos += n;
@@ -381,6 +455,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         pthread_mutex_unlock(&c->mu);
         return (ssize_t)n;
     }
+    fill_info(c);
     pthread_mutex_unlock(&c->mu);
     return MHD_CONTENT_READER_END_OF_STREAM;
 }
@@ -407,7 +482,8 @@ static reply_t full_response(call_t *c) {
         json_t *lp = json_null();
         if (c->req.n_logprobs >= 0)
             lp = c->req.chat ? chat_logprobs(c, ch, 0, ch->n_tok)
-                             : legacy_logprobs(c, ch, 0, ch->n_tok, utf8_chars(echo ? echo : "", echo_len));
+                             : legacy_logprobs(c, ch, 0, ch->n_tok, /* prompt entries start at 0 */
+                                               c->req.prompt_logprobs ? 0 : utf8_chars(echo ? echo : "", echo_len));
         json_t *choice;
         if (c->req.chat && tools_active(&c->req.tools)) {
             char *content = NULL;
@@ -454,7 +530,7 @@ static reply_t full_response(call_t *c) {
 
 /* ---- the endpoint ------------------------------------------------------------------------ */
 
-static call_t *call_new(srv_t *s, struct MHD_Connection *conn, int chat) {
+static call_t *call_new(srv_t *s, struct MHD_Connection *conn, int chat, req_info_t *info) {
     call_t *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     pthread_mutex_init(&c->mu, NULL);
@@ -462,6 +538,9 @@ static call_t *call_new(srv_t *s, struct MHD_Connection *conn, int chat) {
     c->srv = s;
     c->refs = 1;
     c->created = (long)time(NULL);
+    c->info = info;
+    c->t_start = now_s();
+    c->next_progress = s->progress_every;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd) rnd = (uint64_t)clock();
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -480,10 +559,16 @@ static reply_t submit_all(call_t *c) {
             sched_params_t sp = {.prompt = r->prompts[p], .n_prompt = r->prompt_len[p],
                                  .max_tokens = r->max_tokens[p], .sp = r->sp, .n_stops = r->n_stops,
                                  .ignore_eos = r->ignore_eos, .n_logprobs = r->n_logprobs,
-                                 .timeout_s = c->srv->request_timeout_s, .grammar = r->grammar,
-                                 .sink = on_event,
+                                 .prompt_logprobs = r->prompt_logprobs, .bias_ids = r->bias_ids,
+                                 .bias = r->bias, .n_bias = r->n_bias, .grammar = r->grammar,
+                                 .timeout_s = c->srv->request_timeout_s, .sink = on_event,
                                  .ud = &c->ud[idx]};
             sp.sp.seed = r->seed + (uint64_t)idx; /* distinct, reproducible choices */
+            if (r->prompt_logprobs) { /* the first prompt token's entry: a null logprob */
+                sched_event_t first = {.token = r->prompts[p][0], .logprob = NAN};
+                if (record_token(c, &c->ch[idx], &first) != 0)
+                    return reply_error(500, "server_error", NULL, "out of memory");
+            }
             for (int k = 0; k < r->n_stops; k++) sp.stops[k] = r->stops[k];
             char err[256];
             pthread_mutex_lock(&c->mu);
@@ -508,8 +593,21 @@ static reply_t submit_all(call_t *c) {
     return (reply_t){0, NULL};
 }
 
-reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int chat) {
-    call_t *c = call_new(s, conn, chat);
+/* The request's "user" (or "safety_identifier", its successor) for the
+ * access log: printable ASCII, cut to fit. */
+static void copy_user(req_info_t *info, json_t *req) {
+    json_t *u = json_object_get(req, "user");
+    if (!json_is_string(u)) u = json_object_get(req, "safety_identifier");
+    if (!info || !json_is_string(u)) return;
+    const char *v = json_string_value(u);
+    size_t k = 0;
+    for (; *v && k + 1 < sizeof info->user; v++)
+        info->user[k++] = (*v >= 0x20 && *v < 0x7f) ? *v : '?';
+    info->user[k] = 0;
+}
+
+reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int chat, req_info_t *info) {
+    call_t *c = call_new(s, conn, chat, info);
     if (!c) return reply_error(500, "server_error", NULL, "out of memory");
     reply_t err;
     if (api_parse(s, req, chat, &c->req, &err) != 0) {
@@ -531,6 +629,7 @@ reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int 
         c->ch[i].finish = "length";
         tools_stream_init(&c->ch[i].tstream, &c->req.tools);
     }
+    copy_user(info, req);
     reply_t r = submit_all(c);
     if (r.resp) { /* refused: wait for the DONEs of what was accepted, then go */
         pthread_mutex_lock(&c->mu);
@@ -561,9 +660,15 @@ reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int 
     pthread_mutex_lock(&c->mu);
     while (c->n_done < c->n_choices) {
         wait_slice(c);
-        if (c->n_done < c->n_choices && client_gone(c->fd)) cancel_all(c);
+        progress(c);
+        if (c->n_done < c->n_choices && !c->client_left && client_gone(c->fd)) {
+            c->client_left = 1; /* nobody to answer: logged as 499, not as a drain's 503 */
+            cancel_all(c);
+        }
     }
-    r = full_response(c);
+    fill_info(c);
+    r = c->client_left ? reply_error(499, "client_disconnect", NULL, "the client closed the connection")
+                       : full_response(c);
     call_unref_locked(c);
     return r;
 }

@@ -26,7 +26,14 @@ typedef struct {
     int has_seed;
     tools_t tools;             /* tools / tool_choice / parallel_tool_calls */
     grammar_t *grammar;        /* the output constraint (a reference), or NULL */
+    int prompt_logprobs;       /* completions: echo with logprobs */
+    int n_bias;                /* logit_bias entries */
+    int32_t *bias_ids;
+    float *bias;
+    const char *service_tier;  /* echoed when the request named one */
 } api_req_t;
+
+#define API_MAX_BIAS 1024
 
 int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err);
 void api_req_free(api_req_t *r);

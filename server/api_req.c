@@ -1,8 +1,12 @@
 /* api_req.c - validates OpenAI request JSON into an api_req_t.
  *
  * Every rejection names the offending field in `param`, so a client can
- * fix its request without reading server logs. Unknown fields are
- * ignored, as OpenAI does.
+ * fix its request without reading server logs. Nothing is accepted and
+ * ignored: a field is either in FIELDS (honoured; a few only with values
+ * that mean "nothing to do", e.g. store=false) or refused with a 400
+ * naming it, as OpenAI refuses unrecognized arguments. Values the client
+ * leaves out take the server's defaults (--temp, --top-k, --top-p,
+ * --min-p, --default-max-tokens), field by field.
  */
 #include "api.h"
 
@@ -323,17 +327,105 @@ static int parse_stop(api_req_t *r, json_t *req, reply_t *err) {
     return 0;
 }
 
-static int parse_sampling(api_req_t *r, json_t *req, reply_t *err) {
+/* The request fields sqserve knows, per endpoint (1 completions, 2 chat);
+ * every other field is refused by name. */
+#define CMPL 1
+#define CHAT 2
+static const struct { const char *name; int eps; } FIELDS[] = {
+    {"model", CMPL | CHAT}, {"stream", CMPL | CHAT}, {"stream_options", CMPL | CHAT},
+    {"temperature", CMPL | CHAT}, {"top_p", CMPL | CHAT}, {"n", CMPL | CHAT}, {"stop", CMPL | CHAT},
+    {"max_tokens", CMPL | CHAT}, {"presence_penalty", CMPL | CHAT}, {"frequency_penalty", CMPL | CHAT},
+    {"logit_bias", CMPL | CHAT}, {"seed", CMPL | CHAT}, {"user", CMPL | CHAT},
+    {"safety_identifier", CMPL | CHAT}, {"logprobs", CMPL | CHAT},
+    {"service_tier", CMPL | CHAT}, {"store", CMPL | CHAT}, {"metadata", CMPL | CHAT},
+    {"top_k", CMPL | CHAT}, {"min_p", CMPL | CHAT}, {"repetition_penalty", CMPL | CHAT},
+    {"ignore_eos", CMPL | CHAT}, {"prompt", CMPL}, {"echo", CMPL | CHAT}, {"best_of", CMPL},
+    {"suffix", CMPL}, {"messages", CHAT}, {"max_completion_tokens", CHAT}, {"top_logprobs", CHAT},
+    {"response_format", CMPL | CHAT}, {"grammar", CMPL | CHAT},
+    {"tools", CHAT}, {"tool_choice", CHAT},
+    {"parallel_tool_calls", CHAT},
+};
+
+static int check_fields(json_t *req, int chat, reply_t *err) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(req, key, v) {
+        size_t i, n = sizeof FIELDS / sizeof FIELDS[0];
+        for (i = 0; i < n; i++)
+            if (!strcmp(FIELDS[i].name, key) && (FIELDS[i].eps & (chat ? CHAT : CMPL))) break;
+        if (i == n)
+            return BAD(key, "'%.64s' is not supported by sqserve's %s", key,
+                       chat ? "/v1/chat/completions" : "/v1/completions");
+    }
+    return 0;
+}
+
+/* Fields accepted only with the value that asks for nothing sqserve does
+ * not do: store (nothing is stored), metadata (only for stored
+ * completions), service_tier (one tier), suffix (no insertion), best_of
+ * (no ranking of extra candidates). */
+static int check_noops(api_req_t *r, json_t *req, long n, reply_t *err) {
+    json_t *v = json_object_get(req, "store");
+    if (v && !json_is_null(v) && !json_is_false(v))
+        return BAD("store", "'store' must be false: sqserve stores no completions");
+    v = json_object_get(req, "metadata");
+    if (v && !json_is_null(v))
+        return BAD("metadata", "'metadata' is only for stored completions, which sqserve does not keep");
+    v = json_object_get(req, "service_tier");
+    if (v && !json_is_null(v)) {
+        const char *t = json_is_string(v) ? json_string_value(v) : "";
+        if (strcmp(t, "auto") && strcmp(t, "default"))
+            return BAD("service_tier", "'service_tier' must be \"auto\" or \"default\": sqserve has one tier");
+        r->service_tier = "default";
+    }
+    v = json_object_get(req, "suffix");
+    if (v && !json_is_null(v) && !(json_is_string(v) && json_string_length(v) == 0))
+        return BAD("suffix", "'suffix' (insertion) is not supported");
+    long best_of = n;
+    if (get_int(req, "best_of", 1, API_MAX_N, &best_of, err)) return -1;
+    if (best_of != 1 && best_of != n)
+        return BAD("best_of", "'best_of' must be 1 or equal to n: sqserve does not rank extra candidates");
+    return 0;
+}
+
+/* {"token id": bias in [-100, 100]}; -100 bans the token outright. */
+static int parse_bias(srv_t *s, api_req_t *r, json_t *req, reply_t *err) {
+    json_t *lb = json_object_get(req, "logit_bias");
+    if (!lb || json_is_null(lb)) return 0;
+    if (!json_is_object(lb)) return BAD("logit_bias", "'logit_bias' must be an object of token id -> bias");
+    size_t n = json_object_size(lb);
+    if (n > API_MAX_BIAS) return BAD("logit_bias", "'logit_bias' has more than %d entries", API_MAX_BIAS);
+    if (n == 0) return 0;
+    r->bias_ids = malloc(n * sizeof *r->bias_ids);
+    r->bias = malloc(n * sizeof *r->bias);
+    if (!r->bias_ids || !r->bias) return (*err = reply_error(500, "server_error", NULL, "out of memory"), -1);
+    const char *key;
+    json_t *v;
+    json_object_foreach(lb, key, v) {
+        char *end;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || id < 0 || id >= s->m->hp.n_vocab)
+            return BAD("logit_bias", "logit_bias key '%.32s' is not a token id in [0, %d)", key, s->m->hp.n_vocab);
+        double b = json_is_number(v) ? json_number_value(v) : NAN;
+        if (!(b >= -100 && b <= 100))
+            return BAD("logit_bias", "logit_bias['%.32s'] must be a number in [-100, 100]", key);
+        r->bias_ids[r->n_bias] = (int32_t)id;
+        r->bias[r->n_bias++] = (float)b;
+    }
+    return 0;
+}
+
+static int parse_sampling(srv_t *s, api_req_t *r, json_t *req, reply_t *err) {
     sample_params_t *sp = &r->sp;
-    *sp = sample_defaults();
-    double temp = 1.0, top_p = 1.0, min_p = 0, pres = 0, freq = 0, rep = 1;
-    long top_k = 0, seed = -1;
+    *sp = s->sp_default; /* each field the request leaves out keeps the server's default */
+    double temp = sp->temperature, top_p = sp->top_p, min_p = sp->min_p, pres = 0, freq = 0, rep = 1;
+    long top_k = sp->top_k, seed = -1;
     if (get_num(req, "temperature", 0, 2, &temp, err) || get_num(req, "top_p", 0, 1, &top_p, err) ||
         get_num(req, "min_p", 0, 1, &min_p, err) ||
         get_num(req, "presence_penalty", -2, 2, &pres, err) ||
         get_num(req, "frequency_penalty", -2, 2, &freq, err) ||
         get_num(req, "repetition_penalty", 0.01, 10, &rep, err) ||
-        get_int(req, "top_k", 0, 1 << 24, &top_k, err))
+        get_int(req, "top_k", 0, 1 << 24, &top_k, err) || parse_bias(s, r, req, err))
         return -1;
     json_t *sv = json_object_get(req, "seed");
     if (sv && !json_is_null(sv)) {
@@ -354,10 +446,37 @@ static int parse_sampling(api_req_t *r, json_t *req, reply_t *err) {
     return 0;
 }
 
+/* Per prompt: the request's max_tokens, else the endpoint's default
+ * (chat: --default-max-tokens, cut to the room left; completions: 16). */
+static int set_max_tokens(srv_t *s, api_req_t *r, long max_tokens, int from_mct, reply_t *err) {
+    int chat = r->chat, n_ctx = sched_config(s->sched)->n_ctx;
+    const char *field = from_mct ? "max_completion_tokens" : "max_tokens";
+    if (s->max_tokens_limit > 0 && max_tokens > s->max_tokens_limit)
+        return BAD(field, "%s (%ld) exceeds this server's limit of %d (--max-tokens-limit)", field, max_tokens,
+                   s->max_tokens_limit);
+    for (int i = 0; i < r->n_prompts; i++) {
+        int room = n_ctx - r->prompt_len[i];
+        if (room < 1) return BAD(chat ? "messages" : "prompt", "the prompt (%d tokens) fills the context of %d",
+                                 r->prompt_len[i], n_ctx);
+        long mt = max_tokens;
+        if (mt < 0) {
+            mt = chat ? s->default_max_tokens : 16;
+            if (s->max_tokens_limit > 0 && mt > s->max_tokens_limit) mt = s->max_tokens_limit;
+            if (mt > room) mt = room;
+        }
+        if (mt > room)
+            return BAD(field, "%s (%ld) + the prompt (%d tokens) exceeds the context of %d", field, mt,
+                       r->prompt_len[i], n_ctx);
+        r->max_tokens[i] = (int)mt;
+    }
+    return 0;
+}
+
 int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     memset(r, 0, sizeof *r);
     r->chat = chat;
     r->n_logprobs = -1;
+    if (check_fields(req, chat, err)) return -1;
     json_t *model = json_object_get(req, "model");
     if (!json_is_string(model)) return BAD("model", "'model' is required and must be a string");
     if (strcmp(json_string_value(model), s->model_id) != 0) {
@@ -378,25 +497,31 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     } else if (parse_prompt(s, r, req, err)) {
         return -1;
     }
-    long n = 1, max_tokens = -1, mct = -1, logprobs = -1, top_lp = 0;
+    long n = 1, max_tokens = -1, mct = -1, logprobs = -1, top_lp = -1;
     int want_lp = 0;
     if (get_int(req, "n", 1, API_MAX_N, &n, err) ||
-        get_int(req, "max_tokens", 1, 1L << 30, &max_tokens, err) ||
+        get_int(req, "max_tokens", 0, 1L << 30, &max_tokens, err) ||
         get_int(req, "max_completion_tokens", 1, 1L << 30, &mct, err) ||
         get_bool(req, "stream", &r->stream, err) || get_bool(req, "echo", &r->echo, err) ||
         get_bool(req, "ignore_eos", &r->ignore_eos, err) || parse_stop(r, req, err) ||
-        parse_sampling(r, req, err))
+        parse_sampling(s, r, req, err) || check_noops(r, req, n, err))
         return -1;
     if (chat) {
         if (get_bool(req, "logprobs", &want_lp, err) || get_int(req, "top_logprobs", 0, 20, &top_lp, err))
             return -1;
-        if (want_lp) logprobs = top_lp;
+        if (top_lp >= 0 && !want_lp) return BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        if (want_lp) logprobs = top_lp > 0 ? top_lp : 0;
         if (r->echo) return BAD("echo", "'echo' is not supported for chat completions");
         if (mct > 0) max_tokens = mct;
     } else if (get_int(req, "logprobs", 0, 5, &logprobs, err)) {
         return -1;
     }
     r->n_logprobs = (int)logprobs;
+    r->prompt_logprobs = !chat && r->echo && logprobs >= 0;
+    if (r->prompt_logprobs && r->stream)
+        return BAD("echo", "'echo' with 'logprobs' (prompt logprobs) is not available with 'stream'");
+    if (max_tokens == 0 && !r->prompt_logprobs)
+        return BAD("max_tokens", "'max_tokens' must be at least 1 (0 only with echo and logprobs: prompt scoring)");
     if (!chat && json_object_get(req, "tools") && !json_is_null(json_object_get(req, "tools")))
         return BAD("tools", "'tools' is for /v1/chat/completions");
     if (r->stream && r->n_logprobs >= 0 && tools_active(&r->tools))
@@ -405,28 +530,24 @@ int api_parse(srv_t *s, json_t *req, int chat, api_req_t *r, reply_t *err) {
     json_t *so = json_object_get(req, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so)) return BAD("stream_options", "'stream_options' must be an object");
+        const char *key;
+        json_t *v;
+        json_object_foreach(so, key, v)
+            if (strcmp(key, "include_usage"))
+                return BAD("stream_options", "stream_options.%.32s is not supported (only include_usage)", key);
         json_t *iu = json_object_get(so, "include_usage");
         if (iu && !json_is_boolean(iu)) return BAD("stream_options", "'include_usage' must be a boolean");
+        if (!r->stream) return BAD("stream_options", "'stream_options' needs 'stream': true");
         r->include_usage = json_is_true(iu);
     }
-    json_t *user = json_object_get(req, "user");
+    json_t *user = json_object_get(req, "user"), *sid = json_object_get(req, "safety_identifier");
     if (user && !json_is_null(user) && !json_is_string(user)) return BAD("user", "'user' must be a string");
+    if (sid && !json_is_null(sid) && !json_is_string(sid))
+        return BAD("safety_identifier", "'safety_identifier' must be a string");
     r->n = (int)n;
     if (r->n_prompts * r->n > API_MAX_CHOICES)
         return BAD("n", "at most %d choices per request (prompts x n)", API_MAX_CHOICES);
-    int n_ctx = sched_config(s->sched)->n_ctx;
-    for (int i = 0; i < r->n_prompts; i++) {
-        int room = n_ctx - r->prompt_len[i];
-        if (room < 1) return BAD(chat ? "messages" : "prompt", "the prompt (%d tokens) fills the context of %d",
-                                 r->prompt_len[i], n_ctx);
-        long mt = max_tokens > 0 ? max_tokens : chat ? room : 16;
-        if (mt > room)
-            return BAD(chat && mct > 0 ? "max_completion_tokens" : "max_tokens",
-                       "max_tokens (%ld) + the prompt (%d tokens) exceeds the context of %d", mt,
-                       r->prompt_len[i], n_ctx);
-        r->max_tokens[i] = (int)mt;
-    }
-    return 0;
+    return set_max_tokens(s, r, max_tokens, chat && mct > 0, err);
 }
 
 void api_req_free(api_req_t *r) {
@@ -435,6 +556,11 @@ void api_req_free(api_req_t *r) {
         free(r->echo_text[i]);
     }
     r->n_prompts = 0;
+    free(r->bias_ids);
+    free(r->bias);
+    r->bias_ids = NULL;
+    r->bias = NULL;
+    r->n_bias = 0;
     tools_free(&r->tools);
     grammar_unref(r->grammar);
     r->grammar = NULL;

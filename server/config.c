@@ -30,10 +30,14 @@ const opt_t OPTIONS[] = {
      "context length per sequence (0: 4096 capped by the model; eval 512)"},
     {"batch", 'b', "SQSERVE_BATCH", "512", OPT_INT, G | E | B, 1, 8192,
      "rows per forward pass while processing prompts"},
-    {"temp", 0, NULL, "0.8", OPT_FLOAT, G, 0, 100, "temperature (0 = greedy)"},
-    {"top-k", 0, NULL, "40", OPT_INT, G, 0, 1 << 24, "top-k cut (0 = off)"},
-    {"top-p", 0, NULL, "0.95", OPT_FLOAT, G, 1e-9, 1, "nucleus cut (1 = off)"},
-    {"min-p", 0, NULL, "0.05", OPT_FLOAT, G, 0, 1, "min-p cut relative to the best token (0 = off)"},
+    {"temp", 0, "SQSERVE_TEMP", "0.8", OPT_FLOAT, G | S, 0, 2,
+     "temperature (0 = greedy); serve: the default when a request does not say"},
+    {"top-k", 0, "SQSERVE_TOP_K", "40", OPT_INT, G | S, 0, 1 << 24,
+     "top-k cut (0 = off); serve: the default when a request does not say"},
+    {"top-p", 0, "SQSERVE_TOP_P", "0.95", OPT_FLOAT, G | S, 1e-9, 1,
+     "nucleus cut (1 = off); serve: the default when a request does not say"},
+    {"min-p", 0, "SQSERVE_MIN_P", "0.05", OPT_FLOAT, G | S, 0, 1,
+     "min-p cut relative to the best token (0 = off); serve: the default when a request does not say"},
     {"repeat-penalty", 0, NULL, "1.0", OPT_FLOAT, G, 1e-3, 10, "repetition penalty (1 = off)"},
     {"presence-penalty", 0, NULL, "0", OPT_FLOAT, G, -2, 2, "presence penalty"},
     {"frequency-penalty", 0, NULL, "0", OPT_FLOAT, G, -2, 2, "frequency penalty"},
@@ -77,8 +81,20 @@ const opt_t OPTIONS[] = {
      "while sequences decode, cut prompt chunks so a step is predicted to take at most this long "
      "(at least 16 prompt tokens a step; 0 = no cut)"},
     {"kv-cache-mem", 0, "SQSERVE_KV_CACHE_MEM", "256", OPT_FLOAT, S, 0.01, 1 << 20, "KV cache pool in MiB"},
-    {"request-timeout", 0, "SQSERVE_REQUEST_TIMEOUT", "600", OPT_FLOAT, S, 0, 1e7,
-     "seconds before a request is cancelled (0 = never)"},
+    {"request-timeout", 0, "SQSERVE_REQUEST_TIMEOUT", "300", OPT_FLOAT, S, 0, 1e7,
+     "seconds before a request is cancelled with a 504 (0 = never; keep it below the client's "
+     "timeout, 600 s for the openai client)"},
+    {"default-max-tokens", 0, "SQSERVE_DEFAULT_MAX_TOKENS", "512", OPT_INT, S, 1, 1 << 24,
+     "chat completions: max_tokens when a request does not say (completions: 16, as OpenAI)"},
+    {"max-tokens-limit", 0, "SQSERVE_MAX_TOKENS_LIMIT", "0", OPT_INT, S, 0, 1 << 24,
+     "largest max_tokens a request may ask for (0 = the context)"},
+    {"progress-every", 0, "SQSERVE_PROGRESS_EVERY", "256", OPT_INT, S, 0, 1 << 24,
+     "log a progress line every N generated tokens of a request (0 = never)"},
+    {"cors-origin", 0, "SQSERVE_CORS_ORIGIN", NULL, OPT_STR, S, 0, 0,
+     "allow browsers from this origin (or *) to call the API: CORS headers, OPTIONS preflight "
+     "(default: off)"},
+    {"metrics-compat", 0, "SQSERVE_METRICS_COMPAT", NULL, OPT_STR, S, 0, 0,
+     "also export metrics under another server's names: vllm"},
     {"drain-timeout", 0, "SQSERVE_DRAIN_TIMEOUT", "30", OPT_FLOAT, S, 0, 1e6,
      "seconds in-flight requests get after SIGTERM"},
     {"max-body", 0, "SQSERVE_MAX_BODY", "1048576", OPT_INT, S, 1024, 1 << 30, "largest request body in bytes"},
@@ -99,6 +115,7 @@ const opt_t OPTIONS[] = {
     {"reps", 'r', NULL, "3", OPT_INT, B, 1, 1000, "bench: repetitions"},
 };
 const int N_OPTIONS = (int)(sizeof OPTIONS / sizeof OPTIONS[0]);
+_Static_assert(sizeof OPTIONS / sizeof OPTIONS[0] <= CFG_MAX_OPTIONS, "raise CFG_MAX_OPTIONS");
 
 static int find(const char *name) {
     for (int i = 0; i < N_OPTIONS; i++)

@@ -31,12 +31,13 @@ extern const opt_t OPTIONS[];
 extern const int N_OPTIONS;
 
 #define CFG_LIST_MAX 8
+#define CFG_MAX_OPTIONS 96 /* OPTIONS has fewer entries (checked in config.c) */
 
 typedef struct {
     unsigned cmd;
-    const char *val[64];                /* per option; NULL = unset */
-    const char *list[64][CFG_LIST_MAX]; /* OPT_LIST values */
-    int n_list[64];                     /* (OPTIONS has fewer than 64 entries) */
+    const char *val[CFG_MAX_OPTIONS];                /* per option; NULL = unset */
+    const char *list[CFG_MAX_OPTIONS][CFG_LIST_MAX]; /* OPT_LIST values */
+    int n_list[CFG_MAX_OPTIONS];
     int help;
 } config_t;
 

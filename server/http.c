@@ -1,7 +1,9 @@
-/* http.c - the libmicrohttpd edge: request bodies, the route table, auth
- * (which routes need the key: needs_key), the access log; connection
- * bookkeeping and the receive deadline live in conns.c. Handlers (api.c, metrics.c) produce replies through
- * reply.c; nothing below this file calls back into it. */
+/* http.c - the libmicrohttpd edge: request bodies, the route table and
+ * methods (GET routes answer HEAD too; OPTIONS is answered here), auth
+ * (which routes need the key: needs_key); the request id, CORS headers
+ * and the access log line are headers.c's, connection bookkeeping and the
+ * receive deadline conns.c's. Handlers (api.c, embed.c, metrics.c) produce
+ * replies through reply.c; nothing below this file calls back into it. */
 #include "server.h"
 
 #include <arpa/inet.h>
@@ -21,13 +23,15 @@ typedef struct {
     struct timespec t0;
     char method[8];
     char path[96];
+    req_info_t info;
 } conn_t;
 
 static int route_of(const char *url) {
     static const struct { const char *path; int ep; } routes[] = {
         {"/v1/completions", EP_COMPLETIONS}, {"/v1/chat/completions", EP_CHAT},
         {"/v1/models", EP_MODELS}, {"/health", EP_HEALTH}, {"/metrics", EP_METRICS},
-        {"/tokenize", EP_TOKENIZE}, {"/detokenize", EP_DETOKENIZE}, {"/openapi.json", EP_OPENAPI}};
+        {"/tokenize", EP_TOKENIZE}, {"/detokenize", EP_DETOKENIZE}, {"/openapi.json", EP_OPENAPI},
+        {"/v1/embeddings", EP_EMBEDDINGS}, {"/version", EP_VERSION}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (!strcmp(url, routes[i].path)) return routes[i].ep;
     if (!strncmp(url, "/v1/models/", 11)) return EP_MODELS;
@@ -82,13 +86,17 @@ static json_t *parse_body(conn_t *cn, reply_t *err) {
 
 static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const char *url,
                         const char *method) {
-    int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    /* HEAD is GET without the body (libmicrohttpd leaves the body out) */
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
     int ep = cn->ep;
     if (ep == EP_OTHER) return reply_error(404, "not_found_error", NULL, "no route for %s", url);
-    int want_post = ep == EP_COMPLETIONS || ep == EP_CHAT || ep == EP_TOKENIZE || ep == EP_DETOKENIZE;
+    int want_post = ep == EP_COMPLETIONS || ep == EP_CHAT || ep == EP_TOKENIZE || ep == EP_DETOKENIZE ||
+                    ep == EP_EMBEDDINGS;
+    const char *allow = want_post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
+    if (!strcmp(method, "OPTIONS")) return headers_preflight(s, c, allow); /* before auth: preflights carry no key */
     if ((want_post && !post) || (!want_post && !get)) {
         reply_t r = reply_error(405, "invalid_request_error", NULL, "%s does not accept %s", url, method);
-        if (r.resp) MHD_add_response_header(r.resp, "Allow", want_post ? "POST" : "GET");
+        if (r.resp) MHD_add_response_header(r.resp, "Allow", allow);
         return r;
     }
     if (needs_key(s, ep, url) && !authorized(s, c))
@@ -99,9 +107,10 @@ static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const ch
     }
     if (ep == EP_HEALTH) {
         int draining = sched_draining(s->sched);
-        return reply_text(draining ? 503 : 200, "application/json",
-                          draining ? "{\"status\":\"draining\"}" : "{\"status\":\"ok\"}");
+        return reply_json(draining ? 503 : 200, json_pack("{s:s, s:s}", "status", draining ? "draining" : "ok",
+                                                          "version", SQSERVE_VERSION));
     }
+    if (ep == EP_VERSION) return reply_json(200, json_pack("{s:s}", "version", SQSERVE_VERSION));
     if (ep == EP_METRICS) return metrics_reply(s);
     if (ep == EP_OPENAPI) return reply_text(200, "application/json", OPENAPI_JSON);
     if (ep == EP_MODELS) return api_models(s, strlen(url) > 11 ? url + 11 : NULL);
@@ -115,7 +124,8 @@ static reply_t dispatch(srv_t *s, struct MHD_Connection *c, conn_t *cn, const ch
     else if (ep == EP_DETOKENIZE) r = api_detokenize(s, req);
     else if (sched_draining(s->sched))
         r = reply_error(503, "server_error", NULL, "the server is shutting down");
-    else r = api_completions(s, c, req, ep == EP_CHAT);
+    else if (ep == EP_EMBEDDINGS) r = api_embeddings(s, c, req, &cn->info);
+    else r = api_completions(s, c, req, ep == EP_CHAT, &cn->info);
     json_decref(req);
     return r;
 }
@@ -132,6 +142,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn->ep = route_of(url);
         snprintf(cn->method, sizeof cn->method, "%s", method);
         snprintf(cn->path, sizeof cn->path, "%s", url);
+        headers_request_id(c, cn->info.id, sizeof cn->info.id);
+        cn->info.prompt_tokens = cn->info.completion_tokens = cn->info.cached_tokens = -1;
         *con_cls = cn;
         return MHD_YES;
     }
@@ -158,6 +170,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!r.resp) return MHD_NO;
     cn->status = r.status;
     if (r.status == 429) MHD_add_response_header(r.resp, "Retry-After", "1");
+    headers_add(s, c, r.resp, cn->info.id);
     enum MHD_Result ok = MHD_queue_response(c, r.status, r.resp);
     MHD_destroy_response(r.resp);
     return ok;
@@ -172,18 +185,20 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (t1.tv_sec - cn->t0.tv_sec) * 1e3 + (t1.tv_nsec - cn->t0.tv_nsec) / 1e6;
-    unsigned status = cn->status ? cn->status : 499; /* client went away first */
+    /* 499 (nginx's "client closed request"): the client left before any reply */
+    unsigned status = cn->status ? cn->status : 499;
+    if (status < 100 || status >= STATUS_CODES) status = 500;
     pthread_mutex_lock(&s->mu);
-    s->requests[cn->ep][reply_status_slot(status)]++;
+    s->requests[cn->ep][status]++;
     pthread_mutex_unlock(&s->mu);
     const char *how = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "ok" : "aborted";
-    if (s->log_json)
-        fprintf(stderr, "{\"event\":\"access\",\"method\":\"%s\",\"path\":\"%s\",\"status\":%u,"
-                        "\"ms\":%.1f,\"end\":\"%s\"}\n", cn->method, reply_endpoint_name(cn->ep),
-                status, ms, how);
-    else
-        fprintf(stderr, "access %s %s %u %.1fms %s\n", cn->method, reply_endpoint_name(cn->ep),
-                status, ms, how);
+    if (!cn->info.cause && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        cn->info.cause = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED   ? "receive_timeout"
+                         : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN ? "shutdown"
+                         : toe == MHD_REQUEST_TERMINATED_WITH_ERROR      ? "error"
+                                                                         : "client_disconnect";
+    headers_access_log(s, cn->method, reply_endpoint_name(cn->ep), status, ms, how, &cn->info,
+                       cn->ep == EP_COMPLETIONS || cn->ep == EP_CHAT || cn->ep == EP_EMBEDDINGS);
     free(cn->body);
     free(cn);
     *con_cls = NULL;

@@ -5,6 +5,8 @@
 #include "cli.h"
 #include "config.h"
 
+extern const char SQSERVE_VERSION[]; /* generated at build time (Makefile) */
+
 static const struct {
     const char *name;
     unsigned cmd;
@@ -21,8 +23,8 @@ static const struct {
 };
 
 static void usage(FILE *fp) {
-    fprintf(fp, "usage: sqserve COMMAND [options]   (sqserve COMMAND --help for its options)\n\n"
-                "commands:\n");
+    fprintf(fp, "usage: sqserve COMMAND [options]   (sqserve COMMAND --help for its options)\n"
+                "       sqserve --version\n\ncommands:\n");
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
         fprintf(fp, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].help);
 }
@@ -31,6 +33,10 @@ int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+        printf("sqserve %s\n", SQSERVE_VERSION);
+        return 0;
     }
     for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++) {
         if (strcmp(argv[1], COMMANDS[i].name) != 0) continue;

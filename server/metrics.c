@@ -60,6 +60,66 @@ static void label_value(out_t *o, const char *v) {
     }
 }
 
+/* --metrics-compat vllm: the same numbers under vLLM's names, labelled
+ * model_name, so dashboards and alert rules written for vLLM work. */
+static void vgauge(out_t *o, const srv_t *s, const char *name, const char *help, double v) {
+    put(o, "# HELP %s %s\n# TYPE %s gauge\n%s{model_name=\"", name, help, name, name);
+    label_value(o, s->model_id);
+    put(o, "\"} %.17g\n", v);
+}
+
+static void vcounter(out_t *o, const srv_t *s, const char *name, const char *help, uint64_t v) {
+    put(o, "# HELP %s %s\n# TYPE %s counter\n%s{model_name=\"", name, help, name, name);
+    label_value(o, s->model_id);
+    put(o, "\"} %llu\n", (unsigned long long)v);
+}
+
+static void vhist(out_t *o, const srv_t *s, const char *name, const char *help, const hist_t *h) {
+    put(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i <= h->n; i++) {
+        cum += h->count[i];
+        put(o, "%s_bucket{model_name=\"", name);
+        label_value(o, s->model_id);
+        if (i < h->n) put(o, "\",le=\"%.17g\"} %llu\n", h->le[i], (unsigned long long)cum);
+        else put(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)h->total);
+    }
+    put(o, "%s_sum{model_name=\"", name);
+    label_value(o, s->model_id);
+    put(o, "\"} %.17g\n%s_count{model_name=\"", h->sum, name);
+    label_value(o, s->model_id);
+    put(o, "\"} %llu\n", (unsigned long long)h->total);
+}
+
+static void vllm_names(out_t *o, const srv_t *s, const stats_data_t *d) {
+    vgauge(o, s, "vllm:num_requests_running", "Sequences in the running batch.", d->running);
+    vgauge(o, s, "vllm:num_requests_waiting", "Sequences waiting for a slot or KV blocks.", d->waiting);
+    vgauge(o, s, "vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent.",
+           d->kv_total ? (double)d->kv_used / d->kv_total : 0);
+    vcounter(o, s, "vllm:prompt_tokens_total", "Prompt tokens, prefix-cache hits included.",
+             d->prompt_tokens + d->prefix_hit_tokens);
+    vcounter(o, s, "vllm:generation_tokens_total", "Tokens generated.", d->gen_tokens);
+    vcounter(o, s, "vllm:num_preemptions_total", "Sequences preempted for KV blocks.", d->preemptions);
+    vcounter(o, s, "vllm:prefix_cache_hits_total", "Prompt tokens served from the prefix cache.", d->prefix_hit_tokens);
+    put(o, "# HELP vllm:request_success_total Sequences that finished, by finish reason.\n"
+           "# TYPE vllm:request_success_total counter\n");
+    const char *why[2] = {"stop", "length"};
+    uint64_t n[2] = {d->finished_stop, d->finished_length};
+    for (int i = 0; i < 2; i++) {
+        put(o, "vllm:request_success_total{model_name=\"");
+        label_value(o, s->model_id);
+        put(o, "\",finished_reason=\"%s\"} %llu\n", why[i], (unsigned long long)n[i]);
+    }
+    vhist(o, s, "vllm:time_to_first_token_seconds", "Time from arrival to the first token.", &d->ttft);
+    vhist(o, s, "vllm:time_per_output_token_seconds", "Time between consecutive tokens of a sequence.", &d->itl);
+    vhist(o, s, "vllm:inter_token_latency_seconds", "Time between consecutive tokens of a sequence.", &d->itl);
+    vhist(o, s, "vllm:e2e_request_latency_seconds", "Time from arrival to the end of a sequence.", &d->e2e);
+    vhist(o, s, "vllm:request_queue_time_seconds", "Time from arrival to admission.", &d->queue);
+    vhist(o, s, "vllm:request_prompt_tokens", "Prompt length per sequence.", &d->prompt_len);
+    vhist(o, s, "vllm:request_generation_tokens", "Generated tokens per sequence.", &d->output_len);
+    vhist(o, s, "vllm:iteration_tokens_total", "Tokens per engine step.", &d->step_tokens);
+}
+
 reply_t metrics_reply(srv_t *s) {
     stats_data_t d;
     stats_snapshot(sched_stats(s->sched), &d);
@@ -70,10 +130,10 @@ reply_t metrics_reply(srv_t *s) {
             "# TYPE sqserve_requests_total counter\n");
     pthread_mutex_lock(&s->mu);
     for (int e = 0; e < EP_COUNT; e++)
-        for (int k = 0; k < STATUS_SLOTS; k++)
+        for (int k = 100; k < STATUS_CODES; k++)
             if (s->requests[e][k])
-                put(&o, "sqserve_requests_total{endpoint=\"%s\",code=\"%u\"} %llu\n",
-                    reply_endpoint_name(e), reply_status_of_slot(k), (unsigned long long)s->requests[e][k]);
+                put(&o, "sqserve_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n",
+                    reply_endpoint_name(e), k, (unsigned long long)s->requests[e][k]);
     pthread_mutex_unlock(&s->mu);
 
     counter(&o, "sqserve_prompt_tokens_total", "Prompt tokens computed (prefix-cache hits excluded).", d.prompt_tokens);
@@ -126,6 +186,7 @@ reply_t metrics_reply(srv_t *s) {
     histogram(&o, "sqserve_step_tokens", "Tokens per engine step.", &d.step_tokens);
     histogram(&o, "sqserve_prompt_length_tokens", "Prompt length per sequence.", &d.prompt_len);
     histogram(&o, "sqserve_output_length_tokens", "Generated tokens per sequence.", &d.output_len);
+    if (s->metrics_vllm) vllm_names(&o, s, &d);
     if (o.oom) {
         free(o.buf);
         return reply_error(500, "server_error", NULL, "out of memory");

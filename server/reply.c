@@ -1,6 +1,6 @@
 /* reply.c - finished responses (JSON bodies, OpenAI-style errors, text)
  * and the labels a reply is counted under in /metrics (status slots and
- * endpoint names). Every handler writes its response through here, so one
+ * endpoint names; the status itself is the label, whatever it is). Every handler writes its response through here, so one
  * place decides the error shape and the metric labels. */
 #include "server.h"
 
@@ -9,20 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const unsigned SLOT_STATUS[STATUS_SLOTS] = {200, 400, 401, 404, 405, 413, 429, 500};
-
-int reply_status_slot(unsigned status) {
-    for (int i = 0; i < STATUS_SLOTS - 1; i++)
-        if (SLOT_STATUS[i] == status) return i;
-    return STATUS_SLOTS - 1; /* 5xx and anything unusual */
-}
-
-unsigned reply_status_of_slot(int slot) { return SLOT_STATUS[slot]; }
-
 const char *reply_endpoint_name(int ep) {
     static const char *names[EP_COUNT] = {"/v1/completions", "/v1/chat/completions", "/v1/models",
                                           "/health", "/metrics", "/tokenize", "/detokenize",
-                                          "/openapi.json", "other"};
+                                          "/openapi.json", "/v1/embeddings", "/version", "other"};
     return names[ep];
 }
 

@@ -126,6 +126,21 @@ int cmd_serve(const config_t *c) {
     srv.max_body = (size_t)cfg_int(c, "max-body");
     srv.request_timeout_s = cfg_float(c, "request-timeout");
     srv.log_json = !strcmp(fmt, "json");
+    srv.sp_default = sample_defaults();
+    srv.sp_default.temperature = (float)cfg_float(c, "temp");
+    srv.sp_default.top_k = (int)cfg_int(c, "top-k");
+    srv.sp_default.top_p = (float)cfg_float(c, "top-p");
+    srv.sp_default.min_p = (float)cfg_float(c, "min-p");
+    srv.default_max_tokens = (int)cfg_int(c, "default-max-tokens");
+    srv.max_tokens_limit = (int)cfg_int(c, "max-tokens-limit");
+    srv.progress_every = (int)cfg_int(c, "progress-every");
+    srv.cors_origin = cfg_str(c, "cors-origin");
+    const char *compat = cfg_str(c, "metrics-compat");
+    if (compat && strcmp(compat, "vllm")) {
+        model_free(&m);
+        return fail("--metrics-compat must be vllm");
+    }
+    srv.metrics_vllm = compat != NULL;
     srv.max_connections = (unsigned)cfg_int(c, "max-connections");
     srv.receive_timeout_s = cfg_float(c, "receive-timeout");
     srv.metrics_need_key = cfg_bool(c, "protect-metrics");

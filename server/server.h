@@ -20,8 +20,20 @@
 #include "../engine/runtime/sched.h"
 
 enum { EP_COMPLETIONS, EP_CHAT, EP_MODELS, EP_HEALTH, EP_METRICS, EP_TOKENIZE, EP_DETOKENIZE,
-       EP_OPENAPI, EP_OTHER, EP_COUNT };
-#define STATUS_SLOTS 8 /* 200 400 401 404 405 413 429 5xx */
+       EP_OPENAPI, EP_EMBEDDINGS, EP_VERSION, EP_OTHER, EP_COUNT };
+#define STATUS_CODES 600 /* requests are counted per endpoint and exact status (100..599) */
+
+extern const char SQSERVE_VERSION[]; /* git describe at build time (Makefile) */
+
+/* What one request leaves for its access-log line: http.c owns it, the
+ * handler fills it in on the connection's thread (never the engine's). */
+typedef struct {
+    char id[72];            /* X-Request-Id: the client's (if sane) or generated */
+    char user[72];          /* the request's "user" field, when given */
+    int prompt_tokens, completion_tokens, cached_tokens; /* -1: not a model request */
+    const char *cause;      /* why it did not finish: "client_disconnect", "timeout", "drain",
+                               "error"; NULL when it did */
+} req_info_t;
 
 typedef struct {
     model_t *m;
@@ -32,6 +44,13 @@ typedef struct {
     size_t max_body;
     double request_timeout_s;
     int log_json;
+    /* request defaults (--temp/--top-k/--top-p/--min-p, --default-max-tokens) */
+    sample_params_t sp_default;
+    int default_max_tokens;    /* chat, when the request does not say */
+    int max_tokens_limit;      /* 0: the context */
+    int progress_every;        /* generated tokens between progress lines; 0: none */
+    const char *cors_origin;   /* NULL: no CORS headers */
+    int metrics_vllm;          /* --metrics-compat vllm */
     struct MHD_Daemon *daemon;
     const char *recipe;    /* "weights=... acts=..." or "gguf" */
     const char *device;    /* "cpu" or the GPU's name */
@@ -41,7 +60,7 @@ typedef struct {
     long eval_tokens;
     char eval_ref[160];    /* the reference model's file name */
     pthread_mutex_t mu;    /* guards the request counters */
-    uint64_t requests[EP_COUNT][STATUS_SLOTS];
+    uint64_t requests[EP_COUNT][STATUS_CODES];
     /* connections (conns.c): the table, the receive deadline's reaper */
     unsigned max_connections;
     double receive_timeout_s;  /* <= 0: no deadline */
@@ -82,16 +101,25 @@ reply_t reply_json(unsigned status, json_t *body); /* steals body */
 reply_t reply_error(unsigned status, const char *type, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 const char *reply_endpoint_name(int ep);
-int reply_status_slot(unsigned status);
-unsigned reply_status_of_slot(int slot);
 reply_t reply_text(unsigned status, const char *type, const char *text); /* copies text */
 
 /* api.c: the OpenAI endpoints; conn gives access to the socket for
  * disconnect detection. */
-reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int chat);
+reply_t api_completions(srv_t *s, struct MHD_Connection *conn, json_t *req, int chat, req_info_t *info);
 reply_t api_models(srv_t *s, const char *id);
 reply_t api_tokenize(srv_t *s, json_t *req);
 reply_t api_detokenize(srv_t *s, json_t *req);
+
+/* embed.c: /v1/embeddings (prefill-only jobs through the same scheduler) */
+reply_t api_embeddings(srv_t *s, struct MHD_Connection *conn, json_t *req, req_info_t *info);
+
+/* headers.c: X-Request-Id, CORS, the access log line */
+void headers_request_id(struct MHD_Connection *c, char *out, size_t n);
+void headers_add(srv_t *s, struct MHD_Connection *c, struct MHD_Response *r, const char *rid);
+reply_t headers_preflight(srv_t *s, struct MHD_Connection *c, const char *allow);
+void headers_log_progress(srv_t *s, const char *rid, long tokens, double secs);
+void headers_access_log(srv_t *s, const char *method, const char *path, unsigned status, double ms,
+                        const char *end, const req_info_t *info, int model_route);
 
 /* metrics.c */
 reply_t metrics_reply(srv_t *s);

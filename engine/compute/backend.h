@@ -40,7 +40,8 @@ struct fwd_backend {
     int (*begin)(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen);
     /* Runs pass(f, n, n_out), directly or as a recorded graph. */
     int (*launch)(fwd_t *f, int n, int n_out, fwd_pass_fn pass);
-    /* Delivers the logits to the pointer given to begin(). */
+    /* Delivers the logits to the pointer given to begin(), and the final
+     * normed rows (f->sel, dim floats each) to f->hidden when it is set. */
     int (*end)(fwd_t *f, int n_out);
     /* One line saying why the last operation failed. */
     void (*error)(fwd_t *f, char *err, size_t errlen);

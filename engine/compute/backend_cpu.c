@@ -68,7 +68,8 @@ static int cpu_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_
 static int cpu_launch(fwd_t *f, int n, int n_out, fwd_pass_fn pass) { return pass(f, n, n_out); }
 
 static int cpu_end(fwd_t *f, int n_out) {
-    (void)f; (void)n_out;
+    if (f->hidden && n_out > 0)
+        memcpy(f->hidden, f->sel, (size_t)n_out * (size_t)f->m->hp.dim * sizeof(float));
     return 0;
 }
 

@@ -272,6 +272,9 @@ static int cuda_launch(fwd_t *f, int n, int n_out, fwd_pass_fn pass) {
 
 static int cuda_end(fwd_t *f, int n_out) {
     gfwd_t *g = f->be_state;
+    if (n_out > 0 && f->hidden &&
+        kc_download(f->hidden, f->sel, (size_t)n_out * (size_t)f->m->hp.dim * sizeof(float)) != 0)
+        return -1;
     if (n_out > 0 && g->logits_host)
         return kc_download(g->logits_host, f->logits, (size_t)n_out * (size_t)f->m->hp.n_vocab * sizeof(float));
     return kc_sync(); /* no logits wanted, or left on the device (benchmarks) */

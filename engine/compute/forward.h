@@ -42,6 +42,10 @@ typedef struct fwd {
     void *be_state;          /* the backend's own buffers and bookkeeping */
     /* activations, in the backend's memory (device pointers on a GPU) */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *sel, *logits;
+    /* NULL, or host memory where fwd_run also delivers the final normed
+     * hidden state (the lm head's input, dim floats) of each row that
+     * wants logits, in row order: embeddings are pooled from these */
+    float *hidden;
     const batch_t *b;        /* the batch being run */
 } fwd_t;
 

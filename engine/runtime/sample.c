@@ -168,3 +168,25 @@ int32_t sampler_next(sampler_t *s, float *logits) {
     }
     return s->cand[keep - 1].id;
 }
+
+float sample_logprobs(const float *l, int nv, int32_t chosen, int n_top, int32_t *top_ids, float *top_lp) {
+    float mx = l[0];
+    for (int i = 1; i < nv; i++) mx = l[i] > mx ? l[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < nv; i++) sum += exp((double)l[i] - mx);
+    float lse = mx + (float)log(sum);
+    for (int k = 0; k < n_top; k++) top_ids[k] = -1;
+    for (int i = 0; i < nv; i++) { /* insertion into a small sorted list */
+        if (n_top == 0 || (top_ids[n_top - 1] >= 0 && l[i] <= top_lp[n_top - 1])) continue;
+        int k = n_top - 1;
+        while (k > 0 && (top_ids[k - 1] < 0 || l[i] > top_lp[k - 1])) {
+            top_ids[k] = top_ids[k - 1];
+            top_lp[k] = top_lp[k - 1];
+            k--;
+        }
+        top_ids[k] = i;
+        top_lp[k] = l[i];
+    }
+    for (int k = 0; k < n_top; k++) top_lp[k] -= lse;
+    return l[chosen] - lse;
+}

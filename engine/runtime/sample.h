@@ -42,6 +42,10 @@ int sampler_init(sampler_t *s, const sample_params_t *p, int n_vocab);
 void sampler_free(sampler_t *s);
 /* Records a token (prompt or generated) for the penalties. */
 void sampler_accept(sampler_t *s, int32_t id);
+/* Log-softmax of raw logits: returns the logprob of `chosen` and fills the
+ * n_top most likely tokens, best first (top_ids[k] = -1 past the vocabulary). */
+float sample_logprobs(const float *l, int n_vocab, int32_t chosen, int n_top, int32_t *top_ids, float *top_lp);
+
 /* Picks the next token; logits may be modified. */
 int32_t sampler_next(sampler_t *s, float *logits);
 

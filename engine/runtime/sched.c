@@ -4,6 +4,7 @@
 #include "../compute/forward.h"
 #include "gen.h"
 #include "shadow.h"
+#include "stepcost.h"
 #include "stop.h"
 
 #include <math.h>
@@ -29,6 +30,12 @@ typedef struct seq {
     tok_stream_t ts;
     double t_submit, t_admit, t_first, t_last;
     int take;                 /* rows in the current batch */
+    int all_rows;             /* this step every row of it wants output (embedding, prompt logprobs) */
+    int plp_next;             /* prompt_logprobs: the next prompt position to report */
+    int n_cached;             /* prompt positions reused from the prefix cache at (re)admission */
+    int32_t *bias_ids;        /* logit_bias, copied */
+    float *bias;
+    float *emb;               /* embed: running sum of the final normed rows */
     struct seq *next;
 } seq_t;
 
@@ -59,16 +66,15 @@ struct sched {
     int loop_ready, drain_armed;
 
     /* loop thread only */
-    /* step cost model t = a + b * rows: exponentially weighted least squares
-     * over the steps run (weights, rows, seconds, rows^2, rows*seconds) */
-    double cw, cx, cy, cxx, cxy;
+    stepcost_t cost;           /* step time against rows (stepcost.h) */
     seq_t *wait_head, *wait_tail;
     seq_t **running;           /* admission order, oldest first */
     int n_running;
     int *free_slots, n_free_slots;
     int32_t *b_tok, *b_pos, *b_slot;
     uint8_t *b_want;
-    float *logits;             /* max_seqs rows */
+    float *logits;             /* max_seqs + SCHED_ALL_ROWS rows */
+    float *hidden;             /* the same rows' final normed hidden states */
     int32_t top_ids[SCHED_MAX_LOGPROBS];
     float top_lp[SCHED_MAX_LOGPROBS];
 
@@ -82,6 +88,9 @@ static void seq_free(seq_t *q) {
     if (!q) return;
     for (int i = 0; i < SCHED_MAX_STOPS; i++) free(q->stops[i]);
     free(q->tokens);
+    free(q->bias_ids);
+    free(q->bias);
+    free(q->emb);
     sampler_free(&q->smp);
     gmatch_free(q->gm);
     stop_free(&q->stop);
@@ -93,13 +102,19 @@ static void emit_done(sched_t *s, seq_t *q, const char *finish, const char *erro
     stats_lock(&s->stats);
     stats_data_t *d = &s->stats.d;
     d->finished++;
+    if (!strcmp(finish, "stop")) d->finished_stop++;
+    else if (!strcmp(finish, "length")) d->finished_length++;
     if (!strcmp(finish, "cancelled") || !strcmp(finish, "timeout")) d->cancellations++;
     hist_observe(&d->e2e, now - q->t_submit);
     hist_observe(&d->prompt_len, q->n_prompt);
     hist_observe(&d->output_len, q->n_gen);
     stats_unlock(&s->stats);
     sched_event_t ev = {.type = SCHED_DONE, .finish = finish, .error = error,
-                        .n_prompt = q->n_prompt, .n_gen = q->n_gen};
+                        .n_prompt = q->n_prompt, .n_gen = q->n_gen, .n_cached = q->n_cached};
+    if (q->p.embed && !strcmp(finish, "stop")) {
+        ev.embedding = q->emb;
+        ev.n_embd = s->m->hp.dim;
+    }
     q->p.sink(q->p.ud, &ev);
 }
 
@@ -205,26 +220,7 @@ static void take_inbox(sched_t *s) {
 
 /* Log-softmax of the raw logits: the chosen token's logprob and the top-n. */
 static float logprobs(sched_t *s, const float *l, int32_t chosen, int n_top) {
-    int nv = s->m->hp.n_vocab;
-    float mx = l[0];
-    for (int i = 1; i < nv; i++) mx = l[i] > mx ? l[i] : mx;
-    double sum = 0;
-    for (int i = 0; i < nv; i++) sum += exp((double)l[i] - mx);
-    float lse = mx + (float)log(sum);
-    for (int k = 0; k < n_top; k++) s->top_ids[k] = -1;
-    for (int i = 0; i < nv; i++) { /* insertion into a small sorted list */
-        if (n_top == 0 || (s->top_ids[n_top - 1] >= 0 && l[i] <= s->top_lp[n_top - 1])) continue;
-        int k = n_top - 1;
-        while (k > 0 && (s->top_ids[k - 1] < 0 || l[i] > s->top_lp[k - 1])) {
-            s->top_ids[k] = s->top_ids[k - 1];
-            s->top_lp[k] = s->top_lp[k - 1];
-            k--;
-        }
-        s->top_ids[k] = i;
-        s->top_lp[k] = l[i];
-    }
-    for (int k = 0; k < n_top; k++) s->top_lp[k] -= lse;
-    return l[chosen] - lse;
+    return sample_logprobs(l, s->m->hp.n_vocab, chosen, n_top, s->top_ids, s->top_lp);
 }
 
 /* Releases text held back for stop strings or incomplete UTF-8 (the
@@ -256,6 +252,8 @@ static int next_token(sched_t *s, int i, float *l, double now) {
         raw = malloc((size_t)s->m->hp.n_vocab * sizeof(float));
         if (raw) memcpy(raw, l, (size_t)s->m->hp.n_vocab * sizeof(float));
     }
+    for (int k = 0; k < q->p.n_bias; k++) /* after the copy: logprobs stay the model's */
+        l[q->bias_ids[k]] = q->bias[k] <= -100 ? -INFINITY : l[q->bias_ids[k]] + q->bias[k];
     if (q->gm && gmatch_apply(q->gm, l) <= 0) {
         free(raw);
         finish_running(s, i, "error", "the grammar allows no next token (or is too ambiguous, or out of memory)");
@@ -310,6 +308,34 @@ static int next_token(sched_t *s, int i, float *l, double now) {
     return 0;
 }
 
+/* Embeddings: the final normed row of each prompt position is summed. */
+static void pool_row(sched_t *s, seq_t *q, const float *h) {
+    for (int d = 0; d < s->m->hp.dim; d++) q->emb[d] += h[d];
+}
+
+/* The mean is L2-normalized, which is the sum L2-normalized. */
+static void finish_embedding(sched_t *s, int i) {
+    seq_t *q = s->running[i];
+    double ss = 0;
+    for (int d = 0; d < s->m->hp.dim; d++) ss += (double)q->emb[d] * q->emb[d];
+    float inv = ss > 0 ? (float)(1.0 / sqrt(ss)) : 0.0f;
+    for (int d = 0; d < s->m->hp.dim; d++) q->emb[d] *= inv;
+    finish_running(s, i, "stop", NULL);
+}
+
+/* The row at position pos predicts prompt token pos + 1: report its
+ * logprob once (a preempted sequence recomputes rows already reported). */
+static void prompt_logprob(sched_t *s, seq_t *q, int pos, const float *l) {
+    int j = pos + 1;
+    if (j >= q->n_prompt || j < q->plp_next) return;
+    int n_top = q->p.n_logprobs > 0 ? q->p.n_logprobs : 0;
+    float lp = logprobs(s, l, q->tokens[j], n_top);
+    sched_event_t ev = {.type = SCHED_PROMPT, .text = "", .token = q->tokens[j], .pos = j, .logprob = lp,
+                        .n_top = n_top, .top_ids = s->top_ids, .top_logprobs = s->top_lp};
+    q->p.sink(q->p.ud, &ev);
+    q->plp_next = j + 1;
+}
+
 /* ---- one engine step --------------------------------------------------------------- */
 
 static void preempt(sched_t *s, int i) {
@@ -329,8 +355,10 @@ static void admit(sched_t *s, double now) {
     while (s->wait_head && s->n_running < s->cfg.max_seqs) {
         seq_t *q = s->wait_head;
         int slot = s->free_slots[s->n_free_slots - 1];
-        /* the last prompt token is always recomputed: its logits are needed */
-        int hit = kv_seq_match_prefix(&s->kv, slot, q->tokens, q->n_tokens, q->n_tokens - 1);
+        /* the last prompt token is always recomputed: its logits are needed;
+         * embeddings need every row, prompt logprobs the rows not yet reported */
+        int limit = q->p.embed ? 0 : q->p.prompt_logprobs ? q->plp_next - 1 : q->n_tokens - 1;
+        int hit = kv_seq_match_prefix(&s->kv, slot, q->tokens, q->n_tokens, limit);
         if (kv_seq_blocks_needed(&s->kv, slot, q->n_tokens) > s->kv.n_free) {
             kv_seq_release(&s->kv, slot);
             break; /* wait for blocks rather than preempt to admit */
@@ -339,6 +367,8 @@ static void admit(sched_t *s, double now) {
         s->n_free_slots--;
         q->slot = slot;
         q->n_done = hit;
+        q->n_cached = hit < q->n_prompt ? hit : q->n_prompt;
+        if (q->emb) memset(q->emb, 0, (size_t)s->m->hp.dim * sizeof(float));
         q->t_admit = now;
         s->running[s->n_running++] = q;
         pthread_mutex_lock(&s->mu);
@@ -351,36 +381,12 @@ static void admit(sched_t *s, double now) {
     }
 }
 
-/* The step cost model: fold in one measured step. */
-static void cost_observe(sched_t *s, int rows, double seconds) {
-    const double keep = 0.9; /* about the last 10 steps */
-    s->cw = keep * s->cw + 1;
-    s->cx = keep * s->cx + rows;
-    s->cy = keep * s->cy + seconds;
-    s->cxx = keep * s->cxx + (double)rows * rows;
-    s->cxy = keep * s->cxy + rows * seconds;
-}
-
 /* Prompt tokens a step that already holds n_decode decode rows may add
- * within the latency budget: (budget - a) / b - n_decode for the fitted
- * t = a + b * rows. With too little spread in the steps seen so far, the
- * mean cost per row stands in for b (a = 0), which overestimates large
- * steps: the safe side for latency. */
+ * within the latency budget (stepcost.h); all it may take without decodes. */
 static int prefill_cap(const sched_t *s, int n_decode) {
     if (s->cfg.step_budget_s <= 0 || n_decode == 0) return s->cfg.max_batch_tokens;
-    if (s->cw < 1 || s->cx <= 0) return SCHED_MIN_PREFILL; /* nothing measured yet */
-    double det = s->cw * s->cxx - s->cx * s->cx, a = 0, b = s->cy / s->cx;
-    if (det > 1e-9 * s->cw * s->cxx) {
-        double bb = (s->cw * s->cxy - s->cx * s->cy) / det;
-        if (bb > 0) {
-            b = bb;
-            a = (s->cy - b * s->cx) / s->cw;
-            if (a < 0) a = 0;
-        }
-    }
-    double rows = (s->cfg.step_budget_s - a) / b - n_decode;
-    int cap = rows > s->cfg.max_batch_tokens ? s->cfg.max_batch_tokens : (int)rows;
-    return cap > SCHED_MIN_PREFILL ? cap : SCHED_MIN_PREFILL;
+    return stepcost_prefill_cap(&s->cost, s->cfg.step_budget_s, n_decode, SCHED_MIN_PREFILL,
+                                s->cfg.max_batch_tokens);
 }
 
 /* Chooses rows: decodes first, then prefill chunks (within the latency
@@ -388,8 +394,12 @@ static int prefill_cap(const sched_t *s, int n_decode) {
  * youngest sequence when the pool is exhausted. Returns the number of rows. */
 static int plan_batch(sched_t *s) {
     for (;;) {
-        int budget = s->cfg.max_batch_tokens, ok = 1;
-        for (int i = 0; i < s->n_running; i++) s->running[i]->take = 0;
+        int budget = s->cfg.max_batch_tokens, ok = 1, all_left = SCHED_ALL_ROWS;
+        for (int i = 0; i < s->n_running; i++) {
+            seq_t *q = s->running[i];
+            q->take = 0;
+            q->all_rows = q->p.embed || (q->p.prompt_logprobs && q->n_done < q->n_prompt);
+        }
         for (int pass = 0; pass < 2 && ok; pass++) {
             if (pass == 1) { /* prompt chunks: bounded so that the decodes above do not stall */
                 int n_decode = s->cfg.max_batch_tokens - budget, cap = prefill_cap(s, n_decode);
@@ -400,6 +410,11 @@ static int plan_batch(sched_t *s) {
                 int want = q->n_tokens - q->n_done;
                 if (want <= 0 || (pass == 0) != (want == 1)) continue;
                 int take = want < budget ? want : budget;
+                if (q->all_rows) { /* bounded by the output rows set aside for them */
+                    if (take > all_left) take = all_left;
+                    if (take == 0) continue;
+                    all_left -= take;
+                }
                 if (kv_seq_reserve(&s->kv, q->slot, q->n_done + take) != 0) {
                     /* out of blocks: the youngest other sequence gives way */
                     int victim = s->n_running - 1;
@@ -426,7 +441,7 @@ static int plan_batch(sched_t *s) {
                 s->b_tok[n] = q->tokens[q->n_done + t];
                 s->b_pos[n] = q->n_done + t;
                 s->b_slot[n] = q->slot;
-                s->b_want[n] = t == q->take - 1 && q->n_done + q->take == q->n_tokens;
+                s->b_want[n] = q->all_rows || (t == q->take - 1 && q->n_done + q->take == q->n_tokens);
             }
         }
         return n;
@@ -464,13 +479,16 @@ static void step(sched_t *s) {
     if (n == 0) return;
     char err[256];
     batch_t b = {n, s->b_tok, s->b_pos, s->b_slot, s->b_want};
+    int pooling = 0; /* the hidden rows are read back only for steps that pool them */
+    for (int i = 0; i < s->n_running; i++) pooling |= s->running[i]->take && s->running[i]->p.embed;
+    s->f.hidden = pooling ? s->hidden : NULL;
     double t0 = gen_now();
     if (fwd_run(&s->f, &b, s->logits, err, sizeof err) != 0) {
         while (s->n_running > 0) finish_running(s, 0, "error", err);
         return;
     }
     now = gen_now();
-    cost_observe(s, n, now - t0);
+    stepcost_observe(&s->cost, n, now - t0);
     int n_seqs = 0, row = 0;
     uint64_t prompt_rows = 0;
     for (int i = 0; i < s->n_running; i++) {
@@ -493,12 +511,26 @@ static void step(sched_t *s) {
     seq_t **order = malloc((size_t)m * sizeof *order);
     if (!order) return;
     memcpy(order, s->running, (size_t)m * sizeof *order);
+    size_t nv = (size_t)s->m->hp.n_vocab;
     for (int k = 0; k < m; k++) {
         seq_t *q = order[k];
-        if (q->take == 0 || q->n_done != q->n_tokens) continue;
-        float *l = s->logits + (size_t)row++ * s->m->hp.n_vocab;
-        for (int i = 0; i < s->n_running; i++)
-            if (s->running[i] == q) { next_token(s, i, l, now); break; }
+        if (q->take == 0) continue;
+        if (q->all_rows) /* every row has output: pool it or score the prompt token it predicts */
+            for (int t = 0; t < q->take; t++, row++) {
+                if (q->p.embed) pool_row(s, q, s->hidden + (size_t)row * s->m->hp.dim);
+                else prompt_logprob(s, q, q->n_done - q->take + t, s->logits + (size_t)row * nv);
+            }
+        else if (q->n_done == q->n_tokens)
+            row++;
+        if (q->n_done != q->n_tokens) continue;
+        float *l = s->logits + (size_t)(row - 1) * nv;
+        for (int i = 0; i < s->n_running; i++) {
+            if (s->running[i] != q) continue;
+            if (q->p.embed) finish_embedding(s, i);
+            else if (q->p.max_tokens == 0) finish_running(s, i, "length", NULL); /* prompt scoring only */
+            else next_token(s, i, l, now);
+            break;
+        }
     }
     free(order);
     update_gauges(s);
@@ -604,9 +636,11 @@ sched_t *sched_new(model_t *m, const sched_config_t *cfg, char *err, size_t errl
     s->b_pos = malloc((size_t)n_max * sizeof(int32_t));
     s->b_slot = malloc((size_t)n_max * sizeof(int32_t));
     s->b_want = malloc((size_t)n_max);
-    s->logits = malloc((size_t)cfg->max_seqs * hp->n_vocab * sizeof(float));
+    size_t out_rows = (size_t)cfg->max_seqs + SCHED_ALL_ROWS;
+    s->logits = malloc(out_rows * hp->n_vocab * sizeof(float));
+    s->hidden = malloc(out_rows * hp->dim * sizeof(float));
     if (!s->pool || !s->running || !s->free_slots || !s->b_tok || !s->b_pos || !s->b_slot ||
-        !s->b_want || !s->logits || kv_init(&s->kv, hp->n_layer, kv_dim, n_blocks, cfg->max_seqs) ||
+        !s->b_want || !s->logits || !s->hidden || kv_init(&s->kv, hp->n_layer, kv_dim, n_blocks, cfg->max_seqs) ||
         fwd_init(&s->f, m, &s->kv, s->pool, n_max, cfg->n_ctx)) {
         snprintf(err, errlen, "out of memory for the engine (KV pool of %d blocks)", n_blocks);
         sched_free(s);
@@ -684,7 +718,7 @@ void sched_free(sched_t *s) {
     gvocab_free(s->gv);
     k_pool_free(s->pool);
     free(s->running); free(s->free_slots); free(s->b_tok); free(s->b_pos); free(s->b_slot);
-    free(s->b_want); free(s->logits); free(s->cancels);
+    free(s->b_want); free(s->logits); free(s->hidden); free(s->cancels);
     pthread_mutex_destroy(&s->mu);
     stats_destroy(&s->stats);
     free(s);
@@ -694,7 +728,23 @@ int sched_submit(sched_t *s, const sched_params_t *p, uint64_t *id, char *err, s
     const char *bad = sample_validate(&p->sp);
     if (bad) { snprintf(err, errlen, "%s", bad); return SCHED_EINVAL; }
     if (p->n_prompt < 1) { snprintf(err, errlen, "the prompt is empty"); return SCHED_EINVAL; }
-    if (p->max_tokens < 1) { snprintf(err, errlen, "max_tokens must be at least 1"); return SCHED_EINVAL; }
+    if (p->embed ? p->max_tokens != 0 : p->max_tokens < (p->prompt_logprobs ? 0 : 1)) {
+        snprintf(err, errlen, p->embed ? "an embedding generates no tokens" : "max_tokens must be at least 1");
+        return SCHED_EINVAL;
+    }
+    if (p->prompt_logprobs && p->n_logprobs < 0) {
+        snprintf(err, errlen, "prompt logprobs need n_logprobs >= 0");
+        return SCHED_EINVAL;
+    }
+    if (p->n_bias < 0 || (p->n_bias > 0 && (!p->bias_ids || !p->bias))) {
+        snprintf(err, errlen, "a bad logit_bias list");
+        return SCHED_EINVAL;
+    }
+    for (int i = 0; i < p->n_bias; i++)
+        if (p->bias_ids[i] < 0 || p->bias_ids[i] >= s->m->hp.n_vocab || !(p->bias[i] >= -100 && p->bias[i] <= 100)) {
+            snprintf(err, errlen, "logit_bias: token %d or its bias is out of range", p->bias_ids[i]);
+            return SCHED_EINVAL;
+        }
     if ((long)p->n_prompt + p->max_tokens > s->cfg.n_ctx) {
         snprintf(err, errlen, "prompt (%d tokens) + max_tokens (%d) exceeds the context of %d tokens",
                  p->n_prompt, p->max_tokens, s->cfg.n_ctx);
@@ -715,7 +765,22 @@ int sched_submit(sched_t *s, const sched_params_t *p, uint64_t *id, char *err, s
     seq_t *q = calloc(1, sizeof *q);
     if (!q) goto oom;
     q->p = *p;
+    q->p.bias_ids = NULL; /* the copies below, once made */
+    q->p.bias = NULL;
+    q->p.n_bias = 0;
     q->slot = -1;
+    q->plp_next = 1;
+    if (p->n_bias > 0) {
+        q->bias_ids = malloc((size_t)p->n_bias * sizeof *q->bias_ids);
+        q->bias = malloc((size_t)p->n_bias * sizeof *q->bias);
+        if (!q->bias_ids || !q->bias) goto oom_q;
+        memcpy(q->bias_ids, p->bias_ids, (size_t)p->n_bias * sizeof *q->bias_ids);
+        memcpy(q->bias, p->bias, (size_t)p->n_bias * sizeof *q->bias);
+        q->p.bias_ids = q->bias_ids;
+        q->p.bias = q->bias;
+        q->p.n_bias = p->n_bias;
+    }
+    if (p->embed && !(q->emb = calloc((size_t)s->m->hp.dim, sizeof *q->emb))) goto oom_q;
     q->n_prompt = q->n_tokens = p->n_prompt;
     q->tokens = malloc((size_t)(p->n_prompt + p->max_tokens) * sizeof(int32_t));
     if (!q->tokens || sampler_init(&q->smp, &p->sp, s->m->hp.n_vocab) != 0) goto oom_q;

@@ -27,8 +27,13 @@
 
 #define SCHED_MAX_STOPS 4
 #define SCHED_MAX_LOGPROBS 20
+/* Output rows a step may spend on requests that want every prompt row
+ * (prompt logprobs, embeddings), beyond one per running sequence. */
+#define SCHED_ALL_ROWS 64
 
-typedef enum { SCHED_TOKEN, SCHED_DONE } sched_ev_type_t;
+/* SCHED_PROMPT: the logprob of prompt token `pos` (1..n_prompt-1) given
+ * the tokens before it, for requests with prompt_logprobs. */
+typedef enum { SCHED_TOKEN, SCHED_PROMPT, SCHED_DONE } sched_ev_type_t;
 
 typedef struct {
     sched_ev_type_t type;
@@ -41,10 +46,14 @@ typedef struct {
     int n_top;
     const int32_t *top_ids;
     const float *top_logprobs;
+    int pos;               /* SCHED_PROMPT: the prompt token's position */
     /* SCHED_DONE: "stop", "length", "cancelled", "timeout" or "error" */
     const char *finish;
     const char *error;
     int n_prompt, n_gen;
+    int n_cached;          /* prompt tokens whose K/V came from the prefix cache */
+    const float *embedding; /* embed requests that finished: n_embd floats, L2-normalized */
+    int n_embd;
 } sched_event_t;
 
 typedef void (*sched_sink_fn)(void *ud, const sched_event_t *ev);
@@ -58,6 +67,17 @@ typedef struct {
     int n_stops;
     int ignore_eos;
     int n_logprobs;        /* -1: none; 0..20: chosen token (+ top-n) */
+    int prompt_logprobs;   /* also SCHED_PROMPT events for prompt tokens 1.. (needs n_logprobs >= 0);
+                              max_tokens may then be 0: the prompt is scored, nothing generated */
+    /* logit_bias (copied): added to these tokens' logits before sampling;
+     * -100 or below bans the token. Logprobs stay the model's. */
+    const int32_t *bias_ids;
+    const float *bias;
+    int n_bias;
+    /* an embedding request: max_tokens 0, the prompt is run and DONE
+     * carries the mean over its tokens of the final normed hidden state,
+     * L2-normalized (SCHED_TOKEN events never come) */
+    int embed;
     double timeout_s;      /* <= 0: none */
     /* constrained decoding (NULL: none): each step's logits are masked to the
      * tokens the grammar allows; an end-of-generation token only where it can

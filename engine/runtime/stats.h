@@ -23,6 +23,7 @@ typedef struct {
 typedef struct {
     uint64_t prompt_tokens, gen_tokens, preemptions, cancellations, prefix_hit_tokens;
     uint64_t finished, steps;
+    uint64_t finished_stop, finished_length; /* by finish reason (the rest: cancelled, timeout, error) */
     /* shadow evaluation: served format vs the FP32 reference on traffic */
     uint64_t shadow_requests, shadow_tokens;
     double shadow_kl_sum, shadow_top1_sum;

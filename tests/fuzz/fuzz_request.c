@@ -2,8 +2,9 @@
  * (server/http.c parses it with JSON_REJECT_DUPLICATES) through request
  * validation into an engine request: api_parse for /v1/completions and
  * /v1/chat/completions (prompt forms, token ids, messages, sampling
- * fields, stop lists, n, logprobs, echo, response_format, grammar, tools and
- * tool messages), and /tokenize, /detokenize.
+ * fields, logit_bias, stop lists, n, logprobs, echo, the refused fields,
+ * response_format, grammar, tools and tool messages), and /tokenize,
+ * /detokenize.
  * Nothing is submitted: the target is the validation and tokenization a
  * client controls. The real model (or $SQSERVE_FUZZ_MODEL) and a scheduler
  * (for its context limit) are set up once. First byte: which endpoint.
@@ -31,6 +32,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     S.m = &M;
     S.model_id = "SmolLM2-135M-Instruct.Q4_1";
     S.max_body = 1 << 20;
+    S.sp_default = sample_defaults(); /* as serve.c: the request defaults */
+    S.default_max_tokens = 512;
     if (!(S.sched = sched_new(&M, &sc, err, sizeof err))) {
         fprintf(stderr, "fuzz_request: %s\n", err);
         exit(1);

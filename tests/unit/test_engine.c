@@ -1,4 +1,4 @@
-/* test_engine.c - sampler, stop strings and the GGUF reader's metadata
+/* test_engine.c - sampler, logprobs, the step cost model, stop strings and the GGUF reader's metadata
  * handling on files written here byte by byte (no model needed). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +14,7 @@
 
 #include "../../engine/model/gguf.h"
 #include "../../engine/runtime/sample.h"
+#include "../../engine/runtime/stepcost.h"
 #include "../../engine/runtime/stop.h"
 #include "../../engine/model/chat.h"
 #include "../../engine/compute/kv.h"
@@ -379,6 +380,41 @@ static void test_kv_blocks_and_prefix_sharing(void **state) {
     kv_free(&kv);
 }
 
+/* log-softmax against a direct computation; top-n sorted, ids past the
+ * vocabulary -1 */
+static void test_sample_logprobs(void **state) {
+    (void)state;
+    const float l[4] = {1.0f, 3.0f, -2.0f, 2.0f};
+    double z = exp(1.0) + exp(3.0) + exp(-2.0) + exp(2.0);
+    int32_t ids[6];
+    float lp[6];
+    float c = sample_logprobs(l, 4, 3, 6, ids, lp);
+    assert_true(fabs(c - (2.0 - log(z))) < 1e-5);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[1], 3);
+    assert_int_equal(ids[2], 0);
+    assert_int_equal(ids[3], 2);
+    assert_int_equal(ids[4], -1);
+    assert_true(fabs(lp[0] - (3.0 - log(z))) < 1e-5 && lp[0] >= lp[1] && lp[1] >= lp[2]);
+    assert_true(fabs(sample_logprobs(l, 4, 2, 0, ids, lp) - (-2.0 - log(z))) < 1e-5);
+}
+
+/* steps that cost exactly 0.01 + 0.001 * rows: the fit recovers them and
+ * the cap is (budget - a) / b - decodes, clamped */
+static void test_stepcost(void **state) {
+    (void)state;
+    stepcost_t c = {0};
+    assert_int_equal(stepcost_prefill_cap(&c, 0.2, 4, 16, 512), 16); /* nothing measured */
+    for (int i = 0; i < 40; i++) {
+        int rows = 8 + (i % 5) * 60;
+        stepcost_observe(&c, rows, 0.01 + 0.001 * rows);
+    }
+    int cap = stepcost_prefill_cap(&c, 0.2, 10, 16, 512);
+    assert_true(cap >= 178 && cap <= 181); /* (0.2 - 0.01) / 0.001 - 10 = 180 */
+    assert_int_equal(stepcost_prefill_cap(&c, 0.011, 10, 16, 512), 16);
+    assert_int_equal(stepcost_prefill_cap(&c, 10.0, 10, 16, 512), 512);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_blocks_and_prefix_sharing),
@@ -389,6 +425,8 @@ int main(void) {
         cmocka_unit_test(test_chat_templates),
         cmocka_unit_test(test_gguf_metadata_types),
         cmocka_unit_test(test_kv_storage_moves),
+        cmocka_unit_test(test_sample_logprobs),
+        cmocka_unit_test(test_stepcost),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }
