@@ -218,6 +218,7 @@ static int cuda_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size
     f->b = b;
     g->logits_host = logits;
     if (resolve_acts(f, g, &g->acts, err, errlen) != 0) return -1;
+    g->q_of = NULL; /* nothing carries over from an earlier (perhaps failed) pass */
     kc_clear_error();
     int n_out = pack_batch(f, g, b);
     if (n_out < 0) {
@@ -289,9 +290,11 @@ static const gpu_model_t *gpu_model(const fwd_t *f) { return f->m->dev; }
 
 /* whether the matmul that reads this layer's norm / SwiGLU output quantizes
  * it to INT8 (an SQ matrix): then the fused kernel produces both */
-static int reads_int8(const glayer_t *L, int id) {
+static int reads_int8(const gfwd_t *g, const glayer_t *L, int id) {
     const int kind = L->w[id].kind;
-    return kind == GM_SQ || kind == GM_FUSED;
+    /* an INT or static-SQ activation hook rewrites the input first: the
+     * quantization would be discarded */
+    return (kind == GM_SQ || kind == GM_FUSED) && g->acts.kind != AQ_INT && g->acts.kind != AQ_SQ_STATIC;
 }
 
 /* SQSERVE_CUDA_PROFILE: each operation bracketed for kc_prof (kc_prof.cu) */
@@ -321,7 +324,7 @@ static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm,
     const float *w = norm == NORM_OUT    ? gm->out_norm
                      : norm == NORM_ATTN ? gm->layers[layer].attn_norm
                                          : gm->layers[layer].ffn_norm;
-    if (norm != NORM_OUT && reads_int8(&gm->layers[layer], norm == NORM_ATTN ? W_Q : W_GATE)) {
+    if (norm != NORM_OUT && reads_int8(f->be_state, &gm->layers[layer], norm == NORM_ATTN ? W_Q : W_GATE)) {
         gfwd_t *g = f->be_state;
         g->q_of = y, g->q_m = n, g->q_k = f->m->hp.dim;
         return PROFILED("rmsnorm+q8", kc_rmsnorm_q8(y, x, w, n, f->m->hp.dim, f->m->hp.rms_eps, g->qx, g->sx));
@@ -352,6 +355,12 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
     }
     for (int i = 0; i < count; i++) {
         const gmat_t *w = ids[i] == W_OUT ? &gm->out : &gm->layers[layer].w[ids[i]];
+        if (ids[i] == W_OUT && w->kind == GM_F32_A8 && !quantized) {
+            /* its fake quantization works in place: on a copy (xb is free
+             * by now), so the hidden states embeddings read stay as computed */
+            if (kc_copy(f->xb, x, (size_t)n * (size_t)w->k * sizeof(float)) != 0) return -1;
+            x = f->xb;
+        }
         if (gmatmul(f->be_state, w, x, n, y[i], &quantized) != 0) return -1;
     }
     return 0;
@@ -394,7 +403,9 @@ static int cuda_add(fwd_t *f, float *y, const float *x, long count) {
 static int cuda_silu_mul(fwd_t *f, float *g, const float *u, long count) {
     const gpu_model_t *gm = gpu_model(f);
     const long ffn = f->m->hp.ffn_dim;
-    if (gm->n_layer > 0 && reads_int8(&gm->layers[0], W_DOWN) && count % ffn == 0) {
+    /* (silu_mul is not told its layer: layer 0 decides; where another layer differs the
+     * quantization is wasted or left to the matmul, never wrong) */
+    if (gm->n_layer > 0 && reads_int8(f->be_state, &gm->layers[0], W_DOWN) && count % ffn == 0) {
         gfwd_t *gs = f->be_state;
         gs->q_of = g, gs->q_m = count / ffn, gs->q_k = ffn;
         return PROFILED("silu_mul+q8", kc_silu_mul_q8(g, u, (int)(count / ffn), (int)ffn, gs->qx, gs->sx));

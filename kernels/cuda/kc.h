@@ -44,6 +44,7 @@ void kc_free(void *d);
 int kc_upload(void *d_dst, const void *src, size_t bytes);
 int kc_download(void *dst, const void *d_src, size_t bytes); /* synchronises */
 int kc_memset(void *d, int byte, size_t bytes);
+int kc_copy(void *d_dst, const void *d_src, size_t bytes); /* device to device, on the stream */
 int kc_sync(void);                      /* waits for the stream; reports async errors */
 void *kc_stream(void);                  /* the cudaStream_t, for the .cu files */
 

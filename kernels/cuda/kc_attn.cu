@@ -136,13 +136,12 @@ __global__ void __launch_bounds__(256) attention_tiles_kernel(float *out, const 
     const int g = blockIdx.y, r0 = blockIdx.x * rows, rend = min(n, r0 + rows);
     const int my_row = r0 + qi / group, h = g * group + qi % group;
     const bool mine = qi < rows * group && my_row < rend;
-    /* the block's query vectors, pre-scaled */
+    /* the block's query vectors */
     for (int e = tid; e < PA_Q * (HD / 4); e += 256) {
         const int v = e / (HD / 4), d4 = e % (HD / 4), row = r0 + v / group, hh = g * group + v % group;
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
         if (v < rows * group && row < rend) {
             x = *(const float4 *)(q + ((size_t)row * n_head + hh) * HD + 4 * d4);
-            x.x *= scale, x.y *= scale, x.z *= scale, x.w *= scale;
         }
         *(float4 *)(Qs + v * QS + 4 * d4) = x;
     }
@@ -186,6 +185,7 @@ __global__ void __launch_bounds__(256) attention_tiles_kernel(float *out, const 
             float mt = -INFINITY;
 #pragma unroll
             for (int j = 0; j < 8; j++) {
+                s[j] *= scale; /* after the dot product, as the rows kernel scales */
                 if (t0 + quarter + 4 * j > my_pos) s[j] = -INFINITY;
                 mt = fmaxf(mt, s[j]);
             }

@@ -158,6 +158,11 @@ extern "C" int kc_download(void *dst, const void *d_src, size_t bytes) {
     return kc_sync();
 }
 
+extern "C" int kc_copy(void *d_dst, const void *d_src, size_t bytes) {
+    if (!bytes) return 0;
+    return kc_check(cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, g_stream), "cudaMemcpyAsync D2D");
+}
+
 extern "C" int kc_memset(void *d, int byte, size_t bytes) {
     return kc_check(cudaMemsetAsync(d, byte, bytes, g_stream), "memset");
 }

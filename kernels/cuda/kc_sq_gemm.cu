@@ -18,8 +18,10 @@
  * FP32. So the result differs from the exact integer path by about 2^-10
  * relative per term: test_kc_sq checks that bound, tests/gpu/run.sh the
  * perplexity. A token whose largest activation exceeds the FP16 range
- * (65504) saturates there; the count of such tokens is kept
- * (kc_sq_twostep_saturated) and printed by the benchmarks.
+ * (65504) saturates there, and one whose largest activation is below
+ * ~8e-3 loses precision to FP16 subnormals: Llama-family activations at
+ * the matmul inputs sit well inside both bounds, and saturated rows are
+ * counted (kc_sq_twostep_saturated; test_kc_sq and bench_gemm print it).
  *
  * When. kc_sq_matmul takes this path from M = kc_sq_twostep_min() tokens on,
  * for the layouts the prefill kernels read (the explicit fast layout and the
@@ -27,9 +29,11 @@
  * from bench_gemm on the H200 (docs/perf-gpu.md); KC_SQ_TWOSTEP_M overrides
  * it (0 turns the path off).
  *
- * Scratch. One FP16 weight buffer (the largest matrix seen) and one FP16
- * activation buffer, grown on demand and never freed while the process runs
- * (CUDA graphs captured earlier keep their addresses, as in kc_sq_mm.cu).
+ * Scratch. One FP16 weight buffer (a slice of at most 128 Mi weights: a
+ * larger matrix, such as a 70B output layer, is expanded and multiplied a
+ * slice of rows at a time) and one FP16 activation buffer, grown to powers
+ * of two on demand and never freed while the process runs (CUDA graphs
+ * captured earlier keep their addresses, as in kc_sq_mm.cu).
  */
 #include "kc_sq_frag.cuh"
 
@@ -45,7 +49,7 @@ __device__ __forceinline__ void write_unit(const uint32_t (&Alo)[8], const uint3
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int rh = 0; rh < 2; rh++) {
-        const long row = tile * 16 + g + 8 * rh;
+        const long row = tile * 16 + g + 8 * rh; /* within the slice: out's row 0 is the slice's first */
         if (row >= n) continue;
         const float sl = sc[2 * rh], sh = sc[2 * rh + 1];
         __half2 v[8];
@@ -68,17 +72,23 @@ __device__ __forceinline__ void write_unit(const uint32_t (&Alo)[8], const uint3
 
 /* the explicit fast layout (4-bit lo, one subgroup a group, 4 slots a lane):
  * one warp a unit, the highs scattered through shared memory as do_group does */
+/* the slice of the matrix one expansion covers: tiles [t0, t0 + nt), rows
+ * below `rows` (relative to the slice) written to out [rows][k] */
+struct Slice {
+    long t0, nt, rows;
+};
+
 template <bool S16>
-__global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, __half *out) {
+__global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, __half *out) {
     __shared__ __align__(16) uint8_t sm[8 * SQ_TILE];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     uint8_t *tl = sm + warp * SQ_TILE;
     zero_tiles(tl, 1, lane);
     const LanePtr lp = lane_ptrs<4, 4, S16>(a, lane);
-    const long U = a.ntiles * a.ngroups;
+    const long U = sl.nt * a.ngroups, u0 = sl.t0 * a.ngroups;
     for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
         Raw<4, 4, S16> c[1];
-        load_group<4, 1, 4, S16>(c, (unsigned)u, a, lp);
+        load_group<4, 1, 4, S16>(c, (unsigned)(u0 + u), a, lp);
         uint32_t Alo[8], Ahi[8];
         unpack_lo<4, true>(c[0].lo, Alo);
         scatter4(tl, scatter_rowbase(lane), c[0].sl[0], c[0].sl[1]);
@@ -96,19 +106,19 @@ __global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, __half *out) {
         } else {
             for (int i = 0; i < 4; i++) sc[i] = __uint_as_float(c[0].sc[i]);
         }
-        write_unit(Alo, Ahi, sc, out, a.n, a.k, u / a.ngroups, u % a.ngroups, lane);
+        write_unit(Alo, Ahi, sc, out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
     }
 }
 
 /* the compact layout: one warp a unit, frag_compact */
 template <bool S16>
-__global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, __half *out) {
+__global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, Slice sl, __half *out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
-    const long U = a.ntiles * a.ngroups;
+    const long U = sl.nt * a.ngroups, u0 = sl.t0 * a.ngroups;
     for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
         RawC<S16> r;
-        load_unit_c<S16>(r, lp, (unsigned)u);
+        load_unit_c<S16>(r, lp, (unsigned)(u0 + u));
         uint32_t Alo[8], Ahi[8];
         frag_compact<true, S16>(r, Alo, Ahi, lane & 3);
         float sc[4];
@@ -118,13 +128,14 @@ __global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, __half *out) {
         } else {
             for (int i = 0; i < 4; i++) sc[i] = __uint_as_float(r.sc[i]);
         }
-        write_unit(Alo, Ahi, sc, out, a.n, a.k, u / a.ngroups, u % a.ngroups, lane);
+        write_unit(Alo, Ahi, sc, out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
     }
 }
 
 /* a[i][j] = fp16(q[i][j] * sx[i]), 8 values a thread (k is a multiple of
- * 64); a token whose scale puts 127 * sx past the FP16 range saturates and
- * is counted once */
+ * 64); a row whose scale puts 127 * sx past the FP16 range saturates and is
+ * counted, once per matmul input (so one token counts once per matrix it
+ * meets, and CUDA graph replays count too) */
 __global__ void k_act_f16(const int8_t *qx, const float *sx, long m, long k, __half *a, unsigned *sat) {
     const long per_row = k / 8, i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m * per_row) return;
@@ -169,13 +180,23 @@ extern "C" long kc_sq_twostep_saturated(void) {
     return (long)v;
 }
 
+/* Grows to the next power of two (at least 16 Mi halves), so a run of
+ * growing prompt chunks reallocates O(log) times: the buffers given up stay
+ * allocated (CUDA graphs captured earlier may hold them). */
 static int grow(__half **buf, size_t *have, size_t need) {
     if (need <= *have) return 0;
-    __half *p = (__half *)kc_malloc(need * sizeof(__half));
+    size_t want = (size_t)1 << 24;
+    while (want < need) want <<= 1;
+    __half *p = (__half *)kc_malloc(want * sizeof(__half));
     if (!p) return -1;
-    *buf = p, *have = need; /* the old buffer stays allocated: graphs may hold it */
+    *buf = p, *have = want;
     return 0;
 }
+
+/* A matrix is expanded and multiplied in slices of at most this many
+ * weights (256 MiB of FP16), so the scratch stays bounded whatever the
+ * matrix (a 70B output layer is 1.05 G weights). */
+#define SLICE_WEIGHTS (128L << 20)
 
 /* y (ldy) = A16 [m][k] . W16 [n][k]^T, FP32 out, FP32 sums */
 static int gemm_f16(const __half *w16, long n, long k, const __half *a16, long m, float *y, long ldy) {
@@ -196,9 +217,41 @@ extern "C" int kc_sq_twostep_applies(const kc_sq *w, long m) {
            m <= 0x7fffffffL;
 }
 
+/* Expands the rows [r0, r0 + rows) (r0 a multiple of 16) into the FP16
+ * scratch and multiplies them: y[t][r0 + i] (leading dimension ldy) for the
+ * slice's rows i. */
+static int slice_gemm(const kc_sq *w, const MmArgs &a, long r0, long rows, long m, float *y, long ldy) {
+    const Slice sl = {r0 / 16, (rows + 15) / 16, rows};
+    const long units = sl.nt * w->ngroups;
+    const unsigned blocks = (unsigned)((units + 7) / 8 < 4096 ? (units + 7) / 8 : 4096); /* grid-stride */
+    if (w->compact) {
+        if (w->s16) k_sqc_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
+        else k_sqc_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
+    } else {
+        if (w->s16) k_sq_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
+        else k_sq_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
+    }
+    if (kc_check_launch("k_sq_expand")) return -1;
+    return gemm_f16(g_w16, rows, w->k, g_a16, m, y, ldy);
+}
+
+/* rows [r0, r1) of the matrix into y (ldy), in slices of whole tiles */
+static int rows_gemm(const kc_sq *w, const MmArgs &a, long r0, long r1, long m, float *y, long ldy) {
+    long step = SLICE_WEIGHTS / w->k / 16 * 16;
+    if (step < 16) step = 16;
+    for (long r = r0; r < r1; r += step) {
+        const long rows = r1 - r < step ? r1 - r : step;
+        if (slice_gemm(w, a, r, rows, m, y + (r - r0), ldy)) return -1;
+    }
+    return 0;
+}
+
 extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
                              float *const *parts) {
-    if (grow(&g_w16, &g_w16_n, (size_t)w->n * w->k) || grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
+    long step = SLICE_WEIGHTS / w->k / 16 * 16;
+    if (step < 16) step = 16;
+    const long slice_rows = w->n < step ? w->n : step;
+    if (grow(&g_w16, &g_w16_n, (size_t)slice_rows * w->k) || grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
     if (!g_sat) {
         if (!(g_sat = (unsigned *)kc_malloc(sizeof(unsigned))) || kc_memset(g_sat, 0, sizeof(unsigned))) return -1;
     }
@@ -206,23 +259,13 @@ extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_
     memset(&a, 0, sizeof a);
     a.w = w->d, a.n = w->n, a.k = w->k, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes, a.slot_bytes = w->slot_bytes, a.s2 = w->s2;
-    const long units = w->ntiles * w->ngroups;
-    const unsigned blocks = (unsigned)((units + 7) / 8 < 4096 ? (units + 7) / 8 : 4096); /* grid-stride */
-    if (w->compact) {
-        if (w->s16) k_sqc_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
-        else k_sqc_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
-    } else {
-        if (w->s16) k_sq_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
-        else k_sq_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, g_w16);
-    }
-    if (kc_check_launch("k_sq_expand")) return -1;
     const long th = m * (w->k / 8);
     k_act_f16<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(d_qx, d_sx, m, w->k, g_a16, g_sat);
     if (kc_check_launch("k_act_f16")) return -1;
-    if (!parts || w->nparts <= 1) return gemm_f16(g_w16, w->n, w->k, g_a16, m, d_y, w->n);
-    long r0 = 0;
+    if (!parts || w->nparts <= 1) return rows_gemm(w, a, 0, w->n, m, d_y, w->n);
+    long r0 = 0; /* every part but the last is whole tiles: slices start on tiles */
     for (int p = 0; p < w->nparts; p++) {
-        if (gemm_f16(g_w16 + (size_t)r0 * w->k, w->part_n[p], w->k, g_a16, m, parts[p], w->part_n[p])) return -1;
+        if (rows_gemm(w, a, r0, r0 + w->part_n[p], m, parts[p], w->part_n[p])) return -1;
         r0 += w->part_n[p];
     }
     return 0;
