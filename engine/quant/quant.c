@@ -290,6 +290,11 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         snprintf(err, errlen, "one-shot GPTQ (:oneshot) does not combine with smoothing: drop one");
         return -1;
     }
+    if (smooth && m->hp.arch->qkv_bias) { /* SITE_O's scales would have to go into b_v too */
+        snprintf(err, errlen, "smoothing is not supported for architecture '%s' (q/k/v biases): "
+                 "choose a recipe without smoothing", m->hp.arch->name);
+        return -1;
+    }
     if (smooth && keep_codes) {
         snprintf(err, errlen, "smoothing rewrites the RMSNorm weights, which a .sqm does not store yet "
                               "(it copies them from the source GGUF): evaluate with --weights/--acts instead");
