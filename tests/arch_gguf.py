@@ -3,7 +3,8 @@ written with the PyPI `gguf` package (as ../shared/tools/synth_gguf.py does
 for Llama), for tests/test_archs.py and tests/test_spm.py. Built at test
 time, never stored.
 
-    write(path, arch, n_swa=0, vocab="bpe", tied=False, seed=0)
+    write(path, arch, n_swa=0, vocab="bpe", tied=False, seed=0,
+          arch_name=None, drop=(), key_length=None)
 
 arch: "llama", "qwen2" (biases on q/k/v, NeoX RoPE), "qwen3" (per-head q/k
 RMSNorm, NeoX RoPE); n_swa > 0 writes {arch}.attention.sliding_window (a
@@ -11,7 +12,9 @@ Mistral-style Llama). vocab: "bpe" (gguf_craft's byte-level vocabulary) or
 an (tokens, scores, types) triple for a SentencePiece ("llama") vocabulary.
 Layer 0's matrices are F32, layer 1's Q8_0 (quantized by the gguf package),
 so both the float and the quantized kernels are compared; norms and biases
-are F32. The chat template is ChatML.
+are F32. The chat template is ChatML. For refusal tests: arch_name writes
+another general.architecture (keys under that prefix), drop leaves tensors
+out, key_length writes {arch}.attention.key_length/value_length.
 """
 from __future__ import annotations
 
@@ -51,11 +54,12 @@ def _spm(w: gguf.GGUFWriter, vocab) -> int:
     return len(tokens)
 
 
-def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = False, seed: int = 0):
+def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = False, seed: int = 0,
+          arch_name=None, drop=(), key_length=None):
     rng = np.random.default_rng(seed)
     hd = DIM // N_HEAD
     kvd = hd * N_HEAD_KV
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), arch_name or arch)
     w.add_name(f"tiny-{arch}{'-swa' if n_swa else ''}-test")
     w.add_context_length(CTX)
     w.add_embedding_length(DIM)
@@ -66,9 +70,9 @@ def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = F
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_dimension_count(hd)
-    if arch == "qwen3":
-        w.add_key_length(hd)
-        w.add_value_length(hd)
+    if arch == "qwen3" or key_length:
+        w.add_key_length(key_length or hd)
+        w.add_value_length(key_length or hd)
     if n_swa:
         w.add_sliding_window(n_swa)
     n_vocab = _bpe(w) if vocab == "bpe" else _spm(w, vocab)
@@ -77,6 +81,8 @@ def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = F
 
     def mat(rows, cols, layer, scale=0.08):
         a = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        if name in drop:
+            return
         if layer == 1:
             w.add_tensor(name, quantize(a, gguf.GGMLQuantizationType.Q8_0),
                          raw_dtype=gguf.GGMLQuantizationType.Q8_0)
@@ -84,7 +90,9 @@ def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = F
             w.add_tensor(name, a)
 
     def vec(n, center=1.0, scale=0.1):
-        w.add_tensor(name, (center + scale * rng.standard_normal(n)).astype(np.float32))
+        v = (center + scale * rng.standard_normal(n)).astype(np.float32)
+        if name not in drop:
+            w.add_tensor(name, v)
 
     name = "token_embd.weight"
     w.add_tensor(name, (rng.standard_normal((n_vocab, DIM)) * 0.5).astype(np.float32))
