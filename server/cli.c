@@ -286,6 +286,7 @@ int cmd_generate(const config_t *c) {
         ids[0] = tok_bos(r.m.tok);
         n_ids++;
     }
+    if (tok_add_eos(r.m.tok)) ids[n_ids++] = tok_eos(r.m.tok); /* and for this one */
     gen_opts_t o = {.max_tokens = (int)cfg_int(c, "n-predict"), .sp = sample_defaults()};
     o.sp.temperature = (float)cfg_float(c, "temp");
     o.sp.top_k = (int)cfg_int(c, "top-k");

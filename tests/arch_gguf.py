@@ -4,7 +4,8 @@ for Llama), for tests/test_archs.py and tests/test_spm.py. Built at test
 time, never stored.
 
     write(path, arch, n_swa=0, vocab="bpe", tied=False, seed=0,
-          arch_name=None, drop=(), key_length=None)
+          arch_name=None, drop=(), key_length=None, add_space_prefix=None,
+          tokenizer_model="gpt2")
 
 arch: "llama", "qwen2" (biases on q/k/v, NeoX RoPE), "qwen3" (per-head q/k
 RMSNorm, NeoX RoPE); n_swa > 0 writes {arch}.attention.sliding_window (a
@@ -14,7 +15,9 @@ Layer 0's matrices are F32, layer 1's Q8_0 (quantized by the gguf package),
 so both the float and the quantized kernels are compared; norms and biases
 are F32. The chat template is ChatML. For refusal tests: arch_name writes
 another general.architecture (keys under that prefix), drop leaves tensors
-out, key_length writes {arch}.attention.key_length/value_length.
+out, key_length writes {arch}.attention.key_length/value_length,
+tokenizer_model names the BPE vocabulary's model, scores None leaves an SPM
+vocabulary's scores out; add_space_prefix writes that SPM flag.
 """
 from __future__ import annotations
 
@@ -27,9 +30,9 @@ import gguf_craft as gc
 DIM, N_HEAD, N_HEAD_KV, FFN, N_LAYER, CTX = 64, 4, 2, 128, 2, 512
 
 
-def _bpe(w: gguf.GGUFWriter) -> int:
+def _bpe(w: gguf.GGUFWriter, model="gpt2") -> int:
     tokens, types, merges = gc.tiny_vocab()
-    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_model(model)
     w.add_tokenizer_pre("smollm")
     w.add_token_list(tokens)
     w.add_token_types(types)
@@ -40,11 +43,14 @@ def _bpe(w: gguf.GGUFWriter) -> int:
     return len(tokens)
 
 
-def _spm(w: gguf.GGUFWriter, vocab) -> int:
+def _spm(w: gguf.GGUFWriter, vocab, add_space_prefix) -> int:
     tokens, scores, types = vocab
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
-    w.add_token_scores(scores)
+    if scores is not None:
+        w.add_token_scores(scores)
+    if add_space_prefix is not None:
+        w.add_add_space_prefix(add_space_prefix)
     w.add_token_types(types)
     w.add_bos_token_id(tokens.index("<s>"))
     w.add_eos_token_id(tokens.index("</s>"))
@@ -55,7 +61,7 @@ def _spm(w: gguf.GGUFWriter, vocab) -> int:
 
 
 def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = False, seed: int = 0,
-          arch_name=None, drop=(), key_length=None):
+          arch_name=None, drop=(), key_length=None, add_space_prefix=None, tokenizer_model="gpt2"):
     rng = np.random.default_rng(seed)
     hd = DIM // N_HEAD
     kvd = hd * N_HEAD_KV
@@ -75,7 +81,7 @@ def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = F
         w.add_value_length(key_length or hd)
     if n_swa:
         w.add_sliding_window(n_swa)
-    n_vocab = _bpe(w) if vocab == "bpe" else _spm(w, vocab)
+    n_vocab = _bpe(w, tokenizer_model) if vocab == "bpe" else _spm(w, vocab, add_space_prefix)
     w.add_vocab_size(n_vocab)
     w.add_chat_template(gc.CHATML_TEMPLATE)
 
