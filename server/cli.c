@@ -503,9 +503,9 @@ int cmd_inspect(const config_t *c) {
     const gguf_t *g = &r.m.gguf;
     printf("name: %s\ngguf_version: %u\ntensors: %llu\nmetadata: %llu\n", r.m.name, g->version,
            (unsigned long long)g->n_tensors, (unsigned long long)g->n_kv);
-    printf("architecture: %s\nqkv_bias: %s\nqk_norm: %s\nrope: %s\nsliding_window: %d\n", hp->arch->name,
-           hp->arch->qkv_bias ? "yes" : "no", hp->arch->qk_norm ? "yes" : "no",
-           hp->arch->rope_style == ROPE_NEOX ? "neox" : "norm", hp->n_swa);
+    printf("architecture: %s\nqkv_bias: %s\nqk_norm: %s\nrope: %s\nsliding_window: %d\nq_dim: %d\n",
+           hp->arch->name, hp->arch->qkv_bias ? "yes" : "no", hp->arch->qk_norm ? "yes" : "no",
+           hp->arch->rope_style == ROPE_NEOX ? "neox" : "norm", hp->n_swa, hp->q_dim);
     printf("n_layer: %d\ndim: %d\nn_head: %d\nn_head_kv: %d\nhead_dim: %d\nffn_dim: %d\n"
            "n_vocab: %d\nn_ctx_train: %d\nrope_dim: %d\nrope_base: %g\nrms_eps: %g\n",
            hp->n_layer, hp->dim, hp->n_head, hp->n_head_kv, hp->head_dim, hp->ffn_dim, hp->n_vocab,

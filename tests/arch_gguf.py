@@ -4,8 +4,8 @@ for Llama), for tests/test_archs.py and tests/test_spm.py. Built at test
 time, never stored.
 
     write(path, arch, n_swa=0, vocab="bpe", tied=False, seed=0,
-          arch_name=None, drop=(), key_length=None, add_space_prefix=None,
-          tokenizer_model="gpt2")
+          arch_name=None, drop=(), key_length=None, value_length=None,
+          add_space_prefix=None, tokenizer_model="gpt2")
 
 arch: "llama", "qwen2" (biases on q/k/v, NeoX RoPE), "qwen3" (per-head q/k
 RMSNorm, NeoX RoPE); n_swa > 0 writes {arch}.attention.sliding_window (a
@@ -15,7 +15,9 @@ Layer 0's matrices are F32, layer 1's Q8_0 (quantized by the gguf package),
 so both the float and the quantized kernels are compared; norms and biases
 are F32. The chat template is ChatML. For refusal tests: arch_name writes
 another general.architecture (keys under that prefix), drop leaves tensors
-out, key_length writes {arch}.attention.key_length/value_length,
+out, key_length sets head_dim through {arch}.attention.key_length (and
+value_length, unless value_length says otherwise), so q is key_length *
+N_HEAD wide whatever DIM is (as in Qwen3-0.6B);
 tokenizer_model names the BPE vocabulary's model, scores None leaves an SPM
 vocabulary's scores out; add_space_prefix writes that SPM flag.
 """
@@ -61,10 +63,11 @@ def _spm(w: gguf.GGUFWriter, vocab, add_space_prefix) -> int:
 
 
 def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = False, seed: int = 0,
-          arch_name=None, drop=(), key_length=None, add_space_prefix=None, tokenizer_model="gpt2"):
+          arch_name=None, drop=(), key_length=None, value_length=None, add_space_prefix=None,
+          tokenizer_model="gpt2"):
     rng = np.random.default_rng(seed)
-    hd = DIM // N_HEAD
-    kvd = hd * N_HEAD_KV
+    hd = key_length or DIM // N_HEAD
+    qd, kvd = hd * N_HEAD, hd * N_HEAD_KV
     w = gguf.GGUFWriter(str(path), arch_name or arch)
     w.add_name(f"tiny-{arch}{'-swa' if n_swa else ''}-test")
     w.add_context_length(CTX)
@@ -77,8 +80,8 @@ def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = F
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_dimension_count(hd)
     if arch == "qwen3" or key_length:
-        w.add_key_length(key_length or hd)
-        w.add_value_length(key_length or hd)
+        w.add_key_length(hd)
+        w.add_value_length(value_length or hd)
     if n_swa:
         w.add_sliding_window(n_swa)
     n_vocab = _bpe(w, tokenizer_model) if vocab == "bpe" else _spm(w, vocab, add_space_prefix)
@@ -109,15 +112,15 @@ def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = F
         w.add_tensor(name, (rng.standard_normal((n_vocab, DIM)) * 0.2).astype(np.float32))
     for l in range(N_LAYER):
         p = f"blk.{l}."
-        for name, rows, cols in ((p + "attn_q.weight", DIM, DIM), (p + "attn_k.weight", kvd, DIM),
-                                 (p + "attn_v.weight", kvd, DIM), (p + "attn_output.weight", DIM, DIM),
+        for name, rows, cols in ((p + "attn_q.weight", qd, DIM), (p + "attn_k.weight", kvd, DIM),
+                                 (p + "attn_v.weight", kvd, DIM), (p + "attn_output.weight", DIM, qd),
                                  (p + "ffn_gate.weight", FFN, DIM), (p + "ffn_up.weight", FFN, DIM),
                                  (p + "ffn_down.weight", DIM, FFN)):
             mat(rows, cols, l)
         for name in (p + "attn_norm.weight", p + "ffn_norm.weight"):
             vec(DIM)
         if arch == "qwen2":
-            for name, n in ((p + "attn_q.bias", DIM), (p + "attn_k.bias", kvd), (p + "attn_v.bias", kvd)):
+            for name, n in ((p + "attn_q.bias", qd), (p + "attn_k.bias", kvd), (p + "attn_v.bias", kvd)):
                 vec(n, 0.0, 0.5)
         if arch == "qwen3":
             for name in (p + "attn_q_norm.weight", p + "attn_k_norm.weight"):

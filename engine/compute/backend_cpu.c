@@ -38,14 +38,14 @@ static void cpu_free(fwd_t *f) {
 
 static int cpu_init(fwd_t *f) {
     const hparams_t *hp = &f->m->hp;
-    size_t n = (size_t)f->n_max, d = (size_t)hp->dim, kvd = (size_t)f->kv->kv_dim;
+    size_t n = (size_t)f->n_max, d = (size_t)hp->dim, qd = (size_t)hp->q_dim, kvd = (size_t)f->kv->kv_dim;
     size_t nth = (size_t)k_pool_size(f->pool), max_blocks = (size_t)(f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     cpu_state_t *c = calloc(1, sizeof *c);
     f->be_state = c;
     f->x = malloc(n * d * sizeof(float));
     f->xb = malloc(n * d * sizeof(float));
-    f->q = malloc(n * d * sizeof(float));
-    f->att = malloc(n * d * sizeof(float));
+    f->q = malloc(n * qd * sizeof(float));
+    f->att = malloc(n * qd * sizeof(float));
     f->k = malloc(n * kvd * sizeof(float));
     f->v = malloc(n * kvd * sizeof(float));
     f->hb = malloc(n * (size_t)hp->ffn_dim * sizeof(float));
@@ -118,7 +118,7 @@ static int cpu_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int 
 static int cpu_bias(fwd_t *f, int layer, int id, float *y, int n) {
     const layer_t *L = &f->m->layers[layer];
     const float *b = id == W_Q ? L->bq : id == W_K ? L->bk : L->bv;
-    long width = id == W_Q ? f->m->hp.dim : f->kv->kv_dim;
+    long width = id == W_Q ? f->m->hp.q_dim : f->kv->kv_dim;
     for (long i = 0; i < n; i++) k_add(y + i * width, b, width);
     return 0;
 }
@@ -179,8 +179,8 @@ static void attn_task(void *arg, int ith, int nth) {
             kb[blk] = kv_k_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
             vb[blk] = kv_v_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
         }
-        isa->attn_head(f->q + (size_t)i * hp->dim + (size_t)h * hd, kb, vb, KV_BLOCK, kv->kv_dim, t0, pos + 1,
-                       hd, scale, sc, f->att + (size_t)i * hp->dim + (size_t)h * hd);
+        isa->attn_head(f->q + (size_t)i * hp->q_dim + (size_t)h * hd, kb, vb, KV_BLOCK, kv->kv_dim, t0, pos + 1,
+                       hd, scale, sc, f->att + (size_t)i * hp->q_dim + (size_t)h * hd);
     }
 }
 

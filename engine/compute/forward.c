@@ -94,7 +94,7 @@ static int fwd_pass(fwd_t *f, int n, int n_out) {
         TRY(be->rope(f, f->k, hp->n_head_kv, n));
         TRY(be->kv_store(f, l, n));
         TRY(be->attention(f, l, n));
-        TRY(be->act_quant(f, l, SITE_O, f->att, n, dim));
+        TRY(be->act_quant(f, l, SITE_O, f->att, n, hp->q_dim));
         TRY(be->matmul(f, l, (const int[]){W_O}, (float *const[]){f->xb}, 1, f->att, n));
         TRY(be->add(f, f->x, f->xb, (long)n * dim));
 

@@ -109,21 +109,24 @@ static int load_hparams(model_t *m, char *err, size_t errlen) {
         get_float(g, a, "rope.freq_base", &hp->rope_base, 1.0, 1e12, err, errlen) ||
         get_float(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 0.0, 1.0, err, errlen))
         return -1;
-    if (hp->dim % hp->n_head != 0)
-        return errf(err, errlen, "embedding_length %d is not divisible by head_count %d",
-                    hp->dim, hp->n_head);
     if (hp->n_head % hp->n_head_kv != 0)
         return errf(err, errlen, "head_count %d is not a multiple of head_count_kv %d",
                     hp->n_head, hp->n_head_kv);
-    hp->head_dim = hp->dim / hp->n_head;
-    int key_len = hp->head_dim, val_len = hp->head_dim;
-    if (get_int(g, a, "attention.key_length", &key_len, 0, 1, 1 << 16, err, errlen) ||
-        get_int(g, a, "attention.value_length", &val_len, 0, 1, 1 << 16, err, errlen))
+    /* head_dim: attention.key_length when given (it may make q wider or
+     * narrower than the embedding), else embedding_length / head_count */
+    int val_len = -1;
+    hp->head_dim = 0;
+    if (get_int(g, a, "attention.key_length", &hp->head_dim, 0, 1, 4096, err, errlen) ||
+        get_int(g, a, "attention.value_length", &val_len, 0, 1, 4096, err, errlen))
         return -1;
-    if (key_len != hp->head_dim || val_len != hp->head_dim)
-        return errf(err, errlen, "attention.key_length %d / value_length %d differ from "
-                    "embedding_length / head_count = %d, which sqserve does not support",
-                    key_len, val_len, hp->head_dim);
+    if (hp->head_dim == 0 && hp->dim % hp->n_head != 0)
+        return errf(err, errlen, "embedding_length %d is not divisible by head_count %d",
+                    hp->dim, hp->n_head);
+    if (hp->head_dim == 0) hp->head_dim = hp->dim / hp->n_head;
+    if (val_len >= 0 && val_len != hp->head_dim)
+        return errf(err, errlen, "attention.value_length %d differs from key_length %d, which sqserve "
+                    "does not support", val_len, hp->head_dim);
+    hp->q_dim = hp->n_head * hp->head_dim;
     hp->n_swa = 0;
     if (get_int(g, a, "attention.sliding_window", &hp->n_swa, 0, 0, 1 << 24, err, errlen)) return -1;
     hp->rope_dim = hp->head_dim;
@@ -224,7 +227,7 @@ static int load_arch_vecs(model_t *m, int l, char *err, size_t errlen) {
     if (hp->arch->qkv_bias) {
         const char *parts[3] = {"attn_q", "attn_k", "attn_v"};
         const float **dst[3] = {&L->bq, &L->bk, &L->bv};
-        long len[3] = {hp->dim, kv_dim, kv_dim};
+        long len[3] = {hp->q_dim, kv_dim, kv_dim};
         for (int i = 0; i < 3; i++) {
             snprintf(n, sizeof n, "blk.%d.%s.bias", l, parts[i]);
             if (load_vec(m, n, len[i], dst[i], err, errlen)) return -1;
@@ -244,7 +247,7 @@ static int load_weights(model_t *m, char *err, size_t errlen) {
     const gguf_tensor_t *emb = gguf_tensor(&m->gguf, "token_embd.weight");
     if (!emb) return errf(err, errlen, "tensor 'token_embd.weight' is missing");
     if (emb->n_dims == 2 && hp->n_vocab == 0) hp->n_vocab = (int)emb->ne[1];
-    long dim = hp->dim, kv_dim = (long)hp->head_dim * hp->n_head_kv, ffn = hp->ffn_dim;
+    long dim = hp->dim, q_dim = hp->q_dim, kv_dim = (long)hp->head_dim * hp->n_head_kv, ffn = hp->ffn_dim;
     if (load_mat(m, "token_embd.weight", dim, hp->n_vocab, &m->tok_embd, err, errlen) ||
         load_vec(m, "output_norm.weight", dim, &m->output_norm, err, errlen))
         return -1;
@@ -265,10 +268,10 @@ static int load_weights(model_t *m, char *err, size_t errlen) {
             load_vec(m, n[1], dim, &L->ffn_norm, err, errlen) || load_arch_vecs(m, l, err, errlen))
             return -1;
         if (m->external_layers) continue; /* matrices supplied by the caller */
-        if (load_mat(m, n[2], dim, dim, &L->wq, err, errlen) ||
+        if (load_mat(m, n[2], dim, q_dim, &L->wq, err, errlen) ||
             load_mat(m, n[3], dim, kv_dim, &L->wk, err, errlen) ||
             load_mat(m, n[4], dim, kv_dim, &L->wv, err, errlen) ||
-            load_mat(m, n[5], dim, dim, &L->wo, err, errlen) ||
+            load_mat(m, n[5], q_dim, dim, &L->wo, err, errlen) ||
             load_mat(m, n[6], dim, ffn, &L->w_gate, err, errlen) ||
             load_mat(m, n[7], dim, ffn, &L->w_up, err, errlen) ||
             load_mat(m, n[8], ffn, dim, &L->w_down, err, errlen))
@@ -381,7 +384,7 @@ int model_check_same_vocab(const model_t *m, const model_t *ref, char *err, size
                  a->arch->name, b->arch->name, a->n_swa, b->n_swa);
         return -1;
     }
-    if (a->n_layer != b->n_layer || a->dim != b->dim || a->n_head != b->n_head || a->n_head_kv != b->n_head_kv ||
+    if (a->n_layer != b->n_layer || a->dim != b->dim || a->q_dim != b->q_dim || a->n_head != b->n_head || a->n_head_kv != b->n_head_kv ||
         a->head_dim != b->head_dim || a->ffn_dim != b->ffn_dim || a->n_vocab != b->n_vocab) {
         snprintf(err, errlen, "not the same architecture (layers %d/%d, dim %d/%d, ffn %d/%d, vocabulary %d/%d)",
                  a->n_layer, b->n_layer, a->dim, b->dim, a->ffn_dim, b->ffn_dim, a->n_vocab, b->n_vocab);

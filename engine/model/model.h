@@ -37,6 +37,8 @@ typedef struct {
     float rope_base, rope_scale, rms_eps;
     const arch_t *arch;
     int n_swa;         /* sliding window: a query sees its last n_swa positions (0: all) */
+    int q_dim;         /* n_head * head_dim: width of q and of the attention output, which
+                        * may differ from dim ({arch}.attention.key_length, Qwen3-0.6B) */
 } hparams_t;
 
 typedef struct {
