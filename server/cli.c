@@ -281,12 +281,10 @@ int cmd_generate(const config_t *c) {
         if (!(text = chat_render(&r.m.chat, msgs, (size_t)n, 1))) { die("out of memory"); goto out; }
     } else if (!(text = strdup(prompt))) { die("out of memory"); goto out; }
     if (encode(r.m.tok, text, strlen(text), 1, &ids, &n_ids)) goto out;
-    if (tok_add_bos(r.m.tok)) { /* room was left by encode's +16 */
-        memmove(ids + 1, ids, (size_t)n_ids * sizeof *ids);
-        ids[0] = tok_bos(r.m.tok);
-        n_ids++;
-    }
-    if (tok_add_eos(r.m.tok)) ids[n_ids++] = tok_eos(r.m.tok); /* and for this one */
+    int32_t *framed = realloc(ids, (size_t)(n_ids + 2) * sizeof *ids);
+    if (!framed) { die("out of memory"); goto out; }
+    ids = framed;
+    n_ids = tok_frame(r.m.tok, ids, n_ids);
     gen_opts_t o = {.max_tokens = (int)cfg_int(c, "n-predict"), .sp = sample_defaults()};
     o.sp.temperature = (float)cfg_float(c, "temp");
     o.sp.top_k = (int)cfg_int(c, "top-k");

@@ -106,7 +106,8 @@ def test_space_prefix_can_be_turned_off(sp, model, tmp_path):
 def test_server_round_trip(sp, model):
     """POST /tokenize gives SentencePiece's ids (the server parses special
     tokens, so texts spelling one are left out; JSON refuses NUL); POST
-    /detokenize gives the text back after the dummy-prefix space."""
+    /detokenize gives the text back after the dummy-prefix space; a
+    completion's prompt gets one BOS."""
     texts = [data.decode("utf-8", "replace") for _, data in CASES]
     texts = [t for t in texts if not re.search(r"</?s>|<unk>|\x00", t)]
     with serve_util.start_server("-m", model) as s, s.http() as c:  # one connection for all
@@ -117,6 +118,11 @@ def test_server_round_trip(sp, model):
             assert ids == sp.encode(t)
             r = c.post("/detokenize", json={"tokens": ids})
             assert r.status_code == 200 and r.json()["prompt"] == (" " + t if t else ""), r.text
+        # completions frame the prompt with BOS (add_bos_token), once
+        for prompt, n in (("hello world", 1 + len(sp.encode("hello world"))),
+                          ("<s>hello world", 1 + len(sp.encode("hello world")))):
+            r = c.post("/v1/completions", json={"model": "spm", "prompt": prompt, "max_tokens": 1, "temperature": 0})
+            assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == n, r.text
 
 
 def piece_bytes(sp, i):

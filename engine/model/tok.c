@@ -389,6 +389,16 @@ int tok_bos(const tok_t *t) { return t->bos; }
 int tok_eos(const tok_t *t) { return t->eos; }
 int tok_add_bos(const tok_t *t) { return t->add_bos; }
 int tok_add_eos(const tok_t *t) { return t->add_eos; }
+
+long tok_frame(const tok_t *t, int32_t *ids, long n) {
+    if (t->add_bos && (n == 0 || ids[0] != t->bos)) {
+        memmove(ids + 1, ids, (size_t)n * sizeof *ids);
+        ids[0] = t->bos;
+        n++;
+    }
+    if (t->add_eos) ids[n++] = t->eos;
+    return n;
+}
 int tok_type(const tok_t *t, int id) { return id >= 0 && id < t->n_vocab ? t->type[id] : 0; }
 int tok_find(const tok_t *t, const char *text, size_t len) { return tok_vocab_find(t, text, len); }
 

@@ -37,6 +37,11 @@ int tok_eos(const tok_t *t);
 int tok_add_bos(const tok_t *t);
 /* tokenizer.ggml.add_eos_token (and an eos id exists) */
 int tok_add_eos(const tok_t *t);
+/* Frames a prompt's n ids as the vocabulary asks: BOS first when
+ * add_bos_token (unless the ids already start with it, e.g. from a chat
+ * template), EOS last when add_eos_token. ids must have room for n + 2.
+ * Returns the new count. */
+long tok_frame(const tok_t *t, int32_t *ids, long n);
 /* True for tokens that end a turn/generation (eos, eot, im_end...). */
 int tok_is_eog(const tok_t *t, int id);
 int tok_type(const tok_t *t, int id);
