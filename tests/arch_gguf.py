@@ -62,6 +62,30 @@ def _spm(w: gguf.GGUFWriter, vocab, add_space_prefix) -> int:
     return len(tokens)
 
 
+def tiny_spm_vocab():
+    """A small hand-made SentencePiece vocabulary (no trainer needed): <unk>,
+    <s>, </s>, the 256 byte tokens, printable ASCII and U+2581 as single
+    pieces, and a few merged pieces whose scores rank them (for the fuzz
+    seeds; tests/test_spm.py uses a trained one)."""
+    tokens, scores, types = ["<unk>", "<s>", "</s>"], [0.0, 0.0, 0.0], [2, 3, 3]
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>")
+        scores.append(0.0)
+        types.append(6)
+    merged = ["\u2581t", "he", "\u2581the", "ll", "llo", "\u2581he", "\u2581hello", "or", "\u2581w", "\u2581wor",
+              "ld", "\u2581world", "in", "\u2581a"]
+    singles = ["\u2581"] + [chr(c) for c in range(0x21, 0x7f)]
+    for i, p in enumerate(merged):
+        tokens.append(p)
+        scores.append(-float(i))
+        types.append(1)
+    for i, p in enumerate(singles):
+        tokens.append(p)
+        scores.append(-100.0 - i)
+        types.append(1)
+    return tokens, scores, types
+
+
 def write(path, arch: str = "llama", n_swa: int = 0, vocab="bpe", tied: bool = False, seed: int = 0,
           arch_name=None, drop=(), key_length=None, value_length=None, add_space_prefix=None,
           tokenizer_model="gpt2"):

@@ -1,4 +1,4 @@
-/* forward.c - Llama block, top to bottom (names as in the paper):
+/* forward.c - the transformer block, top to bottom (names as in the paper):
  *
  *   x   = embed(tokens)
  *   for each layer:
@@ -13,10 +13,11 @@
  *   logits = RMSNorm(x) * w_out_norm  Wout
  *
  * Written once for every architecture and device: what an architecture
- * adds is a flag of its arch_t (model.h), and each step is an operation of the model's
- * backend (backend.h; backend_cpu.c, backend_cuda.c), on buffers that
- * backend allocated. The activation hook runs at the four matmul input
- * sites (recipe.h's SITE_*), where quantized recipes round activations.
+ * adds is a flag of its arch_t (model.h) read here, and each step is an
+ * operation of the model's backend (backend.h; backend_cpu.c,
+ * backend_cuda.c), on buffers that backend allocated. The activation hook
+ * runs at the four matmul input sites (recipe.h's SITE_*), where quantized
+ * recipes round activations.
  */
 #include "backend.h"
 
