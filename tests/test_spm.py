@@ -118,6 +118,12 @@ def test_server_round_trip(sp, model):
             assert ids == sp.encode(t)
             r = c.post("/detokenize", json={"tokens": ids})
             assert r.status_code == 200 and r.json()["prompt"] == (" " + t if t else ""), r.text
+        # /tokenize frames with add_special only; a bad flag is refused
+        assert c.post("/tokenize", json={"prompt": "hi", "add_special": True}).json()["tokens"] == \
+            [sp.bos_id()] + sp.encode("hi")
+        assert c.post("/tokenize", json={"prompt": "hi", "add_special": False}).json()["tokens"] == sp.encode("hi")
+        r = c.post("/tokenize", json={"prompt": "hi", "add_special": 1})
+        assert r.status_code == 400 and "add_special" in r.text
         # completions frame the prompt with BOS (add_bos_token), once
         for prompt, n in (("hello world", 1 + len(sp.encode("hello world"))),
                           ("<s>hello world", 1 + len(sp.encode("hello world")))):
