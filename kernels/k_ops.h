@@ -36,10 +36,11 @@ typedef struct {
      * transposed panel of 32 weight rows (k_matmul packs it) */
     void (*gemm_panel)(const float *P, long k, const float *x, long ldx, int nx,
                        float *y, long ldy, int nw);
-    /* softmax(q . K^T * scale) . V for one head over n positions stored in
-     * blocks of bt rows (row t at Kb[t / bt] + (t % bt) * stride) */
+    /* softmax(q . K^T * scale) . V for one head over positions t0..n-1
+     * stored in blocks of bt rows (row t at Kb[t / bt] + (t % bt) * stride);
+     * t0 > 0 is a sliding window */
     void (*attn_head)(const float *q, const float *const *Kb, const float *const *Vb, int bt,
-                      long stride, int n, int hd, float scale, float *scores, float *out);
+                      long stride, int t0, int n, int hd, float scale, float *scores, float *out);
 } k_isa_t;
 
 void k_init(void);
@@ -60,6 +61,9 @@ void k_rmsnorm(float *out, const float *x, const float *w, long n, float eps);
 /* In-place llama.cpp "normal" RoPE on one head: rotates pairs (2i, 2i+1)
  * of the first rot_dim values by pos * inv_freq[i]. */
 void k_rope(float *x, long rot_dim, float pos, const float *inv_freq);
+/* The same with GPT-NeoX pairing (llama.cpp ROPE_TYPE_NEOX, Qwen): rotates
+ * (i, i + rot_dim/2) by pos * inv_freq[i]. */
+void k_rope_neox(float *x, long rot_dim, float pos, const float *inv_freq);
 void k_silu_mul(float *g, const float *u, long n);
 void k_add(float *y, const float *x, long n);
 /* Softmax in place; returns the max. */

@@ -690,8 +690,11 @@ reply_t api_models(srv_t *s, const char *id) {
 
 reply_t api_tokenize(srv_t *s, json_t *req) {
     json_t *p = json_object_get(req, "prompt"), *msgs = json_object_get(req, "messages");
+    json_t *special = json_object_get(req, "add_special");
     char *text = NULL;
     reply_t err;
+    if (special && !json_is_boolean(special))
+        return reply_error(400, "invalid_request_error", "add_special", "'add_special' must be a boolean");
     if (msgs) {
         if (api_render_chat(s, msgs, NULL, &text, &err) != 0) return err;
     } else if (json_is_string(p)) {
@@ -703,6 +706,12 @@ reply_t api_tokenize(srv_t *s, json_t *req) {
     long n;
     int32_t *ids = api_encode(s->m->tok, text, strlen(text), &n);
     free(text);
+    if (ids && json_is_true(special)) { /* BOS/EOS as a completion's prompt gets them */
+        int32_t *framed = realloc(ids, (size_t)(n + 2) * sizeof *ids);
+        if (!framed) free(ids);
+        ids = framed;
+        if (ids) n = tok_frame(s->m->tok, ids, n);
+    }
     if (!ids) return reply_error(500, "server_error", NULL, "out of memory");
     json_t *arr = json_array();
     for (long i = 0; i < n; i++) json_array_append_new(arr, json_integer(ids[i]));

@@ -61,12 +61,18 @@ static int add_prompt(api_req_t *r, int32_t *ids, long n, char *echo) {
 
 static int tokenize_into(srv_t *s, api_req_t *r, const char *text, size_t len, reply_t *err) {
     long n;
-    int32_t *ids = api_encode(s->m->tok, text, len, &n);
+    int32_t *ids = api_encode(s->m->tok, text, len, &n), *framed;
     if (!ids) return (*err = reply_error(500, "server_error", NULL, "out of memory"), -1);
     if (n == 0) {
         free(ids);
         return BAD("prompt", "the prompt tokenizes to nothing");
     }
+    if (!(framed = realloc(ids, (size_t)(n + 2) * sizeof *ids))) {
+        free(ids);
+        return (*err = reply_error(500, "server_error", NULL, "out of memory"), -1);
+    }
+    ids = framed;
+    n = tok_frame(s->m->tok, ids, n); /* BOS/EOS as the vocabulary asks */
     char *echo = strndup(text, len);
     if (!echo || add_prompt(r, ids, n, echo) != 0) return BAD("prompt", "at most %d prompts", API_MAX_PROMPTS);
     return 0;

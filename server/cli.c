@@ -286,11 +286,10 @@ int cmd_generate(const config_t *c) {
         if (chat_render(&r.m.chat, msgs, (size_t)n, 1, &text, msg, sizeof msg)) { die("%s", msg); goto out; }
     } else if (!(text = strdup(prompt))) { die("out of memory"); goto out; }
     if (encode(r.m.tok, text, strlen(text), 1, &ids, &n_ids)) goto out;
-    if (tok_add_bos(r.m.tok)) { /* room was left by encode's +16 */
-        memmove(ids + 1, ids, (size_t)n_ids * sizeof *ids);
-        ids[0] = tok_bos(r.m.tok);
-        n_ids++;
-    }
+    int32_t *framed = realloc(ids, (size_t)(n_ids + 2) * sizeof *ids);
+    if (!framed) { die("out of memory"); goto out; }
+    ids = framed;
+    n_ids = tok_frame(r.m.tok, ids, n_ids);
     gen_opts_t o = {.max_tokens = (int)cfg_int(c, "n-predict"), .sp = sample_defaults()};
     o.sp.temperature = (float)cfg_float(c, "temp");
     o.sp.top_k = (int)cfg_int(c, "top-k");
@@ -507,6 +506,9 @@ int cmd_inspect(const config_t *c) {
     const gguf_t *g = &r.m.gguf;
     printf("name: %s\ngguf_version: %u\ntensors: %llu\nmetadata: %llu\n", r.m.name, g->version,
            (unsigned long long)g->n_tensors, (unsigned long long)g->n_kv);
+    printf("architecture: %s\nqkv_bias: %s\nqk_norm: %s\nrope: %s\nsliding_window: %d\nq_dim: %d\n",
+           hp->arch->name, hp->arch->qkv_bias ? "yes" : "no", hp->arch->qk_norm ? "yes" : "no",
+           hp->arch->rope_style == ROPE_NEOX ? "neox" : "norm", hp->n_swa, hp->q_dim);
     printf("n_layer: %d\ndim: %d\nn_head: %d\nn_head_kv: %d\nhead_dim: %d\nffn_dim: %d\n"
            "n_vocab: %d\nn_ctx_train: %d\nrope_dim: %d\nrope_base: %g\nrms_eps: %g\n",
            hp->n_layer, hp->dim, hp->n_head, hp->n_head_kv, hp->head_dim, hp->ffn_dim, hp->n_vocab,

@@ -933,9 +933,28 @@ def _():
 
 
 # -- tokenizer
-@case("tokenizer_model_llama", r"tokenizer model 'llama'|'llama'.*not supported")
+@case("tokenizer_model_bert", r"tokenizer model 'bert' is not supported")
+def _():
+    return base(meta={"tokenizer.ggml.model": (gc.STRING, "bert")})
+
+
+# SentencePiece needs one score per token (the BPE vocabulary has none)
+@case("tokenizer_model_llama_without_scores", r"tokenizer\.ggml\.scores is missing")
 def _():
     return base(meta={"tokenizer.ggml.model": (gc.STRING, "llama")})
+
+
+@case("tokenizer_scores_wrong_count", r"tokenizer\.ggml\.scores .*does not match")
+def _():
+    return base(meta={"tokenizer.ggml.model": (gc.STRING, "llama"),
+                      "tokenizer.ggml.scores": (gc.ARRAY, gc.Arr(gc.F32, [0.0] * 3))})
+
+
+@case("tokenizer_scores_not_finite", r"tokenizer\.ggml\.scores\[1\] is not a finite number")
+def _():
+    n = len(gc.tiny_vocab()[0])
+    return base(meta={"tokenizer.ggml.model": (gc.STRING, "llama"),
+                      "tokenizer.ggml.scores": (gc.ARRAY, gc.Arr(gc.F32, [0.0, float("nan")] + [0.0] * (n - 2)))})
 
 
 @case("tokenizer_model_missing", r"tokenizer\.ggml\.model")

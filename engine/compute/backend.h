@@ -26,7 +26,7 @@
 #include "forward.h"
 
 enum { W_Q, W_K, W_V, W_O, W_GATE, W_UP, W_DOWN, W_OUT };
-enum { NORM_ATTN, NORM_FFN, NORM_OUT };
+enum { NORM_ATTN, NORM_FFN, NORM_OUT, NORM_Q, NORM_K };
 
 typedef int (*fwd_pass_fn)(fwd_t *f, int n, int n_out);
 
@@ -54,11 +54,18 @@ struct fwd_backend {
     int (*act_quant)(fwd_t *f, int layer, int site, float *x, int n, int dim);
     /* y[j] = x . W_ids[j]^T for count matrices sharing the input x */
     int (*matmul)(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n);
-    /* rotary embedding of n rows of n_heads heads at the batch's positions */
+    /* y[i] += bias of (layer, W_Q | W_K | W_V) for n rows (arch->qkv_bias) */
+    int (*bias)(fwd_t *f, int layer, int id, float *y, int n);
+    /* per-head RMSNorm * (layer, NORM_Q | NORM_K) weight, in place, on n
+     * rows of n_heads heads (arch->qk_norm) */
+    int (*head_norm)(fwd_t *f, float *x, int layer, int norm, int n_heads, int n);
+    /* rotary embedding of n rows of n_heads heads at the batch's positions,
+     * paired as hp->arch->rope_style says (ROPE_NORM or ROPE_NEOX) */
     int (*rope)(fwd_t *f, float *x, int n_heads, int n);
     /* f->k, f->v rows into the cache at the batch's (slot, position) */
     int (*kv_store)(fwd_t *f, int layer, int n);
-    /* f->att = causal grouped-query attention of f->q over the cache */
+    /* f->att = causal grouped-query attention of f->q over the cache; with
+     * hp->n_swa > 0 a query at position p sees positions p - n_swa + 1 .. p */
     int (*attention)(fwd_t *f, int layer, int n);
     int (*add)(fwd_t *f, float *y, const float *x, long count);     /* y += x */
     int (*silu_mul)(fwd_t *f, float *g, const float *u, long count); /* g = silu(g) * u */

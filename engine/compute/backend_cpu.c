@@ -8,7 +8,9 @@
  *
  * Attention splits into (batch row, query head) units, each reading its
  * slot's K/V blocks through a per-thread table of block pointers, so the
- * paged cache costs one pointer lookup per block, not per position.
+ * paged cache costs one pointer lookup per block, not per position. A
+ * sliding window (hp->n_swa) only moves where the scan starts: the cache
+ * still holds every position (memory is not saved, the result is exact).
  */
 #include "backend.h"
 
@@ -36,14 +38,14 @@ static void cpu_free(fwd_t *f) {
 
 static int cpu_init(fwd_t *f) {
     const hparams_t *hp = &f->m->hp;
-    size_t n = (size_t)f->n_max, d = (size_t)hp->dim, kvd = (size_t)f->kv->kv_dim;
+    size_t n = (size_t)f->n_max, d = (size_t)hp->dim, qd = (size_t)hp->q_dim, kvd = (size_t)f->kv->kv_dim;
     size_t nth = (size_t)k_pool_size(f->pool), max_blocks = (size_t)(f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     cpu_state_t *c = calloc(1, sizeof *c);
     f->be_state = c;
     f->x = malloc(n * d * sizeof(float));
     f->xb = malloc(n * d * sizeof(float));
-    f->q = malloc(n * d * sizeof(float));
-    f->att = malloc(n * d * sizeof(float));
+    f->q = malloc(n * qd * sizeof(float));
+    f->att = malloc(n * qd * sizeof(float));
     f->k = malloc(n * kvd * sizeof(float));
     f->v = malloc(n * kvd * sizeof(float));
     f->hb = malloc(n * (size_t)hp->ffn_dim * sizeof(float));
@@ -114,13 +116,30 @@ static int cpu_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int 
     return k_matmul_group(f->pool, w, y, count, x, n);
 }
 
+static int cpu_bias(fwd_t *f, int layer, int id, float *y, int n) {
+    const layer_t *L = &f->m->layers[layer];
+    const float *b = id == W_Q ? L->bq : id == W_K ? L->bk : L->bv;
+    long width = id == W_Q ? f->m->hp.q_dim : f->kv->kv_dim;
+    for (long i = 0; i < n; i++) k_add(y + i * width, b, width);
+    return 0;
+}
+
+static int cpu_head_norm(fwd_t *f, float *x, int layer, int norm, int n_heads, int n) {
+    const hparams_t *hp = &f->m->hp;
+    const layer_t *L = &f->m->layers[layer];
+    const float *w = norm == NORM_Q ? L->q_norm : L->k_norm;
+    for (long r = 0; r < (long)n * n_heads; r++)
+        k_rmsnorm(x + r * hp->head_dim, x + r * hp->head_dim, w, hp->head_dim, hp->rms_eps);
+    return 0;
+}
+
 static int cpu_rope(fwd_t *f, float *x, int n_heads, int n) {
     const hparams_t *hp = &f->m->hp;
+    void (*rot)(float *, long, float, const float *) = hp->arch->rope_style == ROPE_NEOX ? k_rope_neox : k_rope;
     long stride = (long)n_heads * hp->head_dim;
     for (long i = 0; i < n; i++)
         for (int h = 0; h < n_heads; h++)
-            k_rope(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, (float)f->b->pos[i],
-                   f->m->rope_inv_freq);
+            rot(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, (float)f->b->pos[i], f->m->rope_inv_freq);
     return 0;
 }
 
@@ -156,12 +175,13 @@ static void attn_task(void *arg, int ith, int nth) {
     for (long u = begin; u < end; u++) {
         int i = (int)(u / hp->n_head), h = (int)(u % hp->n_head), g = h / group;
         int pos = f->b->pos[i], slot = f->b->slot[i];
-        for (int blk = 0; blk <= pos / KV_BLOCK; blk++) {
+        int t0 = hp->n_swa > 0 && pos + 1 > hp->n_swa ? pos + 1 - hp->n_swa : 0;
+        for (int blk = t0 / KV_BLOCK; blk <= pos / KV_BLOCK; blk++) {
             kb[blk] = kv_k_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
             vb[blk] = kv_v_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
         }
-        isa->attn_head(f->q + (size_t)i * hp->dim + (size_t)h * hd, kb, vb, KV_BLOCK, kv->kv_dim, pos + 1,
-                       hd, scale, sc, f->att + (size_t)i * hp->dim + (size_t)h * hd);
+        isa->attn_head(f->q + (size_t)i * hp->q_dim + (size_t)h * hd, kb, vb, KV_BLOCK, kv->kv_dim, t0, pos + 1,
+                       hd, scale, sc, f->att + (size_t)i * hp->q_dim + (size_t)h * hd);
     }
 }
 
@@ -205,6 +225,8 @@ const fwd_backend_t fwd_backend_cpu = {
     .rmsnorm = cpu_rmsnorm,
     .act_quant = cpu_act_quant,
     .matmul = cpu_matmul,
+    .bias = cpu_bias,
+    .head_norm = cpu_head_norm,
     .rope = cpu_rope,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,

@@ -219,6 +219,15 @@ static void fuse_layers(gpu_model_t *g) {
 
 int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
     const hparams_t *hp = &m->hp;
+    const arch_t *a = hp->arch;
+    if (a->qkv_bias || a->qk_norm || a->rope_style != ROPE_NORM || hp->n_swa > 0 || hp->q_dim != hp->dim) {
+        /* the CUDA backend has no bias, head_norm, NeoX RoPE or window kernels
+         * yet, and sizes q and the attention output by dim */
+        snprintf(err, errlen, "architecture '%s'%s runs on the CPU only for now: use --device cpu", a->name,
+                 hp->n_swa > 0 ? " with a sliding window" : hp->q_dim != hp->dim ? " with head_count x key_length "
+                 "!= embedding_length" : "");
+        return -1;
+    }
     gpu_model_t *g = gpu_model_new(hp, ordinal, err, errlen);
     if (!g) return -1;
     long widest = hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim, stage_rows = 1024;
@@ -266,9 +275,9 @@ typedef struct {
 } synth_t;
 
 static const synth_t SYNTH[] = {
-    {"llama3-8b", {32, 4096, 32, 8, 128, 14336, 128256, 8192, 128, 500000.0f, 1.0f, 1e-5f}},
-    {"llama3-70b", {80, 8192, 64, 8, 128, 28672, 128256, 8192, 128, 500000.0f, 1.0f, 1e-5f}},
-    {"smollm2-135m", {30, 576, 9, 3, 64, 1536, 49152, 8192, 64, 100000.0f, 1.0f, 1e-5f}},
+    {"llama3-8b", {32, 4096, 32, 8, 128, 14336, 128256, 8192, 128, 500000.0f, 1.0f, 1e-5f, NULL, 0, 4096}},
+    {"llama3-70b", {80, 8192, 64, 8, 128, 28672, 128256, 8192, 128, 500000.0f, 1.0f, 1e-5f, NULL, 0, 8192}},
+    {"smollm2-135m", {30, 576, 9, 3, 64, 1536, 49152, 8192, 64, 100000.0f, 1.0f, 1e-5f, NULL, 0, 576}},
 };
 
 int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t errlen) {
@@ -281,6 +290,7 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
     }
     memset(m, 0, sizeof *m);
     m->hp = s->hp;
+    m->hp.arch = model_arch("llama");
     snprintf(m->name, sizeof m->name, "synthetic-%s-sq8/4-b64-s0.875", name);
     const hparams_t *hp = &m->hp;
     gpu_model_t *g = gpu_model_new(hp, ordinal, err, errlen);

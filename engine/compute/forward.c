@@ -1,18 +1,23 @@
-/* forward.c - Llama block, top to bottom (names as in the paper):
+/* forward.c - the transformer block, top to bottom (names as in the paper):
  *
  *   x   = embed(tokens)
  *   for each layer:
  *     xb  = RMSNorm(x) * w_attn_norm
- *     q, k, v = xb Wq, xb Wk, xb Wv;  RoPE(q, k)
- *     x  += softmax(q k^T / sqrt(d_head)) v  Wo      (causal, grouped KV)
+ *     q, k, v = xb Wq (+ bq), xb Wk (+ bk), xb Wv (+ bv)   (biases: qwen2)
+ *     q, k = RMSNorm per head * w_q_norm, w_k_norm           (qwen3)
+ *     RoPE(q, k)                         (pairs: adjacent, or NeoX halves)
+ *     x  += softmax(q k^T / sqrt(d_head)) v  Wo      (causal, grouped KV,
+ *                                         optionally a sliding window)
  *     xb  = RMSNorm(x) * w_ffn_norm
  *     x  += (silu(xb Wgate) * (xb Wup)) Wdown        (SwiGLU)
  *   logits = RMSNorm(x) * w_out_norm  Wout
  *
- * Written once for every device: each step is an operation of the model's
- * backend (backend.h; backend_cpu.c, backend_cuda.c), on buffers that
- * backend allocated. The activation hook runs at the four matmul input
- * sites (recipe.h's SITE_*), where quantized recipes round activations.
+ * Written once for every architecture and device: what an architecture
+ * adds is a flag of its arch_t (model.h) read here, and each step is an
+ * operation of the model's backend (backend.h; backend_cpu.c,
+ * backend_cuda.c), on buffers that backend allocated. The activation hook
+ * runs at the four matmul input sites (recipe.h's SITE_*), where quantized
+ * recipes round activations.
  */
 #include "backend.h"
 
@@ -68,6 +73,7 @@ static int check_batch(const fwd_t *f, const batch_t *b, char *err, size_t errle
 static int fwd_pass(fwd_t *f, int n, int n_out) {
     const fwd_backend_t *be = f->be;
     const hparams_t *hp = &f->m->hp;
+    const arch_t *arch = hp->arch;
     const int dim = hp->dim, ffn = hp->ffn_dim;
 
     TRY(be->embed(f, f->x, n));
@@ -76,11 +82,20 @@ static int fwd_pass(fwd_t *f, int n, int n_out) {
         TRY(be->rmsnorm(f, f->xb, f->x, l, NORM_ATTN, n));
         TRY(be->act_quant(f, l, SITE_QKV, f->xb, n, dim));
         TRY(be->matmul(f, l, (const int[]){W_Q, W_K, W_V}, (float *const[]){f->q, f->k, f->v}, 3, f->xb, n));
+        if (arch->qkv_bias) {
+            TRY(be->bias(f, l, W_Q, f->q, n));
+            TRY(be->bias(f, l, W_K, f->k, n));
+            TRY(be->bias(f, l, W_V, f->v, n));
+        }
+        if (arch->qk_norm) {
+            TRY(be->head_norm(f, f->q, l, NORM_Q, hp->n_head, n));
+            TRY(be->head_norm(f, f->k, l, NORM_K, hp->n_head_kv, n));
+        }
         TRY(be->rope(f, f->q, hp->n_head, n));
         TRY(be->rope(f, f->k, hp->n_head_kv, n));
         TRY(be->kv_store(f, l, n));
         TRY(be->attention(f, l, n));
-        TRY(be->act_quant(f, l, SITE_O, f->att, n, dim));
+        TRY(be->act_quant(f, l, SITE_O, f->att, n, hp->q_dim));
         TRY(be->matmul(f, l, (const int[]){W_O}, (float *const[]){f->xb}, 1, f->att, n));
         TRY(be->add(f, f->x, f->xb, (long)n * dim));
 

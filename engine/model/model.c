@@ -55,17 +55,44 @@ static int get_float(const gguf_t *g, const char *arch, const char *suffix, floa
     return 0;
 }
 
+/* The architectures sqserve runs, as data (model.h's arch_t). A Mistral
+ * GGUF says "llama"; its sliding window is a hyperparameter. Everything
+ * else (gemma, phi3, ...) is refused by name at load. */
+static const arch_t archs[] = {
+    {"llama", 0, 0, ROPE_NORM},
+    {"qwen2", 1, 0, ROPE_NEOX},
+    {"qwen3", 0, 1, ROPE_NEOX},
+};
+#define N_ARCHS (int)(sizeof archs / sizeof archs[0])
+
+const arch_t *model_arch(const char *name) {
+    for (int i = 0; i < N_ARCHS; i++)
+        if (!strcmp(archs[i].name, name)) return &archs[i];
+    return NULL;
+}
+
+static int find_arch(gguf_str_t name, const arch_t **out, char *err, size_t errlen) {
+    char shown[48], list[64] = "";
+    for (int i = 0; i < N_ARCHS; i++) {
+        if (gguf_str_eq(name, archs[i].name)) {
+            *out = &archs[i];
+            return 0;
+        }
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", archs[i].name);
+    }
+    return errf(err, errlen, "architecture '%s' is not supported (supported: %s)",
+                gguf_str_show(name, shown, sizeof shown), list);
+}
+
 static int load_hparams(model_t *m, char *err, size_t errlen) {
     const gguf_t *g = &m->gguf;
     gguf_str_t arch_s;
     if (gguf_get_str(g, "general.architecture", &arch_s) != 0)
         return errf(err, errlen, "general.architecture is missing");
     char shown[48];
-    if (!gguf_str_eq(arch_s, "llama"))
-        return errf(err, errlen, "architecture '%s' is not supported (only 'llama')",
-                    gguf_str_show(arch_s, shown, sizeof shown));
-    const char *a = "llama";
     hparams_t *hp = &m->hp;
+    if (find_arch(arch_s, &hp->arch, err, errlen)) return -1;
+    const char *a = hp->arch->name;
     hp->rope_base = 10000.0f;
     hp->rope_scale = 1.0f;
     hp->rms_eps = 1e-5f;
@@ -82,20 +109,35 @@ static int load_hparams(model_t *m, char *err, size_t errlen) {
         get_float(g, a, "rope.freq_base", &hp->rope_base, 1.0, 1e12, err, errlen) ||
         get_float(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 0.0, 1.0, err, errlen))
         return -1;
-    if (hp->dim % hp->n_head != 0)
-        return errf(err, errlen, "embedding_length %d is not divisible by head_count %d",
-                    hp->dim, hp->n_head);
     if (hp->n_head % hp->n_head_kv != 0)
         return errf(err, errlen, "head_count %d is not a multiple of head_count_kv %d",
                     hp->n_head, hp->n_head_kv);
-    hp->head_dim = hp->dim / hp->n_head;
+    /* head_dim: attention.key_length when given (it may make q wider or
+     * narrower than the embedding), else embedding_length / head_count */
+    int val_len = -1;
+    hp->head_dim = 0;
+    if (get_int(g, a, "attention.key_length", &hp->head_dim, 0, 1, 4096, err, errlen) ||
+        get_int(g, a, "attention.value_length", &val_len, 0, 1, 4096, err, errlen))
+        return -1;
+    if (hp->head_dim == 0 && hp->dim % hp->n_head != 0)
+        return errf(err, errlen, "embedding_length %d is not divisible by head_count %d",
+                    hp->dim, hp->n_head);
+    if (hp->head_dim == 0) hp->head_dim = hp->dim / hp->n_head;
+    if (val_len >= 0 && val_len != hp->head_dim)
+        return errf(err, errlen, "attention.value_length %d differs from key_length %d, which sqserve "
+                    "does not support", val_len, hp->head_dim);
+    hp->q_dim = hp->n_head * hp->head_dim;
+    hp->n_swa = 0;
+    if (get_int(g, a, "attention.sliding_window", &hp->n_swa, 0, 0, 1 << 24, err, errlen)) return -1;
     hp->rope_dim = hp->head_dim;
     if (get_int(g, a, "rope.dimension_count", &hp->rope_dim, 0, 2, hp->head_dim, err, errlen))
         return -1;
     if (hp->rope_dim % 2 != 0) return errf(err, errlen, "rope.dimension_count must be even");
 
     gguf_str_t st;
-    if (gguf_get_str(g, "llama.rope.scaling.type", &st) == 0 && !gguf_str_eq(st, "none")) {
+    char key[96];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (gguf_get_str(g, key, &st) == 0 && !gguf_str_eq(st, "none")) {
         if (!gguf_str_eq(st, "linear"))
             return errf(err, errlen, "rope scaling type '%s' is not supported (none, linear)",
                         gguf_str_show(st, shown, sizeof shown));
@@ -175,12 +217,37 @@ static int load_vec(model_t *m, const char *name, long n, const float **out, cha
     return 0;
 }
 
+/* The vectors an architecture adds to layer l (arch_t flags): q/k/v
+ * biases, per-head q/k norms. Kept in FP32 by every weight recipe. */
+static int load_arch_vecs(model_t *m, int l, char *err, size_t errlen) {
+    const hparams_t *hp = &m->hp;
+    layer_t *L = &m->layers[l];
+    long kv_dim = (long)hp->head_dim * hp->n_head_kv;
+    char n[64];
+    if (hp->arch->qkv_bias) {
+        const char *parts[3] = {"attn_q", "attn_k", "attn_v"};
+        const float **dst[3] = {&L->bq, &L->bk, &L->bv};
+        long len[3] = {hp->q_dim, kv_dim, kv_dim};
+        for (int i = 0; i < 3; i++) {
+            snprintf(n, sizeof n, "blk.%d.%s.bias", l, parts[i]);
+            if (load_vec(m, n, len[i], dst[i], err, errlen)) return -1;
+        }
+    }
+    if (hp->arch->qk_norm) {
+        snprintf(n, sizeof n, "blk.%d.attn_q_norm.weight", l);
+        if (load_vec(m, n, hp->head_dim, &L->q_norm, err, errlen)) return -1;
+        snprintf(n, sizeof n, "blk.%d.attn_k_norm.weight", l);
+        if (load_vec(m, n, hp->head_dim, &L->k_norm, err, errlen)) return -1;
+    }
+    return 0;
+}
+
 static int load_weights(model_t *m, char *err, size_t errlen) {
     hparams_t *hp = &m->hp;
     const gguf_tensor_t *emb = gguf_tensor(&m->gguf, "token_embd.weight");
     if (!emb) return errf(err, errlen, "tensor 'token_embd.weight' is missing");
     if (emb->n_dims == 2 && hp->n_vocab == 0) hp->n_vocab = (int)emb->ne[1];
-    long dim = hp->dim, kv_dim = (long)hp->head_dim * hp->n_head_kv, ffn = hp->ffn_dim;
+    long dim = hp->dim, q_dim = hp->q_dim, kv_dim = (long)hp->head_dim * hp->n_head_kv, ffn = hp->ffn_dim;
     if (load_mat(m, "token_embd.weight", dim, hp->n_vocab, &m->tok_embd, err, errlen) ||
         load_vec(m, "output_norm.weight", dim, &m->output_norm, err, errlen))
         return -1;
@@ -198,13 +265,13 @@ static int load_weights(model_t *m, char *err, size_t errlen) {
                                        "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
         for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, parts[i]);
         if (load_vec(m, n[0], dim, &L->attn_norm, err, errlen) ||
-            load_vec(m, n[1], dim, &L->ffn_norm, err, errlen))
+            load_vec(m, n[1], dim, &L->ffn_norm, err, errlen) || load_arch_vecs(m, l, err, errlen))
             return -1;
         if (m->external_layers) continue; /* matrices supplied by the caller */
-        if (load_mat(m, n[2], dim, dim, &L->wq, err, errlen) ||
+        if (load_mat(m, n[2], dim, q_dim, &L->wq, err, errlen) ||
             load_mat(m, n[3], dim, kv_dim, &L->wk, err, errlen) ||
             load_mat(m, n[4], dim, kv_dim, &L->wv, err, errlen) ||
-            load_mat(m, n[5], dim, dim, &L->wo, err, errlen) ||
+            load_mat(m, n[5], q_dim, dim, &L->wo, err, errlen) ||
             load_mat(m, n[6], dim, ffn, &L->w_gate, err, errlen) ||
             load_mat(m, n[7], dim, ffn, &L->w_up, err, errlen) ||
             load_mat(m, n[8], ffn, dim, &L->w_down, err, errlen))
@@ -331,7 +398,12 @@ double model_file_bits_total(const model_t *m) {
 
 int model_check_same_vocab(const model_t *m, const model_t *ref, char *err, size_t errlen) {
     const hparams_t *a = &m->hp, *b = &ref->hp;
-    if (a->n_layer != b->n_layer || a->dim != b->dim || a->n_head != b->n_head || a->n_head_kv != b->n_head_kv ||
+    if (a->arch != b->arch || a->n_swa != b->n_swa) {
+        snprintf(err, errlen, "not the same architecture (%s / %s, sliding window %d / %d)",
+                 a->arch->name, b->arch->name, a->n_swa, b->n_swa);
+        return -1;
+    }
+    if (a->n_layer != b->n_layer || a->dim != b->dim || a->q_dim != b->q_dim || a->n_head != b->n_head || a->n_head_kv != b->n_head_kv ||
         a->head_dim != b->head_dim || a->ffn_dim != b->ffn_dim || a->n_vocab != b->n_vocab) {
         snprintf(err, errlen, "not the same architecture (layers %d/%d, dim %d/%d, ffn %d/%d, vocabulary %d/%d)",
                  a->n_layer, b->n_layer, a->dim, b->dim, a->ffn_dim, b->ffn_dim, a->n_vocab, b->n_vocab);

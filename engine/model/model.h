@@ -1,9 +1,15 @@
 /* model.h - one loaded Llama-family model: hyperparameters, weights, vocab.
  *
  * Weights are views into the GGUF mapping (k_mat_t): nothing is copied
- * except 1-D norm vectors stored in a non-F32 type. Every tensor's type
- * and shape is checked against the hyperparameters at load, so the
- * forward pass can trust them.
+ * except 1-D norm and bias vectors stored in a non-F32 type. Every
+ * tensor's type and shape is checked against the hyperparameters at load,
+ * so the forward pass can trust them.
+ *
+ * Architectures. The supported ones (llama, which covers Mistral, qwen2,
+ * qwen3) share one block; what differs is data, an arch_t from model.c's
+ * table, which forward.c reads as flags: biases on the q/k/v projections,
+ * a per-head RMSNorm of q and k before RoPE, the RoPE pairing. A sliding
+ * attention window is a hyperparameter ({arch}.attention.sliding_window).
  */
 #ifndef MODEL_H
 #define MODEL_H
@@ -14,13 +20,31 @@
 #include "recipe.h"
 #include "tok.h"
 
+/* RoPE pairing: llama.cpp's NORM rotates adjacent pairs (2i, 2i+1) (the
+ * converter permuted Llama's q/k rows for it); NEOX rotates (i, i + d/2). */
+enum { ROPE_NORM, ROPE_NEOX };
+
+/* What an architecture's block does beyond the Llama one. */
+typedef struct {
+    const char *name;  /* general.architecture */
+    int qkv_bias;      /* attn_{q,k,v}.bias added after the projections (qwen2) */
+    int qk_norm;       /* attn_{q,k}_norm: per-head RMSNorm of q and k before RoPE (qwen3) */
+    int rope_style;    /* ROPE_NORM or ROPE_NEOX */
+} arch_t;
+
 typedef struct {
     int n_layer, dim, n_head, n_head_kv, head_dim, ffn_dim, n_vocab, n_ctx_train, rope_dim;
     float rope_base, rope_scale, rms_eps;
+    const arch_t *arch;
+    int n_swa;         /* sliding window: a query sees its last n_swa positions (0: all) */
+    int q_dim;         /* n_head * head_dim: width of q and of the attention output, which
+                        * may differ from dim ({arch}.attention.key_length, Qwen3-0.6B) */
 } hparams_t;
 
 typedef struct {
     const float *attn_norm, *ffn_norm;
+    const float *bq, *bk, *bv;   /* arch->qkv_bias: [dim], [kv_dim], [kv_dim] */
+    const float *q_norm, *k_norm; /* arch->qk_norm: [head_dim] each */
     k_mat_t wq, wk, wv, wo, w_gate, w_up, w_down;
 } layer_t;
 
@@ -63,6 +87,8 @@ int model_load(model_t *m, const char *path, char *err, size_t errlen);
  * the caller); on failure frees m and returns -1 with what in the message. */
 int model_init(model_t *m, const char *what, char *err, size_t errlen);
 void model_free(model_t *m);
+/* The description of a supported architecture by name, or NULL. */
+const arch_t *model_arch(const char *name);
 /* RoPE frequencies, rope_dim / 2 of them: base^(-2i/rope_dim) / scale,
  * divided by the optional per-dimension factors of rope_freqs.weight
  * (Llama 3.1 style; NULL for none). */

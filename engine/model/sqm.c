@@ -104,8 +104,8 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
     }
     const hparams_t *hp = &m->hp;
     long kvd = (long)hp->head_dim * hp->n_head_kv;
-    long want_n[7] = {hp->dim, kvd, kvd, hp->dim, hp->ffn_dim, hp->ffn_dim, hp->dim};
-    long want_k[7] = {hp->dim, hp->dim, hp->dim, hp->dim, hp->dim, hp->dim, hp->ffn_dim};
+    long want_n[7] = {hp->q_dim, kvd, kvd, hp->dim, hp->ffn_dim, hp->ffn_dim, hp->dim};
+    long want_k[7] = {hp->dim, hp->dim, hp->dim, hp->q_dim, hp->dim, hp->dim, hp->ffn_dim};
     if (n != want_n[part] || k != want_k[part] || seen[layer * 7 + part]) {
         snprintf(msg, msglen, "tensor '%s' has shape [%ld, %ld] (expected [%ld, %ld]) or repeats", name, k, n,
                  want_k[part], want_n[part]);
@@ -279,7 +279,8 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     uint64_t data_len = size - h.data_off;
     arecipe_t a;
     const char *acts = json_string_value(json_object_get(recipe, "acts"));
-    if (!acts || recipe_parse_a(acts, &a, msg, sizeof msg) != 0 || recipe_check_acts(&a, m->hp.dim, m->hp.ffn_dim, msg, sizeof msg))
+    if (!acts || recipe_parse_a(acts, &a, msg, sizeof msg) != 0 || recipe_check_acts(&a, m->hp.dim, m->hp.ffn_dim, msg, sizeof msg) ||
+        recipe_check_acts(&a, m->hp.q_dim, m->hp.q_dim, msg, sizeof msg))
         goto fail_model;
     size_t i;
     json_t *e;
@@ -291,7 +292,7 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
     qs->a = a;
     qs->n_layer = m->hp.n_layer;
     m->w_bits = json_real_value(json_object_get(recipe, "w_bits"));
-    long dims[N_SITES] = {m->hp.dim, m->hp.dim, m->hp.dim, m->hp.ffn_dim};
+    long dims[N_SITES] = {m->hp.dim, m->hp.q_dim, m->hp.dim, m->hp.ffn_dim};
     for (int s = 0; s < N_SITES; s++) qs->dim[s] = dims[s];
     json_array_foreach(json_object_get(man, "act_masks"), i, e) {
         int s = (int)json_integer_value(json_object_get(e, "site"));

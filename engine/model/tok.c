@@ -1,4 +1,5 @@
-/* tok.c - byte-level BPE (see tok.h for the pipeline).
+/* tok.c - vocabulary loading, byte-level BPE, decoding (see tok.h for the
+ * pipeline); SentencePiece vocabularies encode in tok_spm.c.
  *
  * Trade-offs:
  * - Pre-tokenizer patterns run on PCRE2 (UTF + UCP + JIT) so Unicode
@@ -10,42 +11,19 @@
  *   engine as the textbook O(n^2) loop would.
  * - Vocabulary and merge tables are open-addressing hashes (XXH3).
  */
-#include "tok.h"
+#include "tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
 #include <xxhash.h>
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
-#define MAX_PRE_PATTERNS 4
-
-struct tok {
-    int n_vocab;
-    gguf_str_t *text;       /* vocabulary strings (byte-level encoded) */
-    uint8_t *type;          /* enum tok_type per id */
-    char **piece;           /* decoded bytes per id */
-    uint32_t *piece_len;
-    int32_t *vocab_slots;   /* hash: text -> id; -1 empty */
-    uint64_t vocab_mask;
-    struct merge_slot { uint64_t key; int32_t rank, result; } *merges;
-    uint64_t merge_mask;
-    int byte_tok[256];      /* token of each single byte */
-    int *special;           /* control/user tokens, longest text first */
-    int n_special;
-    int bos, eos, eot, eom, add_bos;
-    pcre2_code *pre[MAX_PRE_PATTERNS];
-    int n_pre;
-};
-
 /* ---- UTF-8 -------------------------------------------------------------- */
 
 /* Decodes one character at p (n bytes available). Returns its length with
  * *cp set; or -k for an invalid maximal subpart of k bytes; or 0 when the
  * bytes are a valid but incomplete prefix (more input may complete it). */
-static int utf8_next(const uint8_t *p, size_t n, uint32_t *cp) {
+int tok_utf8_next(const uint8_t *p, size_t n, uint32_t *cp) {
     uint8_t b = p[0];
     if (b < 0x80) { *cp = b; return 1; }
     int len;
@@ -97,7 +75,7 @@ char *tok_utf8_sanitize(const char *s, size_t len, size_t *out_len) {
     size_t i = 0, o = 0;
     while (i < len) {
         uint32_t cp;
-        int k = utf8_next(p + i, len - i, &cp);
+        int k = tok_utf8_next(p + i, len - i, &cp);
         if (k > 0) {
             memcpy(out + o, p + i, (size_t)k);
             o += (size_t)k;
@@ -141,7 +119,7 @@ static int cp_to_byte(uint32_t cp) {
 
 static uint64_t hash_bytes(const void *p, size_t n) { return XXH3_64bits(p, n); }
 
-static int vocab_find(const tok_t *t, const char *s, size_t n) {
+int tok_vocab_find(const tok_t *t, const char *s, size_t n) {
     for (uint64_t h = hash_bytes(s, n) & t->vocab_mask;; h = (h + 1) & t->vocab_mask) {
         int32_t id = t->vocab_slots[h];
         if (id < 0) return -1;
@@ -238,7 +216,7 @@ static char *decode_token_text(gguf_str_t s, int type, uint32_t *out_len) {
         const uint8_t *p = (const uint8_t *)s.ptr;
         for (size_t i = 0; i < s.len;) {
             uint32_t cp;
-            int k = utf8_next(p + i, s.len - i, &cp);
+            int k = tok_utf8_next(p + i, s.len - i, &cp);
             int b = k > 0 ? cp_to_byte(cp) : -1;
             if (b < 0) { /* not byte-level text: keep the raw bytes */
                 size_t n = k > 0 ? (size_t)k : 1;
@@ -287,12 +265,13 @@ static int load_vocab(tok_t *t, const gguf_t *g, char *err, size_t errlen) {
         t->text[i] = tokens->v.arr.items[i].v.s;
         int64_t ty = types ? gguf_arr_i64(types, (uint64_t)i) : TOK_NORMAL;
         t->type[i] = (ty >= TOK_NORMAL && ty <= TOK_BYTE) ? (uint8_t)ty : TOK_NORMAL;
-        if (vocab_find(t, t->text[i].ptr, t->text[i].len) < 0) {
+        if (tok_vocab_find(t, t->text[i].ptr, t->text[i].len) < 0) {
             uint64_t h = hash_bytes(t->text[i].ptr, t->text[i].len) & t->vocab_mask;
             while (t->vocab_slots[h] >= 0) h = (h + 1) & t->vocab_mask;
             t->vocab_slots[h] = i; /* first id wins for duplicate texts */
         }
-        t->piece[i] = decode_token_text(t->text[i], t->type[i], &t->piece_len[i]);
+        t->piece[i] = t->spm ? spm_piece_text(t->text[i], t->type[i], &t->piece_len[i])
+                             : decode_token_text(t->text[i], t->type[i], &t->piece_len[i]);
         if (!t->piece[i]) {
             snprintf(err, errlen, "out of memory decoding the vocabulary");
             return -1;
@@ -307,7 +286,7 @@ static int load_vocab(tok_t *t, const gguf_t *g, char *err, size_t errlen) {
         /* some vocabularies omit bytes that never occur in valid text
          * (SmolLM2 lacks 21); such bytes are dropped, as the reference
          * tokenizers do when no unknown token is configured */
-        t->byte_tok[b] = vocab_find(t, buf, n);
+        t->byte_tok[b] = tok_vocab_find(t, buf, n);
     }
     return 0;
 }
@@ -329,8 +308,8 @@ static int load_merges(tok_t *t, const gguf_t *g, char *err, size_t errlen) {
     for (uint64_t r = 0; r < n; r++) {
         gguf_str_t m = merges->v.arr.items[r].v.s;
         const char *sp = m.len > 2 ? memchr(m.ptr + 1, ' ', m.len - 2) : NULL;
-        int a = sp ? vocab_find(t, m.ptr, (size_t)(sp - m.ptr)) : -1;
-        int b = sp ? vocab_find(t, sp + 1, m.len - (size_t)(sp - m.ptr) - 1) : -1;
+        int a = sp ? tok_vocab_find(t, m.ptr, (size_t)(sp - m.ptr)) : -1;
+        int b = sp ? tok_vocab_find(t, sp + 1, m.len - (size_t)(sp - m.ptr) - 1) : -1;
         if (a < 0 || b < 0) {
             snprintf(err, errlen, "merge %llu is malformed or names unknown tokens",
                      (unsigned long long)r);
@@ -341,7 +320,7 @@ static int load_merges(tok_t *t, const gguf_t *g, char *err, size_t errlen) {
         size_t la = (size_t)(sp - m.ptr), lb = m.len - la - 1;
         memcpy(cat, m.ptr, la);
         memcpy(cat + la, sp + 1, lb);
-        int res = vocab_find(t, cat, la + lb);
+        int res = tok_vocab_find(t, cat, la + lb);
         free(cat);
         if (res < 0) continue; /* merge produces no token: never applicable */
         uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
@@ -366,17 +345,20 @@ tok_t *tok_load(const gguf_t *g, char *err, size_t errlen) {
         return NULL;
     }
     char shown[48];
-    if (!gguf_str_eq(model, "gpt2")) {
-        snprintf(err, errlen, "tokenizer model '%s' is not supported (only byte-level BPE, 'gpt2')",
-                 gguf_str_show(model, shown, sizeof shown));
+    int spm = gguf_str_eq(model, "llama");
+    if (!spm && !gguf_str_eq(model, "gpt2")) {
+        snprintf(err, errlen, "tokenizer model '%s' is not supported (byte-level BPE 'gpt2', "
+                 "SentencePiece 'llama')", gguf_str_show(model, shown, sizeof shown));
         return NULL;
     }
     char pre_name[64] = "default";
     if (gguf_get_str(g, "tokenizer.ggml.pre", &pre) == 0) gguf_str_show(pre, pre_name, sizeof pre_name);
     tok_t *t = calloc(1, sizeof *t);
     if (!t) { snprintf(err, errlen, "out of memory"); return NULL; }
-    if (load_vocab(t, g, err, errlen) != 0 || load_merges(t, g, err, errlen) != 0 ||
-        compile_pre(t, pre_name, err, errlen) != 0) {
+    t->spm = spm;
+    if (load_vocab(t, g, err, errlen) != 0 ||
+        (spm ? spm_load(t, g, err, errlen) != 0
+             : load_merges(t, g, err, errlen) != 0 || compile_pre(t, pre_name, err, errlen) != 0)) {
         tok_free(t);
         return NULL;
     }
@@ -387,6 +369,8 @@ tok_t *tok_load(const gguf_t *g, char *err, size_t errlen) {
     const gguf_value_t *ab = gguf_get(g, "tokenizer.ggml.add_bos_token");
     t->add_bos = ab && ab->type == GGUF_BOOL ? (int)ab->v.u : 0;
     if (t->add_bos && t->bos < 0) t->add_bos = 0;
+    const gguf_value_t *ae = gguf_get(g, "tokenizer.ggml.add_eos_token");
+    t->add_eos = ae && ae->type == GGUF_BOOL && t->eos >= 0 ? (int)ae->v.u : 0;
     return t;
 }
 
@@ -396,7 +380,7 @@ void tok_free(tok_t *t) {
         for (int i = 0; i < t->n_vocab; i++) free(t->piece[i]);
     for (int i = 0; i < t->n_pre; i++) pcre2_code_free(t->pre[i]);
     free(t->piece); free(t->piece_len); free(t->text); free(t->type);
-    free(t->vocab_slots); free(t->merges); free(t->special);
+    free(t->vocab_slots); free(t->merges); free(t->special); free(t->score);
     free(t);
 }
 
@@ -404,8 +388,19 @@ int tok_n_vocab(const tok_t *t) { return t->n_vocab; }
 int tok_bos(const tok_t *t) { return t->bos; }
 int tok_eos(const tok_t *t) { return t->eos; }
 int tok_add_bos(const tok_t *t) { return t->add_bos; }
+int tok_add_eos(const tok_t *t) { return t->add_eos; }
+
+long tok_frame(const tok_t *t, int32_t *ids, long n) {
+    if (t->add_bos && (n == 0 || ids[0] != t->bos)) {
+        memmove(ids + 1, ids, (size_t)n * sizeof *ids);
+        ids[0] = t->bos;
+        n++;
+    }
+    if (t->add_eos) ids[n++] = t->eos;
+    return n;
+}
 int tok_type(const tok_t *t, int id) { return id >= 0 && id < t->n_vocab ? t->type[id] : 0; }
-int tok_find(const tok_t *t, const char *text, size_t len) { return vocab_find(t, text, len); }
+int tok_find(const tok_t *t, const char *text, size_t len) { return tok_vocab_find(t, text, len); }
 
 int tok_is_eog(const tok_t *t, int id) {
     if (id < 0 || id >= t->n_vocab) return 0;
@@ -471,21 +466,11 @@ static void try_pair(const tok_t *t, bpe_work_t *w, int32_t left) {
     if (m) heap_push(w, (cand_t){m->rank, left, w->tok[left], w->tok[right]});
 }
 
-typedef struct {
-    int32_t *ids;
-    size_t n, cap;   /* n counts every id, even past cap */
-} out_t;
-
-static void emit(out_t *o, int32_t id) {
-    if (o->n < o->cap) o->ids[o->n] = id;
-    o->n++;
-}
-
 /* BPE over the bytes of one pre-token. */
 static int bpe_word(const tok_t *t, const uint8_t *s, size_t n, out_t *o) {
     if (n == 0) return 0;
     if (n == 1) {
-        if (t->byte_tok[s[0]] >= 0) emit(o, t->byte_tok[s[0]]);
+        if (t->byte_tok[s[0]] >= 0) tok_emit(o, t->byte_tok[s[0]]);
         return 0;
     }
     bpe_work_t w = {0};
@@ -526,7 +511,7 @@ static int bpe_word(const tok_t *t, const uint8_t *s, size_t n, out_t *o) {
             w.heap = nh;
         }
     }
-    for (int32_t i = 0; i >= 0; i = w.next[i]) emit(o, w.tok[i]);
+    for (int32_t i = 0; i >= 0; i = w.next[i]) tok_emit(o, w.tok[i]);
     free(w.tok);
     free(w.heap);
     return 0;
@@ -559,6 +544,11 @@ static int encode_plain(const tok_t *t, const char *text, size_t len, out_t *o) 
     if (len == 0) return 0;
     size_t clean_len;
     char *clean = tok_utf8_sanitize(text, len, &clean_len);
+    if (clean && t->spm) {
+        int r = spm_encode(t, clean, clean_len, o);
+        free(clean);
+        return r;
+    }
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     int rc = -1;
     if (clean && md) rc = pre_split(t, 0, (const uint8_t *)clean, clean_len, md, o);
@@ -583,7 +573,7 @@ long tok_encode(const tok_t *t, const char *text, size_t len, int parse_special,
         }
         if (hit < 0) { i++; continue; }
         if (encode_plain(t, text + start, i - start, &o) != 0) return -1;
-        emit(&o, hit);
+        tok_emit(&o, hit);
         i += t->text[hit].len;
         start = i;
     }
@@ -608,7 +598,7 @@ size_t tok_stream_push(const tok_t *t, tok_stream_t *s, int id, int render_speci
         s->pend[s->npend++] = (uint8_t)p[i];
         for (;;) {
             uint32_t cp;
-            int k = utf8_next(s->pend, (size_t)s->npend, &cp);
+            int k = tok_utf8_next(s->pend, (size_t)s->npend, &cp);
             if (k == 0) break; /* incomplete: wait for more bytes */
             size_t used = k > 0 ? (size_t)k : (size_t)-k;
             o = k > 0 ? put(out, cap, o, s->pend, used) : put(out, cap, o, REPLACEMENT, 3);

@@ -1,11 +1,18 @@
-/* tok.h - byte-level BPE tokenizer loaded from GGUF tokenizer.ggml.* keys.
+/* tok.h - the tokenizer loaded from GGUF tokenizer.ggml.* keys: byte-level
+ * BPE (tokenizer.ggml.model "gpt2") or SentencePiece ("llama").
  *
- * Encoding = (1) split out special tokens, (2) sanitize UTF-8 (invalid
+ * BPE encoding = (1) split out special tokens, (2) sanitize UTF-8 (invalid
  * bytes become U+FFFD per maximal subpart), (3) pre-tokenize with the
  * PCRE2 patterns that tokenizer.ggml.pre names, (4) map bytes to GPT-2's
  * printable code points and (5) apply merges by rank. Decoding reverses
  * the byte mapping; tok_stream_t holds back incomplete UTF-8 so streamed
  * text never splits a character.
+ *
+ * SentencePiece encoding (tok_spm.c) shares (1) and (2), then per text
+ * fragment: a leading U+2581 (add_space_prefix), spaces -> U+2581, one
+ * symbol per character, adjacent symbols merged greedily by the score of
+ * the merged piece, and characters with no piece spelled as <0xNN> byte
+ * tokens. Decoding maps U+2581 back to spaces and byte tokens to bytes.
  */
 #ifndef TOK_H
 #define TOK_H
@@ -28,6 +35,13 @@ int tok_n_vocab(const tok_t *t);
 int tok_bos(const tok_t *t);
 int tok_eos(const tok_t *t);
 int tok_add_bos(const tok_t *t);
+/* tokenizer.ggml.add_eos_token (and an eos id exists) */
+int tok_add_eos(const tok_t *t);
+/* Frames a prompt's n ids as the vocabulary asks: BOS first when
+ * add_bos_token (unless the ids already start with it, e.g. from a chat
+ * template), EOS last when add_eos_token. ids must have room for n + 2.
+ * Returns the new count. */
+long tok_frame(const tok_t *t, int32_t *ids, long n);
 /* True for tokens that end a turn/generation (eos, eot, im_end...). */
 int tok_is_eog(const tok_t *t, int id);
 int tok_type(const tok_t *t, int id);

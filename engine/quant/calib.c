@@ -85,7 +85,7 @@ int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, 
     c->n_ids = n_ids;
     if (!(c->ids = malloc((size_t)n_ids * sizeof *c->ids))) goto oom;
     memcpy(c->ids, ids, (size_t)n_ids * sizeof *ids);
-    long dims[N_SITES] = {hp->dim, hp->dim, hp->dim, hp->ffn_dim};
+    long dims[N_SITES] = {hp->dim, hp->q_dim, hp->dim, hp->ffn_dim};
     for (int s = 0; s < N_SITES; s++) {
         c->dim[s] = dims[s];
         c->sum[s] = calloc((size_t)(hp->n_layer * dims[s]), sizeof(double));
@@ -249,7 +249,7 @@ int calib_layer(model_t *m, const calib_t *c, int layer, const act_quant_t *acts
         snprintf(err, errlen, "sequential calibration needs the calibration tokens");
         return -1;
     }
-    long dims[N_SITES] = {hp->dim, hp->dim, hp->dim, hp->ffn_dim};
+    long dims[N_SITES] = {hp->dim, hp->q_dim, hp->dim, hp->ffn_dim};
     ls->max_x = max_x;
     for (int s = 0; s < N_SITES; s++) {
         ls->dim[s] = dims[s];

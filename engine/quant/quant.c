@@ -206,10 +206,10 @@ static int smooth_layer(model_t *m, int l, layer_stats_t *ls, const wrecipe_t *w
     const hparams_t *hp = &m->hp;
     layer_t *L = &m->layers[l];
     k_mat_t *mt[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-    long dim = hp->dim, kv_dim = (long)hp->n_head_kv * hp->head_dim, tie = hp->n_head / hp->n_head_kv;
+    long dim = hp->dim, q_dim = hp->q_dim, kv_dim = (long)hp->n_head_kv * hp->head_dim, tie = hp->n_head / hp->n_head_kv;
     float *norms[2] = {malloc((size_t)dim * sizeof(float)), malloc((size_t)dim * sizeof(float))};
-    float *s = malloc((size_t)hp->ffn_dim * sizeof *s);
-    long *grp = malloc((size_t)dim * sizeof *grp);
+    float *s = malloc((size_t)(hp->ffn_dim > q_dim ? hp->ffn_dim : q_dim) * sizeof *s);
+    long *grp = malloc((size_t)q_dim * sizeof *grp);
     int rc = -1;
     for (int i = 0; i < 2; i++)
         if (norms[i] && own(qs, norms[i]) != 0) {
@@ -223,7 +223,7 @@ static int smooth_layer(model_t *m, int l, layer_stats_t *ls, const wrecipe_t *w
     L->ffn_norm = norms[1];
     for (int i = 0; i < 7; i++)
         if (!(f32[i] = f32_copy(mt[i], qs))) goto oom;
-    for (long c = 0; c < dim; c++) /* attention channel -> the V channel it reads */
+    for (long c = 0; c < q_dim; c++) /* attention channel -> the V channel it reads */
         grp[c] = (c / (hp->head_dim * tie)) * hp->head_dim + c % hp->head_dim;
     static const int order[N_SITES] = {SITE_O, SITE_DOWN, SITE_QKV, SITE_UPGATE};
     static const int first[N_SITES] = {0, 3, 4, 6}, count[N_SITES] = {3, 1, 2, 1};
@@ -248,7 +248,7 @@ static int smooth_layer(model_t *m, int l, layer_stats_t *ls, const wrecipe_t *w
         if (site == SITE_QKV || site == SITE_UPGATE) /* the RMSNorm weight takes 1/s */
             for (long j = 0; j < k; j++) norms[site == SITE_UPGATE][j] /= s[j];
         else if (site == SITE_O) /* the rows of W_v (tied scales: any member will do) */
-            for (long c = 0; c < dim; c++)
+            for (long c = 0; c < q_dim; c++)
                 for (long j = 0; j < dim; j++) {
                     if (c % (hp->head_dim * tie) >= hp->head_dim) break; /* first head of a group only */
                     f32[2][grp[c] * dim + j] /= s[c];
@@ -278,7 +278,7 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
     qs->w = *w;
     const hparams_t *hp = &m->hp;
     qs->acts.n_layer = hp->n_layer;
-    long dims[N_SITES] = {hp->dim, hp->dim, hp->dim, hp->ffn_dim};
+    long dims[N_SITES] = {hp->dim, hp->q_dim, hp->dim, hp->ffn_dim};
     int seq = w->gptq && !w->oneshot, smooth = w->smooth || a->smooth;
     int need_mean = a->kind == AQ_SQ_STATIC;
     double alpha_fixed = w->smooth ? w->alpha : a->alpha;
@@ -288,6 +288,11 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
     }
     if (smooth && w->gptq && w->oneshot) { /* its H is the unsmoothed model's */
         snprintf(err, errlen, "one-shot GPTQ (:oneshot) does not combine with smoothing: drop one");
+        return -1;
+    }
+    if (smooth && m->hp.arch->qkv_bias) { /* SITE_O's scales would have to go into b_v too */
+        snprintf(err, errlen, "smoothing is not supported for architecture '%s' (q/k/v biases): "
+                 "choose a recipe without smoothing", m->hp.arch->name);
         return -1;
     }
     if (smooth && keep_codes) {
@@ -304,8 +309,10 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
         snprintf(err, errlen, "smoothing needs whole groups of query heads per KV head");
         return -1;
     }
-    if (recipe_check_acts(a, hp->dim, hp->ffn_dim, err, errlen)) return -1;
-    float *row = malloc((size_t)hp->ffn_dim * sizeof(float) + (size_t)hp->dim * sizeof(float));
+    if (recipe_check_acts(a, hp->dim, hp->ffn_dim, err, errlen) ||
+        (hp->q_dim != hp->dim && recipe_check_acts(a, hp->q_dim, hp->q_dim, err, errlen)))
+        return -1;
+    float *row = malloc((size_t)(hp->ffn_dim + hp->dim + hp->q_dim) * sizeof(float)); /* any row fits */
     if (!row) { snprintf(err, errlen, "out of memory"); return -1; }
     for (int s = 0; s < N_SITES; s++) {
         qs->acts.dim[s] = dims[s];

@@ -214,6 +214,17 @@ void k_rope(float *x, long rot_dim, float pos, const float *inv_freq) {
     }
 }
 
+void k_rope_neox(float *x, long rot_dim, float pos, const float *inv_freq) {
+    long half = rot_dim / 2;
+    for (long i = 0; i < half; i++) {
+        double theta = (double)pos * inv_freq[i];
+        float c = (float)cos(theta), s = (float)sin(theta);
+        float a = x[i], b = x[i + half];
+        x[i] = a * c - b * s;
+        x[i + half] = a * s + b * c;
+    }
+}
+
 void k_silu_mul(float *g, const float *u, long n) {
     for (long i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }

@@ -4,7 +4,10 @@ committed, the model files (gguf/, sqm/) are git-ignored and written by `make fu
     .venv/bin/python tests/fuzz/make_seeds.py [build/sqserve]
 
 gguf: tiny Llama models from tests/gguf_craft.py (the default mix of F32,
-F16, Q8_0, Q4_0 weights; tied embeddings; Q4_1/Q4_K/Q6_K/BF16 variants).
+F16, Q8_0, Q4_0 weights; tied embeddings; Q4_1/Q4_K/Q6_K/BF16 variants),
+and from tests/arch_gguf.py: qwen2, qwen3 with a wide q, a sliding-window
+Llama, and a SentencePiece vocabulary (spm.gguf, also a model the tok
+harness can load through $SQSERVE_FUZZ_MODEL).
 sqm: the default tiny model converted with int8 and SQ weights (needs the
 sqserve binary). tok, chat, request: hand-written inputs in each harness's
 format (see the harness headers).
@@ -17,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+import arch_gguf  # noqa: E402
 import gguf_craft as gc  # noqa: E402
 
 C = HERE / "corpus"
@@ -47,6 +51,11 @@ def main():
         for name, kw in variants.items():
             p = Path(tmp) / f"{name}.gguf"
             gc.tiny_llama(p, **kw)
+            put("gguf", f"{name}.gguf", p.read_bytes())
+        for name, kw in {"qwen2": {"arch": "qwen2"}, "qwen3_wide_q": {"arch": "qwen3", "key_length": 32},
+                         "swa": {"n_swa": 5}, "spm": {"vocab": arch_gguf.tiny_spm_vocab()}}.items():
+            p = Path(tmp) / f"{name}.gguf"
+            arch_gguf.write(p, **kw)
             put("gguf", f"{name}.gguf", p.read_bytes())
         src = Path(tmp) / "default.gguf"
         for name, recipe in {"int8": ["--weights", "int8"],

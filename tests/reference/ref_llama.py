@@ -1,4 +1,5 @@
-"""NumPy reference forward pass for GGUF "llama" models (sqserve golden fixtures).
+"""NumPy reference forward pass for GGUF "llama", "qwen2" and "qwen3" models
+(sqserve golden fixtures and the architecture tests, tests/test_archs.py).
 
 Independent of the C engine: weights are read with the PyPI `gguf` package
 (gguf.GGUFReader) and dequantized with gguf.quants.dequantize to float32; the
@@ -18,6 +19,17 @@ The block is the one llama.cpp runs for general.architecture == "llama":
         x   = x + (silu(h @ Wgate^T) * (h @ Wup^T)) @ Wdown^T
     logits = (rmsnorm(x) * output_norm) @ W_out^T    (W_out = output.weight, or
                                                       token_embd.weight if tied)
+
+Per architecture (as llama.cpp builds them):
+  qwen2: q/k/v get their biases (attn_{q,k,v}.bias) after the projections;
+         RoPE "neox": the pair (x[i], x[i + n_rot/2]) is rotated by
+         pos * base^(-2i/n_rot) (the converter does not permute Qwen's rows).
+  qwen3: no biases; after the projections each head of q and of k is
+         RMSNorm'ed over head_dim with attn_q_norm / attn_k_norm (same eps),
+         then RoPE "neox".
+  any:   {arch}.attention.sliding_window = W > 0: a query at position p sees
+         keys at positions p-W+1 .. p (Mistral's window; HF's
+         sliding_window masks p - j >= W).
 
 rmsnorm(x) = x / sqrt(mean(x^2) + eps).  RoPE "normal" (llama.cpp
 LLAMA_ROPE_TYPE_NORM): for i < n_rot/2 the pair (x[2i], x[2i+1]) is rotated by
@@ -56,9 +68,10 @@ def _meta(reader: gguf.GGUFReader, key: str, default=None):
 class HParams:
     def __init__(self, reader: gguf.GGUFReader):
         arch = _meta(reader, "general.architecture")
-        if arch != "llama":
-            raise ValueError(f"reference only implements arch 'llama', got {arch!r}")
+        if arch not in ("llama", "qwen2", "qwen3"):
+            raise ValueError(f"reference only implements llama, qwen2, qwen3; got {arch!r}")
         self.arch = arch
+        self.rope_neox = arch in ("qwen2", "qwen3")
         p = arch + "."
         self.n_layer = int(_meta(reader, p + "block_count"))
         self.n_embd = int(_meta(reader, p + "embedding_length"))
@@ -77,6 +90,7 @@ class HParams:
             if st not in ("none",):
                 raise NotImplementedError(f"rope scaling {st!r} not implemented")
         self.vocab = int(_meta(reader, p + "vocab_size", 0)) or None
+        self.n_swa = int(_meta(reader, p + "attention.sliding_window", 0))
         if self.n_head % self.n_head_kv:
             raise ValueError("n_head must be a multiple of n_head_kv")
 
@@ -161,7 +175,9 @@ class RefLlama:
             }
             for bn, key, n in (("attn_q.bias", "bq", H * D), ("attn_k.bias", "bk", Hkv * D),
                                ("attn_v.bias", "bv", Hkv * Dv), ("attn_output.bias", "bo", E)):
-                L[key] = get(b + bn, (n,), required=False)
+                L[key] = get(b + bn, (n,), required=hp.arch == "qwen2" and key != "bo")
+            for nn, key in (("attn_q_norm.weight", "q_norm"), ("attn_k_norm.weight", "k_norm")):
+                L[key] = get(b + nn, (D,), required=hp.arch == "qwen3")
             self.layers.append(L)
         # RoPE inverse frequencies: base^(-2i/n_rot), i < n_rot/2 (float64)
         self._inv_freq = hp.rope_base ** (-np.arange(0, hp.n_rot, 2, dtype=np.float64) / hp.n_rot)
@@ -187,6 +203,12 @@ class RefLlama:
         cos = np.cos(ang).astype(self.dtype)[:, None, :]
         sin = np.sin(ang).astype(self.dtype)[:, None, :]
         out = x.copy()
+        if self.hp.rope_neox:   # pairs (i, i + n_rot/2)
+            half = n_rot // 2
+            x0, x1 = x[..., :half], x[..., half:n_rot]
+            out[..., :half] = x0 * cos - x1 * sin
+            out[..., half:n_rot] = x0 * sin + x1 * cos
+            return out
         x0 = x[..., 0:n_rot:2]
         x1 = x[..., 1:n_rot:2]
         out[..., 0:n_rot:2] = x0 * cos - x1 * sin
@@ -212,7 +234,10 @@ class RefLlama:
         n_kv = p0 + T
         # causal mask: query at pos p sees keys at positions <= p
         kpos = np.arange(n_kv)
-        mask = np.where(kpos[None, :] <= pos[:, None], dt.type(0), dt.type(-np.inf)).astype(dt)
+        visible = kpos[None, :] <= pos[:, None]
+        if hp.n_swa > 0:   # sliding window: the last n_swa positions only
+            visible &= pos[:, None] - kpos[None, :] < hp.n_swa
+        mask = np.where(visible, dt.type(0), dt.type(-np.inf)).astype(dt)
 
         x = self.tok_embd[ids].astype(dt)                       # [T, E]
         for li, L in enumerate(self.layers):
@@ -226,8 +251,12 @@ class RefLlama:
                 k = k + L["bk"]
             if L["bv"] is not None:
                 v = v + L["bv"]
-            q = self._rope(q.reshape(T, H, D), pos)
-            k = self._rope(k.reshape(T, Hkv, D), pos)
+            q, k = q.reshape(T, H, D), k.reshape(T, Hkv, D)
+            if L["q_norm"] is not None:   # qwen3: per-head RMSNorm before RoPE
+                q = self._rmsnorm(q, L["q_norm"])
+                k = self._rmsnorm(k, L["k_norm"])
+            q = self._rope(q, pos)
+            k = self._rope(k, pos)
             v = v.reshape(T, Hkv, Dv)
             if self.emulate:   # f16 KV cache, f16 query
                 k = k.astype(np.float16).astype(dt)
