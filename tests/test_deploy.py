@@ -913,12 +913,17 @@ def test_dockerfile(name, serve_help):
     stages = _stages(_dockerfile(path))
     assert len(stages) >= 2, f"{name}: not multi-stage"
     build, run = stages[0], stages[-1]
+    # fully qualified: buildah and podman refuse a short name such as
+    # nvidia/cuda:... unless a registries.conf alias resolves it
+    for st in stages:
+        assert re.fullmatch(r"[a-z0-9.-]+\.[a-z]+/[a-z0-9._/-]+:[\w.-]+", st["image"]), \
+            f"{name}: FROM {st['image']} is not a fully qualified image name (docker.io/...)"
     if name == "Dockerfile":
-        m = re.fullmatch(r"nvidia/cuda:(13\.0\.\d+)-devel-ubuntu24\.04", build["image"])
+        m = re.fullmatch(r"docker\.io/nvidia/cuda:(13\.0\.\d+)-devel-ubuntu24\.04", build["image"])
         assert m, build["image"]
-        assert run["image"] == f"nvidia/cuda:{m.group(1)}-runtime-ubuntu24.04", run["image"]
+        assert run["image"] == f"docker.io/nvidia/cuda:{m.group(1)}-runtime-ubuntu24.04", run["image"]
     else:
-        assert build["image"] == run["image"] == "debian:bookworm-slim", (build, run)
+        assert build["image"] == run["image"] == "docker.io/library/debian:bookworm-slim", (build, run)
     assert build["name"] == "build"
 
     # the build stage runs what CI runs, and nothing that compiles on its own
