@@ -91,9 +91,20 @@ T_BASE=$(( $(now) - t ))
 say "base image $BASE ready in ${T_BASE}s"
 
 # ---- 2. the image ---------------------------------------------------------------
+# A host behind a TLS-inspecting proxy trusts its CA through PIP_CERT or
+# REQUESTS_CA_BUNDLE (the development VMs do): the build's RUN steps get that
+# bundle and a pip.conf naming it, mounted for the build only, so `make
+# model` inside the build reaches PyPI as the host does. apt uses plain http.
+MOUNTS=()
+ca=${PIP_CERT:-${REQUESTS_CA_BUNDLE:-}}
+if [ -n "$ca" ] && [ -f "$ca" ]; then
+  printf '[global]\ncert = /etc/ssl/host-ca.crt\n' > "$WORK/pip.conf"
+  MOUNTS=(-v "$ca:/etc/ssl/host-ca.crt:ro" -v "$WORK/pip.conf:/etc/pip.conf:ro")
+  say "the build trusts the host's CA bundle $ca (pip)"
+fi
 t=$(now)
 say "buildah bud -f deploy/Dockerfile.cpu (log: $WORK/build.log)"
-if ! "${BUILDAH[@]}" bud --isolation chroot --format docker --build-arg DEBIAN_IMAGE="$BASE" \
+if ! "${BUILDAH[@]}" bud --isolation chroot --format docker --build-arg DEBIAN_IMAGE="$BASE" "${MOUNTS[@]}" \
      -f deploy/Dockerfile.cpu -t "$IMAGE" . > "$WORK/build.log" 2>&1; then
   tail -40 "$WORK/build.log" >&2
   fail "the image did not build"
