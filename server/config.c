@@ -16,7 +16,7 @@
 
 const opt_t OPTIONS[] = {
     {"model", 'm', "SQSERVE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf", OPT_STR, CMD_ALL & ~C, 0, 0,
-     "model file: a GGUF, or a .sqm written by convert"},
+     "model file: a GGUF, or a .sqm"},
     {"model", 'm', "SQSERVE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf", OPT_STR, C, 0, 0,
      "the GGUF to convert"},
     {"threads", 't', "SQSERVE_THREADS", "0", OPT_INT, G | E | B | S | C, 0, 1024,
