@@ -121,7 +121,9 @@ URL=http://127.0.0.1:$PORT
 nproc_lim=$(ulimit -Hu); [ "$nproc_lim" = unlimited ] || [ "$nproc_lim" -gt 32768 ] && nproc_lim=32768
 nofile_lim=$(ulimit -Hn); [ "$nofile_lim" = unlimited ] || [ "$nofile_lim" -gt 65536 ] && nofile_lim=65536
 # host network on 127.0.0.1 and a free port: no CNI set-up, nothing exposed
-"${PODMAN[@]}" run -d --name "$CTR" --network host \
+# --health-interval disable: no systemd timer for the HEALTHCHECK (there is
+# no systemd here); `podman healthcheck run` below runs the image's check
+"${PODMAN[@]}" run -d --name "$CTR" --network host --health-interval disable \
   --ulimit "nofile=$nofile_lim:$nofile_lim" --ulimit "nproc=$nproc_lim:$nproc_lim" \
   -e SQSERVE_HOST=127.0.0.1 -e SQSERVE_PORT="$PORT" -e SQSERVE_THREADS=2 -e SQSERVE_DRAIN_TIMEOUT=60 \
   "$IMAGE" > /dev/null
