@@ -3,7 +3,7 @@
 # registry these machines reach), checks its sha256, and places it in models/.
 # A no-op when the file is already present. pip comes from the test venv
 # when there is one, else from python3 itself, else from a throwaway venv
-# (python3-venv; about 3 s, removed afterwards), so `make run` needs no
+# (python3-venv; seconds, removed afterwards), so `make run` needs no
 # test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
