@@ -29,7 +29,7 @@ const opt_t OPTIONS[] = {
     {"ctx", 'c', "SQSERVE_CTX", "0", OPT_INT, G | S, 0, 1 << 20,
      "context length per sequence (0: 4096 capped by the model's)"},
     {"ctx", 'c', "SQSERVE_CTX", "0", OPT_INT, E, 0, 1 << 20, "tokens per evaluation window (0: 512)"},
-    {"batch", 'b', "SQSERVE_BATCH", "512", OPT_INT, G | E | B, 1, 8192,
+    {"batch", 'b', "SQSERVE_BATCH", "512", OPT_INT, G | B, 1, 8192,
      "rows per forward pass while processing prompts"},
     {"temp", 0, NULL, "0.8", OPT_FLOAT, G, 0, 100, "temperature (0 = greedy)"},
     {"top-k", 0, NULL, "40", OPT_INT, G, 0, 1 << 24, "top-k cut (0 = off)"},
@@ -190,7 +190,8 @@ int cfg_parse(config_t *c, unsigned cmd, int argc, char **argv, char *err, size_
     }
     for (int i = 0; i < N_OPTIONS; i++) { /* environment, then defaults */
         if (c->val[i] || find(OPTIONS[i].name, cmd) != i) continue; /* another entry's command */
-        const char *v = OPTIONS[i].env ? getenv(OPTIONS[i].env) : NULL;
+        /* the environment only for options this command accepts; others keep their default */
+        const char *v = OPTIONS[i].env && (OPTIONS[i].cmds & cmd) ? getenv(OPTIONS[i].env) : NULL;
         if (v && *v && OPTIONS[i].type == OPT_BOOL) { /* a flag: on or off, said plainly */
             static const char *on[] = {"1", "true", "yes", "on"}, *off[] = {"0", "false", "no", "off"};
             int known = 0;
