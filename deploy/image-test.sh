@@ -126,7 +126,9 @@ nofile_lim=$(ulimit -Hn); [ "$nofile_lim" = unlimited ] || [ "$nofile_lim" -gt 6
 "${PODMAN[@]}" run -d --name "$CTR" --network host --health-interval disable \
   --ulimit "nofile=$nofile_lim:$nofile_lim" --ulimit "nproc=$nproc_lim:$nproc_lim" \
   -e SQSERVE_HOST=127.0.0.1 -e SQSERVE_PORT="$PORT" -e SQSERVE_THREADS=2 -e SQSERVE_DRAIN_TIMEOUT=60 \
-  "$IMAGE" > /dev/null
+  "$IMAGE" > /dev/null 2> "$WORK/podman-run.err" \
+  || { cat "$WORK/podman-run.err" >&2; fail "podman could not start the image"; }
+# (podman 4.3 still logs that it cannot reach systemd for the health timer)
 logs() { "${PODMAN[@]}" logs "$CTR" 2>&1 | tail -20 >&2; }
 
 # /health: 503 while the model loads, then 200 (polled; a hang guard, not a deadline)

@@ -2,8 +2,8 @@
 
 It builds deploy/Dockerfile.cpu with buildah on a debootstrap-made Debian
 base, runs it with podman and checks /health, one completion, uid/gid 10001,
-the image's HEALTHCHECK and the SIGTERM drain, then removes everything. About
-12 minutes on the 2-core development VMs (docs in README.md, "Deploying").
+the image's HEALTHCHECK and the SIGTERM drain, then removes everything. 8 to
+12 minutes on the 2-core development VMs (README.md, "Deploying").
 Where it cannot run (not root; no buildah, podman, runc or debootstrap; no
 network to deb.debian.org or PyPI) the script exits 77 with the reason, and
 this test is skipped with that reason. SQSERVE_SKIP_IMAGE_TEST=1 skips it.
