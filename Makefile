@@ -11,6 +11,7 @@
 #   make accuracy   SQ-format vs baselines accuracy grid -> docs/accuracy.md
 #   make accuracy-compare  issue 15's GPTQ / SmoothQuant / static-mask rows -> docs/accuracy.md
 #   make fixtures   regenerate golden fixtures with the independent reference
+#   make image-test build deploy/Dockerfile.cpu with buildah, run it with podman, check it
 
 CC      ?= gcc
 PKGS    := libmicrohttpd jansson libuv libpcre2-8 libxxhash openblas lapacke
@@ -31,6 +32,8 @@ MODEL   := models/SmolLM2-135M-Instruct.Q4_1.gguf
 VENV    := .venv
 PY      := $(VENV)/bin/python
 THREADS ?= $(shell nproc)
+# parallel compile jobs of make run / make test
+JOBS    ?= $(shell nproc)
 
 LIB_SRC := $(wildcard engine/*/*.c) $(wildcard kernels/cpu/*.c) \
            $(filter-out server/main.c,$(wildcard server/*.c))
@@ -46,12 +49,23 @@ UNIT_BIN:= $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC:= $(wildcard tests/tools/*.c)
 TOOL_BIN:= $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
-# ---- CUDA: on when nvcc is found (make CUDA=0 to leave it out) -------------
+# ---- CUDA: on when a GPU is present, or asked for with CUDA=1 --------------
 # kernels/cuda/*.cu go into the library for sm_90a (wgmma, Hopper) plus
 # compute_90 PTX; cudart is linked statically so the binary starts on
 # machines without a GPU (--device cuda then fails with a clear message).
+# By default the kernels are built only where `nvidia-smi -L` lists a GPU
+# and nvcc is installed: an nvcc alone (no GPU to run on) is not a reason
+# to spend minutes compiling them. CUDA=1 builds them anyway (the CUDA
+# image, a build host without a GPU); CUDA=0 leaves them out. `make all`
+# prints one line saying which and why.
 NVCC    ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
-CUDA    ?= $(if $(NVCC),1,0)
+ifeq ($(origin CUDA),undefined)
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+CUDA     := $(if $(and $(HAVE_GPU),$(NVCC)),1,0)
+CUDA_WHY := $(if $(HAVE_GPU),$(if $(NVCC),on: nvidia-smi -L lists a GPU,off: a GPU is present but nvcc is missing),off: no GPU (nvidia-smi -L lists none); CUDA=1 builds the kernels anyway)
+else
+CUDA_WHY := $(if $(filter 1,$(CUDA)),on,off): CUDA=$(CUDA) was asked for
+endif
 CU_ARCH := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
 NVFLAGS := -O3 -std=c++17 -g -lineinfo $(CU_ARCH) -Werror all-warnings -MMD -MP \
            -Xcompiler -Wall,-Wextra,-Wno-unused-parameter $(EXTRA_NVFLAGS)
@@ -70,9 +84,10 @@ endif
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
 
-.PHONY: all deps model run test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve bench-grammar soak accuracy accuracy-compare fixtures clean
+.PHONY: all deps deps-run model run image-test test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve bench-grammar soak accuracy accuracy-compare fixtures clean
 
 all: $(BUILD)/sqserve
+	@echo "build: CUDA kernels $(CUDA_WHY)"
 
 $(BUILD)/sqserve: $(MAIN_OBJ) $(BUILD)/libsqserve.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -142,22 +157,27 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libsqserve.a
 -include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(GPU_BIN:=.d)
 
 # ---- set-up ---------------------------------------------------------------
+# run: the build tools and libraries; deps (test and the other targets):
+# also the test tools, with the Python ones in .venv
 deps:
-	@deploy/install-deps.sh
+	@deploy/install-deps.sh test
+
+deps-run:
+	@deploy/install-deps.sh run
 
 model: $(MODEL)
 $(MODEL):
 	@models/fetch-model.sh
 
 # ---- main job -------------------------------------------------------------
-run: deps model
-	@$(MAKE) --no-print-directory all
+run: deps-run model
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	$(BUILD)/sqserve serve -m $(MODEL) --host 127.0.0.1 --port 8080
 
 # ---- tests ----------------------------------------------------------------
 test: deps model
-	@$(MAKE) --no-print-directory all unit-bins gpu-bins
-	@$(MAKE) --no-print-directory sanitize
+	@$(MAKE) --no-print-directory -j$(JOBS) all unit-bins gpu-bins
+	@$(MAKE) --no-print-directory -j$(JOBS) sanitize
 	@tests/run-tests.sh $(BUILD)
 
 unit-bins: $(UNIT_BIN) $(TOOL_BIN)
@@ -168,6 +188,11 @@ SAN_FLAGS := BUILD=build/sanitize OPT=-O1 CUDA=0 \
 
 sanitize:
 	@$(MAKE) --no-print-directory $(SAN_FLAGS) build/sanitize/sqserve unit-bins
+
+# The CPU image built and run (deploy/image-test.sh says how); exit 77 is
+# "cannot run here" (no root, buildah, podman or network): a skip, said so.
+image-test:
+	@deploy/image-test.sh; rc=$$?; [ $$rc -ne 77 ] || rc=0; exit $$rc
 
 # ---- fuzzing (libFuzzer: clang from Debian) --------------------------------
 # tests/fuzz/fuzz_*.c against build/fuzz/libsqserve.a, everything built with

@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Installs what sqserve needs to build and test, only when it is missing:
-# Debian -dev packages (apt-get, through sudo when not root) and the pinned
-# Python test tools in .venv. Quick and silent when everything is there.
+# Installs what sqserve needs, only when it is missing. Quick and silent when
+# everything is there.
+#
+#   deploy/install-deps.sh run    to build and serve (`make run`, the images):
+#                                 the compiler and the -dev packages, plus
+#                                 python3-venv and unzip for models/fetch-model.sh
+#   deploy/install-deps.sh test   (the default; `make deps`) also what the test
+#                                 suites use: cmocka, unicode-data, prometheus
+#                                 (promtool), shellcheck and the pinned Python
+#                                 tools of tests/requirements.txt in .venv
+#
+# Debian packages come through apt-get (sudo when not root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MODE=${1:-test}
 DEBS=(build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev
-      libpcre2-dev libcmocka-dev libxxhash-dev libopenblas-dev liblapacke-dev
-      unicode-data python3-venv unzip prometheus shellcheck)
+      libpcre2-dev libxxhash-dev libopenblas-dev liblapacke-dev python3-venv unzip)
+case "$MODE" in
+  run) ;;
+  test) DEBS+=(libcmocka-dev unicode-data prometheus shellcheck) ;;
+  *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${DEBS[@]}"; do
@@ -20,6 +34,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+[ "$MODE" = test ] || exit 0
 
 # The venv is rebuilt when tests/requirements.txt changes (stamp = its hash).
 stamp=.venv/.requirements.sha256

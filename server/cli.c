@@ -114,7 +114,7 @@ static char *read_file(const char *path, size_t *len);
 static int encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out, long *n);
 
 /* Terminal: a progress bar with ETA; otherwise plain log lines. */
-typedef struct { const char *what; double t0; } progress_t;
+typedef struct { const char *what; double t0; int total; } progress_t;
 
 static void progress(void *ud, int done, int total) {
     progress_t *p = ud;
@@ -166,7 +166,9 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
         double t0 = gen_now();
         if (!strcmp(src, "self")) {
             int len = 128;
-            if (calib_self_text(m, pool, (int)((want + len - 1) / len), len, &ids, &n, err, sizeof err))
+            progress_t pt = {"calibration text", gen_now(), 0};
+            if (calib_self_text(m, pool, (int)((want + len - 1) / len), len, &ids, &n, progress, &pt, err,
+                                sizeof err))
                 return die("%s", err);
         } else {
             size_t len;
@@ -178,14 +180,15 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
         }
         if (n > want) n = want;
         if (n < 64) { free(ids); return die("calibration needs at least 64 tokens, got %ld", n); }
-        int bad = calib_run(m, pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq && w.oneshot, &cal, err,
-                            sizeof err);
+        progress_t pc = {"calibration", gen_now(), 0};
+        int bad = calib_run(m, pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq && w.oneshot, &cal,
+                            progress, &pc, err, sizeof err);
         free(ids);
         if (bad) return die("%s", err);
         have = 1;
         fprintf(stderr, "calibration: %ld tokens from %s in %.1fs\n", cal.n_tokens, src, gen_now() - t0);
     }
-    progress_t pg = {"quantize", gen_now()};
+    progress_t pg = {"quantize", gen_now(), 0};
     int bad = quant_apply(m, have ? &cal : NULL, &w, &a, keep_codes, qs, progress, &pg, err, sizeof err);
     if (have) calib_free(&cal);
     if (bad) return die("%s", err);
@@ -204,24 +207,41 @@ int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *q
     return 0;
 }
 
+/* eval_compare's per-window report as a progress bar */
+static void progress_cmp(void *ud, int w, const cmp_result_t *sofar) {
+    (void)sofar;
+    progress_t *p = ud;
+    progress(p, w + 1, p->total);
+}
+
 /* The quantized model m against the unquantized file at path, on tokens
  * the FP32 model writes itself (no external data needed). */
 int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *path, int tokens,
-                     cmp_result_t *out) {
+                     int show_progress, cmp_result_t *out, char *err, size_t errlen) {
     model_t ref;
-    char err[256];
-    if (tokens < 128 || model_load(&ref, path, err, sizeof err) != 0) return -1;
+    if (tokens < 128) {
+        snprintf(err, errlen, "the accuracy check needs at least 128 tokens, not %d", tokens);
+        return -1;
+    }
+    if (model_load(&ref, path, err, errlen) != 0) return -1;
     int32_t *ids = NULL;
     long n = 0;
     kv_cache_t kv[2];
     fwd_t f[2];
     model_t *ms[2] = {m, &ref};
     int made = 0, rc = -1;
-    if (calib_self_text(&ref, pool, tokens / 128, 128, &ids, &n, err, sizeof err) != 0) goto out;
+    progress_t pt = {"accuracy check text", gen_now(), 0}, pc = {"accuracy check", 0, tokens / 128};
+    if (calib_self_text(&ref, pool, tokens / 128, 128, &ids, &n, show_progress ? progress : NULL, &pt, err,
+                        errlen) != 0)
+        goto out;
     for (int k = 0; k < 2; k++) {
-        if (kv_init(&kv[k], m->hp.n_layer, m->hp.head_dim * m->hp.n_head_kv, 128 / KV_BLOCK, 1) != 0) goto out;
-        if (fwd_init(&f[k], ms[k], &kv[k], pool, 128, 128) != 0) {
+        int bad = kv_init(&kv[k], m->hp.n_layer, m->hp.head_dim * m->hp.n_head_kv, 128 / KV_BLOCK, 1) != 0;
+        if (!bad && fwd_init(&f[k], ms[k], &kv[k], pool, 128, 128) != 0) {
             kv_free(&kv[k]);
+            bad = 1;
+        }
+        if (bad) {
+            snprintf(err, errlen, "out of memory for the accuracy check");
             goto out;
         }
         made++;
@@ -230,7 +250,9 @@ int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *
         f[0].hook = act_quant_hook;
         f[0].hook_ud = &qs->acts;
     }
-    rc = eval_compare(&f[0], &f[1], ids, n, 128, out, NULL, NULL, err, sizeof err);
+    pc.t0 = gen_now();
+    pc.total = (int)(n / 128);
+    rc = eval_compare(&f[0], &f[1], ids, n, 128, out, show_progress ? progress_cmp : NULL, &pc, err, errlen);
 out:
     for (int k = 0; k < made; k++) {
         fwd_free(&f[k]);
@@ -523,15 +545,31 @@ int cmd_inspect(const config_t *c) {
             printf("eval: ppl %.4f, reference ppl %.4f, kl %.5f, top1 %.4f on %.0f self-generated tokens; "
                    "reference %s (GGUF weights, FP32 activations)\n",
                    r.m.eval[0], r.m.eval[1], r.m.eval[2], r.m.eval[3], r.m.eval[4], r.m.eval_ref);
+        else
+            printf("eval: none (no accuracy check was run when this file was converted)\n");
     }
-    /* what every layer matrix takes in the file (codes, positions and scales) */
+    /* what every layer matrix takes in the file (codes, positions and
+     * scales), then each part (the same matrix over all layers) */
+    double part_bytes[7] = {0}, part_elems[7] = {0};
+    char part[7][48];
     for (int l = 0; l < hp->n_layer; l++)
         for (int i = 0; i < 7; i++) {
             char name[48];
             const k_mat_t *w = model_layer_mat(&r.m, l, i, name, sizeof name);
             printf("tensor: %s %ldx%ld %zu bytes %.3f bits/weight\n", name, w->n, w->k, r.m.file_bytes[l * 7 + i],
                    model_file_bits(&r.m, l, i));
+            part_bytes[i] += (double)r.m.file_bytes[l * 7 + i];
+            part_elems[i] += (double)w->n * (double)w->k;
+            if (l == 0) { /* "blk.0.attn_q.weight" -> "attn_q" */
+                const char *p = strchr(name, '.') ? strchr(strchr(name, '.') + 1, '.') : NULL;
+                snprintf(part[i], sizeof part[i], "%s", p ? p + 1 : name);
+                char *dot = strrchr(part[i], '.');
+                if (dot && !strcmp(dot, ".weight")) *dot = 0;
+            }
         }
+    for (int i = 0; hp->n_layer > 0 && i < 7; i++)
+        printf("part_bits_per_weight: %s %.3f (%d matrices, %.0f bytes)\n", part[i],
+               8.0 * part_bytes[i] / part_elems[i], hp->n_layer, part_bytes[i]);
     printf("layer_bits_per_weight: %.3f\n", model_file_bits_total(&r.m));
     rt_free(&r);
     return 0;
@@ -632,6 +670,11 @@ int cmd_convert(const config_t *c) {
         die("'%s' is already a .sqm; convert reads a GGUF", cfg_str(c, "model"));
         goto out;
     }
+    long eval_tokens = cfg_int(c, "eval-tokens");
+    if (eval_tokens != 0 && eval_tokens < 128) {
+        die("--eval-tokens %ld: give 0 (no accuracy check) or at least 128 (one window)", eval_tokens);
+        goto out;
+    }
     double t0 = gen_now();
     int done;
     if (cli_quantize(&r.m, r.pool, c, &r.qs, &done, 1) != 0) goto out;
@@ -646,9 +689,14 @@ int cmd_convert(const config_t *c) {
     char err[512];
     char ref_name[160];
     snprintf(ref_name, sizeof ref_name, "%s", base_name(cfg_str(c, "model")));
-    { /* record the converted model's accuracy against its source GGUF (FP32 activations) */
+    if (eval_tokens == 0) {
+        fprintf(stderr, "accuracy check: not run (--eval-tokens 0); the .sqm records no evaluation\n");
+    } else { /* record the converted model's accuracy against its source GGUF (FP32 activations) */
         cmp_result_t cr;
-        if (cli_eval_vs_fp32(&r.m, &r.qs, r.pool, cfg_str(c, "model"), 512, &cr) == 0) {
+        if (cli_eval_vs_fp32(&r.m, &r.qs, r.pool, cfg_str(c, "model"), (int)eval_tokens, 1, &cr, err,
+                             sizeof err) != 0) {
+            fprintf(stderr, "warning: the accuracy check failed (%s); the .sqm records no evaluation\n", err);
+        } else {
             meta.have_eval = 1;
             meta.eval_ppl = cr.q.ppl;
             meta.eval_ppl_ref = cr.ref.ppl;

@@ -18,9 +18,11 @@ int cli_bench_synthetic(const config_t *c);
 
 #include "../engine/runtime/gen.h"
 
-/* The quantized model against the FP32 file on self-generated text. */
+/* The quantized model against the FP32 file on self-generated text
+ * (tokens >= 128, in whole 128-token windows); show_progress draws a
+ * progress bar with ETA on stderr. 0, or -1 with a message in err. */
 int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *path, int tokens,
-                     cmp_result_t *out);
+                     int show_progress, cmp_result_t *out, char *err, size_t errlen);
 
 /* --weights/--acts on a loaded model (shared by the subcommands). */
 int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *qs, int *done,

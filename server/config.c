@@ -15,20 +15,23 @@
 #define C CMD_CONVERT
 
 const opt_t OPTIONS[] = {
-    {"model", 'm', "SQSERVE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf", OPT_STR, CMD_ALL, 0, 0,
-     "model file (GGUF)"},
+    {"model", 'm', "SQSERVE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf", OPT_STR, CMD_ALL & ~C, 0, 0,
+     "model file: a GGUF, or a .sqm"},
+    {"model", 'm', "SQSERVE_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf", OPT_STR, C, 0, 0,
+     "the GGUF to convert"},
     {"threads", 't', "SQSERVE_THREADS", "0", OPT_INT, G | E | B | S | C, 0, 1024,
      "compute threads (0 = all cores)"},
-    {"prompt", 'p', NULL, NULL, OPT_STR, G | CMD_TOKENIZE, 0, 0,
-     "prompt text (tokenize: reads stdin when absent)"},
+    {"prompt", 'p', NULL, NULL, OPT_STR, G, 0, 0, "prompt text"},
+    {"prompt", 'p', NULL, NULL, OPT_STR, CMD_TOKENIZE, 0, 0, "text to tokenize (read from stdin when absent)"},
     {"n-predict", 'n', NULL, "128", OPT_INT, G, 0, 1 << 20, "tokens to generate at most"},
     {"chat", 0, NULL, NULL, OPT_BOOL, G, 0, 0, "wrap the prompt as a user turn in the chat template"},
     {"system", 0, NULL, NULL, OPT_STR, G, 0, 0, "system message for --chat"},
     {"chat-template", 0, "SQSERVE_CHAT_TEMPLATE", NULL, OPT_STR, G | S | CMD_INSPECT, 0, 0,
      "chat template instead of the GGUF's: a built-in (chatml, llama3) or a Jinja file"},
-    {"ctx", 'c', "SQSERVE_CTX", "0", OPT_INT, G | E | S, 0, 1 << 20,
-     "context length per sequence (0: 4096 capped by the model; eval 512)"},
-    {"batch", 'b', "SQSERVE_BATCH", "512", OPT_INT, G | E | B, 1, 8192,
+    {"ctx", 'c', "SQSERVE_CTX", "0", OPT_INT, G | S, 0, 1 << 20,
+     "context length per sequence (0: 4096 capped by the model's)"},
+    {"ctx", 'c', "SQSERVE_CTX", "0", OPT_INT, E, 0, 1 << 20, "tokens per evaluation window (0: 512)"},
+    {"batch", 'b', "SQSERVE_BATCH", "512", OPT_INT, G | B, 1, 8192,
      "rows per forward pass while processing prompts"},
     {"temp", 0, "SQSERVE_TEMP", "0.8", OPT_FLOAT, G | S, 0, 2,
      "temperature (0 = greedy); serve: the default when a request does not say"},
@@ -48,7 +51,7 @@ const opt_t OPTIONS[] = {
     {"ppl", 0, NULL, NULL, OPT_STR, E, 0, 0, "text file to measure perplexity on"},
     {"max-tokens", 0, NULL, "0", OPT_INT, E, 0, 1e12, "use only the first N tokens of the file (0 = all)"},
     {"no-special", 0, NULL, NULL, OPT_BOOL, CMD_TOKENIZE, 0, 0, "do not parse special tokens in text"},
-    {"output", 'o', NULL, NULL, OPT_STR, C, 0, 0, "convert: the .sqm file to write"},
+    {"output", 'o', NULL, NULL, OPT_STR, C, 0, 0, "the .sqm file to write"},
     {"weights", 0, "SQSERVE_WEIGHTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
      "weight recipe: fp32 (as loaded), int8, int4[:gN][:gptq], sq:8/4:b64:s0.875[:gptq]"},
     {"acts", 0, "SQSERVE_ACTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
@@ -56,10 +59,13 @@ const opt_t OPTIONS[] = {
     {"calib", 0, "SQSERVE_CALIB", "self", OPT_STR, G | E | S | C, 0, 0,
      "calibration text: self (the model's own generations) or a file"},
     {"calib-tokens", 0, "SQSERVE_CALIB_TOKENS", "2048", OPT_INT, G | E | S | C, 64, 1 << 20, "calibration tokens"},
+    {"eval-tokens", 0, NULL, "512", OPT_INT, C, 0, 1 << 20,
+     "self-generated tokens of the accuracy check against the GGUF after converting, recorded in the "
+     ".sqm (0 = no check; else at least 128, used in whole 128-token windows)"},
     {"ref", 0, NULL, NULL, OPT_BOOL, E, 0, 0,
-     "eval: also run a reference model on the same tokens and report KL and top-1 agreement"},
+     "also run a reference model on the same tokens and report KL and top-1 agreement"},
     {"ref-model", 0, NULL, NULL, OPT_STR, E, 0, 0,
-     "eval --ref: the reference (default: -m's own FP32 path when --weights/--acts quantize it; required for a .sqm)"},
+     "with --ref: the reference model (default: -m's own FP32 path when --weights/--acts quantize it; required for a .sqm)"},
     {"host", 0, "SQSERVE_HOST", "127.0.0.1", OPT_STR, S, 0, 0, "listen address (IPv4)"},
     {"port", 0, "SQSERVE_PORT", "8080", OPT_INT, S, 0, 65535, "listen port (0 = any free port)"},
     {"model-name", 0, "SQSERVE_MODEL_NAME", NULL, OPT_STR, S, 0, 0,
@@ -106,21 +112,28 @@ const opt_t OPTIONS[] = {
     {"device", 0, "SQSERVE_DEVICE", "cpu", OPT_STR, G | E | B | S, 0, 0,
      "compute device: cpu, cuda or cuda:N (a CUDA build on an sm_90 GPU)"},
     {"synthetic", 0, NULL, NULL, OPT_STR, B, 0, 0,
-     "bench: random SQ 8/4 b64 s0.875 weights of these shapes on the GPU instead of -m "
+     "random SQ 8/4 b64 s0.875 weights of these shapes on the GPU instead of -m "
      "(llama3-8b, llama3-70b, smollm2-135m)"},
     {"decode-batches", 0, NULL, "1,8,32,128", OPT_STR, B, 0, 0,
-     "bench --synthetic: decode batch sizes (sequences advanced per step)"},
-    {"pp", 0, NULL, "512", OPT_INT, B, 0, 1 << 16, "bench: prompt tokens"},
-    {"tg", 0, NULL, "128", OPT_INT, B, 0, 1 << 16, "bench: generated tokens"},
-    {"reps", 'r', NULL, "3", OPT_INT, B, 1, 1000, "bench: repetitions"},
+     "with --synthetic: decode batch sizes (sequences advanced per step)"},
+    {"pp", 0, NULL, "512", OPT_INT, B, 0, 1 << 16, "prompt tokens"},
+    {"tg", 0, NULL, "128", OPT_INT, B, 0, 1 << 16, "generated tokens"},
+    {"reps", 'r', NULL, "3", OPT_INT, B, 1, 1000, "repetitions (the median is reported)"},
 };
 const int N_OPTIONS = (int)(sizeof OPTIONS / sizeof OPTIONS[0]);
-_Static_assert(sizeof OPTIONS / sizeof OPTIONS[0] <= CFG_MAX_OPTIONS, "raise CFG_MAX_OPTIONS");
+_Static_assert(sizeof OPTIONS / sizeof OPTIONS[0] <= CFG_MAX_OPTIONS, "raise CFG_MAX_OPTIONS in config.h");
 
-static int find(const char *name) {
-    for (int i = 0; i < N_OPTIONS; i++)
-        if (strcmp(OPTIONS[i].name, name) == 0) return i;
-    return -1;
+/* The entry of name that cmd accepts; else its first entry (whose default
+ * a command may still read), or -1. A name may have one entry per group of
+ * commands, each with its own help text: --help says only what applies. */
+static int find(const char *name, unsigned cmd) {
+    int first = -1;
+    for (int i = 0; i < N_OPTIONS; i++) {
+        if (strcmp(OPTIONS[i].name, name) != 0) continue;
+        if (OPTIONS[i].cmds & cmd) return i;
+        if (first < 0) first = i;
+    }
+    return first;
 }
 
 static int check_value(const opt_t *o, const char *v, char *err, size_t errlen) {
@@ -165,12 +178,12 @@ int cfg_parse(config_t *c, unsigned cmd, int argc, char **argv, char *err, size_
             if (n < sizeof name) {
                 memcpy(name, arg + 2, n);
                 name[n] = 0;
-                i = find(name);
+                i = find(name, cmd);
             }
             if (eq) val = eq + 1;
         } else if (arg[0] == '-' && arg[1] && !arg[2]) {
             for (int k = 0; k < N_OPTIONS; k++)
-                if (OPTIONS[k].short_name == arg[1]) i = k;
+                if (OPTIONS[k].short_name == arg[1] && (OPTIONS[k].cmds & cmd)) i = k;
         }
         if (i < 0 || !(OPTIONS[i].cmds & cmd)) {
             snprintf(err, errlen, "unknown option '%s' (see --help)", arg);
@@ -194,8 +207,9 @@ int cfg_parse(config_t *c, unsigned cmd, int argc, char **argv, char *err, size_
         if (set(c, i, val, err, errlen) != 0) return -1;
     }
     for (int i = 0; i < N_OPTIONS; i++) { /* environment, then defaults */
-        if (c->val[i]) continue;
-        const char *v = OPTIONS[i].env ? getenv(OPTIONS[i].env) : NULL;
+        if (c->val[i] || find(OPTIONS[i].name, cmd) != i) continue; /* another entry's command */
+        /* the environment only for options this command accepts; others keep their default */
+        const char *v = OPTIONS[i].env && (OPTIONS[i].cmds & cmd) ? getenv(OPTIONS[i].env) : NULL;
         if (v && *v && OPTIONS[i].type == OPT_BOOL) { /* a flag: on or off, said plainly */
             static const char *on[] = {"1", "true", "yes", "on"}, *off[] = {"0", "false", "no", "off"};
             int known = 0;
@@ -235,7 +249,7 @@ void cfg_usage(unsigned cmd, const char *cmd_name) {
 }
 
 const char *cfg_str(const config_t *c, const char *name) {
-    int i = find(name);
+    int i = find(name, c->cmd);
     return i >= 0 ? c->val[i] : NULL;
 }
 
@@ -252,7 +266,7 @@ double cfg_float(const config_t *c, const char *name) {
 int cfg_bool(const config_t *c, const char *name) { return cfg_str(c, name) != NULL; }
 
 int cfg_list(const config_t *c, const char *name, const char *const **out) {
-    int i = find(name);
+    int i = find(name, c->cmd);
     if (i < 0) return 0;
     *out = c->list[i];
     return c->n_list[i];

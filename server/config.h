@@ -1,9 +1,12 @@
 /* config.h - the one table of options (name, env var, default, help).
  *
- * The CLI parser, --help, the environment (SQSERVE_*) and docs/options.md
- * all read OPTIONS[], so an option is declared exactly once. Precedence:
- * command line > environment > default. Values are validated as they are
- * parsed so a bad number is reported before any work starts.
+ * The CLI parser, --help and the environment (SQSERVE_*) all read
+ * OPTIONS[], so an option is declared in one place. An option whose meaning
+ * differs between commands has one entry per group of commands (disjoint
+ * masks), each with its own help text, so a command's --help says only
+ * what applies to it. Precedence: command line > environment > default.
+ * Values are validated as they are parsed so a bad number is reported
+ * before any work starts.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
@@ -31,11 +34,11 @@ extern const opt_t OPTIONS[];
 extern const int N_OPTIONS;
 
 #define CFG_LIST_MAX 8
-#define CFG_MAX_OPTIONS 96 /* OPTIONS has fewer entries (checked in config.c) */
+#define CFG_MAX_OPTIONS 96 /* entries of OPTIONS[] at most (checked where it is defined) */
 
 typedef struct {
     unsigned cmd;
-    const char *val[CFG_MAX_OPTIONS];                /* per option; NULL = unset */
+    const char *val[CFG_MAX_OPTIONS];                /* per entry; NULL = unset */
     const char *list[CFG_MAX_OPTIONS][CFG_LIST_MAX]; /* OPT_LIST values */
     int n_list[CFG_MAX_OPTIONS];
     int help;

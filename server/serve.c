@@ -63,7 +63,8 @@ static void startup_eval(model_t *m, quant_state_t *qs, k_pool_t *pool, const ch
                          srv_t *srv) {
     cmp_result_t r;
     double t0 = gen_now();
-    if (tokens < 128 || cli_eval_vs_fp32(m, qs, pool, path, tokens, &r) != 0) return;
+    char err[256];
+    if (tokens < 128 || cli_eval_vs_fp32(m, qs, pool, path, tokens, 0, &r, err, sizeof err) != 0) return;
     srv->have_eval = 1;
     srv->eval_ppl = r.q.ppl;
     srv->eval_ppl_ref = r.ref.ppl;

@@ -415,8 +415,14 @@ def test_real_prometheus_runs_dashboard_and_rules(recipe_server, tmp_path: Path)
 
 # ---- compose ---------------------------------------------------------------------------
 
+REQUIRED = "<required>"
+
+
 def _interpolate(v: str) -> str:
-    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} with nothing set."""
+    """Compose's ${VAR:-default} / ${VAR-default} / ${VAR} with nothing set;
+    ${VAR:?message} (compose refuses to start without VAR) gives REQUIRED."""
+    if re.fullmatch(r"\$\{[A-Za-z_]\w*:?\?[^}]*\}", str(v)):
+        return REQUIRED
     v = re.sub(r"\$\{[A-Za-z_]\w*:?-([^}]*)\}", r"\1", str(v))
     v = re.sub(r"\$\{[A-Za-z_]\w*\}|\$[A-Za-z_]\w*", "", v)
     return v.replace("$$", "$")
@@ -486,6 +492,22 @@ def test_compose_services(serve_help):
         assert mounts.get(str(Path(cfg_arg).parent / f)) == PROM_DIR / f, (f, mounts)
     assert set(c.get("volumes", {})) >= {v for s in svcs.values() for v in _mounts(s).values()
                                          if isinstance(v, str)}
+
+
+def test_compose_is_safe_by_default():
+    """Nothing reachable without a key: compose refuses to start sqserve
+    without SQSERVE_API_KEY, and publishes the API on 127.0.0.1 unless told."""
+    svcs = _compose()["services"]
+    for name in SQSERVE_SERVICES:
+        s = svcs[name]
+        assert _env_of(s).get("SQSERVE_API_KEY") == REQUIRED, \
+            f"{name}: SQSERVE_API_KEY must be required (${{SQSERVE_API_KEY:?...}})"
+        for p in s["ports"]:
+            host = _interpolate(str(p)).rsplit(":", 2)
+            assert len(host) == 3 and host[0] == "127.0.0.1", f"{name}: publishes {p} beyond localhost"
+    for name in ("prometheus", "grafana"):
+        for p in svcs[name]["ports"]:
+            assert str(p).startswith("127.0.0.1:"), f"{name}: publishes {p} beyond localhost"
 
 
 # ---- Kubernetes ------------------------------------------------------------------------
@@ -630,6 +652,58 @@ def test_k8s_autoscaler_metric_is_exported(exported):
     assert names, "the autoscaler uses no sqserve metric"
     for n in names:
         assert n in served, f"HPA metric {n} is served by no adapter rule ({sorted(served)})"
+
+
+def _k8s_rendered(overlay: str) -> tuple:
+    """The objects `kubectl apply -k deploy/k8s/OVERLAY` would send: rendered
+    by `kubectl kustomize` where kubectl is installed; otherwise (CI has no
+    kubectl) the raw manifests with this file's reading of the kustomization
+    (resources, JSON patches and the images: list). Returns (objects, how)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        r = subprocess.run([kubectl, "kustomize", str(K8S / overlay)], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, f"kubectl kustomize deploy/k8s/{overlay}: {r.stderr}"
+        return [d for d in yaml.safe_load_all(r.stdout) if d], "kubectl kustomize"
+    objs = _k8s_objects() if overlay == "gpu" else _cpu_overlay()
+    kust = yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())
+    for img in kust.get("images", []):
+        for c in _deployment(objs)["spec"]["template"]["spec"]["containers"]:
+            if c["image"].split(":")[0] == img["name"]:
+                c["image"] = f"{img.get('newName', img['name'])}:{img['newTag']}"
+    return list(objs.values()), "raw manifests (no kubectl)"
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "cpu"])
+def test_k8s_manifests_pass_kubernetes_validate(overlay, tmp_path: Path):
+    """Every rendered object against the Kubernetes API schemas, strictly
+    (an unknown or misspelt field fails), with kubernetes-validate (PyPI)."""
+    kv = shutil.which("kubernetes-validate") or str(Path(os.sys.executable).parent / "kubernetes-validate")
+    assert Path(kv).exists(), "kubernetes-validate is missing: `make deps` installs tests/requirements.txt"
+    objs, how = _k8s_rendered(overlay)
+    assert {o["kind"] for o in objs} == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler"}, how
+    f = tmp_path / f"{overlay}.yaml"
+    f.write_text(yaml.safe_dump_all(objs))
+    r = subprocess.run([kv, "--strict", str(f)], capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    passed = re.findall(r"^INFO .* passed for resource (\S+)", out, re.M)
+    assert r.returncode == 0 and len(passed) == len(objs), f"deploy/k8s/{overlay} ({how}):\n{out}"
+    assert not re.search(r"^(WARN|ERROR)", out, re.M), f"deploy/k8s/{overlay} ({how}):\n{out}"
+    if overlay == "cpu":
+        dep = [o for o in objs if o["kind"] == "Deployment"][0]
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "sqserve:cpu", how
+
+
+def test_k8s_servicemonitor_is_well_formed():
+    """The ServiceMonitor is a Prometheus Operator CRD: kubernetes-validate has
+    no schema for it, so check its shape against the Service it selects."""
+    sm = _yaml_docs(K8S / "servicemonitor.yaml")
+    assert len(sm) == 1 and sm[0]["apiVersion"] == "monitoring.coreos.com/v1" and sm[0]["kind"] == "ServiceMonitor"
+    svc = [o for o in _k8s_objects().values() if o["kind"] == "Service"][0]
+    sel = sm[0]["spec"]["selector"]["matchLabels"]
+    assert all(svc["metadata"]["labels"].get(k) == v for k, v in sel.items()), (sel, svc["metadata"])
+    ports = {p["name"] for p in svc["spec"]["ports"]}
+    assert {e["port"] for e in sm[0]["spec"]["endpoints"]} <= ports, ports
 
 
 def test_k8s_cpu_overlay():
@@ -913,12 +987,17 @@ def test_dockerfile(name, serve_help):
     stages = _stages(_dockerfile(path))
     assert len(stages) >= 2, f"{name}: not multi-stage"
     build, run = stages[0], stages[-1]
+    # fully qualified: buildah and podman refuse a short name such as
+    # nvidia/cuda:... unless a registries.conf alias resolves it
+    for st in stages:
+        assert re.fullmatch(r"[a-z0-9.-]+\.[a-z]+/[a-z0-9._/-]+:[\w.-]+", st["image"]), \
+            f"{name}: FROM {st['image']} is not a fully qualified image name (docker.io/...)"
     if name == "Dockerfile":
-        m = re.fullmatch(r"nvidia/cuda:(13\.0\.\d+)-devel-ubuntu24\.04", build["image"])
+        m = re.fullmatch(r"docker\.io/nvidia/cuda:(13\.0\.\d+)-devel-ubuntu24\.04", build["image"])
         assert m, build["image"]
-        assert run["image"] == f"nvidia/cuda:{m.group(1)}-runtime-ubuntu24.04", run["image"]
+        assert run["image"] == f"docker.io/nvidia/cuda:{m.group(1)}-runtime-ubuntu24.04", run["image"]
     else:
-        assert build["image"] == run["image"] == "debian:bookworm-slim", (build, run)
+        assert build["image"] == run["image"] == "docker.io/library/debian:bookworm-slim", (build, run)
     assert build["name"] == "build"
 
     # the build stage runs what CI runs, and nothing that compiles on its own
@@ -1126,6 +1205,11 @@ def test_readme_deploying_section():
     for want in ("--profile gpu", "--profile cpu", "kubectl apply -k deploy/k8s/gpu",
                  "kubectl apply -k deploy/k8s/cpu", "make test"):
         assert want in sec, f"README Deploying section does not mention {want!r}"
-    assert re.search(r"Docker cannot (build|run)", sec), "say that the images are untested here"
+    # the CPU image is built and run by make image-test; say how, how long, and what is not
+    assert "make image-test" in sec and "buildah" in sec and "podman" in sec, \
+        "say how the images are built and run here"
+    assert re.search(r"took\s+[\d.]+(\s+(and|to)\s+[\d.]+)?\s+minutes", sec), "say how long make image-test takes"
+    assert re.search(r"CUDA image\s+\(`deploy/Dockerfile`\) is not built here", sec), \
+        "say that the CUDA image is not built here"
     for path in set(re.findall(r"\b((?:deploy|tests)/[\w./-]*\w)", sec)):
         assert (REPO_ROOT / path).exists(), f"README Deploying names {path}, which does not exist"

@@ -76,7 +76,7 @@ static void env_close(env_t *e) {
 }
 
 int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, int window,
-              int want_H, calib_t *c, char *err, size_t errlen) {
+              int want_H, calib_t *c, quant_progress_fn progress, void *ud, char *err, size_t errlen) {
     memset(c, 0, sizeof *c);
     const hparams_t *hp = &m->hp;
     c->n_layer = hp->n_layer;
@@ -116,6 +116,7 @@ int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, 
         batch_t b = {n, ids + w0, pos, slot, NULL};
         if (fwd_run(&e.f, &b, logits, err, errlen) != 0) goto out;
         c->n_tokens += n;
+        if (progress) progress(ud, (int)((w0 + n + window - 1) / window), (int)((n_ids + window - 1) / window));
     }
     for (int s = 0; s < N_SITES && want_H; s++) /* mirror the upper triangles */
         for (int l = 0; l < c->n_layer; l++) {
@@ -138,7 +139,7 @@ oom:
 }
 
 int calib_self_text(const model_t *m, k_pool_t *pool, int n_seqs, int len, int32_t **out,
-                    long *n_out, char *err, size_t errlen) {
+                    long *n_out, quant_progress_fn progress, void *ud, char *err, size_t errlen) {
     static const char *seeds[] = {"The", "In", "Once upon a time", "Scientists", "The history of",
                                   "def ", "Today", "A recipe for", "The city", "Dear",
                                   "In mathematics,", "The weather", "My favourite", "Water", "When",
@@ -185,6 +186,7 @@ int calib_self_text(const model_t *m, k_pool_t *pool, int n_seqs, int len, int32
         sampler_free(&smp);
         if (!ok) goto out;
         *n_out += n;
+        if (progress) progress(ud, q + 1, n_seqs);
     }
     rc = 0;
 out:

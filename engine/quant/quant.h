@@ -25,6 +25,10 @@
 #include "../compute/forward.h"
 #include "../model/recipe.h"
 
+/* Progress of a long phase: done of total steps (windows, sequences,
+ * layers), called after each step when non-NULL. */
+typedef void (*quant_progress_fn)(void *ud, int done, int total);
+
 typedef struct {
     int n_layer;
     long dim[N_SITES];
@@ -44,12 +48,12 @@ typedef struct {
  * want_H also gathers every layer's H at once, which only one-shot GPTQ
  * (":gptq:oneshot") reads. */
 int calib_run(const model_t *m, k_pool_t *pool, const int32_t *ids, long n_ids, int window,
-              int want_H, calib_t *c, char *err, size_t errlen);
+              int want_H, calib_t *c, quant_progress_fn progress, void *ud, char *err, size_t errlen);
 void calib_free(calib_t *c);
 /* Tokens the model generates itself from short seeds (the --calib self
  * default): n sequences of len tokens, fixed seed. *out is malloc'd. */
 int calib_self_text(const model_t *m, k_pool_t *pool, int n_seqs, int len, int32_t **out,
-                    long *n_out, char *err, size_t errlen);
+                    long *n_out, quant_progress_fn progress, void *ud, char *err, size_t errlen);
 
 /* A layer matrix as integer codes (kept for writing a .sqm). */
 typedef struct {

@@ -79,7 +79,7 @@ static void test_layer_pass_matches_whole_model_pass(void **state) {
     layer_stats_t ls;
     char err[256];
     int layer = 2, n_layer = M.hp.n_layer;
-    assert_int_equal(calib_run(&M, POOL, IDS, N_TOK, 64, 1, &c, err, sizeof err), 0);
+    assert_int_equal(calib_run(&M, POOL, IDS, N_TOK, 64, 1, &c, NULL, NULL, err, sizeof err), 0);
     assert_int_equal(calib_layer(&M, &c, layer, NULL, 1, 16, &ls, err, sizeof err), 0);
     assert_int_equal(M.hp.n_layer, n_layer);
     assert_int_equal(ls.n_tokens, N_TOK);
@@ -115,7 +115,7 @@ static void test_smoothing_is_an_identity_in_fp32(void **state) {
     assert_non_null(b);
     logits_of(&m, a);
     calib_t c;
-    assert_int_equal(calib_run(&m, POOL, IDS, N_TOK, 64, 0, &c, err, sizeof err), 0);
+    assert_int_equal(calib_run(&m, POOL, IDS, N_TOK, 64, 0, &c, NULL, NULL, err, sizeof err), 0);
     wrecipe_t w = {0};
     arecipe_t ac = {0};
     w.smooth = 1;
