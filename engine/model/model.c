@@ -149,7 +149,7 @@ static int load_mat(model_t *m, const char *name, long k, long n, k_mat_t *w, ch
                     size_t errlen) {
     const gguf_tensor_t *t;
     if (want_tensor(m, name, k, n, 0, &t, err, errlen)) return -1;
-    *w = (k_mat_t){t->type, t->data, n, k, k_row_bytes(t->type, (size_t)k)};
+    *w = (k_mat_t){t->type, t->data, n, k, k_row_bytes(t->type, (size_t)k), 0};
     return 0;
 }
 
@@ -187,7 +187,7 @@ static int load_weights(model_t *m, char *err, size_t errlen) {
     const gguf_tensor_t *out;
     if (want_tensor(m, "output.weight", dim, hp->n_vocab, 1, &out, err, errlen)) return -1;
     m->output = out ? (k_mat_t){out->type, out->data, hp->n_vocab, dim,
-                                k_row_bytes(out->type, (size_t)dim)}
+                                k_row_bytes(out->type, (size_t)dim), 0}
                     : m->tok_embd; /* tied embeddings */
     m->layers = calloc((size_t)hp->n_layer, sizeof(layer_t));
     if (!m->layers) return errf(err, errlen, "out of memory");

@@ -1,0 +1,292 @@
+/* k_ggml_q8.c - GGUF weights x 8-bit block activations: the activation
+ * quantizer, the portable reference, ISA dispatch and the threaded driver
+ * (see k_q8.h for the definition every path computes).
+ *
+ * The driver quantizes every activation row once per call, in the block
+ * sizes the group's weight types need, then splits weight rows across the
+ * pool. Each thread walks its rows in runs of 16 (about 6 KB of weights at
+ * 4.5 bits and k = 576, which stay in L1) and, per run, the activation
+ * rows 4 at a time, so a weight block is unpacked once per 4 activation
+ * rows and an activation tile is reused by 16 weight rows. Decode is the
+ * same loop with one activation row.
+ *
+ * The reference keeps the 8 lanes of k_q8.h explicitly. It uses fmaf(),
+ * which this file's flags (no FMA) turn into a libm call: slow, but the
+ * portable path only runs on CPUs without AVX2.
+ */
+#include "../k_q8.h"
+#include "../k_quant.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* k_ggml_q8_avx2.c: one entry per flavour (0 avx2, 1 avx-vnni, 2 avx512-vnni) */
+void k_q8_dot_avx2(int flavour, uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k,
+                   float *out);
+
+int k_q8_block(uint32_t type) {
+    switch (type) {
+    case K_Q4_0: case K_Q4_1: case K_Q8_0: return 32;
+    case K_Q4_K: case K_Q6_K: return 256;
+    default: return 0;
+    }
+}
+
+int k_q8_supports(uint32_t type, long k) {
+    int b = k_q8_block(type);
+    return b > 0 && k > 0 && k % b == 0;
+}
+
+void k_q8_quant_row(const float *x, long k, int blk, int8_t *q, float *d, float *s, int16_t *bs) {
+    for (long b = 0; b < k / blk; b++) {
+        const float *xb = x + b * blk;
+        int8_t *qb = q + b * blk;
+        float mx = 0;
+        for (int j = 0; j < blk; j++) mx = fabsf(xb[j]) > mx ? fabsf(xb[j]) : mx;
+        float id = mx > 0 ? 127.0f / mx : 0.0f;
+        d[b] = mx / 127.0f;
+        for (int j = 0; j < blk; j++) {
+            float v = nearbyintf(xb[j] * id);
+            qb[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+    for (long g = 0; blk == 32 && g < k / 32; g++) {
+        int t = 0;
+        for (int j = 0; j < 32; j++) t += q[g * 32 + j];
+        s[g] = d[g] * (float)t;
+    }
+    for (long g = 0; blk == 256 && g < k / 16; g++) {
+        int t = 0;
+        for (int j = 0; j < 16; j++) t += q[g * 16 + j];
+        bs[g] = (int16_t)t;
+    }
+}
+
+/* ---- the reference ------------------------------------------------------------------------ */
+
+static float f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return k_f16_to_f32(h);
+}
+
+static float tree8(const float *a) { return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])); }
+
+/* Weight code of element e (0..31) of a 32-block; Q4_0 and Q8_0 signed. */
+static int code32(uint32_t type, const uint8_t *blk, int e) {
+    switch (type) {
+    case K_Q4_0: return ((blk[2 + e % 16] >> (e / 16 * 4)) & 15) - 8;
+    case K_Q4_1: return (blk[4 + e % 16] >> (e / 16 * 4)) & 15;
+    default: return (int8_t)blk[2 + e];
+    }
+}
+
+static void ref32(uint32_t type, const uint8_t *row, const k_q8_row_t *x, long k, float *out) {
+    size_t bb = k_type_info(type)->block_bytes;
+    float acc[8] = {0}, mn = 0;
+    for (long b = 0; b < k / 32; b++) {
+        const uint8_t *blk = row + b * bb;
+        const int8_t *xq = x->q + b * 32;
+        float sd = f16(blk) * x->d[b];
+        for (int l = 0; l < 8; l++) {
+            int p = 0;
+            for (int t = 0; t < 4; t++) p += code32(type, blk, 4 * l + t) * xq[4 * l + t];
+            acc[l] = fmaf(sd, (float)p, acc[l]);
+        }
+        if (type == K_Q4_1) mn = fmaf(f16(blk + 2), x->s[b], mn);
+    }
+    *out = tree8(acc) + mn;
+}
+
+/* Q4_K/Q5_K's 6-bit (scale, min) pair j of the 12 packed bytes. */
+static void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+static void ref_q4_k(const uint8_t *row, const k_q8_row_t *x, long k, float *out) {
+    float acc[8] = {0}, mn = 0;
+    for (long b = 0; b < k / 256; b++) {
+        const uint8_t *blk = row + b * 144, *qs = blk + 16;
+        const int8_t *xq = x->q + b * 256;
+        int32_t lane[8] = {0}, msum = 0;
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            scale_min_k4(j, blk + 4, &sc, &m);
+            for (int l = 0; l < 8; l++) {
+                int p = 0;
+                for (int t = 0; t < 4; t++) {
+                    int e = 4 * l + t;
+                    p += ((qs[32 * (j / 2) + e] >> (4 * (j % 2))) & 15) * xq[32 * j + e];
+                }
+                lane[l] += sc * p;
+            }
+            msum += m * (x->bs[b * 16 + 2 * j] + x->bs[b * 16 + 2 * j + 1]);
+        }
+        float sd = f16(blk) * x->d[b];
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(sd, (float)lane[l], acc[l]);
+        mn = fmaf(f16(blk + 2) * x->d[b], (float)msum, mn);
+    }
+    *out = tree8(acc) - mn;
+}
+
+/* Q6_K code of element e (0..255) of a super-block, 0..63 (offset 32). */
+static int code_q6_k(const uint8_t *blk, int e) {
+    const uint8_t *ql = blk + 64 * (e / 128), *qh = blk + 128 + 32 * (e / 128);
+    int i = e % 128, quarter = i / 32, l = i % 32;
+    int lo = (ql[l + 32 * (quarter & 1)] >> (4 * (quarter >> 1))) & 15;
+    return lo | ((qh[l] >> (2 * quarter)) & 3) << 4;
+}
+
+static void ref_q6_k(const uint8_t *row, const k_q8_row_t *x, long k, float *out) {
+    float acc[8] = {0};
+    for (long b = 0; b < k / 256; b++) {
+        const uint8_t *blk = row + b * 210;
+        const int8_t *sc = (const int8_t *)(blk + 192), *xq = x->q + b * 256;
+        int32_t lane[8] = {0};
+        for (int e = 0; e < 256; e++) lane[(e % 32) / 4] += sc[e / 16] * (code_q6_k(blk, e) - 32) * xq[e];
+        float sd = f16(blk + 208) * x->d[b];
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(sd, (float)lane[l], acc[l]);
+    }
+    *out = tree8(acc);
+}
+
+void k_q8_dot_ref(uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k, float *out) {
+    for (int i = 0; i < nx; i++) {
+        if (type == K_Q4_K) ref_q4_k(row, x + i, k, out + i);
+        else if (type == K_Q6_K) ref_q6_k(row, x + i, k, out + i);
+        else ref32(type, row, x + i, k, out + i);
+    }
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+enum { LV_PORTABLE, LV_AVX2, LV_AVXVNNI, LV_AVX512 };
+
+static int cpu_level(void) {
+    __builtin_cpu_init();
+    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (has2 && k_cpu_avxvnni()) return LV_AVXVNNI; /* VEX vpdpbusd: preferred where both exist */
+    if (has2 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) return LV_AVX512;
+    return has2 ? LV_AVX2 : LV_PORTABLE;
+}
+
+static int level_of(const char *want, int cpu) {
+    if (!want) return cpu;
+    int w = !strcmp(want, "portable") ? LV_PORTABLE
+            : !strcmp(want, "avx2")   ? LV_AVX2
+            : !strcmp(want, "avxvnni") ? (k_cpu_avxvnni() ? LV_AVXVNNI : LV_AVX2)
+            : !strcmp(want, "avx512") ? LV_AVX512
+                                      : cpu;
+    if (w == LV_AVX512) { /* only where EVEX VNNI exists, whatever cpu_level preferred */
+        __builtin_cpu_init();
+        int has = cpu >= LV_AVX2 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+        return has ? LV_AVX512 : cpu;
+    }
+    return w < cpu ? w : cpu; /* a request only lowers the level */
+}
+
+static int q8_level = -1;
+
+static int level(void) {
+    if (q8_level < 0) q8_level = level_of(getenv("SQSERVE_ISA"), cpu_level());
+    return q8_level;
+}
+
+void k_q8_force_isa(const char *name) { q8_level = level_of(name, cpu_level()); }
+
+const char *k_q8_path(void) {
+    static const char *names[] = {"portable", "avx2", "avxvnni", "avx512"};
+    return names[level()];
+}
+
+static void dot_at(int lv, uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k, float *out) {
+    if (lv == LV_PORTABLE) k_q8_dot_ref(type, row, x, nx, k, out);
+    else k_q8_dot_avx2(lv == LV_AVX2 ? 0 : lv == LV_AVXVNNI ? 1 : 2, type, row, x, nx, k, out);
+}
+
+void k_q8_dot(uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k, float *out) {
+    dot_at(level(), type, row, x, nx, k, out);
+}
+
+/* ---- the driver --------------------------------------------------------------------------- */
+
+#define RUN_ROWS 16 /* weight rows per run (stay in L1 while the activation tiles pass) */
+#define TILE 4      /* activation rows per pass over a weight row */
+
+typedef struct {
+    const k_mat_t *const *w;
+    float *const *y;
+    int count, lv;
+    long m;
+    const k_q8_row_t *x32, *x256; /* m rows each, for the weight types that need them */
+} q8_ctx_t;
+
+static void q8_task(void *arg, int ith, int nth) {
+    const q8_ctx_t *c = arg;
+    for (int i = 0; i < c->count; i++) {
+        const k_mat_t *w = c->w[i];
+        const k_q8_row_t *x = k_q8_block(w->type) == 32 ? c->x32 : c->x256;
+        long b, e;
+        k_split(w->n, ith, nth, 4, &b, &e);
+        for (long r0 = b; r0 < e; r0 += RUN_ROWS) {
+            long r1 = r0 + RUN_ROWS < e ? r0 + RUN_ROWS : e;
+            for (long t = 0; t < c->m; t += TILE) {
+                int nx = c->m - t < TILE ? (int)(c->m - t) : TILE;
+                for (long r = r0; r < r1; r++) {
+                    float out[TILE];
+                    dot_at(c->lv, w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, x + t, nx, w->k, out);
+                    for (int j = 0; j < nx; j++) c->y[i][(t + j) * w->n + r] = out[j];
+                }
+            }
+        }
+    }
+}
+
+/* One block size's codes, scales and sums for m rows, in one allocation. */
+static k_q8_row_t *quant_rows(const float *x, long m, long k, int blk) {
+    size_t nd = (size_t)(k / blk), ns = blk == 32 ? (size_t)(k / 32) : 0, nbs = blk == 256 ? (size_t)(k / 16) : 0;
+    size_t per = (nd + ns) * sizeof(float) + nbs * sizeof(int16_t) + (size_t)k;
+    uint8_t *mem = malloc((size_t)m * (sizeof(k_q8_row_t) + per) + 64);
+    if (!mem) return NULL;
+    k_q8_row_t *rows = (k_q8_row_t *)mem;
+    uint8_t *p = mem + (size_t)m * sizeof(k_q8_row_t);
+    for (long i = 0; i < m; i++, p += per) {
+        float *d = (float *)p, *s = d + nd;
+        int16_t *bs = (int16_t *)(s + ns);
+        int8_t *q = (int8_t *)(bs + nbs);
+        k_q8_quant_row(x + i * k, k, blk, q, d, s, bs);
+        rows[i] = (k_q8_row_t){q, d, ns ? s : NULL, nbs ? bs : NULL};
+    }
+    return rows;
+}
+
+int k_q8_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, int count, const float *x,
+                      long m) {
+    long k = w[0]->k;
+    int need32 = 0, need256 = 0;
+    if (count < 1 || count > 4) return -1;
+    for (int i = 0; i < count; i++) {
+        if (w[i]->k != k || !k_q8_supports(w[i]->type, k)) return -1;
+        need32 |= k_q8_block(w[i]->type) == 32;
+        need256 |= k_q8_block(w[i]->type) == 256;
+    }
+    q8_ctx_t c = {w, y, count, level(), m, NULL, NULL};
+    k_q8_row_t *x32 = need32 ? quant_rows(x, m, k, 32) : NULL, *x256 = need256 ? quant_rows(x, m, k, 256) : NULL;
+    int rc = -1;
+    if ((!need32 || x32) && (!need256 || x256)) {
+        c.x32 = x32;
+        c.x256 = x256;
+        k_pool_run(pool, q8_task, &c);
+        rc = 0;
+    }
+    free(x32);
+    free(x256);
+    return rc;
+}
