@@ -85,6 +85,9 @@ const opt_t OPTIONS[] = {
      "fraction of requests replayed through the FP32 reference in idle time (KL, top-1 metrics)"},
     {"startup-eval", 0, "SQSERVE_STARTUP_EVAL", "512", OPT_INT, S, 0, 1 << 16,
      "tokens of self-generated text to measure a quantized model against FP32 at start (0 = skip)"},
+    {"exact-fp32", 0, "SQSERVE_EXACT_FP32", NULL, OPT_BOOL, G | E | B | S, 0, 0,
+     "a GGUF run as stored: FP32 activations (the exact reference path) instead of activations quantized "
+     "to 8 bits per block with integer kernels (as llama.cpp does)"},
     {"device", 0, "SQSERVE_DEVICE", "cpu", OPT_STR, G | E | B | S, 0, 0,
      "compute device: cpu, cuda or cuda:N (a CUDA build on an sm_90 GPU)"},
     {"synthetic", 0, NULL, NULL, OPT_STR, B, 0, 0,

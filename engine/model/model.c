@@ -3,6 +3,7 @@
 #include "finite.h"
 
 
+#include "../../kernels/k_q8.h"
 #include "../../kernels/k_quant.h"
 
 #include <math.h>
@@ -292,6 +293,18 @@ k_mat_t *model_layer_mat(model_t *m, int l, int i, char *name, size_t n) {
     k_mat_t *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
     if (name) snprintf(name, n, "blk.%d.%s.weight", l, parts[i]);
     return mats[i];
+}
+
+static int set_int_acts(k_mat_t *w, int on) {
+    w->int_acts = on && k_q8_supports(w->type, w->k);
+    return w->int_acts;
+}
+
+int model_set_int_acts(model_t *m, int on) {
+    int count = set_int_acts(&m->output, on);
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (int i = 0; i < 7; i++) count += set_int_acts(model_layer_mat(m, l, i, NULL, 0), on);
+    return count;
 }
 
 double model_file_bits(const model_t *m, int l, int i) {

@@ -3,16 +3,15 @@
  * (see k_q8.h for the definition every path computes).
  *
  * The driver quantizes every activation row once per call, in the block
- * sizes the group's weight types need, then splits weight rows across the
- * pool. Each thread walks its rows in runs of 16 (about 6 KB of weights at
- * 4.5 bits and k = 576, which stay in L1) and, per run, the activation
- * rows 4 at a time, so a weight block is unpacked once per 4 activation
- * rows and an activation tile is reused by 16 weight rows. Decode is the
- * same loop with one activation row.
+ * sizes the group's weight types need, then splits each matrix's rows
+ * across the pool in panels of 8. A thread builds a panel once in its
+ * scratch buffer (a few KB to ~30 KB: it stays in L1/L2) and runs every
+ * activation row of the call over it, so prefill pays the unpacking once
+ * per 8 weight rows, and decode reads each weight block once per token.
  *
- * The reference keeps the 8 lanes of k_q8.h explicitly. It uses fmaf(),
- * which this file's flags (no FMA) turn into a libm call: slow, but the
- * portable path only runs on CPUs without AVX2.
+ * The reference computes one row at a time with fmaf(), which this file's
+ * flags (no FMA) turn into a libm call: slow, but the portable path only
+ * runs on CPUs without AVX2.
  */
 #include "../k_q8.h"
 #include "../k_quant.h"
@@ -21,9 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* k_ggml_q8_avx2.c: one entry per flavour (0 avx2, 1 avx-vnni, 2 avx512-vnni) */
-void k_q8_dot_avx2(int flavour, uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k,
-                   float *out);
+/* k_ggml_q8_avx2.c: flavour 0 avx2, 1 avx-vnni, 2 avx512-vnni */
+void k_q8_rows_avx2(int flavour, uint32_t type, const uint8_t *w, size_t rb, int nr, const k_q8_row_t *x, long m,
+                    long k, float *y, long ldy, uint8_t *scratch);
+size_t k_q8_scratch_bytes_avx2(uint32_t type, long k);
 
 int k_q8_block(uint32_t type) {
     switch (type) {
@@ -38,7 +38,7 @@ int k_q8_supports(uint32_t type, long k) {
     return b > 0 && k > 0 && k % b == 0;
 }
 
-void k_q8_quant_row(const float *x, long k, int blk, int8_t *q, float *d, float *s, int16_t *bs) {
+void k_q8_quant_row(const float *x, long k, int blk, int8_t *q, float *d, float *s, int32_t *s32, int16_t *s16) {
     for (long b = 0; b < k / blk; b++) {
         const float *xb = x + b * blk;
         int8_t *qb = q + b * blk;
@@ -51,16 +51,14 @@ void k_q8_quant_row(const float *x, long k, int blk, int8_t *q, float *d, float 
             qb[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
         }
     }
-    for (long g = 0; blk == 32 && g < k / 32; g++) {
-        int t = 0;
-        for (int j = 0; j < 32; j++) t += q[g * 32 + j];
-        s[g] = d[g] * (float)t;
-    }
-    for (long g = 0; blk == 256 && g < k / 16; g++) {
+    for (long g = 0; g < k / 16; g++) {
         int t = 0;
         for (int j = 0; j < 16; j++) t += q[g * 16 + j];
-        bs[g] = (int16_t)t;
+        if (g % 2 == 0) s32[g / 2] = t;
+        else s32[g / 2] += t;
+        if (blk == 256) s16[g] = (int16_t)t;
     }
+    for (long g = 0; blk == 32 && g < k / 32; g++) s[g] = d[g] * (float)s32[g];
 }
 
 /* ---- the reference ------------------------------------------------------------------------ */
@@ -71,9 +69,7 @@ static float f16(const uint8_t *p) {
     return k_f16_to_f32(h);
 }
 
-static float tree8(const float *a) { return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7])); }
-
-/* Weight code of element e (0..31) of a 32-block; Q4_0 and Q8_0 signed. */
+/* Weight code of element e (0..31) of a 32-block, as a signed value. */
 static int code32(uint32_t type, const uint8_t *blk, int e) {
     switch (type) {
     case K_Q4_0: return ((blk[2 + e % 16] >> (e / 16 * 4)) & 15) - 8;
@@ -82,21 +78,17 @@ static int code32(uint32_t type, const uint8_t *blk, int e) {
     }
 }
 
-static void ref32(uint32_t type, const uint8_t *row, const k_q8_row_t *x, long k, float *out) {
+static float ref32(uint32_t type, const uint8_t *row, const k_q8_row_t *x, long k) {
     size_t bb = k_type_info(type)->block_bytes;
-    float acc[8] = {0}, mn = 0;
+    float acc = 0;
     for (long b = 0; b < k / 32; b++) {
         const uint8_t *blk = row + b * bb;
-        const int8_t *xq = x->q + b * 32;
-        float sd = f16(blk) * x->d[b];
-        for (int l = 0; l < 8; l++) {
-            int p = 0;
-            for (int t = 0; t < 4; t++) p += code32(type, blk, 4 * l + t) * xq[4 * l + t];
-            acc[l] = fmaf(sd, (float)p, acc[l]);
-        }
-        if (type == K_Q4_1) mn = fmaf(f16(blk + 2), x->s[b], mn);
+        int32_t i = 0;
+        for (int e = 0; e < 32; e++) i += code32(type, blk, e) * x->q[b * 32 + e];
+        acc = fmaf(f16(blk) * x->d[b], (float)i, acc);
+        if (type == K_Q4_1) acc = fmaf(f16(blk + 2), x->s[b], acc);
     }
-    *out = tree8(acc) + mn;
+    return acc;
 }
 
 /* Q4_K/Q5_K's 6-bit (scale, min) pair j of the 12 packed bytes. */
@@ -110,30 +102,23 @@ static void scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
     }
 }
 
-static void ref_q4_k(const uint8_t *row, const k_q8_row_t *x, long k, float *out) {
-    float acc[8] = {0}, mn = 0;
+static float ref_q4_k(const uint8_t *row, const k_q8_row_t *x, long k) {
+    float acc = 0, accm = 0;
     for (long b = 0; b < k / 256; b++) {
         const uint8_t *blk = row + b * 144, *qs = blk + 16;
         const int8_t *xq = x->q + b * 256;
-        int32_t lane[8] = {0}, msum = 0;
+        int32_t P = 0, M = 0;
         for (int j = 0; j < 8; j++) {
-            int sc, m;
+            int sc, m, i = 0;
             scale_min_k4(j, blk + 4, &sc, &m);
-            for (int l = 0; l < 8; l++) {
-                int p = 0;
-                for (int t = 0; t < 4; t++) {
-                    int e = 4 * l + t;
-                    p += ((qs[32 * (j / 2) + e] >> (4 * (j % 2))) & 15) * xq[32 * j + e];
-                }
-                lane[l] += sc * p;
-            }
-            msum += m * (x->bs[b * 16 + 2 * j] + x->bs[b * 16 + 2 * j + 1]);
+            for (int e = 0; e < 32; e++) i += ((qs[32 * (j / 2) + e] >> (4 * (j % 2))) & 15) * xq[32 * j + e];
+            P += sc * i;
+            M += m * x->s32[b * 8 + j];
         }
-        float sd = f16(blk) * x->d[b];
-        for (int l = 0; l < 8; l++) acc[l] = fmaf(sd, (float)lane[l], acc[l]);
-        mn = fmaf(f16(blk + 2) * x->d[b], (float)msum, mn);
+        acc = fmaf(f16(blk) * x->d[b], (float)P, acc);
+        accm = fmaf(f16(blk + 2) * x->d[b], (float)M, accm);
     }
-    *out = tree8(acc) - mn;
+    return acc - accm;
 }
 
 /* Q6_K code of element e (0..255) of a super-block, 0..63 (offset 32). */
@@ -144,24 +129,30 @@ static int code_q6_k(const uint8_t *blk, int e) {
     return lo | ((qh[l] >> (2 * quarter)) & 3) << 4;
 }
 
-static void ref_q6_k(const uint8_t *row, const k_q8_row_t *x, long k, float *out) {
-    float acc[8] = {0};
+static float ref_q6_k(const uint8_t *row, const k_q8_row_t *x, long k) {
+    float acc = 0;
     for (long b = 0; b < k / 256; b++) {
         const uint8_t *blk = row + b * 210;
         const int8_t *sc = (const int8_t *)(blk + 192), *xq = x->q + b * 256;
-        int32_t lane[8] = {0};
-        for (int e = 0; e < 256; e++) lane[(e % 32) / 4] += sc[e / 16] * (code_q6_k(blk, e) - 32) * xq[e];
-        float sd = f16(blk + 208) * x->d[b];
-        for (int l = 0; l < 8; l++) acc[l] = fmaf(sd, (float)lane[l], acc[l]);
+        int32_t P = 0;
+        for (int j = 0; j < 16; j++) {
+            int32_t i = 0;
+            for (int e = 16 * j; e < 16 * j + 16; e++) i += (code_q6_k(blk, e) - 32) * xq[e];
+            P += sc[j] * i;
+        }
+        acc = fmaf(f16(blk + 208) * x->d[b], (float)P, acc);
     }
-    *out = tree8(acc);
+    return acc;
 }
 
-void k_q8_dot_ref(uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k, float *out) {
-    for (int i = 0; i < nx; i++) {
-        if (type == K_Q4_K) ref_q4_k(row, x + i, k, out + i);
-        else if (type == K_Q6_K) ref_q6_k(row, x + i, k, out + i);
-        else ref32(type, row, x + i, k, out + i);
+void k_q8_rows_ref(uint32_t type, const void *w, size_t row_bytes, int nr, const k_q8_row_t *x, long m, long k,
+                   float *y, long ldy) {
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)r * row_bytes;
+        for (long i = 0; i < m; i++)
+            y[i * ldy + r] = type == K_Q4_K   ? ref_q4_k(row, x + i, k)
+                             : type == K_Q6_K ? ref_q6_k(row, x + i, k)
+                                              : ref32(type, row, x + i, k);
     }
 }
 
@@ -206,63 +197,72 @@ const char *k_q8_path(void) {
     return names[level()];
 }
 
-static void dot_at(int lv, uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k, float *out) {
-    if (lv == LV_PORTABLE) k_q8_dot_ref(type, row, x, nx, k, out);
-    else k_q8_dot_avx2(lv == LV_AVX2 ? 0 : lv == LV_AVXVNNI ? 1 : 2, type, row, x, nx, k, out);
+size_t k_q8_scratch_bytes(uint32_t type, long k) { return k_q8_scratch_bytes_avx2(type, k); }
+
+static void rows_at(int lv, uint32_t type, const void *w, size_t rb, int nr, const k_q8_row_t *x, long m, long k,
+                    float *y, long ldy, void *scratch) {
+    if (lv == LV_PORTABLE) k_q8_rows_ref(type, w, rb, nr, x, m, k, y, ldy);
+    else k_q8_rows_avx2(lv == LV_AVX2 ? 0 : lv == LV_AVXVNNI ? 1 : 2, type, w, rb, nr, x, m, k, y, ldy, scratch);
 }
 
-void k_q8_dot(uint32_t type, const void *row, const k_q8_row_t *x, int nx, long k, float *out) {
-    dot_at(level(), type, row, x, nx, k, out);
+void k_q8_rows(uint32_t type, const void *w, size_t row_bytes, int nr, const k_q8_row_t *x, long m, long k,
+               float *y, long ldy, void *scratch) {
+    rows_at(level(), type, w, row_bytes, nr, x, m, k, y, ldy, scratch);
 }
 
 /* ---- the driver --------------------------------------------------------------------------- */
 
-#define RUN_ROWS 16 /* weight rows per run (stay in L1 while the activation tiles pass) */
-#define TILE 4      /* activation rows per pass over a weight row */
+#define PR 8 /* weight rows per panel */
 
 typedef struct {
     const k_mat_t *const *w;
     float *const *y;
-    int count, lv;
+    int count, lv, failed;
     long m;
     const k_q8_row_t *x32, *x256; /* m rows each, for the weight types that need them */
 } q8_ctx_t;
 
 static void q8_task(void *arg, int ith, int nth) {
-    const q8_ctx_t *c = arg;
+    q8_ctx_t *c = arg;
+    size_t need = 0;
+    for (int i = 0; i < c->count; i++) {
+        size_t b = k_q8_scratch_bytes(c->w[i]->type, c->w[i]->k);
+        need = b > need ? b : need;
+    }
+    void *scratch = c->lv == LV_PORTABLE ? NULL : aligned_alloc(64, (need + 63) / 64 * 64);
+    if (c->lv != LV_PORTABLE && !scratch) {
+        c->failed = 1;
+        return;
+    }
     for (int i = 0; i < c->count; i++) {
         const k_mat_t *w = c->w[i];
         const k_q8_row_t *x = k_q8_block(w->type) == 32 ? c->x32 : c->x256;
         long b, e;
-        k_split(w->n, ith, nth, 4, &b, &e);
-        for (long r0 = b; r0 < e; r0 += RUN_ROWS) {
-            long r1 = r0 + RUN_ROWS < e ? r0 + RUN_ROWS : e;
-            for (long t = 0; t < c->m; t += TILE) {
-                int nx = c->m - t < TILE ? (int)(c->m - t) : TILE;
-                for (long r = r0; r < r1; r++) {
-                    float out[TILE];
-                    dot_at(c->lv, w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, x + t, nx, w->k, out);
-                    for (int j = 0; j < nx; j++) c->y[i][(t + j) * w->n + r] = out[j];
-                }
-            }
-        }
+        k_split(w->n, ith, nth, PR, &b, &e);
+        for (long r = b; r < e; r += PR)
+            rows_at(c->lv, w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, w->row_bytes,
+                    e - r < PR ? (int)(e - r) : PR, x, c->m, w->k, c->y[i] + r, w->n, scratch);
     }
+    free(scratch);
 }
 
 /* One block size's codes, scales and sums for m rows, in one allocation. */
 static k_q8_row_t *quant_rows(const float *x, long m, long k, int blk) {
-    size_t nd = (size_t)(k / blk), ns = blk == 32 ? (size_t)(k / 32) : 0, nbs = blk == 256 ? (size_t)(k / 16) : 0;
-    size_t per = (nd + ns) * sizeof(float) + nbs * sizeof(int16_t) + (size_t)k;
-    uint8_t *mem = malloc((size_t)m * (sizeof(k_q8_row_t) + per) + 64);
+    size_t nd = (size_t)(k / blk), ns = blk == 32 ? (size_t)(k / 32) : 0, n32 = (size_t)(k / 32),
+           n16 = blk == 256 ? (size_t)(k / 16) : 0;
+    size_t per = (nd + ns) * sizeof(float) + n32 * sizeof(int32_t) + n16 * sizeof(int16_t) + (size_t)k;
+    per = (per + 3) / 4 * 4;
+    uint8_t *mem = malloc((size_t)m * (sizeof(k_q8_row_t) + per));
     if (!mem) return NULL;
     k_q8_row_t *rows = (k_q8_row_t *)mem;
     uint8_t *p = mem + (size_t)m * sizeof(k_q8_row_t);
     for (long i = 0; i < m; i++, p += per) {
         float *d = (float *)p, *s = d + nd;
-        int16_t *bs = (int16_t *)(s + ns);
-        int8_t *q = (int8_t *)(bs + nbs);
-        k_q8_quant_row(x + i * k, k, blk, q, d, s, bs);
-        rows[i] = (k_q8_row_t){q, d, ns ? s : NULL, nbs ? bs : NULL};
+        int32_t *s32 = (int32_t *)(s + ns);
+        int16_t *s16 = (int16_t *)(s32 + n32);
+        int8_t *q = (int8_t *)(s16 + n16);
+        k_q8_quant_row(x + i * k, k, blk, q, d, s, s32, s16);
+        rows[i] = (k_q8_row_t){q, d, ns ? s : NULL, s32, n16 ? s16 : NULL};
     }
     return rows;
 }
@@ -277,14 +277,14 @@ int k_q8_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, 
         need32 |= k_q8_block(w[i]->type) == 32;
         need256 |= k_q8_block(w[i]->type) == 256;
     }
-    q8_ctx_t c = {w, y, count, level(), m, NULL, NULL};
+    q8_ctx_t c = {w, y, count, level(), 0, m, NULL, NULL};
     k_q8_row_t *x32 = need32 ? quant_rows(x, m, k, 32) : NULL, *x256 = need256 ? quant_rows(x, m, k, 256) : NULL;
     int rc = -1;
     if ((!need32 || x32) && (!need256 || x256)) {
         c.x32 = x32;
         c.x256 = x256;
         k_pool_run(pool, q8_task, &c);
-        rc = 0;
+        rc = c.failed ? -1 : 0;
     }
     free(x32);
     free(x256);

@@ -64,9 +64,10 @@ static void quant_rows(rows_t *R, const float *x, long m, long k, int blk) {
     for (long i = 0; i < m; i++) {
         int8_t *q = malloc((size_t)k);
         float *d = malloc((size_t)(k / 32) * sizeof *d), *s = malloc((size_t)(k / 32) * sizeof *s);
-        int16_t *bs = malloc((size_t)(k / 16) * sizeof *bs);
-        k_q8_quant_row(x + i * k, k, blk, q, d, s, bs);
-        R->r[i] = (k_q8_row_t){q, d, s, bs};
+        int32_t *s32 = malloc((size_t)(k / 32) * sizeof *s32);
+        int16_t *s16 = malloc((size_t)(k / 16) * sizeof *s16);
+        k_q8_quant_row(x + i * k, k, blk, q, d, s, s32, s16);
+        R->r[i] = (k_q8_row_t){q, d, s, s32, s16};
     }
 }
 
@@ -75,7 +76,8 @@ static void free_rows(rows_t *R) {
         free((void *)R->r[i].q);
         free((void *)R->r[i].d);
         free((void *)R->r[i].s);
-        free((void *)R->r[i].bs);
+        free((void *)R->r[i].s32);
+        free((void *)R->r[i].s16);
     }
 }
 
@@ -95,8 +97,9 @@ static void test_quant_row_bounds(void **state) {
     for (int blk = 32; blk <= 256; blk *= 8) {
         int8_t q[512];
         float d[16], s[16];
+        int32_t s32[16];
         int16_t bs[32];
-        k_q8_quant_row(x, k, blk, q, d, s, bs);
+        k_q8_quant_row(x, k, blk, q, d, s, s32, bs);
         for (long j = 0; j < k; j++) {
             float mx = 0;
             for (long t = j / blk * blk; t < (j / blk + 1) * blk; t++) mx = fmaxf(mx, fabsf(x[t]));
@@ -110,10 +113,11 @@ static void test_quant_row_bounds(void **state) {
             for (int j = 0; j < 16; j++) t += q[g * 16 + j];
             assert_int_equal(bs[g], t);
         }
-        for (long g = 0; g < k / 32 && blk == 32; g++) {
+        for (long g = 0; g < k / 32; g++) {
             int t = 0;
             for (int j = 0; j < 32; j++) t += q[g * 32 + j];
-            assert_true(s[g] == d[g] * (float)t);
+            assert_int_equal(s32[g], t);
+            if (blk == 32) assert_true(s[g] == d[g] * (float)t);
         }
     }
     free(x);
@@ -130,9 +134,10 @@ static void test_ref_matches_dequant(void **state) {
         float *x = make_x(2, k), *wf = malloc((size_t)k * sizeof *wf);
         rows_t R;
         quant_rows(&R, x, 2, k, k_q8_block(type));
+        float all[6];
+        k_q8_rows_ref(type, w, k_row_bytes(type, (size_t)k), 3, R.r, 2, k, all, 3);
         for (long r = 0; r < 3; r++) {
-            float got[2];
-            k_q8_dot_ref(type, w + r * k_row_bytes(type, (size_t)k), R.r, 2, k, got);
+            float got[2] = {all[r], all[3 + r]};
             k_dequant_row(type, w + r * k_row_bytes(type, (size_t)k), wf, (size_t)k);
             for (int i = 0; i < 2; i++) {
                 double want = 0, mag = 0;
@@ -157,7 +162,7 @@ static void test_ref_matches_dequant(void **state) {
 }
 
 /* Every path the CPU has equals the reference bit for bit: odd numbers of
- * blocks, 1..4 activation rows. */
+ * blocks, 1..8 weight rows per panel, 1..5 activation rows. */
 static void test_paths_bit_exact(void **state) {
     (void)state;
     static const long K32[] = {32, 96, 608, 1504}, KK[] = {256, 768, 1280};
@@ -173,23 +178,26 @@ static void test_paths_bit_exact(void **state) {
             int blk = k_q8_block(type), nk = blk == 32 ? 4 : 3;
             for (int ki = 0; ki < nk; ki++) {
                 long k = blk == 32 ? K32[ki] : KK[ki];
-                uint8_t *w = make_rows(type, 5, k);
-                float *x = make_x(4, k);
+                size_t rb = k_row_bytes(type, (size_t)k);
+                uint8_t *w = make_rows(type, 8, k);
+                float *x = make_x(5, k);
+                void *scratch = aligned_alloc(64, (k_q8_scratch_bytes(type, k) + 63) / 64 * 64);
                 rows_t R;
-                quant_rows(&R, x, 4, k, blk);
-                for (long r = 0; r < 5; r++)
-                    for (int nx = 1; nx <= 4; nx++) {
-                        float want[4], got[4];
-                        const uint8_t *row = w + r * k_row_bytes(type, (size_t)k);
-                        k_q8_dot_ref(type, row, R.r + 4 - nx, nx, k, want);
+                quant_rows(&R, x, 5, k, blk);
+                for (int nr = 1; nr <= 8; nr += (nr < 3 ? 1 : 5))
+                    for (long m = 1; m <= 5; m += 2) {
+                        float want[40], got[40];
+                        k_q8_rows_ref(type, w, rb, nr, R.r + 5 - m, m, k, want, 8);
                         k_q8_force_isa(PATHS[p]);
-                        k_q8_dot(type, row, R.r + 4 - nx, nx, k, got);
+                        k_q8_rows(type, w, rb, nr, R.r + 5 - m, m, k, got, 8, scratch);
                         k_q8_force_isa(NULL);
-                        if (memcmp(want, got, (size_t)nx * sizeof(float)) != 0)
-                            fail_msg("%s type %u k %ld nx %d: %.9g vs %.9g", PATHS[p], type, k, nx, got[0],
-                                     want[0]);
+                        for (long i = 0; i < m; i++)
+                            if (memcmp(want + i * 8, got + i * 8, (size_t)nr * sizeof(float)) != 0)
+                                fail_msg("%s type %u k %ld nr %d m %ld row %ld: %.9g vs %.9g", PATHS[p], type, k, nr,
+                                         m, i, got[i * 8], want[i * 8]);
                     }
                 free_rows(&R);
+                free(scratch);
                 free(w);
                 free(x);
             }
@@ -230,10 +238,12 @@ static void test_matmul_group(void **state) {
                     for (long r = 0; r < ns[i]; r++)
                         for (long j = 0; j < m; j++) {
                             float want;
-                            k_q8_dot_ref(type, w[i] + r * mats[i].row_bytes, R.r + j, 1, k, &want);
+                            k_q8_rows_ref(type, w[i] + r * mats[i].row_bytes, mats[i].row_bytes, 1, R.r + j, 1, k,
+                                          &want, 1);
                             assert_memory_equal(&want, &y[i][j * ns[i] + r], sizeof(float));
                         }
-                /* one matrix through k_matmul: the same path; int_acts = 0 is the FP32 one */
+                /* one matrix through k_matmul: the same path; int_acts = 0 is the FP32
+                 * one, within what 8-bit activations with 2 % outliers of 20x lose */
                 float *y1 = malloc((size_t)(m * ns[0]) * sizeof(float));
                 assert_int_equal(k_matmul(pool, &mats[0], x, m, y1), 0);
                 assert_memory_equal(y1, y[0], (size_t)(m * ns[0]) * sizeof(float));
@@ -246,7 +256,7 @@ static void test_matmul_group(void **state) {
                     differs |= y1[e] != y[0][e];
                     worst = fmaxf(worst, fabsf(y1[e] - y[0][e]));
                 }
-                if (worst > 0.05f * big) fail_msg("type %u: int8 vs FP32 off by %g of %g", type, worst, big);
+                if (worst > 0.1f * big) fail_msg("type %u: int8 vs FP32 off by %g of %g", type, worst, big);
                 assert_true(differs);
                 free(y1);
                 free_rows(&R);
