@@ -57,7 +57,7 @@ static float *make_x(long m, long k) {
 }
 
 /* Quantized rows with their own storage (freed by free_rows). */
-typedef struct { k_q8_row_t r[8]; void *mem[8]; int n; } rows_t;
+typedef struct { k_q8_row_t r[16]; int n; } rows_t;
 
 static void quant_rows(rows_t *R, const float *x, long m, long k, int blk) {
     R->n = (int)m;
