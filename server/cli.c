@@ -543,6 +543,20 @@ int cmd_inspect(const config_t *c) {
                    model_file_bits(&r.m, l, i));
         }
     printf("layer_bits_per_weight: %.3f\n", model_file_bits_total(&r.m));
+    if (!r.m.file_map) { /* which matrices the integer kernels (k_q8.h) take, unless --exact-fp32 */
+        int count[K_TYPE_MAX] = {0}, n = 1, q8 = k_q8_supports(r.m.output.type, r.m.output.k);
+        count[r.m.output.type]++;
+        for (int l = 0; l < hp->n_layer; l++)
+            for (int i = 0; i < 7; i++, n++) {
+                const k_mat_t *w = model_layer_mat(&r.m, l, i, NULL, 0);
+                count[w->type]++;
+                q8 += k_q8_supports(w->type, w->k);
+            }
+        printf("matmul_types:");
+        for (int t = 0; t < K_TYPE_MAX; t++)
+            if (count[t]) printf(" %s x%d", k_type_info((uint32_t)t) ? k_type_info((uint32_t)t)->name : "?", count[t]);
+        printf("\ninteger_kernels: %d of %d matrices (8-bit block activations; the rest FP32)\n", q8, n);
+    }
     rt_free(&r);
     return 0;
 }

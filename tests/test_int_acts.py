@@ -118,3 +118,12 @@ def test_serve_labels_its_path(flags, recipe):
         r = s.post("/v1/completions", {"model": su.model_id(), "prompt": "The capital of France is",
                                        "max_tokens": 4, "temperature": 0})
         assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
+
+
+def test_inspect_lists_types_and_integer_matrices():
+    r = run("inspect", "-m", MODEL)
+    assert r.returncode == 0, r.stderr
+    f = fields(r.stdout)
+    # the default model: Q4_1 layers and a tied Q8_0 embedding as the lm head
+    assert f["matmul_types"] == "Q4_1 x210 Q8_0 x1", f
+    assert f["integer_kernels"].startswith("211 of 211 matrices"), f
