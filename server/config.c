@@ -53,7 +53,8 @@ const opt_t OPTIONS[] = {
     {"ref", 0, NULL, NULL, OPT_BOOL, E, 0, 0,
      "eval: also run a reference model on the same tokens and report KL and top-1 agreement"},
     {"ref-model", 0, NULL, NULL, OPT_STR, E, 0, 0,
-     "eval --ref: the reference (default: -m's own FP32 path when --weights/--acts quantize it; required for a .sqm)"},
+     "eval --ref: the reference (default: -m's own FP32 path when --weights/--acts quantize it or it runs on "
+     "the integer kernels; required for a .sqm)"},
     {"host", 0, "SQSERVE_HOST", "127.0.0.1", OPT_STR, S, 0, 0, "listen address (IPv4)"},
     {"port", 0, "SQSERVE_PORT", "8080", OPT_INT, S, 0, 65535, "listen port (0 = any free port)"},
     {"model-name", 0, "SQSERVE_MODEL_NAME", NULL, OPT_STR, S, 0, 0,
