@@ -108,13 +108,22 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     return 0;
 }
 
+int cli_int_acts_wanted(const config_t *c) {
+    if (cfg_bool(c, "exact-fp32") && cfg_bool(c, "int-acts"))
+        return die("--exact-fp32 and --int-acts ask for opposite paths: give one"), -1;
+    if (cfg_bool(c, "exact-fp32")) return 0;
+    return cfg_bool(c, "int-acts") || strcmp(k_isa_name(), "avx512") != 0;
+}
+
 /* A GGUF run as stored (no recipe, not a .sqm) on the CPU takes the
- * integer kernels, activations quantized to 8 bits per block, unless
- * --exact-fp32 keeps the FP32-activation reference path. Never called for
- * a reference model: those stay FP32. */
-static void rt_int_acts(rt_t *r, const config_t *c) {
-    if (r->m.file_map || r->quantized || r->m.dev || cfg_bool(c, "exact-fp32")) return;
-    r->int_acts = model_set_int_acts(&r->m, 1) > 0;
+ * integer kernels, activations quantized to 8 bits per block, when
+ * cli_int_acts_wanted says so. Never called for a reference model: those
+ * stay FP32. Returns 0, or 1 after printing the error. */
+static int rt_int_acts(rt_t *r, const config_t *c) {
+    int want = cli_int_acts_wanted(c);
+    if (want < 0) return 1;
+    if (want && !r->m.file_map && !r->quantized && !r->m.dev) r->int_acts = model_set_int_acts(&r->m, 1) > 0;
+    return 0;
 }
 
 /* What the activations of a GGUF as stored are, for the reports. */
@@ -323,7 +332,7 @@ int cmd_generate(const config_t *c) {
         goto out;
     }
     if (rt_compute(&r, c, n_ctx)) goto out;
-    rt_int_acts(&r, c);
+    if (rt_int_acts(&r, c)) goto out;
     gen_stats_t st;
     char err[256];
     if (gen_run(&r.f, ids, (int)n_ids, &o, write_all, NULL, &st, err, sizeof err) != 0) {
@@ -413,8 +422,8 @@ static int open_ref(const rt_t *r, const config_t *c, rt_t *ref) {
                    "a .sqm has no unquantized path to compare with");
     if (!path && !r->quantized && !r->int_acts)
         return die("eval --ref compares a quantized model with its reference, and this GGUF runs with FP32 "
-                   "activations (--exact-fp32, or no type with integer kernels): give --weights/--acts, "
-                   "or --ref-model FILE");
+                   "activations (--exact-fp32, an AVX-512 CPU without --int-acts, or no type with integer "
+                   "kernels): give --int-acts, --weights/--acts, or --ref-model FILE");
     if (!path) {
         path = cfg_str(c, "model");
     } else {
@@ -461,7 +470,7 @@ int cmd_eval(const config_t *c) {
     for (int i = 0; i < N_OPTIONS; i++)
         if (strcmp(OPTIONS[i].name, "batch") == 0) cc.val[i] = batch;
     if (rt_quantize(&r, c) || rt_compute(&r, &cc, ctx)) goto out;
-    rt_int_acts(&r, c);
+    if (rt_int_acts(&r, c)) goto out;
     char err[256];
     model_desc_t d;
     describe(&r, c, &d);
@@ -607,7 +616,7 @@ int cmd_bench(const config_t *c) {
     double *t = malloc((size_t)reps * 2 * sizeof(double));
     if (!ids || !logits || !t) { die("out of memory"); goto out; }
     if (rt_compute(&r, c, n_ctx)) goto out;
-    rt_int_acts(&r, c);
+    if (rt_int_acts(&r, c)) goto out;
     for (int i = 0; i < pp + tg + 1; i++) ids[i] = (int32_t)((i * 7919 + 13) % r.m.hp.n_vocab);
     char err[256];
     for (int rep = 0; rep < reps; rep++) {

@@ -188,8 +188,16 @@ int cmd_serve(const config_t *c) {
         return fail(err);
     }
     /* a GGUF served as stored on the CPU: integer kernels, 8-bit block
-     * activations (kernels/k_q8.h), unless --exact-fp32 */
-    if (!quantized && !m.file_map && ord < 0 && !cfg_bool(c, "exact-fp32") && model_set_int_acts(&m, 1) > 0)
+     * activations (kernels/k_q8.h), as cli_int_acts_wanted decides */
+    int want_int = cli_int_acts_wanted(c);
+    if (want_int < 0) {
+        http_stop(&srv);
+        if (have_ref) model_free(&ref);
+        if (quantized) quant_free(&qs);
+        model_free(&m);
+        return 1;
+    }
+    if (want_int && !quantized && !m.file_map && ord < 0 && model_set_int_acts(&m, 1) > 0)
         snprintf(recipe, sizeof recipe, "gguf acts=q8-block");
     if (n_ctx <= 0) n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
     if (n_ctx > m.hp.n_ctx_train) {

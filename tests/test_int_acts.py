@@ -1,6 +1,8 @@
-"""A GGUF run as stored takes the integer kernels (kernels/k_q8.h: activations
-quantized to 8 bits per block, exact integer dot products) unless --exact-fp32
-keeps the FP32-activation path. Checked on the default model:
+"""A GGUF run as stored can take the integer kernels (kernels/k_q8.h:
+activations quantized to 8 bits per block, exact integer dot products): by
+default where the FP32-activation kernels are not AVX-512 (on AVX-512 those are
+faster), always with --int-acts, never with --exact-fp32. Checked on the
+default model, forcing the integer path with --int-acts:
 
 - --exact-fp32 IS the FP32 path: its perplexity equals, digit for digit, the
   reference that `eval --ref` runs (a second copy of the model on the FP32
@@ -11,7 +13,8 @@ keeps the FP32-activation path. Checked on the default model:
   KL(FP32 || int) below 0.01 nats (measured ~0.003), teacher-forced top-1
   agreement at least 93 % (measured ~96 %); greedy text starts the same.
 - Every command says which path it ran (bench, eval, serve's model label),
-  and the flag works through its environment variable.
+  the default follows the ISA, and the flags work through their environment
+  variables; asking for both paths is an error.
 The kernels' bit-exactness on every ISA path is tests/unit/test_q8.c's job.
 """
 import os
@@ -29,6 +32,7 @@ BIN = os.environ.get("SQSERVE_BIN", str(ROOT / "build" / "sqserve"))
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = DATA / "wikitext-2-test.txt"
 THREADS = ["-t", "2"]
+INT = ["--int-acts"]
 
 pytestmark = pytest.mark.skipif(not MODEL.exists(), reason="default model not fetched")
 
@@ -52,7 +56,7 @@ def need_text():
 def compared():
     """eval --ref: the integer path against the FP32 path on the same tokens."""
     need_text()
-    r = run("eval", "-m", MODEL, "--ppl", TEXT, "--ctx", 512, "--max-tokens", 1024, "--ref", *THREADS)
+    r = run("eval", "-m", MODEL, "--ppl", TEXT, "--ctx", 512, "--max-tokens", 1024, "--ref", *INT, *THREADS)
     assert r.returncode == 0, r.stderr[-2000:]
     return fields(r.stdout)
 
@@ -77,7 +81,7 @@ def test_int_path_is_close_to_fp32(compared):
 @pytest.mark.parametrize("prompt", ["The capital of France is", "Once upon a time", "def fibonacci(n):"])
 def test_greedy_text_starts_the_same(prompt):
     outs = []
-    for extra in ([], ["--exact-fp32"]):
+    for extra in (INT, ["--exact-fp32"]):
         r = run("generate", "-m", MODEL, "-p", prompt, "-n", 8, "--temp", 0, *THREADS, *extra)
         assert r.returncode == 0, r.stderr[-2000:]
         outs.append(r.stdout)
@@ -85,20 +89,34 @@ def test_greedy_text_starts_the_same(prompt):
     assert outs[0].split()[:2] == outs[1].split()[:2], outs
 
 
+def bench_line(*extra, env=None):
+    r = run("bench", "-m", MODEL, "--pp", 8, "--tg", 2, "-r", 1, *THREADS, *extra, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
 def test_commands_say_which_path():
-    r = run("bench", "-m", MODEL, "--pp", 8, "--tg", 2, "-r", 1, *THREADS)
-    assert r.returncode == 0 and "acts=q8-block" in r.stdout, r.stdout + r.stderr
-    r = run("bench", "-m", MODEL, "--pp", 8, "--tg", 2, "-r", 1, "--exact-fp32", *THREADS)
-    assert r.returncode == 0 and "acts=fp32" in r.stdout and "q8" not in r.stdout, r.stdout + r.stderr
-    r = run("bench", "-m", MODEL, "--pp", 8, "--tg", 2, "-r", 1, *THREADS, env={"SQSERVE_EXACT_FP32": "yes"})
-    assert r.returncode == 0 and "acts=fp32" in r.stdout, r.stdout + r.stderr
-    r = run("generate", "-m", MODEL, "-p", "Hi", "-n", 2, *THREADS)
+    assert "acts=q8-block" in bench_line(*INT)
+    line = bench_line("--exact-fp32")
+    assert "acts=fp32" in line and "q8" not in line, line
+    assert "acts=fp32" in bench_line(env={"SQSERVE_EXACT_FP32": "yes"})
+    assert "acts=q8-block" in bench_line(env={"SQSERVE_INT_ACTS": "1"})
+    r = run("generate", "-m", MODEL, "-p", "Hi", "-n", 2, *INT, *THREADS)
     assert r.returncode == 0 and "q8-block activations on " in r.stderr, r.stderr
     r = run("generate", "-m", MODEL, "-p", "Hi", "-n", 2, "--exact-fp32", *THREADS)
     assert r.returncode == 0 and "q8-block" not in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("bad", [["--exact-fp32=1"], ["--exact-fp32", "--weights", "nope"]])
+def test_default_follows_the_isa():
+    # the AVX-512 FP32 kernels are kept by default; below AVX-512 the integer path runs
+    line = bench_line()
+    assert ("acts=fp32" in line) == ("isa=avx512 " in line), line
+    line = bench_line(env={"SQSERVE_ISA": "avx2"})
+    assert "isa=avx2+avx2 acts=q8-block" in line, line
+
+
+@pytest.mark.parametrize("bad", [["--exact-fp32=1"], ["--exact-fp32", "--weights", "nope"],
+                                 ["--exact-fp32", "--int-acts"]])
 def test_bad_flag_use_is_an_error(bad):
     r = run("generate", "-m", MODEL, "-p", "Hi", "-n", 1, *bad, *THREADS)
     lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
@@ -110,7 +128,7 @@ def test_bad_env_value_is_an_error():
     assert r.returncode != 0 and "SQSERVE_EXACT_FP32" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("flags,recipe", [([], "gguf acts=q8-block"), (["--exact-fp32"], "gguf")])
+@pytest.mark.parametrize("flags,recipe", [(INT, "gguf acts=q8-block"), (["--exact-fp32"], "gguf")])
 def test_serve_labels_its_path(flags, recipe):
     with su.start_server("--startup-eval", 0, *flags) as s:
         m = re.search(r'sqserve_model_info\{[^}]*recipe="([^"]*)"', s.metrics_text())
