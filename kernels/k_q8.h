@@ -22,14 +22,18 @@
  * Integer sums are exact in any order, and each float operation is the
  * same lane-wise, so the SIMD paths equal the reference bit for bit.
  *
- * The SIMD kernels work on panels of 8 weight rows, built per call in a
- * per-thread scratch buffer: codes widened to bytes and transposed so
- * that int32 lane j of a register is row j (4 consecutive elements), and
- * the block scales converted to float, 8 rows side by side. One
- * vpdpbusd (or vpmaddubsw + vpmaddwd) then adds 4 products to each of 8
- * rows' block sums with a broadcast of 4 activation codes, the float
- * combination runs 8 rows wide, and every activation row of the call
- * (prefill: hundreds) reuses the panel. Unsigned weight codes meet signed
+ * The SIMD kernels work on 8 weight rows at a time, int32 lane j of a
+ * register being row j. With several activation rows (prefill, batched
+ * decode) the 8 rows are built once per call into a panel in a per-thread
+ * scratch buffer (codes widened to bytes and transposed, 4 consecutive
+ * elements per lane; block scales converted to float, 8 rows side by
+ * side): one vpdpbusd (or vpmaddubsw + vpmaddwd) then adds 4 products to
+ * each of 8 rows' block sums with a broadcast of 4 activation codes, the
+ * float combination runs 8 rows wide, and every activation row reuses the
+ * panel, two per pass. With one activation row (decode) the rows are read
+ * in place (lanes = 4-element groups of one row), reduced across rows by a
+ * transposed vphaddd tree, and the next 8 rows are prefetched as these are
+ * read (interleaved row streams defeat the hardware prefetchers). Unsigned weight codes meet signed
  * activations; Q8_0's signed codes go in offset by 128 (the VNNI paths,
  * corrected by 128 x the activation sums) or as |w| with the sign moved
  * onto the activations (AVX2, whose 16-bit pair sums must not saturate).
