@@ -4,10 +4,11 @@
  *
  * The driver quantizes every activation row once per call, in the block
  * sizes the group's weight types need, then splits each matrix's rows
- * across the pool in panels of 8. A thread builds a panel once in its
- * scratch buffer (a few KB to ~30 KB: it stays in L1/L2) and runs every
- * activation row of the call over it, so prefill pays the unpacking once
- * per 8 weight rows, and decode reads each weight block once per token.
+ * across the pool in groups of 8. With several activation rows a thread
+ * builds each group's panel once in its scratch buffer (a few KB to ~30
+ * KB: it stays in L1/L2) and runs every activation row of the call over
+ * it, so prefill pays the unpacking once per 8 weight rows; with one
+ * (decode) the kernel reads the 8 rows in place, each block once.
  *
  * The reference computes one row at a time with fmaf(), which this file's
  * flags (no FMA) turn into a libm call: slow, but the portable path only
