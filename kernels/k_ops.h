@@ -19,6 +19,10 @@ typedef struct {
     const void *data;
     long n, k;
     size_t row_bytes;
+    /* 1: activations quantized to 8 bits per block, integer dot products
+     * (k_q8.h; only where k_q8_supports); 0: FP32 activations, the exact
+     * reference */
+    int int_acts;
 } k_mat_t;
 
 /* Per-ISA hot loops (k_simd.inc). */
@@ -44,6 +48,9 @@ typedef struct {
 } k_isa_t;
 
 void k_init(void);
+/* 1 when the CPU has AVX2 and AVX-VNNI (VEX vpdpbusd: cpuid leaf 7
+ * sub-leaf 1, EAX bit 4), which AVX-512 VNNI does not imply. */
+int k_cpu_avxvnni(void);
 const char *k_isa_name(void);
 const k_isa_t *k_isa(void);
 

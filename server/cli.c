@@ -11,6 +11,7 @@
 #include "../engine/compute/act_quant.h"
 #include "../engine/model/sqm.h"
 #include "../engine/quant/sqm_write.h"
+#include "../kernels/k_q8.h"
 #include "../kernels/k_quant.h"
 
 #include <math.h>
@@ -42,6 +43,7 @@ typedef struct {
     fwd_t f;
     quant_state_t qs;
     int loaded, kv_ready, fwd_ready, quantized, own_pool;
+    int int_acts; /* a GGUF as stored on the integer kernels (k_q8.h) */
 } rt_t;
 
 static void rt_free(rt_t *r) {
@@ -109,6 +111,27 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     }
     return 0;
 }
+
+int cli_int_acts_wanted(const config_t *c) {
+    if (cfg_bool(c, "exact-fp32") && cfg_bool(c, "int-acts"))
+        return die("--exact-fp32 and --int-acts ask for opposite paths: give one"), -1;
+    if (cfg_bool(c, "exact-fp32")) return 0;
+    return cfg_bool(c, "int-acts") || strcmp(k_isa_name(), "avx512") != 0;
+}
+
+/* A GGUF run as stored (no recipe, not a .sqm) on the CPU takes the
+ * integer kernels, activations quantized to 8 bits per block, when
+ * cli_int_acts_wanted says so. Never called for a reference model: those
+ * stay FP32. Returns 0, or 1 after printing the error. */
+static int rt_int_acts(rt_t *r, const config_t *c) {
+    int want = cli_int_acts_wanted(c);
+    if (want < 0) return 1;
+    if (want && !r->m.file_map && !r->quantized && !r->m.dev) r->int_acts = model_set_int_acts(&r->m, 1) > 0;
+    return 0;
+}
+
+/* What the activations of a GGUF as stored are, for the reports. */
+static const char *gguf_acts(const rt_t *r) { return r->int_acts ? "q8-block" : "fp32"; }
 
 static char *read_file(const char *path, size_t *len);
 static int encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out, long *n);
@@ -335,6 +358,7 @@ int cmd_generate(const config_t *c) {
         goto out;
     }
     if (rt_compute(&r, c, n_ctx)) goto out;
+    if (rt_int_acts(&r, c)) goto out;
     gen_stats_t st;
     char err[256];
     if (gen_run(&r.f, ids, (int)n_ids, &o, write_all, NULL, &st, err, sizeof err) != 0) {
@@ -344,10 +368,10 @@ int cmd_generate(const config_t *c) {
     printf("\n");
     fflush(stdout);
     fprintf(stderr, "prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.1f tokens/s "
-            "| %d threads, %s | finish: %s\n", st.n_prompt,
+            "| %d threads, %s%s%s | finish: %s\n", st.n_prompt,
             st.t_prompt_s > 0 ? st.n_prompt / st.t_prompt_s : 0.0, st.n_gen,
             st.t_gen_s > 0 ? st.n_gen / st.t_gen_s : 0.0, k_pool_size(r.pool), k_isa_name(),
-            st.finish);
+            r.int_acts ? ", q8-block activations on " : "", r.int_acts ? k_q8_path() : "", st.finish);
     rc = 0;
 out:
     free(text);
@@ -403,17 +427,18 @@ static void describe(const rt_t *r, const config_t *c, model_desc_t *d) {
         snprintf(d->weights, sizeof d->weights, "%s", cfg_str(c, "weights"));
         snprintf(d->acts, sizeof d->acts, "%s", cfg_str(c, "acts"));
         d->w_bits = r->qs.w_bits;
-    } else { /* a GGUF as stored, FP32 activations */
+    } else { /* a GGUF as stored: FP32 or 8-bit block activations */
         snprintf(d->weights, sizeof d->weights, "gguf");
-        snprintf(d->acts, sizeof d->acts, "fp32");
+        snprintf(d->acts, sizeof d->acts, "%s", gguf_acts(r));
         d->w_bits = model_file_bits_total(&r->m);
     }
 }
 
 /* The reference eval --ref compares with: --ref-model, or the GGUF itself
- * on its FP32 path when -m is a GGUF quantized by --weights/--acts. A .sqm
- * has no FP32 path of its own, and a plain GGUF compared with itself says
- * nothing: both need --ref-model. */
+ * on its FP32 path when -m is a GGUF quantized by --weights/--acts or run
+ * on the integer kernels (8-bit block activations). A .sqm has no FP32
+ * path of its own, and a GGUF on its FP32 path (--exact-fp32) compared
+ * with itself says nothing: both need --ref-model. */
 static int open_ref(const rt_t *r, const config_t *c, rt_t *ref) {
     char err[512];
     const char *path = cfg_str(c, "ref-model");
@@ -421,9 +446,10 @@ static int open_ref(const rt_t *r, const config_t *c, rt_t *ref) {
     if (!path && r->m.file_map)
         return die("eval --ref on a .sqm needs --ref-model ORIGINAL.gguf (the model it was converted from): "
                    "a .sqm has no unquantized path to compare with");
-    if (!path && !r->quantized)
-        return die("eval --ref compares a quantized model with its reference: give --weights/--acts, "
-                   "or --ref-model FILE");
+    if (!path && !r->quantized && !r->int_acts)
+        return die("eval --ref compares a quantized model with its reference, and this GGUF runs with FP32 "
+                   "activations (--exact-fp32, an AVX-512 CPU without --int-acts, or no type with integer "
+                   "kernels): give --int-acts, --weights/--acts, or --ref-model FILE");
     if (!path) {
         path = cfg_str(c, "model");
     } else {
@@ -470,6 +496,7 @@ int cmd_eval(const config_t *c) {
     for (int i = 0; i < N_OPTIONS; i++)
         if (strcmp(OPTIONS[i].name, "batch") == 0) cc.val[i] = batch;
     if (rt_quantize(&r, c) || rt_compute(&r, &cc, ctx)) goto out;
+    if (rt_int_acts(&r, c)) goto out;
     char err[256];
     model_desc_t d;
     describe(&r, c, &d);
@@ -571,6 +598,20 @@ int cmd_inspect(const config_t *c) {
         printf("part_bits_per_weight: %s %.3f (%d matrices, %.0f bytes)\n", part[i],
                8.0 * part_bytes[i] / part_elems[i], hp->n_layer, part_bytes[i]);
     printf("layer_bits_per_weight: %.3f\n", model_file_bits_total(&r.m));
+    if (!r.m.file_map) { /* which matrices the integer kernels (k_q8.h) take, unless --exact-fp32 */
+        int count[K_TYPE_MAX] = {0}, n = 1, q8 = k_q8_supports(r.m.output.type, r.m.output.k);
+        count[r.m.output.type]++;
+        for (int l = 0; l < hp->n_layer; l++)
+            for (int i = 0; i < 7; i++, n++) {
+                const k_mat_t *w = model_layer_mat(&r.m, l, i, NULL, 0);
+                count[w->type]++;
+                q8 += k_q8_supports(w->type, w->k);
+            }
+        printf("matmul_types:");
+        for (int t = 0; t < K_TYPE_MAX; t++)
+            if (count[t]) printf(" %s x%d", k_type_info((uint32_t)t) ? k_type_info((uint32_t)t)->name : "?", count[t]);
+        printf("\ninteger_kernels: %d of %d matrices (8-bit block activations; the rest FP32)\n", q8, n);
+    }
     rt_free(&r);
     return 0;
 }
@@ -621,6 +662,7 @@ int cmd_bench(const config_t *c) {
     double *t = malloc((size_t)reps * 2 * sizeof(double));
     if (!ids || !logits || !t) { die("out of memory"); goto out; }
     if (rt_compute(&r, c, n_ctx)) goto out;
+    if (rt_int_acts(&r, c)) goto out;
     for (int i = 0; i < pp + tg + 1; i++) ids[i] = (int32_t)((i * 7919 + 13) % r.m.hp.n_vocab);
     char err[256];
     for (int rep = 0; rep < reps; rep++) {
@@ -649,8 +691,10 @@ int cmd_bench(const config_t *c) {
     for (int i = 0; i < reps; i++) pps[i] = t[2 * i], tgs[i] = t[2 * i + 1];
     qsort(pps, (size_t)reps, sizeof(double), cmp_double);
     qsort(tgs, (size_t)reps, sizeof(double), cmp_double);
-    printf("threads=%d isa=%s pp%d=%.1f tg%d=%.1f (tokens/s, median of %d)\n", k_pool_size(r.pool),
-           r.m.dev ? model_gpu_name(&r.m) : k_isa_name(), pp, pps[reps / 2], tg, tgs[reps / 2], reps);
+    printf("threads=%d isa=%s%s%s acts=%s pp%d=%.1f tg%d=%.1f (tokens/s, median of %d)\n", k_pool_size(r.pool),
+           r.m.dev ? model_gpu_name(&r.m) : k_isa_name(), r.int_acts ? "+" : "", r.int_acts ? k_q8_path() : "",
+           r.int_acts ? "q8-block" : r.m.file_map ? r.m.a_recipe : "fp32", pp, pps[reps / 2], tg,
+           tgs[reps / 2], reps);
     rc = 0;
 out:
     free(ids);

@@ -68,7 +68,8 @@ const opt_t OPTIONS[] = {
     {"ref", 0, NULL, NULL, OPT_BOOL, E, 0, 0,
      "also run a reference model on the same tokens and report KL and top-1 agreement"},
     {"ref-model", 0, NULL, NULL, OPT_STR, E, 0, 0,
-     "with --ref: the reference model (default: -m's own FP32 path when --weights/--acts quantize it; required for a .sqm)"},
+     "with --ref: the reference model (default: -m's own FP32 path when --weights/--acts quantize it or it runs "
+     "on the integer kernels; required for a .sqm)"},
     {"host", 0, "SQSERVE_HOST", "127.0.0.1", OPT_STR, S, 0, 0, "listen address (IPv4)"},
     {"port", 0, "SQSERVE_PORT", "8080", OPT_INT, S, 0, 65535, "listen port (0 = any free port)"},
     {"model-name", 0, "SQSERVE_MODEL_NAME", NULL, OPT_STR, S, 0, 0,
@@ -112,6 +113,12 @@ const opt_t OPTIONS[] = {
      "fraction of requests replayed through the FP32 reference in idle time (KL, top-1 metrics)"},
     {"startup-eval", 0, "SQSERVE_STARTUP_EVAL", "512", OPT_INT, S, 0, 1 << 16,
      "tokens of self-generated text to measure a quantized model against FP32 at start (0 = skip)"},
+    {"exact-fp32", 0, "SQSERVE_EXACT_FP32", NULL, OPT_BOOL, G | E | B | S, 0, 0,
+     "a GGUF run as stored: FP32 activations (the exact reference path) instead of activations quantized "
+     "to 8 bits per block with integer kernels (as llama.cpp does)"},
+    {"int-acts", 0, "SQSERVE_INT_ACTS", NULL, OPT_BOOL, G | E | B | S, 0, 0,
+     "a GGUF run as stored: the integer kernels even where the FP32-activation kernels run AVX-512 "
+     "(by default those are kept there: on the machines measured they are faster)"},
     {"device", 0, "SQSERVE_DEVICE", "cpu", OPT_STR, G | E | B | S, 0, 0,
      "compute device: cpu, cuda or cuda:N (a CUDA build on an sm_90 GPU)"},
     {"synthetic", 0, NULL, NULL, OPT_STR, B, 0, 0,

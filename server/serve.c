@@ -200,15 +200,33 @@ int cmd_serve(const config_t *c) {
     }
     k_pool_free(tmp_pool);
     int n_ctx = (int)cfg_int(c, "ctx");
+    int ord; /* the served model moves to the GPU; the FP32 reference stays on the CPU */
+    if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0) {
+        http_stop(&srv);
+        if (have_ref) model_free(&ref);
+        if (quantized) quant_free(&qs);
+        model_free(&m);
+        return fail(err);
+    }
+    /* a GGUF served as stored on the CPU: integer kernels, 8-bit block
+     * activations (kernels/k_q8.h), as cli_int_acts_wanted decides */
+    int want_int = cli_int_acts_wanted(c);
+    if (want_int < 0) {
+        http_stop(&srv);
+        if (have_ref) model_free(&ref);
+        if (quantized) quant_free(&qs);
+        model_free(&m);
+        return 1;
+    }
+    if (want_int && !quantized && !m.file_map && ord < 0 && model_set_int_acts(&m, 1) > 0)
+        snprintf(recipe, sizeof recipe, "gguf acts=q8-block");
     if (n_ctx <= 0) n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
     if (n_ctx > m.hp.n_ctx_train) {
         model_free(&m);
         snprintf(err, sizeof err, "--ctx %d exceeds the model's context of %d", n_ctx, m.hp.n_ctx_train);
         return fail(err);
     }
-    int ord; /* the served model moves to the GPU; the FP32 reference stays on the CPU */
-    if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0 ||
-        (ord >= 0 && model_to_gpu(&m, ord, err, sizeof err) != 0)) {
+    if (ord >= 0 && model_to_gpu(&m, ord, err, sizeof err) != 0) {
         http_stop(&srv);
         if (have_ref) model_free(&ref);
         if (quantized) quant_free(&qs);

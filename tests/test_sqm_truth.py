@@ -165,9 +165,17 @@ def test_eval_ref_on_a_sqm_needs_the_original(tiny, tmp_path, text):
     assert float(f["kl"]) > 0 and f["ppl"] != f["ppl_ref"]
 
 
-def test_eval_ref_of_a_plain_gguf_is_refused(tiny, text):
-    line = one_error_line(run("eval", "-m", tiny, "--ppl", text, "--ctx", 64, "--ref"))
+def test_eval_ref_of_a_plain_gguf(tiny, text):
+    # on its FP32 path (--exact-fp32) a GGUF compared with itself says nothing
+    line = one_error_line(run("eval", "-m", tiny, "--ppl", text, "--ctx", 64, "--ref", "--exact-fp32"))
     assert "--weights" in line and "--ref-model" in line
+    # on the integer kernels (8-bit block activations) its reference is its own FP32 path
+    r = run("eval", "-m", tiny, "--ppl", text, "--ctx", 64, "--max-tokens", 256, "--ref", "--int-acts")
+    assert r.returncode == 0, r.stderr[-2000:]
+    f = fields(r.stdout)
+    assert (f["weights"], f["acts"]) == ("gguf", "q8-block")
+    assert f["ref_model"] == str(tiny) and (f["ref_weights"], f["ref_acts"]) == ("gguf", "fp32")
+    assert float(f["kl"]) > 0 and f["ppl"] != f["ppl_ref"]
 
 
 def test_ref_model_must_share_architecture_and_vocabulary(tiny, tmp_path, text):
@@ -191,7 +199,9 @@ def test_ref_model_without_ref_is_an_error(tiny, text):
 
 
 def test_plain_eval_says_what_it_evaluated(tiny, text):
-    f = fields(run("eval", "-m", tiny, "--ppl", text, "--ctx", 64, "--max-tokens", 128).stdout)
+    f = fields(run("eval", "-m", tiny, "--ppl", text, "--ctx", 64, "--max-tokens", 128, "--int-acts").stdout)
+    assert (f["weights"], f["acts"]) == ("gguf", "q8-block") and float(f["w_bits"]) > 0
+    f = fields(run("eval", "-m", tiny, "--ppl", text, "--ctx", 64, "--max-tokens", 128, "--exact-fp32").stdout)
     assert (f["weights"], f["acts"]) == ("gguf", "fp32") and float(f["w_bits"]) > 0
 
 

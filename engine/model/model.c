@@ -3,6 +3,7 @@
 #include "finite.h"
 
 
+#include "../../kernels/k_q8.h"
 #include "../../kernels/k_quant.h"
 
 #include <math.h>
@@ -191,7 +192,7 @@ static int load_mat(model_t *m, const char *name, long k, long n, k_mat_t *w, ch
                     size_t errlen) {
     const gguf_tensor_t *t;
     if (want_tensor(m, name, k, n, 0, &t, err, errlen)) return -1;
-    *w = (k_mat_t){t->type, t->data, n, k, k_row_bytes(t->type, (size_t)k)};
+    *w = (k_mat_t){t->type, t->data, n, k, k_row_bytes(t->type, (size_t)k), 0};
     return 0;
 }
 
@@ -254,7 +255,7 @@ static int load_weights(model_t *m, char *err, size_t errlen) {
     const gguf_tensor_t *out;
     if (want_tensor(m, "output.weight", dim, hp->n_vocab, 1, &out, err, errlen)) return -1;
     m->output = out ? (k_mat_t){out->type, out->data, hp->n_vocab, dim,
-                                k_row_bytes(out->type, (size_t)dim)}
+                                k_row_bytes(out->type, (size_t)dim), 0}
                     : m->tok_embd; /* tied embeddings */
     m->layers = calloc((size_t)hp->n_layer, sizeof(layer_t));
     if (!m->layers) return errf(err, errlen, "out of memory");
@@ -378,6 +379,18 @@ k_mat_t *model_layer_mat(model_t *m, int l, int i, char *name, size_t n) {
     k_mat_t *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
     if (name) snprintf(name, n, "blk.%d.%s.weight", l, parts[i]);
     return mats[i];
+}
+
+static int set_int_acts(k_mat_t *w, int on) {
+    w->int_acts = on && k_q8_supports(w->type, w->k);
+    return w->int_acts;
+}
+
+int model_set_int_acts(model_t *m, int on) {
+    int count = set_int_acts(&m->output, on);
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (int i = 0; i < 7; i++) count += set_int_acts(model_layer_mat(m, l, i, NULL, 0), on);
+    return count;
 }
 
 double model_file_bits(const model_t *m, int l, int i) {

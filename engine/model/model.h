@@ -98,6 +98,12 @@ void model_rope_inv_freq(const hparams_t *hp, const float *factors, float *out);
  * name (if non-NULL) receives the GGUF tensor name. */
 k_mat_t *model_layer_mat(model_t *m, int l, int i, char *name, size_t n);
 
+/* GGUF matrices (layers and lm head) of a type with integer kernels
+ * (kernels/k_q8.h) run with activations quantized to 8 bits per block when
+ * on, else with FP32 activations (the reference; what model_load gives).
+ * Returns how many matrices now take the integer path. */
+int model_set_int_acts(model_t *m, int on);
+
 /* Stored bits per weight of layer matrix (l, i) in the file it came from,
  * and over all layer matrices (file_bytes * 8 / elements). */
 double model_file_bits(const model_t *m, int l, int i);

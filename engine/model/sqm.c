@@ -52,7 +52,7 @@ static int use_view(model_t *m, int layer, int part, k_sq_t *v, double bits, int
         snprintf(msg, msglen, "out of memory");
         return -1;
     }
-    *model_layer_mat(m, layer, part, NULL, 0) = (k_mat_t){K_SQ, v, v->n, v->k, (size_t)((double)v->k * bits / 8)};
+    *model_layer_mat(m, layer, part, NULL, 0) = (k_mat_t){K_SQ, v, v->n, v->k, (size_t)((double)v->k * bits / 8), 0};
     seen[layer * 7 + part] = 1;
     return 0;
 }
@@ -213,7 +213,7 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
         snprintf(msg, msglen, "tensor '%s' has unknown kind '%s'", name, kind);
         return -1;
     }
-    *model_layer_mat(m, layer, part, NULL, 0) = (k_mat_t){K_F32, W, n, k, (size_t)k * sizeof(float)};
+    *model_layer_mat(m, layer, part, NULL, 0) = (k_mat_t){K_F32, W, n, k, (size_t)k * sizeof(float), 0};
     seen[layer * 7 + part] = 1;
     return 0;
 }

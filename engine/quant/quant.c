@@ -81,7 +81,7 @@ static int sq_kernel_mat(k_mat_t *w, const sq_tensor_t *t, quant_state_t *qs) {
         free(v);
         return -1;
     }
-    *w = (k_mat_t){K_SQ, v, t->n, t->k, (size_t)((double)t->k * sq_bits_in_memory(&t->cfg) / 8)};
+    *w = (k_mat_t){K_SQ, v, t->n, t->k, (size_t)((double)t->k * sq_bits_in_memory(&t->cfg) / 8), 0};
     return 0;
 }
 
@@ -156,12 +156,12 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
                 snprintf(err, errlen, "out of memory");
                 return -1;
             }
-            *w = (k_mat_t){K_SQ, v, n, k, (size_t)((double)k * (r->bits + 32.0 / (double)g) / 8)};
+            *w = (k_mat_t){K_SQ, v, n, k, (size_t)((double)k * (r->bits + 32.0 / (double)g) / 8), 0};
             return 0;
         }
     }
     if (own(qs, W) != 0) goto oom;
-    *w = (k_mat_t){0 /* K_F32 */, W, n, k, (size_t)k * sizeof(float)};
+    *w = (k_mat_t){0 /* K_F32 */, W, n, k, (size_t)k * sizeof(float), 0};
     return 0;
 oom:
     free(W);
@@ -178,7 +178,7 @@ static float *f32_copy(k_mat_t *mt, quant_state_t *qs) {
         return NULL;
     }
     for (long i = 0; i < mt->n; i++) k_mat_row(mt, i, W + i * mt->k);
-    *mt = (k_mat_t){0 /* K_F32 */, W, mt->n, mt->k, (size_t)mt->k * sizeof(float)};
+    *mt = (k_mat_t){0 /* K_F32 */, W, mt->n, mt->k, (size_t)mt->k * sizeof(float), 0};
     return W;
 }
 

@@ -10,11 +10,17 @@
  *   x rows, so the dequant cost is paid once per weight row for the whole
  *   batch (prompt processing) and no horizontal sums are needed.
  * Rows of W are split across threads in multiples of 32 (4 when fused).
- * SQ weights (K_SQ) go to k_sq_matmul (k_sq.h), which has its own driver.
+ * SQ weights (K_SQ) go to k_sq_matmul (k_sq.h), which has its own driver;
+ * GGUF weights marked int_acts to k_q8_matmul_group (k_q8.h), which
+ * quantizes the activations to 8 bits per block: this file's kernels are
+ * the FP32-activation reference path.
  */
 #include "../k_ops.h"
 #include "../k_quant.h"
+#include "../k_q8.h"
 #include "../k_sq.h"
+
+#include <cpuid.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -39,6 +45,19 @@ void k_init(void) {
     /* avxvnni only changes the SQ kernels' multiply (k_sq.c): AVX2 here */
     else if (want && (strcmp(want, "avx2") == 0 || strcmp(want, "avxvnni") == 0) && has2) isa = &k_isa_avx2;
     else if (want && strcmp(want, "avx512") == 0 && has512) isa = &k_isa_avx512;
+}
+
+/* Asked once (in a VM every cpuid traps to the hypervisor), from the
+ * calling thread, never from the pool's; GCC 12's builtin misses the bit
+ * on AMD. */
+int k_cpu_avxvnni(void) {
+    static int known = -1;
+    if (known < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
+    }
+    return known;
 }
 
 const char *k_isa_name(void) { return isa->name; }
@@ -122,6 +141,7 @@ static void mm_task(void *arg, int ith, int nth) {
 
 int k_matmul(k_pool_t *pool, const k_mat_t *w, const float *x, long m, float *y) {
     if (w->type == K_SQ) return k_sq_matmul(pool, w->data, x, m, y);
+    if (w->int_acts && k_q8_supports(w->type, w->k)) return k_q8_matmul_group(pool, &w, &y, 1, x, m);
     const k_type_info_t *ti = k_type_info(w->type);
     if (!ti || !ti->dequant) return -1;
     mm_ctx_t c = {w, x, m, y, NULL, m <= FUSED_MAX_M && has_fused(w->type), 0};
@@ -156,11 +176,13 @@ int k_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, int
                    const float *x, long m) {
     /* only the fused single-row path is grouped: it is the one whose
      * per-matrix work is small enough for the fork-join to matter */
-    int simple = count <= 4 && m == 1, sq = count <= 4; /* has_fused() is false for K_SQ */
+    int simple = count <= 4 && m == 1, sq = count <= 4, q8 = count <= 4; /* has_fused() is false for K_SQ */
     for (int i = 0; i < count; i++) {
-        simple = simple && has_fused(w[i]->type);
+        simple = simple && has_fused(w[i]->type) && !w[i]->int_acts;
         sq = sq && w[i]->type == K_SQ && w[i]->k == w[0]->k;
+        q8 = q8 && w[i]->int_acts && k_q8_supports(w[i]->type, w[i]->k) && w[i]->k == w[0]->k;
     }
+    if (q8) return k_q8_matmul_group(pool, w, y, count, x, m); /* x quantized once for all of them */
     if (sq) { /* INT8 activations: quantize x once for all of them */
         const k_sq_t *v[4];
         for (int i = 0; i < count; i++) v[i] = w[i]->data;

@@ -12,9 +12,9 @@
  * (view_blk_t), so the public struct, and every caller's initializer of
  * it, stays as it was.
  */
+#include "../k_ops.h"
 #include "../k_sq.h"
 
-#include <cpuid.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,18 +42,7 @@ float k_quant_row_i8_avx2(const float *x, long k, int8_t *qx, int32_t *xsum64);
  * (Alder Lake, Zen 4), which AVX-512 VNNI does not imply. */
 enum { ISA_PORTABLE, ISA_AVX2, ISA_AVXVNNI, ISA_AVX512 };
 
-/* cpuid leaf 7 sub-leaf 1, EAX bit 4 (GCC 12's builtin misses it on AMD);
- * asked once (in a VM every cpuid traps to the hypervisor), from the
- * calling thread, never from the pool's. */
-static int has_avxvnni(void) {
-    static int known = -1;
-    if (known < 0) {
-        unsigned a = 0, b = 0, c = 0, d = 0;
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
-    }
-    return known;
-}
+static int has_avxvnni(void) { return k_cpu_avxvnni(); }
 
 static int cpu_level(void) {
     __builtin_cpu_init();

@@ -111,7 +111,7 @@ static const char *ISAS[] = {"portable", "avx2", "avx512"};
 static void check_matmul(int t, long n, long k, long m) {
     size_t rb;
     uint8_t *w = make_matrix(t, n, k, &rb);
-    k_mat_t mat = {TYPE_IDS[t], w, n, k, rb};
+    k_mat_t mat = {TYPE_IDS[t], w, n, k, rb, 0};
     float *x = malloc((size_t)(m * k) * sizeof(float)), *y = malloc((size_t)(m * n) * sizeof(float));
     float *row = malloc((size_t)k * sizeof(float));
     srand(1234);
