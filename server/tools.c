@@ -2,6 +2,7 @@
  * reply parsing (see tools.h for the formats). */
 #include "tools.h"
 
+#include "../engine/model/sbuf.h"
 #include "../engine/runtime/json_schema.h"
 
 #include <ctype.h>
@@ -117,38 +118,15 @@ int tools_active(const tools_t *t) { return t->tools && t->choice != TOOLS_NONE;
 
 /* ---- prompt text ----------------------------------------------------------------------------- */
 
-typedef struct { char *buf; size_t len, cap; int oom; } sb_t;
-
-static void sb_addn(sb_t *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->len + n + 1) * 2;
-        char *nb = realloc(b->buf, cap);
-        if (!nb) { b->oom = 1; return; }
-        b->buf = nb;
-        b->cap = cap;
-    }
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-    b->buf[b->len] = 0;
-}
-
-static void sb_add(sb_t *b, const char *s) { sb_addn(b, s, strlen(s)); }
-
-static void sb_json(sb_t *b, json_t *j) {
+static void sb_json(sbuf_t *b, json_t *j) {
     char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
     if (!s) { b->oom = 1; return; }
     sb_add(b, s);
     free(s);
 }
 
-static char *sb_take(sb_t *b) {
-    if (b->oom) { free(b->buf); return NULL; }
-    return b->buf ? b->buf : strdup("");
-}
-
 char *tools_preamble(const tools_t *t) {
-    sb_t b = {0};
+    sbuf_t b = {0};
     size_t i;
     json_t *tool;
     if (t->kind == CHAT_LLAMA3) {
@@ -181,7 +159,7 @@ char *tools_calls_text(chat_kind_t kind, const char *content, json_t *calls, siz
         BAD("messages", "messages[%zu].tool_calls must be a non-empty list", idx);
         return NULL;
     }
-    sb_t b = {0};
+    sbuf_t b = {0};
     if (content && *content) sb_add(&b, content);
     size_t i;
     json_t *c;
@@ -212,7 +190,7 @@ char *tools_calls_text(chat_kind_t kind, const char *content, json_t *calls, siz
 const char *tools_result_role(chat_kind_t kind) { return kind == CHAT_LLAMA3 ? "ipython" : "user"; }
 
 char *tools_result_text(chat_kind_t kind, const char *content) {
-    sb_t b = {0};
+    sbuf_t b = {0};
     if (kind == CHAT_LLAMA3) {
         sb_add(&b, content);
     } else {
@@ -245,7 +223,7 @@ json_t *tools_template_messages(json_t *messages) {
 char *tools_grammar(const tools_t *t, char *err, size_t errlen, int *oom) {
     *oom = 0;
     jsg_t *g = jsg_new();
-    sb_t fns = {0};
+    sbuf_t fns = {0};
     char *text = NULL;
     if (!g) goto nomem;
     size_t i;
@@ -277,7 +255,7 @@ char *tools_grammar(const tools_t *t, char *err, size_t errlen, int *oom) {
         free(lit);
     }
     char *body = sb_take(&fns);
-    fns = (sb_t){0};
+    fns = (sbuf_t){0};
     if (!body || jsg_rule(g, "fncall", body)) { free(body); goto nomem; }
     free(body);
     int rc;
@@ -456,7 +434,7 @@ int tools_stream_feed(tools_stream_t *s, const char *text, size_t len, int final
                                      : feed_chatml(s, final, content, call, ud);
 }
 
-typedef struct { sb_t text; json_t *calls; } collect_t;
+typedef struct { sbuf_t text; json_t *calls; } collect_t;
 
 static void collect_content(void *ud, const char *text, size_t len) { sb_addn(&((collect_t *)ud)->text, text, len); }
 

@@ -1,6 +1,7 @@
 /* chat.c - chat templates: the GGUF's Jinja template through jinja.h, or
  * the built-in ChatML / Llama-3 rendered natively (see chat.h). */
 #include "chat.h"
+#include "sbuf.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -129,21 +130,6 @@ int chat_tmpl_override(chat_tmpl_t *ct, const char *spec, char *err, size_t errl
 }
 
 /* ---- built-in templates ---------------------------------------------------------- */
-typedef struct { char *buf; size_t len, cap; int oom; } sbuf_t;
-
-static void sb_add(sbuf_t *b, const char *s) {
-    size_t n = strlen(s);
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->len + n + 1) * 2;
-        char *nb = realloc(b->buf, cap);
-        if (!nb) { b->oom = 1; return; }
-        b->buf = nb;
-        b->cap = cap;
-    }
-    memcpy(b->buf + b->len, s, n + 1);
-    b->len += n;
-}
 
 static void turn(sbuf_t *b, chat_kind_t kind, const char *role, const char *content) {
     if (kind == CHAT_CHATML) {

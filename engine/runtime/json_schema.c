@@ -7,6 +7,8 @@
  */
 #include "json_schema.h"
 
+#include "../model/sbuf.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,11 +18,10 @@
 #define MAX_RULES 20000
 #define MAX_COUNT 4096 /* minItems, maxItems, minLength, maxLength */
 
-typedef struct { char *buf; size_t len, cap; int oom; } sb_t;
 typedef struct { json_t *schema; char *name; } memo_t;
 
 struct jsg {
-    sb_t text;
+    sbuf_t text;
     memo_t *memo;
     size_t n_memo, cap_memo;
     int have_base, depth, failed, oom;
@@ -29,48 +30,8 @@ struct jsg {
 
 /* ---- strings -------------------------------------------------------------------------------- */
 
-static void sb_addn(sb_t *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->len + n + 1) * 2;
-        char *nb = realloc(b->buf, cap);
-        if (!nb) { b->oom = 1; return; }
-        b->buf = nb;
-        b->cap = cap;
-    }
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-    b->buf[b->len] = 0;
-}
-
-static void sb_add(sb_t *b, const char *s) { sb_addn(b, s, strlen(s)); }
-
-static void sb_printf(sb_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sb_t *b, const char *fmt, ...) {
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0) { b->oom = 1; return; }
-    if ((size_t)n < sizeof tmp) { sb_addn(b, tmp, (size_t)n); return; }
-    char *big = malloc((size_t)n + 1);
-    if (!big) { b->oom = 1; return; }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb_addn(b, big, (size_t)n);
-    free(big);
-}
-
-static char *sb_take(sb_t *b) {
-    if (b->oom) { free(b->buf); return NULL; }
-    if (!b->buf) return strdup("");
-    return b->buf;
-}
-
 char *jsg_literal(const char *s, size_t n) {
-    sb_t b = {0};
+    sbuf_t b = {0};
     sb_add(&b, "\"");
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -241,7 +202,7 @@ static long get_count(jsg_t *g, json_t *s, const char *key, long dflt, const cha
 }
 
 /* "{min,max}" for a repetition (max < 0: unbounded). */
-static void rep(sb_t *b, long lo, long hi) {
+static void rep(sbuf_t *b, long lo, long hi) {
     if (hi < 0) sb_printf(b, "{%ld,}", lo);
     else sb_printf(b, "{%ld,%ld}", lo, hi);
 }
@@ -272,7 +233,7 @@ static json_t *resolve(jsg_t *g, json_t *doc, const char *ref, const char *path)
     return cur;
 }
 
-static void object_body(jsg_t *g, json_t *s, json_t *doc, const char *path, const char *name, sb_t *out) {
+static void object_body(jsg_t *g, json_t *s, json_t *doc, const char *path, const char *name, sbuf_t *out) {
     json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
     json_t *ap = json_object_get(s, "additionalProperties");
     if (props && !json_is_object(props)) { fail(g, "'properties' at %s must be an object", path); return; }
@@ -322,7 +283,7 @@ static void object_body(jsg_t *g, json_t *s, json_t *doc, const char *path, cons
         i++;
     }
     for (size_t p = n + 1; p-- > 0;) {
-        sb_t sbody = {0}, tbody = {0};
+        sbuf_t sbody = {0}, tbody = {0};
         if (p == n) {
             sb_add(&sbody, "\"\"");
             sb_add(&tbody, "\"\"");
@@ -348,7 +309,7 @@ out:
     free(keys); free(vals); free(required);
 }
 
-static void array_body(jsg_t *g, json_t *s, json_t *doc, const char *path, sb_t *out) {
+static void array_body(jsg_t *g, json_t *s, json_t *doc, const char *path, sbuf_t *out) {
     json_t *items = json_object_get(s, "items");
     long lo = get_count(g, s, "minItems", 0, path), hi = get_count(g, s, "maxItems", -1, path);
     if (lo < -1 || hi < -1) return;
@@ -375,7 +336,7 @@ static void array_body(jsg_t *g, json_t *s, json_t *doc, const char *path, sb_t 
     }
 }
 
-static void string_body(jsg_t *g, json_t *s, const char *path, sb_t *out) {
+static void string_body(jsg_t *g, json_t *s, const char *path, sbuf_t *out) {
     long lo = get_count(g, s, "minLength", 0, path), hi = get_count(g, s, "maxLength", -1, path);
     if (lo < -1 || hi < -1) return;
     if (hi >= 0 && hi < lo) { fail(g, "maxLength is below minLength at %s", path); return; }
@@ -386,7 +347,7 @@ static void string_body(jsg_t *g, json_t *s, const char *path, sb_t *out) {
 }
 
 /* enum / const: the values, as compact JSON literals, that have an allowed type. */
-static void literal_body(jsg_t *g, json_t *values, int types, const char *path, sb_t *out) {
+static void literal_body(jsg_t *g, json_t *values, int types, const char *path, sbuf_t *out) {
     size_t i;
     json_t *v;
     int n = 0;
@@ -402,7 +363,7 @@ static void literal_body(jsg_t *g, json_t *values, int types, const char *path, 
     if (n == 0) fail(g, "no value of 'enum'/'const' at %s matches its 'type'", path);
 }
 
-static void alternatives(jsg_t *g, json_t *list, json_t *doc, const char *key, const char *path, sb_t *out) {
+static void alternatives(jsg_t *g, json_t *list, json_t *doc, const char *key, const char *path, sbuf_t *out) {
     if (!json_is_array(list) || json_array_size(list) == 0) {
         fail(g, "'%s' at %s must be a non-empty list of schemas", key, path);
         return;
@@ -418,7 +379,7 @@ static void alternatives(jsg_t *g, json_t *list, json_t *doc, const char *key, c
     }
 }
 
-static void typed_body(jsg_t *g, json_t *s, json_t *doc, const char *path, const char *name, int types, sb_t *out) {
+static void typed_body(jsg_t *g, json_t *s, json_t *doc, const char *path, const char *name, int types, sbuf_t *out) {
     int n = 0;
     for (int bit = 1; bit <= T_NULL && !g->failed; bit <<= 1) {
         if (!(types & bit)) continue;
@@ -435,7 +396,7 @@ static void typed_body(jsg_t *g, json_t *s, json_t *doc, const char *path, const
 
 static int has(json_t *s, const char *k) { return json_object_get(s, k) != NULL; }
 
-static void body(jsg_t *g, json_t *s, json_t *doc, const char *path, const char *name, sb_t *out) {
+static void body(jsg_t *g, json_t *s, json_t *doc, const char *path, const char *name, sbuf_t *out) {
     if (json_is_true(s)) { sb_add(out, "jval"); return; }
     if (json_is_false(s)) { fail(g, "the schema at %s is false: no value is allowed", path); return; }
     if (!json_is_object(s)) { fail(g, "the schema at %s must be an object or a boolean", path); return; }
@@ -498,7 +459,7 @@ static const char *schema_rule(jsg_t *g, json_t *s, json_t *doc, const char *pat
     g->memo[g->n_memo++] = (memo_t){s, name};
     base(g);
     g->depth++;
-    sb_t b = {0};
+    sbuf_t b = {0};
     body(g, s, doc, path, name, &b);
     g->depth--;
     char *text = sb_take(&b);

@@ -26,10 +26,9 @@ extern "C" int kc_embed(float *d_out, const float *d_table, const int32_t *d_tok
     return kc_check_launch("embed");
 }
 
-__global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int dim, float eps) {
+/* 1 / rms(row) over the block, the sum of squares in double as the CPU does */
+__device__ float rms_scale(const float *xr, int dim, float eps) {
     __shared__ double part[32];
-    const float *xr = x + (size_t)blockIdx.x * dim;
-    float *o = out + (size_t)blockIdx.x * dim;
     double ss = 0;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
     for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
@@ -41,7 +40,13 @@ __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d
         part[0] = t;
     }
     __syncthreads();
-    float scale = (float)(1.0 / sqrt(part[0] / dim + eps));
+    return (float)(1.0 / sqrt(part[0] / dim + eps));
+}
+
+__global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int dim, float eps) {
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *o = out + (size_t)blockIdx.x * dim;
+    const float scale = rms_scale(xr, dim, eps);
     for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
 }
 
@@ -71,21 +76,9 @@ __device__ void quant_row_q8(const float *o, int dim, int8_t *q, float *sx) {
 
 __global__ void rmsnorm_q8_kernel(float *out, const float *x, const float *w, int dim, float eps, int8_t *q,
                                   float *sx) {
-    __shared__ double part[32];
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
-    double ss = 0;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
-    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0;
-        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += part[i];
-        part[0] = t;
-    }
-    __syncthreads();
-    float scale = (float)(1.0 / sqrt(part[0] / dim + eps));
+    const float scale = rms_scale(xr, dim, eps);
     for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
     __syncthreads();
     quant_row_q8(o, dim, q, sx);
