@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const unsigned SLOT_STATUS[STATUS_SLOTS] = {200, 400, 401, 404, 405, 413, 429, 500};
+static const unsigned SLOT_STATUS[STATUS_SLOTS] = {200, 400, 401, 404, 405, 413, 429, 431, 500};
 
 int reply_status_slot(unsigned status) {
     for (int i = 0; i < STATUS_SLOTS - 1; i++)
