@@ -11,7 +11,15 @@ failure is a non-200 answer, a transport error, a stream without [DONE], or
 a finished stream without finish_reason "stop"/"length"); the server's RSS
 grows less than 5 % from the end of the warm-up to the end; the running,
 waiting and KV-block gauges return to idle afterwards. RSS is compared
-between the first sample after WARMUP and the last sample under load. Reported: requests,
+between the first sample that ends the warm-up and the last sample under
+load. The warm-up ends when at least WARMUP seconds have passed and the
+server has computed as many tokens as its KV pool holds: the pool is mapped
+at start and hands out its least recently used block first, so its pages
+are first touched over that much work (a count, not a time: on a slow
+machine it takes longer). A run that never gets there cannot tell a leak
+from the pool's first use, and fails saying so. A request counts once,
+whether it failed by an error event, a status or a stream without a finish
+reason. Reported: requests,
 tokens, p50/p99 time to first token and inter-token latency, the RSS curve
 (one sample every 10 s). A section per label is written into OUT between
 <!-- soak:LABEL --> markers (the rest of the file is left alone).
@@ -33,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 LENGTHS = [8, 16, 32, 64, 128, 256]
+KV_BLOCK = 16  # tokens per KV block (engine/compute/kv.h)
+Metrics = None  # serve_util.Metrics, imported once the environment is set
 PROMPTS = ["Write a story about a lighthouse keeper.", "Explain how rain forms.",
            "List ten fruits and their colours.", "What is the capital of France?",
            "Describe a busy market in the morning.", "Give me a recipe for pancakes.",
@@ -62,7 +72,7 @@ async def client(i, url, model_id, stop_at, args, st, httpx):
                     "seed": rnd.randrange(1 << 30)}
             st["sent"] += 1
             t0 = time.monotonic()
-            last, chunks, done, finish = None, 0, False, None
+            last, chunks, done, finish, error = None, 0, False, None, None
             try:
                 async with c.stream("POST", url + "/v1/completions", json=body) as r:
                     if r.status_code != 200:
@@ -77,7 +87,7 @@ async def client(i, url, model_id, stop_at, args, st, httpx):
                             break
                         ev = json.loads(data)
                         if "error" in ev:
-                            st["failed"].append(f"error event: {ev['error']}")
+                            error = ev["error"]
                             continue
                         now = time.monotonic()
                         ch = ev["choices"][0]
@@ -96,7 +106,9 @@ async def client(i, url, model_id, stop_at, args, st, httpx):
             except Exception as e:  # noqa: BLE001 - counted as a failure
                 st["failed"].append(repr(e))
                 continue
-            if cut and not done:
+            if error is not None:
+                st["failed"].append(f"error event: {error}")
+            elif cut and not done:
                 st["cut"] += 1
             elif not done or finish not in ("stop", "length"):
                 st["failed"].append(f"stream ended done={done} finish={finish}")
@@ -110,10 +122,13 @@ async def run(args, server, httpx):
     stop_at = t_start + args.seconds
     rss = []
 
-    async def sampler():
-        while time.monotonic() < stop_at:
-            rss.append((time.monotonic() - t_start, rss_kib(server.proc.pid)))
-            await asyncio.sleep(10)
+    async def sampler():  # (seconds, RSS KiB, tokens computed so far)
+        async with httpx.AsyncClient(timeout=600) as c:
+            while time.monotonic() < stop_at:
+                t, k = time.monotonic() - t_start, rss_kib(server.proc.pid)
+                m = Metrics((await c.get(server.url("/metrics"))).text)
+                rss.append((t, k, m.value("sqserve_prompt_tokens_total") + m.value("sqserve_generation_tokens_total")))
+                await asyncio.sleep(10)
     tasks = [asyncio.create_task(client(i, server.base_url, server_model(server), stop_at, args, st, httpx))
              for i in range(args.clients)]
     await asyncio.gather(sampler(), *tasks)
@@ -140,12 +155,14 @@ def main():
     args = ap.parse_args()
     os.environ["SQSERVE_BIN"] = str(Path(args.bin).resolve())
     os.environ["SQSERVE_TEST_MODEL"] = str(Path(args.model).resolve())
-    from serve_util import httpx, start_server, wait_until  # after the environment is set
+    global Metrics
+    from serve_util import Metrics, httpx, start_server, wait_until  # after the environment is set
     label = args.label or Path(args.model).name
     server = start_server("--max-seqs", 64, "--max-queue", 256, "--kv-cache-mem", 512)
     problems = []
     try:
         idle_kv = server.metrics().value("sqserve_kv_blocks_used")
+        pool_tokens = server.metrics().value("sqserve_kv_blocks_capacity") * KV_BLOCK
         st, rss = asyncio.run(run(args, server, httpx))
 
         def idle():
@@ -155,9 +172,13 @@ def main():
         m = wait_until(idle, 600, 0.5)
         if not m:
             problems.append("the gauges did not return to idle (running, waiting, KV blocks)")
-        warm = [k for t, k in rss if t >= args.warmup] or [rss[-1][1]]
-        growth = (rss[-1][1] - warm[0]) / warm[0] * 100
-        if growth >= 5:
+        warm = [(t, k) for t, k, n in rss if t >= args.warmup and n >= pool_tokens]
+        warm_t, warm_k = warm[0] if warm else (rss[-1][0], rss[-1][1])
+        growth = (rss[-1][1] - warm_k) / warm_k * 100
+        if not warm:
+            problems.append(f"the warm-up never ended: {rss[-1][2]:.0f} tokens computed, the KV pool holds "
+                            f"{pool_tokens:.0f} (RSS growth cannot be told from the pool's first use)")
+        elif growth >= 5:
             problems.append(f"RSS grew {growth:.1f} % after the warm-up")
         if st["failed"]:
             problems.append(f"{len(st['failed'])} failed requests, e.g. {st['failed'][:3]}")
@@ -173,9 +194,13 @@ def main():
              f"| {st['sent']} | {st['ok']} | {st['cut']} | {len(st['failed'])} | {st['tokens']} | "
              f"{pct(st['ttft'], 50) * 1e3:.0f} / {pct(st['ttft'], 99) * 1e3:.0f} ms | "
              f"{pct(st['itl'], 50) * 1e3:.0f} / {pct(st['itl'], 99) * 1e3:.0f} ms | "
-             f"{warm[0] / 1024:.1f} -> {rss[-1][1] / 1024:.1f} MiB ({growth:+.2f} %) |",
+             f"{warm_k / 1024:.1f} -> {rss[-1][1] / 1024:.1f} MiB ({growth:+.2f} %) |",
              "",
-             "RSS (MiB) every 10 s: " + ", ".join(f"{k / 1024:.1f}" for _, k in rss),
+             "RSS (MiB) every 10 s: " + ", ".join(f"{k / 1024:.1f}" for _, k, _ in rss),
+             "",
+             f"Warm-up: {'ended at ' + format(warm_t, '.0f') + ' s' if warm else 'never ended'} "
+             f"(at least {args.warmup:.0f} s and {pool_tokens:.0f} tokens computed, the KV pool's size); "
+             f"{rss[-1][2]:.0f} tokens computed by the last sample.",
              "",
              f"Gauges back to idle after the run: {'yes' if m else 'NO'}. "
              f"Result: {'pass' if not problems else 'FAIL: ' + '; '.join(problems)}.", ""]
