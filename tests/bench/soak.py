@@ -1,7 +1,7 @@
 """make soak: a long mixed streaming load against one `sqserve serve`.
 
     .venv/bin/python tests/bench/soak.py --bin build/sqserve --model M [--label L]
-        [--clients 64] [--seconds 300] [--warmup 30] [--disconnect 0.1] [--out docs/soak.md]
+        [--clients 64] [--seconds 300] [--warmup 120] [--disconnect 0.1] [--kv-mem 512] [--out docs/soak.md]
 
 CLIENTS coroutines stream /v1/completions back to back for SECONDS, each
 request with a random prompt and a max_tokens drawn from a mix (8 to 256);
@@ -151,6 +151,8 @@ def main():
     # the warm-up ends after it (the RSS curve in docs/soak.md shows it).
     ap.add_argument("--warmup", type=float, default=120)
     ap.add_argument("--disconnect", type=float, default=0.1)
+    # a smaller pool is cycled through sooner (a slow machine reaches the end of the warm-up)
+    ap.add_argument("--kv-mem", type=int, default=512, help="--kv-cache-mem, MiB")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ["SQSERVE_BIN"] = str(Path(args.bin).resolve())
@@ -158,7 +160,7 @@ def main():
     global Metrics
     from serve_util import Metrics, httpx, start_server, wait_until  # after the environment is set
     label = args.label or Path(args.model).name
-    server = start_server("--max-seqs", 64, "--max-queue", 256, "--kv-cache-mem", 512)
+    server = start_server("--max-seqs", 64, "--max-queue", 256, "--kv-cache-mem", args.kv_mem)
     problems = []
     try:
         idle_kv = server.metrics().value("sqserve_kv_blocks_used")
@@ -187,7 +189,7 @@ def main():
     if rc != 0:
         problems.append(f"the server exited {rc} after SIGTERM")
     lines = [f"### {label}: {args.clients} clients, {args.seconds:.0f} s, "
-             f"{args.disconnect:.0%} disconnecting mid-stream",
+             f"{args.disconnect:.0%} disconnecting mid-stream, {args.kv_mem} MiB KV pool",
              "",
              "| requests | completed | cut by the client | failed | tokens streamed | TTFT p50 / p99 | ITL p50 / p99 | RSS after warm-up -> end |",
              "|---|---|---|---|---|---|---|---|",
