@@ -1,7 +1,8 @@
 # sqserve - build, set-up, tests and benchmarks.
 #
 #   make run        set up what is missing, build, serve the default model on :8080
-#   make test       set up, build, C unit tests (cmocka) + pytest
+#   make test       set up, build, C unit tests (cmocka), a bounded fuzz run, pytest
+#   make test-slow-machine  timing-sensitive API tests on one core shared with a busy loop
 #   make sanitize   ASan/UBSan build in build/sanitize/
 #   make fuzz       libFuzzer targets (FUZZ_SECONDS=N each) -> build/fuzz/
 #   make bench-cpu  prompt/generation tokens/s -> docs/perf.md
@@ -84,7 +85,7 @@ endif
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))
 
-.PHONY: all deps deps-run model run image-test test unit pytest sanitize fuzz fuzz-bins gpu-bins bench-cpu bench-serve bench-grammar soak accuracy accuracy-compare fixtures clean
+.PHONY: all deps deps-run model run image-test test unit pytest sanitize fuzz fuzz-bins fuzz-test-prep test-slow-machine gpu-bins bench-cpu bench-serve bench-grammar soak accuracy accuracy-compare fixtures clean
 
 all: $(BUILD)/sqserve
 	@echo "build: CUDA kernels $(CUDA_WHY)"
@@ -178,9 +179,16 @@ run: deps-run model
 test: deps model
 	@$(MAKE) --no-print-directory -j$(JOBS) all unit-bins gpu-bins
 	@$(MAKE) --no-print-directory -j$(JOBS) sanitize
-	@tests/run-tests.sh $(BUILD)
+	@$(MAKE) --no-print-directory fuzz-test-prep
+	@FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_TARGETS="$(FUZZ_TARGETS)" tests/run-tests.sh $(BUILD)
 
 unit-bins: $(UNIT_BIN) $(TOOL_BIN)
+
+# the timing-sensitive API suites pinned to one core with a busy loop on it
+# (tests/slow-machine.sh; docs/testing.md): no test may depend on speed
+test-slow-machine: deps model
+	@$(MAKE) --no-print-directory all
+	@tests/slow-machine.sh $(BUILD)
 
 SAN_FLAGS := BUILD=build/sanitize OPT=-O1 CUDA=0 \
 	  EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
@@ -203,7 +211,12 @@ image-test:
 # model files written by tests/fuzz/make_seeds.py) and prints the
 # executions and coverage; crashes land in build/fuzz/crashes/. The
 # regression inputs (built by tests/fuzz/regressions.py) run in `make test`.
+# `make test` also runs each target for FUZZ_RUNS executions (a count, not
+# a time, with a fixed seed: a slow machine runs the same inputs) when
+# clang can build libFuzzer targets (tests/fuzz/have-libfuzzer.sh), and
+# says it skipped them otherwise.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= 5000
 FUZZ_TARGETS := gguf sqm tok chat request grammar
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 FUZZ_MAKE := BUILD=build/fuzz FUZZ=1 OPT=-O1 CUDA=0 WARN=-Wall \
@@ -221,6 +234,11 @@ fuzz-bins:
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(BUILD)/libsqserve.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS)
+
+fuzz-test-prep:
+	@if why=$$(tests/fuzz/have-libfuzzer.sh); then \
+	  $(MAKE) --no-print-directory fuzz-bins && PYTHONPATH=tests $(PY) tests/fuzz/make_seeds.py $(BUILD)/sqserve; \
+	else echo "fuzz targets not built: $$why"; fi
 
 fuzz: deps model
 	@$(MAKE) --no-print-directory all fuzz-bins

@@ -64,6 +64,29 @@ static int needs_key(const srv_t *s, int ep, const char *url) {
     return !strncmp(url, "/v1/", 4) || (ep == EP_METRICS && s->metrics_need_key);
 }
 
+/* Request headers over HTTP_MAX_HEADER_BYTES (names, values and their
+ * separators) get an OpenAI-shaped 431 from on_request. libmicrohttpd keeps a
+ * request's headers in a per-connection pool and answers an overflow itself,
+ * with an HTML 431; the pool (HTTP_CONN_POOL, set in http_start) is four
+ * times the limit, so headers up to about 60 KiB still parse and get the JSON
+ * answer, and only larger ones get libmicrohttpd's page. The pool is
+ * reserved per connection but touched only as far as data arrives. */
+#define HTTP_MAX_HEADER_BYTES (16 * 1024)
+#define HTTP_CONN_POOL (4 * HTTP_MAX_HEADER_BYTES)
+
+static enum MHD_Result add_header_bytes(void *cls, enum MHD_ValueKind kind, const char *key,
+                                        const char *value) {
+    (void)kind;
+    *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4; /* ": " and CRLF */
+    return MHD_YES;
+}
+
+static size_t header_bytes(struct MHD_Connection *c) {
+    size_t n = 0;
+    MHD_get_connection_values(c, MHD_HEADER_KIND, add_header_bytes, &n);
+    return n;
+}
+
 static json_t *parse_body(conn_t *cn, reply_t *err) {
     json_error_t je;
     if (cn->len == 0) {
@@ -145,7 +168,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         headers_request_id(c, cn->info.id, sizeof cn->info.id);
         cn->info.prompt_tokens = cn->info.completion_tokens = cn->info.cached_tokens = -1;
         *con_cls = cn;
-        return MHD_YES;
+        if (header_bytes(c) <= HTTP_MAX_HEADER_BYTES) return MHD_YES;
+        /* answered before any body is read; libmicrohttpd then closes the connection */
+        reply_t r = reply_error(431, "invalid_request_error", NULL,
+                                "the request headers exceed %d bytes", HTTP_MAX_HEADER_BYTES);
+        if (!r.resp) return MHD_NO;
+        cn->status = r.status;
+        enum MHD_Result ok = MHD_queue_response(c, r.status, r.resp);
+        MHD_destroy_response(r.resp);
+        return ok;
     }
     if (*upload_size) { /* keep reading an oversized body, but not storing it */
         if (cn->len + *upload_size > s->max_body) cn->too_big = 1;
@@ -245,6 +276,7 @@ int http_start(srv_t *s, const char *host, int port, int *bound_port, char *err,
                                  MHD_OPTION_NOTIFY_CONNECTION, conns_notify, s,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
                                  MHD_OPTION_CONNECTION_LIMIT, s->max_connections,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_POOL,
                                  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                                  MHD_OPTION_END);
     if (!s->daemon) {

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every suite: the C unit tests (cmocka), then pytest (which drives
+# Runs every suite: the C unit tests (cmocka), a bounded libFuzzer run of
+# each fuzz target (FUZZ_RUNS executions each, when clang has libFuzzer;
+# `make test` builds them), then pytest (which drives
 # the sqserve binary, including the ASan/UBSan build on hostile inputs),
 # then the API suites once more against the ASan/UBSan server.
 # Each runner prints its own summary line; the exit status is nonzero if
@@ -17,6 +19,18 @@ for t in "$BUILD"/tests/test_* build/sanitize/tests/test_*; do
   if "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 done
 echo "cmocka suites: $passed passed, $failed failed"
+
+echo "== libFuzzer: each target for ${FUZZ_RUNS:=5000} executions (fixed seed) =="
+if why=$(tests/fuzz/have-libfuzzer.sh); then
+  # shellcheck disable=SC2086 # the list is split on purpose
+  if tests/fuzz/run-fuzz.sh --runs "$FUZZ_RUNS" build/fuzz ${FUZZ_TARGETS:-gguf sqm tok chat request}; then
+    echo "fuzz targets: passed"
+  else
+    echo "fuzz targets: failed"; status=1
+  fi
+else
+  echo "fuzz targets skipped: $why (the regression inputs still run in pytest)"
+fi
 
 echo "== pytest =="
 SQSERVE_BIN="$BUILD/sqserve" .venv/bin/python -m pytest tests -q -p no:cacheprovider

@@ -6,6 +6,9 @@
   --receive-timeout (so it cannot hold a thread forever), and so is a
   connection that sits idle; a request that has arrived whole is never cut
   by it, however long the engine takes.
+- Request headers over 16 KiB get 431 with the OpenAI error shape (up to
+  libmicrohttpd's 64 KiB pool; past it, its own HTML 431), before any body
+  is read; headers under the limit are served.
 
 No assertion depends on the machine's speed: waits are on events (the
 server's connection gauge, the socket closing) with hang guards, and the
@@ -20,7 +23,8 @@ import time
 
 import pytest
 
-from serve_util import MODEL_ID, httpx, sanitized, start_server, tokens_for_seconds, wait_until
+from serve_util import (MODEL_ID, check_error_shape, httpx, sanitized, start_server, tokens_for_seconds,
+                        wait_until)
 
 HANG = 600  # hang guard only
 # 1000 as in the report; the ASan server pays a thread with big fake stacks per connection
@@ -162,3 +166,40 @@ def test_long_requests_are_not_cut_by_the_receive_timeout(strict_server):
         assert '"finish_reason":"length"' in text, text[-300:]
         assert client.get("/health").status_code == 200  # the same kept-alive connection
     print(f"\n{n} tokens in {took:.1f} s with --receive-timeout {RECEIVE_TIMEOUT}")
+
+
+MAX_HEADER_BYTES = 16 * 1024  # http.c HTTP_MAX_HEADER_BYTES
+
+
+def _big_headers(total: int, each: int = 0) -> dict:
+    """Headers adding up to about `total` bytes: one header, or several of `each` bytes."""
+    if not each:
+        return {"X-Big": "a" * total}
+    return {f"X-Pad-{i}": "b" * each for i in range(total // each)}
+
+
+@pytest.mark.parametrize("shape", ["one", "many"])
+def test_oversized_headers_get_json_431(server, shape):
+    s = server
+    before = s.metrics().value("sqserve_requests_total", 0, endpoint="/v1/completions", code="431")
+    hdrs = _big_headers(MAX_HEADER_BYTES + 4096, 0 if shape == "one" else 200)
+    body = {"model": MODEL_ID, "prompt": "Hello", "max_tokens": 1}
+    with httpx.Client(timeout=HANG) as c:
+        r = c.post(s.url("/v1/completions"), json=body, headers=hdrs)
+        check_error_shape(r, 431, None)
+        assert "16384" in r.json()["error"]["message"]
+        r = c.get(s.url("/health"), headers=_big_headers(40 * 1024))  # well past, inside the pool
+        check_error_shape(r, 431, None)
+    after = s.metrics().value("sqserve_requests_total", 0, endpoint="/v1/completions", code="431")
+    assert after == before + 1
+    # headers just under the limit are served, on the same server
+    r = s.post("/v1/completions", body, headers=_big_headers(MAX_HEADER_BYTES - 1024, 0 if shape == "one" else 200))
+    assert r.status_code == 200, r.text
+
+
+def test_headers_past_the_connection_pool_still_get_431(server):
+    # libmicrohttpd answers these itself (its HTML page): the status is right and the server goes on
+    with httpx.Client(timeout=HANG) as c:
+        r = c.get(server.url("/health"), headers=_big_headers(256 * 1024))
+    assert r.status_code == 431
+    assert server.get("/health").status_code == 200

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from serve_util import (MODEL_ID, REPO_ROOT, binary_path, check_error_shape, model_path,
+from serve_util import (HANG_S, MODEL_ID, REPO_ROOT, binary_path, check_error_shape, model_path,
                         start_server, stream_raw, wait_until)
 
 NAME = "tiny-llm"
@@ -101,7 +101,13 @@ def _json_lines(lines):
 def test_json_access_log(server):
     server.post("/v1/completions", {"model": NAME, "prompt": "Hi", "max_tokens": 1})
     server.get("/no/such/path")
-    time.sleep(0.3)
+
+    def seen_both():  # the access lines are written as each request completes: wait for them
+        lines = [l for l in server.lines if l != server.startup_line and l.strip()]
+        seen = {(r.get("method"), r.get("path"), r.get("status")) for r in _json_lines(lines)}
+        return (("POST", "/v1/completions", 200) in seen and
+                (("GET", "/no/such/path", 404) in seen or ("GET", "other", 404) in seen))
+    wait_until(seen_both, HANG_S, 0.05)
     lines = [l for l in server.lines if l != server.startup_line and l.strip()]
     assert lines, "no access log lines"
     recs = _json_lines(lines)
@@ -121,7 +127,9 @@ def test_json_log_when_client_disconnects(server):
     next(chunks), next(chunks)
     st.close()
     assert wait_until(lambda: server.metrics().value("sqserve_running_sequences") == 0, 600)
-    time.sleep(0.3)
+    # the stream's access line comes when the server sees the connection gone: wait for it
+    wait_until(lambda: any(r.get("path") == "/v1/completions"
+                           for r in _json_lines([l for l in server.lines[start:] if l.strip()])), HANG_S, 0.05)
     recs = _json_lines([l for l in server.lines[start:] if l.strip()])
     assert any(r.get("path") == "/v1/completions" for r in recs), recs
 
