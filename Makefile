@@ -204,8 +204,8 @@ image-test:
 
 # ---- fuzzing (libFuzzer: clang from Debian) --------------------------------
 # tests/fuzz/fuzz_*.c against build/fuzz/libsqserve.a, everything built with
-# -fsanitize=fuzzer-no-link,address,undefined except k_ops.c (its run-time
-# ISA probe uses a __builtin_cpu_supports feature clang 14 does not know:
+# -fsanitize=fuzzer-no-link,address,undefined except k_ops.c and k_cpu.c (their run-time
+# ISA probes use a __builtin_cpu_supports feature clang 14 does not know:
 # built by gcc, uninstrumented). `make fuzz FUZZ_SECONDS=N` runs each
 # target N seconds on its seed corpus (the hand-written seeds committed, the
 # model files written by tests/fuzz/make_seeds.py) and prints the
@@ -226,6 +226,8 @@ ifeq ($(FUZZ),1)
 CC := clang
 $(BUILD)/obj/kernels/cpu/k_ops.o: CC := gcc
 $(BUILD)/obj/kernels/cpu/k_ops.o: CFLAGS := $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS))
+$(BUILD)/obj/kernels/cpu/k_cpu.o: CC := gcc
+$(BUILD)/obj/kernels/cpu/k_cpu.o: CFLAGS := $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS))
 endif
 
 fuzz-bins:

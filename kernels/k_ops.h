@@ -48,9 +48,6 @@ typedef struct {
 } k_isa_t;
 
 void k_init(void);
-/* 1 when the CPU has AVX2 and AVX-VNNI (VEX vpdpbusd: cpuid leaf 7
- * sub-leaf 1, EAX bit 4), which AVX-512 VNNI does not imply. */
-int k_cpu_avxvnni(void);
 const char *k_isa_name(void);
 const k_isa_t *k_isa(void);
 

@@ -13,18 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-static const char *const FILTERS[] = {
-    "trim", "tojson", "length", "count", "first", "last", "join", "default", "d", "upper",
-    "lower", "title", "capitalize", "selectattr", "rejectattr", "select", "reject", "map",
-    "list", "string", "int", "float", "safe", "replace", "indent", "round", "abs", "reverse",
-    "items", "unique", "sort", "sum", "min", "max", "attr", NULL};
-
-int jlib_has_filter(const char *name) {
-    for (int i = 0; FILTERS[i]; i++)
-        if (!strcmp(FILTERS[i], name)) return 1;
-    return 0;
-}
-
 /* v.a.b (dict keys; integer parts index lists), undefined when missing. */
 static jv_t get_path(jctx_t *c, jv_t v, jv_t attr, int line) {
     jl_need_str(c, attr, "attribute", line);

@@ -3,8 +3,15 @@
  *   jinja_value.c  arena, values, Python-compatible str()/repr()/json.dumps
  *   jinja_lex.c    source -> tokens (whitespace control, trim/lstrip_blocks)
  *   jinja_parse.c  tokens -> AST
+ *   jinja_ctx.c    errors, the step budget, the iterable view of a value
+ *   jinja_names.c  the filter and test names the parser checks
+ *   jinja_lib.c    tests, methods, the helpers the filters share
+ *   jinja_filters.c filters and global functions
  *   jinja_eval.c   AST -> output (statements, expressions, scopes, limits)
- *   jinja_lib.c    filters, tests, methods and global functions
+ *
+ * Layers, top to bottom: eval; lib and filters; parse, ctx and names;
+ * value and lex. Calls only go down (or within a layer: filters use lib's
+ * helpers).
  *
  * Memory: every value and AST node lives in an arena (jarena_t) that is
  * freed as a whole: the parse arena with the template, the render arena
@@ -190,6 +197,7 @@ typedef struct {
     int brk;   /* 1: break, 2: continue pending */
 } jctx_t;
 
+/* jinja_ctx.c: errors, the step budget, iteration. */
 _Noreturn void jctx_fail(jctx_t *c, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void jctx_step(jctx_t *c, int line);
@@ -210,6 +218,7 @@ typedef struct {
 
 jv_t jlib_filter(jctx_t *c, jframe_t *f, const char *name, jv_t v, jargs_t *args, int line);
 int jlib_test(jctx_t *c, jframe_t *f, const char *name, jv_t v, jargs_t *args, int line);
+/* jinja_names.c: 1 when the library implements the filter / test name. */
 int jlib_has_filter(const char *name);
 int jlib_has_test(const char *name);
 /* obj.name(args): returns 1 and *out when handled. */

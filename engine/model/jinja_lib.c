@@ -313,18 +313,6 @@ int jlib_method(jctx_t *c, jv_t obj, const char *m, jargs_t *a, jv_t *out, int l
 }
 
 /* ---- tests ----------------------------------------------------------------------------- */
-static const char *const TESTS[] = {
-    "defined", "undefined", "none", "boolean", "false", "true", "integer", "float", "number",
-    "string", "mapping", "iterable", "sequence", "callable", "sameas", "eq", "equalto", "==", "ne",
-    "!=", "lt", "lessthan", "<", "le", "<=", "gt", "greaterthan", ">", "ge", ">=", "in", "odd",
-    "even", "divisibleby", "lower", "upper", NULL};
-
-int jlib_has_test(const char *name) {
-    for (int i = 0; TESTS[i]; i++)
-        if (!strcmp(TESTS[i], name)) return 1;
-    return 0;
-}
-
 static int num_cmp(jctx_t *c, jv_t a, jv_t b, int line) {
     if ((a.k == JV_STR) != (b.k == JV_STR) || a.k == JV_UNDEF || b.k == JV_UNDEF ||
         (a.k != JV_STR && (a.k < JV_BOOL || a.k > JV_FLOAT)) || (b.k != JV_STR && (b.k < JV_BOOL || b.k > JV_FLOAT)))

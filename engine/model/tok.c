@@ -1,5 +1,7 @@
 /* tok.c - vocabulary loading, byte-level BPE, decoding (see tok.h for the
- * pipeline); SentencePiece vocabularies encode in tok_spm.c.
+ * pipeline); SentencePiece vocabularies encode in tok_spm.c. Both sit on
+ * tok_vocab.c (UTF-8 decoding, the vocabulary lookup), so tok.c calls
+ * tok_spm.c and never the reverse.
  *
  * Trade-offs:
  * - Pre-tokenizer patterns run on PCRE2 (UTF + UCP + JIT) so Unicode
@@ -19,36 +21,6 @@
 #include <xxhash.h>
 
 /* ---- UTF-8 -------------------------------------------------------------- */
-
-/* Decodes one character at p (n bytes available). Returns its length with
- * *cp set; or -k for an invalid maximal subpart of k bytes; or 0 when the
- * bytes are a valid but incomplete prefix (more input may complete it). */
-int tok_utf8_next(const uint8_t *p, size_t n, uint32_t *cp) {
-    uint8_t b = p[0];
-    if (b < 0x80) { *cp = b; return 1; }
-    int len;
-    uint8_t lo = 0x80, hi = 0xbf;
-    if (b >= 0xc2 && b <= 0xdf) len = 2;
-    else if (b >= 0xe0 && b <= 0xef) {
-        len = 3;
-        if (b == 0xe0) lo = 0xa0;
-        if (b == 0xed) hi = 0x9f;
-    } else if (b >= 0xf0 && b <= 0xf4) {
-        len = 4;
-        if (b == 0xf0) lo = 0x90;
-        if (b == 0xf4) hi = 0x8f;
-    } else return -1;
-    uint32_t c = b & (0x7f >> len);
-    for (int i = 1; i < len; i++) {
-        if ((size_t)i >= n) return 0;
-        uint8_t x = p[i];
-        if (x < lo || x > hi) return -i;
-        lo = 0x80; hi = 0xbf;
-        c = (c << 6) | (x & 0x3f);
-    }
-    *cp = c;
-    return len;
-}
 
 static size_t utf8_put(uint32_t cp, char *out) {
     if (cp < 0x80) { out[0] = (char)cp; return 1; }
@@ -118,14 +90,6 @@ static int cp_to_byte(uint32_t cp) {
 /* ---- hash tables ----------------------------------------------------------- */
 
 static uint64_t hash_bytes(const void *p, size_t n) { return XXH3_64bits(p, n); }
-
-int tok_vocab_find(const tok_t *t, const char *s, size_t n) {
-    for (uint64_t h = hash_bytes(s, n) & t->vocab_mask;; h = (h + 1) & t->vocab_mask) {
-        int32_t id = t->vocab_slots[h];
-        if (id < 0) return -1;
-        if (t->text[id].len == n && memcmp(t->text[id].ptr, s, n) == 0) return id;
-    }
-}
 
 static const struct merge_slot *merge_find(const tok_t *t, int a, int b) {
     uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
@@ -266,7 +230,7 @@ static int load_vocab(tok_t *t, const gguf_t *g, char *err, size_t errlen) {
         int64_t ty = types ? gguf_arr_i64(types, (uint64_t)i) : TOK_NORMAL;
         t->type[i] = (ty >= TOK_NORMAL && ty <= TOK_BYTE) ? (uint8_t)ty : TOK_NORMAL;
         if (tok_vocab_find(t, t->text[i].ptr, t->text[i].len) < 0) {
-            uint64_t h = hash_bytes(t->text[i].ptr, t->text[i].len) & t->vocab_mask;
+            uint64_t h = tok_vocab_hash(t->text[i].ptr, t->text[i].len) & t->vocab_mask;
             while (t->vocab_slots[h] >= 0) h = (h + 1) & t->vocab_mask;
             t->vocab_slots[h] = i; /* first id wins for duplicate texts */
         }

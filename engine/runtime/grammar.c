@@ -1,5 +1,8 @@
 /* grammar.c - the matcher: grammar state, advancing by bytes and tokens, the
- * mask cache (see grammar.h for the design).
+ * mask walk over the token trie and the mask cache (see grammar.h for the
+ * design). The trie itself is built by grammar_vocab.c, which calls nothing
+ * here: this file reads its arrays (grammar_int.h), so the dependency runs
+ * one way.
  *
  * A stack is a chain of frames (pos, parent): pos indexes the grammar's
  * elements, parent is the frame to return to (0: none). The top frame always
@@ -172,7 +175,7 @@ static uint32_t intern(gmatch_t *m, uint32_t pos, uint32_t parent) {
     return id;
 }
 
-void gmatch_walk_begin(gmatch_t *m) {
+static void gmatch_walk_begin(gmatch_t *m) {
     m->walking = 1;
     m->st_n = 0;
     m->memo_n = 0;
@@ -185,7 +188,7 @@ void gmatch_walk_begin(gmatch_t *m) {
     }
 }
 
-void gmatch_walk_end(gmatch_t *m) {
+static void gmatch_walk_end(gmatch_t *m) {
     m->walking = 0;
     m->n_nodes = m->n_persist;
 }
@@ -299,7 +302,7 @@ static int memo_grow(gmatch_t *m) {
 
 /* step_byte, remembered per walk (outside a walk the frames made are
  * persistent and few: no memo). */
-int gmatch_step_byte(gmatch_t *m, uint32_t in_off, int n, gutf8_t u, uint8_t b, gutf8_t *u_out) {
+static int gmatch_step_byte(gmatch_t *m, uint32_t in_off, int n, gutf8_t u, uint8_t b, gutf8_t *u_out) {
     if (!m->walking) return step_byte(m, in_off, n, u, b, u_out);
     uint64_t h = memo_hash(m->buf + in_off, n, u, b);
     uint32_t i = 0;
@@ -458,6 +461,34 @@ static int build_key(gmatch_t *m, uint32_t *klen) {
     return 0;
 }
 
+/* The mask walk over the token trie (built by grammar_vocab.c).
+ * Depth first: advance the set by each child's byte; a child whose set
+ * comes out empty is skipped with its whole subtree. */
+static int walk(gmatch_t *m, const gvocab_t *v, uint32_t node, uint32_t in_off, int n, gutf8_t u,
+                uint64_t *mask) {
+    uint32_t c0 = v->child0[node], c1 = c0 + v->n_child[node];
+    for (uint32_t c = c0; c < c1; c++) {
+        uint32_t save = m->n_buf;
+        gutf8_t nu;
+        int k = gmatch_step_byte(m, in_off, n, u, v->byte[c], &nu);
+        if (k < 0) return -1;
+        if (k > 0) {
+            for (uint32_t i = 0; i < v->n_tok[c]; i++) {
+                int32_t id = v->ids[v->tok0[c] + i];
+                mask[id >> 6] |= 1ull << (id & 63);
+            }
+            if (v->n_child[c] && walk(m, v, c, save, k, nu, mask)) return -1;
+        }
+        m->n_buf = save;
+    }
+    return 0;
+}
+
+static int vocab_walk(gmatch_t *m, const gvocab_t *v, uint32_t in_off, int n, gutf8_t u, uint64_t *mask) {
+    memset(mask, 0, (size_t)v->words * sizeof *mask);
+    return walk(m, v, 0, in_off, n, u, mask);
+}
+
 /* Looks the key up; on a miss returns the slot to fill (NULL when full). */
 static gcache_ent_t *cache_find(grammar_t *g, const gvocab_t *v, const uint32_t *key, uint32_t klen,
                                 uint64_t h, int *hit) {
@@ -516,7 +547,7 @@ const uint64_t *gmatch_mask(gmatch_t *m) {
     memcpy(m->buf, m->set, (size_t)m->n_set * sizeof *m->buf);
     m->n_buf = (uint32_t)m->n_set;
     gmatch_walk_begin(m);
-    int rc = gvocab_walk(m, v, 0, m->n_set, m->u, mask);
+    int rc = vocab_walk(m, v, 0, m->n_set, m->u, mask);
     gmatch_walk_end(m);
     m->n_buf = 0;
     if (rc) { free(mask); free(key); return NULL; }
@@ -556,9 +587,6 @@ int gmatch_apply(gmatch_t *m, float *logits) {
     }
     return allowed;
 }
-
-uint32_t gmatch_buf_len(const gmatch_t *m) { return m->n_buf; }
-void gmatch_buf_set(gmatch_t *m, uint32_t n) { m->n_buf = n; }
 
 void gmatch_counts(const gmatch_t *m, long *computed, long *cached) {
     *computed = m->computed;

@@ -62,24 +62,12 @@ int gclass_has(const grammar_t *g, uint32_t cls, uint32_t cp);
 /* Some code point in [lo, hi] is in the class. */
 int gclass_meets(const grammar_t *g, uint32_t cls, uint32_t lo, uint32_t hi);
 
-/* grammar.c: the matcher's state machine, used by the mask walk. A stack set
- * is an array of node ids (0 = the empty stack: the grammar has ended). */
+/* grammar.c: a code point begun but not complete, carried by the matcher's
+ * state and by the mask walk. */
 typedef struct {
     uint32_t val;  /* bits of a code point begun but not complete */
     int rem;       /* continuation bytes still expected (0: none) */
     int len;       /* the whole sequence's length in bytes (overlong forms are refused) */
 } gutf8_t;
-/* Advances the set at the matcher's buffer [in_off, in_off + n) by one byte,
- * appending the new set at the buffer's end (scratch frames while walking).
- * Returns the new set's size, or -1 on error (out of memory, too many stacks). */
-int gmatch_step_byte(gmatch_t *m, uint32_t in_off, int n, gutf8_t u, uint8_t b, gutf8_t *u_out);
-void gmatch_walk_begin(gmatch_t *m);
-void gmatch_walk_end(gmatch_t *m);
-
-/* grammar_vocab.c: fills mask (v->words words) for the stack set. -1 on error. */
-int gvocab_walk(gmatch_t *m, const gvocab_t *v, uint32_t in_off, int n, gutf8_t u, uint64_t *mask);
-/* The matcher's buffer length (where gmatch_step_byte appends), and truncating it. */
-uint32_t gmatch_buf_len(const gmatch_t *m);
-void gmatch_buf_set(gmatch_t *m, uint32_t n);
 
 #endif

@@ -1,4 +1,5 @@
-/* grammar_vocab.c - the token trie and the mask walk (see grammar.h).
+/* grammar_vocab.c - the token trie (see grammar.h); the mask walk over it
+ * is the matcher's (grammar.c), so this file calls nothing of the matcher.
  *
  * Every token the grammar may produce is a path from the root of a byte
  * trie; tokens sharing a prefix share its nodes, so the grammar advances
@@ -129,30 +130,3 @@ void gvocab_free(gvocab_t *v) {
 }
 
 int gvocab_n_vocab(const gvocab_t *v) { return v->n_vocab; }
-
-/* Depth first: advance the set by each child's byte; a child whose set
- * comes out empty is skipped with its whole subtree. */
-static int walk(gmatch_t *m, const gvocab_t *v, uint32_t node, uint32_t in_off, int n, gutf8_t u,
-                uint64_t *mask) {
-    uint32_t c0 = v->child0[node], c1 = c0 + v->n_child[node];
-    for (uint32_t c = c0; c < c1; c++) {
-        uint32_t save = gmatch_buf_len(m);
-        gutf8_t nu;
-        int k = gmatch_step_byte(m, in_off, n, u, v->byte[c], &nu);
-        if (k < 0) return -1;
-        if (k > 0) {
-            for (uint32_t i = 0; i < v->n_tok[c]; i++) {
-                int32_t id = v->ids[v->tok0[c] + i];
-                mask[id >> 6] |= 1ull << (id & 63);
-            }
-            if (v->n_child[c] && walk(m, v, c, save, k, nu, mask)) return -1;
-        }
-        gmatch_buf_set(m, save);
-    }
-    return 0;
-}
-
-int gvocab_walk(gmatch_t *m, const gvocab_t *v, uint32_t in_off, int n, gutf8_t u, uint64_t *mask) {
-    memset(mask, 0, (size_t)v->words * sizeof *mask);
-    return walk(m, v, 0, in_off, n, u, mask);
-}

@@ -14,6 +14,7 @@
  * flags (no FMA) turn into a libm call: slow, but the portable path only
  * runs on CPUs without AVX2.
  */
+#include "../k_cpu.h"
 #include "../k_q8.h"
 #include "../k_quant.h"
 

@@ -20,8 +20,6 @@
 #include "../k_q8.h"
 #include "../k_sq.h"
 
-#include <cpuid.h>
-
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,19 +43,6 @@ void k_init(void) {
     /* avxvnni only changes the SQ kernels' multiply (k_sq.c): AVX2 here */
     else if (want && (strcmp(want, "avx2") == 0 || strcmp(want, "avxvnni") == 0) && has2) isa = &k_isa_avx2;
     else if (want && strcmp(want, "avx512") == 0 && has512) isa = &k_isa_avx512;
-}
-
-/* Asked once (in a VM every cpuid traps to the hypervisor), from the
- * calling thread, never from the pool's; GCC 12's builtin misses the bit
- * on AMD. */
-int k_cpu_avxvnni(void) {
-    static int known = -1;
-    if (known < 0) {
-        unsigned a = 0, b = 0, c = 0, d = 0;
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);
-    }
-    return known;
 }
 
 const char *k_isa_name(void) { return isa->name; }

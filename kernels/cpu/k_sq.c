@@ -12,6 +12,7 @@
  * (view_blk_t), so the public struct, and every caller's initializer of
  * it, stays as it was.
  */
+#include "../k_cpu.h"
 #include "../k_ops.h"
 #include "../k_sq.h"
 
