@@ -6,5 +6,7 @@
 /* 1 when the CPU has AVX2 and AVX-VNNI (VEX vpdpbusd: cpuid leaf 7
  * sub-leaf 1, EAX bit 4), which AVX-512 VNNI does not imply. */
 int k_cpu_avxvnni(void);
+/* 1 when the CPU has AVX2, FMA and F16C (the AVX2 kernels' baseline). */
+int k_cpu_avx2(void);
 
 #endif

@@ -164,7 +164,7 @@ enum { LV_PORTABLE, LV_AVX2, LV_AVXVNNI, LV_AVX512 };
 
 static int cpu_level(void) {
     __builtin_cpu_init();
-    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    int has2 = k_cpu_avx2();
     if (has2 && k_cpu_avxvnni()) return LV_AVXVNNI; /* VEX vpdpbusd: preferred where both exist */
     if (has2 && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) return LV_AVX512;
     return has2 ? LV_AVX2 : LV_PORTABLE;
