@@ -150,6 +150,11 @@ def grid(which):
              sqa + ":static-max:smooth"),
             (f"W4A({sq_tag('8/4', HB, HS)} dynamic) GPTQ-ad", "sq-a", "int4:g64" + G, sqa + ":dynamic")]:
         add(name, fam, w, a, VALID, headline=True, calib_tokens=T)
+    # the same activation rows on RTN weights (no GPTQ pass: cheaper to run)
+    for name, a in [("static", sqa + ":static"), ("static, smoothed", sqa + ":static:smooth"),
+                    ("dynamic", sqa + ":dynamic")]:
+        add(f"W4A({sq_tag('8/4', HB, HS)} {name.split(',')[0]}) RTN{name[len(name.split(',')[0]):]}",
+            "sq-a", "int4:g64", a, VALID, headline=True)
     seen, out = set(), []
     for c in cfgs:  # a configuration listed twice is run once
         if c.key not in seen:
@@ -285,14 +290,21 @@ def fmt_bits(x):
     return f"{x:.2f}".rstrip("0").rstrip(".") if abs(x - round(x)) < 1e-9 else f"{x:.3g}"
 
 
-def goals_text(res, ref_ppl):
-    """Issue 15's goal checks, from the measured numbers only."""
+def goals_text(res, ref_ppl, short=None, tokens=0):
+    """Issue 15's goal checks, from the measured numbers only. A row missing at the
+    table's token count is taken from `short` (fewer tokens), said in the text; rows
+    are compared with each other only at equal token counts."""
+    short = short or {}
     AD, T = ":gptq:act:damp0.1", ISSUE15_CALIB_TOKENS
     S = "sq:8/4:b64:s0.875"
 
     def get(w, a, ct=CALIB_TOKENS):
         cal = VALID if needs_calib(w, a) else NONE
-        return res.get((w, a, cal) if ct in (0, CALIB_TOKENS) or cal == NONE else (w, a, cal, ct))
+        key = (w, a, cal) if ct in (0, CALIB_TOKENS) or cal == NONE else (w, a, cal, ct)
+        return res.get(key) or short.get(key)
+
+    def tok(r):  # the token count of a row measured on fewer tokens than the table
+        return "" if r.get("tokens", tokens) == tokens else f" [{r['tokens']} tokens]"
 
     verdict = lambda ok: "**HELD**" if ok else "**NOT HELD**"
     P = lambda r: r["eval"]["ppl"]
@@ -311,12 +323,12 @@ def goals_text(res, ref_ppl):
         d = best[1]["eval"]["delta_ppl_pct"]
         lines.append(g1 + f"{verdict(d <= 5.0)} - best {best[0]}: ppl {P(best[1]):.4f} vs FP32 {ref_ppl:.4f} "
                      f"({d:+.2f} %). All measured: " + "; ".join(
-                         f"{n} {r['eval']['delta_ppl_pct']:+.2f} %" for n, r in sq_rows) + ".")
+                         f"{n} {r['eval']['delta_ppl_pct']:+.2f} %{tok(r)}" for n, r in sq_rows) + ".")
     else:
         lines.append(g1 + "NOT MEASURED.")
 
     # 2 and 3: static SQ activations against W4A8 and against dynamic, the same weights
-    w_opts = [("GPTQ-ad", "int4:g64" + AD, T), ("GPTQ", "int4:g64:gptq", CALIB_TOKENS)]
+    w_opts = [("GPTQ-ad", "int4:g64" + AD, T), ("GPTQ", "int4:g64:gptq", CALIB_TOKENS), ("RTN", "int4:g64", 0)]
     statics = [("static", ":static"), ("static, smoothed", ":static:smooth"),
                ("static-max", ":static-max"), ("static-max, smoothed", ":static-max:smooth")]
     pairs8, pairsd = [], []
@@ -324,10 +336,11 @@ def goals_text(res, ref_ppl):
         w4a8, dyn = get(w, "int8", ct), get(w, S + ":dynamic", ct)
         for sn, suf in statics:
             st = get(w, S + suf, ct)
-            if st and w4a8:
-                pairs8.append((f"{sn}, {wn} weights", st, w4a8))
-            if st and dyn:
-                pairsd.append((f"{sn}, {wn} weights", st, dyn))
+            same = lambda b: b and b.get("tokens") == st.get("tokens")
+            if st and same(w4a8):
+                pairs8.append((f"{sn}, {wn} weights{tok(st)}", st, w4a8))
+            if st and same(dyn):
+                pairsd.append((f"{sn}, {wn} weights{tok(st)}", st, dyn))
     for label, pairs, bound, what in (
             ("2. *W4A(SQ8/4 b64 s0.875 static) within 10 % of W4A8 perplexity* (same weights)", pairs8, 10.0,
              "W4A8"),
@@ -337,7 +350,7 @@ def goals_text(res, ref_ppl):
             lines.append(f"{label}: NOT MEASURED (no static row with its {what} row on the same weights).")
             continue
         best = min(pairs, key=lambda x: rel(x[1], x[2]))
-        lines.append(f"{label}: {verdict(rel(best[1], best[2]) <= bound)} - best {best[0]}: ppl "
+        lines.append(f"{label}: {verdict(rel(best[1], best[2]) <= bound)} - best: {best[0]}, ppl "
                      f"{P(best[1]):.4f} vs {what} {P(best[2]):.4f} ({rel(best[1], best[2]):+.2f} %). All measured: "
                      + "; ".join(f"{n} {P(a):.2f} vs {P(b):.2f} ({rel(a, b):+.1f} %)" for n, a, b in pairs) + ".")
     return "\n".join(lines)
@@ -471,7 +484,29 @@ def calib_cell(r):
     return r["calib"] + (f" ({r['ct']})" if r.get("ct") not in (None, 0, CALIB_TOKENS) else "")
 
 
-def render(out_md, results, configs, tokens, which, meta):
+def short_table(short, configs, tokens):
+    """Rows measured only on fewer tokens than the table (ACCURACY_TOKENS=N runs)."""
+    out = []
+    for c in configs:
+        r = short.get(c.key)
+        if not r:
+            continue
+        ev = r["eval"]
+        out.append(f"| {c.name} | `{c.weights}` | `{c.acts}` | "
+                   f"{calib_cell(dict(calib=c.calib, ct=c.calib_tokens))} | {r['tokens']} | "
+                   f"{fmt_bits(w_bits_of(c.weights, r))} | {fmt_bits(a_bits(c.acts))} | {ev['ppl_ref']:.4f} | "
+                   f"{ev['ppl']:.4f} | {ev['delta_ppl_pct']:+.2f} | {ev['kl']:.4f} | {100 * ev['top1']:.2f} |")
+    if not out:
+        return []
+    return [f"Measured on fewer tokens than the table above ({tokens}), for lack of time; *Δppl %* is against "
+            f"the FP32 path on the same tokens (*FP32 ppl*), so compare these rows with each other, not "
+            f"with the table above:", "",
+            "| config | weights | acts | calib | tokens | W bits | A bits | FP32 ppl | ppl | Δppl % | KL | top-1 % |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"] + out + [""]
+
+
+def render(out_md, results, configs, tokens, which, meta, short=None):
+    short = short or {}
     rows = []
     res = {}
     refs = []
@@ -507,11 +542,13 @@ def render(out_md, results, configs, tokens, which, meta):
             f"{'FP32' if ref else fmt_bits(r['w_bits'])} | {'FP32' if ref else fmt_bits(r['a_bits'])} | "
             f"{r['ppl']:.4f} | {r['delta']:+.2f} | {r['kl']:.4f} | {100 * r['top1']:.2f} | {secs} | "
             f"{r['device']} |")
-    missing = [c for c in configs if c.key not in results]
+    missing = [c for c in configs if c.key not in results and c.key not in short]
     commits = sorted({r["commit"] for r in rows if r["commit"]})
-    days = sorted({results[c.key].get("measured", "?")[:10] for c in configs if c.key in results})
+    every = [results.get(c.key) or short.get(c.key) for c in configs if c.key in results or c.key in short]
+    commits = sorted(set(commits) | {r.get("commit", "?") for r in every})
+    days = sorted({r.get("measured", "?")[:10] for r in every})
     measured = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
-    machines = sorted({results[c.key].get("machine", "?") for c in configs if c.key in results})
+    machines = sorted({r.get("machine", "?") for r in every})
     half = "" if tokens >= 16384 else (f" **Reduced token count: ACCURACY_TOKENS={tokens}, below the default "
                                        f"16384, so the numbers are noisier.**")
     header = (
@@ -531,9 +568,12 @@ def render(out_md, results, configs, tokens, which, meta):
         f"SQ high values and their in-bank positions included); *A bits* is derived from the recipe: "
         f"int8 = 8, int4 = 4, FP32 activations counted as a 16-bit baseline (A16), SQ static = "
         f"(1-s)·h_high + s·h_low, SQ dynamic adds (1-s)·8 bits of positions. The FP32 row is the reference "
-        f"path (the GGUF weights dequantized to FP32, FP32 activations). *calib*: GPTQ Hessians and the "
-        f"static SQ channel mask from {CALIB_TOKENS} tokens of wikitext-2-valid, or of the model's own "
-        f"generations (`self`); RTN rows need none. *s* is sqserve's `seconds` for the two passes "
+        f"path (the GGUF weights dequantized to FP32, FP32 activations). *calib*: GPTQ Hessians, the "
+        f"static SQ channel masks and the SmoothQuant scales from {CALIB_TOKENS} tokens of wikitext-2-valid "
+        f"(or the count in brackets), or of the model's own generations (`self`); RTN rows without static "
+        f"masks or smoothing need none. *GPTQ* is sequential GPTQ with the defaults (damping 0.01, columns "
+        f"in order), *GPTQ-ad* adds act-order and damping 0.1 (`:gptq:act:damp0.1`), *smoothed* is "
+        f"SmoothQuant (`:smooth`, alpha chosen per site and layer). *s* is sqserve's `seconds` for the two passes "
         f"(calibration and quantization not included) on a machine other work shared, so it is only a "
         f"rough cost. *on*: where the two passes ran, the CPU or `--device cuda` (calibration and "
         f"quantization always run on the CPU; dynamic SQ activations are CPU-only); tests/gpu/run.sh "
@@ -553,7 +593,8 @@ def render(out_md, results, configs, tokens, which, meta):
         + ("; only the headline configurations (bold) and the frontier are labelled." if which == "full" else "."))
     parts = [f"{BEGIN} (generated by make accuracy: tests/bench/accuracy.sh; do not edit by hand) -->",
              "## Quantization grid: baselines and SQ-format", "", header, "", "\n".join(table), "",
-             notes, "", "### Goals of issue 15 (computed from the table)", "", goals_text(res, ref_ppl), ""]
+             notes, ""] + short_table(short, configs, tokens) + [
+             "### Goals of issue 15 (computed from the tables)", "", goals_text(res, ref_ppl, short, tokens), ""]
     if missing:
         parts += [f"Not measured ({len(missing)}): " + "; ".join(
             f"{c.name} `{c.weights}` / `{c.acts}` ({c.calib})" for c in missing), ""]
@@ -676,7 +717,18 @@ def main():
         return 1
     if no_render:
         return 1 if failed else 0
-    rows, png = render(out_md, results, configs, tokens, which, meta)
+    # a configuration not measured at `tokens` but at fewer (an ACCURACY_TOKENS=N run) goes into
+    # a second table, marked as such
+    short = {}
+    for c in configs:
+        t = tokens // 2
+        while c.key not in results and c.key not in short and t >= CTX:
+            path = cache_path(cache_dir, model, c, t)
+            if os.path.exists(path):
+                with open(path) as f:
+                    short[c.key] = json.load(f)
+            t //= 2
+    rows, png = render(out_md, results, configs, tokens, which, meta, short)
     print(f"accuracy: wrote {os.path.relpath(out_md)} ({len(rows)} rows) and {os.path.relpath(png)}")
     if failed:
         print(f"accuracy: {len(failed)} configuration(s) failed: " + "; ".join(c.name for c, _ in failed),
