@@ -266,7 +266,7 @@ def run_one(binary, model, data, cfg, tokens, threads, tag, device="cpu"):
         for line in p.stderr:  # progress: calibration, quantization summary, windows
             line = line.rstrip("\n")
             log.append(line)
-            if line.startswith(("calibration:", "quantized:")):
+            if line.startswith(("calibration:", "quantized:", "smoothed:")):
                 print(f"  {tag} {line}", flush=True)
             else:
                 m = re.match(r"window (\d+): (.*)", line)
@@ -285,7 +285,9 @@ def run_one(binary, model, data, cfg, tokens, threads, tag, device="cpu"):
     miss = [k for k in ("w_bits", "ppl", "ppl_ref", "delta_ppl_pct", "kl", "top1", "seconds") if k not in kv]
     if miss:
         return None, f"missing {', '.join(miss)} in the output"
-    return {"eval": kv, "wall_s": round(wall, 2), "cmd": " ".join(cmd)}, None
+    smoothed = [l for l in log if l.startswith("smoothed:")]
+    return {"eval": kv, "wall_s": round(wall, 2), "cmd": " ".join(cmd),
+            **({"smoothed": smoothed[0]} if smoothed else {})}, None
 
 
 # ---- rendering ------------------------------------------------------------------------
