@@ -56,9 +56,11 @@ const opt_t OPTIONS[] = {
     {"no-special", 0, NULL, NULL, OPT_BOOL, CMD_TOKENIZE, 0, 0, "do not parse special tokens in text"},
     {"output", 'o', NULL, NULL, OPT_STR, C, 0, 0, "the .sqm file to write"},
     {"weights", 0, "SQSERVE_WEIGHTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
-     "weight recipe: fp32 (as loaded), int8, int4[:gN][:gptq], sq:8/4:b64:s0.875[:gptq]"},
+     "weight recipe: fp32 (as loaded), int8, int4[:gN], sq:8/4:b64:s0.875, then optionally "
+     ":gptq[:act][:damp<f>][:oneshot] and :smooth[<alpha>]"},
     {"acts", 0, "SQSERVE_ACTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
-     "activation recipe: fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic"},
+     "activation recipe: fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic, "
+     "then optionally :smooth[<alpha>]"},
     {"calib", 0, "SQSERVE_CALIB", "self", OPT_STR, G | E | S | C, 0, 0,
      "calibration text: self (the model's own generations) or a file"},
     {"calib-tokens", 0, "SQSERVE_CALIB_TOKENS", "2048", OPT_INT, G | E | S | C, 64, 1 << 20, "calibration tokens"},

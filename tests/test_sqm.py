@@ -55,6 +55,68 @@ def test_sqm_matches_convert_at_load(sqm):
     assert fields(a.stdout)["ppl"] == fields(b.stdout)["ppl"]
 
 
+@pytest.mark.parametrize("weights,acts,tol", [
+    ("sq:8/4:b64:s0.875:smooth", "int8", 0.0),
+    # static SQ activations: the .sqm runs the integer static kernels, the model at load
+    # fake-quantizes in float, so the two differ by float summation order (docs/accuracy.md;
+    # on this tiny model a few 1e-6 relative at most, smoothed or not)
+    ("int4:g64", "sq:8/4:b64:s0.875:static:smooth", 1e-4),
+])
+def test_smoothed_sqm_matches_smoothing_at_load(tmp_path, weights, acts, tol):
+    """SmoothQuant folds 1/s into the RMSNorm weights: the .sqm stores the
+    folded norms (F32 in its embedded GGUF, every other unquantized tensor
+    as in the source), so evaluating the file gives the ppl of smoothing
+    and quantizing at load with the same calibration (exactly, where both
+    run the same kernels). A tiny model (seconds); any text will do (a
+    byte-level vocabulary)."""
+    import gguf
+    tiny, text = tmp_path / "tiny.gguf", tmp_path / "text.txt"
+    gc.tiny_llama_file(dim=128, ffn=256, n_layer=2).write(tiny)
+    text.write_text("The history of the city begins with a small settlement on the river, where farmers "
+                    "and traders met each spring. In 1850 the railway arrived, bringing factories. " * 12)
+    recipe = ["--weights", weights, "--acts", acts, "--calib", text, "--calib-tokens", 64]
+    out = tmp_path / "smooth.sqm"
+    r = run("convert", "-m", tiny, "-o", out, *recipe)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "smoothed: " in r.stderr
+    ev = ["--ppl", text, "--ctx", 128, "--max-tokens", 512]
+    a = run("eval", "-m", out, *ev)
+    b = run("eval", "-m", tiny, *ev, *recipe)
+    c = run("eval", "-m", tiny, *ev, "--weights", weights.replace(":smooth", ""), "--acts",
+            acts.replace(":smooth", ""), "--calib", text, "--calib-tokens", 64)
+    assert a.returncode == 0 and b.returncode == 0 and c.returncode == 0, a.stderr[-1000:] + b.stderr[-1000:]
+    pa, pb, pc = (fields(x.stdout)["ppl"] for x in (a, b, c))
+    print(f"\n{weights} / {acts}, tiny model: .sqm ppl {pa}, at load {pb} (unsmoothed {pc})")
+    assert abs(float(pa) - float(pb)) <= tol * float(pb)
+    # the file is far closer to smoothing at load than to the unsmoothed model
+    assert abs(float(pa) - float(pb)) * 100 < abs(float(pa) - float(pc))
+    # the stored norms are the folded ones (F32); every other kept tensor is the source's
+    man, raw, _ = sqm_parts(out)
+    _, _, _, _, _, _, gguf_off, gguf_len, _ = struct.unpack("<4sIQQQQQQQ", raw[:64])
+    emb = tmp_path / "embedded.gguf"
+    emb.write_bytes(raw[gguf_off:gguf_off + gguf_len])
+    stored = {t.name: t for t in gguf.GGUFReader(emb).tensors}
+    source = {t.name: t for t in gguf.GGUFReader(tiny).tensors}
+    norms = [n for n in stored if n.startswith("blk.") and n.endswith("_norm.weight")]
+    assert len(norms) == 4
+    for n in norms:
+        assert stored[n].tensor_type == gguf.GGMLQuantizationType.F32
+        assert stored[n].data.shape == source[n].data.shape
+    assert sum((stored[n].data != source[n].data).any() for n in norms) >= 3  # one site may keep s = 1
+    for n in set(stored) - set(norms):
+        assert bytes(stored[n].data) == bytes(source[n].data), n
+
+
+def test_smoothing_without_weight_recipe_is_not_converted(tmp_path):
+    """Smoothing with unquantized weights would need FP32 layer matrices in
+    the file: convert says so instead of writing the source's matrices."""
+    out = tmp_path / "x.sqm"
+    tiny = tmp_path / "tiny.gguf"
+    gc.tiny_llama_file(dim=128, ffn=256, n_layer=2).write(tiny)
+    line = one_error_line(run("convert", "-m", tiny, "-o", out, "--acts", "int8:smooth", "--calib-tokens", 64))
+    assert "--weights" in line and "smooth" in line and not out.exists(), line
+
+
 def test_sqm_generates(sqm):
     r = run("generate", "-m", sqm, "--chat", "-p", "What is the capital of France?", "-n", 16, "--temp", 0)
     assert r.returncode == 0 and "Paris" in r.stdout, r.stdout + r.stderr[-1000:]

@@ -9,7 +9,8 @@
  *               static activation masks
  *   gguf        an embedded GGUF with the source's metadata verbatim
  *               (config, tokenizer, chat template) and the tensors that
- *               stay in their GGUF type (embeddings, norms, lm head)
+ *               stay in their GGUF type (embeddings, norms, lm head);
+ *               RMSNorm weights that SmoothQuant rewrote are stored F32
  *   data        the quantized layer matrices: SQ tensors as laid out in
  *               sq.h (lo, hi, idx, s_lo, s_hi), uniform ones as codes
  *               packed in 2/4/8-bit fields (sq_pack_codes) + float

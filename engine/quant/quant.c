@@ -295,9 +295,9 @@ int quant_apply(model_t *m, const calib_t *c, const wrecipe_t *w, const arecipe_
                  "choose a recipe without smoothing", m->hp.arch->name);
         return -1;
     }
-    if (smooth && keep_codes) {
-        snprintf(err, errlen, "smoothing rewrites the RMSNorm weights, which a .sqm does not store yet "
-                              "(it copies them from the source GGUF): evaluate with --weights/--acts instead");
+    if (smooth && keep_codes && w->kind == WQ_NONE) { /* the .sqm would hold FP32 layer matrices */
+        snprintf(err, errlen, "smoothing rewrites the layer matrices, which a .sqm stores only quantized: "
+                              "give a --weights recipe, or evaluate with --acts alone instead of converting");
         return -1;
     }
     if ((w->gptq && w->oneshot && (!c || !c->H[0])) || ((seq || smooth) && (!c || !c->ids)) ||

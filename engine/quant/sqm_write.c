@@ -1,5 +1,10 @@
 /* sqm_write.c - writes a quantized model as a .sqm (model/sqm.h has the
- * layout), atomically: "<out>.tmp.<pid>", fsync'd, then renamed. */
+ * layout), atomically: "<out>.tmp.<pid>", fsync'd, then renamed.
+ *
+ * The embedded GGUF keeps the source's metadata and unquantized tensors
+ * byte for byte, except the RMSNorm weights that SmoothQuant rewrote
+ * (1/s folded in): those are stored as F32 from the model, so the file
+ * computes what the smoothed model in memory computes. */
 #include "sqm_write.h"
 #include "../model/finite.h"
 
@@ -47,9 +52,37 @@ static int is_quantized_name(const quant_state_t *qs, gguf_str_t name) {
     return 0;
 }
 
+/* 1 when quant_apply owns buf (a copy it rewrote), 0 for the source's data. */
+static int qs_owns(const quant_state_t *qs, const float *buf) {
+    for (int i = 0; i < qs->n_owned; i++)
+        if (qs->owned[i] == buf) return 1;
+    return 0;
+}
+
+/* The model's F32 vector for a tensor that quant_apply rewrote (SmoothQuant
+ * folds 1/s into the RMSNorm weights in front of q/k/v and gate/up), with
+ * its element count in *n; NULL when the source's bytes are still right. */
+static const float *rewritten(const model_t *m, const quant_state_t *qs, gguf_str_t name, uint64_t *n) {
+    static const char *part[2] = {"attn_norm", "ffn_norm"};
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const float *v[2] = {m->layers[l].attn_norm, m->layers[l].ffn_norm};
+        for (int i = 0; i < 2; i++) {
+            char want[64];
+            snprintf(want, sizeof want, "blk.%d.%s.weight", l, part[i]);
+            if (qs_owns(qs, v[i]) && gguf_str_eq(name, want)) {
+                *n = (uint64_t)m->hp.dim;
+                return v[i];
+            }
+        }
+    }
+    return NULL;
+}
+
 /* A GGUF with the source's metadata verbatim and every tensor that was not
- * quantized. */
-static int build_gguf(const gguf_t *g, const quant_state_t *qs, bbuf_t *out) {
+ * quantized: the source's bytes, or the model's F32 values where
+ * quant_apply rewrote the tensor (smoothed norms). */
+static int build_gguf(const model_t *m, const quant_state_t *qs, bbuf_t *out) {
+    const gguf_t *g = &m->gguf;
     uint64_t n_keep = 0;
     for (uint64_t i = 0; i < g->n_tensors; i++) n_keep += !is_quantized_name(qs, g->tensors[i].name);
     bb_put(out, "GGUF", 4);
@@ -61,19 +94,27 @@ static int build_gguf(const gguf_t *g, const quant_state_t *qs, bbuf_t *out) {
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const gguf_tensor_t *t = &g->tensors[i];
         if (is_quantized_name(qs, t->name)) continue;
+        uint64_t n = 0, n_bytes = t->n_bytes;
+        int f32 = rewritten(m, qs, t->name, &n) != NULL;
+        if (f32) n_bytes = n * sizeof(float);
         bb_u64(out, t->name.len);
         bb_put(out, t->name.ptr, t->name.len);
         bb_u32(out, t->n_dims);
         for (uint32_t d = 0; d < t->n_dims; d++) bb_u64(out, t->ne[d]);
-        bb_u32(out, t->type);
+        bb_u32(out, f32 ? K_F32 : t->type);
         bb_u64(out, off);
-        off = (off + t->n_bytes + g->alignment - 1) / g->alignment * g->alignment;
+        off = (off + n_bytes + g->alignment - 1) / g->alignment * g->alignment;
     }
     bb_pad(out, g->alignment);
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const gguf_tensor_t *t = &g->tensors[i];
         if (is_quantized_name(qs, t->name)) continue;
-        bb_put(out, t->data, t->n_bytes);
+        uint64_t n = 0;
+        const float *v = rewritten(m, qs, t->name, &n);
+        if (v)
+            bb_put(out, v, n * sizeof(float));
+        else
+            bb_put(out, t->data, t->n_bytes);
         bb_pad(out, g->alignment);
     }
     return out->oom ? -1 : 0;
@@ -156,7 +197,7 @@ int sqm_write(const char *path, const model_t *m, const quant_state_t *qs, const
                 goto out;
             }
     }
-    if (build_gguf(&m->gguf, qs, &gg) != 0) goto oom;
+    if (build_gguf(m, qs, &gg) != 0) goto oom;
     for (int i = 0; i < qs->n_qt; i++)
         if (json_array_append_new(tensors, tensor_entry(&qs->qt[i], &data)) != 0) goto oom;
     for (int s = 0; s < N_SITES; s++)

@@ -9,6 +9,10 @@
 #   ACCURACY_TOKENS=16384        tokens of wikitext-2-test per run (ctx 512)
 #   ACCURACY_FRESH=1             ignore cached results (models/.cache/accuracy/)
 #   ACCURACY_RENDER_ONLY=1       only rewrite the table and plot from the cache
+#   ACCURACY_ONLY / ACCURACY_SKIP=REGEX  run only / skip configurations whose
+#                                "name weights acts" matches (cached rows still render)
+#   ACCURACY_NO_RENDER=1         run, leave docs/ alone (several workers on one cache)
+#   ACCURACY_COMMIT=HASH         the commit BIN was built from, when not the work tree's
 #   ACCURACY_THREADS=N           sqserve compute threads (default: all cores)
 #   ACCURACY_DATA=DIR            where wikitext-2-{test,valid}.txt are
 #                                (default ../shared/data from the repo root)

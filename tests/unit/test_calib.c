@@ -131,7 +131,7 @@ static void test_smoothing_is_an_identity_in_fp32(void **state) {
     }
     printf("smoothing alpha 0.5, FP32: max |logit change| %.3g (largest logit %.3g)\n", worst, scale);
     assert_true(worst < 1e-3 * scale);
-    /* a .sqm keeps the source's norms: smoothing is refused there */
+    /* unquantized weights: smoothing is refused for a .sqm (it would need FP32 layer matrices) */
     quant_state_t qs2;
     model_t m2;
     assert_int_equal(model_load(&m2, getenv("SQSERVE_MODEL") ? getenv("SQSERVE_MODEL") : MODEL_DEFAULT, err,
