@@ -181,14 +181,11 @@ int kc_prof_report(FILE *out);
 
 /* Many tokens: from M = kc_sq_twostep_min() on, kc_sq_matmul(_parts)
  * expands the weights into FP16 and runs cuBLAS's tensor-core GEMM
- * (kc_sq_gemm.cu: FP16 rounding of weights and scaled activations, FP32
- * sums). Default from the measured crossover, KC_SQ_TWOSTEP_M in the
+ * (kc_sq_gemm.cu: FP16 rounding of the weights, INT8 activations exact,
+ * FP32 sums, the token scale applied to the output). Default from the measured crossover, KC_SQ_TWOSTEP_M in the
  * environment or kc_sq_set_twostep_min overrides it; 0 turns it off. */
 long kc_sq_twostep_min(void);
 void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
-/* tokens whose activations exceeded the FP16 range on that path (saturated);
- * synchronises; -1 on error */
-long kc_sq_twostep_saturated(void);
 
 #ifdef __cplusplus
 }

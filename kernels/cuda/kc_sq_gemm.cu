@@ -12,16 +12,14 @@
  *
  * Numbers. The expansion decodes each unit with the same fragment code as
  * the fused kernels (kc_sq_frag.cuh) and stores w = s_lo * lo + s_hi * hi
- * rounded to FP16 (11 significant bits); the activations go in as
- * fp16(q * sx), the INT8 codes with their per-token scale folded in (the
- * scale would otherwise need a pass over the FP32 output). cuBLAS sums in
- * FP32. So the result differs from the exact integer path by about 2^-10
- * relative per term: test_kc_sq checks that bound, tests/gpu/run.sh the
- * perplexity. A token whose largest activation exceeds the FP16 range
- * (65504) saturates there, and one whose largest activation is below
- * ~8e-3 loses precision to FP16 subnormals: Llama-family activations at
- * the matmul inputs sit well inside both bounds, and saturated rows are
- * counted (kc_sq_twostep_saturated; test_kc_sq and bench_gemm print it).
+ * rounded to FP16 (11 significant bits). The activations go in as their
+ * INT8 codes, exact in FP16, and cuBLAS sums in FP32; the per-token scale
+ * is applied to the FP32 output afterwards (one pass over it), so no
+ * activation range is lost to FP16 (an earlier version folded the scale
+ * into the FP16 activations and lost both very large and very small
+ * tokens: test_kc_sq caught it on the H200). The result differs from the
+ * exact integer path by the weights' FP16 rounding, about 2^-11 relative
+ * per term: test_kc_sq checks that bound, tests/gpu/run.sh the perplexity.
  *
  * When. kc_sq_matmul takes this path from M = kc_sq_twostep_min() tokens on,
  * for the layouts the prefill kernels read (the explicit fast layout and the
@@ -132,34 +130,34 @@ __global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, Slice sl, __half *
     }
 }
 
-/* a[i][j] = fp16(q[i][j] * sx[i]), 8 values a thread (k is a multiple of
- * 64); a row whose scale puts 127 * sx past the FP16 range saturates and is
- * counted, once per matmul input (so one token counts once per matrix it
- * meets, and CUDA graph replays count too) */
-__global__ void k_act_f16(const int8_t *qx, const float *sx, long m, long k, __half *a, unsigned *sat) {
-    const long per_row = k / 8, i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= m * per_row) return;
-    const long row = i / per_row;
-    const float s = __ldg(sx + row);
+/* a[i][j] = fp16(q[i][j]): exact (|q| <= 127), 8 values a thread (k is a
+ * multiple of 64); the per-token scale is applied to the FP32 output */
+__global__ void k_act_f16(const int8_t *qx, long n8, __half *a) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
     const uint2 q = __ldg((const uint2 *)(qx + i * 8));
     __half2 v[4];
 #pragma unroll
     for (int p = 0; p < 4; p++) {
         const uint32_t w = p < 2 ? q.x : q.y;
         const int sh = 16 * (p & 1);
-        const float f0 = fminf(fmaxf((float)(int8_t)(w >> sh) * s, -65504.0f), 65504.0f);
-        const float f1 = fminf(fmaxf((float)(int8_t)(w >> (sh + 8)) * s, -65504.0f), 65504.0f);
-        v[p] = __floats2half2_rn(f0, f1);
+        v[p] = __floats2half2_rn((float)(int8_t)(w >> sh), (float)(int8_t)(w >> (sh + 8)));
     }
     *(uint4 *)(a + i * 8) = *(const uint4 *)v;
-    if (i % per_row == 0 && 127.0f * s > 65504.0f) atomicAdd(sat, 1u);
+}
+
+/* y[t][0..ncols) *= sx[t], rows of leading dimension ldy */
+__global__ void k_scale_rows(float *y, long ldy, long m, long ncols, const float *sx) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * ncols) return;
+    const long t = i / ncols, c = i % ncols;
+    y[t * ldy + c] *= __ldg(sx + t);
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
 
 static __half *g_w16, *g_a16;
 static size_t g_w16_n, g_a16_n;
-static unsigned *g_sat;
 static long g_min_m = -1;
 
 extern "C" void kc_sq_set_twostep_min(long m) { g_min_m = m; }
@@ -174,11 +172,6 @@ extern "C" long kc_sq_twostep_min(void) {
     return g_min_m;
 }
 
-extern "C" long kc_sq_twostep_saturated(void) {
-    unsigned v = 0;
-    if (g_sat && kc_download(&v, g_sat, sizeof v)) return -1;
-    return (long)v;
-}
 
 /* Grows to the next power of two (at least 16 Mi halves), so a run of
  * growing prompt chunks reallocates O(log) times: the buffers given up stay
@@ -252,21 +245,25 @@ extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_
     if (step < 16) step = 16;
     const long slice_rows = w->n < step ? w->n : step;
     if (grow(&g_w16, &g_w16_n, (size_t)slice_rows * w->k) || grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
-    if (!g_sat) {
-        if (!(g_sat = (unsigned *)kc_malloc(sizeof(unsigned))) || kc_memset(g_sat, 0, sizeof(unsigned))) return -1;
-    }
     MmArgs a;
     memset(&a, 0, sizeof a);
     a.w = w->d, a.n = w->n, a.k = w->k, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes, a.slot_bytes = w->slot_bytes, a.s2 = w->s2;
-    const long th = m * (w->k / 8);
-    k_act_f16<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(d_qx, d_sx, m, w->k, g_a16, g_sat);
+    const long n8 = m * (w->k / 8);
+    k_act_f16<<<kc_blocks(n8, 256), 256, 0, KC_STREAM>>>(d_qx, n8, g_a16);
     if (kc_check_launch("k_act_f16")) return -1;
-    if (!parts || w->nparts <= 1) return rows_gemm(w, a, 0, w->n, m, d_y, w->n);
+    if (!parts || w->nparts <= 1) {
+        if (rows_gemm(w, a, 0, w->n, m, d_y, w->n)) return -1;
+        k_scale_rows<<<kc_blocks(m * w->n, 256), 256, 0, KC_STREAM>>>(d_y, w->n, m, w->n, d_sx);
+        return kc_check_launch("k_scale_rows");
+    }
     long r0 = 0; /* every part but the last is whole tiles: slices start on tiles */
     for (int p = 0; p < w->nparts; p++) {
-        if (rows_gemm(w, a, r0, r0 + w->part_n[p], m, parts[p], w->part_n[p])) return -1;
-        r0 += w->part_n[p];
+        const long np = w->part_n[p];
+        if (rows_gemm(w, a, r0, r0 + np, m, parts[p], np)) return -1;
+        k_scale_rows<<<kc_blocks(m * np, 256), 256, 0, KC_STREAM>>>(parts[p], np, m, np, d_sx);
+        if (kc_check_launch("k_scale_rows")) return -1;
+        r0 += np;
     }
     return 0;
 }

@@ -315,8 +315,7 @@ static int twostep_table(const char *only_shape, const float *d_one) {
         kc_sq_free(sqh);
         cudaFree(wb), cudaFree(xb), cudaFree(ob), cudaFree(xi), cudaFree(xs), cudaFree(sx), cudaFree(ys);
     }
-    printf("\ndefault crossover (kc_sq_twostep_min): M >= %ld; saturated tokens: %ld\n", kc_sq_twostep_min(),
-           kc_sq_twostep_saturated());
+    printf("\ndefault crossover (kc_sq_twostep_min): M >= %ld\n", kc_sq_twostep_min());
     return 0;
 }
 

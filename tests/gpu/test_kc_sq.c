@@ -122,9 +122,10 @@ static void test_quant(long m, long k, int ties) {
 
 /* runs the matmul of dw (the device copy of t) on m fresh random tokens and
  * compares with the CPU reference */
-/* Set while the tensor-core two-step path (kc_sq_gemm.cu) is on: weights
- * and scaled activations are rounded to FP16 (relative 2^-11 each) before
- * FP32 sums, so the bound grows by 2^-9 x sum_j |w_j q_j sx| of the row. */
+/* Set while the tensor-core two-step path (kc_sq_gemm.cu) is on: the
+ * weights are rounded to FP16 (relative 2^-11; the INT8 activations are
+ * exact) before FP32 sums, so the bound grows by 2^-9 x sum_j |w_j q_j sx|
+ * of the row (twice the rounding, for margin). */
 static int g_twostep;
 
 static double twostep_slack(const k_sq_t *w, long r, const int8_t *qx, float sx) {
@@ -585,10 +586,6 @@ int main(int argc, char **argv) {
         test_fuse(qkv, 3, 1, mf2, 3);
         test_fuse(gu, 2, 0, mf2, 3);
         if (!quick) test_big(4096, 14336, m2 + 1, 1);
-        long sat = kc_sq_twostep_saturated();
-        char what[96];
-        snprintf(what, sizeof what, "two-step path: %ld tokens past the FP16 range (none expected)", sat);
-        verdict(sat == 0, what);
         kc_sq_set_twostep_min(0);
         g_twostep = 0;
     }
