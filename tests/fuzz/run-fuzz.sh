@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs each libFuzzer target on its seed corpus (tests/fuzz/corpus/T, read
-# only) plus a work corpus (OUT/work/T, where new inputs go), from the
+# only) plus a work corpus (OUT/grown/T, where new inputs go), from the
 # repository root (the tok and request targets load the default model).
 # Usage:
 #   run-fuzz.sh OUT SECONDS TARGET...      each target SECONDS of wall time
@@ -33,7 +33,7 @@ else
   secs=${2:?seconds}
   shift 2
   limit=(-max_total_time="$secs" -timeout=30) # an input slower than 30 s is a finding
-  work=$out/work
+  work=$out/grown
 fi
 status=0
 mkdir -p "$out/crashes"
