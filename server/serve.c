@@ -208,8 +208,10 @@ int cmd_serve(const config_t *c) {
         model_free(&m);
         return fail(err);
     }
-    /* a GGUF served as stored on the CPU: integer kernels, 8-bit block
-     * activations (kernels/k_q8.h), as cli_int_acts_wanted decides */
+    /* on the CPU, matrices in GGUF types take the integer kernels, 8-bit
+     * block activations (kernels/k_q8.h), as cli_int_acts_wanted decides:
+     * all of a GGUF served as stored, the output projection of a recipe's
+     * model (whose recipe label stays what the file holds) */
     int want_int = cli_int_acts_wanted(c);
     if (want_int < 0) {
         http_stop(&srv);
@@ -218,7 +220,7 @@ int cmd_serve(const config_t *c) {
         model_free(&m);
         return 1;
     }
-    if (want_int && !quantized && !m.file_map && ord < 0 && model_set_int_acts(&m, 1) > 0)
+    if (want_int && ord < 0 && model_set_int_acts(&m, 1) > 0 && !quantized && !m.file_map)
         snprintf(recipe, sizeof recipe, "gguf acts=q8-block");
     if (n_ctx <= 0) n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
     if (n_ctx > m.hp.n_ctx_train) {
