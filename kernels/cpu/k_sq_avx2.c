@@ -46,6 +46,9 @@
 #include <string.h>
 
 #define PR 8 /* rows per panel = int32 lanes of a ymm */
+#ifndef SQ_PF_DIST
+#define SQ_PF_DIST 2048 /* decode's software prefetch distance, bytes */
+#endif
 
 /* Bytes of one 64-element block of low codes in a panel. */
 static size_t lo_block(const k_sq_t *w) { return w->h_low == 8 ? 512 : 256; }
