@@ -77,7 +77,7 @@ def percentile(xs: List[float], p: float) -> Optional[float]:
 
 class Result:
     __slots__ = ("ok", "error", "ttft", "itl", "out_tokens", "prompt_tokens",
-                 "t_start", "t_end", "frames")
+                 "t_start", "t_end", "frames", "got_status", "stale")
 
     def __init__(self) -> None:
         self.ok = False
@@ -89,6 +89,8 @@ class Result:
         self.t_start = 0.0
         self.t_end = 0.0
         self.frames = 0
+        self.got_status = False  # a status line came back
+        self.stale = False       # failed before any response: see run_level
 
 
 def make_plan(rng: random.Random, levels: List[Tuple[int, int]]):
@@ -126,6 +128,7 @@ def one_request(conn: http.client.HTTPConnection, model: str, req: dict,
         conn.request("POST", "/v1/completions", body,
                      {"Content-Type": "application/json", "Accept": "text/event-stream"})
         resp = conn.getresponse()
+        r.got_status = True
         if resp.status != 200:
             r.error = f"HTTP {resp.status}: {resp.read()[:200]!r}"
             r.t_end = time.perf_counter()
@@ -175,6 +178,8 @@ def one_request(conn: http.client.HTTPConnection, model: str, req: dict,
     except Exception as e:  # connection reset, timeout, bad JSON...
         r.t_end = time.perf_counter()
         r.error = f"{type(e).__name__}: {e}"
+        r.stale = not r.got_status and isinstance(
+            e, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))
         return r, False
 
 
@@ -186,8 +191,15 @@ def run_level(host: str, port: int, model: str, clients: List[List[dict]],
     def client(i: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
         barrier.wait()
-        for req in clients[i]:
+        for n, req in enumerate(clients[i]):
             res, reusable = one_request(conn, model, req, timeout)
+            if n > 0 and res.stale:
+                # a kept-alive connection the server had closed before it read
+                # the request (HTTP clients resend then, as urllib3 does):
+                # once more on a new connection
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                res, reusable = one_request(conn, model, req, timeout)
             results[i].append(res)
             if not reusable:
                 conn.close()
