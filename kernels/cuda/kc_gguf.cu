@@ -1,0 +1,553 @@
+/* kc_gguf.cu - GGUF weight matrices on the GPU without an FP32 copy (kc.h).
+ *
+ * Storage. Q4_0, Q4_1, Q8_0, Q4_K and Q6_K stay in their GGUF blocks,
+ * repacked at load into two arrays per matrix so every weight load is an
+ * aligned 16-byte load: the block's quant bytes [n][nb][QB] (QB a multiple
+ * of 16: Q4_0/Q4_1 16, Q8_0 32, Q4_K its whole 144-byte block, Q6_K its
+ * first 208 bytes: ql, qh, scales) and the block's 16-bit header [n][nb][DB]
+ * (Q4_0/Q8_0/Q6_K d; Q4_1 d and m; none for Q4_K, whose header sits inside
+ * its 144 bytes). As uploaded, the GGUF blocks (18, 20, 34, 210 bytes) are
+ * only 2-byte aligned; repacked, the device bytes equal the file's bytes.
+ * Every other type that the CPU dequantizes (F32, Q5_0, Q5_1, Q5_K) goes to
+ * the device as FP16 (the CPU's dequantized value rounded to nearest even),
+ * or BF16 where a value exceeds FP16's range; F16 and BF16 stay as stored
+ * (exact). Two bytes a weight instead of the FP32 path's four.
+ *
+ * Numbers. The device dequantization of a block is the CPU reference's
+ * (kernels/cpu/k_quant.c) operation for operation, with the products and
+ * sums written as __fmul_rn/__fadd_rn/__fsub_rn so nvcc cannot contract
+ * them into FMAs: the FP32 values are the CPU's bit for bit (test_kc_gguf).
+ *
+ * Few tokens (m <= kc_gguf_gemv_max(), groups of up to 8 activation rows):
+ * one warp per output row, each lane dequantizing whole chunks of a row's
+ * blocks (a 32-block, or a quarter of a 256-block) into registers and
+ * multiplying them with the FP32 activations (read through the caches;
+ * every warp of the launch reads the same rows), FP32 sums, a warp
+ * reduction at the end. Each weight byte is read once per group of 8 rows.
+ *
+ * Many tokens: the weights of a slice of rows are dequantized into an FP16
+ * scratch matrix (BF16 for BF16 storage; a 16-bit matrix needs no
+ * expansion), the activations converted to the same type, and cuBLAS's
+ * tensor-core GEMM sums in FP32 (the llama.cpp way). The result differs
+ * from the FP32 path by one 16-bit rounding of each weight and activation
+ * (2^-11 relative with FP16, 2^-8 with BF16); an activation past FP16's
+ * range (65504) would overflow there, as in llama.cpp. The scratch follows
+ * kc_sq_gemm.cu: slices of at most 128 Mi weights, buffers grown to powers
+ * of two and never freed (captured CUDA graphs keep their addresses).
+ */
+#include "kc_internal.h"
+extern "C" {
+#include "../k_quant.h" /* a C header without C++ guards */
+}
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* device formats */
+enum { F_Q4_0, F_Q4_1, F_Q8_0, F_Q4_K, F_Q6_K, F_F16, F_BF16, F_COUNT };
+
+/* BE elements a block; QB quant bytes and DB header bytes a block on the
+ * device; a lane's chunk is CH elements (CPB chunks a block) made of RUNS
+ * runs of RL consecutive elements */
+template <int F> struct Fmt;
+template <> struct Fmt<F_Q4_0> { enum { BE = 32, QB = 16, DB = 2, CPB = 1, RUNS = 2, RL = 16 }; };
+template <> struct Fmt<F_Q4_1> { enum { BE = 32, QB = 16, DB = 4, CPB = 1, RUNS = 2, RL = 16 }; };
+template <> struct Fmt<F_Q8_0> { enum { BE = 32, QB = 32, DB = 2, CPB = 1, RUNS = 1, RL = 32 }; };
+template <> struct Fmt<F_Q4_K> { enum { BE = 256, QB = 144, DB = 0, CPB = 4, RUNS = 2, RL = 32 }; };
+template <> struct Fmt<F_Q6_K> { enum { BE = 256, QB = 208, DB = 2, CPB = 4, RUNS = 4, RL = 16 }; };
+template <> struct Fmt<F_F16> { enum { BE = 8, QB = 16, DB = 0, CPB = 1, RUNS = 1, RL = 8 }; };
+template <> struct Fmt<F_BF16> { enum { BE = 8, QB = 16, DB = 0, CPB = 1, RUNS = 1, RL = 8 }; };
+
+/* host-side description of the same (GGUF block: where its header bytes are) */
+static const struct {
+    uint32_t ggml;
+    int be, qb, db, cpb;
+    int hdr_off; /* offset of the DB header bytes in the GGUF block (QB bytes are the rest) */
+    const char *name;
+} FMT[F_COUNT] = {
+    {K_Q4_0, 32, 16, 2, 1, 0, "Q4_0"},  {K_Q4_1, 32, 16, 4, 1, 0, "Q4_1"},   {K_Q8_0, 32, 32, 2, 1, 0, "Q8_0"},
+    {K_Q4_K, 256, 144, 0, 4, 0, "Q4_K"}, {K_Q6_K, 256, 208, 2, 4, 208, "Q6_K"}, {K_F16, 8, 16, 0, 1, 0, "F16"},
+    {K_BF16, 8, 16, 0, 1, 0, "BF16"},
+};
+
+struct kc_gguf {
+    uint32_t type; /* the GGUF type it came from */
+    int fmt;       /* F_* on the device */
+    long n, k, nb; /* nb: blocks a row */
+    uint8_t *qs, *dd;
+    size_t bytes;
+    char desc[64];
+};
+
+/* Element offset inside the block of run j of chunk c. */
+template <int F> __device__ __forceinline__ int run_off(int c, int j) {
+    if (F == F_Q4_K) return 64 * c + 32 * j;
+    if (F == F_Q6_K) return 128 * (c >> 1) + 16 * (c & 1) + 32 * j;
+    return Fmt<F>::RL * j;
+}
+
+__device__ __forceinline__ float ld_half(const uint8_t *p) { return __half2float(__ldg((const __half *)p)); }
+__device__ __forceinline__ uint8_t byte_of(const uint4 &v, int i) {
+    const uint32_t w = i < 4 ? v.x : i < 8 ? v.y : i < 12 ? v.z : v.w;
+    return (uint8_t)(w >> (8 * (i & 3)));
+}
+
+/* Chunk c of block blk (row * nb + b) as FP32, v[j * RL + i] = run j's
+ * element i: the CPU reference's arithmetic, uncontracted. */
+template <int F>
+__device__ __forceinline__ void dq(const uint8_t *__restrict__ qs, const uint8_t *__restrict__ dd, long blk, int c,
+                                   float (&v)[Fmt<F>::RUNS * Fmt<F>::RL]) {
+    if (F == F_Q4_0 || F == F_Q4_1) {
+        const uint4 q = __ldg((const uint4 *)(qs + blk * 16));
+        const float d = ld_half(dd + blk * Fmt<F>::DB), m = F == F_Q4_1 ? ld_half(dd + blk * 4 + 2) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int b = byte_of(q, j);
+            if (F == F_Q4_0) {
+                v[j] = __fmul_rn((float)((b & 0xf) - 8), d);
+                v[16 + j] = __fmul_rn((float)((b >> 4) - 8), d);
+            } else {
+                v[j] = __fadd_rn(__fmul_rn((float)(b & 0xf), d), m);
+                v[16 + j] = __fadd_rn(__fmul_rn((float)(b >> 4), d), m);
+            }
+        }
+    } else if (F == F_Q8_0) {
+        const uint4 q0 = __ldg((const uint4 *)(qs + blk * 32)), q1 = __ldg((const uint4 *)(qs + blk * 32 + 16));
+        const float d = ld_half(dd + blk * 2);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            v[j] = __fmul_rn((float)(int8_t)byte_of(q0, j), d);
+            v[16 + j] = __fmul_rn((float)(int8_t)byte_of(q1, j), d);
+        }
+    } else if (F == F_Q4_K) {
+        const uint8_t *b = qs + blk * 144;
+        const uint4 h = __ldg((const uint4 *)b);
+        const uint4 q0 = __ldg((const uint4 *)(b + 16 + 32 * c)), q1 = __ldg((const uint4 *)(b + 32 + 32 * c));
+        const float d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xffff)));
+        const float dmin = __half2float(__ushort_as_half((unsigned short)(h.x >> 16)));
+        float d12[2], m12[2];
+#pragma unroll
+        for (int s = 0; s < 2; s++) { /* k_scale_min(2c + s) over scale bytes 4..15 of the block */
+            const int j = 2 * c + s;
+            int sc, mn;
+            if (j < 4) {
+                sc = byte_of(h, 4 + j) & 63;
+                mn = byte_of(h, 8 + j) & 63;
+            } else {
+                sc = (byte_of(h, 8 + j) & 0xf) | ((byte_of(h, j) >> 6) << 4);
+                mn = (byte_of(h, 8 + j) >> 4) | ((byte_of(h, 4 + j) >> 6) << 4);
+            }
+            d12[s] = __fmul_rn(d, (float)sc);
+            m12[s] = __fmul_rn(dmin, (float)mn);
+        }
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            const int b8 = j < 16 ? byte_of(q0, j) : byte_of(q1, j - 16);
+            v[j] = __fsub_rn(__fmul_rn(d12[0], (float)(b8 & 0xf)), m12[0]);
+            v[32 + j] = __fsub_rn(__fmul_rn(d12[1], (float)(b8 >> 4)), m12[1]);
+        }
+    } else if (F == F_Q6_K) {
+        const uint8_t *b = qs + blk * 208;
+        const int hh = c >> 1, t = c & 1;
+        const uint4 l0 = __ldg((const uint4 *)(b + 64 * hh + 16 * t));
+        const uint4 l1 = __ldg((const uint4 *)(b + 64 * hh + 32 + 16 * t));
+        const uint4 qh = __ldg((const uint4 *)(b + 128 + 32 * hh + 16 * t));
+        const uint2 scv = __ldg((const uint2 *)(b + 192 + 8 * hh));
+        const float d = ld_half(dd + blk * 2);
+        float s[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) { /* sc[t + 2j]: d * sc first, as the CPU's d * sc[is] * q */
+            const int i = t + 2 * j;
+            const int8_t sc = (int8_t)((i < 4 ? scv.x : scv.y) >> (8 * (i & 3)));
+            s[j] = __fmul_rn(d, (float)sc);
+        }
+#pragma unroll
+        for (int l = 0; l < 16; l++) {
+            const int a = byte_of(l0, l), bb = byte_of(l1, l), hi = byte_of(qh, l);
+            v[l] = __fmul_rn(s[0], (float)(((a & 0xf) | ((hi & 3) << 4)) - 32));
+            v[16 + l] = __fmul_rn(s[1], (float)(((bb & 0xf) | (((hi >> 2) & 3) << 4)) - 32));
+            v[32 + l] = __fmul_rn(s[2], (float)(((a >> 4) | (((hi >> 4) & 3) << 4)) - 32));
+            v[48 + l] = __fmul_rn(s[3], (float)(((bb >> 4) | (((hi >> 6) & 3) << 4)) - 32));
+        }
+    } else { /* F16 / BF16: 8 stored values */
+        const uint4 q = __ldg((const uint4 *)(qs + blk * 16));
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (F == F_F16) {
+                v[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffff)));
+                v[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
+            } else {
+                v[2 * i] = __uint_as_float(w[i] << 16);
+                v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+            }
+        }
+    }
+}
+
+/* ---- few tokens: dequantizing GEMV ------------------------------------------------ */
+
+/* y[t][row] (ldy) = x[t] . W[row] for t < M; one warp a row, 8 rows a block */
+template <int F, int M>
+__global__ void __launch_bounds__(256) k_gemv(const uint8_t *__restrict__ qs, const uint8_t *__restrict__ dd, long n,
+                                              long nb, const float *__restrict__ x, long k, float *__restrict__ y,
+                                              long ldy) {
+    typedef Fmt<F> T;
+    const long row = (long)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= n) return;
+    const long nch = nb * T::CPB;
+    float acc[M];
+#pragma unroll
+    for (int t = 0; t < M; t++) acc[t] = 0.0f;
+    /* two chunks in flight where a chunk is 32 values; a 64-value chunk
+     * already keeps 2-4 loads in flight and twice its registers would halve
+     * the warps an SM holds */
+#pragma unroll(T::CPB == 1 ? 2 : 1)
+    for (long c = lane; c < nch; c += 32) {
+        const long b = c / T::CPB;
+        const int cb = (int)(c % T::CPB);
+        float v[T::RUNS * T::RL];
+        dq<F>(qs, dd, row * nb + b, cb, v);
+#pragma unroll
+        for (int t = 0; t < M; t++) {
+            const float *xr = x + t * k + b * T::BE;
+#pragma unroll
+            for (int j = 0; j < T::RUNS; j++) {
+                const float4 *xv = (const float4 *)(xr + run_off<F>(cb, j));
+#pragma unroll
+                for (int i = 0; i < T::RL / 4; i++) {
+                    const float4 a = __ldg(xv + i);
+                    const float *w = v + j * T::RL + 4 * i;
+                    acc[t] = fmaf(w[0], a.x, acc[t]);
+                    acc[t] = fmaf(w[1], a.y, acc[t]);
+                    acc[t] = fmaf(w[2], a.z, acc[t]);
+                    acc[t] = fmaf(w[3], a.w, acc[t]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < M; t++) {
+        float s = acc[t];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) y[t * ldy + row] = s;
+    }
+}
+
+/* ---- dequantization into a matrix (GEMM scratch, embedding rows, tests) ---------- */
+
+__device__ __forceinline__ void store4(float *p, const float *v) { *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]); }
+__device__ __forceinline__ void store4(__half *p, const float *v) {
+    __half2 h[2] = {__floats2half2_rn(v[0], v[1]), __floats2half2_rn(v[2], v[3])};
+    *(uint2 *)p = *(const uint2 *)h;
+}
+__device__ __forceinline__ void store4(__nv_bfloat16 *p, const float *v) {
+    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v[0], v[1]), __floats2bfloat162_rn(v[2], v[3])};
+    *(uint2 *)p = *(const uint2 *)h;
+}
+
+/* out[i][k] = row (idx ? idx[i] : r0 + i) of W, i < rows; one thread a chunk */
+template <int F, typename O>
+__global__ void k_dequant(const uint8_t *__restrict__ qs, const uint8_t *__restrict__ dd, long nb, long k, long r0,
+                          long rows, const int32_t *__restrict__ idx, O *__restrict__ out) {
+    typedef Fmt<F> T;
+    const long nch = nb * T::CPB;
+    const long id = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (id >= rows * nch) return;
+    const long i = id / nch, c = id % nch, b = c / T::CPB;
+    const int cb = (int)(c % T::CPB);
+    const long row = idx ? (long)idx[i] : r0 + i;
+    float v[T::RUNS * T::RL];
+    dq<F>(qs, dd, row * nb + b, cb, v);
+    O *o = out + i * k + b * T::BE;
+#pragma unroll
+    for (int j = 0; j < T::RUNS; j++)
+#pragma unroll
+        for (int e = 0; e < T::RL; e += 4) store4(o + run_off<F>(cb, j) + e, v + j * T::RL + e);
+}
+
+template <typename O> __global__ void k_to16(const float *__restrict__ x, long count4, O *__restrict__ out) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count4) return;
+    const float4 a = __ldg((const float4 *)x + i);
+    const float v[4] = {a.x, a.y, a.z, a.w};
+    store4(out + 4 * i, v);
+}
+
+/* ---- dispatch over formats -------------------------------------------------------- */
+
+template <int F> static int gemv_f(const kc_gguf *w, const float *x, long m, float *y, long ldy) {
+    const unsigned blocks = (unsigned)((w->n + 7) / 8);
+    for (long t0 = 0; t0 < m; t0 += 8) {
+        const long mm = m - t0 < 8 ? m - t0 : 8;
+        const float *xs = x + t0 * w->k;
+        float *ys = y + t0 * ldy;
+        switch (mm) {
+#define G(M_)                                                                                              \
+    case M_: k_gemv<F, M_><<<blocks, 256, 0, KC_STREAM>>>(w->qs, w->dd, w->n, w->nb, xs, w->k, ys, ldy); break;
+            G(1) G(2) G(3) G(4) G(5) G(6) G(7) G(8)
+#undef G
+        }
+        if (kc_check_launch("k_gemv (GGUF)")) return -1;
+    }
+    return 0;
+}
+
+template <int F, typename O>
+static int dequant_f(const kc_gguf *w, long r0, long rows, const int32_t *idx, O *out) {
+    const long chunks = rows * w->nb * Fmt<F>::CPB;
+    if (chunks <= 0) return 0;
+    k_dequant<F, O><<<kc_blocks(chunks, 128), 128, 0, KC_STREAM>>>(w->qs, w->dd, w->nb, w->k, r0, rows, idx, out);
+    return kc_check_launch("k_dequant (GGUF)");
+}
+
+#define FMT_SWITCH(fmt, CALL)                                                                              \
+    switch (fmt) {                                                                                         \
+    case F_Q4_0: return CALL(F_Q4_0);                                                                      \
+    case F_Q4_1: return CALL(F_Q4_1);                                                                      \
+    case F_Q8_0: return CALL(F_Q8_0);                                                                      \
+    case F_Q4_K: return CALL(F_Q4_K);                                                                      \
+    case F_Q6_K: return CALL(F_Q6_K);                                                                      \
+    case F_F16: return CALL(F_F16);                                                                        \
+    default: return CALL(F_BF16);                                                                          \
+    }
+
+static int gemv(const kc_gguf *w, const float *x, long m, float *y) {
+#define C(F) gemv_f<F>(w, x, m, y, w->n)
+    FMT_SWITCH(w->fmt, C)
+#undef C
+}
+
+template <typename O> static int dequant_to(const kc_gguf *w, long r0, long rows, const int32_t *idx, O *out) {
+#define C(F) dequant_f<F, O>(w, r0, rows, idx, out)
+    FMT_SWITCH(w->fmt, C)
+#undef C
+}
+
+/* ---- host side -------------------------------------------------------------------- */
+
+static long g_gemv_max = -1;
+static void *g_w16, *g_a16; /* scratch: weights of one slice, activations (16-bit) */
+static size_t g_w16_n, g_a16_n;
+#define SLICE_WEIGHTS (128L << 20)
+
+extern "C" void kc_gguf_set_gemv_max(long m) { g_gemv_max = m; }
+
+extern "C" long kc_gguf_gemv_max(void) {
+    if (g_gemv_max < 0) {
+        const char *e = getenv("KC_GGUF_GEMV_M");
+        g_gemv_max = e && *e ? atol(e) : 8; /* see docs/perf-gpu.md for the crossover */
+        if (g_gemv_max < 0) g_gemv_max = 0;
+    }
+    return g_gemv_max;
+}
+
+static int grow(void **buf, size_t *have, size_t need_halves) {
+    if (need_halves <= *have) return 0;
+    size_t want = (size_t)1 << 24;
+    while (want < need_halves) want <<= 1;
+    void *p = kc_malloc(want * 2);
+    if (!p) return -1;
+    *buf = p, *have = want;
+    return 0;
+}
+
+static int f_of(uint32_t type) {
+    for (int f = 0; f < F_COUNT; f++)
+        if (FMT[f].ggml == type) return f;
+    return -1;
+}
+
+extern "C" int kc_gguf_native(uint32_t type) {
+    const int f = f_of(type);
+    return f >= 0 && f < F_F16;
+}
+
+/* BF16 of a float, round to nearest even (NaN kept quiet) */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+}
+
+/* rows [r0, r0 + cnt) of a block type, repacked into qs/dd staging */
+static void repack(const kc_gguf *w, const uint8_t *rows, size_t row_bytes, long r0, long cnt, uint8_t *sq,
+                   uint8_t *sd) {
+    const int f = w->fmt, bb = (int)k_type_info(w->type)->block_bytes, qb = FMT[f].qb, db = FMT[f].db,
+              ho = FMT[f].hdr_off;
+    for (long r = 0; r < cnt; r++) {
+        const uint8_t *src = rows + (size_t)(r0 + r) * row_bytes;
+        for (long b = 0; b < w->nb; b++) {
+            const uint8_t *blk = src + (size_t)b * bb;
+            const size_t o = (size_t)r * w->nb + b;
+            if (db) memcpy(sd + o * db, blk + ho, (size_t)db);
+            memcpy(sq + o * qb, ho == 0 ? blk + db : blk, (size_t)qb);
+        }
+    }
+}
+
+/* rows [r0, r0 + cnt) of any dequantizable type as 16-bit values; -1 when
+ * FP16 was asked for and a value does not fit it */
+static int to16(const kc_gguf *w, const uint8_t *rows, size_t row_bytes, long r0, long cnt, float *tmp,
+                uint16_t *out) {
+    for (long r = 0; r < cnt; r++) {
+        const uint8_t *src = rows + (size_t)(r0 + r) * row_bytes;
+        uint16_t *o = out + (size_t)r * w->k;
+        if (w->type == K_F16 || w->type == K_BF16) { /* as stored */
+            memcpy(o, src, (size_t)w->k * 2);
+            continue;
+        }
+        k_dequant_row(w->type, src, tmp, (size_t)w->k);
+        for (long j = 0; j < w->k; j++) {
+            if (w->fmt == F_BF16) {
+                o[j] = f32_to_bf16(tmp[j]);
+            } else {
+                if (!(fabsf(tmp[j]) <= 65504.0f)) return -1;
+                o[j] = k_f32_to_f16(tmp[j]);
+            }
+        }
+    }
+    return 0;
+}
+
+extern "C" void kc_gguf_free(kc_gguf_t *w) {
+    if (!w) return;
+    kc_free(w->qs);
+    kc_free(w->dd);
+    free(w);
+}
+
+static int upload_all(kc_gguf *w, const void *rows, size_t row_bytes) {
+    const int f = w->fmt;
+    const int native = f < F_F16;
+    const size_t qrow = native ? (size_t)w->nb * FMT[f].qb : (size_t)w->k * 2, drow = (size_t)w->nb * FMT[f].db;
+    long step = (long)((64u << 20) / (qrow + drow + (native ? 0 : (size_t)w->k * 4)));
+    if (step < 1) step = 1;
+    uint8_t *stage = (uint8_t *)malloc((size_t)step * (qrow + drow));
+    float *tmp = native ? NULL : (float *)malloc((size_t)w->k * sizeof(float));
+    int rc = 0;
+    if (!stage || (!native && !tmp)) {
+        kc_set_error("out of host memory staging a %s matrix", FMT[f].name);
+        rc = -1;
+    }
+    for (long r0 = 0; rc == 0 && r0 < w->n; r0 += step) {
+        const long cnt = w->n - r0 < step ? w->n - r0 : step;
+        uint8_t *sq = stage, *sd = stage + (size_t)cnt * qrow;
+        if (native) repack(w, (const uint8_t *)rows, row_bytes, r0, cnt, sq, sd);
+        else if (to16(w, (const uint8_t *)rows, row_bytes, r0, cnt, tmp, (uint16_t *)sq) != 0) rc = 1;
+        if (rc == 0 && (kc_upload(w->qs + (size_t)r0 * qrow, sq, (size_t)cnt * qrow) ||
+                        (drow && kc_upload(w->dd + (size_t)r0 * drow, sd, (size_t)cnt * drow)) || kc_sync()))
+            rc = -1;
+    }
+    free(stage);
+    free(tmp);
+    return rc;
+}
+
+extern "C" kc_gguf_t *kc_gguf_upload(uint32_t type, long n, long k, const void *rows, size_t row_bytes) {
+    const k_type_info_t *ti = k_type_info(type);
+    if (!ti || !ti->dequant || n <= 0 || k <= 0 || k % ti->block_elems) {
+        kc_set_error("GGUF type %u with rows of %ld elements has no GPU form", type, k);
+        return NULL;
+    }
+    int f = f_of(type);
+    if (f < 0) f = F_F16; /* F32, Q5_0, Q5_1, Q5_K: 16 bits, FP16 unless out of range */
+    if (f >= F_F16 && k % 8) {
+        kc_set_error("%s rows of %ld elements (not a multiple of 8) have no 16-bit GPU form", ti->name, k);
+        return NULL;
+    }
+    kc_gguf *w = (kc_gguf *)calloc(1, sizeof *w);
+    if (!w) {
+        kc_set_error("out of host memory");
+        return NULL;
+    }
+    w->type = type, w->n = n, w->k = k;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        w->fmt = f;
+        w->nb = k / FMT[f].be;
+        const size_t qbytes = (size_t)n * w->nb * FMT[f].qb, dbytes = (size_t)n * w->nb * FMT[f].db;
+        w->bytes = qbytes + dbytes;
+        if (!(w->qs = (uint8_t *)kc_malloc(qbytes)) || (dbytes && !(w->dd = (uint8_t *)kc_malloc(dbytes)))) break;
+        const int rc = upload_all(w, rows, row_bytes);
+        if (rc == 0) {
+            if (f < F_F16) snprintf(w->desc, sizeof w->desc, "%s blocks", ti->name);
+            else if (type == K_F16 || type == K_BF16) snprintf(w->desc, sizeof w->desc, "%s as stored", ti->name);
+            else snprintf(w->desc, sizeof w->desc, "%s as %s", ti->name, f == F_F16 ? "FP16" : "BF16");
+            return w;
+        }
+        kc_free(w->qs);
+        kc_free(w->dd);
+        w->qs = w->dd = NULL;
+        if (rc < 0) break;
+        f = F_BF16; /* a value past FP16's range: BF16 keeps it */
+    }
+    kc_gguf_free(w);
+    return NULL;
+}
+
+extern "C" size_t kc_gguf_bytes(const kc_gguf_t *w) { return w ? w->bytes : 0; }
+extern "C" const char *kc_gguf_describe(const kc_gguf_t *w) { return w->desc; }
+
+extern "C" int kc_gguf_dequant(const kc_gguf_t *w, long r0, long rows, float *d_out) {
+    if (r0 < 0 || rows < 0 || r0 + rows > w->n) {
+        kc_set_error("kc_gguf_dequant: rows [%ld, %ld) outside %ld", r0, r0 + rows, w->n);
+        return -1;
+    }
+    return dequant_to<float>(w, r0, rows, NULL, d_out);
+}
+
+extern "C" int kc_gguf_embed(float *d_out, const kc_gguf_t *w, const int32_t *d_tok, int n) {
+    return n <= 0 ? 0 : dequant_to<float>(w, 0, n, d_tok, d_out);
+}
+
+/* y (ldy) = A16 [m][k] . W16 [n][k]^T, FP32 out and sums */
+static int gemm16(const void *w16, long n, long k, const void *a16, long m, float *y, long ldy, int bf16) {
+    const float one = 1.0f, zero = 0.0f;
+    const cudaDataType t = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
+                                    &one, w16, t, (int)k, a16, t, (int)k, &zero, y, CUDA_R_32F, (int)ldy,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cublasGemmEx %s (%ld x %ld x %ld) failed: %s", bf16 ? "BF16" : "FP16", m, n, k,
+                     cublasGetStatusString(s));
+        return -1;
+    }
+    return 0;
+}
+
+static int gemm_path(const kc_gguf *w, const float *d_x, long m, float *d_y) {
+    const int bf16 = w->fmt == F_BF16, stored16 = w->fmt >= F_F16;
+    long step = stored16 ? w->n : SLICE_WEIGHTS / w->k;
+    if (step < 1) step = 1;
+    const long slice = w->n < step ? w->n : step;
+    if (grow(&g_a16, &g_a16_n, (size_t)m * w->k) || (!stored16 && grow(&g_w16, &g_w16_n, (size_t)slice * w->k)))
+        return -1;
+    const long n4 = m * w->k / 4; /* k is a multiple of 8 */
+    if (bf16) k_to16<__nv_bfloat16><<<kc_blocks(n4, 256), 256, 0, KC_STREAM>>>(d_x, n4, (__nv_bfloat16 *)g_a16);
+    else k_to16<__half><<<kc_blocks(n4, 256), 256, 0, KC_STREAM>>>(d_x, n4, (__half *)g_a16);
+    if (kc_check_launch("k_to16")) return -1;
+    if (stored16) return gemm16(w->qs, w->n, w->k, g_a16, m, d_y, w->n, bf16);
+    for (long r = 0; r < w->n; r += step) {
+        const long rows = w->n - r < step ? w->n - r : step;
+        if (dequant_to<__half>(w, r, rows, NULL, (__half *)g_w16) ||
+            gemm16(g_w16, rows, w->k, g_a16, m, d_y + r, w->n, 0))
+            return -1;
+    }
+    return 0;
+}
+
+extern "C" int kc_gguf_matmul_path(const kc_gguf_t *w, const float *d_x, long m, float *d_y, int path) {
+    if (m <= 0) return 0;
+    if (path == 0) path = m <= kc_gguf_gemv_max() ? 1 : 2;
+    return path == 1 ? gemv(w, d_x, m, d_y) : gemm_path(w, d_x, m, d_y);
+}
+
+extern "C" int kc_gguf_matmul(const kc_gguf_t *w, const float *d_x, long m, float *d_y) {
+    return kc_gguf_matmul_path(w, d_x, m, d_y, 0);
+}
