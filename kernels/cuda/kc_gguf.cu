@@ -57,8 +57,8 @@ enum { F_Q4_0, F_Q4_1, F_Q8_0, F_Q4_K, F_Q6_K, F_F16, F_BF16, F_COUNT };
  * loads both cover contiguous memory (a lane owning a whole 32-block made
  * every activation load touch 32 cache lines: 0.5 TB/s measured). */
 template <int F> struct Fmt;
-template <> struct Fmt<F_Q4_0> { enum { BE = 32, QB = 16, DB = 2, CPB = 4, RUNS = 2, RL = 4 }; };
-template <> struct Fmt<F_Q4_1> { enum { BE = 32, QB = 16, DB = 4, CPB = 4, RUNS = 2, RL = 4 }; };
+template <> struct Fmt<F_Q4_0> { enum { BE = 32, QB = 16, DB = 2, CPB = 2, RUNS = 2, RL = 8 }; };
+template <> struct Fmt<F_Q4_1> { enum { BE = 32, QB = 16, DB = 4, CPB = 2, RUNS = 2, RL = 8 }; };
 template <> struct Fmt<F_Q8_0> { enum { BE = 32, QB = 32, DB = 2, CPB = 4, RUNS = 1, RL = 8 }; };
 template <> struct Fmt<F_Q4_K> { enum { BE = 256, QB = 144, DB = 0, CPB = 16, RUNS = 2, RL = 8 }; };
 template <> struct Fmt<F_Q6_K> { enum { BE = 256, QB = 208, DB = 2, CPB = 16, RUNS = 4, RL = 4 }; };
@@ -88,7 +88,7 @@ struct kc_gguf {
 
 /* Element offset inside the block of run j of chunk c. */
 template <int F> __device__ __forceinline__ int run_off(int c, int j) {
-    if (F == F_Q4_0 || F == F_Q4_1) return 4 * c + 16 * j; /* byte 4c..4c+3: low nibbles, then high */
+    if (F == F_Q4_0 || F == F_Q4_1) return 8 * c + 16 * j; /* bytes 8c..8c+7: low nibbles, then high */
     if (F == F_Q8_0) return 8 * c;
     if (F == F_Q4_K) return 64 * (c >> 2) + 8 * (c & 3) + 32 * j; /* 8 bytes of a 32-byte pair */
     if (F == F_Q6_K) return 128 * (c >> 3) + 4 * (c & 7) + 32 * j; /* l = 4(c & 7) .. + 3 of a half */
@@ -107,17 +107,17 @@ template <int F>
 __device__ __forceinline__ void dq(const uint8_t *__restrict__ qs, const uint8_t *__restrict__ dd, long blk, int c,
                                    float (&v)[Fmt<F>::RUNS * Fmt<F>::RL]) {
     if (F == F_Q4_0 || F == F_Q4_1) {
-        const uint32_t q = __ldg((const uint32_t *)(qs + blk * 16 + 4 * c));
+        const uint2 q = __ldg((const uint2 *)(qs + blk * 16 + 8 * c));
         const float d = ld_half(dd + blk * Fmt<F>::DB), m = F == F_Q4_1 ? ld_half(dd + blk * 4 + 2) : 0.0f;
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int b = byte_of(q, j);
+        for (int j = 0; j < 8; j++) {
+            const int b = byte_of(j < 4 ? q.x : q.y, j & 3);
             if (F == F_Q4_0) {
                 v[j] = __fmul_rn((float)((b & 0xf) - 8), d);
-                v[4 + j] = __fmul_rn((float)((b >> 4) - 8), d);
+                v[8 + j] = __fmul_rn((float)((b >> 4) - 8), d);
             } else {
                 v[j] = __fadd_rn(__fmul_rn((float)(b & 0xf), d), m);
-                v[4 + j] = __fadd_rn(__fmul_rn((float)(b >> 4), d), m);
+                v[8 + j] = __fadd_rn(__fmul_rn((float)(b >> 4), d), m);
             }
         }
     } else if (F == F_Q8_0) {
@@ -304,7 +304,10 @@ template <typename O> __global__ void k_to16(const float *__restrict__ x, long c
 
 /* ---- dispatch over formats -------------------------------------------------------- */
 
-/* rows a block: 4 for up to 4 tokens, 2 beyond (registers: R x M sums, R chunks) */
+/* rows a block: 8 at one token, 4 up to 4 tokens, 2 beyond (registers: R x M
+ * sums, R chunks); more rows keep more weight bytes in flight per thread and
+ * load each activation chunk once for all of them */
+#define RB(M_) ((M_) == 1 ? 8 : (M_) <= 4 ? 4 : 2)
 template <int F> static int gemv_f(const kc_gguf *w, const float *x, long m, float *y, long ldy) {
     for (long t0 = 0; t0 < m; t0 += 8) {
         const long mm = m - t0 < 8 ? m - t0 : 8;
@@ -313,8 +316,8 @@ template <int F> static int gemv_f(const kc_gguf *w, const float *x, long m, flo
         switch (mm) {
 #define G(M_)                                                                                              \
     case M_:                                                                                               \
-        k_gemv<F, M_, (M_ <= 4 ? 4 : 2)><<<(unsigned)((w->n + (M_ <= 4 ? 3 : 1)) / (M_ <= 4 ? 4 : 2)), 256, 0,  \
-                                           KC_STREAM>>>(w->qs, w->dd, w->n, w->nb, xs, w->k, ys, ldy);          \
+        k_gemv<F, M_, RB(M_)><<<(unsigned)((w->n + RB(M_) - 1) / RB(M_)), 256, 0, KC_STREAM>>>(                 \
+            w->qs, w->dd, w->n, w->nb, xs, w->k, ys, ldy);                                                       \
         break;
             G(1) G(2) G(3) G(4) G(5) G(6) G(7) G(8)
 #undef G
