@@ -189,7 +189,9 @@ int kc_gguf_native(uint32_t type);                /* 1: stays in its blocks */
 int kc_gguf_matmul(const kc_gguf_t *w, const float *d_x, long m, float *d_y);
 /* the same with the path forced: 1 GEMV, 2 expansion + GEMM, 0 by m (tests, benchmarks) */
 int kc_gguf_matmul_path(const kc_gguf_t *w, const float *d_x, long m, float *d_y, int path);
-long kc_gguf_gemv_max(void);          /* default 8; KC_GGUF_GEMV_M in the environment */
+/* the GEMV's largest m for w: 8 (Q4_0/Q4_1: 4), or KC_GGUF_GEMV_M from the
+ * environment, or what kc_gguf_set_gemv_max set (for every type) */
+long kc_gguf_gemv_max(const kc_gguf_t *w);
 void kc_gguf_set_gemv_max(long m);    /* < 0: back to the default */
 /* Rows [r0, r0 + rows) as FP32, the CPU's k_dequant_row values bit for bit
  * (16-bit storage: its values widened), into d_out [rows][k]. */

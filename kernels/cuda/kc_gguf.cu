@@ -304,10 +304,11 @@ template <typename O> __global__ void k_to16(const float *__restrict__ x, long c
 
 /* ---- dispatch over formats -------------------------------------------------------- */
 
-/* rows a block: 8 at one token, 4 up to 4 tokens, 2 beyond (registers: R x M
- * sums, R chunks); more rows keep more weight bytes in flight per thread and
- * load each activation chunk once for all of them */
-#define RB(M_) ((M_) == 1 ? 8 : (M_) <= 4 ? 4 : 2)
+/* rows a block: 4 up to 4 tokens, 2 beyond (registers: R x M sums, R
+ * chunks); Q4_0/Q4_1 at one token 8 (more weight bytes in flight per thread,
+ * each activation chunk loaded once for all of them: 19.6 against 24.5 us on
+ * an 8B down matrix; the other types measured slower with 8) */
+#define RB(M_) ((M_) == 1 && (F == F_Q4_0 || F == F_Q4_1) ? 8 : (M_) <= 4 ? 4 : 2)
 template <int F> static int gemv_f(const kc_gguf *w, const float *x, long m, float *y, long ldy) {
     for (long t0 = 0; t0 < m; t0 += 8) {
         const long mm = m - t0 < 8 ? m - t0 : 8;
@@ -367,13 +368,17 @@ static size_t g_w16_n, g_a16_n;
 
 extern "C" void kc_gguf_set_gemv_max(long m) { g_gemv_max = m; }
 
-extern "C" long kc_gguf_gemv_max(void) {
-    if (g_gemv_max < 0) {
+/* The crossover measured on the H200 (test_kc_gguf --bench, docs/perf-gpu.md):
+ * the GEMV beats the expansion + GEMM up to 8 rows (Q4_0/Q4_1: 4, whose
+ * 16-value chunks cost registers at 8 rows); KC_GGUF_GEMV_M or
+ * kc_gguf_set_gemv_max overrides it for every type. */
+extern "C" long kc_gguf_gemv_max(const kc_gguf_t *w) {
+    if (g_gemv_max == -1) {
         const char *e = getenv("KC_GGUF_GEMV_M");
-        g_gemv_max = e && *e ? atol(e) : 8; /* see docs/perf-gpu.md for the crossover */
-        if (g_gemv_max < 0) g_gemv_max = 0;
+        g_gemv_max = e && *e && atol(e) >= 0 ? atol(e) : -2; /* -2: the per-type default */
     }
-    return g_gemv_max;
+    if (g_gemv_max >= 0) return g_gemv_max;
+    return w && (w->fmt == F_Q4_0 || w->fmt == F_Q4_1) ? 4 : 8;
 }
 
 static int grow(void **buf, size_t *have, size_t need_halves) {
@@ -573,7 +578,7 @@ static int gemm_path(const kc_gguf *w, const float *d_x, long m, float *d_y) {
 
 extern "C" int kc_gguf_matmul_path(const kc_gguf_t *w, const float *d_x, long m, float *d_y, int path) {
     if (m <= 0) return 0;
-    if (path == 0) path = m <= kc_gguf_gemv_max() ? 1 : 2;
+    if (path == 0) path = m <= kc_gguf_gemv_max(w) ? 1 : 2;
     return path == 1 ? gemv(w, d_x, m, d_y) : gemm_path(w, d_x, m, d_y);
 }
 

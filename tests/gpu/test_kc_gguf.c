@@ -200,7 +200,7 @@ static void test_type(uint32_t type, long n, long k, const int *ms, int n_ms, fl
         for (size_t i = 0; i < (size_t)m * k; i++) x[i] = frand() * 2;
         float *dx = dup_to(x, (size_t)m * k * 4);
         for (int pass = 0; pass < 2; pass++) {
-            const int dflt = m <= kc_gguf_gemv_max() ? 1 : 2;
+            const int dflt = m <= kc_gguf_gemv_max(w) ? 1 : 2;
             if (pass == 1 && m != 1 && m != 8 && m != 64) break;
             const int path = pass == 0 ? dflt : 3 - dflt;
             float *dyo = poisoned((size_t)m * n);
@@ -274,7 +274,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "test_kc_gguf: %s\n", kc_error());
         return 2;
     }
-    printf("device: %s, GEMV up to m = %ld\n", kc_device_name(), kc_gguf_gemv_max());
+    printf("device: %s, GEMV up to m = %ld (Q4_0, Q4_1: 4) unless overridden\n", kc_device_name(), kc_gguf_gemv_max(NULL));
     if (argc > 1 && !strcmp(argv[1], "--bench")) {
         bench();
         kc_shutdown();
