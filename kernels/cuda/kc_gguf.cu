@@ -1,13 +1,14 @@
 /* kc_gguf.cu - GGUF weight matrices on the GPU without an FP32 copy (kc.h).
  *
  * Storage. Q4_0, Q4_1, Q8_0, Q4_K and Q6_K stay in their GGUF blocks,
- * repacked at load into two arrays per matrix so every weight load is an
- * aligned 16-byte load: the block's quant bytes [n][nb][QB] (QB a multiple
- * of 16: Q4_0/Q4_1 16, Q8_0 32, Q4_K its whole 144-byte block, Q6_K its
- * first 208 bytes: ql, qh, scales) and the block's 16-bit header [n][nb][DB]
- * (Q4_0/Q8_0/Q6_K d; Q4_1 d and m; none for Q4_K, whose header sits inside
- * its 144 bytes). As uploaded, the GGUF blocks (18, 20, 34, 210 bytes) are
- * only 2-byte aligned; repacked, the device bytes equal the file's bytes.
+ * repacked at load into two arrays per matrix: the blocks' quant bytes
+ * [n][nb][QB] (QB a multiple of 16: Q4_0/Q4_1 16, Q8_0 32, Q4_K its whole
+ * 144-byte block, Q6_K its first 208 bytes: ql, qh, scales) and their 16-bit
+ * headers [n][nb][DB] (Q4_0/Q8_0/Q6_K d; Q4_1 d and m; none for Q4_K, whose
+ * header sits inside its 144 bytes). Why repack: as stored, blocks of 18, 20,
+ * 34 and 210 bytes are only 2-byte aligned, so no lane could load 4, 8 or 16
+ * bytes of quants at once; split, every quant run is 16-byte aligned and the
+ * device bytes still equal the file's bytes (the repack is a copy at load).
  * Every other type that the CPU dequantizes (F32, Q5_0, Q5_1, Q5_K) goes to
  * the device as FP16 (the CPU's dequantized value rounded to nearest even),
  * or BF16 where a value exceeds FP16's range; F16 and BF16 stay as stored
@@ -18,12 +19,21 @@
  * sums written as __fmul_rn/__fadd_rn/__fsub_rn so nvcc cannot contract
  * them into FMAs: the FP32 values are the CPU's bit for bit (test_kc_gguf).
  *
- * Few tokens (m <= kc_gguf_gemv_max(), groups of up to 8 activation rows):
- * one warp per output row, each lane dequantizing whole chunks of a row's
- * blocks (a 32-block, or a quarter of a 256-block) into registers and
- * multiplying them with the FP32 activations (read through the caches;
- * every warp of the launch reads the same rows), FP32 sums, a warp
- * reduction at the end. Each weight byte is read once per group of 8 rows.
+ * Few tokens (m <= kc_gguf_gemv_max(w): 8, 4 for Q4_0/Q4_1, the crossover
+ * measured on the H200; groups of up to 8 activation rows): k_gemv. A block
+ * of 256 threads takes R rows (8, 4 or 2 by m and type) and splits their
+ * blocks into small chunks (8 or 16 values: 8 quant bytes of Q4_0/Q4_1/
+ * Q8_0/Q4_K, 3 x 4 of Q6_K, 16 bytes of F16/BF16), consecutive threads on
+ * consecutive bytes, so a warp's weight load and its activation load (FP32,
+ * through the caches) each cover contiguous memory. A thread dequantizes its
+ * chunk of all R rows into registers, loads the activation chunk once for
+ * them, sums in FP32; a warp reduction and one over the 8 warps finish (a
+ * fixed order: deterministic). Each weight byte is read once per group of 8
+ * activation rows. A first version gave a lane a whole 32-block (one 16-byte
+ * load): its activation loads touched 32 cache lines per instruction and the
+ * GEMV ran at ~0.5 TB/s; this layout reaches 1.4-1.7 TB/s on 8B Q4_0
+ * matrices and 2.6 on Q8_0 (docs/perf-gpu.md): dequantization instructions,
+ * not bytes, now bound the 4-bit types.
  *
  * Many tokens: the weights of a slice of rows are dequantized into an FP16
  * scratch matrix (BF16 for BF16 storage; a 16-bit matrix needs no
