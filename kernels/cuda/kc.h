@@ -184,7 +184,7 @@ size_t kc_gguf_bytes(const kc_gguf_t *w);        /* device bytes of the weights 
 const char *kc_gguf_describe(const kc_gguf_t *w); /* "Q4_K blocks", "Q5_K as FP16", ... */
 int kc_gguf_native(uint32_t type);                /* 1: stays in its blocks */
 /* d_y[m][n] = d_x[m][k] . W^T, FP32 in and out: a dequantizing GEMV (FP32
- * sums) up to kc_gguf_gemv_max() rows, else the weights expanded to 16 bits
+ * sums) up to kc_gguf_gemv_max(w) rows, else the weights expanded to 16 bits
  * a slice at a time and cuBLAS's tensor-core GEMM (FP32 sums). */
 int kc_gguf_matmul(const kc_gguf_t *w, const float *d_x, long m, float *d_y);
 /* the same with the path forced: 1 GEMV, 2 expansion + GEMM, 0 by m (tests, benchmarks) */
