@@ -163,6 +163,7 @@ static int quant_input(gfwd_t *g, const float *x, int m, long k, int *quantized)
 /* y = x . W^T. */
 static int gmatmul(gfwd_t *g, const gmat_t *w, const float *x, int m, float *y, int *quantized) {
     if (w->kind == GM_FUSED) return -1; /* only with its whole set (forward.c never splits one) */
+    if (w->kind == GM_GGUF) return kc_gguf_matmul(w->gg, x, m, y);
     if (w->kind == GM_F32) return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
     if (w->kind == GM_F32_A8) { /* x is a scratch input (norm output, attention, SwiGLU) */
         if (!*quantized && kc_fake_quant((float *)x, m, (int)w->k, NULL, 0, 8) != 0) return -1;
@@ -316,7 +317,10 @@ static const char *matmul_name(const int *ids, int count) {
 }
 
 static int cuda_embed(fwd_t *f, float *x, int n) {
-    return PROFILED("embed", kc_embed(x, gpu_model(f)->embd, D_TOK(f, (gfwd_t *)f->be_state), n, f->m->hp.dim));
+    const gpu_model_t *gm = gpu_model(f);
+    const int32_t *tok = D_TOK(f, (gfwd_t *)f->be_state);
+    if (gm->embd_gg) return PROFILED("embed", kc_gguf_embed(x, gm->embd_gg, tok, n));
+    return PROFILED("embed", kc_embed(x, gm->embd, tok, n, f->m->hp.dim));
 }
 
 static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm, int n) {

@@ -2,9 +2,19 @@
  *
  * Weights: K_SQ matrices go to the SQ kernels' tile layout (INT8
  * activations quantized per token on the device, exactly as
- * k_quant_row_i8 does); everything else is expanded to FP32 once at load
- * and multiplied by cuBLAS SGEMM with TF32 off. The embedding table is
- * FP32 on the device; a tied output projection reads the same copy.
+ * k_quant_row_i8 does). GGUF matrices go to kc_gguf (kc_gguf.cu): Q4_0,
+ * Q4_1, Q8_0, Q4_K and Q6_K stay in their blocks (the file's bytes), the
+ * other types the CPU computes with (F32, F16, BF16, Q5_0, Q5_1, Q5_K) as
+ * 16-bit values; a few rows run a dequantizing GEMV with FP32 activations,
+ * many rows a 16-bit expansion and cuBLAS's tensor-core GEMM. What is left
+ * in FP32 (cuBLAS SGEMM with TF32 off): K_SQ views the SQ kernels do not
+ * take (the non-SQ recipes: int8, int4, static SQ activation masks) and
+ * 16-bit rows of a length kc_gguf refuses (not a multiple of 8).
+ * The embedding table stays in its GGUF form where kc_gguf_embed gives the
+ * CPU's rows bit for bit (the block types, F16, BF16); F32, Q5_x and SQ
+ * tables stay FP32 as before (kc_embed). A tied output projection reads
+ * the same copy. Device memory for a Q4_0/Q4_K/Q6_K/Q8_0 model is thus its
+ * file's weight bytes plus the KV cache and activation buffers.
  * Synthetic models (random SQ weights in a real architecture's shapes) are
  * built here too, on the device only.
  */
@@ -65,11 +75,13 @@ int dev_cuda_built(void) { return 1; }
 static void gmat_free(gmat_t *g) {
     kc_free(g->f32);
     kc_sq_free(g->sq);
+    kc_gguf_free(g->gg);
     memset(g, 0, sizeof *g);
 }
 
 static size_t gmat_bytes(const gmat_t *g) {
     if (g->kind == GM_FUSED) return 0; /* counted with its fused matrix */
+    if (g->kind == GM_GGUF) return kc_gguf_bytes(g->gg);
     return g->kind == GM_SQ ? kc_sq_bytes(g->sq) : (size_t)g->n * (size_t)g->k * sizeof(float);
 }
 
@@ -105,9 +117,30 @@ static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_row
         if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
         return upload_rows_f32(g->f32, w, view_row, stage, stage_rows);
     }
+    if ((g->gg = kc_gguf_upload(w->type, w->n, w->k, w->data, w->row_bytes))) {
+        g->kind = GM_GGUF;
+        return 0;
+    }
+    /* a type or row length kc_gguf does not take (16-bit rows of a length
+     * not a multiple of 8): FP32 as before */
+    kc_clear_error();
     g->kind = GM_F32;
     if (!(g->f32 = kc_malloc((size_t)(w->n * w->k) * sizeof(float)))) return -1;
     return upload_rows_f32(g->f32, w, k_mat_row, stage, stage_rows);
+}
+
+/* The embedding table: in kc_gguf's form where its lookup gives exactly
+ * the CPU's rows (the block types, F16, BF16), else FP32 as before (F32,
+ * Q5_x, SQ views). */
+static int embd_upload(gpu_model_t *g, const k_mat_t *e, float *stage, long stage_rows) {
+    if (kc_gguf_native(e->type) || e->type == K_F16 || e->type == K_BF16) {
+        if ((g->embd_gg = kc_gguf_upload(e->type, e->n, e->k, e->data, e->row_bytes))) return 0;
+        kc_clear_error();
+    }
+    return (g->embd = kc_malloc((size_t)e->n * (size_t)e->k * sizeof(float))) &&
+                   upload_rows_f32(g->embd, e, k_mat_row, stage, stage_rows) == 0
+               ? 0
+               : -1;
 }
 
 static float *upload_vec(const float *v, long n) {
@@ -123,6 +156,7 @@ static void gpu_model_free(gpu_model_t *g) {
     if (!g) return;
     if (!g->tied) gmat_free(&g->out);
     kc_free(g->embd);
+    kc_gguf_free(g->embd_gg);
     kc_free(g->out_norm);
     kc_free(g->inv_freq);
     for (int l = 0; g->layers && l < g->n_layer; l++) {
@@ -171,7 +205,9 @@ static void attach(model_t *m, gpu_model_t *g) {
 /* Weight bytes a decode step reads: the layer matrices and the lm head
  * (the embedding table when tied). */
 static size_t gpu_weight_bytes(const gpu_model_t *g, const hparams_t *hp) {
-    size_t b = g->tied ? (size_t)hp->n_vocab * hp->dim * sizeof(float) : gmat_bytes(&g->out);
+    size_t b = !g->tied       ? gmat_bytes(&g->out)
+               : g->embd_gg ? kc_gguf_bytes(g->embd_gg)
+                            : (size_t)hp->n_vocab * hp->dim * sizeof(float);
     for (int l = 0; l < g->n_layer; l++) {
         const glayer_t *G = &g->layers[l];
         for (int i = 0; i < 7; i++) b += gmat_bytes(&G->w[i]);
@@ -237,10 +273,10 @@ int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    int ok = (g->embd = kc_malloc((size_t)hp->n_vocab * (size_t)hp->dim * sizeof(float))) &&
-             upload_rows_f32(g->embd, &m->tok_embd, k_mat_row, stage, stage_rows) == 0;
+    int ok = embd_upload(g, &m->tok_embd, stage, stage_rows) == 0;
     g->tied = m->output.data == m->tok_embd.data && m->output.type == m->tok_embd.type;
-    if (ok && g->tied) g->out = (gmat_t){GM_F32, m->output.n, m->output.k, g->embd, NULL};
+    if (ok && g->tied && g->embd_gg) g->out = (gmat_t){GM_GGUF, m->output.n, m->output.k, NULL, NULL, g->embd_gg};
+    else if (ok && g->tied) g->out = (gmat_t){GM_F32, m->output.n, m->output.k, g->embd, NULL, NULL};
     else if (ok) ok = gmat_upload(&g->out, &m->output, stage, stage_rows) == 0;
     ok = ok && (g->out_norm = upload_vec(m->output_norm, hp->dim)) &&
          (g->inv_freq = upload_vec(m->rope_inv_freq, hp->rope_dim / 2));
@@ -313,7 +349,7 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
                         {hp->ffn_dim, hp->dim}, {hp->ffn_dim, hp->dim}, {hp->dim, hp->ffn_dim}};
     uint64_t seed = 100;
     if (ok) {
-        g->out = (gmat_t){GM_SQ, hp->n_vocab, hp->dim, NULL, kc_sq_random(hp->n_vocab, hp->dim, 4, 64, 8, seed++)};
+        g->out = (gmat_t){GM_SQ, hp->n_vocab, hp->dim, NULL, kc_sq_random(hp->n_vocab, hp->dim, 4, 64, 8, seed++), NULL};
         ok = g->out.sq != NULL;
     }
     for (int l = 0; ok && l < hp->n_layer; l++) {
@@ -324,7 +360,7 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
              kc_fill(G->ffn_norm, (size_t)hp->dim, 1.0f, 0, 0) == 0;
         for (int i = 0; ok && i < 7; i++) {
             G->w[i] = (gmat_t){GM_SQ, shape[i][0], shape[i][1], NULL,
-                               kc_sq_random(shape[i][0], shape[i][1], 4, 64, 8, seed++)};
+                               kc_sq_random(shape[i][0], shape[i][1], 4, 64, 8, seed++), NULL};
             ok = G->w[i].sq != NULL;
         }
     }

@@ -13,13 +13,15 @@
  * kernel computes up to float rounding. */
 /* GM_FUSED: an SQ matrix whose rows live in its layer's fused matrix
  * (qkv or gate_up): no storage of its own. */
-enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3, GM_FUSED = 4 };
+/* GM_GGUF: a GGUF matrix in its blocks or in 16 bits (kc_gguf.cu). */
+enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3, GM_FUSED = 4, GM_GGUF = 5 };
 
 typedef struct {
     int kind;
     long n, k;
     float *f32;
     kc_sq_t *sq;
+    kc_gguf_t *gg;
 } gmat_t;
 
 typedef struct {
@@ -32,8 +34,12 @@ typedef struct {
 } glayer_t;
 
 typedef struct {
-    float *embd; /* [n_vocab][dim] */
-    gmat_t out;  /* out.f32 == embd when tied */
+    /* the embedding table: embd_gg (GGUF blocks or 16 bits, looked up by
+     * kc_gguf_embed) where kc_gguf takes its type exactly, else embd
+     * ([n_vocab][dim] FP32) */
+    float *embd;
+    kc_gguf_t *embd_gg;
+    gmat_t out;  /* the embedding's own storage when tied */
     int tied;
     float *out_norm, *inv_freq;
     glayer_t *layers;

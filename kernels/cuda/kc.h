@@ -169,6 +169,36 @@ long kc_sq_part_rows(const kc_sq_t *w, int part);
  * kc_sq_matmul on a fused matrix writes [m][n_total] (all parts side by side). */
 int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y);
 
+/* ---- GGUF weights (kc_gguf.cu) -------------------------------------------------- */
+
+/* A GGUF matrix W[n][k] on the device: Q4_0, Q4_1, Q8_0, Q4_K and Q6_K in
+ * their blocks (repacked for aligned loads, the file's bytes), every other
+ * type the CPU dequantizes (F32, F16, BF16, Q5_0, Q5_1, Q5_K) in 16 bits
+ * (F16/BF16 as stored; the others as FP16, or BF16 where a value exceeds
+ * FP16's range). rows: the host rows, row_bytes apart. NULL (kc_error says
+ * why) for a type or row length it does not take. */
+typedef struct kc_gguf kc_gguf_t;
+kc_gguf_t *kc_gguf_upload(uint32_t type, long n, long k, const void *rows, size_t row_bytes);
+void kc_gguf_free(kc_gguf_t *w);
+size_t kc_gguf_bytes(const kc_gguf_t *w);        /* device bytes of the weights */
+const char *kc_gguf_describe(const kc_gguf_t *w); /* "Q4_K blocks", "Q5_K as FP16", ... */
+int kc_gguf_native(uint32_t type);                /* 1: stays in its blocks */
+/* d_y[m][n] = d_x[m][k] . W^T, FP32 in and out: a dequantizing GEMV (FP32
+ * sums) up to kc_gguf_gemv_max(w) rows, else the weights expanded to 16 bits
+ * a slice at a time and cuBLAS's tensor-core GEMM (FP32 sums). */
+int kc_gguf_matmul(const kc_gguf_t *w, const float *d_x, long m, float *d_y);
+/* the same with the path forced: 1 GEMV, 2 expansion + GEMM, 0 by m (tests, benchmarks) */
+int kc_gguf_matmul_path(const kc_gguf_t *w, const float *d_x, long m, float *d_y, int path);
+/* the GEMV's largest m for w: 8 (Q4_0/Q4_1: 4), or KC_GGUF_GEMV_M from the
+ * environment, or what kc_gguf_set_gemv_max set (for every type) */
+long kc_gguf_gemv_max(const kc_gguf_t *w);
+void kc_gguf_set_gemv_max(long m);    /* < 0: back to the default */
+/* Rows [r0, r0 + rows) as FP32, the CPU's k_dequant_row values bit for bit
+ * (16-bit storage: its values widened), into d_out [rows][k]. */
+int kc_gguf_dequant(const kc_gguf_t *w, long r0, long rows, float *d_out);
+/* Embedding lookup: d_out[i] = row d_tok[i] as kc_gguf_dequant gives it. */
+int kc_gguf_embed(float *d_out, const kc_gguf_t *w, const int32_t *d_tok, int n);
+
 /* ---- profile (kc_prof.cu) ----------------------------------------------------- */
 
 /* Device time per named operation, on when SQSERVE_CUDA_PROFILE is set:

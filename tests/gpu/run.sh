@@ -6,8 +6,8 @@
 # 1. build: make CUDA=1 all gpu-bins where the build dependencies are
 #    installed; otherwise (a bare GPU box) the binaries already built in
 #    $SQSERVE_BIN and $GPU_BIN_DIR are used (tests/gpu/bundle.sh makes them)
-# 2. kernel tests: test_kc_ops, test_kc_sq, then compute-sanitizer memcheck
-#    on both at --quick sizes
+# 2. kernel tests: test_kc_ops, test_kc_sq, test_kc_gguf, then
+#    compute-sanitizer memcheck on the three at --quick sizes
 # 3. model tests: test_gpu_model (greedy ids vs the reference, SQ GPU vs
 #    CPU, batching), perplexity GPU vs CPU (FP32 and SQ 8/4 A8) on
 #    WikiText-2, and `serve --device cuda` answering a completion
@@ -58,10 +58,13 @@ fi
 
 step test_kc_ops "$GBIN/test_kc_ops"
 [ -x "$GBIN/test_kc_sq" ] && step test_kc_sq "$GBIN/test_kc_sq"
+[ -x "$GBIN/test_kc_gguf" ] && step test_kc_gguf "$GBIN/test_kc_gguf"
 if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
   step memcheck_kc_ops compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_ops" --quick
   [ -x "$GBIN/test_kc_sq" ] &&
     step memcheck_kc_sq compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_sq" --quick
+  [ -x "$GBIN/test_kc_gguf" ] &&
+    step memcheck_kc_gguf compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_gguf" --quick
 fi
 
 step test_gpu_model "$GBIN/test_gpu_model" "$MODEL" tests/fixtures/generate.json
@@ -125,6 +128,7 @@ step serve_cuda serve_check
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm "$GBIN/bench_gemm"
+  [ -x "$GBIN/test_kc_gguf" ] && step bench_gguf "$GBIN/test_kc_gguf" --bench
   step bench_synthetic "$BIN" bench --synthetic llama3-8b --device cuda --pp 2048 --batch 1024 --tg 32 -r 3 \
     --decode-batches 1,8,32,128
   step bench_synthetic_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench --synthetic llama3-8b --device cuda \

@@ -1,10 +1,19 @@
 /* test_gpu_model.c - the whole model on the GPU against the CPU and the
  * independent reference (tests/fixtures/generate.json).
  *
- * 1. FP32 path (GGUF weights expanded to FP32, cuBLAS): for each fixture
- *    prompt, the prompt as one batch then greedy steps token by token;
- *    the greedy ids must equal the reference's, and the log-softmax of the
- *    reference's top-5 must agree within 2e-3 (the CPU test's bound).
+ * 1. GGUF path (kc_gguf.cu), FP32 activations: for each fixture prompt,
+ *    the prompt as one batch then greedy steps token by token; the greedy
+ *    ids must equal the reference's, and the log-softmax of the
+ *    reference's top-5 must agree within 2e-3 (the CPU test's bound). First
+ *    with the dequantizing GEMV for every row count (the GGUF's own weights,
+ *    FP32 activations and sums: the CPU's arithmetic up to summation
+ *    order), then with the default split, where prompts of more than
+ *    kc_gguf_gemv_max() tokens (4 for SmolLM2's Q4_1) go through the FP16 expansion and cuBLAS:
+ *    weights and activations rounded to FP16 (2^-11) move the log-softmax
+ *    by up to ~3e-2 and a logit by up to ~0.1 on SmolLM2 (measured on the
+ *    H200, docs/perf-gpu.md), so that run's bounds are 6e-2 and 0.2, with
+ *    the greedy ids still identical (tests/gpu/run.sh's perplexity check,
+ *    0.5 %, is the end-to-end bound for it).
  * 2. SQ path: the same model quantized at load to SQ 8/4 b64 s0.875 (RTN)
  *    with INT8 activations, once on the CPU (integer SQ kernels) and once
  *    on the GPU (SQ kernels); per-position top-1 and log-softmax compared
@@ -20,8 +29,10 @@
 #include "../../engine/compute/act_quant.h"
 #include "../../engine/quant/quant.h"
 #include "../../engine/model/recipe.h"
+#include "../../kernels/cuda/kc.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,7 +117,7 @@ static int32_t *ids_of(json_t *a, int *n) {
     return v;
 }
 
-static void fp32_vs_reference(runner_t *g, json_t *prompts) {
+static void fp32_vs_reference(runner_t *g, json_t *prompts, const char *label, double bound) {
     size_t i;
     json_t *p;
     int nv = g->m->hp.n_vocab, same_all = 1, total = 0, same = 0;
@@ -137,10 +148,11 @@ static void fp32_vs_reference(runner_t *g, json_t *prompts) {
                json_string_value(json_object_get(p, "name")), agree, ns);
         free(prompt), free(want), free(got);
     }
-    char what[96];
-    snprintf(what, sizeof what, "FP32 GPU greedy ids vs reference (%d / %d)", same, total);
+    char what[160];
+    snprintf(what, sizeof what, "%s: greedy ids vs reference (%d / %d)", label, same, total);
     result(same_all, "%s%.0f", what, 0);
-    result(worst <= 2e-3, "%s %.2e (bound 2e-3)", "FP32 GPU max |delta log-softmax| over reference top-5:", worst);
+    snprintf(what, sizeof what, "%s: max |delta log-softmax| over reference top-5 (bound %.0e):", label, bound);
+    result(worst <= bound, "%s %.2e", what, worst);
 }
 
 /* Teacher-forced: the CPU's greedy continuation of each prompt is run as
@@ -226,7 +238,7 @@ static void sq_gpu_vs_cpu(runner_t *c, runner_t *g, json_t *prompts) {
     result(gpu.sum / gpu.n <= fmax(2 * ctl.sum / ctl.n, 0.02), "%s (bound max(2 x control, 0.02))%.0f", what, 0);
 }
 
-static void batching(runner_t *g) {
+static void batching(runner_t *g, const char *label, double bound) {
     const int n = 12, nv = g->m->hp.n_vocab;
     int32_t toks[12] = {504, 3575, 282, 4649, 314, 28, 2618, 12835, 1558, 60, 23, 198}, t2[24];
     int32_t pos[24], slot[24];
@@ -257,7 +269,10 @@ static void batching(runner_t *g) {
     ok = ok && fwd_run(&g->f, &b2, one, err, sizeof err) == 0;
     for (int j = 0; ok && j < nv; j++) worst = fmax(worst, fabs(one[j] - all[(size_t)(n - 1) * nv + j]));
     if (!ok) fprintf(stderr, "forward: %s\n", err);
-    result(ok && worst <= 2e-3, "%s %.2e (bound 2e-3)", "GPU batch vs token-by-token vs interleaved, max |delta logit|:", worst);
+    char what[160];
+    snprintf(what, sizeof what, "%s: batch vs token-by-token vs interleaved, max |delta logit| (bound %.0e):", label,
+             bound);
+    result(ok && worst <= bound, "%s %.2e", what, worst);
     free(all), free(one);
 }
 
@@ -297,9 +312,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("device: %s, weights on the GPU: %.1f MB\n", model_gpu_name(&mg), model_gpu_weight_bytes(&mg) / 1e6);
+    kc_gguf_set_gemv_max(LONG_MAX);
     if (runner_init(&g, &mg, pool, 128, NULL)) { fprintf(stderr, "out of memory\n"); return 2; }
-    fp32_vs_reference(&g, prompts);
-    batching(&g);
+    fp32_vs_reference(&g, prompts, "GGUF GPU, GEMV only", 2e-3);
+    batching(&g, "GGUF GPU, GEMV only", 2e-3);
+    runner_free(&g);
+    kc_gguf_set_gemv_max(-1); /* fresh runner: no CUDA graph recorded with the other split */
+    const char *label = "GGUF GPU, default split (FP16 GEMM beyond the GEMV's rows)";
+    if (runner_init(&g, &mg, pool, 128, NULL)) { fprintf(stderr, "out of memory\n"); return 2; }
+    fp32_vs_reference(&g, prompts, label, 6e-2);
+    batching(&g, label, 0.2);
     runner_free(&g);
     model_free(&mg);
 
