@@ -145,3 +145,33 @@ def test_inspect_lists_types_and_integer_matrices():
     # the default model: Q4_1 layers and a tied Q8_0 embedding as the lm head
     assert f["matmul_types"] == "Q4_1 x210 Q8_0 x1", f
     assert f["integer_kernels"].startswith("211 of 211 matrices"), f
+
+
+def test_recipe_model_output_projection_follows_the_path(tmp_path):
+    """A model quantized at load keeps its output projection in the GGUF type
+    (Q8_0 here); that matrix takes the integer kernels by the same rule, and
+    eval and bench say so (output_acts / output=), while acts stays the
+    recipe's. The two paths differ only in that matrix: a small, nonzero
+    change of perplexity."""
+    need_text()
+    recipe = ["--weights", "int4:g64", "--acts", "int8"]
+    ev = {}
+    for path in (INT, ["--exact-fp32"]):
+        r = run("eval", "-m", MODEL, "--ppl", TEXT, "--ctx", 128, "--max-tokens", 256, *recipe, *path, *THREADS)
+        assert r.returncode == 0, r.stderr[-2000:]
+        ev[path[0]] = fields(r.stdout)
+    q8, fp = ev["--int-acts"], ev["--exact-fp32"]
+    assert (q8["acts"], q8["output_acts"]) == ("int8", "q8-block")
+    assert (fp["acts"], fp["output_acts"]) == ("int8", "fp32")
+    assert q8["ppl"] != fp["ppl"] and abs(float(q8["ppl"]) / float(fp["ppl"]) - 1) < 0.01, (q8, fp)
+    sqm = tmp_path / "w4a8.sqm"  # a .sqm: the same rule, and bench says so
+    r = run("convert", "-m", MODEL, "-o", sqm, *recipe, "--eval-tokens", 0, *THREADS)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    def sqm_bench(*extra):
+        r = run("bench", "-m", sqm, "--pp", 8, "--tg", 2, "-r", 1, *THREADS, *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+    assert "acts=int8 output=q8-block " in sqm_bench(*INT)
+    line = sqm_bench("--exact-fp32")
+    assert "acts=int8 " in line and "output=" not in line, line

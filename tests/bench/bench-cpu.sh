@@ -29,7 +29,7 @@ trap 'rm -f "$raw"' EXIT
 
 # label | sqserve convert flags ("" = the GGUF itself) | what executes
 RECIPES=(
-  "GGUF $(basename "$MODEL" .gguf | sed 's/.*\.//')||GGUF types, FP32 activations (fused dequant dot / FP32 GEMM)"
+  "GGUF $(basename "$MODEL" .gguf | sed 's/.*\.//')||GGUF types as stored: 8-bit block activations on the integer kernels below AVX-512 (bench's acts=q8-block), FP32 activations on AVX-512"
   "W8A8|--weights int8 --acts int8|int8 per-channel x int8 per-token, integer kernel"
   "W4A8|--weights int4:g64 --acts int8|int4 g64 x int8 per-token, integer kernel"
   "W(SQ 8/4 b64 s0.875)A8|--weights sq:8/4:b64:s0.875 --acts int8|SQ codes x int8 per-token, integer kernel"
