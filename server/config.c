@@ -116,11 +116,12 @@ const opt_t OPTIONS[] = {
     {"startup-eval", 0, "SQSERVE_STARTUP_EVAL", "512", OPT_INT, S, 0, 1 << 16,
      "tokens of self-generated text to measure a quantized model against FP32 at start (0 = skip)"},
     {"exact-fp32", 0, "SQSERVE_EXACT_FP32", NULL, OPT_BOOL, G | E | B | S, 0, 0,
-     "a GGUF run as stored: FP32 activations (the exact reference path) instead of activations quantized "
-     "to 8 bits per block with integer kernels (as llama.cpp does)"},
+     "matrices in GGUF types (all of a GGUF run as stored; the output projection of a .sqm or recipe): "
+     "FP32 activations (the exact reference path) instead of activations quantized to 8 bits per block "
+     "with integer kernels (as llama.cpp does)"},
     {"int-acts", 0, "SQSERVE_INT_ACTS", NULL, OPT_BOOL, G | E | B | S, 0, 0,
-     "a GGUF run as stored: the integer kernels even where the FP32-activation kernels run AVX-512 "
-     "(by default those are kept there: on the machines measured they are faster)"},
+     "matrices in GGUF types (as for --exact-fp32): the integer kernels even where the FP32-activation "
+     "kernels run AVX-512 (by default those are kept there: on the machines measured they are faster)"},
     {"device", 0, "SQSERVE_DEVICE", "cpu", OPT_STR, G | E | B | S, 0, 0,
      "compute device: cpu, cuda or cuda:N (a CUDA build on an sm_90 GPU)"},
     {"synthetic", 0, NULL, NULL, OPT_STR, B, 0, 0,

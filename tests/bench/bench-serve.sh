@@ -165,7 +165,7 @@ block=$(cat <<MD
 
 Measured $(date -u +%Y-%m-%d) at commit $commit on: $cpu, $(nproc) cores ($isa),
 from $(basename "$MODEL"); sqserve as \`sqserve serve ${SERVER_FLAGS[*]}\`$(
-[ -n "${LLAMA_SERVER:-}" ] && printf ', llama-server%s as `llama-server %s`' "$llama_build" "${LLAMA_FLAGS[*]}"),
+[ -n "${LLAMA_SERVER:-}" ] && printf ", llama-server%s as \`llama-server %s\`" "$llama_build" "${LLAMA_FLAGS[*]}"),
 one server after the other on the same cores (the load generator,
 \`tests/bench/bench_serve.py\`, runs on them too; "other processes" below is what
 the rest of the machine used meanwhile).
