@@ -32,15 +32,8 @@
 #include <string.h>
 
 static int n_pass, n_fail;
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static uint64_t next(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float frand(void) { return (float)((next() >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f; }
+#define TEST_RNG_SEED 0x2545f4914f6cdd1dull
+#include "test_rng.h"
 
 #define OK(call) do { if ((call) != 0) { fprintf(stderr, "GPU: %s\n", kc_error()); exit(2); } } while (0)
 #define GUARD 64

@@ -43,15 +43,8 @@ static int n_pass, n_fail, quick;
 
 /* test hook in kc_sq.cu: device layout vs a host repack of t */
 long kc_sq_debug_compare(const kc_sq_t *w, const k_sq_t *t, long *first);
-static uint64_t rng = 0x243F6A8885A308D3ull;
-
-static uint64_t next(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float frand(void) { return (float)((next() >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f; }
+#define TEST_RNG_SEED 0x243F6A8885A308D3ull
+#include "test_rng.h"
 
 #define OK(call)                                                  \
     do {                                                          \
