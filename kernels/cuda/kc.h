@@ -217,6 +217,14 @@ int kc_prof_report(FILE *out);
 long kc_sq_twostep_min(void);
 void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
 
+/* One to four tokens: up to M = kc_sq_gemv_max() tokens, kc_sq_matmul(_parts)
+ * on the explicit fast layout runs the dp4a kernel of kc_sq_gemv.cu (exact
+ * integer group sums, like the mma kernels) instead of k_sq_dec. Default
+ * from bench_gemm on the H200; KC_SQ_GEMV in the environment or
+ * kc_sq_set_gemv_max overrides it (0 turns it off, at most 4). */
+int kc_sq_gemv_max(void);
+void kc_sq_set_gemv_max(int m); /* < 0: back to the default */
+
 #ifdef __cplusplus
 }
 #endif

@@ -53,6 +53,18 @@ extern "C" int kc_check_launch(const char *kernel) {
 
 extern "C" void *kc_blas_handle(void) { return (void *)g_blas; }
 
+extern "C" int kc_sm_count(void) {
+    static int nsm; /* one device per process (kc_init) */
+    if (!nsm) {
+        int dev = 0, v = 0;
+        nsm = cudaGetDevice(&dev) == cudaSuccess &&
+                      cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0
+                  ? v
+                  : 132;
+    }
+    return nsm;
+}
+
 extern "C" const char *kc_error(void) { return g_err[0] ? g_err : "no CUDA error recorded"; }
 
 extern "C" void kc_clear_error(void) {

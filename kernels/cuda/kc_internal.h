@@ -16,6 +16,8 @@ void kc_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int kc_check(int cuda_err, const char *what);
 /* Checks the launch that just happened (configuration errors). */
 int kc_check_launch(const char *kernel);
+/* streaming multiprocessors of the current device (132 if it cannot be asked) */
+int kc_sm_count(void);
 /* the process's cuBLAS handle (a cublasHandle_t), bound to KC_STREAM */
 void *kc_blas_handle(void);
 

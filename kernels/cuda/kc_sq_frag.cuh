@@ -115,6 +115,10 @@ struct MmArgs {
     float *py[KC_SQ_MAX_PARTS];
 };
 
+/* the dp4a path for one to four tokens (kc_sq_gemv.cu) */
+extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m);
+extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a);
+
 /* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
 template <int LOBITS, int S2C, bool S16>
 struct UG {

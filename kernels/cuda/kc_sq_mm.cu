@@ -606,18 +606,6 @@ extern "C" int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float
 
 /* ---- host side ------------------------------------------------------------------------- */
 
-static int g_nsm;
-
-static int n_sm(void) {
-    if (!g_nsm) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            g_nsm = 132;
-    }
-    return g_nsm;
-}
-
 /* stream-k scratch (decode): partial sums and per-tile counters. Grown on
  * demand and never freed while the process runs: CUDA graphs captured
  * earlier keep pointing at the old buffers, which therefore stay valid
@@ -651,7 +639,7 @@ static int launch_decode(const kc_sq *w, MmArgs a) {
         return -1;
     /* one full wave of warps, each at least 4 groups long */
     const long U = w->ntiles * w->ngroups;
-    long W = (long)n_sm() * occ * 4;
+    long W = (long)kc_sm_count() * occ * 4;
     if (W > (U + 3) / 4) W = (U + 3) / 4;
     if (W < 1) W = 1;
     if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
@@ -671,7 +659,7 @@ static int launch_decode_c(const kc_sq *w, MmArgs a) {
                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
         return -1;
     const long U = w->ntiles * w->ngroups;
-    long W = (long)n_sm() * occ * 4;
+    long W = (long)kc_sm_count() * occ * 4;
     if (W > (U + 3) / 4) W = (U + 3) / 4;
     if (W < 1) W = 1;
     if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
@@ -698,7 +686,7 @@ static int launch_decode_c2(const kc_sq *w, MmArgs a) {
                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
         return -1;
     const long U = w->ntiles * w->ngroups;
-    long W = (long)n_sm() * occ * 4;
+    long W = (long)kc_sm_count() * occ * 4;
     if (W > (U + 3) / 4) W = (U + 3) / 4;
     if (W < 1) W = 1;
     if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
@@ -757,7 +745,7 @@ static int launch_prefill(const kc_sq *w, MmArgs a) {
     k_frag_x<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, ntt, g_xf);
     if (kc_check_launch("k_frag_x")) return -1;
     /* 8 tiles a block, or 4 when that leaves the GPU short of blocks */
-    a.xf = g_xf, a.tok0 = 0, a.tpb = (w->ntiles + 7) / 8 * chunks >= 2L * n_sm() ? 8 : 4;
+    a.xf = g_xf, a.tok0 = 0, a.tpb = (w->ntiles + 7) / 8 * chunks >= 2L * kc_sm_count() ? 8 : 4;
     dim3 grid((unsigned)chunks, (unsigned)((w->ntiles + a.tpb - 1) / a.tpb));
     if (COMPACT) k_sqc_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
     else k_sq_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
@@ -781,6 +769,7 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
         a.np = w->nparts, a.pstart[0] = 0;
         for (int p = 0; p < w->nparts; p++) a.py[p] = parts[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
     }
+    if (kc_sq_gemv_applies(w, m)) return kc_sq_gemv(w, &a); /* kc_sq_gemv.cu */
     if (w->compact) {
         if (m > 64) return w->s16 ? launch_prefill<true, true>(w, a) : launch_prefill<false, true>(w, a);
         return w->s16 ? dispatch_c<true>(w, a) : dispatch_c<false>(w, a);

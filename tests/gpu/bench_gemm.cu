@@ -212,8 +212,9 @@ static int decode_table(double bw, const char *only_shape) {
                              {"70B qkv", 10240, 8192, 3, {8192, 1024, 1024}}, {"70B o", 8192, 8192, 1, {8192}},
                              {"70B gate_up", 57344, 8192, 2, {28672, 28672}}, {"70B down", 8192, 28672, 1, {8192}}};
     const long Ms[] = {1, 2, 4, 8, 16};
-    printf("| shape (N x K) | M | SQh us | SQh TB/s | SQh %%copy | SQ us | SQ %%copy | fused parts us | %%copy | "
-           "one launch per part us | %%copy |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| shape (N x K) | M | SQh us | SQh TB/s | SQh %%copy | SQh k_sq_dec us | SQ us | SQ %%copy | SQ k_sq_dec us | "
+           "fused parts us | %%copy | one launch per part us | %%copy |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const DShape &sh : shapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         const long N = sh.N, K = sh.K, MMAX = 16;
@@ -237,12 +238,25 @@ static int decode_table(double bw, const char *only_shape) {
         fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, 16);
         KC(kc_quant_i8(xs, MMAX, K, xi, sx));
         for (long M : Ms) {
+            /* the default path, then (where the dp4a kernel takes M) the mma
+             * decode kernel it replaced, interleaved */
+            const bool gv = M <= kc_sq_gemv_max();
             double th = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
             double tf = time_us([&] { KC(kc_sq_matmul(sq, xi, sx, M, ys)); });
+            double th0 = th, tf0 = tf;
+            if (gv) {
+                const int keep = kc_sq_gemv_max();
+                kc_sq_set_gemv_max(0);
+                th0 = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
+                tf0 = time_us([&] { KC(kc_sq_matmul(sq, xi, sx, M, ys)); });
+                kc_sq_set_gemv_max(keep);
+            }
             double io = (double)M * K + M * 4 + (double)M * N * 4;
             double bh = kc_sq_bytes(sqh) + io, bf = kc_sq_bytes(sq) + io;
-            printf("| %s %ldx%ld | %ld | %.1f | %.2f | %.0f%% | %.1f | %.0f%% |", sh.name, N, K, M, th, bh / th * 1e-6,
-                   100 * bh / th * 1e-6 / bw, tf, 100 * bf / tf * 1e-6 / bw);
+            char h0[32] = "same", f0[32] = "same";
+            if (gv) snprintf(h0, sizeof h0, "%.1f", th0), snprintf(f0, sizeof f0, "%.1f", tf0);
+            printf("| %s %ldx%ld | %ld | %.1f | %.2f | %.0f%% | %s | %.1f | %.0f%% | %s |", sh.name, N, K, M, th,
+                   bh / th * 1e-6, 100 * bh / th * 1e-6 / bw, h0, tf, 100 * bf / tf * 1e-6 / bw, f0);
             if (fused) {
                 double tu = time_us([&] { KC(kc_sq_matmul_parts(fused, xi, sx, M, yp)); });
                 double ts = time_us([&] {

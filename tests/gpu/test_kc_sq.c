@@ -120,6 +120,7 @@ static void test_quant(long m, long k, int ties) {
  * exact) before FP32 sums, so the bound grows by 2^-9 x sum_j |w_j q_j sx|
  * of the row (twice the rounding, for margin). */
 static int g_twostep;
+static int g_upload_flags; /* kc_sq_upload_ex flags of test_fuse and test_big */
 
 static double twostep_slack(const k_sq_t *w, long r, const int8_t *qx, float sx) {
     if (!g_twostep) return 0;
@@ -337,7 +338,7 @@ static void test_fuse(const long *ns, int count, int f16, const long *ms, int nm
         OK(kc_sq_random_host(ns[p], k, 4, 64, 8, next(), f16 ? KC_SQ_F16_SCALES : 0, t[p].lo, t[p].hi, t[p].idx,
                              t[p].s_lo, t[p].s_hi));
         v[p] = view(&t[p]);
-        d[p] = kc_sq_upload(&v[p]);
+        d[p] = kc_sq_upload_ex(&v[p], g_upload_flags);
         if (!d[p]) {
             fprintf(stderr, "GPU: %s\n", kc_error());
             exit(2);
@@ -428,7 +429,7 @@ static void test_big(long n, long k, const long *ms, int nm) {
     if (sq_alloc(&t, &c, n, k)) exit(2);
     OK(kc_sq_random_host(n, k, 4, 64, 8, next(), KC_SQ_F16_SCALES, t.lo, t.hi, t.idx, t.s_lo, t.s_hi));
     k_sq_t w = view(&t);
-    kc_sq_t *dw = kc_sq_upload(&w);
+    kc_sq_t *dw = kc_sq_upload_ex(&w, g_upload_flags);
     if (!dw) {
         fprintf(stderr, "GPU: %s\n", kc_error());
         exit(2);
@@ -529,6 +530,31 @@ int main(int argc, char **argv) {
         test_shape(8, 4, 64, 4, 53, 5, mq, 5);
     }
     test_reserved_code();
+    /* the dp4a kernel (kc_sq_gemv.cu, explicit fast layout, M <= 4) and, with
+     * it turned off, k_sq_dec at the same M: float scales from sq_quantize,
+     * half scales from the generator, fused parts, the 8B/70B shapes */
+    for (int gv = 4; gv >= 0; gv -= 4) {
+        static const long m5[] = {1, 2, 3, 4, 5}, mq5[] = {1, 3, 5}, mb[] = {1, 4};
+        static const long qkv[] = {64, 32, 37}, gu[] = {48, 48};
+        kc_sq_set_gemv_max(gv);
+        printf("-- M <= 4 on %s\n", gv ? "the dp4a kernel (kc_sq_gemv)" : "k_sq_dec (KC_SQ_GEMV=0)");
+        g_upload_flags = KC_SQ_NO_COMPACT;
+        test_shape_ex(8, 4, 64, 8, quick ? 37 : 301, quick ? 3 : 9, quick ? mq5 : m5, quick ? 3 : 5, KC_SQ_NO_COMPACT);
+        test_shape_ex(8, 4, 64, 8, 16, 1, mq5, 3, KC_SQ_NO_COMPACT); /* one tile, one unit */
+        test_shape_ex(8, 4, 32, 4, 53, 5, mq5, 3, KC_SQ_NO_COMPACT);
+        test_shape_ex(8, 4, 64, 4, 53, 5, mq5, 3, KC_SQ_NO_COMPACT);
+        test_random(4, 64, 8, quick ? 45 : 301, 64 * (quick ? 4 : 67), KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT,
+                    quick ? mq5 : m5, quick ? 3 : 5);
+        test_fuse(qkv, 3, 1, mq5, 3);
+        test_fuse(gu, 2, 0, mq5, 3);
+        if (!quick && gv) {
+            test_big(6144, 4096, mb, 2);
+            test_big(4096, 14336, mb, 2);
+            test_big(1024, 28672, mb, 2);
+        }
+        g_upload_flags = 0;
+    }
+    kc_sq_set_gemv_max(-1);
     {
         static const long qkv[] = {64, 32, 37}, gu[] = {48, 48}, mf[] = {1, 7, 16, 40, 130}, mfq[] = {1, 16};
         test_fuse(qkv, 3, 1, quick ? mfq : mf, quick ? 2 : 5);
