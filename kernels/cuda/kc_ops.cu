@@ -26,11 +26,11 @@ extern "C" int kc_embed(float *d_out, const float *d_table, const int32_t *d_tok
     return kc_check_launch("embed");
 }
 
-/* 1 / rms(row) over the block, the sum of squares in double as the CPU does */
-__device__ float rms_scale(const float *xr, int dim, float eps) {
+/* 1 / rms(row) from each thread's part of the sum of squares (in double, as
+ * the CPU does; the thread's elements j = tid, tid + blockDim, ... added in
+ * that order, then the block's parts in a fixed order) */
+__device__ float rms_finish(double ss, int dim, float eps) {
     __shared__ double part[32];
-    double ss = 0;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
     for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
     __syncthreads();
@@ -41,6 +41,23 @@ __device__ float rms_scale(const float *xr, int dim, float eps) {
     }
     __syncthreads();
     return (float)(1.0 / sqrt(part[0] / dim + eps));
+}
+
+__device__ float rms_scale(const float *xr, int dim, float eps) {
+    double ss = 0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
+    return rms_finish(ss, dim, eps);
+}
+
+/* the block's max |v| over all threads */
+__device__ float block_max(float mx) {
+    __shared__ float red[32];
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
+    return mx;
 }
 
 __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int dim, float eps) {
@@ -60,28 +77,55 @@ extern "C" int kc_rmsnorm(float *d_out, const float *d_x, const float *d_w, int 
 /* Row max |out| over the block, then out quantized as k_quant_i8 does (the
  * row was written by this block: __syncthreads makes it visible). */
 __device__ void quant_row_q8(const float *o, int dim, int8_t *q, float *sx) {
-    __shared__ float red[32];
     float mx = 0.0f;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) mx = fmaxf(mx, fabsf(o[j]));
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = 0.0f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
-    const float s = kc_q8_scale(mx);
+    const float s = kc_q8_scale(block_max(mx));
     if (threadIdx.x == 0) sx[blockIdx.x] = s;
     int8_t *qr = q + (size_t)blockIdx.x * dim;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) qr[j] = kc_q8(o[j], s);
 }
 
-__global__ void rmsnorm_q8_kernel(float *out, const float *x, const float *w, int dim, float eps, int8_t *q,
-                                  float *sx) {
+/* Rows of up to RMS_REG x blockDim values stay in registers: the row is read
+ * once and the normalised values are quantized without reading them back
+ * (decode runs one row on one block: each pass over global memory is a
+ * latency on the step's critical path). Same operations, same order, same
+ * results as the general path below. */
+#define RMS_REG 32
+
+__global__ void __launch_bounds__(256) rmsnorm_q8_kernel(float *out, const float *x, const float *w, int dim,
+                                                         float eps, int8_t *q, float *sx) {
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
-    const float scale = rms_scale(xr, dim, eps);
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
-    __syncthreads();
-    quant_row_q8(o, dim, q, sx);
+    if (dim > RMS_REG * (int)blockDim.x) {
+        const float scale = rms_scale(xr, dim, eps);
+        for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
+        __syncthreads();
+        quant_row_q8(o, dim, q, sx);
+        return;
+    }
+    float v[RMS_REG];
+    double ss = 0;
+#pragma unroll
+    for (int e = 0; e < RMS_REG; e++) {
+        const int j = threadIdx.x + e * blockDim.x;
+        v[e] = j < dim ? xr[j] : 0.0f;
+        if (j < dim) ss += (double)v[e] * v[e];
+    }
+    const float scale = rms_finish(ss, dim, eps);
+    float mx = 0.0f;
+#pragma unroll
+    for (int e = 0; e < RMS_REG; e++) {
+        const int j = threadIdx.x + e * blockDim.x;
+        if (j < dim) v[e] = v[e] * scale * w[j], o[j] = v[e], mx = fmaxf(mx, fabsf(v[e]));
+    }
+    const float s = kc_q8_scale(block_max(mx));
+    if (threadIdx.x == 0) sx[blockIdx.x] = s;
+    int8_t *qr = q + (size_t)blockIdx.x * dim;
+#pragma unroll
+    for (int e = 0; e < RMS_REG; e++) {
+        const int j = threadIdx.x + e * blockDim.x;
+        if (j < dim) qr[j] = kc_q8(v[e], s);
+    }
 }
 
 extern "C" int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
@@ -105,15 +149,23 @@ extern "C" int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8
     return kc_check_launch("silu_mul_q8");
 }
 
+/* The angle depends on (position, frequency) only: each block computes the
+ * row's rot_half cos/sin pairs once (in double, as the CPU does) into shared
+ * memory and every head reuses them, instead of n_heads times over. */
 __global__ void rope_kernel(float *x, const int32_t *pos, int n_heads, int head_dim, int rot_half,
                             const float *inv_freq) {
+    extern __shared__ float cs[]; /* [rot_half][2] */
     int row = blockIdx.x;
     float *xr = x + (size_t)row * n_heads * head_dim;
     double p = (double)(float)pos[row];
+    for (int i = threadIdx.x; i < rot_half; i += blockDim.x) {
+        double theta = p * inv_freq[i];
+        cs[2 * i] = (float)cos(theta), cs[2 * i + 1] = (float)sin(theta);
+    }
+    __syncthreads();
     for (int u = threadIdx.x; u < n_heads * rot_half; u += blockDim.x) {
         int h = u / rot_half, i = u % rot_half;
-        double theta = p * inv_freq[i];
-        float c = (float)cos(theta), s = (float)sin(theta);
+        float c = cs[2 * i], s = cs[2 * i + 1];
         float *v = xr + (size_t)h * head_dim + 2 * i;
         float a = v[0], b = v[1];
         v[0] = a * c - b * s;
@@ -124,7 +176,8 @@ __global__ void rope_kernel(float *x, const int32_t *pos, int n_heads, int head_
 extern "C" int kc_rope(float *d_x, const int32_t *d_pos, int n, int n_heads, int head_dim,
                        int rot_dim, const float *d_inv_freq) {
     if (n <= 0) return 0;
-    rope_kernel<<<n, 128, 0, KC_STREAM>>>(d_x, d_pos, n_heads, head_dim, rot_dim / 2, d_inv_freq);
+    rope_kernel<<<n, 256, (size_t)rot_dim * sizeof(float), KC_STREAM>>>(d_x, d_pos, n_heads, head_dim, rot_dim / 2,
+                                                                         d_inv_freq);
     return kc_check_launch("rope");
 }
 

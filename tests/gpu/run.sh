@@ -11,7 +11,8 @@
 # 3. model tests: test_gpu_model (greedy ids vs the reference, SQ GPU vs
 #    CPU, batching), perplexity GPU vs CPU (FP32 and SQ 8/4 A8) on
 #    WikiText-2, and `serve --device cuda` answering a completion
-# 4. benchmarks: bench_gemm (SQ vs cuBLAS BF16/FP8/INT8), then
+# 4. benchmarks: bench_gemm (SQ vs cuBLAS BF16/FP8/INT8; --decode: the M <= 16
+#    kernels, dp4a against k_sq_dec), then
 #    `bench --synthetic llama3-8b` end to end
 # A summary table is printed last; everything goes to RESULTS_FILE too.
 #
@@ -128,6 +129,7 @@ step serve_cuda serve_check
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm "$GBIN/bench_gemm"
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_decode "$GBIN/bench_gemm" --decode
   [ -x "$GBIN/test_kc_gguf" ] && step bench_gguf "$GBIN/test_kc_gguf" --bench
   step bench_synthetic "$BIN" bench --synthetic llama3-8b --device cuda --pp 2048 --batch 1024 --tg 32 -r 3 \
     --decode-batches 1,8,32,128
