@@ -51,19 +51,13 @@
 
 #include <stdlib.h>
 
-#define GEMV_DEPTH 3   /* units in flight per warp (one of them being multiplied) */
+#define GEMV_DEPTH 3   /* units in flight per warp */
 #define GEMV_MAXW 16   /* warps per block, at most */
 
 __device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) { /* unsigned a x signed b bytes */
     int d;
     asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
-}
-
-/* Hopper's bulk L2 prefetch: `bytes` (a multiple of 16) from p (16-byte
- * aligned) start moving into L2 without holding a register or shared memory */
-__device__ __forceinline__ void prefetch_l2(const void *p, uint32_t bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
 
 __device__ __forceinline__ uint32_t lds_u8(uint32_t a) {
@@ -183,12 +177,6 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 ? 2 : 1) k_sq_gemv(MmA
     const LanePtr lp = lane_ptrs<4, 4, S16>(a, lane);
     const uint32_t jump = (uint32_t)(tstep * nsub - n + 1);
     uint32_t lu = (uint32_t)(tile0 * nsub + s0), lstep = 0;
-    /* the warp's units of its first two tiles head for L2 at once (one
-     * instruction each): with few tiles per block that is all the warp's
-     * weights in flight from the start; later tiles follow one ahead */
-    if (lane == 0)
-        for (long t = tile0; t < ntiles && t <= tile0 + tstep; t += tstep)
-            prefetch_l2(a.w + ((size_t)t * nsub + s0) * G::ub, n * G::ub);
     Raw<4, 4, S16> r[GEMV_DEPTH];
 #pragma unroll
     for (int i = 0; i < GEMV_DEPTH; i++)
@@ -216,30 +204,26 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 ? 2 : 1) k_sq_gemv(MmA
     for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
     uint32_t cstep = 0, buf = 0;
     long tile = tile0;
-    /* one unit: multiply it, then reuse its registers for the unit GEMV_DEPTH
-     * ahead (the other GEMV_DEPTH - 1 stay in flight meanwhile; no copies) */
-#define GEMV_STEP(J, LOAD)                                                                          \
-    {                                                                                               \
-        const uint32_t sub = s0 + cstep;                                                            \
-        gemv_unit<NT, S16>(ag, a8, r[J], sx + sub * 64, so + sub * 16, k, lane);                    \
-        if (LOAD) {                                                                                 \
-            load_unit<4, 4, S16>(r[J], lp, lu, G::ub);                                              \
-            lu += ++lstep == n ? (lstep = 0, jump) : 1;                                             \
-        }                                                                                           \
-        if (++cstep == n) {                                                                         \
-            gemv_flush<NT>(ag, a8, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);     \
-            _Pragma("unroll") for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;                    \
-            cstep = 0, buf ^= 1, tile += tstep;                                                     \
-            if (lane == 0 && tile + gridDim.x < a.ntiles)                                           \
-                prefetch_l2(a.w + ((size_t)(tile + gridDim.x) * a.nsub + s0) * G::ub, n * G::ub);   \
-        }                                                                                           \
-    }
     for (uint32_t i = 0; i < total; i += GEMV_DEPTH) {
 #pragma unroll
-        for (int j = 0; j < GEMV_DEPTH; j++)
-            if (i + j < total) GEMV_STEP(j, i + j + GEMV_DEPTH < total)
+        for (int j = 0; j < GEMV_DEPTH; j++) {
+            if (i + j < total) {
+                const Raw<4, 4, S16> cur = r[j];
+                if (i + j + GEMV_DEPTH < total) {
+                    load_unit<4, 4, S16>(r[j], lp, lu, G::ub);
+                    lu += ++lstep == n ? (lstep = 0, jump) : 1;
+                }
+                const uint32_t sub = s0 + cstep;
+                gemv_unit<NT, S16>(ag, a8, cur, sx + sub * 64, so + sub * 16, k, lane);
+                if (++cstep == n) {
+                    gemv_flush<NT>(ag, a8, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
+#pragma unroll
+                    for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
+                    cstep = 0, buf ^= 1, tile += tstep;
+                }
+            }
+        }
     }
-#undef GEMV_STEP
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
