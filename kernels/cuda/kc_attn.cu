@@ -41,6 +41,8 @@
 __global__ void attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
                                  const int32_t *pos, const int32_t *blk, const int32_t *blk_off,
                                  int n_head, int group, int hd, float scale) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][32 * MAX_HD_PER_LANE];
     const int i = blockIdx.x / n_head, h = blockIdx.x % n_head, g = h / group;
@@ -112,10 +114,9 @@ static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int
                      n_head, n_head_kv);
         return -1;
     }
-    attention_kernel<<<(unsigned)n * n_head, 32 * ATT_WARPS, 0, KC_STREAM>>>(
-        d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, n_head / n_head_kv, head_dim,
-        1.0f / sqrtf((float)head_dim));
-    return kc_check_launch("attention");
+    return kc_launch_pdl("attention", attention_kernel, (unsigned)n * n_head, 32 * ATT_WARPS, 0, d_out, d_q, *kv,
+                         layer, d_pos, d_blk, d_blk_off, n_head, n_head / n_head_kv, head_dim,
+                         1.0f / sqrtf((float)head_dim));
 }
 
 /* ---- tiles (prefill) ------------------------------------------------------ */

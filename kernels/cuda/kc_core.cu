@@ -65,6 +65,17 @@ extern "C" int kc_sm_count(void) {
     return nsm;
 }
 
+extern "C" int kc_pdl(void) {
+    static int on = -1; /* one device per process (kc_init) */
+    if (on < 0) {
+        const char *e = getenv("KC_PDL");
+        int dev = 0, cc = 0;
+        on = !(e && !strcmp(e, "0")) && cudaGetDevice(&dev) == cudaSuccess &&
+             cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && cc >= 9;
+    }
+    return on;
+}
+
 extern "C" const char *kc_error(void) { return g_err[0] ? g_err : "no CUDA error recorded"; }
 
 extern "C" void kc_clear_error(void) {

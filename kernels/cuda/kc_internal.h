@@ -20,6 +20,9 @@ int kc_check_launch(const char *kernel);
 int kc_sm_count(void);
 /* the process's cuBLAS handle (a cublasHandle_t), bound to KC_STREAM */
 void *kc_blas_handle(void);
+/* whether kc_launch_pdl asks for programmatic dependent launch: a device of
+ * compute capability 9.0 or later, and KC_PDL unset or not "0" */
+int kc_pdl(void);
 
 #ifdef __cplusplus
 }
@@ -40,6 +43,43 @@ __device__ __forceinline__ int8_t kc_q8(float v, float s) {
     return (int8_t)(s > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn(v, s)), -127.0f), 127.0f) : 0.0f);
 }
 __device__ __forceinline__ float kc_q8_scale(float max_abs) { return __fdiv_rn(max_abs, 127.0f); }
+#endif
+
+/* Programmatic dependent launch (Hopper). A decode step is ~15 small
+ * launches a layer; between two dependent kernels the GPU drains the first,
+ * then starts scheduling the second (a few microseconds each time, with
+ * CUDA graphs too). A kernel launched by kc_launch_pdl may start while its
+ * predecessor still runs: it does what does not depend on it (a matmul
+ * issues its first weight loads), then kc_pdl_wait() blocks until the
+ * predecessor has finished and its writes are visible. Every kernel
+ * launched this way calls kc_pdl_wait() before it touches memory another
+ * kernel writes, and may call kc_pdl_trigger() (after its own wait) to let
+ * its successor start early. Without the launch attribute (KC_PDL=0, an
+ * older GPU) both are no-ops and the stream orders kernels as usual. */
+#ifdef __CUDACC__
+__device__ __forceinline__ void kc_pdl_wait(void) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void kc_pdl_trigger(void) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* kern<<<grid, block, smem, KC_STREAM>>>(args...), with the programmatic
+ * dependency attribute when kc_pdl(); 0 or -1 with the error recorded */
+template <typename... P, typename... A>
+static inline int kc_launch_pdl(const char *what, void (*kern)(P...), dim3 grid, dim3 block, size_t smem,
+                                A... args) {
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = KC_STREAM;
+    cfg.attrs = at, cfg.numAttrs = kc_pdl() ? 1 : 0;
+    return kc_check(cudaLaunchKernelEx(&cfg, kern, static_cast<P>(args)...), what);
+}
 #endif
 
 /* the paged K/V row of position t of a sequence whose block ids start at blk[off] */

@@ -15,6 +15,8 @@
 
 
 __global__ void embed_kernel(float *out, const float *table, const int32_t *tok, int dim) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     const float *src = table + (size_t)tok[blockIdx.x] * dim;
     float *dst = out + (size_t)blockIdx.x * dim;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = src[j];
@@ -22,8 +24,7 @@ __global__ void embed_kernel(float *out, const float *table, const int32_t *tok,
 
 extern "C" int kc_embed(float *d_out, const float *d_table, const int32_t *d_tok, int n, int dim) {
     if (n <= 0) return 0;
-    embed_kernel<<<n, 256, 0, KC_STREAM>>>(d_out, d_table, d_tok, dim);
-    return kc_check_launch("embed");
+    return kc_launch_pdl("embed", embed_kernel, n, 256, 0, d_out, d_table, d_tok, dim);
 }
 
 /* 1 / rms(row) from each thread's part of the sum of squares (in double, as
@@ -61,6 +62,8 @@ __device__ float block_max(float mx) {
 }
 
 __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int dim, float eps) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
     const float scale = rms_scale(xr, dim, eps);
@@ -70,8 +73,7 @@ __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d
 extern "C" int kc_rmsnorm(float *d_out, const float *d_x, const float *d_w, int n, int dim,
                           float eps) {
     if (n <= 0) return 0;
-    rmsnorm_kernel<<<n, 256, 0, KC_STREAM>>>(d_out, d_x, d_w, dim, eps);
-    return kc_check_launch("rmsnorm");
+    return kc_launch_pdl("rmsnorm", rmsnorm_kernel, n, 256, 0, d_out, d_x, d_w, dim, eps);
 }
 
 /* Row max |out| over the block, then out quantized as k_quant_i8 does (the
@@ -94,6 +96,8 @@ __device__ void quant_row_q8(const float *o, int dim, int8_t *q, float *sx) {
 
 __global__ void __launch_bounds__(256) rmsnorm_q8_kernel(float *out, const float *x, const float *w, int dim,
                                                          float eps, int8_t *q, float *sx) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
     if (dim > RMS_REG * (int)blockDim.x) {
@@ -131,11 +135,12 @@ __global__ void __launch_bounds__(256) rmsnorm_q8_kernel(float *out, const float
 extern "C" int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
                              int8_t *d_qx, float *d_sx) {
     if (n <= 0) return 0;
-    rmsnorm_q8_kernel<<<n, 256, 0, KC_STREAM>>>(d_out, d_x, d_w, dim, eps, d_qx, d_sx);
-    return kc_check_launch("rmsnorm_q8");
+    return kc_launch_pdl("rmsnorm_q8", rmsnorm_q8_kernel, n, 256, 0, d_out, d_x, d_w, dim, eps, d_qx, d_sx);
 }
 
 __global__ void silu_mul_q8_kernel(float *g, const float *u, int dim, int8_t *q, float *sx) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     float *gr = g + (size_t)blockIdx.x * dim;
     const float *ur = u + (size_t)blockIdx.x * dim;
     for (int j = threadIdx.x; j < dim; j += blockDim.x) gr[j] = gr[j] / (1.0f + expf(-gr[j])) * ur[j];
@@ -145,8 +150,7 @@ __global__ void silu_mul_q8_kernel(float *g, const float *u, int dim, int8_t *q,
 
 extern "C" int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8_t *d_qx, float *d_sx) {
     if (n <= 0) return 0;
-    silu_mul_q8_kernel<<<n, 256, 0, KC_STREAM>>>(d_g, d_u, dim, d_qx, d_sx);
-    return kc_check_launch("silu_mul_q8");
+    return kc_launch_pdl("silu_mul_q8", silu_mul_q8_kernel, n, 256, 0, d_g, d_u, dim, d_qx, d_sx);
 }
 
 /* The angle depends on (position, frequency) only: each block computes the
@@ -154,6 +158,8 @@ extern "C" int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8
  * memory and every head reuses them, instead of n_heads times over. */
 __global__ void rope_kernel(float *x, const int32_t *pos, int n_heads, int head_dim, int rot_half,
                             const float *inv_freq) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     extern __shared__ float cs[]; /* [rot_half][2] */
     int row = blockIdx.x;
     float *xr = x + (size_t)row * n_heads * head_dim;
@@ -176,18 +182,21 @@ __global__ void rope_kernel(float *x, const int32_t *pos, int n_heads, int head_
 extern "C" int kc_rope(float *d_x, const int32_t *d_pos, int n, int n_heads, int head_dim,
                        int rot_dim, const float *d_inv_freq) {
     if (n <= 0) return 0;
-    rope_kernel<<<n, 256, (size_t)rot_dim * sizeof(float), KC_STREAM>>>(d_x, d_pos, n_heads, head_dim, rot_dim / 2,
-                                                                         d_inv_freq);
-    return kc_check_launch("rope");
+    return kc_launch_pdl("rope", rope_kernel, n, 256, (size_t)rot_dim * sizeof(float), d_x, d_pos, n_heads,
+                         head_dim, rot_dim / 2, d_inv_freq);
 }
 
 __global__ void silu_mul_kernel(float *g, const float *u, long count) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count;
          i += (long)gridDim.x * blockDim.x)
         g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 __global__ void add_kernel(float *y, const float *x, long count) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count;
          i += (long)gridDim.x * blockDim.x)
         y[i] += x[i];
@@ -200,14 +209,12 @@ static unsigned grid_for(long count) {
 
 extern "C" int kc_silu_mul(float *d_g, const float *d_u, long count) {
     if (count <= 0) return 0;
-    silu_mul_kernel<<<grid_for(count), 256, 0, KC_STREAM>>>(d_g, d_u, count);
-    return kc_check_launch("silu_mul");
+    return kc_launch_pdl("silu_mul", silu_mul_kernel, grid_for(count), 256, 0, d_g, d_u, count);
 }
 
 extern "C" int kc_add(float *d_y, const float *d_x, long count) {
     if (count <= 0) return 0;
-    add_kernel<<<grid_for(count), 256, 0, KC_STREAM>>>(d_y, d_x, count);
-    return kc_check_launch("add");
+    return kc_launch_pdl("add", add_kernel, grid_for(count), 256, 0, d_y, d_x, count);
 }
 
 /* ---- activation fake quantization ---------------------------------------- */
@@ -281,6 +288,8 @@ extern "C" int kc_fill(float *d_x, size_t count, float value, float scale, uint6
 
 __global__ void kv_store_kernel(kc_kv_t kv, int layer, const float *k, const float *v,
                                 const int32_t *pos, const int32_t *blk, const int32_t *blk_off) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     int i = blockIdx.x;
     size_t at = kv_row(kv, layer, blk, blk_off[i], pos[i]);
     for (int j = threadIdx.x; j < kv.kv_dim; j += blockDim.x) {
@@ -292,7 +301,6 @@ __global__ void kv_store_kernel(kc_kv_t kv, int layer, const float *k, const flo
 extern "C" int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const float *d_v, int n,
                            const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off) {
     if (n <= 0) return 0;
-    kv_store_kernel<<<n, 128, 0, KC_STREAM>>>(*kv, layer, d_k, d_v, d_pos, d_blk, d_blk_off);
-    return kc_check_launch("kv_store");
+    return kc_launch_pdl("kv_store", kv_store_kernel, n, 128, 0, *kv, layer, d_k, d_v, d_pos, d_blk, d_blk_off);
 }
 

@@ -184,6 +184,10 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 ? 2 : 1) k_sq_gemv(MmA
             load_unit<4, 4, S16>(r[i], lp, lu, G::ub);
             lu += ++lstep == n ? (lstep = 0, jump) : 1;
         }
+    /* the weights do not depend on the kernel before (kc_launch_pdl): their
+     * first loads are in flight while it finishes; its output is read from here */
+    kc_pdl_wait();
+    kc_pdl_trigger();
     /* the warp's range of every token's activations (zero past m) and the
      * chunk sums of the code offset */
     for (int t = 0; t < NT; t++) {
@@ -288,8 +292,7 @@ static int launch_gemv(const kc_sq *w, MmArgs a) {
     if (gemv_config<NT, S16>(w, sm, &nw, &grid)) return -1;
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
-        k_sq_gemv<NT, S16><<<(unsigned)grid, nw * 32, sm, KC_STREAM>>>(a);
-        if (kc_check_launch("k_sq_gemv")) return -1;
+        if (kc_launch_pdl("k_sq_gemv", k_sq_gemv<NT, S16>, (unsigned)grid, nw * 32, sm, a)) return -1;
     }
     return 0;
 }

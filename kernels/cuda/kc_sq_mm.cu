@@ -562,6 +562,8 @@ __global__ void k_frag_x(const int8_t *qx, long m, long k, long ntt, uint4 *xf) 
 /* ---- per-token INT8 quantization (bit-identical to k_quant_row_i8) ----------------- */
 
 __global__ void k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * k;
     int8_t *qr = q + (size_t)blockIdx.x * k;
     const bool vec = (k & 3) == 0;
@@ -600,8 +602,7 @@ extern "C" int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float
         kc_set_error("kc_quant_i8: too many rows (%ld)", m);
         return -1;
     }
-    k_quant_i8<<<(unsigned)m, 256, 0, KC_STREAM>>>(d_x, k, d_qx, d_sx);
-    return kc_check_launch("k_quant_i8");
+    return kc_launch_pdl("k_quant_i8", k_quant_i8, (unsigned)m, 256, 0, d_x, k, d_qx, d_sx);
 }
 
 /* ---- host side ------------------------------------------------------------------------- */

@@ -140,9 +140,14 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   # batch 1 without the dp4a decode kernel (kc_sq_gemv.cu): k_sq_dec instead
   step bench_synthetic_no_gemv env KC_SQ_GEMV=0 "$BIN" bench --synthetic llama3-8b --device cuda \
     --pp 0 --tg 32 -r 3 --decode-batches 1
+  # without programmatic dependent launch (kc_internal.h: kc_launch_pdl)
+  step bench_synthetic_no_pdl env KC_PDL=0 "$BIN" bench --synthetic llama3-8b --device cuda \
+    --pp 0 --tg 32 -r 3 --decode-batches 1,8
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b "$BIN" bench --synthetic llama3-70b --device cuda \
     --pp 512 --batch 512 --tg 16 -r 2 --decode-batches 1,8,32
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_no_gemv env KC_SQ_GEMV=0 "$BIN" bench --synthetic \
+    llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
+  [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_no_pdl env KC_PDL=0 "$BIN" bench --synthetic \
     llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
   step bench_smollm2 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
   step bench_smollm2_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
