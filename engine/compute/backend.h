@@ -59,15 +59,18 @@ struct fwd_backend {
     /* per-head RMSNorm * (layer, NORM_Q | NORM_K) weight, in place, on n
      * rows of n_heads heads (arch->qk_norm) */
     int (*head_norm)(fwd_t *f, float *x, int layer, int norm, int n_heads, int n);
-    /* rotary embedding of n rows of n_heads heads at the batch's positions,
-     * paired as hp->arch->rope_style says (ROPE_NORM or ROPE_NEOX) */
-    int (*rope)(fwd_t *f, float *x, int n_heads, int n);
-    /* f->k, f->v rows into the cache at the batch's (slot, position) */
-    int (*kv_store)(fwd_t *f, int layer, int n);
+    /* rotary embedding of f->q (hp->n_head heads a row) and f->k
+     * (hp->n_head_kv) at the batch's positions, paired as
+     * hp->arch->rope_style says (ROPE_NORM or ROPE_NEOX); then the f->k,
+     * f->v rows into the cache at the batch's (slot, position). One
+     * operation, so that a GPU runs it as one launch. */
+    int (*rope_store)(fwd_t *f, int layer, int n);
     /* f->att = causal grouped-query attention of f->q over the cache; with
      * hp->n_swa > 0 a query at position p sees positions p - n_swa + 1 .. p */
     int (*attention)(fwd_t *f, int layer, int n);
-    int (*add)(fwd_t *f, float *y, const float *x, long count);     /* y += x */
+    /* y += x . W_id^T for one layer matrix (the residual connections; x
+     * is not f->xb, which a backend may use for the product) */
+    int (*matmul_add)(fwd_t *f, int layer, int id, float *y, const float *x, int n);
     int (*silu_mul)(fwd_t *f, float *g, const float *u, long count); /* g = silu(g) * u */
     /* y = the rows of x that want logits, in order (n_out of them) */
     int (*gather)(fwd_t *f, float *y, const float *x, int n_out);

@@ -133,17 +133,18 @@ static int cpu_head_norm(fwd_t *f, float *x, int layer, int norm, int n_heads, i
     return 0;
 }
 
-static int cpu_rope(fwd_t *f, float *x, int n_heads, int n) {
+static void rope_rows(fwd_t *f, float *x, int n_heads, int n) {
     const hparams_t *hp = &f->m->hp;
     void (*rot)(float *, long, float, const float *) = hp->arch->rope_style == ROPE_NEOX ? k_rope_neox : k_rope;
     long stride = (long)n_heads * hp->head_dim;
     for (long i = 0; i < n; i++)
         for (int h = 0; h < n_heads; h++)
             rot(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, (float)f->b->pos[i], f->m->rope_inv_freq);
-    return 0;
 }
 
-static int cpu_kv_store(fwd_t *f, int layer, int n) {
+static int cpu_rope_store(fwd_t *f, int layer, int n) {
+    rope_rows(f, f->q, f->m->hp.n_head, n);
+    rope_rows(f, f->k, f->m->hp.n_head_kv, n);
     long kvd = f->kv->kv_dim;
     for (long i = 0; i < n; i++) {
         memcpy(kv_k_row(f->kv, layer, f->b->slot[i], f->b->pos[i]), f->k + i * kvd, (size_t)kvd * sizeof(float));
@@ -192,9 +193,10 @@ static int cpu_attention(fwd_t *f, int layer, int n) {
     return 0;
 }
 
-static int cpu_add(fwd_t *f, float *y, const float *x, long count) {
-    (void)f;
-    k_add(y, x, count);
+static int cpu_matmul_add(fwd_t *f, int layer, int id, float *y, const float *x, int n) {
+    const k_mat_t *w = cpu_weight(f->m, layer, id);
+    if (k_matmul(f->pool, w, x, n, f->xb) != 0) return -1;
+    k_add(y, f->xb, (long)n * w->n);
     return 0;
 }
 
@@ -227,10 +229,9 @@ const fwd_backend_t fwd_backend_cpu = {
     .matmul = cpu_matmul,
     .bias = cpu_bias,
     .head_norm = cpu_head_norm,
-    .rope = cpu_rope,
-    .kv_store = cpu_kv_store,
+    .rope_store = cpu_rope_store,
     .attention = cpu_attention,
-    .add = cpu_add,
+    .matmul_add = cpu_matmul_add,
     .silu_mul = cpu_silu_mul,
     .gather = cpu_gather,
 };

@@ -378,15 +378,12 @@ static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int
 }
 
 
-static int cuda_rope(fwd_t *f, float *x, int n_heads, int n) {
-    const hparams_t *hp = &f->m->hp;
-    return PROFILED("rope", kc_rope(x, D_POS(f, (gfwd_t *)f->be_state), n, n_heads, hp->head_dim, hp->rope_dim,
-                   gpu_model(f)->inv_freq));
-}
-
-static int cuda_kv_store(fwd_t *f, int layer, int n) {
+static int cuda_rope_store(fwd_t *f, int layer, int n) {
     gfwd_t *g = f->be_state;
-    return PROFILED("kv_store", kc_kv_store(&g->kv, layer, f->k, f->v, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g)));
+    const hparams_t *hp = &f->m->hp;
+    return PROFILED("rope+kv_store", kc_rope_kv_store(f->q, f->k, f->v, n, hp->n_head, hp->n_head_kv, hp->head_dim,
+                                                      hp->rope_dim, gpu_model(f)->inv_freq, &g->kv, layer,
+                                                      D_POS(f, g), D_BLK(f, g), D_OFF(f, g)));
 }
 
 static int cuda_attention(fwd_t *f, int layer, int n) {
@@ -399,9 +396,26 @@ static int cuda_attention(fwd_t *f, int layer, int n) {
                                  hp->n_head_kv, hp->head_dim, f->n_ctx, prefill));
 }
 
-static int cuda_add(fwd_t *f, float *y, const float *x, long count) {
-    (void)f;
-    return PROFILED("add", kc_add(y, x, count));
+/* The residual add in the dp4a kernel's epilogue where it takes the
+ * matrix (an SQ matrix at decode batch sizes: one launch fewer, same
+ * numbers); elsewhere the product into f->xb, then an add. */
+static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, int n) {
+    gfwd_t *g = f->be_state;
+    const gmat_t *w = &gpu_model(f)->layers[layer].w[id];
+    if (w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) {
+        int quantized = 0;
+        if (quant_input(g, x, n, w->k, &quantized) != 0) return -1;
+        return kc_sq_matmul_acc(w->sq, g->qx, g->sx, n, y);
+    }
+    return gmatmul(g, w, x, n, f->xb, &(int){0}) != 0 ? -1 : kc_add(y, f->xb, (long)n * w->n);
+}
+
+static int cuda_matmul_add(fwd_t *f, int layer, int id, float *y, const float *x, int n) {
+    gfwd_t *g = f->be_state;
+    int rc = PROFILED(id == W_O ? "matmul o + residual" : "matmul down + residual",
+                      matmul_add_do(f, layer, id, y, x, n));
+    g->q_of = NULL;
+    return rc;
 }
 
 static int cuda_silu_mul(fwd_t *f, float *g, const float *u, long count) {
@@ -438,10 +452,9 @@ const fwd_backend_t fwd_backend_cuda = {
     .rmsnorm = cuda_rmsnorm,
     .act_quant = cuda_act_quant,
     .matmul = cuda_matmul,
-    .rope = cuda_rope,
-    .kv_store = cuda_kv_store,
+    .rope_store = cuda_rope_store,
     .attention = cuda_attention,
-    .add = cuda_add,
+    .matmul_add = cuda_matmul_add,
     .silu_mul = cuda_silu_mul,
     .gather = cuda_gather,
 };

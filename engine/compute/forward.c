@@ -5,7 +5,7 @@
  *     xb  = RMSNorm(x) * w_attn_norm
  *     q, k, v = xb Wq (+ bq), xb Wk (+ bk), xb Wv (+ bv)   (biases: qwen2)
  *     q, k = RMSNorm per head * w_q_norm, w_k_norm           (qwen3)
- *     RoPE(q, k)                         (pairs: adjacent, or NeoX halves)
+ *     RoPE(q, k); k, v into the KV cache (pairs: adjacent, or NeoX halves)
  *     x  += softmax(q k^T / sqrt(d_head)) v  Wo      (causal, grouped KV,
  *                                         optionally a sliding window)
  *     xb  = RMSNorm(x) * w_ffn_norm
@@ -91,13 +91,10 @@ static int fwd_pass(fwd_t *f, int n, int n_out) {
             TRY(be->head_norm(f, f->q, l, NORM_Q, hp->n_head, n));
             TRY(be->head_norm(f, f->k, l, NORM_K, hp->n_head_kv, n));
         }
-        TRY(be->rope(f, f->q, hp->n_head, n));
-        TRY(be->rope(f, f->k, hp->n_head_kv, n));
-        TRY(be->kv_store(f, l, n));
+        TRY(be->rope_store(f, l, n)); /* RoPE(q, k); k, v into the cache */
         TRY(be->attention(f, l, n));
         TRY(be->act_quant(f, l, SITE_O, f->att, n, hp->q_dim));
-        TRY(be->matmul(f, l, (const int[]){W_O}, (float *const[]){f->xb}, 1, f->att, n));
-        TRY(be->add(f, f->x, f->xb, (long)n * dim));
+        TRY(be->matmul_add(f, l, W_O, f->x, f->att, n)); /* the residual */
 
         /* SwiGLU feed-forward */
         TRY(be->rmsnorm(f, f->xb, f->x, l, NORM_FFN, n));
@@ -105,8 +102,7 @@ static int fwd_pass(fwd_t *f, int n, int n_out) {
         TRY(be->matmul(f, l, (const int[]){W_GATE, W_UP}, (float *const[]){f->hb, f->hb2}, 2, f->xb, n));
         TRY(be->silu_mul(f, f->hb, f->hb2, (long)n * ffn));
         TRY(be->act_quant(f, l, SITE_DOWN, f->hb, n, ffn));
-        TRY(be->matmul(f, l, (const int[]){W_DOWN}, (float *const[]){f->xb}, 1, f->hb, n));
-        TRY(be->add(f, f->x, f->xb, (long)n * dim));
+        TRY(be->matmul_add(f, l, W_DOWN, f->x, f->hb, n));
     }
     /* final norm and output projection only for the rows that want logits */
     if (n_out > 0) {

@@ -107,6 +107,11 @@ typedef struct {
 } kc_kv_t;
 int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const float *d_v, int n,
                 const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off);
+/* kc_rope on q (n_head heads) and on k (n_head_kv), then kc_kv_store: one
+ * launch, the same numbers (k is left rotated in d_k too). */
+int kc_rope_kv_store(float *d_q, float *d_k, const float *d_v, int n, int n_head, int n_head_kv, int head_dim,
+                     int rot_dim, const float *d_inv_freq, const kc_kv_t *kv, int layer, const int32_t *d_pos,
+                     const int32_t *d_blk, const int32_t *d_blk_off);
 /* out[i][h] = softmax(q[i][h] . K[0..pos[i]]^T * scale) . V over row i's
  * sequence, grouped-query (n_head / n_head_kv query heads per kv head).
  * prefill != 0 asks for the tiled kernel (kc_attn.cu), worth it when the
@@ -224,6 +229,12 @@ void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
  * kc_sq_set_gemv_max overrides it (0 turns it off, at most 4). */
 int kc_sq_gemv_max(void);
 void kc_sq_set_gemv_max(int m); /* < 0: back to the default */
+/* d_y += x . W^T with the add in the dp4a kernel's epilogue (the residual
+ * connections of a decode step: one launch instead of a matmul and a
+ * kc_add, with the same numbers). Only where kc_sq_acc_applies(w, m): a
+ * matrix of one part on the path above; -1 otherwise. */
+int kc_sq_acc_applies(const kc_sq_t *w, long m);
+int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
 
 #ifdef __cplusplus
 }

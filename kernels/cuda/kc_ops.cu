@@ -155,28 +155,36 @@ extern "C" int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8
 
 /* The angle depends on (position, frequency) only: each block computes the
  * row's rot_half cos/sin pairs once (in double, as the CPU does) into shared
- * memory and every head reuses them, instead of n_heads times over. */
+ * memory (cs[rot_half][2]) and every head reuses them, instead of n_heads
+ * times over. */
+__device__ void rope_angles(float *cs, int32_t pos, int rot_half, const float *inv_freq) {
+    const double p = (double)(float)pos;
+    for (int i = threadIdx.x; i < rot_half; i += blockDim.x) {
+        const double theta = p * inv_freq[i];
+        cs[2 * i] = (float)cos(theta), cs[2 * i + 1] = (float)sin(theta);
+    }
+    __syncthreads();
+}
+
+/* pairs (2i, 2i + 1) of the first 2 rot_half values of each head, in place */
+__device__ void rope_heads(float *xr, int n_heads, int head_dim, int rot_half, const float *cs) {
+    for (int u = threadIdx.x; u < n_heads * rot_half; u += blockDim.x) {
+        const int h = u / rot_half, i = u % rot_half;
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        float *v = xr + (size_t)h * head_dim + 2 * i;
+        const float a = v[0], b = v[1];
+        v[0] = a * c - b * s;
+        v[1] = a * s + b * c;
+    }
+}
+
 __global__ void rope_kernel(float *x, const int32_t *pos, int n_heads, int head_dim, int rot_half,
                             const float *inv_freq) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
-    extern __shared__ float cs[]; /* [rot_half][2] */
-    int row = blockIdx.x;
-    float *xr = x + (size_t)row * n_heads * head_dim;
-    double p = (double)(float)pos[row];
-    for (int i = threadIdx.x; i < rot_half; i += blockDim.x) {
-        double theta = p * inv_freq[i];
-        cs[2 * i] = (float)cos(theta), cs[2 * i + 1] = (float)sin(theta);
-    }
-    __syncthreads();
-    for (int u = threadIdx.x; u < n_heads * rot_half; u += blockDim.x) {
-        int h = u / rot_half, i = u % rot_half;
-        float c = cs[2 * i], s = cs[2 * i + 1];
-        float *v = xr + (size_t)h * head_dim + 2 * i;
-        float a = v[0], b = v[1];
-        v[0] = a * c - b * s;
-        v[1] = a * s + b * c;
-    }
+    extern __shared__ float cs[];
+    rope_angles(cs, pos[blockIdx.x], rot_half, inv_freq);
+    rope_heads(x + (size_t)blockIdx.x * n_heads * head_dim, n_heads, head_dim, rot_half, cs);
 }
 
 extern "C" int kc_rope(float *d_x, const int32_t *d_pos, int n, int n_heads, int head_dim,
@@ -296,6 +304,39 @@ __global__ void kv_store_kernel(kc_kv_t kv, int layer, const float *k, const flo
         kv.d_k[at + j] = k[(size_t)i * kv.kv_dim + j];
         kv.d_v[at + j] = v[(size_t)i * kv.kv_dim + j];
     }
+}
+
+/* Row i: RoPE on its q and k heads, then its k and v into the cache (the
+ * block's own writes of k are visible to it after the barrier). */
+__global__ void rope_kv_kernel(float *q, float *k, const float *v, const int32_t *pos, int n_head, int n_head_kv,
+                               int head_dim, int rot_half, const float *inv_freq, kc_kv_t kv, int layer,
+                               const int32_t *blk, const int32_t *blk_off) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
+    extern __shared__ float cs[];
+    const int i = blockIdx.x, kvd = kv.kv_dim;
+    rope_angles(cs, pos[i], rot_half, inv_freq);
+    rope_heads(q + (size_t)i * n_head * head_dim, n_head, head_dim, rot_half, cs);
+    float *kr = k + (size_t)i * kvd;
+    rope_heads(kr, n_head_kv, head_dim, rot_half, cs);
+    __syncthreads();
+    const size_t at = kv_row(kv, layer, blk, blk_off[i], pos[i]);
+    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
+        kv.d_k[at + j] = kr[j];
+        kv.d_v[at + j] = v[(size_t)i * kvd + j];
+    }
+}
+
+extern "C" int kc_rope_kv_store(float *d_q, float *d_k, const float *d_v, int n, int n_head, int n_head_kv,
+                                int head_dim, int rot_dim, const float *d_inv_freq, const kc_kv_t *kv, int layer,
+                                const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off) {
+    if (n <= 0) return 0;
+    if (n_head_kv * head_dim != kv->kv_dim) {
+        kc_set_error("rope_kv_store: %d kv heads of %d do not fill kv_dim %d", n_head_kv, head_dim, kv->kv_dim);
+        return -1;
+    }
+    return kc_launch_pdl("rope_kv_store", rope_kv_kernel, n, 256, (size_t)rot_dim * sizeof(float), d_q, d_k, d_v,
+                         d_pos, n_head, n_head_kv, head_dim, rot_dim / 2, d_inv_freq, *kv, layer, d_blk, d_blk_off);
 }
 
 extern "C" int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const float *d_v, int n,

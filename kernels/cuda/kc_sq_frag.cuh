@@ -113,6 +113,7 @@ struct MmArgs {
     int np;          /* > 1: fused parts, part p's rows [pstart[p], pstart[p+1]) go to py[p] */
     long pstart[KC_SQ_MAX_PARTS + 1];
     float *py[KC_SQ_MAX_PARTS];
+    int acc;         /* the dp4a path: y += x . W^T (the residual add in the epilogue) */
 };
 
 /* the dp4a path for one to four tokens (kc_sq_gemv.cu) */

@@ -152,7 +152,12 @@ __device__ __forceinline__ void gemv_flush(const float (&ag)[NT], const float (&
             while (p + 1 < a.np && r0 >= a.pstart[p + 1]) p++;
             y = a.py[p], ny = a.pstart[p + 1] - a.pstart[p], r0 -= a.pstart[p];
         }
-        if (r0 + row < ny && tok < a.m) y[tok * ny + r0 + row] = v * __ldg(a.sx + tok);
+        if (r0 + row < ny && tok < a.m) {
+            /* the product rounded, then the add rounded: the numbers of a separate kc_add */
+            float *o = y + tok * ny + r0 + row;
+            const float p = __fmul_rn(v, __ldg(a.sx + tok));
+            *o = a.acc ? __fadd_rn(*o, p) : p;
+        }
     }
 }
 

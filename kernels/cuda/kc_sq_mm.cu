@@ -753,6 +753,17 @@ static int launch_prefill(const kc_sq *w, MmArgs a) {
     return kc_check_launch("k_sq_pre");
 }
 
+/* the kernels' view of a matmul over one output (parts, acc: set after) */
+static MmArgs mm_args(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
+    MmArgs a;
+    memset(&a, 0, sizeof a);
+    a.w = w->d, a.n = w->n, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
+    a.m = m, a.k = w->k, a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes;
+    a.slot_bytes = w->slot_bytes, a.s2 = w->s2, a.qx = d_qx, a.sx = d_sx, a.y = d_y;
+    a.np = 1;
+    return a;
+}
+
 static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y, float *const *parts) {
     if (m == 0) return 0;
     if (kc_sq_twostep_applies(w, m)) return kc_sq_twostep(w, d_qx, d_sx, m, d_y, parts); /* kc_sq_gemm.cu */
@@ -760,12 +771,7 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
         kc_set_error("kc_sq_matmul: too many tokens (%ld)", m);
         return -1;
     }
-    MmArgs a;
-    memset(&a, 0, sizeof a);
-    a.w = w->d, a.n = w->n, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
-    a.m = m, a.k = w->k, a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes;
-    a.slot_bytes = w->slot_bytes, a.s2 = w->s2, a.qx = d_qx, a.sx = d_sx, a.y = d_y;
-    a.np = 1;
+    MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
     if (parts) {
         a.np = w->nparts, a.pstart[0] = 0;
         for (int p = 0; p < w->nparts; p++) a.py[p] = parts[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
@@ -790,6 +796,19 @@ extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d
         return -1;
     }
     return sq_matmul(w, d_qx, d_sx, m, d_y, NULL);
+}
+
+extern "C" int kc_sq_acc_applies(const kc_sq_t *w, long m) { return w && w->nparts <= 1 && kc_sq_gemv_applies(w, m); }
+
+extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
+    if (!w || !d_qx || !d_sx || !d_y || m < 0 || !kc_sq_acc_applies(w, m)) {
+        kc_set_error("kc_sq_matmul_acc: bad arguments, or a matrix or m the dp4a path does not take");
+        return -1;
+    }
+    if (m == 0) return 0;
+    MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
+    a.acc = 1;
+    return kc_sq_gemv(w, &a);
 }
 
 extern "C" int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y) {

@@ -242,6 +242,60 @@ static void test_fake_quant(int n, int dim, int masked, int bits_hi, int bits) {
     free(x), free(want), free(got), free(mask);
 }
 
+/* the cache rows of a batch's positions, [n][kv_dim], from the device */
+static void cache_rows(float *out, const kc_kv_t *kv, const float *d_cache, int layer, int n, const int32_t *dpos,
+                       const int32_t *dblk, const int32_t *doff) {
+    int32_t *pos = malloc((size_t)n * 4), *off = malloc((size_t)n * 4);
+    back(pos, dpos, (size_t)n * 4), back(off, doff, (size_t)n * 4);
+    for (int i = 0; i < n; i++) {
+        int32_t b;
+        back(&b, dblk + off[i] + pos[i] / kv->block_size, 4);
+        size_t at = (((size_t)b * kv->n_layer + layer) * kv->block_size + pos[i] % kv->block_size) * kv->kv_dim;
+        back(out + (size_t)i * kv->kv_dim, d_cache + at, (size_t)kv->kv_dim * 4);
+    }
+    free(pos), free(off);
+}
+
+/* kc_rope_kv_store against kc_rope on q and on k, then kc_kv_store: the
+ * same bits in q, k and the cache rows (the cache poisoned in between) */
+static void test_rope_kv(const kc_kv_t *kv, int layer, const float *q, const float *k, const float *dv, int n,
+                         int n_head, int n_kv, int hd, const int32_t *dpos, const int32_t *dblk,
+                         const int32_t *doff) {
+    const int rot = hd, kvd = n_kv * hd;
+    const size_t qs = (size_t)n * n_head * hd * 4, ks = (size_t)n * kvd * 4;
+    const size_t csz = (size_t)kv->n_layer * kv->block_size * kvd * 4; /* per block */
+    float *inv = malloc((size_t)rot / 2 * 4);
+    for (int i = 0; i < rot / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot);
+    float *dinv = dup_to(inv, (size_t)rot / 2 * 4);
+    float *dq1 = dup_to(q, qs), *dq2 = dup_to(q, qs), *dk1 = dup_to(k, ks), *dk2 = dup_to(k, ks);
+    float *h1 = malloc(qs), *h2 = malloc(qs), *r1 = malloc(2 * ks), *r2 = malloc(2 * ks);
+    int32_t maxb = 0, *blk = malloc((size_t)n * 4), *off = malloc((size_t)n * 4), *pos = malloc((size_t)n * 4);
+    back(pos, dpos, (size_t)n * 4), back(off, doff, (size_t)n * 4);
+    for (int i = 0; i < n; i++) back(blk + i, dblk + off[i] + pos[i] / kv->block_size, 4);
+    for (int i = 0; i < n; i++) maxb = blk[i] > maxb ? blk[i] : maxb;
+    OK(kc_rope(dq1, dpos, n, n_head, hd, rot, dinv));
+    OK(kc_rope(dk1, dpos, n, n_kv, hd, rot, dinv));
+    OK(kc_kv_store(kv, layer, dk1, dv, n, dpos, dblk, doff));
+    cache_rows(r1, kv, kv->d_k, layer, n, dpos, dblk, doff);
+    cache_rows(r1 + (size_t)n * kvd, kv, kv->d_v, layer, n, dpos, dblk, doff);
+    OK(kc_memset(kv->d_k, 0xFF, csz * (maxb + 1)));
+    OK(kc_memset(kv->d_v, 0xFF, csz * (maxb + 1)));
+    OK(kc_rope_kv_store(dq2, dk2, dv, n, n_head, n_kv, hd, rot, dinv, kv, layer, dpos, dblk, doff));
+    cache_rows(r2, kv, kv->d_k, layer, n, dpos, dblk, doff);
+    cache_rows(r2 + (size_t)n * kvd, kv, kv->d_v, layer, n, dpos, dblk, doff);
+    char what[96];
+    back(h1, dq1, qs), back(h2, dq2, qs);
+    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d (q)", n, n_head, n_kv, hd);
+    check(what, h2, h1, (size_t)n * n_head * hd, 0);
+    back(h1, dk1, ks), back(h2, dk2, ks);
+    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d (k)", n, n_head, n_kv, hd);
+    check(what, h2, h1, (size_t)n * kvd, 0);
+    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d (cache)", n, n_head, n_kv, hd);
+    check(what, r2, r1, 2 * (size_t)n * kvd, 0);
+    kc_free(dinv), kc_free(dq1), kc_free(dq2), kc_free(dk1), kc_free(dk2);
+    free(inv), free(h1), free(h2), free(r1), free(r2), free(blk), free(off), free(pos);
+}
+
 /* Paged attention: n_seq sequences with scattered block ids; the batch's
  * rows are the last `rows` positions of each sequence (a prefill chunk)
  * or one position (decode). Reference in double. */
@@ -322,6 +376,7 @@ static void test_attention(int n_seq, int len, int rows, int n_head, int n_kv, i
     check(what, gk, nk, (size_t)n * kvd, 0);
     snprintf(what, sizeof what, "kv_store seqs=%d rows=%d kv_dim=%d (V)", n_seq, rows, kvd);
     check(what, gv, nv, (size_t)n * kvd, 0);
+    test_rope_kv(&kv, layer, q, nk, dnv, n, n_head, n_kv, hd, dpos, dblk, doff);
     kc_free(kv.d_k), kc_free(kv.d_v), kc_free(dq), kc_free(dout), kc_free(dpos), kc_free(doff);
     kc_free(dblk), kc_free(dnk), kc_free(dnv);
     free(kc), free(vc), free(blk), free(perm), free(pos), free(off), free(q), free(want), free(got);

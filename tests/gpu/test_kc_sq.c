@@ -190,6 +190,31 @@ static void test_mm(const char *label, const k_sq_t *t, kc_sq_t *dw, long m) {
         printf("     %ld bad; worst at token %ld row %ld: got %.9g want %.9g (low part %.6g, high part %.6g)\n", bad,
                at_i, at_r, got_at, want_at, pl, ph);
     }
+    /* y += x . W^T in the dp4a epilogue: exactly the stored product added
+     * to the old y (float add, round to nearest), nothing past the output;
+     * refused where the dp4a path does not take the matrix */
+    if (kc_sq_acc_applies(dw, m)) {
+        float *y0 = malloc(((size_t)(m * n) + guard) * 4), *acc = malloc(((size_t)(m * n) + guard) * 4);
+        fill_x(y0, m, n);
+        memset(y0 + m * n, 0xFF, guard * 4);
+        OK(kc_upload(dy, y0, ((size_t)(m * n) + guard) * 4));
+        OK(kc_sq_matmul_acc(dw, dq, dsx, m, dy));
+        OK(kc_download(acc, dy, ((size_t)(m * n) + guard) * 4));
+        long abad = 0;
+        for (size_t i = 0; i < (size_t)(m * n) + guard; i++) {
+            float want = i < (size_t)(m * n) ? y0[i] + got[i] : y0[i];
+            abad += memcmp(&want, &acc[i], 4) != 0;
+        }
+        snprintf(what, sizeof what, "%s n=%ld k=%ld m=%ld: y += x W^T (dp4a epilogue) %ld values differ from y + product",
+                 label, n, k, m, abad);
+        verdict(abad == 0, what);
+        free(y0), free(acc);
+    } else if (m >= 1) {
+        int rc = kc_sq_matmul_acc(dw, dq, dsx, m, dy);
+        kc_clear_error();
+        snprintf(what, sizeof what, "%s n=%ld k=%ld m=%ld: kc_sq_matmul_acc refused off the dp4a path", label, n, k, m);
+        verdict(rc == -1, what);
+    }
     kc_free(dx), kc_free(dsx), kc_free(dy), kc_free(dq);
     free(x), free(sx), free(qx), free(got), free(lo), free(hi);
 }
