@@ -798,7 +798,11 @@ extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d
     return sq_matmul(w, d_qx, d_sx, m, d_y, NULL);
 }
 
-extern "C" int kc_sq_acc_applies(const kc_sq_t *w, long m) { return w && w->nparts <= 1 && kc_sq_gemv_applies(w, m); }
+/* exactly where kc_sq_matmul would take the dp4a kernel (so y += x W^T has
+ * kc_sq_matmul's numbers): not where the two-step path comes first */
+extern "C" int kc_sq_acc_applies(const kc_sq_t *w, long m) {
+    return w && w->nparts <= 1 && !kc_sq_twostep_applies(w, m) && kc_sq_gemv_applies(w, m);
+}
 
 extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
     if (!w || !d_qx || !d_sx || !d_y || m < 0 || !kc_sq_acc_applies(w, m)) {
