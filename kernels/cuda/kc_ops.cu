@@ -4,7 +4,9 @@
  * that is cheap: RMSNorm sums squares in double, RoPE takes cos/sin of a
  * double angle, SiLU uses expf. So FP32 GPU and CPU runs differ only by
  * summation order in the matmuls and attention, which keeps greedy
- * decoding on the same tokens.
+ * decoding on the same tokens. The per-token INT8 quantization of an SQ
+ * matmul's input (kc_quant_i8, and fused after RMSNorm and SwiGLU) is
+ * bit-identical to the CPU's k_quant_row_i8.
  * Attention is in kc_attn.cu.
  */
 #include "kc.h"
@@ -223,6 +225,52 @@ extern "C" int kc_silu_mul(float *d_g, const float *d_u, long count) {
 extern "C" int kc_add(float *d_y, const float *d_x, long count) {
     if (count <= 0) return 0;
     return kc_launch_pdl("add", add_kernel, grid_for(count), 256, 0, d_y, d_x, count);
+}
+
+/* ---- per-token INT8 quantization (bit-identical to k_quant_row_i8) ----------------- */
+
+__global__ void k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
+    const float *xr = x + (size_t)blockIdx.x * k;
+    int8_t *qr = q + (size_t)blockIdx.x * k;
+    const bool vec = (k & 3) == 0;
+    float mx = 0.0f;
+    if (vec)
+        for (long j = threadIdx.x; j < k / 4; j += blockDim.x) {
+            float4 v = __ldg((const float4 *)xr + j);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+        }
+    else
+        for (long j = threadIdx.x; j < k; j += blockDim.x) mx = fmaxf(mx, fabsf(xr[j]));
+    __shared__ float red[32];
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
+    const float s = kc_q8_scale(mx);
+    if (threadIdx.x == 0) sx[blockIdx.x] = s;
+#define QV(xv) kc_q8((xv), s)
+    if (vec)
+        for (long j = threadIdx.x; j < k / 4; j += blockDim.x) {
+            float4 v = __ldg((const float4 *)xr + j);
+            char4 o;
+            o.x = QV(v.x), o.y = QV(v.y), o.z = QV(v.z), o.w = QV(v.w);
+            ((char4 *)qr)[j] = o;
+        }
+    else
+        for (long j = threadIdx.x; j < k; j += blockDim.x) qr[j] = QV(xr[j]);
+#undef QV
+}
+
+extern "C" int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float *d_sx) {
+    if (m <= 0 || k <= 0) return 0;
+    if (m > 0x7fffffffL) {
+        kc_set_error("kc_quant_i8: too many rows (%ld)", m);
+        return -1;
+    }
+    return kc_launch_pdl("k_quant_i8", k_quant_i8, (unsigned)m, 256, 0, d_x, k, d_qx, d_sx);
 }
 
 /* ---- activation fake quantization ---------------------------------------- */
