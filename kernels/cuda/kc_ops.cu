@@ -243,13 +243,7 @@ __global__ void k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
         }
     else
         for (long j = threadIdx.x; j < k; j += blockDim.x) mx = fmaxf(mx, fabsf(xr[j]));
-    __shared__ float red[32];
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    mx = 0.0f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, red[i]);
-    const float s = kc_q8_scale(mx);
+    const float s = kc_q8_scale(block_max(mx));
     if (threadIdx.x == 0) sx[blockIdx.x] = s;
 #define QV(xv) kc_q8((xv), s)
     if (vec)
