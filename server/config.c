@@ -59,7 +59,7 @@ const opt_t OPTIONS[] = {
      "weight recipe: fp32 (as loaded), int8, int4[:gN], sq:8/4:b64:s0.875, then optionally "
      ":gptq[:act][:damp<f>][:oneshot] and :smooth[<alpha>]"},
     {"acts", 0, "SQSERVE_ACTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
-     "activation recipe: fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic, "
+     "activation recipe: fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic (static ones optionally :bank), "
      "then optionally :smooth[<alpha>]"},
     {"calib", 0, "SQSERVE_CALIB", "self", OPT_STR, G | E | S | C, 0, 0,
      "calibration text: self (the model's own generations) or a file"},

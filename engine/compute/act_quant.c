@@ -5,8 +5,9 @@
  * back to floats in place, so the matmul that follows (FP32 or an integer
  * kernel that quantizes the same way) computes on exactly the values the
  * deployed format would. Per token, symmetric: int (one scale), static SQ
- * (the site's high channels and the rest, one scale each), dynamic SQ (the
- * h largest of every bank high, chosen per token).
+ * (the site's high channels and the rest, one scale each; with ":bank" the
+ * rest one scale per bank), dynamic SQ (the h largest of every bank high,
+ * chosen per token).
  */
 #include "act_quant.h"
 
@@ -75,7 +76,7 @@ void act_quant_hook(void *ud, int layer, int site, float *x, long n, long dim) {
     const arecipe_t *a = &qs->a;
     if (a->kind == AQ_NONE || qs->kernel_acts) return;
     sq_cfg_t fit = a->sq; /* the bank this width takes (recipe_check_acts: one fits) */
-    if (a->kind == AQ_SQ_DYNAMIC) sq_cfg_fit(&a->sq, dim, 0, &fit);
+    if (a->kind == AQ_SQ_DYNAMIC || a->bank_lo) sq_cfg_fit(&a->sq, dim, 0, &fit);
     for (long i = 0; i < n; i++) {
         float *r = x + i * dim;
         if (a->kind == AQ_INT) {
@@ -85,7 +86,11 @@ void act_quant_hook(void *ud, int layer, int site, float *x, long n, long dim) {
         } else {
             const uint8_t *mask = qs->hi_mask[site] + (size_t)layer * dim;
             fake_quant(r, dim, mask, 1, a->sq.h_high);
-            fake_quant(r, dim, mask, 0, a->sq.h_low);
+            if (a->bank_lo) /* one low-part scale per bank: one bank's outlier coarsens only its bank */
+                for (long j0 = 0; j0 < dim; j0 += fit.b)
+                    fake_quant(r + j0, dim - j0 < fit.b ? dim - j0 : fit.b, mask + j0, 0, a->sq.h_low);
+            else
+                fake_quant(r, dim, mask, 0, a->sq.h_low);
         }
     }
 }

@@ -117,7 +117,13 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
     switch (qs->a.kind) {
     case AQ_NONE: return 0;
     case AQ_INT: a->bits = qs->a.bits; return 0;
-    case AQ_SQ_STATIC: a->bits = qs->a.sq.h_low; a->bits_hi = qs->a.sq.h_high; break;
+    case AQ_SQ_STATIC:
+        if (qs->a.bank_lo) {
+            snprintf(err, errlen, "static SQ activations with per-bank low scales (:bank) run on the CPU only");
+            return -1;
+        }
+        a->bits = qs->a.sq.h_low, a->bits_hi = qs->a.sq.h_high;
+        break;
     default:
         snprintf(err, errlen, "dynamic SQ activations run on the CPU only (use static, int8 or fp32 on the GPU)");
         return -1;

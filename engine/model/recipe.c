@@ -117,6 +117,8 @@ int recipe_parse_a(const char *s_in, arecipe_t *r, char *err, size_t errlen) {
         }
         if (!strcmp(tail, ":static") || !*tail) { r->kind = AQ_SQ_STATIC; return 0; }
         if (!strcmp(tail, ":static-max")) { r->kind = AQ_SQ_STATIC; r->by_max = 1; return 0; }
+        if (!strcmp(tail, ":static:bank")) { r->kind = AQ_SQ_STATIC; r->bank_lo = 1; return 0; }
+        if (!strcmp(tail, ":static-max:bank")) { r->kind = AQ_SQ_STATIC; r->by_max = r->bank_lo = 1; return 0; }
         if (!strcmp(tail, ":dynamic")) { r->kind = AQ_SQ_DYNAMIC; return 0; }
     } else if (!strncmp(s, "int", 3)) {
         char *end;
@@ -130,7 +132,7 @@ int recipe_parse_a(const char *s_in, arecipe_t *r, char *err, size_t errlen) {
 bad:
     snprintf(err, errlen,
              "bad activations recipe '%s' (e.g. fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic, "
-             "then optionally :smooth[<alpha>])", s_in);
+             "static ones optionally :bank, then optionally :smooth[<alpha>])", s_in);
     return -1;
 }
 
@@ -150,8 +152,9 @@ double recipe_w_bits(const wrecipe_t *r, long k) {
 double recipe_a_bits(const arecipe_t *r) {
     switch (r->kind) {
     case AQ_INT: return r->bits;
-    case AQ_SQ_STATIC: /* the high-channel mask is fixed per matrix: free per token */
-        return (1.0 - r->sq.s) * r->sq.h_high + r->sq.s * r->sq.h_low;
+    case AQ_SQ_STATIC: /* the high-channel mask is fixed per matrix: free per token;
+                          ":bank" adds a float low-part scale per bank */
+        return (1.0 - r->sq.s) * r->sq.h_high + r->sq.s * r->sq.h_low + (r->bank_lo ? 32.0 / r->sq.b : 0.0);
     case AQ_SQ_DYNAMIC: /* plus an 8-bit position per high element */
         return (1.0 - r->sq.s) * (r->sq.h_high + 8) + r->sq.s * r->sq.h_low;
     default: return 32;

@@ -2,8 +2,8 @@
  *
  *   weights: fp32 | int8 | int4 | int4:g64 | int4:g64:gptq | sq:8/4:b64:s0.875[:gptq]
  *            then options, in any order: [:act] [:damp<f>] [:oneshot] [:smooth[<alpha>]]
- *   acts:    fp32 | a16 | int8 | int4 | sq:8/4:b64:s0.875:static | ...:dynamic
- *            [:smooth[<alpha>]]
+ *   acts:    fp32 | a16 | int8 | int4 | sq:8/4:b64:s0.875:static | ...:static-max
+ *            | ...:dynamic, static ones optionally [:bank], then [:smooth[<alpha>]]
  * int<bits> alone is per output channel; :g<N> groups N inputs per scale.
  * GPTQ options: ":act" quantizes columns by descending diag(H) (act-order,
  * with the group scales fixed before the pass, so the stored layout is
@@ -47,6 +47,9 @@ typedef struct {
     sq_cfg_t sq;   /* AQ_SQ_* */
     int by_max;    /* AQ_SQ_STATIC ":static-max": channels ranked by their largest
                       |A_j| in calibration instead of the paper's |mean(A_j) sum_i W_ij| */
+    int bank_lo;   /* AQ_SQ_STATIC ":bank": the low part scaled per token and bank
+                      (a float scale per b channels) instead of per token; the
+                      fake-quant hook only (CPU) */
     int smooth;    /* as wrecipe_t's */
     double alpha;
 } arecipe_t;

@@ -63,7 +63,7 @@ static int use_view(model_t *m, int layer, int part, k_sq_t *v, double bits, int
 static int kernel_acts_of(const act_quant_t *qs, int layer, int part, long k, const uint8_t **mask) {
     static const int site_of[7] = {SITE_QKV, SITE_QKV, SITE_QKV, SITE_O, SITE_UPGATE, SITE_UPGATE, SITE_DOWN};
     if (qs->a.kind == AQ_INT && qs->a.bits == 8) return 1;
-    if (qs->a.kind != AQ_SQ_STATIC || qs->a.sq.h_high > 8 || qs->a.sq.h_low > 8) return 0;
+    if (qs->a.kind != AQ_SQ_STATIC || qs->a.bank_lo || qs->a.sq.h_high > 8 || qs->a.sq.h_low > 8) return 0;
     *mask = qs->hi_mask[site_of[part]] + (size_t)layer * (size_t)k;
     return 2;
 }

@@ -175,10 +175,12 @@ def a_bits(acts):
     m = re.fullmatch(r"int(\d+)", acts)
     if m:
         return float(m.group(1))
-    m = re.fullmatch(r"sq:(\d+)/(\d+):b(\d+):s([0-9.]+):(static|static-max|dynamic)", acts)
-    if m:
-        hh, hl, s = int(m.group(1)), int(m.group(2)), float(m.group(4))
+    m = re.fullmatch(r"sq:(\d+)/(\d+):b(\d+):s([0-9.]+):(static|static-max|dynamic)(:bank)?", acts)
+    if m and not (m.group(6) and m.group(5) == "dynamic"):
+        hh, hl, b, s = int(m.group(1)), int(m.group(2)), int(m.group(3)), float(m.group(4))
         bits = (1 - s) * hh + s * hl
+        if m.group(6):  # a float low-part scale per bank
+            bits += 32 / b
         return bits + (1 - s) * 8 if m.group(5) == "dynamic" else bits
     raise ValueError(f"cannot derive activation bits of '{acts}'")
 

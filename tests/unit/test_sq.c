@@ -183,6 +183,19 @@ static void test_bits_and_recipes(void **state) {
     assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:sometimes", &a, err, sizeof err), -1);
     assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:static-maxx", &a, err, sizeof err), -1);
     assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:dynamic-max", &a, err, sizeof err), -1);
+    /* ":bank" (a low-part scale per bank) on static ones only; it costs 32 / b bits */
+    assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:static:bank", &a, err, sizeof err), 0);
+    assert_true(a.kind == AQ_SQ_STATIC && !a.by_max && a.bank_lo);
+    assert_float_equal(recipe_a_bits(&a), 0.125 * 8 + 0.875 * 4 + 0.5, 1e-12);
+    assert_int_equal(recipe_parse_a("sq:8/4:b64:s0.875:static-max:bank:smooth", &a, err, sizeof err), 0);
+    assert_true(a.kind == AQ_SQ_STATIC && a.by_max && a.bank_lo && a.smooth);
+    const char *bad_a[] = {"sq:8/4:b64:s0.875:dynamic:bank", "sq:8/4:b64:s0.875:bank", "sq:8/4:b64:s0.875:static:bank:bank",
+                           "int8:bank", "sq:8/4:b64:s0.875:bank:static"};
+    for (size_t i = 0; i < sizeof bad_a / sizeof bad_a[0]; i++) {
+        err[0] = 0;
+        assert_int_equal(recipe_parse_a(bad_a[i], &a, err, sizeof err), -1);
+        assert_non_null(strstr(err, ":bank"));
+    }
 }
 
 /* A bank that does not divide a row falls back to the largest smaller one
@@ -271,6 +284,47 @@ static void test_dynamic_act_hook(void **state) {
         act_quant_hook(&qs, 0, 0, x, n, dim);
         assert_memory_equal(x, want, (size_t)(n * dim) * sizeof *x);
         free(x); free(want); free(ord); free(hi);
+    }
+}
+
+/* Static SQ activations with ":bank": the high channels (the mask) share one
+ * 8-bit scale per token, the others one 4-bit scale per token and bank (of
+ * the bank the width takes: 576 channels at b128 fit banks of 64). A large
+ * low value in one bank leaves the other banks' steps fine. */
+static void test_static_bank_act_hook(void **state) {
+    (void)state;
+    struct { long dim; int b, fit_b; } cases[] = {{576, 64, 64}, {576, 128, 64}, {1536, 128, 128}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        long dim = cases[ci].dim, n = 3;
+        int b = cases[ci].fit_b;
+        act_quant_t qs;
+        memset(&qs, 0, sizeof qs);
+        qs.a = (arecipe_t){.kind = AQ_SQ_STATIC, .bank_lo = 1, .sq = {8, 4, cases[ci].b, 0.875}};
+        qs.n_layer = 1;
+        uint8_t *mask = calloc((size_t)dim, 1);
+        for (long j = 0; j < dim; j++) mask[j] = j % 8 == 3;
+        qs.hi_mask[0] = mask;
+        float *x = malloc((size_t)(n * dim) * sizeof *x), *want = malloc((size_t)(n * dim) * sizeof *want);
+        for (long i = 0; i < n * dim; i++) x[i] = (float)(nrand() * (urand() < 0.03 ? 30 : 1));
+        x[5] = 1000.0f; /* a low-part outlier of token 0's first bank */
+        for (long t = 0; t < n; t++) {
+            const float *r = x + t * dim;
+            float mh = 0;
+            for (long j = 0; j < dim; j++) if (mask[j]) mh = fmaxf(mh, fabsf(r[j]));
+            for (long j0 = 0; j0 < dim; j0 += b) {
+                float ml = 0;
+                for (long j = j0; j < j0 + b; j++) if (!mask[j]) ml = fmaxf(ml, fabsf(r[j]));
+                for (long j = j0; j < j0 + b; j++) {
+                    float s = mask[j] ? mh / 127.0f : ml / 7.0f, q = mask[j] ? 127.0f : 7.0f;
+                    want[t * dim + j] = fminf(fmaxf(nearbyintf(r[j] / s), -q), q) * s;
+                }
+            }
+        }
+        float second = x[b + 1]; /* token 0, the second bank: not rounded to zero by the outlier */
+        act_quant_hook(&qs, 0, 0, x, n, dim);
+        assert_memory_equal(x, want, (size_t)(n * dim) * sizeof *x);
+        if (!mask[b + 1] && fabsf(second) > 0.5f) assert_true(x[b + 1] != 0.0f);
+        free(x); free(want); free(mask);
     }
 }
 
@@ -676,6 +730,7 @@ int main(void) {
         cmocka_unit_test(test_bits_and_recipes),
         cmocka_unit_test(test_bank_fit),
         cmocka_unit_test(test_dynamic_act_hook),
+        cmocka_unit_test(test_static_bank_act_hook),
         cmocka_unit_test(test_gptq_beats_rtn),
     };
     return cmocka_run_group_tests_name("sq", tests, NULL, NULL);
