@@ -52,32 +52,13 @@ def token_ids(path, n):
 def layer_inputs():
     """Layer LAYER's q-projection and down-projection inputs (windows of 512
     from an empty cache), calibration and held-out."""
-    from ref_llama import RefLlama
+    from ref_llama import RefLlama, layer_inputs as capture
     model = RefLlama(str(MODEL))
     W = {"q": model.layers[LAYER]["wq"], "down": model.layers[LAYER]["w_down"]}
     model.layers = model.layers[: LAYER + 1]  # nothing past the layer is needed
 
     def inputs(ids):
-        got = {"q": [], "down": []}
-        orig = model._mm
-        for w0 in range(0, len(ids), 512):
-            calls = [0]
-
-            def mm(x, w, t):
-                li, j = divmod(calls[0], 7)
-                calls[0] += 1
-                if li == LAYER and j == 0:
-                    got["q"].append(x.copy())
-                if li == LAYER and j == 6:
-                    got["down"].append(x.copy())
-                return orig(x, w, t)
-
-            model._mm = mm
-            try:
-                model.forward(ids[w0:w0 + 512], model.new_cache(512))
-            finally:
-                model._mm = orig
-        return {k: np.concatenate(v) for k, v in got.items()}
+        return capture(model, LAYER, ids, {"q": 0, "down": 6})
 
     cal = inputs(token_ids(DATA / "wikitext-2-valid.txt", 2048))
     held = inputs(token_ids(DATA / "wikitext-2-test.txt", 1024))

@@ -22,7 +22,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
-from ref_llama import RefLlama  # noqa: E402
+from ref_llama import RefLlama, layer_inputs  # noqa: E402
 import ref_gptq as G  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -44,24 +44,7 @@ def main():
     model.layers = model.layers[: layer + 1]
 
     def inputs(ids):
-        got = {"q": [], "down": []}
-        orig = model._mm
-        for w0 in range(0, len(ids), 512):
-            calls = [0]
-
-            def mm(x, w, t):
-                li, j = divmod(calls[0], 7)
-                calls[0] += 1
-                if li == layer and j in (0, 6):
-                    got["q" if j == 0 else "down"].append(x.copy())
-                return orig(x, w, t)
-
-            model._mm = mm
-            try:
-                model.forward(ids[w0:w0 + 512], model.new_cache(512))
-            finally:
-                model._mm = orig
-        return {k: np.concatenate(v) for k, v in got.items()}
+        return layer_inputs(model, layer, ids, {"q": 0, "down": 6})
 
     cal = inputs(ids_of(os.path.join(DATA, "wikitext-2-valid.txt"), 4096))
     held = inputs(ids_of(os.path.join(DATA, "wikitext-2-test.txt"), 1024))

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gptq_heldout import DATA, MODEL, ids_of  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference"))
-from ref_llama import RefLlama  # noqa: E402
+from ref_llama import RefLlama, layer_inputs  # noqa: E402
 
 BANK, HIGH, HI_BITS, LO_BITS = 64, 8, 8, 4
 SITES = {"qkv": (0, ("wq", "wk", "wv")), "o": (3, ("wo",)), "gate_up": (4, ("w_gate", "w_up")),
@@ -85,26 +85,8 @@ def out_err(x, w, xq):
 
 
 def inputs(model, layer, ids):
-    got = {k: [] for k in SITES}
-    orig = model._mm
-    for w0 in range(0, len(ids), 512):
-        calls = [0]
-
-        def mm(x, w, t):
-            li, j = divmod(calls[0], 7)
-            calls[0] += 1
-            if li == layer:
-                for k, (jj, _) in SITES.items():
-                    if j == jj:
-                        got[k].append(np.asarray(x, dtype=np.float64).copy())
-            return orig(x, w, t)
-
-        model._mm = mm
-        try:
-            model.forward(ids[w0:w0 + 512], model.new_cache(512))
-        finally:
-            model._mm = orig
-    return {k: np.concatenate(v) for k, v in got.items()}
+    got = layer_inputs(model, layer, ids, {k: j for k, (j, _) in SITES.items()})
+    return {k: v.astype(np.float64) for k, v in got.items()}
 
 
 def main():

@@ -294,6 +294,34 @@ class RefLlama:
         return logits if all_logits else logits[0]
 
 
+def layer_inputs(model: "RefLlama", layer: int, ids: Sequence[int], sites: Dict[str, int],
+                 window: int = 512) -> Dict[str, np.ndarray]:
+    """The inputs of layer `layer`'s matmuls, by name: sites maps a name to
+    the matmul's index in the layer (0 q, 1 k, 2 v, 3 o, 4 gate, 5 up,
+    6 down). The tokens run in windows of `window` from an empty cache; the
+    rows of every window are concatenated."""
+    got: Dict[str, List[np.ndarray]] = {k: [] for k in sites}
+    orig = model._mm
+    for w0 in range(0, len(ids), window):
+        calls = [0]
+
+        def mm(x, w, t):
+            li, j = divmod(calls[0], 7)
+            calls[0] += 1
+            if li == layer:
+                for name, jj in sites.items():
+                    if j == jj:
+                        got[name].append(x.copy())
+            return orig(x, w, t)
+
+        model._mm = mm
+        try:
+            model.forward(ids[w0:w0 + window], model.new_cache(window))
+        finally:
+            model._mm = orig
+    return {k: np.concatenate(v) for k, v in got.items()}
+
+
 def _q8_roundtrip(x: np.ndarray, with_sum: bool) -> np.ndarray:
     """Cross-check only: value of x after llama.cpp's Q8_0/Q8_1 activation
     quantization (blocks of 32 along the last axis, d = amax/127 stored as
