@@ -223,12 +223,16 @@ long kc_sq_twostep_min(void);
 void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
 
 /* One to four tokens: up to M = kc_sq_gemv_max() tokens, kc_sq_matmul(_parts)
- * on the explicit fast layout runs the dp4a kernel of kc_sq_gemv.cu (exact
+ * on the compact or the explicit fast layout runs the dp4a kernel of kc_sq_gemv.cu (exact
  * integer group sums, like the mma kernels) instead of k_sq_dec. Default
  * from bench_gemm on the H200; KC_SQ_GEMV in the environment or
  * kc_sq_set_gemv_max overrides it (0 turns it off, at most 4). */
 int kc_sq_gemv_max(void);
 void kc_sq_set_gemv_max(int m); /* < 0: back to the default */
+/* Whether the dp4a kernel stages its weight stream through shared memory
+ * (cp.async) or holds it in registers; KC_SQ_GEMV_STAGE sets the default.
+ * For tests and benchmarks: 0 or 1, < 0 back to the default. */
+void kc_sq_set_gemv_stage(int on);
 /* d_y += x . W^T with the add in the dp4a kernel's epilogue (the residual
  * connections of a decode step: one launch instead of a matmul and a
  * kc_add, with the same numbers). Only where kc_sq_acc_applies(w, m): a

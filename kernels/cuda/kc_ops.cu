@@ -98,31 +98,44 @@ __device__ void quant_row_q8(const float *o, int dim, int8_t *q, float *sx) {
 
 __global__ void __launch_bounds__(256) rmsnorm_q8_kernel(float *out, const float *x, const float *w, int dim,
                                                          float eps, int8_t *q, float *sx) {
-    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
-    kc_pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
     if (dim > RMS_REG * (int)blockDim.x) {
+        kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+        kc_pdl_trigger();
         const float scale = rms_scale(xr, dim, eps);
         for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
         __syncthreads();
         quant_row_q8(o, dim, q, sx);
         return;
     }
-    float v[RMS_REG];
-    double ss = 0;
+    /* Every load is issued before the first use, at a clamped index (no
+     * branch between them): one memory latency for the row, not one per
+     * element. The weights do not depend on the kernel before, so they are
+     * in flight while it finishes. */
+    float v[RMS_REG], wv[RMS_REG];
 #pragma unroll
     for (int e = 0; e < RMS_REG; e++) {
         const int j = threadIdx.x + e * blockDim.x;
-        v[e] = j < dim ? xr[j] : 0.0f;
-        if (j < dim) ss += (double)v[e] * v[e];
+        wv[e] = __ldg(w + (j < dim ? j : dim - 1));
     }
+    kc_pdl_wait();
+    kc_pdl_trigger();
+#pragma unroll
+    for (int e = 0; e < RMS_REG; e++) {
+        const int j = threadIdx.x + e * blockDim.x;
+        v[e] = xr[j < dim ? j : dim - 1];
+    }
+    double ss = 0;
+#pragma unroll
+    for (int e = 0; e < RMS_REG; e++)
+        if (threadIdx.x + e * blockDim.x < dim) ss += (double)v[e] * v[e];
     const float scale = rms_finish(ss, dim, eps);
     float mx = 0.0f;
 #pragma unroll
     for (int e = 0; e < RMS_REG; e++) {
         const int j = threadIdx.x + e * blockDim.x;
-        if (j < dim) v[e] = v[e] * scale * w[j], o[j] = v[e], mx = fmaxf(mx, fabsf(v[e]));
+        if (j < dim) v[e] = v[e] * scale * wv[e], o[j] = v[e], mx = fmaxf(mx, fabsf(v[e]));
     }
     const float s = kc_q8_scale(block_max(mx));
     if (threadIdx.x == 0) sx[blockIdx.x] = s;
@@ -168,15 +181,33 @@ __device__ void rope_angles(float *cs, int32_t pos, int rot_half, const float *i
     __syncthreads();
 }
 
-/* pairs (2i, 2i + 1) of the first 2 rot_half values of each head, in place */
+/* pairs (2i, 2i + 1) of the first 2 rot_half values of each head, in
+ * place. Up to ROPE_REG pairs a thread are all loaded (at clamped indices,
+ * no branch between the loads) before the first store: decode runs one row
+ * on one block, and a loop of dependent loads costs a latency each. */
+#define ROPE_REG 8
+
 __device__ void rope_heads(float *xr, int n_heads, int head_dim, int rot_half, const float *cs) {
-    for (int u = threadIdx.x; u < n_heads * rot_half; u += blockDim.x) {
-        const int h = u / rot_half, i = u % rot_half;
-        const float c = cs[2 * i], s = cs[2 * i + 1];
-        float *v = xr + (size_t)h * head_dim + 2 * i;
-        const float a = v[0], b = v[1];
-        v[0] = a * c - b * s;
-        v[1] = a * s + b * c;
+    const int total = n_heads * rot_half;
+    for (int u0 = threadIdx.x; u0 < total; u0 += ROPE_REG * blockDim.x) {
+        float a[ROPE_REG], b[ROPE_REG];
+#pragma unroll
+        for (int e = 0; e < ROPE_REG; e++) {
+            const int u = u0 + e * blockDim.x, uc = u < total ? u : total - 1;
+            const float *v = xr + (size_t)(uc / rot_half) * head_dim + 2 * (uc % rot_half);
+            a[e] = v[0], b[e] = v[1];
+        }
+#pragma unroll
+        for (int e = 0; e < ROPE_REG; e++) {
+            const int u = u0 + e * blockDim.x;
+            if (u < total) {
+                const int h = u / rot_half, i = u % rot_half;
+                const float c = cs[2 * i], s = cs[2 * i + 1];
+                float *v = xr + (size_t)h * head_dim + 2 * i;
+                v[0] = a[e] * c - b[e] * s;
+                v[1] = a[e] * s + b[e] * c;
+            }
+        }
     }
 }
 
@@ -229,25 +260,57 @@ extern "C" int kc_add(float *d_y, const float *d_x, long count) {
 
 /* ---- per-token INT8 quantization (bit-identical to k_quant_row_i8) ----------------- */
 
-__global__ void k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
+/* A row of up to Q8_REG x blockDim float4 stays in registers, loaded at
+ * once (decode quantizes one row on one block: a loop of dependent loads
+ * costs a memory latency per iteration, twice). The max is exact in any
+ * order, so the codes equal the loop's. */
+#define Q8_REG 8
+
+__device__ __forceinline__ float absmax4(float4 v) {
+    return fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+}
+
+__global__ void __launch_bounds__(1024) k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
     const float *xr = x + (size_t)blockIdx.x * k;
     int8_t *qr = q + (size_t)blockIdx.x * k;
+#define QV(xv) kc_q8((xv), s)
+    const long n4 = k / 4;
+    if ((k & 3) == 0 && n4 <= Q8_REG * (long)blockDim.x) {
+        float4 v[Q8_REG];
+#pragma unroll
+        for (int e = 0; e < Q8_REG; e++) {
+            const long j = threadIdx.x + (long)e * blockDim.x;
+            v[e] = __ldg((const float4 *)xr + (j < n4 ? j : n4 - 1));
+        }
+        float mx = 0.0f;
+#pragma unroll
+        for (int e = 0; e < Q8_REG; e++)
+            if (threadIdx.x + (long)e * blockDim.x < n4) mx = fmaxf(mx, absmax4(v[e]));
+        const float s = kc_q8_scale(block_max(mx));
+        if (threadIdx.x == 0) sx[blockIdx.x] = s;
+#pragma unroll
+        for (int e = 0; e < Q8_REG; e++) {
+            const long j = threadIdx.x + (long)e * blockDim.x;
+            if (j < n4) {
+                char4 o;
+                o.x = QV(v[e].x), o.y = QV(v[e].y), o.z = QV(v[e].z), o.w = QV(v[e].w);
+                ((char4 *)qr)[j] = o;
+            }
+        }
+        return;
+    }
     const bool vec = (k & 3) == 0;
     float mx = 0.0f;
     if (vec)
-        for (long j = threadIdx.x; j < k / 4; j += blockDim.x) {
-            float4 v = __ldg((const float4 *)xr + j);
-            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
-        }
+        for (long j = threadIdx.x; j < n4; j += blockDim.x) mx = fmaxf(mx, absmax4(__ldg((const float4 *)xr + j)));
     else
         for (long j = threadIdx.x; j < k; j += blockDim.x) mx = fmaxf(mx, fabsf(xr[j]));
     const float s = kc_q8_scale(block_max(mx));
     if (threadIdx.x == 0) sx[blockIdx.x] = s;
-#define QV(xv) kc_q8((xv), s)
     if (vec)
-        for (long j = threadIdx.x; j < k / 4; j += blockDim.x) {
+        for (long j = threadIdx.x; j < n4; j += blockDim.x) {
             float4 v = __ldg((const float4 *)xr + j);
             char4 o;
             o.x = QV(v.x), o.y = QV(v.y), o.z = QV(v.z), o.w = QV(v.w);
@@ -264,7 +327,11 @@ extern "C" int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float
         kc_set_error("kc_quant_i8: too many rows (%ld)", m);
         return -1;
     }
-    return kc_launch_pdl("k_quant_i8", k_quant_i8, (unsigned)m, 256, 0, d_x, k, d_qx, d_sx);
+    /* threads for Q8_REG float4 each (the register path), 128..1024 */
+    long t = (k / 4 + Q8_REG - 1) / Q8_REG;
+    t = (t + 31) / 32 * 32;
+    t = t < 128 ? 128 : t > 1024 ? 1024 : t;
+    return kc_launch_pdl("k_quant_i8", k_quant_i8, (unsigned)m, (int)t, 0, d_x, k, d_qx, d_sx);
 }
 
 /* ---- activation fake quantization ---------------------------------------- */
@@ -363,9 +430,19 @@ __global__ void rope_kv_kernel(float *q, float *k, const float *v, const int32_t
     rope_heads(kr, n_head_kv, head_dim, rot_half, cs);
     __syncthreads();
     const size_t at = kv_row(kv, layer, blk, blk_off[i], pos[i]);
-    for (int j = threadIdx.x; j < kvd; j += blockDim.x) {
-        kv.d_k[at + j] = kr[j];
-        kv.d_v[at + j] = v[(size_t)i * kvd + j];
+    const float *vr = v + (size_t)i * kvd;
+    for (int j0 = threadIdx.x; j0 < kvd; j0 += 4 * blockDim.x) { /* loads first, as in rope_heads */
+        float a[4], b[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int j = j0 + e * blockDim.x, jc = j < kvd ? j : kvd - 1;
+            a[e] = kr[jc], b[e] = vr[jc];
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int j = j0 + e * blockDim.x;
+            if (j < kvd) kv.d_k[at + j] = a[e], kv.d_v[at + j] = b[e];
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 /* kc_sq_gemv.cu - the SQ x INT8 matmul for one to four tokens on the CUDA
- * cores (dp4a), reading the explicit fast layout of kc_sq.cuh.
+ * cores (dp4a), reading the compact or the explicit fast layout of kc_sq.cuh.
  *
  * Why. Batch-1 decode reads every weight once per token: it is a
  * bandwidth problem, and the kernel's job is to keep enough bytes in flight
@@ -42,10 +42,18 @@
  * M = 2..4 run the same kernel with the per-token work repeated; on the
  * H200 they lose to k_sq_dec on the larger shapes, so by default only
  * M = 1 comes here.
+ * The compact layout (kc_sq.cuh: the mask implicit in a reserved low code,
+ * 5.5 bits per weight with half scales against 6.5) runs through the same
+ * kernel with its own unit decoding (gemv_unit_c): frag_compact turns the
+ * lane's words into low codes (code 0 at the high positions) and high codes
+ * in the same byte positions, so the high part is four more dp4a against
+ * the activation bytes the low part already loaded: no gather from shared
+ * memory, no column arithmetic, 704 bytes a unit instead of 832.
  *
  * When. kc_sq_matmul takes this path for m <= kc_sq_gemv_max() tokens
- * (KC_SQ_GEMV overrides the limit, 0 turns the path off) on the explicit
- * fast layout (4-bit storage, b <= 64, <= 8 highs per row and 64 columns).
+ * (KC_SQ_GEMV overrides the limit, 0 turns the path off) on the compact
+ * layout and the explicit fast one (4-bit storage, b <= 64, <= 8 highs per
+ * row and 64 columns).
  */
 #include "kc_sq_frag.cuh"
 
@@ -53,6 +61,7 @@
 
 #define GEMV_DEPTH 3   /* units in flight per warp */
 #define GEMV_MAXW 16   /* warps per block, at most */
+#define GEMV_STAGES 6  /* units in flight per warp, staged in shared memory (k_sq_gemv_st) */
 
 __device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) { /* unsigned a x signed b bytes */
     int d;
@@ -68,6 +77,11 @@ __device__ __forceinline__ uint32_t lds_u8(uint32_t a) {
 __device__ __forceinline__ int lds_s32(uint32_t a) {
     int v;
     asm volatile("ld.shared.s32 %0, [%1];" : "=r"(v) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ uint2 lds_v2(uint32_t a) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(a));
     return v;
 }
 __device__ __forceinline__ uint4 lds_v4(uint32_t a) {
@@ -130,6 +144,106 @@ __device__ __forceinline__ void gemv_unit(float (&ag)[NT], float (&a8)[NT], cons
     }
 }
 
+/* The same for a unit of the compact layout (kc_sq.cuh): frag_compact
+ * (kc_sq_frag.cuh) gives the lane's low codes with the high positions set
+ * to code 0 and its high codes in the same byte positions (zero where low),
+ * so both parts are four dp4a against the same 16 activation bytes, and the
+ * high part needs no gather from shared memory. A quad adds each of its four
+ * sums with two shuffles. */
+template <int NT, bool S16>
+__device__ __forceinline__ void gemv_unit_c(float (&ag)[NT], float (&a8)[NT], const RawC<S16> &u, uint32_t xa,
+                                            uint32_t oa, uint32_t k, int lane) {
+    const int tig = lane & 3;
+    uint32_t Alo[8], Ahi[8];
+    frag_compact<false, S16>(u, Alo, Ahi, tig);
+    float slg, shg, sl8, sh8;
+    if (S16) {
+        const float2 fg = __half22float2(*(const __half2 *)&u.sc[0]), f8 = __half22float2(*(const __half2 *)&u.sc[1]);
+        slg = fg.x, shg = fg.y, sl8 = f8.x, sh8 = f8.y;
+    } else {
+        slg = __uint_as_float(u.sc[0]), shg = __uint_as_float(u.sc[1]);
+        sl8 = __uint_as_float(u.sc[2]), sh8 = __uint_as_float(u.sc[3]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const uint32_t xt = xa + t * k;
+        const uint4 X = lds_v4(xt + 16 * tig);
+        const int off = lds_s32(oa + t * (k >> 2) + 4 * tig);
+        /* register A[kc * 4 + r]: row g + 8 (r & 1), columns 16 t + 8 kc + 4 (r >> 1) + 0..3 */
+        int lg = dp4a_us(Alo[0], X.x, dp4a_us(Alo[2], X.y, dp4a_us(Alo[4], X.z, dp4a_us(Alo[6], X.w, -off))));
+        int l8 = dp4a_us(Alo[1], X.x, dp4a_us(Alo[3], X.y, dp4a_us(Alo[5], X.z, dp4a_us(Alo[7], X.w, -off))));
+        int hg = __dp4a((int)Ahi[0], (int)X.x, __dp4a((int)Ahi[2], (int)X.y,
+                        __dp4a((int)Ahi[4], (int)X.z, __dp4a((int)Ahi[6], (int)X.w, 0))));
+        int h8 = __dp4a((int)Ahi[1], (int)X.x, __dp4a((int)Ahi[3], (int)X.y,
+                        __dp4a((int)Ahi[5], (int)X.z, __dp4a((int)Ahi[7], (int)X.w, 0))));
+#pragma unroll
+        for (int s = 1; s <= 2; s <<= 1) {
+            lg += __shfl_xor_sync(0xffffffffu, lg, s);
+            l8 += __shfl_xor_sync(0xffffffffu, l8, s);
+            hg += __shfl_xor_sync(0xffffffffu, hg, s);
+            h8 += __shfl_xor_sync(0xffffffffu, h8, s);
+        }
+        ag[t] = fmaf(slg, __int2float_rn(lg), ag[t]);
+        ag[t] = fmaf(shg, __int2float_rn(hg), ag[t]);
+        a8[t] = fmaf(sl8, __int2float_rn(l8), a8[t]);
+        a8[t] = fmaf(sh8, __int2float_rn(h8), a8[t]);
+    }
+}
+
+/* The two layouts' unit streams, for the one kernel below. */
+template <bool C, bool S16>
+struct GemvLayout { /* explicit slots */
+    typedef Raw<4, 4, S16> R;
+    typedef LanePtr P;
+    static __device__ __forceinline__ P ptrs(const MmArgs &a, int lane) { return lane_ptrs<4, 4, S16>(a, lane); }
+    static constexpr int ub = UG<4, 4, S16>::ub;
+    static __device__ __forceinline__ void load(R &r, const P &p, uint32_t u) { load_unit<4, 4, S16>(r, p, u, ub); }
+    /* the lane's words of a unit staged in shared memory at s (lane_ptrs' offsets) */
+    static __device__ __forceinline__ void load_s(R &r, uint32_t s, int lane) {
+        const uint4 v = lds_v4(s + 16 * lane);
+        const uint2 l = lds_v2(s + 512 + 8 * lane);
+        r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w, r.sl[0] = l.x, r.sl[1] = l.y;
+        const uint32_t sc = s + 768 + (lane >> 2) * (S16 ? 4 : 8);
+        if (S16) {
+            r.sc[0] = (uint32_t)lds_s32(sc), r.sc[1] = (uint32_t)lds_s32(sc + 32);
+        } else {
+            const uint2 a = lds_v2(sc), b = lds_v2(sc + 64);
+            r.sc[0] = a.x, r.sc[1] = a.y, r.sc[2] = b.x, r.sc[3] = b.y;
+        }
+    }
+    template <int NT>
+    static __device__ __forceinline__ void unit(float (&ag)[NT], float (&a8)[NT], const R &r, uint32_t xa,
+                                                uint32_t oa, uint32_t k, int lane) {
+        gemv_unit<NT, S16>(ag, a8, r, xa, oa, k, lane);
+    }
+};
+template <bool S16>
+struct GemvLayout<true, S16> { /* compact */
+    typedef RawC<S16> R;
+    typedef LanePtrC P;
+    static __device__ __forceinline__ P ptrs(const MmArgs &a, int lane) { return lane_ptrs_c<S16>(a.w, lane); }
+    static constexpr int ub = UGC<S16>::ub;
+    static __device__ __forceinline__ void load(R &r, const P &p, uint32_t u) { load_unit_c<S16>(r, p, u); }
+    static __device__ __forceinline__ void load_s(R &r, uint32_t s, int lane) { /* lane_ptrs_c's offsets */
+        const uint4 v = lds_v4(s + 16 * lane), c = lds_v4(s + SQC_LO + 16 * (lane >> 2));
+        r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w;
+        r.cd[0] = c.x, r.cd[1] = c.y, r.cd[2] = c.z, r.cd[3] = c.w;
+        const uint32_t sc = s + SQC_LO + SQC_CODES + (lane >> 2) * (S16 ? 8 : 16);
+        if (S16) {
+            const uint2 a = lds_v2(sc);
+            r.sc[0] = a.x, r.sc[1] = a.y;
+        } else {
+            const uint4 a = lds_v4(sc);
+            r.sc[0] = a.x, r.sc[1] = a.y, r.sc[2] = a.z, r.sc[3] = a.w;
+        }
+    }
+    template <int NT>
+    static __device__ __forceinline__ void unit(float (&ag)[NT], float (&a8)[NT], const R &r, uint32_t xa,
+                                                uint32_t oa, uint32_t k, int lane) {
+        gemv_unit_c<NT, S16>(ag, a8, r, xa, oa, k, lane);
+    }
+};
+
 /* The warps' partial sums of one tile are added in warp order and stored
  * (lane (g, 0) of every warp left row g, lane (g, 1) row g + 8). */
 template <int NT>
@@ -161,40 +275,11 @@ __device__ __forceinline__ void gemv_flush(const float (&ag)[NT], const float (&
     }
 }
 
-/* Persistent blocks: block b takes tiles b, b + gridDim.x, ...; its warps
- * split k (warp w owns subgroups [s0, s1), the same for every tile), so
- * each warp copies its activations into shared memory once, and its units
- * form one stream over all its tiles, loaded GEMV_DEPTH units ahead across
- * tile boundaries. One barrier per tile (double-buffered partial sums). */
-template <int NT, bool S16>
-__global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 ? 2 : 1) k_sq_gemv(MmArgs a) {
-    extern __shared__ __align__(16) uint8_t smem[];
-    typedef UG<4, 4, S16> G;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const uint32_t k = (uint32_t)a.k, nsub = (uint32_t)a.nsub;
-    const uint32_t s0 = warp * nsub / nw, s1 = (warp + 1) * nsub / nw, n = s1 - s0;
-    const uint32_t sx = (uint32_t)__cvta_generic_to_shared(smem), so = sx + NT * k;
-    float *red = (float *)(smem + NT * k + NT * k / 4);
-    const long ntiles = a.ntiles, tile0 = blockIdx.x, tstep = gridDim.x;
-    const uint32_t ntl = (uint32_t)((ntiles - tile0 + tstep - 1) / tstep); /* tiles of this block */
-    const uint32_t total = n * ntl;
-    /* the weight stream: unit index of the next load, steps into the tile */
-    const LanePtr lp = lane_ptrs<4, 4, S16>(a, lane);
-    const uint32_t jump = (uint32_t)(tstep * nsub - n + 1);
-    uint32_t lu = (uint32_t)(tile0 * nsub + s0), lstep = 0;
-    Raw<4, 4, S16> r[GEMV_DEPTH];
-#pragma unroll
-    for (int i = 0; i < GEMV_DEPTH; i++)
-        if (i < (int)total) {
-            load_unit<4, 4, S16>(r[i], lp, lu, G::ub);
-            lu += ++lstep == n ? (lstep = 0, jump) : 1;
-        }
-    /* the weights do not depend on the kernel before (kc_launch_pdl): their
-     * first loads are in flight while it finishes; its output is read from here */
-    kc_pdl_wait();
-    kc_pdl_trigger();
-    /* the warp's range of every token's activations (zero past m) and the
-     * chunk sums of the code offset */
+/* The warp's range [s0, s0 + n) of every token's activations (zero past m)
+ * into shared memory, and the chunk sums of the code offset. */
+template <int NT>
+__device__ __forceinline__ void gemv_acts(const MmArgs &a, uint8_t *smem, uint32_t s0, uint32_t n, int lane) {
+    const uint32_t k = (uint32_t)a.k;
     for (int t = 0; t < NT; t++) {
         const long tok = a.tok0 + t;
         const uint4 *src = (const uint4 *)(a.qx + tok * a.k) + s0 * 4;
@@ -208,6 +293,41 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 ? 2 : 1) k_sq_gemv(MmA
         }
     }
     __syncwarp();
+}
+
+/* Persistent blocks: block b takes tiles b, b + gridDim.x, ...; its warps
+ * split k (warp w owns subgroups [s0, s1), the same for every tile), so
+ * each warp copies its activations into shared memory once, and its units
+ * form one stream over all its tiles, loaded GEMV_DEPTH units ahead across
+ * tile boundaries. One barrier per tile (double-buffered partial sums). */
+template <int NT, bool S16, bool C>
+__global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_gemv(MmArgs a) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    typedef GemvLayout<C, S16> L;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const uint32_t k = (uint32_t)a.k, nsub = (uint32_t)a.nsub;
+    const uint32_t s0 = warp * nsub / nw, s1 = (warp + 1) * nsub / nw, n = s1 - s0;
+    const uint32_t sx = (uint32_t)__cvta_generic_to_shared(smem), so = sx + NT * k;
+    float *red = (float *)(smem + NT * k + NT * k / 4);
+    const long ntiles = a.ntiles, tile0 = blockIdx.x, tstep = gridDim.x;
+    const uint32_t ntl = (uint32_t)((ntiles - tile0 + tstep - 1) / tstep); /* tiles of this block */
+    const uint32_t total = n * ntl;
+    /* the weight stream: unit index of the next load, steps into the tile */
+    const typename L::P lp = L::ptrs(a, lane);
+    const uint32_t jump = (uint32_t)(tstep * nsub - n + 1);
+    uint32_t lu = (uint32_t)(tile0 * nsub + s0), lstep = 0;
+    typename L::R r[GEMV_DEPTH];
+#pragma unroll
+    for (int i = 0; i < GEMV_DEPTH; i++)
+        if (i < (int)total) {
+            L::load(r[i], lp, lu);
+            lu += ++lstep == n ? (lstep = 0, jump) : 1;
+        }
+    /* the weights do not depend on the kernel before (kc_launch_pdl): their
+     * first loads are in flight while it finishes; its output is read from here */
+    kc_pdl_wait();
+    kc_pdl_trigger();
+    gemv_acts<NT>(a, smem, s0, n, lane);
     float ag[NT], a8[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
@@ -217,13 +337,13 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 ? 2 : 1) k_sq_gemv(MmA
 #pragma unroll
         for (int j = 0; j < GEMV_DEPTH; j++) {
             if (i + j < total) {
-                const Raw<4, 4, S16> cur = r[j];
+                const typename L::R cur = r[j];
                 if (i + j + GEMV_DEPTH < total) {
-                    load_unit<4, 4, S16>(r[j], lp, lu, G::ub);
+                    L::load(r[j], lp, lu);
                     lu += ++lstep == n ? (lstep = 0, jump) : 1;
                 }
                 const uint32_t sub = s0 + cstep;
-                gemv_unit<NT, S16>(ag, a8, cur, sx + sub * 64, so + sub * 16, k, lane);
+                L::template unit<NT>(ag, a8, cur, sx + sub * 64, so + sub * 16, k, lane);
                 if (++cstep == n) {
                     gemv_flush<NT>(ag, a8, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
 #pragma unroll
@@ -233,6 +353,84 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 ? 2 : 1) k_sq_gemv(MmA
             }
         }
     }
+}
+
+/* The same work split with the weight stream staged through shared memory
+ * (cp.async, GEMV_STAGES units a warp in flight) instead of registers: the
+ * bytes in flight no longer cost registers, so a kernel whose unit decoding
+ * needs many (the compact layout's) keeps both its occupancy and its loads
+ * in flight. Each lane copies one or two 16-byte chunks of a unit; a unit is
+ * one cp.async group, waited for GEMV_STAGES - 1 groups behind the newest. */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+template <int UB>
+__device__ __forceinline__ void gemv_stage(uint32_t slot, const uint8_t *unit, int lane) {
+    if (lane < UB / 16) cp_async16(slot + 16 * lane, unit + 16 * lane);
+    if (lane + 32 < UB / 16) cp_async16(slot + 16 * (lane + 32), unit + 16 * (lane + 32));
+    cp_async_commit();
+}
+
+template <int NT, bool S16, bool C>
+__global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    typedef GemvLayout<C, S16> L;
+    constexpr int UB = L::ub, D = GEMV_STAGES;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const uint32_t k = (uint32_t)a.k, nsub = (uint32_t)a.nsub;
+    const uint32_t s0 = warp * nsub / nw, s1 = (warp + 1) * nsub / nw, n = s1 - s0;
+    const uint32_t sx = (uint32_t)__cvta_generic_to_shared(smem), so = sx + NT * k;
+    float *red = (float *)(smem + NT * k + NT * k / 4);
+    const uint32_t ring = sx + NT * k + NT * k / 4 + 2 * GEMV_MAXW * NT * 16 * 4 + warp * D * UB;
+    const long ntiles = a.ntiles, tile0 = blockIdx.x, tstep = gridDim.x;
+    const uint32_t ntl = (uint32_t)((ntiles - tile0 + tstep - 1) / tstep);
+    const uint32_t total = n * ntl;
+    const uint32_t jump = (uint32_t)(tstep * nsub - n + 1);
+    uint32_t lu = (uint32_t)(tile0 * nsub + s0), lstep = 0;
+#pragma unroll
+    for (int i = 0; i < D; i++) {
+        if (i < (int)total) {
+            gemv_stage<UB>(ring + i * UB, a.w + (size_t)lu * UB, lane);
+            lu += ++lstep == n ? (lstep = 0, jump) : 1;
+        } else {
+            cp_async_commit(); /* every iteration below waits on a count of groups */
+        }
+    }
+    kc_pdl_wait();
+    kc_pdl_trigger();
+    gemv_acts<NT>(a, smem, s0, n, lane);
+    float ag[NT], a8[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
+    uint32_t cstep = 0, buf = 0, slot = 0;
+    long tile = tile0;
+    for (uint32_t i = 0; i < total; i++) {
+        cp_async_wait<D - 1>();
+        __syncwarp();
+        typename L::R cur;
+        L::load_s(cur, ring + slot * UB, lane);
+        __syncwarp(); /* every lane has read the slot before it is refilled */
+        if (i + D < total) {
+            gemv_stage<UB>(ring + slot * UB, a.w + (size_t)lu * UB, lane);
+            lu += ++lstep == n ? (lstep = 0, jump) : 1;
+        } else {
+            cp_async_commit();
+        }
+        slot = slot + 1 == D ? 0 : slot + 1;
+        const uint32_t sub = s0 + cstep;
+        L::template unit<NT>(ag, a8, cur, sx + sub * 64, so + sub * 16, k, lane);
+        if (++cstep == n) {
+            gemv_flush<NT>(ag, a8, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
+#pragma unroll
+            for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
+            cstep = 0, buf ^= 1, tile += tstep;
+        }
+    }
+    cp_async_wait<0>();
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
@@ -252,58 +450,121 @@ extern "C" int kc_sq_gemv_max(void) {
     return g_max_m;
 }
 
-extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m) { return is_fast(w) && m >= 1 && m <= kc_sq_gemv_max(); }
+extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m) {
+    return (is_fast(w) || w->compact) && m >= 1 && m <= kc_sq_gemv_max();
+}
+
+/* Whether k_sq_gemv_st (weights staged in shared memory) runs instead of
+ * k_sq_gemv (weights in registers): KC_SQ_GEMV_STAGE=0/1, default from
+ * bench_gemm on the H200 (docs/perf-gpu.md). */
+static int g_stage = -1;
+
+extern "C" void kc_sq_set_gemv_stage(int on) { g_stage = on < 0 ? -1 : on != 0; }
+
+static int gemv_stage_on(void) {
+    if (g_stage < 0) {
+        const char *e = getenv("KC_SQ_GEMV_STAGE");
+        g_stage = e && *e ? atoi(e) != 0 : 0;
+    }
+    return g_stage;
+}
+
+typedef void (*GemvKernel)(MmArgs);
 
 static size_t gemv_smem(long k, int nt) { /* activations, chunk sums, 2 x partial sums */
     return (size_t)nt * k + (size_t)nt * k / 4 + 2 * (size_t)GEMV_MAXW * nt * 16 * sizeof(float);
 }
 
+/* the most dynamic shared memory a block may opt in to; 0 on error */
+static size_t smem_optin(void) {
+    static size_t v;
+    int dev = 0, x = 0;
+    if (!v && !kc_check(cudaGetDevice(&dev), "cudaGetDevice") &&
+        !kc_check(cudaDeviceGetAttribute(&x, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                  "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)"))
+        v = (size_t)x;
+    return v;
+}
+
+/* blocks of nw warps resident per SM with sm bytes of shared memory
+ * (cached: the calculation runs on the host at every launch outside graphs) */
+static int gemv_occupancy(GemvKernel kern, int nw, size_t sm) {
+    static struct {
+        GemvKernel kern;
+        int nw, occ;
+        size_t sm;
+    } cache[64];
+    static int ncache;
+    for (int i = 0; i < ncache; i++)
+        if (cache[i].kern == kern && cache[i].nw == nw && cache[i].sm == sm) return cache[i].occ;
+    int occ = 0;
+    if (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, nw * 32, sm),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor(k_sq_gemv)"))
+        return -1;
+    if (ncache < 64) cache[ncache].kern = kern, cache[ncache].nw = nw, cache[ncache].sm = sm, cache[ncache++].occ = occ;
+    return occ;
+}
+
 /* Warps per block and blocks: a block's time is (its tiles) x (its warps'
  * units per tile), so pick the warp count that minimises
- * ceil(tiles / resident blocks) x ceil(units / warps). */
-template <int NT, bool S16>
-static int gemv_config(const kc_sq *w, size_t sm, int *nw_out, long *grid_out) {
-    static int occ[GEMV_MAXW + 1];
+ * ceil(tiles / resident blocks) x ceil(units / warps). Shared memory per
+ * block: base + nw x per_warp. */
+static int gemv_config(const kc_sq *w, GemvKernel kern, size_t base, size_t per_warp, int *nw_out, long *grid_out) {
+    const size_t smem_max = smem_optin();
+    if (!smem_max) return -1;
     long best = -1;
     double best_bal = 0;
     for (int nw = 1; nw <= GEMV_MAXW && nw <= w->nsub; nw *= 2) { /* every warp >= 1 unit a tile */
-        if (!occ[nw] && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[nw], k_sq_gemv<NT, S16>,
-                                                                                  nw * 32, sm),
-                                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor(k_sq_gemv)") ||
-                         occ[nw] < 1))
-            return -1;
-        const long cap = (long)occ[nw] * kc_sm_count(), grid = w->ntiles < cap ? w->ntiles : cap;
+        const size_t sm = base + nw * per_warp;
+        if (sm > smem_max) break;
+        const int occ = gemv_occupancy(kern, nw, sm);
+        if (occ < 0) return -1;
+        if (occ < 1) continue;
+        const long cap = (long)occ * kc_sm_count(), grid = w->ntiles < cap ? w->ntiles : cap;
         const long waves = (w->ntiles + grid - 1) / grid, cost = waves * ((w->nsub + nw - 1) / nw);
         /* equal cost: the better balanced (a last round of tiles on few blocks leaves the rest idle) */
         const double bal = (double)w->ntiles / ((double)grid * waves);
         if (best < 0 || cost < best || (cost == best && bal >= best_bal))
             best = cost, best_bal = bal, *nw_out = nw, *grid_out = grid;
     }
+    if (best < 0) {
+        kc_set_error("k_sq_gemv: no block shape fits the shared memory (k = %ld)", w->k);
+        return -1;
+    }
     return 0;
 }
 
-template <int NT, bool S16>
+template <int NT, bool S16, bool C>
 static int launch_gemv(const kc_sq *w, MmArgs a) {
-    const size_t sm = gemv_smem(w->k, NT);
-    static size_t opted; /* dynamic shared memory this instance is allowed */
-    if (sm > 48 * 1024 && sm > opted) {
-        if (kc_check(cudaFuncSetAttribute(k_sq_gemv<NT, S16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm),
-                     "cudaFuncSetAttribute(k_sq_gemv)"))
-            return -1;
-        opted = sm;
-    }
+    const int st = gemv_stage_on();
+    const GemvKernel kern = st ? k_sq_gemv_st<NT, S16, C> : k_sq_gemv<NT, S16, C>;
+    const size_t base = gemv_smem(w->k, NT), per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
+    static size_t opted[2]; /* dynamic shared memory each kernel of this instance is allowed */
     int nw = 4;
     long grid = 1;
-    if (gemv_config<NT, S16>(w, sm, &nw, &grid)) return -1;
+    if (!opted[st]) { /* opt in to the device's maximum once, so the occupancy figures count it */
+        const size_t v = smem_optin();
+        if (!v || kc_check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v),
+                           "cudaFuncSetAttribute(k_sq_gemv)"))
+            return -1;
+        opted[st] = v;
+    }
+    if (gemv_config(w, kern, base, per_warp, &nw, &grid)) return -1;
+    const size_t sm = base + nw * per_warp;
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
-        if (kc_launch_pdl("k_sq_gemv", k_sq_gemv<NT, S16>, (unsigned)grid, nw * 32, sm, a)) return -1;
+        if (kc_launch_pdl("k_sq_gemv", kern, (unsigned)grid, nw * 32, sm, a)) return -1;
     }
     return 0;
+}
+
+template <bool C>
+static int gemv_layout(const kc_sq *w, const MmArgs *a) {
+    if (a->m == 1) return w->s16 ? launch_gemv<1, true, C>(w, *a) : launch_gemv<1, false, C>(w, *a);
+    if (a->m == 2) return w->s16 ? launch_gemv<2, true, C>(w, *a) : launch_gemv<2, false, C>(w, *a);
+    return w->s16 ? launch_gemv<4, true, C>(w, *a) : launch_gemv<4, false, C>(w, *a);
 }
 
 extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a) {
-    if (a->m == 1) return w->s16 ? launch_gemv<1, true>(w, *a) : launch_gemv<1, false>(w, *a);
-    if (a->m == 2) return w->s16 ? launch_gemv<2, true>(w, *a) : launch_gemv<2, false>(w, *a);
-    return w->s16 ? launch_gemv<4, true>(w, *a) : launch_gemv<4, false>(w, *a);
+    return w->compact ? gemv_layout<true>(w, a) : gemv_layout<false>(w, a);
 }

@@ -155,8 +155,11 @@ def grid(which):
     # masks and SmoothQuant scales from SMALL_CALIB tokens (cheaper to run)
     add(f"W({sq_tag('8/4', HB, HS)})A8 RTN, smoothed", "sq-w", sqw + ":smooth", "int8", VALID, headline=True,
         calib_tokens=SMALL_CALIB)
+    # ":bank": the low part scaled per token and bank (docs/accuracy.md, "Why static SQ
+    # activations lose"); fake-quant on the CPU only
     for name, a in [("static", sqa + ":static"), ("static, smoothed", sqa + ":static:smooth"),
-                    ("dynamic", sqa + ":dynamic")]:
+                    ("dynamic", sqa + ":dynamic"), ("static:bank, smoothed", sqa + ":static:bank:smooth"),
+                    ("static-max:bank, smoothed", sqa + ":static-max:bank:smooth")]:
         add(f"W4A({sq_tag('8/4', HB, HS)} {name.split(',')[0]}) RTN{name[len(name.split(',')[0]):]}",
             "sq-a", "int4:g64", a, VALID, headline=True, calib_tokens=SMALL_CALIB)
     seen, out = set(), []

@@ -18,7 +18,8 @@
 #
 # Env: MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf), DATA (a
 # wikitext-2-test.txt), SQSERVE_BIN, GPU_BIN_DIR, SKIP_BENCH=1, BENCH_70B=0,
-# SKIP_SANITIZER=1, PPL_TOKENS (default 16384).
+# SKIP_SANITIZER=1, PPL_TOKENS (default 16384), ONLY=REGEX (run only the
+# steps whose names match; the others are listed as skipped).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 RESULTS=${1:-gpu-results.txt}
@@ -35,6 +36,10 @@ log() { echo "$@" | tee -a "$RESULTS"; }
 step() {
   local name=$1
   shift
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then
+    summary+=("| $name | skipped (ONLY=$ONLY) | 0 s |")
+    return 0
+  fi
   log "===== $name: $*"
   local t0=$SECONDS
   "$@" 2>&1 | tee -a "$RESULTS"
@@ -130,6 +135,15 @@ step serve_cuda serve_check
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm "$GBIN/bench_gemm"
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm_decode "$GBIN/bench_gemm" --decode
+  # the two SQ layouts of kc_sq.cuh side by side: compact (5.5 bits per
+  # weight) and explicit slots (6.5)
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_decode_compact env KC_SQ_COMPACT=1 "$GBIN/bench_gemm" --decode
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_decode_explicit env KC_SQ_COMPACT=0 "$GBIN/bench_gemm" --decode
+  # the dp4a kernel with its weights in registers instead of staged in shared memory
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_decode_compact_regs env KC_SQ_COMPACT=1 KC_SQ_GEMV_STAGE=0 \
+    "$GBIN/bench_gemm" --decode
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_decode_explicit_regs env KC_SQ_COMPACT=0 KC_SQ_GEMV_STAGE=0 \
+    "$GBIN/bench_gemm" --decode
   [ -x "$GBIN/test_kc_gguf" ] && step bench_gguf "$GBIN/test_kc_gguf" --bench
   step bench_synthetic "$BIN" bench --synthetic llama3-8b --device cuda --pp 2048 --batch 1024 --tg 32 -r 3 \
     --decode-batches 1,8,32,128
@@ -140,6 +154,17 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   # batch 1 without the dp4a decode kernel (kc_sq_gemv.cu): k_sq_dec instead
   step bench_synthetic_no_gemv env KC_SQ_GEMV=0 "$BIN" bench --synthetic llama3-8b --device cuda \
     --pp 0 --tg 32 -r 3 --decode-batches 1
+  step bench_synthetic_compact env KC_SQ_COMPACT=1 "$BIN" bench --synthetic llama3-8b --device cuda \
+    --pp 0 --tg 32 -r 3 --decode-batches 1,8
+  step bench_synthetic_explicit env KC_SQ_COMPACT=0 "$BIN" bench --synthetic llama3-8b --device cuda \
+    --pp 0 --tg 32 -r 3 --decode-batches 1,8
+  step bench_synthetic_compact_regs env KC_SQ_COMPACT=1 KC_SQ_GEMV_STAGE=0 "$BIN" bench --synthetic llama3-8b \
+    --device cuda --pp 0 --tg 32 -r 3 --decode-batches 1
+  step bench_synthetic_explicit_regs env KC_SQ_COMPACT=0 KC_SQ_GEMV_STAGE=0 "$BIN" bench --synthetic llama3-8b \
+    --device cuda --pp 0 --tg 32 -r 3 --decode-batches 1
+  # where a batch-1 step goes, per operation (graphs off: attribution, not speed)
+  step bench_synthetic_profile env SQSERVE_CUDA_PROFILE=1 "$BIN" bench --synthetic llama3-8b --device cuda \
+    --pp 0 --tg 16 -r 1 --decode-batches 1
   # without programmatic dependent launch (kc_internal.h: kc_launch_pdl)
   step bench_synthetic_no_pdl env KC_PDL=0 "$BIN" bench --synthetic llama3-8b --device cuda \
     --pp 0 --tg 32 -r 3 --decode-batches 1,8
@@ -147,6 +172,12 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --pp 512 --batch 512 --tg 16 -r 2 --decode-batches 1,8,32
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_no_gemv env KC_SQ_GEMV=0 "$BIN" bench --synthetic \
     llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
+  [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_compact env KC_SQ_COMPACT=1 "$BIN" bench --synthetic \
+    llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1,8
+  [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_explicit env KC_SQ_COMPACT=0 "$BIN" bench --synthetic \
+    llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1,8
+  [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_explicit_regs env KC_SQ_COMPACT=0 KC_SQ_GEMV_STAGE=0 \
+    "$BIN" bench --synthetic llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_no_pdl env KC_PDL=0 "$BIN" bench --synthetic \
     llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
   step bench_smollm2 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3

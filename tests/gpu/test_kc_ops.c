@@ -392,7 +392,10 @@ int main(int argc, char **argv) {
     printf("device: %s\n", kc_device_name());
     test_rmsnorm(3, 576), test_rmsnorm(5, 577), test_rmsnorm(1, 4096);
     test_fused_q8(3, 576), test_fused_q8(5, 1537), test_fused_q8(2, 14336);
+    /* decode rows (one block a row): the register paths at 8B/70B sizes, and past them */
+    test_fused_q8(1, 4096), test_fused_q8(1, 8192), test_fused_q8(1, 8193), test_fused_q8(1, 28672);
     test_rope(3, 9, 64, 64), test_rope(2, 8, 128, 128), test_rope(4, 3, 64, 32);
+    test_rope(1, 32, 128, 128), test_rope(1, 64, 128, 128), test_rope(2, 33, 128, 96);
     test_elementwise(1001), test_elementwise(1 << 16);
     test_embed(1000, 576, 17), test_embed(333, 77, 5);
     test_gemm(1, 577, 320), test_gemm(7, 576, 576), test_gemm(64, 1536, 576);

@@ -24,6 +24,9 @@
  *   explicit layout itself through KC_SQ_NO_COMPACT; kc_sq_fuse +
  *   kc_sq_matmul_parts (each part against its own reference, and equal to
  *   the unfused [m][n_total] output); the Llama-3 8B/70B shapes at full K.
+ * - The dp4a kernel (kc_sq_gemv.cu) at M = 1..5 on both layouts, with its
+ *   weights staged in shared memory and held in registers, and k_sq_dec at
+ *   the same M.
  *   KC_SQ_DEC=0..4 in the environment selects the decode kernel variant.
  *
  *   build/gpu/test_kc_sq [--quick]   (--quick: fewer shapes, for compute-sanitizer)
@@ -526,6 +529,8 @@ int main(int argc, char **argv) {
     test_quant(5, 576, 0);
     test_quant(4, 1000, 1);
     if (!quick) test_quant(17, 4096, 0), test_quant(130, 1536, 0);
+    /* one decode row: the register path (up to 8 float4 a thread) and past it */
+    test_quant(1, 4096, 0), test_quant(1, 14336, 0), test_quant(2, 28672, 1), test_quant(1, 36000, 0);
 
     /* the headline shape: fast path (decode and prefill kernels), float scales
      * from sq_quantize, half scales through the random matrices */
@@ -555,31 +560,43 @@ int main(int argc, char **argv) {
         test_shape(8, 4, 64, 4, 53, 5, mq, 5);
     }
     test_reserved_code();
-    /* the dp4a kernel (kc_sq_gemv.cu, explicit fast layout, M <= 4) and, with
-     * it turned off, k_sq_dec at the same M: float scales from sq_quantize,
-     * half scales from the generator, fused parts, the 8B/70B shapes */
-    for (int gv = 4; gv >= 0; gv -= 4) {
-        static const long m5[] = {1, 2, 3, 4, 5}, mq5[] = {1, 3, 5}, mb[] = {1, 4};
-        static const long qkv[] = {64, 32, 37}, gu[] = {48, 48};
-        kc_sq_set_gemv_max(gv);
-        printf("-- M <= 4 on %s\n", gv ? "the dp4a kernel (kc_sq_gemv)" : "k_sq_dec (KC_SQ_GEMV=0)");
-        g_upload_flags = KC_SQ_NO_COMPACT;
-        test_shape_ex(8, 4, 64, 8, quick ? 37 : 301, quick ? 3 : 9, quick ? mq5 : m5, quick ? 3 : 5, KC_SQ_NO_COMPACT);
-        test_shape_ex(8, 4, 64, 8, 16, 1, mq5, 3, KC_SQ_NO_COMPACT); /* one tile, one unit */
-        test_shape_ex(8, 4, 32, 4, 53, 5, mq5, 3, KC_SQ_NO_COMPACT);
-        test_shape_ex(8, 4, 64, 4, 53, 5, mq5, 3, KC_SQ_NO_COMPACT);
-        test_random(4, 64, 8, quick ? 45 : 301, 64 * (quick ? 4 : 67), KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT,
-                    quick ? mq5 : m5, quick ? 3 : 5);
-        test_fuse(qkv, 3, 1, mq5, 3);
-        test_fuse(gu, 2, 0, mq5, 3);
-        if (!quick && gv) {
-            test_big(6144, 4096, mb, 2);
-            test_big(4096, 14336, mb, 2);
-            test_big(1024, 28672, mb, 2);
+    /* the dp4a kernel (kc_sq_gemv.cu, M <= 4) on both layouts it reads
+     * (compact, explicit fast), its weights staged in shared memory and held
+     * in registers, and, with it turned off, k_sq_dec at the same
+     * M: float scales from sq_quantize, half scales from the generator, fused
+     * parts, the 8B/70B shapes */
+    for (int run = 0; run < 3; run++) /* dp4a staged, dp4a from registers, k_sq_dec */
+        for (int lay = 0; lay < 2; lay++) {
+            const int gv = run < 2 ? 4 : 0;
+            static const long m5[] = {1, 2, 3, 4, 5}, mq5[] = {1, 3, 5}, mb[] = {1, 4};
+            static const long qkv[] = {64, 32, 37}, gu[] = {48, 48};
+            const int fl = lay ? KC_SQ_NO_COMPACT : 0;
+            kc_sq_set_gemv_max(gv);
+            kc_sq_set_gemv_stage(run == 0);
+            printf("-- M <= 4 on %s, %s layout\n",
+                   run == 0 ? "the dp4a kernel (kc_sq_gemv), weights staged in shared memory"
+                   : run == 1 ? "the dp4a kernel (kc_sq_gemv), weights in registers"
+                              : "k_sq_dec (KC_SQ_GEMV=0)",
+                   lay ? "explicit" : "compact");
+            g_upload_flags = fl;
+            test_shape_ex(8, 4, 64, 8, quick ? 37 : 301, quick ? 3 : 9, quick ? mq5 : m5, quick ? 3 : 5, fl);
+            test_shape_ex(8, 4, 64, 8, 16, 1, mq5, 3, fl); /* one tile, one unit */
+            test_shape_ex(8, 4, 32, 4, 53, 5, mq5, 3, fl);
+            test_shape_ex(8, 4, 64, 4, 53, 5, mq5, 3, fl);
+            if (!lay) test_shape_ex(8, 3, 64, 8, 53, 5, mq5, 3, fl), test_shape_ex(8, 4, 16, 2, 37, 4, mq5, 3, fl);
+            test_random(4, 64, 8, quick ? 45 : 301, 64 * (quick ? 4 : 67), KC_SQ_F16_SCALES | fl, quick ? mq5 : m5,
+                        quick ? 3 : 5);
+            test_fuse(qkv, 3, 1, mq5, 3);
+            test_fuse(gu, 2, 0, mq5, 3);
+            if (!quick && run == 0) {
+                test_big(6144, 4096, mb, 2);
+                test_big(4096, 14336, mb, 2);
+                test_big(1024, 28672, mb, 2);
+            }
+            g_upload_flags = 0;
         }
-        g_upload_flags = 0;
-    }
     kc_sq_set_gemv_max(-1);
+    kc_sq_set_gemv_stage(-1);
     {
         static const long qkv[] = {64, 32, 37}, gu[] = {48, 48}, mf[] = {1, 7, 16, 40, 130}, mfq[] = {1, 16};
         test_fuse(qkv, 3, 1, quick ? mfq : mf, quick ? 2 : 5);
