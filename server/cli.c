@@ -665,6 +665,10 @@ static int cmp_double(const void *a, const void *b) {
 
 int cmd_bench(const config_t *c) {
     if (cfg_str(c, "synthetic")) return cli_bench_synthetic(c);
+    if (cfg_int(c, "depth") != 0) {
+        die("--depth applies to bench --synthetic; with a model, decode starts after the --pp prompt");
+        return 1;
+    }
     rt_t r;
     int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
     if (rt_open(&r, c)) return 1;

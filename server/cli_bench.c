@@ -43,13 +43,13 @@ int cli_bench_synthetic(const config_t *c) {
         p = *end ? end + 1 : end;
     }
     int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
-    int chunk = (int)cfg_int(c, "batch");
+    int chunk = (int)cfg_int(c, "batch"), depth = (int)cfg_int(c, "depth");
     if (tg < 1) return fail("--tg", "bench --synthetic needs at least one decode step");
     model_t m;
     if (model_synthetic(&m, cfg_str(c, "synthetic"), ord, err, sizeof err) != 0) return fail(err, NULL);
     const hparams_t *hp = &m.hp;
-    int n_max = chunk > max_b ? chunk : max_b, n_ctx = pp > tg ? pp : tg;
-    int seqs_blocks = max_b * ((tg + KV_BLOCK - 1) / KV_BLOCK), pp_blocks = (pp + KV_BLOCK - 1) / KV_BLOCK;
+    int n_max = chunk > max_b ? chunk : max_b, n_ctx = pp > depth + tg ? pp : depth + tg;
+    int seqs_blocks = max_b * ((depth + tg + KV_BLOCK - 1) / KV_BLOCK), pp_blocks = (pp + KV_BLOCK - 1) / KV_BLOCK;
     int n_blocks = seqs_blocks > pp_blocks ? seqs_blocks : pp_blocks;
     k_pool_t *pool = k_pool_new(1);
     kv_cache_t kv;
@@ -78,13 +78,14 @@ int cli_bench_synthetic(const config_t *c) {
         if (bench_prefill(&f, &kv, pp, reps, logits, &pps, err, sizeof err) != 0) { fail(err, NULL); goto out; }
         printf("prefill pp%d (chunks of %d): %.1f tokens/s\n", pp, f.n_max, pps);
     }
+    if (depth > 0) printf("decode at depth %d (each sequence's %d-token prompt run first, untimed)\n", depth, depth);
     printf("| decode batch | tokens/s (logits to host) | tokens/s (logits on GPU) | step ms | "
            "%% of batch-1 bytes bound |\n|---|---|---|---|---|\n");
     for (int i = 0; i < n_b; i++) {
         int B = batches[i];
         double s_host, s_dev;
-        if (bench_decode(&f, &kv, B, tg, reps, 1, logits, &s_host, err, sizeof err) != 0 ||
-            bench_decode(&f, &kv, B, tg, reps, 0, logits, &s_dev, err, sizeof err) != 0) {
+        if (bench_decode(&f, &kv, B, depth, tg, reps, 1, logits, &s_host, err, sizeof err) != 0 ||
+            bench_decode(&f, &kv, B, depth, tg, reps, 0, logits, &s_dev, err, sizeof err) != 0) {
             fail(err, NULL);
             goto out;
         }

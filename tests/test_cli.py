@@ -295,6 +295,13 @@ def test_bad_device_is_refused(sq, cmd):
     assert "bad device 'tpu'" in line
 
 
+def test_bench_depth_needs_synthetic(sq):
+    """--depth (decode at a filled context) belongs to bench --synthetic; with a
+    model it would be ignored, so it is refused."""
+    line = one_error(sq("bench", "--pp", "8", "--tg", "2", "-r", "1", "--depth", "16", *THREADS), 1)
+    assert "--depth" in line and "--synthetic" in line
+
+
 def test_cuda_without_gpu_is_a_clear_error(sq):
     """A CUDA build on a machine without a usable GPU, or a build without
     CUDA, refuses --device cuda with one line saying which; never a crash."""

@@ -428,12 +428,10 @@ static int cuda_silu_mul(fwd_t *f, float *g, const float *u, long count) {
     const gpu_model_t *gm = gpu_model(f);
     const long ffn = f->m->hp.ffn_dim;
     /* (silu_mul is not told its layer: layer 0 decides; where another layer differs the
-     * quantization is wasted or left to the matmul, never wrong) */
-    /* only for prompt-sized batches: the fused kernel gives a row to one block,
-     * which at a few rows leaves the GPU idle (measured on the H200: 56 us a
-     * call at batch 1 against ~10 for the two separate launches) */
-    if (gm->n_layer > 0 && reads_int8(f->be_state, &gm->layers[0], W_DOWN) && count % ffn == 0 &&
-        count / ffn >= 64) {
+     * quantization is wasted or left to the matmul, never wrong). The fused
+     * kernel gives a row to one block; it loads the row at once (kc_ops.cu),
+     * so at batch 1 it also beats the two launches it replaces. */
+    if (gm->n_layer > 0 && reads_int8(f->be_state, &gm->layers[0], W_DOWN) && count % ffn == 0) {
         gfwd_t *gs = f->be_state;
         gs->q_of = g, gs->q_m = count / ffn, gs->q_k = ffn;
         return PROFILED("silu_mul+q8", kc_silu_mul_q8(g, u, (int)(count / ffn), (int)ffn, gs->qx, gs->sx));

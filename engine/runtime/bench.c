@@ -12,13 +12,32 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-int bench_decode(fwd_t *f, kv_cache_t *kv, int B, int steps, int reps, int to_host, float *logits,
-                       double *sec_per_step, char *err, size_t errlen) {
+/* Slot s's prompt: n tokens from position 0 (ids a fixed pseudo-random
+ * sequence), in chunks of the pass's batch size. buf holds 3n ints. */
+static int run_prompt(fwd_t *f, int32_t *buf, int s, int n, float *logits, char *err, size_t errlen) {
+    int32_t *tok = buf, *pos = buf + n, *slot = pos + n;
+    for (int i = 0; i < n; i++) {
+        tok[i] = (int32_t)(((long)i * 7919 + (long)s * 104729 + 13) % f->m->hp.n_vocab);
+        pos[i] = i;
+        slot[i] = s;
+    }
+    for (int done = 0; done < n;) {
+        int c = n - done < f->n_max ? n - done : f->n_max;
+        batch_t b = {c, tok + done, pos + done, slot + done, NULL};
+        if (fwd_run(f, &b, logits, err, errlen) != 0) return -1;
+        done += c;
+    }
+    return 0;
+}
+
+int bench_decode(fwd_t *f, kv_cache_t *kv, int B, int depth, int steps, int reps, int to_host, float *logits,
+                 double *sec_per_step, char *err, size_t errlen) {
     int32_t *tok = malloc((size_t)B * 3 * sizeof(int32_t)), *pos = tok + B, *slot = pos + B;
+    int32_t *prompt = depth > 0 ? malloc((size_t)depth * 3 * sizeof(int32_t)) : NULL;
     double *t = malloc((size_t)reps * sizeof(double));
     uint8_t *want = malloc((size_t)B);
     int rc = -1;
-    if (!tok || !t || !want) {
+    if (!tok || !t || !want || (depth > 0 && !prompt)) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -26,18 +45,19 @@ int bench_decode(fwd_t *f, kv_cache_t *kv, int B, int steps, int reps, int to_ho
     for (int rep = 0; rep < reps; rep++) {
         for (int s = 0; s < B; s++) {
             kv_seq_release(kv, s);
-            if (kv_seq_reserve(kv, s, steps) != 0) {
-                snprintf(err, errlen, "KV cache too small for %d x %d tokens", B, steps);
+            if (kv_seq_reserve(kv, s, depth + steps) != 0) {
+                snprintf(err, errlen, "KV cache too small for %d x %d tokens", B, depth + steps);
                 goto out;
             }
             slot[s] = s;
+            if (depth > 0 && run_prompt(f, prompt, s, depth, logits, err, errlen) != 0) goto out;
         }
         double t0 = 0;
         for (int i = 0; i <= steps; i++) {
             if (i == 1) t0 = gen_now(); /* step 0 warms up */
             for (int s = 0; s < B; s++) {
                 tok[s] = (int32_t)((i * 7919 + s * 104729 + 13) % f->m->hp.n_vocab);
-                pos[s] = i < steps ? i : steps - 1;
+                pos[s] = depth + (i < steps ? i : steps - 1);
             }
             batch_t b = {B, tok, pos, slot, want};
             if (fwd_run(f, &b, to_host ? logits : NULL, err, errlen) != 0) goto out;
@@ -50,6 +70,7 @@ int bench_decode(fwd_t *f, kv_cache_t *kv, int B, int steps, int reps, int to_ho
 out:
     for (int s = 0; s < B; s++) kv_seq_release(kv, s);
     free(tok);
+    free(prompt);
     free(t);
     free(want);
     return rc;
@@ -57,17 +78,12 @@ out:
 
 int bench_prefill(fwd_t *f, kv_cache_t *kv, int pp, int reps, float *logits, double *tok_per_s,
                         char *err, size_t errlen) {
-    int32_t *tok = malloc((size_t)pp * 3 * sizeof(int32_t)), *pos = tok + pp, *slot = pos + pp;
+    int32_t *buf = malloc((size_t)pp * 3 * sizeof(int32_t));
     double *t = malloc((size_t)reps * sizeof(double));
     int rc = -1;
-    if (!tok || !t) {
+    if (!buf || !t) {
         snprintf(err, errlen, "out of memory");
         goto out;
-    }
-    for (int i = 0; i < pp; i++) {
-        tok[i] = (int32_t)((i * 7919 + 13) % f->m->hp.n_vocab);
-        pos[i] = i;
-        slot[i] = 0;
     }
     for (int rep = 0; rep <= reps; rep++) { /* rep 0 warms up */
         kv_seq_release(kv, 0);
@@ -76,12 +92,7 @@ int bench_prefill(fwd_t *f, kv_cache_t *kv, int pp, int reps, float *logits, dou
             goto out;
         }
         double t0 = gen_now();
-        for (int done = 0; done < pp;) {
-            int n = pp - done < f->n_max ? pp - done : f->n_max;
-            batch_t b = {n, tok + done, pos + done, slot + done, NULL};
-            if (fwd_run(f, &b, logits, err, errlen) != 0) goto out;
-            done += n;
-        }
+        if (run_prompt(f, buf, 0, pp, logits, err, errlen) != 0) goto out;
         if (rep > 0) t[rep - 1] = pp / (gen_now() - t0);
     }
     qsort(t, (size_t)reps, sizeof(double), cmp_d);
@@ -89,7 +100,7 @@ int bench_prefill(fwd_t *f, kv_cache_t *kv, int pp, int reps, float *logits, dou
     rc = 0;
 out:
     kv_seq_release(kv, 0);
-    free(tok);
+    free(buf);
     free(t);
     return rc;
 }

@@ -3,7 +3,8 @@
  * Two kernels, one result (up to float summation order):
  *
  * Rows (decode). One block per (batch row, query head), its warps splitting
- * the row's positions; each warp keeps an online-softmax state (running
+ * the row's positions (ATT_U consecutive ones a warp at a time, their loads
+ * issued together); each warp keeps an online-softmax state (running
  * max, running sum, and the weighted V sum spread over its lanes), and the
  * warps merge their states at the end. One pass over K and V, no score
  * buffer, any context length. Right when every row is its own sequence:
@@ -33,57 +34,71 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ATT_WARPS 4
+#define ATT_WARPS 8
+#define ATT_U 4            /* positions a warp loads at once */
 #define MAX_HD_PER_LANE 8 /* head_dim <= 256 */
 
 /* Online softmax state of one warp: m (max score), l (sum of exp), and
- * acc[j] for the lane's head dimensions j = lane + 32 * jj. */
-__global__ void attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
-                                 const int32_t *pos, const int32_t *blk, const int32_t *blk_off,
-                                 int n_head, int group, int hd, float scale) {
+ * acc[j] for the lane's head dimensions j = lane + 32 * jj (PL of them).
+ * A warp takes ATT_U consecutive positions at a time and issues all their
+ * K and V loads (and block-table lookups) before the first score: at batch
+ * 1 a block is one (row, head) of a handful, so each round of dependent
+ * loads is a memory latency on the step's critical path. */
+template <int PL>
+__global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
+                                                                   const int32_t *pos, const int32_t *blk,
+                                                                   const int32_t *blk_off, int n_head, int group,
+                                                                   int hd, float scale) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
-    __shared__ float s_acc[ATT_WARPS][32 * MAX_HD_PER_LANE];
+    __shared__ float s_acc[ATT_WARPS][32 * PL];
     const int i = blockIdx.x / n_head, h = blockIdx.x % n_head, g = h / group;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, per_lane = (hd + 31) / 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float *qh = q + ((size_t)i * n_head + h) * hd;
-    float qv[MAX_HD_PER_LANE], acc[MAX_HD_PER_LANE];
+    float qv[PL], acc[PL];
 #pragma unroll
-    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
-        int j = lane + 32 * jj;
-        qv[jj] = (jj < per_lane && j < hd) ? qh[j] : 0.0f;
+    for (int jj = 0; jj < PL; jj++) {
+        const int j = lane + 32 * jj;
+        qv[jj] = j < hd ? qh[j] : 0.0f;
         acc[jj] = 0.0f;
     }
     float m = -FLT_MAX, l = 0.0f;
     const int n_pos = pos[i] + 1, off = blk_off[i];
-    for (int t = warp; t < n_pos; t += ATT_WARPS) {
-        size_t at = kv_row(kv, layer, blk, off, t) + (size_t)g * hd;
-        const float *kr = kv.d_k + at, *vr = kv.d_v + at;
-        float s = 0.0f;
+    for (int t0 = warp * ATT_U; t0 < n_pos; t0 += ATT_WARPS * ATT_U) {
+        float kk[ATT_U][PL], vv[ATT_U][PL];
 #pragma unroll
-        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
-            int j = lane + 32 * jj;
-            if (jj < per_lane && j < hd) s += qv[jj] * kr[j];
-        }
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        s *= scale;
-        float m_new = fmaxf(m, s), corr = expf(m - m_new), p = expf(s - m_new);
-        l = l * corr + p;
+        for (int u = 0; u < ATT_U; u++) { /* clamped position and column: no branch between the loads */
+            const int t = t0 + u < n_pos ? t0 + u : n_pos - 1;
+            const size_t at = kv_row(kv, layer, blk, off, t) + (size_t)g * hd;
 #pragma unroll
-        for (int jj = 0; jj < MAX_HD_PER_LANE; jj++) {
-            int j = lane + 32 * jj;
-            if (jj < per_lane) acc[jj] = acc[jj] * corr + (j < hd ? p * vr[j] : 0.0f);
+            for (int jj = 0; jj < PL; jj++) {
+                const int j = lane + 32 * jj, jc = j < hd ? j : hd - 1;
+                kk[u][jj] = kv.d_k[at + jc], vv[u][jj] = kv.d_v[at + jc];
+            }
         }
-        m = m_new;
+#pragma unroll
+        for (int u = 0; u < ATT_U; u++) {
+            if (t0 + u >= n_pos) break;
+            float s = 0.0f;
+#pragma unroll
+            for (int jj = 0; jj < PL; jj++)
+                if (lane + 32 * jj < hd) s += qv[jj] * kk[u][jj];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            s *= scale;
+            float m_new = fmaxf(m, s), corr = expf(m - m_new), p = expf(s - m_new);
+            l = l * corr + p;
+#pragma unroll
+            for (int jj = 0; jj < PL; jj++) acc[jj] = acc[jj] * corr + (lane + 32 * jj < hd ? p * vv[u][jj] : 0.0f);
+            m = m_new;
+        }
     }
     if (lane == 0) {
         s_m[warp] = m;
         s_l[warp] = l;
     }
 #pragma unroll
-    for (int jj = 0; jj < MAX_HD_PER_LANE; jj++)
-        if (jj < per_lane) s_acc[warp][lane + 32 * jj] = acc[jj];
+    for (int jj = 0; jj < PL; jj++) s_acc[warp][lane + 32 * jj] = acc[jj];
     __syncthreads();
     if (warp == 0) {
         float M = -FLT_MAX;
@@ -94,7 +109,7 @@ __global__ void attention_kernel(float *out, const float *q, kc_kv_t kv, int lay
             L += s_l[w] * cw[w];
         }
         float *o = out + ((size_t)i * n_head + h) * hd;
-        for (int jj = 0; jj < per_lane; jj++) {
+        for (int jj = 0; jj < PL; jj++) {
             int j = lane + 32 * jj;
             if (j >= hd) continue;
             float a = 0.0f;
@@ -114,9 +129,15 @@ static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int
                      n_head, n_head_kv);
         return -1;
     }
-    return kc_launch_pdl("attention", attention_kernel, (unsigned)n * n_head, 32 * ATT_WARPS, 0, d_out, d_q, *kv,
-                         layer, d_pos, d_blk, d_blk_off, n_head, n_head / n_head_kv, head_dim,
-                         1.0f / sqrtf((float)head_dim));
+    const int per_lane = (head_dim + 31) / 32, group = n_head / n_head_kv;
+    const float scale = 1.0f / sqrtf((float)head_dim);
+#define ATT_LAUNCH(PL)                                                                                          \
+    kc_launch_pdl("attention", attention_kernel<PL>, (unsigned)n * n_head, 32 * ATT_WARPS, 0, d_out, d_q, *kv, \
+                  layer, d_pos, d_blk, d_blk_off, n_head, group, head_dim, scale)
+    if (per_lane <= 2) return ATT_LAUNCH(2);
+    if (per_lane <= 4) return ATT_LAUNCH(4);
+    return ATT_LAUNCH(MAX_HD_PER_LANE);
+#undef ATT_LAUNCH
 }
 
 /* ---- tiles (prefill) ------------------------------------------------------ */

@@ -153,19 +153,70 @@ extern "C" int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, i
     return kc_launch_pdl("rmsnorm_q8", rmsnorm_q8_kernel, n, 256, 0, d_out, d_x, d_w, dim, eps, d_qx, d_sx);
 }
 
-__global__ void silu_mul_q8_kernel(float *g, const float *u, int dim, int8_t *q, float *sx) {
+/* The register path holds up to Q8_REG float4 of g and of u a thread, all
+ * loaded at once (decode: one row on one block, ~900 threads for the 8B
+ * FFN); longer rows take the loop. Same operations as silu_mul_kernel
+ * followed by k_quant_i8, so the same numbers. */
+#define Q8_REG 8
+
+__device__ __forceinline__ float absmax4(float4 v) {
+    return fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+}
+__device__ __forceinline__ float silu_mul1(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+__global__ void __launch_bounds__(1024) silu_mul_q8_kernel(float *g, const float *u, int dim, int8_t *q, float *sx) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
     float *gr = g + (size_t)blockIdx.x * dim;
     const float *ur = u + (size_t)blockIdx.x * dim;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) gr[j] = gr[j] / (1.0f + expf(-gr[j])) * ur[j];
-    __syncthreads();
-    quant_row_q8(gr, dim, q, sx);
+    const int n4 = dim / 4;
+    if ((dim & 3) || n4 > Q8_REG * (int)blockDim.x) {
+        for (int j = threadIdx.x; j < dim; j += blockDim.x) gr[j] = silu_mul1(gr[j], ur[j]);
+        __syncthreads();
+        quant_row_q8(gr, dim, q, sx);
+        return;
+    }
+    float4 a[Q8_REG], b[Q8_REG];
+#pragma unroll
+    for (int e = 0; e < Q8_REG; e++) {
+        const int j = threadIdx.x + e * blockDim.x, jc = j < n4 ? j : n4 - 1;
+        a[e] = ((const float4 *)gr)[jc], b[e] = __ldg((const float4 *)ur + jc);
+    }
+    float mx = 0.0f;
+#pragma unroll
+    for (int e = 0; e < Q8_REG; e++) {
+        const int j = threadIdx.x + e * blockDim.x;
+        if (j < n4) {
+            a[e] = make_float4(silu_mul1(a[e].x, b[e].x), silu_mul1(a[e].y, b[e].y), silu_mul1(a[e].z, b[e].z),
+                               silu_mul1(a[e].w, b[e].w));
+            ((float4 *)gr)[j] = a[e];
+            mx = fmaxf(mx, absmax4(a[e]));
+        }
+    }
+    const float s = kc_q8_scale(block_max(mx));
+    if (threadIdx.x == 0) sx[blockIdx.x] = s;
+    char4 *qr = (char4 *)(q + (size_t)blockIdx.x * dim);
+#pragma unroll
+    for (int e = 0; e < Q8_REG; e++) {
+        const int j = threadIdx.x + e * blockDim.x;
+        if (j < n4) {
+            char4 o;
+            o.x = kc_q8(a[e].x, s), o.y = kc_q8(a[e].y, s), o.z = kc_q8(a[e].z, s), o.w = kc_q8(a[e].w, s);
+            qr[j] = o;
+        }
+    }
+}
+
+/* threads for a register path of Q8_REG float4 a thread over k values: 128..1024 */
+static int q8_threads(long k) {
+    long t = (k / 4 + Q8_REG - 1) / Q8_REG;
+    t = (t + 31) / 32 * 32;
+    return (int)(t < 128 ? 128 : t > 1024 ? 1024 : t);
 }
 
 extern "C" int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8_t *d_qx, float *d_sx) {
     if (n <= 0) return 0;
-    return kc_launch_pdl("silu_mul_q8", silu_mul_q8_kernel, n, 256, 0, d_g, d_u, dim, d_qx, d_sx);
+    return kc_launch_pdl("silu_mul_q8", silu_mul_q8_kernel, n, q8_threads(dim), 0, d_g, d_u, dim, d_qx, d_sx);
 }
 
 /* The angle depends on (position, frequency) only: each block computes the
@@ -232,7 +283,7 @@ __global__ void silu_mul_kernel(float *g, const float *u, long count) {
     kc_pdl_trigger();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count;
          i += (long)gridDim.x * blockDim.x)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        g[i] = silu_mul1(g[i], u[i]);
 }
 
 __global__ void add_kernel(float *y, const float *x, long count) {
@@ -264,11 +315,6 @@ extern "C" int kc_add(float *d_y, const float *d_x, long count) {
  * once (decode quantizes one row on one block: a loop of dependent loads
  * costs a memory latency per iteration, twice). The max is exact in any
  * order, so the codes equal the loop's. */
-#define Q8_REG 8
-
-__device__ __forceinline__ float absmax4(float4 v) {
-    return fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-}
 
 __global__ void __launch_bounds__(1024) k_quant_i8(const float *x, long k, int8_t *q, float *sx) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
@@ -327,11 +373,7 @@ extern "C" int kc_quant_i8(const float *d_x, long m, long k, int8_t *d_qx, float
         kc_set_error("kc_quant_i8: too many rows (%ld)", m);
         return -1;
     }
-    /* threads for Q8_REG float4 each (the register path), 128..1024 */
-    long t = (k / 4 + Q8_REG - 1) / Q8_REG;
-    t = (t + 31) / 32 * 32;
-    t = t < 128 ? 128 : t > 1024 ? 1024 : t;
-    return kc_launch_pdl("k_quant_i8", k_quant_i8, (unsigned)m, (int)t, 0, d_x, k, d_qx, d_sx);
+    return kc_launch_pdl("k_quant_i8", k_quant_i8, (unsigned)m, q8_threads(k), 0, d_x, k, d_qx, d_sx);
 }
 
 /* ---- activation fake quantization ---------------------------------------- */
@@ -415,43 +457,55 @@ __global__ void kv_store_kernel(kc_kv_t kv, int layer, const float *k, const flo
     }
 }
 
-/* Row i: RoPE on its q and k heads, then its k and v into the cache (the
- * block's own writes of k are visible to it after the barrier). */
+/* Row i: RoPE on its q and k heads, its k and v into the cache. A thread
+ * takes (k, v) pairs of the row: it loads up to ROPE_REG of each at once,
+ * rotates the k pairs in the rotated dimensions, and writes k back and both
+ * into the cache from registers; then the q heads (rope_heads). Decode runs
+ * one row on one block, so what counts is the number of dependent memory
+ * latencies: the angles, the k/v loads, the q loads. */
 __global__ void rope_kv_kernel(float *q, float *k, const float *v, const int32_t *pos, int n_head, int n_head_kv,
                                int head_dim, int rot_half, const float *inv_freq, kc_kv_t kv, int layer,
                                const int32_t *blk, const int32_t *blk_off) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
     extern __shared__ float cs[];
-    const int i = blockIdx.x, kvd = kv.kv_dim;
+    const int i = blockIdx.x, kvd = kv.kv_dim, half = head_dim / 2, total = n_head_kv * half;
     rope_angles(cs, pos[i], rot_half, inv_freq);
-    rope_heads(q + (size_t)i * n_head * head_dim, n_head, head_dim, rot_half, cs);
-    float *kr = k + (size_t)i * kvd;
-    rope_heads(kr, n_head_kv, head_dim, rot_half, cs);
-    __syncthreads();
     const size_t at = kv_row(kv, layer, blk, blk_off[i], pos[i]);
+    float *kr = k + (size_t)i * kvd;
     const float *vr = v + (size_t)i * kvd;
-    for (int j0 = threadIdx.x; j0 < kvd; j0 += 4 * blockDim.x) { /* loads first, as in rope_heads */
-        float a[4], b[4];
+    for (int u0 = threadIdx.x; u0 < total; u0 += ROPE_REG * blockDim.x) { /* pair u: values 2u, 2u + 1 */
+        float a[ROPE_REG], b[ROPE_REG], c[ROPE_REG], d[ROPE_REG];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int j = j0 + e * blockDim.x, jc = j < kvd ? j : kvd - 1;
-            a[e] = kr[jc], b[e] = vr[jc];
+        for (int e = 0; e < ROPE_REG; e++) {
+            const int u = u0 + e * blockDim.x, uc = u < total ? u : total - 1;
+            a[e] = kr[2 * uc], b[e] = kr[2 * uc + 1], c[e] = vr[2 * uc], d[e] = vr[2 * uc + 1];
         }
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int j = j0 + e * blockDim.x;
-            if (j < kvd) kv.d_k[at + j] = a[e], kv.d_v[at + j] = b[e];
+        for (int e = 0; e < ROPE_REG; e++) {
+            const int u = u0 + e * blockDim.x, p = u % half;
+            if (u >= total) continue;
+            float x0 = a[e], x1 = b[e];
+            if (p < rot_half) { /* rope_heads' arithmetic */
+                const float co = cs[2 * p], si = cs[2 * p + 1];
+                x0 = a[e] * co - b[e] * si;
+                x1 = a[e] * si + b[e] * co;
+            }
+            kr[2 * u] = x0, kr[2 * u + 1] = x1;
+            kv.d_k[at + 2 * u] = x0, kv.d_k[at + 2 * u + 1] = x1;
+            kv.d_v[at + 2 * u] = c[e], kv.d_v[at + 2 * u + 1] = d[e];
         }
     }
+    rope_heads(q + (size_t)i * n_head * head_dim, n_head, head_dim, rot_half, cs);
 }
 
 extern "C" int kc_rope_kv_store(float *d_q, float *d_k, const float *d_v, int n, int n_head, int n_head_kv,
                                 int head_dim, int rot_dim, const float *d_inv_freq, const kc_kv_t *kv, int layer,
                                 const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off) {
     if (n <= 0) return 0;
-    if (n_head_kv * head_dim != kv->kv_dim) {
-        kc_set_error("rope_kv_store: %d kv heads of %d do not fill kv_dim %d", n_head_kv, head_dim, kv->kv_dim);
+    if (n_head_kv * head_dim != kv->kv_dim || head_dim % 2) {
+        kc_set_error("rope_kv_store: %d kv heads of %d do not fill kv_dim %d (or an odd head size)", n_head_kv,
+                     head_dim, kv->kv_dim);
         return -1;
     }
     return kc_launch_pdl("rope_kv_store", rope_kv_kernel, n, 256, (size_t)rot_dim * sizeof(float), d_q, d_k, d_v,

@@ -455,8 +455,9 @@ extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m) {
 }
 
 /* Whether k_sq_gemv_st (weights staged in shared memory) runs instead of
- * k_sq_gemv (weights in registers): KC_SQ_GEMV_STAGE=0/1, default from
- * bench_gemm on the H200 (docs/perf-gpu.md). */
+ * k_sq_gemv (weights in registers): KC_SQ_GEMV_STAGE=0/1. Off by default:
+ * on the H200 it wins only on the largest shapes and the compact layout,
+ * and loses end to end (docs/perf-gpu.md, third session). */
 static int g_stage = -1;
 
 extern "C" void kc_sq_set_gemv_stage(int on) { g_stage = on < 0 ? -1 : on != 0; }

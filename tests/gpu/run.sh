@@ -162,6 +162,9 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --device cuda --pp 0 --tg 32 -r 3 --decode-batches 1
   step bench_synthetic_explicit_regs env KC_SQ_COMPACT=0 KC_SQ_GEMV_STAGE=0 "$BIN" bench --synthetic llama3-8b \
     --device cuda --pp 0 --tg 32 -r 3 --decode-batches 1
+  # decode at a filled context (each sequence's 2048-token prompt first): attention's share
+  step bench_synthetic_depth "$BIN" bench --synthetic llama3-8b --device cuda --pp 0 --depth 2048 --tg 32 -r 2 \
+    --decode-batches 1,8
   # where a batch-1 step goes, per operation (graphs off: attribution, not speed)
   step bench_synthetic_profile env SQSERVE_CUDA_PROFILE=1 "$BIN" bench --synthetic llama3-8b --device cuda \
     --pp 0 --tg 16 -r 1 --decode-batches 1

@@ -259,9 +259,9 @@ static void cache_rows(float *out, const kc_kv_t *kv, const float *d_cache, int 
 /* kc_rope_kv_store against kc_rope on q and on k, then kc_kv_store: the
  * same bits in q, k and the cache rows (the cache poisoned in between) */
 static void test_rope_kv(const kc_kv_t *kv, int layer, const float *q, const float *k, const float *dv, int n,
-                         int n_head, int n_kv, int hd, const int32_t *dpos, const int32_t *dblk,
+                         int n_head, int n_kv, int hd, int rot, const int32_t *dpos, const int32_t *dblk,
                          const int32_t *doff) {
-    const int rot = hd, kvd = n_kv * hd;
+    const int kvd = n_kv * hd;
     const size_t qs = (size_t)n * n_head * hd * 4, ks = (size_t)n * kvd * 4;
     const size_t csz = (size_t)kv->n_layer * kv->block_size * kvd * 4; /* per block */
     float *inv = malloc((size_t)rot / 2 * 4);
@@ -283,14 +283,14 @@ static void test_rope_kv(const kc_kv_t *kv, int layer, const float *q, const flo
     OK(kc_rope_kv_store(dq2, dk2, dv, n, n_head, n_kv, hd, rot, dinv, kv, layer, dpos, dblk, doff));
     cache_rows(r2, kv, kv->d_k, layer, n, dpos, dblk, doff);
     cache_rows(r2 + (size_t)n * kvd, kv, kv->d_v, layer, n, dpos, dblk, doff);
-    char what[96];
+    char what[128];
     back(h1, dq1, qs), back(h2, dq2, qs);
-    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d (q)", n, n_head, n_kv, hd);
+    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d rot=%d (q)", n, n_head, n_kv, hd, rot);
     check(what, h2, h1, (size_t)n * n_head * hd, 0);
     back(h1, dk1, ks), back(h2, dk2, ks);
-    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d (k)", n, n_head, n_kv, hd);
+    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d rot=%d (k)", n, n_head, n_kv, hd, rot);
     check(what, h2, h1, (size_t)n * kvd, 0);
-    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d (cache)", n, n_head, n_kv, hd);
+    snprintf(what, sizeof what, "rope_kv_store rows=%d heads=%d/%d hd=%d rot=%d (cache)", n, n_head, n_kv, hd, rot);
     check(what, r2, r1, 2 * (size_t)n * kvd, 0);
     kc_free(dinv), kc_free(dq1), kc_free(dq2), kc_free(dk1), kc_free(dk2);
     free(inv), free(h1), free(h2), free(r1), free(r2), free(blk), free(off), free(pos);
@@ -376,7 +376,8 @@ static void test_attention(int n_seq, int len, int rows, int n_head, int n_kv, i
     check(what, gk, nk, (size_t)n * kvd, 0);
     snprintf(what, sizeof what, "kv_store seqs=%d rows=%d kv_dim=%d (V)", n_seq, rows, kvd);
     check(what, gv, nv, (size_t)n * kvd, 0);
-    test_rope_kv(&kv, layer, q, nk, dnv, n, n_head, n_kv, hd, dpos, dblk, doff);
+    test_rope_kv(&kv, layer, q, nk, dnv, n, n_head, n_kv, hd, hd, dpos, dblk, doff);
+    test_rope_kv(&kv, layer, q, nk, dnv, n, n_head, n_kv, hd, hd / 2, dpos, dblk, doff); /* partial rotary */
     kc_free(kv.d_k), kc_free(kv.d_v), kc_free(dq), kc_free(dout), kc_free(dpos), kc_free(doff);
     kc_free(dblk), kc_free(dnk), kc_free(dnv);
     free(kc), free(vc), free(blk), free(perm), free(pos), free(off), free(q), free(want), free(got);
