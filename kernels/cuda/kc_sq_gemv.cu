@@ -97,6 +97,24 @@ struct GemvSmem {
     uint32_t x, off, red; /* shared-space addresses */
 };
 
+/* The unit's scales of rows g and g + 8: (s_lo g, s_hi g, s_lo g + 8, s_hi g + 8) */
+template <bool S16>
+__device__ __forceinline__ float4 unit_scales(const uint32_t *sc) {
+    if (S16) {
+        const float2 fg = __half22float2(*(const __half2 *)&sc[0]), f8 = __half22float2(*(const __half2 *)&sc[1]);
+        return make_float4(fg.x, fg.y, f8.x, f8.y);
+    }
+    return make_float4(__uint_as_float(sc[0]), __uint_as_float(sc[1]), __uint_as_float(sc[2]), __uint_as_float(sc[3]));
+}
+
+/* acc += s_lo * lo + s_hi * hi for rows g (ag) and g + 8 (a8), from exact group sums */
+__device__ __forceinline__ void unit_combine(float &ag, float &a8, float4 S, int lg, int hg, int l8, int h8) {
+    ag = fmaf(S.x, __int2float_rn(lg), ag);
+    ag = fmaf(S.y, __int2float_rn(hg), ag);
+    a8 = fmaf(S.z, __int2float_rn(l8), a8);
+    a8 = fmaf(S.w, __int2float_rn(h8), a8);
+}
+
 /* One unit (16 rows x 64 columns) against NT tokens. xa / oa: the unit's
  * activations / chunk sums of token 0 (token t at + t * k / + t * k / 4). */
 template <int NT, bool S16>
@@ -113,14 +131,7 @@ __device__ __forceinline__ void gemv_unit(float (&ag)[NT], float (&a8)[NT], cons
     const uint32_t C = (P & 0x33333333u) | ((P >> 4) & 0x08080808u) | ((P >> 1) & 0x04040404u);
     const uint32_t c0 = __byte_perm(C, 0, 0x4440), c1 = __byte_perm(C, 0, 0x4441);
     const uint32_t c2 = __byte_perm(C, 0, 0x4442), c3 = __byte_perm(C, 0, 0x4443);
-    float slg, shg, sl8, sh8;
-    if (S16) {
-        const float2 fg = __half22float2(*(const __half2 *)&u.sc[0]), f8 = __half22float2(*(const __half2 *)&u.sc[1]);
-        slg = fg.x, shg = fg.y, sl8 = f8.x, sh8 = f8.y;
-    } else {
-        slg = __uint_as_float(u.sc[0]), shg = __uint_as_float(u.sc[1]);
-        sl8 = __uint_as_float(u.sc[2]), sh8 = __uint_as_float(u.sc[3]);
-    }
+    const float4 S = unit_scales<S16>(u.sc);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         const uint32_t xt = xa + t * k;
@@ -137,10 +148,7 @@ __device__ __forceinline__ void gemv_unit(float (&ag)[NT], float (&a8)[NT], cons
         int hs = __dp4a((int)cv, (int)xg, 0);
         hs += __shfl_xor_sync(0xffffffffu, hs, 1);
         const int hg = __shfl_sync(0xffffffffu, hs, 2 * g), h8 = __shfl_sync(0xffffffffu, hs, 2 * g + 16);
-        ag[t] = fmaf(slg, __int2float_rn(lg), ag[t]);
-        ag[t] = fmaf(shg, __int2float_rn(hg), ag[t]);
-        a8[t] = fmaf(sl8, __int2float_rn(l8), a8[t]);
-        a8[t] = fmaf(sh8, __int2float_rn(h8), a8[t]);
+        unit_combine(ag[t], a8[t], S, lg, hg, l8, h8);
     }
 }
 
@@ -156,14 +164,7 @@ __device__ __forceinline__ void gemv_unit_c(float (&ag)[NT], float (&a8)[NT], co
     const int tig = lane & 3;
     uint32_t Alo[8], Ahi[8];
     frag_compact<false, S16>(u, Alo, Ahi, tig);
-    float slg, shg, sl8, sh8;
-    if (S16) {
-        const float2 fg = __half22float2(*(const __half2 *)&u.sc[0]), f8 = __half22float2(*(const __half2 *)&u.sc[1]);
-        slg = fg.x, shg = fg.y, sl8 = f8.x, sh8 = f8.y;
-    } else {
-        slg = __uint_as_float(u.sc[0]), shg = __uint_as_float(u.sc[1]);
-        sl8 = __uint_as_float(u.sc[2]), sh8 = __uint_as_float(u.sc[3]);
-    }
+    const float4 S = unit_scales<S16>(u.sc);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         const uint32_t xt = xa + t * k;
@@ -183,10 +184,7 @@ __device__ __forceinline__ void gemv_unit_c(float (&ag)[NT], float (&a8)[NT], co
             hg += __shfl_xor_sync(0xffffffffu, hg, s);
             h8 += __shfl_xor_sync(0xffffffffu, h8, s);
         }
-        ag[t] = fmaf(slg, __int2float_rn(lg), ag[t]);
-        ag[t] = fmaf(shg, __int2float_rn(hg), ag[t]);
-        a8[t] = fmaf(sl8, __int2float_rn(l8), a8[t]);
-        a8[t] = fmaf(sh8, __int2float_rn(h8), a8[t]);
+        unit_combine(ag[t], a8[t], S, lg, hg, l8, h8);
     }
 }
 
