@@ -133,7 +133,7 @@ const opt_t OPTIONS[] = {
     {"tg", 0, NULL, "128", OPT_INT, B, 0, 1 << 16, "generated tokens"},
     {"depth", 0, NULL, "0", OPT_INT, B, 0, 1 << 16,
      "with --synthetic: positions each decode sequence holds before the timed steps (its prompt runs "
-     "first, untimed; llama-bench's -d)"},
+     "first, untimed, as llama-bench's depth option does)"},
     {"reps", 'r', NULL, "3", OPT_INT, B, 1, 1000, "repetitions (the median is reported)"},
 };
 const int N_OPTIONS = (int)(sizeof OPTIONS / sizeof OPTIONS[0]);

@@ -238,6 +238,13 @@ __device__ void rope_angles(float *cs, int32_t pos, int rot_half, const float *i
  * on one block, and a loop of dependent loads costs a latency each. */
 #define ROPE_REG 8
 
+/* One RoPE rotation, every product and sum rounded on its own (no FMA
+ * contraction), so that every kernel rotating a pair gets the same bits. */
+__device__ __forceinline__ void rope_rot(float a, float b, float c, float s, float *x0, float *x1) {
+    *x0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    *x1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+
 __device__ void rope_heads(float *xr, int n_heads, int head_dim, int rot_half, const float *cs) {
     const int total = n_heads * rot_half;
     for (int u0 = threadIdx.x; u0 < total; u0 += ROPE_REG * blockDim.x) {
@@ -255,8 +262,7 @@ __device__ void rope_heads(float *xr, int n_heads, int head_dim, int rot_half, c
                 const int h = u / rot_half, i = u % rot_half;
                 const float c = cs[2 * i], s = cs[2 * i + 1];
                 float *v = xr + (size_t)h * head_dim + 2 * i;
-                v[0] = a[e] * c - b[e] * s;
-                v[1] = a[e] * s + b[e] * c;
+                rope_rot(a[e], b[e], c, s, &v[0], &v[1]);
             }
         }
     }
@@ -486,11 +492,7 @@ __global__ void rope_kv_kernel(float *q, float *k, const float *v, const int32_t
             const int u = u0 + e * blockDim.x, p = u % half;
             if (u >= total) continue;
             float x0 = a[e], x1 = b[e];
-            if (p < rot_half) { /* rope_heads' arithmetic */
-                const float co = cs[2 * p], si = cs[2 * p + 1];
-                x0 = a[e] * co - b[e] * si;
-                x1 = a[e] * si + b[e] * co;
-            }
+            if (p < rot_half) rope_rot(a[e], b[e], cs[2 * p], cs[2 * p + 1], &x0, &x1);
             kr[2 * u] = x0, kr[2 * u + 1] = x1;
             kv.d_k[at + 2 * u] = x0, kv.d_k[at + 2 * u + 1] = x1;
             kv.d_v[at + 2 * u] = c[e], kv.d_v[at + 2 * u + 1] = d[e];
