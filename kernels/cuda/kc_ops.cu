@@ -150,12 +150,18 @@ __global__ void __launch_bounds__(256) rmsnorm_q8_kernel(float *out, const float
 extern "C" int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
                              int8_t *d_qx, float *d_sx) {
     if (n <= 0) return 0;
+    if (dim <= 0) { /* the register path clamps indices to dim - 1 */
+        kc_set_error("kc_rmsnorm_q8: row length %d", dim);
+        return -1;
+    }
     return kc_launch_pdl("rmsnorm_q8", rmsnorm_q8_kernel, n, 256, 0, d_out, d_x, d_w, dim, eps, d_qx, d_sx);
 }
 
 /* The register path holds up to Q8_REG float4 of g and of u a thread, all
- * loaded at once (decode: one row on one block, ~900 threads for the 8B
- * FFN); longer rows take the loop. Same operations as silu_mul_kernel
+ * loaded at once (decode: one row on one block, 448 threads for the 8B
+ * FFN, 896 for the 70B); longer rows take the loop. At 1024 threads a block
+ * ptxas caps it at 64 registers and spills ~70 bytes a thread (measured with
+ * the spill: docs/perf-gpu.md, third session). Same operations as silu_mul_kernel
  * followed by k_quant_i8, so the same numbers. */
 #define Q8_REG 8
 
@@ -216,6 +222,10 @@ static int q8_threads(long k) {
 
 extern "C" int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8_t *d_qx, float *d_sx) {
     if (n <= 0) return 0;
+    if (dim <= 0) { /* the register path clamps indices to dim - 1 */
+        kc_set_error("kc_silu_mul_q8: row length %d", dim);
+        return -1;
+    }
     return kc_launch_pdl("silu_mul_q8", silu_mul_q8_kernel, n, q8_threads(dim), 0, d_g, d_u, dim, d_qx, d_sx);
 }
 
