@@ -256,6 +256,11 @@ int sqm_load_model(model_t *m, const char *path, char *err, size_t errlen) {
                  size, (unsigned long long)h.file_size);
         goto fail;
     }
+    if (h.data_off % SQM_ALIGN) { /* the arrays' offsets are aligned relative to it (array_at) */
+        snprintf(msg, sizeof msg, "the header is corrupted: data section at offset %llu, not a multiple of %d",
+                 (unsigned long long)h.data_off, SQM_ALIGN);
+        goto fail;
+    }
     if (XXH3_64bits(base + sizeof h, size - sizeof h) != h.checksum) {
         snprintf(msg, sizeof msg, "checksum mismatch: the file is corrupted");
         goto fail;

@@ -11,6 +11,12 @@ binary files, so that a format change (the .sqm version, say) rebuilds them:
                                      its embedded GGUF and the XXH3 checksum
                                      rewritten, so the loader's non-finite
                                      scan, not the checksum, must refuse it
+  sqm/misaligned_data.sqm            the clean conversion with its data
+                                     section offset moved back one byte (and
+                                     the checksum rewritten): the libFuzzer
+                                     finding of 2026-12-03, a half-precision
+                                     scale array read at an odd address
+                                     (engine/model/sq.c, UBSan)
 
     PYTHONPATH=tests .venv/bin/python tests/fuzz/regressions.py OUT_DIR [build/sqserve]
 """
@@ -27,7 +33,7 @@ import gguf  # noqa: E402
 import gguf_craft as gc  # noqa: E402
 
 NAMES = ["gguf/nan_attn_norm_int8_acts.gguf", "gguf/nan_embedding_scale.gguf",
-         "sqm/nan_norm_sq_int8_acts.sqm"]
+         "sqm/nan_norm_sq_int8_acts.sqm", "sqm/misaligned_data.sqm"]
 
 
 def _offset(raw: bytes, name: str, base: int = 0) -> int:
@@ -65,16 +71,26 @@ def build(out: Path, binary: str) -> dict:
     r = subprocess.run([binary, "convert", "-m", str(clean), "-o", str(sqm), "--weights", "sq:8/4:b64:s0.875",
                         "--acts", "int8"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    raw = bytearray(sqm.read_bytes())
-    gguf_off = struct.unpack("<Q", bytes(raw[40:48]))[0]  # header: magic, version, size, checksum, json off/len, gguf off
-    at = _offset(bytes(raw), "blk.0.attn_norm.weight", gguf_off)
-    raw[at:at + 4] = struct.pack("<f", float("nan"))
     lib = ctypes.CDLL("libxxhash.so.0")
     lib.XXH3_64bits.restype = ctypes.c_uint64
     lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    body = bytes(raw[64:])
-    raw[16:24] = struct.pack("<Q", lib.XXH3_64bits(body, len(body)))
-    paths[NAMES[2]].write_bytes(bytes(raw))
+
+    def rechecksum(raw: bytearray) -> bytes:
+        body = bytes(raw[64:])
+        raw[16:24] = struct.pack("<Q", lib.XXH3_64bits(body, len(body)))
+        return bytes(raw)
+
+    clean_sqm = sqm.read_bytes()
+    raw = bytearray(clean_sqm)
+    gguf_off = struct.unpack("<Q", bytes(raw[40:48]))[0]  # header: magic, version, size, checksum, json off/len, gguf off
+    at = _offset(bytes(raw), "blk.0.attn_norm.weight", gguf_off)
+    raw[at:at + 4] = struct.pack("<f", float("nan"))
+    paths[NAMES[2]].write_bytes(rechecksum(raw))
+    # the data section one byte early: every array of the manifest at an odd address
+    raw = bytearray(clean_sqm)
+    data_off = struct.unpack("<Q", bytes(raw[56:64]))[0]
+    raw[56:64] = struct.pack("<Q", data_off - 1)
+    paths[NAMES[3]].write_bytes(rechecksum(raw))
     return paths
 
 
