@@ -114,12 +114,17 @@ int kc_rope_kv_store(float *d_q, float *d_k, const float *d_v, int n, int n_head
                      const int32_t *d_blk, const int32_t *d_blk_off);
 /* out[i][h] = softmax(q[i][h] . K[0..pos[i]]^T * scale) . V over row i's
  * sequence, grouped-query (n_head / n_head_kv query heads per kv head).
- * prefill != 0 asks for the tiled kernel (kc_attn.cu), worth it when the
- * batch holds runs of rows of the same sequence (prompt chunks); the
- * result is the same up to float summation order either way. */
+ * prefill != 0 asks for a tiled kernel, worth it when the batch holds runs
+ * of rows of the same sequence (prompt chunks): by default the tensor-core
+ * one (kc_attn_tc.cu: Q, K, V and the probabilities rounded to TF32, FP32
+ * sums), else the FP32 one (kc_attn.cu), whose result equals the rows
+ * kernel's up to float summation order. */
 int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
                  const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
                  int n_head, int n_head_kv, int head_dim, int max_pos, int prefill);
+/* tiled prefill attention on the tensor cores: 1 yes, 0 the FP32 tiles,
+ * < 0 the default (yes unless KC_ATTN_TC=0 in the environment) */
+void kc_attn_set_tensor_cores(int on);
 
 /* ---- SQ-format weights (kc_sq.cu, kc_sq_mm.cu) ----------------------------------------- */
 

@@ -25,6 +25,9 @@
  * belong to several sequences (a chunk boundary) runs one segment per
  * sequence. The caller picks the kernel (kc_attention's `prefill`);
  * KC_ATTN_TILES=0 in the environment keeps the rows kernel (measurements).
+ * The same tiles run on the tensor cores by default (kc_attn_tc.cu); this
+ * FP32 one serves head sizes that kernel does not take, KC_ATTN_TC=0 and
+ * kc_attn_set_tensor_cores(0).
  */
 #include "kc.h"
 #include "kc_internal.h"
@@ -269,6 +272,20 @@ static int launch_tiles(float *d_out, const float *d_q, const kc_kv_t *kv, int l
     return kc_check_launch("attention_tiles");
 }
 
+static int attn_tc = -1; /* kc_attn_set_tensor_cores; < 0: KC_ATTN_TC decides */
+
+extern "C" void kc_attn_set_tensor_cores(int on) { attn_tc = on; }
+
+static int attn_tc_on(void) {
+    if (attn_tc >= 0) return attn_tc;
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("KC_ATTN_TC");
+        env = !e || strcmp(e, "0") != 0;
+    }
+    return env;
+}
+
 extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
                             const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
                             int n_head, int n_head_kv, int head_dim, int max_pos, int prefill) {
@@ -284,6 +301,11 @@ extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, i
     if (tiles_ok < 0) {
         const char *e = getenv("KC_ATTN_TILES");
         tiles_ok = !e || strcmp(e, "0") != 0;
+    }
+    if (prefill && tiles_ok && group <= PA_Q && attn_tc_on()) {
+        const int r = kc_attention_tc(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, head_dim,
+                                      scale);
+        if (r <= 0) return r;
     }
     if (prefill && tiles_ok && group <= PA_Q) {
         if (head_dim == 64) return launch_tiles<16>(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, scale);

@@ -13,7 +13,8 @@
  *    by up to ~3e-2 and a logit by up to ~0.1 on SmolLM2 (measured on the
  *    H200, docs/perf-gpu.md), so that run's bounds are 6e-2 and 0.2, with
  *    the greedy ids still identical (tests/gpu/run.sh's perplexity check,
- *    0.5 %, is the end-to-end bound for it).
+ *    0.5 %, is the end-to-end bound for it). The first run keeps prompt
+ *    attention on the FP32 tiles, the second on the TF32 tensor cores.
  * 2. SQ path: the same model quantized at load to SQ 8/4 b64 s0.875 (RTN)
  *    with INT8 activations, once on the CPU (integer SQ kernels) and once
  *    on the GPU (SQ kernels); per-position top-1 and log-softmax compared
@@ -313,11 +314,13 @@ int main(int argc, char **argv) {
     }
     printf("device: %s, weights on the GPU: %.1f MB\n", model_gpu_name(&mg), model_gpu_weight_bytes(&mg) / 1e6);
     kc_gguf_set_gemv_max(LONG_MAX);
+    kc_attn_set_tensor_cores(0); /* FP32 throughout: prompts' attention on the FP32 tiles too */
     if (runner_init(&g, &mg, pool, 128, NULL)) { fprintf(stderr, "out of memory\n"); return 2; }
     fp32_vs_reference(&g, prompts, "GGUF GPU, GEMV only", 2e-3);
     batching(&g, "GGUF GPU, GEMV only", 2e-3);
     runner_free(&g);
     kc_gguf_set_gemv_max(-1); /* fresh runner: no CUDA graph recorded with the other split */
+    kc_attn_set_tensor_cores(-1);
     const char *label = "GGUF GPU, default split (FP16 GEMM beyond the GEMV's rows)";
     if (runner_init(&g, &mg, pool, 128, NULL)) { fprintf(stderr, "out of memory\n"); return 2; }
     fp32_vs_reference(&g, prompts, label, 6e-2);
