@@ -125,6 +125,10 @@ int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, i
 /* tiled prefill attention on the tensor cores: 1 yes, 0 the FP32 tiles,
  * < 0 the default (yes unless KC_ATTN_TC=0 in the environment) */
 void kc_attn_set_tensor_cores(int on);
+/* decode rows: blocks a (row, head)'s positions are split over (1: none;
+ * 0: the default, about two blocks per SM from the batch shape, at most 16;
+ * -1: KC_ATTN_SPLIT from the environment, else the default) */
+void kc_attn_set_split(int n_split);
 
 /* ---- SQ-format weights (kc_sq.cu, kc_sq_mm.cu) ----------------------------------------- */
 

@@ -46,17 +46,28 @@
  * A warp takes ATT_U consecutive positions at a time and issues all their
  * K and V loads (and block-table lookups) before the first score: at batch
  * 1 a block is one (row, head) of a handful, so each round of dependent
- * loads is a memory latency on the step's critical path. */
+ * loads is a memory latency on the step's critical path.
+ *
+ * Split positions (flash-decoding). At batch 1 there are only n_head blocks
+ * (32 for Llama-3-8B) for 132 SMs: at a deep context one block walks
+ * thousands of positions while most SMs idle. With n_split > 1 block
+ * (row, head, split) takes a 1/n_split slice of the row's positions and
+ * writes its merged state (max, sum, unnormalised V sum) to `part`; the
+ * block that finishes last (a ticket per (row, head), reset by that block)
+ * merges the n_split states into the output. No second launch, so a
+ * shallow context pays only the partial states' few kilobytes. */
 template <int PL>
 __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
                                                                    const int32_t *pos, const int32_t *blk,
                                                                    const int32_t *blk_off, int n_head, int group,
-                                                                   int hd, float scale) {
+                                                                   int hd, float scale, int n_split, float *part,
+                                                                   int *ticket) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][32 * PL];
-    const int i = blockIdx.x / n_head, h = blockIdx.x % n_head, g = h / group;
+    __shared__ int s_last;
+    const int bh = blockIdx.x, i = bh / n_head, h = bh % n_head, g = h / group, split = blockIdx.y;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const float *qh = q + ((size_t)i * n_head + h) * hd;
     float qv[PL], acc[PL];
@@ -68,11 +79,14 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
     }
     float m = -FLT_MAX, l = 0.0f;
     const int n_pos = pos[i] + 1, off = blk_off[i];
-    for (int t0 = warp * ATT_U; t0 < n_pos; t0 += ATT_WARPS * ATT_U) {
+    /* this block's positions: slices of whole warp rounds, the last one short or empty */
+    const int per = (n_pos + n_split * ATT_WARPS * ATT_U - 1) / (n_split * ATT_WARPS * ATT_U) * (ATT_WARPS * ATT_U);
+    const int t_beg = split * per, t_end = min(n_pos, t_beg + per);
+    for (int t0 = t_beg + warp * ATT_U; t0 < t_end; t0 += ATT_WARPS * ATT_U) {
         float kk[ATT_U][PL], vv[ATT_U][PL];
 #pragma unroll
         for (int u = 0; u < ATT_U; u++) { /* clamped position and column: no branch between the loads */
-            const int t = t0 + u < n_pos ? t0 + u : n_pos - 1;
+            const int t = t0 + u < t_end ? t0 + u : t_end - 1;
             const size_t at = kv_row(kv, layer, blk, off, t) + (size_t)g * hd;
 #pragma unroll
             for (int jj = 0; jj < PL; jj++) {
@@ -82,7 +96,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
         }
 #pragma unroll
         for (int u = 0; u < ATT_U; u++) {
-            if (t0 + u >= n_pos) break;
+            if (t0 + u >= t_end) break;
             float s = 0.0f;
 #pragma unroll
             for (int jj = 0; jj < PL; jj++)
@@ -103,23 +117,97 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
 #pragma unroll
     for (int jj = 0; jj < PL; jj++) s_acc[warp][lane + 32 * jj] = acc[jj];
     __syncthreads();
-    if (warp == 0) {
-        float M = -FLT_MAX;
-        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
-        float L = 0.0f, cw[ATT_WARPS];
-        for (int w = 0; w < ATT_WARPS; w++) {
-            cw[w] = s_l[w] > 0.0f ? expf(s_m[w] - M) : 0.0f; /* a warp with no positions */
-            L += s_l[w] * cw[w];
-        }
-        float *o = out + ((size_t)i * n_head + h) * hd;
+    if (warp != 0) return;
+    float M = -FLT_MAX;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+    float L = 0.0f, cw[ATT_WARPS];
+    for (int w = 0; w < ATT_WARPS; w++) {
+        cw[w] = s_l[w] > 0.0f ? expf(s_m[w] - M) : 0.0f; /* a warp with no positions */
+        L += s_l[w] * cw[w];
+    }
+    float *o = out + ((size_t)i * n_head + h) * hd;
+    if (n_split == 1) {
         for (int jj = 0; jj < PL; jj++) {
-            int j = lane + 32 * jj;
+            const int j = lane + 32 * jj;
             if (j >= hd) continue;
             float a = 0.0f;
             for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][j] * cw[w];
             o[j] = a / L;
         }
+        return;
     }
+    float *mine = part + ((size_t)bh * n_split + split) * (hd + 2);
+    for (int jj = 0; jj < PL; jj++) {
+        const int j = lane + 32 * jj;
+        if (j >= hd) continue;
+        float a = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][j] * cw[w];
+        mine[2 + j] = a;
+    }
+    if (lane == 0) mine[0] = M, mine[1] = L;
+    __threadfence(); /* the state is visible before the ticket says so */
+    if (lane == 0) s_last = atomicAdd(ticket + bh, 1) == n_split - 1;
+    __syncwarp();
+    if (!s_last) return;
+    __threadfence();
+    const float *all = part + (size_t)bh * n_split * (hd + 2);
+    float MM = -FLT_MAX, LL = 0.0f;
+    for (int sp = 0; sp < n_split; sp++)
+        if (__ldcg(all + sp * (hd + 2) + 1) > 0.0f) MM = fmaxf(MM, __ldcg(all + sp * (hd + 2)));
+    for (int sp = 0; sp < n_split; sp++) {
+        const float Ls = __ldcg(all + sp * (hd + 2) + 1);
+        if (Ls > 0.0f) LL += Ls * expf(__ldcg(all + sp * (hd + 2)) - MM);
+    }
+    for (int jj = 0; jj < PL; jj++) {
+        const int j = lane + 32 * jj;
+        if (j >= hd) continue;
+        float a = 0.0f;
+        for (int sp = 0; sp < n_split; sp++) {
+            const float *ps = all + sp * (hd + 2);
+            const float Ls = __ldcg(ps + 1);
+            if (Ls > 0.0f) a += __ldcg(ps + 2 + j) * expf(__ldcg(ps) - MM);
+        }
+        o[j] = a / LL;
+    }
+    if (lane == 0) ticket[bh] = 0; /* ready for the next launch (graphs replay it) */
+}
+
+/* Partial states and tickets of split rows: a fixed allocation (kc_init),
+ * since a launch captured into a CUDA graph must not allocate. */
+#define SPLIT_STATES 1024 /* (row, head, split) triples a launch may split into */
+#define SPLIT_MAX 16
+static float *g_part;
+static int *g_ticket;
+static int g_split = -1; /* kc_attn_set_split; -1: KC_ATTN_SPLIT or the default */
+
+extern "C" int kc_attn_init(void) {
+    if (kc_check(cudaMalloc(&g_part, (size_t)SPLIT_STATES * (32 * MAX_HD_PER_LANE + 2) * sizeof(float)),
+                 "attention split states") ||
+        kc_check(cudaMalloc(&g_ticket, SPLIT_STATES * sizeof(int)), "attention tickets") ||
+        kc_check(cudaMemset(g_ticket, 0, SPLIT_STATES * sizeof(int)), "attention tickets"))
+        return -1;
+    return 0;
+}
+
+extern "C" void kc_attn_free(void) {
+    cudaFree(g_part), cudaFree(g_ticket);
+    g_part = NULL, g_ticket = NULL;
+}
+
+extern "C" void kc_attn_set_split(int n_split) { g_split = n_split; }
+
+/* Splits a (row, head) of a decode launch: enough blocks for two per SM,
+ * from the batch shape alone (a graph replays the launch at every
+ * position), each split at least one warp round */
+static int split_of(int rows_heads) {
+    if (g_split == -1) {
+        const char *e = getenv("KC_ATTN_SPLIT");
+        g_split = e && *e ? atoi(e) : 0;
+    }
+    int s = g_split > 0 ? g_split : (2 * kc_sm_count() + rows_heads - 1) / rows_heads;
+    s = s < 1 ? 1 : s > SPLIT_MAX ? SPLIT_MAX : s;
+    while (s > 1 && (long)s * rows_heads > SPLIT_STATES) s--;
+    return g_part ? s : 1;
 }
 
 static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
@@ -132,11 +220,12 @@ static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int
                      n_head, n_head_kv);
         return -1;
     }
-    const int per_lane = (head_dim + 31) / 32, group = n_head / n_head_kv;
+    const int per_lane = (head_dim + 31) / 32, group = n_head / n_head_kv, n_split = split_of(n * n_head);
     const float scale = 1.0f / sqrtf((float)head_dim);
-#define ATT_LAUNCH(PL)                                                                                          \
-    kc_launch_pdl("attention", attention_kernel<PL>, (unsigned)n * n_head, 32 * ATT_WARPS, 0, d_out, d_q, *kv, \
-                  layer, d_pos, d_blk, d_blk_off, n_head, group, head_dim, scale)
+#define ATT_LAUNCH(PL)                                                                                       \
+    kc_launch_pdl("attention", attention_kernel<PL>, dim3((unsigned)n * n_head, (unsigned)n_split),       \
+                  32 * ATT_WARPS, 0, d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, group, head_dim, \
+                  scale, n_split, g_part, g_ticket)
     if (per_lane <= 2) return ATT_LAUNCH(2);
     if (per_lane <= 4) return ATT_LAUNCH(4);
     return ATT_LAUNCH(MAX_HD_PER_LANE);

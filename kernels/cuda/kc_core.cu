@@ -130,6 +130,7 @@ extern "C" int kc_init(int ordinal) {
         kc_set_error("cuBLAS set-up failed");
         return -1;
     }
+    if (kc_attn_init()) return -1;
     g_ready = 1;
     return 0;
 }
@@ -139,6 +140,7 @@ extern "C" void kc_shutdown(void) {
     cudaStreamSynchronize(g_stream);
     cublasDestroy(g_blas);
     cudaFree(g_blas_ws);
+    kc_attn_free();
     cudaStreamDestroy(g_stream);
     g_ready = 0;
 }

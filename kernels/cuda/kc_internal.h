@@ -23,6 +23,9 @@ void *kc_blas_handle(void);
 /* whether kc_launch_pdl asks for programmatic dependent launch: a device of
  * compute capability 9.0 or later, and KC_PDL unset or not "0" */
 int kc_pdl(void);
+/* kc_attn.cu: the split-attention workspace (kc_init, kc_shutdown) */
+int kc_attn_init(void);
+void kc_attn_free(void);
 /* kc_attn_tc.cu: the tiled prefill attention on the tensor cores (TF32);
  * 1 when it does not take head_dim (the caller runs the FP32 tiles) */
 int kc_attention_tc(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n, const int32_t *d_pos,

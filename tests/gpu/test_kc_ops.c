@@ -355,17 +355,23 @@ static void test_attention(int n_seq, int len, int rows, int n_head, int n_kv, i
      * last rounds Q, K, V and the probabilities to TF32 (2^-11 relative each):
      * an output, a weighted mean of V rows, moves by a few 2^-11 of the
      * largest one */
-    static const char *const kind[3] = {"rows", "tiles", "tiles TF32"};
-    for (int mode = 0; mode < 3; mode++) {
-        kc_attn_set_tensor_cores(mode == 2);
+    /* The rows kernel runs unsplit, split the default way and split 3 ways
+     * (slices of uneven fill, some empty at short lengths), twice each: a
+     * split launch's tickets must be left ready for the next one. */
+    static const char *const kind[6] = {"rows", "rows split", "rows split 3", "rows split 3 again", "tiles",
+                                        "tiles TF32"};
+    static const int split[6] = {1, 0, 3, 3, 0, 0};
+    for (int mode = 0; mode < 6; mode++) {
+        kc_attn_set_split(split[mode]);
+        kc_attn_set_tensor_cores(mode == 5);
         OK(kc_memset(dout, 0xFF, (size_t)n * n_head * hd * 4));
-        OK(kc_attention(dout, dq, &kv, layer, n, dpos, dblk, doff, n_head, n_kv, hd, len, mode > 0));
+        OK(kc_attention(dout, dq, &kv, layer, n, dpos, dblk, doff, n_head, n_kv, hd, len, mode >= 4));
         back(got, dout, (size_t)n * n_head * hd * 4);
         snprintf(what, sizeof what, "attention (%s) seqs=%d len=%d rows=%d heads=%d/%d hd=%d", kind[mode], n_seq,
                  len, rows, n_head, n_kv, hd);
-        check(what, got, want, (size_t)n * n_head * hd, mode == 2 && hd % 64 == 0 ? 4e-3 : 1e-5);
+        check(what, got, want, (size_t)n * n_head * hd, mode == 5 && hd % 64 == 0 ? 4e-3 : 1e-5);
     }
-    kc_attn_set_tensor_cores(-1);
+    kc_attn_set_split(-1), kc_attn_set_tensor_cores(-1);
 
     /* kv_store: rows written at their positions, read back through the table */
     float *nk = malloc((size_t)n * kvd * 4), *nv = malloc((size_t)n * kvd * 4);
