@@ -422,6 +422,8 @@ int main(int argc, char **argv) {
     test_attention(1, 130, 7, 4, 4, 80);   /* hd not a multiple of 32, no grouping */
     test_attention(3, 50, 50, 9, 3, 64);   /* whole prompts: tiles straddle sequences (group 3) */
     test_attention(2, 75, 40, 32, 8, 128); /* Llama-3 heads, chunks not multiples of the tile */
+    test_attention(1, 700, 1, 32, 8, 128); /* decode deep enough to split: slices of 256, 256, 188 */
+    test_attention(2, 1500, 1, 9, 3, 64);  /* split rows of two sequences */
     if (!quick) test_attention(2, 2000, 3, 32, 8, 128), test_attention(1, 1100, 1100, 32, 8, 128);
     printf("test_kc_ops: %d passed, %d failed\n", n_pass, n_fail);
     kc_shutdown();
