@@ -67,6 +67,7 @@ int cli_bench_synthetic(const config_t *c) {
         goto out;
     }
     f_ok = 1;
+    fwd_pin_logits(&f, logits, (size_t)n_max); /* as the server does (sched.c) */
     double bytes = (double)model_gpu_weight_bytes(&m), bw = model_gpu_bandwidth(&m) * 1e9;
     printf("device: %s (peak %.0f GB/s)\nmodel: %s, %d layers, dim %d, ffn %d, vocab %d\n"
            "weight bytes per step: %.3f GB (SQ 8/4 b64 s0.875, lm head included)\n"

@@ -43,6 +43,10 @@ struct fwd_backend {
     /* Delivers the logits to the pointer given to begin(), and the final
      * normed rows (f->sel, dim floats each) to f->hidden when it is set. */
     int (*end)(fwd_t *f, int n_out);
+    /* Optional: the buffer (bytes long) that later begin() calls will be
+     * given for the logits, to prepare for (CUDA: page-lock it); NULL
+     * releases it. Best effort: 0 or -1, results the same either way. */
+    int (*pin_logits)(fwd_t *f, float *logits, size_t bytes);
     /* One line saying why the last operation failed. */
     void (*error)(fwd_t *f, char *err, size_t errlen);
 

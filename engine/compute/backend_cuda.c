@@ -39,6 +39,7 @@ typedef struct {
     kc_kv_t kv;
     gact_t acts;              /* this batch's activation recipe */
     float *logits_host;       /* where end() delivers the logits, or NULL */
+    float *pinned;            /* the page-locked logits buffer (fwd_pin_logits), or NULL */
     const void *mask_src;     /* the act_quant_t the masks were copied from */
     uint8_t *masks[N_SITES];  /* [layer][dim] static SQ high channels */
     kc_graph_t *graph[GRAPH_MAX + 1]; /* decode steps by batch size */
@@ -65,6 +66,7 @@ static void cuda_free(fwd_t *f) {
     float *fb[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->hb, f->hb2, f->sel, f->logits};
     for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++) kc_free(fb[i]);
     if (!g) return;
+    kc_host_unpin(g->pinned);
     kc_free(g->sx);
     kc_free(g->qx);
     kc_free(g->d_ints);
@@ -219,6 +221,16 @@ static int pack_batch(fwd_t *f, gfwd_t *g, const batch_t *b) {
 #define D_OFF(f, g) ((g)->d_ints + 2 * (f)->n_max)
 #define D_SEL(f, g) ((g)->d_ints + 3 * (f)->n_max)
 #define D_BLK(f, g) ((g)->d_ints + 4 * (f)->n_max)
+
+static int cuda_pin_logits(fwd_t *f, float *logits, size_t bytes) {
+    gfwd_t *g = f->be_state;
+    if (g->pinned) kc_host_unpin(g->pinned);
+    g->pinned = NULL;
+    if (!logits) return 0;
+    if (kc_host_pin(logits, bytes) != 0) return -1;
+    g->pinned = logits;
+    return 0;
+}
 
 static int cuda_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
     gfwd_t *g = f->be_state;
@@ -449,6 +461,7 @@ const fwd_backend_t fwd_backend_cuda = {
     .init = cuda_init,
     .free = cuda_free,
     .begin = cuda_begin,
+    .pin_logits = cuda_pin_logits,
     .launch = cuda_launch,
     .end = cuda_end,
     .error = cuda_error,

@@ -39,6 +39,11 @@ int fwd_init(fwd_t *f, const model_t *m, kv_cache_t *kv, k_pool_t *pool, int n_m
     return 0;
 }
 
+int fwd_pin_logits(fwd_t *f, float *logits, size_t rows) {
+    if (!f->be || !f->be->pin_logits) return -1;
+    return f->be->pin_logits(f, logits, logits ? rows * (size_t)f->m->hp.n_vocab * sizeof(float) : 0);
+}
+
 void fwd_free(fwd_t *f) {
     if (f->be) f->be->free(f);
     memset(f, 0, sizeof *f);

@@ -646,6 +646,7 @@ sched_t *sched_new(model_t *m, const sched_config_t *cfg, char *err, size_t errl
         sched_free(s);
         return NULL;
     }
+    fwd_pin_logits(&s->f, s->logits, out_rows); /* best effort: faster logits copies on the GPU */
     if (!(s->gv = gvocab_new(m->tok))) {
         snprintf(err, errlen, "out of memory for the grammar token trie");
         sched_free(s);

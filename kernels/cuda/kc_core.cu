@@ -183,6 +183,19 @@ extern "C" int kc_download(void *dst, const void *d_src, size_t bytes) {
     return kc_sync();
 }
 
+extern "C" int kc_host_pin(void *p, size_t bytes) {
+    if (!p || !bytes) return -1;
+    if (cudaHostRegister(p, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: clear it, or the next launch check would report it */
+        return -1;
+    }
+    return 0;
+}
+
+extern "C" void kc_host_unpin(void *p) {
+    if (p && cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
 extern "C" int kc_copy(void *d_dst, const void *d_src, size_t bytes) {
     if (!bytes) return 0;
     return kc_check(cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, g_stream), "cudaMemcpyAsync D2D");
