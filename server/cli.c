@@ -2,15 +2,19 @@
  *
  * Each command loads the model, does one job, and reports errors as a
  * single "error: ..." line on stderr with exit status 1 (usage errors 2).
+ *
+ * Quantization at load (--weights/--acts), the accuracy check against the
+ * FP32 model and convert are in cli_convert.c; bench --synthetic is in
+ * cli_bench.c. What cli_convert.c takes from here (the runtime a command
+ * loads, the error and input helpers) is declared in cli_int.h.
  */
-#include "cli.h"
+#include "cli_int.h"
 
 #include "../engine/compute/backend_cuda.h"
 #include "../engine/runtime/gen.h"
 #include "../engine/quant/quant.h"
 #include "../engine/compute/act_quant.h"
 #include "../engine/model/sqm.h"
-#include "../engine/quant/sqm_write.h"
 #include "../kernels/k_q8.h"
 #include "../kernels/k_quant.h"
 
@@ -25,7 +29,7 @@
 
 #define DEFAULT_GEN_CTX 4096
 
-static int die(const char *fmt, ...) {
+int cli_die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("error: ", stderr);
@@ -35,29 +39,12 @@ static int die(const char *fmt, ...) {
     return 1;
 }
 
-/* The runtime shared by the commands: model, pool, cache, forward state. */
-typedef struct {
-    model_t m;
-    k_pool_t *pool;
-    kv_cache_t kv;
-    fwd_t f;
-    quant_state_t qs;
-    int loaded, kv_ready, fwd_ready, quantized, own_pool;
-    int int_acts; /* a GGUF as stored on the integer kernels (k_q8.h) */
-} rt_t;
-
-static void rt_free(rt_t *r) {
+void cli_rt_free(rt_t *r) {
     if (r->fwd_ready) fwd_free(&r->f);
     if (r->kv_ready) kv_free(&r->kv);
     if (r->own_pool) k_pool_free(r->pool);
     if (r->quantized) quant_free(&r->qs);
     if (r->loaded) model_free(&r->m);
-}
-
-/* The file name of a path (what the .sqm and the metrics call a reference). */
-static const char *base_name(const char *path) {
-    const char *b = strrchr(path, '/');
-    return b ? b + 1 : path;
 }
 
 static int rt_threads(const config_t *c) {
@@ -67,17 +54,17 @@ static int rt_threads(const config_t *c) {
     return n > 0 ? (int)n : 1;
 }
 
-static int rt_open(rt_t *r, const config_t *c) {
+int cli_rt_open(rt_t *r, const config_t *c) {
     char err[512];
     memset(r, 0, sizeof *r);
     k_init();
-    if (model_load(&r->m, cfg_str(c, "model"), err, sizeof err) != 0) return die("%s", err);
+    if (model_load(&r->m, cfg_str(c, "model"), err, sizeof err) != 0) return cli_die("%s", err);
     r->loaded = 1;
     /* --chat-template: a bad one is reported here and fails chats only */
     const char *tmpl = (c->cmd & (CMD_GENERATE | CMD_SERVE | CMD_INSPECT)) ? cfg_str(c, "chat-template") : NULL;
     if (tmpl && chat_tmpl_override(&r->m.chat, tmpl, err, sizeof err) != 0)
         fprintf(stderr, "warning: %s; chat prompts cannot be rendered\n", err);
-    if (!(r->pool = k_pool_new(rt_threads(c)))) return die("cannot start threads");
+    if (!(r->pool = k_pool_new(rt_threads(c)))) return cli_die("cannot start threads");
     r->own_pool = 1;
     return 0;
 }
@@ -86,8 +73,8 @@ static int rt_open(rt_t *r, const config_t *c) {
 static int rt_device(rt_t *r, const config_t *c) {
     int ord;
     char err[512];
-    if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0) return die("%s", err);
-    if (ord >= 0 && !r->m.dev && model_to_gpu(&r->m, ord, err, sizeof err) != 0) return die("%s", err);
+    if (dev_parse(cfg_str(c, "device"), &ord, err, sizeof err) != 0) return cli_die("%s", err);
+    if (ord >= 0 && !r->m.dev && model_to_gpu(&r->m, ord, err, sizeof err) != 0) return cli_die("%s", err);
     return 0;
 }
 
@@ -96,11 +83,11 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     if (rt_device(r, c)) return 1;
     if (kv_init(&r->kv, hp->n_layer, hp->head_dim * hp->n_head_kv,
                 (n_ctx + KV_BLOCK - 1) / KV_BLOCK, 1) != 0)
-        return die("out of memory for a %d-token KV cache", n_ctx);
+        return cli_die("out of memory for a %d-token KV cache", n_ctx);
     r->kv_ready = 1;
     int batch = (int)cfg_int(c, "batch");
     if (fwd_init(&r->f, &r->m, &r->kv, r->pool, batch < n_ctx ? batch : n_ctx, n_ctx) != 0)
-        return die("out of %s memory for the forward pass", r->m.dev ? "GPU" : "host");
+        return cli_die("out of %s memory for the forward pass", r->m.dev ? "GPU" : "host");
     r->fwd_ready = 1;
     if (r->quantized && r->qs.acts.a.kind != AQ_NONE) {
         r->f.hook = act_quant_hook;
@@ -114,7 +101,7 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
 
 int cli_int_acts_wanted(const config_t *c) {
     if (cfg_bool(c, "exact-fp32") && cfg_bool(c, "int-acts"))
-        return die("--exact-fp32 and --int-acts ask for opposite paths: give one"), -1;
+        return cli_die("--exact-fp32 and --int-acts ask for opposite paths: give one"), -1;
     if (cfg_bool(c, "exact-fp32")) return 0;
     return cfg_bool(c, "int-acts") || strcmp(k_isa_name(), "avx512") != 0;
 }
@@ -127,7 +114,7 @@ int cli_int_acts_wanted(const config_t *c) {
  * products run at a third of the integer kernel's speed. Never called for
  * a reference model: those stay FP32. Returns 0, or 1 after printing the
  * error. */
-static int rt_int_acts(rt_t *r, const config_t *c) {
+int cli_rt_int_acts(rt_t *r, const config_t *c) {
     int want = cli_int_acts_wanted(c);
     if (want < 0) return 1;
     if (want && !r->m.dev) r->int_acts = model_set_int_acts(&r->m, 1) > 0;
@@ -139,174 +126,21 @@ static const char *gguf_acts(const rt_t *r) { return r->int_acts ? "q8-block" : 
 
 /* A recipe's model (.sqm or quantized at load): is its output projection
  * on 8-bit block activations? */
-static int recipe_out_q8(const rt_t *r) { return r->int_acts && (r->m.file_map || r->quantized); }
-
-static char *read_file(const char *path, size_t *len);
-static int encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out, long *n);
-
-/* Terminal: a progress bar with ETA; otherwise plain log lines. */
-typedef struct { const char *what; double t0; int total; } progress_t;
-
-static void progress(void *ud, int done, int total) {
-    progress_t *p = ud;
-    double el = gen_now() - p->t0, eta = done ? el / done * (total - done) : 0;
-    if (isatty(2)) {
-        char bar[31];
-        int fill = total ? done * 30 / total : 30;
-        for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
-        bar[30] = 0;
-        fprintf(stderr, "\r%s [%s] %d/%d  %.0fs elapsed, ETA %.0fs ", p->what, bar, done, total, el, eta);
-        if (done == total) fputc('\n', stderr);
-    } else {
-        fprintf(stderr, "%s: %d/%d (%.1fs elapsed, ETA %.0fs)\n", p->what, done, total, el, eta);
-    }
-}
-
-/* Says which rows take a smaller bank than the recipe's (sq_cfg_fit). */
-static void note_bank_fit(const char *what, const sq_cfg_t *c, int grouped, const hparams_t *hp) {
-    long ks[2] = {hp->dim, hp->ffn_dim};
-    for (int i = 0; i < 2; i++) {
-        sq_cfg_t fit;
-        if (!sq_cfg_fit(c, ks[i], grouped, &fit) && fit.b != c->b)
-            fprintf(stderr, "note: SQ %s bank b%d does not divide %ld-wide rows: those take b%d\n", what, c->b,
-                    ks[i], fit.b);
-    }
-}
-
-/* Applies --weights/--acts: calibration when the recipe needs it, then
- * quantization of the loaded model in place. Returns 0 (with *done set
- * when something was quantized) or 1 after printing the error. */
-int cli_quantize(model_t *m, k_pool_t *pool, const config_t *c, quant_state_t *qs, int *done,
-                 int keep_codes) {
-    *done = 0;
-    wrecipe_t w;
-    arecipe_t a;
-    char err[512];
-    if (recipe_parse_w(cfg_str(c, "weights"), &w, err, sizeof err) ||
-        recipe_parse_a(cfg_str(c, "acts"), &a, err, sizeof err))
-        return die("%s", err);
-    if (w.kind == WQ_NONE && a.kind == AQ_NONE) return 0;
-    if (m->external_layers || m->acts)
-        return die("this model is a .sqm, already quantized: drop --weights/--acts");
-    calib_t cal;
-    int need = w.gptq || w.smooth || a.smooth || a.kind == AQ_SQ_STATIC, have = 0;
-    if (need) {
-        const char *src = cfg_str(c, "calib");
-        long want = cfg_int(c, "calib-tokens"), n = 0;
-        int32_t *ids = NULL;
-        double t0 = gen_now();
-        if (!strcmp(src, "self")) {
-            int len = 128;
-            progress_t pt = {"calibration text", gen_now(), 0};
-            if (calib_self_text(m, pool, (int)((want + len - 1) / len), len, &ids, &n, progress, &pt, err,
-                                sizeof err))
-                return die("%s", err);
-        } else {
-            size_t len;
-            char *text = read_file(src, &len);
-            if (!text) return die("cannot read calibration file '%s'", src);
-            int bad = encode(m->tok, text, len, 0, &ids, &n);
-            free(text);
-            if (bad) return 1;
-        }
-        if (n > want) n = want;
-        if (n < 64) { free(ids); return die("calibration needs at least 64 tokens, got %ld", n); }
-        progress_t pc = {"calibration", gen_now(), 0};
-        int bad = calib_run(m, pool, ids, n, !strcmp(src, "self") ? 128 : 512, w.gptq && w.oneshot, &cal,
-                            progress, &pc, err, sizeof err);
-        free(ids);
-        if (bad) return die("%s", err);
-        have = 1;
-        fprintf(stderr, "calibration: %ld tokens from %s in %.1fs\n", cal.n_tokens, src, gen_now() - t0);
-    }
-    progress_t pg = {"quantize", gen_now(), 0};
-    int bad = quant_apply(m, have ? &cal : NULL, &w, &a, keep_codes, qs, progress, &pg, err, sizeof err);
-    if (have) calib_free(&cal);
-    if (bad) return die("%s", err);
-    *done = 1;
-    fprintf(stderr, "quantized: weights %s (%.2f bits/weight), activations %s (%.2f bits) in %.1fs\n",
-            cfg_str(c, "weights"), qs->w_bits, cfg_str(c, "acts"), recipe_a_bits(&a),
-            gen_now() - pg.t0);
-    if (qs->smoothed)
-        fprintf(stderr, "smoothed: mean alpha qkv %.2f o %.2f gate/up %.2f down %.2f; layers left unsmoothed "
-                "%d %d %d %d of %d\n", qs->alpha_sum[SITE_QKV] / qs->smoothed, qs->alpha_sum[SITE_O] / qs->smoothed,
-                qs->alpha_sum[SITE_UPGATE] / qs->smoothed, qs->alpha_sum[SITE_DOWN] / qs->smoothed,
-                qs->n_unsmoothed[SITE_QKV], qs->n_unsmoothed[SITE_O], qs->n_unsmoothed[SITE_UPGATE],
-                qs->n_unsmoothed[SITE_DOWN], qs->smoothed);
-    if (w.kind == WQ_SQ) note_bank_fit("weights", &w.sq, 1, &m->hp);
-    if (a.kind == AQ_SQ_STATIC || a.kind == AQ_SQ_DYNAMIC) note_bank_fit("activations", &a.sq, 0, &m->hp);
-    return 0;
-}
-
-/* eval_compare's per-window report as a progress bar */
-static void progress_cmp(void *ud, int w, const cmp_result_t *sofar) {
-    (void)sofar;
-    progress_t *p = ud;
-    progress(p, w + 1, p->total);
-}
-
-/* The quantized model m against the unquantized file at path, on tokens
- * the FP32 model writes itself (no external data needed). */
-int cli_eval_vs_fp32(model_t *m, quant_state_t *qs, k_pool_t *pool, const char *path, int tokens,
-                     int show_progress, cmp_result_t *out, char *err, size_t errlen) {
-    model_t ref;
-    if (tokens < 128) {
-        snprintf(err, errlen, "the accuracy check needs at least 128 tokens, not %d", tokens);
-        return -1;
-    }
-    if (model_load(&ref, path, err, errlen) != 0) return -1;
-    int32_t *ids = NULL;
-    long n = 0;
-    kv_cache_t kv[2];
-    fwd_t f[2];
-    model_t *ms[2] = {m, &ref};
-    int made = 0, rc = -1;
-    progress_t pt = {"accuracy check text", gen_now(), 0}, pc = {"accuracy check", 0, tokens / 128};
-    if (calib_self_text(&ref, pool, tokens / 128, 128, &ids, &n, show_progress ? progress : NULL, &pt, err,
-                        errlen) != 0)
-        goto out;
-    for (int k = 0; k < 2; k++) {
-        int bad = kv_init(&kv[k], m->hp.n_layer, m->hp.head_dim * m->hp.n_head_kv, 128 / KV_BLOCK, 1) != 0;
-        if (!bad && fwd_init(&f[k], ms[k], &kv[k], pool, 128, 128) != 0) {
-            kv_free(&kv[k]);
-            bad = 1;
-        }
-        if (bad) {
-            snprintf(err, errlen, "out of memory for the accuracy check");
-            goto out;
-        }
-        made++;
-    }
-    if (qs && qs->acts.a.kind != AQ_NONE) {
-        f[0].hook = act_quant_hook;
-        f[0].hook_ud = &qs->acts;
-    }
-    pc.t0 = gen_now();
-    pc.total = (int)(n / 128);
-    rc = eval_compare(&f[0], &f[1], ids, n, 128, out, show_progress ? progress_cmp : NULL, &pc, err, errlen);
-out:
-    for (int k = 0; k < made; k++) {
-        fwd_free(&f[k]);
-        kv_free(&kv[k]);
-    }
-    free(ids);
-    model_free(&ref);
-    return rc;
-}
+int cli_recipe_out_q8(const rt_t *r) { return r->int_acts && (r->m.file_map || r->quantized); }
 
 static int rt_quantize(rt_t *r, const config_t *c) {
     return cli_quantize(&r->m, r->pool, c, &r->qs, &r->quantized, 0);
 }
 
 /* Tokenizes text; *out is malloc'd. */
-static int encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out,
-                  long *n) {
+int cli_encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out,
+               long *n) {
     size_t cap = len + 16;
     for (;;) {
         int32_t *ids = malloc(cap * sizeof *ids);
-        if (!ids) return die("out of memory tokenizing");
+        if (!ids) return cli_die("out of memory tokenizing");
         long k = tok_encode(t, text, len, special, ids, cap);
-        if (k < 0) { free(ids); return die("out of memory tokenizing"); }
+        if (k < 0) { free(ids); return cli_die("out of memory tokenizing"); }
         if ((size_t)k <= cap) { *out = ids; *n = k; return 0; }
         free(ids);
         cap = (size_t)k;
@@ -322,10 +156,10 @@ static int write_all(void *ud, const char *s, size_t n) {
 
 int cmd_generate(const config_t *c) {
     const char *prompt = cfg_str(c, "prompt");
-    if (!prompt) return die("generate needs a prompt (-p TEXT)");
+    if (!prompt) return cli_die("generate needs a prompt (-p TEXT)");
     rt_t r;
     int rc = 1;
-    if (rt_open(&r, c)) return 1;
+    if (cli_rt_open(&r, c)) return 1;
     char *text = NULL;
     int32_t *ids = NULL;
     long n_ids = 0;
@@ -336,11 +170,11 @@ int cmd_generate(const config_t *c) {
         if (cfg_str(c, "system")) msgs[n++] = (chat_msg_t){"system", cfg_str(c, "system")};
         msgs[n++] = (chat_msg_t){"user", prompt};
         char msg[1024];
-        if (chat_render(&r.m.chat, msgs, (size_t)n, 1, &text, msg, sizeof msg)) { die("%s", msg); goto out; }
-    } else if (!(text = strdup(prompt))) { die("out of memory"); goto out; }
-    if (encode(r.m.tok, text, strlen(text), 1, &ids, &n_ids)) goto out;
+        if (chat_render(&r.m.chat, msgs, (size_t)n, 1, &text, msg, sizeof msg)) { cli_die("%s", msg); goto out; }
+    } else if (!(text = strdup(prompt))) { cli_die("out of memory"); goto out; }
+    if (cli_encode(r.m.tok, text, strlen(text), 1, &ids, &n_ids)) goto out;
     int32_t *framed = realloc(ids, (size_t)(n_ids + 2) * sizeof *ids);
-    if (!framed) { die("out of memory"); goto out; }
+    if (!framed) { cli_die("out of memory"); goto out; }
     ids = framed;
     n_ids = tok_frame(r.m.tok, ids, n_ids);
     gen_opts_t o = {.max_tokens = (int)cfg_int(c, "n-predict"), .sp = sample_defaults()};
@@ -357,20 +191,20 @@ int cmd_generate(const config_t *c) {
     o.n_stops = cfg_list(c, "stop", &o.stops);
     o.ignore_eos = cfg_bool(c, "ignore-eos");
     const char *bad = sample_validate(&o.sp);
-    if (bad) { die("%s", bad); goto out; }
+    if (bad) { cli_die("%s", bad); goto out; }
     int n_ctx = (int)cfg_int(c, "ctx");
     if (n_ctx == 0) n_ctx = DEFAULT_GEN_CTX < r.m.hp.n_ctx_train ? DEFAULT_GEN_CTX : r.m.hp.n_ctx_train;
     if (n_ids + o.max_tokens > n_ctx) {
-        die("prompt (%ld tokens) + n-predict (%d) exceeds the context of %d (raise --ctx)", n_ids,
+        cli_die("prompt (%ld tokens) + n-predict (%d) exceeds the context of %d (raise --ctx)", n_ids,
             o.max_tokens, n_ctx);
         goto out;
     }
     if (rt_compute(&r, c, n_ctx)) goto out;
-    if (rt_int_acts(&r, c)) goto out;
+    if (cli_rt_int_acts(&r, c)) goto out;
     gen_stats_t st;
     char err[256];
     if (gen_run(&r.f, ids, (int)n_ids, &o, write_all, NULL, &st, err, sizeof err) != 0) {
-        die("%s", err);
+        cli_die("%s", err);
         goto out;
     }
     printf("\n");
@@ -379,18 +213,18 @@ int cmd_generate(const config_t *c) {
             "| %d threads, %s%s%s | finish: %s\n", st.n_prompt,
             st.t_prompt_s > 0 ? st.n_prompt / st.t_prompt_s : 0.0, st.n_gen,
             st.t_gen_s > 0 ? st.n_gen / st.t_gen_s : 0.0, k_pool_size(r.pool), k_isa_name(),
-            !r.int_acts ? "" : recipe_out_q8(&r) ? ", output projection on q8-block activations, "
+            !r.int_acts ? "" : cli_recipe_out_q8(&r) ? ", output projection on q8-block activations, "
                                                  : ", q8-block activations on ",
             r.int_acts ? k_q8_path() : "", st.finish);
     rc = 0;
 out:
     free(text);
     free(ids);
-    rt_free(&r);
+    cli_rt_free(&r);
     return rc;
 }
 
-static char *read_file(const char *path, size_t *len) {
+char *cli_read_file(const char *path, size_t *len) {
     FILE *fp = fopen(path, "rb");
     if (!fp) return NULL;
     char *buf = NULL;
@@ -456,10 +290,10 @@ static int open_ref(const rt_t *r, const config_t *c, rt_t *ref) {
     const char *path = cfg_str(c, "ref-model");
     memset(ref, 0, sizeof *ref);
     if (!path && r->m.file_map)
-        return die("eval --ref on a .sqm needs --ref-model ORIGINAL.gguf (the model it was converted from): "
+        return cli_die("eval --ref on a .sqm needs --ref-model ORIGINAL.gguf (the model it was converted from): "
                    "a .sqm has no unquantized path to compare with");
     if (!path && !r->quantized && !r->int_acts)
-        return die("eval --ref compares a quantized model with its reference, and this GGUF runs with FP32 "
+        return cli_die("eval --ref compares a quantized model with its reference, and this GGUF runs with FP32 "
                    "activations (--exact-fp32, an AVX-512 CPU without --int-acts, or no type with integer "
                    "kernels): give --int-acts, --weights/--acts, or --ref-model FILE");
     if (!path) {
@@ -467,14 +301,14 @@ static int open_ref(const rt_t *r, const config_t *c, rt_t *ref) {
     } else {
         struct stat a, b;
         if (stat(path, &b) == 0 && stat(cfg_str(c, "model"), &a) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
-            return die("--ref-model %s is the model being evaluated: a model compared with itself says nothing", path);
+            return cli_die("--ref-model %s is the model being evaluated: a model compared with itself says nothing", path);
     }
-    if (model_load(&ref->m, path, err, sizeof err) != 0) return die("%s", err);
+    if (model_load(&ref->m, path, err, sizeof err) != 0) return cli_die("%s", err);
     ref->loaded = 1;
     if (model_check_same_vocab(&r->m, &ref->m, err, sizeof err) != 0) {
         model_free(&ref->m);
         ref->loaded = 0;
-        return die("--ref-model %s cannot be the reference of %s: %s", path, cfg_str(c, "model"), err);
+        return cli_die("--ref-model %s cannot be the reference of %s: %s", path, cfg_str(c, "model"), err);
     }
     ref->pool = r->pool; /* shared, not owned */
     return 0;
@@ -482,24 +316,24 @@ static int open_ref(const rt_t *r, const config_t *c, rt_t *ref) {
 
 int cmd_eval(const config_t *c) {
     const char *path = cfg_str(c, "ppl");
-    if (!path) return die("eval needs --ppl FILE");
+    if (!path) return cli_die("eval needs --ppl FILE");
     size_t len;
-    char *text = read_file(path, &len);
-    if (!text) return die("cannot read '%s'", path);
+    char *text = cli_read_file(path, &len);
+    if (!text) return cli_die("cannot read '%s'", path);
     rt_t r;
     int rc = 1;
     int32_t *ids = NULL;
     long n_ids;
-    if (rt_open(&r, c)) { free(text); return 1; }
+    if (cli_rt_open(&r, c)) { free(text); return 1; }
     double t0 = gen_now();
-    if (encode(r.m.tok, text, len, 0, &ids, &n_ids)) goto out;
+    if (cli_encode(r.m.tok, text, len, 0, &ids, &n_ids)) goto out;
     double t_tok = gen_now() - t0;
     long max = cfg_int(c, "max-tokens");
     if (max > 0 && n_ids > max) n_ids = max;
     int ctx = (int)cfg_int(c, "ctx");
     if (ctx == 0) ctx = 512;
     if (ctx < 2 || ctx > r.m.hp.n_ctx_train) {
-        die("--ctx %d is outside [2, %d] (the model's context)", ctx, r.m.hp.n_ctx_train);
+        cli_die("--ctx %d is outside [2, %d] (the model's context)", ctx, r.m.hp.n_ctx_train);
         goto out;
     }
     config_t cc = *c;
@@ -508,12 +342,12 @@ int cmd_eval(const config_t *c) {
     for (int i = 0; i < N_OPTIONS; i++)
         if (strcmp(OPTIONS[i].name, "batch") == 0) cc.val[i] = batch;
     if (rt_quantize(&r, c) || rt_compute(&r, &cc, ctx)) goto out;
-    if (rt_int_acts(&r, c)) goto out;
+    if (cli_rt_int_acts(&r, c)) goto out;
     char err[256];
     model_desc_t d;
     describe(&r, c, &d);
     if (cfg_str(c, "ref-model") && !cfg_bool(c, "ref")) {
-        die("--ref-model is the reference of eval --ref: add --ref");
+        cli_die("--ref-model is the reference of eval --ref: add --ref");
         goto out;
     }
     if (cfg_bool(c, "ref")) { /* the same tokens through the reference model */
@@ -529,10 +363,10 @@ int cmd_eval(const config_t *c) {
         cmp_result_t cr;
         int bad = rt_compute(&ref, &cc, ctx) ||
                   eval_compare(&r.f, &ref.f, ids, n_ids, ctx, &cr, print_cmp, NULL, err, sizeof err);
-        if (bad && !ref.fwd_ready) { rt_free(&ref); goto out; }
+        if (bad && !ref.fwd_ready) { cli_rt_free(&ref); goto out; }
         const char *ref_path = cfg_str(c, "ref-model") ? cfg_str(c, "ref-model") : cfg_str(c, "model");
-        rt_free(&ref);
-        if (bad) { die("%s", err); goto out; }
+        cli_rt_free(&ref);
+        if (bad) { cli_die("%s", err); goto out; }
         printf("file: %s\ntokens: %ld\nctx: %d\nwindows: %d\npredictions: %ld\nmodel: %s\nweights: %s\n"
                "acts: %s\noutput_acts: %s\nw_bits: %.3f\nref_model: %s\nref_weights: %s\nref_acts: %s\nref_w_bits: %.3f\n"
                "ppl: %.6f\nppl_ref: %.6f\ndelta_ppl_pct: %.4f\nkl: %.6f\ntop1: %.6f\nseconds: %.2f\n",
@@ -544,7 +378,7 @@ int cmd_eval(const config_t *c) {
     }
     ppl_result_t pr;
     if (eval_ppl(&r.f, ids, n_ids, ctx, &pr, print_window, NULL, err, sizeof err) != 0) {
-        die("%s", err);
+        cli_die("%s", err);
         goto out;
     }
     printf("file: %s\ntokens: %ld (tokenized in %.2f s)\nctx: %d\nwindows: %d\npredictions: %ld\n"
@@ -556,13 +390,13 @@ int cmd_eval(const config_t *c) {
 out:
     free(text);
     free(ids);
-    rt_free(&r);
+    cli_rt_free(&r);
     return rc;
 }
 
 int cmd_inspect(const config_t *c) {
     rt_t r;
-    if (rt_open(&r, c)) return 1;
+    if (cli_rt_open(&r, c)) return 1;
     const hparams_t *hp = &r.m.hp;
     const gguf_t *g = &r.m.gguf;
     printf("name: %s\ngguf_version: %u\ntensors: %llu\nmetadata: %llu\n", r.m.name, g->version,
@@ -624,7 +458,7 @@ int cmd_inspect(const config_t *c) {
             if (count[t]) printf(" %s x%d", k_type_info((uint32_t)t) ? k_type_info((uint32_t)t)->name : "?", count[t]);
         printf("\ninteger_kernels: %d of %d matrices (8-bit block activations; the rest FP32)\n", q8, n);
     }
-    rt_free(&r);
+    cli_rt_free(&r);
     return 0;
 }
 
@@ -636,15 +470,15 @@ int cmd_tokenize(const config_t *c) {
         text = strdup(p);
         len = text ? strlen(text) : 0;
     } else {
-        text = read_file("/dev/stdin", &len);
+        text = cli_read_file("/dev/stdin", &len);
     }
-    if (!text) return die("cannot read the input");
+    if (!text) return cli_die("cannot read the input");
     rt_t r;
-    if (rt_open(&r, c)) { free(text); return 1; }
+    if (cli_rt_open(&r, c)) { free(text); return 1; }
     int32_t *ids;
     long n;
     int rc = 1;
-    if (encode(r.m.tok, text, len, !cfg_bool(c, "no-special"), &ids, &n) == 0) {
+    if (cli_encode(r.m.tok, text, len, !cfg_bool(c, "no-special"), &ids, &n) == 0) {
         printf("[");
         for (long i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
         printf("]\n");
@@ -652,7 +486,7 @@ int cmd_tokenize(const config_t *c) {
         rc = 0;
     }
     free(text);
-    rt_free(&r);
+    cli_rt_free(&r);
     return rc;
 }
 
@@ -666,32 +500,32 @@ static int cmp_double(const void *a, const void *b) {
 int cmd_bench(const config_t *c) {
     if (cfg_str(c, "synthetic")) return cli_bench_synthetic(c);
     if (cfg_int(c, "depth") != 0) {
-        die("--depth applies to bench --synthetic; with a model, decode starts after the --pp prompt");
+        cli_die("--depth applies to bench --synthetic; with a model, decode starts after the --pp prompt");
         return 1;
     }
     rt_t r;
     int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
-    if (rt_open(&r, c)) return 1;
+    if (cli_rt_open(&r, c)) return 1;
     int rc = 1, n_ctx = pp + tg + 1;
     int32_t *ids = malloc((size_t)(pp + tg + 1) * sizeof *ids);
     float *logits = malloc((size_t)r.m.hp.n_vocab * sizeof(float));
     double *t = malloc((size_t)reps * 2 * sizeof(double));
-    if (!ids || !logits || !t) { die("out of memory"); goto out; }
+    if (!ids || !logits || !t) { cli_die("out of memory"); goto out; }
     if (rt_compute(&r, c, n_ctx)) goto out;
-    if (rt_int_acts(&r, c)) goto out;
+    if (cli_rt_int_acts(&r, c)) goto out;
     for (int i = 0; i < pp + tg + 1; i++) ids[i] = (int32_t)((i * 7919 + 13) % r.m.hp.n_vocab);
     char err[256];
     for (int rep = 0; rep < reps; rep++) {
         int32_t slot0 = 0;
         kv_seq_release(&r.kv, 0);
-        if (kv_seq_reserve(&r.kv, 0, n_ctx) != 0) { die("KV cache too small"); goto out; }
+        if (kv_seq_reserve(&r.kv, 0, n_ctx) != 0) { cli_die("KV cache too small"); goto out; }
         double t0 = gen_now();
         for (int done = 0; done < pp;) { /* prompt in batch-size chunks */
             int n = pp - done < r.f.n_max ? pp - done : r.f.n_max;
             int32_t pos[8192], slot[8192] = {0};
             for (int i = 0; i < n; i++) pos[i] = done + i;
             batch_t b = {n, ids + done, pos, slot, NULL};
-            if (fwd_run(&r.f, &b, logits, err, sizeof err)) { die("%s", err); goto out; }
+            if (fwd_run(&r.f, &b, logits, err, sizeof err)) { cli_die("%s", err); goto out; }
             done += n;
         }
         t[2 * rep] = pp ? pp / (gen_now() - t0) : 0;
@@ -699,7 +533,7 @@ int cmd_bench(const config_t *c) {
         for (int i = 0; i < tg; i++) {
             int32_t pos = i; /* decode from position 0 so contexts match llama-bench's tg */
             batch_t b = {1, ids + pp + i, &pos, &slot0, NULL};
-            if (fwd_run(&r.f, &b, logits, err, sizeof err)) { die("%s", err); goto out; }
+            if (fwd_run(&r.f, &b, logits, err, sizeof err)) { cli_die("%s", err); goto out; }
         }
         t[2 * rep + 1] = tg ? tg / (gen_now() - t0) : 0;
     }
@@ -710,77 +544,12 @@ int cmd_bench(const config_t *c) {
     printf("threads=%d isa=%s%s%s acts=%s%s pp%d=%.1f tg%d=%.1f (tokens/s, median of %d)\n", k_pool_size(r.pool),
            r.m.dev ? model_gpu_name(&r.m) : k_isa_name(), r.int_acts ? "+" : "", r.int_acts ? k_q8_path() : "",
            r.m.file_map ? r.m.a_recipe : r.int_acts ? "q8-block" : "fp32",
-           recipe_out_q8(&r) ? " output=q8-block" : "", pp, pps[reps / 2], tg, tgs[reps / 2], reps);
+           cli_recipe_out_q8(&r) ? " output=q8-block" : "", pp, pps[reps / 2], tg, tgs[reps / 2], reps);
     rc = 0;
 out:
     free(ids);
     free(logits);
     free(t);
-    rt_free(&r);
-    return rc;
-}
-
-int cmd_convert(const config_t *c) {
-    const char *out = cfg_str(c, "output");
-    if (!out) return die("convert needs -o OUT.sqm");
-    rt_t r;
-    if (rt_open(&r, c)) return 1;
-    int rc = 1;
-    if (r.m.file_map) {
-        die("'%s' is already a .sqm; convert reads a GGUF", cfg_str(c, "model"));
-        goto out;
-    }
-    long eval_tokens = cfg_int(c, "eval-tokens");
-    if (eval_tokens != 0 && eval_tokens < 128) {
-        die("--eval-tokens %ld: give 0 (no accuracy check) or at least 128 (one window)", eval_tokens);
-        goto out;
-    }
-    double t0 = gen_now();
-    int done;
-    if (cli_quantize(&r.m, r.pool, c, &r.qs, &done, 1) != 0) goto out;
-    r.quantized = done;
-    if (!done) {
-        die("nothing to convert: give --weights and/or --acts recipes");
-        goto out;
-    }
-    int calibrated = r.qs.w.gptq || r.qs.acts.a.kind == AQ_SQ_STATIC;
-    sqm_meta_t meta = {cfg_str(c, "weights"), cfg_str(c, "acts"), calibrated ? cfg_str(c, "calib") : "none",
-                       calibrated ? cfg_int(c, "calib-tokens") : 0, cfg_str(c, "model"), 0, 0, 0, 0, 0, 0, NULL};
-    char err[512];
-    char ref_name[160];
-    snprintf(ref_name, sizeof ref_name, "%s", base_name(cfg_str(c, "model")));
-    if (eval_tokens == 0) {
-        fprintf(stderr, "accuracy check: not run (--eval-tokens 0); the .sqm records no evaluation\n");
-    } else { /* record the converted model's accuracy against its source GGUF (FP32 activations),
-              * its output projection run as this machine serves it (rt_int_acts) */
-        cmp_result_t cr;
-        if (rt_int_acts(&r, c)) goto out;
-        if (cli_eval_vs_fp32(&r.m, &r.qs, r.pool, cfg_str(c, "model"), (int)eval_tokens, 1, &cr, err,
-                             sizeof err) != 0) {
-            fprintf(stderr, "warning: the accuracy check failed (%s); the .sqm records no evaluation\n", err);
-        } else {
-            meta.have_eval = 1;
-            meta.eval_ppl = cr.q.ppl;
-            meta.eval_ppl_ref = cr.ref.ppl;
-            meta.eval_kl = cr.kl;
-            meta.eval_top1 = cr.top1;
-            meta.eval_tokens = cr.q.n_pred;
-            meta.eval_ref = ref_name;
-            fprintf(stderr, "eval vs FP32 on %ld self-generated tokens: ppl %.4f (FP32 %.4f), KL %.5f, top-1 %.4f"
-                    "%s\n", cr.q.n_pred, cr.q.ppl, cr.ref.ppl, cr.kl, cr.top1,
-                    recipe_out_q8(&r) ? " (output projection on 8-bit block activations)" : "");
-        }
-    }
-    if (sqm_write(out, &r.m, &r.qs, &meta, err, sizeof err) != 0) {
-        die("%s", err);
-        goto out;
-    }
-    struct stat st;
-    long long bytes = stat(out, &st) == 0 ? (long long)st.st_size : -1;
-    fprintf(stderr, "wrote %s: %lld bytes, weights %s (%.2f bits/weight), activations %s, in %.1f s\n", out,
-            bytes, meta.weights, r.qs.w_bits, meta.acts, gen_now() - t0);
-    rc = 0;
-out:
-    rt_free(&r);
+    cli_rt_free(&r);
     return rc;
 }
