@@ -1,8 +1,10 @@
 /* sched.c - continuous batching (see sched.h for the step): the loop
  * thread's callbacks, the inbox that carries requests and cancellations
  * into it, and the public API. The step itself (batch planning, the
- * forward pass, sampling) is in sched_step.c; sched_int.h holds what the
- * two share.
+ * forward pass, sampling) is in sched_step.c, the sequences and their
+ * lists (free, DONE, the running set, the waiting FIFO) in sched_seq.c,
+ * below both; sched_int.h holds what the three share. This file is the
+ * top: it calls the other two, and neither calls it.
  */
 #include "sched_int.h"
 
@@ -15,103 +17,7 @@
 #include <string.h>
 #include <uv.h>
 
-/* ---- helpers ----------------------------------------------------------------- */
-
-static void seq_free(seq_t *q) {
-    if (!q) return;
-    for (int i = 0; i < SCHED_MAX_STOPS; i++) free(q->stops[i]);
-    free(q->tokens);
-    free(q->bias_ids);
-    free(q->bias);
-    free(q->emb);
-    sampler_free(&q->smp);
-    gmatch_free(q->gm);
-    stop_free(&q->stop);
-    free(q);
-}
-
-static void emit_done(sched_t *s, seq_t *q, const char *finish, const char *error) {
-    double now = gen_now();
-    stats_lock(&s->stats);
-    stats_data_t *d = &s->stats.d;
-    d->finished++;
-    if (!strcmp(finish, "stop")) d->finished_stop++;
-    else if (!strcmp(finish, "length")) d->finished_length++;
-    if (!strcmp(finish, "cancelled") || !strcmp(finish, "timeout")) d->cancellations++;
-    hist_observe(&d->e2e, now - q->t_submit);
-    hist_observe(&d->prompt_len, q->n_prompt);
-    hist_observe(&d->output_len, q->n_gen);
-    stats_unlock(&s->stats);
-    sched_event_t ev = {.type = SCHED_DONE, .finish = finish, .error = error,
-                        .n_prompt = q->n_prompt, .n_gen = q->n_gen, .n_cached = q->n_cached};
-    if (q->p.embed && !strcmp(finish, "stop")) {
-        ev.embedding = q->emb;
-        ev.n_embd = s->m->hp.dim;
-    }
-    q->p.sink(q->p.ud, &ev);
-}
-
-void sch_release_slot(sched_t *s, seq_t *q) {
-    if (q->slot < 0) return;
-    kv_seq_release(&s->kv, q->slot);
-    s->free_slots[s->n_free_slots++] = q->slot;
-    q->slot = -1;
-    q->n_done = 0;
-}
-
-void sch_remove_running(sched_t *s, int i) {
-    memmove(&s->running[i], &s->running[i + 1], (size_t)(s->n_running - i - 1) * sizeof(seq_t *));
-    s->n_running--;
-}
-
-
-/* Ends a running sequence: frees its blocks and its slot, reports DONE. */
-void sch_finish_running(sched_t *s, int i, const char *finish, const char *error) {
-    seq_t *q = s->running[i];
-    if (!strcmp(finish, "stop") || !strcmp(finish, "length")) shadow_offer(&s->sh, q->tokens, q->n_prompt);
-    sch_remove_running(s, i);
-    sch_release_slot(s, q);
-    emit_done(s, q, finish, error);
-    seq_free(q);
-}
-
-void sch_wait_push_front(sched_t *s, seq_t *q) {
-    q->next = s->wait_head;
-    s->wait_head = q;
-    if (!s->wait_tail) s->wait_tail = q;
-}
-
-static void wait_push_back(sched_t *s, seq_t *q) {
-    q->next = NULL;
-    if (s->wait_tail) s->wait_tail->next = q;
-    else s->wait_head = q;
-    s->wait_tail = q;
-}
-
-seq_t *sch_wait_pop(sched_t *s) {
-    seq_t *q = s->wait_head;
-    if (q) {
-        s->wait_head = q->next;
-        if (!s->wait_head) s->wait_tail = NULL;
-        q->next = NULL;
-    }
-    return q;
-}
-
 /* ---- inbox: requests and cancellations from other threads ----------------------- */
-
-void sch_drop_waiting(sched_t *s, seq_t *victim, const char *finish) {
-    seq_t **pp = &s->wait_head, *prev = NULL;
-    while (*pp && *pp != victim) { prev = *pp; pp = &(*pp)->next; }
-    if (!*pp) return;
-    *pp = victim->next;
-    if (s->wait_tail == victim) s->wait_tail = prev;
-    pthread_mutex_lock(&s->mu);
-    s->n_queued--;
-    pthread_mutex_unlock(&s->mu);
-    emit_done(s, victim, finish, NULL);
-    seq_free(victim);
-}
 
 static void cancel_id(sched_t *s, uint64_t id, const char *finish) {
     for (int i = 0; i < s->n_running; i++)
@@ -142,7 +48,7 @@ static void take_inbox(sched_t *s) {
     pthread_mutex_unlock(&s->mu);
     while (in) {
         seq_t *next = in->next;
-        wait_push_back(s, in);
+        sch_wait_push_back(s, in);
         in = next;
     }
     for (int i = 0; i < n; i++) cancel_id(s, ids[i], "cancelled");
@@ -322,10 +228,10 @@ void sched_free(sched_t *s) {
     }
     while (s->n_running > 0) {
         seq_t *q = s->running[--s->n_running];
-        seq_free(q);
+        sch_seq_free(q);
     }
-    for (seq_t *q; (q = sch_wait_pop(s));) seq_free(q);
-    for (seq_t *q = s->inbox_head, *n; q; q = n) { n = q->next; seq_free(q); }
+    for (seq_t *q; (q = sch_wait_pop(s));) sch_seq_free(q);
+    for (seq_t *q = s->inbox_head, *n; q; q = n) { n = q->next; sch_seq_free(q); }
     fwd_free(&s->f);
     kv_free(&s->kv);
     shadow_free(&s->sh);
@@ -409,7 +315,7 @@ int sched_submit(sched_t *s, const sched_params_t *p, uint64_t *id, char *err, s
     pthread_mutex_lock(&s->mu);
     if (s->n_queued >= s->cfg.max_queue) {
         pthread_mutex_unlock(&s->mu);
-        seq_free(q);
+        sch_seq_free(q);
         snprintf(err, errlen, "the queue is full (%d waiting)", s->cfg.max_queue);
         return SCHED_EFULL;
     }
@@ -423,7 +329,7 @@ int sched_submit(sched_t *s, const sched_params_t *p, uint64_t *id, char *err, s
     uv_async_send(&s->wake);
     return SCHED_OK;
 oom_q:
-    seq_free(q);
+    sch_seq_free(q);
 oom:
     snprintf(err, errlen, "out of memory");
     return SCHED_ENOMEM;

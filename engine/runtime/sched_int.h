@@ -1,18 +1,21 @@
 /* sched_int.h - the scheduler's state, shared by sched.c (the loop
- * thread's callbacks, the inbox, the public API) and sched_step.c (one
- * engine step: batch planning, the forward pass, sampling). Not part of the
+ * thread's callbacks, the inbox, the public API), sched_step.c (one
+ * engine step: batch planning, the forward pass, sampling) and
+ * sched_seq.c (the sequences and their lists, below both). Not part of the
  * runtime's interface: everything outside engine/runtime/sched*.c sees only
  * the opaque sched_t of sched.h.
  *
  * The state is the loop thread's, except what `mu` guards (the inbox, the
  * cancellations, n_queued), which other threads touch through
- * sched_submit/sched_cancel. Both files run on the loop thread, so the
- * functions below take `mu` only where they change n_queued.
+ * sched_submit/sched_cancel. The three files run on the loop thread, so
+ * the functions below take `mu` only where they change n_queued.
  *
- * The sequence lists are sched.c's: it creates and frees sequences, and the
- * step moves them between the waiting FIFO and the running set only
- * through the sch_ functions below, so a sequence's slot and KV blocks are
- * released, and DONE reported, in one place.
+ * The sequence lists are sched_seq.c's: sched.c creates sequences, and it
+ * and the step move them between the waiting FIFO and the running set,
+ * and free them, only through the sch_ functions below, so a sequence's
+ * slot and KV blocks are released, and DONE reported, in one place. The
+ * calls run one way: sched.c -> sched_step.c -> sched_seq.c, and sched.c
+ * -> sched_seq.c.
  */
 #ifndef SCHED_INT_H
 #define SCHED_INT_H
@@ -94,11 +97,13 @@ struct sched {
     gvocab_t *gv;              /* the token trie for grammars (built at start) */
 };
 
-/* sched.c: the sequence lists (loop thread only) */
+/* sched_seq.c: the sequences and their lists (loop thread only) */
+void sch_seq_free(seq_t *q);
 void sch_release_slot(sched_t *s, seq_t *q);
 void sch_remove_running(sched_t *s, int i);
 void sch_finish_running(sched_t *s, int i, const char *finish, const char *error);
 void sch_wait_push_front(sched_t *s, seq_t *q);
+void sch_wait_push_back(sched_t *s, seq_t *q);
 seq_t *sch_wait_pop(sched_t *s);
 void sch_drop_waiting(sched_t *s, seq_t *victim, const char *finish);
 

@@ -15,8 +15,9 @@
  * sequences finish and leave the running set.
  *
  * Sequences end here (a stop, the length, a grammar error, a timeout)
- * through sch_finish_running, which is sched.c's: the lists and the
- * release of slots and blocks stay in one place (sched_int.h).
+ * through sch_finish_running, which is sched_seq.c's, below this file:
+ * the lists and the release of slots and blocks stay in one place
+ * (sched_int.h).
  */
 #include "sched_int.h"
 
