@@ -5,8 +5,10 @@
  *
  * Quantization at load (--weights/--acts), the accuracy check against the
  * FP32 model and convert are in cli_convert.c; bench --synthetic is in
- * cli_bench.c. What cli_convert.c takes from here (the runtime a command
- * loads, the error and input helpers) is declared in cli_int.h.
+ * cli_bench.c. What the commands here share with cli_convert.c (the
+ * runtime a command loads and frees, the error and input helpers) is in
+ * cli_rt.c, below both, declared in cli_int.h. This file is the top: it
+ * calls cli_convert.c and cli_rt.c, and neither calls it.
  */
 #include "cli_int.h"
 
@@ -19,7 +21,6 @@
 #include "../kernels/k_quant.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,46 +29,6 @@
 #include <unistd.h>
 
 #define DEFAULT_GEN_CTX 4096
-
-int cli_die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return 1;
-}
-
-void cli_rt_free(rt_t *r) {
-    if (r->fwd_ready) fwd_free(&r->f);
-    if (r->kv_ready) kv_free(&r->kv);
-    if (r->own_pool) k_pool_free(r->pool);
-    if (r->quantized) quant_free(&r->qs);
-    if (r->loaded) model_free(&r->m);
-}
-
-static int rt_threads(const config_t *c) {
-    long t = cfg_int(c, "threads");
-    if (t > 0) return (int)t;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
-int cli_rt_open(rt_t *r, const config_t *c) {
-    char err[512];
-    memset(r, 0, sizeof *r);
-    k_init();
-    if (model_load(&r->m, cfg_str(c, "model"), err, sizeof err) != 0) return cli_die("%s", err);
-    r->loaded = 1;
-    /* --chat-template: a bad one is reported here and fails chats only */
-    const char *tmpl = (c->cmd & (CMD_GENERATE | CMD_SERVE | CMD_INSPECT)) ? cfg_str(c, "chat-template") : NULL;
-    if (tmpl && chat_tmpl_override(&r->m.chat, tmpl, err, sizeof err) != 0)
-        fprintf(stderr, "warning: %s; chat prompts cannot be rendered\n", err);
-    if (!(r->pool = k_pool_new(rt_threads(c)))) return cli_die("cannot start threads");
-    r->own_pool = 1;
-    return 0;
-}
 
 /* Moves the model to the --device (a no-op for cpu or when already there). */
 static int rt_device(rt_t *r, const config_t *c) {
@@ -99,52 +60,11 @@ static int rt_compute(rt_t *r, const config_t *c, int n_ctx) {
     return 0;
 }
 
-int cli_int_acts_wanted(const config_t *c) {
-    if (cfg_bool(c, "exact-fp32") && cfg_bool(c, "int-acts"))
-        return cli_die("--exact-fp32 and --int-acts ask for opposite paths: give one"), -1;
-    if (cfg_bool(c, "exact-fp32")) return 0;
-    return cfg_bool(c, "int-acts") || strcmp(k_isa_name(), "avx512") != 0;
-}
-
-/* Every matrix still in a GGUF type takes the integer kernels on the CPU,
- * activations quantized to 8 bits per block, when cli_int_acts_wanted says
- * so: all of a GGUF run as stored, and the output projection (kept in its
- * GGUF type, usually Q8_0) of a .sqm or of a GGUF quantized at load. On an
- * AVX2 CPU that projection is a fifth of a decode step, and its FP32 dot
- * products run at a third of the integer kernel's speed. Never called for
- * a reference model: those stay FP32. Returns 0, or 1 after printing the
- * error. */
-int cli_rt_int_acts(rt_t *r, const config_t *c) {
-    int want = cli_int_acts_wanted(c);
-    if (want < 0) return 1;
-    if (want && !r->m.dev) r->int_acts = model_set_int_acts(&r->m, 1) > 0;
-    return 0;
-}
-
 /* What the activations of a GGUF as stored are, for the reports. */
 static const char *gguf_acts(const rt_t *r) { return r->int_acts ? "q8-block" : "fp32"; }
 
-/* A recipe's model (.sqm or quantized at load): is its output projection
- * on 8-bit block activations? */
-int cli_recipe_out_q8(const rt_t *r) { return r->int_acts && (r->m.file_map || r->quantized); }
-
 static int rt_quantize(rt_t *r, const config_t *c) {
     return cli_quantize(&r->m, r->pool, c, &r->qs, &r->quantized, 0);
-}
-
-/* Tokenizes text; *out is malloc'd. */
-int cli_encode(const tok_t *t, const char *text, size_t len, int special, int32_t **out,
-               long *n) {
-    size_t cap = len + 16;
-    for (;;) {
-        int32_t *ids = malloc(cap * sizeof *ids);
-        if (!ids) return cli_die("out of memory tokenizing");
-        long k = tok_encode(t, text, len, special, ids, cap);
-        if (k < 0) { free(ids); return cli_die("out of memory tokenizing"); }
-        if ((size_t)k <= cap) { *out = ids; *n = k; return 0; }
-        free(ids);
-        cap = (size_t)k;
-    }
 }
 
 static int write_all(void *ud, const char *s, size_t n) {
@@ -222,29 +142,6 @@ out:
     free(ids);
     cli_rt_free(&r);
     return rc;
-}
-
-char *cli_read_file(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n + 65536 + 1 > cap) {
-            char *nb = realloc(buf, cap = (n + 65536 + 1) * 2);
-            if (!nb) { free(buf); fclose(fp); return NULL; }
-            buf = nb;
-        }
-        size_t k = fread(buf + n, 1, 65536, fp);
-        n += k;
-        if (k == 0) break;
-    }
-    int bad = ferror(fp);
-    fclose(fp);
-    if (bad) { free(buf); return NULL; }
-    buf[n] = 0;
-    *len = n;
-    return buf;
 }
 
 static void print_cmp(void *ud, int w, const cmp_result_t *r) {

@@ -1,9 +1,9 @@
 /* cli_int.h - what the subcommands of cli.c share with cli_convert.c: the
  * runtime a command loads (model, threads, KV cache, forward state) and
- * the helpers for errors and input. Not part of the server's interface:
- * main.c and serve.c see only cli.h.
+ * the helpers for errors and input, all defined in cli_rt.c, below both.
+ * Not part of the server's interface: main.c and serve.c see only cli.h.
  *
- * Only cli.c opens and frees the runtime (cli_rt_open, cli_rt_free), so
+ * Only cli_rt.c opens and frees the runtime (cli_rt_open, cli_rt_free), so
  * what a command must release, and in which order, is written down once;
  * cmd_convert fills in its quantized state and leaves the rest to them.
  */
