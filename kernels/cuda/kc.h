@@ -135,6 +135,10 @@ void kc_attn_set_tensor_cores(int on);
  * 0: the default, about two blocks per SM from the batch shape, at most 16;
  * -1: KC_ATTN_SPLIT from the environment, else the default) */
 void kc_attn_set_split(int n_split);
+/* decode rows: 1 a block serves all query heads of a K/V head (each K/V
+ * row read once for them; the default), 0 a block per query head, < 0
+ * KC_ATTN_GQA from the environment (0: off), else the default */
+void kc_attn_set_gqa(int on);
 
 /* ---- SQ-format weights (kc_sq.cu, kc_sq_mm.cu) ----------------------------------------- */
 

@@ -42,23 +42,30 @@
 #define SPLIT_MIN 256      /* fewest positions a slice of a split row takes */
 #define MAX_HD_PER_LANE 8 /* head_dim <= 256 */
 
-/* Online softmax state of one warp: m (max score), l (sum of exp), and
- * acc[j] for the lane's head dimensions j = lane + 32 * jj (PL of them).
- * A warp takes ATT_U consecutive positions at a time and issues all their
- * K and V loads (and block-table lookups) before the first score: at batch
- * 1 a block is one (row, head) of a handful, so each round of dependent
- * loads is a memory latency on the step's critical path.
+/* Online softmax state of one warp and query head: m (max score), l (sum
+ * of exp), and acc[j] for the lane's head dimensions j = lane + 32 * jj (PL
+ * of them). A warp takes ATT_U consecutive positions at a time and issues
+ * all their K and V loads (and block-table lookups) before the first score:
+ * at batch 1 a block is one of a handful, so each round of dependent loads
+ * is a memory latency on the step's critical path.
  *
- * Split positions (flash-decoding). At batch 1 there are only n_head blocks
- * (32 for Llama-3-8B) for 132 SMs: at a deep context one block walks
+ * Query heads sharing a K/V head (grouped-query attention). A block serves
+ * G query heads of one K/V head, so each K/V row is read once for all G of
+ * them (G = the group when it is 2, 4 or 8 and the state fits, else 1): with
+ * one block per query head, a batch of 8 Llama-3-8B rows at 2048 positions
+ * read 4 x 134 MB of K/V a layer, far more than L2 holds.
+ *
+ * Split positions (flash-decoding). At batch 1 there are only n_head / G
+ * blocks (8 for Llama-3-8B) for 132 SMs: at a deep context one block walks
  * thousands of positions while most SMs idle. With n_split > 1 block
- * (row, head, split) takes a 1/n_split slice of the row's positions and
- * writes its merged state (max, sum, unnormalised V sum) to `part`; the
- * block that finishes last (a ticket per (row, head), reset by that block)
- * merges the n_split states into the output. No second launch; a row
- * shorter than 2 x SPLIT_MIN positions is not split at all (measured on the
- * H200: 8 slices at a 100-position context cost 7 % of a batch-1 step). */
-template <int PL>
+ * (row, heads, split) takes a 1/n_split slice of the row's positions and
+ * writes each head's merged state (max, sum, unnormalised V sum) to
+ * `part`; the block that finishes last (a ticket per (row, heads), reset by
+ * that block) merges the n_split states into the output. No second launch;
+ * a row shorter than 2 x SPLIT_MIN positions is not split at all (measured
+ * on the H200: 8 slices at a 100-position context cost 7 % of a batch-1
+ * step). */
+template <int PL, int G>
 __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
                                                                    const int32_t *pos, const int32_t *blk,
                                                                    const int32_t *blk_off, int n_head, int group,
@@ -66,20 +73,23 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
                                                                    int *ticket) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
-    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
-    __shared__ float s_acc[ATT_WARPS][32 * PL];
+    __shared__ float s_m[ATT_WARPS][G], s_l[ATT_WARPS][G];
+    __shared__ float s_acc[ATT_WARPS][G][32 * PL];
     __shared__ int s_last;
-    const int bh = blockIdx.x, i = bh / n_head, h = bh % n_head, g = h / group, split = blockIdx.y;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float *qh = q + ((size_t)i * n_head + h) * hd;
-    float qv[PL], acc[PL];
+    const int per_row = n_head / G, bg = blockIdx.x, i = bg / per_row, h0 = bg % per_row * G, g = h0 / group;
+    const int split = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float qv[G][PL], acc[G][PL], m[G], l[G];
 #pragma unroll
-    for (int jj = 0; jj < PL; jj++) {
-        const int j = lane + 32 * jj;
-        qv[jj] = j < hd ? qh[j] : 0.0f;
-        acc[jj] = 0.0f;
+    for (int gh = 0; gh < G; gh++) {
+        const float *qh = q + ((size_t)i * n_head + h0 + gh) * hd;
+#pragma unroll
+        for (int jj = 0; jj < PL; jj++) {
+            const int j = lane + 32 * jj;
+            qv[gh][jj] = j < hd ? qh[j] : 0.0f;
+            acc[gh][jj] = 0.0f;
+        }
+        m[gh] = -FLT_MAX, l[gh] = 0.0f;
     }
-    float m = -FLT_MAX, l = 0.0f;
     const int n_pos = pos[i] + 1, off = blk_off[i];
     /* the launch's n_split is fixed by the batch shape (a graph replays it at
      * every position); a short row uses fewer slices of at least SPLIT_MIN
@@ -105,79 +115,87 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
 #pragma unroll
         for (int u = 0; u < ATT_U; u++) {
             if (t0 + u >= t_end) break;
-            float s = 0.0f;
+            float s[G];
 #pragma unroll
-            for (int jj = 0; jj < PL; jj++)
-                if (lane + 32 * jj < hd) s += qv[jj] * kk[u][jj];
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            s *= scale;
-            float m_new = fmaxf(m, s), corr = expf(m - m_new), p = expf(s - m_new);
-            l = l * corr + p;
+            for (int gh = 0; gh < G; gh++) {
+                s[gh] = 0.0f;
 #pragma unroll
-            for (int jj = 0; jj < PL; jj++) acc[jj] = acc[jj] * corr + (lane + 32 * jj < hd ? p * vv[u][jj] : 0.0f);
-            m = m_new;
+                for (int jj = 0; jj < PL; jj++)
+                    if (lane + 32 * jj < hd) s[gh] += qv[gh][jj] * kk[u][jj];
+            }
+            for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+                for (int gh = 0; gh < G; gh++) s[gh] += __shfl_xor_sync(0xffffffffu, s[gh], o);
+#pragma unroll
+            for (int gh = 0; gh < G; gh++) {
+                const float sc = s[gh] * scale;
+                const float m_new = fmaxf(m[gh], sc), corr = expf(m[gh] - m_new), p = expf(sc - m_new);
+                l[gh] = l[gh] * corr + p;
+#pragma unroll
+                for (int jj = 0; jj < PL; jj++)
+                    acc[gh][jj] = acc[gh][jj] * corr + (lane + 32 * jj < hd ? p * vv[u][jj] : 0.0f);
+                m[gh] = m_new;
+            }
         }
     }
-    if (lane == 0) {
-        s_m[warp] = m;
-        s_l[warp] = l;
-    }
 #pragma unroll
-    for (int jj = 0; jj < PL; jj++) s_acc[warp][lane + 32 * jj] = acc[jj];
-    __syncthreads();
-    if (warp != 0) return;
-    float M = -FLT_MAX;
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
-    float L = 0.0f, cw[ATT_WARPS];
-    for (int w = 0; w < ATT_WARPS; w++) {
-        cw[w] = s_l[w] > 0.0f ? expf(s_m[w] - M) : 0.0f; /* a warp with no positions */
-        L += s_l[w] * cw[w];
+    for (int gh = 0; gh < G; gh++) {
+        if (lane == 0) s_m[warp][gh] = m[gh], s_l[warp][gh] = l[gh];
+#pragma unroll
+        for (int jj = 0; jj < PL; jj++) s_acc[warp][gh][lane + 32 * jj] = acc[gh][jj];
     }
-    float *o = out + ((size_t)i * n_head + h) * hd;
-    if (n_split == 1) {
+    __syncthreads();
+    /* warp gh merges head h0 + gh over the block's warps */
+    if (warp < G) {
+        const int gh = warp;
+        float M = -FLT_MAX;
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, s_m[w][gh]);
+        float L = 0.0f, cw[ATT_WARPS];
+        for (int w = 0; w < ATT_WARPS; w++) {
+            cw[w] = s_l[w][gh] > 0.0f ? expf(s_m[w][gh] - M) : 0.0f; /* a warp with no positions */
+            L += s_l[w][gh] * cw[w];
+        }
+        const size_t head = (size_t)i * n_head + h0 + gh;
+        float *dst = n_split == 1 ? out + head * hd : part + (head * n_split + split) * (hd + 2) + 2;
         for (int jj = 0; jj < PL; jj++) {
             const int j = lane + 32 * jj;
             if (j >= hd) continue;
             float a = 0.0f;
-            for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][j] * cw[w];
-            o[j] = a / L;
+            for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][gh][j] * cw[w];
+            dst[j] = n_split == 1 ? a / L : a;
         }
-        return;
+        if (n_split > 1 && lane == 0) dst[-2] = M, dst[-1] = L;
     }
-    float *mine = part + ((size_t)bh * n_split + split) * (hd + 2);
-    for (int jj = 0; jj < PL; jj++) {
-        const int j = lane + 32 * jj;
-        if (j >= hd) continue;
-        float a = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][j] * cw[w];
-        mine[2 + j] = a;
-    }
-    if (lane == 0) mine[0] = M, mine[1] = L;
-    __threadfence(); /* the state is visible before the ticket says so */
-    if (lane == 0) s_last = atomicAdd(ticket + bh, 1) == n_split - 1;
-    __syncwarp();
+    if (n_split == 1) return;
+    __threadfence(); /* the states are visible before the ticket says so */
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(ticket + bg, 1) == n_split - 1;
+    __syncthreads();
     if (!s_last) return;
     __threadfence();
-    const float *all = part + (size_t)bh * n_split * (hd + 2);
-    float MM = -FLT_MAX, LL = 0.0f;
-    for (int sp = 0; sp < n_split; sp++)
-        if (__ldcg(all + sp * (hd + 2) + 1) > 0.0f) MM = fmaxf(MM, __ldcg(all + sp * (hd + 2)));
-    for (int sp = 0; sp < n_split; sp++) {
-        const float Ls = __ldcg(all + sp * (hd + 2) + 1);
-        if (Ls > 0.0f) LL += Ls * expf(__ldcg(all + sp * (hd + 2)) - MM);
-    }
-    for (int jj = 0; jj < PL; jj++) {
-        const int j = lane + 32 * jj;
-        if (j >= hd) continue;
-        float a = 0.0f;
+    if (warp < G) {
+        const size_t head = (size_t)i * n_head + h0 + warp;
+        const float *all = part + head * n_split * (hd + 2);
+        float MM = -FLT_MAX, LL = 0.0f;
+        for (int sp = 0; sp < n_split; sp++)
+            if (__ldcg(all + sp * (hd + 2) + 1) > 0.0f) MM = fmaxf(MM, __ldcg(all + sp * (hd + 2)));
         for (int sp = 0; sp < n_split; sp++) {
-            const float *ps = all + sp * (hd + 2);
-            const float Ls = __ldcg(ps + 1);
-            if (Ls > 0.0f) a += __ldcg(ps + 2 + j) * expf(__ldcg(ps) - MM);
+            const float Ls = __ldcg(all + sp * (hd + 2) + 1);
+            if (Ls > 0.0f) LL += Ls * expf(__ldcg(all + sp * (hd + 2)) - MM);
         }
-        o[j] = a / LL;
+        for (int jj = 0; jj < PL; jj++) {
+            const int j = lane + 32 * jj;
+            if (j >= hd) continue;
+            float a = 0.0f;
+            for (int sp = 0; sp < n_split; sp++) {
+                const float *ps = all + sp * (hd + 2);
+                const float Ls = __ldcg(ps + 1);
+                if (Ls > 0.0f) a += __ldcg(ps + 2 + j) * expf(__ldcg(ps) - MM);
+            }
+            out[head * hd + j] = a / LL;
+        }
     }
-    if (lane == 0) ticket[bh] = 0; /* ready for the next launch (graphs replay it) */
+    if (threadIdx.x == 0) ticket[bg] = 0; /* ready for the next launch (graphs replay it) */
 }
 
 /* Partial states and tickets of split rows: a fixed allocation (kc_init),
@@ -187,8 +205,15 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
 static float *g_part;
 static int *g_ticket;
 static int g_split = -1; /* kc_attn_set_split; -1: KC_ATTN_SPLIT or the default */
+static int g_gqa = 1;    /* kc_attn_set_gqa: a block per K/V head's query heads (0: per query head) */
+
+extern "C" void kc_attn_set_gqa(int on) {
+    const char *e = getenv("KC_ATTN_GQA");
+    g_gqa = on >= 0 ? on : !(e && !strcmp(e, "0"));
+}
 
 extern "C" int kc_attn_init(void) {
+    kc_attn_set_gqa(-1);
     if (kc_check(cudaMalloc(&g_part, (size_t)SPLIT_STATES * (32 * MAX_HD_PER_LANE + 2) * sizeof(float)),
                  "attention split states") ||
         kc_check(cudaMalloc(&g_ticket, SPLIT_STATES * sizeof(int)), "attention tickets") ||
@@ -228,15 +253,30 @@ static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int
                      n_head, n_head_kv);
         return -1;
     }
-    const int per_lane = (head_dim + 31) / 32, group = n_head / n_head_kv, n_split = split_of(n * n_head);
+    const int per_lane = (head_dim + 31) / 32, group = n_head / n_head_kv;
     const float scale = 1.0f / sqrtf((float)head_dim);
-#define ATT_LAUNCH(PL)                                                                                       \
-    kc_launch_pdl("attention", attention_kernel<PL>, dim3((unsigned)n * n_head, (unsigned)n_split),       \
-                  32 * ATT_WARPS, 0, d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, group, head_dim, \
+    const int pl = per_lane <= 2 ? 2 : per_lane <= 4 ? 4 : MAX_HD_PER_LANE;
+    /* a block's heads: the whole group when its state fits (G x PL <= 32:
+     * 32 KB of merge buffer, ~130 registers), else one */
+    const int G = (group == 2 || group == 4 || group == 8) && group * pl <= 32 && g_gqa ? group : 1;
+    const int n_split = split_of(n * (n_head / G));
+#define ATT_LAUNCH(PL, GG)                                                                                     \
+    kc_launch_pdl("attention", attention_kernel<PL, GG>, dim3((unsigned)(n * (n_head / GG)), (unsigned)n_split), \
+                  32 * ATT_WARPS, 0, d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, group, head_dim,  \
                   scale, n_split, g_part, g_ticket)
-    if (per_lane <= 2) return ATT_LAUNCH(2);
-    if (per_lane <= 4) return ATT_LAUNCH(4);
-    return ATT_LAUNCH(MAX_HD_PER_LANE);
+    switch (pl * 16 + G) {
+    case 2 * 16 + 2: return ATT_LAUNCH(2, 2);
+    case 2 * 16 + 4: return ATT_LAUNCH(2, 4);
+    case 2 * 16 + 8: return ATT_LAUNCH(2, 8);
+    case 4 * 16 + 2: return ATT_LAUNCH(4, 2);
+    case 4 * 16 + 4: return ATT_LAUNCH(4, 4);
+    case 4 * 16 + 8: return ATT_LAUNCH(4, 8);
+    case 8 * 16 + 2: return ATT_LAUNCH(8, 2);
+    case 8 * 16 + 4: return ATT_LAUNCH(8, 4);
+    case 2 * 16 + 1: return ATT_LAUNCH(2, 1);
+    case 4 * 16 + 1: return ATT_LAUNCH(4, 1);
+    default: return ATT_LAUNCH(MAX_HD_PER_LANE, 1);
+    }
 #undef ATT_LAUNCH
 }
 

@@ -350,28 +350,33 @@ static void test_attention(int n_seq, int len, int rows, int n_head, int n_kv, i
     float *dq = dup_to(q, (size_t)n * n_head * hd * 4), *dout = poisoned((size_t)n * n_head * hd * 4);
     int32_t *dpos = dup_to(pos, (size_t)n * 4), *doff = dup_to(off, (size_t)n * 4),
             *dblk = dup_to(blk, (size_t)n_seq * bps * 4);
-    char what[96];
+    char what[112];
     /* every kernel on the same data: rows, FP32 tiles, tensor-core tiles. The
      * last rounds Q, K, V and the probabilities to TF32 (2^-11 relative each):
      * an output, a weighted mean of V rows, moves by a few 2^-11 of the
      * largest one */
     /* The rows kernel runs unsplit, split the default way and split 3 ways
      * (slices of uneven fill, some empty at short lengths), twice each: a
-     * split launch's tickets must be left ready for the next one. */
-    static const char *const kind[6] = {"rows", "rows split", "rows split 3", "rows split 3 again", "tiles",
-                                        "tiles TF32"};
-    static const int split[6] = {1, 0, 3, 3, 0, 0};
-    for (int mode = 0; mode < 6; mode++) {
-        kc_attn_set_split(split[mode]);
-        kc_attn_set_tensor_cores(mode == 5);
+     * split launch's tickets must be left ready for the next one; with a
+     * block for all query heads of a K/V head and with one per query head. */
+    static const struct {
+        const char *kind;
+        int split, gqa, tiled, tc;
+    } mode[] = {{"rows", 1, 1, 0, 0},          {"rows split", 0, 1, 0, 0},
+                {"rows split 3", 3, 1, 0, 0},  {"rows split 3 again", 3, 1, 0, 0},
+                {"rows per head", 1, 0, 0, 0}, {"rows per head split", 0, 0, 0, 0},
+                {"tiles", 0, 1, 1, 0},         {"tiles TF32", 0, 1, 1, 1}};
+    for (size_t k = 0; k < sizeof mode / sizeof mode[0]; k++) {
+        kc_attn_set_split(mode[k].split), kc_attn_set_gqa(mode[k].gqa);
+        kc_attn_set_tensor_cores(mode[k].tc);
         OK(kc_memset(dout, 0xFF, (size_t)n * n_head * hd * 4));
-        OK(kc_attention(dout, dq, &kv, layer, n, dpos, dblk, doff, n_head, n_kv, hd, len, mode >= 4));
+        OK(kc_attention(dout, dq, &kv, layer, n, dpos, dblk, doff, n_head, n_kv, hd, len, mode[k].tiled));
         back(got, dout, (size_t)n * n_head * hd * 4);
-        snprintf(what, sizeof what, "attention (%s) seqs=%d len=%d rows=%d heads=%d/%d hd=%d", kind[mode], n_seq,
+        snprintf(what, sizeof what, "attention (%s) seqs=%d len=%d rows=%d heads=%d/%d hd=%d", mode[k].kind, n_seq,
                  len, rows, n_head, n_kv, hd);
-        check(what, got, want, (size_t)n * n_head * hd, mode == 5 && hd % 64 == 0 ? 4e-3 : 1e-5);
+        check(what, got, want, (size_t)n * n_head * hd, mode[k].tc && hd % 64 == 0 ? 4e-3 : 1e-5);
     }
-    kc_attn_set_split(-1), kc_attn_set_tensor_cores(-1);
+    kc_attn_set_split(-1), kc_attn_set_gqa(-1), kc_attn_set_tensor_cores(-1);
 
     /* kv_store: rows written at their positions, read back through the table */
     float *nk = malloc((size_t)n * kvd * 4), *nv = malloc((size_t)n * kvd * 4);
@@ -424,6 +429,9 @@ int main(int argc, char **argv) {
     test_attention(2, 75, 40, 32, 8, 128); /* Llama-3 heads, chunks not multiples of the tile */
     test_attention(1, 700, 1, 32, 8, 128); /* decode deep enough to split: slices of 256, 256, 188 */
     test_attention(2, 1500, 1, 9, 3, 64);  /* split rows of two sequences */
+    test_attention(3, 600, 1, 16, 2, 128); /* 8 query heads a K/V head (70B's group) */
+    test_attention(2, 300, 1, 8, 4, 256);  /* hd 256: group 2 in a block */
+    test_attention(2, 530, 2, 8, 8, 64);   /* no grouping */
     if (!quick) test_attention(2, 2000, 3, 32, 8, 128), test_attention(1, 1100, 1100, 32, 8, 128);
     printf("test_kc_ops: %d passed, %d failed\n", n_pass, n_fail);
     kc_shutdown();
