@@ -400,6 +400,10 @@ int cmd_bench(const config_t *c) {
         cli_die("--depth applies to bench --synthetic; with a model, decode starts after the --pp prompt");
         return 1;
     }
+    if (cfg_str(c, "synthetic-weights")) {
+        cli_die("--synthetic-weights applies to bench --synthetic; a model's weights are the file's (or --weights)");
+        return 1;
+    }
     rt_t r;
     int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
     if (cli_rt_open(&r, c)) return 1;

@@ -1,6 +1,7 @@
 /* cli_bench.c - `sqserve bench --synthetic NAME --device cuda`: end-to-end
  * speed of a model of a real architecture's shapes (e.g. Llama-3-8B) with
- * random SQ 8/4 b64 s0.875 weights, through the same engine path as a
+ * random weights (SQ 8/4 b64 s0.875 by default; --synthetic-weights picks
+ * the W4A8, W8A8 or FP16 baselines), through the same engine path as a
  * loaded model (fwd_run, paged KV cache), without needing the model file.
  *
  * The model is built by compute/cuda_model.c and timed by runtime/bench.c;
@@ -46,7 +47,8 @@ int cli_bench_synthetic(const config_t *c) {
     int chunk = (int)cfg_int(c, "batch"), depth = (int)cfg_int(c, "depth");
     if (tg < 1) return fail("--tg", "bench --synthetic needs at least one decode step");
     model_t m;
-    if (model_synthetic(&m, cfg_str(c, "synthetic"), ord, err, sizeof err) != 0) return fail(err, NULL);
+    if (model_synthetic(&m, cfg_str(c, "synthetic"), cfg_str(c, "synthetic-weights"), ord, err, sizeof err) != 0)
+        return fail(err, NULL);
     const hparams_t *hp = &m.hp;
     int n_max = chunk > max_b ? chunk : max_b, n_ctx = pp > depth + tg ? pp : depth + tg;
     int seqs_blocks = max_b * ((depth + tg + KV_BLOCK - 1) / KV_BLOCK), pp_blocks = (pp + KV_BLOCK - 1) / KV_BLOCK;
@@ -70,10 +72,11 @@ int cli_bench_synthetic(const config_t *c) {
     fwd_pin_logits(&f, logits, (size_t)n_max); /* as the server does (sched.c) */
     double bytes = (double)model_gpu_weight_bytes(&m), bw = model_gpu_bandwidth(&m) * 1e9;
     printf("device: %s (peak %.0f GB/s)\nmodel: %s, %d layers, dim %d, ffn %d, vocab %d\n"
-           "weight bytes per step: %.3f GB (SQ 8/4 b64 s0.875, lm head included)\n"
+           "weight bytes per step: %.3f GB (%s, lm head included)\n"
            "bound at batch 1 (bytes / peak bandwidth): %.1f tokens/s\n",
            model_gpu_name(&m), bw / 1e9, m.name, hp->n_layer, hp->dim, hp->ffn_dim, hp->n_vocab,
-           bytes / 1e9, bw / bytes);
+           bytes / 1e9, cfg_str(c, "synthetic-weights") ? cfg_str(c, "synthetic-weights") : "sq:8/4:b64:s0.875",
+           bw / bytes);
     double pps;
     if (pp > 0) {
         if (bench_prefill(&f, &kv, pp, reps, logits, &pps, err, sizeof err) != 0) { fail(err, NULL); goto out; }

@@ -125,8 +125,11 @@ const opt_t OPTIONS[] = {
     {"device", 0, "SQSERVE_DEVICE", "cpu", OPT_STR, G | E | B | S, 0, 0,
      "compute device: cpu, cuda or cuda:N (a CUDA build on an sm_90 GPU)"},
     {"synthetic", 0, NULL, NULL, OPT_STR, B, 0, 0,
-     "random SQ 8/4 b64 s0.875 weights of these shapes on the GPU instead of -m "
+     "random weights of these shapes on the GPU instead of -m (format: --synthetic-weights) "
      "(llama3-8b, llama3-70b, smollm2-135m)"},
+    {"synthetic-weights", 0, NULL, NULL, OPT_STR, B, 0, 0,
+     "with --synthetic: the weights' format: sq:8/4:b64:s0.875 (the default), int4:g64 (W4A8), int8 (W8A8) "
+     "or f16 (every matrix and the lm head; INT8 activations but for f16)"},
     {"decode-batches", 0, NULL, "1,8,32,128", OPT_STR, B, 0, 0,
      "with --synthetic: decode batch sizes (sequences advanced per step)"},
     {"pp", 0, NULL, "512", OPT_INT, B, 0, 1 << 16, "prompt tokens"},

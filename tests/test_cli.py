@@ -302,6 +302,20 @@ def test_bench_depth_needs_synthetic(sq):
     assert "--depth" in line and "--synthetic" in line
 
 
+def test_bench_synthetic_weights_needs_synthetic(sq):
+    """--synthetic-weights picks the format of a synthetic model; with a real
+    model it would be ignored, so it is refused."""
+    line = one_error(sq("bench", "--pp", "8", "--tg", "2", "-r", "1", "--synthetic-weights", "int4:g64", *THREADS), 1)
+    assert "--synthetic-weights" in line and "--synthetic" in line
+
+
+def test_bench_synthetic_unknown_weights(sq):
+    """An unknown format is named in the error, before any device is touched."""
+    line = one_error(sq("bench", "--synthetic", "llama3-8b", "--synthetic-weights", "int5", "--device", "cuda",
+                        *THREADS, model=False), 1)
+    assert "unknown synthetic weights 'int5'" in line and "int4:g64" in line
+
+
 def test_cuda_without_gpu_is_a_clear_error(sq):
     """A CUDA build on a machine without a usable GPU, or a build without
     CUDA, refuses --device cuda with one line saying which; never a crash."""

@@ -179,6 +179,7 @@ static int gmatmul(gfwd_t *g, const gmat_t *w, const float *x, int m, float *y, 
         return kc_gemm_f32(w->f32, w->n, w->k, x, m, y);
     }
     if (quant_input(g, x, m, w->k, quantized) != 0) return -1;
+    if (w->kind == GM_INT) return kc_int_matmul(w->in, g->qx, g->sx, m, y);
     return kc_sq_matmul(w->sq, g->qx, g->sx, m, y);
 }
 
@@ -313,7 +314,8 @@ static int reads_int8(const gfwd_t *g, const glayer_t *L, int id) {
     const int kind = L->w[id].kind;
     /* an INT or static-SQ activation hook rewrites the input first: the
      * quantization would be discarded */
-    return (kind == GM_SQ || kind == GM_FUSED) && g->acts.kind != AQ_INT && g->acts.kind != AQ_SQ_STATIC;
+    return (kind == GM_SQ || kind == GM_FUSED || kind == GM_INT) && g->acts.kind != AQ_INT &&
+           g->acts.kind != AQ_SQ_STATIC;
 }
 
 /* SQSERVE_CUDA_PROFILE: each operation bracketed for kc_prof (kc_prof.cu) */
@@ -366,13 +368,15 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
     int quantized = 0;
     if (layer >= 0) {
         const glayer_t *L = &gm->layers[layer];
-        const kc_sq_t *fused = count == 3 && ids[0] == W_Q && ids[1] == W_K && ids[2] == W_V ? L->qkv
-                               : count == 2 && ids[0] == W_GATE && ids[1] == W_UP      ? L->gate_up
-                                                                                       : NULL;
-        if (fused) {
+        const int qkv = count == 3 && ids[0] == W_Q && ids[1] == W_K && ids[2] == W_V;
+        const int gu = count == 2 && ids[0] == W_GATE && ids[1] == W_UP;
+        const kc_sq_t *fused = qkv ? L->qkv : gu ? L->gate_up : NULL;
+        const kc_int_t *fused_i = qkv ? L->qkv_i : gu ? L->gate_up_i : NULL;
+        if (fused || fused_i) {
             if (quant_input(f->be_state, x, n, L->w[ids[0]].k, &quantized) != 0) return -1;
             gfwd_t *g = f->be_state;
-            return kc_sq_matmul_parts(fused, g->qx, g->sx, n, y);
+            return fused ? kc_sq_matmul_parts(fused, g->qx, g->sx, n, y)
+                         : kc_int_matmul_parts(fused_i, g->qx, g->sx, n, y);
         }
     }
     for (int i = 0; i < count; i++) {
@@ -420,10 +424,10 @@ static int cuda_attention(fwd_t *f, int layer, int n) {
 static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, int n) {
     gfwd_t *g = f->be_state;
     const gmat_t *w = &gpu_model(f)->layers[layer].w[id];
-    if (w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) {
+    if ((w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) || (w->kind == GM_INT && kc_int_acc_applies(w->in, n))) {
         int quantized = 0;
         if (quant_input(g, x, n, w->k, &quantized) != 0) return -1;
-        return kc_sq_matmul_acc(w->sq, g->qx, g->sx, n, y);
+        return w->kind == GM_SQ ? kc_sq_matmul_acc(w->sq, g->qx, g->sx, n, y) : kc_int_matmul_acc(w->in, g->qx, g->sx, n, y);
     }
     return gmatmul(g, w, x, n, f->xb, &(int){0}) != 0 ? -1 : kc_add(y, f->xb, (long)n * w->n);
 }

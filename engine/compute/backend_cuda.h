@@ -40,9 +40,11 @@ const char *model_gpu_name(const model_t *m);
 size_t model_gpu_weight_bytes(const model_t *m);
 double model_gpu_bandwidth(const model_t *m);
 
-/* A model of a known architecture's shapes with random SQ 8/4 b64 s0.875
- * weights, on the device only (no tokenizer): `bench --synthetic`.
- * names: "llama3-8b", "llama3-70b" (if it fits), "smollm2-135m". */
-int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t errlen);
+/* A model of a known architecture's shapes with random weights, on the
+ * device only (no tokenizer): `bench --synthetic`. names: "llama3-8b",
+ * "llama3-70b" (if it fits), "smollm2-135m"; weights (NULL: SQ):
+ * "sq:8/4:b64:s0.875" (or "sq"), "int4:g64" (or "int4"), "int8", "f16"
+ * (every matrix and the lm head in that format). */
+int model_synthetic(model_t *m, const char *name, const char *weights, int ordinal, char *err, size_t errlen);
 
 #endif

@@ -45,6 +45,25 @@ int dev_parse(const char *s, int *ordinal, char *err, size_t errlen) {
     return -1;
 }
 
+/* The weight formats a synthetic model can have (bench --synthetic-weights). */
+enum { SW_SQ, SW_INT4, SW_INT8, SW_F16 };
+static const struct {
+    const char *name, *tag;
+    int kind;
+} SYNTH_W[] = {
+    {"sq:8/4:b64:s0.875", "sq8/4-b64-s0.875", SW_SQ}, {"sq", "sq8/4-b64-s0.875", SW_SQ},
+    {"int4:g64", "int4-g64", SW_INT4},                {"int4", "int4-g64", SW_INT4},
+    {"int8", "int8", SW_INT8},                        {"f16", "f16", SW_F16},
+};
+
+/* the SYNTH_W entry of `weights` (NULL: SQ), or -1 with err set */
+static int synth_weights(const char *weights, char *err, size_t errlen) {
+    for (size_t i = 0; i < sizeof SYNTH_W / sizeof SYNTH_W[0]; i++)
+        if (!strcmp(SYNTH_W[i].name, weights ? weights : "sq")) return (int)i;
+    snprintf(err, errlen, "unknown synthetic weights '%s' (sq:8/4:b64:s0.875, int4:g64, int8, f16)", weights);
+    return -1;
+}
+
 #ifndef SQ_CUDA
 
 #define NO_CUDA "this sqserve was built without CUDA (rebuild with make CUDA=1 where nvcc is installed)"
@@ -55,8 +74,9 @@ int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
     snprintf(err, errlen, NO_CUDA);
     return -1;
 }
-int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t errlen) {
+int model_synthetic(model_t *m, const char *name, const char *weights, int ordinal, char *err, size_t errlen) {
     (void)m; (void)name; (void)ordinal;
+    if (synth_weights(weights, err, errlen) < 0) return -1;
     snprintf(err, errlen, NO_CUDA);
     return -1;
 }
@@ -76,12 +96,14 @@ static void gmat_free(gmat_t *g) {
     kc_free(g->f32);
     kc_sq_free(g->sq);
     kc_gguf_free(g->gg);
+    kc_int_free(g->in);
     memset(g, 0, sizeof *g);
 }
 
 static size_t gmat_bytes(const gmat_t *g) {
     if (g->kind == GM_FUSED) return 0; /* counted with its fused matrix */
     if (g->kind == GM_GGUF) return kc_gguf_bytes(g->gg);
+    if (g->kind == GM_INT) return kc_int_bytes(g->in);
     return g->kind == GM_SQ ? kc_sq_bytes(g->sq) : (size_t)g->n * (size_t)g->k * sizeof(float);
 }
 
@@ -104,6 +126,13 @@ static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_row
     g->k = w->k;
     if (w->type == K_SQ) {
         const k_sq_t *v = w->data;
+        /* uniform integer codes (W8A8, W4A8): their own kernels where they
+         * take the shape (kc_int.cu), else on as before */
+        if (!v->h && !v->amask && (g->in = kc_int_upload(v))) {
+            g->kind = GM_INT;
+            return 0;
+        }
+        kc_clear_error();
         /* the GPU SQ kernels quantize activations per token; a view with a
          * static SQ activation mask runs as FP32 behind the hook's masked
          * fake quantization (which runs for such models), one the SQ kernels
@@ -165,6 +194,8 @@ static void gpu_model_free(gpu_model_t *g) {
         for (int i = 0; i < 7; i++) gmat_free(&g->layers[l].w[i]);
         kc_sq_free(g->layers[l].qkv);
         kc_sq_free(g->layers[l].gate_up);
+        kc_int_free(g->layers[l].qkv_i);
+        kc_int_free(g->layers[l].gate_up_i);
     }
     free(g->layers);
     free(g);
@@ -213,6 +244,7 @@ static size_t gpu_weight_bytes(const gpu_model_t *g, const hparams_t *hp) {
         for (int i = 0; i < 7; i++) b += gmat_bytes(&G->w[i]);
         if (G->qkv) b += kc_sq_bytes(G->qkv);
         if (G->gate_up) b += kc_sq_bytes(G->gate_up);
+        b += kc_int_bytes(G->qkv_i) + kc_int_bytes(G->gate_up_i);
     }
     return b;
 }
@@ -223,33 +255,38 @@ static int fusing_wanted(void) {
 }
 
 /* Matrices [first, first + count) of a layer as one fused device matrix
- * when all are SQ matrices of one layout; the parts' own copies are freed.
- * A set that does not fuse keeps running part by part. Off with
- * SQSERVE_CUDA_FUSE=0 (A/B measurements). */
-static kc_sq_t *fuse(glayer_t *G, int first, int count) {
-    const kc_sq_t *parts[KC_SQ_MAX_PARTS];
+ * when all are SQ matrices of one layout, or all integer matrices of one
+ * shape; the parts' own copies are freed. A set that does not fuse keeps
+ * running part by part. Off with SQSERVE_CUDA_FUSE=0 (A/B measurements). */
+static void fuse(glayer_t *G, int first, int count, kc_sq_t **sq, kc_int_t **in) {
+    const kc_sq_t *ps[KC_SQ_MAX_PARTS];
+    const kc_int_t *pi[KC_SQ_MAX_PARTS];
+    int n_sq = 0, n_in = 0;
     for (int i = 0; i < count; i++) {
-        if (G->w[first + i].kind != GM_SQ) return NULL;
-        parts[i] = G->w[first + i].sq;
+        const gmat_t *w = &G->w[first + i];
+        if (w->kind == GM_SQ) ps[n_sq++] = w->sq;
+        if (w->kind == GM_INT) pi[n_in++] = w->in;
     }
-    kc_sq_t *f = fusing_wanted() ? kc_sq_fuse(parts, count) : NULL;
-    if (!f) {
+    if (!fusing_wanted() || (n_sq != count && n_in != count)) return;
+    *sq = n_sq == count ? kc_sq_fuse(ps, count) : NULL;
+    *in = n_in == count ? kc_int_fuse(pi, count) : NULL;
+    if (!*sq && !*in) {
         kc_clear_error();
-        return NULL;
+        return;
     }
     for (int i = 0; i < count; i++) {
-        kc_sq_free(G->w[first + i].sq);
-        G->w[first + i].sq = NULL;
-        G->w[first + i].kind = GM_FUSED;
+        gmat_t *w = &G->w[first + i];
+        kc_sq_free(w->sq), kc_int_free(w->in);
+        w->sq = NULL, w->in = NULL;
+        w->kind = GM_FUSED;
     }
-    return f;
 }
 
 static void fuse_layers(gpu_model_t *g) {
     for (int l = 0; l < g->n_layer; l++) {
         glayer_t *G = &g->layers[l];
-        G->qkv = fuse(G, 0, 3);
-        G->gate_up = fuse(G, 4, 2);
+        fuse(G, 0, 3, &G->qkv, &G->qkv_i);
+        fuse(G, 4, 2, &G->gate_up, &G->gate_up_i);
     }
 }
 
@@ -275,8 +312,8 @@ int model_to_gpu(model_t *m, int ordinal, char *err, size_t errlen) {
     }
     int ok = embd_upload(g, &m->tok_embd, stage, stage_rows) == 0;
     g->tied = m->output.data == m->tok_embd.data && m->output.type == m->tok_embd.type;
-    if (ok && g->tied && g->embd_gg) g->out = (gmat_t){GM_GGUF, m->output.n, m->output.k, NULL, NULL, g->embd_gg};
-    else if (ok && g->tied) g->out = (gmat_t){GM_F32, m->output.n, m->output.k, g->embd, NULL, NULL};
+    if (ok && g->tied && g->embd_gg) g->out = (gmat_t){GM_GGUF, m->output.n, m->output.k, NULL, NULL, g->embd_gg, NULL};
+    else if (ok && g->tied) g->out = (gmat_t){GM_F32, m->output.n, m->output.k, g->embd, NULL, NULL, NULL};
     else if (ok) ok = gmat_upload(&g->out, &m->output, stage, stage_rows) == 0;
     ok = ok && (g->out_norm = upload_vec(m->output_norm, hp->dim)) &&
          (g->inv_freq = upload_vec(m->rope_inv_freq, hp->rope_dim / 2));
@@ -316,7 +353,34 @@ static const synth_t SYNTH[] = {
     {"smollm2-135m", {30, 576, 9, 3, 64, 1536, 49152, 8192, 64, 100000.0f, 1.0f, 1e-5f, NULL, 0, 576}},
 };
 
-int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t errlen) {
+
+/* FP16 rows of random values of magnitude 2^-7 .. 2^-5 (made on the host, a
+ * matrix at a time: kc_gguf keeps 16-bit matrices as given) */
+static kc_gguf_t *f16_random(long n, long k, uint64_t seed, int *host_oom) {
+    uint16_t *h = malloc((size_t)n * (size_t)k * sizeof *h);
+    if (!h) {
+        *host_oom = 1;
+        return NULL;
+    }
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < (size_t)n * (size_t)k; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        h[i] = (uint16_t)((x & 0x83FFu) | (uint16_t)((0x18 + ((x >> 16) & 3)) << 10));
+    }
+    kc_gguf_t *g = kc_gguf_upload(K_F16, n, k, h, (size_t)k * sizeof *h);
+    free(h);
+    return g;
+}
+
+static gmat_t synth_mat(int kind, long n, long k, uint64_t seed, int *host_oom) {
+    gmat_t g = {0, n, k, NULL, NULL, NULL, NULL};
+    if (kind == SW_SQ) g.kind = (g.sq = kc_sq_random(n, k, 4, 64, 8, seed)) ? GM_SQ : 0;
+    else if (kind == SW_F16) g.kind = (g.gg = f16_random(n, k, seed, host_oom)) ? GM_GGUF : 0;
+    else g.kind = (g.in = kc_int_random(n, k, kind == SW_INT4 ? 4 : 8, seed)) ? GM_INT : 0;
+    return g;
+}
+
+int model_synthetic(model_t *m, const char *name, const char *weights, int ordinal, char *err, size_t errlen) {
     const synth_t *s = NULL;
     for (size_t i = 0; i < sizeof SYNTH / sizeof SYNTH[0]; i++)
         if (!strcmp(SYNTH[i].name, name)) s = &SYNTH[i];
@@ -324,10 +388,14 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
         snprintf(err, errlen, "unknown synthetic model '%s' (llama3-8b, llama3-70b, smollm2-135m)", name);
         return -1;
     }
+    const int wi = synth_weights(weights, err, errlen);
+    if (wi < 0) return -1;
+    const int wk = SYNTH_W[wi].kind;
+    const char *tag = SYNTH_W[wi].tag;
     memset(m, 0, sizeof *m);
     m->hp = s->hp;
     m->hp.arch = model_arch("llama");
-    snprintf(m->name, sizeof m->name, "synthetic-%s-sq8/4-b64-s0.875", name);
+    snprintf(m->name, sizeof m->name, "synthetic-%s-%s", name, tag);
     const hparams_t *hp = &m->hp;
     gpu_model_t *g = gpu_model_new(hp, ordinal, err, errlen);
     if (!g) return -1;
@@ -348,9 +416,10 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
     long shape[7][2] = {{hp->dim, hp->dim}, {kvd, hp->dim}, {kvd, hp->dim}, {hp->dim, hp->dim},
                         {hp->ffn_dim, hp->dim}, {hp->ffn_dim, hp->dim}, {hp->dim, hp->ffn_dim}};
     uint64_t seed = 100;
-    if (ok) {
-        g->out = (gmat_t){GM_SQ, hp->n_vocab, hp->dim, NULL, kc_sq_random(hp->n_vocab, hp->dim, 4, 64, 8, seed++), NULL};
-        ok = g->out.sq != NULL;
+    int host_oom = 0;
+    if (ok) { /* the lm head in the layers' format, as each recipe's comparison needs */
+        g->out = synth_mat(wk, hp->n_vocab, hp->dim, seed++, &host_oom);
+        ok = g->out.kind != 0;
     }
     for (int l = 0; ok && l < hp->n_layer; l++) {
         glayer_t *G = &g->layers[l];
@@ -359,10 +428,14 @@ int model_synthetic(model_t *m, const char *name, int ordinal, char *err, size_t
              kc_fill(G->attn_norm, (size_t)hp->dim, 1.0f, 0, 0) == 0 &&
              kc_fill(G->ffn_norm, (size_t)hp->dim, 1.0f, 0, 0) == 0;
         for (int i = 0; ok && i < 7; i++) {
-            G->w[i] = (gmat_t){GM_SQ, shape[i][0], shape[i][1], NULL,
-                               kc_sq_random(shape[i][0], shape[i][1], 4, 64, 8, seed++), NULL};
-            ok = G->w[i].sq != NULL;
+            G->w[i] = synth_mat(wk, shape[i][0], shape[i][1], seed++, &host_oom);
+            ok = G->w[i].kind != 0;
         }
+    }
+    if (host_oom) {
+        gpu_model_free(g);
+        snprintf(err, errlen, "out of host memory for a synthetic FP16 matrix");
+        return -1;
     }
     if (!ok || kc_sync() != 0) return gpu_fail(g, err, errlen, "building the synthetic model");
     fuse_layers(g);

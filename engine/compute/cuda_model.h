@@ -14,7 +14,8 @@
 /* GM_FUSED: an SQ matrix whose rows live in its layer's fused matrix
  * (qkv or gate_up): no storage of its own. */
 /* GM_GGUF: a GGUF matrix in its blocks or in 16 bits (kc_gguf.cu). */
-enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3, GM_FUSED = 4, GM_GGUF = 5 };
+/* GM_INT: uniform integer codes, the W8A8 / W4A8 baselines (kc_int.cu). */
+enum { GM_F32 = 1, GM_SQ = 2, GM_F32_A8 = 3, GM_FUSED = 4, GM_GGUF = 5, GM_INT = 6 };
 
 typedef struct {
     int kind;
@@ -22,15 +23,17 @@ typedef struct {
     float *f32;
     kc_sq_t *sq;
     kc_gguf_t *gg;
+    kc_int_t *in;
 } gmat_t;
 
 typedef struct {
     float *attn_norm, *ffn_norm;
     gmat_t w[7]; /* q k v o gate up down */
-    /* q/k/v and gate/up as one device matrix each (kc_sq_fuse: one launch
-     * reads all their bytes), or NULL where they are not all SQ matrices
-     * of one layout (then w[] runs them one by one) */
+    /* q/k/v and gate/up as one device matrix each (kc_sq_fuse / kc_int_fuse:
+     * one launch reads all their bytes), or NULL where they are not all SQ
+     * (or all integer) matrices of one layout (then w[] runs them one by one) */
     kc_sq_t *qkv, *gate_up;
+    kc_int_t *qkv_i, *gate_up_i;
 } glayer_t;
 
 typedef struct {

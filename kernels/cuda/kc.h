@@ -193,6 +193,36 @@ long kc_sq_part_rows(const kc_sq_t *w, int part);
  * kc_sq_matmul on a fused matrix writes [m][n_total] (all parts side by side). */
 int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y);
 
+/* ---- uniform integer weights: the W8A8 and W4A8 baselines (kc_int.cu) ---------------- */
+
+/* A k_sq_new_int view (h = 0) on the device in its own row-major layout,
+ * nothing stored but the codes and their scales: 8-bit codes with one scale
+ * a row (`int8`) or 4-bit codes in groups of 64 (`int4:g64`), k a multiple
+ * of 64; scales as half where every one is exactly a half. NULL (kc_error
+ * says why) for any other view. The matmul has kc_sq_matmul's contract
+ * (per-token INT8 activations, exact integer sums; 8-bit: the CPU's bits). */
+typedef struct kc_int kc_int_t;
+kc_int_t *kc_int_upload(const k_sq_t *w);
+/* random codes and half scales on the device (synthetic models): bits 4 (g64) or 8 (a scale a row) */
+kc_int_t *kc_int_random(long n, long k, int bits, uint64_t seed);
+/* the matrix back as int8 codes [n][k] and float scales [n][k/g] (tests) */
+int kc_int_download(const kc_int_t *w, int8_t *codes, float *scales);
+void kc_int_free(kc_int_t *w);
+size_t kc_int_bytes(const kc_int_t *w);
+const char *kc_int_describe(const kc_int_t *w);
+int kc_int_matmul(const kc_int_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
+/* y += x W^T in the GEMV's epilogue, where kc_int_acc_applies (m <= the GEMV limit, one part) */
+int kc_int_acc_applies(const kc_int_t *w, long m);
+int kc_int_matmul_acc(const kc_int_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
+/* q/k/v, gate/up as one matrix (the parts copied; same k, bits, scale type) and its matmul into parts */
+kc_int_t *kc_int_fuse(const kc_int_t *const *parts, int count);
+int kc_int_parts(const kc_int_t *w);
+int kc_int_matmul_parts(const kc_int_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y);
+/* the most tokens the CUDA-core GEMV takes for w (KC_INT_GEMV_M, default 16
+ * for 4-bit codes, 8 for 8-bit); more: the tensor cores */
+long kc_int_gemv_max(const kc_int_t *w);
+void kc_int_set_gemv_max(long m); /* -1: the environment / default again */
+
 /* ---- GGUF weights (kc_gguf.cu) -------------------------------------------------- */
 
 /* A GGUF matrix W[n][k] on the device: Q4_0, Q4_1, Q8_0, Q4_K and Q6_K in

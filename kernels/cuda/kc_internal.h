@@ -31,6 +31,14 @@ void kc_attn_free(void);
 int kc_attention_tc(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n, const int32_t *d_pos,
                     const int32_t *d_blk, const int32_t *d_blk_off, int n_head, int group, int head_dim,
                     float scale);
+/* kc_sq_gemm.cu: the two-step pieces (FP16 expansion + cuBLAS) kc_int.cu
+ * shares: FP16 weight scratch of `count` halves, the INT8 activations as
+ * FP16 (exact), y (ldy) = A16 . W16^T with FP32 sums, y *= sx per token. */
+#define KC_F16_SLICE (128L << 20)
+void *kc_f16_weights(size_t count);
+void *kc_f16_acts(const int8_t *d_qx, long m, long k);
+int kc_f16_gemm(const void *w16, long n, long k, const void *a16, long m, float *y, long ldy);
+int kc_f16_scale_rows(float *y, long ldy, long m, long ncols, const float *d_sx);
 
 #ifdef __cplusplus
 }

@@ -186,13 +186,21 @@ static int grow(__half **buf, size_t *have, size_t need) {
     return 0;
 }
 
-/* A matrix is expanded and multiplied in slices of at most this many
- * weights (256 MiB of FP16), so the scratch stays bounded whatever the
- * matrix (a 70B output layer is 1.05 G weights). */
-#define SLICE_WEIGHTS (128L << 20)
+/* The two-step pieces, shared with kc_int.cu (kc_internal.h). A matrix is
+ * expanded and multiplied in slices of at most KC_F16_SLICE weights
+ * (256 MiB of FP16), so the scratch stays bounded whatever the matrix (a
+ * 70B output layer is 1.05 G weights). */
+extern "C" void *kc_f16_weights(size_t count) { return grow(&g_w16, &g_w16_n, count) ? NULL : g_w16; }
+
+extern "C" void *kc_f16_acts(const int8_t *d_qx, long m, long k) {
+    if (grow(&g_a16, &g_a16_n, (size_t)m * k)) return NULL;
+    const long n8 = m * (k / 8);
+    k_act_f16<<<kc_blocks(n8, 256), 256, 0, KC_STREAM>>>(d_qx, n8, g_a16);
+    return kc_check_launch("k_act_f16") ? NULL : g_a16;
+}
 
 /* y (ldy) = A16 [m][k] . W16 [n][k]^T, FP32 out, FP32 sums */
-static int gemm_f16(const __half *w16, long n, long k, const __half *a16, long m, float *y, long ldy) {
+extern "C" int kc_f16_gemm(const void *w16, long n, long k, const void *a16, long m, float *y, long ldy) {
     const float one = 1.0f, zero = 0.0f;
     cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
                                     &one, w16, CUDA_R_16F, (int)k, a16, CUDA_R_16F, (int)k, &zero, y, CUDA_R_32F,
@@ -202,6 +210,11 @@ static int gemm_f16(const __half *w16, long n, long k, const __half *a16, long m
         return -1;
     }
     return 0;
+}
+
+extern "C" int kc_f16_scale_rows(float *y, long ldy, long m, long ncols, const float *d_sx) {
+    k_scale_rows<<<kc_blocks(m * ncols, 256), 256, 0, KC_STREAM>>>(y, ldy, m, ncols, d_sx);
+    return kc_check_launch("k_scale_rows");
 }
 
 extern "C" int kc_sq_twostep_applies(const kc_sq *w, long m) {
@@ -225,12 +238,12 @@ static int slice_gemm(const kc_sq *w, const MmArgs &a, long r0, long rows, long 
         else k_sq_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
     }
     if (kc_check_launch("k_sq_expand")) return -1;
-    return gemm_f16(g_w16, rows, w->k, g_a16, m, y, ldy);
+    return kc_f16_gemm(g_w16, rows, w->k, g_a16, m, y, ldy);
 }
 
 /* rows [r0, r1) of the matrix into y (ldy), in slices of whole tiles */
 static int rows_gemm(const kc_sq *w, const MmArgs &a, long r0, long r1, long m, float *y, long ldy) {
-    long step = SLICE_WEIGHTS / w->k / 16 * 16;
+    long step = KC_F16_SLICE / w->k / 16 * 16;
     if (step < 16) step = 16;
     for (long r = r0; r < r1; r += step) {
         const long rows = r1 - r < step ? r1 - r : step;
@@ -241,7 +254,7 @@ static int rows_gemm(const kc_sq *w, const MmArgs &a, long r0, long r1, long m, 
 
 extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
                              float *const *parts) {
-    long step = SLICE_WEIGHTS / w->k / 16 * 16;
+    long step = KC_F16_SLICE / w->k / 16 * 16;
     if (step < 16) step = 16;
     const long slice_rows = w->n < step ? w->n : step;
     if (grow(&g_w16, &g_w16_n, (size_t)slice_rows * w->k) || grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
@@ -249,20 +262,13 @@ extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_
     memset(&a, 0, sizeof a);
     a.w = w->d, a.n = w->n, a.k = w->k, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes, a.slot_bytes = w->slot_bytes, a.s2 = w->s2;
-    const long n8 = m * (w->k / 8);
-    k_act_f16<<<kc_blocks(n8, 256), 256, 0, KC_STREAM>>>(d_qx, n8, g_a16);
-    if (kc_check_launch("k_act_f16")) return -1;
-    if (!parts || w->nparts <= 1) {
-        if (rows_gemm(w, a, 0, w->n, m, d_y, w->n)) return -1;
-        k_scale_rows<<<kc_blocks(m * w->n, 256), 256, 0, KC_STREAM>>>(d_y, w->n, m, w->n, d_sx);
-        return kc_check_launch("k_scale_rows");
-    }
+    if (!kc_f16_acts(d_qx, m, w->k)) return -1;
+    if (!parts || w->nparts <= 1)
+        return rows_gemm(w, a, 0, w->n, m, d_y, w->n) || kc_f16_scale_rows(d_y, w->n, m, w->n, d_sx) ? -1 : 0;
     long r0 = 0; /* every part but the last is whole tiles: slices start on tiles */
     for (int p = 0; p < w->nparts; p++) {
         const long np = w->part_n[p];
-        if (rows_gemm(w, a, r0, r0 + np, m, parts[p], np)) return -1;
-        k_scale_rows<<<kc_blocks(m * np, 256), 256, 0, KC_STREAM>>>(parts[p], np, m, np, d_sx);
-        if (kc_check_launch("k_scale_rows")) return -1;
+        if (rows_gemm(w, a, r0, r0 + np, m, parts[p], np) || kc_f16_scale_rows(parts[p], np, m, np, d_sx)) return -1;
         r0 += np;
     }
     return 0;

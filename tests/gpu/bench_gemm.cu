@@ -2,7 +2,7 @@
  * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
- *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode]
+ *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --baselines]
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
  * Method: every kernel is timed alone with CUDA events, after an L2 flush
@@ -333,8 +333,67 @@ static int twostep_table(const char *only_shape, const float *d_one) {
     return 0;
 }
 
+/* --baselines: the formats of the paper's comparison, each on its own
+ * kernels by the product's default path: SQ 8/4 b64 s0.875 (half scales),
+ * W4A8 (int4 g64, half scales) and W8A8 (int8, a scale a row) from
+ * kc_int.cu, and cuBLASLt BF16, by M; %copy = the format's weight bytes
+ * over the time, against the measured copy bandwidth. */
+static int baselines_table(double bw, const char *only_shape, const float *d_one) {
+    const struct {
+        const char *name;
+        long N, K;
+    } shapes[] = {{"8B qkv", 6144, 4096},  {"8B o", 4096, 4096},  {"8B gate_up", 28672, 4096}, {"8B down", 4096, 14336},
+                  {"70B qkv", 10240, 8192}, {"70B o", 8192, 8192}, {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
+    const long Ms[] = {1, 2, 4, 8, 16, 64, 128, 1024, 4096};
+    const long MMAX = 4096;
+    printf("| shape (N x K) | M | SQ us | %%copy | W4A8 us | %%copy | W8A8 us | %%copy | BF16 us | %%copy | SQ/W4A8 time | SQ/BF16 time |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const auto &sh : shapes) {
+        if (only_shape && strcmp(only_shape, sh.name)) continue;
+        const long N = sh.N, K = sh.K;
+        kc_sq_t *sq = kc_sq_random_ex(N, K, 4, 64, 8, 91, KC_SQ_F16_SCALES);
+        kc_int_t *w4 = kc_int_random(N, K, 4, 92), *w8 = kc_int_random(N, K, 8, 93);
+        if (!sq || !w4 || !w8) {
+            fprintf(stderr, "bench_gemm: %s\n", kc_error());
+            return 2;
+        }
+        if (sh.name == shapes[0].name)
+            printf("(layouts: %s; %s; %s)\n\n", kc_sq_describe(sq), kc_int_describe(w4), kc_int_describe(w8));
+        __nv_bfloat16 *wb, *xb, *ob;
+        int8_t *xi;
+        float *xs, *sx, *ys;
+        CK(cudaMalloc(&wb, (size_t)N * K * 2));
+        CK(cudaMalloc(&xb, (size_t)MMAX * K * 2));
+        CK(cudaMalloc(&ob, (size_t)MMAX * N * 2));
+        CK(cudaMalloc(&xi, (size_t)MMAX * K));
+        CK(cudaMalloc(&xs, (size_t)MMAX * K * 4));
+        CK(cudaMalloc(&sx, (size_t)MMAX * 4));
+        CK(cudaMalloc(&ys, (size_t)MMAX * N * 4));
+        fill_bf16<<<2048, 256, 0, st>>>(wb, (size_t)N * K, 0.02f, 41);
+        fill_bf16<<<2048, 256, 0, st>>>(xb, (size_t)MMAX * K, 1.0f, 42);
+        fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, 43);
+        CK(cudaGetLastError());
+        KC(kc_quant_i8(xs, MMAX, K, xi, sx));
+        for (long M : Ms) {
+            const double tq = time_us([&] { KC(kc_sq_matmul(sq, xi, sx, M, ys)); });
+            const double t4 = time_us([&] { KC(kc_int_matmul(w4, xi, sx, M, ys)); });
+            const double t8 = time_us([&] { KC(kc_int_matmul(w8, xi, sx, M, ys)); });
+            long mbf = 0;
+            const double tb = lt_time(BF16, N, M, K, wb, xb, ob, d_one, &mbf);
+            const double pc = 1e-6 / bw * 100;
+            printf("| %s %ldx%ld | %ld | %.1f | %.0f%% | %.1f | %.0f%% | %.1f | %.0f%% | %.1f | %.0f%% | %.2f | %.2f |\n",
+                   sh.name, N, K, M, tq, kc_sq_bytes(sq) / tq * pc, t4, kc_int_bytes(w4) / t4 * pc, t8,
+                   kc_int_bytes(w8) / t8 * pc, tb, 2.0 * N * K / tb * pc, tq / t4, tq / tb);
+            fflush(stdout);
+        }
+        kc_sq_free(sq), kc_int_free(w4), kc_int_free(w8);
+        cudaFree(wb), cudaFree(xb), cudaFree(ob), cudaFree(xi), cudaFree(xs), cudaFree(sx), cudaFree(ys);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    int quick = 0, decode = 0, twostep = 0;
+    int quick = 0, decode = 0, twostep = 0, baselines = 0;
     const char *only_shape = NULL;
     long only_m = 0;
     for (int i = 1; i < argc; i++) {
@@ -344,6 +403,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--m") && i + 1 < argc) only_m = atol(argv[++i]);
         else if (!strcmp(argv[i], "--decode")) decode = 1;
         else if (!strcmp(argv[i], "--twostep")) twostep = 1;
+        else if (!strcmp(argv[i], "--baselines")) baselines = 1;
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -383,6 +443,7 @@ int main(int argc, char **argv) {
     float one = 1.0f;
     CK(cudaMemcpy(d_one, &one, 4, cudaMemcpyHostToDevice));
     if (twostep) return twostep_table(only_shape, d_one);
+    if (baselines) return baselines_table(bw, only_shape, d_one);
     kc_sq_set_twostep_min(0); /* the tables below are about the fused kernels; --twostep compares the paths */
 
     struct Row {

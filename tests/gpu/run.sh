@@ -6,8 +6,8 @@
 # 1. build: make CUDA=1 all gpu-bins where the build dependencies are
 #    installed; otherwise (a bare GPU box) the binaries already built in
 #    $SQSERVE_BIN and $GPU_BIN_DIR are used (tests/gpu/bundle.sh makes them)
-# 2. kernel tests: test_kc_ops, test_kc_sq, test_kc_gguf, then
-#    compute-sanitizer memcheck on the three at --quick sizes
+# 2. kernel tests: test_kc_ops, test_kc_sq, test_kc_gguf, test_kc_int, then
+#    compute-sanitizer memcheck on the four at --quick sizes
 # 3. model tests: test_gpu_model (greedy ids vs the reference, SQ GPU vs
 #    CPU, batching), perplexity GPU vs CPU (FP32 and SQ 8/4 A8) on
 #    WikiText-2, and `serve --device cuda` answering a completion
@@ -65,12 +65,15 @@ fi
 step test_kc_ops "$GBIN/test_kc_ops"
 [ -x "$GBIN/test_kc_sq" ] && step test_kc_sq "$GBIN/test_kc_sq"
 [ -x "$GBIN/test_kc_gguf" ] && step test_kc_gguf "$GBIN/test_kc_gguf"
+[ -x "$GBIN/test_kc_int" ] && step test_kc_int "$GBIN/test_kc_int"
 if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
   step memcheck_kc_ops compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_ops" --quick
   [ -x "$GBIN/test_kc_sq" ] &&
     step memcheck_kc_sq compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_sq" --quick
   [ -x "$GBIN/test_kc_gguf" ] &&
     step memcheck_kc_gguf compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_gguf" --quick
+  [ -x "$GBIN/test_kc_int" ] &&
+    step memcheck_kc_int compute-sanitizer --tool memcheck --error-exitcode 3 "$GBIN/test_kc_int" --quick
 fi
 
 step test_gpu_model "$GBIN/test_gpu_model" "$MODEL" tests/fixtures/generate.json
@@ -98,7 +101,8 @@ PY
 if [ -f "$DATA" ]; then
   step ppl_fp32 ppl_pair "FP32" --weights fp32 --acts fp32
   step ppl_sq_a8 ppl_pair "W(SQ 8/4 b64 s0.875)A8" --weights sq:8/4:b64:s0.875 --acts int8
-  step ppl_w8a8 ppl_pair "W8A8 (integer-kernel views as FP32 + INT8 inputs)" --weights int8 --acts int8
+  step ppl_w8a8 ppl_pair "W8A8 (kc_int.cu: INT8 GEMV, cuBLAS INT8)" --weights int8 --acts int8
+  step ppl_w4a8 ppl_pair "W4A8 (kc_int.cu: int4 g64 GEMV, FP16 two-step)" --weights int4:g64 --acts int8
   PPL_BOUND=3 step ppl_w4a_sq_static ppl_pair "W4A(SQ 8/4 static), self-calibrated" --weights int4:g64 \
     --acts sq:8/4:b64:s0.875:static --calib self --calib-tokens 256
   # a .sqm with static SQ activations (integer-kernel views with an activation mask)
@@ -184,6 +188,18 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_no_pdl env KC_PDL=0 "$BIN" bench --synthetic \
     llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
   step bench_smollm2 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
+  # the paper's comparison: the same shapes in each format, each on its own kernels
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_baselines "$GBIN/bench_gemm" --baselines
+  for w in sq:8/4:b64:s0.875 int4:g64 int8 f16; do
+    step "bench_pareto_8b_${w%%:*}" "$BIN" bench --synthetic llama3-8b --synthetic-weights "$w" --device cuda \
+      --pp 2048 --batch 1024 --tg 32 -r 2 --decode-batches 1,8,32
+  done
+  if [ "${BENCH_70B:-1}" = 1 ]; then
+    for w in sq:8/4:b64:s0.875 int4:g64 int8; do
+      step "bench_pareto_70b_${w%%:*}" "$BIN" bench --synthetic llama3-70b --synthetic-weights "$w" --device cuda \
+        --pp 512 --tg 16 -r 2 --decode-batches 1,8,32
+    done
+  fi
   step bench_smollm2_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
 fi
 
