@@ -400,8 +400,9 @@ int cmd_bench(const config_t *c) {
         cli_die("--depth applies to bench --synthetic; with a model, decode starts after the --pp prompt");
         return 1;
     }
-    if (cfg_str(c, "synthetic-weights")) {
-        cli_die("--synthetic-weights applies to bench --synthetic; a model's weights are the file's (or --weights)");
+    if (cfg_str(c, "synthetic-weights") || cfg_str(c, "synthetic-acts")) {
+        cli_die("--synthetic-weights and --synthetic-acts apply to bench --synthetic; a model's are the file's "
+                "(or --weights, --acts)");
         return 1;
     }
     rt_t r;

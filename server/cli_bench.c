@@ -17,6 +17,7 @@
  */
 #include "cli.h"
 
+#include "../engine/compute/act_quant.h"
 #include "../engine/compute/backend_cuda.h"
 #include "../engine/runtime/bench.h"
 
@@ -27,6 +28,36 @@
 static int fail(const char *what, const char *why) {
     fprintf(stderr, "error: %s%s%s\n", what, why ? ": " : "", why ? why : "");
     return 1;
+}
+
+/* --synthetic-acts: int8 (no hook: the kernels quantize per token) or static
+ * SQ activations, whose high channels here are 8 random ones of every 64
+ * (s = 0.875) at every site of every layer: the speed of the paper's W4A(SQ)
+ * mapping, not an accuracy (random weights have none). 0, 1 = static, -1 bad. */
+static int synth_acts(const char *a, const char *w) {
+    if (!a || !strcmp(a, "int8")) return 0;
+    if (strcmp(a, "sq:8/4:b64:s0.875:static")) return -1;
+    return w && (!strcmp(w, "int4:g64") || !strcmp(w, "int4") || !strcmp(w, "int8")) ? 1 : -2;
+}
+
+static int static_masks(act_quant_t *qs, const hparams_t *hp) {
+    memset(qs, 0, sizeof *qs);
+    qs->a.kind = AQ_SQ_STATIC;
+    qs->a.sq = (sq_cfg_t){8, 4, 64, 0.875};
+    qs->n_layer = hp->n_layer;
+    const long dims[N_SITES] = {hp->dim, hp->q_dim, hp->dim, hp->ffn_dim};
+    uint64_t x = 0x5DEECE66Dull;
+    for (int s = 0; s < N_SITES; s++) {
+        qs->dim[s] = dims[s];
+        if (!(qs->hi_mask[s] = calloc((size_t)hp->n_layer, (size_t)dims[s]))) return -1;
+        for (size_t j0 = 0; j0 + 64 <= (size_t)hp->n_layer * (size_t)dims[s]; j0 += 64)
+            for (int h = 0; h < 8;) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                uint8_t *c = qs->hi_mask[s] + j0 + x % 64;
+                if (!*c) *c = 1, h++;
+            }
+    }
+    return 0;
 }
 
 int cli_bench_synthetic(const config_t *c) {
@@ -46,6 +77,13 @@ int cli_bench_synthetic(const config_t *c) {
     int pp = (int)cfg_int(c, "pp"), tg = (int)cfg_int(c, "tg"), reps = (int)cfg_int(c, "reps");
     int chunk = (int)cfg_int(c, "batch"), depth = (int)cfg_int(c, "depth");
     if (tg < 1) return fail("--tg", "bench --synthetic needs at least one decode step");
+    const int st = synth_acts(cfg_str(c, "synthetic-acts"), cfg_str(c, "synthetic-weights"));
+    if (st == -1) return fail("--synthetic-acts", "int8 or sq:8/4:b64:s0.875:static");
+    if (st == -2)
+        return fail("--synthetic-acts sq:8/4:b64:s0.875:static",
+                    "static SQ activations run on the integer kernels: --synthetic-weights int4:g64 or int8");
+    act_quant_t qs;
+    memset(&qs, 0, sizeof qs);
     model_t m;
     if (model_synthetic(&m, cfg_str(c, "synthetic"), cfg_str(c, "synthetic-weights"), ord, err, sizeof err) != 0)
         return fail(err, NULL);
@@ -70,13 +108,17 @@ int cli_bench_synthetic(const config_t *c) {
     }
     f_ok = 1;
     fwd_pin_logits(&f, logits, (size_t)n_max); /* as the server does (sched.c) */
+    if (st == 1) {
+        if (static_masks(&qs, hp) != 0) { fail("out of memory for the activation masks", NULL); goto out; }
+        f.hook = act_quant_hook, f.hook_ud = &qs;
+    }
     double bytes = (double)model_gpu_weight_bytes(&m), bw = model_gpu_bandwidth(&m) * 1e9;
     printf("device: %s (peak %.0f GB/s)\nmodel: %s, %d layers, dim %d, ffn %d, vocab %d\n"
-           "weight bytes per step: %.3f GB (%s, lm head included)\n"
+           "weight bytes per step: %.3f GB (%s, lm head included); activations: %s\n"
            "bound at batch 1 (bytes / peak bandwidth): %.1f tokens/s\n",
            model_gpu_name(&m), bw / 1e9, m.name, hp->n_layer, hp->dim, hp->ffn_dim, hp->n_vocab,
            bytes / 1e9, cfg_str(c, "synthetic-weights") ? cfg_str(c, "synthetic-weights") : "sq:8/4:b64:s0.875",
-           bw / bytes);
+           st ? "static SQ 8/4 b64 s0.875 (random high channels; the lm head INT8)" : "INT8 per token", bw / bytes);
     double pps;
     if (pp > 0) {
         if (bench_prefill(&f, &kv, pp, reps, logits, &pps, err, sizeof err) != 0) { fail(err, NULL); goto out; }
@@ -102,6 +144,7 @@ out:
     if (kv_ok) kv_free(&kv);
     if (pool) k_pool_free(pool);
     free(logits);
+    act_quant_release(&qs);
     model_free(&m);
     return rc;
 }

@@ -130,6 +130,9 @@ const opt_t OPTIONS[] = {
     {"synthetic-weights", 0, NULL, NULL, OPT_STR, B, 0, 0,
      "with --synthetic: the weights' format: sq:8/4:b64:s0.875 (the default), int4:g64 (W4A8), int8 (W8A8) "
      "or f16 (every matrix and the lm head; INT8 activations but for f16)"},
+    {"synthetic-acts", 0, NULL, NULL, OPT_STR, B, 0, 0,
+     "with --synthetic: int8 (the default) or sq:8/4:b64:s0.875:static (random high channels; with "
+     "--synthetic-weights int4:g64 or int8: the paper's W4A(SQ) mapping, two INT8 rows a token)"},
     {"decode-batches", 0, NULL, "1,8,32,128", OPT_STR, B, 0, 0,
      "with --synthetic: decode batch sizes (sequences advanced per step)"},
     {"pp", 0, NULL, "512", OPT_INT, B, 0, 1 << 16, "prompt tokens"},

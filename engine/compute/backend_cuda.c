@@ -51,6 +51,10 @@ typedef struct {
      * matmul, cleared by anything that changes the activations between */
     const float *q_of;
     long q_m, q_k;
+    /* static SQ activations on the integer kernels: two INT8 rows a token,
+     * their scales, the 2n-row products (allocated at the first such batch) */
+    int8_t *qx2;
+    float *sx2, *y2;
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -69,6 +73,7 @@ static void cuda_free(fwd_t *f) {
     kc_host_unpin(g->pinned);
     kc_free(g->sx);
     kc_free(g->qx);
+    kc_free(g->qx2), kc_free(g->sx2), kc_free(g->y2);
     kc_free(g->d_ints);
     for (int s = 0; s < N_SITES; s++) kc_free(g->masks[s]);
     for (int i = 0; i <= GRAPH_MAX; i++) kc_graph_free(g->graph[i]);
@@ -106,6 +111,20 @@ static int cuda_init(fwd_t *f) {
     return 0;
 }
 
+/* The integer kernels' static-SQ scratch, sized for the widest input and
+ * the widest set of outputs (q/k/v or gate/up) of n_max tokens, two rows each. */
+static int static_scratch(fwd_t *f, gfwd_t *g) {
+    const hparams_t *hp = &f->m->hp;
+    const size_t n2 = 2 * (size_t)f->n_max, kvd = (size_t)f->kv->kv_dim;
+    size_t wide = (size_t)(hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim);
+    size_t outs = 2 * (size_t)hp->ffn_dim;
+    if ((size_t)hp->dim + 2 * kvd > outs) outs = (size_t)hp->dim + 2 * kvd;
+    return (g->qx2 = kc_malloc(n2 * wide)) && (g->sx2 = kc_malloc(n2 * sizeof(float))) &&
+                   (g->y2 = kc_malloc(n2 * outs * sizeof(float)))
+               ? 0
+               : -1;
+}
+
 static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen) {
     memset(a, 0, sizeof *a);
     if (!f->hook) return 0;
@@ -128,6 +147,10 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
         break;
     default:
         snprintf(err, errlen, "dynamic SQ activations run on the CPU only (use static, int8 or fp32 on the GPU)");
+        return -1;
+    }
+    if (!g->qx2 && static_scratch(f, g) != 0) {
+        snprintf(err, errlen, "GPU: scratch for static SQ activations: %s", kc_error());
         return -1;
     }
     if (g->mask_src == qs) return 0;
@@ -318,6 +341,57 @@ static int reads_int8(const gfwd_t *g, const glayer_t *L, int id) {
            g->acts.kind != AQ_SQ_STATIC;
 }
 
+/* the activation site a matrix reads (-1: the output projection) */
+static int site_of(int id) {
+    switch (id) {
+    case W_Q: case W_K: case W_V: return SITE_QKV;
+    case W_O: return SITE_O;
+    case W_GATE: case W_UP: return SITE_UPGATE;
+    case W_DOWN: return SITE_DOWN;
+    default: return -1;
+    }
+}
+
+/* Static SQ activations where the site's matrices are integer ones
+ * (kc_int.cu): the matmul quantizes its float input into the high and low
+ * rows itself (k_quant_row_static's codes), as the CPU's integer kernels
+ * do, instead of the hook's fake quantization in float. */
+static int static_on_int(const gfwd_t *g, const glayer_t *L, int site) {
+    if (g->acts.kind != AQ_SQ_STATIC || site < 0) return 0;
+    const int id = site == SITE_QKV ? W_Q : site == SITE_O ? W_O : site == SITE_UPGATE ? W_GATE : W_DOWN;
+    const gmat_t *w = &L->w[id];
+    return w->kind == GM_INT || (w->kind == GM_FUSED && (site == SITE_QKV ? L->qkv_i : L->gate_up_i) != NULL);
+}
+
+/* y[i] = x . W_ids[i]^T with static SQ activations on the integer kernels:
+ * one quantization into 2n rows, the matmul of those rows (fused parts in
+ * one launch), then y = high part + low part (the CPU's k_sq_matmul_group). */
+static int static_matmul(fwd_t *f, int layer, int site, const int *ids, float *const *y, int count, const float *x,
+                         int n) {
+    gfwd_t *g = f->be_state;
+    const glayer_t *L = &gpu_model(f)->layers[layer];
+    const long k = L->w[ids[0]].k;
+    if (kc_quant_static_i8(x, n, k, g->masks[site] + (size_t)layer * (size_t)k, g->acts.bits_hi, g->acts.bits, g->qx2,
+                           g->sx2) != 0)
+        return -1;
+    const kc_int_t *fused = count == 3 && ids[0] == W_Q ? L->qkv_i : count == 2 && ids[0] == W_GATE ? L->gate_up_i : NULL;
+    if (fused) {
+        float *parts[KC_SQ_MAX_PARTS];
+        size_t off = 0;
+        for (int i = 0; i < count; i++) parts[i] = g->y2 + off, off += 2 * (size_t)n * (size_t)L->w[ids[i]].n;
+        if (kc_int_matmul_parts(fused, g->qx2, g->sx2, 2L * n, parts) != 0) return -1;
+        for (int i = 0; i < count; i++)
+            if (kc_add_pairs(y[i], parts[i], n, L->w[ids[i]].n) != 0) return -1;
+        return 0;
+    }
+    for (int i = 0; i < count; i++) {
+        const gmat_t *w = &L->w[ids[i]];
+        if (kc_int_matmul(w->in, g->qx2, g->sx2, 2L * n, g->y2) != 0 || kc_add_pairs(y[i], g->y2, n, w->n) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* SQSERVE_CUDA_PROFILE: each operation bracketed for kc_prof (kc_prof.cu) */
 static inline int prof_end(int rc) {
     kc_prof_pop();
@@ -358,6 +432,7 @@ static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm,
 
 static int cuda_act_quant(fwd_t *f, int layer, int site, float *x, int n, int dim) {
     gfwd_t *g = f->be_state;
+    if (layer >= 0 && static_on_int(g, &gpu_model(f)->layers[layer], site)) return 0; /* the matmul quantizes */
     return PROFILED("act_quant", act_quant(g, &g->acts, layer, site, x, n, dim));
 }
 
@@ -366,6 +441,8 @@ static int cuda_act_quant(fwd_t *f, int layer, int site, float *x, int n, int di
 static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
     int quantized = 0;
+    if (layer >= 0 && static_on_int(f->be_state, &gm->layers[layer], site_of(ids[0])))
+        return static_matmul(f, layer, site_of(ids[0]), ids, y, count, x, n);
     if (layer >= 0) {
         const glayer_t *L = &gm->layers[layer];
         const int qkv = count == 3 && ids[0] == W_Q && ids[1] == W_K && ids[2] == W_V;
@@ -424,6 +501,8 @@ static int cuda_attention(fwd_t *f, int layer, int n) {
 static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, int n) {
     gfwd_t *g = f->be_state;
     const gmat_t *w = &gpu_model(f)->layers[layer].w[id];
+    if (static_on_int(g, &gpu_model(f)->layers[layer], site_of(id)))
+        return static_matmul(f, layer, site_of(id), &id, &f->xb, 1, x, n) != 0 ? -1 : kc_add(y, f->xb, (long)n * w->n);
     if ((w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) || (w->kind == GM_INT && kc_int_acc_applies(w->in, n))) {
         int quantized = 0;
         if (quant_input(g, x, n, w->k, &quantized) != 0) return -1;

@@ -126,9 +126,10 @@ static int gmat_upload(gmat_t *g, const k_mat_t *w, float *stage, long stage_row
     g->k = w->k;
     if (w->type == K_SQ) {
         const k_sq_t *v = w->data;
-        /* uniform integer codes (W8A8, W4A8): their own kernels where they
-         * take the shape (kc_int.cu), else on as before */
-        if (!v->h && !v->amask && (g->in = kc_int_upload(v))) {
+        /* uniform integer codes (W8A8, W4A8, and W4A(SQ static): the
+         * activation mask is the forward pass's business): their own kernels
+         * where they take the shape (kc_int.cu), else on as before */
+        if (!v->h && (g->in = kc_int_upload(v))) {
             g->kind = GM_INT;
             return 0;
         }

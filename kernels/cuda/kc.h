@@ -218,6 +218,15 @@ int kc_int_matmul_acc(const kc_int_t *w, const int8_t *d_qx, const float *d_sx, 
 kc_int_t *kc_int_fuse(const kc_int_t *const *parts, int count);
 int kc_int_parts(const kc_int_t *w);
 int kc_int_matmul_parts(const kc_int_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y);
+/* Static SQ activations on the integer kernels (the paper's Hopper mapping:
+ * the high and the low channels as two INT8 rows through one matmul).
+ * kc_quant_static_i8: token t's channels with mask 1 -> d_q2 row 2t at
+ * hi_bits, the others -> row 2t + 1 at lo_bits, d_sx2[2t], d_sx2[2t + 1] their
+ * scales; k_quant_row_static's codes and scales bit for bit. Then a matmul
+ * of the 2m rows into y2, and kc_add_pairs: y[t] = y2[2t] + y2[2t + 1]. */
+int kc_quant_static_i8(const float *d_x, long m, long k, const uint8_t *d_mask, int hi_bits, int lo_bits,
+                       int8_t *d_q2, float *d_sx2);
+int kc_add_pairs(float *d_y, const float *d_y2, long m, long n);
 /* the most tokens the CUDA-core GEMV takes for w (KC_INT_GEMV_M, default 16
  * for 4-bit codes, 8 for 8-bit); more: the tensor cores */
 long kc_int_gemv_max(const kc_int_t *w);

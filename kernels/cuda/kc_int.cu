@@ -260,6 +260,73 @@ __global__ void k_int4_expand(const uint8_t *w, const void *sc, long k, long ng,
     *(uint4 *)(out + (i / per) * k + c8 * 8) = *(const uint4 *)v;
 }
 
+/* ---- static SQ activations on these kernels (W4A(SQ), the paper's Hopper mapping) ---- */
+
+/* Token t's high channels (mask 1) to q2 row 2t at a_hi bits, its low
+ * channels to row 2t + 1 at a_lo bits, each class with its own scale:
+ * k_quant_row_static's arithmetic (max exact in any order, IEEE division,
+ * round half to even, clamp), so the codes are the CPU's. One block a token. */
+__global__ void __launch_bounds__(256) k_quant_static(const float *x, long k, const uint8_t *mask, int qh, int ql,
+                                                      int8_t *q2, float *sx2) {
+    __shared__ float red[2][8];
+    const long t = blockIdx.x;
+    const float *xr = x + t * k;
+    float mh = 0.0f, ml = 0.0f;
+    for (long j = threadIdx.x; j < k; j += blockDim.x) {
+        const float a = fabsf(xr[j]);
+        if (mask[j] == 1) mh = fmaxf(mh, a);
+        else if (mask[j] == 0) ml = fmaxf(ml, a);
+    }
+    for (int o = 16; o >= 1; o >>= 1) {
+        mh = fmaxf(mh, __shfl_xor_sync(0xffffffffu, mh, o));
+        ml = fmaxf(ml, __shfl_xor_sync(0xffffffffu, ml, o));
+    }
+    if ((threadIdx.x & 31) == 0) red[0][threadIdx.x >> 5] = mh, red[1][threadIdx.x >> 5] = ml;
+    __syncthreads();
+    mh = 0.0f, ml = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mh = fmaxf(mh, red[0][w]), ml = fmaxf(ml, red[1][w]);
+    const float sh = __fdiv_rn(mh, (float)qh), sl = __fdiv_rn(ml, (float)ql);
+    int8_t *oh = q2 + 2 * t * k, *ol = oh + k;
+    for (long j = threadIdx.x; j < k; j += blockDim.x) {
+        const float v = xr[j];
+        const float ch = mask[j] == 1 && sh > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn(v, sh)), (float)-qh), (float)qh) : 0.0f;
+        const float cl = mask[j] == 0 && sl > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn(v, sl)), (float)-ql), (float)ql) : 0.0f;
+        oh[j] = (int8_t)ch, ol[j] = (int8_t)cl;
+    }
+    if (threadIdx.x == 0) sx2[2 * t] = sh, sx2[2 * t + 1] = sl;
+}
+
+/* y[t][r] = y2[2t][r] + y2[2t + 1][r]: the high part's product plus the low part's */
+__global__ void k_add_pairs(float *y, const float *y2, long m, long n) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * n) return;
+    const long t = i / n, r = i % n;
+    y[i] = __fadd_rn(y2[2 * t * n + r], y2[(2 * t + 1) * n + r]);
+}
+
+extern "C" int kc_quant_static_i8(const float *d_x, long m, long k, const uint8_t *d_mask, int hi_bits, int lo_bits,
+                                  int8_t *d_q2, float *d_sx2) {
+    if (!d_x || !d_mask || !d_q2 || !d_sx2 || m < 0 || k < 1 || hi_bits < 2 || hi_bits > 8 || lo_bits < 2 ||
+        lo_bits > 8) {
+        kc_set_error("kc_quant_static_i8: bad arguments");
+        return -1;
+    }
+    if (m == 0) return 0;
+    k_quant_static<<<(unsigned)m, 256, 0, KC_STREAM>>>(d_x, k, d_mask, (1 << (hi_bits - 1)) - 1, (1 << (lo_bits - 1)) - 1,
+                                                       d_q2, d_sx2);
+    return kc_check_launch("k_quant_static");
+}
+
+extern "C" int kc_add_pairs(float *d_y, const float *d_y2, long m, long n) {
+    if (!d_y || !d_y2 || m < 0 || n < 1) {
+        kc_set_error("kc_add_pairs: bad arguments");
+        return -1;
+    }
+    if (m == 0) return 0;
+    k_add_pairs<<<kc_blocks(m * n, 256), 256, 0, KC_STREAM>>>(d_y, d_y2, m, n);
+    return kc_check_launch("k_add_pairs");
+}
+
 /* ---- generation (synthetic models) --------------------------------------------------- */
 
 __device__ __forceinline__ uint64_t mix64(uint64_t x) {
@@ -369,8 +436,8 @@ static void pack_row4(const uint8_t *lo, long r, long k, uint8_t *out) {
 }
 
 extern "C" kc_int_t *kc_int_upload(const k_sq_t *v) {
-    if (!v || v->h != 0 || v->amask || !v->lo || !v->s_lo || (v->h_low != 4 && v->h_low != 8)) {
-        kc_set_error("kc_int_upload: not a uniform integer view (h = 0, 4- or 8-bit codes, no activation mask)");
+    if (!v || v->h != 0 || !v->lo || !v->s_lo || (v->h_low != 4 && v->h_low != 8)) {
+        kc_set_error("kc_int_upload: not a uniform integer view (h = 0, 4- or 8-bit codes)");
         return NULL;
     }
     const long n = v->n, k = v->k, g = v->G, ng = k / (g > 0 ? g : 1);

@@ -17,6 +17,9 @@
  *   against its own reference, on both paths.
  * - kc_int_random: its matrix (downloaded) through the same check; codes in
  *   range; the stated bits per weight (4.25 for int4 g64 with half scales).
+ * - Static SQ activations on these kernels: kc_quant_static_i8 against
+ *   k_quant_row_static (bit for bit), the 2m-row matmul + kc_add_pairs
+ *   against the CPU's high part + low part.
  * - Views the kernels do not take (int4 g32, int8 in groups, k not a
  *   multiple of 64, SQ views with highs) are refused with a message.
  *
@@ -270,6 +273,80 @@ static void test_random(int bits, long n, long k, const long *ms, int nm) {
     hmat_free(&h);
 }
 
+/* Static SQ activations (kc_quant_static_i8 + the 2m-row matmul +
+ * kc_add_pairs): the codes and scales k_quant_row_static gives, bit for
+ * bit; y = combine(high row) + combine(low row) as the CPU's
+ * k_sq_matmul_group adds them (int8: bit for bit; int4: the sum of the two
+ * rows' bounds). Masks: 8 random high channels of every 64. */
+static void test_static(int bits, long n, long k, const long *ms, int nm) {
+    hmat_t h = hmat_random(n, k, bits, bits == 8 ? k : 64, 1);
+    kc_int_t *d = upload(&h);
+    k_sq_t *v = k_sq_new_int(h.codes, h.scales, n, k, bits, h.g);
+    uint8_t *mask = hmalloc((size_t)k);
+    memset(mask, 0, (size_t)k);
+    for (long j0 = 0; j0 < k; j0 += 64)
+        for (int c = 0; c < 8;) {
+            uint8_t *p = mask + j0 + next() % 64;
+            if (!*p) *p = 1, c++;
+        }
+    uint8_t *dmask = dmalloc((size_t)k);
+    OK(kc_upload(dmask, mask, (size_t)k));
+    for (int mi = 0; mi < nm; mi++) {
+        const long m = ms[mi];
+        float *x = hmalloc((size_t)(m * k) * 4), *sx = hmalloc((size_t)m * 8), *gsx = hmalloc((size_t)m * 8);
+        int8_t *q = hmalloc((size_t)(2 * m * k)), *gq = hmalloc((size_t)(2 * m * k));
+        fill_x(x, m, k);
+        for (long i = 0; i < m; i++)
+            k_quant_row_static(x + i * k, k, mask, 8, 4, q + 2 * i * k, q + (2 * i + 1) * k, sx + 2 * i);
+        float *dx = dmalloc((size_t)(m * k) * 4), *dsx = dmalloc((size_t)m * 8), *dy2 = dmalloc((size_t)(2 * m * n) * 4);
+        float *dy = dmalloc(((size_t)(m * n) + 64) * 4), *got = hmalloc(((size_t)(m * n) + 64) * 4);
+        int8_t *dq = dmalloc((size_t)(2 * m * k));
+        OK(kc_upload(dx, x, (size_t)(m * k) * 4));
+        OK(kc_memset(dy, 0xFF, ((size_t)(m * n) + 64) * 4));
+        OK(kc_quant_static_i8(dx, m, k, dmask, 8, 4, dq, dsx));
+        OK(kc_download(gq, dq, (size_t)(2 * m * k)));
+        OK(kc_download(gsx, dsx, (size_t)m * 8));
+        long qbad = 0;
+        for (long i = 0; i < 2 * m * k; i++) qbad += gq[i] != q[i];
+        for (long i = 0; i < 2 * m; i++) qbad += memcmp(&gsx[i], &sx[i], 4) != 0;
+        OK(kc_int_matmul(d, dq, dsx, 2 * m, dy2));
+        OK(kc_add_pairs(dy, dy2, m, n));
+        OK(kc_download(got, dy, ((size_t)(m * n) + 64) * 4));
+        const int tensor = 2 * m > kc_int_gemv_max(d);
+        long bad = 0, gbad = 0;
+        double worst = 0;
+        for (long i = 0; i < m; i++)
+            for (long r = 0; r < n; r++) {
+                float wh, wl;
+                double bh, bl;
+                reference(v, &h, r, q + 2 * i * k, sx[2 * i], tensor, &wh, &bh);
+                reference(v, &h, r, q + (2 * i + 1) * k, sx[2 * i + 1], tensor, &wl, &bl);
+                const float want = wh + wl, gv = got[i * n + r];
+                const double bound = bh + bl == 0 ? 0 : bh + bl + fabs((double)want) * ldexp(1.0, -23);
+                const double e = fabs((double)gv - want);
+                if (!isfinite(gv) || (bound == 0 ? memcmp(&gv, &want, 4) != 0 : e > bound)) bad++;
+                const double rel = bound > 0 ? e / bound : e > 0;
+                if (rel > worst || !isfinite(gv)) worst = isfinite(gv) ? rel : INFINITY;
+            }
+        for (int i = 0; i < 64; i++) {
+            uint32_t u;
+            memcpy(&u, &got[m * n + i], 4);
+            gbad += u != 0xFFFFFFFFu;
+        }
+        char what[200];
+        snprintf(what, sizeof what, "static SQ acts, int%d n=%ld k=%ld m=%ld (%s): %ld codes/scales differ, %ld wrong, "
+                 "worst %.3g%s", bits, n, k, m, tensor ? "tensor cores" : "GEMV", qbad, bad, worst,
+                 gbad ? ", WROTE PAST THE OUTPUT" : "");
+        verdict(qbad == 0 && bad == 0 && gbad == 0, what);
+        kc_free(dx), kc_free(dsx), kc_free(dy2), kc_free(dy), kc_free(dq);
+        free(x), free(sx), free(gsx), free(q), free(gq), free(got);
+    }
+    kc_free(dmask);
+    free(mask), free(v);
+    kc_int_free(d);
+    hmat_free(&h);
+}
+
 static void test_refused(void) {
     struct {
         int bits;
@@ -320,6 +397,9 @@ int main(int argc, char **argv) {
         test_random(bits, quick ? 40 : 200, 64 * (quick ? 3 : 9), quick ? mfq : mf, quick ? 2 : 5);
     }
     test_refused();
+    static const long mst[] = {1, 4, 9, 70}, mstq[] = {1, 9};
+    test_static(4, quick ? 37 : 211, quick ? 256 : 1536, quick ? mstq : mst, quick ? 2 : 4);
+    test_static(8, quick ? 37 : 211, quick ? 256 : 1536, quick ? mstq : mst, quick ? 2 : 4);
     /* the GEMV limit moved: every m through the tensor-core path, then every m through the GEMV */
     kc_int_set_gemv_max(0);
     test_shape(4, 41, 256, 1, (const long[]){1, 3}, 2);
