@@ -316,6 +316,20 @@ def test_bench_synthetic_unknown_weights(sq):
     assert "unknown synthetic weights 'int5'" in line and "int4:g64" in line
 
 
+def test_bench_synthetic_acts_checked(sq):
+    """Static SQ activations of a synthetic model run on the integer kernels
+    only; an SQ-weight model or an unknown recipe is refused by name, and the
+    option is refused without --synthetic."""
+    line = one_error(sq("bench", "--synthetic", "llama3-8b", "--synthetic-acts", "sq:8/4:b64:s0.875:static",
+                        "--device", "cuda", *THREADS, model=False), 1)
+    assert "int4:g64 or int8" in line
+    line = one_error(sq("bench", "--synthetic", "llama3-8b", "--synthetic-acts", "int4", "--device", "cuda",
+                        *THREADS, model=False), 1)
+    assert "--synthetic-acts" in line
+    line = one_error(sq("bench", "--pp", "8", "--tg", "2", "-r", "1", "--synthetic-acts", "int8", *THREADS), 1)
+    assert "--synthetic-acts" in line and "--synthetic" in line
+
+
 def test_cuda_without_gpu_is_a_clear_error(sq):
     """A CUDA build on a machine without a usable GPU, or a build without
     CUDA, refuses --device cuda with one line saying which; never a crash."""
