@@ -24,7 +24,7 @@
  *
  * Kernels.
  *   decode (m <= kc_int_gemv_max(w): 16 for 4-bit, 8 for 8-bit): k_int4_gemv /
- *     k_int8_gemv, persistent warps of two rows (four from four tokens on),
+ *     k_int8_gemv, a warp per two rows (four from four tokens on),
  *     every lane owning whole groups (int4: 64 columns, 32 bytes a row) or
  *     16-byte chunks (int8), the activations read through L1 (every warp of
  *     a block reads the same ones), up to 8 tokens a launch.
@@ -110,11 +110,11 @@ __device__ __forceinline__ void int_store(const IntArgs &a, long r, long tok, fl
 template <int NT, int R, bool S16>
 __global__ void __launch_bounds__(WARPS * 32) k_int4_gemv(IntArgs a) {
     const int lane = threadIdx.x & 31;
+    const long r0 = ((long)blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
     kc_pdl_wait();
     kc_pdl_trigger();
+    if (r0 >= a.n) return;
     const long rowb = a.k / 2;
-    /* persistent warps: a warp walks R rows at a time over the matrix */
-    for (long r0 = ((long)blockIdx.x * WARPS + (threadIdx.x >> 5)) * R; r0 < a.n; r0 += (long)gridDim.x * WARPS * R) {
     float acc[R][NT];
 #pragma unroll
     for (int i = 0; i < R; i++)
@@ -172,7 +172,6 @@ __global__ void __launch_bounds__(WARPS * 32) k_int4_gemv(IntArgs a) {
                 if (ii == i && tt == t) v = acc[ii][tt];
         if (r < a.n && tok < a.m) int_store(a, r, tok, __fmul_rn(v, __ldg(a.sx + tok)));
     }
-    }
 }
 
 /* 8-bit codes, one scale a row: lane takes 16-byte chunks lane, lane + 32, ...;
@@ -180,9 +179,10 @@ __global__ void __launch_bounds__(WARPS * 32) k_int4_gemv(IntArgs a) {
 template <int NT, int R, bool S16>
 __global__ void __launch_bounds__(WARPS * 32) k_int8_gemv(IntArgs a) {
     const int lane = threadIdx.x & 31;
+    const long r0 = ((long)blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
     kc_pdl_wait();
     kc_pdl_trigger();
-    for (long r0 = ((long)blockIdx.x * WARPS + (threadIdx.x >> 5)) * R; r0 < a.n; r0 += (long)gridDim.x * WARPS * R) {
+    if (r0 >= a.n) return;
     int acc[R][NT];
 #pragma unroll
     for (int i = 0; i < R; i++)
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_int8_gemv(IntArgs a) {
 #pragma unroll
     for (int i = 0; i < R; i++) rr[i] = r0 + i < a.n ? r0 + i : a.n - 1;
     const long nch = a.k / 16;
-#pragma unroll(NT >= 4 ? 1 : 4)
+#pragma unroll 4 /* one 16-byte load a row an iteration: four in flight (bench_gemm: 1.5-2.7x at M = 4, 8) */
     for (long c = lane; c < nch; c += 32) {
         uint4 wv[R];
 #pragma unroll
@@ -226,7 +226,6 @@ __global__ void __launch_bounds__(WARPS * 32) k_int8_gemv(IntArgs a) {
             const float s = load_scale(a.sc, (size_t)r, S16);
             int_store(a, r, tok, __fmul_rn(__fmul_rn(s, __int2float_rn(v)), __ldg(a.sx + tok)));
         }
-    }
     }
 }
 
@@ -567,48 +566,16 @@ static IntArgs int_args(const kc_int *w, const int8_t *qx, const float *sx, long
     return a;
 }
 
-typedef void (*IntKernel)(IntArgs);
-
-/* blocks: one per R x WARPS rows, at most as many as are resident at once
- * (the warps then walk the rest) */
-static int launch_gemv(const char *name, IntKernel kern, long n, int R, const IntArgs &a) {
-    static struct {
-        IntKernel kern;
-        int occ;
-    } cache[32];
-    static int ncache;
-    int occ = -1;
-    for (int i = 0; i < ncache; i++)
-        if (cache[i].kern == kern) occ = cache[i].occ;
-    if (occ < 0) {
-        if (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, 0), name)) return -1;
-        if (ncache < 32) cache[ncache].kern = kern, cache[ncache++].occ = occ;
-    }
-    const long need = (n + (long)R * WARPS - 1) / ((long)R * WARPS), cap = (long)(occ > 0 ? occ : 1) * kc_sm_count();
-    return kc_launch_pdl(name, kern, (unsigned)(need < cap ? need : cap), WARPS * 32, 0, a);
-}
-
-/* KC_INT_ROWS=4: four rows a warp at one and two tokens too (default 2) */
-static int rows_small(void) {
-    static int r = -1;
-    if (r < 0) {
-        const char *e = getenv("KC_INT_ROWS");
-        r = e && atoi(e) == 4 ? 4 : 2;
-    }
-    return r;
-}
-
-template <int NT, int R>
-static int gemv_nt_r(const kc_int *w, const IntArgs &a) {
-    if (w->bits == 4)
-        return launch_gemv("k_int4_gemv", w->s16 ? k_int4_gemv<NT, R, true> : k_int4_gemv<NT, R, false>, w->n, R, a);
-    return launch_gemv("k_int8_gemv", w->s16 ? k_int8_gemv<NT, R, true> : k_int8_gemv<NT, R, false>, w->n, R, a);
-}
-
+/* a warp per R rows, a block per R x WARPS rows */
 template <int NT>
 static int gemv_nt(const kc_int *w, const IntArgs &a) {
-    if (NT >= 4 || rows_small() == 4) return gemv_nt_r<NT, 4>(w, a); /* more rows share each activation load */
-    return gemv_nt_r<NT, 2>(w, a);
+    constexpr int R = NT >= 4 ? 4 : 2; /* more rows share each activation load when tokens are many */
+    const unsigned blocks = (unsigned)((w->n + R * WARPS - 1) / (R * WARPS));
+    if (w->bits == 4)
+        return w->s16 ? kc_launch_pdl("k_int4_gemv", k_int4_gemv<NT, R, true>, blocks, WARPS * 32, 0, a)
+                      : kc_launch_pdl("k_int4_gemv", k_int4_gemv<NT, R, false>, blocks, WARPS * 32, 0, a);
+    return w->s16 ? kc_launch_pdl("k_int8_gemv", k_int8_gemv<NT, R, true>, blocks, WARPS * 32, 0, a)
+                  : kc_launch_pdl("k_int8_gemv", k_int8_gemv<NT, R, false>, blocks, WARPS * 32, 0, a);
 }
 
 static int int_gemv(const kc_int *w, IntArgs a) {
