@@ -84,6 +84,7 @@ int cli_bench_synthetic(const config_t *c) {
                     "static SQ activations run on the integer kernels: --synthetic-weights int4:g64 or int8");
     act_quant_t qs;
     memset(&qs, 0, sizeof qs);
+    const int f16 = cfg_str(c, "synthetic-weights") && !strcmp(cfg_str(c, "synthetic-weights"), "f16");
     model_t m;
     if (model_synthetic(&m, cfg_str(c, "synthetic"), cfg_str(c, "synthetic-weights"), ord, err, sizeof err) != 0)
         return fail(err, NULL);
@@ -118,7 +119,10 @@ int cli_bench_synthetic(const config_t *c) {
            "bound at batch 1 (bytes / peak bandwidth): %.1f tokens/s\n",
            model_gpu_name(&m), bw / 1e9, m.name, hp->n_layer, hp->dim, hp->ffn_dim, hp->n_vocab,
            bytes / 1e9, cfg_str(c, "synthetic-weights") ? cfg_str(c, "synthetic-weights") : "sq:8/4:b64:s0.875",
-           st ? "static SQ 8/4 b64 s0.875 (random high channels; the lm head INT8)" : "INT8 per token", bw / bytes);
+           st ? "static SQ 8/4 b64 s0.875 (random high channels; the lm head INT8)"
+           : f16 ? "not quantized (FP32 into the GEMV, FP16 into cuBLAS)"
+                 : "INT8 per token",
+           bw / bytes);
     double pps;
     if (pp > 0) {
         if (bench_prefill(&f, &kv, pp, reps, logits, &pps, err, sizeof err) != 0) { fail(err, NULL); goto out; }
