@@ -106,6 +106,22 @@ __device__ __forceinline__ void int_store(const IntArgs &a, long r, long tok, fl
     *o = a.acc ? __fadd_rn(*o, p) : p;
 }
 
+/* The warp's sums of every (row i, token t) (a butterfly: every lane gets
+ * them all, in the same order); lane i * NT + t returns sum (i, t). */
+template <typename T, int R, int NT>
+__device__ __forceinline__ T warp_sums(T (&acc)[R][NT], int lane) {
+    T v = 0;
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+#pragma unroll
+            for (int o = 16; o >= 1; o >>= 1) acc[i][t] += __shfl_xor_sync(0xffffffffu, acc[i][t], o);
+            if (lane == i * NT + t) v = acc[i][t];
+        }
+    return v;
+}
+
 /* 4-bit codes, groups of 64: lane takes groups lane, lane + 32, ... */
 template <int NT, int R, bool S16>
 __global__ void __launch_bounds__(WARPS * 32) k_int4_gemv(IntArgs a) {
@@ -155,21 +171,9 @@ __global__ void __launch_bounds__(WARPS * 32) k_int4_gemv(IntArgs a) {
             }
         }
     }
-#pragma unroll
-    for (int i = 0; i < R; i++)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int o = 16; o >= 1; o >>= 1) acc[i][t] += __shfl_xor_sync(0xffffffffu, acc[i][t], o);
+    const float v = warp_sums<float, R, NT>(acc, lane);
     if (lane < R * NT) {
-        const int i = lane / NT, t = lane % NT;
-        const long r = r0 + i, tok = a.tok0 + t;
-        float v = 0.0f;
-#pragma unroll
-        for (int ii = 0; ii < R; ii++)
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++)
-                if (ii == i && tt == t) v = acc[ii][tt];
+        const long r = r0 + lane / NT, tok = a.tok0 + lane % NT;
         if (r < a.n && tok < a.m) int_store(a, r, tok, __fmul_rn(v, __ldg(a.sx + tok)));
     }
 }
@@ -207,21 +211,9 @@ __global__ void __launch_bounds__(WARPS * 32) k_int8_gemv(IntArgs a) {
                             __dp4a((int)wv[i].z, (int)x.z, __dp4a((int)wv[i].w, (int)x.w, acc[i][t]))));
         }
     }
-#pragma unroll
-    for (int i = 0; i < R; i++)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int o = 16; o >= 1; o >>= 1) acc[i][t] += __shfl_xor_sync(0xffffffffu, acc[i][t], o);
+    const int v = warp_sums<int, R, NT>(acc, lane); /* exact: the row's sum stays an integer */
     if (lane < R * NT) {
-        const int i = lane / NT, t = lane % NT;
-        const long r = r0 + i, tok = a.tok0 + t;
-        int v = 0;
-#pragma unroll
-        for (int ii = 0; ii < R; ii++)
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++)
-                if (ii == i && tt == t) v = acc[ii][tt];
+        const long r = r0 + lane / NT, tok = a.tok0 + lane % NT;
         if (r < a.n && tok < a.m) {
             const float s = load_scale(a.sc, (size_t)r, S16);
             int_store(a, r, tok, __fmul_rn(__fmul_rn(s, __int2float_rn(v)), __ldg(a.sx + tok)));

@@ -277,6 +277,32 @@ static int decode_table(double bw, const char *only_shape) {
     return 0;
 }
 
+/* The buffers of one shape's comparison with cuBLASLt BF16: BF16 weights and
+ * activations, their output, and the same activations as INT8 codes + scales
+ * (kc_quant_i8 of FP32 ones) for the SQ and integer kernels; freed at scope end. */
+struct GemmBufs {
+    __nv_bfloat16 *wb, *xb, *ob;
+    int8_t *xi;
+    float *xs, *sx, *ys;
+    GemmBufs(long N, long K, long MMAX, uint64_t seed) {
+        CK(cudaMalloc(&wb, (size_t)N * K * 2));
+        CK(cudaMalloc(&xb, (size_t)MMAX * K * 2));
+        CK(cudaMalloc(&ob, (size_t)MMAX * N * 2));
+        CK(cudaMalloc(&xi, (size_t)MMAX * K));
+        CK(cudaMalloc(&xs, (size_t)MMAX * K * 4));
+        CK(cudaMalloc(&sx, (size_t)MMAX * 4));
+        CK(cudaMalloc(&ys, (size_t)MMAX * N * 4));
+        fill_bf16<<<2048, 256, 0, st>>>(wb, (size_t)N * K, 0.02f, seed);
+        fill_bf16<<<2048, 256, 0, st>>>(xb, (size_t)MMAX * K, 1.0f, seed + 1);
+        fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, seed + 2);
+        CK(cudaGetLastError());
+        KC(kc_quant_i8(xs, MMAX, K, xi, sx));
+    }
+    ~GemmBufs() { cudaFree(wb), cudaFree(xb), cudaFree(ob), cudaFree(xi), cudaFree(xs), cudaFree(sx), cudaFree(ys); }
+    GemmBufs(const GemmBufs &) = delete;
+    GemmBufs &operator=(const GemmBufs &) = delete;
+};
+
 /* --twostep: the fused SQ x INT8 kernels against the two-step path (FP16
  * expansion + cuBLAS, kc_sq_gemm.cu) and cuBLASLt BF16, by M: the table the
  * default crossover (kc_sq_twostep_min) comes from. */
@@ -299,21 +325,10 @@ static int twostep_table(const char *only_shape, const float *d_one) {
             return 2;
         }
         if (sh.name == shapes[0].name) printf("(layout: %s)\n", kc_sq_describe(sqh));
-        __nv_bfloat16 *wb, *xb, *ob;
-        int8_t *xi;
-        float *xs, *sx, *ys;
-        CK(cudaMalloc(&wb, (size_t)N * K * 2));
-        CK(cudaMalloc(&xb, (size_t)MMAX * K * 2));
-        CK(cudaMalloc(&ob, (size_t)MMAX * N * 2));
-        CK(cudaMalloc(&xi, (size_t)MMAX * K));
-        CK(cudaMalloc(&xs, (size_t)MMAX * K * 4));
-        CK(cudaMalloc(&sx, (size_t)MMAX * 4));
-        CK(cudaMalloc(&ys, (size_t)MMAX * N * 4));
-        fill_bf16<<<2048, 256, 0, st>>>(wb, (size_t)N * K, 0.02f, 31);
-        fill_bf16<<<2048, 256, 0, st>>>(xb, (size_t)MMAX * K, 1.0f, 32);
-        fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, 33);
-        CK(cudaGetLastError());
-        KC(kc_quant_i8(xs, MMAX, K, xi, sx));
+        GemmBufs b(N, K, MMAX, 31);
+        __nv_bfloat16 *wb = b.wb, *xb = b.xb, *ob = b.ob;
+        int8_t *xi = b.xi;
+        float *sx = b.sx, *ys = b.ys;
         for (long M : Ms) {
             kc_sq_set_twostep_min(0);
             const double fu = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
@@ -327,7 +342,6 @@ static int twostep_table(const char *only_shape, const float *d_one) {
         }
         kc_sq_set_twostep_min(-1); /* back to the default (environment or built-in) */
         kc_sq_free(sqh);
-        cudaFree(wb), cudaFree(xb), cudaFree(ob), cudaFree(xi), cudaFree(xs), cudaFree(sx), cudaFree(ys);
     }
     printf("\ndefault crossover (kc_sq_twostep_min): M >= %ld\n", kc_sq_twostep_min());
     return 0;
@@ -359,21 +373,10 @@ static int baselines_table(double bw, const char *only_shape, const float *d_one
         }
         if (sh.name == shapes[0].name)
             printf("(layouts: %s; %s; %s)\n\n", kc_sq_describe(sq), kc_int_describe(w4), kc_int_describe(w8));
-        __nv_bfloat16 *wb, *xb, *ob;
-        int8_t *xi;
-        float *xs, *sx, *ys;
-        CK(cudaMalloc(&wb, (size_t)N * K * 2));
-        CK(cudaMalloc(&xb, (size_t)MMAX * K * 2));
-        CK(cudaMalloc(&ob, (size_t)MMAX * N * 2));
-        CK(cudaMalloc(&xi, (size_t)MMAX * K));
-        CK(cudaMalloc(&xs, (size_t)MMAX * K * 4));
-        CK(cudaMalloc(&sx, (size_t)MMAX * 4));
-        CK(cudaMalloc(&ys, (size_t)MMAX * N * 4));
-        fill_bf16<<<2048, 256, 0, st>>>(wb, (size_t)N * K, 0.02f, 41);
-        fill_bf16<<<2048, 256, 0, st>>>(xb, (size_t)MMAX * K, 1.0f, 42);
-        fill_f32<<<2048, 256, 0, st>>>(xs, (size_t)MMAX * K, 1.0f, 43);
-        CK(cudaGetLastError());
-        KC(kc_quant_i8(xs, MMAX, K, xi, sx));
+        GemmBufs b(N, K, MMAX, 41);
+        __nv_bfloat16 *wb = b.wb, *xb = b.xb, *ob = b.ob;
+        int8_t *xi = b.xi;
+        float *sx = b.sx, *ys = b.ys;
         for (long M : Ms) {
             const double tq = time_us([&] { KC(kc_sq_matmul(sq, xi, sx, M, ys)); });
             const double t4 = time_us([&] { KC(kc_int_matmul(w4, xi, sx, M, ys)); });
@@ -387,7 +390,6 @@ static int baselines_table(double bw, const char *only_shape, const float *d_one
             fflush(stdout);
         }
         kc_sq_free(sq), kc_int_free(w4), kc_int_free(w8);
-        cudaFree(wb), cudaFree(xb), cudaFree(ob), cudaFree(xi), cudaFree(xs), cudaFree(sx), cudaFree(ys);
     }
     return 0;
 }

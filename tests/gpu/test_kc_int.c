@@ -34,27 +34,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int n_pass, n_fail, quick;
+static int quick;
 
 #define TEST_RNG_SEED 0x13198A2E03707344ull
 #include "test_rng.h"
-
-#define OK(call)                                                  \
-    do {                                                          \
-        if ((call) != 0) {                                        \
-            fprintf(stderr, "GPU: %s (%s)\n", kc_error(), #call); \
-            exit(2);                                              \
-        }                                                         \
-    } while (0)
-
-static void *dmalloc(size_t bytes) {
-    void *d = kc_malloc(bytes);
-    if (!d) {
-        fprintf(stderr, "GPU: %s\n", kc_error());
-        exit(2);
-    }
-    return d;
-}
+#include "test_util.h"
 
 static void *hmalloc(size_t bytes) {
     void *p = malloc(bytes ? bytes : 1);
@@ -63,19 +47,6 @@ static void *hmalloc(size_t bytes) {
         exit(2);
     }
     return p;
-}
-
-static void verdict(int ok, const char *what) {
-    printf("%s %s%s\n", ok ? "PASS" : "FAIL", what, ok ? "" : " <--");
-    ok ? n_pass++ : n_fail++;
-}
-
-/* per-row magnitudes over many decades, a zero row when m > 2 */
-static void fill_x(float *x, long m, long k) {
-    for (long i = 0; i < m; i++) {
-        float sc = (i == 1 && m > 2) ? 0.0f : ldexpf(1.0f, (int)(next() % 40) - 20);
-        for (long j = 0; j < k; j++) x[i * k + j] = frand() * sc;
-    }
 }
 
 /* a host matrix: codes [n][k], scales [n][k/g] */

@@ -42,47 +42,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int n_pass, n_fail, quick;
+static int quick;
 
 /* test hook in kc_sq.cu: device layout vs a host repack of t */
 long kc_sq_debug_compare(const kc_sq_t *w, const k_sq_t *t, long *first);
 #define TEST_RNG_SEED 0x243F6A8885A308D3ull
 #include "test_rng.h"
-
-#define OK(call)                                                  \
-    do {                                                          \
-        if ((call) != 0) {                                        \
-            fprintf(stderr, "GPU: %s (%s)\n", kc_error(), #call); \
-            exit(2);                                              \
-        }                                                         \
-    } while (0)
-
-static void *dmalloc(size_t bytes) {
-    void *d = kc_malloc(bytes);
-    if (!d) {
-        fprintf(stderr, "GPU: %s\n", kc_error());
-        exit(2);
-    }
-    return d;
-}
-
-static void verdict(int ok, const char *what) {
-    printf("%s %s%s\n", ok ? "PASS" : "FAIL", what, ok ? "" : " <--");
-    ok ? n_pass++ : n_fail++;
-}
+#include "test_util.h"
 
 static k_sq_t view(const sq_tensor_t *t) {
     k_sq_t w = {.h_low = t->cfg.h_low, .b = t->cfg.b, .h = t->h, .G = t->G, .n = t->n, .k = t->k,
                 .lo = t->lo, .hi = t->hi, .idx = t->idx, .s_lo = t->s_lo, .s_hi = t->s_hi};
     return w;
-}
-
-/* activations: per-row magnitudes over many decades, a zero row when m > 2 */
-static void fill_x(float *x, long m, long k) {
-    for (long i = 0; i < m; i++) {
-        float sc = (i == 1 && m > 2) ? 0.0f : ldexpf(1.0f, (int)(next() % 40) - 20);
-        for (long j = 0; j < k; j++) x[i * k + j] = frand() * sc;
-    }
 }
 
 /* ---- kc_quant_i8 ------------------------------------------------------------------- */
