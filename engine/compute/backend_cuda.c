@@ -119,10 +119,22 @@ static int static_scratch(fwd_t *f, gfwd_t *g) {
     size_t wide = (size_t)(hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim);
     size_t outs = 2 * (size_t)hp->ffn_dim;
     if ((size_t)hp->dim + 2 * kvd > outs) outs = (size_t)hp->dim + 2 * kvd;
-    return (g->qx2 = kc_malloc(n2 * wide)) && (g->sx2 = kc_malloc(n2 * sizeof(float))) &&
-                   (g->y2 = kc_malloc(n2 * outs * sizeof(float)))
-               ? 0
-               : -1;
+    if ((g->qx2 = kc_malloc(n2 * wide)) && (g->sx2 = kc_malloc(n2 * sizeof(float))) &&
+        (g->y2 = kc_malloc(n2 * outs * sizeof(float))))
+        return 0;
+    kc_free(g->qx2), kc_free(g->sx2), kc_free(g->y2);
+    g->qx2 = NULL, g->sx2 = NULL, g->y2 = NULL;
+    return -1;
+}
+
+/* whether any layer matrix is an integer one (kc_int): then static SQ
+ * activations run on its kernels and need the scratch above */
+static int has_int_layers(const fwd_t *f) {
+    const gpu_model_t *gm = f->m->dev;
+    for (int l = 0; l < gm->n_layer; l++)
+        for (int i = 0; i < 7; i++)
+            if (gm->layers[l].w[i].kind == GM_INT || gm->layers[l].qkv_i || gm->layers[l].gate_up_i) return 1;
+    return 0;
 }
 
 static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen) {
@@ -149,7 +161,7 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
         snprintf(err, errlen, "dynamic SQ activations run on the CPU only (use static, int8 or fp32 on the GPU)");
         return -1;
     }
-    if (!g->qx2 && static_scratch(f, g) != 0) {
+    if (!g->qx2 && has_int_layers(f) && static_scratch(f, g) != 0) {
         snprintf(err, errlen, "GPU: scratch for static SQ activations: %s", kc_error());
         return -1;
     }
@@ -354,8 +366,9 @@ static int site_of(int id) {
 
 /* Static SQ activations where the site's matrices are integer ones
  * (kc_int.cu): the matmul quantizes its float input into the high and low
- * rows itself (k_quant_row_static's codes), as the CPU's integer kernels
- * do, instead of the hook's fake quantization in float. */
+ * rows itself (k_quant_row_static), instead of the hook's fake quantization
+ * in float. The CPU runs the hook and then quantizes its output again: the
+ * same codes, a scale that may differ in its last bit (fl(fl(q s) / q) for s). */
 static int static_on_int(const gfwd_t *g, const glayer_t *L, int site) {
     if (g->acts.kind != AQ_SQ_STATIC || site < 0) return 0;
     const int id = site == SITE_QKV ? W_Q : site == SITE_O ? W_O : site == SITE_UPGATE ? W_GATE : W_DOWN;

@@ -200,21 +200,28 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
 
 /* Partial states and tickets of split rows: a fixed allocation (kc_init),
  * since a launch captured into a CUDA graph must not allocate. */
-#define SPLIT_STATES 1024 /* (row, head, split) triples a launch may split into */
+#define SPLIT_STATES 1024 /* (row, block's heads, split) blocks a launch may split into */
+/* the softmax states those blocks leave: one per query head, so up to the
+ * largest group (8 query heads a block) times as many */
+#define SPLIT_BUF_STATES (8 * SPLIT_STATES)
 #define SPLIT_MAX 16
 static float *g_part;
 static int *g_ticket;
 static int g_split = -1; /* kc_attn_set_split; -1: KC_ATTN_SPLIT or the default */
-static int g_gqa = 1;    /* kc_attn_set_gqa: a block per K/V head's query heads (0: per query head) */
+static int g_gqa = -1;   /* kc_attn_set_gqa: a block per K/V head's query heads (0: per query head; -1: KC_ATTN_GQA) */
 
-extern "C" void kc_attn_set_gqa(int on) {
-    const char *e = getenv("KC_ATTN_GQA");
-    g_gqa = on >= 0 ? on : !(e && !strcmp(e, "0"));
+extern "C" void kc_attn_set_gqa(int on) { g_gqa = on < 0 ? -1 : on != 0; }
+
+static int gqa_on(void) {
+    if (g_gqa < 0) {
+        const char *e = getenv("KC_ATTN_GQA");
+        g_gqa = !(e && !strcmp(e, "0"));
+    }
+    return g_gqa;
 }
 
 extern "C" int kc_attn_init(void) {
-    kc_attn_set_gqa(-1);
-    if (kc_check(cudaMalloc(&g_part, (size_t)SPLIT_STATES * (32 * MAX_HD_PER_LANE + 2) * sizeof(float)),
+    if (kc_check(cudaMalloc(&g_part, (size_t)SPLIT_BUF_STATES * (32 * MAX_HD_PER_LANE + 2) * sizeof(float)),
                  "attention split states") ||
         kc_check(cudaMalloc(&g_ticket, SPLIT_STATES * sizeof(int)), "attention tickets") ||
         kc_check(cudaMemset(g_ticket, 0, SPLIT_STATES * sizeof(int)), "attention tickets"))
@@ -231,15 +238,17 @@ extern "C" void kc_attn_set_split(int n_split) { g_split = n_split; }
 
 /* Splits a (row, head) of a decode launch: enough blocks for two per SM,
  * from the batch shape alone (a graph replays the launch at every
- * position), each split at least one warp round */
-static int split_of(int rows_heads) {
+ * position), each split at least one warp round; rows_heads blocks leave
+ * `states` softmax states a split (one per query head), which must fit the
+ * buffer */
+static int split_of(int rows_heads, long states) {
     if (g_split == -1) {
         const char *e = getenv("KC_ATTN_SPLIT");
         g_split = e && *e ? atoi(e) : 0;
     }
     int s = g_split > 0 ? g_split : (2 * kc_sm_count() + rows_heads - 1) / rows_heads;
     s = s < 1 ? 1 : s > SPLIT_MAX ? SPLIT_MAX : s;
-    while (s > 1 && (long)s * rows_heads > SPLIT_STATES) s--;
+    while (s > 1 && ((long)s * rows_heads > SPLIT_STATES || s * states > SPLIT_BUF_STATES)) s--;
     return g_part ? s : 1;
 }
 
@@ -262,8 +271,8 @@ static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int
      * in L2 between the group's heads, and a block per query head gives the
      * split 4x the blocks (H200, depth 2048: 249 against 245 tok/s at batch
      * 1; at batch 8 the group's blocks win, 1116 against 807) */
-    const int G = (group == 2 || group == 4 || group == 8) && group * pl <= 32 && g_gqa && n > 1 ? group : 1;
-    const int n_split = split_of(n * (n_head / G));
+    const int G = (group == 2 || group == 4 || group == 8) && group * pl <= 32 && gqa_on() && n > 1 ? group : 1;
+    const int n_split = split_of(n * (n_head / G), (long)n * n_head);
 #define ATT_LAUNCH(PL, GG)                                                                                     \
     kc_launch_pdl("attention", attention_kernel<PL, GG>, dim3((unsigned)(n * (n_head / GG)), (unsigned)n_split), \
                   32 * ATT_WARPS, 0, d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, group, head_dim,  \

@@ -353,16 +353,21 @@ __global__ void k_int_gen_scales(__half *s, long cnt, uint64_t seed) {
 /* ---- host side ----------------------------------------------------------------------- */
 
 static long g_gemv_max = -1;
+static int g_env_read; /* KC_INT_GEMV_M looked at (once, not at every matmul) */
 
-extern "C" void kc_int_set_gemv_max(long m) { g_gemv_max = m < 0 ? -1 : m; } /* -1: KC_INT_GEMV_M, else the default */
+extern "C" void kc_int_set_gemv_max(long m) { /* -1: KC_INT_GEMV_M, else the default */
+    g_gemv_max = m < 0 ? -1 : m;
+    g_env_read = 0;
+}
 
 /* The defaults from bench_gemm --baselines on the H200 (docs/perf-gpu.md):
  * 8-bit: cuBLAS INT8 from 9 tokens on; 4-bit: the FP16 two-step path
  * costs an expansion pass that two GEMV launches of 8 tokens beat up to 16 */
 extern "C" long kc_int_gemv_max(const kc_int_t *w) {
-    if (g_gemv_max < 0) {
+    if (g_gemv_max < 0 && !g_env_read) {
         const char *e = getenv("KC_INT_GEMV_M");
         if (e && *e) g_gemv_max = atol(e) < 0 ? 0 : atol(e);
+        g_env_read = 1;
     }
     return g_gemv_max >= 0 ? g_gemv_max : w->bits == 4 ? 16 : 8;
 }
@@ -396,7 +401,7 @@ static kc_int *int_new(long n, long k, int bits, long g, int s16) {
         return NULL;
     }
     w->bytes = cb + sb;
-    snprintf(w->desc, sizeof w->desc, "INT%d %s, %s scales, %.3f bits/weight", bits,
+    snprintf(w->desc, sizeof w->desc, "%d-bit codes, %s, %s scales, %.3f bits/weight stored", bits,
              g == k ? "one scale a row" : "groups of 64", s16 ? "half" : "float", 8.0 * w->bytes / ((double)n * k));
     return w;
 }

@@ -432,6 +432,11 @@ int main(int argc, char **argv) {
     test_attention(3, 600, 1, 16, 2, 128); /* 8 query heads a K/V head (70B's group) */
     test_attention(2, 300, 1, 8, 4, 256);  /* hd 256: group 2 in a block */
     test_attention(2, 530, 2, 8, 8, 64);   /* no grouping */
+    /* a GQA block leaves a split state per query head: 2048 (8B heads, 32 rows,
+     * 2 slices) and 2560 (70B's group of 8, 8 rows, 5 slices) states, past
+     * what the blocks alone count (an overflow of the state buffer before 2026-12-03) */
+    test_attention(32, 600, 1, 32, 8, 128);
+    if (!quick) test_attention(8, 1300, 1, 64, 8, 128);
     if (!quick) test_attention(2, 2000, 3, 32, 8, 128), test_attention(1, 1100, 1100, 32, 8, 128);
     printf("test_kc_ops: %d passed, %d failed\n", n_pass, n_fail);
     kc_shutdown();
