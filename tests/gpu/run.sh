@@ -194,11 +194,16 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     step "bench_pareto_8b_${w%%:*}" "$BIN" bench --synthetic llama3-8b --synthetic-weights "$w" --device cuda \
       --pp 2048 --batch 1024 --tg 32 -r 2 --decode-batches 1,8,32
   done
+  step bench_pareto_8b_static "$BIN" bench --synthetic llama3-8b --synthetic-weights int4:g64 \
+    --synthetic-acts sq:8/4:b64:s0.875:static --device cuda --pp 2048 --batch 1024 --tg 32 -r 2 --decode-batches 1,8,32
   if [ "${BENCH_70B:-1}" = 1 ]; then
     for w in sq:8/4:b64:s0.875 int4:g64 int8; do
       step "bench_pareto_70b_${w%%:*}" "$BIN" bench --synthetic llama3-70b --synthetic-weights "$w" --device cuda \
         --pp 512 --tg 16 -r 2 --decode-batches 1,8,32
     done
+    # GQA decode attention at a depth where the split's states passed the old buffer (af66cc5)
+    step bench_70b_depth "$BIN" bench --synthetic llama3-70b --device cuda --pp 0 --depth 1024 --tg 16 -r 2 \
+      --decode-batches 1,8
   fi
   step bench_smollm2_no_graphs env SQSERVE_CUDA_GRAPHS=0 "$BIN" bench -m "$MODEL" --device cuda --pp 512 --tg 128 -r 3
 fi
