@@ -37,7 +37,7 @@ static int fail(const char *what, const char *why) {
 static int synth_acts(const char *a, const char *w) {
     if (!a || !strcmp(a, "int8")) return 0;
     if (strcmp(a, "sq:8/4:b64:s0.875:static")) return -1;
-    return w && (!strcmp(w, "int4:g64") || !strcmp(w, "int4") || !strcmp(w, "int8")) ? 1 : -2;
+    return model_synthetic_int_weights(w) ? 1 : -2;
 }
 
 static int static_masks(act_quant_t *qs, const hparams_t *hp) {

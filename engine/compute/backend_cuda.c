@@ -55,6 +55,7 @@ typedef struct {
      * their scales, the 2n-row products (allocated at the first such batch) */
     int8_t *qx2;
     float *sx2, *y2;
+    int int_layers; /* some layer matrix is an integer one (kc_int): set at init */
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -83,6 +84,8 @@ static void cuda_free(fwd_t *f) {
     f->be_state = NULL;
 }
 
+static int has_int_layers(const fwd_t *f);
+
 static int cuda_init(fwd_t *f) {
     const hparams_t *hp = &f->m->hp;
     gfwd_t *g = calloc(1, sizeof *g);
@@ -108,6 +111,7 @@ static int cuda_init(fwd_t *f) {
     g->kv = (kc_kv_t){f->kv->k, f->kv->v, f->kv->n_layer, f->kv->kv_dim, KV_BLOCK};
     g->no_graphs = !graphs_wanted() || kc_prof_enabled(); /* events cannot be read per replay */
     for (int s = 0; s < f->kv->max_seqs; s++) g->slot_seen[s] = -1;
+    g->int_layers = has_int_layers(f);
     return 0;
 }
 
@@ -128,7 +132,7 @@ static int static_scratch(fwd_t *f, gfwd_t *g) {
 }
 
 /* whether any layer matrix is an integer one (kc_int): then static SQ
- * activations run on its kernels and need the scratch above */
+ * activations run on its kernels and need the scratch above (once, at init) */
 static int has_int_layers(const fwd_t *f) {
     const gpu_model_t *gm = f->m->dev;
     for (int l = 0; l < gm->n_layer; l++)
@@ -161,7 +165,7 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
         snprintf(err, errlen, "dynamic SQ activations run on the CPU only (use static, int8 or fp32 on the GPU)");
         return -1;
     }
-    if (!g->qx2 && has_int_layers(f) && static_scratch(f, g) != 0) {
+    if (!g->qx2 && g->int_layers && static_scratch(f, g) != 0) {
         snprintf(err, errlen, "GPU: scratch for static SQ activations: %s", kc_error());
         return -1;
     }
@@ -353,6 +357,15 @@ static int reads_int8(const gfwd_t *g, const glayer_t *L, int id) {
            g->acts.kind != AQ_SQ_STATIC;
 }
 
+/* The layer's fused matrix serving ids[0..count) (q/k/v or gate/up), SQ or
+ * integer, or both NULL when they run one by one. */
+static void fused_of(const glayer_t *L, const int *ids, int count, const kc_sq_t **sq, const kc_int_t **in) {
+    const int qkv = count == 3 && ids[0] == W_Q && ids[1] == W_K && ids[2] == W_V;
+    const int gu = count == 2 && ids[0] == W_GATE && ids[1] == W_UP;
+    *sq = qkv ? L->qkv : gu ? L->gate_up : NULL;
+    *in = qkv ? L->qkv_i : gu ? L->gate_up_i : NULL;
+}
+
 /* the activation site a matrix reads (-1: the output projection) */
 static int site_of(int id) {
     switch (id) {
@@ -387,7 +400,9 @@ static int static_matmul(fwd_t *f, int layer, int site, const int *ids, float *c
     if (kc_quant_static_i8(x, n, k, g->masks[site] + (size_t)layer * (size_t)k, g->acts.bits_hi, g->acts.bits, g->qx2,
                            g->sx2) != 0)
         return -1;
-    const kc_int_t *fused = count == 3 && ids[0] == W_Q ? L->qkv_i : count == 2 && ids[0] == W_GATE ? L->gate_up_i : NULL;
+    const kc_sq_t *unused;
+    const kc_int_t *fused;
+    fused_of(L, ids, count, &unused, &fused);
     if (fused) {
         float *parts[KC_SQ_MAX_PARTS];
         size_t off = 0;
@@ -458,10 +473,9 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
         return static_matmul(f, layer, site_of(ids[0]), ids, y, count, x, n);
     if (layer >= 0) {
         const glayer_t *L = &gm->layers[layer];
-        const int qkv = count == 3 && ids[0] == W_Q && ids[1] == W_K && ids[2] == W_V;
-        const int gu = count == 2 && ids[0] == W_GATE && ids[1] == W_UP;
-        const kc_sq_t *fused = qkv ? L->qkv : gu ? L->gate_up : NULL;
-        const kc_int_t *fused_i = qkv ? L->qkv_i : gu ? L->gate_up_i : NULL;
+        const kc_sq_t *fused;
+        const kc_int_t *fused_i;
+        fused_of(L, ids, count, &fused, &fused_i);
         if (fused || fused_i) {
             if (quant_input(f->be_state, x, n, L->w[ids[0]].k, &quantized) != 0) return -1;
             gfwd_t *g = f->be_state;

@@ -46,5 +46,7 @@ double model_gpu_bandwidth(const model_t *m);
  * "sq:8/4:b64:s0.875" (or "sq"), "int4:g64" (or "int4"), "int8", "f16"
  * (every matrix and the lm head in that format). */
 int model_synthetic(model_t *m, const char *name, const char *weights, int ordinal, char *err, size_t errlen);
+/* whether those weights run on the integer kernels (kc_int: int4:g64, int8) */
+int model_synthetic_int_weights(const char *weights);
 
 #endif

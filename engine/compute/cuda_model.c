@@ -64,6 +64,12 @@ static int synth_weights(const char *weights, char *err, size_t errlen) {
     return -1;
 }
 
+int model_synthetic_int_weights(const char *weights) {
+    char err[128];
+    const int i = synth_weights(weights, err, sizeof err);
+    return i >= 0 && (SYNTH_W[i].kind == SW_INT4 || SYNTH_W[i].kind == SW_INT8);
+}
+
 #ifndef SQ_CUDA
 
 #define NO_CUDA "this sqserve was built without CUDA (rebuild with make CUDA=1 where nvcc is installed)"
