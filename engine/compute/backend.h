@@ -75,7 +75,7 @@ struct fwd_backend {
     /* y += x . W_id^T for one layer matrix (the residual connections; x
      * is not f->xb, which a backend may use for the product) */
     int (*matmul_add)(fwd_t *f, int layer, int id, float *y, const float *x, int n);
-    int (*silu_mul)(fwd_t *f, float *g, const float *u, long count); /* g = silu(g) * u */
+    int (*silu_mul)(fwd_t *f, int layer, float *g, const float *u, long count); /* g = silu(g) * u */
     /* y = the rows of x that want logits, in order (n_out of them) */
     int (*gather)(fwd_t *f, float *y, const float *x, int n_out);
 };

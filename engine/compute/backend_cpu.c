@@ -200,8 +200,8 @@ static int cpu_matmul_add(fwd_t *f, int layer, int id, float *y, const float *x,
     return 0;
 }
 
-static int cpu_silu_mul(fwd_t *f, float *g, const float *u, long count) {
-    (void)f;
+static int cpu_silu_mul(fwd_t *f, int layer, float *g, const float *u, long count) {
+    (void)f, (void)layer;
     k_silu_mul(g, u, count);
     return 0;
 }

@@ -55,6 +55,8 @@ typedef struct {
      * their scales, the 2n-row products (allocated at the first such batch) */
     int8_t *qx2;
     float *sx2, *y2;
+    const float *qs_of; /* qx2/sx2 hold the static form of qs_of[qs_m][qs_k] (as q_of above) */
+    long qs_m, qs_k;
     int int_layers; /* some layer matrix is an integer one (kc_int): set at init */
 } gfwd_t;
 
@@ -277,7 +279,7 @@ static int cuda_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size
     f->b = b;
     g->logits_host = logits;
     if (resolve_acts(f, g, &g->acts, err, errlen) != 0) return -1;
-    g->q_of = NULL; /* nothing carries over from an earlier (perhaps failed) pass */
+    g->q_of = NULL, g->qs_of = NULL; /* nothing carries over from an earlier (perhaps failed) pass */
     kc_clear_error();
     int n_out = pack_batch(f, g, b);
     if (n_out < 0) {
@@ -389,20 +391,26 @@ static int static_on_int(const gfwd_t *g, const glayer_t *L, int site) {
     return w->kind == GM_INT || (w->kind == GM_FUSED && (site == SITE_QKV ? L->qkv_i : L->gate_up_i) != NULL);
 }
 
-/* y[i] = x . W_ids[i]^T with static SQ activations on the integer kernels:
- * one quantization into 2n rows, the matmul of those rows (fused parts in
- * one launch), then y = high part + low part (the CPU's k_sq_matmul_group). */
+/* y[i] = x . W_ids[i]^T (acc: y[0] += x . W_ids[0]^T) with static SQ
+ * activations on the integer kernels: x as 2n rows (unless the norm or
+ * SwiGLU kernel before quantized it), then where the rows fit the GEMV one
+ * launch whose epilogue adds each token's two products (fused parts in one
+ * launch); else the matmul of the 2n rows and y = high part + low part
+ * (the CPU's k_sq_matmul_group). */
 static int static_matmul(fwd_t *f, int layer, int site, const int *ids, float *const *y, int count, const float *x,
-                         int n) {
+                         int n, int acc) {
     gfwd_t *g = f->be_state;
     const glayer_t *L = &gpu_model(f)->layers[layer];
     const long k = L->w[ids[0]].k;
-    if (kc_quant_static_i8(x, n, k, g->masks[site] + (size_t)layer * (size_t)k, g->acts.bits_hi, g->acts.bits, g->qx2,
-                           g->sx2) != 0)
+    const int ready = x == g->qs_of && n == g->qs_m && k == g->qs_k;
+    g->qs_of = NULL;
+    if (!ready && kc_quant_static_i8(x, n, k, g->masks[site] + (size_t)layer * (size_t)k, g->acts.bits_hi,
+                                     g->acts.bits, g->qx2, g->sx2) != 0)
         return -1;
     const kc_sq_t *unused;
     const kc_int_t *fused;
     fused_of(L, ids, count, &unused, &fused);
+    if (fused && kc_int_pairs_applies(fused, n)) return kc_int_matmul_pairs(fused, g->qx2, g->sx2, n, y, 0);
     if (fused) {
         float *parts[KC_SQ_MAX_PARTS];
         size_t off = 0;
@@ -414,7 +422,13 @@ static int static_matmul(fwd_t *f, int layer, int site, const int *ids, float *c
     }
     for (int i = 0; i < count; i++) {
         const gmat_t *w = &L->w[ids[i]];
-        if (kc_int_matmul(w->in, g->qx2, g->sx2, 2L * n, g->y2) != 0 || kc_add_pairs(y[i], g->y2, n, w->n) != 0)
+        if (kc_int_pairs_applies(w->in, n)) {
+            if (kc_int_matmul_pairs(w->in, g->qx2, g->sx2, n, &y[i], acc) != 0) return -1;
+            continue;
+        }
+        float *sum = acc ? f->xb : y[i];
+        if (kc_int_matmul(w->in, g->qx2, g->sx2, 2L * n, g->y2) != 0 || kc_add_pairs(sum, g->y2, n, w->n) != 0 ||
+            (acc && kc_add(y[i], sum, (long)n * w->n) != 0))
             return -1;
     }
     return 0;
@@ -450,6 +464,15 @@ static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm,
     const float *w = norm == NORM_OUT    ? gm->out_norm
                      : norm == NORM_ATTN ? gm->layers[layer].attn_norm
                                          : gm->layers[layer].ffn_norm;
+    const int site = norm == NORM_ATTN ? SITE_QKV : SITE_UPGATE;
+    if (norm != NORM_OUT && static_on_int(f->be_state, &gm->layers[layer], site)) {
+        gfwd_t *g = f->be_state;
+        const int dim = f->m->hp.dim;
+        g->qs_of = y, g->qs_m = n, g->qs_k = dim;
+        return PROFILED("rmsnorm+qs", kc_rmsnorm_qs(y, x, w, n, dim, f->m->hp.rms_eps,
+                                                     g->masks[site] + (size_t)layer * (size_t)dim, g->acts.bits_hi,
+                                                     g->acts.bits, g->qx2, g->sx2));
+    }
     if (norm != NORM_OUT && reads_int8(f->be_state, &gm->layers[layer], norm == NORM_ATTN ? W_Q : W_GATE)) {
         gfwd_t *g = f->be_state;
         g->q_of = y, g->q_m = n, g->q_k = f->m->hp.dim;
@@ -470,7 +493,7 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
     const gpu_model_t *gm = gpu_model(f);
     int quantized = 0;
     if (layer >= 0 && static_on_int(f->be_state, &gm->layers[layer], site_of(ids[0])))
-        return static_matmul(f, layer, site_of(ids[0]), ids, y, count, x, n);
+        return static_matmul(f, layer, site_of(ids[0]), ids, y, count, x, n, 0);
     if (layer >= 0) {
         const glayer_t *L = &gm->layers[layer];
         const kc_sq_t *fused;
@@ -499,7 +522,7 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
 static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
     gfwd_t *g = f->be_state;
     int rc = PROFILED(matmul_name(ids, count), matmul_do(f, layer, ids, y, count, x, n));
-    g->q_of = NULL; /* good for one matmul call only */
+    g->q_of = NULL, g->qs_of = NULL; /* good for one matmul call only */
     return rc;
 }
 
@@ -529,7 +552,7 @@ static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, 
     gfwd_t *g = f->be_state;
     const gmat_t *w = &gpu_model(f)->layers[layer].w[id];
     if (static_on_int(g, &gpu_model(f)->layers[layer], site_of(id)))
-        return static_matmul(f, layer, site_of(id), &id, &f->xb, 1, x, n) != 0 ? -1 : kc_add(y, f->xb, (long)n * w->n);
+        return static_matmul(f, layer, site_of(id), &id, &y, 1, x, n, 1);
     if ((w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) || (w->kind == GM_INT && kc_int_acc_applies(w->in, n))) {
         int quantized = 0;
         if (quant_input(g, x, n, w->k, &quantized) != 0) return -1;
@@ -542,19 +565,23 @@ static int cuda_matmul_add(fwd_t *f, int layer, int id, float *y, const float *x
     gfwd_t *g = f->be_state;
     int rc = PROFILED(id == W_O ? "matmul o + residual" : "matmul down + residual",
                       matmul_add_do(f, layer, id, y, x, n));
-    g->q_of = NULL;
+    g->q_of = NULL, g->qs_of = NULL;
     return rc;
 }
 
-static int cuda_silu_mul(fwd_t *f, float *g, const float *u, long count) {
-    const gpu_model_t *gm = gpu_model(f);
+static int cuda_silu_mul(fwd_t *f, int layer, float *g, const float *u, long count) {
+    const glayer_t *L = &gpu_model(f)->layers[layer];
     const long ffn = f->m->hp.ffn_dim;
-    /* (silu_mul is not told its layer: layer 0 decides; where another layer differs the
-     * quantization is wasted or left to the matmul, never wrong). The fused
-     * kernel gives a row to one block; it loads the row at once (kc_ops.cu),
-     * so at batch 1 it also beats the two launches it replaces. */
-    if (gm->n_layer > 0 && reads_int8(f->be_state, &gm->layers[0], W_DOWN) && count % ffn == 0) {
-        gfwd_t *gs = f->be_state;
+    gfwd_t *gs = f->be_state;
+    /* the fused kernels give a row to one block and load it at once
+     * (kc_ops.cu), so at batch 1 they also beat the two launches they replace */
+    if (count % ffn == 0 && static_on_int(gs, L, SITE_DOWN)) {
+        gs->qs_of = g, gs->qs_m = count / ffn, gs->qs_k = ffn;
+        return PROFILED("silu_mul+qs", kc_silu_mul_qs(g, u, (int)(count / ffn), (int)ffn,
+                                                      gs->masks[SITE_DOWN] + (size_t)layer * (size_t)ffn,
+                                                      gs->acts.bits_hi, gs->acts.bits, gs->qx2, gs->sx2));
+    }
+    if (count % ffn == 0 && reads_int8(gs, L, W_DOWN)) {
         gs->q_of = g, gs->q_m = count / ffn, gs->q_k = ffn;
         return PROFILED("silu_mul+q8", kc_silu_mul_q8(g, u, (int)(count / ffn), (int)ffn, gs->qx, gs->sx));
     }

@@ -105,7 +105,7 @@ static int fwd_pass(fwd_t *f, int n, int n_out) {
         TRY(be->rmsnorm(f, f->xb, f->x, l, NORM_FFN, n));
         TRY(be->act_quant(f, l, SITE_UPGATE, f->xb, n, dim));
         TRY(be->matmul(f, l, (const int[]){W_GATE, W_UP}, (float *const[]){f->hb, f->hb2}, 2, f->xb, n));
-        TRY(be->silu_mul(f, f->hb, f->hb2, (long)n * ffn));
+        TRY(be->silu_mul(f, l, f->hb, f->hb2, (long)n * ffn));
         TRY(be->act_quant(f, l, SITE_DOWN, f->hb, n, ffn));
         TRY(be->matmul_add(f, l, W_DOWN, f->x, f->hb, n));
     }

@@ -227,6 +227,19 @@ int kc_int_matmul_parts(const kc_int_t *w, const int8_t *d_qx, const float *d_sx
 int kc_quant_static_i8(const float *d_x, long m, long k, const uint8_t *d_mask, int hi_bits, int lo_bits,
                        int8_t *d_q2, float *d_sx2);
 int kc_add_pairs(float *d_y, const float *d_y2, long m, long n);
+/* The same quantization fused into the op that produces the row (one launch
+ * instead of two; out / g as kc_rmsnorm / kc_silu_mul give them, the codes
+ * and scales as kc_quant_static_i8 gives them, bit for bit). */
+int kc_rmsnorm_qs(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
+                  const uint8_t *d_mask, int hi_bits, int lo_bits, int8_t *d_q2, float *d_sx2);
+int kc_silu_mul_qs(float *d_g, const float *d_u, int n, int dim, const uint8_t *d_mask, int hi_bits, int lo_bits,
+                   int8_t *d_q2, float *d_sx2);
+/* Where the 2m rows fit the GEMV (kc_int_pairs_applies), the matmul of the
+ * pairs with y[t] = y2[2t] + y2[2t + 1] in its epilogue (acc: y += that;
+ * one part only): kc_int_matmul + kc_add_pairs (+ kc_add) bit for bit.
+ * d_y: one output per part. */
+int kc_int_pairs_applies(const kc_int_t *w, long m);
+int kc_int_matmul_pairs(const kc_int_t *w, const int8_t *d_q2, const float *d_sx2, long m, float *const *d_y, int acc);
 /* the most tokens the CUDA-core GEMV takes for w (KC_INT_GEMV_M, default 16
  * for 4-bit codes, 8 for 8-bit); more: the tensor cores */
 long kc_int_gemv_max(const kc_int_t *w);

@@ -70,6 +70,7 @@ struct IntArgs {
     const float *sx;
     float *y;
     int acc;          /* y += product (the residual add) */
+    int pairs;        /* static SQ activations: rows 2t, 2t + 1 are token t's high and low parts */
     int np;
     long pstart[KC_SQ_MAX_PARTS + 1];
     float *py[KC_SQ_MAX_PARTS];
@@ -172,6 +173,13 @@ __global__ void __launch_bounds__(WARPS * 32) k_int4_gemv(IntArgs a) {
         }
     }
     const float v = warp_sums<float, R, NT>(acc, lane);
+    if (a.pairs) { /* token t = (high row's product) + (low row's), in k_add_pairs's order */
+        const float vl = __shfl_down_sync(0xffffffffu, v, 1);
+        const long r = r0 + lane / NT, tok = a.tok0 + lane % NT;
+        if (lane < R * NT && !(lane & 1) && r < a.n && tok < a.m)
+            int_store(a, r, tok / 2, __fadd_rn(__fmul_rn(v, __ldg(a.sx + tok)), __fmul_rn(vl, __ldg(a.sx + tok + 1))));
+        return;
+    }
     if (lane < R * NT) {
         const long r = r0 + lane / NT, tok = a.tok0 + lane % NT;
         if (r < a.n && tok < a.m) int_store(a, r, tok, __fmul_rn(v, __ldg(a.sx + tok)));
@@ -212,6 +220,16 @@ __global__ void __launch_bounds__(WARPS * 32) k_int8_gemv(IntArgs a) {
         }
     }
     const int v = warp_sums<int, R, NT>(acc, lane); /* exact: the row's sum stays an integer */
+    if (a.pairs) {
+        const int vl = __shfl_down_sync(0xffffffffu, v, 1);
+        const long r = r0 + lane / NT, tok = a.tok0 + lane % NT;
+        if (lane < R * NT && !(lane & 1) && r < a.n && tok < a.m) {
+            const float s = load_scale(a.sc, (size_t)r, S16);
+            int_store(a, r, tok / 2, __fadd_rn(__fmul_rn(__fmul_rn(s, __int2float_rn(v)), __ldg(a.sx + tok)),
+                                               __fmul_rn(__fmul_rn(s, __int2float_rn(vl)), __ldg(a.sx + tok + 1))));
+        }
+        return;
+    }
     if (lane < R * NT) {
         const long r = r0 + lane / NT, tok = a.tok0 + lane % NT;
         if (r < a.n && tok < a.m) {
@@ -253,59 +271,12 @@ __global__ void k_int4_expand(const uint8_t *w, const void *sc, long k, long ng,
 
 /* ---- static SQ activations on these kernels (W4A(SQ), the paper's Hopper mapping) ---- */
 
-/* Token t's high channels (mask 1) to q2 row 2t at a_hi bits, its low
- * channels to row 2t + 1 at a_lo bits, each class with its own scale:
- * k_quant_row_static's arithmetic (max exact in any order, IEEE division,
- * round half to even, clamp), so the codes are the CPU's. One block a token. */
-__global__ void __launch_bounds__(256) k_quant_static(const float *x, long k, const uint8_t *mask, int qh, int ql,
-                                                      int8_t *q2, float *sx2) {
-    __shared__ float red[2][8];
-    const long t = blockIdx.x;
-    const float *xr = x + t * k;
-    float mh = 0.0f, ml = 0.0f;
-    for (long j = threadIdx.x; j < k; j += blockDim.x) {
-        const float a = fabsf(xr[j]);
-        if (mask[j] == 1) mh = fmaxf(mh, a);
-        else if (mask[j] == 0) ml = fmaxf(ml, a);
-    }
-    for (int o = 16; o >= 1; o >>= 1) {
-        mh = fmaxf(mh, __shfl_xor_sync(0xffffffffu, mh, o));
-        ml = fmaxf(ml, __shfl_xor_sync(0xffffffffu, ml, o));
-    }
-    if ((threadIdx.x & 31) == 0) red[0][threadIdx.x >> 5] = mh, red[1][threadIdx.x >> 5] = ml;
-    __syncthreads();
-    mh = 0.0f, ml = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) mh = fmaxf(mh, red[0][w]), ml = fmaxf(ml, red[1][w]);
-    const float sh = __fdiv_rn(mh, (float)qh), sl = __fdiv_rn(ml, (float)ql);
-    int8_t *oh = q2 + 2 * t * k, *ol = oh + k;
-    for (long j = threadIdx.x; j < k; j += blockDim.x) {
-        const float v = xr[j];
-        const float ch = mask[j] == 1 && sh > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn(v, sh)), (float)-qh), (float)qh) : 0.0f;
-        const float cl = mask[j] == 0 && sl > 0.0f ? fminf(fmaxf(rintf(__fdiv_rn(v, sl)), (float)-ql), (float)ql) : 0.0f;
-        oh[j] = (int8_t)ch, ol[j] = (int8_t)cl;
-    }
-    if (threadIdx.x == 0) sx2[2 * t] = sh, sx2[2 * t + 1] = sl;
-}
-
 /* y[t][r] = y2[2t][r] + y2[2t + 1][r]: the high part's product plus the low part's */
 __global__ void k_add_pairs(float *y, const float *y2, long m, long n) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m * n) return;
     const long t = i / n, r = i % n;
     y[i] = __fadd_rn(y2[2 * t * n + r], y2[(2 * t + 1) * n + r]);
-}
-
-extern "C" int kc_quant_static_i8(const float *d_x, long m, long k, const uint8_t *d_mask, int hi_bits, int lo_bits,
-                                  int8_t *d_q2, float *d_sx2) {
-    if (!d_x || !d_mask || !d_q2 || !d_sx2 || m < 0 || k < 1 || hi_bits < 2 || hi_bits > 8 || lo_bits < 2 ||
-        lo_bits > 8) {
-        kc_set_error("kc_quant_static_i8: bad arguments");
-        return -1;
-    }
-    if (m == 0) return 0;
-    k_quant_static<<<(unsigned)m, 256, 0, KC_STREAM>>>(d_x, k, d_mask, (1 << (hi_bits - 1)) - 1, (1 << (lo_bits - 1)) - 1,
-                                                       d_q2, d_sx2);
-    return kc_check_launch("k_quant_static");
 }
 
 extern "C" int kc_add_pairs(float *d_y, const float *d_y2, long m, long n) {
@@ -673,6 +644,29 @@ extern "C" int kc_int_matmul_acc(const kc_int_t *w, const int8_t *d_qx, const fl
         return -1;
     }
     return int_matmul(w, d_qx, d_sx, m, d_y, NULL, 1);
+}
+
+/* Static SQ activations, m tokens as 2m rows (kc_quant_static_i8): the
+ * GEMV adds each token's two products in its epilogue (k_add_pairs's sum,
+ * then the residual add where acc), one launch instead of three. The 2m
+ * rows must fit the GEMV; int_gemv's chunks of 8 rows keep a token's two
+ * rows in one launch, and NT is even whenever rows are (2, 4 or 8). */
+extern "C" int kc_int_pairs_applies(const kc_int_t *w, long m) { return w && m >= 1 && 2 * m <= kc_int_gemv_max(w); }
+
+extern "C" int kc_int_matmul_pairs(const kc_int_t *w, const int8_t *d_q2, const float *d_sx2, long m,
+                                   float *const *d_y, int acc) {
+    if (!w || !d_q2 || !d_sx2 || !d_y || !kc_int_pairs_applies(w, m) || (acc && w->nparts > 1)) {
+        kc_set_error("kc_int_matmul_pairs: bad arguments");
+        return -1;
+    }
+    for (int p = 0; p < w->nparts; p++)
+        if (!d_y[p]) {
+            kc_set_error("kc_int_matmul_pairs: no output for part %d", p);
+            return -1;
+        }
+    IntArgs a = int_args(w, d_q2, d_sx2, 2 * m, d_y[0], d_y);
+    a.acc = acc, a.pairs = 1;
+    return int_gemv(w, a);
 }
 
 extern "C" int kc_int_matmul_parts(const kc_int_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y) {

@@ -19,7 +19,9 @@
  *   range; the stated bits per weight (4.25 for int4 g64 with half scales).
  * - Static SQ activations on these kernels: kc_quant_static_i8 against
  *   k_quant_row_static (bit for bit), the 2m-row matmul + kc_add_pairs
- *   against the CPU's high part + low part.
+ *   against the CPU's high part + low part, and kc_int_matmul_pairs (the
+ *   sum in the GEMV's epilogue, with and without the residual add, fused
+ *   parts) against that matmul + kc_add_pairs, bit for bit.
  * - Views the kernels do not take (int4 g32, int8 in groups, k not a
  *   multiple of 64, SQ views with highs) are refused with a message.
  *
@@ -244,6 +246,39 @@ static void test_random(int bits, long n, long k, const long *ms, int nm) {
     hmat_free(&h);
 }
 
+/* kc_int_matmul_pairs against `want`, what the 2m-row matmul + kc_add_pairs
+ * gave for the same rows: bit for bit, into a poisoned output and, with
+ * acc, added to a random y (y + want, as kc_add rounds it); nothing written
+ * past the m x n outputs. */
+static void check_pairs(const kc_int_t *d, const int8_t *dq, const float *dsx, long m, long n, const float *want) {
+    const size_t cnt = (size_t)(m * n), sz = (cnt + 64) * 4;
+    float *dy = dmalloc(sz), *got = hmalloc(sz), *y0 = hmalloc(cnt * 4);
+    for (int acc = 0; acc <= 1; acc++) {
+        OK(kc_memset(dy, 0xFF, sz));
+        if (acc) {
+            for (size_t i = 0; i < cnt; i++) y0[i] = frand() * 8.0f;
+            OK(kc_upload(dy, y0, cnt * 4));
+        }
+        OK(kc_int_matmul_pairs(d, dq, dsx, m, &dy, acc));
+        OK(kc_download(got, dy, sz));
+        long bad = 0, past = 0;
+        for (size_t i = 0; i < cnt; i++) {
+            const float w = acc ? y0[i] + want[i] : want[i];
+            bad += memcmp(&got[i], &w, 4) != 0;
+        }
+        for (size_t i = cnt; i < cnt + 64; i++) {
+            uint32_t u;
+            memcpy(&u, &got[i], 4);
+            past += u != 0xFFFFFFFFu;
+        }
+        char what[160];
+        snprintf(what, sizeof what, "static SQ pairs in the GEMV epilogue%s, n=%ld m=%ld: %ld differ from matmul + "
+                 "add_pairs%s", acc ? " + residual" : "", n, m, bad, past ? ", WROTE PAST THE OUTPUT" : "");
+        verdict(bad == 0 && past == 0, what);
+    }
+    kc_free(dy), free(got), free(y0);
+}
+
 /* Static SQ activations (kc_quant_static_i8 + the 2m-row matmul +
  * kc_add_pairs): the codes and scales k_quant_row_static gives, bit for
  * bit; y = combine(high row) + combine(low row) as the CPU's
@@ -309,6 +344,7 @@ static void test_static(int bits, long n, long k, const long *ms, int nm) {
                  "worst %.3g%s", bits, n, k, m, tensor ? "tensor cores" : "GEMV", qbad, bad, worst,
                  gbad ? ", WROTE PAST THE OUTPUT" : "");
         verdict(qbad == 0 && bad == 0 && gbad == 0, what);
+        if (kc_int_pairs_applies(d, m)) check_pairs(d, dq, dsx, m, n, got);
         kc_free(dx), kc_free(dsx), kc_free(dy2), kc_free(dy), kc_free(dq);
         free(x), free(sx), free(gsx), free(q), free(gq), free(got);
     }
@@ -316,6 +352,75 @@ static void test_static(int bits, long n, long k, const long *ms, int nm) {
     free(mask), free(v);
     kc_int_free(d);
     hmat_free(&h);
+}
+
+/* Fused parts (q/k/v) with static SQ activations: kc_int_matmul_pairs into
+ * each part's output equals each part's own 2m-row matmul + kc_add_pairs,
+ * bit for bit; and the calls the pairs path must refuse are refused. */
+static void test_static_fused(int bits, long k) {
+    static const long ns[] = {64, 32, 37};
+    hmat_t hs[3];
+    kc_int_t *parts[3];
+    for (int p = 0; p < 3; p++) hs[p] = hmat_random(ns[p], k, bits, bits == 8 ? k : 64, 1), parts[p] = upload(&hs[p]);
+    kc_int_t *f = kc_int_fuse((const kc_int_t *const *)parts, 3);
+    if (!f) {
+        fprintf(stderr, "kc_int_fuse: %s\n", kc_error());
+        exit(2);
+    }
+    uint8_t *mask = hmalloc((size_t)k);
+    for (long j = 0; j < k; j++) mask[j] = next() % 8 == 0;
+    uint8_t *dmask = dmalloc((size_t)k);
+    OK(kc_upload(dmask, mask, (size_t)k));
+    for (long m = 1; kc_int_pairs_applies(f, m); m += (m < 2 ? 1 : 3)) {
+        float *x = hmalloc((size_t)(m * k) * 4);
+        fill_x(x, m, k);
+        float *dx = dmalloc((size_t)(m * k) * 4), *dsx = dmalloc((size_t)m * 8);
+        int8_t *dq = dmalloc((size_t)(2 * m * k));
+        OK(kc_upload(dx, x, (size_t)(m * k) * 4));
+        OK(kc_quant_static_i8(dx, m, k, dmask, 8, 4, dq, dsx));
+        float *dy[3], *dw[3], *dy2 = dmalloc((size_t)(2 * m * 64) * 4);
+        long bad = 0, past = 0;
+        for (int p = 0; p < 3; p++) {
+            dy[p] = dmalloc((size_t)(m * ns[p] + 64) * 4), dw[p] = dmalloc((size_t)(m * ns[p]) * 4);
+            OK(kc_memset(dy[p], 0xFF, (size_t)(m * ns[p] + 64) * 4));
+            OK(kc_int_matmul(parts[p], dq, dsx, 2 * m, dy2));
+            OK(kc_add_pairs(dw[p], dy2, m, ns[p]));
+        }
+        OK(kc_int_matmul_pairs(f, dq, dsx, m, dy, 0));
+        for (int p = 0; p < 3; p++) {
+            const size_t cnt = (size_t)(m * ns[p]);
+            float *got = hmalloc((cnt + 64) * 4), *want = hmalloc(cnt * 4);
+            OK(kc_download(got, dy[p], (cnt + 64) * 4));
+            OK(kc_download(want, dw[p], cnt * 4));
+            bad += memcmp(got, want, cnt * 4) != 0;
+            for (size_t i = cnt; i < cnt + 64; i++) {
+                uint32_t u;
+                memcpy(&u, &got[i], 4);
+                past += u != 0xFFFFFFFFu;
+            }
+            free(got), free(want), kc_free(dy[p]), kc_free(dw[p]);
+        }
+        char what[160];
+        snprintf(what, sizeof what, "static SQ pairs, int%d fused q/k/v k=%ld m=%ld: %ld parts differ%s", bits, k, m, bad,
+                 past ? ", WROTE PAST AN OUTPUT" : "");
+        verdict(bad == 0 && past == 0, what);
+        kc_free(dx), kc_free(dsx), kc_free(dq), kc_free(dy2), free(x);
+    }
+    /* refused: the residual add into fused parts, more rows than the GEMV takes, no output */
+    float *one = dmalloc(4 * 64);
+    float *outs[3] = {one, one, NULL};
+    const long past_gemv = kc_int_gemv_max(f) / 2 + 1;
+    const int r1 = kc_int_matmul_pairs(f, (const int8_t *)one, one, 1, outs, 1);
+    const int r2 = kc_int_matmul_pairs(parts[0], (const int8_t *)one, one, past_gemv, outs, 0);
+    const int r3 = kc_int_matmul_pairs(f, (const int8_t *)one, one, 1, outs, 0);
+    char what[160];
+    snprintf(what, sizeof what, "kc_int_matmul_pairs refuses acc on parts (%d), m=%ld past the GEMV (%d), a missing "
+             "output (%d)", r1, past_gemv, r2, r3);
+    verdict(r1 == -1 && r2 == -1 && r3 == -1 && !kc_int_pairs_applies(parts[0], past_gemv), what);
+    kc_clear_error();
+    kc_free(one), kc_free(dmask), free(mask);
+    kc_int_free(f);
+    for (int p = 0; p < 3; p++) kc_int_free(parts[p]), hmat_free(&hs[p]);
 }
 
 static void test_refused(void) {
@@ -371,6 +476,11 @@ int main(int argc, char **argv) {
     static const long mst[] = {1, 4, 9, 70}, mstq[] = {1, 9};
     test_static(4, quick ? 37 : 211, quick ? 256 : 1536, quick ? mstq : mst, quick ? 2 : 4);
     test_static(8, quick ? 37 : 211, quick ? 256 : 1536, quick ? mstq : mst, quick ? 2 : 4);
+    static const long msp[] = {1, 2, 3, 4, 5, 8}, mspq[] = {1, 3};
+    test_static(4, quick ? 45 : 333, quick ? 512 : 4096, quick ? mspq : msp, quick ? 2 : 6);
+    test_static(8, quick ? 45 : 333, quick ? 512 : 4096, quick ? mspq : msp, quick ? 2 : 6);
+    test_static_fused(4, 320);
+    test_static_fused(8, 320);
     /* the GEMV limit moved: every m through the tensor-core path, then every m through the GEMV */
     kc_int_set_gemv_max(0);
     test_shape(4, 41, 256, 1, (const long[]){1, 3}, 2);
