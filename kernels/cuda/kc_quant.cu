@@ -120,6 +120,27 @@ extern "C" int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, i
 #define Q8_REG 8
 
 
+/* SwiGLU of the block's row in float4 registers: a[e] = g[tid + e * blockDim]
+ * for those below n4, also stored to g; every load issued at once */
+template <int N>
+__device__ __forceinline__ void silu_row_f4(float4 (&a)[N], float *gr, const float *ur, int n4) {
+    float4 b[N];
+#pragma unroll
+    for (int e = 0; e < N; e++) {
+        const int j = threadIdx.x + e * blockDim.x, jc = j < n4 ? j : n4 - 1;
+        a[e] = ((const float4 *)gr)[jc], b[e] = __ldg((const float4 *)ur + jc);
+    }
+#pragma unroll
+    for (int e = 0; e < N; e++) {
+        const int j = threadIdx.x + e * blockDim.x;
+        if (j < n4) {
+            a[e] = make_float4(silu_mul1(a[e].x, b[e].x), silu_mul1(a[e].y, b[e].y), silu_mul1(a[e].z, b[e].z),
+                               silu_mul1(a[e].w, b[e].w));
+            ((float4 *)gr)[j] = a[e];
+        }
+    }
+}
+
 __global__ void __launch_bounds__(1024) silu_mul_q8_kernel(float *g, const float *u, int dim, int8_t *q, float *sx) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
@@ -132,23 +153,12 @@ __global__ void __launch_bounds__(1024) silu_mul_q8_kernel(float *g, const float
         quant_row_q8(gr, dim, q, sx);
         return;
     }
-    float4 a[Q8_REG], b[Q8_REG];
-#pragma unroll
-    for (int e = 0; e < Q8_REG; e++) {
-        const int j = threadIdx.x + e * blockDim.x, jc = j < n4 ? j : n4 - 1;
-        a[e] = ((const float4 *)gr)[jc], b[e] = __ldg((const float4 *)ur + jc);
-    }
+    float4 a[Q8_REG];
+    silu_row_f4(a, gr, ur, n4);
     float mx = 0.0f;
 #pragma unroll
-    for (int e = 0; e < Q8_REG; e++) {
-        const int j = threadIdx.x + e * blockDim.x;
-        if (j < n4) {
-            a[e] = make_float4(silu_mul1(a[e].x, b[e].x), silu_mul1(a[e].y, b[e].y), silu_mul1(a[e].z, b[e].z),
-                               silu_mul1(a[e].w, b[e].w));
-            ((float4 *)gr)[j] = a[e];
-            mx = fmaxf(mx, absmax4(a[e]));
-        }
-    }
+    for (int e = 0; e < Q8_REG; e++)
+        if (threadIdx.x + e * blockDim.x < n4) mx = fmaxf(mx, absmax4(a[e]));
     const float s = kc_q8_scale(block_max(mx));
     if (threadIdx.x == 0) sx[blockIdx.x] = s;
     char4 *qr = (char4 *)(q + (size_t)blockIdx.x * dim);
@@ -416,21 +426,8 @@ __global__ void __launch_bounds__(1024) silu_mul_qs_kernel(float *g, const float
     qs_masks_f4(m, qs.mask, n4);
     kc_pdl_wait();
     kc_pdl_trigger();
-    float4 a[Q8_REG], b[Q8_REG];
-#pragma unroll
-    for (int e = 0; e < Q8_REG; e++) {
-        const int j = threadIdx.x + e * blockDim.x, jc = j < n4 ? j : n4 - 1;
-        a[e] = ((const float4 *)gr)[jc], b[e] = __ldg((const float4 *)ur + jc);
-    }
-#pragma unroll
-    for (int e = 0; e < Q8_REG; e++) {
-        const int j = threadIdx.x + e * blockDim.x;
-        if (j < n4) {
-            a[e] = make_float4(silu_mul1(a[e].x, b[e].x), silu_mul1(a[e].y, b[e].y), silu_mul1(a[e].z, b[e].z),
-                               silu_mul1(a[e].w, b[e].w));
-            ((float4 *)gr)[j] = a[e];
-        }
-    }
+    float4 a[Q8_REG];
+    silu_row_f4(a, gr, ur, n4);
     qs_row_f4(a, m, n4, qs, blockIdx.x);
 }
 

@@ -66,6 +66,11 @@ static void back(void *h, const void *d, size_t bytes) {
 }
 #define OK(call) do { if ((call) != 0) { fprintf(stderr, "GPU: %s\n", kc_error()); exit(2); } } while (0)
 
+static void tally(int ok, const char *what) {
+    printf("%s %s\n", ok ? "PASS" : "FAIL", what);
+    ok ? n_pass++ : n_fail++;
+}
+
 static void test_rmsnorm(int n, int dim) {
     size_t sz = (size_t)n * dim * 4;
     float *x = malloc(sz), *w = malloc((size_t)dim * 4), *want = malloc(sz), *got = malloc(sz);
@@ -113,8 +118,7 @@ static void test_fused_q8(int n, int dim) {
         char what[80];
         snprintf(what, sizeof what, "%s fused with INT8 quantization n=%d dim=%d: bit-identical",
                  op ? "silu_mul" : "rmsnorm", n, dim);
-        if (same) n_pass++, printf("PASS %s\n", what);
-        else n_fail++, printf("FAIL %s\n", what);
+        tally(same, what);
     }
     kc_free(dx), kc_free(du), kc_free(dw), kc_free(da), kc_free(db), kc_free(dsa), kc_free(dsb);
     kc_free(dqa), kc_free(dqb);
@@ -151,8 +155,7 @@ static void test_static_q(int n, int dim) {
         snprintf(what, sizeof what, "kc_quant_static_i8 n=%d dim=%d%s: the CPU's codes and scales", n, dim,
                  mk ? " (all low)" : "");
         const int same = !memcmp(q1, qc, 2 * cnt) && !memcmp(s1, sc, (size_t)n * 8);
-        if (same) n_pass++, printf("PASS %s\n", what);
-        else n_fail++, printf("FAIL %s\n", what);
+        tally(same, what);
     }
     for (int op = 0; op < 2; op++) {
         if (op == 0) {
@@ -171,8 +174,7 @@ static void test_static_q(int n, int dim) {
         char what[100];
         snprintf(what, sizeof what, "%s fused with static SQ quantization n=%d dim=%d: bit-identical",
                  op ? "silu_mul" : "rmsnorm", n, dim);
-        if (same) n_pass++, printf("PASS %s\n", what);
-        else n_fail++, printf("FAIL %s\n", what);
+        tally(same, what);
     }
     kc_free(dx), kc_free(du), kc_free(dw), kc_free(dm), kc_free(dnone), kc_free(da), kc_free(db);
     kc_free(dsa), kc_free(dsb), kc_free(dqa), kc_free(dqb);
