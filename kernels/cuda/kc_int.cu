@@ -27,8 +27,7 @@
  *     k_int8_gemv, a warp per two rows (four from four tokens on),
  *     every lane owning whole groups (int4: 64 columns, 32 bytes a row) or
  *     16-byte chunks (int8), the activations read through L1 (every warp of
- *     a block reads the same ones), up to 8 tokens a launch (16 when 9..16
- *     are left: one read of the matrix).
+ *     a block reads the same ones), up to 8 tokens a launch.
  *     Integer sums are exact. int4: acc += s_g * sum_g in float per lane,
  *     then a shuffle tree, the k_sq.h error bound with k/64 groups. int8: the
  *     whole row's sum stays an integer (|sum| <= k * 127^2 < 2^31 for k <
@@ -538,9 +537,7 @@ static IntArgs int_args(const kc_int *w, const int8_t *qx, const float *sx, long
 /* a warp per R rows, a block per R x WARPS rows */
 template <int NT>
 static int gemv_nt(const kc_int *w, const IntArgs &a) {
-    /* more rows share each activation load when tokens are many; at 16 tokens
-     * two rows, so the 32 accumulators a lane fit its registers */
-    constexpr int R = NT >= 4 && NT < 16 ? 4 : 2;
+    constexpr int R = NT >= 4 ? 4 : 2; /* more rows share each activation load when tokens are many */
     const unsigned blocks = (unsigned)((w->n + R * WARPS - 1) / (R * WARPS));
     if (w->bits == 4)
         return w->s16 ? kc_launch_pdl("k_int4_gemv", k_int4_gemv<NT, R, true>, blocks, WARPS * 32, 0, a)
@@ -549,17 +546,13 @@ static int gemv_nt(const kc_int *w, const IntArgs &a) {
                   : kc_launch_pdl("k_int8_gemv", k_int8_gemv<NT, R, false>, blocks, WARPS * 32, 0, a);
 }
 
-/* Launches of up to 8 tokens, or one of 16 for the last 9..16: each launch
- * reads the whole matrix, so 16 rows (8 tokens of static SQ pairs, whose
- * two rows must share a launch anyway) are read once, not twice. */
 static int int_gemv(const kc_int *w, IntArgs a) {
-    for (long t0 = 0; t0 < a.m;) {
+    for (long t0 = 0; t0 < a.m; t0 += 8) {
         const long left = a.m - t0;
         a.tok0 = t0;
         const int rc = left == 1 ? gemv_nt<1>(w, a) : left == 2 ? gemv_nt<2>(w, a) : left <= 4 ? gemv_nt<4>(w, a)
-                       : left <= 8 ? gemv_nt<8>(w, a) : left <= 16 ? gemv_nt<16>(w, a) : gemv_nt<8>(w, a);
+                                                                                             : gemv_nt<8>(w, a);
         if (rc) return -1;
-        t0 += left > 8 && left <= 16 ? 16 : 8;
     }
     return 0;
 }
@@ -656,8 +649,8 @@ extern "C" int kc_int_matmul_acc(const kc_int_t *w, const int8_t *d_qx, const fl
 /* Static SQ activations, m tokens as 2m rows (kc_quant_static_i8): the
  * GEMV adds each token's two products in its epilogue (k_add_pairs's sum,
  * then the residual add where acc), one launch instead of three. The 2m
- * rows must fit the GEMV; int_gemv's chunks of 8 or 16 rows keep a token's two
- * rows in one launch, and NT is even whenever rows are (2, 4, 8 or 16). */
+ * rows must fit the GEMV; int_gemv's chunks of 8 rows keep a token's two
+ * rows in one launch, and NT is even whenever rows are (2, 4 or 8). */
 extern "C" int kc_int_pairs_applies(const kc_int_t *w, long m) { return w && m >= 1 && 2 * m <= kc_int_gemv_max(w); }
 
 extern "C" int kc_int_matmul_pairs(const kc_int_t *w, const int8_t *d_q2, const float *d_sx2, long m,
