@@ -314,70 +314,77 @@ __device__ void qs_row_loop(const float *xr, long k, const QStatic &qs, long t) 
     }
 }
 
+/* Masks ride in registers four to a word (byte c of word e is the class of
+ * element c of float4 e): a byte a register spilled at 64 registers. */
+__device__ __forceinline__ uint32_t qs_cls(uint32_t w, int c) { return (w >> (8 * c)) & 0xFFu; }
+
 /* row t held as float4 a thread (element 4 (tid + e blockDim) + c), masks loaded alike */
 template <int N>
-__device__ __forceinline__ void qs_row_f4(const float4 (&v)[N], const uchar4 (&m)[N], long n4, const QStatic &qs,
+__device__ __forceinline__ void qs_row_f4(const float4 (&v)[N], const uint32_t (&m)[N], long n4, const QStatic &qs,
                                           long t) {
     float mh = 0.0f, ml = 0.0f;
 #pragma unroll
     for (int e = 0; e < N; e++)
         if (threadIdx.x + (long)e * blockDim.x < n4) {
-            qs_max(v[e].x, m[e].x, mh, ml), qs_max(v[e].y, m[e].y, mh, ml);
-            qs_max(v[e].z, m[e].z, mh, ml), qs_max(v[e].w, m[e].w, mh, ml);
+            qs_max(v[e].x, qs_cls(m[e], 0), mh, ml), qs_max(v[e].y, qs_cls(m[e], 1), mh, ml);
+            qs_max(v[e].z, qs_cls(m[e], 2), mh, ml), qs_max(v[e].w, qs_cls(m[e], 3), mh, ml);
         }
     const float2 s = qs_scales(mh, ml, qs, t);
     char4 *oh = (char4 *)(qs.q2 + 2 * t * 4 * n4), *ol = oh + n4;
-#define QSH(c) (m[e].c == 1 ? qs_code(v[e].c, s.x, qs.qh) : (int8_t)0)
-#define QSL(c) (m[e].c == 0 ? qs_code(v[e].c, s.y, qs.ql) : (int8_t)0)
+#define QSH(c, f) (qs_cls(m[e], c) == 1 ? qs_code(v[e].f, s.x, qs.qh) : (int8_t)0)
+#define QSL(c, f) (qs_cls(m[e], c) == 0 ? qs_code(v[e].f, s.y, qs.ql) : (int8_t)0)
 #pragma unroll
     for (int e = 0; e < N; e++) {
         const long j = threadIdx.x + (long)e * blockDim.x;
         if (j < n4) {
-            oh[j] = make_char4(QSH(x), QSH(y), QSH(z), QSH(w));
-            ol[j] = make_char4(QSL(x), QSL(y), QSL(z), QSL(w));
+            oh[j] = make_char4(QSH(0, x), QSH(1, y), QSH(2, z), QSH(3, w));
+            ol[j] = make_char4(QSL(0, x), QSL(1, y), QSL(2, z), QSL(3, w));
         }
     }
 #undef QSH
 #undef QSL
 }
 
-/* the masks of a float4 register row; they depend on no kernel, so callers load them before kc_pdl_wait */
 template <int N>
-__device__ __forceinline__ void qs_masks_f4(uchar4 (&m)[N], const uint8_t *mask, long n4) {
+__device__ __forceinline__ void qs_masks_f4(uint32_t (&m)[N], const uint8_t *mask, long n4) {
 #pragma unroll
     for (int e = 0; e < N; e++) {
         const long j = threadIdx.x + (long)e * blockDim.x;
-        m[e] = __ldg((const uchar4 *)mask + (j < n4 ? j : n4 - 1));
+        m[e] = __ldg((const unsigned int *)mask + (j < n4 ? j : n4 - 1));
     }
 }
 
+template <int N>
 __global__ void __launch_bounds__(1024) k_quant_static(const float *x, long k, QStatic qs) {
     const long t = blockIdx.x, n4 = k / 4;
     const float *xr = x + t * k;
-    if ((k & 3) || n4 > Q8_REG * (long)blockDim.x) {
+    if ((k & 3) || n4 > N * (long)blockDim.x) {
         kc_pdl_wait();
         kc_pdl_trigger();
         qs_row_loop(xr, k, qs, t);
         return;
     }
-    uchar4 m[Q8_REG];
-    qs_masks_f4(m, qs.mask, n4);
+    uint32_t m[N];
+    qs_masks_f4(m, qs.mask, n4); /* they depend on no kernel: loaded before the wait */
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
-    float4 v[Q8_REG];
+    float4 v[N];
 #pragma unroll
-    for (int e = 0; e < Q8_REG; e++) {
+    for (int e = 0; e < N; e++) {
         const long j = threadIdx.x + (long)e * blockDim.x;
         v[e] = ((const float4 *)xr)[j < n4 ? j : n4 - 1];
     }
     qs_row_f4(v, m, n4, qs, t);
 }
 
+/* N values a thread in registers (N = 16 covers 4096 values, 32 covers
+ * 8192: a register array sized for the row, not for the longest row) */
+template <int N>
 __global__ void __launch_bounds__(256) rmsnorm_qs_kernel(float *out, const float *x, const float *w, int dim,
                                                          float eps, QStatic qs) {
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *o = out + (size_t)blockIdx.x * dim;
-    if (dim > RMS_REG * (int)blockDim.x) {
+    if (dim > N * (int)blockDim.x) {
         kc_pdl_wait();
         kc_pdl_trigger();
         const float scale = rms_scale(xr, dim, eps);
@@ -386,49 +393,60 @@ __global__ void __launch_bounds__(256) rmsnorm_qs_kernel(float *out, const float
         qs_row_loop(o, dim, qs, blockIdx.x);
         return;
     }
-    uint8_t m[RMS_REG];
+    uint32_t m[N / 4] = {}; /* element e's class in byte e % 4 of word e / 4 */
 #pragma unroll
-    for (int e = 0; e < RMS_REG; e++) {
+    for (int e = 0; e < N; e++) {
         const int j = threadIdx.x + e * blockDim.x;
-        m[e] = __ldg(qs.mask + (j < dim ? j : dim - 1));
+        m[e / 4] |= (uint32_t)__ldg(qs.mask + (j < dim ? j : dim - 1)) << (8 * (e % 4));
     }
-    float v[RMS_REG];
+    float v[N];
     rms_row_regs(v, xr, w, o, dim, eps);
     float mh = 0.0f, ml = 0.0f;
 #pragma unroll
-    for (int e = 0; e < RMS_REG; e++)
-        if (threadIdx.x + e * blockDim.x < dim) qs_max(v[e], m[e], mh, ml);
+    for (int e = 0; e < N; e++)
+        if (threadIdx.x + e * blockDim.x < dim) qs_max(v[e], qs_cls(m[e / 4], e % 4), mh, ml);
     const float2 s = qs_scales(mh, ml, qs, blockIdx.x);
     int8_t *oh = qs.q2 + 2 * (size_t)blockIdx.x * dim, *ol = oh + dim;
 #pragma unroll
-    for (int e = 0; e < RMS_REG; e++) {
+    for (int e = 0; e < N; e++) {
         const int j = threadIdx.x + e * blockDim.x;
         if (j < dim) {
-            oh[j] = m[e] == 1 ? qs_code(v[e], s.x, qs.qh) : 0;
-            ol[j] = m[e] == 0 ? qs_code(v[e], s.y, qs.ql) : 0;
+            const uint32_t c = qs_cls(m[e / 4], e % 4);
+            oh[j] = c == 1 ? qs_code(v[e], s.x, qs.qh) : 0;
+            ol[j] = c == 0 ? qs_code(v[e], s.y, qs.ql) : 0;
         }
     }
 }
 
+template <int N>
 __global__ void __launch_bounds__(1024) silu_mul_qs_kernel(float *g, const float *u, int dim, QStatic qs) {
     float *gr = g + (size_t)blockIdx.x * dim;
     const float *ur = u + (size_t)blockIdx.x * dim;
     const int n4 = dim / 4;
-    if ((dim & 3) || n4 > Q8_REG * (int)blockDim.x) {
-        kc_pdl_wait();
-        kc_pdl_trigger();
+    kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
+    kc_pdl_trigger();
+    if ((dim & 3) || n4 > N * (int)blockDim.x) {
         for (int j = threadIdx.x; j < dim; j += blockDim.x) gr[j] = silu_mul1(gr[j], ur[j]);
         __syncthreads();
         qs_row_loop(gr, dim, qs, blockIdx.x);
         return;
     }
-    uchar4 m[Q8_REG];
-    qs_masks_f4(m, qs.mask, n4);
-    kc_pdl_wait();
-    kc_pdl_trigger();
-    float4 a[Q8_REG];
+    float4 a[N];
     silu_row_f4(a, gr, ur, n4);
+    /* the masks after the SwiGLU (u's registers free by then; before it they
+     * spilled at 1024 threads' 64 registers) */
+    uint32_t m[N];
+    qs_masks_f4(m, qs.mask, n4);
     qs_row_f4(a, m, n4, qs, blockIdx.x);
+}
+
+/* threads for a register row of N float4 a thread: 128..1024. The static
+ * kernels hold a second array (the masks) and two rows of codes, so rows of
+ * up to 16384 values take N = 4 (more threads, no spills at 64 registers) */
+static int qs_threads(long k, int n) {
+    long t = (k / 4 + n - 1) / n;
+    t = (t + 31) / 32 * 32;
+    return (int)(t < 128 ? 128 : t > 1024 ? 1024 : t);
 }
 
 static int qs_args(const char *who, long k, const uint8_t *mask, int hi_bits, int lo_bits, int8_t *q2, float *sx2,
@@ -452,7 +470,8 @@ extern "C" int kc_quant_static_i8(const float *d_x, long m, long k, const uint8_
     }
     if (qs_args("kc_quant_static_i8", k, d_mask, hi_bits, lo_bits, d_q2, d_sx2, &qs)) return -1;
     if (m == 0) return 0;
-    return kc_launch_pdl("k_quant_static", k_quant_static, (unsigned)m, q8_threads(k), 0, d_x, k, qs);
+    return k <= 16384 ? kc_launch_pdl("k_quant_static", k_quant_static<4>, (unsigned)m, qs_threads(k, 4), 0, d_x, k, qs)
+                      : kc_launch_pdl("k_quant_static", k_quant_static<8>, (unsigned)m, qs_threads(k, 8), 0, d_x, k, qs);
 }
 
 extern "C" int kc_rmsnorm_qs(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
@@ -460,7 +479,9 @@ extern "C" int kc_rmsnorm_qs(float *d_out, const float *d_x, const float *d_w, i
     QStatic qs;
     if (qs_args("kc_rmsnorm_qs", dim, d_mask, hi_bits, lo_bits, d_q2, d_sx2, &qs)) return -1;
     if (n <= 0) return 0;
-    return kc_launch_pdl("rmsnorm_qs", rmsnorm_qs_kernel, n, 256, 0, d_out, d_x, d_w, dim, eps, qs);
+    return dim <= 16 * 256 ? kc_launch_pdl("rmsnorm_qs", rmsnorm_qs_kernel<16>, n, 256, 0, d_out, d_x, d_w, dim, eps, qs)
+                           : kc_launch_pdl("rmsnorm_qs", rmsnorm_qs_kernel<RMS_REG>, n, 256, 0, d_out, d_x, d_w, dim,
+                                           eps, qs);
 }
 
 extern "C" int kc_silu_mul_qs(float *d_g, const float *d_u, int n, int dim, const uint8_t *d_mask, int hi_bits,
@@ -468,5 +489,7 @@ extern "C" int kc_silu_mul_qs(float *d_g, const float *d_u, int n, int dim, cons
     QStatic qs;
     if (qs_args("kc_silu_mul_qs", dim, d_mask, hi_bits, lo_bits, d_q2, d_sx2, &qs)) return -1;
     if (n <= 0) return 0;
-    return kc_launch_pdl("silu_mul_qs", silu_mul_qs_kernel, n, q8_threads(dim), 0, d_g, d_u, dim, qs);
+    return dim <= 16384 ? kc_launch_pdl("silu_mul_qs", silu_mul_qs_kernel<4>, n, qs_threads(dim, 4), 0, d_g, d_u, dim, qs)
+                        : kc_launch_pdl("silu_mul_qs", silu_mul_qs_kernel<8>, n, qs_threads(dim, 8), 0, d_g, d_u, dim,
+                                        qs);
 }
