@@ -315,7 +315,7 @@ def goals_text(res, ref_ppl, short=None, tokens=0):
     def get(w, a, ct=CALIB_TOKENS, src=None):  # from src, or the table's tokens first, then fewer
         cal = VALID if needs_calib(w, a) else NONE
         key = (w, a, cal) if ct in (0, CALIB_TOKENS) or cal == NONE else (w, a, cal, ct)
-        return (src or res).get(key) if src is not None else res.get(key) or short.get(key)
+        return src.get(key) if src is not None else res.get(key) or short.get(key)
 
     def tok(r):  # the token count of a row measured on fewer tokens than the table
         return "" if r.get("tokens", tokens) == tokens else f" [{r['tokens']} tokens]"
@@ -328,6 +328,7 @@ def goals_text(res, ref_ppl, short=None, tokens=0):
     # 1: W(SQ 8/4 b64 s0.875)A8 within 5 % of FP32, by the best weight quantizer measured
     sq_rows = [(n, get(w, "int8", ct, src)) for src in (res, short) for n, w, ct in (
         ("RTN", S, 0), ("RTN, smoothed", S + ":smooth", SMALL_CALIB),
+        (f"RTN, smoothed ({T} calibration tokens)", S + ":smooth", T),
         ("GPTQ (sequential, defaults, 2048 tokens)", S + ":gptq", CALIB_TOKENS),
         ("GPTQ-ad (sequential, act-order, damping 0.1, 4096 tokens)", S + AD, T),
         ("GPTQ-ad, smoothed", S + AD + ":smooth", T))]
@@ -345,7 +346,9 @@ def goals_text(res, ref_ppl, short=None, tokens=0):
     # 2 and 3: static SQ activations against W4A8 and against dynamic, the same weights
     w_opts = [("GPTQ-ad", "int4:g64" + AD, T), ("GPTQ", "int4:g64:gptq", CALIB_TOKENS), ("RTN", "int4:g64", SMALL_CALIB)]
     statics = [("static", ":static"), ("static, smoothed", ":static:smooth"),
-               ("static-max", ":static-max"), ("static-max, smoothed", ":static-max:smooth")]
+               ("static-max", ":static-max"), ("static-max, smoothed", ":static-max:smooth"),
+               ("static:bank (a low scale per bank, 5 bits), smoothed", ":static:bank:smooth"),
+               ("static-max:bank (a low scale per bank, 5 bits), smoothed", ":static-max:bank:smooth")]
     pairs8, pairsd = [], []
     for src in (res, short):  # pairs at equal token counts
         for wn, w, ct in w_opts:
