@@ -117,14 +117,16 @@ static int cuda_init(fwd_t *f) {
     return 0;
 }
 
-/* The integer kernels' static-SQ scratch, sized for the widest input and
- * the widest set of outputs (q/k/v or gate/up) of n_max tokens, two rows each. */
+/* The integer kernels' static-SQ scratch, sized for the widest input (dim,
+ * the attention output's q_dim or ffn) and the widest set of outputs (q/k/v,
+ * gate/up or o) of n_max tokens, two rows each. */
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
 static int static_scratch(fwd_t *f, gfwd_t *g) {
     const hparams_t *hp = &f->m->hp;
     const size_t n2 = 2 * (size_t)f->n_max, kvd = (size_t)f->kv->kv_dim;
-    size_t wide = (size_t)(hp->ffn_dim > hp->dim ? hp->ffn_dim : hp->dim);
-    size_t outs = 2 * (size_t)hp->ffn_dim;
-    if ((size_t)hp->dim + 2 * kvd > outs) outs = (size_t)hp->dim + 2 * kvd;
+    const size_t wide = max_size(max_size((size_t)hp->ffn_dim, (size_t)hp->dim), (size_t)hp->q_dim);
+    const size_t outs = max_size(max_size(2 * (size_t)hp->ffn_dim, (size_t)hp->q_dim + 2 * kvd), (size_t)hp->dim);
     if ((g->qx2 = kc_malloc(n2 * wide)) && (g->sx2 = kc_malloc(n2 * sizeof(float))) &&
         (g->y2 = kc_malloc(n2 * outs * sizeof(float))))
         return 0;
@@ -189,7 +191,7 @@ static int resolve_acts(fwd_t *f, gfwd_t *g, gact_t *a, char *err, size_t errlen
 }
 
 static int act_quant(gfwd_t *g, const gact_t *a, int layer, int site, float *x, int n, int dim) {
-    if (a->kind == AQ_INT || a->kind == AQ_SQ_STATIC) g->q_of = NULL; /* x changes */
+    if (a->kind == AQ_INT || a->kind == AQ_SQ_STATIC) g->q_of = NULL, g->qs_of = NULL; /* x changes */
     if (a->kind == AQ_INT) return kc_fake_quant(x, n, dim, NULL, 0, a->bits);
     if (a->kind == AQ_SQ_STATIC)
         return kc_fake_quant(x, n, dim, g->masks[site] + (size_t)layer * dim, a->bits_hi, a->bits);
@@ -410,7 +412,7 @@ static int static_matmul(fwd_t *f, int layer, int site, const int *ids, float *c
     const kc_sq_t *unused;
     const kc_int_t *fused;
     fused_of(L, ids, count, &unused, &fused);
-    if (fused && kc_int_pairs_applies(fused, n)) return kc_int_matmul_pairs(fused, g->qx2, g->sx2, n, y, 0);
+    if (fused && kc_int_pairs_applies(fused, n)) return kc_int_matmul_pairs(fused, g->qx2, g->sx2, n, y, acc);
     if (fused) {
         float *parts[KC_SQ_MAX_PARTS];
         size_t off = 0;

@@ -408,11 +408,11 @@ static void test_static_fused(int bits, long k) {
     }
     /* refused: the residual add into fused parts, more rows than the GEMV takes, no output */
     float *one = dmalloc(4 * 64);
-    float *outs[3] = {one, one, NULL};
+    float *outs[3] = {one, one, one}, *missing[3] = {one, one, NULL};
     const long past_gemv = kc_int_gemv_max(f) / 2 + 1;
     const int r1 = kc_int_matmul_pairs(f, (const int8_t *)one, one, 1, outs, 1);
     const int r2 = kc_int_matmul_pairs(parts[0], (const int8_t *)one, one, past_gemv, outs, 0);
-    const int r3 = kc_int_matmul_pairs(f, (const int8_t *)one, one, 1, outs, 0);
+    const int r3 = kc_int_matmul_pairs(f, (const int8_t *)one, one, 1, missing, 0);
     char what[160];
     snprintf(what, sizeof what, "kc_int_matmul_pairs refuses acc on parts (%d), m=%ld past the GEMV (%d), a missing "
              "output (%d)", r1, past_gemv, r2, r3);

@@ -130,56 +130,59 @@ static void test_fused_q8(int n, int dim) {
  * rows past 32768 values), and the norm / SwiGLU kernels fused with it
  * equal the op followed by kc_quant_static_i8, bit for bit in the float
  * output, the codes and the scales. Masks: a random eighth of the channels
- * high; one row all low, so a class max of 0 is covered. */
+ * high, then every channel low and every channel high (a class with no
+ * channel: its scale 0, its codes 0). */
 static void test_static_q(int n, int dim) {
     const size_t cnt = (size_t)n * dim, sz = cnt * 4;
     float *x = malloc(sz), *u = malloc(sz), *w = malloc((size_t)dim * 4), *y1 = malloc(sz), *y2 = malloc(sz);
     float *s1 = malloc((size_t)n * 8), *s2 = malloc((size_t)n * 8), *sc = malloc((size_t)n * 8);
     int8_t *q1 = malloc(2 * cnt), *q2 = malloc(2 * cnt), *qc = malloc(2 * cnt);
-    uint8_t *mask = malloc((size_t)dim), *none = calloc((size_t)dim, 1);
-    if (!x || !u || !w || !y1 || !y2 || !s1 || !s2 || !sc || !q1 || !q2 || !qc || !mask || !none) exit(2);
+    uint8_t *mask = malloc((size_t)dim), *none = calloc((size_t)dim, 1), *all = malloc((size_t)dim);
+    if (!x || !u || !w || !y1 || !y2 || !s1 || !s2 || !sc || !q1 || !q2 || !qc || !mask || !none || !all) exit(2);
+    memset(all, 1, (size_t)dim);
     fill(x, cnt, 3), fill(u, cnt, 2), fill(w, (size_t)dim, 1);
     for (int j = 0; j < dim; j++) mask[j] = frand() < -0.75f;
     float *dx = dup_to(x, sz), *du = dup_to(u, sz), *dw = dup_to(w, (size_t)dim * 4);
-    uint8_t *dm = dup_to(mask, (size_t)dim), *dnone = dup_to(none, (size_t)dim);
+    const uint8_t *hmask[3] = {mask, none, all};
+    static const char *mname[3] = {"", " (all low)", " (all high)"};
+    uint8_t *dmask[3];
+    for (int mk = 0; mk < 3; mk++) dmask[mk] = dup_to(hmask[mk], (size_t)dim);
     float *da = poisoned(sz), *db = poisoned(sz), *dsa = poisoned((size_t)n * 8), *dsb = poisoned((size_t)n * 8);
     int8_t *dqa = poisoned(2 * cnt), *dqb = poisoned(2 * cnt);
-    for (int mk = 0; mk < 2; mk++) {
-        const uint8_t *hm = mk ? none : mask, *dmk = mk ? dnone : dm;
-        OK(kc_quant_static_i8(dx, n, dim, dmk, 8, 4, dqa, dsa));
+    for (int mk = 0; mk < 3; mk++) {
+        const uint8_t *dm = dmask[mk];
+        OK(kc_quant_static_i8(dx, n, dim, dm, 8, 4, dqa, dsa));
         back(q1, dqa, 2 * cnt), back(s1, dsa, (size_t)n * 8);
         for (int i = 0; i < n; i++)
-            k_quant_row_static(x + (size_t)i * dim, dim, hm, 8, 4, qc + 2 * (size_t)i * dim,
+            k_quant_row_static(x + (size_t)i * dim, dim, hmask[mk], 8, 4, qc + 2 * (size_t)i * dim,
                                qc + (2 * (size_t)i + 1) * dim, sc + 2 * i);
         char what[120];
         snprintf(what, sizeof what, "kc_quant_static_i8 n=%d dim=%d%s: the CPU's codes and scales", n, dim,
-                 mk ? " (all low)" : "");
-        const int same = !memcmp(q1, qc, 2 * cnt) && !memcmp(s1, sc, (size_t)n * 8);
-        tally(same, what);
-    }
-    for (int op = 0; op < 2; op++) {
-        if (op == 0) {
-            OK(kc_rmsnorm(da, dx, dw, n, dim, 1e-5f));
-            OK(kc_rmsnorm_qs(db, dx, dw, n, dim, 1e-5f, dm, 8, 4, dqb, dsb));
-        } else {
-            OK(kc_upload(da, x, sz));
-            OK(kc_upload(db, x, sz));
-            OK(kc_silu_mul(da, du, (long)cnt));
-            OK(kc_silu_mul_qs(db, du, n, dim, dm, 8, 4, dqb, dsb));
+                 mname[mk]);
+        tally(!memcmp(q1, qc, 2 * cnt) && !memcmp(s1, sc, (size_t)n * 8), what);
+        for (int op = 0; op < 2; op++) {
+            if (op == 0) {
+                OK(kc_rmsnorm(da, dx, dw, n, dim, 1e-5f));
+                OK(kc_rmsnorm_qs(db, dx, dw, n, dim, 1e-5f, dm, 8, 4, dqb, dsb));
+            } else {
+                OK(kc_upload(da, x, sz));
+                OK(kc_upload(db, x, sz));
+                OK(kc_silu_mul(da, du, (long)cnt));
+                OK(kc_silu_mul_qs(db, du, n, dim, dm, 8, 4, dqb, dsb));
+            }
+            OK(kc_quant_static_i8(da, n, dim, dm, 8, 4, dqa, dsa));
+            back(y1, da, sz), back(y2, db, sz), back(q1, dqa, 2 * cnt), back(q2, dqb, 2 * cnt);
+            back(s1, dsa, (size_t)n * 8), back(s2, dsb, (size_t)n * 8);
+            snprintf(what, sizeof what, "%s fused with static SQ quantization n=%d dim=%d%s: bit-identical",
+                     op ? "silu_mul" : "rmsnorm", n, dim, mname[mk]);
+            tally(!memcmp(y1, y2, sz) && !memcmp(q1, q2, 2 * cnt) && !memcmp(s1, s2, (size_t)n * 8), what);
         }
-        OK(kc_quant_static_i8(da, n, dim, dm, 8, 4, dqa, dsa));
-        back(y1, da, sz), back(y2, db, sz), back(q1, dqa, 2 * cnt), back(q2, dqb, 2 * cnt);
-        back(s1, dsa, (size_t)n * 8), back(s2, dsb, (size_t)n * 8);
-        const int same = !memcmp(y1, y2, sz) && !memcmp(q1, q2, 2 * cnt) && !memcmp(s1, s2, (size_t)n * 8);
-        char what[100];
-        snprintf(what, sizeof what, "%s fused with static SQ quantization n=%d dim=%d: bit-identical",
-                 op ? "silu_mul" : "rmsnorm", n, dim);
-        tally(same, what);
     }
-    kc_free(dx), kc_free(du), kc_free(dw), kc_free(dm), kc_free(dnone), kc_free(da), kc_free(db);
+    for (int mk = 0; mk < 3; mk++) kc_free(dmask[mk]);
+    kc_free(dx), kc_free(du), kc_free(dw), kc_free(da), kc_free(db);
     kc_free(dsa), kc_free(dsb), kc_free(dqa), kc_free(dqb);
     free(x), free(u), free(w), free(y1), free(y2), free(s1), free(s2), free(sc), free(q1), free(q2), free(qc);
-    free(mask), free(none);
+    free(mask), free(none), free(all);
 }
 
 static void test_rope(int n, int heads, int hd, int rot) {
