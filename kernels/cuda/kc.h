@@ -76,7 +76,7 @@ void kc_graph_free(kc_graph_t *g);
  * CPU path up to summation order). */
 int kc_gemm_f32(const float *d_w, long n, long k, const float *d_x, long m, float *d_y);
 
-/* ---- transformer ops (kc_ops.cu) ------------------------------------------ */
+/* ---- transformer ops (kc_ops.cu; the ones fused with quantization: kc_quant.cu) */
 
 /* out[i] = table[tok[i]] for i < n; table is [n_vocab][dim] FP32. */
 int kc_embed(float *d_out, const float *d_table, const int32_t *d_tok, int n, int dim);
@@ -220,6 +220,7 @@ int kc_int_parts(const kc_int_t *w);
 int kc_int_matmul_parts(const kc_int_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y);
 /* Static SQ activations on the integer kernels (the paper's Hopper mapping:
  * the high and the low channels as two INT8 rows through one matmul).
+ * The quantization kernels are in kc_quant.cu, the matmuls in kc_int.cu.
  * kc_quant_static_i8: token t's channels with mask 1 -> d_q2 row 2t at
  * hi_bits, the others -> row 2t + 1 at lo_bits, d_sx2[2t], d_sx2[2t + 1] their
  * scales; k_quant_row_static's codes and scales bit for bit. Then a matmul
