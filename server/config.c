@@ -57,7 +57,7 @@ const opt_t OPTIONS[] = {
     {"output", 'o', NULL, NULL, OPT_STR, C, 0, 0, "the .sqm file to write"},
     {"weights", 0, "SQSERVE_WEIGHTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
      "weight recipe: fp32 (as loaded), int8, int4[:gN], sq:8/4:b64:s0.875, then optionally "
-     ":gptq[:act][:damp<f>][:oneshot] and :smooth[<alpha>]"},
+     ":gptq[:act][:damp<f>][:oneshot], :smooth[<alpha>] and (sq) :iscale"},
     {"acts", 0, "SQSERVE_ACTS", "fp32", OPT_STR, G | E | S | C, 0, 0,
      "activation recipe: fp32, int8, int4, sq:8/4:b64:s0.875:static|static-max|dynamic (static ones optionally :bank), "
      "then optionally :smooth[<alpha>]"},

@@ -33,7 +33,7 @@ static int parse_smooth(const char **p, int *smooth, double *alpha) {
 }
 
 /* The weights options after the base recipe: ":gptq", ":act", ":damp<f>",
- * ":oneshot", ":smooth[<alpha>]", each at most once, in any order. */
+ * ":oneshot", ":smooth[<alpha>]", ":iscale", each at most once, in any order. */
 static int parse_w_opts(const char *p, wrecipe_t *r) {
     int seen_act = 0, seen_damp = 0, seen_one = 0;
     r->damp = 0.01;
@@ -46,6 +46,7 @@ static int parse_w_opts(const char *p, wrecipe_t *r) {
         if (len == 5 && !strncmp(p, ":gptq", 5) && !r->gptq) r->gptq = 1;
         else if (len == 4 && !strncmp(p, ":act", 4) && !seen_act++) r->act_order = 1;
         else if (len == 8 && !strncmp(p, ":oneshot", 8) && !seen_one++) r->oneshot = 1;
+        else if (len == 7 && !strncmp(p, ":iscale", 7) && !r->iscale) r->iscale = 1;
         else if (len > 5 && !strncmp(p, ":damp", 5) && !seen_damp++) {
             char *end;
             r->damp = strtod(p + 5, &end);
@@ -85,11 +86,15 @@ int recipe_parse_w(const char *s, wrecipe_t *r, char *err, size_t errlen) {
         goto bad;
     }
     if (parse_w_opts(tail, r) != 0) goto bad;
+    if (r->iscale && (r->kind != WQ_SQ || r->sq.h_high != 8)) {
+        snprintf(err, errlen, "weights recipe '%s': :iscale (integer bank scales) is for SQ weights with 8-bit highs", s);
+        return -1;
+    }
     return 0;
 bad:
     snprintf(err, errlen,
              "bad weights recipe '%s' (e.g. fp32, int8, int4:g64[:gptq], sq:8/4:b64:s0.875[:gptq]; "
-             "options :act :damp<f> :oneshot with :gptq, :smooth[<alpha>], alpha in (0, 1))", s);
+             "options :act :damp<f> :oneshot with :gptq, :smooth[<alpha>], alpha in (0, 1), :iscale for sq)", s);
     return -1;
 }
 

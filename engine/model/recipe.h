@@ -2,6 +2,7 @@
  *
  *   weights: fp32 | int8 | int4 | int4:g64 | int4:g64:gptq | sq:8/4:b64:s0.875[:gptq]
  *            then options, in any order: [:act] [:damp<f>] [:oneshot] [:smooth[<alpha>]]
+ *            [:iscale] (SQ with 8-bit highs: integer bank scales, quant/sq_quant.h)
  *   acts:    fp32 | a16 | int8 | int4 | sq:8/4:b64:s0.875:static | ...:static-max
  *            | ...:dynamic, static ones optionally [:bank], then [:smooth[<alpha>]]
  * int<bits> alone is per output channel; :g<N> groups N inputs per scale.
@@ -39,6 +40,7 @@ typedef struct {
     double damp;   /* GPTQ: fraction of mean(diag H) added to the diagonal */
     int smooth;    /* SmoothQuant migration before quantizing */
     double alpha;  /* its migration strength; 0 = chosen per site on calibration data */
+    int iscale;    /* WQ_SQ: integer bank scales under a row scale (sq_quant.h) */
 } wrecipe_t;
 
 typedef struct {

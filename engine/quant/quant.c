@@ -112,7 +112,7 @@ static int quant_matrix(k_mat_t *w, const char *name, const wrecipe_t *r, const 
             return -1;
         }
         if (sq_alloc(&t, &cfg, n, k) != 0) goto oom;
-        if (sq_quantize_perm(&t, W, r->gptq ? diag : NULL, r->gptq ? U : NULL, perm) != 0) {
+        if (sq_quantize_opt(&t, W, r->gptq ? diag : NULL, r->gptq ? U : NULL, perm, r->iscale ? SQ_Q_ISCALE : 0) != 0) {
             sq_free(&t);
             goto oom;
         }

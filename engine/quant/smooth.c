@@ -45,7 +45,7 @@ static int rtn(float *W, long n, long k, const wrecipe_t *w) {
     if (sq_cfg_fit(&w->sq, k, 1, &cfg)) return 0; /* quant_matrix reports it */
     sq_tensor_t t;
     if (sq_alloc(&t, &cfg, n, k) != 0) return -1;
-    int rc = sq_quantize(&t, W, NULL, NULL);
+    int rc = sq_quantize_opt(&t, W, NULL, NULL, NULL, w->iscale ? SQ_Q_ISCALE : 0);
     sq_free(&t);
     return rc;
 }

@@ -13,7 +13,55 @@ typedef struct {
     sq_tensor_t *t;
     uint8_t *mask;  /* n * k: 1 where high */
     int *slot;      /* n * k: index of a high element within its bank */
+    float *srow;    /* n: integer bank scales' row scales (NULL: free halves) */
 } sqq_t;
+
+/* ---- integer bank scales (sq_quant.h) ---------------------------------------------- */
+
+const char *sq_iscale_check(const sq_cfg_t *c) {
+    return c->h_high == 8 ? NULL : "integer bank scales (:iscale) need 8-bit high codes";
+}
+
+int sq_iscale_kmax(const sq_cfg_t *c) { return 127 / sq_qmax(c->h_low); }
+
+/* significant bits s_r may have so that k * s_r (k <= kmax) fits a half's 11 */
+static int iscale_mant_bits(const sq_cfg_t *c) {
+    int kb = 0;
+    for (int v = sq_iscale_kmax(c); v; v >>= 1) kb++;
+    return 11 - kb;
+}
+
+float sq_iscale_row(float amax, const sq_cfg_t *c) {
+    if (!(amax > 0)) return 0;
+    const int mb = iscale_mant_bits(c);
+    const double t = (double)amax / 127.0;
+    int e;
+    frexp(t, &e);      /* t in [2^(e-1), 2^e) */
+    e -= mb;           /* steps of 2^e give mb significant bits */
+    if (e < -24) e = -24; /* halves' finest step: every multiple of 2^-24 up to 2^-13 is one */
+    double m = ceil(t / ldexp(1.0, e));
+    return (float)ldexp(m, e); /* m <= 2^mb: still exact, k * s_r too */
+}
+
+int sq_is_iscale(const sq_tensor_t *t) {
+    if (sq_iscale_check(&t->cfg)) return 0;
+    const long ng = t->k / t->G;
+    const int kmax = sq_iscale_kmax(&t->cfg);
+    for (long r = 0; r < t->n; r++) {
+        const float sr = t->s_hi[r * ng];
+        for (long g = 0; g < ng; g++) {
+            const float sl = t->s_lo[r * ng + g];
+            if (t->s_hi[r * ng + g] != sr) return 0;
+            if (sr == 0) {
+                if (sl != 0) return 0;
+                continue;
+            }
+            const float q = nearbyintf(sl / sr);
+            if (q < 0 || q > (float)kmax || q * sr != sl) return 0;
+        }
+    }
+    return 1;
+}
 
 static float round_clamp(float x, int q) {
     float v = nearbyintf(x);
@@ -30,6 +78,14 @@ static void sqq_group(void *ctx, const float *W, long n, long k, long j0, long j
             float a = fabsf(W[r * k + j]);
             if (c->mask[r * k + j]) mhi = a > mhi ? a : mhi;
             else mlo = a > mlo ? a : mlo;
+        }
+        if (c->srow) { /* the low scale: the smallest multiple of s_r that clips nothing, up to kmax */
+            const float sr = c->srow[r];
+            const int kmax = sq_iscale_kmax(&t->cfg);
+            double q = sr > 0 ? ceil((double)mlo / sq_qmax(t->cfg.h_low) / sr) : 0;
+            t->s_lo[r * ng + g] = (float)(q > kmax ? kmax : q) * sr;
+            t->s_hi[r * ng + g] = sr;
+            continue;
         }
         /* halves, rounded up (no code clips): the file stores them exactly */
         t->s_lo[r * ng + g] = sq_scale_up_to_half(mlo / (float)sq_qmax(t->cfg.h_low));
@@ -86,15 +142,31 @@ int sq_quantize(sq_tensor_t *t, float *W, const double *hinv_diag, const double 
 
 int sq_quantize_perm(sq_tensor_t *t, float *W, const double *hinv_diag, const double *hinv_chol,
                      const long *perm) {
-    sqq_t c = {t, calloc((size_t)(t->n * t->k), 1), malloc((size_t)(t->n * t->k) * sizeof(int))};
+    return sq_quantize_opt(t, W, hinv_diag, hinv_chol, perm, 0);
+}
+
+int sq_quantize_opt(sq_tensor_t *t, float *W, const double *hinv_diag, const double *hinv_chol,
+                    const long *perm, unsigned opts) {
+    if ((opts & SQ_Q_ISCALE) && sq_iscale_check(&t->cfg)) return -1;
+    sqq_t c = {t, calloc((size_t)(t->n * t->k), 1), malloc((size_t)(t->n * t->k) * sizeof(int)), NULL};
     int rc = -1;
-    if (c.mask && c.slot) {
+    if ((opts & SQ_Q_ISCALE) && (c.srow = malloc((size_t)t->n * sizeof(float)))) {
+        /* one scale a row from the weights before any GPTQ update (later
+         * columns may then clip a little, as group scales fixed by act-order do) */
+        for (long r = 0; r < t->n; r++) {
+            float m = 0;
+            for (long j = 0; j < t->k; j++) m = fmaxf(m, fabsf(W[r * t->k + j]));
+            c.srow[r] = sq_iscale_row(m, &t->cfg);
+        }
+    }
+    if (c.mask && c.slot && (c.srow || !(opts & SQ_Q_ISCALE))) {
         choose_highs(&c, W, hinv_diag);
         colq_t q = {sqq_group, sqq_quant, &c, t->G};
         rc = gptq_run(W, t->n, t->k, &q, hinv_chol, perm);
     }
     free(c.mask);
     free(c.slot);
+    free(c.srow);
     return rc;
 }
 

@@ -160,7 +160,12 @@ static void test_gptq_recipe_options(void **state) {
     assert_true(w.gptq && w.oneshot && w.smooth && w.alpha == 0);
     assert_int_equal(recipe_parse_w("int8:smooth0.6", &w, err, sizeof err), 0);
     assert_true(!w.gptq && w.smooth && w.alpha == 0.6);
-    static const char *bad[] = {"int4:g64:act", "int4:g64:gptq:act:act", "int4:g64:gptq:damp0",
+    assert_int_equal(recipe_parse_w("sq:8/4:b64:s0.875:iscale:gptq:act", &w, err, sizeof err), 0);
+    assert_true(w.iscale && w.gptq && w.act_order);
+    assert_int_equal(recipe_parse_w("sq:8/4:b64:s0.875", &w, err, sizeof err), 0);
+    assert_false(w.iscale);
+    static const char *bad[] = {"int4:g64:iscale", "int8:iscale", "sq:4/2:b64:s0.875:iscale",
+                                "sq:8/4:b64:s0.875:iscale:iscale", "int4:g64:act", "int4:g64:gptq:act:act", "int4:g64:gptq:damp0",
                                 "int4:g64:gptq:damp", "int4:g64:gptq:dampx", "int4:smooth1.5",
                                 "int4:g64:oneshot", "int4:g64:gptq:smooth:smooth", "int4:g64:gptq:"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)

@@ -33,6 +33,75 @@ static float *make_w(long n, long k) {
     return w;
 }
 
+/* Integer bank scales (":iscale"): every weight an INT8 value times its
+ * row's scale, halves all (the file stores them), codes within half a step
+ * of the weight except where the row's step caps a group's scale. */
+static void test_iscale_structure(void **state) {
+    (void)state;
+    sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 3, 64, 0.875}, {8, 2, 16, 0.75}, {8, 4, 128, 0.9375}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
+        long n = 9, k = 512;
+        float *w = make_w(n, k), *orig = malloc((size_t)(n * k) * sizeof *orig), row[512];
+        for (long j = 0; j < k; j++) w[2 * k + j] = 0;            /* a zero row */
+        for (long j = 0; j < 128; j++) w[3 * k + j] *= 1e-3f;     /* quiet groups: k_g of 1 */
+        w[4 * k + 7] = 60.0f;                                    /* one huge outlier: low scales cap */
+        memcpy(orig, w, (size_t)(n * k) * sizeof *w);
+        sq_tensor_t t;
+        assert_int_equal(sq_alloc(&t, &cfgs[c], n, k), 0);
+        assert_int_equal(sq_quantize_opt(&t, w, NULL, NULL, NULL, SQ_Q_ISCALE), 0);
+        assert_null(sq_validate(&t));
+        assert_true(sq_is_iscale(&t));
+        const long ng = k / t.G;
+        const int kmax = sq_iscale_kmax(&cfgs[c]), ql = sq_qmax(cfgs[c].h_low);
+        assert_int_equal(kmax, 127 / ql);
+        for (long r = 0; r < n; r++) {
+            float amax = 0;
+            for (long j = 0; j < k; j++) amax = fmaxf(amax, fabsf(orig[r * k + j]));
+            const float sr = t.s_hi[r * ng];
+            assert_true(sr >= amax / 127.0f && (amax == 0 || sr <= amax / 127.0f * 1.07f));
+            assert_true(sr == sq_scale_up_to_half(sr)); /* a half */
+            sq_dequant_row(&t, r, row);
+            for (long g = 0; g < ng; g++) {
+                const float sl = t.s_lo[r * ng + g];
+                assert_true(sl == sq_scale_up_to_half(sl));
+                const float kg = sr > 0 ? sl / sr : 0;
+                assert_true(kg == nearbyintf(kg) && kg >= 0 && kg <= kmax);
+                for (long j = g * t.G; j < (g + 1) * t.G; j++) {
+                    /* the value an INT8 matmul multiplies: |w / s_r| an integer <= 127 */
+                    const float q = sr > 0 ? row[j] / sr : 0;
+                    assert_true(q == nearbyintf(q) && fabsf(q) <= 127);
+                    if (kg < kmax) assert_true(fabsf(row[j] - orig[r * k + j]) <= 0.5f * fmaxf(sl, sr) * 1.0001f);
+                }
+            }
+        }
+        /* the file keeps them exactly */
+        sq_file_sizes_t z = sq_file_sizes(&cfgs[c], n, k);
+        uint8_t *codes = malloc(z.codes), *hi = malloc(z.hi + 1);
+        uint16_t *s1 = malloc(z.scales), *s2 = malloc(z.scales);
+        assert_int_equal(sq_encode(&t, codes, hi, s1, s2), 0);
+        sq_tensor_t u;
+        assert_int_equal(sq_alloc(&u, &t.cfg, n, k), 0);
+        assert_null(sq_decode(&u, codes, hi, s1, s2));
+        assert_true(sq_is_iscale(&u));
+        /* a tensor of free half scales is not taken for one */
+        sq_tensor_t v;
+        memcpy(w, orig, (size_t)(n * k) * sizeof *w);
+        assert_int_equal(sq_alloc(&v, &cfgs[c], n, k), 0);
+        assert_int_equal(sq_quantize(&v, w, NULL, NULL), 0);
+        assert_false(sq_is_iscale(&v));
+        sq_free(&t), sq_free(&u), sq_free(&v);
+        free(codes), free(hi), free(s1), free(s2), free(w), free(orig);
+    }
+    /* 4-bit highs have no INT8 row scale */
+    sq_cfg_t c42 = {4, 2, 64, 0.875};
+    assert_non_null(sq_iscale_check(&c42));
+    sq_tensor_t t;
+    float *w = make_w(2, 64);
+    assert_int_equal(sq_alloc(&t, &c42, 2, 64), 0);
+    assert_int_equal(sq_quantize_opt(&t, w, NULL, NULL, NULL, SQ_Q_ISCALE), -1);
+    sq_free(&t), free(w);
+}
+
 static void test_format_invariants(void **state) {
     (void)state;
     sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 2, 16, 0.75}, {4, 2, 128, 0.9375}, {8, 4, 32, 0.5},
@@ -730,6 +799,7 @@ int main(void) {
         cmocka_unit_test(test_static_sq_acts_bit_exact),
         cmocka_unit_test(test_quant_row_i8_paths),
         cmocka_unit_test(test_format_invariants),
+        cmocka_unit_test(test_iscale_structure),
         cmocka_unit_test(test_view_dequant_matches_tensor),
         cmocka_unit_test(test_compact_layout_round_trip),
         cmocka_unit_test(test_bits_and_recipes),
