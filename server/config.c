@@ -128,8 +128,8 @@ const opt_t OPTIONS[] = {
      "random weights of these shapes on the GPU instead of -m (format: --synthetic-weights) "
      "(llama3-8b, llama3-70b, smollm2-135m)"},
     {"synthetic-weights", 0, NULL, NULL, OPT_STR, B, 0, 0,
-     "with --synthetic: the weights' format: sq:8/4:b64:s0.875 (the default), int4:g64 (W4A8), int8 (W8A8) "
-     "or f16 (every matrix and the lm head; INT8 activations but for f16)"},
+     "with --synthetic: the weights' format: sq:8/4:b64:s0.875 (the default; half scales), "
+     "sq:8/4:b64:s0.875:iscale (integer bank scales), int4:g64 (W4A8), int8 (W8A8) or f16 (every matrix and the lm head; INT8 activations but for f16)"},
     {"synthetic-acts", 0, NULL, NULL, OPT_STR, B, 0, 0,
      "with --synthetic: int8 (the default) or sq:8/4:b64:s0.875:static (random high channels; with "
      "--synthetic-weights int4:g64 or int8: the paper's W4A(SQ) mapping, two INT8 rows a token)"},

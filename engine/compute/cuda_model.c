@@ -45,13 +45,16 @@ int dev_parse(const char *s, int *ordinal, char *err, size_t errlen) {
     return -1;
 }
 
-/* The weight formats a synthetic model can have (bench --synthetic-weights). */
-enum { SW_SQ, SW_INT4, SW_INT8, SW_F16 };
+/* The weight formats a synthetic model can have (bench --synthetic-weights).
+ * SQ scales are halves, as sq_quantize makes them (the 16-bit-scale layout
+ * a converted model gets); ":iscale" draws integer bank scales. */
+enum { SW_SQ, SW_SQ_ISCALE, SW_INT4, SW_INT8, SW_F16 };
 static const struct {
     const char *name, *tag;
     int kind;
 } SYNTH_W[] = {
     {"sq:8/4:b64:s0.875", "sq8/4-b64-s0.875", SW_SQ}, {"sq", "sq8/4-b64-s0.875", SW_SQ},
+    {"sq:8/4:b64:s0.875:iscale", "sq8/4-b64-s0.875-iscale", SW_SQ_ISCALE},
     {"int4:g64", "int4-g64", SW_INT4},                {"int4", "int4-g64", SW_INT4},
     {"int8", "int8", SW_INT8},                        {"f16", "f16", SW_F16},
 };
@@ -60,7 +63,7 @@ static const struct {
 static int synth_weights(const char *weights, char *err, size_t errlen) {
     for (size_t i = 0; i < sizeof SYNTH_W / sizeof SYNTH_W[0]; i++)
         if (!strcmp(SYNTH_W[i].name, weights ? weights : "sq")) return (int)i;
-    snprintf(err, errlen, "unknown synthetic weights '%s' (sq:8/4:b64:s0.875, int4:g64, int8, f16)", weights);
+    snprintf(err, errlen, "unknown synthetic weights '%s' (sq:8/4:b64:s0.875[:iscale], int4:g64, int8, f16)", weights);
     return -1;
 }
 
@@ -381,7 +384,9 @@ static kc_gguf_t *f16_random(long n, long k, uint64_t seed, int *host_oom) {
 
 static gmat_t synth_mat(int kind, long n, long k, uint64_t seed, int *host_oom) {
     gmat_t g = {0, n, k, NULL, NULL, NULL, NULL};
-    if (kind == SW_SQ) g.kind = (g.sq = kc_sq_random(n, k, 4, 64, 8, seed)) ? GM_SQ : 0;
+    if (kind == SW_SQ || kind == SW_SQ_ISCALE)
+        g.kind = (g.sq = kc_sq_random_ex(n, k, 4, 64, 8, seed, kind == SW_SQ ? KC_SQ_F16_SCALES : KC_SQ_INT_SCALES))
+                     ? GM_SQ : 0;
     else if (kind == SW_F16) g.kind = (g.gg = f16_random(n, k, seed, host_oom)) ? GM_GGUF : 0;
     else g.kind = (g.in = kc_int_random(n, k, kind == SW_INT4 ? 4 : 8, seed)) ? GM_INT : 0;
     return g;

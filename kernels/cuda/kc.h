@@ -162,6 +162,9 @@ int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m
  * weight at 8/4 b64 s0.875 in the compact layout, 6.5 instead of 7 in the
  * explicit one). kc_sq_random is flags 0 (float scales, like sq_quantize's). */
 #define KC_SQ_F16_SCALES 1
+/* ... and KC_SQ_INT_SCALES integer bank scales (a row scale with a 6-bit
+ * mantissa, each group's low scale 1..18 times it: kc_sq_iscale holds) */
+#define KC_SQ_INT_SCALES 4
 kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uint64_t seed, int flags);
 /* The same matrix as kc_sq_random_ex(n, k, h_low, b, h, seed, flags), made
  * on the host in the k_sq.h layout (arrays sized as sq_alloc sizes them;
@@ -293,6 +296,16 @@ int kc_prof_report(FILE *out);
  * environment or kc_sq_set_twostep_min overrides it; 0 turns it off. */
 long kc_sq_twostep_min(void);
 void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
+/* Matrices with integer bank scales (kc_sq_iscale: sq_quant.h's :iscale,
+ * found by kc_sq_upload in the scales themselves) take, from M =
+ * kc_sq_i8_min() tokens on, an exact INT8 path instead: the weights
+ * expanded to their INT8 values (k_g * lo or hi), cuBLAS INT8 x INT8 ->
+ * INT32 over the whole row, y = (s_row * acc) * sx. KC_SQ_I8_M or
+ * kc_sq_set_i8_min overrides the measured default; 0 turns it off (the FP16
+ * path or the fused kernels then take those M, as for any SQ matrix). */
+long kc_sq_i8_min(void);
+void kc_sq_set_i8_min(long m); /* < 0: back to the default */
+int kc_sq_iscale(const kc_sq_t *w);
 
 /* One to four tokens: up to M = kc_sq_gemv_max() tokens, kc_sq_matmul(_parts)
  * on the compact or the explicit fast layout runs the dp4a kernel of kc_sq_gemv.cu (exact

@@ -221,7 +221,7 @@ HD uint64_t mix64(uint64_t z) {
 
 struct GenP {
     long n, k;
-    int h_low, lobits, b, h, G, f16;
+    int h_low, lobits, b, h, G, f16, iscale;
     uint64_t seed;
 };
 
@@ -262,11 +262,21 @@ HD void gen_bank(const GenP &p, long r, long bk, uint8_t *lo, int8_t *hi, uint8_
 /* Positive scales built from integers (exact on host and device): s_lo in
  * [2^-9, 2^-8), s_hi in [2^-12, 2^-10); 11-bit mantissas with f16 (exact
  * halves), 24-bit otherwise. */
+/* KC_SQ_INT_SCALES: row r's scale (6-bit mantissa, in [2^-12, 2^-11)) */
+HD float gen_row_scale(const GenP &p, long r) {
+    const uint64_t d = mix64(p.seed ^ mix64(0x1705CA1Eull + (uint64_t)r * 0x9E3779B97F4A7C15ull));
+    return ldexpf((float)(32 + (d & 31)), -17);
+}
+
 HD void gen_scales(const GenP &p, long r, long grp, float *s_lo, float *s_hi) {
     const long ng = p.k / p.G;
     uint64_t d = mix64(p.seed ^ mix64(0x5CA1E5ull + (uint64_t)(r * ng + grp) * 0x9E3779B97F4A7C15ull));
     float a, b;
-    if (p.f16) {
+    if (p.iscale) { /* s_hi = the row's scale, s_lo = 1..kmax times it: exact halves */
+        const int qmax = (1 << (p.h_low - 1)) - 1;
+        b = gen_row_scale(p, r);
+        a = (float)(1 + (int)(d % (uint64_t)(127 / qmax))) * b;
+    } else if (p.f16) {
         a = ldexpf((float)(1024 + (d & 1023)), -19);
         b = ldexpf((float)(1024 + ((d >> 10) & 1023)), -22 + (int)((d >> 62) & 1));
     } else {
@@ -351,6 +361,41 @@ static int compact_default(void) {
     return v;
 }
 
+/* Integer bank scales (sq_quant.h's :iscale), read off the scales: per row
+ * one s_r (every s_hi), every s_lo an integer k times it with |k * code| <=
+ * 127. Then every weight is an INT8 value times s_r. rs gets the s_r. */
+static int iscale_rows(const k_sq_t *t, float *rs) {
+    const long ng = t->k / t->G;
+    const int qmax = (1 << (t->h_low - 1)) - 1;
+    for (long r = 0; r < t->n; r++) {
+        const float sr = t->s_hi[r * ng];
+        for (long g = 0; g < ng; g++) {
+            const float sl = t->s_lo[r * ng + g];
+            if (t->s_hi[r * ng + g] != sr) return 0;
+            if (sr == 0) {
+                if (sl != 0) return 0;
+                continue;
+            }
+            const float q = nearbyintf(sl / sr);
+            if (!(q >= 0) || q * qmax > 127 || q * sr != sl) return 0;
+        }
+        rs[r] = sr;
+    }
+    return 1;
+}
+
+/* marks w as having integer bank scales and uploads its row scales */
+static int set_iscale(kc_sq *w, const float *rs_host) {
+    if (!(w->rs = (float *)kc_malloc((size_t)w->n * sizeof(float)))) return -1;
+    if (kc_upload(w->rs, rs_host, (size_t)w->n * sizeof(float))) return -1;
+    w->iscale = 1;
+    size_t dl = strlen(w->desc);
+    snprintf(w->desc + dl, sizeof w->desc - dl, ", integer bank scales");
+    return 0;
+}
+
+extern "C" int kc_sq_iscale(const kc_sq_t *w) { return w && w->iscale; }
+
 extern "C" kc_sq_t *kc_sq_upload(const k_sq_t *t) { return kc_sq_upload_ex(t, 0); }
 
 extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
@@ -381,6 +426,16 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
         if (!rc) rc = kc_sync();
     }
     kc_free(lo), kc_free(idx), kc_free(hi), kc_free(sl), kc_free(sh);
+    if (!rc) {
+        float *rs = (float *)malloc((size_t)t->n * sizeof(float));
+        if (!rs) {
+            kc_set_error("out of host memory");
+            rc = -1;
+        } else if (iscale_rows(t, rs)) {
+            rc = set_iscale(w, rs);
+        }
+        free(rs);
+    }
     if (rc) {
         kc_sq_free(w);
         return NULL;
@@ -392,6 +447,8 @@ static GenP gen_params(long n, long k, int h_low, int b, int h, uint64_t seed, i
     GenP p;
     p.n = n, p.k = k, p.h_low = h_low, p.lobits = h_low == 2 ? 2 : 4, p.b = b, p.h = h;
     p.G = b > 64 ? b : 64, p.f16 = (flags & KC_SQ_F16_SCALES) != 0, p.seed = seed;
+    p.iscale = (flags & KC_SQ_INT_SCALES) != 0;
+    if (p.iscale) p.f16 = 1; /* 6-bit row scales times 1..127 are halves */
     return p;
 }
 
@@ -412,6 +469,16 @@ extern "C" kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uin
         if (!kc_check_launch("k_gen_banks") && !sq_repack(w, v)) rc = kc_sync();
     }
     kc_free(lo), kc_free(idx), kc_free(hi), kc_free(sl), kc_free(sh);
+    if (!rc && p.iscale) {
+        float *rs = (float *)malloc((size_t)n * sizeof(float));
+        rc = -1;
+        if (!rs) kc_set_error("out of host memory");
+        else {
+            for (long r = 0; r < n; r++) rs[r] = gen_row_scale(p, r);
+            rc = set_iscale(w, rs);
+        }
+        free(rs);
+    }
     if (rc) {
         kc_sq_free(w);
         return NULL;
@@ -443,6 +510,7 @@ extern "C" int kc_sq_random_host(long n, long k, int h_low, int b, int h, uint64
 extern "C" void kc_sq_free(kc_sq_t *w) {
     if (!w) return;
     kc_free(w->d);
+    kc_free(w->rs);
     free(w);
 }
 
@@ -477,20 +545,29 @@ extern "C" kc_sq_t *kc_sq_fuse(const kc_sq_t *const *parts, int count) {
     *w = *a;
     w->n = n, w->ntiles = (n + 15) / 16, w->bytes = (size_t)w->ntiles * w->nsub * w->unit_bytes;
     w->nparts = count;
-    for (int i = 0; i < count; i++) w->part_n[i] = parts[i]->n;
-    if (!(w->d = (uint8_t *)kc_malloc(w->bytes))) {
+    w->rs = NULL;
+    for (int i = 0; i < count; i++) w->part_n[i] = parts[i]->n, w->iscale &= parts[i]->iscale;
+    if (!(w->d = (uint8_t *)kc_malloc(w->bytes)) ||
+        (w->iscale && !(w->rs = (float *)kc_malloc((size_t)n * sizeof(float))))) {
+        kc_free(w->d);
         free(w);
         return NULL;
     }
     size_t off = 0;
+    long roff = 0; /* parts but the last are whole tiles: rows follow each other */
     for (int i = 0; i < count; i++) {
         if (kc_check(cudaMemcpyAsync(w->d + off, parts[i]->d, parts[i]->bytes, cudaMemcpyDeviceToDevice, KC_STREAM),
-                     "kc_sq_fuse copy")) {
+                     "kc_sq_fuse copy") ||
+            (w->iscale && kc_check(cudaMemcpyAsync(w->rs + roff, parts[i]->rs, (size_t)parts[i]->n * sizeof(float),
+                                                   cudaMemcpyDeviceToDevice, KC_STREAM),
+                                   "kc_sq_fuse copy"))) {
             kc_sq_free(w);
             return NULL;
         }
-        off += parts[i]->bytes;
+        off += parts[i]->bytes, roff += parts[i]->n;
     }
+    char *is = strstr(w->desc, ", integer bank scales");
+    if (is && !w->iscale) *is = 0; /* some part has free scales: the fused matrix is not one */
     size_t dl = strlen(w->desc);
     snprintf(w->desc + dl, sizeof w->desc - dl, ", %d parts", count);
     return w;

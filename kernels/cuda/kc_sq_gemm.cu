@@ -27,6 +27,17 @@
  * from bench_gemm on the H200 (docs/perf-gpu.md); KC_SQ_TWOSTEP_M overrides
  * it (0 turns the path off).
  *
+ * Integer bank scales (kc_sq_iscale, sq_quant.h's :iscale). When every
+ * weight is an INT8 value times its row's scale (s_lo = k_g * s_r with a
+ * small integer k_g, s_hi = s_r), the expansion writes those INT8 values
+ * (k_g * lo, or the high code) instead, and cuBLAS's INT8 x INT8 -> INT32
+ * GEMM sums each row exactly over all of k; y = (s_r * acc) * sx. Half the
+ * bytes of the FP16 expansion, twice the tensor-core rate, and no rounding
+ * of the weights: the result is the exact sum rounded twice (k_sq.h's
+ * bound holds with room). This is QServe's design (progressive group
+ * quantization: the main loop is pure INT8 mma) on the SQ layout; it
+ * takes M >= kc_sq_i8_min() (measured, docs/perf-gpu.md), KC_SQ_I8_M.
+ *
  * Scratch. One FP16 weight buffer (a slice of at most 128 Mi weights: a
  * larger matrix, such as a 70B output layer, is expanded and multiplied a
  * slice of rows at a time) and one FP16 activation buffer, grown to powers
@@ -68,6 +79,46 @@ __device__ __forceinline__ void write_unit(const uint32_t (&Alo)[8], const uint3
     }
 }
 
+/* The same unit as INT8 values for integer bank scales: k_g * lo + hi
+ * (a high position has lo 0, a low one hi 0; |k_g * lo| <= 127 by
+ * kc_sq_upload's check), k_g = s_lo / s_hi (exact: an integer). */
+__device__ __forceinline__ void write_unit_i8(const uint32_t (&Alo)[8], const uint32_t (&Ahi)[8], const float (&sc)[4],
+                                              int8_t *out, long n, long k, long tile, long grp, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int rh = 0; rh < 2; rh++) {
+        const long row = tile * 16 + g + 8 * rh;
+        if (row >= n) continue;
+        const float sl = sc[2 * rh], sh = sc[2 * rh + 1];
+        const int kg = sh != 0.0f ? __float2int_rn(sl / sh) : 0;
+        uint32_t v[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int reg = (j >> 1) * 4 + (j & 1) * 2 + rh;
+            const uint32_t lo = Alo[reg], hi = Ahi[reg];
+            uint32_t o = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int q = (int)(int8_t)(lo >> (8 * i)) * kg + (int)(int8_t)(hi >> (8 * i));
+                o |= (uint32_t)(q & 255) << (8 * i);
+            }
+            v[j] = o;
+        }
+        *(uint4 *)(out + row * k + grp * 64 + 16 * t) = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+/* the unit's four scales (rows g, g + 8: s_lo, s_hi) as floats */
+template <bool S16>
+__device__ __forceinline__ void unit_scales(const uint32_t *raw, float (&sc)[4]) {
+    if (S16) {
+        sc[0] = half_lo(raw[0]), sc[1] = half_hi(raw[0]);
+        sc[2] = half_lo(raw[1]), sc[3] = half_hi(raw[1]);
+    } else {
+        for (int i = 0; i < 4; i++) sc[i] = __uint_as_float(raw[i]);
+    }
+}
+
 /* the explicit fast layout (4-bit lo, one subgroup a group, 4 slots a lane):
  * one warp a unit, the highs scattered through shared memory as do_group does */
 /* the slice of the matrix one expansion covers: tiles [t0, t0 + nt), rows
@@ -76,8 +127,8 @@ struct Slice {
     long t0, nt, rows;
 };
 
-template <bool S16>
-__global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, __half *out) {
+template <bool S16, bool I8>
+__global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, void *out) {
     __shared__ __align__(16) uint8_t sm[8 * SQ_TILE];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     uint8_t *tl = sm + warp * SQ_TILE;
@@ -98,19 +149,15 @@ __global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, __half *o
         Ahi[0] = h0.x, Ahi[1] = h0.y, Ahi[2] = h0.z, Ahi[3] = h0.w;
         Ahi[4] = h1.x, Ahi[5] = h1.y, Ahi[6] = h1.z, Ahi[7] = h1.w;
         float sc[4];
-        if (S16) {
-            sc[0] = half_lo(c[0].sc[0]), sc[1] = half_hi(c[0].sc[0]);
-            sc[2] = half_lo(c[0].sc[1]), sc[3] = half_hi(c[0].sc[1]);
-        } else {
-            for (int i = 0; i < 4; i++) sc[i] = __uint_as_float(c[0].sc[i]);
-        }
-        write_unit(Alo, Ahi, sc, out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+        unit_scales<S16>(c[0].sc, sc);
+        if (I8) write_unit_i8(Alo, Ahi, sc, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+        else write_unit(Alo, Ahi, sc, (__half *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
     }
 }
 
 /* the compact layout: one warp a unit, frag_compact */
-template <bool S16>
-__global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, Slice sl, __half *out) {
+template <bool S16, bool I8>
+__global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, Slice sl, void *out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
     const long U = sl.nt * a.ngroups, u0 = sl.t0 * a.ngroups;
@@ -120,13 +167,9 @@ __global__ void __launch_bounds__(256) k_sqc_expand(MmArgs a, Slice sl, __half *
         uint32_t Alo[8], Ahi[8];
         frag_compact<true, S16>(r, Alo, Ahi, lane & 3);
         float sc[4];
-        if (S16) {
-            sc[0] = half_lo(r.sc[0]), sc[1] = half_hi(r.sc[0]);
-            sc[2] = half_lo(r.sc[1]), sc[3] = half_hi(r.sc[1]);
-        } else {
-            for (int i = 0; i < 4; i++) sc[i] = __uint_as_float(r.sc[i]);
-        }
-        write_unit(Alo, Ahi, sc, out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+        unit_scales<S16>(r.sc, sc);
+        if (I8) write_unit_i8(Alo, Ahi, sc, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+        else write_unit(Alo, Ahi, sc, (__half *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
     }
 }
 
@@ -154,11 +197,40 @@ __global__ void k_scale_rows(float *y, long ldy, long m, long ncols, const float
     y[t * ldy + c] *= __ldg(sx + t);
 }
 
+/* y[t][i] (ldy) = (rs[i] * (float)acc[t][i]) * sx[t] for a slice's rows i < rows:
+ * kc_int.cu's INT8 epilogue, whose order k_sq_combine's bound allows */
+__global__ void k_i8_out(const int32_t *acc, long rows, long m, const float *rs, const float *sx, float *y, long ldy) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * rows) return;
+    const long t = i / rows, r = i % rows;
+    y[t * ldy + r] = __fmul_rn(__fmul_rn(__ldg(rs + r), __int2float_rn(acc[i])), __ldg(sx + t));
+}
+
 /* ---- host side ------------------------------------------------------------------------- */
 
 static __half *g_w16, *g_a16;
 static size_t g_w16_n, g_a16_n;
-static long g_min_m = -1;
+static int32_t *g_acc;
+static size_t g_acc_n;
+static long g_min_m = -1, g_i8_min = -1;
+
+extern "C" void kc_sq_set_i8_min(long m) { g_i8_min = m; }
+
+extern "C" long kc_sq_i8_min(void) {
+    if (g_i8_min < 0) {
+        const char *e = getenv("KC_SQ_I8_M");
+        /* the crossover on the H200 (bench_gemm --twostep, docs/perf-gpu.md) */
+        g_i8_min = e && *e ? atol(e) : 64;
+        if (g_i8_min < 0) g_i8_min = 0;
+    }
+    return g_i8_min;
+}
+
+/* the INT8 path applies to w at m tokens */
+static int i8_applies(const kc_sq *w, long m) {
+    const long min_m = kc_sq_i8_min();
+    return w->iscale && min_m > 0 && m >= min_m;
+}
 
 extern "C" void kc_sq_set_twostep_min(long m) { g_min_m = m; }
 
@@ -219,56 +291,104 @@ extern "C" int kc_f16_scale_rows(float *y, long ldy, long m, long ncols, const f
 
 extern "C" int kc_sq_twostep_applies(const kc_sq *w, long m) {
     const long min_m = kc_sq_twostep_min();
-    return min_m > 0 && m >= min_m && (w->compact || is_fast(w)) && w->n <= 0x7fffffffL && w->k <= 0x7fffffffL &&
-           m <= 0x7fffffffL;
+    return ((min_m > 0 && m >= min_m) || i8_applies(w, m)) && (w->compact || is_fast(w)) && w->n <= 0x7fffffffL &&
+           w->k <= 0x7fffffffL && m <= 0x7fffffffL;
 }
 
-/* Expands the rows [r0, r0 + rows) (r0 a multiple of 16) into the FP16
- * scratch and multiplies them: y[t][r0 + i] (leading dimension ldy) for the
- * slice's rows i. */
-static int slice_gemm(const kc_sq *w, const MmArgs &a, long r0, long rows, long m, float *y, long ldy) {
+/* grows the INT32 product buffer (never shrunk or freed: graphs may hold it) */
+static int grow_acc(size_t need) {
+    if (need <= g_acc_n) return 0;
+    size_t want = (size_t)1 << 22;
+    while (want < need) want <<= 1;
+    int32_t *p = (int32_t *)kc_malloc(want * sizeof(int32_t));
+    if (!p) return -1;
+    g_acc = p, g_acc_n = want;
+    return 0;
+}
+
+/* acc [m][rows] = qx [m][k] . w8 [rows][k]^T, exact INT32 sums */
+static int i8_gemm(const int8_t *w8, long rows, long k, const int8_t *qx, long m) {
+    const int32_t one = 1, zero = 0;
+    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)m,
+                                    (int)k, &one, w8, CUDA_R_8I, (int)k, qx, CUDA_R_8I, (int)k, &zero, g_acc,
+                                    CUDA_R_32I, (int)rows, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cublasGemmEx INT8 (%ld x %ld x %ld) failed: %s", m, rows, k, cublasGetStatusString(s));
+        return -1;
+    }
+    return 0;
+}
+
+/* the path's inputs besides the matrix */
+struct TwoStep {
+    MmArgs a;
+    bool i8;          /* integer bank scales: INT8 expansion and GEMM */
+    const int8_t *qx; /* the INT8 activations (the INT8 path reads them as they are) */
+    const float *sx;
+    long m;
+};
+
+/* Expands the rows [r0, r0 + rows) (r0 a multiple of 16) into the scratch
+ * and multiplies them: y[t][i] (leading dimension ldy) for the slice's rows
+ * i (the INT8 path scales them here; the FP16 one after, by the caller). */
+static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, float *y, long ldy) {
     const Slice sl = {r0 / 16, (rows + 15) / 16, rows};
     const long units = sl.nt * w->ngroups;
     const unsigned blocks = (unsigned)((units + 7) / 8 < 4096 ? (units + 7) / 8 : 4096); /* grid-stride */
+    void *out = g_w16;
     if (w->compact) {
-        if (w->s16) k_sqc_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
-        else k_sqc_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
+        if (ts.i8) w->s16 ? k_sqc_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                          : k_sqc_expand<false, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
+        else w->s16 ? k_sqc_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                    : k_sqc_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
     } else {
-        if (w->s16) k_sq_expand<true><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
-        else k_sq_expand<false><<<blocks, 256, 0, KC_STREAM>>>(a, sl, g_w16);
+        if (ts.i8) w->s16 ? k_sq_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                          : k_sq_expand<false, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
+        else w->s16 ? k_sq_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                    : k_sq_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
     }
     if (kc_check_launch("k_sq_expand")) return -1;
-    return kc_f16_gemm(g_w16, rows, w->k, g_a16, m, y, ldy);
+    if (!ts.i8) return kc_f16_gemm(g_w16, rows, w->k, g_a16, ts.m, y, ldy);
+    if (i8_gemm((const int8_t *)g_w16, rows, w->k, ts.qx, ts.m)) return -1;
+    k_i8_out<<<kc_blocks(ts.m * rows, 256), 256, 0, KC_STREAM>>>(g_acc, rows, ts.m, w->rs + r0, ts.sx, y, ldy);
+    return kc_check_launch("k_i8_out");
 }
 
 /* rows [r0, r1) of the matrix into y (ldy), in slices of whole tiles */
-static int rows_gemm(const kc_sq *w, const MmArgs &a, long r0, long r1, long m, float *y, long ldy) {
+static long slice_step(const kc_sq *w) {
     long step = KC_F16_SLICE / w->k / 16 * 16;
-    if (step < 16) step = 16;
+    return step < 16 ? 16 : step;
+}
+
+static int rows_gemm(const kc_sq *w, const TwoStep &ts, long r0, long r1, float *y, long ldy) {
+    const long step = slice_step(w);
     for (long r = r0; r < r1; r += step) {
         const long rows = r1 - r < step ? r1 - r : step;
-        if (slice_gemm(w, a, r, rows, m, y + (r - r0), ldy)) return -1;
+        if (slice_gemm(w, ts, r, rows, y + (r - r0), ldy)) return -1;
+        /* the FP16 path's token scale, on the slice's columns once they are final */
+        if (!ts.i8 && kc_f16_scale_rows(y + (r - r0), ldy, ts.m, rows, ts.sx)) return -1;
     }
     return 0;
 }
 
 extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
                              float *const *parts) {
-    long step = KC_F16_SLICE / w->k / 16 * 16;
-    if (step < 16) step = 16;
-    const long slice_rows = w->n < step ? w->n : step;
-    if (grow(&g_w16, &g_w16_n, (size_t)slice_rows * w->k) || grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
-    MmArgs a;
-    memset(&a, 0, sizeof a);
+    const long slice_rows = w->n < slice_step(w) ? w->n : slice_step(w);
+    TwoStep ts;
+    memset(&ts, 0, sizeof ts);
+    ts.i8 = i8_applies(w, m), ts.qx = d_qx, ts.sx = d_sx, ts.m = m;
+    /* the INT8 scratch takes a byte a weight: half the FP16 buffer's halves */
+    if (grow(&g_w16, &g_w16_n, ts.i8 ? ((size_t)slice_rows * w->k + 1) / 2 : (size_t)slice_rows * w->k)) return -1;
+    if (ts.i8 ? grow_acc((size_t)m * slice_rows) : grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
+    MmArgs &a = ts.a;
     a.w = w->d, a.n = w->n, a.k = w->k, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes, a.slot_bytes = w->slot_bytes, a.s2 = w->s2;
-    if (!kc_f16_acts(d_qx, m, w->k)) return -1;
-    if (!parts || w->nparts <= 1)
-        return rows_gemm(w, a, 0, w->n, m, d_y, w->n) || kc_f16_scale_rows(d_y, w->n, m, w->n, d_sx) ? -1 : 0;
+    if (!ts.i8 && !kc_f16_acts(d_qx, m, w->k)) return -1;
+    if (!parts || w->nparts <= 1) return rows_gemm(w, ts, 0, w->n, d_y, w->n);
     long r0 = 0; /* every part but the last is whole tiles: slices start on tiles */
     for (int p = 0; p < w->nparts; p++) {
         const long np = w->part_n[p];
-        if (rows_gemm(w, a, r0, r0 + np, m, parts[p], np) || kc_f16_scale_rows(parts[p], np, m, np, d_sx)) return -1;
+        if (rows_gemm(w, ts, r0, r0 + np, parts[p], np)) return -1;
         r0 += np;
     }
     return 0;

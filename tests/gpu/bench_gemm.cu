@@ -3,6 +3,7 @@
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
  *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --baselines]
+ * (--twostep: the many-token paths by M, the INT8 path of integer bank scales included)
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
  * Method: every kernel is timed alone with CUDA events, after an L2 flush
@@ -303,9 +304,14 @@ struct GemmBufs {
     GemmBufs &operator=(const GemmBufs &) = delete;
 };
 
-/* --twostep: the fused SQ x INT8 kernels against the two-step path (FP16
- * expansion + cuBLAS, kc_sq_gemm.cu) and cuBLASLt BF16, by M: the table the
- * default crossover (kc_sq_twostep_min) comes from. */
+/* --twostep: the paths SQ has for many tokens, by M: the fused SQ x INT8
+ * kernels (up to M = 256; far behind above), the FP16 two-step path
+ * (expansion + cuBLAS + the per-token scale pass, kc_sq_gemm.cu), and for
+ * integer bank scales (KC_SQ_INT_SCALES) the INT8 path (INT8 expansion +
+ * cuBLAS INT8 + the scale pass); beside them W8A8 (kc_int: cuBLAS INT8 on
+ * stored INT8 weights, the floor of the INT8 path without its expansion)
+ * and cuBLASLt BF16. The tables the default crossovers (kc_sq_twostep_min,
+ * kc_sq_i8_min) come from. */
 static int twostep_table(const char *only_shape, const float *d_one) {
     const struct {
         const char *name;
@@ -314,36 +320,43 @@ static int twostep_table(const char *only_shape, const float *d_one) {
                   {"70B qkv", 10240, 8192}, {"70B o", 8192, 8192}, {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
     const long Ms[] = {16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
     const long MMAX = 4096;
-    printf("| shape (N x K) | M | fused us | two-step us | BF16 us | fused/BF16 | two-step/BF16 | faster |\n");
-    printf("|---|---|---|---|---|---|---|---|\n");
+    printf("| shape (N x K) | M | fused us | FP16 two-step us | INT8 path (iscale) us | W8A8 us | BF16 us | "
+           "FP16 two-step/BF16 | INT8 path/BF16 | INT8 path/W8A8 time |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto &sh : shapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         const long N = sh.N, K = sh.K;
         kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 77, KC_SQ_F16_SCALES);
-        if (!sqh) {
+        kc_sq_t *sqi = kc_sq_random_ex(N, K, 4, 64, 8, 78, KC_SQ_INT_SCALES);
+        kc_int_t *w8 = kc_int_random(N, K, 8, 79);
+        if (!sqh || !sqi || !w8) {
             fprintf(stderr, "bench_gemm: %s\n", kc_error());
             return 2;
         }
-        if (sh.name == shapes[0].name) printf("(layout: %s)\n", kc_sq_describe(sqh));
+        if (sh.name == shapes[0].name) printf("(layouts: %s; %s)\n", kc_sq_describe(sqh), kc_sq_describe(sqi));
         GemmBufs b(N, K, MMAX, 31);
         __nv_bfloat16 *wb = b.wb, *xb = b.xb, *ob = b.ob;
         int8_t *xi = b.xi;
         float *sx = b.sx, *ys = b.ys;
         for (long M : Ms) {
-            kc_sq_set_twostep_min(0);
-            const double fu = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
+            kc_sq_set_twostep_min(0), kc_sq_set_i8_min(0);
+            const double fu = M <= 256 ? time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); }) : NAN;
             kc_sq_set_twostep_min(1);
             const double ts = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
+            kc_sq_set_twostep_min(0), kc_sq_set_i8_min(1);
+            const double ti = time_us([&] { KC(kc_sq_matmul(sqi, xi, sx, M, ys)); });
+            const double t8 = time_us([&] { KC(kc_int_matmul(w8, xi, sx, M, ys)); });
             long mbf = 0;
             const double bf = lt_time(BF16, N, M, K, wb, xb, ob, d_one, &mbf);
-            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.2fx | %.2fx | %s |\n", sh.name, N, K, M, fu, ts, bf,
-                   bf / fu, bf / ts, ts < fu ? "two-step" : "fused");
+            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2f |\n", sh.name, N, K, M, fu,
+                   ts, ti, t8, bf, bf / ts, bf / ti, ti / t8);
             fflush(stdout);
         }
-        kc_sq_set_twostep_min(-1); /* back to the default (environment or built-in) */
-        kc_sq_free(sqh);
+        kc_sq_set_twostep_min(-1), kc_sq_set_i8_min(-1); /* back to the defaults (environment or built-in) */
+        kc_sq_free(sqh), kc_sq_free(sqi), kc_int_free(w8);
     }
-    printf("\ndefault crossover (kc_sq_twostep_min): M >= %ld\n", kc_sq_twostep_min());
+    printf("\ndefault crossovers: FP16 two-step (kc_sq_twostep_min) M >= %ld, INT8 path (kc_sq_i8_min) M >= %ld\n",
+           kc_sq_twostep_min(), kc_sq_i8_min());
     return 0;
 }
 

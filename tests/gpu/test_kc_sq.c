@@ -326,7 +326,7 @@ static void test_reserved_code(void) {
 }
 
 /* kc_sq_fuse + kc_sq_matmul_parts: each part's output equals its own reference */
-static void test_fuse(const long *ns, int count, int f16, const long *ms, int nm) {
+static void test_fuse(const long *ns, int count, int flags, const long *ms, int nm) {
     const long k = 64 * 7;
     sq_cfg_t c = {8, 4, 64, 1.0 - 8.0 / 64};
     sq_tensor_t t[KC_SQ_MAX_PARTS];
@@ -334,8 +334,7 @@ static void test_fuse(const long *ns, int count, int f16, const long *ms, int nm
     k_sq_t v[KC_SQ_MAX_PARTS];
     for (int p = 0; p < count; p++) {
         if (sq_alloc(&t[p], &c, ns[p], k)) exit(2);
-        OK(kc_sq_random_host(ns[p], k, 4, 64, 8, next(), f16 ? KC_SQ_F16_SCALES : 0, t[p].lo, t[p].hi, t[p].idx,
-                             t[p].s_lo, t[p].s_hi));
+        OK(kc_sq_random_host(ns[p], k, 4, 64, 8, next(), flags, t[p].lo, t[p].hi, t[p].idx, t[p].s_lo, t[p].s_hi));
         v[p] = view(&t[p]);
         d[p] = kc_sq_upload_ex(&v[p], g_upload_flags);
         if (!d[p]) {
@@ -347,7 +346,7 @@ static void test_fuse(const long *ns, int count, int f16, const long *ms, int nm
     char what[240];
     snprintf(what, sizeof what, "kc_sq_fuse of %d parts (%ld, %ld, ...): %s", count, ns[0], count > 1 ? ns[1] : 0L,
              f ? kc_sq_describe(f) : kc_error());
-    verdict(f != NULL && kc_sq_parts(f) == count, what);
+    verdict(f != NULL && kc_sq_parts(f) == count && kc_sq_iscale(f) == ((flags & KC_SQ_INT_SCALES) != 0), what);
     for (int i = 0; f && i < nm; i++) {
         long m = ms[i], ntot = 0;
         for (int p = 0; p < count; p++) ntot += ns[p];
@@ -411,7 +410,7 @@ static void test_fuse(const long *ns, int count, int f16, const long *ms, int nm
     kc_sq_free(f);
     /* a middle part that is not whole tiles is refused */
     if (count >= 2 && ns[0] % 16 == 0) {
-        kc_sq_t *odd = kc_sq_random_ex(17, k, 4, 64, 8, 3, f16 ? KC_SQ_F16_SCALES : 0);
+        kc_sq_t *odd = kc_sq_random_ex(17, k, 4, 64, 8, 3, flags);
         const kc_sq_t *pp[2] = {odd, d[0]};
         kc_sq_t *bad = kc_sq_fuse(pp, 2);
         verdict(bad == NULL && strstr(kc_error(), "multiple of 16") != NULL, "kc_sq_fuse refuses a middle part of 17 rows");
@@ -438,6 +437,34 @@ static void test_big(long n, long k, const long *ms, int nm) {
     for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
     kc_sq_free(dw);
     sq_free(&t);
+}
+
+/* sq_quantize_opt's integer bank scales (:iscale) are found at upload (and
+ * free scales are not), and the INT8 path then gives the reference's sums */
+static void test_iscale_upload(const long *ms, int nm) {
+    const long n = 45, k = 64 * 6;
+    for (int want = 0; want < 2; want++) {
+        sq_cfg_t c = {8, 4, 64, 1.0 - 8.0 / 64};
+        sq_tensor_t t;
+        if (sq_alloc(&t, &c, n, k)) exit(2);
+        float *W = malloc((size_t)(n * k) * 4);
+        for (long i = 0; i < n * k; i++) W[i] = frand() * (next() % 16 == 0 ? 4.0f : 0.5f);
+        OK(sq_quantize_opt(&t, W, NULL, NULL, NULL, want ? SQ_Q_ISCALE : 0));
+        free(W);
+        k_sq_t w = view(&t);
+        kc_sq_t *dw = kc_sq_upload(&w);
+        if (!dw) {
+            fprintf(stderr, "GPU: %s\n", kc_error());
+            exit(2);
+        }
+        char label[200];
+        snprintf(label, sizeof label, "kc_sq_upload of sq_quantize_opt(%s): kc_sq_iscale %d [%s]",
+                 want ? "SQ_Q_ISCALE" : "0", kc_sq_iscale(dw), kc_sq_describe(dw));
+        verdict(kc_sq_iscale(dw) == want, label);
+        for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
+        kc_sq_free(dw);
+        sq_free(&t);
+    }
 }
 
 /* the device generator against the host one, through sq_validate and the matmul;
@@ -557,7 +584,7 @@ int main(int argc, char **argv) {
             if (!lay) test_shape_ex(8, 3, 64, 8, 53, 5, mq5, 3, fl), test_shape_ex(8, 4, 16, 2, 37, 4, mq5, 3, fl);
             test_random(4, 64, 8, quick ? 45 : 301, 64 * (quick ? 4 : 67), KC_SQ_F16_SCALES | fl, quick ? mq5 : m5,
                         quick ? 3 : 5);
-            test_fuse(qkv, 3, 1, mq5, 3);
+            test_fuse(qkv, 3, KC_SQ_F16_SCALES, mq5, 3);
             test_fuse(gu, 2, 0, mq5, 3);
             if (!quick && run == 0) {
                 test_big(6144, 4096, mb, 2);
@@ -570,7 +597,7 @@ int main(int argc, char **argv) {
     kc_sq_set_gemv_stage(-1);
     {
         static const long qkv[] = {64, 32, 37}, gu[] = {48, 48}, mf[] = {1, 7, 16, 40, 130}, mfq[] = {1, 16};
-        test_fuse(qkv, 3, 1, quick ? mfq : mf, quick ? 2 : 5);
+        test_fuse(qkv, 3, KC_SQ_F16_SCALES, quick ? mfq : mf, quick ? 2 : 5);
         test_fuse(gu, 2, 0, quick ? mfq : mf, quick ? 2 : 5);
     }
     if (!quick) { /* Llama-3 8B's q/k/v, o, gate/up, down and a 70B row block at full K */
@@ -615,11 +642,35 @@ int main(int argc, char **argv) {
         test_random(4, 64, 8, 29, 64 * 5, 0, m2, quick ? 2 : 4);
         test_shape_ex(8, 4, 64, 8, 37, 3, m2, quick ? 2 : 4, KC_SQ_NO_COMPACT);
         test_shape(8, 3, 64, 8, 53, 5, m2, quick ? 2 : 4);
-        test_fuse(qkv, 3, 1, mf2, 3);
+        test_fuse(qkv, 3, KC_SQ_F16_SCALES, mf2, 3);
         test_fuse(gu, 2, 0, mf2, 3);
         if (!quick) test_big(4096, 14336, m2 + 1, 1);
         kc_sq_set_twostep_min(0);
         g_twostep = 0;
+    }
+
+    /* integer bank scales: the exact INT8 path (expansion to INT8 values +
+     * cuBLAS INT8, kc_sq_gemm.cu) from M = 1, on both layouts, 8/4 and 8/3,
+     * fused parts; the k_sq.h bound (no FP16 slack: the sums are exact) */
+    {
+        kc_sq_set_i8_min(1);
+        static const long m8[] = {1, 17, 64, 130, 300}, mf8[] = {1, 40, 130};
+        static const long qkv[] = {64, 32, 37}, gu[] = {48, 48};
+        test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES, m8, quick ? 3 : 5);
+        test_random(4, 64, 8, 37, 64 * 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, m8, quick ? 3 : 5);
+        test_random(3, 64, 8, 29, 64 * 5, KC_SQ_INT_SCALES, m8, quick ? 2 : 5);
+        test_iscale_upload(m8 + 2, quick ? 2 : 3);
+        g_upload_flags = 0;
+        test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 3);
+        test_fuse(gu, 2, KC_SQ_INT_SCALES, mf8, 3);
+        if (!quick) {
+            static const long mb[] = {300};
+            test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES, mb, 1); /* sums over 14336: |acc| past 2^24 */
+        }
+        /* with the path off, the same matrices take the fused kernels */
+        kc_sq_set_i8_min(0);
+        test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES, m8, 3);
+        kc_sq_set_i8_min(-1);
     }
 
     /* errors are reported, not crashed on */
