@@ -101,6 +101,8 @@ PY
 if [ -f "$DATA" ]; then
   step ppl_fp32 ppl_pair "FP32" --weights fp32 --acts fp32
   step ppl_sq_a8 ppl_pair "W(SQ 8/4 b64 s0.875)A8" --weights sq:8/4:b64:s0.875 --acts int8
+  step ppl_sq_iscale ppl_pair "W(SQ 8/4 b64 s0.875, integer bank scales)A8 (prompt chunks on the INT8 path)" \
+    --weights sq:8/4:b64:s0.875:iscale --acts int8
   step ppl_w8a8 ppl_pair "W8A8 (kc_int.cu: INT8 GEMV, cuBLAS INT8)" --weights int8 --acts int8
   step ppl_w4a8 ppl_pair "W4A8 (kc_int.cu: int4 g64 GEMV, FP16 two-step)" --weights int4:g64 --acts int8
   PPL_BOUND=3 step ppl_w4a_sq_static ppl_pair "W4A(SQ 8/4 static), self-calibrated" --weights int4:g64 \
