@@ -114,6 +114,7 @@ struct MmArgs {
     long pstart[KC_SQ_MAX_PARTS + 1];
     float *py[KC_SQ_MAX_PARTS];
     int acc;         /* the dp4a path: y += x . W^T (the residual add in the epilogue) */
+    const float *rs; /* integer bank scales (kc_sq.cuh): the row scales, else NULL */
 };
 
 /* the dp4a path for one to four tokens (kc_sq_gemv.cu) */

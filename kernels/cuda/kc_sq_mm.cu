@@ -46,13 +46,13 @@
  * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
  * lane's B fragment of n-tile t, subgroup s is bsrc[t * bst + s * bss]
  * (16 bytes), zero where bit t of tvalid is clear. */
-template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool OFFS, bool BPRE>
-__device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, S2C, S16> (&cur)[SPG], unsigned item,
-                                         uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
-                                         int bss, uint32_t tvalid, const uint4 *bpre, int lane) {
+/* The A fragments of one scale group: low codes unpacked (offset-binary
+ * with OFFS, else signed), highs scattered through the warp's tiles. */
+template <int LOBITS, int SPG, int S2C, bool S16, bool OFFS>
+__device__ __forceinline__ void group_frags(const Raw<LOBITS, S2C, S16> (&cur)[SPG], unsigned item, uint8_t *tiles,
+                                            const MmArgs &a, int lane, uint32_t (&Alo)[SPG][8],
+                                            uint32_t (&Ahi)[SPG][8]) {
     const int rowbase = scatter_rowbase(lane);
-    const uint32_t NEG = LOBITS == 4 ? 0xF8F8F8F8u : 0xFEFEFEFEu; /* -8 / -2 in every byte */
-    uint32_t Alo[SPG][8], Ahi[SPG][8];
 #pragma unroll
     for (int s = 0; s < SPG; s++) {
         unpack_lo<LOBITS, !OFFS>(cur[s].lo, Alo[s]);
@@ -70,6 +70,15 @@ __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, 
         Ahi[s][0] = h0.x, Ahi[s][1] = h0.y, Ahi[s][2] = h0.z, Ahi[s][3] = h0.w;
         Ahi[s][4] = h1.x, Ahi[s][5] = h1.y, Ahi[s][6] = h1.z, Ahi[s][7] = h1.w;
     }
+}
+
+template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool OFFS, bool BPRE>
+__device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, S2C, S16> (&cur)[SPG], unsigned item,
+                                         uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
+                                         int bss, uint32_t tvalid, const uint4 *bpre, int lane) {
+    const uint32_t NEG = LOBITS == 4 ? 0xF8F8F8F8u : 0xFEFEFEFEu; /* -8 / -2 in every byte */
+    uint32_t Alo[SPG][8], Ahi[SPG][8];
+    group_frags<LOBITS, SPG, S2C, S16, OFFS>(cur, item, tiles, a, lane, Alo, Ahi);
     float sl0, sh0, sl1, sh1;
     if (S16) {
         sl0 = half_lo(cur[0].sc[0]), sh0 = half_hi(cur[0].sc[0]);
@@ -104,6 +113,56 @@ __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, 
             acc[t][e] = fmaf(sh, __int_as_float(ihi[e]) - MAGIC_F, acc[t][e]);
         }
     }
+}
+
+/* do_group for integer bank scales (fast layout, one subgroup a group, half
+ * scales, NT >= 2): the group's low sum times k_g = s_lo / s_hi (an
+ * integer) plus its high sum, added to INT32 accumulators that run over the
+ * whole row, so the only float work is at the end (is_to_float). The high
+ * mma starts from the running sum: one IMAD a value and group instead of
+ * four float operations. Exact: every weight is an INT8 value (|k_g * lo|,
+ * |hi| <= 127), so |sum| <= k * 127 * 127 < 2^31 for rows of k < 133000. */
+template <int NT, bool OFFS>
+__device__ __forceinline__ void do_group_is(int (&iacc)[NT][4], const Raw<4, 4, true> (&cur)[1], unsigned item,
+                                            uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
+                                            uint32_t tvalid, int lane) {
+    const uint32_t NEG = 0xF8F8F8F8u;
+    uint32_t Alo[1][8], Ahi[1][8];
+    group_frags<4, 1, 4, true, OFFS>(cur, item, tiles, a, lane, Alo, Ahi);
+    /* k_g of rows g and g + 8: s_lo / s_hi is an integer <= 127, so the
+     * product with the rounded reciprocal is within 2^-22 of it */
+    const float sl0 = half_lo(cur[0].sc[0]), sh0 = half_hi(cur[0].sc[0]);
+    const float sl1 = half_lo(cur[0].sc[1]), sh1 = half_hi(cur[0].sc[1]);
+    const int k0 = sh0 != 0.0f ? __float2int_rn(sl0 * __frcp_rn(sh0)) : 0;
+    const int k1 = sh1 != 0.0f ? __float2int_rn(sl1 * __frcp_rn(sh1)) : 0;
+    const int z[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        int ilo[4], ihi[4];
+        const uint4 bv = (tvalid >> t) & 1 ? __ldg(bsrc + t * bst) : make_uint4(0, 0, 0, 0);
+        mma_s8c(ilo, Alo[0][0], Alo[0][1], Alo[0][2], Alo[0][3], bv.x, bv.y, z);
+        mma_s8(ilo, Alo[0][4], Alo[0][5], Alo[0][6], Alo[0][7], bv.z, bv.w);
+        if (OFFS) {
+            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.x, bv.y);
+            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.z, bv.w);
+        }
+        mma_s8c(ihi, Ahi[0][0], Ahi[0][1], Ahi[0][2], Ahi[0][3], bv.x, bv.y, iacc[t]);
+        mma_s8(ihi, Ahi[0][4], Ahi[0][5], Ahi[0][6], Ahi[0][7], bv.z, bv.w);
+#pragma unroll
+        for (int e = 0; e < 4; e++) iacc[t][e] = ilo[e] * (e < 2 ? k0 : k1) + ihi[e];
+    }
+}
+
+/* the INT32 sums of a tile's rows g, g + 8 as floats times their row scales */
+template <int NT>
+__device__ __forceinline__ void is_to_float(const int (&iacc)[NT][4], float (&acc)[NT][4], const MmArgs &a, long tile,
+                                            int lane) {
+    const long r0 = tile * 16 + (lane >> 2), r1 = r0 + 8;
+    const float s0 = r0 < a.n ? __ldg(a.rs + r0) : 0.0f, s1 = r1 < a.n ? __ldg(a.rs + r1) : 0.0f;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[t][e] = (e < 2 ? s0 : s1) * __int2float_rn(iacc[t][e]);
 }
 
 template <int NT>
@@ -172,7 +231,7 @@ __device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, l
 
 /* decode: stream-k over (tile, group) items, 4 warps a block, weight units
  * loaded D groups ahead (D + 1 register sets, the loop unrolled by D + 1) */
-template <int NT, int LOBITS, int SPG, int S2C, bool S16>
+template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool IS>
 __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     constexpr unsigned D = NT <= 2 && SPG == 1 ? 2 : 1; /* units in flight ahead (registers allowing) */
     constexpr int NTL = (D + 1) * SPG;                   /* scatter tiles: one set per unrolled step */
@@ -212,8 +271,12 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     }
     if (D == 2 && ++lgrp == ng) lgrp = 0;
     float acc[NT][4];
+    int iacc[NT][4]; /* IS: the INT32 sums of the tile so far */
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (int t = 0; t < NT; t++) {
+        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+        iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
+    }
     unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
 #define SQ_STEP(C, L, BC, BL, TL)                                                                              \
     {                                                                                                      \
@@ -222,13 +285,20 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
             SQ_LOADB(BL, lgrp)                                                                             \
         }                                                                                                  \
         if (++lgrp == ng) lgrp = 0;                                                                        \
-        do_group<NT, LOBITS, SPG, S2C, S16, OFFS, BPRE>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a,             \
-                                                        xrow + grp * (SPG * 4), xst, 4,                    \
-                                                        tvalid, BC, lane);                                 \
+        if constexpr (IS)                                                                                  \
+            do_group_is<NT, OFFS>(iacc, C, it, wsm + (TL) * SQ_TILE, a, xrow + grp * 4, xst, tvalid, lane); \
+        else                                                                                               \
+            do_group<NT, LOBITS, SPG, S2C, S16, OFFS, BPRE>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a,     \
+                                                            xrow + grp * (SPG * 4), xst, 4,                \
+                                                            tvalid, BC, lane);                             \
         it++;                                                                                              \
         if (++grp == ng || it == i1) {                                                                     \
+            if constexpr (IS) is_to_float<NT>(iacc, acc, a, tile, lane);                                   \
             sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                   \
-            _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
+            _Pragma("unroll") for (int t = 0; t < NT; t++) {                                               \
+                acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;                                      \
+                iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;                                     \
+            }                                                                                              \
             tile++, grp = 0, ts = it;                                                                      \
         }                                                                                                  \
         if (it == i1) break;                                                                               \
@@ -586,10 +656,10 @@ static int scratch(size_t part_bytes, long ntiles) {
     return 0;
 }
 
-template <int NT, int LOBITS, int SPG, int S2C, bool S16>
+template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool IS = false>
 static int launch_decode(const kc_sq *w, MmArgs a) {
     static int occ; /* resident blocks per SM for this instance */
-    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sq_dec<NT, LOBITS, SPG, S2C, S16>, 128, 0),
+    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sq_dec<NT, LOBITS, SPG, S2C, S16, IS>, 128, 0),
                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
         return -1;
     /* one full wave of warps, each at least 4 groups long */
@@ -601,7 +671,7 @@ static int launch_decode(const kc_sq *w, MmArgs a) {
     a.part = g_part, a.cnt = g_cnt, a.nw = W;
     for (long t0 = 0; t0 < a.m; t0 += NT * 8) { /* beyond 64 tokens (generic shapes): chunks */
         a.tok0 = t0;
-        k_sq_dec<NT, LOBITS, SPG, S2C, S16><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        k_sq_dec<NT, LOBITS, SPG, S2C, S16, IS><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
         if (kc_check_launch("k_sq_dec")) return -1;
     }
     return 0;
@@ -683,6 +753,24 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a);
 }
 
+/* integer bank scales on the explicit fast layout, 9..64 tokens: k_sq_dec
+ * with INT32 accumulation over the row (do_group_is); KC_SQ_ISDEC=0 keeps
+ * the float combination (for measurements) */
+static int isdec_on(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("KC_SQ_ISDEC");
+        v = e && *e ? atoi(e) != 0 : 1;
+    }
+    return v;
+}
+
+static int dispatch_is(const kc_sq *w, const MmArgs &a) {
+    if (a.m <= 16) return launch_decode<2, 4, 1, 4, true, true>(w, a);
+    if (a.m <= 32) return launch_decode<4, 4, 1, 4, true, true>(w, a);
+    return launch_decode<8, 4, 1, 4, true, true>(w, a);
+}
+
 /* prefill scratch: the fragment-order activations (same growth policy) */
 static uint4 *g_xf;
 static size_t g_xf_bytes;
@@ -714,7 +802,7 @@ static MmArgs mm_args(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, l
     a.w = w->d, a.n = w->n, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.m = m, a.k = w->k, a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes;
     a.slot_bytes = w->slot_bytes, a.s2 = w->s2, a.qx = d_qx, a.sx = d_sx, a.y = d_y;
-    a.np = 1;
+    a.np = 1, a.rs = w->rs;
     return a;
 }
 
@@ -737,6 +825,7 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
     }
     if (is_fast(w)) {
         if (m > 64) return w->s16 ? launch_prefill<true, false>(w, a) : launch_prefill<false, false>(w, a);
+        if (w->iscale && w->s16 && m > 8 && isdec_on()) return dispatch_is(w, a);
         return w->s16 ? dispatch_nt<4, 1, 4, true>(w, a) : dispatch_nt<4, 1, 4, false>(w, a);
     }
     if (w->lobits == 4)

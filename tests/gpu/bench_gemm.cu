@@ -318,11 +318,11 @@ static int twostep_table(const char *only_shape, const float *d_one) {
         long N, K;
     } shapes[] = {{"8B qkv", 6144, 4096},  {"8B o", 4096, 4096},  {"8B gate_up", 28672, 4096}, {"8B down", 4096, 14336},
                   {"70B qkv", 10240, 8192}, {"70B o", 8192, 8192}, {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
-    const long Ms[] = {16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
+    const long Ms[] = {16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096};
     const long MMAX = 4096;
-    printf("| shape (N x K) | M | fused us | FP16 two-step us | INT8 path (iscale) us | W8A8 us | BF16 us | "
+    printf("| shape (N x K) | M | fused us | fused (iscale) us | FP16 two-step us | INT8 path (iscale) us | W8A8 us | BF16 us | "
            "FP16 two-step/BF16 | INT8 path/BF16 | INT8 path/W8A8 time |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto &sh : shapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         const long N = sh.N, K = sh.K;
@@ -341,6 +341,8 @@ static int twostep_table(const char *only_shape, const float *d_one) {
         for (long M : Ms) {
             kc_sq_set_twostep_min(0), kc_sq_set_i8_min(0);
             const double fu = M <= 256 ? time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); }) : NAN;
+            /* the fused kernels on integer bank scales (INT32 accumulation for 9..64 tokens) */
+            const double fi = M <= 64 ? time_us([&] { KC(kc_sq_matmul(sqi, xi, sx, M, ys)); }) : NAN;
             kc_sq_set_twostep_min(1);
             const double ts = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
             kc_sq_set_twostep_min(0), kc_sq_set_i8_min(1);
@@ -348,8 +350,8 @@ static int twostep_table(const char *only_shape, const float *d_one) {
             const double t8 = time_us([&] { KC(kc_int_matmul(w8, xi, sx, M, ys)); });
             long mbf = 0;
             const double bf = lt_time(BF16, N, M, K, wb, xb, ob, d_one, &mbf);
-            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2f |\n", sh.name, N, K, M, fu,
-                   ts, ti, t8, bf, bf / ts, bf / ti, ti / t8);
+            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2f |\n", sh.name, N, K,
+                   M, fu, fi, ts, ti, t8, bf, bf / ts, bf / ti, ti / t8);
             fflush(stdout);
         }
         kc_sq_set_twostep_min(-1), kc_sq_set_i8_min(-1); /* back to the defaults (environment or built-in) */

@@ -667,9 +667,19 @@ int main(int argc, char **argv) {
             static const long mb[] = {300};
             test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES, mb, 1); /* sums over 14336: |acc| past 2^24 */
         }
-        /* with the path off, the same matrices take the fused kernels */
+        /* with the path off, the same matrices take the fused kernels: on the
+         * explicit layout, 9..64 tokens, the INT32-accumulating k_sq_dec
+         * (do_group_is), at every n-tile count and the stream-k splits of a
+         * long row; the compact layout's float combination */
         kc_sq_set_i8_min(0);
+        static const long mis[] = {5, 9, 16, 17, 24, 32, 33, 48, 64}, misq[] = {9, 17, 33, 64};
+        test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? misq : mis, quick ? 4 : 9);
+        test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, misq, 4);
         test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES, m8, 3);
+        if (!quick) test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, misq + 2, 2);
+        g_upload_flags = KC_SQ_NO_COMPACT;
+        test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 2);
+        g_upload_flags = 0;
         kc_sq_set_i8_min(-1);
     }
 
