@@ -96,7 +96,8 @@ struct kc_sq {
     int s16;        /* scales stored as half */
     int compact;    /* the compact layout (implicit mask, see above) */
     int iscale;     /* integer bank scales (sq_quant.h's :iscale): every weight an INT8 value
-                       times its row's scale rs[row], so many tokens take one INT8 GEMM */
+                       times its row's scale rs[row], so many tokens take one INT8 GEMM
+                       (kc_sq_gemm.cu) and 17..64 INT32 sums over the row (kc_sq_mm.cu) */
     float *rs;      /* device [n]: those row scales (NULL unless iscale) */
     int nparts;     /* > 1: rows fused from several matrices (kc_sq_fuse) */
     long part_n[KC_SQ_MAX_PARTS];

@@ -36,7 +36,7 @@
  * of the weights: the result is the exact sum rounded twice (k_sq.h's
  * bound holds with room). This is QServe's design (progressive group
  * quantization: the main loop is pure INT8 mma) on the SQ layout; it
- * takes M >= kc_sq_i8_min() (measured, docs/perf-gpu.md), KC_SQ_I8_M.
+ * takes M >= kc_sq_i8_min() (65, measured: docs/perf-gpu.md), KC_SQ_I8_M.
  *
  * Scratch. One FP16 weight buffer (a slice of at most 128 Mi weights: a
  * larger matrix, such as a 70B output layer, is expanded and multiplied a
@@ -219,8 +219,11 @@ extern "C" void kc_sq_set_i8_min(long m) { g_i8_min = m; }
 extern "C" long kc_sq_i8_min(void) {
     if (g_i8_min < 0) {
         const char *e = getenv("KC_SQ_I8_M");
-        /* the crossover on the H200 (bench_gemm --twostep, docs/perf-gpu.md) */
-        g_i8_min = e && *e ? atol(e) : 64;
+        /* the crossover on the H200 (bench_gemm --twostep, docs/perf-gpu.md):
+         * the INT8 path beats the float-combining fused kernels from 64
+         * tokens on every shape, but the INT32-accumulating one (explicit
+         * layout, kc_sq_mm.cu) still wins at 64 on six of eight */
+        g_i8_min = e && *e ? atol(e) : 65;
         if (g_i8_min < 0) g_i8_min = 0;
     }
     return g_i8_min;

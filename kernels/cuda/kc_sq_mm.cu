@@ -753,9 +753,13 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a);
 }
 
-/* integer bank scales on the explicit fast layout, 9..64 tokens: k_sq_dec
+/* integer bank scales on the explicit fast layout, 17..64 tokens: k_sq_dec
  * with INT32 accumulation over the row (do_group_is); KC_SQ_ISDEC=0 keeps
- * the float combination (for measurements) */
+ * the float combination (for measurements). On the H200 it takes 0.60-0.95x
+ * the float kernel's time from 32 tokens on the 8B and 70B shapes (bar 70B
+ * down at 32: 1.05x) but 1.02-1.25x at 16, where two n-tiles leave the
+ * chain through the running sum exposed (docs/perf-gpu.md): 9..16 keep
+ * the float combination. */
 static int isdec_on(void) {
     static int v = -1;
     if (v < 0) {
@@ -766,7 +770,6 @@ static int isdec_on(void) {
 }
 
 static int dispatch_is(const kc_sq *w, const MmArgs &a) {
-    if (a.m <= 16) return launch_decode<2, 4, 1, 4, true, true>(w, a);
     if (a.m <= 32) return launch_decode<4, 4, 1, 4, true, true>(w, a);
     return launch_decode<8, 4, 1, 4, true, true>(w, a);
 }
@@ -825,7 +828,7 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
     }
     if (is_fast(w)) {
         if (m > 64) return w->s16 ? launch_prefill<true, false>(w, a) : launch_prefill<false, false>(w, a);
-        if (w->iscale && w->s16 && m > 8 && isdec_on()) return dispatch_is(w, a);
+        if (w->iscale && w->s16 && m > 16 && isdec_on()) return dispatch_is(w, a);
         return w->s16 ? dispatch_nt<4, 1, 4, true>(w, a) : dispatch_nt<4, 1, 4, false>(w, a);
     }
     if (w->lobits == 4)
