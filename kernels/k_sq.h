@@ -32,6 +32,10 @@
 
 #include "k_pool.h"
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA upload reads k_sq_iscale_rows */
+#endif
+
 typedef struct {
     int h_low, b, h, G;   /* h_low 2/3/4 (SQ) or 8 (uniform int8 codes); h = 0: no highs */
     long n, k;
@@ -106,11 +110,20 @@ void k_sq_dequant_row(const k_sq_t *w, long r, float *out);
 
 /* The shared float combination. */
 float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const int32_t *hi);
+/* Integer bank scales (engine/quant/sq_quant.h's :iscale), read off the
+ * scales of n rows of ng groups: per row one s_r (every s_hi), every s_lo
+ * an integer k times it with |k * qmax(h_low)| <= 127, so every weight is
+ * an INT8 value times s_r. 1 if so (rs, when not NULL, gets the s_r). */
+int k_sq_iscale_rows(const float *s_lo, const float *s_hi, long n, long ng, int h_low, float *rs);
 
 /* The path a view runs on: "avx512", "avx2" or "portable". */
 const char *k_sq_path(const k_sq_t *w);
 /* Tests: run as if SQSERVE_ISA were `name` (never above what the CPU has).
  * Views made before keep their panels; k_sq_new after this decides anew. */
 void k_sq_force_isa(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

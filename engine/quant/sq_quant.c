@@ -3,6 +3,7 @@
 #include "sq_quant.h"
 
 #include "gptq.h"
+#include "../../kernels/k_sq.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -44,23 +45,7 @@ float sq_iscale_row(float amax, const sq_cfg_t *c) {
 }
 
 int sq_is_iscale(const sq_tensor_t *t) {
-    if (sq_iscale_check(&t->cfg)) return 0;
-    const long ng = t->k / t->G;
-    const int kmax = sq_iscale_kmax(&t->cfg);
-    for (long r = 0; r < t->n; r++) {
-        const float sr = t->s_hi[r * ng];
-        for (long g = 0; g < ng; g++) {
-            const float sl = t->s_lo[r * ng + g];
-            if (t->s_hi[r * ng + g] != sr) return 0;
-            if (sr == 0) {
-                if (sl != 0) return 0;
-                continue;
-            }
-            const float q = nearbyintf(sl / sr);
-            if (q < 0 || q > (float)kmax || q * sr != sl) return 0;
-        }
-    }
-    return 1;
+    return !sq_iscale_check(&t->cfg) && k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->cfg.h_low, NULL);
 }
 
 static float round_clamp(float x, int q) {

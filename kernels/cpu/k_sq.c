@@ -231,6 +231,25 @@ void k_sq_group_sums_ref(const k_sq_t *w, long r, const int8_t *qx, int32_t *lo,
     }
 }
 
+int k_sq_iscale_rows(const float *s_lo, const float *s_hi, long n, long ng, int h_low, float *rs) {
+    const int qmax = (1 << (h_low - 1)) - 1;
+    for (long r = 0; r < n; r++) {
+        const float sr = s_hi[r * ng];
+        for (long g = 0; g < ng; g++) {
+            const float sl = s_lo[r * ng + g];
+            if (s_hi[r * ng + g] != sr) return 0;
+            if (sr == 0) {
+                if (sl != 0) return 0;
+                continue;
+            }
+            const float q = nearbyintf(sl / sr);
+            if (!(q >= 0) || q * qmax > 127 || q * sr != sl) return 0;
+        }
+        if (rs) rs[r] = sr;
+    }
+    return 1;
+}
+
 float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const int32_t *hi) {
     long ng = w->k / w->G;
     const float *sl = w->s_lo + r * ng, *sh = w->s_hi + r * ng;

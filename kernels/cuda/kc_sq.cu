@@ -361,28 +361,6 @@ static int compact_default(void) {
     return v;
 }
 
-/* Integer bank scales (sq_quant.h's :iscale), read off the scales: per row
- * one s_r (every s_hi), every s_lo an integer k times it with |k * code| <=
- * 127. Then every weight is an INT8 value times s_r. rs gets the s_r. */
-static int iscale_rows(const k_sq_t *t, float *rs) {
-    const long ng = t->k / t->G;
-    const int qmax = (1 << (t->h_low - 1)) - 1;
-    for (long r = 0; r < t->n; r++) {
-        const float sr = t->s_hi[r * ng];
-        for (long g = 0; g < ng; g++) {
-            const float sl = t->s_lo[r * ng + g];
-            if (t->s_hi[r * ng + g] != sr) return 0;
-            if (sr == 0) {
-                if (sl != 0) return 0;
-                continue;
-            }
-            const float q = nearbyintf(sl / sr);
-            if (!(q >= 0) || q * qmax > 127 || q * sr != sl) return 0;
-        }
-        rs[r] = sr;
-    }
-    return 1;
-}
 
 /* marks w as having integer bank scales and uploads its row scales */
 static int set_iscale(kc_sq *w, const float *rs_host) {
@@ -431,7 +409,7 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
         if (!rs) {
             kc_set_error("out of host memory");
             rc = -1;
-        } else if (iscale_rows(t, rs)) {
+        } else if (k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->h_low, rs)) {
             rc = set_iscale(w, rs);
         }
         free(rs);
