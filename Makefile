@@ -28,6 +28,9 @@ LDFLAGS := -pthread $(EXTRA_LDFLAGS)
 ISA_avx2   := -mavx2 -mfma -mf16c -ffp-contract=fast
 ISA_avx512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mfma -mf16c \
               -ffp-contract=fast -mprefer-vector-width=512
+# Attention's FP32 kernels give the same bits on every ISA (k_attn.inc says
+# why): no FMA contraction, whatever the ISA flags before it say.
+FP_SAME := -ffp-contract=off
 
 MODEL   := models/SmolLM2-135M-Instruct.Q4_1.gguf
 VENV    := .venv
@@ -116,15 +119,15 @@ $(BUILD)/gpu/%: tests/gpu/%.cu $(BUILD)/libsqserve.a
 
 $(BUILD)/obj/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ISA_avx2) -c -o $@ $<
+	$(CC) $(CFLAGS) $(ISA_avx2) $(if $(findstring k_attn_,$@),$(FP_SAME)) -c -o $@ $<
 
 $(BUILD)/obj/%_avx512.o: %_avx512.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(ISA_avx512) -c -o $@ $<
+	$(CC) $(CFLAGS) $(ISA_avx512) $(if $(findstring k_attn_,$@),$(FP_SAME)) -c -o $@ $<
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) $(if $(findstring k_attn_,$@),$(FP_SAME)) -c -o $@ $<
 
 # /openapi.json is served from the binary: embed server/openapi.json as bytes
 $(BUILD)/gen/openapi.c: server/openapi.json
