@@ -306,6 +306,12 @@ void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
 long kc_sq_i8_min(void);
 void kc_sq_set_i8_min(long m); /* < 0: back to the default */
 int kc_sq_iscale(const kc_sq_t *w);
+/* The INT8 GEMMs of those paths and of W8A8 (kc_int, float scales) run as
+ * one CUTLASS kernel with both scales in its epilogue (kc_i8_gemm.cu) where
+ * the operands suit TMA, else cuBLAS INT8 -> INT32 and a scale pass (same
+ * bits). KC_I8_FUSED=0 or kc_i8_gemm_set(0) keeps cuBLAS (benchmarks). */
+int kc_i8_gemm_on(void);
+void kc_i8_gemm_set(int on);
 
 /* One to four tokens: up to M = kc_sq_gemv_max() tokens, kc_sq_matmul(_parts)
  * on the compact or the explicit fast layout runs the dp4a kernel of kc_sq_gemv.cu (exact

@@ -54,6 +54,7 @@ struct kc_int {
     int bits, s16;
     uint8_t *codes;   /* n * k * bits / 8 */
     void *scales;     /* [n][k / g], half or float */
+    float *rs32;      /* 8-bit codes with half scales: the scales as floats (kc_i8_gemm's epilogue reads floats) */
     int nparts;
     long part_n[KC_SQ_MAX_PARTS];
     size_t bytes;
@@ -365,13 +366,15 @@ static kc_int *int_new(long n, long k, int bits, long g, int s16) {
     }
     w->n = n, w->k = k, w->g = g, w->bits = bits, w->s16 = s16, w->nparts = 1, w->part_n[0] = n;
     const size_t cb = (size_t)n * k * bits / 8, sb = (size_t)n * (k / g) * (s16 ? 2 : 4);
+    const size_t rb = bits == 8 && s16 ? (size_t)n * sizeof(float) : 0;
     w->codes = (uint8_t *)kc_malloc(cb);
     w->scales = kc_malloc(sb);
-    if (!w->codes || !w->scales) {
-        kc_free(w->codes), kc_free(w->scales), free(w);
+    w->rs32 = rb ? (float *)kc_malloc(rb) : NULL;
+    if (!w->codes || !w->scales || (rb && !w->rs32)) {
+        kc_free(w->codes), kc_free(w->scales), kc_free(w->rs32), free(w);
         return NULL;
     }
-    w->bytes = cb + sb;
+    w->bytes = cb + sb + rb;
     snprintf(w->desc, sizeof w->desc, "%d-bit codes, %s, %s scales, %.3f bits/weight stored", bits,
              g == k ? "one scale a row" : "groups of 64", s16 ? "half" : "float", 8.0 * w->bytes / ((double)n * k));
     return w;
@@ -379,7 +382,19 @@ static kc_int *int_new(long n, long k, int bits, long g, int s16) {
 
 extern "C" void kc_int_free(kc_int_t *w) {
     if (!w) return;
-    kc_free(w->codes), kc_free(w->scales), free(w);
+    kc_free(w->codes), kc_free(w->scales), kc_free(w->rs32), free(w);
+}
+
+__global__ void k_half_to_float(const __half *h, long n, float *f) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) f[i] = __half2float(h[i]);
+}
+
+/* rs32 from the half scales, once they are in place (stream-ordered) */
+static int int_fill_rs32(kc_int *w) {
+    if (!w->rs32) return 0;
+    k_half_to_float<<<kc_blocks(w->n, 256), 256, 0, KC_STREAM>>>((const __half *)w->scales, w->n, w->rs32);
+    return kc_check_launch("k_half_to_float");
 }
 
 extern "C" size_t kc_int_bytes(const kc_int_t *w) { return w ? w->bytes : 0; }
@@ -428,7 +443,7 @@ extern "C" kc_int_t *kc_int_upload(const k_sq_t *v) {
             for (size_t i = 0; i < (size_t)n * ng; i++) ((__half *)sc)[i] = __float2half_rn(v->s_lo[i]);
         else memcpy(sc, v->s_lo, (size_t)n * ng * 4);
         rc = kc_upload(w->codes, codes, (size_t)n * rowb) || kc_upload(w->scales, sc, (size_t)n * ng * (s16 ? 2 : 4)) ||
-             kc_sync();
+             int_fill_rs32(w) || kc_sync();
     } else {
         kc_set_error("kc_int_upload: out of host memory");
     }
@@ -446,7 +461,7 @@ extern "C" kc_int_t *kc_int_random(long n, long k, int bits, uint64_t seed) {
     const long n8 = n * k / 8, ns = n * (k / w->g);
     k_int_gen_codes<<<kc_blocks(n8, 256), 256, 0, KC_STREAM>>>(w->codes, n8, bits, seed);
     k_int_gen_scales<<<kc_blocks(ns, 256), 256, 0, KC_STREAM>>>((__half *)w->scales, ns, seed);
-    if (kc_check_launch("k_int_gen") || kc_sync()) {
+    if (kc_check_launch("k_int_gen") || int_fill_rs32(w) || kc_sync()) {
         kc_int_free(w);
         return NULL;
     }
@@ -513,7 +528,7 @@ extern "C" kc_int_t *kc_int_fuse(const kc_int_t *const *parts, int count) {
         w->part_n[p] = q->n;
     }
     w->nparts = count;
-    if (kc_sync()) {
+    if (int_fill_rs32(w) || kc_sync()) {
         kc_int_free(w);
         return NULL;
     }
@@ -561,7 +576,28 @@ static int int_gemv(const kc_int *w, IntArgs a) {
 static int32_t *g_acc;
 static size_t g_acc_n;
 
+/* part p of an 8-bit matrix whose output is split (a.np parts, else one) */
+static long part_r0(const IntArgs &a, int p) { return a.np > 1 ? a.pstart[p] : 0; }
+static long part_rows(const kc_int *w, const IntArgs &a, int p) { return a.np > 1 ? a.pstart[p + 1] - a.pstart[p] : w->n; }
+static const int8_t *part_codes(const kc_int *w, const IntArgs &a, int p) {
+    return (const int8_t *)w->codes + part_r0(a, p) * w->k;
+}
+static const float *part_scales(const kc_int *w, const IntArgs &a, int p) {
+    return (w->rs32 ? w->rs32 : (const float *)w->scales) + part_r0(a, p);
+}
+static float *part_y(const IntArgs &a, int p) { return a.np > 1 ? a.py[p] : a.y; }
+
 static int int8_tensor(const kc_int *w, IntArgs a) {
+    /* float row scales: the fused GEMM, part by part, if every part suits it */
+    bool fused = (!w->s16 || w->rs32) && !a.pairs;
+    for (int p = 0; p < a.np && fused; p++)
+        fused = kc_i8_gemm_fits(a.qx, part_codes(w, a, p), a.m, part_rows(w, a, p), w->k, part_scales(w, a, p),
+                                part_y(a, p), part_rows(w, a, p));
+    for (int p = 0; p < a.np && fused; p++)
+        if (kc_i8_gemm(a.qx, part_codes(w, a, p), a.m, part_rows(w, a, p), w->k, a.sx, part_scales(w, a, p),
+                       part_y(a, p), part_rows(w, a, p)))
+            return -1;
+    if (fused) return 0;
     const size_t need = (size_t)a.m * w->n;
     if (need > g_acc_n) { /* the old buffer stays allocated: graphs captured earlier may hold it */
         size_t want = (size_t)1 << 22;

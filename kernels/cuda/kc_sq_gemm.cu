@@ -348,6 +348,8 @@ static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, flo
     }
     if (kc_check_launch("k_sq_expand")) return -1;
     if (!ts.i8) return kc_f16_gemm(g_w16, rows, w->k, g_a16, ts.m, y, ldy);
+    const int fused = kc_i8_gemm(ts.qx, (const int8_t *)g_w16, ts.m, rows, w->k, ts.sx, w->rs + r0, y, ldy);
+    if (fused <= 0) return fused;
     if (i8_gemm((const int8_t *)g_w16, rows, w->k, ts.qx, ts.m)) return -1;
     k_i8_out<<<kc_blocks(ts.m * rows, 256), 256, 0, KC_STREAM>>>(g_acc, rows, ts.m, w->rs + r0, ts.sx, y, ldy);
     return kc_check_launch("k_i8_out");

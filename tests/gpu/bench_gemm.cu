@@ -308,9 +308,10 @@ struct GemmBufs {
  * kernels (up to M = 256; far behind above), the FP16 two-step path
  * (expansion + cuBLAS + the per-token scale pass, kc_sq_gemm.cu), and for
  * integer bank scales (KC_SQ_INT_SCALES) the INT8 path (INT8 expansion +
- * cuBLAS INT8 + the scale pass); beside them W8A8 (kc_int: cuBLAS INT8 on
- * stored INT8 weights, the floor of the INT8 path without its expansion)
- * and cuBLASLt BF16. The tables the default crossovers (kc_sq_twostep_min,
+ * the INT8 GEMM with both scales in its epilogue, kc_i8_gemm.cu; and with
+ * cuBLAS INT8 + the scale pass instead); beside them W8A8 (kc_int: the same
+ * two GEMMs on stored INT8 weights, the floor of the INT8 path without its
+ * expansion) and cuBLASLt BF16. The tables the default crossovers (kc_sq_twostep_min,
  * kc_sq_i8_min) come from. */
 static int twostep_table(const char *only_shape, const float *d_one) {
     const struct {
@@ -320,9 +321,10 @@ static int twostep_table(const char *only_shape, const float *d_one) {
                   {"70B qkv", 10240, 8192}, {"70B o", 8192, 8192}, {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
     const long Ms[] = {16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096};
     const long MMAX = 4096;
-    printf("| shape (N x K) | M | fused us | fused (iscale) us | FP16 two-step us | INT8 path (iscale) us | W8A8 us | BF16 us | "
-           "FP16 two-step/BF16 | INT8 path/BF16 | INT8 path/W8A8 time |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| shape (N x K) | M | fused us | fused (iscale) us | FP16 two-step us | INT8 path (iscale) us | "
+           "INT8 path, cuBLAS us | W8A8 us | W8A8, cuBLAS us | BF16 us | FP16 two-step/BF16 | INT8 path/BF16 | "
+           "W8A8/BF16 | INT8 path/W8A8 time |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const auto &sh : shapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         const long N = sh.N, K = sh.K;
@@ -346,12 +348,17 @@ static int twostep_table(const char *only_shape, const float *d_one) {
             kc_sq_set_twostep_min(1);
             const double ts = time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); });
             kc_sq_set_twostep_min(0), kc_sq_set_i8_min(1);
+            /* the INT8 GEMMs with the scales in the epilogue (kc_i8_gemm.cu), then cuBLAS + the scale pass */
             const double ti = time_us([&] { KC(kc_sq_matmul(sqi, xi, sx, M, ys)); });
             const double t8 = time_us([&] { KC(kc_int_matmul(w8, xi, sx, M, ys)); });
+            kc_i8_gemm_set(0);
+            const double tic = time_us([&] { KC(kc_sq_matmul(sqi, xi, sx, M, ys)); });
+            const double t8c = time_us([&] { KC(kc_int_matmul(w8, xi, sx, M, ys)); });
+            kc_i8_gemm_set(1);
             long mbf = 0;
             const double bf = lt_time(BF16, N, M, K, wb, xb, ob, d_one, &mbf);
-            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2f |\n", sh.name, N, K,
-                   M, fu, fi, ts, ti, t8, bf, bf / ts, bf / ti, ti / t8);
+            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2fx | "
+                   "%.2f |\n", sh.name, N, K, M, fu, fi, ts, ti, tic, t8, t8c, bf, bf / ts, bf / ti, bf / t8, ti / t8);
             fflush(stdout);
         }
         kc_sq_set_twostep_min(-1), kc_sq_set_i8_min(-1); /* back to the defaults (environment or built-in) */

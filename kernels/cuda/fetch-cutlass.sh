@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Fetches the CUTLASS headers (kc_i8_gemm.cu's Hopper GEMM) from PyPI's
+# nvidia-cutlass wheel (BSD-3, its licence kept beside the headers), checks
+# its sha256 and unpacks the C++ include tree to .deps/cutlass-VERSION/.
+# Only CUDA builds need it; a no-op when the headers are already there. pip
+# is found as models/fetch-model.sh finds it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+VERSION=4.2.0.0
+SHA256=f9599ada45c7bcb6bf53f7d3f0a7d154183e53451c01bfa59eecd37dd4a693f6
+DEST=.deps/cutlass-$VERSION
+[ -f "$DEST/include/cutlass/cutlass.h" ] && exit 0
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+if [ -x .venv/bin/pip ]; then
+  PIP=.venv/bin/pip
+elif python3 -m pip --version >/dev/null 2>&1; then
+  PIP="python3 -m pip"
+else
+  python3 -m venv "$tmp/venv"
+  PIP="$tmp/venv/bin/pip"
+fi
+echo "cutlass: downloading nvidia-cutlass==$VERSION from PyPI"
+$PIP download -q --disable-pip-version-check --no-deps "nvidia-cutlass==$VERSION" -d "$tmp"
+whl="$tmp/nvidia_cutlass-$VERSION-py3-none-any.whl"
+got=$(sha256sum "$whl" | cut -d' ' -f1)
+if [ "$got" != "$SHA256" ]; then
+  echo "cutlass: sha256 mismatch for $(basename "$whl"): got $got, expected $SHA256" >&2
+  exit 1
+fi
+unzip -q "$whl" 'cutlass_library/source/include/*' "nvidia_cutlass-$VERSION.dist-info/licenses/LICENSE.txt" -d "$tmp/x"
+mkdir -p "$DEST"
+rm -rf "$DEST/include"
+mv "$tmp/x/cutlass_library/source/include" "$DEST/include"
+mv "$tmp/x/nvidia_cutlass-$VERSION.dist-info/licenses/LICENSE.txt" "$DEST/LICENSE.txt"
+echo "cutlass: headers in $DEST/include"
