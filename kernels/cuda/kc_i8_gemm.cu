@@ -14,11 +14,12 @@
  * times the sum, then times sx), so the result is bit-identical to the
  * two-kernel path it replaces.
  *
- * Two tile shapes, picked by the token count as vLLM's sm90 INT8 kernels
- * do: 64x128x128 up to 128 tokens, 128x128x128 beyond, both ping-pong
- * (two consumer warp groups alternate between the mainloop and the
- * epilogue, so the epilogue's stores hide behind the other's wgmma), on
- * clusters of 2 along the tokens (the weight tile is multicast).
+ * Tiles picked by the token count, as vLLM's sm90 INT8 kernels do:
+ * 64x128x128 up to 128 tokens, 128x128x128 beyond, all ping-pong (two
+ * consumer warp groups alternate between the mainloop and the epilogue,
+ * so one's stores hide behind the other's wgmma), on clusters of 2 along
+ * the tokens (the weight tile is multicast), or along the rows up to 64
+ * tokens (one token tile: the activation tile is multicast instead).
  *
  * Operands TMA can describe are required: k a multiple of 16, rows and ldy
  * of 4, the pointers 16-byte aligned; kc_i8_gemm returns 1 otherwise and
@@ -70,6 +71,9 @@ template <class Tile, class Cluster> struct ScaledI8 {
     using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
+/* one token tile: its clusters pair along the rows (the activation tile is
+ * multicast); a cluster of two token tiles would leave one CTA idle */
+using Tiny = ScaledI8<Shape<_64, _128, _128>, Shape<_1, _2, _1>>;
 using Small = ScaledI8<Shape<_64, _128, _128>, Shape<_2, _1, _1>>;
 using Large = ScaledI8<Shape<_128, _128, _128>, Shape<_2, _1, _1>>;
 
@@ -143,6 +147,7 @@ extern "C" int kc_i8_gemm_fits(const int8_t *d_qx, const int8_t *d_w8, long m, l
 extern "C" int kc_i8_gemm(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
                           const float *d_rs, float *d_y, long ldy) {
     if (!kc_i8_gemm_fits(d_qx, d_w8, m, n, k, d_rs, d_y, ldy)) return 1;
+    if (m <= 64) return run<Tiny>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
     return m <= 128 ? run<Small>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy)
                     : run<Large>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
 }
