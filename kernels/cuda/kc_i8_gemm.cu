@@ -14,12 +14,18 @@
  * times the sum, then times sx), so the result is bit-identical to the
  * two-kernel path it replaces.
  *
- * Tiles picked by the token count, as vLLM's sm90 INT8 kernels do:
- * 64x128x128 up to 128 tokens, 128x128x128 beyond, all ping-pong (two
- * consumer warp groups alternate between the mainloop and the epilogue,
- * so one's stores hide behind the other's wgmma), on clusters of 2 along
- * the tokens (the weight tile is multicast), or along the rows up to 64
- * tokens (one token tile: the activation tile is multicast instead).
+ * Two tile shapes, picked by the token count as vLLM's sm90 INT8 kernels
+ * do: 64x128x128 up to 128 tokens, 128x128x128 beyond, both ping-pong
+ * (two consumer warp groups alternate between the mainloop and the
+ * epilogue, so one's stores hide behind the other's wgmma), on clusters
+ * of 2 along the tokens (the weight tile is multicast).
+ *
+ * From KC_I8_MIN_M (65) tokens only. Below, bench_gemm times this kernel
+ * faster than cuBLAS + the scale pass on most shapes, yet the W8A8 decode
+ * step end to end was slower with it (8B batch 16: 2,978 against 3,588
+ * tokens/s; batch 64 within 3 %; H200, ef715a6; a tile of 64 tokens with
+ * its cluster along the rows changed neither). Not understood; the SQ
+ * INT8 path starts at 65 anyway.
  *
  * Operands TMA can describe are required: k a multiple of 16, rows and ldy
  * of 4, the pointers 16-byte aligned; kc_i8_gemm returns 1 otherwise and
@@ -71,9 +77,6 @@ template <class Tile, class Cluster> struct ScaledI8 {
     using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
-/* one token tile: its clusters pair along the rows (the activation tile is
- * multicast); a cluster of two token tiles would leave one CTA idle */
-using Tiny = ScaledI8<Shape<_64, _128, _128>, Shape<_1, _2, _1>>;
 using Small = ScaledI8<Shape<_64, _128, _128>, Shape<_2, _1, _1>>;
 using Large = ScaledI8<Shape<_128, _128, _128>, Shape<_2, _1, _1>>;
 
@@ -123,6 +126,8 @@ int run(const int8_t *qx, const int8_t *w8, long m, long n, long k, const float 
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+constexpr long KC_I8_MIN_M = 65;
+
 } // namespace
 
 static int g_on = -1;
@@ -139,15 +144,14 @@ extern "C" int kc_i8_gemm_on(void) {
 
 extern "C" int kc_i8_gemm_fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs,
                                const float *d_y, long ldy) {
-    return kc_i8_gemm_on() && k % 16 == 0 && n % 4 == 0 && ldy % 4 == 0 && m <= 0x7fffffffL && n <= 0x7fffffffL &&
-           k <= 0x7fffffffL && ldy <= 0x7fffffffL && aligned16(d_qx) && aligned16(d_w8) && aligned16(d_rs) &&
-           aligned16(d_y);
+    return kc_i8_gemm_on() && m >= KC_I8_MIN_M && k % 16 == 0 && n % 4 == 0 && ldy % 4 == 0 &&
+           m <= 0x7fffffffL && n <= 0x7fffffffL && k <= 0x7fffffffL && ldy <= 0x7fffffffL && aligned16(d_qx) &&
+           aligned16(d_w8) && aligned16(d_rs) && aligned16(d_y);
 }
 
 extern "C" int kc_i8_gemm(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
                           const float *d_rs, float *d_y, long ldy) {
     if (!kc_i8_gemm_fits(d_qx, d_w8, m, n, k, d_rs, d_y, ldy)) return 1;
-    if (m <= 64) return run<Tiny>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
     return m <= 128 ? run<Small>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy)
                     : run<Large>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
 }

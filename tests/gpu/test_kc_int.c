@@ -459,20 +459,25 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("test_kc_int on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
-    static const long m_full[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 64, 130}, m_quick[] = {1, 3, 9, 17, 33};
+    static const long m_full[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 64, 100, 130}, m_quick[] = {1, 3, 9, 17, 33, 100};
     const long *ms = quick ? m_quick : m_full;
-    const int nm = quick ? 5 : 13;
+    const int nm = quick ? 6 : 14;
     for (int bits = 4; bits <= 8; bits += 4) {
         test_shape(bits, quick ? 37 : 301, 64, 0, ms, nm);
         test_shape(bits, quick ? 45 : 257, 576, 1, ms, nm);
         test_shape(bits, quick ? 33 : 129, quick ? 1536 : 4096, 0, ms, nm);
+        /* rows a multiple of 4: 8-bit takes the fused INT8 GEMM (kc_i8_gemm.cu) from 65 tokens */
+        test_shape(bits, quick ? 48 : 320, 576, 1, ms, nm);
+        test_shape(bits, quick ? 64 : 256, 1024, 0, ms, nm);
         static const long mbig[] = {1, 8, 130};
         if (!quick) test_shape(bits, 67, 14336, 1, mbig, 3);
         static const long qkv[] = {64, 32, 37}, gu[] = {48, 45};
-        static const long mf[] = {1, 4, 8, 17, 130}, mfq[] = {1, 9};
-        test_fused(bits, qkv, 3, 256, quick ? mfq : mf, quick ? 2 : 5);
-        test_fused(bits, gu, 2, 320, quick ? mfq : mf, quick ? 2 : 5);
-        test_random(bits, quick ? 40 : 200, 64 * (quick ? 3 : 9), quick ? mfq : mf, quick ? 2 : 5);
+        static const long mf[] = {1, 4, 8, 17, 100, 130}, mfq[] = {1, 9, 100};
+        test_fused(bits, qkv, 3, 256, quick ? mfq : mf, quick ? 3 : 6);
+        test_fused(bits, gu, 2, 320, quick ? mfq : mf, quick ? 3 : 6);
+        static const long gu4[] = {48, 64}; /* every part's rows a multiple of 4: the fused INT8 GEMM, part by part */
+        test_fused(bits, gu4, 2, 320, quick ? mfq : mf, quick ? 3 : 6);
+        test_random(bits, quick ? 40 : 200, 64 * (quick ? 3 : 9), quick ? mfq : mf, quick ? 3 : 6);
     }
     test_refused();
     static const long mst[] = {1, 4, 9, 70}, mstq[] = {1, 9};

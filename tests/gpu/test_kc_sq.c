@@ -654,15 +654,17 @@ int main(int argc, char **argv) {
      * fused parts; the k_sq.h bound (no FP16 slack: the sums are exact) */
     {
         kc_sq_set_i8_min(1);
-        static const long m8[] = {1, 17, 64, 130, 300}, mf8[] = {1, 40, 130};
+        /* 100 and 130+: the INT8 GEMM with the scales in its epilogue (kc_i8_gemm.cu) where rows suit it */
+        static const long m8[] = {1, 100, 17, 64, 130, 300}, mf8[] = {1, 40, 100, 130};
         static const long qkv[] = {64, 32, 37}, gu[] = {48, 48};
-        test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES, m8, quick ? 3 : 5);
-        test_random(4, 64, 8, 37, 64 * 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, m8, quick ? 3 : 5);
-        test_random(3, 64, 8, 29, 64 * 5, KC_SQ_INT_SCALES, m8, quick ? 2 : 5);
-        test_iscale_upload(m8 + 2, quick ? 2 : 3);
+        test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES, m8, quick ? 3 : 6);
+        test_random(4, 64, 8, 37, 64 * 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, m8, quick ? 3 : 6);
+        test_random(3, 64, 8, 29, 64 * 5, KC_SQ_INT_SCALES, m8, quick ? 2 : 6);
+        test_random(4, 64, 8, 64, 64 * 5, KC_SQ_INT_SCALES, m8, quick ? 2 : 6);
+        test_iscale_upload(m8 + 3, quick ? 2 : 3);
         g_upload_flags = 0;
-        test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 3);
-        test_fuse(gu, 2, KC_SQ_INT_SCALES, mf8, 3);
+        test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 4);
+        test_fuse(gu, 2, KC_SQ_INT_SCALES, mf8, 4);
         if (!quick) {
             static const long mb[] = {300};
             test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES, mb, 1); /* sums over 14336: |acc| past 2^24 */
