@@ -160,14 +160,30 @@ static void fp32_vs_reference(runner_t *g, json_t *prompts, const char *label, d
  * one batch through the CPU and the GPU, with logits at every position.
  * INT8 activation quantization makes the SQ path chaotic under 1-ulp float
  * differences (a code flips when x/sx lands near .5, and the flip travels
- * through 30 layers): two CPU ISAs (AVX-512 vs portable float kernels,
- * bit-exact SQ kernels) already leave each other's greedy path within ~10
- * tokens. So the GPU is held to what the CPU does against itself: the
- * same sequences also run on the CPU with the portable float kernels
- * (the control), and the GPU's disagreement with the CPU (top-1 changes
- * where the CPU's top-2 gap exceeds 0.1 nats; mean |delta log-softmax| of
- * the CPU top-1) may be at most twice the control's, with floors of 1 %
- * and 0.02 nats. */
+ * through 30 layers; SmolLM2's ~24,000 outlier at position 0 amplifies
+ * it, docs/accuracy.md): attention that rounds differently in the last bit
+ * leaves the CPU's own greedy path within ~10 tokens. So the GPU is held
+ * to what such a difference does on the CPU: the same sequences also run
+ * on the CPU with every attention output moved by one ulp in a fixed
+ * pseudo-random pattern (the control; until the CPU's attention gave the
+ * same bits on every ISA, the portable build was this control), and the
+ * GPU's disagreement with the CPU (top-1 changes where the CPU's top-2 gap
+ * exceeds 0.1 nats; mean |delta log-softmax| of the CPU top-1) may be at
+ * most twice the control's, with floors of 1 % and 0.02 nats. */
+typedef struct {
+    fwd_hook_fn inner;
+    void *inner_ud;
+} ulp_hook_t;
+
+static void ulp_hook(void *ud, int layer, int site, float *x, long n, long dim) {
+    const ulp_hook_t *u = ud;
+    if (site == SITE_O) /* the attention outputs: half of them up or down one ulp */
+        for (long i = 0; i < n * dim; i++) {
+            const uint32_t h = (uint32_t)i * 2654435761u ^ (uint32_t)layer * 40503u;
+            if (h >> 31) x[i] = nextafterf(x[i], h >> 30 & 1 ? INFINITY : -INFINITY);
+        }
+    if (u->inner) u->inner(u->inner_ud, layer, site, x, n, dim);
+}
 typedef struct { int n, clear, clear_same, same; double sum, worst; } cmp_t;
 
 static void compare_rows(const float *a, const float *q, int rows, int nv, cmp_t *c) {
@@ -214,16 +230,15 @@ static void sq_gpu_vs_cpu(runner_t *c, runner_t *g, json_t *prompts) {
         for (int t = 0; t < n; t++) pos[t] = t, want[t] = t >= np - 1;
         batch_t b = {n, seq, pos, slot, want};
         int ok = greedy(c, prompt, np, ns, seq + np, 0) == 0 && forced(c, &b, lc) == 0 && forced(g, &b, lg) == 0;
-        setenv("SQSERVE_ISA", "portable", 1); /* the control: the CPU with other float kernels */
-        k_init();
+        ulp_hook_t u = {c->f.hook, c->f.hook_ud}; /* the control: attention one ulp off */
+        c->f.hook = ulp_hook, c->f.hook_ud = &u;
         ok = ok && forced(c, &b, lp) == 0;
-        unsetenv("SQSERVE_ISA");
-        k_init();
+        c->f.hook = u.inner, c->f.hook_ud = u.inner_ud;
         if (!ok) { n_fail++; return; }
         int g0 = gpu.same, c0 = ctl.same;
         compare_rows(lc, lg, ns, nv, &gpu);
         compare_rows(lc, lp, ns, nv, &ctl);
-        printf("     %-12s top-1 vs the CPU, teacher-forced: GPU %d / %d, CPU portable %d / %d\n",
+        printf("     %-12s top-1 vs the CPU, teacher-forced: GPU %d / %d, CPU control %d / %d\n",
                json_string_value(json_object_get(p, "name")), gpu.same - g0, ns, ctl.same - c0, ns);
         free(prompt), free(seq), free(pos), free(slot), free(want), free(lc), free(lg), free(lp);
     }
