@@ -28,12 +28,14 @@
  * INT8 path starts at 65 anyway.
  *
  * Operands TMA can describe are required: k a multiple of 16, rows and ldy
- * of 4, the pointers 16-byte aligned; kc_i8_gemm returns 1 otherwise and
- * the caller keeps the cuBLAS path. The CUTLASS headers come from PyPI's
+ * of 4, the pointers 16-byte aligned; otherwise (and below 65 tokens, or
+ * with KC_I8_FUSED=0) kc_i8_matmul runs the two steps it replaces, cuBLAS
+ * INT8 -> INT32 and the scale pass, which give the same bits. The CUTLASS headers come from PyPI's
  * nvidia-cutlass wheel (BSD-3; the Makefile installs it into the venv).
  */
 #include "kc_internal.h"
 
+#include <cublas_v2.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,16 +144,57 @@ extern "C" int kc_i8_gemm_on(void) {
     return g_on;
 }
 
-extern "C" int kc_i8_gemm_fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs,
-                               const float *d_y, long ldy) {
+static int fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs, const float *d_y,
+                long ldy) {
     return kc_i8_gemm_on() && m >= KC_I8_MIN_M && k % 16 == 0 && n % 4 == 0 && ldy % 4 == 0 &&
            m <= 0x7fffffffL && n <= 0x7fffffffL && k <= 0x7fffffffL && ldy <= 0x7fffffffL && aligned16(d_qx) &&
            aligned16(d_w8) && aligned16(d_rs) && aligned16(d_y);
 }
 
-extern "C" int kc_i8_gemm(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
-                          const float *d_rs, float *d_y, long ldy) {
-    if (!kc_i8_gemm_fits(d_qx, d_w8, m, n, k, d_rs, d_y, ldy)) return 1;
+/* ---- the fallback: cuBLAS INT8 -> INT32, then the scale pass ---------------------------- */
+
+/* y[t][r] (ldy) = (rs[r] * (float)acc[t][r]) * sx[t]: the epilogue's order */
+__global__ void k_i8_out(const int32_t *acc, long n, long m, const float *rs, const float *sx, float *y, long ldy) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * n) return;
+    const long t = i / n, r = i % n;
+    y[t * ldy + r] = __fmul_rn(__fmul_rn(__ldg(rs + r), __int2float_rn(acc[i])), __ldg(sx + t));
+}
+
+/* the INT32 products, grown and never freed (captured graphs may hold them) */
+static int32_t *g_acc;
+static size_t g_acc_n;
+
+static int cublas_i8(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
+                     const float *d_rs, float *d_y, long ldy) {
+    if (m > 0x7fffffffL || n > 0x7fffffffL || k > 0x7fffffffL) {
+        kc_set_error("kc_i8_matmul: %ld x %ld x %ld is past cuBLAS's int sizes", m, n, k);
+        return -1;
+    }
+    const size_t need = (size_t)m * n;
+    if (need > g_acc_n) {
+        size_t want = (size_t)1 << 22;
+        while (want < need) want <<= 1;
+        int32_t *p = (int32_t *)kc_malloc(want * sizeof(int32_t));
+        if (!p) return -1;
+        g_acc = p, g_acc_n = want;
+    }
+    const int32_t one = 1, zero = 0;
+    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
+                                    &one, d_w8, CUDA_R_8I, (int)k, d_qx, CUDA_R_8I, (int)k, &zero, g_acc, CUDA_R_32I,
+                                    (int)n, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cublasGemmEx INT8 (%ld x %ld x %ld) failed: %s", m, n, k, cublasGetStatusString(s));
+        return -1;
+    }
+    k_i8_out<<<kc_blocks(m * n, 256), 256, 0, KC_STREAM>>>(g_acc, n, m, d_rs, d_sx, d_y, ldy);
+    return kc_check_launch("k_i8_out");
+}
+
+extern "C" int kc_i8_matmul(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
+                            const float *d_rs, float *d_y, long ldy) {
+    if (m == 0 || n == 0) return 0;
+    if (!fits(d_qx, d_w8, m, n, k, d_rs, d_y, ldy)) return cublas_i8(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
     return m <= 128 ? run<Small>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy)
                     : run<Large>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
 }

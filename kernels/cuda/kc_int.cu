@@ -33,8 +33,9 @@
  *     whole row's sum stays an integer (|sum| <= k * 127^2 < 2^31 for k <
  *     133000) and y = (s * (float)sum) * sx, k_sq_combine's operations in
  *     its order: bit for bit the CPU's.
- *   many tokens: 8-bit: cuBLAS INT8 x INT8 -> INT32 on the tensor cores,
- *     then one pass y = (s * (float)acc) * sx: again the CPU's bits. 4-bit:
+ *   many tokens: 8-bit: kc_i8_matmul (kc_i8_gemm.cu), INT8 x INT8 on the
+ *     tensor cores with y = (s * (float)acc) * sx in the GEMM's epilogue
+ *     (or cuBLAS -> INT32 and that pass): again the CPU's bits. 4-bit:
  *     the honest two-step path of kc_sq_gemm.cu: the rows expanded to FP16
  *     (s_g * code, rounded: 2^-11 relative) in slices, cuBLAS's FP16 GEMM
  *     with FP32 sums, the per-token scale on the output.
@@ -43,7 +44,6 @@
  */
 #include "kc_internal.h"
 
-#include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdlib.h>
@@ -54,7 +54,7 @@ struct kc_int {
     int bits, s16;
     uint8_t *codes;   /* n * k * bits / 8 */
     void *scales;     /* [n][k / g], half or float */
-    float *rs32;      /* 8-bit codes with half scales: the scales as floats (kc_i8_gemm's epilogue reads floats) */
+    float *rs32;      /* 8-bit codes with half scales: the scales as floats (kc_i8_matmul reads floats) */
     int nparts;
     long part_n[KC_SQ_MAX_PARTS];
     size_t bytes;
@@ -238,16 +238,6 @@ __global__ void __launch_bounds__(WARPS * 32) k_int8_gemv(IntArgs a) {
             int_store(a, r, tok, __fmul_rn(__fmul_rn(s, __int2float_rn(v)), __ldg(a.sx + tok)));
         }
     }
-}
-
-/* y[t][r] = (s_r * (float)acc[t][r]) * sx[t], to y or the parts */
-template <bool S16>
-__global__ void k_int8_epilogue(IntArgs a, const int32_t *accm) {
-    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= a.m * a.n) return;
-    const long t = i / a.n, r = i % a.n;
-    const float s = load_scale(a.sc, (size_t)r, S16);
-    int_store(a, r, t, __fmul_rn(__fmul_rn(s, __int2float_rn(accm[i])), __ldg(a.sx + t)));
 }
 
 /* rows [r0, r0 + rows) of a 4-bit matrix as FP16 s_g * code, 8 codes a thread */
@@ -572,51 +562,17 @@ static int int_gemv(const kc_int *w, IntArgs a) {
     return 0;
 }
 
-/* many tokens, 8-bit: cuBLAS INT8 -> INT32 [m][n], then the epilogue */
-static int32_t *g_acc;
-static size_t g_acc_n;
-
-/* part p of an 8-bit matrix whose output is split (a.np parts, else one) */
-static long part_r0(const IntArgs &a, int p) { return a.np > 1 ? a.pstart[p] : 0; }
-static long part_rows(const kc_int *w, const IntArgs &a, int p) { return a.np > 1 ? a.pstart[p + 1] - a.pstart[p] : w->n; }
-static const int8_t *part_codes(const kc_int *w, const IntArgs &a, int p) {
-    return (const int8_t *)w->codes + part_r0(a, p) * w->k;
-}
-static const float *part_scales(const kc_int *w, const IntArgs &a, int p) {
-    return (w->rs32 ? w->rs32 : (const float *)w->scales) + part_r0(a, p);
-}
-static float *part_y(const IntArgs &a, int p) { return a.np > 1 ? a.py[p] : a.y; }
-
+/* many tokens, 8-bit: kc_i8_matmul, part by part (float row scales: the
+ * scales themselves, or the float copy of half ones) */
 static int int8_tensor(const kc_int *w, IntArgs a) {
-    /* float row scales: the fused GEMM, part by part, if every part suits it */
-    bool fused = (!w->s16 || w->rs32) && !a.pairs;
-    for (int p = 0; p < a.np && fused; p++)
-        fused = kc_i8_gemm_fits(a.qx, part_codes(w, a, p), a.m, part_rows(w, a, p), w->k, part_scales(w, a, p),
-                                part_y(a, p), part_rows(w, a, p));
-    for (int p = 0; p < a.np && fused; p++)
-        if (kc_i8_gemm(a.qx, part_codes(w, a, p), a.m, part_rows(w, a, p), w->k, a.sx, part_scales(w, a, p),
-                       part_y(a, p), part_rows(w, a, p)))
+    for (int p = 0; p < a.np; p++) {
+        const long r0 = a.np > 1 ? a.pstart[p] : 0, rows = a.np > 1 ? a.pstart[p + 1] - r0 : w->n;
+        const float *rs = (w->rs32 ? w->rs32 : (const float *)w->scales) + r0;
+        if (kc_i8_matmul(a.qx, (const int8_t *)w->codes + r0 * w->k, a.m, rows, w->k, a.sx, rs,
+                         a.np > 1 ? a.py[p] : a.y, rows))
             return -1;
-    if (fused) return 0;
-    const size_t need = (size_t)a.m * w->n;
-    if (need > g_acc_n) { /* the old buffer stays allocated: graphs captured earlier may hold it */
-        size_t want = (size_t)1 << 22;
-        while (want < need) want <<= 1;
-        int32_t *p = (int32_t *)kc_malloc(want * sizeof(int32_t));
-        if (!p) return -1;
-        g_acc = p, g_acc_n = want;
     }
-    const int32_t one = 1, zero = 0;
-    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)w->n, (int)a.m,
-                                    (int)w->k, &one, w->codes, CUDA_R_8I, (int)w->k, a.qx, CUDA_R_8I, (int)w->k, &zero,
-                                    g_acc, CUDA_R_32I, (int)w->n, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        kc_set_error("cublasGemmEx INT8 (%ld x %ld x %ld) failed: %s", a.m, w->n, w->k, cublasGetStatusString(s));
-        return -1;
-    }
-    if (w->s16) k_int8_epilogue<true><<<kc_blocks(a.m * w->n, 256), 256, 0, KC_STREAM>>>(a, g_acc);
-    else k_int8_epilogue<false><<<kc_blocks(a.m * w->n, 256), 256, 0, KC_STREAM>>>(a, g_acc);
-    return kc_check_launch("k_int8_epilogue");
+    return 0;
 }
 
 /* many tokens, 4-bit: FP16 expansion of slices of rows, cuBLAS FP16 (kc_sq_gemm.cu's scratch) */

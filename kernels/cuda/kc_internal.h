@@ -40,14 +40,11 @@ void *kc_f16_acts(const int8_t *d_qx, long m, long k);
 int kc_f16_gemm(const void *w16, long n, long k, const void *a16, long m, float *y, long ldy);
 int kc_f16_scale_rows(float *y, long ldy, long m, long ncols, const float *d_sx);
 /* kc_i8_gemm.cu: y[t][r] (ldy) = (rs[r] * (qx[t] . w8[r])) * sx[t] for m
- * tokens and n rows of k, one CUTLASS GEMM with the scales in its epilogue;
- * 1 when the operands (or fewer than 65 tokens) do not suit it (the caller
- * keeps cuBLAS INT8 and a scale pass, which gives the same bits), -1 on
- * error; kc_i8_gemm_fits says which beforehand. Off with KC_I8_FUSED=0 or kc_i8_gemm_set(0). */
-int kc_i8_gemm(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
-               const float *d_rs, float *d_y, long ldy);
-int kc_i8_gemm_fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs,
-                    const float *d_y, long ldy);
+ * tokens and n rows of k: one CUTLASS GEMM with the scales in its epilogue
+ * where it suits (65 tokens on, TMA-describable operands), else cuBLAS
+ * INT8 -> INT32 and a scale pass, with the same bits. 0, or -1 on error. */
+int kc_i8_matmul(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
+                 const float *d_rs, float *d_y, long ldy);
 
 #ifdef __cplusplus
 }

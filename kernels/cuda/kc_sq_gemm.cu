@@ -197,21 +197,10 @@ __global__ void k_scale_rows(float *y, long ldy, long m, long ncols, const float
     y[t * ldy + c] *= __ldg(sx + t);
 }
 
-/* y[t][i] (ldy) = (rs[i] * (float)acc[t][i]) * sx[t] for a slice's rows i < rows:
- * kc_int.cu's INT8 epilogue, whose order k_sq_combine's bound allows */
-__global__ void k_i8_out(const int32_t *acc, long rows, long m, const float *rs, const float *sx, float *y, long ldy) {
-    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= m * rows) return;
-    const long t = i / rows, r = i % rows;
-    y[t * ldy + r] = __fmul_rn(__fmul_rn(__ldg(rs + r), __int2float_rn(acc[i])), __ldg(sx + t));
-}
-
 /* ---- host side ------------------------------------------------------------------------- */
 
 static __half *g_w16, *g_a16;
 static size_t g_w16_n, g_a16_n;
-static int32_t *g_acc;
-static size_t g_acc_n;
 static long g_min_m = -1, g_i8_min = -1;
 
 extern "C" void kc_sq_set_i8_min(long m) { g_i8_min = m; }
@@ -294,30 +283,6 @@ extern "C" int kc_sq_twostep_applies(const kc_sq *w, long m) {
            w->k <= 0x7fffffffL && m <= 0x7fffffffL;
 }
 
-/* grows the INT32 product buffer (never shrunk or freed: graphs may hold it) */
-static int grow_acc(size_t need) {
-    if (need <= g_acc_n) return 0;
-    size_t want = (size_t)1 << 22;
-    while (want < need) want <<= 1;
-    int32_t *p = (int32_t *)kc_malloc(want * sizeof(int32_t));
-    if (!p) return -1;
-    g_acc = p, g_acc_n = want;
-    return 0;
-}
-
-/* acc [m][rows] = qx [m][k] . w8 [rows][k]^T, exact INT32 sums */
-static int i8_gemm(const int8_t *w8, long rows, long k, const int8_t *qx, long m) {
-    const int32_t one = 1, zero = 0;
-    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, (int)m,
-                                    (int)k, &one, w8, CUDA_R_8I, (int)k, qx, CUDA_R_8I, (int)k, &zero, g_acc,
-                                    CUDA_R_32I, (int)rows, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        kc_set_error("cublasGemmEx INT8 (%ld x %ld x %ld) failed: %s", m, rows, k, cublasGetStatusString(s));
-        return -1;
-    }
-    return 0;
-}
-
 /* the path's inputs besides the matrix */
 struct TwoStep {
     MmArgs a;
@@ -348,11 +313,7 @@ static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, flo
     }
     if (kc_check_launch("k_sq_expand")) return -1;
     if (!ts.i8) return kc_f16_gemm(g_w16, rows, w->k, g_a16, ts.m, y, ldy);
-    const int fused = kc_i8_gemm(ts.qx, (const int8_t *)g_w16, ts.m, rows, w->k, ts.sx, w->rs + r0, y, ldy);
-    if (fused <= 0) return fused;
-    if (i8_gemm((const int8_t *)g_w16, rows, w->k, ts.qx, ts.m)) return -1;
-    k_i8_out<<<kc_blocks(ts.m * rows, 256), 256, 0, KC_STREAM>>>(g_acc, rows, ts.m, w->rs + r0, ts.sx, y, ldy);
-    return kc_check_launch("k_i8_out");
+    return kc_i8_matmul(ts.qx, (const int8_t *)g_w16, ts.m, rows, w->k, ts.sx, w->rs + r0, y, ldy);
 }
 
 /* rows [r0, r1) of the matrix into y (ldy), in slices of whole tiles */
@@ -380,7 +341,7 @@ extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_
     ts.i8 = i8_applies(w, m), ts.qx = d_qx, ts.sx = d_sx, ts.m = m;
     /* the INT8 scratch takes a byte a weight: half the FP16 buffer's halves */
     if (grow(&g_w16, &g_w16_n, ts.i8 ? ((size_t)slice_rows * w->k + 1) / 2 : (size_t)slice_rows * w->k)) return -1;
-    if (ts.i8 ? grow_acc((size_t)m * slice_rows) : grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
+    if (!ts.i8 && grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
     MmArgs &a = ts.a;
     a.w = w->d, a.n = w->n, a.k = w->k, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes, a.slot_bytes = w->slot_bytes, a.s2 = w->s2;
