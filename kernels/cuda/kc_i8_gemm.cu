@@ -21,11 +21,13 @@
  * of 2 along the tokens (the weight tile is multicast).
  *
  * From KC_I8_MIN_M (65) tokens only. Below, bench_gemm times this kernel
- * faster than cuBLAS + the scale pass on most shapes, yet the W8A8 decode
- * step end to end was slower with it (8B batch 16: 2,978 against 3,588
- * tokens/s; batch 64 within 3 %; H200, ef715a6; a tile of 64 tokens with
- * its cluster along the rows changed neither). Not understood; the SQ
- * INT8 path starts at 65 anyway.
+ * faster than cuBLAS + the scale pass on most shapes, yet in one call the
+ * W8A8 decode step end to end was slower with it (8B batch 16: 3,391
+ * against 4,082 tokens/s with the logits on the GPU; H200, ef715a6; a tile
+ * of 64 tokens with its cluster along the rows changed neither). A later
+ * call (dd2a3f2), with it off below 65, gave 3,340 with either setting:
+ * the first call's gap may not be the GEMM's. Not settled, so the
+ * conservative choice; the SQ INT8 path starts at 65 anyway.
  *
  * Operands TMA can describe are required: k a multiple of 16, rows and ldy
  * of 4, the pointers 16-byte aligned; otherwise (and below 65 tokens, or
