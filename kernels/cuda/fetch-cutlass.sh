@@ -2,8 +2,8 @@
 # Fetches the CUTLASS headers (kc_i8_gemm.cu's Hopper GEMM) from PyPI's
 # nvidia-cutlass wheel (BSD-3, its licence kept beside the headers), checks
 # its sha256 and unpacks the C++ include tree to .deps/cutlass-VERSION/.
-# Only CUDA builds need it; a no-op when the headers are already there. pip
-# is found as models/fetch-model.sh finds it.
+# Only CUDA builds need it; a no-op when the headers are already there.
+# pip: deploy/pip.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -14,14 +14,9 @@ DEST=.deps/cutlass-$VERSION
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-if [ -x .venv/bin/pip ]; then
-  PIP=.venv/bin/pip
-elif python3 -m pip --version >/dev/null 2>&1; then
-  PIP="python3 -m pip"
-else
-  python3 -m venv "$tmp/venv"
-  PIP="$tmp/venv/bin/pip"
-fi
+# shellcheck source=deploy/pip.sh
+. deploy/pip.sh
+PIP=$(pick_pip "$tmp")
 echo "cutlass: downloading nvidia-cutlass==$VERSION from PyPI"
 $PIP download -q --disable-pip-version-check --no-deps "nvidia-cutlass==$VERSION" -d "$tmp"
 whl="$tmp/nvidia_cutlass-$VERSION-py3-none-any.whl"
