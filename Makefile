@@ -86,11 +86,13 @@ GPU_BIN := $(patsubst tests/gpu/%,$(BUILD)/gpu/%,$(basename $(GPU_SRC)))
 endif
 # CUTLASS's headers (kc_i8_gemm.cu), fetched from PyPI on first use. Its
 # device asserts are calls that serialize the wgmma pipeline: NDEBUG there.
-CUTLASS_INC := .deps/cutlass-4.2.0.0/include
-$(CUTLASS_INC)/cutlass/cutlass.h:
+# The version is the fetch script's; its stamp is a prerequisite, so a new
+# version rebuilds the kernel.
+CUTLASS_DIR := .deps/cutlass-$(shell sed -n 's/^VERSION=//p' kernels/cuda/fetch-cutlass.sh)
+$(CUTLASS_DIR)/.fetched:
 	@kernels/cuda/fetch-cutlass.sh
-$(BUILD)/obj/kernels/cuda/kc_i8_gemm.o: NVFLAGS += -isystem $(CUTLASS_INC) -DNDEBUG
-$(BUILD)/obj/kernels/cuda/kc_i8_gemm.o: | $(CUTLASS_INC)/cutlass/cutlass.h
+$(BUILD)/obj/kernels/cuda/kc_i8_gemm.o: NVFLAGS += -isystem $(CUTLASS_DIR)/include -DNDEBUG
+$(BUILD)/obj/kernels/cuda/kc_i8_gemm.o: $(CUTLASS_DIR)/.fetched
 # objects built with and without CUDA differ (-DSQ_CUDA): rebuild on a switch
 BUILD_CONF := $(BUILD)/.config
 $(shell mkdir -p $(BUILD); echo "CUDA=$(CUDA)" | cmp -s - $(BUILD_CONF) 2>/dev/null || echo "CUDA=$(CUDA)" > $(BUILD_CONF))

@@ -12,7 +12,7 @@ pick_pip() {
   elif python3 -m pip --version >/dev/null 2>&1; then
     echo "python3 -m pip"
   else
-    python3 -m venv "$1/venv" >&2
+    python3 -m venv "$1/venv" >&2 || return 1
     echo "$1/venv/bin/pip"
   fi
 }

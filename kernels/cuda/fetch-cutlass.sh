@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fetches the CUTLASS headers (kc_i8_gemm.cu's Hopper GEMM) from PyPI's
 # nvidia-cutlass wheel (BSD-3, its licence kept beside the headers), checks
-# its sha256 and unpacks the C++ include tree to .deps/cutlass-VERSION/.
+# its sha256 and unpacks the C++ include tree to .deps/cutlass-VERSION/
+# (whole or not at all: unpacked beside it, then renamed; .fetched marks it
+# done, and the Makefile rebuilds kc_i8_gemm.o when it changes).
 # Only CUDA builds need it; a no-op when the headers are already there.
 # pip: deploy/pip.sh.
 set -euo pipefail
@@ -10,7 +12,7 @@ cd "$(dirname "$0")/../.."
 VERSION=4.2.0.0
 SHA256=f9599ada45c7bcb6bf53f7d3f0a7d154183e53451c01bfa59eecd37dd4a693f6
 DEST=.deps/cutlass-$VERSION
-[ -f "$DEST/include/cutlass/cutlass.h" ] && exit 0
+[ -f "$DEST/.fetched" ] && exit 0
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -26,8 +28,11 @@ if [ "$got" != "$SHA256" ]; then
   exit 1
 fi
 unzip -q "$whl" 'cutlass_library/source/include/*' "nvidia_cutlass-$VERSION.dist-info/licenses/LICENSE.txt" -d "$tmp/x"
-mkdir -p "$DEST"
-rm -rf "$DEST/include"
-mv "$tmp/x/cutlass_library/source/include" "$DEST/include"
-mv "$tmp/x/nvidia_cutlass-$VERSION.dist-info/licenses/LICENSE.txt" "$DEST/LICENSE.txt"
+mkdir -p .deps
+rm -rf "$DEST" "$DEST.partial"
+mkdir "$DEST.partial"
+mv "$tmp/x/cutlass_library/source/include" "$DEST.partial/include"
+mv "$tmp/x/nvidia_cutlass-$VERSION.dist-info/licenses/LICENSE.txt" "$DEST.partial/LICENSE.txt"
+touch "$DEST.partial/.fetched"
+mv "$DEST.partial" "$DEST"
 echo "cutlass: headers in $DEST/include"

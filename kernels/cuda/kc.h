@@ -312,6 +312,8 @@ int kc_sq_iscale(const kc_sq_t *w);
  * bits). KC_I8_FUSED=0 or kc_i8_gemm_set(0) keeps cuBLAS (benchmarks). */
 int kc_i8_gemm_on(void);
 void kc_i8_gemm_set(int on);
+long kc_i8_gemm_count(void); /* how many ran as the fused kernel (tests) */
+int kc_sm90a(void);           /* 1 on compute capability 9.0, where sm_90a code (that kernel) runs */
 
 /* One to four tokens: up to M = kc_sq_gemv_max() tokens, kc_sq_matmul(_parts)
  * on the compact or the explicit fast layout runs the dp4a kernel of kc_sq_gemv.cu (exact

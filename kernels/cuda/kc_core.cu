@@ -65,6 +65,10 @@ extern "C" int kc_sm_count(void) {
     return nsm;
 }
 
+/* sm_90a code (wgmma, kc_i8_gemm.cu) runs on compute capability 9.0 only:
+ * newer GPUs get the compute_90 PTX, where CUTLASS compiles it to a stub */
+extern "C" int kc_sm90a(void) { return g_prop.major == 9 && g_prop.minor == 0; }
+
 extern "C" int kc_pdl(void) {
     static int on = -1; /* one device per process (kc_init) */
     if (on < 0) {

@@ -10,9 +10,9 @@
  * INT8 tensor cores run at twice BF16's rate. Here the scales are applied
  * as the accumulators leave the registers (CUTLASS's epilogue visitor tree:
  * a per-column vector rs, a per-row vector sx) and y is written once as
- * FP32. The products round exactly as k_i8_out / k_int8_epilogue do (rs
- * times the sum, then times sx), so the result is bit-identical to the
- * two-kernel path it replaces.
+ * FP32. The products round exactly as the scale pass of the two-kernel
+ * path (k_i8_out below, the fallback) does: rs times the sum, then times
+ * sx; the bits are the same.
  *
  * Two tile shapes, picked by the token count as vLLM's sm90 INT8 kernels
  * do: 64x128x128 up to 128 tokens, 128x128x128 beyond, both ping-pong
@@ -32,8 +32,11 @@
  * Operands TMA can describe are required: k a multiple of 16, rows and ldy
  * of 4, the pointers 16-byte aligned; otherwise (and below 65 tokens, or
  * with KC_I8_FUSED=0) kc_i8_matmul runs the two steps it replaces, cuBLAS
- * INT8 -> INT32 and the scale pass, which give the same bits. The CUTLASS headers come from PyPI's
- * nvidia-cutlass wheel (BSD-3; the Makefile installs it into the venv).
+ * INT8 -> INT32 and the scale pass, which give the same bits; so it does on
+ * any device but compute capability 9.0 (this is sm_90a code: newer GPUs
+ * run the compute_90 PTX, where CUTLASS leaves a stub that writes nothing).
+ * The CUTLASS headers come from PyPI's nvidia-cutlass wheel (BSD-3;
+ * kernels/cuda/fetch-cutlass.sh unpacks them into .deps/).
  */
 #include "kc_internal.h"
 
@@ -109,6 +112,7 @@ int run(const int8_t *qx, const int8_t *w8, long m, long n, long k, const float 
                                   {(int)m, (int)n, (int)k, 1},
                                   {qx, sa, w8, sb},
                                   {{}, nullptr, sc, y, sd}};
+    args.hw_info.sm_count = kc_sm_count(); /* else CUTLASS asks the driver at every call */
     /* the tree's arguments, leaves first: sx, then (rs, acc, rs * acc), then sx * that */
     args.epilogue.thread = {{sx}, {{rs}, {}, {}}, {}};
     Gemm gemm;
@@ -135,6 +139,9 @@ constexpr long KC_I8_MIN_M = 65;
 } // namespace
 
 static int g_on = -1;
+static long g_count; /* fused GEMMs run */
+
+extern "C" long kc_i8_gemm_count(void) { return g_count; }
 
 extern "C" void kc_i8_gemm_set(int on) { g_on = on != 0; }
 
@@ -148,7 +155,7 @@ extern "C" int kc_i8_gemm_on(void) {
 
 static int fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs, const float *d_y,
                 long ldy) {
-    return kc_i8_gemm_on() && m >= KC_I8_MIN_M && k % 16 == 0 && n % 4 == 0 && ldy % 4 == 0 &&
+    return kc_i8_gemm_on() && kc_sm90a() && m >= KC_I8_MIN_M && k % 16 == 0 && n % 4 == 0 && ldy % 4 == 0 &&
            m <= 0x7fffffffL && n <= 0x7fffffffL && k <= 0x7fffffffL && ldy <= 0x7fffffffL && aligned16(d_qx) &&
            aligned16(d_w8) && aligned16(d_rs) && aligned16(d_y);
 }
@@ -197,6 +204,9 @@ extern "C" int kc_i8_matmul(const int8_t *d_qx, const int8_t *d_w8, long m, long
                             const float *d_rs, float *d_y, long ldy) {
     if (m == 0 || n == 0) return 0;
     if (!fits(d_qx, d_w8, m, n, k, d_rs, d_y, ldy)) return cublas_i8(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
-    return m <= 128 ? run<Small>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy)
-                    : run<Large>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
+    const int rc = m <= 128 ? run<Small>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy)
+                            : run<Large>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
+    if (rc == 0) g_count++;
+    /* CUTLASS refused what fits() let through: the fallback, not an error */
+    return rc == 1 ? cublas_i8(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy) : rc;
 }

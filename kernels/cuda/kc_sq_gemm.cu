@@ -30,8 +30,9 @@
  * Integer bank scales (kc_sq_iscale, sq_quant.h's :iscale). When every
  * weight is an INT8 value times its row's scale (s_lo = k_g * s_r with a
  * small integer k_g, s_hi = s_r), the expansion writes those INT8 values
- * (k_g * lo, or the high code) instead, and cuBLAS's INT8 x INT8 -> INT32
- * GEMM sums each row exactly over all of k; y = (s_r * acc) * sx. Half the
+ * (k_g * lo, or the high code) instead, and an INT8 x INT8 GEMM sums each
+ * row exactly over all of k with y = (s_r * acc) * sx in its epilogue
+ * (kc_i8_matmul, kc_i8_gemm.cu). Half the
  * bytes of the FP16 expansion, twice the tensor-core rate, and no rounding
  * of the weights: the result is the exact sum rounded twice (k_sq.h's
  * bound holds with room). This is QServe's design (progressive group

@@ -351,10 +351,11 @@ static int twostep_table(const char *only_shape, const float *d_one) {
             /* the INT8 GEMMs with the scales in the epilogue (kc_i8_gemm.cu), then cuBLAS + the scale pass */
             const double ti = time_us([&] { KC(kc_sq_matmul(sqi, xi, sx, M, ys)); });
             const double t8 = time_us([&] { KC(kc_int_matmul(w8, xi, sx, M, ys)); });
+            const int fused_on = kc_i8_gemm_on();
             kc_i8_gemm_set(0);
             const double tic = time_us([&] { KC(kc_sq_matmul(sqi, xi, sx, M, ys)); });
             const double t8c = time_us([&] { KC(kc_int_matmul(w8, xi, sx, M, ys)); });
-            kc_i8_gemm_set(1);
+            kc_i8_gemm_set(fused_on);
             long mbf = 0;
             const double bf = lt_time(BF16, N, M, K, wb, xb, ob, d_one, &mbf);
             printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2fx | "

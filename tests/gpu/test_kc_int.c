@@ -496,6 +496,12 @@ int main(int argc, char **argv) {
     test_shape(4, 41, 256, 0, (const long[]){17, 40}, 2);
     test_shape(8, 41, 256, 0, (const long[]){17, 40}, 2);
     kc_int_set_gemv_max(-1);
+    {   /* 8-bit matrices whose rows suit TMA took the fused-epilogue GEMM from 65 tokens (not the fallback) */
+        char what[120];
+        snprintf(what, sizeof what, "the fused INT8 GEMM ran %ld times (sm_90a device: %d)", kc_i8_gemm_count(),
+                 kc_sm90a());
+        verdict(kc_sm90a() ? kc_i8_gemm_count() > 0 : kc_i8_gemm_count() == 0, what);
+    }
     printf("test_kc_int: %d passed, %d failed\n", n_pass, n_fail);
     kc_shutdown();
     return n_fail ? 1 : 0;

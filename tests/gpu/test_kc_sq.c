@@ -669,6 +669,12 @@ int main(int argc, char **argv) {
             static const long mb[] = {300};
             test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES, mb, 1); /* sums over 14336: |acc| past 2^24 */
         }
+        {   /* the 64-row matrices at 100+ tokens took the fused-epilogue GEMM, not the fallback */
+            char what[120];
+            snprintf(what, sizeof what, "the fused INT8 GEMM ran %ld times (sm_90a device: %d)", kc_i8_gemm_count(),
+                     kc_sm90a());
+            verdict(kc_sm90a() ? kc_i8_gemm_count() > 0 : kc_i8_gemm_count() == 0, what);
+        }
         /* with the path off, the same matrices take the fused kernels: on the
          * explicit layout, 9..64 tokens, the INT32-accumulating k_sq_dec
          * (do_group_is), at every n-tile count and the stream-k splits of a

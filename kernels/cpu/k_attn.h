@@ -1,0 +1,7 @@
+/* k_attn.h - attention's FP32 kernels of one ISA (K_FN's suffix), defined
+ * in k_attn.inc and put in the ISA's table by k_simd.inc: the one place
+ * both read their signatures from. No include guard: each ISA's pair of
+ * files includes it once with its own suffix. */
+float K_FN(k_attn_dot_f32)(const float *a, const float *b, long n);
+void K_FN(k_attn_head)(const float *q, const float *const *Kb, const float *const *Vb, int bt, long stride,
+                       int t0, int n, int hd, float scale, float *scores, float *out);
