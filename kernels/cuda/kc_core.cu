@@ -51,8 +51,6 @@ extern "C" int kc_check_launch(const char *kernel) {
     return kc_check((int)cudaGetLastError(), kernel);
 }
 
-extern "C" void *kc_blas_handle(void) { return (void *)g_blas; }
-
 extern "C" int kc_sm_count(void) {
     static int nsm; /* one device per process (kc_init) */
     if (!nsm) {
@@ -170,6 +168,37 @@ extern "C" void *kc_malloc(size_t bytes) {
         return NULL;
     }
     return p;
+}
+
+extern "C" int kc_grow(void **buf, size_t *have, size_t need, size_t min_bytes) {
+    if (need <= *have) return 0;
+    size_t want = min_bytes ? min_bytes : 1;
+    while (want < need) want <<= 1;
+    void *p = kc_malloc(want);
+    if (!p) return -1;
+    *buf = p, *have = want;
+    return 0;
+}
+
+extern "C" int kc_gemm_nt(int type, const void *w, long n, long k, const void *x, long m, void *y, long ldy) {
+    static const char *name[] = {"FP16", "BF16", "INT8"};
+    if (m > 0x7fffffffL || n > 0x7fffffffL || k > 0x7fffffffL || ldy > 0x7fffffffL) {
+        kc_set_error("cublasGemmEx %s: %ld x %ld x %ld is past cuBLAS's int sizes", name[type], m, n, k);
+        return -1;
+    }
+    const float f1 = 1.0f, f0 = 0.0f;
+    const int32_t i1 = 1, i0 = 0;
+    const bool i8 = type == KC_GEMM_I8;
+    const cudaDataType t = i8 ? CUDA_R_8I : type == KC_GEMM_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    cublasStatus_t s = cublasGemmEx(g_blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, i8 ? (const void *)&i1 : &f1,
+                                    w, t, (int)k, x, t, (int)k, i8 ? (const void *)&i0 : &f0, y,
+                                    i8 ? CUDA_R_32I : CUDA_R_32F, (int)ldy, i8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        kc_set_error("cublasGemmEx %s (%ld x %ld x %ld) failed: %s", name[type], m, n, k, cublasGetStatusString(s));
+        return -1;
+    }
+    return 0;
 }
 
 extern "C" void kc_free(void *d) {

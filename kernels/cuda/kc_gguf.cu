@@ -50,7 +50,6 @@ extern "C" {
 #include "../k_quant.h" /* a C header without C++ guards */
 }
 
-#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
@@ -373,7 +372,7 @@ template <typename O> static int dequant_to(const kc_gguf *w, long r0, long rows
 
 static long g_gemv_max = -1;
 static void *g_w16, *g_a16; /* scratch: weights of one slice, activations (16-bit) */
-static size_t g_w16_n, g_a16_n;
+static size_t g_w16_n, g_a16_n; /* their bytes */
 #define SLICE_WEIGHTS (128L << 20)
 
 extern "C" void kc_gguf_set_gemv_max(long m) { g_gemv_max = m; }
@@ -391,14 +390,8 @@ extern "C" long kc_gguf_gemv_max(const kc_gguf_t *w) {
     return w && (w->fmt == F_Q4_0 || w->fmt == F_Q4_1) ? 4 : 8;
 }
 
-static int grow(void **buf, size_t *have, size_t need_halves) {
-    if (need_halves <= *have) return 0;
-    size_t want = (size_t)1 << 24;
-    while (want < need_halves) want <<= 1;
-    void *p = kc_malloc(want * 2);
-    if (!p) return -1;
-    *buf = p, *have = want;
-    return 0;
+static int grow(void **buf, size_t *have_bytes, size_t need_halves) {
+    return kc_grow(buf, have_bytes, need_halves * 2, (size_t)32 << 20);
 }
 
 static int f_of(uint32_t type) {
@@ -552,17 +545,7 @@ extern "C" int kc_gguf_embed(float *d_out, const kc_gguf_t *w, const int32_t *d_
 
 /* y (ldy) = A16 [m][k] . W16 [n][k]^T, FP32 out and sums */
 static int gemm16(const void *w16, long n, long k, const void *a16, long m, float *y, long ldy, int bf16) {
-    const float one = 1.0f, zero = 0.0f;
-    const cudaDataType t = bf16 ? CUDA_R_16BF : CUDA_R_16F;
-    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
-                                    &one, w16, t, (int)k, a16, t, (int)k, &zero, y, CUDA_R_32F, (int)ldy,
-                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        kc_set_error("cublasGemmEx %s (%ld x %ld x %ld) failed: %s", bf16 ? "BF16" : "FP16", m, n, k,
-                     cublasGetStatusString(s));
-        return -1;
-    }
-    return 0;
+    return kc_gemm_nt(bf16 ? KC_GEMM_BF16 : KC_GEMM_F16, w16, n, k, a16, m, y, ldy);
 }
 
 static int gemm_path(const kc_gguf *w, const float *d_x, long m, float *d_y) {

@@ -40,7 +40,6 @@
  */
 #include "kc_internal.h"
 
-#include <cublas_v2.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,11 +117,7 @@ int run(const int8_t *qx, const int8_t *w8, long m, long n, long k, const float 
     Gemm gemm;
     if (gemm.can_implement(args) != cutlass::Status::kSuccess) return 1;
     const size_t ws = Gemm::get_workspace_size(args);
-    if (ws > g_ws_n) {
-        void *p = kc_malloc(ws);
-        if (!p) return -1;
-        g_ws = p, g_ws_n = ws;
-    }
+    if (kc_grow(&g_ws, &g_ws_n, ws, 0)) return -1;
     cutlass::Status s = gemm.initialize(args, g_ws, KC_STREAM);
     if (s == cutlass::Status::kSuccess) s = gemm.run(KC_STREAM);
     if (s != cutlass::Status::kSuccess) {
@@ -176,26 +171,9 @@ static size_t g_acc_n;
 
 static int cublas_i8(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
                      const float *d_rs, float *d_y, long ldy) {
-    if (m > 0x7fffffffL || n > 0x7fffffffL || k > 0x7fffffffL) {
-        kc_set_error("kc_i8_matmul: %ld x %ld x %ld is past cuBLAS's int sizes", m, n, k);
+    if (kc_grow((void **)&g_acc, &g_acc_n, (size_t)m * n * sizeof(int32_t), (size_t)16 << 20) ||
+        kc_gemm_nt(KC_GEMM_I8, d_w8, n, k, d_qx, m, g_acc, n))
         return -1;
-    }
-    const size_t need = (size_t)m * n;
-    if (need > g_acc_n) {
-        size_t want = (size_t)1 << 22;
-        while (want < need) want <<= 1;
-        int32_t *p = (int32_t *)kc_malloc(want * sizeof(int32_t));
-        if (!p) return -1;
-        g_acc = p, g_acc_n = want;
-    }
-    const int32_t one = 1, zero = 0;
-    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
-                                    &one, d_w8, CUDA_R_8I, (int)k, d_qx, CUDA_R_8I, (int)k, &zero, g_acc, CUDA_R_32I,
-                                    (int)n, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        kc_set_error("cublasGemmEx INT8 (%ld x %ld x %ld) failed: %s", m, n, k, cublasGetStatusString(s));
-        return -1;
-    }
     k_i8_out<<<kc_blocks(m * n, 256), 256, 0, KC_STREAM>>>(g_acc, n, m, d_rs, d_sx, d_y, ldy);
     return kc_check_launch("k_i8_out");
 }

@@ -18,8 +18,16 @@ int kc_check(int cuda_err, const char *what);
 int kc_check_launch(const char *kernel);
 /* streaming multiprocessors of the current device (132 if it cannot be asked) */
 int kc_sm_count(void);
-/* the process's cuBLAS handle (a cublasHandle_t), bound to KC_STREAM */
-void *kc_blas_handle(void);
+/* y (row-major, ldy) = x [m][k] . w [n][k]^T through cuBLAS, both operands
+ * of one type: FP16 or BF16 with FP32 sums and output, or INT8 with INT32
+ * sums and output. -1 (kc_error says which GEMM) when cuBLAS refuses. */
+enum { KC_GEMM_F16, KC_GEMM_BF16, KC_GEMM_I8 };
+int kc_gemm_nt(int type, const void *w, long n, long k, const void *x, long m, void *y, long ldy);
+/* Grows a device scratch buffer of *have bytes to hold need bytes: to the
+ * next power of two of at least min_bytes, so a run of growing requests
+ * (prompt chunks) reallocates O(log) times. The buffer given up stays
+ * allocated: CUDA graphs captured earlier may hold it. */
+int kc_grow(void **buf, size_t *have, size_t need, size_t min_bytes);
 /* whether kc_launch_pdl asks for programmatic dependent launch: a device of
  * compute capability 9.0 or later, and KC_PDL unset or not "0" */
 int kc_pdl(void);

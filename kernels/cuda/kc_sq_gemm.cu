@@ -47,7 +47,6 @@
  */
 #include "kc_sq_frag.cuh"
 
-#include <cublas_v2.h>
 #include <stdlib.h>
 
 /* ---- expansion ---------------------------------------------------------------------------- */
@@ -201,7 +200,7 @@ __global__ void k_scale_rows(float *y, long ldy, long m, long ncols, const float
 /* ---- host side ------------------------------------------------------------------------- */
 
 static __half *g_w16, *g_a16;
-static size_t g_w16_n, g_a16_n;
+static size_t g_w16_n, g_a16_n; /* their bytes */
 static long g_min_m = -1, g_i8_min = -1;
 
 extern "C" void kc_sq_set_i8_min(long m) { g_i8_min = m; }
@@ -234,17 +233,9 @@ extern "C" void kc_sq_set_twostep_min(long m) { g_min_m = m; }
 extern "C" long kc_sq_twostep_min(void) { return crossover(&g_min_m, "KC_SQ_TWOSTEP_M", 128); }
 
 
-/* Grows to the next power of two (at least 16 Mi halves), so a run of
- * growing prompt chunks reallocates O(log) times: the buffers given up stay
- * allocated (CUDA graphs captured earlier may hold them). */
-static int grow(__half **buf, size_t *have, size_t need) {
-    if (need <= *have) return 0;
-    size_t want = (size_t)1 << 24;
-    while (want < need) want <<= 1;
-    __half *p = (__half *)kc_malloc(want * sizeof(__half));
-    if (!p) return -1;
-    *buf = p, *have = want;
-    return 0;
+/* the scratch, in halves (bytes of kc_grow), from 16 Mi halves up */
+static int grow(__half **buf, size_t *have_bytes, size_t halves) {
+    return kc_grow((void **)buf, have_bytes, halves * sizeof(__half), (size_t)32 << 20);
 }
 
 /* The two-step pieces, shared with kc_int.cu (kc_internal.h). A matrix is
@@ -262,15 +253,7 @@ extern "C" void *kc_f16_acts(const int8_t *d_qx, long m, long k) {
 
 /* y (ldy) = A16 [m][k] . W16 [n][k]^T, FP32 out, FP32 sums */
 extern "C" int kc_f16_gemm(const void *w16, long n, long k, const void *a16, long m, float *y, long ldy) {
-    const float one = 1.0f, zero = 0.0f;
-    cublasStatus_t s = cublasGemmEx((cublasHandle_t)kc_blas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k,
-                                    &one, w16, CUDA_R_16F, (int)k, a16, CUDA_R_16F, (int)k, &zero, y, CUDA_R_32F,
-                                    (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        kc_set_error("cublasGemmEx FP16 (%ld x %ld x %ld) failed: %s", m, n, k, cublasGetStatusString(s));
-        return -1;
-    }
-    return 0;
+    return kc_gemm_nt(KC_GEMM_F16, w16, n, k, a16, m, y, ldy);
 }
 
 extern "C" int kc_f16_scale_rows(float *y, long ldy, long m, long ncols, const float *d_sx) {

@@ -9,35 +9,44 @@
  * through shared memory, and at ~106 registers keep only 3-4 warps per
  * scheduler with two units in flight: Nsight Compute put them at 21-59 %
  * of copy bandwidth on the 8B shapes at M = 1 (docs/perf-gpu.md). Here a
- * unit costs a warp ~150 instructions at M = 1 (Nsight Compute; ~130 of
- * them arithmetic):
+ * unit costs a warp 98 SASS instructions at M = 1 on the explicit layout
+ * (cuobjdump of the loop; 142 before the changes marked * below, when
+ * Nsight Compute found the kernel issue-bound at ~0.55 issues a cycle):
  *   low part   the lane's 16 bytes of nibbles (rows g and g + 8, columns
  *              16 t .. 16 t + 15 of the unit: the fragment map of
  *              kc_sq_frag.cuh) are unpacked with one AND (and a shift) per
  *              four codes and multiplied by the activations with dp4a
  *              (unsigned offset-binary codes x signed INT8), starting from
  *              -8 x the activations' sum (kept per 16 columns in shared
- *              memory). The four lanes of a quad add their parts with two
- *              shuffles per row.
+ *              memory).
  *   high part  the explicit layout gives every high code with its byte
  *              offset in the mma scatter tile (slot_off); the column comes
  *              back out of the offset with a few bit operations for four
  *              highs at once, the four activations are gathered from shared
  *              memory into one word and one dp4a multiplies them. Lanes 2r
- *              and 2r + 1 hold row r's highs: one shuffle adds them, two
- *              more bring rows g and g + 8 to quad g.
- *   combine    per (row, unit): acc += s_lo * lo + s_hi * hi in float, from
- *              EXACT integer group sums.
+ *              and 2r + 1 hold row r's highs.
+ *   combine *  each lane's integer sums are exact; the lane multiplies them
+ *              by their scales and keeps float sums of its own across the
+ *              warp's units of a tile (rows g and g + 8, and the high part
+ *              of row lane >> 1 with that row's high scale, one more 2-byte
+ *              load). The lanes of a row are added once a tile, not once a
+ *              unit: no shuffles per unit (there were seven).
+ *   stream  *  the lane's addresses are advanced, not recomputed from the
+ *              unit index, and the units in flight rotate through
+ *              gemv_depth() + 1 register sets by index, so none is copied
+ *              between registers.
  * Work split. Persistent blocks (as many as fit at once, at most one per
  * tile) walk the 16-row tiles b, b + grid, ...; a block's warps split k
  * into contiguous ranges of units, the same for every tile, so each warp
  * copies its range of the activations into shared memory once, and its
- * units form one stream over all its tiles, loaded GEMV_DEPTH units ahead
+ * units form one stream over all its tiles, loaded gemv_depth() units ahead
  * across tile boundaries. Each warp leaves one partial sum per row in
  * shared memory (two buffers, one barrier per tile); the block adds them
  * in warp order and stores the tile. Results are deterministic; the float
- * summation differs from k_sq_combine's only by the split of k (the error
- * bound of kc_sq.cuh holds). The warp count per block comes from a cost
+ * summation differs from k_sq_combine's by the split of k and of each
+ * group over lanes (a few more roundings, far inside the bound
+ * test_kc_sq holds every SQ kernel to: (2 groups + 4) float roundings of
+ * the sum of |scale x group sum|). The warp count per block comes from a cost
  * model (gemv_config): rounds of tiles x units per warp and tile.
  * M = 2..4 run the same kernel with the per-token work repeated; on the
  * H200 they lose to k_sq_dec on the larger shapes, so by default only
@@ -59,7 +68,14 @@
 
 #include <stdlib.h>
 
-#define GEMV_DEPTH 3   /* units in flight per warp */
+/* Units in flight per warp (k_sq_gemv): 2 for one token on the explicit
+ * layout, whose 64 registers (two blocks of 512 threads an SM) hold three
+ * units' words without spilling or recomputing addresses (a third unit in
+ * flight spills: ptxas -v); 3 where the register budget is larger. Two
+ * units of 832 bytes a warp are ~53 KB in flight an SM, above the ~32 KB
+ * that the H200's bandwidth x latency asks for. */
+template <int NT, bool C>
+__host__ __device__ constexpr int gemv_depth() { return NT == 1 && !C ? 2 : 3; }
 #define GEMV_MAXW 16   /* warps per block, at most */
 #define GEMV_STAGES 6  /* units in flight per warp, staged in shared memory (k_sq_gemv_st) */
 
@@ -107,20 +123,17 @@ __device__ __forceinline__ float4 unit_scales(const uint32_t *sc) {
     return make_float4(__uint_as_float(sc[0]), __uint_as_float(sc[1]), __uint_as_float(sc[2]), __uint_as_float(sc[3]));
 }
 
-/* acc += s_lo * lo + s_hi * hi for rows g (ag) and g + 8 (a8), from exact group sums */
-__device__ __forceinline__ void unit_combine(float &ag, float &a8, float4 S, int lg, int hg, int l8, int h8) {
-    ag = fmaf(S.x, __int2float_rn(lg), ag);
-    ag = fmaf(S.y, __int2float_rn(hg), ag);
-    a8 = fmaf(S.z, __int2float_rn(l8), a8);
-    a8 = fmaf(S.w, __int2float_rn(h8), a8);
-}
-
 /* One unit (16 rows x 64 columns) against NT tokens. xa / oa: the unit's
- * activations / chunk sums of token 0 (token t at + t * k / + t * k / 4). */
+ * activations / chunk sums of token 0 (token t at + t * k / + t * k / 4).
+ * Every lane keeps its own partial sums in float across the warp's units
+ * of a tile (rows g and g + 8 of its 16 columns: ag, a8; the high part of
+ * row lane >> 1: ah, with that row's high scale sh) and the lanes of a
+ * row are added once a tile (gemv_flush), not once a unit: each lane's
+ * integer sum is exact, and a unit costs no shuffles. */
 template <int NT, bool S16>
-__device__ __forceinline__ void gemv_unit(float (&ag)[NT], float (&a8)[NT], const Raw<4, 4, S16> &u, uint32_t xa,
-                                          uint32_t oa, uint32_t k, int lane) {
-    const int g = lane >> 2, tig = lane & 3;
+__device__ __forceinline__ void gemv_unit(float (&ag)[NT], float (&a8)[NT], float (&ah)[NT], const Raw<4, 4, S16> &u,
+                                          uint32_t sh, uint32_t xa, uint32_t oa, uint32_t k, int lane) {
+    const int tig = lane & 3;
     const uint32_t M = 0x0F0F0F0Fu;
     const uint32_t w0 = u.lo[0], w1 = u.lo[1], w2 = u.lo[2], w3 = u.lo[3];
     const uint32_t ug0 = w0 & M, ug1 = (w0 >> 4) & M, ug2 = w2 & M, ug3 = (w2 >> 4) & M;
@@ -132,23 +145,20 @@ __device__ __forceinline__ void gemv_unit(float (&ag)[NT], float (&a8)[NT], cons
     const uint32_t c0 = __byte_perm(C, 0, 0x4440), c1 = __byte_perm(C, 0, 0x4441);
     const uint32_t c2 = __byte_perm(C, 0, 0x4442), c3 = __byte_perm(C, 0, 0x4443);
     const float4 S = unit_scales<S16>(u.sc);
+    const float s_h = S16 ? half_hi(sh) : __uint_as_float(sh);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         const uint32_t xt = xa + t * k;
         const uint4 X = lds_v4(xt + 16 * tig);
         const int off = lds_s32(oa + t * (k >> 2) + 4 * tig);
-        int lg = dp4a_us(ug0, X.x, dp4a_us(ug1, X.y, dp4a_us(ug2, X.z, dp4a_us(ug3, X.w, -off))));
-        int l8 = dp4a_us(u80, X.x, dp4a_us(u81, X.y, dp4a_us(u82, X.z, dp4a_us(u83, X.w, -off))));
-        lg += __shfl_xor_sync(0xffffffffu, lg, 1);
-        l8 += __shfl_xor_sync(0xffffffffu, l8, 1);
-        lg += __shfl_xor_sync(0xffffffffu, lg, 2);
-        l8 += __shfl_xor_sync(0xffffffffu, l8, 2);
+        const int lg = dp4a_us(ug0, X.x, dp4a_us(ug1, X.y, dp4a_us(ug2, X.z, dp4a_us(ug3, X.w, -off))));
+        const int l8 = dp4a_us(u80, X.x, dp4a_us(u81, X.y, dp4a_us(u82, X.z, dp4a_us(u83, X.w, -off))));
         const uint32_t xg = __byte_perm(__byte_perm(lds_u8(xt + c0), lds_u8(xt + c1), 0x0040),
                                         __byte_perm(lds_u8(xt + c2), lds_u8(xt + c3), 0x0040), 0x5410);
-        int hs = __dp4a((int)cv, (int)xg, 0);
-        hs += __shfl_xor_sync(0xffffffffu, hs, 1);
-        const int hg = __shfl_sync(0xffffffffu, hs, 2 * g), h8 = __shfl_sync(0xffffffffu, hs, 2 * g + 16);
-        unit_combine(ag[t], a8[t], S, lg, hg, l8, h8);
+        const int hs = __dp4a((int)cv, (int)xg, 0);
+        ag[t] = fmaf(S.x, __int2float_rn(lg), ag[t]);
+        a8[t] = fmaf(S.z, __int2float_rn(l8), a8[t]);
+        ah[t] = fmaf(s_h, __int2float_rn(hs), ah[t]);
     }
 }
 
@@ -156,8 +166,8 @@ __device__ __forceinline__ void gemv_unit(float (&ag)[NT], float (&a8)[NT], cons
  * (kc_sq_frag.cuh) gives the lane's low codes with the high positions set
  * to code 0 and its high codes in the same byte positions (zero where low),
  * so both parts are four dp4a against the same 16 activation bytes, and the
- * high part needs no gather from shared memory. A quad adds each of its four
- * sums with two shuffles. */
+ * high part needs no gather from shared memory. Both parts of rows g and
+ * g + 8 go into the lane's ag / a8 (ah stays zero). */
 template <int NT, bool S16>
 __device__ __forceinline__ void gemv_unit_c(float (&ag)[NT], float (&a8)[NT], const RawC<S16> &u, uint32_t xa,
                                             uint32_t oa, uint32_t k, int lane) {
@@ -171,57 +181,80 @@ __device__ __forceinline__ void gemv_unit_c(float (&ag)[NT], float (&a8)[NT], co
         const uint4 X = lds_v4(xt + 16 * tig);
         const int off = lds_s32(oa + t * (k >> 2) + 4 * tig);
         /* register A[kc * 4 + r]: row g + 8 (r & 1), columns 16 t + 8 kc + 4 (r >> 1) + 0..3 */
-        int lg = dp4a_us(Alo[0], X.x, dp4a_us(Alo[2], X.y, dp4a_us(Alo[4], X.z, dp4a_us(Alo[6], X.w, -off))));
-        int l8 = dp4a_us(Alo[1], X.x, dp4a_us(Alo[3], X.y, dp4a_us(Alo[5], X.z, dp4a_us(Alo[7], X.w, -off))));
-        int hg = __dp4a((int)Ahi[0], (int)X.x, __dp4a((int)Ahi[2], (int)X.y,
-                        __dp4a((int)Ahi[4], (int)X.z, __dp4a((int)Ahi[6], (int)X.w, 0))));
-        int h8 = __dp4a((int)Ahi[1], (int)X.x, __dp4a((int)Ahi[3], (int)X.y,
-                        __dp4a((int)Ahi[5], (int)X.z, __dp4a((int)Ahi[7], (int)X.w, 0))));
-#pragma unroll
-        for (int s = 1; s <= 2; s <<= 1) {
-            lg += __shfl_xor_sync(0xffffffffu, lg, s);
-            l8 += __shfl_xor_sync(0xffffffffu, l8, s);
-            hg += __shfl_xor_sync(0xffffffffu, hg, s);
-            h8 += __shfl_xor_sync(0xffffffffu, h8, s);
-        }
-        unit_combine(ag[t], a8[t], S, lg, hg, l8, h8);
+        const int lg = dp4a_us(Alo[0], X.x, dp4a_us(Alo[2], X.y, dp4a_us(Alo[4], X.z, dp4a_us(Alo[6], X.w, -off))));
+        const int l8 = dp4a_us(Alo[1], X.x, dp4a_us(Alo[3], X.y, dp4a_us(Alo[5], X.z, dp4a_us(Alo[7], X.w, -off))));
+        const int hg = __dp4a((int)Ahi[0], (int)X.x, __dp4a((int)Ahi[2], (int)X.y,
+                              __dp4a((int)Ahi[4], (int)X.z, __dp4a((int)Ahi[6], (int)X.w, 0))));
+        const int h8 = __dp4a((int)Ahi[1], (int)X.x, __dp4a((int)Ahi[3], (int)X.y,
+                              __dp4a((int)Ahi[5], (int)X.z, __dp4a((int)Ahi[7], (int)X.w, 0))));
+        ag[t] = fmaf(S.y, __int2float_rn(hg), fmaf(S.x, __int2float_rn(lg), ag[t]));
+        a8[t] = fmaf(S.w, __int2float_rn(h8), fmaf(S.z, __int2float_rn(l8), a8[t]));
     }
 }
 
-/* The two layouts' unit streams, for the one kernel below. */
+/* The two layouts' unit streams, for the one kernel below. HI: the layout
+ * keeps the high part in its own per-lane sum (ah, see gemv_unit). */
+template <bool S16>
+struct GemvRaw { /* an explicit unit's words for this lane, and the high scale of row lane >> 1 */
+    Raw<4, 4, S16> u;
+    uint32_t sh;
+};
+struct GemvPtr {
+    LanePtr p;
+    const uint8_t *sh;
+};
 template <bool C, bool S16>
 struct GemvLayout { /* explicit slots */
-    typedef Raw<4, 4, S16> R;
-    typedef LanePtr P;
-    static __device__ __forceinline__ P ptrs(const MmArgs &a, int lane) { return lane_ptrs<4, 4, S16>(a, lane); }
+    typedef GemvRaw<S16> R;
+    typedef GemvPtr P;
+    static constexpr bool HI = true;
     static constexpr int ub = UG<4, 4, S16>::ub;
-    static __device__ __forceinline__ void load(R &r, const P &p, uint32_t u) { load_unit<4, 4, S16>(r, p, u, ub); }
-    /* the lane's words of a unit staged in shared memory at s (lane_ptrs' offsets) */
+    static constexpr int rowsc = S16 ? 4 : 8; /* bytes of a row's two scales */
+    static __device__ __forceinline__ P ptrs(const MmArgs &a, int lane) {
+        P p;
+        p.p = lane_ptrs<4, 4, S16>(a, lane);
+        /* row lane >> 1's (s_lo, s_hi): the half pair's word, or the float s_hi */
+        p.sh = a.w + UG<4, 4, S16>::lo + UG<4, 4, S16>::sl + (lane >> 1) * rowsc + (S16 ? 0 : 4);
+        return p;
+    }
+    static __device__ __forceinline__ void load(R &r, const P &p) {
+        load_unit<4, 4, S16>(r.u, p.p, 0, ub);
+        r.sh = ld_stream1(p.sh);
+    }
+    template <typename T>
+    static __device__ __forceinline__ void step(P &p, T d) {
+        p.p.lo += d, p.p.sl += d, p.p.sc0 += d, p.p.sc1 += d, p.sh += d;
+    }
+    /* the lane's words of a unit staged in shared memory at s (ptrs' offsets) */
     static __device__ __forceinline__ void load_s(R &r, uint32_t s, int lane) {
         const uint4 v = lds_v4(s + 16 * lane);
         const uint2 l = lds_v2(s + 512 + 8 * lane);
-        r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w, r.sl[0] = l.x, r.sl[1] = l.y;
-        const uint32_t sc = s + 768 + (lane >> 2) * (S16 ? 4 : 8);
+        r.u.lo[0] = v.x, r.u.lo[1] = v.y, r.u.lo[2] = v.z, r.u.lo[3] = v.w, r.u.sl[0] = l.x, r.u.sl[1] = l.y;
+        const uint32_t sc = s + 768 + (lane >> 2) * rowsc;
         if (S16) {
-            r.sc[0] = (uint32_t)lds_s32(sc), r.sc[1] = (uint32_t)lds_s32(sc + 32);
+            r.u.sc[0] = (uint32_t)lds_s32(sc), r.u.sc[1] = (uint32_t)lds_s32(sc + 32);
         } else {
             const uint2 a = lds_v2(sc), b = lds_v2(sc + 64);
-            r.sc[0] = a.x, r.sc[1] = a.y, r.sc[2] = b.x, r.sc[3] = b.y;
+            r.u.sc[0] = a.x, r.u.sc[1] = a.y, r.u.sc[2] = b.x, r.u.sc[3] = b.y;
         }
+        r.sh = (uint32_t)lds_s32(s + 768 + (lane >> 1) * rowsc + (S16 ? 0 : 4));
     }
     template <int NT>
-    static __device__ __forceinline__ void unit(float (&ag)[NT], float (&a8)[NT], const R &r, uint32_t xa,
-                                                uint32_t oa, uint32_t k, int lane) {
-        gemv_unit<NT, S16>(ag, a8, r, xa, oa, k, lane);
+    static __device__ __forceinline__ void unit(float (&ag)[NT], float (&a8)[NT], float (&ah)[NT], const R &r,
+                                                uint32_t xa, uint32_t oa, uint32_t k, int lane) {
+        gemv_unit<NT, S16>(ag, a8, ah, r.u, r.sh, xa, oa, k, lane);
     }
 };
 template <bool S16>
 struct GemvLayout<true, S16> { /* compact */
     typedef RawC<S16> R;
     typedef LanePtrC P;
+    static constexpr bool HI = false;
     static __device__ __forceinline__ P ptrs(const MmArgs &a, int lane) { return lane_ptrs_c<S16>(a.w, lane); }
     static constexpr int ub = UGC<S16>::ub;
-    static __device__ __forceinline__ void load(R &r, const P &p, uint32_t u) { load_unit_c<S16>(r, p, u); }
+    static __device__ __forceinline__ void load(R &r, const P &p) { load_unit_c<S16>(r, p, 0); }
+    template <typename T>
+    static __device__ __forceinline__ void step(P &p, T d) { p.lo += d, p.cd += d, p.sc += d; }
     static __device__ __forceinline__ void load_s(R &r, uint32_t s, int lane) { /* lane_ptrs_c's offsets */
         const uint4 v = lds_v4(s + 16 * lane), c = lds_v4(s + SQC_LO + 16 * (lane >> 2));
         r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w;
@@ -236,21 +269,37 @@ struct GemvLayout<true, S16> { /* compact */
         }
     }
     template <int NT>
-    static __device__ __forceinline__ void unit(float (&ag)[NT], float (&a8)[NT], const R &r, uint32_t xa,
-                                                uint32_t oa, uint32_t k, int lane) {
+    static __device__ __forceinline__ void unit(float (&ag)[NT], float (&a8)[NT], float (&)[NT], const R &r,
+                                                uint32_t xa, uint32_t oa, uint32_t k, int lane) {
         gemv_unit_c<NT, S16>(ag, a8, r, xa, oa, k, lane);
     }
 };
 
-/* The warps' partial sums of one tile are added in warp order and stored
- * (lane (g, 0) of every warp left row g, lane (g, 1) row g + 8). */
-template <int NT>
-__device__ __forceinline__ void gemv_flush(const float (&ag)[NT], const float (&a8)[NT], const MmArgs &a, float *red,
-                                        long tile, int warp, int nw, int lane) {
+/* The end of a tile: each row's lanes are added (the quad's for rows g and
+ * g + 8, and with HI the pair 2 r, 2 r + 1 that holds row r's high part),
+ * then the warps' row sums in warp order, and the tile is stored. The
+ * accumulators restart at zero. */
+template <int NT, bool HI>
+__device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], float (&ah)[NT], const MmArgs &a,
+                                        float *red, long tile, int warp, int nw, int lane) {
     const int g = lane >> 2, tig = lane & 3;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        ag[t] += __shfl_xor_sync(0xffffffffu, ag[t], 1);
+        a8[t] += __shfl_xor_sync(0xffffffffu, a8[t], 1);
+        ag[t] += __shfl_xor_sync(0xffffffffu, ag[t], 2);
+        a8[t] += __shfl_xor_sync(0xffffffffu, a8[t], 2);
+        if (HI) {
+            ah[t] += __shfl_xor_sync(0xffffffffu, ah[t], 1);
+            ag[t] += __shfl_sync(0xffffffffu, ah[t], 2 * g);
+            a8[t] += __shfl_sync(0xffffffffu, ah[t], 2 * g + 16);
+        }
+    }
     if (tig < 2)
 #pragma unroll
         for (int t = 0; t < NT; t++) red[(warp * NT + t) * 16 + g + 8 * tig] = tig ? a8[t] : ag[t];
+#pragma unroll
+    for (int t = 0; t < NT; t++) ag[t] = a8[t] = ah[t] = 0.0f;
     __syncthreads();
     for (int e = threadIdx.x; e < NT * 16; e += blockDim.x) { /* a block may have fewer threads than outputs */
         const int row = e & 15, t = e >> 4;
@@ -296,7 +345,7 @@ __device__ __forceinline__ void gemv_acts(const MmArgs &a, uint8_t *smem, uint32
 /* Persistent blocks: block b takes tiles b, b + gridDim.x, ...; its warps
  * split k (warp w owns subgroups [s0, s1), the same for every tile), so
  * each warp copies its activations into shared memory once, and its units
- * form one stream over all its tiles, loaded GEMV_DEPTH units ahead across
+ * form one stream over all its tiles, loaded gemv_depth() units ahead across
  * tile boundaries. One barrier per tile (double-buffered partial sums). */
 template <int NT, bool S16, bool C>
 __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_gemv(MmArgs a) {
@@ -311,41 +360,48 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_ge
     const uint32_t ntl = (uint32_t)((ntiles - tile0 + tstep - 1) / tstep); /* tiles of this block */
     const uint32_t total = n * ntl;
     /* the weight stream: unit index of the next load, steps into the tile */
-    const typename L::P lp = L::ptrs(a, lane);
-    const uint32_t jump = (uint32_t)(tstep * nsub - n + 1);
-    uint32_t lu = (uint32_t)(tile0 * nsub + s0), lstep = 0;
-    typename L::R r[GEMV_DEPTH];
+    /* the lane's addresses in the next unit to load: a step is one unit, or
+     * at the end of the warp's range in a tile, a jump to its range in the
+     * block's next tile (pointers advanced, not recomputed: fewer
+     * instructions a unit, and nothing the compiler rematerializes) */
+    typename L::P lp = L::ptrs(a, lane);
+    L::step(lp, (size_t)(tile0 * nsub + s0) * L::ub);
+    const uint32_t jump = (uint32_t)((tstep * nsub - n + 1) * L::ub); /* < 4 GB: within the matrix */
+    uint32_t lstep = 0;
+    /* gemv_depth() units in flight, one more set of registers for the unit
+     * being multiplied: iteration j of a round loads into the set iteration
+     * j - 1 consumed, so the sets rotate by index at compile time and no
+     * unit is copied between registers */
+    constexpr int D = gemv_depth<NT, C>(), R = D + 1;
+    typename L::R r[R];
 #pragma unroll
-    for (int i = 0; i < GEMV_DEPTH; i++)
+    for (int i = 0; i < D; i++)
         if (i < (int)total) {
-            L::load(r[i], lp, lu);
-            lu += ++lstep == n ? (lstep = 0, jump) : 1;
+            L::load(r[i], lp);
+            L::step(lp, ++lstep == n ? (lstep = 0, jump) : (uint32_t)L::ub);
         }
     /* the weights do not depend on the kernel before (kc_launch_pdl): their
      * first loads are in flight while it finishes; its output is read from here */
     kc_pdl_wait();
     kc_pdl_trigger();
     gemv_acts<NT>(a, smem, s0, n, lane);
-    float ag[NT], a8[NT];
+    float ag[NT], a8[NT], ah[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
+    for (int t = 0; t < NT; t++) ag[t] = a8[t] = ah[t] = 0.0f;
     uint32_t cstep = 0, buf = 0;
     long tile = tile0;
-    for (uint32_t i = 0; i < total; i += GEMV_DEPTH) {
+    for (uint32_t i = 0; i < total; i += R) {
 #pragma unroll
-        for (int j = 0; j < GEMV_DEPTH; j++) {
+        for (int j = 0; j < R; j++) {
             if (i + j < total) {
-                const typename L::R cur = r[j];
-                if (i + j + GEMV_DEPTH < total) {
-                    L::load(r[j], lp, lu);
-                    lu += ++lstep == n ? (lstep = 0, jump) : 1;
+                if (i + j + D < total) {
+                    L::load(r[(j + D) % R], lp);
+                    L::step(lp, ++lstep == n ? (lstep = 0, jump) : (uint32_t)L::ub);
                 }
                 const uint32_t sub = s0 + cstep;
-                L::template unit<NT>(ag, a8, cur, sx + sub * 64, so + sub * 16, k, lane);
+                L::template unit<NT>(ag, a8, ah, r[j], sx + sub * 64, so + sub * 16, k, lane);
                 if (++cstep == n) {
-                    gemv_flush<NT>(ag, a8, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
-#pragma unroll
-                    for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
+                    gemv_flush<NT, L::HI>(ag, a8, ah, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
                     cstep = 0, buf ^= 1, tile += tstep;
                 }
             }
@@ -401,9 +457,9 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
     kc_pdl_wait();
     kc_pdl_trigger();
     gemv_acts<NT>(a, smem, s0, n, lane);
-    float ag[NT], a8[NT];
+    float ag[NT], a8[NT], ah[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
+    for (int t = 0; t < NT; t++) ag[t] = a8[t] = ah[t] = 0.0f;
     uint32_t cstep = 0, buf = 0, slot = 0;
     long tile = tile0;
     for (uint32_t i = 0; i < total; i++) {
@@ -420,11 +476,9 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
         }
         slot = slot + 1 == D ? 0 : slot + 1;
         const uint32_t sub = s0 + cstep;
-        L::template unit<NT>(ag, a8, cur, sx + sub * 64, so + sub * 16, k, lane);
+        L::template unit<NT>(ag, a8, ah, cur, sx + sub * 64, so + sub * 16, k, lane);
         if (++cstep == n) {
-            gemv_flush<NT>(ag, a8, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
-#pragma unroll
-            for (int t = 0; t < NT; t++) ag[t] = a8[t] = 0.0f;
+            gemv_flush<NT, L::HI>(ag, a8, ah, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
             cstep = 0, buf ^= 1, tile += tstep;
         }
     }
