@@ -20,7 +20,7 @@
  * epilogue, so one's stores hide behind the other's wgmma), on clusters
  * of 2 along the tokens (the weight tile is multicast).
  *
- * From KC_I8_MIN_M (65) tokens only. Below, bench_gemm times this kernel
+ * From 65 tokens only (KC_I8_MIN_M moves the start). Below, bench_gemm times this kernel
  * faster than cuBLAS + the scale pass on most shapes, yet in one call the
  * W8A8 decode step end to end was slower with it (8B batch 16: 3,391
  * against 4,082 tokens/s with the logits on the GPU; H200, ef715a6; a tile
@@ -129,9 +129,18 @@ int run(const int8_t *qx, const int8_t *w8, long m, long n, long k, const float 
 
 bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-constexpr long KC_I8_MIN_M = 65;
-
 } // namespace
+
+/* the fewest tokens the fused GEMM takes: 65, or KC_I8_MIN_M (an A/B knob
+ * for the question above) */
+static long min_m(void) {
+    static long v = -1;
+    if (v < 0) {
+        const char *e = getenv("KC_I8_MIN_M");
+        v = e && *e && atol(e) > 0 ? atol(e) : 65;
+    }
+    return v;
+}
 
 static int g_on = -1;
 static long g_count; /* fused GEMMs run */
@@ -150,7 +159,7 @@ extern "C" int kc_i8_gemm_on(void) {
 
 static int fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs, const float *d_y,
                 long ldy) {
-    return kc_i8_gemm_on() && kc_sm90a() && m >= KC_I8_MIN_M && k % 16 == 0 && n % 4 == 0 && ldy % 4 == 0 &&
+    return kc_i8_gemm_on() && kc_sm90a() && m >= min_m() && k % 16 == 0 && n % 4 == 0 && ldy % 4 == 0 &&
            m <= 0x7fffffffL && n <= 0x7fffffffL && k <= 0x7fffffffL && ldy <= 0x7fffffffL && aligned16(d_qx) &&
            aligned16(d_w8) && aligned16(d_rs) && aligned16(d_y);
 }
