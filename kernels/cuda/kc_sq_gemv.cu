@@ -10,8 +10,9 @@
  * scheduler with two units in flight: Nsight Compute put them at 21-59 %
  * of copy bandwidth on the 8B shapes at M = 1 (docs/perf-gpu.md). Here a
  * unit costs a warp 98 SASS instructions at M = 1 on the explicit layout
- * (cuobjdump of the loop; 142 before the changes marked * below, when
- * Nsight Compute found the kernel issue-bound at ~0.55 issues a cycle):
+ * with the weights in registers, 121 staged through shared memory (the
+ * cp.async copies included; cuobjdump of the loops, against 142 before the
+ * changes marked * below):
  *   low part   the lane's 16 bytes of nibbles (rows g and g + 8, columns
  *              16 t .. 16 t + 15 of the unit: the fragment map of
  *              kc_sq_frag.cuh) are unpacked with one AND (and a shift) per
@@ -31,10 +32,13 @@
  *              of row lane >> 1 with that row's high scale, one more 2-byte
  *              load). The lanes of a row are added once a tile, not once a
  *              unit: no shuffles per unit (there were seven).
- *   stream  *  the lane's addresses are advanced, not recomputed from the
- *              unit index, and the units in flight rotate through
- *              gemv_depth() + 1 register sets by index, so none is copied
- *              between registers.
+ *   stream  *  by default (k_sq_gemv_st) each warp copies its units with
+ *              cp.async into a ring of GEMV_STAGES in shared memory, so six
+ *              are in flight without costing registers; k_sq_gemv
+ *              (KC_SQ_GEMV_STAGE=0) holds them in registers instead: the
+ *              lane's addresses advanced, not recomputed from the unit
+ *              index, and the units in flight rotating through
+ *              gemv_depth() + 1 register sets by index, none copied.
  * Work split. Persistent blocks (as many as fit at once, at most one per
  * tile) walk the 16-row tiles b, b + grid, ...; a block's warps split k
  * into contiguous ranges of units, the same for every tile, so each warp
@@ -73,7 +77,9 @@
  * units' words without spilling or recomputing addresses (a third unit in
  * flight spills: ptxas -v); 3 where the register budget is larger. Two
  * units of 832 bytes a warp are ~53 KB in flight an SM, above the ~32 KB
- * that the H200's bandwidth x latency asks for. */
+ * that the H200's bandwidth x latency asks for. (Four units a warp at
+ * up to 128 registers, half the warps an SM, took 6-35 % longer on every
+ * shape: docs/perf-gpu.md, ninth session.) */
 template <int NT, bool C>
 __host__ __device__ constexpr int gemv_depth() { return NT == 1 && !C ? 2 : 3; }
 #define GEMV_MAXW 16   /* warps per block, at most */
@@ -507,9 +513,12 @@ extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m) {
 }
 
 /* Whether k_sq_gemv_st (weights staged in shared memory) runs instead of
- * k_sq_gemv (weights in registers): KC_SQ_GEMV_STAGE=0/1. Off by default:
- * on the H200 it wins only on the largest shapes and the compact layout,
- * and loses end to end (docs/perf-gpu.md, third session). */
+ * k_sq_gemv (weights in registers): KC_SQ_GEMV_STAGE=0/1. On by default
+ * since the per-lane sums (ninth session): on the H200 it ties the
+ * register kernel on the two smallest 8B shapes and wins on the rest, up
+ * to 94 % of copy bandwidth on the 70B gate_up, and decodes 8B at batch 1
+ * 4 % faster end to end (docs/perf-gpu.md). Before them, with seven
+ * shuffles a unit, it lost end to end (third session). */
 static int g_stage = -1;
 
 extern "C" void kc_sq_set_gemv_stage(int on) { g_stage = on < 0 ? -1 : on != 0; }
@@ -517,7 +526,7 @@ extern "C" void kc_sq_set_gemv_stage(int on) { g_stage = on < 0 ? -1 : on != 0; 
 static int gemv_stage_on(void) {
     if (g_stage < 0) {
         const char *e = getenv("KC_SQ_GEMV_STAGE");
-        g_stage = e && *e ? atoi(e) != 0 : 0;
+        g_stage = e && *e ? atoi(e) != 0 : 1;
     }
     return g_stage;
 }
