@@ -68,13 +68,14 @@
  * Bits per weight: 4 + 8 * 8 / 64 + 2 * 16 / 64 = 5.5 with half scales,
  * 6.0 with float scales (used unless every scale of the matrix is exactly
  * a half; the numbers are never changed).
- * Decoding (kc_sq_mm.cu, frag_compact): a lane finds its high nibbles in
+ * Decoding (kc_sqc_mm.cu and kc_sq_gemv.cu, frag_compact): a lane finds its high nibbles in
  * its raw words with three integer ops a word, the count of highs in the
  * quad's lower lanes with two shuffles, and gathers each high code with one
  * PRMT whose selector nibbles (the code's index in the row's list) come out
  * of one 64-bit multiply of the flag nibbles (an exclusive prefix sum).
  *
- * The kernels that read this layout are described in kc_sq_mm.cu.
+ * The kernels that read this layout are described in kc_sq_mm.cu,
+ * kc_sqc_mm.cu and kc_sq_gemv.cu.
  */
 #ifndef KC_SQ_CUH
 #define KC_SQ_CUH

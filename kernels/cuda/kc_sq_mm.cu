@@ -18,29 +18,18 @@
  *   Other shapes (2-bit storage, b = 128, other high counts, no highs) take
  *     the decode kernel with run-time slot counts and float scales; beyond
  *     64 tokens, in chunks of 64.
- * The compact layout (kc_sq.cuh; the default where it applies) has its own
- * kernels with the same structure: k_sqc_dec (stream-k decode, one unit a
- * step), k_sqc_dec2 (two units a step: both decoded and multiplied in one
- * basic block, for instruction-level parallelism) and k_sqc_pre (prefill).
- * Their unit decoding (frag_compact) needs no shared memory: the reserved
- * nibble gives the high flags (3 integer ops a word), two quad shuffles the
- * count of highs in the lanes before, one multiply per word the PRMT
- * selectors, and 6 PRMT + 2 AND per word the high A fragments. It costs
- * more instructions than the explicit layout's slot scatter: on the H200 the
- * compact decode kernels issue ~1.4x the instructions of the explicit ones
- * for the same matrix and are issue/latency bound at ~14 resident warps per
- * SM (docs/perf-gpu.md has the profile).
+ * The compact layout (kc_sq.cuh) has its own kernels in kc_sqc_mm.cu;
+ * what the two files share is in kc_sq_mm.cuh.
  * Several matrices that share the input (q/k/v, gate/up) run as one launch
  * over a fused matrix (kc_sq_fuse, kc_sq_matmul_parts): store_y sends each
  * 16-row tile to its part's output.
  */
-#include "kc_sq_frag.cuh"
+#include "kc_sq_mm.cuh"
 
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-
 
 /* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
  * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
@@ -165,70 +154,6 @@ __device__ __forceinline__ void is_to_float(const int (&iacc)[NT][4], float (&ac
         for (int e = 0; e < 4; e++) acc[t][e] = (e < 2 ? s0 : s1) * __int2float_rn(iacc[t][e]);
 }
 
-template <int NT>
-__device__ __forceinline__ void store_y(const float (&v)[NT][4], const MmArgs &a, long tile, long tok0, int lane) {
-    const int g = lane >> 2, tig = lane & 3;
-    float *y = a.y;
-    long n = a.n, r0 = tile * 16, nvalid = a.n - r0;
-    if (a.np > 1) { /* the tile lies in one part (parts but the last are whole tiles) */
-        int p = 0;
-        while (p + 1 < a.np && r0 >= a.pstart[p + 1]) p++;
-        y = a.py[p], n = a.pstart[p + 1] - a.pstart[p], r0 -= a.pstart[p], nvalid = a.pstart[p + 1] - tile * 16;
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const long rr = g + 8 * (e >> 1), tok = tok0 + t * 8 + 2 * tig + (e & 1);
-            if (rr < nvalid && tok < a.m) y[tok * n + r0 + rr] = v[t][e] * __ldg(a.sx + tok);
-        }
-}
-
-/* stream-k bookkeeping: warp w owns items [w U / W, (w+1) U / W) */
-__device__ __forceinline__ long sk_owner(long x, long W, long U) { return ((x + 1) * W - 1) / U; }
-__device__ __forceinline__ long sk_slot(long w, long tile, long W, long U, long ng) {
-    return 2 * w + ((w * U / W) / ng == tile ? 0 : 1);
-}
-
-/* A warp finished its part [ts, te) of `tile`: a whole tile is stored; a
- * part goes to the warp's partial slot, and the last of the tile's
- * contributors to arrive adds all parts in warp order (deterministic) and
- * stores the tile. */
-template <int NT>
-__device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, long tile, long ts, long te, long w,
-                                         int lane) {
-    const long ng = a.ngroups, U = a.ntiles * ng, W = a.nw;
-    if (ts == tile * ng && te == (tile + 1) * ng) {
-        store_y(acc, a, tile, a.tok0, lane);
-        return;
-    }
-    float *p = a.part + (size_t)sk_slot(w, tile, W, U, ng) * (NT * 128);
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) __stcg(p + (t * 4 + e) * 32 + lane, acc[t][e]);
-    __threadfence();
-    __syncwarp();
-    const long wf = sk_owner(tile * ng, W, U), wl = sk_owner((tile + 1) * ng - 1, W, U);
-    int last = 0;
-    if (lane == 0) last = atomicAdd(a.cnt + tile, 1) == (int)(wl - wf);
-    last = __shfl_sync(0xffffffffu, last, 0);
-    if (!last) return;
-    __threadfence();
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    for (long q = wf; q <= wl; q++) { /* own part included, read back: the same order whoever is last */
-        const float *o = a.part + (size_t)sk_slot(q, tile, W, U, ng) * (NT * 128);
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[t][e] += __ldcg(o + (t * 4 + e) * 32 + lane);
-    }
-    if (lane == 0) a.cnt[tile] = 0; /* ready for the next launch */
-    store_y(acc, a, tile, a.tok0, lane);
-}
-
-
 /* decode: stream-k over (tile, group) items, 4 warps a block, weight units
  * loaded D groups ahead (D + 1 register sets, the loop unrolled by D + 1) */
 template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool IS>
@@ -319,275 +244,6 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
 #undef SQ_LOADB
 }
 
-/* One compact unit (16 rows x 64 columns, one scale group) against NT x 8
- * tokens; B fragments as in do_group. */
-template <int NT, bool S16, bool OFFS, bool BPRE>
-__device__ __forceinline__ void do_group_c(float (&acc)[NT][4], const RawC<S16> &cur, const uint4 *bsrc, long bst,
-                                           uint32_t tvalid, const uint4 &bpre, int lane) {
-    const uint32_t NEG = 0xF8F8F8F8u;
-    uint32_t Alo[8], Ahi[8];
-    frag_compact<!OFFS, S16>(cur, Alo, Ahi, lane & 3);
-    float sl0, sh0, sl1, sh1;
-    if (S16) {
-        sl0 = half_lo(cur.sc[0]), sh0 = half_hi(cur.sc[0]);
-        sl1 = half_lo(cur.sc[1]), sh1 = half_hi(cur.sc[1]);
-    } else {
-        sl0 = __uint_as_float(cur.sc[0]), sh0 = __uint_as_float(cur.sc[1]);
-        sl1 = __uint_as_float(cur.sc[2]), sh1 = __uint_as_float(cur.sc[3]);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        const int mg[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
-        int ilo[4], ihi[4];
-        const uint4 bv = BPRE ? bpre : (tvalid >> t) & 1 ? __ldg(bsrc + t * bst) : make_uint4(0, 0, 0, 0);
-        mma_s8c(ilo, Alo[0], Alo[1], Alo[2], Alo[3], bv.x, bv.y, mg);
-        mma_s8(ilo, Alo[4], Alo[5], Alo[6], Alo[7], bv.z, bv.w);
-        if (OFFS) {
-            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.x, bv.y);
-            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.z, bv.w);
-        }
-        mma_s8c(ihi, Ahi[0], Ahi[1], Ahi[2], Ahi[3], bv.x, bv.y, mg);
-        mma_s8(ihi, Ahi[4], Ahi[5], Ahi[6], Ahi[7], bv.z, bv.w);
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const float sl = e < 2 ? sl0 : sl1, sh = e < 2 ? sh0 : sh1;
-            acc[t][e] = fmaf(sl, __int_as_float(ilo[e]) - MAGIC_F, acc[t][e]);
-            acc[t][e] = fmaf(sh, __int_as_float(ihi[e]) - MAGIC_F, acc[t][e]);
-        }
-    }
-}
-
-/* decode on the compact layout: stream-k over (tile, group) items as
- * k_sq_dec, DEPTH units loaded ahead (DEPTH + 1 register sets) */
-template <int NT, bool S16, int DEPTH, int MINB>
-__global__ void __launch_bounds__(128, MINB) k_sqc_dec(MmArgs a) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
-    if (w >= W) return;
-    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
-    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
-    if (i0 >= i1) return;
-    const int g = lane >> 2, tig = lane & 3;
-    uint32_t tvalid = 0;
-#pragma unroll
-    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
-    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
-    const long xst = a.k / 2;
-    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
-    constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
-    RawC<S16> r0, r1, r2, r3;
-    uint4 x0, x1, x2, x3;
-    const bool xv = tvalid & 1;
-    unsigned lgrp = i0 % ng; /* group of the next unit to load */
-#define SQC_LOAD(R, X, item)                                                   \
-    {                                                                          \
-        load_unit_c<S16>(R, lp, item);                                         \
-        if (BPRE) X = xv ? __ldg(xrow + lgrp * 4) : make_uint4(0, 0, 0, 0);    \
-    }                                                                          \
-    if (++lgrp == ng) lgrp = 0;
-    SQC_LOAD(r0, x0, i0)
-    if constexpr (DEPTH >= 2) {
-        if (i0 + 1 < i1) SQC_LOAD(r1, x1, i0 + 1)
-    }
-    if constexpr (DEPTH >= 3) {
-        if (i0 + 2 < i1) SQC_LOAD(r2, x2, i0 + 2)
-    }
-    float acc[NT][4];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
-#define SQC_STEP(C, XC, L, XL)                                                                          \
-    {                                                                                                   \
-        if (it + DEPTH < i1) SQC_LOAD(L, XL, it + DEPTH)                                                \
-        do_group_c<NT, S16, OFFS, BPRE>(acc, C, xrow + grp * 4, xst, tvalid, XC, lane);                 \
-        it++;                                                                                           \
-        if (++grp == ng || it == i1) {                                                                  \
-            sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                \
-            _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
-            tile++, grp = 0, ts = it;                                                                   \
-        }                                                                                               \
-        if (it == i1) return;                                                                           \
-    }
-    if constexpr (DEPTH == 1) {
-        for (;;) {
-            SQC_STEP(r0, x0, r1, x1)
-            SQC_STEP(r1, x1, r0, x0)
-        }
-    } else if constexpr (DEPTH == 2) {
-        for (;;) {
-            SQC_STEP(r0, x0, r2, x2)
-            SQC_STEP(r1, x1, r0, x0)
-            SQC_STEP(r2, x2, r1, x1)
-        }
-    } else {
-        for (;;) {
-            SQC_STEP(r0, x0, r3, x3)
-            SQC_STEP(r1, x1, r0, x0)
-            SQC_STEP(r2, x2, r1, x1)
-            SQC_STEP(r3, x3, r2, x2)
-        }
-    }
-#undef SQC_STEP
-#undef SQC_LOAD
-}
-
-/* The mma part of one compact unit: exact int32 sums (low, high) per n-tile,
- * as bit patterns biased by 1.5 * 2^23 (see MAGIC_I). */
-template <int NT, bool OFFS>
-__device__ __forceinline__ void mma_unit(int (&ilo)[NT][4], int (&ihi)[NT][4], const uint32_t (&Alo)[8],
-                                         const uint32_t (&Ahi)[8], const uint4 (&bv)[NT]) {
-    const uint32_t NEG = 0xF8F8F8F8u;
-    const int mg[4] = {MAGIC_I, MAGIC_I, MAGIC_I, MAGIC_I};
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        mma_s8c(ilo[t], Alo[0], Alo[1], Alo[2], Alo[3], bv[t].x, bv[t].y, mg);
-        mma_s8(ilo[t], Alo[4], Alo[5], Alo[6], Alo[7], bv[t].z, bv[t].w);
-        if (OFFS) {
-            mma_s8(ilo[t], NEG, NEG, NEG, NEG, bv[t].x, bv[t].y);
-            mma_s8(ilo[t], NEG, NEG, NEG, NEG, bv[t].z, bv[t].w);
-        }
-        mma_s8c(ihi[t], Ahi[0], Ahi[1], Ahi[2], Ahi[3], bv[t].x, bv[t].y, mg);
-        mma_s8(ihi[t], Ahi[4], Ahi[5], Ahi[6], Ahi[7], bv[t].z, bv[t].w);
-    }
-}
-
-template <int NT>
-__device__ __forceinline__ void combine_unit(float (&acc)[NT][4], const int (&ilo)[NT][4], const int (&ihi)[NT][4],
-                                             const float (&sc)[4]) {
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const float sl = e < 2 ? sc[0] : sc[2], sh = e < 2 ? sc[1] : sc[3];
-            acc[t][e] = fmaf(sl, __int_as_float(ilo[t][e]) - MAGIC_F, acc[t][e]);
-            acc[t][e] = fmaf(sh, __int_as_float(ihi[t][e]) - MAGIC_F, acc[t][e]);
-        }
-}
-
-template <bool S16>
-__device__ __forceinline__ void scales_c(const RawC<S16> &r, float (&sc)[4]) {
-    if (S16) {
-        sc[0] = half_lo(r.sc[0]), sc[1] = half_hi(r.sc[0]), sc[2] = half_lo(r.sc[1]), sc[3] = half_hi(r.sc[1]);
-    } else {
-        sc[0] = __uint_as_float(r.sc[0]), sc[1] = __uint_as_float(r.sc[1]);
-        sc[2] = __uint_as_float(r.sc[2]), sc[3] = __uint_as_float(r.sc[3]);
-    }
-}
-
-/* decode on the compact layout, two units (consecutive items) per step: both
- * decoded and multiplied in one basic block (twice the independent work in
- * flight per warp), then combined in item order, so the float sums are the
- * same as k_sqc_dec's. Units are loaded one pair ahead (after a pair is
- * decoded, its registers take the pair after next). */
-template <int NT, bool S16, int MINB>
-__global__ void __launch_bounds__(128, MINB) k_sqc_dec2(MmArgs a) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
-    if (w >= W) return;
-    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
-    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
-    if (i0 >= i1) return;
-    const int g = lane >> 2, tig = lane & 3;
-    uint32_t tvalid = 0;
-#pragma unroll
-    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
-    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
-    const long xst = a.k / 2;
-    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
-    constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
-    const uint4 z = make_uint4(0, 0, 0, 0);
-    const bool xv = tvalid & 1;
-    const unsigned last = i1 - 1;
-    unsigned lg = i0 % ng; /* group of the next item to load */
-    RawC<S16> xa, xb, ya, yb;
-    uint4 bxa = z, bxb = z, bya = z, byb = z;
-#define SQC2_LOAD(RA, RB, XA, XB, item)                                                   \
-    {                                                                                     \
-        const unsigned ua_ = (item) < i1 ? (item) : last, ub_ = (item) + 1 < i1 ? (item) + 1 : last; \
-        load_unit_c<S16>(RA, lp, ua_);                                                    \
-        load_unit_c<S16>(RB, lp, ub_);                                                    \
-        const unsigned g2_ = lg + 1 == ng ? 0 : lg + 1;                                   \
-        if (BPRE) {                                                                       \
-            XA = xv ? __ldg(xrow + lg * 4) : z;                                           \
-            XB = xv ? __ldg(xrow + g2_ * 4) : z;                                          \
-        }                                                                                 \
-        lg = g2_ + 1 == ng ? 0 : g2_ + 1;                                                 \
-    }
-    SQC2_LOAD(xa, xb, bxa, bxb, i0)
-    if (i0 + 2 < i1) SQC2_LOAD(ya, yb, bya, byb, i0 + 2)
-    float acc[NT][4];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
-#define SQC2_END_ITEM                                                                                   \
-    it++;                                                                                               \
-    if (++grp == ng || it == i1) {                                                                      \
-        sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                    \
-        _Pragma("unroll") for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f; \
-        tile++, grp = 0, ts = it;                                                                       \
-    }                                                                                                   \
-    if (it == i1) return;
-#define SQC2_STEP(RA, RB, XA, XB)                                                                       \
-    {                                                                                                   \
-        uint32_t Alo0[8], Ahi0[8], Alo1[8], Ahi1[8];                                                    \
-        float s0[4], s1[4];                                                                             \
-        uint4 b0[NT], b1[NT];                                                                           \
-        frag_compact<!OFFS, S16>(RA, Alo0, Ahi0, tig);                                                  \
-        frag_compact<!OFFS, S16>(RB, Alo1, Ahi1, tig);                                                  \
-        scales_c<S16>(RA, s0);                                                                          \
-        scales_c<S16>(RB, s1);                                                                          \
-        const unsigned gb_ = grp + 1 == ng ? 0 : grp + 1;                                               \
-        if (BPRE) {                                                                                     \
-            b0[0] = XA, b1[0] = XB;                                                                     \
-        } else {                                                                                        \
-            _Pragma("unroll") for (int t = 0; t < NT; t++) {                                            \
-                b0[t] = (tvalid >> t) & 1 ? __ldg(xrow + grp * 4 + t * xst) : z;                        \
-                b1[t] = (tvalid >> t) & 1 ? __ldg(xrow + gb_ * 4 + t * xst) : z;                        \
-            }                                                                                           \
-        }                                                                                               \
-        if (it + 4 < i1) SQC2_LOAD(RA, RB, XA, XB, it + 4)                                              \
-        int l0[NT][4], h0[NT][4], l1[NT][4], h1[NT][4];                                                 \
-        mma_unit<NT, OFFS>(l0, h0, Alo0, Ahi0, b0);                                                     \
-        mma_unit<NT, OFFS>(l1, h1, Alo1, Ahi1, b1);                                                     \
-        combine_unit<NT>(acc, l0, h0, s0);                                                              \
-        SQC2_END_ITEM                                                                                   \
-        combine_unit<NT>(acc, l1, h1, s1);                                                              \
-        SQC2_END_ITEM                                                                                   \
-    }
-    for (;;) {
-        SQC2_STEP(xa, xb, bxa, bxb)
-        SQC2_STEP(ya, yb, bya, byb)
-    }
-#undef SQC2_STEP
-#undef SQC2_END_ITEM
-#undef SQC2_LOAD
-}
-
-/* prefill on the compact layout: as k_sq_pre */
-template <bool S16>
-__global__ void __launch_bounds__(256, 1) k_sqc_pre(MmArgs a) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long tile = (long)blockIdx.y * a.tpb + warp, tok0 = (long)blockIdx.x * 128;
-    const unsigned ng = (unsigned)a.ngroups;
-    if (tile >= a.ntiles) return;
-    const uint4 *xb = a.xf + (tok0 >> 3) * a.nsub * 32 + lane;
-    const long xst = a.nsub * 32;
-    RawC<S16> c0, c1;
-    const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
-    const unsigned i0 = (unsigned)(tile * ng);
-    load_unit_c<S16>(c0, lp, i0);
-    float acc[16][4];
-#pragma unroll
-    for (int t = 0; t < 16; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    const uint4 z = make_uint4(0, 0, 0, 0);
-    for (unsigned grp = 0; grp < ng; grp++) {
-        if (grp + 1 < ng) load_unit_c<S16>(c1, lp, i0 + grp + 1);
-        do_group_c<16, S16, false, false>(acc, c0, xb + grp * 32, xst, 0xFFFFu, z, lane);
-        c0 = c1;
-    }
-    store_y(acc, a, tile, tok0, lane);
-}
-
 /* prefill (fast layout): one warp per 16-row tile x 128 tokens, tpb warps a
  * block sharing the token chunk's fragment-order activations through L1 */
 template <bool S16>
@@ -640,109 +296,22 @@ static size_t g_part_bytes;
 static int *g_cnt;
 static long g_cnt_n;
 
-static int scratch(size_t part_bytes, long ntiles) {
-    if (part_bytes > g_part_bytes) {
-        size_t want = part_bytes < (4u << 20) ? (4u << 20) : part_bytes;
-        float *p = (float *)kc_malloc(want);
-        if (!p) return -1;
-        g_part = p, g_part_bytes = want; /* the old one stays allocated (see above) */
-    }
-    if (ntiles > g_cnt_n) {
+int kc_sk_scratch(size_t part_bytes, long ntiles, MmArgs *a) {
+    if (kc_grow((void **)&g_part, &g_part_bytes, part_bytes, (size_t)4 << 20)) return -1;
+    if (ntiles > g_cnt_n) { /* new counters start at zero; launches leave them so */
         long want = ntiles < 65536 ? 65536 : ntiles;
         int *c = (int *)kc_malloc((size_t)want * sizeof(int));
         if (!c || kc_memset(c, 0, (size_t)want * sizeof(int))) return -1;
         g_cnt = c, g_cnt_n = want;
     }
+    a->part = g_part, a->cnt = g_cnt;
     return 0;
 }
 
 template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool IS = false>
 static int launch_decode(const kc_sq *w, MmArgs a) {
-    static int occ; /* resident blocks per SM for this instance */
-    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sq_dec<NT, LOBITS, SPG, S2C, S16, IS>, 128, 0),
-                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
-        return -1;
-    /* one full wave of warps, each at least 4 groups long */
-    const long U = w->ntiles * w->ngroups;
-    long W = (long)kc_sm_count() * occ * 4;
-    if (W > (U + 3) / 4) W = (U + 3) / 4;
-    if (W < 1) W = 1;
-    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
-    a.part = g_part, a.cnt = g_cnt, a.nw = W;
-    for (long t0 = 0; t0 < a.m; t0 += NT * 8) { /* beyond 64 tokens (generic shapes): chunks */
-        a.tok0 = t0;
-        k_sq_dec<NT, LOBITS, SPG, S2C, S16, IS><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
-        if (kc_check_launch("k_sq_dec")) return -1;
-    }
-    return 0;
-}
-
-template <int NT, bool S16, int DEPTH, int MINB>
-static int launch_decode_c(const kc_sq *w, MmArgs a) {
     static int occ;
-    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sqc_dec<NT, S16, DEPTH, MINB>, 128, 0),
-                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
-        return -1;
-    const long U = w->ntiles * w->ngroups;
-    long W = (long)kc_sm_count() * occ * 4;
-    if (W > (U + 3) / 4) W = (U + 3) / 4;
-    if (W < 1) W = 1;
-    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
-    a.part = g_part, a.cnt = g_cnt, a.nw = W;
-    for (long t0 = 0; t0 < a.m; t0 += NT * 8) {
-        a.tok0 = t0;
-        k_sqc_dec<NT, S16, DEPTH, MINB><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
-        if (kc_check_launch("k_sqc_dec")) return -1;
-    }
-    return 0;
-}
-
-/* decode variants for M <= 16, for measurements (KC_SQ_DEC in the environment):
- * 0 one unit a step, 2 ahead; 1 the same, 3 ahead; 2 one ahead at 5 blocks/SM;
- * 3 two units a step (k_sqc_dec2), 3 blocks/SM; 4 the same at 4 (spills).
- * Unset: 3 for half scales, 0 for float scales (the faster of each on the
- * H200, 2026-12-02: docs/perf-gpu.md). */
-static int g_dec_variant = -2;
-
-template <int NT, bool S16, int MINB>
-static int launch_decode_c2(const kc_sq *w, MmArgs a) {
-    static int occ;
-    if (!occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_sqc_dec2<NT, S16, MINB>, 128, 0),
-                          "cudaOccupancyMaxActiveBlocksPerMultiprocessor") || occ < 1))
-        return -1;
-    const long U = w->ntiles * w->ngroups;
-    long W = (long)kc_sm_count() * occ * 4;
-    if (W > (U + 3) / 4) W = (U + 3) / 4;
-    if (W < 1) W = 1;
-    if (scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles)) return -1;
-    a.part = g_part, a.cnt = g_cnt, a.nw = W;
-    for (long t0 = 0; t0 < a.m; t0 += NT * 8) {
-        a.tok0 = t0;
-        k_sqc_dec2<NT, S16, MINB><<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
-        if (kc_check_launch("k_sqc_dec2")) return -1;
-    }
-    return 0;
-}
-
-template <bool S16>
-static int dispatch_c(const kc_sq *w, const MmArgs &a) {
-    if (g_dec_variant == -2) {
-        const char *e = getenv("KC_SQ_DEC");
-        g_dec_variant = e ? atoi(e) : -1;
-    }
-    const int v = g_dec_variant >= 0 ? g_dec_variant : S16 ? 3 : 0;
-    if (v == 3 || v == 4) { /* two units per step */
-        if (a.m <= 8) return v == 3 ? launch_decode_c2<1, S16, 3>(w, a) : launch_decode_c2<1, S16, 4>(w, a);
-        if (a.m <= 16) return launch_decode_c2<2, S16, 3>(w, a);
-    }
-    if (a.m <= 8) {
-        if (v == 1) return launch_decode_c<1, S16, 3, 4>(w, a);
-        if (v == 2) return launch_decode_c<1, S16, 1, 5>(w, a);
-        return launch_decode_c<1, S16, 2, 4>(w, a);
-    }
-    if (a.m <= 16) return launch_decode_c<2, S16, 2, 4>(w, a);
-    if (a.m <= 32) return launch_decode_c<4, S16, 1, 3>(w, a);
-    return launch_decode_c<8, S16, 1, 2>(w, a);
+    return kc_sk_launch<NT>(k_sq_dec<NT, LOBITS, SPG, S2C, S16, IS>, &occ, "k_sq_dec", w, a);
 }
 
 template <int LOBITS, int SPG, int S2C, bool S16>
@@ -774,27 +343,27 @@ static int dispatch_is(const kc_sq *w, const MmArgs &a) {
     return launch_decode<8, 4, 1, 4, true, true>(w, a);
 }
 
-/* prefill scratch: the fragment-order activations (same growth policy) */
+/* prefill scratch: the fragment-order activations (never freed, as above) */
 static uint4 *g_xf;
 static size_t g_xf_bytes;
 
-template <bool S16, bool COMPACT>
-static int launch_prefill(const kc_sq *w, MmArgs a) {
-    const long chunks = (a.m + 127) / 128, ntt = chunks * 16; /* token tiles of 8, whole chunks of 128 */
-    const size_t need = (size_t)ntt * w->nsub * 32 * sizeof(uint4);
-    if (need > g_xf_bytes) {
-        uint4 *p = (uint4 *)kc_malloc(need);
-        if (!p) return -1;
-        g_xf = p, g_xf_bytes = need; /* the old one stays allocated (graphs may hold it) */
-    }
+int kc_sq_frag_acts(const kc_sq *w, MmArgs *a, dim3 *grid) {
+    const long chunks = (a->m + 127) / 128, ntt = chunks * 16; /* token tiles of 8, whole chunks of 128 */
+    if (kc_grow((void **)&g_xf, &g_xf_bytes, (size_t)ntt * w->nsub * 32 * sizeof(uint4), 0)) return -1;
     const long th = ntt * w->nsub * 32;
-    k_frag_x<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, ntt, g_xf);
+    k_frag_x<<<kc_blocks(th, 256), 256, 0, KC_STREAM>>>(a->qx, a->m, a->k, ntt, g_xf);
     if (kc_check_launch("k_frag_x")) return -1;
     /* 8 tiles a block, or 4 when that leaves the GPU short of blocks */
-    a.xf = g_xf, a.tok0 = 0, a.tpb = (w->ntiles + 7) / 8 * chunks >= 2L * kc_sm_count() ? 8 : 4;
-    dim3 grid((unsigned)chunks, (unsigned)((w->ntiles + a.tpb - 1) / a.tpb));
-    if (COMPACT) k_sqc_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
-    else k_sq_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
+    a->xf = g_xf, a->tok0 = 0, a->tpb = (w->ntiles + 7) / 8 * chunks >= 2L * kc_sm_count() ? 8 : 4;
+    *grid = dim3((unsigned)chunks, (unsigned)((w->ntiles + a->tpb - 1) / a->tpb));
+    return 0;
+}
+
+template <bool S16>
+static int launch_prefill(const kc_sq *w, MmArgs a) {
+    dim3 grid;
+    if (kc_sq_frag_acts(w, &a, &grid)) return -1;
+    k_sq_pre<S16><<<grid, a.tpb * 32, 0, KC_STREAM>>>(a);
     return kc_check_launch("k_sq_pre");
 }
 
@@ -822,12 +391,9 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
         for (int p = 0; p < w->nparts; p++) a.py[p] = parts[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
     }
     if (kc_sq_gemv_applies(w, m)) return kc_sq_gemv(w, &a); /* kc_sq_gemv.cu */
-    if (w->compact) {
-        if (m > 64) return w->s16 ? launch_prefill<true, true>(w, a) : launch_prefill<false, true>(w, a);
-        return w->s16 ? dispatch_c<true>(w, a) : dispatch_c<false>(w, a);
-    }
+    if (w->compact) return kc_sqc_matmul(w, a); /* kc_sqc_mm.cu */
     if (is_fast(w)) {
-        if (m > 64) return w->s16 ? launch_prefill<true, false>(w, a) : launch_prefill<false, false>(w, a);
+        if (m > 64) return w->s16 ? launch_prefill<true>(w, a) : launch_prefill<false>(w, a);
         if (w->iscale && w->s16 && m > 16 && isdec_on()) return dispatch_is(w, a);
         return w->s16 ? dispatch_nt<4, 1, 4, true>(w, a) : dispatch_nt<4, 1, 4, false>(w, a);
     }

@@ -1,0 +1,114 @@
+/* kc_sq_mm.cuh - what the two SQ x INT8 matmul files share: kc_sq_mm.cu
+ * (the explicit slot layout, the host dispatch) and kc_sqc_mm.cu (the
+ * compact layout's kernels). Both layouts' decode kernels are stream-k over
+ * (tile, group) items with the same bookkeeping, finish a split tile the
+ * same way, and store through store_y (which also routes fused parts); the
+ * prefill kernels read the activations in fragment order (k_frag_x).
+ */
+#ifndef KC_SQ_MM_CUH
+#define KC_SQ_MM_CUH
+
+#include "kc_sq_frag.cuh"
+
+template <int NT>
+__device__ __forceinline__ void store_y(const float (&v)[NT][4], const MmArgs &a, long tile, long tok0, int lane) {
+    const int g = lane >> 2, tig = lane & 3;
+    float *y = a.y;
+    long n = a.n, r0 = tile * 16, nvalid = a.n - r0;
+    if (a.np > 1) { /* the tile lies in one part (parts but the last are whole tiles) */
+        int p = 0;
+        while (p + 1 < a.np && r0 >= a.pstart[p + 1]) p++;
+        y = a.py[p], n = a.pstart[p + 1] - a.pstart[p], r0 -= a.pstart[p], nvalid = a.pstart[p + 1] - tile * 16;
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const long rr = g + 8 * (e >> 1), tok = tok0 + t * 8 + 2 * tig + (e & 1);
+            if (rr < nvalid && tok < a.m) y[tok * n + r0 + rr] = v[t][e] * __ldg(a.sx + tok);
+        }
+}
+
+/* stream-k bookkeeping: warp w owns items [w U / W, (w+1) U / W) */
+__device__ __forceinline__ long sk_owner(long x, long W, long U) { return ((x + 1) * W - 1) / U; }
+__device__ __forceinline__ long sk_slot(long w, long tile, long W, long U, long ng) {
+    return 2 * w + ((w * U / W) / ng == tile ? 0 : 1);
+}
+
+/* A warp finished its part [ts, te) of `tile`: a whole tile is stored; a
+ * part goes to the warp's partial slot, and the last of the tile's
+ * contributors to arrive adds all parts in warp order (deterministic) and
+ * stores the tile. */
+template <int NT>
+__device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, long tile, long ts, long te, long w,
+                                         int lane) {
+    const long ng = a.ngroups, U = a.ntiles * ng, W = a.nw;
+    if (ts == tile * ng && te == (tile + 1) * ng) {
+        store_y(acc, a, tile, a.tok0, lane);
+        return;
+    }
+    float *p = a.part + (size_t)sk_slot(w, tile, W, U, ng) * (NT * 128);
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) __stcg(p + (t * 4 + e) * 32 + lane, acc[t][e]);
+    __threadfence();
+    __syncwarp();
+    const long wf = sk_owner(tile * ng, W, U), wl = sk_owner((tile + 1) * ng - 1, W, U);
+    int last = 0;
+    if (lane == 0) last = atomicAdd(a.cnt + tile, 1) == (int)(wl - wf);
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (long q = wf; q <= wl; q++) { /* own part included, read back: the same order whoever is last */
+        const float *o = a.part + (size_t)sk_slot(q, tile, W, U, ng) * (NT * 128);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[t][e] += __ldcg(o + (t * 4 + e) * 32 + lane);
+    }
+    if (lane == 0) a.cnt[tile] = 0; /* ready for the next launch */
+    store_y(acc, a, tile, a.tok0, lane);
+}
+
+/* ---- host side ------------------------------------------------------------------------- */
+
+/* the stream-k scratch for a launch of W warps (part_bytes of partial sums)
+ * over ntiles tiles: sets a->part and a->cnt (kc_sq_mm.cu) */
+int kc_sk_scratch(size_t part_bytes, long ntiles, MmArgs *a);
+
+/* One decode launch of a stream-k kernel: one full wave of warps (4 a
+ * block, *occ blocks an SM, found once per kernel), each at least 4 groups
+ * long; beyond NT x 8 tokens (generic shapes) in chunks. */
+template <int NT>
+int kc_sk_launch(void (*kern)(MmArgs), int *occ, const char *name, const kc_sq *w, MmArgs a) {
+    if (!*occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(occ, kern, 128, 0),
+                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor") ||
+                  *occ < 1))
+        return -1;
+    const long U = w->ntiles * w->ngroups;
+    long W = (long)kc_sm_count() * *occ * 4;
+    if (W > (U + 3) / 4) W = (U + 3) / 4;
+    if (W < 1) W = 1;
+    if (kc_sk_scratch((size_t)W * 2 * NT * 128 * sizeof(float), w->ntiles, &a)) return -1;
+    a.nw = W;
+    for (long t0 = 0; t0 < a.m; t0 += NT * 8) {
+        a.tok0 = t0;
+        kern<<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        if (kc_check_launch(name)) return -1;
+    }
+    return 0;
+}
+
+/* The activations of a prefill launch in fragment order (k_frag_x, into a
+ * scratch that grows and is never freed: graphs may hold it), and the
+ * launch's shape: a->xf, a->tok0, a->tpb and the grid (kc_sq_mm.cu). */
+int kc_sq_frag_acts(const kc_sq *w, MmArgs *a, dim3 *grid);
+
+/* the compact layout's matmul for more than the dp4a kernel's tokens
+ * (kc_sqc_mm.cu) */
+int kc_sqc_matmul(const kc_sq *w, const MmArgs &a);
+
+#endif
