@@ -612,6 +612,10 @@ static int launch_gemv(const kc_sq *w, MmArgs a) {
         opted[st] = v;
     }
     if (gemv_config(w, kern, base, per_warp, &nw, &grid)) return -1;
+    if ((double)grid * w->nsub * GemvLayout<C, S16>::ub >= 4294967296.0) { /* k_sq_gemv's 32-bit jump */
+        kc_set_error("k_sq_gemv: a warp's step between tiles passes 4 GB (%ld x %ld)", w->n, w->k);
+        return -1;
+    }
     const size_t sm = base + nw * per_warp;
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
