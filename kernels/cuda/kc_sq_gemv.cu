@@ -52,9 +52,11 @@
  * test_kc_sq holds every SQ kernel to: (2 groups + 4) float roundings of
  * the sum of |scale x group sum|). The warp count per block comes from a cost
  * model (gemv_config): rounds of tiles x units per warp and tile.
- * M = 2..4 run the same kernel with the per-token work repeated; on the
- * H200 they lose to k_sq_dec on the larger shapes, so by default only
- * M = 1 comes here.
+ * M = 2..4 run the same kernel with the per-token work repeated. On the
+ * H200 the staged kernel beats k_sq_dec at M = 2 on every 8B and 70B
+ * shape (decode at batch 2: 1.26x on 8B, 1.17x on 70B) and loses at M = 4
+ * on the larger ones (70B batch 4: 0.90x), so by default M = 1 and 2 come
+ * here (docs/perf-gpu.md, ninth session).
  * The compact layout (kc_sq.cuh: the mask implicit in a reserved low code,
  * 5.5 bits per weight with half scales against 6.5) runs through the same
  * kernel with its own unit decoding (gemv_unit_c): frag_compact turns the
@@ -502,7 +504,7 @@ extern "C" void kc_sq_set_gemv_max(int m) { g_max_m = m < 0 ? -1 : m > 4 ? 4 : m
 extern "C" int kc_sq_gemv_max(void) {
     if (g_max_m < 0) {
         const char *e = getenv("KC_SQ_GEMV");
-        const int v = e && *e ? atoi(e) : 1;
+        const int v = e && *e ? atoi(e) : 2;
         g_max_m = v < 0 ? 0 : v > 4 ? 4 : v;
     }
     return g_max_m;
