@@ -43,8 +43,8 @@
  * tile) walk the 16-row tiles b, b + grid, ...; a block's warps split k
  * into contiguous ranges of units, the same for every tile, so each warp
  * copies its range of the activations into shared memory once, and its
- * units form one stream over all its tiles, loaded gemv_depth() units ahead
- * across tile boundaries. Each warp leaves one partial sum per row in
+ * units form one stream over all its tiles, loaded ahead across tile
+ * boundaries (GEMV_STAGES units staged, or gemv_depth() in registers). Each warp leaves one partial sum per row in
  * shared memory (two buffers, one barrier per tile); the block adds them
  * in warp order and stores the tile. Results are deterministic; the float
  * summation differs from k_sq_combine's by the split of k and of each
