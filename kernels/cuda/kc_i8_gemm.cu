@@ -20,14 +20,11 @@
  * epilogue, so one's stores hide behind the other's wgmma), on clusters
  * of 2 along the tokens (the weight tile is multicast).
  *
- * From 65 tokens only (KC_I8_MIN_M moves the start). Below, bench_gemm times this kernel
- * faster than cuBLAS + the scale pass on most shapes, yet in one call the
- * W8A8 decode step end to end was slower with it (8B batch 16: 3,391
- * against 4,082 tokens/s with the logits on the GPU; H200, ef715a6; a tile
- * of 64 tokens with its cluster along the rows changed neither). A later
- * call (dd2a3f2), with it off below 65, gave 3,340 with either setting:
- * the first call's gap may not be the GEMM's. Not settled, so the
- * conservative choice; the SQ INT8 path starts at 65 anyway.
+ * From 65 tokens only (KC_I8_MIN_M moves the start). Below, bench_gemm times
+ * this kernel faster than cuBLAS + the scale pass on most shapes, yet the
+ * W8A8 decode step end to end is slower with it at 16 and 32 tokens
+ * (0.95x and 0.87x, logits on the GPU) and even at 48 and 64 (H200,
+ * 808e1d3, two runs each interleaved; docs/perf-gpu.md, ninth session).
  *
  * Operands TMA can describe are required: k a multiple of 16, rows and ldy
  * of 4, the pointers 16-byte aligned; otherwise (and below 65 tokens, or

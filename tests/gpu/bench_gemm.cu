@@ -7,7 +7,8 @@
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
  * Method: every kernel is timed alone with CUDA events, after an L2 flush
- * (a 256 MB memset, so weights are never L2-resident: 50 MB L2), median of
+ * (a read of 256 MB, so weights are never L2-resident: 50 MB L2, and the
+ * lines left behind are clean; BENCH_FLUSH below), median of
  * N runs (default 9) after 3 warm-up runs. The same random weights are used
  * for all runs of a kernel (values do not change the timing of these
  * kernels, but zeros are avoided). SQ is 8/4 b64 s0.875 (h = 8 highs per
@@ -64,12 +65,13 @@ static void *wksp;
 static const size_t WKSP = 64u << 20;
 static void *flushbuf;
 static const size_t FLUSH = 256u << 20;
-/* BENCH_FLUSH: how L2 is emptied before each timed launch. memset (the
- * default) leaves the L2 full of dirty lines that the timed kernel's reads
- * then write back; read leaves it clean, as a decode step does (its other
- * kernels write little); none times the kernel with L2 as the previous run
- * left it (weights that fit in L2 then come from L2). */
-static int flush_mode = 0; /* 0 memset, 1 read, 2 none */
+/* BENCH_FLUSH: how L2 is emptied before each timed launch. read (the
+ * default) leaves it clean, as a decode step does (its other kernels write
+ * little); memset (the method of the tables before 2026-12-04) leaves it
+ * full of dirty lines that the timed kernel's reads then write back, 5-14 %
+ * more time on the decode shapes (docs/perf-gpu.md); none times the kernel
+ * with L2 as the previous run left it (weights that fit then come from L2). */
+static int flush_mode = 1; /* 0 memset, 1 read, 2 none */
 
 __global__ void k_flush_read(const uint4 *p, size_t n, unsigned *sink) {
     uint32_t acc = 0;
@@ -463,7 +465,13 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&wksp, WKSP));
     CK(cudaMalloc(&flushbuf, FLUSH));
     CK(cudaMemset(flushbuf, 0, FLUSH));
-    if (const char *e = getenv("BENCH_FLUSH")) flush_mode = !strcmp(e, "read") ? 1 : !strcmp(e, "none") ? 2 : 0;
+    if (const char *e = getenv("BENCH_FLUSH")) {
+        flush_mode = !strcmp(e, "memset") ? 0 : !strcmp(e, "read") ? 1 : !strcmp(e, "none") ? 2 : -1;
+        if (flush_mode < 0) {
+            fprintf(stderr, "bench_gemm: BENCH_FLUSH=%s: expected read, memset or none\n", e);
+            return 2;
+        }
+    }
     int cuv = 0, ltv = (int)cublasLtGetVersion();
     cudaRuntimeGetVersion(&cuv);
 
