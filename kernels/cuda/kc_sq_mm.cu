@@ -164,17 +164,12 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     uint8_t *wsm = sm + warp * NTL * SQ_TILE;
     zero_tiles(wsm, NTL, lane);
-    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
-    if (w >= W) return;
-    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
-    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
-    if (i0 >= i1) return;
-    /* the lane's activation row (token tok0 + g of n-tile 0), columns 16 tig.. */
-    const int g = lane >> 2, tig = lane & 3;
-    uint32_t tvalid = 0;
-#pragma unroll
-    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
-    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    SkWarp sw;
+    if (!sk_warp<NT>(a, lane, warp, sw)) return;
+    const long w = sw.w;
+    const unsigned ng = (unsigned)a.ngroups, i0 = sw.i0, i1 = sw.i1;
+    const uint32_t tvalid = sw.tvalid;
+    const uint4 *xrow = sw.xrow;
     const long xst = a.k / 2; /* 8 tokens, in 16-byte units */
     const LanePtr lp = lane_ptrs<LOBITS, S2C, S16>(a, lane);
     constexpr bool OFFS = NT <= 2;          /* offset codes + 2 more mma beat sign extension */

@@ -73,6 +73,33 @@ __device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, l
     store_y(acc, a, tile, a.tok0, lane);
 }
 
+/* A decode warp's share of the stream-k items, [i0, i1) of the matrix's
+ * (tile, group) items, and its activation row: token tok0 + g of n-tile 0
+ * at columns 16 tig.., n-tile t valid where bit t of tvalid is set. false:
+ * the warp has nothing to do. */
+struct SkWarp {
+    long w;
+    unsigned i0, i1;
+    uint32_t tvalid;
+    const uint4 *xrow;
+};
+
+template <int NT>
+__device__ __forceinline__ bool sk_warp(const MmArgs &a, int lane, int warp, SkWarp &s) {
+    const long W = a.nw;
+    s.w = (long)blockIdx.x * 4 + warp;
+    if (s.w >= W) return false;
+    const unsigned U = (unsigned)(a.ntiles * a.ngroups);
+    s.i0 = (unsigned)(s.w * U / W), s.i1 = (unsigned)((s.w + 1) * U / W);
+    if (s.i0 >= s.i1) return false;
+    const int g = lane >> 2, tig = lane & 3;
+    s.tvalid = 0;
+#pragma unroll
+    for (int t = 0; t < NT; t++) s.tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
+    s.xrow = (const uint4 *)(a.qx + (s.tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    return true;
+}
+
 /* ---- host side ------------------------------------------------------------------------- */
 
 /* the stream-k scratch for a launch of W warps (part_bytes of partial sums)

@@ -63,16 +63,12 @@ __device__ __forceinline__ void do_group_c(float (&acc)[NT][4], const RawC<S16> 
 template <int NT, bool S16, int DEPTH, int MINB>
 __global__ void __launch_bounds__(128, MINB) k_sqc_dec(MmArgs a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
-    if (w >= W) return;
-    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
-    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
-    if (i0 >= i1) return;
-    const int g = lane >> 2, tig = lane & 3;
-    uint32_t tvalid = 0;
-#pragma unroll
-    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
-    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    SkWarp sw;
+    if (!sk_warp<NT>(a, lane, warp, sw)) return;
+    const long w = sw.w;
+    const unsigned ng = (unsigned)a.ngroups, i0 = sw.i0, i1 = sw.i1;
+    const uint32_t tvalid = sw.tvalid;
+    const uint4 *xrow = sw.xrow;
     const long xst = a.k / 2;
     const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
     constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
@@ -183,16 +179,13 @@ __device__ __forceinline__ void scales_c(const RawC<S16> &r, float (&sc)[4]) {
 template <int NT, bool S16, int MINB>
 __global__ void __launch_bounds__(128, MINB) k_sqc_dec2(MmArgs a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long W = a.nw, w = (long)blockIdx.x * 4 + warp;
-    if (w >= W) return;
-    const unsigned ng = (unsigned)a.ngroups, U = (unsigned)(a.ntiles * a.ngroups);
-    const unsigned i0 = (unsigned)(w * U / W), i1 = (unsigned)((w + 1) * U / W);
-    if (i0 >= i1) return;
-    const int g = lane >> 2, tig = lane & 3;
-    uint32_t tvalid = 0;
-#pragma unroll
-    for (int t = 0; t < NT; t++) tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
-    const uint4 *xrow = (const uint4 *)(a.qx + (tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    SkWarp sw;
+    if (!sk_warp<NT>(a, lane, warp, sw)) return;
+    const long w = sw.w;
+    const unsigned ng = (unsigned)a.ngroups, i0 = sw.i0, i1 = sw.i1;
+    const uint32_t tvalid = sw.tvalid;
+    const uint4 *xrow = sw.xrow;
+    const int tig = lane & 3;
     const long xst = a.k / 2;
     const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
     constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
