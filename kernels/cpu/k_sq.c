@@ -73,11 +73,15 @@ static int sq_isa(void) {
 
 void k_sq_force_isa(const char *name) { isa_level = level_of(name, cpu_level()); }
 
-/* Panels (either ISA): 4- or 8-bit low codes in scale groups of 64k,
- * highs (if any) in 64-element groups. */
+/* Panels (either ISA): 8-bit low codes, or 2- to 4-bit ones widened to
+ * the 4-bit panels (a 2-bit code is a nibble there: the panel is the same
+ * size and runs the same kernel, where the stored layout's crumbs would
+ * need the portable one, ~50x slower), in scale groups of 64k; highs (if
+ * any) in 64-element groups. */
 static int shape_panels(const k_sq_t *w) {
-    return (w->h_low == 4 || w->h_low == 8) && w->G % 64 == 0 && w->k % w->G == 0 &&
-           (w->h == 0 || (w->h_low == 4 && w->G == 64 && w->b <= 64));
+    int nib = w->h_low >= 2 && w->h_low <= 4;
+    return (nib || w->h_low == 8) && w->G % 64 == 0 && w->k % w->G == 0 &&
+           (w->h == 0 || (nib && w->G == 64 && w->b <= 64));
 }
 
 enum { PACK_NONE, PACK_AVX2, PACK_AVX512 };
@@ -191,20 +195,10 @@ float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64) {
     return quant_row_ref(x, k, qx, xsum64);
 }
 
-static int lo_code(const k_sq_t *w, size_t e) {
-    if (w->h_low == 8) return (int8_t)w->lo[e];
-    if (w->h_low > 2) {
-        int v = (w->lo[e / 2] >> (4 * (e % 2))) & 15;
-        return v >= 8 ? v - 16 : v;
-    }
-    int v = (w->lo[e / 4] >> (2 * (e % 4))) & 3;
-    return v >= 2 ? v - 4 : v;
-}
-
 void k_sq_dequant_row(const k_sq_t *w, long r, float *out) {
     long ng = w->k / w->G, nb = w->h ? w->k / w->b : 0;
     for (long j = 0; j < w->k; j++)
-        out[j] = w->s_lo[r * ng + j / w->G] * (float)lo_code(w, (size_t)(r * w->k + j));
+        out[j] = w->s_lo[r * ng + j / w->G] * (float)k_sq_lo_code(w, (size_t)(r * w->k + j));
     for (long bk = 0; bk < nb; bk++) { /* the low code is 0 at a high position */
         const int8_t *hv = w->hi + (r * nb + bk) * w->h;
         const uint8_t *ix = w->idx + (r * nb + bk) * w->h;
@@ -219,7 +213,7 @@ void k_sq_group_sums_ref(const k_sq_t *w, long r, const int8_t *qx, int32_t *lo,
     long ng = w->k / w->G, nb = w->k / w->b;
     for (long g = 0; g < ng; g++) {
         int32_t s = 0;
-        for (long j = g * w->G; j < (g + 1) * w->G; j++) s += lo_code(w, (size_t)(r * w->k + j)) * qx[j];
+        for (long j = g * w->G; j < (g + 1) * w->G; j++) s += k_sq_lo_code(w, (size_t)(r * w->k + j)) * qx[j];
         lo[g] = s;
         hi[g] = 0;
     }

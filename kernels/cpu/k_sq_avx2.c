@@ -60,10 +60,9 @@ size_t k_sq_pack_bytes_avx2(const k_sq_t *w, int *hq, size_t *gbytes) {
     return (size_t)((w->n + PR - 1) / PR) * (size_t)(w->k / w->G) * *gbytes;
 }
 
-static uint8_t code_at(const k_sq_t *w, long r, long j) { /* 8-bit: signed; 4-bit: offset binary */
-    size_t e = (size_t)(r * w->k + j);
-    if (w->h_low == 8) return w->lo[e];
-    return (uint8_t)(((w->lo[e / 2] >> (4 * (e % 2))) & 15u) ^ 8u);
+static uint8_t code_at(const k_sq_t *w, long r, long j) { /* 8-bit: signed; 2-4 bit: offset-binary nibble */
+    int c = k_sq_lo_code(w, (size_t)(r * w->k + j));
+    return (uint8_t)(w->h_low == 8 ? c : c + 8);
 }
 
 static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P) {

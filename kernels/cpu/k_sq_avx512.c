@@ -45,10 +45,9 @@ size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes) {
     return (size_t)((w->n + PR - 1) / PR) * (size_t)(w->k / w->G) * *gbytes;
 }
 
-static unsigned code_ob(const k_sq_t *w, long r, long j) { /* offset-binary low code */
-    size_t e = (size_t)(r * w->k + j);
-    if (w->h_low == 8) return w->lo[e] ^ 0x80u;
-    return ((w->lo[e / 2] >> (4 * (e % 2))) & 15u) ^ 8u;
+static unsigned code_ob(const k_sq_t *w, long r, long j) { /* offset-binary low code (2-4 bit: a nibble) */
+    int c = k_sq_lo_code(w, (size_t)(r * w->k + j));
+    return (unsigned)(w->h_low == 8 ? c + 128 : c + 8);
 }
 
 static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P) {
