@@ -306,6 +306,12 @@ void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
 long kc_sq_i8_min(void);
 void kc_sq_set_i8_min(long m); /* < 0: back to the default */
 int kc_sq_iscale(const kc_sq_t *w);
+/* Below that, from kc_sq_isdec_min() tokens to 64, they run the fused decode
+ * kernel with INT32 sums over the row (kc_sq_mm.cu); KC_SQ_ISDEC or
+ * kc_sq_set_isdec_min overrides the measured start, 0 keeps the float
+ * combination. */
+long kc_sq_isdec_min(void);
+void kc_sq_set_isdec_min(long m); /* < 0: back to the default */
 /* The INT8 GEMMs of those paths and of W8A8 (kc_int, float scales) run as
  * one CUTLASS kernel with both scales in its epilogue (kc_i8_gemm.cu) where
  * the operands suit TMA, else cuBLAS INT8 -> INT32 and a scale pass (same

@@ -170,6 +170,15 @@ extern "C" void *kc_malloc(size_t bytes) {
     return p;
 }
 
+extern "C" long kc_threshold(long *cache, const char *env, long dflt) {
+    if (*cache < 0) {
+        const char *e = getenv(env);
+        *cache = e && *e ? atol(e) : dflt;
+        if (*cache < 0) *cache = 0;
+    }
+    return *cache;
+}
+
 extern "C" int kc_grow(void **buf, size_t *have, size_t need, size_t min_bytes) {
     if (need <= *have) return 0;
     size_t want = min_bytes ? min_bytes : 1;

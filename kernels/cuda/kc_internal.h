@@ -28,6 +28,10 @@ int kc_gemm_nt(int type, const void *w, long n, long k, const void *x, long m, v
  * (prompt chunks) reallocates O(log) times. The buffer given up stays
  * allocated: CUDA graphs captured earlier may hold it. */
 int kc_grow(void **buf, size_t *have, size_t need, size_t min_bytes);
+/* A path's token threshold: *cache once set (a setter's override, >= 0),
+ * else the environment variable env, else dflt; negative values read as 0
+ * (off). */
+long kc_threshold(long *cache, const char *env, long dflt);
 /* whether kc_launch_pdl asks for programmatic dependent launch: a device of
  * compute capability 9.0 or later, and KC_PDL unset or not "0" */
 int kc_pdl(void);

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Fills the geometry; NULL if the shape is supported, else why not. */
 static const char *geo_init(kc_sq *w, long n, long k, int h_low, int b, int h, int s16, int compact_ok) {
@@ -338,13 +339,54 @@ static int half_exact(const float *s, size_t count) {
     return 1;
 }
 
-/* the reserved code -8 (bit pattern 8) at some low position of a 4-bit tensor */
+/* the reserved code -8 (bit pattern 8) at some low position of a 4-bit
+ * tensor: a nibble of x ^ 0x88.. is zero there (eight nibbles a word) */
 static int has_reserved_code(const k_sq_t *t) {
     if (t->h_low == 2) return 0;
-    size_t nb = (size_t)t->n * t->k / 2;
-    for (size_t i = 0; i < nb; i++)
+    const size_t nb = (size_t)t->n * t->k / 2, nw = nb / 8;
+    for (size_t i = 0; i < nw; i++) {
+        uint64_t x;
+        memcpy(&x, t->lo + 8 * i, 8);
+        x ^= 0x8888888888888888ull;
+        if ((x - 0x1111111111111111ull) & ~x & 0x8888888888888888ull) return 1;
+    }
+    for (size_t i = nw * 8; i < nb; i++)
         if ((t->lo[i] & 0x0F) == 8 || (t->lo[i] & 0xF0) == 0x80) return 1;
     return 0;
+}
+
+/* every low code of a 3-bit tensor (two nibbles a byte) within +-3 */
+static int lo3_in_range(const k_sq_t *t) {
+    const size_t nb = (size_t)t->n * t->k / 2;
+    for (size_t i = 0; i < nb; i++) {
+        const unsigned a = (t->lo[i] + 3u) & 15u, b = ((t->lo[i] >> 4) + 3u) & 15u; /* c + 3 in 0..6 */
+        if (a > 6 || b > 6) return 0;
+    }
+    return 1;
+}
+
+/* a low code other than 0 at some high position: the quantizer writes 0
+ * there (sq_validate refuses others), the compact layout has no room for
+ * it, and it would make a weight two INT8 codes under integer scales */
+static int lo_at_highs(const k_sq_t *t) {
+    const long nbk = t->k / t->b;
+    for (long r = 0; r < t->n; r++)
+        for (long bk = 0; bk < nbk; bk++) {
+            const uint8_t *ix = t->idx + (size_t)(r * nbk + bk) * t->h;
+            for (int i = 0; i < t->h; i++)
+                if (k_sq_lo_code(t, (size_t)(r * t->k + bk * t->b + ix[i])) != 0) return 1;
+        }
+    return 0;
+}
+
+/* Integer bank scales make every weight the INT8 value k_g lo + hi, which
+ * the INT8 path expands to (kc_sq_gemm.cu). Exact only as the quantizer
+ * writes a tensor: every low code within +-qmax (a 4-bit -8 times k_g
+ * passes -128 from k_g = 17) and 0 at every high position. Another tensor
+ * keeps the free-scale kernels (2-bit storage has no INT8 path). */
+static int iscale_exact(const k_sq_t *t) {
+    if (t->h_low == 4 ? has_reserved_code(t) : t->h_low != 3 || !lo3_in_range(t)) return 0;
+    return !lo_at_highs(t);
 }
 
 /* The compact layout is opt-in (KC_SQ_COMPACT=1): on the H200 its decode
@@ -387,9 +429,10 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
     }
     size_t ng = (size_t)t->n * (t->k / t->G);
     int s16 = half_exact(t->s_lo, ng) && half_exact(t->s_hi, ng);
-    /* the compact layout reserves the low code -8; a tensor that has one at
-     * a low position (no valid SQ tensor does) keeps the explicit slots */
-    int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !has_reserved_code(t);
+    /* the compact layout reserves the low code -8 and keeps none at high
+     * positions; a tensor with either (no valid SQ tensor has them) keeps
+     * the explicit slots */
+    int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !has_reserved_code(t) && !lo_at_highs(t);
     kc_sq *w = sq_new(t->n, t->k, t->h_low, t->b, t->h, s16, compact_ok);
     if (!w) return NULL;
     size_t lob = (size_t)t->n * t->k * w->lobits / 8, hib = (size_t)t->n * (t->k / t->b) * t->h;
@@ -409,7 +452,7 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
         if (!rs) {
             kc_set_error("out of host memory");
             rc = -1;
-        } else if (k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->h_low, rs)) {
+        } else if (k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->h_low, rs) && iscale_exact(t)) {
             rc = set_iscale(w, rs);
         }
         free(rs);

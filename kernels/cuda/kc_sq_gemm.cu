@@ -205,21 +205,11 @@ static long g_min_m = -1, g_i8_min = -1;
 
 extern "C" void kc_sq_set_i8_min(long m) { g_i8_min = m; }
 
-/* a crossover: the override, else KC_<name> from the environment, else the default */
-static long crossover(long *cache, const char *env, long dflt) {
-    if (*cache < 0) {
-        const char *e = getenv(env);
-        *cache = e && *e ? atol(e) : dflt;
-        if (*cache < 0) *cache = 0;
-    }
-    return *cache;
-}
-
 /* the crossover on the H200 (bench_gemm --twostep, docs/perf-gpu.md): the
  * INT8 path beats the float-combining fused kernels from 64 tokens on every
  * shape, but the INT32-accumulating one (explicit layout, kc_sq_mm.cu)
  * still wins at 64 on six of eight */
-extern "C" long kc_sq_i8_min(void) { return crossover(&g_i8_min, "KC_SQ_I8_M", 65); }
+extern "C" long kc_sq_i8_min(void) { return kc_threshold(&g_i8_min, "KC_SQ_I8_M", 65); }
 
 /* the INT8 path applies to w at m tokens */
 static int i8_applies(const kc_sq *w, long m) {
@@ -230,7 +220,7 @@ static int i8_applies(const kc_sq *w, long m) {
 extern "C" void kc_sq_set_twostep_min(long m) { g_min_m = m; }
 
 /* the crossover on the H200 (bench_gemm, docs/perf-gpu.md) */
-extern "C" long kc_sq_twostep_min(void) { return crossover(&g_min_m, "KC_SQ_TWOSTEP_M", 128); }
+extern "C" long kc_sq_twostep_min(void) { return kc_threshold(&g_min_m, "KC_SQ_TWOSTEP_M", 128); }
 
 
 /* the scratch, in halves (bytes of kc_grow), from 16 Mi halves up */

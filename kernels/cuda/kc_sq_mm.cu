@@ -317,21 +317,21 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a);
 }
 
-/* integer bank scales on the explicit fast layout, 17..64 tokens: k_sq_dec
- * with INT32 accumulation over the row (do_group_is); KC_SQ_ISDEC=0 keeps
- * the float combination (for measurements). On the H200 it takes 0.60-0.95x
- * the float kernel's time from 32 tokens on the 8B and 70B shapes (bar 70B
- * down at 32: 1.05x) but 1.02-1.25x at 16, where two n-tiles leave the
- * chain through the running sum exposed (docs/perf-gpu.md): 9..16 keep
- * the float combination. */
-static int isdec_on(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("KC_SQ_ISDEC");
-        v = e && *e ? atoi(e) != 0 : 1;
-    }
-    return v;
-}
+/* integer bank scales on the explicit fast layout: k_sq_dec with INT32
+ * accumulation over the row (do_group_is) from kc_sq_isdec_min() tokens to
+ * 64; KC_SQ_ISDEC=N moves the start to N tokens (N <= 32: four n-tiles), 0
+ * keeps the float combination (for measurements). On the H200 (bench_gemm
+ * --isdec, docs/perf-gpu.md, tenth session) it takes 0.60-0.80x the float
+ * kernel's time at 48 and 64 tokens on every 8B and 70B shape, but
+ * 1.05-1.20x at 17..32 (four n-tiles, where the float kernel is at its
+ * best): it starts at 33 (eight n-tiles; end to end 8B batch 32 1.06x, 70B
+ * 1.10x against a start at 17). One A fragment a group (k_g lo ORed with
+ * the highs: two mma a token tile instead of four, no IMAD) was slower
+ * still at 17..32 (1.14-1.32x the float kernel; the byte-wise scaling costs
+ * more issue slots than the mma it saves) and no faster at 48..64. */
+static long g_isdec_min = -1;
+extern "C" long kc_sq_isdec_min(void) { return kc_threshold(&g_isdec_min, "KC_SQ_ISDEC", 33); }
+extern "C" void kc_sq_set_isdec_min(long m) { g_isdec_min = m; }
 
 static int dispatch_is(const kc_sq *w, const MmArgs &a) {
     if (a.m <= 32) return launch_decode<4, 4, 1, 4, true, true>(w, a);
@@ -389,7 +389,7 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
     if (w->compact) return kc_sqc_matmul(w, a); /* kc_sqc_mm.cu */
     if (is_fast(w)) {
         if (m > 64) return w->s16 ? launch_prefill<true>(w, a) : launch_prefill<false>(w, a);
-        if (w->iscale && w->s16 && m > 16 && isdec_on()) return dispatch_is(w, a);
+        if (w->iscale && w->s16 && kc_sq_isdec_min() > 0 && m >= kc_sq_isdec_min()) return dispatch_is(w, a);
         return w->s16 ? dispatch_nt<4, 1, 4, true>(w, a) : dispatch_nt<4, 1, 4, false>(w, a);
     }
     if (w->lobits == 4)

@@ -2,7 +2,8 @@
  * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
- *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --baselines]
+ *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --isdec | --baselines]
+ * (--isdec: the fused decode kernels on integer bank scales, INT32 sums against the float combination)
  * (--twostep: the many-token paths by M, the INT8 path of integer bank scales included)
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
@@ -396,6 +397,49 @@ static int twostep_table(const char *only_shape, const float *d_one) {
     return 0;
 }
 
+/* --isdec: the fused decode kernels (kc_sq_mm.cu's k_sq_dec) on integer bank
+ * scales, M = 3..64: INT32 sums over the row (do_group_is,
+ * kc_sq_set_isdec_min) against the float combination on the same matrix,
+ * and the free-half-scale matrix beside them; the INT8 path and the dp4a
+ * kernel kept out. The table kc_sq_isdec_min comes from. */
+static int isdec_table(double bw, const char *only_shape, long only_m) {
+    const DShape shapes[] = {{"8B qkv", 6144, 4096, 1, {0}},  {"8B o", 4096, 4096, 1, {0}},
+                             {"8B gate_up", 28672, 4096, 1, {0}}, {"8B down", 4096, 14336, 1, {0}},
+                             {"70B qkv", 10240, 8192, 1, {0}}, {"70B o", 8192, 8192, 1, {0}},
+                             {"70B gate_up", 57344, 8192, 1, {0}}, {"70B down", 8192, 28672, 1, {0}}};
+    const long Ms[] = {3, 4, 8, 16, 17, 32, 48, 64}, MMAX = 64;
+    printf("| shape (N x K) | M | free half scales us | integer scales, float combination us | "
+           "integer scales, INT32 sums us | %%copy | INT32 / float |\n|---|---|---|---|---|---|---|\n");
+    kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0);
+    for (const DShape &sh : shapes) {
+        if (only_shape && strcmp(only_shape, sh.name)) continue;
+        const long N = sh.N, K = sh.K;
+        kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 77, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT);
+        kc_sq_t *sqi = kc_sq_random_ex(N, K, 4, 64, 8, 78, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+        if (!sqh || !sqi) {
+            fprintf(stderr, "bench_gemm: %s\n", kc_error());
+            return 2;
+        }
+        GemmBufs b(N, K, MMAX, 41);
+        for (long M : Ms) {
+            if (only_m && M != only_m) continue;
+            const double th = time_us([&] { KC(kc_sq_matmul(sqh, b.xi, b.sx, M, b.ys)); });
+            kc_sq_set_isdec_min(0);
+            const double tf = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
+            kc_sq_set_isdec_min(1);
+            const double ti = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
+            const double by = kc_sq_bytes(sqi) + (double)M * K + M * 4 + (double)M * N * 4;
+            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", sh.name, N, K, M, th, tf, ti,
+                   100 * by / ti * 1e-6 / bw, ti / tf);
+            fflush(stdout);
+        }
+        kc_sq_free(sqh), kc_sq_free(sqi);
+    }
+    kc_sq_set_isdec_min(-1), kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
+    printf("\ndefault start of the INT32 kernel (kc_sq_isdec_min): M >= %ld\n", kc_sq_isdec_min());
+    return 0;
+}
+
 /* --baselines: the formats of the paper's comparison, each on its own
  * kernels by the product's default path: SQ 8/4 b64 s0.875 (half scales),
  * W4A8 (int4 g64, half scales) and W8A8 (int8, a scale a row) from
@@ -444,7 +488,7 @@ static int baselines_table(double bw, const char *only_shape, const float *d_one
 }
 
 int main(int argc, char **argv) {
-    int quick = 0, decode = 0, twostep = 0, baselines = 0;
+    int quick = 0, decode = 0, twostep = 0, baselines = 0, isdec = 0;
     const char *only_shape = NULL;
     long only_m = 0;
     for (int i = 1; i < argc; i++) {
@@ -455,6 +499,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--decode")) decode = 1;
         else if (!strcmp(argv[i], "--twostep")) twostep = 1;
         else if (!strcmp(argv[i], "--baselines")) baselines = 1;
+        else if (!strcmp(argv[i], "--isdec")) isdec = 1;
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -494,6 +539,7 @@ int main(int argc, char **argv) {
                             {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
     const long Ms[] = {1, 16, 128, 1024, 4096};
     if (decode) return decode_table(bw, only_shape, only_m);
+    if (isdec) return isdec_table(bw, only_shape, only_m);
     const int nshape = quick && !only_shape ? 4 : 8, nM = 5;
     const long MMAX = 4096;
 

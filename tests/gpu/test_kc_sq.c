@@ -463,6 +463,28 @@ static void test_iscale_upload(const long *ms, int nm) {
         verdict(kc_sq_iscale(dw) == want, label);
         for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
         kc_sq_free(dw);
+        /* A tensor the quantizer would not write (sq_validate refuses both):
+         * a low code of -8 (-8 k_g passes -128 from k_g = 17; upload refuses
+         * any), or a nonzero low code at a high position (two codes in one
+         * INT8 weight; no room in the compact layout either). Integer scales
+         * are then not taken, nor the compact layout; the sums stay exact. */
+        for (int bad = 0; want && bad < 2; bad++) {
+            const long r = 3, g = 2, j = bad ? g * 64 + t.idx[(r * (k / 64) + g) * t.h] : g * 64 + 1;
+            const int old = k_sq_lo_code(&w, (size_t)(r * k + j));
+            sq_set_lo(&t, r, j, bad ? 3 : -8);
+            k_sq_t wb = view(&t);
+            kc_sq_t *db = kc_sq_upload(&wb);
+            if (!db) {
+                fprintf(stderr, "GPU: %s\n", kc_error());
+                exit(2);
+            }
+            snprintf(label, sizeof label, "kc_sq_upload of integer bank scales with %s: kc_sq_iscale %d [%s]",
+                     bad ? "a low code at a high position" : "a low code of -8", kc_sq_iscale(db), kc_sq_describe(db));
+            verdict(!kc_sq_iscale(db) && !strstr(kc_sq_describe(db), "compact"), label);
+            for (int i = 0; i < nm; i++) test_mm(label, &wb, db, ms[i]);
+            kc_sq_free(db);
+            sq_set_lo(&t, r, j, old);
+        }
         sq_free(&t);
     }
 }
@@ -688,6 +710,14 @@ int main(int argc, char **argv) {
         g_upload_flags = KC_SQ_NO_COMPACT;
         test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 2);
         g_upload_flags = 0;
+        /* and from 3 tokens on (kc_sq_set_isdec_min): four n-tiles, most
+         * of them empty, the row split over warps */
+        kc_sq_set_isdec_min(3);
+        static const long mlow[] = {3, 8, 5, 9, 16, 17};
+        test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 3 : 6);
+        test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 3 : 6);
+        test_random(3, 64, 8, 29, 64 * 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 2 : 6);
+        kc_sq_set_isdec_min(-1);
         kc_sq_set_i8_min(-1);
     }
 
