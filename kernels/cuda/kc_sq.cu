@@ -380,7 +380,9 @@ static int lo_at_highs(const k_sq_t *t) {
 }
 
 /* Integer bank scales make every weight the INT8 value k_g lo + hi, which
- * the INT8 path expands to (kc_sq_gemm.cu). Exact only as the quantizer
+ * the INT8 path expands to (kc_sq_gemm.cu) and the fused decode kernel
+ * builds its A fragments from (k_g lo ORed with the highs, kc_sq_mm.cu's
+ * do_group_is). Exact only as the quantizer
  * writes a tensor: every low code within +-qmax (a 4-bit -8 times k_g
  * passes -128 from k_g = 17) and 0 at every high position. Another tensor
  * keeps the free-scale kernels (2-bit storage has no INT8 path). */

@@ -104,41 +104,53 @@ __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, 
     }
 }
 
+/* 4 offset-binary low codes u = c + 8 (a byte each) as the INT8 weights
+ * k c in the same bytes: in 16-bit lanes u k + 256 - 8 k = 256 + k c stays
+ * within [129, 383] for |k c| <= 127, so no carry crosses a lane, and the
+ * lane's low byte is k c mod 256. */
+__device__ __forceinline__ uint32_t scale_codes(uint32_t u, uint32_t k, uint32_t c) {
+    const uint32_t e = (u & 0x00FF00FFu) * k + c, o = ((u >> 8) & 0x00FF00FFu) * k + c;
+    return __byte_perm(e, o, 0x6240);
+}
+
 /* do_group for integer bank scales (fast layout, one subgroup a group, half
- * scales, NT >= 2): the group's low sum times k_g = s_lo / s_hi (an
- * integer) plus its high sum, added to INT32 accumulators that run over the
- * whole row, so the only float work is at the end (is_to_float). The high
- * mma starts from the running sum: one IMAD a value and group instead of
- * four float operations. Exact: every weight is an INT8 value (|k_g * lo|,
- * |hi| <= 127), so |sum| <= k * 127 * 127 < 2^31 for rows of k < 133000. */
-template <int NT, bool OFFS>
+ * scales): every weight is the INT8 value k_g lo + hi (k_g = s_lo / s_hi,
+ * an integer), so a group is ONE A fragment, k_g times the low codes with
+ * the highs ORed in (a byte has one of them nonzero: kc_sq.cu's upload
+ * checks), two mma a token tile from 0, added to INT32 accumulators that
+ * run over the whole row; the only float work is at the end (is_to_float).
+ * Exact: |k_g lo + hi| <= 127, so |sum| <= k * 127 * 127 < 2^31 for rows
+ * of k < 133000. Measured against the low and high parts as two mma chains
+ * (the low sum times k_g by IMAD, the high chain started from the running
+ * sum): 0.92-0.99x their time at 48 and 64 tokens; starting that chain
+ * from 0 instead (nothing but an add on the loop-carried path) took
+ * 1.20-1.60x (bench_gemm --isdec, docs/perf-gpu.md, tenth session). */
+template <int NT>
 __device__ __forceinline__ void do_group_is(int (&iacc)[NT][4], const Raw<4, 4, true> (&cur)[1], unsigned item,
                                             uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
                                             uint32_t tvalid, int lane) {
-    const uint32_t NEG = 0xF8F8F8F8u;
     uint32_t Alo[1][8], Ahi[1][8];
-    group_frags<4, 1, 4, true, OFFS>(cur, item, tiles, a, lane, Alo, Ahi);
+    group_frags<4, 1, 4, true, true>(cur, item, tiles, a, lane, Alo, Ahi); /* low codes offset-binary */
     /* k_g of rows g and g + 8: s_lo / s_hi is an integer <= 127, so the
      * product with the rounded reciprocal is within 2^-22 of it */
     const float sl0 = half_lo(cur[0].sc[0]), sh0 = half_hi(cur[0].sc[0]);
     const float sl1 = half_lo(cur[0].sc[1]), sh1 = half_hi(cur[0].sc[1]);
-    const int k0 = sh0 != 0.0f ? __float2int_rn(sl0 * __frcp_rn(sh0)) : 0;
-    const int k1 = sh1 != 0.0f ? __float2int_rn(sl1 * __frcp_rn(sh1)) : 0;
+    const uint32_t k0 = sh0 != 0.0f ? (uint32_t)__float2int_rn(sl0 * __frcp_rn(sh0)) : 0u;
+    const uint32_t k1 = sh1 != 0.0f ? (uint32_t)__float2int_rn(sl1 * __frcp_rn(sh1)) : 0u;
+    const uint32_t c0 = (256u - 8u * k0) * 0x10001u, c1 = (256u - 8u * k1) * 0x10001u;
     const int z[4] = {0, 0, 0, 0};
+    uint32_t A[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) /* register i holds row g + 8 (i & 1) */
+        A[i] = scale_codes(Alo[0][i], i & 1 ? k1 : k0, i & 1 ? c1 : c0) | Ahi[0][i];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        int ilo[4], ihi[4];
+        int d[4];
         const uint4 bv = (tvalid >> t) & 1 ? __ldg(bsrc + t * bst) : make_uint4(0, 0, 0, 0);
-        mma_s8c(ilo, Alo[0][0], Alo[0][1], Alo[0][2], Alo[0][3], bv.x, bv.y, z);
-        mma_s8(ilo, Alo[0][4], Alo[0][5], Alo[0][6], Alo[0][7], bv.z, bv.w);
-        if (OFFS) {
-            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.x, bv.y);
-            mma_s8(ilo, NEG, NEG, NEG, NEG, bv.z, bv.w);
-        }
-        mma_s8c(ihi, Ahi[0][0], Ahi[0][1], Ahi[0][2], Ahi[0][3], bv.x, bv.y, iacc[t]);
-        mma_s8(ihi, Ahi[0][4], Ahi[0][5], Ahi[0][6], Ahi[0][7], bv.z, bv.w);
+        mma_s8c(d, A[0], A[1], A[2], A[3], bv.x, bv.y, z);
+        mma_s8(d, A[4], A[5], A[6], A[7], bv.z, bv.w);
 #pragma unroll
-        for (int e = 0; e < 4; e++) iacc[t][e] = ilo[e] * (e < 2 ? k0 : k1) + ihi[e];
+        for (int e = 0; e < 4; e++) iacc[t][e] += d[e];
     }
 }
 
@@ -206,7 +218,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
         }                                                                                                  \
         if (++lgrp == ng) lgrp = 0;                                                                        \
         if constexpr (IS)                                                                                  \
-            do_group_is<NT, OFFS>(iacc, C, it, wsm + (TL) * SQ_TILE, a, xrow + grp * 4, xst, tvalid, lane); \
+            do_group_is<NT>(iacc, C, it, wsm + (TL) * SQ_TILE, a, xrow + grp * 4, xst, tvalid, lane); \
         else                                                                                               \
             do_group<NT, LOBITS, SPG, S2C, S16, OFFS, BPRE>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a,     \
                                                             xrow + grp * (SPG * 4), xst, 4,                \
@@ -317,18 +329,17 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a);
 }
 
-/* integer bank scales on the explicit fast layout: k_sq_dec with INT32
- * accumulation over the row (do_group_is) from kc_sq_isdec_min() tokens to
- * 64; KC_SQ_ISDEC=N moves the start to N tokens (N <= 32: four n-tiles), 0
- * keeps the float combination (for measurements). On the H200 (bench_gemm
- * --isdec, docs/perf-gpu.md, tenth session) it takes 0.60-0.80x the float
- * kernel's time at 48 and 64 tokens on every 8B and 70B shape, but
- * 1.05-1.20x at 17..32 (four n-tiles, where the float kernel is at its
- * best): it starts at 33 (eight n-tiles; end to end 8B batch 32 1.06x, 70B
- * 1.10x against a start at 17). One A fragment a group (k_g lo ORed with
- * the highs: two mma a token tile instead of four, no IMAD) was slower
- * still at 17..32 (1.14-1.32x the float kernel; the byte-wise scaling costs
- * more issue slots than the mma it saves) and no faster at 48..64. */
+/* integer bank scales on the explicit fast layout: k_sq_dec with one INT8
+ * A fragment a group and INT32 sums over the row (do_group_is) from
+ * kc_sq_isdec_min() tokens to 64; KC_SQ_ISDEC=N moves the start to N tokens
+ * (N <= 32: four n-tiles), 0 keeps the float combination (measurements).
+ * On the H200 (bench_gemm --isdec, docs/perf-gpu.md, tenth session) it
+ * takes 0.57-0.79x the float kernel's time at 48 and 64 tokens on every
+ * 8B and 70B shape but 1.17-1.33x at 32 (four n-tiles, where the float
+ * kernel is at its best; the two-chain version lost there too, 1.05-1.13x):
+ * it starts at 33, eight n-tiles. End to end, against the two-chain version
+ * from 17: 8B batch 32 1.06x and 70B 1.10x (the float kernel), batch 64
+ * 1.03x and 1.05x. */
 static long g_isdec_min = -1;
 extern "C" long kc_sq_isdec_min(void) { return kc_threshold(&g_isdec_min, "KC_SQ_ISDEC", 33); }
 extern "C" void kc_sq_set_isdec_min(long m) { g_isdec_min = m; }
