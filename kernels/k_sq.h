@@ -108,20 +108,6 @@ void k_sq_group_sums_ref(const k_sq_t *w, long r, const int8_t *qx, int32_t *lo,
  * weights the integer kernels multiply by (e.g. for a device without them). */
 void k_sq_dequant_row(const k_sq_t *w, long r, float *out);
 
-/* Low code e (row-major element index) of the stored layout, signed:
- * 8-bit bytes, 3/4-bit two's complement nibbles (low nibble first),
- * 2-bit two's complement crumbs (lowest bits first). The one reader of
- * w->lo: the portable kernel and both panel packers use it. */
-static inline int k_sq_lo_code(const k_sq_t *w, size_t e) {
-    if (w->h_low == 8) return (int8_t)w->lo[e];
-    if (w->h_low > 2) {
-        int v = (w->lo[e / 2] >> (4 * (e % 2))) & 15;
-        return v >= 8 ? v - 16 : v;
-    }
-    int v = (w->lo[e / 4] >> (2 * (e % 4))) & 3;
-    return v >= 2 ? v - 4 : v;
-}
-
 /* The shared float combination. */
 float k_sq_combine(const k_sq_t *w, long r, float sx, const int32_t *lo, const int32_t *hi);
 /* Integer bank scales (engine/quant/sq_quant.h's :iscale), read off the

@@ -15,6 +15,7 @@
 #include "../k_cpu.h"
 #include "../k_ops.h"
 #include "../k_sq.h"
+#include "k_sq_codes.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -198,7 +199,7 @@ float k_quant_row_i8(const float *x, long k, int8_t *qx, int32_t *xsum64) {
 void k_sq_dequant_row(const k_sq_t *w, long r, float *out) {
     long ng = w->k / w->G, nb = w->h ? w->k / w->b : 0;
     for (long j = 0; j < w->k; j++)
-        out[j] = w->s_lo[r * ng + j / w->G] * (float)k_sq_lo_code(w, (size_t)(r * w->k + j));
+        out[j] = w->s_lo[r * ng + j / w->G] * (float)k_sq_lo_code(w->lo, w->h_low, (size_t)(r * w->k + j));
     for (long bk = 0; bk < nb; bk++) { /* the low code is 0 at a high position */
         const int8_t *hv = w->hi + (r * nb + bk) * w->h;
         const uint8_t *ix = w->idx + (r * nb + bk) * w->h;
@@ -213,7 +214,7 @@ void k_sq_group_sums_ref(const k_sq_t *w, long r, const int8_t *qx, int32_t *lo,
     long ng = w->k / w->G, nb = w->k / w->b;
     for (long g = 0; g < ng; g++) {
         int32_t s = 0;
-        for (long j = g * w->G; j < (g + 1) * w->G; j++) s += k_sq_lo_code(w, (size_t)(r * w->k + j)) * qx[j];
+        for (long j = g * w->G; j < (g + 1) * w->G; j++) s += k_sq_lo_code(w->lo, w->h_low, (size_t)(r * w->k + j)) * qx[j];
         lo[g] = s;
         hi[g] = 0;
     }

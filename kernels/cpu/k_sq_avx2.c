@@ -41,6 +41,7 @@
  * 8/4); the mapped file is not read after load.
  */
 #include "../k_sq.h"
+#include "k_sq_codes.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -61,7 +62,7 @@ size_t k_sq_pack_bytes_avx2(const k_sq_t *w, int *hq, size_t *gbytes) {
 }
 
 static uint8_t code_at(const k_sq_t *w, long r, long j) { /* 8-bit: signed; 2-4 bit: offset-binary nibble */
-    int c = k_sq_lo_code(w, (size_t)(r * w->k + j));
+    int c = k_sq_lo_code(w->lo, w->h_low, (size_t)(r * w->k + j));
     return (uint8_t)(w->h_low == 8 ? c : c + 8);
 }
 

@@ -28,6 +28,7 @@
  * padding and masked off on store.
  */
 #include "../k_sq.h"
+#include "k_sq_codes.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -46,7 +47,7 @@ size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes) {
 }
 
 static unsigned code_ob(const k_sq_t *w, long r, long j) { /* offset-binary low code (2-4 bit: a nibble) */
-    int c = k_sq_lo_code(w, (size_t)(r * w->k + j));
+    int c = k_sq_lo_code(w->lo, w->h_low, (size_t)(r * w->k + j));
     return (unsigned)(w->h_low == 8 ? c + 128 : c + 8);
 }
 

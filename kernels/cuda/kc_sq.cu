@@ -3,6 +3,7 @@
  * host API around them (kc.h, "SQ-format weights"; the host format and its
  * contract are in k_sq.h; the matmul is kc_sq_mm.cu). */
 #include "kc_sq.cuh"
+#include "../cpu/k_sq_codes.h"
 
 #include <cuda_fp16.h>
 #include <math.h>
@@ -374,7 +375,7 @@ static int lo_at_highs(const k_sq_t *t) {
         for (long bk = 0; bk < nbk; bk++) {
             const uint8_t *ix = t->idx + (size_t)(r * nbk + bk) * t->h;
             for (int i = 0; i < t->h; i++)
-                if (k_sq_lo_code(t, (size_t)(r * t->k + bk * t->b + ix[i])) != 0) return 1;
+                if (k_sq_lo_code(t->lo, t->h_low, (size_t)(r * t->k + bk * t->b + ix[i])) != 0) return 1;
         }
     return 0;
 }

@@ -36,6 +36,7 @@
 #include "../../engine/quant/sq_quant.h"
 #include "../../kernels/cuda/kc.h"
 #include "../../kernels/k_sq.h"
+#include "../../kernels/cpu/k_sq_codes.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -470,7 +471,7 @@ static void test_iscale_upload(const long *ms, int nm) {
          * are then not taken, nor the compact layout; the sums stay exact. */
         for (int bad = 0; want && bad < 2; bad++) {
             const long r = 3, g = 2, j = bad ? g * 64 + t.idx[(r * (k / 64) + g) * t.h] : g * 64 + 1;
-            const int old = k_sq_lo_code(&w, (size_t)(r * k + j));
+            const int old = k_sq_lo_code(w.lo, w.h_low, (size_t)(r * k + j));
             sq_set_lo(&t, r, j, bad ? 3 : -8);
             k_sq_t wb = view(&t);
             kc_sq_t *db = kc_sq_upload(&wb);

@@ -1,0 +1,25 @@
+/* k_sq_codes.h - the one reader of SQ's stored low codes (engine/model/sq.h's
+ * layout): the portable kernel (k_sq.c) and both panel packers
+ * (k_sq_avx2.c, k_sq_avx512.c) read w->lo through it, so they cannot
+ * disagree about the storage of 2-, 3-, 4- or 8-bit codes.
+ */
+#ifndef K_SQ_CODES_H
+#define K_SQ_CODES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Low code e (row-major element index) of `lo` with h_low-bit codes,
+ * signed: 8-bit bytes, 3/4-bit two's complement nibbles (low nibble
+ * first), 2-bit two's complement crumbs (lowest bits first). */
+static inline int k_sq_lo_code(const uint8_t *lo, int h_low, size_t e) {
+    if (h_low == 8) return (int8_t)lo[e];
+    if (h_low > 2) {
+        int v = (lo[e / 2] >> (4 * (e % 2))) & 15;
+        return v >= 8 ? v - 16 : v;
+    }
+    int v = (lo[e / 4] >> (2 * (e % 4))) & 3;
+    return v >= 2 ? v - 4 : v;
+}
+
+#endif
