@@ -12,7 +12,8 @@
  *
  * Four paths, chosen at run time (SQSERVE_ISA=portable|avx2|avxvnni|avx512
  * can only lower the level the CPU supports):
- * - avx512 (VNNI + VBMI), h_low 2-4 (widened to 4-bit) or 8, G a multiple of 64: k_sq_new() repacks the
+ * - avx512 (VNNI + VBMI), h_low 2-4 (widened to 4-bit) or 8, G a multiple of 64 (G = 64 and b <= 64
+ *   when there are highs): k_sq_new() repacks the
  *   tensor once into 16-row panels (see k_sq_avx512.c) so that vpdpbusd
  *   lanes are weight rows: group sums come out per lane with no horizontal
  *   reductions, the combine runs 16 rows wide, and several activation rows

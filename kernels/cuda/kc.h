@@ -163,7 +163,8 @@ int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m
  * explicit one). kc_sq_random is flags 0 (float scales, like sq_quantize's). */
 #define KC_SQ_F16_SCALES 1
 /* ... and KC_SQ_INT_SCALES integer bank scales (a row scale with a 6-bit
- * mantissa, each group's low scale 1..18 times it: kc_sq_iscale holds) */
+ * mantissa, each group's low scale 1..127/qmax times it, 18 for 4-bit
+ * codes: kc_sq_iscale holds, bar 2-bit codes, which have no INT8 path) */
 #define KC_SQ_INT_SCALES 4
 kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uint64_t seed, int flags);
 /* The same matrix as kc_sq_random_ex(n, k, h_low, b, h, seed, flags), made

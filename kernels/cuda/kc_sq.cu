@@ -387,9 +387,8 @@ static int lo_at_highs(const k_sq_t *t) {
  * writes a tensor: every low code within +-qmax (a 4-bit -8 times k_g
  * passes -128 from k_g = 17) and 0 at every high position. Another tensor
  * keeps the free-scale kernels (2-bit storage has no INT8 path). */
-static int iscale_exact(const k_sq_t *t) {
-    if (t->h_low == 4 ? has_reserved_code(t) : t->h_low != 3 || !lo3_in_range(t)) return 0;
-    return !lo_at_highs(t);
+static int iscale_exact(const k_sq_t *t, int reserved, int lah) {
+    return !lah && (t->h_low == 4 ? !reserved : t->h_low == 3 && lo3_in_range(t));
 }
 
 /* The compact layout is opt-in (KC_SQ_COMPACT=1): on the H200 its decode
@@ -435,7 +434,8 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
     /* the compact layout reserves the low code -8 and keeps none at high
      * positions; a tensor with either (no valid SQ tensor has them) keeps
      * the explicit slots */
-    int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !has_reserved_code(t) && !lo_at_highs(t);
+    const int reserved = has_reserved_code(t), lah = lo_at_highs(t);
+    int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !reserved && !lah;
     kc_sq *w = sq_new(t->n, t->k, t->h_low, t->b, t->h, s16, compact_ok);
     if (!w) return NULL;
     size_t lob = (size_t)t->n * t->k * w->lobits / 8, hib = (size_t)t->n * (t->k / t->b) * t->h;
@@ -455,7 +455,7 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
         if (!rs) {
             kc_set_error("out of host memory");
             rc = -1;
-        } else if (k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->h_low, rs) && iscale_exact(t)) {
+        } else if (k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->h_low, rs) && iscale_exact(t, reserved, lah)) {
             rc = set_iscale(w, rs);
         }
         free(rs);
@@ -493,7 +493,7 @@ extern "C" kc_sq_t *kc_sq_random_ex(long n, long k, int h_low, int b, int h, uin
         if (!kc_check_launch("k_gen_banks") && !sq_repack(w, v)) rc = kc_sync();
     }
     kc_free(lo), kc_free(idx), kc_free(hi), kc_free(sl), kc_free(sh);
-    if (!rc && p.iscale) {
+    if (!rc && p.iscale && h_low != 2) { /* as kc_sq_upload: no INT8 path on 2-bit storage */
         float *rs = (float *)malloc((size_t)n * sizeof(float));
         rc = -1;
         if (!rs) kc_set_error("out of host memory");

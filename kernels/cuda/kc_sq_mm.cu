@@ -332,7 +332,9 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
 /* integer bank scales on the explicit fast layout: k_sq_dec with one INT8
  * A fragment a group and INT32 sums over the row (do_group_is) from
  * kc_sq_isdec_min() tokens to 64; KC_SQ_ISDEC=N moves the start to N tokens
- * (N <= 32: four n-tiles), 0 keeps the float combination (measurements).
+ * (N <= 32: four n-tiles; 1 and 2 tokens stay on the dp4a kernel; before
+ * the tenth session the variable was on/off, 1 meaning from 17), 0 or N >
+ * 64 keeps the float combination (measurements).
  * On the H200 (bench_gemm --isdec, docs/perf-gpu.md, tenth session) it
  * takes 0.57-0.79x the float kernel's time at 48 and 64 tokens on every
  * 8B and 70B shape but 1.17-1.33x at 32 (four n-tiles, where the float

@@ -441,53 +441,71 @@ static void test_big(long n, long k, const long *ms, int nm) {
 }
 
 /* sq_quantize_opt's integer bank scales (:iscale) are found at upload (and
- * free scales are not), and the INT8 path then gives the reference's sums */
+ * free scales are not), and the INT8 path then gives the reference's sums;
+ * 4- and 3-bit low codes */
 static void test_iscale_upload(const long *ms, int nm) {
     const long n = 45, k = 64 * 6;
-    for (int want = 0; want < 2; want++) {
-        sq_cfg_t c = {8, 4, 64, 1.0 - 8.0 / 64};
-        sq_tensor_t t;
-        if (sq_alloc(&t, &c, n, k)) exit(2);
-        float *W = malloc((size_t)(n * k) * 4);
-        for (long i = 0; i < n * k; i++) W[i] = frand() * (next() % 16 == 0 ? 4.0f : 0.5f);
-        OK(sq_quantize_opt(&t, W, NULL, NULL, NULL, want ? SQ_Q_ISCALE : 0));
-        free(W);
-        k_sq_t w = view(&t);
-        kc_sq_t *dw = kc_sq_upload(&w);
-        if (!dw) {
-            fprintf(stderr, "GPU: %s\n", kc_error());
-            exit(2);
-        }
-        char label[200];
-        snprintf(label, sizeof label, "kc_sq_upload of sq_quantize_opt(%s): kc_sq_iscale %d [%s]",
-                 want ? "SQ_Q_ISCALE" : "0", kc_sq_iscale(dw), kc_sq_describe(dw));
-        verdict(kc_sq_iscale(dw) == want, label);
-        for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
-        kc_sq_free(dw);
-        /* A tensor the quantizer would not write (sq_validate refuses both):
-         * a low code of -8 (-8 k_g passes -128 from k_g = 17; upload refuses
-         * any), or a nonzero low code at a high position (two codes in one
-         * INT8 weight; no room in the compact layout either). Integer scales
-         * are then not taken, nor the compact layout; the sums stay exact. */
-        for (int bad = 0; want && bad < 2; bad++) {
-            const long r = 3, g = 2, j = bad ? g * 64 + t.idx[(r * (k / 64) + g) * t.h] : g * 64 + 1;
-            const int old = k_sq_lo_code(w.lo, w.h_low, (size_t)(r * k + j));
-            sq_set_lo(&t, r, j, bad ? 3 : -8);
-            k_sq_t wb = view(&t);
-            kc_sq_t *db = kc_sq_upload(&wb);
-            if (!db) {
+    for (int hl = 4; hl >= 3; hl--)
+        for (int want = 0; want < 2; want++) {
+            sq_cfg_t c = {8, hl, 64, 1.0 - 8.0 / 64};
+            sq_tensor_t t;
+            if (sq_alloc(&t, &c, n, k)) exit(2);
+            float *W = malloc((size_t)(n * k) * 4);
+            for (long i = 0; i < n * k; i++) W[i] = frand() * (next() % 16 == 0 ? 4.0f : 0.5f);
+            OK(sq_quantize_opt(&t, W, NULL, NULL, NULL, want ? SQ_Q_ISCALE : 0));
+            free(W);
+            k_sq_t w = view(&t);
+            kc_sq_t *dw = kc_sq_upload(&w);
+            if (!dw) {
                 fprintf(stderr, "GPU: %s\n", kc_error());
                 exit(2);
             }
-            snprintf(label, sizeof label, "kc_sq_upload of integer bank scales with %s: kc_sq_iscale %d [%s]",
-                     bad ? "a low code at a high position" : "a low code of -8", kc_sq_iscale(db), kc_sq_describe(db));
-            verdict(!kc_sq_iscale(db) && !strstr(kc_sq_describe(db), "compact"), label);
-            for (int i = 0; i < nm; i++) test_mm(label, &wb, db, ms[i]);
-            kc_sq_free(db);
-            sq_set_lo(&t, r, j, old);
+            const int compact = strstr(kc_sq_describe(dw), "compact") != NULL;
+            char label[240];
+            snprintf(label, sizeof label, "kc_sq_upload of sq_quantize_opt(%s), %d-bit: kc_sq_iscale %d [%s]",
+                     want ? "SQ_Q_ISCALE" : "0", hl, kc_sq_iscale(dw), kc_sq_describe(dw));
+            verdict(kc_sq_iscale(dw) == want, label);
+            for (int i = 0; i < nm; i++) test_mm(label, &w, dw, ms[i]);
+            kc_sq_free(dw);
+            /* A tensor the quantizer would not write (sq_validate refuses
+             * both): a low code past -qmax (-8 k_g passes -128 from k_g = 17;
+             * upload refuses any), or a nonzero low code at a high position
+             * (two codes in one INT8 weight; no room in the compact layout
+             * either). Integer scales are then not taken, nor, for the
+             * second, the compact layout (where the clean tensor had it; it
+             * holds any low code but -8); the sums stay exact. */
+            for (int bad = 0; want && bad < 2; bad++) {
+                const long r = 3, g = 2, nb = k / 64;
+                const uint8_t *ix = t.idx + (r * nb + g) * t.h;
+                long j = g * 64 + ix[0];
+                if (!bad) /* a low position: the first column that is not high */
+                    for (long col = 0; col < 64; col++) {
+                        int high = 0;
+                        for (int i = 0; i < t.h; i++) high |= ix[i] == col;
+                        if (!high) {
+                            j = g * 64 + col;
+                            break;
+                        }
+                    }
+                const int old = k_sq_lo_code(w.lo, w.h_low, (size_t)(r * k + j));
+                sq_set_lo(&t, r, j, bad ? 1 : -(1 << (hl - 1)));
+                k_sq_t wb = view(&t);
+                kc_sq_t *db = kc_sq_upload(&wb);
+                if (!db) {
+                    fprintf(stderr, "GPU: %s\n", kc_error());
+                    exit(2);
+                }
+                snprintf(label, sizeof label,
+                         "kc_sq_upload of %d-bit integer bank scales with %s: kc_sq_iscale %d [%s] (clean: %s)", hl,
+                         bad ? "a low code at a high position" : "a low code past -qmax", kc_sq_iscale(db),
+                         kc_sq_describe(db), compact ? "compact" : "explicit");
+                verdict(!kc_sq_iscale(db) && !(bad && strstr(kc_sq_describe(db), "compact")), label);
+                for (int i = 0; i < nm; i++) test_mm(label, &wb, db, ms[i]);
+                kc_sq_free(db);
+                sq_set_lo(&t, r, j, old);
+            }
+            sq_free(&t);
         }
-        sq_free(&t);
-    }
 }
 
 /* the device generator against the host one, through sq_validate and the matmul;
@@ -699,9 +717,9 @@ int main(int argc, char **argv) {
             verdict(kc_sm90a() ? kc_i8_gemm_count() > 0 : kc_i8_gemm_count() == 0, what);
         }
         /* with the path off, the same matrices take the fused kernels: on the
-         * explicit layout, 9..64 tokens, the INT32-accumulating k_sq_dec
-         * (do_group_is), at every n-tile count and the stream-k splits of a
-         * long row; the compact layout's float combination */
+         * explicit layout the float combination up to 32 tokens and from 33
+         * the INT32 k_sq_dec (do_group_is, kc_sq_isdec_min), the stream-k
+         * splits of a long row; the compact layout's float combination */
         kc_sq_set_i8_min(0);
         static const long mis[] = {5, 9, 16, 17, 24, 32, 33, 48, 64}, misq[] = {9, 17, 33, 64};
         test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? misq : mis, quick ? 4 : 9);
