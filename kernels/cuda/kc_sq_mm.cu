@@ -184,7 +184,10 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     const uint4 *xrow = sw.xrow;
     const long xst = a.k / 2; /* 8 tokens, in 16-byte units */
     const LanePtr lp = lane_ptrs<LOBITS, S2C, S16>(a, lane);
-    constexpr bool OFFS = NT <= 2;          /* offset codes + 2 more mma beat sign extension */
+    /* one n-tile: offset codes + 2 more mma beat sign extension; two: sign
+     * extension is 1-4 % faster (bench_gemm --isdec at 16 tokens, H200,
+     * tenth session; at 8 tokens it is 1-4 % slower) */
+    constexpr bool OFFS = NT == 1;
     constexpr bool BPRE = NT == 1;          /* activations loaded with the weights, ahead */
     Raw<LOBITS, S2C, S16> c0[SPG], c1[SPG], c2[SPG];
     uint4 b0[SPG], b1[SPG], b2[SPG];
