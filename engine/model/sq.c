@@ -1,6 +1,7 @@
 /* sq.c - SQ-format tensors and the SQ / uniform quantizers (see sq.h). */
 #include "sq.h"
 
+#include "../../kernels/cpu/k_sq_codes.h"
 #include "../../kernels/k_quant.h"
 
 #include <math.h>
@@ -76,14 +77,9 @@ void sq_free(sq_tensor_t *t) {
     memset(t, 0, sizeof *t);
 }
 
+/* the kernels read the same storage through the same function */
 static int get_lo(const sq_tensor_t *t, long r, long j) {
-    size_t e = (size_t)(r * t->k + j);
-    if (lo_storage_bits(t->cfg.h_low) == 4) {
-        int v = (t->lo[e / 2] >> (4 * (e % 2))) & 15;
-        return v >= 8 ? v - 16 : v;
-    }
-    int v = (t->lo[e / 4] >> (2 * (e % 4))) & 3;
-    return v >= 2 ? v - 4 : v;
+    return k_sq_lo_code(t->lo, t->cfg.h_low, (size_t)(r * t->k + j));
 }
 
 void sq_set_lo(sq_tensor_t *t, long r, long j, int v) {
