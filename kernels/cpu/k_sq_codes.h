@@ -1,7 +1,8 @@
 /* k_sq_codes.h - the one reader of SQ's stored low codes (engine/model/sq.h's
- * layout): the portable kernel (k_sq.c) and both panel packers
- * (k_sq_avx2.c, k_sq_avx512.c) read w->lo through it, so they cannot
- * disagree about the storage of 2-, 3-, 4- or 8-bit codes.
+ * layout): the tensor code (engine/model/sq.c), the portable kernel
+ * (k_sq.c), both panel packers (k_sq_avx2.c, k_sq_avx512.c) and the GPU
+ * upload's checks (kernels/cuda/kc_sq.cu) read the codes through it, so
+ * they cannot disagree about the storage of 2-, 3-, 4- or 8-bit codes.
  */
 #ifndef K_SQ_CODES_H
 #define K_SQ_CODES_H
