@@ -178,11 +178,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     zero_tiles(wsm, NTL, lane);
     SkWarp sw;
     if (!sk_warp<NT>(a, lane, warp, sw)) return;
-    const long w = sw.w;
-    const unsigned ng = (unsigned)a.ngroups, i0 = sw.i0, i1 = sw.i1;
-    const uint32_t tvalid = sw.tvalid;
-    const uint4 *xrow = sw.xrow;
-    const long xst = a.k / 2; /* 8 tokens, in 16-byte units */
+    const auto [w, i0, i1, tvalid, xrow, ng, xst] = sw;
     const LanePtr lp = lane_ptrs<LOBITS, S2C, S16>(a, lane);
     /* one n-tile: offset codes + 2 more mma beat sign extension; two: sign
      * extension is 1-4 % faster (bench_gemm --isdec at 16 tokens, H200,

@@ -77,11 +77,17 @@ __device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, l
  * (tile, group) items, and its activation row: token tok0 + g of n-tile 0
  * at columns 16 tig.., n-tile t valid where bit t of tvalid is set. false:
  * the warp has nothing to do. */
+/* a warp's share of a stream-k launch (sk_warp), bound by each decode
+ * kernel in one line: auto [w, i0, i1, tvalid, xrow, ng, xst] = ...:
+ * its item range, the n-tiles with tokens, its activation row, the groups
+ * a row and the stride between 8-token blocks (16-byte units) */
 struct SkWarp {
     long w;
     unsigned i0, i1;
     uint32_t tvalid;
     const uint4 *xrow;
+    unsigned ng;
+    long xst;
 };
 
 template <int NT>
@@ -97,6 +103,7 @@ __device__ __forceinline__ bool sk_warp(const MmArgs &a, int lane, int warp, SkW
 #pragma unroll
     for (int t = 0; t < NT; t++) s.tvalid |= (a.tok0 + t * 8 + g < a.m ? 1u : 0u) << t;
     s.xrow = (const uint4 *)(a.qx + (s.tvalid ? (a.tok0 + g) * a.k : 0) + 16 * tig);
+    s.ng = (unsigned)a.ngroups, s.xst = a.k / 2;
     return true;
 }
 

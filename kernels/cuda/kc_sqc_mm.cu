@@ -65,11 +65,7 @@ __global__ void __launch_bounds__(128, MINB) k_sqc_dec(MmArgs a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     SkWarp sw;
     if (!sk_warp<NT>(a, lane, warp, sw)) return;
-    const long w = sw.w;
-    const unsigned ng = (unsigned)a.ngroups, i0 = sw.i0, i1 = sw.i1;
-    const uint32_t tvalid = sw.tvalid;
-    const uint4 *xrow = sw.xrow;
-    const long xst = a.k / 2;
+    const auto [w, i0, i1, tvalid, xrow, ng, xst] = sw;
     const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
     constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
     RawC<S16> r0, r1, r2, r3;
@@ -181,12 +177,8 @@ __global__ void __launch_bounds__(128, MINB) k_sqc_dec2(MmArgs a) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     SkWarp sw;
     if (!sk_warp<NT>(a, lane, warp, sw)) return;
-    const long w = sw.w;
-    const unsigned ng = (unsigned)a.ngroups, i0 = sw.i0, i1 = sw.i1;
-    const uint32_t tvalid = sw.tvalid;
-    const uint4 *xrow = sw.xrow;
+    const auto [w, i0, i1, tvalid, xrow, ng, xst] = sw;
     const int tig = lane & 3;
-    const long xst = a.k / 2;
     const LanePtrC lp = lane_ptrs_c<S16>(a.w, lane);
     constexpr bool OFFS = NT <= 2, BPRE = NT == 1;
     const uint4 z = make_uint4(0, 0, 0, 0);
