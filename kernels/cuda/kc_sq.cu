@@ -387,8 +387,20 @@ static int lo_at_highs(const k_sq_t *t) {
  * writes a tensor: every low code within +-qmax (a 4-bit -8 times k_g
  * passes -128 from k_g = 17) and 0 at every high position. Another tensor
  * keeps the free-scale kernels (2-bit storage has no INT8 path). */
-static int iscale_exact(const k_sq_t *t, int reserved, int lah) {
-    return !lah && (t->h_low == 4 ? !reserved : t->h_low == 3 && lo3_in_range(t));
+/* The two scans of the codes above, run once an upload and only where a
+ * layout or the scales ask (each reads every code of the tensor: seconds
+ * for a 70B model, which a free-scale explicit upload does not pay). */
+struct CodeScan {
+    int done, reserved, lah;
+};
+static const CodeScan &scan_codes(const k_sq_t *t, CodeScan &s) {
+    if (!s.done) s.reserved = has_reserved_code(t), s.lah = lo_at_highs(t), s.done = 1;
+    return s;
+}
+
+static int iscale_exact(const k_sq_t *t, CodeScan &cs) {
+    const CodeScan &s = scan_codes(t, cs);
+    return !s.lah && (t->h_low == 4 ? !s.reserved : t->h_low == 3 && lo3_in_range(t));
 }
 
 /* The compact layout is opt-in (KC_SQ_COMPACT=1): on the H200 its decode
@@ -434,8 +446,9 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
     /* the compact layout reserves the low code -8 and keeps none at high
      * positions; a tensor with either (no valid SQ tensor has them) keeps
      * the explicit slots */
-    const int reserved = has_reserved_code(t), lah = lo_at_highs(t);
-    int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !reserved && !lah;
+    CodeScan cs = {0, 0, 0};
+    const int compact_ok = compact_default() && !(flags & KC_SQ_NO_COMPACT) && !scan_codes(t, cs).reserved &&
+                           !scan_codes(t, cs).lah;
     kc_sq *w = sq_new(t->n, t->k, t->h_low, t->b, t->h, s16, compact_ok);
     if (!w) return NULL;
     size_t lob = (size_t)t->n * t->k * w->lobits / 8, hib = (size_t)t->n * (t->k / t->b) * t->h;
@@ -455,7 +468,7 @@ extern "C" kc_sq_t *kc_sq_upload_ex(const k_sq_t *t, int flags) {
         if (!rs) {
             kc_set_error("out of host memory");
             rc = -1;
-        } else if (k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->h_low, rs) && iscale_exact(t, reserved, lah)) {
+        } else if (k_sq_iscale_rows(t->s_lo, t->s_hi, t->n, t->k / t->G, t->h_low, rs) && iscale_exact(t, cs)) {
             rc = set_iscale(w, rs);
         }
         free(rs);

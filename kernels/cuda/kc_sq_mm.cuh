@@ -75,12 +75,10 @@ __device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, l
 
 /* A decode warp's share of the stream-k items, [i0, i1) of the matrix's
  * (tile, group) items, and its activation row: token tok0 + g of n-tile 0
- * at columns 16 tig.., n-tile t valid where bit t of tvalid is set. false:
- * the warp has nothing to do. */
-/* a warp's share of a stream-k launch (sk_warp), bound by each decode
- * kernel in one line: auto [w, i0, i1, tvalid, xrow, ng, xst] = ...:
- * its item range, the n-tiles with tokens, its activation row, the groups
- * a row and the stride between 8-token blocks (16-byte units) */
+ * at columns 16 tig.., n-tile t valid where bit t of tvalid is set; with
+ * the groups a row (ng) and the stride between 8-token blocks in 16-byte
+ * units (xst). Each decode kernel binds it in one line, const auto [w, i0,
+ * i1, tvalid, xrow, ng, xst]. sk_warp false: the warp has nothing to do. */
 struct SkWarp {
     long w;
     unsigned i0, i1;
