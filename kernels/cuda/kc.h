@@ -313,6 +313,13 @@ int kc_sq_iscale(const kc_sq_t *w);
  * combination. */
 long kc_sq_isdec_min(void);
 void kc_sq_set_isdec_min(long m); /* < 0: back to the default */
+/* From 9 tokens the fast layout's stream-k decode kernel copies each item
+ * (weight unit and activations) with cp.async into a ring of this many
+ * stages in shared memory (2..4); 0 keeps the kernel that loads them into
+ * registers. KC_SQ_DEC_STAGES sets the default; for tests and benchmarks,
+ * kc_sq_set_dec_stages (< 0: back to the default). */
+long kc_sq_dec_stages(void);
+void kc_sq_set_dec_stages(long s);
 /* The INT8 GEMMs of those paths and of W8A8 (kc_int, float scales) run as
  * one CUTLASS kernel with both scales in its epilogue (kc_i8_gemm.cu) where
  * the operands suit TMA, else cuBLAS INT8 -> INT32 and a scale pass (same

@@ -93,27 +93,6 @@ __device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) { /* unsig
     return d;
 }
 
-__device__ __forceinline__ uint32_t lds_u8(uint32_t a) {
-    uint32_t v;
-    asm volatile("ld.shared.u8 %0, [%1];" : "=r"(v) : "r"(a));
-    return v;
-}
-__device__ __forceinline__ int lds_s32(uint32_t a) {
-    int v;
-    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(v) : "r"(a));
-    return v;
-}
-__device__ __forceinline__ uint2 lds_v2(uint32_t a) {
-    uint2 v;
-    asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(a));
-    return v;
-}
-__device__ __forceinline__ uint4 lds_v4(uint32_t a) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
-    return v;
-}
-
 /* Shared memory of a block: per token, the k activation bytes, then per
  * token and 16-column chunk 8 x the chunk's activation sum (the offset of
  * the low codes), then the warps' partial sums, two buffers. */
@@ -423,13 +402,6 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_ge
  * needs many (the compact layout's) keeps both its occupancy and its loads
  * in flight. Each lane copies one or two 16-byte chunks of a unit; a unit is
  * one cp.async group, waited for GEMV_STAGES - 1 groups behind the newest. */
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
-
 template <int UB>
 __device__ __forceinline__ void gemv_stage(uint32_t slot, const uint8_t *unit, int lane) {
     if (lane < UB / 16) cp_async16(slot + 16 * lane, unit + 16 * lane);

@@ -4,8 +4,11 @@
  * Kernels.
  *   decode (m <= 64): stream-k. The (tile, group) items of the matrix are
  *     split evenly over one full wave of warps (4 a block); each warp walks
- *     its contiguous range, weight units (and for m <= 8 the activations)
- *     loaded one or two groups ahead into registers, bypassing L1. A tile
+ *     its contiguous range. On the fast layout (k_sq_dec_st) each item's
+ *     weight unit and activations are copied by cp.async into a ring of
+ *     stages in shared memory, two items ahead; the other layouts
+ *     (k_sq_dec) load weight units (and for m <= 8 the activations) one or
+ *     two groups ahead into registers, bypassing L1. A tile
  *     split between warps is finished by the last of them to arrive (an
  *     atomic counter per tile), which adds the parts in warp order: results
  *     are deterministic. No tail wave, no partial-tile waste.
@@ -31,10 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
- * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
- * lane's B fragment of n-tile t, subgroup s is bsrc[t * bst + s * bss]
- * (16 bytes), zero where bit t of tvalid is clear. */
 /* The A fragments of one scale group: low codes unpacked (offset-binary
  * with OFFS, else signed), highs scattered through the warp's tiles. */
 template <int LOBITS, int SPG, int S2C, bool S16, bool OFFS>
@@ -61,10 +60,14 @@ __device__ __forceinline__ void group_frags(const Raw<LOBITS, S2C, S16> (&cur)[S
     }
 }
 
-template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool OFFS, bool BPRE>
+/* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
+ * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
+ * lane's B fragment of n-tile t, subgroup s is bload(t, s) (16 bytes, zero
+ * for a token past the end): from global memory, registers or a stage in
+ * shared memory, as the kernel keeps them. */
+template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool OFFS, class BL>
 __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, S2C, S16> (&cur)[SPG], unsigned item,
-                                         uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
-                                         int bss, uint32_t tvalid, const uint4 *bpre, int lane) {
+                                         uint8_t *tiles, const MmArgs &a, const BL &bload, int lane) {
     const uint32_t NEG = LOBITS == 4 ? 0xF8F8F8F8u : 0xFEFEFEFEu; /* -8 / -2 in every byte */
     uint32_t Alo[SPG][8], Ahi[SPG][8];
     group_frags<LOBITS, SPG, S2C, S16, OFFS>(cur, item, tiles, a, lane, Alo, Ahi);
@@ -82,8 +85,7 @@ __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, 
         int ilo[4], ihi[4];
 #pragma unroll
         for (int s = 0; s < SPG; s++) {
-            const uint4 bv = BPRE ? bpre[s]
-                                  : (tvalid >> t) & 1 ? __ldg(bsrc + t * bst + s * bss) : make_uint4(0, 0, 0, 0);
+            const uint4 bv = bload(t, s);
             if (s == 0) mma_s8c(ilo, Alo[s][0], Alo[s][1], Alo[s][2], Alo[s][3], bv.x, bv.y, mg);
             else mma_s8(ilo, Alo[s][0], Alo[s][1], Alo[s][2], Alo[s][3], bv.x, bv.y);
             mma_s8(ilo, Alo[s][4], Alo[s][5], Alo[s][6], Alo[s][7], bv.z, bv.w);
@@ -125,10 +127,9 @@ __device__ __forceinline__ uint32_t scale_codes(uint32_t u, uint32_t k, uint32_t
  * sum): 0.92-0.99x their time at 48 and 64 tokens; starting that chain
  * from 0 instead (nothing but an add on the loop-carried path) took
  * 1.20-1.60x (bench_gemm --isdec, docs/perf-gpu.md, tenth session). */
-template <int NT>
+template <int NT, class BL>
 __device__ __forceinline__ void do_group_is(int (&iacc)[NT][4], const Raw<4, 4, true> (&cur)[1], unsigned item,
-                                            uint8_t *tiles, const MmArgs &a, const uint4 *bsrc, long bst,
-                                            uint32_t tvalid, int lane) {
+                                            uint8_t *tiles, const MmArgs &a, const BL &bload, int lane) {
     uint32_t Alo[1][8], Ahi[1][8];
     group_frags<4, 1, 4, true, true>(cur, item, tiles, a, lane, Alo, Ahi); /* low codes offset-binary */
     /* k_g of rows g and g + 8: s_lo / s_hi is an integer <= 127, so the
@@ -146,7 +147,7 @@ __device__ __forceinline__ void do_group_is(int (&iacc)[NT][4], const Raw<4, 4, 
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         int d[4];
-        const uint4 bv = (tvalid >> t) & 1 ? __ldg(bsrc + t * bst) : make_uint4(0, 0, 0, 0);
+        const uint4 bv = bload(t, 0);
         mma_s8c(d, A[0], A[1], A[2], A[3], bv.x, bv.y, z);
         mma_s8(d, A[4], A[5], A[6], A[7], bv.z, bv.w);
 #pragma unroll
@@ -216,12 +217,16 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
             SQ_LOADB(BL, lgrp)                                                                             \
         }                                                                                                  \
         if (++lgrp == ng) lgrp = 0;                                                                        \
-        if constexpr (IS)                                                                                  \
-            do_group_is<NT>(iacc, C, it, wsm + (TL) * SQ_TILE, a, xrow + grp * 4, xst, tvalid, lane); \
-        else                                                                                               \
-            do_group<NT, LOBITS, SPG, S2C, S16, OFFS, BPRE>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a,     \
-                                                            xrow + grp * (SPG * 4), xst, 4,                \
-                                                            tvalid, BC, lane);                             \
+        {                                                                                                  \
+            const uint4 *bsrc = xrow + grp * (SPG * 4);                                                    \
+            const auto bload = [&, tv = tvalid, xs = xst](int t, int s) {                                  \
+                return BPRE ? BC[s] : (tv >> t) & 1 ? __ldg(bsrc + t * xs + s * 4) : make_uint4(0, 0, 0, 0); \
+            };                                                                                             \
+            if constexpr (IS)                                                                              \
+                do_group_is<NT>(iacc, C, it, wsm + (TL) * SQ_TILE, a, bload, lane);                        \
+            else                                                                                           \
+                do_group<NT, LOBITS, SPG, S2C, S16, OFFS>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a, bload, lane); \
+        }                                                                                                  \
         it++;                                                                                              \
         if (++grp == ng || it == i1) {                                                                     \
             if constexpr (IS) is_to_float<NT>(iacc, acc, a, tile, lane);                                   \
@@ -250,6 +255,127 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
 #undef SQ_LOADB
 }
 
+/* decode, staged (the fast layout from 9 tokens; k_sq_dec above keeps one
+ * n-tile, where staging lost 1-13 % at 3 and 8 tokens, and the other
+ * layouts). Same stream-k walk and the same group
+ * arithmetic (do_group, do_group_is), but each warp copies its items with
+ * cp.async into a ring of S stages in shared memory, a stage holding an
+ * item's weight unit AND its NT n-tiles of B fragments (the activations of
+ * the group's 64 columns). Why: Nsight Compute on k_sq_dec (70B gate_up,
+ * 32 tokens, H200, eleventh session) put 37 % of the warps' stalls on long
+ * scoreboards, nearly all at the mma waiting for its B fragment (loaded
+ * from L1/L2 where it is used) or at the unpack waiting for a unit loaded
+ * only one group ahead; and its 128-register cap spilled the register sets
+ * that held the units in flight. A ring stage costs no registers, so S - 1
+ * items (weights and activations) are in flight while one is multiplied.
+ * One scatter tile a warp suffices: the __syncwarp after each wait orders
+ * the last group's reads of it before the next scatter. */
+template <int NT, bool S16>
+struct DecRing {
+    static constexpr int UB = UG<4, 4, S16>::ub; /* the unit's bytes: 52 or 56 chunks of 16 */
+    static constexpr int BYTES = UB + NT * 512;  /* a stage: the unit, then n-tile t's fragments at UB + 512 t */
+    static constexpr __host__ __device__ size_t warp_bytes(int S) { return (size_t)S * BYTES + SQ_TILE; }
+};
+
+/* one item into the stage at st (one cp.async group): the unit at u, the
+ * lane's B fragment of n-tile t at xg + t * xst where its token is valid */
+template <int NT, bool S16>
+__device__ __forceinline__ void dec_stage(uint32_t st, const uint8_t *u, const uint4 *xg, long xst, uint32_t tvalid,
+                                          int lane) {
+    constexpr int UB = DecRing<NT, S16>::UB;
+    cp_async16(st + 16 * lane, u + 16 * lane);
+    if (lane < UB / 16 - 32) cp_async16(st + 512 + 16 * lane, u + 512 + 16 * lane);
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        if ((tvalid >> t) & 1) cp_async16(st + UB + t * 512 + 16 * lane, xg + t * xst);
+    cp_async_commit();
+}
+
+/* the lane's words of the unit staged at st (lane_ptrs' offsets) */
+template <bool S16>
+__device__ __forceinline__ void lds_unit(Raw<4, 4, S16> &r, uint32_t st, int lane) {
+    typedef UG<4, 4, S16> G;
+    const uint4 v = lds_v4(st + 16 * lane);
+    const uint2 q = lds_v2(st + G::lo + 8 * lane);
+    r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w, r.sl[0] = q.x, r.sl[1] = q.y;
+    const uint32_t sc = st + G::lo + G::sl + (lane >> 2) * (S16 ? 4 : 8);
+    if (S16) {
+        r.sc[0] = (uint32_t)lds_s32(sc), r.sc[1] = (uint32_t)lds_s32(sc + 32);
+    } else {
+        const uint2 v0 = lds_v2(sc), v1 = lds_v2(sc + 64);
+        r.sc[0] = v0.x, r.sc[1] = v0.y, r.sc[2] = v1.x, r.sc[3] = v1.y;
+    }
+}
+
+template <int NT, bool S16, bool IS, int S>
+__global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
+    typedef DecRing<NT, S16> R;
+    extern __shared__ __align__(16) uint8_t dsm[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint8_t *wsm = dsm + warp * R::warp_bytes(S), *tile_b = wsm + S * R::BYTES;
+    zero_tiles(tile_b, 1, lane);
+    SkWarp sw;
+    if (!sk_warp<NT>(a, lane, warp, sw)) return;
+    /* (not bound as in k_sq_dec: C++17 lambdas cannot capture bindings) */
+    const unsigned i0 = sw.i0, i1 = sw.i1, ng = sw.ng;
+    const uint32_t tvalid = sw.tvalid;
+    const uint4 *const xrow = sw.xrow;
+    const long xst = sw.xst;
+    const uint32_t ring = (uint32_t)__cvta_generic_to_shared(wsm);
+    /* the load stream: next item lit, its unit lu, its group's fragments lx */
+    const uint8_t *lu = a.w + (size_t)i0 * R::UB;
+    unsigned lit = i0, lgrp = i0 % ng;
+    const uint4 *lx = xrow + lgrp * 4;
+    const auto load_next = [&](uint32_t st) {
+        if (lit < i1) {
+            dec_stage<NT, S16>(st, lu, lx, xst, tvalid, lane);
+            lit++, lu += R::UB, lx += 4;
+            if (++lgrp == ng) lgrp = 0, lx = xrow;
+        } else {
+            cp_async_commit(); /* an empty group: the wait below counts groups */
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < S; s++) load_next(ring + s * R::BYTES);
+    float acc[NT][4];
+    int iacc[NT][4]; /* IS: the INT32 sums of the tile so far */
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+        iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
+    }
+    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0, slot = 0;
+    for (;;) {
+        cp_async_wait<S - 1>();
+        __syncwarp();
+        const uint32_t st = ring + slot * R::BYTES, bs = st + R::UB + 16 * lane;
+        Raw<4, 4, S16> cur[1];
+        lds_unit<S16>(cur[0], st, lane);
+        const auto bload = [&](int t, int) { return (tvalid >> t) & 1 ? lds_v4(bs + t * 512) : make_uint4(0, 0, 0, 0); };
+        if constexpr (IS)
+            do_group_is<NT>(iacc, cur, it, tile_b, a, bload, lane);
+        else
+            do_group<NT, 4, 1, 4, S16, false>(acc, cur, it, tile_b, a, bload, lane);
+        /* every lane read its weights from the slot before the scatter's
+         * __syncwarp, and its own fragments before its mma: refill it */
+        load_next(st);
+        slot = slot + 1 == S ? 0 : slot + 1;
+        it++;
+        if (++grp == ng || it == i1) {
+            if constexpr (IS) is_to_float<NT>(iacc, acc, a, tile, lane);
+            sk_flush<NT>(acc, a, tile, ts, it, sw.w, lane);
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+                iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
+            }
+            tile++, grp = 0, ts = it;
+        }
+        if (it == i1) break;
+    }
+    cp_async_wait<0>();
+}
+
 /* prefill (fast layout): one warp per 16-row tile x 128 tokens, tpb warps a
  * block sharing the token chunk's fragment-order activations through L1 */
 template <bool S16>
@@ -273,8 +399,9 @@ __global__ void __launch_bounds__(256, 1) k_sq_pre(MmArgs a) {
     for (int t = 0; t < 16; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
     for (unsigned grp = 0; grp < ng; grp++) {
         if (grp + 1 < ng) load_group<4, 1, 4, S16>(c1, i0 + grp + 1, a, lp);
-        do_group<16, 4, 1, 4, S16, false, false>(acc, c0, i0 + grp, wsm + (grp & 1) * SQ_TILE, a, xb + grp * 32, xst, 32, 0xFFFFu,
-                                                 nullptr, lane);
+        const uint4 *bsrc = xb + grp * 32;
+        do_group<16, 4, 1, 4, S16, false>(acc, c0, i0 + grp, wsm + (grp & 1) * SQ_TILE, a,
+                                          [&](int t, int) { return __ldg(bsrc + t * xst); }, lane);
         c0[0] = c1[0];
     }
     store_y(acc, a, tile, tok0, lane);
@@ -317,15 +444,49 @@ int kc_sk_scratch(size_t part_bytes, long ntiles, MmArgs *a) {
 template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool IS = false>
 static int launch_decode(const kc_sq *w, MmArgs a) {
     static int occ;
-    return kc_sk_launch<NT>(k_sq_dec<NT, LOBITS, SPG, S2C, S16, IS>, &occ, "k_sq_dec", w, a);
+    return kc_sk_launch<NT>(k_sq_dec<NT, LOBITS, SPG, S2C, S16, IS>, &occ, "k_sq_dec", w, a, 0);
+}
+
+/* Stages of k_sq_dec_st's ring, 0 for k_sq_dec (registers) on the fast
+ * layout too: KC_SQ_DEC_STAGES or kc_sq_set_dec_stages (2..4). */
+static long g_dec_stages = -1;
+extern "C" long kc_sq_dec_stages(void) {
+    const long s = kc_threshold(&g_dec_stages, "KC_SQ_DEC_STAGES", 3);
+    return s == 0 ? 0 : s < 2 ? 2 : s > 4 ? 4 : s;
+}
+extern "C" void kc_sq_set_dec_stages(long s) { g_dec_stages = s; }
+
+template <int NT, bool S16, bool IS, int S>
+static int launch_st(const kc_sq *w, MmArgs a) {
+    static int occ;
+    return kc_sk_launch<NT>(k_sq_dec_st<NT, S16, IS, S>, &occ, "k_sq_dec_st", w, a,
+                            4 * DecRing<NT, S16>::warp_bytes(S));
+}
+
+/* the fast layout from 9 tokens: staged when kc_sq_dec_stages() says so.
+ * On the H200 (bench_gemm --stages, eleventh session) the ring takes
+ * 0.56-0.80x k_sq_dec's time on every 8B and 70B shape at 9..64 tokens with
+ * free half scales (8B qkv and o at 9..16: 0.93-1.01x), 0.90-0.99x with
+ * the INT32 kernel; 2, 3 and 4 stages within a few % of each other. */
+template <int NT, bool S16, bool IS>
+static int dispatch_st(const kc_sq *w, const MmArgs &a) {
+    switch (kc_sq_dec_stages()) {
+    case 2: return launch_st<NT, S16, IS, 2>(w, a);
+    case 3: return launch_st<NT, S16, IS, 3>(w, a);
+    case 4: return launch_st<NT, S16, IS, 4>(w, a);
+    default: return launch_decode<NT, 4, 1, 4, S16, IS>(w, a);
+    }
 }
 
 template <int LOBITS, int SPG, int S2C, bool S16>
 static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     if (a.m <= 8) return launch_decode<1, LOBITS, SPG, S2C, S16>(w, a);
-    if (S2C == 4 && a.m <= 16) return launch_decode<2, LOBITS, SPG, S2C, S16>(w, a);
-    if (S2C == 4 && a.m <= 32) return launch_decode<4, LOBITS, SPG, S2C, S16>(w, a);
-    return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a);
+    if constexpr (LOBITS == 4 && SPG == 1 && S2C == 4) {
+        if (a.m <= 16) return dispatch_st<2, S16, false>(w, a);
+        if (a.m <= 32) return dispatch_st<4, S16, false>(w, a);
+        return dispatch_st<8, S16, false>(w, a);
+    }
+    return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a); /* other layouts: eight n-tiles, run-time slots */
 }
 
 /* integer bank scales on the explicit fast layout: k_sq_dec with one INT8
@@ -346,8 +507,8 @@ extern "C" long kc_sq_isdec_min(void) { return kc_threshold(&g_isdec_min, "KC_SQ
 extern "C" void kc_sq_set_isdec_min(long m) { g_isdec_min = m; }
 
 static int dispatch_is(const kc_sq *w, const MmArgs &a) {
-    if (a.m <= 32) return launch_decode<4, 4, 1, 4, true, true>(w, a);
-    return launch_decode<8, 4, 1, 4, true, true>(w, a);
+    if (a.m <= 32) return dispatch_st<4, true, true>(w, a);
+    return dispatch_st<8, true, true>(w, a);
 }
 
 /* prefill scratch: the fragment-order activations (never freed, as above) */

@@ -112,11 +112,15 @@ __device__ __forceinline__ bool sk_warp(const MmArgs &a, int lane, int warp, SkW
 int kc_sk_scratch(size_t part_bytes, long ntiles, MmArgs *a);
 
 /* One decode launch of a stream-k kernel: one full wave of warps (4 a
- * block, *occ blocks an SM, found once per kernel), each at least 4 groups
- * long; beyond NT x 8 tokens (generic shapes) in chunks. */
+ * block, *occ blocks an SM, found once per kernel, with smem bytes of
+ * dynamic shared memory a block), each at least 4 groups long; beyond NT x
+ * 8 tokens (generic shapes) in chunks. */
 template <int NT>
-int kc_sk_launch(void (*kern)(MmArgs), int *occ, const char *name, const kc_sq *w, MmArgs a) {
-    if (!*occ && (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(occ, kern, 128, 0),
+int kc_sk_launch(void (*kern)(MmArgs), int *occ, const char *name, const kc_sq *w, MmArgs a, size_t smem) {
+    if (!*occ && ((smem > 48 * 1024 &&
+                   kc_check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                            "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)")) ||
+                  kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(occ, kern, 128, smem),
                            "cudaOccupancyMaxActiveBlocksPerMultiprocessor") ||
                   *occ < 1))
         return -1;
@@ -128,7 +132,7 @@ int kc_sk_launch(void (*kern)(MmArgs), int *occ, const char *name, const kc_sq *
     a.nw = W;
     for (long t0 = 0; t0 < a.m; t0 += NT * 8) {
         a.tok0 = t0;
-        kern<<<(unsigned)((W + 3) / 4), 128, 0, KC_STREAM>>>(a);
+        kern<<<(unsigned)((W + 3) / 4), 128, smem, KC_STREAM>>>(a);
         if (kc_check_launch(name)) return -1;
     }
     return 0;

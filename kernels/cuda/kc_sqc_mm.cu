@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(256, 1) k_sqc_pre(MmArgs a) {
 template <int NT, bool S16, int DEPTH, int MINB>
 static int launch_decode_c(const kc_sq *w, MmArgs a) {
     static int occ;
-    return kc_sk_launch<NT>(k_sqc_dec<NT, S16, DEPTH, MINB>, &occ, "k_sqc_dec", w, a);
+    return kc_sk_launch<NT>(k_sqc_dec<NT, S16, DEPTH, MINB>, &occ, "k_sqc_dec", w, a, 0);
 }
 
 /* decode variants for M <= 16, for measurements (KC_SQ_DEC in the environment):
@@ -292,7 +292,7 @@ static int g_dec_variant = -2;
 template <int NT, bool S16, int MINB>
 static int launch_decode_c2(const kc_sq *w, MmArgs a) {
     static int occ;
-    return kc_sk_launch<NT>(k_sqc_dec2<NT, S16, MINB>, &occ, "k_sqc_dec2", w, a);
+    return kc_sk_launch<NT>(k_sqc_dec2<NT, S16, MINB>, &occ, "k_sqc_dec2", w, a, 0);
 }
 
 template <bool S16>

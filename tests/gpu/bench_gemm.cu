@@ -2,8 +2,9 @@
  * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
- *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --isdec | --baselines]
+ *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --isdec | --stages | --baselines]
  * (--isdec: the fused decode kernels on integer bank scales, INT32 sums against the float combination)
+ * (--stages: the stream-k decode kernel from 9 tokens, loads into registers against a ring of 2..4 stages)
  * (--twostep: the many-token paths by M, the INT8 path of integer bank scales included)
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
@@ -440,6 +441,55 @@ static int isdec_table(double bw, const char *only_shape, long only_m) {
     return 0;
 }
 
+/* --stages: the fast layout's stream-k decode kernel from 9 tokens, its
+ * weights and activations loaded into registers (k_sq_dec,
+ * kc_sq_set_dec_stages(0)) against a ring of 2, 3 and 4 stages in shared
+ * memory (k_sq_dec_st), on a free-half-scale matrix and (the INT32 kernel
+ * from kc_sq_isdec_min() tokens, the float combination below) an
+ * integer-bank-scale one; the dp4a, INT8 and two-step paths kept out. */
+static int stages_table(double bw, const char *only_shape, long only_m) {
+    const DShape shapes[] = {{"8B qkv", 6144, 4096, 1, {0}},  {"8B o", 4096, 4096, 1, {0}},
+                             {"8B gate_up", 28672, 4096, 1, {0}}, {"8B down", 4096, 14336, 1, {0}},
+                             {"70B qkv", 10240, 8192, 1, {0}}, {"70B o", 8192, 8192, 1, {0}},
+                             {"70B gate_up", 57344, 8192, 1, {0}}, {"70B down", 8192, 28672, 1, {0}}};
+    const long Ms[] = {3, 8, 9, 16, 32, 48, 64}, MMAX = 64;
+    const long st[] = {0, 2, 3, 4};
+    printf("| shape (N x K) | M | scales | registers us | 2 stages us | 3 stages us | 4 stages us | best %%copy | "
+           "best / registers |\n|---|---|---|---|---|---|---|---|---|\n");
+    kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0);
+    for (const DShape &sh : shapes) {
+        if (only_shape && strcmp(only_shape, sh.name)) continue;
+        const long N = sh.N, K = sh.K;
+        kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 77, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT);
+        kc_sq_t *sqi = kc_sq_random_ex(N, K, 4, 64, 8, 78, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+        if (!sqh || !sqi) {
+            fprintf(stderr, "bench_gemm: %s\n", kc_error());
+            return 2;
+        }
+        GemmBufs b(N, K, MMAX, 41);
+        for (long M : Ms) {
+            if (only_m && M != only_m) continue;
+            for (int q = 0; q < 2; q++) {
+                kc_sq_t *w = q ? sqi : sqh;
+                double t[4];
+                for (int i = 0; i < 4; i++) {
+                    kc_sq_set_dec_stages(st[i]);
+                    t[i] = time_us([&] { KC(kc_sq_matmul(w, b.xi, b.sx, M, b.ys)); });
+                }
+                const double best = std::min(std::min(t[1], t[2]), t[3]);
+                const double by = kc_sq_bytes(w) + (double)M * K + M * 4 + (double)M * N * 4;
+                printf("| %s %ldx%ld | %ld | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", sh.name, N, K, M,
+                       q ? "integer" : "half", t[0], t[1], t[2], t[3], 100 * by / best * 1e-6 / bw, best / t[0]);
+                fflush(stdout);
+            }
+        }
+        kc_sq_free(sqh), kc_sq_free(sqi);
+    }
+    kc_sq_set_dec_stages(-1), kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
+    printf("\ndefault stages (kc_sq_dec_stages): %ld\n", kc_sq_dec_stages());
+    return 0;
+}
+
 /* --baselines: the formats of the paper's comparison, each on its own
  * kernels by the product's default path: SQ 8/4 b64 s0.875 (half scales),
  * W4A8 (int4 g64, half scales) and W8A8 (int8, a scale a row) from
@@ -488,7 +538,7 @@ static int baselines_table(double bw, const char *only_shape, const float *d_one
 }
 
 int main(int argc, char **argv) {
-    int quick = 0, decode = 0, twostep = 0, baselines = 0, isdec = 0;
+    int quick = 0, decode = 0, twostep = 0, baselines = 0, isdec = 0, stages = 0;
     const char *only_shape = NULL;
     long only_m = 0;
     for (int i = 1; i < argc; i++) {
@@ -500,6 +550,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--twostep")) twostep = 1;
         else if (!strcmp(argv[i], "--baselines")) baselines = 1;
         else if (!strcmp(argv[i], "--isdec")) isdec = 1;
+        else if (!strcmp(argv[i], "--stages")) stages = 1;
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -540,6 +591,7 @@ int main(int argc, char **argv) {
     const long Ms[] = {1, 16, 128, 1024, 4096};
     if (decode) return decode_table(bw, only_shape, only_m);
     if (isdec) return isdec_table(bw, only_shape, only_m);
+    if (stages) return stages_table(bw, only_shape, only_m);
     const int nshape = quick && !only_shape ? 4 : 8, nM = 5;
     const long MMAX = 4096;
 

@@ -740,6 +740,34 @@ int main(int argc, char **argv) {
         kc_sq_set_i8_min(-1);
     }
 
+    /* the fast layout's stream-k decode kernel from 3 tokens: every run
+     * above took its default ring of stages (k_sq_dec_st); here the kernel
+     * that loads into registers (k_sq_dec, 0 stages) and the other ring
+     * depths, float, half and integer bank scales (the INT32 kernel from 33
+     * tokens), rows split over warps, fused parts, a generic token chunk */
+    {
+        static const long st[] = {0, 2, 4};
+        static const long md[] = {3, 8, 9, 16, 17, 24, 32, 33, 48, 64, 65}, mdq[] = {3, 9, 17, 33, 64};
+        static const long qkv[] = {64, 32, 37};
+        kc_sq_set_i8_min(0);
+        for (int i = 0; i < 3; i++) {
+            kc_sq_set_dec_stages(st[i]);
+            printf("-- 3..65 tokens, explicit layout: %s (kc_sq_dec_stages %ld)\n",
+                   st[i] ? "k_sq_dec_st, weights and activations staged" : "k_sq_dec, loads into registers",
+                   kc_sq_dec_stages());
+            test_shape_ex(8, 4, 64, 8, quick ? 37 : 301, quick ? 3 : 9, quick ? mdq : md, quick ? 5 : 11,
+                          KC_SQ_NO_COMPACT);
+            test_random(4, 64, 8, 45, 64 * 7, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, quick ? mdq : md, quick ? 5 : 11);
+            test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mdq : md,
+                        quick ? 5 : 11);
+            g_upload_flags = KC_SQ_NO_COMPACT;
+            test_fuse(qkv, 3, KC_SQ_F16_SCALES, mdq, quick ? 3 : 5);
+            g_upload_flags = 0;
+        }
+        kc_sq_set_dec_stages(-1);
+        kc_sq_set_i8_min(-1);
+    }
+
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
     verdict(bad == NULL && strstr(kc_error(), "not supported") != NULL, "unsupported shape is refused with a message");
