@@ -307,11 +307,11 @@ void kc_sq_set_twostep_min(long m); /* < 0: back to the default */
 long kc_sq_i8_min(void);
 void kc_sq_set_i8_min(long m); /* < 0: back to the default */
 int kc_sq_iscale(const kc_sq_t *w);
-/* Below that, from kc_sq_isdec_min() tokens to 64, they run the fused decode
- * kernel with INT32 sums over the row (kc_sq_mm.cu); KC_SQ_ISDEC or
- * kc_sq_set_isdec_min overrides the measured start, 0 keeps the float
- * combination. */
-long kc_sq_isdec_min(void);
+/* Below that, from kc_sq_isdec_min(w) tokens to 64, they run the fused
+ * decode kernel with INT32 sums over the row (kc_sq_mm.cu; the measured
+ * start depends on the matrix's size); KC_SQ_ISDEC or kc_sq_set_isdec_min
+ * overrides it for every matrix, 0 keeps the float combination. */
+long kc_sq_isdec_min(const kc_sq_t *w);
 void kc_sq_set_isdec_min(long m); /* < 0: back to the default */
 /* From 9 tokens the fast layout's stream-k decode kernel copies each item
  * (weight unit and activations) with cp.async into a ring of this many

@@ -106,6 +106,14 @@ __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, 
     }
 }
 
+/* 1 / x to within an ulp or two (one MUFU.RCP; __frcp_rn adds a slow path
+ * with a branch) */
+__device__ __forceinline__ float rcp_approx(float x) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
 /* 4 offset-binary low codes u = c + 8 (a byte each) as the INT8 weights
  * k c in the same bytes: in 16-bit lanes u k + 256 - 8 k = 256 + k c stays
  * within [129, 383] for |k c| <= 127, so no carry crosses a lane, and the
@@ -136,8 +144,8 @@ __device__ __forceinline__ void do_group_is(int (&iacc)[NT][4], const Raw<4, 4, 
      * product with the rounded reciprocal is within 2^-22 of it */
     const float sl0 = half_lo(cur[0].sc[0]), sh0 = half_hi(cur[0].sc[0]);
     const float sl1 = half_lo(cur[0].sc[1]), sh1 = half_hi(cur[0].sc[1]);
-    const uint32_t k0 = sh0 != 0.0f ? (uint32_t)__float2int_rn(sl0 * __frcp_rn(sh0)) : 0u;
-    const uint32_t k1 = sh1 != 0.0f ? (uint32_t)__float2int_rn(sl1 * __frcp_rn(sh1)) : 0u;
+    const uint32_t k0 = sh0 != 0.0f ? (uint32_t)__float2int_rn(sl0 * rcp_approx(sh0)) : 0u;
+    const uint32_t k1 = sh1 != 0.0f ? (uint32_t)__float2int_rn(sl1 * rcp_approx(sh1)) : 0u;
     const uint32_t c0 = (256u - 8u * k0) * 0x10001u, c1 = (256u - 8u * k1) * 0x10001u;
     const int z[4] = {0, 0, 0, 0};
     uint32_t A[8];
@@ -277,17 +285,16 @@ struct DecRing {
     static constexpr __host__ __device__ size_t warp_bytes(int S) { return (size_t)S * BYTES + SQ_TILE; }
 };
 
-/* one item into the stage at st (one cp.async group): the unit at u, the
- * lane's B fragment of n-tile t at xg + t * xst where its token is valid */
+/* one item into the stage at st (one cp.async group): the unit at u (the
+ * lane's first chunk), the lane's B fragment of n-tile t at xg + xo[t] */
 template <int NT, bool S16>
-__device__ __forceinline__ void dec_stage(uint32_t st, const uint8_t *u, const uint4 *xg, long xst, uint32_t tvalid,
+__device__ __forceinline__ void dec_stage(uint32_t st, const uint8_t *u, const uint8_t *xg, const uint32_t (&xo)[NT],
                                           int lane) {
     constexpr int UB = DecRing<NT, S16>::UB;
-    cp_async16(st + 16 * lane, u + 16 * lane);
-    if (lane < UB / 16 - 32) cp_async16(st + 512 + 16 * lane, u + 512 + 16 * lane);
+    cp_async16(st + 16 * lane, u);
+    if (lane < UB / 16 - 32) cp_async16(st + 512 + 16 * lane, u + 512);
 #pragma unroll
-    for (int t = 0; t < NT; t++)
-        if ((tvalid >> t) & 1) cp_async16(st + UB + t * 512 + 16 * lane, xg + t * xst);
+    for (int t = 0; t < NT; t++) cp_async16(st + UB + t * 512 + 16 * lane, xg + xo[t]);
     cp_async_commit();
 }
 
@@ -318,18 +325,30 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
     if (!sk_warp<NT>(a, lane, warp, sw)) return;
     /* (not bound as in k_sq_dec: C++17 lambdas cannot capture bindings) */
     const unsigned i0 = sw.i0, i1 = sw.i1, ng = sw.ng;
-    const uint32_t tvalid = sw.tvalid;
-    const uint4 *const xrow = sw.xrow;
-    const long xst = sw.xst;
     const uint32_t ring = (uint32_t)__cvta_generic_to_shared(wsm);
-    /* the load stream: next item lit, its unit lu, its group's fragments lx */
-    const uint8_t *lu = a.w + (size_t)i0 * R::UB;
+    /* The lane's activation rows: token tok0 + 8 t + g of n-tile t, or where
+     * that is past the end, n-tile 0's row of the lane (any bytes would do:
+     * a B column feeds only its own token's outputs, which store_y drops),
+     * so neither the copies nor the mma need a predicate. Not one row for
+     * all such lanes: copies of one address by many lanes took 1.1-1.5x
+     * the time at 9 and 48 tokens; nor a predicate a copy (warp-uniform,
+     * on the n-tiles that hold no token): 4-12 % slower with all valid. */
+    const uint8_t *const xrow = (const uint8_t *)a.qx + 16 * (lane & 3);
+    uint32_t xo[NT]; /* < 2^32: at most 64 tokens (sq_matmul) of k < 2^26 bytes */
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const long tok = a.tok0 + 8 * t + (lane >> 2);
+        const long tok_0 = a.tok0 + (lane >> 2);
+        xo[t] = (uint32_t)((tok < a.m ? tok : tok_0 < a.m ? tok_0 : a.m - 1) * a.k);
+    }
+    /* the load stream: next item lit, its unit lu (the lane's chunk), its group's columns lx */
+    const uint8_t *lu = a.w + (size_t)i0 * R::UB + 16 * lane;
     unsigned lit = i0, lgrp = i0 % ng;
-    const uint4 *lx = xrow + lgrp * 4;
+    const uint8_t *lx = xrow + lgrp * 64;
     const auto load_next = [&](uint32_t st) {
         if (lit < i1) {
-            dec_stage<NT, S16>(st, lu, lx, xst, tvalid, lane);
-            lit++, lu += R::UB, lx += 4;
+            dec_stage<NT, S16>(st, lu, lx, xo, lane);
+            lit++, lu += R::UB, lx += 64;
             if (++lgrp == ng) lgrp = 0, lx = xrow;
         } else {
             cp_async_commit(); /* an empty group: the wait below counts groups */
@@ -351,7 +370,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
         const uint32_t st = ring + slot * R::BYTES, bs = st + R::UB + 16 * lane;
         Raw<4, 4, S16> cur[1];
         lds_unit<S16>(cur[0], st, lane);
-        const auto bload = [&](int t, int) { return (tvalid >> t) & 1 ? lds_v4(bs + t * 512) : make_uint4(0, 0, 0, 0); };
+        const auto bload = [&](int t, int) { return lds_v4(bs + t * 512); };
         if constexpr (IS)
             do_group_is<NT>(iacc, cur, it, tile_b, a, bload, lane);
         else
@@ -489,21 +508,28 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
     return launch_decode<8, LOBITS, SPG, S2C, S16>(w, a); /* other layouts: eight n-tiles, run-time slots */
 }
 
-/* integer bank scales on the explicit fast layout: k_sq_dec with one INT8
- * A fragment a group and INT32 sums over the row (do_group_is) from
- * kc_sq_isdec_min() tokens to 64; KC_SQ_ISDEC=N moves the start to N tokens
- * (N <= 32: four n-tiles; 1 and 2 tokens stay on the dp4a kernel; before
- * the tenth session the variable was on/off, 1 meaning from 17), 0 or N >
- * 64 keeps the float combination (measurements).
- * On the H200 (bench_gemm --isdec, docs/perf-gpu.md, tenth session) it
- * takes 0.57-0.79x the float kernel's time at 48 and 64 tokens on every
- * 8B and 70B shape but 1.17-1.33x at 32 (four n-tiles, where the float
- * kernel is at its best; the two-chain version lost there too, 1.05-1.13x):
- * it starts at 33, eight n-tiles. End to end, against the two-chain version
- * from 17: 8B batch 32 1.06x and 70B 1.10x (the float kernel), batch 64
- * 1.03x and 1.05x. */
+/* integer bank scales on the explicit fast layout: the decode kernel with
+ * one INT8 A fragment a group and INT32 sums over the row (do_group_is)
+ * from kc_sq_isdec_min(w) tokens to 64; KC_SQ_ISDEC=N or
+ * kc_sq_set_isdec_min moves the start to N tokens for every matrix (N <=
+ * 32: four n-tiles; 1 and 2 tokens stay on the dp4a kernel), 0 or N > 64
+ * keeps the float combination (measurements).
+ * On the H200 (bench_gemm --isdec, docs/perf-gpu.md): in the tenth session
+ * (registers) it took 0.57-0.79x the float kernel's time at 48 and 64
+ * tokens but 1.17-1.33x at 32, so it started at 33. With the ring of
+ * stages and one MUFU.RCP for k_g (eleventh session) at 32 tokens it takes
+ * 0.91-0.96x on the 70B qkv, gate_up and down matrices (80 M weights and
+ * more), 1.01-1.34x on the smaller ones: it starts at 17 there, 33 on the
+ * rest. */
 static long g_isdec_min = -1;
-extern "C" long kc_sq_isdec_min(void) { return kc_threshold(&g_isdec_min, "KC_SQ_ISDEC", 33); }
+extern "C" long kc_sq_isdec_min(const kc_sq_t *w) {
+    if (g_isdec_min < 0) {
+        const char *e = getenv("KC_SQ_ISDEC");
+        if (e && *e) g_isdec_min = atol(e) < 0 ? 0 : atol(e);
+    }
+    if (g_isdec_min >= 0) return g_isdec_min;
+    return (double)w->n * w->k >= 8e7 ? 17 : 33;
+}
 extern "C" void kc_sq_set_isdec_min(long m) { g_isdec_min = m; }
 
 static int dispatch_is(const kc_sq *w, const MmArgs &a) {
@@ -562,7 +588,10 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
     if (w->compact) return kc_sqc_matmul(w, a); /* kc_sqc_mm.cu */
     if (is_fast(w)) {
         if (m > 64) return w->s16 ? launch_prefill<true>(w, a) : launch_prefill<false>(w, a);
-        if (w->iscale && w->s16 && kc_sq_isdec_min() > 0 && m >= kc_sq_isdec_min()) return dispatch_is(w, a);
+        if (w->iscale && w->s16) {
+            const long is0 = kc_sq_isdec_min(w);
+            if (is0 > 0 && m >= is0) return dispatch_is(w, a);
+        }
         return w->s16 ? dispatch_nt<4, 1, 4, true>(w, a) : dispatch_nt<4, 1, 4, false>(w, a);
     }
     if (w->lobits == 4)

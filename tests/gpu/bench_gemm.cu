@@ -437,7 +437,8 @@ static int isdec_table(double bw, const char *only_shape, long only_m) {
         kc_sq_free(sqh), kc_sq_free(sqi);
     }
     kc_sq_set_isdec_min(-1), kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
-    printf("\ndefault start of the INT32 kernel (kc_sq_isdec_min): M >= %ld\n", kc_sq_isdec_min());
+    printf("\ndefault start of the INT32 kernel (kc_sq_isdec_min): M >= 17 on matrices of 80 M weights or more, "
+           "M >= 33 on the others\n");
     return 0;
 }
 
@@ -445,14 +446,14 @@ static int isdec_table(double bw, const char *only_shape, long only_m) {
  * weights and activations loaded into registers (k_sq_dec,
  * kc_sq_set_dec_stages(0)) against a ring of 2, 3 and 4 stages in shared
  * memory (k_sq_dec_st), on a free-half-scale matrix and (the INT32 kernel
- * from kc_sq_isdec_min() tokens, the float combination below) an
+ * from kc_sq_isdec_min(w) tokens, the float combination below) an
  * integer-bank-scale one; the dp4a, INT8 and two-step paths kept out. */
 static int stages_table(double bw, const char *only_shape, long only_m) {
     const DShape shapes[] = {{"8B qkv", 6144, 4096, 1, {0}},  {"8B o", 4096, 4096, 1, {0}},
                              {"8B gate_up", 28672, 4096, 1, {0}}, {"8B down", 4096, 14336, 1, {0}},
                              {"70B qkv", 10240, 8192, 1, {0}}, {"70B o", 8192, 8192, 1, {0}},
                              {"70B gate_up", 57344, 8192, 1, {0}}, {"70B down", 8192, 28672, 1, {0}}};
-    const long Ms[] = {3, 8, 9, 16, 32, 48, 64}, MMAX = 64;
+    const long Ms[] = {9, 16, 32, 48, 64}, MMAX = 64;
     const long st[] = {0, 2, 3, 4};
     printf("| shape (N x K) | M | scales | registers us | 2 stages us | 3 stages us | 4 stages us | best %%copy | "
            "best / registers |\n|---|---|---|---|---|---|---|---|---|\n");

@@ -718,7 +718,7 @@ int main(int argc, char **argv) {
         }
         /* with the path off, the same matrices take the fused kernels: on the
          * explicit layout the float combination up to 32 tokens and from 33
-         * the INT32 k_sq_dec (do_group_is, kc_sq_isdec_min), the stream-k
+         * the INT32 kernel (do_group_is, kc_sq_isdec_min), the stream-k
          * splits of a long row; the compact layout's float combination */
         kc_sq_set_i8_min(0);
         static const long mis[] = {5, 9, 16, 17, 24, 32, 33, 48, 64}, misq[] = {9, 17, 33, 64};
@@ -737,6 +737,15 @@ int main(int argc, char **argv) {
         test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 3 : 6);
         test_random(3, 64, 8, 29, 64 * 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 2 : 6);
         kc_sq_set_isdec_min(-1);
+        { /* the measured default start: 17 tokens from 80 M weights, else 33 */
+            kc_sq_t *big = kc_sq_random_ex(8192, 10240, 4, 64, 8, 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+            kc_sq_t *small = kc_sq_random_ex(8192, 8192, 4, 64, 8, 6, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+            char what[120];
+            snprintf(what, sizeof what, "INT32 decode kernel from %ld tokens (8192x10240), %ld (8192x8192)",
+                     big ? kc_sq_isdec_min(big) : -1L, small ? kc_sq_isdec_min(small) : -1L);
+            verdict(big && small && kc_sq_isdec_min(big) == 17 && kc_sq_isdec_min(small) == 33, what);
+            kc_sq_free(big), kc_sq_free(small);
+        }
         kc_sq_set_i8_min(-1);
     }
 
