@@ -89,27 +89,25 @@ __device__ __forceinline__ void mma_s8c(int (&d)[4], uint32_t a0, uint32_t a1, u
 }
 
 /* A fragments (index kc * 4 + reg) of the low codes from the lane's raw
- * words: as stored (offset-binary, c + 8 / c + 2; the caller subtracts
+ * words: as stored (offset-binary, u = c + 8 / c + 2; the caller subtracts
  * 8 / 2 times the activation sums with one more mma) or, SIGNED, as
- * two's complement bytes (xor the offset away, sign-extend with a
- * multiply-add: no carries cross bytes). */
+ * two's complement bytes: (u + 0x78) ^ 0x80 is c's byte (u + 0x78 <= 0x87,
+ * so no carry crosses a byte; 0x7E for 2-bit codes), two operations a
+ * word where xor, mask and a sign-extending multiply-add took three. */
 template <int LOBITS, bool SIGNED>
 HD void unpack_lo(const uint32_t *raw, uint32_t *A) {
     if (LOBITS == 4) {
         for (int q = 0; q < 4; q++) {
             const int kc = q >> 1, rh = q & 1;
             uint32_t v0 = raw[q] & 0x0F0F0F0Fu, v1 = (raw[q] >> 4) & 0x0F0F0F0Fu;
-            if (SIGNED) {
-                v0 ^= 0x08080808u, v1 ^= 0x08080808u;
-                v0 = (v0 & 0x08080808u) * 0x1Eu + v0, v1 = (v1 & 0x08080808u) * 0x1Eu + v1;
-            }
+            if (SIGNED) v0 = (v0 + 0x78787878u) ^ 0x80808080u, v1 = (v1 + 0x78787878u) ^ 0x80808080u;
             A[kc * 4 + rh] = v0, A[kc * 4 + 2 + rh] = v1;
         }
     } else {
         for (int p = 0; p < 2; p++)
             for (int c = 0; c < 4; c++) {
                 uint32_t v = (raw[p] >> (2 * c)) & 0x03030303u;
-                if (SIGNED) v ^= 0x02020202u, v = (v & 0x02020202u) * 0x7Eu + v;
+                if (SIGNED) v = (v + 0x7E7E7E7Eu) ^ 0x80808080u;
                 A[(c >> 1) * 4 + (c & 1) * 2 + p] = v;
             }
     }

@@ -298,14 +298,25 @@ __device__ __forceinline__ void dec_stage(uint32_t st, const uint8_t *u, const u
     cp_async_commit();
 }
 
-/* the lane's words of the unit staged at st (lane_ptrs' offsets) */
+/* The lane's words of the unit staged at stl - 16 lane (lane_ptrs'
+ * offsets): its low codes at stl, its slots at stl + osl, its rows' scales
+ * at stl + osc (the lane's offsets, computed once). */
 template <bool S16>
-__device__ __forceinline__ void lds_unit(Raw<4, 4, S16> &r, uint32_t st, int lane) {
-    typedef UG<4, 4, S16> G;
-    const uint4 v = lds_v4(st + 16 * lane);
-    const uint2 q = lds_v2(st + G::lo + 8 * lane);
+struct StOffs {
+    uint32_t osl, osc;
+    __device__ __forceinline__ explicit StOffs(int lane) {
+        typedef UG<4, 4, S16> G;
+        osl = G::lo + 8 * lane - 16 * lane;
+        osc = G::lo + G::sl + (lane >> 2) * (S16 ? 4 : 8) - 16 * lane;
+    }
+};
+
+template <bool S16>
+__device__ __forceinline__ void lds_unit(Raw<4, 4, S16> &r, uint32_t stl, const StOffs<S16> &o) {
+    const uint4 v = lds_v4(stl);
+    const uint2 q = lds_v2(stl + o.osl);
     r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w, r.sl[0] = q.x, r.sl[1] = q.y;
-    const uint32_t sc = st + G::lo + G::sl + (lane >> 2) * (S16 ? 4 : 8);
+    const uint32_t sc = stl + o.osc;
     if (S16) {
         r.sc[0] = (uint32_t)lds_s32(sc), r.sc[1] = (uint32_t)lds_s32(sc + 32);
     } else {
@@ -363,14 +374,19 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
         acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
         iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
     }
-    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0, slot = 0;
+    unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
+    /* the stage in use, rotated by its size (addresses advanced, not
+     * recomputed from a slot index: 20 instructions an item fewer) */
+    const uint32_t ring_l = ring + 16 * lane, ring_end = ring_l + S * R::BYTES;
+    const StOffs<S16> so(lane);
+    uint32_t stl = ring_l;
     for (;;) {
         cp_async_wait<S - 1>();
         __syncwarp();
-        const uint32_t st = ring + slot * R::BYTES, bs = st + R::UB + 16 * lane;
+        const uint32_t st = stl - 16 * lane;
         Raw<4, 4, S16> cur[1];
-        lds_unit<S16>(cur[0], st, lane);
-        const auto bload = [&](int t, int) { return lds_v4(bs + t * 512); };
+        lds_unit<S16>(cur[0], stl, so);
+        const auto bload = [&](int t, int) { return lds_v4(stl + R::UB + t * 512); };
         if constexpr (IS)
             do_group_is<NT>(iacc, cur, it, tile_b, a, bload, lane);
         else
@@ -378,7 +394,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
         /* every lane read its weights from the slot before the scatter's
          * __syncwarp, and its own fragments before its mma: refill it */
         load_next(st);
-        slot = slot + 1 == S ? 0 : slot + 1;
+        stl = stl + R::BYTES == ring_end ? ring_l : stl + R::BYTES;
         it++;
         if (++grp == ng || it == i1) {
             if constexpr (IS) is_to_float<NT>(iacc, acc, a, tile, lane);
