@@ -6,7 +6,7 @@
  *     split evenly over one full wave of warps (4 a block); each warp walks
  *     its contiguous range. On the fast layout (k_sq_dec_st) each item's
  *     weight unit and activations are copied by cp.async into a ring of
- *     stages in shared memory, two items ahead; the other layouts
+ *     stages in shared memory, S - 1 items ahead (two by default); the other layouts
  *     (k_sq_dec) load weight units (and for m <= 8 the activations) one or
  *     two groups ahead into registers, bypassing L1. A tile
  *     split between warps is finished by the last of them to arrive (an
@@ -54,7 +54,7 @@ __device__ __forceinline__ void group_frags(const Raw<LOBITS, S2C, S16> (&cur)[S
         __syncwarp();
         uint4 *h0p = (uint4 *)(tileb + hi_off(lane, 0)), *h1p = (uint4 *)(tileb + hi_off(lane, 1));
         const uint4 h0 = *h0p, h1 = *h1p, z = make_uint4(0, 0, 0, 0);
-        *h0p = z, *h1p = z; /* own bytes back to zero (next used two subgroups later) */
+        *h0p = z, *h1p = z; /* own bytes back to zero (the tile's next scatter comes after another __syncwarp) */
         Ahi[s][0] = h0.x, Ahi[s][1] = h0.y, Ahi[s][2] = h0.z, Ahi[s][3] = h0.w;
         Ahi[s][4] = h1.x, Ahi[s][5] = h1.y, Ahi[s][6] = h1.z, Ahi[s][7] = h1.w;
     }
@@ -175,6 +175,26 @@ __device__ __forceinline__ void is_to_float(const int (&iacc)[NT][4], float (&ac
         for (int e = 0; e < 4; e++) acc[t][e] = (e < 2 ? s0 : s1) * __int2float_rn(iacc[t][e]);
 }
 
+template <int NT>
+__device__ __forceinline__ void zero_sums(float (&acc)[NT][4], int (&iacc)[NT][4]) {
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+        iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
+    }
+}
+
+/* a decode warp's tile ends (its last group, or the end of its items at
+ * it): the sums go out (sk_flush) and restart for the next tile */
+template <int NT, bool IS>
+__device__ __forceinline__ void tile_end(float (&acc)[NT][4], int (&iacc)[NT][4], const MmArgs &a, unsigned &tile,
+                                         unsigned &grp, unsigned &ts, unsigned it, long w, int lane) {
+    if constexpr (IS) is_to_float<NT>(iacc, acc, a, tile, lane);
+    sk_flush<NT>(acc, a, tile, ts, it, w, lane);
+    zero_sums<NT>(acc, iacc);
+    tile++, grp = 0, ts = it;
+}
+
 /* decode: stream-k over (tile, group) items, 4 warps a block, weight units
  * loaded D groups ahead (D + 1 register sets, the loop unrolled by D + 1) */
 template <int NT, int LOBITS, int SPG, int S2C, bool S16, bool IS>
@@ -212,11 +232,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
     if (D == 2 && ++lgrp == ng) lgrp = 0;
     float acc[NT][4];
     int iacc[NT][4]; /* IS: the INT32 sums of the tile so far */
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-        iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
-    }
+    zero_sums<NT>(acc, iacc);
     unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
 #define SQ_STEP(C, L, BC, BL, TL)                                                                              \
     {                                                                                                      \
@@ -236,15 +252,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
                 do_group<NT, LOBITS, SPG, S2C, S16, OFFS>(acc, C, it, wsm + (TL) * SPG * SQ_TILE, a, bload, lane); \
         }                                                                                                  \
         it++;                                                                                              \
-        if (++grp == ng || it == i1) {                                                                     \
-            if constexpr (IS) is_to_float<NT>(iacc, acc, a, tile, lane);                                   \
-            sk_flush<NT>(acc, a, tile, ts, it, w, lane);                                                   \
-            _Pragma("unroll") for (int t = 0; t < NT; t++) {                                               \
-                acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;                                      \
-                iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;                                     \
-            }                                                                                              \
-            tile++, grp = 0, ts = it;                                                                      \
-        }                                                                                                  \
+        if (++grp == ng || it == i1) tile_end<NT, IS>(acc, iacc, a, tile, grp, ts, it, w, lane);          \
         if (it == i1) break;                                                                               \
     }
     if constexpr (D == 2) {
@@ -343,9 +351,12 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
      * so neither the copies nor the mma need a predicate. Not one row for
      * all such lanes: copies of one address by many lanes took 1.1-1.5x
      * the time at 9 and 48 tokens; nor a predicate a copy (warp-uniform,
-     * on the n-tiles that hold no token): 4-12 % slower with all valid. */
+     * on the n-tiles that hold no token): 4-12 % slower with all valid.
+     * (Where n-tile 0's row is past the end too, fewer than 8 tokens in
+     * the launch, the last token's row: only the tests take this kernel
+     * there, kc_sq_set_isdec_min(3).) */
     const uint8_t *const xrow = (const uint8_t *)a.qx + 16 * (lane & 3);
-    uint32_t xo[NT]; /* < 2^32: at most 64 tokens (sq_matmul) of k < 2^26 bytes */
+    uint32_t xo[NT]; /* < 2^32: at most 64 tokens of k < 2^26 bytes (sq_matmul checks both) */
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         const long tok = a.tok0 + 8 * t + (lane >> 2);
@@ -369,11 +380,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
     for (int s = 0; s < S; s++) load_next(ring + s * R::BYTES);
     float acc[NT][4];
     int iacc[NT][4]; /* IS: the INT32 sums of the tile so far */
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-        iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
-    }
+    zero_sums<NT>(acc, iacc);
     unsigned it = i0, tile = i0 / ng, grp = i0 % ng, ts = i0;
     /* the stage in use, rotated by its size (addresses advanced, not
      * recomputed from a slot index: 20 instructions an item fewer) */
@@ -396,16 +403,7 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec_st(MmArgs a) {
         load_next(st);
         stl = stl + R::BYTES == ring_end ? ring_l : stl + R::BYTES;
         it++;
-        if (++grp == ng || it == i1) {
-            if constexpr (IS) is_to_float<NT>(iacc, acc, a, tile, lane);
-            sk_flush<NT>(acc, a, tile, ts, it, sw.w, lane);
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-                iacc[t][0] = iacc[t][1] = iacc[t][2] = iacc[t][3] = 0;
-            }
-            tile++, grp = 0, ts = it;
-        }
+        if (++grp == ng || it == i1) tile_end<NT, IS>(acc, iacc, a, tile, grp, ts, it, sw.w, lane);
         if (it == i1) break;
     }
     cp_async_wait<0>();
@@ -533,20 +531,21 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
  * On the H200 (bench_gemm --isdec, docs/perf-gpu.md): in the tenth session
  * (registers) it took 0.57-0.79x the float kernel's time at 48 and 64
  * tokens but 1.17-1.33x at 32, so it started at 33. With the ring of
- * stages and one MUFU.RCP for k_g (eleventh session) at 32 tokens it takes
- * 0.91-0.96x on the 70B qkv, gate_up and down matrices (80 M weights and
- * more), 1.01-1.34x on the smaller ones: it starts at 17 there, 33 on the
- * rest. */
-static long g_isdec_min = -1;
+ * stages and one MUFU.RCP for k_g (eleventh session), INT32 / float time
+ * at 32 and 17 tokens: 70B qkv 0.94 and 1.02, gate_up 0.89 and 0.98, down
+ * 0.91 and 0.91, 8B gate_up 0.98 and 0.96 (the matrices of 80 M weights
+ * and more); 8B qkv 1.31, o 1.10, down 0.98, 70B o 1.00 at 32 tokens: it
+ * starts at 17 on the former, 33 on the rest. */
+static long g_isdec_min = -1; /* -1: not looked up; -2: per matrix (the default) */
 extern "C" long kc_sq_isdec_min(const kc_sq_t *w) {
-    if (g_isdec_min < 0) {
+    if (g_isdec_min == -1) {
         const char *e = getenv("KC_SQ_ISDEC");
-        if (e && *e) g_isdec_min = atol(e) < 0 ? 0 : atol(e);
+        g_isdec_min = e && *e ? (atol(e) < 0 ? 0 : atol(e)) : -2;
     }
     if (g_isdec_min >= 0) return g_isdec_min;
-    return (double)w->n * w->k >= 8e7 ? 17 : 33;
+    return w && (double)w->n * w->k >= 8e7 ? 17 : 33;
 }
-extern "C" void kc_sq_set_isdec_min(long m) { g_isdec_min = m; }
+extern "C" void kc_sq_set_isdec_min(long m) { g_isdec_min = m < 0 ? -1 : m; }
 
 static int dispatch_is(const kc_sq *w, const MmArgs &a) {
     if (a.m <= 32) return dispatch_st<4, true, true>(w, a);
@@ -591,8 +590,8 @@ static MmArgs mm_args(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, l
 static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y, float *const *parts) {
     if (m == 0) return 0;
     if (kc_sq_twostep_applies(w, m)) return kc_sq_twostep(w, d_qx, d_sx, m, d_y, parts); /* kc_sq_gemm.cu */
-    if ((m + 127) / 128 > 0x7fffffffL) {
-        kc_set_error("kc_sq_matmul: too many tokens (%ld)", m);
+    if ((m + 127) / 128 > 0x7fffffffL || w->k >= (1L << 26)) { /* (k: k_sq_dec_st's 32-bit row offsets) */
+        kc_set_error("kc_sq_matmul: too many tokens (%ld) or inputs (%ld)", m, w->k);
         return -1;
     }
     MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);

@@ -398,29 +398,37 @@ static int twostep_table(const char *only_shape, const float *d_one) {
     return 0;
 }
 
+/* the eight matrices of the 8B and 70B layers, unfused */
+static const DShape kPlainShapes[] = {{"8B qkv", 6144, 4096, 1, {0}},      {"8B o", 4096, 4096, 1, {0}},
+                                      {"8B gate_up", 28672, 4096, 1, {0}}, {"8B down", 4096, 14336, 1, {0}},
+                                      {"70B qkv", 10240, 8192, 1, {0}},    {"70B o", 8192, 8192, 1, {0}},
+                                      {"70B gate_up", 57344, 8192, 1, {0}}, {"70B down", 8192, 28672, 1, {0}}};
+
+/* an N x K random SQ 8/4 b64 matrix on the explicit layout with free half
+ * scales (*h) and one with integer bank scales (*i); 0, or -1 with the error printed */
+static int explicit_pair(long N, long K, kc_sq_t **h, kc_sq_t **i) {
+    *h = kc_sq_random_ex(N, K, 4, 64, 8, 77, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT);
+    *i = kc_sq_random_ex(N, K, 4, 64, 8, 78, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+    if (*h && *i) return 0;
+    fprintf(stderr, "bench_gemm: %s\n", kc_error());
+    return -1;
+}
+
 /* --isdec: the fused decode kernels (kc_sq_mm.cu's k_sq_dec) on integer bank
  * scales, M = 3..64: INT32 sums over the row (do_group_is,
  * kc_sq_set_isdec_min) against the float combination on the same matrix,
  * and the free-half-scale matrix beside them; the INT8 path and the dp4a
  * kernel kept out. The table kc_sq_isdec_min comes from. */
 static int isdec_table(double bw, const char *only_shape, long only_m) {
-    const DShape shapes[] = {{"8B qkv", 6144, 4096, 1, {0}},  {"8B o", 4096, 4096, 1, {0}},
-                             {"8B gate_up", 28672, 4096, 1, {0}}, {"8B down", 4096, 14336, 1, {0}},
-                             {"70B qkv", 10240, 8192, 1, {0}}, {"70B o", 8192, 8192, 1, {0}},
-                             {"70B gate_up", 57344, 8192, 1, {0}}, {"70B down", 8192, 28672, 1, {0}}};
     const long Ms[] = {3, 4, 8, 16, 17, 32, 48, 64}, MMAX = 64;
     printf("| shape (N x K) | M | free half scales us | integer scales, float combination us | "
            "integer scales, INT32 sums us | %%copy | INT32 / float |\n|---|---|---|---|---|---|---|\n");
     kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0);
-    for (const DShape &sh : shapes) {
+    for (const DShape &sh : kPlainShapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         const long N = sh.N, K = sh.K;
-        kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 77, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT);
-        kc_sq_t *sqi = kc_sq_random_ex(N, K, 4, 64, 8, 78, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
-        if (!sqh || !sqi) {
-            fprintf(stderr, "bench_gemm: %s\n", kc_error());
-            return 2;
-        }
+        kc_sq_t *sqh, *sqi;
+        if (explicit_pair(N, K, &sqh, &sqi)) return 2;
         GemmBufs b(N, K, MMAX, 41);
         for (long M : Ms) {
             if (only_m && M != only_m) continue;
@@ -437,8 +445,15 @@ static int isdec_table(double bw, const char *only_shape, long only_m) {
         kc_sq_free(sqh), kc_sq_free(sqi);
     }
     kc_sq_set_isdec_min(-1), kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
-    printf("\ndefault start of the INT32 kernel (kc_sq_isdec_min): M >= 17 on matrices of 80 M weights or more, "
-           "M >= 33 on the others\n");
+    {
+        kc_sq_t *sh, *sb; /* kc_sq_isdec_min of a small and a large matrix */
+        if (explicit_pair(64, 64, &sh, &sb)) return 2;
+        kc_sq_t *big = kc_sq_random_ex(8192, 10240, 4, 64, 8, 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+        if (!big) return 2;
+        printf("\ndefault start of the INT32 kernel (kc_sq_isdec_min): M >= %ld on 8192 x 10240, M >= %ld on 64 x 64\n",
+               kc_sq_isdec_min(big), kc_sq_isdec_min(sb));
+        kc_sq_free(sh), kc_sq_free(sb), kc_sq_free(big);
+    }
     return 0;
 }
 
@@ -449,24 +464,16 @@ static int isdec_table(double bw, const char *only_shape, long only_m) {
  * from kc_sq_isdec_min(w) tokens, the float combination below) an
  * integer-bank-scale one; the dp4a, INT8 and two-step paths kept out. */
 static int stages_table(double bw, const char *only_shape, long only_m) {
-    const DShape shapes[] = {{"8B qkv", 6144, 4096, 1, {0}},  {"8B o", 4096, 4096, 1, {0}},
-                             {"8B gate_up", 28672, 4096, 1, {0}}, {"8B down", 4096, 14336, 1, {0}},
-                             {"70B qkv", 10240, 8192, 1, {0}}, {"70B o", 8192, 8192, 1, {0}},
-                             {"70B gate_up", 57344, 8192, 1, {0}}, {"70B down", 8192, 28672, 1, {0}}};
     const long Ms[] = {9, 16, 32, 48, 64}, MMAX = 64;
     const long st[] = {0, 2, 3, 4};
     printf("| shape (N x K) | M | scales | registers us | 2 stages us | 3 stages us | 4 stages us | best %%copy | "
            "best / registers |\n|---|---|---|---|---|---|---|---|---|\n");
     kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0);
-    for (const DShape &sh : shapes) {
+    for (const DShape &sh : kPlainShapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         const long N = sh.N, K = sh.K;
-        kc_sq_t *sqh = kc_sq_random_ex(N, K, 4, 64, 8, 77, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT);
-        kc_sq_t *sqi = kc_sq_random_ex(N, K, 4, 64, 8, 78, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
-        if (!sqh || !sqi) {
-            fprintf(stderr, "bench_gemm: %s\n", kc_error());
-            return 2;
-        }
+        kc_sq_t *sqh, *sqi;
+        if (explicit_pair(N, K, &sqh, &sqi)) return 2;
         GemmBufs b(N, K, MMAX, 41);
         for (long M : Ms) {
             if (only_m && M != only_m) continue;

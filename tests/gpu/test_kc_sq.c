@@ -737,7 +737,7 @@ int main(int argc, char **argv) {
         test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 3 : 6);
         test_random(3, 64, 8, 29, 64 * 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 2 : 6);
         kc_sq_set_isdec_min(-1);
-        { /* the measured default start: 17 tokens from 80 M weights, else 33 */
+        if (!getenv("KC_SQ_ISDEC")) { /* the measured default start: 17 tokens from 80 M weights, else 33 */
             kc_sq_t *big = kc_sq_random_ex(8192, 10240, 4, 64, 8, 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
             kc_sq_t *small = kc_sq_random_ex(8192, 8192, 4, 64, 8, 6, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
             char what[120];
@@ -749,17 +749,22 @@ int main(int argc, char **argv) {
         kc_sq_set_i8_min(-1);
     }
 
-    /* the fast layout's stream-k decode kernel from 3 tokens: every run
-     * above took its default ring of stages (k_sq_dec_st); here the kernel
-     * that loads into registers (k_sq_dec, 0 stages) and the other ring
-     * depths, float, half and integer bank scales (the INT32 kernel from 33
-     * tokens), rows split over warps, fused parts, a generic token chunk */
+    /* the fast layout's stream-k decode kernel from 9 tokens (3..8: the
+     * one-n-tile k_sq_dec; 65: the prefill kernel): the runs above took its
+     * default ring of three stages (k_sq_dec_st); here the kernel that
+     * loads into registers (k_sq_dec, 0 stages) and every ring depth, float,
+     * half and integer bank scales (the INT32 kernel from 33 tokens, and
+     * from 3 with kc_sq_set_isdec_min), rows split over warps, fused parts,
+     * and a matrix of 16384 items, whose warps (at most one wave) walk more
+     * items than the ring holds: each stage refilled many times, across
+     * tile boundaries (the small matrices give a warp at most 4 items) */
     {
-        static const long st[] = {0, 2, 4};
+        static const long st[] = {0, 2, 3, 4};
         static const long md[] = {3, 8, 9, 16, 17, 24, 32, 33, 48, 64, 65}, mdq[] = {3, 9, 17, 33, 64};
+        static const long mlow[] = {3, 9, 17, 32}, mbig[] = {9, 33, 64}, mbigq[] = {33};
         static const long qkv[] = {64, 32, 37};
         kc_sq_set_i8_min(0);
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < 4; i++) {
             kc_sq_set_dec_stages(st[i]);
             printf("-- 3..65 tokens, explicit layout: %s (kc_sq_dec_stages %ld)\n",
                    st[i] ? "k_sq_dec_st, weights and activations staged" : "k_sq_dec, loads into registers",
@@ -772,6 +777,13 @@ int main(int argc, char **argv) {
             g_upload_flags = KC_SQ_NO_COMPACT;
             test_fuse(qkv, 3, KC_SQ_F16_SCALES, mdq, quick ? 3 : 5);
             g_upload_flags = 0;
+            test_random(4, 64, 8, 2048, 8192, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, quick ? mbigq : mbig,
+                        quick ? 1 : 3);
+            test_random(4, 64, 8, 2048, 8192, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mbigq : mbig,
+                        quick ? 1 : 3);
+            kc_sq_set_isdec_min(3);
+            test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mlow, quick ? 2 : 4);
+            kc_sq_set_isdec_min(-1);
         }
         kc_sq_set_dec_stages(-1);
         kc_sq_set_i8_min(-1);
