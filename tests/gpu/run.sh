@@ -12,7 +12,8 @@
 #    CPU, batching), perplexity GPU vs CPU (FP32 and SQ 8/4 A8) on
 #    WikiText-2, and `serve --device cuda` answering a completion
 # 4. benchmarks: bench_gemm (SQ vs cuBLAS BF16/FP8/INT8; --decode: the M <= 16
-#    kernels, dp4a against k_sq_dec), then
+#    kernels, dp4a against k_sq_dec; --stages / --isdec: the decode kernel
+#    from 9 tokens, registers against the ring, INT32 against float), then
 #    `bench --synthetic llama3-8b` end to end
 # A summary table is printed last; everything goes to RESULTS_FILE too.
 #
@@ -150,6 +151,11 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     "$GBIN/bench_gemm" --decode
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm_decode_explicit_regs env KC_SQ_COMPACT=0 KC_SQ_GEMV_STAGE=0 \
     "$GBIN/bench_gemm" --decode
+  # the stream-k decode kernel from 9 tokens: loads into registers against
+  # rings of 2..4 stages in shared memory (k_sq_dec_st), and integer bank
+  # scales' INT32 kernel against the float combination
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_stages "$GBIN/bench_gemm" --stages
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_isdec "$GBIN/bench_gemm" --isdec
   [ -x "$GBIN/test_kc_gguf" ] && step bench_gguf "$GBIN/test_kc_gguf" --bench
   step bench_synthetic "$BIN" bench --synthetic llama3-8b --device cuda --pp 2048 --batch 1024 --tg 32 -r 3 \
     --decode-batches 1,8,32,128
@@ -168,6 +174,9 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --device cuda --pp 0 --tg 32 -r 3 --decode-batches 1
   step bench_synthetic_explicit_regs env KC_SQ_COMPACT=0 KC_SQ_GEMV_STAGE=0 "$BIN" bench --synthetic llama3-8b \
     --device cuda --pp 0 --tg 32 -r 3 --decode-batches 1
+  # batched decode with the register decode kernel instead of the ring (k_sq_dec_st)
+  step bench_synthetic_dec_regs env KC_SQ_DEC_STAGES=0 "$BIN" bench --synthetic llama3-8b --device cuda \
+    --pp 0 --tg 32 -r 3 --decode-batches 16,32,64
   # decode at a filled context (each sequence's 2048-token prompt first): attention's share
   step bench_synthetic_depth "$BIN" bench --synthetic llama3-8b --device cuda --pp 0 --depth 2048 --tg 32 -r 2 \
     --decode-batches 1,8
@@ -179,6 +188,9 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --pp 0 --tg 32 -r 3 --decode-batches 1,8
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b "$BIN" bench --synthetic llama3-70b --device cuda \
     --pp 512 --batch 512 --tg 16 -r 2 --decode-batches 1,8,32
+  # integer bank scales, the issue-13 goal's recipe (batch 32: 1,000 tokens/s)
+  [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_iscale "$BIN" bench --synthetic llama3-70b --device cuda \
+    --synthetic-weights sq:8/4:b64:s0.875:iscale --pp 0 --tg 16 -r 2 --decode-batches 16,32,64
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_no_gemv env KC_SQ_GEMV=0 "$BIN" bench --synthetic \
     llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_compact env KC_SQ_COMPACT=1 "$BIN" bench --synthetic \
