@@ -272,8 +272,9 @@ __global__ void __launch_bounds__(128, NT <= 4 ? 4 : 3) k_sq_dec(MmArgs a) {
 }
 
 /* decode, staged (the fast layout from 9 tokens; k_sq_dec above keeps one
- * n-tile, where staging lost 1-13 % at 3 and 8 tokens, and the other
- * layouts). Same stream-k walk and the same group
+ * n-tile, where staging lost, 1-13 % at 3 and 8 tokens in bench_gemm and
+ * 13-22 % end to end at batch 4 and 8, and the other layouts). Same
+ * stream-k walk and the same group
  * arithmetic (do_group, do_group_is), but each warp copies its items with
  * cp.async into a ring of S stages in shared memory, a stage holding an
  * item's weight unit AND its NT n-tiles of B fragments (the activations of
