@@ -414,46 +414,65 @@ static int explicit_pair(long N, long K, kc_sq_t **h, kc_sq_t **i) {
     return -1;
 }
 
-/* --isdec: the fused decode kernels (kc_sq_mm.cu's k_sq_dec) on integer bank
- * scales, M = 3..64: INT32 sums over the row (do_group_is,
- * kc_sq_set_isdec_min) against the float combination on the same matrix,
- * and the free-half-scale matrix beside them; the INT8 path and the dp4a
- * kernel kept out. The table kc_sq_isdec_min comes from. */
-static int isdec_table(double bw, const char *only_shape, long only_m) {
-    const long Ms[] = {3, 4, 8, 16, 17, 32, 48, 64}, MMAX = 64;
-    printf("| shape (N x K) | M | free half scales us | integer scales, float combination us | "
-           "integer scales, INT32 sums us | %%copy | INT32 / float |\n|---|---|---|---|---|---|---|\n");
+/* The decode kernels' tables (--isdec, --stages): for each of the eight
+ * shapes (or only_shape) the explicit_pair matrices and M tokens of
+ * activations, row(name, N, K, half, integer, bufs, M) for each of Ms (or
+ * only_m); the dp4a, INT8 and two-step paths kept out meanwhile. */
+template <class Row>
+static int decode_sweep(const char *only_shape, long only_m, const long *Ms, int nm, Row row) {
     kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0);
     for (const DShape &sh : kPlainShapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
-        const long N = sh.N, K = sh.K;
         kc_sq_t *sqh, *sqi;
-        if (explicit_pair(N, K, &sqh, &sqi)) return 2;
-        GemmBufs b(N, K, MMAX, 41);
-        for (long M : Ms) {
-            if (only_m && M != only_m) continue;
-            const double th = time_us([&] { KC(kc_sq_matmul(sqh, b.xi, b.sx, M, b.ys)); });
-            kc_sq_set_isdec_min(0);
-            const double tf = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
-            kc_sq_set_isdec_min(1);
-            const double ti = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
-            const double by = kc_sq_bytes(sqi) + (double)M * K + M * 4 + (double)M * N * 4;
-            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", sh.name, N, K, M, th, tf, ti,
-                   100 * by / ti * 1e-6 / bw, ti / tf);
-            fflush(stdout);
-        }
+        if (explicit_pair(sh.N, sh.K, &sqh, &sqi)) return 2;
+        GemmBufs b(sh.N, sh.K, 64, 41);
+        for (int i = 0; i < nm; i++)
+            if (!only_m || Ms[i] == only_m) row(sh, sqh, sqi, b, Ms[i]);
         kc_sq_free(sqh), kc_sq_free(sqi);
     }
-    kc_sq_set_isdec_min(-1), kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
-    {
-        kc_sq_t *sh, *sb; /* kc_sq_isdec_min of a small and a large matrix */
-        if (explicit_pair(64, 64, &sh, &sb)) return 2;
-        kc_sq_t *big = kc_sq_random_ex(8192, 10240, 4, 64, 8, 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
-        if (!big) return 2;
-        printf("\ndefault start of the INT32 kernel (kc_sq_isdec_min): M >= %ld on 8192 x 10240, M >= %ld on 64 x 64\n",
-               kc_sq_isdec_min(big), kc_sq_isdec_min(sb));
-        kc_sq_free(sh), kc_sq_free(sb), kc_sq_free(big);
+    kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
+    return 0;
+}
+
+/* % of the copy bandwidth bw (TB/s) that an M-token matmul on w taking us
+ * microseconds moves: the weights, the INT8 activations and their scales,
+ * the float outputs */
+static double decode_copy_pct(const kc_sq_t *w, const DShape &sh, long M, double us, double bw) {
+    const double by = kc_sq_bytes(w) + (double)M * sh.K + M * 4 + (double)M * sh.N * 4;
+    return 100 * by / us * 1e-6 / bw;
+}
+
+/* --isdec: the fused decode kernels (kc_sq_mm.cu) on integer bank scales,
+ * M = 3..64: INT32 sums over the row (do_group_is, kc_sq_set_isdec_min)
+ * against the float combination on the same matrix, and the
+ * free-half-scale matrix beside them. The table kc_sq_isdec_min comes from. */
+static int isdec_table(double bw, const char *only_shape, long only_m) {
+    static const long Ms[] = {3, 4, 8, 16, 17, 32, 48, 64};
+    printf("| shape (N x K) | M | free half scales us | integer scales, float combination us | "
+           "integer scales, INT32 sums us | %%copy | INT32 / float |\n|---|---|---|---|---|---|---|\n");
+    const int rc = decode_sweep(only_shape, only_m, Ms, 8, [&](const DShape &sh, kc_sq_t *sqh, kc_sq_t *sqi,
+                                                                const GemmBufs &b, long M) {
+        const double th = time_us([&] { KC(kc_sq_matmul(sqh, b.xi, b.sx, M, b.ys)); });
+        kc_sq_set_isdec_min(0);
+        const double tf = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
+        kc_sq_set_isdec_min(1);
+        const double ti = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
+        kc_sq_set_isdec_min(-1);
+        printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", sh.name, sh.N, sh.K, M, th, tf, ti,
+               decode_copy_pct(sqi, sh, M, ti, bw), ti / tf);
+        fflush(stdout);
+    });
+    if (rc) return rc;
+    /* the default start, as kc_sq_isdec_min gives it for a small and a large matrix */
+    kc_sq_t *small = kc_sq_random_ex(64, 64, 4, 64, 8, 6, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+    kc_sq_t *big = kc_sq_random_ex(8192, 10240, 4, 64, 8, 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+    if (!small || !big) {
+        fprintf(stderr, "bench_gemm: %s\n", kc_error());
+        return 2;
     }
+    printf("\ndefault start of the INT32 kernel (kc_sq_isdec_min): M >= %ld on 8192 x 10240, M >= %ld on 64 x 64\n",
+           kc_sq_isdec_min(big), kc_sq_isdec_min(small));
+    kc_sq_free(small), kc_sq_free(big);
     return 0;
 }
 
@@ -462,38 +481,28 @@ static int isdec_table(double bw, const char *only_shape, long only_m) {
  * kc_sq_set_dec_stages(0)) against a ring of 2, 3 and 4 stages in shared
  * memory (k_sq_dec_st), on a free-half-scale matrix and (the INT32 kernel
  * from kc_sq_isdec_min(w) tokens, the float combination below) an
- * integer-bank-scale one; the dp4a, INT8 and two-step paths kept out. */
+ * integer-bank-scale one. */
 static int stages_table(double bw, const char *only_shape, long only_m) {
-    const long Ms[] = {9, 16, 32, 48, 64}, MMAX = 64;
-    const long st[] = {0, 2, 3, 4};
+    static const long Ms[] = {9, 16, 32, 48, 64}, st[] = {0, 2, 3, 4};
     printf("| shape (N x K) | M | scales | registers us | 2 stages us | 3 stages us | 4 stages us | best %%copy | "
            "best / registers |\n|---|---|---|---|---|---|---|---|---|\n");
-    kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0);
-    for (const DShape &sh : kPlainShapes) {
-        if (only_shape && strcmp(only_shape, sh.name)) continue;
-        const long N = sh.N, K = sh.K;
-        kc_sq_t *sqh, *sqi;
-        if (explicit_pair(N, K, &sqh, &sqi)) return 2;
-        GemmBufs b(N, K, MMAX, 41);
-        for (long M : Ms) {
-            if (only_m && M != only_m) continue;
-            for (int q = 0; q < 2; q++) {
-                kc_sq_t *w = q ? sqi : sqh;
-                double t[4];
-                for (int i = 0; i < 4; i++) {
-                    kc_sq_set_dec_stages(st[i]);
-                    t[i] = time_us([&] { KC(kc_sq_matmul(w, b.xi, b.sx, M, b.ys)); });
-                }
-                const double best = std::min(std::min(t[1], t[2]), t[3]);
-                const double by = kc_sq_bytes(w) + (double)M * K + M * 4 + (double)M * N * 4;
-                printf("| %s %ldx%ld | %ld | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", sh.name, N, K, M,
-                       q ? "integer" : "half", t[0], t[1], t[2], t[3], 100 * by / best * 1e-6 / bw, best / t[0]);
-                fflush(stdout);
+    const int rc = decode_sweep(only_shape, only_m, Ms, 5, [&](const DShape &sh, kc_sq_t *sqh, kc_sq_t *sqi,
+                                                                const GemmBufs &b, long M) {
+        for (int q = 0; q < 2; q++) {
+            kc_sq_t *w = q ? sqi : sqh;
+            double t[4];
+            for (int i = 0; i < 4; i++) {
+                kc_sq_set_dec_stages(st[i]);
+                t[i] = time_us([&] { KC(kc_sq_matmul(w, b.xi, b.sx, M, b.ys)); });
             }
+            kc_sq_set_dec_stages(-1);
+            const double best = std::min(std::min(t[1], t[2]), t[3]);
+            printf("| %s %ldx%ld | %ld | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% | %.2f |\n", sh.name, sh.N, sh.K, M,
+                   q ? "integer" : "half", t[0], t[1], t[2], t[3], decode_copy_pct(w, sh, M, best, bw), best / t[0]);
+            fflush(stdout);
         }
-        kc_sq_free(sqh), kc_sq_free(sqi);
-    }
-    kc_sq_set_dec_stages(-1), kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
+    });
+    if (rc) return rc;
     printf("\ndefault stages (kc_sq_dec_stages): %ld\n", kc_sq_dec_stages());
     return 0;
 }
