@@ -34,32 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* The A fragments of one scale group: low codes unpacked (offset-binary
- * with OFFS, else signed), highs scattered through the warp's tiles. */
-template <int LOBITS, int SPG, int S2C, bool S16, bool OFFS>
-__device__ __forceinline__ void group_frags(const Raw<LOBITS, S2C, S16> (&cur)[SPG], unsigned item, uint8_t *tiles,
-                                            const MmArgs &a, int lane, uint32_t (&Alo)[SPG][8],
-                                            uint32_t (&Ahi)[SPG][8]) {
-    const int rowbase = scatter_rowbase(lane);
-#pragma unroll
-    for (int s = 0; s < SPG; s++) {
-        unpack_lo<LOBITS, !OFFS>(cur[s].lo, Alo[s]);
-        uint8_t *tileb = tiles + s * SQ_TILE; /* (reused by the same lanes only after another __syncwarp) */
-        if (S2C == 4) {
-            scatter4(tileb, rowbase, cur[s].sl[0], cur[s].sl[1]);
-        } else {
-            const uint8_t *sp = a.w + (size_t)(item * SPG + s) * a.unit_bytes + a.lo_bytes + lane * 2 * a.s2;
-            for (int q = 0; q < a.s2; q += 4) scatter4(tileb, rowbase, ld_stream1(sp + q), ld_stream1(sp + a.s2 + q));
-        }
-        __syncwarp();
-        uint4 *h0p = (uint4 *)(tileb + hi_off(lane, 0)), *h1p = (uint4 *)(tileb + hi_off(lane, 1));
-        const uint4 h0 = *h0p, h1 = *h1p, z = make_uint4(0, 0, 0, 0);
-        *h0p = z, *h1p = z; /* own bytes back to zero (the tile's next scatter comes after another __syncwarp) */
-        Ahi[s][0] = h0.x, Ahi[s][1] = h0.y, Ahi[s][2] = h0.z, Ahi[s][3] = h0.w;
-        Ahi[s][4] = h1.x, Ahi[s][5] = h1.y, Ahi[s][6] = h1.z, Ahi[s][7] = h1.w;
-    }
-}
-
 /* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
  * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
  * lane's B fragment of n-tile t, subgroup s is bload(t, s) (16 bytes, zero
@@ -106,23 +80,6 @@ __device__ __forceinline__ void do_group(float (&acc)[NT][4], const Raw<LOBITS, 
     }
 }
 
-/* 1 / x to within an ulp or two (one MUFU.RCP; __frcp_rn adds a slow path
- * with a branch) */
-__device__ __forceinline__ float rcp_approx(float x) {
-    float r;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-    return r;
-}
-
-/* 4 offset-binary low codes u = c + 8 (a byte each) as the INT8 weights
- * k c in the same bytes: in 16-bit lanes u k + 256 - 8 k = 256 + k c stays
- * within [129, 383] for |k c| <= 127, so no carry crosses a lane, and the
- * lane's low byte is k c mod 256. */
-__device__ __forceinline__ uint32_t scale_codes(uint32_t u, uint32_t k, uint32_t c) {
-    const uint32_t e = (u & 0x00FF00FFu) * k + c, o = ((u >> 8) & 0x00FF00FFu) * k + c;
-    return __byte_perm(e, o, 0x6240);
-}
-
 /* do_group for integer bank scales (fast layout, one subgroup a group, half
  * scales): every weight is the INT8 value k_g lo + hi (k_g = s_lo / s_hi,
  * an integer), so a group is ONE A fragment, k_g times the low codes with
@@ -138,20 +95,9 @@ __device__ __forceinline__ uint32_t scale_codes(uint32_t u, uint32_t k, uint32_t
 template <int NT, class BL>
 __device__ __forceinline__ void do_group_is(int (&iacc)[NT][4], const Raw<4, 4, true> (&cur)[1], unsigned item,
                                             uint8_t *tiles, const MmArgs &a, const BL &bload, int lane) {
-    uint32_t Alo[1][8], Ahi[1][8];
-    group_frags<4, 1, 4, true, true>(cur, item, tiles, a, lane, Alo, Ahi); /* low codes offset-binary */
-    /* k_g of rows g and g + 8: s_lo / s_hi is an integer <= 127, so the
-     * product with the rounded reciprocal is within 2^-22 of it */
-    const float sl0 = half_lo(cur[0].sc[0]), sh0 = half_hi(cur[0].sc[0]);
-    const float sl1 = half_lo(cur[0].sc[1]), sh1 = half_hi(cur[0].sc[1]);
-    const uint32_t k0 = sh0 != 0.0f ? (uint32_t)__float2int_rn(sl0 * rcp_approx(sh0)) : 0u;
-    const uint32_t k1 = sh1 != 0.0f ? (uint32_t)__float2int_rn(sl1 * rcp_approx(sh1)) : 0u;
-    const uint32_t c0 = (256u - 8u * k0) * 0x10001u, c1 = (256u - 8u * k1) * 0x10001u;
-    const int z[4] = {0, 0, 0, 0};
     uint32_t A[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) /* register i holds row g + 8 (i & 1) */
-        A[i] = scale_codes(Alo[0][i], i & 1 ? k1 : k0, i & 1 ? c1 : c0) | Ahi[0][i];
+    is_frags(cur, item, tiles, a, lane, A);
+    const int z[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         int d[4];
@@ -305,33 +251,6 @@ __device__ __forceinline__ void dec_stage(uint32_t st, const uint8_t *u, const u
 #pragma unroll
     for (int t = 0; t < NT; t++) cp_async16(st + UB + t * 512 + 16 * lane, xg + xo[t]);
     cp_async_commit();
-}
-
-/* The lane's words of the unit staged at stl - 16 lane (lane_ptrs'
- * offsets): its low codes at stl, its slots at stl + osl, its rows' scales
- * at stl + osc (the lane's offsets, computed once). */
-template <bool S16>
-struct StOffs {
-    uint32_t osl, osc;
-    __device__ __forceinline__ explicit StOffs(int lane) {
-        typedef UG<4, 4, S16> G;
-        osl = G::lo + 8 * lane - 16 * lane;
-        osc = G::lo + G::sl + (lane >> 2) * (S16 ? 4 : 8) - 16 * lane;
-    }
-};
-
-template <bool S16>
-__device__ __forceinline__ void lds_unit(Raw<4, 4, S16> &r, uint32_t stl, const StOffs<S16> &o) {
-    const uint4 v = lds_v4(stl);
-    const uint2 q = lds_v2(stl + o.osl);
-    r.lo[0] = v.x, r.lo[1] = v.y, r.lo[2] = v.z, r.lo[3] = v.w, r.sl[0] = q.x, r.sl[1] = q.y;
-    const uint32_t sc = stl + o.osc;
-    if (S16) {
-        r.sc[0] = (uint32_t)lds_s32(sc), r.sc[1] = (uint32_t)lds_s32(sc + 32);
-    } else {
-        const uint2 v0 = lds_v2(sc), v1 = lds_v2(sc + 64);
-        r.sc[0] = v0.x, r.sc[1] = v0.y, r.sc[2] = v1.x, r.sc[3] = v1.y;
-    }
 }
 
 template <int NT, bool S16, bool IS, int S>
@@ -590,15 +509,16 @@ static MmArgs mm_args(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, l
 
 static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y, float *const *parts) {
     if (m == 0) return 0;
-    if (kc_sq_twostep_applies(w, m)) return kc_sq_twostep(w, d_qx, d_sx, m, d_y, parts); /* kc_sq_gemm.cu */
-    if ((m + 127) / 128 > 0x7fffffffL || w->k >= (1L << 26)) { /* (k: k_sq_dec_st's 32-bit row offsets) */
-        kc_set_error("kc_sq_matmul: too many tokens (%ld) or inputs (%ld)", m, w->k);
-        return -1;
-    }
     MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
     if (parts) {
         a.np = w->nparts, a.pstart[0] = 0;
         for (int p = 0; p < w->nparts; p++) a.py[p] = parts[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
+    }
+    if (kc_sq_wg_applies(w, m)) return kc_sq_wg(w, a); /* kc_sq_wg.cu */
+    if (kc_sq_twostep_applies(w, m)) return kc_sq_twostep(w, d_qx, d_sx, m, d_y, parts); /* kc_sq_gemm.cu */
+    if ((m + 127) / 128 > 0x7fffffffL || w->k >= (1L << 26)) { /* (k: k_sq_dec_st's 32-bit row offsets) */
+        kc_set_error("kc_sq_matmul: too many tokens (%ld) or inputs (%ld)", m, w->k);
+        return -1;
     }
     if (kc_sq_gemv_applies(w, m)) return kc_sq_gemv(w, &a); /* kc_sq_gemv.cu */
     if (w->compact) return kc_sqc_matmul(w, a); /* kc_sqc_mm.cu */
@@ -624,9 +544,10 @@ extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d
 }
 
 /* exactly where kc_sq_matmul would take the dp4a kernel (so y += x W^T has
- * kc_sq_matmul's numbers): not where the two-step path comes first */
+ * kc_sq_matmul's numbers): not where the wgmma kernel or the two-step path
+ * comes first */
 extern "C" int kc_sq_acc_applies(const kc_sq_t *w, long m) {
-    return w && w->nparts <= 1 && !kc_sq_twostep_applies(w, m) && kc_sq_gemv_applies(w, m);
+    return w && w->nparts <= 1 && !kc_sq_wg_applies(w, m) && !kc_sq_twostep_applies(w, m) && kc_sq_gemv_applies(w, m);
 }
 
 extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {

@@ -147,4 +147,9 @@ int kc_sq_frag_acts(const kc_sq *w, MmArgs *a, dim3 *grid);
  * (kc_sqc_mm.cu) */
 int kc_sqc_matmul(const kc_sq *w, const MmArgs &a);
 
+/* integer bank scales on Hopper's wgmma, the weights decoded in registers
+ * (kc_sq_wg.cu): where it applies (the matrix, the tokens, the device) */
+extern "C" int kc_sq_wg_applies(const kc_sq *w, long m);
+int kc_sq_wg(const kc_sq *w, const MmArgs &a);
+
 #endif

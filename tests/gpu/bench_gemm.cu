@@ -2,9 +2,10 @@
  * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
- *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --isdec | --stages | --baselines]
+ *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --isdec | --stages | --wg | --baselines]
  * (--isdec: the fused decode kernels on integer bank scales, INT32 sums against the float combination)
  * (--stages: the stream-k decode kernel from 9 tokens, loads into registers against a ring of 2..4 stages)
+ * (--wg: integer bank scales on the wgmma kernel against the path taken without it, and BF16)
  * (--twostep: the many-token paths by M, the INT8 path of integer bank scales included)
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
@@ -507,6 +508,49 @@ static int stages_table(double bw, const char *only_shape, long only_m) {
     return 0;
 }
 
+/* --wg: integer bank scales on the wgmma kernel (kc_sq_wg.cu: the weights
+ * decoded in registers, ring of 4 or 6 stages) against the path taken
+ * without it (the fused decode kernels to 64 tokens, the INT8 path from
+ * 65), with cuBLASLt BF16 and the kernel's own M = 1 time beside them:
+ * issue 13's goals (M = 16..64 within 1.3x of M = 1; M = 128 >= 1.5x BF16;
+ * M >= 1024 >= 1.4x BF16). The table kc_sq_wg_min / max come from. */
+static int wg_table(double bw, const char *only_shape, long only_m, const float *d_one) {
+    static const long Ms[] = {16, 32, 48, 64, 96, 128, 256, 512, 1024};
+    printf("| shape (N x K) | M | without us | wgmma, 4 stages us | wgmma, 6 stages us | BF16 us | best / without | "
+           "BF16 / best | best / M=1 | best %%copy |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const DShape &sh : kPlainShapes) {
+        if (only_shape && strcmp(only_shape, sh.name)) continue;
+        kc_sq_t *sqh, *sqi;
+        if (explicit_pair(sh.N, sh.K, &sqh, &sqi)) return 2;
+        GemmBufs b(sh.N, sh.K, 1024, 43);
+        kc_sq_set_wg(0, 0);
+        const double t1 = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, 1, b.ys)); });
+        for (long M : Ms) {
+            if (only_m && M != only_m) continue;
+            kc_sq_set_wg(0, 0);
+            const double t0 = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
+            kc_sq_set_wg(1, 1L << 30);
+            double t[2];
+            for (int i = 0; i < 2; i++) {
+                kc_sq_set_wg_stages(i ? 6 : 4);
+                t[i] = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
+            }
+            kc_sq_set_wg_stages(-1);
+            long mbf = 0;
+            const double bf = lt_time(BF16, sh.N, M, sh.K, b.wb, b.xb, b.ob, d_one, &mbf);
+            const double best = std::min(t[0], t[1]);
+            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.2f | %.2fx | %.2fx | %.0f%% |\n", sh.name, sh.N,
+                   sh.K, M, t0, t[0], t[1], bf, best / t0, bf / best, best / t1, decode_copy_pct(sqi, sh, M, best, bw));
+            fflush(stdout);
+        }
+        kc_sq_free(sqh), kc_sq_free(sqi);
+    }
+    kc_sq_set_wg(-1, -1);
+    printf("\n(M = 1: the dp4a kernel's time; default wgmma range (kc_sq_wg_min..max): %ld..%ld, %ld stages)\n",
+           kc_sq_wg_min(), kc_sq_wg_max(), kc_sq_wg_stages());
+    return 0;
+}
+
 /* --baselines: the formats of the paper's comparison, each on its own
  * kernels by the product's default path: SQ 8/4 b64 s0.875 (half scales),
  * W4A8 (int4 g64, half scales) and W8A8 (int8, a scale a row) from
@@ -555,7 +599,7 @@ static int baselines_table(double bw, const char *only_shape, const float *d_one
 }
 
 int main(int argc, char **argv) {
-    int quick = 0, decode = 0, twostep = 0, baselines = 0, isdec = 0, stages = 0;
+    int quick = 0, decode = 0, twostep = 0, baselines = 0, isdec = 0, stages = 0, wg = 0;
     const char *only_shape = NULL;
     long only_m = 0;
     for (int i = 1; i < argc; i++) {
@@ -568,6 +612,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--baselines")) baselines = 1;
         else if (!strcmp(argv[i], "--isdec")) isdec = 1;
         else if (!strcmp(argv[i], "--stages")) stages = 1;
+        else if (!strcmp(argv[i], "--wg")) wg = 1;
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -617,6 +662,7 @@ int main(int argc, char **argv) {
     float one = 1.0f;
     CK(cudaMemcpy(d_one, &one, 4, cudaMemcpyHostToDevice));
     if (twostep) return twostep_table(only_shape, d_one);
+    if (wg) return wg_table(bw, only_shape, only_m, d_one);
     if (baselines) return baselines_table(bw, only_shape, d_one);
     kc_sq_set_twostep_min(0); /* the tables below are about the fused kernels; --twostep compares the paths */
 

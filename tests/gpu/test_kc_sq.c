@@ -549,8 +549,44 @@ static void test_random(int h_low, int b, int h, long n, long k, int flags, cons
     sq_free(&t);
 }
 
+/* the wgmma kernel (kc_sq_wg.cu) on integer bank scales at every token
+ * count, whatever the default range: 32, 64 and 128 tokens a block and
+ * several token blocks (1..300), rows past the matrix in the last block
+ * (45, 131 rows), an odd and an even number of groups (the two A
+ * register sets), the groups split over blocks with INT32 atomics (131 x
+ * 2368: up to 4 splits; 2048 x 8192: 16), fused parts, sums past 2^24,
+ * both ring depths; each matrix at several M in turn, so a split's
+ * scratch must have been left zero by the launch before */
+static void test_wg(void) {
+    static const long mw[] = {1, 3, 8, 17, 32, 33, 64, 65, 100, 128, 129, 300}, mwq[] = {3, 33, 65, 129};
+    static const long mbig[] = {16, 64, 128, 200}, mbigq[] = {64, 200};
+    static const long qkv[] = {64, 32, 37}, gu[] = {48, 48}, mf[] = {5, 40, 100, 130};
+    const long c0 = kc_sq_wg_count();
+    kc_sq_set_wg(1, 1L << 30);
+    for (int s = 4; s <= 6; s += 2) {
+        kc_sq_set_wg_stages(s);
+        printf("-- the wgmma kernel, %ld stages\n", kc_sq_wg_stages());
+        test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mwq : mw, quick ? 4 : 12);
+        test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mwq : mw, quick ? 4 : 12);
+        test_random(4, 64, 8, 256, 64 * 16, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mwq, 4);
+        test_random(4, 64, 8, 2048, 8192, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mbigq : mbig, quick ? 2 : 4);
+        if (!quick) test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mbigq, 2);
+        g_upload_flags = KC_SQ_NO_COMPACT;
+        test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf, 4);
+        test_fuse(gu, 2, KC_SQ_INT_SCALES, mf, 4);
+        g_upload_flags = 0;
+    }
+    kc_sq_set_wg_stages(-1);
+    kc_sq_set_wg(-1, -1);
+    char what[120];
+    snprintf(what, sizeof what, "the wgmma kernel ran %ld times (sm_90a device: %d)", kc_sq_wg_count() - c0,
+             kc_sm90a());
+    verdict(kc_sm90a() ? kc_sq_wg_count() > c0 : kc_sq_wg_count() == c0, what);
+}
+
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) quick |= !strcmp(argv[i], "--quick");
+    int only_wg = 0; /* --wg: that section alone */
+    for (int i = 1; i < argc; i++) quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg");
     /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
      * applies, and the explicit layout through KC_SQ_NO_COMPACT */
     setenv("KC_SQ_COMPACT", "1", 0);
@@ -561,6 +597,10 @@ int main(int argc, char **argv) {
     printf("test_kc_sq on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
     /* the fused kernels at every M first; the two-step path has its own section */
     kc_sq_set_twostep_min(0);
+    if (only_wg) {
+        test_wg();
+        goto done;
+    }
 
     /* quantization */
     test_quant(1, 1, 0);
@@ -789,12 +829,15 @@ int main(int argc, char **argv) {
         kc_sq_set_i8_min(-1);
     }
 
+    test_wg();
+
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
     verdict(bad == NULL && strstr(kc_error(), "not supported") != NULL, "unsupported shape is refused with a message");
     kc_clear_error();
     kc_sq_free(bad);
 
+done:
     printf("test_kc_sq: %d passed, %d failed\n", n_pass, n_fail);
     kc_shutdown();
     return n_fail ? 1 : 0;
