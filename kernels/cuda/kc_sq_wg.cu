@@ -58,8 +58,8 @@ constexpr int WG_UB = UG<4, 4, true>::ub;     /* a unit's bytes (half scales): 8
 template <int NTOK>
 struct WgStage {
     static constexpr int BX = NTOK * 64;                                  /* the group's activations */
-    static constexpr int BYTES = (BX + WG_WARPS * WG_UB + 127) / 128 * 128; /* + the 8 warps' units */
-    static constexpr size_t smem(int S) { return (size_t)S * BYTES + WG_WARPS * SQ_TILE + 128; }
+    static constexpr int BYTES = (BX + WG_WARPS * WG_UB + 1023) / 1024 * 1024; /* + the 8 warps' units */
+    static constexpr size_t smem(int S) { return (size_t)S * BYTES + WG_WARPS * SQ_TILE + 1024; }
 };
 
 /* ---- wgmma (PTX ISA 8.0, sm_90a) --------------------------------------------------------- */
@@ -73,10 +73,16 @@ struct WgStage {
 #endif
 #if KC_WG_ON
 
-/* shared-memory matrix descriptor, no swizzle: lbo = bytes between the two
- * 16-byte k chunks of an instruction, sbo = bytes between 8-row groups */
-__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
-    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(sbo >> 4) << 32;
+/* shared-memory matrix descriptor: no swizzle (lbo = bytes between the two
+ * 16-byte k chunks of an instruction, sbo = bytes between 8-row groups), or
+ * the 64-byte swizzle (sbo = 512, an atom of 8 rows x 64 bytes; lbo unused) */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo, bool sw64) {
+    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(sbo >> 4) << 32 |
+           (sw64 ? 2ull << 62 : 0ull);
+}
+/* cp.async of 16 bytes, or (valid false) 16 zero bytes, reading nothing */
+__device__ __forceinline__ void cp_async16_z(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
@@ -173,7 +179,7 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
  * (x, y) tile, zero between launches. */
 template <int NTOK, int S>
 __global__ void __launch_bounds__(256, 2)
-    k_sq_wg(MmArgs a, const int8_t *xw, int kspl, int *ws, long ws_ld, int *cnt) {
+    k_sq_wg(MmArgs a, const int8_t *xw, int kspl, int *ws, long ws_ld, int *cnt, int sw64) {
 #if !KC_WG_ON
     __trap(); /* the compute_90 PTX: never launched (kc_sq_wg_applies asks for sm_90a) */
 #else
@@ -182,7 +188,7 @@ __global__ void __launch_bounds__(256, 2)
     extern __shared__ uint8_t dsm[];
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(dsm), ring = (s0 + 127) & ~127u;
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(dsm), ring = (s0 + 1023) & ~1023u;
     uint8_t *tile_b = dsm + (ring - s0) + S * G::BYTES + warp * SQ_TILE;
     zero_tiles(tile_b, 1, lane);
     const long tok0 = (long)blockIdx.x * NTOK, tile = (long)blockIdx.y * WG_WARPS + warp;
@@ -193,21 +199,25 @@ __global__ void __launch_bounds__(256, 2)
     const long tl = tile < a.ntiles ? tile : a.ntiles - 1;
     const uint8_t *lu = a.w + ((size_t)tl * ng + g0) * WG_UB + 16 * lane;
     const uint32_t uoff = G::BX + warp * WG_UB + 16 * lane;
-    /* copy q = tid + 256 j: token q / 4's chunk q % 4 (a token past the end
-     * copies the last token's: its columns feed only outputs not stored) */
+    /* copy q = tid + 256 j: token q / 4's chunk q % 4; a token past the end
+     * gets zeros, reading nothing (copying the last token's row instead made
+     * every block read the same bytes: 2-3x the time at 16 and 48 tokens).
+     * Chunk c of token n at n x 64 + 16 (c ^ (n / 2 mod 4)) (64-byte
+     * swizzle) or c x NTOK x 16 + n x 16 (none) */
     const int8_t *bs[NB];
     uint32_t bd[NB];
+    bool bv[NB];
 #pragma unroll
     for (int j = 0; j < NB; j++) {
         const int q = tid + 256 * j, n = q >> 2, c = q & 3;
-        const long tok = tok0 + n < a.m ? tok0 + n : a.m - 1;
-        bs[j] = xw + tok * a.k + (long)g0 * 64 + c * 16;
-        bd[j] = c * NTOK * 16 + n * 16;
+        bv[j] = tok0 + n < a.m;
+        bs[j] = xw + (bv[j] ? tok0 + n : 0) * a.k + (long)g0 * 64 + c * 16;
+        bd[j] = sw64 ? n * 64 + ((c ^ ((n >> 1) & 3)) << 4) : c * NTOK * 16 + n * 16;
     }
     const auto load = [&](uint32_t st) {
 #pragma unroll
         for (int j = 0; j < NB; j++)
-            if (NTOK * 4 % 256 == 0 || tid + 256 * j < NTOK * 4) cp_async16(st + bd[j], bs[j]), bs[j] += 64;
+            if (NTOK * 4 % 256 == 0 || tid + 256 * j < NTOK * 4) cp_async16_z(st + bd[j], bs[j], bv[j]), bs[j] += 64;
         cp_async16(st + uoff, lu);
         if (lane < WG_UB / 16 - 32) cp_async16(st + uoff + 512, lu + 512);
         lu += WG_UB;
@@ -232,7 +242,8 @@ __global__ void __launch_bounds__(256, 2)
         Raw<4, 4, true> cur[1];
         lds_unit<true>(cur[0], st + uoff, so);
         is_frags(cur, 0, tile_b, a, lane, A);
-        const uint64_t d0 = wg_desc(st, NTOK * 16, 128), d1 = wg_desc(st + 2 * NTOK * 16, NTOK * 16, 128);
+        const uint64_t d0 = sw64 ? wg_desc(st, 16, 512, true) : wg_desc(st, NTOK * 16, 128, false);
+        const uint64_t d1 = sw64 ? wg_desc(st + 32, 16, 512, true) : wg_desc(st + 2 * NTOK * 16, NTOK * 16, 128, false);
         wg_fence();
         wgmma_rs<NTOK>(acc, A, 0, d0);
         wgmma_rs<NTOK>(acc, A, 1, d1);
@@ -316,7 +327,7 @@ int grow_zeroed(int **p, size_t *have, size_t need) {
     return 0;
 }
 
-long g_min = -1, g_max = -1, g_stages = -1;
+long g_min = -1, g_max = -1, g_stages = -1, g_sw64 = -1;
 long g_count; /* launches, for the tests */
 
 template <int NTOK, int S>
@@ -344,7 +355,7 @@ int launch(const kc_sq *w, const MmArgs &a) {
                      grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb))))
         return -1;
     kern<<<dim3((unsigned)tb, (unsigned)rb, (unsigned)kspl), 256, smem, KC_STREAM>>>(a, g_x, (int)kspl, g_ws, ws_ld,
-                                                                                       g_cnt);
+                                                                                       g_cnt, (int)g_sw64);
     return kc_check_launch("k_sq_wg");
 }
 
@@ -373,6 +384,7 @@ extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
 }
 
 int kc_sq_wg(const kc_sq *w, const MmArgs &a) {
+    kc_threshold(&g_sw64, "KC_SQ_WG_SW64", 1);
     const long groups = a.m * w->ngroups;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)a.m * a.k, (size_t)1 << 20)) return -1;
     k_wg_x<<<kc_blocks(groups, 256), 256, 0, KC_STREAM>>>(a.qx, groups, g_x);
