@@ -317,13 +317,14 @@ void kc_sq_set_isdec_min(long m); /* < 0: back to the default */
  * (explicit fast layout) run one wgmma kernel instead, the weights decoded
  * in registers and never written out (kc_sq_wg.cu); it comes before the
  * two paths above. KC_SQ_WG_MIN / KC_SQ_WG_MAX or kc_sq_set_wg (< 0: back
- * to the default; min 0 turns it off); its ring of KC_SQ_WG_STAGES (4 or
- * 6) stages, kc_sq_set_wg_stages. */
+ * to the default; min 0 turns it off); its ring (KC_SQ_WG_UNITS groups a
+ * stage, KC_SQ_WG_STAGES stages) by kc_sq_set_wg_ring (< 0: the default). */
 long kc_sq_wg_min(void);
 long kc_sq_wg_max(void);
 void kc_sq_set_wg(long lo, long hi);
+long kc_sq_wg_units(void);
 long kc_sq_wg_stages(void);
-void kc_sq_set_wg_stages(long s);
+void kc_sq_set_wg_ring(long units, long stages);
 long kc_sq_wg_count(void); /* its launches so far (the tests check it ran) */
 /* From 9 tokens the fast layout's stream-k decode kernel copies each item
  * (weight unit and activations) with cp.async into a ring of this many

@@ -55,11 +55,11 @@ namespace {
 constexpr int WG_WARPS = 8;                   /* two warpgroups: 128 rows a block */
 constexpr int WG_UB = UG<4, 4, true>::ub;     /* a unit's bytes (half scales): 832 */
 
-template <int NTOK>
+template <int NTOK, int U>
 struct WgStage {
-    static constexpr int BX = NTOK * 64;                                  /* the group's activations */
-    static constexpr int BYTES = (BX + WG_WARPS * WG_UB + 1023) / 1024 * 1024; /* + the 8 warps' units */
-    static constexpr size_t smem(int S) { return (size_t)S * BYTES + WG_WARPS * SQ_TILE + 1024; }
+    static constexpr int BX = U * NTOK * 64; /* U groups' activations */
+    static constexpr int BYTES = (BX + U * WG_WARPS * WG_UB + 511) / 512 * 512; /* + the 8 warps' units */
+    static constexpr size_t smem(int S) { return (size_t)S * BYTES + WG_WARPS * SQ_TILE + 512; }
 };
 
 /* ---- wgmma (PTX ISA 8.0, sm_90a) --------------------------------------------------------- */
@@ -73,12 +73,13 @@ struct WgStage {
 #endif
 #if KC_WG_ON
 
-/* shared-memory matrix descriptor: no swizzle (lbo = bytes between the two
- * 16-byte k chunks of an instruction, sbo = bytes between 8-row groups), or
- * the 64-byte swizzle (sbo = 512, an atom of 8 rows x 64 bytes; lbo unused) */
-__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo, bool sw64) {
-    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(sbo >> 4) << 32 |
-           (sw64 ? 2ull << 62 : 0ull);
+/* shared-memory matrix descriptor, K-major with the 64-byte swizzle: an
+ * atom of 8 rows x 64 bytes, sbo = bytes between 8-row groups (lbo unused).
+ * Without a swizzle (core matrices of 8 rows x 16 bytes, the two k chunks
+ * of an instruction apart) the same kernel took 1.1-1.8x the time at 32 to
+ * 1024 tokens (bench_gemm --wg, H200, twelfth session): bank conflicts. */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(sbo >> 4) << 32 | 2ull << 62;
 }
 /* cp.async of 16 bytes, or (valid false) 16 zero bytes, reading nothing */
 __device__ __forceinline__ void cp_async16_z(uint32_t dst, const void *src, bool valid) {
@@ -177,85 +178,97 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
 /* Block (x: NTOK tokens, y: 128 rows, z: groups [g0, g1) of kspl). ws:
  * kspl > 1, the zeroed INT32 scratch [token][ws_ld rows]; cnt: arrivals a
  * (x, y) tile, zero between launches. */
-template <int NTOK, int S>
+template <int NTOK, int S, int U>
 __global__ void __launch_bounds__(256, 2)
-    k_sq_wg(MmArgs a, const int8_t *xw, int kspl, int *ws, long ws_ld, int *cnt, int sw64) {
+    k_sq_wg(MmArgs a, const int8_t *xw, int kspl, int *ws, long ws_ld, int *cnt) {
 #if !KC_WG_ON
     __trap(); /* the compute_90 PTX: never launched (kc_sq_wg_applies asks for sm_90a) */
 #else
-    typedef WgStage<NTOK> G;
-    constexpr int NB = (NTOK * 4 + 255) / 256; /* 16-byte activation copies a thread a stage */
+    typedef WgStage<NTOK, U> G;
+    constexpr int NB = (NTOK * 4 * U + 255) / 256; /* 16-byte activation copies a thread a stage */
+    constexpr int UC = U * WG_UB / 16;              /* 16-byte unit copies a warp a stage */
     extern __shared__ uint8_t dsm[];
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(dsm), ring = (s0 + 1023) & ~1023u;
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(dsm), ring = (s0 + 511) & ~511u; /* (the swizzle atom's alignment) */
     uint8_t *tile_b = dsm + (ring - s0) + S * G::BYTES + warp * SQ_TILE;
     zero_tiles(tile_b, 1, lane);
     const long tok0 = (long)blockIdx.x * NTOK, tile = (long)blockIdx.y * WG_WARPS + warp;
     const unsigned ng = (unsigned)a.ngroups;
     const unsigned g0 = (unsigned)((long)blockIdx.z * ng / kspl), g1 = (unsigned)((long)(blockIdx.z + 1) * ng / kspl);
-    const unsigned nsteps = g1 - g0;
+    const unsigned nsteps = (g1 - g0 + U - 1) / U;
     /* rows past the matrix (its last block) decode the last tile again and store nothing */
     const long tl = tile < a.ntiles ? tile : a.ntiles - 1;
     const uint8_t *lu = a.w + ((size_t)tl * ng + g0) * WG_UB + 16 * lane;
-    const uint32_t uoff = G::BX + warp * WG_UB + 16 * lane;
-    /* copy q = tid + 256 j: token q / 4's chunk q % 4; a token past the end
-     * gets zeros, reading nothing (copying the last token's row instead made
-     * every block read the same bytes: 2-3x the time at 16 and 48 tokens).
-     * Chunk c of token n at n x 64 + 16 (c ^ (n / 2 mod 4)) (64-byte
-     * swizzle) or c x NTOK x 16 + n x 16 (none) */
+    const uint32_t uoff = G::BX + warp * U * WG_UB + 16 * lane;
+    /* copy q = tid + 256 j: token q / 4U's chunk c of unit u (q % 4U = 4 u
+     * + c: 8 threads read a token's 128 contiguous bytes at U = 2), into
+     * unit u's 64-byte-swizzled tile: chunk c of token n at n x 64 + 16 (c ^
+     * (n / 2 mod 4)). A token past the end gets zeros, reading nothing
+     * (copying the last token's row instead made every block read the same
+     * bytes: 2-3x the time at 16 and 48 tokens); so does a unit past the
+     * block's last group. */
     const int8_t *bs[NB];
-    uint32_t bd[NB];
+    uint32_t bd[NB], bu[NB];
     bool bv[NB];
 #pragma unroll
     for (int j = 0; j < NB; j++) {
-        const int q = tid + 256 * j, n = q >> 2, c = q & 3;
-        bv[j] = tok0 + n < a.m;
-        bs[j] = xw + (bv[j] ? tok0 + n : 0) * a.k + (long)g0 * 64 + c * 16;
-        bd[j] = sw64 ? n * 64 + ((c ^ ((n >> 1) & 3)) << 4) : c * NTOK * 16 + n * 16;
+        const int q = tid + 256 * j, n = q / (4 * U), u = (q >> 2) % U, c = q & 3;
+        bv[j] = tok0 + n < a.m, bu[j] = u;
+        bs[j] = xw + (bv[j] ? tok0 + n : 0) * a.k + (long)g0 * 64 + u * 64 + c * 16;
+        bd[j] = u * NTOK * 64 + n * 64 + ((c ^ ((n >> 1) & 3)) << 4);
     }
-    const auto load = [&](uint32_t st) {
+    /* the stage at st gets step f's groups: nu of them (the last step may be short) */
+    const auto load = [&](uint32_t st, unsigned f) {
+        const unsigned nu = g1 - g0 - f * U < U ? g1 - g0 - f * U : U;
 #pragma unroll
         for (int j = 0; j < NB; j++)
-            if (NTOK * 4 % 256 == 0 || tid + 256 * j < NTOK * 4) cp_async16_z(st + bd[j], bs[j], bv[j]), bs[j] += 64;
-        cp_async16(st + uoff, lu);
-        if (lane < WG_UB / 16 - 32) cp_async16(st + uoff + 512, lu + 512);
-        lu += WG_UB;
+            if (NTOK * 4 * U % 256 == 0 || tid + 256 * j < NTOK * 4 * U)
+                cp_async16_z(st + bd[j], bv[j] && bu[j] < nu ? bs[j] : xw, bv[j] && bu[j] < nu), bs[j] += U * 64;
+#pragma unroll
+        for (int c = 0; c < (UC + 31) / 32; c++)
+            if (lane + 32 * c < UC && (U == 1 || lane + 32 * c < (int)nu * (WG_UB / 16)))
+                cp_async16(st + uoff + 512 * c, lu + 512 * c);
+        lu += U * WG_UB;
         cp_async_commit();
     };
 #pragma unroll
     for (unsigned s = 0; s < S - 2; s++) {
-        if (s < nsteps) load(ring + s * G::BYTES);
+        if (s < nsteps) load(ring + s * G::BYTES, s);
         else cp_async_commit(); /* (the waits count groups) */
     }
     int acc[NTOK / 2];
 #pragma unroll
     for (int i = 0; i < NTOK / 2; i++) acc[i] = 0;
     const StOffs<true> so(lane);
-    const auto step = [&](unsigned i, uint32_t (&A)[8]) {
+    const auto step = [&](unsigned i, uint32_t (&A)[U][8]) {
         cp_async_wait<S - 3>(); /* this thread's copies of step i landed */
         fence_async_smem();
         __syncthreads(); /* everyone's; and every warp's wgmma of step i - 2 retired */
-        if (i + S - 2 < nsteps) load(ring + (i + S - 2) % S * G::BYTES);
+        if (i + S - 2 < nsteps) load(ring + (i + S - 2) % S * G::BYTES, i + S - 2);
         else cp_async_commit();
         const uint32_t st = ring + i % S * G::BYTES;
-        Raw<4, 4, true> cur[1];
-        lds_unit<true>(cur[0], st + uoff, so);
-        is_frags(cur, 0, tile_b, a, lane, A);
-        const uint64_t d0 = sw64 ? wg_desc(st, 16, 512, true) : wg_desc(st, NTOK * 16, 128, false);
-        const uint64_t d1 = sw64 ? wg_desc(st + 32, 16, 512, true) : wg_desc(st + 2 * NTOK * 16, NTOK * 16, 128, false);
+        const bool two = U == 2 && (i + 1) * U <= g1 - g0; /* (block-uniform) */
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (u == 1 && !two) break;
+            if (u) __syncwarp(); /* the scatter tile's bytes zeroed by unit 0's reads */
+            Raw<4, 4, true> cur[1];
+            lds_unit<true>(cur[0], st + uoff + u * WG_UB, so);
+            is_frags(cur, 0, tile_b, a, lane, A[u]);
+        }
         wg_fence();
-        wgmma_rs<NTOK>(acc, A, 0, d0);
-        wgmma_rs<NTOK>(acc, A, 1, d1);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (u == 1 && !two) break;
+            const uint32_t sb = st + u * NTOK * 64;
+            wgmma_rs<NTOK>(acc, A[u], 0, wg_desc(sb, 16, 512));
+            wgmma_rs<NTOK>(acc, A[u], 1, wg_desc(sb + 32, 16, 512));
+        }
         wg_commit();
-#ifdef WGX1
-        wg_wait<0>();
-#else
-        wg_wait<1>();
-#endif
-        /* step i - 1's wgmma done: its A registers free */
+        wg_wait<1>(); /* step i - 1's wgmma done: its A registers free */
     };
-    uint32_t A0[8], A1[8];
+    uint32_t A0[U][8], A1[U][8];
     unsigned i = 0;
     for (; i + 2 <= nsteps; i += 2) { /* (no path writes a set while its own wgmma may run) */
         step(i, A0);
@@ -327,14 +340,14 @@ int grow_zeroed(int **p, size_t *have, size_t need) {
     return 0;
 }
 
-long g_min = -1, g_max = -1, g_stages = -1, g_sw64 = -1;
+long g_min = -1, g_max = -1, g_stages = -1, g_units = -1;
 long g_count; /* launches, for the tests */
 
-template <int NTOK, int S>
+template <int NTOK, int S, int U>
 int launch(const kc_sq *w, const MmArgs &a) {
     static int occ;
-    const auto kern = k_sq_wg<NTOK, S>;
-    const size_t smem = WgStage<NTOK>::smem(S);
+    const auto kern = k_sq_wg<NTOK, S, U>;
+    const size_t smem = WgStage<NTOK, U>::smem(S);
     if (!occ && (kc_check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                           "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)") ||
                  kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, 256, smem),
@@ -355,27 +368,33 @@ int launch(const kc_sq *w, const MmArgs &a) {
                      grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb))))
         return -1;
     kern<<<dim3((unsigned)tb, (unsigned)rb, (unsigned)kspl), 256, smem, KC_STREAM>>>(a, g_x, (int)kspl, g_ws, ws_ld,
-                                                                                       g_cnt, (int)g_sw64);
+                                                                                       g_cnt);
     return kc_check_launch("k_sq_wg");
 }
 
-template <int S>
+template <int U, int S>
 int dispatch(const kc_sq *w, const MmArgs &a) {
-    if (a.m <= 32) return launch<32, S>(w, a);
-    if (a.m <= 64) return launch<64, S>(w, a);
-    return launch<128, S>(w, a);
+    if (a.m <= 32) return launch<32, S, U>(w, a);
+    if (a.m <= 64) return launch<64, S, U>(w, a);
+    return launch<128, S, U>(w, a);
 }
 
 } // namespace
 
 /* Tokens this kernel takes on the matrices it applies to: [kc_sq_wg_min,
- * kc_sq_wg_max] (KC_SQ_WG_MIN / KC_SQ_WG_MAX; min 0 = off); its ring
- * depth KC_SQ_WG_STAGES (4 or 6). */
+ * kc_sq_wg_max] (KC_SQ_WG_MIN / KC_SQ_WG_MAX; min 0 = off). Its ring:
+ * KC_SQ_WG_UNITS groups a stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6
+ * with one group, 3 or 4 with two: what fits twice in an SM's shared
+ * memory, or nearly). */
 extern "C" long kc_sq_wg_min(void) { return kc_threshold(&g_min, "KC_SQ_WG_MIN", 0); }
 extern "C" long kc_sq_wg_max(void) { return kc_threshold(&g_max, "KC_SQ_WG_MAX", 0); }
 extern "C" void kc_sq_set_wg(long lo, long hi) { g_min = lo, g_max = hi; }
-extern "C" long kc_sq_wg_stages(void) { return kc_threshold(&g_stages, "KC_SQ_WG_STAGES", 6) <= 4 ? 4 : 6; }
-extern "C" void kc_sq_set_wg_stages(long s) { g_stages = s; }
+extern "C" long kc_sq_wg_units(void) { return kc_threshold(&g_units, "KC_SQ_WG_UNITS", 1) >= 2 ? 2 : 1; }
+extern "C" long kc_sq_wg_stages(void) {
+    const long s = kc_threshold(&g_stages, "KC_SQ_WG_STAGES", 6);
+    return kc_sq_wg_units() == 1 ? (s <= 4 ? 4 : 6) : (s <= 3 ? 3 : 4);
+}
+extern "C" void kc_sq_set_wg_ring(long units, long stages) { g_units = units, g_stages = stages; }
 
 extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
     const long lo = kc_sq_wg_min();
@@ -384,12 +403,13 @@ extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
 }
 
 int kc_sq_wg(const kc_sq *w, const MmArgs &a) {
-    kc_threshold(&g_sw64, "KC_SQ_WG_SW64", 1);
     const long groups = a.m * w->ngroups;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)a.m * a.k, (size_t)1 << 20)) return -1;
     k_wg_x<<<kc_blocks(groups, 256), 256, 0, KC_STREAM>>>(a.qx, groups, g_x);
     if (kc_check_launch("k_wg_x")) return -1;
-    const int rc = kc_sq_wg_stages() == 4 ? dispatch<4>(w, a) : dispatch<6>(w, a);
+    const long s = kc_sq_wg_stages();
+    const int rc = kc_sq_wg_units() == 1 ? (s == 4 ? dispatch<1, 4>(w, a) : dispatch<1, 6>(w, a))
+                                         : (s == 3 ? dispatch<2, 3>(w, a) : dispatch<2, 4>(w, a));
     if (rc == 0) g_count++;
     return rc;
 }

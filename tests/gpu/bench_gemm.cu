@@ -509,15 +509,15 @@ static int stages_table(double bw, const char *only_shape, long only_m) {
 }
 
 /* --wg: integer bank scales on the wgmma kernel (kc_sq_wg.cu: the weights
- * decoded in registers, ring of 4 or 6 stages) against the path taken
+ * decoded in registers; each ring shape) against the path taken
  * without it (the fused decode kernels to 64 tokens, the INT8 path from
  * 65), with cuBLASLt BF16 and the kernel's own M = 1 time beside them:
  * issue 13's goals (M = 16..64 within 1.3x of M = 1; M = 128 >= 1.5x BF16;
  * M >= 1024 >= 1.4x BF16). The table kc_sq_wg_min / max come from. */
 static int wg_table(double bw, const char *only_shape, long only_m, const float *d_one) {
     static const long Ms[] = {16, 32, 48, 64, 96, 128, 256, 512, 1024};
-    printf("| shape (N x K) | M | without us | wgmma, 4 stages us | wgmma, 6 stages us | BF16 us | best / without | "
-           "BF16 / best | best / M=1 | best %%copy |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| shape (N x K) | M | without us | wgmma 1x4 us | wgmma 1x6 us | wgmma 2x3 us | wgmma 2x4 us | BF16 us | "
+           "best / without | BF16 / best | best / M=1 | best %%copy |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const DShape &sh : kPlainShapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         kc_sq_t *sqh, *sqi;
@@ -530,24 +530,27 @@ static int wg_table(double bw, const char *only_shape, long only_m, const float 
             kc_sq_set_wg(0, 0);
             const double t0 = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
             kc_sq_set_wg(1, 1L << 30);
-            double t[2];
-            for (int i = 0; i < 2; i++) {
-                kc_sq_set_wg_stages(i ? 6 : 4);
+            static const long ring[][2] = {{1, 4}, {1, 6}, {2, 3}, {2, 4}};
+            double t[4], best = INFINITY;
+            for (int i = 0; i < 4; i++) {
+                kc_sq_set_wg_ring(ring[i][0], ring[i][1]);
                 t[i] = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
+                best = std::min(best, t[i]);
             }
-            kc_sq_set_wg_stages(-1);
+            kc_sq_set_wg_ring(-1, -1);
             long mbf = 0;
             const double bf = lt_time(BF16, sh.N, M, sh.K, b.wb, b.xb, b.ob, d_one, &mbf);
-            const double best = std::min(t[0], t[1]);
-            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.2f | %.2fx | %.2fx | %.0f%% |\n", sh.name, sh.N,
-                   sh.K, M, t0, t[0], t[1], bf, best / t0, bf / best, best / t1, decode_copy_pct(sqi, sh, M, best, bw));
+            printf("| %s %ldx%ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2fx | %.2fx | %.0f%% |\n",
+                   sh.name, sh.N, sh.K, M, t0, t[0], t[1], t[2], t[3], bf, best / t0, bf / best, best / t1,
+                   decode_copy_pct(sqi, sh, M, best, bw));
             fflush(stdout);
         }
         kc_sq_free(sqh), kc_sq_free(sqi);
     }
     kc_sq_set_wg(-1, -1);
-    printf("\n(M = 1: the dp4a kernel's time; default wgmma range (kc_sq_wg_min..max): %ld..%ld, %ld stages)\n",
-           kc_sq_wg_min(), kc_sq_wg_max(), kc_sq_wg_stages());
+    printf("\n(wgmma UxS: U groups a stage, S stages; M = 1: the dp4a kernel's time; default wgmma range "
+           "(kc_sq_wg_min..max): %ld..%ld, ring %ldx%ld)\n", kc_sq_wg_min(), kc_sq_wg_max(), kc_sq_wg_units(),
+           kc_sq_wg_stages());
     return 0;
 }
 

@@ -555,7 +555,8 @@ static void test_random(int h_low, int b, int h, long n, long k, int flags, cons
  * (45, 131 rows), an odd and an even number of groups (the two A
  * register sets), the groups split over blocks with INT32 atomics (131 x
  * 2368: up to 4 splits; 2048 x 8192: 16), fused parts, sums past 2^24,
- * both ring depths; each matrix at several M in turn, so a split's
+ * each ring shape (one or two groups a stage: with two, a block's odd
+ * last group alone); each matrix at several M in turn, so a split's
  * scratch must have been left zero by the launch before */
 static void test_wg(void) {
     static const long mw[] = {1, 3, 8, 17, 32, 33, 64, 65, 100, 128, 129, 300}, mwq[] = {3, 33, 65, 129};
@@ -563,9 +564,10 @@ static void test_wg(void) {
     static const long qkv[] = {64, 32, 37}, gu[] = {48, 48}, mf[] = {5, 40, 100, 130};
     const long c0 = kc_sq_wg_count();
     kc_sq_set_wg(1, 1L << 30);
-    for (int s = 4; s <= 6; s += 2) {
-        kc_sq_set_wg_stages(s);
-        printf("-- the wgmma kernel, %ld stages\n", kc_sq_wg_stages());
+    static const long ring[][2] = {{1, 4}, {1, 6}, {2, 3}, {2, 4}};
+    for (int r = 0; r < 4; r++) {
+        kc_sq_set_wg_ring(ring[r][0], ring[r][1]);
+        printf("-- the wgmma kernel, %ld groups a stage, %ld stages\n", kc_sq_wg_units(), kc_sq_wg_stages());
         test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mwq : mw, quick ? 4 : 12);
         test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mwq : mw, quick ? 4 : 12);
         test_random(4, 64, 8, 256, 64 * 16, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mwq, 4);
@@ -576,7 +578,7 @@ static void test_wg(void) {
         test_fuse(gu, 2, KC_SQ_INT_SCALES, mf, 4);
         g_upload_flags = 0;
     }
-    kc_sq_set_wg_stages(-1);
+    kc_sq_set_wg_ring(-1, -1);
     kc_sq_set_wg(-1, -1);
     char what[120];
     snprintf(what, sizeof what, "the wgmma kernel ran %ld times (sm_90a device: %d)", kc_sq_wg_count() - c0,
