@@ -313,14 +313,16 @@ int kc_sq_iscale(const kc_sq_t *w);
  * overrides it for every matrix, 0 keeps the float combination. */
 long kc_sq_isdec_min(const kc_sq_t *w);
 void kc_sq_set_isdec_min(long m); /* < 0: back to the default */
-/* On sm_90a, from kc_sq_wg_min() to kc_sq_wg_max() tokens, those matrices
- * (explicit fast layout) run one wgmma kernel instead, the weights decoded
- * in registers and never written out (kc_sq_wg.cu); it comes before the
- * two paths above. KC_SQ_WG_MIN / KC_SQ_WG_MAX or kc_sq_set_wg (< 0: back
- * to the default; min 0 turns it off); its ring (KC_SQ_WG_UNITS groups a
- * stage, KC_SQ_WG_STAGES stages) by kc_sq_set_wg_ring (< 0: the default). */
-long kc_sq_wg_min(void);
-long kc_sq_wg_max(void);
+/* On sm_90a, from kc_sq_wg_min(w) to kc_sq_wg_max(w) tokens, those
+ * matrices (explicit fast layout) run one wgmma kernel instead, the weights
+ * decoded in registers and never written out (kc_sq_wg.cu); it comes
+ * before the two paths above. The measured default depends on the matrix's
+ * size; KC_SQ_WG_MIN / KC_SQ_WG_MAX or kc_sq_set_wg set one range for every
+ * matrix (< 0: back to the default; min 0 turns it off); its ring
+ * (KC_SQ_WG_UNITS groups a stage, KC_SQ_WG_STAGES stages) by
+ * kc_sq_set_wg_ring (< 0: the default). */
+long kc_sq_wg_min(const kc_sq_t *w);
+long kc_sq_wg_max(const kc_sq_t *w);
 void kc_sq_set_wg(long lo, long hi);
 long kc_sq_wg_units(void);
 long kc_sq_wg_stages(void);

@@ -381,14 +381,33 @@ int dispatch(const kc_sq *w, const MmArgs &a) {
 
 } // namespace
 
-/* Tokens this kernel takes on the matrices it applies to: [kc_sq_wg_min,
- * kc_sq_wg_max] (KC_SQ_WG_MIN / KC_SQ_WG_MAX; min 0 = off). Its ring:
- * KC_SQ_WG_UNITS groups a stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6
- * with one group, 3 or 4 with two: what fits twice in an SM's shared
- * memory, or nearly). */
-extern "C" long kc_sq_wg_min(void) { return kc_threshold(&g_min, "KC_SQ_WG_MIN", 0); }
-extern "C" long kc_sq_wg_max(void) { return kc_threshold(&g_max, "KC_SQ_WG_MAX", 0); }
-extern "C" void kc_sq_set_wg(long lo, long hi) { g_min = lo, g_max = hi; }
+/* Tokens this kernel takes: KC_SQ_WG_MIN..KC_SQ_WG_MAX (or kc_sq_set_wg)
+ * for every matrix it applies to (min 0: off); by default 17..128 on
+ * matrices of 70 M weights or more, measured (bench_gemm --wg, H200,
+ * twelfth session, against the path taken without it): 8B gate_up 0.55-0.80x
+ * the time at 32..128 tokens, 70B gate_up 0.51-0.93x, 70B down ...; the
+ * smaller matrices split their rows' groups over blocks to fill the GPU,
+ * and lost (8B o 1.1-2.0x at 32..128). At 16 tokens and below the decode
+ * kernels win; from 256 the INT8 path (expansion + INT8 GEMM), whose
+ * GEMM decodes nothing per token block. Its ring: KC_SQ_WG_UNITS groups a
+ * stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6 with one group, 3 or 4
+ * with two: what fits twice in an SM's shared memory, or nearly). */
+static long wg_env(long *c, const char *name) { /* -2: not set */
+    if (*c == -1) {
+        const char *e = getenv(name);
+        *c = e && *e ? (atol(e) < 0 ? 0 : atol(e)) : -2;
+    }
+    return *c;
+}
+extern "C" long kc_sq_wg_min(const kc_sq_t *w) {
+    const long v = wg_env(&g_min, "KC_SQ_WG_MIN");
+    return v >= 0 ? v : w && (double)w->n * w->k >= 7e7 ? 17 : 0;
+}
+extern "C" long kc_sq_wg_max(const kc_sq_t *w) {
+    const long v = wg_env(&g_max, "KC_SQ_WG_MAX");
+    return v >= 0 ? v : w && (double)w->n * w->k >= 7e7 ? 128 : 0;
+}
+extern "C" void kc_sq_set_wg(long lo, long hi) { g_min = lo < 0 ? -1 : lo, g_max = hi < 0 ? -1 : hi; }
 extern "C" long kc_sq_wg_units(void) { return kc_threshold(&g_units, "KC_SQ_WG_UNITS", 1) >= 2 ? 2 : 1; }
 extern "C" long kc_sq_wg_stages(void) {
     const long s = kc_threshold(&g_stages, "KC_SQ_WG_STAGES", 6);
@@ -397,9 +416,9 @@ extern "C" long kc_sq_wg_stages(void) {
 extern "C" void kc_sq_set_wg_ring(long units, long stages) { g_units = units, g_stages = stages; }
 
 extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
-    const long lo = kc_sq_wg_min();
-    return w && is_fast(w) && w->iscale && w->s16 && w->rs && lo > 0 && m >= lo && m <= kc_sq_wg_max() &&
-           w->k < (1L << 26) && kc_sm90a();
+    if (!w || !is_fast(w) || !w->iscale || !w->s16 || !w->rs || w->k >= (1L << 26)) return 0;
+    const long lo = kc_sq_wg_min(w);
+    return lo > 0 && m >= lo && m <= kc_sq_wg_max(w) && kc_sm90a();
 }
 
 int kc_sq_wg(const kc_sq *w, const MmArgs &a) {

@@ -545,12 +545,14 @@ static int wg_table(double bw, const char *only_shape, long only_m, const float 
                    decode_copy_pct(sqi, sh, M, best, bw));
             fflush(stdout);
         }
+        kc_sq_set_wg(-1, -1);
+        printf("| %s: default wgmma tokens (kc_sq_wg_min..max) %ld..%ld | | | | | | | | | | | |\n", sh.name,
+               kc_sq_wg_min(sqi), kc_sq_wg_max(sqi));
         kc_sq_free(sqh), kc_sq_free(sqi);
     }
     kc_sq_set_wg(-1, -1);
-    printf("\n(wgmma UxS: U groups a stage, S stages; M = 1: the dp4a kernel's time; default wgmma range "
-           "(kc_sq_wg_min..max): %ld..%ld, ring %ldx%ld)\n", kc_sq_wg_min(), kc_sq_wg_max(), kc_sq_wg_units(),
-           kc_sq_wg_stages());
+    printf("\n(wgmma UxS: U groups a stage, S stages; M = 1: the dp4a kernel's time; default ring %ldx%ld)\n",
+           kc_sq_wg_units(), kc_sq_wg_stages());
     return 0;
 }
 
