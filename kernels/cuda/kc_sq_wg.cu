@@ -382,16 +382,21 @@ int dispatch(const kc_sq *w, const MmArgs &a) {
 } // namespace
 
 /* Tokens this kernel takes: KC_SQ_WG_MIN..KC_SQ_WG_MAX (or kc_sq_set_wg)
- * for every matrix it applies to (min 0: off); by default 17..128 on
- * matrices of 70 M weights or more, measured (bench_gemm --wg, H200,
- * twelfth session, against the path taken without it): 8B gate_up 0.55-0.80x
- * the time at 32..128 tokens, 70B gate_up 0.51-0.93x, 70B down ...; the
- * smaller matrices split their rows' groups over blocks to fill the GPU,
- * and lost (8B o 1.1-2.0x at 32..128). At 16 tokens and below the decode
- * kernels win; from 256 the INT8 path (expansion + INT8 GEMM), whose
- * GEMM decodes nothing per token block. Its ring: KC_SQ_WG_UNITS groups a
- * stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6 with one group, 3 or 4
- * with two: what fits twice in an SM's shared memory, or nearly). */
+ * for every matrix it applies to (min 0: off). By default, measured
+ * against the path taken without it (bench_gemm --wg, H200, twelfth
+ * session; best ring): on matrices of 100 M weights or more, 17..128 tokens
+ * (8B gate_up 0.61-0.77x the time at 32..128, 70B gate_up 0.54-0.93x, 70B
+ * down 0.55-0.91x; at 16 the decode kernels win by 3-11 %); from 50 M,
+ * 33..96 (70B qkv 0.83-0.95x at 48..96 but 1.14x at 32, 1.04x at 128; 8B
+ * down 0.74-0.93x at 48..96; 70B o 0.83x at 48, 1.04-1.08x at 64, 96);
+ * below that off: a small matrix's rows are too few blocks to fill the
+ * GPU, and the split of its groups over blocks lost (8B qkv 1.2-2.2x at
+ * 32..128). From 256 tokens the INT8 path (expansion + INT8 GEMM), whose
+ * GEMM decodes nothing per block of tokens, wins on every shape. Its ring:
+ * KC_SQ_WG_UNITS groups a stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6
+ * with one group, 3 or 4 with two: what fits twice in an SM's shared
+ * memory, or nearly); one group, 6 stages by default (the four within a
+ * few % of each other up to 64 tokens; two groups lost from 96). */
 static long wg_env(long *c, const char *name) { /* -2: not set */
     if (*c == -1) {
         const char *e = getenv(name);
@@ -401,11 +406,13 @@ static long wg_env(long *c, const char *name) { /* -2: not set */
 }
 extern "C" long kc_sq_wg_min(const kc_sq_t *w) {
     const long v = wg_env(&g_min, "KC_SQ_WG_MIN");
-    return v >= 0 ? v : w && (double)w->n * w->k >= 7e7 ? 17 : 0;
+    const double nk = w ? (double)w->n * w->k : 0;
+    return v >= 0 ? v : nk >= 1e8 ? 17 : nk >= 5e7 ? 33 : 0;
 }
 extern "C" long kc_sq_wg_max(const kc_sq_t *w) {
     const long v = wg_env(&g_max, "KC_SQ_WG_MAX");
-    return v >= 0 ? v : w && (double)w->n * w->k >= 7e7 ? 128 : 0;
+    const double nk = w ? (double)w->n * w->k : 0;
+    return v >= 0 ? v : nk >= 1e8 ? 128 : nk >= 5e7 ? 96 : 0;
 }
 extern "C" void kc_sq_set_wg(long lo, long hi) { g_min = lo < 0 ? -1 : lo, g_max = hi < 0 ? -1 : hi; }
 extern "C" long kc_sq_wg_units(void) { return kc_threshold(&g_units, "KC_SQ_WG_UNITS", 1) >= 2 ? 2 : 1; }

@@ -155,6 +155,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   # rings of 2..4 stages in shared memory (k_sq_dec_st), and integer bank
   # scales' INT32 kernel against the float combination
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm_stages "$GBIN/bench_gemm" --stages
+  [ -x "$GBIN/bench_gemm" ] && step bench_gemm_wg "$GBIN/bench_gemm" --wg
   [ -x "$GBIN/bench_gemm" ] && step bench_gemm_isdec "$GBIN/bench_gemm" --isdec
   [ -x "$GBIN/test_kc_gguf" ] && step bench_gguf "$GBIN/test_kc_gguf" --bench
   step bench_synthetic "$BIN" bench --synthetic llama3-8b --device cuda --pp 2048 --batch 1024 --tg 32 -r 3 \
@@ -190,7 +191,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --pp 512 --batch 512 --tg 16 -r 2 --decode-batches 1,8,32
   # integer bank scales, the issue-13 goal's recipe (batch 32: 1,000 tokens/s)
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_iscale "$BIN" bench --synthetic llama3-70b --device cuda \
-    --synthetic-weights sq:8/4:b64:s0.875:iscale --pp 0 --tg 16 -r 2 --decode-batches 16,32,64
+    --synthetic-weights sq:8/4:b64:s0.875:iscale --pp 0 --tg 16 -r 2 --decode-batches 16,32,48,64
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_no_gemv env KC_SQ_GEMV=0 "$BIN" bench --synthetic \
     llama3-70b --device cuda --pp 0 --tg 16 -r 2 --decode-batches 1
   [ "${BENCH_70B:-1}" = 1 ] && step bench_synthetic_70b_compact env KC_SQ_COMPACT=1 "$BIN" bench --synthetic \

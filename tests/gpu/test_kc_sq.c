@@ -580,15 +580,16 @@ static void test_wg(void) {
     }
     kc_sq_set_wg_ring(-1, -1);
     kc_sq_set_wg(-1, -1);
-    if (!getenv("KC_SQ_WG_MIN") && !getenv("KC_SQ_WG_MAX")) { /* the measured default: 17..128 from 70 M weights */
-        kc_sq_t *big = kc_sq_random_ex(8192, 10240, 4, 64, 8, 5, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
-        kc_sq_t *small = kc_sq_random_ex(4096, 14336, 4, 64, 8, 6, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
-        char dw[160];
-        snprintf(dw, sizeof dw, "wgmma tokens by default: %ld..%ld on 8192x10240, %ld..%ld on 4096x14336",
-                 big ? kc_sq_wg_min(big) : -1L, big ? kc_sq_wg_max(big) : -1L, small ? kc_sq_wg_min(small) : -1L,
-                 small ? kc_sq_wg_max(small) : -1L);
-        verdict(big && small && kc_sq_wg_min(big) == 17 && kc_sq_wg_max(big) == 128 && kc_sq_wg_min(small) == 0, dw);
-        kc_sq_free(big), kc_sq_free(small);
+    if (!getenv("KC_SQ_WG_MIN") && !getenv("KC_SQ_WG_MAX")) { /* the measured default, by the matrix's size */
+        static const long shp[3][2] = {{28672, 4096}, {8192, 10240}, {4096, 4096}}, want[3][2] = {{17, 128}, {33, 96}, {0, 0}};
+        for (int i = 0; i < 3; i++) {
+            kc_sq_t *w = kc_sq_random_ex(shp[i][0], shp[i][1], 4, 64, 8, 5 + i, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
+            char dw[160];
+            snprintf(dw, sizeof dw, "wgmma tokens by default on %ldx%ld: %ld..%ld (want %ld..%ld)", shp[i][0], shp[i][1],
+                     w ? kc_sq_wg_min(w) : -1L, w ? kc_sq_wg_max(w) : -1L, want[i][0], want[i][1]);
+            verdict(w && kc_sq_wg_min(w) == want[i][0] && kc_sq_wg_max(w) == want[i][1], dw);
+            kc_sq_free(w);
+        }
     }
     char what[120];
     snprintf(what, sizeof what, "the wgmma kernel ran %ld times (sm_90a device: %d)", kc_sq_wg_count() - c0,
