@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, void *out
         load_group<4, 1, 4, S16>(c, (unsigned)(u0 + u), a, lp);
         uint32_t Alo[8], Ahi[8];
         unpack_lo<4, true>(c[0].lo, Alo);
-        scatter4(tl, scatter_rowbase(lane), c[0].sl[0], c[0].sl[1]);
+        scatter4_warp(tl, scatter_rowbase(lane), c[0].sl[0], c[0].sl[1], lane);
         __syncwarp();
         uint4 *h0p = (uint4 *)(tl + hi_off(lane, 0)), *h1p = (uint4 *)(tl + hi_off(lane, 1));
         const uint4 h0 = *h0p, h1 = *h1p, z = make_uint4(0, 0, 0, 0);
