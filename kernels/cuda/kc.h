@@ -318,7 +318,8 @@ void kc_sq_set_isdec_min(long m); /* < 0: back to the default */
  * decoded in registers and never written out (kc_sq_wg.cu); it comes
  * before the two paths above. The measured default depends on the matrix's
  * size; KC_SQ_WG_MIN / KC_SQ_WG_MAX or kc_sq_set_wg set one range for every
- * matrix (< 0: back to the default; min 0 turns it off); its ring
+ * matrix (either alone: the other bound open; < 0: back to the default;
+ * min 0 turns it off); its ring
  * (KC_SQ_WG_UNITS groups a stage, KC_SQ_WG_STAGES stages) by
  * kc_sq_set_wg_ring (< 0: the default). */
 long kc_sq_wg_min(const kc_sq_t *w);

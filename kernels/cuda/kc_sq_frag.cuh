@@ -333,6 +333,10 @@ __device__ __forceinline__ uint32_t scale_codes(uint32_t u, uint32_t k, uint32_t
     return __byte_perm(e, o, 0x6240);
 }
 
+/* The longest row whose INT32 sum of INT8 x INT8 products cannot overflow:
+ * k x 128 x 127 < 2^31 (kc_sq_wg.cu and the INT32 decode kernel check it) */
+#define KC_SQ_IS_KMAX 132000L
+
 /* The one INT8 A fragment of a unit with integer bank scales (kc_sq.cuh):
  * every weight is k_g lo + hi (k_g = s_lo / s_hi, an integer), so the low
  * codes times k_g with the highs ORed in (a byte has one of them nonzero:

@@ -524,7 +524,7 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
     if (w->compact) return kc_sqc_matmul(w, a); /* kc_sqc_mm.cu */
     if (is_fast(w)) {
         if (m > 64) return w->s16 ? launch_prefill<true>(w, a) : launch_prefill<false>(w, a);
-        if (w->iscale && w->s16) {
+        if (w->iscale && w->s16 && w->k < KC_SQ_IS_KMAX) {
             const long is0 = kc_sq_isdec_min(w);
             if (is0 > 0 && m >= is0) return dispatch_is(w, a);
         }

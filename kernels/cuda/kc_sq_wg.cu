@@ -21,14 +21,14 @@
  * needed NTOK / 8.
  *
  * A block is two warpgroups (128 rows = 8 unit rows, one per warp) by NTOK
- * tokens, walking k one 64-column group at a time through a ring of S
- * stages in shared memory filled by cp.async, S - 2 groups ahead: a stage
- * holds the group's activations (B, NTOK x 64 bytes, wgmma's K-major
- * layout without swizzle: core matrices of 8 tokens x 16 bytes, the four
- * 16-byte column chunks NTOK x 16 bytes apart) and the 8 warps' units. Each
- * step: wait for the stage, one barrier, refill the slot two steps old
- * (its wgmma retired: every warp waited for it before the barrier), decode
- * the warp's unit into A registers, two wgmma, and wait for the previous
+ * tokens, walking k U 64-column groups (U = 1 or 2) a step through a ring
+ * of S stages in shared memory filled by cp.async, S - 2 steps ahead: a
+ * stage holds each group's activations (B, NTOK x 64 bytes in wgmma's
+ * K-major layout with the 64-byte swizzle: token n's 64 bytes at 64 n,
+ * chunk c at 16 (c ^ (n / 2 mod 4))) and the 8 warps' units. Each step:
+ * wait for the stage, one barrier, refill the slot two steps old (its
+ * wgmma retired: every warp waited for it before the barrier), decode the
+ * warp's units into A registers, 2 U wgmma, and wait for the previous
  * step's wgmma only: the decode of step i + 1 runs while the tensor cores
  * work on step i (the A registers alternate between two sets).
  *
@@ -286,9 +286,9 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
         for (int j = 0; j < NTOK / 8; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const long tok = tok0 + 8 * j + 2 * t4 + (e & 1);
-                if (tok < a.m) atomicAdd(ws + tok * ws_ld + tile * 16 + g + 8 * (e >> 1), acc[4 * j + e]);
+            for (int e = 0; e < 4; e++) { /* (rows past n: the last block reads and zeroes rows < n only) */
+                const long tok = tok0 + 8 * j + 2 * t4 + (e & 1), r = tile * 16 + g + 8 * (e >> 1);
+                if (tok < a.m && r < a.n) atomicAdd(ws + tok * ws_ld + r, acc[4 * j + e]);
             }
     __threadfence();
     __syncthreads();
@@ -324,7 +324,10 @@ __global__ void __launch_bounds__(256, 2)
 
 /* scratch, grown and never freed (captured graphs keep the addresses): the
  * permuted activations; the split blocks' INT32 sums and arrival counters,
- * zero between launches (each launch leaves them so) */
+ * zero between launches (each launch leaves them so). Grown on first use
+ * at a size: the backend runs every batch size eagerly once before it
+ * captures that size into a CUDA graph (backend_cuda.c), and a capture that
+ * fails keeps running launch by launch. */
 int8_t *g_x;
 size_t g_x_bytes;
 int *g_ws, *g_cnt;
@@ -335,7 +338,11 @@ int grow_zeroed(int **p, size_t *have, size_t need) {
     size_t want = (size_t)1 << 20;
     while (want < need) want <<= 1;
     int *q = (int *)kc_malloc(want * sizeof(int));
-    if (!q || kc_memset(q, 0, want * sizeof(int))) return -1;
+    if (!q) return -1;
+    if (kc_memset(q, 0, want * sizeof(int))) {
+        kc_free(q);
+        return -1;
+    }
     *p = q, *have = want;
     return 0;
 }
@@ -352,7 +359,7 @@ int launch(const kc_sq *w, const MmArgs &a) {
                           "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)") ||
                  kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, 256, smem),
                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor") ||
-                 occ < 1))
+                 (occ < 1 && (kc_set_error("k_sq_wg: no block fits on an SM (%zu bytes of shared memory)", smem), 1))))
         return -1;
     const long tb = (a.m + NTOK - 1) / NTOK, rb = (w->ntiles + WG_WARPS - 1) / WG_WARPS, P = (long)kc_sm_count() * occ;
     /* split the groups where one wave would leave SMs idle, keeping 8 groups a block */
@@ -395,7 +402,7 @@ int dispatch(const kc_sq *w, const MmArgs &a) {
  * GEMM decodes nothing per block of tokens, wins on every shape. Its ring:
  * KC_SQ_WG_UNITS groups a stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6
  * with one group, 3 or 4 with two: what fits twice in an SM's shared
- * memory, or nearly); one group, 6 stages by default (the four within a
+ * memory, except two groups x 4 stages at 128 tokens: one block); one group, 6 stages by default (the four within a
  * few % of each other up to 64 tokens; two groups lost from 96). */
 static long wg_env(long *c, const char *name) { /* -2: not set */
     if (*c == -1) {
@@ -404,15 +411,26 @@ static long wg_env(long *c, const char *name) { /* -2: not set */
     }
     return *c;
 }
+/* either bound set (environment or kc_sq_set_wg): one range for every
+ * matrix, the other bound open (1, or no limit) */
+static bool wg_fixed(long *lo, long *hi) {
+    *lo = wg_env(&g_min, "KC_SQ_WG_MIN"), *hi = wg_env(&g_max, "KC_SQ_WG_MAX");
+    if (*lo < 0 && *hi < 0) return false;
+    if (*lo < 0) *lo = 1;
+    if (*hi < 0) *hi = 0x7fffffffL;
+    return true;
+}
 extern "C" long kc_sq_wg_min(const kc_sq_t *w) {
-    const long v = wg_env(&g_min, "KC_SQ_WG_MIN");
+    long lo, hi;
+    if (wg_fixed(&lo, &hi)) return lo;
     const double nk = w ? (double)w->n * w->k : 0;
-    return v >= 0 ? v : nk >= 1e8 ? 17 : nk >= 5e7 ? 33 : 0;
+    return nk >= 1e8 ? 17 : nk >= 5e7 ? 33 : 0;
 }
 extern "C" long kc_sq_wg_max(const kc_sq_t *w) {
-    const long v = wg_env(&g_max, "KC_SQ_WG_MAX");
+    long lo, hi;
+    if (wg_fixed(&lo, &hi)) return hi;
     const double nk = w ? (double)w->n * w->k : 0;
-    return v >= 0 ? v : nk >= 1e8 ? 128 : nk >= 5e7 ? 96 : 0;
+    return nk >= 1e8 ? 128 : nk >= 5e7 ? 96 : 0;
 }
 extern "C" void kc_sq_set_wg(long lo, long hi) { g_min = lo < 0 ? -1 : lo, g_max = hi < 0 ? -1 : hi; }
 extern "C" long kc_sq_wg_units(void) { return kc_threshold(&g_units, "KC_SQ_WG_UNITS", 1) >= 2 ? 2 : 1; }
@@ -423,7 +441,7 @@ extern "C" long kc_sq_wg_stages(void) {
 extern "C" void kc_sq_set_wg_ring(long units, long stages) { g_units = units, g_stages = stages; }
 
 extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
-    if (!w || !is_fast(w) || !w->iscale || !w->s16 || !w->rs || w->k >= (1L << 26)) return 0;
+    if (!w || !is_fast(w) || !w->iscale || !w->s16 || !w->rs || w->k >= KC_SQ_IS_KMAX) return 0;
     const long lo = kc_sq_wg_min(w);
     return lo > 0 && m >= lo && m <= kc_sq_wg_max(w) && kc_sm90a();
 }
