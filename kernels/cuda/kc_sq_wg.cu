@@ -59,7 +59,8 @@ template <int NTOK, int U>
 struct WgStage {
     static constexpr int BX = U * NTOK * 64; /* U groups' activations */
     static constexpr int BYTES = (BX + U * WG_WARPS * WG_UB + 511) / 512 * 512; /* + the 8 warps' units */
-    static constexpr size_t smem(int S) { return (size_t)S * BYTES + WG_WARPS * SQ_TILE + 512; }
+    /* + a scatter tile a warp and group of the step (two independent decodes) */
+    static constexpr size_t smem(int S) { return (size_t)S * BYTES + U * WG_WARPS * SQ_TILE + 512; }
 };
 
 /* ---- wgmma (PTX ISA 8.0, sm_90a) --------------------------------------------------------- */
@@ -191,8 +192,8 @@ __global__ void __launch_bounds__(256, 2)
     __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(dsm), ring = (s0 + 511) & ~511u; /* (the swizzle atom's alignment) */
-    uint8_t *tile_b = dsm + (ring - s0) + S * G::BYTES + warp * SQ_TILE;
-    zero_tiles(tile_b, 1, lane);
+    uint8_t *tile_b = dsm + (ring - s0) + S * G::BYTES + warp * U * SQ_TILE;
+    zero_tiles(tile_b, U, lane);
     const long tok0 = (long)blockIdx.x * NTOK, tile = (long)blockIdx.y * WG_WARPS + warp;
     const unsigned ng = (unsigned)a.ngroups;
     const unsigned g0 = (unsigned)((long)blockIdx.z * ng / kspl), g1 = (unsigned)((long)(blockIdx.z + 1) * ng / kspl);
@@ -252,10 +253,9 @@ __global__ void __launch_bounds__(256, 2)
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (u == 1 && !two) break;
-            if (u) __syncwarp(); /* the scatter tile's bytes zeroed by unit 0's reads */
             Raw<4, 4, true> cur[1];
             lds_unit<true>(cur[0], st + uoff + u * WG_UB, so);
-            is_frags(cur, 0, tile_b, a, lane, A[u]);
+            is_frags(cur, 0, tile_b + u * SQ_TILE, a, lane, A[u]); /* (own tile: the two chains overlap) */
         }
         wg_fence();
 #pragma unroll
@@ -401,9 +401,13 @@ int dispatch(const kc_sq *w, const MmArgs &a) {
  * 32..128). From 256 tokens the INT8 path (expansion + INT8 GEMM), whose
  * GEMM decodes nothing per block of tokens, wins on every shape. Its ring:
  * KC_SQ_WG_UNITS groups a stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6
- * with one group, 3 or 4 with two: what fits twice in an SM's shared
- * memory, except two groups x 4 stages at 128 tokens: one block); one group, 6 stages by default (the four within a
- * few % of each other up to 64 tokens; two groups lost from 96). */
+ * with one group, 3 or 4 with two; two blocks an SM fit except with two
+ * groups x 4 stages from 64 tokens). One group x 6 stages by default:
+ * measured, the four shapes were within a few % of each other up to 64
+ * tokens and two groups lost from 96, but then both groups of a step shared
+ * one scatter tile, their decodes serialized by a __syncwarp; each has its
+ * own tile since 703d7cc+1, so the two chains overlap: built, not yet
+ * measured on a GPU (the next session's first call). */
 static long wg_env(long *c, const char *name) { /* -2: not set */
     if (*c == -1) {
         const char *e = getenv(name);
