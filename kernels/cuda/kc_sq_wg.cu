@@ -406,7 +406,7 @@ int dispatch(const kc_sq *w, const MmArgs &a) {
  * measured, the four shapes were within a few % of each other up to 64
  * tokens and two groups lost from 96, but then both groups of a step shared
  * one scatter tile, their decodes serialized by a __syncwarp; each has its
- * own tile since 703d7cc+1, so the two chains overlap: built, not yet
+ * own tile since 7fb1e71, so the two chains overlap: built, not yet
  * measured on a GPU (the next session's first call). */
 static long wg_env(long *c, const char *name) { /* -2: not set */
     if (*c == -1) {
