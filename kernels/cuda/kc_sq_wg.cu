@@ -49,6 +49,7 @@
 #include "kc_sq_mm.cuh"
 
 #include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -181,7 +182,7 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
  * (x, y) tile, zero between launches. */
 template <int NTOK, int S, int U>
 __global__ void __launch_bounds__(256, 2)
-    k_sq_wg(MmArgs a, const int8_t *xw, int kspl, int *ws, long ws_ld, int *cnt) {
+    k_sq_wg(MmArgs a, const int8_t *xw, int kspl, int *ws, long ws_ld, int *cnt, int pfence) {
 #if !KC_WG_ON
     __trap(); /* the compute_90 PTX: never launched (kc_sq_wg_applies asks for sm_90a) */
 #else
@@ -244,7 +245,7 @@ __global__ void __launch_bounds__(256, 2)
     const StOffs<true> so(lane);
     const auto step = [&](unsigned i, uint32_t (&A)[U][8]) {
         cp_async_wait<S - 3>(); /* this thread's copies of step i landed */
-        fence_async_smem();
+        if (pfence) fence_async_smem(); /* (0: an experiment only, KC_SQ_WG_FENCE) */
         __syncthreads(); /* everyone's; and every warp's wgmma of step i - 2 retired */
         if (i + S - 2 < nsteps) load(ring + (i + S - 2) % S * G::BYTES, i + S - 2);
         else cp_async_commit();
@@ -348,6 +349,17 @@ int grow_zeroed(int **p, size_t *have, size_t need) {
 }
 
 long g_min = -1, g_max = -1, g_stages = -1, g_units = -1;
+/* KC_SQ_WG_FENCE=0 leaves out the proxy fence between the cp.async of the
+ * activations and the wgmma that reads them: an experiment, not a mode.
+ * fence.proxy.async is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S in SASS; if the
+ * MEMBAR waits for this thread's cp.async still in flight (the later
+ * stages), every step waits for a load issued one step before, which would
+ * explain why 4 and 6 stages time the same. CUTLASS's cp.async + wgmma
+ * pipeline (sm90_mma_multistage_gmma_ss) orders them with an mbarrier and
+ * no proxy fence; the principled form is cp.async.bulk (the async proxy)
+ * for the activations. To be measured (twelfth session: no device time
+ * left). */
+long g_fence = -1;
 long g_count; /* launches, for the tests */
 
 template <int NTOK, int S, int U>
@@ -375,7 +387,7 @@ int launch(const kc_sq *w, const MmArgs &a) {
                      grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb))))
         return -1;
     kern<<<dim3((unsigned)tb, (unsigned)rb, (unsigned)kspl), 256, smem, KC_STREAM>>>(a, g_x, (int)kspl, g_ws, ws_ld,
-                                                                                       g_cnt);
+                                                                                       g_cnt, (int)g_fence);
     return kc_check_launch("k_sq_wg");
 }
 
@@ -451,6 +463,10 @@ extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
 }
 
 int kc_sq_wg(const kc_sq *w, const MmArgs &a) {
+    if (g_fence < 0) {
+        const char *e = getenv("KC_SQ_WG_FENCE");
+        g_fence = !(e && !strcmp(e, "0"));
+    }
     const long groups = a.m * w->ngroups;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)a.m * a.k, (size_t)1 << 20)) return -1;
     k_wg_x<<<kc_blocks(groups, 256), 256, 0, KC_STREAM>>>(a.qx, groups, g_x);
