@@ -179,6 +179,14 @@ extern "C" long kc_threshold(long *cache, const char *env, long dflt) {
     return *cache;
 }
 
+extern "C" long kc_override(long *cache, const char *env) {
+    if (*cache == -1) {
+        const char *e = getenv(env);
+        *cache = e && *e ? (atol(e) < 0 ? 0 : atol(e)) : -2;
+    }
+    return *cache;
+}
+
 extern "C" int kc_grow(void **buf, size_t *have, size_t need, size_t min_bytes) {
     if (need <= *have) return 0;
     size_t want = min_bytes ? min_bytes : 1;

@@ -32,6 +32,9 @@ int kc_grow(void **buf, size_t *have, size_t need, size_t min_bytes);
  * else the environment variable env, else dflt; negative values read as 0
  * (off). */
 long kc_threshold(long *cache, const char *env, long dflt);
+/* The same for a threshold whose default depends on the matrix: -2 where
+ * neither a setter nor env gave one (the caller's default applies then). */
+long kc_override(long *cache, const char *env);
 /* whether kc_launch_pdl asks for programmatic dependent launch: a device of
  * compute capability 9.0 or later, and KC_PDL unset or not "0" */
 int kc_pdl(void);

@@ -161,6 +161,15 @@ struct MmArgs {
     const float *rs; /* integer bank scales (kc_sq.cuh): the row scales, else NULL */
 };
 
+/* where row r of the (fused) matrix goes: its part's output, that output's
+ * row length *ldy and the row's index there *rr */
+__device__ __forceinline__ float *y_route(const MmArgs &a, long r, long *ldy, long *rr) {
+    if (a.np <= 1) return *ldy = a.n, *rr = r, a.y;
+    int p = 0;
+    while (p + 1 < a.np && r >= a.pstart[p + 1]) p++;
+    return *ldy = a.pstart[p + 1] - a.pstart[p], *rr = r - a.pstart[p], a.py[p];
+}
+
 /* the dp4a path for one to four tokens (kc_sq_gemv.cu) */
 extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m);
 extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a);

@@ -120,7 +120,7 @@ __device__ __forceinline__ void unit_scales(const uint32_t *raw, float (&sc)[4])
 }
 
 /* the explicit fast layout (4-bit lo, one subgroup a group, 4 slots a lane):
- * one warp a unit, the highs scattered through shared memory as do_group does */
+ * one warp a unit, decoded by group_frags as the matmul kernels do */
 /* the slice of the matrix one expansion covers: tiles [t0, t0 + nt), rows
  * below `rows` (relative to the slice) written to out [rows][k] */
 struct Slice {
@@ -138,20 +138,13 @@ __global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, void *out
     for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
         Raw<4, 4, S16> c[1];
         load_group<4, 1, 4, S16>(c, (unsigned)(u0 + u), a, lp);
-        uint32_t Alo[8], Ahi[8];
-        unpack_lo<4, true>(c[0].lo, Alo);
-        scatter4_warp(tl, scatter_rowbase(lane), c[0].sl[0], c[0].sl[1], lane);
-        __syncwarp();
-        uint4 *h0p = (uint4 *)(tl + hi_off(lane, 0)), *h1p = (uint4 *)(tl + hi_off(lane, 1));
-        const uint4 h0 = *h0p, h1 = *h1p, z = make_uint4(0, 0, 0, 0);
-        *h0p = z, *h1p = z;
+        uint32_t Alo[1][8], Ahi[1][8];
+        group_frags<4, 1, 4, S16, false>(c, 0, tl, a, lane, Alo, Ahi); /* signed low codes */
         __syncwarp(); /* every lane has read its operands before the next scatter */
-        Ahi[0] = h0.x, Ahi[1] = h0.y, Ahi[2] = h0.z, Ahi[3] = h0.w;
-        Ahi[4] = h1.x, Ahi[5] = h1.y, Ahi[6] = h1.z, Ahi[7] = h1.w;
         float sc[4];
         unit_scales<S16>(c[0].sc, sc);
-        if (I8) write_unit_i8(Alo, Ahi, sc, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
-        else write_unit(Alo, Ahi, sc, (__half *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+        if (I8) write_unit_i8(Alo[0], Ahi[0], sc, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+        else write_unit(Alo[0], Ahi[0], sc, (__half *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
     }
 }
 

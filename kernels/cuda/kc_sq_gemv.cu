@@ -293,13 +293,8 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         const long tok = a.tok0 + t;
         float v = 0.0f;
         for (int q = 0; q < nw; q++) v += red[(q * NT + t) * 16 + row];
-        float *y = a.y;
-        long ny = a.n, r0 = tile * 16;
-        if (a.np > 1) { /* the tile lies in one part (parts but the last are whole tiles) */
-            int p = 0;
-            while (p + 1 < a.np && r0 >= a.pstart[p + 1]) p++;
-            y = a.py[p], ny = a.pstart[p + 1] - a.pstart[p], r0 -= a.pstart[p];
-        }
+        long ny, r0; /* (the tile lies in one part: parts but the last are whole tiles) */
+        float *y = y_route(a, tile * 16, &ny, &r0);
         if (r0 + row < ny && tok < a.m) {
             /* the product rounded, then the add rounded: the numbers of a separate kc_add */
             float *o = y + tok * ny + r0 + row;

@@ -109,18 +109,6 @@ __device__ __forceinline__ void do_group_is(int (&iacc)[NT][4], const Raw<4, 4, 
     }
 }
 
-/* the INT32 sums of a tile's rows g, g + 8 as floats times their row scales */
-template <int NT>
-__device__ __forceinline__ void is_to_float(const int (&iacc)[NT][4], float (&acc)[NT][4], const MmArgs &a, long tile,
-                                            int lane) {
-    const long r0 = tile * 16 + (lane >> 2), r1 = r0 + 8;
-    const float s0 = r0 < a.n ? __ldg(a.rs + r0) : 0.0f, s1 = r1 < a.n ? __ldg(a.rs + r1) : 0.0f;
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[t][e] = (e < 2 ? s0 : s1) * __int2float_rn(iacc[t][e]);
-}
-
 template <int NT>
 __device__ __forceinline__ void zero_sums(float (&acc)[NT][4], int (&iacc)[NT][4]) {
 #pragma unroll
@@ -458,11 +446,7 @@ static int dispatch_nt(const kc_sq *w, const MmArgs &a) {
  * starts at 17 on the former, 33 on the rest. */
 static long g_isdec_min = -1; /* -1: not looked up; -2: per matrix (the default) */
 extern "C" long kc_sq_isdec_min(const kc_sq_t *w) {
-    if (g_isdec_min == -1) {
-        const char *e = getenv("KC_SQ_ISDEC");
-        g_isdec_min = e && *e ? (atol(e) < 0 ? 0 : atol(e)) : -2;
-    }
-    if (g_isdec_min >= 0) return g_isdec_min;
+    if (kc_override(&g_isdec_min, "KC_SQ_ISDEC") >= 0) return g_isdec_min;
     return w && (double)w->n * w->k >= 8e7 ? 17 : 33;
 }
 extern "C" void kc_sq_set_isdec_min(long m) { g_isdec_min = m < 0 ? -1 : m; }

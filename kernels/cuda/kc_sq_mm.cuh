@@ -13,13 +13,9 @@
 template <int NT>
 __device__ __forceinline__ void store_y(const float (&v)[NT][4], const MmArgs &a, long tile, long tok0, int lane) {
     const int g = lane >> 2, tig = lane & 3;
-    float *y = a.y;
-    long n = a.n, r0 = tile * 16, nvalid = a.n - r0;
-    if (a.np > 1) { /* the tile lies in one part (parts but the last are whole tiles) */
-        int p = 0;
-        while (p + 1 < a.np && r0 >= a.pstart[p + 1]) p++;
-        y = a.py[p], n = a.pstart[p + 1] - a.pstart[p], r0 -= a.pstart[p], nvalid = a.pstart[p + 1] - tile * 16;
-    }
+    long n, r0; /* (the tile lies in one part: parts but the last are whole tiles) */
+    float *y = y_route(a, tile * 16, &n, &r0);
+    const long nvalid = n - r0;
 #pragma unroll
     for (int t = 0; t < NT; t++)
 #pragma unroll
@@ -27,6 +23,19 @@ __device__ __forceinline__ void store_y(const float (&v)[NT][4], const MmArgs &a
             const long rr = g + 8 * (e >> 1), tok = tok0 + t * 8 + 2 * tig + (e & 1);
             if (rr < nvalid && tok < a.m) y[tok * n + r0 + rr] = v[t][e] * __ldg(a.sx + tok);
         }
+}
+
+/* the INT32 sums of a tile's rows g, g + 8 as floats times their row scales
+ * (integer bank scales: y = (s_row x acc) x sx, sx applied by store_y) */
+template <int NT>
+__device__ __forceinline__ void is_to_float(const int (&iacc)[NT][4], float (&acc)[NT][4], const MmArgs &a, long tile,
+                                            int lane) {
+    const long r0 = tile * 16 + (lane >> 2), r1 = r0 + 8;
+    const float s0 = r0 < a.n ? __ldg(a.rs + r0) : 0.0f, s1 = r1 < a.n ? __ldg(a.rs + r1) : 0.0f;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[t][e] = (e < 2 ? s0 : s1) * __int2float_rn(iacc[t][e]);
 }
 
 /* stream-k bookkeeping: warp w owns items [w U / W, (w+1) U / W) */

@@ -164,16 +164,13 @@ __global__ void k_wg_x(const int8_t *qx, long groups, int8_t *xw) {
     o[3] = make_uint4(a.w, b.w, c.w, d.w);
 }
 
-/* a warp's 16 rows x NTOK tokens of INT32 sums, scaled and stored */
+/* a warp's 16 rows x NTOK tokens of INT32 sums, scaled and stored: wgmma's
+ * accumulator layout is mma.m16n8's repeated over n (register 4 j + e =
+ * n-tile j, element e), so the decode kernels' epilogue takes it as is */
 template <int NTOK>
 __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArgs &a, long tile, long tok0, int lane) {
-    const long r0 = tile * 16 + (lane >> 2), r1 = r0 + 8;
-    const float s0 = r0 < a.n ? __ldg(a.rs + r0) : 0.0f, s1 = r1 < a.n ? __ldg(a.rs + r1) : 0.0f;
     float v[NTOK / 8][4];
-#pragma unroll
-    for (int j = 0; j < NTOK / 8; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) v[j][e] = (e < 2 ? s0 : s1) * __int2float_rn(acc[4 * j + e]);
+    is_to_float<NTOK / 8>(*reinterpret_cast<const int(*)[NTOK / 8][4]>(&acc), v, a, tile, lane);
     store_y<NTOK / 8>(v, a, tile, tok0, lane);
 }
 
@@ -303,13 +300,8 @@ __global__ void __launch_bounds__(256, 2)
     const long r = (long)blockIdx.y * 128 + (tid & 127);
     if (r < a.n) {
         const float sr = __ldg(a.rs + r);
-        float *y = a.y;
-        long ldy = a.n, rr = r;
-        if (a.np > 1) {
-            int p = 0;
-            while (p + 1 < a.np && r >= a.pstart[p + 1]) p++;
-            y = a.py[p], ldy = a.pstart[p + 1] - a.pstart[p], rr = r - a.pstart[p];
-        }
+        long ldy, rr;
+        float *y = y_route(a, r, &ldy, &rr);
         for (long t = tid >> 7; t < NTOK && tok0 + t < a.m; t += 2) {
             int *p = ws + (tok0 + t) * ws_ld + r;
             const int v = __ldcg(p);
@@ -420,17 +412,10 @@ int dispatch(const kc_sq *w, const MmArgs &a) {
  * one scatter tile, their decodes serialized by a __syncwarp; each has its
  * own tile since 7fb1e71, so the two chains overlap: built, not yet
  * measured on a GPU (the next session's first call). */
-static long wg_env(long *c, const char *name) { /* -2: not set */
-    if (*c == -1) {
-        const char *e = getenv(name);
-        *c = e && *e ? (atol(e) < 0 ? 0 : atol(e)) : -2;
-    }
-    return *c;
-}
 /* either bound set (environment or kc_sq_set_wg): one range for every
  * matrix, the other bound open (1, or no limit) */
 static bool wg_fixed(long *lo, long *hi) {
-    *lo = wg_env(&g_min, "KC_SQ_WG_MIN"), *hi = wg_env(&g_max, "KC_SQ_WG_MAX");
+    *lo = kc_override(&g_min, "KC_SQ_WG_MIN"), *hi = kc_override(&g_max, "KC_SQ_WG_MAX");
     if (*lo < 0 && *hi < 0) return false;
     if (*lo < 0) *lo = 1;
     if (*hi < 0) *hi = 0x7fffffffL;
