@@ -350,6 +350,7 @@ static int twostep_table(const char *only_shape, const float *d_one) {
                   {"70B qkv", 10240, 8192}, {"70B o", 8192, 8192}, {"70B gate_up", 57344, 8192}, {"70B down", 8192, 28672}};
     const long Ms[] = {16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096};
     const long MMAX = 4096;
+    kc_sq_set_wg(0, 0); /* (the wgmma kernel, ahead of both paths where it applies, has its own table: --wg) */
     printf("| shape (N x K) | M | fused us | fused (iscale) us | FP16 two-step us | INT8 path (iscale) us | "
            "INT8 path, cuBLAS us | W8A8 us | W8A8, cuBLAS us | BF16 us | FP16 two-step/BF16 | INT8 path/BF16 | "
            "W8A8/BF16 | INT8 path/W8A8 time |\n");
@@ -394,6 +395,7 @@ static int twostep_table(const char *only_shape, const float *d_one) {
         kc_sq_set_twostep_min(-1), kc_sq_set_i8_min(-1); /* back to the defaults (environment or built-in) */
         kc_sq_free(sqh), kc_sq_free(sqi), kc_int_free(w8);
     }
+    kc_sq_set_wg(-1, -1);
     printf("\ndefault crossovers: FP16 two-step (kc_sq_twostep_min) M >= %ld, INT8 path (kc_sq_i8_min) M >= %ld\n",
            kc_sq_twostep_min(), kc_sq_i8_min());
     return 0;
@@ -418,10 +420,11 @@ static int explicit_pair(long N, long K, kc_sq_t **h, kc_sq_t **i) {
 /* The decode kernels' tables (--isdec, --stages): for each of the eight
  * shapes (or only_shape) the explicit_pair matrices and M tokens of
  * activations, row(name, N, K, half, integer, bufs, M) for each of Ms (or
- * only_m); the dp4a, INT8 and two-step paths kept out meanwhile. */
+ * only_m); the dp4a, INT8, two-step and wgmma paths kept out meanwhile, so
+ * the columns time the decode kernels they name. */
 template <class Row>
 static int decode_sweep(const char *only_shape, long only_m, const long *Ms, int nm, Row row) {
-    kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0);
+    kc_sq_set_gemv_max(0), kc_sq_set_i8_min(0), kc_sq_set_twostep_min(0), kc_sq_set_wg(0, 0);
     for (const DShape &sh : kPlainShapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
         kc_sq_t *sqh, *sqi;
@@ -431,7 +434,7 @@ static int decode_sweep(const char *only_shape, long only_m, const long *Ms, int
             if (!only_m || Ms[i] == only_m) row(sh, sqh, sqi, b, Ms[i]);
         kc_sq_free(sqh), kc_sq_free(sqi);
     }
-    kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1);
+    kc_sq_set_gemv_max(-1), kc_sq_set_i8_min(-1), kc_sq_set_twostep_min(-1), kc_sq_set_wg(-1, -1);
     return 0;
 }
 
