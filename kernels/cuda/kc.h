@@ -319,15 +319,15 @@ void kc_sq_set_isdec_min(long m); /* < 0: back to the default */
  * before the two paths above. The measured default depends on the matrix's
  * size; KC_SQ_WG_MIN / KC_SQ_WG_MAX or kc_sq_set_wg set one range for every
  * matrix (either alone: the other bound open; < 0: back to the default;
- * min 0 turns it off); its ring
- * (KC_SQ_WG_UNITS groups a stage, KC_SQ_WG_STAGES stages) by
+ * min 0 turns it off); its ring of KC_SQ_WG_STAGES stages (4, 6, 8) and
+ * its grid (KC_SQ_WG_SPLIT: 1 stream-k, 0 a block a tile) by
  * kc_sq_set_wg_ring (< 0: the default). */
 long kc_sq_wg_min(const kc_sq_t *w);
 long kc_sq_wg_max(const kc_sq_t *w);
 void kc_sq_set_wg(long lo, long hi);
-long kc_sq_wg_units(void);
 long kc_sq_wg_stages(void);
-void kc_sq_set_wg_ring(long units, long stages);
+long kc_sq_wg_split(void);
+void kc_sq_set_wg_ring(long stages, long split);
 long kc_sq_wg_count(void); /* its launches so far (the tests check it ran) */
 /* From 9 tokens the fast layout's stream-k decode kernel copies each item
  * (weight unit and activations) with cp.async into a ring of this many

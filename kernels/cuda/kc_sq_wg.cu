@@ -20,29 +20,43 @@
  * NTOK tokens, and the tensor cores see one instruction where mma.sync
  * needed NTOK / 8.
  *
- * A block is two warpgroups (128 rows = 8 unit rows, one per warp) by NTOK
- * tokens, walking k U 64-column groups (U = 1 or 2) a step through a ring
- * of S stages in shared memory filled by cp.async, S - 2 steps ahead: a
- * stage holds each group's activations (B, NTOK x 64 bytes in wgmma's
- * K-major layout with the 64-byte swizzle: token n's 64 bytes at 64 n,
- * chunk c at 16 (c ^ (n / 2 mod 4))) and the 8 warps' units. Each step:
- * wait for the stage, one barrier, refill the slot two steps old (its
- * wgmma retired: every warp waited for it before the barrier), decode the
- * warp's units into A registers, 2 U wgmma, and wait for the previous
- * step's wgmma only: the decode of step i + 1 runs while the tensor cores
- * work on step i (the A registers alternate between two sets).
+ * Work. An item is one 64-column group of one tile (NTOK tokens x 128 rows:
+ * two warpgroups, a unit row a warp). The grid is persistent and stream-k:
+ * as many blocks as fit on the GPU at once, each taking an equal run of
+ * consecutive items (a tile's groups in order, then the next tile's). A
+ * tile whose groups all fall in one block is stored by it; a tile split
+ * between blocks is finished by its owner (the block with its group 0),
+ * which adds the others' INT32 partial sums (written by each at its run's
+ * start, so they are ready when the owner reaches the tile at its run's
+ * end). Why: one block per tile left the SMs unevenly loaded, a whole
+ * tile's difference (8B gate_up: 224 tiles on 132 SMs, 1.7 blocks an SM
+ * where the busiest had 2; 70B gate_up: 448 tiles for 396 block slots, a
+ * second wave of 52; Nsight Compute, thirteenth session).
+ *
+ * Pipeline. Items go through a ring of S stages in shared memory: a stage
+ * holds the item's activations (B, NTOK x 64 bytes, K-major with the
+ * 64-byte swizzle, laid out so in memory by k_wg_x) and the 8 warps' units,
+ * each copied by one cp.async.bulk (the async proxy, as wgmma reads B)
+ * completing on the stage's mbarrier. No block-wide barrier in the loop:
+ * a warp waits for its stage's mbarrier, decodes its unit into A registers,
+ * issues 2 wgmma and waits for its previous item's wgmma only (the decode of
+ * item j + 1 runs while the tensor cores work on item j; the A registers
+ * alternate between two sets). It then counts itself done with item j - 1's
+ * stage; the last of the 8 warps refills that stage with item j - 2 + S
+ * (a step later: the count's round trip stays off the critical path).
+ * Why: the earlier kernel (twelfth session) filled the ring with per-thread
+ * cp.async and a __syncthreads a step, and had to fence the generic proxy's
+ * writes for wgmma (MEMBAR.ALL.CTA in SASS); Nsight Compute put a quarter of
+ * its stall samples at that fence and barrier.
  *
  * The activations are permuted first (k_wg_x): the unit stores a lane's 16
  * columns contiguously (kc_sq_frag.cuh's fragment map), so logical k of
  * wgmma's fragment is a permutation of the group's columns, a 4 x 4
  * transpose of its 32-bit words; B must follow it.
  *
- * Sums are INT32 over the whole row (exact: kc_sq_mm.cu's bound), scaled
- * once: y = (s_row * acc) * sx, the INT8 path's order. Where the grid would
- * leave SMs idle, the groups of a row are split over blocks (kspl), which
- * add their INT32 sums into a zeroed scratch with atomics (integers: the
- * order does not matter, the result is exact and repeatable); the last
- * block of a tile to arrive converts, stores and zeroes the scratch.
+ * Sums are INT32 over the whole row (exact: KC_SQ_IS_KMAX), scaled once:
+ * y = (s_row * acc) * sx, the INT8 path's order; partial sums are added as
+ * integers, so the result does not depend on the split.
  *
  * sm_90a only (kc_sm90a): elsewhere kc_sq_wg_applies is false.
  */
@@ -51,20 +65,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+
 namespace {
 
 constexpr int WG_WARPS = 8;                   /* two warpgroups: 128 rows a block */
 constexpr int WG_UB = UG<4, 4, true>::ub;     /* a unit's bytes (half scales): 832 */
 
-template <int NTOK, int U>
+template <int NTOK>
 struct WgStage {
-    static constexpr int BX = U * NTOK * 64; /* U groups' activations */
-    static constexpr int BYTES = (BX + U * WG_WARPS * WG_UB + 511) / 512 * 512; /* + the 8 warps' units */
-    /* + a scatter tile a warp and group of the step (two independent decodes) */
-    static constexpr size_t smem(int S) { return (size_t)S * BYTES + U * WG_WARPS * SQ_TILE + 512; }
+    static constexpr int BX = NTOK * 64; /* the item's activations */
+    static constexpr int BYTES = (BX + WG_WARPS * WG_UB + 511) / 512 * 512; /* + the 8 warps' units */
+    /* + a scatter tile a warp, + the swizzle atom's alignment */
+    static constexpr size_t smem(int S) { return (size_t)S * BYTES + WG_WARPS * SQ_TILE + 512; }
 };
 
-/* ---- wgmma (PTX ISA 8.0, sm_90a) --------------------------------------------------------- */
+/* ---- wgmma (PTX ISA 8.0, sm_90a) ---------------------------------- */
 
 /* the wgmma code exists in the sm_90a pass (and the host's); the compute_90
  * PTX gets a kernel that traps */
@@ -83,14 +99,11 @@ struct WgStage {
 __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
     return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (uint64_t)(lbo >> 4) << 16 | (uint64_t)(sbo >> 4) << 32 | 2ull << 62;
 }
-/* cp.async of 16 bytes, or (valid false) 16 zero bytes, reading nothing */
-__device__ __forceinline__ void cp_async16_z(uint32_t dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
-}
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+
 /* the generic proxy's writes (cp.async) made visible to wgmma's reads */
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
@@ -143,25 +156,43 @@ __device__ __forceinline__ void wgmma_rs<128>(int (&d)[64], const uint32_t (&A)[
                  : "r"(A[4 * h]), "r"(A[4 * h + 1]), "r"(A[4 * h + 2]), "r"(A[4 * h + 3]), "l"(desc), "n"(1));
 }
 
+/* the owner's view of a contributor's flag (its partial sums are written) */
+__device__ __forceinline__ int ld_acquire(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* the first item of block b's run (G blocks, W items) */
+__device__ __forceinline__ unsigned wg_run(long b, unsigned W, long G) { return (unsigned)(b * (long)W / G); }
+
 #endif /* KC_WG_ON */
 
 /* ---- the kernels --------------------------------------------------------------------------- */
 
-/* activations [m][k] -> the same with each 64-column group's 16 words
- * transposed as a 4 x 4 matrix: word 4 c + t of the output is word 4 t + c
- * of the input, so 16-byte chunk 2 h' + h of a group holds wgmma step h''s
- * logical k 16 h .. 16 h + 15 (the fragment map: lane t's register pair h
- * of step kc is columns 16 t + 8 kc + 4 h ..) */
-__global__ void k_wg_x(const int8_t *qx, long groups, int8_t *xw) {
-    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= groups) return;
-    const uint4 *s = (const uint4 *)(qx + i * 64);
-    const uint4 a = __ldg(s), b = __ldg(s + 1), c = __ldg(s + 2), d = __ldg(s + 3);
-    uint4 *o = (uint4 *)(xw + i * 64);
-    o[0] = make_uint4(a.x, b.x, c.x, d.x);
-    o[1] = make_uint4(a.y, b.y, c.y, d.y);
-    o[2] = make_uint4(a.z, b.z, c.z, d.z);
-    o[3] = make_uint4(a.w, b.w, c.w, d.w);
+/* activations [m][k] -> xw, tile by tile: tile b's tokens b ntok + n (zeros
+ * past m) of group g are the ntok x 64 bytes at ((b ng + g) ntok) 64, a
+ * 64-byte row a token, each row's 16 words transposed as a 4 x 4 matrix
+ * (word 4 c + t of the row is word 4 t + c of the input: 16-byte chunk 2 h'
+ * + h then holds wgmma step h''s logical k 16 h .. 16 h + 15, as the
+ * fragment map has it: lane t's register pair h of step kc is columns 16 t
+ * + 8 kc + 4 h ..) and chunk c stored at 16 (c ^ (n / 2 mod 4)), the
+ * 64-byte swizzle: one bulk copy lands a stage's B as wgmma reads it. */
+__global__ void k_wg_x(const int8_t *qx, long m, long k, long rows, int ntok, int8_t *xw) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x, ng = k / 64;
+    if (i >= rows * ng) return;
+    const long t = i % rows, g = i / rows, n = t % ntok;
+    uint4 a = make_uint4(0, 0, 0, 0), b = a, c = a, d = a;
+    if (t < m) {
+        const uint4 *s = (const uint4 *)(qx + t * k + g * 64);
+        a = __ldg(s), b = __ldg(s + 1), c = __ldg(s + 2), d = __ldg(s + 3);
+    }
+    const int sw = (int)(n >> 1) & 3;
+    uint4 *o = (uint4 *)(xw + (((t / ntok) * ng + g) * ntok + n) * 64);
+    o[0 ^ sw] = make_uint4(a.x, b.x, c.x, d.x);
+    o[1 ^ sw] = make_uint4(a.y, b.y, c.y, d.y);
+    o[2 ^ sw] = make_uint4(a.z, b.z, c.z, d.z);
+    o[3 ^ sw] = make_uint4(a.w, b.w, c.w, d.w);
 }
 
 /* a warp's 16 rows x NTOK tokens of INT32 sums, scaled and stored: wgmma's
@@ -174,157 +205,146 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
     store_y<NTOK / 8>(v, a, tile, tok0, lane);
 }
 
-/* Block (x: NTOK tokens, y: 128 rows, z: groups [g0, g1) of kspl). ws:
- * kspl > 1, the zeroed INT32 scratch [token][ws_ld rows]; cnt: arrivals a
- * (x, y) tile, zero between launches. */
-template <int NTOK, int S, int U>
-__global__ void __launch_bounds__(256, 2)
-    k_sq_wg(MmArgs a, const int8_t *xw, int kspl, int *ws, long ws_ld, int *cnt, int pfence) {
+/* A block takes the run of items [wg_run(b), wg_run(b + 1)) (an item: tile
+ * T's group T mod ng, tile T = token block T / rb, row block T mod rb).
+ * part / flag: a block's INT32 partial sums of its run's first tile (when
+ * that tile began in an earlier run) and their ready flag, zero between
+ * launches. */
+template <int NTOK, int S>
+__global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
+    k_sq_wg(MmArgs a, const int8_t *xw, unsigned rb, unsigned W, int *part, int *flag) {
 #if !KC_WG_ON
     __trap(); /* the compute_90 PTX: never launched (kc_sq_wg_applies asks for sm_90a) */
 #else
-    typedef WgStage<NTOK, U> G;
-    constexpr int NB = (NTOK * 4 * U + 255) / 256; /* 16-byte activation copies a thread a stage */
-    constexpr int UC = U * WG_UB / 16;              /* 16-byte unit copies a warp a stage */
+    typedef WgStage<NTOK> G;
     extern __shared__ uint8_t dsm[];
-    __shared__ int last;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(dsm), ring = (s0 + 511) & ~511u; /* (the swizzle atom's alignment) */
-    uint8_t *tile_b = dsm + (ring - s0) + S * G::BYTES + warp * U * SQ_TILE;
-    zero_tiles(tile_b, U, lane);
-    const long tok0 = (long)blockIdx.x * NTOK, tile = (long)blockIdx.y * WG_WARPS + warp;
-    const unsigned ng = (unsigned)a.ngroups;
-    const unsigned g0 = (unsigned)((long)blockIdx.z * ng / kspl), g1 = (unsigned)((long)(blockIdx.z + 1) * ng / kspl);
-    const unsigned nsteps = (g1 - g0 + U - 1) / U;
-    /* rows past the matrix (its last block) decode the last tile again and store nothing */
-    const long tl = tile < a.ntiles ? tile : a.ntiles - 1;
-    const uint8_t *lu = a.w + ((size_t)tl * ng + g0) * WG_UB + 16 * lane;
-    const uint32_t uoff = G::BX + warp * U * WG_UB + 16 * lane;
-    /* copy q = tid + 256 j: token q / 4U's chunk c of unit u (q % 4U = 4 u
-     * + c: 8 threads read a token's 128 contiguous bytes at U = 2), into
-     * unit u's 64-byte-swizzled tile: chunk c of token n at n x 64 + 16 (c ^
-     * (n / 2 mod 4)). A token past the end gets zeros, reading nothing
-     * (copying the last token's row instead made every block read the same
-     * bytes: 2-3x the time at 16 and 48 tokens); so does a unit past the
-     * block's last group. */
-    const int8_t *bs[NB];
-    uint32_t bd[NB], bu[NB];
-    bool bv[NB];
-#pragma unroll
-    for (int j = 0; j < NB; j++) {
-        const int q = tid + 256 * j, n = q / (4 * U), u = (q >> 2) % U, c = q & 3;
-        bv[j] = tok0 + n < a.m, bu[j] = u;
-        bs[j] = xw + (bv[j] ? tok0 + n : 0) * a.k + (long)g0 * 64 + u * 64 + c * 16;
-        bd[j] = u * NTOK * 64 + n * 64 + ((c ^ ((n >> 1) & 3)) << 4);
+    const long nb = gridDim.x, b = blockIdx.x;
+    const unsigned ng = (unsigned)a.ngroups, s0 = wg_run(b, W, nb), nj = wg_run(b + 1, W, nb) - s0;
+    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(dsm), ring = (sbase + 511) & ~511u; /* (the swizzle atom's alignment) */
+    uint8_t *tile_b = dsm + (ring - sbase) + S * G::BYTES + warp * SQ_TILE;
+    zero_tiles(tile_b, 1, lane);
+    /* the next item to load: its token block, row block and group, where
+     * its activations and the warp's unit start (advanced one item a load;
+     * computed again only when a tile ends) */
+    unsigned ltk, lrb, lg;
+    const int8_t *xs;
+    const uint8_t *us;
+    const auto seek = [&]() { /* (rows past the matrix, in its last row block, decode the last tile again) */
+        const long tile = (long)lrb * WG_WARPS + warp, tl = tile < a.ntiles ? tile : a.ntiles - 1;
+        xs = xw + ((size_t)ltk * ng + lg) * (NTOK * 64);
+        us = a.w + ((size_t)tl * ng + lg) * WG_UB + 16 * lane;
+    };
+    {
+        const unsigned T = s0 / ng;
+        ltk = T / rb, lrb = T - ltk * rb, lg = s0 - T * ng;
+        seek();
     }
-    /* the stage at st gets step f's groups: nu of them (the last step may be short) */
-    const auto load = [&](uint32_t st, unsigned f) {
-        const unsigned nu = g1 - g0 - f * U < U ? g1 - g0 - f * U : U;
+    /* the next item into the stage at st: the thread's 16-byte chunks of its
+     * activations (laid out by k_wg_x as the stage holds them) and of the
+     * warp's unit */
+    const auto load = [&](uint32_t st) {
 #pragma unroll
-        for (int j = 0; j < NB; j++)
-            if (NTOK * 4 * U % 256 == 0 || tid + 256 * j < NTOK * 4 * U)
-                cp_async16_z(st + bd[j], bv[j] && bu[j] < nu ? bs[j] : xw, bv[j] && bu[j] < nu), bs[j] += U * 64;
-#pragma unroll
-        for (int c = 0; c < (UC + 31) / 32; c++)
-            if (lane + 32 * c < UC && (U == 1 || lane + 32 * c < (int)nu * (WG_UB / 16)))
-                cp_async16(st + uoff + 512 * c, lu + 512 * c);
-        lu += U * WG_UB;
+        for (int i = 0; i < (NTOK * 4 + 255) / 256; i++) {
+            const int q = tid + 256 * i;
+            if (NTOK * 4 % 256 == 0 || q < NTOK * 4) cp_async16(st + 16 * q, xs + 16 * q);
+        }
+        const uint32_t ud = st + G::BX + warp * WG_UB + 16 * lane;
+        cp_async16(ud, us);
+        if (lane < WG_UB / 16 - 32) cp_async16(ud + 512, us + 512);
         cp_async_commit();
+        xs += NTOK * 64, us += WG_UB;
+        if (++lg == ng) {
+            lg = 0;
+            if (++lrb == rb) lrb = 0, ltk++;
+            seek();
+        }
     };
 #pragma unroll
-    for (unsigned s = 0; s < S - 2; s++) {
-        if (s < nsteps) load(ring + s * G::BYTES, s);
+    for (unsigned j = 0; j < S - 2; j++) {
+        if (j < nj) load(ring + j * G::BYTES);
         else cp_async_commit(); /* (the waits count groups) */
     }
     int acc[NTOK / 2];
-#pragma unroll
-    for (int i = 0; i < NTOK / 2; i++) acc[i] = 0;
     const StOffs<true> so(lane);
-    const auto step = [&](unsigned i, uint32_t (&A)[U][8]) {
-        cp_async_wait<S - 3>(); /* this thread's copies of step i landed */
-        if (pfence) fence_async_smem(); /* (0: an experiment only, KC_SQ_WG_FENCE) */
-        __syncthreads(); /* everyone's; and every warp's wgmma of step i - 2 retired */
-        if (i + S - 2 < nsteps) load(ring + (i + S - 2) % S * G::BYTES, i + S - 2);
+    /* item j: wait for its stage (this thread's copies, then everyone's:
+     * the barrier also says every warp's wgmma of item j - 2 retired, so its
+     * stage can be refilled), refill, decode the warp's unit, 2 wgmma, wait
+     * for item j - 1's only */
+    const auto step = [&](unsigned j, uint32_t(&A)[8]) {
+        cp_async_wait<S - 3>();
+        fence_async_smem(); /* the generic proxy's writes (cp.async) made visible to wgmma */
+        __syncthreads();
+        if (j + S - 2 < nj) load(ring + (j + S - 2) % S * G::BYTES);
         else cp_async_commit();
-        const uint32_t st = ring + i % S * G::BYTES;
-        const bool two = U == 2 && (i + 1) * U <= g1 - g0; /* (block-uniform) */
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            if (u == 1 && !two) break;
-            Raw<4, 4, true> cur[1];
-            lds_unit<true>(cur[0], st + uoff + u * WG_UB, so);
-            is_frags(cur, 0, tile_b + u * SQ_TILE, a, lane, A[u]); /* (own tile: the two chains overlap) */
-        }
+        const uint32_t st = ring + j % S * G::BYTES;
+        Raw<4, 4, true> cur[1];
+        lds_unit<true>(cur[0], st + G::BX + warp * WG_UB + 16 * lane, so);
+        is_frags(cur, 0, tile_b, a, lane, A);
         wg_fence();
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            if (u == 1 && !two) break;
-            const uint32_t sb = st + u * NTOK * 64;
-            wgmma_rs<NTOK>(acc, A[u], 0, wg_desc(sb, 16, 512));
-            wgmma_rs<NTOK>(acc, A[u], 1, wg_desc(sb + 32, 16, 512));
-        }
+        wgmma_rs<NTOK>(acc, A, 0, wg_desc(st, 16, 512));
+        wgmma_rs<NTOK>(acc, A, 1, wg_desc(st + 32, 16, 512));
         wg_commit();
-        wg_wait<1>(); /* step i - 1's wgmma done: its A registers free */
+        wg_wait<1>();
     };
-    uint32_t A0[U][8], A1[U][8];
-    unsigned i = 0;
-    for (; i + 2 <= nsteps; i += 2) { /* (no path writes a set while its own wgmma may run) */
-        step(i, A0);
-        step(i + 1, A1);
-    }
-    if (i < nsteps) step(i, A0);
-    wg_wait<0>();
-    cp_async_wait<0>();
-    if (kspl == 1) {
-        if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
-        return;
-    }
-    const int g = lane >> 2, t4 = lane & 3;
-    if (tile < a.ntiles)
+    uint32_t A0[8], A1[8];
+    unsigned j = 0, T = s0 / ng, ga = s0 - T * ng;
+    while (j < nj) { /* one tile's groups [ga, gb) a pass */
+        const unsigned len = ng - ga < nj - j ? ng - ga : nj - j, je = j + len, gb = ga + len;
 #pragma unroll
-        for (int j = 0; j < NTOK / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) { /* (rows past n: the last block reads and zeroes rows < n only) */
-                const long tok = tok0 + 8 * j + 2 * t4 + (e & 1), r = tile * 16 + g + 8 * (e >> 1);
-                if (tok < a.m && r < a.n) atomicAdd(ws + tok * ws_ld + r, acc[4 * j + e]);
-            }
-    __threadfence();
-    __syncthreads();
-    int *const c = cnt + (long)blockIdx.y * gridDim.x + blockIdx.x;
-    if (tid == 0) last = atomicAdd(c, 1) == kspl - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    /* the last to arrive: the block's 128 rows x NTOK tokens, a row a thread
-     * at a time (both the scratch and y are row-contiguous) */
-    const long r = (long)blockIdx.y * 128 + (tid & 127);
-    if (r < a.n) {
-        const float sr = __ldg(a.rs + r);
-        long ldy, rr;
-        float *y = y_route(a, r, &ldy, &rr);
-        for (long t = tid >> 7; t < NTOK && tok0 + t < a.m; t += 2) {
-            int *p = ws + (tok0 + t) * ws_ld + r;
-            const int v = __ldcg(p);
-            __stcg(p, 0); /* zero for the next launch */
-            y[(tok0 + t) * ldy + rr] = sr * __int2float_rn(v) * __ldg(a.sx + tok0 + t);
+        for (int i = 0; i < NTOK / 2; i++) acc[i] = 0;
+        for (; j + 2 <= je; j += 2) { /* (no path writes a set while its own wgmma may run) */
+            step(j, A0);
+            step(j + 1, A1);
         }
+        if (j < je) step(j++, A0);
+        wg_wait<0>();
+        const unsigned tkb = T / rb;
+        const long tile = (long)(T - tkb * rb) * WG_WARPS + warp, tok0 = (long)tkb * NTOK;
+        int4 *const pb = (int4 *)part + (size_t)b * (NTOK / 8) * 256 + tid;
+        if (ga > 0) { /* the tile began in an earlier run: its owner adds these sums */
+#pragma unroll
+            for (int v = 0; v < NTOK / 8; v++)
+                __stcg(pb + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
+            __threadfence();
+            __syncthreads();
+            if (tid == 0) atomicExch(flag + b, 1);
+        } else {
+            /* the owner: runs b + 1, ... that start inside the tile hold its later groups */
+            for (long c = b + 1; gb < ng && c < nb && wg_run(c, W, nb) < (T + 1) * ng; c++) {
+                if (tid == 0) {
+                    while (!ld_acquire(flag + c)) {
+                    }
+                    flag[c] = 0; /* (read again only by the next launch) */
+                }
+                __syncthreads();
+                const int4 *pc = pb + (c - b) * (NTOK / 8) * 256;
+#pragma unroll
+                for (int v = 0; v < NTOK / 8; v++) {
+                    const int4 q = __ldcg(pc + v * 256);
+                    acc[4 * v] += q.x, acc[4 * v + 1] += q.y, acc[4 * v + 2] += q.z, acc[4 * v + 3] += q.w;
+                }
+            }
+            if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
+        }
+        T++, ga = 0;
     }
-    if (tid == 0) *c = 0;
+    cp_async_wait<0>();
 #endif
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
 
 /* scratch, grown and never freed (captured graphs keep the addresses): the
- * permuted activations; the split blocks' INT32 sums and arrival counters,
- * zero between launches (each launch leaves them so). Grown on first use
- * at a size: the backend runs every batch size eagerly once before it
- * captures that size into a CUDA graph (backend_cuda.c), and a capture that
- * fails keeps running launch by launch. */
+ * permuted activations; the runs' partial sums and flags (zero between
+ * launches: each launch leaves them so). Grown on first use at a size: the
+ * backend runs every batch size eagerly once before it captures that size
+ * into a CUDA graph (backend_cuda.c), and a capture that fails keeps
+ * running launch by launch. */
 int8_t *g_x;
 size_t g_x_bytes;
-int *g_ws, *g_cnt;
-size_t g_ws_n, g_cnt_n;
+int *g_part, *g_flag;
+size_t g_part_bytes, g_flag_n;
 
 int grow_zeroed(int **p, size_t *have, size_t need) {
     if (need <= *have) return 0;
@@ -340,78 +360,71 @@ int grow_zeroed(int **p, size_t *have, size_t need) {
     return 0;
 }
 
-long g_min = -1, g_max = -1, g_stages = -1, g_units = -1;
-/* KC_SQ_WG_FENCE=0 leaves out the proxy fence between the cp.async of the
- * activations and the wgmma that reads them: an experiment, not a mode.
- * fence.proxy.async is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S in SASS; if the
- * MEMBAR waits for this thread's cp.async still in flight (the later
- * stages), every step waits for a load issued one step before, which would
- * explain why 4 and 6 stages time the same. CUTLASS's cp.async + wgmma
- * pipeline (sm90_mma_multistage_gmma_ss) orders them with an mbarrier and
- * no proxy fence; the principled form is cp.async.bulk (the async proxy)
- * for the activations. To be measured (twelfth session: no device time
- * left). */
-long g_fence = -1;
+long g_min = -1, g_max = -1, g_stages = -1, g_split = -1;
 long g_count; /* launches, for the tests */
 
-template <int NTOK, int S, int U>
+/* a run of fewer items than this would spend more on the ring's fill and its
+ * tile's partial sums than it gains (a guess: the tests run every length) */
+constexpr long WG_MIN_RUN = 16;
+
+template <int NTOK, int S>
 int launch(const kc_sq *w, const MmArgs &a) {
     static int occ;
-    const auto kern = k_sq_wg<NTOK, S, U>;
-    const size_t smem = WgStage<NTOK, U>::smem(S);
+    const auto kern = k_sq_wg<NTOK, S>;
+    const size_t smem = WgStage<NTOK>::smem(S);
     if (!occ && (kc_check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                           "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)") ||
                  kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, 256, smem),
                           "cudaOccupancyMaxActiveBlocksPerMultiprocessor") ||
                  (occ < 1 && (kc_set_error("k_sq_wg: no block fits on an SM (%zu bytes of shared memory)", smem), 1))))
         return -1;
-    const long tb = (a.m + NTOK - 1) / NTOK, rb = (w->ntiles + WG_WARPS - 1) / WG_WARPS, P = (long)kc_sm_count() * occ;
-    /* split the groups where one wave would leave SMs idle, keeping 8 groups a block */
-    long kspl = tb * rb < P ? P / (tb * rb) : 1;
-    if (kspl > w->ngroups / 8) kspl = w->ngroups / 8;
-    if (kspl < 1) kspl = 1;
-    if (rb > 65535 || tb > 0x7fffffffL) {
-        kc_set_error("kc_sq_matmul (wgmma): %ld rows, %ld tokens are past the grid", w->n, a.m);
+    const long tb = (a.m + NTOK - 1) / NTOK, rb = (w->ntiles + WG_WARPS - 1) / WG_WARPS, W = tb * rb * a.ngroups;
+    if (W > 0x7fffffffL) {
+        kc_set_error("kc_sq_matmul (wgmma): %ld rows x %ld tokens are too many items", w->n, a.m);
         return -1;
     }
-    const long ws_ld = w->ntiles * 16;
-    if (kspl > 1 && (grow_zeroed(&g_ws, &g_ws_n, (size_t)(tb * NTOK) * ws_ld) ||
-                     grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb))))
+    /* stream-k: every block on the GPU at once (owners wait for their
+     * tile's other runs), each run at least WG_MIN_RUN items; else a block a
+     * tile */
+    const long P = (long)kc_sm_count() * occ;
+    long G = tb * rb;
+    if (kc_sq_wg_split()) G = std::max(1L, std::min(P, W / WG_MIN_RUN));
+    if (G > 0x7fffffffL) {
+        kc_set_error("kc_sq_matmul (wgmma): %ld blocks are past the grid", G);
         return -1;
-    kern<<<dim3((unsigned)tb, (unsigned)rb, (unsigned)kspl), 256, smem, KC_STREAM>>>(a, g_x, (int)kspl, g_ws, ws_ld,
-                                                                                       g_cnt, (int)g_fence);
+    }
+    const size_t part = (size_t)G * NTOK * 128 * sizeof(int);
+    if (kc_grow((void **)&g_part, &g_part_bytes, part, (size_t)1 << 20) || grow_zeroed(&g_flag, &g_flag_n, (size_t)G))
+        return -1;
+    const long rows = tb * NTOK;
+    if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)rows * a.k, (size_t)1 << 20)) return -1;
+    k_wg_x<<<kc_blocks(rows * a.ngroups, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, rows, NTOK, g_x);
+    if (kc_check_launch("k_wg_x")) return -1;
+    kern<<<(unsigned)G, 256, smem, KC_STREAM>>>(a, g_x, (unsigned)rb, (unsigned)W, g_part, g_flag);
     return kc_check_launch("k_sq_wg");
 }
 
-template <int U, int S>
+template <int S>
 int dispatch(const kc_sq *w, const MmArgs &a) {
-    if (a.m <= 32) return launch<32, S, U>(w, a);
-    if (a.m <= 64) return launch<64, S, U>(w, a);
-    return launch<128, S, U>(w, a);
+    if (a.m <= 32) return launch<32, S>(w, a);
+    if (a.m <= 64) return launch<64, S>(w, a);
+    return launch<128, S>(w, a);
 }
 
 } // namespace
 
 /* Tokens this kernel takes: KC_SQ_WG_MIN..KC_SQ_WG_MAX (or kc_sq_set_wg)
  * for every matrix it applies to (min 0: off). By default, measured
- * against the path taken without it (bench_gemm --wg, H200, twelfth
- * session; best ring): on matrices of 100 M weights or more, 17..128 tokens
- * (8B gate_up 0.61-0.77x the time at 32..128, 70B gate_up 0.54-0.93x, 70B
- * down 0.55-0.91x; at 16 the decode kernels win by 3-11 %); from 50 M,
- * 33..96 (70B qkv 0.83-0.95x at 48..96 but 1.14x at 32, 1.04x at 128; 8B
- * down 0.74-0.93x at 48..96; 70B o 0.83x at 48, 1.04-1.08x at 64, 96);
- * below that off: a small matrix's rows are too few blocks to fill the
- * GPU, and the split of its groups over blocks lost (8B qkv 1.2-2.2x at
- * 32..128). From 256 tokens the INT8 path (expansion + INT8 GEMM), whose
- * GEMM decodes nothing per block of tokens, wins on every shape. Its ring:
- * KC_SQ_WG_UNITS groups a stage (1 or 2), KC_SQ_WG_STAGES stages (4 or 6
- * with one group, 3 or 4 with two; two blocks an SM fit except with two
- * groups x 4 stages from 64 tokens). One group x 6 stages by default:
- * measured, the four shapes were within a few % of each other up to 64
- * tokens and two groups lost from 96, but then both groups of a step shared
- * one scatter tile, their decodes serialized by a __syncwarp; each has its
- * own tile since 7fb1e71, so the two chains overlap: built, not yet
- * measured on a GPU (the next session's first call). */
+ * against the path taken without it (bench_gemm --wg, H200, thirteenth
+ * session, stream-k, 6 stages): on matrices of 100 M weights or more,
+ * 17..128 tokens (8B gate_up 0.78x the time at 32, 0.61x at 128; 70B
+ * gate_up 0.83x / 0.48x; 70B down 0.88x / 0.48x; at 16 a tie or the decode
+ * kernels by 4 %); from 50 M, 33..128 (8B down 0.75-0.80x at 48..128 but
+ * 1.02x at 32; 70B qkv 0.63-0.69x at 48..128, 0.98x at 32; 70B o
+ * 0.68-0.75x, 0.98x at 32); below that off (8B qkv and o: not measured
+ * since stream-k; one block a tile lost 1.2-2.2x there). From 256 tokens
+ * the INT8 path (expansion + INT8 GEMM), whose GEMM decodes nothing per
+ * block of tokens, won on every shape (twelfth session). */
 /* either bound set (environment or kc_sq_set_wg): one range for every
  * matrix, the other bound open (1, or no limit) */
 static bool wg_fixed(long *lo, long *hi) {
@@ -431,15 +444,17 @@ extern "C" long kc_sq_wg_max(const kc_sq_t *w) {
     long lo, hi;
     if (wg_fixed(&lo, &hi)) return hi;
     const double nk = w ? (double)w->n * w->k : 0;
-    return nk >= 1e8 ? 128 : nk >= 5e7 ? 96 : 0;
+    return nk >= 5e7 ? 128 : 0;
 }
 extern "C" void kc_sq_set_wg(long lo, long hi) { g_min = lo < 0 ? -1 : lo, g_max = hi < 0 ? -1 : hi; }
-extern "C" long kc_sq_wg_units(void) { return kc_threshold(&g_units, "KC_SQ_WG_UNITS", 1) >= 2 ? 2 : 1; }
+/* the ring: 4, 6 (default) or 8 stages (KC_SQ_WG_STAGES); the grid:
+ * stream-k (default) or a block a tile (KC_SQ_WG_SPLIT=0) */
 extern "C" long kc_sq_wg_stages(void) {
     const long s = kc_threshold(&g_stages, "KC_SQ_WG_STAGES", 6);
-    return kc_sq_wg_units() == 1 ? (s <= 4 ? 4 : 6) : (s <= 3 ? 3 : 4);
+    return s <= 4 ? 4 : s <= 6 ? 6 : 8;
 }
-extern "C" void kc_sq_set_wg_ring(long units, long stages) { g_units = units, g_stages = stages; }
+extern "C" long kc_sq_wg_split(void) { return kc_threshold(&g_split, "KC_SQ_WG_SPLIT", 1) != 0; }
+extern "C" void kc_sq_set_wg_ring(long stages, long split) { g_stages = stages, g_split = split; }
 
 extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
     if (!w || !is_fast(w) || !w->iscale || !w->s16 || !w->rs || w->k >= KC_SQ_IS_KMAX) return 0;
@@ -448,17 +463,8 @@ extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
 }
 
 int kc_sq_wg(const kc_sq *w, const MmArgs &a) {
-    if (g_fence < 0) {
-        const char *e = getenv("KC_SQ_WG_FENCE");
-        g_fence = !(e && !strcmp(e, "0"));
-    }
-    const long groups = a.m * w->ngroups;
-    if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)a.m * a.k, (size_t)1 << 20)) return -1;
-    k_wg_x<<<kc_blocks(groups, 256), 256, 0, KC_STREAM>>>(a.qx, groups, g_x);
-    if (kc_check_launch("k_wg_x")) return -1;
     const long s = kc_sq_wg_stages();
-    const int rc = kc_sq_wg_units() == 1 ? (s == 4 ? dispatch<1, 4>(w, a) : dispatch<1, 6>(w, a))
-                                         : (s == 3 ? dispatch<2, 3>(w, a) : dispatch<2, 4>(w, a));
+    const int rc = s == 4 ? dispatch<4>(w, a) : s == 6 ? dispatch<6>(w, a) : dispatch<8>(w, a);
     if (rc == 0) g_count++;
     return rc;
 }

@@ -519,7 +519,7 @@ static int stages_table(double bw, const char *only_shape, long only_m) {
  * M >= 1024 >= 1.4x BF16). The table kc_sq_wg_min / max come from. */
 static int wg_table(double bw, const char *only_shape, long only_m, const float *d_one) {
     static const long Ms[] = {16, 32, 48, 64, 96, 128, 256, 512, 1024};
-    printf("| shape (N x K) | M | without us | wgmma 1x4 us | wgmma 1x6 us | wgmma 2x3 us | wgmma 2x4 us | BF16 us | "
+    printf("| shape (N x K) | M | without us | wgmma 4 us | wgmma 6 us | wgmma 8 us | wgmma 6, a block a tile us | BF16 us | "
            "best / without | BF16 / best | best / M=1 | best %%copy |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const DShape &sh : kPlainShapes) {
         if (only_shape && strcmp(only_shape, sh.name)) continue;
@@ -533,7 +533,7 @@ static int wg_table(double bw, const char *only_shape, long only_m, const float 
             kc_sq_set_wg(0, 0);
             const double t0 = time_us([&] { KC(kc_sq_matmul(sqi, b.xi, b.sx, M, b.ys)); });
             kc_sq_set_wg(1, 1L << 30);
-            static const long ring[][2] = {{1, 4}, {1, 6}, {2, 3}, {2, 4}};
+            static const long ring[][2] = {{4, 1}, {6, 1}, {8, 1}, {6, 0}};
             double t[4], best = INFINITY;
             for (int i = 0; i < 4; i++) {
                 kc_sq_set_wg_ring(ring[i][0], ring[i][1]);
@@ -554,8 +554,9 @@ static int wg_table(double bw, const char *only_shape, long only_m, const float 
         kc_sq_free(sqh), kc_sq_free(sqi);
     }
     kc_sq_set_wg(-1, -1);
-    printf("\n(wgmma UxS: U groups a stage, S stages; M = 1: the dp4a kernel's time; default ring %ldx%ld)\n",
-           kc_sq_wg_units(), kc_sq_wg_stages());
+    printf("\n(wgmma S: a ring of S stages, stream-k over the GPU unless \"a block a tile\"; M = 1: the dp4a "
+           "kernel's time; default %ld stages, %s)\n",
+           kc_sq_wg_stages(), kc_sq_wg_split() ? "stream-k" : "a block a tile");
     return 0;
 }
 

@@ -228,21 +228,23 @@ static void test_iscale_upload(const long *ms, int nm) {
  * count, whatever the default range: 32, 64 and 128 tokens a block and
  * several token blocks (1..300), rows past the matrix in the last block
  * (45, 131 rows), an odd and an even number of groups (the two A
- * register sets), the groups split over blocks with INT32 atomics (131 x
- * 2368: up to 4 splits; 2048 x 8192: 16), fused parts, sums past 2^24,
- * each ring shape (one or two groups a stage: with two, a block's odd
- * last group alone); each matrix at several M in turn, so a split's
- * scratch must have been left zero by the launch before */
+ * register sets), fewer groups than stages (45 x 448: a stage refilled
+ * with the next tile's group), stream-k runs that split tiles (131 x
+ * 2368: 4 runs over 2 tiles; 2048 x 8192: a tile's 128 groups over 8
+ * runs, the owner adding 7 partial sums), fused parts, sums past 2^24,
+ * each ring (4, 6, 8 stages) and a block a tile; each matrix at several M
+ * in turn, so the flags must have been left zero by the launch before */
 static void test_wg(void) {
     static const long mw[] = {1, 3, 8, 17, 32, 33, 64, 65, 100, 128, 129, 300}, mwq[] = {3, 33, 65, 129};
     static const long mbig[] = {16, 64, 128, 200}, mbigq[] = {64, 200};
     static const long qkv[] = {64, 32, 37}, gu[] = {48, 48}, mf[] = {5, 40, 100, 130};
     const long c0 = kc_sq_wg_count();
     kc_sq_set_wg(1, 1L << 30);
-    static const long ring[][2] = {{1, 4}, {1, 6}, {2, 3}, {2, 4}};
+    static const long ring[][2] = {{4, 1}, {6, 1}, {8, 1}, {6, 0}};
     for (int r = 0; r < 4; r++) {
         kc_sq_set_wg_ring(ring[r][0], ring[r][1]);
-        printf("-- the wgmma kernel, %ld groups a stage, %ld stages\n", kc_sq_wg_units(), kc_sq_wg_stages());
+        printf("-- the wgmma kernel, %ld stages, %s\n", kc_sq_wg_stages(),
+               kc_sq_wg_split() ? "stream-k" : "a block a tile");
         test_random(4, 64, 8, 45, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mwq : mw, quick ? 4 : 12);
         test_random(4, 64, 8, 131, 64 * 37, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mwq : mw, quick ? 4 : 12);
         test_random(4, 64, 8, 256, 64 * 16, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mwq, 4);
@@ -256,7 +258,7 @@ static void test_wg(void) {
     kc_sq_set_wg_ring(-1, -1);
     kc_sq_set_wg(-1, -1);
     if (!getenv("KC_SQ_WG_MIN") && !getenv("KC_SQ_WG_MAX")) { /* the measured default, by the matrix's size */
-        static const long shp[3][2] = {{28672, 4096}, {8192, 10240}, {4096, 4096}}, want[3][2] = {{17, 128}, {33, 96}, {0, 0}};
+        static const long shp[3][2] = {{28672, 4096}, {8192, 10240}, {4096, 4096}}, want[3][2] = {{17, 128}, {33, 128}, {0, 0}};
         for (int i = 0; i < 3; i++) {
             kc_sq_t *w = kc_sq_random_ex(shp[i][0], shp[i][1], 4, 64, 8, 5 + i, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
             char dw[160];
