@@ -21,33 +21,31 @@
  * needed NTOK / 8.
  *
  * Work. An item is one 64-column group of one tile (NTOK tokens x 128 rows:
- * two warpgroups, a unit row a warp). The grid is persistent and stream-k:
- * as many blocks as fit on the GPU at once, each taking an equal run of
- * consecutive items (a tile's groups in order, then the next tile's). A
- * tile whose groups all fall in one block is stored by it; a tile split
- * between blocks is finished by its owner (the block with its group 0),
- * which adds the others' INT32 partial sums (written by each at its run's
- * start, so they are ready when the owner reaches the tile at its run's
- * end). Why: one block per tile left the SMs unevenly loaded, a whole
- * tile's difference (8B gate_up: 224 tiles on 132 SMs, 1.7 blocks an SM
- * where the busiest had 2; 70B gate_up: 448 tiles for 396 block slots, a
- * second wave of 52; Nsight Compute, thirteenth session).
+ * two warpgroups, a unit row a warp). The grid is stream-k: as many blocks
+ * as fit on the GPU at once, each taking an equal run of consecutive items
+ * (a tile's groups in order, then the next tile's). A tile whose groups all
+ * fall in one run is stored by it; the runs sharing a tile leave their
+ * INT32 partial sums in memory, and the last to arrive adds them and
+ * stores (wg_split_last). Why: one block per tile left the SMs unevenly
+ * loaded, a whole tile's difference (8B gate_up: 224 tiles on 132 SMs;
+ * 70B gate_up: 448 tiles for 396 block slots, a second wave of 52; Nsight
+ * Compute, thirteenth session): stream-k took 0.83-0.90x the time on the
+ * large matrices and 0.4-0.9x on the small ones (bench_gemm --wg).
  *
- * Pipeline. Items go through a ring of S stages in shared memory: a stage
- * holds the item's activations (B, NTOK x 64 bytes, K-major with the
- * 64-byte swizzle, laid out so in memory by k_wg_x) and the 8 warps' units,
- * each copied by one cp.async.bulk (the async proxy, as wgmma reads B)
- * completing on the stage's mbarrier. No block-wide barrier in the loop:
- * a warp waits for its stage's mbarrier, decodes its unit into A registers,
- * issues 2 wgmma and waits for its previous item's wgmma only (the decode of
- * item j + 1 runs while the tensor cores work on item j; the A registers
- * alternate between two sets). It then counts itself done with item j - 1's
- * stage; the last of the 8 warps refills that stage with item j - 2 + S
- * (a step later: the count's round trip stays off the critical path).
- * Why: the earlier kernel (twelfth session) filled the ring with per-thread
- * cp.async and a __syncthreads a step, and had to fence the generic proxy's
- * writes for wgmma (MEMBAR.ALL.CTA in SASS); Nsight Compute put a quarter of
- * its stall samples at that fence and barrier.
+ * Pipeline. Items go through a ring of S stages in shared memory, filled by
+ * cp.async S - 2 items ahead: a stage holds the item's activations (B,
+ * NTOK x 64 bytes, K-major with the 64-byte swizzle, laid out so in memory
+ * by k_wg_x) and the 8 warps' units. Each item: wait for the stage, one
+ * barrier (everyone's copies landed; every warp's wgmma of two items back
+ * retired, so its stage can be refilled), refill, decode the warp's unit
+ * into A registers, 2 wgmma, and wait for the previous item's wgmma only:
+ * the decode of item j + 1 runs while the tensor cores work on item j (the
+ * A registers alternate between two sets). Tried and dropped (thirteenth
+ * session, H200): the stage filled by cp.async.bulk on an mbarrier, the
+ * last warp done with a stage refilling it, no block barrier: 1.2-1.3x
+ * the time of this ring at every size, and the fence before the barrier
+ * (MEMBAR.ALL.CTA in SASS) left out: 5-8 % faster, but then wgmma may read
+ * B before the generic proxy's writes are visible.
  *
  * The activations are permuted first (k_wg_x): the unit stores a lane's 16
  * columns contiguously (kc_sq_frag.cuh's fragment map), so logical k of
@@ -156,15 +154,49 @@ __device__ __forceinline__ void wgmma_rs<128>(int (&d)[64], const uint32_t (&A)[
                  : "r"(A[4 * h]), "r"(A[4 * h + 1]), "r"(A[4 * h + 2]), "r"(A[4 * h + 3]), "l"(desc), "n"(1));
 }
 
-/* the owner's view of a contributor's flag (its partial sums are written) */
-__device__ __forceinline__ int ld_acquire(const int *p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
 
 /* the first item of block b's run (G blocks, W items) */
 __device__ __forceinline__ unsigned wg_run(long b, unsigned W, long G) { return (unsigned)(b * (long)W / G); }
+
+/* A run's part [ga, ga + len) of tile T (its first item t0 = T ng) is
+ * done: its INT32 sums go to the run's slot (0: the run's first tile, 1:
+ * its last), and the tile's arrival count grows by len. The run that makes
+ * it ng adds every other run's part of the tile to its own sums and
+ * returns true (it stores the tile); the others return false. No block
+ * waits for another, so the grid needs no more than one block to be on the
+ * GPU at a time (an owner spinning on the other runs' flags, as stream-k
+ * kernels often do, needs them all at once: not given under MPS or beside
+ * another stream's kernels). INT32 sums: the order of the adds does not
+ * change the result. */
+template <int NTOK>
+__device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, int *cnt, long b, unsigned T,
+                                              unsigned len, unsigned t0, unsigned ng, unsigned W, long nb, int tid) {
+    __shared__ int last;
+    constexpr long SLOT = (NTOK / 8) * 256; /* int4 a slot */
+    int4 *const p = (int4 *)part + tid;
+    const int mine = wg_run(b, W, nb) >= t0 ? 0 : 1;
+#pragma unroll
+    for (int v = 0; v < NTOK / 8; v++)
+        __stcg(p + (2 * b + mine) * SLOT + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(cnt + T, (int)len) + (int)len == (int)ng;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    /* the runs over items t0 .. t0 + ng - 1 (run c holds item x if x is in [wg_run(c), wg_run(c + 1))) */
+    const long c0 = ((long)(t0 + 1) * nb - 1) / W, c1 = ((long)(t0 + ng) * nb - 1) / W;
+    for (long c = c0; c <= c1; c++) {
+        if (c == b) continue;
+        const int4 *q = p + (2 * c + (wg_run(c, W, nb) >= t0 ? 0 : 1)) * SLOT;
+#pragma unroll
+        for (int v = 0; v < NTOK / 8; v++) {
+            const int4 u = __ldcg(q + v * 256);
+            acc[4 * v] += u.x, acc[4 * v + 1] += u.y, acc[4 * v + 2] += u.z, acc[4 * v + 3] += u.w;
+        }
+    }
+    return true;
+}
 
 #endif /* KC_WG_ON */
 
@@ -207,12 +239,11 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
 
 /* A block takes the run of items [wg_run(b), wg_run(b + 1)) (an item: tile
  * T's group T mod ng, tile T = token block T / rb, row block T mod rb).
- * part / flag: a block's INT32 partial sums of its run's first tile (when
- * that tile began in an earlier run) and their ready flag, zero between
- * launches. */
+ * part: two slots of INT32 partial sums a block (wg_split_last); cnt:
+ * arrivals a tile, zero between launches. */
 template <int NTOK, int S>
 __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
-    k_sq_wg(MmArgs a, const int8_t *xw, unsigned rb, unsigned W, int *part, int *flag) {
+    k_sq_wg(MmArgs a, const int8_t *xw, unsigned rb, unsigned W, int *part, int *cnt) {
 #if !KC_WG_ON
     __trap(); /* the compute_90 PTX: never launched (kc_sq_wg_applies asks for sm_90a) */
 #else
@@ -301,31 +332,11 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
         wg_wait<0>();
         const unsigned tkb = T / rb;
         const long tile = (long)(T - tkb * rb) * WG_WARPS + warp, tok0 = (long)tkb * NTOK;
-        int4 *const pb = (int4 *)part + (size_t)b * (NTOK / 8) * 256 + tid;
-        if (ga > 0) { /* the tile began in an earlier run: its owner adds these sums */
-#pragma unroll
-            for (int v = 0; v < NTOK / 8; v++)
-                __stcg(pb + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
-            __threadfence();
-            __syncthreads();
-            if (tid == 0) atomicExch(flag + b, 1);
-        } else {
-            /* the owner: runs b + 1, ... that start inside the tile hold its later groups */
-            for (long c = b + 1; gb < ng && c < nb && wg_run(c, W, nb) < (T + 1) * ng; c++) {
-                if (tid == 0) {
-                    while (!ld_acquire(flag + c)) {
-                    }
-                    flag[c] = 0; /* (read again only by the next launch) */
-                }
-                __syncthreads();
-                const int4 *pc = pb + (c - b) * (NTOK / 8) * 256;
-#pragma unroll
-                for (int v = 0; v < NTOK / 8; v++) {
-                    const int4 q = __ldcg(pc + v * 256);
-                    acc[4 * v] += q.x, acc[4 * v + 1] += q.y, acc[4 * v + 2] += q.z, acc[4 * v + 3] += q.w;
-                }
-            }
+        if (gb - ga == ng) {
             if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
+        } else if (wg_split_last<NTOK>(acc, part, cnt, b, T, gb - ga, T * ng, ng, W, nb, tid)) {
+            if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
+            if (tid == 0) cnt[T] = 0; /* (for the next launch) */
         }
         T++, ga = 0;
     }
@@ -336,15 +347,16 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
 /* ---- host side ------------------------------------------------------------------------- */
 
 /* scratch, grown and never freed (captured graphs keep the addresses): the
- * permuted activations; the runs' partial sums and flags (zero between
+ * permuted activations; the runs' partial sums and the tiles' arrival
+ * counts (zero between
  * launches: each launch leaves them so). Grown on first use at a size: the
  * backend runs every batch size eagerly once before it captures that size
  * into a CUDA graph (backend_cuda.c), and a capture that fails keeps
  * running launch by launch. */
 int8_t *g_x;
 size_t g_x_bytes;
-int *g_part, *g_flag;
-size_t g_part_bytes, g_flag_n;
+int *g_part, *g_cnt;
+size_t g_part_bytes, g_cnt_n;
 
 int grow_zeroed(int **p, size_t *have, size_t need) {
     if (need <= *have) return 0;
@@ -383,9 +395,8 @@ int launch(const kc_sq *w, const MmArgs &a) {
         kc_set_error("kc_sq_matmul (wgmma): %ld rows x %ld tokens are too many items", w->n, a.m);
         return -1;
     }
-    /* stream-k: every block on the GPU at once (owners wait for their
-     * tile's other runs), each run at least WG_MIN_RUN items; else a block a
-     * tile */
+    /* stream-k: as many blocks as fit on the GPU at once, each run at least
+     * WG_MIN_RUN items; else a block a tile */
     const long P = (long)kc_sm_count() * occ;
     long G = tb * rb;
     if (kc_sq_wg_split()) G = std::max(1L, std::min(P, W / WG_MIN_RUN));
@@ -393,14 +404,15 @@ int launch(const kc_sq *w, const MmArgs &a) {
         kc_set_error("kc_sq_matmul (wgmma): %ld blocks are past the grid", G);
         return -1;
     }
-    const size_t part = (size_t)G * NTOK * 128 * sizeof(int);
-    if (kc_grow((void **)&g_part, &g_part_bytes, part, (size_t)1 << 20) || grow_zeroed(&g_flag, &g_flag_n, (size_t)G))
+    const size_t part = (size_t)G * 2 * NTOK * 128 * sizeof(int);
+    if (kc_grow((void **)&g_part, &g_part_bytes, part, (size_t)1 << 20) ||
+        grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb)))
         return -1;
     const long rows = tb * NTOK;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)rows * a.k, (size_t)1 << 20)) return -1;
     k_wg_x<<<kc_blocks(rows * a.ngroups, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, rows, NTOK, g_x);
     if (kc_check_launch("k_wg_x")) return -1;
-    kern<<<(unsigned)G, 256, smem, KC_STREAM>>>(a, g_x, (unsigned)rb, (unsigned)W, g_part, g_flag);
+    kern<<<(unsigned)G, 256, smem, KC_STREAM>>>(a, g_x, (unsigned)rb, (unsigned)W, g_part, g_cnt);
     return kc_check_launch("k_sq_wg");
 }
 
