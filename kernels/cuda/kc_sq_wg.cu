@@ -180,7 +180,11 @@ __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, i
         __stcg(p + (2 * b + mine) * SLOT + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
     __threadfence();
     __syncthreads();
-    if (tid == 0) last = atomicAdd(cnt + T, (int)len) + (int)len == (int)ng;
+    if (tid == 0) { /* (the fences around the count: not relying on the barrier's cumulativity) */
+        __threadfence();
+        last = atomicAdd(cnt + T, (int)len) + (int)len == (int)ng;
+        __threadfence();
+    }
     __syncthreads();
     if (!last) return false;
     __threadfence();
@@ -209,7 +213,7 @@ __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, i
  * + h then holds wgmma step h''s logical k 16 h .. 16 h + 15, as the
  * fragment map has it: lane t's register pair h of step kc is columns 16 t
  * + 8 kc + 4 h ..) and chunk c stored at 16 (c ^ (n / 2 mod 4)), the
- * 64-byte swizzle: one bulk copy lands a stage's B as wgmma reads it. */
+ * 64-byte swizzle: a stage's B is then a plain copy of 16-byte chunks. */
 __global__ void k_wg_x(const int8_t *qx, long m, long k, long rows, int ntok, int8_t *xw) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x, ng = k / 64;
     if (i >= rows * ng) return;
@@ -237,8 +241,8 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
     store_y<NTOK / 8>(v, a, tile, tok0, lane);
 }
 
-/* A block takes the run of items [wg_run(b), wg_run(b + 1)) (an item: tile
- * T's group T mod ng, tile T = token block T / rb, row block T mod rb).
+/* A block takes the run of items [wg_run(b), wg_run(b + 1)) (item x: group x
+ * mod ng of tile T = x / ng, which is token block T / rb, row block T mod rb).
  * part: two slots of INT32 partial sums a block (wg_split_last); cnt:
  * arrivals a tile, zero between launches. */
 template <int NTOK, int S>
@@ -404,9 +408,9 @@ int launch(const kc_sq *w, const MmArgs &a) {
         kc_set_error("kc_sq_matmul (wgmma): %ld blocks are past the grid", G);
         return -1;
     }
-    const size_t part = (size_t)G * 2 * NTOK * 128 * sizeof(int);
-    if (kc_grow((void **)&g_part, &g_part_bytes, part, (size_t)1 << 20) ||
-        grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb)))
+    if (G != tb * rb && /* (a block a tile splits none) */
+        (kc_grow((void **)&g_part, &g_part_bytes, (size_t)G * 2 * NTOK * 128 * sizeof(int), (size_t)1 << 20) ||
+         grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb))))
         return -1;
     const long rows = tb * NTOK;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)rows * a.k, (size_t)1 << 20)) return -1;

@@ -26,6 +26,7 @@ static k_sq_t view(const sq_tensor_t *t) {
  * of the row (twice the rounding, for margin). */
 static int g_twostep;
 static int g_upload_flags; /* kc_sq_upload_ex flags of test_fuse and test_big */
+static long g_fuse_k = 64 * 7; /* test_fuse's row length */
 
 static double twostep_slack(const k_sq_t *w, long r, const int8_t *qx, float sx) {
     if (!g_twostep) return 0;
@@ -186,7 +187,7 @@ static void test_shape(int h_high, int h_low, int b, int h, long n, long groups,
 
 /* kc_sq_fuse + kc_sq_matmul_parts: each part's output equals its own reference */
 static void test_fuse(const long *ns, int count, int flags, const long *ms, int nm) {
-    const long k = 64 * 7;
+    const long k = g_fuse_k;
     sq_cfg_t c = {8, 4, 64, 1.0 - 8.0 / 64};
     sq_tensor_t t[KC_SQ_MAX_PARTS];
     kc_sq_t *d[KC_SQ_MAX_PARTS];

@@ -228,12 +228,15 @@ static void test_iscale_upload(const long *ms, int nm) {
  * count, whatever the default range: 32, 64 and 128 tokens a block and
  * several token blocks (1..300), rows past the matrix in the last block
  * (45, 131 rows), an odd and an even number of groups (the two A
- * register sets), fewer groups than stages (45 x 448: a stage refilled
- * with the next tile's group), stream-k runs that split tiles (131 x
- * 2368: 4 runs over 2 tiles; 2048 x 8192: a tile's 128 groups over 8
- * runs, the owner adding 7 partial sums), fused parts, sums past 2^24,
- * each ring (4, 6, 8 stages) and a block a tile; each matrix at several M
- * in turn, so the flags must have been left zero by the launch before */
+ * register sets), fewer groups than stages (45 x 448 with 8 stages; 800 x
+ * 320: 5 groups, and a run that stores whole tiles, then leaves a part of
+ * the next in its second slot), stream-k runs that split tiles (131 x
+ * 2368: 4 runs over 2 tiles; 2048 x 8192: a tile's 128 groups over up to
+ * 8 runs, the last to arrive adding the others' sums), fused parts (k = 64
+ * x 37: split too), sums past 2^24, each ring (4, 6, 8 stages) and a block
+ * a tile; each matrix at several M in turn, so the arrival counts must have
+ * been left zero by the launch before. (Which tiles split depends on the
+ * grid, so on the GPU's SM count: these are the cases on a 132-SM H200.) */
 static void test_wg(void) {
     static const long mw[] = {1, 3, 8, 17, 32, 33, 64, 65, 100, 128, 129, 300}, mwq[] = {3, 33, 65, 129};
     static const long mbig[] = {16, 64, 128, 200}, mbigq[] = {64, 200};
@@ -250,9 +253,13 @@ static void test_wg(void) {
         test_random(4, 64, 8, 256, 64 * 16, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mwq, 4);
         test_random(4, 64, 8, 2048, 8192, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mbigq : mbig, quick ? 2 : 4);
         if (!quick) test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, mbigq, 2);
+        test_random(4, 64, 8, 800, 320, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, quick ? mwq : mw, quick ? 4 : 12);
         g_upload_flags = KC_SQ_NO_COMPACT;
         test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf, 4);
         test_fuse(gu, 2, KC_SQ_INT_SCALES, mf, 4);
+        g_fuse_k = 64 * 37;
+        test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf, 4);
+        g_fuse_k = 64 * 7;
         g_upload_flags = 0;
     }
     kc_sq_set_wg_ring(-1, -1);
