@@ -478,7 +478,8 @@ extern "C" int kc_sq_wg_applies(const kc_sq *w, long m) {
     if (!(lo > 0 && m >= lo && m <= kc_sq_wg_max(w) && kc_sm90a())) return 0;
     /* the items must count in 31 bits (only a KC_SQ_WG_MAX far past the default reaches it) */
     const long ntok = m <= 32 ? 32 : m <= 64 ? 64 : 128;
-    return w->ngroups > 0 && (m + ntok - 1) / ntok * ((w->ntiles + WG_WARPS - 1) / WG_WARPS) <= 0x7fffffffL / w->ngroups;
+    return w->ngroups > 0 &&
+           (m + ntok - 1) / ntok * ((w->ntiles + WG_WARPS - 1) / WG_WARPS) <= 0x7fffffffL / w->ngroups;
 }
 
 int kc_sq_wg(const kc_sq *w, const MmArgs &a) {
