@@ -29,8 +29,11 @@
  * stores (wg_split_last). Why: one block per tile left the SMs unevenly
  * loaded, a whole tile's difference (8B gate_up: 224 tiles on 132 SMs;
  * 70B gate_up: 448 tiles for 396 block slots, a second wave of 52; Nsight
- * Compute, thirteenth session): stream-k took 0.83-0.90x the time on the
- * large matrices and 0.4-0.9x on the small ones (bench_gemm --wg).
+ * Compute, thirteenth session). Against a block a tile (bench_gemm --wg,
+ * H200, 408ff80, 16..128 tokens), stream-k took 0.88-0.93x the time on 70B
+ * gate_up, 0.71-0.87x on 70B qkv, 0.47-0.56x on 70B down (64 tiles), and
+ * 0.99-1.06x on 8B gate_up, where the partial sums cost what the balance
+ * gains.
  *
  * Pipeline. Items go through a ring of S stages in shared memory, filled by
  * cp.async S - 2 items ahead: a stage holds the item's activations (B,
@@ -59,9 +62,6 @@
  * sm_90a only (kc_sm90a): elsewhere kc_sq_wg_applies is false.
  */
 #include "kc_sq_mm.cuh"
-
-#include <stdlib.h>
-#include <string.h>
 
 #include <algorithm>
 
