@@ -167,7 +167,7 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libsqserve.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libsqserve.a $(LDLIBS)
 
--include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(GPU_BIN:=.d)
+-include $(LIB_OBJ:.o=.d) $(MAIN_OBJ:.o=.d) $(GPU_BIN:=.d) $(UNIT_BIN:=.d) $(TOOL_BIN:=.d)
 
 # ---- set-up ---------------------------------------------------------------
 # run: the build tools and libraries; deps (test and the other targets):

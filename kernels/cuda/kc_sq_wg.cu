@@ -62,8 +62,7 @@
  * sm_90a only (kc_sm90a): elsewhere kc_sq_wg_applies is false.
  */
 #include "kc_sq_mm.cuh"
-
-#include <algorithm>
+#include "kc_wg_plan.h"
 
 namespace {
 
@@ -155,9 +154,6 @@ __device__ __forceinline__ void wgmma_rs<128>(int (&d)[64], const uint32_t (&A)[
 }
 
 
-/* the first item of block b's run (G blocks, W items) */
-__device__ __forceinline__ unsigned wg_run(long b, unsigned W, long G) { return (unsigned)(b * (long)W / G); }
-
 /* A run's part [ga, ga + len) of tile T (its first item t0 = T ng) is
  * done: its INT32 sums go to the run's slot (0: the run's first tile, 1:
  * its last), and the tile's arrival count grows by len. The run that makes
@@ -174,7 +170,7 @@ __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, i
     __shared__ int last;
     constexpr long SLOT = (NTOK / 8) * 256; /* int4 a slot */
     int4 *const p = (int4 *)part + tid;
-    const int mine = wg_run(b, W, nb) >= t0 ? 0 : 1;
+    const int mine = wg_slot(b, t0, W, nb);
 #pragma unroll
     for (int v = 0; v < NTOK / 8; v++)
         __stcg(p + (2 * b + mine) * SLOT + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
@@ -188,11 +184,10 @@ __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, i
     __syncthreads();
     if (!last) return false;
     __threadfence();
-    /* the runs over items t0 .. t0 + ng - 1 (run c holds item x if x is in [wg_run(c), wg_run(c + 1))) */
-    const long c0 = ((long)(t0 + 1) * nb - 1) / W, c1 = ((long)(t0 + ng) * nb - 1) / W;
+    const long c0 = wg_run_of(t0, W, nb), c1 = wg_run_of(t0 + ng - 1, W, nb); /* the tile's runs */
     for (long c = c0; c <= c1; c++) {
         if (c == b) continue;
-        const int4 *q = p + (2 * c + (wg_run(c, W, nb) >= t0 ? 0 : 1)) * SLOT;
+        const int4 *q = p + (2 * c + wg_slot(c, t0, W, nb)) * SLOT;
 #pragma unroll
         for (int v = 0; v < NTOK / 8; v++) {
             const int4 u = __ldcg(q + v * 256);
@@ -379,10 +374,6 @@ int grow_zeroed(int **p, size_t *have, size_t need) {
 long g_min = -1, g_max = -1, g_stages = -1, g_split = -1;
 long g_count; /* launches, for the tests */
 
-/* a run of fewer items than this would spend more on the ring's fill and its
- * tile's partial sums than it gains (a guess: the tests run every length) */
-constexpr long WG_MIN_RUN = 16;
-
 template <int NTOK, int S>
 int launch(const kc_sq *w, const MmArgs &a) {
     static int occ;
@@ -399,11 +390,7 @@ int launch(const kc_sq *w, const MmArgs &a) {
         kc_set_error("kc_sq_matmul (wgmma): %ld rows x %ld tokens are too many items", w->n, a.m);
         return -1;
     }
-    /* stream-k: as many blocks as fit on the GPU at once, each run at least
-     * WG_MIN_RUN items; else a block a tile */
-    const long P = (long)kc_sm_count() * occ;
-    long G = tb * rb;
-    if (kc_sq_wg_split()) G = std::max(1L, std::min(P, W / WG_MIN_RUN));
+    const long G = wg_grid(W, tb * rb, (long)kc_sm_count() * occ, (int)kc_sq_wg_split());
     if (G > 0x7fffffffL) {
         kc_set_error("kc_sq_matmul (wgmma): %ld blocks are past the grid", G);
         return -1;
