@@ -26,13 +26,9 @@ cp build/sqserve build/gpu/* /tmp/sq-bundle/bin/
 rm -f /tmp/sq-bundle/bin/*.d
 strip --strip-debug /tmp/sq-bundle/bin/*
 cp "$DATA" .gpu/data/
-# every shared library the binaries load, except the C and C++ runtimes and
-# CUDA's (the GPU machine has its own, as new or newer)
-for b in /tmp/sq-bundle/bin/*; do
-  ldd "$b" | awk '$3 ~ /^\// {print $3}'
-done | sort -u |
-  grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcublas|libcublasLt|libcudart)\.so' |
-  while read -r lib; do cp -L "$lib" /tmp/sq-bundle/lib/; done
+# shellcheck source=tests/gpu/libs.sh
+. tests/gpu/libs.sh
+copy_libs /tmp/sq-bundle/lib /tmp/sq-bundle/bin/*
 # which commit the binaries are (the device's checkout may be older)
 git describe --always --dirty --abbrev=7 > /tmp/sq-bundle/COMMIT
 tar cJf .gpu/bin.tar.xz -C /tmp/sq-bundle bin lib COMMIT
