@@ -8,6 +8,7 @@
 #ifndef KC_SQ_MM_CUH
 #define KC_SQ_MM_CUH
 
+#include "kc_sk_plan.h"
 #include "kc_sq_frag.cuh"
 
 template <int NT>
@@ -38,14 +39,9 @@ __device__ __forceinline__ void is_to_float(const int (&iacc)[NT][4], float (&ac
         for (int e = 0; e < 4; e++) acc[t][e] = (e < 2 ? s0 : s1) * __int2float_rn(iacc[t][e]);
 }
 
-/* stream-k bookkeeping: warp w owns items [w U / W, (w+1) U / W) */
-__device__ __forceinline__ long sk_owner(long x, long W, long U) { return ((x + 1) * W - 1) / U; }
-__device__ __forceinline__ long sk_slot(long w, long tile, long W, long U, long ng) {
-    return 2 * w + ((w * U / W) / ng == tile ? 0 : 1);
-}
-
-/* A warp finished its part [ts, te) of `tile`: a whole tile is stored; a
- * part goes to the warp's partial slot, and the last of the tile's
+/* A warp finished its part [ts, te) of `tile` (stream-k: warp w holds
+ * kc_sk_plan.h's run w of the U items over the W warps): a whole tile is
+ * stored; a part goes to the warp's partial slot, and the last of the tile's
  * contributors to arrive adds all parts in warp order (deterministic) and
  * stores the tile. */
 template <int NT>
@@ -56,14 +52,14 @@ __device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, l
         store_y(acc, a, tile, a.tok0, lane);
         return;
     }
-    float *p = a.part + (size_t)sk_slot(w, tile, W, U, ng) * (NT * 128);
+    float *p = a.part + (size_t)(2 * w + sk_slot(w, tile * ng, U, W)) * (NT * 128);
 #pragma unroll
     for (int t = 0; t < NT; t++)
 #pragma unroll
         for (int e = 0; e < 4; e++) __stcg(p + (t * 4 + e) * 32 + lane, acc[t][e]);
     __threadfence();
     __syncwarp();
-    const long wf = sk_owner(tile * ng, W, U), wl = sk_owner((tile + 1) * ng - 1, W, U);
+    const long wf = sk_run_of(tile * ng, U, W), wl = sk_run_of((tile + 1) * ng - 1, U, W);
     int last = 0;
     if (lane == 0) last = atomicAdd(a.cnt + tile, 1) == (int)(wl - wf);
     last = __shfl_sync(0xffffffffu, last, 0);
@@ -72,7 +68,7 @@ __device__ __forceinline__ void sk_flush(float (&acc)[NT][4], const MmArgs &a, l
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
     for (long q = wf; q <= wl; q++) { /* own part included, read back: the same order whoever is last */
-        const float *o = a.part + (size_t)sk_slot(q, tile, W, U, ng) * (NT * 128);
+        const float *o = a.part + (size_t)(2 * q + sk_slot(q, tile * ng, U, W)) * (NT * 128);
 #pragma unroll
         for (int t = 0; t < NT; t++)
 #pragma unroll

@@ -62,7 +62,7 @@
  * sm_90a only (kc_sm90a): elsewhere kc_sq_wg_applies is false.
  */
 #include "kc_sq_mm.cuh"
-#include "kc_wg_plan.h"
+#include "kc_sk_plan.h"
 
 namespace {
 
@@ -170,7 +170,7 @@ __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, i
     __shared__ int last;
     constexpr long SLOT = (NTOK / 8) * 256; /* int4 a slot */
     int4 *const p = (int4 *)part + tid;
-    const int mine = wg_slot(b, t0, W, nb);
+    const int mine = sk_slot(b, t0, W, nb);
 #pragma unroll
     for (int v = 0; v < NTOK / 8; v++)
         __stcg(p + (2 * b + mine) * SLOT + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
@@ -184,10 +184,10 @@ __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, i
     __syncthreads();
     if (!last) return false;
     __threadfence();
-    const long c0 = wg_run_of(t0, W, nb), c1 = wg_run_of(t0 + ng - 1, W, nb); /* the tile's runs */
+    const long c0 = sk_run_of(t0, W, nb), c1 = sk_run_of(t0 + ng - 1, W, nb); /* the tile's runs */
     for (long c = c0; c <= c1; c++) {
         if (c == b) continue;
-        const int4 *q = p + (2 * c + wg_slot(c, t0, W, nb)) * SLOT;
+        const int4 *q = p + (2 * c + sk_slot(c, t0, W, nb)) * SLOT;
 #pragma unroll
         for (int v = 0; v < NTOK / 8; v++) {
             const int4 u = __ldcg(q + v * 256);
@@ -236,7 +236,7 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
     store_y<NTOK / 8>(v, a, tile, tok0, lane);
 }
 
-/* A block takes the run of items [wg_run(b), wg_run(b + 1)) (item x: group x
+/* A block takes the run of items [sk_run(b), sk_run(b + 1)) (item x: group x
  * mod ng of tile T = x / ng, which is token block T / rb, row block T mod rb).
  * part: two slots of INT32 partial sums a block (wg_split_last); cnt:
  * arrivals a tile, zero between launches. */
@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     extern __shared__ uint8_t dsm[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const long nb = gridDim.x, b = blockIdx.x;
-    const unsigned ng = (unsigned)a.ngroups, s0 = wg_run(b, W, nb), nj = wg_run(b + 1, W, nb) - s0;
+    const unsigned ng = (unsigned)a.ngroups, s0 = sk_run(b, W, nb), nj = sk_run(b + 1, W, nb) - s0;
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(dsm), ring = (sbase + 511) & ~511u; /* (the swizzle atom's alignment) */
     uint8_t *tile_b = dsm + (ring - sbase) + S * G::BYTES + warp * SQ_TILE;
     zero_tiles(tile_b, 1, lane);

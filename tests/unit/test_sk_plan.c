@@ -1,14 +1,15 @@
-/* test_wg_plan.c - the stream-k plan of the GPU's wgmma kernel
- * (kernels/cuda/kc_wg_plan.h), checked on the CPU: the kernel walks each run
- * a tile at a time and finishes split tiles from the runs' parts, and these
- * tests walk the runs the same way over every small plan (and sampled
+/* test_sk_plan.c - the stream-k plans of the GPU's SQ kernels
+ * (kernels/cuda/kc_sk_plan.h: the decode kernels' runs a warp, the wgmma
+ * kernel's a block), checked on the CPU: a kernel walks each run a tile at
+ * a time and finishes split tiles from the runs' parts, and these tests
+ * walk the runs the same way over every small plan (and sampled
  * large ones) to check what that relies on:
  * - the runs cover the items once, none empty, none shorter than the
  *   grid promises;
  * - a tile's parts add up to its groups, the parts of a split tile come
- *   from exactly the runs wg_run_of names for its first and last item;
+ *   from exactly the runs sk_run_of names for its first and last item;
  * - a run never leaves two parts in one slot, and the slot the last run
- *   reads for run c (wg_slot) is the one run c wrote: 0 for the run's
+ *   reads for run c (sk_slot) is the one run c wrote: 0 for the run's
  *   first tile, 1 for a later one (only a run's first tile can begin in an
  *   earlier run, only its last can end in a later one). */
 #include <setjmp.h>
@@ -21,9 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../kernels/cuda/kc_wg_plan.h"
+#include "../../kernels/cuda/kc_sk_plan.h"
 
-/* walks G runs over tiles x ng items as k_sq_wg does; returns the number of
+/* walks G runs over tiles x ng items as k_sq_wg and sk_flush do; returns the number of
  * split tiles (checks fail the test) */
 static long walk(unsigned ng, unsigned tiles, long G) {
     const unsigned W = ng * tiles;
@@ -35,7 +36,7 @@ static long walk(unsigned ng, unsigned tiles, long G) {
     assert_non_null(last_run);
     unsigned covered = 0;
     for (long b = 0; b < G; b++) {
-        const unsigned s0 = wg_run(b, W, G), nj = wg_run(b + 1, W, G) - s0;
+        const unsigned s0 = sk_run(b, W, G), nj = sk_run(b + 1, W, G) - s0;
         assert_int_equal(s0, covered); /* runs tile the items in order */
         assert_true(nj >= 1);
         assert_true(nj >= W / G); /* equal within one item */
@@ -48,7 +49,7 @@ static long walk(unsigned ng, unsigned tiles, long G) {
             assert_true(T < tiles);
             if (ga > 0) assert_int_equal(seg, 0); /* only a run's first tile began earlier */
             if (len < ng) { /* a part: its slot, as the writer picks it and as the reader will */
-                const int slot = wg_slot(b, T * ng, W, G);
+                const int slot = sk_slot(b, T * ng, W, G);
                 assert_int_equal(slot, seg == 0 ? 0 : 1);
                 assert_int_equal(used[slot], 0);
                 used[slot] = 1;
@@ -64,7 +65,7 @@ static long walk(unsigned ng, unsigned tiles, long G) {
     long split = 0;
     for (unsigned T = 0; T < tiles; T++) {
         assert_int_equal(sum[T], ng);
-        const long c0 = wg_run_of(T * ng, W, G), c1 = wg_run_of(T * ng + ng - 1, W, G);
+        const long c0 = sk_run_of(T * ng, W, G), c1 = sk_run_of(T * ng + ng - 1, W, G);
         assert_int_equal(c0, first_run[T]);
         assert_int_equal(c1, last_run[T]);
         assert_int_equal(c1 - c0 + 1, parts[T]); /* one part a run */
@@ -74,13 +75,13 @@ static long walk(unsigned ng, unsigned tiles, long G) {
     return split;
 }
 
-/* wg_run_of(x) is the run whose items hold x, for every item */
+/* sk_run_of(x) is the run whose items hold x, for every item */
 static void test_run_of(void **state) {
     (void)state;
     for (unsigned W = 1; W <= 300; W++)
         for (long G = 1; G <= W; G++)
             for (long b = 0; b < G; b++)
-                for (unsigned x = wg_run(b, W, G); x < wg_run(b + 1, W, G); x++) assert_int_equal(wg_run_of(x, W, G), b);
+                for (unsigned x = sk_run(b, W, G); x < sk_run(b + 1, W, G); x++) assert_int_equal(sk_run_of(x, W, G), b);
 }
 
 /* every grid of every small plan: 1..24 groups, 1..12 tiles, 1..W runs */
