@@ -361,10 +361,11 @@ __global__ void k_frag_x(const int8_t *qx, long m, long k, long ntt, uint4 *xf) 
 
 /* ---- host side ------------------------------------------------------------------------- */
 
-/* stream-k scratch (decode): partial sums and per-tile counters. Grown on
- * demand and never freed while the process runs: CUDA graphs captured
- * earlier keep pointing at the old buffers, which therefore stay valid
- * (the counters reset themselves at the end of every launch). */
+/* stream-k scratch (the decode kernels, and the wgmma kernel's split
+ * tiles: one stream, so they take turns): partial sums and per-tile
+ * counters. Grown on demand and never freed while the process runs: CUDA
+ * graphs captured earlier keep pointing at the old buffers, which therefore
+ * stay valid (the counters reset themselves at the end of every launch). */
 static float *g_part;
 static size_t g_part_bytes;
 static int *g_cnt;

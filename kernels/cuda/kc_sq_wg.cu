@@ -345,31 +345,13 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
 
 /* ---- host side ------------------------------------------------------------------------- */
 
-/* scratch, grown and never freed (captured graphs keep the addresses): the
- * permuted activations; the runs' partial sums and the tiles' arrival
- * counts (zero between
- * launches: each launch leaves them so). Grown on first use at a size: the
- * backend runs every batch size eagerly once before it captures that size
- * into a CUDA graph (backend_cuda.c), and a capture that fails keeps
- * running launch by launch. */
+/* the permuted activations, grown and never freed (captured graphs keep
+ * the address): grown on first use at a size, since the backend runs every
+ * batch size eagerly once before it captures that size into a CUDA graph
+ * (backend_cuda.c), and a capture that fails keeps running launch by
+ * launch. */
 int8_t *g_x;
 size_t g_x_bytes;
-int *g_part, *g_cnt;
-size_t g_part_bytes, g_cnt_n;
-
-int grow_zeroed(int **p, size_t *have, size_t need) {
-    if (need <= *have) return 0;
-    size_t want = (size_t)1 << 20;
-    while (want < need) want <<= 1;
-    int *q = (int *)kc_malloc(want * sizeof(int));
-    if (!q) return -1;
-    if (kc_memset(q, 0, want * sizeof(int))) {
-        kc_free(q);
-        return -1;
-    }
-    *p = q, *have = want;
-    return 0;
-}
 
 long g_min = -1, g_max = -1, g_stages = -1, g_split = -1;
 long g_count; /* launches, for the tests */
@@ -395,15 +377,15 @@ int launch(const kc_sq *w, const MmArgs &a) {
         kc_set_error("kc_sq_matmul (wgmma): %ld blocks are past the grid", G);
         return -1;
     }
-    if (G != tb * rb && /* (a block a tile splits none) */
-        (kc_grow((void **)&g_part, &g_part_bytes, (size_t)G * 2 * NTOK * 128 * sizeof(int), (size_t)1 << 20) ||
-         grow_zeroed(&g_cnt, &g_cnt_n, (size_t)(tb * rb))))
-        return -1;
+    /* split tiles (none with a block a tile): the decode kernels' stream-k
+     * scratch, partial sums and arrival counts, zero between launches */
+    MmArgs s = a;
+    if (G != tb * rb && kc_sk_scratch((size_t)G * 2 * NTOK * 128 * sizeof(int), tb * rb, &s)) return -1;
     const long rows = tb * NTOK;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)rows * a.k, (size_t)1 << 20)) return -1;
     k_wg_x<<<kc_blocks(rows * a.ngroups, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, rows, NTOK, g_x);
     if (kc_check_launch("k_wg_x")) return -1;
-    kern<<<(unsigned)G, 256, smem, KC_STREAM>>>(a, g_x, (unsigned)rb, (unsigned)W, g_part, g_cnt);
+    kern<<<(unsigned)G, 256, smem, KC_STREAM>>>(a, g_x, (unsigned)rb, (unsigned)W, (int *)s.part, s.cnt);
     return kc_check_launch("k_sq_wg");
 }
 
