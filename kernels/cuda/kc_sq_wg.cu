@@ -297,6 +297,7 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     }
     int acc[NTOK / 2];
     const StOffs<true> so(lane);
+    float r0 = 0.0f, r1 = 0.0f; /* is_rcp of the warp's rows g and g + 8 in the current tile */
     /* item j: wait for its stage (this thread's copies, then everyone's:
      * the barrier also says every warp's wgmma of item j - 2 retired, so its
      * stage can be refilled), refill, decode the warp's unit, 2 wgmma, wait
@@ -310,7 +311,7 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
         const uint32_t st = ring + j % S * G::BYTES;
         Raw<4, 4, true> cur[1];
         lds_unit<true>(cur[0], st + G::BX + warp * WG_UB + 16 * lane, so);
-        is_frags(cur, 0, tile_b, a, lane, A);
+        is_frags_r(cur, tile_b, a, lane, r0, r1, A);
         wg_fence();
         wgmma_rs<NTOK>(acc, A, 0, wg_desc(st, 16, 512));
         wgmma_rs<NTOK>(acc, A, 1, wg_desc(st + 32, 16, 512));
@@ -321,6 +322,11 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     unsigned j = 0, T = s0 / ng, ga = s0 - T * ng;
     while (j < nj) { /* one tile's groups [ga, gb) a pass */
         const unsigned len = ng - ga < nj - j ? ng - ga : nj - j, je = j + len, gb = ga + len;
+        {
+            const long row = (long)(T % rb) * (WG_WARPS * 16) + warp * 16 + (lane >> 2);
+            r0 = row < a.n ? is_rcp(__ldg(a.rs + row)) : 0.0f;
+            r1 = row + 8 < a.n ? is_rcp(__ldg(a.rs + row + 8)) : 0.0f;
+        }
 #pragma unroll
         for (int i = 0; i < NTOK / 2; i++) acc[i] = 0;
         for (; j + 2 <= je; j += 2) { /* (no path writes a set while its own wgmma may run) */
