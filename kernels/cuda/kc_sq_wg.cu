@@ -101,8 +101,29 @@ __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.s
 template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 
-/* the generic proxy's writes (cp.async) made visible to wgmma's reads */
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+/* one arrival that also expects tx more bytes this phase */
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t tx) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(tx) : "memory");
+}
+/* until the phase of this parity has completed (acquire: the bytes are visible) */
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+/* bytes global -> shared by the async proxy (what wgmma reads), completing on bar */
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
 
 /* d (64 x N, INT32) += A (registers A[4h..4h+3]: the unit's k-half h) x B (desc) */
 template <int N>
@@ -254,6 +275,15 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(dsm), ring = (sbase + 511) & ~511u; /* (the swizzle atom's alignment) */
     uint8_t *tile_b = dsm + (ring - sbase) + S * G::BYTES + warp * SQ_TILE;
     zero_tiles(tile_b, 1, lane);
+    /* a stage's activations arrive by one bulk copy (the async proxy, so
+     * wgmma needs no proxy fence after them) completing on its mbarrier */
+    __shared__ __align__(8) uint64_t full[S];
+    const uint32_t fb = (uint32_t)__cvta_generic_to_shared(full);
+    if (tid == 0) {
+        for (int s = 0; s < S; s++) mbar_init(fb + 8 * s, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
     /* the next item to load: its token block, row block and group, where
      * its activations and the warp's unit start (advanced one item a load;
      * computed again only when a tile ends) */
@@ -270,15 +300,12 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
         ltk = T / rb, lrb = T - ltk * rb, lg = s0 - T * ng;
         seek();
     }
-    /* the next item into the stage at st: the thread's 16-byte chunks of its
-     * activations (laid out by k_wg_x as the stage holds them) and of the
-     * warp's unit */
-    const auto load = [&](uint32_t st) {
-#pragma unroll
-        for (int i = 0; i < (NTOK * 4 + 255) / 256; i++) {
-            const int q = tid + 256 * i;
-            if (NTOK * 4 % 256 == 0 || q < NTOK * 4) cp_async16(st + 16 * q, xs + 16 * q);
-        }
+    /* the next item into stage sl: its activations (laid out by k_wg_x as the
+     * stage holds them) by thread 0's bulk copy, the thread's 16-byte chunks
+     * of the warp's unit by cp.async */
+    const auto load = [&](unsigned sl) {
+        const uint32_t st = ring + sl * G::BYTES;
+        if (tid == 0) mbar_expect(fb + 8 * sl, G::BX), bulk_copy(st, xs, G::BX, fb + 8 * sl);
         const uint32_t ud = st + G::BX + warp * WG_UB + 16 * lane;
         cp_async16(ud, us);
         if (lane < WG_UB / 16 - 32) cp_async16(ud + 512, us + 512);
@@ -292,26 +319,27 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     };
 #pragma unroll
     for (unsigned j = 0; j < S - 2; j++) {
-        if (j < nj) load(ring + j * G::BYTES);
+        if (j < nj) load(j);
         else cp_async_commit(); /* (the waits count groups) */
     }
     int acc[NTOK / 2];
     const StOffs<true> so(lane);
     float r0 = 0.0f, r1 = 0.0f; /* is_rcp of the warp's rows g and g + 8 in the current tile */
-    /* item j: wait for its stage (this thread's copies, then everyone's:
-     * the barrier also says every warp's wgmma of item j - 2 retired, so its
-     * stage can be refilled), refill, decode the warp's unit, 2 wgmma, wait
-     * for item j - 1's only */
+    /* item j: wait for its stage's units (this thread's copies, then
+     * everyone's: the barrier also says every warp's wgmma of item j - 2
+     * retired, so its stage can be refilled), refill, decode the warp's
+     * unit, wait for the activations' mbarrier, 2 wgmma, wait for item j -
+     * 1's only */
     const auto step = [&](unsigned j, uint32_t(&A)[8]) {
         cp_async_wait<S - 3>();
-        fence_async_smem(); /* the generic proxy's writes (cp.async) made visible to wgmma */
         __syncthreads();
-        if (j + S - 2 < nj) load(ring + (j + S - 2) % S * G::BYTES);
+        if (j + S - 2 < nj) load((j + S - 2) % S);
         else cp_async_commit();
         const uint32_t st = ring + j % S * G::BYTES;
         Raw<4, 4, true> cur[1];
         lds_unit<true>(cur[0], st + G::BX + warp * WG_UB + 16 * lane, so);
         is_frags_r(cur, tile_b, a, lane, r0, r1, A);
+        mbar_wait(fb + 8 * (j % S), (j / S) & 1); /* the activations (only wgmma reads them) */
         wg_fence();
         wgmma_rs<NTOK>(acc, A, 0, wg_desc(st, 16, 512));
         wgmma_rs<NTOK>(acc, A, 1, wg_desc(st + 32, 16, 512));
