@@ -175,37 +175,54 @@ __device__ __forceinline__ void wgmma_rs<128>(int (&d)[64], const uint32_t (&A)[
 }
 
 
-/* A run's part [ga, ga + len) of tile T (its first item t0 = T ng) is
- * done: its INT32 sums go to the run's slot (0: the run's first tile, 1:
- * its last), and the tile's arrival count grows by len. The run that makes
- * it ng adds every other run's part of the tile to its own sums and
- * returns true (it stores the tile); the others return false. No block
- * waits for another, so the grid needs no more than one block to be on the
- * GPU at a time (an owner spinning on the other runs' flags, as stream-k
- * kernels often do, needs them all at once: not given under MPS or beside
- * another stream's kernels). INT32 sums: the order of the adds does not
- * change the result. */
+/* a flag another block sets, read with acquire semantics */
+__device__ __forceinline__ int ld_acquire(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* A run's part [ga, ga + len) of tile T (its first item t0 = T ng) is done.
+ * cnt[2 T] counts the tile's groups that arrived, cnt[2 T + 1] the runs
+ * whose INT32 sums are written. The run that completes the groups adds
+ * every other run's part to its own sums and returns true (it stores the
+ * tile), after waiting for their parts to be written; the others write
+ * their parts to their slot (sk_slot: 0 the run's first tile, 1 its last)
+ * and return false. Arriving before writing spares the last run its write
+ * (every part but one written and read once), and the last run waits only
+ * for runs that have arrived, so are on the GPU: no block waits for one not
+ * yet started, whatever the grid. (Writing first and counting after, the
+ * last run also wrote its part: 1.04-1.06x the time at 96..128 tokens on
+ * 8B gate_up, thirteenth session.) INT32 sums: the order of the adds does
+ * not change the result. */
 template <int NTOK>
 __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, int *cnt, long b, unsigned T,
                                               unsigned len, unsigned t0, unsigned ng, unsigned W, long nb, int tid) {
     __shared__ int last;
     constexpr long SLOT = (NTOK / 8) * 256; /* int4 a slot */
     int4 *const p = (int4 *)part + tid;
-    const int mine = sk_slot(b, t0, W, nb);
-#pragma unroll
-    for (int v = 0; v < NTOK / 8; v++)
-        __stcg(p + (2 * b + mine) * SLOT + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
-    __threadfence();
+    const long c0 = sk_run_of(t0, W, nb), c1 = sk_run_of(t0 + ng - 1, W, nb); /* the tile's runs */
+    int *const arrived = cnt + 2 * (long)T, *const written = arrived + 1;
+    if (tid == 0) last = atomicAdd(arrived, (int)len) + (int)len == (int)ng;
     __syncthreads();
-    if (tid == 0) { /* (the fences around the count: not relying on the barrier's cumulativity) */
+    if (!last) {
+        const int mine = sk_slot(b, t0, W, nb);
+#pragma unroll
+        for (int v = 0; v < NTOK / 8; v++)
+            __stcg(p + (2 * b + mine) * SLOT + v * 256,
+                   make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
         __threadfence();
-        last = atomicAdd(cnt + T, (int)len) + (int)len == (int)ng;
+        __syncthreads();
+        if (tid == 0) atomicAdd(written, 1);
+        return false;
+    }
+    if (tid == 0) {
+        while (ld_acquire(written) < (int)(c1 - c0)) {
+        }
+        *arrived = 0, *written = 0; /* (every run of the tile is past its counts: zero for the next launch) */
         __threadfence();
     }
     __syncthreads();
-    if (!last) return false;
-    __threadfence();
-    const long c0 = sk_run_of(t0, W, nb), c1 = sk_run_of(t0 + ng - 1, W, nb); /* the tile's runs */
     for (long c = c0; c <= c1; c++) {
         if (c == b) continue;
         const int4 *q = p + (2 * c + sk_slot(c, t0, W, nb)) * SLOT;
@@ -259,8 +276,8 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
 
 /* A block takes the run of items [sk_run(b), sk_run(b + 1)) (item x: group x
  * mod ng of tile T = x / ng, which is token block T / rb, row block T mod rb).
- * part: two slots of INT32 partial sums a block (wg_split_last); cnt:
- * arrivals a tile, zero between launches. */
+ * part: two slots of INT32 partial sums a block; cnt: two counts a tile
+ * (wg_split_last), zero between launches. */
 template <int NTOK, int S>
 __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     k_sq_wg(MmArgs a, const int8_t *xw, unsigned rb, unsigned W, int *part, int *cnt) {
@@ -369,7 +386,6 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
             if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
         } else if (wg_split_last<NTOK>(acc, part, cnt, b, T, gb - ga, T * ng, ng, W, nb, tid)) {
             if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
-            if (tid == 0) cnt[T] = 0; /* (for the next launch) */
         }
         T++, ga = 0;
     }
@@ -412,9 +428,9 @@ int launch(const kc_sq *w, const MmArgs &a) {
         return -1;
     }
     /* split tiles (none with a block a tile): the decode kernels' stream-k
-     * scratch, partial sums and arrival counts, zero between launches */
+     * scratch, partial sums and two counts a tile, zero between launches */
     MmArgs s = a;
-    if (G != tb * rb && kc_sk_scratch((size_t)G * 2 * NTOK * 128 * sizeof(int), tb * rb, &s)) return -1;
+    if (G != tb * rb && kc_sk_scratch((size_t)G * 2 * NTOK * 128 * sizeof(int), 2 * tb * rb, &s)) return -1;
     const long rows = tb * NTOK;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)rows * a.k, (size_t)1 << 20)) return -1;
     k_wg_x<<<kc_blocks(rows * a.ngroups, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, rows, NTOK, g_x);
