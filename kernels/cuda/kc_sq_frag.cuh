@@ -365,6 +365,28 @@ __device__ __forceinline__ void is_frags(const Raw<4, 4, true> (&cur)[1], unsign
     for (int i = 0; i < 8; i++) A[i] = scale_codes(Alo[0][i], i & 1 ? k1 : k0, i & 1 ? c1 : c0) | Ahi[0][i];
 }
 
+/* A row's reciprocal scale for is_frags_r: 0 for a row of zeros (its k_g
+ * are 0), else rcp_approx of its scale, which with integer bank scales is
+ * every unit's high scale of the row (kc_sq.cu's upload checks) */
+__device__ __forceinline__ float is_rcp(float s) { return s != 0.0f ? rcp_approx(s) : 0.0f; }
+
+/* is_frags with the rows' is_rcp given (r0, r1: rows g and g + 8): the
+ * same k_g bit for bit (rint(s_lo r), r the same reciprocal), the division
+ * taken out of the unit: k_g is rounded by adding 1.5 x 2^23 in the same
+ * fma (k_g < 2^22), and the row's (256 - 8 k_g) x 0x10001 comes from those
+ * bits. Why: the per-unit reciprocal, its zero test and the float-to-int
+ * conversion were ~8 of the wgmma kernel's ~180 instructions a unit. */
+__device__ __forceinline__ void is_frags_r(const Raw<4, 4, true> (&cur)[1], uint8_t *tiles, const MmArgs &a,
+                                           int lane, float r0, float r1, uint32_t (&A)[8]) {
+    uint32_t Alo[1][8], Ahi[1][8];
+    group_frags<4, 1, 4, true, true>(cur, 0, tiles, a, lane, Alo, Ahi); /* low codes offset-binary */
+    const uint32_t k0 = __float_as_uint(fmaf(half_lo(cur[0].sc[0]), r0, MAGIC_F)) - (uint32_t)MAGIC_I;
+    const uint32_t k1 = __float_as_uint(fmaf(half_lo(cur[0].sc[1]), r1, MAGIC_F)) - (uint32_t)MAGIC_I;
+    const uint32_t c0 = 0x01000100u - k0 * 0x00080008u, c1 = 0x01000100u - k1 * 0x00080008u;
+#pragma unroll
+    for (int i = 0; i < 8; i++) A[i] = scale_codes(Alo[0][i], i & 1 ? k1 : k0, i & 1 ? c1 : c0) | Ahi[0][i];
+}
+
 /* The lane's words of the unit staged at stl - 16 lane (lane_ptrs'
  * offsets): its low codes at stl, its slots at stl + osl, its rows' scales
  * at stl + osc (the lane's offsets, computed once). */

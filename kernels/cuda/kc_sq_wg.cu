@@ -101,8 +101,29 @@ __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.s
 template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 
-/* the generic proxy's writes (cp.async) made visible to wgmma's reads */
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+/* one arrival that also expects tx more bytes this phase */
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t tx) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(tx) : "memory");
+}
+/* until the phase of this parity has completed (acquire: the bytes are visible) */
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+/* bytes global -> shared by the async proxy (what wgmma reads), completing on bar */
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
 
 /* d (64 x N, INT32) += A (registers A[4h..4h+3]: the unit's k-half h) x B (desc) */
 template <int N>
@@ -154,37 +175,54 @@ __device__ __forceinline__ void wgmma_rs<128>(int (&d)[64], const uint32_t (&A)[
 }
 
 
-/* A run's part [ga, ga + len) of tile T (its first item t0 = T ng) is
- * done: its INT32 sums go to the run's slot (0: the run's first tile, 1:
- * its last), and the tile's arrival count grows by len. The run that makes
- * it ng adds every other run's part of the tile to its own sums and
- * returns true (it stores the tile); the others return false. No block
- * waits for another, so the grid needs no more than one block to be on the
- * GPU at a time (an owner spinning on the other runs' flags, as stream-k
- * kernels often do, needs them all at once: not given under MPS or beside
- * another stream's kernels). INT32 sums: the order of the adds does not
- * change the result. */
+/* a flag another block sets, read with acquire semantics */
+__device__ __forceinline__ int ld_acquire(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* A run's part [ga, ga + len) of tile T (its first item t0 = T ng) is done.
+ * cnt[2 T] counts the tile's groups that arrived, cnt[2 T + 1] the runs
+ * whose INT32 sums are written. The run that completes the groups adds
+ * every other run's part to its own sums and returns true (it stores the
+ * tile), after waiting for their parts to be written; the others write
+ * their parts to their slot (sk_slot: 0 the run's first tile, 1 its last)
+ * and return false. Arriving before writing spares the last run its write
+ * (every part but one written and read once), and the last run waits only
+ * for runs that have arrived, so are on the GPU: no block waits for one not
+ * yet started, whatever the grid. (Writing first and counting after, the
+ * last run also wrote its part: 1.04-1.06x the time at 96..128 tokens on
+ * 8B gate_up, thirteenth session.) INT32 sums: the order of the adds does
+ * not change the result. */
 template <int NTOK>
 __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, int *cnt, long b, unsigned T,
                                               unsigned len, unsigned t0, unsigned ng, unsigned W, long nb, int tid) {
     __shared__ int last;
     constexpr long SLOT = (NTOK / 8) * 256; /* int4 a slot */
     int4 *const p = (int4 *)part + tid;
-    const int mine = sk_slot(b, t0, W, nb);
-#pragma unroll
-    for (int v = 0; v < NTOK / 8; v++)
-        __stcg(p + (2 * b + mine) * SLOT + v * 256, make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
-    __threadfence();
+    const long c0 = sk_run_of(t0, W, nb), c1 = sk_run_of(t0 + ng - 1, W, nb); /* the tile's runs */
+    int *const arrived = cnt + 2 * (long)T, *const written = arrived + 1;
+    if (tid == 0) last = atomicAdd(arrived, (int)len) + (int)len == (int)ng;
     __syncthreads();
-    if (tid == 0) { /* (the fences around the count: not relying on the barrier's cumulativity) */
+    if (!last) {
+        const int mine = sk_slot(b, t0, W, nb);
+#pragma unroll
+        for (int v = 0; v < NTOK / 8; v++)
+            __stcg(p + (2 * b + mine) * SLOT + v * 256,
+                   make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
         __threadfence();
-        last = atomicAdd(cnt + T, (int)len) + (int)len == (int)ng;
+        __syncthreads();
+        if (tid == 0) atomicAdd(written, 1);
+        return false;
+    }
+    if (tid == 0) {
+        while (ld_acquire(written) < (int)(c1 - c0)) {
+        }
+        *arrived = 0, *written = 0; /* (every run of the tile is past its counts: zero for the next launch) */
         __threadfence();
     }
     __syncthreads();
-    if (!last) return false;
-    __threadfence();
-    const long c0 = sk_run_of(t0, W, nb), c1 = sk_run_of(t0 + ng - 1, W, nb); /* the tile's runs */
     for (long c = c0; c <= c1; c++) {
         if (c == b) continue;
         const int4 *q = p + (2 * c + sk_slot(c, t0, W, nb)) * SLOT;
@@ -238,8 +276,8 @@ __device__ __forceinline__ void wg_store(const int (&acc)[NTOK / 2], const MmArg
 
 /* A block takes the run of items [sk_run(b), sk_run(b + 1)) (item x: group x
  * mod ng of tile T = x / ng, which is token block T / rb, row block T mod rb).
- * part: two slots of INT32 partial sums a block (wg_split_last); cnt:
- * arrivals a tile, zero between launches. */
+ * part: two slots of INT32 partial sums a block; cnt: two counts a tile
+ * (wg_split_last), zero between launches. */
 template <int NTOK, int S>
 __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     k_sq_wg(MmArgs a, const int8_t *xw, unsigned rb, unsigned W, int *part, int *cnt) {
@@ -254,6 +292,15 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(dsm), ring = (sbase + 511) & ~511u; /* (the swizzle atom's alignment) */
     uint8_t *tile_b = dsm + (ring - sbase) + S * G::BYTES + warp * SQ_TILE;
     zero_tiles(tile_b, 1, lane);
+    /* a stage's activations arrive by one bulk copy (the async proxy, so
+     * wgmma needs no proxy fence after them) completing on its mbarrier */
+    __shared__ __align__(8) uint64_t full[S];
+    const uint32_t fb = (uint32_t)__cvta_generic_to_shared(full);
+    if (tid == 0) {
+        for (int s = 0; s < S; s++) mbar_init(fb + 8 * s, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
     /* the next item to load: its token block, row block and group, where
      * its activations and the warp's unit start (advanced one item a load;
      * computed again only when a tile ends) */
@@ -270,15 +317,12 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
         ltk = T / rb, lrb = T - ltk * rb, lg = s0 - T * ng;
         seek();
     }
-    /* the next item into the stage at st: the thread's 16-byte chunks of its
-     * activations (laid out by k_wg_x as the stage holds them) and of the
-     * warp's unit */
-    const auto load = [&](uint32_t st) {
-#pragma unroll
-        for (int i = 0; i < (NTOK * 4 + 255) / 256; i++) {
-            const int q = tid + 256 * i;
-            if (NTOK * 4 % 256 == 0 || q < NTOK * 4) cp_async16(st + 16 * q, xs + 16 * q);
-        }
+    /* the next item into stage sl: its activations (laid out by k_wg_x as the
+     * stage holds them) by thread 0's bulk copy, the thread's 16-byte chunks
+     * of the warp's unit by cp.async */
+    const auto load = [&](unsigned sl) {
+        const uint32_t st = ring + sl * G::BYTES;
+        if (tid == 0) mbar_expect(fb + 8 * sl, G::BX), bulk_copy(st, xs, G::BX, fb + 8 * sl);
         const uint32_t ud = st + G::BX + warp * WG_UB + 16 * lane;
         cp_async16(ud, us);
         if (lane < WG_UB / 16 - 32) cp_async16(ud + 512, us + 512);
@@ -292,25 +336,27 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     };
 #pragma unroll
     for (unsigned j = 0; j < S - 2; j++) {
-        if (j < nj) load(ring + j * G::BYTES);
+        if (j < nj) load(j);
         else cp_async_commit(); /* (the waits count groups) */
     }
     int acc[NTOK / 2];
     const StOffs<true> so(lane);
-    /* item j: wait for its stage (this thread's copies, then everyone's:
-     * the barrier also says every warp's wgmma of item j - 2 retired, so its
-     * stage can be refilled), refill, decode the warp's unit, 2 wgmma, wait
-     * for item j - 1's only */
+    float r0 = 0.0f, r1 = 0.0f; /* is_rcp of the warp's rows g and g + 8 in the current tile */
+    /* item j: wait for its stage's units (this thread's copies, then
+     * everyone's: the barrier also says every warp's wgmma of item j - 2
+     * retired, so its stage can be refilled), refill, decode the warp's
+     * unit, wait for the activations' mbarrier, 2 wgmma, wait for item j -
+     * 1's only */
     const auto step = [&](unsigned j, uint32_t(&A)[8]) {
         cp_async_wait<S - 3>();
-        fence_async_smem(); /* the generic proxy's writes (cp.async) made visible to wgmma */
         __syncthreads();
-        if (j + S - 2 < nj) load(ring + (j + S - 2) % S * G::BYTES);
+        if (j + S - 2 < nj) load((j + S - 2) % S);
         else cp_async_commit();
         const uint32_t st = ring + j % S * G::BYTES;
         Raw<4, 4, true> cur[1];
         lds_unit<true>(cur[0], st + G::BX + warp * WG_UB + 16 * lane, so);
-        is_frags(cur, 0, tile_b, a, lane, A);
+        is_frags_r(cur, tile_b, a, lane, r0, r1, A);
+        mbar_wait(fb + 8 * (j % S), (j / S) & 1); /* the activations (only wgmma reads them) */
         wg_fence();
         wgmma_rs<NTOK>(acc, A, 0, wg_desc(st, 16, 512));
         wgmma_rs<NTOK>(acc, A, 1, wg_desc(st + 32, 16, 512));
@@ -321,6 +367,11 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
     unsigned j = 0, T = s0 / ng, ga = s0 - T * ng;
     while (j < nj) { /* one tile's groups [ga, gb) a pass */
         const unsigned len = ng - ga < nj - j ? ng - ga : nj - j, je = j + len, gb = ga + len;
+        {
+            const long row = (long)(T % rb) * (WG_WARPS * 16) + warp * 16 + (lane >> 2);
+            r0 = row < a.n ? is_rcp(__ldg(a.rs + row)) : 0.0f;
+            r1 = row + 8 < a.n ? is_rcp(__ldg(a.rs + row + 8)) : 0.0f;
+        }
 #pragma unroll
         for (int i = 0; i < NTOK / 2; i++) acc[i] = 0;
         for (; j + 2 <= je; j += 2) { /* (no path writes a set while its own wgmma may run) */
@@ -335,7 +386,6 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
             if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
         } else if (wg_split_last<NTOK>(acc, part, cnt, b, T, gb - ga, T * ng, ng, W, nb, tid)) {
             if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
-            if (tid == 0) cnt[T] = 0; /* (for the next launch) */
         }
         T++, ga = 0;
     }
@@ -378,9 +428,9 @@ int launch(const kc_sq *w, const MmArgs &a) {
         return -1;
     }
     /* split tiles (none with a block a tile): the decode kernels' stream-k
-     * scratch, partial sums and arrival counts, zero between launches */
+     * scratch, partial sums and two counts a tile, zero between launches */
     MmArgs s = a;
-    if (G != tb * rb && kc_sk_scratch((size_t)G * 2 * NTOK * 128 * sizeof(int), tb * rb, &s)) return -1;
+    if (G != tb * rb && kc_sk_scratch((size_t)G * 2 * NTOK * 128 * sizeof(int), 2 * tb * rb, &s)) return -1;
     const long rows = tb * NTOK;
     if (kc_grow((void **)&g_x, &g_x_bytes, (size_t)rows * a.k, (size_t)1 << 20)) return -1;
     k_wg_x<<<kc_blocks(rows * a.ngroups, 256), 256, 0, KC_STREAM>>>(a.qx, a.m, a.k, rows, NTOK, g_x);
