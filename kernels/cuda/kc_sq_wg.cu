@@ -35,20 +35,22 @@
  * 0.99-1.06x on 8B gate_up, where the partial sums cost what the balance
  * gains.
  *
- * Pipeline. Items go through a ring of S stages in shared memory, filled by
- * cp.async S - 2 items ahead: a stage holds the item's activations (B,
- * NTOK x 64 bytes, K-major with the 64-byte swizzle, laid out so in memory
- * by k_wg_x) and the 8 warps' units. Each item: wait for the stage, one
- * barrier (everyone's copies landed; every warp's wgmma of two items back
- * retired, so its stage can be refilled), refill, decode the warp's unit
- * into A registers, 2 wgmma, and wait for the previous item's wgmma only:
- * the decode of item j + 1 runs while the tensor cores work on item j (the
- * A registers alternate between two sets). Tried and dropped (thirteenth
- * session, H200): the stage filled by cp.async.bulk on an mbarrier, the
- * last warp done with a stage refilling it, no block barrier: 1.2-1.3x
- * the time of this ring at every size, and the fence before the barrier
- * (MEMBAR.ALL.CTA in SASS) left out: 5-8 % faster, but then wgmma may read
- * B before the generic proxy's writes are visible.
+ * Pipeline. Items go through a ring of S stages in shared memory, filled
+ * S - 2 items ahead: a stage holds the item's activations (B, NTOK x 64
+ * bytes, K-major with the 64-byte swizzle, laid out so in memory by k_wg_x)
+ * and the 8 warps' units. The units come by per-lane cp.async; B by one
+ * cp.async.bulk from thread 0 on the stage's mbarrier (the async proxy,
+ * which wgmma reads through: no proxy fence a step). Each item: wait for
+ * the stage's units, one barrier (everyone's copies landed; every warp's
+ * wgmma of two items back retired, so its stage can be refilled), refill,
+ * decode the warp's unit into A registers, wait on the stage's mbarrier for
+ * B, 2 wgmma, and wait for the previous item's wgmma only: the decode of
+ * item j + 1 runs while the tensor cores work on item j (the A registers
+ * alternate between two sets). H200, fourteenth session: 1-6 % faster than
+ * B by cp.async behind a fence.proxy.async (MEMBAR.ALL.CTA) a step. Tried
+ * and dropped (thirteenth session): the units too by cp.async.bulk, the
+ * last warp done with a stage refilling it and no block barrier: 1.2-1.3x
+ * the time.
  *
  * The activations are permuted first (k_wg_x): the unit stores a lane's 16
  * columns contiguously (kc_sq_frag.cuh's fragment map), so logical k of
@@ -211,9 +213,14 @@ __device__ __forceinline__ bool wg_split_last(int (&acc)[NTOK / 2], int *part, i
         for (int v = 0; v < NTOK / 8; v++)
             __stcg(p + (2 * b + mine) * SLOT + v * 256,
                    make_int4(acc[4 * v], acc[4 * v + 1], acc[4 * v + 2], acc[4 * v + 3]));
-        __threadfence();
+        /* the barrier orders every thread's stores before thread 0's fence,
+         * whose cumulativity publishes them with the count (CUTLASS's
+         * generic barrier does the same: one fence a block, not a thread) */
         __syncthreads();
-        if (tid == 0) atomicAdd(written, 1);
+        if (tid == 0) {
+            __threadfence();
+            atomicAdd(written, 1);
+        }
         return false;
     }
     if (tid == 0) {
@@ -457,9 +464,13 @@ int dispatch(const kc_sq *w, const MmArgs &a) {
  * kernels by 4 %); from 50 M, 33..128 (8B down 0.75-0.80x at 48..128 but
  * 1.02x at 32; 70B qkv 0.63-0.69x at 48..128, 0.98x at 32; 70B o
  * 0.68-0.75x, 0.98x at 32); below that off (8B qkv and o: not measured
- * since stream-k; one block a tile lost 1.2-2.2x there). From 256 tokens
- * the INT8 path (expansion + INT8 GEMM), whose GEMM decodes nothing per
- * block of tokens, won on every shape (twelfth session). */
+ * since stream-k; one block a tile lost 1.2-2.2x there). Up to 256 tokens
+ * from 200 M weights: at 256, 0.82x the INT8 path's time (expansion +
+ * INT8 GEMM) on 70B gate_up and 0.71x on 70B down, and 129 tokens cost
+ * this kernel what 256 do (two blocks of 128) but the INT8 path less, so
+ * the smaller matrices, at 0.87-1.07x at 256, stop at 128; from 512 tokens
+ * the INT8 path, whose GEMM decodes nothing per block of tokens, wins on
+ * every shape (fourteenth session). */
 /* either bound set (environment or kc_sq_set_wg): one range for every
  * matrix, the other bound open (1, or no limit) */
 static bool wg_fixed(long *lo, long *hi) {
@@ -479,7 +490,7 @@ extern "C" long kc_sq_wg_max(const kc_sq_t *w) {
     long lo, hi;
     if (wg_fixed(&lo, &hi)) return hi;
     const double nk = w ? (double)w->n * w->k : 0;
-    return nk >= 5e7 ? 128 : 0;
+    return nk >= 2e8 ? 256 : nk >= 5e7 ? 128 : 0;
 }
 extern "C" void kc_sq_set_wg(long lo, long hi) { g_min = lo < 0 ? -1 : lo, g_max = hi < 0 ? -1 : hi; }
 /* the ring: 4, 6 (default) or 8 stages (KC_SQ_WG_STAGES); the grid:

@@ -265,8 +265,9 @@ static void test_wg(void) {
     kc_sq_set_wg_ring(-1, -1);
     kc_sq_set_wg(-1, -1);
     if (!getenv("KC_SQ_WG_MIN") && !getenv("KC_SQ_WG_MAX")) { /* the measured default, by the matrix's size */
-        static const long shp[3][2] = {{28672, 4096}, {8192, 10240}, {4096, 4096}}, want[3][2] = {{17, 128}, {33, 128}, {0, 0}};
-        for (int i = 0; i < 3; i++) {
+        static const long shp[4][2] = {{8192, 28672}, {28672, 4096}, {8192, 10240}, {4096, 4096}},
+                          want[4][2] = {{17, 256}, {17, 128}, {33, 128}, {0, 0}};
+        for (int i = 0; i < 4; i++) {
             kc_sq_t *w = kc_sq_random_ex(shp[i][0], shp[i][1], 4, 64, 8, 5 + i, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT);
             char dw[160];
             snprintf(dw, sizeof dw, "wgmma tokens by default on %ldx%ld: %ld..%ld (want %ld..%ld)", shp[i][0], shp[i][1],
