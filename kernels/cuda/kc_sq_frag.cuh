@@ -346,6 +346,16 @@ __device__ __forceinline__ uint32_t scale_codes(uint32_t u, uint32_t k, uint32_t
  * k x 128 x 127 < 2^31 (kc_sq_wg.cu and the INT32 decode kernel check it) */
 #define KC_SQ_IS_KMAX 132000L
 
+/* The A fragment from a unit's offset-binary low and high fragments and
+ * the k_g of rows g and g + 8: the low codes times k_g less 8 k_g (the
+ * offset: (256 - 8 k_g) x 0x10001 per 16-bit pair), the highs ORed in */
+__device__ __forceinline__ void is_assemble(const uint32_t (&Alo)[8], const uint32_t (&Ahi)[8], uint32_t k0,
+                                            uint32_t k1, uint32_t (&A)[8]) {
+    const uint32_t c0 = (256u - 8u * k0) * 0x10001u, c1 = (256u - 8u * k1) * 0x10001u;
+#pragma unroll
+    for (int i = 0; i < 8; i++) A[i] = scale_codes(Alo[i], i & 1 ? k1 : k0, i & 1 ? c1 : c0) | Ahi[i];
+}
+
 /* The one INT8 A fragment of a unit with integer bank scales (kc_sq.cuh):
  * every weight is k_g lo + hi (k_g = s_lo / s_hi, an integer), so the low
  * codes times k_g with the highs ORed in (a byte has one of them nonzero:
@@ -360,9 +370,7 @@ __device__ __forceinline__ void is_frags(const Raw<4, 4, true> (&cur)[1], unsign
     const float sl1 = half_lo(cur[0].sc[1]), sh1 = half_hi(cur[0].sc[1]);
     const uint32_t k0 = sh0 != 0.0f ? (uint32_t)__float2int_rn(sl0 * rcp_approx(sh0)) : 0u;
     const uint32_t k1 = sh1 != 0.0f ? (uint32_t)__float2int_rn(sl1 * rcp_approx(sh1)) : 0u;
-    const uint32_t c0 = (256u - 8u * k0) * 0x10001u, c1 = (256u - 8u * k1) * 0x10001u;
-#pragma unroll
-    for (int i = 0; i < 8; i++) A[i] = scale_codes(Alo[0][i], i & 1 ? k1 : k0, i & 1 ? c1 : c0) | Ahi[0][i];
+    is_assemble(Alo[0], Ahi[0], k0, k1, A);
 }
 
 /* A row's reciprocal scale for is_frags_r: 0 for a row of zeros (its k_g
@@ -373,8 +381,7 @@ __device__ __forceinline__ float is_rcp(float s) { return s != 0.0f ? rcp_approx
 /* is_frags with the rows' is_rcp given (r0, r1: rows g and g + 8): the
  * same k_g bit for bit (rint(s_lo r), r the same reciprocal), the division
  * taken out of the unit: k_g is rounded by adding 1.5 x 2^23 in the same
- * fma (k_g < 2^22), and the row's (256 - 8 k_g) x 0x10001 comes from those
- * bits. Why: the per-unit reciprocal, its zero test and the float-to-int
+ * fma (k_g < 2^22). Why: the per-unit reciprocal, its zero test and the float-to-int
  * conversion were ~8 of the wgmma kernel's ~180 instructions a unit. */
 __device__ __forceinline__ void is_frags_r(const Raw<4, 4, true> (&cur)[1], uint8_t *tiles, const MmArgs &a,
                                            int lane, float r0, float r1, uint32_t (&A)[8]) {
@@ -382,9 +389,7 @@ __device__ __forceinline__ void is_frags_r(const Raw<4, 4, true> (&cur)[1], uint
     group_frags<4, 1, 4, true, true>(cur, 0, tiles, a, lane, Alo, Ahi); /* low codes offset-binary */
     const uint32_t k0 = __float_as_uint(fmaf(half_lo(cur[0].sc[0]), r0, MAGIC_F)) - (uint32_t)MAGIC_I;
     const uint32_t k1 = __float_as_uint(fmaf(half_lo(cur[0].sc[1]), r1, MAGIC_F)) - (uint32_t)MAGIC_I;
-    const uint32_t c0 = 0x01000100u - k0 * 0x00080008u, c1 = 0x01000100u - k1 * 0x00080008u;
-#pragma unroll
-    for (int i = 0; i < 8; i++) A[i] = scale_codes(Alo[0][i], i & 1 ? k1 : k0, i & 1 ? c1 : c0) | Ahi[0][i];
+    is_assemble(Alo[0], Ahi[0], k0, k1, A);
 }
 
 /* The lane's words of the unit staged at stl - 16 lane (lane_ptrs'

@@ -389,11 +389,10 @@ __global__ void __launch_bounds__(256, NTOK == 32 ? 3 : 2)
         wg_wait<0>();
         const unsigned tkb = T / rb;
         const long tile = (long)(T - tkb * rb) * WG_WARPS + warp, tok0 = (long)tkb * NTOK;
-        if (gb - ga == ng) {
-            if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
-        } else if (wg_split_last<NTOK>(acc, part, cnt, b, T, gb - ga, T * ng, ng, W, nb, tid)) {
-            if (tile < a.ntiles) wg_store<NTOK>(acc, a, tile, tok0, lane);
-        }
+        /* a whole tile, or the last of its runs to arrive (the others leave their parts) */
+        if ((gb - ga == ng || wg_split_last<NTOK>(acc, part, cnt, b, T, gb - ga, T * ng, ng, W, nb, tid)) &&
+            tile < a.ntiles)
+            wg_store<NTOK>(acc, a, tile, tok0, lane);
         T++, ga = 0;
     }
     cp_async_wait<0>();
