@@ -362,6 +362,17 @@ void kc_sq_set_gemv_stage(int on);
  * matrix of one part on the path above; -1 otherwise. */
 int kc_sq_acc_applies(const kc_sq_t *w, long m);
 int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
+/* kc_sq_matmul_acc, then what kc_rmsnorm_q8(d_out, d_y, d_nw, m, n, eps,
+ * d_q, d_qs) computes, bit for bit, by the matmul's last block (kc_sq_gemv.cu:
+ * the norm's launch and its wait go). d_q / d_qs may be d_qx / d_sx (every
+ * block has read them before the last one starts). Returns 1 when it ran
+ * both, 0 when it ran the matmul alone (rows longer than the block's
+ * registers hold, or KC_SQ_NORM=0: the caller runs the norm), -1 on error.
+ * Only where kc_sq_acc_applies(w, m). */
+int kc_sq_matmul_acc_norm(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
+                          const float *d_nw, float eps, float *d_out, int8_t *d_q, float *d_qs);
+/* KC_SQ_NORM's setting from a test: 1 on, 0 off, -1 back to the environment */
+void kc_sq_set_norm(int on);
 
 #ifdef __cplusplus
 }

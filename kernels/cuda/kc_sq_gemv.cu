@@ -71,6 +71,7 @@
  * row and 64 columns).
  */
 #include "kc_sq_frag.cuh"
+#include "kc_rows.cuh"
 
 #include <stdlib.h>
 
@@ -304,6 +305,129 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
     }
 }
 
+/* ---- the next RMSNorm by the last block (kc_sq_matmul_acc_norm) ----------------------------
+ *
+ * Why. At batch 1 the o and down projections (y += x W^T, the residual) are
+ * followed by the RMSNorm + INT8 kernel of their output row, one block that
+ * mostly waits: for its launch, for the grid boundary, for a few L2 round
+ * trips (4.8 us of an 84 us 8B layer inside the CUDA graph, measured
+ * twice a layer: docs/perf-gpu.md, fourteenth session). Here the matmul's
+ * last block to finish (each block counts its arrival once its tiles are
+ * stored; none waits) does that work while the row is in L2, and the
+ * norm's launch and boundary go. (Giving the norm to every block of the
+ * matmul after, as a prologue, was slower: each redid the whole row.)
+ *
+ * Numbers. The sum of squares is added in the order of rmsnorm_q8_kernel's
+ * 256 threads (kc_quant.cu: thread t's elements t, t + 256, ... in double,
+ * a shuffle tree a warp, the 8 warps in order), whatever this block's
+ * size: with E = min(blockDim, 256) workers, worker t plays the 256 / E
+ * threads t, t + E, ... whose elements are exactly its own j = t + r E.
+ * The rest is elementwise or a max, so out, q and sx are kc_rmsnorm_q8's,
+ * bit for bit (test_kc_sq --norm). Loads go NORM_CHUNK at once (a few L2
+ * round trips a row) into few registers: a register array for the whole
+ * row made the dp4a kernel itself take 128 registers where it took 48. */
+#define NORM_CHUNK 8
+
+template <int E>
+__device__ __forceinline__ void norm_rows(const GemvNorm nm, const float *y, long tok0, int dim, int ntok,
+                                          double *part, float *f) {
+    constexpr int V = 256 / E; /* the norm kernel's threads a worker plays */
+    const int tid = threadIdx.x;
+    for (int t = 0; t < ntok; t++) {
+        const long tok = tok0 + t;
+        const float *xr = y + tok * dim;
+        if (tid < E) { /* warp-uniform: E is a multiple of 32 */
+            for (int i = 0; i < V; i++) { /* the norm kernel's thread vt = tid + i E: j = vt, vt + 256, ... */
+                const int vt = tid + i * E;
+                double ss = 0;
+                for (int j0 = vt; j0 < dim; j0 += NORM_CHUNK * 256) {
+                    float v[NORM_CHUNK];
+#pragma unroll
+                    for (int c = 0; c < NORM_CHUNK; c++) { /* loads at once, then the adds in order */
+                        const int j = j0 + c * 256;
+                        v[c] = __ldcg(xr + (j < dim ? j : dim - 1)); /* other blocks' rows: L2, not L1 */
+                    }
+#pragma unroll
+                    for (int c = 0; c < NORM_CHUNK; c++)
+                        if (j0 + c * 256 < dim) ss += (double)v[c] * v[c];
+                }
+                for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+                if ((tid & 31) == 0) part[(tid >> 5) + i * (E / 32)] = ss;
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            double tot = 0;
+            for (int i = 0; i < 8; i++) tot += part[i];
+            f[0] = rms_from_ss(tot, dim, nm.eps);
+        }
+        __syncthreads();
+        const float scale = f[0];
+        /* two passes over the row, each element recomputed the same way:
+         * the max, then the codes (a pass is one L2 round trip a chunk) */
+        float mx = 0.0f;
+        for (int pass = 0; pass < 2; pass++) {
+            const float s = pass ? kc_q8_scale(mx) : 0.0f;
+            if (pass && tid == 0) nm.sx[tok] = s;
+            for (int j0 = tid; j0 < dim; j0 += NORM_CHUNK * E) {
+                float v[NORM_CHUNK], wv[NORM_CHUNK];
+#pragma unroll
+                for (int c = 0; c < NORM_CHUNK; c++) {
+                    const int j = j0 + c * E, jc = j < dim ? j : dim - 1;
+                    v[c] = __ldcg(xr + jc), wv[c] = __ldg(nm.w + jc);
+                }
+#pragma unroll
+                for (int c = 0; c < NORM_CHUNK; c++) {
+                    const int j = j0 + c * E;
+                    if (j >= dim) continue;
+                    const float o = v[c] * scale * wv[c]; /* rmsnorm_q8_kernel's expression */
+                    if (pass) nm.q[tok * dim + j] = kc_q8(o, s);
+                    else nm.out[tok * dim + j] = o, mx = fmaxf(mx, fabsf(o));
+                }
+            }
+            if (pass) break;
+            for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+            if ((tid & 31) == 0) f[1 + (tid >> 5)] = mx;
+            __syncthreads();
+            mx = 0.0f;
+            for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, f[1 + i]);
+        }
+        __syncthreads(); /* part and f are reused by the next token */
+    }
+}
+
+/* Every block, once its tiles are stored: count the arrival; the last one
+ * runs norm_rows. red: the partial-sum buffers, free by now. The fence
+ * after the barrier publishes the block's stores before its count (the
+ * barrier orders them before thread 0's fence: cumulativity); the last
+ * block's fence after the count orders its reads after the others'. */
+template <int NT>
+__device__ __forceinline__ void gemv_norm_tail(const MmArgs &a, float *red) {
+    int *flag = (int *)red;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const int last = atomicAdd(a.norm.cnt, 1) == (int)gridDim.x - 1;
+        if (last) {
+            *a.norm.cnt = 0; /* for the next launch: its blocks start after this grid ends */
+            __threadfence();
+        }
+        *flag = last;
+    }
+    __syncthreads();
+    if (!*flag) return;
+    __syncthreads(); /* the flag is read before red is reused */
+    const int ntok = (int)(a.m - a.tok0 < NT ? a.m - a.tok0 : NT);
+    double *part = (double *)red;           /* 8 doubles */
+    float *f = red + 16;                    /* the scale, then a max per warp */
+    const int E = blockDim.x < 256 ? (int)blockDim.x : 256;
+    const int dim = (int)a.n;
+    if (E == 256) norm_rows<256>(a.norm, a.y, a.tok0, dim, ntok, part, f);
+    else if (E == 128) norm_rows<128>(a.norm, a.y, a.tok0, dim, ntok, part, f);
+    else if (E == 64) norm_rows<64>(a.norm, a.y, a.tok0, dim, ntok, part, f);
+    else norm_rows<32>(a.norm, a.y, a.tok0, dim, ntok, part, f);
+}
+
 /* The warp's range [s0, s0 + n) of every token's activations (zero past m)
  * into shared memory, and the chunk sums of the code offset. */
 template <int NT>
@@ -389,6 +513,7 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_ge
             }
         }
     }
+    if (a.norm.w) gemv_norm_tail<NT>(a, red);
 }
 
 /* The same work split with the weight stream staged through shared memory
@@ -458,6 +583,7 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
         }
     }
     cp_async_wait<0>();
+    if (a.norm.w) gemv_norm_tail<NT>(a, red);
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
@@ -565,8 +691,25 @@ static int gemv_config(const kc_sq *w, GemvKernel kern, size_t base, size_t per_
     return 0;
 }
 
+/* the norm tail's arrival counter, zeroed once (each last block leaves it
+ * zero); allocated at the first eager call, before any graph capture */
+static int norm_counter(int **cnt) {
+    static int *d;
+    if (!d) {
+        void *p = kc_malloc(sizeof(int));
+        if (!p) return -1;
+        if (kc_check(cudaMemset(p, 0, sizeof(int)), "cudaMemset(norm counter)")) {
+            kc_free(p);
+            return -1;
+        }
+        d = (int *)p;
+    }
+    *cnt = d;
+    return 0;
+}
+
 template <int NT, bool S16, bool C>
-static int launch_gemv(const kc_sq *w, MmArgs a) {
+static int launch_gemv(const kc_sq *w, MmArgs a, int *normed) {
     const int st = gemv_stage_on();
     const GemvKernel kern = st ? k_sq_gemv_st<NT, S16, C> : k_sq_gemv<NT, S16, C>;
     const size_t base = gemv_smem(w->k, NT), per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
@@ -586,6 +729,11 @@ static int launch_gemv(const kc_sq *w, MmArgs a) {
         return -1;
     }
     const size_t sm = base + nw * per_warp;
+    *normed = 0;
+    if (a.norm.w) {
+        if (a.m <= NT && a.np <= 1 && a.n <= 0x7fffffffL && norm_counter(&a.norm.cnt) == 0) *normed = 1;
+        else a.norm.w = NULL; /* the caller runs the norm */
+    }
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
         if (kc_launch_pdl("k_sq_gemv", kern, (unsigned)grid, nw * 32, sm, a)) return -1;
@@ -594,12 +742,14 @@ static int launch_gemv(const kc_sq *w, MmArgs a) {
 }
 
 template <bool C>
-static int gemv_layout(const kc_sq *w, const MmArgs *a) {
-    if (a->m == 1) return w->s16 ? launch_gemv<1, true, C>(w, *a) : launch_gemv<1, false, C>(w, *a);
-    if (a->m == 2) return w->s16 ? launch_gemv<2, true, C>(w, *a) : launch_gemv<2, false, C>(w, *a);
-    return w->s16 ? launch_gemv<4, true, C>(w, *a) : launch_gemv<4, false, C>(w, *a);
+static int gemv_layout(const kc_sq *w, const MmArgs *a, int *normed) {
+    if (a->m == 1) return w->s16 ? launch_gemv<1, true, C>(w, *a, normed) : launch_gemv<1, false, C>(w, *a, normed);
+    if (a->m == 2) return w->s16 ? launch_gemv<2, true, C>(w, *a, normed) : launch_gemv<2, false, C>(w, *a, normed);
+    return w->s16 ? launch_gemv<4, true, C>(w, *a, normed) : launch_gemv<4, false, C>(w, *a, normed);
 }
 
-extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a) {
-    return w->compact ? gemv_layout<true>(w, a) : gemv_layout<false>(w, a);
+extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, int *normed) {
+    int unused;
+    return w->compact ? gemv_layout<true>(w, a, normed ? normed : &unused)
+                      : gemv_layout<false>(w, a, normed ? normed : &unused);
 }

@@ -33,8 +33,10 @@
  * The matmul check itself and the matrix makers are in sq_check.h.
  *   KC_SQ_DEC=0..4 in the environment selects the decode kernel variant.
  *
- *   build/gpu/test_kc_sq [--quick] [--wg]   (--quick: fewer shapes, for compute-sanitizer;
- *   --wg: the wgmma kernel's section alone)
+ * - The dp4a matmul with the next RMSNorm by its last block
+ *   (kc_sq_matmul_acc_norm): bit-exact against the matmul and the norm kernel.
+ *   build/gpu/test_kc_sq [--quick] [--wg] [--norm]   (--quick: fewer shapes, for
+ *   compute-sanitizer; --wg / --norm: the wgmma kernel's / the fused norm's section alone)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
 #include "../../engine/model/sq.h"
@@ -282,9 +284,115 @@ static void test_wg(void) {
     verdict(kc_sm90a() ? kc_sq_wg_count() > c0 : kc_sq_wg_count() == c0, what);
 }
 
+/* ---- the next RMSNorm by the dp4a matmul's last block (kc_sq_matmul_acc_norm) ---------------
+ *
+ * y += x W^T and then RMSNorm + INT8 of y in one launch must give exactly
+ * kc_sq_matmul_acc followed by kc_rmsnorm_q8: y, the normalised rows, the
+ * codes and the scales bit for bit, with the codes written over the
+ * matmul's own input (as the backend does) or elsewhere, on both layouts,
+ * both scale widths, the staged and register kernels (their block sizes
+ * differ: the norm replays the norm kernel's 256-thread order on any), row
+ * lengths past the norm kernel's register path (8192), and each matrix
+ * run twice (the arrival counter must be left zero). */
+static int norm_case(kc_sq_t *w, long n, long k, long m, int alias, const char *what) {
+    const long wide = n > k ? n : k;
+    float *hx = malloc(m * k * 4), *hy = malloc(m * n * 4), *hw = malloc(n * 4);
+    float *ya = malloc(m * n * 4), *yb = malloc(m * n * 4), *oa = malloc(m * n * 4), *ob = malloc(m * n * 4);
+    int8_t *qa = malloc(m * n), *qb = malloc(m * n);
+    float sa[4], sb[4];
+    if (!hx || !hy || !hw || !ya || !yb || !oa || !ob || !qa || !qb) exit(2);
+    fill_x(hx, m, k);
+    for (long i = 0; i < m * n; i++) hy[i] = 4.0f * frand();
+    for (long i = 0; i < n; i++) hw[i] = 0.5f + frand();
+    float *dx = dmalloc(m * k * 4), *dy = dmalloc(m * n * 4), *dw = dmalloc(n * 4), *dout = dmalloc(m * n * 4);
+    float *dsx = dmalloc(16), *dqs = dmalloc(16);
+    int8_t *dqx = dmalloc(m * wide), *dq = dmalloc(m * wide);
+    OK(kc_upload(dx, hx, m * k * 4));
+    OK(kc_upload(dw, hw, n * 4));
+    /* the reference: the matmul, then the norm kernel */
+    OK(kc_quant_i8(dx, m, k, dqx, dsx));
+    OK(kc_upload(dy, hy, m * n * 4));
+    OK(kc_sq_matmul_acc(w, dqx, dsx, m, dy));
+    OK(kc_rmsnorm_q8(dout, dy, dw, (int)m, (int)n, 1e-5f, dq, dqs));
+    OK(kc_download(ya, dy, m * n * 4));
+    OK(kc_download(oa, dout, m * n * 4));
+    OK(kc_download(qa, dq, m * n));
+    OK(kc_download(sa, dqs, m * 4));
+    int ok = 1;
+    for (int rep = 0; rep < 2; rep++) {
+        OK(kc_quant_i8(dx, m, k, dqx, dsx));
+        OK(kc_upload(dy, hy, m * n * 4));
+        OK(kc_memset(dout, 0xFF, m * n * 4));
+        OK(kc_memset(dq, 0x55, m * wide));
+        int8_t *q = alias ? dqx : dq;
+        float *qs = alias ? dsx : dqs;
+        const int rc = kc_sq_matmul_acc_norm(w, dqx, dsx, m, dy, dw, 1e-5f, dout, q, qs);
+        OK(kc_download(yb, dy, m * n * 4));
+        OK(kc_download(ob, dout, m * n * 4));
+        OK(kc_download(qb, q, m * n));
+        OK(kc_download(sb, qs, m * 4));
+        ok &= rc == 1 && !memcmp(ya, yb, m * n * 4) && !memcmp(oa, ob, m * n * 4) && !memcmp(qa, qb, m * n) &&
+              !memcmp(sa, sb, m * 4);
+    }
+    char line[400];
+    snprintf(line, sizeof line, "matmul + next RMSNorm, %s %ldx%ld, m = %ld%s: y, norm, codes, scales bit-exact",
+             what, n, k, m, alias ? ", codes over the input" : "");
+    verdict(ok, line);
+    free(hx), free(hy), free(hw), free(ya), free(yb), free(oa), free(ob), free(qa), free(qb);
+    kc_free(dx), kc_free(dy), kc_free(dw), kc_free(dout), kc_free(dsx), kc_free(dqs), kc_free(dqx), kc_free(dq);
+    return ok;
+}
+
+static void test_norm(void) {
+    static const long shp[][2] = {{64, 64 * 7}, {1000, 64 * 5}, {4096, 4096}, {4096, 14336}, {8192, 8192},
+                                  {8200, 64 * 9}};
+    const int nshp = quick ? 3 : 6;
+    kc_sq_set_gemv_max(4);
+    for (int st = 1; st >= 0; st--) {
+        kc_sq_set_gemv_stage(st);
+        for (int s = 0; s < nshp; s++)
+            for (int f = 0; f < 3; f++) {
+                const int flags = f == 0 ? 0 : f == 1 ? KC_SQ_F16_SCALES : KC_SQ_NO_COMPACT | KC_SQ_F16_SCALES;
+                kc_sq_t *w = kc_sq_random_ex(shp[s][0], shp[s][1], 4, 64, 8, 77 + s, flags);
+                if (!w) {
+                    verdict(0, kc_error());
+                    continue;
+                }
+                char what[160];
+                snprintf(what, sizeof what, "%s, %s kernel", kc_sq_describe(w), st ? "staged" : "register");
+                for (long m = 1; m <= 4; m++)
+                    if (!quick || m <= 2) norm_case(w, shp[s][0], shp[s][1], m, (int)(m & 1), what);
+                kc_sq_free(w);
+            }
+    }
+    /* off (KC_SQ_NORM=0): the matmul alone, 0 returned, the norm's outputs untouched */
+    kc_sq_set_gemv_stage(-1);
+    kc_sq_set_norm(0);
+    kc_sq_t *w = kc_sq_random_ex(256, 640, 4, 64, 8, 3, 0);
+    if (w) {
+        float *d = dmalloc(256 * 4), *dsx = dmalloc(4), *out = dmalloc(256 * 4);
+        int8_t *dqx = dmalloc(640), *dq = dmalloc(256);
+        OK(kc_memset(d, 0, 256 * 4));
+        OK(kc_memset(dqx, 1, 640));
+        OK(kc_memset(dsx, 0, 4));
+        OK(kc_memset(out, 0x7F, 256 * 4));
+        const int rc = kc_sq_matmul_acc_norm(w, dqx, dsx, 1, d, d, 1e-5f, out, dq, dsx);
+        float h[256];
+        OK(kc_download(h, out, sizeof h));
+        uint32_t bits;
+        memcpy(&bits, &h[255], 4);
+        verdict(rc == 0 && bits == 0x7F7F7F7Fu, "matmul + next RMSNorm off (kc_sq_set_norm(0)): the matmul alone");
+        kc_free(d), kc_free(dsx), kc_free(out), kc_free(dqx), kc_free(dq);
+        kc_sq_free(w);
+    }
+    kc_sq_set_norm(-1);
+    kc_sq_set_gemv_max(-1);
+}
+
 int main(int argc, char **argv) {
-    int only_wg = 0; /* --wg: that section alone */
-    for (int i = 1; i < argc; i++) quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg");
+    int only_wg = 0, only_norm = 0; /* --wg / --norm: that section alone */
+    for (int i = 1; i < argc; i++)
+        quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg"), only_norm |= !strcmp(argv[i], "--norm");
     /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
      * applies, and the explicit layout through KC_SQ_NO_COMPACT */
     setenv("KC_SQ_COMPACT", "1", 0);
@@ -297,6 +405,10 @@ int main(int argc, char **argv) {
     kc_sq_set_twostep_min(0);
     if (only_wg) {
         test_wg();
+        goto done;
+    }
+    if (only_norm) {
+        test_norm();
         goto done;
     }
 
@@ -528,6 +640,7 @@ int main(int argc, char **argv) {
     }
 
     test_wg();
+    test_norm();
 
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
