@@ -39,11 +39,44 @@
  * quantization: the main loop is pure INT8 mma) on the SQ layout; it
  * takes M >= kc_sq_i8_min() (65, measured: docs/perf-gpu.md), KC_SQ_I8_M.
  *
+ * Overlap (kc_sq_overlap_min, off by default until measured). The
+ * expansion is serial with the GEMM and a large share where a row is long
+ * and the tokens few (70B down at 1024 tokens: 481 us against 297 for the
+ * same GEMM on stored INT8 weights). From KC_SQ_OVERLAP_M tokens the INT8
+ * path cuts the matrix into 3 to 8 slices of rows and, double-buffered,
+ * expands slice i + 1 on a side stream of the lowest priority while the
+ * GEMM of slice i runs on the stream (highest priority) with its
+ * persistent grid held to all SMs but KC_SQ_OVERLAP_SMS (16): only the
+ * first slice's expansion stays exposed. The trade-offs: the GEMM gets
+ * fewer CTAs a round, so the slices are whole rounds of its grid (plan_rows
+ * below); the expansion must finish on the SMs left to it within a GEMM,
+ * or it is the one that shows (on the whole GPU it moves ~2-3 TB/s of
+ * reads and writes by bench_gemm --twostep's figures; bench_gemm --overlap
+ * times S = 8..48); and the block scheduler decides
+ * where blocks go. Both kernels become ready at once (the expansion of
+ * slice i + 1 waits for the GEMM of i - 1, as the GEMM of i does, and for
+ * the expansion of i on its own stream), the GEMM issued first and of
+ * higher priority, so its CTAs should be placed first and the expansion's
+ * (S x the blocks an SM holds, grid-stride) take the SMs left; were the
+ * expansion placed first, its blocks would spread over the GPU and hold
+ * SMs the GEMM's CTAs (a whole SM each) wait for: kc_sq_set_overlap_fill
+ * instead launches a short block for every 8 units, which give each SM
+ * back quickly. The GEMMs read the same sums whatever their grid (integer
+ * sums, data-parallel tiles, no split of k): the bits are the serial
+ * path's (test_kc_sq --overlap). The side stream waits on an event of the
+ * stream first and is joined back before the call returns, so the call is
+ * ordered like any other on the stream and a CUDA graph capture of the
+ * stream records both. A slice whose GEMM would take the cuBLAS fallback
+ * (rows not a multiple of 4, say) keeps the whole call serial: cuBLAS
+ * takes every SM. Fused parts (kc_sq_fuse) overlap too: a slice crossing
+ * a part's end is expanded once and multiplied in one GEMM a part.
+ *
  * Scratch. One FP16 weight buffer (a slice of at most 128 Mi weights: a
  * larger matrix, such as a 70B output layer, is expanded and multiplied a
- * slice of rows at a time) and one FP16 activation buffer, grown to powers
- * of two on demand and never freed while the process runs (CUDA graphs
- * captured earlier keep their addresses, as in kc_sq_mm.cu).
+ * slice of rows at a time; with the overlap, two INT8 slices of at most
+ * 128 Mi weights each, the same bytes) and one FP16 activation buffer, grown to powers of two on demand
+ * and never freed while the process runs (CUDA graphs captured earlier
+ * keep their addresses, as in kc_sq_mm.cu).
  */
 #include "kc_sq_frag.cuh"
 
@@ -364,11 +397,12 @@ static int slice_gemms(const kc_sq *w, const TwoStep &ts, const Outs &o, long s0
  * make the fewest rounds of the persistent grid over all slices, 3 to 8
  * slices (more only where a slice would outgrow its buffer, KC_F16_SLICE
  * bytes: the two buffers take the FP16 path's scratch), the smallest such
- * slice (the first expansion is the one not hidden). A round costs the
- * same full or not, so slices of equal tiles that leave a round mostly
- * empty cost more than the expansion they hide (70B down at 1024 tokens
- * in four slices: 7 rounds of 116 CTAs against 4 of 132 without). 0: too
- * few tiles to overlap. */
+ * slice (the first expansion is the one not hidden). A round costs about
+ * the same full or not, so slices that leave rounds mostly empty cost more
+ * GEMM time than the expansion they hide: 70B down at 1024 tokens (8 token
+ * tiles a 128 rows, 116 CTAs on 116 SMs) in four slices of 2048 rows is 8
+ * rounds, in five of 1664 rows 5, what the serial path's two slices of
+ * 4672 and 3520 rows take on 132. 0: too few tiles to overlap. */
 static long plan_rows(const kc_sq *w, long m, int gemm_sms) {
     if (g_ov_rows > 0) return g_ov_rows;
     const long nt = (w->n + 127) / 128, per = kc_i8_tiles(m, 128), round = kc_i8_round(gemm_sms);
@@ -451,8 +485,6 @@ static int overlap_rows(const kc_sq *w, const TwoStep &ts, const Outs &o, long r
     return rc || jrc ? -1 : 0;
 }
 
-/* the overlap applies: INT8 path, m from kc_sq_overlap_min(), every GEMM on
- * the CUTLASS kernel, at least two slices; 1 and *rows_out, or 0 */
 /* the SMs of the side stream's expansion (at most half the GPU) and of the
  * GEMM (the others, whole clusters of 2); 0 if there is no room for both */
 static int ov_sms(int *side, int *gemm) {
@@ -471,13 +503,16 @@ extern "C" long kc_sq_overlap_rows(const kc_sq *w, long m) {
     return rows > 0 && rows < w->n ? rows : 0;
 }
 
+/* the overlap applies: INT8 path, m from kc_sq_overlap_min(), at least two
+ * slices, every GEMM on the CUTLASS kernel; 1 with the slice's rows and the
+ * SMs of each side, or 0 (the serial path) */
 static int overlap_plan(const kc_sq *w, const TwoStep &ts, const Outs &o, long *rows_out, int *side_out,
                         int *gemm_out) {
     const long min_m = kc_sq_overlap_min();
     int side, gemm;
     if (!ts.i8 || min_m <= 0 || ts.m < min_m || !ov_sms(&side, &gemm)) return 0;
     const long rows = plan_rows(w, ts.m, gemm);
-    if (rows <= 0 || rows >= w->n || (size_t)rows * w->k > (size_t)KC_F16_SLICE * 2) return 0;
+    if (rows <= 0 || rows >= w->n || (size_t)rows * w->k > (size_t)KC_F16_SLICE) return 0;
     /* the alignment of either buffer (16 x k bytes apart; the scratch, once
      * allocated, by cudaMalloc) */
     const int8_t *w8 = (const int8_t *)g_w16;

@@ -404,7 +404,7 @@ static void test_overlap(void) {
     ov_random(592, 64 * 7, 0, quick ? mq : mall, quick ? 2 : 4, 96, 16, 1);
     ov_random(600, 64 * 9, KC_SQ_NO_COMPACT, mq, 2, 128, 8, 1);
     ov_random(592, 64 * 7, 0, mq + 1, 1, 96, 200, 1);
-    ov_random(2048, 1024, 0, quick ? mbig : mbig, quick ? 1 : 2, 0, 16, 1);
+    ov_random(2048, 1024, 0, mbig, quick ? 1 : 2, 0, 16, 1);
     ov_random(2048, 1024, KC_SQ_NO_COMPACT, mbig + 1, 1, 0, 32, 1);
     ov_random(45, 64 * 7, 0, mq, 2, 16, 16, 0); /* a last slice of 13 rows: cuBLAS's, so no overlap */
     kc_sq_set_overlap_fill(1);
