@@ -96,10 +96,11 @@ extern "C" void *kc_side_stream(void) { return (void *)g_xs; }
 
 /* The stream at the highest priority, the side stream at the lowest: when
  * a kernel of each is ready at once (kc_sq_gemm.cu's overlap: the GEMM of
- * one slice and the expansion of the next), the block scheduler places the
- * stream's blocks first, so the persistent GEMM gets its SMs and the side
- * stream's kernel fills the ones left. Without overlap the priority changes
- * nothing: the side stream stays empty. */
+ * one slice and the expansion of the next), the block scheduler is to
+ * place the stream's blocks first, so that the persistent GEMM gets its
+ * SMs and the side stream's kernel fills the ones left (not yet measured:
+ * bench_gemm --overlap). Without the overlap the priority changes nothing:
+ * the side stream stays empty. */
 static int create_streams(void) {
     int least = 0, greatest = 0;
     return kc_check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange") ||
