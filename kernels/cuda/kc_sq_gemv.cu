@@ -323,86 +323,61 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
  * size: with E = min(blockDim, 256) workers, worker t plays the 256 / E
  * threads t, t + E, ... whose elements are exactly its own j = t + r E.
  * The rest is elementwise or a max, so out, q and sx are kc_rmsnorm_q8's,
- * bit for bit (test_kc_sq --norm). Loads go NORM_CHUNK at once (a few L2
- * round trips a row) into few registers: a register array for the whole
- * row made the dp4a kernel itself take 128 registers where it took 48. */
-#define NORM_CHUNK 8
-
+ * bit for bit (test_kc_sq --norm). The rows and the weights come into
+ * shared memory at once (cp.async): one L2 round trip, no registers (an
+ * array for the row in registers made the dp4a kernel itself take 128
+ * registers where it took 48), and a first version that read the row from
+ * L2 in chunks, a round trip each, cost more than the norm kernel it
+ * replaced (8B batch 1: 354 -> 335 tokens/s, batch 2: 617 -> 536). */
+/* One token's row, staged in shared memory (x: y's row, w: the weights;
+ * part: 8 doubles, f: 17 floats) */
 template <int E>
-__device__ __forceinline__ void norm_rows(const GemvNorm nm, const float *y, long tok0, int dim, int ntok,
-                                          double *part, float *f) {
+__device__ __forceinline__ void norm_row(const GemvNorm &nm, const float *x, const float *w, long tok, int dim,
+                                         double *part, float *f) {
     constexpr int V = 256 / E; /* the norm kernel's threads a worker plays */
     const int tid = threadIdx.x;
-    for (int t = 0; t < ntok; t++) {
-        const long tok = tok0 + t;
-        const float *xr = y + tok * dim;
-        if (tid < E) { /* warp-uniform: E is a multiple of 32 */
-            for (int i = 0; i < V; i++) { /* the norm kernel's thread vt = tid + i E: j = vt, vt + 256, ... */
-                const int vt = tid + i * E;
-                double ss = 0;
-                for (int j0 = vt; j0 < dim; j0 += NORM_CHUNK * 256) {
-                    float v[NORM_CHUNK];
-#pragma unroll
-                    for (int c = 0; c < NORM_CHUNK; c++) { /* loads at once, then the adds in order */
-                        const int j = j0 + c * 256;
-                        v[c] = __ldcg(xr + (j < dim ? j : dim - 1)); /* other blocks' rows: L2, not L1 */
-                    }
-#pragma unroll
-                    for (int c = 0; c < NORM_CHUNK; c++)
-                        if (j0 + c * 256 < dim) ss += (double)v[c] * v[c];
-                }
-                for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-                if ((tid & 31) == 0) part[(tid >> 5) + i * (E / 32)] = ss;
-            }
+    if (tid < E) { /* warp-uniform: E is a multiple of 32 */
+        for (int i = 0; i < V; i++) { /* the norm kernel's thread vt = tid + i E: j = vt, vt + 256, ... */
+            double ss = 0;
+            for (int j = tid + i * E; j < dim; j += 256) ss += (double)x[j] * x[j];
+            for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+            if ((tid & 31) == 0) part[(tid >> 5) + i * (E / 32)] = ss;
         }
-        __syncthreads();
-        if (tid == 0) {
-            double tot = 0;
-            for (int i = 0; i < 8; i++) tot += part[i];
-            f[0] = rms_from_ss(tot, dim, nm.eps);
-        }
-        __syncthreads();
-        const float scale = f[0];
-        /* two passes over the row, each element recomputed the same way:
-         * the max, then the codes (a pass is one L2 round trip a chunk) */
-        float mx = 0.0f;
-        for (int pass = 0; pass < 2; pass++) {
-            const float s = pass ? kc_q8_scale(mx) : 0.0f;
-            if (pass && tid == 0) nm.sx[tok] = s;
-            for (int j0 = tid; j0 < dim; j0 += NORM_CHUNK * E) {
-                float v[NORM_CHUNK], wv[NORM_CHUNK];
-#pragma unroll
-                for (int c = 0; c < NORM_CHUNK; c++) {
-                    const int j = j0 + c * E, jc = j < dim ? j : dim - 1;
-                    v[c] = __ldcg(xr + jc), wv[c] = __ldg(nm.w + jc);
-                }
-#pragma unroll
-                for (int c = 0; c < NORM_CHUNK; c++) {
-                    const int j = j0 + c * E;
-                    if (j >= dim) continue;
-                    const float o = v[c] * scale * wv[c]; /* rmsnorm_q8_kernel's expression */
-                    if (pass) nm.q[tok * dim + j] = kc_q8(o, s);
-                    else nm.out[tok * dim + j] = o, mx = fmaxf(mx, fabsf(o));
-                }
-            }
-            if (pass) break;
-            for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-            if ((tid & 31) == 0) f[1 + (tid >> 5)] = mx;
-            __syncthreads();
-            mx = 0.0f;
-            for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, f[1 + i]);
-        }
-        __syncthreads(); /* part and f are reused by the next token */
     }
+    __syncthreads();
+    if (tid == 0) {
+        double tot = 0;
+        for (int i = 0; i < 8; i++) tot += part[i];
+        f[0] = rms_from_ss(tot, dim, nm.eps);
+    }
+    __syncthreads();
+    const float scale = f[0];
+    float mx = 0.0f;
+    for (int j = tid; j < dim; j += blockDim.x) {
+        const float o = x[j] * scale * w[j]; /* rmsnorm_q8_kernel's expression */
+        nm.out[tok * dim + j] = o, mx = fmaxf(mx, fabsf(o));
+    }
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if ((tid & 31) == 0) f[1 + (tid >> 5)] = mx;
+    __syncthreads();
+    mx = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, f[1 + i]);
+    const float s = kc_q8_scale(mx);
+    if (tid == 0) nm.sx[tok] = s;
+    for (int j = tid; j < dim; j += blockDim.x) nm.q[tok * dim + j] = kc_q8(x[j] * scale * w[j], s);
+    __syncthreads(); /* part and f are reused by the next token */
 }
 
 /* Every block, once its tiles are stored: count the arrival; the last one
- * runs norm_rows. red: the partial-sum buffers, free by now. The fence
- * after the barrier publishes the block's stores before its count (the
- * barrier orders them before thread 0's fence: cumulativity); the last
- * block's fence after the count orders its reads after the others'. */
+ * copies the weights and the rows into shared memory (one round trip, by
+ * cp.async from L2: another block's rows may sit in a stale L1 line) and
+ * runs norm_row. The fence after the barrier publishes the block's stores
+ * before its count (the barrier orders them before thread 0's fence:
+ * cumulativity); the last block's fence after the count orders its reads
+ * after the others' stores. smem: at least (NT + 1) dim floats + 160
+ * bytes (launch_gemv), free by now (red holds the flag). */
 template <int NT>
-__device__ __forceinline__ void gemv_norm_tail(const MmArgs &a, float *red) {
+__device__ __forceinline__ void gemv_norm_tail(const MmArgs &a, uint8_t *smem, float *red) {
     int *flag = (int *)red;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -416,16 +391,27 @@ __device__ __forceinline__ void gemv_norm_tail(const MmArgs &a, float *red) {
     }
     __syncthreads();
     if (!*flag) return;
-    __syncthreads(); /* the flag is read before red is reused */
-    const int ntok = (int)(a.m - a.tok0 < NT ? a.m - a.tok0 : NT);
-    double *part = (double *)red;           /* 8 doubles */
-    float *f = red + 16;                    /* the scale, then a max per warp */
+    __syncthreads(); /* the flag is read before shared memory is reused */
+    const int dim = (int)a.n, ntok = (int)(a.m - a.tok0 < NT ? a.m - a.tok0 : NT), n4 = dim / 4;
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) cp_async16(base + 16 * i, a.norm.w + 4 * i);
+    for (int t = 0; t < ntok; t++)
+        for (int i = threadIdx.x; i < n4; i += blockDim.x)
+            cp_async16(base + (uint32_t)(t + 1) * dim * 4 + 16 * i, a.y + (a.tok0 + t) * dim + 4 * i);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    const float *w = (const float *)smem;
+    double *part = (double *)(smem + (size_t)(ntok + 1) * dim * 4); /* dim % 4 == 0: 16-byte aligned */
+    float *f = (float *)(part + 8);
     const int E = blockDim.x < 256 ? (int)blockDim.x : 256;
-    const int dim = (int)a.n;
-    if (E == 256) norm_rows<256>(a.norm, a.y, a.tok0, dim, ntok, part, f);
-    else if (E == 128) norm_rows<128>(a.norm, a.y, a.tok0, dim, ntok, part, f);
-    else if (E == 64) norm_rows<64>(a.norm, a.y, a.tok0, dim, ntok, part, f);
-    else norm_rows<32>(a.norm, a.y, a.tok0, dim, ntok, part, f);
+    for (int t = 0; t < ntok; t++) {
+        const float *x = w + (size_t)(t + 1) * dim;
+        if (E == 256) norm_row<256>(a.norm, x, w, a.tok0 + t, dim, part, f);
+        else if (E == 128) norm_row<128>(a.norm, x, w, a.tok0 + t, dim, part, f);
+        else if (E == 64) norm_row<64>(a.norm, x, w, a.tok0 + t, dim, part, f);
+        else norm_row<32>(a.norm, x, w, a.tok0 + t, dim, part, f);
+    }
 }
 
 /* The warp's range [s0, s0 + n) of every token's activations (zero past m)
@@ -513,7 +499,7 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_ge
             }
         }
     }
-    if (a.norm.w) gemv_norm_tail<NT>(a, red);
+    if (a.norm.w) gemv_norm_tail<NT>(a, smem, red);
 }
 
 /* The same work split with the weight stream staged through shared memory
@@ -583,7 +569,7 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
         }
     }
     cp_async_wait<0>();
-    if (a.norm.w) gemv_norm_tail<NT>(a, red);
+    if (a.norm.w) gemv_norm_tail<NT>(a, smem, red);
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
@@ -728,11 +714,15 @@ static int launch_gemv(const kc_sq *w, MmArgs a, int *normed) {
         kc_set_error("k_sq_gemv: a warp's step between tiles passes 4 GB (%ld x %ld)", w->n, w->k);
         return -1;
     }
-    const size_t sm = base + nw * per_warp;
+    size_t sm = base + nw * per_warp;
     *normed = 0;
-    if (a.norm.w) {
-        if (a.m <= NT && a.np <= 1 && a.n <= 0x7fffffffL && norm_counter(&a.norm.cnt) == 0) *normed = 1;
-        else a.norm.w = NULL; /* the caller runs the norm */
+    if (a.norm.w) { /* the tail's rows in shared memory: more than the matmul's, at most the opt-in */
+        const size_t need = (size_t)(NT + 1) * a.n * 4 + 160;
+        if (a.m <= NT && a.np <= 1 && a.n % 4 == 0 && a.n <= 0x7fffffffL && need <= smem_optin() &&
+            norm_counter(&a.norm.cnt) == 0)
+            *normed = 1, sm = sm > need ? sm : need;
+        else
+            a.norm.w = NULL; /* the caller runs the norm */
     }
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
