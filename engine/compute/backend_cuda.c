@@ -58,14 +58,6 @@ typedef struct {
     const float *qs_of; /* qx2/sx2 hold the static form of qs_of[qs_m][qs_k] (as q_of above) */
     long qs_m, qs_k;
     int int_layers; /* some layer matrix is an integer one (kc_int): set at init */
-    /* the RMSNorm + INT8 the o / down matmul's last block already computed
-     * (kc_sq_matmul_acc_norm): out = norm(x) with weights w, n rows; the
-     * rmsnorm call that asks for exactly this finds it done */
-    struct {
-        const float *x, *w;
-        float *out;
-        int n;
-    } pre;
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -287,7 +279,6 @@ static int cuda_pin_logits(fwd_t *f, float *logits, size_t bytes) {
 static int cuda_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
     gfwd_t *g = f->be_state;
     f->b = b;
-    g->pre.out = NULL;
     g->logits_host = logits;
     if (resolve_acts(f, g, &g->acts, err, errlen) != 0) return -1;
     g->q_of = NULL, g->qs_of = NULL; /* nothing carries over from an earlier (perhaps failed) pass */
@@ -475,13 +466,6 @@ static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm,
     const float *w = norm == NORM_OUT    ? gm->out_norm
                      : norm == NORM_ATTN ? gm->layers[layer].attn_norm
                                          : gm->layers[layer].ffn_norm;
-    gfwd_t *gp = f->be_state;
-    const int done = gp->pre.out == y && gp->pre.x == x && gp->pre.w == w && gp->pre.n == n;
-    gp->pre.out = NULL;
-    if (done) { /* the matmul before computed it, INT8 form included */
-        gp->q_of = y, gp->q_m = n, gp->q_k = f->m->hp.dim;
-        return 0;
-    }
     const int site = norm == NORM_ATTN ? SITE_QKV : SITE_UPGATE;
     if (norm != NORM_OUT && static_on_int(f->be_state, &gm->layers[layer], site)) {
         gfwd_t *g = f->be_state;
@@ -539,7 +523,6 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
 
 static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
     gfwd_t *g = f->be_state;
-    g->pre.out = NULL;
     int rc = PROFILED(matmul_name(ids, count), matmul_do(f, layer, ids, y, count, x, n));
     g->q_of = NULL, g->qs_of = NULL; /* good for one matmul call only */
     return rc;
@@ -567,35 +550,14 @@ static int cuda_attention(fwd_t *f, int layer, int n) {
 /* The residual add in the dp4a kernel's epilogue where it takes the
  * matrix (an SQ matrix at decode batch sizes: one launch fewer, same
  * numbers); elsewhere the product into f->xb, then an add. */
-/* The RMSNorm the forward pass runs on y after the o (id W_O) or down
- * projection of `layer` (this layer's FFN norm, the next layer's attention
- * norm) where it is an rmsnorm + INT8 (cuda_rmsnorm), or NULL: its weights. */
-static const float *next_norm(fwd_t *f, int layer, int id) {
-    const gpu_model_t *gm = gpu_model(f);
-    const gfwd_t *g = f->be_state;
-    const int l = id == W_O ? layer : layer + 1;
-    if ((id != W_O && id != W_DOWN) || l >= f->m->hp.n_layer) return NULL;
-    const glayer_t *L = &gm->layers[l];
-    const int site = id == W_O ? SITE_UPGATE : SITE_QKV;
-    if (static_on_int(g, L, site) || !reads_int8(g, L, id == W_O ? W_GATE : W_Q)) return NULL;
-    return id == W_O ? L->ffn_norm : L->attn_norm;
-}
-
 static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, int n) {
     gfwd_t *g = f->be_state;
-    g->pre.out = NULL;
     const gmat_t *w = &gpu_model(f)->layers[layer].w[id];
     if (static_on_int(g, &gpu_model(f)->layers[layer], site_of(id)))
         return static_matmul(f, layer, site_of(id), &id, &y, 1, x, n, 1);
     if ((w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) || (w->kind == GM_INT && kc_int_acc_applies(w->in, n))) {
         int quantized = 0;
         if (quant_input(g, x, n, w->k, &quantized) != 0) return -1;
-        const float *nw = w->kind == GM_SQ ? next_norm(f, layer, id) : NULL;
-        if (nw) { /* and the next RMSNorm by the matmul's last block (the norm writes qx / sx: read by then) */
-            const int rc = kc_sq_matmul_acc_norm(w->sq, g->qx, g->sx, n, y, nw, f->m->hp.rms_eps, f->xb, g->qx, g->sx);
-            if (rc == 1) g->pre.x = y, g->pre.w = nw, g->pre.out = f->xb, g->pre.n = n;
-            return rc < 0 ? -1 : 0;
-        }
         return w->kind == GM_SQ ? kc_sq_matmul_acc(w->sq, g->qx, g->sx, n, y) : kc_int_matmul_acc(w->in, g->qx, g->sx, n, y);
     }
     return gmatmul(g, w, x, n, f->xb, &(int){0}) != 0 ? -1 : kc_add(y, f->xb, (long)n * w->n);

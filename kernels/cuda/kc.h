@@ -4,8 +4,7 @@
  * engine, written in C, never includes a CUDA header. Pointers named d_*
  * are device memory. Everything runs in order on one CUDA stream that
  * kc_init creates, so a caller that needs results on the host only has
- * to call kc_download (which synchronises). (A call may fork work onto a
- * second stream internally; it joins it back before returning.)
+ * to call kc_download (which synchronises).
  *
  * Errors: every CUDA call and every kernel launch is checked. A failing
  * function returns -1 (or NULL) and leaves one line in kc_error(); the
@@ -345,36 +344,6 @@ int kc_i8_gemm_on(void);
 void kc_i8_gemm_set(int on);
 long kc_i8_gemm_count(void); /* how many ran as the fused kernel (tests) */
 int kc_sm90a(void);           /* 1 on compute capability 9.0, where sm_90a code (that kernel) runs */
-/* The INT8 path's expansion is serial with its GEMM and a large share of
- * the time at ~1024 tokens (70B down: 481 us against 297 for the GEMM on
- * stored INT8 weights). From M = kc_sq_overlap_min() tokens, where every
- * GEMM of the matrix takes the CUTLASS kernel, kc_sq_gemm.cu expands the
- * next slice of rows on a second, low-priority stream while the GEMM of
- * this slice runs on all SMs but kc_sq_overlap_sms(): only the first
- * slice's expansion is exposed, and the GEMM's persistent grid is smaller.
- * Same bits as the serial path (integer sums, data-parallel tiles); the
- * side stream is forked from the stream and joined back within the call,
- * so it records into CUDA graphs like everything else. KC_SQ_OVERLAP_M
- * (default 0: off, until measured) and KC_SQ_OVERLAP_SMS (16), or
- * kc_sq_set_overlap (< 0: back to the environment / default). */
-long kc_sq_overlap_min(void);
-int kc_sq_overlap_sms(void);
-void kc_sq_set_overlap(long min_m, int sms);
-/* For tests: slices of this many rows (rounded up to 16) instead of the
- * planned whole rounds of the GEMM's grid; 0 the plan again. */
-void kc_sq_set_overlap_rows(long rows);
-/* The side expansion's grid: 0 (KC_SQ_OVERLAP_FILL's default) sms x the
- * blocks an SM holds, long-lived (grid-stride); 1 a block for every 8
- * units, short-lived, so that the stream's GEMM, of higher priority, takes
- * each SM as blocks end and the expansion fills whatever it leaves (the
- * first can be spread by the block scheduler over SMs the GEMM then waits
- * for). < 0: the environment / default. */
-void kc_sq_set_overlap_fill(int on);
-int kc_sq_overlap_fill(void);
-long kc_sq_overlap_count(void); /* calls that overlapped so far (tests) */
-/* the rows of a slice the plan gives w at m tokens with the current
- * settings (whether or not m reaches kc_sq_overlap_min); 0: no overlap */
-long kc_sq_overlap_rows(const kc_sq_t *w, long m);
 
 /* One to four tokens: up to M = kc_sq_gemv_max() tokens, kc_sq_matmul(_parts)
  * on the compact or the explicit fast layout runs the dp4a kernel of kc_sq_gemv.cu (exact
@@ -393,17 +362,6 @@ void kc_sq_set_gemv_stage(int on);
  * matrix of one part on the path above; -1 otherwise. */
 int kc_sq_acc_applies(const kc_sq_t *w, long m);
 int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
-/* kc_sq_matmul_acc, then what kc_rmsnorm_q8(d_out, d_y, d_nw, m, n, eps,
- * d_q, d_qs) computes, bit for bit, by the matmul's last block (kc_sq_gemv.cu:
- * the norm's launch and its wait go). d_q / d_qs may be d_qx / d_sx (every
- * block has read them before the last one starts). Returns 1 when it ran
- * both, 0 when it ran the matmul alone (rows longer than the block's
- * registers hold, or KC_SQ_NORM=0: the caller runs the norm), -1 on error.
- * Only where kc_sq_acc_applies(w, m). */
-int kc_sq_matmul_acc_norm(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
-                          const float *d_nw, float eps, float *d_out, int8_t *d_q, float *d_qs);
-/* KC_SQ_NORM's setting from a test: 1 on, 0 off, -1 back to the environment */
-void kc_sq_set_norm(int on);
 
 #ifdef __cplusplus
 }

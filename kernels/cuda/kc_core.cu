@@ -3,11 +3,7 @@
  *
  * One stream and one cuBLAS handle per process: the engine drives the GPU
  * from a single thread (the scheduler's loop), so nothing here needs a
- * lock except the sticky error, which HTTP threads may read. A second,
- * low-priority stream (kc_side_stream) serves kernels that overlap with
- * the stream's own inside one call (kc_sq_gemm.cu); such a call forks it
- * from the stream and joins it back with events, so callers still see one
- * ordered stream (and CUDA graph capture records both).
+ * lock except the sticky error, which HTTP threads may read.
  *
  * The first error sticks (later failures are usually consequences of it)
  * until kc_clear_error; kc_sync turns asynchronous kernel faults into that
@@ -26,7 +22,7 @@
 
 static char g_err[512];
 static pthread_mutex_t g_err_lock = PTHREAD_MUTEX_INITIALIZER;
-static cudaStream_t g_stream, g_xs; /* the stream, and the side stream (kc_side_stream) */
+static cudaStream_t g_stream;
 static cublasHandle_t g_blas;
 static cudaDeviceProp g_prop;
 static int g_ready;
@@ -92,26 +88,6 @@ extern "C" void kc_clear_error(void) {
 
 extern "C" void *kc_stream(void) { return (void *)g_stream; }
 
-extern "C" void *kc_side_stream(void) { return (void *)g_xs; }
-
-/* The stream at the highest priority, the side stream at the lowest: when
- * a kernel of each is ready at once (kc_sq_gemm.cu's overlap: the GEMM of
- * one slice and the expansion of the next), the block scheduler is to
- * place the stream's blocks first, so that the persistent GEMM gets its
- * SMs and the side stream's kernel fills the ones left (not yet measured:
- * bench_gemm --overlap). Without the overlap the priority changes nothing:
- * the side stream stays empty. */
-static int create_streams(void) {
-    int least = 0, greatest = 0;
-    return kc_check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange") ||
-                   kc_check(cudaStreamCreateWithPriority(&g_stream, cudaStreamNonBlocking, greatest),
-                            "cudaStreamCreateWithPriority") ||
-                   kc_check(cudaStreamCreateWithPriority(&g_xs, cudaStreamNonBlocking, least),
-                            "cudaStreamCreateWithPriority (side)")
-               ? -1
-               : 0;
-}
-
 extern "C" int kc_init(int ordinal) {
     if (g_ready) return 0;
     int n = 0;
@@ -137,7 +113,8 @@ extern "C" int kc_init(int ordinal) {
                      "and newer", g_prop.name, g_prop.major, g_prop.minor);
         return -1;
     }
-    if (create_streams()) return -1;
+    if (kc_check(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking), "cudaStreamCreate"))
+        return -1;
     cublasStatus_t s = cublasCreate(&g_blas);
     if (s != CUBLAS_STATUS_SUCCESS) {
         kc_set_error("cublasCreate failed: %s", cublasGetStatusString(s));
@@ -166,10 +143,7 @@ extern "C" void kc_shutdown(void) {
     cublasDestroy(g_blas);
     cudaFree(g_blas_ws);
     kc_attn_free();
-    cudaStreamSynchronize(g_xs);
-    cudaStreamDestroy(g_xs);
     cudaStreamDestroy(g_stream);
-    g_xs = g_stream = NULL;
     g_ready = 0;
 }
 

@@ -97,7 +97,7 @@ template <class S> S row_stride(long ld, long rows) {
 
 template <class G>
 int run(const int8_t *qx, const int8_t *w8, long m, long n, long k, const float *sx, const float *rs, float *y,
-        long ldy, int sms) {
+        long ldy) {
     using Gemm = typename G::Gemm;
     using Kernel = typename G::Kernel;
     const auto sa = row_stride<typename Kernel::StrideA>(k, m);
@@ -108,9 +108,7 @@ int run(const int8_t *qx, const int8_t *w8, long m, long n, long k, const float 
                                   {(int)m, (int)n, (int)k, 1},
                                   {qx, sa, w8, sb},
                                   {{}, nullptr, sc, y, sd}};
-    /* the persistent grid's size (else CUTLASS asks the driver at every call):
-     * all SMs, or fewer where a kernel on the side stream runs beside it */
-    args.hw_info.sm_count = sms;
+    args.hw_info.sm_count = kc_sm_count(); /* else CUTLASS asks the driver at every call */
     /* the tree's arguments, leaves first: sx, then (rs, acc, rs * acc), then sx * that */
     args.epilogue.thread = {{sx}, {{rs}, {}, {}}, {}};
     Gemm gemm;
@@ -186,44 +184,13 @@ static int cublas_i8(const int8_t *d_qx, const int8_t *d_w8, long m, long n, lon
     return kc_check_launch("k_i8_out");
 }
 
-extern "C" int kc_i8_fused_fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs,
-                                const float *d_y, long ldy) {
-    return fits(d_qx, d_w8, m, n, k, d_rs, d_y, ldy);
-}
-
-/* The CTAs a round of the persistent grid holds on `sms` SMs, and the tiles
- * an m x n product has, as CUTLASS's PersistentTileSchedulerSm90 counts
- * them (tile_scheduler_params.h, get_grid_shape with the default swizzle 1
- * and no max_active_clusters): tiles of 64 or 128 tokens (run's choice
- * below) by 128 rows, the token tiles rounded up to the cluster of 2; the
- * grid is the SM count less what clusters of 2 leave of each GPC of 18
- * (even counts: all of them). The tiles are data-parallel, no split of k:
- * each output's sum is the same whatever the grid. */
-extern "C" long kc_i8_tiles(long m, long n) {
-    const long tm = m <= 128 ? 64 : 128;
-    return ((m + tm - 1) / tm + 1) / 2 * 2 * ((n + 127) / 128);
-}
-
-extern "C" int kc_i8_round(int sms) {
-    const int gpcs = sms < 18 ? 1 : sms / 18, rest = sms < 18 ? 0 : sms % 18;
-    const int ctas = gpcs * 18 + rest - rest % 2;
-    return (sms < ctas ? sms : ctas) / 2 * 2;
-}
-
-extern "C" int kc_i8_matmul_sms(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
-                                const float *d_rs, float *d_y, long ldy, int sms) {
+extern "C" int kc_i8_matmul(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
+                            const float *d_rs, float *d_y, long ldy) {
     if (m == 0 || n == 0) return 0;
     if (!fits(d_qx, d_w8, m, n, k, d_rs, d_y, ldy)) return cublas_i8(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
-    if (sms <= 0 || sms >= kc_sm_count()) sms = kc_sm_count();
-    else sms = sms < 2 ? 2 : sms / 2 * 2; /* whole clusters of 2 */
-    const int rc = m <= 128 ? run<Small>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy, sms)
-                            : run<Large>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy, sms);
+    const int rc = m <= 128 ? run<Small>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy)
+                            : run<Large>(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy);
     if (rc == 0) g_count++;
     /* CUTLASS refused what fits() let through: the fallback, not an error */
     return rc == 1 ? cublas_i8(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy) : rc;
-}
-
-extern "C" int kc_i8_matmul(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
-                            const float *d_rs, float *d_y, long ldy) {
-    return kc_i8_matmul_sms(d_qx, d_w8, m, n, k, d_sx, d_rs, d_y, ldy, 0);
 }

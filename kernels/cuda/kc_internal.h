@@ -18,11 +18,6 @@ int kc_check(int cuda_err, const char *what);
 int kc_check_launch(const char *kernel);
 /* streaming multiprocessors of the current device (132 if it cannot be asked) */
 int kc_sm_count(void);
-/* the cudaStream_t of the side stream (lowest priority; the stream has the
- * highest): work issued there must wait on an event of the stream first and
- * be joined back to it before the call returns (graph capture requires
- * both; kc_sq_gemm.cu's overlap does it) */
-void *kc_side_stream(void);
 /* y (row-major, ldy) = x [m][k] . w [n][k]^T through cuBLAS, both operands
  * of one type: FP16 or BF16 with FP32 sums and output, or INT8 with INT32
  * sums and output. -1 (kc_error says which GEMM) when cuBLAS refuses. */
@@ -65,20 +60,6 @@ int kc_f16_scale_rows(float *y, long ldy, long m, long ncols, const float *d_sx)
  * INT8 -> INT32 and a scale pass, with the same bits. 0, or -1 on error. */
 int kc_i8_matmul(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
                  const float *d_rs, float *d_y, long ldy);
-/* The same with the CUTLASS kernel's persistent grid sized for `sms` SMs
- * (0: all; else rounded down to whole clusters of 2), so that a kernel on
- * the side stream can run on the others (kc_sq_gemm.cu's overlap). The
- * tiles are data-parallel (no split of k): the bits do not depend on sms.
- * The cuBLAS fallback ignores sms and takes the whole GPU. */
-int kc_i8_matmul_sms(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_sx,
-                     const float *d_rs, float *d_y, long ldy, int sms);
-/* 1 where kc_i8_matmul would run the CUTLASS kernel (not the fallback) */
-int kc_i8_fused_fits(const int8_t *d_qx, const int8_t *d_w8, long m, long n, long k, const float *d_rs,
-                     const float *d_y, long ldy);
-/* that kernel's output tiles for m tokens and n rows, and the CTAs one
- * round of its persistent grid holds on `sms` SMs (CUTLASS's count) */
-long kc_i8_tiles(long m, long n);
-int kc_i8_round(int sms);
 
 #ifdef __cplusplus
 }

@@ -8,12 +8,6 @@
 
 #include "kc_internal.h"
 
-/* 1 / rms(row) from the row's sum of squares: every RMSNorm kernel (and the
- * matmul epilogue that replays one, kc_sq_gemv.cu) rounds it here */
-static __device__ __forceinline__ float rms_from_ss(double ss, int dim, float eps) {
-    return (float)(1.0 / sqrt(ss / dim + eps));
-}
-
 /* 1 / rms(row) from each thread's part of the sum of squares (in double, as
  * the CPU does; the thread's elements j = tid, tid + blockDim, ... added in
  * that order, then the block's parts in a fixed order) */
@@ -28,7 +22,7 @@ static __device__ float rms_finish(double ss, int dim, float eps) {
         part[0] = t;
     }
     __syncthreads();
-    return rms_from_ss(part[0], dim, eps);
+    return (float)(1.0 / sqrt(part[0] / dim + eps));
 }
 
 static __device__ float rms_scale(const float *xr, int dim, float eps) {

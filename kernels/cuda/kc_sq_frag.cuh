@@ -142,17 +142,6 @@ struct Raw {
     uint32_t sc[S16 ? 2 : 4];
 };
 
-/* kc_sq_matmul_acc_norm's RMSNorm of the rows y holds after the matmul:
- * out = y / rms(y) * w, and its INT8 form q / sx (kc_rmsnorm_q8's) */
-struct GemvNorm {
-    const float *w;
-    float eps;
-    float *out;
-    int8_t *q;
-    float *sx;
-    int *cnt; /* the grid's arrivals: zero between launches */
-};
-
 struct MmArgs {
     const uint8_t *w;
     long n, ntiles, nsub, ngroups, m, k;
@@ -170,7 +159,6 @@ struct MmArgs {
     float *py[KC_SQ_MAX_PARTS];
     int acc;         /* the dp4a path: y += x . W^T (the residual add in the epilogue) */
     const float *rs; /* integer bank scales (kc_sq.cuh): the row scales, else NULL */
-    GemvNorm norm;   /* the dp4a path with acc: the next RMSNorm by its last block (norm.w set) */
 };
 
 /* where row r of the (fused) matrix goes: its part's output, that output's
@@ -184,9 +172,7 @@ __device__ __forceinline__ float *y_route(const MmArgs &a, long r, long *ldy, lo
 
 /* the dp4a path for one to four tokens (kc_sq_gemv.cu) */
 extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m);
-/* 0, or -1 on error; *normed: whether it ran a.norm too (the norm needs
- * a block of at least dim / 32 threads, one launch of all m tokens) */
-extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, int *normed);
+extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a);
 
 /* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
 template <int LOBITS, int S2C, bool S16>

@@ -39,44 +39,11 @@
  * quantization: the main loop is pure INT8 mma) on the SQ layout; it
  * takes M >= kc_sq_i8_min() (65, measured: docs/perf-gpu.md), KC_SQ_I8_M.
  *
- * Overlap (kc_sq_overlap_min, off by default until measured). The
- * expansion is serial with the GEMM and a large share where a row is long
- * and the tokens few (70B down at 1024 tokens: 481 us against 297 for the
- * same GEMM on stored INT8 weights). From KC_SQ_OVERLAP_M tokens the INT8
- * path cuts the matrix into 3 to 8 slices of rows and, double-buffered,
- * expands slice i + 1 on a side stream of the lowest priority while the
- * GEMM of slice i runs on the stream (highest priority) with its
- * persistent grid held to all SMs but KC_SQ_OVERLAP_SMS (16): only the
- * first slice's expansion stays exposed. The trade-offs: the GEMM gets
- * fewer CTAs a round, so the slices are whole rounds of its grid (plan_rows
- * below); the expansion must finish on the SMs left to it within a GEMM,
- * or it is the one that shows (on the whole GPU it moves ~2-3 TB/s of
- * reads and writes by bench_gemm --twostep's figures; bench_gemm --overlap
- * times S = 8..48); and the block scheduler decides
- * where blocks go. Both kernels become ready at once (the expansion of
- * slice i + 1 waits for the GEMM of i - 1, as the GEMM of i does, and for
- * the expansion of i on its own stream), the GEMM issued first and of
- * higher priority, so its CTAs should be placed first and the expansion's
- * (S x the blocks an SM holds, grid-stride) take the SMs left; were the
- * expansion placed first, its blocks would spread over the GPU and hold
- * SMs the GEMM's CTAs (a whole SM each) wait for: kc_sq_set_overlap_fill
- * instead launches a short block for every 8 units, which give each SM
- * back quickly. The GEMMs read the same sums whatever their grid (integer
- * sums, data-parallel tiles, no split of k): the bits are the serial
- * path's (test_kc_sq --overlap). The side stream waits on an event of the
- * stream first and is joined back before the call returns, so the call is
- * ordered like any other on the stream and a CUDA graph capture of the
- * stream records both. A slice whose GEMM would take the cuBLAS fallback
- * (rows not a multiple of 4, say) keeps the whole call serial: cuBLAS
- * takes every SM. Fused parts (kc_sq_fuse) overlap too: a slice crossing
- * a part's end is expanded once and multiplied in one GEMM a part.
- *
  * Scratch. One FP16 weight buffer (a slice of at most 128 Mi weights: a
  * larger matrix, such as a 70B output layer, is expanded and multiplied a
- * slice of rows at a time; with the overlap, two INT8 slices of at most
- * 128 Mi weights each, the same bytes) and one FP16 activation buffer, grown to powers of two on demand
- * and never freed while the process runs (CUDA graphs captured earlier
- * keep their addresses, as in kc_sq_mm.cu).
+ * slice of rows at a time) and one FP16 activation buffer, grown to powers
+ * of two on demand and never freed while the process runs (CUDA graphs
+ * captured earlier keep their addresses, as in kc_sq_mm.cu).
  */
 #include "kc_sq_frag.cuh"
 
@@ -292,34 +259,26 @@ struct TwoStep {
     long m;
 };
 
-/* the expansion kernel for w's layout and scales */
-typedef void (*ExpandFn)(MmArgs, Slice, void *);
-static ExpandFn expand_kernel(const kc_sq *w, bool i8) {
-    if (w->compact) return i8 ? (w->s16 ? k_sqc_expand<true, true> : k_sqc_expand<false, true>)
-                              : (w->s16 ? k_sqc_expand<true, false> : k_sqc_expand<false, false>);
-    return i8 ? (w->s16 ? k_sq_expand<true, true> : k_sq_expand<false, true>)
-              : (w->s16 ? k_sq_expand<true, false> : k_sq_expand<false, false>);
-}
-
-/* one warp a unit, at most 4096 blocks (grid-stride beyond) */
-static unsigned full_grid(const kc_sq *w, const Slice &sl) {
-    const long blocks = (sl.nt * w->ngroups + 7) / 8;
-    return (unsigned)(blocks < 4096 ? blocks : 4096);
-}
-
-/* rows [r0, r0 + rows) (r0 a multiple of 16) expanded into out on stream s */
-static int expand(const kc_sq *w, const TwoStep &ts, long r0, long rows, void *out, unsigned blocks, cudaStream_t s) {
-    const Slice sl = {r0 / 16, (rows + 15) / 16, rows};
-    if (!blocks) blocks = full_grid(w, sl);
-    expand_kernel(w, ts.i8)<<<blocks, 256, 0, s>>>(ts.a, sl, out);
-    return kc_check_launch("k_sq_expand");
-}
-
 /* Expands the rows [r0, r0 + rows) (r0 a multiple of 16) into the scratch
  * and multiplies them: y[t][i] (leading dimension ldy) for the slice's rows
  * i (the INT8 path scales them here; the FP16 one after, by the caller). */
 static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, float *y, long ldy) {
-    if (expand(w, ts, r0, rows, g_w16, 0, KC_STREAM)) return -1;
+    const Slice sl = {r0 / 16, (rows + 15) / 16, rows};
+    const long units = sl.nt * w->ngroups;
+    const unsigned blocks = (unsigned)((units + 7) / 8 < 4096 ? (units + 7) / 8 : 4096); /* grid-stride */
+    void *out = g_w16;
+    if (w->compact) {
+        if (ts.i8) w->s16 ? k_sqc_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                          : k_sqc_expand<false, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
+        else w->s16 ? k_sqc_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                    : k_sqc_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
+    } else {
+        if (ts.i8) w->s16 ? k_sq_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                          : k_sq_expand<false, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
+        else w->s16 ? k_sq_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+                    : k_sq_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
+    }
+    if (kc_check_launch("k_sq_expand")) return -1;
     if (!ts.i8) return kc_f16_gemm(g_w16, rows, w->k, g_a16, ts.m, y, ldy);
     return kc_i8_matmul(ts.qx, (const int8_t *)g_w16, ts.m, rows, w->k, ts.sx, w->rs + r0, y, ldy);
 }
@@ -341,213 +300,25 @@ static int rows_gemm(const kc_sq *w, const TwoStep &ts, long r0, long r1, float 
     return 0;
 }
 
-/* ---- the overlap: the next slice expanded beside the GEMM of this one ---------------------- */
-
-static long g_ov_min = -1, g_ov_sms = -1, g_ov_rows, g_ov_fill = -1;
-static long g_ov_count;
-
-extern "C" void kc_sq_set_overlap(long min_m, int sms) { g_ov_min = min_m < 0 ? -1 : min_m, g_ov_sms = sms < 0 ? -1 : sms; }
-extern "C" void kc_sq_set_overlap_rows(long rows) { g_ov_rows = rows > 0 ? (rows + 15) / 16 * 16 : 0; }
-extern "C" void kc_sq_set_overlap_fill(int on) { g_ov_fill = on < 0 ? -1 : on != 0; }
-extern "C" long kc_sq_overlap_min(void) { return kc_threshold(&g_ov_min, "KC_SQ_OVERLAP_M", 0); }
-extern "C" int kc_sq_overlap_sms(void) { return (int)kc_threshold(&g_ov_sms, "KC_SQ_OVERLAP_SMS", 16); }
-extern "C" int kc_sq_overlap_fill(void) { return kc_threshold(&g_ov_fill, "KC_SQ_OVERLAP_FILL", 0) != 0; }
-extern "C" long kc_sq_overlap_count(void) { return g_ov_count; }
-
-/* the output of a row range: the parts (kc_sq_fuse) or one matrix */
-struct Outs {
-    int np;
-    long start[KC_SQ_MAX_PARTS + 1]; /* part p: rows [start[p], start[p + 1]) */
-    float *y[KC_SQ_MAX_PARTS];
-};
-
-static Outs outs_of(const kc_sq *w, float *d_y, float *const *parts) {
-    Outs o;
-    memset(&o, 0, sizeof o);
-    o.np = parts && w->nparts > 1 ? w->nparts : 1;
-    for (int p = 0; p < o.np; p++) {
-        o.y[p] = o.np > 1 ? parts[p] : d_y;
-        o.start[p + 1] = o.start[p] + (o.np > 1 ? w->part_n[p] : w->n);
-    }
-    return o;
-}
-
-/* The GEMMs of the expanded rows [s0, s1) in w8 (one a part they cross),
- * on gemm_sms SMs; with run 0 only whether each takes the CUTLASS kernel
- * (1) or the fallback (0), which the overlap must not meet: cuBLAS would
- * take every SM. */
-static int slice_gemms(const kc_sq *w, const TwoStep &ts, const Outs &o, long s0, long s1, const int8_t *w8,
-                       int gemm_sms, bool run) {
-    for (int p = 0; p < o.np; p++) {
-        const long a = s0 > o.start[p] ? s0 : o.start[p], b = s1 < o.start[p + 1] ? s1 : o.start[p + 1];
-        if (a >= b) continue;
-        const long ldy = o.start[p + 1] - o.start[p];
-        const int8_t *wa = w8 + (a - s0) * w->k;
-        float *y = o.y[p] + (a - o.start[p]);
-        if (!run) {
-            if (!kc_i8_fused_fits(ts.qx, wa, ts.m, b - a, w->k, w->rs + a, y, ldy)) return 0;
-        } else if (kc_i8_matmul_sms(ts.qx, wa, ts.m, b - a, w->k, ts.sx, w->rs + a, y, ldy, gemm_sms)) {
-            return -1;
-        }
-    }
-    return run ? 0 : 1;
-}
-
-/* The slice's rows: whole 128-row tiles of the GEMM (its n), as many as
- * make the fewest rounds of the persistent grid over all slices, 3 to 8
- * slices (more only where a slice would outgrow its buffer, KC_F16_SLICE
- * bytes: the two buffers take the FP16 path's scratch), the smallest such
- * slice (the first expansion is the one not hidden). A round costs about
- * the same full or not, so slices that leave rounds mostly empty cost more
- * GEMM time than the expansion they hide: 70B down at 1024 tokens (8 token
- * tiles a 128 rows, 116 CTAs on 116 SMs) in four slices of 2048 rows is 8
- * rounds, in five of 1664 rows 5, what the serial path's two slices of
- * 4672 and 3520 rows take on 132. 0: too few tiles to overlap. */
-static long plan_rows(const kc_sq *w, long m, int gemm_sms) {
-    if (g_ov_rows > 0) return g_ov_rows;
-    const long nt = (w->n + 127) / 128, per = kc_i8_tiles(m, 128), round = kc_i8_round(gemm_sms);
-    long qmax = KC_F16_SLICE / (128 * w->k);
-    if (qmax < 1) qmax = 1;
-    const long smax = (nt + qmax - 1) / qmax > 8 ? (nt + qmax - 1) / qmax : 8;
-    long best = 0, best_rounds = 0;
-    for (long q = 1; q <= qmax && q <= nt; q++) {
-        const long ns = (nt + q - 1) / q, last = nt - (ns - 1) * q;
-        if (ns < 3 || ns > smax) continue;
-        const long rounds = (ns - 1) * ((q * per + round - 1) / round) + (last * per + round - 1) / round;
-        if (!best || rounds < best_rounds) best = q, best_rounds = rounds;
-    }
-    return best * 128;
-}
-
-/* the events of the overlap, made once: fork, gemm done (a buffer), expanded (a buffer), join */
-static cudaEvent_t g_ev[6];
-
-static int ov_events(void) {
-    for (int i = 0; i < 6; i++)
-        if (!g_ev[i] && kc_check(cudaEventCreateWithFlags(&g_ev[i], cudaEventDisableTiming), "cudaEventCreate"))
-            return -1;
-    return 0;
-}
-
-/* blocks of the side stream's expansion: `sms` SMs' worth (the block scheduler
- * may still spread them: kc_sq_overlap_fill says why the other choice) */
-static unsigned side_grid(const kc_sq *w, const TwoStep &ts, long rows, int sms) {
-    const Slice sl = {0, (rows + 15) / 16, rows};
-    const long need = (sl.nt * w->ngroups + 7) / 8;
-    if (kc_sq_overlap_fill()) return (unsigned)(need < 0x7fffffffL ? need : 0x7fffffffL);
-    static ExpandFn fn[8];
-    static int occ[8];
-    const ExpandFn k = expand_kernel(w, ts.i8);
-    int i = 0;
-    while (i < 8 && fn[i] && fn[i] != k) i++;
-    if (i < 8 && !fn[i]) {
-        int o = 0;
-        if (kc_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, k, 256, 0), "cudaOccupancy (k_sq_expand)"))
-            return 0;
-        fn[i] = k, occ[i] = o > 0 ? o : 1;
-    }
-    const long blocks = (long)sms * (i < 8 ? occ[i] : 1);
-    return (unsigned)(blocks < need ? blocks : need);
-}
-
-static int wait_ev(cudaStream_t s, cudaEvent_t e) { return kc_check(cudaStreamWaitEvent(s, e, 0), "cudaStreamWaitEvent"); }
-static int record(cudaEvent_t e, cudaStream_t s) { return kc_check(cudaEventRecord(e, s), "cudaEventRecord"); }
-
-/* Slices of `rows` (the last shorter), double-buffered: slice i + 1 is
- * expanded on the side stream (lowest priority) into the buffer slice i - 1
- * was read from, once that GEMM is done, while the GEMM of slice i runs on
- * gemm_sms SMs of the stream (highest priority); the stream waits for an
- * expansion before its GEMM. The side stream starts by waiting on an event
- * of the stream (so it follows everything issued before, and joins a graph
- * capture of the stream) and ends joined back to it. */
-static int overlap_rows(const kc_sq *w, const TwoStep &ts, const Outs &o, long rows, int side_sms, int gemm_sms) {
-    cudaStream_t ms = KC_STREAM, xs = (cudaStream_t)kc_side_stream();
-    cudaEvent_t *fork = &g_ev[0], *done = &g_ev[1], *ready = &g_ev[3], *join = &g_ev[5];
-    const long n = w->n, ns = (n + rows - 1) / rows;
-    int8_t *buf[2] = {(int8_t *)g_w16, (int8_t *)g_w16 + rows * w->k};
-    const unsigned side = side_grid(w, ts, rows, side_sms);
-    if (!side || expand(w, ts, 0, rows < n ? rows : n, buf[0], 0, ms) || record(*fork, ms) ||
-        wait_ev(xs, *fork))
-        return -1;
-    int rc = 0;
-    for (long i = 0; i < ns && !rc; i++) {
-        const long s0 = i * rows, s1 = s0 + rows < n ? s0 + rows : n;
-        /* the GEMM first: issued before the expansion it should get its SMs ahead of */
-        rc = slice_gemms(w, ts, o, s0, s1, buf[i % 2], gemm_sms, true) || record(done[i % 2], ms);
-        if (rc || i + 1 >= ns) break;
-        const int b = (int)((i + 1) % 2);
-        const long e1 = s1 + rows < n ? s1 + rows : n;
-        rc = (i >= 1 && wait_ev(xs, done[b])) || expand(w, ts, s1, e1 - s1, buf[b], side, xs) ||
-             record(ready[b], xs) || wait_ev(ms, ready[b]);
-    }
-    /* the join, also after an error: the side stream must not be left forked */
-    const int jrc = record(*join, xs) || wait_ev(ms, *join);
-    return rc || jrc ? -1 : 0;
-}
-
-/* the SMs of the side stream's expansion (at most half the GPU) and of the
- * GEMM (the others, whole clusters of 2); 0 if there is no room for both */
-static int ov_sms(int *side, int *gemm) {
-    const int all = kc_sm_count();
-    *side = kc_sq_overlap_sms();
-    if (*side <= 0 || all < 8) return 0;
-    if (*side > all / 2) *side = all / 2;
-    *gemm = (all - *side) / 2 * 2;
-    return 1;
-}
-
-extern "C" long kc_sq_overlap_rows(const kc_sq *w, long m) {
-    int side, gemm;
-    if (!w || !ov_sms(&side, &gemm)) return 0;
-    const long rows = plan_rows(w, m, gemm);
-    return rows > 0 && rows < w->n ? rows : 0;
-}
-
-/* the overlap applies: INT8 path, m from kc_sq_overlap_min(), at least two
- * slices, every GEMM on the CUTLASS kernel; 1 with the slice's rows and the
- * SMs of each side, or 0 (the serial path) */
-static int overlap_plan(const kc_sq *w, const TwoStep &ts, const Outs &o, long *rows_out, int *side_out,
-                        int *gemm_out) {
-    const long min_m = kc_sq_overlap_min();
-    int side, gemm;
-    if (!ts.i8 || min_m <= 0 || ts.m < min_m || !ov_sms(&side, &gemm)) return 0;
-    const long rows = plan_rows(w, ts.m, gemm);
-    if (rows <= 0 || rows >= w->n || (size_t)rows * w->k > (size_t)KC_F16_SLICE) return 0;
-    /* the alignment of either buffer (16 x k bytes apart; the scratch, once
-     * allocated, by cudaMalloc) */
-    const int8_t *w8 = (const int8_t *)g_w16;
-    for (long s0 = 0; s0 < w->n; s0 += rows)
-        if (!slice_gemms(w, ts, o, s0, s0 + rows < w->n ? s0 + rows : w->n, w8, gemm, false)) return 0;
-    *rows_out = rows, *side_out = side, *gemm_out = gemm;
-    return 1;
-}
-
 extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
                              float *const *parts) {
     const long slice_rows = w->n < slice_step(w) ? w->n : slice_step(w);
     TwoStep ts;
     memset(&ts, 0, sizeof ts);
     ts.i8 = i8_applies(w, m), ts.qx = d_qx, ts.sx = d_sx, ts.m = m;
-    const Outs o = outs_of(w, d_y, parts);
-    long rows = 0;
-    int side = 0, gemm = 0;
-    const bool ov = overlap_plan(w, ts, o, &rows, &side, &gemm);
-    /* the INT8 scratch takes a byte a weight: half the FP16 buffer's halves;
-     * the overlap's two buffers of a slice, rows x k bytes each */
-    const size_t halves = ov ? (size_t)rows * w->k
-                             : ts.i8 ? ((size_t)slice_rows * w->k + 1) / 2 : (size_t)slice_rows * w->k;
-    if (grow(&g_w16, &g_w16_n, halves)) return -1;
+    /* the INT8 scratch takes a byte a weight: half the FP16 buffer's halves */
+    if (grow(&g_w16, &g_w16_n, ts.i8 ? ((size_t)slice_rows * w->k + 1) / 2 : (size_t)slice_rows * w->k)) return -1;
     if (!ts.i8 && grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;
     MmArgs &a = ts.a;
     a.w = w->d, a.n = w->n, a.k = w->k, a.ntiles = w->ntiles, a.nsub = w->nsub, a.ngroups = w->ngroups;
     a.unit_bytes = w->unit_bytes, a.lo_bytes = w->lo_bytes, a.slot_bytes = w->slot_bytes, a.s2 = w->s2;
     if (!ts.i8 && !kc_f16_acts(d_qx, m, w->k)) return -1;
-    if (ov) {
-        if (ov_events() || overlap_rows(w, ts, o, rows, side, gemm)) return -1;
-        g_ov_count++;
-        return 0;
+    if (!parts || w->nparts <= 1) return rows_gemm(w, ts, 0, w->n, d_y, w->n);
+    long r0 = 0; /* every part but the last is whole tiles: slices start on tiles */
+    for (int p = 0; p < w->nparts; p++) {
+        const long np = w->part_n[p];
+        if (rows_gemm(w, ts, r0, r0 + np, parts[p], np)) return -1;
+        r0 += np;
     }
-    for (int p = 0; p < o.np; p++)
-        if (rows_gemm(w, ts, o.start[p], o.start[p + 1], o.y[p], o.start[p + 1] - o.start[p])) return -1;
     return 0;
 }

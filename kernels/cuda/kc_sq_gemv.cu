@@ -71,7 +71,6 @@
  * row and 64 columns).
  */
 #include "kc_sq_frag.cuh"
-#include "kc_rows.cuh"
 
 #include <stdlib.h>
 
@@ -305,115 +304,6 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
     }
 }
 
-/* ---- the next RMSNorm by the last block (kc_sq_matmul_acc_norm) ----------------------------
- *
- * Why. At batch 1 the o and down projections (y += x W^T, the residual) are
- * followed by the RMSNorm + INT8 kernel of their output row, one block that
- * mostly waits: for its launch, for the grid boundary, for a few L2 round
- * trips (4.8 us of an 84 us 8B layer inside the CUDA graph, measured
- * twice a layer: docs/perf-gpu.md, fourteenth session). Here the matmul's
- * last block to finish (each block counts its arrival once its tiles are
- * stored; none waits) does that work while the row is in L2, and the
- * norm's launch and boundary go. (Giving the norm to every block of the
- * matmul after, as a prologue, was slower: each redid the whole row.)
- *
- * Numbers. The sum of squares is added in the order of rmsnorm_q8_kernel's
- * 256 threads (kc_quant.cu: thread t's elements t, t + 256, ... in double,
- * a shuffle tree a warp, the 8 warps in order), whatever this block's
- * size: with E = min(blockDim, 256) workers, worker t plays the 256 / E
- * threads t, t + E, ... whose elements are exactly its own j = t + r E.
- * The rest is elementwise or a max, so out, q and sx are kc_rmsnorm_q8's,
- * bit for bit (test_kc_sq --norm). The rows and the weights come into
- * shared memory at once (cp.async): one L2 round trip, no registers (an
- * array for the row in registers made the dp4a kernel itself take 128
- * registers where it took 48), and a first version that read the row from
- * L2 in chunks, a round trip each, cost more than the norm kernel it
- * replaced (8B batch 1: 354 -> 335 tokens/s, batch 2: 617 -> 536). */
-/* One token's row, staged in shared memory (x: y's row, w: the weights;
- * part: 8 doubles, f: 17 floats) */
-template <int E>
-__device__ __forceinline__ void norm_row(const GemvNorm &nm, const float *x, const float *w, long tok, int dim,
-                                         double *part, float *f) {
-    constexpr int V = 256 / E; /* the norm kernel's threads a worker plays */
-    const int tid = threadIdx.x;
-    if (tid < E) { /* warp-uniform: E is a multiple of 32 */
-        for (int i = 0; i < V; i++) { /* the norm kernel's thread vt = tid + i E: j = vt, vt + 256, ... */
-            double ss = 0;
-            for (int j = tid + i * E; j < dim; j += 256) ss += (double)x[j] * x[j];
-            for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-            if ((tid & 31) == 0) part[(tid >> 5) + i * (E / 32)] = ss;
-        }
-    }
-    __syncthreads();
-    if (tid == 0) {
-        double tot = 0;
-        for (int i = 0; i < 8; i++) tot += part[i];
-        f[0] = rms_from_ss(tot, dim, nm.eps);
-    }
-    __syncthreads();
-    const float scale = f[0];
-    float mx = 0.0f;
-    for (int j = tid; j < dim; j += blockDim.x) {
-        const float o = x[j] * scale * w[j]; /* rmsnorm_q8_kernel's expression */
-        nm.out[tok * dim + j] = o, mx = fmaxf(mx, fabsf(o));
-    }
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    if ((tid & 31) == 0) f[1 + (tid >> 5)] = mx;
-    __syncthreads();
-    mx = 0.0f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++) mx = fmaxf(mx, f[1 + i]);
-    const float s = kc_q8_scale(mx);
-    if (tid == 0) nm.sx[tok] = s;
-    for (int j = tid; j < dim; j += blockDim.x) nm.q[tok * dim + j] = kc_q8(x[j] * scale * w[j], s);
-    __syncthreads(); /* part and f are reused by the next token */
-}
-
-/* Every block, once its tiles are stored: count the arrival; the last one
- * copies the weights and the rows into shared memory (one round trip, by
- * cp.async from L2: another block's rows may sit in a stale L1 line) and
- * runs norm_row. The fence after the barrier publishes the block's stores
- * before its count (the barrier orders them before thread 0's fence:
- * cumulativity); the last block's fence after the count orders its reads
- * after the others' stores. smem: at least (NT + 1) dim floats + 160
- * bytes (launch_gemv), free by now (red holds the flag). */
-template <int NT>
-__device__ __forceinline__ void gemv_norm_tail(const MmArgs &a, uint8_t *smem, float *red) {
-    int *flag = (int *)red;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const int last = atomicAdd(a.norm.cnt, 1) == (int)gridDim.x - 1;
-        if (last) {
-            *a.norm.cnt = 0; /* for the next launch: its blocks start after this grid ends */
-            __threadfence();
-        }
-        *flag = last;
-    }
-    __syncthreads();
-    if (!*flag) return;
-    __syncthreads(); /* the flag is read before shared memory is reused */
-    const int dim = (int)a.n, ntok = (int)(a.m - a.tok0 < NT ? a.m - a.tok0 : NT), n4 = dim / 4;
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
-    for (int i = threadIdx.x; i < n4; i += blockDim.x) cp_async16(base + 16 * i, a.norm.w + 4 * i);
-    for (int t = 0; t < ntok; t++)
-        for (int i = threadIdx.x; i < n4; i += blockDim.x)
-            cp_async16(base + (uint32_t)(t + 1) * dim * 4 + 16 * i, a.y + (a.tok0 + t) * dim + 4 * i);
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    const float *w = (const float *)smem;
-    double *part = (double *)(smem + (size_t)(ntok + 1) * dim * 4); /* dim % 4 == 0: 16-byte aligned */
-    float *f = (float *)(part + 8);
-    const int E = blockDim.x < 256 ? (int)blockDim.x : 256;
-    for (int t = 0; t < ntok; t++) {
-        const float *x = w + (size_t)(t + 1) * dim;
-        if (E == 256) norm_row<256>(a.norm, x, w, a.tok0 + t, dim, part, f);
-        else if (E == 128) norm_row<128>(a.norm, x, w, a.tok0 + t, dim, part, f);
-        else if (E == 64) norm_row<64>(a.norm, x, w, a.tok0 + t, dim, part, f);
-        else norm_row<32>(a.norm, x, w, a.tok0 + t, dim, part, f);
-    }
-}
-
 /* The warp's range [s0, s0 + n) of every token's activations (zero past m)
  * into shared memory, and the chunk sums of the code offset. */
 template <int NT>
@@ -499,7 +389,6 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_ge
             }
         }
     }
-    if (a.norm.w) gemv_norm_tail<NT>(a, smem, red);
 }
 
 /* The same work split with the weight stream staged through shared memory
@@ -569,7 +458,6 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
         }
     }
     cp_async_wait<0>();
-    if (a.norm.w) gemv_norm_tail<NT>(a, smem, red);
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
@@ -677,25 +565,8 @@ static int gemv_config(const kc_sq *w, GemvKernel kern, size_t base, size_t per_
     return 0;
 }
 
-/* the norm tail's arrival counter, zeroed once (each last block leaves it
- * zero); allocated at the first eager call, before any graph capture */
-static int norm_counter(int **cnt) {
-    static int *d;
-    if (!d) {
-        void *p = kc_malloc(sizeof(int));
-        if (!p) return -1;
-        if (kc_check(cudaMemset(p, 0, sizeof(int)), "cudaMemset(norm counter)")) {
-            kc_free(p);
-            return -1;
-        }
-        d = (int *)p;
-    }
-    *cnt = d;
-    return 0;
-}
-
 template <int NT, bool S16, bool C>
-static int launch_gemv(const kc_sq *w, MmArgs a, int *normed) {
+static int launch_gemv(const kc_sq *w, MmArgs a) {
     const int st = gemv_stage_on();
     const GemvKernel kern = st ? k_sq_gemv_st<NT, S16, C> : k_sq_gemv<NT, S16, C>;
     const size_t base = gemv_smem(w->k, NT), per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
@@ -714,16 +585,7 @@ static int launch_gemv(const kc_sq *w, MmArgs a, int *normed) {
         kc_set_error("k_sq_gemv: a warp's step between tiles passes 4 GB (%ld x %ld)", w->n, w->k);
         return -1;
     }
-    size_t sm = base + nw * per_warp;
-    *normed = 0;
-    if (a.norm.w) { /* the tail's rows in shared memory: more than the matmul's, at most the opt-in */
-        const size_t need = (size_t)(NT + 1) * a.n * 4 + 160;
-        if (a.m <= NT && a.np <= 1 && a.n % 4 == 0 && a.n <= 0x7fffffffL && need <= smem_optin() &&
-            norm_counter(&a.norm.cnt) == 0)
-            *normed = 1, sm = sm > need ? sm : need;
-        else
-            a.norm.w = NULL; /* the caller runs the norm */
-    }
+    const size_t sm = base + nw * per_warp;
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
         if (kc_launch_pdl("k_sq_gemv", kern, (unsigned)grid, nw * 32, sm, a)) return -1;
@@ -732,14 +594,12 @@ static int launch_gemv(const kc_sq *w, MmArgs a, int *normed) {
 }
 
 template <bool C>
-static int gemv_layout(const kc_sq *w, const MmArgs *a, int *normed) {
-    if (a->m == 1) return w->s16 ? launch_gemv<1, true, C>(w, *a, normed) : launch_gemv<1, false, C>(w, *a, normed);
-    if (a->m == 2) return w->s16 ? launch_gemv<2, true, C>(w, *a, normed) : launch_gemv<2, false, C>(w, *a, normed);
-    return w->s16 ? launch_gemv<4, true, C>(w, *a, normed) : launch_gemv<4, false, C>(w, *a, normed);
+static int gemv_layout(const kc_sq *w, const MmArgs *a) {
+    if (a->m == 1) return w->s16 ? launch_gemv<1, true, C>(w, *a) : launch_gemv<1, false, C>(w, *a);
+    if (a->m == 2) return w->s16 ? launch_gemv<2, true, C>(w, *a) : launch_gemv<2, false, C>(w, *a);
+    return w->s16 ? launch_gemv<4, true, C>(w, *a) : launch_gemv<4, false, C>(w, *a);
 }
 
-extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, int *normed) {
-    int unused;
-    return w->compact ? gemv_layout<true>(w, a, normed ? normed : &unused)
-                      : gemv_layout<false>(w, a, normed ? normed : &unused);
+extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a) {
+    return w->compact ? gemv_layout<true>(w, a) : gemv_layout<false>(w, a);
 }

@@ -33,7 +33,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
  * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
@@ -506,7 +505,7 @@ static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
         kc_set_error("kc_sq_matmul: too many tokens (%ld) or inputs (%ld)", m, w->k);
         return -1;
     }
-    if (kc_sq_gemv_applies(w, m)) return kc_sq_gemv(w, &a, NULL); /* kc_sq_gemv.cu */
+    if (kc_sq_gemv_applies(w, m)) return kc_sq_gemv(w, &a); /* kc_sq_gemv.cu */
     if (w->compact) return kc_sqc_matmul(w, a); /* kc_sqc_mm.cu */
     if (is_fast(w)) {
         if (m > 64) return w->s16 ? launch_prefill<true>(w, a) : launch_prefill<false>(w, a);
@@ -544,36 +543,7 @@ extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const floa
     if (m == 0) return 0;
     MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
     a.acc = 1;
-    return kc_sq_gemv(w, &a, NULL);
-}
-
-/* KC_SQ_NORM=0 turns the fused norm off (an A/B knob); kc_sq_set_norm for tests */
-static int g_norm = -1;
-
-extern "C" void kc_sq_set_norm(int on) { g_norm = on < 0 ? -1 : on != 0; }
-
-static int norm_on(void) {
-    if (g_norm < 0) {
-        const char *e = getenv("KC_SQ_NORM");
-        g_norm = !(e && !strcmp(e, "0"));
-    }
-    return g_norm;
-}
-
-extern "C" int kc_sq_matmul_acc_norm(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
-                                     const float *d_nw, float eps, float *d_out, int8_t *d_q, float *d_qs) {
-    if (!w || !d_qx || !d_sx || !d_y || !d_nw || !d_out || !d_q || !d_qs || m < 0 || !kc_sq_acc_applies(w, m)) {
-        kc_set_error("kc_sq_matmul_acc_norm: bad arguments, or a matrix or m the dp4a path does not take");
-        return -1;
-    }
-    if (m == 0) return 1;
-    MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
-    a.acc = 1;
-    if (!norm_on()) return kc_sq_gemv(w, &a, NULL);
-    a.norm.w = d_nw, a.norm.eps = eps, a.norm.out = d_out, a.norm.q = d_q, a.norm.sx = d_qs;
-    int normed = 0;
-    if (kc_sq_gemv(w, &a, &normed)) return -1;
-    return normed;
+    return kc_sq_gemv(w, &a);
 }
 
 extern "C" int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y) {

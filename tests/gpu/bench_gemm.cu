@@ -2,12 +2,11 @@
  * (e4m3, per-tensor scales) and INT8 (int8 -> int32) on the GEMM shapes of
  * Llama-3-8B and -70B at M = 1, 16, 128, 1024, 4096 tokens.
  *
- *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --isdec | --stages | --wg | --overlap | --baselines]
+ *   build/gpu/bench_gemm [--quick] [--reps N] [--shape NAME] [--m M] [--decode | --twostep | --isdec | --stages | --wg | --baselines]
  * (--isdec: the fused decode kernels on integer bank scales, INT32 sums against the float combination)
  * (--stages: the stream-k decode kernel from 9 tokens, loads into registers against a ring of 2..4 stages)
  * (--wg: integer bank scales on the wgmma kernel against the path taken without it, and BF16)
  * (--twostep: the many-token paths by M, the INT8 path of integer bank scales included)
- * (--overlap: that INT8 path serial against the next slice's expansion overlapped with the GEMM)
  * (--shape / --m run one shape / one M, e.g. under a profiler)
  *
  * Method: every kernel is timed alone with CUDA events, after an L2 flush
@@ -608,10 +607,8 @@ static int baselines_table(double bw, const char *only_shape, const float *d_one
     return 0;
 }
 
-#include "bench_overlap.h" /* --overlap */
-
 int main(int argc, char **argv) {
-    int quick = 0, decode = 0, twostep = 0, baselines = 0, isdec = 0, stages = 0, wg = 0, overlap = 0;
+    int quick = 0, decode = 0, twostep = 0, baselines = 0, isdec = 0, stages = 0, wg = 0;
     const char *only_shape = NULL;
     long only_m = 0;
     for (int i = 1; i < argc; i++) {
@@ -625,7 +622,6 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--isdec")) isdec = 1;
         else if (!strcmp(argv[i], "--stages")) stages = 1;
         else if (!strcmp(argv[i], "--wg")) wg = 1;
-        else if (!strcmp(argv[i], "--overlap")) overlap = 1;
     }
     KC(kc_init(0));
     st = (cudaStream_t)kc_stream();
@@ -676,7 +672,6 @@ int main(int argc, char **argv) {
     CK(cudaMemcpy(d_one, &one, 4, cudaMemcpyHostToDevice));
     if (twostep) return twostep_table(only_shape, d_one);
     if (wg) return wg_table(bw, only_shape, only_m, d_one);
-    if (overlap) return overlap_table(only_shape, only_m, d_one);
     if (baselines) return baselines_table(bw, only_shape, d_one);
     kc_sq_set_twostep_min(0); /* the tables below are about the fused kernels; --twostep compares the paths */
 

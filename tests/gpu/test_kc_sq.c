@@ -30,17 +30,11 @@
  * - Integer bank scales: the INT8 path, the INT32 decode kernel, and the
  *   wgmma kernel (kc_sq_wg.cu) at 1..300 tokens with every ring shape,
  *   split groups, fused parts, and its default range by matrix size.
- * - The INT8 path's overlap (the next slice expanded on a side stream
- *   beside this slice's GEMM): bit for bit the serial path's output,
- *   directly and replayed from a CUDA graph (test_overlap).
  * The matmul check itself and the matrix makers are in sq_check.h.
  *   KC_SQ_DEC=0..4 in the environment selects the decode kernel variant.
  *
- * - The dp4a matmul with the next RMSNorm by its last block
- *   (kc_sq_matmul_acc_norm): bit-exact against the matmul and the norm kernel.
- *   build/gpu/test_kc_sq [--quick] [--wg] [--overlap] [--norm]   (--quick: fewer
- *   shapes, for compute-sanitizer; --wg, --overlap, --norm: the wgmma kernel's /
- *   the INT8 path's overlap / the fused norm's section alone)
+ *   build/gpu/test_kc_sq [--quick] [--wg]   (--quick: fewer shapes, for compute-sanitizer;
+ *   --wg: the wgmma kernel's section alone)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
 #include "../../engine/model/sq.h"
@@ -288,259 +282,9 @@ static void test_wg(void) {
     verdict(kc_sm90a() ? kc_sq_wg_count() > c0 : kc_sq_wg_count() == c0, what);
 }
 
-/* ---- the next RMSNorm by the dp4a matmul's last block (kc_sq_matmul_acc_norm) ---------------
- *
- * y += x W^T and then RMSNorm + INT8 of y in one launch must give exactly
- * kc_sq_matmul_acc followed by kc_rmsnorm_q8: y, the normalised rows, the
- * codes and the scales bit for bit, with the codes written over the
- * matmul's own input (as the backend does) or elsewhere, on both layouts,
- * both scale widths, the staged and register kernels (their block sizes
- * differ: the norm replays the norm kernel's 256-thread order on any), row
- * lengths past the norm kernel's register path (8192), and each matrix
- * run twice (the arrival counter must be left zero). */
-static int norm_case(kc_sq_t *w, long n, long k, long m, int alias, const char *what) {
-    const long wide = n > k ? n : k;
-    float *hx = malloc(m * k * 4), *hy = malloc(m * n * 4), *hw = malloc(n * 4);
-    float *ya = malloc(m * n * 4), *yb = malloc(m * n * 4), *oa = malloc(m * n * 4), *ob = malloc(m * n * 4);
-    int8_t *qa = malloc(m * n), *qb = malloc(m * n);
-    float sa[4], sb[4];
-    if (!hx || !hy || !hw || !ya || !yb || !oa || !ob || !qa || !qb) exit(2);
-    fill_x(hx, m, k);
-    for (long i = 0; i < m * n; i++) hy[i] = 4.0f * frand();
-    for (long i = 0; i < n; i++) hw[i] = 0.5f + frand();
-    float *dx = dmalloc(m * k * 4), *dy = dmalloc(m * n * 4), *dw = dmalloc(n * 4), *dout = dmalloc(m * n * 4);
-    float *dsx = dmalloc(16), *dqs = dmalloc(16);
-    int8_t *dqx = dmalloc(m * wide), *dq = dmalloc(m * wide);
-    OK(kc_upload(dx, hx, m * k * 4));
-    OK(kc_upload(dw, hw, n * 4));
-    /* the reference: the matmul, then the norm kernel */
-    OK(kc_quant_i8(dx, m, k, dqx, dsx));
-    OK(kc_upload(dy, hy, m * n * 4));
-    OK(kc_sq_matmul_acc(w, dqx, dsx, m, dy));
-    OK(kc_rmsnorm_q8(dout, dy, dw, (int)m, (int)n, 1e-5f, dq, dqs));
-    OK(kc_download(ya, dy, m * n * 4));
-    OK(kc_download(oa, dout, m * n * 4));
-    OK(kc_download(qa, dq, m * n));
-    OK(kc_download(sa, dqs, m * 4));
-    int ok = 1;
-    for (int rep = 0; rep < 2; rep++) {
-        OK(kc_quant_i8(dx, m, k, dqx, dsx));
-        OK(kc_upload(dy, hy, m * n * 4));
-        OK(kc_memset(dout, 0xFF, m * n * 4));
-        OK(kc_memset(dq, 0x55, m * wide));
-        int8_t *q = alias ? dqx : dq;
-        float *qs = alias ? dsx : dqs;
-        const int rc = kc_sq_matmul_acc_norm(w, dqx, dsx, m, dy, dw, 1e-5f, dout, q, qs);
-        OK(kc_download(yb, dy, m * n * 4));
-        OK(kc_download(ob, dout, m * n * 4));
-        OK(kc_download(qb, q, m * n));
-        OK(kc_download(sb, qs, m * 4));
-        ok &= rc == 1 && !memcmp(ya, yb, m * n * 4) && !memcmp(oa, ob, m * n * 4) && !memcmp(qa, qb, m * n) &&
-              !memcmp(sa, sb, m * 4);
-    }
-    char line[400];
-    snprintf(line, sizeof line, "matmul + next RMSNorm, %s %ldx%ld, m = %ld%s: y, norm, codes, scales bit-exact",
-             what, n, k, m, alias ? ", codes over the input" : "");
-    verdict(ok, line);
-    free(hx), free(hy), free(hw), free(ya), free(yb), free(oa), free(ob), free(qa), free(qb);
-    kc_free(dx), kc_free(dy), kc_free(dw), kc_free(dout), kc_free(dsx), kc_free(dqs), kc_free(dqx), kc_free(dq);
-    return ok;
-}
-
-static void test_norm(void) {
-    static const long shp[][2] = {{64, 64 * 7}, {1000, 64 * 5}, {4096, 4096}, {4096, 14336}, {8192, 8192},
-                                  {8200, 64 * 9}};
-    const int nshp = quick ? 3 : 6;
-    kc_sq_set_gemv_max(4);
-    for (int st = 1; st >= 0; st--) {
-        kc_sq_set_gemv_stage(st);
-        for (int s = 0; s < nshp; s++)
-            for (int f = 0; f < 3; f++) {
-                const int flags = f == 0 ? 0 : f == 1 ? KC_SQ_F16_SCALES : KC_SQ_NO_COMPACT | KC_SQ_F16_SCALES;
-                kc_sq_t *w = kc_sq_random_ex(shp[s][0], shp[s][1], 4, 64, 8, 77 + s, flags);
-                if (!w) {
-                    verdict(0, kc_error());
-                    continue;
-                }
-                char what[160];
-                snprintf(what, sizeof what, "%s, %s kernel", kc_sq_describe(w), st ? "staged" : "register");
-                for (long m = 1; m <= 4; m++)
-                    if (!quick || m <= 2) norm_case(w, shp[s][0], shp[s][1], m, (int)(m & 1), what);
-                kc_sq_free(w);
-            }
-    }
-    /* off (KC_SQ_NORM=0): the matmul alone, 0 returned, the norm's outputs untouched */
-    kc_sq_set_gemv_stage(-1);
-    kc_sq_set_norm(0);
-    kc_sq_t *w = kc_sq_random_ex(256, 640, 4, 64, 8, 3, 0);
-    if (w) {
-        float *d = dmalloc(256 * 4), *dsx = dmalloc(4), *out = dmalloc(256 * 4);
-        int8_t *dqx = dmalloc(640), *dq = dmalloc(256);
-        OK(kc_memset(d, 0, 256 * 4));
-        OK(kc_memset(dqx, 1, 640));
-        OK(kc_memset(dsx, 0, 4));
-        OK(kc_memset(out, 0x7F, 256 * 4));
-        const int rc = kc_sq_matmul_acc_norm(w, dqx, dsx, 1, d, d, 1e-5f, out, dq, dsx);
-        float h[256];
-        OK(kc_download(h, out, sizeof h));
-        uint32_t bits;
-        memcpy(&bits, &h[255], 4);
-        verdict(rc == 0 && bits == 0x7F7F7F7Fu, "matmul + next RMSNorm off (kc_sq_set_norm(0)): the matmul alone");
-        kc_free(d), kc_free(dsx), kc_free(out), kc_free(dqx), kc_free(dq);
-        kc_sq_free(w);
-    }
-    kc_sq_set_norm(-1);
-    kc_sq_set_gemv_max(-1);
-}
-
-/* ---- the overlap (kc_sq_gemm.cu): the next slice expanded beside this slice's GEMM --------- */
-
-/* w (n rows in total, k) at m tokens through the serial INT8 path, then
- * overlapped (slices of `rows`, 0: the plan; `sms` SMs for the expansion),
- * then the overlap captured into a CUDA graph and replayed: the same bits
- * each time, and the overlap ran (want) or fell back to the serial path */
-static void ov_check(const char *label, const kc_sq_t *w, long n, long k, long m, long rows, int sms, int want) {
-    const int np = kc_sq_parts(w) > 1 ? kc_sq_parts(w) : 1;
-    long pn[KC_SQ_MAX_PARTS];
-    for (int p = 0; p < np; p++) pn[p] = np > 1 ? kc_sq_part_rows(w, p) : n;
-    float *x = malloc((size_t)(m * k) * 4), *got[3];
-    fill_x(x, m, k);
-    float *dx = dmalloc((size_t)(m * k) * 4), *dsx = dmalloc((size_t)m * 4), *dy[3][KC_SQ_MAX_PARTS];
-    int8_t *dq = dmalloc((size_t)(m * k));
-    OK(kc_upload(dx, x, (size_t)(m * k) * 4));
-    OK(kc_quant_i8(dx, m, k, dq, dsx));
-    for (int v = 0; v < 3; v++) {
-        got[v] = malloc((size_t)(m * n) * 4);
-        for (int p = 0; p < np; p++) {
-            dy[v][p] = dmalloc((size_t)(m * pn[p]) * 4);
-            OK(kc_memset(dy[v][p], 0xFF, (size_t)(m * pn[p]) * 4));
-        }
-    }
-#define OV_RUN(v) (np > 1 ? kc_sq_matmul_parts(w, dq, dsx, m, dy[v]) : kc_sq_matmul(w, dq, dsx, m, dy[v][0]))
-    kc_sq_set_overlap(0, -1);
-    OK(OV_RUN(0));
-    kc_sq_set_overlap(1, sms);
-    kc_sq_set_overlap_rows(rows);
-    const long c0 = kc_sq_overlap_count();
-    OK(OV_RUN(1));
-    const long c1 = kc_sq_overlap_count();
-    /* captured after a run (the scratch is grown: a capture must not allocate) */
-    OK(kc_graph_begin());
-    const int rc = OV_RUN(2);
-    kc_graph_t *g = kc_graph_end();
-    const long c2 = kc_sq_overlap_count();
-    char why[160] = "";
-    if (rc || !g) snprintf(why, sizeof why, ", CAPTURE FAILED: %s", kc_error()), kc_clear_error();
-    if (g) {
-        OK(kc_graph_launch(g));
-        OK(kc_sync());
-    }
-    kc_graph_free(g);
-#undef OV_RUN
-    kc_sq_set_overlap(-1, -1);
-    kc_sq_set_overlap_rows(0);
-    long off = 0, diff[3] = {0, 0, 0};
-    for (int p = 0; p < np; off += m * pn[p], p++)
-        for (int v = 0; v < 3; v++) OK(kc_download(got[v] + off, dy[v][p], (size_t)(m * pn[p]) * 4));
-    for (long i = 0; i < m * n; i++)
-        for (int v = 1; v < 3; v++) diff[v] += memcmp(&got[0][i], &got[v][i], 4) != 0;
-    long nan0 = 0; /* the serial output is written whole (no poison left) */
-    for (long i = 0; i < m * n; i++) nan0 += !isfinite(got[0][i]);
-    const long want_n = want && kc_sm90a() ? 1 : 0;
-    char what[320];
-    snprintf(what, sizeof what, "%s n=%ld k=%ld m=%ld rows %ld sms %d: overlap ran %ld / %ld times (want %ld), "
-             "%ld / %ld values differ from the serial path (direct / graph), %ld not finite%s",
-             label, n, k, m, rows, sms, c1 - c0, c2 - c1, want_n, diff[1], diff[2], nan0, why);
-    verdict(!why[0] && c1 - c0 == want_n && c2 - c1 == want_n && !diff[1] && !diff[2] && !nan0, what);
-    for (int v = 0; v < 3; v++) {
-        for (int p = 0; p < np; p++) kc_free(dy[v][p]);
-        free(got[v]);
-    }
-    kc_free(dx), kc_free(dsx), kc_free(dq);
-    free(x);
-}
-
-static void ov_random(long n, long k, int flags, const long *ms, int nm, long rows, int sms, int want) {
-    kc_sq_t *w = kc_sq_random_ex(n, k, 4, 64, 8, next(), KC_SQ_INT_SCALES | flags);
-    if (!w) {
-        fprintf(stderr, "GPU: %s\n", kc_error());
-        exit(2);
-    }
-    char label[160];
-    snprintf(label, sizeof label, "overlap [%s]", kc_sq_describe(w));
-    for (int i = 0; i < nm; i++) ov_check(label, w, n, k, ms[i], rows, sms, want);
-    kc_sq_free(w);
-}
-
-static void ov_fused(const long *ns, int count, long k, const long *ms, int nm, long rows, int want) {
-    kc_sq_t *d[KC_SQ_MAX_PARTS];
-    long n = 0;
-    for (int p = 0; p < count; p++) {
-        d[p] = kc_sq_random_ex(ns[p], k, 4, 64, 8, next(), KC_SQ_INT_SCALES);
-        if (!d[p]) exit(2);
-        n += ns[p];
-    }
-    kc_sq_t *f = kc_sq_fuse((const kc_sq_t *const *)d, count);
-    if (!f) {
-        fprintf(stderr, "GPU: %s\n", kc_error());
-        exit(2);
-    }
-    char label[160];
-    snprintf(label, sizeof label, "overlap, %d parts (%ld, %ld, %ld)", count, ns[0], ns[1], count > 2 ? ns[2] : 0L);
-    for (int i = 0; i < nm; i++) ov_check(label, f, n, k, ms[i], rows, 16, want);
-    kc_sq_free(f);
-    for (int p = 0; p < count; p++) kc_sq_free(d[p]);
-}
-
-/* The overlap against the serial INT8 path, bit for bit (integer sums,
- * the GEMM's tiles data-parallel whatever its grid): slices forced small
- * so that small matrices make several (a last one shorter; rows not a
- * multiple of 128, a last tile of 8 rows), each token tile shape of the
- * GEMM (65..128: 64 tokens, more: 128), 8 to 66 SMs for the expansion
- * (more is held to half the GPU), both expansion grids, both layouts, the
- * slicing planned by whole rounds on a larger matrix, slices that cross
- * the parts of a fused matrix, and the fallbacks: a slice whose rows the
- * CUTLASS kernel does not take (not a multiple of 4) keeps the serial path.
- * Each also captured into a CUDA graph (the side stream joins the capture
- * and is joined back) and replayed. Then against the CPU reference once. */
-static void test_overlap(void) {
-    static const long mq[] = {65, 200}, mall[] = {65, 128, 200, 1024}, mbig[] = {200, 1024}, mp[] = {65, 300};
-    printf("-- the overlap of the INT8 path (kc_sq_gemm.cu)\n");
-    kc_sq_set_wg(0, 0); /* (the wgmma kernel would come first at up to 256 tokens) */
-    kc_sq_set_i8_min(-1);
-    ov_random(592, 64 * 7, 0, quick ? mq : mall, quick ? 2 : 4, 96, 16, 1);
-    ov_random(600, 64 * 9, KC_SQ_NO_COMPACT, mq, 2, 128, 8, 1);
-    ov_random(592, 64 * 7, 0, mq + 1, 1, 96, 200, 1);
-    ov_random(2048, 1024, 0, mbig, quick ? 1 : 2, 0, 16, 1);
-    ov_random(2048, 1024, KC_SQ_NO_COMPACT, mbig + 1, 1, 0, 32, 1);
-    ov_random(45, 64 * 7, 0, mq, 2, 16, 16, 0); /* a last slice of 13 rows: cuBLAS's, so no overlap */
-    kc_sq_set_overlap_fill(1);
-    ov_random(592, 64 * 7, 0, mq, 2, 96, 16, 1);
-    kc_sq_set_overlap_fill(-1);
-    static const long qkv[] = {208, 48, 44}, odd[] = {64, 32, 37};
-    ov_fused(qkv, 3, 64 * 7, mp, 2, 96, 1);
-    ov_fused(qkv, 3, 64 * 7, mp + 1, 1, 32, 1);
-    ov_fused(odd, 3, 64 * 7, mp, 1, 32, 0); /* 37 rows: not for the CUTLASS kernel */
-    /* the CPU reference, overlapped */
-    kc_sq_set_overlap(1, 16);
-    kc_sq_set_overlap_rows(96);
-    const long c0 = kc_sq_overlap_count();
-    static const long mref[] = {130, 200};
-    test_random(4, 64, 8, 592, 64 * 7, KC_SQ_INT_SCALES, mref, quick ? 1 : 2);
-    char what[120];
-    snprintf(what, sizeof what, "the overlap ran %ld times against the CPU reference (sm_90a device: %d)",
-             kc_sq_overlap_count() - c0, kc_sm90a());
-    verdict(kc_sm90a() ? kc_sq_overlap_count() > c0 : kc_sq_overlap_count() == c0, what);
-    kc_sq_set_overlap(-1, -1);
-    kc_sq_set_overlap_rows(0);
-    kc_sq_set_wg(-1, -1);
-}
-
 int main(int argc, char **argv) {
-    int only_wg = 0, only_ov = 0, only_norm = 0; /* --wg, --overlap, --norm: that section alone */
-    for (int i = 1; i < argc; i++)
-        quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg"),
-            only_ov |= !strcmp(argv[i], "--overlap"), only_norm |= !strcmp(argv[i], "--norm");
+    int only_wg = 0; /* --wg: that section alone */
+    for (int i = 1; i < argc; i++) quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg");
     /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
      * applies, and the explicit layout through KC_SQ_NO_COMPACT */
     setenv("KC_SQ_COMPACT", "1", 0);
@@ -551,10 +295,8 @@ int main(int argc, char **argv) {
     printf("test_kc_sq on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
     /* the fused kernels at every M first; the two-step path has its own section */
     kc_sq_set_twostep_min(0);
-    if (only_wg || only_ov || only_norm) {
-        if (only_wg) test_wg();
-        if (only_ov) test_overlap();
-        if (only_norm) test_norm();
+    if (only_wg) {
+        test_wg();
         goto done;
     }
 
@@ -786,8 +528,6 @@ int main(int argc, char **argv) {
     }
 
     test_wg();
-    test_norm();
-    test_overlap();
 
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
