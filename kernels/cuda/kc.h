@@ -362,6 +362,9 @@ void kc_sq_set_gemv_stage(int on);
  * matrix of one part on the path above; -1 otherwise. */
 int kc_sq_acc_applies(const kc_sq_t *w, long m);
 int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
+/* The two-step paths' slice (kc_sq_gemm.cu) from a test: `weights` FP16
+ * weights (twice as many INT8 ones) instead of 128 Mi; 0 for the default */
+void kc_sq_set_slice(long weights);
 
 #ifdef __cplusplus
 }

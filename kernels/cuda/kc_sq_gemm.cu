@@ -39,9 +39,10 @@
  * quantization: the main loop is pure INT8 mma) on the SQ layout; it
  * takes M >= kc_sq_i8_min() (65, measured: docs/perf-gpu.md), KC_SQ_I8_M.
  *
- * Scratch. One FP16 weight buffer (a slice of at most 128 Mi weights: a
- * larger matrix, such as a 70B output layer, is expanded and multiplied a
- * slice of rows at a time) and one FP16 activation buffer, grown to powers
+ * Scratch. One weight buffer (a slice of at most 128 Mi FP16 weights or
+ * 256 Mi INT8 ones: a larger matrix, such as a 70B output layer, is
+ * expanded and multiplied a slice of rows at a time, in slices of equal
+ * whole tiles: slice_step) and one FP16 activation buffer, grown to powers
  * of two on demand and never freed while the process runs (CUDA graphs
  * captured earlier keep their addresses, as in kc_sq_mm.cu).
  */
@@ -145,6 +146,36 @@ __global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, void *out
         unit_scales<S16>(c[0].sc, sc);
         if (I8) write_unit_i8(Alo[0], Ahi[0], sc, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
         else write_unit(Alo[0], Ahi[0], sc, (__half *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+    }
+}
+
+/* Integer bank scales with half scales on the fast layout (every model
+ * the converter and the synthetic weights make): is_frags, the unit
+ * decoder of the INT32 decode and wgmma kernels, gives the unit's INT8
+ * fragment directly (the low codes times k_g in 16-bit SIMD lanes, the
+ * highs ORed in), the bytes write_unit_i8 computes one at a time with a
+ * division a row for k_g. (1-3 % less time for the INT8 path on the H200;
+ * loading each warp's next unit ahead as well gained nothing more.) */
+__global__ void __launch_bounds__(256) k_sq_expand_is(MmArgs a, Slice sl, int8_t *out) {
+    __shared__ __align__(16) uint8_t sm[8 * SQ_TILE];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    uint8_t *tl = sm + warp * SQ_TILE;
+    zero_tiles(tl, 1, lane);
+    const LanePtr lp = lane_ptrs<4, 4, true>(a, lane);
+    const long U = sl.nt * a.ngroups, u0 = sl.t0 * a.ngroups;
+    for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
+        Raw<4, 4, true> c[1];
+        load_group<4, 1, 4, true>(c, (unsigned)(u0 + u), a, lp);
+        uint32_t A[8];
+        is_frags(c, (unsigned)(u0 + u), tl, a, lane, A);
+        __syncwarp(); /* every lane has read its operands before the next scatter */
+        const long tile = u / a.ngroups, grp = u % a.ngroups;
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++) { /* register i: row g + 8 (i & 1), columns 16 t + 4 (i >> 1) .. + 3 */
+            const long row = tile * 16 + g + 8 * rh;
+            if (row < sl.rows)
+                *(uint4 *)(out + row * a.k + grp * 64 + 16 * t) = make_uint4(A[rh], A[2 + rh], A[4 + rh], A[6 + rh]);
+        }
     }
 }
 
@@ -273,7 +304,8 @@ static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, flo
         else w->s16 ? k_sqc_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
                     : k_sqc_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
     } else {
-        if (ts.i8) w->s16 ? k_sq_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+        if (ts.i8 && w->s16) k_sq_expand_is<<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, (int8_t *)out);
+        else if (ts.i8) w->s16 ? k_sq_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
                           : k_sq_expand<false, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
         else w->s16 ? k_sq_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
                     : k_sq_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
@@ -283,14 +315,27 @@ static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, flo
     return kc_i8_matmul(ts.qx, (const int8_t *)g_w16, ts.m, rows, w->k, ts.sx, w->rs + r0, y, ldy);
 }
 
-/* rows [r0, r1) of the matrix into y (ldy), in slices of whole tiles */
-static long slice_step(const kc_sq *w) {
-    long step = KC_F16_SLICE / w->k / 16 * 16;
-    return step < 16 ? 16 : step;
+/* The rows a slice takes: as many as the scratch holds (KC_F16_SLICE FP16
+ * weights, or twice as many INT8 ones: the same bytes), then the slices
+ * made equal, in whole tiles. Why both: each slice's GEMM ends in a round
+ * of tiles the GPU's SMs only partly fill, and 70B down (235 M weights)
+ * in FP16-sized slices of 4672 + 3520 rows took the INT8 GEMM 5 rounds at
+ * 1024 tokens where the whole matrix takes 4 (the INT8 path 484 us
+ * against 304 for the GEMM on stored weights). */
+static long g_slice; /* kc_sq_set_slice: FP16 weights a slice, 0 for KC_F16_SLICE */
+
+extern "C" void kc_sq_set_slice(long weights) { g_slice = weights > 0 ? weights : 0; }
+
+static long slice_step(const kc_sq *w, bool i8) {
+    long step = (i8 ? 2 : 1) * (g_slice ? g_slice : KC_F16_SLICE) / w->k / 16 * 16;
+    if (step < 16) return 16;
+    const long n = w->n, slices = (n + step - 1) / step, even = ((n + slices - 1) / slices + 15) / 16 * 16;
+    return even < step ? even : step;
 }
 
+/* rows [r0, r1) of the matrix into y (ldy), in slices of whole tiles */
 static int rows_gemm(const kc_sq *w, const TwoStep &ts, long r0, long r1, float *y, long ldy) {
-    const long step = slice_step(w);
+    const long step = slice_step(w, ts.i8);
     for (long r = r0; r < r1; r += step) {
         const long rows = r1 - r < step ? r1 - r : step;
         if (slice_gemm(w, ts, r, rows, y + (r - r0), ldy)) return -1;
@@ -302,10 +347,10 @@ static int rows_gemm(const kc_sq *w, const TwoStep &ts, long r0, long r1, float 
 
 extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
                              float *const *parts) {
-    const long slice_rows = w->n < slice_step(w) ? w->n : slice_step(w);
     TwoStep ts;
     memset(&ts, 0, sizeof ts);
     ts.i8 = i8_applies(w, m), ts.qx = d_qx, ts.sx = d_sx, ts.m = m;
+    const long slice_rows = w->n < slice_step(w, ts.i8) ? w->n : slice_step(w, ts.i8);
     /* the INT8 scratch takes a byte a weight: half the FP16 buffer's halves */
     if (grow(&g_w16, &g_w16_n, ts.i8 ? ((size_t)slice_rows * w->k + 1) / 2 : (size_t)slice_rows * w->k)) return -1;
     if (!ts.i8 && grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;

@@ -424,6 +424,11 @@ int main(int argc, char **argv) {
         test_fuse(qkv, 3, KC_SQ_F16_SCALES, mf2, 3);
         test_fuse(gu, 2, 0, mf2, 3);
         if (!quick) test_big(4096, 14336, m2 + 1, 1);
+        /* slices of 48 rows (a matrix too large for the scratch, made small): 5 slices, and fused parts across them */
+        kc_sq_set_slice(48 * 64 * 7);
+        test_random(4, 64, 8, 200, 64 * 7, KC_SQ_F16_SCALES, m2 + 1, 2);
+        test_fuse(qkv, 3, KC_SQ_F16_SCALES, mf2, 3);
+        kc_sq_set_slice(0);
         kc_sq_set_twostep_min(0);
         g_twostep = 0;
     }
@@ -444,6 +449,13 @@ int main(int argc, char **argv) {
         g_upload_flags = 0;
         test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 4);
         test_fuse(gu, 2, KC_SQ_INT_SCALES, mf8, 4);
+        /* INT8 slices of at most 96 rows made equal (80, 80, 40 on 200 rows; 80-row slices on the parts {64, 32, 37})
+         * on both layouts, the fused-epilogue GEMM at 100+ tokens */
+        kc_sq_set_slice(48 * 64 * 7);
+        test_random(4, 64, 8, 200, 64 * 7, KC_SQ_INT_SCALES, m8, quick ? 3 : 6);
+        test_random(4, 64, 8, 200, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, m8 + 1, 2);
+        test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 4);
+        kc_sq_set_slice(0);
         if (!quick) {
             static const long mb[] = {300};
             test_random(4, 64, 8, 256, 14336, KC_SQ_INT_SCALES, mb, 1); /* sums over 14336: |acc| past 2^24 */
