@@ -321,14 +321,15 @@ static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, flo
  * of tiles the GPU's SMs only partly fill, and 70B down (235 M weights)
  * in FP16-sized slices of 4672 + 3520 rows took the INT8 GEMM 5 rounds at
  * 1024 tokens where the whole matrix takes 4 (the INT8 path 484 us
- * against 304 for the GEMM on stored weights). */
-static long g_slice = -1; /* kc_sq_set_slice / KC_SQ_SLICE: FP16 weights a slice, 0 for KC_F16_SLICE */
+ * against 304 for the GEMM on stored weights; 421 us in one slice).
+ * Smaller slices, whose INT8 weights would stay in L2 between the
+ * expansion and the GEMM, measured slower on every shape: more rounds. */
+static long g_slice; /* kc_sq_set_slice (tests): FP16 weights a slice, 0 for KC_F16_SLICE */
 
-extern "C" void kc_sq_set_slice(long weights) { g_slice = weights > 0 ? weights : -1; }
+extern "C" void kc_sq_set_slice(long weights) { g_slice = weights > 0 && weights < KC_F16_SLICE ? weights : 0; }
 
 static long slice_step(const kc_sq *w, bool i8) {
-    const long sw = kc_threshold(&g_slice, "KC_SQ_SLICE", 0);
-    long step = (i8 ? 2 : 1) * (sw > 0 && sw < KC_F16_SLICE ? sw : KC_F16_SLICE) / w->k / 16 * 16;
+    long step = (i8 ? 2 : 1) * (g_slice ? g_slice : KC_F16_SLICE) / w->k / 16 * 16;
     if (step < 16) return 16;
     const long n = w->n, slices = (n + step - 1) / step, even = ((n + slices - 1) / slices + 15) / 16 * 16;
     return even < step ? even : step;
