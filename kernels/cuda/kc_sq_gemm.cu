@@ -128,6 +128,25 @@ struct Slice {
     long t0, nt, rows;
 };
 
+/* The unit's INT8 fragment from is_frags (register i: row g + 8 (i & 1),
+ * columns 16 t + 4 (i >> 1) .. + 3), stored as write_unit_i8 stores its bytes */
+__device__ __forceinline__ void write_frag_i8(const uint32_t (&A)[8], int8_t *out, long n, long k, long tile,
+                                              long grp, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int rh = 0; rh < 2; rh++) {
+        const long row = tile * 16 + g + 8 * rh;
+        if (row < n) *(uint4 *)(out + row * k + grp * 64 + 16 * t) = make_uint4(A[rh], A[2 + rh], A[4 + rh], A[6 + rh]);
+    }
+}
+
+/* One warp a unit. Integer bank scales with half scales (every model the
+ * converter and the synthetic weights make) decode with is_frags, the unit
+ * decoder of the INT32 decode and wgmma kernels: the low codes times k_g in
+ * 16-bit SIMD lanes, the highs ORed in, the bytes write_unit_i8 computes
+ * one at a time with a division a row for k_g (1-3 % less time for the
+ * INT8 path on the H200; loading each warp's next unit ahead as well gained
+ * nothing more). */
 template <bool S16, bool I8>
 __global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, void *out) {
     __shared__ __align__(16) uint8_t sm[8 * SQ_TILE];
@@ -139,42 +158,19 @@ __global__ void __launch_bounds__(256) k_sq_expand(MmArgs a, Slice sl, void *out
     for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
         Raw<4, 4, S16> c[1];
         load_group<4, 1, 4, S16>(c, (unsigned)(u0 + u), a, lp);
-        uint32_t Alo[1][8], Ahi[1][8];
-        group_frags<4, 1, 4, S16, false>(c, 0, tl, a, lane, Alo, Ahi); /* signed low codes */
-        __syncwarp(); /* every lane has read its operands before the next scatter */
-        float sc[4];
-        unit_scales<S16>(c[0].sc, sc);
-        if (I8) write_unit_i8(Alo[0], Ahi[0], sc, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
-        else write_unit(Alo[0], Ahi[0], sc, (__half *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
-    }
-}
-
-/* Integer bank scales with half scales on the fast layout (every model
- * the converter and the synthetic weights make): is_frags, the unit
- * decoder of the INT32 decode and wgmma kernels, gives the unit's INT8
- * fragment directly (the low codes times k_g in 16-bit SIMD lanes, the
- * highs ORed in), the bytes write_unit_i8 computes one at a time with a
- * division a row for k_g. (1-3 % less time for the INT8 path on the H200;
- * loading each warp's next unit ahead as well gained nothing more.) */
-__global__ void __launch_bounds__(256) k_sq_expand_is(MmArgs a, Slice sl, int8_t *out) {
-    __shared__ __align__(16) uint8_t sm[8 * SQ_TILE];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    uint8_t *tl = sm + warp * SQ_TILE;
-    zero_tiles(tl, 1, lane);
-    const LanePtr lp = lane_ptrs<4, 4, true>(a, lane);
-    const long U = sl.nt * a.ngroups, u0 = sl.t0 * a.ngroups;
-    for (long u = (long)blockIdx.x * 8 + warp; u < U; u += (long)gridDim.x * 8) {
-        Raw<4, 4, true> c[1];
-        load_group<4, 1, 4, true>(c, (unsigned)(u0 + u), a, lp);
-        uint32_t A[8];
-        is_frags(c, (unsigned)(u0 + u), tl, a, lane, A);
-        __syncwarp(); /* every lane has read its operands before the next scatter */
-        const long tile = u / a.ngroups, grp = u % a.ngroups;
-#pragma unroll
-        for (int rh = 0; rh < 2; rh++) { /* register i: row g + 8 (i & 1), columns 16 t + 4 (i >> 1) .. + 3 */
-            const long row = tile * 16 + g + 8 * rh;
-            if (row < sl.rows)
-                *(uint4 *)(out + row * a.k + grp * 64 + 16 * t) = make_uint4(A[rh], A[2 + rh], A[4 + rh], A[6 + rh]);
+        if constexpr (I8 && S16) {
+            uint32_t A[8];
+            is_frags(c, (unsigned)(u0 + u), tl, a, lane, A);
+            __syncwarp(); /* every lane has read its operands before the next scatter */
+            write_frag_i8(A, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+        } else {
+            uint32_t Alo[1][8], Ahi[1][8];
+            group_frags<4, 1, 4, S16, false>(c, 0, tl, a, lane, Alo, Ahi); /* signed low codes */
+            __syncwarp();
+            float sc[4];
+            unit_scales<S16>(c[0].sc, sc);
+            if (I8) write_unit_i8(Alo[0], Ahi[0], sc, (int8_t *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
+            else write_unit(Alo[0], Ahi[0], sc, (__half *)out, sl.rows, a.k, u / a.ngroups, u % a.ngroups, lane);
         }
     }
 }
@@ -304,8 +300,7 @@ static int slice_gemm(const kc_sq *w, const TwoStep &ts, long r0, long rows, flo
         else w->s16 ? k_sqc_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
                     : k_sqc_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
     } else {
-        if (ts.i8 && w->s16) k_sq_expand_is<<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, (int8_t *)out);
-        else if (ts.i8) w->s16 ? k_sq_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
+        if (ts.i8) w->s16 ? k_sq_expand<true, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
                           : k_sq_expand<false, true><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
         else w->s16 ? k_sq_expand<true, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out)
                     : k_sq_expand<false, false><<<blocks, 256, 0, KC_STREAM>>>(ts.a, sl, out);
