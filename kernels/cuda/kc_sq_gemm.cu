@@ -120,8 +120,6 @@ __device__ __forceinline__ void unit_scales(const uint32_t *raw, float (&sc)[4])
     }
 }
 
-/* the explicit fast layout (4-bit lo, one subgroup a group, 4 slots a lane):
- * one warp a unit, decoded by group_frags as the matmul kernels do */
 /* the slice of the matrix one expansion covers: tiles [t0, t0 + nt), rows
  * below `rows` (relative to the slice) written to out [rows][k] */
 struct Slice {
@@ -140,7 +138,9 @@ __device__ __forceinline__ void write_frag_i8(const uint32_t (&A)[8], int8_t *ou
     }
 }
 
-/* One warp a unit. Integer bank scales with half scales (every model the
+/* The explicit fast layout (4-bit lo, one subgroup a group, 4 slots a
+ * lane): one warp a unit, decoded by group_frags as the matmul kernels do.
+ * Integer bank scales with half scales (every model the
  * converter and the synthetic weights make) decode with is_frags, the unit
  * decoder of the INT32 decode and wgmma kernels: the low codes times k_g in
  * 16-bit SIMD lanes, the highs ORed in, the bytes write_unit_i8 computes

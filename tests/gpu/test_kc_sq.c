@@ -455,6 +455,8 @@ int main(int argc, char **argv) {
         test_random(4, 64, 8, 200, 64 * 7, KC_SQ_INT_SCALES, m8, quick ? 3 : 6);
         test_random(4, 64, 8, 200, 64 * 7, KC_SQ_INT_SCALES | KC_SQ_NO_COMPACT, m8 + 1, 2);
         test_fuse(qkv, 3, KC_SQ_INT_SCALES, mf8, 4);
+        static const long split[] = {96, 96, 37}; /* 80-row slices: each 96-row part in two */
+        test_fuse(split, 3, KC_SQ_INT_SCALES, mf8, 4);
         kc_sq_set_slice(0);
         if (!quick) {
             static const long mb[] = {300};
