@@ -58,6 +58,11 @@ typedef struct {
     const float *qs_of; /* qx2/sx2 hold the static form of qs_of[qs_m][qs_k] (as q_of above) */
     long qs_m, qs_k;
     int int_layers; /* some layer matrix is an integer one (kc_int): set at init */
+    /* RoPE and the K/V store in the q/k/v matmul's epilogue (KC_SQ_ROPE=1):
+     * the step's angle table, filled at its first layer; roped: layer + 1
+     * whose rope_store the matmul already did */
+    float *rope_cs;
+    int cs_ready, roped;
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -78,6 +83,7 @@ static void cuda_free(fwd_t *f) {
     kc_free(g->qx);
     kc_free(g->qx2), kc_free(g->sx2), kc_free(g->y2);
     kc_free(g->d_ints);
+    kc_free(g->rope_cs);
     for (int s = 0; s < N_SITES; s++) kc_free(g->masks[s]);
     for (int i = 0; i <= GRAPH_MAX; i++) kc_graph_free(g->graph[i]);
     free(g->h_ints);
@@ -105,6 +111,7 @@ static int cuda_init(fwd_t *f) {
              (f->sel = kc_malloc(n * d * 4)) &&
              (f->logits = kc_malloc(n * (size_t)hp->n_vocab * 4)) && (g->qx = kc_malloc(n * wide)) &&
              (g->sx = kc_malloc(n * 4)) && (g->d_ints = kc_malloc((size_t)g->n_ints * 4)) &&
+             (g->rope_cs = kc_malloc(n * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * 4)) &&
              (g->h_ints = malloc((size_t)g->n_ints * 4)) &&
              (g->slot_seen = malloc((size_t)f->kv->max_seqs * sizeof(int)));
     /* the cache's K/V rows move to the device; its bookkeeping stays on the host */
@@ -279,6 +286,7 @@ static int cuda_pin_logits(fwd_t *f, float *logits, size_t bytes) {
 static int cuda_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
     gfwd_t *g = f->be_state;
     f->b = b;
+    g->cs_ready = 0, g->roped = 0;
     g->logits_host = logits;
     if (resolve_acts(f, g, &g->acts, err, errlen) != 0) return -1;
     g->q_of = NULL, g->qs_of = NULL; /* nothing carries over from an earlier (perhaps failed) pass */
@@ -489,6 +497,27 @@ static int cuda_act_quant(fwd_t *f, int layer, int site, float *x, int n, int di
     return PROFILED("act_quant", act_quant(g, &g->acts, layer, site, x, n, dim));
 }
 
+/* RoPE and the K/V store in the q/k/v matmul's epilogue where asked for
+ * (KC_SQ_ROPE=1) and nothing comes between them in the forward pass (no
+ * q/k/v biases, no q/k norms) */
+static int rope_fusable(const fwd_t *f, int n) {
+    const hparams_t *hp = &f->m->hp;
+    return kc_sq_rope_on() && !hp->arch->qkv_bias && !hp->arch->qk_norm && n <= kc_sq_gemv_max();
+}
+
+static int qkv_rope(fwd_t *f, int layer, const kc_sq_t *w, float *const *y, int n) {
+    gfwd_t *g = f->be_state;
+    const hparams_t *hp = &f->m->hp;
+    if (!g->cs_ready) { /* the step's angles, once for all layers */
+        if (kc_rope_table(g->rope_cs, D_POS(f, g), n, hp->rope_dim, gpu_model(f)->inv_freq) != 0) return -1;
+        g->cs_ready = 1;
+    }
+    const kc_rope_t r = {g->rope_cs, D_POS(f, g), D_BLK(f, g), D_OFF(f, g), g->kv, layer, hp->head_dim, hp->rope_dim};
+    const int rc = kc_sq_matmul_qkv_rope(w, g->qx, g->sx, n, y, &r);
+    if (rc == 1) g->roped = layer + 1;
+    return rc < 0 ? -1 : 0;
+}
+
 /* Matrices sharing an input quantize it to INT8 once; q/k/v and gate/up
  * run as one launch over their fused matrix when the layer has one. */
 static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
@@ -504,6 +533,7 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
         if (fused || fused_i) {
             if (quant_input(f->be_state, x, n, L->w[ids[0]].k, &quantized) != 0) return -1;
             gfwd_t *g = f->be_state;
+            if (fused && count == 3 && rope_fusable(f, n)) return qkv_rope(f, layer, fused, y, n);
             return fused ? kc_sq_matmul_parts(fused, g->qx, g->sx, n, y)
                          : kc_int_matmul_parts(fused_i, g->qx, g->sx, n, y);
         }
@@ -531,6 +561,10 @@ static int cuda_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int
 
 static int cuda_rope_store(fwd_t *f, int layer, int n) {
     gfwd_t *g = f->be_state;
+    if (g->roped == layer + 1) { /* the q/k/v matmul did it (qkv_rope) */
+        g->roped = 0;
+        return 0;
+    }
     const hparams_t *hp = &f->m->hp;
     return PROFILED("rope+kv_store", kc_rope_kv_store(f->q, f->k, f->v, n, hp->n_head, hp->n_head_kv, hp->head_dim,
                                                       hp->rope_dim, gpu_model(f)->inv_freq, &g->kv, layer,

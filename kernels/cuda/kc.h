@@ -118,6 +118,10 @@ int kc_kv_store(const kc_kv_t *kv, int layer, const float *d_k, const float *d_v
 int kc_rope_kv_store(float *d_q, float *d_k, const float *d_v, int n, int n_head, int n_head_kv, int head_dim,
                      int rot_dim, const float *d_inv_freq, const kc_kv_t *kv, int layer, const int32_t *d_pos,
                      const int32_t *d_blk, const int32_t *d_blk_off);
+/* Row i's rot_dim / 2 RoPE (cos, sin) pairs at position pos[i] into
+ * d_cs [n][rot_dim / 2][2], as kc_rope computes them: the table
+ * kc_sq_matmul_qkv_rope reads. */
+int kc_rope_table(float *d_cs, const int32_t *d_pos, int n, int rot_dim, const float *d_inv_freq);
 /* out[i][h] = softmax(q[i][h] . K[0..pos[i]]^T * scale) . V over row i's
  * sequence, grouped-query (n_head / n_head_kv query heads per kv head).
  * prefill != 0 asks for a tiled kernel, worth it when the batch holds runs
@@ -362,6 +366,24 @@ void kc_sq_set_gemv_stage(int on);
  * matrix of one part on the path above; -1 otherwise. */
 int kc_sq_acc_applies(const kc_sq_t *w, long m);
 int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y);
+/* kc_sq_matmul_parts on a fused q/k/v matrix (parts q [n_head x head_dim],
+ * k and v [kv_dim]), then what kc_rope_kv_store computes, in the dp4a
+ * matmul's epilogue (kc_sq_gemv.cu): RoPE on q and k with the angles of
+ * d_cs (kc_rope_table), k and v into the cache, bit for bit. Off unless
+ * KC_SQ_ROPE=1 (not yet measured on a GPU). Returns 1 when it did both,
+ * 0 when it ran the matmul alone (the caller runs kc_rope_kv_store), -1
+ * on error. */
+typedef struct {
+    const float *d_cs;
+    const int32_t *d_pos, *d_blk, *d_blk_off;
+    kc_kv_t kv;
+    int layer, head_dim, rot_dim;
+} kc_rope_t;
+int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y,
+                          const kc_rope_t *r);
+/* KC_SQ_ROPE's setting from a test: 1 on, 0 off, -1 back to the environment */
+void kc_sq_set_rope(int on);
+int kc_sq_rope_on(void);
 /* The two-step paths' slice (kc_sq_gemm.cu) from a test: `weights` FP16
  * weights (twice as many INT8 ones) instead of 128 Mi; 0 for the default */
 void kc_sq_set_slice(long weights);

@@ -121,6 +121,14 @@ static inline int kc_launch_pdl(const char *what, void (*kern)(P...), dim3 grid,
 
 /* the paged K/V row of position t of a sequence whose block ids start at blk[off] */
 #ifdef __CUDACC__
+/* One RoPE rotation, every product and sum rounded on its own (no FMA
+ * contraction), so that every kernel rotating a pair gets the same bits
+ * (kc_ops.cu's RoPE kernels, the q/k/v matmul's epilogue in kc_sq_gemv.cu). */
+__device__ __forceinline__ void rope_rot(float a, float b, float c, float s, float *x0, float *x1) {
+    *x0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+    *x1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
+}
+
 __device__ __forceinline__ size_t kv_row(const kc_kv_t kv, int layer, const int32_t *blk,
                                          int off, int t) {
     int b = blk[off + t / kv.block_size];

@@ -62,12 +62,6 @@ __device__ void rope_angles(float *cs, int32_t pos, int rot_half, const float *i
  * on one block, and a loop of dependent loads costs a latency each. */
 #define ROPE_REG 8
 
-/* One RoPE rotation, every product and sum rounded on its own (no FMA
- * contraction), so that every kernel rotating a pair gets the same bits. */
-__device__ __forceinline__ void rope_rot(float a, float b, float c, float s, float *x0, float *x1) {
-    *x0 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-    *x1 = __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c));
-}
 
 __device__ void rope_heads(float *xr, int n_heads, int head_dim, int rot_half, const float *cs) {
     const int total = n_heads * rot_half;
@@ -256,6 +250,19 @@ __global__ void rope_kv_kernel(float *q, float *k, const float *v, const int32_t
         }
     }
     rope_heads(q + (size_t)i * n_head * head_dim, n_head, head_dim, rot_half, cs);
+}
+
+/* Row i's rot_half (cos, sin) pairs into cs[i] (rope_angles' numbers):
+ * the q/k/v matmul's RoPE epilogue reads them, once a step for all layers */
+__global__ void rope_table_kernel(float *cs, const int32_t *pos, int rot_half, const float *inv_freq) {
+    kc_pdl_wait();
+    kc_pdl_trigger();
+    rope_angles(cs + (size_t)blockIdx.x * rot_half * 2, pos[blockIdx.x], rot_half, inv_freq);
+}
+
+extern "C" int kc_rope_table(float *d_cs, const int32_t *d_pos, int n, int rot_dim, const float *d_inv_freq) {
+    if (n <= 0) return 0;
+    return kc_launch_pdl("rope_table", rope_table_kernel, n, 64, 0, d_cs, d_pos, rot_dim / 2, d_inv_freq);
 }
 
 extern "C" int kc_rope_kv_store(float *d_q, float *d_k, const float *d_v, int n, int n_head, int n_head_kv,

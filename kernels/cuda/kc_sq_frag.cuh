@@ -142,6 +142,15 @@ struct Raw {
     uint32_t sc[S16 ? 2 : 4];
 };
 
+/* kc_sq_matmul_qkv_rope's RoPE on the q and k parts and the store of k
+ * and v into the paged cache (kc_rope_kv_store's work and numbers) */
+struct GemvRope {
+    int on, layer, head_dim, rot_half;
+    const float *cs; /* kc_rope_table's [token][rot_half] (cos, sin) */
+    const int32_t *pos, *blk, *blk_off;
+    kc_kv_t kv;
+};
+
 struct MmArgs {
     const uint8_t *w;
     long n, ntiles, nsub, ngroups, m, k;
@@ -159,14 +168,16 @@ struct MmArgs {
     float *py[KC_SQ_MAX_PARTS];
     int acc;         /* the dp4a path: y += x . W^T (the residual add in the epilogue) */
     const float *rs; /* integer bank scales (kc_sq.cuh): the row scales, else NULL */
+    GemvRope rope;   /* the dp4a path on fused q/k/v: RoPE and the K/V store in the epilogue (rope.on) */
 };
 
 /* where row r of the (fused) matrix goes: its part's output, that output's
  * row length *ldy and the row's index there *rr */
-__device__ __forceinline__ float *y_route(const MmArgs &a, long r, long *ldy, long *rr) {
-    if (a.np <= 1) return *ldy = a.n, *rr = r, a.y;
+__device__ __forceinline__ float *y_route(const MmArgs &a, long r, long *ldy, long *rr, int *part = nullptr) {
+    if (a.np <= 1) return *ldy = a.n, *rr = r, part ? *part = 0 : 0, a.y;
     int p = 0;
     while (p + 1 < a.np && r >= a.pstart[p + 1]) p++;
+    if (part) *part = p;
     return *ldy = a.pstart[p + 1] - a.pstart[p], *rr = r - a.pstart[p], a.py[p];
 }
 

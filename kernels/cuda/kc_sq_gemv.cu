@@ -262,6 +262,35 @@ struct GemvLayout<true, S16> { /* compact */
     }
 };
 
+/* RoPE and the K/V store in the q/k/v matmul's epilogue (kc_sq_matmul_qkv_rope).
+ *
+ * Why. At batch 1 the fused q/k/v GEMV is followed by one block of RoPE +
+ * K/V store (kc_ops.cu's rope_kv_kernel: 3.8 us of an 84 us 8B layer in the
+ * CUDA graph, fourteenth session). Unlike a norm (kc_sq_matmul_acc_norm,
+ * measured and backed out: its row reduction made one block work alone
+ * after all the others), RoPE is a rotation of the pairs (2i, 2i + 1) of a
+ * head, and a pair's two rows are the same tile's, so each block rotates
+ * and stores its own outputs as it writes them: no block waits, no tail.
+ * The pair's other value comes from the neighbouring thread. The angles
+ * come from a table kc_rope_table fills once a step with rope_angles'
+ * numbers (computing them here in double made the kernel spill), and
+ * rope_rot rounds as the kernel's: the same bits (test_kc_sq --rope).
+ * part: 0 q, 1 k, 2 v; r: the row within its part. */
+__device__ __forceinline__ void gemv_rope_store(const GemvRope &rp, float p, float other, int part, long r, long tok,
+                                                float *o) {
+    const int j = (int)(r % rp.head_dim), i = j >> 1;
+    if (part < 2 && i < rp.rot_half) {
+        const float c = rp.cs[(tok * rp.rot_half + i) * 2], s = rp.cs[(tok * rp.rot_half + i) * 2 + 1];
+        float x0, x1;
+        if (j & 1) rope_rot(other, p, c, s, &x0, &x1), p = x1;
+        else rope_rot(p, other, c, s, &x0, &x1), p = x0;
+    }
+    *o = p;
+    if (part == 0) return;
+    const size_t at = kv_row(rp.kv, rp.layer, rp.blk, rp.blk_off[tok], rp.pos[tok]);
+    (part == 1 ? rp.kv.d_k : rp.kv.d_v)[at + r] = p;
+}
+
 /* The end of a tile: each row's lanes are added (the quad's for rows g and
  * g + 8, and with HI the pair 2 r, 2 r + 1 that holds row r's high part),
  * then the warps' row sums in warp order, and the tile is stored. The
@@ -294,8 +323,16 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         float v = 0.0f;
         for (int q = 0; q < nw; q++) v += red[(q * NT + t) * 16 + row];
         long ny, r0; /* (the tile lies in one part: parts but the last are whole tiles) */
-        float *y = y_route(a, tile * 16, &ny, &r0);
-        if (r0 + row < ny && tok < a.m) {
+        int part;
+        float *y = y_route(a, tile * 16, &ny, &r0, &part);
+        const bool ok = r0 + row < ny && tok < a.m;
+        if (a.rope.on) { /* q/k/v, no acc: row 2i + 1 is the other thread of the pair (e ^ 1) */
+            const float p = ok ? __fmul_rn(v, __ldg(a.sx + tok)) : 0.0f;
+            const float other = __shfl_xor_sync(__activemask(), p, 1);
+            if (ok) gemv_rope_store(a.rope, p, other, part, r0 + row, tok, y + tok * ny + r0 + row);
+            continue;
+        }
+        if (ok) {
             /* the product rounded, then the add rounded: the numbers of a separate kc_add */
             float *o = y + tok * ny + r0 + row;
             const float p = __fmul_rn(v, __ldg(a.sx + tok));

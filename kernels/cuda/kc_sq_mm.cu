@@ -33,6 +33,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
  * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
@@ -544,6 +545,40 @@ extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const floa
     MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
     a.acc = 1;
     return kc_sq_gemv(w, &a);
+}
+
+static int g_rope = -1; /* KC_SQ_ROPE, kc_sq_set_rope: off by default until measured */
+
+extern "C" void kc_sq_set_rope(int on) { g_rope = on < 0 ? -1 : on != 0; }
+
+extern "C" int kc_sq_rope_on(void) {
+    if (g_rope < 0) {
+        const char *e = getenv("KC_SQ_ROPE");
+        g_rope = e && !strcmp(e, "1");
+    }
+    return g_rope;
+}
+
+extern "C" int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m,
+                                     float *const *d_y, const kc_rope_t *r) {
+    if (!w || !d_qx || !d_sx || !d_y || !r || m < 0 || w->nparts != 3 || !d_y[0] || !d_y[1] || !d_y[2]) {
+        kc_set_error("kc_sq_matmul_qkv_rope: bad arguments");
+        return -1;
+    }
+    const long hd = r->head_dim;
+    /* the dp4a path in one launch (m <= its widest token count), whole heads, pairs within a head */
+    const int fits = kc_sq_rope_on() && m >= 1 && !kc_sq_wg_applies(w, m) && !kc_sq_twostep_applies(w, m) &&
+                     kc_sq_gemv_applies(w, m) && hd > 0 && hd % 2 == 0 && r->rot_dim <= hd &&
+                     w->part_n[0] % hd == 0 && w->part_n[1] == r->kv.kv_dim && w->part_n[2] == r->kv.kv_dim &&
+                     r->kv.kv_dim % hd == 0 && r->d_cs && r->d_pos && r->d_blk && r->d_blk_off;
+    if (!fits) return kc_sq_matmul_parts(w, d_qx, d_sx, m, d_y) ? -1 : 0;
+    MmArgs a = mm_args(w, d_qx, d_sx, m, d_y[0]);
+    a.np = w->nparts, a.pstart[0] = 0;
+    for (int p = 0; p < w->nparts; p++) a.py[p] = d_y[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
+    a.rope.on = 1, a.rope.layer = r->layer, a.rope.head_dim = (int)hd, a.rope.rot_half = r->rot_dim / 2;
+    a.rope.cs = r->d_cs, a.rope.pos = r->d_pos, a.rope.blk = r->d_blk, a.rope.blk_off = r->d_blk_off;
+    a.rope.kv = r->kv;
+    return kc_sq_gemv(w, &a) ? -1 : 1;
 }
 
 extern "C" int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y) {

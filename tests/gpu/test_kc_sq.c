@@ -33,8 +33,10 @@
  * The matmul check itself and the matrix makers are in sq_check.h.
  *   KC_SQ_DEC=0..4 in the environment selects the decode kernel variant.
  *
- *   build/gpu/test_kc_sq [--quick] [--wg]   (--quick: fewer shapes, for compute-sanitizer;
- *   --wg: the wgmma kernel's section alone)
+ * - RoPE and the K/V store in the q/k/v matmul's epilogue
+ *   (kc_sq_matmul_qkv_rope): bit-exact against the matmul and kc_rope_kv_store.
+ *   build/gpu/test_kc_sq [--quick] [--wg] [--rope]   (--quick: fewer shapes, for
+ *   compute-sanitizer; --wg / --rope: the wgmma kernel's / the RoPE epilogue's section alone)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
 #include "../../engine/model/sq.h"
@@ -282,9 +284,100 @@ static void test_wg(void) {
     verdict(kc_sm90a() ? kc_sq_wg_count() > c0 : kc_sq_wg_count() == c0, what);
 }
 
+/* ---- RoPE and the K/V store in the q/k/v matmul's epilogue (kc_sq_matmul_qkv_rope) ---------
+ *
+ * A fused q/k/v matrix (4 q heads and 2 k/v heads of 64) at 1-4 tokens,
+ * each at its own position and cache block: q, k, v and the cache after
+ * the fused call are bit for bit kc_sq_matmul_parts followed by
+ * kc_rope_kv_store, with the whole head rotated and with half of it, on
+ * both layouts, the staged and register kernels. */
+static void rope_case(kc_sq_t *w, long m, int rot_dim, const char *what) {
+    enum { HD = 64, NH = 4, NKV = 2, KVD = NKV * HD, BS = 16, NB = 4, NL = 2, LAYER = 1 };
+    const long k = 64 * 5, nq = NH * HD, cache = (long)NB * NL * BS * KVD;
+    static const int32_t pos[4] = {5, 37, 20, 2}, off[4] = {0, 4, 8, 12};
+    static const int32_t blk[16] = {3, 1, 0, 2, 2, 0, 1, 3, 0, 2, 3, 1, 1, 0, 2, 3};
+    float inv[HD / 2], *x = malloc(m * k * 4);
+    for (int i = 0; i < rot_dim / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot_dim);
+    fill_x(x, m, k);
+    float *dx = dmalloc(m * k * 4), *dsx = dmalloc(16), *dinv = dmalloc(sizeof inv), *dcs = dmalloc(m * HD * 4);
+    int8_t *dqx = dmalloc(m * k);
+    int32_t *dpos = dmalloc(sizeof pos), *doff = dmalloc(sizeof off), *dblk = dmalloc(sizeof blk);
+    OK(kc_upload(dx, x, m * k * 4));
+    OK(kc_upload(dinv, inv, sizeof inv));
+    OK(kc_upload(dpos, pos, sizeof pos));
+    OK(kc_upload(doff, off, sizeof off));
+    OK(kc_upload(dblk, blk, sizeof blk));
+    OK(kc_quant_i8(dx, m, k, dqx, dsx));
+    float *y[2][3], *h[2][5];
+    kc_kv_t kv[2];
+    for (int v = 0; v < 2; v++) {
+        const long nn[3] = {nq, KVD, KVD};
+        for (int p = 0; p < 3; p++) {
+            y[v][p] = dmalloc(m * nn[p] * 4);
+            OK(kc_memset(y[v][p], 0xFF, m * nn[p] * 4));
+        }
+        kv[v] = (kc_kv_t){dmalloc(cache * 4), dmalloc(cache * 4), NL, KVD, BS};
+        OK(kc_memset(kv[v].d_k, 0x3C, cache * 4));
+        OK(kc_memset(kv[v].d_v, 0x3C, cache * 4));
+    }
+    OK(kc_sq_matmul_parts(w, dqx, dsx, m, y[0]));
+    OK(kc_rope_kv_store(y[0][0], y[0][1], y[0][2], (int)m, NH, NKV, HD, rot_dim, dinv, &kv[0], LAYER, dpos, dblk, doff));
+    OK(kc_rope_table(dcs, dpos, (int)m, rot_dim, dinv));
+    const kc_rope_t r = {dcs, dpos, dblk, doff, kv[1], LAYER, HD, rot_dim};
+    const int rc = kc_sq_matmul_qkv_rope(w, dqx, dsx, m, y[1], &r);
+    int same = rc == 1;
+    for (int v = 0; v < 2; v++) {
+        const long sz[5] = {m * nq, m * KVD, m * KVD, cache, cache};
+        const float *src[5] = {y[v][0], y[v][1], y[v][2], kv[v].d_k, kv[v].d_v};
+        for (int i = 0; i < 5; i++) {
+            h[v][i] = malloc(sz[i] * 4);
+            OK(kc_download(h[v][i], src[i], sz[i] * 4));
+            if (v) same &= !memcmp(h[0][i], h[1][i], sz[i] * 4);
+        }
+    }
+    char line[300];
+    snprintf(line, sizeof line, "q/k/v + RoPE (%d of %d) + K/V store in the epilogue, %s, m = %ld: q, k, v, cache bit-exact (rc %d)",
+             rot_dim, HD, what, m, rc);
+    verdict(same, line);
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < 5; i++) free(h[v][i]);
+        for (int p = 0; p < 3; p++) kc_free(y[v][p]);
+        kc_free(kv[v].d_k), kc_free(kv[v].d_v);
+    }
+    free(x);
+    kc_free(dx), kc_free(dsx), kc_free(dinv), kc_free(dcs), kc_free(dqx), kc_free(dpos), kc_free(doff), kc_free(dblk);
+}
+
+static void test_rope(void) {
+    kc_sq_set_rope(1);
+    kc_sq_set_gemv_max(4);
+    for (int st = 1; st >= 0; st--) {
+        kc_sq_set_gemv_stage(st);
+        for (int f = 0; f < 2; f++) {
+            const int flags = f ? KC_SQ_NO_COMPACT | KC_SQ_F16_SCALES : KC_SQ_F16_SCALES;
+            kc_sq_t *p[3] = {kc_sq_random_ex(256, 64 * 5, 4, 64, 8, 11, flags), kc_sq_random_ex(128, 64 * 5, 4, 64, 8, 12, flags),
+                             kc_sq_random_ex(128, 64 * 5, 4, 64, 8, 13, flags)};
+            kc_sq_t *w = p[0] && p[1] && p[2] ? kc_sq_fuse((const kc_sq_t *const *)p, 3) : NULL;
+            for (int i = 0; i < 3; i++) kc_sq_free(p[i]);
+            if (!w) {
+                verdict(0, kc_error());
+                continue;
+            }
+            char what[200];
+            snprintf(what, sizeof what, "%s, %s kernel", kc_sq_describe(w), st ? "staged" : "register");
+            for (long m = 1; m <= 4; m++) rope_case(w, m, 64, what), rope_case(w, m, 32, what);
+            kc_sq_free(w);
+        }
+    }
+    kc_sq_set_gemv_stage(-1);
+    kc_sq_set_gemv_max(-1);
+    kc_sq_set_rope(-1);
+}
+
 int main(int argc, char **argv) {
-    int only_wg = 0; /* --wg: that section alone */
-    for (int i = 1; i < argc; i++) quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg");
+    int only_wg = 0, only_rope = 0; /* --wg / --rope: that section alone */
+    for (int i = 1; i < argc; i++)
+        quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg"), only_rope |= !strcmp(argv[i], "--rope");
     /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
      * applies, and the explicit layout through KC_SQ_NO_COMPACT */
     setenv("KC_SQ_COMPACT", "1", 0);
@@ -295,8 +388,9 @@ int main(int argc, char **argv) {
     printf("test_kc_sq on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
     /* the fused kernels at every M first; the two-step path has its own section */
     kc_sq_set_twostep_min(0);
-    if (only_wg) {
-        test_wg();
+    if (only_wg || only_rope) {
+        if (only_wg) test_wg();
+        if (only_rope) test_rope();
         goto done;
     }
 
@@ -542,6 +636,7 @@ int main(int argc, char **argv) {
     }
 
     test_wg();
+    test_rope();
 
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
