@@ -464,6 +464,9 @@ static const char *matmul_name(const int *ids, int count) {
 
 static int cuda_embed(fwd_t *f, float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
+    gfwd_t *g = f->be_state;
+    /* a pass starts here: a capture that failed may have run (recorded) a pass already */
+    g->cs_ready = 0, g->roped = 0;
     const int32_t *tok = D_TOK(f, (gfwd_t *)f->be_state);
     if (gm->embd_gg) return PROFILED("embed", kc_gguf_embed(x, gm->embd_gg, tok, n));
     return PROFILED("embed", kc_embed(x, gm->embd, tok, n, f->m->hp.dim));

@@ -328,7 +328,8 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         const bool ok = r0 + row < ny && tok < a.m;
         if (a.rope.on) { /* q/k/v, no acc: row 2i + 1 is the other thread of the pair (e ^ 1) */
             const float p = ok ? __fmul_rn(v, __ldg(a.sx + tok)) : 0.0f;
-            const float other = __shfl_xor_sync(__activemask(), p, 1);
+            /* the lanes in this loop: 16 for one token (warp 0's first half), else whole warps */
+            const float other = __shfl_xor_sync(NT == 1 ? 0x0000FFFFu : 0xFFFFFFFFu, p, 1);
             if (ok) gemv_rope_store(a.rope, p, other, part, r0 + row, tok, y + tok * ny + r0 + row);
             continue;
         }

@@ -296,7 +296,7 @@ static void rope_case(kc_sq_t *w, long m, int rot_dim, const char *what) {
     const long k = 64 * 5, nq = NH * HD, cache = (long)NB * NL * BS * KVD;
     static const int32_t pos[4] = {5, 37, 20, 2}, off[4] = {0, 4, 8, 12};
     static const int32_t blk[16] = {3, 1, 0, 2, 2, 0, 1, 3, 0, 2, 3, 1, 1, 0, 2, 3};
-    float inv[HD / 2], *x = malloc(m * k * 4);
+    float inv[HD / 2] = {0}, *x = malloc(m * k * 4);
     for (int i = 0; i < rot_dim / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot_dim);
     fill_x(x, m, k);
     float *dx = dmalloc(m * k * 4), *dsx = dmalloc(16), *dinv = dmalloc(sizeof inv), *dcs = dmalloc(m * HD * 4);
