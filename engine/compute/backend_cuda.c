@@ -286,7 +286,6 @@ static int cuda_pin_logits(fwd_t *f, float *logits, size_t bytes) {
 static int cuda_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
     gfwd_t *g = f->be_state;
     f->b = b;
-    g->cs_ready = 0, g->roped = 0;
     g->logits_host = logits;
     if (resolve_acts(f, g, &g->acts, err, errlen) != 0) return -1;
     g->q_of = NULL, g->qs_of = NULL; /* nothing carries over from an earlier (perhaps failed) pass */
@@ -465,7 +464,7 @@ static const char *matmul_name(const int *ids, int count) {
 static int cuda_embed(fwd_t *f, float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
     gfwd_t *g = f->be_state;
-    /* a pass starts here: a capture that failed may have run (recorded) a pass already */
+    /* every pass starts here (also the eager pass after a failed capture, which recorded one) */
     g->cs_ready = 0, g->roped = 0;
     const int32_t *tok = D_TOK(f, (gfwd_t *)f->be_state);
     if (gm->embd_gg) return PROFILED("embed", kc_gguf_embed(x, gm->embd_gg, tok, n));

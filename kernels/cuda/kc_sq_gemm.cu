@@ -347,7 +347,7 @@ extern "C" int kc_sq_twostep(const kc_sq *w, const int8_t *d_qx, const float *d_
     TwoStep ts;
     memset(&ts, 0, sizeof ts);
     ts.i8 = i8_applies(w, m), ts.qx = d_qx, ts.sx = d_sx, ts.m = m;
-    const long slice_rows = w->n < slice_step(w, ts.i8) ? w->n : slice_step(w, ts.i8);
+    const long step = slice_step(w, ts.i8), slice_rows = w->n < step ? w->n : step;
     /* the INT8 scratch takes a byte a weight: half the FP16 buffer's halves */
     if (grow(&g_w16, &g_w16_n, ts.i8 ? ((size_t)slice_rows * w->k + 1) / 2 : (size_t)slice_rows * w->k)) return -1;
     if (!ts.i8 && grow(&g_a16, &g_a16_n, (size_t)m * w->k)) return -1;

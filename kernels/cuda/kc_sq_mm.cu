@@ -33,7 +33,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* One scale group (SPG subgroups) of one 16-row tile against NT x 8 tokens:
  * unpack, scatter the highs, 4 mma per subgroup and n-tile, combine. The
@@ -532,9 +531,11 @@ extern "C" int kc_sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d
 /* exactly where kc_sq_matmul would take the dp4a kernel (so y += x W^T has
  * kc_sq_matmul's numbers): not where the wgmma kernel or the two-step path
  * comes first */
-extern "C" int kc_sq_acc_applies(const kc_sq_t *w, long m) {
-    return w && w->nparts <= 1 && !kc_sq_wg_applies(w, m) && !kc_sq_twostep_applies(w, m) && kc_sq_gemv_applies(w, m);
+static int gemv_takes(const kc_sq_t *w, long m) {
+    return !kc_sq_wg_applies(w, m) && !kc_sq_twostep_applies(w, m) && kc_sq_gemv_applies(w, m);
 }
+
+extern "C" int kc_sq_acc_applies(const kc_sq_t *w, long m) { return w && w->nparts <= 1 && gemv_takes(w, m); }
 
 extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y) {
     if (!w || !d_qx || !d_sx || !d_y || m < 0 || !kc_sq_acc_applies(w, m)) {
@@ -547,17 +548,11 @@ extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const floa
     return kc_sq_gemv(w, &a);
 }
 
-static int g_rope = -1; /* KC_SQ_ROPE, kc_sq_set_rope: off by default until measured */
+static long g_rope = -1; /* KC_SQ_ROPE, kc_sq_set_rope: off by default until measured */
 
 extern "C" void kc_sq_set_rope(int on) { g_rope = on < 0 ? -1 : on != 0; }
 
-extern "C" int kc_sq_rope_on(void) {
-    if (g_rope < 0) {
-        const char *e = getenv("KC_SQ_ROPE");
-        g_rope = e && !strcmp(e, "1");
-    }
-    return g_rope;
-}
+extern "C" int kc_sq_rope_on(void) { return kc_threshold(&g_rope, "KC_SQ_ROPE", 0) != 0; }
 
 extern "C" int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m,
                                      float *const *d_y, const kc_rope_t *r) {
@@ -567,8 +562,7 @@ extern "C" int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const
     }
     const long hd = r->head_dim;
     /* the dp4a path in one launch (m <= its widest token count), whole heads, pairs within a head */
-    const int fits = kc_sq_rope_on() && m >= 1 && !kc_sq_wg_applies(w, m) && !kc_sq_twostep_applies(w, m) &&
-                     kc_sq_gemv_applies(w, m) && hd > 0 && hd % 2 == 0 && r->rot_dim <= hd &&
+    const int fits = kc_sq_rope_on() && m >= 1 && gemv_takes(w, m) && hd > 0 && hd % 2 == 0 && r->rot_dim <= hd &&
                      w->part_n[0] % hd == 0 && w->part_n[1] == r->kv.kv_dim && w->part_n[2] == r->kv.kv_dim &&
                      r->kv.kv_dim % hd == 0 && r->d_cs && r->d_pos && r->d_blk && r->d_blk_off;
     if (!fits) return kc_sq_matmul_parts(w, d_qx, d_sx, m, d_y) ? -1 : 0;
