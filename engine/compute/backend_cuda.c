@@ -63,6 +63,13 @@ typedef struct {
      * whose rope_store the matmul already did */
     float *rope_cs;
     int cs_ready, roped;
+    /* SwiGLU by the gate/up and down matmuls (KC_SQ_SWIGLU=1): the gate/up
+     * blocks' max |h| slots (hmax_n floats); swig: layer + 1 whose SwiGLU
+     * the gate/up matmul did, into swig_h, with swig_nslot slots */
+    float *hmax;
+    long hmax_n;
+    int swig, swig_nslot;
+    const float *swig_h;
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -84,6 +91,7 @@ static void cuda_free(fwd_t *f) {
     kc_free(g->qx2), kc_free(g->sx2), kc_free(g->y2);
     kc_free(g->d_ints);
     kc_free(g->rope_cs);
+    kc_free(g->hmax);
     for (int s = 0; s < N_SITES; s++) kc_free(g->masks[s]);
     for (int i = 0; i <= GRAPH_MAX; i++) kc_graph_free(g->graph[i]);
     free(g->h_ints);
@@ -104,6 +112,7 @@ static int cuda_init(fwd_t *f) {
     long max_blocks = (f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     long seqs = f->kv->max_seqs < f->n_max ? f->kv->max_seqs : f->n_max;
     g->n_ints = 4 * (long)n + seqs * max_blocks;
+    g->hmax_n = 4 * ((long)ffn / 16 + 1); /* kc_sq_swiglu_slots of a gate/up pair of ffn rows, at most */
     int ok = (f->x = kc_malloc(n * d * 4)) && (f->xb = kc_malloc(n * d * 4)) &&
              (f->q = kc_malloc(n * d * 4)) && (f->att = kc_malloc(n * d * 4)) &&
              (f->k = kc_malloc(n * kvd * 4)) && (f->v = kc_malloc(n * kvd * 4)) &&
@@ -112,6 +121,7 @@ static int cuda_init(fwd_t *f) {
              (f->logits = kc_malloc(n * (size_t)hp->n_vocab * 4)) && (g->qx = kc_malloc(n * wide)) &&
              (g->sx = kc_malloc(n * 4)) && (g->d_ints = kc_malloc((size_t)g->n_ints * 4)) &&
              (g->rope_cs = kc_malloc(n * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * 4)) &&
+             (g->hmax = kc_malloc((size_t)g->hmax_n * 4)) &&
              (g->h_ints = malloc((size_t)g->n_ints * 4)) &&
              (g->slot_seen = malloc((size_t)f->kv->max_seqs * sizeof(int)));
     /* the cache's K/V rows move to the device; its bookkeeping stays on the host */
@@ -465,7 +475,7 @@ static int cuda_embed(fwd_t *f, float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
     gfwd_t *g = f->be_state;
     /* every pass starts here (also the eager pass after a failed capture, which recorded one) */
-    g->cs_ready = 0, g->roped = 0;
+    g->cs_ready = 0, g->roped = 0, g->swig = 0;
     const int32_t *tok = D_TOK(f, (gfwd_t *)f->be_state);
     if (gm->embd_gg) return PROFILED("embed", kc_gguf_embed(x, gm->embd_gg, tok, n));
     return PROFILED("embed", kc_embed(x, gm->embd, tok, n, f->m->hp.dim));
@@ -520,6 +530,26 @@ static int qkv_rope(fwd_t *f, int layer, const kc_sq_t *w, float *const *y, int 
     return rc < 0 ? -1 : 0;
 }
 
+/* SwiGLU by the gate/up matmul (h = silu(gate) up over f->hb, with each
+ * block's max |h|) and the down matmul (which quantizes h as it reads it)
+ * where asked for (KC_SQ_SWIGLU=1) and both take it: the silu_mul launch
+ * goes, with the same numbers (kc_sq_matmul_swiglu) */
+static int swiglu_fusable(const fwd_t *f, const glayer_t *L, int n) {
+    const gfwd_t *g = f->be_state;
+    return L->gate_up && L->w[W_DOWN].kind == GM_SQ && reads_int8(g, L, W_DOWN) &&
+           kc_sq_swiglu_applies(L->gate_up, L->w[W_DOWN].sq, n);
+}
+
+static int swiglu_gate_up(fwd_t *f, int layer, float *h, int n) {
+    gfwd_t *g = f->be_state;
+    const glayer_t *L = &gpu_model(f)->layers[layer];
+    int nslot = 0;
+    if (kc_sq_matmul_swiglu(L->gate_up, L->w[W_DOWN].sq, g->qx, g->sx, n, h, g->hmax, g->hmax_n, &nslot) != 0)
+        return -1;
+    g->swig = layer + 1, g->swig_nslot = nslot, g->swig_h = h;
+    return 0;
+}
+
 /* Matrices sharing an input quantize it to INT8 once; q/k/v and gate/up
  * run as one launch over their fused matrix when the layer has one. */
 static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int count, const float *x, int n) {
@@ -536,6 +566,7 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
             if (quant_input(f->be_state, x, n, L->w[ids[0]].k, &quantized) != 0) return -1;
             gfwd_t *g = f->be_state;
             if (fused && count == 3 && rope_fusable(f, n)) return qkv_rope(f, layer, fused, y, n);
+            if (fused && count == 2 && swiglu_fusable(f, L, n)) return swiglu_gate_up(f, layer, y[0], n);
             return fused ? kc_sq_matmul_parts(fused, g->qx, g->sx, n, y)
                          : kc_int_matmul_parts(fused_i, g->qx, g->sx, n, y);
         }
@@ -591,6 +622,10 @@ static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, 
     const gmat_t *w = &gpu_model(f)->layers[layer].w[id];
     if (static_on_int(g, &gpu_model(f)->layers[layer], site_of(id)))
         return static_matmul(f, layer, site_of(id), &id, &y, 1, x, n, 1);
+    if (id == W_DOWN && g->swig == layer + 1 && x == g->swig_h) { /* h in float: swiglu_gate_up */
+        g->swig = 0;
+        return kc_sq_matmul_acc_h(w->sq, x, g->hmax, g->swig_nslot, n, y);
+    }
     if ((w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) || (w->kind == GM_INT && kc_int_acc_applies(w->in, n))) {
         int quantized = 0;
         if (quant_input(g, x, n, w->k, &quantized) != 0) return -1;
@@ -611,6 +646,7 @@ static int cuda_silu_mul(fwd_t *f, int layer, float *g, const float *u, long cou
     const glayer_t *L = &gpu_model(f)->layers[layer];
     const long ffn = f->m->hp.ffn_dim;
     gfwd_t *gs = f->be_state;
+    if (gs->swig == layer + 1 && g == gs->swig_h) return 0; /* the gate/up matmul did it (swiglu_gate_up) */
     /* the fused kernels give a row to one block and load it at once
      * (kc_ops.cu), so at batch 1 they also beat the two launches they replace */
     if (count % ffn == 0 && static_on_int(gs, L, SITE_DOWN)) {

@@ -384,6 +384,25 @@ int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const float *d_s
 /* KC_SQ_ROPE's setting from a test: 1 on, 0 off, -1 back to the environment */
 void kc_sq_set_rope(int on);
 int kc_sq_rope_on(void);
+/* SwiGLU between a decode step's gate/up and down matmuls, done by the two
+ * dp4a launches (kc_sq_gemv.cu): kc_sq_matmul_swiglu runs the fused gate/up
+ * matrix (two parts of equal rows) and writes h = silu(gate) * up into d_h
+ * (m x rows, what kc_silu_mul_q8 leaves in its g) and each block's max |h|
+ * per token into d_hmax (kc_sq_swiglu_slots(gu) floats), *nslot of them;
+ * kc_sq_matmul_acc_h then adds h . down^T to d_y, quantizing h to INT8 as
+ * it reads it at kc_quant_i8's scale (the max of the slots). Together, bit
+ * for bit kc_sq_matmul_parts + kc_silu_mul_q8 + kc_sq_matmul_acc, without
+ * the SwiGLU launch between them. Only where kc_sq_swiglu_applies (off
+ * unless KC_SQ_SWIGLU=1: not yet measured on a GPU); -1 with an error
+ * otherwise. */
+int kc_sq_swiglu_applies(const kc_sq_t *gate_up, const kc_sq_t *down, long m);
+long kc_sq_swiglu_slots(const kc_sq_t *gate_up);
+int kc_sq_matmul_swiglu(const kc_sq_t *gate_up, const kc_sq_t *down, const int8_t *d_qx, const float *d_sx, long m,
+                        float *d_h, float *d_hmax, long hmax_floats, int *nslot);
+int kc_sq_matmul_acc_h(const kc_sq_t *down, const float *d_h, const float *d_hmax, int nslot, long m, float *d_y);
+/* KC_SQ_SWIGLU's setting from a test: 1 on, 0 off, -1 back to the environment */
+void kc_sq_set_swiglu(int on);
+int kc_sq_swiglu_on(void);
 /* The two-step paths' slice (kc_sq_gemm.cu) from a test: `weights` FP16
  * weights (twice as many INT8 ones) instead of 128 Mi; 0 for the default */
 void kc_sq_set_slice(long weights);

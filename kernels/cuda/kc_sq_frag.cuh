@@ -151,6 +151,21 @@ struct GemvRope {
     kc_kv_t kv;
 };
 
+/* SwiGLU between the gate/up and down matmuls of a decode step, done by the
+ * two dp4a launches themselves (kc_sq_matmul_swiglu, kc_sq_matmul_acc_h):
+ * mode 1 walks the fused gate/up matrix's tiles in pairs (gate tile t, then
+ * up tile t + half, on one block), writes h = silu(gate) up over the gate
+ * part's output and each block's max |h| per token into hmax[token][block];
+ * mode 2 (down) reads h as floats and quantizes it to INT8 at the scale of
+ * the max over those nslot slots as it copies its activations. */
+struct GemvSwiglu {
+    int mode;   /* 0: off */
+    int nslot;  /* mode 2: the gate/up launch's blocks */
+    long half;  /* mode 1: 16-row tiles of the gate part (the up part has as many) */
+    float *hmax;
+    const float *h; /* mode 2: [m][k] */
+};
+
 struct MmArgs {
     const uint8_t *w;
     long n, ntiles, nsub, ngroups, m, k;
@@ -169,6 +184,7 @@ struct MmArgs {
     int acc;         /* the dp4a path: y += x . W^T (the residual add in the epilogue) */
     const float *rs; /* integer bank scales (kc_sq.cuh): the row scales, else NULL */
     GemvRope rope;   /* the dp4a path on fused q/k/v: RoPE and the K/V store in the epilogue (rope.on) */
+    GemvSwiglu sw;   /* the dp4a path around SwiGLU (sw.mode) */
 };
 
 /* where row r of the (fused) matrix goes: its part's output, that output's
@@ -183,7 +199,8 @@ __device__ __forceinline__ float *y_route(const MmArgs &a, long r, long *ldy, lo
 
 /* the dp4a path for one to four tokens (kc_sq_gemv.cu) */
 extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m);
-extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a);
+extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, long *grid_used = nullptr);
+extern "C" int kc_sq_gemv_staged(void); /* the staged kernel runs (KC_SQ_GEMV_STAGE) */
 
 /* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
 template <int LOBITS, int S2C, bool S16>

@@ -70,6 +70,7 @@
  * layout and the explicit fast one (4-bit storage, b <= 64, <= 8 highs per
  * row and 64 columns).
  */
+#include "kc_rows.cuh" /* silu_mul1: the SwiGLU kernels' expression */
 #include "kc_sq_frag.cuh"
 
 #include <stdlib.h>
@@ -291,13 +292,29 @@ __device__ __forceinline__ void gemv_rope_store(const GemvRope &rp, float p, flo
     (part == 1 ? rp.kv.d_k : rp.kv.d_v)[at + r] = p;
 }
 
+/* SwiGLU's state in a block's shared memory (a.sw.mode, GemvSwiglu):
+ * mode 1 keeps a gate tile's products until its up tile (gate, NT x 16)
+ * and the running max |h| of each token (mx, float bits: |h| >= 0 orders as
+ * an unsigned int); mode 2 holds the scale each token was quantized at (sx). */
+struct GemvSw {
+    float *gate;
+    unsigned *mx;
+    float *sx;
+};
+template <int NT> /* (a multiple of 16: the rings after it take 16-byte cp.async) */
+__host__ __device__ constexpr uint32_t gemv_sw_bytes() { return ((NT * 16 + 2 * NT) * 4 + 15) / 16 * 16; }
+template <int NT>
+__device__ __forceinline__ GemvSw gemv_sw(uint8_t *at) {
+    return GemvSw{(float *)at, (unsigned *)at + NT * 16, (float *)at + NT * 16 + NT};
+}
+
 /* The end of a tile: each row's lanes are added (the quad's for rows g and
  * g + 8, and with HI the pair 2 r, 2 r + 1 that holds row r's high part),
  * then the warps' row sums in warp order, and the tile is stored. The
  * accumulators restart at zero. */
-template <int NT, bool HI>
+template <int NT, bool HI, int SW>
 __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], float (&ah)[NT], const MmArgs &a,
-                                        float *red, long tile, int warp, int nw, int lane) {
+                                        float *red, GemvSw sw, long tile, int warp, int nw, int lane) {
     const int g = lane >> 2, tig = lane & 3;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -326,6 +343,17 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         int part;
         float *y = y_route(a, tile * 16, &ny, &r0, &part);
         const bool ok = r0 + row < ny && tok < a.m;
+        if (SW == 1) { /* gate/up in pairs: keep the gate tile's products, then h from the up tile's */
+            const float p = ok ? __fmul_rn(v, __ldg(a.sx + tok)) : 0.0f;
+            if (tile < a.sw.half) {
+                sw.gate[e] = p;
+            } else if (ok) {
+                const float h = silu_mul1(sw.gate[e], p);
+                a.py[0][tok * ny + r0 + row] = h; /* (r0: the row within its part) */
+                if (h == h) atomicMax(sw.mx + t, __float_as_uint(fabsf(h))); /* block_max's fmaxf skips NaN */
+            }
+            continue;
+        }
         if (a.rope.on) { /* q/k/v, no acc: row 2i + 1 is the other thread of the pair (e ^ 1) */
             const float p = ok ? __fmul_rn(v, __ldg(a.sx + tok)) : 0.0f;
             /* the lanes in this loop: 16 for one token (warp 0's first half), else whole warps */
@@ -336,7 +364,7 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         if (ok) {
             /* the product rounded, then the add rounded: the numbers of a separate kc_add */
             float *o = y + tok * ny + r0 + row;
-            const float p = __fmul_rn(v, __ldg(a.sx + tok));
+            const float p = __fmul_rn(v, SW == 2 ? sw.sx[t] : __ldg(a.sx + tok));
             *o = a.acc ? __fadd_rn(*o, p) : p;
         }
     }
@@ -354,6 +382,47 @@ __device__ __forceinline__ void gemv_acts(const MmArgs &a, uint8_t *smem, uint32
         int *osum = (int *)(smem + NT * k + t * k / 4) + s0 * 4;
         for (uint32_t i = lane; i < n * 4; i += 32) {
             const uint4 v = tok < a.m ? __ldg(src + i) : make_uint4(0, 0, 0, 0);
+            dst[i] = v;
+            osum[i] = dp4a_us(0x08080808u, v.x, dp4a_us(0x08080808u, v.y, dp4a_us(0x08080808u, v.z,
+                              dp4a_us(0x08080808u, v.w, 0))));
+        }
+    }
+    __syncwarp();
+}
+
+/* gemv_acts for the down matmul after a fused SwiGLU (a.sw.mode 2): the
+ * activations are h in float, and each warp quantizes its range as it
+ * copies it, at kc_quant_i8's scale: the max over the gate/up blocks' slots
+ * (the max is exact in any order, so the codes are silu_mul_q8's). Every
+ * warp reduces the slots itself, so no warp waits for another; warp 0
+ * keeps the scales for the epilogue (sw.sx, read after the flush's barrier). */
+__device__ __forceinline__ uint32_t q8_word(float4 f, float s) {
+    return (uint32_t)(uint8_t)kc_q8(f.x, s) | (uint32_t)(uint8_t)kc_q8(f.y, s) << 8 |
+           (uint32_t)(uint8_t)kc_q8(f.z, s) << 16 | (uint32_t)(uint8_t)kc_q8(f.w, s) << 24;
+}
+
+template <int NT>
+__device__ __forceinline__ void gemv_acts_h(const MmArgs &a, uint8_t *smem, GemvSw sw, uint32_t s0, uint32_t n,
+                                            int warp, int lane) {
+    const uint32_t k = (uint32_t)a.k;
+    for (int t = 0; t < NT; t++) {
+        const long tok = a.tok0 + t;
+        float mx = 0.0f;
+        if (tok < a.m)
+            for (int j = lane; j < a.sw.nslot; j += 32) mx = fmaxf(mx, __ldg(a.sw.hmax + tok * a.sw.nslot + j));
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float s = kc_q8_scale(mx);
+        if (warp == 0 && lane == 0) sw.sx[t] = s;
+        const float4 *src = (const float4 *)(a.sw.h + tok * a.k) + s0 * 16;
+        uint4 *dst = (uint4 *)(smem + t * k) + s0 * 4;
+        int *osum = (int *)(smem + NT * k + t * k / 4) + s0 * 4;
+        for (uint32_t i = lane; i < n * 4; i += 32) {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (tok < a.m) {
+                const float4 f0 = __ldg(src + 4 * i), f1 = __ldg(src + 4 * i + 1), f2 = __ldg(src + 4 * i + 2),
+                             f3 = __ldg(src + 4 * i + 3);
+                v = make_uint4(q8_word(f0, s), q8_word(f1, s), q8_word(f2, s), q8_word(f3, s));
+            }
             dst[i] = v;
             osum[i] = dp4a_us(0x08080808u, v.x, dp4a_us(0x08080808u, v.y, dp4a_us(0x08080808u, v.z,
                               dp4a_us(0x08080808u, v.w, 0))));
@@ -421,7 +490,8 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, NT == 1 && !C ? 2 : 1) k_sq_ge
                 const uint32_t sub = s0 + cstep;
                 L::template unit<NT>(ag, a8, ah, r[j], sx + sub * 64, so + sub * 16, k, lane);
                 if (++cstep == n) {
-                    gemv_flush<NT, L::HI>(ag, a8, ah, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
+                    gemv_flush<NT, L::HI, 0>(ag, a8, ah, a, red + buf * (GEMV_MAXW * NT * 16), GemvSw{}, tile, warp,
+                                             nw, lane);
                     cstep = 0, buf ^= 1, tile += tstep;
                 }
             }
@@ -442,7 +512,7 @@ __device__ __forceinline__ void gemv_stage(uint32_t slot, const uint8_t *unit, i
     cp_async_commit();
 }
 
-template <int NT, bool S16, bool C>
+template <int NT, bool S16, bool C, int SW>
 __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
     extern __shared__ __align__(16) uint8_t smem[];
     typedef GemvLayout<C, S16> L;
@@ -452,28 +522,40 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
     const uint32_t s0 = warp * nsub / nw, s1 = (warp + 1) * nsub / nw, n = s1 - s0;
     const uint32_t sx = (uint32_t)__cvta_generic_to_shared(smem), so = sx + NT * k;
     float *red = (float *)(smem + NT * k + NT * k / 4);
-    const uint32_t ring = sx + NT * k + NT * k / 4 + 2 * GEMV_MAXW * NT * 16 * 4 + warp * D * UB;
+    const uint32_t swb = NT * k + NT * k / 4 + 2 * GEMV_MAXW * NT * 16 * 4; /* SwiGLU's state, then the rings */
+    const GemvSw sw = gemv_sw<NT>(smem + swb);
+    const uint32_t ring = sx + swb + (SW ? gemv_sw_bytes<NT>() : 0) + warp * D * UB;
     const long ntiles = a.ntiles, tile0 = blockIdx.x, tstep = gridDim.x;
-    const uint32_t ntl = (uint32_t)((ntiles - tile0 + tstep - 1) / tstep);
+    /* the block's tiles: tile0, tile0 + tstep, ...; in SwiGLU's pairs (mode 1)
+     * tile0, tile0 + half, tile0 + tstep, tile0 + tstep + half, ... (a step
+     * alternates between ta and tb tiles) */
+    constexpr bool pairs = SW == 1;
+    const long half = a.sw.half, ta = pairs ? half : tstep, tb = pairs ? tstep - half : tstep;
+    const uint32_t ntl = pairs ? (uint32_t)(2 * ((half - tile0 + tstep - 1) / tstep))
+                               : (uint32_t)((ntiles - tile0 + tstep - 1) / tstep);
     const uint32_t total = n * ntl;
-    const uint32_t jump = (uint32_t)(tstep * nsub - n + 1);
-    uint32_t lu = (uint32_t)(tile0 * nsub + s0), lstep = 0;
+    /* the unit index's step from a tile's last unit of the warp's range to
+     * its first in the next tile (mod 2^32: tb is negative in pairs) */
+    const uint32_t ja = (uint32_t)(ta * nsub - n + 1), jb = (uint32_t)(tb * nsub - n + 1);
+    uint32_t lu = (uint32_t)(tile0 * nsub + s0), lstep = 0, lpar = 0;
 #pragma unroll
     for (int i = 0; i < D; i++) {
         if (i < (int)total) {
             gemv_stage<UB>(ring + i * UB, a.w + (size_t)lu * UB, lane);
-            lu += ++lstep == n ? (lstep = 0, jump) : 1;
+            lu += ++lstep == n ? (lstep = 0, pairs && !(lpar ^= 1) ? jb : ja) : 1;
         } else {
             cp_async_commit(); /* every iteration below waits on a count of groups */
         }
     }
     kc_pdl_wait();
     kc_pdl_trigger();
-    gemv_acts<NT>(a, smem, s0, n, lane);
+    if (SW == 2) gemv_acts_h<NT>(a, smem, sw, s0, n, warp, lane);
+    else gemv_acts<NT>(a, smem, s0, n, lane);
+    if (pairs && threadIdx.x < NT) sw.mx[threadIdx.x] = 0u; /* read after the first flush's barrier */
     float ag[NT], a8[NT], ah[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) ag[t] = a8[t] = ah[t] = 0.0f;
-    uint32_t cstep = 0, buf = 0, slot = 0;
+    uint32_t cstep = 0, buf = 0, slot = 0, cpar = 0;
     long tile = tile0;
     for (uint32_t i = 0; i < total; i++) {
         cp_async_wait<D - 1>();
@@ -483,7 +565,7 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
         __syncwarp(); /* every lane has read the slot before it is refilled */
         if (i + D < total) {
             gemv_stage<UB>(ring + slot * UB, a.w + (size_t)lu * UB, lane);
-            lu += ++lstep == n ? (lstep = 0, jump) : 1;
+            lu += ++lstep == n ? (lstep = 0, pairs && !(lpar ^= 1) ? jb : ja) : 1;
         } else {
             cp_async_commit();
         }
@@ -491,11 +573,16 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
         const uint32_t sub = s0 + cstep;
         L::template unit<NT>(ag, a8, ah, cur, sx + sub * 64, so + sub * 16, k, lane);
         if (++cstep == n) {
-            gemv_flush<NT, L::HI>(ag, a8, ah, a, red + buf * (GEMV_MAXW * NT * 16), tile, warp, nw, lane);
-            cstep = 0, buf ^= 1, tile += tstep;
+            gemv_flush<NT, L::HI, SW>(ag, a8, ah, a, red + buf * (GEMV_MAXW * NT * 16), sw, tile, warp, nw, lane);
+            cstep = 0, buf ^= 1, tile += pairs && !(cpar ^= 1) ? tb : ta;
         }
     }
     cp_async_wait<0>();
+    if (pairs) { /* the block's max |h| per token, into its slot */
+        __syncthreads();
+        if (threadIdx.x < NT && a.tok0 + threadIdx.x < a.m)
+            a.sw.hmax[(a.tok0 + threadIdx.x) * gridDim.x + blockIdx.x] = __uint_as_float(sw.mx[threadIdx.x]);
+    }
 }
 
 /* ---- host side ------------------------------------------------------------------------- */
@@ -538,6 +625,8 @@ static int gemv_stage_on(void) {
     return g_stage;
 }
 
+extern "C" int kc_sq_gemv_staged(void) { return gemv_stage_on(); }
+
 typedef void (*GemvKernel)(MmArgs);
 
 static size_t gemv_smem(long k, int nt) { /* activations, chunk sums, 2 x partial sums */
@@ -577,8 +666,10 @@ static int gemv_occupancy(GemvKernel kern, int nw, size_t sm) {
 /* Warps per block and blocks: a block's time is (its tiles) x (its warps'
  * units per tile), so pick the warp count that minimises
  * ceil(tiles / resident blocks) x ceil(units / warps). Shared memory per
- * block: base + nw x per_warp. */
-static int gemv_config(const kc_sq *w, GemvKernel kern, size_t base, size_t per_warp, int *nw_out, long *grid_out) {
+ * block: base + nw x per_warp. ntiles: the matrix's tiles, or its pairs of
+ * tiles where a block takes two at a time (SwiGLU's gate and up). */
+static int gemv_config(const kc_sq *w, long ntiles, GemvKernel kern, size_t base, size_t per_warp, int *nw_out,
+                       long *grid_out) {
     const size_t smem_max = smem_optin();
     if (!smem_max) return -1;
     long best = -1;
@@ -589,10 +680,10 @@ static int gemv_config(const kc_sq *w, GemvKernel kern, size_t base, size_t per_
         const int occ = gemv_occupancy(kern, nw, sm);
         if (occ < 0) return -1;
         if (occ < 1) continue;
-        const long cap = (long)occ * kc_sm_count(), grid = w->ntiles < cap ? w->ntiles : cap;
-        const long waves = (w->ntiles + grid - 1) / grid, cost = waves * ((w->nsub + nw - 1) / nw);
+        const long cap = (long)occ * kc_sm_count(), grid = ntiles < cap ? ntiles : cap;
+        const long waves = (ntiles + grid - 1) / grid, cost = waves * ((w->nsub + nw - 1) / nw);
         /* equal cost: the better balanced (a last round of tiles on few blocks leaves the rest idle) */
-        const double bal = (double)w->ntiles / ((double)grid * waves);
+        const double bal = (double)ntiles / ((double)grid * waves);
         if (best < 0 || cost < best || (cost == best && bal >= best_bal))
             best = cost, best_bal = bal, *nw_out = nw, *grid_out = grid;
     }
@@ -604,26 +695,36 @@ static int gemv_config(const kc_sq *w, GemvKernel kern, size_t base, size_t per_
 }
 
 template <int NT, bool S16, bool C>
-static int launch_gemv(const kc_sq *w, MmArgs a) {
+static int launch_gemv(const kc_sq *w, MmArgs a, long *grid_used) {
     const int st = gemv_stage_on();
-    const GemvKernel kern = st ? k_sq_gemv_st<NT, S16, C> : k_sq_gemv<NT, S16, C>;
-    const size_t base = gemv_smem(w->k, NT), per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
-    static size_t opted[2]; /* dynamic shared memory each kernel of this instance is allowed */
+    if (a.sw.mode && (!st || a.m > NT)) { /* SwiGLU's modes: the staged kernel, one launch */
+        kc_set_error("k_sq_gemv: SwiGLU's modes need the staged kernel and at most %d tokens", NT);
+        return -1;
+    }
+    const GemvKernel kern = !st                ? k_sq_gemv<NT, S16, C>
+                            : a.sw.mode == 1 ? k_sq_gemv_st<NT, S16, C, 1>
+                            : a.sw.mode == 2 ? k_sq_gemv_st<NT, S16, C, 2>
+                                             : k_sq_gemv_st<NT, S16, C, 0>;
+    const size_t base = gemv_smem(w->k, NT) + (a.sw.mode ? gemv_sw_bytes<NT>() : 0);
+    const size_t per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
+    static size_t opted[4]; /* (the register kernel, the staged one in SwiGLU's modes 0, 1, 2) */
+    const int ki = st ? 1 + a.sw.mode : 0; /* dynamic shared memory each kernel of this instance is allowed */
     int nw = 4;
     long grid = 1;
-    if (!opted[st]) { /* opt in to the device's maximum once, so the occupancy figures count it */
+    if (!opted[ki]) { /* opt in to the device's maximum once, so the occupancy figures count it */
         const size_t v = smem_optin();
         if (!v || kc_check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v),
                            "cudaFuncSetAttribute(k_sq_gemv)"))
             return -1;
-        opted[st] = v;
+        opted[ki] = v;
     }
-    if (gemv_config(w, kern, base, per_warp, &nw, &grid)) return -1;
+    if (gemv_config(w, a.sw.mode == 1 ? a.sw.half : w->ntiles, kern, base, per_warp, &nw, &grid)) return -1;
     if ((double)grid * w->nsub * GemvLayout<C, S16>::ub >= 4294967296.0) { /* k_sq_gemv's 32-bit jump */
         kc_set_error("k_sq_gemv: a warp's step between tiles passes 4 GB (%ld x %ld)", w->n, w->k);
         return -1;
     }
     const size_t sm = base + nw * per_warp;
+    if (grid_used) *grid_used = grid;
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
         if (kc_launch_pdl("k_sq_gemv", kern, (unsigned)grid, nw * 32, sm, a)) return -1;
@@ -632,12 +733,12 @@ static int launch_gemv(const kc_sq *w, MmArgs a) {
 }
 
 template <bool C>
-static int gemv_layout(const kc_sq *w, const MmArgs *a) {
-    if (a->m == 1) return w->s16 ? launch_gemv<1, true, C>(w, *a) : launch_gemv<1, false, C>(w, *a);
-    if (a->m == 2) return w->s16 ? launch_gemv<2, true, C>(w, *a) : launch_gemv<2, false, C>(w, *a);
-    return w->s16 ? launch_gemv<4, true, C>(w, *a) : launch_gemv<4, false, C>(w, *a);
+static int gemv_layout(const kc_sq *w, const MmArgs *a, long *g) {
+    if (a->m == 1) return w->s16 ? launch_gemv<1, true, C>(w, *a, g) : launch_gemv<1, false, C>(w, *a, g);
+    if (a->m == 2) return w->s16 ? launch_gemv<2, true, C>(w, *a, g) : launch_gemv<2, false, C>(w, *a, g);
+    return w->s16 ? launch_gemv<4, true, C>(w, *a, g) : launch_gemv<4, false, C>(w, *a, g);
 }
 
-extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a) {
-    return w->compact ? gemv_layout<true>(w, a) : gemv_layout<false>(w, a);
+extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, long *grid_used) {
+    return w->compact ? gemv_layout<true>(w, a, grid_used) : gemv_layout<false>(w, a, grid_used);
 }

@@ -575,6 +575,52 @@ extern "C" int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const
     return kc_sq_gemv(w, &a) ? -1 : 1;
 }
 
+/* SwiGLU done by the dp4a launches around it (GemvSwiglu, kc_sq_gemv.cu).
+ * Off by default until measured on a GPU (KC_SQ_SWIGLU=1). */
+static long g_swiglu = -1;
+
+extern "C" void kc_sq_set_swiglu(int on) { g_swiglu = on < 0 ? -1 : on != 0; }
+
+extern "C" int kc_sq_swiglu_on(void) { return kc_threshold(&g_swiglu, "KC_SQ_SWIGLU", 0) != 0; }
+
+extern "C" int kc_sq_swiglu_applies(const kc_sq_t *gu, const kc_sq_t *down, long m) {
+    return kc_sq_swiglu_on() && gu && down && m >= 1 && m <= 4 && kc_sq_gemv_staged() && gu->nparts == 2 &&
+           gu->part_n[0] == gu->part_n[1] && gu->part_n[0] % 16 == 0 && down->k == gu->part_n[0] &&
+           gemv_takes(gu, m) && kc_sq_acc_applies(down, m);
+}
+
+extern "C" long kc_sq_swiglu_slots(const kc_sq_t *gu) { return gu && gu->nparts == 2 ? 4 * (gu->part_n[0] / 16) : 0; }
+
+extern "C" int kc_sq_matmul_swiglu(const kc_sq_t *gu, const kc_sq_t *down, const int8_t *d_qx, const float *d_sx,
+                                   long m, float *d_h, float *d_hmax, long hmax_floats, int *nslot) {
+    if (!d_qx || !d_sx || !d_h || !d_hmax || !nslot || !kc_sq_swiglu_applies(gu, down, m) ||
+        hmax_floats < kc_sq_swiglu_slots(gu)) {
+        kc_set_error("kc_sq_matmul_swiglu: bad arguments, or matrices or m it does not take");
+        return -1;
+    }
+    MmArgs a = mm_args(gu, d_qx, d_sx, m, d_h);
+    a.np = 2, a.pstart[0] = 0, a.pstart[1] = gu->part_n[0], a.pstart[2] = 2 * gu->part_n[0];
+    a.py[0] = d_h, a.py[1] = NULL; /* (the up part's products stay in the kernel) */
+    a.sw.mode = 1, a.sw.half = gu->part_n[0] / 16, a.sw.hmax = d_hmax;
+    long grid = 0;
+    if (kc_sq_gemv(gu, &a, &grid)) return -1;
+    *nslot = (int)grid;
+    return 0;
+}
+
+extern "C" int kc_sq_matmul_acc_h(const kc_sq_t *down, const float *d_h, const float *d_hmax, int nslot, long m,
+                                  float *d_y) {
+    if (!down || !d_h || !d_hmax || nslot < 1 || !d_y || m < 1 || m > 4 || !kc_sq_acc_applies(down, m) ||
+        !kc_sq_gemv_staged()) {
+        kc_set_error("kc_sq_matmul_acc_h: bad arguments, or a matrix or m it does not take");
+        return -1;
+    }
+    MmArgs a = mm_args(down, NULL, NULL, m, d_y);
+    a.acc = 1;
+    a.sw.mode = 2, a.sw.nslot = nslot, a.sw.hmax = (float *)d_hmax, a.sw.h = d_h;
+    return kc_sq_gemv(down, &a);
+}
+
 extern "C" int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y) {
     if (!w || !d_qx || !d_sx || !d_y || m < 0) {
         kc_set_error("kc_sq_matmul_parts: bad arguments");

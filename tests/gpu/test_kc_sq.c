@@ -35,8 +35,11 @@
  *
  * - RoPE and the K/V store in the q/k/v matmul's epilogue
  *   (kc_sq_matmul_qkv_rope): bit-exact against the matmul and kc_rope_kv_store.
- *   build/gpu/test_kc_sq [--quick] [--wg] [--rope]   (--quick: fewer shapes, for
- *   compute-sanitizer; --wg / --rope: the wgmma kernel's / the RoPE epilogue's section alone)
+ * - SwiGLU by the gate/up and down matmuls (kc_sq_matmul_swiglu +
+ *   kc_sq_matmul_acc_h): h and the residual stream bit-exact against the
+ *   matmul, kc_silu_mul_q8 and kc_sq_matmul_acc.
+ *   build/gpu/test_kc_sq [--quick] [--wg] [--rope] [--swiglu]   (--quick: fewer shapes,
+ *   for compute-sanitizer; --wg / --rope / --swiglu: that section alone)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
 #include "../../engine/model/sq.h"
@@ -374,10 +377,110 @@ static void test_rope(void) {
     kc_sq_set_rope(-1);
 }
 
+/* ---- SwiGLU by the gate/up and down matmuls (kc_sq_matmul_swiglu, kc_sq_matmul_acc_h) -------
+ *
+ * A fused gate/up matrix (rows x dim each part) and a down matrix (dim' x
+ * rows) at 1-4 tokens: h and the residual stream after the two fused calls
+ * are bit for bit kc_sq_matmul_parts + kc_silu_mul_q8 + kc_sq_matmul_acc.
+ * Shapes where every block takes one pair of tiles and where blocks take
+ * many; a zero input row (fill_x's row 1 at m > 2: h = 0, scale 0). */
+static void swiglu_case(kc_sq_t *gu, kc_sq_t *down, long dim, long ffn, long m, const char *what) {
+    float *x = malloc(m * dim * 4), *r = malloc(m * dim * 4);
+    fill_x(x, m, dim);
+    for (long i = 0; i < m * dim; i++) r[i] = frand();
+    float *dx = dmalloc(m * dim * 4), *dsx = dmalloc(16), *dsx2 = dmalloc(16), *dg = dmalloc(m * ffn * 4);
+    float *du = dmalloc(m * ffn * 4), *dh = dmalloc(m * ffn * 4), *dy[2];
+    const long cap = kc_sq_swiglu_slots(gu);
+    float *dmax = dmalloc(cap * 4);
+    int8_t *dqx = dmalloc(m * dim), *dqh = dmalloc(m * ffn);
+    OK(kc_upload(dx, x, m * dim * 4));
+    OK(kc_quant_i8(dx, m, dim, dqx, dsx));
+    for (int v = 0; v < 2; v++) {
+        dy[v] = dmalloc(m * dim * 4);
+        OK(kc_upload(dy[v], r, m * dim * 4));
+    }
+    OK(kc_memset(dg, 0xFF, m * ffn * 4));
+    OK(kc_memset(dh, 0xFF, m * ffn * 4));
+    OK(kc_memset(dmax, 0xFF, cap * 4));
+    /* the reference: the three launches the backend runs without the fusion */
+    OK(kc_sq_matmul_parts(gu, dqx, dsx, m, (float *const[]){dg, du}));
+    OK(kc_silu_mul_q8(dg, du, (int)m, (int)ffn, dqh, dsx2));
+    OK(kc_sq_matmul_acc(down, dqh, dsx2, m, dy[0]));
+    int nslot = 0;
+    const int rc1 = kc_sq_matmul_swiglu(gu, down, dqx, dsx, m, dh, dmax, cap, &nslot);
+    const int rc2 = rc1 ? -1 : kc_sq_matmul_acc_h(down, dh, dmax, nslot, m, dy[1]);
+    if (rc1 || rc2) printf("  %s\n", kc_error()), kc_clear_error();
+    float *hg = malloc(m * ffn * 4), *hh = malloc(m * ffn * 4), *y0 = malloc(m * dim * 4), *y1 = malloc(m * dim * 4);
+    OK(kc_download(hg, dg, m * ffn * 4));
+    OK(kc_download(hh, dh, m * ffn * 4));
+    OK(kc_download(y0, dy[0], m * dim * 4));
+    OK(kc_download(y1, dy[1], m * dim * 4));
+    long bad_h = 0, bad_y = 0;
+    for (long i = 0; i < m * ffn; i++) bad_h += memcmp(&hg[i], &hh[i], 4) != 0;
+    for (long i = 0; i < m * dim; i++) bad_y += memcmp(&y0[i], &y1[i], 4) != 0;
+    char line[600];
+    snprintf(line, sizeof line,
+             "SwiGLU by the matmuls, %s, %ld x %ld, m = %ld, %d slots: h (%ld differ) and x + h down^T (%ld differ) "
+             "bit-exact",
+             what, ffn, dim, m, nslot, bad_h, bad_y);
+    verdict(!rc1 && !rc2 && nslot >= 1 && nslot <= cap / 4 && !bad_h && !bad_y, line);
+    free(x), free(r), free(hg), free(hh), free(y0), free(y1);
+    kc_free(dx), kc_free(dsx), kc_free(dsx2), kc_free(dg), kc_free(du), kc_free(dh), kc_free(dmax), kc_free(dqx);
+    kc_free(dqh), kc_free(dy[0]), kc_free(dy[1]);
+}
+
+/* gate/up (ffn x dim each) and down (dim x ffn) of one layout */
+static void swiglu_shape(long dim, long ffn, int flags, const char *label) {
+    kc_sq_t *p[2] = {kc_sq_random_ex(ffn, dim, 4, 64, 8, 21, flags), kc_sq_random_ex(ffn, dim, 4, 64, 8, 22, flags)};
+    kc_sq_t *down = kc_sq_random_ex(dim, ffn, 4, 64, 8, 23, flags);
+    kc_sq_t *gu = p[0] && p[1] ? kc_sq_fuse((const kc_sq_t *const *)p, 2) : NULL;
+    kc_sq_free(p[0]), kc_sq_free(p[1]);
+    if (!gu || !down) {
+        verdict(0, kc_error());
+        kc_clear_error();
+    } else {
+        char what[256];
+        snprintf(what, sizeof what, "%s (%s)", label, kc_sq_describe(gu));
+        for (long m = 1; m <= 4; m++) swiglu_case(gu, down, dim, ffn, m, what);
+    }
+    kc_sq_free(gu), kc_sq_free(down);
+}
+
+static void test_swiglu(void) {
+    kc_sq_set_gemv_max(4);
+    kc_sq_set_swiglu(0);
+    kc_sq_t *a[2] = {kc_sq_random_ex(64, 128, 4, 64, 8, 1, 0), kc_sq_random_ex(64, 128, 4, 64, 8, 2, 0)};
+    kc_sq_t *gu = kc_sq_fuse((const kc_sq_t *const *)a, 2), *dn = kc_sq_random_ex(128, 64, 4, 64, 8, 3, 0);
+    verdict(gu && dn && !kc_sq_swiglu_applies(gu, dn, 1), "SwiGLU by the matmuls: off unless asked for");
+    kc_sq_set_swiglu(1);
+    verdict(gu && dn && kc_sq_swiglu_applies(gu, dn, 1) && !kc_sq_swiglu_applies(gu, dn, 5) &&
+                !kc_sq_swiglu_applies(dn, dn, 1) && !kc_sq_swiglu_applies(gu, gu, 1),
+            "SwiGLU by the matmuls: taken for a gate/up pair and its down matrix at 1-4 tokens only");
+    kc_sq_set_gemv_stage(0);
+    verdict(gu && dn && !kc_sq_swiglu_applies(gu, dn, 1), "SwiGLU by the matmuls: not with the register kernel");
+    kc_sq_set_gemv_stage(-1);
+    int ns = 0;
+    verdict(kc_sq_matmul_swiglu(dn, dn, (const int8_t *)dn, (const float *)dn, 1, (float *)dn, (float *)dn, 1 << 20,
+                                &ns) == -1 && strstr(kc_error(), "kc_sq_matmul_swiglu") != NULL,
+            "SwiGLU by the matmuls: a matrix it does not take is refused with a message");
+    kc_clear_error();
+    kc_sq_free(a[0]), kc_sq_free(a[1]), kc_sq_free(gu), kc_sq_free(dn);
+    static const int fl[3] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0};
+    static const char *fn[3] = {"half scales", "explicit, half scales", "float scales"};
+    for (int f = 0; f < 3; f++) {
+        swiglu_shape(320, 192, fl[f], fn[f]);             /* 12 pairs: a block each */
+        if (!quick) swiglu_shape(512, 64 * 150, fl[f], fn[f]); /* 600 pairs: several a block */
+    }
+    if (!quick) swiglu_shape(4096, 14336, KC_SQ_F16_SCALES, "Llama-3-8B"); /* the real FFN */
+    kc_sq_set_swiglu(-1);
+    kc_sq_set_gemv_max(-1);
+}
+
 int main(int argc, char **argv) {
-    int only_wg = 0, only_rope = 0; /* --wg / --rope: that section alone */
+    int only_wg = 0, only_rope = 0, only_swiglu = 0; /* --wg / --rope / --swiglu: that section alone */
     for (int i = 1; i < argc; i++)
-        quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg"), only_rope |= !strcmp(argv[i], "--rope");
+        quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg"), only_rope |= !strcmp(argv[i], "--rope"),
+            only_swiglu |= !strcmp(argv[i], "--swiglu");
     /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
      * applies, and the explicit layout through KC_SQ_NO_COMPACT */
     setenv("KC_SQ_COMPACT", "1", 0);
@@ -388,9 +491,10 @@ int main(int argc, char **argv) {
     printf("test_kc_sq on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
     /* the fused kernels at every M first; the two-step path has its own section */
     kc_sq_set_twostep_min(0);
-    if (only_wg || only_rope) {
+    if (only_wg || only_rope || only_swiglu) {
         if (only_wg) test_wg();
         if (only_rope) test_rope();
+        if (only_swiglu) test_swiglu();
         goto done;
     }
 
@@ -637,6 +741,7 @@ int main(int argc, char **argv) {
 
     test_wg();
     test_rope();
+    test_swiglu();
 
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
