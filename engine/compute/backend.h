@@ -47,6 +47,9 @@ struct fwd_backend {
      * given for the logits, to prepare for (CUDA: page-lock it); NULL
      * releases it. Best effort: 0 or -1, results the same either way. */
     int (*pin_logits)(fwd_t *f, float *logits, size_t bytes);
+    /* Optional: marks the start (on) and end of work an external profiler
+     * should look at (CUDA: Nsight Compute's --profile-from-start off). */
+    int (*profile_range)(fwd_t *f, int on);
     /* One line saying why the last operation failed. */
     void (*error)(fwd_t *f, char *err, size_t errlen);
 

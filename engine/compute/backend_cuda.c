@@ -361,6 +361,11 @@ static int cuda_end(fwd_t *f, int n_out) {
     return kc_sync(); /* no logits wanted, or left on the device (benchmarks) */
 }
 
+static int cuda_profile_range(fwd_t *f, int on) {
+    (void)f;
+    return kc_profiler_range(on);
+}
+
 static void cuda_error(fwd_t *f, char *err, size_t errlen) {
     (void)f;
     snprintf(err, errlen, "GPU: %s", kc_error());
@@ -675,6 +680,7 @@ const fwd_backend_t fwd_backend_cuda = {
     .pin_logits = cuda_pin_logits,
     .launch = cuda_launch,
     .end = cuda_end,
+    .profile_range = cuda_profile_range,
     .error = cuda_error,
     .embed = cuda_embed,
     .rmsnorm = cuda_rmsnorm,

@@ -44,6 +44,10 @@ int fwd_pin_logits(fwd_t *f, float *logits, size_t rows) {
     return f->be->pin_logits(f, logits, logits ? rows * (size_t)f->m->hp.n_vocab * sizeof(float) : 0);
 }
 
+int fwd_profile_range(fwd_t *f, int on) {
+    return f->be && f->be->profile_range ? f->be->profile_range(f, on) : 0;
+}
+
 void fwd_free(fwd_t *f) {
     if (f->be) f->be->free(f);
     memset(f, 0, sizeof *f);

@@ -59,6 +59,9 @@ void fwd_free(fwd_t *f);
  * fwd_free, or be released first with fwd_pin_logits(f, NULL, 0). Best
  * effort: 0 when prepared, -1 when not (fwd_run works the same). */
 int fwd_pin_logits(fwd_t *f, float *logits, size_t rows);
+/* Marks the start (on) and end of work for an external profiler where the
+ * backend has the notion (CUDA: cudaProfilerStart/Stop); 0 elsewhere. */
+int fwd_profile_range(fwd_t *f, int on);
 
 /* Runs the batch; writes n_vocab logits for each row that wants them, in
  * row order, to `logits`. Returns 0, or -1 with a message in err (bad

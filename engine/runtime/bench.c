@@ -30,6 +30,21 @@ static int run_prompt(fwd_t *f, int32_t *buf, int s, int n, float *logits, char 
     return 0;
 }
 
+/* SQSERVE_PROFILE_STEP=1: the process's first timed decode step is marked
+ * for an external profiler (fwd_profile_range; tests/gpu/profile.sh
+ * runs Nsight Compute on it), so it sees one step's kernels, not the
+ * weights' set-up or the warm-up. Once per process. */
+static int profile_step(fwd_t *f, int on) {
+    static int state; /* 0 not yet, 1 marking, 2 done */
+    if (state == 2 || (on && state == 1) || (!on && state != 1)) return 0;
+    if (on) {
+        const char *e = getenv("SQSERVE_PROFILE_STEP");
+        if (!e || strcmp(e, "1") != 0) return 0;
+    }
+    state = on ? 1 : 2;
+    return fwd_profile_range(f, on);
+}
+
 int bench_decode(fwd_t *f, kv_cache_t *kv, int B, int depth, int steps, int reps, int to_host, float *logits,
                  double *sec_per_step, char *err, size_t errlen) {
     int32_t *tok = malloc((size_t)B * 3 * sizeof(int32_t)), *pos = tok + B, *slot = pos + B;
@@ -60,7 +75,15 @@ int bench_decode(fwd_t *f, kv_cache_t *kv, int B, int depth, int steps, int reps
                 pos[s] = depth + (i < steps ? i : steps - 1);
             }
             batch_t b = {B, tok, pos, slot, want};
+            if (i == 1 && profile_step(f, 1) != 0) {
+                snprintf(err, errlen, "marking the step for a profiler failed");
+                goto out;
+            }
             if (fwd_run(f, &b, to_host ? logits : NULL, err, errlen) != 0) goto out;
+            if (i == 1 && profile_step(f, 0) != 0) {
+                snprintf(err, errlen, "ending the profiler's step failed");
+                goto out;
+            }
         }
         t[rep] = (gen_now() - t0) / steps;
     }

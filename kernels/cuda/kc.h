@@ -293,6 +293,9 @@ int kc_prof_enabled(void);
 void kc_prof_push(const char *name);
 void kc_prof_pop(void);
 int kc_prof_report(FILE *out);
+/* cudaProfilerStart (on) or cudaProfilerStop (off): the work between them
+ * is what `ncu --profile-from-start off` profiles (tests/gpu/profile.sh) */
+int kc_profiler_range(int on);
 
 /* Many tokens: from M = kc_sq_twostep_min() on, kc_sq_matmul(_parts)
  * expands the weights into FP16 and runs cuBLAS's tensor-core GEMM

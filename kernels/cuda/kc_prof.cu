@@ -14,6 +14,8 @@
 #include "kc.h"
 #include "kc_internal.h"
 
+#include <cuda_profiler_api.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,4 +99,8 @@ extern "C" int kc_prof_report(FILE *out) {
     fprintf(out, "  %-16s %12.3f\n", "total", total);
     g_ntab = 0;
     return 0;
+}
+
+extern "C" int kc_profiler_range(int on) {
+    return kc_check(on ? cudaProfilerStart() : cudaProfilerStop(), on ? "cudaProfilerStart" : "cudaProfilerStop");
 }

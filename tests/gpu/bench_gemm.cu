@@ -342,7 +342,7 @@ struct GemmBufs {
  * two GEMMs on stored INT8 weights, the floor of the INT8 path without its
  * expansion) and cuBLASLt BF16. The tables the default crossovers (kc_sq_twostep_min,
  * kc_sq_i8_min) come from. */
-static int twostep_table(const char *only_shape, const float *d_one) {
+static int twostep_table(const char *only_shape, long only_m, const float *d_one) {
     const struct {
         const char *name;
         long N, K;
@@ -371,6 +371,7 @@ static int twostep_table(const char *only_shape, const float *d_one) {
         int8_t *xi = b.xi;
         float *sx = b.sx, *ys = b.ys;
         for (long M : Ms) {
+            if (only_m && M != only_m) continue;
             kc_sq_set_twostep_min(0), kc_sq_set_i8_min(0);
             const double fu = M <= 256 ? time_us([&] { KC(kc_sq_matmul(sqh, xi, sx, M, ys)); }) : NAN;
             /* the fused kernels on integer bank scales (INT32 accumulation for 9..64 tokens) */
@@ -670,7 +671,7 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&d_one, 4));
     float one = 1.0f;
     CK(cudaMemcpy(d_one, &one, 4, cudaMemcpyHostToDevice));
-    if (twostep) return twostep_table(only_shape, d_one);
+    if (twostep) return twostep_table(only_shape, only_m, d_one);
     if (wg) return wg_table(bw, only_shape, only_m, d_one);
     if (baselines) return baselines_table(bw, only_shape, d_one);
     kc_sq_set_twostep_min(0); /* the tables below are about the fused kernels; --twostep compares the paths */
