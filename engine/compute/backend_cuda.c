@@ -542,7 +542,7 @@ static int qkv_rope(fwd_t *f, int layer, const kc_sq_t *w, float *const *y, int 
 static int swiglu_fusable(const fwd_t *f, const glayer_t *L, int n) {
     const gfwd_t *g = f->be_state;
     return L->gate_up && L->w[W_DOWN].kind == GM_SQ && reads_int8(g, L, W_DOWN) &&
-           kc_sq_swiglu_applies(L->gate_up, L->w[W_DOWN].sq, n);
+           kc_sq_swiglu_slots(L->gate_up) <= g->hmax_n && kc_sq_swiglu_applies(L->gate_up, L->w[W_DOWN].sq, n);
 }
 
 static int swiglu_gate_up(fwd_t *f, int layer, float *h, int n) {

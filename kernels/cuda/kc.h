@@ -403,6 +403,9 @@ long kc_sq_swiglu_slots(const kc_sq_t *gate_up);
 int kc_sq_matmul_swiglu(const kc_sq_t *gate_up, const kc_sq_t *down, const int8_t *d_qx, const float *d_sx, long m,
                         float *d_h, float *d_hmax, long hmax_floats, int *nslot);
 int kc_sq_matmul_acc_h(const kc_sq_t *down, const float *d_h, const float *d_hmax, int nslot, long m, float *d_y);
+/* For tests: at most `cap` blocks in a dp4a launch (0: no cap), so blocks
+ * take many tiles; the results do not depend on it */
+void kc_sq_set_gemv_grid(long cap);
 /* KC_SQ_SWIGLU's setting from a test: 1 on, 0 off, -1 back to the environment */
 void kc_sq_set_swiglu(int on);
 int kc_sq_swiglu_on(void);

@@ -201,6 +201,8 @@ __device__ __forceinline__ float *y_route(const MmArgs &a, long r, long *ldy, lo
 extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m);
 extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, long *grid_used = nullptr);
 extern "C" int kc_sq_gemv_staged(void); /* the staged kernel runs (KC_SQ_GEMV_STAGE) */
+/* whether SwiGLU's mode (GemvSwiglu; half: mode 1's tiles a part) fits the plain kernel's block shape */
+extern "C" int kc_sq_gemv_sw_fits(const kc_sq *w, long m, int mode, long half);
 
 /* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
 template <int LOBITS, int S2C, bool S16>

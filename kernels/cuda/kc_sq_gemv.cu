@@ -65,6 +65,16 @@
  * the activation bytes the low part already loaded: no gather from shared
  * memory, no column arithmetic, 704 bytes a unit instead of 832.
  *
+ * Epilogues. Besides the store (and the residual add, a.acc), the kernel
+ * can finish the operation that follows it where every block can do its
+ * own share with no block waiting for another (a norm's row reduction
+ * cannot: two placements of it were measured slower and backed out, see
+ * docs/perf-gpu.md): RoPE and the K/V store after q/k/v (a.rope), and
+ * SwiGLU split over the gate/up and down matmuls (a.sw, the staged kernel's
+ * template mode SW): the gate/up blocks take a gate tile and its up tile in
+ * turn and write h = silu(g) u with a max |h| per block, and the down
+ * blocks quantize h as they copy it, at the max of those maxima.
+ *
  * When. kc_sq_matmul takes this path for m <= kc_sq_gemv_max() tokens
  * (KC_SQ_GEMV overrides the limit, 0 turns the path off) on the compact
  * layout and the explicit fast one (4-bit storage, b <= 64, <= 8 highs per
@@ -74,6 +84,7 @@
 #include "kc_sq_frag.cuh"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* Units in flight per warp (k_sq_gemv): 2 for one token on the explicit
  * layout, whose 64 registers (two blocks of 512 threads an SM) hold three
@@ -666,10 +677,8 @@ static int gemv_occupancy(GemvKernel kern, int nw, size_t sm) {
 /* Warps per block and blocks: a block's time is (its tiles) x (its warps'
  * units per tile), so pick the warp count that minimises
  * ceil(tiles / resident blocks) x ceil(units / warps). Shared memory per
- * block: base + nw x per_warp. ntiles: the matrix's tiles, or its pairs of
- * tiles where a block takes two at a time (SwiGLU's gate and up). */
-static int gemv_config(const kc_sq *w, long ntiles, GemvKernel kern, size_t base, size_t per_warp, int *nw_out,
-                       long *grid_out) {
+ * block: base + nw x per_warp. */
+static int gemv_config(const kc_sq *w, GemvKernel kern, size_t base, size_t per_warp, int *nw_out, long *grid_out) {
     const size_t smem_max = smem_optin();
     if (!smem_max) return -1;
     long best = -1;
@@ -680,10 +689,10 @@ static int gemv_config(const kc_sq *w, long ntiles, GemvKernel kern, size_t base
         const int occ = gemv_occupancy(kern, nw, sm);
         if (occ < 0) return -1;
         if (occ < 1) continue;
-        const long cap = (long)occ * kc_sm_count(), grid = ntiles < cap ? ntiles : cap;
-        const long waves = (ntiles + grid - 1) / grid, cost = waves * ((w->nsub + nw - 1) / nw);
+        const long cap = (long)occ * kc_sm_count(), grid = w->ntiles < cap ? w->ntiles : cap;
+        const long waves = (w->ntiles + grid - 1) / grid, cost = waves * ((w->nsub + nw - 1) / nw);
         /* equal cost: the better balanced (a last round of tiles on few blocks leaves the rest idle) */
-        const double bal = (double)ntiles / ((double)grid * waves);
+        const double bal = (double)w->ntiles / ((double)grid * waves);
         if (best < 0 || cost < best || (cost == best && bal >= best_bal))
             best = cost, best_bal = bal, *nw_out = nw, *grid_out = grid;
     }
@@ -694,40 +703,89 @@ static int gemv_config(const kc_sq *w, long ntiles, GemvKernel kern, size_t base
     return 0;
 }
 
+/* A test's cap on the grid (kc_sq_set_gemv_grid): the numbers do not depend
+ * on it (a tile is one block's), so tests use it to give blocks many tiles. */
+static long g_grid_cap;
+
+extern "C" void kc_sq_set_gemv_grid(long cap) { g_grid_cap = cap > 0 ? cap : 0; }
+
+/* the kernel of a mode (the register kernel, or the staged one in mode 0,
+ * or in SwiGLU's modes 1 and 2), opted in to the device's most dynamic
+ * shared memory at first use, so the occupancy figures count it; NULL on error */
 template <int NT, bool S16, bool C>
-static int launch_gemv(const kc_sq *w, MmArgs a, long *grid_used) {
-    const int st = gemv_stage_on();
-    if (a.sw.mode && (!st || a.m > NT)) { /* SwiGLU's modes: the staged kernel, one launch */
-        kc_set_error("k_sq_gemv: SwiGLU's modes need the staged kernel and at most %d tokens", NT);
-        return -1;
-    }
-    const GemvKernel kern = !st                ? k_sq_gemv<NT, S16, C>
-                            : a.sw.mode == 1 ? k_sq_gemv_st<NT, S16, C, 1>
-                            : a.sw.mode == 2 ? k_sq_gemv_st<NT, S16, C, 2>
-                                             : k_sq_gemv_st<NT, S16, C, 0>;
-    const size_t base = gemv_smem(w->k, NT) + (a.sw.mode ? gemv_sw_bytes<NT>() : 0);
-    const size_t per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
-    static size_t opted[4]; /* (the register kernel, the staged one in SwiGLU's modes 0, 1, 2) */
-    const int ki = st ? 1 + a.sw.mode : 0; /* dynamic shared memory each kernel of this instance is allowed */
-    int nw = 4;
-    long grid = 1;
-    if (!opted[ki]) { /* opt in to the device's maximum once, so the occupancy figures count it */
+static GemvKernel gemv_kernel(int st, int mode) {
+    static bool opted[4];
+    const int ki = st ? 1 + mode : 0;
+    const GemvKernel kern = !st         ? k_sq_gemv<NT, S16, C>
+                            : mode == 1 ? k_sq_gemv_st<NT, S16, C, 1>
+                            : mode == 2 ? k_sq_gemv_st<NT, S16, C, 2>
+                                        : k_sq_gemv_st<NT, S16, C, 0>;
+    if (!opted[ki]) {
         const size_t v = smem_optin();
         if (!v || kc_check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v),
                            "cudaFuncSetAttribute(k_sq_gemv)"))
-            return -1;
-        opted[ki] = v;
+            return NULL;
+        opted[ki] = true;
     }
-    if (gemv_config(w, a.sw.mode == 1 ? a.sw.half : w->ntiles, kern, base, per_warp, &nw, &grid)) return -1;
-    if ((double)grid * w->nsub * GemvLayout<C, S16>::ub >= 4294967296.0) { /* k_sq_gemv's 32-bit jump */
+    return kern;
+}
+
+struct GemvPlan {
+    GemvKernel kern;
+    int nw;
+    long grid;
+    size_t sm;
+};
+
+/* A launch's kernel, block and grid. The warps a block come from the plain
+ * kernel's cost model in every mode: a tile's sum depends on how many warps
+ * split k, so SwiGLU's modes take the plain kernel's block shape and give
+ * its numbers bit for bit; only their grid is their own (as many blocks as
+ * fit at that shape, over the pairs of tiles in mode 1). -1 with an error
+ * where a mode's kernel does not fit that shape. */
+template <int NT, bool S16, bool C>
+static int gemv_plan(const kc_sq *w, int mode, long half, GemvPlan *p) {
+    const int st = gemv_stage_on();
+    if (mode && !st) {
+        kc_set_error("k_sq_gemv: SwiGLU's modes run on the staged kernel (KC_SQ_GEMV_STAGE=1)");
+        return -1;
+    }
+    const size_t base = gemv_smem(w->k, NT), per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
+    const GemvKernel k0 = gemv_kernel<NT, S16, C>(st, 0);
+    if (!k0 || gemv_config(w, k0, base, per_warp, &p->nw, &p->grid)) return -1;
+    p->kern = k0, p->sm = base + p->nw * per_warp;
+    if (mode) {
+        if (!(p->kern = gemv_kernel<NT, S16, C>(st, mode))) return -1;
+        p->sm += gemv_sw_bytes<NT>();
+        const int occ = p->sm <= smem_optin() ? gemv_occupancy(p->kern, p->nw, p->sm) : 0;
+        if (occ < 0) return -1;
+        if (occ < 1) {
+            kc_set_error("k_sq_gemv: SwiGLU's kernel does not fit the plain kernel's block of %d warps", p->nw);
+            return -1;
+        }
+        const long nt = mode == 1 ? half : w->ntiles, cap = (long)occ * kc_sm_count();
+        p->grid = nt < cap ? nt : cap;
+    }
+    if (g_grid_cap && p->grid > g_grid_cap) p->grid = g_grid_cap;
+    if ((double)p->grid * w->nsub * GemvLayout<C, S16>::ub >= 4294967296.0) { /* k_sq_gemv's 32-bit jump */
         kc_set_error("k_sq_gemv: a warp's step between tiles passes 4 GB (%ld x %ld)", w->n, w->k);
         return -1;
     }
-    const size_t sm = base + nw * per_warp;
-    if (grid_used) *grid_used = grid;
+    return 0;
+}
+
+template <int NT, bool S16, bool C>
+static int launch_gemv(const kc_sq *w, MmArgs a, long *grid_used) {
+    if (a.sw.mode && a.m > NT) { /* SwiGLU's slots are written by one launch */
+        kc_set_error("k_sq_gemv: SwiGLU's modes take at most %d tokens", NT);
+        return -1;
+    }
+    GemvPlan p;
+    if (gemv_plan<NT, S16, C>(w, a.sw.mode, a.sw.half, &p)) return -1;
+    if (grid_used) *grid_used = p.grid;
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
-        if (kc_launch_pdl("k_sq_gemv", kern, (unsigned)grid, nw * 32, sm, a)) return -1;
+        if (kc_launch_pdl("k_sq_gemv", p.kern, (unsigned)p.grid, p.nw * 32, p.sm, a)) return -1;
     }
     return 0;
 }
@@ -741,4 +799,20 @@ static int gemv_layout(const kc_sq *w, const MmArgs *a, long *g) {
 
 extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, long *grid_used) {
     return w->compact ? gemv_layout<true>(w, a, grid_used) : gemv_layout<false>(w, a, grid_used);
+}
+
+template <bool C>
+static int sw_plan(const kc_sq *w, long m, int mode, long half) {
+    GemvPlan p;
+    if (m == 1) return w->s16 ? gemv_plan<1, true, C>(w, mode, half, &p) : gemv_plan<1, false, C>(w, mode, half, &p);
+    if (m == 2) return w->s16 ? gemv_plan<2, true, C>(w, mode, half, &p) : gemv_plan<2, false, C>(w, mode, half, &p);
+    return w->s16 ? gemv_plan<4, true, C>(w, mode, half, &p) : gemv_plan<4, false, C>(w, mode, half, &p);
+}
+
+extern "C" int kc_sq_gemv_sw_fits(const kc_sq *w, long m, int mode, long half) {
+    if (m < 1 || m > 4) return 0;
+    const bool clean = !strcmp(kc_error(), "no CUDA error recorded"); /* (the first error sticks) */
+    if (!(w->compact ? sw_plan<true>(w, m, mode, half) : sw_plan<false>(w, m, mode, half))) return 1;
+    if (clean) kc_clear_error(); /* not taken: the caller runs the plain launches */
+    return 0;
 }

@@ -586,7 +586,8 @@ extern "C" int kc_sq_swiglu_on(void) { return kc_threshold(&g_swiglu, "KC_SQ_SWI
 extern "C" int kc_sq_swiglu_applies(const kc_sq_t *gu, const kc_sq_t *down, long m) {
     return kc_sq_swiglu_on() && gu && down && m >= 1 && m <= 4 && kc_sq_gemv_staged() && gu->nparts == 2 &&
            gu->part_n[0] == gu->part_n[1] && gu->part_n[0] % 16 == 0 && down->k == gu->part_n[0] &&
-           gemv_takes(gu, m) && kc_sq_acc_applies(down, m);
+           gemv_takes(gu, m) && kc_sq_acc_applies(down, m) && kc_sq_gemv_sw_fits(gu, m, 1, gu->part_n[0] / 16) &&
+           kc_sq_gemv_sw_fits(down, m, 2, 0);
 }
 
 extern "C" long kc_sq_swiglu_slots(const kc_sq_t *gu) { return gu && gu->nparts == 2 ? 4 * (gu->part_n[0] / 16) : 0; }

@@ -382,8 +382,9 @@ static void test_rope(void) {
  * A fused gate/up matrix (rows x dim each part) and a down matrix (dim' x
  * rows) at 1-4 tokens: h and the residual stream after the two fused calls
  * are bit for bit kc_sq_matmul_parts + kc_silu_mul_q8 + kc_sq_matmul_acc.
- * Shapes where every block takes one pair of tiles and where blocks take
- * many; a zero input row (fill_x's row 1 at m > 2: h = 0, scale 0). */
+ * Grids capped to 1, 3 and 7 blocks as well (kc_sq_set_gemv_grid), so
+ * blocks walk many pairs; a zero input row (fill_x's row 1 at m > 2:
+ * h = 0, scale 0); the slots poisoned with a huge value. */
 static void swiglu_case(kc_sq_t *gu, kc_sq_t *down, long dim, long ffn, long m, const char *what) {
     float *x = malloc(m * dim * 4), *r = malloc(m * dim * 4);
     fill_x(x, m, dim);
@@ -401,7 +402,7 @@ static void swiglu_case(kc_sq_t *gu, kc_sq_t *down, long dim, long ffn, long m, 
     }
     OK(kc_memset(dg, 0xFF, m * ffn * 4));
     OK(kc_memset(dh, 0xFF, m * ffn * 4));
-    OK(kc_memset(dmax, 0xFF, cap * 4));
+    OK(kc_memset(dmax, 0x7F, cap * 4)); /* ~3.4e38: a slot left unwritten would set the scale (NaN would be skipped) */
     /* the reference: the three launches the backend runs without the fusion */
     OK(kc_sq_matmul_parts(gu, dqx, dsx, m, (float *const[]){dg, du}));
     OK(kc_silu_mul_q8(dg, du, (int)m, (int)ffn, dqh, dsx2));
@@ -439,9 +440,18 @@ static void swiglu_shape(long dim, long ffn, int flags, const char *label) {
         verdict(0, kc_error());
         kc_clear_error();
     } else {
-        char what[256];
-        snprintf(what, sizeof what, "%s (%s)", label, kc_sq_describe(gu));
-        for (long m = 1; m <= 4; m++) swiglu_case(gu, down, dim, ffn, m, what);
+        /* the grid as the kernels size it, then capped (the numbers do not
+         * depend on it): blocks with one pair of tiles, with several, and
+         * with an uneven share of the pairs */
+        static const long caps[] = {0, 1, 3, 7};
+        for (int c = 0; c < (quick ? 2 : 4); c++) {
+            kc_sq_set_gemv_grid(caps[c]);
+            char what[256];
+            snprintf(what, sizeof what, "%s (%s), grid %s%ld", label, kc_sq_describe(gu), caps[c] ? "<= " : "as sized, cap ",
+                     caps[c]);
+            for (long m = 1; m <= 4; m++) swiglu_case(gu, down, dim, ffn, m, what);
+        }
+        kc_sq_set_gemv_grid(0);
     }
     kc_sq_free(gu), kc_sq_free(down);
 }
@@ -468,8 +478,8 @@ static void test_swiglu(void) {
     static const int fl[3] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0};
     static const char *fn[3] = {"half scales", "explicit, half scales", "float scales"};
     for (int f = 0; f < 3; f++) {
-        swiglu_shape(320, 192, fl[f], fn[f]);             /* 12 pairs: a block each */
-        if (!quick) swiglu_shape(512, 64 * 150, fl[f], fn[f]); /* 600 pairs: several a block */
+        swiglu_shape(320, 192, fl[f], fn[f]);                  /* 12 pairs */
+        if (!quick) swiglu_shape(512, 64 * 150, fl[f], fn[f]); /* 600 pairs, and the down matrix's k of 9600 */
     }
     if (!quick) swiglu_shape(4096, 14336, KC_SQ_F16_SCALES, "Llama-3-8B"); /* the real FFN */
     kc_sq_set_swiglu(-1);
