@@ -48,7 +48,7 @@ mkdir -p "$OUT"
 # summarise NAME: OUT/NAME.ncu-rep -> OUT/NAME.md (and stdout)
 summarise() {
   local name=$1
-  "$NCU" --import "$OUT/$name.ncu-rep" --csv --page raw --metrics "$METRICS" > "$OUT/$name.csv" 2> "$OUT/$name.err" || {
+  "$NCU" --import "$OUT/$name.ncu-rep" --csv --page raw --print-units base --metrics "$METRICS" > "$OUT/$name.csv" 2> "$OUT/$name.err" || {
     echo "profile.sh: ncu --import $name failed: $(head -3 "$OUT/$name.err")"
     return 1
   }
@@ -59,10 +59,16 @@ path, name = sys.argv[1], sys.argv[2]
 rows = list(csv.reader(open(path, newline="")))
 head = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
 cols = rows[head]
+# the units row (ncu scales units unless --print-units base): to bytes and nanoseconds
+scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "nsecond": 1, "usecond": 1e3, "msecond": 1e6,
+         "second": 1e9}
+units = rows[head + 1] if head + 1 < len(rows) and not rows[head + 1][0].strip().isdigit() else []
 data = [r for r in rows[head + 1:] if len(r) == len(cols) and r[0].strip().isdigit()]
 def num(r, key):
     try:
-        return float(r[cols.index(key)].replace(",", ""))
+        i = cols.index(key)
+        u = units[i].strip() if i < len(units) else ""
+        return float(r[i].replace(",", "")) * scale.get(u, 1)
     except (ValueError, IndexError):
         return float("nan")
 by = OrderedDict()
