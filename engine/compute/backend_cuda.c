@@ -70,6 +70,12 @@ typedef struct {
     long hmax_n;
     int swig, swig_nslot;
     const float *swig_h;
+    /* RMSNorm split over the matmuls around it (KC_SQ_NORM=1): the slots
+     * (kc_norm_split_t, for 4 tokens of dim values); ns_of: the norm output
+     * the next matmul reads as ns_x's norm (the norm launched nothing) */
+    double *ns_ss;
+    float *ns_cand;
+    const float *ns_of, *ns_x;
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -92,6 +98,7 @@ static void cuda_free(fwd_t *f) {
     kc_free(g->d_ints);
     kc_free(g->rope_cs);
     kc_free(g->hmax);
+    kc_free(g->ns_ss), kc_free(g->ns_cand);
     for (int s = 0; s < N_SITES; s++) kc_free(g->masks[s]);
     for (int i = 0; i <= GRAPH_MAX; i++) kc_graph_free(g->graph[i]);
     free(g->h_ints);
@@ -122,6 +129,8 @@ static int cuda_init(fwd_t *f) {
              (g->sx = kc_malloc(n * 4)) && (g->d_ints = kc_malloc((size_t)g->n_ints * 4)) &&
              (g->rope_cs = kc_malloc(n * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * 4)) &&
              (g->hmax = kc_malloc((size_t)g->hmax_n * 4)) &&
+             (g->ns_ss = kc_malloc(4 * (size_t)kc_norm_split_tiles((long)d) * sizeof(double))) &&
+             (g->ns_cand = kc_malloc(4 * (size_t)kc_norm_split_tiles((long)d) * 4 * sizeof(float))) &&
              (g->h_ints = malloc((size_t)g->n_ints * 4)) &&
              (g->slot_seen = malloc((size_t)f->kv->max_seqs * sizeof(int)));
     /* the cache's K/V rows move to the device; its bookkeeping stays on the host */
@@ -480,14 +489,21 @@ static int cuda_embed(fwd_t *f, float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
     gfwd_t *g = f->be_state;
     /* every pass starts here (also the eager pass after a failed capture, which recorded one) */
-    g->cs_ready = 0, g->roped = 0, g->swig = 0;
+    g->cs_ready = 0, g->roped = 0, g->swig = 0, g->ns_of = NULL;
     const int32_t *tok = D_TOK(f, (gfwd_t *)f->be_state);
     if (gm->embd_gg) return PROFILED("embed", kc_gguf_embed(x, gm->embd_gg, tok, n));
     return PROFILED("embed", kc_embed(x, gm->embd, tok, n, f->m->hp.dim));
 }
 
+static int norm_split(const fwd_t *f, int layer, int norm, int n);
+
 static int cuda_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm, int n) {
     const gpu_model_t *gm = gpu_model(f);
+    if (norm_split(f, layer, norm, n)) { /* the matmuls around it do it */
+        gfwd_t *g = f->be_state;
+        g->ns_of = y, g->ns_x = x;
+        return 0;
+    }
     const float *w = norm == NORM_OUT    ? gm->out_norm
                      : norm == NORM_ATTN ? gm->layers[layer].attn_norm
                                          : gm->layers[layer].ffn_norm;
@@ -549,10 +565,38 @@ static int swiglu_gate_up(fwd_t *f, int layer, float *h, int n) {
     gfwd_t *g = f->be_state;
     const glayer_t *L = &gpu_model(f)->layers[layer];
     int nslot = 0;
-    if (kc_sq_matmul_swiglu(L->gate_up, L->w[W_DOWN].sq, g->qx, g->sx, n, h, g->hmax, g->hmax_n, &nslot) != 0)
+    if (kc_sq_matmul_swiglu(L->gate_up, L->w[W_DOWN].sq, g->qx, g->sx, NULL, NULL, n, h, g->hmax, g->hmax_n, &nslot) != 0)
         return -1;
     g->swig = layer + 1, g->swig_nslot = nslot, g->swig_h = h;
     return 0;
+}
+
+/* RMSNorm split over the matmuls around it where asked for (KC_SQ_NORM=1)
+ * at one or two tokens: the residual matmul before the norm (o for the
+ * FFN's norm, the previous layer's down for the attention's) leaves the
+ * new rows' slots, the norm launches nothing, and the fused matmul after it
+ * (gate/up, q/k/v) normalises and quantizes the row as it reads it
+ * (kc_norm_split_t). Decided from the shapes alone, so the three steps
+ * agree; the first layer's attention norm and the output norm stay. */
+static int norm_split(const fwd_t *f, int layer, int norm, int n) {
+    const gfwd_t *g = f->be_state;
+    const gpu_model_t *gm = gpu_model(f);
+    if (!kc_sq_norm_on() || n > 2 || layer < 0 || layer >= gm->n_layer || (norm != NORM_ATTN && norm != NORM_FFN) ||
+        (norm == NORM_ATTN && layer == 0))
+        return 0;
+    const glayer_t *L = &gm->layers[layer], *P = norm == NORM_ATTN ? &gm->layers[layer - 1] : L;
+    const int pid = norm == NORM_ATTN ? W_DOWN : W_O, cid = norm == NORM_ATTN ? W_Q : W_GATE;
+    const kc_sq_t *cw = norm == NORM_ATTN ? L->qkv : L->gate_up;
+    if (P->w[pid].kind != GM_SQ || !cw || !reads_int8(g, P, pid) || !reads_int8(g, L, cid)) return 0;
+    const int pmode = KC_GEMV_END_NORM | (norm == NORM_ATTN && swiglu_fusable(f, P, n) ? KC_GEMV_ACTS_H : 0);
+    const int cmode = KC_GEMV_ACTS_NORM | (norm == NORM_FFN && swiglu_fusable(f, L, n) ? KC_GEMV_END_PAIRS : 0);
+    return kc_sq_gemv_mode_applies(P->w[pid].sq, n, pmode) && kc_sq_gemv_mode_applies(cw, n, cmode);
+}
+
+static kc_norm_split_t norm_slots(const fwd_t *f, int layer, int norm) {
+    const gfwd_t *g = f->be_state;
+    const glayer_t *L = &gpu_model(f)->layers[layer];
+    return (kc_norm_split_t){norm == NORM_ATTN ? L->attn_norm : L->ffn_norm, f->m->hp.rms_eps, g->ns_ss, g->ns_cand};
 }
 
 /* Matrices sharing an input quantize it to INT8 once; q/k/v and gate/up
@@ -567,6 +611,33 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
         const kc_sq_t *fused;
         const kc_int_t *fused_i;
         fused_of(L, ids, count, &fused, &fused_i);
+        gfwd_t *gs = f->be_state;
+        if (fused && x == gs->ns_of) { /* the norm before left its slots (norm_split) */
+            const kc_norm_split_t ns = norm_slots(f, layer, count == 3 ? NORM_ATTN : NORM_FFN);
+            gs->ns_of = NULL;
+            if (count == 2 && swiglu_fusable(f, L, n)) {
+                int nslot = 0;
+                if (kc_sq_matmul_swiglu(fused, L->w[W_DOWN].sq, NULL, NULL, gs->ns_x, &ns, n, y[0], gs->hmax,
+                                        gs->hmax_n, &nslot) != 0)
+                    return -1;
+                gs->swig = layer + 1, gs->swig_nslot = nslot, gs->swig_h = y[0];
+                return 0;
+            }
+            const hparams_t *hp = &f->m->hp;
+            kc_rope_t r;
+            const int rope = count == 3 && rope_fusable(f, n);
+            if (rope) {
+                if (!gs->cs_ready) {
+                    if (kc_rope_table(gs->rope_cs, D_POS(f, gs), n, hp->rope_dim, gpu_model(f)->inv_freq) != 0) return -1;
+                    gs->cs_ready = 1;
+                }
+                r = (kc_rope_t){gs->rope_cs, D_POS(f, gs), D_BLK(f, gs), D_OFF(f, gs), gs->kv, layer, hp->head_dim,
+                                hp->rope_dim};
+            }
+            const int rc = kc_sq_matmul_parts_ns(fused, gs->ns_x, &ns, n, y, rope ? &r : NULL);
+            if (rc == 1) gs->roped = layer + 1;
+            return rc < 0 ? -1 : 0;
+        }
         if (fused || fused_i) {
             if (quant_input(f->be_state, x, n, L->w[ids[0]].k, &quantized) != 0) return -1;
             gfwd_t *g = f->be_state;
@@ -627,9 +698,18 @@ static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, 
     const gmat_t *w = &gpu_model(f)->layers[layer].w[id];
     if (static_on_int(g, &gpu_model(f)->layers[layer], site_of(id)))
         return static_matmul(f, layer, site_of(id), &id, &y, 1, x, n, 1);
+    /* the next norm split over this matmul and the one after it (norm_split) */
+    const int nlayer = id == W_DOWN ? layer + 1 : layer, nnorm = id == W_DOWN ? NORM_ATTN : NORM_FFN;
+    const int split = (id == W_O || id == W_DOWN) && norm_split(f, nlayer, nnorm, n);
+    const kc_norm_split_t ns = split ? norm_slots(f, nlayer, nnorm) : (kc_norm_split_t){0};
     if (id == W_DOWN && g->swig == layer + 1 && x == g->swig_h) { /* h in float: swiglu_gate_up */
         g->swig = 0;
-        return kc_sq_matmul_acc_h(w->sq, x, g->hmax, g->swig_nslot, n, y);
+        return kc_sq_matmul_acc_h(w->sq, x, g->hmax, g->swig_nslot, n, y, split ? &ns : NULL);
+    }
+    if (split) {
+        int quantized = 0;
+        if (quant_input(g, x, n, w->k, &quantized) != 0) return -1;
+        return kc_sq_matmul_acc_ns(w->sq, g->qx, g->sx, n, y, &ns);
     }
     if ((w->kind == GM_SQ && kc_sq_acc_applies(w->sq, n)) || (w->kind == GM_INT && kc_int_acc_applies(w->in, n))) {
         int quantized = 0;

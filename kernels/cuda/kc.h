@@ -93,6 +93,11 @@ int kc_silu_mul(float *d_g, const float *d_u, long count);  /* g = silu(g) * u *
 int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
                   int8_t *d_qx, float *d_sx);
 int kc_silu_mul_q8(float *d_g, const float *d_u, int n, int dim, int8_t *d_qx, float *d_sx);
+/* kc_rmsnorm_q8 with the sum of squares added in the order the norm split
+ * over the matmuls uses (kc_sq_matmul_ns): what that split computes, bit
+ * for bit; the plain kernel differs from it by the rounding of that sum */
+int kc_rmsnorm_q8_canon(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
+                        int8_t *d_qx, float *d_sx);
 int kc_add(float *d_y, const float *d_x, long count);       /* y += x */
 
 /* Per-token symmetric fake quantization in place, as the CPU activation
@@ -397,12 +402,48 @@ int kc_sq_rope_on(void);
  * for bit kc_sq_matmul_parts + kc_silu_mul_q8 + kc_sq_matmul_acc, without
  * the SwiGLU launch between them. Only where kc_sq_swiglu_applies (off
  * unless KC_SQ_SWIGLU=1: not yet measured on a GPU); -1 with an error
- * otherwise. */
+ * otherwise. The gate/up input is INT8 rows (d_qx, d_sx), or with ns_in
+ * the norm's row d_x (below); with ns_out the down matmul also leaves the
+ * next norm's slots. */
 int kc_sq_swiglu_applies(const kc_sq_t *gate_up, const kc_sq_t *down, long m);
+int kc_sq_swiglu_applies_ex(const kc_sq_t *gate_up, const kc_sq_t *down, long m, int norm_in, int norm_out);
 long kc_sq_swiglu_slots(const kc_sq_t *gate_up);
-int kc_sq_matmul_swiglu(const kc_sq_t *gate_up, const kc_sq_t *down, const int8_t *d_qx, const float *d_sx, long m,
-                        float *d_h, float *d_hmax, long hmax_floats, int *nslot);
-int kc_sq_matmul_acc_h(const kc_sq_t *down, const float *d_h, const float *d_hmax, int nslot, long m, float *d_y);
+/* RMSNorm split over the dp4a launches around it (KC_SQ_NORM=1; not yet
+ * measured on a GPU). A residual matmul (y += x W^T: the o and down
+ * projections) leaves, for each 16 rows of the new y and each token, the
+ * rows' sum of squares and the candidates for the largest |y w| in d_ss /
+ * d_cand; the next matmul (q/k/v or gate/up) reads the row y itself,
+ * finishes RMSNorm(y) * w from the slots and quantizes it to INT8 as it
+ * copies it: kc_rmsnorm_q8_canon's numbers, bit for bit, without the norm's
+ * launch. One or two tokens. */
+typedef struct {
+    const float *d_w; /* the norm's weights [dim] */
+    float eps;
+    double *d_ss;     /* [m][kc_norm_split_tiles(dim)] */
+    float *d_cand;    /* [m][kc_norm_split_tiles(dim)][4] */
+} kc_norm_split_t;
+long kc_norm_split_tiles(long dim);
+void kc_sq_set_norm(int on); /* 1 on, 0 off, -1 back to KC_SQ_NORM */
+int kc_sq_norm_on(void);
+/* The staged dp4a kernel's modes: its input (INT8 rows, SwiGLU's float h,
+ * the norm's row) and its tile end (the store, SwiGLU's pairs, the store
+ * and the norm's slots), or-ed; kc_sq_gemv_mode_applies says whether w at
+ * m tokens runs in that mode (its switches on, the kernel fitting). */
+enum { KC_GEMV_ACTS_H = 1, KC_GEMV_ACTS_NORM = 2, KC_GEMV_END_PAIRS = 4, KC_GEMV_END_NORM = 8 };
+int kc_sq_gemv_mode_applies(const kc_sq_t *w, long m, int mode);
+int kc_sq_matmul_swiglu(const kc_sq_t *gate_up, const kc_sq_t *down, const int8_t *d_qx, const float *d_sx,
+                        const float *d_x, const kc_norm_split_t *ns_in, long m, float *d_h, float *d_hmax,
+                        long hmax_floats, int *nslot);
+int kc_sq_matmul_acc_h(const kc_sq_t *down, const float *d_h, const float *d_hmax, int nslot, long m, float *d_y,
+                       const kc_norm_split_t *ns_out);
+/* d_y += x . W^T (kc_sq_matmul_acc), leaving the next norm's slots */
+int kc_sq_matmul_acc_ns(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
+                        const kc_norm_split_t *ns_out);
+/* kc_sq_matmul_parts on RMSNorm(d_x) * w from the slots; with r (a fused
+ * q/k/v) RoPE and the K/V store as kc_sq_matmul_qkv_rope does them.
+ * Returns 1 when it did RoPE, 0 when not, -1 on error. */
+int kc_sq_matmul_parts_ns(const kc_sq_t *w, const float *d_x, const kc_norm_split_t *ns_in, long m,
+                          float *const *d_y, const kc_rope_t *r);
 /* For tests: at most `cap` blocks in a dp4a launch (0: no cap), so blocks
  * take many tiles; the results do not depend on it */
 void kc_sq_set_gemv_grid(long cap);

@@ -111,6 +111,55 @@ extern "C" int kc_rmsnorm_q8(float *d_out, const float *d_x, const float *d_w, i
     return kc_launch_pdl("rmsnorm_q8", rmsnorm_q8_kernel, n, 256, 0, d_out, d_x, d_w, dim, eps, d_qx, d_sx);
 }
 
+/* RMSNorm + INT8 with the sum of squares in the canonical order of the norm
+ * split over the matmuls (kc_rows.cuh, ns_*): the numbers that split gives,
+ * bit for bit (its tests' reference). One row a block of 256 threads, loops
+ * over memory: not a decode-speed kernel. */
+__global__ void __launch_bounds__(256) rmsnorm_q8_canon_kernel(float *out, const float *x, const float *w, int dim,
+                                                               float eps, int8_t *q, float *sx) {
+    kc_pdl_wait();
+    kc_pdl_trigger();
+    __shared__ double ts[256];
+    __shared__ double total;
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *o = out + (size_t)blockIdx.x * dim;
+    const int ntile = (dim + 15) / 16;
+    double lane = 0.0; /* warp 0: lane l's tiles l, l + 32, ... */
+    for (int t0 = 0; t0 < ntile; t0 += 256) {
+        const int t = t0 + (int)threadIdx.x;
+        if (t < ntile) {
+            const int nv = min(16, dim - 16 * t);
+            double s2 = 0.0;
+            for (int i = 0; i < nv; i++) s2 += (double)xr[16 * t + i] * xr[16 * t + i];
+            ts[threadIdx.x] = s2;
+        }
+        __syncthreads();
+        if (threadIdx.x < 32)
+            for (int j = threadIdx.x; j < min(256, ntile - t0); j += 32) lane += ts[j];
+        __syncthreads();
+    }
+    if (threadIdx.x < 32) {
+        lane = ns_lanes(lane);
+        if (threadIdx.x == 0) total = lane;
+    }
+    __syncthreads();
+    const float scale = ns_inv(total, dim, eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) o[j] = xr[j] * scale * w[j];
+    __syncthreads();
+    quant_row_q8(o, dim, q, sx);
+}
+
+extern "C" int kc_rmsnorm_q8_canon(float *d_out, const float *d_x, const float *d_w, int n, int dim, float eps,
+                                   int8_t *d_qx, float *d_sx) {
+    if (n <= 0) return 0;
+    if (dim <= 0) {
+        kc_set_error("kc_rmsnorm_q8_canon: row length %d", dim);
+        return -1;
+    }
+    return kc_launch_pdl("rmsnorm_q8_canon", rmsnorm_q8_canon_kernel, n, 256, 0, d_out, d_x, d_w, dim, eps, d_qx,
+                         d_sx);
+}
+
 /* The register path holds up to Q8_REG float4 of g and of u a thread, all
  * loaded at once (decode: one row on one block, 448 threads for the 8B
  * FFN, 896 for the 70B); longer rows take the loop. At 1024 threads a block

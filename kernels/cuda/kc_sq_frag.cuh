@@ -166,6 +166,22 @@ struct GemvSwiglu {
     const float *h; /* mode 2: [m][k] */
 };
 
+/* RMSNorm split over the dp4a launches around it (kc_sq_matmul_acc_ns and
+ * the *_ns matmuls): with out, the residual matmul (acc) leaves for each
+ * 16-row tile and token the tile's sum of squares of the new y and its
+ * candidates for the max (kc_rows.cuh, ns_tile); with in, the next matmul
+ * finishes the sum in the canonical order, normalises its input row x with
+ * the norm's weights w and quantizes it to INT8 as it copies it. */
+struct GemvNorm {
+    int in, out;
+    const float *x;  /* in: the rows [m][k] (the residual stream) */
+    const float *w;  /* the norm's weights (out: [n]; in: [k]) */
+    float eps;
+    double *ss;      /* [token][ntile] */
+    float4 *cand;    /* [token][ntile] */
+    long ntile;
+};
+
 struct MmArgs {
     const uint8_t *w;
     long n, ntiles, nsub, ngroups, m, k;
@@ -185,6 +201,7 @@ struct MmArgs {
     const float *rs; /* integer bank scales (kc_sq.cuh): the row scales, else NULL */
     GemvRope rope;   /* the dp4a path on fused q/k/v: RoPE and the K/V store in the epilogue (rope.on) */
     GemvSwiglu sw;   /* the dp4a path around SwiGLU (sw.mode) */
+    GemvNorm nm;     /* the dp4a path around RMSNorm (nm.in, nm.out) */
 };
 
 /* where row r of the (fused) matrix goes: its part's output, that output's
@@ -201,8 +218,16 @@ __device__ __forceinline__ float *y_route(const MmArgs &a, long r, long *ldy, lo
 extern "C" int kc_sq_gemv_applies(const kc_sq *w, long m);
 extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, long *grid_used = nullptr);
 extern "C" int kc_sq_gemv_staged(void); /* the staged kernel runs (KC_SQ_GEMV_STAGE) */
-/* whether SwiGLU's mode (GemvSwiglu; half: mode 1's tiles a part) fits the plain kernel's block shape */
-extern "C" int kc_sq_gemv_sw_fits(const kc_sq *w, long m, int mode, long half);
+/* The staged kernel's mode (k_sq_gemv_st's template argument) for a's
+ * epilogue and activations: bits 0-1 the activations (0 INT8, 1 SwiGLU's
+ * float h, 2 the norm's row), bits 2-3 the tile end (0 the store, 1
+ * SwiGLU's pairs, 2 the store and the norm's slots) */
+__host__ __device__ inline int gemv_mode(const MmArgs &a) {
+    return (a.sw.mode == 2 ? 1 : a.nm.in ? 2 : 0) | (a.sw.mode == 1 ? 1 : a.nm.out ? 2 : 0) << 2;
+}
+/* whether the staged kernel in mode `mode` (gemv_mode; half: the pairs'
+ * tiles a part) fits the plain kernel's block shape for m tokens */
+extern "C" int kc_sq_gemv_mode_fits(const kc_sq *w, long m, int mode, long half);
 
 /* unit geometry: compile-time on the fast path (4-bit lo, 4 slots a lane) */
 template <int LOBITS, int S2C, bool S16>

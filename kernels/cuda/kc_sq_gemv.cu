@@ -349,8 +349,11 @@ __device__ __forceinline__ void gemv_stage(uint32_t slot, const uint8_t *unit, i
     cp_async_commit();
 }
 
+/* (The modes reading the norm's row keep to 64 registers, two blocks of 512
+ * threads an SM: their slot loops took them to 71-86, and ptxas fits them
+ * in 64 without spilling.) */
 template <int NT, bool S16, bool C, int SW>
-__global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
+__global__ void __launch_bounds__(GEMV_MAXW * 32, (SW & 3) == 2 ? 2 : 1) k_sq_gemv_st(MmArgs a) {
     extern __shared__ __align__(16) uint8_t smem[];
     typedef GemvLayout<C, S16> L;
     constexpr int UB = L::ub, D = GEMV_STAGES;
@@ -366,7 +369,8 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
     /* the block's tiles: tile0, tile0 + tstep, ...; in SwiGLU's pairs (mode 1)
      * tile0, tile0 + half, tile0 + tstep, tile0 + tstep + half, ... (a step
      * alternates between ta and tb tiles) */
-    constexpr bool pairs = SW == 1;
+    constexpr int ACT = SW & 3, EP = SW >> 2; /* gemv_mode's fields */
+    constexpr bool pairs = EP == 1;
     const long half = a.sw.half, ta = pairs ? half : tstep, tb = pairs ? tstep - half : tstep;
     const uint32_t ntl = pairs ? (uint32_t)(2 * ((half - tile0 + tstep - 1) / tstep))
                                : (uint32_t)((ntiles - tile0 + tstep - 1) / tstep);
@@ -386,7 +390,8 @@ __global__ void __launch_bounds__(GEMV_MAXW * 32, 1) k_sq_gemv_st(MmArgs a) {
     }
     kc_pdl_wait();
     kc_pdl_trigger();
-    if (SW == 2) gemv_acts_h<NT>(a, smem, sw, s0, n, warp, lane);
+    if (ACT == 1) gemv_acts_h<NT>(a, smem, sw, s0, n, warp, lane);
+    else if (ACT == 2) gemv_acts_n<NT>(a, smem, sw, s0, n, warp, lane);
     else gemv_acts<NT>(a, smem, s0, n, lane);
     if (pairs && threadIdx.x < NT) sw.mx[threadIdx.x] = 0u; /* read after the first flush's barrier */
     float ag[NT], a8[NT], ah[NT];
@@ -535,17 +540,43 @@ static long g_grid_cap;
 
 extern "C" void kc_sq_set_gemv_grid(long cap) { g_grid_cap = cap > 0 ? cap : 0; }
 
-/* the kernel of a mode (the register kernel, or the staged one in mode 0,
- * or in SwiGLU's modes 1 and 2), opted in to the device's most dynamic
- * shared memory at first use, so the occupancy figures count it; NULL on error */
+/* The staged kernel's modes (gemv_mode): 0 plain; SwiGLU's pairs (4) and
+ * float h (1); the norm's slots after INT8 or h activations (8, 9) and its
+ * row read by a plain or a pairs matmul (2, 6). The norm's modes exist for
+ * one and two tokens only (batch-1 and 2 decode, where the launches they
+ * save matter; fewer kernels to build and carry). */
+template <int NT, bool S16, bool C>
+static GemvKernel gemv_st_kernel(int mode) {
+    switch (mode) {
+    case 0: return k_sq_gemv_st<NT, S16, C, 0>;
+    case 1: return k_sq_gemv_st<NT, S16, C, 1>;
+    case 4: return k_sq_gemv_st<NT, S16, C, 4>;
+    default: break;
+    }
+    if constexpr (NT <= 2) {
+        switch (mode) {
+        case 2: return k_sq_gemv_st<NT, S16, C, 2>;
+        case 6: return k_sq_gemv_st<NT, S16, C, 6>;
+        case 8: return k_sq_gemv_st<NT, S16, C, 8>;
+        case 9: return k_sq_gemv_st<NT, S16, C, 9>;
+        default: break;
+        }
+    }
+    return NULL;
+}
+
+/* the kernel of a mode (the register kernel, or the staged one in a mode),
+ * opted in to the device's most dynamic shared memory at first use, so the
+ * occupancy figures count it; NULL with an error where there is none */
 template <int NT, bool S16, bool C>
 static GemvKernel gemv_kernel(int st, int mode) {
-    static bool opted[4];
+    static bool opted[17];
     const int ki = st ? 1 + mode : 0;
-    const GemvKernel kern = !st         ? k_sq_gemv<NT, S16, C>
-                            : mode == 1 ? k_sq_gemv_st<NT, S16, C, 1>
-                            : mode == 2 ? k_sq_gemv_st<NT, S16, C, 2>
-                                        : k_sq_gemv_st<NT, S16, C, 0>;
+    const GemvKernel kern = !st ? k_sq_gemv<NT, S16, C> : gemv_st_kernel<NT, S16, C>(mode);
+    if (!kern || mode < 0 || mode > 15 || (!st && mode)) {
+        kc_set_error("k_sq_gemv: no kernel for mode %d at %d tokens (staged: %d)", mode, NT, st);
+        return NULL;
+    }
     if (!opted[ki]) {
         const size_t v = smem_optin();
         if (!v || kc_check(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v),
@@ -565,15 +596,15 @@ struct GemvPlan {
 
 /* A launch's kernel, block and grid. The warps a block come from the plain
  * kernel's cost model in every mode: a tile's sum depends on how many warps
- * split k, so SwiGLU's modes take the plain kernel's block shape and give
- * its numbers bit for bit; only their grid is their own (as many blocks as
- * fit at that shape, over the pairs of tiles in mode 1). -1 with an error
- * where a mode's kernel does not fit that shape. */
+ * split k, so the modes take the plain kernel's block shape and give its
+ * numbers bit for bit; only their grid is their own (as many blocks as fit
+ * at that shape, over the pairs of tiles with SwiGLU's pairs). -1 with an
+ * error where a mode's kernel does not fit that shape. */
 template <int NT, bool S16, bool C>
 static int gemv_plan(const kc_sq *w, int mode, long half, GemvPlan *p) {
     const int st = gemv_stage_on();
     if (mode && !st) {
-        kc_set_error("k_sq_gemv: SwiGLU's modes run on the staged kernel (KC_SQ_GEMV_STAGE=1)");
+        kc_set_error("k_sq_gemv: the fused modes run on the staged kernel (KC_SQ_GEMV_STAGE=1)");
         return -1;
     }
     const size_t base = gemv_smem(w->k, NT), per_warp = st ? (size_t)GEMV_STAGES * GemvLayout<C, S16>::ub : 0;
@@ -586,10 +617,10 @@ static int gemv_plan(const kc_sq *w, int mode, long half, GemvPlan *p) {
         const int occ = p->sm <= smem_optin() ? gemv_occupancy(p->kern, p->nw, p->sm) : 0;
         if (occ < 0) return -1;
         if (occ < 1) {
-            kc_set_error("k_sq_gemv: SwiGLU's kernel does not fit the plain kernel's block of %d warps", p->nw);
+            kc_set_error("k_sq_gemv: mode %d's kernel does not fit the plain kernel's block of %d warps", mode, p->nw);
             return -1;
         }
-        const long nt = mode == 1 ? half : w->ntiles, cap = (long)occ * kc_sm_count();
+        const long nt = (mode >> 2) == 1 ? half : w->ntiles, cap = (long)occ * kc_sm_count();
         p->grid = nt < cap ? nt : cap;
     }
     if (g_grid_cap && p->grid > g_grid_cap) p->grid = g_grid_cap;
@@ -602,12 +633,13 @@ static int gemv_plan(const kc_sq *w, int mode, long half, GemvPlan *p) {
 
 template <int NT, bool S16, bool C>
 static int launch_gemv(const kc_sq *w, MmArgs a, long *grid_used) {
-    if (a.sw.mode && a.m > NT) { /* SwiGLU's slots are written by one launch */
-        kc_set_error("k_sq_gemv: SwiGLU's modes take at most %d tokens", NT);
+    const int mode = gemv_mode(a);
+    if (mode && a.m > NT) { /* the slots are written by one launch */
+        kc_set_error("k_sq_gemv: the fused modes take at most %d tokens", NT);
         return -1;
     }
     GemvPlan p;
-    if (gemv_plan<NT, S16, C>(w, a.sw.mode, a.sw.half, &p)) return -1;
+    if (gemv_plan<NT, S16, C>(w, mode, a.sw.half, &p)) return -1;
     if (grid_used) *grid_used = p.grid;
     for (long t0 = 0; t0 < a.m; t0 += NT) {
         a.tok0 = t0;
@@ -628,17 +660,17 @@ extern "C" int kc_sq_gemv(const kc_sq *w, const MmArgs *a, long *grid_used) {
 }
 
 template <bool C>
-static int sw_plan(const kc_sq *w, long m, int mode, long half) {
+static int mode_plan(const kc_sq *w, long m, int mode, long half) {
     GemvPlan p;
     if (m == 1) return w->s16 ? gemv_plan<1, true, C>(w, mode, half, &p) : gemv_plan<1, false, C>(w, mode, half, &p);
     if (m == 2) return w->s16 ? gemv_plan<2, true, C>(w, mode, half, &p) : gemv_plan<2, false, C>(w, mode, half, &p);
     return w->s16 ? gemv_plan<4, true, C>(w, mode, half, &p) : gemv_plan<4, false, C>(w, mode, half, &p);
 }
 
-extern "C" int kc_sq_gemv_sw_fits(const kc_sq *w, long m, int mode, long half) {
+extern "C" int kc_sq_gemv_mode_fits(const kc_sq *w, long m, int mode, long half) {
     if (m < 1 || m > 4) return 0;
     const bool clean = !strcmp(kc_error(), "no CUDA error recorded"); /* (the first error sticks) */
-    if (!(w->compact ? sw_plan<true>(w, m, mode, half) : sw_plan<false>(w, m, mode, half))) return 1;
+    if (!(w->compact ? mode_plan<true>(w, m, mode, half) : mode_plan<false>(w, m, mode, half))) return 1;
     if (clean) kc_clear_error(), (void)cudaGetLastError(); /* not taken: the caller runs the plain launches */
     return 0;
 }

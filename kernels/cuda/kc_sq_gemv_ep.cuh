@@ -51,10 +51,12 @@ __device__ __forceinline__ void gemv_rope_store(const GemvRope &rp, float p, flo
     (part == 1 ? rp.kv.d_k : rp.kv.d_v)[at + r] = p;
 }
 
-/* SwiGLU's state in a block's shared memory (a.sw.mode, GemvSwiglu):
- * mode 1 keeps a gate tile's products until its up tile (gate, NT x 16)
- * and the running max |h| of each token (mx, float bits: |h| >= 0 orders as
- * an unsigned int); mode 2 holds the scale each token was quantized at (sx). */
+/* The modes' state in a block's shared memory (gemv_mode): SwiGLU's pairs
+ * keep a gate tile's products until its up tile (gate, NT x 16) and the
+ * running max |h| of each token (mx, float bits: |h| >= 0 orders as an
+ * unsigned int); the norm's slots stage a tile's new values in gate; the
+ * modes whose activations are not INT8 already keep the scale each token
+ * was quantized at (sx). */
 struct GemvSw {
     float *gate;
     unsigned *mx;
@@ -74,6 +76,7 @@ __device__ __forceinline__ GemvSw gemv_sw(uint8_t *at) {
 template <int NT, bool HI, int SW>
 __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], float (&ah)[NT], const MmArgs &a,
                                         float *red, GemvSw sw, long tile, int warp, int nw, int lane) {
+    constexpr int ACT = SW & 3, EP = SW >> 2; /* gemv_mode's fields */
     const int g = lane >> 2, tig = lane & 3;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -102,7 +105,7 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         int part;
         float *y = y_route(a, tile * 16, &ny, &r0, &part);
         const bool ok = r0 + row < ny && tok < a.m;
-        if (SW == 1) { /* gate/up in pairs: keep the gate tile's products, then h from the up tile's */
+        if (EP == 1) { /* gate/up in pairs: keep the gate tile's products, then h from the up tile's */
             const float p = ok ? __fmul_rn(v, __ldg(a.sx + tok)) : 0.0f;
             if (tile < a.sw.half) {
                 sw.gate[e] = p;
@@ -123,8 +126,32 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         if (ok) {
             /* the product rounded, then the add rounded: the numbers of a separate kc_add */
             float *o = y + tok * ny + r0 + row;
-            const float p = __fmul_rn(v, SW == 2 ? sw.sx[t] : __ldg(a.sx + tok));
-            *o = a.acc ? __fadd_rn(*o, p) : p;
+            const float p = __fmul_rn(v, ACT ? sw.sx[t] : __ldg(a.sx + tok));
+            const float yn = a.acc ? __fadd_rn(*o, p) : p;
+            *o = yn;
+            if (EP == 2) sw.gate[e] = yn;
+        } else if (EP == 2) {
+            sw.gate[e] = 0.0f;
+        }
+    }
+    if (EP == 2 && threadIdx.x < 32) { /* the norm's slots of this tile (NT <= 2: warp 0 staged the values) */
+        __syncwarp();
+        const int t = threadIdx.x >> 4;
+        const long tok = a.tok0 + t;
+        if ((threadIdx.x & 15) == 0 && t < NT && tok < a.m) {
+            const long r0 = tile * 16;
+            const int nv = a.n - r0 < 16 ? (int)(a.n - r0) : 16;
+            float v[16], wv[16];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                v[i] = sw.gate[16 * t + i];
+                wv[i] = __ldg(a.nm.w + (r0 + i < a.n ? r0 + i : a.n - 1));
+            }
+            double ss;
+            float4 c;
+            ns_tile(v, wv, nv, &ss, &c);
+            a.nm.ss[tok * a.nm.ntile + tile] = ss;
+            a.nm.cand[tok * a.nm.ntile + tile] = c;
         }
     }
 }
@@ -194,6 +221,92 @@ __device__ __forceinline__ void gemv_acts_h(const MmArgs &a, uint8_t *smem, Gemv
                 const float4 f0 = __ldg(src + 4 * i), f1 = __ldg(src + 4 * i + 1), f2 = __ldg(src + 4 * i + 2),
                              f3 = __ldg(src + 4 * i + 3);
                 v = make_uint4(q8_word(f0, s), q8_word(f1, s), q8_word(f2, s), q8_word(f3, s));
+            }
+            dst[i] = v;
+            osum[i] = dp4a_us(0x08080808u, v.x, dp4a_us(0x08080808u, v.y, dp4a_us(0x08080808u, v.z,
+                              dp4a_us(0x08080808u, v.w, 0))));
+        }
+    }
+    __syncwarp();
+}
+
+/* gemv_acts for a matmul that reads RMSNorm's output (a.nm.in): the
+ * activations are the norm of the row x, finished here from the slots the
+ * residual matmul before left (GemvNorm). Every warp adds the tiles' sums
+ * of squares in the canonical order (kc_rows.cuh) and takes the max over
+ * the tiles' candidates at the norm's 1 / rms r, so no warp waits for
+ * another; then it quantizes its range of x r w as it copies it, with the
+ * codes and scale kc_rmsnorm_q8_canon gives (warp 0 keeps the scales for
+ * the epilogue, sw.sx). */
+#define NS_LD 4 /* slot loads a lane issues at once (8 raised the kernel past 100 registers) */
+
+template <int NT>
+__device__ __forceinline__ void gemv_acts_n(const MmArgs &a, uint8_t *smem, GemvSw sw, uint32_t s0, uint32_t n,
+                                            int warp, int lane) {
+    const uint32_t k = (uint32_t)a.k;
+    const long T = a.nm.ntile;
+    for (int t = 0; t < NT; t++) {
+        const long tok = a.tok0 + t;
+        float r = 0.0f, s = 0.0f;
+        if (tok < a.m) {
+            const double *ssr = a.nm.ss + tok * T;
+            double acc = 0.0; /* this lane's tiles lane, lane + 32, ..., in order, NS_LD loads at once */
+            for (long q0 = 0; 32 * q0 < T; q0 += NS_LD) {
+                double v[NS_LD];
+#pragma unroll
+                for (int e = 0; e < NS_LD; e++) {
+                    const long j = lane + 32 * (q0 + e);
+                    v[e] = __ldg(ssr + (j < T ? j : T - 1));
+                }
+#pragma unroll
+                for (int e = 0; e < NS_LD; e++)
+                    if (lane + 32 * (q0 + e) < T) acc += v[e];
+            }
+            r = ns_inv(ns_lanes(acc), (int)k, a.nm.eps);
+            const float4 *cr = a.nm.cand + tok * T;
+            const float *xr = a.nm.x + tok * a.k;
+            float mx = 0.0f;
+            bool flagged = false;
+            for (long j0 = 0; j0 < T; j0 += 32 * NS_LD) {
+                float4 c[NS_LD];
+#pragma unroll
+                for (int e = 0; e < NS_LD; e++) {
+                    const long j = j0 + lane + 32 * e;
+                    c[e] = __ldg(cr + (j < T ? j : T - 1));
+                }
+#pragma unroll
+                for (int e = 0; e < NS_LD; e++) {
+                    const long j = j0 + lane + 32 * e;
+                    if (j < T && c[e].w >= 0.0f) mx = fmaxf(mx, ns_cand_max(c[e], r));
+                    flagged |= j < T && c[e].w < 0.0f;
+                }
+            }
+            if (__any_sync(0xffffffffu, flagged)) /* rare: a tile whose candidates did not fit, from its values */
+                for (long j = lane; j < T; j += 32)
+                    if (__ldg(&cr[j].w) < 0.0f)
+                        mx = fmaxf(mx, ns_tile_values_max(r, xr + 16 * j, a.nm.w + 16 * j,
+                                                          a.k - 16 * j < 16 ? (int)(a.k - 16 * j) : 16));
+            for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+            s = kc_q8_scale(mx);
+        }
+        if (warp == 0 && lane == 0) sw.sx[t] = s;
+        const float4 *src = (const float4 *)(a.nm.x + tok * a.k) + s0 * 16, *wsrc = (const float4 *)a.nm.w + s0 * 16;
+        uint4 *dst = (uint4 *)(smem + t * k) + s0 * 4;
+        int *osum = (int *)(smem + NT * k + t * k / 4) + s0 * 4;
+#pragma unroll 1 /* (x and w: 32 registers an iteration already) */
+        for (uint32_t i = lane; i < n * 4; i += 32) {
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (tok < a.m) {
+                uint32_t wd[4];
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const float4 f = __ldg(src + 4 * i + q), g = __ldg(wsrc + 4 * i + q);
+                    /* x r w as the norm kernels round it: (x r) w */
+                    wd[q] = q8_word(make_float4(__fmul_rn(__fmul_rn(f.x, r), g.x), __fmul_rn(__fmul_rn(f.y, r), g.y),
+                                                __fmul_rn(__fmul_rn(f.z, r), g.z), __fmul_rn(__fmul_rn(f.w, r), g.w)),
+                                    s);
+                }
+                v = make_uint4(wd[0], wd[1], wd[2], wd[3]);
             }
             dst[i] = v;
             osum[i] = dp4a_us(0x08080808u, v.x, dp4a_us(0x08080808u, v.y, dp4a_us(0x08080808u, v.z,

@@ -554,24 +554,32 @@ extern "C" void kc_sq_set_rope(int on) { g_rope = on < 0 ? -1 : on != 0; }
 
 extern "C" int kc_sq_rope_on(void) { return kc_threshold(&g_rope, "KC_SQ_ROPE", 0) != 0; }
 
+/* RoPE in the q/k/v GEMV's epilogue: the dp4a path in one launch (m <= its
+ * widest token count), a fused q/k/v of whole heads, pairs within a head */
+static int rope_fits(const kc_sq_t *w, long m, const kc_rope_t *r) {
+    const long hd = r->head_dim;
+    return kc_sq_rope_on() && m >= 1 && w->nparts == 3 && gemv_takes(w, m) && hd > 0 && hd % 2 == 0 &&
+           r->rot_dim <= hd && w->part_n[0] % hd == 0 && w->part_n[1] == r->kv.kv_dim &&
+           w->part_n[2] == r->kv.kv_dim && r->kv.kv_dim % hd == 0 && r->d_cs && r->d_pos && r->d_blk && r->d_blk_off;
+}
+
+static void rope_args(MmArgs *a, const kc_rope_t *r) {
+    a->rope.on = 1, a->rope.layer = r->layer, a->rope.head_dim = r->head_dim, a->rope.rot_half = r->rot_dim / 2;
+    a->rope.cs = r->d_cs, a->rope.pos = r->d_pos, a->rope.blk = r->d_blk, a->rope.blk_off = r->d_blk_off;
+    a->rope.kv = r->kv;
+}
+
 extern "C" int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m,
                                      float *const *d_y, const kc_rope_t *r) {
     if (!w || !d_qx || !d_sx || !d_y || !r || m < 0 || w->nparts != 3 || !d_y[0] || !d_y[1] || !d_y[2]) {
         kc_set_error("kc_sq_matmul_qkv_rope: bad arguments");
         return -1;
     }
-    const long hd = r->head_dim;
-    /* the dp4a path in one launch (m <= its widest token count), whole heads, pairs within a head */
-    const int fits = kc_sq_rope_on() && m >= 1 && gemv_takes(w, m) && hd > 0 && hd % 2 == 0 && r->rot_dim <= hd &&
-                     w->part_n[0] % hd == 0 && w->part_n[1] == r->kv.kv_dim && w->part_n[2] == r->kv.kv_dim &&
-                     r->kv.kv_dim % hd == 0 && r->d_cs && r->d_pos && r->d_blk && r->d_blk_off;
-    if (!fits) return kc_sq_matmul_parts(w, d_qx, d_sx, m, d_y) ? -1 : 0;
+    if (!rope_fits(w, m, r)) return kc_sq_matmul_parts(w, d_qx, d_sx, m, d_y) ? -1 : 0;
     MmArgs a = mm_args(w, d_qx, d_sx, m, d_y[0]);
     a.np = w->nparts, a.pstart[0] = 0;
     for (int p = 0; p < w->nparts; p++) a.py[p] = d_y[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
-    a.rope.on = 1, a.rope.layer = r->layer, a.rope.head_dim = (int)hd, a.rope.rot_half = r->rot_dim / 2;
-    a.rope.cs = r->d_cs, a.rope.pos = r->d_pos, a.rope.blk = r->d_blk, a.rope.blk_off = r->d_blk_off;
-    a.rope.kv = r->kv;
+    rope_args(&a, r);
     return kc_sq_gemv(w, &a) ? -1 : 1;
 }
 
@@ -583,19 +591,57 @@ extern "C" void kc_sq_set_swiglu(int on) { g_swiglu = on < 0 ? -1 : on != 0; }
 
 extern "C" int kc_sq_swiglu_on(void) { return kc_threshold(&g_swiglu, "KC_SQ_SWIGLU", 0) != 0; }
 
+/* RMSNorm split over the dp4a launches around it (GemvNorm, kc_sq_gemv_ep.cuh).
+ * Off by default until measured on a GPU (KC_SQ_NORM=1). */
+static long g_norm = -1;
+
+extern "C" void kc_sq_set_norm(int on) { g_norm = on < 0 ? -1 : on != 0; }
+
+extern "C" int kc_sq_norm_on(void) { return kc_threshold(&g_norm, "KC_SQ_NORM", 0) != 0; }
+
+extern "C" long kc_norm_split_tiles(long dim) { return (dim + 15) / 16; }
+
+/* whether w at m tokens runs on the staged dp4a kernel in this mode (kc.h's
+ * KC_GEMV_*), the switches of its parts on: the norm's modes at one or two
+ * tokens, a tile end that adds (the norm's slots) on a matrix of one part */
+extern "C" int kc_sq_gemv_mode_applies(const kc_sq_t *w, long m, int mode) {
+    const int act = mode & 3, end = mode >> 2;
+    const int norm = act == 2 || end == 2, swiglu = act == 1 || end == 1;
+    return w && m >= 1 && m <= (norm ? 2 : 4) && act != 3 && end != 3 && (!norm || kc_sq_norm_on()) &&
+           (!swiglu || kc_sq_swiglu_on()) && kc_sq_gemv_staged() && gemv_takes(w, m) &&
+           (end != 2 || w->nparts <= 1) && (act != 1 || w->nparts <= 1) &&
+           kc_sq_gemv_mode_fits(w, m, mode, end == 1 && w->nparts == 2 ? w->part_n[0] / 16 : 0);
+}
+
+extern "C" int kc_sq_swiglu_applies_ex(const kc_sq_t *gu, const kc_sq_t *down, long m, int norm_in, int norm_out) {
+    return gu && down && gu->nparts == 2 && gu->part_n[0] == gu->part_n[1] && gu->part_n[0] % 16 == 0 &&
+           down->k == gu->part_n[0] &&
+           kc_sq_gemv_mode_applies(gu, m, KC_GEMV_END_PAIRS | (norm_in ? KC_GEMV_ACTS_NORM : 0)) &&
+           kc_sq_gemv_mode_applies(down, m, KC_GEMV_ACTS_H | (norm_out ? KC_GEMV_END_NORM : 0));
+}
+
 extern "C" int kc_sq_swiglu_applies(const kc_sq_t *gu, const kc_sq_t *down, long m) {
-    return kc_sq_swiglu_on() && gu && down && m >= 1 && m <= 4 && kc_sq_gemv_staged() && gu->nparts == 2 &&
-           gu->part_n[0] == gu->part_n[1] && gu->part_n[0] % 16 == 0 && down->k == gu->part_n[0] &&
-           gemv_takes(gu, m) && kc_sq_acc_applies(down, m) && kc_sq_gemv_sw_fits(gu, m, 1, gu->part_n[0] / 16) &&
-           kc_sq_gemv_sw_fits(down, m, 2, 0);
+    return kc_sq_swiglu_applies_ex(gu, down, m, 0, 0);
 }
 
 extern "C" long kc_sq_swiglu_slots(const kc_sq_t *gu) { return gu && gu->nparts == 2 ? 4 * (gu->part_n[0] / 16) : 0; }
 
+/* the norm's row as a's input (GemvNorm.in), or its slots as a's output (.out) */
+static void norm_in(MmArgs *a, const float *d_x, const kc_norm_split_t *ns) {
+    a->nm.in = 1, a->nm.x = d_x, a->nm.w = ns->d_w, a->nm.eps = ns->eps, a->nm.ss = ns->d_ss;
+    a->nm.cand = (float4 *)ns->d_cand, a->nm.ntile = kc_norm_split_tiles(a->k);
+}
+static void norm_out(MmArgs *a, const kc_norm_split_t *ns) {
+    a->nm.out = 1, a->nm.w = ns->d_w, a->nm.eps = ns->eps, a->nm.ss = ns->d_ss;
+    a->nm.cand = (float4 *)ns->d_cand, a->nm.ntile = kc_norm_split_tiles(a->n);
+}
+static int ns_ok(const kc_norm_split_t *ns) { return ns && ns->d_w && ns->d_ss && ns->d_cand; }
+
 extern "C" int kc_sq_matmul_swiglu(const kc_sq_t *gu, const kc_sq_t *down, const int8_t *d_qx, const float *d_sx,
-                                   long m, float *d_h, float *d_hmax, long hmax_floats, int *nslot) {
-    if (!d_qx || !d_sx || !d_h || !d_hmax || !nslot || !kc_sq_swiglu_applies(gu, down, m) ||
-        hmax_floats < kc_sq_swiglu_slots(gu)) {
+                                   const float *d_x, const kc_norm_split_t *ns_in, long m, float *d_h, float *d_hmax,
+                                   long hmax_floats, int *nslot) {
+    if ((ns_in ? !d_x || !ns_ok(ns_in) : !d_qx || !d_sx) || !d_h || !d_hmax || !nslot ||
+        !kc_sq_swiglu_applies_ex(gu, down, m, ns_in != NULL, 0) || hmax_floats < kc_sq_swiglu_slots(gu)) {
         kc_set_error("kc_sq_matmul_swiglu: bad arguments, or matrices or m it does not take");
         return -1;
     }
@@ -603,6 +649,7 @@ extern "C" int kc_sq_matmul_swiglu(const kc_sq_t *gu, const kc_sq_t *down, const
     a.np = 2, a.pstart[0] = 0, a.pstart[1] = gu->part_n[0], a.pstart[2] = 2 * gu->part_n[0];
     a.py[0] = d_h, a.py[1] = NULL; /* (the up part's products stay in the kernel) */
     a.sw.mode = 1, a.sw.half = gu->part_n[0] / 16, a.sw.hmax = d_hmax;
+    if (ns_in) norm_in(&a, d_x, ns_in);
     long grid = 0;
     if (kc_sq_gemv(gu, &a, &grid)) return -1;
     *nslot = (int)grid;
@@ -610,16 +657,53 @@ extern "C" int kc_sq_matmul_swiglu(const kc_sq_t *gu, const kc_sq_t *down, const
 }
 
 extern "C" int kc_sq_matmul_acc_h(const kc_sq_t *down, const float *d_h, const float *d_hmax, int nslot, long m,
-                                  float *d_y) {
-    if (!down || !d_h || !d_hmax || nslot < 1 || !d_y || m < 1 || m > 4 || !kc_sq_acc_applies(down, m) ||
-        !kc_sq_gemv_staged()) {
+                                  float *d_y, const kc_norm_split_t *ns_out) {
+    if (!down || !d_h || !d_hmax || nslot < 1 || !d_y || (ns_out && !ns_ok(ns_out)) ||
+        !kc_sq_gemv_mode_applies(down, m, KC_GEMV_ACTS_H | (ns_out ? KC_GEMV_END_NORM : 0)) ||
+        !kc_sq_acc_applies(down, m)) {
         kc_set_error("kc_sq_matmul_acc_h: bad arguments, or a matrix or m it does not take");
         return -1;
     }
     MmArgs a = mm_args(down, NULL, NULL, m, d_y);
     a.acc = 1;
     a.sw.mode = 2, a.sw.nslot = nslot, a.sw.hmax = (float *)d_hmax, a.sw.h = d_h;
+    if (ns_out) norm_out(&a, ns_out);
     return kc_sq_gemv(down, &a);
+}
+
+extern "C" int kc_sq_matmul_acc_ns(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y,
+                                   const kc_norm_split_t *ns_out) {
+    if (!d_qx || !d_sx || !d_y || !ns_ok(ns_out) || !kc_sq_gemv_mode_applies(w, m, KC_GEMV_END_NORM) ||
+        !kc_sq_acc_applies(w, m)) {
+        kc_set_error("kc_sq_matmul_acc_ns: bad arguments, or a matrix or m it does not take");
+        return -1;
+    }
+    MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
+    a.acc = 1;
+    norm_out(&a, ns_out);
+    return kc_sq_gemv(w, &a);
+}
+
+extern "C" int kc_sq_matmul_parts_ns(const kc_sq_t *w, const float *d_x, const kc_norm_split_t *ns_in, long m,
+                                     float *const *d_y, const kc_rope_t *r) {
+    if (!w || !d_x || !ns_ok(ns_in) || !d_y || !kc_sq_gemv_mode_applies(w, m, KC_GEMV_ACTS_NORM)) {
+        kc_set_error("kc_sq_matmul_parts_ns: bad arguments, or a matrix or m it does not take");
+        return -1;
+    }
+    for (int p = 0; p < (w->nparts > 1 ? w->nparts : 1); p++)
+        if (!d_y[p]) {
+            kc_set_error("kc_sq_matmul_parts_ns: no output for part %d", p);
+            return -1;
+        }
+    MmArgs a = mm_args(w, NULL, NULL, m, d_y[0]);
+    if (w->nparts > 1) {
+        a.np = w->nparts, a.pstart[0] = 0;
+        for (int p = 0; p < w->nparts; p++) a.py[p] = d_y[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
+    }
+    norm_in(&a, d_x, ns_in);
+    const int rope = r && rope_fits(w, m, r);
+    if (rope) rope_args(&a, r);
+    return kc_sq_gemv(w, &a) ? -1 : rope;
 }
 
 extern "C" int kc_sq_matmul_parts(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *const *d_y) {

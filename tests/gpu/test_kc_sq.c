@@ -38,8 +38,11 @@
  * - SwiGLU by the gate/up and down matmuls (kc_sq_matmul_swiglu +
  *   kc_sq_matmul_acc_h): h and the residual stream bit-exact against the
  *   matmul, kc_silu_mul_q8 and kc_sq_matmul_acc.
- *   build/gpu/test_kc_sq [--quick] [--wg] [--rope] [--swiglu]   (--quick: fewer shapes,
- *   for compute-sanitizer; --wg / --rope / --swiglu: that section alone)
+ * - RMSNorm split over the matmuls (kc_sq_matmul_acc_ns, kc_sq_matmul_parts_ns):
+ *   a layer's chain bit-exact against the plain launches with
+ *   kc_rmsnorm_q8_canon, SwiGLU fused or not, and tiles whose candidates overflow.
+ *   build/gpu/test_kc_sq [--quick] [--wg] [--rope] [--swiglu] [--norm]   (--quick: fewer
+ *   shapes, for compute-sanitizer; --wg / --rope / --swiglu / --norm: that section alone)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
 #include "../../engine/model/sq.h"
@@ -410,8 +413,8 @@ static int swiglu_case(kc_sq_t *gu, kc_sq_t *down, long dim, long ffn, long m, i
     OK(kc_silu_mul_q8(dg, du, (int)m, (int)ffn, dqh, dsx2));
     OK(kc_sq_matmul_acc(down, dqh, dsx2, m, dy[0]));
     int nslot = 0;
-    const int rc1 = kc_sq_matmul_swiglu(gu, down, dqx, dsx, m, dh, dmax, cap, &nslot);
-    const int rc2 = rc1 ? -1 : kc_sq_matmul_acc_h(down, dh, dmax, nslot, m, dy[1]);
+    const int rc1 = kc_sq_matmul_swiglu(gu, down, dqx, dsx, NULL, NULL, m, dh, dmax, cap, &nslot);
+    const int rc2 = rc1 ? -1 : kc_sq_matmul_acc_h(down, dh, dmax, nslot, m, dy[1], NULL);
     if (rc1 || rc2) printf("  %s\n", kc_error()), kc_clear_error();
     float *hg = malloc(m * ffn * 4), *hh = malloc(m * ffn * 4), *y0 = malloc(m * dim * 4), *y1 = malloc(m * dim * 4);
     OK(kc_download(hg, dg, m * ffn * 4));
@@ -480,8 +483,8 @@ static void test_swiglu(void) {
     verdict(gu && dn && !kc_sq_swiglu_applies(gu, dn, 1), "SwiGLU by the matmuls: not with the register kernel");
     kc_sq_set_gemv_stage(1); /* (whatever KC_SQ_GEMV_STAGE says) */
     int ns = 0;
-    verdict(kc_sq_matmul_swiglu(dn, dn, (const int8_t *)dn, (const float *)dn, 1, (float *)dn, (float *)dn, 1 << 20,
-                                &ns) == -1 && strstr(kc_error(), "kc_sq_matmul_swiglu") != NULL,
+    verdict(kc_sq_matmul_swiglu(dn, dn, (const int8_t *)dn, (const float *)dn, NULL, NULL, 1, (float *)dn, (float *)dn,
+                                1 << 20, &ns) == -1 && strstr(kc_error(), "kc_sq_matmul_swiglu") != NULL,
             "SwiGLU by the matmuls: a matrix it does not take is refused with a message");
     kc_clear_error();
     kc_sq_free(a[0]), kc_sq_free(a[1]), kc_sq_free(gu), kc_sq_free(dn);
@@ -497,11 +500,171 @@ static void test_swiglu(void) {
     kc_sq_set_gemv_max(-1);
 }
 
+/* ---- RMSNorm split over the matmuls around it (kc_sq_matmul_acc_ns, kc_sq_matmul_parts_ns) -----
+ *
+ * One layer's chain at 1-2 tokens, from the attention output to the next
+ * layer's q/k/v: o + residual, RMSNorm, gate/up, SwiGLU, down + residual,
+ * RMSNorm, q/k/v. Against the plain launches with kc_rmsnorm_q8_canon for
+ * the norms: the residual stream after o and after down, h (or the gate
+ * output) and q, k, v, bit for bit, with SwiGLU done by the matmuls and
+ * without. A second case makes every tile of a token's row a tie (a zero
+ * input and a constant residual row): the candidates overflow and the
+ * reading matmul takes the tiles' values. */
+typedef struct {
+    kc_sq_t *o, *gu, *down, *qkv;
+    long dim, q, kv, ffn;
+} NsLayer;
+
+static float *ns_down(const float *d, long count) { /* a device array, downloaded */
+    float *h = malloc(count * 4);
+    OK(kc_download(h, d, count * 4));
+    return h;
+}
+
+static long ns_diff(const float *da, const float *db, long count) {
+    float *a = ns_down(da, count), *b = ns_down(db, count);
+    long bad = 0;
+    for (long i = 0; i < count; i++) bad += memcmp(&a[i], &b[i], 4) != 0;
+    free(a), free(b);
+    return bad;
+}
+
+static void ns_case(const NsLayer *L, long m, int swiglu, int ties, const char *what) {
+    const long D = L->dim, Q = L->q, KV = L->kv, F = L->ffn, nt = kc_norm_split_tiles(D);
+    float *att = malloc(m * Q * 4), *x0 = malloc(m * D * 4), *wf = malloc(D * 4), *wa = malloc(D * 4);
+    fill_x(att, m, Q);
+    for (long i = 0; i < m * D; i++) x0[i] = frand() * 4.0f;
+    for (long i = 0; i < D; i++) wf[i] = 0.5f + 0.5f * frand(), wa[i] = 1.0f + 0.25f * frand();
+    if (ties) { /* token 0: a zero attention output over a constant residual row, unit weights */
+        for (long i = 0; i < Q; i++) att[i] = 0.0f;
+        for (long i = 0; i < D; i++) x0[i] = 0.25f, wf[i] = 1.0f, wa[i] = 1.0f;
+    }
+    float *datt = dmalloc(m * Q * 4), *dsa = dmalloc(16), *dwf = dmalloc(D * 4), *dwa = dmalloc(D * 4);
+    int8_t *dqa = dmalloc(m * Q);
+    OK(kc_upload(datt, att, m * Q * 4));
+    OK(kc_upload(dwf, wf, D * 4));
+    OK(kc_upload(dwa, wa, D * 4));
+    OK(kc_quant_i8(datt, m, Q, dqa, dsa));
+    /* [0]: the plain launches, [1]: the split */
+    float *dx[2], *dxb[2], *dg[2], *du[2], *dq[2], *dk[2], *dv[2], *dsx[2][2];
+    int8_t *dq8[2][2];
+    for (int v = 0; v < 2; v++) {
+        dx[v] = dmalloc(m * D * 4), dxb[v] = dmalloc(m * D * 4), dg[v] = dmalloc(m * F * 4), du[v] = dmalloc(m * F * 4);
+        dq[v] = dmalloc(m * Q * 4), dk[v] = dmalloc(m * KV * 4), dv[v] = dmalloc(m * KV * 4);
+        OK(kc_upload(dx[v], x0, m * D * 4));
+        float *po[] = {dg[v], du[v], dq[v], dk[v], dv[v]};
+        const long pc[] = {m * F, m * F, m * Q, m * KV, m * KV};
+        for (int i = 0; i < 5; i++) OK(kc_memset(po[i], 0xFF, pc[i] * 4));
+        for (int i = 0; i < 2; i++) dq8[v][i] = dmalloc(m * (F > D ? F : D)), dsx[v][i] = dmalloc(16);
+    }
+    double *dss = dmalloc(4 * nt * sizeof(double));
+    float *dcand = dmalloc(4 * nt * 16), *dh = dmalloc(4 * (F / 16) * 4);
+    OK(kc_memset(dss, 0x7F, 4 * nt * sizeof(double)));
+    OK(kc_memset(dcand, 0x7F, 4 * nt * 16));
+    const float eps = 1e-5f;
+    /* the plain launches */
+    OK(kc_sq_matmul_acc(L->o, dqa, dsa, m, dx[0]));
+    long bad_x1 = 0;
+    OK(kc_rmsnorm_q8_canon(dxb[0], dx[0], dwf, (int)m, (int)D, eps, dq8[0][0], dsx[0][0]));
+    OK(kc_sq_matmul_parts(L->gu, dq8[0][0], dsx[0][0], m, (float *const[]){dg[0], du[0]}));
+    OK(kc_silu_mul_q8(dg[0], du[0], (int)m, (int)F, dq8[0][1], dsx[0][1]));
+    OK(kc_sq_matmul_acc(L->down, dq8[0][1], dsx[0][1], m, dx[0]));
+    OK(kc_rmsnorm_q8_canon(dxb[0], dx[0], dwa, (int)m, (int)D, eps, dq8[0][0], dsx[0][0]));
+    OK(kc_sq_matmul_parts(L->qkv, dq8[0][0], dsx[0][0], m, (float *const[]){dq[0], dk[0], dv[0]}));
+    /* the split (both norms through the same slots, as the backend does) */
+    const kc_norm_split_t nsf = {dwf, eps, dss, dcand}, nsa = {dwa, eps, dss, dcand};
+    int rc = kc_sq_matmul_acc_ns(L->o, dqa, dsa, m, dx[1], &nsf);
+    if (!rc) { /* the residual after o, before down adds to it */
+        float *tmp = dmalloc(m * D * 4);
+        OK(kc_upload(tmp, x0, m * D * 4)); /* (dx[0] is past down by now: o alone again) */
+        OK(kc_sq_matmul_acc(L->o, dqa, dsa, m, tmp));
+        bad_x1 = ns_diff(tmp, dx[1], m * D);
+        kc_free(tmp);
+    }
+    int nslot = 0;
+    if (!rc && swiglu) {
+        rc = kc_sq_matmul_swiglu(L->gu, L->down, NULL, NULL, dx[1], &nsf, m, dg[1], dh, 4 * (F / 16), &nslot);
+        if (!rc) rc = kc_sq_matmul_acc_h(L->down, dg[1], dh, nslot, m, dx[1], &nsa);
+    } else if (!rc) {
+        rc = kc_sq_matmul_parts_ns(L->gu, dx[1], &nsf, m, (float *const[]){dg[1], du[1]}, NULL);
+        if (!rc) rc = kc_silu_mul_q8(dg[1], du[1], (int)m, (int)F, dq8[1][1], dsx[1][1]);
+        if (!rc) rc = kc_sq_matmul_acc_ns(L->down, dq8[1][1], dsx[1][1], m, dx[1], &nsa);
+    }
+    if (!rc) rc = kc_sq_matmul_parts_ns(L->qkv, dx[1], &nsa, m, (float *const[]){dq[1], dk[1], dv[1]}, NULL);
+    if (rc) printf("  %s\n", kc_error()), kc_clear_error();
+    const long bad_x = rc ? -1 : ns_diff(dx[0], dx[1], m * D), bad_h = rc ? -1 : ns_diff(dg[0], dg[1], m * F);
+    const long bad_qkv = rc ? -1 : ns_diff(dq[0], dq[1], m * Q) + ns_diff(dk[0], dk[1], m * KV) + ns_diff(dv[0], dv[1], m * KV);
+    char line[400];
+    snprintf(line, sizeof line,
+             "norm split over the matmuls, %s, %s, m = %ld%s: residual after o (%ld differ), after down (%ld), "
+             "h (%ld), q/k/v (%ld) bit-exact",
+             what, swiglu ? "SwiGLU by the matmuls" : "SwiGLU launched", m, ties ? ", tied tiles" : "", bad_x1, bad_x,
+             bad_h, bad_qkv);
+    verdict(!rc && !bad_x1 && !bad_x && !bad_h && !bad_qkv, line);
+    for (int v = 0; v < 2; v++) {
+        kc_free(dx[v]), kc_free(dxb[v]), kc_free(dg[v]), kc_free(du[v]), kc_free(dq[v]), kc_free(dk[v]), kc_free(dv[v]);
+        for (int i = 0; i < 2; i++) kc_free(dq8[v][i]), kc_free(dsx[v][i]);
+    }
+    kc_free(datt), kc_free(dsa), kc_free(dwf), kc_free(dwa), kc_free(dqa), kc_free(dss), kc_free(dcand), kc_free(dh);
+    free(att), free(x0), free(wf), free(wa);
+}
+
+static kc_sq_t *ns_fused(const long *rows, int np, long k, int flags, uint64_t seed) {
+    kc_sq_t *p[3] = {NULL, NULL, NULL};
+    int ok = 1;
+    for (int i = 0; i < np; i++) ok &= (p[i] = kc_sq_random_ex(rows[i], k, 4, 64, 8, seed + i, flags)) != NULL;
+    kc_sq_t *w = ok ? kc_sq_fuse((const kc_sq_t *const *)p, np) : NULL;
+    for (int i = 0; i < np; i++) kc_sq_free(p[i]);
+    return w;
+}
+
+static void ns_shape(long dim, long q, long kv, long ffn, int flags, const char *label) {
+    NsLayer L = {kc_sq_random_ex(dim, q, 4, 64, 8, 41, flags), ns_fused((const long[]){ffn, ffn}, 2, dim, flags, 42),
+                 kc_sq_random_ex(dim, ffn, 4, 64, 8, 44, flags), ns_fused((const long[]){q, kv, kv}, 3, dim, flags, 45),
+                 dim, q, kv, ffn};
+    if (!L.o || !L.gu || !L.down || !L.qkv) {
+        verdict(0, kc_error());
+        kc_clear_error();
+    } else {
+        char what[256];
+        snprintf(what, sizeof what, "%s (%s), %ld x %ld, ffn %ld", label, kc_sq_describe(L.o), dim, q, ffn);
+        for (long m = 1; m <= 2; m++)
+            for (int sw = 0; sw < 2; sw++) ns_case(&L, m, sw, 0, what);
+        ns_case(&L, 2, 1, 1, what);
+    }
+    kc_sq_free(L.o), kc_sq_free(L.gu), kc_sq_free(L.down), kc_sq_free(L.qkv);
+}
+
+static void test_norm_split(void) {
+    kc_sq_set_gemv_max(4);
+    kc_sq_set_gemv_stage(1);
+    kc_sq_set_norm(0);
+    kc_sq_t *o = kc_sq_random_ex(64, 128, 4, 64, 8, 5, 0);
+    verdict(o && !kc_sq_gemv_mode_applies(o, 1, KC_GEMV_END_NORM), "norm split: off unless asked for");
+    kc_sq_set_norm(1);
+    verdict(o && kc_sq_gemv_mode_applies(o, 1, KC_GEMV_END_NORM) && kc_sq_gemv_mode_applies(o, 2, KC_GEMV_ACTS_NORM) &&
+                !kc_sq_gemv_mode_applies(o, 3, KC_GEMV_END_NORM) && !kc_sq_gemv_mode_applies(o, 1, 3),
+            "norm split: one or two tokens, modes that exist");
+    kc_sq_free(o);
+    kc_sq_set_swiglu(1);
+    static const int fl[2] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT};
+    static const char *fn[2] = {"half scales", "explicit, half scales"};
+    for (int f = 0; f < 2; f++) {
+        ns_shape(320, 256, 64, 192, fl[f], fn[f]);
+        if (!quick) ns_shape(1024, 1024, 256, 64 * 45, fl[f], fn[f]);
+    }
+    if (!quick) ns_shape(4096, 4096, 1024, 14336, KC_SQ_F16_SCALES, "Llama-3-8B");
+    kc_sq_set_swiglu(-1);
+    kc_sq_set_norm(-1);
+    kc_sq_set_gemv_stage(-1);
+    kc_sq_set_gemv_max(-1);
+}
+
 int main(int argc, char **argv) {
-    int only_wg = 0, only_rope = 0, only_swiglu = 0; /* --wg / --rope / --swiglu: that section alone */
+    int only_wg = 0, only_rope = 0, only_swiglu = 0, only_norm = 0; /* --wg / --rope / --swiglu / --norm: that section alone */
     for (int i = 1; i < argc; i++)
         quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg"), only_rope |= !strcmp(argv[i], "--rope"),
-            only_swiglu |= !strcmp(argv[i], "--swiglu");
+            only_swiglu |= !strcmp(argv[i], "--swiglu"), only_norm |= !strcmp(argv[i], "--norm");
     /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
      * applies, and the explicit layout through KC_SQ_NO_COMPACT */
     setenv("KC_SQ_COMPACT", "1", 0);
@@ -512,10 +675,11 @@ int main(int argc, char **argv) {
     printf("test_kc_sq on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
     /* the fused kernels at every M first; the two-step path has its own section */
     kc_sq_set_twostep_min(0);
-    if (only_wg || only_rope || only_swiglu) {
+    if (only_wg || only_rope || only_swiglu || only_norm) {
         if (only_wg) test_wg();
         if (only_rope) test_rope();
         if (only_swiglu) test_swiglu();
+        if (only_norm) test_norm_split();
         goto done;
     }
 
@@ -763,6 +927,7 @@ int main(int argc, char **argv) {
     test_wg();
     test_rope();
     test_swiglu();
+    test_norm_split();
 
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
