@@ -1,0 +1,379 @@
+/* fuse_check.h - test_kc_sq's sections on what the dp4a GEMV finishes in
+ * its tile ends (kc_sq_gemv_ep.cuh): RoPE with the K/V store, SwiGLU split
+ * over gate/up and down, RMSNorm split over the residual matmul and the
+ * next one. Each compares the fused launches with the plain ones, bit for
+ * bit. Included by test_kc_sq.c after its helpers (verdict, fill_x, quick). */
+#ifndef FUSE_CHECK_H
+#define FUSE_CHECK_H
+
+/* ---- RoPE and the K/V store in the q/k/v matmul's epilogue (kc_sq_matmul_qkv_rope) ---------
+ *
+ * A fused q/k/v matrix (4 q heads and 2 k/v heads of 64) at 1-4 tokens,
+ * each at its own position and cache block: q, k, v and the cache after
+ * the fused call are bit for bit kc_sq_matmul_parts followed by
+ * kc_rope_kv_store, with the whole head rotated and with half of it, on
+ * both layouts, the staged and register kernels. */
+static void rope_case(kc_sq_t *w, long m, int rot_dim, const char *what) {
+    enum { HD = 64, NH = 4, NKV = 2, KVD = NKV * HD, BS = 16, NB = 4, NL = 2, LAYER = 1 };
+    const long k = 64 * 5, nq = NH * HD, cache = (long)NB * NL * BS * KVD;
+    static const int32_t pos[4] = {5, 37, 20, 2}, off[4] = {0, 4, 8, 12};
+    static const int32_t blk[16] = {3, 1, 0, 2, 2, 0, 1, 3, 0, 2, 3, 1, 1, 0, 2, 3};
+    float inv[HD / 2] = {0}, *x = malloc(m * k * 4);
+    for (int i = 0; i < rot_dim / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot_dim);
+    fill_x(x, m, k);
+    float *dx = dmalloc(m * k * 4), *dsx = dmalloc(16), *dinv = dmalloc(sizeof inv), *dcs = dmalloc(m * HD * 4);
+    int8_t *dqx = dmalloc(m * k);
+    int32_t *dpos = dmalloc(sizeof pos), *doff = dmalloc(sizeof off), *dblk = dmalloc(sizeof blk);
+    OK(kc_upload(dx, x, m * k * 4));
+    OK(kc_upload(dinv, inv, sizeof inv));
+    OK(kc_upload(dpos, pos, sizeof pos));
+    OK(kc_upload(doff, off, sizeof off));
+    OK(kc_upload(dblk, blk, sizeof blk));
+    OK(kc_quant_i8(dx, m, k, dqx, dsx));
+    float *y[2][3], *h[2][5];
+    kc_kv_t kv[2];
+    for (int v = 0; v < 2; v++) {
+        const long nn[3] = {nq, KVD, KVD};
+        for (int p = 0; p < 3; p++) {
+            y[v][p] = dmalloc(m * nn[p] * 4);
+            OK(kc_memset(y[v][p], 0xFF, m * nn[p] * 4));
+        }
+        kv[v] = (kc_kv_t){dmalloc(cache * 4), dmalloc(cache * 4), NL, KVD, BS};
+        OK(kc_memset(kv[v].d_k, 0x3C, cache * 4));
+        OK(kc_memset(kv[v].d_v, 0x3C, cache * 4));
+    }
+    OK(kc_sq_matmul_parts(w, dqx, dsx, m, y[0]));
+    OK(kc_rope_kv_store(y[0][0], y[0][1], y[0][2], (int)m, NH, NKV, HD, rot_dim, dinv, &kv[0], LAYER, dpos, dblk, doff));
+    OK(kc_rope_table(dcs, dpos, (int)m, rot_dim, dinv));
+    const kc_rope_t r = {dcs, dpos, dblk, doff, kv[1], LAYER, HD, rot_dim};
+    const int rc = kc_sq_matmul_qkv_rope(w, dqx, dsx, m, y[1], &r);
+    int same = rc == 1;
+    for (int v = 0; v < 2; v++) {
+        const long sz[5] = {m * nq, m * KVD, m * KVD, cache, cache};
+        const float *src[5] = {y[v][0], y[v][1], y[v][2], kv[v].d_k, kv[v].d_v};
+        for (int i = 0; i < 5; i++) {
+            h[v][i] = malloc(sz[i] * 4);
+            OK(kc_download(h[v][i], src[i], sz[i] * 4));
+            if (v) same &= !memcmp(h[0][i], h[1][i], sz[i] * 4);
+        }
+    }
+    char line[300];
+    snprintf(line, sizeof line, "q/k/v + RoPE (%d of %d) + K/V store in the epilogue, %s, m = %ld: q, k, v, cache bit-exact (rc %d)",
+             rot_dim, HD, what, m, rc);
+    verdict(same, line);
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < 5; i++) free(h[v][i]);
+        for (int p = 0; p < 3; p++) kc_free(y[v][p]);
+        kc_free(kv[v].d_k), kc_free(kv[v].d_v);
+    }
+    free(x);
+    kc_free(dx), kc_free(dsx), kc_free(dinv), kc_free(dcs), kc_free(dqx), kc_free(dpos), kc_free(doff), kc_free(dblk);
+}
+
+static void test_rope(void) {
+    kc_sq_set_rope(1);
+    kc_sq_set_gemv_max(4);
+    for (int st = 1; st >= 0; st--) {
+        kc_sq_set_gemv_stage(st);
+        for (int f = 0; f < 2; f++) {
+            const int flags = f ? KC_SQ_NO_COMPACT | KC_SQ_F16_SCALES : KC_SQ_F16_SCALES;
+            kc_sq_t *p[3] = {kc_sq_random_ex(256, 64 * 5, 4, 64, 8, 11, flags), kc_sq_random_ex(128, 64 * 5, 4, 64, 8, 12, flags),
+                             kc_sq_random_ex(128, 64 * 5, 4, 64, 8, 13, flags)};
+            kc_sq_t *w = p[0] && p[1] && p[2] ? kc_sq_fuse((const kc_sq_t *const *)p, 3) : NULL;
+            for (int i = 0; i < 3; i++) kc_sq_free(p[i]);
+            if (!w) {
+                verdict(0, kc_error());
+                continue;
+            }
+            char what[200];
+            snprintf(what, sizeof what, "%s, %s kernel", kc_sq_describe(w), st ? "staged" : "register");
+            for (long m = 1; m <= 4; m++) rope_case(w, m, 64, what), rope_case(w, m, 32, what);
+            kc_sq_free(w);
+        }
+    }
+    kc_sq_set_gemv_stage(-1);
+    kc_sq_set_gemv_max(-1);
+    kc_sq_set_rope(-1);
+}
+
+/* ---- SwiGLU by the gate/up and down matmuls (kc_sq_matmul_swiglu, kc_sq_matmul_acc_h) -------
+ *
+ * A fused gate/up matrix (rows x dim each part) and a down matrix (dim' x
+ * rows) at 1-4 tokens: h and the residual stream after the two fused calls
+ * are bit for bit kc_sq_matmul_parts + kc_silu_mul_q8 + kc_sq_matmul_acc.
+ * Grids capped to 7, 1 and 3 blocks as well (kc_sq_set_gemv_grid; the
+ * fused launch must then have that many slots), so blocks walk many
+ * pairs, in even and uneven shares; a zero input row (fill_x's row 1 at m > 2:
+ * h = 0, scale 0); the slots poisoned with a huge value. */
+/* returns the fused launch's slots (its grid); want_slots > 0: the count it must be */
+static int swiglu_case(kc_sq_t *gu, kc_sq_t *down, long dim, long ffn, long m, int want_slots, const char *what) {
+    float *x = malloc(m * dim * 4), *r = malloc(m * dim * 4);
+    fill_x(x, m, dim);
+    for (long i = 0; i < m * dim; i++) r[i] = frand();
+    float *dx = dmalloc(m * dim * 4), *dsx = dmalloc(16), *dsx2 = dmalloc(16), *dg = dmalloc(m * ffn * 4);
+    float *du = dmalloc(m * ffn * 4), *dh = dmalloc(m * ffn * 4), *dy[2];
+    const long cap = kc_sq_swiglu_slots(gu);
+    float *dmax = dmalloc(cap * 4);
+    int8_t *dqx = dmalloc(m * dim), *dqh = dmalloc(m * ffn);
+    OK(kc_upload(dx, x, m * dim * 4));
+    OK(kc_quant_i8(dx, m, dim, dqx, dsx));
+    for (int v = 0; v < 2; v++) {
+        dy[v] = dmalloc(m * dim * 4);
+        OK(kc_upload(dy[v], r, m * dim * 4));
+    }
+    OK(kc_memset(dg, 0xFF, m * ffn * 4));
+    OK(kc_memset(dh, 0xFF, m * ffn * 4));
+    OK(kc_memset(dmax, 0x7F, cap * 4)); /* ~3.4e38: a slot left unwritten would set the scale (NaN would be skipped) */
+    /* the reference: the three launches the backend runs without the fusion */
+    OK(kc_sq_matmul_parts(gu, dqx, dsx, m, (float *const[]){dg, du}));
+    OK(kc_silu_mul_q8(dg, du, (int)m, (int)ffn, dqh, dsx2));
+    OK(kc_sq_matmul_acc(down, dqh, dsx2, m, dy[0]));
+    int nslot = 0;
+    const int rc1 = kc_sq_matmul_swiglu(gu, down, dqx, dsx, NULL, NULL, m, dh, dmax, cap, &nslot);
+    const int rc2 = rc1 ? -1 : kc_sq_matmul_acc_h(down, dh, dmax, nslot, m, dy[1], NULL);
+    if (rc1 || rc2) printf("  %s\n", kc_error()), kc_clear_error();
+    float *hg = malloc(m * ffn * 4), *hh = malloc(m * ffn * 4), *y0 = malloc(m * dim * 4), *y1 = malloc(m * dim * 4);
+    OK(kc_download(hg, dg, m * ffn * 4));
+    OK(kc_download(hh, dh, m * ffn * 4));
+    OK(kc_download(y0, dy[0], m * dim * 4));
+    OK(kc_download(y1, dy[1], m * dim * 4));
+    long bad_h = 0, bad_y = 0, moved = 0; /* moved: the reference did add something to the residual */
+    for (long i = 0; i < m * ffn; i++) bad_h += memcmp(&hg[i], &hh[i], 4) != 0;
+    for (long i = 0; i < m * dim; i++) bad_y += memcmp(&y0[i], &y1[i], 4) != 0, moved += y0[i] != r[i];
+    char line[600];
+    snprintf(line, sizeof line,
+             "SwiGLU by the matmuls, %s, %ld x %ld, m = %ld, %d slots: h (%ld differ) and x + h down^T (%ld differ) "
+             "bit-exact",
+             what, ffn, dim, m, nslot, bad_h, bad_y);
+    verdict(!rc1 && !rc2 && nslot >= 1 && nslot <= cap / 4 && (!want_slots || nslot == want_slots) && !bad_h &&
+                !bad_y && moved,
+            line);
+    free(x), free(r), free(hg), free(hh), free(y0), free(y1);
+    kc_free(dx), kc_free(dsx), kc_free(dsx2), kc_free(dg), kc_free(du), kc_free(dh), kc_free(dmax), kc_free(dqx);
+    kc_free(dqh), kc_free(dy[0]), kc_free(dy[1]);
+    return nslot;
+}
+
+/* gate/up (ffn x dim each) and down (dim x ffn) of one layout */
+static void swiglu_shape(long dim, long ffn, int flags, const char *label) {
+    kc_sq_t *p[2] = {kc_sq_random_ex(ffn, dim, 4, 64, 8, 21, flags), kc_sq_random_ex(ffn, dim, 4, 64, 8, 22, flags)};
+    kc_sq_t *down = kc_sq_random_ex(dim, ffn, 4, 64, 8, 23, flags);
+    kc_sq_t *gu = p[0] && p[1] ? kc_sq_fuse((const kc_sq_t *const *)p, 2) : NULL;
+    kc_sq_free(p[0]), kc_sq_free(p[1]);
+    if (!gu || !down) {
+        verdict(0, kc_error());
+        kc_clear_error();
+    } else {
+        /* the grid as the kernels size it, then capped (the numbers do not
+         * depend on it): blocks with one pair of tiles, with several, and
+         * with an uneven share of the pairs */
+        static const long caps[] = {0, 7, 1, 3};
+        int sized[5] = {0};
+        for (int c = 0; c < (quick ? 2 : 4); c++) {
+            kc_sq_set_gemv_grid(caps[c]);
+            char what[256], grid[32] = "grid as sized";
+            if (caps[c]) snprintf(grid, sizeof grid, "grid capped at %ld", caps[c]);
+            snprintf(what, sizeof what, "%s (%s), %s", label, kc_sq_describe(gu), grid);
+            for (long m = 1; m <= 4; m++) {
+                const int want = !caps[c] ? 0 : caps[c] < sized[m] ? (int)caps[c] : sized[m];
+                const int got = swiglu_case(gu, down, dim, ffn, m, want, what);
+                if (!caps[c]) sized[m] = got;
+            }
+        }
+        kc_sq_set_gemv_grid(0);
+    }
+    kc_sq_free(gu), kc_sq_free(down);
+}
+
+static void test_swiglu(void) {
+    kc_sq_set_gemv_max(4);
+    kc_sq_set_swiglu(0);
+    kc_sq_t *a[2] = {kc_sq_random_ex(64, 128, 4, 64, 8, 1, 0), kc_sq_random_ex(64, 128, 4, 64, 8, 2, 0)};
+    kc_sq_t *gu = kc_sq_fuse((const kc_sq_t *const *)a, 2), *dn = kc_sq_random_ex(128, 64, 4, 64, 8, 3, 0);
+    verdict(gu && dn && !kc_sq_swiglu_applies(gu, dn, 1), "SwiGLU by the matmuls: off unless asked for");
+    kc_sq_set_swiglu(1);
+    verdict(gu && dn && kc_sq_swiglu_applies(gu, dn, 1) && !kc_sq_swiglu_applies(gu, dn, 5) &&
+                !kc_sq_swiglu_applies(dn, dn, 1) && !kc_sq_swiglu_applies(gu, gu, 1),
+            "SwiGLU by the matmuls: taken for a gate/up pair and its down matrix at 1-4 tokens only");
+    kc_sq_set_gemv_stage(0);
+    verdict(gu && dn && !kc_sq_swiglu_applies(gu, dn, 1), "SwiGLU by the matmuls: not with the register kernel");
+    kc_sq_set_gemv_stage(1); /* (whatever KC_SQ_GEMV_STAGE says) */
+    int ns = 0;
+    verdict(kc_sq_matmul_swiglu(dn, dn, (const int8_t *)dn, (const float *)dn, NULL, NULL, 1, (float *)dn, (float *)dn,
+                                1 << 20, &ns) == -1 && strstr(kc_error(), "kc_sq_matmul_swiglu") != NULL,
+            "SwiGLU by the matmuls: a matrix it does not take is refused with a message");
+    kc_clear_error();
+    kc_sq_free(a[0]), kc_sq_free(a[1]), kc_sq_free(gu), kc_sq_free(dn);
+    static const int fl[3] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0};
+    static const char *fn[3] = {"half scales", "explicit, half scales", "float scales"};
+    for (int f = 0; f < 3; f++) {
+        swiglu_shape(320, 192, fl[f], fn[f]);                  /* 12 pairs */
+        if (!quick) swiglu_shape(512, 64 * 150, fl[f], fn[f]); /* 600 pairs, and the down matrix's k of 9600 */
+    }
+    if (!quick) swiglu_shape(4096, 14336, KC_SQ_F16_SCALES, "Llama-3-8B"); /* the real FFN */
+    kc_sq_set_swiglu(-1);
+    kc_sq_set_gemv_stage(-1);
+    kc_sq_set_gemv_max(-1);
+}
+
+/* ---- RMSNorm split over the matmuls around it (kc_sq_matmul_acc_ns, kc_sq_matmul_parts_ns) -----
+ *
+ * One layer's chain at 1-2 tokens, from the attention output to the next
+ * layer's q/k/v: o + residual, RMSNorm, gate/up, SwiGLU, down + residual,
+ * RMSNorm, q/k/v. Against the plain launches with kc_rmsnorm_q8_canon for
+ * the norms: the residual stream after o and after down, h (or the gate
+ * output) and q, k, v, bit for bit, with SwiGLU done by the matmuls and
+ * without. A second case makes every tile of a token's row a tie (a zero
+ * input and a constant residual row): the candidates overflow and the
+ * reading matmul takes the tiles' values. */
+typedef struct {
+    kc_sq_t *o, *gu, *down, *qkv;
+    long dim, q, kv, ffn;
+} NsLayer;
+
+static float *ns_down(const float *d, long count) { /* a device array, downloaded */
+    float *h = malloc(count * 4);
+    OK(kc_download(h, d, count * 4));
+    return h;
+}
+
+static long ns_diff(const float *da, const float *db, long count) {
+    float *a = ns_down(da, count), *b = ns_down(db, count);
+    long bad = 0;
+    for (long i = 0; i < count; i++) bad += memcmp(&a[i], &b[i], 4) != 0;
+    free(a), free(b);
+    return bad;
+}
+
+static void ns_case(const NsLayer *L, long m, int swiglu, int ties, const char *what) {
+    const long D = L->dim, Q = L->q, KV = L->kv, F = L->ffn, nt = kc_norm_split_tiles(D);
+    float *att = malloc(m * Q * 4), *x0 = malloc(m * D * 4), *wf = malloc(D * 4), *wa = malloc(D * 4);
+    fill_x(att, m, Q);
+    for (long i = 0; i < m * D; i++) x0[i] = frand() * 4.0f;
+    for (long i = 0; i < D; i++) wf[i] = 0.5f + 0.5f * frand(), wa[i] = 1.0f + 0.25f * frand();
+    if (ties) { /* token 0: a zero attention output over a constant residual row, unit weights */
+        for (long i = 0; i < Q; i++) att[i] = 0.0f;
+        for (long i = 0; i < D; i++) x0[i] = 0.25f, wf[i] = 1.0f, wa[i] = 1.0f;
+    }
+    float *datt = dmalloc(m * Q * 4), *dsa = dmalloc(16), *dwf = dmalloc(D * 4), *dwa = dmalloc(D * 4);
+    int8_t *dqa = dmalloc(m * Q);
+    OK(kc_upload(datt, att, m * Q * 4));
+    OK(kc_upload(dwf, wf, D * 4));
+    OK(kc_upload(dwa, wa, D * 4));
+    OK(kc_quant_i8(datt, m, Q, dqa, dsa));
+    /* [0]: the plain launches, [1]: the split */
+    float *dx[2], *dxb[2], *dg[2], *du[2], *dq[2], *dk[2], *dv[2], *dsx[2][2];
+    int8_t *dq8[2][2];
+    for (int v = 0; v < 2; v++) {
+        dx[v] = dmalloc(m * D * 4), dxb[v] = dmalloc(m * D * 4), dg[v] = dmalloc(m * F * 4), du[v] = dmalloc(m * F * 4);
+        dq[v] = dmalloc(m * Q * 4), dk[v] = dmalloc(m * KV * 4), dv[v] = dmalloc(m * KV * 4);
+        OK(kc_upload(dx[v], x0, m * D * 4));
+        float *po[] = {dg[v], du[v], dq[v], dk[v], dv[v]};
+        const long pc[] = {m * F, m * F, m * Q, m * KV, m * KV};
+        for (int i = 0; i < 5; i++) OK(kc_memset(po[i], 0xFF, pc[i] * 4));
+        for (int i = 0; i < 2; i++) dq8[v][i] = dmalloc(m * (F > D ? F : D)), dsx[v][i] = dmalloc(16);
+    }
+    double *dss = dmalloc(4 * nt * sizeof(double));
+    float *dcand = dmalloc(4 * nt * 16), *dh = dmalloc(4 * (F / 16) * 4);
+    OK(kc_memset(dss, 0x7F, 4 * nt * sizeof(double)));
+    OK(kc_memset(dcand, 0x7F, 4 * nt * 16));
+    const float eps = 1e-5f;
+    /* the plain launches */
+    OK(kc_sq_matmul_acc(L->o, dqa, dsa, m, dx[0]));
+    long bad_x1 = 0;
+    OK(kc_rmsnorm_q8_canon(dxb[0], dx[0], dwf, (int)m, (int)D, eps, dq8[0][0], dsx[0][0]));
+    OK(kc_sq_matmul_parts(L->gu, dq8[0][0], dsx[0][0], m, (float *const[]){dg[0], du[0]}));
+    OK(kc_silu_mul_q8(dg[0], du[0], (int)m, (int)F, dq8[0][1], dsx[0][1]));
+    OK(kc_sq_matmul_acc(L->down, dq8[0][1], dsx[0][1], m, dx[0]));
+    OK(kc_rmsnorm_q8_canon(dxb[0], dx[0], dwa, (int)m, (int)D, eps, dq8[0][0], dsx[0][0]));
+    OK(kc_sq_matmul_parts(L->qkv, dq8[0][0], dsx[0][0], m, (float *const[]){dq[0], dk[0], dv[0]}));
+    /* the split (both norms through the same slots, as the backend does) */
+    const kc_norm_split_t nsf = {dwf, eps, dss, dcand}, nsa = {dwa, eps, dss, dcand};
+    int rc = kc_sq_matmul_acc_ns(L->o, dqa, dsa, m, dx[1], &nsf);
+    if (!rc) { /* the residual after o, before down adds to it */
+        float *tmp = dmalloc(m * D * 4);
+        OK(kc_upload(tmp, x0, m * D * 4)); /* (dx[0] is past down by now: o alone again) */
+        OK(kc_sq_matmul_acc(L->o, dqa, dsa, m, tmp));
+        bad_x1 = ns_diff(tmp, dx[1], m * D);
+        kc_free(tmp);
+    }
+    int nslot = 0;
+    if (!rc && swiglu) {
+        rc = kc_sq_matmul_swiglu(L->gu, L->down, NULL, NULL, dx[1], &nsf, m, dg[1], dh, 4 * (F / 16), &nslot);
+        if (!rc) rc = kc_sq_matmul_acc_h(L->down, dg[1], dh, nslot, m, dx[1], &nsa);
+    } else if (!rc) {
+        rc = kc_sq_matmul_parts_ns(L->gu, dx[1], &nsf, m, (float *const[]){dg[1], du[1]}, NULL);
+        if (!rc) rc = kc_silu_mul_q8(dg[1], du[1], (int)m, (int)F, dq8[1][1], dsx[1][1]);
+        if (!rc) rc = kc_sq_matmul_acc_ns(L->down, dq8[1][1], dsx[1][1], m, dx[1], &nsa);
+    }
+    if (!rc) rc = kc_sq_matmul_parts_ns(L->qkv, dx[1], &nsa, m, (float *const[]){dq[1], dk[1], dv[1]}, NULL);
+    if (rc) printf("  %s\n", kc_error()), kc_clear_error();
+    const long bad_x = rc ? -1 : ns_diff(dx[0], dx[1], m * D), bad_h = rc ? -1 : ns_diff(dg[0], dg[1], m * F);
+    const long bad_qkv = rc ? -1 : ns_diff(dq[0], dq[1], m * Q) + ns_diff(dk[0], dk[1], m * KV) + ns_diff(dv[0], dv[1], m * KV);
+    char line[400];
+    snprintf(line, sizeof line,
+             "norm split over the matmuls, %s, %s, m = %ld%s: residual after o (%ld differ), after down (%ld), "
+             "h (%ld), q/k/v (%ld) bit-exact",
+             what, swiglu ? "SwiGLU by the matmuls" : "SwiGLU launched", m, ties ? ", tied tiles" : "", bad_x1, bad_x,
+             bad_h, bad_qkv);
+    verdict(!rc && !bad_x1 && !bad_x && !bad_h && !bad_qkv, line);
+    for (int v = 0; v < 2; v++) {
+        kc_free(dx[v]), kc_free(dxb[v]), kc_free(dg[v]), kc_free(du[v]), kc_free(dq[v]), kc_free(dk[v]), kc_free(dv[v]);
+        for (int i = 0; i < 2; i++) kc_free(dq8[v][i]), kc_free(dsx[v][i]);
+    }
+    kc_free(datt), kc_free(dsa), kc_free(dwf), kc_free(dwa), kc_free(dqa), kc_free(dss), kc_free(dcand), kc_free(dh);
+    free(att), free(x0), free(wf), free(wa);
+}
+
+static kc_sq_t *ns_fused(const long *rows, int np, long k, int flags, uint64_t seed) {
+    kc_sq_t *p[3] = {NULL, NULL, NULL};
+    int ok = 1;
+    for (int i = 0; i < np; i++) ok &= (p[i] = kc_sq_random_ex(rows[i], k, 4, 64, 8, seed + i, flags)) != NULL;
+    kc_sq_t *w = ok ? kc_sq_fuse((const kc_sq_t *const *)p, np) : NULL;
+    for (int i = 0; i < np; i++) kc_sq_free(p[i]);
+    return w;
+}
+
+static void ns_shape(long dim, long q, long kv, long ffn, int flags, const char *label) {
+    NsLayer L = {kc_sq_random_ex(dim, q, 4, 64, 8, 41, flags), ns_fused((const long[]){ffn, ffn}, 2, dim, flags, 42),
+                 kc_sq_random_ex(dim, ffn, 4, 64, 8, 44, flags), ns_fused((const long[]){q, kv, kv}, 3, dim, flags, 45),
+                 dim, q, kv, ffn};
+    if (!L.o || !L.gu || !L.down || !L.qkv) {
+        verdict(0, kc_error());
+        kc_clear_error();
+    } else {
+        char what[256];
+        snprintf(what, sizeof what, "%s (%s), %ld x %ld, ffn %ld", label, kc_sq_describe(L.o), dim, q, ffn);
+        for (long m = 1; m <= 2; m++)
+            for (int sw = 0; sw < 2; sw++) ns_case(&L, m, sw, 0, what);
+        ns_case(&L, 2, 1, 1, what);
+    }
+    kc_sq_free(L.o), kc_sq_free(L.gu), kc_sq_free(L.down), kc_sq_free(L.qkv);
+}
+
+static void test_norm_split(void) {
+    kc_sq_set_gemv_max(4);
+    kc_sq_set_gemv_stage(1);
+    kc_sq_set_norm(0);
+    kc_sq_t *o = kc_sq_random_ex(64, 128, 4, 64, 8, 5, 0);
+    verdict(o && !kc_sq_gemv_mode_applies(o, 1, KC_GEMV_END_NORM), "norm split: off unless asked for");
+    kc_sq_set_norm(1);
+    verdict(o && kc_sq_gemv_mode_applies(o, 1, KC_GEMV_END_NORM) && kc_sq_gemv_mode_applies(o, 2, KC_GEMV_ACTS_NORM) &&
+                !kc_sq_gemv_mode_applies(o, 3, KC_GEMV_END_NORM) && !kc_sq_gemv_mode_applies(o, 1, 3),
+            "norm split: one or two tokens, modes that exist");
+    kc_sq_free(o);
+    kc_sq_set_swiglu(1);
+    static const int fl[2] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT};
+    static const char *fn[2] = {"half scales", "explicit, half scales"};
+    for (int f = 0; f < 2; f++) {
+        ns_shape(320, 256, 64, 192, fl[f], fn[f]);
+        if (!quick) ns_shape(1024, 1024, 256, 64 * 45, fl[f], fn[f]);
+    }
+    if (!quick) ns_shape(4096, 4096, 1024, 14336, KC_SQ_F16_SCALES, "Llama-3-8B");
+    kc_sq_set_swiglu(-1);
+    kc_sq_set_norm(-1);
+    kc_sq_set_gemv_stage(-1);
+    kc_sq_set_gemv_max(-1);
+}
+
+#endif
