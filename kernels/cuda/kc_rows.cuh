@@ -57,8 +57,11 @@ static __device__ __forceinline__ float ns_inv(double ss, int dim, float eps) {
  * after the two roundings (6 units in the last place of slack against 32),
  * so a tile keeps its largest and at most one more within that window, as
  * (|x|, |w|, |x'|, |w'|), or is flagged (w' = -1: the reader goes through
- * its 16 values). A tile whose largest |fl(x w)| overflows is flagged too. */
+ * its 16 values). A tile whose largest |fl(x w)| overflows, or is below
+ * 2^-100 (where rounding among subnormal numbers breaks the argument), is
+ * flagged too. */
 #define NS_WINDOW 0.9999980926513671875f /* 1 - 2^-19 */
+#define NS_TINY 7.8886090522101181e-31f     /* 2^-100 */
 
 /* the 16 values of a tile (v[i] = x, wv[i] = the norm's weight; rows past
  * the row count as 0): its sum of squares and its candidates */
@@ -73,7 +76,9 @@ static __device__ __forceinline__ void ns_tile(const float *v, const float *wv, 
         }
     float4 c = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     int nc = 0;
-    if (!(p1 < INFINITY)) nc = 3; /* overflow: the reader takes the tile's values */
+    /* overflow, or products so small that the window's rounding (subnormal
+     * numbers) breaks the argument: the reader takes the tile's values */
+    if (!(p1 < INFINITY) || (p1 > 0.0f && p1 < NS_TINY)) nc = 3;
     else if (p1 > 0.0f) {
         const float th = __fmul_rn(p1, NS_WINDOW);
 #pragma unroll

@@ -105,8 +105,9 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         int part;
         float *y = y_route(a, tile * 16, &ny, &r0, &part);
         const bool ok = r0 + row < ny && tok < a.m;
+        /* the token's activation scale: kept by this launch where it quantized its own input (ACT) */
+        const float p = ok ? __fmul_rn(v, ACT ? sw.sx[t] : __ldg(a.sx + tok)) : 0.0f;
         if (EP == 1) { /* gate/up in pairs: keep the gate tile's products, then h from the up tile's */
-            const float p = ok ? __fmul_rn(v, __ldg(a.sx + tok)) : 0.0f;
             if (tile < a.sw.half) {
                 sw.gate[e] = p;
             } else if (ok) {
@@ -117,7 +118,6 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
             continue;
         }
         if (a.rope.on) { /* q/k/v, no acc: row 2i + 1 is the other thread of the pair (e ^ 1) */
-            const float p = ok ? __fmul_rn(v, __ldg(a.sx + tok)) : 0.0f;
             /* the lanes in this loop: 16 for one token (warp 0's first half), else whole warps */
             const float other = __shfl_xor_sync(NT == 1 ? 0x0000FFFFu : 0xFFFFFFFFu, p, 1);
             if (ok) gemv_rope_store(a.rope, p, other, part, r0 + row, tok, y + tok * ny + r0 + row);
@@ -126,7 +126,6 @@ __device__ __forceinline__ void gemv_flush(float (&ag)[NT], float (&a8)[NT], flo
         if (ok) {
             /* the product rounded, then the add rounded: the numbers of a separate kc_add */
             float *o = y + tok * ny + r0 + row;
-            const float p = __fmul_rn(v, ACT ? sw.sx[t] : __ldg(a.sx + tok));
             const float yn = a.acc ? __fadd_rn(*o, p) : p;
             *o = yn;
             if (EP == 2) sw.gate[e] = yn;

@@ -245,8 +245,43 @@ static long ns_diff(const float *da, const float *db, long count) {
     return bad;
 }
 
-static void ns_case(const NsLayer *L, long m, int swiglu, int ties, const char *what) {
+/* the paged cache and angles of a RoPE case (rope_case's, for heads of 64) */
+typedef struct {
+    float *dinv, *dcs;
+    int32_t *dpos, *dblk, *doff;
+    kc_kv_t kv[2];
+    long cache;
+} NsRope;
+
+static void ns_rope_init(NsRope *R, long m, long kvd) {
+    enum { HD = 64, BS = 16, NB = 4, NL = 2 };
+    static const int32_t pos[4] = {5, 37, 20, 2}, off[4] = {0, 4, 8, 12};
+    static const int32_t blk[16] = {3, 1, 0, 2, 2, 0, 1, 3, 0, 2, 3, 1, 1, 0, 2, 3};
+    float inv[HD / 2];
+    for (int i = 0; i < HD / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / HD);
+    R->dinv = dmalloc(sizeof inv), R->dcs = dmalloc(m * HD * 4);
+    R->dpos = dmalloc(sizeof pos), R->doff = dmalloc(sizeof off), R->dblk = dmalloc(sizeof blk);
+    OK(kc_upload(R->dinv, inv, sizeof inv));
+    OK(kc_upload(R->dpos, pos, sizeof pos));
+    OK(kc_upload(R->doff, off, sizeof off));
+    OK(kc_upload(R->dblk, blk, sizeof blk));
+    R->cache = (long)NB * NL * BS * kvd;
+    for (int v = 0; v < 2; v++) {
+        R->kv[v] = (kc_kv_t){dmalloc(R->cache * 4), dmalloc(R->cache * 4), NL, (int)kvd, BS};
+        OK(kc_memset(R->kv[v].d_k, 0x3C, R->cache * 4));
+        OK(kc_memset(R->kv[v].d_v, 0x3C, R->cache * 4));
+    }
+}
+
+static void ns_rope_free(NsRope *R) {
+    for (int v = 0; v < 2; v++) kc_free(R->kv[v].d_k), kc_free(R->kv[v].d_v);
+    kc_free(R->dinv), kc_free(R->dcs), kc_free(R->dpos), kc_free(R->doff), kc_free(R->dblk);
+}
+
+static void ns_case(const NsLayer *L, long m, int swiglu, int ties, int rope, const char *what) {
     const long D = L->dim, Q = L->q, KV = L->kv, F = L->ffn, nt = kc_norm_split_tiles(D);
+    NsRope R;
+    if (rope) ns_rope_init(&R, m, KV);
     float *att = malloc(m * Q * 4), *x0 = malloc(m * D * 4), *wf = malloc(D * 4), *wa = malloc(D * 4);
     fill_x(att, m, Q);
     for (long i = 0; i < m * D; i++) x0[i] = frand() * 4.0f;
@@ -289,7 +324,16 @@ static void ns_case(const NsLayer *L, long m, int swiglu, int ties, const char *
     OK(kc_sq_matmul_parts(L->qkv, dq8[0][0], dsx[0][0], m, (float *const[]){dq[0], dk[0], dv[0]}));
     /* the split (both norms through the same slots, as the backend does) */
     const kc_norm_split_t nsf = {dwf, eps, dss, dcand}, nsa = {dwa, eps, dss, dcand};
+    if (rope)
+        OK(kc_rope_kv_store(dq[0], dk[0], dv[0], (int)m, (int)(Q / 64), (int)(KV / 64), 64, 64, R.dinv, &R.kv[0], 1,
+                            R.dpos, R.dblk, R.doff));
     int rc = kc_sq_matmul_acc_ns(L->o, dqa, dsa, m, dx[1], &nsf);
+    long unflagged = 0; /* ties: token 0's tiles must all be flagged (the candidates overflow) */
+    if (!rc && ties) {
+        float *c = ns_down(dcand, nt * 4);
+        for (long t = 0; t < nt; t++) unflagged += c[4 * t + 3] != -1.0f;
+        free(c);
+    }
     if (!rc) { /* the residual after o, before down adds to it */
         float *tmp = dmalloc(m * D * 4);
         OK(kc_upload(tmp, x0, m * D * 4)); /* (dx[0] is past down by now: o alone again) */
@@ -306,17 +350,26 @@ static void ns_case(const NsLayer *L, long m, int swiglu, int ties, const char *
         if (!rc) rc = kc_silu_mul_q8(dg[1], du[1], (int)m, (int)F, dq8[1][1], dsx[1][1]);
         if (!rc) rc = kc_sq_matmul_acc_ns(L->down, dq8[1][1], dsx[1][1], m, dx[1], &nsa);
     }
-    if (!rc) rc = kc_sq_matmul_parts_ns(L->qkv, dx[1], &nsa, m, (float *const[]){dq[1], dk[1], dv[1]}, NULL);
+    if (!rc && rope) {
+        rc = kc_rope_table(R.dcs, R.dpos, (int)m, 64, R.dinv);
+        const kc_rope_t r = {R.dcs, R.dpos, R.dblk, R.doff, R.kv[1], 1, 64, 64};
+        if (!rc) rc = kc_sq_matmul_parts_ns(L->qkv, dx[1], &nsa, m, (float *const[]){dq[1], dk[1], dv[1]}, &r) == 1 ? 0 : -1;
+    } else if (!rc) {
+        rc = kc_sq_matmul_parts_ns(L->qkv, dx[1], &nsa, m, (float *const[]){dq[1], dk[1], dv[1]}, NULL);
+    }
     if (rc) printf("  %s\n", kc_error()), kc_clear_error();
     const long bad_x = rc ? -1 : ns_diff(dx[0], dx[1], m * D), bad_h = rc ? -1 : ns_diff(dg[0], dg[1], m * F);
-    const long bad_qkv = rc ? -1 : ns_diff(dq[0], dq[1], m * Q) + ns_diff(dk[0], dk[1], m * KV) + ns_diff(dv[0], dv[1], m * KV);
+    long bad_qkv = rc ? -1 : ns_diff(dq[0], dq[1], m * Q) + ns_diff(dk[0], dk[1], m * KV) + ns_diff(dv[0], dv[1], m * KV);
+    if (rope && !rc) bad_qkv += ns_diff(R.kv[0].d_k, R.kv[1].d_k, R.cache) + ns_diff(R.kv[0].d_v, R.kv[1].d_v, R.cache);
     char line[400];
     snprintf(line, sizeof line,
-             "norm split over the matmuls, %s, %s, m = %ld%s: residual after o (%ld differ), after down (%ld), "
-             "h (%ld), q/k/v (%ld) bit-exact",
-             what, swiglu ? "SwiGLU by the matmuls" : "SwiGLU launched", m, ties ? ", tied tiles" : "", bad_x1, bad_x,
-             bad_h, bad_qkv);
-    verdict(!rc && !bad_x1 && !bad_x && !bad_h && !bad_qkv, line);
+             "norm split over the matmuls, %s, %s%s, m = %ld%s: residual after o (%ld differ), after down (%ld), "
+             "h (%ld), q/k/v%s (%ld) bit-exact%s",
+             what, swiglu ? "SwiGLU by the matmuls" : "SwiGLU launched", rope ? ", RoPE by q/k/v" : "", m,
+             ties ? ", tied tiles" : "", bad_x1, bad_x, bad_h, rope ? " and the cache" : "", bad_qkv,
+             ties ? (unflagged ? ", NOT every tile flagged" : ", every tile flagged") : "");
+    verdict(!rc && !bad_x1 && !bad_x && !bad_h && !bad_qkv && !unflagged, line);
+    if (rope) ns_rope_free(&R);
     for (int v = 0; v < 2; v++) {
         kc_free(dx[v]), kc_free(dxb[v]), kc_free(dg[v]), kc_free(du[v]), kc_free(dq[v]), kc_free(dk[v]), kc_free(dv[v]);
         for (int i = 0; i < 2; i++) kc_free(dq8[v][i]), kc_free(dsx[v][i]);
@@ -345,8 +398,9 @@ static void ns_shape(long dim, long q, long kv, long ffn, int flags, const char 
         char what[256];
         snprintf(what, sizeof what, "%s (%s), %ld x %ld, ffn %ld", label, kc_sq_describe(L.o), dim, q, ffn);
         for (long m = 1; m <= 2; m++)
-            for (int sw = 0; sw < 2; sw++) ns_case(&L, m, sw, 0, what);
-        ns_case(&L, 2, 1, 1, what);
+            for (int sw = 0; sw < 2; sw++) ns_case(&L, m, sw, 0, 0, what);
+        ns_case(&L, 2, 1, 1, 0, what), ns_case(&L, 2, 0, 1, 0, what); /* tied tiles */
+        ns_case(&L, 1, 1, 0, 1, what), ns_case(&L, 2, 0, 0, 1, what); /* RoPE in the q/k/v epilogue */
     }
     kc_sq_free(L.o), kc_sq_free(L.gu), kc_sq_free(L.down), kc_sq_free(L.qkv);
 }
@@ -363,13 +417,18 @@ static void test_norm_split(void) {
             "norm split: one or two tokens, modes that exist");
     kc_sq_free(o);
     kc_sq_set_swiglu(1);
-    static const int fl[2] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT};
-    static const char *fn[2] = {"half scales", "explicit, half scales"};
-    for (int f = 0; f < 2; f++) {
+    kc_sq_set_rope(1);
+    static const int fl[3] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0};
+    static const char *fn[3] = {"half scales", "explicit, half scales", "float scales"};
+    for (int f = 0; f < 3; f++) {
         ns_shape(320, 256, 64, 192, fl[f], fn[f]);
         if (!quick) ns_shape(1024, 1024, 256, 64 * 45, fl[f], fn[f]);
     }
-    if (!quick) ns_shape(4096, 4096, 1024, 14336, KC_SQ_F16_SCALES, "Llama-3-8B");
+    if (!quick) {
+        ns_shape(8192, 1024, 256, 256, KC_SQ_F16_SCALES, "a 70B-wide row (512 tiles: the reference's rounds)");
+        ns_shape(4096, 4096, 1024, 14336, KC_SQ_F16_SCALES, "Llama-3-8B");
+    }
+    kc_sq_set_rope(-1);
     kc_sq_set_swiglu(-1);
     kc_sq_set_norm(-1);
     kc_sq_set_gemv_stage(-1);
