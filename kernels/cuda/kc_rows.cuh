@@ -64,7 +64,9 @@ static __device__ __forceinline__ float ns_inv(double ss, int dim, float eps) {
 #define NS_TINY 7.8886090522101181e-31f     /* 2^-100 */
 
 /* the 16 values of a tile (v[i] = x, wv[i] = the norm's weight; rows past
- * the row count as 0): its sum of squares and its candidates */
+ * the row count as 0): its sum of squares and its candidates. (A float
+ * squared is exact in double, so whether the compiler contracts the add
+ * into an FMA does not change the sum.) */
 static __device__ __forceinline__ void ns_tile(const float *v, const float *wv, int nvalid, double *ss, float4 *cand) {
     double s = 0.0;
     float p1 = 0.0f;
