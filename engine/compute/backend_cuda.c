@@ -76,6 +76,10 @@ typedef struct {
     double *ns_ss;
     float *ns_cand;
     const float *ns_of, *ns_x;
+    /* the attention output quantized by the o matmul (KC_SQ_ATTQ=1): each
+     * (row, head)'s max |out| (4 rows); attq: layer + 1 whose attention left them */
+    float *amax;
+    int attq;
 } gfwd_t;
 
 static int graphs_wanted(void) {
@@ -98,7 +102,7 @@ static void cuda_free(fwd_t *f) {
     kc_free(g->d_ints);
     kc_free(g->rope_cs);
     kc_free(g->hmax);
-    kc_free(g->ns_ss), kc_free(g->ns_cand);
+    kc_free(g->ns_ss), kc_free(g->ns_cand), kc_free(g->amax);
     for (int s = 0; s < N_SITES; s++) kc_free(g->masks[s]);
     for (int i = 0; i <= GRAPH_MAX; i++) kc_graph_free(g->graph[i]);
     free(g->h_ints);
@@ -131,6 +135,7 @@ static int cuda_init(fwd_t *f) {
              (g->hmax = kc_malloc((size_t)g->hmax_n * 4)) &&
              (g->ns_ss = kc_malloc(4 * (size_t)kc_norm_split_tiles((long)d) * sizeof(double))) &&
              (g->ns_cand = kc_malloc(4 * (size_t)kc_norm_split_tiles((long)d) * 4 * sizeof(float))) &&
+             (g->amax = kc_malloc(4 * (size_t)hp->n_head * sizeof(float))) &&
              (g->h_ints = malloc((size_t)g->n_ints * 4)) &&
              (g->slot_seen = malloc((size_t)f->kv->max_seqs * sizeof(int)));
     /* the cache's K/V rows move to the device; its bookkeeping stays on the host */
@@ -489,7 +494,7 @@ static int cuda_embed(fwd_t *f, float *x, int n) {
     const gpu_model_t *gm = gpu_model(f);
     gfwd_t *g = f->be_state;
     /* every pass starts here (also the eager pass after a failed capture, which recorded one) */
-    g->cs_ready = 0, g->roped = 0, g->swig = 0, g->ns_of = NULL;
+    g->cs_ready = 0, g->roped = 0, g->swig = 0, g->ns_of = NULL, g->attq = 0;
     const int32_t *tok = D_TOK(f, (gfwd_t *)f->be_state);
     if (gm->embd_gg) return PROFILED("embed", kc_gguf_embed(x, gm->embd_gg, tok, n));
     return PROFILED("embed", kc_embed(x, gm->embd, tok, n, f->m->hp.dim));
@@ -571,6 +576,16 @@ static int swiglu_gate_up(fwd_t *f, int layer, float *h, int n) {
     return 0;
 }
 
+/* The attention output quantized to INT8 by the o matmul as it copies it,
+ * from each head's max |out| the decode attention kernel leaves
+ * (kc_attention_max), where asked for (KC_SQ_ATTQ=1): the kc_quant_i8
+ * launch between them goes, with the same codes */
+static int attq_fusable(const fwd_t *f, const glayer_t *L, int n) {
+    const gfwd_t *g = f->be_state;
+    return kc_sq_attq_on() && n <= 4 && n < 8 * g->n_seqs && L->w[W_O].kind == GM_SQ && reads_int8(g, L, W_O) &&
+           kc_sq_gemv_mode_applies(L->w[W_O].sq, n, KC_GEMV_ACTS_H);
+}
+
 /* RMSNorm split over the matmuls around it where asked for (KC_SQ_NORM=1)
  * at one or two tokens: the residual matmul before the norm (o for the
  * FFN's norm, the previous layer's down for the attention's) leaves the
@@ -588,7 +603,8 @@ static int norm_split(const fwd_t *f, int layer, int norm, int n) {
     const int pid = norm == NORM_ATTN ? W_DOWN : W_O, cid = norm == NORM_ATTN ? W_Q : W_GATE;
     const kc_sq_t *cw = norm == NORM_ATTN ? L->qkv : L->gate_up;
     if (P->w[pid].kind != GM_SQ || !cw || !reads_int8(g, P, pid) || !reads_int8(g, L, cid)) return 0;
-    const int pmode = KC_GEMV_END_NORM | (norm == NORM_ATTN && swiglu_fusable(f, P, n) ? KC_GEMV_ACTS_H : 0);
+    const int hin = norm == NORM_ATTN ? swiglu_fusable(f, P, n) : attq_fusable(f, L, n); /* the producer's float input */
+    const int pmode = KC_GEMV_END_NORM | (hin ? KC_GEMV_ACTS_H : 0);
     const int cmode = KC_GEMV_ACTS_NORM | (norm == NORM_FFN && swiglu_fusable(f, L, n) ? KC_GEMV_END_PAIRS : 0);
     return kc_sq_gemv_mode_applies(P->w[pid].sq, n, pmode) && kc_sq_gemv_mode_applies(cw, n, cmode);
 }
@@ -685,6 +701,12 @@ static int cuda_attention(fwd_t *f, int layer, int n) {
     const hparams_t *hp = &f->m->hp;
     /* the tiled kernel when rows share sequences (prompt chunks): 8 rows a sequence on average */
     const int prefill = n >= 8 * g->n_seqs;
+    if (attq_fusable(f, &gpu_model(f)->layers[layer], n)) { /* each head's max |out| for the o matmul */
+        g->attq = layer + 1;
+        return PROFILED("attention rows + max",
+                        kc_attention_max(f->att, f->q, &g->kv, layer, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g),
+                                         hp->n_head, hp->n_head_kv, hp->head_dim, f->n_ctx, g->amax));
+    }
     return PROFILED(prefill ? "attention tiles" : "attention rows",
                     kc_attention(f->att, f->q, &g->kv, layer, n, D_POS(f, g), D_BLK(f, g), D_OFF(f, g), hp->n_head,
                                  hp->n_head_kv, hp->head_dim, f->n_ctx, prefill));
@@ -702,6 +724,10 @@ static int matmul_add_do(fwd_t *f, int layer, int id, float *y, const float *x, 
     const int nlayer = id == W_DOWN ? layer + 1 : layer, nnorm = id == W_DOWN ? NORM_ATTN : NORM_FFN;
     const int split = (id == W_O || id == W_DOWN) && norm_split(f, nlayer, nnorm, n);
     const kc_norm_split_t ns = split ? norm_slots(f, nlayer, nnorm) : (kc_norm_split_t){0};
+    if (id == W_O && g->attq == layer + 1 && x == f->att) { /* the attention output in float, its heads' maxima */
+        g->attq = 0;
+        return kc_sq_matmul_acc_h(w->sq, x, g->amax, f->m->hp.n_head, n, y, split ? &ns : NULL);
+    }
     if (id == W_DOWN && g->swig == layer + 1 && x == g->swig_h) { /* h in float: swiglu_gate_up */
         g->swig = 0;
         return kc_sq_matmul_acc_h(w->sq, x, g->hmax, g->swig_nslot, n, y, split ? &ns : NULL);

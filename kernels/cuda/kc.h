@@ -137,6 +137,15 @@ int kc_rope_table(float *d_cs, const int32_t *d_pos, int n, int rot_dim, const f
 int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
                  const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
                  int n_head, int n_head_kv, int head_dim, int max_pos, int prefill);
+/* The rows (decode) kernel, which also writes each (row, head)'s max |out|
+ * to d_hmax [n][n_head]: the slots kc_sq_matmul_acc_h reads, so the o
+ * matmul quantizes the attention output itself (bit for bit kc_quant_i8's
+ * codes, without its launch; KC_SQ_ATTQ=1 in the backend) */
+int kc_attention_max(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n, const int32_t *d_pos,
+                     const int32_t *d_blk, const int32_t *d_blk_off, int n_head, int n_head_kv, int head_dim,
+                     int max_pos, float *d_hmax);
+void kc_sq_set_attq(int on); /* KC_SQ_ATTQ from a test: 1 on, 0 off, -1 back to the environment */
+int kc_sq_attq_on(void);
 /* tiled prefill attention on the tensor cores: 1 yes, 0 the FP32 tiles,
  * < 0 the default (yes unless KC_ATTN_TC=0 in the environment) */
 void kc_attn_set_tensor_cores(int on);

@@ -65,12 +65,20 @@
  * a row shorter than 2 x SPLIT_MIN positions is not split at all (measured
  * on the H200: 8 slices at a 100-position context cost 7 % of a batch-1
  * step). */
+/* With hmax, a warp that writes a head's outputs also writes their max |v|
+ * to hmax[row][head] (fmaxf: NaN skipped, as kc_quant_i8 does), so the o
+ * matmul after it can quantize the row itself (kc_sq_matmul_acc_h) */
+__device__ __forceinline__ void head_max(float *at, float mx, int lane) {
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) *at = mx;
+}
+
 template <int PL, int G>
 __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, const float *q, kc_kv_t kv, int layer,
                                                                    const int32_t *pos, const int32_t *blk,
                                                                    const int32_t *blk_off, int n_head, int group,
                                                                    int hd, float scale, int n_split, float *part,
-                                                                   int *ticket) {
+                                                                   int *ticket, float *hmax) {
     kc_pdl_wait(); /* kc_launch_pdl: the predecessor's writes visible from here */
     kc_pdl_trigger();
     __shared__ float s_m[ATT_WARPS][G], s_l[ATT_WARPS][G];
@@ -157,14 +165,17 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
         }
         const size_t head = (size_t)i * n_head + h0 + gh;
         float *dst = n_split == 1 ? out + head * hd : part + (head * n_split + split) * (hd + 2) + 2;
+        float mx = 0.0f;
         for (int jj = 0; jj < PL; jj++) {
             const int j = lane + 32 * jj;
             if (j >= hd) continue;
             float a = 0.0f;
             for (int w = 0; w < ATT_WARPS; w++) a += s_acc[w][gh][j] * cw[w];
             dst[j] = n_split == 1 ? a / L : a;
+            mx = fmaxf(mx, fabsf(dst[j]));
         }
         if (n_split > 1 && lane == 0) dst[-2] = M, dst[-1] = L;
+        if (n_split == 1 && hmax) head_max(hmax + head, mx, lane);
     }
     if (n_split == 1) return;
     __threadfence(); /* the states are visible before the ticket says so */
@@ -183,6 +194,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
             const float Ls = __ldcg(all + sp * (hd + 2) + 1);
             if (Ls > 0.0f) LL += Ls * expf(__ldcg(all + sp * (hd + 2)) - MM);
         }
+        float mx = 0.0f;
         for (int jj = 0; jj < PL; jj++) {
             const int j = lane + 32 * jj;
             if (j >= hd) continue;
@@ -193,7 +205,9 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) attention_kernel(float *out, c
                 if (Ls > 0.0f) a += __ldcg(ps + 2 + j) * expf(__ldcg(ps) - MM);
             }
             out[head * hd + j] = a / LL;
+            mx = fmaxf(mx, fabsf(a / LL));
         }
+        if (hmax) head_max(hmax + head, mx, lane);
     }
     if (threadIdx.x == 0) ticket[bg] = 0; /* ready for the next launch (graphs replay it) */
 }
@@ -254,7 +268,7 @@ static int split_of(int rows_heads, long states) {
 
 static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
                             const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
-                            int n_head, int n_head_kv, int head_dim, int max_pos) {
+                            int n_head, int n_head_kv, int head_dim, int max_pos, float *d_hmax) {
     (void)max_pos; /* one pass, no per-position buffer: any context length */
     if (n <= 0) return 0;
     if (head_dim > 32 * MAX_HD_PER_LANE || n_head % n_head_kv) {
@@ -276,7 +290,7 @@ static int attention_rows(float *d_out, const float *d_q, const kc_kv_t *kv, int
 #define ATT_LAUNCH(PL, GG)                                                                                     \
     kc_launch_pdl("attention", attention_kernel<PL, GG>, dim3((unsigned)(n * (n_head / GG)), (unsigned)n_split), \
                   32 * ATT_WARPS, 0, d_out, d_q, *kv, layer, d_pos, d_blk, d_blk_off, n_head, group, head_dim,  \
-                  scale, n_split, g_part, g_ticket)
+                  scale, n_split, g_part, g_ticket, d_hmax)
     switch (pl * 16 + G) {
     case 2 * 16 + 2: return ATT_LAUNCH(2, 2);
     case 2 * 16 + 4: return ATT_LAUNCH(2, 4);
@@ -436,6 +450,13 @@ static int attn_tc_on(void) {
     return env;
 }
 
+extern "C" int kc_attention_max(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
+                                const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off, int n_head,
+                                int n_head_kv, int head_dim, int max_pos, float *d_hmax) {
+    return attention_rows(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, n_head_kv, head_dim, max_pos,
+                          d_hmax);
+}
+
 extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, int layer, int n,
                             const int32_t *d_pos, const int32_t *d_blk, const int32_t *d_blk_off,
                             int n_head, int n_head_kv, int head_dim, int max_pos, int prefill) {
@@ -461,5 +482,6 @@ extern "C" int kc_attention(float *d_out, const float *d_q, const kc_kv_t *kv, i
         if (head_dim == 64) return launch_tiles<16>(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, scale);
         if (head_dim == 128) return launch_tiles<32>(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, group, scale);
     }
-    return attention_rows(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, n_head_kv, head_dim, max_pos);
+    return attention_rows(d_out, d_q, kv, layer, n, d_pos, d_blk, d_blk_off, n_head, n_head_kv, head_dim, max_pos,
+                          NULL);
 }

@@ -601,12 +601,20 @@ extern "C" int kc_sq_norm_on(void) { return kc_threshold(&g_norm, "KC_SQ_NORM", 
 
 extern "C" long kc_norm_split_tiles(long dim) { return (dim + 15) / 16; }
 
+/* The attention output quantized by the o matmul (kc_attention_max +
+ * kc_sq_matmul_acc_h). Off by default until measured on a GPU (KC_SQ_ATTQ=1). */
+static long g_attq = -1;
+
+extern "C" void kc_sq_set_attq(int on) { g_attq = on < 0 ? -1 : on != 0; }
+
+extern "C" int kc_sq_attq_on(void) { return kc_threshold(&g_attq, "KC_SQ_ATTQ", 0) != 0; }
+
 /* whether w at m tokens runs on the staged dp4a kernel in this mode (kc.h's
  * KC_GEMV_*), the switches of its parts on: the norm's modes at one or two
  * tokens, a tile end that adds (the norm's slots) on a matrix of one part */
 extern "C" int kc_sq_gemv_mode_applies(const kc_sq_t *w, long m, int mode) {
     const int act = mode & 3, end = mode >> 2;
-    const int norm = act == 2 || end == 2, swiglu = act == 1 || end == 1;
+    const int norm = act == 2 || end == 2, swiglu = end == 1; /* (float input: SwiGLU's h or the attention's) */
     return w && m >= 1 && m <= (norm ? 2 : 4) && act != 3 && end != 3 && (!norm || kc_sq_norm_on()) &&
            (!swiglu || kc_sq_swiglu_on()) && kc_sq_gemv_staged() && gemv_takes(w, m) &&
            (end != 2 || w->nparts <= 1) && (act != 1 || w->nparts <= 1) &&

@@ -1,8 +1,8 @@
 /* fuse_check.h - test_kc_sq's sections on what the dp4a GEMV finishes in
  * its tile ends (kc_sq_gemv_ep.cuh): RoPE with the K/V store, SwiGLU split
  * over gate/up and down, RMSNorm split over the residual matmul and the
- * next one. Each compares the fused launches with the plain ones, bit for
- * bit. Included by test_kc_sq.c after its helpers (verdict, fill_x, quick). */
+ * next one, and the attention output quantized by the o matmul. Each
+ * compares the fused launches with the plain ones, bit for bit. Included by test_kc_sq.c after its helpers (verdict, fill_x, quick). */
 #ifndef FUSE_CHECK_H
 #define FUSE_CHECK_H
 
@@ -438,6 +438,85 @@ static void test_norm_split(void) {
     kc_sq_set_rope(-1);
     kc_sq_set_swiglu(-1);
     kc_sq_set_norm(-1);
+    kc_sq_set_gemv_stage(-1);
+    kc_sq_set_gemv_max(-1);
+}
+
+/* ---- the attention output quantized by the o matmul (kc_attention_max, kc_sq_matmul_acc_h) -----
+ *
+ * 1-4 rows, each its own sequence at its own length (5 to 1200 positions,
+ * long enough to split), 8 query heads over 2 K/V heads and 4 over 4, the
+ * split off, by default and 3 ways: the attention output and the residual
+ * after o bit for bit against kc_attention + kc_quant_i8 + kc_sq_matmul_acc. */
+static void attq_case(kc_sq_t *o, long dim, int n_head, int n_kv, long m, int split, const char *what) {
+    enum { HD = 64, BS = 16, NL = 2, LAYER = 1, BPS = 1216 / 16 };
+    static const int32_t lens[4] = {700, 37, 1200, 5};
+    const long q = (long)n_head * HD, kvd = (long)n_kv * HD, cache = m * BPS * NL * BS * kvd;
+    int32_t pos[4], off[4], *blk = malloc(m * BPS * 4);
+    for (long i = 0; i < m; i++) pos[i] = lens[i] - 1, off[i] = (int32_t)(i * BPS);
+    for (long j = 0; j < m * BPS; j++) blk[j] = (int32_t)((j * 7) % (m * BPS)); /* a scattered table */
+    kc_kv_t kv = {dmalloc(cache * 4), dmalloc(cache * 4), NL, (int)kvd, BS};
+    OK(kc_fill(kv.d_k, cache, 0.0f, 1.0f, 71));
+    OK(kc_fill(kv.d_v, cache, 0.0f, 1.0f, 72));
+    float *dq = dmalloc(m * q * 4), *dmax = dmalloc(4 * n_head * 4), *dsx = dmalloc(16), *r = malloc(m * dim * 4);
+    int32_t *dpos = dmalloc(sizeof pos), *doff = dmalloc(sizeof off), *dblk = dmalloc(m * BPS * 4);
+    int8_t *dqx = dmalloc(m * q);
+    OK(kc_fill(dq, m * q, 0.0f, 2.0f, 73));
+    OK(kc_upload(dpos, pos, m * 4));
+    OK(kc_upload(doff, off, m * 4));
+    OK(kc_upload(dblk, blk, m * BPS * 4));
+    OK(kc_memset(dmax, 0x7F, 4 * n_head * 4));
+    for (long i = 0; i < m * dim; i++) r[i] = frand();
+    float *dout[2], *dy[2];
+    for (int v = 0; v < 2; v++) {
+        dout[v] = dmalloc(m * q * 4), dy[v] = dmalloc(m * dim * 4);
+        OK(kc_memset(dout[v], 0xFF, m * q * 4));
+        OK(kc_upload(dy[v], r, m * dim * 4));
+    }
+    kc_attn_set_split(split);
+    OK(kc_attention(dout[0], dq, &kv, LAYER, (int)m, dpos, dblk, doff, n_head, n_kv, HD, 1216, 0));
+    OK(kc_quant_i8(dout[0], m, q, dqx, dsx));
+    OK(kc_sq_matmul_acc(o, dqx, dsx, m, dy[0]));
+    int rc = kc_attention_max(dout[1], dq, &kv, LAYER, (int)m, dpos, dblk, doff, n_head, n_kv, HD, 1216, dmax);
+    if (!rc) rc = kc_sq_matmul_acc_h(o, dout[1], dmax, n_head, m, dy[1], NULL);
+    kc_attn_set_split(-1);
+    if (rc) printf("  %s\n", kc_error()), kc_clear_error();
+    const long bad_a = rc ? -1 : ns_diff(dout[0], dout[1], m * q), bad_y = rc ? -1 : ns_diff(dy[0], dy[1], m * dim);
+    long moved = 0; /* the reference did add something */
+    float *y0 = ns_down(dy[0], m * dim);
+    for (long i = 0; i < m * dim; i++) moved += y0[i] != r[i];
+    free(y0);
+    char line[300];
+    snprintf(line, sizeof line,
+             "attention output quantized by the o matmul, %s, heads %d/%d, m = %ld, split %d: attention (%ld differ) "
+             "and x + att o^T (%ld) bit-exact",
+             what, n_head, n_kv, m, split, bad_a, bad_y);
+    verdict(!rc && !bad_a && !bad_y && moved, line);
+    for (int v = 0; v < 2; v++) kc_free(dout[v]), kc_free(dy[v]);
+    kc_free(kv.d_k), kc_free(kv.d_v), kc_free(dq), kc_free(dmax), kc_free(dsx), kc_free(dpos), kc_free(doff);
+    kc_free(dblk), kc_free(dqx);
+    free(blk), free(r);
+}
+
+static void test_attq(void) {
+    kc_sq_set_gemv_max(4);
+    kc_sq_set_gemv_stage(1);
+    static const int heads[2][2] = {{8, 2}, {4, 4}};
+    for (int f = 0; f < 2; f++) {
+        const int flags = f ? KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT : KC_SQ_F16_SCALES;
+        for (int hh = 0; hh < 2; hh++) {
+            const long dim = 320, q = heads[hh][0] * 64L;
+            kc_sq_t *o = kc_sq_random_ex(dim, q, 4, 64, 8, 81 + hh, flags);
+            if (!o) {
+                verdict(0, kc_error());
+                kc_clear_error();
+                continue;
+            }
+            for (long m = 1; m <= 4; m++)
+                for (int sp = 0; sp < (quick ? 2 : 3); sp++) attq_case(o, dim, heads[hh][0], heads[hh][1], m, (int[]){1, 0, 3}[sp], kc_sq_describe(o));
+            kc_sq_free(o);
+        }
+    }
     kc_sq_set_gemv_stage(-1);
     kc_sq_set_gemv_max(-1);
 }

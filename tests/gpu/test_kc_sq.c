@@ -41,8 +41,10 @@
  * - RMSNorm split over the matmuls (kc_sq_matmul_acc_ns, kc_sq_matmul_parts_ns):
  *   a layer's chain bit-exact against the plain launches with
  *   kc_rmsnorm_q8_canon, SwiGLU fused or not, and tiles whose candidates overflow.
- *   build/gpu/test_kc_sq [--quick] [--wg] [--rope] [--swiglu] [--norm]   (--quick: fewer
- *   shapes, for compute-sanitizer; --wg / --rope / --swiglu / --norm: that section alone)
+ * - The attention output quantized by the o matmul (kc_attention_max +
+ *   kc_sq_matmul_acc_h): bit-exact against kc_attention + kc_quant_i8 + the matmul.
+ *   build/gpu/test_kc_sq [--quick] [--wg] [--rope] [--swiglu] [--norm] [--attq]   (--quick:
+ *   fewer shapes, for compute-sanitizer; --wg ... --attq: that section alone)
  * Prints "test_kc_sq: N passed, M failed"; exits 1 on any failure.
  */
 #include "../../engine/model/sq.h"
@@ -293,10 +295,12 @@ static void test_wg(void) {
 #include "fuse_check.h" /* test_rope, test_swiglu, test_norm_split */
 
 int main(int argc, char **argv) {
-    int only_wg = 0, only_rope = 0, only_swiglu = 0, only_norm = 0; /* --wg / --rope / --swiglu / --norm: that section alone */
+    /* --wg / --rope / --swiglu / --norm / --attq: that section alone */
+    int only_wg = 0, only_rope = 0, only_swiglu = 0, only_norm = 0, only_attq = 0;
     for (int i = 1; i < argc; i++)
         quick |= !strcmp(argv[i], "--quick"), only_wg |= !strcmp(argv[i], "--wg"), only_rope |= !strcmp(argv[i], "--rope"),
-            only_swiglu |= !strcmp(argv[i], "--swiglu"), only_norm |= !strcmp(argv[i], "--norm");
+            only_swiglu |= !strcmp(argv[i], "--swiglu"), only_norm |= !strcmp(argv[i], "--norm"),
+            only_attq |= !strcmp(argv[i], "--attq");
     /* the compact layout is opt-in in the product (kc_sq.cu): test it where it
      * applies, and the explicit layout through KC_SQ_NO_COMPACT */
     setenv("KC_SQ_COMPACT", "1", 0);
@@ -307,11 +311,12 @@ int main(int argc, char **argv) {
     printf("test_kc_sq on %s%s\n", kc_device_name(), quick ? " (quick)" : "");
     /* the fused kernels at every M first; the two-step path has its own section */
     kc_sq_set_twostep_min(0);
-    if (only_wg || only_rope || only_swiglu || only_norm) {
+    if (only_wg || only_rope || only_swiglu || only_norm || only_attq) {
         if (only_wg) test_wg();
         if (only_rope) test_rope();
         if (only_swiglu) test_swiglu();
         if (only_norm) test_norm_split();
+        if (only_attq) test_attq();
         goto done;
     }
 
@@ -560,6 +565,7 @@ int main(int argc, char **argv) {
     test_rope();
     test_swiglu();
     test_norm_split();
+    test_attq();
 
     /* errors are reported, not crashed on */
     kc_sq_t *bad = kc_sq_random(16, 100, 4, 64, 8, 1); /* k not a multiple of 64 */
