@@ -409,11 +409,13 @@ int kc_sq_rope_on(void);
  * kc_sq_matmul_acc_h then adds h . down^T to d_y, quantizing h to INT8 as
  * it reads it at kc_quant_i8's scale (the max of the slots). Together, bit
  * for bit kc_sq_matmul_parts + kc_silu_mul_q8 + kc_sq_matmul_acc, without
- * the SwiGLU launch between them. Only where kc_sq_swiglu_applies (off
- * unless KC_SQ_SWIGLU=1: not yet measured on a GPU); -1 with an error
- * otherwise. The gate/up input is INT8 rows (d_qx, d_sx), or with ns_in
- * the norm's row d_x (below); with ns_out the down matmul also leaves the
- * next norm's slots. */
+ * the SwiGLU launch between them. kc_sq_matmul_swiglu only where
+ * kc_sq_swiglu_applies (off unless KC_SQ_SWIGLU=1: not yet measured on a
+ * GPU); -1 with an error otherwise. The gate/up input is INT8 rows (d_qx,
+ * d_sx), or with ns_in the norm's row d_x (below). kc_sq_matmul_acc_h takes
+ * any float rows with their slots' maxima (also the attention output with
+ * kc_attention_max's, nslot = n_head) where kc_sq_gemv_mode_applies(w, m,
+ * KC_GEMV_ACTS_H); with ns_out it also leaves the next norm's slots. */
 int kc_sq_swiglu_applies(const kc_sq_t *gate_up, const kc_sq_t *down, long m);
 int kc_sq_swiglu_applies_ex(const kc_sq_t *gate_up, const kc_sq_t *down, long m, int norm_in, int norm_out);
 long kc_sq_swiglu_slots(const kc_sq_t *gate_up);
