@@ -212,14 +212,23 @@ static int rope_fusable(const fwd_t *f, int n) {
     return kc_sq_rope_on() && !hp->arch->qkv_bias && !hp->arch->qk_norm && n <= kc_sq_gemv_max();
 }
 
-static int qkv_rope(fwd_t *f, int layer, const kc_sq_t *w, float *const *y, int n) {
+/* this layer's RoPE arguments for a q/k/v epilogue, the step's angle table
+ * filled at its first use (once for all layers); -1 on error */
+static int rope_args_of(fwd_t *f, int layer, int n, kc_rope_t *r) {
     gfwd_t *g = f->be_state;
     const hparams_t *hp = &f->m->hp;
-    if (!g->cs_ready) { /* the step's angles, once for all layers */
+    if (!g->cs_ready) {
         if (kc_rope_table(g->rope_cs, D_POS(f, g), n, hp->rope_dim, gpu_model(f)->inv_freq) != 0) return -1;
         g->cs_ready = 1;
     }
-    const kc_rope_t r = {g->rope_cs, D_POS(f, g), D_BLK(f, g), D_OFF(f, g), g->kv, layer, hp->head_dim, hp->rope_dim};
+    *r = (kc_rope_t){g->rope_cs, D_POS(f, g), D_BLK(f, g), D_OFF(f, g), g->kv, layer, hp->head_dim, hp->rope_dim};
+    return 0;
+}
+
+static int qkv_rope(fwd_t *f, int layer, const kc_sq_t *w, float *const *y, int n) {
+    gfwd_t *g = f->be_state;
+    kc_rope_t r;
+    if (rope_args_of(f, layer, n, &r) != 0) return -1;
     const int rc = kc_sq_matmul_qkv_rope(w, g->qx, g->sx, n, y, &r);
     if (rc == 1) g->roped = layer + 1;
     return rc < 0 ? -1 : 0;
@@ -308,17 +317,9 @@ static int matmul_do(fwd_t *f, int layer, const int *ids, float *const *y, int c
                 gs->swig = layer + 1, gs->swig_nslot = nslot, gs->swig_h = y[0];
                 return 0;
             }
-            const hparams_t *hp = &f->m->hp;
             kc_rope_t r;
             const int rope = count == 3 && rope_fusable(f, n);
-            if (rope) {
-                if (!gs->cs_ready) {
-                    if (kc_rope_table(gs->rope_cs, D_POS(f, gs), n, hp->rope_dim, gpu_model(f)->inv_freq) != 0) return -1;
-                    gs->cs_ready = 1;
-                }
-                r = (kc_rope_t){gs->rope_cs, D_POS(f, gs), D_BLK(f, gs), D_OFF(f, gs), gs->kv, layer, hp->head_dim,
-                                hp->rope_dim};
-            }
+            if (rope && rope_args_of(f, layer, n, &r) != 0) return -1;
             const int rc = kc_sq_matmul_parts_ns(fused, gs->ns_x, &ns, n, y, rope ? &r : NULL);
             if (rc == 1) gs->roped = layer + 1;
             return rc < 0 ? -1 : 0;
