@@ -151,19 +151,20 @@ struct GemvRope {
     kc_kv_t kv;
 };
 
-/* SwiGLU between the gate/up and down matmuls of a decode step, done by the
- * two dp4a launches themselves (kc_sq_matmul_swiglu, kc_sq_matmul_acc_h):
- * mode 1 walks the fused gate/up matrix's tiles in pairs (gate tile t, then
- * up tile t + half, on one block), writes h = silu(gate) up over the gate
- * part's output and each block's max |h| per token into hmax[token][block];
- * mode 2 (down) reads h as floats and quantizes it to INT8 at the scale of
- * the max over those nslot slots as it copies its activations. */
+/* Float rows in and out of the dp4a launches (kc_sq_matmul_swiglu,
+ * kc_sq_matmul_acc_h): SW_PAIRS walks the fused gate/up matrix's tiles in
+ * pairs (gate tile t, then up tile t + half, on one block), writes h =
+ * silu(gate) up over the gate part's output and each block's max |h| per
+ * token into hmax[token][block]; SW_FLOAT_IN (SwiGLU's down, or the o
+ * projection after kc_attention_max) reads float rows h and quantizes them
+ * to INT8 at the scale of the max over nslot slots as it copies them. */
+enum { SW_OFF = 0, SW_PAIRS = 1, SW_FLOAT_IN = 2 };
 struct GemvSwiglu {
-    int mode;   /* 0: off */
-    int nslot;  /* mode 2: the gate/up launch's blocks */
-    long half;  /* mode 1: 16-row tiles of the gate part (the up part has as many) */
+    int mode;   /* SW_* */
+    int nslot;  /* SW_FLOAT_IN: the slots a row (the gate/up launch's blocks, or the heads) */
+    long half;  /* SW_PAIRS: 16-row tiles of the gate part (the up part has as many) */
     float *hmax;
-    const float *h; /* mode 2: [m][k] */
+    const float *h; /* SW_FLOAT_IN: [m][k] */
 };
 
 /* RMSNorm split over the dp4a launches around it (kc_sq_matmul_acc_ns and
@@ -200,7 +201,7 @@ struct MmArgs {
     int acc;         /* the dp4a path: y += x . W^T (the residual add in the epilogue) */
     const float *rs; /* integer bank scales (kc_sq.cuh): the row scales, else NULL */
     GemvRope rope;   /* the dp4a path on fused q/k/v: RoPE and the K/V store in the epilogue (rope.on) */
-    GemvSwiglu sw;   /* the dp4a path around SwiGLU (sw.mode) */
+    GemvSwiglu sw;   /* float rows in or out of the dp4a path (sw.mode) */
     GemvNorm nm;     /* the dp4a path around RMSNorm (nm.in, nm.out) */
 };
 
@@ -223,7 +224,7 @@ extern "C" int kc_sq_gemv_staged(void); /* the staged kernel runs (KC_SQ_GEMV_ST
  * float h, 2 the norm's row), bits 2-3 the tile end (0 the store, 1
  * SwiGLU's pairs, 2 the store and the norm's slots) */
 __host__ __device__ inline int gemv_mode(const MmArgs &a) {
-    return (a.sw.mode == 2 ? 1 : a.nm.in ? 2 : 0) | (a.sw.mode == 1 ? 1 : a.nm.out ? 2 : 0) << 2;
+    return (a.sw.mode == SW_FLOAT_IN ? 1 : a.nm.in ? 2 : 0) | (a.sw.mode == SW_PAIRS ? 1 : a.nm.out ? 2 : 0) << 2;
 }
 /* whether the staged kernel in mode `mode` (gemv_mode; half: the pairs'
  * tiles a part) fits the plain kernel's block shape for m tokens */

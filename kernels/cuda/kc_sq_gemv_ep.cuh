@@ -175,17 +175,19 @@ __device__ __forceinline__ void gemv_acts(const MmArgs &a, uint8_t *smem, uint32
     __syncwarp();
 }
 
-/* gemv_acts for the down matmul after a fused SwiGLU (a.sw.mode 2): the
- * activations are h in float, and each warp quantizes its range as it
- * copies it, at kc_quant_i8's scale: the max over the gate/up blocks' slots
- * (the max is exact in any order, so the codes are silu_mul_q8's). Every
- * warp reduces the slots itself, so no warp waits for another; warp 0
- * keeps the scales for the epilogue (sw.sx, read after the flush's barrier). */
+/* four floats' INT8 codes at scale s (kc_q8), in memory order */
 __device__ __forceinline__ uint32_t q8_word(float4 f, float s) {
     return (uint32_t)(uint8_t)kc_q8(f.x, s) | (uint32_t)(uint8_t)kc_q8(f.y, s) << 8 |
            (uint32_t)(uint8_t)kc_q8(f.z, s) << 16 | (uint32_t)(uint8_t)kc_q8(f.w, s) << 24;
 }
 
+/* gemv_acts for float input rows (a.sw.mode SW_FLOAT_IN: SwiGLU's h, or
+ * the attention output): each warp quantizes its range as it copies it, at
+ * kc_quant_i8's scale: the max over the slots the launch before left (the
+ * max is exact in any order, so the codes are kc_quant_i8's and
+ * silu_mul_q8's). Every warp reduces the slots itself, so no warp waits for
+ * another; warp 0 keeps the scales for the epilogue (sw.sx, read after the
+ * flush's barrier). */
 template <int NT>
 __device__ __forceinline__ void gemv_acts_h(const MmArgs &a, uint8_t *smem, GemvSw sw, uint32_t s0, uint32_t n,
                                             int warp, int lane) {

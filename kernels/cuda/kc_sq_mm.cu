@@ -492,13 +492,16 @@ static MmArgs mm_args(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, l
     return a;
 }
 
+/* a fused matrix's parts: part p's rows go to parts[p] */
+static void parts_args(MmArgs *a, const kc_sq_t *w, float *const *parts) {
+    a->np = w->nparts, a->pstart[0] = 0;
+    for (int p = 0; p < w->nparts; p++) a->py[p] = parts[p], a->pstart[p + 1] = a->pstart[p] + w->part_n[p];
+}
+
 static int sq_matmul(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, long m, float *d_y, float *const *parts) {
     if (m == 0) return 0;
     MmArgs a = mm_args(w, d_qx, d_sx, m, d_y);
-    if (parts) {
-        a.np = w->nparts, a.pstart[0] = 0;
-        for (int p = 0; p < w->nparts; p++) a.py[p] = parts[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
-    }
+    if (parts) parts_args(&a, w, parts);
     if (kc_sq_wg_applies(w, m)) return kc_sq_wg(w, a); /* kc_sq_wg.cu */
     if (kc_sq_twostep_applies(w, m)) return kc_sq_twostep(w, d_qx, d_sx, m, d_y, parts); /* kc_sq_gemm.cu */
     if ((m + 127) / 128 > 0x7fffffffL || w->k >= (1L << 26)) { /* (k: k_sq_dec_st's 32-bit row offsets) */
@@ -577,8 +580,7 @@ extern "C" int kc_sq_matmul_qkv_rope(const kc_sq_t *w, const int8_t *d_qx, const
     }
     if (!rope_fits(w, m, r)) return kc_sq_matmul_parts(w, d_qx, d_sx, m, d_y) ? -1 : 0;
     MmArgs a = mm_args(w, d_qx, d_sx, m, d_y[0]);
-    a.np = w->nparts, a.pstart[0] = 0;
-    for (int p = 0; p < w->nparts; p++) a.py[p] = d_y[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
+    parts_args(&a, w, d_y);
     rope_args(&a, r);
     return kc_sq_gemv(w, &a) ? -1 : 1;
 }
@@ -654,9 +656,9 @@ extern "C" int kc_sq_matmul_swiglu(const kc_sq_t *gu, const kc_sq_t *down, const
         return -1;
     }
     MmArgs a = mm_args(gu, d_qx, d_sx, m, d_h);
-    a.np = 2, a.pstart[0] = 0, a.pstart[1] = gu->part_n[0], a.pstart[2] = 2 * gu->part_n[0];
-    a.py[0] = d_h, a.py[1] = NULL; /* (the up part's products stay in the kernel) */
-    a.sw.mode = 1, a.sw.half = gu->part_n[0] / 16, a.sw.hmax = d_hmax;
+    float *const outs[2] = {d_h, NULL}; /* (the up part's products stay in the kernel) */
+    parts_args(&a, gu, outs);
+    a.sw.mode = SW_PAIRS, a.sw.half = gu->part_n[0] / 16, a.sw.hmax = d_hmax;
     if (ns_in) norm_in(&a, d_x, ns_in);
     long grid = 0;
     if (kc_sq_gemv(gu, &a, &grid)) return -1;
@@ -674,7 +676,7 @@ extern "C" int kc_sq_matmul_acc_h(const kc_sq_t *down, const float *d_h, const f
     }
     MmArgs a = mm_args(down, NULL, NULL, m, d_y);
     a.acc = 1;
-    a.sw.mode = 2, a.sw.nslot = nslot, a.sw.hmax = (float *)d_hmax, a.sw.h = d_h;
+    a.sw.mode = SW_FLOAT_IN, a.sw.nslot = nslot, a.sw.hmax = (float *)d_hmax, a.sw.h = d_h;
     if (ns_out) norm_out(&a, ns_out);
     return kc_sq_gemv(down, &a);
 }
@@ -704,10 +706,7 @@ extern "C" int kc_sq_matmul_parts_ns(const kc_sq_t *w, const float *d_x, const k
             return -1;
         }
     MmArgs a = mm_args(w, NULL, NULL, m, d_y[0]);
-    if (w->nparts > 1) {
-        a.np = w->nparts, a.pstart[0] = 0;
-        for (int p = 0; p < w->nparts; p++) a.py[p] = d_y[p], a.pstart[p + 1] = a.pstart[p] + w->part_n[p];
-    }
+    if (w->nparts > 1) parts_args(&a, w, d_y);
     norm_in(&a, d_x, ns_in);
     const int rope = r && rope_fits(w, m, r);
     if (rope) rope_args(&a, r);

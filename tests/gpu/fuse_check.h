@@ -2,9 +2,36 @@
  * its tile ends (kc_sq_gemv_ep.cuh): RoPE with the K/V store, SwiGLU split
  * over gate/up and down, RMSNorm split over the residual matmul and the
  * next one, and the attention output quantized by the o matmul. Each
- * compares the fused launches with the plain ones, bit for bit. Included by test_kc_sq.c after its helpers (verdict, fill_x, quick). */
+ * compares the fused launches with the plain ones, bit for bit. Included
+ * by test_kc_sq.c after its helpers (verdict, fill_x, quick). */
 #ifndef FUSE_CHECK_H
 #define FUSE_CHECK_H
+
+/* a device array, downloaded (freed by the caller) */
+static float *dev_down(const float *d, long count) {
+    float *h = malloc(count * 4);
+    OK(kc_download(h, d, count * 4));
+    return h;
+}
+
+/* how many of count floats differ in their bits between two device arrays */
+static long dev_diff(const float *da, const float *db, long count) {
+    float *a = dev_down(da, count), *b = dev_down(db, count);
+    long bad = 0;
+    for (long i = 0; i < count; i++) bad += memcmp(&a[i], &b[i], 4) != 0;
+    free(a), free(b);
+    return bad;
+}
+
+/* how many of count floats of a device array differ from host values (a
+ * reference that did change its output, so a comparison is not vacuous) */
+static long dev_moved(const float *d, const float *host, long count) {
+    float *a = dev_down(d, count);
+    long moved = 0;
+    for (long i = 0; i < count; i++) moved += a[i] != host[i];
+    free(a);
+    return moved;
+}
 
 /* ---- RoPE and the K/V store in the q/k/v matmul's epilogue (kc_sq_matmul_qkv_rope) ---------
  *
@@ -30,7 +57,7 @@ static void rope_case(kc_sq_t *w, long m, int rot_dim, const char *what) {
     OK(kc_upload(doff, off, sizeof off));
     OK(kc_upload(dblk, blk, sizeof blk));
     OK(kc_quant_i8(dx, m, k, dqx, dsx));
-    float *y[2][3], *h[2][5];
+    float *y[2][3];
     kc_kv_t kv[2];
     for (int v = 0; v < 2; v++) {
         const long nn[3] = {nq, KVD, KVD};
@@ -47,22 +74,14 @@ static void rope_case(kc_sq_t *w, long m, int rot_dim, const char *what) {
     OK(kc_rope_table(dcs, dpos, (int)m, rot_dim, dinv));
     const kc_rope_t r = {dcs, dpos, dblk, doff, kv[1], LAYER, HD, rot_dim};
     const int rc = kc_sq_matmul_qkv_rope(w, dqx, dsx, m, y[1], &r);
-    int same = rc == 1;
-    for (int v = 0; v < 2; v++) {
-        const long sz[5] = {m * nq, m * KVD, m * KVD, cache, cache};
-        const float *src[5] = {y[v][0], y[v][1], y[v][2], kv[v].d_k, kv[v].d_v};
-        for (int i = 0; i < 5; i++) {
-            h[v][i] = malloc(sz[i] * 4);
-            OK(kc_download(h[v][i], src[i], sz[i] * 4));
-            if (v) same &= !memcmp(h[0][i], h[1][i], sz[i] * 4);
-        }
-    }
+    const int same = rc == 1 && !dev_diff(y[0][0], y[1][0], m * nq) && !dev_diff(y[0][1], y[1][1], m * KVD) &&
+                     !dev_diff(y[0][2], y[1][2], m * KVD) && !dev_diff(kv[0].d_k, kv[1].d_k, cache) &&
+                     !dev_diff(kv[0].d_v, kv[1].d_v, cache);
     char line[300];
     snprintf(line, sizeof line, "q/k/v + RoPE (%d of %d) + K/V store in the epilogue, %s, m = %ld: q, k, v, cache bit-exact (rc %d)",
              rot_dim, HD, what, m, rc);
     verdict(same, line);
     for (int v = 0; v < 2; v++) {
-        for (int i = 0; i < 5; i++) free(h[v][i]);
         for (int p = 0; p < 3; p++) kc_free(y[v][p]);
         kc_free(kv[v].d_k), kc_free(kv[v].d_v);
     }
@@ -132,14 +151,8 @@ static int swiglu_case(kc_sq_t *gu, kc_sq_t *down, long dim, long ffn, long m, i
     const int rc1 = kc_sq_matmul_swiglu(gu, down, dqx, dsx, NULL, NULL, m, dh, dmax, cap, &nslot);
     const int rc2 = rc1 ? -1 : kc_sq_matmul_acc_h(down, dh, dmax, nslot, m, dy[1], NULL);
     if (rc1 || rc2) printf("  %s\n", kc_error()), kc_clear_error();
-    float *hg = malloc(m * ffn * 4), *hh = malloc(m * ffn * 4), *y0 = malloc(m * dim * 4), *y1 = malloc(m * dim * 4);
-    OK(kc_download(hg, dg, m * ffn * 4));
-    OK(kc_download(hh, dh, m * ffn * 4));
-    OK(kc_download(y0, dy[0], m * dim * 4));
-    OK(kc_download(y1, dy[1], m * dim * 4));
-    long bad_h = 0, bad_y = 0, moved = 0; /* moved: the reference did add something to the residual */
-    for (long i = 0; i < m * ffn; i++) bad_h += memcmp(&hg[i], &hh[i], 4) != 0;
-    for (long i = 0; i < m * dim; i++) bad_y += memcmp(&y0[i], &y1[i], 4) != 0, moved += y0[i] != r[i];
+    const long bad_h = dev_diff(dg, dh, m * ffn), bad_y = dev_diff(dy[0], dy[1], m * dim);
+    const long moved = dev_moved(dy[0], r, m * dim); /* the reference did add something to the residual */
     char line[600];
     snprintf(line, sizeof line,
              "SwiGLU by the matmuls, %s, %ld x %ld, m = %ld, %d slots: h (%ld differ) and x + h down^T (%ld differ) "
@@ -148,7 +161,7 @@ static int swiglu_case(kc_sq_t *gu, kc_sq_t *down, long dim, long ffn, long m, i
     verdict(!rc1 && !rc2 && nslot >= 1 && nslot <= cap / 4 && (!want_slots || nslot == want_slots) && !bad_h &&
                 !bad_y && moved,
             line);
-    free(x), free(r), free(hg), free(hh), free(y0), free(y1);
+    free(x), free(r);
     kc_free(dx), kc_free(dsx), kc_free(dsx2), kc_free(dg), kc_free(du), kc_free(dh), kc_free(dmax), kc_free(dqx);
     kc_free(dqh), kc_free(dy[0]), kc_free(dy[1]);
     return nslot;
@@ -230,20 +243,6 @@ typedef struct {
     kc_sq_t *o, *gu, *down, *qkv;
     long dim, q, kv, ffn;
 } NsLayer;
-
-static float *ns_down(const float *d, long count) { /* a device array, downloaded */
-    float *h = malloc(count * 4);
-    OK(kc_download(h, d, count * 4));
-    return h;
-}
-
-static long ns_diff(const float *da, const float *db, long count) {
-    float *a = ns_down(da, count), *b = ns_down(db, count);
-    long bad = 0;
-    for (long i = 0; i < count; i++) bad += memcmp(&a[i], &b[i], 4) != 0;
-    free(a), free(b);
-    return bad;
-}
 
 /* the paged cache and angles of a RoPE case (rope_case's, for heads of 64) */
 typedef struct {
@@ -334,7 +333,7 @@ static void ns_case(const NsLayer *L, long m, int swiglu, int ties, int rope, co
     /* ties: token 0's tiles must all be flagged (the candidates overflow), token 1's just tile 3 (tiny) */
     long unflagged = 0;
     if (!rc && ties) {
-        float *c = ns_down(dcand, m * nt * 4);
+        float *c = dev_down(dcand, m * nt * 4);
         for (long t = 0; t < nt; t++) unflagged += c[4 * t + 3] != -1.0f;
         for (long t = 0; m > 1 && t < nt; t++) unflagged += (c[4 * (nt + t) + 3] == -1.0f) != (t == 3);
         free(c);
@@ -343,7 +342,7 @@ static void ns_case(const NsLayer *L, long m, int swiglu, int ties, int rope, co
         float *tmp = dmalloc(m * D * 4);
         OK(kc_upload(tmp, x0, m * D * 4)); /* (dx[0] is past down by now: o alone again) */
         OK(kc_sq_matmul_acc(L->o, dqa, dsa, m, tmp));
-        bad_x1 = ns_diff(tmp, dx[1], m * D);
+        bad_x1 = dev_diff(tmp, dx[1], m * D);
         kc_free(tmp);
     }
     int nslot = 0;
@@ -365,9 +364,9 @@ static void ns_case(const NsLayer *L, long m, int swiglu, int ties, int rope, co
         rc = kc_sq_matmul_parts_ns(L->qkv, dx[1], &nsa, m, (float *const[]){dq[1], dk[1], dv[1]}, NULL);
     }
     if (rc) printf("  %s\n", kc_error()), kc_clear_error();
-    const long bad_x = rc ? -1 : ns_diff(dx[0], dx[1], m * D), bad_h = rc ? -1 : ns_diff(dg[0], dg[1], m * F);
-    long bad_qkv = rc ? -1 : ns_diff(dq[0], dq[1], m * Q) + ns_diff(dk[0], dk[1], m * KV) + ns_diff(dv[0], dv[1], m * KV);
-    if (rope && !rc) bad_qkv += ns_diff(R.kv[0].d_k, R.kv[1].d_k, R.cache) + ns_diff(R.kv[0].d_v, R.kv[1].d_v, R.cache);
+    const long bad_x = rc ? -1 : dev_diff(dx[0], dx[1], m * D), bad_h = rc ? -1 : dev_diff(dg[0], dg[1], m * F);
+    long bad_qkv = rc ? -1 : dev_diff(dq[0], dq[1], m * Q) + dev_diff(dk[0], dk[1], m * KV) + dev_diff(dv[0], dv[1], m * KV);
+    if (rope && !rc) bad_qkv += dev_diff(R.kv[0].d_k, R.kv[1].d_k, R.cache) + dev_diff(R.kv[0].d_v, R.kv[1].d_v, R.cache);
     char line[400];
     snprintf(line, sizeof line,
              "norm split over the matmuls, %s, %s%s, m = %ld%s: residual after o (%ld differ), after down (%ld), "
@@ -480,7 +479,7 @@ static void attq_case(kc_sq_t *o, long dim, int n_head, int n_kv, long m, int sp
     int rc = kc_attention_max(dout[1], dq, &kv, LAYER, (int)m, dpos, dblk, doff, n_head, n_kv, HD, 1216, dmax);
     long bad_slot = 0; /* each (row, head)'s slot: the max |out| of that head, as the host takes it */
     if (!rc) {
-        float *a = ns_down(dout[1], m * q), *mx = ns_down(dmax, m * n_head);
+        float *a = dev_down(dout[1], m * q), *mx = dev_down(dmax, m * n_head);
         for (long h = 0; h < m * n_head; h++) {
             float want = 0.0f;
             for (long j = 0; j < HD; j++) want = fmaxf(want, fabsf(a[h * HD + j]));
@@ -505,18 +504,15 @@ static void attq_case(kc_sq_t *o, long dim, int n_head, int n_kv, long m, int sp
         rc = kc_sq_matmul_acc_ns(o, dqx, dsx, m, yy[0], &n0);
         if (!rc) rc = kc_sq_matmul_acc_h(o, dout[1], dmax, n_head, m, yy[1], &n1);
         if (!rc)
-            bad_ns = ns_diff(yy[0], yy[1], m * dim) + ns_diff((const float *)ss[0], (const float *)ss[1], 2 * m * nt) +
-                     ns_diff(cd[0], cd[1], 4 * m * nt) + ns_diff(yy[0], dy[0], m * dim);
+            bad_ns = dev_diff(yy[0], yy[1], m * dim) + dev_diff((const float *)ss[0], (const float *)ss[1], 2 * m * nt) +
+                     dev_diff(cd[0], cd[1], 4 * m * nt) + dev_diff(yy[0], dy[0], m * dim);
         for (int v = 0; v < 2; v++) kc_free(ss[v]), kc_free(cd[v]), kc_free(yy[v]);
         kc_free(wn);
     }
     kc_attn_set_split(-1);
     if (rc) printf("  %s\n", kc_error()), kc_clear_error();
-    const long bad_a = rc ? -1 : ns_diff(dout[0], dout[1], m * q), bad_y = rc ? -1 : ns_diff(dy[0], dy[1], m * dim);
-    long moved = 0; /* the reference did add something */
-    float *y0 = ns_down(dy[0], m * dim);
-    for (long i = 0; i < m * dim; i++) moved += y0[i] != r[i];
-    free(y0);
+    const long bad_a = rc ? -1 : dev_diff(dout[0], dout[1], m * q), bad_y = rc ? -1 : dev_diff(dy[0], dy[1], m * dim);
+    const long moved = dev_moved(dy[0], r, m * dim); /* the reference did add something */
     char line[300];
     snprintf(line, sizeof line,
              "attention output quantized by the o matmul, %s, heads %d/%d, m = %ld, split %d: attention (%ld differ), "
