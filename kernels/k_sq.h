@@ -48,6 +48,7 @@ typedef struct {
     const uint8_t *pack;
     int pack_hq;          /* 4-high chunks per group in a panel */
     size_t pack_gbytes;   /* bytes per (panel, group) */
+    int pack_s16;         /* the panels' scales are halves (cpu/k_sq_scales.h) */
     /* static SQ activations (k_sq_static_acts), or NULL: per-token int8 */
     const uint8_t *amask; /* [k]: 1 = high channel */
     int a_hi, a_lo;       /* bits of the high and low channels */

@@ -160,7 +160,7 @@ static int load_tensor(model_t *m, json_t *e, const uint8_t *data, uint64_t data
                 return -1;
             }
             k_sq_t *v = k_sq_new(&(k_sq_t){cfg.h_low, cfg.b, t.h, t.G, n, k, t.lo, t.hi, t.idx, t.s_lo, t.s_hi,
-                                           NULL, 0, 0, NULL, 0, 0, NULL, 0});
+                                           NULL, 0, 0, 0, NULL, 0, 0, NULL, 0});
             if (v && amask) k_sq_static_acts(v, amask, qs->a.sq.h_high, qs->a.sq.h_low);
             return use_view(m, layer, part, v, sq_bits_in_memory(&cfg), seen, msg, msglen);
         }

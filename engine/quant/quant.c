@@ -76,7 +76,7 @@ static qtensor_t *new_qt(quant_state_t *qs) {
  * tensor itself stays owned by qs. */
 static int sq_kernel_mat(k_mat_t *w, const sq_tensor_t *t, quant_state_t *qs) {
     k_sq_t *v = k_sq_new(&(k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx,
-                                   t->s_lo, t->s_hi, NULL, 0, 0, NULL, 0, 0, NULL, 0});
+                                   t->s_lo, t->s_hi, NULL, 0, 0, 0, NULL, 0, 0, NULL, 0});
     if (!v || own(qs, (float *)v) != 0) {
         free(v);
         return -1;

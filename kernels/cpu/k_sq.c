@@ -14,6 +14,7 @@
  */
 #include "../k_cpu.h"
 #include "../k_ops.h"
+#include "../k_quant.h"
 #include "../k_sq.h"
 #include "k_sq_codes.h"
 
@@ -22,8 +23,8 @@
 #include <string.h>
 
 /* k_sq_avx512.c */
-size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes);
-void k_sq_pack_avx512(const k_sq_t *w, uint8_t *dst);
+size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int s16, int *hq, size_t *gbytes);
+void k_sq_pack_avx512(const k_sq_t *w, int s16, uint8_t *dst);
 void k_sq_panels_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
                         const float *sx, long m, float *y);
 void k_sq_panels_split_avx512(const k_sq_t *w, long p0, long p1, const int8_t *qx, const int32_t *xsum,
@@ -31,8 +32,8 @@ void k_sq_panels_split_avx512(const k_sq_t *w, long p0, long p1, const int8_t *q
 void k_sq_permute_avx512(const k_sq_t *w, const uint16_t *perm);
 float k_quant_row_i8_avx512(const float *x, long k, int8_t *qx, int32_t *xsum64);
 /* k_sq_avx2.c */
-size_t k_sq_pack_bytes_avx2(const k_sq_t *w, int *hq, size_t *gbytes);
-void k_sq_pack_avx2(const k_sq_t *w, uint8_t *dst);
+size_t k_sq_pack_bytes_avx2(const k_sq_t *w, int s16, int *hq, size_t *gbytes);
+void k_sq_pack_avx2(const k_sq_t *w, int s16, uint8_t *dst);
 void k_sq_panels_avx2(const k_sq_t *w, int vnni, long p0, long p1, const int8_t *qx, const int32_t *xsum,
                       const float *sx, long m, float *y);
 void k_sq_panels_split_avx2(const k_sq_t *w, int vnni, long p0, long p1, const int8_t *qx, const int32_t *xsum,
@@ -115,17 +116,32 @@ const char *k_sq_path(const k_sq_t *w) {
     }
 }
 
+/* Whether the panels may hold the scales as halves (cpu/k_sq_scales.h):
+ * the tensor has highs (without, only s_lo is kept, as floats) and every
+ * s_lo and s_hi comes back from binary16 unchanged, so the kernels see the
+ * same floats. F16C converts them (every AVX2 CPU has it; checked anyway).
+ * One pass over the scales, 1/64 of the weights. */
+static int scales_are_halves(const k_sq_t *w) {
+    if (!w->h || !__builtin_cpu_supports("f16c")) return 0;
+    const size_t ns = (size_t)w->n * (size_t)(w->k / w->G);
+    for (size_t i = 0; i < ns; i++)
+        if (k_f16_to_f32(k_f32_to_f16(w->s_lo[i])) != w->s_lo[i] || k_f16_to_f32(k_f32_to_f16(w->s_hi[i])) != w->s_hi[i])
+            return 0;
+    return 1;
+}
+
 /* One block: the view, then `nib` bytes of 4-bit codes packed from
  * `codes` (uniform int4 weights) when nib > 0, then the 64-aligned panels
  * of the current level's ISA when the shape has a panel kernel. */
 static k_sq_t *view_new(const k_sq_t *src, const int8_t *codes, size_t nib) {
-    int hq = 0, kind = PACK_NONE;
+    int hq = 0, kind = PACK_NONE, s16 = 0;
     size_t gbytes = 0, bytes = 0;
+    if (shape_panels(src) && sq_isa() >= ISA_AVX2) s16 = scales_are_halves(src);
     if (shape_panels(src) && sq_isa() == ISA_AVX512) {
-        bytes = k_sq_pack_bytes_avx512(src, &hq, &gbytes);
+        bytes = k_sq_pack_bytes_avx512(src, s16, &hq, &gbytes);
         kind = PACK_AVX512;
     } else if (shape_panels(src) && sq_isa() >= ISA_AVX2) {
-        bytes = k_sq_pack_bytes_avx2(src, &hq, &gbytes);
+        bytes = k_sq_pack_bytes_avx2(src, s16, &hq, &gbytes);
         kind = PACK_AVX2;
     }
     size_t head = (sizeof(view_blk_t) + 63) / 64 * 64;
@@ -150,11 +166,12 @@ static k_sq_t *view_new(const k_sq_t *src, const int8_t *codes, size_t nib) {
     if (bytes) { /* the panels start 64-aligned inside the block */
         uint8_t *p = blk + head + nib;
         p += (64 - (uintptr_t)p % 64) % 64;
-        if (kind == PACK_AVX512) k_sq_pack_avx512(v, p);
-        else k_sq_pack_avx2(v, p);
+        if (kind == PACK_AVX512) k_sq_pack_avx512(v, s16, p);
+        else k_sq_pack_avx2(v, s16, p);
         v->pack = p;
         v->pack_hq = hq;
         v->pack_gbytes = gbytes;
+        v->pack_s16 = s16;
     }
     return v;
 }
@@ -167,7 +184,7 @@ k_sq_t *k_sq_new_int(const int8_t *codes, const float *scales, long n, long k, i
     /* s_hi = s_lo: every high sum is 0 and s * 0 adds +0, which leaves the
      * combine's result bit for bit what a combine without highs gives */
     k_sq_t src = {bits <= 4 ? 4 : 8, (int)g, 0, (int)g, n, k, (const uint8_t *)codes, (const int8_t *)none,
-                  none, scales, scales, NULL, 0, 0, NULL, 0, 0, NULL, 0};
+                  none, scales, scales, NULL, 0, 0, 0, NULL, 0, 0, NULL, 0};
     return view_new(&src, codes, bits <= 4 ? (size_t)(n * k + 1) / 2 : 0);
 }
 

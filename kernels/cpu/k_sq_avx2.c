@@ -17,7 +17,8 @@
  *   idx  hq x 32 B  chunk j, byte 4i+q: in-group position of row i's
  *                   high 4j+q (banks of b < 64 merged; highs need G = 64)
  *   hi   hq x 32 B  the matching high codes (int8); padding has code 0
- *   s    2 x 8 f    s_lo and s_hi of the 8 rows
+ *   s    the 8 rows' s_lo and s_hi, as halves where that is exact, else
+ *        floats; s_lo alone (floats) without highs (k_sq_scales.h)
  *
  * The multiply: AVX2 has no vpdpbusd, so a 4-byte dot product per lane is
  * vpmaddubsw (u8 x s8 pairs to s16, saturating) then vpmaddwd with ones.
@@ -37,11 +38,12 @@
  * The integers equal the portable path's exactly and the float combine
  * follows k_sq_combine's order (no FMA contraction: see opaque()), so the
  * results are bit-identical to the reference. Trade-off, as on AVX-512:
- * the panels are a second copy of the codes (~7 bits per weight for SQ
- * 8/4); the mapped file is not read after load.
+ * the panels are a second copy of the codes (6.5 bits per weight for SQ
+ * 8/4 with half scales); the mapped file is not read after load.
  */
 #include "../k_sq.h"
 #include "k_sq_codes.h"
+#include "k_sq_scales.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -54,10 +56,10 @@
 /* Bytes of one 64-element block of low codes in a panel. */
 static size_t lo_block(const k_sq_t *w) { return w->h_low == 8 ? 512 : 256; }
 
-size_t k_sq_pack_bytes_avx2(const k_sq_t *w, int *hq, size_t *gbytes) {
+size_t k_sq_pack_bytes_avx2(const k_sq_t *w, int s16, int *hq, size_t *gbytes) {
     int hg = w->h ? w->h * (w->G / w->b) : 0; /* highs per scale group (G = 64 when h > 0) */
     *hq = (hg + 3) / 4;
-    *gbytes = (size_t)(w->G / 64) * lo_block(w) + 64 * (size_t)*hq + 2 * PR * sizeof(float);
+    *gbytes = (size_t)(w->G / 64) * lo_block(w) + 64 * (size_t)*hq + k_sq_panel_scale_bytes(PR, *hq, s16);
     return (size_t)((w->n + PR - 1) / PR) * (size_t)(w->k / w->G) * *gbytes;
 }
 
@@ -66,7 +68,7 @@ static uint8_t code_at(const k_sq_t *w, long r, long j) { /* 8-bit: signed; 2-4 
     return (uint8_t)(w->h_low == 8 ? c : c + 8);
 }
 
-static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P) {
+static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, int s16, uint8_t *P) {
     long nb = w->k / w->b, ng = w->k / w->G, nsub = w->G / 64;
     for (long u = 0; u < nsub; u++) {
         uint8_t *L = P + (size_t)u * lo_block(w);
@@ -85,21 +87,19 @@ static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P)
         I[o] = (uint8_t)((u / w->h) * w->b + w->idx[at]);
         I[32 * hq + o] = (uint8_t)w->hi[at];
     }
-    float *S = (float *)(I + 64 * hq);
-    S[i] = w->s_lo[r * ng + g];
-    S[PR + i] = w->s_hi[r * ng + g];
+    k_sq_panel_scales(w, r * ng + g, i, PR, hq, s16, I + 64 * hq);
 }
 
-void k_sq_pack_avx2(const k_sq_t *w, uint8_t *dst) {
+void k_sq_pack_avx2(const k_sq_t *w, int s16, uint8_t *dst) {
     int hq;
     size_t gb;
-    k_sq_pack_bytes_avx2(w, &hq, &gb);
+    k_sq_pack_bytes_avx2(w, s16, &hq, &gb);
     long ng = w->k / w->G, np = (w->n + PR - 1) / PR;
     for (long p = 0; p < np; p++)
         for (long g = 0; g < ng; g++) {
             uint8_t *P = dst + (size_t)(p * ng + g) * gb;
             memset(P, 0, gb);
-            for (int i = 0; i < PR && p * PR + i < w->n; i++) pack_row(w, p * PR + i, g, i, hq, P);
+            for (int i = 0; i < PR && p * PR + i < w->n; i++) pack_row(w, p * PR + i, g, i, hq, s16, P);
         }
 }
 
@@ -285,7 +285,7 @@ TGT_AVX2 static inline __m256i gather64(const int8_t *x, __m256i pos, __m256i s4
 #undef FLUSH
 #undef DOT32
 
-typedef void (*pass_fn)(const uint8_t *, long, long, int, size_t, const int8_t *const *, const int32_t *const *,
+typedef void (*pass_fn)(const uint8_t *, long, long, int, int, size_t, const int8_t *const *, const int32_t *const *,
                         const float *, float *const *, __m256i);
 
 /* [vnni][8-bit codes][4, 2, 1 tokens] */
@@ -319,7 +319,7 @@ TGT_AVX2 static void drive_block(const k_sq_t *w, long p0, long p1, const pass_f
                 xs[t] = xsum + (t0 + t) * xs_per * (w->k / 64);
                 yo[t] = y + (t0 + t) * w->n + p * PR;
             }
-            passes[v](P, ng, nsub, iarg, w->pack_gbytes, xq, xs, sx + sx_per * t0, yo, rm);
+            passes[v](P, ng, nsub, iarg, w->pack_s16, w->pack_gbytes, xq, xs, sx + sx_per * t0, yo, rm);
             t0 += nt;
         }
     }

@@ -13,7 +13,8 @@
  *   idx  hq x 64 B  chunk j, byte 4i+q: in-group position of row i's
  *                   high 4j+q (banks of b < 64 are merged; highs need G = 64)
  *   hi   hq x 64 B  the matching high codes (int8); padding has code 0
- *   s    2 x 16 f   s_lo and s_hi of the 16 rows
+ *   s    the 16 rows' s_lo and s_hi, as halves where that is exact, else
+ *        floats; s_lo alone (floats) without highs (k_sq_scales.h)
  *
  * Then a group is: 16 vpdpbusd of unpacked nibbles against broadcast
  * activation quads (lane i accumulates row i), hq vpermb gathers of the
@@ -23,12 +24,14 @@
  * results are bit-identical to the portable path. Activation rows (tokens)
  * are processed T = 8/4/2/1 per pass, sharing every unpacked weight vector.
  *
- * Trade-off: the panels are a second copy of the codes (~7 bits per
- * weight); the mapped file is not read after load. Rows past n are zero
+ * Trade-off: the panels are a second copy of the codes (6.5 bits per
+ * weight for SQ 8/4 b64 with half scales, 7 with float ones); the mapped
+ * file is not read after load. Rows past n are zero
  * padding and masked off on store.
  */
 #include "../k_sq.h"
 #include "k_sq_codes.h"
+#include "k_sq_scales.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -39,10 +42,10 @@
 /* Bytes of one 64-element block of low codes in a panel (16 rows). */
 static size_t lo_block(const k_sq_t *w) { return w->h_low == 8 ? 1024 : 512; }
 
-size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int *hq, size_t *gbytes) {
+size_t k_sq_pack_bytes_avx512(const k_sq_t *w, int s16, int *hq, size_t *gbytes) {
     int hg = w->h ? w->h * (w->G / w->b) : 0; /* highs per scale group (G = 64 when h > 0) */
     *hq = (hg + 3) / 4;
-    *gbytes = (size_t)(w->G / 64) * lo_block(w) + 128 * (size_t)*hq + 2 * PR * sizeof(float);
+    *gbytes = (size_t)(w->G / 64) * lo_block(w) + 128 * (size_t)*hq + k_sq_panel_scale_bytes(PR, *hq, s16);
     return (size_t)((w->n + PR - 1) / PR) * (size_t)(w->k / w->G) * *gbytes;
 }
 
@@ -51,7 +54,7 @@ static unsigned code_ob(const k_sq_t *w, long r, long j) { /* offset-binary low 
     return (unsigned)(w->h_low == 8 ? c + 128 : c + 8);
 }
 
-static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P) {
+static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, int s16, uint8_t *P) {
     long nb = w->k / w->b, ng = w->k / w->G, nsub = w->G / 64;
     for (long u = 0; u < nsub; u++) {
         uint8_t *L = P + (size_t)u * lo_block(w);
@@ -70,21 +73,19 @@ static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, uint8_t *P)
         I[o] = (uint8_t)((u / w->h) * w->b + w->idx[at]);
         I[64 * hq + o] = (uint8_t)w->hi[at];
     }
-    float *S = (float *)(I + 128 * hq);
-    S[i] = w->s_lo[r * ng + g];
-    S[PR + i] = w->s_hi[r * ng + g];
+    k_sq_panel_scales(w, r * ng + g, i, PR, hq, s16, I + 128 * hq);
 }
 
-void k_sq_pack_avx512(const k_sq_t *w, uint8_t *dst) {
+void k_sq_pack_avx512(const k_sq_t *w, int s16, uint8_t *dst) {
     int hq;
     size_t gb;
-    k_sq_pack_bytes_avx512(w, &hq, &gb);
+    k_sq_pack_bytes_avx512(w, s16, &hq, &gb);
     long ng = w->k / w->G, np = (w->n + PR - 1) / PR;
     for (long p = 0; p < np; p++)
         for (long g = 0; g < ng; g++) {
             uint8_t *P = dst + (size_t)(p * ng + g) * gb;
             memset(P, 0, gb);
-            for (int i = 0; i < PR && p * PR + i < w->n; i++) pack_row(w, p * PR + i, g, i, hq, P);
+            for (int i = 0; i < PR && p * PR + i < w->n; i++) pack_row(w, p * PR + i, g, i, hq, s16, P);
         }
 }
 
@@ -135,7 +136,7 @@ TGT static inline __m512i bcast4(const int8_t *p) {
 #define SQ_PASS pass1_8
 #include "k_sq_panel.inc"
 
-typedef void (*pass_fn)(const uint8_t *, long, long, int, size_t, const int8_t *const *, const int32_t *const *,
+typedef void (*pass_fn)(const uint8_t *, long, long, int, int, size_t, const int8_t *const *, const int32_t *const *,
                         const float *, float *const *, __mmask16);
 
 #define SQ_T 4
@@ -187,7 +188,7 @@ TGT static void drive_panels(const k_sq_t *w, long p0, long p1, const pass_fn *p
                 xs[t] = xsum + (t0 + t) * xs_per * (w->k / 64);
                 yo[t] = y + (t0 + t) * w->n + p * PR;
             }
-            passes[v](P, ng, nsub, iarg, w->pack_gbytes, xq, xs, sx + sx_per * t0, yo, rm);
+            passes[v](P, ng, nsub, iarg, w->pack_s16, w->pack_gbytes, xq, xs, sx + sx_per * t0, yo, rm);
             t0 += nt;
         }
     }

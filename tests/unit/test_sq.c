@@ -17,6 +17,7 @@
 #include "../../engine/model/sq.h"
 #include "../../engine/quant/sq_quant.h"
 #include "../../kernels/k_pool.h"
+#include "../../kernels/k_quant.h"
 #include "../../kernels/k_sq.h"
 
 static uint64_t rng = 88172645463325252ull;
@@ -482,7 +483,7 @@ static void report_paths(const char *what, const int seen[N_ISAS]) {
 
 static k_sq_t view(const sq_tensor_t *t) {
     return (k_sq_t){t->cfg.h_low, t->cfg.b, t->h, t->G, t->n, t->k, t->lo, t->hi, t->idx, t->s_lo, t->s_hi,
-                    NULL, 0, 0, NULL, 0, 0, NULL, 0};
+                    NULL, 0, 0, 0, NULL, 0, 0, NULL, 0};
 }
 
 /* The kernels' view dequantizes to exactly the tensor's own values (the
@@ -528,7 +529,11 @@ static void ref_matmul(const k_sq_t *v, const float *x, long m, float *y) {
  * reference's floats bit for bit, on fresh random tensors of odd sizes:
  * 37 rows (a ragged 16-row panel), 5/25 groups (3/13 at b128), every
  * supported h, and m = 1, 2, 3, 8, 13 activation rows (every token block
- * of the multi-row kernel), through one matrix and a group of two. */
+ * of the multi-row kernel), through one matrix and a group of two; with
+ * scales that are exact halves (as the quantizer makes them, for .sqm
+ * files), which the panels store as halves (k_sq_scales.h), and with
+ * every scale one ulp above (not a half: float scales in the panels);
+ * the test checks that each form took its layout. */
 static void test_sq_int8_kernel_bit_exact(void **state) {
     (void)state;
     sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 4, 64, 0.75}, {8, 4, 64, 0.9375}, {8, 4, 64, 0.5},
@@ -538,15 +543,23 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
     k_pool_t *pool = k_pool_new(2);
     assert_non_null(pool);
     int seen[N_ISAS] = {0};
-    for (size_t c = 0; c < 2 * sizeof cfgs / sizeof cfgs[0]; c++) {
+    for (size_t c = 0; c < 4 * sizeof cfgs / sizeof cfgs[0]; c++) {
+        const sq_cfg_t *cfg = &cfgs[c / 4];
+        const int halves = (c / 2) % 2;
         long n = 37, k = c % 2 ? 1600 : 320;
-        if (cfgs[c / 2].b == 128) k = c % 2 ? 1664 : 384;
+        if (cfg->b == 128) k = c % 2 ? 1664 : 384;
         float *w = make_w(2 * n, k), *x = malloc((size_t)(13 * k) * sizeof *x);
         float *y = malloc((size_t)(2 * 13 * n) * sizeof *y), *want = malloc((size_t)(2 * 13 * n) * sizeof *want);
         sq_tensor_t t[2];
         for (int j = 0; j < 2; j++) {
-            assert_int_equal(sq_alloc(&t[j], &cfgs[c / 2], n, k), 0);
+            assert_int_equal(sq_alloc(&t[j], cfg, n, k), 0);
             assert_int_equal(sq_quantize(&t[j], w + j * n * k, NULL, NULL), 0);
+            for (long g = 0; g < n * (k / t[j].G); g++) {
+                assert_true(k_f16_to_f32(k_f32_to_f16(t[j].s_lo[g])) == t[j].s_lo[g]);
+                assert_true(k_f16_to_f32(k_f32_to_f16(t[j].s_hi[g])) == t[j].s_hi[g]);
+                if (!halves) t[j].s_lo[g] = nextafterf(t[j].s_lo[g], INFINITY);
+                if (!halves) t[j].s_hi[g] = nextafterf(t[j].s_hi[g], INFINITY);
+            }
         }
         k_sq_t v0 = view(&t[0]), v1 = view(&t[1]);
         int panels = 0;
@@ -560,6 +573,8 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
             }
             seen[p] = 1;
             panels |= p < 3;
+            /* half scales in the panels exactly when every scale is a half */
+            assert_int_equal(kv[0]->pack_s16, p < 3 && halves);
             for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
                 long m = ms[mi];
                 for (long j = 0; j < m * k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
@@ -579,7 +594,7 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
         /* every bank of <= 64 takes the panels, 2- and 3-bit low codes too
          * (widened to nibbles): the portable kernel is 35-49x slower (k_sq.c) */
         __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2") && cfgs[c / 2].b <= 64) assert_true(panels);
+        if (__builtin_cpu_supports("avx2") && cfg->b <= 64) assert_true(panels);
         /* and the reference itself is the dequantized product */
         float *row = malloc((size_t)k * sizeof *row);
         int8_t *qx = malloc((size_t)k);
