@@ -68,6 +68,15 @@ void k_rope(float *x, long rot_dim, float pos, const float *inv_freq);
 /* The same with GPT-NeoX pairing (llama.cpp ROPE_TYPE_NEOX, Qwen): rotates
  * (i, i + rot_dim/2) by pos * inv_freq[i]. */
 void k_rope_neox(float *x, long rot_dim, float pos, const float *inv_freq);
+/* The rotation's table for one position, cs[2i] = cos, cs[2i + 1] = sin of
+ * pos * inv_freq[i] (i < rot_dim / 2), and the two rotations from it: the
+ * same floats as k_rope / k_rope_neox, which compute it per head. A
+ * forward pass computes each row's table once for all heads and layers
+ * (each cos and sin is a double-precision libm call: 5 % of a 512-token
+ * prefill on SmolLM2 when every head of every layer made its own). */
+void k_rope_cs(float *cs, long rot_dim, float pos, const float *inv_freq);
+void k_rope_cs_apply(float *x, long rot_dim, const float *cs);
+void k_rope_neox_cs_apply(float *x, long rot_dim, const float *cs);
 void k_silu_mul(float *g, const float *u, long n);
 void k_add(float *y, const float *x, long n);
 /* Softmax in place; returns the max. */

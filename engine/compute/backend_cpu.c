@@ -22,6 +22,7 @@
 typedef struct {
     float *scores;          /* per thread, n_ctx each */
     const float **blk_ptrs; /* per thread, 2 x blocks per context */
+    float *rope_cs;         /* per batch row, rope_dim: its RoPE table (k_rope_cs), made in cpu_begin */
 } cpu_state_t;
 
 static void cpu_free(fwd_t *f) {
@@ -31,6 +32,7 @@ static void cpu_free(fwd_t *f) {
     if (c) {
         free(c->scores);
         free(c->blk_ptrs);
+        free(c->rope_cs);
         free(c);
     }
     f->be_state = NULL;
@@ -55,13 +57,18 @@ static int cpu_init(fwd_t *f) {
         return -1;
     c->scores = malloc(nth * (size_t)f->n_ctx * sizeof(float));
     c->blk_ptrs = malloc(nth * 2 * max_blocks * sizeof(float *));
-    return c->scores && c->blk_ptrs ? 0 : -1;
+    c->rope_cs = malloc(n * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
+    return c->scores && c->blk_ptrs && c->rope_cs ? 0 : -1;
 }
 
 static int cpu_begin(fwd_t *f, const batch_t *b, float *logits, char *err, size_t errlen) {
     (void)err; (void)errlen;
+    const cpu_state_t *c = f->be_state;
+    const long rd = f->m->hp.rope_dim;
     f->b = b;
     f->logits = logits;
+    for (int i = 0; rd > 0 && i < b->n; i++) /* every layer's and head's rotation of row i */
+        k_rope_cs(c->rope_cs + (size_t)i * (size_t)rd, rd, (float)b->pos[i], f->m->rope_inv_freq);
     int n_out = 0;
     for (int i = 0; i < b->n; i++) n_out += b->want_logits ? b->want_logits[i] != 0 : i == b->n - 1;
     return n_out;
@@ -135,11 +142,13 @@ static int cpu_head_norm(fwd_t *f, float *x, int layer, int norm, int n_heads, i
 
 static void rope_rows(fwd_t *f, float *x, int n_heads, int n) {
     const hparams_t *hp = &f->m->hp;
-    void (*rot)(float *, long, float, const float *) = hp->arch->rope_style == ROPE_NEOX ? k_rope_neox : k_rope;
+    const cpu_state_t *c = f->be_state;
+    void (*rot)(float *, long, const float *) =
+        hp->arch->rope_style == ROPE_NEOX ? k_rope_neox_cs_apply : k_rope_cs_apply;
     long stride = (long)n_heads * hp->head_dim;
     for (long i = 0; i < n; i++)
         for (int h = 0; h < n_heads; h++)
-            rot(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, (float)f->b->pos[i], f->m->rope_inv_freq);
+            rot(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, c->rope_cs + i * (long)hp->rope_dim);
 }
 
 static int cpu_rope_store(fwd_t *f, int layer, int n) {

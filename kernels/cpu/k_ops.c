@@ -211,25 +211,41 @@ void k_rmsnorm(float *out, const float *x, const float *w, long n, float eps) {
     for (long i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
+/* one rotated pair (every product and sum rounded on its own: this file
+ * is built without FMA contraction, and the GPU's kc_rope does the same) */
+static inline void rope_pair(float *xa, float *xb, float c, float s) {
+    const float a = *xa, b = *xb;
+    *xa = a * c - b * s;
+    *xb = a * s + b * c;
+}
+
 void k_rope(float *x, long rot_dim, float pos, const float *inv_freq) {
     for (long i = 0; i < rot_dim / 2; i++) {
         double theta = (double)pos * inv_freq[i];
-        float c = (float)cos(theta), s = (float)sin(theta);
-        float a = x[2 * i], b = x[2 * i + 1];
-        x[2 * i] = a * c - b * s;
-        x[2 * i + 1] = a * s + b * c;
+        rope_pair(&x[2 * i], &x[2 * i + 1], (float)cos(theta), (float)sin(theta));
     }
 }
 
 void k_rope_neox(float *x, long rot_dim, float pos, const float *inv_freq) {
-    long half = rot_dim / 2;
-    for (long i = 0; i < half; i++) {
+    for (long i = 0, half = rot_dim / 2; i < half; i++) {
         double theta = (double)pos * inv_freq[i];
-        float c = (float)cos(theta), s = (float)sin(theta);
-        float a = x[i], b = x[i + half];
-        x[i] = a * c - b * s;
-        x[i + half] = a * s + b * c;
+        rope_pair(&x[i], &x[i + half], (float)cos(theta), (float)sin(theta));
     }
+}
+
+void k_rope_cs(float *cs, long rot_dim, float pos, const float *inv_freq) {
+    for (long i = 0; i < rot_dim / 2; i++) {
+        double theta = (double)pos * inv_freq[i];
+        cs[2 * i] = (float)cos(theta), cs[2 * i + 1] = (float)sin(theta);
+    }
+}
+
+void k_rope_cs_apply(float *x, long rot_dim, const float *cs) {
+    for (long i = 0; i < rot_dim / 2; i++) rope_pair(&x[2 * i], &x[2 * i + 1], cs[2 * i], cs[2 * i + 1]);
+}
+
+void k_rope_neox_cs_apply(float *x, long rot_dim, const float *cs) {
+    for (long i = 0, half = rot_dim / 2; i < half; i++) rope_pair(&x[i], &x[i + half], cs[2 * i], cs[2 * i + 1]);
 }
 
 void k_silu_mul(float *g, const float *u, long n) {

@@ -279,6 +279,28 @@ static void test_small_ops(void **state) {
     assert_float_equal(q[0], cosf(7.0f) - 2 * sinf(7.0f), 1e-5);
 }
 
+/* A row's RoPE table (k_rope_cs, made once a forward pass) rotates every
+ * head to exactly k_rope's and k_rope_neox's floats, at positions up to
+ * 2^20 and with llama-3-like frequencies (64 pairs, base 500000) */
+static void test_rope_table_same_bits(void **state) {
+    (void)state;
+    enum { RD = 128 };
+    float inv_freq[RD / 2], cs[RD], a[RD], b[RD];
+    for (int i = 0; i < RD / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / RD);
+    uint32_t r = 12345;
+    for (int trial = 0; trial < 200; trial++) {
+        float pos = trial < 100 ? (float)trial : (float)((r = r * 1664525u + 1013904223u) >> 12);
+        for (int i = 0; i < RD; i++) a[i] = b[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 65536.0f - 128.0f;
+        k_rope_cs(cs, RD, pos, inv_freq);
+        k_rope(a, RD, pos, inv_freq);
+        k_rope_cs_apply(b, RD, cs);
+        assert_memory_equal(a, b, sizeof a);
+        k_rope_neox(a, RD, pos, inv_freq);
+        k_rope_neox_cs_apply(b, RD, cs);
+        assert_memory_equal(a, b, sizeof a);
+    }
+}
+
 int main(void) {
     k_init();
     const struct CMUnitTest tests[] = {
@@ -289,6 +311,7 @@ int main(void) {
         cmocka_unit_test(test_attention_same_bits_every_isa),
         cmocka_unit_test(test_split_covers_range),
         cmocka_unit_test(test_small_ops),
+        cmocka_unit_test(test_rope_table_same_bits),
     };
     return cmocka_run_group_tests_name("quant", tests, NULL, NULL);
 }
