@@ -212,7 +212,8 @@ void k_rmsnorm(float *out, const float *x, const float *w, long n, float eps) {
 }
 
 /* one rotated pair (every product and sum rounded on its own: this file
- * is built without FMA contraction, and the GPU's kc_rope does the same) */
+ * is built by gcc in -std=c11, which does not contract into FMAs, the fuzz
+ * build included; the GPU's kc_rope does the same) */
 static inline void rope_pair(float *xa, float *xb, float c, float s) {
     const float a = *xa, b = *xb;
     *xa = a * c - b * s;

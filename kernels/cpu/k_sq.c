@@ -9,8 +9,8 @@
  *
  * A view's panels belong to the ISA level in effect when k_sq_new made
  * them; the kind is kept in a private header around the public k_sq_t
- * (view_blk_t), so the public struct, and every caller's initializer of
- * it, stays as it was.
+ * (view_blk_t). What the passes read of the panels' geometry (pack_hq,
+ * pack_gbytes, pack_s16) is in k_sq_t itself, in its kernel-private part.
  */
 #include "../k_cpu.h"
 #include "../k_ops.h"
@@ -119,10 +119,10 @@ const char *k_sq_path(const k_sq_t *w) {
 /* Whether the panels may hold the scales as halves (cpu/k_sq_scales.h):
  * the tensor has highs (without, only s_lo is kept, as floats) and every
  * s_lo and s_hi comes back from binary16 unchanged, so the kernels see the
- * same floats. F16C converts them (every AVX2 CPU has it; checked anyway).
+ * same floats. F16C converts them (every AVX2 CPU has it; k_cpu_avx2 checks).
  * One pass over the scales, 1/64 of the weights. */
 static int scales_are_halves(const k_sq_t *w) {
-    if (!w->h || !__builtin_cpu_supports("f16c")) return 0;
+    if (!w->h || !k_cpu_avx2()) return 0;
     const size_t ns = (size_t)w->n * (size_t)(w->k / w->G);
     for (size_t i = 0; i < ns; i++)
         if (k_f16_to_f32(k_f32_to_f16(w->s_lo[i])) != w->s_lo[i] || k_f16_to_f32(k_f32_to_f16(w->s_hi[i])) != w->s_hi[i])
@@ -154,6 +154,7 @@ static k_sq_t *view_new(const k_sq_t *src, const int8_t *codes, size_t nib) {
     *v = *src;
     vb->pack_kind = bytes ? kind : PACK_NONE;
     v->pack = NULL;
+    v->pack_hq = 0, v->pack_gbytes = 0, v->pack_s16 = 0;
     v->perm = perm ? (uint16_t *)(blk + head) : NULL;
     v->split = 0;
     head += perm;
@@ -181,7 +182,7 @@ k_sq_t *k_sq_new(const k_sq_t *src) { return view_new(src, NULL, 0); }
 k_sq_t *k_sq_new_int(const int8_t *codes, const float *scales, long n, long k, int bits, long g) {
     static const uint8_t none[1]; /* h = 0: the high arrays are never read */
     if (bits < 2 || bits > 8 || g < 1 || k % g || g > 1L << 30) return NULL;
-    /* s_hi = s_lo: every high sum is 0 and s * 0 adds +0, which leaves the
+    /* s_hi = s_lo: every high sum is 0 and s * 0 adds +-0, which leaves the
      * combine's result bit for bit what a combine without highs gives */
     k_sq_t src = {bits <= 4 ? 4 : 8, (int)g, 0, (int)g, n, k, (const uint8_t *)codes, (const int8_t *)none,
                   none, scales, scales, NULL, 0, 0, 0, NULL, 0, 0, NULL, 0};

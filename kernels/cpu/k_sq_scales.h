@@ -2,8 +2,11 @@
  * both panel packers (k_sq_avx2.c, k_sq_avx512.c) and read by their passes
  * (k_sq_panel*.inc, k_sq_split*.inc). For a panel of pr rows:
  *
- *   no highs (hq = 0)   pr floats s_lo: the high sums are 0 and s_hi x 0
- *                       adds +0, so s_hi is not needed (the passes add 0)
+ *   no highs (hq = 0)   pr floats s_lo: the high sums are 0, so the
+ *                       reference adds s_hi x 0 = +-0 where the passes add
+ *                       0 x 0 = +0; the same sums, since the accumulator
+ *                       starts at +0 and never becomes -0 (round to nearest),
+ *                       and s_hi is finite (sq_validate, k_sq_new_int)
  *   highs, s16          pr halves s_lo, then pr halves s_hi: chosen where
  *                       every scale of the tensor is exactly a half (a .sqm
  *                       file stores halves, so its tensors always are);

@@ -279,25 +279,45 @@ static void test_small_ops(void **state) {
     assert_float_equal(q[0], cosf(7.0f) - 2 * sinf(7.0f), 1e-5);
 }
 
+/* RoPE as it was computed per head before the table (the definition the
+ * results are held to: libm's double cos and sin, every float product and
+ * sum rounded on its own; this file is built without FMA contraction) */
+static void rope_before(float *x, long rot_dim, float pos, const float *inv_freq, int neox) {
+    const long half = rot_dim / 2;
+    for (long i = 0; i < half; i++) {
+        double theta = (double)pos * inv_freq[i];
+        float c = (float)cos(theta), s = (float)sin(theta);
+        float *pa = neox ? &x[i] : &x[2 * i], *pb = neox ? &x[i + half] : &x[2 * i + 1];
+        float a = *pa, b = *pb;
+        *pa = a * c - b * s;
+        *pb = a * s + b * c;
+    }
+}
+
 /* A row's RoPE table (k_rope_cs, made once a forward pass) rotates every
- * head to exactly k_rope's and k_rope_neox's floats, at positions up to
- * 2^20 and with llama-3-like frequencies (64 pairs, base 500000) */
+ * head to exactly the per-head floats, both pairings, at positions up to
+ * 2^20, with llama-3-like frequencies (base 500000), the whole head (128)
+ * or its first part (rot_dim 32 of 128: the rest left as it was) */
 static void test_rope_table_same_bits(void **state) {
     (void)state;
-    enum { RD = 128 };
-    float inv_freq[RD / 2], cs[RD], a[RD], b[RD];
-    for (int i = 0; i < RD / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / RD);
+    enum { HD = 128 };
+    float inv_freq[HD / 2], cs[HD], a[HD], b[HD], c[HD];
     uint32_t r = 12345;
-    for (int trial = 0; trial < 200; trial++) {
-        float pos = trial < 100 ? (float)trial : (float)((r = r * 1664525u + 1013904223u) >> 12);
-        for (int i = 0; i < RD; i++) a[i] = b[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 65536.0f - 128.0f;
-        k_rope_cs(cs, RD, pos, inv_freq);
-        k_rope(a, RD, pos, inv_freq);
-        k_rope_cs_apply(b, RD, cs);
-        assert_memory_equal(a, b, sizeof a);
-        k_rope_neox(a, RD, pos, inv_freq);
-        k_rope_neox_cs_apply(b, RD, cs);
-        assert_memory_equal(a, b, sizeof a);
+    for (int rd = 32; rd <= HD; rd += HD - 32) {
+        for (int i = 0; i < rd / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / rd);
+        for (int trial = 0; trial < 200; trial++) {
+            float pos = trial < 100 ? (float)trial : (float)((r = r * 1664525u + 1013904223u) >> 12);
+            for (int neox = 0; neox < 2; neox++) {
+                for (int i = 0; i < HD; i++)
+                    a[i] = b[i] = c[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 65536.0f - 128.0f;
+                k_rope_cs(cs, rd, pos, inv_freq);
+                rope_before(a, rd, pos, inv_freq, neox);
+                (neox ? k_rope_neox_cs_apply : k_rope_cs_apply)(b, rd, cs);
+                (neox ? k_rope_neox : k_rope)(c, rd, pos, inv_freq);
+                assert_memory_equal(a, b, sizeof a);
+                assert_memory_equal(a, c, sizeof a);
+            }
+        }
     }
 }
 

@@ -531,9 +531,10 @@ static void ref_matmul(const k_sq_t *v, const float *x, long m, float *y) {
  * supported h, and m = 1, 2, 3, 8, 13 activation rows (every token block
  * of the multi-row kernel), through one matrix and a group of two; with
  * scales that are exact halves (as the quantizer makes them, for .sqm
- * files), which the panels store as halves (k_sq_scales.h), and with
- * every scale one ulp above (not a half: float scales in the panels);
- * the test checks that each form took its layout. */
+ * files), which the panels store as halves (k_sq_scales.h), and with one
+ * scale one ulp above (not a half: float scales in the panels), the last
+ * s_hi of the first matrix and the first s_lo of the second; the test
+ * checks that each took its layout. */
 static void test_sq_int8_kernel_bit_exact(void **state) {
     (void)state;
     sq_cfg_t cfgs[] = {{8, 4, 64, 0.875}, {8, 4, 64, 0.75}, {8, 4, 64, 0.9375}, {8, 4, 64, 0.5},
@@ -554,12 +555,13 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
         for (int j = 0; j < 2; j++) {
             assert_int_equal(sq_alloc(&t[j], cfg, n, k), 0);
             assert_int_equal(sq_quantize(&t[j], w + j * n * k, NULL, NULL), 0);
-            for (long g = 0; g < n * (k / t[j].G); g++) {
+            const long ns = n * (k / t[j].G);
+            for (long g = 0; g < ns; g++) {
                 assert_true(k_f16_to_f32(k_f32_to_f16(t[j].s_lo[g])) == t[j].s_lo[g]);
                 assert_true(k_f16_to_f32(k_f32_to_f16(t[j].s_hi[g])) == t[j].s_hi[g]);
-                if (!halves) t[j].s_lo[g] = nextafterf(t[j].s_lo[g], INFINITY);
-                if (!halves) t[j].s_hi[g] = nextafterf(t[j].s_hi[g], INFINITY);
             }
+            float *s = j ? &t[j].s_lo[0] : &t[j].s_hi[ns - 1];
+            if (!halves) *s = nextafterf(*s, INFINITY);
         }
         k_sq_t v0 = view(&t[0]), v1 = view(&t[1]);
         int panels = 0;
@@ -575,6 +577,7 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
             panels |= p < 3;
             /* half scales in the panels exactly when every scale is a half */
             assert_int_equal(kv[0]->pack_s16, p < 3 && halves);
+            assert_int_equal(kv[1]->pack_s16, p < 3 && halves);
             for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
                 long m = ms[mi];
                 for (long j = 0; j < m * k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
