@@ -45,6 +45,8 @@ typedef struct {
      * t0 > 0 is a sliding window */
     void (*attn_head)(const float *q, const float *const *Kb, const float *const *Vb, int bt,
                       long stride, int t0, int n, int hd, float scale, float *scores, float *out);
+    /* s[i] = expf(s[i] - mx), i < n: the softmax's exp, glibc's expf to the bit */
+    void (*attn_exp)(float *s, long n, float mx);
 } k_isa_t;
 
 void k_init(void);

@@ -242,6 +242,62 @@ static void test_attention_same_bits_every_isa(void **state) {
     if (!tried) skip(); /* a CPU without AVX2 has only the portable path */
 }
 
+/* The softmax's exp (k_attn.inc) is the C library's expf bit for bit on
+ * every ISA path: ~1.2 M inputs spread over every bit pattern (every sign,
+ * exponent and the specials: +-0, +-inf, NaNs, subnormals, the overflow
+ * and underflow edges), through the subtraction of a max as attention
+ * does it. (The whole 2^32 inputs were checked once, on glibc 2.36; the
+ * replica follows glibc's x86-64 FMA expf, so on another C library this
+ * test says where they part.) */
+static void test_attention_exp_is_expf(void **state) {
+    (void)state;
+    enum { N = 4096 };
+    static float s[N], x[N];
+    const float mxs[] = {0.0f, 3.5f, -20.0f};
+    int tried = 0;
+    for (int p = 0; p < 3; p++) {
+        setenv("SQSERVE_ISA", ISAS[p], 1);
+        k_init();
+        if (strcmp(k_isa_name(), ISAS[p]) != 0) continue; /* CPU lacks it */
+        tried++;
+        /* the edges: glibc's special cases and their neighbours */
+        const float edge[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 0x1p-149f, -0x1p-149f, 0x1p-126f,
+                              0x1.62e42ep6f, nextafterf(0x1.62e42ep6f, 0), nextafterf(0x1.62e42ep6f, 100), 88.0f,
+                              nextafterf(88.0f, 0), -88.0f, nextafterf(-88.0f, 0), -0x1.9fe368p6f,
+                              nextafterf(-0x1.9fe368p6f, 0), nextafterf(-0x1.9fe368p6f, -200), -0x1.9d1d9ep6f,
+                              nextafterf(-0x1.9d1d9ep6f, 0), nextafterf(-0x1.9d1d9ep6f, -200), -200.0f, 1e30f};
+        const int ne = (int)(sizeof edge / sizeof edge[0]);
+        for (int i = 0; i < ne; i++) s[i] = edge[i];
+        k_isa()->attn_exp(s, ne, 0.0f);
+        for (int i = 0; i < ne; i++) {
+            const float want = expf(edge[i]);
+            if (memcmp(&want, &s[i], 4) != 0 && !(isnan(want) && isnan(s[i]))) {
+                print_error("%s: exp(%a) = %a, expf says %a\n", ISAS[p], edge[i], s[i], want);
+                fail();
+            }
+        }
+        for (uint64_t u0 = 0; u0 < (1ull << 32); u0 += (uint64_t)N * 3583) { /* an odd stride: every low bit varies */
+            const float mx = mxs[(u0 / N) % 3];
+            for (int i = 0; i < N; i++) {
+                uint32_t u = (uint32_t)(u0 + (uint64_t)i * 3583);
+                memcpy(&x[i], &u, 4);
+                s[i] = x[i];
+            }
+            k_isa()->attn_exp(s, N - (int)(u0 % 7), mx); /* every tail length */
+            for (int i = 0; i < N - (int)(u0 % 7); i++) {
+                const float want = expf(x[i] - mx);
+                if (memcmp(&want, &s[i], 4) != 0 && !(isnan(want) && isnan(s[i]))) {
+                    print_error("%s: exp(%a - %a) = %a, expf says %a\n", ISAS[p], x[i], mx, s[i], want);
+                    fail();
+                }
+            }
+        }
+    }
+    unsetenv("SQSERVE_ISA");
+    k_init();
+    assert_true(tried > 0);
+}
+
 static void test_split_covers_range(void **state) {
     (void)state;
     for (long n = 0; n < 50; n++)
@@ -329,6 +385,7 @@ int main(void) {
         cmocka_unit_test(test_type_table),
         cmocka_unit_test(test_matmul_all_isas_types_shapes),
         cmocka_unit_test(test_attention_same_bits_every_isa),
+        cmocka_unit_test(test_attention_exp_is_expf),
         cmocka_unit_test(test_split_covers_range),
         cmocka_unit_test(test_small_ops),
         cmocka_unit_test(test_rope_table_same_bits),
