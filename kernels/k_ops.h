@@ -47,6 +47,8 @@ typedef struct {
                       long stride, int t0, int n, int hd, float scale, float *scores, float *out);
     /* s[i] = expf(s[i] - mx), i < n: the softmax's exp, glibc's expf to the bit */
     void (*attn_exp)(float *s, long n, float mx);
+    /* g[i] = g[i] / (1 + expf(-g[i])) * u[i]: k_silu_mul */
+    void (*silu_mul)(float *g, const float *u, long n);
 } k_isa_t;
 
 void k_init(void);

@@ -249,9 +249,8 @@ void k_rope_neox_cs_apply(float *x, long rot_dim, const float *cs) {
     for (long i = 0, half = rot_dim / 2; i < half; i++) rope_pair(&x[i], &x[i + half], cs[2 * i], cs[2 * i + 1]);
 }
 
-void k_silu_mul(float *g, const float *u, long n) {
-    for (long i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
+/* g / (1 + expf(-g)) u, every ISA the same bits (k_attn.inc) */
+void k_silu_mul(float *g, const float *u, long n) { k_isa()->silu_mul(g, u, n); }
 
 void k_add(float *y, const float *x, long n) {
     for (long i = 0; i < n; i++) y[i] += x[i];

@@ -298,6 +298,42 @@ static void test_attention_exp_is_expf(void **state) {
     assert_true(tried > 0);
 }
 
+/* SwiGLU's silu(g) u (k_silu_mul, through the ISA's table) is the scalar
+ * expression with the C library's expf, bit for bit, on every ISA path:
+ * lengths around the vector width and the 256-value blocks, values from
+ * subnormal to beyond exp's overflow in both signs. */
+static void test_silu_mul_every_isa(void **state) {
+    (void)state;
+    enum { N = 700 };
+    static float g0[N], u[N], g[N];
+    uint32_t r = 99;
+    for (int i = 0; i < N; i++) {
+        r = r * 1664525u + 1013904223u;
+        const float mag = i % 50 == 0 ? 1e-40f : i % 17 == 0 ? 150.0f : i % 5 == 0 ? 30.0f : 4.0f;
+        g0[i] = ((float)(r >> 8) / 16777216.0f * 2 - 1) * mag;
+        u[i] = (float)((r * 7u) >> 8) / 16777216.0f * 6 - 3;
+    }
+    const long ns[] = {1, 7, 8, 9, 255, 256, 257, N};
+    for (int p = 0; p < 3; p++) {
+        setenv("SQSERVE_ISA", ISAS[p], 1);
+        k_init();
+        if (strcmp(k_isa_name(), ISAS[p]) != 0) continue; /* CPU lacks it */
+        for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
+            memcpy(g, g0, sizeof g);
+            k_silu_mul(g, u, ns[c]);
+            for (long i = 0; i < N; i++) {
+                const float want = i < ns[c] ? g0[i] / (1.0f + expf(-g0[i])) * u[i] : g0[i];
+                if (memcmp(&want, &g[i], 4) != 0) {
+                    print_error("%s n %ld: silu(%a) * %a = %a, want %a\n", ISAS[p], ns[c], g0[i], u[i], g[i], want);
+                    fail();
+                }
+            }
+        }
+    }
+    unsetenv("SQSERVE_ISA");
+    k_init();
+}
+
 static void test_split_covers_range(void **state) {
     (void)state;
     for (long n = 0; n < 50; n++)
@@ -386,6 +422,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_all_isas_types_shapes),
         cmocka_unit_test(test_attention_same_bits_every_isa),
         cmocka_unit_test(test_attention_exp_is_expf),
+        cmocka_unit_test(test_silu_mul_every_isa),
         cmocka_unit_test(test_split_covers_range),
         cmocka_unit_test(test_small_ops),
         cmocka_unit_test(test_rope_table_same_bits),
