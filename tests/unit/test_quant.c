@@ -162,8 +162,10 @@ static void test_matmul_all_isas_types_shapes(void **state) {
 /* Attention (k_attn.inc) on one head: every ISA gives the portable path's
  * bits (a last-bit difference there moves SmolLM2's perplexity by up to
  * 1.2 %), and the portable path is softmax(q.K^T*scale).V to float
- * accuracy. Head sizes 64 and 128 take the vector path, 72 and 20 the
- * scalar one; n crosses block boundaries; t0 > 0 is a sliding window. */
+ * accuracy, its output exactly sum_t (p_t inv) v_t added in t order from
+ * the scores it leaves. Head sizes 64, 128 and 192 take the 64-column
+ * passes, 96 the general vector loop, 72 and 20 the scalar one; n crosses
+ * block boundaries; t0 > 0 is a sliding window. */
 static void run_attn(const float *q, const float *const *kb, const float *const *vb, int bt, long stride, int t0,
                      int n, int hd, float *scores, float *out) {
     k_isa()->attn_head(q, kb, vb, bt, stride, t0, n, hd, 1.0f / sqrtf((float)hd), scores, out);
@@ -172,11 +174,11 @@ static void run_attn(const float *q, const float *const *kb, const float *const 
 static void test_attention_same_bits_every_isa(void **state) {
     (void)state;
     enum { BT = 16, NMAX = 300, BLOCKS = (NMAX + BT - 1) / BT };
-    const int hds[] = {64, 128, 72, 20};
+    const int hds[] = {64, 128, 192, 96, 72, 20};
     const int ns[][2] = {{0, 1}, {0, 2}, {0, 17}, {0, 64}, {0, 299}, {5, 40}, {100, 300}};
     long stride = 3 * 128 + 8; /* several heads per row, as in the KV cache */
     float *K = malloc((size_t)NMAX * stride * sizeof(float)), *V = malloc((size_t)NMAX * stride * sizeof(float));
-    float q[128], sc[NMAX], want[128], got[128], dw[NMAX];
+    float q[192], sc[NMAX], want[192], got[192], dw[NMAX];
     assert_non_null(K);
     assert_non_null(V);
     srand(77);
@@ -191,13 +193,25 @@ static void test_attention_same_bits_every_isa(void **state) {
         vb[b] = V + (size_t)b * BT * stride + 8;
     }
     int tried = 0;
-    for (int h = 0; h < 4; h++)
+    for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
         for (int c = 0; c < 7; c++) {
             int hd = hds[h], t0 = ns[c][0], n = ns[c][1];
             for (int e = 0; e < hd; e++) q[e] = (float)rand() / RAND_MAX * 4 - 2;
             setenv("SQSERVE_ISA", "portable", 1);
             k_init();
             run_attn(q, kb, vb, BT, stride, t0, n, hd, sc, want);
+            /* the output from the exps the call left in sc, exactly (order included) */
+            float ssum = 0;
+            for (int t = t0; t < n; t++) ssum += sc[t];
+            const float inv = 1.0f / ssum;
+            for (int e = 0; e < hd; e++) {
+                float o = 0;
+                for (int t = t0; t < n; t++) o += (sc[t] * inv) * vb[t / BT][(t % BT) * stride + e];
+                if (memcmp(&o, &want[e], sizeof o) != 0) {
+                    print_error("hd %d t0 %d n %d: out[%d] %a, the sum in order %a\n", hd, t0, n, e, want[e], o);
+                    fail();
+                }
+            }
             /* the definition in double precision */
             double mx = -INFINITY, sum = 0;
             for (int t = t0; t < n; t++) {
@@ -246,9 +260,11 @@ static void test_attention_same_bits_every_isa(void **state) {
  * every ISA path: ~1.2 M inputs spread over every bit pattern (every sign,
  * exponent and the specials: +-0, +-inf, NaNs, subnormals, the overflow
  * and underflow edges), through the subtraction of a max as attention
- * does it. (The whole 2^32 inputs were checked once, on glibc 2.36; the
- * replica follows glibc's x86-64 FMA expf, so on another C library this
- * test says where they part.) */
+ * does it; and two inputs whose result depends on whether glibc's steps
+ * are fused (r and y), against the FMA form's bits, hard-coded (glibc's
+ * expf without FMA gives the other float there). (The whole 2^32 inputs
+ * were checked once, on glibc 2.36; the replica follows glibc's x86-64 FMA
+ * expf, so on another C library this test says where they part.) */
 static void test_attention_exp_is_expf(void **state) {
     (void)state;
     enum { N = 4096 };
@@ -267,6 +283,15 @@ static void test_attention_exp_is_expf(void **state) {
                               nextafterf(-0x1.9fe368p6f, 0), nextafterf(-0x1.9fe368p6f, -200), -0x1.9d1d9ep6f,
                               nextafterf(-0x1.9d1d9ep6f, 0), nextafterf(-0x1.9d1d9ep6f, -200), -200.0f, 1e30f};
         const int ne = (int)(sizeof edge / sizeof edge[0]);
+        /* (seven: four lanes of the vector loop, three of its scalar tail) */
+        const float fused_x[2] = {0x1.04845ep+5f, -0x1.f8cbb2p+5f}, fused_y[2] = {0x1.f93e38p+46f, 0x1.f45326p-92f};
+        for (int i = 0; i < 7; i++) s[i] = fused_x[i % 2];
+        k_isa()->attn_exp(s, 7, 0.0f);
+        for (int i = 0; i < 7; i++)
+            if (memcmp(&fused_y[i % 2], &s[i], 4) != 0) {
+                print_error("%s: exp(%a) = %a, the FMA form gives %a\n", ISAS[p], fused_x[i % 2], s[i], fused_y[i % 2]);
+                fail();
+            }
         for (int i = 0; i < ne; i++) s[i] = edge[i];
         k_isa()->attn_exp(s, ne, 0.0f);
         for (int i = 0; i < ne; i++) {
