@@ -104,17 +104,36 @@ void sq_dequant_row(const sq_tensor_t *t, long r, float *out) {
         }
 }
 
+/* tab[byte] = the largest |low code| among the byte's fields (a byte holds
+ * whole fields, and a row whole bytes: k is a multiple of 64), so the
+ * range check reads a row a byte at a time (a load of a 70B model checks
+ * 60 G codes) */
+static void lo_abs_max_table(int lob, uint8_t tab[256]) {
+    for (int v = 0; v < 256; v++) {
+        int m = 0;
+        for (int f = 0; f < 8 / lob; f++) {
+            const int c = k_sq_lo_code((const uint8_t *)&(uint8_t){(uint8_t)v}, lob == 4 ? 4 : 2, (size_t)f);
+            m = abs(c) > m ? abs(c) : m;
+        }
+        tab[v] = (uint8_t)m;
+    }
+}
+
 const char *sq_validate(const sq_tensor_t *t) {
     if (sq_cfg_check(&t->cfg, t->k)) return sq_cfg_check(&t->cfg, t->k);
     long nb = t->k / t->cfg.b, ng = t->k / t->G;
-    int ql = sq_qmax(t->cfg.h_low), qh = sq_qmax(t->cfg.h_high);
+    int ql = sq_qmax(t->cfg.h_low), qh = sq_qmax(t->cfg.h_high), lob = lo_storage_bits(t->cfg.h_low);
+    uint8_t amax[256];
+    lo_abs_max_table(lob, amax);
+    const size_t row_bytes = (size_t)t->k * (size_t)lob / 8;
     for (long r = 0; r < t->n; r++) {
         for (long g = 0; g < ng; g++)
             if (!(t->s_lo[r * ng + g] >= 0) || !(t->s_hi[r * ng + g] >= 0) ||
                 !isfinite(t->s_lo[r * ng + g]) || !isfinite(t->s_hi[r * ng + g]))
                 return "a scale is negative or not finite";
-        for (long j = 0; j < t->k; j++)
-            if (abs(get_lo(t, r, j)) > ql) return "a low code is out of range";
+        const uint8_t *row = t->lo + (size_t)r * row_bytes;
+        for (size_t i = 0; i < row_bytes; i++)
+            if (amax[row[i]] > ql) return "a low code is out of range";
         for (long bk = 0; bk < nb; bk++) {
             const uint8_t *ix = t->idx + (r * nb + bk) * t->h;
             const int8_t *hv = t->hi + (r * nb + bk) * t->h;
@@ -225,19 +244,33 @@ const char *sq_decode(sq_tensor_t *t, const uint8_t *codes, const uint8_t *hi, c
         t->s_hi[g] = k_f16_to_f32(s_hi[g]);
     }
     memcpy(t->lo, codes, nb * bank_bytes);
+    /* per byte value: which fields hold the marker (a bit each), and the
+     * byte with those fields 0 (the explicit layout holds 0 there); a bank
+     * is then read without a branch per byte (a quarter of the bytes hold
+     * a marker at 8/4 b64 s0.875, in no pattern a branch could learn) */
+    uint8_t marks[256], cleared[256];
+    for (int v = 0; v < 256; v++) {
+        marks[v] = 0, cleared[v] = (uint8_t)v;
+        for (int f = 0; f < per; f++)
+            if ((((unsigned)v >> (f * lob)) & fmask) == mk) {
+                marks[v] |= (uint8_t)(1u << f);
+                cleared[v] &= (uint8_t)~(fmask << (f * lob));
+            }
+    }
     for (size_t bank = 0; bank < nb; bank++) {
-        uint8_t *p = t->lo + bank * bank_bytes, *idx = t->idx + bank * h;
-        size_t slot = 0;
+        uint8_t *p = t->lo + bank * bank_bytes, pos[128 + 4];
+        size_t count = 0;
         for (size_t i = 0; i < bank_bytes; i++) {
-            if (!p[i]) continue; /* all fields 0: no marker (the marker is never 0) */
-            for (int f = 0; f < per; f++)
-                if (((p[i] >> (f * lob)) & fmask) == mk) {
-                    if (slot == h) return "a bank has more high positions than the configuration allows";
-                    idx[slot++] = (uint8_t)(i * (size_t)per + (size_t)f);
-                    p[i] &= (uint8_t)~(fmask << (f * lob)); /* the explicit layout holds 0 there */
-                }
+            const unsigned mb = marks[p[i]];
+            for (int f = 0; f < per; f++) { /* every field written, the count advanced at markers */
+                pos[count] = (uint8_t)(i * (size_t)per + (size_t)f);
+                count += mb >> f & 1;
+            }
+            p[i] = cleared[p[i]];
         }
-        if (slot != h) return "a bank has fewer high positions than the configuration requires";
+        if (count > h) return "a bank has more high positions than the configuration allows";
+        if (count < h) return "a bank has fewer high positions than the configuration requires";
+        memcpy(t->idx + bank * h, pos, h);
     }
     hi_unpack(hi, nb * h, hi_storage_bits(t->cfg.h_high), t->hi);
     return NULL;

@@ -23,4 +23,11 @@ static inline int k_sq_lo_code(const uint8_t *lo, int h_low, size_t e) {
     return v >= 2 ? v - 4 : v;
 }
 
+/* The offset-binary low code (code + 8) of element m of a run of nibble
+ * codes (h_low 3 or 4) that starts at an even element, B its first byte:
+ * a two's complement nibble v is code + 8 = v ^ 8. The panel packers read
+ * whole rows this way (k_sq_lo_code's per-element call and branches were
+ * a tenth of a .sqm's load). */
+static inline unsigned k_sq_nib_ob(const uint8_t *B, long m) { return ((B[m >> 1] >> (4 * (m & 1))) & 15u) ^ 8u; }
+
 #endif

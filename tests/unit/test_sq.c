@@ -195,12 +195,14 @@ static void test_compact_layout_round_trip(void **state) {
         uint8_t save = codes[at * lob / 8];
         codes[at * lob / 8] = (uint8_t)((codes[at * lob / 8] & ~(((1u << lob) - 1) << (at * lob % 8))) |
                                         ((1u << (lob - 1)) << (at * lob % 8)));
-        assert_non_null(sq_decode(&u, codes, hi, s_lo, s_hi));
+        assert_string_equal(sq_decode(&u, codes, hi, s_lo, s_hi),
+                            "a bank has more high positions than the configuration allows");
         codes[at * lob / 8] = save;
         /* a marker cleared: one high too few */
         int hp = t.idx[0];
         codes[hp * lob / 8] &= (uint8_t)~(((1u << lob) - 1) << (hp * lob % 8));
-        assert_non_null(sq_decode(&u, codes, hi, s_lo, s_hi));
+        assert_string_equal(sq_decode(&u, codes, hi, s_lo, s_hi),
+                            "a bank has fewer high positions than the configuration requires");
         /* a float scale that is not a half cannot be stored */
         t.s_lo[0] = nextafterf(t.s_lo[0] > 0 ? t.s_lo[0] : 1.0f, 10.0f);
         assert_int_equal(sq_encode(&t, codes, hi, s_lo, s_hi), -1);
