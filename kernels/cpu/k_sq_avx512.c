@@ -60,10 +60,7 @@ static void pack_row(const k_sq_t *w, long r, long g, int i, int hq, int s16, ui
         uint8_t *L = P + (size_t)u * lo_block(w);
         long j0 = g * w->G + 64 * u;
         if (w->h_low == 3 || w->h_low == 4) { /* nibbles: the row's 64 codes in place (j0 is even) */
-            const uint8_t *B = w->lo + (size_t)(r * w->k + j0) / 2;
-            for (int c = 0; c < 8; c++)
-                for (int q = 0; q < 4; q++)
-                    L[64 * c + 4 * i + q] = (uint8_t)(k_sq_nib_ob(B, 8 * c + q) | k_sq_nib_ob(B, 8 * c + 4 + q) << 4);
+            k_sq_pack_nib_row(w->lo + (size_t)(r * w->k + j0) / 2, L, 64, i);
             continue;
         }
         for (int c = 0; c < (w->h_low == 8 ? 16 : 8); c++)

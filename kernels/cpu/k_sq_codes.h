@@ -30,4 +30,13 @@ static inline int k_sq_lo_code(const uint8_t *lo, int h_low, size_t e) {
  * a tenth of a .sqm's load). */
 static inline unsigned k_sq_nib_ob(const uint8_t *B, long m) { return ((B[m >> 1] >> (4 * (m & 1))) & 15u) ^ 8u; }
 
+/* Row i's 64 nibble codes (B: its first byte) into a panel's 4-bit block,
+ * chunk c at L + stride c (stride: 16 rows x 4 bytes on AVX-512, 8 rows
+ * on AVX2): byte 4 i + q holds elements 8 c + q and 8 c + 4 + q */
+static inline void k_sq_pack_nib_row(const uint8_t *B, uint8_t *L, int stride, int i) {
+    for (int c = 0; c < 8; c++)
+        for (int q = 0; q < 4; q++)
+            L[stride * c + 4 * i + q] = (uint8_t)(k_sq_nib_ob(B, 8 * c + q) | k_sq_nib_ob(B, 8 * c + 4 + q) << 4);
+}
+
 #endif
