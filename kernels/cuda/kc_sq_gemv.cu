@@ -353,7 +353,7 @@ __device__ __forceinline__ void gemv_stage(uint32_t slot, const uint8_t *unit, i
  * threads an SM: their slot loops took them to 71-86, and ptxas fits them
  * in 64 without spilling.) */
 template <int NT, bool S16, bool C, int SW>
-__global__ void __launch_bounds__(GEMV_MAXW * 32, (SW & 3) == 2 ? 2 : 1) k_sq_gemv_st(MmArgs a) {
+__global__ void __launch_bounds__(GEMV_MAXW * 32, (SW & 3) == 2 || (NT <= 2 && SW) ? 2 : 1) k_sq_gemv_st(MmArgs a) {
     extern __shared__ __align__(16) uint8_t smem[];
     typedef GemvLayout<C, S16> L;
     constexpr int UB = L::ub, D = GEMV_STAGES;
@@ -669,7 +669,8 @@ static int mode_plan(const kc_sq *w, long m, int mode, long half) {
 
 extern "C" int kc_sq_gemv_mode_fits(const kc_sq *w, long m, int mode, long half) {
     if (m < 1 || m > 4) return 0;
-    const bool clean = !strcmp(kc_error(), "no CUDA error recorded"); /* (the first error sticks) */
+    /* (the first error sticks; a pending CUDA error from before is not ours to clear) */
+    const bool clean = !strcmp(kc_error(), "no CUDA error recorded") && cudaPeekAtLastError() == cudaSuccess;
     if (!(w->compact ? mode_plan<true>(w, m, mode, half) : mode_plan<false>(w, m, mode, half))) return 1;
     if (clean) kc_clear_error(), (void)cudaGetLastError(); /* not taken: the caller runs the plain launches */
     return 0;

@@ -61,12 +61,13 @@ struct GemvSw {
     float *gate;
     unsigned *mx;
     float *sx;
+    float *r; /* the norm's 1 / rms per token (gemv_acts_n) */
 };
 template <int NT> /* (a multiple of 16: the rings after it take 16-byte cp.async) */
-__host__ __device__ constexpr uint32_t gemv_sw_bytes() { return ((NT * 16 + 2 * NT) * 4 + 15) / 16 * 16; }
+__host__ __device__ constexpr uint32_t gemv_sw_bytes() { return ((NT * 16 + 3 * NT) * 4 + 15) / 16 * 16; }
 template <int NT>
 __device__ __forceinline__ GemvSw gemv_sw(uint8_t *at) {
-    return GemvSw{(float *)at, (unsigned *)at + NT * 16, (float *)at + NT * 16 + NT};
+    return GemvSw{(float *)at, (unsigned *)at + NT * 16, (float *)at + NT * 16 + NT, (float *)at + NT * 16 + 2 * NT};
 }
 
 /* The end of a tile: each row's lanes are added (the quad's for rows g and
@@ -233,12 +234,15 @@ __device__ __forceinline__ void gemv_acts_h(const MmArgs &a, uint8_t *smem, Gemv
 
 /* gemv_acts for a matmul that reads RMSNorm's output (a.nm.in): the
  * activations are the norm of the row x, finished here from the slots the
- * residual matmul before left (GemvNorm). Every warp adds the tiles' sums
- * of squares in the canonical order (kc_rows.cuh) and takes the max over
- * the tiles' candidates at the norm's 1 / rms r, so no warp waits for
- * another; then it quantizes its range of x r w as it copies it, with the
- * codes and scale kc_rmsnorm_q8_canon gives (warp 0 keeps the scales for
- * the epilogue, sw.sx). */
+ * residual matmul before left (GemvNorm). Warp 0 adds the tiles' sums of
+ * squares in the canonical order (kc_rows.cuh) and takes the max over the
+ * tiles' candidates at the norm's 1 / rms r, and leaves r and the scale in
+ * shared memory (sw.r, sw.sx); after one barrier every warp quantizes its
+ * range of x r w as it copies it, with the codes and scale
+ * kc_rmsnorm_q8_canon gives. (Every warp reading the slots itself, as
+ * first written, read them 16 times a block: 24 bytes a tile and token,
+ * ~25 MB of L2 reads a launch for 8B q/k/v against its 17 MB of weights.
+ * The barrier is within the block: no block waits for another.) */
 #define NS_LD 4 /* slot loads a lane issues at once (8 raised the kernel past 100 registers) */
 
 template <int NT>
@@ -246,7 +250,7 @@ __device__ __forceinline__ void gemv_acts_n(const MmArgs &a, uint8_t *smem, Gemv
                                             int warp, int lane) {
     const uint32_t k = (uint32_t)a.k;
     const long T = a.nm.ntile;
-    for (int t = 0; t < NT; t++) {
+    for (int t = 0; warp == 0 && t < NT; t++) {
         const long tok = a.tok0 + t;
         float r = 0.0f, s = 0.0f;
         if (tok < a.m) {
@@ -290,7 +294,12 @@ __device__ __forceinline__ void gemv_acts_n(const MmArgs &a, uint8_t *smem, Gemv
             for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
             s = kc_q8_scale(mx);
         }
-        if (warp == 0 && lane == 0) sw.sx[t] = s;
+        if (lane == 0) sw.sx[t] = s, sw.r[t] = r;
+    }
+    __syncthreads();
+    for (int t = 0; t < NT; t++) {
+        const long tok = a.tok0 + t;
+        const float r = sw.r[t], s = sw.sx[t];
         const float4 *src = (const float4 *)(a.nm.x + tok * a.k) + s0 * 16, *wsrc = (const float4 *)a.nm.w + s0 * 16;
         uint4 *dst = (uint4 *)(smem + t * k) + s0 * 4;
         int *osum = (int *)(smem + NT * k + t * k / 4) + s0 * 4;

@@ -35,17 +35,18 @@ static long dev_moved(const float *d, const float *host, long count) {
 
 /* ---- RoPE and the K/V store in the q/k/v matmul's epilogue (kc_sq_matmul_qkv_rope) ---------
  *
- * A fused q/k/v matrix (4 q heads and 2 k/v heads of 64) at 1-4 tokens,
- * each at its own position and cache block: q, k, v and the cache after
- * the fused call are bit for bit kc_sq_matmul_parts followed by
- * kc_rope_kv_store, with the whole head rotated and with half of it, on
- * both layouts, the staged and register kernels. */
-static void rope_case(kc_sq_t *w, long m, int rot_dim, const char *what) {
-    enum { HD = 64, NH = 4, NKV = 2, KVD = NKV * HD, BS = 16, NB = 4, NL = 2, LAYER = 1 };
+ * A fused q/k/v matrix (4 q heads and 2 k/v heads of 64, or of 128) at
+ * 1-4 tokens, each at its own position and cache block: q, k, v and the
+ * cache after the fused call are bit for bit kc_sq_matmul_parts followed
+ * by kc_rope_kv_store, with the whole head rotated and with half of it, on
+ * both layouts (half and float scales), the staged and register kernels. */
+static void rope_case(kc_sq_t *w, int HD, long m, int rot_dim, const char *what) {
+    enum { NH = 4, NKV = 2, BS = 16, NB = 4, NL = 2, LAYER = 1 };
+    const int KVD = NKV * HD;
     const long k = 64 * 5, nq = NH * HD, cache = (long)NB * NL * BS * KVD;
     static const int32_t pos[4] = {5, 37, 20, 2}, off[4] = {0, 4, 8, 12};
     static const int32_t blk[16] = {3, 1, 0, 2, 2, 0, 1, 3, 0, 2, 3, 1, 1, 0, 2, 3};
-    float inv[HD / 2] = {0}, *x = malloc(m * k * 4);
+    float inv[64] = {0}, *x = malloc(m * k * 4); /* (HD <= 128) */
     for (int i = 0; i < rot_dim / 2; i++) inv[i] = (float)pow(10000.0, -2.0 * i / rot_dim);
     fill_x(x, m, k);
     float *dx = dmalloc(m * k * 4), *dsx = dmalloc(16), *dinv = dmalloc(sizeof inv), *dcs = dmalloc(m * HD * 4);
@@ -94,10 +95,13 @@ static void test_rope(void) {
     kc_sq_set_gemv_max(4);
     for (int st = 1; st >= 0; st--) {
         kc_sq_set_gemv_stage(st);
-        for (int f = 0; f < 2; f++) {
-            const int flags = f ? KC_SQ_NO_COMPACT | KC_SQ_F16_SCALES : KC_SQ_F16_SCALES;
-            kc_sq_t *p[3] = {kc_sq_random_ex(256, 64 * 5, 4, 64, 8, 11, flags), kc_sq_random_ex(128, 64 * 5, 4, 64, 8, 12, flags),
-                             kc_sq_random_ex(128, 64 * 5, 4, 64, 8, 13, flags)};
+        for (int f = 0; f < 4; f++) { /* compact half, explicit half, explicit float scales; head size 128 */
+            const int flags = (int[]){KC_SQ_F16_SCALES, KC_SQ_NO_COMPACT | KC_SQ_F16_SCALES, KC_SQ_NO_COMPACT,
+                                      KC_SQ_F16_SCALES}[f];
+            const int hd = f == 3 ? 128 : 64; /* 4 q heads and 2 k/v heads of hd */
+            kc_sq_t *p[3] = {kc_sq_random_ex(4 * hd, 64 * 5, 4, 64, 8, 11, flags),
+                             kc_sq_random_ex(2 * hd, 64 * 5, 4, 64, 8, 12, flags),
+                             kc_sq_random_ex(2 * hd, 64 * 5, 4, 64, 8, 13, flags)};
             kc_sq_t *w = p[0] && p[1] && p[2] ? kc_sq_fuse((const kc_sq_t *const *)p, 3) : NULL;
             for (int i = 0; i < 3; i++) kc_sq_free(p[i]);
             if (!w) {
@@ -106,7 +110,7 @@ static void test_rope(void) {
             }
             char what[200];
             snprintf(what, sizeof what, "%s, %s kernel", kc_sq_describe(w), st ? "staged" : "register");
-            for (long m = 1; m <= 4; m++) rope_case(w, m, 64, what), rope_case(w, m, 32, what);
+            for (long m = 1; m <= 4; m++) rope_case(w, hd, m, hd, what), rope_case(w, hd, m, hd / 2, what);
             kc_sq_free(w);
         }
     }
@@ -217,9 +221,9 @@ static void test_swiglu(void) {
             "SwiGLU by the matmuls: a matrix it does not take is refused with a message");
     kc_clear_error();
     kc_sq_free(a[0]), kc_sq_free(a[1]), kc_sq_free(gu), kc_sq_free(dn);
-    static const int fl[3] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0};
-    static const char *fn[3] = {"half scales", "explicit, half scales", "float scales"};
-    for (int f = 0; f < 3; f++) {
+    static const int fl[4] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0, KC_SQ_NO_COMPACT};
+    static const char *fn[4] = {"half scales", "explicit, half scales", "float scales", "explicit, float scales"};
+    for (int f = 0; f < 4; f++) {
         swiglu_shape(320, 192, fl[f], fn[f]);                  /* 12 pairs */
         if (!quick) swiglu_shape(512, 64 * 150, fl[f], fn[f]); /* 600 pairs, and the down matrix's k of 9600 */
     }
@@ -314,6 +318,7 @@ static void ns_case(const NsLayer *L, long m, int swiglu, int ties, int rope, co
     float *dcand = dmalloc(4 * nt * 16), *dh = dmalloc(4 * (F / 16) * 4);
     OK(kc_memset(dss, 0x7F, 4 * nt * sizeof(double)));
     OK(kc_memset(dcand, 0x7F, 4 * nt * 16));
+    OK(kc_memset(dh, 0x7F, 4 * (F / 16) * 4)); /* ~3.4e38: a SwiGLU slot left unwritten would set the scale */
     const float eps = 1e-5f;
     /* the plain launches */
     OK(kc_sq_matmul_acc(L->o, dqa, dsa, m, dx[0]));
@@ -424,9 +429,9 @@ static void test_norm_split(void) {
     kc_sq_free(o);
     kc_sq_set_swiglu(1);
     kc_sq_set_rope(1);
-    static const int fl[3] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0};
-    static const char *fn[3] = {"half scales", "explicit, half scales", "float scales"};
-    for (int f = 0; f < 3; f++) {
+    static const int fl[4] = {KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, 0, KC_SQ_NO_COMPACT};
+    static const char *fn[4] = {"half scales", "explicit, half scales", "float scales", "explicit, float scales"};
+    for (int f = 0; f < 4; f++) {
         ns_shape(320, 256, 64, 192, fl[f], fn[f]);
         if (!quick) ns_shape(1024, 1024, 256, 64 * 45, fl[f], fn[f]);
     }
@@ -447,8 +452,8 @@ static void test_norm_split(void) {
  * long enough to split), 8 query heads over 2 K/V heads and 4 over 4, the
  * split off, by default and 3 ways: the attention output and the residual
  * after o bit for bit against kc_attention + kc_quant_i8 + kc_sq_matmul_acc. */
-static void attq_case(kc_sq_t *o, long dim, int n_head, int n_kv, long m, int split, const char *what) {
-    enum { HD = 64, BS = 16, NL = 2, LAYER = 1, BPS = 1216 / 16 };
+static void attq_case(kc_sq_t *o, long dim, int n_head, int n_kv, int HD, long m, int split, const char *what) {
+    enum { BS = 16, NL = 2, LAYER = 1, BPS = 1216 / 16 };
     static const int32_t lens[4] = {700, 37, 1200, 5};
     const long q = (long)n_head * HD, kvd = (long)n_kv * HD, cache = m * BPS * NL * BS * kvd;
     int32_t pos[4], off[4], *blk = malloc(m * BPS * 4);
@@ -515,9 +520,9 @@ static void attq_case(kc_sq_t *o, long dim, int n_head, int n_kv, long m, int sp
     const long moved = dev_moved(dy[0], r, m * dim); /* the reference did add something */
     char line[300];
     snprintf(line, sizeof line,
-             "attention output quantized by the o matmul, %s, heads %d/%d, m = %ld, split %d: attention (%ld differ), "
-             "heads' maxima (%ld), x + att o^T (%ld), with the norm's slots (%ld) bit-exact",
-             what, n_head, n_kv, m, split, bad_a, bad_slot, bad_y, bad_ns);
+             "attention output quantized by the o matmul, %s, heads %d/%d of %d, m = %ld, split %d: attention (%ld "
+             "differ), heads' maxima (%ld), x + att o^T (%ld), with the norm's slots (%ld) bit-exact",
+             what, n_head, n_kv, HD, m, split, bad_a, bad_slot, bad_y, bad_ns);
     verdict(!rc && !bad_a && !bad_slot && !bad_y && !bad_ns && moved, line);
     for (int v = 0; v < 2; v++) kc_free(dout[v]), kc_free(dy[v]);
     kc_free(kv.d_k), kc_free(kv.d_v), kc_free(dq), kc_free(dmax), kc_free(dsx), kc_free(dpos), kc_free(doff);
@@ -531,11 +536,12 @@ static void test_attq(void) {
     kc_sq_set_gemv_max(4);
     kc_sq_set_gemv_stage(1);
     kc_sq_set_norm(1); /* (the variant that also leaves the norm's slots) */
-    static const int heads[2][2] = {{8, 2}, {4, 4}};
-    for (int f = 0; f < 2; f++) {
-        const int flags = f ? KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT : KC_SQ_F16_SCALES;
-        for (int hh = 0; hh < 2; hh++) {
-            const long dim = 320, q = heads[hh][0] * 64L;
+    /* heads, kv heads, head size: GQA and MHA at 64, and 128 (the Llama shapes' rows kernel) */
+    static const int heads[3][3] = {{8, 2, 64}, {4, 4, 64}, {4, 1, 128}};
+    for (int f = 0; f < 3; f++) { /* compact half, explicit half, explicit float scales */
+        const int flags = (int[]){KC_SQ_F16_SCALES, KC_SQ_F16_SCALES | KC_SQ_NO_COMPACT, KC_SQ_NO_COMPACT}[f];
+        for (int hh = 0; hh < 3; hh++) {
+            const long dim = 320, q = (long)heads[hh][0] * heads[hh][2];
             kc_sq_t *o = kc_sq_random_ex(dim, q, 4, 64, 8, 81 + hh, flags);
             if (!o) {
                 verdict(0, kc_error());
@@ -543,7 +549,9 @@ static void test_attq(void) {
                 continue;
             }
             for (long m = 1; m <= 4; m++)
-                for (int sp = 0; sp < (quick ? 2 : 3); sp++) attq_case(o, dim, heads[hh][0], heads[hh][1], m, (int[]){1, 0, 3}[sp], kc_sq_describe(o));
+                for (int sp = 0; sp < (quick ? 2 : 3); sp++)
+                    attq_case(o, dim, heads[hh][0], heads[hh][1], heads[hh][2], m, (int[]){1, 0, 3}[sp],
+                              kc_sq_describe(o));
             kc_sq_free(o);
         }
     }
