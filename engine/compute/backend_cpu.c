@@ -167,7 +167,40 @@ typedef struct {
     int layer;
 } attn_ctx_t;
 
-/* One task unit = (batch row, query head). */
+/* The first position a query at `pos` reads (a sliding window moves it). */
+static int attn_t0(const hparams_t *hp, int pos) {
+    return hp->n_swa > 0 && pos + 1 > hp->n_swa ? pos + 1 - hp->n_swa : 0;
+}
+
+/* A unit's cost: the positions its row reads, plus a fixed part for the
+ * query's load and the output's store. */
+static long attn_row_cost(const fwd_t *f, int i) {
+    int pos = f->b->pos[i];
+    return pos + 1 - attn_t0(&f->m->hp, pos) + 16;
+}
+
+static long attn_unit_cost_total(const fwd_t *f) {
+    long total = 0;
+    for (int i = 0; i < f->b->n; i++) total += attn_row_cost(f, i);
+    return total * f->m->hp.n_head;
+}
+
+/* The first unit whose units before it cost at least `target`. */
+static long attn_unit_at(const fwd_t *f, long target) {
+    long nh = f->m->hp.n_head, acc = 0;
+    for (int i = 0; i < f->b->n; i++) {
+        long c = attn_row_cost(f, i);
+        if (acc + c * nh > target) return i * nh + (target - acc + c - 1) / c;
+        acc += c * nh;
+    }
+    return f->b->n * nh;
+}
+
+/* One task unit = (batch row, query head). A prefill's rows read more
+ * positions down the batch, so equal counts of units would leave the last
+ * thread ~3/4 of a long prompt's attention at two threads: each thread takes
+ * a contiguous range of equal cost instead (every thread computes the same
+ * boundaries; a unit's result does not depend on which thread runs it). */
 static void attn_task(void *arg, int ith, int nth) {
     attn_ctx_t *a = arg;
     fwd_t *f = a->f;
@@ -180,12 +213,12 @@ static void attn_task(void *arg, int ith, int nth) {
     float *sc = c->scores + (size_t)ith * f->n_ctx;
     int max_blocks = (f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     const float **kb = c->blk_ptrs + (size_t)ith * 2 * max_blocks, **vb = kb + max_blocks;
-    long begin, end;
-    k_split((long)f->b->n * hp->n_head, ith, nth, 1, &begin, &end);
+    long total = attn_unit_cost_total(f);
+    long begin = attn_unit_at(f, total * ith / nth), end = attn_unit_at(f, total * (ith + 1) / nth);
     for (long u = begin; u < end; u++) {
         int i = (int)(u / hp->n_head), h = (int)(u % hp->n_head), g = h / group;
         int pos = f->b->pos[i], slot = f->b->slot[i];
-        int t0 = hp->n_swa > 0 && pos + 1 > hp->n_swa ? pos + 1 - hp->n_swa : 0;
+        int t0 = attn_t0(hp, pos);
         for (int blk = t0 / KV_BLOCK; blk <= pos / KV_BLOCK; blk++) {
             kb[blk] = kv_k_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
             vb[blk] = kv_v_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;

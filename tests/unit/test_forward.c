@@ -177,6 +177,55 @@ static void test_batching_is_consistent(void **state) {
     kv_free(&kv);
 }
 
+/* The pool splits attention by cost (a prefill's later rows read more
+ * positions), matmuls by output rows: every value is computed by one thread
+ * in one order, so the thread count must not change a bit of the logits.
+ * A batch of a 40-token prompt beside a second sequence's single token
+ * gives the split uneven rows to cut. */
+static void test_thread_count_does_not_change_logits(void **state) {
+    (void)state;
+    enum { N = 41 };
+    const int nv = M.hp.n_vocab, threads[] = {1, 2, 3, 5};
+    int32_t toks[N], pos[N], slot[N];
+    uint8_t want[N];
+    for (int i = 0; i < N; i++)
+        toks[i] = (int32_t)((i * 7919 + 13) % nv), pos[i] = i < N - 1 ? i : 5, slot[i] = i < N - 1 ? 0 : 1,
+        want[i] = i % 4 == 0 || i == N - 1;
+    int n_want = 0;
+    for (int i = 0; i < N; i++) n_want += want[i];
+    float *ref = malloc((size_t)n_want * nv * sizeof(float)), *got = malloc((size_t)n_want * nv * sizeof(float));
+    assert_non_null(ref);
+    assert_non_null(got);
+    for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+        k_pool_t *pool = k_pool_new(threads[t]);
+        assert_non_null(pool);
+        kv_cache_t kv;
+        fwd_t f;
+        char err[256];
+        assert_int_equal(kv_init(&kv, M.hp.n_layer, M.hp.head_dim * M.hp.n_head_kv, 8, 2), 0);
+        assert_int_equal(kv_seq_reserve(&kv, 0, 48), 0);
+        assert_int_equal(kv_seq_reserve(&kv, 1, 16), 0);
+        assert_int_equal(fwd_init(&f, &M, &kv, pool, N, 48), 0);
+        /* slot 1's first five positions, so its row at position 5 has a past */
+        for (int32_t p = 0; p < 5; p++) {
+            int32_t s1 = 1;
+            batch_t b1 = {1, &toks[p], &p, &s1, NULL};
+            assert_int_equal(fwd_run(&f, &b1, got, err, sizeof err), 0);
+        }
+        batch_t b = {N, toks, pos, slot, want};
+        assert_int_equal(fwd_run(&f, &b, t == 0 ? ref : got, err, sizeof err), 0);
+        if (t > 0 && memcmp(ref, got, (size_t)n_want * nv * sizeof(float)) != 0) {
+            print_error("%d threads: logits differ from 1 thread's\n", threads[t]);
+            fail();
+        }
+        fwd_free(&f);
+        kv_free(&kv);
+        k_pool_free(pool);
+    }
+    free(ref);
+    free(got);
+}
+
 static void test_bad_batches_are_refused(void **state) {
     (void)state;
     kv_cache_t kv;
@@ -206,6 +255,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_and_logits_match_reference),
         cmocka_unit_test(test_batching_is_consistent),
+        cmocka_unit_test(test_thread_count_does_not_change_logits),
         cmocka_unit_test(test_bad_batches_are_refused),
     };
     return cmocka_run_group_tests_name("forward", tests, setup, teardown);
