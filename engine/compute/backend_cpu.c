@@ -93,12 +93,54 @@ static int cpu_embed(fwd_t *f, float *x, int n) {
     return 0;
 }
 
+/* ---- row-wise steps, over the pool's threads when the batch is long ---- */
+
+typedef struct {
+    float *y;
+    const float *x, *w;
+    long width;
+    float eps;
+} rows_t;
+
+static void norm_rows(void *arg, long begin, long end) {
+    const rows_t *r = arg;
+    for (long i = begin; i < end; i++) k_rmsnorm(r->y + i * r->width, r->x + i * r->width, r->w, r->width, r->eps);
+}
+
+/* y[i] += w (a row of width floats) for every row i */
+static void add_row_rows(void *arg, long begin, long end) {
+    const rows_t *r = arg;
+    for (long i = begin; i < end; i++) k_add(r->y + i * r->width, r->w, r->width);
+}
+
+/* y += x over a flat range */
+static void add_range(void *arg, long begin, long end) {
+    const rows_t *r = arg;
+    k_add(r->y + begin, r->x + begin, end - begin);
+}
+
+/* y = silu(y) * x over a flat range */
+static void silu_mul_range(void *arg, long begin, long end) {
+    const rows_t *r = arg;
+    k_silu_mul(r->y + begin, r->x + begin, end - begin);
+}
+
+static void rows_norm(fwd_t *f, float *y, const float *x, const float *w, long width, long n) {
+    rows_t r = {y, x, w, width, f->m->hp.rms_eps};
+    k_pool_for(f->pool, n, 1, K_ROWS_GRAIN(width), norm_rows, &r);
+}
+
+/* flat element ranges: 64 values (a cache line's multiple) per unit */
+static void flat_for(fwd_t *f, k_range_fn fn, float *y, const float *x, long count) {
+    rows_t r = {y, x, NULL, 0, 0};
+    k_pool_for(f->pool, count, 64, 8192, fn, &r);
+}
+
 static int cpu_rmsnorm(fwd_t *f, float *y, const float *x, int layer, int norm, int n) {
-    const hparams_t *hp = &f->m->hp;
     const float *w = norm == NORM_OUT    ? f->m->output_norm
                      : norm == NORM_ATTN ? f->m->layers[layer].attn_norm
                                          : f->m->layers[layer].ffn_norm;
-    for (long i = 0; i < n; i++) k_rmsnorm(y + i * hp->dim, x + i * hp->dim, w, hp->dim, hp->rms_eps);
+    rows_norm(f, y, x, w, f->m->hp.dim, n);
     return 0;
 }
 
@@ -126,46 +168,51 @@ static int cpu_matmul(fwd_t *f, int layer, const int *ids, float *const *y, int 
 static int cpu_bias(fwd_t *f, int layer, int id, float *y, int n) {
     const layer_t *L = &f->m->layers[layer];
     const float *b = id == W_Q ? L->bq : id == W_K ? L->bk : L->bv;
-    long width = id == W_Q ? f->m->hp.q_dim : f->kv->kv_dim;
-    for (long i = 0; i < n; i++) k_add(y + i * width, b, width);
+    rows_t r = {y, NULL, b, id == W_Q ? f->m->hp.q_dim : f->kv->kv_dim, 0};
+    k_pool_for(f->pool, n, 1, K_ROWS_GRAIN(r.width), add_row_rows, &r);
     return 0;
 }
 
 static int cpu_head_norm(fwd_t *f, float *x, int layer, int norm, int n_heads, int n) {
-    const hparams_t *hp = &f->m->hp;
     const layer_t *L = &f->m->layers[layer];
-    const float *w = norm == NORM_Q ? L->q_norm : L->k_norm;
-    for (long r = 0; r < (long)n * n_heads; r++)
-        k_rmsnorm(x + r * hp->head_dim, x + r * hp->head_dim, w, hp->head_dim, hp->rms_eps);
-    return 0;
-}
-
-static void rope_rows(fwd_t *f, float *x, int n_heads, int n) {
-    const hparams_t *hp = &f->m->hp;
-    const cpu_state_t *c = f->be_state;
-    void (*rot)(float *, long, const float *) =
-        hp->arch->rope_style == ROPE_NEOX ? k_rope_neox_cs_apply : k_rope_cs_apply;
-    long stride = (long)n_heads * hp->head_dim;
-    for (long i = 0; i < n; i++)
-        for (int h = 0; h < n_heads; h++)
-            rot(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, c->rope_cs + i * (long)hp->rope_dim);
-}
-
-static int cpu_rope_store(fwd_t *f, int layer, int n) {
-    rope_rows(f, f->q, f->m->hp.n_head, n);
-    rope_rows(f, f->k, f->m->hp.n_head_kv, n);
-    long kvd = f->kv->kv_dim;
-    for (long i = 0; i < n; i++) {
-        memcpy(kv_k_row(f->kv, layer, f->b->slot[i], f->b->pos[i]), f->k + i * kvd, (size_t)kvd * sizeof(float));
-        memcpy(kv_v_row(f->kv, layer, f->b->slot[i], f->b->pos[i]), f->v + i * kvd, (size_t)kvd * sizeof(float));
-    }
+    rows_norm(f, x, x, norm == NORM_Q ? L->q_norm : L->k_norm, f->m->hp.head_dim, (long)n * n_heads);
     return 0;
 }
 
 typedef struct {
     fwd_t *f;
     int layer;
-} attn_ctx_t;
+} layer_ctx_t;
+
+static void rope_rows(const fwd_t *f, float *x, int n_heads, long begin, long end) {
+    const hparams_t *hp = &f->m->hp;
+    const cpu_state_t *c = f->be_state;
+    void (*rot)(float *, long, const float *) =
+        hp->arch->rope_style == ROPE_NEOX ? k_rope_neox_cs_apply : k_rope_cs_apply;
+    long stride = (long)n_heads * hp->head_dim;
+    for (long i = begin; i < end; i++)
+        for (int h = 0; h < n_heads; h++)
+            rot(x + i * stride + (long)h * hp->head_dim, hp->rope_dim, c->rope_cs + i * (long)hp->rope_dim);
+}
+
+/* rows [begin, end): RoPE on q and k, then k and v into the cache */
+static void rope_store_rows(void *arg, long begin, long end) {
+    const layer_ctx_t *a = arg;
+    fwd_t *f = a->f;
+    rope_rows(f, f->q, f->m->hp.n_head, begin, end);
+    rope_rows(f, f->k, f->m->hp.n_head_kv, begin, end);
+    long kvd = f->kv->kv_dim;
+    for (long i = begin; i < end; i++) {
+        memcpy(kv_k_row(f->kv, a->layer, f->b->slot[i], f->b->pos[i]), f->k + i * kvd, (size_t)kvd * sizeof(float));
+        memcpy(kv_v_row(f->kv, a->layer, f->b->slot[i], f->b->pos[i]), f->v + i * kvd, (size_t)kvd * sizeof(float));
+    }
+}
+
+static int cpu_rope_store(fwd_t *f, int layer, int n) {
+    layer_ctx_t a = {f, layer};
+    k_pool_for(f->pool, n, 1, K_ROWS_GRAIN(f->m->hp.q_dim), rope_store_rows, &a);
+    return 0;
+}
 
 /* The first position a query at `pos` reads (a sliding window moves it). */
 static int attn_t0(const hparams_t *hp, int pos) {
@@ -202,7 +249,7 @@ static long attn_unit_at(const fwd_t *f, long target) {
  * a contiguous range of equal cost instead (every thread computes the same
  * boundaries; a unit's result does not depend on which thread runs it). */
 static void attn_task(void *arg, int ith, int nth) {
-    attn_ctx_t *a = arg;
+    layer_ctx_t *a = arg;
     fwd_t *f = a->f;
     cpu_state_t *c = f->be_state;
     const hparams_t *hp = &f->m->hp;
@@ -230,7 +277,7 @@ static void attn_task(void *arg, int ith, int nth) {
 
 static int cpu_attention(fwd_t *f, int layer, int n) {
     (void)n; /* the tasks read the batch */
-    attn_ctx_t a = {f, layer};
+    layer_ctx_t a = {f, layer};
     k_pool_run(f->pool, attn_task, &a);
     return 0;
 }
@@ -238,13 +285,13 @@ static int cpu_attention(fwd_t *f, int layer, int n) {
 static int cpu_matmul_add(fwd_t *f, int layer, int id, float *y, const float *x, int n) {
     const k_mat_t *w = cpu_weight(f->m, layer, id);
     if (k_matmul(f->pool, w, x, n, f->xb) != 0) return -1;
-    k_add(y, f->xb, (long)n * w->n);
+    flat_for(f, add_range, y, f->xb, (long)n * w->n);
     return 0;
 }
 
 static int cpu_silu_mul(fwd_t *f, int layer, float *g, const float *u, long count) {
-    (void)f, (void)layer;
-    k_silu_mul(g, u, count);
+    (void)layer;
+    flat_for(f, silu_mul_range, g, u, count);
     return 0;
 }
 

@@ -122,3 +122,26 @@ void k_split(long n, int ith, int nth, long align, long *begin, long *end) {
     *begin = b * align < n ? b * align : n;
     *end = e * align < n ? e * align : n;
 }
+
+typedef struct {
+    long n, align;
+    k_range_fn fn;
+    void *ctx;
+} pool_for_t;
+
+static void pool_for_task(void *arg, int ith, int nth) {
+    const pool_for_t *a = arg;
+    long b, e;
+    k_split(a->n, ith, nth, a->align, &b, &e);
+    if (b < e) a->fn(a->ctx, b, e);
+}
+
+void k_pool_for(k_pool_t *p, long n, long align, long grain, k_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (k_pool_size(p) == 1 || n < 2 * grain) {
+        fn(ctx, 0, n);
+        return;
+    }
+    pool_for_t a = {n, align, fn, ctx};
+    k_pool_run(p, pool_for_task, &a);
+}

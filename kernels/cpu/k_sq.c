@@ -420,6 +420,22 @@ static int quant_split(const k_sq_t *w, const float *x, long m, int8_t *qx, int3
 static int split_matmul(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count, const float *x,
                         long m);
 
+/* The activations' INT8 rows, quantized on the pool's threads over a prompt. */
+typedef struct {
+    const float *x;
+    long k;
+    int8_t *qx;
+    int32_t *xsum;
+    float *sx;
+} quant_rows_t;
+
+static void quant_rows_task(void *arg, long begin, long end) {
+    const quant_rows_t *q = arg;
+    long k = q->k;
+    for (long i = begin; i < end; i++)
+        q->sx[i] = k_quant_row_i8(q->x + i * k, k, q->qx + i * k, k % 64 ? NULL : q->xsum + i * (k / 64));
+}
+
 int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, int count,
                       const float *x, long m) {
     long k = w[0]->k;
@@ -443,9 +459,10 @@ int k_sq_matmul_group(k_pool_t *pool, const k_sq_t *const *w, float *const *y, i
     for (int i = 0; ok && st && i < count; i++) ok = (ys[i] = malloc((size_t)(mr * w[i]->n) * sizeof(float))) != NULL;
     if (ok) {
         if (st) quant_static(w[0], x, m, qx, xsum, sx);
-        else
-            for (long i = 0; i < m; i++)
-                sx[i] = k_quant_row_i8(x + i * k, k, qx + i * k, k % 64 ? NULL : xsum + i * (k / 64));
+        else {
+            quant_rows_t q = {x, k, qx, xsum, sx};
+            k_pool_for(pool, m, 1, K_ROWS_GRAIN(k), quant_rows_task, &q);
+        }
         sq_ctx_t c = {w, st ? ys : y, count, qx, xsum, sx, mr, 0, use_vnni()};
         k_pool_run(pool, sq_task, &c);
         for (int i = 0; st && i < count; i++) /* y = (high part) + (low part) */
