@@ -248,25 +248,39 @@ static void q8_task(void *arg, int ith, int nth) {
     free(scratch);
 }
 
-/* One block size's codes, scales and sums for m rows, in one allocation. */
-static k_q8_row_t *quant_rows(const float *x, long m, long k, int blk) {
+typedef struct {
+    const float *x;
+    long k;
+    int blk;
+    size_t nd, ns, n32, n16, per;
+    uint8_t *base; /* row i's codes, scales and sums at base + i * per */
+    k_q8_row_t *rows;
+} q8_quant_t;
+
+static void quant_rows_task(void *arg, long begin, long end) {
+    const q8_quant_t *a = arg;
+    for (long i = begin; i < end; i++) {
+        float *d = (float *)(a->base + (size_t)i * a->per), *s = d + a->nd;
+        int32_t *s32 = (int32_t *)(s + a->ns);
+        int16_t *s16 = (int16_t *)(s32 + a->n32);
+        int8_t *q = (int8_t *)(s16 + a->n16);
+        k_q8_quant_row(a->x + i * a->k, a->k, a->blk, q, d, s, s32, s16);
+        a->rows[i] = (k_q8_row_t){q, d, a->ns ? s : NULL, s32, a->n16 ? s16 : NULL};
+    }
+}
+
+/* One block size's codes, scales and sums for m rows, in one allocation
+ * (over a prompt, the rows are quantized on the pool's threads). */
+static k_q8_row_t *quant_rows(k_pool_t *pool, const float *x, long m, long k, int blk) {
     size_t nd = (size_t)(k / blk), ns = blk == 32 ? (size_t)(k / 32) : 0, n32 = (size_t)(k / 32),
            n16 = blk == 256 ? (size_t)(k / 16) : 0;
     size_t per = (nd + ns) * sizeof(float) + n32 * sizeof(int32_t) + n16 * sizeof(int16_t) + (size_t)k;
     per = (per + 3) / 4 * 4;
     uint8_t *mem = malloc((size_t)m * (sizeof(k_q8_row_t) + per));
     if (!mem) return NULL;
-    k_q8_row_t *rows = (k_q8_row_t *)mem;
-    uint8_t *p = mem + (size_t)m * sizeof(k_q8_row_t);
-    for (long i = 0; i < m; i++, p += per) {
-        float *d = (float *)p, *s = d + nd;
-        int32_t *s32 = (int32_t *)(s + ns);
-        int16_t *s16 = (int16_t *)(s32 + n32);
-        int8_t *q = (int8_t *)(s16 + n16);
-        k_q8_quant_row(x + i * k, k, blk, q, d, s, s32, s16);
-        rows[i] = (k_q8_row_t){q, d, ns ? s : NULL, s32, n16 ? s16 : NULL};
-    }
-    return rows;
+    q8_quant_t a = {x, k, blk, nd, ns, n32, n16, per, mem + (size_t)m * sizeof(k_q8_row_t), (k_q8_row_t *)mem};
+    k_pool_for(pool, m, 1, K_ROWS_GRAIN(k), quant_rows_task, &a);
+    return a.rows;
 }
 
 int k_q8_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, int count, const float *x,
@@ -280,7 +294,8 @@ int k_q8_matmul_group(k_pool_t *pool, const k_mat_t *const *w, float *const *y, 
         need256 |= k_q8_block(w[i]->type) == 256;
     }
     q8_ctx_t c = {w, y, count, level(), 0, m, NULL, NULL};
-    k_q8_row_t *x32 = need32 ? quant_rows(x, m, k, 32) : NULL, *x256 = need256 ? quant_rows(x, m, k, 256) : NULL;
+    k_q8_row_t *x32 = need32 ? quant_rows(pool, x, m, k, 32) : NULL;
+    k_q8_row_t *x256 = need256 ? quant_rows(pool, x, m, k, 256) : NULL;
     int rc = -1;
     if ((!need32 || x32) && (!need256 || x256)) {
         c.x32 = x32;
