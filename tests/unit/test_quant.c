@@ -164,8 +164,9 @@ static void test_matmul_all_isas_types_shapes(void **state) {
  * 1.2 %), and the portable path is softmax(q.K^T*scale).V to float
  * accuracy, its output exactly sum_t (p_t inv) v_t added in t order from
  * the scores it leaves. Head sizes 64, 128 and 192 take the 64-column
- * passes, 96 the general vector loop, 72 and 20 the scalar one; n crosses
- * block boundaries; t0 > 0 is a sliding window. */
+ * passes alone; 96, 72, 80, 40, 24, 56 and 120 end with passes of 32, 16
+ * or 8 columns (every combination of them); 20 takes the scalar loop; n crosses block
+ * boundaries; t0 > 0 is a sliding window. */
 static void run_attn(const float *q, const float *const *kb, const float *const *vb, int bt, long stride, int t0,
                      int n, int hd, float *scores, float *out) {
     k_isa()->attn_head(q, kb, vb, bt, stride, t0, n, hd, 1.0f / sqrtf((float)hd), scores, out);
@@ -174,7 +175,7 @@ static void run_attn(const float *q, const float *const *kb, const float *const 
 static void test_attention_same_bits_every_isa(void **state) {
     (void)state;
     enum { BT = 16, NMAX = 300, BLOCKS = (NMAX + BT - 1) / BT };
-    const int hds[] = {64, 128, 192, 96, 72, 20};
+    const int hds[] = {64, 128, 192, 96, 72, 80, 40, 24, 56, 120, 20};
     const int ns[][2] = {{0, 1}, {0, 2}, {0, 17}, {0, 64}, {0, 299}, {5, 40}, {100, 300}};
     long stride = 3 * 128 + 8; /* several heads per row, as in the KV cache */
     float *K = malloc((size_t)NMAX * stride * sizeof(float)), *V = malloc((size_t)NMAX * stride * sizeof(float));
