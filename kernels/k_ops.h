@@ -40,11 +40,12 @@ typedef struct {
      * transposed panel of 32 weight rows (k_matmul packs it) */
     void (*gemm_panel)(const float *P, long k, const float *x, long ldx, int nx,
                        float *y, long ldy, int nw);
-    /* softmax(q . K^T * scale) . V for one head over positions t0..n-1
-     * stored in blocks of bt rows (row t at Kb[t / bt] + (t % bt) * stride);
-     * t0 > 0 is a sliding window */
-    void (*attn_head)(const float *q, const float *const *Kb, const float *const *Vb, int bt,
-                      long stride, int t0, int n, int hd, float scale, float *scores, float *out);
+    /* softmax(q_g . K^T * scale) . V for G query heads sharing one K/V head
+     * (q_g = q + g hd, out likewise) over positions t0..n-1 stored in blocks
+     * of bt rows (row t at Kb[t / bt] + (t % bt) * stride); t0 > 0 is a
+     * sliding window; head g's scores at scores + g * ld (ld >= n) */
+    void (*attn_heads)(const float *q, int G, const float *const *Kb, const float *const *Vb, int bt,
+                       long stride, int t0, int n, int hd, float scale, float *scores, long ld, float *out);
     /* s[i] = expf(s[i] - mx), i < n: the softmax's exp, glibc's expf to the bit */
     void (*attn_exp)(float *s, long n, float mx);
     /* g[i] = g[i] / (1 + expf(-g[i])) * u[i]: k_silu_mul */

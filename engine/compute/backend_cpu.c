@@ -20,7 +20,7 @@
 #include <string.h>
 
 typedef struct {
-    float *scores;          /* per thread, n_ctx each */
+    float *scores;          /* per thread, n_ctx for each query head of a K/V group */
     const float **blk_ptrs; /* per thread, 2 x blocks per context */
     float *rope_cs;         /* per batch row, rope_dim: its RoPE table (k_rope_cs), made in cpu_begin */
 } cpu_state_t;
@@ -55,7 +55,7 @@ static int cpu_init(fwd_t *f) {
     f->sel = malloc(n * d * sizeof(float));
     if (!c || !f->x || !f->xb || !f->q || !f->att || !f->k || !f->v || !f->hb || !f->hb2 || !f->sel)
         return -1;
-    c->scores = malloc(nth * (size_t)f->n_ctx * sizeof(float));
+    c->scores = malloc(nth * (size_t)(hp->n_head / hp->n_head_kv) * (size_t)f->n_ctx * sizeof(float));
     c->blk_ptrs = malloc(nth * 2 * max_blocks * sizeof(float *));
     c->rope_cs = malloc(n * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
     return c->scores && c->blk_ptrs && c->rope_cs ? 0 : -1;
@@ -226,28 +226,42 @@ static long attn_row_cost(const fwd_t *f, int i) {
     return pos + 1 - attn_t0(&f->m->hp, pos) + 16;
 }
 
-static long attn_unit_cost_total(const fwd_t *f) {
+/* Units of a row: its K/V heads, each cut into `chunks` runs of query
+ * heads. A prompt's many rows take whole groups (each K/V row read once);
+ * a few rows (decode) cut the groups until every thread has ~4 units, so
+ * that e.g. SmolLM2's 3 groups still spread over 8 threads. */
+static int attn_chunks(const fwd_t *f, int nth) {
+    long per_row = f->m->hp.n_head_kv, want = nth > 1 ? 4L * nth : 0;
+    int group = f->m->hp.n_head / f->m->hp.n_head_kv, chunks = 1;
+    while (chunks < group && (long)f->b->n * per_row * chunks < want) chunks++;
+    return chunks;
+}
+
+static long attn_unit_cost_total(const fwd_t *f, long per_row) {
     long total = 0;
     for (int i = 0; i < f->b->n; i++) total += attn_row_cost(f, i);
-    return total * f->m->hp.n_head;
+    return total * per_row;
 }
 
-/* The first unit whose units before it cost at least `target`. */
-static long attn_unit_at(const fwd_t *f, long target) {
-    long nh = f->m->hp.n_head, acc = 0;
+/* The first unit whose units before it cost at least `target` (a row's
+ * units cost the same). */
+static long attn_unit_at(const fwd_t *f, long per_row, long target) {
+    long acc = 0;
     for (int i = 0; i < f->b->n; i++) {
         long c = attn_row_cost(f, i);
-        if (acc + c * nh > target) return i * nh + (target - acc + c - 1) / c;
-        acc += c * nh;
+        if (acc + c * per_row > target) return i * per_row + (target - acc + c - 1) / c;
+        acc += c * per_row;
     }
-    return f->b->n * nh;
+    return f->b->n * per_row;
 }
 
-/* One task unit = (batch row, query head). A prefill's rows read more
- * positions down the batch, so equal counts of units would leave the last
- * thread ~3/4 of a long prompt's attention at two threads: each thread takes
- * a contiguous range of equal cost instead (every thread computes the same
- * boundaries; a unit's result does not depend on which thread runs it). */
+/* One task unit = (batch row, K/V head, run of its query heads): the query
+ * heads of a run read each K and V row once between them (k_attn_heads).
+ * A prefill's rows read more positions down the batch, so equal counts of
+ * units would leave the last thread ~3/4 of a long prompt's attention at
+ * two threads: each thread takes a contiguous range of equal cost instead
+ * (every thread computes the same boundaries; a head's result does not
+ * depend on which thread or run computes it). */
 static void attn_task(void *arg, int ith, int nth) {
     layer_ctx_t *a = arg;
     fwd_t *f = a->f;
@@ -256,22 +270,27 @@ static void attn_task(void *arg, int ith, int nth) {
     const kv_cache_t *kv = f->kv;
     const k_isa_t *isa = k_isa();
     int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    int chunks = attn_chunks(f, nth), run = (group + chunks - 1) / chunks;
+    long per_row = (long)hp->n_head_kv * chunks;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores + (size_t)ith * f->n_ctx;
+    float *sc = c->scores + (size_t)ith * (size_t)group * (size_t)f->n_ctx;
     int max_blocks = (f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     const float **kb = c->blk_ptrs + (size_t)ith * 2 * max_blocks, **vb = kb + max_blocks;
-    long total = attn_unit_cost_total(f);
-    long begin = attn_unit_at(f, total * ith / nth), end = attn_unit_at(f, total * (ith + 1) / nth);
+    long total = attn_unit_cost_total(f, per_row);
+    long begin = attn_unit_at(f, per_row, total * ith / nth), end = attn_unit_at(f, per_row, total * (ith + 1) / nth);
     for (long u = begin; u < end; u++) {
-        int i = (int)(u / hp->n_head), h = (int)(u % hp->n_head), g = h / group;
+        int i = (int)(u / per_row), g = (int)(u % per_row / chunks), h0 = (int)(u % chunks) * run;
+        int heads = group - h0 < run ? group - h0 : run;
+        if (heads <= 0) continue; /* (chunks that divide unevenly leave none) */
         int pos = f->b->pos[i], slot = f->b->slot[i];
         int t0 = attn_t0(hp, pos);
         for (int blk = t0 / KV_BLOCK; blk <= pos / KV_BLOCK; blk++) {
             kb[blk] = kv_k_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
             vb[blk] = kv_v_row(kv, a->layer, slot, blk * KV_BLOCK) + g * hd;
         }
-        isa->attn_head(f->q + (size_t)i * hp->q_dim + (size_t)h * hd, kb, vb, KV_BLOCK, kv->kv_dim, t0, pos + 1,
-                       hd, scale, sc, f->att + (size_t)i * hp->q_dim + (size_t)h * hd);
+        size_t q0 = (size_t)i * hp->q_dim + ((size_t)g * group + h0) * hd; /* the run's first query head */
+        isa->attn_heads(f->q + q0, heads, kb, vb, KV_BLOCK, kv->kv_dim, t0, pos + 1, hd, scale, sc, f->n_ctx,
+                        f->att + q0);
     }
 }
 

@@ -169,7 +169,7 @@ static void test_matmul_all_isas_types_shapes(void **state) {
  * boundaries; t0 > 0 is a sliding window. */
 static void run_attn(const float *q, const float *const *kb, const float *const *vb, int bt, long stride, int t0,
                      int n, int hd, float *scores, float *out) {
-    k_isa()->attn_head(q, kb, vb, bt, stride, t0, n, hd, 1.0f / sqrtf((float)hd), scores, out);
+    k_isa()->attn_heads(q, 1, kb, vb, bt, stride, t0, n, hd, 1.0f / sqrtf((float)hd), scores, n, out);
 }
 
 static void test_attention_same_bits_every_isa(void **state) {
@@ -255,6 +255,58 @@ static void test_attention_same_bits_every_isa(void **state) {
     free(K);
     free(V);
     if (!tried) skip(); /* a CPU without AVX2 has only the portable path */
+}
+
+/* Grouped-query attention: G query heads over one K/V head in one call
+ * (each K and V row read once between them) give every head the bits of
+ * its own one-head call, on every ISA, for groups of 1-8 heads (four at a
+ * time inside, so 5 and 8 take two rounds) and head sizes whose V passes
+ * end differently. */
+static void test_attention_groups_same_bits(void **state) {
+    (void)state;
+    enum { BT = 16, NMAX = 140, BLOCKS = (NMAX + BT - 1) / BT, GMAX = 8, HMAX = 128 };
+    const int gs[] = {1, 2, 3, 4, 5, 8}, hds[] = {64, 128, 96, 40, 24, 20};
+    const int ns[][2] = {{0, 1}, {0, 33}, {7, 140}};
+    long stride = 2 * 128 + 8;
+    float *K = malloc((size_t)NMAX * stride * sizeof(float)), *V = malloc((size_t)NMAX * stride * sizeof(float));
+    float *q = malloc(GMAX * HMAX * sizeof(float)), *sc = malloc(GMAX * NMAX * sizeof(float));
+    float *want = malloc(GMAX * HMAX * sizeof(float)), *got = malloc(GMAX * HMAX * sizeof(float));
+    assert_true(K && V && q && sc && want && got);
+    srand(91);
+    for (long i = 0; i < NMAX * stride; i++) {
+        K[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 41 == 0 ? 30.0f : 2.0f);
+        V[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 29 == 0 ? 200.0f : 1.0f);
+    }
+    const float *kb[BLOCKS], *vb[BLOCKS];
+    for (int b = 0; b < BLOCKS; b++) {
+        kb[b] = K + (size_t)b * BT * stride + 8;
+        vb[b] = V + (size_t)b * BT * stride + 8;
+    }
+    for (int s = 0; s < 3; s++) {
+        setenv("SQSERVE_ISA", ISAS[s], 1);
+        k_init();
+        if (strcmp(k_isa_name(), ISAS[s]) != 0) continue; /* CPU lacks it */
+        for (size_t gi = 0; gi < sizeof gs / sizeof gs[0]; gi++)
+            for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
+                for (int c = 0; c < 3; c++) {
+                    int G = gs[gi], hd = hds[h], t0 = ns[c][0], n = ns[c][1];
+                    float scale = 1.0f / sqrtf((float)hd);
+                    for (int e = 0; e < G * hd; e++) q[e] = (float)rand() / RAND_MAX * 4 - 2;
+                    for (int g = 0; g < G; g++)
+                        k_isa()->attn_heads(q + g * hd, 1, kb, vb, BT, stride, t0, n, hd, scale, sc, NMAX,
+                                            want + g * hd);
+                    memset(got, 0xff, GMAX * HMAX * sizeof(float)); /* NaN: an unwritten output fails */
+                    k_isa()->attn_heads(q, G, kb, vb, BT, stride, t0, n, hd, scale, sc, NMAX, got);
+                    if (memcmp(got, want, (size_t)G * hd * sizeof(float)) != 0) {
+                        print_error("%s G %d hd %d t0 %d n %d: a head differs from its one-head call\n", ISAS[s], G,
+                                    hd, t0, n);
+                        fail();
+                    }
+                }
+    }
+    unsetenv("SQSERVE_ISA");
+    k_init();
+    free(K); free(V); free(q); free(sc); free(want); free(got);
 }
 
 /* The softmax's exp (k_attn.inc) is the C library's expf bit for bit on
@@ -447,6 +499,7 @@ int main(void) {
         cmocka_unit_test(test_type_table),
         cmocka_unit_test(test_matmul_all_isas_types_shapes),
         cmocka_unit_test(test_attention_same_bits_every_isa),
+        cmocka_unit_test(test_attention_groups_same_bits),
         cmocka_unit_test(test_attention_exp_is_expf),
         cmocka_unit_test(test_silu_mul_every_isa),
         cmocka_unit_test(test_split_covers_range),
