@@ -204,8 +204,8 @@ static int cuda_act_quant(fwd_t *f, int layer, int site, float *x, int n, int di
     return PROFILED("act_quant", act_quant(g, &g->acts, layer, site, x, n, dim));
 }
 
-/* RoPE and the K/V store in the q/k/v matmul's epilogue where asked for
- * (KC_SQ_ROPE=1) and nothing comes between them in the forward pass (no
+/* RoPE and the K/V store in the q/k/v matmul's epilogue (unless
+ * KC_SQ_ROPE=0) where nothing comes between them in the forward pass (no
  * q/k/v biases, no q/k norms) */
 static int rope_fusable(const fwd_t *f, int n) {
     const hparams_t *hp = &f->m->hp;

@@ -51,7 +51,7 @@ typedef struct {
     const float *qs_of; /* qx2/sx2 hold the static form of qs_of[qs_m][qs_k] (as q_of above) */
     long qs_m, qs_k;
     int int_layers; /* some layer matrix is an integer one (kc_int): set at init */
-    /* RoPE and the K/V store in the q/k/v matmul's epilogue (KC_SQ_ROPE=1):
+    /* RoPE and the K/V store in the q/k/v matmul's epilogue (unless KC_SQ_ROPE=0):
      * the step's angle table, filled at its first layer; roped: layer + 1
      * whose rope_store the matmul already did */
     float *rope_cs;

@@ -551,11 +551,11 @@ extern "C" int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const floa
     return kc_sq_gemv(w, &a);
 }
 
-static long g_rope = -1; /* KC_SQ_ROPE, kc_sq_set_rope: off by default until measured */
+static long g_rope = -1; /* KC_SQ_ROPE, kc_sq_set_rope: on unless KC_SQ_ROPE=0 (8B decode 1.06x, H200) */
 
 extern "C" void kc_sq_set_rope(int on) { g_rope = on < 0 ? -1 : on != 0; }
 
-extern "C" int kc_sq_rope_on(void) { return kc_threshold(&g_rope, "KC_SQ_ROPE", 0) != 0; }
+extern "C" int kc_sq_rope_on(void) { return kc_threshold(&g_rope, "KC_SQ_ROPE", 1) != 0; }
 
 /* RoPE in the q/k/v GEMV's epilogue: the dp4a path in one launch (m <= its
  * widest token count), a fused q/k/v of whole heads, pairs within a head */

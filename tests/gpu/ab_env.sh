@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/gpu/ab_env.sh - one command under several environment settings,
 # interleaved (A B C, A B C, ...), so switches that are off by default
-# (KC_SQ_ROPE=1, KC_SQ_SWIGLU=1, ...) are compared on one warm GPU in one
+# (KC_SQ_SWIGLU=1, KC_SQ_NORM=1, ...) are compared on one warm GPU in one
 # device call, each setting seeing the same clocks and temperature.
 #
 #   tests/gpu/ab_env.sh [-r ROUNDS] [-g REGEX] 'SETTING' ... -- COMMAND [ARGS...]
