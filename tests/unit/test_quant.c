@@ -167,6 +167,20 @@ static void test_matmul_all_isas_types_shapes(void **state) {
  * passes alone; 96, 72, 80, 40, 24, 56 and 120 end with passes of 32, 16
  * or 8 columns (every combination of them); 20 takes the scalar loop; n crosses block
  * boundaries; t0 > 0 is a sliding window. */
+/* n cached positions of K and V (stride floats a row, the head at column
+ * 8) in blocks of bt rows, kb/vb the blocks' first rows: a wide range of
+ * magnitudes, as after SmolLM2's outlier channels */
+static void attn_cache(float *K, float *V, long n, long stride, int bt, const float **kb, const float **vb) {
+    for (long i = 0; i < n * stride; i++) {
+        K[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 37 == 0 ? 40.0f : 2.0f);
+        V[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 53 == 0 ? 300.0f : 1.0f);
+    }
+    for (long b = 0; b < (n + bt - 1) / bt; b++) {
+        kb[b] = K + (size_t)b * bt * stride + 8;
+        vb[b] = V + (size_t)b * bt * stride + 8;
+    }
+}
+
 static void run_attn(const float *q, const float *const *kb, const float *const *vb, int bt, long stride, int t0,
                      int n, int hd, float *scores, float *out) {
     k_isa()->attn_heads(q, 1, kb, vb, bt, stride, t0, n, hd, 1.0f / sqrtf((float)hd), scores, n, out);
@@ -183,16 +197,8 @@ static void test_attention_same_bits_every_isa(void **state) {
     assert_non_null(K);
     assert_non_null(V);
     srand(77);
-    /* a wide range of magnitudes, as after SmolLM2's outlier channels */
-    for (long i = 0; i < NMAX * stride; i++) {
-        K[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 37 == 0 ? 40.0f : 2.0f);
-        V[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 53 == 0 ? 300.0f : 1.0f);
-    }
     const float *kb[BLOCKS], *vb[BLOCKS];
-    for (int b = 0; b < BLOCKS; b++) {
-        kb[b] = K + (size_t)b * BT * stride + 8;
-        vb[b] = V + (size_t)b * BT * stride + 8;
-    }
+    attn_cache(K, V, NMAX, stride, BT, kb, vb);
     int tried = 0;
     for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
         for (int c = 0; c < 7; c++) {
@@ -273,15 +279,8 @@ static void test_attention_groups_same_bits(void **state) {
     float *want = malloc(GMAX * HMAX * sizeof(float)), *got = malloc(GMAX * HMAX * sizeof(float));
     assert_true(K && V && q && sc && want && got);
     srand(91);
-    for (long i = 0; i < NMAX * stride; i++) {
-        K[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 41 == 0 ? 30.0f : 2.0f);
-        V[i] = ((float)rand() / RAND_MAX * 2 - 1) * (i % 29 == 0 ? 200.0f : 1.0f);
-    }
     const float *kb[BLOCKS], *vb[BLOCKS];
-    for (int b = 0; b < BLOCKS; b++) {
-        kb[b] = K + (size_t)b * BT * stride + 8;
-        vb[b] = V + (size_t)b * BT * stride + 8;
-    }
+    attn_cache(K, V, NMAX, stride, BT, kb, vb);
     for (int s = 0; s < 3; s++) {
         setenv("SQSERVE_ISA", ISAS[s], 1);
         k_init();
