@@ -14,6 +14,9 @@
 #include "k_pool.h"
 
 /* A weight matrix W[n][k] (row = one output feature) in a GGML type. */
+/* the query heads k_attn_heads takes through K and V at once */
+#define K_ATTN_HEADS_MAX 4
+
 typedef struct {
     uint32_t type;       /* enum k_type */
     const void *data;
@@ -43,7 +46,8 @@ typedef struct {
     /* softmax(q_g . K^T * scale) . V for G query heads sharing one K/V head
      * (q_g = q + g hd, out likewise) over positions t0..n-1 stored in blocks
      * of bt rows (row t at Kb[t / bt] + (t % bt) * stride); t0 > 0 is a
-     * sliding window; head g's scores at scores + g * ld (ld >= n) */
+     * sliding window; scores: scratch of K_ATTN_HEADS_MAX rows of ld >= n
+     * floats (the heads go K_ATTN_HEADS_MAX at a time) */
     void (*attn_heads)(const float *q, int G, const float *const *Kb, const float *const *Vb, int bt,
                        long stride, int t0, int n, int hd, float scale, float *scores, long ld, float *out);
     /* s[i] = expf(s[i] - mx), i < n: the softmax's exp, glibc's expf to the bit */

@@ -21,9 +21,9 @@ void k_pool_run(k_pool_t *p, k_task_fn fn, void *ctx);
 /* fn(ctx, begin, end) over [0, n), split as k_split does among the pool's
  * threads; on the calling thread alone when n < 2 * grain, where the
  * dispatch (~1 us) would cost more than the split saves. For the row-wise
- * steps between matmuls (norms, SwiGLU, RoPE, residual adds): at one token
- * they stay serial, over a prompt they no longer leave the other threads
- * waiting. */
+ * steps between matmuls (norms, SwiGLU, RoPE, residual adds): over a prompt
+ * they no longer leave the other threads waiting; at one token they stay
+ * serial unless the row itself is long (a 70B model's SwiGLU, 28672 values). */
 typedef void (*k_range_fn)(void *ctx, long begin, long end);
 /* rows of `width` floats a thread takes at least: ~8K values, a few us */
 #define K_ROWS_GRAIN(width) ((width) >= 8192 ? 1 : 8192 / (width))

@@ -20,7 +20,7 @@
 #include <string.h>
 
 typedef struct {
-    float *scores;          /* per thread, n_ctx for each query head of a K/V group */
+    float *scores;          /* per thread, n_ctx for each query head k_attn_heads takes at once */
     const float **blk_ptrs; /* per thread, 2 x blocks per context */
     float *rope_cs;         /* per batch row, rope_dim: its RoPE table (k_rope_cs), made in cpu_begin */
 } cpu_state_t;
@@ -55,7 +55,9 @@ static int cpu_init(fwd_t *f) {
     f->sel = malloc(n * d * sizeof(float));
     if (!c || !f->x || !f->xb || !f->q || !f->att || !f->k || !f->v || !f->hb || !f->hb2 || !f->sel)
         return -1;
-    c->scores = malloc(nth * (size_t)(hp->n_head / hp->n_head_kv) * (size_t)f->n_ctx * sizeof(float));
+    int group = hp->n_head / hp->n_head_kv;
+    size_t score_rows = (size_t)(group < K_ATTN_HEADS_MAX ? group : K_ATTN_HEADS_MAX);
+    c->scores = malloc(nth * score_rows * (size_t)f->n_ctx * sizeof(float));
     c->blk_ptrs = malloc(nth * 2 * max_blocks * sizeof(float *));
     c->rope_cs = malloc(n * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
     return c->scores && c->blk_ptrs && c->rope_cs ? 0 : -1;
@@ -234,7 +236,8 @@ static int attn_chunks(const fwd_t *f, int nth) {
     long per_row = f->m->hp.n_head_kv, want = nth > 1 ? 4L * nth : 0;
     int group = f->m->hp.n_head / f->m->hp.n_head_kv, chunks = 1;
     while (chunks < group && (long)f->b->n * per_row * chunks < want) chunks++;
-    return chunks;
+    int run = (group + chunks - 1) / chunks;
+    return (group + run - 1) / run; /* no empty runs (group 8 in 6 chunks is 4 runs of 2) */
 }
 
 static long attn_unit_cost_total(const fwd_t *f, long per_row) {
@@ -281,7 +284,6 @@ static void attn_task(void *arg, int ith, int nth) {
     for (long u = begin; u < end; u++) {
         int i = (int)(u / per_row), g = (int)(u % per_row / chunks), h0 = (int)(u % chunks) * run;
         int heads = group - h0 < run ? group - h0 : run;
-        if (heads <= 0) continue; /* (chunks that divide unevenly leave none) */
         int pos = f->b->pos[i], slot = f->b->slot[i];
         int t0 = attn_t0(hp, pos);
         for (int blk = t0 / KV_BLOCK; blk <= pos / KV_BLOCK; blk++) {

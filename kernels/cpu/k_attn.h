@@ -8,6 +8,6 @@ void K_FN(k_attn_exp)(float *s, long n, float mx);
 /* g[i] = g[i] / (1 + expf(-g[i])) * u[i], i < n (k_silu_mul's numbers) */
 void K_FN(k_silu_mul)(float *g, const float *u, long n);
 /* G query heads sharing one K/V head: q and out hold the heads one after
- * another (hd floats each), scores head g's at scores + g * ld */
+ * another (hd floats each); scores: scratch of K_ATTN_HEADS_MAX rows of ld */
 void K_FN(k_attn_heads)(const float *q, int G, const float *const *Kb, const float *const *Vb, int bt, long stride,
                         int t0, int n, int hd, float scale, float *scores, long ld, float *out);

@@ -182,11 +182,13 @@ static void test_batching_is_consistent(void **state) {
  * in one order, so the thread count must not change a bit of the logits
  * (a prompt's rows or a one-token step's runs of heads alike).
  * A batch of a 40-token prompt beside a second sequence's single token
- * gives the split uneven rows to cut. */
+ * gives the split uneven rows to cut; a two-row decode step cuts SmolLM2's
+ * groups of 3 heads into runs of 2 and 1; 16 threads leave some threads
+ * without a unit. */
 static void test_thread_count_does_not_change_logits(void **state) {
     (void)state;
     enum { N = 41 };
-    const int nv = M.hp.n_vocab, threads[] = {1, 2, 3, 5};
+    const int nv = M.hp.n_vocab, threads[] = {1, 2, 3, 5, 16};
     int32_t toks[N], pos[N], slot[N];
     uint8_t want[N];
     for (int i = 0; i < N; i++)
@@ -195,8 +197,9 @@ static void test_thread_count_does_not_change_logits(void **state) {
     int n_want = 0;
     for (int i = 0; i < N; i++) n_want += want[i];
     float *ref = malloc((size_t)n_want * nv * sizeof(float)), *got = malloc((size_t)n_want * nv * sizeof(float));
-    float *ref1 = malloc((size_t)nv * sizeof(float));
+    float *ref1 = malloc((size_t)nv * sizeof(float)), *ref2 = malloc(2 * (size_t)nv * sizeof(float));
     assert_non_null(ref1);
+    assert_non_null(ref2);
     assert_non_null(ref);
     assert_non_null(got);
     for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
@@ -220,6 +223,15 @@ static void test_thread_count_does_not_change_logits(void **state) {
             print_error("%d threads: a one-token step's logits differ from 1 thread's\n", threads[t]);
             fail();
         }
+        /* one token of each sequence in one step (the prompt below rewrites both positions) */
+        int32_t t2[2] = {toks[5], toks[0]}, p2[2] = {5, 0}, s2[2] = {1, 0};
+        uint8_t w2[2] = {1, 1};
+        batch_t b2 = {2, t2, p2, s2, w2};
+        assert_int_equal(fwd_run(&f, &b2, t == 0 ? ref2 : got, err, sizeof err), 0);
+        if (t > 0 && memcmp(ref2, got, 2 * (size_t)nv * sizeof(float)) != 0) {
+            print_error("%d threads: a two-row step's logits differ from 1 thread's\n", threads[t]);
+            fail();
+        }
         batch_t b = {N, toks, pos, slot, want};
         assert_int_equal(fwd_run(&f, &b, t == 0 ? ref : got, err, sizeof err), 0);
         if (t > 0 && memcmp(ref, got, (size_t)n_want * nv * sizeof(float)) != 0) {
@@ -232,6 +244,7 @@ static void test_thread_count_does_not_change_logits(void **state) {
     }
     free(ref);
     free(ref1);
+    free(ref2);
     free(got);
 }
 
