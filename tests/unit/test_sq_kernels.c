@@ -28,15 +28,32 @@
 static const char *ISAS[] = {"avx512", "avxvnni", "avx2", "portable"};
 #define N_ISAS 4
 
-/* Which kernel paths a test reached on this CPU; the portable one always
- * runs, and so does AVX2 on any CPU that has it (every x86 server this
- * project targets), so a shape that silently left the AVX2 panels fails. */
-static void report_paths(const char *what, const int seen[N_ISAS]) {
+/* The end of a test over every path: the default path back, the pool
+ * freed, then which kernel paths the test reached on this CPU. The portable
+ * one always runs, and so does AVX2 on any CPU that has it (every x86
+ * server this project targets), so a shape that silently left the AVX2
+ * panels fails. */
+static void paths_done(k_pool_t *pool, const char *what, const int seen[N_ISAS]) {
+    k_sq_force_isa(NULL);
+    k_pool_free(pool);
     printf("%s, paths exercised on this CPU: avx512 %s, avxvnni %s, avx2 %s, portable %s\n", what,
            seen[0] ? "yes" : "no", seen[1] ? "yes" : "no", seen[2] ? "yes" : "no", seen[3] ? "yes" : "no");
     assert_true(seen[3]);
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) assert_true(seen[2]);
+}
+
+/* Two matrices of n rows on path `isa`: the first alone, then both as one
+ * group, each equal to want (the first's m x n, then the second's) bit for bit. */
+static void pair_matches(k_pool_t *pool, const char *isa, k_sq_t *const kv[2], const float *x, long m, long n,
+                         float *y, const float *want) {
+    k_sq_force_isa(isa);
+    assert_int_equal(k_sq_matmul(pool, kv[0], x, m, y), 0);
+    assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
+    float *ys[2] = {y, y + m * n};
+    memset(y, 0, (size_t)(2 * m * n) * sizeof *y);
+    assert_int_equal(k_sq_matmul_group(pool, (const k_sq_t *const *)kv, ys, 2, x, m), 0);
+    assert_memory_equal(y, want, (size_t)(2 * m * n) * sizeof *y);
 }
 
 static k_sq_t view(const sq_tensor_t *t) {
@@ -141,13 +158,7 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
                 for (long j = 0; j < m * k; j++) x[j] = (float)(nrand() * (urand() < 0.05 ? 20 : 1));
                 ref_matmul(&v0, x, m, want);
                 ref_matmul(&v1, x, m, want + m * n);
-                k_sq_force_isa(ISAS[p]);
-                assert_int_equal(k_sq_matmul(pool, kv[0], x, m, y), 0);
-                assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
-                float *ys[2] = {y, y + m * n};
-                memset(y, 0, (size_t)(2 * m * n) * sizeof *y);
-                assert_int_equal(k_sq_matmul_group(pool, (const k_sq_t *const *)kv, ys, 2, x, m), 0);
-                assert_memory_equal(y, want, (size_t)(2 * m * n) * sizeof *y);
+                pair_matches(pool, ISAS[p], kv, x, m, n, y, want);
             }
             free(kv[0]);
             free(kv[1]);
@@ -175,9 +186,7 @@ static void test_sq_int8_kernel_bit_exact(void **state) {
         sq_free(&t[0]); sq_free(&t[1]);
         free(w); free(x); free(y); free(want);
     }
-    k_sq_force_isa(NULL);
-    k_pool_free(pool);
-    report_paths("SQ x INT8 kernel", seen);
+    paths_done(pool, "SQ x INT8 kernel", seen);
 }
 
 /* Uniform integer weights (W8A8, W4A8 baselines) through the same
@@ -244,9 +253,7 @@ static void test_int_weights_int8_kernel_bit_exact(void **state) {
                 free(ref); free(codes); free(qx); free(sc); free(x); free(y); free(want);
             }
         }
-    k_sq_force_isa(NULL);
-    k_pool_free(pool);
-    report_paths("int weights x INT8 kernel", seen);
+    paths_done(pool, "int weights x INT8 kernel", seen);
 }
 
 /* Static SQ activations (high channels 8-bit, low 4-bit, one scale each)
@@ -329,22 +336,14 @@ static void test_static_sq_acts_bit_exact(void **state) {
                                 want[(v * m + i) * n + r] = yh + k_sq_combine(kv[v], r, sx[1], lo, hi);
                             }
                         }
-                    k_sq_force_isa(ISAS[p]);
-                    assert_int_equal(k_sq_matmul(pool, kv[0], x, m, y), 0);
-                    assert_memory_equal(y, want, (size_t)(m * n) * sizeof *y);
-                    float *ys[2] = {y, y + m * n};
-                    memset(y, 0, (size_t)(2 * m * n) * sizeof *y);
-                    assert_int_equal(k_sq_matmul_group(pool, (const k_sq_t *const *)kv, ys, 2, x, m), 0);
-                    assert_memory_equal(y, want, (size_t)(2 * m * n) * sizeof *y);
+                    pair_matches(pool, ISAS[p], kv, x, m, n, y, want);
                 }
                 free(kv[0]); free(kv[1]);
             }
             if (wk == 1) { sq_free(&t[0]); sq_free(&t[1]); }
             free(mask); free(w); free(x); free(y); free(want); free(codes); free(sc); free(qh); free(ql);
         }
-    k_sq_force_isa(NULL);
-    k_pool_free(pool);
-    report_paths("static SQ activations", seen);
+    paths_done(pool, "static SQ activations", seen);
 }
 
 /* The AVX-512 and AVX2 quantizers give the portable one's codes, scale
