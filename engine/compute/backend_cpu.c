@@ -20,7 +20,8 @@
 #include <string.h>
 
 typedef struct {
-    float *scores;          /* per thread, n_ctx for each query head k_attn_heads takes at once */
+    float *scores;          /* per thread, score_rows x n_ctx */
+    int score_rows;         /* the query heads k_attn_heads takes at once: min(group, K_ATTN_HEADS_MAX) */
     const float **blk_ptrs; /* per thread, 2 x blocks per context */
     float *rope_cs;         /* per batch row, rope_dim: its RoPE table (k_rope_cs), made in cpu_begin */
 } cpu_state_t;
@@ -56,8 +57,8 @@ static int cpu_init(fwd_t *f) {
     if (!c || !f->x || !f->xb || !f->q || !f->att || !f->k || !f->v || !f->hb || !f->hb2 || !f->sel)
         return -1;
     int group = hp->n_head / hp->n_head_kv;
-    size_t score_rows = (size_t)(group < K_ATTN_HEADS_MAX ? group : K_ATTN_HEADS_MAX);
-    c->scores = malloc(nth * score_rows * (size_t)f->n_ctx * sizeof(float));
+    c->score_rows = group < K_ATTN_HEADS_MAX ? group : K_ATTN_HEADS_MAX;
+    c->scores = malloc(nth * (size_t)c->score_rows * (size_t)f->n_ctx * sizeof(float));
     c->blk_ptrs = malloc(nth * 2 * max_blocks * sizeof(float *));
     c->rope_cs = malloc(n * (size_t)(hp->rope_dim > 0 ? hp->rope_dim : 1) * sizeof(float));
     return c->scores && c->blk_ptrs && c->rope_cs ? 0 : -1;
@@ -276,7 +277,7 @@ static void attn_task(void *arg, int ith, int nth) {
     int chunks = attn_chunks(f, nth), run = (group + chunks - 1) / chunks;
     long per_row = (long)hp->n_head_kv * chunks;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores + (size_t)ith * (size_t)group * (size_t)f->n_ctx;
+    float *sc = c->scores + (size_t)ith * (size_t)c->score_rows * (size_t)f->n_ctx;
     int max_blocks = (f->n_ctx + KV_BLOCK - 1) / KV_BLOCK;
     const float **kb = c->blk_ptrs + (size_t)ith * 2 * max_blocks, **vb = kb + max_blocks;
     long total = attn_unit_cost_total(f, per_row);
