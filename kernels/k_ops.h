@@ -13,10 +13,10 @@
 
 #include "k_pool.h"
 
-/* A weight matrix W[n][k] (row = one output feature) in a GGML type. */
 /* the query heads k_attn_heads takes through K and V at once */
 #define K_ATTN_HEADS_MAX 4
 
+/* A weight matrix W[n][k] (row = one output feature) in a GGML type. */
 typedef struct {
     uint32_t type;       /* enum k_type */
     const void *data;
