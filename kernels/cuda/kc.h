@@ -387,9 +387,9 @@ int kc_sq_matmul_acc(const kc_sq_t *w, const int8_t *d_qx, const float *d_sx, lo
  * k and v [kv_dim]), then what kc_rope_kv_store computes, in the dp4a
  * matmul's epilogue (kc_sq_gemv.cu): RoPE on q and k with the angles of
  * d_cs (kc_rope_table), k and v into the cache, bit for bit. On unless
- * KC_SQ_ROPE=0 (8B decode 1.06x at batch 1 on the H200). Returns 1 when it did both,
- * 0 when it ran the matmul alone (the caller runs kc_rope_kv_store), -1
- * on error. */
+ * KC_SQ_ROPE=0 (8B decode 1.06x at batch 1 on the H200). Returns 1 when
+ * it did both, 0 when it ran the matmul alone (the caller runs
+ * kc_rope_kv_store), -1 on error. */
 typedef struct {
     const float *d_cs;
     const int32_t *d_pos, *d_blk, *d_blk_off;
@@ -410,9 +410,10 @@ int kc_sq_rope_on(void);
  * it reads it at kc_quant_i8's scale (the max of the slots). Together, bit
  * for bit kc_sq_matmul_parts + kc_silu_mul_q8 + kc_sq_matmul_acc, without
  * the SwiGLU launch between them. kc_sq_matmul_swiglu only where
- * kc_sq_swiglu_applies (off unless KC_SQ_SWIGLU=1: measured slower than the
- * three launches on the H200, docs/perf-gpu.md); -1 with an error otherwise. The gate/up input is INT8 rows (d_qx,
- * d_sx), or with ns_in the norm's row d_x (below). kc_sq_matmul_acc_h takes
+ * kc_sq_swiglu_applies (off unless KC_SQ_SWIGLU=1: measured slower than
+ * the three launches on the H200, docs/perf-gpu.md); -1 with an error
+ * otherwise. The gate/up input is INT8 rows (d_qx, d_sx), or with ns_in
+ * the norm's row d_x (below). kc_sq_matmul_acc_h takes
  * any float rows with their slots' maxima (also the attention output with
  * kc_attention_max's, nslot = n_head) where kc_sq_gemv_mode_applies(w, m,
  * KC_GEMV_ACTS_H); with ns_out it also leaves the next norm's slots. */
